@@ -1,0 +1,140 @@
+#include "attest/hash.h"
+
+#include <openssl/evp.h>
+
+#include <stdexcept>
+
+#include "common/error.h"
+#include "common/util.h"
+
+namespace agentshim::attest {
+
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr) != 1)
+    throw Error("EVP_DigestInit_ex(sha256) failed");
+}
+Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+void Sha256::update(const void* data, std::size_t len) {
+  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, len);
+}
+Digest Sha256::finish() {
+  Digest d{};
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), d.data(), &n);
+  return d;
+}
+
+Digest sha256(std::string_view data) {
+  Digest d{};
+  unsigned int n = 0;
+  if (EVP_Digest(data.data(), data.size(), d.data(), &n, EVP_sha256(), nullptr) != 1)
+    throw Error("EVP_Digest(sha256) failed");
+  return d;
+}
+
+std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
+
+Digest from_hex(std::string_view h) {
+  if (h.size() != 64) throw Error("bad sha256 hex (length " + std::to_string(h.size()) + ")");
+  Digest d{};
+  auto nib = [&](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    throw Error("bad sha256 hex character");
+  };
+  for (std::size_t i = 0; i < 32; i++) d[i] = static_cast<unsigned char>(nib(h[2 * i]) << 4 | nib(h[2 * i + 1]));
+  return d;
+}
+
+Digest merkle_leaf_hash(std::string_view data) {
+  Sha256 h;
+  const unsigned char p = 0x00;
+  h.update(&p, 1);
+  h.update(data);
+  return h.finish();
+}
+
+Digest merkle_node_hash(const Digest& left, const Digest& right) {
+  Sha256 h;
+  const unsigned char p = 0x01;
+  h.update(&p, 1);
+  h.update(left.data(), left.size());
+  h.update(right.data(), right.size());
+  return h.finish();
+}
+
+namespace {
+// Largest power of two strictly less than n (n >= 2).
+std::size_t split_point(std::size_t n) {
+  std::size_t k = 1;
+  while (k * 2 < n) k *= 2;
+  return k;
+}
+
+Digest mth(const Digest* leaves, std::size_t n) {
+  if (n == 1) return leaves[0];
+  std::size_t k = split_point(n);
+  return merkle_node_hash(mth(leaves, k), mth(leaves + k, n - k));
+}
+
+void path(const Digest* leaves, std::size_t n, std::size_t m, std::vector<Digest>& out) {
+  if (n <= 1) return;
+  std::size_t k = split_point(n);
+  if (m < k) {
+    path(leaves, k, m, out);
+    out.push_back(mth(leaves + k, n - k));
+  } else {
+    path(leaves + k, n - k, m - k, out);
+    out.push_back(mth(leaves, k));
+  }
+}
+}  // namespace
+
+Digest merkle_root(const std::vector<Digest>& leaf_hashes) {
+  if (leaf_hashes.empty()) return sha256("");
+  // Iterative bottom-up reduction gives the same result as the recursive MTH
+  // definition (an odd node is promoted unchanged), in O(n) and no recursion.
+  std::vector<Digest> level = leaf_hashes;
+  while (level.size() > 1) {
+    std::vector<Digest> next;
+    next.reserve((level.size() + 1) / 2);
+    for (std::size_t i = 0; i + 1 < level.size(); i += 2) next.push_back(merkle_node_hash(level[i], level[i + 1]));
+    if (level.size() % 2) next.push_back(level.back());
+    level.swap(next);
+  }
+  return level[0];
+}
+
+std::vector<Digest> merkle_inclusion_proof(const std::vector<Digest>& leaf_hashes, std::size_t index) {
+  if (index >= leaf_hashes.size()) throw Error("inclusion proof: index out of range");
+  std::vector<Digest> out;
+  path(leaf_hashes.data(), leaf_hashes.size(), index, out);
+  return out;
+}
+
+bool merkle_verify_inclusion(const Digest& leaf_hash, std::size_t index, std::size_t tree_size,
+                             const std::vector<Digest>& proof, const Digest& root) {
+  if (index >= tree_size) return false;
+  std::size_t fn = index, sn = tree_size - 1;
+  Digest r = leaf_hash;
+  for (const Digest& p : proof) {
+    if (sn == 0) return false;
+    if ((fn & 1) || fn == sn) {
+      r = merkle_node_hash(p, r);
+      if (!(fn & 1)) {
+        while (fn != 0 && !(fn & 1)) {
+          fn >>= 1;
+          sn >>= 1;
+        }
+      }
+    } else {
+      r = merkle_node_hash(r, p);
+    }
+    fn >>= 1;
+    sn >>= 1;
+  }
+  return sn == 0 && r == root;
+}
+
+}  // namespace agentshim::attest

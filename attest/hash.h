@@ -1,0 +1,47 @@
+// SHA-256 (OpenSSL EVP) and the RFC 6962 Merkle tree hash used by every
+// record agentshim writes. See docs/FORMATS.md.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace agentshim::attest {
+
+using Digest = std::array<unsigned char, 32>;
+
+Digest sha256(std::string_view data);
+std::string hex(const Digest& d);
+// Parse 64 lowercase/uppercase hex chars; throws agentshim::Error otherwise.
+Digest from_hex(std::string_view h);
+
+// Incremental SHA-256.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void update(const void* data, std::size_t len);
+  void update(std::string_view s) { update(s.data(), s.size()); }
+  Digest finish();
+
+ private:
+  void* ctx_;
+};
+
+// RFC 6962 section 2.1: leaf hash = SHA-256(0x00 || data),
+// node hash = SHA-256(0x01 || left || right), empty tree = SHA-256("").
+Digest merkle_leaf_hash(std::string_view data);
+Digest merkle_node_hash(const Digest& left, const Digest& right);
+// Merkle Tree Hash over already-computed leaf hashes (MTH of RFC 6962).
+Digest merkle_root(const std::vector<Digest>& leaf_hashes);
+// Audit path (inclusion proof) for leaf `index` in a tree of leaf_hashes.size() leaves.
+std::vector<Digest> merkle_inclusion_proof(const std::vector<Digest>& leaf_hashes, std::size_t index);
+// RFC 9162 section 2.1.3.2 verification of an inclusion proof.
+bool merkle_verify_inclusion(const Digest& leaf_hash, std::size_t index, std::size_t tree_size,
+                             const std::vector<Digest>& proof, const Digest& root);
+
+}  // namespace agentshim::attest

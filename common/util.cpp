@@ -1,0 +1,217 @@
+#include "common/util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/error.h"
+#include "common/fd.h"
+
+namespace agentshim {
+
+std::string read_all(int fd, const std::string& what) {
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("read " + what);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+void write_all(int fd, std::string_view data, const std::string& what) {
+  std::size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("write " + what);
+    }
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+std::string read_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw_errno("open " + path);
+  return read_all(fd.get(), path);
+}
+
+std::string read_file_limited(const std::string& path, std::size_t limit) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw_errno("open " + path);
+  std::string out;
+  out.resize(limit);
+  std::size_t off = 0;
+  while (off < limit) {
+    ssize_t n = ::read(fd.get(), out.data() + off, limit - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("read " + path);
+    }
+    if (n == 0) break;
+    off += static_cast<std::size_t>(n);
+  }
+  out.resize(off);
+  return out;
+}
+
+std::optional<std::string> try_read_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return std::nullopt;
+  try {
+    return read_all(fd.get(), path);
+  } catch (const SysError&) {
+    return std::nullopt;
+  }
+}
+
+void write_file(const std::string& path, std::string_view data, mode_t mode) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  if (!fd) throw_errno("open " + path);
+  write_all(fd.get(), data, path);
+}
+
+void write_file_atomic(const std::string& path, std::string_view data, mode_t mode) {
+  std::string tmp = path + ".tmp";
+  {
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+    if (!fd) throw_errno("open " + tmp);
+    write_all(fd.get(), data, tmp);
+    if (::fsync(fd.get()) < 0) throw_errno("fsync " + tmp);
+  }
+  if (::rename(tmp.c_str(), path.c_str()) < 0) throw_errno("rename " + tmp + " -> " + path);
+}
+
+void mkdir_p(const std::string& path, mode_t mode) {
+  if (path.empty()) return;
+  std::string cur;
+  for (const auto& part : split(path, '/')) {
+    if (part.empty()) {
+      if (cur.empty()) cur = "/";
+      continue;
+    }
+    if (!cur.empty() && cur.back() != '/') cur += '/';
+    cur += part;
+    if (::mkdir(cur.c_str(), mode) < 0 && errno != EEXIST) throw_errno("mkdir " + cur);
+  }
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0) throw_errno("stat " + path);
+  if (!S_ISDIR(st.st_mode)) throw SysError("mkdir " + path, ENOTDIR);
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+namespace {
+void remove_at(int dirfd, const char* name, dev_t dev) {
+  struct stat st {};
+  if (::fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+    if (errno == ENOENT) return;
+    throw_errno(std::string("stat ") + name);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    if (st.st_dev != dev) throw Error(std::string("refusing to cross mount point at ") + name);
+    UniqueFd fd(::openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) throw_errno(std::string("open ") + name);
+    DIR* d = ::fdopendir(::dup(fd.get()));
+    if (!d) throw_errno(std::string("fdopendir ") + name);
+    std::vector<std::string> names;
+    while (struct dirent* e = ::readdir(d)) {
+      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+      names.emplace_back(e->d_name);
+    }
+    ::closedir(d);
+    for (const auto& n : names) remove_at(fd.get(), n.c_str(), dev);
+    if (::unlinkat(dirfd, name, AT_REMOVEDIR) < 0 && errno != ENOENT)
+      throw_errno(std::string("rmdir ") + name);
+  } else if (::unlinkat(dirfd, name, 0) < 0 && errno != ENOENT) {
+    throw_errno(std::string("unlink ") + name);
+  }
+}
+}  // namespace
+
+void remove_tree(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) < 0) {
+    if (errno == ENOENT) return;
+    throw_errno("stat " + path);
+  }
+  remove_at(AT_FDCWD, path.c_str(), st.st_dev);
+}
+
+std::vector<std::string> split(std::string_view s, char sep) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  for (;;) {
+    std::size_t pos = s.find(sep, start);
+    if (pos == std::string_view::npos) {
+      out.emplace_back(s.substr(start));
+      break;
+    }
+    out.emplace_back(s.substr(start, pos - start));
+    start = pos + 1;
+  }
+  return out;
+}
+
+std::string trim(std::string_view s) {
+  std::size_t b = 0, e = s.size();
+  while (b < e && std::strchr(" \t\r\n", s[b])) b++;
+  while (e > b && std::strchr(" \t\r\n", s[e - 1])) e--;
+  return std::string(s.substr(b, e - b));
+}
+
+bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+std::string join(const std::vector<std::string>& parts, std::string_view sep) {
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); i++) {
+    if (i) out += sep;
+    out += parts[i];
+  }
+  return out;
+}
+
+std::optional<long long> parse_int(std::string_view s) {
+  if (s.empty() || s.size() > 20) return std::nullopt;
+  std::string str(s);
+  errno = 0;
+  char* end = nullptr;
+  long long v = std::strtoll(str.c_str(), &end, 10);
+  if (errno != 0 || end != str.c_str() + str.size()) return std::nullopt;
+  return v;
+}
+
+std::optional<unsigned long long> parse_uint(std::string_view s) {
+  if (s.empty() || s.size() > 20 || s[0] == '-' || s[0] == '+') return std::nullopt;
+  std::string str(s);
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(str.c_str(), &end, 10);
+  if (errno != 0 || end != str.c_str() + str.size()) return std::nullopt;
+  return v;
+}
+
+std::string to_hex(const unsigned char* data, std::size_t len) {
+  static const char* digits = "0123456789abcdef";
+  std::string out(len * 2, '0');
+  for (std::size_t i = 0; i < len; i++) {
+    out[2 * i] = digits[data[i] >> 4];
+    out[2 * i + 1] = digits[data[i] & 15];
+  }
+  return out;
+}
+
+}  // namespace agentshim

@@ -1,0 +1,45 @@
+// Small filesystem and string helpers shared by every library.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace agentshim {
+
+// Whole-file read; throws SysError naming the path.
+std::string read_file(const std::string& path);
+// Read at most `limit` bytes (for /proc files from a hostile pid).
+std::string read_file_limited(const std::string& path, std::size_t limit);
+std::optional<std::string> try_read_file(const std::string& path);
+// Write (truncate) a file; throws SysError naming the path.
+void write_file(const std::string& path, std::string_view data, mode_t mode = 0644);
+// Write to path.tmp, fsync, rename over path: readers see old or new, never half.
+void write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644);
+// mkdir -p; throws on failure other than EEXIST-as-directory.
+void mkdir_p(const std::string& path, mode_t mode = 0755);
+bool path_exists(const std::string& path);
+// Remove a directory tree without crossing mount points (rm -rf --one-file-system).
+void remove_tree(const std::string& path);
+
+std::vector<std::string> split(std::string_view s, char sep);
+std::string trim(std::string_view s);
+bool starts_with(std::string_view s, std::string_view p);
+std::string join(const std::vector<std::string>& parts, std::string_view sep);
+// Strict integer parsing: whole string, in range, else nullopt.
+std::optional<long long> parse_int(std::string_view s);
+std::optional<unsigned long long> parse_uint(std::string_view s);
+
+// Lowercase hex of bytes.
+std::string to_hex(const unsigned char* data, std::size_t len);
+
+// Write the whole buffer, retrying on EINTR/short writes; throws SysError.
+void write_all(int fd, std::string_view data, const std::string& what);
+// Read until EOF; throws SysError.
+std::string read_all(int fd, const std::string& what);
+
+}  // namespace agentshim

@@ -1,0 +1,146 @@
+// Control groups behind one interface, for the three layouts a host can have:
+//   legacy  — every controller on its own v1 hierarchy (old distributions);
+//   hybrid  — v1 controllers plus a v2 mount at /sys/fs/cgroup/unified that
+//             may hold some controllers (this project's CI machines);
+//   unified — one cgroup2 hierarchy (most current Kubernetes nodes).
+// The layout is read from /proc/self/mountinfo and /proc/self/cgroup; tests
+// build a Host from strings so that every layout is exercised over a fake
+// tree. A Manager is created by the supervisor, saved into the container's
+// state as JSON, and loaded again by later CLI invocations (pause, kill
+// --all, update, events, delete).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace agentshim::cgroups {
+
+using json = nlohmann::json;
+
+enum class Layout { legacy, hybrid, unified };
+std::string layout_name(Layout l);
+
+// One cgroup hierarchy mounted on the host.
+struct MountPoint {
+  std::string path;                      // e.g. /sys/fs/cgroup/memory
+  std::string root;                      // the mount's root inside the hierarchy (mountinfo field 4)
+  std::string fstype;                    // cgroup | cgroup2
+  std::string options;                   // v1: the controller list as mounted ("cpu,cpuacct", "name=systemd")
+  std::vector<std::string> controllers;  // v1: options split on ','; v2: cgroup.controllers
+};
+
+struct Host {
+  Layout layout = Layout::legacy;
+  std::vector<MountPoint> mounts;
+  // The calling process's cgroup per hierarchy, keyed by the v1 option list
+  // ("cpu,cpuacct") or "" for the v2 hierarchy (from /proc/self/cgroup).
+  std::map<std::string, std::string> self;
+
+  static Host detect();
+  // From the text of /proc/self/mountinfo and /proc/self/cgroup; cgroup2
+  // controllers are read from <mount>/cgroup.controllers when it exists.
+  static Host parse(const std::string& mountinfo, const std::string& proc_self_cgroup);
+  const MountPoint* unified_mount() const;
+};
+
+// "slice:prefix:name" (the systemd driver's cgroupsPath form) → the cgroupfs
+// path systemd would use: "/system.slice/prefix-name.scope"; slices nest by
+// their dashes ("a-b.slice" → "/a.slice/a-b.slice"). Throws on a malformed path.
+std::string expand_systemd_path(const std::string& cgroups_path, const std::string& id);
+
+// The OCI device rules a container's cgroup gets: the config's
+// linux.resources.devices, then the devices every container needs (as runc
+// adds them), then the devices listed in linux.devices.
+json effective_device_rules(const json& config);
+
+// A v1 hierarchy as the container's rootfs sees it (for mounts of type cgroup).
+struct Hierarchy {
+  std::string mountpoint_name;  // "memory", "cpu,cpuacct", "unified", "" on a unified host
+  std::string fstype;           // cgroup | cgroup2
+  std::string options;          // controllers for a v1 mount
+  std::string host_path;        // the container's cgroup directory on the host
+};
+
+class Manager {
+ public:
+  virtual ~Manager() = default;
+
+  // Resolve cgroupsPath (absolute: from the hierarchy's root; relative: below
+  // the caller's own cgroup; empty: "<id>" below the caller's cgroup; with the
+  // systemd driver: "slice:prefix:name") and create the directories.
+  static std::unique_ptr<Manager> create(const std::string& cgroups_path, const std::string& id, bool systemd);
+  static std::unique_ptr<Manager> create(const Host& host, const std::string& cgroups_path,
+                                         const std::string& id, bool systemd);
+  // From save(); never re-reads the host's layout.
+  static std::unique_ptr<Manager> load(const json& saved);
+
+  virtual json save() const = 0;
+  // Move a process into the container's cgroup in every hierarchy.
+  virtual void apply(pid_t pid) = 0;
+  void join(pid_t pid) { apply(pid); }
+  // Apply an OCI linux.resources object. Unset fields are left alone, so
+  // `update` can pass a partial object. Errors name the field and the file.
+  virtual void set(const json& resources) = 0;
+  virtual void freeze() = 0;
+  virtual void thaw() = 0;
+  virtual bool frozen() const = 0;
+  // Every process in the container's cgroup and its descendants.
+  virtual std::vector<pid_t> pids() const = 0;
+  // runc's `events --stats` "data" object: cpu, memory, pids, blkio, hugetlb.
+  virtual json stats() const = 0;
+  virtual uint64_t oom_kill_count() const = 0;
+  // Remove the container's cgroup directories (and the parents it created).
+  virtual void destroy() = 0;
+  virtual std::vector<Hierarchy> hierarchies() const = 0;
+  virtual std::string path() const = 0;
+};
+
+// ---- helpers shared by the v1 and v2 managers (exposed for tests) ----
+namespace detail {
+// Write `value` to `dir/file`; the error names the file and the value.
+void write(const std::string& dir, const std::string& file, const std::string& value);
+bool exists(const std::string& dir, const std::string& file);
+std::string read(const std::string& dir, const std::string& file);
+// "key value" lines → map (memory.stat, cpu.stat, memory.events, ...).
+std::map<std::string, uint64_t> read_flat_keyed(const std::string& dir, const std::string& file);
+std::vector<pid_t> read_procs_recursive(const std::string& dir);
+// Remove a cgroup directory, retrying while it is still busy.
+void remove_dir(const std::string& dir);
+uint64_t shares_to_weight(uint64_t shares);
+// The host directory of cgroup `path` (absolute, or relative to `self_path`)
+// in hierarchy `m`.
+std::string host_dir(const MountPoint& m, const std::string& self_path, const std::string& path);
+// mkdir each missing component of `dir` below `mount`; returns those created.
+std::vector<std::string> make_dirs(const std::string& mount, const std::string& dir);
+// Host's page sizes as the hugetlb controller names them ("2MB", "1GB").
+std::vector<std::string> hugepage_sizes();
+}  // namespace detail
+
+// v2 device control: build the BPF_PROG_TYPE_CGROUP_DEVICE program that
+// implements the OCI device rules (last matching rule wins; default deny).
+struct BpfInsn {
+  uint8_t code;
+  uint8_t regs;  // dst | src << 4
+  int16_t off;
+  int32_t imm;
+};
+std::vector<BpfInsn> device_program(const json& rules);
+// Evaluate the program for one access (for tests and for `agentshim` to
+// explain a decision): type 'c' or 'b', access bits 1=mknod 2=read 4=write.
+bool run_device_program(const std::vector<BpfInsn>& prog, char type, uint32_t major, uint32_t minor,
+                        uint32_t access);
+// Load the program and attach it to the cgroup2 directory, replacing any
+// programs attached before. Throws SysError naming bpf() and the directory.
+void attach_device_program(const std::string& cgroup_dir, const std::vector<BpfInsn>& prog);
+
+// `saved` (from Manager::save) restores a manager without creating anything.
+std::unique_ptr<Manager> make_v1(const Host& host, const std::string& path, bool systemd, const json* saved);
+std::unique_ptr<Manager> make_v2(const Host& host, const std::string& path, bool systemd, const json* saved);
+
+}  // namespace agentshim::cgroups

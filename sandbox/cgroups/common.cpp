@@ -1,0 +1,369 @@
+// Layout detection, path resolution, the systemd path form, the default
+// device rules, and the small file helpers both managers use.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "common/fd.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "sandbox/cgroups/cgroups.h"
+
+namespace agentshim::cgroups {
+
+std::string layout_name(Layout l) {
+  switch (l) {
+    case Layout::legacy:
+      return "legacy";
+    case Layout::hybrid:
+      return "hybrid";
+    case Layout::unified:
+      return "unified";
+  }
+  return "unknown";
+}
+
+namespace {
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape_mountinfo(const std::string& s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && std::isdigit(s[i + 1]) &&
+        std::isdigit(s[i + 2]) && std::isdigit(s[i + 3])) {
+      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+bool is_v1_controller_option(const std::string& o) {
+  static const std::set<std::string> non_controllers = {"rw", "ro", "relatime", "noatime", "nosuid", "nodev",
+                                                        "noexec", "clone_children", "xattr", "noprefix",
+                                                        "nsdelegate", "memory_recursiveprot"};
+  if (non_controllers.count(o)) return false;
+  if (starts_with(o, "release_agent=")) return false;
+  return true;
+}
+}  // namespace
+
+Host Host::parse(const std::string& mountinfo, const std::string& proc_self_cgroup) {
+  Host h;
+  std::istringstream in(mountinfo);
+  std::string line;
+  bool have_v1 = false;
+  while (std::getline(in, line)) {
+    auto dash = line.find(" - ");
+    if (dash == std::string::npos) continue;
+    auto pre = split(line.substr(0, dash), ' ');
+    auto post = split(line.substr(dash + 3), ' ');
+    if (pre.size() < 5 || post.size() < 3) continue;
+    const std::string& fstype = post[0];
+    if (fstype != "cgroup" && fstype != "cgroup2") continue;
+    MountPoint m;
+    m.root = unescape_mountinfo(pre[3]);
+    m.path = unescape_mountinfo(pre[4]);
+    m.fstype = fstype;
+    if (fstype == "cgroup") {
+      std::vector<std::string> ctrls;
+      for (const auto& o : split(post[2], ','))
+        if (is_v1_controller_option(o)) ctrls.push_back(o);
+      if (ctrls.empty()) continue;
+      // The same hierarchy mounted twice (bind mounts): keep the first.
+      bool dup = false;
+      for (const auto& e : h.mounts)
+        if (e.fstype == "cgroup" && e.controllers == ctrls) dup = true;
+      if (dup) continue;
+      m.options = join(ctrls, ",");
+      m.controllers = ctrls;
+      have_v1 = true;
+    } else {
+      bool dup = false;
+      for (const auto& e : h.mounts)
+        if (e.fstype == "cgroup2") dup = true;
+      if (dup) continue;
+      if (auto c = try_read_file(m.path + "/cgroup.controllers")) {
+        for (const auto& w : split(trim(*c), ' '))
+          if (!w.empty()) m.controllers.push_back(w);
+      }
+    }
+    h.mounts.push_back(std::move(m));
+  }
+  bool have_v2 = h.unified_mount() != nullptr;
+  if (!have_v1 && !have_v2) throw Error("cgroups: no cgroup or cgroup2 file system is mounted (read /proc/self/mountinfo)");
+  h.layout = !have_v1 ? Layout::unified : (have_v2 ? Layout::hybrid : Layout::legacy);
+
+  std::istringstream cin(proc_self_cgroup);
+  while (std::getline(cin, line)) {
+    // hierarchy-ID:controller-list:cgroup-path
+    auto a = line.find(':');
+    if (a == std::string::npos) continue;
+    auto b = line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    std::string ctrls = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    h.self[ctrls] = path;
+  }
+  return h;
+}
+
+Host Host::detect() {
+  return parse(read_file("/proc/self/mountinfo"), read_file("/proc/self/cgroup"));
+}
+
+const MountPoint* Host::unified_mount() const {
+  for (const auto& m : mounts)
+    if (m.fstype == "cgroup2") return &m;
+  return nullptr;
+}
+
+std::string expand_systemd_path(const std::string& cgroups_path, const std::string& id) {
+  std::string slice = "system.slice", prefix = "agentshim", name = id;
+  if (!cgroups_path.empty()) {
+    auto parts = split(cgroups_path, ':');
+    if (parts.size() != 3)
+      throw Error("linux.cgroupsPath \"" + cgroups_path +
+                  "\": expected \"slice:prefix:name\" for the systemd cgroup driver");
+    if (!parts[0].empty()) slice = parts[0];
+    prefix = parts[1];
+    name = parts[2];
+  }
+  if (slice.find('/') != std::string::npos || slice.size() < 6 || slice.substr(slice.size() - 6) != ".slice")
+    throw Error("linux.cgroupsPath \"" + cgroups_path + "\": invalid slice name \"" + slice + "\"");
+  if (name.empty() || name.find('/') != std::string::npos || prefix.find('/') != std::string::npos)
+    throw Error("linux.cgroupsPath \"" + cgroups_path + "\": invalid unit name");
+  std::string path;
+  if (slice != "-.slice") {
+    std::string base = slice.substr(0, slice.size() - 6);
+    if (base.empty() || base.front() == '-' || base.back() == '-' || base.find("--") != std::string::npos)
+      throw Error("linux.cgroupsPath \"" + cgroups_path + "\": invalid slice name \"" + slice + "\"");
+    std::string acc;
+    for (const auto& piece : split(base, '-')) {
+      acc += acc.empty() ? piece : "-" + piece;
+      path += "/" + acc + ".slice";
+    }
+  }
+  std::string unit;
+  if (name.size() > 6 && name.substr(name.size() - 6) == ".slice")
+    unit = name;
+  else
+    unit = (prefix.empty() ? "" : prefix + "-") + name + ".scope";
+  return path + "/" + unit;
+}
+
+json effective_device_rules(const json& config) {
+  json rules = json::array();
+  const json* linux = config.contains("linux") && config["linux"].is_object() ? &config["linux"] : nullptr;
+  if (linux && linux->contains("resources") && (*linux)["resources"].is_object() &&
+      (*linux)["resources"].contains("devices") && (*linux)["resources"]["devices"].is_array())
+    for (const auto& r : (*linux)["resources"]["devices"]) rules.push_back(r);
+  auto allow = [&](const char* type, long long major, long long minor, const char* access) {
+    json r = {{"allow", true}, {"type", type}, {"access", access}};
+    if (major >= 0) r["major"] = major;
+    if (minor >= 0) r["minor"] = minor;
+    rules.push_back(r);
+  };
+  allow("c", -1, -1, "m");
+  allow("b", -1, -1, "m");
+  allow("c", 1, 3, "rwm");    // null
+  allow("c", 1, 8, "rwm");    // random
+  allow("c", 1, 7, "rwm");    // full
+  allow("c", 5, 0, "rwm");    // tty
+  allow("c", 1, 5, "rwm");    // zero
+  allow("c", 1, 9, "rwm");    // urandom
+  allow("c", 136, -1, "rwm");  // pts/*
+  allow("c", 5, 2, "rwm");    // ptmx
+  if (linux && linux->contains("devices") && (*linux)["devices"].is_array())
+    for (const auto& d : (*linux)["devices"]) {
+      if (!d.is_object() || !d.contains("major") || !d.contains("minor")) continue;
+      std::string t = d.value("type", "c");
+      if (t == "u") t = "c";
+      if (t != "c" && t != "b") continue;
+      allow(t == "b" ? "b" : "c", d["major"].get<long long>(), d["minor"].get<long long>(), "rwm");
+    }
+  return rules;
+}
+
+namespace detail {
+
+void write(const std::string& dir, const std::string& file, const std::string& value) {
+  std::string p = dir + "/" + file;
+  UniqueFd fd(::open(p.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) throw_errno("cgroup: open " + p);
+  ssize_t n;
+  do {
+    n = ::write(fd.get(), value.data(), value.size());
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) throw_errno("cgroup: write \"" + value + "\" to " + p);
+}
+
+bool exists(const std::string& dir, const std::string& file) { return ::access((dir + "/" + file).c_str(), F_OK) == 0; }
+
+std::string read(const std::string& dir, const std::string& file) { return trim(read_file(dir + "/" + file)); }
+
+std::map<std::string, uint64_t> read_flat_keyed(const std::string& dir, const std::string& file) {
+  std::map<std::string, uint64_t> out;
+  auto text = try_read_file(dir + "/" + file);
+  if (!text) return out;
+  for (const auto& line : split(*text, '\n')) {
+    auto sp = line.find(' ');
+    if (sp == std::string::npos) continue;
+    if (auto v = parse_uint(trim(line.substr(sp + 1)))) out[line.substr(0, sp)] = *v;
+  }
+  return out;
+}
+
+std::vector<pid_t> read_procs_recursive(const std::string& dir) {
+  std::vector<pid_t> out;
+  if (auto text = try_read_file(dir + "/cgroup.procs"))
+    for (const auto& l : split(*text, '\n'))
+      if (auto v = parse_int(trim(l)); v && *v > 0) out.push_back(static_cast<pid_t>(*v));
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return out;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_type != DT_DIR) continue;
+    std::string n = e->d_name;
+    if (n == "." || n == "..") continue;
+    auto sub = read_procs_recursive(dir + "/" + n);
+    out.insert(out.end(), sub.begin(), sub.end());
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+void remove_dir(const std::string& dir) {
+  // Children first (a container may have made sub-cgroups), then the leaf.
+  if (DIR* d = ::opendir(dir.c_str())) {
+    std::vector<std::string> subs;
+    while (auto* e = ::readdir(d)) {
+      std::string n = e->d_name;
+      if (e->d_type == DT_DIR && n != "." && n != "..") subs.push_back(dir + "/" + n);
+    }
+    ::closedir(d);
+    for (const auto& s : subs) remove_dir(s);
+  }
+  for (int attempt = 0;; ++attempt) {
+    if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return;
+    if (errno != EBUSY || attempt >= 100) throw_errno("cgroup: rmdir " + dir);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+std::string host_dir(const MountPoint& m, const std::string& self_path, const std::string& path) {
+  std::string full = path;
+  if (full.empty() || full.front() != '/') full = (self_path.empty() ? "/" : self_path) + "/" + full;
+  if (m.root != "/" && starts_with(full, m.root) && (full.size() == m.root.size() || full[m.root.size()] == '/'))
+    full = full.substr(m.root.size());
+  std::string out = m.path;
+  for (const auto& c : split(full, '/')) {
+    if (c.empty() || c == ".") continue;
+    out += "/" + c;
+  }
+  return out;
+}
+
+std::vector<std::string> make_dirs(const std::string& mount, const std::string& dir) {
+  std::vector<std::string> created;
+  if (!starts_with(dir, mount)) throw Error("cgroup: " + dir + " is not below " + mount);
+  std::string cur = mount;
+  for (const auto& c : split(dir.substr(mount.size()), '/')) {
+    if (c.empty()) continue;
+    cur += "/" + c;
+    if (::mkdir(cur.c_str(), 0755) == 0)
+      created.push_back(cur);
+    else if (errno != EEXIST)
+      throw_errno("cgroup: mkdir " + cur);
+  }
+  return created;
+}
+
+uint64_t shares_to_weight(uint64_t shares) {
+  if (shares == 0) return 0;
+  if (shares < 2) shares = 2;
+  if (shares > 262144) shares = 262144;
+  return 1 + ((shares - 2) * 9999) / 262142;
+}
+
+std::vector<std::string> hugepage_sizes() {
+  std::vector<std::string> out;
+  DIR* d = ::opendir("/sys/kernel/mm/hugepages");
+  if (!d) return out;
+  while (auto* e = ::readdir(d)) {
+    std::string n = e->d_name;  // hugepages-2048kB
+    if (!starts_with(n, "hugepages-") || n.size() < 13) continue;
+    auto kb = parse_uint(n.substr(10, n.size() - 12));
+    if (!kb) continue;
+    unsigned long long v = *kb;
+    const char* units[] = {"KB", "MB", "GB", "TB"};
+    int u = 0;
+    while (v >= 1024 && v % 1024 == 0 && u < 3) {
+      v /= 1024;
+      ++u;
+    }
+    out.push_back(std::to_string(v) + units[u]);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace detail
+
+std::unique_ptr<Manager> Manager::create(const std::string& cgroups_path, const std::string& id, bool systemd) {
+  return create(Host::detect(), cgroups_path, id, systemd);
+}
+
+std::unique_ptr<Manager> Manager::create(const Host& host, const std::string& cgroups_path, const std::string& id,
+                                         bool systemd) {
+  std::string path;
+  if (systemd) {
+    path = expand_systemd_path(cgroups_path, id);
+  } else {
+    path = cgroups_path.empty() ? id : cgroups_path;
+    if (path.find(':') != std::string::npos && path.front() != '/')
+      throw Error("linux.cgroupsPath \"" + cgroups_path +
+                  "\" looks like a systemd \"slice:prefix:name\" path; pass --systemd-cgroup to use it");
+    for (const auto& c : split(path, '/'))
+      if (c == "..") throw Error("linux.cgroupsPath \"" + cgroups_path + "\" must not contain \"..\"");
+  }
+  if (host.layout == Layout::unified) return make_v2(host, path, systemd, nullptr);
+  return make_v1(host, path, systemd, nullptr);
+}
+
+std::unique_ptr<Manager> Manager::load(const json& saved) {
+  if (!saved.is_object() || !saved.contains("layout") || !saved.contains("mounts"))
+    throw Error("container state: malformed cgroup record");
+  Host h;
+  std::string layout = saved["layout"];
+  h.layout = layout == "unified" ? Layout::unified : layout == "hybrid" ? Layout::hybrid : Layout::legacy;
+  for (const auto& m : saved["mounts"]) {
+    MountPoint mp;
+    mp.path = m.at("path");
+    mp.root = m.at("root");
+    mp.fstype = m.at("fstype");
+    mp.options = m.value("options", "");
+    mp.controllers = m.value("controllers", std::vector<std::string>{});
+    h.mounts.push_back(mp);
+  }
+  h.self = saved.value("self", std::map<std::string, std::string>{});
+  std::string path = saved.at("path");
+  bool systemd = saved.value("driver", "cgroupfs") == "systemd";
+  std::unique_ptr<Manager> m =
+      h.layout == Layout::unified ? make_v2(h, path, systemd, &saved) : make_v1(h, path, systemd, &saved);
+  return m;
+}
+
+}  // namespace agentshim::cgroups

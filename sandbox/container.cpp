@@ -1,0 +1,790 @@
+#include "sandbox/container.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "sandbox/cgroups/cgroups.h"
+#include "sandbox/hooks.h"
+#include "sandbox/oci.h"
+#include "sandbox/process.h"
+#include "sandbox/rootfs.h"
+#include "sandbox/state.h"
+#include "sandbox/supervisor.h"
+#include "sandbox/sync.h"
+
+namespace agentshim::container {
+namespace {
+
+std::string abs_path(const std::string& p) {
+  char buf[PATH_MAX];
+  if (!::realpath(p.empty() ? "." : p.c_str(), buf)) throw_errno("resolve path " + p);
+  return buf;
+}
+
+std::string new_run_id(const std::string& id) {
+  struct timespec ts {};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm {};
+  gmtime_r(&ts.tv_sec, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
+  std::random_device rd;
+  char rnd[17];
+  std::snprintf(rnd, sizeof rnd, "%08x%08x", rd(), rd());
+  std::string shortid = id.substr(0, 12);
+  return std::string(buf) + "-" + shortid + "-" + rnd;
+}
+
+void write_pid_file(const std::string& path, pid_t pid) {
+  if (path.empty()) return;
+  std::string p = path;
+  if (!starts_with(p, "/")) p = abs_path(".") + "/" + p;
+  // runc writes to a temporary file and renames it, so readers never see a partial pid.
+  write_file_atomic(p, std::to_string(pid), 0644);
+}
+
+UniqueFd connect_console(const std::string& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw_errno("socket");
+  struct sockaddr_un addr {};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) throw Error("console socket path too long: " + path);
+  std::strcpy(addr.sun_path, path.c_str());
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0)
+    throw_errno("connect to console socket " + path);
+  return fd;
+}
+
+std::string state_dir(const Global& g, const std::string& id) { return state::container_dir(g.root, id); }
+
+std::unique_ptr<cgroups::Manager> cgroup_of(const state::ContainerState& st) {
+  if (st.cgroup.is_null()) throw Error("container " + st.id + " has no cgroup recorded");
+  return cgroups::Manager::load(st.cgroup);
+}
+
+// Wait until pid (with start time) is gone; false on timeout.
+bool wait_gone(pid_t pid, unsigned long long start, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms; waited += 5) {
+    if (!state::process_alive(pid, start)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return !state::process_alive(pid, start);
+}
+
+}  // namespace
+
+void create(const Global& g, const CreateOptions& o) {
+  oci::validate_container_id(o.id);
+  std::string bundle = abs_path(o.bundle.empty() ? "." : o.bundle);
+  json caller = oci::load_config(bundle);
+  json cfg = caller;  // the policy layer tightens this (see sandbox/policy.h)
+  std::string rootfs = oci::rootfs_path(cfg, bundle);
+  struct stat rst {};
+  if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
+    throw Error("rootfs (" + rootfs + ") does not exist or is not a directory");
+  bool terminal = cfg["process"].value("terminal", false);
+  if (terminal && o.console_socket.empty() && o.console_fd < 0)
+    throw Error("cannot allocate tty if agentshim will detach without setting console socket");
+  if (!terminal && !o.console_socket.empty())
+    throw Error("cannot use console socket if agentshim will not detach or allocate tty");
+
+  mkdir_p(g.root, 0711);
+  std::string dir = state_dir(g, o.id);
+  if (::mkdir(dir.c_str(), 0711) < 0) {
+    if (errno == EEXIST) throw Error("container with id exists: " + o.id);
+    throw_errno("mkdir " + dir);
+  }
+  // Anything that fails from here on must leave no state behind.
+  struct Cleanup {
+    std::string dir;
+    bool armed = true;
+    ~Cleanup() {
+      if (!armed) return;
+      try {
+        remove_tree(dir);
+      } catch (...) {
+      }
+    }
+  } cleanup{dir};
+  state::Lock lock(g.root, o.id);
+
+  std::string fifo = state::exec_fifo_path(g.root, o.id);
+  if (::mkfifo(fifo.c_str(), 0622) < 0) throw_errno("mkfifo " + fifo);
+
+  supervisor::Setup s;
+  s.id = o.id;
+  s.bundle = bundle;
+  s.rootfs = rootfs;
+  s.state_dir = dir;
+  s.run_id = new_run_id(o.id);
+  s.audit_dir = g.audit_dir;
+  s.created = log::now_rfc3339();
+  s.config = cfg;
+  s.caller_config = caller;
+  s.policy = json::object();
+  s.systemd_cgroup = g.systemd_cgroup;
+  s.no_pivot = o.no_pivot;
+  s.no_new_keyring = o.no_new_keyring;
+  s.preserve_fds = o.preserve_fds;
+  if (const char* lf = ::getenv("LISTEN_FDS")) {
+    if (auto n = parse_int(lf); n && *n > 0) {
+      s.preserve_fds += static_cast<int>(*n);
+      s.extra_env.push_back("LISTEN_FDS=" + std::to_string(*n));
+      s.extra_env.push_back("LISTEN_PID=1");
+    }
+  }
+  s.exec_fifo.reset(::open(fifo.c_str(), O_PATH | O_CLOEXEC));
+  if (!s.exec_fifo) throw_errno("open " + fifo);
+  if (terminal)
+    s.console_sock = o.console_fd >= 0 ? UniqueFd(::dup(o.console_fd)) : connect_console(o.console_socket);
+  auto pair = make_socketpair(SOCK_SEQPACKET);
+  s.cli_sock = std::move(pair.second);
+
+  std::cout.flush();
+  std::cerr.flush();
+  pid_t sup = ::fork();
+  if (sup < 0) throw_errno("fork supervisor");
+  if (sup == 0) {
+    pair.first.reset();
+    cleanup.armed = false;
+    lock.drop_in_child();
+    supervisor::main(std::move(s));
+  }
+  s.cli_sock.reset();
+  s.console_sock.reset();
+  s.exec_fifo.reset();
+  std::optional<json> msg;
+  try {
+    msg = sync::recv(pair.first.get());
+  } catch (const std::exception& e) {
+    msg = json{{"type", "error"}, {"msg", e.what()}};
+  }
+  if (!msg || msg->value("type", "") != "created") {
+    std::string err = msg ? msg->value("msg", "container setup failed") : "supervisor exited during setup";
+    ::kill(sup, SIGKILL);
+    ::waitpid(sup, nullptr, 0);
+    throw Error(err);
+  }
+  state::ContainerState st;
+  st.id = o.id;
+  st.bundle = bundle;
+  st.rootfs = rootfs;
+  st.created = s.created;
+  st.init_pid = (*msg)["init_pid"];
+  st.init_start = (*msg)["init_start"];
+  st.supervisor_pid = sup;
+  st.supervisor_start = state::process_start_time(sup);
+  st.run_id = s.run_id;
+  st.audit_dir = g.audit_dir;
+  st.config = cfg;
+  st.cgroup = (*msg)["cgroup"];
+  if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
+  state::save(g.root, st);
+  write_pid_file(o.pid_file, sup);
+  cleanup.armed = false;
+}
+
+void start(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  state::Lock lock(g.root, id);
+  std::string status = state::status(g.root, st);
+  if (status == "stopped") throw Error("cannot start a container that has stopped");
+  if (status != "created") throw Error("cannot start an already running container");
+  std::string fifo = state::exec_fifo_path(g.root, id);
+  UniqueFd fd(::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) throw_errno("open exec fifo " + fifo);
+  // The init opens its end for writing, writes one byte and execs; if it
+  // dies instead we see HUP without data.
+  for (;;) {
+    struct pollfd p = {fd.get(), POLLIN, 0};
+    int n = ::poll(&p, 1, 100);
+    if (n > 0) {
+      char c;
+      ssize_t r = ::read(fd.get(), &c, 1);
+      if (r == 1) break;
+      if (r == 0 && !(p.revents & POLLIN)) {
+        // No writer yet: only a HUP after a writer came and went means death.
+      }
+    }
+    if (!state::process_alive(st.init_pid, st.init_start))
+      throw Error("cannot start container " + id + ": its init process exited");
+    if (n > 0 && (p.revents & POLLHUP)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::unlink(fifo.c_str());
+  supervisor::notify(state_dir(g, id), {{"type", "started"}});
+  json hs = state::oci_state(st, "running");
+  try {
+    hooks::run(st.config, "poststart", hs);
+  } catch (const std::exception& e) {
+    // runc kills the container when a poststart hook fails.
+    ::kill(st.init_pid, SIGKILL);
+    throw;
+  }
+}
+
+namespace {
+// Copy between our stdio and the pty master until the supervisor exits.
+class TtyRelay {
+ public:
+  explicit TtyRelay(UniqueFd master) : master_(std::move(master)) {
+    if (::isatty(0) && ::tcgetattr(0, &saved_) == 0) {
+      struct termios raw = saved_;
+      ::cfmakeraw(&raw);
+      raw_ = ::tcsetattr(0, TCSANOW, &raw) == 0;
+      struct winsize ws {};
+      if (::ioctl(0, TIOCGWINSZ, &ws) == 0) ::ioctl(master_.get(), TIOCSWINSZ, &ws);
+    }
+  }
+  ~TtyRelay() {
+    if (raw_) ::tcsetattr(0, TCSANOW, &saved_);
+  }
+  // One round of copying; returns false once the pty is closed.
+  bool pump(int timeout_ms) {
+    struct pollfd fds[2] = {{master_.get(), POLLIN, 0}, {stdin_open_ ? 0 : -1, POLLIN, 0}};
+    if (::poll(fds, 2, timeout_ms) <= 0) return true;
+    char buf[8192];
+    if (fds[0].revents & (POLLIN | POLLHUP)) {
+      ssize_t n = ::read(master_.get(), buf, sizeof buf);
+      if (n <= 0) return false;
+      try {
+        write_all(1, std::string_view(buf, static_cast<std::size_t>(n)), "stdout");
+      } catch (...) {
+      }
+    }
+    if (fds[1].revents & (POLLIN | POLLHUP)) {
+      ssize_t n = ::read(0, buf, sizeof buf);
+      if (n <= 0) {
+        stdin_open_ = false;
+        // EOF on a pipe: send the terminal's EOF character.
+        ssize_t w = ::write(master_.get(), "\x04", 1);
+        (void)w;
+      } else {
+        try {
+          write_all(master_.get(), std::string_view(buf, static_cast<std::size_t>(n)), "pty");
+        } catch (...) {
+        }
+      }
+    }
+    return true;
+  }
+
+ private:
+  UniqueFd master_;
+  struct termios saved_ {};
+  bool raw_ = false;
+  bool stdin_open_ = true;
+};
+}  // namespace
+
+int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
+  CreateOptions o = opts;
+  UniqueFd console_peer;
+  std::unique_ptr<TtyRelay> relay;
+  if (!detach && o.console_socket.empty()) {
+    json cfg = oci::load_config(abs_path(o.bundle.empty() ? "." : o.bundle));
+    if (cfg["process"].value("terminal", false)) {
+      auto pair = make_socketpair(SOCK_STREAM);
+      console_peer = std::move(pair.first);
+      o.console_fd = pair.second.release();
+    }
+  }
+  try {
+    create(g, o);
+  } catch (...) {
+    if (o.console_fd >= 0) ::close(o.console_fd);
+    throw;
+  }
+  if (o.console_fd >= 0) {
+    ::close(o.console_fd);
+    std::vector<UniqueFd> fds;
+    recv_fds(console_peer.get(), fds);
+    if (fds.empty()) throw Error("run: the container did not send its pty master");
+    relay = std::make_unique<TtyRelay>(std::move(fds[0]));
+  }
+  try {
+    start(g, o.id);
+  } catch (...) {
+    try {
+      remove(g, o.id, true);
+    } catch (...) {
+    }
+    throw;
+  }
+  if (detach) return 0;
+  auto st = state::load(g.root, o.id);
+  // The supervisor is our child: its exit status is the container's.
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  int code = 0;
+  for (;;) {
+    int status = 0;
+    pid_t p = ::waitpid(st.supervisor_pid, &status, WNOHANG);
+    if (p == st.supervisor_pid) {
+      code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      break;
+    }
+    if (relay && !relay->pump(50)) relay.reset();
+    struct timespec ts {0, relay ? 0 : 50 * 1000 * 1000};
+    siginfo_t si {};
+    int sig = sigtimedwait(&set, &si, &ts);
+    if (sig > 0 && sig != SIGCHLD) ::kill(st.supervisor_pid, sig);
+  }
+  if (relay)
+    while (relay->pump(10)) {
+    }
+  relay.reset();
+  if (!keep) remove(g, o.id, true);
+  return code;
+}
+
+json state(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  return state::oci_state(st, state::status(g.root, st));
+}
+
+std::vector<json> list(const Global& g) {
+  std::vector<json> out;
+  for (const auto& id : state::list_ids(g.root)) {
+    try {
+      auto st = state::load(g.root, id);
+      out.push_back(state::oci_state(st, state::status(g.root, st)));
+    } catch (const std::exception& e) {
+      log::warn("list: " + id + ": " + e.what());
+    }
+  }
+  return out;
+}
+
+void kill(const Global& g, const std::string& id, int sig, bool all) {
+  auto st = state::load(g.root, id);
+  std::string status = state::status(g.root, st);
+  if (status == "stopped" && !all) throw Error("container not running");
+  if (all) {
+    auto cg = cgroup_of(st);
+    for (pid_t p : cg->pids())
+      if (p != st.supervisor_pid) ::kill(p, sig);
+    if (status == "paused" && (sig == SIGKILL)) cg->thaw();
+    return;
+  }
+  if (::kill(st.init_pid, sig) < 0) {
+    if (errno == ESRCH) throw Error("container not running");
+    throw_errno("kill " + std::to_string(st.init_pid));
+  }
+  if (status == "paused" && sig == SIGKILL) cgroup_of(st)->thaw();
+}
+
+void remove(const Global& g, const std::string& id, bool force) {
+  oci::validate_container_id(id);
+  std::string dir = state_dir(g, id);
+  state::ContainerState st;
+  try {
+    st = state::load(g.root, id);
+  } catch (const Error&) {
+    // A half-created directory (no state.json) is removed silently; an
+    // unknown id is an error unless --force.
+    if (path_exists(dir) && !path_exists(dir + "/state.json")) {
+      remove_tree(dir);
+      return;
+    }
+    if (force) return;
+    throw;
+  }
+  state::Lock lock(g.root, id);
+  std::string status = state::status(g.root, st);
+  if ((status == "running" || status == "paused") && !force)
+    throw Error("cannot delete container " + id + " that is not stopped: " + status);
+  std::unique_ptr<cgroups::Manager> cg;
+  try {
+    cg = cgroup_of(st);
+  } catch (const std::exception& e) {
+    log::warn(e.what());
+  }
+  if (status != "stopped") {
+    ::kill(st.init_pid, SIGKILL);
+    if (cg) {
+      for (pid_t p : cg->pids())
+        if (p != st.supervisor_pid) ::kill(p, SIGKILL);
+      if (status == "paused") cg->thaw();
+    }
+  }
+  if (!wait_gone(st.init_pid, st.init_start, 10000)) log::warn("container init " + std::to_string(st.init_pid) + " did not exit");
+  // The supervisor finalizes the record, then exits; give it time.
+  if (!wait_gone(st.supervisor_pid, st.supervisor_start, 30000)) {
+    log::warn("supervisor " + std::to_string(st.supervisor_pid) + " did not exit; killing it");
+    ::kill(st.supervisor_pid, SIGKILL);
+    wait_gone(st.supervisor_pid, st.supervisor_start, 2000);
+  }
+  try {
+    hooks::run(st.config, "poststop", state::oci_state(st, "stopped"));
+  } catch (const std::exception& e) {
+    log::warn(std::string("poststop hook failed: ") + e.what());
+  }
+  if (cg) {
+    // Leftover processes (no pid namespace) would keep the cgroup busy.
+    for (int i = 0; i < 50; i++) {
+      auto left = cg->pids();
+      if (left.empty()) break;
+      for (pid_t p : left) ::kill(p, SIGKILL);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    cg->destroy();
+  }
+  remove_tree(dir);
+}
+
+void pause(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  state::Lock lock(g.root, id);
+  std::string status = state::status(g.root, st);
+  if (status != "running" && status != "created") throw Error("container not running");
+  cgroup_of(st)->freeze();
+  supervisor::notify(state_dir(g, id), {{"type", "paused"}});
+}
+
+void resume(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  state::Lock lock(g.root, id);
+  if (state::status(g.root, st) != "paused") throw Error("container not paused");
+  cgroup_of(st)->thaw();
+  supervisor::notify(state_dir(g, id), {{"type", "resumed"}});
+}
+
+void update(const Global& g, const std::string& id, const json& resources) {
+  auto st = state::load(g.root, id);
+  state::Lock lock(g.root, id);
+  if (state::status(g.root, st) == "stopped") throw Error("container not running");
+  if (!resources.is_object()) throw Error("update: resources must be a JSON object");
+  cgroup_of(st)->set(resources);
+  json& r = st.config["linux"]["resources"];
+  if (!r.is_object()) r = json::object();
+  r.merge_patch(resources);
+  state::save(g.root, st);
+  supervisor::notify(state_dir(g, id), {{"type", "updated"}, {"resources", resources}});
+}
+
+std::vector<pid_t> pids(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  std::vector<pid_t> out;
+  if (state::status(g.root, st) == "stopped") return out;
+  for (pid_t p : cgroup_of(st)->pids())
+    if (p != st.supervisor_pid) out.push_back(p);
+  return out;
+}
+
+json stats(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  if (state::status(g.root, st) == "stopped") throw Error("container not running");
+  return cgroup_of(st)->stats();
+}
+
+void events(const Global& g, const std::string& id, bool stats_once, int interval_ms) {
+  auto st = state::load(g.root, id);
+  if (state::status(g.root, st) == "stopped") throw Error("container with id " + id + " is not running");
+  auto cg = cgroup_of(st);
+  if (stats_once) {
+    std::cout << json{{"type", "stats"}, {"id", id}, {"data", cg->stats()}}.dump() << std::endl;
+    return;
+  }
+  uint64_t ooms = cg->oom_kill_count();
+  auto last = std::chrono::steady_clock::now() - std::chrono::milliseconds(interval_ms);
+  while (state::status(g.root, st) != "stopped") {
+    uint64_t now_ooms = cg->oom_kill_count();
+    if (now_ooms > ooms) {
+      std::cout << json{{"type", "oom"}, {"id", id}}.dump() << std::endl;
+      ooms = now_ooms;
+    }
+    if (std::chrono::steady_clock::now() - last >= std::chrono::milliseconds(interval_ms)) {
+      try {
+        std::cout << json{{"type", "stats"}, {"id", id}, {"data", cg->stats()}}.dump() << std::endl;
+      } catch (const std::exception& e) {
+        log::warn(std::string("events: ") + e.what());
+      }
+      last = std::chrono::steady_clock::now();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+json exec_process_from_args(const Global& g, const std::string& id, const std::vector<std::string>& args,
+                            const std::string& cwd, const std::vector<std::string>& env, const std::string& user,
+                            bool tty, const std::vector<std::string>& additional_gids,
+                            const std::vector<std::string>& caps, bool no_new_privs) {
+  auto st = state::load(g.root, id);
+  json p = st.config["process"];
+  if (args.empty()) throw Error("exec: no command given (args or --process required)");
+  p["args"] = args;
+  p["terminal"] = tty;
+  if (!cwd.empty()) p["cwd"] = cwd;
+  for (const auto& e : env) p["env"].push_back(e);
+  if (!user.empty()) {
+    auto parts = split(user, ':');
+    auto uid = parse_uint(parts[0]);
+    if (!uid) throw Error("exec --user: \"" + user + "\" must be uid[:gid] (numeric)");
+    p["user"]["uid"] = *uid;
+    if (parts.size() > 1) {
+      auto gid = parse_uint(parts[1]);
+      if (!gid) throw Error("exec --user: \"" + user + "\" must be uid[:gid] (numeric)");
+      p["user"]["gid"] = *gid;
+    } else {
+      p["user"]["gid"] = 0;
+    }
+  }
+  for (const auto& gid : additional_gids) {
+    auto v = parse_uint(gid);
+    if (!v) throw Error("exec --additional-gids: \"" + gid + "\" is not a number");
+    p["user"]["additionalGids"].push_back(*v);
+  }
+  for (const auto& c : caps)
+    for (const char* set : {"bounding", "effective", "permitted"}) p["capabilities"][set].push_back(c);
+  if (no_new_privs) p["noNewPrivileges"] = true;
+  return p;
+}
+
+int exec(const Global& g, const ExecOptions& o) {
+  auto st = state::load(g.root, o.id);
+  std::string status = state::status(g.root, st);
+  if (status == "stopped") throw Error("cannot exec in a stopped container");
+  if (status == "paused") throw Error("cannot exec in a paused container");
+  json proc = o.process;
+  oci::validate_process(proc, "exec process");
+  bool terminal = proc.value("terminal", false);
+  if (terminal && o.console_socket.empty() && o.detach)
+    throw Error("cannot allocate tty if agentshim will detach without setting console socket");
+  if (!terminal && !o.console_socket.empty())
+    throw Error("cannot use console socket if agentshim will not allocate tty");
+  // Inherit the container's security settings where the exec process is silent.
+  const json& cproc = st.config["process"];
+  if (!proc.contains("noNewPrivileges") && cproc.contains("noNewPrivileges"))
+    proc["noNewPrivileges"] = cproc["noNewPrivileges"];
+  if (!proc.contains("capabilities") && cproc.contains("capabilities")) proc["capabilities"] = cproc["capabilities"];
+  if (!proc.contains("rlimits") && cproc.contains("rlimits")) proc["rlimits"] = cproc["rlimits"];
+
+  auto cg = cgroup_of(st);
+  UniqueFd console;
+  if (terminal) console = connect_console(o.console_socket);
+  // Namespace fds of the init, opened before anything else can race.
+  std::vector<std::pair<int, UniqueFd>> nsfds;
+  for (const char* t : {"user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
+    auto nt = oci::namespace_by_name(t);
+    std::string self = "/proc/self/ns/" + std::string(nt->proc);
+    std::string theirs = "/proc/" + std::to_string(st.init_pid) + "/ns/" + nt->proc;
+    struct stat a {}, b {};
+    if (::stat(self.c_str(), &a) < 0 || ::stat(theirs.c_str(), &b) < 0) continue;
+    if (a.st_ino == b.st_ino && a.st_dev == b.st_dev) continue;
+    UniqueFd fd(::open(theirs.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) throw_errno("open " + theirs);
+    nsfds.emplace_back(nt->flag, std::move(fd));
+  }
+  if (!state::process_alive(st.init_pid, st.init_start)) throw Error("cannot exec in a stopped container");
+  json seccomp_cfg = st.config.contains("linux") && st.config["linux"].contains("seccomp")
+                         ? st.config["linux"]["seccomp"]
+                         : json();
+  auto err_pipe = make_pipe(O_CLOEXEC);
+  auto pid_pipe = make_pipe(O_CLOEXEC);
+  std::cout.flush();
+  pid_t mid = ::fork();
+  if (mid < 0) throw_errno("fork exec");
+  if (mid == 0) {
+    // Intermediate: join cgroup (host paths), then namespaces, then clone the
+    // process as the CLI's child so it lands in the container's pid namespace.
+    try {
+      err_pipe.first.reset();
+      pid_pipe.first.reset();
+      cg->join(::getpid());
+      for (auto& [flag, fd] : nsfds) {
+        if (::setns(fd.get(), flag) < 0) throw_errno("setns into container (flag " + std::to_string(flag) + ")");
+        if (flag == CLONE_NEWUSER) {
+          if (::setresgid(0, 0, 0) < 0 || ::setresuid(0, 0, 0) < 0) throw_errno("become root in user namespace");
+        }
+      }
+      pid_t child = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+      if (child < 0) throw_errno("clone exec process");
+      if (child == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
+        if (terminal) rootfs::setup_console(console.get(), proc, false);
+        console.reset();
+        process::apply_rlimits(proc);
+        std::string path = process::resolve_executable(proc);
+        process::Finalize fin;
+        if (!seccomp_cfg.is_null()) fin.seccomp.push_back(seccomp_cfg);
+        ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
+        process::finalize(proc, fin);
+        process::exec(path, proc);
+      }
+      std::string pid = std::to_string(child);
+      write_all(pid_pipe.second.get(), pid, "exec pid pipe");
+      ::_exit(0);
+    } catch (const std::exception& e) {
+      std::string m = e.what();
+      ssize_t r = ::write(err_pipe.second.get(), m.data(), m.size());
+      (void)r;
+      ::_exit(1);
+    }
+  }
+  err_pipe.second.reset();
+  pid_pipe.second.reset();
+  console.reset();
+  int mst = 0;
+  ::waitpid(mid, &mst, 0);
+  std::string pidstr = read_all(pid_pipe.first.get(), "exec pid pipe");
+  auto child = parse_int(pidstr);
+  // Errors before execve arrive on err_pipe (from the intermediate or the
+  // process itself); EOF without data means execve succeeded.
+  std::string err = read_all(err_pipe.first.get(), "exec error pipe");
+  if (!err.empty()) {
+    if (child) ::waitpid(static_cast<pid_t>(*child), nullptr, 0);
+    throw Error(err);
+  }
+  if (!child) throw Error("exec: could not start the process in container " + o.id);
+  pid_t pid = static_cast<pid_t>(*child);
+  write_pid_file(o.pid_file, pid);
+  json args = proc["args"];
+  supervisor::notify(state_dir(g, o.id), {{"type", "exec"}, {"pid", pid}, {"args", args},
+                                         {"cwd", proc.value("cwd", "/")}, {"terminal", terminal},
+                                         {"user", proc.value("user", json::object())}});
+  if (o.detach) return 0;
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
+  sigaddset(&set, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &set, nullptr);
+  for (;;) {
+    int status = 0;
+    pid_t p = ::waitpid(pid, &status, WNOHANG);
+    if (p == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    struct timespec ts {0, 50 * 1000 * 1000};
+    siginfo_t si {};
+    int sig = sigtimedwait(&set, &si, &ts);
+    if (sig > 0 && sig != SIGCHLD) ::kill(pid, sig);
+  }
+}
+
+json default_spec(bool rootless) {
+  json caps = {"CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FOWNER",           "CAP_FSETID",
+               "CAP_KILL",   "CAP_SETGID",       "CAP_SETUID",           "CAP_SETPCAP",
+               "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"};
+  json spec = {
+      {"ociVersion", oci::kOciVersion},
+      {"process",
+       {{"terminal", true},
+        {"user", {{"uid", 0}, {"gid", 0}}},
+        {"args", {"sh"}},
+        {"env", {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"}},
+        {"cwd", "/"},
+        {"capabilities", {{"bounding", caps}, {"effective", caps}, {"permitted", caps}}},
+        {"rlimits", {{{"type", "RLIMIT_NOFILE"}, {"hard", 1024}, {"soft", 1024}}}},
+        {"noNewPrivileges", true}}},
+      {"root", {{"path", "rootfs"}, {"readonly", true}}},
+      {"hostname", "agentshim"},
+      {"mounts",
+       {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}, {"options", {"nosuid", "noexec", "nodev"}}},
+        {{"destination", "/dev"},
+         {"type", "tmpfs"},
+         {"source", "tmpfs"},
+         {"options", {"nosuid", "strictatime", "mode=755", "size=65536k"}}},
+        {{"destination", "/dev/pts"},
+         {"type", "devpts"},
+         {"source", "devpts"},
+         {"options", {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}}},
+        {{"destination", "/dev/shm"},
+         {"type", "tmpfs"},
+         {"source", "shm"},
+         {"options", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}},
+        {{"destination", "/dev/mqueue"}, {"type", "mqueue"}, {"source", "mqueue"}, {"options", {"nosuid", "noexec", "nodev"}}},
+        {{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}, {"options", {"nosuid", "noexec", "nodev", "ro"}}},
+        {{"destination", "/sys/fs/cgroup"},
+         {"type", "cgroup"},
+         {"source", "cgroup"},
+         {"options", {"nosuid", "noexec", "nodev", "relatime", "ro"}}},
+        {{"destination", "/tmp"},
+         {"type", "tmpfs"},
+         {"source", "tmpfs"},
+         {"options", {"nosuid", "nodev", "mode=1777", "size=65536k"}}}}},
+      {"linux",
+       {{"resources", {{"devices", {{{"allow", false}, {"access", "rwm"}}}}, {"pids", {{"limit", 1024}}}}},
+        {"namespaces",
+         {{{"type", "pid"}}, {{"type", "network"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}},
+          {{"type", "cgroup"}}}},
+        {"maskedPaths",
+         {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+          "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi", "/sys/devices/virtual/powercap"}},
+        {"readonlyPaths",
+         {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}}}}};
+  if (rootless) {
+    spec["linux"]["namespaces"].push_back({{"type", "user"}});
+    spec["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", ::getuid()}, {"size", 1}}};
+    spec["linux"]["gidMappings"] = {{{"containerID", 0}, {"hostID", ::getgid()}, {"size", 1}}};
+    spec["linux"].erase("resources");
+  }
+  return spec;
+}
+
+json features() {
+  json ns = json::array();
+  for (const auto& t : oci::namespace_types()) ns.push_back(t.name);
+  json caps = json::array();
+  for (int c = 0; c <= oci::last_capability(); c++) caps.push_back(oci::capability_name(c));
+  return {
+      {"ociVersionMin", "1.0.0"},
+      {"ociVersionMax", oci::kOciVersionMax},
+      {"hooks", {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}},
+      {"mountOptions",
+       {"async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime", "loud", "mand",
+        "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid",
+        "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
+        "shared", "silent", "slave", "strictatime", "suid", "sync", "tmpcopyup", "unbindable"}},
+      {"linux",
+       {{"namespaces", ns},
+        {"capabilities", caps},
+        {"cgroup", {{"v1", true}, {"v2", true}, {"systemd", false}, {"systemdUser", false}}},
+        {"seccomp",
+         {{"enabled", true},
+          {"actions",
+           {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD",
+            "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"}},
+          {"operators",
+           {"SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ",
+            "SCMP_CMP_NE"}},
+          {"archs", {"SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"}},
+          {"knownFlags", {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"}},
+          {"supportedFlags",
+           {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"}}}},
+        {"apparmor", {{"enabled", false}}},
+        {"selinux", {{"enabled", false}}},
+        {"intelRdt", {{"enabled", false}}}}},
+      {"annotations",
+       {{"org.opencontainers.runc.checkpoint.enabled", "false"},
+        {"dev.agentshim.version", AGENTSHIM_VERSION},
+        {"dev.agentshim.commit", AGENTSHIM_COMMIT}}},
+  };
+}
+
+}  // namespace agentshim::container

@@ -1,0 +1,268 @@
+#include "sandbox/exec_observer.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "attest/hash.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+
+namespace agentshim::observer {
+namespace {
+
+constexpr std::size_t kMaxPath = 4096;
+constexpr std::size_t kMaxArgs = 256;
+constexpr std::size_t kMaxArgBytes = 64 * 1024;
+
+int openat2_(int dirfd, const std::string& path, int flags, unsigned long long resolve) {
+  struct open_how how {};
+  how.flags = static_cast<unsigned long long>(flags);
+  how.resolve = resolve;
+  return static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how));
+}
+
+std::string link(const std::string& p) {
+  char buf[kMaxPath + 1];
+  ssize_t n = ::readlink(p.c_str(), buf, kMaxPath);
+  if (n < 0) return "";
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+struct Hashed {
+  std::string sha256;
+  std::string head;
+  uint64_t size = 0;
+  std::string error;
+};
+
+Hashed hash_fd(int fd) {
+  Hashed h;
+  struct stat st {};
+  if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    h.error = "not a regular file";
+    return h;
+  }
+  attest::Sha256 sha;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      h.error = std::string("read: ") + std::strerror(errno);
+      return h;
+    }
+    if (n == 0) break;
+    if (h.head.size() < 256) h.head.append(buf.data(), std::min<std::size_t>(static_cast<std::size_t>(n), 256 - h.head.size()));
+    sha.update(buf.data(), static_cast<std::size_t>(n));
+    h.size += static_cast<uint64_t>(n);
+  }
+  h.sha256 = attest::hex(sha.finish());
+  return h;
+}
+
+// Open `path` as seen by process `pid` (relative to its cwd, or to dirfd for
+// execveat), never leaving its root. Returns -1 with errno on failure.
+int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& container_path) {
+  std::string proc = "/proc/" + std::to_string(pid);
+  UniqueFd root(::open((proc + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root) return -1;
+  std::string abs = path;
+  if (path.empty() || path[0] != '/') {
+    std::string base = dirfd_num == AT_FDCWD ? link(proc + "/cwd") : link(proc + "/fd/" + std::to_string(dirfd_num));
+    if (base.empty() || base[0] != '/') base = "/";
+    abs = path.empty() ? base : (base == "/" ? "/" + path : base + "/" + path);
+  }
+  container_path = abs;
+  return openat2_(root.get(), abs, O_RDONLY | O_CLOEXEC | O_NONBLOCK,
+                  RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
+}
+
+}  // namespace
+
+std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, bool* truncated) {
+  std::string out;
+  if (truncated) *truncated = false;
+  if (addr == 0) return out;
+  char buf[256];
+  while (out.size() < max) {
+    std::size_t want = std::min(sizeof buf, max - out.size());
+    ssize_t n = ::pread(mem_fd, buf, want, static_cast<off_t>(addr + out.size()));
+    if (n <= 0) {
+      // A string that ends right before an unmapped page: retry byte by byte.
+      if (want > 1) {
+        ssize_t m = ::pread(mem_fd, buf, 1, static_cast<off_t>(addr + out.size()));
+        if (m == 1) {
+          if (buf[0] == 0) return out;
+          out.push_back(buf[0]);
+          continue;
+        }
+      }
+      return out;
+    }
+    void* nul = std::memchr(buf, 0, static_cast<std::size_t>(n));
+    if (nul) {
+      out.append(buf, static_cast<std::size_t>(static_cast<char*>(nul) - buf));
+      return out;
+    }
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  if (truncated) *truncated = true;
+  return out;
+}
+
+std::string shebang_interpreter(const std::string& head) {
+  if (head.size() < 3 || head[0] != '#' || head[1] != '!') return "";
+  std::size_t i = 2;
+  while (i < head.size() && (head[i] == ' ' || head[i] == '\t')) i++;
+  std::size_t j = i;
+  while (j < head.size() && head[j] != ' ' && head[j] != '\t' && head[j] != '\n' && head[j] != '\r' && head[j] != 0) j++;
+  if (j == head.size() && head.size() >= 256) return "";  // unterminated, too long
+  return head.substr(i, j - i);
+}
+
+ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink)
+    : listener_(std::move(listener)), stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      rootfs_(std::move(rootfs_host_path)), sink_(std::move(sink)) {
+  if (!stop_) throw_errno("eventfd");
+  thread_ = std::thread([this] { loop(); });
+}
+
+ExecObserver::~ExecObserver() { stop(); }
+
+void ExecObserver::stop() {
+  if (!thread_.joinable()) return;
+  uint64_t one = 1;
+  ssize_t w = ::write(stop_.get(), &one, sizeof one);
+  (void)w;
+  thread_.join();
+}
+
+void ExecObserver::loop() {
+  struct seccomp_notif_sizes sizes {};
+  if (::syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) < 0) {
+    log::error(std::string("seccomp notif sizes: ") + std::strerror(errno));
+    return;
+  }
+  std::vector<char> reqbuf(std::max<std::size_t>(sizes.seccomp_notif, sizeof(struct seccomp_notif)));
+  for (;;) {
+    struct pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+    int n = ::poll(fds, 2, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[0].revents & POLLIN) {
+      std::memset(reqbuf.data(), 0, reqbuf.size());
+      if (::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, reqbuf.data()) < 0) {
+        if (errno == EINTR || errno == ENOENT) continue;
+        return;
+      }
+      handle(reqbuf.data());
+      continue;
+    }
+    // The listener reports HUP when every filter user is gone.
+    if (fds[0].revents & (POLLHUP | POLLERR)) return;
+    if (fds[1].revents & POLLIN) return;
+  }
+}
+
+void ExecObserver::handle(void* reqp) {
+  auto* req = static_cast<struct seccomp_notif*>(reqp);
+  pid_t pid = static_cast<pid_t>(req->pid);
+  json ev = {{"pid", pid}};
+  bool is_at = false;
+#ifdef __NR_execveat
+  is_at = req->data.nr == __NR_execveat;
+#endif
+  ev["syscall"] = is_at ? "execveat" : "execve";
+  unsigned long long path_addr = is_at ? req->data.args[1] : req->data.args[0];
+  unsigned long long argv_addr = is_at ? req->data.args[2] : req->data.args[1];
+  int dirfd = is_at ? static_cast<int>(req->data.args[0]) : AT_FDCWD;
+  int flags = is_at ? static_cast<int>(req->data.args[4]) : 0;
+
+  std::string proc = "/proc/" + std::to_string(pid);
+  UniqueFd mem(::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+  // Check the notification is still live before trusting what we read.
+  bool valid = ::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) == 0;
+  if (mem && valid) {
+    bool trunc = false;
+    std::string path = read_cstring(mem.get(), path_addr, kMaxPath, &trunc);
+    ev["path"] = path;
+    if (trunc) ev["path_truncated"] = true;
+    json argv = json::array();
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < kMaxArgs && argv_addr; i++) {
+      unsigned long long p = 0;
+      if (::pread(mem.get(), &p, sizeof p, static_cast<off_t>(argv_addr + i * sizeof p)) != sizeof p || p == 0) break;
+      bool t = false;
+      std::string a = read_cstring(mem.get(), p, std::min<std::size_t>(4096, kMaxArgBytes - total), &t);
+      total += a.size();
+      argv.push_back(a);
+      if (t || total >= kMaxArgBytes) {
+        ev["argv_truncated"] = true;
+        break;
+      }
+    }
+    ev["argv"] = argv;
+    std::string cpath;
+    int fd = -1;
+    if ((flags & AT_EMPTY_PATH) && path.empty() && is_at) {
+      fd = ::open((proc + "/fd/" + std::to_string(dirfd)).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+      cpath = "fd:" + std::to_string(dirfd);
+    } else {
+      fd = open_as(pid, dirfd, path, cpath);
+    }
+    ev["resolved"] = cpath;
+    if (fd >= 0) {
+      UniqueFd f(fd);
+      std::string host = link("/proc/self/fd/" + std::to_string(fd));
+      if (!rootfs_.empty() && starts_with(host, rootfs_ + "/")) ev["resolved"] = host.substr(rootfs_.size());
+      Hashed h = hash_fd(fd);
+      if (h.error.empty()) {
+        ev["sha256"] = h.sha256;
+        ev["size"] = h.size;
+        std::string interp = shebang_interpreter(h.head);
+        if (!interp.empty()) {
+          std::string ipath;
+          int ifd = open_as(pid, AT_FDCWD, interp, ipath);
+          json ij = {{"path", interp}};
+          if (ifd >= 0) {
+            UniqueFd i(ifd);
+            Hashed ih = hash_fd(ifd);
+            if (ih.error.empty()) ij["sha256"] = ih.sha256;
+          }
+          ev["interpreter"] = ij;
+        }
+      } else {
+        ev["error"] = h.error;
+      }
+    } else {
+      ev["error"] = std::string("open: ") + std::strerror(errno);
+    }
+  } else {
+    ev["error"] = "process went away before it could be inspected";
+  }
+  struct seccomp_notif_resp resp {};
+  resp.id = req->id;
+  resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+  ::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_SEND, &resp);
+  observed_++;
+  try {
+    sink_("process.exec", std::move(ev));
+  } catch (const std::exception& e) {
+    log::error(std::string("exec observer sink: ") + e.what());
+  }
+}
+
+}  // namespace agentshim::observer

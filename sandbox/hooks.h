@@ -1,0 +1,19 @@
+// OCI lifecycle hooks: prestart, createRuntime, createContainer,
+// startContainer, poststart, poststop. Each hook is exec'd (no shell) with
+// the container state JSON on stdin; `timeout` (seconds) is enforced by
+// killing the hook; stdout/stderr are captured for the error message.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace agentshim::hooks {
+
+using json = nlohmann::json;
+
+// Run every hook of `kind` in order; throws Error
+// ("<kind> hook #<n> (<path>): exit status 1, stderr: ...") on the first
+// failure or timeout.
+void run(const json& config, const std::string& kind, const json& state);
+
+}  // namespace agentshim::hooks

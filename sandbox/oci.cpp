@@ -1,0 +1,423 @@
+#include "sandbox/oci.h"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/capability.h>
+#include <sys/mount.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/util.h"
+
+namespace agentshim::oci {
+namespace {
+
+void expect(bool ok, const std::string& field, const std::string& what) {
+  if (!ok) throw Error("config.json: " + field + ": " + what);
+}
+
+void expect_type(const json& obj, const char* key, json::value_t t, const std::string& where,
+                 bool required = false) {
+  if (!obj.contains(key)) {
+    expect(!required, where + "." + key, "required field missing");
+    return;
+  }
+  const json& v = obj.at(key);
+  bool ok = v.type() == t || (t == json::value_t::number_integer && v.is_number_integer()) ||
+            (t == json::value_t::number_unsigned && v.is_number_unsigned()) || v.is_null();
+  const char* names[] = {"null", "object", "array", "string", "boolean", "integer", "integer", "number"};
+  expect(ok, where + "." + key,
+         std::string("expected ") + names[static_cast<int>(t) < 8 ? static_cast<int>(t) : 0] + ", got " +
+             v.type_name());
+}
+
+void expect_string_array(const json& obj, const char* key, const std::string& where) {
+  if (!obj.contains(key) || obj.at(key).is_null()) return;
+  expect(obj.at(key).is_array(), where + "." + key, std::string("expected array, got ") + obj.at(key).type_name());
+  std::size_t i = 0;
+  for (const auto& e : obj.at(key)) {
+    expect(e.is_string(), where + "." + key + "[" + std::to_string(i) + "]", "expected string");
+    i++;
+  }
+}
+
+}  // namespace
+
+const std::vector<NamespaceType>& namespace_types() {
+  static const std::vector<NamespaceType> t = {
+      {"user", CLONE_NEWUSER, "user"}, {"ipc", CLONE_NEWIPC, "ipc"},         {"uts", CLONE_NEWUTS, "uts"},
+      {"network", CLONE_NEWNET, "net"}, {"pid", CLONE_NEWPID, "pid"},        {"cgroup", CLONE_NEWCGROUP, "cgroup"},
+      {"mount", CLONE_NEWNS, "mnt"},   {"time", 0x00000080 /*CLONE_NEWTIME*/, "time"},
+  };
+  return t;
+}
+
+std::optional<NamespaceType> namespace_by_name(const std::string& name) {
+  for (const auto& t : namespace_types())
+    if (name == t.name) return t;
+  return std::nullopt;
+}
+
+std::vector<Namespace> namespaces(const json& cfg) {
+  std::vector<Namespace> out;
+  if (!cfg.contains("linux") || !cfg["linux"].contains("namespaces") || cfg["linux"]["namespaces"].is_null())
+    return out;
+  for (const auto& n : cfg["linux"]["namespaces"]) {
+    out.push_back({n.value("type", ""), n.value("path", "")});
+  }
+  return out;
+}
+
+bool has_new_namespace(const json& cfg, const std::string& type) {
+  for (const auto& n : namespaces(cfg))
+    if (n.type == type && n.path.empty()) return true;
+  return false;
+}
+
+void validate_process(const json& p, const std::string& where) {
+  using vt = json::value_t;
+  expect(p.is_object(), where, "expected object");
+  expect_type(p, "terminal", vt::boolean, where);
+  expect_type(p, "cwd", vt::string, where);
+  expect_string_array(p, "args", where);
+  expect_string_array(p, "env", where);
+  expect(p.contains("args") && p["args"].is_array() && !p["args"].empty(), where + ".args",
+         "must name the program to run (non-empty array)");
+  if (p.contains("cwd") && p["cwd"].is_string())
+    expect(starts_with(p["cwd"].get<std::string>(), "/"), where + ".cwd", "must be an absolute path");
+  if (p.contains("user") && !p["user"].is_null()) {
+    const json& u = p["user"];
+    expect(u.is_object(), where + ".user", "expected object");
+    expect_type(u, "uid", vt::number_unsigned, where + ".user");
+    expect_type(u, "gid", vt::number_unsigned, where + ".user");
+    expect_type(u, "umask", vt::number_unsigned, where + ".user");
+    if (u.contains("additionalGids") && !u["additionalGids"].is_null()) {
+      expect(u["additionalGids"].is_array(), where + ".user.additionalGids", "expected array");
+      for (const auto& g : u["additionalGids"])
+        expect(g.is_number_unsigned(), where + ".user.additionalGids", "expected unsigned integers");
+    }
+  }
+  if (p.contains("capabilities") && !p["capabilities"].is_null()) {
+    const json& c = p["capabilities"];
+    expect(c.is_object(), where + ".capabilities", "expected object");
+    for (const char* set : {"bounding", "effective", "inheritable", "permitted", "ambient"}) {
+      expect_string_array(c, set, where + ".capabilities");
+    }
+  }
+  if (p.contains("rlimits") && !p["rlimits"].is_null()) {
+    expect(p["rlimits"].is_array(), where + ".rlimits", "expected array");
+    std::size_t i = 0;
+    for (const auto& r : p["rlimits"]) {
+      std::string w = where + ".rlimits[" + std::to_string(i++) + "]";
+      expect(r.is_object() && r.contains("type") && r["type"].is_string(), w + ".type", "required string");
+      expect(r.contains("hard") && r["hard"].is_number_unsigned(), w + ".hard", "required unsigned integer");
+      expect(r.contains("soft") && r["soft"].is_number_unsigned(), w + ".soft", "required unsigned integer");
+    }
+  }
+  expect_type(p, "noNewPrivileges", vt::boolean, where);
+  expect_type(p, "oomScoreAdj", vt::number_integer, where);
+  expect_type(p, "apparmorProfile", vt::string, where);
+  expect_type(p, "selinuxLabel", vt::string, where);
+  if (p.contains("consoleSize") && !p["consoleSize"].is_null()) {
+    const json& cs = p["consoleSize"];
+    expect(cs.is_object() && cs.contains("height") && cs.contains("width") && cs["height"].is_number_unsigned() &&
+               cs["width"].is_number_unsigned(),
+           where + ".consoleSize", "expected {height, width} unsigned integers");
+  }
+}
+
+void validate_config(const json& cfg) {
+  using vt = json::value_t;
+  expect(cfg.is_object(), "(top level)", "expected a JSON object");
+  expect_type(cfg, "ociVersion", vt::string, "", true);
+  std::string v = cfg["ociVersion"].get<std::string>();
+  expect(starts_with(v, "1."), "ociVersion", "unsupported version \"" + v + "\" (agentshim implements 1.x)");
+  expect(cfg.contains("root") && cfg["root"].is_object(), "root", "required object missing");
+  expect_type(cfg["root"], "path", vt::string, "root", true);
+  expect(!cfg["root"]["path"].get<std::string>().empty(), "root.path", "must not be empty");
+  expect_type(cfg["root"], "readonly", vt::boolean, "root");
+  expect(cfg.contains("process") && cfg["process"].is_object(), "process", "required object missing");
+  validate_process(cfg["process"], "process");
+  expect_type(cfg, "hostname", vt::string, "");
+  expect_type(cfg, "domainname", vt::string, "");
+  if (cfg.contains("mounts") && !cfg["mounts"].is_null()) {
+    expect(cfg["mounts"].is_array(), "mounts", "expected array");
+    std::size_t i = 0;
+    for (const auto& m : cfg["mounts"]) {
+      std::string w = "mounts[" + std::to_string(i++) + "]";
+      expect(m.is_object(), w, "expected object");
+      expect_type(m, "destination", vt::string, w, true);
+      expect(starts_with(m["destination"].get<std::string>(), "/"), w + ".destination",
+             "must be an absolute path, got \"" + m["destination"].get<std::string>() + "\"");
+      expect_type(m, "type", vt::string, w);
+      expect_type(m, "source", vt::string, w);
+      expect_string_array(m, "options", w);
+    }
+  }
+  if (cfg.contains("hooks") && !cfg["hooks"].is_null()) {
+    expect(cfg["hooks"].is_object(), "hooks", "expected object");
+    for (auto it = cfg["hooks"].begin(); it != cfg["hooks"].end(); ++it) {
+      static const char* kinds[] = {"prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+                                    "poststop"};
+      expect(std::find_if(std::begin(kinds), std::end(kinds), [&](const char* k) { return it.key() == k; }) !=
+                 std::end(kinds),
+             "hooks." + it.key(), "unknown hook kind");
+      if (it->is_null()) continue;
+      expect(it->is_array(), "hooks." + it.key(), "expected array");
+      std::size_t i = 0;
+      for (const auto& h : *it) {
+        std::string w = "hooks." + it.key() + "[" + std::to_string(i++) + "]";
+        expect(h.is_object(), w, "expected object");
+        expect_type(h, "path", vt::string, w, true);
+        expect(starts_with(h["path"].get<std::string>(), "/"), w + ".path", "must be an absolute path");
+        expect_string_array(h, "args", w);
+        expect_string_array(h, "env", w);
+        expect_type(h, "timeout", vt::number_integer, w);
+        if (h.contains("timeout") && h["timeout"].is_number_integer())
+          expect(h["timeout"].get<long long>() > 0, w + ".timeout", "must be positive");
+      }
+    }
+  }
+  if (cfg.contains("linux") && !cfg["linux"].is_null()) {
+    const json& l = cfg["linux"];
+    expect(l.is_object(), "linux", "expected object");
+    if (l.contains("namespaces") && !l["namespaces"].is_null()) {
+      expect(l["namespaces"].is_array(), "linux.namespaces", "expected array");
+      std::size_t i = 0;
+      std::vector<std::string> seen;
+      for (const auto& n : l["namespaces"]) {
+        std::string w = "linux.namespaces[" + std::to_string(i++) + "]";
+        expect(n.is_object(), w, "expected object");
+        expect_type(n, "type", vt::string, w, true);
+        expect_type(n, "path", vt::string, w);
+        std::string t = n["type"].get<std::string>();
+        expect(namespace_by_name(t).has_value(), w + ".type", "unsupported namespace type \"" + t + "\"");
+        expect(std::find(seen.begin(), seen.end(), t) == seen.end(), w + ".type",
+               "namespace type \"" + t + "\" listed twice");
+        seen.push_back(t);
+      }
+    }
+    for (const char* k : {"uidMappings", "gidMappings"}) {
+      if (!l.contains(k) || l[k].is_null()) continue;
+      expect(l[k].is_array(), std::string("linux.") + k, "expected array");
+      for (const auto& m : l[k]) {
+        expect(m.is_object() && m.contains("containerID") && m.contains("hostID") && m.contains("size") &&
+                   m["containerID"].is_number_unsigned() && m["hostID"].is_number_unsigned() &&
+                   m["size"].is_number_unsigned(),
+               std::string("linux.") + k, "each mapping needs unsigned containerID, hostID and size");
+      }
+    }
+    expect_type(l, "cgroupsPath", vt::string, "linux");
+    expect_type(l, "resources", vt::object, "linux");
+    expect_type(l, "seccomp", vt::object, "linux");
+    expect_type(l, "sysctl", vt::object, "linux");
+    expect_string_array(l, "maskedPaths", "linux");
+    expect_string_array(l, "readonlyPaths", "linux");
+    expect_type(l, "rootfsPropagation", vt::string, "linux");
+    if (l.contains("rootfsPropagation") && l["rootfsPropagation"].is_string()) {
+      std::string p = l["rootfsPropagation"];
+      static const char* ok[] = {"", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable",
+                                 "runbindable"};
+      expect(std::find_if(std::begin(ok), std::end(ok), [&](const char* o) { return p == o; }) != std::end(ok),
+             "linux.rootfsPropagation", "unknown propagation \"" + p + "\"");
+    }
+    if (l.contains("devices") && !l["devices"].is_null()) {
+      expect(l["devices"].is_array(), "linux.devices", "expected array");
+      std::size_t i = 0;
+      for (const auto& d : l["devices"]) {
+        std::string w = "linux.devices[" + std::to_string(i++) + "]";
+        expect(d.is_object(), w, "expected object");
+        expect_type(d, "path", vt::string, w, true);
+        expect_type(d, "type", vt::string, w, true);
+        std::string t = d["type"];
+        expect(t == "c" || t == "b" || t == "u" || t == "p", w + ".type", "must be c, b, u or p, got \"" + t + "\"");
+        if (t != "p") {
+          expect(d.contains("major") && d["major"].is_number_integer(), w + ".major", "required for type " + t);
+          expect(d.contains("minor") && d["minor"].is_number_integer(), w + ".minor", "required for type " + t);
+        }
+      }
+    }
+    if (l.contains("sysctl") && l["sysctl"].is_object()) {
+      for (auto it = l["sysctl"].begin(); it != l["sysctl"].end(); ++it) {
+        expect(it->is_string(), "linux.sysctl." + it.key(), "expected string value");
+        expect(it.key().find("..") == std::string::npos && it.key().find('/') == std::string::npos,
+               "linux.sysctl." + it.key(), "invalid sysctl name");
+      }
+    }
+  }
+}
+
+json load_config(const std::string& bundle) {
+  std::string path = bundle + "/config.json";
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const SysError& e) {
+    if (e.code() == ENOENT) throw Error("JSON specification file config.json not found in bundle " + bundle);
+    throw;
+  }
+  json cfg;
+  try {
+    cfg = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error("config.json in " + bundle + " is not valid JSON: " + e.what());
+  }
+  validate_config(cfg);
+  return cfg;
+}
+
+std::vector<std::string> mount_options(const json& mount) {
+  std::vector<std::string> out;
+  if (mount.contains("options") && mount["options"].is_array())
+    for (const auto& o : mount["options"]) out.push_back(o.get<std::string>());
+  return out;
+}
+
+MountOptions parse_mount_options(const std::vector<std::string>& opts) {
+  struct Flag {
+    const char* name;
+    bool clear;
+    unsigned long flag;
+  };
+  static const Flag flags[] = {
+      {"ro", false, MS_RDONLY},         {"rw", true, MS_RDONLY},           {"nosuid", false, MS_NOSUID},
+      {"suid", true, MS_NOSUID},        {"nodev", false, MS_NODEV},        {"dev", true, MS_NODEV},
+      {"noexec", false, MS_NOEXEC},     {"exec", true, MS_NOEXEC},         {"sync", false, MS_SYNCHRONOUS},
+      {"async", true, MS_SYNCHRONOUS},  {"dirsync", false, MS_DIRSYNC},    {"remount", false, MS_REMOUNT},
+      {"mand", false, MS_MANDLOCK},     {"nomand", true, MS_MANDLOCK},     {"atime", true, MS_NOATIME},
+      {"noatime", false, MS_NOATIME},   {"diratime", true, MS_NODIRATIME}, {"nodiratime", false, MS_NODIRATIME},
+      {"relatime", false, MS_RELATIME}, {"norelatime", true, MS_RELATIME}, {"strictatime", false, MS_STRICTATIME},
+      {"nostrictatime", true, MS_STRICTATIME}, {"lazytime", false, MS_LAZYTIME}, {"nolazytime", true, MS_LAZYTIME},
+      {"silent", false, MS_SILENT},     {"loud", true, MS_SILENT},
+  };
+  struct Prop {
+    const char* name;
+    unsigned long flag;
+  };
+  static const Prop props[] = {
+      {"private", MS_PRIVATE},   {"rprivate", MS_PRIVATE | MS_REC}, {"shared", MS_SHARED},
+      {"rshared", MS_SHARED | MS_REC}, {"slave", MS_SLAVE},        {"rslave", MS_SLAVE | MS_REC},
+      {"unbindable", MS_UNBINDABLE}, {"runbindable", MS_UNBINDABLE | MS_REC},
+  };
+  MountOptions mo;
+  std::vector<std::string> data;
+  for (const auto& o : opts) {
+    if (o == "bind") {
+      mo.bind = true;
+      continue;
+    }
+    if (o == "rbind") {
+      mo.bind = mo.rec = true;
+      continue;
+    }
+    if (o == "tmpcopyup") {
+      mo.tmpcopyup = true;
+      continue;
+    }
+    bool done = false;
+    for (const auto& f : flags) {
+      if (o == f.name) {
+        if (f.clear) {
+          mo.flags &= ~f.flag;
+          mo.clear |= f.flag;
+        } else {
+          mo.flags |= f.flag;
+          mo.clear &= ~f.flag;
+        }
+        done = true;
+        break;
+      }
+    }
+    if (done) continue;
+    for (const auto& p : props) {
+      if (o == p.name) {
+        mo.propagation.push_back(p.flag);
+        done = true;
+        break;
+      }
+    }
+    if (done) continue;
+    data.push_back(o);
+  }
+  mo.data = join(data, ",");
+  if (mo.bind) mo.flags |= MS_BIND | (mo.rec ? MS_REC : 0);
+  return mo;
+}
+
+int parse_signal(const std::string& s) {
+  if (auto n = parse_int(s)) {
+    if (*n <= 0 || *n > SIGRTMAX) throw Error("invalid signal: " + s);
+    return static_cast<int>(*n);
+  }
+  std::string up;
+  for (char c : s) up += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (starts_with(up, "SIG")) up = up.substr(3);
+  for (int i = 1; i < NSIG; i++) {
+    const char* abbrev = sigabbrev_np(i);
+    if (abbrev && up == abbrev) return i;
+  }
+  if (starts_with(up, "RTMIN")) {
+    std::string rest = up.substr(5);
+    int off = rest.empty() ? 0 : static_cast<int>(parse_int(rest).value_or(-1000));
+    if (off >= 0 && SIGRTMIN + off <= SIGRTMAX) return SIGRTMIN + off;
+  }
+  if (starts_with(up, "RTMAX")) {
+    std::string rest = up.substr(5);
+    int off = rest.empty() ? 0 : static_cast<int>(parse_int(rest).value_or(1000));
+    if (off <= 0 && SIGRTMAX + off >= SIGRTMIN) return SIGRTMAX + off;
+  }
+  throw Error("invalid signal: " + s);
+}
+
+std::string signal_name(int sig) {
+  const char* a = sigabbrev_np(sig);
+  return a ? std::string("SIG") + a : "SIG" + std::to_string(sig);
+}
+
+std::optional<int> capability_from_name(const std::string& name) {
+  std::string lower;
+  for (char c : name) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  cap_value_t v;
+  if (cap_from_name(lower.c_str(), &v) != 0) return std::nullopt;
+  if (!starts_with(lower, "cap_")) return std::nullopt;
+  return static_cast<int>(v);
+}
+
+std::string capability_name(int cap) {
+  char* n = cap_to_name(static_cast<cap_value_t>(cap));
+  std::string out = n ? n : ("cap_" + std::to_string(cap));
+  cap_free(n);
+  for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+int last_capability() {
+  static int last = [] {
+    auto s = try_read_file("/proc/sys/kernel/cap_last_cap");
+    if (s) {
+      if (auto v = parse_int(trim(*s))) return static_cast<int>(*v);
+    }
+    return static_cast<int>(CAP_LAST_CAP);
+  }();
+  return last;
+}
+
+void validate_container_id(const std::string& id) {
+  if (id.empty()) throw Error("container id cannot be empty");
+  if (id.size() > 1024) throw Error("invalid container id: longer than 1024 bytes");
+  if (id == "." || id == "..") throw Error("invalid container id: " + id);
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '+' || c == '-' || c == '.'))
+      throw Error("invalid container id: \"" + id + "\" (allowed: letters, digits, _ + - .)");
+  }
+}
+
+std::string rootfs_path(const json& cfg, const std::string& bundle) {
+  std::string p = cfg["root"]["path"].get<std::string>();
+  if (!starts_with(p, "/")) p = bundle + "/" + p;
+  return p;
+}
+
+}  // namespace agentshim::oci

@@ -1,0 +1,79 @@
+// The OCI runtime-spec config.json: loading, validation, and the small
+// vocabularies (namespaces, mount options, signals) the runtime needs.
+//
+// The config is kept as nlohmann::json (the caller's shape is preserved for
+// digests and `state`), validated once on load so later code can read it
+// without re-checking types; every validation error names the field.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace agentshim::oci {
+
+using json = nlohmann::json;
+
+inline constexpr const char* kOciVersion = "1.0.2-dev";
+inline constexpr const char* kOciVersionMax = "1.1.0";
+
+// Read <bundle>/config.json and validate it. Throws Error naming the bundle
+// path and the offending field.
+json load_config(const std::string& bundle);
+// Validate an already-parsed config (used by load_config, policy check and tests).
+void validate_config(const json& cfg);
+// Validate a `process` object (config.process or `exec --process`); `where`
+// prefixes error messages ("process", "exec --process").
+void validate_process(const json& p, const std::string& where);
+
+// Namespace types as spelled in config.json and their CLONE_* flag.
+struct NamespaceType {
+  const char* name;   // "pid"
+  int flag;           // CLONE_NEWPID
+  const char* proc;   // "pid" (entry under /proc/<pid>/ns/)
+};
+const std::vector<NamespaceType>& namespace_types();
+std::optional<NamespaceType> namespace_by_name(const std::string& name);
+
+struct Namespace {
+  std::string type;
+  std::string path;  // empty: create a new one
+};
+std::vector<Namespace> namespaces(const json& cfg);
+bool has_new_namespace(const json& cfg, const std::string& type);
+
+// Mount options -> flags, propagation flags and the data string.
+struct MountOptions {
+  unsigned long flags = 0;        // MS_* applied with the mount
+  unsigned long clear = 0;        // flags explicitly cleared (rw, suid, ...)
+  std::vector<unsigned long> propagation;  // MS_PRIVATE|MS_REC, ...
+  std::string data;               // comma-joined filesystem options
+  bool bind = false;
+  bool rec = false;
+  bool tmpcopyup = false;
+  std::vector<std::string> unknown;  // not understood; passed in data
+};
+MountOptions parse_mount_options(const std::vector<std::string>& opts);
+std::vector<std::string> mount_options(const json& mount);
+
+// "SIGTERM", "TERM", "15", "sigterm" -> 15. Throws Error("invalid signal ...").
+int parse_signal(const std::string& s);
+std::string signal_name(int sig);
+
+// "CAP_SYS_ADMIN" -> 21; nullopt when unknown to this kernel/libcap.
+std::optional<int> capability_from_name(const std::string& name);
+std::string capability_name(int cap);
+int last_capability();
+
+// runc's container id rule: ^[\w+\-\.]+$, not "." or "..", <= 1024 bytes.
+void validate_container_id(const std::string& id);
+
+// Resolve the rootfs path (relative to the bundle when not absolute).
+std::string rootfs_path(const json& cfg, const std::string& bundle);
+
+}  // namespace agentshim::oci

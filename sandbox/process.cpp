@@ -1,0 +1,262 @@
+#include "sandbox/process.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/capability.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "sandbox/oci.h"
+#include "sandbox/seccomp.h"
+
+namespace agentshim::process {
+
+void apply_rlimits(const json& proc) {
+  if (!proc.contains("rlimits") || !proc["rlimits"].is_array()) return;
+  static const std::map<std::string, int> names = {
+      {"RLIMIT_AS", RLIMIT_AS},           {"RLIMIT_CORE", RLIMIT_CORE},     {"RLIMIT_CPU", RLIMIT_CPU},
+      {"RLIMIT_DATA", RLIMIT_DATA},       {"RLIMIT_FSIZE", RLIMIT_FSIZE},   {"RLIMIT_LOCKS", RLIMIT_LOCKS},
+      {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK}, {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE}, {"RLIMIT_NICE", RLIMIT_NICE},
+      {"RLIMIT_NOFILE", RLIMIT_NOFILE},   {"RLIMIT_NPROC", RLIMIT_NPROC},   {"RLIMIT_RSS", RLIMIT_RSS},
+      {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},   {"RLIMIT_RTTIME", RLIMIT_RTTIME}, {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING},
+      {"RLIMIT_STACK", RLIMIT_STACK},
+  };
+  for (const auto& r : proc["rlimits"]) {
+    std::string type = r["type"];
+    auto it = names.find(type);
+    if (it == names.end()) throw Error("process.rlimits: unknown rlimit type \"" + type + "\"");
+    struct rlimit rl {};
+    rl.rlim_cur = r["soft"].get<unsigned long long>();
+    rl.rlim_max = r["hard"].get<unsigned long long>();
+    if (::setrlimit(it->second, &rl) < 0) throw_errno("setrlimit " + type);
+  }
+}
+
+void set_oom_score_adj(pid_t pid, int value) {
+  std::string p = "/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/oom_score_adj";
+  try {
+    write_file(p, std::to_string(value));
+  } catch (const SysError& e) {
+    if (e.code() == EACCES || e.code() == EPERM) {
+      log::warn("cannot set oom_score_adj to " + std::to_string(value) + " (" + e.what() +
+                "): CAP_SYS_RESOURCE is not in this host's bounding set");
+      return;
+    }
+    throw;
+  }
+}
+
+std::vector<std::string> environment(const json& proc) {
+  std::vector<std::string> env;
+  bool has_home = false;
+  if (proc.contains("env") && proc["env"].is_array())
+    for (const auto& e : proc["env"]) {
+      std::string s = e.get<std::string>();
+      if (starts_with(s, "HOME=")) has_home = true;
+      env.push_back(s);
+    }
+  if (!has_home) {
+    // runc sets HOME from the container's /etc/passwd for the uid; fall back to "/".
+    unsigned uid = 0;
+    if (proc.contains("user") && proc["user"].contains("uid")) uid = proc["user"]["uid"].get<unsigned>();
+    std::string home = "/";
+    if (auto pw = try_read_file("/etc/passwd")) {
+      for (const auto& line : split(*pw, '\n')) {
+        auto f = split(line, ':');
+        if (f.size() >= 7 && parse_uint(f[2]) == uid) {
+          home = f[5];
+          break;
+        }
+      }
+    }
+    env.push_back("HOME=" + home);
+  }
+  return env;
+}
+
+namespace {
+std::string env_value(const json& proc, const std::string& key) {
+  if (proc.contains("env") && proc["env"].is_array())
+    for (const auto& e : proc["env"]) {
+      std::string s = e.get<std::string>();
+      if (starts_with(s, key + "=")) return s.substr(key.size() + 1);
+    }
+  return "";
+}
+
+bool executable(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111);
+}
+}  // namespace
+
+std::string resolve_executable(const json& proc) {
+  std::string arg0 = proc["args"][0].get<std::string>();
+  if (arg0.find('/') != std::string::npos) {
+    if (!path_exists(arg0)) throw Error("exec: \"" + arg0 + "\": stat " + arg0 + ": no such file or directory");
+    return arg0;
+  }
+  std::string path = env_value(proc, "PATH");
+  if (path.empty()) path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  for (const auto& dir : split(path, ':')) {
+    std::string cand = (dir.empty() ? "." : dir) + "/" + arg0;
+    if (executable(cand)) return cand;
+  }
+  throw Error("exec: \"" + arg0 + "\": executable file not found in $PATH");
+}
+
+namespace {
+std::vector<cap_value_t> cap_list(const json& proc, const char* set) {
+  std::vector<cap_value_t> out;
+  if (!proc.contains("capabilities") || !proc["capabilities"].is_object()) return out;
+  const json& c = proc["capabilities"];
+  if (!c.contains(set) || !c[set].is_array()) return out;
+  for (const auto& n : c[set]) {
+    std::string name = n.get<std::string>();
+    auto v = oci::capability_from_name(name);
+    if (!v) {
+      log::warn("process.capabilities." + std::string(set) + ": unknown capability " + name + " ignored");
+      continue;
+    }
+    if (*v > oci::last_capability()) continue;
+    out.push_back(static_cast<cap_value_t>(*v));
+  }
+  return out;
+}
+
+bool in_bounding(cap_value_t c) { return prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1; }
+
+void apply_capabilities(const json& proc) {
+  if (!proc.contains("capabilities") || proc["capabilities"].is_null()) {
+    // No capabilities object: the process gets none (runc semantics).
+  }
+  auto bounding = cap_list(proc, "bounding");
+  auto effective = cap_list(proc, "effective");
+  auto permitted = cap_list(proc, "permitted");
+  auto inheritable = cap_list(proc, "inheritable");
+  auto ambient = cap_list(proc, "ambient");
+
+  cap_t caps = cap_init();
+  if (!caps) throw_errno("cap_init");
+  auto add = [&](const std::vector<cap_value_t>& v, cap_flag_t f) {
+    std::vector<cap_value_t> ok;
+    for (auto c : v)
+      if (in_bounding(c)) ok.push_back(c);
+    if (!ok.empty() && cap_set_flag(caps, f, static_cast<int>(ok.size()), ok.data(), CAP_SET) < 0)
+      throw_errno("cap_set_flag");
+  };
+  add(effective, CAP_EFFECTIVE);
+  add(permitted, CAP_PERMITTED);
+  add(inheritable, CAP_INHERITABLE);
+  int rc = cap_set_proc(caps);
+  int err = errno;
+  cap_free(caps);
+  if (rc < 0) throw_errno("capset (process.capabilities)", err);
+
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+    throw_errno("prctl(PR_CAP_AMBIENT_CLEAR_ALL)");
+  for (auto c : ambient) {
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0)
+      log::warn("cannot raise ambient capability " + oci::capability_name(c) + ": " + std::strerror(errno));
+  }
+}
+
+void drop_bounding(const json& proc) {
+  auto bounding = cap_list(proc, "bounding");
+  for (int c = 0; c <= oci::last_capability(); c++) {
+    bool keep = false;
+    for (auto b : bounding) keep |= (b == c);
+    if (!keep && in_bounding(c) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0)
+      throw_errno("prctl(PR_CAPBSET_DROP, " + oci::capability_name(c) + ")");
+  }
+}
+
+void setup_user(const json& proc) {
+  unsigned uid = 0, gid = 0;
+  std::vector<gid_t> groups;
+  if (proc.contains("user") && proc["user"].is_object()) {
+    const json& u = proc["user"];
+    uid = u.value("uid", 0u);
+    gid = u.value("gid", 0u);
+    if (u.contains("additionalGids") && u["additionalGids"].is_array())
+      for (const auto& g : u["additionalGids"]) groups.push_back(g.get<gid_t>());
+  }
+  // setgroups is refused in a user namespace whose setgroups file says deny.
+  if (::setgroups(groups.size(), groups.data()) < 0) {
+    auto sg = try_read_file("/proc/self/setgroups");
+    if (!(errno == EPERM && sg && trim(*sg) == "deny")) throw_errno("setgroups");
+  }
+  if (::setresgid(gid, gid, gid) < 0) throw_errno("setresgid(" + std::to_string(gid) + ")");
+  if (::setresuid(uid, uid, uid) < 0) throw_errno("setresuid(" + std::to_string(uid) + ")");
+}
+
+void load_seccomp(const Finalize& f, std::vector<Listener>& listeners) {
+  // One user-notification listener per filter tree (a kernel rule): the exec
+  // observer's NOTIFY rules are merged into the first OCI filter, or stand
+  // alone; a config that uses SCMP_ACT_NOTIFY itself keeps its listener.
+  bool any_notify = false;
+  for (const auto& s : f.seccomp)
+    if (!s.is_null() && !s.empty() && seccomp::uses_notify(s)) any_notify = true;
+  bool observe = f.observe_exec && !any_notify;
+  bool merged = false;
+  for (const auto& s : f.seccomp) {
+    if (s.is_null() || s.empty()) continue;
+    bool here = observe && !merged;
+    auto filter = seccomp::compile(s, here);
+    merged = merged || here;
+    int fd = filter.load();
+    if (fd >= 0) listeners.push_back({here ? "exec" : "config", fd});
+  }
+  if (observe && !merged) {
+    auto obs = seccomp::exec_observer();
+    int fd = obs.load();
+    if (fd >= 0) listeners.push_back({"exec", fd});
+  }
+}
+}  // namespace
+
+std::vector<Listener> finalize(const json& proc, const Finalize& f) {
+  std::vector<Listener> listeners;
+  bool nnp = proc.value("noNewPrivileges", false);
+  if (!nnp) load_seccomp(f, listeners);  // needs CAP_SYS_ADMIN when no_new_privs is off
+  drop_bounding(proc);
+  if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_KEEPCAPS)");
+  setup_user(proc);
+  if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_KEEPCAPS, 0)");
+  apply_capabilities(proc);
+  if (proc.contains("user") && proc["user"].contains("umask") && proc["user"]["umask"].is_number_unsigned())
+    ::umask(proc["user"]["umask"].get<mode_t>());
+  else
+    ::umask(022);
+  std::string cwd = proc.value("cwd", "/");
+  if (cwd.empty()) cwd = "/";
+  if (::chdir(cwd.c_str()) < 0) throw_errno("chdir to cwd (\"" + cwd + "\") set in config.json");
+  if (nnp) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_NO_NEW_PRIVS)");
+    load_seccomp(f, listeners);
+  }
+  return listeners;
+}
+
+void exec(const std::string& path, const json& proc) {
+  std::vector<std::string> args;
+  for (const auto& a : proc["args"]) args.push_back(a.get<std::string>());
+  auto env = environment(proc);
+  std::vector<char*> argv, envp;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  ::execve(path.c_str(), argv.data(), envp.data());
+  throw_errno("exec " + path);
+}
+
+}  // namespace agentshim::process

@@ -1,0 +1,45 @@
+// Turning the calling process into the container process described by an
+// OCI `process` object: rlimits, user and groups, capabilities (all five
+// sets, libcap), no_new_privs, seccomp, cwd, environment, and execve.
+// Shared by the container init and by `exec`.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace agentshim::process {
+
+using json = nlohmann::json;
+
+void apply_rlimits(const json& proc);
+// Set oom_score_adj (a lowered value needs CAP_SYS_RESOURCE; best effort
+// when it is missing from the bounding set, with a warning).
+void set_oom_score_adj(pid_t pid, int value);
+
+// Look up args[0] in the container's PATH (from the process env), as seen
+// from the current root. Throws Error('exec: "x": executable file not found in $PATH').
+std::string resolve_executable(const json& proc);
+
+// Everything from "drop privileges" to the point just before execve, in
+// runc's order: bounding set, keepcaps + setgroups/setresgid/setresuid,
+// capabilities, ambient set, no_new_privs, seccomp filters (stacked in the
+// given order; loaded before dropping caps when no_new_privs is off, as runc
+// does), umask, cwd. Returns the fds of seccomp user-notification listeners.
+struct Finalize {
+  std::vector<json> seccomp;       // OCI linux.seccomp objects to load, in order
+  bool observe_exec = false;       // also load the execve-observing notify filter
+};
+struct Listener {
+  std::string kind;  // "exec": the exec observer's; "config": the config's own (listenerPath)
+  int fd;
+};
+std::vector<Listener> finalize(const json& proc, const Finalize& f);
+
+// execve with the process env; never returns.
+[[noreturn]] void exec(const std::string& path, const json& proc);
+
+// Environment vector from process.env, with HOME filled in like runc.
+std::vector<std::string> environment(const json& proc);
+
+}  // namespace agentshim::process

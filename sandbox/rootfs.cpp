@@ -1,0 +1,411 @@
+#include "sandbox/rootfs.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "sandbox/oci.h"
+
+namespace agentshim::rootfs {
+namespace {
+
+std::string fdpath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+
+int openat2_(int dirfd, const std::string& path, int flags, unsigned long long resolve) {
+  struct open_how how {};
+  how.flags = static_cast<unsigned long long>(flags);
+  how.resolve = resolve;
+  return static_cast<int>(::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof how));
+}
+
+std::string relative(const std::string& p) {
+  std::string r = p;
+  while (!r.empty() && r[0] == '/') r.erase(0, 1);
+  return r.empty() ? "." : r;
+}
+
+void do_mount(const std::string& src, const std::string& target, const std::string& fstype, unsigned long flags,
+              const std::string& data, const std::string& what) {
+  if (::mount(src.empty() ? nullptr : src.c_str(), target.c_str(), fstype.empty() ? nullptr : fstype.c_str(), flags,
+              data.empty() ? nullptr : data.c_str()) < 0) {
+    int err = errno;
+    std::string msg = "mount " + what;
+    if (err == ENODEV) throw Error(msg + ": filesystem type \"" + fstype + "\" is not supported by this kernel");
+    throw_errno(msg, err);
+  }
+}
+
+// Flags of the mount at `path` that an unprivileged remount may not clear.
+unsigned long locked_flags(const std::string& path) {
+  struct statvfs sv {};
+  if (::statvfs(path.c_str(), &sv) < 0) return 0;
+  unsigned long f = 0;
+  if (sv.f_flag & ST_NOSUID) f |= MS_NOSUID;
+  if (sv.f_flag & ST_NODEV) f |= MS_NODEV;
+  if (sv.f_flag & ST_NOEXEC) f |= MS_NOEXEC;
+  if (sv.f_flag & ST_RDONLY) f |= MS_RDONLY;
+  if (sv.f_flag & ST_NOATIME) f |= MS_NOATIME;
+  if (sv.f_flag & ST_NODIRATIME) f |= MS_NODIRATIME;
+  if (sv.f_flag & ST_RELATIME) f |= MS_RELATIME;
+  return f;
+}
+
+void remount_bind(const std::string& target, unsigned long flags, const std::string& what, bool in_userns) {
+  unsigned long locked = in_userns ? locked_flags(target) : 0;
+  unsigned long f = MS_BIND | MS_REMOUNT | flags | locked;
+  if (::mount(nullptr, target.c_str(), nullptr, f, nullptr) < 0) {
+    int err = errno;
+    // Retry keeping every flag the mount already has (locked atime flags).
+    unsigned long f2 = f | locked_flags(target);
+    if (::mount(nullptr, target.c_str(), nullptr, f2, nullptr) < 0) throw_errno("remount " + what, err);
+  }
+}
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string mount_type(const json& m, const oci::MountOptions& mo) {
+  std::string t = m.value("type", "");
+  if (mo.bind && (t.empty() || t == "none")) t = "bind";
+  if (t.empty()) t = "bind";
+  return t;
+}
+
+}  // namespace
+
+UniqueFd open_in_root(int rootfd, const std::string& path, bool create, bool last_is_file) {
+  const unsigned long long resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+  std::string rel = relative(path);
+  int fd = openat2_(rootfd, rel, O_PATH | O_CLOEXEC, resolve);
+  if (fd >= 0) return UniqueFd(fd);
+  if (errno != ENOENT || !create) throw_errno("open " + path + " inside the rootfs");
+  std::vector<std::string> parts;
+  for (auto& c : split(rel, '/'))
+    if (!c.empty() && c != ".") parts.push_back(c);
+  std::string cur;
+  for (std::size_t i = 0; i < parts.size(); i++) {
+    std::string next = cur.empty() ? parts[i] : cur + "/" + parts[i];
+    int f = openat2_(rootfd, next, O_PATH | O_CLOEXEC, resolve);
+    if (f >= 0) {
+      ::close(f);
+      cur = next;
+      continue;
+    }
+    if (errno != ENOENT) throw_errno("open " + next + " inside the rootfs");
+    UniqueFd parent(openat2_(rootfd, cur.empty() ? "." : cur, O_PATH | O_DIRECTORY | O_CLOEXEC, resolve));
+    if (!parent) throw_errno("open directory " + (cur.empty() ? "/" : cur) + " inside the rootfs");
+    bool last = i + 1 == parts.size();
+    if (last && last_is_file) {
+      // O_PATH dirfds cannot create files: go through the magic link of the parent.
+      UniqueFd dir(::open(fdpath(parent.get()).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+      if (!dir) throw_errno("open directory " + cur);
+      int nf = ::openat(dir.get(), parts[i].c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0755);
+      if (nf < 0 && errno != EEXIST) throw_errno("create " + next + " inside the rootfs");
+      if (nf >= 0) ::close(nf);
+    } else if (::mkdirat(parent.get(), parts[i].c_str(), 0755) < 0 && errno != EEXIST) {
+      throw_errno("mkdir " + next + " inside the rootfs");
+    }
+    cur = next;
+  }
+  fd = openat2_(rootfd, rel, O_PATH | O_CLOEXEC, resolve);
+  if (fd < 0) throw_errno("open " + path + " inside the rootfs");
+  return UniqueFd(fd);
+}
+
+void prepare_root(const Context& ctx) {
+  unsigned long prop = MS_SLAVE | MS_REC;
+  std::string rp = ctx.config.contains("linux") ? ctx.config["linux"].value("rootfsPropagation", "") : "";
+  if (!rp.empty()) {
+    auto mo = oci::parse_mount_options({rp});
+    if (!mo.propagation.empty()) prop = mo.propagation[0];
+  }
+  do_mount("", "/", "", prop, "", "/ (set propagation)");
+  do_mount(ctx.rootfs, ctx.rootfs, "bind", MS_BIND | MS_REC, "", "rootfs " + ctx.rootfs + " onto itself");
+  // pivot_root needs the new root's parent mount not to be shared.
+  if (prop & MS_SHARED) {
+    // Leave propagation as asked for the rootfs but make its parent private.
+    std::string parent = ctx.rootfs.substr(0, ctx.rootfs.rfind('/'));
+    if (parent.empty()) parent = "/";
+    ::mount(nullptr, parent.c_str(), nullptr, MS_PRIVATE, nullptr);
+  }
+}
+
+namespace {
+
+void mount_cgroup(const Context& ctx, int rootfd, const std::string& dest, const oci::MountOptions& mo) {
+  unsigned long flags = mo.flags & ~(MS_BIND | MS_REC);
+  auto target_fd = open_in_root(rootfd, dest, true, false);
+  bool v2only = ctx.cgroups.size() == 1 && ctx.cgroups[0].fstype == "cgroup2" && ctx.cgroups[0].name.empty();
+  if (v2only) {
+    if (ctx.cgroupns) {
+      do_mount("cgroup", fdpath(target_fd.get()), "cgroup2", flags, "", dest + " (cgroup2)");
+    } else {
+      do_mount(ctx.cgroups[0].host_path, fdpath(target_fd.get()), "bind", MS_BIND | MS_REC, "", dest);
+      if (flags) remount_bind(fdpath(open_in_root(rootfd, dest, false, false).get()), flags, dest, ctx.userns);
+    }
+    return;
+  }
+  // v1 / hybrid: a tmpfs holding one directory per hierarchy.
+  do_mount("tmpfs", fdpath(target_fd.get()), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755",
+           dest + " (cgroup tmpfs)");
+  for (const auto& h : ctx.cgroups) {
+    std::string name = h.name.empty() ? "unified" : h.name;
+    auto sub = open_in_root(rootfd, dest + "/" + name, true, false);
+    if (ctx.cgroupns) {
+      do_mount("cgroup", fdpath(sub.get()), h.fstype, flags | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               h.fstype == "cgroup" ? h.options : "", dest + "/" + name);
+    } else {
+      do_mount(h.host_path, fdpath(sub.get()), "bind", MS_BIND | MS_REC, "", dest + "/" + name);
+      remount_bind(fdpath(open_in_root(rootfd, dest + "/" + name, false, false).get()),
+                   flags | MS_NOSUID | MS_NODEV | MS_NOEXEC, dest + "/" + name, ctx.userns);
+    }
+    // Co-mounted controllers get symlinks, as on the host (cpu -> cpu,cpuacct).
+    if (h.name.find(',') != std::string::npos) {
+      UniqueFd dirfd(::open(fdpath(open_in_root(rootfd, dest, false, false).get()).c_str(),
+                            O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+      for (const auto& c : split(h.name, ','))
+        if (dirfd && c != h.name) ::symlinkat(h.name.c_str(), dirfd.get(), c.c_str());
+    }
+  }
+  if (flags & MS_RDONLY)
+    remount_bind(fdpath(open_in_root(rootfd, dest, false, false).get()),
+                 MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, dest, ctx.userns);
+}
+
+}  // namespace
+
+void mount_all(const Context& ctx) {
+  if (!ctx.config.contains("mounts") || !ctx.config["mounts"].is_array()) return;
+  UniqueFd rootfd(::open(ctx.rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!rootfd) throw_errno("open rootfs " + ctx.rootfs);
+  for (const auto& m : ctx.config["mounts"]) {
+    std::string dest = m["destination"];
+    auto mo = oci::parse_mount_options(oci::mount_options(m));
+    std::string type = mount_type(m, mo);
+    std::string src = m.value("source", "");
+    std::string what = dest + " (" + type + (src.empty() ? "" : " from " + src) + ")";
+    if (type == "cgroup") {
+      mount_cgroup(ctx, rootfd.get(), dest, mo);
+      continue;
+    }
+    if (type == "bind") {
+      if (src.empty()) throw Error("mount " + dest + ": bind mount needs a source");
+      struct stat st {};
+      if (::stat(src.c_str(), &st) < 0) throw_errno("mount " + what + ": stat source " + src);
+      auto target = open_in_root(rootfd.get(), dest, true, !S_ISDIR(st.st_mode));
+      do_mount(src, fdpath(target.get()), "bind", MS_BIND | (mo.rec ? MS_REC : 0), "", what);
+      unsigned long extra = mo.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);
+      auto mounted = open_in_root(rootfd.get(), dest, false, false);
+      if (extra) remount_bind(fdpath(mounted.get()), extra, what, ctx.userns);
+      for (auto p : mo.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
+      continue;
+    }
+    auto target = open_in_root(rootfd.get(), dest, true, false);
+    unsigned long flags = mo.flags & ~(MS_BIND | MS_REC);
+    std::string source = src.empty() ? type : src;
+    try {
+      do_mount(source, fdpath(target.get()), type, flags, mo.data, what);
+    } catch (const SysError& e) {
+      if (type == "sysfs" && (e.code() == EPERM || e.code() == EACCES) && ctx.userns) {
+        // sysfs needs a network namespace owned by our user namespace: fall back to /sys (rbind, ro).
+        do_mount("/sys", fdpath(target.get()), "bind", MS_BIND | MS_REC, "", what + " (rbind fallback)");
+        remount_bind(fdpath(open_in_root(rootfd.get(), dest, false, false).get()), flags | MS_RDONLY, what, true);
+      } else if (type == "mqueue" && e.code() == EPERM) {
+        do_mount("/dev/mqueue", fdpath(target.get()), "bind", MS_BIND, "", what + " (bind fallback)");
+      } else {
+        throw;
+      }
+    }
+    if (!mo.propagation.empty()) {
+      auto mounted = open_in_root(rootfd.get(), dest, false, false);
+      for (auto p : mo.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
+    }
+  }
+}
+
+namespace {
+struct Dev {
+  std::string path;
+  char type;
+  unsigned major, minor;
+  mode_t mode;
+  uid_t uid;
+  gid_t gid;
+};
+
+std::vector<Dev> devices(const json& cfg) {
+  std::vector<Dev> out = {
+      {"/dev/null", 'c', 1, 3, 0666, 0, 0},    {"/dev/zero", 'c', 1, 5, 0666, 0, 0},
+      {"/dev/full", 'c', 1, 7, 0666, 0, 0},    {"/dev/random", 'c', 1, 8, 0666, 0, 0},
+      {"/dev/urandom", 'c', 1, 9, 0666, 0, 0}, {"/dev/tty", 'c', 5, 0, 0666, 0, 0},
+  };
+  if (cfg.contains("linux") && cfg["linux"].contains("devices") && cfg["linux"]["devices"].is_array()) {
+    for (const auto& d : cfg["linux"]["devices"]) {
+      Dev v{d["path"].get<std::string>(), d["type"].get<std::string>()[0], d.value("major", 0u), d.value("minor", 0u),
+            static_cast<mode_t>(d.value("fileMode", 0666u)), d.value("uid", 0u), d.value("gid", 0u)};
+      bool replaced = false;
+      for (auto& o : out)
+        if (o.path == v.path) {
+          o = v;
+          replaced = true;
+        }
+      if (!replaced) out.push_back(v);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+void create_devices(const Context& ctx) {
+  UniqueFd rootfd(::open(ctx.rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!rootfd) throw_errno("open rootfs " + ctx.rootfs);
+  mode_t old = ::umask(0);
+  for (const auto& d : devices(ctx.config)) {
+    if (!starts_with(d.path, "/dev/")) throw Error("linux.devices: path " + d.path + " is not under /dev");
+    std::string dir = d.path.substr(0, d.path.rfind('/'));
+    std::string name = d.path.substr(d.path.rfind('/') + 1);
+    auto dfd = open_in_root(rootfd.get(), dir, true, false);
+    UniqueFd dirfd(::open(fdpath(dfd.get()).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+    if (!dirfd) throw_errno("open " + dir + " in rootfs");
+    if (ctx.userns) {
+      // No mknod in a user namespace: bind the host's node over an empty file.
+      int f = ::openat(dirfd.get(), name.c_str(), O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+      if (f < 0) throw_errno("create " + d.path + " in rootfs");
+      ::close(f);
+      auto target = open_in_root(rootfd.get(), d.path, false, true);
+      do_mount(d.path, fdpath(target.get()), "bind", MS_BIND, "", "device " + d.path);
+      continue;
+    }
+    mode_t type = d.type == 'b' ? S_IFBLK : d.type == 'p' ? S_IFIFO : S_IFCHR;
+    ::unlinkat(dirfd.get(), name.c_str(), 0);
+    if (::mknodat(dirfd.get(), name.c_str(), type | (d.mode & 07777), makedev(d.major, d.minor)) < 0)
+      throw_errno("mknod " + d.path);
+    if (::fchownat(dirfd.get(), name.c_str(), d.uid, d.gid, AT_SYMLINK_NOFOLLOW) < 0) throw_errno("chown " + d.path);
+  }
+  ::umask(old);
+  auto devfd = open_in_root(rootfd.get(), "/dev", true, false);
+  UniqueFd dev(::open(fdpath(devfd.get()).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+  if (!dev) throw_errno("open /dev in rootfs");
+  struct Link {
+    const char *target, *name;
+  };
+  static const Link links[] = {{"/proc/self/fd", "fd"},     {"/proc/self/fd/0", "stdin"},
+                               {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"},
+                               {"pts/ptmx", "ptmx"}};
+  for (const auto& l : links) {
+    if (::symlinkat(l.target, dev.get(), l.name) < 0 && errno != EEXIST) throw_errno(std::string("symlink /dev/") + l.name);
+  }
+  if (path_exists("/proc/kcore")) ::symlinkat("/proc/kcore", dev.get(), "core");
+}
+
+void enter(const Context& ctx, bool no_pivot) {
+  if (no_pivot) {
+    if (::chdir(ctx.rootfs.c_str()) < 0) throw_errno("chdir " + ctx.rootfs);
+    do_mount(ctx.rootfs, "/", "", MS_MOVE, "", "rootfs onto / (--no-pivot)");
+    if (::chroot(".") < 0) throw_errno("chroot " + ctx.rootfs);
+    if (::chdir("/") < 0) throw_errno("chdir /");
+    return;
+  }
+  UniqueFd oldroot(::open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+  if (!oldroot) throw_errno("open /");
+  UniqueFd newroot(::open(ctx.rootfs.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
+  if (!newroot) throw_errno("open rootfs " + ctx.rootfs);
+  if (::fchdir(newroot.get()) < 0) throw_errno("chdir " + ctx.rootfs);
+  if (::syscall(SYS_pivot_root, ".", ".") < 0) throw_errno("pivot_root " + ctx.rootfs);
+  // The old root is now stacked under "."; detach it without letting the
+  // unmount propagate back to the host.
+  if (::fchdir(oldroot.get()) < 0) throw_errno("fchdir old root");
+  do_mount("", ".", "", MS_SLAVE | MS_REC, "", "old root (make rslave)");
+  if (::umount2(".", MNT_DETACH) < 0) throw_errno("umount old root");
+  if (::chdir("/") < 0) throw_errno("chdir /");
+}
+
+void apply_sysctls(const json& config) {
+  if (!config.contains("linux") || !config["linux"].contains("sysctl") || !config["linux"]["sysctl"].is_object())
+    return;
+  for (auto it = config["linux"]["sysctl"].begin(); it != config["linux"]["sysctl"].end(); ++it) {
+    std::string key = it.key();
+    std::string path = "/proc/sys/" + key;
+    for (std::size_t i = 10; i < path.size(); i++)
+      if (path[i] == '.') path[i] = '/';
+    try {
+      write_file(path, it->get<std::string>());
+    } catch (const SysError& e) {
+      throw Error("linux.sysctl." + key + ": " + e.what());
+    }
+  }
+}
+
+void finish(const Context& ctx) {
+  const json& l = ctx.config.contains("linux") ? ctx.config["linux"] : json::object();
+  if (l.contains("readonlyPaths") && l["readonlyPaths"].is_array()) {
+    for (const auto& p : l["readonlyPaths"]) {
+      std::string path = p;
+      if (!path_exists(path)) continue;
+      do_mount(path, path, "bind", MS_BIND | MS_REC, "", "readonly path " + path);
+      remount_bind(path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "readonly path " + path, true);
+    }
+  }
+  if (l.contains("maskedPaths") && l["maskedPaths"].is_array()) {
+    for (const auto& p : l["maskedPaths"]) {
+      std::string path = p;
+      if (!path_exists(path)) continue;
+      if (is_dir(path))
+        do_mount("tmpfs", path, "tmpfs", MS_RDONLY, "size=0", "masked path " + path);
+      else
+        do_mount("/dev/null", path, "bind", MS_BIND, "", "masked path " + path);
+    }
+  }
+  if (ctx.config["root"].value("readonly", false)) remount_bind("/", MS_RDONLY, "/ read-only", true);
+}
+
+void setup_console(int console_socket, const json& proc, bool mount_dev_console) {
+  int master = ::open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) throw_errno("open /dev/ptmx");
+  UniqueFd m(master);
+  int unlock = 0;
+  if (::ioctl(master, TIOCSPTLCK, &unlock) < 0) throw_errno("ioctl(TIOCSPTLCK)");
+  int n = 0;
+  if (::ioctl(master, TIOCGPTN, &n) < 0) throw_errno("ioctl(TIOCGPTN)");
+  std::string slave_path = "/dev/pts/" + std::to_string(n);
+  if (proc.contains("consoleSize") && proc["consoleSize"].is_object()) {
+    struct winsize ws {};
+    ws.ws_row = proc["consoleSize"].value("height", 0u);
+    ws.ws_col = proc["consoleSize"].value("width", 0u);
+    ::ioctl(master, TIOCSWINSZ, &ws);
+  }
+  UniqueFd slave(::open(slave_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC));
+  if (!slave) throw_errno("open " + slave_path);
+  unsigned uid = 0;
+  if (proc.contains("user") && proc["user"].contains("uid")) uid = proc["user"]["uid"].get<unsigned>();
+  ::fchown(slave.get(), uid, static_cast<gid_t>(-1));
+  if (mount_dev_console) {
+    int f = ::open("/dev/console", O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (f >= 0) {
+      ::close(f);
+      do_mount(slave_path, "/dev/console", "bind", MS_BIND, "", "/dev/console");
+    }
+  }
+  int fds[1] = {master};
+  send_fds(console_socket, "/dev/ptmx", fds, 1);
+  if (::setsid() < 0 && errno != EPERM) throw_errno("setsid");
+  if (::ioctl(slave.get(), TIOCSCTTY, 0) < 0) throw_errno("ioctl(TIOCSCTTY)");
+  for (int fd = 0; fd < 3; fd++)
+    if (::dup2(slave.get(), fd) < 0) throw_errno("dup2 pty slave");
+}
+
+}  // namespace agentshim::rootfs

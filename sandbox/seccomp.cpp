@@ -1,0 +1,272 @@
+// OCI linux.seccomp → libseccomp filter.
+#include "sandbox/seccomp.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+
+namespace agentshim::seccomp {
+
+Filter::~Filter() {
+  if (ctx_) seccomp_release(ctx_);
+}
+
+Filter& Filter::operator=(Filter&& o) noexcept {
+  if (this != &o) {
+    if (ctx_) seccomp_release(ctx_);
+    ctx_ = o.ctx_;
+    notify_ = o.notify_;
+    o.ctx_ = nullptr;
+  }
+  return *this;
+}
+
+int Filter::load() {
+  if (!ctx_) return -1;
+  int rc = seccomp_load(ctx_);
+  if (rc < 0) throw SysError("seccomp_load", -rc);
+  if (!notify_) return -1;
+  int fd = seccomp_notify_fd(ctx_);
+  if (fd < 0) throw SysError("seccomp_notify_fd", -fd);
+  int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (dup < 0) throw_errno("dup seccomp notify fd");
+  return dup;  // the ctx keeps (and closes on release) its own copy
+}
+
+std::string Filter::pfc() const {
+  if (!ctx_) return "";
+  char* buf = nullptr;
+  std::size_t len = 0;
+  FILE* f = ::open_memstream(&buf, &len);
+  if (!f) throw_errno("open_memstream");
+  int rc = seccomp_export_pfc(ctx_, ::fileno(f));
+  std::fclose(f);
+  std::string out(buf ? buf : "", len);
+  std::free(buf);
+  if (rc < 0) throw SysError("seccomp_export_pfc", -rc);
+  return out;
+}
+
+uint32_t parse_action(const std::string& name, const json& errno_ret, uint32_t default_errno,
+                      const std::string& where) {
+  uint32_t err = default_errno;
+  if (!errno_ret.is_null()) {
+    if (!errno_ret.is_number_unsigned() || errno_ret.get<uint64_t>() > 0xffff)
+      throw Error(where + ".errnoRet: must be an unsigned 16-bit integer");
+    err = errno_ret.get<uint32_t>();
+  }
+  if (name == "SCMP_ACT_KILL" || name == "SCMP_ACT_KILL_THREAD") return SCMP_ACT_KILL_THREAD;
+  if (name == "SCMP_ACT_KILL_PROCESS") return SCMP_ACT_KILL_PROCESS;
+  if (name == "SCMP_ACT_TRAP") return SCMP_ACT_TRAP;
+  if (name == "SCMP_ACT_ERRNO") return SCMP_ACT_ERRNO(err);
+  if (name == "SCMP_ACT_TRACE") return SCMP_ACT_TRACE(err);
+  if (name == "SCMP_ACT_ALLOW") return SCMP_ACT_ALLOW;
+  if (name == "SCMP_ACT_LOG") return SCMP_ACT_LOG;
+  if (name == "SCMP_ACT_NOTIFY") return SCMP_ACT_NOTIFY;
+  throw Error(where + ": unknown seccomp action \"" + name + "\"");
+}
+
+uint32_t parse_arch(const std::string& name, const std::string& where) {
+  std::string n = name;
+  if (starts_with(n, "SCMP_ARCH_")) n = n.substr(10);
+  std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return std::tolower(c); });
+  uint32_t a = seccomp_arch_resolve_name(n.c_str());
+  if (a == 0) throw Error(where + ": unknown seccomp architecture \"" + name + "\"");
+  return a;
+}
+
+namespace {
+
+scmp_compare parse_op(const std::string& op, const std::string& where) {
+  static const std::map<std::string, scmp_compare> ops = {
+      {"SCMP_CMP_NE", SCMP_CMP_NE}, {"SCMP_CMP_LT", SCMP_CMP_LT}, {"SCMP_CMP_LE", SCMP_CMP_LE},
+      {"SCMP_CMP_EQ", SCMP_CMP_EQ}, {"SCMP_CMP_GE", SCMP_CMP_GE}, {"SCMP_CMP_GT", SCMP_CMP_GT},
+      {"SCMP_CMP_MASKED_EQ", SCMP_CMP_MASKED_EQ}};
+  auto it = ops.find(op);
+  if (it == ops.end()) throw Error(where + ".op: unknown comparison \"" + op + "\"");
+  return it->second;
+}
+
+bool action_is_notify(const std::string& a) { return a == "SCMP_ACT_NOTIFY"; }
+
+void check(int rc, const std::string& what) {
+  if (rc < 0) throw SysError(what, -rc);
+}
+
+scmp_filter_ctx new_ctx(uint32_t def) {
+  scmp_filter_ctx ctx = seccomp_init(def);
+  if (!ctx) throw Error("seccomp_init failed (libseccomp could not allocate a filter)");
+  // agentshim sets no_new_privs itself (process.noNewPrivileges); libseccomp
+  // must not force it on.
+  int rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
+  if (rc < 0) {
+    seccomp_release(ctx);
+    throw SysError("seccomp_attr_set(SCMP_FLTATR_CTL_NNP)", -rc);
+  }
+  return ctx;
+}
+
+// A scoped ctx until ownership moves into a Filter.
+struct Ctx {
+  scmp_filter_ctx c;
+  explicit Ctx(uint32_t def) : c(new_ctx(def)) {}
+  ~Ctx() {
+    if (c) seccomp_release(c);
+  }
+  scmp_filter_ctx release() { return std::exchange(c, nullptr); }
+};
+
+void add_exec_notify(scmp_filter_ctx ctx, const std::set<int>& skip) {
+  for (const char* name : {"execve", "execveat"}) {
+    int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR || skip.count(nr)) continue;
+    check(seccomp_rule_add(ctx, SCMP_ACT_NOTIFY, nr, 0), std::string("seccomp_rule_add(") + name + ", NOTIFY)");
+  }
+}
+
+}  // namespace
+
+bool uses_notify(const json& s) {
+  if (!s.is_object()) return false;
+  if (action_is_notify(s.value("defaultAction", ""))) return true;
+  if (s.contains("syscalls") && s["syscalls"].is_array())
+    for (const auto& sc : s["syscalls"])
+      if (sc.is_object() && action_is_notify(sc.value("action", ""))) return true;
+  return false;
+}
+
+Filter compile(const json& s, bool observe_exec) {
+  const std::string base = "linux.seccomp";
+  if (!s.is_object()) throw Error(base + ": must be an object");
+  if (!s.contains("defaultAction") || !s["defaultAction"].is_string())
+    throw Error(base + ".defaultAction: required string is missing");
+  json def_errno = s.contains("defaultErrnoRet") ? s["defaultErrnoRet"] : json();
+  uint32_t def = parse_action(s["defaultAction"], def_errno, EPERM, base + ".defaultAction");
+  bool notify = action_is_notify(s["defaultAction"]);
+  if (notify) throw Error(base + ".defaultAction: SCMP_ACT_NOTIFY cannot be the default action");
+  Ctx ctx(def);
+
+  if (s.contains("architectures") && !s["architectures"].is_null()) {
+    if (!s["architectures"].is_array()) throw Error(base + ".architectures: must be an array");
+    for (const auto& a : s["architectures"]) {
+      if (!a.is_string()) throw Error(base + ".architectures: entries must be strings");
+      uint32_t arch = parse_arch(a, base + ".architectures");
+      int rc = seccomp_arch_add(ctx.c, arch);
+      if (rc < 0 && rc != -EEXIST) throw SysError("seccomp_arch_add(" + a.get<std::string>() + ")", -rc);
+    }
+  }
+  if (s.contains("flags") && !s["flags"].is_null()) {
+    if (!s["flags"].is_array()) throw Error(base + ".flags: must be an array");
+    for (const auto& f : s["flags"]) {
+      std::string fl = f.is_string() ? f.get<std::string>() : f.dump();
+      if (fl == "SECCOMP_FILTER_FLAG_TSYNC")
+        check(seccomp_attr_set(ctx.c, SCMP_FLTATR_CTL_TSYNC, 1), "seccomp flag " + fl);
+      else if (fl == "SECCOMP_FILTER_FLAG_LOG")
+        check(seccomp_attr_set(ctx.c, SCMP_FLTATR_CTL_LOG, 1), "seccomp flag " + fl);
+      else if (fl == "SECCOMP_FILTER_FLAG_SPEC_ALLOW")
+        check(seccomp_attr_set(ctx.c, SCMP_FLTATR_CTL_SSB, 1), "seccomp flag " + fl);
+      else
+        throw Error(base + ".flags: \"" + fl + "\" is not supported (TSYNC, LOG and SPEC_ALLOW are)");
+    }
+  }
+
+  // execve/execveat: candidates for the exec observer's NOTIFY rule unless
+  // the config gives them a conditional or non-allow rule.
+  std::set<int> exec_nrs;
+  for (const char* n : {"execve", "execveat"})
+    if (int nr = seccomp_syscall_resolve_name(n); nr != __NR_SCMP_ERROR) exec_nrs.insert(nr);
+  std::set<int> conflicting, deferred_allow;
+  if (s.contains("syscalls") && !s["syscalls"].is_null()) {
+    if (!s["syscalls"].is_array()) throw Error(base + ".syscalls: must be an array");
+    std::size_t i = 0;
+    for (const auto& sc : s["syscalls"]) {
+      std::string where = base + ".syscalls[" + std::to_string(i++) + "]";
+      if (!sc.is_object()) throw Error(where + ": must be an object");
+      if (!sc.contains("action") || !sc["action"].is_string()) throw Error(where + ".action: required string is missing");
+      if (!sc.contains("names") || !sc["names"].is_array()) throw Error(where + ".names: required array is missing");
+      json er = sc.contains("errnoRet") ? sc["errnoRet"] : json();
+      uint32_t act = parse_action(sc["action"], er, EPERM, where + ".action");
+      if (action_is_notify(sc["action"])) notify = true;
+      std::vector<scmp_arg_cmp> cmps;
+      std::set<unsigned> indices;
+      bool repeated = false;
+      if (sc.contains("args") && sc["args"].is_array()) {
+        std::size_t j = 0;
+        for (const auto& a : sc["args"]) {
+          std::string aw = where + ".args[" + std::to_string(j++) + "]";
+          if (!a.is_object()) throw Error(aw + ": must be an object");
+          if (!a.contains("index") || !a["index"].is_number_unsigned() || a["index"].get<unsigned>() > 5)
+            throw Error(aw + ".index: must be 0..5");
+          if (!a.contains("op") || !a["op"].is_string()) throw Error(aw + ".op: required string is missing");
+          if (!a.contains("value") || !a["value"].is_number_unsigned())
+            throw Error(aw + ".value: required unsigned integer is missing");
+          unsigned idx = a["index"].get<unsigned>();
+          uint64_t v1 = a["value"].get<uint64_t>();
+          uint64_t v2 = a.contains("valueTwo") && a["valueTwo"].is_number_unsigned() ? a["valueTwo"].get<uint64_t>() : 0;
+          if (!indices.insert(idx).second) repeated = true;
+          cmps.push_back(scmp_arg_cmp{idx, parse_op(a["op"], aw), v1, v2});
+        }
+      }
+      for (const auto& n : sc["names"]) {
+        if (!n.is_string()) throw Error(where + ".names: entries must be strings");
+        std::string name = n;
+        int nr = seccomp_syscall_resolve_name(name.c_str());
+        if (nr == __NR_SCMP_ERROR) {
+          // Like runc: a profile may list syscalls this libseccomp or
+          // architecture does not know.
+          log::debug("seccomp: " + where + ": unknown syscall \"" + name + "\" skipped");
+          continue;
+        }
+        if (exec_nrs.count(nr)) {
+          if (act == SCMP_ACT_ALLOW && cmps.empty()) {
+            deferred_allow.insert(nr);
+            continue;
+          }
+          conflicting.insert(nr);
+        }
+        if (act == def) continue;  // libseccomp refuses rules equal to the default
+        int rc;
+        if (cmps.empty()) {
+          rc = seccomp_rule_add_array(ctx.c, act, nr, 0, nullptr);
+          if (rc < 0) throw SysError("seccomp_rule_add(" + name + ") for " + where, -rc);
+        } else if (!repeated) {
+          rc = seccomp_rule_add_array(ctx.c, act, nr, static_cast<unsigned>(cmps.size()), cmps.data());
+          if (rc < 0) throw SysError("seccomp_rule_add(" + name + ", args) for " + where, -rc);
+        } else {
+          for (const auto& c : cmps) {
+            rc = seccomp_rule_add_array(ctx.c, act, nr, 1, &c);
+            if (rc < 0) throw SysError("seccomp_rule_add(" + name + ", arg " + std::to_string(c.arg) + ") for " + where, -rc);
+          }
+        }
+      }
+    }
+  }
+  if (observe_exec && !notify) {
+    add_exec_notify(ctx.c, conflicting);
+    notify = true;
+  } else {
+    for (int nr : deferred_allow)
+      if (def != SCMP_ACT_ALLOW && !conflicting.count(nr))
+        check(seccomp_rule_add(ctx.c, SCMP_ACT_ALLOW, nr, 0), "seccomp_rule_add(exec, ALLOW)");
+  }
+  return Filter(ctx.release(), notify);
+}
+
+Filter exec_observer() {
+  Ctx ctx(SCMP_ACT_ALLOW);
+  add_exec_notify(ctx.c, {});
+  return Filter(ctx.release(), true);
+}
+
+}  // namespace agentshim::seccomp

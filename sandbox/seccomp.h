@@ -1,0 +1,61 @@
+// Seccomp filters from OCI linux.seccomp objects, compiled with libseccomp:
+// every OCI action (including SCMP_ACT_NOTIFY, SCMP_ACT_KILL_PROCESS,
+// SCMP_ACT_LOG), argument comparisons (all seven operators, runc's
+// AND-within-a-rule / OR-across-a-repeated-index semantics), extra
+// architectures and filter flags. Errors name the field that was wrong.
+//
+// The exec observer (the record's source of "process.exec" events) is a
+// SCMP_ACT_NOTIFY rule on execve and execveat. The kernel allows one
+// user-notification listener per filter tree, so it is merged into the
+// first OCI filter (or stands alone when there is none); when the caller's
+// own filter already uses SCMP_ACT_NOTIFY (listenerPath), its listener wins
+// and exec observation is reported as unavailable.
+#pragma once
+
+#include <seccomp.h>
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace agentshim::seccomp {
+
+using json = nlohmann::json;
+
+class Filter {
+ public:
+  Filter() = default;
+  Filter(scmp_filter_ctx ctx, bool notify) : ctx_(ctx), notify_(notify) {}
+  ~Filter();
+  Filter(Filter&& o) noexcept : ctx_(o.ctx_), notify_(o.notify_) { o.ctx_ = nullptr; }
+  Filter& operator=(Filter&& o) noexcept;
+  Filter(const Filter&) = delete;
+  Filter& operator=(const Filter&) = delete;
+
+  // Install on the calling thread (all threads with the TSYNC flag). Returns
+  // the user-notification fd when the filter uses SCMP_ACT_NOTIFY, else -1.
+  int load();
+  bool uses_notify() const { return notify_; }
+  // Human-readable pseudo filter code (for `agentshim policy explain`, tests).
+  std::string pfc() const;
+  scmp_filter_ctx ctx() const { return ctx_; }
+
+ private:
+  scmp_filter_ctx ctx_ = nullptr;
+  bool notify_ = false;
+};
+
+// Validate and compile. With observe_exec, execve/execveat get
+// SCMP_ACT_NOTIFY unless the config gives them a rule of its own.
+Filter compile(const json& oci_seccomp, bool observe_exec = false);
+// Allow everything; notify on execve/execveat.
+Filter exec_observer();
+// Does this OCI seccomp object use SCMP_ACT_NOTIFY anywhere?
+bool uses_notify(const json& oci_seccomp);
+
+// Exposed for tests and for the policy engine.
+uint32_t parse_action(const std::string& name, const json& errno_ret, uint32_t default_errno,
+                      const std::string& where);
+uint32_t parse_arch(const std::string& name, const std::string& where);
+
+}  // namespace agentshim::seccomp

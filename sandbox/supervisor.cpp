@@ -1,0 +1,617 @@
+#include "sandbox/supervisor.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "sandbox/cgroups/cgroups.h"
+#include "sandbox/hooks.h"
+#include "sandbox/oci.h"
+#include "sandbox/process.h"
+#include "sandbox/rootfs.h"
+#include "sandbox/state.h"
+#include "sandbox/sync.h"
+
+namespace agentshim::supervisor {
+namespace {
+
+const int kForwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM, SIGTSTP,
+                          SIGTTIN, SIGTTOU, SIGPWR, SIGURG, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ};
+
+sigset_t handled_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGPIPE);
+  for (int s : kForwarded) sigaddset(&set, s);
+  return set;
+}
+
+void reset_signals() {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (int s = 1; s < NSIG; s++) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    ::signal(s, SIG_DFL);
+  }
+}
+
+json hook_state(const Setup& s, const std::string& status, pid_t pid) {
+  json j = {{"ociVersion", oci::kOciVersion}, {"id", s.id},         {"status", status},
+            {"pid", pid},                     {"bundle", s.bundle}};
+  if (s.config.contains("annotations") && s.config["annotations"].is_object() && !s.config["annotations"].empty())
+    j["annotations"] = s.config["annotations"];
+  return j;
+}
+
+void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file) {
+  if (!cfg["linux"].contains(key) || !cfg["linux"][key].is_array()) return;
+  std::string data;
+  for (const auto& m : cfg["linux"][key])
+    data += std::to_string(m["containerID"].get<unsigned long>()) + " " +
+            std::to_string(m["hostID"].get<unsigned long>()) + " " + std::to_string(m["size"].get<unsigned long>()) +
+            "\n";
+  std::string path = "/proc/" + std::to_string(pid) + "/" + file;
+  try {
+    write_file(path, data);
+  } catch (const SysError& e) {
+    throw Error(std::string("linux.") + key + ": " + e.what());
+  }
+}
+
+// ---------------------------------------------------------------- init
+
+[[noreturn]] void init_main(Setup& s, int sock) {
+  try {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    reset_signals();
+    prctl(PR_SET_NAME, "agentshim-init");
+    const json& cfg = s.config;
+    const json& proc = cfg["process"];
+    // We inherited the supervisor's oom_score_adj (-1000): reset it.
+    process::set_oom_score_adj(0, proc.value("oomScoreAdj", 0));
+
+    // A session keyring of its own, so keys never leak between containers
+    // (runc does the same unless --no-new-keyring).
+    if (!s.no_new_keyring) {
+      std::string name = "_ses." + s.id;
+      if (::syscall(SYS_keyctl, 1 /*KEYCTL_JOIN_SESSION_KEYRING*/, name.c_str()) < 0 && errno != ENOSYS &&
+          errno != EPERM && errno != EACCES)
+        throw_errno("join session keyring");
+    }
+    bool new_uts = oci::has_new_namespace(cfg, "uts");
+    if (cfg.contains("hostname") && !cfg["hostname"].get<std::string>().empty()) {
+      if (!new_uts) throw Error("config.json: hostname is set but the container has no new uts namespace");
+      std::string h = cfg["hostname"];
+      if (::sethostname(h.data(), h.size()) < 0) throw_errno("sethostname " + h);
+    }
+    if (cfg.contains("domainname") && !cfg["domainname"].get<std::string>().empty()) {
+      std::string d = cfg["domainname"];
+      if (::setdomainname(d.data(), d.size()) < 0) throw_errno("setdomainname " + d);
+    }
+
+    rootfs::Context rc;
+    rc.config = cfg;
+    rc.rootfs = s.rootfs;
+    rc.userns = oci::has_new_namespace(cfg, "user");
+    rc.cgroupns = oci::has_new_namespace(cfg, "cgroup");
+    if (s.policy.contains("cgroup_mounts"))
+      for (const auto& h : s.policy["cgroup_mounts"])
+        rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});
+
+    bool new_mnt = oci::has_new_namespace(cfg, "mount");
+    if (new_mnt) {
+      rootfs::prepare_root(rc);
+      rootfs::mount_all(rc);
+      rootfs::create_devices(rc);
+    }
+    sync::send(sock, {{"type", "hooks"}});
+    sync::expect(sock, "hooks-ok", "supervisor went away during createRuntime hooks");
+    hooks::run(cfg, "createContainer", hook_state(s, "created", 0));
+    if (new_mnt) {
+      rootfs::enter(rc, s.no_pivot);
+    } else {
+      if (::chroot(s.rootfs.c_str()) < 0) throw_errno("chroot " + s.rootfs);
+      if (::chdir("/") < 0) throw_errno("chdir /");
+    }
+    if (proc.value("terminal", false)) {
+      if (!s.console_sock) throw Error("process.terminal is true but no --console-socket was given");
+      rootfs::setup_console(s.console_sock.get(), proc, new_mnt);
+      s.console_sock.reset();
+    }
+    rootfs::apply_sysctls(cfg);
+    if (new_mnt) rootfs::finish(rc);
+    process::apply_rlimits(proc);
+    json p = proc;
+    for (const auto& e : s.extra_env) p["env"].push_back(e);
+    std::string path = process::resolve_executable(p);
+
+    sync::send(sock, {{"type", "ready"}});
+    // Block until `start` opens the fifo for reading.
+    std::string fifo = "/proc/self/fd/" + std::to_string(s.exec_fifo.get());
+    int w = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+    if (w < 0) throw_errno("open exec fifo");
+    if (::write(w, "0", 1) != 1) throw_errno("write exec fifo");
+    ::close(w);
+    s.exec_fifo.reset();
+
+    hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
+
+    process::Finalize fin;
+    if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
+      fin.seccomp.push_back(cfg["linux"]["seccomp"]);
+    if (!s.extra_seccomp.is_null() && !s.extra_seccomp.empty()) fin.seccomp.push_back(s.extra_seccomp);
+    fin.observe_exec = s.observe_exec;
+    // Descriptors beyond stdio and --preserve-fds do not reach the process.
+    int keep = 3 + s.preserve_fds;
+    ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
+    auto listeners = process::finalize(p, fin);
+    if (!listeners.empty()) {
+      json kinds = json::array();
+      std::vector<int> fds;
+      for (const auto& l : listeners) {
+        kinds.push_back(l.kind);
+        fds.push_back(l.fd);
+      }
+      sync::send(sock, {{"type", "seccomp"}, {"kinds", kinds}}, fds);
+      for (int fd : fds) ::close(fd);
+    }
+    process::exec(path, p);
+  } catch (const std::exception& e) {
+    try {
+      sync::send(sock, {{"type", "error"}, {"msg", e.what()}});
+    } catch (...) {
+    }
+    std::string m = std::string("agentshim: ") + e.what() + "\n";
+    ssize_t r = ::write(2, m.data(), m.size());
+    (void)r;
+    ::_exit(127);
+  }
+}
+
+// ---------------------------------------------------------------- stage1
+
+[[noreturn]] void stage1_main(Setup& s, int sock) {
+  try {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const json& cfg = s.config;
+    auto nss = oci::namespaces(cfg);
+    // Open every namespace path first: joining one may hide the others.
+    std::map<std::string, UniqueFd> join;
+    int unshare_flags = 0;
+    for (const auto& n : nss) {
+      auto t = oci::namespace_by_name(n.type);
+      if (!t) throw Error("unsupported namespace type \"" + n.type + "\"");
+      if (n.path.empty()) {
+        unshare_flags |= t->flag;
+      } else {
+        UniqueFd fd(::open(n.path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd) throw_errno("open " + n.type + " namespace " + n.path);
+        join[n.type] = std::move(fd);
+      }
+    }
+    if (join.count("user")) {
+      if (::setns(join["user"].get(), CLONE_NEWUSER) < 0) throw_errno("setns user namespace");
+    } else if (unshare_flags & CLONE_NEWUSER) {
+      if (::unshare(CLONE_NEWUSER) < 0) throw_errno("unshare user namespace");
+      sync::send(sock, {{"type", "userns"}, {"pid", ::getpid()}});
+      sync::expect(sock, "userns-ok", "supervisor went away while writing id maps");
+    }
+    if (join.count("user") || (unshare_flags & CLONE_NEWUSER)) {
+      if (::setresgid(0, 0, 0) < 0) throw_errno("setresgid(0) in user namespace");
+      if (::setresuid(0, 0, 0) < 0) throw_errno("setresuid(0) in user namespace");
+    }
+    unshare_flags &= ~CLONE_NEWUSER;
+    for (const char* t : {"ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
+      auto it = join.find(t);
+      if (it == join.end()) continue;
+      if (::setns(it->second.get(), oci::namespace_by_name(t)->flag) < 0)
+        throw_errno(std::string("setns ") + t + " namespace");
+    }
+    if (unshare_flags && ::unshare(unshare_flags) < 0) throw_errno("unshare namespaces");
+    pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+    if (pid < 0) throw_errno("clone container init");
+    if (pid == 0) init_main(s, sock);
+    sync::send(sock, {{"type", "init"}, {"pid", pid}});
+    ::_exit(0);
+  } catch (const std::exception& e) {
+    try {
+      sync::send(sock, {{"type", "error"}, {"msg", e.what()}});
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+}
+
+// ---------------------------------------------------------------- supervisor
+
+UniqueFd listen_control(const std::string& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) throw_errno("socket (control)");
+  struct sockaddr_un addr {};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) throw Error("control socket path too long: " + path);
+  std::strcpy(addr.sun_path, path.c_str());
+  ::unlink(path.c_str());
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) throw_errno("bind " + path);
+  ::chmod(path.c_str(), 0600);
+  if (::listen(fd.get(), 16) < 0) throw_errno("listen " + path);
+  return fd;
+}
+
+struct Exit {
+  bool exited = false;
+  int code = 0;
+  int signal = 0;
+  struct rusage ru {};
+};
+
+class Supervisor {
+ public:
+  explicit Supervisor(Setup& s) : s_(s) {}
+
+  [[noreturn]] void run() {
+    int code = 1;
+    try {
+      setup();
+      code = loop();
+    } catch (const std::exception& e) {
+      log::error(e.what());
+      report_error(e.what());
+      cleanup_failed();
+      ::_exit(1);
+    }
+    ::_exit(code);
+  }
+
+ private:
+  void report_error(const std::string& msg) {
+    if (s_.cli_sock) {
+      try {
+        sync::send(s_.cli_sock.get(), {{"type", "error"}, {"msg", msg}});
+      } catch (...) {
+      }
+      s_.cli_sock.reset();
+    }
+  }
+
+  void cleanup_failed() {
+    if (init_pid_ > 0) {
+      ::kill(init_pid_, SIGKILL);
+      ::waitpid(init_pid_, nullptr, 0);
+    }
+    if (cg_) {
+      try {
+        cg_->destroy();
+      } catch (const std::exception& e) {
+        log::warn(std::string("cgroup cleanup: ") + e.what());
+      }
+    }
+  }
+
+  void setup() {
+    prctl(PR_SET_NAME, "agentshim-sup");
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) throw_errno("prctl(PR_SET_CHILD_SUBREAPER)");
+    sigset_t set = handled_signals();
+    if (sigprocmask(SIG_BLOCK, &set, nullptr) < 0) throw_errno("sigprocmask");
+    sigfd_.reset(::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+    if (!sigfd_) throw_errno("signalfd");
+    process::set_oom_score_adj(0, -1000);
+
+    const json& cfg = s_.config;
+    std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
+    cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
+    // The supervisor itself stays outside the container's cgroup (its memory
+    // is not the container's, and pause must not freeze it); stage1 joins
+    // it before it creates the init, so every container process is counted.
+    json resources = cfg.contains("linux") && cfg["linux"].contains("resources") &&
+                             cfg["linux"]["resources"].is_object()
+                         ? cfg["linux"]["resources"]
+                         : json::object();
+    resources["devices"] = cgroups::effective_device_rules(cfg);
+    cg_->set(resources);
+    json mounts = json::array();
+    for (const auto& h : cg_->hierarchies())
+      mounts.push_back({{"name", h.mountpoint_name}, {"fstype", h.fstype}, {"options", h.options},
+                        {"host_path", h.host_path}});
+    s_.policy["cgroup_mounts"] = mounts;
+
+    auto pair = make_socketpair(SOCK_SEQPACKET);
+    sock_ = std::move(pair.first);
+    pid_t stage1 = ::fork();
+    if (stage1 < 0) throw_errno("fork stage1");
+    if (stage1 == 0) {
+      sock_.reset();
+      s_.cli_sock.reset();
+      try {
+        cg_->apply(::getpid());
+      } catch (const std::exception& e) {
+        try {
+          sync::send(pair.second.get(), {{"type", "error"}, {"msg", e.what()}});
+        } catch (...) {
+        }
+        ::_exit(1);
+      }
+      stage1_main(s_, pair.second.get());
+    }
+    pair.second.reset();
+    const std::string eof = "container init exited during setup (see the log for details)";
+    for (;;) {
+      auto m = sync::recv(sock_.get());
+      if (!m) throw Error(eof);
+      std::string type = m->value("type", "");
+      if (type == "error") throw Error(m->value("msg", "unknown error"));
+      if (type == "userns") {
+        pid_t p = (*m)["pid"];
+        if (cfg["linux"].contains("gidMappings")) {
+          // Only an unprivileged mapper must deny setgroups; we are root.
+        }
+        write_id_map(p, cfg, "uidMappings", "uid_map");
+        write_id_map(p, cfg, "gidMappings", "gid_map");
+        sync::send(sock_.get(), {{"type", "userns-ok"}});
+      } else if (type == "init") {
+        init_pid_ = (*m)["pid"];
+        int st;
+        ::waitpid(stage1, &st, 0);
+      } else if (type == "hooks") {
+        json hs = hook_state(s_, "created", init_pid_);
+        hooks::run(cfg, "prestart", hs);
+        hooks::run(cfg, "createRuntime", hs);
+        sync::send(sock_.get(), {{"type", "hooks-ok"}});
+      } else if (type == "ready") {
+        break;
+      } else {
+        throw Error("unexpected message from container init: " + type);
+      }
+    }
+    ctl_ = listen_control(s_.state_dir + "/supervisor.sock");
+    init_start_ = state::process_start_time(init_pid_);
+    sync::send(s_.cli_sock.get(), {{"type", "created"},
+                                   {"init_pid", init_pid_},
+                                   {"init_start", init_start_},
+                                   {"cgroup", cg_->save()}});
+    s_.cli_sock.reset();
+    s_.console_sock.reset();
+    s_.exec_fifo.reset();
+    // The container has its own stdio; ours must not keep the caller's pipes open.
+    int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull >= 0) {
+      for (int fd = 0; fd < 3; fd++) ::dup2(devnull, fd);
+      ::close(devnull);
+    }
+    close_inherited();
+  }
+
+  // Close every descriptor we did not open ourselves (--preserve-fds,
+  // LISTEN_FDS, anything the caller leaked): they belong to the container.
+  void close_inherited() {
+    std::vector<int> keep = {sigfd_.get(), sock_.get(), ctl_.get(), log::fd()};
+    std::vector<int> close_list;
+    if (DIR* d = ::opendir("/proc/self/fd")) {
+      while (struct dirent* e = ::readdir(d)) {
+        auto n = parse_int(e->d_name);
+        if (!n || *n < 3 || *n == ::dirfd(d)) continue;
+        bool k = false;
+        for (int f : keep) k |= (f == *n);
+        if (!k) close_list.push_back(static_cast<int>(*n));
+      }
+      ::closedir(d);
+    }
+    for (int fd : close_list) ::close(fd);
+  }
+
+  int loop() {
+    while (!exit_.exited) {
+      struct pollfd fds[3] = {{sigfd_.get(), POLLIN, 0}, {ctl_.get(), POLLIN, 0}, {sock_.get(), POLLIN, 0}};
+      int n = ::poll(fds, sock_ ? 3 : 2, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("poll (supervisor)");
+      }
+      if (fds[0].revents & POLLIN) handle_signals();
+      if (fds[1].revents & POLLIN) handle_control();
+      if (sock_ && (fds[2].revents & (POLLIN | POLLHUP))) handle_init_message();
+    }
+    return finish();
+  }
+
+  void handle_signals() {
+    struct signalfd_siginfo si {};
+    while (::read(sigfd_.get(), &si, sizeof si) == sizeof si) {
+      int sig = static_cast<int>(si.ssi_signo);
+      if (sig == SIGCHLD) {
+        reap();
+      } else if (sig != SIGPIPE && init_pid_ > 0) {
+        ::kill(init_pid_, sig);
+      }
+    }
+  }
+
+  void reap() {
+    for (;;) {
+      int status = 0;
+      struct rusage ru {};
+      pid_t p = ::wait4(-1, &status, WNOHANG, &ru);
+      if (p <= 0) break;
+      if (p == init_pid_) {
+        exit_.exited = true;
+        exit_.ru = ru;
+        if (WIFEXITED(status)) exit_.code = WEXITSTATUS(status);
+        if (WIFSIGNALED(status)) {
+          exit_.signal = WTERMSIG(status);
+          exit_.code = 128 + exit_.signal;
+        }
+      }
+    }
+  }
+
+  void handle_init_message() {
+    std::vector<UniqueFd> fds;
+    std::optional<json> m;
+    try {
+      m = sync::recv(sock_.get(), &fds);
+    } catch (const std::exception& e) {
+      log::warn(std::string("container init: ") + e.what());
+    }
+    if (!m) {
+      sock_.reset();  // the init exec'd (CLOEXEC) or died
+      return;
+    }
+    std::string type = m->value("type", "");
+    if (type == "error") {
+      log::error("container init: " + m->value("msg", ""));
+    } else if (type == "seccomp") {
+      on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
+    }
+  }
+
+  void on_seccomp_listeners(const json& kinds, std::vector<UniqueFd> fds) {
+    const json& cfg = s_.config;
+    for (std::size_t i = 0; i < fds.size() && i < kinds.size(); ++i) {
+      if (kinds[i] == "exec") {
+        exec_listener_ = std::move(fds[i]);
+      } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && cfg["linux"]["seccomp"].is_object()) {
+        std::string path = cfg["linux"]["seccomp"].value("listenerPath", "");
+        if (!path.empty())
+          send_to_listener(path, fds[i].get(), cfg["linux"]["seccomp"].value("listenerMetadata", ""));
+      }
+    }
+  }
+
+  void send_to_listener(const std::string& path, int fd, const std::string& metadata) {
+    UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    struct sockaddr_un addr {};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    if (::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+      log::error("seccomp listenerPath " + path + ": connect: " + std::strerror(errno));
+      return;
+    }
+    json st = {{"ociVersion", oci::kOciVersion},
+               {"fds", json::array({"seccompFd"})},
+               {"pid", init_pid_},
+               {"metadata", metadata},
+               {"state", hook_state(s_, "running", init_pid_)}};
+    int fds[1] = {fd};
+    try {
+      send_fds(c.get(), st.dump(), fds, 1);
+    } catch (const std::exception& e) {
+      log::error(std::string("seccomp listenerPath ") + path + ": " + e.what());
+    }
+  }
+
+  void handle_control() {
+    for (;;) {
+      UniqueFd c(::accept4(ctl_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!c) return;
+      struct timeval tv {1, 0};
+      ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      std::string buf;
+      char tmp[4096];
+      while (buf.size() < 1 << 20 && buf.find('\n') == std::string::npos) {
+        ssize_t r = ::read(c.get(), tmp, sizeof tmp);
+        if (r <= 0) break;
+        buf.append(tmp, static_cast<std::size_t>(r));
+      }
+      json reply = {{"ok", true}};
+      try {
+        json msg = json::parse(buf.substr(0, buf.find('\n')));
+        on_control(msg);
+      } catch (const std::exception& e) {
+        reply = {{"ok", false}, {"error", e.what()}};
+      }
+      std::string out = reply.dump() + "\n";
+      ssize_t w = ::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL);
+      (void)w;
+    }
+  }
+
+  void on_control(const json& msg) {
+    std::string type = msg.value("type", "");
+    log::debug("supervisor: control message " + type);
+    events_.push_back(msg);
+  }
+
+  int finish() {
+    json ex = {{"exit_code", exit_.code},
+               {"signal", exit_.signal},
+               {"oom_kills", cg_ ? cg_->oom_kill_count() : 0},
+               {"rusage",
+                {{"utime_us", exit_.ru.ru_utime.tv_sec * 1000000LL + exit_.ru.ru_utime.tv_usec},
+                 {"stime_us", exit_.ru.ru_stime.tv_sec * 1000000LL + exit_.ru.ru_stime.tv_usec},
+                 {"maxrss_kb", exit_.ru.ru_maxrss}}}};
+    try {
+      write_file_atomic(s_.state_dir + "/exit.json", ex.dump(), 0600);
+    } catch (const std::exception& e) {
+      log::warn(std::string("write exit status: ") + e.what());
+    }
+    ctl_.reset();
+    ::unlink((s_.state_dir + "/supervisor.sock").c_str());
+    return exit_.code;
+  }
+
+  Setup& s_;
+  UniqueFd sigfd_, sock_, ctl_, exec_listener_;
+  std::unique_ptr<cgroups::Manager> cg_;
+  pid_t init_pid_ = 0;
+  unsigned long long init_start_ = 0;
+  Exit exit_;
+  std::vector<json> events_;
+};
+
+}  // namespace
+
+void main(Setup s) {
+  Supervisor sup(s);
+  sup.run();
+}
+
+json notify(const std::string& state_dir, const json& msg) {
+  std::string path = state_dir + "/supervisor.sock";
+  UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  struct sockaddr_un addr {};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return {{"ok", false}, {"error", "socket path too long"}};
+  std::strcpy(addr.sun_path, path.c_str());
+  if (!c || ::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
+    log::debug("supervisor not reachable at " + path + ": " + std::strerror(errno));
+    return {{"ok", false}, {"error", std::strerror(errno)}};
+  }
+  struct timeval tv {5, 0};
+  ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string out = msg.dump() + "\n";
+  if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0) return {{"ok", false}, {"error", "send failed"}};
+  std::string buf;
+  char tmp[4096];
+  while (buf.find('\n') == std::string::npos) {
+    ssize_t r = ::read(c.get(), tmp, sizeof tmp);
+    if (r <= 0) break;
+    buf.append(tmp, static_cast<std::size_t>(r));
+  }
+  try {
+    return json::parse(buf.substr(0, buf.find('\n')));
+  } catch (...) {
+    return {{"ok", false}, {"error", "no reply"}};
+  }
+}
+
+}  // namespace agentshim::supervisor

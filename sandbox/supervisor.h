@@ -1,0 +1,55 @@
+// The supervisor: the trusted process that stays outside the container for
+// its whole life. Forked by `create`; its pid goes to --pid-file.
+//
+//   create (CLI) ── fork ──> supervisor ── fork ──> stage1 ── clone(CLONE_PARENT) ──> init
+//
+// stage1 joins/creates the namespaces (user first, so the others are owned
+// by it) and clones the init as the supervisor's child, then exits. The init
+// builds the rootfs, reports "ready" and blocks on exec.fifo until `start`.
+// The supervisor runs the runtime-side hooks, reaps the init, forwards
+// signals, serves the control socket, records events, and exits with the
+// container's status (128+N for signal N).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/fd.h"
+
+namespace agentshim::supervisor {
+
+using json = nlohmann::json;
+
+struct Setup {
+  std::string id;
+  std::string bundle;
+  std::string rootfs;
+  std::string state_dir;
+  std::string run_id;
+  std::string audit_dir;
+  std::string created;           // RFC 3339, as in state
+  json config;                   // enforced config
+  json caller_config;            // as given
+  json policy;                   // policy::Result summary (decisions, extra seccomp, egress)
+  json extra_seccomp;            // agentshim's profile, stacked on the config's
+  bool observe_exec = false;
+  bool systemd_cgroup = false;
+  bool no_pivot = false;
+  bool no_new_keyring = false;
+  int preserve_fds = 0;
+  std::vector<std::string> extra_env;  // LISTEN_FDS etc.
+  UniqueFd cli_sock;             // to the CLI that forked us
+  UniqueFd console_sock;         // -1 unless terminal
+  UniqueFd exec_fifo;            // O_PATH
+};
+
+// Never returns. Reports {"type":"created","init_pid":N,"init_start":S,
+// "cgroup":{...}} or {"type":"error","msg":...} on cli_sock.
+[[noreturn]] void main(Setup s);
+
+// Connect to a container's supervisor control socket and send one event
+// (best effort: a missing or dead supervisor is logged, not fatal).
+json notify(const std::string& state_dir, const json& msg);
+
+}  // namespace agentshim::supervisor

@@ -1,0 +1,121 @@
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+
+#include "common/error.h"
+#include "sandbox/oci.h"
+
+using namespace agentshim;
+using json = nlohmann::json;
+
+namespace {
+json minimal() {
+  return json::parse(R"({"ociVersion":"1.0.2","root":{"path":"rootfs"},
+    "process":{"args":["sh"],"cwd":"/","env":["PATH=/bin"]},
+    "linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}})");
+}
+
+std::string error_of(const json& cfg) {
+  try {
+    oci::validate_config(cfg);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(OciConfig, MinimalIsValid) { EXPECT_EQ(error_of(minimal()), ""); }
+
+TEST(OciConfig, ErrorsNameTheField) {
+  auto c = minimal();
+  c["process"]["args"] = json::array();
+  EXPECT_NE(error_of(c).find("process.args"), std::string::npos);
+  c = minimal();
+  c["linux"]["namespaces"].push_back({{"type", "bogus"}});
+  EXPECT_NE(error_of(c).find("unsupported namespace type \"bogus\""), std::string::npos);
+  c = minimal();
+  c["linux"]["namespaces"].push_back({{"type", "pid"}});
+  EXPECT_NE(error_of(c).find("listed twice"), std::string::npos);
+  c = minimal();
+  c["mounts"] = json::array({{{"destination", "relative/path"}, {"type", "tmpfs"}}});
+  EXPECT_NE(error_of(c).find("mounts[0].destination"), std::string::npos);
+  c = minimal();
+  c["process"]["cwd"] = "relative";
+  EXPECT_NE(error_of(c).find("process.cwd"), std::string::npos);
+  c = minimal();
+  c["ociVersion"] = "2.0.0";
+  EXPECT_NE(error_of(c).find("unsupported version"), std::string::npos);
+  c = minimal();
+  c.erase("root");
+  EXPECT_NE(error_of(c).find("root"), std::string::npos);
+  c = minimal();
+  c["hooks"] = {{"prestart", {{{"path", "/bin/true"}, {"timeout", 0}}}}};
+  EXPECT_NE(error_of(c).find("hooks.prestart[0].timeout"), std::string::npos);
+  c = minimal();
+  c["hooks"] = {{"preboot", json::array()}};
+  EXPECT_NE(error_of(c).find("unknown hook kind"), std::string::npos);
+  c = minimal();
+  c["process"]["user"] = {{"uid", -1}};
+  EXPECT_NE(error_of(c).find("process.user.uid"), std::string::npos);
+  c = minimal();
+  c["linux"]["devices"] = json::array({{{"path", "/dev/x"}, {"type", "q"}}});
+  EXPECT_NE(error_of(c).find("linux.devices[0].type"), std::string::npos);
+  c = minimal();
+  c["linux"]["sysctl"] = {{"net/../../x", "1"}};
+  EXPECT_NE(error_of(c).find("invalid sysctl name"), std::string::npos);
+}
+
+TEST(OciConfig, Namespaces) {
+  auto c = minimal();
+  c["linux"]["namespaces"].push_back({{"type", "network"}, {"path", "/proc/1/ns/net"}});
+  EXPECT_TRUE(oci::has_new_namespace(c, "pid"));
+  EXPECT_FALSE(oci::has_new_namespace(c, "network"));
+  EXPECT_FALSE(oci::has_new_namespace(c, "uts"));
+  EXPECT_EQ(oci::namespace_by_name("network")->flag, CLONE_NEWNET);
+  EXPECT_FALSE(oci::namespace_by_name("net"));
+}
+
+TEST(OciConfig, MountOptions) {
+  auto mo = oci::parse_mount_options({"rbind", "ro", "nosuid", "rprivate", "size=64k", "mode=755"});
+  EXPECT_TRUE(mo.bind);
+  EXPECT_TRUE(mo.rec);
+  EXPECT_TRUE(mo.flags & MS_RDONLY);
+  EXPECT_TRUE(mo.flags & MS_NOSUID);
+  EXPECT_TRUE(mo.flags & MS_BIND);
+  ASSERT_EQ(mo.propagation.size(), 1u);
+  EXPECT_EQ(mo.propagation[0], static_cast<unsigned long>(MS_PRIVATE | MS_REC));
+  EXPECT_EQ(mo.data, "size=64k,mode=755");
+  auto rw = oci::parse_mount_options({"ro", "rw"});
+  EXPECT_FALSE(rw.flags & MS_RDONLY);
+}
+
+TEST(OciConfig, Signals) {
+  EXPECT_EQ(oci::parse_signal("SIGTERM"), SIGTERM);
+  EXPECT_EQ(oci::parse_signal("term"), SIGTERM);
+  EXPECT_EQ(oci::parse_signal("9"), SIGKILL);
+  EXPECT_EQ(oci::parse_signal("KILL"), SIGKILL);
+  EXPECT_EQ(oci::parse_signal("RTMIN+1"), SIGRTMIN + 1);
+  EXPECT_THROW(oci::parse_signal("SIGFOO"), Error);
+  EXPECT_THROW(oci::parse_signal("0"), Error);
+  EXPECT_THROW(oci::parse_signal("999"), Error);
+  EXPECT_EQ(oci::signal_name(SIGTERM), "SIGTERM");
+}
+
+TEST(OciConfig, ContainerIds) {
+  EXPECT_NO_THROW(oci::validate_container_id("abc-123_x.y+z"));
+  EXPECT_THROW(oci::validate_container_id(""), Error);
+  EXPECT_THROW(oci::validate_container_id(".."), Error);
+  EXPECT_THROW(oci::validate_container_id("a/b"), Error);
+  EXPECT_THROW(oci::validate_container_id("a b"), Error);
+  EXPECT_THROW(oci::validate_container_id(std::string(1025, 'a')), Error);
+}
+
+TEST(OciConfig, Capabilities) {
+  EXPECT_EQ(oci::capability_from_name("CAP_SYS_ADMIN"), 21);
+  EXPECT_EQ(oci::capability_from_name("CAP_NET_RAW"), 13);
+  EXPECT_FALSE(oci::capability_from_name("CAP_BOGUS"));
+  EXPECT_FALSE(oci::capability_from_name("sys_admin"));
+  EXPECT_EQ(oci::capability_name(21), "CAP_SYS_ADMIN");
+}
