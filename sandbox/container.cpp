@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/seccomp.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
 #include "sandbox/process.h"
@@ -105,6 +106,10 @@ void create(const Global& g, const CreateOptions& o) {
   struct stat rst {};
   if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
     throw Error("rootfs (" + rootfs + ") does not exist or is not a directory");
+  // Compile the seccomp profile here, so a bad one is an error of `create`
+  // with the field named, not a failure deep inside the container's init.
+  if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
+    (void)seccomp::compile(cfg["linux"]["seccomp"]);
   bool terminal = cfg["process"].value("terminal", false);
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
@@ -133,6 +138,22 @@ void create(const Global& g, const CreateOptions& o) {
 
   std::string fifo = state::exec_fifo_path(g.root, o.id);
   if (::mkfifo(fifo.c_str(), 0622) < 0) throw_errno("mkfifo " + fifo);
+  if (::chmod(fifo.c_str(), 0622) < 0) throw_errno("chmod " + fifo);
+  {
+    // Owned by the container's root, as runc does, so an init in a user
+    // namespace can open it.
+    auto host_id = [&](const char* key) -> long long {
+      if (!cfg.contains("linux") || !cfg["linux"].contains(key) || !cfg["linux"][key].is_array()) return 0;
+      for (const auto& m : cfg["linux"][key]) {
+        long long c = m.value("containerID", 0LL), h = m.value("hostID", 0LL), n = m.value("size", 0LL);
+        if (c <= 0 && 0 < c + n) return h - c;
+      }
+      return 0;
+    };
+    if (oci::has_new_namespace(cfg, "user") &&
+        ::chown(fifo.c_str(), static_cast<uid_t>(host_id("uidMappings")), static_cast<gid_t>(host_id("gidMappings"))) < 0)
+      throw_errno("chown " + fifo);
+  }
 
   supervisor::Setup s;
   s.id = o.id;

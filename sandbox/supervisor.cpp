@@ -125,8 +125,8 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
       rootfs::create_devices(rc);
     }
     sync::send(sock, {{"type", "hooks"}});
-    sync::expect(sock, "hooks-ok", "supervisor went away during createRuntime hooks");
-    hooks::run(cfg, "createContainer", hook_state(s, "created", 0));
+    auto ok = sync::expect(sock, "hooks-ok", "supervisor went away during createRuntime hooks");
+    hooks::run(cfg, "createContainer", hook_state(s, "creating", ok.value("pid", 0)));
     if (new_mnt) {
       rootfs::enter(rc, s.no_pivot);
     } else {
@@ -373,10 +373,10 @@ class Supervisor {
         int st;
         ::waitpid(stage1, &st, 0);
       } else if (type == "hooks") {
-        json hs = hook_state(s_, "created", init_pid_);
+        json hs = hook_state(s_, "creating", init_pid_);
         hooks::run(cfg, "prestart", hs);
         hooks::run(cfg, "createRuntime", hs);
-        sync::send(sock_.get(), {{"type", "hooks-ok"}});
+        sync::send(sock_.get(), {{"type", "hooks-ok"}, {"pid", init_pid_}});
       } else if (type == "ready") {
         break;
       } else {
