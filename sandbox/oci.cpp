@@ -104,6 +104,10 @@ void validate_process(const json& p, const std::string& where) {
     expect(c.is_object(), where + ".capabilities", "expected object");
     for (const char* set : {"bounding", "effective", "inheritable", "permitted", "ambient"}) {
       expect_string_array(c, set, where + ".capabilities");
+      if (c.contains(set) && c[set].is_array())
+        for (const auto& n : c[set])
+          expect(capability_from_name(n.get<std::string>()).has_value(), where + ".capabilities." + set,
+                 "unknown capability \"" + n.get<std::string>() + "\"");
     }
   }
   if (p.contains("rlimits") && !p["rlimits"].is_null()) {
@@ -112,6 +116,13 @@ void validate_process(const json& p, const std::string& where) {
     for (const auto& r : p["rlimits"]) {
       std::string w = where + ".rlimits[" + std::to_string(i++) + "]";
       expect(r.is_object() && r.contains("type") && r["type"].is_string(), w + ".type", "required string");
+      static const char* known[] = {"RLIMIT_AS",     "RLIMIT_CORE",   "RLIMIT_CPU",      "RLIMIT_DATA",
+                                    "RLIMIT_FSIZE",  "RLIMIT_LOCKS",  "RLIMIT_MEMLOCK",  "RLIMIT_MSGQUEUE",
+                                    "RLIMIT_NICE",   "RLIMIT_NOFILE", "RLIMIT_NPROC",    "RLIMIT_RSS",
+                                    "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK"};
+      std::string t = r["type"];
+      expect(std::find(std::begin(known), std::end(known), t) != std::end(known), w + ".type",
+             "unknown rlimit type \"" + t + "\"");
       expect(r.contains("hard") && r["hard"].is_number_unsigned(), w + ".hard", "required unsigned integer");
       expect(r.contains("soft") && r["soft"].is_number_unsigned(), w + ".soft", "required unsigned integer");
     }

@@ -276,8 +276,10 @@ class Supervisor {
       code = loop();
     } catch (const std::exception& e) {
       log::error(e.what());
-      report_error(e.what());
+      // Clean up first: the CLI exits as soon as it hears of the error, and
+      // nothing (process, cgroup) may outlive that.
       cleanup_failed();
+      report_error(e.what());
       ::_exit(1);
     }
     ::_exit(code);
@@ -295,9 +297,19 @@ class Supervisor {
   }
 
   void cleanup_failed() {
-    if (init_pid_ > 0) {
-      ::kill(init_pid_, SIGKILL);
-      ::waitpid(init_pid_, nullptr, 0);
+    if (stage1_ > 0) ::kill(stage1_, SIGKILL);
+    if (init_pid_ > 0) ::kill(init_pid_, SIGKILL);
+    if (cg_) {
+      try {
+        for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
+      } catch (...) {
+      }
+    }
+    // Reap every child (stage1, the init, anything reparented to us).
+    for (;;) {
+      pid_t r = ::waitpid(-1, nullptr, 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) break;
     }
     if (cg_) {
       try {
@@ -339,6 +351,7 @@ class Supervisor {
     sock_ = std::move(pair.first);
     pid_t stage1 = ::fork();
     if (stage1 < 0) throw_errno("fork stage1");
+    stage1_ = stage1;
     if (stage1 == 0) {
       sock_.reset();
       s_.cli_sock.reset();
@@ -372,6 +385,7 @@ class Supervisor {
         init_pid_ = (*m)["pid"];
         int st;
         ::waitpid(stage1, &st, 0);
+        stage1_ = -1;
       } else if (type == "hooks") {
         json hs = hook_state(s_, "creating", init_pid_);
         hooks::run(cfg, "prestart", hs);
@@ -572,6 +586,7 @@ class Supervisor {
   Setup& s_;
   UniqueFd sigfd_, sock_, ctl_, exec_listener_;
   std::unique_ptr<cgroups::Manager> cg_;
+  pid_t stage1_ = -1;
   pid_t init_pid_ = 0;
   unsigned long long init_start_ = 0;
   Exit exit_;

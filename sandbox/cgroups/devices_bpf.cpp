@@ -61,6 +61,10 @@ std::vector<BpfInsn> device_program(const json& rules) {
   p.push_back(ins(kRshK, 3, 0, 0, 16));  // w3 = requested access
   p.push_back(ins(kLdxW, 4, 1, 4, 0));  // r4 = major
   p.push_back(ins(kLdxW, 5, 1, 8, 0));  // r5 = minor
+  // After a rule that matches every access (no jumps), the earlier rules and
+  // the default deny can never run, and the verifier rejects unreachable
+  // instructions: they are still checked but no longer emitted.
+  bool unconditional = false;
   for (std::size_t n = rules.size(); n-- > 0;) {
     const json& r = rules[n];
     std::string where = "linux.resources.devices[" + std::to_string(n) + "]";
@@ -101,10 +105,14 @@ std::vector<BpfInsn> device_program(const json& rules) {
     block.push_back(ins(kMovK, 0, 0, 0, allow ? 1 : 0));
     block.push_back(ins(kExit, 0, 0, 0, 0));
     for (auto j : jumps) block[j].off = static_cast<int16_t>(block.size() - (j + 1));
+    if (unconditional) continue;
     p.insert(p.end(), block.begin(), block.end());
+    unconditional = jumps.empty();
   }
-  p.push_back(ins(kMovK, 0, 0, 0, 0));
-  p.push_back(ins(kExit, 0, 0, 0, 0));
+  if (!unconditional) {
+    p.push_back(ins(kMovK, 0, 0, 0, 0));
+    p.push_back(ins(kExit, 0, 0, 0, 0));
+  }
   return p;
 }
 
