@@ -2,6 +2,7 @@
 #include "sandbox/seccomp.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/fd.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -46,24 +48,29 @@ int Filter::load() {
 
 std::string Filter::pfc() const {
   if (!ctx_) return "";
-  char* buf = nullptr;
-  std::size_t len = 0;
-  FILE* f = ::open_memstream(&buf, &len);
-  if (!f) throw_errno("open_memstream");
-  int rc = seccomp_export_pfc(ctx_, ::fileno(f));
-  std::fclose(f);
-  std::string out(buf ? buf : "", len);
-  std::free(buf);
+  // seccomp_export_pfc writes to a file descriptor; a memory stream
+  // (open_memstream) has none, so use a memfd.
+  UniqueFd fd(::memfd_create("agentshim-seccomp-pfc", MFD_CLOEXEC));
+  if (!fd) throw_errno("memfd_create");
+  int rc = seccomp_export_pfc(ctx_, fd.get());
   if (rc < 0) throw SysError("seccomp_export_pfc", -rc);
-  return out;
+  if (::lseek(fd.get(), 0, SEEK_SET) < 0) throw_errno("lseek");
+  return read_all(fd.get(), "seccomp pfc");
 }
 
 uint32_t parse_action(const std::string& name, const json& errno_ret, uint32_t default_errno,
                       const std::string& where) {
   uint32_t err = default_errno;
   if (!errno_ret.is_null()) {
-    if (!errno_ret.is_number_unsigned() || errno_ret.get<uint64_t>() > 0xffff)
-      throw Error(where + ".errnoRet: must be an unsigned 16-bit integer");
+    std::string ew = where;
+    if (ew.size() > 14 && ew.substr(ew.size() - 14) == ".defaultAction")
+      ew = ew.substr(0, ew.size() - 14) + ".defaultErrnoRet";
+    else if (ew.size() > 7 && ew.substr(ew.size() - 7) == ".action")
+      ew = ew.substr(0, ew.size() - 7) + ".errnoRet";
+    else
+      ew += ".errnoRet";
+    if (!errno_ret.is_number_unsigned() || errno_ret.get<uint64_t>() >= 4096)
+      throw Error(ew + ": must be an errno value (0..4095)");
     err = errno_ret.get<uint32_t>();
   }
   if (name == "SCMP_ACT_KILL" || name == "SCMP_ACT_KILL_THREAD") return SCMP_ACT_KILL_THREAD;

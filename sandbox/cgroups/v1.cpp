@@ -79,7 +79,7 @@ class V1Manager final : public Manager {
     try {
       for (const auto& d : dirs_) {
         auto made = detail::make_dirs(d.m.path, d.dir);
-        if (d.has("cpuset")) init_cpuset(made);
+        if (d.has("cpuset")) init_cpuset(d);
         created_.insert(created_.end(), made.begin(), made.end());
       }
     } catch (...) {
@@ -311,9 +311,16 @@ class V1Manager final : public Manager {
     return *d;
   }
 
-  void init_cpuset(const std::vector<std::string>& made) {
-    for (const auto& dir : made) {
-      std::string parent = dir.substr(0, dir.rfind('/'));
+  // Every level from the hierarchy's root down to the leaf, not only the
+  // directories made now: one that already existed (left behind by a run that
+  // died between mkdir and the copy) may still have empty cpuset.cpus/mems,
+  // and no process can join such a cgroup. Like runc's cpusetEnsureParent.
+  void init_cpuset(const Dir& d) {
+    std::string dir = d.m.path;
+    for (const auto& c : split(d.dir.substr(d.m.path.size()), '/')) {
+      if (c.empty()) continue;
+      std::string parent = dir;
+      dir += "/" + c;
       for (const char* f : {"cpuset.cpus", "cpuset.mems"}) {
         if (!exists(dir, f)) continue;
         if (read(dir, f).empty()) write(dir, f, read(parent, f));
