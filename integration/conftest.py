@@ -140,3 +140,26 @@ def host_devnull_intact():
     assert _devnull_ok(), "/dev/null was already damaged before this test"
     yield
     assert _devnull_ok(), "the host's /dev/null changed owner or mode during this test"
+
+
+def _cgroup_snapshot():
+    out = set()
+    for h in os.listdir("/sys/fs/cgroup"):
+        p = os.path.join("/sys/fs/cgroup", h)
+        if os.path.isdir(p) and not os.path.islink(p):
+            for e in os.listdir(p):
+                if os.path.isdir(os.path.join(p, e)):
+                    out.add(os.path.join(p, e))
+    ctl = "/sys/fs/cgroup/unified/cgroup.subtree_control"
+    return out, open(ctl).read() if os.path.exists(ctl) else ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cgroup_leftovers():
+    """Every cgroup a test's containers got is gone at the end, and the host's
+    hybrid v2 controllers were not touched."""
+    before, ctl = _cgroup_snapshot()
+    yield
+    after, ctl2 = _cgroup_snapshot()
+    assert after - before == set(), f"cgroups left behind: {sorted(after - before)}"
+    assert ctl2 == ctl, "cgroup.subtree_control of the v2 mount changed"

@@ -43,6 +43,7 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("name,mutate,needle", BAD_CONFIGS, ids=[b[0] for b in BAD_CONFIGS])
 def test_bad_config_is_refused_cleanly(shim, bundle, cid, name, mutate, needle):
+    shim.ids.add(cid)  # cleaned up even if a bad config were wrongly accepted
     mutate(bundle.config)
     bundle.save()
     for cmd in (["create", "--bundle", bundle.path, cid], ["run", "--bundle", bundle.path, cid]):

@@ -90,7 +90,9 @@ class V1Manager final : public Manager {
       try {
         auto made = detail::make_dirs(unified_->m.path, unified_->dir);
         created_.insert(created_.end(), made.begin(), made.end());
-        enable_unified_controllers();
+        // Controllers are NOT enabled on the v2 side of a hybrid host: doing
+        // so pins them to v2 host-wide (a v1 mount of hugetlb, which crun
+        // needs, would then fail). Whatever the host already enabled applies.
       } catch (const std::exception& e) {
         log::warn(std::string("cgroup: the v2 part of the hybrid layout is not used: ") + e.what());
         unified_.reset();
@@ -325,28 +327,6 @@ class V1Manager final : public Manager {
         if (!exists(dir, f)) continue;
         if (read(dir, f).empty()) write(dir, f, read(parent, f));
       }
-    }
-  }
-
-  void enable_unified_controllers() {
-    // Enable what the v2 mount offers on every level down to the leaf.
-    const auto& m = unified_->m;
-    if (m.controllers.empty()) return;
-    std::string cur = m.path;
-    std::string rel = unified_->dir.substr(m.path.size());
-    auto comps = split(rel, '/');
-    std::vector<std::string> levels;
-    for (const auto& c : comps)
-      if (!c.empty()) levels.push_back(c);
-    for (std::size_t i = 0; i < levels.size(); ++i) {
-      for (const auto& c : m.controllers) {
-        try {
-          write(cur, "cgroup.subtree_control", "+" + c);
-        } catch (const SysError& e) {
-          log::debug(e.what());
-        }
-      }
-      cur += "/" + levels[i];
     }
   }
 
