@@ -161,11 +161,14 @@ void create(const Global& g, const CreateOptions& o) {
   s.rootfs = rootfs;
   s.state_dir = dir;
   s.run_id = new_run_id(o.id);
-  s.audit_dir = g.audit_dir;
+  s.audit_dir = g.audit_dir.empty() ? std::string("/var/lib/agentshim") : g.audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
   s.caller_config = caller;
   s.policy = json::object();
+  // Every execve in the sandbox is observed for the record (seccomp user
+  // notification; the policy engine may turn it off explicitly).
+  s.observe_exec = true;
   s.systemd_cgroup = g.systemd_cgroup;
   s.no_pivot = o.no_pivot;
   s.no_new_keyring = o.no_new_keyring;
@@ -219,7 +222,7 @@ void create(const Global& g, const CreateOptions& o) {
   st.supervisor_pid = sup;
   st.supervisor_start = state::process_start_time(sup);
   st.run_id = s.run_id;
-  st.audit_dir = g.audit_dir;
+  st.audit_dir = s.audit_dir;
   st.config = cfg;
   st.cgroup = (*msg)["cgroup"];
   if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
@@ -406,6 +409,7 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   auto st = state::load(g.root, id);
   std::string status = state::status(g.root, st);
   if (status == "stopped" && !all) throw Error("container not running");
+  supervisor::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}});
   if (all) {
     auto cg = cgroup_of(st);
     for (pid_t p : cg->pids())

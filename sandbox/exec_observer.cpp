@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attest/hash.h"
+#include "attest/canonical.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -84,6 +85,13 @@ int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& cont
     abs = path.empty() ? base : (base == "/" ? "/" + path : base + "/" + path);
   }
   container_path = abs;
+  // A process re-executing itself (busybox applets, many runtimes) names
+  // /proc/self/exe: a magic link the in-root resolution refuses. It is the
+  // caller's current executable, which the host's /proc gives directly.
+  if (abs == "/proc/self/exe" || abs == "/proc/thread-self/exe") {
+    container_path = link(proc + "/exe");
+    return ::open((proc + "/exe").c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  }
   return openat2_(root.get(), abs, O_RDONLY | O_CLOEXEC | O_NONBLOCK,
                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
 }
@@ -198,7 +206,7 @@ void ExecObserver::handle(void* reqp) {
   if (mem && valid) {
     bool trunc = false;
     std::string path = read_cstring(mem.get(), path_addr, kMaxPath, &trunc);
-    ev["path"] = path;
+    ev["path"] = attest::pct_encode(path);
     if (trunc) ev["path_truncated"] = true;
     json argv = json::array();
     std::size_t total = 0;
@@ -208,7 +216,7 @@ void ExecObserver::handle(void* reqp) {
       bool t = false;
       std::string a = read_cstring(mem.get(), p, std::min<std::size_t>(4096, kMaxArgBytes - total), &t);
       total += a.size();
-      argv.push_back(a);
+      argv.push_back(attest::pct_encode(a));
       if (t || total >= kMaxArgBytes) {
         ev["argv_truncated"] = true;
         break;
@@ -223,11 +231,11 @@ void ExecObserver::handle(void* reqp) {
     } else {
       fd = open_as(pid, dirfd, path, cpath);
     }
-    ev["resolved"] = cpath;
+    ev["resolved"] = attest::pct_encode(cpath);
     if (fd >= 0) {
       UniqueFd f(fd);
       std::string host = link("/proc/self/fd/" + std::to_string(fd));
-      if (!rootfs_.empty() && starts_with(host, rootfs_ + "/")) ev["resolved"] = host.substr(rootfs_.size());
+      if (!rootfs_.empty() && starts_with(host, rootfs_ + "/")) ev["resolved"] = attest::pct_encode(host.substr(rootfs_.size()));
       Hashed h = hash_fd(fd);
       if (h.error.empty()) {
         ev["sha256"] = h.sha256;
@@ -236,7 +244,7 @@ void ExecObserver::handle(void* reqp) {
         if (!interp.empty()) {
           std::string ipath;
           int ifd = open_as(pid, AT_FDCWD, interp, ipath);
-          json ij = {{"path", interp}};
+          json ij = {{"path", attest::pct_encode(interp)}};
           if (ifd >= 0) {
             UniqueFd i(ifd);
             Hashed ih = hash_fd(ifd);

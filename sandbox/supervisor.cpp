@@ -19,10 +19,14 @@
 #include <cstring>
 #include <map>
 
+#include "attest/canonical.h"
+#include "attest/hash.h"
+#include "attest/record.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/exec_observer.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
 #include "sandbox/process.h"
@@ -85,6 +89,9 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     reset_signals();
     prctl(PR_SET_NAME, "agentshim-init");
+    // Wait until the supervisor knows our pid (stage1 reports it after the
+    // clone; without this the init could race ahead of that report).
+    sync::expect(sock, "init-ok", "supervisor went away before the init started");
     const json& cfg = s.config;
     const json& proc = cfg["process"];
     // We inherited the supervisor's oom_score_adj (-1000): reset it.
@@ -330,6 +337,10 @@ class Supervisor {
     process::set_oom_score_adj(0, -1000);
 
     const json& cfg = s_.config;
+    start_record();
+    // Without a record nobody would answer the exec notifications (an
+    // unanswered listener makes execve fail), so no observer either.
+    if (!record_) s_.observe_exec = false;
     std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
     // The supervisor itself stays outside the container's cgroup (its memory
@@ -386,12 +397,16 @@ class Supervisor {
         int st;
         ::waitpid(stage1, &st, 0);
         stage1_ = -1;
+        sync::send(sock_.get(), {{"type", "init-ok"}});
       } else if (type == "hooks") {
         json hs = hook_state(s_, "creating", init_pid_);
         hooks::run(cfg, "prestart", hs);
         hooks::run(cfg, "createRuntime", hs);
         sync::send(sock_.get(), {{"type", "hooks-ok"}, {"pid", init_pid_}});
       } else if (type == "ready") {
+        // The rootfs is prepared and the init waits on the exec FIFO: the
+        // "before" filesystem roots are taken now, before any user code.
+        if (record_) record_->snapshot_before(tracked_trees());
         break;
       } else {
         throw Error("unexpected message from container init: " + type);
@@ -419,6 +434,8 @@ class Supervisor {
   // LISTEN_FDS, anything the caller leaked): they belong to the container.
   void close_inherited() {
     std::vector<int> keep = {sigfd_.get(), sock_.get(), ctl_.get(), log::fd()};
+    if (record_)
+      for (int fd : record_->fds()) keep.push_back(fd);
     std::vector<int> close_list;
     if (DIR* d = ::opendir("/proc/self/fd")) {
       while (struct dirent* e = ::readdir(d)) {
@@ -502,7 +519,13 @@ class Supervisor {
     const json& cfg = s_.config;
     for (std::size_t i = 0; i < fds.size() && i < kinds.size(); ++i) {
       if (kinds[i] == "exec") {
-        exec_listener_ = std::move(fds[i]);
+        if (record_) {
+          observer_ = std::make_unique<observer::ExecObserver>(
+              std::move(fds[i]), s_.rootfs, [this](const std::string& type, json data) {
+                if (type == "process.exec" && entrypoint_.empty()) entrypoint_ = data;
+                record_->event(type, std::move(data));
+              });
+        }
       } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && cfg["linux"]["seccomp"].is_object()) {
         std::string path = cfg["linux"]["seccomp"].value("listenerPath", "");
         if (!path.empty())
@@ -562,7 +585,146 @@ class Supervisor {
   void on_control(const json& msg) {
     std::string type = msg.value("type", "");
     log::debug("supervisor: control message " + type);
-    events_.push_back(msg);
+    if (!record_) return;
+    if (type == "started") {
+      record_->event("run.started", {{"init_pid", init_pid_}});
+      record_->sync();
+    } else if (type == "exec") {
+      json args = json::array();
+      for (const auto& a : msg.value("args", json::array())) args.push_back(attest::pct_encode(a.get<std::string>()));
+      record_->event("caller.exec", {{"pid", msg.value("pid", 0)},
+                                     {"args", args},
+                                     {"cwd", attest::pct_encode(msg.value("cwd", "/"))},
+                                     {"terminal", msg.value("terminal", false)}});
+    } else if (type == "kill") {
+      record_->event("signal", {{"signal", msg.value("signal", "")}, {"all", msg.value("all", false)},
+                                {"source", "caller"}});
+    } else if (type == "paused" || type == "resumed") {
+      record_->event("run." + type, json::object());
+    } else if (type == "updated") {
+      record_->event("run.updated", {{"resources_sha256", attest::hex(attest::sha256(msg.value("resources", json::object()).dump()))}});
+    } else {
+      record_->event("caller." + attest::pct_encode(type), json::object());
+    }
+  }
+
+  // ---- the record of the run ----
+  static std::string digest_of(const json& j) {
+    try {
+      return attest::hex(attest::sha256(attest::canonical(j)));
+    } catch (const std::exception&) {
+      return attest::hex(attest::sha256(j.dump()));  // floats in a config: hash its JSON text
+    }
+  }
+
+  json sandbox_summary() const {
+    const json& cfg = s_.config;
+    json ns = json::array();
+    for (const auto& n : oci::namespaces(cfg)) ns.push_back(n.path.empty() ? n.type : n.type + " (joined)");
+    const json& p = cfg["process"];
+    json caps = p.contains("capabilities") ? p["capabilities"].value("bounding", json::array()) : json::array();
+    json res = cfg.contains("linux") ? cfg["linux"].value("resources", json::object()) : json::object();
+    res.erase("devices");
+    return {{"namespaces", ns},
+            {"capabilities", caps},
+            {"no_new_privileges", p.value("noNewPrivileges", false)},
+            {"user", p.value("user", json::object())},
+            {"readonly_root", cfg.contains("root") && cfg["root"].value("readonly", false)},
+            {"seccomp",
+             {{"config_profile", cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null()},
+              {"agentshim_profile", !s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()},
+              {"exec_observer", s_.observe_exec}}},
+            {"masked_paths", cfg.contains("linux") ? cfg["linux"].value("maskedPaths", json::array()).size() : 0},
+            {"resources", res}};
+  }
+
+  void start_record() {
+    if (s_.audit_dir.empty()) return;
+    attest::RecordConfig rc;
+    rc.audit_dir = s_.audit_dir;
+    rc.run_id = s_.run_id;
+    rc.container_id = s_.id;
+    const json& audit = s_.policy.value("audit", json::object());
+    rc.key_path = audit.value("signing_key", "");
+    rc.key_type = attest::parse_key_type(audit.value("key_type", "ed25519"));
+    rc.hash_cache = !audit.value("strict", false);
+    bool stop = audit.value("on_log_failure", "stop") == "stop";
+    rc.on_log_failure = [this, stop](const std::string& msg) {
+      log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)" : "; continuing, run marked incomplete"));
+      if (stop && init_pid_ > 0) ::kill(init_pid_, SIGKILL);
+    };
+    record_ = std::make_unique<attest::RunRecord>(rc);
+    json args = json::array();
+    for (const auto& a : s_.config["process"].value("args", json::array()))
+      args.push_back(attest::pct_encode(a.get<std::string>()));
+    record_->event("run.created",
+                   {{"run_id", s_.run_id},
+                    {"container_id", s_.id},
+                    {"bundle", attest::pct_encode(s_.bundle)},
+                    {"config_given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
+                    {"config_enforced_sha256", digest_of(s_.config)},
+                    {"process",
+                     {{"args", args},
+                      {"cwd", attest::pct_encode(s_.config["process"].value("cwd", "/"))},
+                      {"user", s_.config["process"].value("user", json::object())}}},
+                    {"policy_decisions", s_.policy.value("decisions", json::array())},
+                    {"sandbox", sandbox_summary()},
+                    {"runtime", {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}}}});
+  }
+
+  std::vector<attest::TrackedTree> tracked_trees() const {
+    std::vector<attest::TrackedTree> out;
+    out.push_back({"rootfs", s_.rootfs, {}});
+    const json& cfg = s_.config;
+    if (cfg.contains("mounts") && cfg["mounts"].is_array())
+      for (const auto& m : cfg["mounts"]) {
+        auto opts = m.value("options", std::vector<std::string>{});
+        bool bind = m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
+                    std::find(opts.begin(), opts.end(), "rbind") != opts.end();
+        bool ro = std::find(opts.begin(), opts.end(), "ro") != opts.end();
+        std::string src = m.value("source", "");
+        struct stat st {};
+        if (!bind || ro || src.empty() || src[0] != '/' || ::stat(src.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
+        out.push_back({m.value("destination", src), src, {}});
+      }
+    return out;
+  }
+
+  json runtime_identity() const {
+    json r = {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}};
+    try {
+      attest::Sha256 h;
+      std::string bin = read_file("/proc/self/exe");
+      h.update(bin);
+      r["binary_sha256"] = attest::hex(h.finish());
+    } catch (const std::exception&) {
+    }
+    return r;
+  }
+
+  void finish_record(const json& ex) {
+    if (!record_) return;
+    try {
+      record_->event("run.exit", ex);
+      if (observer_) {
+        observer_->stop();
+        observer_.reset();
+      }
+      record_->snapshot_after();
+      json facts = {{"runtime", runtime_identity()},
+                    {"config", {{"given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
+                                {"enforced_sha256", digest_of(s_.config)}}},
+                    {"sandbox", sandbox_summary()},
+                    {"policy_decisions", s_.policy.value("decisions", json::array())},
+                    {"entrypoint", entrypoint_},
+                    {"exit", ex},
+                    {"network", network_totals_},
+                    {"timing", {{"created", s_.created}, {"finished", attest::rfc3339_now()}}}};
+      json row = record_->finalize(facts);
+      log::debug("run " + s_.run_id + " finalized at ledger index " + std::to_string(row.value("index", 0)));
+    } catch (const std::exception& e) {
+      log::error(std::string("finalizing the run record: ") + e.what());
+    }
   }
 
   int finish() {
@@ -573,6 +735,11 @@ class Supervisor {
                 {{"utime_us", exit_.ru.ru_utime.tv_sec * 1000000LL + exit_.ru.ru_utime.tv_usec},
                  {"stime_us", exit_.ru.ru_stime.tv_sec * 1000000LL + exit_.ru.ru_stime.tv_usec},
                  {"maxrss_kb", exit_.ru.ru_maxrss}}}};
+    finish_record({{"code", exit_.code},
+                   {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
+                   {"oom_kills", ex["oom_kills"]},
+                   {"rusage", ex["rusage"]}});
+    ex["run_id"] = s_.run_id;
     try {
       write_file_atomic(s_.state_dir + "/exit.json", ex.dump(), 0600);
     } catch (const std::exception& e) {
@@ -584,13 +751,16 @@ class Supervisor {
   }
 
   Setup& s_;
-  UniqueFd sigfd_, sock_, ctl_, exec_listener_;
+  UniqueFd sigfd_, sock_, ctl_;
   std::unique_ptr<cgroups::Manager> cg_;
   pid_t stage1_ = -1;
   pid_t init_pid_ = 0;
   unsigned long long init_start_ = 0;
   Exit exit_;
-  std::vector<json> events_;
+  std::unique_ptr<attest::RunRecord> record_;
+  std::unique_ptr<observer::ExecObserver> observer_;
+  json entrypoint_ = json::object();
+  json network_totals_ = {{"allowed", 0}, {"denied", 0}};
 };
 
 }  // namespace

@@ -337,6 +337,6 @@ void Commands::add_runc_commands() {
                        }});
 }
 
-void Commands::add_agentshim_commands() {}
+
 
 }  // namespace agentshim::cli

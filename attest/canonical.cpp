@@ -1,0 +1,226 @@
+#include "attest/canonical.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+#include <vector>
+
+#include "common/error.h"
+
+namespace agentshim::attest {
+namespace {
+
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    int n;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      n = 1;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 2;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) return false;
+    for (int k = 1; k <= n; ++k) {
+      unsigned char d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+void write_string(std::string& out, const std::string& s) {
+  if (!valid_utf8(s)) throw Error("canonical JSON: string is not valid UTF-8");
+  out.push_back('"');
+  for (char ch : s) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(ch);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+void write(std::string& out, const json& v) {
+  switch (v.type()) {
+    case json::value_t::null:
+      out += "null";
+      break;
+    case json::value_t::boolean:
+      out += v.get<bool>() ? "true" : "false";
+      break;
+    case json::value_t::number_integer:
+      out += std::to_string(v.get<long long>());
+      break;
+    case json::value_t::number_unsigned:
+      out += std::to_string(v.get<unsigned long long>());
+      break;
+    case json::value_t::number_float:
+      throw Error("canonical JSON: floating-point numbers are not allowed");
+    case json::value_t::string:
+      write_string(out, v.get_ref<const std::string&>());
+      break;
+    case json::value_t::array: {
+      out.push_back('[');
+      bool first = true;
+      for (const auto& e : v) {
+        if (!first) out.push_back(',');
+        first = false;
+        write(out, e);
+      }
+      out.push_back(']');
+      break;
+    }
+    case json::value_t::object: {
+      std::vector<const std::string*> keys;
+      keys.reserve(v.size());
+      for (auto it = v.begin(); it != v.end(); ++it) keys.push_back(&it.key());
+      std::sort(keys.begin(), keys.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+      out.push_back('{');
+      bool first = true;
+      for (const auto* k : keys) {
+        if (!first) out.push_back(',');
+        first = false;
+        write_string(out, *k);
+        out.push_back(':');
+        write(out, v.at(*k));
+      }
+      out.push_back('}');
+      break;
+    }
+    default:
+      throw Error("canonical JSON: unsupported value (binary or discarded)");
+  }
+}
+
+}  // namespace
+
+std::string canonical(const json& v) {
+  std::string out;
+  write(out, v);
+  return out;
+}
+
+std::string pct_encode(std::string_view bytes) {
+  static const char* hexd = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(bytes.size());
+  for (char ch : bytes) {
+    unsigned char c = static_cast<unsigned char>(ch);
+    if (c >= 0x21 && c <= 0x7e && c != '%') {
+      out.push_back(ch);
+    } else {
+      out.push_back('%');
+      out.push_back(hexd[c >> 4]);
+      out.push_back(hexd[c & 15]);
+    }
+  }
+  return out;
+}
+
+std::string pct_decode(std::string_view s) {
+  auto val = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out.push_back(s[i]);
+      continue;
+    }
+    if (i + 2 >= s.size()) throw Error("pct string: truncated escape");
+    int a = val(s[i + 1]), b = val(s[i + 2]);
+    if (a < 0 || b < 0) throw Error("pct string: bad escape");
+    out.push_back(static_cast<char>(a * 16 + b));
+    i += 2;
+  }
+  return out;
+}
+
+std::string base64_encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+std::string base64_decode(std::string_view s) {
+  if (s.size() % 4 != 0) throw Error("base64: length is not a multiple of 4");
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '='))
+      throw Error("base64: invalid character");
+  std::string out(s.size() / 4 * 3 + 1, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(s.data()),
+                          static_cast<int>(s.size()));
+  if (n < 0) throw Error("base64: invalid input");
+  std::size_t len = static_cast<std::size_t>(n);
+  std::size_t pad = 0;
+  if (!s.empty() && s.back() == '=') ++pad;
+  if (s.size() > 1 && s[s.size() - 2] == '=') ++pad;
+  out.resize(len - pad);
+  if (base64_encode(out) != s) throw Error("base64: non-canonical encoding");
+  return out;
+}
+
+std::string rfc3339_now() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm {};
+  ::gmtime_r(&ts.tv_sec, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
+  return buf;
+}
+
+}  // namespace agentshim::attest

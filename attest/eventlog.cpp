@@ -1,0 +1,280 @@
+#include "attest/eventlog.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "attest/canonical.h"
+#include "common/error.h"
+#include "common/log.h"
+
+namespace agentshim::attest {
+
+std::string event_body(uint64_t seq, const std::string& time, const std::string& type, const json& data) {
+  return canonical(json{{"data", data}, {"seq", seq}, {"time", time}, {"type", type}});
+}
+
+Digest event_leaf(const std::string& body) { return merkle_leaf_hash(std::string(kEventDomain) + body); }
+
+Digest chain_next(const Digest& prev, const Digest& leaf) {
+  Sha256 h;
+  h.update(std::string_view(kChainDomain));
+  h.update(prev.data(), prev.size());
+  h.update(leaf.data(), leaf.size());
+  return h.finish();
+}
+
+std::string event_line(uint64_t seq, const std::string& time, const std::string& type, const json& data,
+                       const Digest& leaf, const Digest& chain) {
+  return canonical(json{{"chain", hex(chain)},
+                        {"data", data},
+                        {"leaf", hex(leaf)},
+                        {"seq", seq},
+                        {"time", time},
+                        {"type", type}});
+}
+
+EventLog::EventLog(const std::string& path, std::function<void(const std::string&)> on_failure)
+    : path_(path), on_failure_(std::move(on_failure)) {
+  fd_.reset(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600));
+  if (!fd_) throw_errno("create event log " + path);
+  chain_.fill(0);
+  thread_ = std::thread([this] { writer_loop(); });
+}
+
+EventLog::~EventLog() {
+  try {
+    close();
+  } catch (...) {
+  }
+}
+
+void EventLog::submit(const std::string& type, json data) {
+  std::lock_guard<std::mutex> lk(mu_);
+  ++submitted_;
+  if (closed_) {
+    ++lost_;
+    ++unreported_lost_;
+    return;
+  }
+  queue_.push_back({type, std::move(data), rfc3339_now()});
+}
+
+void EventLog::inject_write_failures(int n, int err) {
+  std::lock_guard<std::mutex> lk(mu_);
+  inject_n_ = n;
+  inject_err_ = err;
+}
+
+void EventLog::writer_loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stop_) {
+    cv_.wait_for(lk, std::chrono::milliseconds(100));
+    flush_locked(lk, false);
+  }
+}
+
+void EventLog::flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync) {
+  (void)lk;
+  if (!fd_) return;
+  if (queue_.empty() && !do_fsync) return;
+  std::vector<Pending> batch;
+  batch.swap(queue_);
+  const uint64_t seq0 = next_seq_;
+  const Digest chain0 = chain_;
+  const std::size_t leaves0 = leaves_.size();
+  std::string buf;
+  auto append = [&](const std::string& type, const json& data, const std::string& time) {
+    std::string body = event_body(next_seq_, time, type, data);
+    Digest leaf = event_leaf(body);
+    chain_ = chain_next(chain_, leaf);
+    leaves_.push_back(leaf);
+    buf += event_line(next_seq_, time, type, data, leaf, chain_);
+    buf.push_back('\n');
+    ++next_seq_;
+  };
+  if (unreported_lost_ > 0 && !batch.empty())
+    append("log.gap", json{{"lost", unreported_lost_}, {"reason", first_error_}}, rfc3339_now());
+  for (const auto& p : batch) {
+    try {
+      append(p.type, p.data, p.time);
+    } catch (const std::exception& e) {
+      // An event whose data cannot be encoded (should not happen: producers
+      // pct-encode foreign bytes) is recorded as such, never dropped silently.
+      append("log.unencodable", json{{"type", pct_encode(p.type)}, {"error", e.what()}}, p.time);
+    }
+  }
+  int err = 0;
+  if (!buf.empty()) {
+    if (inject_n_ > 0) {
+      --inject_n_;
+      err = inject_err_;
+    } else {
+      std::size_t off = 0;
+      while (off < buf.size()) {
+        ssize_t n = ::write(fd_.get(), buf.data() + off, buf.size() - off);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          err = errno;
+          break;
+        }
+        off += static_cast<std::size_t>(n);
+      }
+    }
+  }
+  if (!err && do_fsync && ::fdatasync(fd_.get()) < 0) err = errno;
+  if (err) {
+    // Cut back to the last complete, chained line; the batch is lost.
+    if (::ftruncate(fd_.get(), good_size_) < 0) {
+      // Nothing more can be done; the verifier will see a broken tail.
+    }
+    next_seq_ = seq0;
+    chain_ = chain0;
+    leaves_.resize(leaves0);
+    lost_ += batch.size();
+    unreported_lost_ += batch.size();
+    std::string msg = "event log " + path_ + ": write failed: " + std::strerror(err);
+    if (first_error_.empty()) first_error_ = msg;
+    if (!failed_once_) {
+      failed_once_ = true;
+      if (on_failure_) on_failure_(msg);
+    }
+    return;
+  }
+  good_size_ += static_cast<off_t>(buf.size());
+  written_ += batch.size();
+  if (!batch.empty()) unreported_lost_ = 0;
+}
+
+bool EventLog::sync() {
+  std::unique_lock<std::mutex> lk(mu_);
+  uint64_t before = lost_;
+  flush_locked(lk, true);
+  return lost_ == before;
+}
+
+EventLog::Summary EventLog::close() {
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!stop_) {
+      stop_ = true;
+      cv_.notify_all();
+    }
+  }
+  if (thread_.joinable()) thread_.join();
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!closed_) {
+    flush_locked(lk, true);
+    closed_ = true;
+  }
+  lk.unlock();
+  return summary();
+}
+
+EventLog::Summary EventLog::summary() {
+  std::lock_guard<std::mutex> lk(mu_);
+  Summary s;
+  s.submitted = submitted_;
+  s.written = written_;
+  s.lost = lost_;
+  s.event_count = next_seq_;
+  s.chain_head = chain_;
+  s.merkle_root = merkle_root(leaves_);
+  s.first_error = first_error_;
+  return s;
+}
+
+LogCheck check_log(const std::string& path) {
+  LogCheck c;
+  c.chain_head.fill(0);
+  FILE* f = std::fopen(path.c_str(), "re");
+  if (!f) {
+    c.problems.push_back("events.ndjson: cannot open " + path + ": " + std::strerror(errno));
+    c.merkle_root = merkle_root({});
+    return c;
+  }
+  char* line = nullptr;
+  std::size_t cap = 0;
+  ssize_t n;
+  std::vector<Digest> leaves;
+  Digest chain{};
+  chain.fill(0);
+  uint64_t lineno = 0;
+  while ((n = ::getline(&line, &cap, f)) > 0) {
+    ++lineno;
+    std::string_view text(line, static_cast<std::size_t>(n));
+    std::string where = "events.ndjson line " + std::to_string(lineno);
+    if (text.back() != '\n') {
+      c.truncated_tail = true;
+      c.problems.push_back(where + ": truncated (no newline; the writer stopped mid-line)");
+      break;
+    }
+    text.remove_suffix(1);
+    json ev;
+    try {
+      ev = json::parse(text);
+    } catch (const std::exception&) {
+      c.problems.push_back(where + ": not valid JSON");
+      break;
+    }
+    if (!ev.is_object() || ev.size() != 6 || !ev.contains("seq") || !ev["seq"].is_number_unsigned() ||
+        !ev.contains("time") || !ev["time"].is_string() || !ev.contains("type") || !ev["type"].is_string() ||
+        !ev.contains("data") || !ev.contains("leaf") || !ev["leaf"].is_string() || !ev.contains("chain") ||
+        !ev["chain"].is_string()) {
+      c.problems.push_back(where + ": not an event (needs exactly seq, time, type, data, leaf, chain)");
+      break;
+    }
+    std::string canon;
+    try {
+      canon = canonical(ev);
+    } catch (const std::exception& e) {
+      c.problems.push_back(where + ": " + e.what());
+      break;
+    }
+    if (canon != text) {
+      c.problems.push_back(where + ": not in canonical form (bytes were altered)");
+      break;
+    }
+    uint64_t seq = ev["seq"].get<uint64_t>();
+    if (seq != lineno - 1) {
+      c.problems.push_back(where + ": seq " + std::to_string(seq) + " where " + std::to_string(lineno - 1) +
+                           " was expected (events removed, reordered or spliced)");
+      break;
+    }
+    Digest leaf, ch;
+    try {
+      leaf = from_hex(ev["leaf"].get<std::string>());
+      ch = from_hex(ev["chain"].get<std::string>());
+    } catch (const std::exception&) {
+      c.problems.push_back(where + ": leaf or chain is not a SHA-256 hex digest");
+      break;
+    }
+    Digest want_leaf = event_leaf(event_body(seq, ev["time"], ev["type"], ev["data"]));
+    if (want_leaf != leaf) {
+      c.problems.push_back(where + " (seq " + std::to_string(seq) + "): leaf hash does not match the event's content");
+      break;
+    }
+    Digest want_chain = chain_next(chain, leaf);
+    if (want_chain != ch) {
+      c.problems.push_back(where + " (seq " + std::to_string(seq) +
+                           "): chain hash does not follow from the previous line (spliced or reordered)");
+      break;
+    }
+    chain = ch;
+    leaves.push_back(leaf);
+    c.events.push_back({seq, ev["time"], ev["type"], std::move(ev["data"]), leaf, ch});
+  }
+  std::free(line);
+  std::fclose(f);
+  c.lines = lineno;
+  c.chain_head = chain;
+  c.merkle_root = merkle_root(leaves);
+  c.finalized = !c.events.empty() && c.events.back().type == "run.finalized";
+  return c;
+}
+
+}  // namespace agentshim::attest

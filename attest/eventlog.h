@@ -1,0 +1,115 @@
+// The run's event log: events.ndjson, written only by the supervisor.
+//
+// Each line is the canonical JSON of {seq, time, type, data, leaf, chain}:
+//   body    = canonical({"data","seq","time","type"})
+//   leaf    = SHA-256(0x00 || "agentshim-event-v1\n" || body)    (RFC 6962 leaf)
+//   chain_i = SHA-256("agentshim-chain-v1\n" || chain_{i-1} || leaf_i), chain_{-1} = 32 zero bytes
+// The Merkle root is RFC 6962's tree hash over the leaves in seq order.
+//
+// Writing is batched: submit() queues, a writer thread appends a batch at
+// most every 100 ms, sync() forces a flush + fsync (lifecycle boundaries).
+// If a write fails (disk full, I/O error) the file is cut back to the last
+// complete line, the batch is counted as lost, on_failure is told once, and
+// when writing works again a "log.gap" event records how many were lost, so
+// submitted == written + lost always holds and the loss is on the record.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "attest/hash.h"
+#include "common/fd.h"
+
+namespace agentshim::attest {
+
+using json = nlohmann::json;
+
+inline constexpr const char* kEventDomain = "agentshim-event-v1\n";
+inline constexpr const char* kChainDomain = "agentshim-chain-v1\n";
+
+std::string event_body(uint64_t seq, const std::string& time, const std::string& type, const json& data);
+Digest event_leaf(const std::string& body);
+Digest chain_next(const Digest& prev, const Digest& leaf);
+// The full line (without the trailing newline).
+std::string event_line(uint64_t seq, const std::string& time, const std::string& type, const json& data,
+                       const Digest& leaf, const Digest& chain);
+
+class EventLog {
+ public:
+  struct Summary {
+    uint64_t submitted = 0, written = 0, lost = 0;
+    uint64_t event_count = 0;  // lines in the file (written + gap markers)
+    Digest chain_head{}, merkle_root{};
+    std::string first_error;
+  };
+
+  // Creates (O_EXCL) the file. on_failure is called from the writer thread.
+  EventLog(const std::string& path, std::function<void(const std::string&)> on_failure);
+  ~EventLog();
+  EventLog(const EventLog&) = delete;
+  EventLog& operator=(const EventLog&) = delete;
+
+  void submit(const std::string& type, json data);
+  // Write everything queued and fsync; returns false if anything was lost.
+  bool sync();
+  // Final flush; no submit() after this.
+  Summary close();
+  Summary summary();
+  int fd() const { return fd_.get(); }
+  // Test hook: make the next `n` writes fail with `err` (ENOSPC, EIO).
+  void inject_write_failures(int n, int err);
+
+ private:
+  struct Pending {
+    std::string type;
+    json data;
+    std::string time;
+  };
+  void writer_loop();
+  void flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync);
+
+  std::string path_;
+  UniqueFd fd_;
+  std::function<void(const std::string&)> on_failure_;
+  std::mutex mu_;
+  std::mutex write_mu_;
+  std::condition_variable cv_;
+  std::vector<Pending> queue_;
+  bool stop_ = false, closed_ = false, failed_once_ = false;
+  uint64_t next_seq_ = 0, submitted_ = 0, written_ = 0, lost_ = 0, unreported_lost_ = 0;
+  off_t good_size_ = 0;
+  Digest chain_{};
+  std::vector<Digest> leaves_;
+  std::string first_error_;
+  int inject_n_ = 0, inject_err_ = 0;
+  std::thread thread_;
+};
+
+// ---- reading and checking ----
+struct LoggedEvent {
+  uint64_t seq;
+  std::string time, type;
+  json data;
+  Digest leaf, chain;
+};
+
+struct LogCheck {
+  std::vector<std::string> problems;  // empty = intact
+  std::vector<LoggedEvent> events;    // the lines that verified, in order
+  uint64_t lines = 0;
+  bool truncated_tail = false;  // last line had no newline (a writer stopped mid-write)
+  Digest chain_head{}, merkle_root{};
+  bool finalized = false;  // last verified event is run.finalized
+};
+
+// Check every line: canonical form, seq, leaf, chain. Stops at the first
+// broken line (everything after it cannot be trusted) and says which.
+LogCheck check_log(const std::string& path);
+
+}  // namespace agentshim::attest

@@ -1,0 +1,444 @@
+#include "attest/record.h"
+
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+
+#include "attest/canonical.h"
+#include "attest/hash.h"
+#include "attest/ledger.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/util.h"
+
+namespace agentshim::attest {
+
+std::string new_run_id() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm {};
+  ::gmtime_r(&ts.tv_sec, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
+  unsigned char rnd[6];
+  if (::getrandom(rnd, sizeof rnd, 0) != static_cast<ssize_t>(sizeof rnd)) throw_errno("getrandom");
+  return std::string(buf) + "-" + to_hex(rnd, sizeof rnd);
+}
+
+std::string run_dir(const std::string& audit_dir, const std::string& run_id) {
+  return audit_dir + "/runs/" + run_id;
+}
+
+RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
+  mkdir_p(c_.audit_dir + "/runs", 0700);
+  ::chmod(c_.audit_dir.c_str(), 0700);
+  dir_ = run_dir(c_.audit_dir, c_.run_id);
+  if (::mkdir(dir_.c_str(), 0700) < 0) throw_errno("create run directory " + dir_);
+  log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
+}
+
+RunRecord::~RunRecord() = default;
+
+void RunRecord::event(const std::string& type, json data) { log_->submit(type, std::move(data)); }
+bool RunRecord::sync() { return log_->sync(); }
+void RunRecord::incomplete(const std::string& reason) { incomplete_.push_back(reason); }
+
+namespace {
+WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t) {
+  WalkOptions o;
+  if (c.hash_cache) o.cache_path = c.audit_dir + "/cache/fs-hash-cache";
+  o.exclude = t.exclude;
+  return o;
+}
+
+json tree_json(const TrackedTree& t, const FsSnapshot& s) {
+  return json{{"name", t.name},
+              {"path", pct_encode(t.host_path)},
+              {"root", hex(s.root)},
+              {"entries", s.entries.size()},
+              {"files", s.files},
+              {"bytes_hashed", s.bytes_hashed},
+              {"cache_hits", s.cache_hits}};
+}
+}  // namespace
+
+void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
+  trees_ = trees;
+  if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
+  json arr = json::array();
+  for (const auto& t : trees_) {
+    before_.push_back(snapshot(t.host_path, walk_options(c_, t)));
+    arr.push_back(tree_json(t, before_.back()));
+  }
+  event("fs.root", json{{"phase", "before"}, {"trees", arr}});
+}
+
+void RunRecord::snapshot_after() {
+  json arr = json::array();
+  std::string changes;
+  uint64_t added = 0, modified = 0, removed = 0;
+  for (std::size_t i = 0; i < trees_.size(); ++i) {
+    after_.push_back(snapshot(trees_[i].host_path, walk_options(c_, trees_[i])));
+    arr.push_back(tree_json(trees_[i], after_.back()));
+    for (const auto& ch : diff(before_[i], after_[i])) {
+      json j = change_to_json(ch);
+      j["tree"] = trees_[i].name;
+      changes += canonical(j) + "\n";
+      if (ch.kind == "added") ++added;
+      if (ch.kind == "modified") ++modified;
+      if (ch.kind == "removed") ++removed;
+    }
+  }
+  write_file_atomic(dir_ + "/changes.ndjson", changes, 0600);
+  changes_sha256_ = hex(sha256(changes));
+  change_counts_ = json{{"added", added}, {"modified", modified}, {"removed", removed}};
+  event("fs.root", json{{"phase", "after"}, {"trees", arr}});
+  event("fs.changes", json{{"added", added}, {"modified", modified}, {"removed", removed},
+                           {"changes_sha256", changes_sha256_}});
+}
+
+json RunRecord::fs_counts() const {
+  json trees = json::array();
+  for (std::size_t i = 0; i < trees_.size(); ++i) {
+    json t = {{"name", trees_[i].name}, {"path", pct_encode(trees_[i].host_path)}};
+    if (i < before_.size()) t["before"] = hex(before_[i].root);
+    if (i < after_.size()) t["after"] = hex(after_[i].root);
+    trees.push_back(t);
+  }
+  return json{{"trees", trees}, {"changes", change_counts_}, {"changes_sha256", changes_sha256_}};
+}
+
+json RunRecord::finalize(const json& facts) {
+  if (finalized_) throw Error("run record " + c_.run_id + " is already finalized");
+  finalized_ = true;
+  if (!trees_.empty() && after_.empty()) incomplete_.push_back("no post-run filesystem roots");
+  event("run.finalized", json{{"incomplete", incomplete_}});
+  EventLog::Summary sum = log_->close();
+  if (sum.lost > 0)
+    incomplete_.push_back(std::to_string(sum.lost) + " events could not be written (" + sum.first_error + ")");
+  bool complete = incomplete_.empty();
+
+  json session = {{"run_id", c_.run_id},
+                  {"container_id", c_.container_id},
+                  {"hash_algorithm", "sha256"},
+                  {"event_count", sum.event_count},
+                  {"events_submitted", sum.submitted},
+                  {"events_written", sum.written},
+                  {"events_lost", sum.lost},
+                  {"chain_head", hex(sum.chain_head)},
+                  {"merkle_root", hex(sum.merkle_root)},
+                  {"complete", complete},
+                  {"incomplete_reasons", incomplete_},
+                  {"finished", rfc3339_now()},
+                  {"files",
+                   {{"events", "events.ndjson"},
+                    {"changes", "changes.ndjson"},
+                    {"attestation", "attestation.intoto.json"}}}};
+  std::string session_text = canonical(session) + "\n";
+  write_file_atomic(dir_ + "/session.json", session_text, 0600);
+  std::string session_sha = hex(sha256(session_text));
+
+  bool created = false;
+  std::string key_path = c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
+  if (created) log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
+  PrivateKey key = PrivateKey::load(key_path);
+
+  json row = ledger_append(c_.audit_dir, [&](uint64_t index, const std::string& prev) {
+    json pred = facts.is_object() ? facts : json::object();
+    pred["run_id"] = c_.run_id;
+    pred["container_id"] = c_.container_id;
+    pred["filesystem"] = fs_counts();
+    pred["event_log"] = {{"hash_algorithm", "sha256"},
+                         {"event_count", sum.event_count},
+                         {"merkle_root", hex(sum.merkle_root)},
+                         {"chain_head", hex(sum.chain_head)},
+                         {"submitted", sum.submitted},
+                         {"written", sum.written},
+                         {"lost", sum.lost}};
+    pred["session_sha256"] = session_sha;
+    pred["complete"] = complete;
+    pred["incomplete_reasons"] = incomplete_;
+    pred["ledger"] = {{"index", index}, {"prev", prev}};
+    pred["signer"] = {{"keyid", key.keyid()}, {"algorithm", key.algorithm()}, {"public_key", key.public_pem()}};
+    json subjects = json::array();
+    subjects.push_back({{"name", "run:" + c_.run_id}, {"digest", {{"sha256", hex(sum.merkle_root)}}}});
+    for (std::size_t i = 0; i < trees_.size() && i < after_.size(); ++i)
+      subjects.push_back({{"name", "fs:" + trees_[i].name}, {"digest", {{"sha256", hex(after_[i].root)}}}});
+    json statement = {{"_type", kStatementType},
+                      {"subject", subjects},
+                      {"predicateType", kPredicateType},
+                      {"predicate", pred}};
+    std::string payload = canonical(statement);
+    json env = dsse_sign(kPayloadType, payload, key);
+    std::string env_text = env.dump(2) + "\n";
+    write_file_atomic(dir_ + "/attestation.intoto.json", env_text, 0600);
+    return json{{"run_id", c_.run_id},
+                {"container_id", c_.container_id},
+                {"attestation_sha256", hex(sha256(env_text))},
+                {"merkle_root", hex(sum.merkle_root)},
+                {"chain_head", hex(sum.chain_head)},
+                {"event_count", sum.event_count},
+                {"keyid", key.keyid()}};
+  });
+  return row;
+}
+
+// ---------------------------------------------------------------- verify
+
+namespace {
+std::optional<std::string> slurp(const std::string& p) { return try_read_file(p); }
+
+std::string parent_dir(const std::string& p) {
+  auto s = p.rfind('/');
+  return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
+}
+}  // namespace
+
+VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
+  VerifyResult r;
+  auto miss = [&](const std::string& m) { r.mismatches.push_back(m); };
+  std::string audit = o.audit_dir.empty() ? parent_dir(parent_dir(rd)) : o.audit_dir;
+
+  // 1. The event log on its own.
+  LogCheck lc = check_log(rd + "/events.ndjson");
+  for (const auto& p : lc.problems) miss(p);
+  r.report["events_verified"] = lc.events.size();
+  r.report["merkle_root"] = hex(lc.merkle_root);
+  r.report["chain_head"] = hex(lc.chain_head);
+
+  // 2. The session summary.
+  auto session_text = slurp(rd + "/session.json");
+  json session;
+  if (!session_text) {
+    if (!lc.finalized) {
+      std::string last = lc.events.empty() ? "no event" : "seq " + std::to_string(lc.events.back().seq) + " (" +
+                                                              lc.events.back().type + ", " + lc.events.back().time + ")";
+      miss("incomplete run: the supervisor stopped before finalizing; the event log verifies up to " + last);
+    } else {
+      miss("session.json is missing");
+    }
+    r.report["complete"] = false;
+    return r;
+  }
+  try {
+    session = json::parse(*session_text);
+  } catch (const std::exception&) {
+    miss("session.json is not valid JSON");
+  }
+  if (session.is_object()) {
+    if (session.value("event_count", uint64_t(0)) != lc.events.size() || lc.events.size() != lc.lines)
+      miss("event count: session.json says " + std::to_string(session.value("event_count", uint64_t(0))) +
+           ", events.ndjson has " + std::to_string(lc.lines) + " lines of which " + std::to_string(lc.events.size()) +
+           " verify (log truncated or extended)");
+    if (session.value("merkle_root", "") != hex(lc.merkle_root))
+      miss("merkle root: session.json does not match the recomputed root of events.ndjson");
+    if (session.value("chain_head", "") != hex(lc.chain_head))
+      miss("chain head: session.json does not match events.ndjson");
+    if (!session.value("complete", false)) {
+      std::string reasons;
+      if (session.contains("incomplete_reasons"))
+        for (const auto& x : session["incomplete_reasons"]) reasons += (reasons.empty() ? "" : "; ") + x.get<std::string>();
+      miss("incomplete run: " + reasons);
+    }
+  }
+  if (!lc.finalized && lc.problems.empty()) miss("events.ndjson does not end with run.finalized");
+
+  // 3. The attestation: envelope, signature, statement.
+  auto env_text = slurp(rd + "/attestation.intoto.json");
+  json statement;
+  if (!env_text) {
+    miss("attestation.intoto.json is missing");
+  } else {
+    try {
+      json env = json::parse(*env_text);
+      if (env.value("payloadType", "") != kPayloadType) throw Error("payloadType is not " + std::string(kPayloadType));
+      std::string payload = base64_decode(env.at("payload").get<std::string>());
+      statement = json::parse(payload);
+      const json& pred = statement.at("predicate");
+      std::string embedded = pred.at("signer").at("public_key");
+      std::string pem;
+      std::string source;
+      if (!o.public_key_path.empty()) {
+        pem = read_file_limited(o.public_key_path, 64 * 1024);
+        source = "pinned key " + o.public_key_path;
+      } else if (auto host = try_read_file(host_public_key_path(audit))) {
+        pem = *host;
+        source = "host key " + host_public_key_path(audit);
+      } else {
+        pem = embedded;
+        source = "the key embedded in the record";
+        r.notes.push_back("no --public-key and no host key: the signature was checked against the key embedded in "
+                          "the record; pin it with --public-key to rule out a re-signed record");
+      }
+      std::string kid = keyid_of(pem);
+      if (keyid_of(embedded) != kid) miss("signer: the record's embedded public key is not " + source);
+      if (pred.at("signer").value("keyid", "") != kid) miss("signer: the predicate's keyid is not that of " + source);
+      bool any = false;
+      std::string pae = dsse_pae(env["payloadType"].get<std::string>(), payload);
+      for (const auto& sig : env.at("signatures")) {
+        if (sig.value("keyid", "") != kid) continue;
+        if (verify_signature(pem, pae, base64_decode(sig.at("sig").get<std::string>()))) any = true;
+      }
+      if (!any) miss("signature: no DSSE signature verifies with " + source);
+      r.report["keyid"] = kid;
+      r.report["signature_key"] = source;
+    } catch (const std::exception& e) {
+      miss(std::string("attestation.intoto.json: ") + e.what());
+      statement = json();
+    }
+  }
+
+  // 4. The statement against the recomputed record.
+  if (statement.is_object()) {
+    try {
+      if (statement.value("_type", "") != kStatementType) miss("statement: _type is not " + std::string(kStatementType));
+      if (statement.value("predicateType", "") != kPredicateType) miss("statement: unexpected predicateType");
+      const json& pred = statement.at("predicate");
+      std::string run_id = pred.value("run_id", "");
+      if (session.is_object() && session.value("run_id", "") != run_id) miss("run id: session.json and attestation differ");
+      bool run_subject = false;
+      for (const auto& s : statement.at("subject")) {
+        std::string name = s.value("name", "");
+        std::string d = s.at("digest").value("sha256", "");
+        if (name == "run:" + run_id) {
+          run_subject = true;
+          if (d != hex(lc.merkle_root)) miss("subject " + name + ": digest is not the event log's recomputed Merkle root");
+        } else if (starts_with(name, "fs:")) {
+          bool found = false;
+          for (const auto& t : pred.at("filesystem").at("trees"))
+            if ("fs:" + t.value("name", "") == name) {
+              found = true;
+              if (t.value("after", "") != d) miss("subject " + name + ": digest differs from the predicate's post-run root");
+            }
+          if (!found) miss("subject " + name + ": no such tree in the predicate");
+        }
+      }
+      if (!run_subject) miss("statement: no run subject");
+      const json& el = pred.at("event_log");
+      if (el.value("merkle_root", "") != hex(lc.merkle_root)) miss("predicate event_log.merkle_root differs from the log");
+      if (el.value("chain_head", "") != hex(lc.chain_head)) miss("predicate event_log.chain_head differs from the log");
+      if (el.value("event_count", uint64_t(0)) != lc.events.size()) miss("predicate event_log.event_count differs from the log");
+      if (session_text && pred.value("session_sha256", "") != hex(sha256(*session_text)))
+        miss("session.json: its SHA-256 is not the one the attestation signs (session altered)");
+      auto changes = slurp(rd + "/changes.ndjson");
+      std::string want_changes = pred.at("filesystem").value("changes_sha256", "");
+      if (!want_changes.empty()) {
+        if (!changes)
+          miss("changes.ndjson is missing");
+        else if (hex(sha256(*changes)) != want_changes)
+          miss("changes.ndjson: its SHA-256 is not the one the attestation signs (change set altered)");
+      }
+      // The roots the log recorded equal the signed ones.
+      for (const auto& ev : lc.events) {
+        if (ev.type != "fs.root") continue;
+        std::string phase = ev.data.value("phase", "");
+        for (const auto& t : ev.data.value("trees", json::array()))
+          for (const auto& pt : pred.at("filesystem").at("trees"))
+            if (pt.value("name", "") == t.value("name", "") && pt.value(phase, "") != t.value("root", ""))
+              miss("filesystem root of " + t.value("name", "") + " (" + phase + "): the log and the attestation differ");
+      }
+      // 5. The host ledger.
+      LedgerCheck ledger = check_ledger(audit + "/ledger.ndjson");
+      for (const auto& p : ledger.problems) miss(p);
+      const json* row = nullptr;
+      for (const auto& rw : ledger.rows)
+        if (rw.value("run_id", "") == run_id) row = &rw;
+      if (!row) {
+        if (ledger.problems.empty()) miss("ledger: run " + run_id + " is not in the host ledger");
+      } else {
+        if (env_text && row->value("attestation_sha256", "") != hex(sha256(*env_text)))
+          miss("ledger: the attestation file is not the one the ledger recorded (replaced or altered)");
+        if (row->value("merkle_root", "") != hex(lc.merkle_root)) miss("ledger: merkle root differs from the log");
+        const json& lp = pred.at("ledger");
+        if (lp.value("index", uint64_t(~0ULL)) != row->value("index", uint64_t(0)) || lp.value("prev", "") != row->value("prev", ""))
+          miss("ledger: the position the attestation names is not where the run's row is");
+        if (r.report.contains("keyid") && row->value("keyid", "") != r.report["keyid"])
+          miss("ledger: the run was recorded with a different signing key");
+        r.report["ledger_index"] = row->value("index", uint64_t(0));
+      }
+      // 6. A tree as it is now.
+      if (!o.check_path.empty()) {
+        FsSnapshot now = snapshot(o.check_path, WalkOptions{});
+        bool matched = false, named = false;
+        std::string want;
+        for (const auto& t : pred.at("filesystem").at("trees")) {
+          std::string p = pct_decode(t.value("path", ""));
+          if (p == o.check_path || t.value("name", "") == o.check_path) {
+            named = true;
+            want = t.value("after", "");
+            matched = want == hex(now.root);
+          }
+        }
+        if (!named)
+          for (const auto& t : pred.at("filesystem").at("trees"))
+            if (t.value("after", "") == hex(now.root)) matched = true;
+        if (!matched)
+          miss("--check-path " + o.check_path + ": its root now (" + hex(now.root) + ") is not the recorded post-run root" +
+               (named ? " (" + want + ")" : " of any tracked tree"));
+        r.report["check_path_root"] = hex(now.root);
+      }
+    } catch (const std::exception& e) {
+      miss(std::string("attestation statement: ") + e.what());
+    }
+  }
+  r.report["complete"] = session.is_object() && session.value("complete", false);
+  return r;
+}
+
+json run_account(const std::string& rd) {
+  LogCheck lc = check_log(rd + "/events.ndjson");
+  json a = {{"processes", json::array()},
+            {"caller_execs", json::array()},
+            {"network", {{"allowed", json::array()}, {"denied", json::array()}}},
+            {"files", {{"added", json::array()}, {"modified", json::array()}, {"removed", json::array()}}},
+            {"signals", json::array()},
+            {"policy_decisions", json::array()},
+            {"log_problems", lc.problems},
+            {"events", lc.events.size()}};
+  for (const auto& ev : lc.events) {
+    const json& d = ev.data;
+    if (ev.type == "run.created") {
+      a["run_id"] = d.value("run_id", "");
+      a["container_id"] = d.value("container_id", "");
+      a["created"] = ev.time;
+      if (d.contains("process")) a["command"] = d["process"].value("args", json::array());
+      if (d.contains("sandbox")) a["sandbox"] = d["sandbox"];
+      if (d.contains("policy_decisions")) a["policy_decisions"] = d["policy_decisions"];
+    } else if (ev.type == "run.started") {
+      a["started"] = ev.time;
+    } else if (ev.type == "process.exec") {
+      a["processes"].push_back(json{{"time", ev.time}, {"pid", d.value("pid", 0)}, {"path", d.value("path", "")},
+                                    {"argv", d.value("argv", json::array())}, {"sha256", d.value("sha256", "")}});
+    } else if (ev.type == "caller.exec") {
+      a["caller_execs"].push_back(json{{"time", ev.time}, {"args", d.value("args", json::array())}});
+    } else if (ev.type == "net.decision") {
+      a["network"][d.value("allowed", false) ? "allowed" : "denied"].push_back(d);
+    } else if (ev.type == "dns.query") {
+      a["network"]["denied"].push_back(d);
+    } else if (ev.type == "signal") {
+      a["signals"].push_back(d);
+    } else if (ev.type == "run.exit") {
+      a["exit"] = d;
+      a["finished"] = ev.time;
+    }
+  }
+  if (auto ch = try_read_file(rd + "/changes.ndjson")) {
+    for (const auto& line : split(*ch, '\n')) {
+      if (line.empty()) continue;
+      try {
+        json c = json::parse(line);
+        std::string kind = c.value("change", "");
+        if (a["files"].contains(kind)) a["files"][kind].push_back(c.value("tree", "") + ":" + c.value("path", ""));
+      } catch (const std::exception&) {
+        a["log_problems"].push_back("changes.ndjson: a line is not valid JSON");
+      }
+    }
+  }
+  return a;
+}
+
+}  // namespace agentshim::attest

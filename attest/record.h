@@ -1,0 +1,100 @@
+// One run's record, as the supervisor builds it: the run directory
+// <audit-dir>/runs/<run-id>/ with events.ndjson, changes.ndjson,
+// session.json and attestation.intoto.json, and the host ledger row.
+// See docs/FORMATS.md for every format.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attest/eventlog.h"
+#include "attest/fstree.h"
+#include "attest/sign.h"
+
+namespace agentshim::attest {
+
+using json = nlohmann::json;
+
+inline constexpr const char* kStatementType = "https://in-toto.io/Statement/v1";
+inline constexpr const char* kPredicateType = "https://agentshim.dev/attestation/run/v1";
+inline constexpr const char* kPayloadType = "application/vnd.in-toto+json";
+
+struct TrackedTree {
+  std::string name;       // "rootfs", or the mount's destination in the container ("/workspace")
+  std::string host_path;  // where the supervisor reads it
+  std::vector<std::string> exclude;
+};
+
+struct RecordConfig {
+  std::string audit_dir;
+  std::string run_id;
+  std::string container_id;
+  std::string key_path;  // "" = the host key under <audit-dir>/keys (created on first use)
+  KeyType key_type = KeyType::ed25519;
+  bool hash_cache = true;  // policy "strict" turns it off
+  std::function<void(const std::string&)> on_log_failure;
+};
+
+std::string new_run_id();
+std::string run_dir(const std::string& audit_dir, const std::string& run_id);
+
+class RunRecord {
+ public:
+  explicit RunRecord(RecordConfig c);
+  ~RunRecord();
+
+  const std::string& dir() const { return dir_; }
+  const RecordConfig& config() const { return c_; }
+  void event(const std::string& type, json data);
+  bool sync();
+  // Descriptors the record holds open (the supervisor must not close them).
+  std::vector<int> fds() const { return {log_ ? log_->fd() : -1}; }
+  // Mark the run incomplete (also done automatically when events are lost).
+  void incomplete(const std::string& reason);
+
+  // Filesystem roots before the user process runs, and after it exits
+  // (which also writes changes.ndjson). Each emits an "fs.root" event.
+  void snapshot_before(const std::vector<TrackedTree>& trees);
+  void snapshot_after();
+
+  // Close the log with "run.finalized", write session.json, sign the
+  // attestation, append the ledger row. `facts` carries what the
+  // supervisor knows (config digests, sandbox, entrypoint, exit, timings,
+  // network totals). Returns the ledger row.
+  json finalize(const json& facts);
+
+ private:
+  json fs_counts() const;
+  RecordConfig c_;
+  std::string dir_;
+  std::unique_ptr<EventLog> log_;
+  std::vector<TrackedTree> trees_;
+  std::vector<FsSnapshot> before_, after_;
+  json change_counts_ = json::object();
+  std::string changes_sha256_;
+  std::vector<std::string> incomplete_;
+  bool finalized_ = false;
+};
+
+// Everything `agentshim verify` checks.
+struct VerifyOptions {
+  std::string public_key_path;  // pin; else the host key, else the embedded key (noted)
+  std::string check_path;       // re-hash this directory now, compare with a recorded post-run root
+  std::string audit_dir;        // for the ledger; default: the run dir's grandparent
+};
+struct VerifyResult {
+  std::vector<std::string> mismatches;
+  std::vector<std::string> notes;
+  json report = json::object();
+  bool verified() const { return mismatches.empty(); }
+};
+VerifyResult verify_run(const std::string& run_dir, const VerifyOptions& o);
+
+// A readable account of a run, from its verified record.
+json run_account(const std::string& run_dir);
+
+}  // namespace agentshim::attest

@@ -1,0 +1,189 @@
+"""An independent verifier for agentshim run records, written from
+docs/FORMATS.md alone: it shares no code with agentshim (Python's hashlib,
+json and the `cryptography` package only).
+
+verify(run_dir, public_key_pem) returns a list of problems (empty = good).
+"""
+import base64
+import hashlib
+import json
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+
+def canonical(v):
+    """Canonical JSON as FORMATS.md defines it."""
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        raise ValueError("float in canonical JSON")
+    if isinstance(v, str):
+        out = ['"']
+        for ch in v:
+            o = ord(ch)
+            if ch == '"':
+                out.append('\\"')
+            elif ch == "\\":
+                out.append("\\\\")
+            elif ch == "\b":
+                out.append("\\b")
+            elif ch == "\f":
+                out.append("\\f")
+            elif ch == "\n":
+                out.append("\\n")
+            elif ch == "\r":
+                out.append("\\r")
+            elif ch == "\t":
+                out.append("\\t")
+            elif o < 0x20:
+                out.append("\\u%04x" % o)
+            else:
+                out.append(ch)
+        out.append('"')
+        return "".join(out)
+    if isinstance(v, list):
+        return "[" + ",".join(canonical(x) for x in v) + "]"
+    if isinstance(v, dict):
+        keys = sorted(v.keys(), key=lambda k: k.encode("utf-8"))
+        return "{" + ",".join(canonical(k) + ":" + canonical(v[k]) for k in keys) + "}"
+    raise ValueError(f"unsupported {type(v)}")
+
+
+def sha256(b):
+    return hashlib.sha256(b).digest()
+
+
+def mth(leaves):
+    """RFC 6962 Merkle Tree Hash over leaf hashes."""
+    n = len(leaves)
+    if n == 0:
+        return sha256(b"")
+    if n == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return sha256(b"\x01" + mth(leaves[:k]) + mth(leaves[k:]))
+
+
+def check_events(path):
+    problems, leaves = [], []
+    chain = bytes(32)
+    data = open(path, "rb").read()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    else:
+        problems.append("events: last line has no newline")
+    events = []
+    for i, raw in enumerate(lines):
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            problems.append(f"events line {i + 1}: not JSON")
+            break
+        if canonical(ev).encode() != raw:
+            problems.append(f"events line {i + 1}: not canonical")
+            break
+        if ev.get("seq") != i:
+            problems.append(f"events line {i + 1}: seq {ev.get('seq')} != {i}")
+            break
+        body = canonical({"data": ev["data"], "seq": ev["seq"], "time": ev["time"], "type": ev["type"]})
+        leaf = sha256(b"\x00" + b"agentshim-event-v1\n" + body.encode())
+        if leaf.hex() != ev["leaf"]:
+            problems.append(f"events line {i + 1}: leaf mismatch")
+            break
+        chain = sha256(b"agentshim-chain-v1\n" + chain + leaf)
+        if chain.hex() != ev["chain"]:
+            problems.append(f"events line {i + 1}: chain mismatch")
+            break
+        leaves.append(leaf)
+        events.append(ev)
+    return problems, events, mth(leaves).hex(), chain.hex()
+
+
+def verify_signature(pub_pem, pae, sig):
+    key = serialization.load_pem_public_key(pub_pem)
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(sig, pae)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(sig, pae, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def keyid(pub_pem):
+    key = serialization.load_pem_public_key(pub_pem)
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def pae(payload_type, payload):
+    t = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def verify(run_dir, public_key_pem, ledger_path=None):
+    problems, events, root, head = check_events(f"{run_dir}/events.ndjson")
+    session_bytes = open(f"{run_dir}/session.json", "rb").read()
+    session = json.loads(session_bytes)
+    if session["merkle_root"] != root:
+        problems.append("session merkle_root differs from recomputed root")
+    if session["chain_head"] != head:
+        problems.append("session chain_head differs")
+    if session["event_count"] != len(events):
+        problems.append("session event_count differs")
+    env_bytes = open(f"{run_dir}/attestation.intoto.json", "rb").read()
+    env = json.loads(env_bytes)
+    payload = base64.b64decode(env["payload"], validate=True)
+    if env["payloadType"] != "application/vnd.in-toto+json":
+        problems.append("payloadType")
+    kid = keyid(public_key_pem)
+    sigs = [s for s in env["signatures"] if s["keyid"] == kid]
+    if not any(verify_signature(public_key_pem, pae(env["payloadType"], payload), base64.b64decode(s["sig"]))
+               for s in sigs):
+        problems.append("DSSE signature does not verify with the given public key")
+    st = json.loads(payload)
+    if st["_type"] != "https://in-toto.io/Statement/v1":
+        problems.append("statement _type")
+    pred = st["predicate"]
+    run_subject = [s for s in st["subject"] if s["name"] == "run:" + pred["run_id"]]
+    if not run_subject or run_subject[0]["digest"]["sha256"] != root:
+        problems.append("run subject digest is not the event log's Merkle root")
+    if pred["session_sha256"] != hashlib.sha256(session_bytes).hexdigest():
+        problems.append("session.json hash differs from the signed one")
+    changes = open(f"{run_dir}/changes.ndjson", "rb").read()
+    if pred["filesystem"]["changes_sha256"] != hashlib.sha256(changes).hexdigest():
+        problems.append("changes.ndjson hash differs from the signed one")
+    if ledger_path:
+        prev = "0" * 64
+        found = None
+        for i, line in enumerate(open(ledger_path, "rb").read().split(b"\n")[:-1]):
+            row = json.loads(line)
+            if canonical(row).encode() != line or row["index"] != i or row["prev"] != prev:
+                problems.append(f"ledger row {i} broken")
+                break
+            body = {k: v for k, v in row.items() if k != "row_hash"}
+            if hashlib.sha256(b"agentshim-ledger-v1\n" + canonical(body).encode()).hexdigest() != row["row_hash"]:
+                problems.append(f"ledger row {i} hash")
+                break
+            prev = row["row_hash"]
+            if row["run_id"] == pred["run_id"]:
+                found = row
+        if not found:
+            problems.append("run not in ledger")
+        elif found["attestation_sha256"] != hashlib.sha256(env_bytes).hexdigest():
+            problems.append("ledger attestation hash differs")
+    return problems, events, pred

@@ -1,0 +1,271 @@
+// agentshim's own commands over run records: verify, runs list/show, keygen.
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <iostream>
+
+#include "attest/canonical.h"
+#include "attest/eventlog.h"
+#include "attest/record.h"
+#include "attest/sign.h"
+#include "common/error.h"
+#include "common/util.h"
+#include "sandbox/state.h"
+#include "shim/commands.h"
+
+namespace agentshim::cli {
+namespace {
+
+using json = nlohmann::json;
+
+// Exit status 2 for usage and I/O errors in the record commands.
+struct UsageError : Error {
+  using Error::Error;
+};
+
+std::string audit_dir_of(const container::Global& g) {
+  return g.audit_dir.empty() ? std::string("/var/lib/agentshim") : g.audit_dir;
+}
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::vector<std::string> run_ids(const std::string& audit) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir((audit + "/runs").c_str());
+  if (!d) return out;
+  while (auto* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") out.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The container id a run was created for (first line of its log).
+std::string container_of(const std::string& rd) {
+  auto s = try_read_file(rd + "/session.json");
+  if (s) try {
+      return json::parse(*s).value("container_id", "");
+    } catch (...) {
+    }
+  auto text = try_read_file(rd + "/events.ndjson");
+  if (!text) return "";
+  auto nl = text->find('\n');
+  try {
+    json ev = json::parse(text->substr(0, nl));
+    return ev["data"].value("container_id", "");
+  } catch (...) {
+    return "";
+  }
+}
+
+// RUN is a run directory, a run id, or a container id (its latest run).
+std::string resolve_run(const container::Global& g, const std::string& run) {
+  if (run.find('/') != std::string::npos) {
+    if (!is_dir(run)) throw UsageError("run directory " + run + " does not exist");
+    return run;
+  }
+  std::string audit = audit_dir_of(g);
+  if (!run.empty() && run != "." && run != ".." && is_dir(audit + "/runs/" + run)) return audit + "/runs/" + run;
+  try {
+    auto st = state::load(g.root, run);
+    if (!st.run_id.empty()) {
+      std::string a = st.audit_dir.empty() ? audit : st.audit_dir;
+      if (is_dir(a + "/runs/" + st.run_id)) return a + "/runs/" + st.run_id;
+    }
+  } catch (const std::exception&) {
+  }
+  auto ids = run_ids(audit);
+  for (auto it = ids.rbegin(); it != ids.rend(); ++it)
+    if (container_of(audit + "/runs/" + *it) == run) return audit + "/runs/" + *it;
+  throw UsageError("no run record for \"" + run + "\" in " + audit + "/runs (give a run id, a container id or a run directory)");
+}
+
+std::string short_hash(const std::string& h) { return h.size() > 16 ? h.substr(0, 16) : h; }
+
+std::string show_args(const json& args) {
+  std::string out;
+  for (const auto& a : args) {
+    std::string s = a.is_string() ? attest::pct_decode(a.get<std::string>()) : a.dump();
+    bool quote = s.empty() || s.find_first_of(" \t\n'\"\\$") != std::string::npos;
+    if (!out.empty()) out += ' ';
+    if (quote) {
+      std::string q = "'";
+      for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+      out += q + "'";
+    } else {
+      out += s;
+    }
+  }
+  return out;
+}
+
+void print_account(const json& a, const attest::VerifyResult& v) {
+  std::cout << "run        " << a.value("run_id", "?") << "\n";
+  std::cout << "container  " << a.value("container_id", "?") << "\n";
+  std::cout << "command    " << show_args(a.value("command", json::array())) << "\n";
+  std::cout << "created    " << a.value("created", "") << "\n";
+  if (a.contains("started")) std::cout << "started    " << a["started"].get<std::string>() << "\n";
+  if (a.contains("finished")) std::cout << "finished   " << a["finished"].get<std::string>() << "\n";
+  if (a.contains("exit")) {
+    const json& e = a["exit"];
+    std::cout << "exit       code " << e.value("code", 0);
+    if (!e.value("signal", "").empty()) std::cout << " (killed by " << e.value("signal", "") << ")";
+    if (e.value("oom_kills", 0) > 0) std::cout << " (OOM kills: " << e.value("oom_kills", 0) << ")";
+    std::cout << "\n";
+  } else {
+    std::cout << "exit       (not recorded: the run did not finish)\n";
+  }
+  if (a.contains("sandbox")) {
+    const json& s = a["sandbox"];
+    std::cout << "sandbox    namespaces " << show_args(s.value("namespaces", json::array())) << "\n";
+    std::cout << "           capabilities " << (s.value("capabilities", json::array()).empty() ? std::string("(none)") : show_args(s["capabilities"])) << "\n";
+    std::cout << "           no_new_privs " << (s.value("no_new_privileges", false) ? "yes" : "no") << ", read-only root "
+              << (s.value("readonly_root", false) ? "yes" : "no") << ", seccomp "
+              << (s["seccomp"].value("config_profile", false) || s["seccomp"].value("agentshim_profile", false) ? "yes" : "no")
+              << ", exec observer " << (s["seccomp"].value("exec_observer", false) ? "on" : "off") << "\n";
+  }
+  const json& procs = a["processes"];
+  std::cout << "\nprocesses executed (" << procs.size() << ")\n";
+  for (const auto& p : procs)
+    std::cout << "  " << p.value("time", "") << "  pid " << p.value("pid", 0) << "  " << attest::pct_decode(p.value("path", ""))
+              << "  sha256:" << short_hash(p.value("sha256", "")) << "\n      argv: " << show_args(p.value("argv", json::array()))
+              << "\n";
+  if (!a["caller_execs"].empty()) {
+    std::cout << "\nexec by the caller (" << a["caller_execs"].size() << ")\n";
+    for (const auto& e : a["caller_execs"]) std::cout << "  " << e.value("time", "") << "  " << show_args(e["args"]) << "\n";
+  }
+  const json& net = a["network"];
+  std::cout << "\nnetwork    allowed " << net["allowed"].size() << ", denied " << net["denied"].size() << "\n";
+  for (const auto& n : net["allowed"]) std::cout << "  allowed  " << n.value("host", "") << ":" << n.value("port", 0) << "\n";
+  for (const auto& n : net["denied"])
+    std::cout << "  denied   " << n.value("host", n.value("name", "")) << (n.contains("port") ? ":" + std::to_string(n.value("port", 0)) : "")
+              << "  " << n.value("reason", "") << "\n";
+  const json& f = a["files"];
+  std::cout << "\nfiles      added " << f["added"].size() << ", modified " << f["modified"].size() << ", removed "
+            << f["removed"].size() << "\n";
+  for (const auto& p : f["added"]) std::cout << "  + " << attest::pct_decode(p.get<std::string>()) << "\n";
+  for (const auto& p : f["modified"]) std::cout << "  ~ " << attest::pct_decode(p.get<std::string>()) << "\n";
+  for (const auto& p : f["removed"]) std::cout << "  - " << attest::pct_decode(p.get<std::string>()) << "\n";
+  std::cout << "\nrecord     " << (v.verified() ? "VERIFIED" : "NOT VERIFIED") << "\n";
+  for (const auto& m : v.mismatches) std::cout << "  MISMATCH: " << m << "\n";
+}
+
+}  // namespace
+
+void Commands::add_agentshim_commands() {
+  // verify
+  auto* verify = app_.add_subcommand("verify", "verify a run's record offline (event log, ledger, signature, roots)");
+  verify->add_option("run", id_, "run id, container id or run directory")->required();
+  verify->add_option("--public-key", str_a_, "pin the signer's public key (PEM)");
+  verify->add_option("--check-path", str_b_, "also re-hash this directory and compare it with the post-run root");
+  verify->add_flag("--json", flag_a_, "print the result as JSON");
+  handlers_.push_back({verify, [this]() {
+                         try {
+                           std::string rd = resolve_run(g_, id_);
+                           attest::VerifyOptions o;
+                           o.public_key_path = str_a_;
+                           o.check_path = str_b_;
+                           if (!o.public_key_path.empty() && !path_exists(o.public_key_path))
+                             throw UsageError("--public-key " + o.public_key_path + ": no such file");
+                           if (!o.check_path.empty() && !is_dir(o.check_path))
+                             throw UsageError("--check-path " + o.check_path + ": not a directory");
+                           auto r = attest::verify_run(rd, o);
+                           if (flag_a_) {
+                             std::cout << json{{"run_dir", rd},
+                                               {"verified", r.verified()},
+                                               {"mismatches", r.mismatches},
+                                               {"notes", r.notes},
+                                               {"report", r.report}}
+                                              .dump(2)
+                                       << "\n";
+                           } else {
+                             for (const auto& n : r.notes) std::cerr << "note: " << n << "\n";
+                             if (r.verified())
+                               std::cout << "VERIFIED\n";
+                             else
+                               for (const auto& m : r.mismatches) std::cout << "MISMATCH: " << m << "\n";
+                           }
+                           return r.verified() ? 0 : 1;
+                         } catch (const std::exception& e) {
+                           std::cerr << "agentshim verify: " << e.what() << "\n";
+                           return 2;
+                         }
+                       }});
+
+  // runs list / runs show
+  auto* runs = app_.add_subcommand("runs", "list and show run records");
+  runs->require_subcommand(1);
+  auto* list = runs->add_subcommand("list", "list the runs recorded on this host");
+  list->add_flag("--json", flag_a_, "JSON output");
+  handlers_.push_back({list, [this]() {
+                         std::string audit = audit_dir_of(g_);
+                         json out = json::array();
+                         for (const auto& id : run_ids(audit)) {
+                           std::string rd = audit + "/runs/" + id;
+                           json row = {{"run_id", id}, {"container_id", container_of(rd)}, {"complete", false}};
+                           if (auto s = try_read_file(rd + "/session.json")) try {
+                               json sj = json::parse(*s);
+                               row["complete"] = sj.value("complete", false);
+                               row["events"] = sj.value("event_count", 0);
+                               row["finished"] = sj.value("finished", "");
+                             } catch (...) {
+                             }
+                           out.push_back(row);
+                         }
+                         if (flag_a_) {
+                           std::cout << out.dump(2) << "\n";
+                         } else {
+                           std::printf("%-38s %-20s %-9s %s\n", "RUN", "CONTAINER", "COMPLETE", "FINISHED");
+                           for (const auto& r : out)
+                             std::printf("%-38s %-20s %-9s %s\n", r["run_id"].get<std::string>().c_str(),
+                                         r["container_id"].get<std::string>().c_str(), r["complete"].get<bool>() ? "yes" : "no",
+                                         r.value("finished", "").c_str());
+                         }
+                         return 0;
+                       }});
+  auto* show = runs->add_subcommand("show", "what a run did: command, exit, processes, network, files, sandbox");
+  show->add_option("run", id_, "run id, container id or run directory")->required();
+  show->add_flag("--json", flag_b_, "JSON output");
+  handlers_.push_back({show, [this]() {
+                         try {
+                           std::string rd = resolve_run(g_, id_);
+                           json a = attest::run_account(rd);
+                           auto v = attest::verify_run(rd, attest::VerifyOptions{});
+                           if (flag_b_) {
+                             a["verified"] = v.verified();
+                             a["mismatches"] = v.mismatches;
+                             std::cout << a.dump(2) << "\n";
+                           } else {
+                             print_account(a, v);
+                           }
+                           return 0;
+                         } catch (const std::exception& e) {
+                           std::cerr << "agentshim runs show: " << e.what() << "\n";
+                           return 2;
+                         }
+                       }});
+
+  // keygen
+  auto* keygen = app_.add_subcommand("keygen", "create a signing key pair (PKCS#8 PEM)");
+  keygen->add_option("--type", str_c_, "ed25519 (default) or ecdsa-p256");
+  keygen->add_option("--out", str_d_, "directory for signing.pem and signing.pem.pub (default <audit-dir>/keys)");
+  handlers_.push_back({keygen, [this]() {
+                         auto type = attest::parse_key_type(str_c_.empty() ? "ed25519" : str_c_);
+                         std::string dir = str_d_.empty() ? audit_dir_of(g_) + "/keys" : str_d_;
+                         mkdir_p(dir, 0700);
+                         std::string path = dir + "/signing.pem";
+                         auto key = attest::PrivateKey::generate(type);
+                         key.save(path);
+                         std::cout << "private key: " << path << " (0600)\npublic key:  " << path << ".pub\nkey id:      "
+                                   << key.keyid() << "\nalgorithm:   " << key.algorithm() << "\n";
+                         return 0;
+                       }});
+}
+
+}  // namespace agentshim::cli
