@@ -1,0 +1,259 @@
+"""The record of a run: real containers, then `agentshim verify`, an
+independent verifier written from docs/FORMATS.md, a tamper matrix, a
+supervisor killed with SIGKILL and a full disk."""
+import base64
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import formats_verifier
+from conftest import run
+from test_lifecycle import wait_status
+
+WORKLOAD = r"""
+set -e
+echo new > /workspace/added.txt
+echo more >> /workspace/modify.txt
+rm /workspace/delete.txt
+mkdir /workspace/newdir
+printf '#!/bin/sh\necho from-script\n' > /workspace/newdir/tool.sh
+chmod +x /workspace/newdir/tool.sh
+/workspace/newdir/tool.sh
+/bin/true
+/bin/date > /dev/null
+/bin/sleep 0
+"""
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    (ws / "keep.txt").write_text("keep\n")
+    (ws / "modify.txt").write_text("modify\n")
+    (ws / "delete.txt").write_text("delete\n")
+    return ws
+
+
+def with_workspace(bundle, ws, script):
+    bundle.config["mounts"].append({"destination": "/workspace", "type": "bind", "source": str(ws),
+                                    "options": ["rbind", "rw"]})
+    return bundle.sh(script)
+
+
+def run_dir_of(shim, cid):
+    dirs = [d for d in glob.glob(os.path.join(shim.extra[1], "runs", "*"))
+            if json.loads(open(os.path.join(d, "events.ndjson")).readline())["data"]["container_id"] == cid]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def verify(shim, target, *extra):
+    return shim("verify", *extra, target)
+
+
+@pytest.fixture
+def finished_run(shim, bundle, cid, workspace):
+    with_workspace(bundle, workspace, WORKLOAD)
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"from-script\n"
+    return run_dir_of(shim, cid)
+
+
+def test_record_matches_what_the_workload_did(shim, bundle, finished_run, cid):
+    rd = finished_run
+    r = verify(shim, cid)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == b"VERIFIED\n"
+    # The change set is exactly what the script did to the workspace.
+    changes = [json.loads(l) for l in open(os.path.join(rd, "changes.ndjson"))]
+    got = {(c["tree"], c["path"], c["change"]) for c in changes}
+    assert got == {("/workspace", "added.txt", "added"), ("/workspace", "modify.txt", "modified"),
+                   ("/workspace", "delete.txt", "removed"), ("/workspace", "newdir", "added"),
+                   ("/workspace", "newdir/tool.sh", "added")}, got
+    # Every binary it executed is there, with the binary's real hash.
+    busybox = hashlib.sha256(open(os.path.join(bundle.rootfs, "bin", "busybox"), "rb").read()).hexdigest()
+    events = [json.loads(l) for l in open(os.path.join(rd, "events.ndjson"))]
+    execs = [e["data"] for e in events if e["type"] == "process.exec"]
+    paths = [e["path"] for e in execs]
+    for p in ("/workspace/newdir/tool.sh", "/bin/true", "/bin/date", "/bin/sleep"):
+        assert p in paths, paths
+    for e in execs:
+        if e["path"] in ("/bin/true", "/bin/date", "/bin/sleep", "/bin/sh"):
+            assert e["sha256"] == busybox
+    script = [e for e in execs if e["path"] == "/workspace/newdir/tool.sh"][0]
+    assert script["sha256"] == hashlib.sha256(b"#!/bin/sh\necho from-script\n").hexdigest()
+    assert script["interpreter"]["path"] == "/bin/sh"
+    assert script["interpreter"]["sha256"] == busybox
+    types = [e["type"] for e in events]
+    assert types[0] == "run.created" and types[-1] == "run.finalized"
+    for t in ("fs.root", "run.started", "run.exit", "fs.changes"):
+        assert t in types
+    exit_ev = [e for e in events if e["type"] == "run.exit"][0]["data"]
+    assert exit_ev["code"] == 0
+    # runs show tells a person the same story.
+    show = shim("runs", "show", cid, check=True).stdout.decode()
+    assert "+ /workspace:added.txt" in show and "- /workspace:delete.txt" in show
+    assert "/bin/date" in show and "VERIFIED" in show
+    acct = json.loads(shim("runs", "show", "--json", cid, check=True).stdout)
+    assert acct["verified"] is True
+    assert len(acct["processes"]) == len(execs)
+    lst = json.loads(shim("runs", "list", "--json", check=True).stdout)
+    assert [x["container_id"] for x in lst] == [cid]
+
+
+def test_independent_verifier_and_signature(shim, finished_run):
+    audit = shim.extra[1]
+    pub = open(os.path.join(audit, "keys", "signing.pem.pub"), "rb").read()
+    problems, events, pred = formats_verifier.verify(finished_run, pub, os.path.join(audit, "ledger.ndjson"))
+    assert problems == []
+    assert pred["signer"]["keyid"] == formats_verifier.keyid(pub)
+    assert pred["exit"]["code"] == 0
+    assert len(events) == pred["event_log"]["event_count"]
+    # And the same verifier rejects a signature from another key.
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives import serialization
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    problems, _, _ = formats_verifier.verify(finished_run, other)
+    assert any("signature" in p for p in problems)
+
+
+def test_verify_json_pinning_and_usage_errors(shim, finished_run, cid, tmp_path):
+    audit = shim.extra[1]
+    r = verify(shim, cid, "--json", "--public-key", os.path.join(audit, "keys", "signing.pem.pub"))
+    assert r.returncode == 0
+    j = json.loads(r.stdout)
+    assert j["verified"] is True and j["mismatches"] == []
+    shim("keygen", "--out", str(tmp_path / "other"), check=True)
+    r = verify(shim, cid, "--public-key", str(tmp_path / "other" / "signing.pem.pub"))
+    assert r.returncode == 1
+    assert b"MISMATCH" in r.stdout
+    r = verify(shim, "no-such-run")
+    assert r.returncode == 2
+    r = verify(shim, cid, "--public-key", "/no/such/key.pub")
+    assert r.returncode == 2
+    # --check-path: the workspace as it is now equals the recorded post-run root...
+    r = verify(shim, cid, "--check-path", json.loads(open(os.path.join(finished_run, "events.ndjson")).readlines()[1])
+               ["data"]["trees"][1]["path"])
+    assert r.returncode == 0, r.stdout
+    # ...until someone changes it after the run.
+    ws = [t for t in json.loads(open(os.path.join(finished_run, "events.ndjson")).readlines()[1])["data"]["trees"]
+          if t["name"] == "/workspace"][0]["path"]
+    with open(os.path.join(ws, "added.txt"), "a") as f:
+        f.write("tampered later\n")
+    r = verify(shim, cid, "--check-path", ws)
+    assert r.returncode == 1
+    assert b"--check-path" in r.stdout
+
+
+def test_tamper_matrix(shim, finished_run, cid):
+    """Every mutation of every file of the record must make verify fail."""
+    audit = shim.extra[1]
+    files = [os.path.join(finished_run, f) for f in
+             ("events.ndjson", "session.json", "changes.ndjson", "attestation.intoto.json")]
+    files.append(os.path.join(audit, "ledger.ndjson"))
+    assert verify(shim, finished_run).returncode == 0
+    tried = detected = 0
+    missed = []
+
+    def attempt(path, data, what):
+        nonlocal tried, detected
+        orig = open(path, "rb").read()
+        with open(path, "wb") as f:
+            f.write(data)
+        try:
+            r = verify(shim, finished_run)
+        finally:
+            with open(path, "wb") as f:
+                f.write(orig)
+        tried += 1
+        if r.returncode == 1 and b"MISMATCH" in r.stdout:
+            detected += 1
+        else:
+            missed.append(f"{os.path.basename(path)}: {what} (exit {r.returncode})")
+
+    for path in files:
+        orig = open(path, "rb").read()
+        step = max(1, len(orig) // 120)
+        for i in range(0, len(orig), step):
+            b = bytearray(orig)
+            b[i] ^= 0x01
+            attempt(path, bytes(b), f"flip byte {i}")
+        lines = orig.split(b"\n")[:-1]
+        if len(lines) >= 2:
+            attempt(path, b"\n".join(lines[1:]) + b"\n", "delete first line")
+            attempt(path, b"\n".join(lines[:-1]) + b"\n", "delete last line")
+            sw = list(lines)
+            sw[0], sw[1] = sw[1], sw[0]
+            attempt(path, b"\n".join(sw) + b"\n", "swap lines 1 and 2")
+        attempt(path, orig[: len(orig) // 2], "truncate to half")
+        attempt(path, b"", "empty")
+    # Replace the embedded public key with an attacker's, re-signed by that key.
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives import serialization
+    att = os.path.join(finished_run, "attestation.intoto.json")
+    env = json.loads(open(att, "rb").read())
+    st = json.loads(base64.b64decode(env["payload"]))
+    evil = ed25519.Ed25519PrivateKey.generate()
+    evil_pub = evil.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    st["predicate"]["signer"]["public_key"] = evil_pub.decode()
+    st["predicate"]["signer"]["keyid"] = formats_verifier.keyid(evil_pub)
+    payload = formats_verifier.canonical(st).encode()
+    env["payload"] = base64.b64encode(payload).decode()
+    env["signatures"] = [{"keyid": formats_verifier.keyid(evil_pub),
+                          "sig": base64.b64encode(evil.sign(formats_verifier.pae(env["payloadType"], payload))).decode()}]
+    attempt(att, json.dumps(env, indent=2).encode() + b"\n", "embedded key replaced and re-signed")
+    print(f"tamper matrix: {detected}/{tried} mutations detected")
+    assert missed == [], missed
+    assert verify(shim, finished_run).returncode == 0
+
+
+def test_supervisor_sigkill_leaves_a_verifiable_prefix(shim, bundle, cid, workspace):
+    with_workspace(bundle, workspace, "echo x > /workspace/a; /bin/true; sleep 100")
+    pidfile = os.path.join(bundle.path, "sup.pid")
+    shim.ids.add(cid)
+    shim("run", "--detach", "--pid-file", pidfile, "--bundle", bundle.path, cid, check=True)
+    wait_status(shim, cid, "running")
+    rd = run_dir_of(shim, cid)
+    deadline = time.time() + 10
+    while time.time() < deadline and b"/bin/sleep" not in open(os.path.join(rd, "events.ndjson"), "rb").read():
+        time.sleep(0.05)
+    os.kill(int(open(pidfile).read()), signal.SIGKILL)
+    wait_status(shim, cid, "stopped")
+    r = verify(shim, cid)
+    assert r.returncode == 1
+    out = r.stdout.decode()
+    assert "incomplete run" in out and "verifies up to seq" in out, out
+    # What was written is intact: the independent checker agrees line by line.
+    problems, events, _, _ = formats_verifier.check_events(os.path.join(rd, "events.ndjson"))
+    assert problems == []
+    assert any(e["type"] == "process.exec" and e["data"]["path"] == "/bin/true" for e in events)
+
+
+def test_disk_full_stops_the_container_and_is_on_the_record(shim, bundle, cid, tmp_path):
+    audit = tmp_path / "small-audit"
+    audit.mkdir()
+    if run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(audit)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs to simulate a full disk")
+    try:
+        shim.extra[1] = str(audit)
+        shim.ids.add(cid)
+        # Every /bin/true is an event; the log outgrows 96 KiB quickly.
+        r = shim("run", "--bundle", bundle.sh("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done").path, cid,
+                 timeout=120)
+        assert r.returncode == 137, (r.returncode, r.stderr)  # policy: stop the container
+        r = verify(shim, cid)
+        assert r.returncode == 1
+        assert b"MISMATCH" in r.stdout
+        assert b"incomplete" in r.stdout or b"could not be written" in r.stdout, r.stdout
+    finally:
+        run(["umount", "-l", str(audit)])
