@@ -182,6 +182,8 @@ void create(const Global& g, const CreateOptions& o) {
   }
   s.exec_fifo.reset(::open(fifo.c_str(), O_PATH | O_CLOEXEC));
   if (!s.exec_fifo) throw_errno("open " + fifo);
+  s.state_dirfd.reset(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!s.state_dirfd) throw_errno("open " + dir);
   if (terminal)
     s.console_sock = o.console_fd >= 0 ? UniqueFd(::dup(o.console_fd)) : connect_console(o.console_socket);
   auto pair = make_socketpair(SOCK_SEQPACKET);
@@ -200,6 +202,7 @@ void create(const Global& g, const CreateOptions& o) {
   s.cli_sock.reset();
   s.console_sock.reset();
   s.exec_fifo.reset();
+  s.state_dirfd.reset();
   std::optional<json> msg;
   try {
     msg = sync::recv(pair.first.get());

@@ -6,6 +6,8 @@
 #include <sys/mount.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/error.h"
@@ -68,6 +70,12 @@ std::vector<Namespace> namespaces(const json& cfg) {
     out.push_back({n.value("type", ""), n.value("path", "")});
   }
   return out;
+}
+
+bool has_namespace(const json& cfg, const std::string& type) {
+  for (const auto& n : namespaces(cfg))
+    if (n.type == type) return true;
+  return false;
 }
 
 bool has_new_namespace(const json& cfg, const std::string& type) {
@@ -428,6 +436,10 @@ void validate_container_id(const std::string& id) {
 std::string rootfs_path(const json& cfg, const std::string& bundle) {
   std::string p = cfg["root"]["path"].get<std::string>();
   if (!starts_with(p, "/")) p = bundle + "/" + p;
+  // Canonical form (no ".", "..", symlinks): pivot_root and the parent-mount
+  // lookup need the real directory.
+  char buf[PATH_MAX];
+  if (::realpath(p.c_str(), buf)) return buf;
   return p;
 }
 

@@ -45,6 +45,8 @@ struct Namespace {
   std::string path;  // empty: create a new one
 };
 std::vector<Namespace> namespaces(const json& cfg);
+// A namespace of this type is listed (new or joined by path).
+bool has_namespace(const json& cfg, const std::string& type);
 bool has_new_namespace(const json& cfg, const std::string& type);
 
 // Mount options -> flags, propagation flags and the data string.

@@ -135,12 +135,24 @@ void prepare_root(const Context& ctx) {
   }
   do_mount("", "/", "", prop, "", "/ (set propagation)");
   do_mount(ctx.rootfs, ctx.rootfs, "bind", MS_BIND | MS_REC, "", "rootfs " + ctx.rootfs + " onto itself");
-  // pivot_root needs the new root's parent mount not to be shared.
+  // pivot_root refuses a new root whose parent mount is shared: find the
+  // mount that contains the rootfs's parent directory (the longest mount
+  // point that is a prefix of it) and make that one mount private.
   if (prop & MS_SHARED) {
-    // Leave propagation as asked for the rootfs but make its parent private.
     std::string parent = ctx.rootfs.substr(0, ctx.rootfs.rfind('/'));
     if (parent.empty()) parent = "/";
-    ::mount(nullptr, parent.c_str(), nullptr, MS_PRIVATE, nullptr);
+    std::string best = "/";
+    if (auto mi = try_read_file("/proc/self/mountinfo")) {
+      for (const auto& line : split(*mi, '\n')) {
+        auto f = split(line, ' ');
+        if (f.size() < 5) continue;
+        const std::string& mp = f[4];
+        bool prefix = mp == "/" || parent == mp || starts_with(parent, mp + "/");
+        if (prefix && mp.size() > best.size()) best = mp;
+      }
+    }
+    if (::mount(nullptr, best.c_str(), nullptr, MS_PRIVATE, nullptr) < 0)
+      throw_errno("make the rootfs's parent mount " + best + " private");
   }
 }
 

@@ -105,7 +105,8 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
           errno != EPERM && errno != EACCES)
         throw_errno("join session keyring");
     }
-    bool new_uts = oci::has_new_namespace(cfg, "uts");
+    // A joined uts namespace (a path) may be given a hostname too, as runc allows.
+    bool new_uts = oci::has_namespace(cfg, "uts");
     if (cfg.contains("hostname") && !cfg["hostname"].get<std::string>().empty()) {
       if (!new_uts) throw Error("config.json: hostname is set but the container has no new uts namespace");
       std::string h = cfg["hostname"];
@@ -125,7 +126,8 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
       for (const auto& h : s.policy["cgroup_mounts"])
         rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});
 
-    bool new_mnt = oci::has_new_namespace(cfg, "mount");
+    // New or joined: either way the rootfs is set up inside it (as runc does).
+    bool new_mnt = oci::has_namespace(cfg, "mount");
     if (new_mnt) {
       rootfs::prepare_root(rc);
       rootfs::mount_all(rc);
@@ -154,12 +156,14 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
 
     sync::send(sock, {{"type", "ready"}});
     // Block until `start` opens the fifo for reading.
-    std::string fifo = "/proc/self/fd/" + std::to_string(s.exec_fifo.get());
-    int w = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+    // Through the state directory's descriptor, not /proc/self/fd: without
+    // a mount namespace of its own the init has no /proc at this point.
+    int w = ::openat(s.state_dirfd.get(), "exec.fifo", O_WRONLY | O_CLOEXEC);
     if (w < 0) throw_errno("open exec fifo");
     if (::write(w, "0", 1) != 1) throw_errno("write exec fifo");
     ::close(w);
     s.exec_fifo.reset();
+    s.state_dirfd.reset();
 
     hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
 
@@ -421,6 +425,7 @@ class Supervisor {
     s_.cli_sock.reset();
     s_.console_sock.reset();
     s_.exec_fifo.reset();
+    s_.state_dirfd.reset();
     // The container has its own stdio; ours must not keep the caller's pipes open.
     int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
     if (devnull >= 0) {

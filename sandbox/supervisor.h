@@ -42,6 +42,7 @@ struct Setup {
   UniqueFd cli_sock;             // to the CLI that forked us
   UniqueFd console_sock;         // -1 unless terminal
   UniqueFd exec_fifo;            // O_PATH
+  UniqueFd state_dirfd;          // O_PATH of state_dir: the init opens exec.fifo through it
 };
 
 // Never returns. Reports {"type":"created","init_pid":N,"init_start":S,
