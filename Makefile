@@ -35,9 +35,13 @@ unit-asan: asan
 integration: build
 	scripts/integration.sh $(BUILD)
 
-# The README's test command: unit tests (normal and sanitizer builds), then
-# the integration suites as root against real runtimes and clients.
-test: unit unit-asan integration
+# libFuzzer targets for every parser of hostile input, run briefly.
+fuzz: deps
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} scripts/fuzz.sh
+
+# The README's test command: unit tests (normal and sanitizer builds), the
+# integration suites as root against real runtimes and clients, the fuzzers.
+test: unit unit-asan integration fuzz
 
 demo: build
 	scripts/demo.sh $(BUILD)

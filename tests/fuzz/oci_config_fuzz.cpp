@@ -1,0 +1,33 @@
+// config.json from a caller: validation, mount options, seccomp compilation.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common/error.h"
+#include "sandbox/oci.h"
+#include "sandbox/seccomp.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using json = nlohmann::json;
+  json j = json::parse(std::string(reinterpret_cast<const char*>(data), size), nullptr, false);
+  if (j.is_discarded()) return 0;
+  try {
+    agentshim::oci::validate_config(j);
+  } catch (const std::exception&) {
+  }
+  try {
+    if (j.is_object() && j.contains("linux") && j["linux"].is_object() && j["linux"].contains("seccomp"))
+      (void)agentshim::seccomp::compile(j["linux"]["seccomp"], true);
+  } catch (const std::exception&) {
+  }
+  try {
+    if (j.is_array()) {
+      std::vector<std::string> opts;
+      for (const auto& o : j)
+        if (o.is_string()) opts.push_back(o);
+      (void)agentshim::oci::parse_mount_options(opts);
+    }
+  } catch (const std::exception&) {
+  }
+  return 0;
+}
