@@ -1,0 +1,339 @@
+// The filesystem tree walker and its Merkle root, on odd trees.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <future>
+
+#include "attest/canonical.h"
+#include "attest/fstree.h"
+#include "common/util.h"
+
+using namespace agentshim;
+using namespace agentshim::attest;
+
+namespace {
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char t[] = "/tmp/fstree-test-XXXXXX";
+    path = ::mkdtemp(t);
+    ::chmod(path.c_str(), 0755);
+  }
+  ~TempDir() {
+    ::umount2((path + "/mnt").c_str(), MNT_DETACH);
+    remove_tree(path);
+  }
+};
+
+const FsEntry* find(const FsSnapshot& s, const std::string& p) {
+  for (const auto& e : s.entries)
+    if (e.path == p) return &e;
+  return nullptr;
+}
+
+FsSnapshot snap(const std::string& d, WalkOptions o = {}) { return snapshot(d, o); }
+}  // namespace
+
+TEST(FsTree, LeafEncodingIsExact) {
+  FsEntry f;
+  f.path = "dir/a b";
+  f.type = 'f';
+  f.mode = 0644;
+  f.uid = 1000;
+  f.gid = 1000;
+  f.size = 3;
+  f.sha256 = std::string(64, 'a');
+  EXPECT_EQ(leaf_encoding(f), "{\"gid\":1000,\"mode\":420,\"path\":\"dir/a%20b\",\"sha256\":\"" + std::string(64, 'a') +
+                                  "\",\"size\":3,\"type\":\"f\",\"uid\":1000}");
+  FsEntry l;
+  l.path = "link";
+  l.type = 'l';
+  l.mode = 0777;
+  l.target = "../etc/passwd";
+  EXPECT_EQ(leaf_encoding(l), R"({"gid":0,"mode":511,"path":"link","target":"../etc/passwd","type":"l","uid":0})");
+  FsEntry d;
+  d.path = ".";
+  d.type = 'd';
+  d.mode = 0755;
+  d.xattrs = {{"security.capability", std::string("\x01\x02", 2)}};
+  EXPECT_EQ(leaf_encoding(d), R"({"gid":0,"mode":493,"path":".","type":"d","uid":0,"xattrs":{"security.capability":"AQI="}})");
+  EXPECT_EQ(leaf_hash(d), merkle_leaf_hash("agentshim-fs-v1\n" + leaf_encoding(d)));
+}
+
+TEST(FsTree, EmptyDirectoryIsTheRootEntryAlone) {
+  TempDir t;
+  auto s = snap(t.path);
+  ASSERT_EQ(s.entries.size(), 1u);
+  EXPECT_EQ(s.entries[0].path, ".");
+  EXPECT_EQ(s.root, merkle_root({s.entries[0].leaf}));
+}
+
+TEST(FsTree, ContentHashesAndSortingAreBytewise) {
+  TempDir t;
+  mkdir_p(t.path + "/a");
+  write_file(t.path + "/a/b", "hello");
+  write_file(t.path + "/a-b", "x");
+  write_file(t.path + "/a.b", "y");
+  auto s = snap(t.path);
+  std::vector<std::string> paths;
+  for (const auto& e : s.entries) paths.push_back(e.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{".", "a", "a-b", "a.b", "a/b"}));
+  EXPECT_EQ(find(s, "a/b")->sha256, hex(sha256("hello")));
+  EXPECT_EQ(find(s, "a/b")->size, 5u);
+  EXPECT_EQ(s.files, 3u);
+}
+
+TEST(FsTree, EveryAttributeChangesTheRoot) {
+  TempDir t;
+  write_file(t.path + "/f", "one");
+  ::symlink("target", (t.path + "/l").c_str());
+  auto base = snap(t.path).root;
+  EXPECT_EQ(snap(t.path).root, base);  // deterministic
+  write_file(t.path + "/f", "two");
+  auto r1 = snap(t.path).root;
+  EXPECT_NE(r1, base);
+  ::chmod((t.path + "/f").c_str(), 0600);
+  auto r2 = snap(t.path).root;
+  EXPECT_NE(r2, r1);
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown((t.path + "/f").c_str(), 123, 456), 0);
+    EXPECT_NE(snap(t.path).root, r2);
+  }
+  auto r3 = snap(t.path).root;
+  ::unlink((t.path + "/l").c_str());
+  ::symlink("other", (t.path + "/l").c_str());
+  EXPECT_NE(snap(t.path).root, r3);
+}
+
+TEST(FsTree, SecurityXattrsAreBound) {
+  if (::geteuid() != 0) GTEST_SKIP() << "setting security.* xattrs needs root";
+  TempDir t;
+  write_file(t.path + "/f", "x");
+  auto before = snap(t.path);
+  if (::setxattr((t.path + "/f").c_str(), "security.agentshim-test", "v", 1, 0) != 0)
+    GTEST_SKIP() << "this file system does not take security.* xattrs: " << std::strerror(errno);
+  auto after = snap(t.path);
+  EXPECT_NE(before.root, after.root);
+  ASSERT_EQ(find(after, "f")->xattrs.size(), 1u);
+  EXPECT_EQ(find(after, "f")->xattrs[0].first, "security.agentshim-test");
+  // user.* attributes are not part of the leaf.
+  auto r = snap(t.path).root;
+  ::setxattr((t.path + "/f").c_str(), "user.note", "v", 1, 0);
+  EXPECT_EQ(snap(t.path).root, r);
+}
+
+TEST(FsTree, DiffReportsExactlyWhatChanged) {
+  TempDir t;
+  write_file(t.path + "/keep", "k");
+  write_file(t.path + "/mod", "m");
+  write_file(t.path + "/del", "d");
+  auto a = snap(t.path);
+  write_file(t.path + "/mod", "m2");
+  ::unlink((t.path + "/del").c_str());
+  write_file(t.path + "/new", "n");
+  auto b = snap(t.path);
+  auto ch = diff(a, b);
+  ASSERT_EQ(ch.size(), 3u);
+  EXPECT_EQ(ch[0].path, "del");
+  EXPECT_EQ(ch[0].kind, "removed");
+  EXPECT_FALSE(ch[0].new_leaf);
+  EXPECT_EQ(ch[1].path, "mod");
+  EXPECT_EQ(ch[1].kind, "modified");
+  EXPECT_EQ(ch[2].path, "new");
+  EXPECT_EQ(ch[2].kind, "added");
+  auto j = change_to_json(ch[1]);
+  EXPECT_EQ(j["old"], hex(*ch[1].old_leaf));
+  EXPECT_EQ(j["change"], "modified");
+}
+
+TEST(FsTree, SpecialFilesAreRecordedNeverOpened) {
+  TempDir t;
+  ASSERT_EQ(::mkfifo((t.path + "/fifo").c_str(), 0644), 0);
+  int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un a {};
+  a.sun_family = AF_UNIX;
+  std::string sp = t.path + "/sock";
+  std::strncpy(a.sun_path, sp.c_str(), sizeof a.sun_path - 1);
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  bool dev = ::geteuid() == 0 && ::mknod((t.path + "/null").c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0;
+  // A walk that opened the FIFO would block forever: give it a deadline.
+  auto fut = std::async(std::launch::async, [&] { return snap(t.path); });
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "the walk hung on a special file";
+  auto sn = fut.get();
+  ::close(s);
+  EXPECT_EQ(find(sn, "fifo")->type, 'p');
+  EXPECT_EQ(find(sn, "sock")->type, 's');
+  EXPECT_TRUE(find(sn, "fifo")->sha256.empty());
+  if (dev) {
+    EXPECT_EQ(find(sn, "null")->type, 'c');
+    EXPECT_EQ(find(sn, "null")->rdev_major, 1u);
+    EXPECT_EQ(find(sn, "null")->rdev_minor, 3u);
+  }
+}
+
+TEST(FsTree, SymlinksAreNeverFollowed) {
+  TempDir t;
+  ::symlink("/etc/passwd", (t.path + "/out").c_str());
+  ::symlink("/", (t.path + "/rootlink").c_str());
+  ::symlink("loop2", (t.path + "/loop1").c_str());
+  ::symlink("loop1", (t.path + "/loop2").c_str());
+  ::symlink(".", (t.path + "/self").c_str());
+  auto s = snap(t.path);
+  EXPECT_EQ(s.entries.size(), 6u);
+  EXPECT_EQ(find(s, "out")->type, 'l');
+  EXPECT_EQ(find(s, "out")->target, "/etc/passwd");
+  EXPECT_TRUE(find(s, "out")->sha256.empty());
+  EXPECT_EQ(s.bytes_hashed, 0u);
+}
+
+TEST(FsTree, OddNamesRoundTrip) {
+  TempDir t;
+  std::string nl = "new\nline", bad = std::string("\xff\xfe bad");
+  write_file(t.path + "/" + nl, "1");
+  write_file(t.path + "/" + bad, "2");
+  auto s = snap(t.path);
+  ASSERT_NE(find(s, nl), nullptr);
+  ASSERT_NE(find(s, bad), nullptr);
+  EXPECT_NE(leaf_encoding(*find(s, nl)).find("new%0Aline"), std::string::npos);
+  EXPECT_NE(leaf_encoding(*find(s, bad)).find("%FF%FE%20bad"), std::string::npos);
+  EXPECT_EQ(pct_decode(change_to_json({bad, "added", std::nullopt, find(s, bad)->leaf})["path"].get<std::string>()), bad);
+}
+
+TEST(FsTree, VeryDeepTreesWork) {
+  TempDir t;
+  std::string p = t.path;
+  int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY);
+  const int depth = 3000;
+  for (int i = 0; i < depth; ++i) {
+    ASSERT_EQ(::mkdirat(fd, "d", 0755), 0);
+    int n = ::openat(fd, "d", O_RDONLY | O_DIRECTORY);
+    ::close(fd);
+    fd = n;
+  }
+  ::close(fd);
+  auto s = snap(t.path);
+  EXPECT_EQ(s.entries.size(), static_cast<std::size_t>(depth + 1));
+  WalkOptions o;
+  o.max_depth = 100;
+  auto limited = snap(t.path, o);
+  EXPECT_LT(limited.entries.size(), 102u);
+  bool noted = false;
+  for (const auto& e : limited.entries) noted |= e.error.find("deeper than") != std::string::npos;
+  EXPECT_TRUE(noted);
+  // Deleting the chain needs fd-relative removal too (paths exceed PATH_MAX).
+  std::function<void(int)> rm = [&](int dfd) {
+    int sub = ::openat(dfd, "d", O_RDONLY | O_DIRECTORY);
+    if (sub >= 0) {
+      rm(sub);
+      ::close(sub);
+      ::unlinkat(dfd, "d", AT_REMOVEDIR);
+    }
+  };
+  int top = ::open(t.path.c_str(), O_RDONLY | O_DIRECTORY);
+  rm(top);
+  ::close(top);
+}
+
+TEST(FsTree, UnreadableFilesAreRecordedWithTheError) {
+  TempDir t;
+  write_file(t.path + "/secret", "s");
+  ::chmod((t.path + "/secret").c_str(), 0);
+  write_file(t.path + "/open", "o");
+  ::chmod((t.path + "/open").c_str(), 0644);
+  auto check = [&]() -> int {
+    auto s = snap(t.path);
+    if (find(s, "secret")->error.find("Permission denied") == std::string::npos) return 1;
+    if (!find(s, "secret")->sha256.empty()) return 2;
+    if (find(s, "open")->sha256 != hex(sha256("o"))) return 3;
+    return 0;
+  };
+  if (::geteuid() != 0) {
+    EXPECT_EQ(check(), 0);
+    return;
+  }
+  // Root reads everything: walk as "nobody" in a child to see EACCES.
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) ::_exit(9);
+    ::_exit(check());
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+}
+
+TEST(FsTree, CacheHitsGiveTheSameRootAndNeverGoStale) {
+  TempDir t;
+  for (int i = 0; i < 20; ++i) write_file(t.path + "/f" + std::to_string(i), std::string(1000 + i, 'x'));
+  WalkOptions o;
+  o.cache_path = t.path + ".cache";
+  auto cold = snap(t.path, o);
+  EXPECT_EQ(cold.cache_hits, 0u);
+  auto warm = snap(t.path, o);
+  EXPECT_EQ(warm.cache_hits, 20u);
+  EXPECT_EQ(warm.root, cold.root);
+  EXPECT_EQ(warm.bytes_hashed, 0u);
+  // Same size, same mtime, different content: ctime moves, so no stale hit.
+  struct stat st {};
+  ::stat((t.path + "/f0").c_str(), &st);
+  write_file(t.path + "/f0", std::string(1000, 'y'));
+  struct timespec times[2] = {st.st_atim, st.st_mtim};
+  ::utimensat(AT_FDCWD, (t.path + "/f0").c_str(), times, 0);
+  auto after = snap(t.path, o);
+  EXPECT_EQ(find(after, "f0")->sha256, hex(sha256(std::string(1000, 'y'))));
+  EXPECT_EQ(after.cache_hits, 19u);
+  // A corrupt cache file is ignored, never trusted.
+  std::string c = read_file(o.cache_path);
+  c[c.size() / 2] ^= 1;
+  write_file(o.cache_path, c);
+  auto again = snap(t.path, o);
+  EXPECT_EQ(again.cache_hits, 0u);
+  EXPECT_EQ(again.root, after.root);
+  ::unlink(o.cache_path.c_str());
+}
+
+TEST(FsTree, ExcludeAndOneFileSystem) {
+  TempDir t;
+  mkdir_p(t.path + "/skip/inner");
+  write_file(t.path + "/skip/inner/f", "x");
+  write_file(t.path + "/keep", "y");
+  WalkOptions o;
+  o.exclude = {"skip"};
+  auto s = snap(t.path, o);
+  EXPECT_EQ(find(s, "skip"), nullptr);
+  EXPECT_EQ(find(s, "skip/inner/f"), nullptr);
+  EXPECT_NE(find(s, "keep"), nullptr);
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  mkdir_p(t.path + "/mnt");
+  if (::mount("tmpfs", (t.path + "/mnt").c_str(), "tmpfs", 0, "size=1m") != 0) GTEST_SKIP() << "cannot mount tmpfs";
+  write_file(t.path + "/mnt/inside", "z");
+  auto m = snap(t.path);
+  EXPECT_EQ(find(m, "mnt/inside"), nullptr);
+  EXPECT_NE(find(m, "mnt")->error.find("another file system"), std::string::npos);
+}
+
+TEST(FsTree, ParallelAndSerialWalksAgree) {
+  TempDir t;
+  for (int d = 0; d < 10; ++d) {
+    mkdir_p(t.path + "/d" + std::to_string(d));
+    for (int f = 0; f < 30; ++f)
+      write_file(t.path + "/d" + std::to_string(d) + "/f" + std::to_string(f), std::string(f * 100, 'a' + d));
+  }
+  WalkOptions one;
+  one.threads = 1;
+  WalkOptions many;
+  many.threads = 8;
+  EXPECT_EQ(snap(t.path, one).root, snap(t.path, many).root);
+}
