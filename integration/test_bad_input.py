@@ -99,3 +99,17 @@ def test_corrupt_state_file_is_reported(shim, bundle, cid):
     with open(path, "w") as f:
         f.write(good)
     assert shim.json("state", cid)["pid"] == st["pid"]
+
+
+@pytest.mark.parametrize("source", ["audit", "audit/keys", "/"])
+def test_mounting_the_record_into_the_container_is_refused(shim, bundle, cid, source):
+    audit = shim.extra[1]
+    os.makedirs(os.path.join(audit, "keys"), exist_ok=True)
+    src = {"audit": audit, "audit/keys": os.path.join(audit, "keys"), "/": "/"}[source]
+    bundle.config["mounts"].append({"destination": "/peek", "type": "bind", "source": src, "options": ["rbind"]})
+    bundle.save()
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.args("true").path, cid)
+    assert r.returncode == 1
+    assert b"audit directory" in r.stderr
+    assert leftovers(shim, cid, bundle) == []

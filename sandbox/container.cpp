@@ -45,6 +45,33 @@ std::string abs_path(const std::string& p) {
   return buf;
 }
 
+// The record must stay out of the sandbox's reach: a bind mount whose source
+// is the audit directory (records, ledger, signing key), lies inside it, or
+// contains it (a bind of "/" or "/var") is refused.
+void refuse_record_mounts(const json& cfg, const std::string& audit_dir) {
+  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) return;
+  char buf[PATH_MAX];
+  std::string audit = ::realpath(audit_dir.c_str(), buf) ? std::string(buf) : audit_dir;
+  std::size_t i = 0;
+  for (const auto& m : cfg["mounts"]) {
+    std::string where = "mounts[" + std::to_string(i++) + "]";
+    if (!m.is_object() || !m.contains("source") || !m["source"].is_string()) continue;
+    std::string src = m["source"];
+    if (src.empty() || src[0] != '/') continue;
+    auto opts = m.value("options", std::vector<std::string>{});
+    bool bind = m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
+                std::find(opts.begin(), opts.end(), "rbind") != opts.end();
+    if (!bind) continue;
+    std::string real = ::realpath(src.c_str(), buf) ? std::string(buf) : src;
+    auto under = [](const std::string& a, const std::string& b) {  // a is b or below it
+      return a == b || (b == "/" ? true : starts_with(a, b + "/"));
+    };
+    if (under(real, audit) || under(audit, real))
+      throw Error(where + ": source " + src + " would expose agentshim's audit directory " + audit +
+                  " (run records, ledger, signing key) to the container; refused");
+  }
+}
+
 std::string new_run_id(const std::string& id) {
   struct timespec ts {};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -110,6 +137,7 @@ void create(const Global& g, const CreateOptions& o) {
   // with the field named, not a failure deep inside the container's init.
   if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
     (void)seccomp::compile(cfg["linux"]["seccomp"]);
+  refuse_record_mounts(cfg, g.audit_dir.empty() ? std::string("/var/lib/agentshim") : g.audit_dir);
   bool terminal = cfg["process"].value("terminal", false);
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
