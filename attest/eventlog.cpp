@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +13,7 @@
 #include "attest/canonical.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/util.h"
 
 namespace agentshim::attest {
 
@@ -188,89 +191,134 @@ EventLog::Summary EventLog::summary() {
   return s;
 }
 
-LogCheck check_log(const std::string& path) {
+namespace {
+struct LineResult {
+  std::string problem;  // empty: the line is well-formed and its leaf verifies
+  uint64_t seq = 0;
+  Digest leaf{}, chain{};
+  std::string time, type;
+  json data;
+};
+
+void check_line(std::string_view text, LineResult& r, const std::function<bool(const std::string&)>& keep) {
+  json ev;
+  try {
+    ev = json::parse(text);
+  } catch (const std::exception&) {
+    r.problem = "not valid JSON";
+    return;
+  }
+  if (!ev.is_object() || ev.size() != 6 || !ev.contains("seq") || !ev["seq"].is_number_unsigned() ||
+      !ev.contains("time") || !ev["time"].is_string() || !ev.contains("type") || !ev["type"].is_string() ||
+      !ev.contains("data") || !ev.contains("leaf") || !ev["leaf"].is_string() || !ev.contains("chain") ||
+      !ev["chain"].is_string()) {
+    r.problem = "not an event (needs exactly seq, time, type, data, leaf, chain)";
+    return;
+  }
+  std::string canon;
+  try {
+    canon = canonical(ev);
+  } catch (const std::exception& e) {
+    r.problem = e.what();
+    return;
+  }
+  if (canon != text) {
+    r.problem = "not in canonical form (bytes were altered)";
+    return;
+  }
+  r.seq = ev["seq"].get<uint64_t>();
+  try {
+    r.leaf = from_hex(ev["leaf"].get<std::string>());
+    r.chain = from_hex(ev["chain"].get<std::string>());
+  } catch (const std::exception&) {
+    r.problem = "leaf or chain is not a SHA-256 hex digest";
+    return;
+  }
+  r.time = ev["time"];
+  r.type = ev["type"];
+  if (event_leaf(event_body(r.seq, r.time, r.type, ev["data"])) != r.leaf) {
+    r.problem = "leaf hash does not match the event's content";
+    return;
+  }
+  if (!keep || keep(r.type)) r.data = std::move(ev["data"]);
+}
+}  // namespace
+
+LogCheck check_log(const std::string& path, const std::function<bool(const std::string& type)>& keep) {
   LogCheck c;
   c.chain_head.fill(0);
-  FILE* f = std::fopen(path.c_str(), "re");
-  if (!f) {
-    c.problems.push_back("events.ndjson: cannot open " + path + ": " + std::strerror(errno));
-    c.merkle_root = merkle_root({});
+  c.merkle_root = merkle_root({});
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const std::exception& e) {
+    c.problems.push_back(std::string("events.ndjson: ") + e.what());
     return c;
   }
-  char* line = nullptr;
-  std::size_t cap = 0;
-  ssize_t n;
+  // Split into lines; a last line without '\n' is a truncated tail.
+  std::vector<std::string_view> lines;
+  std::size_t pos = 0;
+  bool tail = false;
+  while (pos < text.size()) {
+    auto nl = text.find('\n', pos);
+    if (nl == std::string::npos) {
+      tail = true;
+      break;
+    }
+    lines.emplace_back(text.data() + pos, nl - pos);
+    pos = nl + 1;
+  }
+  std::vector<LineResult> res(lines.size());
+  unsigned n = std::max(1u, std::thread::hardware_concurrency());
+  std::atomic<std::size_t> next{0};
+  auto worker = [&] {
+    for (;;) {
+      std::size_t i = next.fetch_add(256);
+      if (i >= lines.size()) return;
+      for (std::size_t k = i; k < std::min(lines.size(), i + 256); ++k) check_line(lines[k], res[k], keep);
+    }
+  };
+  std::vector<std::thread> th;
+  for (unsigned t = 1; t < n && lines.size() > 1024; ++t) th.emplace_back(worker);
+  worker();
+  for (auto& t : th) t.join();
+
   std::vector<Digest> leaves;
+  leaves.reserve(lines.size());
   Digest chain{};
   chain.fill(0);
   uint64_t lineno = 0;
-  while ((n = ::getline(&line, &cap, f)) > 0) {
+  bool broken = false;
+  for (auto& r : res) {
     ++lineno;
-    std::string_view text(line, static_cast<std::size_t>(n));
     std::string where = "events.ndjson line " + std::to_string(lineno);
-    if (text.back() != '\n') {
-      c.truncated_tail = true;
-      c.problems.push_back(where + ": truncated (no newline; the writer stopped mid-line)");
+    if (!r.problem.empty()) {
+      c.problems.push_back(where + ": " + r.problem);
+      broken = true;
       break;
     }
-    text.remove_suffix(1);
-    json ev;
-    try {
-      ev = json::parse(text);
-    } catch (const std::exception&) {
-      c.problems.push_back(where + ": not valid JSON");
-      break;
-    }
-    if (!ev.is_object() || ev.size() != 6 || !ev.contains("seq") || !ev["seq"].is_number_unsigned() ||
-        !ev.contains("time") || !ev["time"].is_string() || !ev.contains("type") || !ev["type"].is_string() ||
-        !ev.contains("data") || !ev.contains("leaf") || !ev["leaf"].is_string() || !ev.contains("chain") ||
-        !ev["chain"].is_string()) {
-      c.problems.push_back(where + ": not an event (needs exactly seq, time, type, data, leaf, chain)");
-      break;
-    }
-    std::string canon;
-    try {
-      canon = canonical(ev);
-    } catch (const std::exception& e) {
-      c.problems.push_back(where + ": " + e.what());
-      break;
-    }
-    if (canon != text) {
-      c.problems.push_back(where + ": not in canonical form (bytes were altered)");
-      break;
-    }
-    uint64_t seq = ev["seq"].get<uint64_t>();
-    if (seq != lineno - 1) {
-      c.problems.push_back(where + ": seq " + std::to_string(seq) + " where " + std::to_string(lineno - 1) +
+    if (r.seq != lineno - 1) {
+      c.problems.push_back(where + ": seq " + std::to_string(r.seq) + " where " + std::to_string(lineno - 1) +
                            " was expected (events removed, reordered or spliced)");
+      broken = true;
       break;
     }
-    Digest leaf, ch;
-    try {
-      leaf = from_hex(ev["leaf"].get<std::string>());
-      ch = from_hex(ev["chain"].get<std::string>());
-    } catch (const std::exception&) {
-      c.problems.push_back(where + ": leaf or chain is not a SHA-256 hex digest");
-      break;
-    }
-    Digest want_leaf = event_leaf(event_body(seq, ev["time"], ev["type"], ev["data"]));
-    if (want_leaf != leaf) {
-      c.problems.push_back(where + " (seq " + std::to_string(seq) + "): leaf hash does not match the event's content");
-      break;
-    }
-    Digest want_chain = chain_next(chain, leaf);
-    if (want_chain != ch) {
-      c.problems.push_back(where + " (seq " + std::to_string(seq) +
+    if (chain_next(chain, r.leaf) != r.chain) {
+      c.problems.push_back(where + " (seq " + std::to_string(r.seq) +
                            "): chain hash does not follow from the previous line (spliced or reordered)");
+      broken = true;
       break;
     }
-    chain = ch;
-    leaves.push_back(leaf);
-    c.events.push_back({seq, ev["time"], ev["type"], std::move(ev["data"]), leaf, ch});
+    chain = r.chain;
+    leaves.push_back(r.leaf);
+    c.events.push_back({r.seq, std::move(r.time), std::move(r.type), std::move(r.data), r.leaf, r.chain});
   }
-  std::free(line);
-  std::fclose(f);
-  c.lines = lineno;
+  c.lines = lines.size() + (tail ? 1 : 0);
+  if (tail && !broken) {
+    c.truncated_tail = true;
+    c.problems.push_back("events.ndjson line " + std::to_string(lines.size() + 1) +
+                         ": truncated (no newline; the writer stopped mid-line)");
+  }
   c.chain_head = chain;
   c.merkle_root = merkle_root(leaves);
   c.finalized = !c.events.empty() && c.events.back().type == "run.finalized";

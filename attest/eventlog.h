@@ -110,6 +110,10 @@ struct LogCheck {
 
 // Check every line: canonical form, seq, leaf, chain. Stops at the first
 // broken line (everything after it cannot be trusted) and says which.
-LogCheck check_log(const std::string& path);
+// Lines are parsed and hashed on all cores; the chain is then checked in
+// order. `keep_data(type)` decides which events keep their data in the
+// result (all when empty) — a million-event log need not stay in memory.
+LogCheck check_log(const std::string& path,
+                   const std::function<bool(const std::string& type)>& keep_data = nullptr);
 
 }  // namespace agentshim::attest

@@ -204,7 +204,7 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   std::string audit = o.audit_dir.empty() ? parent_dir(parent_dir(rd)) : o.audit_dir;
 
   // 1. The event log on its own.
-  LogCheck lc = check_log(rd + "/events.ndjson");
+  LogCheck lc = check_log(rd + "/events.ndjson", [](const std::string& type) { return type == "fs.root"; });
   for (const auto& p : lc.problems) miss(p);
   r.report["events_verified"] = lc.events.size();
   r.report["merkle_root"] = hex(lc.merkle_root);
@@ -219,7 +219,8 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
                                                               lc.events.back().type + ", " + lc.events.back().time + ")";
       miss("incomplete run: the supervisor stopped before finalizing; the event log verifies up to " + last);
     } else {
-      miss("session.json is missing");
+      miss("incomplete run: events.ndjson ends with run.finalized but session.json is missing (finalization did "
+           "not complete: disk full or I/O error while writing the record?)");
     }
     r.report["complete"] = false;
     return r;
