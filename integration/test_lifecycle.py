@@ -255,6 +255,12 @@ def test_oom_kill_is_reported(shim, bundle, cid):
     # tail buffers an endless line until the cgroup's OOM killer stops it.
     r = shim("run", "--bundle", bundle.sh("tail /dev/zero").path, cid, timeout=120)
     assert r.returncode == 137
+    # ...and it is on the record.
+    acct = json.loads(shim("runs", "show", "--json", cid, check=True).stdout)
+    assert acct["exit"]["code"] == 137 and acct["exit"]["oom_kills"] >= 1
+    runs = os.path.join(shim.extra[1], "runs")
+    events = open(os.path.join(runs, os.listdir(runs)[0], "events.ndjson")).read()
+    assert '"type":"oom"' in events
 
 
 def test_spec_is_hardened_and_valid(shim, tmp_path):

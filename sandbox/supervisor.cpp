@@ -478,6 +478,10 @@ class Supervisor {
         reap();
       } else if (sig != SIGPIPE && init_pid_ > 0) {
         ::kill(init_pid_, sig);
+        if (record_)
+          record_->event("signal", {{"signal", oci::signal_name(sig)},
+                                    {"source", "forwarded by the supervisor"},
+                                    {"sender_pid", static_cast<int64_t>(si.ssi_pid)}});
       }
     }
   }
@@ -710,7 +714,9 @@ class Supervisor {
   void finish_record(const json& ex) {
     if (!record_) return;
     try {
+      if (ex.value("oom_kills", 0) > 0) record_->event("oom", {{"kills", ex["oom_kills"]}});
       record_->event("run.exit", ex);
+      record_->sync();
       if (observer_) {
         observer_->stop();
         observer_.reset();
