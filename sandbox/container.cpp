@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/policy.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
@@ -137,7 +138,9 @@ void create(const Global& g, const CreateOptions& o) {
   // with the field named, not a failure deep inside the container's init.
   if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
     (void)seccomp::compile(cfg["linux"]["seccomp"]);
-  refuse_record_mounts(cfg, g.audit_dir.empty() ? std::string("/var/lib/agentshim") : g.audit_dir);
+  json pol = policy::load(g.policy_path);
+  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
+  refuse_record_mounts(cfg, audit_dir);
   bool terminal = cfg["process"].value("terminal", false);
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
@@ -189,14 +192,14 @@ void create(const Global& g, const CreateOptions& o) {
   s.rootfs = rootfs;
   s.state_dir = dir;
   s.run_id = new_run_id(o.id);
-  s.audit_dir = g.audit_dir.empty() ? std::string("/var/lib/agentshim") : g.audit_dir;
+  s.audit_dir = audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
   s.caller_config = caller;
-  s.policy = json::object();
+  s.policy = pol;
   // Every execve in the sandbox is observed for the record (seccomp user
-  // notification; the policy engine may turn it off explicitly).
-  s.observe_exec = true;
+  // notification) unless the policy turns it off explicitly.
+  s.observe_exec = pol["audit"].value("observe_exec", true);
   s.systemd_cgroup = g.systemd_cgroup;
   s.no_pivot = o.no_pivot;
   s.no_new_keyring = o.no_new_keyring;
@@ -269,6 +272,9 @@ void start(const Global& g, const std::string& id) {
   if (status == "stopped") throw Error("cannot start a container that has stopped");
   if (status != "created") throw Error("cannot start an already running container");
   std::string fifo = state::exec_fifo_path(g.root, id);
+  std::string exe_link = "/proc/" + std::to_string(st.init_pid) + "/exe";
+  char before[PATH_MAX] = {};
+  ssize_t bl = ::readlink(exe_link.c_str(), before, sizeof before - 1);
   UniqueFd fd(::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
   if (!fd) throw_errno("open exec fifo " + fifo);
   // The init opens its end for writing, writes one byte and execs; if it
@@ -289,6 +295,19 @@ void start(const Global& g, const std::string& id) {
     if (n > 0 && (p.revents & POLLHUP)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ::unlink(fifo.c_str());
+  // Return once the init has become the user's program (its executable
+  // changed), not merely released: a signal sent right after `start` must
+  // reach the program, and poststart hooks run after it started. Bounded,
+  // in case startContainer hooks take long.
+  if (bl > 0) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < deadline) {
+      char now[PATH_MAX] = {};
+      ssize_t nl = ::readlink(exe_link.c_str(), now, sizeof now - 1);
+      if (nl < 0 || nl != bl || std::memcmp(now, before, static_cast<std::size_t>(bl)) != 0) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
   supervisor::notify(state_dir(g, id), {{"type", "started"}});
   json hs = state::oci_state(st, "running");
   try {

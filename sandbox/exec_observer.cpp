@@ -173,14 +173,17 @@ void ExecObserver::loop() {
     if (fds[0].revents & POLLIN) {
       std::memset(reqbuf.data(), 0, reqbuf.size());
       if (::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, reqbuf.data()) < 0) {
-        if (errno == EINTR || errno == ENOENT) continue;
+        if (errno == EINTR) continue;
+        // ENOENT: the caller went away. With HUP too, nobody is left.
+        if (errno == ENOENT && !(fds[0].revents & (POLLHUP | POLLERR))) continue;
         return;
       }
       handle(reqbuf.data());
       continue;
     }
     // The listener reports HUP when every filter user is gone.
-    if (fds[0].revents & (POLLHUP | POLLERR)) return;
+    if (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) return;
+    if (fds[1].revents & POLLNVAL) return;
     if (fds[1].revents & POLLIN) return;
   }
 }

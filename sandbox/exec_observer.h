@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/fd.h"
 
@@ -40,6 +41,8 @@ class ExecObserver {
   // Stops the thread after handling pending notifications.
   void stop();
   uint64_t observed() const { return observed_; }
+  // Descriptors the observer owns (its owner must not close them).
+  std::vector<int> fds() const { return {listener_.get(), stop_.get()}; }
 
  private:
   void loop();

@@ -66,7 +66,19 @@ void run_one(const json& h, const std::string& kind, std::size_t idx, const std:
   err.second.reset();
   // The hook may not read stdin; never block on it.
   ::fcntl(in.second.get(), F_SETFL, O_NONBLOCK);
+  // A hook that exits without reading stdin must not kill us with SIGPIPE:
+  // block it around the write, drop a pending one, treat EPIPE as fine.
+  sigset_t pipe_set, old_set;
+  sigemptyset(&pipe_set);
+  sigaddset(&pipe_set, SIGPIPE);
+  ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
   ssize_t wr = ::write(in.second.get(), state.data(), state.size());
+  if (wr < 0 && errno == EPIPE) {
+    struct timespec zero {};
+    ::sigtimedwait(&pipe_set, nullptr, &zero);
+    wr = static_cast<ssize_t>(state.size());
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
   (void)wr;
   in.second.reset();
 

@@ -134,10 +134,10 @@ void prepare_root(const Context& ctx) {
     if (!mo.propagation.empty()) prop = mo.propagation[0];
   }
   do_mount("", "/", "", prop, "", "/ (set propagation)");
-  do_mount(ctx.rootfs, ctx.rootfs, "bind", MS_BIND | MS_REC, "", "rootfs " + ctx.rootfs + " onto itself");
-  // pivot_root refuses a new root whose parent mount is shared: find the
-  // mount that contains the rootfs's parent directory (the longest mount
-  // point that is a prefix of it) and make that one mount private.
+  // pivot_root refuses a new root whose parent mount is shared: before the
+  // rootfs is bound onto itself (the bind inherits its parent's
+  // propagation), make the mount that contains it private — the longest
+  // mount point that is a prefix of the rootfs's parent directory.
   if (prop & MS_SHARED) {
     std::string parent = ctx.rootfs.substr(0, ctx.rootfs.rfind('/'));
     if (parent.empty()) parent = "/";
@@ -154,6 +154,7 @@ void prepare_root(const Context& ctx) {
     if (::mount(nullptr, best.c_str(), nullptr, MS_PRIVATE, nullptr) < 0)
       throw_errno("make the rootfs's parent mount " + best + " private");
   }
+  do_mount(ctx.rootfs, ctx.rootfs, "bind", MS_BIND | MS_REC, "", "rootfs " + ctx.rootfs + " onto itself");
 }
 
 namespace {
@@ -344,6 +345,12 @@ void enter(const Context& ctx, bool no_pivot) {
   do_mount("", ".", "", MS_SLAVE | MS_REC, "", "old root (make rslave)");
   if (::umount2(".", MNT_DETACH) < 0) throw_errno("umount old root");
   if (::chdir("/") < 0) throw_errno("chdir /");
+  // linux.rootfsPropagation applies to the container's "/" as it ends up.
+  std::string rp = ctx.config.contains("linux") ? ctx.config["linux"].value("rootfsPropagation", "") : "";
+  if (!rp.empty()) {
+    auto mo = oci::parse_mount_options({rp});
+    if (!mo.propagation.empty()) do_mount("", "/", "", mo.propagation[0], "", "/ (rootfsPropagation " + rp + ")");
+  }
 }
 
 void apply_sysctls(const json& config) {

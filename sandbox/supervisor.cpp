@@ -154,19 +154,10 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
     for (const auto& e : s.extra_env) p["env"].push_back(e);
     std::string path = process::resolve_executable(p);
 
-    sync::send(sock, {{"type", "ready"}});
-    // Block until `start` opens the fifo for reading.
-    // Through the state directory's descriptor, not /proc/self/fd: without
-    // a mount namespace of its own the init has no /proc at this point.
-    int w = ::openat(s.state_dirfd.get(), "exec.fifo", O_WRONLY | O_CLOEXEC);
-    if (w < 0) throw_errno("open exec fifo");
-    if (::write(w, "0", 1) != 1) throw_errno("write exec fifo");
-    ::close(w);
-    s.exec_fifo.reset();
-    s.state_dirfd.reset();
-
-    hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
-
+    // Everything that can fail or take time happens before `start` can
+    // return (as runc does it): privileges dropped, seccomp loaded, its
+    // listener handed to the supervisor. After the FIFO only hooks and
+    // execve remain, so a signal sent right after `start` finds the process.
     process::Finalize fin;
     if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
       fin.seccomp.push_back(cfg["linux"]["seccomp"]);
@@ -186,6 +177,19 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
       sync::send(sock, {{"type", "seccomp"}, {"kinds", kinds}}, fds);
       for (int fd : fds) ::close(fd);
     }
+
+    sync::send(sock, {{"type", "ready"}});
+    // Block until `start` opens the fifo for reading. Through the state
+    // directory's descriptor, not /proc/self/fd: without a mount namespace
+    // of its own the init has no /proc here.
+    int w = ::openat(s.state_dirfd.get(), "exec.fifo", O_WRONLY | O_CLOEXEC);
+    if (w < 0) throw_errno("open exec fifo");
+    if (::write(w, "0", 1) != 1) throw_errno("write exec fifo");
+    ::close(w);
+    s.exec_fifo.reset();
+    s.state_dirfd.reset();
+
+    hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
     process::exec(path, p);
   } catch (const std::exception& e) {
     try {
@@ -384,7 +388,8 @@ class Supervisor {
     pair.second.reset();
     const std::string eof = "container init exited during setup (see the log for details)";
     for (;;) {
-      auto m = sync::recv(sock_.get());
+      std::vector<UniqueFd> fds;
+      auto m = sync::recv(sock_.get(), &fds);
       if (!m) throw Error(eof);
       std::string type = m->value("type", "");
       if (type == "error") throw Error(m->value("msg", "unknown error"));
@@ -407,6 +412,8 @@ class Supervisor {
         hooks::run(cfg, "prestart", hs);
         hooks::run(cfg, "createRuntime", hs);
         sync::send(sock_.get(), {{"type", "hooks-ok"}, {"pid", init_pid_}});
+      } else if (type == "seccomp") {
+        on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
       } else if (type == "ready") {
         // The rootfs is prepared and the init waits on the exec FIFO: the
         // "before" filesystem roots are taken now, before any user code.
@@ -441,6 +448,8 @@ class Supervisor {
     std::vector<int> keep = {sigfd_.get(), sock_.get(), ctl_.get(), log::fd()};
     if (record_)
       for (int fd : record_->fds()) keep.push_back(fd);
+    if (observer_)
+      for (int fd : observer_->fds()) keep.push_back(fd);
     std::vector<int> close_list;
     if (DIR* d = ::opendir("/proc/self/fd")) {
       while (struct dirent* e = ::readdir(d)) {
