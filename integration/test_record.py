@@ -257,3 +257,62 @@ def test_disk_full_stops_the_container_and_is_on_the_record(shim, bundle, cid, t
         assert b"incomplete" in r.stdout or b"could not be written" in r.stdout, r.stdout
     finally:
         run(["umount", "-l", str(audit)])
+
+
+def write_policy(tmp_path, audit):
+    p = tmp_path / "policy.json"
+    p.write_text(json.dumps({"audit": audit}))
+    return str(p)
+
+
+def test_policy_ecdsa_key_and_strict_mode(shim, bundle_factory, tmp_path):
+    pol = write_policy(tmp_path, {"key_type": "ecdsa-p256", "strict": True})
+    shim.extra = ["--policy", pol] + shim.extra
+    for cid in ("strict1", "strict2"):
+        shim.ids.add(cid)
+        r = shim("run", "--bundle", bundle_factory().args("/bin/true").path, cid)
+        assert r.returncode == 0, r.stderr
+    audit = shim.extra[3]
+    pub = open(os.path.join(audit, "keys", "signing.pem.pub"), "rb").read()
+    assert b"BEGIN PUBLIC KEY" in pub
+    for cid in ("strict1", "strict2"):
+        rd = run_dir_of_audit(audit, cid)
+        problems, events, pred = formats_verifier.verify(rd, pub, os.path.join(audit, "ledger.ndjson"))
+        assert problems == []
+        assert pred["signer"]["algorithm"] == "ecdsa-p256-sha256"
+        roots = [e for e in events if e["type"] == "fs.root"]
+        # strict: no hash cache, every file hashed every time
+        assert all(t["cache_hits"] == 0 for e in roots for t in e["data"]["trees"])
+        assert shim("verify", cid).returncode == 0
+
+
+def run_dir_of_audit(audit, cid):
+    for d in glob.glob(os.path.join(audit, "runs", "*")):
+        if json.loads(open(os.path.join(d, "events.ndjson")).readline())["data"]["container_id"] == cid:
+            return d
+    raise AssertionError(f"no run for {cid}")
+
+
+def test_bad_policy_is_a_clear_error(shim, bundle, cid, tmp_path):
+    pol = write_policy(tmp_path, {"on_log_failure": "shrug"})
+    r = shim("--policy", pol, "run", "--bundle", bundle.args("true").path, cid)
+    assert r.returncode == 1
+    assert b"audit.on_log_failure" in r.stderr and pol.encode() in r.stderr
+
+
+def test_log_failure_policy_continue(shim, bundle, cid, tmp_path):
+    audit = tmp_path / "small-audit2"
+    audit.mkdir()
+    if run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(audit)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs to simulate a full disk")
+    try:
+        pol = write_policy(tmp_path, {"on_log_failure": "continue"})
+        shim.extra = ["--policy", pol, "--audit-dir", str(audit)]
+        shim.ids.add(cid)
+        r = shim("run", "--bundle", bundle.sh("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done; echo finished")
+                 .path, cid, timeout=180)
+        assert r.returncode == 0 and r.stdout == b"finished\n"  # the container was not stopped
+        r = shim("verify", cid)
+        assert r.returncode == 1 and b"incomplete" in r.stdout
+    finally:
+        run(["umount", "-l", str(audit)])

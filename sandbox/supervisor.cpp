@@ -408,9 +408,10 @@ class Supervisor {
         stage1_ = -1;
         sync::send(sock_.get(), {{"type", "init-ok"}});
       } else if (type == "hooks") {
-        json hs = hook_state(s_, "creating", init_pid_);
-        hooks::run(cfg, "prestart", hs);
-        hooks::run(cfg, "createRuntime", hs);
+        // prestart (deprecated) gets "created", as runc and the runtime-tools
+        // suite expect; createRuntime runs during create: "creating".
+        hooks::run(cfg, "prestart", hook_state(s_, "created", init_pid_));
+        hooks::run(cfg, "createRuntime", hook_state(s_, "creating", init_pid_));
         sync::send(sock_.get(), {{"type", "hooks-ok"}, {"pid", init_pid_}});
       } else if (type == "seccomp") {
         on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
