@@ -239,24 +239,28 @@ def test_supervisor_sigkill_leaves_a_verifiable_prefix(shim, bundle, cid, worksp
     assert any(e["type"] == "process.exec" and e["data"]["path"] == "/bin/true" for e in events)
 
 
-def test_disk_full_stops_the_container_and_is_on_the_record(shim, bundle, cid, tmp_path):
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 KiB tmpfs: a real ENOSPC for the audit directory."""
     audit = tmp_path / "small-audit"
     audit.mkdir()
     if run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(audit)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs to simulate a full disk")
-    try:
-        shim.extra[1] = str(audit)
-        shim.ids.add(cid)
-        # Every /bin/true is an event; the log outgrows 96 KiB quickly.
-        r = shim("run", "--bundle", bundle.sh("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done").path, cid,
-                 timeout=120)
-        assert r.returncode == 137, (r.returncode, r.stderr)  # policy: stop the container
-        r = verify(shim, cid)
-        assert r.returncode == 1
-        assert b"MISMATCH" in r.stdout
-        assert b"incomplete" in r.stdout or b"could not be written" in r.stdout, r.stdout
-    finally:
-        run(["umount", "-l", str(audit)])
+        pytest.skip("cannot mount a tmpfs to simulate a full disk (needs root)")
+    yield str(audit)
+    run(["umount", "-l", str(audit)])
+
+
+def test_disk_full_stops_the_container_and_is_on_the_record(shim, bundle, cid, small_disk):
+    shim.extra[1] = small_disk
+    shim.ids.add(cid)
+    # Every /bin/true is an event; the log outgrows 96 KiB quickly.
+    r = shim("run", "--bundle", bundle.sh("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done").path, cid,
+             timeout=120)
+    assert r.returncode == 137, (r.returncode, r.stderr)  # policy: stop the container
+    r = verify(shim, cid)
+    assert r.returncode == 1
+    assert b"MISMATCH" in r.stdout
+    assert b"incomplete" in r.stdout or b"could not be written" in r.stdout, r.stdout
 
 
 def write_policy(tmp_path, audit):
@@ -300,19 +304,12 @@ def test_bad_policy_is_a_clear_error(shim, bundle, cid, tmp_path):
     assert b"audit.on_log_failure" in r.stderr and pol.encode() in r.stderr
 
 
-def test_log_failure_policy_continue(shim, bundle, cid, tmp_path):
-    audit = tmp_path / "small-audit2"
-    audit.mkdir()
-    if run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(audit)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs to simulate a full disk")
-    try:
-        pol = write_policy(tmp_path, {"on_log_failure": "continue"})
-        shim.extra = ["--policy", pol, "--audit-dir", str(audit)]
-        shim.ids.add(cid)
-        r = shim("run", "--bundle", bundle.sh("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done; echo finished")
-                 .path, cid, timeout=180)
-        assert r.returncode == 0 and r.stdout == b"finished\n"  # the container was not stopped
-        r = shim("verify", cid)
-        assert r.returncode == 1 and b"incomplete" in r.stdout
-    finally:
-        run(["umount", "-l", str(audit)])
+def test_log_failure_policy_continue(shim, bundle, cid, tmp_path, small_disk):
+    pol = write_policy(tmp_path, {"on_log_failure": "continue"})
+    shim.extra = ["--policy", pol, "--audit-dir", small_disk]
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.sh("i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done; echo finished")
+             .path, cid, timeout=180)
+    assert r.returncode == 0 and r.stdout == b"finished\n"  # the container was not stopped
+    r = shim("verify", cid)
+    assert r.returncode == 1 and b"incomplete" in r.stdout
