@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def timed(cmd, shell=False):
     t = time.perf_counter()
-    r = subprocess.run(cmd, shell=shell, stdin=subprocess.DEVNULL if False else subprocess.PIPE,
+    r = subprocess.run(cmd, shell=shell,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, input=b"")
     if r.returncode != 0:
         raise RuntimeError(f"{cmd}: {r.stderr.decode()[-400:]}")
