@@ -26,6 +26,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "attest/record.h"
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/policy.h"
 #include "sandbox/seccomp.h"
@@ -73,19 +74,6 @@ void refuse_record_mounts(const json& cfg, const std::string& audit_dir) {
   }
 }
 
-std::string new_run_id(const std::string& id) {
-  struct timespec ts {};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm {};
-  gmtime_r(&ts.tv_sec, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
-  std::random_device rd;
-  char rnd[17];
-  std::snprintf(rnd, sizeof rnd, "%08x%08x", rd(), rd());
-  std::string shortid = id.substr(0, 12);
-  return std::string(buf) + "-" + shortid + "-" + rnd;
-}
 
 void write_pid_file(const std::string& path, pid_t pid) {
   if (path.empty()) return;
@@ -191,7 +179,7 @@ void create(const Global& g, const CreateOptions& o) {
   s.bundle = bundle;
   s.rootfs = rootfs;
   s.state_dir = dir;
-  s.run_id = new_run_id(o.id);
+  s.run_id = attest::new_run_id();
   s.audit_dir = audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
