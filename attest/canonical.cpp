@@ -139,7 +139,158 @@ void write(std::string& out, const json& v) {
   }
 }
 
+// ---- the fast canonical scanner (see canonical.h) ----
+
+bool scan_string(const char*& p, const char* e, bool* escaped) {
+  if (p == e || *p != '"') return false;
+  const char* start = ++p;
+  bool esc = false;
+  while (p < e) {
+    unsigned char c = static_cast<unsigned char>(*p);
+    if (c == '"') {
+      if (!valid_utf8(std::string_view(start, static_cast<std::size_t>(p - start)))) return false;
+      ++p;
+      if (escaped) *escaped = esc;
+      return true;
+    }
+    if (c < 0x20) return false;  // raw control characters are always escaped
+    if (c == '\\') {
+      esc = true;
+      if (e - p < 2) return false;
+      char n = p[1];
+      if (n == '"' || n == '\\' || n == 'b' || n == 'f' || n == 'n' || n == 'r' || n == 't') {
+        p += 2;
+        continue;
+      }
+      // \u00xx, lowercase hex, only for controls without a short escape.
+      if (n != 'u' || e - p < 6 || p[2] != '0' || p[3] != '0') return false;
+      auto hexv = [](char h) -> int {
+        if (h >= '0' && h <= '9') return h - '0';
+        if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+        return -1;
+      };
+      int hi = hexv(p[4]), lo = hexv(p[5]);
+      if (hi < 0 || lo < 0) return false;
+      int v = hi * 16 + lo;
+      if (v >= 0x20 || v == '\b' || v == '\f' || v == '\n' || v == '\r' || v == '\t') return false;
+      p += 6;
+      continue;
+    }
+    ++p;
+  }
+  return false;
+}
+
+bool scan_number(const char*& p, const char* e) {
+  bool neg = false;
+  if (p < e && *p == '-') {
+    neg = true;
+    ++p;
+  }
+  const char* d = p;
+  if (p == e || *p < '0' || *p > '9') return false;
+  if (*p == '0') {
+    ++p;
+    if (neg) return false;  // "-0" is written "0"
+  } else {
+    while (p < e && *p >= '0' && *p <= '9') ++p;
+  }
+  if (p < e && (*p == '.' || *p == 'e' || *p == 'E')) return false;  // floats are never canonical
+  std::string_view digits(d, static_cast<std::size_t>(p - d));
+  // Within int64 (negative) or uint64 (non-negative); otherwise a parser
+  // would make it a float, which canonical() rejects.
+  std::string_view lim = neg ? "9223372036854775808" : "18446744073709551615";
+  if (digits.size() > lim.size() || (digits.size() == lim.size() && digits > lim)) return false;
+  return true;
+}
+
+bool scan_value_at(const char*& p, const char* e, int depth) {
+  if (p == e || depth > 256) return false;
+  switch (*p) {
+    case '"':
+      return scan_string(p, e, nullptr);
+    case '{': {
+      ++p;
+      if (p < e && *p == '}') {
+        ++p;
+        return true;
+      }
+      std::string_view prev;
+      bool first = true;
+      for (;;) {
+        const char* k = p;
+        bool esc = false;
+        if (!scan_string(p, e, &esc) || esc) return false;  // escaped keys: let the slow path decide
+        std::string_view key(k + 1, static_cast<std::size_t>(p - k - 2));
+        if (!first && !(prev < key)) return false;  // sorted bytewise, no duplicates
+        first = false;
+        prev = key;
+        if (p == e || *p != ':') return false;
+        ++p;
+        if (!scan_value_at(p, e, depth + 1)) return false;
+        if (p == e) return false;
+        if (*p == '}') {
+          ++p;
+          return true;
+        }
+        if (*p != ',') return false;
+        ++p;
+      }
+    }
+    case '[': {
+      ++p;
+      if (p < e && *p == ']') {
+        ++p;
+        return true;
+      }
+      for (;;) {
+        if (!scan_value_at(p, e, depth + 1)) return false;
+        if (p == e) return false;
+        if (*p == ']') {
+          ++p;
+          return true;
+        }
+        if (*p != ',') return false;
+        ++p;
+      }
+    }
+    case 't':
+      if (e - p >= 4 && std::string_view(p, 4) == "true") {
+        p += 4;
+        return true;
+      }
+      return false;
+    case 'f':
+      if (e - p >= 5 && std::string_view(p, 5) == "false") {
+        p += 5;
+        return true;
+      }
+      return false;
+    case 'n':
+      if (e - p >= 4 && std::string_view(p, 4) == "null") {
+        p += 4;
+        return true;
+      }
+      return false;
+    default:
+      return scan_number(p, e);
+  }
+}
+
 }  // namespace
+
+bool scan_canonical_value(const char*& p, const char* end) {
+  const char* q = p;
+  if (!scan_value_at(q, end, 0)) return false;
+  p = q;
+  return true;
+}
+
+bool is_canonical(std::string_view text) {
+  const char* p = text.data();
+  const char* e = p + text.size();
+  return scan_canonical_value(p, e) && p == e;
+}
 
 std::string canonical(const json& v) {
   std::string out;
@@ -188,8 +339,9 @@ std::string pct_decode(std::string_view s) {
 
 std::string base64_encode(std::string_view bytes) {
   std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  int n =
+      EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                      reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
   out.resize(static_cast<std::size_t>(n));
   return out;
 }
@@ -200,8 +352,8 @@ std::string base64_decode(std::string_view s) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '='))
       throw Error("base64: invalid character");
   std::string out(s.size() / 4 * 3 + 1, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(s.data()),
-                          static_cast<int>(s.size()));
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
   if (n < 0) throw Error("base64: invalid input");
   std::size_t len = static_cast<std::size_t>(n);
   std::size_t pad = 0;
@@ -218,8 +370,8 @@ std::string rfc3339_now() {
   struct tm tm {};
   ::gmtime_r(&ts.tv_sec, &tm);
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
   return buf;
 }
 

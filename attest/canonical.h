@@ -21,6 +21,16 @@ using json = nlohmann::json;
 // Throws agentshim::Error for floats or invalid UTF-8 inside strings.
 std::string canonical(const json& v);
 
+// The verifier's fast path: does [p, end) start with a JSON value whose
+// bytes are exactly what canonical() writes for it? On true, p is advanced
+// past the value. false means "not canonical" OR "a shape this scanner does
+// not decide" (object keys with escapes, nesting deeper than 256): callers
+// fall back to parsing and re-serialising, which gives the exact verdict.
+// Never true for text that canonical(json::parse(text)) would not reproduce.
+bool scan_canonical_value(const char*& p, const char* end);
+// The whole of `text` is one canonical value.
+bool is_canonical(std::string_view text);
+
 std::string pct_encode(std::string_view bytes);
 // Throws agentshim::Error on a malformed escape.
 std::string pct_decode(std::string_view s);

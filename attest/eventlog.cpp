@@ -21,7 +21,9 @@ std::string event_body(uint64_t seq, const std::string& time, const std::string&
   return canonical(json{{"data", data}, {"seq", seq}, {"time", time}, {"type", type}});
 }
 
-Digest event_leaf(const std::string& body) { return merkle_leaf_hash(std::string(kEventDomain) + body); }
+Digest event_leaf(const std::string& body) {
+  return merkle_leaf_hash(std::string(kEventDomain) + body);
+}
 
 Digest chain_next(const Digest& prev, const Digest& leaf) {
   Sha256 h;
@@ -200,7 +202,83 @@ struct LineResult {
   json data;
 };
 
+// The fast path: the line's shape is fixed (six members in canonical
+// order), so instead of parsing and re-serialising it, scan it once for
+// canonical form and take the body's parts as byte spans. Returns false
+// when the line is not (or not provably) canonical; check_line then runs the
+// slow path, which gives the exact verdict and message.
+bool check_line_fast(std::string_view text, LineResult& r,
+                     const std::function<bool(const std::string&)>& keep) {
+  const char* p = text.data();
+  const char* e = p + text.size();
+  auto lit = [&](std::string_view l) {
+    if (static_cast<std::size_t>(e - p) < l.size() || std::string_view(p, l.size()) != l) return false;
+    p += l.size();
+    return true;
+  };
+  auto hex64 = [&](Digest& out) {
+    if (e - p < 64) return false;
+    for (int i = 0; i < 64; ++i) {
+      char c = p[i];
+      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    }
+    try {
+      out = from_hex(std::string_view(p, 64));
+    } catch (const std::exception&) {
+      return false;
+    }
+    p += 64;
+    return true;
+  };
+  auto plain_string = [&](std::string& out, std::string_view& raw) {
+    const char* s0 = p;
+    if (!scan_canonical_value(p, e) || *s0 != '"') return false;
+    raw = std::string_view(s0, static_cast<std::size_t>(p - s0));
+    std::string_view inner = raw.substr(1, raw.size() - 2);
+    if (inner.find('\\') != std::string_view::npos) return false;  // escapes: the slow path decodes
+    out.assign(inner);
+    return true;
+  };
+  if (!lit("{\"chain\":\"") || !hex64(r.chain) || !lit("\",\"data\":")) return false;
+  const char* d0 = p;
+  if (!scan_canonical_value(p, e)) return false;
+  std::string_view data(d0, static_cast<std::size_t>(p - d0));
+  if (!lit(",\"leaf\":\"") || !hex64(r.leaf) || !lit("\",\"seq\":")) return false;
+  const char* s0 = p;
+  if (p == e || *p < '0' || *p > '9' || !scan_canonical_value(p, e)) return false;
+  std::string_view seq(s0, static_cast<std::size_t>(p - s0));
+  try {
+    std::size_t used = 0;
+    r.seq = std::stoull(std::string(seq), &used, 10);
+    if (used != seq.size()) return false;
+  } catch (const std::exception&) {
+    return false;
+  }
+  std::string_view time_raw, type_raw;
+  if (!lit(",\"time\":") || !plain_string(r.time, time_raw)) return false;
+  if (!lit(",\"type\":") || !plain_string(r.type, type_raw)) return false;
+  if (!lit("}") || p != e) return false;
+  std::string body;
+  body.reserve(data.size() + seq.size() + time_raw.size() + type_raw.size() + 32);
+  body.append("{\"data\":").append(data).append(",\"seq\":").append(seq);
+  body.append(",\"time\":").append(time_raw).append(",\"type\":").append(type_raw).append("}");
+  if (event_leaf(body) != r.leaf) {
+    r.problem = "leaf hash does not match the event's content";
+    return true;
+  }
+  if (!keep || keep(r.type)) {
+    try {
+      r.data = json::parse(data);
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  return true;
+}
+
 void check_line(std::string_view text, LineResult& r, const std::function<bool(const std::string&)>& keep) {
+  if (check_line_fast(text, r, keep)) return;
+  r = LineResult{};
   json ev;
   try {
     ev = json::parse(text);

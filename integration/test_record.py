@@ -54,6 +54,14 @@ def run_dir_of(shim, cid):
     return dirs[0]
 
 
+def first_event(run_dir, type_):
+    for line in open(os.path.join(run_dir, "events.ndjson")):
+        e = json.loads(line)
+        if e["type"] == type_:
+            return e
+    raise AssertionError(f"no {type_} event in {run_dir}")
+
+
 def verify(shim, target, *extra):
     return shim("verify", *extra, target)
 
@@ -141,11 +149,10 @@ def test_verify_json_pinning_and_usage_errors(shim, finished_run, cid, tmp_path)
     r = verify(shim, cid, "--public-key", "/no/such/key.pub")
     assert r.returncode == 2
     # --check-path: the workspace as it is now equals the recorded post-run root...
-    r = verify(shim, cid, "--check-path", json.loads(open(os.path.join(finished_run, "events.ndjson")).readlines()[1])
-               ["data"]["trees"][1]["path"])
+    r = verify(shim, cid, "--check-path", first_event(finished_run, "fs.root")["data"]["trees"][1]["path"])
     assert r.returncode == 0, r.stdout
     # ...until someone changes it after the run.
-    ws = [t for t in json.loads(open(os.path.join(finished_run, "events.ndjson")).readlines()[1])["data"]["trees"]
+    ws = [t for t in first_event(finished_run, "fs.root")["data"]["trees"]
           if t["name"] == "/workspace"][0]["path"]
     with open(os.path.join(ws, "added.txt"), "a") as f:
         f.write("tampered later\n")

@@ -62,6 +62,40 @@ TEST(Canonical, RejectsFloatsAndInvalidUtf8) {
   EXPECT_EQ(canonical(json(std::string("\xe2\x82\xac"))), "\"\xe2\x82\xac\"");
 }
 
+TEST(Canonical, FastScannerAgreesWithTheWriter) {
+  using agentshim::attest::is_canonical;
+  // What the writer produces, the scanner accepts.
+  for (const json& v :
+       {json::parse(R"({"a":[1,-2,true,false,null,"x\ny\u0001\"\\"],"b":{"c":{}},"d":[]})"),
+        json(18446744073709551615ULL), json(-9223372036854775807LL - 1), json("\xc3\xa9\x7f")})
+    EXPECT_TRUE(is_canonical(canonical(v))) << canonical(v);
+  // Everything a byte-level edit can make that a parser would still read.
+  for (const char* t : {R"({"b":1,"a":2})",
+                        R"({"a":1,"a":1})",
+                        R"({ "a":1})",
+                        R"([1, 2])",
+                        "-0",
+                        "01",
+                        "1.0",
+                        "1e3",
+                        "18446744073709551616",
+                        "-9223372036854775809",
+                        R"("\u0041")",
+                        R"("\/")",
+                        R"("\u001F")",
+                        R"("\u0009")",
+                        "\"\x01\"",
+                        "\"\xc3\"",
+                        R"([1,])",
+                        "[1] ",
+                        "tru",
+                        R"({"a":1)",
+                        "nul"})
+    EXPECT_FALSE(is_canonical(t)) << t;
+  // Escaped keys are left to the slow path (false), never wrongly accepted.
+  EXPECT_FALSE(is_canonical(R"({"a\"":1})"));
+}
+
 TEST(Canonical, PctRoundTripsAnyBytes) {
   std::string raw("a b%c\n\xff\x00/\xc3\xa9", 11);
   std::string enc = pct_encode(raw);
@@ -82,12 +116,14 @@ TEST(Canonical, Base64) {
 
 TEST(EventLog, LeafAndChainFollowTheDocumentedFormulas) {
   std::string body = event_body(0, "2026-01-01T00:00:00.000000000Z", "run.created", json{{"k", "v"}});
-  EXPECT_EQ(body, R"({"data":{"k":"v"},"seq":0,"time":"2026-01-01T00:00:00.000000000Z","type":"run.created"})");
+  EXPECT_EQ(body,
+            R"({"data":{"k":"v"},"seq":0,"time":"2026-01-01T00:00:00.000000000Z","type":"run.created"})");
   Digest leaf = event_leaf(body);
   EXPECT_EQ(leaf, sha256(std::string(1, '\0') + "agentshim-event-v1\n" + body));
   Digest zero{};
   zero.fill(0);
-  std::string chain_input = "agentshim-chain-v1\n" + std::string(32, '\0') + std::string(leaf.begin(), leaf.end());
+  std::string chain_input =
+      "agentshim-chain-v1\n" + std::string(32, '\0') + std::string(leaf.begin(), leaf.end());
   EXPECT_EQ(chain_next(zero, leaf), sha256(chain_input));
 }
 
@@ -196,7 +232,9 @@ class Tamper : public ::testing::Test {
   std::vector<std::string> good;
 };
 
-TEST_F(Tamper, IntactLogHasNoProblems) { EXPECT_EQ(first_problem(), ""); }
+TEST_F(Tamper, IntactLogHasNoProblems) {
+  EXPECT_EQ(first_problem(), "");
+}
 
 TEST_F(Tamper, EveryByteFlipIsDetected) {
   std::string orig = read_file(p);
@@ -342,7 +380,9 @@ TEST(Ledger, ConcurrentAppendsNeverFork) {
   for (int k = 0; k < 4; ++k)
     th.emplace_back([&, k] {
       for (int i = 0; i < 25; ++i)
-        ledger_append(t.path, [&](uint64_t, const std::string&) { return json{{"run_id", std::to_string(k * 100 + i)}}; });
+        ledger_append(t.path, [&](uint64_t, const std::string&) {
+          return json{{"run_id", std::to_string(k * 100 + i)}};
+        });
     });
   for (auto& x : th) x.join();
   auto c = check_ledger(t.path + "/ledger.ndjson");
