@@ -91,7 +91,7 @@ TEST(Allowlist, InvalidRulesNameTheRuleAndWhere) {
                           "example.com:70000",
                           "example.com:",
                           "example.com:http",
-                          "fd00::1:443",
+
                           "[fd00::1",
                           "[fd00::1]443",
                           "[example.com]:1",
