@@ -674,14 +674,19 @@ std::string http_exchange(Relay& rl, const http::Request& req, std::string lefto
 void Proxy::worker(std::unique_ptr<Conn> cp) {
   Conn& c = *cp;
   int stop = stop_fd_.get();
+  // Send an error response, record the event, then let the client read it.
+  auto respond = [&](int status, const std::string& text) {
+    auto r = http::error_response(status, text);
+    bool sent = send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5));
+    emit(c);
+    if (sent) linger_close(c.fd.get(), stop);
+  };
   auto fail = [&](int status, const std::string& reason, const std::string& text) {
     c.status = status;
     c.reason = reason;
     c.end = "refused";
     c.error = true;
-    auto r = http::error_response(status, text);
-    if (send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5))) linger_close(c.fd.get(), stop);
-    emit(c);
+    respond(status, text);
   };
   const std::string target = c.method + " to " + authority(c.host, c.port);
   // Resolve (in this thread: a slow resolver blocks only this connection).
@@ -755,10 +760,7 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
       c.status = 403;
       c.reason = denial;
       c.end = "refused";
-      auto r = http::error_response(403, "agentshim: " + target + " denied: " + denial);
-      if (send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5)))
-        linger_close(c.fd.get(), stop);
-      emit(c);
+      respond(403, "agentshim: " + target + " denied: " + denial);
       return;
     }
     if (timed_out)
