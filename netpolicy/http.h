@@ -1,0 +1,93 @@
+// HTTP/1.1 proxy request parsing: pure functions over bytes from a hostile
+// client (fuzzed by tests/fuzz/http_fuzz.cpp).
+//
+// Accepted: `CONNECT host:port HTTP/1.x` and absolute-form `METHOD http://host[:port]/path HTTP/1.x`.
+// Rejected (status in ParseResult): origin-form or https:// targets (400), bad
+// request line / version (400), header syntax errors, obs-fold, bare CR or LF
+// (400), duplicate Content-Length, Content-Length with Transfer-Encoding, a
+// final transfer coding that is not chunked (400), other codings (501), Host
+// header disagreeing with the target (400), oversized head or too many
+// header fields (431).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace agentshim::net::http {
+
+constexpr std::size_t kMaxHostLength = 253;
+
+struct Header {
+  std::string name;   // as received (validated token)
+  std::string value;  // OWS trimmed, validated field-value
+};
+
+enum class Body { none, length, chunked };
+
+struct Request {
+  std::string method;     // validated token, as received
+  std::string target;     // as received
+  int minor_version = 1;  // HTTP/1.<minor>
+  bool is_connect = false;
+  std::string host;  // normalized: lowercase name, or IP literal (IPv6 without brackets)
+  uint16_t port = 0;
+  std::string path;  // origin-form for absolute-form requests ("/..."), "" for CONNECT
+  std::vector<Header> headers;
+  Body body = Body::none;
+  uint64_t content_length = 0;
+};
+
+struct ParseResult {
+  enum class State { incomplete, complete, error } state = State::incomplete;
+  Request request;           // valid when complete
+  std::size_t head_len = 0;  // bytes of the head including the final CRLFCRLF
+  int status = 0;            // HTTP status to answer with on error (400, 431, 501)
+  std::string reason;        // one line, safe to show (never echoes raw input)
+};
+
+// Parse the request head at the start of `data`. incomplete: need more bytes
+// (and data is below the size limit). Pure function.
+ParseResult parse_request_head(std::string_view data, std::size_t max_header_bytes = 16384,
+                               int max_headers = 100);
+
+// Parse "host:port" (CONNECT authority, port required when default_port == 0)
+// or "host[:port]" (absolute-form authority). host: name, IPv4, or [IPv6].
+// Returns false on anything else.
+bool parse_authority(std::string_view auth, uint16_t default_port, std::string& host, uint16_t& port);
+
+// Head to send upstream for an absolute-form request: origin-form request
+// line, hop-by-hop fields removed (Connection and the fields it names,
+// Proxy-Connection, Keep-Alive, Proxy-Authorization, Proxy-Authenticate, TE,
+// Trailer, Upgrade, Transfer-Encoding — re-added as "chunked" for a chunked
+// body), Host added for HTTP/1.0 clients that sent none, `Connection: close`.
+// No Via, no X-Forwarded-For.
+std::string upstream_head(const Request& req);
+
+// A complete short response: status line, text/plain one-line body, Connection: close.
+std::string error_response(int status, const std::string& text);
+const char* status_text(int status);
+
+// Incremental validator of a chunked request body. feed() returns how many
+// of the given bytes belong to the body (the rest follow the body), or -1 on
+// a framing error. done() once the last chunk and trailer section are read.
+class ChunkedValidator {
+ public:
+  long long feed(std::string_view data);
+  bool done() const { return state_ == State::done; }
+  const std::string& error() const { return error_; }
+
+ private:
+  enum class State { size, ext, size_lf, data, data_cr, data_lf, trailer, trailer_lf, done, error };
+  State state_ = State::size;
+  uint64_t remaining_ = 0;
+  int digits_ = 0;
+  std::size_t line_len_ = 0;
+  std::size_t trailer_bytes_ = 0;
+  bool trailer_line_empty_ = true;
+  std::string error_;
+};
+
+}  // namespace agentshim::net::http

@@ -1,0 +1,111 @@
+// Egress proxy: HTTP/1.1 CONNECT tunnels and absolute-form plain HTTP,
+// admitted by an Allowlist, one event per connection.
+//
+// Threads: one loop thread accepts and reads request heads (epoll, one
+// deadline per connection, no thread per pending client: slowloris and idle
+// clients cost a buffer each). A complete, allowlisted head is handed to a
+// worker thread of its own that resolves the name, checks every address,
+// connects to exactly the address it checked and relays (splice(2) for
+// tunnels). stop() wakes every thread through one eventfd and joins them.
+//
+// Plain HTTP: one request per client connection. The request is forwarded in
+// origin-form with `Connection: close`; the response is relayed verbatim
+// until the upstream closes, then the client connection is closed.
+//
+// net.connection event data (integers and strings only):
+//   client_port, method ("CONNECT" or the HTTP method, "" if unparsable),
+//   host (validated, normalized; "" if none), port, resolved (the address
+//   connected to or refused, "" if none), decision ("allowed"/"denied"),
+//   rule, reason (one line), status (the status line the proxy sent: 200 for
+//   an established tunnel, the upstream's status for plain HTTP (0 if none
+//   seen), or the error status: 400/403/408/431/501/502/503/504), bytes_up
+//   (client->upstream payload), bytes_down, duration_ms, end:
+//   "closed" (both sides finished normally), "client-closed" (the client went
+//   away or reset first), "upstream-closed" (upstream reset / closed before
+//   the request body was sent), "idle-timeout", "total-timeout",
+//   "header-timeout", "stopped", "refused" (error answered before any
+//   upstream traffic), "error: <what>".
+// decision is "allowed" when the allowlist admitted the destination (even if
+// connecting then failed: status 502/504 says so), "denied" otherwise,
+// including malformed requests (reason starts with "bad request:").
+// totals(): allowed / denied count events by decision, of which errors are
+// the ones that did not reach the upstream or failed (4xx except 403, 5xx,
+// header timeouts); connections = client connections accepted.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <atomic>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/fd.h"
+#include "netpolicy/allowlist.h"
+
+namespace agentshim::net {
+
+using json = nlohmann::json;
+// Called from proxy threads; must be cheap; the sink must be thread-safe.
+using EventSink = std::function<void(const std::string& type, json data)>;
+// Name -> addresses (port ignored). The default uses getaddrinfo in the
+// calling (worker) thread's namespace. May throw; empty = unresolvable.
+using Resolver = std::function<std::vector<sockaddr_storage>(const std::string& host)>;
+std::vector<sockaddr_storage> system_resolve(const std::string& host);
+
+struct Limits {
+  std::size_t max_header_bytes = 16384;
+  int max_headers = 100;
+  int max_connections = 256;      // active tunnels/requests at once; beyond: 503 and close
+  int max_pending = 4096;         // connections still sending their request head; beyond: 503 and close
+  int header_timeout_ms = 10000;  // whole request head must arrive within this (slowloris)
+  int connect_timeout_ms = 10000;
+  int idle_timeout_ms = 300000;
+  int total_timeout_ms = 0;  // 0 = none
+};
+
+class Proxy {
+ public:
+  // listen_fd: bound and listening TCP socket (made non-blocking here).
+  Proxy(UniqueFd listen_fd, Allowlist allow, Limits limits, EventSink sink, Resolver resolver = {});
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+  void start();
+  void stop();
+  json totals() const;
+  int active_connections() const { return active_.load(); }
+  int pending_connections() const { return pending_.load(); }
+
+  struct Conn;  // internal
+
+ private:
+  void loop();
+  void worker(std::unique_ptr<Conn> c);
+  void emit(Conn& c);
+  void reap(bool all);
+
+  UniqueFd listen_;
+  UniqueFd stop_fd_;  // eventfd: readable once stop() was called
+  Allowlist allow_;
+  Limits limits_;
+  EventSink sink_;
+  Resolver resolver_;
+  std::thread loop_thread_;
+  std::mutex workers_mu_;
+  struct Worker {
+    std::thread t;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::list<Worker> workers_;
+  std::atomic<bool> started_{false}, stopped_{false};
+  std::atomic<int> active_{0}, pending_{0};
+  std::atomic<uint64_t> n_allowed_{0}, n_denied_{0}, n_errors_{0}, n_conn_{0}, bytes_up_{0}, bytes_down_{0};
+};
+
+}  // namespace agentshim::net

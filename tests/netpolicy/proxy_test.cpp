@@ -1,0 +1,616 @@
+// Proxy tests with real sockets on 127.0.0.1 ephemeral ports: upstream
+// servers are threads of this process; loopback upstreams are admitted by an
+// explicit 127.0.0.1:PORT rule (the documented way).
+#include "netpolicy/proxy.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "common/error.h"
+#include "common/fd.h"
+
+using namespace agentshim;
+using namespace agentshim::net;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+UniqueFd listen_loopback(int backlog = 128) {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s) throw_errno("socket");
+  int one = 1;
+  setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno("bind");
+  if (::listen(s.get(), backlog) != 0) throw_errno("listen");
+  return s;
+}
+
+uint16_t port_of(int fd, bool peer = false) {
+  sockaddr_in a{};
+  socklen_t l = sizeof a;
+  if (peer)
+    getpeername(fd, reinterpret_cast<sockaddr*>(&a), &l);
+  else
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l);
+  return ntohs(a.sin_port);
+}
+
+UniqueFd connect_to(uint16_t port) {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  timeval tv{10, 0};
+  setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(s.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno("connect");
+  return s;
+}
+
+void send_str(int fd, const std::string& s) {
+  std::size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = ::send(fd, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) throw_errno("send");
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+// Read until the end of a response head; returns the head, leaves the rest in `rest`.
+std::string read_head(int fd, std::string* rest = nullptr) {
+  std::string buf;
+  char c[4096];
+  while (buf.find("\r\n\r\n") == std::string::npos) {
+    ssize_t n = ::recv(fd, c, sizeof c, 0);
+    if (n <= 0) break;
+    buf.append(c, static_cast<std::size_t>(n));
+  }
+  auto e = buf.find("\r\n\r\n");
+  if (e == std::string::npos) return buf;
+  if (rest) *rest = buf.substr(e + 4);
+  return buf.substr(0, e + 4);
+}
+
+std::string read_to_eof(int fd) {
+  std::string buf;
+  char c[65536];
+  for (;;) {
+    ssize_t n = ::recv(fd, c, sizeof c, 0);
+    if (n <= 0) break;
+    buf.append(c, static_cast<std::size_t>(n));
+  }
+  return buf;
+}
+
+struct Events {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::pair<std::string, json>> list;
+  EventSink sink() {
+    return [this](const std::string& t, json d) {
+      std::lock_guard lk(mu);
+      list.emplace_back(t, std::move(d));
+      cv.notify_all();
+    };
+  }
+  // Wait for the n-th event (1-based) and return it.
+  json wait(std::size_t n, int ms = 5000) {
+    std::unique_lock lk(mu);
+    cv.wait_for(lk, std::chrono::milliseconds(ms), [&] { return list.size() >= n; });
+    if (list.size() < n) return json();
+    return list[n - 1].second;
+  }
+  std::size_t size() {
+    std::lock_guard lk(mu);
+    return list.size();
+  }
+};
+
+// An upstream thread serving `n` connections one after another with `fn`.
+struct Upstream {
+  UniqueFd lfd;
+  uint16_t port;
+  std::thread t;
+  template <class F>
+  Upstream(int n, F fn) : lfd(listen_loopback()), port(port_of(lfd.get())) {
+    t = std::thread([this, n, fn] {
+      for (int i = 0; i < n; ++i) {
+        UniqueFd c(::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (!c) return;
+        fn(c.get());
+      }
+    });
+  }
+  ~Upstream() {
+    ::shutdown(lfd.get(), SHUT_RDWR);
+    if (t.joinable()) t.join();
+  }
+};
+
+void echo(int fd) {
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    send_str(fd, std::string(buf, static_cast<std::size_t>(n)));
+  }
+  ::shutdown(fd, SHUT_WR);
+}
+
+std::string rules_port(uint16_t p) {
+  return "127.0.0.1:" + std::to_string(p);
+}
+
+struct Fixture {
+  Events ev;
+  std::unique_ptr<Proxy> proxy;
+  uint16_t port = 0;
+  std::atomic<int> resolver_calls{0};
+  std::map<std::string, std::vector<std::string>> names;
+  Fixture(std::vector<std::string> rules, Limits lim = {},
+          std::map<std::string, std::vector<std::string>> n = {})
+      : names(std::move(n)) {
+    auto l = listen_loopback(4096);
+    port = port_of(l.get());
+    Resolver r = [this](const std::string& host) {
+      ++resolver_calls;
+      std::vector<sockaddr_storage> out;
+      auto it = names.find(host);
+      if (it == names.end()) return out;
+      for (const auto& ip : it->second) {
+        if (ip == "throw") throw std::runtime_error("getaddrinfo internals: secret-resolver-detail");
+        out.push_back(to_sockaddr(*parse_ip(ip), 0));
+      }
+      return out;
+    };
+    proxy = std::make_unique<Proxy>(std::move(l), Allowlist::parse(rules, "test"), lim, ev.sink(), r);
+    proxy->start();
+  }
+  UniqueFd client() { return connect_to(port); }
+};
+
+std::string random_bytes(std::size_t n, unsigned seed) {
+  std::mt19937_64 g(seed);
+  std::string s(n, '\0');
+  for (std::size_t i = 0; i < n; i += 8) {
+    uint64_t v = g();
+    std::memcpy(&s[i], &v, std::min<std::size_t>(8, n - i));
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST(Proxy, ConnectTunnelIsByteExactBothWays) {
+  Upstream up(1, echo);
+  Fixture f({rules_port(up.port)});
+  auto c = f.client();
+  std::string data = random_bytes(4 << 20, 1);
+  // Bytes sent right behind the CONNECT head are forwarded too.
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\nHost: x\r\n\r\nEARLY");
+  std::string rest;
+  auto head = read_head(c.get(), &rest);
+  ASSERT_EQ(head, "HTTP/1.1 200 Connection established\r\n\r\n");
+  std::thread w([&] {
+    send_str(c.get(), data);
+    ::shutdown(c.get(), SHUT_WR);
+  });
+  std::string got = rest + read_to_eof(c.get());
+  w.join();
+  ASSERT_EQ(got.size(), data.size() + 5);
+  EXPECT_EQ(got.substr(0, 5), "EARLY");
+  EXPECT_TRUE(got.substr(5) == data);
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["decision"], "allowed");
+  EXPECT_EQ(e["method"], "CONNECT");
+  EXPECT_EQ(e["host"], "127.0.0.1");
+  EXPECT_EQ(e["port"], up.port);
+  EXPECT_EQ(e["resolved"], "127.0.0.1");
+  EXPECT_EQ(e["rule"], rules_port(up.port));
+  EXPECT_EQ(e["status"], 200);
+  EXPECT_EQ(e["bytes_up"], data.size() + 5);
+  EXPECT_EQ(e["bytes_down"], data.size() + 5);
+  EXPECT_EQ(e["end"], "closed");
+  EXPECT_EQ(e["client_port"], port_of(c.get()));
+  EXPECT_TRUE(e["duration_ms"].is_number_integer());
+  for (auto& [k, v] : e.items()) EXPECT_TRUE(v.is_string() || v.is_number_integer()) << k;
+  auto t = f.proxy->totals();
+  EXPECT_EQ(t["allowed"], 1);
+  EXPECT_EQ(t["denied"], 0);
+  EXPECT_EQ(t["connections"], 1);
+  EXPECT_EQ(t["bytes_up"], data.size() + 5);
+  EXPECT_EQ(f.resolver_calls.load(), 0);  // IP literal: nothing to resolve
+}
+
+TEST(Proxy, HalfCloseIsPropagatedEachWay) {
+  // Upstream reads to EOF, then answers and closes: works only if the
+  // client's shutdown(SHUT_WR) reaches it while the other way stays open.
+  Upstream up(1, [](int fd) {
+    std::string all = read_to_eof(fd);
+    send_str(fd, "got " + std::to_string(all.size()));
+  });
+  Fixture f({"up.test:" + std::to_string(up.port), rules_port(up.port)}, {}, {{"up.test", {"127.0.0.1"}}});
+  auto c = f.client();
+  send_str(c.get(), "CONNECT up.test:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  send_str(c.get(), std::string(100000, 'x'));
+  ::shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(read_to_eof(c.get()), "got 100000");
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["end"], "closed");
+  EXPECT_EQ(e["host"], "up.test");
+  EXPECT_EQ(e["resolved"], "127.0.0.1");
+  EXPECT_EQ(e["rule"], rules_port(up.port));  // the IP rule unlocked the loopback address
+  EXPECT_EQ(f.resolver_calls.load(), 1);      // resolved once, connected to what was checked
+}
+
+namespace {
+// A minimal HTTP upstream: reads one request (Content-Length or chunked body), records it, answers.
+struct HttpUpstream {
+  std::string received;
+  std::unique_ptr<Upstream> up;
+  explicit HttpUpstream(int n = 1) {
+    up = std::make_unique<Upstream>(n, [this](int fd) {
+      std::string buf;
+      char c[65536];
+      for (;;) {
+        auto e = buf.find("\r\n\r\n");
+        if (e != std::string::npos) {
+          std::string head = buf.substr(0, e);
+          auto cl = head.find("Content-Length: ");
+          if (cl != std::string::npos) {
+            std::size_t n = std::stoul(head.substr(cl + 16));
+            if (buf.size() >= e + 4 + n) break;
+          } else if (head.find("Transfer-Encoding: chunked") != std::string::npos) {
+            if (buf.size() >= 5 && buf.compare(buf.size() - 5, 5, "0\r\n\r\n") == 0) break;
+          } else {
+            break;
+          }
+        }
+        ssize_t n = ::recv(fd, c, sizeof c, 0);
+        if (n <= 0) break;
+        buf.append(c, static_cast<std::size_t>(n));
+      }
+      received = buf;
+      send_str(fd, "HTTP/1.1 201 Created\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+    });
+  }
+  uint16_t port() const { return up->port; }
+};
+}  // namespace
+
+TEST(Proxy, PlainHttpGetIsForwardedInOriginForm) {
+  HttpUpstream hu;
+  Fixture f({rules_port(hu.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(hu.port());
+  send_str(c.get(), "GET http://" + auth + "/p/q?x=1 HTTP/1.1\r\nHost: " + auth +
+                        "\r\nProxy-Connection: keep-alive\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n"
+                        "Proxy-Authorization: Basic Zm9vOmJhcg==\r\nUser-Agent: t\r\n\r\n");
+  std::string resp = read_to_eof(c.get());
+  EXPECT_EQ(resp, "HTTP/1.1 201 Created\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+  hu.up.reset();  // join
+  EXPECT_EQ(hu.received.rfind("GET /p/q?x=1 HTTP/1.1\r\n", 0), 0u) << hu.received;
+  EXPECT_NE(hu.received.find("Host: " + auth + "\r\n"), std::string::npos);
+  EXPECT_NE(hu.received.find("User-Agent: t\r\n"), std::string::npos);
+  EXPECT_NE(hu.received.find("Connection: close\r\n"), std::string::npos);
+  for (const char* gone :
+       {"Proxy-Connection", "X-Hop", "Proxy-Authorization", "keep-alive", "Via:", "Forwarded"})
+    EXPECT_EQ(hu.received.find(gone), std::string::npos) << gone;
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["method"], "GET");
+  EXPECT_EQ(e["status"], 201);
+  EXPECT_EQ(e["end"], "closed");
+  EXPECT_EQ(e["bytes_down"], resp.size());
+}
+
+TEST(Proxy, PlainHttpPostBodies) {
+  for (bool chunked : {false, true}) {
+    HttpUpstream hu;
+    Fixture f({rules_port(hu.port())});
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(hu.port());
+    std::string body = random_bytes(300000, 7);
+    std::string wire;
+    if (chunked) {
+      char sz[32];
+      snprintf(sz, sizeof sz, "%zx\r\n", body.size() - 1000);
+      wire = std::string(sz) + body.substr(0, body.size() - 1000) + "\r\n3e8;e=1\r\n" +
+             body.substr(body.size() - 1000) + "\r\n0\r\n\r\n";
+    }
+    std::string head = "POST http://" + auth + "/up HTTP/1.1\r\nHost: " + auth + "\r\n" +
+                       (chunked ? "Transfer-Encoding: chunked\r\n"
+                                : "Content-Length: " + std::to_string(body.size()) + "\r\n") +
+                       "\r\n";
+    send_str(c.get(), head + (chunked ? wire : body) + "GARBAGE AFTER THE BODY");
+    std::string resp = read_to_eof(c.get());
+    EXPECT_NE(resp.find("201 Created"), std::string::npos);
+    hu.up.reset();
+    auto e = hu.received.find("\r\n\r\n");
+    ASSERT_NE(e, std::string::npos);
+    EXPECT_TRUE(hu.received.substr(e + 4) == (chunked ? wire : body)) << "chunked=" << chunked;
+    EXPECT_EQ(hu.received.find("GARBAGE"), std::string::npos);
+    EXPECT_NE(hu.received.find(chunked ? "Transfer-Encoding: chunked\r\n" : "Content-Length: 300000\r\n"),
+              std::string::npos);
+  }
+}
+
+TEST(Proxy, DeniedGets403AndAnEvent) {
+  Fixture f({"allowed.test:443"});
+  auto c = f.client();
+  send_str(c.get(), "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+  std::string resp = read_to_eof(c.get());
+  EXPECT_EQ(resp.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << resp;
+  EXPECT_NE(resp.find("\r\n\r\nagentshim: CONNECT to example.com:443 denied: no allowlist rule matches\n"),
+            std::string::npos)
+      << resp;
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["decision"], "denied");
+  EXPECT_EQ(e["reason"], "no allowlist rule matches");
+  EXPECT_EQ(e["status"], 403);
+  EXPECT_EQ(e["host"], "example.com");
+  EXPECT_EQ(e["port"], 443);
+  EXPECT_EQ(e["rule"], "");
+  EXPECT_EQ(e["resolved"], "");
+  // wrong port for an allowed name, plain HTTP
+  auto c2 = f.client();
+  send_str(c2.get(), "GET http://allowed.test/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+  EXPECT_EQ(read_to_eof(c2.get()).rfind("HTTP/1.1 403", 0), 0u);
+  EXPECT_EQ(f.ev.wait(2)["method"], "GET");
+  EXPECT_EQ(f.proxy->totals()["denied"], 2);
+  EXPECT_EQ(f.resolver_calls.load(), 0);  // denied names are never resolved
+}
+
+TEST(Proxy, SpecialAddressesRefusedForNameRulesAllowedByIpRule) {
+  Upstream up(1, echo);
+  std::string p = std::to_string(up.port);
+  Fixture f({"*.test", "127.0.0.1:" + p}, {},
+            {{"meta.test", {"169.254.169.254"}},
+             {"priv.test", {"10.1.2.3"}},
+             {"six.test", {"::ffff:192.168.0.1"}},
+             {"loop.test", {"127.0.0.1"}}});
+  int n = 0;
+  for (const char* name : {"meta.test", "priv.test", "six.test"}) {
+    auto c = f.client();
+    send_str(c.get(), std::string("CONNECT ") + name + ":80 HTTP/1.1\r\n\r\n");
+    std::string resp = read_to_eof(c.get());
+    EXPECT_EQ(resp.rfind("HTTP/1.1 403", 0), 0u) << name << ": " << resp;
+    auto e = f.ev.wait(++n);
+    EXPECT_EQ(e["decision"], "denied") << name;
+    EXPECT_NE(e["reason"].get<std::string>().find("only an IP or CIDR rule"), std::string::npos);
+    EXPECT_FALSE(e["resolved"].get<std::string>().empty());
+  }
+  EXPECT_EQ(f.ev.wait(1)["resolved"], "169.254.169.254");
+  EXPECT_NE(f.ev.wait(1)["reason"].get<std::string>().find("link-local"), std::string::npos);
+  // 127.0.0.1 on another port: still refused (the IP rule names one port)
+  {
+    auto c = f.client();
+    send_str(c.get(), "CONNECT loop.test:1 HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 403", 0), 0u);
+    ++n;
+  }
+  // ... and admitted on the port the IP rule names.
+  auto c = f.client();
+  send_str(c.get(), "CONNECT loop.test:" + p + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  send_str(c.get(), "ping");
+  char b[4];
+  ASSERT_EQ(::recv(c.get(), b, 4, MSG_WAITALL), 4);
+  EXPECT_EQ(std::string(b, 4), "ping");
+  c.reset();
+  auto e = f.ev.wait(n + 1);
+  EXPECT_EQ(e["decision"], "allowed");
+  EXPECT_EQ(e["rule"], "127.0.0.1:" + p);
+}
+
+TEST(Proxy, UnreachableAndUnresolvableGive502WithoutResolverDetails) {
+  uint16_t dead;
+  {
+    auto l = listen_loopback();
+    dead = port_of(l.get());
+  }  // closed: nothing listens there now
+  Fixture f({rules_port(dead), "*.test"}, {}, {{"boom.test", {"throw"}}});
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(dead) + " HTTP/1.1\r\n\r\n");
+  std::string resp = read_to_eof(c.get());
+  EXPECT_EQ(resp.rfind("HTTP/1.1 502 Bad Gateway\r\n", 0), 0u) << resp;
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["status"], 502);
+  EXPECT_EQ(e["decision"], "allowed");
+  for (const char* name : {"boom.test", "nx.test"}) {
+    auto c2 = f.client();
+    send_str(c2.get(), std::string("GET http://") + name + "/ HTTP/1.1\r\nHost: " + name + "\r\n\r\n");
+    resp = read_to_eof(c2.get());
+    EXPECT_EQ(resp.rfind("HTTP/1.1 502", 0), 0u) << resp;
+    EXPECT_EQ(resp.find("secret"), std::string::npos);
+    EXPECT_EQ(resp.find("getaddrinfo"), std::string::npos);
+  }
+  EXPECT_EQ(f.ev.wait(3)["reason"], "cannot resolve host");
+  EXPECT_EQ(f.proxy->totals()["errors"], 3);
+}
+
+TEST(Proxy, ConnectTimeoutGives504) {
+  // A listener whose accept queue is full drops SYNs: connecting hangs.
+  auto l = listen_loopback(0);
+  uint16_t p = port_of(l.get());
+  std::vector<UniqueFd> fill;
+  for (int i = 0; i < 4; ++i) {
+    UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(p);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
+    fill.push_back(std::move(s));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  Limits lim;
+  lim.connect_timeout_ms = 300;
+  Fixture f({rules_port(p)}, lim);
+  auto c = f.client();
+  auto t0 = Clock::now();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(p) + " HTTP/1.1\r\n\r\n");
+  std::string resp = read_to_eof(c.get());
+  EXPECT_EQ(resp.rfind("HTTP/1.1 504 Gateway Timeout", 0), 0u) << resp;
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+  EXPECT_EQ(f.ev.wait(1)["status"], 504);
+}
+
+TEST(Proxy, BadRequestsAnsweredWithStatusAndEvent) {
+  Limits lim;
+  lim.max_header_bytes = 1024;
+  Fixture f({"*.test"}, lim);
+  struct {
+    std::string req;
+    std::string status;
+  } cases[] = {
+      {"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n", "400"},
+      {"GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n", "400"},
+      {"POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+       "400"},
+      {"POST http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: "
+       "chunked\r\n\r\n",
+       "400"},
+      {"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX: " + std::string(2000, 'a') + "\r\n\r\n", "431"},
+      {"CONNECT a.test HTTP/1.1\r\n\r\n", "400"},
+  };
+  std::size_t n = 0;
+  for (const auto& c : cases) {
+    auto fd = f.client();
+    send_str(fd.get(), c.req);
+    std::string resp = read_to_eof(fd.get());
+    EXPECT_EQ(resp.substr(0, 12), "HTTP/1.1 " + c.status) << c.req.substr(0, 60) << " -> " << resp;
+    auto e = f.ev.wait(++n);
+    EXPECT_EQ(e["decision"], "denied");
+    EXPECT_EQ(e["status"], std::stoi(c.status));
+    EXPECT_EQ(e["reason"].get<std::string>().rfind("bad request: ", 0), 0u);
+  }
+  EXPECT_EQ(f.ev.wait(2)["host"], "");  // nothing unvalidated in the event
+  EXPECT_EQ(f.proxy->totals()["errors"], n);
+}
+
+TEST(Proxy, HeaderTimeoutClosesSlowloris) {
+  Limits lim;
+  lim.header_timeout_ms = 300;
+  Fixture f({"*.test"}, lim);
+  auto c = f.client();
+  auto t0 = Clock::now();
+  send_str(c.get(), "GET http://a.test/ HTTP/1.1\r\nHost: a");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  send_str(c.get(), ".te");  // trickling does not extend the deadline
+  std::string resp = read_to_eof(c.get());
+  auto dt = Clock::now() - t0;
+  EXPECT_EQ(resp.rfind("HTTP/1.1 408", 0), 0u) << resp;
+  EXPECT_LT(dt, std::chrono::milliseconds(2000));
+  EXPECT_GE(dt, std::chrono::milliseconds(250));
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["end"], "header-timeout");
+  EXPECT_EQ(e["status"], 408);
+}
+
+TEST(Proxy, ThousandIdleConnectionsDoNotBlockAGoodOne) {
+  Upstream up(1, echo);
+  Fixture f({rules_port(up.port)});
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 1000; ++i) {
+    idle.push_back(f.client());
+    if (i % 2) send_str(idle.back().get(), "CONNECT 127.0.0.1:1 HT");  // half a head
+  }
+  for (int i = 0; i < 200 && f.proxy->pending_connections() < 1000; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(f.proxy->pending_connections(), 1000);
+  auto t0 = Clock::now();
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\nhi");
+  std::string rest;
+  ASSERT_EQ(read_head(c.get(), &rest).substr(0, 12), "HTTP/1.1 200");
+  while (rest.size() < 2) {
+    char b[2];
+    ssize_t k = ::recv(c.get(), b, 2, 0);
+    ASSERT_GT(k, 0);
+    rest.append(b, static_cast<std::size_t>(k));
+  }
+  EXPECT_EQ(rest, "hi");
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
+  EXPECT_EQ(f.proxy->active_connections(), 1);
+}
+
+TEST(Proxy, MaxConnectionsGives503) {
+  Upstream up(2, echo);
+  Limits lim;
+  lim.max_connections = 1;
+  Fixture f({rules_port(up.port)}, lim);
+  std::string req = "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n";
+  auto c1 = f.client();
+  send_str(c1.get(), req);
+  ASSERT_EQ(read_head(c1.get()).substr(0, 12), "HTTP/1.1 200");
+  auto c2 = f.client();
+  send_str(c2.get(), req);
+  EXPECT_EQ(read_to_eof(c2.get()).rfind("HTTP/1.1 503", 0), 0u);
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["status"], 503);
+  EXPECT_EQ(e["reason"], "too many connections");
+  // Once the first ends, a new one is served.
+  c1.reset();
+  for (int i = 0; i < 200 && f.proxy->active_connections() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  auto c3 = f.client();
+  send_str(c3.get(), req);
+  EXPECT_EQ(read_head(c3.get()).substr(0, 12), "HTTP/1.1 200");
+}
+
+TEST(Proxy, IdleTunnelTimesOut) {
+  Upstream up(1, echo);
+  Limits lim;
+  lim.idle_timeout_ms = 300;
+  Fixture f({rules_port(up.port)}, lim);
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  auto t0 = Clock::now();
+  EXPECT_EQ(read_to_eof(c.get()), "");
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+  EXPECT_EQ(f.ev.wait(1)["end"], "idle-timeout");
+}
+
+TEST(Proxy, StopIsPromptWithLiveConnections) {
+  Upstream up(1, echo);
+  Fixture f({rules_port(up.port)});
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 20; ++i) idle.push_back(f.client());
+  auto t0 = Clock::now();
+  f.proxy->stop();
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(1));
+  EXPECT_EQ(read_to_eof(c.get()), "");  // the tunnel was closed
+  EXPECT_EQ(f.ev.wait(1)["end"], "stopped");
+  f.proxy->stop();  // idempotent
+  // The listener is closed.
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(f.port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_NE(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+}
