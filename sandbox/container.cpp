@@ -120,6 +120,8 @@ void create(const Global& g, const CreateOptions& o) {
   // The policy decides the sandbox: cfg is the caller's config tightened by
   // it (every change a decision; a refused config stops here).
   json pol = policy::load(g.policy_path);
+  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
+  refuse_record_mounts(caller, audit_dir);
   policy::ApplyContext pctx;
   pctx.policy_name = g.policy_path.empty() ? (path_exists("/etc/agentshim/policy.json")
                                                   ? "policy /etc/agentshim/policy.json"
@@ -136,8 +138,6 @@ void create(const Global& g, const CreateOptions& o) {
   if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
     (void)seccomp::compile(cfg["linux"]["seccomp"]);
   if (!pres.extra_seccomp.is_null()) (void)seccomp::compile(pres.extra_seccomp);
-  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
-  refuse_record_mounts(cfg, audit_dir);
   bool terminal = cfg["process"].value("terminal", false);
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");

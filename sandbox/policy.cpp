@@ -664,17 +664,18 @@ class Engine {
     static const std::set<Str> ipc = {"kernel.shmmax",          "kernel.shmall", "kernel.shmmni",
                                       "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb",
                                       "kernel.msgmni",          "kernel.sem"};
-    std::vector<Str> drop;
+    // As runc: a sysctl that is not isolated by the container's namespaces
+    // would change the host; it is refused, never silently dropped.
     for (const auto& [k, v] : l["sysctl"].items()) {
       bool ok = ipc.count(k) || starts_with(k, "fs.mqueue.") || (netns && starts_with(k, "net."));
-      if (ok) continue;
-      if (beyond("sysctl", "linux.sysctl." + k, "dropped", "caller asked to set sysctl " + k,
-                 "dropped (only namespaced sysctls: net.* with a private network namespace, kernel.shm*, "
-                 "kernel.msg*, "
-                 "kernel.sem, fs.mqueue.*)"))
-        drop.push_back(k);
+      if (!ok)
+        hard(
+            "sysctl", "linux.sysctl." + k,
+            "caller asked to set sysctl " + k +
+                ", which is not isolated by the container's namespaces; refused by policy rule sysctl "
+                "(allowed: "
+                "net.* with a private network namespace, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)");
     }
-    for (const auto& k : drop) l["sysctl"].erase(k);
   }
 
   void mounts() {
