@@ -18,6 +18,14 @@ def out(r):
     return r.stdout.decode()
 
 
+def looser_policy(shim, tmp_path, doc):
+    """These tests check a config primitive that agentshim's default policy
+    tightens; they run under an explicit, looser policy (docs/POLICY.md)."""
+    p = tmp_path / "looser-policy.json"
+    p.write_text(json.dumps(doc))
+    shim.extra = ["--policy", str(p)] + shim.extra
+
+
 def test_namespaces_hostname_and_identity(shim, bundle, cid):
     shim.ids.add(cid)
     bundle.config["hostname"] = "agentbox"
@@ -31,8 +39,10 @@ def test_namespaces_hostname_and_identity(shim, bundle, cid):
     assert "1" in lines  # the shell is pid 1 in its own pid namespace
 
 
-def test_capabilities_nnp_and_readonly_root(shim, bundle, cid):
+def test_capabilities_nnp_and_readonly_root(shim, bundle, cid, tmp_path):
     shim.ids.add(cid)
+    # The default policy drops CAP_AUDIT_WRITE; this test checks the config's sets are applied as given.
+    looser_policy(shim, tmp_path, {"capabilities": {"allowed": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]}})
     bundle.config["root"]["readonly"] = True
     bundle.save()
     o = out(shim("run", "--bundle", bundle.sh(
@@ -109,8 +119,10 @@ def test_rlimits_env_cwd_umask(shim, bundle, cid):
     assert o.split() == ["256", "512", "yes", "/tmp", "0077"]
 
 
-def test_devices_cgroup_denies_unlisted_devices(shim, bundle, cid):
+def test_devices_cgroup_denies_unlisted_devices(shim, bundle, cid, tmp_path):
     shim.ids.add(cid)
+    # The default policy refuses binds from /dev; this test checks the device cgroup behind such a bind.
+    looser_policy(shim, tmp_path, {"filesystem": {"forbidden_sources": ["/proc", "/sys"]}})
     # A device node the container may not use, although it exists in /dev.
     bundle.config["linux"]["devices"] = []
     bundle.config["mounts"].append({"destination": "/dev/kmsg", "type": "bind", "source": "/dev/kmsg",
@@ -215,8 +227,10 @@ def test_user_namespace_with_mappings(shim, bundle, cid):
     assert o.split()[-1] == "0"
 
 
-def test_join_existing_network_namespace(shim, bundle, cid):
+def test_join_existing_network_namespace(shim, bundle, cid, tmp_path):
     shim.ids.add(cid)
+    # The default policy (network.mode internal) replaces a prepared netns; passthrough keeps it.
+    looser_policy(shim, tmp_path, {"network": {"mode": "passthrough"}})
     ns = "asns" + cid[-6:]
     run(["ip", "netns", "add", ns], check=True)
     try:

@@ -117,7 +117,18 @@ void create(const Global& g, const CreateOptions& o) {
   oci::validate_container_id(o.id);
   std::string bundle = abs_path(o.bundle.empty() ? "." : o.bundle);
   json caller = oci::load_config(bundle);
-  json cfg = caller;  // the policy layer tightens this (see sandbox/policy.h)
+  // The policy decides the sandbox: cfg is the caller's config tightened by
+  // it (every change a decision; a refused config stops here).
+  json pol = policy::load(g.policy_path);
+  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
+  refuse_record_mounts(caller, audit_dir);
+  policy::ApplyContext pctx;
+  pctx.policy_name = g.policy_path.empty() ? (path_exists("/etc/agentshim/policy.json")
+                                                  ? "policy /etc/agentshim/policy.json"
+                                                  : "built-in policy")
+                                            : "policy " + g.policy_path;
+  policy::Result pres = policy::apply(pol, caller, pctx);
+  json cfg = pres.config;
   std::string rootfs = oci::rootfs_path(cfg, bundle);
   struct stat rst {};
   if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
@@ -126,9 +137,7 @@ void create(const Global& g, const CreateOptions& o) {
   // with the field named, not a failure deep inside the container's init.
   if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
     (void)seccomp::compile(cfg["linux"]["seccomp"]);
-  json pol = policy::load(g.policy_path);
-  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
-  refuse_record_mounts(cfg, audit_dir);
+  if (!pres.extra_seccomp.is_null()) (void)seccomp::compile(pres.extra_seccomp);
   bool terminal = cfg["process"].value("terminal", false);
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
@@ -184,7 +193,12 @@ void create(const Global& g, const CreateOptions& o) {
   s.created = log::now_rfc3339();
   s.config = cfg;
   s.caller_config = caller;
-  s.policy = pol;
+  s.policy = {{"audit", pol["audit"]},
+              {"decisions", pres.decisions},
+              {"network", pres.network},
+              {"exec_time_limit_s", pres.exec_time_limit_s}};
+  s.extra_seccomp = pres.extra_seccomp;
+  write_file(dir + "/policy.json", policy::exec_settings(pol, pres).dump(), 0600);  // for `exec`
   // Every execve in the sandbox is observed for the record (seccomp user
   // notification) unless the policy turns it off explicitly.
   s.observe_exec = pol["audit"].value("observe_exec", true);
@@ -647,6 +661,13 @@ int exec(const Global& g, const ExecOptions& o) {
     proc["noNewPrivileges"] = cproc["noNewPrivileges"];
   if (!proc.contains("capabilities") && cproc.contains("capabilities")) proc["capabilities"] = cproc["capabilities"];
   if (!proc.contains("rlimits") && cproc.contains("rlimits")) proc["rlimits"] = cproc["rlimits"];
+  // The policy's exec-relevant parts (capabilities, no_new_privs, seccomp,
+  // proxy environment), as create saved them.
+  json exec_policy;
+  if (auto saved = try_read_file(state_dir(g, o.id) + "/policy.json")) {
+    exec_policy = json::parse(*saved);
+    (void)policy::apply_exec(exec_policy, proc);
+  }
 
   auto cg = cgroup_of(st);
   UniqueFd console;
@@ -698,6 +719,8 @@ int exec(const Global& g, const ExecOptions& o) {
         std::string path = process::resolve_executable(proc);
         process::Finalize fin;
         if (!seccomp_cfg.is_null()) fin.seccomp.push_back(seccomp_cfg);
+        if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
+          fin.seccomp.push_back(exec_policy["extra_seccomp"]);
         ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
         process::finalize(proc, fin);
         process::exec(path, proc);
@@ -792,7 +815,11 @@ json default_spec(bool rootless) {
          {"source", "tmpfs"},
          {"options", {"nosuid", "nodev", "mode=1777", "size=65536k"}}}}},
       {"linux",
-       {{"resources", {{"devices", {{{"allow", false}, {"access", "rwm"}}}}, {"pids", {{"limit", 1024}}}}},
+       {{"resources",
+         {{"devices", {{{"allow", false}, {"access", "rwm"}}}},
+          {"pids", {{"limit", 1024}}},
+          {"memory", {{"limit", 1LL << 30}}},
+          {"cpu", {{"quota", 200000}, {"period", 100000}}}}},
         {"namespaces",
          {{{"type", "pid"}}, {{"type", "network"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}},
           {{"type", "cgroup"}}}},

@@ -1,49 +1,1099 @@
 #include "sandbox/policy.h"
 
+#include <arpa/inet.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <limits>
+#include <map>
 #include <set>
+#include <sstream>
+#include <vector>
 
 #include "common/error.h"
 #include "common/util.h"
+#include "sandbox/oci.h"
+#include "sandbox/seccomp.h"
+#include "sandbox/seccomp_profile.h"
 
 namespace agentshim::policy {
+namespace {
+// configs/policy/default.json (a unit test checks they are equal): edit both together.
+constexpr const char* kDefault = R"json(
+{
+  "mode": "enforce",
+  "capabilities": {
+    "allowed": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+                "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"]
+  },
+  "seccomp": {
+    "profile": "builtin",
+    "stack_on_config": true
+  },
+  "filesystem": {
+    "readonly_root": true,
+    "masked_paths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                     "/sys/devices/virtual/powercap"],
+    "readonly_paths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    "tmpfs_max_size": "64m",
+    "allow_bind_mounts": true,
+    "forbidden_sources": ["/", "/proc", "/sys", "/dev", "/boot", "/root", "/etc/shadow", "/etc/sudoers",
+                          "/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/run/containerd",
+                          "/run/podman", "/run/crio", "/run/agentshim", "/var/lib/agentshim"]
+  },
+  "namespaces": {
+    "allow_join": ["ipc", "uts", "network"]
+  },
+  "devices": {
+    "allowed": []
+  },
+  "resources": {
+    "defaults": {"memory": "1g", "pids": 1024, "cpus": "2"},
+    "maximum": {"memory": "8g", "pids": 4096, "cpus": "4"}
+  },
+  "limits": {
+    "exec_time_seconds": 0
+  },
+  "network": {
+    "mode": "internal",
+    "allow": [],
+    "dns": "refuse",
+    "proxy_port": 3128,
+    "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}
+  },
+  "annotations": {
+    "may_widen": ["dev.agentshim.egress.allow"]
+  },
+  "userns": "off",
+  "audit": {
+    "dir": "/var/lib/agentshim",
+    "signing_key": "",
+    "key_type": "ed25519",
+    "strict": false,
+    "on_log_failure": "stop",
+    "observe_exec": true
+  }
+}
+)json";
+}  // namespace
+
+namespace {
+
+using Str = std::string;
+
+[[noreturn]] void fail(const Str& where, const Str& key, const Str& what) {
+  throw Error(where + ": " + key + ": " + what);
+}
+
+bool is_abs(const json& v) {
+  return v.is_string() && !v.get<Str>().empty() && v.get<Str>()[0] == '/';
+}
+
+void expect_bool(const json& v, const Str& where, const Str& key) {
+  if (!v.is_boolean()) fail(where, key, "must be true or false");
+}
+
+void expect_one_of(const json& v, std::initializer_list<const char*> ok, const Str& where, const Str& key) {
+  Str list;
+  for (const char* o : ok) {
+    if (v.is_string() && v.get<Str>() == o) return;
+    list += (list.empty() ? "" : " or ") + Str("\"") + o + "\"";
+  }
+  fail(where, key, "must be " + list + (v.is_string() ? ", got \"" + v.get<Str>() + "\"" : ""));
+}
+
+json path_list(const json& v, const Str& where, const Str& key) {
+  if (!v.is_array()) fail(where, key, "must be an array of absolute paths");
+  for (std::size_t i = 0; i < v.size(); i++)
+    if (!is_abs(v[i])) fail(where, key + "[" + std::to_string(i) + "]", "must be an absolute path");
+  return v;
+}
+
+long long positive_int(const json& v, const Str& where, const Str& key, long long min = 1,
+                       long long max = std::numeric_limits<long long>::max()) {
+  if (!v.is_number_integer() || v.get<long long>() < min || v.get<long long>() > max)
+    fail(where, key, "must be an integer from " + std::to_string(min) + " to " + std::to_string(max));
+  return v.get<long long>();
+}
+
+std::optional<double> parse_cpus(const json& v) {
+  double d = 0;
+  if (v.is_number()) {
+    d = v.get<double>();
+  } else if (v.is_string()) {
+    const Str s = v.get<Str>();
+    if (s.empty() || s.size() > 16) return std::nullopt;
+    char* end = nullptr;
+    d = std::strtod(s.c_str(), &end);
+    if (!end || *end != 0) return std::nullopt;
+  } else {
+    return std::nullopt;
+  }
+  if (!(d > 0) || d > 4096) return std::nullopt;
+  return d;
+}
+
+// "api.example.com:443", "*.pypi.org:443", "10.0.0.1:80", "[2001:db8::1]:443".
+bool valid_egress_rule(const Str& r, Str* why) {
+  auto colon = r.rfind(':');
+  if (colon == Str::npos || colon == 0) {
+    *why = "must be host:port";
+    return false;
+  }
+  Str host = r.substr(0, colon), port = r.substr(colon + 1);
+  auto p = parse_uint(port);
+  if (!p || *p < 1 || *p > 65535) {
+    *why = "port must be 1..65535";
+    return false;
+  }
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    struct in6_addr a6 {};
+    if (::inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6) == 1) return true;
+    *why = "not a valid IPv6 literal";
+    return false;
+  }
+  Str name = host;
+  if (starts_with(name, "*.")) name = name.substr(2);
+  if (name.empty() || name.size() > 253 || name.front() == '.' || name.back() == '.' ||
+      name.find("..") != Str::npos) {
+    *why = "not a valid host name";
+    return false;
+  }
+  for (char c : name)
+    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
+          c == '-' || c == '.')) {
+      *why = "host names are lower-case letters, digits, '-' and '.' (\"*.\" prefix for a wildcard)";
+      return false;
+    }
+  return true;
+}
+
+const std::set<Str>& widening_annotations() {
+  static const std::set<Str> s = {"dev.agentshim.egress.allow"};
+  return s;
+}
+
+json validate_section(const Str& sec, const json& v, const json& def, const Str& where) {
+  json out = def;
+  if (sec == "mode") {
+    expect_one_of(v, {"enforce", "refuse"}, where, "mode");
+    return v;
+  }
+  if (sec == "userns") {
+    expect_one_of(v, {"off", "auto"}, where, "userns");
+    return v;
+  }
+  if (!v.is_object()) fail(where, sec, "must be an object");
+  for (const auto& [k, x] : v.items()) {
+    const Str key = sec + "." + k;
+    auto unknown = [&] { throw Error(where + ": unknown key " + key); };
+    if (sec == "capabilities") {
+      if (k != "allowed") unknown();
+      if (!x.is_array()) fail(where, key, "must be an array of capability names");
+      json caps = json::array();
+      for (std::size_t i = 0; i < x.size(); i++) {
+        const Str ik = key + "[" + std::to_string(i) + "]";
+        if (!x[i].is_string()) fail(where, ik, "must be a capability name");
+        auto c = oci::capability_from_name(x[i].get<Str>());
+        if (!c) fail(where, ik, "unknown capability \"" + x[i].get<Str>() + "\"");
+        caps.push_back(oci::capability_name(*c));
+      }
+      out[k] = caps;
+    } else if (sec == "seccomp") {
+      if (k == "profile") {
+        if (!x.is_string() || (x != "builtin" && !is_abs(x)))
+          fail(where, key, "must be \"builtin\" or an absolute path to an OCI linux.seccomp JSON file");
+      } else if (k == "stack_on_config") {
+        expect_bool(x, where, key);
+      } else {
+        unknown();
+      }
+      out[k] = x;
+    } else if (sec == "filesystem") {
+      if (k == "readonly_root" || k == "allow_bind_mounts") {
+        expect_bool(x, where, key);
+      } else if (k == "masked_paths" || k == "readonly_paths" || k == "forbidden_sources") {
+        path_list(x, where, key);
+      } else if (k == "tmpfs_max_size") {
+        auto s = parse_size(x);
+        if (!s || *s <= 0)
+          fail(where, key, "must be a size such as \"64m\", \"1g\", \"512k\" or a byte count");
+      } else {
+        unknown();
+      }
+      out[k] = x;
+    } else if (sec == "namespaces") {
+      if (k != "allow_join") unknown();
+      if (!x.is_array()) fail(where, key, "must be an array of namespace types");
+      for (std::size_t i = 0; i < x.size(); i++)
+        expect_one_of(x[i], {"pid", "ipc", "uts", "network"}, where, key + "[" + std::to_string(i) + "]");
+      out[k] = x;
+    } else if (sec == "devices") {
+      if (k != "allowed") unknown();
+      if (!x.is_array()) fail(where, key, "must be an array of {\"type\",\"major\",\"minor\"} objects");
+      for (std::size_t i = 0; i < x.size(); i++) {
+        const Str ik = key + "[" + std::to_string(i) + "]";
+        const json& d = x[i];
+        if (!d.is_object())
+          fail(where, ik, "must be an object {\"type\": \"c\", \"major\": N, \"minor\": N}");
+        for (const auto& [dk, dv] : d.items()) {
+          if (dk == "type") {
+            if (dv == "b") fail(where, ik + ".type", "block devices are never allowed");
+            expect_one_of(dv, {"c"}, where, ik + ".type");
+          } else if (dk == "major" || dk == "minor") {
+            positive_int(dv, where, ik + "." + dk, 0, 0xfffff);
+          } else if (dk == "path") {
+            if (!dv.is_string() || !starts_with(dv.get<Str>(), "/dev/"))
+              fail(where, ik + ".path", "must be a path under /dev/");
+          } else {
+            throw Error(where + ": unknown key " + ik + "." + dk);
+          }
+        }
+        if (!d.contains("type") || !d.contains("major") || !d.contains("minor"))
+          fail(where, ik, "needs \"type\", \"major\" and \"minor\"");
+      }
+      out[k] = x;
+    } else if (sec == "resources") {
+      if (k != "defaults" && k != "maximum") unknown();
+      if (!x.is_object()) fail(where, key, "must be an object {\"memory\", \"pids\", \"cpus\"}");
+      for (const auto& [rk, rv] : x.items()) {
+        const Str rkey = key + "." + rk;
+        if (rk == "memory") {
+          auto s = parse_size(rv);
+          if (!s || *s < (4 << 20)) fail(where, rkey, "must be a size of at least 4m, such as \"1g\"");
+        } else if (rk == "pids") {
+          positive_int(rv, where, rkey, 1, 1 << 22);
+        } else if (rk == "cpus") {
+          if (!parse_cpus(rv))
+            fail(where, rkey, "must be a positive number of CPUs, such as \"2\" or \"0.5\"");
+        } else {
+          throw Error(where + ": unknown key " + rkey);
+        }
+        out[k][rk] = rv;
+      }
+    } else if (sec == "limits") {
+      if (k != "exec_time_seconds") unknown();
+      positive_int(x, where, key, 0);
+      out[k] = x;
+    } else if (sec == "network") {
+      if (k == "mode") {
+        expect_one_of(x, {"internal", "passthrough"}, where, key);
+      } else if (k == "dns") {
+        expect_one_of(x, {"refuse", "allowlisted"}, where, key);
+      } else if (k == "proxy_port") {
+        positive_int(x, where, key, 1, 65535);
+      } else if (k == "allow") {
+        if (!x.is_array()) fail(where, key, "must be an array of \"host:port\" rules");
+        for (std::size_t i = 0; i < x.size(); i++) {
+          Str why;
+          const Str ik = key + "[" + std::to_string(i) + "]";
+          if (!x[i].is_string()) fail(where, ik, "must be a \"host:port\" string");
+          if (!valid_egress_rule(x[i].get<Str>(), &why))
+            fail(where, ik, "\"" + x[i].get<Str>() + "\": " + why);
+        }
+      } else if (k == "limits") {
+        if (!x.is_object()) fail(where, key, "must be an object");
+        for (const auto& [lk, lv] : x.items()) {
+          if (lk != "max_connections" && lk != "max_header_bytes" && lk != "idle_timeout_seconds")
+            throw Error(where + ": unknown key " + key + "." + lk);
+          positive_int(lv, where, key + "." + lk, 1, 1LL << 31);
+          out[k][lk] = lv;
+        }
+        continue;
+      } else {
+        unknown();
+      }
+      out[k] = x;
+    } else if (sec == "annotations") {
+      if (k != "may_widen") unknown();
+      if (!x.is_array()) fail(where, key, "must be an array of annotation names");
+      for (std::size_t i = 0; i < x.size(); i++)
+        if (!x[i].is_string() || !widening_annotations().count(x[i].get<Str>()))
+          fail(where, key + "[" + std::to_string(i) + "]",
+               "not an annotation that can widen the policy (known: dev.agentshim.egress.allow)");
+      out[k] = x;
+    } else if (sec == "audit") {
+      if (k == "dir" || k == "signing_key") {
+        if (!x.is_string()) fail(where, key, "must be a string");
+        if (!x.get<Str>().empty() && x.get<Str>()[0] != '/') fail(where, key, "must be an absolute path");
+      } else if (k == "key_type") {
+        if (!x.is_string() || (x != "ed25519" && x != "ecdsa-p256"))
+          fail(where, key, "must be \"ed25519\" or \"ecdsa-p256\"");
+      } else if (k == "strict" || k == "observe_exec") {
+        expect_bool(x, where, key);
+      } else if (k == "on_log_failure") {
+        if (!x.is_string() || (x != "stop" && x != "continue"))
+          fail(where, key, "must be \"stop\" or \"continue\"");
+      } else {
+        unknown();
+      }
+      out[k] = x;
+    }
+  }
+  return out;
+}
+
+json load_profile(const Str& path, const Str& where) {
+  Str text;
+  try {
+    text = read_file_limited(path, 4 << 20);
+  } catch (const std::exception& e) {
+    throw Error(where + ": seccomp.profile: " + e.what());
+  }
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw Error(where + ": seccomp.profile: " + path + " is not valid JSON (" + e.what() + ")");
+  }
+  try {
+    (void)seccomp::compile(j);
+  } catch (const std::exception& e) {
+    throw Error(where + ": seccomp.profile: " + path + ": " + e.what());
+  }
+  return j;
+}
+
+// ---- the engine ----
+
+struct DefaultDev {
+  char type;
+  long long major, minor;  // -1: any
+};
+const std::vector<DefaultDev>& default_devices() {
+  static const std::vector<DefaultDev> d = {{'c', 1, 3}, {'c', 1, 5}, {'c', 1, 7}, {'c', 1, 8},   {'c', 1, 9},
+                                            {'c', 5, 0}, {'c', 5, 1}, {'c', 5, 2}, {'c', 136, -1}};
+  return d;
+}
+
+bool is_bind(const json& m) {
+  auto opts = oci::mount_options(m);
+  return m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
+         std::find(opts.begin(), opts.end(), "rbind") != opts.end();
+}
+
+Str real_or_same(const Str& p) {
+  char buf[PATH_MAX];
+  return ::realpath(p.c_str(), buf) ? Str(buf) : p;
+}
+
+bool under(const Str& a, const Str& b) {  // a is b or below it
+  if (b == "/") return a == "/";
+  return a == b || starts_with(a, b + "/");
+}
+
+Str human_size(long long b) {
+  const char* units[] = {"", "k", "m", "g", "t"};
+  int u = 0;
+  while (u < 4 && b >= 1024 && b % 1024 == 0) {
+    b /= 1024;
+    u++;
+  }
+  return std::to_string(b) + units[u];
+}
+
+Str fmt_cpus(double c) {
+  std::ostringstream o;
+  o << c;
+  return o.str();
+}
+
+class Engine {
+ public:
+  Engine(const json& pol, const json& caller, const ApplyContext& ctx)
+      : p_(pol), ctx_(ctx), refuse_(pol.value("mode", "enforce") == "refuse") {
+    r_.config = caller;
+    r_.decisions = json::array();
+    r_.mode = refuse_ ? "refuse" : "enforce";
+  }
+
+  Result run() {
+    if (p_.value("userns", "off") == "auto")
+      throw Error(
+          ctx_.policy_name +
+          ": userns: \"auto\" is not supported yet by this agentshim (running the container's root as an "
+          "unprivileged host uid range with idmapped mounts is not implemented); set \"userns\": \"off\"");
+    json& c = r_.config;
+    if (!c.contains("linux") || !c["linux"].is_object()) c["linux"] = json::object();
+    if (!c.contains("process") || !c["process"].is_object()) c["process"] = json::object();
+    privileged();
+    namespaces();
+    capabilities();
+    no_new_privs();
+    seccomp_profile();
+    filesystem();
+    sysctls();
+    mounts();
+    devices();
+    resources();
+    process_limits();
+    annotations();
+    network();
+    r_.exec_time_limit_s = p_["limits"].value("exec_time_seconds", 0LL);
+    r_.violations = json::array();
+    for (const auto& d : r_.decisions)
+      if (d["action"] == "refused") r_.violations.push_back(d);
+    return std::move(r_);
+  }
+
+ private:
+  void decide(const Str& rule, const Str& path, const Str& action, const Str& detail) {
+    r_.decisions.push_back({{"rule", rule}, {"path", path}, {"action", action}, {"detail", detail}});
+  }
+  // A caller request beyond the policy: tightened in enforce mode, a
+  // violation in refuse mode. Returns true when the caller's config must be
+  // changed (enforce mode).
+  bool beyond(const Str& rule, const Str& path, const Str& action, const Str& asked, const Str& done) {
+    if (refuse_) {
+      decide(rule, path, "refused", asked + "; refused by policy rule " + rule);
+      return false;
+    }
+    decide(rule, path, action, asked + "; " + done + " by policy rule " + rule);
+    return true;
+  }
+  void hard(const Str& rule, const Str& path, const Str& detail) { decide(rule, path, "refused", detail); }
+
+  json& linux_() { return r_.config["linux"]; }
+  json& proc() { return r_.config["process"]; }
+
+  void privileged() {
+    const json& c = r_.config;
+    bool admin = false;
+    std::set<int> caps;
+    if (c["process"].contains("capabilities") && c["process"]["capabilities"].is_object())
+      for (const char* set : {"bounding", "effective", "permitted"})
+        if (c["process"]["capabilities"].contains(set) && c["process"]["capabilities"][set].is_array())
+          for (const auto& n : c["process"]["capabilities"][set])
+            if (n.is_string())
+              if (auto v = oci::capability_from_name(n.get<Str>())) {
+                caps.insert(*v);
+                if (*v == CAP_SYS_ADMIN) admin = true;
+              }
+    bool all_caps = static_cast<int>(caps.size()) > oci::last_capability();
+    bool all_devices = false;
+    const json& l = c["linux"];
+    if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("devices") &&
+        l["resources"]["devices"].is_array())
+      for (const auto& d : l["resources"]["devices"])
+        if (d.is_object() && d.value("allow", false) && (!d.contains("type") || d["type"] == "a") &&
+            !d.contains("major") && !d.contains("minor"))
+          all_devices = true;
+    bool no_seccomp = !l.contains("seccomp") || l["seccomp"].is_null();
+    Str aa = c["process"].value("apparmorProfile", "");
+    bool no_apparmor = aa.empty() || aa == "unconfined";
+    if ((admin || all_caps) && all_devices && no_seccomp && no_apparmor)
+      hard("privileged", "process.capabilities",
+           Str("the config has the shape of a privileged container (") +
+               (all_caps ? "every capability" : "CAP_SYS_ADMIN") +
+               ", every device allowed, no seccomp or AppArmor confinement); the policy forbids privileged "
+               "containers");
+  }
+
+  bool same_file(const Str& a, const Str& b) {
+    struct stat sa {
+    }, sb{};
+    if (::stat(a.c_str(), &sa) < 0 || ::stat(b.c_str(), &sb) < 0) return false;
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  }
+
+  void namespaces() {
+    json& l = linux_();
+    if (!l.contains("namespaces") || !l["namespaces"].is_array()) l["namespaces"] = json::array();
+    json& ns = l["namespaces"];
+    const json& allow_join = p_["namespaces"]["allow_join"];
+    auto joinable = [&](const Str& t) {
+      for (const auto& a : allow_join)
+        if (a == t) return true;
+      return false;
+    };
+    const Str netmode = p_["network"].value("mode", "internal");
+    for (std::size_t i = 0; i < ns.size(); i++) {
+      json& n = ns[i];
+      if (!n.is_object() || !n.contains("path") || !n["path"].is_string() || n["path"].get<Str>().empty())
+        continue;
+      const Str t = n.value("type", "");
+      const Str path = n["path"];
+      const Str where = "linux.namespaces[" + std::to_string(i) + "].path";
+      auto nt = oci::namespace_by_name(t);
+      if (!nt) continue;
+      if (same_file(path, ctx_.host_ns_dir + "/" + nt->proc)) {
+        hard("namespaces", where,
+             "caller asked to join " + path + ", the host's " + t +
+                 " namespace; refused by policy rule namespaces (host namespaces are never allowed)");
+        continue;
+      }
+      if (t == "user" || t == "time") continue;
+      if (t == "network" && netmode == "internal") {
+        decide("network.mode", where, "replaced",
+               "caller asked to join the network namespace " + path +
+                   "; replaced by a new one with only loopback by policy rule network.mode (internal)");
+        n.erase("path");
+        continue;
+      }
+      if (joinable(t)) continue;
+      if (beyond("namespaces.allow_join", where, "replaced",
+                 "caller asked to join the " + t + " namespace " + path,
+                 "replaced by a new " + t + " namespace"))
+        n.erase("path");
+    }
+    for (const char* t : {"pid", "ipc", "uts", "mount", "network", "cgroup"}) {
+      if (oci::has_namespace(r_.config, t)) continue;
+      const Str asked = Str("the config has no ") + t + " namespace (the container would share the host's)";
+      if (refuse_) {
+        hard("namespaces", "linux.namespaces",
+             asked + "; refused by policy rule namespaces (host namespaces are never allowed)");
+      } else {
+        decide("namespaces", "linux.namespaces", "added",
+               asked + "; a new one is created by policy rule namespaces");
+        ns.push_back({{"type", t}});
+      }
+    }
+  }
+
+  void capabilities() {
+    std::set<int> allowed;
+    for (const auto& a : p_["capabilities"]["allowed"])
+      if (auto v = oci::capability_from_name(a.get<Str>())) allowed.insert(*v);
+    json& p = proc();
+    if (!p.contains("capabilities") || !p["capabilities"].is_object()) return;
+    json& caps = p["capabilities"];
+    std::vector<Str> order;
+    std::map<Str, std::vector<Str>> sets_of;
+    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
+      if (!caps.contains(set) || !caps[set].is_array()) continue;
+      for (const auto& n : caps[set]) {
+        if (!n.is_string()) continue;
+        auto v = oci::capability_from_name(n.get<Str>());
+        if (v && allowed.count(*v)) continue;
+        Str name = v ? oci::capability_name(*v) : n.get<Str>();
+        if (!sets_of.count(name)) order.push_back(name);
+        sets_of[name].push_back(set);
+      }
+    }
+    bool change = false;
+    for (const auto& name : order) {
+      const auto& sets = sets_of[name];
+      change |= beyond("capabilities.allowed", "process.capabilities." + sets.front(), "dropped",
+                       "caller asked for " + name + " (" + join(sets, ", ") + ")", "dropped");
+    }
+    if (!change) return;
+    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
+      if (!caps.contains(set) || !caps[set].is_array()) continue;
+      json kept = json::array();
+      for (const auto& n : caps[set]) {
+        auto v = n.is_string() ? oci::capability_from_name(n.get<Str>()) : std::nullopt;
+        if (v && allowed.count(*v)) kept.push_back(n);
+      }
+      caps[set] = kept;
+    }
+  }
+
+  void no_new_privs() {
+    json& p = proc();
+    if (p.contains("noNewPrivileges") && p["noNewPrivileges"] == true) return;
+    bool had = p.contains("noNewPrivileges") && !p["noNewPrivileges"].is_null();
+    decide("no_new_privs", "process.noNewPrivileges", had ? "replaced" : "added",
+           Str(had ? "caller asked for noNewPrivileges=false" : "the config leaves noNewPrivileges unset") +
+               "; set to true by policy rule no_new_privs (always on)");
+    p["noNewPrivileges"] = true;
+  }
+
+  void seccomp_profile() {
+    const json& s = p_["seccomp"];
+    const Str prof = s.value("profile", "builtin");
+    r_.extra_seccomp = prof == "builtin"
+                           ? seccomp_profile::builtin()
+                           : (s.contains("loaded") ? s["loaded"] : load_profile(prof, ctx_.policy_name));
+    json& l = linux_();
+    bool has = l.contains("seccomp") && !l["seccomp"].is_null();
+    const Str what =
+        prof == "builtin" ? "agentshim's default seccomp profile" : "the seccomp profile " + prof;
+    if (s.value("stack_on_config", true) || !has) {
+      decide("seccomp.profile", "linux.seccomp", "added",
+             what +
+                 (has ? " is stacked on top of the config's own filter"
+                      : " is applied (the config has no seccomp filter)") +
+                 " by policy rule seccomp.profile");
+    } else {
+      decide("seccomp.stack_on_config", "linux.seccomp", "replaced",
+             "the config's seccomp filter is replaced by " + what +
+                 " by policy rule seccomp.stack_on_config (false)");
+      l.erase("seccomp");
+    }
+  }
+
+  void filesystem() {
+    const json& fs = p_["filesystem"];
+    json& c = r_.config;
+    if (fs.value("readonly_root", true) &&
+        !(c["root"].is_object() && c["root"].value("readonly", false) == true)) {
+      decide("filesystem.readonly_root", "root.readonly", "replaced",
+             "caller asked for a writable root filesystem; made read-only by policy rule "
+             "filesystem.readonly_root");
+      c["root"]["readonly"] = true;
+    }
+    json& l = linux_();
+    for (const auto& [key, rule] : {std::pair<Str, Str>{"maskedPaths", "filesystem.masked_paths"},
+                                    std::pair<Str, Str>{"readonlyPaths", "filesystem.readonly_paths"}}) {
+      if (!l.contains(key) || !l[key].is_array()) l[key] = json::array();
+      std::set<Str> have;
+      for (const auto& x : l[key])
+        if (x.is_string()) have.insert(x.get<Str>());
+      std::vector<Str> added;
+      for (const auto& x : fs[rule.substr(11)]) {
+        if (have.count(x.get<Str>())) continue;
+        l[key].push_back(x);
+        added.push_back(x.get<Str>());
+      }
+      if (!added.empty())
+        decide(rule, "linux." + key, "added", "added " + join(added, ", ") + " by policy rule " + rule);
+    }
+  }
+
+  void sysctls() {
+    json& l = linux_();
+    if (!l.contains("sysctl") || !l["sysctl"].is_object()) return;
+    bool netns = false;
+    for (const auto& n : oci::namespaces(r_.config))
+      if (n.type == "network") netns = true;
+    static const std::set<Str> ipc = {"kernel.shmmax",          "kernel.shmall", "kernel.shmmni",
+                                      "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb",
+                                      "kernel.msgmni",          "kernel.sem"};
+    // As runc: a sysctl that is not isolated by the container's namespaces
+    // would change the host; it is refused, never silently dropped.
+    for (const auto& [k, v] : l["sysctl"].items()) {
+      bool ok = ipc.count(k) || starts_with(k, "fs.mqueue.") || (netns && starts_with(k, "net."));
+      if (!ok)
+        hard(
+            "sysctl", "linux.sysctl." + k,
+            "caller asked to set sysctl " + k +
+                ", which is not isolated by the container's namespaces; refused by policy rule sysctl "
+                "(allowed: "
+                "net.* with a private network namespace, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)");
+    }
+  }
+
+  void mounts() {
+    json& c = r_.config;
+    if (!c.contains("mounts") || !c["mounts"].is_array()) return;
+    const json& fs = p_["filesystem"];
+    const long long tmax = *parse_size(fs["tmpfs_max_size"]);
+    json kept = json::array();
+    for (std::size_t i = 0; i < c["mounts"].size(); i++) {
+      json m = c["mounts"][i];
+      const Str where = "mounts[" + std::to_string(i) + "]";
+      const Str dest = m.value("destination", "");
+      const Str type = m.value("type", "");
+      if (is_bind(m)) {
+        const Str src = m.value("source", "");
+        if (!fs.value("allow_bind_mounts", true)) {
+          if (beyond("filesystem.allow_bind_mounts", where, "dropped",
+                     "caller asked to bind " + src + " at " + dest, "mount dropped"))
+            continue;
+        } else if (!src.empty() && src[0] == '/') {
+          Str real = real_or_same(src);
+          for (const auto& f : fs["forbidden_sources"]) {
+            Str fb = f.get<Str>(), freal = real_or_same(fb);
+            bool bad = under(src, fb) || under(real, fb) || under(real, freal) || under(fb, src) ||
+                       under(freal, real) || under(fb, real);
+            if (src == "/" || real == "/") bad = true;
+            if (bad) {
+              hard("filesystem.forbidden_sources", where + ".source",
+                   "caller asked to bind " + src + " at " + dest +
+                       ", which is or exposes the forbidden source " + fb +
+                       "; refused by policy rule filesystem.forbidden_sources");
+              break;
+            }
+          }
+        }
+      }
+      if (type == "tmpfs") {
+        json opts = m.contains("options") && m["options"].is_array() ? m["options"] : json::array();
+        std::optional<std::size_t> at;
+        for (std::size_t j = 0; j < opts.size(); j++)
+          if (opts[j].is_string() && starts_with(opts[j].get<Str>(), "size=")) at = j;
+        const Str cap = "size=" + human_size(tmax);
+        if (!at) {
+          decide("filesystem.tmpfs_max_size", where + ".options", "added",
+                 "tmpfs at " + dest + " has no size limit; " + cap +
+                     " added by policy rule filesystem.tmpfs_max_size");
+          opts.push_back(cap);
+        } else {
+          Str v = opts[*at].get<Str>().substr(5);
+          auto sz = parse_size(json(v));
+          if (!sz || *sz <= 0 || *sz > tmax) {
+            if (beyond("filesystem.tmpfs_max_size", where + ".options", "capped",
+                       "caller asked for a tmpfs of size=" + v + " at " + dest, "capped to " + cap))
+              opts[*at] = cap;
+          }
+        }
+        m["options"] = opts;
+      }
+      if (type == "cgroup" || type == "cgroup2" || type == "sysfs") {
+        auto o = oci::mount_options(m);
+        if (std::find(o.begin(), o.end(), "ro") == o.end()) {
+          decide("filesystem.readonly_paths", where + ".options", "added",
+                 type + " at " + dest + " made read-only by policy rule filesystem.readonly_paths");
+          std::vector<Str> no;
+          for (const auto& x : o)
+            if (x != "rw") no.push_back(x);
+          no.push_back("ro");
+          m["options"] = no;
+        }
+      }
+      kept.push_back(m);
+    }
+    c["mounts"] = kept;
+  }
+
+  bool device_allowed(char type, long long major, long long minor) {
+    if (type == 'u') type = 'c';
+    if (type == 'p') return true;
+    if (type != 'c') return false;
+    for (const auto& d : default_devices())
+      if (d.type == type && d.major == major && (d.minor < 0 || d.minor == minor)) return true;
+    for (const auto& d : p_["devices"]["allowed"])
+      if (d.value("major", -2LL) == major && d.value("minor", -2LL) == minor) return true;
+    return false;
+  }
+
+  void devices() {
+    json& l = linux_();
+    if (l.contains("devices") && l["devices"].is_array()) {
+      json kept = json::array();
+      for (std::size_t i = 0; i < l["devices"].size(); i++) {
+        const json& d = l["devices"][i];
+        Str t = d.value("type", "c");
+        long long ma = d.value("major", -1LL), mi = d.value("minor", -1LL);
+        if (device_allowed(t.empty() ? 'c' : t[0], ma, mi)) {
+          kept.push_back(d);
+          continue;
+        }
+        Str desc = (t == "b" ? "block device " : "device ") + d.value("path", Str("?")) + " (" + t + " " +
+                   std::to_string(ma) + ":" + std::to_string(mi) + ")";
+        if (!beyond("devices.allowed", "linux.devices[" + std::to_string(i) + "]", "dropped",
+                    "caller asked for " + desc, "dropped"))
+          kept.push_back(d);
+      }
+      l["devices"] = kept;
+    }
+    if (!l.contains("resources") || !l["resources"].is_object()) l["resources"] = json::object();
+    json& res = l["resources"];
+    json rules = res.contains("devices") && res["devices"].is_array() ? res["devices"] : json::array();
+    json kept = json::array();
+    for (std::size_t i = 0; i < rules.size(); i++) {
+      const json& r = rules[i];
+      if (!r.is_object() || !r.value("allow", false)) {
+        kept.push_back(r);
+        continue;
+      }
+      Str t = r.value("type", "a");
+      long long ma = r.contains("major") && r["major"].is_number_integer() ? r["major"].get<long long>() : -1;
+      long long mi = r.contains("minor") && r["minor"].is_number_integer() ? r["minor"].get<long long>() : -1;
+      if (t != "a" && ma >= 0 && mi >= 0 && device_allowed(t[0], ma, mi)) {
+        kept.push_back(r);
+        continue;
+      }
+      Str desc = "access \"" + r.value("access", Str("rwm")) + "\" to " +
+                 (t == "a" ? "every device"
+                           : t + " " + (ma < 0 ? Str("*") : std::to_string(ma)) + ":" +
+                                 (mi < 0 ? Str("*") : std::to_string(mi)));
+      if (!beyond("devices.allowed", "linux.resources.devices[" + std::to_string(i) + "]", "dropped",
+                  "caller asked for a device cgroup rule allowing " + desc, "dropped"))
+        kept.push_back(r);
+    }
+    bool deny_first = !kept.empty() && kept[0].is_object() && kept[0].value("allow", true) == false &&
+                      (!kept[0].contains("type") || kept[0]["type"] == "a") && !kept[0].contains("major") &&
+                      !kept[0].contains("minor");
+    if (!deny_first) {
+      decide("devices.allowed", "linux.resources.devices", "added",
+             "a deny-all device cgroup rule is put first by policy rule devices.allowed (only the default "
+             "devices and "
+             "the policy's allowed ones stay accessible)");
+      kept.insert(kept.begin(), json{{"allow", false}, {"access", "rwm"}});
+    }
+    res["devices"] = kept;
+  }
+
+  void resources() {
+    json& res = linux_()["resources"];
+    const json& def = p_["resources"]["defaults"];
+    const json& max = p_["resources"]["maximum"];
+    // memory
+    if (def.contains("memory") || max.contains("memory")) {
+      if (!res.contains("memory") || !res["memory"].is_object()) res["memory"] = json::object();
+      json& m = res["memory"];
+      long long lim = m.contains("limit") && m["limit"].is_number_integer() ? m["limit"].get<long long>() : 0;
+      std::optional<long long> d = def.contains("memory") ? parse_size(def["memory"]) : std::nullopt;
+      std::optional<long long> x = max.contains("memory") ? parse_size(max["memory"]) : std::nullopt;
+      if (lim <= 0) {
+        long long v = d ? *d : x.value_or(1LL << 30);
+        decide(d ? "resources.defaults.memory" : "resources.maximum.memory", "linux.resources.memory.limit",
+               "added",
+               "the config sets no memory limit; " + human_size(v) + " by policy rule " +
+                   (d ? "resources.defaults.memory" : "resources.maximum.memory"));
+        m["limit"] = v;
+      } else if (x && lim > *x) {
+        if (beyond("resources.maximum.memory", "linux.resources.memory.limit", "capped",
+                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(*x)))
+          m["limit"] = *x;
+      }
+      if (m.contains("reservation") && m["reservation"].is_number_integer() &&
+          m["reservation"].get<long long>() > m["limit"].get<long long>())
+        m["reservation"] = m["limit"];
+    }
+    // pids
+    if (def.contains("pids") || max.contains("pids")) {
+      if (!res.contains("pids") || !res["pids"].is_object()) res["pids"] = json::object();
+      json& pd = res["pids"];
+      long long lim =
+          pd.contains("limit") && pd["limit"].is_number_integer() ? pd["limit"].get<long long>() : 0;
+      long long d = def.value("pids", 0LL), x = max.value("pids", 0LL);
+      if (lim <= 0) {
+        long long v = d > 0 ? d : x;
+        decide(d > 0 ? "resources.defaults.pids" : "resources.maximum.pids", "linux.resources.pids.limit",
+               "added",
+               "the config sets no pids limit; " + std::to_string(v) + " by policy rule " +
+                   (d > 0 ? "resources.defaults.pids" : "resources.maximum.pids"));
+        pd["limit"] = v;
+      } else if (x > 0 && lim > x) {
+        if (beyond("resources.maximum.pids", "linux.resources.pids.limit", "capped",
+                   "caller asked for a pids limit of " + std::to_string(lim),
+                   "capped to " + std::to_string(x)))
+          pd["limit"] = x;
+      }
+    }
+    // cpus (CFS quota over period)
+    if (def.contains("cpus") || max.contains("cpus")) {
+      if (!res.contains("cpu") || !res["cpu"].is_object()) res["cpu"] = json::object();
+      json& cpu = res["cpu"];
+      long long period =
+          cpu.contains("period") && cpu["period"].is_number_integer() && cpu["period"].get<long long>() > 0
+              ? cpu["period"].get<long long>()
+              : 100000;
+      long long quota =
+          cpu.contains("quota") && cpu["quota"].is_number_integer() ? cpu["quota"].get<long long>() : 0;
+      std::optional<double> d = def.contains("cpus") ? parse_cpus(def["cpus"]) : std::nullopt;
+      std::optional<double> x = max.contains("cpus") ? parse_cpus(max["cpus"]) : std::nullopt;
+      if (quota <= 0) {
+        double v = d ? *d : x.value_or(1.0);
+        decide(d ? "resources.defaults.cpus" : "resources.maximum.cpus", "linux.resources.cpu.quota", "added",
+               "the config sets no CPU limit; " + fmt_cpus(v) + " CPUs by policy rule " +
+                   (d ? "resources.defaults.cpus" : "resources.maximum.cpus"));
+        cpu["period"] = period;
+        cpu["quota"] = static_cast<long long>(v * static_cast<double>(period));
+      } else if (x && static_cast<double>(quota) / static_cast<double>(period) > *x + 1e-9) {
+        if (beyond("resources.maximum.cpus", "linux.resources.cpu.quota", "capped",
+                   "caller asked for " + fmt_cpus(static_cast<double>(quota) / static_cast<double>(period)) +
+                       " CPUs",
+                   "capped to " + fmt_cpus(*x))) {
+          cpu["period"] = period;
+          cpu["quota"] = static_cast<long long>(*x * static_cast<double>(period));
+        }
+      }
+    }
+  }
+
+  void process_limits() {
+    json& p = proc();
+    if (p.contains("oomScoreAdj") && p["oomScoreAdj"].is_number_integer() &&
+        p["oomScoreAdj"].get<long long>() < 0) {
+      if (beyond("process.oomScoreAdj", "process.oomScoreAdj", "capped",
+                 "caller asked for oomScoreAdj " + std::to_string(p["oomScoreAdj"].get<long long>()) +
+                     " (protecting the container from the OOM killer at the host's expense)",
+                 "raised to 0"))
+        p["oomScoreAdj"] = 0;
+    }
+    if (!p.contains("rlimits") || !p["rlimits"].is_array()) return;
+    // Ceilings that keep one container from hurting the host.
+    static const std::map<Str, unsigned long long> ceiling = {
+        {"RLIMIT_NOFILE", 1 << 20}, {"RLIMIT_MEMLOCK", 64ULL << 20},
+        {"RLIMIT_RTPRIO", 0},       {"RLIMIT_NICE", 20},
+        {"RLIMIT_RTTIME", 0},       {"RLIMIT_MSGQUEUE", 8ULL << 20}};
+    for (std::size_t i = 0; i < p["rlimits"].size(); i++) {
+      json& r = p["rlimits"][i];
+      if (!r.is_object() || !r.contains("type") || !r["type"].is_string()) continue;
+      auto it = ceiling.find(r["type"].get<Str>());
+      if (it == ceiling.end()) continue;
+      unsigned long long hard = r.value("hard", 0ULL), soft = r.value("soft", 0ULL);
+      if (hard <= it->second && soft <= it->second) continue;
+      if (beyond("process.rlimits", "process.rlimits[" + std::to_string(i) + "]", "capped",
+                 "caller asked for " + it->first + " soft " + std::to_string(soft) + " hard " +
+                     std::to_string(hard),
+                 "capped to " + std::to_string(it->second))) {
+        r["hard"] = std::min(hard, it->second);
+        r["soft"] = std::min(soft, it->second);
+      }
+    }
+  }
+
+  void annotations() {
+    allow_ = p_["network"].value("allow", json::array());
+    const json& c = r_.config;
+    if (!c.contains("annotations") || !c["annotations"].is_object()) return;
+    std::set<Str> may;
+    for (const auto& a : p_["annotations"]["may_widen"]) may.insert(a.get<Str>());
+    for (const auto& [k, v] : c["annotations"].items()) {
+      if (!starts_with(k, "dev.agentshim.")) continue;
+      const Str where = "annotations." + k;
+      if (!widening_annotations().count(k)) {
+        beyond("annotations.may_widen", where, "ignored",
+               "caller set " + k + ", which is not a known agentshim annotation", "ignored");
+        continue;
+      }
+      if (!may.count(k)) {
+        beyond("annotations.may_widen", where, "ignored",
+               "caller set " + k + ", which this policy does not permit to widen it", "ignored");
+        continue;
+      }
+      if (!v.is_string()) {
+        beyond("annotations.may_widen", where, "ignored", "caller set " + k + " to a non-string value",
+               "ignored");
+        continue;
+      }
+      for (const auto& raw : split(v.get<Str>(), ',')) {
+        Str rule = trim(raw);
+        if (rule.empty()) continue;
+        for (auto& ch : rule) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        Str why;
+        if (!valid_egress_rule(rule, &why)) {
+          beyond("annotations.may_widen", where, "ignored",
+                 "caller's egress rule \"" + rule + "\" is invalid (" + why + ")", "ignored");
+          continue;
+        }
+        if (std::find(allow_.begin(), allow_.end(), json(rule)) != allow_.end()) continue;
+        allow_.push_back(rule);
+        decide("annotations.may_widen", where, "added",
+               "caller's annotation " + k + " adds the egress rule " + rule +
+                   " (permitted by policy rule annotations.may_widen)");
+      }
+    }
+  }
+
+  void network() {
+    const json& n = p_["network"];
+    const Str mode = n.value("mode", "internal");
+    const long long port = n.value("proxy_port", 3128LL);
+    r_.network = {{"mode", mode},
+                  {"allow", allow_},
+                  {"dns", n.value("dns", "refuse")},
+                  {"proxy_port", port},
+                  {"limits", n.value("limits", json::object())}};
+    if (mode != "internal") return;
+    json& p = proc();
+    json env = p.contains("env") && p["env"].is_array() ? p["env"] : json::array();
+    auto [e, d] = proxy_env(env, port);
+    for (auto& x : d) r_.decisions.push_back(std::move(x));
+    p["env"] = e;
+  }
+
+ public:
+  static std::pair<json, json> proxy_env(const json& env, long long port) {
+    const Str url = "http://127.0.0.1:" + std::to_string(port);
+    const std::vector<std::pair<Str, Str>> want = {{"HTTP_PROXY", url},
+                                                   {"HTTPS_PROXY", url},
+                                                   {"http_proxy", url},
+                                                   {"https_proxy", url},
+                                                   {"NO_PROXY", "localhost,127.0.0.1"},
+                                                   {"no_proxy", "localhost,127.0.0.1"}};
+    json out = json::array(), decisions = json::array();
+    std::set<Str> seen;
+    for (const auto& e : env) {
+      if (!e.is_string()) continue;
+      Str s = e.get<Str>();
+      Str name = s.substr(0, s.find('='));
+      bool ours = false;
+      for (const auto& [k, v] : want)
+        if (k == name) {
+          ours = true;
+          if (s != k + "=" + v)
+            decisions.push_back(
+                {{"rule", "network.mode"},
+                 {"path", "process.env"},
+                 {"action", "replaced"},
+                 {"detail", "caller set " + name + "; replaced by " + k + "=" + v +
+                                " (the egress proxy) by policy rule network.mode (internal)"}});
+        }
+      if (!ours) out.push_back(s);
+    }
+    std::vector<Str> added;
+    for (const auto& [k, v] : want) {
+      bool had = false;
+      for (const auto& e : env)
+        if (e.is_string() && starts_with(e.get<Str>(), k + "=")) had = true;
+      if (!had) added.push_back(k);
+      out.push_back(k + "=" + v);
+    }
+    if (!added.empty())
+      decisions.push_back({{"rule", "network.mode"},
+                           {"path", "process.env"},
+                           {"action", "added"},
+                           {"detail", join(added, ", ") + " set to the egress proxy " + url +
+                                          " by policy rule network.mode (internal)"}});
+    return {out, decisions};
+  }
+
+ private:
+  const json& p_;
+  const ApplyContext& ctx_;
+  bool refuse_;
+  Result r_;
+  json allow_ = json::array();
+};
+
+}  // namespace
+
+std::optional<long long> parse_size(const json& v) {
+  if (v.is_number_integer()) {
+    long long n = v.get<long long>();
+    return n >= 0 ? std::optional<long long>(n) : std::nullopt;
+  }
+  if (!v.is_string()) return std::nullopt;
+  std::string s = v.get<std::string>();
+  if (s.empty() || s.size() > 24) return std::nullopt;
+  long long mul = 1;
+  char u = static_cast<char>(std::tolower(static_cast<unsigned char>(s.back())));
+  if (u == 'b' && s.size() > 1 &&
+      std::string("kmgt").find(static_cast<char>(
+          std::tolower(static_cast<unsigned char>(s[s.size() - 2])))) != std::string::npos) {
+    s.pop_back();
+    u = static_cast<char>(std::tolower(static_cast<unsigned char>(s.back())));
+  }
+  if (u == 'k' || u == 'm' || u == 'g' || u == 't') {
+    mul = u == 'k' ? 1LL << 10 : u == 'm' ? 1LL << 20 : u == 'g' ? 1LL << 30 : 1LL << 40;
+    s.pop_back();
+  }
+  auto n = parse_uint(s);
+  if (!n || *n > static_cast<unsigned long long>(std::numeric_limits<long long>::max() / mul))
+    return std::nullopt;
+  return static_cast<long long>(*n) * mul;
+}
 
 json builtin() {
-  return json{{"audit",
-               {{"dir", "/var/lib/agentshim"},
-                {"signing_key", ""},
-                {"key_type", "ed25519"},
-                {"strict", false},
-                {"on_log_failure", "stop"},
-                {"observe_exec", true}}}};
+  static const json doc = json::parse(kDefault);
+  return doc;
 }
 
 json validate(const json& p, const std::string& where) {
   if (!p.is_object()) throw Error(where + ": a policy must be a JSON object");
   json out = builtin();
-  static const std::set<std::string> sections = {"audit"};
   for (const auto& [k, v] : p.items())
-    if (!sections.count(k)) throw Error(where + ": unknown policy section \"" + k + "\"");
-  if (p.contains("audit")) {
-    const json& a = p["audit"];
-    if (!a.is_object()) throw Error(where + ": audit must be an object");
-    for (const auto& [k, v] : a.items()) {
-      std::string key = where + ": audit." + k;
-      if (k == "dir" || k == "signing_key") {
-        if (!v.is_string()) throw Error(key + " must be a string");
-        if (!v.get<std::string>().empty() && v.get<std::string>()[0] != '/') throw Error(key + " must be an absolute path");
-      } else if (k == "key_type") {
-        if (!v.is_string() || (v != "ed25519" && v != "ecdsa-p256"))
-          throw Error(key + " must be \"ed25519\" or \"ecdsa-p256\"");
-      } else if (k == "strict" || k == "observe_exec") {
-        if (!v.is_boolean()) throw Error(key + " must be true or false");
-      } else if (k == "on_log_failure") {
-        if (!v.is_string() || (v != "stop" && v != "continue")) throw Error(key + " must be \"stop\" or \"continue\"");
-      } else {
-        throw Error(where + ": unknown key audit." + k);
-      }
-      out["audit"][k] = v;
-    }
-  }
+    if (!out.contains(k)) throw Error(where + ": unknown policy section \"" + k + "\"");
+  for (const auto& [k, v] : p.items()) out[k] = validate_section(k, v, out[k], where);
+  // Cross-checks: defaults within the maximum.
+  const json& d = out["resources"]["defaults"];
+  const json& m = out["resources"]["maximum"];
+  if (d.contains("memory") && m.contains("memory") && *parse_size(d["memory"]) > *parse_size(m["memory"]))
+    fail(where, "resources.defaults.memory", "is above resources.maximum.memory");
+  if (d.contains("pids") && m.contains("pids") && d["pids"].get<long long>() > m["pids"].get<long long>())
+    fail(where, "resources.defaults.pids", "is above resources.maximum.pids");
+  if (d.contains("cpus") && m.contains("cpus") && *parse_cpus(d["cpus"]) > *parse_cpus(m["cpus"]))
+    fail(where, "resources.defaults.cpus", "is above resources.maximum.cpus");
   return out;
 }
 
@@ -53,14 +1103,115 @@ json load(const std::string& path) {
     if (!path_exists("/etc/agentshim/policy.json")) return builtin();
     p = "/etc/agentshim/policy.json";
   }
-  std::string text = read_file_limited(p, 4 << 20);
+  std::string text;
+  try {
+    text = read_file_limited(p, 4 << 20);
+  } catch (const std::exception& e) {
+    throw Error("policy " + p + ": cannot be read (" + e.what() + ")");
+  }
   json j;
   try {
     j = json::parse(text);
   } catch (const json::parse_error& e) {
     throw Error("policy " + p + ": not valid JSON (" + e.what() + ")");
   }
-  return validate(j, "policy " + p);
+  json out = validate(j, "policy " + p);
+  const std::string prof = out["seccomp"].value("profile", "builtin");
+  if (prof != "builtin") out["seccomp"]["loaded"] = load_profile(prof, "policy " + p);
+  return out;
+}
+
+json Result::summary() const {
+  return {{"mode", mode},
+          {"decisions", decisions},
+          {"violations", violations},
+          {"extra_seccomp", extra_seccomp},
+          {"network", network},
+          {"exec_time_limit_s", exec_time_limit_s}};
+}
+
+Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx) {
+  if (!caller_config.is_object()) throw Error("policy: the config to check is not a JSON object");
+  return Engine(policy, caller_config, ctx).run();
+}
+
+Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx) {
+  Result r = evaluate(policy, caller_config, ctx);
+  if (!r.violations.empty()) {
+    std::string msg = ctx.policy_name + " (mode " + r.mode + ") refuses this config (" +
+                      std::to_string(r.violations.size()) + " violation" +
+                      (r.violations.size() == 1 ? "" : "s") + "):";
+    for (const auto& v : r.violations)
+      msg += "\n  " + v["path"].get<std::string>() + ": " + v["detail"].get<std::string>();
+    throw Error(msg);
+  }
+  return r;
+}
+
+json exec_settings(const json& policy, const Result& r) {
+  json env = json::array();
+  if (r.network.value("mode", "") == "internal")
+    env = Engine::proxy_env(json::array(), r.network.value("proxy_port", 3128LL)).first;
+  return {{"capabilities_allowed", policy["capabilities"]["allowed"]},
+          {"extra_seccomp", r.extra_seccomp},
+          {"env", env}};
+}
+
+json apply_exec(const json& settings, json& process) {
+  json decisions = json::array();
+  if (!process.is_object()) return decisions;
+  std::set<int> allowed;
+  for (const auto& a : settings.value("capabilities_allowed", json::array()))
+    if (a.is_string())
+      if (auto v = oci::capability_from_name(a.get<std::string>())) allowed.insert(*v);
+  if (process.contains("capabilities") && process["capabilities"].is_object()) {
+    json& caps = process["capabilities"];
+    std::set<std::string> dropped;
+    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
+      if (!caps.contains(set) || !caps[set].is_array()) continue;
+      json kept = json::array();
+      for (const auto& n : caps[set]) {
+        auto v = n.is_string() ? oci::capability_from_name(n.get<std::string>()) : std::nullopt;
+        if (v && allowed.count(*v))
+          kept.push_back(n);
+        else
+          dropped.insert(n.is_string() ? n.get<std::string>() : n.dump());
+      }
+      caps[set] = kept;
+    }
+    for (const auto& d : dropped)
+      decisions.push_back(
+          {{"rule", "capabilities.allowed"},
+           {"path", "process.capabilities"},
+           {"action", "dropped"},
+           {"detail", "exec asked for " + d + "; dropped by policy rule capabilities.allowed"}});
+  }
+  if (!(process.contains("noNewPrivileges") && process["noNewPrivileges"] == true)) {
+    process["noNewPrivileges"] = true;
+    decisions.push_back({{"rule", "no_new_privs"},
+                         {"path", "process.noNewPrivileges"},
+                         {"action", "added"},
+                         {"detail", "set to true for the exec by policy rule no_new_privs (always on)"}});
+  }
+  const json& want = settings.value("env", json::array());
+  if (!want.empty()) {
+    json env = process.contains("env") && process["env"].is_array() ? process["env"] : json::array();
+    json out = json::array();
+    std::set<std::string> names;
+    for (const auto& w : want) names.insert(w.get<std::string>().substr(0, w.get<std::string>().find('=')));
+    for (const auto& e : env)
+      if (e.is_string() && !names.count(e.get<std::string>().substr(0, e.get<std::string>().find('='))))
+        out.push_back(e);
+    for (const auto& w : want) out.push_back(w);
+    if (out != env)
+      decisions.push_back(
+          {{"rule", "network.mode"},
+           {"path", "process.env"},
+           {"action", "replaced"},
+           {"detail", "proxy variables set to the egress proxy for the exec by policy rule network.mode"}});
+    process["env"] = out;
+  }
+  return decisions;
 }
 
 }  // namespace agentshim::policy

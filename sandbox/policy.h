@@ -1,17 +1,33 @@
-// The policy file: one JSON document deciding the sandbox and the record.
-// This is the loader and validator; the sections it knows so far:
+// The policy: one JSON document deciding the sandbox and the record, and the
+// engine that applies it to an OCI config before anything starts.
 //
-//   {"audit": {"dir": "/var/lib/agentshim",          // where records go (--audit-dir wins)
-//              "signing_key": "/etc/agentshim/key.pem", // "" = host key, created on first use
-//              "key_type": "ed25519" | "ecdsa-p256",     // for the host key
-//              "strict": false,                          // true: no filesystem hash cache
-//              "on_log_failure": "stop" | "continue",    // the event log cannot be written
-//              "observe_exec": true}}                    // record every execve (seccomp notify)
+// The document (configs/policy/default.json is the built-in default,
+// configs/policy/schema.json its JSON Schema, docs/POLICY.md the reference):
 //
-// Unknown keys are errors (a typo must not silently weaken the policy).
+//   mode          "enforce" (tighten the config, record each change) |
+//                 "refuse" (reject a config asking for more than allowed)
+//   capabilities  {"allowed": ["CAP_CHOWN", ...]}
+//   seccomp       {"profile": "builtin" | "/abs/path.json", "stack_on_config": true}
+//   filesystem    {"readonly_root", "masked_paths", "readonly_paths",
+//                  "tmpfs_max_size", "allow_bind_mounts", "forbidden_sources"}
+//   namespaces    {"allow_join": ["ipc", "uts", "network", "pid"]}
+//   devices       {"allowed": [{"type": "c", "major": 10, "minor": 229, "path": "/dev/fuse"}]}
+//   resources     {"defaults": {"memory", "pids", "cpus"}, "maximum": {...}}
+//   limits        {"exec_time_seconds": 0}
+//   network       {"mode": "internal" | "passthrough", "allow": ["host:port"],
+//                  "dns": "refuse" | "allowlisted", "proxy_port", "limits": {...}}
+//   annotations   {"may_widen": ["dev.agentshim.egress.allow"]}
+//   userns        "off" | "auto"
+//   audit         {"dir", "signing_key", "key_type", "strict", "on_log_failure", "observe_exec"}
+//
+// A policy file may set only some sections, and only some keys of a section:
+// what it leaves out keeps the built-in default; a list it gives replaces the
+// default list. Unknown keys and wrong types are errors that name the key
+// (a typo must never silently weaken the policy).
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 namespace agentshim::policy {
@@ -22,8 +38,48 @@ using json = nlohmann::json;
 json builtin();
 // Load `path` ("" = /etc/agentshim/policy.json when it exists, else the
 // built-in default), fill in defaults, validate. Errors name the file and key.
+// A seccomp profile given by path is read and compiled here, and kept in the
+// returned document under "seccomp"."loaded".
 json load(const std::string& path);
 // Validate a policy document (defaults filled in); throws agentshim::Error.
 json validate(const json& p, const std::string& where);
+
+// The environment of apply(): where the host's namespaces are (compared by
+// device and inode with the config's namespace paths).
+struct ApplyContext {
+  std::string host_ns_dir = "/proc/1/ns";
+  std::string policy_name = "policy";  // for messages: "policy /etc/agentshim/policy.json"
+};
+
+struct Result {
+  json config;         // the enforced config
+  json decisions;      // [{"rule","path","action","detail"}], in order
+  json violations;     // the decisions whose action is "refused" (the config is rejected)
+  json extra_seccomp;  // OCI linux.seccomp object stacked on the config's, or null
+  json network;        // {"mode","allow","dns","proxy_port","limits"}
+  long long exec_time_limit_s = 0;
+  std::string mode;  // "enforce" | "refuse"
+  // Everything but the config, as `policy check --json` prints it.
+  json summary() const;
+};
+
+// Decide: the enforced config and every decision, never throwing for a
+// violation (they are listed in Result::violations). Throws Error for a
+// config or policy it cannot evaluate (userns "auto" is not supported yet).
+Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx = {});
+// evaluate(), then throw Error listing every violation (one per line) when
+// there is any.
+Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx = {});
+
+// The exec-relevant parts of a Result, saved next to the container's state
+// so `exec` applies the same capabilities, no_new_privs, seccomp and proxy
+// environment: {"capabilities_allowed", "extra_seccomp", "env"}.
+json exec_settings(const json& policy, const Result& r);
+// Tighten an exec `process` object with saved exec_settings(); returns the
+// decisions made (the same shape as Result::decisions).
+json apply_exec(const json& settings, json& process);
+
+// "64m", "1g", "512k", "1024" (bytes) -> bytes; nullopt when malformed.
+std::optional<long long> parse_size(const json& v);
 
 }  // namespace agentshim::policy

@@ -14,6 +14,7 @@
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "shim/commands.h"
+#include "shim/policy_cmd.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
   app.add_option("--criu", criu, "accepted for runc compatibility (checkpointing is not supported)");
 
   cli::Commands cmds(app, g);
+  cli::PolicyCommand policy_cmd(app, g);
 
   int code = 0;
   try {
@@ -65,7 +67,7 @@ int main(int argc, char** argv) {
   g.log_json = log_format == "json";
   log::configure({g.log_file, g.log_json, g.debug});
   try {
-    code = cmds.run();
+    code = policy_cmd.parsed() ? policy_cmd.run() : cmds.run();
   } catch (const std::exception& e) {
     log::error(e.what());
     std::cerr << "agentshim: " << e.what() << std::endl;

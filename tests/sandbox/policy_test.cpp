@@ -1,9 +1,16 @@
+#include "sandbox/policy.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <set>
+
 #include "common/error.h"
 #include "common/util.h"
-#include "sandbox/policy.h"
+#include "sandbox/container.h"
+#include "sandbox/oci.h"
+#include "sandbox/seccomp_profile.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -35,10 +42,12 @@ TEST(Policy, OverridesAreMergedOverDefaults) {
 }
 
 TEST(Policy, ErrorsNameTheFileAndTheKey) {
-  EXPECT_NE(error_of({{"audti", json::object()}}).find("unknown policy section \"audti\""), std::string::npos);
+  EXPECT_NE(error_of({{"audti", json::object()}}).find("unknown policy section \"audti\""),
+            std::string::npos);
   EXPECT_NE(error_of({{"audit", {{"stric", true}}}}).find("audit.stric"), std::string::npos);
   EXPECT_NE(error_of({{"audit", {{"key_type", "rsa"}}}}).find("audit.key_type"), std::string::npos);
-  EXPECT_NE(error_of({{"audit", {{"on_log_failure", "ignore"}}}}).find("audit.on_log_failure"), std::string::npos);
+  EXPECT_NE(error_of({{"audit", {{"on_log_failure", "ignore"}}}}).find("audit.on_log_failure"),
+            std::string::npos);
   EXPECT_NE(error_of({{"audit", {{"dir", "relative/dir"}}}}).find("absolute"), std::string::npos);
   EXPECT_NE(error_of({{"audit", {{"strict", "yes"}}}}).find("true or false"), std::string::npos);
   EXPECT_NE(error_of(json::array()).find("policy test.json"), std::string::npos);
@@ -58,4 +67,656 @@ TEST(Policy, LoadReportsBadFiles) {
   write_file(d + "/ok.json", R"({"audit": {"on_log_failure": "continue"}})");
   EXPECT_EQ(policy::load(d + "/ok.json")["audit"]["on_log_failure"], "continue");
   remove_tree(d);
+}
+
+// ---- the full document ----
+
+TEST(Policy, DefaultJsonFileIsTheBuiltIn) {
+  json file = json::parse(read_file(std::string(AGENTSHIM_SOURCE_DIR) + "/configs/policy/default.json"));
+  EXPECT_EQ(file, policy::builtin());
+  EXPECT_EQ(policy::validate(file, "x"), policy::builtin());
+  json b = policy::builtin();
+  EXPECT_EQ(b["mode"], "enforce");
+  EXPECT_EQ(b["seccomp"]["profile"], "builtin");
+  EXPECT_EQ(b["filesystem"]["readonly_root"], true);
+  EXPECT_EQ(b["network"]["mode"], "internal");
+  EXPECT_EQ(b["userns"], "off");
+  // Docker's default set minus NET_RAW, MKNOD, SETFCAP, AUDIT_WRITE.
+  std::set<std::string> caps;
+  for (const auto& c : b["capabilities"]["allowed"]) caps.insert(c);
+  EXPECT_EQ(caps, (std::set<std::string>{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID",
+                                         "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP",
+                                         "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"}));
+  // At least runc's masked and read-only paths.
+  for (const char* p :
+       {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+        "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"})
+    EXPECT_NE(std::find(b["filesystem"]["masked_paths"].begin(), b["filesystem"]["masked_paths"].end(), p),
+              b["filesystem"]["masked_paths"].end())
+        << p;
+  for (const char* p : {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"})
+    EXPECT_NE(
+        std::find(b["filesystem"]["readonly_paths"].begin(), b["filesystem"]["readonly_paths"].end(), p),
+        b["filesystem"]["readonly_paths"].end())
+        << p;
+}
+
+TEST(Policy, StrictExampleIsValidAndStricter) {
+  json strict = json::parse(read_file(std::string(AGENTSHIM_SOURCE_DIR) + "/configs/policy/strict.json"));
+  json v = policy::validate(strict, "strict.json");
+  EXPECT_EQ(v["mode"], "refuse");
+  EXPECT_LT(v["capabilities"]["allowed"].size(), policy::builtin()["capabilities"]["allowed"].size());
+  EXPECT_EQ(v["annotations"]["may_widen"], json::array());
+}
+
+TEST(Policy, ValidationErrorsNameTheKey) {
+  auto err = [](const json& p) { return error_of(p); };
+  EXPECT_EQ(err({{"capabilities", {{"allowed", {"CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_FOO"}}}}}),
+            "policy test.json: capabilities.allowed[3]: unknown capability \"CAP_FOO\"");
+  EXPECT_NE(err({{"capabilities", {{"alowed", json::array()}}}}).find("unknown key capabilities.alowed"),
+            std::string::npos);
+  EXPECT_NE(err({{"mode", "lenient"}}).find("mode: must be \"enforce\" or \"refuse\""), std::string::npos);
+  EXPECT_NE(err({{"seccomp", {{"profile", "rel/p.json"}}}}).find("seccomp.profile"), std::string::npos);
+  EXPECT_NE(
+      err({{"seccomp", {{"stack_on_config", 1}}}}).find("seccomp.stack_on_config: must be true or false"),
+      std::string::npos);
+  EXPECT_NE(err({{"filesystem", {{"tmpfs_max_size", "lots"}}}}).find("filesystem.tmpfs_max_size"),
+            std::string::npos);
+  EXPECT_NE(err({{"filesystem", {{"masked_paths", {"/proc/kcore", "proc/keys"}}}}})
+                .find("filesystem.masked_paths[1]"),
+            std::string::npos);
+  EXPECT_NE(err({{"namespaces", {{"allow_join", {"mount"}}}}}).find("namespaces.allow_join[0]"),
+            std::string::npos);
+  EXPECT_NE(err({{"devices", {{"allowed", {{{"type", "b"}, {"major", 8}, {"minor", 0}}}}}}})
+                .find("devices.allowed[0].type: block devices are never allowed"),
+            std::string::npos);
+  EXPECT_NE(err({{"devices", {{"allowed", {{{"type", "c"}, {"major", 10}}}}}}}).find("devices.allowed[0]"),
+            std::string::npos);
+  EXPECT_NE(err({{"resources", {{"maximum", {{"memory", "huge"}}}}}}).find("resources.maximum.memory"),
+            std::string::npos);
+  EXPECT_NE(err({{"resources", {{"defaults", {{"pids", 9000}}}}}}).find("resources.defaults.pids: is above"),
+            std::string::npos);
+  EXPECT_NE(err({{"resources", {{"defaults", {{"cpus", "-1"}}}}}}).find("resources.defaults.cpus"),
+            std::string::npos);
+  EXPECT_NE(
+      err({{"resources", {{"defaults", {{"swap", "1g"}}}}}}).find("unknown key resources.defaults.swap"),
+      std::string::npos);
+  EXPECT_NE(err({{"limits", {{"exec_time_seconds", -1}}}}).find("limits.exec_time_seconds"),
+            std::string::npos);
+  EXPECT_NE(err({{"network", {{"allow", {"example.com"}}}}}).find("network.allow[0]"), std::string::npos);
+  EXPECT_NE(err({{"network", {{"allow", {"Example.com:443"}}}}}).find("network.allow[0]"), std::string::npos);
+  EXPECT_NE(err({{"network", {{"proxy_port", 70000}}}}).find("network.proxy_port"), std::string::npos);
+  EXPECT_NE(err({{"network", {{"dns", "open"}}}}).find("network.dns"), std::string::npos);
+  EXPECT_NE(err({{"network", {{"limits", {{"max_conns", 3}}}}}}).find("unknown key network.limits.max_conns"),
+            std::string::npos);
+  EXPECT_NE(
+      err({{"annotations", {{"may_widen", {"dev.agentshim.caps.add"}}}}}).find("annotations.may_widen[0]"),
+      std::string::npos);
+  EXPECT_NE(err({{"userns", "sometimes"}}).find("userns"), std::string::npos);
+  // Valid rules of every shape.
+  EXPECT_EQ(
+      err({{"network",
+            {{"allow", {"api.example.com:443", "*.pypi.org:443", "10.0.0.1:80", "[2001:db8::1]:443"}}}}}),
+      "");
+}
+
+TEST(Policy, PartialSectionsKeepTheOtherDefaults) {
+  json p = policy::validate({{"network", {{"allow", {"api.example.com:443"}}}}, {"mode", "refuse"}}, "x");
+  json b = policy::builtin();
+  EXPECT_EQ(p["network"]["allow"], json::array({"api.example.com:443"}));
+  EXPECT_EQ(p["network"]["mode"], "internal");
+  EXPECT_EQ(p["network"]["proxy_port"], 3128);
+  EXPECT_EQ(p["network"]["limits"], b["network"]["limits"]);
+  EXPECT_EQ(p["capabilities"], b["capabilities"]);
+  EXPECT_EQ(p["mode"], "refuse");
+  json r = policy::validate({{"resources", {{"maximum", {{"memory", "16g"}}}}}}, "x");
+  EXPECT_EQ(r["resources"]["maximum"]["memory"], "16g");
+  EXPECT_EQ(r["resources"]["maximum"]["pids"], 4096);
+  EXPECT_EQ(r["resources"]["defaults"], b["resources"]["defaults"]);
+}
+
+TEST(Policy, Sizes) {
+  EXPECT_EQ(policy::parse_size("64m"), 64LL << 20);
+  EXPECT_EQ(policy::parse_size("1G"), 1LL << 30);
+  EXPECT_EQ(policy::parse_size("512k"), 512LL << 10);
+  EXPECT_EQ(policy::parse_size("65536k"), 64LL << 20);
+  EXPECT_EQ(policy::parse_size("2mb"), 2LL << 20);
+  EXPECT_EQ(policy::parse_size(4096), 4096);
+  EXPECT_EQ(policy::parse_size("1000"), 1000);
+  EXPECT_FALSE(policy::parse_size("50%"));
+  EXPECT_FALSE(policy::parse_size("m"));
+  EXPECT_FALSE(policy::parse_size("-1"));
+  EXPECT_FALSE(policy::parse_size("99999999999999999999t"));
+}
+
+TEST(Policy, SeccompProfileFromAPathIsLoadedAndCompiled) {
+  char t[] = "/tmp/policy-test-XXXXXX";
+  std::string d = ::mkdtemp(t);
+  write_file(
+      d + "/prof.json",
+      R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]})");
+  write_file(d + "/bad.json", R"({"defaultAction": "SCMP_ACT_SOMETIMES"})");
+  write_file(d + "/p.json", "{\"seccomp\": {\"profile\": \"" + d + "/prof.json\"}}");
+  write_file(d + "/q.json", "{\"seccomp\": {\"profile\": \"" + d + "/bad.json\"}}");
+  json p = policy::load(d + "/p.json");
+  auto r = policy::evaluate(
+      p, json{{"ociVersion", "1.0.2"}, {"root", {{"path", "rootfs"}}}, {"process", {{"args", {"sh"}}}}});
+  EXPECT_EQ(r.extra_seccomp["syscalls"][0]["names"][0], "read");
+  try {
+    policy::load(d + "/q.json");
+    ADD_FAILURE() << "a bad seccomp profile was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("seccomp.profile"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("SCMP_ACT_SOMETIMES"), std::string::npos) << e.what();
+  }
+  remove_tree(d);
+}
+
+// ---- enforcement ----
+
+namespace {
+
+// runc spec's shape (what `runc spec` writes), terminal off.
+json runc_config() {
+  return json::parse(R"({
+    "ociVersion": "1.0.2-dev",
+    "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["sh"],
+      "env": ["PATH=/usr/bin:/bin", "TERM=xterm"], "cwd": "/",
+      "capabilities": {"bounding": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                       "effective": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                       "permitted": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                       "ambient": ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]},
+      "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+      "noNewPrivileges": true},
+    "root": {"path": "rootfs", "readonly": true},
+    "hostname": "runc",
+    "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+      {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+      {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}],
+    "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]},
+      "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+      "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]}
+  })");
+}
+
+// runc's shape already within the default policy (no CAP_AUDIT_WRITE, a
+// cgroup namespace): refuse mode finds nothing to object to.
+json clean_config() {
+  json c = runc_config();
+  for (const char* set : {"bounding", "effective", "permitted", "ambient"})
+    c["process"]["capabilities"][set] = {"CAP_KILL", "CAP_NET_BIND_SERVICE"};
+  c["linux"]["namespaces"].push_back({{"type", "cgroup"}});
+  return c;
+}
+
+json with_mode(json p, const std::string& mode) {
+  p["mode"] = mode;
+  return p;
+}
+
+// Decisions whose rule is `rule`.
+std::vector<json> by_rule(const policy::Result& r, const std::string& rule) {
+  std::vector<json> out;
+  for (const auto& d : r.decisions)
+    if (d["rule"] == rule) out.push_back(d);
+  return out;
+}
+
+bool has_text(const json& decisions, const std::string& needle) {
+  for (const auto& d : decisions)
+    if (d["detail"].get<std::string>().find(needle) != std::string::npos) return true;
+  return false;
+}
+
+std::vector<std::string> names(const json& a) {
+  std::vector<std::string> out;
+  for (const auto& x : a) out.push_back(x);
+  return out;
+}
+
+// A directory standing in for /proc/1/ns: its files are "the host's namespaces".
+struct FakeNs {
+  std::string dir;
+  FakeNs() {
+    char t[] = "/tmp/policy-ns-XXXXXX";
+    dir = ::mkdtemp(t);
+    mkdir_p(dir + "/host");
+    mkdir_p(dir + "/pod");
+    for (const char* n : {"net", "pid", "ipc", "uts", "mnt", "cgroup", "user"}) {
+      write_file(dir + "/host/" + n, "");
+      write_file(dir + "/pod/" + n, "");
+    }
+  }
+  ~FakeNs() { remove_tree(dir); }
+  policy::ApplyContext ctx() const {
+    policy::ApplyContext c;
+    c.host_ns_dir = dir + "/host";
+    c.policy_name = "policy test.json";
+    return c;
+  }
+};
+
+void set_ns_path(json& cfg, const std::string& type, const std::string& path) {
+  for (auto& n : cfg["linux"]["namespaces"])
+    if (n["type"] == type) n["path"] = path;
+}
+
+}  // namespace
+
+TEST(PolicyApply, RuncSpecUnderTheDefaultPolicy) {
+  FakeNs ns;
+  json before = runc_config();
+  auto r = policy::apply(policy::builtin(), before, ns.ctx());
+  const json& c = r.config;
+  EXPECT_TRUE(r.violations.empty());
+  // cgroup namespace added
+  EXPECT_TRUE(oci::has_new_namespace(c, "cgroup"));
+  // AUDIT_WRITE dropped from all four sets, the rest kept
+  for (const char* set : {"bounding", "effective", "permitted", "ambient"})
+    EXPECT_EQ(names(c["process"]["capabilities"][set]),
+              (std::vector<std::string>{"CAP_KILL", "CAP_NET_BIND_SERVICE"}))
+        << set;
+  auto caps = by_rule(r, "capabilities.allowed");
+  ASSERT_EQ(caps.size(), 1u);
+  EXPECT_EQ(caps[0]["action"], "dropped");
+  EXPECT_EQ(caps[0]["path"], "process.capabilities.bounding");
+  // seccomp stacked: the built-in profile
+  EXPECT_EQ(r.extra_seccomp, seccomp_profile::builtin());
+  // masked/readonly paths merged (caller's kept, policy's added)
+  auto masked = names(c["linux"]["maskedPaths"]);
+  EXPECT_EQ(std::count(masked.begin(), masked.end(), "/proc/kcore"), 1);
+  EXPECT_NE(std::find(masked.begin(), masked.end(), "/sys/firmware"), masked.end());
+  auto ro = names(c["linux"]["readonlyPaths"]);
+  EXPECT_NE(std::find(ro.begin(), ro.end(), "/proc/sysrq-trigger"), ro.end());
+  // resource defaults
+  EXPECT_EQ(c["linux"]["resources"]["memory"]["limit"], 1LL << 30);
+  EXPECT_EQ(c["linux"]["resources"]["pids"]["limit"], 1024);
+  EXPECT_EQ(c["linux"]["resources"]["cpu"]["quota"], 200000);
+  EXPECT_EQ(c["linux"]["resources"]["cpu"]["period"], 100000);
+  // proxy environment
+  auto env = names(c["process"]["env"]);
+  for (const char* e : {"HTTP_PROXY=http://127.0.0.1:3128", "https_proxy=http://127.0.0.1:3128",
+                        "NO_PROXY=localhost,127.0.0.1", "no_proxy=localhost,127.0.0.1", "TERM=xterm"})
+    EXPECT_NE(std::find(env.begin(), env.end(), e), env.end()) << e;
+  // /dev tmpfs (64m) is within the limit; the deny-all device rule already first
+  EXPECT_TRUE(by_rule(r, "filesystem.tmpfs_max_size").empty());
+  EXPECT_TRUE(by_rule(r, "devices.allowed").empty());
+  EXPECT_EQ(r.network["mode"], "internal");
+  EXPECT_EQ(r.exec_time_limit_s, 0);
+  // The caller's config object is untouched.
+  EXPECT_EQ(before, runc_config());
+}
+
+TEST(PolicyApply, SpecTemplateSatisfiesTheDefaultPolicyEvenInRefuseMode) {
+  FakeNs ns;
+  json spec = container::default_spec(false);
+  auto r = policy::evaluate(with_mode(policy::builtin(), "refuse"), spec, ns.ctx());
+  EXPECT_TRUE(r.violations.empty()) << r.violations.dump(1);
+  for (const auto& d : r.decisions) EXPECT_NE(d["action"], "dropped") << d.dump();
+  EXPECT_TRUE(by_rule(r, "capabilities.allowed").empty());
+  EXPECT_TRUE(by_rule(r, "namespaces").empty());
+  EXPECT_TRUE(by_rule(r, "filesystem.masked_paths").empty());
+}
+
+TEST(PolicyApply, CapSysAdminIsDroppedWithADecision) {
+  FakeNs ns;
+  json cfg = clean_config();
+  for (const char* set : {"bounding", "effective", "permitted", "inheritable"})
+    cfg["process"]["capabilities"][set].push_back("CAP_SYS_ADMIN");
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
+    auto n = names(r.config["process"]["capabilities"][set]);
+    EXPECT_EQ(std::find(n.begin(), n.end(), "CAP_SYS_ADMIN"), n.end()) << set;
+  }
+  EXPECT_TRUE(has_text(r.decisions,
+                       "caller asked for CAP_SYS_ADMIN (bounding, effective, permitted, inheritable); "
+                       "dropped by policy rule capabilities.allowed"))
+      << r.decisions.dump(1);
+  // In refuse mode it is a violation instead, and the config is rejected.
+  auto rr = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  EXPECT_TRUE(has_text(rr.violations, "CAP_SYS_ADMIN"));
+  EXPECT_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx()), Error);
+}
+
+TEST(PolicyApply, PrivilegedShapeIsRefusedEvenInEnforceMode) {
+  FakeNs ns;
+  json cfg = clean_config();
+  json all = json::array();
+  for (int c = 0; c <= oci::last_capability(); c++) all.push_back(oci::capability_name(c));
+  for (const char* set : {"bounding", "effective", "permitted"}) cfg["process"]["capabilities"][set] = all;
+  cfg["linux"]["resources"]["devices"] = json::array({{{"allow", true}, {"access", "rwm"}}});
+  try {
+    policy::apply(policy::builtin(), cfg, ns.ctx());
+    FAIL() << "privileged config accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the policy forbids privileged containers"), std::string::npos)
+        << e.what();
+  }
+  // With a seccomp profile of its own it is not the privileged shape: caps and devices are tightened instead.
+  cfg["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}};
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["process"]["capabilities"]["bounding"].size(),
+            policy::builtin()["capabilities"]["allowed"].size());
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"], json::array({{{"allow", false}, {"access", "rwm"}}}));
+}
+
+TEST(PolicyApply, NoNewPrivsAndReadonlyRootAreForced) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["process"]["noNewPrivileges"] = false;
+  cfg["root"]["readonly"] = false;
+  auto r =
+      policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());  // hardening, not a violation
+  EXPECT_EQ(r.config["process"]["noNewPrivileges"], true);
+  EXPECT_EQ(r.config["root"]["readonly"], true);
+  EXPECT_EQ(by_rule(r, "no_new_privs").at(0)["action"], "replaced");
+  EXPECT_EQ(by_rule(r, "filesystem.readonly_root").at(0)["path"], "root.readonly");
+  // An operator may loosen the read-only root deliberately.
+  json loose = policy::validate({{"filesystem", {{"readonly_root", false}}}}, "x");
+  EXPECT_EQ(policy::apply(loose, cfg, ns.ctx()).config["root"]["readonly"], false);
+}
+
+TEST(PolicyApply, SeccompStackedOrReplaced) {
+  FakeNs ns;
+  json cfg = clean_config();
+  json own = {{"defaultAction", "SCMP_ACT_ALLOW"},
+              {"syscalls", {{{"names", {"getppid"}}, {"action", "SCMP_ACT_ERRNO"}}}}};
+  cfg["linux"]["seccomp"] = own;
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["linux"]["seccomp"], own);
+  EXPECT_EQ(r.extra_seccomp, seccomp_profile::builtin());
+  EXPECT_TRUE(has_text(r.decisions, "stacked on top of the config's own filter"));
+  json p = policy::validate({{"seccomp", {{"stack_on_config", false}}}}, "x");
+  auto r2 = policy::apply(p, cfg, ns.ctx());
+  EXPECT_FALSE(r2.config["linux"].contains("seccomp"));
+  EXPECT_EQ(r2.extra_seccomp, seccomp_profile::builtin());
+  EXPECT_EQ(by_rule(r2, "seccomp.stack_on_config").at(0)["action"], "replaced");
+}
+
+TEST(PolicyApply, Namespaces) {
+  FakeNs ns;
+  // Joining the host's namespace: refused in both modes, naming it.
+  json cfg = clean_config();
+  set_ns_path(cfg, "pid", ns.dir + "/host/pid");
+  try {
+    policy::apply(policy::builtin(), cfg, ns.ctx());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the host's pid namespace"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("linux.namespaces[0].path"), std::string::npos) << e.what();
+  }
+  // A pod's network namespace: replaced by a new one (network.mode internal).
+  cfg = clean_config();
+  set_ns_path(cfg, "network", ns.dir + "/pod/net");
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_TRUE(oci::has_new_namespace(r.config, "network"));
+  EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "replaced");
+  // ... kept with passthrough (allow_join lists network by default) ...
+  json pass = policy::validate({{"network", {{"mode", "passthrough"}}}}, "x");
+  r = policy::apply(pass, cfg, ns.ctx());
+  EXPECT_FALSE(oci::has_new_namespace(r.config, "network"));
+  EXPECT_TRUE(oci::has_namespace(r.config, "network"));
+  // ... unless allow_join leaves it out.
+  json pass2 = policy::validate(
+      {{"network", {{"mode", "passthrough"}}}, {"namespaces", {{"allow_join", {"ipc"}}}}}, "x");
+  r = policy::apply(pass2, cfg, ns.ctx());
+  EXPECT_TRUE(oci::has_new_namespace(r.config, "network"));
+  EXPECT_THROW(policy::apply(with_mode(pass2, "refuse"), cfg, ns.ctx()), Error);
+  // pid join: only when allow_join lists pid.
+  cfg = clean_config();
+  set_ns_path(cfg, "pid", ns.dir + "/pod/pid");
+  r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_TRUE(oci::has_new_namespace(r.config, "pid"));
+  EXPECT_EQ(by_rule(r, "namespaces.allow_join").at(0)["action"], "replaced");
+  json joinpid = policy::validate({{"namespaces", {{"allow_join", {"pid"}}}}}, "x");
+  EXPECT_FALSE(oci::has_new_namespace(policy::apply(joinpid, cfg, ns.ctx()).config, "pid"));
+  // A missing namespace: added in enforce mode, a violation in refuse mode.
+  cfg = clean_config();
+  cfg["linux"]["namespaces"] = json::array({{{"type", "mount"}}});
+  r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  for (const char* t : {"pid", "ipc", "uts", "network", "cgroup", "mount"})
+    EXPECT_TRUE(oci::has_new_namespace(r.config, t)) << t;
+  auto rr = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  EXPECT_EQ(rr.violations.size(), 5u) << rr.violations.dump(1);
+}
+
+TEST(PolicyApply, Sysctls) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["linux"]["sysctl"] = {{"net.ipv4.ip_unprivileged_port_start", "0"},
+                            {"kernel.shmmax", "1000000"},
+                            {"fs.mqueue.msg_max", "20"}};
+  EXPECT_EQ(policy::apply(policy::builtin(), cfg, ns.ctx()).config["linux"]["sysctl"],
+            cfg["linux"]["sysctl"]);
+  cfg["linux"]["sysctl"]["kernel.core_pattern"] = "|/tmp/x";
+  cfg["linux"]["sysctl"]["vm.overcommit_memory"] = "1";
+  auto r = policy::evaluate(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.violations.size(), 2u);
+  EXPECT_TRUE(has_text(r.violations, "kernel.core_pattern"));
+  EXPECT_TRUE(has_text(r.violations, "vm.overcommit_memory"));
+}
+
+TEST(PolicyApply, TmpfsSizes) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["mounts"].push_back(
+      {{"destination", "/tmp"}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", {"nosuid"}}});
+  cfg["mounts"].push_back(
+      {{"destination", "/big"}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", {"size=2g"}}});
+  cfg["mounts"].push_back(
+      {{"destination", "/pct"}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", {"size=50%"}}});
+  cfg["mounts"].push_back(
+      {{"destination", "/ok"}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", {"size=1m"}}});
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  const json& m = r.config["mounts"];
+  EXPECT_EQ(m[3]["options"], json::array({"nosuid", "size=64m"}));
+  EXPECT_EQ(m[4]["options"], json::array({"size=64m"}));
+  EXPECT_EQ(m[5]["options"], json::array({"size=64m"}));
+  EXPECT_EQ(m[6]["options"], json::array({"size=1m"}));
+  EXPECT_EQ(by_rule(r, "filesystem.tmpfs_max_size").size(), 3u);
+  auto rr = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  EXPECT_EQ(rr.violations.size(), 2u);  // the 2g and the 50% one; a missing size is simply added
+}
+
+TEST(PolicyApply, BindSources) {
+  FakeNs ns;
+  auto bind = [](const std::string& src) {
+    json cfg = clean_config();
+    cfg["mounts"].push_back(
+        {{"destination", "/mnt"}, {"type", "bind"}, {"source", src}, {"options", {"rbind"}}});
+    return cfg;
+  };
+  for (const char* bad : {"/", "/proc", "/sys/kernel", "/dev/kmsg", "/var/run/docker.sock", "/run/containerd",
+                          "/run", "/var", "/boot"}) {
+    auto r = policy::evaluate(policy::builtin(), bind(bad), ns.ctx());
+    ASSERT_EQ(r.violations.size(), 1u) << bad;
+    EXPECT_EQ(r.violations[0]["rule"], "filesystem.forbidden_sources") << bad;
+    EXPECT_EQ(r.violations[0]["path"], "mounts[3].source") << bad;
+  }
+  EXPECT_TRUE(policy::evaluate(policy::builtin(), bind(ns.dir), ns.ctx()).violations.empty());
+  // allow_bind_mounts false: dropped in enforce mode, a violation in refuse mode.
+  json nobind = policy::validate({{"filesystem", {{"allow_bind_mounts", false}}}}, "x");
+  auto r = policy::apply(nobind, bind(ns.dir), ns.ctx());
+  EXPECT_EQ(r.config["mounts"].size(), 3u);
+  EXPECT_EQ(by_rule(r, "filesystem.allow_bind_mounts").at(0)["action"], "dropped");
+  EXPECT_EQ(policy::evaluate(with_mode(nobind, "refuse"), bind(ns.dir), ns.ctx()).violations.size(), 1u);
+}
+
+TEST(PolicyApply, KernelFilesystemMountsAreReadOnly) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["mounts"][2]["options"] = {"nosuid", "rw"};
+  cfg["mounts"].push_back({{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}});
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["mounts"][2]["options"], json::array({"nosuid", "ro"}));
+  EXPECT_EQ(r.config["mounts"][3]["options"], json::array({"ro"}));
+}
+
+TEST(PolicyApply, Devices) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["linux"]["devices"] = json::parse(R"([
+    {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+    {"path": "/dev/sda", "type": "b", "major": 8, "minor": 0},
+    {"path": "/dev/null", "type": "c", "major": 1, "minor": 3}])");
+  cfg["linux"]["resources"]["devices"] = json::parse(R"([
+    {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+    {"allow": true, "type": "b", "access": "rwm"},
+    {"allow": false, "access": "rwm"}])");
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["linux"]["devices"],
+            json::parse(R"([{"path": "/dev/null", "type": "c", "major": 1, "minor": 3}])"));
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"], json::parse(R"([{"allow": false, "access": "rwm"}])"));
+  EXPECT_TRUE(has_text(r.decisions, "block device /dev/sda"));
+  // /dev/fuse once the policy allows it; block devices never.
+  json fuse =
+      policy::validate({{"devices", {{"allowed", {{{"type", "c"}, {"major", 10}, {"minor", 229}}}}}}}, "x");
+  r = policy::apply(fuse, cfg, ns.ctx());
+  EXPECT_EQ(r.config["linux"]["devices"].size(), 2u);
+  EXPECT_EQ(r.config["linux"]["devices"][0]["path"], "/dev/fuse");
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"][0],
+            json::parse(R"({"allow": false, "access": "rwm"})"));
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"][1]["major"], 10);
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"].size(), 3u);
+  EXPECT_EQ(policy::evaluate(with_mode(fuse, "refuse"), cfg, ns.ctx()).violations.size(), 2u);
+}
+
+TEST(PolicyApply, ResourcesDefaultsAndMaximum) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["linux"]["resources"]["memory"] = {{"limit", 64LL << 30}, {"reservation", 32LL << 30}};
+  cfg["linux"]["resources"]["pids"] = {{"limit", 100000}};
+  cfg["linux"]["resources"]["cpu"] = {{"quota", 1600000}, {"period", 100000}};
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["linux"]["resources"]["memory"]["limit"], 8LL << 30);
+  EXPECT_EQ(r.config["linux"]["resources"]["memory"]["reservation"], 8LL << 30);
+  EXPECT_EQ(r.config["linux"]["resources"]["pids"]["limit"], 4096);
+  EXPECT_EQ(r.config["linux"]["resources"]["cpu"]["quota"], 400000);
+  EXPECT_EQ(by_rule(r, "resources.maximum.memory").at(0)["action"], "capped");
+  auto rr = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  EXPECT_EQ(rr.violations.size(), 3u);
+  // Within the maximum: left alone.
+  cfg["linux"]["resources"]["memory"] = {{"limit", 2LL << 30}};
+  cfg["linux"]["resources"]["pids"] = {{"limit", 10}};
+  cfg["linux"]["resources"]["cpu"] = {{"quota", 50000}, {"period", 100000}};
+  r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["linux"]["resources"]["memory"]["limit"], 2LL << 30);
+  EXPECT_EQ(r.config["linux"]["resources"]["pids"]["limit"], 10);
+  EXPECT_EQ(r.config["linux"]["resources"]["cpu"]["quota"], 50000);
+  // -1 (unlimited) gets the default.
+  cfg["linux"]["resources"]["pids"] = {{"limit", -1}};
+  EXPECT_EQ(policy::apply(policy::builtin(), cfg, ns.ctx()).config["linux"]["resources"]["pids"]["limit"],
+            1024);
+}
+
+TEST(PolicyApply, OomScoreAdjAndRlimits) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["process"]["oomScoreAdj"] = -999;
+  cfg["process"]["rlimits"] = json::parse(R"([{"type": "RLIMIT_NOFILE", "hard": 16777216, "soft": 1024},
+    {"type": "RLIMIT_RTPRIO", "hard": 99, "soft": 99}, {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}])");
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["process"]["oomScoreAdj"], 0);
+  EXPECT_EQ(r.config["process"]["rlimits"][0]["hard"], 1 << 20);
+  EXPECT_EQ(r.config["process"]["rlimits"][0]["soft"], 1024);
+  EXPECT_EQ(r.config["process"]["rlimits"][1]["hard"], 0);
+  EXPECT_EQ(r.config["process"]["rlimits"][2], cfg["process"]["rlimits"][2]);
+  EXPECT_EQ(policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx()).violations.size(), 3u);
+}
+
+TEST(PolicyApply, ProxyEnvironmentAndNetwork) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["process"]["env"].push_back("HTTPS_PROXY=http://evil:1");
+  json p = policy::validate({{"network", {{"proxy_port", 8888}, {"allow", {"api.example.com:443"}}}},
+                             {"limits", {{"exec_time_seconds", 600}}}},
+                            "x");
+  auto r = policy::apply(p, cfg, ns.ctx());
+  auto env = names(r.config["process"]["env"]);
+  EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://127.0.0.1:8888"), 1);
+  EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://evil:1"), 0);
+  EXPECT_TRUE(has_text(r.decisions, "caller set HTTPS_PROXY; replaced"));
+  EXPECT_EQ(r.network, json::parse(R"({"mode": "internal", "allow": ["api.example.com:443"], "dns": "refuse",
+    "proxy_port": 8888, "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}})"));
+  EXPECT_EQ(r.exec_time_limit_s, 600);
+  // passthrough: the environment is left as given
+  json pass = policy::validate({{"network", {{"mode", "passthrough"}}}}, "x");
+  EXPECT_EQ(policy::apply(pass, cfg, ns.ctx()).config["process"]["env"], cfg["process"]["env"]);
+}
+
+TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443, *.pypi.org:443,bad rule"},
+                        {"dev.agentshim.caps.add", "CAP_SYS_ADMIN"},
+                        {"org.example.other", "x"}};
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.network["allow"], json::array({"api.example.com:443", "*.pypi.org:443"}));
+  EXPECT_TRUE(has_text(r.decisions, "adds the egress rule *.pypi.org:443"));
+  EXPECT_TRUE(has_text(r.decisions, "\"bad rule\" is invalid"));
+  EXPECT_TRUE(has_text(r.decisions, "dev.agentshim.caps.add, which is not a known agentshim annotation"));
+  EXPECT_FALSE(has_text(r.decisions, "org.example.other"));
+  // Not permitted by the policy: ignored (enforce) or a violation (refuse).
+  json closed = policy::validate({{"annotations", {{"may_widen", json::array()}}}}, "x");
+  cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443"}};
+  r = policy::apply(closed, cfg, ns.ctx());
+  EXPECT_EQ(r.network["allow"], json::array());
+  auto ig = by_rule(r, "annotations.may_widen");
+  ASSERT_EQ(ig.size(), 1u);
+  EXPECT_EQ(ig[0]["action"], "ignored");
+  EXPECT_EQ(policy::evaluate(with_mode(closed, "refuse"), cfg, ns.ctx()).violations.size(), 1u);
+}
+
+TEST(PolicyApply, RefuseModeListsEveryViolation) {
+  FakeNs ns;
+  json cfg = runc_config();
+  cfg["process"]["capabilities"]["bounding"].push_back("CAP_SYS_ADMIN");
+  cfg["mounts"].push_back(
+      {{"destination", "/t"}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", {"size=1g"}}});
+  cfg["linux"]["resources"]["memory"] = {{"limit", 100LL << 30}};
+  cfg["annotations"] = {{"dev.agentshim.nope", "1"}};
+  set_ns_path(cfg, "uts", ns.dir + "/host/uts");
+  try {
+    policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+    FAIL() << "refuse mode accepted";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_EQ(m.rfind("policy test.json (mode refuse) refuses this config (7 violations):", 0), 0u) << m;
+    for (const char* needle : {"CAP_AUDIT_WRITE", "CAP_SYS_ADMIN", "size=1g", "memory limit of 100g",
+                               "dev.agentshim.nope", "the host's uts namespace", "no cgroup namespace"})
+      EXPECT_NE(m.find(needle), std::string::npos) << needle << "\n" << m;
+    EXPECT_EQ(std::count(m.begin(), m.end(), '\n'), 7) << m;  // one line per violation
+  }
+}
+
+TEST(PolicyApply, UsernsAutoIsReportedAsUnsupported) {
+  FakeNs ns;
+  json p = policy::validate({{"userns", "auto"}}, "x");
+  try {
+    policy::apply(p, clean_config(), ns.ctx());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("userns: \"auto\" is not supported yet"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {
+  FakeNs ns;
+  auto r = policy::apply(policy::builtin(), clean_config(), ns.ctx());
+  json settings = policy::exec_settings(policy::builtin(), r);
+  EXPECT_EQ(settings["extra_seccomp"], seccomp_profile::builtin());
+  json proc = {
+      {"args", {"sh"}},
+      {"env", {"HTTP_PROXY=http://elsewhere:1", "A=b"}},
+      {"capabilities", {{"bounding", {"CAP_SYS_PTRACE", "CAP_KILL"}}, {"effective", {"CAP_SYS_PTRACE"}}}}};
+  json d = policy::apply_exec(settings, proc);
+  EXPECT_EQ(proc["capabilities"]["bounding"], json::array({"CAP_KILL"}));
+  EXPECT_EQ(proc["capabilities"]["effective"], json::array());
+  EXPECT_EQ(proc["noNewPrivileges"], true);
+  auto env = names(proc["env"]);
+  EXPECT_NE(std::find(env.begin(), env.end(), "HTTP_PROXY=http://127.0.0.1:3128"), env.end());
+  EXPECT_NE(std::find(env.begin(), env.end(), "A=b"), env.end());
+  EXPECT_EQ(std::find(env.begin(), env.end(), "HTTP_PROXY=http://elsewhere:1"), env.end());
+  EXPECT_TRUE(has_text(d, "CAP_SYS_PTRACE"));
 }
