@@ -394,7 +394,7 @@ json run_account(const std::string& rd) {
   LogCheck lc = check_log(rd + "/events.ndjson");
   json a = {{"processes", json::array()},
             {"caller_execs", json::array()},
-            {"network", {{"allowed", json::array()}, {"denied", json::array()}}},
+            {"network", {{"allowed", json::array()}, {"denied", json::array()}, {"dns", json::array()}}},
             {"files", {{"added", json::array()}, {"modified", json::array()}, {"removed", json::array()}}},
             {"signals", json::array()},
             {"policy_decisions", json::array()},
@@ -416,10 +416,16 @@ json run_account(const std::string& rd) {
                                     {"argv", d.value("argv", json::array())}, {"sha256", d.value("sha256", "")}});
     } else if (ev.type == "caller.exec") {
       a["caller_execs"].push_back(json{{"time", ev.time}, {"args", d.value("args", json::array())}});
-    } else if (ev.type == "net.decision") {
-      a["network"][d.value("allowed", false) ? "allowed" : "denied"].push_back(d);
-    } else if (ev.type == "dns.query") {
-      a["network"]["denied"].push_back(d);
+    } else if (ev.type == "net.connection") {
+      json c = d;
+      c["time"] = ev.time;
+      a["network"][d.value("decision", "") == "allowed" ? "allowed" : "denied"].push_back(c);
+    } else if (ev.type == "net.dns") {
+      json c = d;
+      c["time"] = ev.time;
+      a["network"]["dns"].push_back(c);
+    } else if (ev.type == "net.namespace") {
+      a["network"]["namespace"] = d;
     } else if (ev.type == "signal") {
       a["signals"].push_back(d);
     } else if (ev.type == "run.exit") {

@@ -47,6 +47,39 @@ std::string abs_path(const std::string& p) {
   return buf;
 }
 
+// With the internal-only network the container's resolver is the DNS stub
+// the supervisor serves on 127.0.0.53 (which refuses, and records, every
+// query unless the policy says otherwise): /etc/resolv.conf is a read-only
+// bind of a file in the state directory, replacing any resolv.conf mount
+// the caller made (Docker's points at its embedded DNS or the host's). Only
+// when the rootfs has a real /etc directory (not a symlink) to mount it on.
+void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
+                            const std::string& rootfs) {
+  if (!oci::has_new_namespace(cfg, "network")) return;
+  if (!net.is_object() || net.value("mode", "internal") != "internal") return;
+  struct stat st {};
+  if (::lstat((rootfs + "/etc").c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) return;
+  std::string file = state_dir + "/resolv.conf";
+  write_file_atomic(file, "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n", 0644);
+  json mount = {{"destination", "/etc/resolv.conf"},
+                {"type", "bind"},
+                {"source", file},
+                {"options", json::array({"rbind", "ro", "nosuid", "nodev", "noexec"})}};
+  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) cfg["mounts"] = json::array();
+  bool replaced = false;
+  for (auto& m : cfg["mounts"])
+    if (m.is_object() && m.value("destination", "") == "/etc/resolv.conf") {
+      m = mount;
+      replaced = true;
+    }
+  if (!replaced) cfg["mounts"].push_back(mount);
+  if (!decisions.is_array()) decisions = json::array();
+  decisions.push_back({{"rule", "network.dns"},
+                              {"path", "mounts[/etc/resolv.conf]"},
+                              {"action", replaced ? "replaced" : "added"},
+                              {"detail", "/etc/resolv.conf points at the DNS stub 127.0.0.53 of the internal-only network"}});
+}
+
 // The record must stay out of the sandbox's reach: a bind mount whose source
 // is the audit directory (records, ledger, signing key), lies inside it, or
 // contains it (a bind of "/" or "/var") is refused.
@@ -182,6 +215,8 @@ void create(const Global& g, const CreateOptions& o) {
         ::chown(fifo.c_str(), static_cast<uid_t>(host_id("uidMappings")), static_cast<gid_t>(host_id("gidMappings"))) < 0)
       throw_errno("chown " + fifo);
   }
+
+  point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
 
   supervisor::Setup s;
   s.id = o.id;
@@ -700,6 +735,11 @@ int exec(const Global& g, const ExecOptions& o) {
     try {
       err_pipe.first.reset();
       pid_pipe.first.reset();
+      // Not dumpable before entering the container: its root must not get
+      // at this process (running the host's agentshim binary) through
+      // /proc/<pid>/exe, /mem or ptrace (the CVE-2019-5736 shape). execve
+      // of the user's program makes it dumpable again.
+      if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_DUMPABLE, 0)");
       cg->join(::getpid());
       for (auto& [flag, fd] : nsfds) {
         if (::setns(fd.get(), flag) < 0) throw_errno("setns into container (flag " + std::to_string(flag) + ")");

@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 
@@ -28,6 +30,7 @@
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/exec_observer.h"
 #include "sandbox/hooks.h"
+#include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
@@ -208,6 +211,10 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
 [[noreturn]] void stage1_main(Setup& s, int sock) {
   try {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // The init runs agentshim's own binary until it execs the user's
+    // program: not dumpable, so nothing in the container can open it
+    // through /proc/<pid>/exe or ptrace it (CVE-2019-5736).
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_DUMPABLE, 0)");
     const json& cfg = s.config;
     auto nss = oci::namespaces(cfg);
     // Open every namespace path first: joining one may hide the others.
@@ -312,11 +319,13 @@ class Supervisor {
   }
 
   void cleanup_failed() {
+    net_.reset();
     if (stage1_ > 0) ::kill(stage1_, SIGKILL);
     if (init_pid_ > 0) ::kill(init_pid_, SIGKILL);
     if (cg_) {
       try {
         for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
+        if (cg_->frozen()) cg_->thaw();  // a frozen process dies only once thawed
       } catch (...) {
       }
     }
@@ -337,6 +346,10 @@ class Supervisor {
 
   void setup() {
     prctl(PR_SET_NAME, "agentshim-sup");
+    // Every descriptor we inherited and do not need is closed once the
+    // init has been created (--preserve-fds, LISTEN_FDS and anything the
+    // caller leaked belong to the container, not to us).
+    inherited_ = inherited_fds();
     if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) throw_errno("prctl(PR_SET_CHILD_SUBREAPER)");
     sigset_t set = handled_signals();
     if (sigprocmask(SIG_BLOCK, &set, nullptr) < 0) throw_errno("sigprocmask");
@@ -406,6 +419,9 @@ class Supervisor {
         int st;
         ::waitpid(stage1, &st, 0);
         stage1_ = -1;
+        // The network exists before any of the container's code runs: lo
+        // up, the proxy and DNS stub listening inside its namespace.
+        start_network();
         sync::send(sock_.get(), {{"type", "init-ok"}});
       } else if (type == "hooks") {
         // prestart (deprecated) gets "created", as runc and the runtime-tools
@@ -443,32 +459,77 @@ class Supervisor {
     close_inherited();
   }
 
-  // Close every descriptor we did not open ourselves (--preserve-fds,
-  // LISTEN_FDS, anything the caller leaked): they belong to the container.
-  void close_inherited() {
-    std::vector<int> keep = {sigfd_.get(), sock_.get(), ctl_.get(), log::fd()};
-    if (record_)
-      for (int fd : record_->fds()) keep.push_back(fd);
-    if (observer_)
-      for (int fd : observer_->fds()) keep.push_back(fd);
-    std::vector<int> close_list;
+  std::vector<int> inherited_fds() const {
+    std::vector<int> keep = {log::fd(), s_.cli_sock.get(), s_.console_sock.get(), s_.exec_fifo.get(),
+                             s_.state_dirfd.get()};
+    std::vector<int> out;
     if (DIR* d = ::opendir("/proc/self/fd")) {
       while (struct dirent* e = ::readdir(d)) {
         auto n = parse_int(e->d_name);
         if (!n || *n < 3 || *n == ::dirfd(d)) continue;
-        bool k = false;
-        for (int f : keep) k |= (f == *n);
-        if (!k) close_list.push_back(static_cast<int>(*n));
+        if (std::find(keep.begin(), keep.end(), static_cast<int>(*n)) == keep.end()) out.push_back(static_cast<int>(*n));
       }
       ::closedir(d);
     }
-    for (int fd : close_list) ::close(fd);
+    return out;
+  }
+
+  void close_inherited() {
+    for (int fd : inherited_) ::close(fd);
+    inherited_.clear();
+  }
+
+  // Strings in network events come from the container (host names,
+  // requests): every one is carried as a pct string.
+  static json pct_strings(json j) {
+    if (j.is_string()) return attest::pct_encode(j.get<std::string>());
+    if (j.is_array() || j.is_object())
+      for (auto& v : j) v = pct_strings(std::move(v));
+    return j;
+  }
+
+  void start_network() {
+    const json& cfg = s_.config;
+    // No network namespace at all is the host's network: the policy layer
+    // refuses that; nothing here would contain it, so nothing is served.
+    if (!oci::has_namespace(cfg, "network")) return;
+    auto opts = network::Options::from_policy(s_.policy);
+    net_ = std::make_unique<network::ContainerNetwork>(
+        init_pid_, oci::has_new_namespace(cfg, "network"), opts, [this](const std::string& type, json data) {
+          if (record_) record_->event(type, pct_strings(std::move(data)));
+        });
+  }
+
+  // The policy's exec time limit, counted from `start`.
+  int poll_timeout_ms() {
+    if (deadline_ == std::chrono::steady_clock::time_point{}) return -1;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now()).count();
+    return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, 1 << 30));
+  }
+
+  void enforce_time_limit() {
+    if (deadline_ == std::chrono::steady_clock::time_point{} || time_limit_hit_) return;
+    if (std::chrono::steady_clock::now() < deadline_) return;
+    time_limit_hit_ = true;
+    long long limit = s_.policy.value("exec_time_limit_s", 0LL);
+    log::warn("container " + s_.id + " reached the policy's exec time limit (" + std::to_string(limit) + " s); killing it");
+    if (record_) record_->event("run.time_limit", {{"limit_s", limit}, {"action", "SIGKILL to every process"}});
+    try {
+      if (cg_) {
+        for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
+        if (cg_->frozen()) cg_->thaw();  // a frozen process dies only once thawed
+      }
+    } catch (const std::exception& e) {
+      log::warn(std::string("time limit: ") + e.what());
+    }
+    if (init_pid_ > 0) ::kill(init_pid_, SIGKILL);
   }
 
   int loop() {
     while (!exit_.exited) {
       struct pollfd fds[3] = {{sigfd_.get(), POLLIN, 0}, {ctl_.get(), POLLIN, 0}, {sock_.get(), POLLIN, 0}};
-      int n = ::poll(fds, sock_ ? 3 : 2, -1);
+      int n = ::poll(fds, sock_ ? 3 : 2, poll_timeout_ms());
+      enforce_time_limit();
       if (n < 0) {
         if (errno == EINTR) continue;
         throw_errno("poll (supervisor)");
@@ -598,16 +659,26 @@ class Supervisor {
       std::string out = reply.dump() + "\n";
       ssize_t w = ::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL);
       (void)w;
+      c.reset();
+      if (sync_after_reply_ && record_) {
+        sync_after_reply_ = false;
+        record_->sync();
+      }
     }
   }
 
   void on_control(const json& msg) {
     std::string type = msg.value("type", "");
     log::debug("supervisor: control message " + type);
+    if (type == "started") {
+      long long limit = s_.policy.value("exec_time_limit_s", 0LL);
+      if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
+        deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
+    }
     if (!record_) return;
     if (type == "started") {
       record_->event("run.started", {{"init_pid", init_pid_}});
-      record_->sync();
+      sync_after_reply_ = true;  // `start` need not wait for the fsync
     } else if (type == "exec") {
       json args = json::array();
       for (const auto& a : msg.value("args", json::array())) args.push_back(attest::pct_encode(a.get<std::string>()));
@@ -781,6 +852,11 @@ class Supervisor {
   }
 
   int finish() {
+    if (net_) {
+      net_->stop();
+      network_totals_ = net_->totals();
+      net_.reset();
+    }
     json ex = {{"exit_code", exit_.code},
                {"signal", exit_.signal},
                {"oom_kills", cg_ ? cg_->oom_kill_count() : 0},
@@ -788,7 +864,9 @@ class Supervisor {
                 {{"utime_us", exit_.ru.ru_utime.tv_sec * 1000000LL + exit_.ru.ru_utime.tv_usec},
                  {"stime_us", exit_.ru.ru_stime.tv_sec * 1000000LL + exit_.ru.ru_stime.tv_usec},
                  {"maxrss_kb", exit_.ru.ru_maxrss}}}};
+    if (time_limit_hit_) ex["reason"] = "exec time limit";
     finish_record({{"code", exit_.code},
+                   {"reason", time_limit_hit_ ? "exec time limit" : ""},
                    {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
                    {"oom_kills", ex["oom_kills"]},
                    {"rusage", ex["rusage"]}});
@@ -813,7 +891,12 @@ class Supervisor {
   std::unique_ptr<attest::RunRecord> record_;
   std::unique_ptr<observer::ExecObserver> observer_;
   json entrypoint_ = json::object();
-  json network_totals_ = {{"allowed", 0}, {"denied", 0}};
+  json network_totals_ = {{"mode", "none"}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};
+  std::unique_ptr<network::ContainerNetwork> net_;
+  std::vector<int> inherited_;
+  std::chrono::steady_clock::time_point deadline_{};
+  bool time_limit_hit_ = false;
+  bool sync_after_reply_ = false;
 };
 
 }  // namespace

@@ -143,11 +143,22 @@ void print_account(const json& a, const attest::VerifyResult& v) {
     for (const auto& e : a["caller_execs"]) std::cout << "  " << e.value("time", "") << "  " << show_args(e["args"]) << "\n";
   }
   const json& net = a["network"];
-  std::cout << "\nnetwork    allowed " << net["allowed"].size() << ", denied " << net["denied"].size() << "\n";
-  for (const auto& n : net["allowed"]) std::cout << "  allowed  " << n.value("host", "") << ":" << n.value("port", 0) << "\n";
+  auto dec = [](const json& j, const char* k) { return attest::pct_decode(j.value(k, "")); };
+  std::cout << "\nnetwork    allowed " << net["allowed"].size() << ", denied " << net["denied"].size() << ", DNS queries "
+            << net.value("dns", json::array()).size();
+  if (net.contains("namespace"))
+    std::cout << "  (mode " << dec(net["namespace"], "mode") << ", proxy " << dec(net["namespace"], "proxy") << ")";
+  std::cout << "\n";
+  for (const auto& n : net["allowed"])
+    std::cout << "  allowed  " << dec(n, "method") << " " << dec(n, "host") << ":" << n.value("port", 0) << " -> "
+              << dec(n, "resolved") << "  rule " << dec(n, "rule") << "  up " << n.value("bytes_up", 0) << " B, down "
+              << n.value("bytes_down", 0) << " B, " << n.value("duration_ms", 0) << " ms, " << dec(n, "end") << "\n";
   for (const auto& n : net["denied"])
-    std::cout << "  denied   " << n.value("host", n.value("name", "")) << (n.contains("port") ? ":" + std::to_string(n.value("port", 0)) : "")
-              << "  " << n.value("reason", "") << "\n";
+    std::cout << "  denied   " << dec(n, "method") << " " << dec(n, "host") << ":" << n.value("port", 0) << "  "
+              << dec(n, "reason") << "\n";
+  for (const auto& n : net.value("dns", json::array()))
+    if (n.contains("name"))
+      std::cout << "  dns      " << dec(n, "qtype") << " " << dec(n, "name") << "  " << dec(n, "rcode") << "\n";
   const json& f = a["files"];
   std::cout << "\nfiles      added " << f["added"].size() << ", modified " << f["modified"].size() << ", removed "
             << f["removed"].size() << "\n";

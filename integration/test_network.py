@@ -1,0 +1,371 @@
+"""The internal-only network and its egress allowlist proxy, end to end.
+
+Everything is real: the kernel's network namespaces, agentshim's supervisor
+serving the proxy and the DNS stub, curl (copied with its libraries into the
+busybox rootfs) inside the container, Python and openssl s_server upstreams.
+
+No test traffic leaves a network namespace this module creates: agentshim
+itself runs inside a test namespace ("the lab") via `ip netns exec`, so the
+lab is the "host" side of the proxy. The lab's loopback carries, besides
+127.0.0.1, a public-looking upstream address (198.18.0.10, RFC 2544
+benchmarking space), a private one (10.77.0.10) and the cloud metadata
+address (169.254.169.254), each with real listeners, so a refusal is the
+proxy's decision and not an unreachable address. `ip netns exec` binds
+/etc/netns/<lab>/hosts over /etc/hosts, which gives the proxy's resolver the
+test names.
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import AGENTSHIM, Bundle, run
+
+UPSTREAM = "198.18.0.10"
+PRIVATE = "10.77.0.10"
+METADATA = "169.254.169.254"
+HOSTS = f"""127.0.0.1 localhost
+{UPSTREAM} allowed.test api.allowed.test other.test
+{PRIVATE} private.allowed.test
+{METADATA} metadata.allowed.test
+127.0.0.1 loop.allowed.test
+"""
+
+SERVER = r"""
+import http.server, json, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        out = json.dumps({"line": self.requestline, "headers": [[k, v] for k, v in self.headers.items()],
+                          "body": body.decode(errors="replace"), "where": sys.argv[1]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_PUT = reply
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+
+def sh(*cmd, check=True, **kw):
+    return run(list(cmd), check=check, **kw)
+
+
+class Lab:
+    def __init__(self, tmp):
+        self.name = "agt" + uuid.uuid4().hex[:10]
+        self.tmp = tmp
+        self.procs = []
+        self.etc = f"/etc/netns/{self.name}"
+
+    def ns(self, *cmd):
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def runtime(self, *cmd):
+        """The runtime under test with the lab as its host network (and the
+        lab's hosts file), but the host's /sys and cgroups."""
+        return ["/usr/bin/python3", os.path.join(os.path.dirname(__file__), "netlab_exec.py"),
+                f"/var/run/netns/{self.name}", os.path.join(self.etc, "hosts"), *cmd]
+
+    def start(self):
+        sh("ip", "netns", "add", self.name)
+        sh(*self.ns("ip", "link", "set", "lo", "up"))
+        # Local addresses on the lab's own lo: reachable inside the lab only.
+        for a in (f"{UPSTREAM}/32", f"{PRIVATE}/32", f"{METADATA}/32"):
+            sh(*self.ns("ip", "addr", "add", a, "dev", "lo"))
+        os.makedirs(self.etc, exist_ok=True)
+        with open(os.path.join(self.etc, "hosts"), "w") as f:
+            f.write(HOSTS)
+        srv = os.path.join(self.tmp, "server.py")
+        with open(srv, "w") as f:
+            f.write(SERVER)
+        for addr, port in ((UPSTREAM, 80), (UPSTREAM, 8080), (PRIVATE, 80), (METADATA, 80), ("127.0.0.1", 8081)):
+            self.spawn(["/usr/bin/python3", srv, addr, str(port)])
+        # HTTPS: openssl s_server with a certificate for allowed.test.
+        self.ca = os.path.join(self.tmp, "cert.pem")
+        key = os.path.join(self.tmp, "key.pem")
+        sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+           "-keyout", key, "-out", self.ca, "-days", "2", "-subj", "/CN=allowed.test",
+           "-addext", "subjectAltName=DNS:allowed.test,DNS:api.allowed.test")
+        self.spawn(self.ns("openssl", "s_server", "-quiet", "-accept", f"{UPSTREAM}:443", "-cert", self.ca,
+                           "-key", key, "-www"), wrap=False)
+        for addr, port in ((UPSTREAM, 80), (UPSTREAM, 8080), (PRIVATE, 80), (METADATA, 80), ("127.0.0.1", 8081),
+                           (UPSTREAM, 443)):
+            self.wait_listening(addr, port)
+
+    def spawn(self, cmd, wrap=True):
+        full = self.ns(*cmd) if wrap else cmd
+        self.procs.append(subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, start_new_session=True))
+
+    def wait_listening(self, addr, port):
+        for _ in range(200):
+            r = run(self.ns("ss", "-Htln", f"src {addr}:{port}"))
+            if r.stdout.strip():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"lab server {addr}:{port} did not start")
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        run(["ip", "netns", "delete", self.name])
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    lab = Lab(str(tmp_path_factory.mktemp("lab")))
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def copy_with_libs(binary, rootfs):
+    """Copy an ELF binary and every shared library ldd lists into rootfs."""
+    out = run(["ldd", binary], check=True).stdout.decode()
+    files = [binary]
+    for line in out.splitlines():
+        parts = line.split()
+        for p in parts:
+            if p.startswith("/"):
+                files.append(p)
+    for f in files:
+        real = os.path.realpath(f)
+        for dest in {f, real}:
+            d = os.path.join(rootfs, dest.lstrip("/"))
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            if not os.path.exists(d):
+                shutil.copy2(real, d)
+
+
+@pytest.fixture(scope="module")
+def net_rootfs(tmp_path_factory, rootfs_template, lab):
+    d = str(tmp_path_factory.mktemp("netroot") / "rootfs")
+    shutil.copytree(rootfs_template, d, symlinks=True)
+    copy_with_libs(shutil.which("curl"), d)
+    shutil.copy(lab.ca, os.path.join(d, "ca.pem"))
+    return d
+
+
+class NetRun:
+    """agentshim inside the lab namespace, with a policy naming the allowlist."""
+
+    def __init__(self, lab, tmp, rootfs, allow, extra_policy=None):
+        self.lab = lab
+        self.tmp = tmp
+        self.root = os.path.join(tmp, "root")
+        self.audit = os.path.join(tmp, "audit")
+        self.policy = os.path.join(tmp, "policy.json")
+        pol = {"network": {"mode": "internal", "allow": allow, "dns": "refuse"}}
+        for k, v in (extra_policy or {}).items():
+            pol.setdefault(k, {}).update(v)
+        with open(self.policy, "w") as f:
+            json.dump(pol, f)
+        self.bundle = Bundle(os.path.join(tmp, "bundle"), rootfs)
+
+    def cli(self, *args, timeout=60):
+        return run(self.lab.runtime(AGENTSHIM, "--root", self.root, "--audit-dir", self.audit, "--policy", self.policy,
+                               *args), timeout=timeout)
+
+    def sh(self, script, timeout=60):
+        cid = "t" + uuid.uuid4().hex[:12]
+        self.bundle.sh(script)
+        try:
+            r = self.cli("run", "--bundle", self.bundle.path, cid, timeout=timeout)
+        finally:
+            self.cli("delete", "--force", cid)
+        return r
+
+    def events(self, types=None):
+        out = []
+        for f in sorted(glob.glob(os.path.join(self.audit, "runs", "*", "events.ndjson"))):
+            for line in open(f):
+                e = json.loads(line)
+                if types is None or e["type"] in types:
+                    out.append(e)
+        return out
+
+    def last_run_dir(self):
+        dirs = sorted(glob.glob(os.path.join(self.audit, "runs", "*")), key=os.path.getmtime)
+        return dirs[-1]
+
+
+@pytest.fixture
+def netrun(lab, net_rootfs, tmp_path):
+    def make(allow, extra_policy=None):
+        return NetRun(lab, str(tmp_path), net_rootfs, allow, extra_policy)
+    return make
+
+
+def out(r):
+    return r.stdout.decode(errors="replace")
+
+
+def test_only_loopback_no_route(netrun):
+    n = netrun([])
+    r = n.sh("cat /proc/net/dev; echo ROUTES; ip route; ip -6 route; echo END")
+    assert r.returncode == 0, r.stderr
+    text = out(r)
+    ifaces = [l.split(":")[0].strip() for l in text.split("ROUTES")[0].splitlines() if ":" in l]
+    assert ifaces == ["lo"], text
+    routes = text.split("ROUTES")[1].split("END")[0]
+    assert "default" not in routes and UPSTREAM.rsplit(".", 1)[0] not in routes, routes
+    ev = n.events({"net.namespace"})
+    assert len(ev) == 1
+    names = [i["name"] for i in ev[0]["data"]["interfaces"]]
+    assert names == ["lo"] and ev[0]["data"]["interfaces"][0]["up"] == "yes"
+    assert ev[0]["data"]["proxy"] == "127.0.0.1:3128"
+
+
+def test_direct_connection_bypassing_proxy_fails(netrun):
+    n = netrun(["allowed.test"])
+    r = n.sh(f"curl -sS --noproxy '*' --max-time 5 http://{UPSTREAM}/; echo rc=$?")
+    assert "rc=0" not in out(r), out(r)
+    assert "rc=7" in out(r), out(r) + r.stderr.decode()  # couldn't connect: no route, no interface
+
+
+def test_proxy_environment_and_resolver(netrun):
+    n = netrun([])
+    r = n.sh("env | grep -i _proxy | sort; cat /etc/resolv.conf")
+    text = out(r)
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert f"{k}=http://127.0.0.1:3128" in text, text
+    assert "NO_PROXY=localhost,127.0.0.1" in text or "no_proxy=localhost,127.0.0.1" in text, text
+    assert "agentshim" in text and "nameserver 127.0.0.53" in text, text
+
+
+def test_allowed_https_through_connect(netrun):
+    n = netrun(["allowed.test:443"])
+    r = n.sh("curl -sS --max-time 10 --cacert /ca.pem https://allowed.test/ | head -c 200; echo; echo rc=$?")
+    text = out(r)
+    assert "s_server" in text or "Ciphers" in text or "<HTML>" in text.upper(), text + r.stderr.decode()
+    ev = n.events({"net.connection"})
+    assert ev, "no net.connection event"
+    c = ev[-1]["data"]
+    assert c["method"] == "CONNECT" and c["host"] == "allowed.test" and c["port"] == 443
+    assert c["decision"] == "allowed" and c["rule"] == "allowed.test:443"
+    assert c["resolved"].startswith(UPSTREAM)
+    assert c["bytes_up"] > 0 and c["bytes_down"] > 0
+
+
+def test_allowed_plain_http_is_forwarded_in_origin_form(netrun):
+    n = netrun(["*.allowed.test:8080"])
+    r = n.sh("curl -sS --max-time 10 -H 'Proxy-Connection: keep-alive' -d hello http://api.allowed.test:8080/x?y=1")
+    assert r.returncode == 0, r.stderr
+    got = json.loads(out(r))
+    assert got["line"] == "POST /x?y=1 HTTP/1.1", got
+    names = [k.lower() for k, _ in got["headers"]]
+    assert "proxy-connection" not in names and "via" not in names, got
+    assert dict((k.lower(), v) for k, v in got["headers"])["host"] == "api.allowed.test:8080"
+    assert got["body"] == "hello"
+    c = n.events({"net.connection"})[-1]["data"]
+    assert c["method"] == "POST" and c["decision"] == "allowed" and c["rule"] == "*.allowed.test:8080"
+
+
+def test_denied_host_gets_403_with_reason(netrun):
+    n = netrun(["allowed.test:443"])
+    r = n.sh("curl -sS --max-time 10 -w 'status=%{http_code}' http://other.test/; echo;"
+             "curl -sS --max-time 10 --cacert /ca.pem https://other.test/ 2>&1; echo rc=$?")
+    text = out(r)
+    assert "status=403" in text and "agentshim" in text and "denied" in text, text
+    assert "rc=0" not in text, text
+    denied = [e["data"] for e in n.events({"net.connection"}) if e["data"]["decision"] == "denied"]
+    assert {d["method"] for d in denied} == {"GET", "CONNECT"}, denied
+    assert all(d["host"] == "other.test" and d["reason"] for d in denied)
+
+
+def test_wrong_port_denied(netrun):
+    n = netrun(["allowed.test:443"])
+    r = n.sh("curl -sS --max-time 10 -o /dev/null -w 'status=%{http_code}' http://allowed.test:8080/")
+    assert "status=403" in out(r), out(r)
+
+
+def test_host_loopback_unreachable_unless_explicit_rule(netrun):
+    # The lab's 127.0.0.1:8081 is the supervisor side's loopback service.
+    n = netrun(["*.allowed.test:8081", "loop.allowed.test:8081"])
+    r = n.sh("curl -sS --max-time 5 -o /dev/null -w 'viaproxy=%{http_code}' -x http://127.0.0.1:3128 "
+             "http://loop.allowed.test:8081/; echo;"
+             "curl -sS --max-time 5 -o /dev/null -w 'direct=%{http_code}' --noproxy '*' http://127.0.0.1:8081/; echo")
+    text = out(r)
+    assert "viaproxy=403" in text, text
+    assert "direct=000" in text, text  # the container's own loopback has nothing there
+    n2 = netrun(["127.0.0.1:8081"])
+    r = n2.sh("curl -sS --max-time 5 -x http://127.0.0.1:3128 http://127.0.0.1:8081/hello")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out(r))["where"] == "127.0.0.1"
+
+
+def test_metadata_and_private_refused_even_when_wildcard_matches(netrun):
+    n = netrun(["*.allowed.test"])
+    r = n.sh("for h in metadata.allowed.test private.allowed.test; do "
+             "curl -sS --max-time 5 -o /dev/null -w \"$h=%{http_code}\\n\" http://$h/; done;"
+             f"curl -sS --max-time 5 -o /dev/null -w 'ip=%{{http_code}}\\n' http://{METADATA}/")
+    text = out(r)
+    assert "metadata.allowed.test=403" in text and "private.allowed.test=403" in text and "ip=403" in text, text
+    denied = [e["data"] for e in n.events({"net.connection"}) if e["data"]["decision"] == "denied"]
+    meta = [d for d in denied if d["host"] == "metadata.allowed.test"]
+    assert meta and meta[0]["resolved"].startswith(METADATA), denied
+    # With an explicit address rule the private upstream is reachable.
+    n2 = netrun([f"{PRIVATE}:80"])
+    r = n2.sh(f"curl -sS --max-time 5 http://{PRIVATE}/")
+    assert r.returncode == 0 and json.loads(out(r))["where"] == PRIVATE, r.stderr
+
+
+def test_dns_queries_refused_and_recorded(netrun):
+    n = netrun(["allowed.test"])
+    r = n.sh("nslookup exfil-c2VjcmV0.allowed.test; echo rc=$?")
+    assert "rc=0" not in out(r), out(r)
+    dns = [e["data"] for e in n.events({"net.dns"})]
+    assert any("exfil-c2VjcmV0.allowed.test" in d.get("name", "") for d in dns), dns
+    assert all(d.get("decision", d.get("answer", "")) in ("refused", "REFUSED") or d.get("rcode") in ("REFUSED", 5)
+               for d in dns if "name" in d), dns
+
+
+def test_record_carries_network_totals_and_verifies(netrun):
+    n = netrun(["allowed.test:80"])
+    n.sh("curl -sS --max-time 5 http://allowed.test/ >/dev/null; curl -sS --max-time 5 http://other.test/ >/dev/null")
+    rd = n.last_run_dir()
+    v = run(n.lab.runtime(AGENTSHIM, "--audit-dir", n.audit, "verify", rd))
+    assert v.returncode == 0 and b"VERIFIED" in v.stdout, v.stdout + v.stderr
+    env = json.load(open(os.path.join(rd, "attestation.intoto.json")))
+    import base64
+    stmt = json.loads(base64.b64decode(env["payload"]))
+    net = stmt["predicate"]["network"]
+    assert net["allowed"] == 1 and net["denied"] == 1, net
+    assert net["bytes_down"] > 0
+    show = run(n.lab.runtime(AGENTSHIM, "--audit-dir", n.audit, "runs", "show", rd))
+    assert b"other.test" in show.stdout and b"allowed.test" in show.stdout, show.stdout
+
+
+def test_passthrough_uses_the_callers_namespace(netrun, lab, tmp_path):
+    n = netrun([], extra_policy={"network": {"mode": "passthrough"}})
+    # The caller prepared a namespace (as Docker/CNI do): the lab itself.
+    ns = n.bundle.config["linux"]["namespaces"]
+    for e in ns:
+        if e["type"] == "network":
+            e["path"] = f"/var/run/netns/{lab.name}"
+    n.bundle.save()
+    r = n.sh("ip addr")
+    assert UPSTREAM in out(r), out(r) + r.stderr.decode()
+    ev = n.events({"net.namespace"})
+    assert ev and ev[-1]["data"]["mode"] == "joined"

@@ -1,0 +1,102 @@
+#include "sandbox/network.h"
+
+#include <fcntl.h>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "netpolicy/allowlist.h"
+#include "netpolicy/dns.h"
+#include "netpolicy/proxy.h"
+
+namespace agentshim::network {
+
+Options Options::from_policy(const json& policy) {
+  Options o;
+  if (!policy.is_object() || !policy.contains("network") || !policy["network"].is_object()) return o;
+  const json& n = policy["network"];
+  o.mode = n.value("mode", o.mode);
+  if (n.contains("allow") && n["allow"].is_array())
+    for (const auto& r : n["allow"])
+      if (r.is_string()) o.allow.push_back(r.get<std::string>());
+  o.dns = n.value("dns", o.dns);
+  if (n.contains("proxy_port") && n["proxy_port"].is_number_unsigned())
+    o.proxy_port = static_cast<uint16_t>(n["proxy_port"].get<unsigned>());
+  if (n.contains("limits") && n["limits"].is_object()) o.limits = n["limits"];
+  return o;
+}
+
+namespace {
+
+net::Limits limits_of(const json& j) {
+  net::Limits l;
+  auto num = [&](const char* k, auto& field) {
+    if (j.contains(k) && j[k].is_number_integer())
+      field = static_cast<std::remove_reference_t<decltype(field)>>(j[k].get<int64_t>());
+  };
+  num("max_header_bytes", l.max_header_bytes);
+  num("max_headers", l.max_headers);
+  num("max_connections", l.max_connections);
+  num("max_pending", l.max_pending);
+  num("header_timeout_ms", l.header_timeout_ms);
+  num("connect_timeout_ms", l.connect_timeout_ms);
+  num("idle_timeout_ms", l.idle_timeout_ms);
+  num("total_timeout_ms", l.total_timeout_ms);
+  return l;
+}
+
+}  // namespace
+
+ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Sink sink) : o_(std::move(o)) {
+  std::string nspath = "/proc/" + std::to_string(init_pid) + "/ns/net";
+  UniqueFd nsfd(::open(nspath.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!nsfd) throw_errno("open " + nspath);
+  bool serve = new_netns && o_.mode == "internal";
+  UniqueFd proxy_fd, dns_udp, dns_tcp;
+  json view;
+  net::in_netns(nsfd.get(), [&] {
+    // A namespace of our own starts with lo down (runc brings it up too);
+    // a namespace the caller prepared is left exactly as it is.
+    if (new_netns) net::bring_up_loopback();
+    if (serve) {
+      proxy_fd = net::listen_tcp("127.0.0.1", o_.proxy_port, 1024);
+      dns_udp = net::bind_udp("127.0.0.53", 53);
+      dns_tcp = net::listen_tcp("127.0.0.53", 53, 64);
+    }
+    view = net::describe_namespace();
+  });
+  json ev = {{"mode", new_netns ? o_.mode : std::string("joined")},
+             {"interfaces", view["interfaces"]},
+             {"routes", view["routes"]}};
+  if (serve) {
+    auto allow = net::Allowlist::parse(o_.allow, "policy network.allow");
+    ev["proxy"] = "127.0.0.1:" + std::to_string(o_.proxy_port);
+    ev["dns"] = "127.0.0.53:53 (" + o_.dns + ")";
+    ev["allow"] = allow.rules();
+    proxy_ = std::make_unique<net::Proxy>(std::move(proxy_fd), allow, limits_of(o_.limits), sink);
+    dns_ = std::make_unique<net::DnsStub>(std::move(dns_udp), std::move(dns_tcp), o_.dns, allow, sink);
+  }
+  sink("net.namespace", ev);
+  if (proxy_) proxy_->start();
+  if (dns_) dns_->start();
+}
+
+ContainerNetwork::~ContainerNetwork() {
+  stop();
+}
+
+void ContainerNetwork::stop() {
+  if (proxy_) proxy_->stop();
+  if (dns_) dns_->stop();
+}
+
+json ContainerNetwork::totals() const {
+  json t = {{"mode", o_.mode}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};
+  if (proxy_) {
+    json p = proxy_->totals();
+    for (const auto& [k, v] : p.items()) t[k] = v;
+  }
+  if (dns_) t["dns"] = dns_->totals();
+  return t;
+}
+
+}  // namespace agentshim::network
