@@ -1104,60 +1104,81 @@ static void a_self_exe_write(void) {
  * with O_PATH and check whether it is the runtime's host binary (dev:ino given
  * by the test), then keep trying to reopen it for writing through
  * /proc/self/fd. Nothing is ever written. */
+static unsigned long long rx_dev, rx_ino;
+static int rx_held[64], rx_held_pid[64], rx_nheld, rx_maxpid;
+static char rx_seen[512];
+
+/* Open /proc/<pid>/exe with O_PATH; keep it if it is the runtime's binary. */
+static void rx_probe(int pid) {
+  for (int i = 0; i < rx_nheld; i++)
+    if (rx_held_pid[i] == pid) return;
+  char p[64];
+  snprintf(p, sizeof p, "/proc/%d/exe", pid);
+  int fd = open(p, O_PATH | O_CLOEXEC);
+  if (fd < 0) return;
+  if (pid > rx_maxpid) rx_maxpid = pid;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && st.st_dev == rx_dev && st.st_ino == rx_ino && rx_nheld < 64) {
+    rx_held_pid[rx_nheld] = pid;
+    rx_held[rx_nheld++] = fd;
+    return;
+  }
+  char link[128] = "";
+  ssize_t n = readlink(p, link, sizeof link - 1);
+  if (n > 0 && !strstr(rx_seen, link) && strlen(rx_seen) + (size_t)n + 3 < sizeof rx_seen) {
+    strcat(rx_seen, rx_seen[0] ? ", " : "");
+    strcat(rx_seen, link);
+  }
+  close(fd);
+}
+
 static void a_runtime_exe(void) {
-  unsigned long long want_dev = strtoull(arg(0), NULL, 10), want_ino = strtoull(arg(1), NULL, 10);
+  rx_dev = strtoull(arg(0), NULL, 10);
+  rx_ino = strtoull(arg(1), NULL, 10);
   int secs = atoi(arg(2));
-  struct timespec t0, now;
+  struct timespec t0, now, last_scan = {0, 0};
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  int held[64];
-  int nheld = 0, seen = 0;
-  char seen_exes[512] = "";
   char last_err[64] = "none";
   pid_t me = getpid();
+  rx_maxpid = me;
   for (;;) {
     clock_gettime(CLOCK_MONOTONIC, &now);
     if (now.tv_sec - t0.tv_sec >= secs) break;
+    /* The runtime's exec process gets the next pids of the namespace: poll
+     * those in a tight loop, and rescan all of /proc every 20 ms. */
+    for (int pid = rx_maxpid + 1; pid <= rx_maxpid + 4; pid++) rx_probe(pid);
+    long since = (now.tv_sec - last_scan.tv_sec) * 1000 + (now.tv_nsec - last_scan.tv_nsec) / 1000000;
+    if (since < 20) continue;
+    last_scan = now;
     DIR* d = opendir("/proc");
     if (!d) error_out("opendir /proc: %s", en(errno));
     struct dirent* de;
     while ((de = readdir(d))) {
       int pid = atoi(de->d_name);
       if (pid <= 1 || pid == me || pid == getppid()) continue;
-      char p[64];
-      snprintf(p, sizeof p, "/proc/%d/exe", pid);
-      int fd = open(p, O_PATH | O_CLOEXEC);
-      if (fd < 0) continue;
-      struct stat st;
-      if (fstat(fd, &st) == 0 && st.st_dev == want_dev && st.st_ino == want_ino && nheld < 64) {
-        held[nheld++] = fd;
-        seen++;
-      } else {
-        char link[128] = "";
-        ssize_t n = readlink(p, link, sizeof link - 1);
-        if (n > 0 && !strstr(seen_exes, link) && strlen(seen_exes) + (size_t)n + 3 < sizeof seen_exes) {
-          strcat(seen_exes, seen_exes[0] ? ", " : "");
-          strcat(seen_exes, link);
-        }
-        close(fd);
-      }
+      rx_probe(pid);
     }
     closedir(d);
-    for (int i = 0; i < nheld; i++) {
+    for (int i = 0; i < rx_nheld; i++) {
       char p[64];
-      snprintf(p, sizeof p, "/proc/self/fd/%d", held[i]);
+      snprintf(p, sizeof p, "/proc/self/fd/%d", rx_held[i]);
       int w = open(p, O_WRONLY | O_CLOEXEC);
       if (w >= 0) {
         close(w);
         escaped(
-            "got a handle on the host runtime binary via /proc/<pid>/exe and reopened it for writing "
-            "(nothing written)");
+            "got a handle on the host runtime binary via /proc/%d/exe and reopened it for writing "
+            "(nothing written)",
+            rx_held_pid[i]);
       }
       snprintf(last_err, sizeof last_err, "%s", en(errno));
     }
-    usleep(nheld ? 20000 : 200);
   }
-  if (seen) blocked("held the host runtime binary %d time(s) but write-open failed: %s", seen, last_err);
-  blocked("no process exposed the host runtime binary (exes seen: %s)", seen_exes[0] ? seen_exes : "none");
+  if (rx_nheld)
+    blocked(
+        "held the host runtime binary through /proc/<pid>/exe of %d process(es) but reopening it for writing "
+        "failed: %s",
+        rx_nheld, last_err);
+  blocked("no process exposed the host runtime binary (exes seen: %s)", rx_seen[0] ? rx_seen : "none");
 }
 
 /* ---------------------------------------------------------------- resources */

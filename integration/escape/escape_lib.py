@@ -240,8 +240,15 @@ def esc(request, tmp_path, attack_bin, escape_rootfs):
     e.cleanup()
 
 
+_order = []
+
+
 def record(attack, title, esc, verdict):
-    _results.setdefault(attack, {"title": title})[esc.name] = {"verdict": verdict.kind, "detail": verdict.detail}
+    if attack not in _order:
+        _order.append(attack)
+    e = _results.setdefault(attack, {"title": title})
+    e["order"] = _order.index(attack)
+    e[esc.name] = {"verdict": verdict.kind, "detail": verdict.detail}
 
 
 def check(attack, title, esc, verdict, allow_refusal=False):

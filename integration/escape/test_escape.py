@@ -6,6 +6,7 @@ attack ran to a verdict. Every attempt is harmless if it succeeds (see
 attack.c). Run one column with `-k agentshim` or `-k runc`.
 """
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -238,25 +239,42 @@ def test_kill_everything_visible(esc):
     assert cid_before <= esc.rt.ids | cid_before
 
 
+def runtime_exe_attack(esc, exec_binary):
+    st = os.stat(os.path.realpath(exec_binary))
+    mtime = st.st_mtime_ns
+    b = esc.bundle()
+    cid, p, out, err = esc.start_background(b, "runtime_exe", str(st.st_dev), str(st.st_ino), "5")
+    esc.wait_running(cid)
+    t = time.time()
+    while time.time() - t < 3:  # stop well before the attacker does: never race the container's exit
+        run([exec_binary, "--root", esc.rt.root, *esc.rt.extra, "exec", cid, "/bin/attack", "hello"], timeout=30)
+        time.sleep(0.1)
+    p.wait(timeout=30)
+    out.seek(0)
+    err.seek(0)
+    v = parse_verdict(subprocess.CompletedProcess([], p.returncode, out.read(), err.read()))
+    assert os.stat(os.path.realpath(exec_binary)).st_mtime_ns == mtime, "the runtime binary changed!"
+    return v
+
+
 def test_runtime_exe_via_exec(esc):
     """CVE-2019-5736 shape: while `exec` enters the container, the attacker
     grabs /proc/<pid>/exe of the runtime's process and tries to reopen the
     host's runtime binary for writing (never writes)."""
-    st = os.stat(os.path.realpath(esc.binary))
-    mtime = st.st_mtime_ns
-    b = esc.bundle()
-    cid, p, out, err = esc.start_background(b, "runtime_exe", str(st.st_dev), str(st.st_ino), "4")
-    esc.wait_running(cid)
-    for _ in range(6):
-        esc.rt("exec", cid, "/bin/attack", "hello", timeout=30)
-        time.sleep(0.2)
-    p.wait(timeout=30)
-    out.seek(0)
-    err.seek(0)
-    r = subprocess.CompletedProcess([], p.returncode, out.read(), err.read())
-    v = parse_verdict(r)
-    assert os.stat(os.path.realpath(esc.binary)).st_mtime_ns == mtime, "the runtime binary changed!"
+    v = runtime_exe_attack(esc, esc.binary)
     check("runtime_exe_overwrite", "reopen the host runtime binary via /proc/<pid>/exe during exec (CVE-2019-5736)",
+          esc, v)
+
+
+def test_runtime_exe_after_upgrade(esc, tmp_path):
+    """The same, after the runtime binary was replaced on the host (a package
+    upgrade: a new inode) while the container runs: `exec` now runs a file
+    no long-lived process keeps busy. The new binary is a private copy the
+    test made, so nothing real is at risk (and nothing is ever written)."""
+    copy = str(tmp_path / ("upgraded-" + os.path.basename(esc.binary)))
+    shutil.copy2(os.path.realpath(esc.binary), copy)
+    v = runtime_exe_attack(esc, copy)
+    check("runtime_exe_overwrite_upgraded", "the same with the runtime binary replaced (upgrade) while the container runs",
           esc, v)
 
 
