@@ -225,9 +225,33 @@ class Escape:
                 p.kill()
                 p.wait()
         self.rt.cleanup()
-        # The bundles hold setuid-root and file-capability binaries: never leave them behind.
-        for d in self.bundles:
-            shutil.rmtree(d, ignore_errors=True)
+        # Bundles hold setuid-root and file-capability binaries; the audit dir
+        # holds a signing key: never leave them behind, even when a test failed.
+        safe_rmtree_contents(str(self.tmp))
+
+
+def mounts_below(path):
+    path = os.path.realpath(path).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if (mp.rstrip("/") + "/").startswith(path):
+                out.append(mp)
+    return out
+
+
+def safe_rmtree_contents(path):
+    """Remove everything in path, but never through a mount point: a mount a
+    runtime left below it is a bug to report, not a tree to empty."""
+    left = mounts_below(path)
+    assert not left, f"mounts left behind below {path}: {left}"
+    for e in os.listdir(path):
+        p = os.path.join(path, e)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.unlink(p)
 
 
 _results = {}

@@ -5,6 +5,7 @@ Docker-like config is the comparison column: its tests only require that the
 attack ran to a verdict. Every attempt is harmless if it succeeds (see
 attack.c). Run one column with `-k agentshim` or `-k runc`.
 """
+import json
 import os
 import shutil
 import socket
@@ -39,7 +40,7 @@ ATTACKS = [
     A("mount_bind", "bind-mount / elsewhere", ["mount_bind"]),
     A("mount_fsopen", "fsopen(\"tmpfs\") (new mount API)", ["mount_fsopen"]),
     A("mount_open_tree", "open_tree(OPEN_TREE_CLONE) of /", ["open_tree"]),
-] + [A(f"unshare_{t}", f"unshare(CLONE_NEW{t.upper()})", ["unshare", t]) for t in NS] + [
+] + [A(f"unshare_{t}", f"unshare(CLONE_NEW{'NS' if t == 'mnt' else t.upper()})", ["unshare", t]) for t in NS] + [
     A("clone_newuser", "clone(CLONE_NEWUSER)", ["clone_newuser"]),
     A("clone3_newuser", "clone3(CLONE_NEWUSER)", ["clone3_newuser"]),
 ] + [A(f"setns_{t}", f"setns into a sibling's {t} namespace (/proc/<pid>/ns/{t})", ["setns", t]) for t in NS] + [
@@ -223,30 +224,31 @@ def test_audit_dir_and_signing_key(esc):
 # ---------------------------------------------------------------- the runtime and the supervisor
 
 
+def newest_run(esc):
+    runs = os.path.join(esc.audit_dir, "runs")
+    assert os.path.isdir(runs) and os.listdir(runs), "no run record written"
+    return max((os.path.join(runs, r) for r in os.listdir(runs)), key=os.path.getmtime)
+
+
 def test_kill_everything_visible(esc):
     """SIGKILL every pid visible except self and 1, and kill(-1). The supervisor
     must not be visible, and (agentshim) must still write a complete record."""
     b = esc.bundle()
-    cid_before = set(esc.rt.ids)
     v = esc.attack(b, "kill_all")
     check("kill_supervisor", "SIGKILL every visible pid and kill(-1): the supervisor must not be visible", esc, v)
     if esc.name == "agentshim":
-        runs = os.path.join(esc.audit_dir, "runs")
-        assert os.path.isdir(runs) and os.listdir(runs), "no run record written"
-        newest = max((os.path.join(runs, r) for r in os.listdir(runs)), key=os.path.getmtime)
-        r = esc.rt("verify", newest)
+        r = esc.rt("verify", newest_run(esc))
         assert r.returncode == 0 and b"VERIFIED" in r.stdout, r.stdout + r.stderr
-    assert cid_before <= esc.rt.ids | cid_before
 
 
 def runtime_exe_attack(esc, exec_binary):
     st = os.stat(os.path.realpath(exec_binary))
     mtime = st.st_mtime_ns
     b = esc.bundle()
-    cid, p, out, err = esc.start_background(b, "runtime_exe", str(st.st_dev), str(st.st_ino), "5")
+    cid, p, out, err = esc.start_background(b, "runtime_exe", str(st.st_dev), str(st.st_ino), "6")
     esc.wait_running(cid)
     t = time.time()
-    while time.time() - t < 3:  # stop well before the attacker does: never race the container's exit
+    while time.time() - t < 4:  # stop well before the attacker does: never race the container's exit
         run([exec_binary, "--root", esc.rt.root, *esc.rt.extra, "exec", cid, "/bin/attack", "hello"], timeout=30)
         time.sleep(0.1)
     p.wait(timeout=30)
@@ -315,6 +317,7 @@ def test_fork_bomb_pids_limit(esc):
     check("fork_bomb_pids_limit", "fork bomb in a container with pids.limit 64", esc, v)
     if esc.name == "agentshim" or v.kind == "BLOCKED":
         assert "after" in v.detail and int(v.detail.split("after ")[1].split()[0]) <= 64
+    run(["true"], check=True)  # the host still forks
 
 
 def test_fork_bomb_no_limit_in_config(esc):
@@ -329,6 +332,12 @@ def test_memory_hog_limit(esc):
     b.config["linux"]["resources"]["memory"] = {"limit": 64 << 20, "swap": 64 << 20}
     v = esc.attack(b, "memory_hog", "256", timeout=90)
     check("memory_limit_64m", "allocate 256 MiB under a 64 MiB memory limit (OOM-killed in its cgroup)", esc, v)
+    if esc.name == "agentshim":
+        # The record says so: an `oom` event or run.exit's oom_kills (docs/FORMATS.md).
+        events = [json.loads(l) for l in open(os.path.join(newest_run(esc), "events.ndjson"))]
+        ooms = [e for e in events if e.get("type") == "oom" or
+                (e.get("type") == "run.exit" and int(e.get("data", e).get("oom_kills", 0) or 0) > 0)]
+        assert ooms, f"no OOM in the record: {[e.get('type') for e in events]}"
 
 
 def test_memory_hog_no_limit_in_config(esc):
