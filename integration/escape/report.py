@@ -43,7 +43,7 @@ KERNEL_DEPENDS = {
     "setns_time": ("CONFIG_TIME_NS", None),
 }
 for _w in ("unshare_user", "io_uring_setup", "mount"):
-    KERNEL_DEPENDS[f"x32_{_w}"] = ("CONFIG_X86_X32_ABI", f"i386_* rows")
+    KERNEL_DEPENDS[f"x32_{_w}"] = ("CONFIG_X86_X32_ABI", "i386_* rows")
 for _w in ("unshare_user", "unshare_mnt", "mount", "io_uring_setup", "userfaultfd", "add_key", "personality"):
     KERNEL_DEPENDS[f"i386_{_w}"] = ("CONFIG_IA32_EMULATION", None)
 
