@@ -47,6 +47,39 @@ for _w in ("unshare_user", "io_uring_setup", "mount"):
 for _w in ("unshare_user", "unshare_mnt", "mount", "io_uring_setup", "userfaultfd", "add_key", "personality"):
     KERNEL_DEPENDS[f"i386_{_w}"] = ("CONFIG_IA32_EMULATION", None)
 
+# Which SPEC requirement stops each attack, for the "still lets through" list.
+_SECCOMP = "the default seccomp profile (SPEC: deny-by-default, at least Docker's)"
+_NS_SECCOMP = "the default seccomp profile: no unshare/setns/clone with namespace flags"
+_CAPS = "the capability set (SPEC: Docker's minus NET_RAW, MKNOD, SETFCAP, AUDIT_WRITE)"
+_NNP = "no_new_privs always"
+NEEDS = {
+    "rootfs_write": "a read-only root filesystem", "rootfs_overwrite_binary": "a read-only root filesystem",
+    "unshare_user": _NS_SECCOMP, "clone_newuser": _NS_SECCOMP, "clone3_newuser": _NS_SECCOMP + " (clone3: ENOSYS)",
+    "setns_user": _NS_SECCOMP,
+    "cap_mknod": _CAPS, "cap_net_raw": _CAPS, "raw_socket": _CAPS, "packet_socket": _CAPS,
+    "mknod_block": _CAPS, "mknod_char": _CAPS,
+    "ptrace_sibling": _SECCOMP + ": no ptrace", "process_vm_readv": _SECCOMP + ": no process_vm_*",
+    "ptrace_traceme_setuid": _SECCOMP + ": no ptrace",
+    "keyctl_add_key": _SECCOMP, "perf_event_open": _SECCOMP, "userfaultfd": _SECCOMP, "io_uring_setup": _SECCOMP,
+    "bpf_prog_load": _SECCOMP, "bpf_map_create": _SECCOMP,
+    "personality_read_implies_exec": _SECCOMP + ": personality only with the safe values", "modify_ldt": _SECCOMP,
+    "setuid_nnp": _NNP, "file_capability": _NNP + ", and NET_RAW out of the bounding set",
+    "host_network_requested": "host namespaces refused; the internal-only network",
+    "host_loopback_service": "the internal-only network", "host_address_service": "the internal-only network",
+    "metadata_endpoint": "the internal-only network",
+    "fork_bomb_no_config_limit": "policy default pids limit when the config sets none",
+    "memory_no_config_limit": "policy default memory limit when the config sets none",
+    "tmpfs_exhaustion_unsized": "tmpfs mounts with a size limit",
+    "runtime_exe_overwrite": "the runtime's exec process must not expose its host binary in the container "
+                             "(non-dumpable before it joins the pid namespace, or exec from a sealed memfd copy as runc does)",
+    "audit_dir_and_key": "the audit directory and key never mounted or reachable",
+    "kill_supervisor": "the supervisor outside the container's pid namespace",
+}
+NEEDS["runtime_exe_overwrite_upgraded"] = NEEDS["runtime_exe_overwrite"]
+for _n in list(KERNEL_DEPENDS):
+    if _n.startswith(("i386_", "x32_")):
+        NEEDS[_n] = "the default seccomp profile covering the compat syscall ABIs"
+
 # Tests outside the parametrized table, in the order test_escape.py has them.
 SPECIAL = ["host_loopback_service", "host_address_service", "host_network_requested", "sethostname",
            "audit_dir_and_key", "kill_supervisor", "runtime_exe_overwrite", "symlink_mount_target",
@@ -119,8 +152,12 @@ def render(results):
     out.append(f"**What runc with Docker-like defaults allows that agentshim stops ({len(stopped)}):** "
                + (", ".join(f"`{n}`" for n in stopped) if stopped else "none in this run") + ".")
     out.append("")
-    out.append(f"**What agentshim still lets through ({len(through)}):** "
-               + (", ".join(f"`{n}`" for n in through) if through else "nothing") + ".")
+    out.append(f"**What agentshim still lets through ({len(through)}):** " + ("" if through else "nothing."))
+    if through:
+        out.append("")
+        for n in through:
+            need = NEEDS.get(n)
+            out.append(f"- `{n}`: {esc_md(attacks[n]['agentshim']['detail'])}" + (f" (needs: {need})" if need else ""))
     out.append("")
     out.append(f"Blocked under both ({len(both)}): " + (", ".join(f"`{n}`" for n in both) or "none") + ".")
     if notrun:

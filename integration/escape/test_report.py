@@ -61,7 +61,8 @@ def test_table_between_markers(tmp_path):
     assert "CONFIG_MODULES is off" in fin and "cap_sys_module" in fin
     assert "not run" in next(l for l in rows if "`kill_supervisor`" in l)
     assert "allows that agentshim stops (1):** `raw_socket`" in text
-    assert "still lets through (1):** `rootfs_write`" in text
+    assert "still lets through (1):**" in text
+    assert "- `rootfs_write`: wrote /x (needs: a read-only root filesystem)" in text
     assert "Not run under agentshim in the recorded results: `kill_supervisor`" in text
 
 
