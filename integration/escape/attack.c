@@ -1217,6 +1217,11 @@ static void a_fork_bomb(void) {
   char lim[48];
   snprintf(lim, sizeof lim, pmax == -2 ? "unreadable" : pmax == -1 ? "max" : "%ld", pmax);
   if (n < cap) blocked("fork failed with %s after %d children (pids.max seen inside: %s)", en(e), n, lim);
+  if (pmax >= 0)
+    blocked(
+        "reached the test's cap of %d children below the cgroup's pids.max of %ld (a limit holds, above the "
+        "cap)",
+        n, pmax);
   escaped("forked %d children without hitting a limit (pids.max seen inside: %s; stopped at the test's cap)",
           n, lim);
 }
@@ -1259,8 +1264,17 @@ static void a_memory_hog(void) {
   if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
     blocked("hog killed by SIGKILL (OOM in its cgroup) after %ld MiB", chunks * 8);
   if (tail[0]) blocked("allocation failed: %s", tail);
-  if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-    escaped("allocated and touched %ld MiB without being stopped", chunks * 8);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+    long lim = read_long_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    if (lim == -2) lim = read_long_file("/sys/fs/cgroup/memory.max");
+    if (lim >= 0 && lim < (1L << 60))
+      blocked(
+          "allocated the test's cap of %ld MiB below the cgroup's memory limit of %ld MiB (a limit holds, "
+          "above the cap)",
+          chunks * 8, lim >> 20);
+    escaped("allocated and touched %ld MiB without being stopped (memory limit seen inside: %s)", chunks * 8,
+            lim == -2 ? "unreadable" : "none");
+  }
   error_out("hog ended with status %#x after %ld MiB", st, chunks * 8);
 }
 
@@ -1289,7 +1303,11 @@ static void a_tmpfs_fill(void) {
   unlink(p);
   if (mib < cap_mib)
     blocked("write stopped with %s after %ld MiB (tmpfs size %ld MiB)", en(e), mib, size_mib);
-  escaped("wrote %ld MiB into %s without ENOSPC (tmpfs size %ld MiB)", mib, dir, size_mib);
+  long dflt = g_argc > 4 ? atol(arg(2)) : -1;
+  if (dflt > 0 && size_mib > 0 && size_mib < dflt * 9 / 10)
+    blocked("wrote the test's cap of %ld MiB; the tmpfs has a size limit of %ld MiB (kernel default %ld MiB)",
+            mib, size_mib, dflt);
+  escaped("wrote %ld MiB into %s without ENOSPC (tmpfs size %ld MiB: no size limit)", mib, dir, size_mib);
 }
 
 /* ---------------------------------------------------------------- secrets and the supervisor */

@@ -345,6 +345,13 @@ def test_memory_hog_no_limit_in_config(esc):
     check("memory_no_config_limit", "allocate 256 MiB, config sets no memory limit", esc, v)
 
 
+def default_tmpfs_mib():
+    """A tmpfs without size= gets half of RAM."""
+    with open("/proc/meminfo") as f:
+        kib = int(next(l for l in f if l.startswith("MemTotal:")).split()[1])
+    return kib // 2 // 1024
+
+
 def test_tmpfs_exhaustion_sized(esc):
     b = esc.bundle()
     b.config["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
@@ -357,5 +364,5 @@ def test_tmpfs_exhaustion_unsized(esc):
     b = esc.bundle()
     b.config["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
                                "options": ["nosuid", "nodev"]})
-    v = esc.attack(b, "tmpfs_fill", "/scratch", "64")
+    v = esc.attack(b, "tmpfs_fill", "/scratch", "64", str(default_tmpfs_mib()))
     check("tmpfs_exhaustion_unsized", "fill a tmpfs mounted without a size (cap 64 MiB)", esc, v)
