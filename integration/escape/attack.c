@@ -140,6 +140,16 @@ static int cap_eff_bit(int bit) {
   return (int)((v >> bit) & 1);
 }
 
+/* Is this process in the namespace whose inode the test passed (the host's)?
+ * Attacks that would be harmful in a host namespace check this first. */
+static int in_host_ns(const char* type, const char* host_ino) {
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/ns/%s", type);
+  struct stat st;
+  if (stat(p, &st) != 0) error_out("stat %s: %s", p, en(errno));
+  return (unsigned long long)st.st_ino == strtoull(host_ino, NULL, 10);
+}
+
 /* ---------------------------------------------------------------- filesystem */
 
 static void a_rootfs_write(void) {
@@ -161,11 +171,11 @@ static void a_rootfs_overwrite_binary(void) {
 }
 
 static void a_remount_root_rw(void) {
+  /* Per-mount flags only (MS_BIND): never a superblock remount, which on a
+   * bind-mounted host filesystem would change the host's mount options. */
   if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND, NULL) == 0)
     escaped("remounted / (MS_REMOUNT|MS_BIND without MS_RDONLY)");
-  int e = errno;
-  if (mount(NULL, "/", NULL, MS_REMOUNT, NULL) == 0) escaped("remounted / read-write (MS_REMOUNT)");
-  blocked("remount of /: %s, %s", en(e), en(errno));
+  blocked("remount of / (MS_REMOUNT|MS_BIND): %s", en(errno));
 }
 
 static const char* mount_target(void) {
@@ -493,6 +503,9 @@ static void a_host_tcp(void) {
 }
 
 static void a_metadata(void) {
+  /* Never from the host's network namespace: the SYN would leave the machine. */
+  if (in_host_ns("net", arg(0)))
+    escaped("shares the host's network namespace (169.254.169.254 not contacted)");
   int fd = -1;
   int e = connect_to("169.254.169.254", 80, 1000, &fd);
   if (e == 0) {
@@ -1345,6 +1358,8 @@ static void a_find_paths(void) {
  * and 1, then kill(-1). ESCAPED if any victim was not one of ours (a runtime
  * or supervisor process visible in the pid namespace). */
 static void a_kill_all(void) {
+  /* Never in the host's pid namespace: kill(-1) there would kill the machine. */
+  if (in_host_ns("pid", arg(0))) escaped("shares the host's pid namespace (nothing killed)");
   pid_t own[2];
   for (int i = 0; i < 2; i++) {
     own[i] = fork();
@@ -1384,10 +1399,9 @@ static void a_kill_all(void) {
 }
 
 static void a_sethostname(void) {
-  unsigned long long host_ino = strtoull(arg(0), NULL, 10);
+  if (in_host_ns("uts", arg(0))) escaped("shares the host's UTS namespace (sethostname not attempted)");
   struct stat st;
   if (stat("/proc/self/ns/uts", &st) != 0) error_out("stat /proc/self/ns/uts: %s", en(errno));
-  if (st.st_ino == host_ino) escaped("shares the host's UTS namespace (sethostname not attempted)");
   char old[256] = {0};
   gethostname(old, sizeof old - 1);
   if (sethostname("escape-probe", 12) != 0)

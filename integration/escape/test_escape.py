@@ -25,6 +25,11 @@ CAPS = [(21, "CAP_SYS_ADMIN"), (25, "CAP_SYS_TIME"), (22, "CAP_SYS_BOOT"), (16, 
         (13, "CAP_NET_RAW"), (27, "CAP_MKNOD")]
 
 
+# The host's namespaces (inode numbers): attacks that would be harmful in a
+# host namespace check they are not in one before acting.
+HOST_NS = {t: os.stat(f"/proc/self/ns/{t}").st_ino for t in ("net", "pid", "uts")}
+
+
 class A:
     def __init__(self, name, title, argv, user=None):
         self.name, self.title, self.argv, self.user = name, title, argv, user
@@ -53,7 +58,7 @@ ATTACKS = [
     A("delete_module", "delete_module of a nonexistent module", ["delete_module"]),
     A("raw_socket", "raw IPv4 socket", ["raw_socket"]),
     A("packet_socket", "AF_PACKET socket", ["packet_socket"]),
-    A("metadata_endpoint", "connect to 169.254.169.254:80 (1 s timeout)", ["metadata"]),
+    A("metadata_endpoint", "connect to 169.254.169.254:80 (1 s timeout)", ["metadata", str(HOST_NS["net"])]),
     A("proc_kcore", "read /proc/kcore", ["read_file", "/proc/kcore"]),
     A("proc_keys", "read /proc/keys", ["read_file", "/proc/keys"]),
     A("proc_timer_list", "read /proc/timer_list", ["read_file", "/proc/timer_list"]),
@@ -194,9 +199,8 @@ def test_host_network_requested(esc, token_server):
 
 
 def test_sethostname(esc):
-    host_uts = os.stat("/proc/self/ns/uts").st_ino
     before = socket.gethostname()
-    v = esc.attack(esc.bundle(), "sethostname", str(host_uts))
+    v = esc.attack(esc.bundle(), "sethostname", str(HOST_NS["uts"]))
     assert socket.gethostname() == before
     check("sethostname", "sethostname (allowed only in a private UTS namespace: contained)", esc, v)
 
@@ -233,7 +237,7 @@ def test_kill_everything_visible(esc):
     """SIGKILL every pid visible except self and 1, and kill(-1). The supervisor
     must not be visible, and (agentshim) must still write a complete record."""
     b = esc.bundle()
-    v = esc.attack(b, "kill_all")
+    v = esc.attack(b, "kill_all", str(HOST_NS["pid"]))
     check("kill_supervisor", "SIGKILL every visible pid and kill(-1): the supervisor must not be visible", esc, v)
     if esc.name == "agentshim":
         r = esc.rt("verify", newest_run(esc))
