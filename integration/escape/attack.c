@@ -1500,6 +1500,17 @@ int main(int argc, char** argv) {
   if (argc < 2) error_out("usage: attack NAME [ARGS...]");
   for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
     if (strcmp(attacks[i].name, argv[1])) continue;
+    /* Mount attacks (and the ABI variants that mount) act on the mount
+     * namespace: never run them in the host's (ESCAPE_HOST_MNTNS, set by the
+     * test, is the host's mount namespace inode). */
+    const char* host_mnt = getenv("ESCAPE_HOST_MNTNS");
+    int mounts =
+        !strncmp(argv[1], "mount_", 6) || !strcmp(argv[1], "remount_root_rw") ||
+        ((!strcmp(argv[1], "i386") || !strcmp(argv[1], "x32")) && argc > 2 && !strcmp(argv[2], "mount"));
+    if (mounts) {
+      if (!host_mnt) error_out("ESCAPE_HOST_MNTNS is not set; refusing to try mounts");
+      if (in_host_ns("mnt", host_mnt)) escaped("shares the host's mount namespace (no mount attempted)");
+    }
     if (!attacks[i].fork_child) {
       attacks[i].fn();
       return 0;

@@ -182,6 +182,8 @@ class Escape:
         os.chmod(fcap, 0o755)
         os.setxattr(fcap, "security.capability", FCAP_NET_RAW)
         docker_like_config(b.config)
+        # The helper refuses to try mounts in the host's mount namespace.
+        b.config["process"]["env"].append(f"ESCAPE_HOST_MNTNS={os.stat('/proc/self/ns/mnt').st_ino}")
         b.save()
         self.bundles.append(b.path)
         return b
