@@ -1,0 +1,372 @@
+"""The escape battery: each attack is one test per runtime column.
+
+agentshim (default policy) must report BLOCKED for every attack; runc with a
+Docker-like config is the comparison column: its tests only require that the
+attack ran to a verdict. Every attempt is harmless if it succeeds (see
+attack.c). Run one column with `-k agentshim` or `-k runc`.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from escape_lib import (Verdict, attack_bin, check, esc, escape_rootfs, parse_verdict,  # noqa: F401 (fixtures)
+                        run, write_results)
+
+NS = ["user", "mnt", "pid", "net", "uts", "ipc", "cgroup", "time"]
+CAPS = [(21, "CAP_SYS_ADMIN"), (25, "CAP_SYS_TIME"), (22, "CAP_SYS_BOOT"), (16, "CAP_SYS_MODULE"),
+        (17, "CAP_SYS_RAWIO"), (12, "CAP_NET_ADMIN"), (2, "CAP_DAC_READ_SEARCH"), (19, "CAP_SYS_PTRACE"),
+        (13, "CAP_NET_RAW"), (27, "CAP_MKNOD")]
+
+
+# The host's namespaces (inode numbers): attacks that would be harmful in a
+# host namespace check they are not in one before acting.
+HOST_NS = {t: os.stat(f"/proc/self/ns/{t}").st_ino for t in ("net", "pid", "uts")}
+
+
+class A:
+    def __init__(self, name, title, argv, user=None):
+        self.name, self.title, self.argv, self.user = name, title, argv, user
+
+
+ATTACKS = [
+    A("rootfs_write", "create and write a file on the root filesystem", ["rootfs_write"]),
+    A("rootfs_overwrite_binary", "open an image binary (/bin/busybox) for writing", ["rootfs_overwrite_binary"]),
+    A("remount_root_rw", "remount / (read-write)", ["remount_root_rw"]),
+    A("mount_tmpfs", "mount a tmpfs", ["mount_tmpfs"]),
+    A("mount_proc", "mount a new proc", ["mount_proc"]),
+    A("mount_bind", "bind-mount / elsewhere", ["mount_bind"]),
+    A("mount_fsopen", "fsopen(\"tmpfs\") (new mount API)", ["mount_fsopen"]),
+    A("mount_open_tree", "open_tree(OPEN_TREE_CLONE) of /", ["open_tree"]),
+] + [A(f"unshare_{t}", f"unshare(CLONE_NEW{'NS' if t == 'mnt' else t.upper()})", ["unshare", t]) for t in NS] + [
+    A("clone_newuser", "clone(CLONE_NEWUSER)", ["clone_newuser"]),
+    A("clone3_newuser", "clone3(CLONE_NEWUSER)", ["clone3_newuser"]),
+] + [A(f"setns_{t}", f"setns into a sibling's {t} namespace (/proc/<pid>/ns/{t})", ["setns", t]) for t in NS] + [
+    A(f"cap_{n[4:].lower()}", f"{n} in the effective set", ["cap_bit", str(b), n]) for b, n in CAPS] + [
+    A("ptrace_sibling", "PTRACE_ATTACH to a sibling the attacker forked", ["ptrace_sibling"]),
+    A("process_vm_readv", "process_vm_readv of a sibling's memory", ["process_vm_readv"]),
+    A("ptrace_traceme_setuid", "PTRACE_TRACEME, then exec a setuid-root binary (as uid 1000)",
+      ["ptrace_traceme_setuid", "/bin/attack-suid"], user=1000),
+    A("finit_module", "finit_module on an empty memfd", ["finit_module"]),
+    A("init_module", "init_module with garbage", ["init_module"]),
+    A("delete_module", "delete_module of a nonexistent module", ["delete_module"]),
+    A("raw_socket", "raw IPv4 socket", ["raw_socket"]),
+    A("packet_socket", "AF_PACKET socket", ["packet_socket"]),
+    A("metadata_endpoint", "connect to 169.254.169.254:80 (1 s timeout)", ["metadata", str(HOST_NS["net"])]),
+    A("proc_kcore", "read /proc/kcore", ["read_file", "/proc/kcore"]),
+    A("proc_keys", "read /proc/keys", ["read_file", "/proc/keys"]),
+    A("proc_timer_list", "read /proc/timer_list", ["read_file", "/proc/timer_list"]),
+    A("proc_sys_hostname", "write /proc/sys/kernel/hostname (same value)",
+      ["write_back", "/proc/sys/kernel/hostname"]),
+    A("proc_sys_overcommit", "write /proc/sys/vm/overcommit_memory (same value)",
+      ["write_back", "/proc/sys/vm/overcommit_memory"]),
+    A("proc_sys_core_pattern", "write /proc/sys/kernel/core_pattern (same value)",
+      ["write_back", "/proc/sys/kernel/core_pattern"]),
+    A("proc_sysrq_trigger", "open /proc/sysrq-trigger for writing (never written)",
+      ["open_write", "/proc/sysrq-trigger"]),
+    A("sys_uevent_helper", "open /sys/kernel/uevent_helper for writing (never written)",
+      ["open_write", "/sys/kernel/uevent_helper"]),
+    A("sys_firmware", "list /sys/firmware", ["list_dir", "/sys/firmware"]),
+    A("cgroup_mkdir", "create a directory in the container's own cgroups", ["cgroup_mkdir"]),
+    A("cgroup_write", "write a control file of the container's own cgroup (same value)", ["cgroup_write"]),
+    A("cgroup_release_agent", "open a cgroup v1 release_agent for writing (never written)", ["release_agent"]),
+    A("mknod_block", "mknod of a block device (7:0)", ["mknod", "b", "7", "0"]),
+    A("mknod_char", "mknod of a non-default char device (1:11, kmsg)", ["mknod", "c", "1", "11"]),
+    A("dev_mem", "open /dev/mem (or mknod c 1:1 and open)", ["dev_open", "/dev/mem", "1", "1"]),
+    A("dev_kmsg", "open /dev/kmsg (or mknod c 1:11 and open)", ["dev_open", "/dev/kmsg", "1", "11"]),
+    A("keyctl_add_key", "add_key to the session keyring", ["keyctl"]),
+    A("bpf_prog_load", "bpf(BPF_PROG_LOAD) of a trivial socket filter", ["bpf_prog"]),
+    A("bpf_map_create", "bpf(BPF_MAP_CREATE)", ["bpf_map"]),
+    A("perf_event_open", "perf_event_open (software counter on self)", ["perf_event_open"]),
+    A("userfaultfd", "userfaultfd", ["userfaultfd"]),
+    A("io_uring_setup", "io_uring_setup", ["io_uring"]),
+    A("personality_read_implies_exec", "personality(READ_IMPLIES_EXEC)", ["personality"]),
+    A("modify_ldt", "modify_ldt (read)", ["modify_ldt"]),
+    A("syslog_read", "syslog(SYSLOG_ACTION_READ_ALL)", ["syslog"]),
+    A("sysctl_syscall", "_sysctl(2)", ["sysctl_syscall"]),
+    A("swapon", "swapon of a nonexistent path (EPERM vs ENOENT)", ["swapon"]),
+    A("acct", "acct of a nonexistent path (EPERM vs ENOENT)", ["acct"]),
+    A("kexec_file_load", "kexec_file_load with bad fds (EPERM vs EBADF)", ["kexec_file_load"]),
+    A("ioperm", "ioperm(0x80) / iopl(0)", ["ioperm"]),
+    A("open_by_handle_at", "open_by_handle_at (the shocker shape)", ["open_by_handle_at"]),
+] + [A(f"i386_{w}", f"int $0x80 (i386 ABI) {w}", ["i386", w]) for w in
+     ["unshare_user", "unshare_mnt", "mount", "io_uring_setup", "userfaultfd", "add_key", "personality"]] + [
+    A(f"x32_{w}", f"x32 ABI (__X32_SYSCALL_BIT) {w}", ["x32", w]) for w in ["unshare_user", "io_uring_setup", "mount"]] + [
+    A("setuid_nnp", "exec a setuid-root binary as uid 1000", ["setuid_exec", "/bin/attack-suid"], user=1000),
+    A("file_capability", "exec a cap_net_raw+ep file-capability binary as uid 1000, open a raw socket",
+      ["fcap_exec", "/bin/attack-fcap"], user=1000),
+    A("chroot_escape", "classic chroot breakout (chroot subdir, fchdir to a kept fd, chdir ..)", ["chroot_escape"]),
+    A("proc_self_exe_write", "open /proc/self/exe for writing", ["self_exe_write"]),
+]
+
+assert len({a.name for a in ATTACKS}) == len(ATTACKS)
+
+
+@pytest.mark.parametrize("a", ATTACKS, ids=[a.name for a in ATTACKS])
+def test_attack(esc, a):
+    b = esc.bundle()
+    if a.user is not None:
+        b.config["process"]["user"] = {"uid": a.user, "gid": a.user}
+    v = esc.attack(b, *a.argv)
+    check(a.name, a.title, esc, v)
+
+
+# ---------------------------------------------------------------- network: the host's services
+
+
+class TokenServer:
+    """A TCP listener on the host's 127.0.0.1 that sends a token to anyone who connects."""
+
+    def __init__(self):
+        self.token = uuid.uuid4().hex
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stop = False
+        self.connections = 0
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            try:
+                c.sendall(self.token.encode() + b"\n")
+            finally:
+                c.close()
+
+    def close(self):
+        self.stop = True
+        self.t.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def token_server():
+    s = TokenServer()
+    yield s
+    s.close()
+
+
+def host_addresses():
+    out = run(["ip", "-o", "-4", "addr", "show"], check=True).stdout.decode()
+    addrs = []
+    for line in out.splitlines():
+        f = line.split()
+        ip = f[3].split("/")[0]
+        if not ip.startswith("127."):
+            addrs.append(ip)
+    return addrs
+
+
+def test_host_loopback_service(esc, token_server):
+    v = esc.attack(esc.bundle(), "host_tcp", str(token_server.port), token_server.token, "127.0.0.1")
+    check("host_loopback_service", "connect to a service on the host's 127.0.0.1", esc, v)
+
+
+def test_host_address_service(esc, token_server):
+    addrs = host_addresses()
+    if not addrs:
+        pytest.skip("the host has no non-loopback IPv4 address to try")
+    v = esc.attack(esc.bundle(), "host_tcp", str(token_server.port), token_server.token, *addrs)
+    check("host_address_service", "connect to the host's own non-loopback addresses", esc, v)
+
+
+def test_host_network_requested(esc, token_server):
+    """The caller asks for the host's network namespace (docker run --network
+    host). runc gives it; agentshim must refuse or replace it. Only the host's
+    own addresses are contacted (never anything off the machine)."""
+    b = esc.bundle()
+    b.config["linux"]["namespaces"] = [n for n in b.config["linux"]["namespaces"] if n["type"] != "network"]
+    v = esc.attack(b, "host_tcp", str(token_server.port), token_server.token, "127.0.0.1", *host_addresses())
+    check("host_network_requested", "config asks for the host network namespace; reach the host's 127.0.0.1 service",
+          esc, v, allow_refusal=True)
+
+
+# ---------------------------------------------------------------- identity of the host
+
+
+def test_sethostname(esc):
+    before = socket.gethostname()
+    v = esc.attack(esc.bundle(), "sethostname", str(HOST_NS["uts"]))
+    assert socket.gethostname() == before
+    check("sethostname", "sethostname (allowed only in a private UTS namespace: contained)", esc, v)
+
+
+def secret_paths(esc):
+    paths = [esc.audit_dir, os.path.join(esc.audit_dir, "keys"), os.path.join(esc.audit_dir, "ledger.ndjson"),
+             "/var/lib/agentshim", "/etc/agentshim"]
+    keys = os.path.join(esc.audit_dir, "keys")
+    if os.path.isdir(keys):
+        paths += [os.path.join(keys, k) for k in sorted(os.listdir(keys))]
+    return paths
+
+
+def test_audit_dir_and_signing_key(esc):
+    # A first run makes agentshim create its audit dir and host key; the
+    # runc column gets a directory of the same shape to look for.
+    b = esc.bundle()
+    esc.attack(b, "hello")
+    os.makedirs(os.path.join(esc.audit_dir, "keys"), exist_ok=True)
+    v = esc.attack(esc.bundle(), "find_paths", *secret_paths(esc))
+    check("audit_dir_and_key", "find the audit dir / signing key, directly or via /proc/*/root", esc, v)
+
+
+# ---------------------------------------------------------------- the runtime and the supervisor
+
+
+def newest_run(esc):
+    runs = os.path.join(esc.audit_dir, "runs")
+    assert os.path.isdir(runs) and os.listdir(runs), "no run record written"
+    return max((os.path.join(runs, r) for r in os.listdir(runs)), key=os.path.getmtime)
+
+
+def test_kill_everything_visible(esc):
+    """SIGKILL every pid visible except self and 1, and kill(-1). The supervisor
+    must not be visible, and (agentshim) must still write a complete record."""
+    b = esc.bundle()
+    v = esc.attack(b, "kill_all", str(HOST_NS["pid"]))
+    check("kill_supervisor", "SIGKILL every visible pid and kill(-1): the supervisor must not be visible", esc, v)
+    if esc.name == "agentshim":
+        r = esc.rt("verify", newest_run(esc))
+        assert r.returncode == 0 and b"VERIFIED" in r.stdout, r.stdout + r.stderr
+
+
+def runtime_exe_attack(esc, exec_binary):
+    st = os.stat(os.path.realpath(exec_binary))
+    mtime = st.st_mtime_ns
+    b = esc.bundle()
+    cid, p, out, err = esc.start_background(b, "runtime_exe", str(st.st_dev), str(st.st_ino), "6")
+    esc.wait_running(cid)
+    t = time.time()
+    while time.time() - t < 4:  # stop well before the attacker does: never race the container's exit
+        run([exec_binary, "--root", esc.rt.root, *esc.rt.extra, "exec", cid, "/bin/attack", "hello"], timeout=30)
+        time.sleep(0.1)
+    p.wait(timeout=30)
+    out.seek(0)
+    err.seek(0)
+    v = parse_verdict(subprocess.CompletedProcess([], p.returncode, out.read(), err.read()))
+    assert os.stat(os.path.realpath(exec_binary)).st_mtime_ns == mtime, "the runtime binary changed!"
+    return v
+
+
+def test_runtime_exe_via_exec(esc):
+    """CVE-2019-5736 shape: while `exec` enters the container, the attacker
+    grabs /proc/<pid>/exe of the runtime's process and tries to reopen the
+    host's runtime binary for writing (never writes)."""
+    v = runtime_exe_attack(esc, esc.binary)
+    check("runtime_exe_overwrite", "reopen the host runtime binary via /proc/<pid>/exe during exec (CVE-2019-5736)",
+          esc, v)
+
+
+def test_runtime_exe_after_upgrade(esc, tmp_path):
+    """The same, after the runtime binary was replaced on the host (a package
+    upgrade: a new inode) while the container runs: `exec` now runs a file
+    no long-lived process keeps busy. The new binary is a private copy the
+    test made, so nothing real is at risk (and nothing is ever written)."""
+    copy = str(tmp_path / ("upgraded-" + os.path.basename(esc.binary)))
+    shutil.copy2(os.path.realpath(esc.binary), copy)
+    v = runtime_exe_attack(esc, copy)
+    check("runtime_exe_overwrite_upgraded", "the same with the runtime binary replaced (upgrade) while the container runs",
+          esc, v)
+
+
+def test_symlink_mount_target(esc, tmp_path):
+    """A mount destination that is a symlink pointing outside the rootfs: the
+    runtime must resolve it inside the rootfs, never create anything on the host."""
+    target = tmp_path / "host-target"
+    target.mkdir()
+    src = tmp_path / "bind-src"
+    src.write_text("bind source\n")
+    b = esc.bundle()
+    up = "/.." * 24
+    os.symlink(up + str(target), os.path.join(b.rootfs, "tmp", "x"))
+    os.symlink(up + str(target), os.path.join(b.rootfs, "tmp", "y"))
+    b.config["mounts"] += [
+        {"destination": "/tmp/x/newdir", "type": "tmpfs", "source": "tmpfs", "options": ["size=1m"]},
+        {"destination": "/tmp/y/file", "type": "bind", "source": str(src), "options": ["bind", "ro"]},
+    ]
+    b.save()
+    v = esc.attack(b, "hello")
+    created = sorted(os.listdir(target))
+    if created:
+        v = Verdict("ESCAPED", f"the runtime created {created} in the host directory the symlink points to")
+    elif v.kind == "START_FAILED":
+        v = Verdict("BLOCKED", "runtime refused the symlinked mount destination: " + v.detail)
+    elif v.kind == "BLOCKED":
+        v = Verdict("BLOCKED", "mounts resolved inside the rootfs; the host target is untouched")
+    check("symlink_mount_target", "mount destination is a symlink pointing outside the rootfs", esc, v)
+
+
+# ---------------------------------------------------------------- resources
+
+
+def test_fork_bomb_pids_limit(esc):
+    b = esc.bundle()
+    b.config["linux"]["resources"]["pids"] = {"limit": 64}
+    v = esc.attack(b, "fork_bomb", "1024", timeout=90)
+    check("fork_bomb_pids_limit", "fork bomb in a container with pids.limit 64", esc, v)
+    if esc.name == "agentshim" or v.kind == "BLOCKED":
+        assert "after" in v.detail and int(v.detail.split("after ")[1].split()[0]) <= 64
+    run(["true"], check=True)  # the host still forks
+
+
+def test_fork_bomb_no_limit_in_config(esc):
+    b = esc.bundle()
+    v = esc.attack(b, "fork_bomb", "1024", timeout=90)
+    check("fork_bomb_no_config_limit", "fork bomb, config sets no pids limit (stopped at the test's cap of 1024)",
+          esc, v)
+
+
+def test_memory_hog_limit(esc):
+    b = esc.bundle()
+    b.config["linux"]["resources"]["memory"] = {"limit": 64 << 20, "swap": 64 << 20}
+    v = esc.attack(b, "memory_hog", "256", timeout=90)
+    check("memory_limit_64m", "allocate 256 MiB under a 64 MiB memory limit (OOM-killed in its cgroup)", esc, v)
+    if esc.name == "agentshim":
+        # The record says so: an `oom` event or run.exit's oom_kills (docs/FORMATS.md).
+        events = [json.loads(l) for l in open(os.path.join(newest_run(esc), "events.ndjson"))]
+        ooms = [e for e in events if e.get("type") == "oom" or
+                (e.get("type") == "run.exit" and int(e.get("data", e).get("oom_kills", 0) or 0) > 0)]
+        assert ooms, f"no OOM in the record: {[e.get('type') for e in events]}"
+
+
+def test_memory_hog_no_limit_in_config(esc):
+    b = esc.bundle()
+    v = esc.attack(b, "memory_hog", "256", timeout=90)
+    check("memory_no_config_limit", "allocate 256 MiB, config sets no memory limit", esc, v)
+
+
+def default_tmpfs_mib():
+    """A tmpfs without size= gets half of RAM."""
+    with open("/proc/meminfo") as f:
+        kib = int(next(l for l in f if l.startswith("MemTotal:")).split()[1])
+    return kib // 2 // 1024
+
+
+def test_tmpfs_exhaustion_sized(esc):
+    b = esc.bundle()
+    b.config["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["nosuid", "nodev", "size=8m"]})
+    v = esc.attack(b, "tmpfs_fill", "/scratch", "64")
+    check("tmpfs_exhaustion_sized", "fill a size=8m tmpfs (write until ENOSPC, cap 64 MiB)", esc, v)
+
+
+def test_tmpfs_exhaustion_unsized(esc):
+    b = esc.bundle()
+    b.config["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["nosuid", "nodev"]})
+    v = esc.attack(b, "tmpfs_fill", "/scratch", "96", str(default_tmpfs_mib()))
+    check("tmpfs_exhaustion_unsized", "fill a tmpfs mounted without a size (cap 96 MiB)", esc, v)
