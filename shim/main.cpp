@@ -1,6 +1,8 @@
 // agentshim: the command-line front end. Parses runc-compatible flags,
 // calls the libraries, prints results. Errors go to stderr and, with --log,
 // to the log file in the requested format; exit status 1 as runc.
+#include <limits.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -11,6 +13,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "attest/hash.h"
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "shim/commands.h"
@@ -23,6 +26,33 @@ namespace {
 std::string version_text() {
   return std::string("agentshim version ") + AGENTSHIM_VERSION + "\ncommit: " + AGENTSHIM_COMMIT +
          "\nspec: " + oci::kOciVersion + "\n";
+}
+
+// A unix socket path holds at most 107 bytes, and the supervisor's control
+// socket is <root>/<id>/supervisor.sock. Clients pass long roots with 64-hex
+// ids (/run/containerd/runc/k8s.io, /run/docker/runtime-runc/moby: 108 and 110
+// bytes), so for a root that could not hold such an id the state store is
+// reached through a short, stable alias: /run/agentshim.r/<8 hex of
+// sha256(realpath(root))> -> realpath(root). An existing alias that points
+// elsewhere is an error, never silently reused.
+std::string usable_root(const std::string& root) {
+  constexpr std::size_t kSunPath = 108, kLongestId = 64;
+  const std::string sock = "/supervisor.sock";
+  if (root.size() + 1 + kLongestId + sock.size() < kSunPath) return root;
+  mkdir_p(root, 0711);
+  char buf[PATH_MAX];
+  if (!::realpath(root.c_str(), buf)) throw_errno("resolve --root " + root);
+  std::string real = buf;
+  const std::string dir = "/run/agentshim.r";
+  std::string alias = dir + "/" + attest::hex(attest::sha256(real)).substr(0, 8);
+  mkdir_p(dir, 0711);
+  if (::symlink(real.c_str(), alias.c_str()) < 0 && errno != EEXIST) throw_errno("symlink " + alias + " -> " + real);
+  ssize_t n = ::readlink(alias.c_str(), buf, sizeof buf - 1);
+  if (n < 0) throw_errno("readlink " + alias);
+  if (std::string(buf, static_cast<std::size_t>(n)) != real)
+    throw Error("state root alias " + alias + " points to " + std::string(buf, static_cast<std::size_t>(n)) +
+                ", not to --root " + real);
+  return alias;
 }
 
 }  // namespace
@@ -65,6 +95,7 @@ int main(int argc, char** argv) {
   g.log_json = log_format == "json";
   log::configure({g.log_file, g.log_json, g.debug});
   try {
+    g.root = usable_root(g.root);
     code = cmds.run();
   } catch (const std::exception& e) {
     log::error(e.what());
