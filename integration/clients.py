@@ -10,6 +10,7 @@ under the temporary directory.
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -370,6 +371,16 @@ class Podman:
                     f'events_logfile_path = "{os.path.join(base, "events.log")}"\n'
                     f'tmp_dir = "{self.tmpdir}"\n'
                     f'[engine.runtimes]\nrunc = ["{RUNC}"]\nagentshim = ["{AGENTSHIM}"]\n')
+
+    @staticmethod
+    def ulimits():
+        """Podman raises RLIMIT_NOFILE and RLIMIT_NPROC to 1048576 by default
+        (containers.conf default_ulimits is not applied to both); this VM lacks
+        CAP_SYS_RESOURCE, so runc and agentshim alike fail. Ask for what the host
+        allows instead."""
+        nofile = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 4096)
+        nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 4096)
+        return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
 
     def env(self):
         e = dict(os.environ)
