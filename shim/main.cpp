@@ -10,13 +10,14 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "attest/hash.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
-#include "attest/hash.h"
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "shim/commands.h"
+#include "shim/install_cmd.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -46,7 +47,8 @@ std::string usable_root(const std::string& root) {
   const std::string dir = "/run/agentshim.r";
   std::string alias = dir + "/" + attest::hex(attest::sha256(real)).substr(0, 8);
   mkdir_p(dir, 0711);
-  if (::symlink(real.c_str(), alias.c_str()) < 0 && errno != EEXIST) throw_errno("symlink " + alias + " -> " + real);
+  if (::symlink(real.c_str(), alias.c_str()) < 0 && errno != EEXIST)
+    throw_errno("symlink " + alias + " -> " + real);
   ssize_t n = ::readlink(alias.c_str(), buf, sizeof buf - 1);
   if (n < 0) throw_errno("readlink " + alias);
   if (std::string(buf, static_cast<std::size_t>(n)) != real)
@@ -67,16 +69,19 @@ int main(int argc, char** argv) {
   std::string log_format = "text";
   app.add_option("--root", g.root, "root directory for container state")->capture_default_str();
   app.add_option("--log", g.log_file, "log file (default: stderr only)");
-  app.add_option("--log-format", log_format, "log format: text or json")->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--log-format", log_format, "log format: text or json")
+      ->check(CLI::IsMember({"text", "json"}));
   app.add_flag("--debug", g.debug, "enable debug logging");
   app.add_flag("--systemd-cgroup", g.systemd_cgroup, "cgroupsPath is slice:prefix:name (systemd notation)");
-  app.add_option("--policy", g.policy_path, "policy file (default /etc/agentshim/policy.json, else built-in)");
+  app.add_option("--policy", g.policy_path,
+                 "policy file (default /etc/agentshim/policy.json, else built-in)");
   app.add_option("--audit-dir", g.audit_dir, "where run records are written (default /var/lib/agentshim)");
   std::string rootless, criu;
   app.add_option("--rootless", rootless, "accepted for runc compatibility (auto|true|false)");
   app.add_option("--criu", criu, "accepted for runc compatibility (checkpointing is not supported)");
 
   cli::Commands cmds(app, g);
+  cli::InstallCommand install(app);
 
   int code = 0;
   try {
@@ -96,7 +101,7 @@ int main(int argc, char** argv) {
   log::configure({g.log_file, g.log_json, g.debug});
   try {
     g.root = usable_root(g.root);
-    code = cmds.run();
+    code = install.parsed() ? install.run() : cmds.run();
   } catch (const std::exception& e) {
     log::error(e.what());
     std::cerr << "agentshim: " << e.what() << std::endl;
