@@ -220,3 +220,38 @@ def test_annotations_reach_the_runtime(ctrd):
         finally:
             remove(ctrd, cid)
     assert res["runc"] == res["agentshim"] == "api.example.com:443"
+
+
+def test_long_root_and_64_char_id(tmp_path, bundle):
+    """Clients use roots whose <root>/<64-hex id>/supervisor.sock exceeds a unix
+    socket path (108 bytes): Docker's /run/docker/runtime-runc/moby (110),
+    Kubernetes' /run/containerd/runc/k8s.io (108). The whole lifecycle works
+    there, through agentshim's short alias of the root."""
+    from conftest import Runtime
+    from test_lifecycle import wait_status
+
+    root = str(tmp_path / "run" / "containerd" / "runc" / "k8s.io")
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    assert len(f"{root}/{cid}/supervisor.sock") >= 108
+    rt = Runtime(AGENTSHIM, root, extra=["--audit-dir", str(tmp_path / "audit")])
+    rt.ids.add(cid)
+    try:
+        bundle.sh("trap 'exit 0' TERM; while true; do sleep 0.1; done")
+        rt("create", "--bundle", bundle.path, cid, check=True)
+        rt("start", cid, check=True)
+        wait_status(rt, cid, "running")
+        assert rt("exec", cid, "echo", "exec-ok", check=True).stdout == b"exec-ok\n"
+        assert [c["id"] for c in rt.json("list", "--format", "json")] == [cid]
+        assert os.path.isdir(os.path.join(root, cid)), "state lives under the --root given"
+        aliases = [os.path.join("/run/agentshim.r", a) for a in os.listdir("/run/agentshim.r")]
+        assert any(os.readlink(a) == os.path.realpath(root) for a in aliases)
+        rt("kill", cid, "TERM", check=True)
+        wait_status(rt, cid, "stopped")
+        rt("delete", cid, check=True)
+        assert not os.path.exists(os.path.join(root, cid))
+    finally:
+        rt.cleanup()
+        for a in os.listdir("/run/agentshim.r"):
+            p = os.path.join("/run/agentshim.r", a)
+            if os.readlink(p) == os.path.realpath(root):
+                os.unlink(p)

@@ -85,6 +85,19 @@ def test_runtimes_registered_and_features(docker):
     assert docker.config["runtimes"]["agentshim"]["runtimeArgs"][:1] == ["--policy"]
 
 
+def test_features_with_runtime_args(docker):
+    """Newer dockerd runs `<runtime> [runtimeArgs] features` when it loads the
+    configuration; that works with the registered arguments and prints the
+    JSON shape runc prints."""
+    from conftest import run
+    for name in ("agentshim", "agentshim-strict"):
+        rt = docker.config["runtimes"][name]
+        r = run([rt["path"], *rt["runtimeArgs"], "features"], check=True)
+        f = json.loads(r.stdout)
+        assert {"ociVersionMin", "ociVersionMax", "hooks", "mountOptions", "linux"} <= set(f), f.keys()
+        assert "namespaces" in f["linux"] and "seccomp" in f["linux"]
+
+
 def test_strict_runtime_runs(docker):
     r = dr(docker, "agentshim-strict", IMG, "echo", "strict-ok")
     assert r.returncode == 0, r.stderr
@@ -396,6 +409,9 @@ def test_network_none_and_default(docker):
         # under runc; agentshim's internal-only namespace under agentshim.
         assert res["runc"][0] == res["agentshim"][0] == b"lo", (net, res)
         assert len(res["agentshim"]) == 2, (net, res)
+        # ... and loopback is up (operstate "unknown" is how an up `lo` reads):
+        # the egress proxy listens on 127.0.0.1 inside the container.
+        assert res["runc"][1] == res["agentshim"][1] == b"unknown", (net, res)
 
 
 # ------------------------------------------------------------ policy errors
@@ -410,8 +426,10 @@ def test_refused_by_policy_surfaces_agentshim_error(docker, flags, what):
     r = dr(docker, "agentshim", *flags, IMG, "true")
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 125, f"agentshim ran {flags}: rc={r.returncode} {err}"
-    # Docker's error names the OCI runtime failure and carries agentshim's text.
-    assert "OCI runtime create failed" in err and "agentshim" in err.lower() and what in err.lower(), err
+    # Docker's error names the OCI runtime failure and carries agentshim's
+    # text (from its log.json), which names what was refused and why.
+    assert "OCI runtime create failed" in err and what in err.lower(), err
+    assert "agentshim" in err.lower() or "policy" in err.lower(), err
 
 
 def test_runtime_error_text_reaches_docker(docker):
