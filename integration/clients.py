@@ -186,10 +186,17 @@ def agentshim_policy(base, strict=False):
 class Dockerd:
     """dockerd with its own config file, data root, exec root, pid file and
     socket, with `agentshim` and `agentshim-strict` registered from the
-    shipped configs/docker/daemon.json (paths replaced by the test's)."""
+    shipped configs/docker/daemon.json (paths replaced by the test's).
+
+    It runs in a network namespace the fixture creates (only the network
+    namespace: mounts, cgroups and processes are the host's, so leftover
+    checks see them), so Docker's default bridge (docker0, 172.17.0.0/16) and
+    its port publishing (docker-proxy) are real but never touch the host's
+    network; --iptables=false keeps the host's firewall out of it."""
 
     def __init__(self, base):
         self.base = base
+        self.netns = "asdk-" + os.path.basename(base)[-8:]
         self.sock = os.path.join(base, "d.sock")
         self.data = os.path.join(base, "data")
         self.exec_root = os.path.join(base, "x")
@@ -223,11 +230,14 @@ class Dockerd:
 
     def start(self):
         cfg = self.write_config()
+        run(["ip", "netns", "add", self.netns], check=True)
+        self.netns_created = True
+        run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
         log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(
-            [DOCKERD, "--config-file", cfg, "--data-root", self.data, "--exec-root", self.exec_root,
+            ["nsenter", f"--net=/run/netns/{self.netns}", DOCKERD, "--config-file", cfg, "--data-root", self.data, "--exec-root", self.exec_root,
              "--pidfile", self.pidfile, "-H", "unix://" + self.sock, "--iptables=false", "--ip6tables=false",
-             "--bridge=none", "--storage-driver=overlay2"],
+             "--storage-driver=overlay2"],
             stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.time() + 60
@@ -254,6 +264,10 @@ class Dockerd:
         assert r.returncode == 0, f"docker {args} exited {r.returncode}: {r.stderr.decode(errors='replace')}"
         return r.stdout.decode()
 
+    def in_netns(self, *cmd, timeout=30, input=None):
+        """Run a host binary inside dockerd's network namespace (only that one)."""
+        return run(["nsenter", f"--net=/run/netns/{self.netns}", *cmd], timeout=timeout, input=input)
+
     def runtime_root(self):
         return os.path.join(self.exec_root, "runtime-runc", "moby")
 
@@ -267,6 +281,9 @@ class Dockerd:
             stop_pid(self.proc.pid, timeout=30)
             self.proc.wait(timeout=30)
             self.proc = None
+        if getattr(self, "netns_created", False):
+            run(["ip", "netns", "del", self.netns])
+            self.netns_created = False
         remove_tree(self.base)
 
 
