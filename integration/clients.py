@@ -175,6 +175,53 @@ def cgroups_named(name):
     return hits
 
 
+class ParentCgroups:
+    """The parent cgroups a client creates for its containers (Docker:
+    /docker, containerd: /<namespace>, Podman: /libpod_parent) outlive the
+    daemon. Remember which existed before, and remove (rmdir, deepest first,
+    empty ones only) those that did not."""
+
+    def __init__(self, *names):
+        self.names = names
+        self.before = {p for n in names for p in self._dirs(n)}
+
+    @staticmethod
+    def _dirs(name):
+        out = []
+        for h in os.listdir("/sys/fs/cgroup"):
+            p = os.path.join("/sys/fs/cgroup", h, name)
+            if not os.path.islink(os.path.join("/sys/fs/cgroup", h)) and os.path.isdir(p):
+                out.append(p)
+        return out
+
+    @staticmethod
+    def _is_cgroup_mount(hier):
+        with open("/proc/self/mountinfo") as f:
+            return any(l.split()[4] == hier and " - cgroup" in l for l in f)
+
+    def cleanup(self):
+        for n in self.names:
+            for top in self._dirs(n):
+                if top in self.before:
+                    continue
+                if not self._is_cgroup_mount(os.path.dirname(top)):
+                    # A stale directory under /sys/fs/cgroup that is not a
+                    # mounted hierarchy (e.g. an unmounted "hugetlb"): the
+                    # runtimes wrote plain files there. Only our parent goes.
+                    shutil.rmtree(top, ignore_errors=True)
+                    continue
+                for root, dirs, _ in os.walk(top, topdown=False):
+                    for d in dirs:
+                        try:
+                            os.rmdir(os.path.join(root, d))
+                        except OSError:
+                            pass
+                try:
+                    os.rmdir(top)
+                except OSError:
+                    pass
+
+
 def agentshim_policy(base, strict=False):
     """A policy file for the tests: the audit records go under base."""
     p = os.path.join(base, "policy-strict.json" if strict else "policy.json")
@@ -230,6 +277,7 @@ class Dockerd:
 
     def start(self):
         cfg = self.write_config()
+        self.cgroups = ParentCgroups("docker")
         run(["ip", "netns", "add", self.netns], check=True)
         self.netns_created = True
         run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
@@ -284,6 +332,8 @@ class Dockerd:
         if getattr(self, "netns_created", False):
             run(["ip", "netns", "del", self.netns])
             self.netns_created = False
+        if getattr(self, "cgroups", None):
+            self.cgroups.cleanup()
         remove_tree(self.base)
 
 
@@ -318,6 +368,7 @@ class Containerd:
 
     def start(self):
         self.write_config()
+        self.cgroups = ParentCgroups(self.namespace)
         log = open(self.logpath, "wb")
         self.proc = subprocess.Popen([CONTAINERD, "--config", self.config], stdin=subprocess.PIPE, stdout=log,
                                      stderr=log, start_new_session=True)
@@ -364,6 +415,8 @@ class Containerd:
         for pid, cmd in processes_mentioning(self.address):
             if "containerd-shim" in cmd:
                 stop_pid(pid, timeout=5)
+        if getattr(self, "cgroups", None):
+            self.cgroups.cleanup()
         remove_tree(self.base)
 
 
@@ -378,6 +431,7 @@ class Podman:
         self.tmpdir = os.path.join(base, "tmp")
         self.audit = os.path.join(base, "audit")
         os.makedirs(self.tmpdir, exist_ok=True)
+        self.cgroups = ParentCgroups("libpod_parent")
         self.policy = agentshim_policy(base)
         # podman passes --runtime's path, and runtime_flags from the command line.
         self.conf = os.path.join(base, "containers.conf")
@@ -424,6 +478,7 @@ class Podman:
         for rt in ("runc", "agentshim"):
             self("rm", "-af", "-t", "0", runtime=rt, timeout=120)
         self("system", "reset", "-f", timeout=60)
+        self.cgroups.cleanup()
         remove_tree(self.base)
 
 

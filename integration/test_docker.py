@@ -483,3 +483,7 @@ def test_record_written_for_docker_runs(docker):
     assert len(runs) == 1, runs
     run_dir = os.path.join(docker.audit, "runs", runs.pop())
     assert os.path.exists(os.path.join(run_dir, "attestation.intoto.json"))
+    # The record of a Docker run verifies, finalized by the time `docker run` returned.
+    from conftest import AGENTSHIM, run
+    v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", run_dir])
+    assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
