@@ -235,9 +235,14 @@ def test_long_root_and_64_char_id(tmp_path, bundle):
     assert len(f"{root}/{cid}/supervisor.sock") >= 108
     rt = Runtime(AGENTSHIM, root, extra=["--audit-dir", str(tmp_path / "audit")])
     rt.ids.add(cid)
+    os.makedirs("/run/agentshim.r", exist_ok=True)
+    dangling = "/run/agentshim.r/zz" + uuid.uuid4().hex[:6]
+    os.symlink(str(tmp_path / "gone"), dangling)
     try:
         bundle.sh("trap 'exit 0' TERM; while true; do sleep 0.1; done")
         rt("create", "--bundle", bundle.path, cid, check=True)
+        # Making this root's alias pruned the aliases of roots that are gone.
+        assert not os.path.lexists(dangling)
         rt("start", cid, check=True)
         wait_status(rt, cid, "running")
         assert rt("exec", cid, "echo", "exec-ok", check=True).stdout == b"exec-ok\n"
@@ -250,6 +255,8 @@ def test_long_root_and_64_char_id(tmp_path, bundle):
         rt("delete", cid, check=True)
         assert not os.path.exists(os.path.join(root, cid))
     finally:
+        if os.path.lexists(dangling):
+            os.unlink(dangling)
         rt.cleanup()
         for a in os.listdir("/run/agentshim.r"):
             p = os.path.join("/run/agentshim.r", a)

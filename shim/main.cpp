@@ -1,8 +1,10 @@
 // agentshim: the command-line front end. Parses runc-compatible flags,
 // calls the libraries, prints results. Errors go to stderr and, with --log,
 // to the log file in the requested format; exit status 1 as runc.
+#include <dirent.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -47,8 +49,21 @@ std::string usable_root(const std::string& root) {
   const std::string dir = "/run/agentshim.r";
   std::string alias = dir + "/" + attest::hex(attest::sha256(real)).substr(0, 8);
   mkdir_p(dir, 0711);
-  if (::symlink(real.c_str(), alias.c_str()) < 0 && errno != EEXIST)
+  if (::symlink(real.c_str(), alias.c_str()) == 0) {
+    // A new alias: drop the ones whose root is gone (test and client roots come and go).
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (struct dirent* e = ::readdir(d)) {
+        std::string p = dir + "/" + e->d_name;
+        struct stat st {};
+        if (e->d_name[0] != '.' && ::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode) &&
+            ::stat(p.c_str(), &st) < 0 && errno == ENOENT)
+          ::unlink(p.c_str());
+      }
+      ::closedir(d);
+    }
+  } else if (errno != EEXIST) {
     throw_errno("symlink " + alias + " -> " + real);
+  }
   ssize_t n = ::readlink(alias.c_str(), buf, sizeof buf - 1);
   if (n < 0) throw_errno("readlink " + alias);
   if (std::string(buf, static_cast<std::size_t>(n)) != real)
