@@ -7,7 +7,7 @@ PREFIX     ?= /usr/local
 JOBS       ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build asan unit unit-asan integration test demo bench install format clean fuzz
+.PHONY: all deps build asan unit unit-asan integration test demo bench install uninstall format clean fuzz
 
 all: build
 
@@ -49,10 +49,29 @@ demo: build
 bench: build
 	bench/run.sh $(BUILD)
 
+# Binary, man-style help, default policy (policy.json only when absent: an
+# operator's edited policy is never overwritten), seccomp profile when the
+# tree ships one. `agentshim install docker|containerd` then registers it.
 install: build
 	install -D -m 0755 $(BUILD)/shim/agentshim $(DESTDIR)$(PREFIX)/bin/agentshim
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/doc/agentshim
+	$(BUILD)/shim/agentshim --help > $(DESTDIR)$(PREFIX)/share/doc/agentshim/agentshim.txt
+	install -m 0644 docs/OPERATIONS.md docs/KUBERNETES.md $(DESTDIR)$(PREFIX)/share/doc/agentshim/
 	install -D -m 0644 configs/policy/default.json $(DESTDIR)/etc/agentshim/policy.default.json
-	install -D -m 0644 configs/seccomp/default.json $(DESTDIR)/etc/agentshim/seccomp.default.json
+	[ -e $(DESTDIR)/etc/agentshim/policy.json ] || install -m 0644 configs/policy/default.json $(DESTDIR)/etc/agentshim/policy.json
+	if [ -e configs/policy/strict.json ]; then \
+	  install -m 0644 configs/policy/strict.json $(DESTDIR)/etc/agentshim/policy.strict.json; fi
+	if [ -e configs/seccomp/default.json ]; then \
+	  install -D -m 0644 configs/seccomp/default.json $(DESTDIR)/etc/agentshim/seccomp.default.json; fi
+	install -D -m 0644 configs/docker/daemon.json $(DESTDIR)$(PREFIX)/share/agentshim/docker/daemon.json
+	install -D -m 0644 configs/containerd/config.toml $(DESTDIR)$(PREFIX)/share/agentshim/containerd/config.toml
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/agentshim/kubernetes
+	install -m 0644 configs/kubernetes/*.yaml $(DESTDIR)$(PREFIX)/share/agentshim/kubernetes/
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/agentshim
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/agentshim $(DESTDIR)$(PREFIX)/share/agentshim
+	rm -f $(DESTDIR)/etc/agentshim/policy.default.json $(DESTDIR)/etc/agentshim/seccomp.default.json
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h')

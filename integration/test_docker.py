@@ -1,0 +1,489 @@
+"""Docker on agentshim: a real dockerd (private config file, data root, exec
+root, socket; started in a network namespace of the test's own with
+--iptables=false, so its default bridge and port publishing are real but the
+host's network is not touched) with agentshim registered from configs/docker/daemon.json. Every
+scenario runs under --runtime=runc and --runtime=agentshim in the same run
+and the results are compared.
+
+Where agentshim differs from runc by design (its policy), the test says so:
+- network: agentshim replaces the namespace Docker prepared (bridge: `eth0`
+  on docker0) with its own internal-only one (only `lo`, up), so `-p` does
+  not reach an agentshim container (docs/OPERATIONS.md);
+- host namespaces (--network host, --pid host) and --privileged are refused
+  by agentshim with a message naming the reason; runc runs them (or, for
+  --privileged on this VM, fails on CAP_SYS_RESOURCE);
+- the root filesystem is read-only under agentshim: scenarios write only to
+  volumes, bind mounts and tmpfs;
+- NET_RAW, MKNOD, SETFCAP and AUDIT_WRITE are dropped.
+"""
+import json
+import os
+import time
+
+import pytest
+
+from clients import (Dockerd, busybox_tar, cgroups_named, ensure_packages, mounts_matching, processes_mentioning,
+                     short_tmpdir, wait_for)
+
+RUNTIMES = ["runc", "agentshim"]
+IMG = "busybox:agentshim"
+
+
+@pytest.fixture(scope="module")
+def docker():
+    missing = ensure_packages()
+    if missing:
+        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+    d = Dockerd(short_tmpdir("dk"))
+    try:
+        d.start()
+        tar = busybox_tar(d.base)
+        with open(tar, "rb") as f:
+            d("import", "-", IMG, input=f.read(), check=True, timeout=120)
+        yield d
+    finally:
+        d.stop()
+    assert not os.path.exists(d.base)
+
+
+def dr(docker, rt, *args, **kw):
+    """docker run --rm --runtime=rt ... with the busybox image."""
+    return docker("run", "--rm", f"--runtime={rt}", *args, **kw)
+
+
+def text(r):
+    return r.stdout.decode(errors="replace")
+
+
+def assert_gone(docker, cid, merged=None):
+    """No process, mount, cgroup or runtime state of the container remains."""
+    procs = [p for p in processes_mentioning(cid)]
+    assert procs == [], f"processes left for {cid}: {procs}"
+    assert mounts_matching(cid) == [], f"mounts left for {cid}"
+    if merged:
+        assert mounts_matching(merged) == [], f"rootfs mount left for {cid}: {merged}"
+    wait_for(lambda: cgroups_named(cid) == [], timeout=10, what=f"cgroups of {cid} to go")
+    assert not os.path.exists(os.path.join(docker.runtime_root(), cid)), "runtime state dir left"
+
+
+def start_detached(docker, rt, *args):
+    r = docker("run", "-d", f"--runtime={rt}", *args)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    return text(r).strip()
+
+
+def inspect(docker, cid):
+    return json.loads(docker.out("inspect", cid))[0]
+
+
+# ----------------------------------------------------------------- features
+
+
+def test_runtimes_registered_and_features(docker):
+    info = json.loads(docker.out("info", "--format", "{{json .Runtimes}}"))
+    assert {"runc", "agentshim", "agentshim-strict"} <= set(info)
+    # dockerd passes runtimeArgs (through its wrapper script) and the path.
+    assert docker.config["runtimes"]["agentshim"]["runtimeArgs"][:1] == ["--policy"]
+
+
+def test_features_with_runtime_args(docker):
+    """Newer dockerd runs `<runtime> [runtimeArgs] features` when it loads the
+    configuration; that works with the registered arguments and prints the
+    JSON shape runc prints."""
+    from conftest import run
+    for name in ("agentshim", "agentshim-strict"):
+        rt = docker.config["runtimes"][name]
+        r = run([rt["path"], *rt["runtimeArgs"], "features"], check=True)
+        f = json.loads(r.stdout)
+        assert {"ociVersionMin", "ociVersionMax", "hooks", "mountOptions", "linux"} <= set(f), f.keys()
+        assert "namespaces" in f["linux"] and "seccomp" in f["linux"]
+
+
+def test_strict_runtime_runs(docker):
+    r = dr(docker, "agentshim-strict", IMG, "echo", "strict-ok")
+    assert r.returncode == 0, r.stderr
+    assert text(r) == "strict-ok\n"
+
+
+# ---------------------------------------------------------- run, exit code
+
+
+def test_foreground_output_and_exit_code(docker):
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, IMG, "sh", "-c", "echo out; echo err >&2; exit 7")
+        res[rt] = (r.returncode, r.stdout, r.stderr)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == (7, b"out\n", b"err\n")
+
+
+def test_killed_by_signal_exit_code(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sleep", "600")
+        docker.out("kill", cid)  # SIGKILL
+        res[rt] = (docker.out("wait", cid).strip(), inspect(docker, cid)["State"]["ExitCode"])
+        docker.out("rm", cid)
+    assert res["runc"] == res["agentshim"] == ("137", 137)
+
+
+def test_rm_removes_container(docker):
+    for rt in RUNTIMES:
+        name = f"rm-{rt}"
+        r = dr(docker, rt, "--name", name, IMG, "true")
+        assert r.returncode == 0, r.stderr
+        assert docker("inspect", name).returncode != 0
+
+
+def test_detached_logs_wait(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sh", "-c", "echo out; echo err >&2; sleep 0.3; exit 3")
+        code = docker.out("wait", cid).strip()
+        logs = docker("logs", cid)
+        res[rt] = (code, logs.stdout, logs.stderr, inspect(docker, cid)["State"]["ExitCode"])
+        docker.out("rm", cid)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == ("3", b"out\n", b"err\n", 3)
+
+
+def test_stdin_and_tty(docker):
+    res = {}
+    for rt in RUNTIMES:
+        i = dr(docker, rt, "-i", IMG, "sh", "-c", "cat; echo; test -t 0 && echo tty0 || echo notty0",
+               input=b"hello from stdin")
+        t = dr(docker, rt, "-t", IMG, "sh", "-c", "tty; test -t 1 && echo tty1; stty size")
+        res[rt] = (i.returncode, i.stdout, t.returncode, t.stdout.replace(b"\r\n", b"\n"))
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"][:2] == (0, b"hello from stdin\nnotty0\n")
+    assert res["agentshim"][3].startswith(b"/dev/pts/0\ntty1\n")
+
+
+# ------------------------------------------------------------------- exec
+
+
+def test_exec_with_and_without_tty(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sleep", "60")
+        try:
+            plain = docker("exec", cid, "sh", "-c", "echo in-$HOSTNAME; test -t 1 || echo notty; exit 5")
+            tty = docker("exec", "-t", cid, "sh", "-c", "tty; test -t 1 && echo tty")
+            env = docker("exec", "-e", "X=1", "-w", "/tmp", "-u", "1000", cid, "sh", "-c", 'echo $X $(pwd) $(id -u)')
+            stdin = docker("exec", "-i", cid, "cat", input=b"piped")
+            res[rt] = (plain.returncode, plain.stdout.replace(cid[:12].encode(), b"ID"), tty.returncode,
+                       tty.stdout.replace(b"\r\n", b"\n"), env.stdout, stdin.stdout)
+        finally:
+            docker("rm", "-f", cid)
+    assert res["runc"] == res["agentshim"], res
+    assert res["agentshim"][0] == 5
+    assert res["agentshim"][1] == b"in-ID\nnotty\n"
+    assert res["agentshim"][3].startswith(b"/dev/pts/") and res["agentshim"][3].endswith(b"tty\n")
+    assert res["agentshim"][4:] == (b"1 /tmp 1000\n", b"piped")
+
+
+# ----------------------------------------------- stop, kill, restart, pause
+
+
+def test_stop_sigterm_handled(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sh", "-c",
+                             "trap 'echo got-term; exit 0' TERM; echo ready; while true; do sleep 0.1; done")
+        wait_for(lambda: b"ready" in docker("logs", cid).stdout, what="ready")
+        t0 = time.time()
+        docker.out("stop", "-t", "10", cid)
+        took = time.time() - t0
+        st = inspect(docker, cid)["State"]
+        res[rt] = (st["ExitCode"], st["Running"], docker("logs", cid).stdout)
+        assert took < 8, f"{rt}: stop took {took:.1f}s although the container handles SIGTERM"
+        docker("rm", "-f", cid)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == (0, False, b"ready\ngot-term\n")
+
+
+def test_stop_sigkill_after_timeout(docker):
+    res = {}
+    for rt in RUNTIMES:
+        # pid 1 without a TERM handler ignores SIGTERM: stop must SIGKILL after -t.
+        cid = start_detached(docker, rt, IMG, "sleep", "600")
+        t0 = time.time()
+        docker.out("stop", "-t", "1", cid)
+        took = time.time() - t0
+        st = inspect(docker, cid)["State"]
+        res[rt] = (st["ExitCode"], st["Running"])
+        assert 0.9 < took < 15, f"{rt}: stop took {took:.1f}s"
+        merged = inspect(docker, cid)["GraphDriver"]["Data"].get("MergedDir")
+        docker.out("rm", cid)
+        assert_gone(docker, cid, merged)
+    assert res["runc"] == res["agentshim"] == (137, False)
+
+
+def test_kill_with_signal(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sh", "-c",
+                             "trap 'echo got-usr1' USR1; trap 'echo got-term; exit 4' TERM; echo ready; "
+                             "while true; do sleep 0.1; done")
+        wait_for(lambda: b"ready" in docker("logs", cid).stdout, what="ready")
+        docker.out("kill", "-s", "USR1", cid)
+        wait_for(lambda: b"got-usr1" in docker("logs", cid).stdout, what="USR1 delivered")
+        docker.out("kill", "-s", "TERM", cid)
+        code = docker.out("wait", cid).strip()
+        res[rt] = (code, docker("logs", cid).stdout)
+        docker("rm", "-f", cid)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == ("4", b"ready\ngot-usr1\ngot-term\n")
+
+
+def test_restart(docker):
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sh", "-c", "echo start; trap 'exit 0' TERM; while true; do sleep 0.1; done")
+        first = inspect(docker, cid)["State"]
+        docker.out("restart", "-t", "5", cid)
+        second = inspect(docker, cid)["State"]
+        assert second["Running"], (rt, second)
+        assert second["Pid"] != first["Pid"] and second["StartedAt"] != first["StartedAt"], rt
+        wait_for(lambda: docker("logs", cid).stdout == b"start\nstart\n", what=f"{rt}: two starts in the logs")
+        docker.out("exec", cid, "true")
+        docker.out("rm", "-f", cid)
+
+
+def test_top_and_stats(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, "--memory", "64m", IMG, "sh", "-c", "sleep 600 & wait")
+        try:
+            top = docker.out("top", cid)
+            lines = top.strip().splitlines()
+            cmds = sorted(l.split(None, 7)[-1] for l in lines[1:])
+            stats = json.loads(docker.out("stats", "--no-stream", "--format", "{{json .}}", cid))
+            # Docker 20.10 on this hybrid-cgroup host reports "0B / 0B" even for
+            # runc, so the numbers are compared with runc's, not with fixed values
+            # (the cgroup placement that the stats depend on is checked in
+            # test_memory_pids_cpus_limits).
+            res[rt] = (cmds, {k: stats[k] for k in ("MemUsage", "PIDs", "BlockIO", "NetIO")})
+        finally:
+            docker("rm", "-f", cid)
+    # `ps` shows the container's processes only: not agentshim's supervisor.
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"][0] == ["sh -c sleep 600 & wait", "sleep 600"]
+
+
+def test_pause_unpause(docker):
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, IMG, "sh", "-c", "while true; do date +%s%N > /dev/shm/t; sleep 0.05; done")
+        try:
+            docker.out("pause", cid)
+            assert inspect(docker, cid)["State"]["Status"] == "paused", rt
+            with open(f"/sys/fs/cgroup/freezer/docker/{cid}/freezer.state") as f:
+                assert f.read().strip() == "FROZEN", rt
+            r = docker("exec", cid, "true")
+            assert r.returncode != 0 and b"paused" in r.stderr, (rt, r.stderr)
+            docker.out("unpause", cid)
+            assert inspect(docker, cid)["State"]["Status"] == "running", rt
+            docker.out("exec", cid, "true")
+        finally:
+            docker("rm", "-f", cid)
+
+
+def test_rm_force_running_leaves_nothing(docker):
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, "--tmpfs", "/scratch", IMG, "sh", "-c", "sleep 600 & sleep 600")
+        info = inspect(docker, cid)
+        merged = info["GraphDriver"]["Data"].get("MergedDir")
+        assert info["State"]["Running"]
+        assert processes_mentioning(cid), "the container's shim should be running"
+        docker.out("rm", "-f", cid)
+        assert_gone(docker, cid, merged)
+
+
+# ------------------------------------------------------- filesystem, mounts
+
+
+def test_read_only_rootfs(docker):
+    for rt in RUNTIMES:
+        r = dr(docker, rt, "--read-only", IMG, "sh", "-c", "touch /x 2>&1; echo rc=$?")
+        assert r.returncode == 0 and b"Read-only file system" in r.stdout and b"rc=1" in r.stdout, (rt, r.stdout)
+
+
+def test_bind_mount_and_named_volume(docker, tmp_path):
+    res = {}
+    for rt in RUNTIMES:
+        host = tmp_path / rt
+        host.mkdir()
+        (host / "in.txt").write_text("from host\n")
+        vol = f"vol-{rt}"
+        docker.out("volume", "create", vol)
+        a = dr(docker, rt, "-v", f"{host}:/data", "-v", f"{vol}:/vol", IMG, "sh", "-c",
+               "cat /data/in.txt; echo from-container > /data/out.txt; echo persisted > /vol/f")
+        b = dr(docker, rt, "-v", f"{vol}:/vol:ro", IMG, "sh", "-c", "cat /vol/f; echo x > /vol/g 2>/dev/null || echo ro")
+        res[rt] = (a.returncode, a.stdout, (host / "out.txt").read_text(), b.returncode, b.stdout)
+        docker.out("volume", "rm", vol)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == (0, b"from host\n", "from-container\n", 0, b"persisted\nro\n")
+
+
+def test_tmpfs(docker):
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, "--tmpfs", "/scratch:size=8m", IMG, "sh", "-c",
+               "grep ' /scratch ' /proc/mounts | cut -d' ' -f1,3; echo hi > /scratch/f && cat /scratch/f; "
+               "df -k /scratch | tail -1 | awk '{print $2}'")
+        res[rt] = (r.returncode, r.stdout)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == (0, b"tmpfs tmpfs\nhi\n8192\n")
+
+
+# ---------------------------------------------------------------- resources
+
+
+def test_memory_pids_cpus_limits(docker):
+    res = {}
+    for rt in RUNTIMES:
+        cid = start_detached(docker, rt, "--memory", "48m", "--pids-limit", "33", "--cpus", "0.5", IMG, "sleep", "600")
+        try:
+            cg = lambda ctrl, f: open(f"/sys/fs/cgroup/{ctrl}/docker/{cid}/{f}").read().strip()
+            inside = docker.out("exec", cid, "sh", "-c",
+                                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max "
+                                "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us 2>/dev/null || "
+                                "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+            res[rt] = (cg("memory", "memory.limit_in_bytes"), cg("pids", "pids.max"), cg("cpu", "cpu.cfs_quota_us"),
+                       cg("cpu", "cpu.cfs_period_us"), inside.split())
+            # The pid containerd and Docker track (runc: the init; agentshim: its
+            # supervisor) is in that cgroup: the shim reads stats and OOM events there.
+            pid = inspect(docker, cid)["State"]["Pid"]
+            assert f"/docker/{cid}" in open(f"/proc/{pid}/cgroup").read(), rt
+        finally:
+            docker("rm", "-f", cid)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"][:4] == (str(48 << 20), "33", "50000", "100000")
+
+
+def test_pids_limit_enforced(docker):
+    for rt in RUNTIMES:
+        r = dr(docker, rt, "--pids-limit", "8", IMG, "sh", "-c", "for i in $(seq 1 20); do sleep 30 & done")
+        # fork fails past the limit and the shell gives up.
+        assert r.returncode == 2, (rt, r.returncode, r.stderr)
+        assert b"can't fork: Resource temporarily unavailable" in r.stderr, (rt, r.stderr)
+
+
+def test_user_workdir_env(docker):
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, "--user", "1000:1000", "-w", "/tmp", "-e", "FOO=bar baz", IMG, "sh", "-c",
+               'id -u; id -g; pwd; echo "$FOO"')
+        res[rt] = (r.returncode, r.stdout)
+    assert res["runc"] == res["agentshim"]
+    assert res["agentshim"] == (0, b"1000\n1000\n/tmp\nbar baz\n")
+
+
+def test_cap_drop_and_no_new_privileges(docker):
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, "--cap-drop", "CHOWN", "--cap-drop", "KILL", "--security-opt", "no-new-privileges", IMG,
+               "sh", "-c", "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status")
+        assert r.returncode == 0, (rt, r.stderr)
+        f = dict(l.split(":\t") for l in r.stdout.decode().splitlines())
+        res[rt] = (int(f["CapEff"], 16), f["NoNewPrivs"])
+    for rt in RUNTIMES:
+        eff, nnp = res[rt]
+        assert nnp == "1", rt
+        assert not eff & (1 << 0), f"{rt}: CHOWN still effective"
+        assert not eff & (1 << 5), f"{rt}: KILL still effective"
+    # agentshim grants a subset of runc's set (it also drops NET_RAW, MKNOD,
+    # SETFCAP, AUDIT_WRITE by policy), never more.
+    assert res["agentshim"][0] & ~res["runc"][0] == 0
+
+
+# ------------------------------------------------------------------ network
+
+
+def test_network_none(docker):
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, "--network", "none", IMG, "sh", "-c", "ls /sys/class/net; cat /sys/class/net/lo/operstate")
+        assert r.returncode == 0, (rt, r.stderr)
+        res[rt] = r.stdout.split()
+    # Only loopback, and it is up (operstate "unknown" is how an up `lo` reads).
+    assert res["runc"] == res["agentshim"] == [b"lo", b"unknown"], res
+
+
+def test_default_bridge_network_replaced(docker):
+    """runc joins Docker's bridge (eth0 with a 172.17/16 address); agentshim
+    by design gives the container only `lo` (up) and egress through its proxy."""
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, IMG, "sh", "-c", "ls /sys/class/net | tr '\\n' ' '; echo; cat /sys/class/net/lo/operstate")
+        assert r.returncode == 0, (rt, r.stderr)
+        res[rt] = r.stdout.decode().split("\n")
+    assert res["runc"][0].split() == ["eth0", "lo"], res
+    assert res["agentshim"][0].split() == ["lo"], f"agentshim kept Docker's network namespace: {res}"
+    assert res["agentshim"][1] == "unknown", f"lo is not up under agentshim: {res}"
+
+
+def test_published_port(docker):
+    """-p: Docker's docker-proxy forwards to the container's bridge address.
+    Under runc the server answers; under agentshim nothing can answer there
+    (its sockets are in the internal-only namespace), as documented."""
+    res = {}
+    for i, rt in enumerate(RUNTIMES):
+        port = 18080 + i
+        cid = start_detached(docker, rt, "-p", f"127.0.0.1:{port}:80", IMG, "sh", "-c",
+                             "while true; do echo hello-from-$HOSTNAME | nc -l -p 80; done")
+        try:
+            if rt == "runc":
+                got = wait_for(lambda: docker.in_netns("/bin/busybox", "nc", "-w", "2", "127.0.0.1", str(port),
+                                                       timeout=10).stdout, what="runc answers on -p")
+            else:
+                time.sleep(1.5)
+                got = docker.in_netns("/bin/busybox", "nc", "-w", "2", "127.0.0.1", str(port), timeout=10).stdout
+            res[rt] = got
+        finally:
+            docker("rm", "-f", cid)
+    assert res["runc"].startswith(b"hello-from-"), res
+    assert res["agentshim"] == b"", f"a published port reached the agentshim container: {res}"
+
+
+# ------------------------------------------------------------ policy errors
+
+
+@pytest.mark.parametrize("flags,what", [
+    (["--privileged"], "privileged"),
+    (["--network", "host"], "network"),
+    (["--pid", "host"], "pid"),
+])
+def test_refused_by_policy_surfaces_agentshim_error(docker, flags, what):
+    r = dr(docker, "agentshim", *flags, IMG, "true")
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 125, f"agentshim ran {flags}: rc={r.returncode} {err}"
+    # Docker's error names the OCI runtime failure and carries agentshim's
+    # text (from its log.json), which names what was refused and why.
+    assert "OCI runtime create failed" in err and what in err.lower(), err
+    assert "agentshim" in err.lower() or "policy" in err.lower(), err
+
+
+def test_runtime_error_text_reaches_docker(docker):
+    """A plain runtime failure (an entrypoint that does not exist) comes back
+    with the runtime's own message, as with runc."""
+    res = {}
+    for rt in RUNTIMES:
+        r = dr(docker, rt, IMG, "/no/such/binary")
+        res[rt] = (r.returncode, r.stderr.decode(errors="replace"))
+    assert res["runc"][0] == res["agentshim"][0] == 127, res
+    assert "/no/such/binary" in res["agentshim"][1] and "no such file" in res["agentshim"][1].lower(), res
+
+
+def test_record_written_for_docker_runs(docker):
+    before = set(os.listdir(os.path.join(docker.audit, "runs"))) if os.path.isdir(
+        os.path.join(docker.audit, "runs")) else set()
+    r = dr(docker, "agentshim", IMG, "sh", "-c", "echo recorded")
+    assert r.returncode == 0
+    runs = set(os.listdir(os.path.join(docker.audit, "runs"))) - before
+    assert len(runs) == 1, runs
+    run_dir = os.path.join(docker.audit, "runs", runs.pop())
+    assert os.path.exists(os.path.join(run_dir, "attestation.intoto.json"))
+    # The record of a Docker run verifies, finalized by the time `docker run` returned.
+    from conftest import AGENTSHIM, run
+    v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", run_dir])
+    assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)

@@ -1,0 +1,126 @@
+"""Podman on agentshim: real podman and conmon with private --root/--runroot
+(vfs storage, cgroupfs, file events), `podman --runtime <path>` with runc and
+with agentshim in the same run, results compared: run, exit codes, exec,
+stop, rm -f, and a runtime error reaching podman's output.
+
+Containers use --network none (podman's default network would set up a
+bridge and firewall rules on the host); agentshim gives every container its
+own internal-only namespace anyway.
+"""
+import os
+import time
+
+import pytest
+
+from clients import (IMAGE, Podman, busybox_tar, cgroups_named, ensure_packages, mounts_matching,
+                     processes_mentioning, short_tmpdir, wait_for)
+
+RUNTIMES = ["runc", "agentshim"]
+
+
+@pytest.fixture(scope="module")
+def podman():
+    missing = ensure_packages()
+    if missing:
+        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+    p = Podman(short_tmpdir("pd"))
+    try:
+        p.out("import", busybox_tar(p.base), IMAGE, timeout=180)
+        yield p
+    finally:
+        p.stop()
+    assert not os.path.exists(p.base)
+
+
+def prun(p, rt, *args, **kw):
+    return p("run", "--network", "none", *p.ulimits(), *args, runtime=rt, **kw)
+
+
+def test_run_output_and_exit_codes(podman):
+    res = {}
+    for rt in RUNTIMES:
+        a = prun(podman, rt, "--rm", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 7")
+        b = prun(podman, rt, "--rm", "-e", "FOO=bar", "-w", "/tmp", "--user", "1000:1000", IMAGE, "sh", "-c",
+                 'echo "$FOO" $(pwd) $(id -u)')
+        c = prun(podman, rt, "--rm", "-i", IMAGE, "cat", input=b"from stdin")
+        res[rt] = (a.returncode, a.stdout, a.stderr, b.returncode, b.stdout, c.stdout)
+    assert res["runc"] == res["agentshim"], res
+    assert res["agentshim"] == (7, b"out\n", b"err\n", 0, b"bar /tmp 1000\n", b"from stdin")
+
+
+def test_detached_exec_stop_and_wait(podman):
+    res = {}
+    for rt in RUNTIMES:
+        cid = prun(podman, rt, "-d", IMAGE, "sh", "-c",
+                   "trap 'echo got-term; exit 5' TERM; echo ready; while true; do sleep 0.1; done").stdout.decode().strip()
+        assert cid, rt
+        try:
+            wait_for(lambda: b"ready" in podman("logs", cid, runtime=rt).stdout, what="ready")
+            ex = podman("exec", cid, "sh", "-c", "echo exec-ok; exit 3", runtime=rt)
+            ext = podman("exec", "-t", cid, "sh", "-c", "test -t 1 && echo tty", runtime=rt)
+            t0 = time.time()
+            podman.out("stop", "-t", "10", cid, runtime=rt)
+            took = time.time() - t0
+            code = podman.out("inspect", "--format", "{{.State.ExitCode}}", cid, runtime=rt).strip()
+            logs = podman("logs", cid, runtime=rt).stdout
+            res[rt] = (ex.returncode, ex.stdout, ext.stdout.replace(b"\r\n", b"\n"), code, logs)
+            assert took < 8, f"{rt}: stop took {took:.1f}s though the container handles TERM"
+        finally:
+            podman("rm", "-f", cid, runtime=rt)
+    assert res["runc"] == res["agentshim"], res
+    assert res["agentshim"] == (3, b"exec-ok\n", b"tty\n", "5", b"ready\ngot-term\n")
+
+
+def test_stop_kills_after_timeout(podman):
+    res = {}
+    for rt in RUNTIMES:
+        cid = prun(podman, rt, "-d", IMAGE, "sleep", "600").stdout.decode().strip()
+        try:
+            podman.out("stop", "-t", "1", cid, runtime=rt)
+            res[rt] = podman.out("inspect", "--format", "{{.State.ExitCode}}", cid, runtime=rt).strip()
+        finally:
+            podman("rm", "-f", cid, runtime=rt)
+    assert res["runc"] == res["agentshim"] == "137"
+
+
+def test_rm_force_running_leaves_nothing(podman):
+    for rt in RUNTIMES:
+        cid = prun(podman, rt, "-d", IMAGE, "sh", "-c", "sleep 600 & sleep 600").stdout.decode().strip()
+        assert cid
+        mnt = podman.out("inspect", "--format", "{{.GraphDriver.Data.MergedDir}}", cid, runtime=rt).strip()
+        assert podman.out("inspect", "--format", "{{.State.Running}}", cid, runtime=rt).strip() == "true"
+        assert processes_mentioning(cid), "conmon should be running"
+        podman.out("rm", "-f", "-t", "1", cid, runtime=rt)
+        # conmon exits right after the container; give it a moment.
+        wait_for(lambda: processes_mentioning(cid) == [], timeout=10, what=f"{rt}: processes of {cid} to go")
+        assert mounts_matching(cid) == [], f"{rt}: mounts left"
+        if mnt and mnt != "<no value>":
+            assert mounts_matching(mnt) == [], f"{rt}: rootfs mount left"
+        wait_for(lambda: cgroups_named(cid) == [], timeout=10, what=f"{rt}: cgroups of {cid} to go")
+        assert not os.path.exists(os.path.join(podman.runroot, "overlay-containers", cid, "userdata", "pidfile"))
+        # The runtime's own state (podman gives each runtime --root <runroot>/<name>).
+        for d in (os.path.join(podman.runroot, "runc", cid), os.path.join(podman.runroot, "agentshim", cid)):
+            assert not os.path.exists(d), d
+
+
+def test_runtime_error_surfaces_in_podman_output(podman):
+    res = {}
+    for rt in RUNTIMES:
+        r = prun(podman, rt, "--rm", IMAGE, "/no/such/binary")
+        res[rt] = (r.returncode, r.stderr.decode(errors="replace"))
+    assert res["runc"][0] == res["agentshim"][0] != 0, res
+    err = res["agentshim"][1]
+    assert "agentshim" in err and "/no/such/binary" in err, err
+
+
+def test_record_written(podman):
+    rd = os.path.join(podman.audit, "runs")
+    before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
+    r = prun(podman, "agentshim", "--rm", IMAGE, "echo", "recorded")
+    assert r.returncode == 0 and r.stdout == b"recorded\n", r.stderr
+    runs = set(os.listdir(rd)) - before
+    assert len(runs) == 1, runs
+    from conftest import AGENTSHIM, run
+    for d in runs:
+        v = run([AGENTSHIM, "--audit-dir", podman.audit, "verify", os.path.join(podman.audit, "runs", d)])
+        assert v.returncode == 0 and b"VERIFIED" in v.stdout, (d, v.stdout, v.stderr)
