@@ -254,10 +254,10 @@ void Proxy::loop() {
   // client sees the response rather than a reset.
   auto answer = [&](Conn& c, int status, const std::string& text) {
     c.status = status;
+    emit(c);  // recorded before the client can see the answer
     std::string r = http::error_response(status, text);
     ::send(c.fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     ::shutdown(c.fd.get(), SHUT_WR);
-    emit(c);
     deadlines.erase({c.deadline, c.fd.get()});
     c.draining = true;
     c.deadline = Clock::now() + std::chrono::milliseconds(1000);
@@ -316,9 +316,9 @@ void Proxy::loop() {
       back->end = "refused";
       back->error = true;
       back->status = 503;
+      emit(*back);
       std::string r = http::error_response(503, "agentshim: service unavailable");
       ::send(back->fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      emit(*back);
     }
   };
 
@@ -370,9 +370,9 @@ void Proxy::loop() {
             c->end = "refused";
             c->error = true;
             c->status = 503;
+            emit(*c);
             std::string r = http::error_response(503, "agentshim: too many connections");
             ::send(cfd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-            emit(*c);
             continue;
           }
           c->deadline = now + std::chrono::milliseconds(limits_.header_timeout_ms);
@@ -439,9 +439,9 @@ void Proxy::loop() {
         c.end = "header-timeout";
         c.error = true;
         c.status = 408;
+        emit(c);
         std::string r = http::error_response(408, "agentshim: request head not received in time");
         ::send(fd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        emit(c);
       }
       close_conn(fd);
     }
@@ -674,12 +674,11 @@ std::string http_exchange(Relay& rl, const http::Request& req, std::string lefto
 void Proxy::worker(std::unique_ptr<Conn> cp) {
   Conn& c = *cp;
   int stop = stop_fd_.get();
-  // Send an error response, record the event, then let the client read it.
+  // Record the event, send the error response, let the client read it.
   auto respond = [&](int status, const std::string& text) {
+    emit(c);  // recorded before the client can see the answer
     auto r = http::error_response(status, text);
-    bool sent = send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5));
-    emit(c);
-    if (sent) linger_close(c.fd.get(), stop);
+    if (send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5))) linger_close(c.fd.get(), stop);
   };
   auto fail = [&](int status, const std::string& reason, const std::string& text) {
     c.status = status;
@@ -796,9 +795,9 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
   if (c.end.rfind("error", 0) == 0) c.error = true;
   c.up = rl.up;
   c.down = rl.down;
+  emit(c);  // before the client's socket is closed
   up.reset();
   c.fd.reset();
-  emit(c);
 }
 
 }  // namespace agentshim::net

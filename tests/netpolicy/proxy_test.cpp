@@ -614,3 +614,56 @@ TEST(Proxy, StopIsPromptWithLiveConnections) {
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   EXPECT_NE(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
 }
+
+TEST(Proxy, SlowResolverBlocksOnlyItsOwnConnection) {
+  Upstream up(1, echo);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  Events ev;
+  auto l = listen_loopback();
+  uint16_t port = port_of(l.get());
+  Resolver r = [&](const std::string& host) {
+    std::vector<sockaddr_storage> out;
+    if (host == "slow.test") {
+      std::unique_lock lk(mu);
+      cv.wait_for(lk, std::chrono::seconds(10), [&] { return release; });
+    }
+    return out;  // unresolvable
+  };
+  Proxy p(std::move(l), Allowlist::parse({"slow.test", rules_port(up.port)}, "t"), {}, ev.sink(), r);
+  p.start();
+  auto slow = connect_to(port);
+  send_str(slow.get(), "CONNECT slow.test:443 HTTP/1.1\r\n\r\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto t0 = Clock::now();
+  auto c = connect_to(port);
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
+  {
+    std::lock_guard lk(mu);
+    release = true;
+  }
+  cv.notify_all();
+  EXPECT_EQ(read_to_eof(slow.get()).rfind("HTTP/1.1 502", 0), 0u);
+  p.stop();
+}
+
+TEST(Proxy, SinkFailureDoesNotBreakTheProxy) {
+  auto l = listen_loopback();
+  uint16_t port = port_of(l.get());
+  std::atomic<int> calls{0};
+  Proxy p(std::move(l), Allowlist{}, {}, [&](const std::string&, json) {
+    ++calls;
+    throw std::runtime_error("log full");
+  });
+  p.start();
+  for (int i = 0; i < 2; ++i) {
+    auto c = connect_to(port);
+    send_str(c.get(), "CONNECT a.test:443 HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 403", 0), 0u);
+  }
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(p.totals()["denied"], 2);
+}
