@@ -4,6 +4,8 @@
 #include <netdb.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -105,6 +107,21 @@ void linger_close(int fd, int stop_fd) {
 
 }  // namespace
 
+std::thread start_thread_signals_blocked(std::function<void()> fn) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  std::thread t;
+  try {
+    t = std::thread(std::move(fn));
+  } catch (...) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return t;
+}
+
 std::vector<sockaddr_storage> system_resolve(const std::string& host) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -160,7 +177,7 @@ Proxy::~Proxy() {
 
 void Proxy::start() {
   if (started_.exchange(true)) return;
-  loop_thread_ = std::thread([this] { loop(); });
+  loop_thread_ = start_thread_signals_blocked([this] { loop(); });
 }
 
 void Proxy::stop() {

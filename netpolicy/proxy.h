@@ -58,6 +58,11 @@ using EventSink = std::function<void(const std::string& type, json data)>;
 using Resolver = std::function<std::vector<sockaddr_storage>(const std::string& host)>;
 std::vector<sockaddr_storage> system_resolve(const std::string& host);
 
+// Start a thread with every signal blocked (the proxy's threads never take
+// the supervisor's signals, and a splice(2) into a reset socket cannot kill
+// the process with SIGPIPE). Workers inherit the mask from the loop thread.
+std::thread start_thread_signals_blocked(std::function<void()> fn);
+
 struct Limits {
   std::size_t max_header_bytes = 16384;
   int max_headers = 100;

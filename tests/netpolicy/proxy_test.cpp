@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -666,4 +667,27 @@ TEST(Proxy, SinkFailureDoesNotBreakTheProxy) {
   }
   EXPECT_EQ(calls.load(), 2);
   EXPECT_EQ(p.totals()["denied"], 2);
+}
+
+TEST(Proxy, ClientResetDuringDownloadEndsTheTunnel) {
+  // SIGPIPE keeps its default action in this process (the proxy's threads
+  // block it; the supervisor ignores it as well).
+  ASSERT_EQ(signal(SIGPIPE, SIG_DFL), SIG_DFL);
+  Upstream up(1, [](int fd) {
+    std::string chunk(1 << 20, 'z');
+    for (int i = 0; i < 2000; ++i)
+      if (::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) <= 0) break;
+  });
+  Fixture f({rules_port(up.port)});
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  char buf[65536];
+  ASSERT_GT(::recv(c.get(), buf, sizeof buf, MSG_WAITALL), 0);
+  linger lg{1, 0};
+  setsockopt(c.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  c.reset();  // RST
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["end"], "client-closed");
+  EXPECT_GT(e["bytes_down"].get<uint64_t>(), 0u);
 }
