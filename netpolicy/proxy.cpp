@@ -188,25 +188,69 @@ void Proxy::stop() {
   }
   if (loop_thread_.joinable()) loop_thread_.join();
   listen_.reset();
+  {
+    std::lock_guard lk(pool_mu_);
+    pool_stop_ = true;
+  }
+  pool_cv_.notify_all();
   reap(true);
 }
 
 void Proxy::reap(bool all) {
   std::list<Worker> finished;
   {
-    std::lock_guard lk(workers_mu_);
+    std::lock_guard lk(pool_mu_);
     for (auto it = workers_.begin(); it != workers_.end();) {
-      if (all || it->done->load()) {
-        auto next = std::next(it);
-        finished.splice(finished.end(), workers_, it);
-        it = next;
-      } else {
-        ++it;
-      }
+      auto next = std::next(it);
+      if (all || it->done->load()) finished.splice(finished.end(), workers_, it);
+      it = next;
     }
   }
   for (auto& w : finished)
     if (w.t.joinable()) w.t.join();
+}
+
+// Hand a connection to an idle pooled thread, or start one. False (and `c`
+// still owned by the caller) when no thread could be started.
+bool Proxy::dispatch(std::unique_ptr<Conn>& c) {
+  std::lock_guard lk(pool_mu_);
+  jobs_.push_back(std::move(c));
+  if (idle_ >= static_cast<int>(jobs_.size())) {
+    pool_cv_.notify_one();
+    return true;
+  }
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  try {
+    // Started from the loop thread, whose signals are all blocked: inherited.
+    workers_.push_back({std::thread([this, done] {
+                          pool_thread();
+                          done->store(true);
+                        }),
+                        done});
+  } catch (const std::system_error&) {
+    c = std::move(jobs_.back());
+    jobs_.pop_back();
+    return false;
+  }
+  return true;
+}
+
+void Proxy::pool_thread() {
+  for (;;) {
+    std::unique_ptr<Conn> job;
+    {
+      std::unique_lock lk(pool_mu_);
+      ++idle_;
+      bool got =
+          pool_cv_.wait_for(lk, std::chrono::seconds(30), [&] { return pool_stop_ || !jobs_.empty(); });
+      --idle_;
+      if (!got || jobs_.empty()) return;  // idle for long, or stopping with nothing queued
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    worker(std::move(job));
+    --active_;
+  }
 }
 
 json Proxy::totals() const {
@@ -315,27 +359,16 @@ void Proxy::loop() {
     own->leftover = own->buf.substr(pr.head_len);
     own->buf.clear();
     own->buf.shrink_to_fit();
-    auto done = std::make_shared<std::atomic<bool>>(false);
     ++active_;
-    Conn* raw = own.get();
-    try {
-      std::lock_guard lk(workers_mu_);
-      workers_.push_back({std::thread([this, done, p = own.release()] {
-                            worker(std::unique_ptr<Conn>(p));
-                            --active_;
-                            done->store(true);
-                          }),
-                          done});
-    } catch (const std::system_error&) {
+    if (!dispatch(own)) {
       --active_;
-      std::unique_ptr<Conn> back(raw);  // the thread never started: we still own it
-      back->reason = "cannot start a worker thread";
-      back->end = "refused";
-      back->error = true;
-      back->status = 503;
-      emit(*back);
+      own->reason = "cannot start a worker thread";
+      own->end = "refused";
+      own->error = true;
+      own->status = 503;
+      emit(*own);
       std::string r = http::error_response(503, "agentshim: service unavailable");
-      ::send(back->fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      ::send(own->fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     }
   };
 

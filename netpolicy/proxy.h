@@ -4,7 +4,7 @@
 // Threads: one loop thread accepts and reads request heads (epoll, one
 // deadline per connection, no thread per pending client: slowloris and idle
 // clients cost a buffer each). A complete, allowlisted head is handed to a
-// worker thread of its own that resolves the name, checks every address,
+// worker thread (pooled, reused) that resolves the name, checks every address,
 // connects to exactly the address it checked and relays (splice(2) for
 // tunnels). stop() wakes every thread through one eventfd and joins them.
 //
@@ -36,6 +36,8 @@
 #include <netinet/in.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -94,6 +96,8 @@ class Proxy {
   void worker(std::unique_ptr<Conn> c);
   void emit(Conn& c);
   void reap(bool all);
+  bool dispatch(std::unique_ptr<Conn>& c);
+  void pool_thread();
 
   UniqueFd listen_;
   UniqueFd stop_fd_;  // eventfd: readable once stop() was called
@@ -102,7 +106,12 @@ class Proxy {
   EventSink sink_;
   Resolver resolver_;
   std::thread loop_thread_;
-  std::mutex workers_mu_;
+  // Worker pool: threads are reused; one idle for 30 s exits.
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<std::unique_ptr<Conn>> jobs_;
+  int idle_ = 0;
+  bool pool_stop_ = false;
   struct Worker {
     std::thread t;
     std::shared_ptr<std::atomic<bool>> done;
