@@ -691,3 +691,50 @@ TEST(Proxy, ClientResetDuringDownloadEndsTheTunnel) {
   EXPECT_EQ(e["end"], "client-closed");
   EXPECT_GT(e["bytes_down"].get<uint64_t>(), 0u);
 }
+
+TEST(Proxy, MaxPendingRefusesNewHeadsBeyondTheLimit) {
+  Limits lim;
+  lim.max_pending = 3;
+  Fixture f({"*.test"}, lim);
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(f.client());
+  for (int i = 0; i < 200 && f.proxy->pending_connections() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(f.proxy->pending_connections(), 3);
+  auto c = f.client();
+  EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 503", 0), 0u);
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["reason"], "too many pending connections");
+  EXPECT_EQ(e["host"], "");
+  // A pending client that closes after a partial head leaves an event; one that sent nothing does not.
+  send_str(idle[0].get(), "CONNECT a.te");
+  idle[0].reset();
+  idle[1].reset();
+  auto e2 = f.ev.wait(2);
+  EXPECT_EQ(e2["end"], "client-closed");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(f.ev.size(), 2u);
+}
+
+TEST(Proxy, TotalTimeoutEndsABusyTunnel) {
+  Upstream up(1, echo);
+  Limits lim;
+  lim.total_timeout_ms = 400;
+  Fixture f({rules_port(up.port)}, lim);
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  auto t0 = Clock::now();
+  // Keep the tunnel busy (never idle) until the proxy closes it.
+  char b[2];
+  for (;;) {
+    if (::send(c.get(), "ab", 2, MSG_NOSIGNAL) != 2) break;
+    if (::recv(c.get(), b, 2, MSG_WAITALL) != 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (Clock::now() - t0 > std::chrono::seconds(5)) break;
+  }
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(2));
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["end"], "total-timeout");
+  EXPECT_GT(e["bytes_up"].get<uint64_t>(), 2u);
+}
