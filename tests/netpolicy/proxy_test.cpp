@@ -738,3 +738,40 @@ TEST(Proxy, TotalTimeoutEndsABusyTunnel) {
   EXPECT_EQ(e["end"], "total-timeout");
   EXPECT_GT(e["bytes_up"].get<uint64_t>(), 2u);
 }
+
+TEST(Proxy, Ipv6LiteralTunnelNeedsAnIpRule) {
+  UniqueFd l6(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  if (::bind(l6.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+    GTEST_SKIP() << "no IPv6 loopback address (::1) here; IPv6 rules are covered by the Allowlist tests";
+  ASSERT_EQ(::listen(l6.get(), 8), 0);
+  socklen_t len = sizeof a;
+  getsockname(l6.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  std::string p = std::to_string(ntohs(a.sin6_port));
+  std::thread srv([&] {
+    UniqueFd c(::accept4(l6.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (c) echo(c.get());
+  });
+  Fixture f({"[::1]:" + p, "six.test"}, {}, {{"six.test", {"::1"}}});
+  {
+    auto c = f.client();  // a name rule does not unlock ::1 (the IP rule names another port)
+    send_str(c.get(), "CONNECT six.test:1 HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 403", 0), 0u);
+  }
+  auto c = f.client();
+  send_str(c.get(), "CONNECT [::1]:" + p + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  send_str(c.get(), "v6");
+  char b[2];
+  ASSERT_EQ(::recv(c.get(), b, 2, MSG_WAITALL), 2);
+  ::shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(read_to_eof(c.get()), "");
+  srv.join();
+  auto e = f.ev.wait(2);
+  EXPECT_EQ(e["host"], "::1");
+  EXPECT_EQ(e["resolved"], "::1");
+  EXPECT_EQ(e["rule"], "[::1]:" + p);
+  EXPECT_EQ(f.ev.wait(1)["reason"], "address ::1 is loopback; only an IP or CIDR rule can allow it");
+}
