@@ -169,6 +169,14 @@ Proxy::Proxy(UniqueFd listen_fd, Allowlist allow, Limits limits, EventSink sink,
     throw_errno("proxy: fcntl listening socket");
   stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw_errno("proxy: eventfd");
+  ep_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!ep_) throw_errno("proxy: epoll_create1");
+  for (int fd : {stop_fd_.get(), listen_.get()}) {
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.fd = fd;
+    if (epoll_ctl(ep_.get(), EPOLL_CTL_ADD, fd, &e) != 0) throw_errno("proxy: epoll_ctl");
+  }
 }
 
 Proxy::~Proxy() {
@@ -289,15 +297,13 @@ void Proxy::emit(Conn& c) {
 }
 
 void Proxy::loop() {
-  UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) return;
+  const UniqueFd& ep = ep_;
   auto add = [&](int fd, uint32_t ev) {
     epoll_event e{};
     e.events = ev;
     e.data.fd = fd;
     return epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &e) == 0;
   };
-  if (!add(stop_fd_.get(), EPOLLIN) || !add(listen_.get(), EPOLLIN)) return;
   std::map<int, std::unique_ptr<Conn>> conns;
   std::set<std::pair<Clock::time_point, int>> deadlines;
   Clock::time_point listen_paused_until{};

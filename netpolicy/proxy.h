@@ -101,6 +101,7 @@ class Proxy {
 
   UniqueFd listen_;
   UniqueFd stop_fd_;  // eventfd: readable once stop() was called
+  UniqueFd ep_;       // the head loop's epoll
   Allowlist allow_;
   Limits limits_;
   EventSink sink_;
