@@ -763,6 +763,9 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
   UniqueFd up;
   std::string denial, denial_rule, denial_addr;
   bool timed_out = false, tried = false;
+  // One budget for all addresses: a name with many unreachable addresses
+  // cannot hold the worker for connect_timeout_ms each.
+  const auto connect_deadline = Clock::now() + std::chrono::milliseconds(limits_.connect_timeout_ms);
   for (auto a : addrs) {
     auto ip = ip_from_sockaddr(a);
     if (!ip) continue;
@@ -785,8 +788,7 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
     int r = ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), len);
     if (r != 0 && errno != EINPROGRESS) continue;
     if (r != 0) {
-      auto w = wait_fd(s.get(), POLLOUT, stop,
-                       Clock::now() + std::chrono::milliseconds(limits_.connect_timeout_ms));
+      auto w = wait_fd(s.get(), POLLOUT, stop, connect_deadline);
       if (w == Wait::stopped) {
         c.end = "stopped";
         c.reason = "proxy stopped";
