@@ -7,4 +7,5 @@ here=$(dirname "$0")
 echo "## lifecycle"; /usr/bin/python3 "$here/lifecycle.py" --agentshim "$build/shim/agentshim"
 echo "## filesystem root"; /usr/bin/python3 "$here/fsroot.py" --agentshim "$build/shim/agentshim"
 echo "## verify"; /usr/bin/python3 "$here/verify.py" --build "$build"
+echo "## egress proxy"; /usr/bin/python3 "$here/proxy.py" --build "$build"
 echo "## docker run"; /usr/bin/python3 "$here/docker.py" --agentshim "$build/shim/agentshim"

@@ -229,7 +229,7 @@ DnsStub::~DnsStub() {
 
 void DnsStub::start() {
   if (started_.exchange(true)) return;
-  thread_ = std::thread([this] { loop(); });
+  thread_ = start_thread_signals_blocked([this] { loop(); });
 }
 
 void DnsStub::stop() {

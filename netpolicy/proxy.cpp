@@ -4,6 +4,8 @@
 #include <netdb.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -105,6 +107,21 @@ void linger_close(int fd, int stop_fd) {
 
 }  // namespace
 
+std::thread start_thread_signals_blocked(std::function<void()> fn) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  std::thread t;
+  try {
+    t = std::thread(std::move(fn));
+  } catch (...) {
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return t;
+}
+
 std::vector<sockaddr_storage> system_resolve(const std::string& host) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -152,6 +169,14 @@ Proxy::Proxy(UniqueFd listen_fd, Allowlist allow, Limits limits, EventSink sink,
     throw_errno("proxy: fcntl listening socket");
   stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd_) throw_errno("proxy: eventfd");
+  ep_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!ep_) throw_errno("proxy: epoll_create1");
+  for (int fd : {stop_fd_.get(), listen_.get()}) {
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.fd = fd;
+    if (epoll_ctl(ep_.get(), EPOLL_CTL_ADD, fd, &e) != 0) throw_errno("proxy: epoll_ctl");
+  }
 }
 
 Proxy::~Proxy() {
@@ -160,7 +185,7 @@ Proxy::~Proxy() {
 
 void Proxy::start() {
   if (started_.exchange(true)) return;
-  loop_thread_ = std::thread([this] { loop(); });
+  loop_thread_ = start_thread_signals_blocked([this] { loop(); });
 }
 
 void Proxy::stop() {
@@ -171,25 +196,69 @@ void Proxy::stop() {
   }
   if (loop_thread_.joinable()) loop_thread_.join();
   listen_.reset();
+  {
+    std::lock_guard lk(pool_mu_);
+    pool_stop_ = true;
+  }
+  pool_cv_.notify_all();
   reap(true);
 }
 
 void Proxy::reap(bool all) {
   std::list<Worker> finished;
   {
-    std::lock_guard lk(workers_mu_);
+    std::lock_guard lk(pool_mu_);
     for (auto it = workers_.begin(); it != workers_.end();) {
-      if (all || it->done->load()) {
-        auto next = std::next(it);
-        finished.splice(finished.end(), workers_, it);
-        it = next;
-      } else {
-        ++it;
-      }
+      auto next = std::next(it);
+      if (all || it->done->load()) finished.splice(finished.end(), workers_, it);
+      it = next;
     }
   }
   for (auto& w : finished)
     if (w.t.joinable()) w.t.join();
+}
+
+// Hand a connection to an idle pooled thread, or start one. False (and `c`
+// still owned by the caller) when no thread could be started.
+bool Proxy::dispatch(std::unique_ptr<Conn>& c) {
+  std::lock_guard lk(pool_mu_);
+  jobs_.push_back(std::move(c));
+  if (idle_ >= static_cast<int>(jobs_.size())) {
+    pool_cv_.notify_one();
+    return true;
+  }
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  try {
+    // Started from the loop thread, whose signals are all blocked: inherited.
+    workers_.push_back({std::thread([this, done] {
+                          pool_thread();
+                          done->store(true);
+                        }),
+                        done});
+  } catch (const std::system_error&) {
+    c = std::move(jobs_.back());
+    jobs_.pop_back();
+    return false;
+  }
+  return true;
+}
+
+void Proxy::pool_thread() {
+  for (;;) {
+    std::unique_ptr<Conn> job;
+    {
+      std::unique_lock lk(pool_mu_);
+      ++idle_;
+      bool got =
+          pool_cv_.wait_for(lk, std::chrono::seconds(30), [&] { return pool_stop_ || !jobs_.empty(); });
+      --idle_;
+      if (!got || jobs_.empty()) return;  // idle for long, or stopping with nothing queued
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    worker(std::move(job));
+    --active_;
+  }
 }
 
 json Proxy::totals() const {
@@ -228,15 +297,13 @@ void Proxy::emit(Conn& c) {
 }
 
 void Proxy::loop() {
-  UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
-  if (!ep) return;
+  const UniqueFd& ep = ep_;
   auto add = [&](int fd, uint32_t ev) {
     epoll_event e{};
     e.events = ev;
     e.data.fd = fd;
     return epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &e) == 0;
   };
-  if (!add(stop_fd_.get(), EPOLLIN) || !add(listen_.get(), EPOLLIN)) return;
   std::map<int, std::unique_ptr<Conn>> conns;
   std::set<std::pair<Clock::time_point, int>> deadlines;
   Clock::time_point listen_paused_until{};
@@ -254,10 +321,10 @@ void Proxy::loop() {
   // client sees the response rather than a reset.
   auto answer = [&](Conn& c, int status, const std::string& text) {
     c.status = status;
+    emit(c);  // recorded before the client can see the answer
     std::string r = http::error_response(status, text);
     ::send(c.fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     ::shutdown(c.fd.get(), SHUT_WR);
-    emit(c);
     deadlines.erase({c.deadline, c.fd.get()});
     c.draining = true;
     c.deadline = Clock::now() + std::chrono::milliseconds(1000);
@@ -298,27 +365,16 @@ void Proxy::loop() {
     own->leftover = own->buf.substr(pr.head_len);
     own->buf.clear();
     own->buf.shrink_to_fit();
-    auto done = std::make_shared<std::atomic<bool>>(false);
     ++active_;
-    Conn* raw = own.get();
-    try {
-      std::lock_guard lk(workers_mu_);
-      workers_.push_back({std::thread([this, done, p = own.release()] {
-                            worker(std::unique_ptr<Conn>(p));
-                            --active_;
-                            done->store(true);
-                          }),
-                          done});
-    } catch (const std::system_error&) {
+    if (!dispatch(own)) {
       --active_;
-      std::unique_ptr<Conn> back(raw);  // the thread never started: we still own it
-      back->reason = "cannot start a worker thread";
-      back->end = "refused";
-      back->error = true;
-      back->status = 503;
+      own->reason = "cannot start a worker thread";
+      own->end = "refused";
+      own->error = true;
+      own->status = 503;
+      emit(*own);
       std::string r = http::error_response(503, "agentshim: service unavailable");
-      ::send(back->fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      emit(*back);
+      ::send(own->fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     }
   };
 
@@ -370,9 +426,9 @@ void Proxy::loop() {
             c->end = "refused";
             c->error = true;
             c->status = 503;
+            emit(*c);
             std::string r = http::error_response(503, "agentshim: too many connections");
             ::send(cfd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-            emit(*c);
             continue;
           }
           c->deadline = now + std::chrono::milliseconds(limits_.header_timeout_ms);
@@ -439,9 +495,9 @@ void Proxy::loop() {
         c.end = "header-timeout";
         c.error = true;
         c.status = 408;
+        emit(c);
         std::string r = http::error_response(408, "agentshim: request head not received in time");
         ::send(fd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-        emit(c);
       }
       close_conn(fd);
     }
@@ -674,12 +730,11 @@ std::string http_exchange(Relay& rl, const http::Request& req, std::string lefto
 void Proxy::worker(std::unique_ptr<Conn> cp) {
   Conn& c = *cp;
   int stop = stop_fd_.get();
-  // Send an error response, record the event, then let the client read it.
+  // Record the event, send the error response, let the client read it.
   auto respond = [&](int status, const std::string& text) {
+    emit(c);  // recorded before the client can see the answer
     auto r = http::error_response(status, text);
-    bool sent = send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5));
-    emit(c);
-    if (sent) linger_close(c.fd.get(), stop);
+    if (send_all(c.fd.get(), r, stop, Clock::now() + std::chrono::seconds(5))) linger_close(c.fd.get(), stop);
   };
   auto fail = [&](int status, const std::string& reason, const std::string& text) {
     c.status = status;
@@ -708,6 +763,9 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
   UniqueFd up;
   std::string denial, denial_rule, denial_addr;
   bool timed_out = false, tried = false;
+  // One budget for all addresses: a name with many unreachable addresses
+  // cannot hold the worker for connect_timeout_ms each.
+  const auto connect_deadline = Clock::now() + std::chrono::milliseconds(limits_.connect_timeout_ms);
   for (auto a : addrs) {
     auto ip = ip_from_sockaddr(a);
     if (!ip) continue;
@@ -730,8 +788,7 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
     int r = ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), len);
     if (r != 0 && errno != EINPROGRESS) continue;
     if (r != 0) {
-      auto w = wait_fd(s.get(), POLLOUT, stop,
-                       Clock::now() + std::chrono::milliseconds(limits_.connect_timeout_ms));
+      auto w = wait_fd(s.get(), POLLOUT, stop, connect_deadline);
       if (w == Wait::stopped) {
         c.end = "stopped";
         c.reason = "proxy stopped";
@@ -796,9 +853,9 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
   if (c.end.rfind("error", 0) == 0) c.error = true;
   c.up = rl.up;
   c.down = rl.down;
+  emit(c);  // before the client's socket is closed
   up.reset();
   c.fd.reset();
-  emit(c);
 }
 
 }  // namespace agentshim::net

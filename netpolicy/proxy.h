@@ -4,7 +4,7 @@
 // Threads: one loop thread accepts and reads request heads (epoll, one
 // deadline per connection, no thread per pending client: slowloris and idle
 // clients cost a buffer each). A complete, allowlisted head is handed to a
-// worker thread of its own that resolves the name, checks every address,
+// worker thread (pooled, reused) that resolves the name, checks every address,
 // connects to exactly the address it checked and relays (splice(2) for
 // tunnels). stop() wakes every thread through one eventfd and joins them.
 //
@@ -36,6 +36,8 @@
 #include <netinet/in.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -57,6 +59,11 @@ using EventSink = std::function<void(const std::string& type, json data)>;
 // calling (worker) thread's namespace. May throw; empty = unresolvable.
 using Resolver = std::function<std::vector<sockaddr_storage>(const std::string& host)>;
 std::vector<sockaddr_storage> system_resolve(const std::string& host);
+
+// Start a thread with every signal blocked (the proxy's threads never take
+// the supervisor's signals, and a splice(2) into a reset socket cannot kill
+// the process with SIGPIPE). Workers inherit the mask from the loop thread.
+std::thread start_thread_signals_blocked(std::function<void()> fn);
 
 struct Limits {
   std::size_t max_header_bytes = 16384;
@@ -89,15 +96,23 @@ class Proxy {
   void worker(std::unique_ptr<Conn> c);
   void emit(Conn& c);
   void reap(bool all);
+  bool dispatch(std::unique_ptr<Conn>& c);
+  void pool_thread();
 
   UniqueFd listen_;
   UniqueFd stop_fd_;  // eventfd: readable once stop() was called
+  UniqueFd ep_;       // the head loop's epoll
   Allowlist allow_;
   Limits limits_;
   EventSink sink_;
   Resolver resolver_;
   std::thread loop_thread_;
-  std::mutex workers_mu_;
+  // Worker pool: threads are reused; one idle for 30 s exits.
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<std::unique_ptr<Conn>> jobs_;
+  int idle_ = 0;
+  bool pool_stop_ = false;
   struct Worker {
     std::thread t;
     std::shared_ptr<std::atomic<bool>> done;

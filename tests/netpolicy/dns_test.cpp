@@ -196,7 +196,12 @@ TEST(DnsStubLoop, UdpAndTcpOnLoopback) {
   ASSERT_EQ(::bind(u.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   socklen_t l = sizeof a;
   getsockname(u.get(), reinterpret_cast<sockaddr*>(&a), &l);
-  ASSERT_EQ(::bind(t.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);  // same port over TCP
+  sockaddr_in ta{};  // TCP on a port of its own (the UDP port may be taken over TCP)
+  ta.sin_family = AF_INET;
+  ta.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(t.get(), reinterpret_cast<sockaddr*>(&ta), sizeof ta), 0);
+  l = sizeof ta;
+  getsockname(t.get(), reinterpret_cast<sockaddr*>(&ta), &l);
   ASSERT_EQ(::listen(t.get(), 16), 0);
   Events ev;
   DnsStub stub(std::move(u), std::move(t), "refuse", Allowlist{}, ev.sink());
@@ -218,7 +223,7 @@ TEST(DnsStubLoop, UdpAndTcpOnLoopback) {
   // TCP (length-prefixed), sent in two pieces
   UniqueFd tc(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   setsockopt(tc.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ASSERT_EQ(::connect(tc.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::connect(tc.get(), reinterpret_cast<sockaddr*>(&ta), sizeof ta), 0);
   std::string tq = query(9, {"x", "test"}, 1);
   std::string framed = std::string(1, '\0') + std::string(1, static_cast<char>(tq.size())) + tq;
   ASSERT_EQ(::send(tc.get(), framed.data(), 5, 0), 5);

@@ -114,7 +114,7 @@ TEST(HttpParse, HeaderSyntax) {
   EXPECT_EQ(status_of(rl + "NoColon\r\n\r\n"), 400);
   EXPECT_EQ(status_of(rl + "X-A: b\rc\r\n\r\n"), 400);                   // bare CR
   EXPECT_EQ(status_of(rl + "X-A: b\nX-B: c\r\n\r\n"), 400);              // bare LF
-  EXPECT_EQ(status_of(rl + std::string("X-A: b\0c\r\n\r\n", 14)), 400);  // NUL
+  EXPECT_EQ(status_of(rl + std::string("X-A: b\0c\r\n\r\n", 12)), 400);  // NUL
   EXPECT_EQ(status_of(rl + "X-A: b\x01\r\n\r\n"), 400);
   // Bare LF line ends are rejected without waiting for a CRLFCRLF that never comes.
   EXPECT_EQ(status_of("GET http://a.com/ HTTP/1.1\nHost: a.com\n\n"), 400);

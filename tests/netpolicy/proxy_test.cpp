@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -613,4 +614,164 @@ TEST(Proxy, StopIsPromptWithLiveConnections) {
   a.sin_port = htons(f.port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   EXPECT_NE(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+}
+
+TEST(Proxy, SlowResolverBlocksOnlyItsOwnConnection) {
+  Upstream up(1, echo);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  Events ev;
+  auto l = listen_loopback();
+  uint16_t port = port_of(l.get());
+  Resolver r = [&](const std::string& host) {
+    std::vector<sockaddr_storage> out;
+    if (host == "slow.test") {
+      std::unique_lock lk(mu);
+      cv.wait_for(lk, std::chrono::seconds(10), [&] { return release; });
+    }
+    return out;  // unresolvable
+  };
+  Proxy p(std::move(l), Allowlist::parse({"slow.test", rules_port(up.port)}, "t"), {}, ev.sink(), r);
+  p.start();
+  auto slow = connect_to(port);
+  send_str(slow.get(), "CONNECT slow.test:443 HTTP/1.1\r\n\r\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto t0 = Clock::now();
+  auto c = connect_to(port);
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(500));
+  {
+    std::lock_guard lk(mu);
+    release = true;
+  }
+  cv.notify_all();
+  EXPECT_EQ(read_to_eof(slow.get()).rfind("HTTP/1.1 502", 0), 0u);
+  p.stop();
+}
+
+TEST(Proxy, SinkFailureDoesNotBreakTheProxy) {
+  auto l = listen_loopback();
+  uint16_t port = port_of(l.get());
+  std::atomic<int> calls{0};
+  Proxy p(std::move(l), Allowlist{}, {}, [&](const std::string&, json) {
+    ++calls;
+    throw std::runtime_error("log full");
+  });
+  p.start();
+  for (int i = 0; i < 2; ++i) {
+    auto c = connect_to(port);
+    send_str(c.get(), "CONNECT a.test:443 HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 403", 0), 0u);
+  }
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(p.totals()["denied"], 2);
+}
+
+TEST(Proxy, ClientResetDuringDownloadEndsTheTunnel) {
+  // SIGPIPE keeps its default action in this process (the proxy's threads
+  // block it; the supervisor ignores it as well).
+  ASSERT_EQ(signal(SIGPIPE, SIG_DFL), SIG_DFL);
+  Upstream up(1, [](int fd) {
+    std::string chunk(1 << 20, 'z');
+    for (int i = 0; i < 2000; ++i)
+      if (::send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL) <= 0) break;
+  });
+  Fixture f({rules_port(up.port)});
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  char buf[65536];
+  ASSERT_GT(::recv(c.get(), buf, sizeof buf, MSG_WAITALL), 0);
+  linger lg{1, 0};
+  setsockopt(c.get(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  c.reset();  // RST
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["end"], "client-closed");
+  EXPECT_GT(e["bytes_down"].get<uint64_t>(), 0u);
+}
+
+TEST(Proxy, MaxPendingRefusesNewHeadsBeyondTheLimit) {
+  Limits lim;
+  lim.max_pending = 3;
+  Fixture f({"*.test"}, lim);
+  std::vector<UniqueFd> idle;
+  for (int i = 0; i < 3; ++i) idle.push_back(f.client());
+  for (int i = 0; i < 200 && f.proxy->pending_connections() < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(f.proxy->pending_connections(), 3);
+  auto c = f.client();
+  EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 503", 0), 0u);
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["reason"], "too many pending connections");
+  EXPECT_EQ(e["host"], "");
+  // A pending client that closes after a partial head leaves an event; one that sent nothing does not.
+  send_str(idle[0].get(), "CONNECT a.te");
+  idle[0].reset();
+  idle[1].reset();
+  auto e2 = f.ev.wait(2);
+  EXPECT_EQ(e2["end"], "client-closed");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(f.ev.size(), 2u);
+}
+
+TEST(Proxy, TotalTimeoutEndsABusyTunnel) {
+  Upstream up(1, echo);
+  Limits lim;
+  lim.total_timeout_ms = 400;
+  Fixture f({rules_port(up.port)}, lim);
+  auto c = f.client();
+  send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(up.port) + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  auto t0 = Clock::now();
+  // Keep the tunnel busy (never idle) until the proxy closes it.
+  char b[2];
+  for (;;) {
+    if (::send(c.get(), "ab", 2, MSG_NOSIGNAL) != 2) break;
+    if (::recv(c.get(), b, 2, MSG_WAITALL) != 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (Clock::now() - t0 > std::chrono::seconds(5)) break;
+  }
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(2));
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["end"], "total-timeout");
+  EXPECT_GT(e["bytes_up"].get<uint64_t>(), 2u);
+}
+
+TEST(Proxy, Ipv6LiteralTunnelNeedsAnIpRule) {
+  UniqueFd l6(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  if (::bind(l6.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+    GTEST_SKIP() << "no IPv6 loopback address (::1) here; IPv6 rules are covered by the Allowlist tests";
+  ASSERT_EQ(::listen(l6.get(), 8), 0);
+  socklen_t len = sizeof a;
+  getsockname(l6.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  std::string p = std::to_string(ntohs(a.sin6_port));
+  std::thread srv([&] {
+    UniqueFd c(::accept4(l6.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (c) echo(c.get());
+  });
+  Fixture f({"[::1]:" + p, "six.test"}, {}, {{"six.test", {"::1"}}});
+  {
+    auto c = f.client();  // a name rule does not unlock ::1 (the IP rule names another port)
+    send_str(c.get(), "CONNECT six.test:1 HTTP/1.1\r\n\r\n");
+    EXPECT_EQ(read_to_eof(c.get()).rfind("HTTP/1.1 403", 0), 0u);
+  }
+  auto c = f.client();
+  send_str(c.get(), "CONNECT [::1]:" + p + " HTTP/1.1\r\n\r\n");
+  ASSERT_EQ(read_head(c.get()).substr(0, 12), "HTTP/1.1 200");
+  send_str(c.get(), "v6");
+  char b[2];
+  ASSERT_EQ(::recv(c.get(), b, 2, MSG_WAITALL), 2);
+  ::shutdown(c.get(), SHUT_WR);
+  EXPECT_EQ(read_to_eof(c.get()), "");
+  srv.join();
+  auto e = f.ev.wait(2);
+  EXPECT_EQ(e["host"], "::1");
+  EXPECT_EQ(e["resolved"], "::1");
+  EXPECT_EQ(e["rule"], "[::1]:" + p);
+  EXPECT_EQ(f.ev.wait(1)["reason"], "address ::1 is loopback; only an IP or CIDR rule can allow it");
 }
