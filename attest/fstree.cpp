@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -69,8 +70,10 @@ constexpr std::size_t kRecord = 5 * 8 + 32;
 void HashCache::load() {
   std::lock_guard<std::mutex> lk(mu_);
   old_.clear();
+  dirty_ = false;
   auto data = try_read_file(path_);
   if (!data) return;
+  dirty_ = true;  // until it checks out: a bad file is rebuilt
   const std::string& d = *data;
   if (d.size() < 8 + 32 || std::memcmp(d.data(), kCacheMagic, 8) != 0 || (d.size() - 8 - 32) % kRecord != 0) {
     log::warn("hash cache " + path_ + " is malformed; ignoring it");
@@ -92,6 +95,7 @@ void HashCache::load() {
     std::memcpy(v.data(), body.data() + off + 40, 32);
     old_[k] = v;
   }
+  dirty_ = false;
 }
 
 void HashCache::save() {
@@ -100,6 +104,9 @@ void HashCache::save() {
   // containers) up to a bound. A stale entry can never hit: its key carries
   // the file's ctime.
   constexpr std::size_t kMaxEntries = 2'000'000;
+  // Nothing new since load: the file would be written byte for byte as it
+  // is (same records, same order), so leave it (and skip the fsync).
+  if (!dirty_ && old_.size() <= kMaxEntries) return;
   std::map<Key, Digest> keep = used_;
   for (const auto& [k, v] : old_) {
     if (keep.size() >= kMaxEntries) break;
@@ -131,6 +138,8 @@ std::optional<Digest> HashCache::get(const Key& k) {
 void HashCache::put(const Key& k, const Digest& d) {
   std::lock_guard<std::mutex> lk(mu_);
   used_[k] = d;
+  auto it = old_.find(k);
+  if (it == old_.end() || it->second != d) dirty_ = true;
 }
 
 // ------------------------------------------------------------ the walk
@@ -147,7 +156,9 @@ constexpr int kHashAttempts = 3;                     // a file that keeps changi
 
 // struct statx comes from linux/stat.h (glibc includes it when present),
 // which has stx_mnt_id.
-uint64_t mnt_id_of(const struct statx& sx) { return (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0; }
+uint64_t mnt_id_of(const struct statx& sx) {
+  return (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
+}
 uint64_t dev_of(const struct statx& sx) {
   return makedev(sx.stx_dev_major, sx.stx_dev_minor);
 }
@@ -226,16 +237,67 @@ bool read_sized(Call call, std::size_t limit, std::string& out, int& err, bool& 
   return false;
 }
 
+// The *xattrat calls (Linux 6.13) read an entry's attributes relative to its
+// directory's descriptor; before them, the l* calls through
+// /proc/self/fd/<dir>/<name> do the same with a slower lookup. Either way a
+// symlink's own attributes are read, never its target's.
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+#ifndef __NR_listxattrat
+#define __NR_listxattrat 465
+#endif
+std::atomic<bool> g_xattrat{true};
+
+class XattrSource {
+ public:
+  XattrSource(int dirfd, const std::string& name) : dirfd_(dirfd), name_(name) {}
+  ssize_t list(char* b, std::size_t n) {
+    if (g_xattrat.load(std::memory_order_relaxed)) {
+      long r = ::syscall(__NR_listxattrat, dirfd_, name_.c_str(), AT_SYMLINK_NOFOLLOW, b, n);
+      if (r >= 0 || !unavailable()) return r;
+    }
+    return ::llistxattr(proc().c_str(), b, n);
+  }
+  ssize_t get(const std::string& key, char* b, std::size_t n) {
+    if (g_xattrat.load(std::memory_order_relaxed)) {
+      struct {
+        uint64_t value;
+        uint32_t size, flags;
+      } args{reinterpret_cast<uintptr_t>(b), static_cast<uint32_t>(n), 0};
+      long r = ::syscall(__NR_getxattrat, dirfd_, name_.c_str(), AT_SYMLINK_NOFOLLOW, key.c_str(), &args,
+                         sizeof args);
+      if (r >= 0 || !unavailable()) return r;
+    }
+    return ::lgetxattr(proc().c_str(), key.c_str(), b, n);
+  }
+
+ private:
+  // An older kernel (ENOSYS) or a seccomp filter that does not know the
+  // calls (EPERM): use the /proc path from now on.
+  static bool unavailable() {
+    if (errno != ENOSYS && errno != EPERM) return false;
+    g_xattrat.store(false, std::memory_order_relaxed);
+    return true;
+  }
+  const std::string& proc() {
+    if (proc_.empty()) proc_ = "/proc/self/fd/" + std::to_string(dirfd_) + "/" + name_;
+    return proc_;
+  }
+  int dirfd_;
+  const std::string& name_;
+  std::string proc_;
+};
+
 // security.* xattrs only (file capabilities, LSM labels, IMA): what changes
-// what a file may do. Read through /proc/self/fd/<dir>/<name> with the l*
-// calls, so a symlink's own attributes are read and never its target's.
+// what a file may do.
 void read_xattrs(int dirfd, const std::string& name, FsEntry& e) {
-  std::string p = "/proc/self/fd/" + std::to_string(dirfd) + "/" + name;
+  XattrSource src(dirfd, name);
   std::string list;
   int err = 0;
   bool too_big = false;
-  if (!read_sized([&](char* b, std::size_t n) { return ::llistxattr(p.c_str(), b, n); }, kXattrListMax, list,
-                  err, too_big)) {
+  if (!read_sized([&](char* b, std::size_t n) { return src.list(b, n); }, kXattrListMax, list, err,
+                  too_big)) {
     if (too_big)
       add_error(e, "xattrs: list larger than " + std::to_string(kXattrListMax) + " bytes");
     else if (err != ENOTSUP)
@@ -251,8 +313,8 @@ void read_xattrs(int dirfd, const std::string& name, FsEntry& e) {
     off += len + 1;
     if (!starts_with(key, "security.")) continue;
     std::string val;
-    if (!read_sized([&](char* b, std::size_t n) { return ::lgetxattr(p.c_str(), key.c_str(), b, n); },
-                    kXattrValueMax, val, err, too_big)) {
+    if (!read_sized([&](char* b, std::size_t n) { return src.get(key, b, n); }, kXattrValueMax, val, err,
+                    too_big)) {
       if (too_big)
         add_error(e,
                   "xattrs: " + pct_encode(key) + " larger than " + std::to_string(kXattrValueMax) + " bytes");

@@ -94,6 +94,7 @@ class HashCache {
   std::string path_;
   std::mutex mu_;
   std::map<Key, Digest> old_, used_;
+  bool dirty_ = false;  // save() has something to write
 };
 
 }  // namespace agentshim::attest

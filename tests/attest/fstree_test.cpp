@@ -294,8 +294,14 @@ TEST(FsTree, CacheHitsGiveTheSameRootAndNeverGoStale) {
   o.cache_path = t.path + ".cache";
   auto cold = snap(t.path, o);
   EXPECT_EQ(cold.cache_hits, 0u);
+  struct stat c1 {};
+  ASSERT_EQ(::stat(o.cache_path.c_str(), &c1), 0);
   auto warm = snap(t.path, o);
   EXPECT_EQ(warm.cache_hits, 20u);
+  // Nothing new: the cache file is left as it is (not rewritten, no fsync).
+  struct stat c2 {};
+  ASSERT_EQ(::stat(o.cache_path.c_str(), &c2), 0);
+  EXPECT_EQ(c1.st_ino, c2.st_ino);
   EXPECT_EQ(warm.root, cold.root);
   EXPECT_EQ(warm.bytes_hashed, 0u);
   // Same size, same mtime, different content: ctime moves, so no stale hit.
