@@ -129,6 +129,7 @@ void HashCache::save() {
 
 std::optional<Digest> HashCache::get(const Key& k) {
   std::lock_guard<std::mutex> lk(mu_);
+  if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this walk
   auto it = old_.find(k);
   if (it == old_.end()) return std::nullopt;
   used_[k] = it->second;
@@ -383,7 +384,8 @@ bool same_content_stat(const struct stat& a, const struct stat& b) {
 // size, mtime and ctime after the read, no early EOF, no byte past the end.
 // A file that changed is re-read a bounded number of times, then recorded as
 // "changed while being read" without a content hash.
-void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uint64_t>& bytes) {
+void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uint64_t>& bytes,
+               std::atomic<uint64_t>& hits) {
   FsEntry& e = *j.entry;
   const int fd = j.fd.get();
   struct stat st {};
@@ -397,8 +399,20 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       add_error(e, "replaced while being read");
       return;
     }
-    if (attempt == 0) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     const uint64_t want = static_cast<uint64_t>(st.st_size);
+    const HashCache::Key key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), want,
+                             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
+                             static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
+    if (attempt == 0) {
+      // Another path to the same file (a hard link) hashed meanwhile.
+      if (auto d = cache->get(key)) {
+        e.sha256 = hex(*d);
+        e.size = want;
+        hits++;
+        return;
+      }
+      ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
     Sha256 h;
     uint64_t off = 0;
     bool early_eof = false;
@@ -442,11 +456,7 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       e.mode = after.st_mode & 07777;
       e.uid = after.st_uid;
       e.gid = after.st_gid;
-      if (cache)
-        cache->put({static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), want,
-                    static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
-                    static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec},
-                   d);
+      cache->put(key, d);
       return;
     }
     st = after;
@@ -712,13 +722,11 @@ class Walker {
 
   void file(int dfd, const std::string& name, const struct statx& sx, FsEntry& e) {
     s_.files++;
-    if (cache_) {
-      HashCache::Key key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
-      if (auto d = cache_->get(key)) {
-        e.sha256 = hex(*d);
-        s_.cache_hits++;
-        return;
-      }
+    HashCache::Key key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
+    if (auto d = cache_->get(key)) {
+      e.sha256 = hex(*d);
+      s_.cache_hits++;
+      return;
     }
     if (o_.before_open) o_.before_open(e.path, 'f');
     Job j;
@@ -782,13 +790,13 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   struct statx rsx {};
   if (statx_at(rootfd.get(), "", AT_EMPTY_PATH, rsx) < 0) throw_errno("filesystem root: statx " + root_dir);
 
-  std::unique_ptr<HashCache> cache;
-  if (!opts.cache_path.empty()) {
-    cache = std::make_unique<HashCache>(opts.cache_path);
-    cache->load();
-  }
+  // Without a cache file (policy "strict") the cache still lives for this
+  // walk: a file reached by several paths (hard links) is read once.
+  auto cache = std::make_unique<HashCache>(opts.cache_path);
+  const bool persist = !opts.cache_path.empty();
+  if (persist) cache->load();
   std::vector<std::unique_ptr<FsEntry>> entries;
-  std::atomic<uint64_t> bytes{0};
+  std::atomic<uint64_t> bytes{0}, hits{0};
   const Budget budget =
       budget_for(opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency()));
   JobQueue queue(budget.queue);
@@ -807,7 +815,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
       std::vector<char> buf(1 << 20);
       Job j;
       while (queue.pop(j)) {
-        hash_file(j, cache.get(), buf, bytes);
+        hash_file(j, cache.get(), buf, bytes, hits);
         j = Job{};
       }
     });
@@ -817,7 +825,8 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   queue.close();
   for (auto& t : workers) t.join();
   s.bytes_hashed = bytes;
-  if (cache) {
+  s.cache_hits += hits;
+  if (persist) {
     try {
       cache->save();
     } catch (const std::exception& e) {

@@ -718,3 +718,25 @@ TEST(FsTreeHostile, MountPointsAreRecordedNotCrossed) {
   });
   EXPECT_EQ(rc, 0);
 }
+
+TEST(FsTreeHostile, HardLinksToOneFileAreReadOnce) {
+  // A container can link one large file a hundred thousand times: each path
+  // is recorded, the content is read once per walk, with or without a cache.
+  TempDir t;
+  const std::size_t size = 4 << 20;
+  write_file(t.path + "/big", std::string(size, 'L'));
+  for (int i = 0; i < 30; ++i)
+    ASSERT_EQ(::link((t.path + "/big").c_str(), (t.path + "/link" + std::to_string(i)).c_str()), 0);
+  WalkOptions o;
+  o.threads = 1;
+  auto s = snapshot(t.path, o);
+  EXPECT_EQ(s.files, 31u);
+  EXPECT_EQ(s.bytes_hashed, size);
+  EXPECT_EQ(s.cache_hits, 30u);
+  for (int i = 0; i < 30; ++i) {
+    const FsEntry* e = find(s, "link" + std::to_string(i));
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->sha256, hex(sha256(std::string(size, 'L'))));
+    EXPECT_EQ(e->size, size);
+  }
+}
