@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -739,4 +740,53 @@ TEST(FsTreeHostile, HardLinksToOneFileAreReadOnce) {
     EXPECT_EQ(e->sha256, hex(sha256(std::string(size, 'L'))));
     EXPECT_EQ(e->size, size);
   }
+}
+
+TEST(FsTreeHostile, WithoutProcTheWalkIsTheSameAndStillSafe) {
+  // Files are normally pinned with O_PATH and re-opened through
+  // /proc/self/fd; without /proc the walker opens them directly
+  // (O_NOFOLLOW|O_NONBLOCK) and checks the inode. Same root either way.
+  if (::geteuid() != 0) GTEST_SKIP() << "hiding /proc in a private mount namespace needs root";
+  // Without /proc, xattrs are read only with listxattrat (Linux 6.13).
+  if (::syscall(465 /* listxattrat */, AT_FDCWD, "/", AT_SYMLINK_NOFOLLOW, nullptr, 0) < 0 && errno == ENOSYS)
+    GTEST_SKIP() << "this kernel has no listxattrat: without /proc the walk records xattrs: errors";
+  TempDir t;
+  mkdir_p(t.path + "/d/e");
+  write_file(t.path + "/d/e/f", "deep");
+  write_file(t.path + "/a", std::string(100000, 'a'));
+  ::symlink("/etc/passwd", (t.path + "/l").c_str());
+  ASSERT_EQ(::mkfifo((t.path + "/p").c_str(), 0600), 0);
+  write_file(t.path + "/swap", "s");
+  WalkOptions o;
+  o.before_open = [&](const std::string& rel, char type) {
+    if (type == 'f' && rel == "swap") {
+      ::unlink((t.path + "/swap").c_str());
+      ::mkfifo((t.path + "/swap").c_str(), 0600);
+    }
+  };
+  auto with_proc = snapshot(t.path, o);
+  ASSERT_EQ(find(with_proc, "swap")->error, "replaced while being read");
+  ::unlink((t.path + "/swap").c_str());
+  write_file(t.path + "/swap", "s");
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  int rc = in_child(
+      [&]() -> int {
+        ::close(pipefd[0]);
+        if (::unshare(CLONE_NEWNS) != 0) return 20;
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return 21;
+        if (::mount("tmpfs", "/proc", "tmpfs", 0, "size=1m") != 0) return 22;
+        struct stat st {};
+        if (::stat("/proc/self/fd", &st) == 0) return 23;
+        auto s = snapshot(t.path, o);
+        std::string out = hex(s.root);
+        return ::write(pipefd[1], out.data(), out.size()) == static_cast<ssize_t>(out.size()) ? 0 : 24;
+      },
+      30);
+  ::close(pipefd[1]);
+  char buf[80] = {};
+  ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+  ::close(pipefd[0]);
+  ASSERT_EQ(rc, 0) << "(-14: the walk hung)";
+  EXPECT_EQ(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0), hex(with_proc.root));
 }
