@@ -2,16 +2,18 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <condition_variable>
+#include <cstddef>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -37,7 +39,8 @@ std::string leaf_encoding(const FsEntry& e) {
   }
   if (!e.error.empty()) j["error"] = e.error;
   if (e.type == 'l') j["target"] = pct_encode(e.target);
-  if (e.type == 'c' || e.type == 'b') j["rdev"] = std::to_string(e.rdev_major) + ":" + std::to_string(e.rdev_minor);
+  if (e.type == 'c' || e.type == 'b')
+    j["rdev"] = std::to_string(e.rdev_major) + ":" + std::to_string(e.rdev_minor);
   if (!e.xattrs.empty()) {
     json x = json::object();
     for (const auto& [k, v] : e.xattrs) x[pct_encode(k)] = base64_encode(v);
@@ -46,12 +49,15 @@ std::string leaf_encoding(const FsEntry& e) {
   return canonical(j);
 }
 
-Digest leaf_hash(const FsEntry& e) { return merkle_leaf_hash(std::string("agentshim-fs-v1\n") + leaf_encoding(e)); }
+Digest leaf_hash(const FsEntry& e) {
+  return merkle_leaf_hash(std::string("agentshim-fs-v1\n") + leaf_encoding(e));
+}
 
 // ------------------------------------------------------------ hash cache
 
 bool HashCache::Key::operator<(const Key& o) const {
-  return std::tie(dev, ino, size, mtime_ns, ctime_ns) < std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
+  return std::tie(dev, ino, size, mtime_ns, ctime_ns) <
+         std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
 }
 
 HashCache::HashCache(std::string path) : path_(std::move(path)) {}
@@ -64,8 +70,10 @@ constexpr std::size_t kRecord = 5 * 8 + 32;
 void HashCache::load() {
   std::lock_guard<std::mutex> lk(mu_);
   old_.clear();
+  dirty_ = false;
   auto data = try_read_file(path_);
   if (!data) return;
+  dirty_ = true;  // until it checks out: a bad file is rebuilt
   const std::string& d = *data;
   if (d.size() < 8 + 32 || std::memcmp(d.data(), kCacheMagic, 8) != 0 || (d.size() - 8 - 32) % kRecord != 0) {
     log::warn("hash cache " + path_ + " is malformed; ignoring it");
@@ -87,6 +95,7 @@ void HashCache::load() {
     std::memcpy(v.data(), body.data() + off + 40, 32);
     old_[k] = v;
   }
+  dirty_ = false;
 }
 
 void HashCache::save() {
@@ -95,6 +104,9 @@ void HashCache::save() {
   // containers) up to a bound. A stale entry can never hit: its key carries
   // the file's ctime.
   constexpr std::size_t kMaxEntries = 2'000'000;
+  // Nothing new since load: the file would be written byte for byte as it
+  // is (same records, same order), so leave it (and skip the fsync).
+  if (!dirty_ && old_.size() <= kMaxEntries) return;
   std::map<Key, Digest> keep = used_;
   for (const auto& [k, v] : old_) {
     if (keep.size() >= kMaxEntries) break;
@@ -103,7 +115,8 @@ void HashCache::save() {
   std::string body;
   body.reserve(keep.size() * kRecord);
   for (const auto& [k, v] : keep) {
-    uint64_t f[5] = {k.dev, k.ino, k.size, static_cast<uint64_t>(k.mtime_ns), static_cast<uint64_t>(k.ctime_ns)};
+    uint64_t f[5] = {k.dev, k.ino, k.size, static_cast<uint64_t>(k.mtime_ns),
+                     static_cast<uint64_t>(k.ctime_ns)};
     body.append(reinterpret_cast<const char*>(f), 40);
     body.append(reinterpret_cast<const char*>(v.data()), 32);
   }
@@ -116,6 +129,7 @@ void HashCache::save() {
 
 std::optional<Digest> HashCache::get(const Key& k) {
   std::lock_guard<std::mutex> lk(mu_);
+  if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this walk
   auto it = old_.find(k);
   if (it == old_.end()) return std::nullopt;
   used_[k] = it->second;
@@ -125,11 +139,49 @@ std::optional<Digest> HashCache::get(const Key& k) {
 void HashCache::put(const Key& k, const Digest& d) {
   std::lock_guard<std::mutex> lk(mu_);
   used_[k] = d;
+  auto it = old_.find(k);
+  if (it == old_.end() || it->second != d) dirty_ = true;
 }
 
 // ------------------------------------------------------------ the walk
 
 namespace {
+
+// Linux's own limits (XATTR_LIST_MAX, XATTR_SIZE_MAX); anything beyond them
+// is reported, never silently cut.
+constexpr std::size_t kXattrListMax = 64 * 1024;
+constexpr std::size_t kXattrValueMax = 64 * 1024;
+constexpr std::size_t kXattrTotalMax = 1024 * 1024;  // all security.* values of one entry
+constexpr int kXattrRetries = 5;                     // ERANGE: the list/value grew between calls
+constexpr int kHashAttempts = 3;                     // a file that keeps changing is recorded as such
+
+// struct statx comes from linux/stat.h (glibc includes it when present),
+// which has stx_mnt_id.
+uint64_t mnt_id_of(const struct statx& sx) {
+  return (sx.stx_mask & STATX_MNT_ID) ? sx.stx_mnt_id : 0;
+}
+uint64_t dev_of(const struct statx& sx) {
+  return makedev(sx.stx_dev_major, sx.stx_dev_minor);
+}
+int64_t ns_of(const struct statx_timestamp& t) {
+  return static_cast<int64_t>(t.tv_sec) * 1000000000LL + t.tv_nsec;
+}
+
+int statx_at(int dirfd, const char* name, int flags, struct statx& sx) {
+  std::memset(&sx, 0, sizeof sx);
+  return ::statx(dirfd, name, flags | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | AT_STATX_SYNC_AS_STAT,
+                 STATX_BASIC_STATS | STATX_MNT_ID, &sx);
+}
+
+void add_error(FsEntry& e, const std::string& msg) {
+  if (e.error.empty())
+    e.error = msg;
+  else
+    e.error += "; " + msg;
+}
+std::string errtext(const char* what, int err) {
+  return std::string(what) + ": " + std::strerror(err);
+}
 
 char type_of(mode_t m) {
   if (S_ISREG(m)) return 'f';
@@ -142,48 +194,153 @@ char type_of(mode_t m) {
   return '?';
 }
 
+void fill_statx(FsEntry& e, const struct statx& sx) {
+  e.type = type_of(sx.stx_mode);
+  e.mode = sx.stx_mode & 07777;
+  e.uid = sx.stx_uid;
+  e.gid = sx.stx_gid;
+  if (e.type == 'f') e.size = sx.stx_size;
+  if (e.type == 'c' || e.type == 'b') {
+    e.rdev_major = sx.stx_rdev_major;
+    e.rdev_minor = sx.stx_rdev_minor;
+  }
+}
+
+// The size-query-then-read dance of the *xattr calls: the list or value can
+// grow between the two calls (ERANGE), so retry a few times; a size beyond
+// `limit` is an error, not a truncation.
+template <class Call>
+bool read_sized(Call call, std::size_t limit, std::string& out, int& err, bool& too_big) {
+  too_big = false;
+  for (int attempt = 0; attempt < kXattrRetries; ++attempt) {
+    ssize_t n = call(nullptr, 0);
+    if (n < 0) {
+      err = errno;
+      return false;
+    }
+    if (static_cast<std::size_t>(n) > limit) {
+      too_big = true;
+      return false;
+    }
+    out.resize(static_cast<std::size_t>(n));
+    if (n == 0) return true;
+    ssize_t m = call(out.data(), out.size());
+    if (m >= 0) {
+      out.resize(static_cast<std::size_t>(m));
+      return true;
+    }
+    if (errno != ERANGE) {
+      err = errno;
+      return false;
+    }
+  }
+  err = ERANGE;
+  return false;
+}
+
+// The *xattrat calls (Linux 6.13) read an entry's attributes relative to its
+// directory's descriptor; before them, the l* calls through
+// /proc/self/fd/<dir>/<name> do the same with a slower lookup. Either way a
+// symlink's own attributes are read, never its target's.
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+#ifndef __NR_listxattrat
+#define __NR_listxattrat 465
+#endif
+std::atomic<bool> g_xattrat{true};
+
+class XattrSource {
+ public:
+  XattrSource(int dirfd, const std::string& name) : dirfd_(dirfd), name_(name) {}
+  ssize_t list(char* b, std::size_t n) {
+    if (g_xattrat.load(std::memory_order_relaxed)) {
+      long r = ::syscall(__NR_listxattrat, dirfd_, name_.c_str(), AT_SYMLINK_NOFOLLOW, b, n);
+      if (r >= 0 || !unavailable()) return r;
+    }
+    return ::llistxattr(proc().c_str(), b, n);
+  }
+  ssize_t get(const std::string& key, char* b, std::size_t n) {
+    if (g_xattrat.load(std::memory_order_relaxed)) {
+      struct {
+        uint64_t value;
+        uint32_t size, flags;
+      } args{reinterpret_cast<uintptr_t>(b), static_cast<uint32_t>(n), 0};
+      long r = ::syscall(__NR_getxattrat, dirfd_, name_.c_str(), AT_SYMLINK_NOFOLLOW, key.c_str(), &args,
+                         sizeof args);
+      if (r >= 0 || !unavailable()) return r;
+    }
+    return ::lgetxattr(proc().c_str(), key.c_str(), b, n);
+  }
+
+ private:
+  // An older kernel (ENOSYS) or a seccomp filter that does not know the
+  // calls (EPERM): use the /proc path from now on.
+  static bool unavailable() {
+    if (errno != ENOSYS && errno != EPERM) return false;
+    g_xattrat.store(false, std::memory_order_relaxed);
+    return true;
+  }
+  const std::string& proc() {
+    if (proc_.empty()) proc_ = "/proc/self/fd/" + std::to_string(dirfd_) + "/" + name_;
+    return proc_;
+  }
+  int dirfd_;
+  const std::string& name_;
+  std::string proc_;
+};
+
 // security.* xattrs only (file capabilities, LSM labels, IMA): what changes
-// what a file may do. Read through /proc/self/fd/<dir>/<name> with the l*
-// calls, so a symlink's own attributes are read and never its target's.
+// what a file may do.
 void read_xattrs(int dirfd, const std::string& name, FsEntry& e) {
-  std::string p = "/proc/self/fd/" + std::to_string(dirfd) + "/" + name;
-  char names[4096];
-  ssize_t n = ::llistxattr(p.c_str(), names, sizeof names);
-  if (n <= 0) return;
-  for (ssize_t off = 0; off < n;) {
-    std::string key(names + off);
-    off += static_cast<ssize_t>(key.size()) + 1;
+  XattrSource src(dirfd, name);
+  std::string list;
+  int err = 0;
+  bool too_big = false;
+  if (!read_sized([&](char* b, std::size_t n) { return src.list(b, n); }, kXattrListMax, list, err,
+                  too_big)) {
+    if (too_big)
+      add_error(e, "xattrs: list larger than " + std::to_string(kXattrListMax) + " bytes");
+    else if (err != ENOTSUP)
+      add_error(e, errtext("xattrs", err));
+    return;
+  }
+  std::size_t total = 0;
+  for (std::size_t off = 0; off < list.size();) {
+    const char* s = list.data() + off;
+    const void* nul = std::memchr(s, '\0', list.size() - off);
+    std::size_t len = nul ? static_cast<std::size_t>(static_cast<const char*>(nul) - s) : list.size() - off;
+    std::string key(s, len);
+    off += len + 1;
     if (!starts_with(key, "security.")) continue;
-    char val[4096];
-    ssize_t vn = ::lgetxattr(p.c_str(), key.c_str(), val, sizeof val);
-    if (vn >= 0) e.xattrs.emplace_back(key, std::string(val, static_cast<std::size_t>(vn)));
+    std::string val;
+    if (!read_sized([&](char* b, std::size_t n) { return src.get(key, b, n); }, kXattrValueMax, val, err,
+                    too_big)) {
+      if (too_big)
+        add_error(e,
+                  "xattrs: " + pct_encode(key) + " larger than " + std::to_string(kXattrValueMax) + " bytes");
+      else if (err != ENODATA)  // removed since the listing: gone, like a vanished name
+        add_error(e, "xattrs: " + pct_encode(key) + ": " + std::strerror(err));
+      continue;
+    }
+    total += val.size();
+    if (total > kXattrTotalMax) {
+      add_error(e, "xattrs: values larger than " + std::to_string(kXattrTotalMax) + " bytes in all");
+      break;
+    }
+    e.xattrs.emplace_back(std::move(key), std::move(val));
   }
   std::sort(e.xattrs.begin(), e.xattrs.end());
 }
 
-void fill_stat(FsEntry& e, const struct stat& st) {
-  e.type = type_of(st.st_mode);
-  e.mode = st.st_mode & 07777;
-  e.uid = st.st_uid;
-  e.gid = st.st_gid;
-  if (e.type == 'f') e.size = static_cast<uint64_t>(st.st_size);
-  if (e.type == 'c' || e.type == 'b') {
-    e.rdev_major = major(st.st_rdev);
-    e.rdev_minor = minor(st.st_rdev);
-  }
-}
-
-using DirFd = std::shared_ptr<UniqueFd>;
-
 struct Job {
-  DirFd dir;  // keeps the parent directory open until the file is hashed
-  std::string name;
-  FsEntry* entry;
-  struct stat st;
+  UniqueFd fd;  // open for reading; checked by the worker to be the listed regular file
+  FsEntry* entry = nullptr;
+  uint64_t dev = 0, ino = 0;
 };
 
-// A bounded queue between the walker and the hashing threads, so open
-// directory descriptors stay bounded however large the tree is.
+// A bounded queue between the walker and the hashing threads: every job
+// holds an open file, so its capacity is part of the descriptor budget.
 class JobQueue {
  public:
   explicit JobQueue(std::size_t cap) : cap_(cap) {}
@@ -216,95 +373,434 @@ class JobQueue {
   bool done_ = false;
 };
 
+bool same_content_stat(const struct stat& a, const struct stat& b) {
+  return a.st_size == b.st_size && a.st_mtim.tv_sec == b.st_mtim.tv_sec &&
+         a.st_mtim.tv_nsec == b.st_mtim.tv_nsec && a.st_ctim.tv_sec == b.st_ctim.tv_sec &&
+         a.st_ctim.tv_nsec == b.st_ctim.tv_nsec;
+}
+
+// Reads exactly the size fstat reports (never "until EOF": a file that keeps
+// growing must not be read forever), then checks nothing moved: the same
+// size, mtime and ctime after the read, no early EOF, no byte past the end.
+// A file that changed is re-read a bounded number of times, then recorded as
+// "changed while being read" without a content hash.
 void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uint64_t>& bytes,
                std::atomic<uint64_t>& hits) {
   FsEntry& e = *j.entry;
-  UniqueFd fd(::openat(j.dir->get(), j.name.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
-  if (!fd) {
-    e.error = std::string("open: ") + std::strerror(errno);
-    return;
-  }
+  const int fd = j.fd.get();
   struct stat st {};
-  if (::fstat(fd.get(), &st) < 0 || !S_ISREG(st.st_mode) || st.st_ino != j.st.st_ino || st.st_dev != j.st.st_dev) {
-    e.error = "replaced while being read";
-    return;
-  }
-  fill_stat(e, st);
-  HashCache::Key key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
-                     static_cast<uint64_t>(st.st_size),
-                     static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
-                     static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
-  if (cache) {
-    if (auto d = cache->get(key)) {
-      e.sha256 = hex(*d);
-      hits++;
+  for (int attempt = 0; attempt < kHashAttempts; ++attempt) {
+    if (::fstat(fd, &st) < 0) {
+      add_error(e, errtext("read", errno));
       return;
     }
-  }
-  ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
-  Sha256 h;
-  uint64_t total = 0;
-  for (;;) {
-    ssize_t r = ::read(fd.get(), buf.data(), buf.size());
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      e.error = std::string("read: ") + std::strerror(errno);
+    if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != j.ino ||
+        static_cast<uint64_t>(st.st_dev) != j.dev) {
+      add_error(e, "replaced while being read");
       return;
     }
-    if (r == 0) break;
-    h.update(buf.data(), static_cast<std::size_t>(r));
-    total += static_cast<uint64_t>(r);
+    const uint64_t want = static_cast<uint64_t>(st.st_size);
+    const HashCache::Key key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), want,
+                             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
+                             static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
+    if (attempt == 0) {
+      // Another path to the same file (a hard link) hashed meanwhile.
+      if (auto d = cache->get(key)) {
+        e.sha256 = hex(*d);
+        e.size = want;
+        hits++;
+        return;
+      }
+      ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+    Sha256 h;
+    uint64_t off = 0;
+    bool early_eof = false;
+    while (off < want) {
+      std::size_t chunk = static_cast<std::size_t>(std::min<uint64_t>(buf.size(), want - off));
+      ssize_t r = ::pread(fd, buf.data(), chunk, static_cast<off_t>(off));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        add_error(e, errtext("read", errno));
+        return;
+      }
+      if (r == 0) {
+        early_eof = true;
+        break;
+      }
+      h.update(buf.data(), static_cast<std::size_t>(r));
+      off += static_cast<uint64_t>(r);
+    }
+    bytes += off;
+    bool grew = false;
+    if (!early_eof) {
+      char probe;
+      ssize_t r;
+      do r = ::pread(fd, &probe, 1, static_cast<off_t>(off));
+      while (r < 0 && errno == EINTR);
+      if (r < 0) {
+        add_error(e, errtext("read", errno));
+        return;
+      }
+      grew = r > 0;
+    }
+    struct stat after {};
+    if (::fstat(fd, &after) < 0) {
+      add_error(e, errtext("read", errno));
+      return;
+    }
+    if (!early_eof && !grew && same_content_stat(st, after)) {
+      Digest d = h.finish();
+      e.sha256 = hex(d);
+      e.size = off;
+      e.mode = after.st_mode & 07777;
+      e.uid = after.st_uid;
+      e.gid = after.st_gid;
+      cache->put(key, d);
+      return;
+    }
+    st = after;
   }
-  bytes += total;
-  Digest d = h.finish();
-  e.sha256 = hex(d);
-  e.size = total;
-  // Only a file that did not change while it was read goes into the cache.
-  struct stat after {};
-  if (cache && ::fstat(fd.get(), &after) == 0 && after.st_mtim.tv_sec == st.st_mtim.tv_sec &&
-      after.st_mtim.tv_nsec == st.st_mtim.tv_nsec && after.st_ctim.tv_sec == st.st_ctim.tv_sec &&
-      after.st_ctim.tv_nsec == st.st_ctim.tv_nsec && static_cast<uint64_t>(after.st_size) == total)
-    cache->put(key, d);
+  e.size = static_cast<uint64_t>(st.st_size);
+  e.mode = st.st_mode & 07777;
+  e.uid = st.st_uid;
+  e.gid = st.st_gid;
+  add_error(e, "changed while being read");
 }
 
-void raise_fd_limit() {
-  struct rlimit rl {};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max && rl.rlim_cur < 65536) {
-    rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, 65536);
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-  }
+bool proc_fd_works() {
+  struct stat st {};
+  return ::stat("/proc/self/fd", &st) == 0 && S_ISDIR(st.st_mode);
 }
+
+// Descriptor budget: a fraction of RLIMIT_NOFILE's soft limit (which is
+// never raised), split between the open directories of the walk, the queue
+// of opened files and the hashing threads.
+struct Budget {
+  std::size_t dir_fds, queue, workers;
+};
+Budget budget_for(unsigned threads) {
+  struct rlimit rl {};
+  std::size_t soft = 1024;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    soft = rl.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20 : static_cast<std::size_t>(rl.rlim_cur);
+  std::size_t b = std::clamp<std::size_t>(soft / 2, 12, 1024);
+  Budget out;
+  out.dir_fds = std::clamp<std::size_t>(b / 4, 3, 64);
+  out.queue = std::clamp<std::size_t>(b / 4, 1, 256);
+  out.workers = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, b / 4));
+  return out;
+}
+
+struct Child {
+  std::string name;
+  uint64_t dev, ino;
+  FsEntry* entry;
+};
+
+// One directory on the walk's path from the root. Its descriptor may be
+// closed to stay within the budget and is re-opened, one component at a time
+// from the nearest open ancestor, checked against (dev, ino) at each step.
+struct Frame {
+  std::string name;  // last component ("" for the root)
+  std::string rel;
+  std::size_t depth = 0;
+  uint64_t dev = 0, ino = 0;
+  FsEntry* entry = nullptr;
+  UniqueFd fd;
+  std::vector<Child> subdirs;  // still to descend
+  std::size_t next = 0;
+};
+
+const char* const kReplacedDir = "replaced while being walked";
+
+class Walker {
+ public:
+  Walker(const WalkOptions& o, FsSnapshot& s, HashCache* cache, JobQueue& q, Budget b,
+         std::vector<std::unique_ptr<FsEntry>>& entries)
+      : o_(o), s_(s), cache_(cache), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()) {}
+
+  void run(UniqueFd rootfd, const struct statx& rsx) {
+    root_dev_ = dev_of(rsx);
+    root_mnt_ = mnt_id_of(rsx);
+    auto root = std::make_unique<FsEntry>();
+    root->path = ".";
+    fill_statx(*root, rsx);
+    read_xattrs(rootfd.get(), ".", *root);
+    s_.dirs++;
+    Frame f;
+    f.dev = root_dev_;
+    f.ino = rsx.stx_ino;
+    f.entry = root.get();
+    f.fd = std::move(rootfd);
+    entries_.push_back(std::move(root));
+    stack_.push_back(std::move(f));
+    open_ = 1;
+    list(stack_.back());
+
+    while (!stack_.empty()) {
+      const std::size_t i = stack_.size() - 1;
+      Frame& top = stack_[i];
+      if (top.next >= top.subdirs.size()) {
+        if (top.fd) open_--;
+        stack_.pop_back();
+        lo_ = std::min(lo_, std::max<std::size_t>(1, stack_.size()));
+        continue;
+      }
+      Child c = std::move(top.subdirs[top.next++]);
+      std::string rel = top.rel.empty() ? c.name : top.rel + "/" + c.name;
+      const std::size_t depth = top.depth + 1;
+      int pfd = ensure_fd(i);
+      if (pfd < 0) {
+        // The parent is no longer the directory that was listed: nothing
+        // below it can be attributed to this path any more.
+        add_error(*c.entry, kReplacedDir);
+        for (std::size_t k = top.next; k < top.subdirs.size(); ++k)
+          add_error(*top.subdirs[k].entry, kReplacedDir);
+        top.next = top.subdirs.size();
+        continue;
+      }
+      if (o_.before_open) o_.before_open(rel, 'd');
+      UniqueFd sub(
+          ::openat(pfd, c.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+      if (!sub) {
+        add_error(*c.entry, errtext("open", errno));
+        continue;
+      }
+      struct statx sx {};
+      if (statx_at(sub.get(), "", AT_EMPTY_PATH, sx) < 0 || dev_of(sx) != c.dev || sx.stx_ino != c.ino ||
+          (o_.one_file_system && mounted_on(sx))) {
+        add_error(*c.entry, kReplacedDir);
+        continue;
+      }
+      Frame nf;
+      nf.name = std::move(c.name);
+      nf.rel = std::move(rel);
+      nf.depth = depth;
+      nf.dev = c.dev;
+      nf.ino = c.ino;
+      nf.entry = c.entry;
+      nf.fd = std::move(sub);
+      stack_.push_back(std::move(nf));
+      open_++;
+      trim();
+      Frame& cur = stack_.back();
+      list(cur);
+      if (cur.subdirs.empty() && cur.fd) {
+        cur.fd.reset();
+        open_--;
+      }
+    }
+  }
+
+ private:
+  // Another mount: a different device than the root, a different mount id
+  // (a bind mount of the same file system), or the kernel says it is the
+  // root of a mount.
+  bool mounted_on(const struct statx& sx) const {
+    if (dev_of(sx) != root_dev_) return true;
+    if (root_mnt_ && mnt_id_of(sx) && mnt_id_of(sx) != root_mnt_) return true;
+    return (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+  }
+
+  // Close the shallowest open descriptors (never the root's, never the
+  // top's) until the stack is within its budget.
+  void trim() {
+    const std::size_t top = stack_.size() - 1;
+    for (std::size_t k = lo_; open_ > b_.dir_fds && k < top; ++k) {
+      if (stack_[k].fd) {
+        stack_[k].fd.reset();
+        open_--;
+      }
+      lo_ = k + 1;
+    }
+  }
+
+  int ensure_fd(std::size_t i) {
+    if (stack_[i].fd) return stack_[i].fd.get();
+    std::size_t j = i;
+    while (j > 0 && !stack_[j].fd) --j;
+    UniqueFd cur;
+    int at = stack_[j].fd.get();
+    for (std::size_t k = j + 1; k <= i; ++k) {
+      UniqueFd next(
+          ::openat(at, stack_[k].name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+      if (!next) return -1;
+      struct statx sx {};
+      if (statx_at(next.get(), "", AT_EMPTY_PATH, sx) < 0 || dev_of(sx) != stack_[k].dev ||
+          sx.stx_ino != stack_[k].ino)
+        return -1;
+      cur = std::move(next);
+      at = cur.get();
+    }
+    stack_[i].fd = std::move(cur);
+    open_++;
+    lo_ = std::min(lo_, std::max<std::size_t>(1, i));
+    trim();
+    return stack_[i].fd.get();
+  }
+
+  bool excluded(const std::string& rel) const {
+    return std::find(o_.exclude.begin(), o_.exclude.end(), rel) != o_.exclude.end();
+  }
+
+  void list(Frame& f) {
+    std::vector<std::string> names;
+    {
+      int dup = ::fcntl(f.fd.get(), F_DUPFD_CLOEXEC, 0);
+      if (dup < 0) {
+        add_error(*f.entry, errtext("open", errno));
+        return;
+      }
+      DIR* d = ::fdopendir(dup);
+      if (!d) {
+        add_error(*f.entry, errtext("open", errno));
+        ::close(dup);
+        return;
+      }
+      for (;;) {
+        errno = 0;
+        struct dirent* de = ::readdir(d);
+        if (!de) {
+          if (errno) add_error(*f.entry, errtext("readdir", errno));
+          break;
+        }
+        if (std::strcmp(de->d_name, ".") != 0 && std::strcmp(de->d_name, "..") != 0)
+          names.emplace_back(de->d_name);
+      }
+      ::closedir(d);
+    }
+    const int dfd = f.fd.get();
+    for (auto& name : names) {
+      std::string rel = f.rel.empty() ? name : f.rel + "/" + name;
+      if (excluded(rel)) continue;
+      struct statx sx {};
+      auto e = std::make_unique<FsEntry>();
+      e->path = std::move(rel);
+      if (statx_at(dfd, name.c_str(), 0, sx) < 0) {
+        if (errno == ENOENT) continue;  // vanished since the listing
+        e->type = '?';
+        add_error(*e, errtext("stat", errno));
+        entries_.push_back(std::move(e));
+        continue;
+      }
+      fill_statx(*e, sx);
+      read_xattrs(dfd, name, *e);
+      switch (e->type) {
+        case 'l':
+          read_link(dfd, name, *e);
+          break;
+        case 'f':
+          file(dfd, name, sx, *e);
+          break;
+        case 'd':
+          s_.dirs++;
+          if (o_.one_file_system && mounted_on(sx))
+            add_error(*e, "not descended: another file system is mounted here");
+          else if (f.depth + 1 >= o_.max_depth)
+            add_error(*e, "not descended: deeper than " + std::to_string(o_.max_depth) + " levels");
+          else
+            f.subdirs.push_back({name, dev_of(sx), sx.stx_ino, e.get()});
+          break;
+        default:
+          break;  // devices, FIFOs, sockets: metadata only, never opened
+      }
+      entries_.push_back(std::move(e));
+    }
+  }
+
+  static void read_link(int dfd, const std::string& name, FsEntry& e) {
+    char buf[PATH_MAX + 1];
+    ssize_t ln = ::readlinkat(dfd, name.c_str(), buf, sizeof buf);
+    if (ln < 0)
+      add_error(e, errtext("readlink", errno));
+    else if (static_cast<std::size_t>(ln) >= sizeof buf)
+      add_error(e, "readlink: target longer than " + std::to_string(PATH_MAX) + " bytes");
+    else
+      e.target.assign(buf, static_cast<std::size_t>(ln));
+  }
+
+  void file(int dfd, const std::string& name, const struct statx& sx, FsEntry& e) {
+    s_.files++;
+    HashCache::Key key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
+    if (auto d = cache_->get(key)) {
+      e.sha256 = hex(*d);
+      s_.cache_hits++;
+      return;
+    }
+    if (o_.before_open) o_.before_open(e.path, 'f');
+    Job j;
+    j.entry = &e;
+    j.dev = dev_of(sx);
+    j.ino = sx.stx_ino;
+    const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
+    if (proc_) {
+      // Pin the inode without opening it (O_PATH runs no driver open), check
+      // it is still the regular file listed, then open that inode for
+      // reading: a device, FIFO or socket swapped in is never opened.
+      UniqueFd p(::openat(dfd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      if (!p) {
+        add_error(e, errtext("open", errno));
+        return;
+      }
+      struct stat st {};
+      if (::fstat(p.get(), &st) < 0) {
+        add_error(e, errtext("open", errno));
+        return;
+      }
+      if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != j.ino ||
+          static_cast<uint64_t>(st.st_dev) != j.dev) {
+        add_error(e, "replaced while being read");
+        return;
+      }
+      std::string pp = "/proc/self/fd/" + std::to_string(p.get());
+      j.fd = UniqueFd(::open(pp.c_str(), rd));
+      if (!j.fd && errno == EPERM) j.fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
+    } else {
+      j.fd = UniqueFd(::openat(dfd, name.c_str(), rd | O_NOFOLLOW));
+      if (!j.fd && errno == EPERM)
+        j.fd = UniqueFd(::openat(dfd, name.c_str(), (rd & ~O_NOATIME) | O_NOFOLLOW));
+    }
+    if (!j.fd) {
+      add_error(e, errno == ELOOP ? std::string("replaced while being read") : errtext("open", errno));
+      return;
+    }
+    q_.push(std::move(j));
+  }
+
+  const WalkOptions& o_;
+  FsSnapshot& s_;
+  HashCache* cache_;
+  JobQueue& q_;
+  Budget b_;
+  std::vector<std::unique_ptr<FsEntry>>& entries_;
+  bool proc_;
+  uint64_t root_dev_ = 0, root_mnt_ = 0;
+  std::vector<Frame> stack_;
+  std::size_t open_ = 0, lo_ = 1;
+};
 
 }  // namespace
 
 FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
-  raise_fd_limit();
   FsSnapshot s;
   s.root_dir = root_dir;
-  auto rootfd = std::make_shared<UniqueFd>(::open(root_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW));
-  if (!*rootfd) throw_errno("filesystem root: open " + root_dir);
-  struct stat rst {};
-  if (::fstat(rootfd->get(), &rst) < 0) throw_errno("filesystem root: stat " + root_dir);
+  UniqueFd rootfd(::open(root_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!rootfd) throw_errno("filesystem root: open " + root_dir);
+  struct statx rsx {};
+  if (statx_at(rootfd.get(), "", AT_EMPTY_PATH, rsx) < 0) throw_errno("filesystem root: statx " + root_dir);
 
-  std::unique_ptr<HashCache> cache;
-  if (!opts.cache_path.empty()) {
-    cache = std::make_unique<HashCache>(opts.cache_path);
-    cache->load();
-  }
+  // Without a cache file (policy "strict") the cache still lives for this
+  // walk: a file reached by several paths (hard links) is read once.
+  auto cache = std::make_unique<HashCache>(opts.cache_path);
+  const bool persist = !opts.cache_path.empty();
+  if (persist) cache->load();
   std::vector<std::unique_ptr<FsEntry>> entries;
   std::atomic<uint64_t> bytes{0}, hits{0};
-  JobQueue queue(4096);
-  unsigned n = opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
+  const Budget budget =
+      budget_for(opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency()));
+  JobQueue queue(budget.queue);
   std::vector<std::thread> workers;
-  for (unsigned t = 0; t < n; ++t)
-    workers.emplace_back([&] {
-      std::vector<char> buf(1 << 20);
-      Job j;
-      while (queue.pop(j)) {
-        hash_file(j, cache.get(), buf, bytes, hits);
-        j = Job{};
-      }
-    });
   struct Guard {
     JobQueue& q;
     std::vector<std::thread>& w;
@@ -314,84 +810,23 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         if (t.joinable()) t.join();
     }
   } guard{queue, workers};
-
-  auto root_entry = std::make_unique<FsEntry>();
-  root_entry->path = ".";
-  fill_stat(*root_entry, rst);
-  read_xattrs(rootfd->get(), ".", *root_entry);
-  entries.push_back(std::move(root_entry));
-  s.dirs++;
-
-  // Depth-first; a frame is a directory to list, opened from its parent's
-  // descriptor (never by path), so symlinks can never redirect the walk.
-  struct Frame {
-    DirFd fd;
-    std::string rel;
-    std::size_t depth;
-  };
-  std::vector<Frame> stack;
-  stack.push_back({rootfd, "", 0});
-  auto excluded = [&](const std::string& rel) {
-    return std::find(opts.exclude.begin(), opts.exclude.end(), rel) != opts.exclude.end();
-  };
-  while (!stack.empty()) {
-    Frame f = std::move(stack.back());
-    stack.pop_back();
-    int dup = ::fcntl(f.fd->get(), F_DUPFD_CLOEXEC, 0);
-    if (dup < 0) throw_errno("filesystem root: dup");
-    DIR* d = ::fdopendir(dup);
-    if (!d) {
-      ::close(dup);
-      throw_errno("filesystem root: fdopendir " + f.rel);
-    }
-    std::vector<std::string> names;
-    while (struct dirent* de = ::readdir(d)) {
-      std::string nm = de->d_name;
-      if (nm != "." && nm != "..") names.push_back(std::move(nm));
-    }
-    ::closedir(d);
-    for (const auto& name : names) {
-      std::string rel = f.rel.empty() ? name : f.rel + "/" + name;
-      if (excluded(rel)) continue;
-      struct stat st {};
-      if (::fstatat(f.fd->get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) continue;  // vanished
-      auto e = std::make_unique<FsEntry>();
-      e->path = rel;
-      fill_stat(*e, st);
-      read_xattrs(f.fd->get(), name, *e);
-      if (e->type == 'l') {
-        char buf[4096];
-        ssize_t ln = ::readlinkat(f.fd->get(), name.c_str(), buf, sizeof buf);
-        if (ln >= 0)
-          e->target.assign(buf, static_cast<std::size_t>(ln));
-        else
-          e->error = std::string("readlink: ") + std::strerror(errno);
-      } else if (e->type == 'f') {
-        s.files++;
-        queue.push(Job{f.fd, name, e.get(), st});
-      } else if (e->type == 'd') {
-        s.dirs++;
-        if (opts.one_file_system && st.st_dev != rst.st_dev) {
-          e->error = "not descended: another file system is mounted here";
-        } else if (f.depth + 1 >= opts.max_depth) {
-          e->error = "not descended: deeper than " + std::to_string(opts.max_depth) + " levels";
-        } else {
-          auto sub = std::make_shared<UniqueFd>(
-              ::openat(f.fd->get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-          if (*sub)
-            stack.push_back({sub, rel, f.depth + 1});
-          else
-            e->error = std::string("open: ") + std::strerror(errno);
-        }
+  for (std::size_t t = 0; t < budget.workers; ++t)
+    workers.emplace_back([&] {
+      std::vector<char> buf(1 << 20);
+      Job j;
+      while (queue.pop(j)) {
+        hash_file(j, cache.get(), buf, bytes, hits);
+        j = Job{};
       }
-      entries.push_back(std::move(e));
-    }
-  }
+    });
+
+  Walker(opts, s, cache.get(), queue, budget, entries).run(std::move(rootfd), rsx);
+
   queue.close();
   for (auto& t : workers) t.join();
   s.bytes_hashed = bytes;
-  s.cache_hits = hits;
-  if (cache) {
+  s.cache_hits += hits;
+  if (persist) {
     try {
       cache->save();
     } catch (const std::exception& e) {
@@ -400,7 +835,8 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   }
   s.entries.reserve(entries.size());
   for (auto& e : entries) s.entries.push_back(std::move(*e));
-  std::sort(s.entries.begin(), s.entries.end(), [](const FsEntry& a, const FsEntry& b) { return a.path < b.path; });
+  std::sort(s.entries.begin(), s.entries.end(),
+            [](const FsEntry& a, const FsEntry& b) { return a.path < b.path; });
   std::vector<Digest> leaves;
   leaves.reserve(s.entries.size());
   for (auto& e : s.entries) {

@@ -2,7 +2,10 @@
 // taken by the supervisor before the container's process runs and after it
 // exits, and the exact change set between the two. The tree comes from a
 // hostile container: symlinks are never followed, FIFOs, sockets and
-// devices are never opened, names are arbitrary bytes, depth is bounded.
+// devices are never opened, names are arbitrary bytes, depth is bounded,
+// the walk holds a bounded number of descriptors (RLIMIT_NOFILE is never
+// raised) and does not cross mount points (one_file_system); an entry that
+// cannot be read is recorded with an error, never left out.
 // Content hashing runs on all cores; a per-host cache keyed on file identity
 // (device, inode, size, mtime, ctime) skips files that did not change.
 // See docs/FORMATS.md, "Filesystem trees".
@@ -11,6 +14,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -34,7 +38,7 @@ struct FsEntry {
   std::string target;  // symlinks
   uint64_t rdev_major = 0, rdev_minor = 0;
   std::vector<std::pair<std::string, std::string>> xattrs;  // security.*, sorted by name
-  std::string error;                                         // content could not be read
+  std::string error;  // what could not be read (docs/FORMATS.md "Errors"); several joined by "; "
   Digest leaf{};
 };
 
@@ -51,6 +55,11 @@ struct WalkOptions {
   bool one_file_system = true;
   std::vector<std::string> exclude;  // relative paths skipped with their subtree
   std::size_t max_depth = 4096;
+  // Called on the walking thread just before a regular file ('f') or a
+  // directory ('d') is opened, with its relative path. For tests that need
+  // to change the tree between the listing and the open (races a hostile
+  // container could win); leave empty otherwise.
+  std::function<void(const std::string& rel, char type)> before_open;
 };
 
 std::string leaf_encoding(const FsEntry& e);
@@ -85,6 +94,7 @@ class HashCache {
   std::string path_;
   std::mutex mu_;
   std::map<Key, Digest> old_, used_;
+  bool dirty_ = false;  // save() has something to write
 };
 
 }  // namespace agentshim::attest

@@ -1,21 +1,28 @@
 // The filesystem tree walker and its Merkle root, on odd trees.
+#include "attest/fstree.h"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <future>
+#include <thread>
 
 #include "attest/canonical.h"
-#include "attest/fstree.h"
 #include "common/util.h"
 
 using namespace agentshim;
@@ -41,7 +48,9 @@ const FsEntry* find(const FsSnapshot& s, const std::string& p) {
   return nullptr;
 }
 
-FsSnapshot snap(const std::string& d, WalkOptions o = {}) { return snapshot(d, o); }
+FsSnapshot snap(const std::string& d, WalkOptions o = {}) {
+  return snapshot(d, o);
+}
 }  // namespace
 
 TEST(FsTree, LeafEncodingIsExact) {
@@ -53,20 +62,22 @@ TEST(FsTree, LeafEncodingIsExact) {
   f.gid = 1000;
   f.size = 3;
   f.sha256 = std::string(64, 'a');
-  EXPECT_EQ(leaf_encoding(f), "{\"gid\":1000,\"mode\":420,\"path\":\"dir/a%20b\",\"sha256\":\"" + std::string(64, 'a') +
-                                  "\",\"size\":3,\"type\":\"f\",\"uid\":1000}");
+  EXPECT_EQ(leaf_encoding(f), "{\"gid\":1000,\"mode\":420,\"path\":\"dir/a%20b\",\"sha256\":\"" +
+                                  std::string(64, 'a') + "\",\"size\":3,\"type\":\"f\",\"uid\":1000}");
   FsEntry l;
   l.path = "link";
   l.type = 'l';
   l.mode = 0777;
   l.target = "../etc/passwd";
-  EXPECT_EQ(leaf_encoding(l), R"({"gid":0,"mode":511,"path":"link","target":"../etc/passwd","type":"l","uid":0})");
+  EXPECT_EQ(leaf_encoding(l),
+            R"({"gid":0,"mode":511,"path":"link","target":"../etc/passwd","type":"l","uid":0})");
   FsEntry d;
   d.path = ".";
   d.type = 'd';
   d.mode = 0755;
   d.xattrs = {{"security.capability", std::string("\x01\x02", 2)}};
-  EXPECT_EQ(leaf_encoding(d), R"({"gid":0,"mode":493,"path":".","type":"d","uid":0,"xattrs":{"security.capability":"AQI="}})");
+  EXPECT_EQ(leaf_encoding(d),
+            R"({"gid":0,"mode":493,"path":".","type":"d","uid":0,"xattrs":{"security.capability":"AQI="}})");
   EXPECT_EQ(leaf_hash(d), merkle_leaf_hash("agentshim-fs-v1\n" + leaf_encoding(d)));
 }
 
@@ -168,7 +179,8 @@ TEST(FsTree, SpecialFilesAreRecordedNeverOpened) {
   bool dev = ::geteuid() == 0 && ::mknod((t.path + "/null").c_str(), S_IFCHR | 0666, makedev(1, 3)) == 0;
   // A walk that opened the FIFO would block forever: give it a deadline.
   auto fut = std::async(std::launch::async, [&] { return snap(t.path); });
-  ASSERT_EQ(fut.wait_for(std::chrono::seconds(20)), std::future_status::ready) << "the walk hung on a special file";
+  ASSERT_EQ(fut.wait_for(std::chrono::seconds(20)), std::future_status::ready)
+      << "the walk hung on a special file";
   auto sn = fut.get();
   ::close(s);
   EXPECT_EQ(find(sn, "fifo")->type, 'p');
@@ -206,7 +218,9 @@ TEST(FsTree, OddNamesRoundTrip) {
   ASSERT_NE(find(s, bad), nullptr);
   EXPECT_NE(leaf_encoding(*find(s, nl)).find("new%0Aline"), std::string::npos);
   EXPECT_NE(leaf_encoding(*find(s, bad)).find("%FF%FE%20bad"), std::string::npos);
-  EXPECT_EQ(pct_decode(change_to_json({bad, "added", std::nullopt, find(s, bad)->leaf})["path"].get<std::string>()), bad);
+  EXPECT_EQ(
+      pct_decode(change_to_json({bad, "added", std::nullopt, find(s, bad)->leaf})["path"].get<std::string>()),
+      bad);
 }
 
 TEST(FsTree, VeryDeepTreesWork) {
@@ -281,8 +295,14 @@ TEST(FsTree, CacheHitsGiveTheSameRootAndNeverGoStale) {
   o.cache_path = t.path + ".cache";
   auto cold = snap(t.path, o);
   EXPECT_EQ(cold.cache_hits, 0u);
+  struct stat c1 {};
+  ASSERT_EQ(::stat(o.cache_path.c_str(), &c1), 0);
   auto warm = snap(t.path, o);
   EXPECT_EQ(warm.cache_hits, 20u);
+  // Nothing new: the cache file is left as it is (not rewritten, no fsync).
+  struct stat c2 {};
+  ASSERT_EQ(::stat(o.cache_path.c_str(), &c2), 0);
+  EXPECT_EQ(c1.st_ino, c2.st_ino);
   EXPECT_EQ(warm.root, cold.root);
   EXPECT_EQ(warm.bytes_hashed, 0u);
   // Same size, same mtime, different content: ctime moves, so no stale hit.
@@ -317,7 +337,8 @@ TEST(FsTree, ExcludeAndOneFileSystem) {
   EXPECT_NE(find(s, "keep"), nullptr);
   if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
   mkdir_p(t.path + "/mnt");
-  if (::mount("tmpfs", (t.path + "/mnt").c_str(), "tmpfs", 0, "size=1m") != 0) GTEST_SKIP() << "cannot mount tmpfs";
+  if (::mount("tmpfs", (t.path + "/mnt").c_str(), "tmpfs", 0, "size=1m") != 0)
+    GTEST_SKIP() << "cannot mount tmpfs";
   write_file(t.path + "/mnt/inside", "z");
   auto m = snap(t.path);
   EXPECT_EQ(find(m, "mnt/inside"), nullptr);
@@ -352,4 +373,420 @@ TEST(FsTree, DocumentedTestVectorsHold) {
   auto three = snap(t.path);
   EXPECT_EQ(hex(three.root), "98591e6449a49b5f0145c4f056a869744c4b43365891d8e6731b776182c2dfd4");
   EXPECT_EQ(hex(three.entries[1].leaf), "016ec8546fb245512fd7c430274e7af4d467baa29cd1e6c257eb890d944a7ff3");
+}
+
+// ------------------------------------------------------------ hostile trees
+
+namespace {
+// Runs `body` in a forked child (so it may change rlimits, credentials or
+// mount namespaces, and a hang is bounded by alarm) and returns its exit
+// status, or -signal.
+int in_child(const std::function<int()>& body, unsigned timeout_s = 60) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::alarm(timeout_s);
+    int rc = 99;
+    try {
+      rc = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child: %s\n", e.what());
+      rc = 98;
+    }
+    ::_exit(rc);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+}
+
+std::size_t count_errors(const FsSnapshot& s) {
+  std::size_t n = 0;
+  for (const auto& e : s.entries) n += !e.error.empty();
+  return n;
+}
+
+// d/ d/a/ d/a/a/ ... `depth` levels, each level with a file and an empty
+// sibling directory `b` after `a`, so the walk must come back to every level
+// after its deepest descent.
+void make_deep_forked_tree(const std::string& root, int depth) {
+  int fd = ::open(root.c_str(), O_RDONLY | O_DIRECTORY);
+  for (int i = 0; i < depth; ++i) {
+    ::mkdirat(fd, "a", 0755);
+    ::mkdirat(fd, "b", 0755);
+    int f = ::openat(fd, "f", O_WRONLY | O_CREAT, 0644);
+    std::string c = "level " + std::to_string(i);
+    (void)!::write(f, c.data(), c.size());
+    ::close(f);
+    int n = ::openat(fd, "a", O_RDONLY | O_DIRECTORY);
+    ::close(fd);
+    fd = n;
+  }
+  ::close(fd);
+}
+
+void remove_deep(const std::string& root) {
+  std::function<void(int)> rm = [&](int dfd) {
+    for (const char* n : {"a", "b"}) {
+      int sub = ::openat(dfd, n, O_RDONLY | O_DIRECTORY);
+      if (sub >= 0) {
+        rm(sub);
+        ::close(sub);
+        ::unlinkat(dfd, n, AT_REMOVEDIR);
+      }
+    }
+    ::unlinkat(dfd, "f", 0);
+  };
+  int top = ::open(root.c_str(), O_RDONLY | O_DIRECTORY);
+  rm(top);
+  ::close(top);
+}
+}  // namespace
+
+TEST(FsTreeHostile, LargeXattrListsAndValuesAreNotDropped) {
+  if (::geteuid() != 0) GTEST_SKIP() << "setting security.* xattrs and mounting a tmpfs need root";
+  TempDir t;
+  // ext4 keeps all of a file's attributes in one block: use a tmpfs in a
+  // private mount namespace, which takes more than 4 KiB of them.
+  int rc = in_child([&]() -> int {
+    if (::unshare(CLONE_NEWNS) != 0) return 20;
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return 21;
+    if (::mount("tmpfs", t.path.c_str(), "tmpfs", 0, "size=4m") != 0) return 22;
+    std::string f = t.path + "/f";
+    write_file(f, "x");
+    std::string pad(200, 'n');
+    for (int i = 0; i < 40; ++i) {
+      std::string name = "user." + pad + std::to_string(i);
+      if (::setxattr(f.c_str(), name.c_str(), "v", 1, 0) != 0) return 30;  // tmpfs without user xattrs
+    }
+    std::string big(10000, 'q');
+    big[5] = '\0';
+    if (::setxattr(f.c_str(), "security.agentshim-big", big.data(), big.size(), 0) != 0) return 31;
+    if (::listxattr(f.c_str(), nullptr, 0) <= 4096) return 32;  // must exceed the old fixed buffer
+    auto s = snap(t.path);
+    const FsEntry* e = find(s, "f");
+    if (!e) return 1;
+    if (!e->error.empty()) return 2;
+    if (e->xattrs.size() != 1) return 3;
+    if (e->xattrs[0].first != "security.agentshim-big" || e->xattrs[0].second != big) return 4;
+    if (leaf_encoding(*e).find("security.agentshim-big") == std::string::npos) return 5;
+    return 0;
+  });
+  if (rc == 30 || rc == 31)
+    GTEST_SKIP() << "tmpfs here does not take these xattrs (child status " << rc << ")";
+  EXPECT_EQ(rc, 0);
+}
+
+TEST(FsTreeHostile, DeepAndWideTreesWalkWithinALowDescriptorLimit) {
+  TempDir t;
+  make_deep_forked_tree(t.path, 300);
+  // Wide: more subdirectories in one directory than the limit allows fds.
+  mkdir_p(t.path + "/wide");
+  for (int i = 0; i < 200; ++i) {
+    mkdir_p(t.path + "/wide/s" + std::to_string(i));
+    write_file(t.path + "/wide/s" + std::to_string(i) + "/f", std::to_string(i));
+  }
+  for (int i = 0; i < 300; ++i) write_file(t.path + "/wide/file" + std::to_string(i), std::string(i, 'w'));
+  auto free_walk = snap(t.path);
+  EXPECT_EQ(count_errors(free_walk), 0u);
+  EXPECT_EQ(free_walk.entries.size(), 1u + 300 * 3 + 1 + 200 * 2 + 300);
+  for (unsigned threads : {1u, 4u}) {
+    int pipefd[2];
+    ASSERT_EQ(::pipe(pipefd), 0);
+    int rc = in_child([&]() -> int {
+      ::close(pipefd[0]);
+      struct rlimit rl {};
+      ::getrlimit(RLIMIT_NOFILE, &rl);
+      rl.rlim_cur = 64;  // the hard limit stays: the walk must not raise the soft one
+      if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) return 10;
+      WalkOptions o;
+      o.threads = threads;
+      auto s = snapshot(t.path, o);
+      struct rlimit after {};
+      ::getrlimit(RLIMIT_NOFILE, &after);
+      if (after.rlim_cur != 64) return 11;
+      std::string out = hex(s.root) + " " + std::to_string(count_errors(s));
+      if (::write(pipefd[1], out.data(), out.size()) != static_cast<ssize_t>(out.size())) return 12;
+      return 0;
+    });
+    ::close(pipefd[1]);
+    char buf[128] = {};
+    ssize_t n = ::read(pipefd[0], buf, sizeof buf - 1);
+    ::close(pipefd[0]);
+    ASSERT_EQ(rc, 0) << "threads=" << threads;
+    ASSERT_GT(n, 0);
+    EXPECT_EQ(std::string(buf, static_cast<std::size_t>(n)), hex(free_walk.root) + " 0")
+        << "threads=" << threads;
+  }
+  remove_deep(t.path);
+}
+
+TEST(FsTreeHostile, AnEntryThatCannotBeStattedIsRecordedWithTheError) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to drop to another user in a child";
+  TempDir t;
+  mkdir_p(t.path + "/noexec");
+  write_file(t.path + "/noexec/hidden", "h");
+  ::chmod((t.path + "/noexec").c_str(), 0444);  // listable, not searchable
+  int rc = in_child([&]() -> int {
+    if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) return 9;
+    auto s = snap(t.path);
+    const FsEntry* e = find(s, "noexec/hidden");
+    if (!e) return 1;  // silently dropped
+    if (e->type != '?') return 2;
+    if (e->error != "stat: Permission denied") return 3;
+    if (leaf_encoding(*e) !=
+        R"({"error":"stat: Permission denied","gid":0,"mode":0,"path":"noexec/hidden","type":"?","uid":0})")
+      return 4;
+    // The directory itself could not be opened either (no search right is
+    // needed to open it, but listing worked): it carries no error.
+    return find(s, "noexec")->error.empty() ? 0 : 5;
+  });
+  EXPECT_EQ(rc, 0);
+  ::chmod((t.path + "/noexec").c_str(), 0755);
+}
+
+TEST(FsTreeHostile, FilesVanishingOrSwappedBeforeOpenAreRecorded) {
+  TempDir t;
+  write_file(t.path + "/gone", "g");
+  write_file(t.path + "/tofifo", "f");
+  write_file(t.path + "/tolink", "l");
+  write_file(t.path + "/todir", "d");
+  write_file(t.path + "/ok", "o");
+  bool dev = ::geteuid() == 0;
+  if (dev) write_file(t.path + "/todev", "v");
+  WalkOptions o;
+  o.threads = 2;
+  o.before_open = [&](const std::string& rel, char type) {
+    if (type != 'f') return;
+    std::string p = t.path + "/" + rel;
+    if (rel == "ok") return;
+    ::unlink(p.c_str());
+    if (rel == "tofifo") ::mkfifo(p.c_str(), 0644);
+    if (rel == "tolink") ::symlink("/etc/passwd", p.c_str());
+    if (rel == "todir") ::mkdir(p.c_str(), 0755);
+    if (rel == "todev") ::mknod(p.c_str(), S_IFCHR | 0600, makedev(1, 3));
+  };
+  int rc = in_child(
+      [&]() -> int {
+        auto s = snapshot(t.path, o);
+        auto err = [&](const char* p) { return find(s, p) ? find(s, p)->error : std::string("<missing>"); };
+        if (err("gone") != "open: No such file or directory") return 1;
+        if (err("tofifo") != "replaced while being read") return 2;
+        if (err("tolink") != "replaced while being read") return 3;
+        if (err("todir") != "replaced while being read") return 4;
+        if (dev && err("todev") != "replaced while being read") return 5;
+        for (const char* p : {"gone", "tofifo", "tolink", "todir"})
+          if (!find(s, p)->sha256.empty() || find(s, p)->type != 'f') return 6;
+        if (find(s, "ok")->sha256 != hex(sha256("o"))) return 7;
+        return 0;
+      },
+      30);
+  EXPECT_EQ(rc, 0) << "(-14: the walk hung)";
+}
+
+TEST(FsTreeHostile, ADirectorySwappedForASymlinkIsNotFollowed) {
+  TempDir t;
+  TempDir outside;
+  write_file(outside.path + "/secret", "top secret");
+  mkdir_p(t.path + "/d");
+  write_file(t.path + "/d/inner", "i");
+  WalkOptions o;
+  o.before_open = [&](const std::string& rel, char type) {
+    if (type == 'd' && rel == "d") {
+      ::unlink((t.path + "/d/inner").c_str());
+      ::rmdir((t.path + "/d").c_str());
+      ::symlink(outside.path.c_str(), (t.path + "/d").c_str());
+    }
+  };
+  auto s = snapshot(t.path, o);
+  EXPECT_EQ(find(s, "d/secret"), nullptr);
+  EXPECT_EQ(find(s, "d/inner"), nullptr);
+  ASSERT_NE(find(s, "d"), nullptr);
+  EXPECT_EQ(find(s, "d")->error, "open: Not a directory");
+  // Swapped for another directory (a rename race): same name, other inode.
+  ::unlink((t.path + "/d").c_str());
+  mkdir_p(t.path + "/d");
+  mkdir_p(t.path + "/other");
+  write_file(t.path + "/other/x", "x");
+  o.before_open = [&](const std::string& rel, char type) {
+    if (type == 'd' && rel == "d") {
+      ::rmdir((t.path + "/d").c_str());
+      ::rename((t.path + "/other").c_str(), (t.path + "/d").c_str());
+    }
+  };
+  auto r = snapshot(t.path, o);
+  EXPECT_EQ(find(r, "d")->error, "replaced while being walked");
+  EXPECT_EQ(find(r, "d/x"), nullptr);
+}
+
+TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
+  TempDir t;
+  const std::size_t size = 32 << 20;
+  write_file(t.path + "/busy", std::string(size, 'a'));
+  std::atomic<bool> stop{false};
+  std::thread writer;
+  WalkOptions o;
+  o.threads = 1;
+  o.before_open = [&](const std::string& rel, char) {
+    if (rel != "busy") return;
+    writer = std::thread([&] {
+      int fd = ::open((t.path + "/busy").c_str(), O_WRONLY);
+      char c = 'b';
+      for (off_t off = 0; !stop; off = (off + 4096) % static_cast<off_t>(size)) {
+        (void)!::pwrite(fd, &c, 1, off);
+        c = c == 'b' ? 'c' : 'b';
+      }
+      ::close(fd);
+    });
+  };
+  auto fut = std::async(std::launch::async, [&] { return snapshot(t.path, o); });
+  auto ready = fut.wait_for(std::chrono::seconds(60));
+  stop = true;
+  if (writer.joinable()) writer.join();
+  ASSERT_EQ(ready, std::future_status::ready);
+  auto s = fut.get();
+  const FsEntry* e = find(s, "busy");
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->error, "changed while being read");
+  EXPECT_TRUE(e->sha256.empty());
+  EXPECT_EQ(e->size, size);
+  EXPECT_LE(s.bytes_hashed, 3 * static_cast<uint64_t>(size));
+}
+
+TEST(FsTreeHostile, AGrowingFileIsReadOnlyUpToItsSize) {
+  TempDir t;
+  write_file(t.path + "/grow", std::string(1 << 20, 'g'));
+  std::atomic<bool> stop{false};
+  std::thread writer;
+  WalkOptions o;
+  o.before_open = [&](const std::string& rel, char) {
+    if (rel != "grow") return;
+    writer = std::thread([&] {
+      int fd = ::open((t.path + "/grow").c_str(), O_WRONLY | O_APPEND);
+      std::string chunk(64 << 10, 'h');
+      for (int i = 0; i < 4096 && !stop; ++i)
+        (void)!::write(fd, chunk.data(), chunk.size());  // at most 256 MiB
+      ::close(fd);
+    });
+  };
+  auto s = snapshot(t.path, o);
+  stop = true;
+  writer.join();
+  const FsEntry* e = find(s, "grow");
+  ASSERT_NE(e, nullptr);
+  if (e->error.empty()) {
+    // Append-only: whatever was hashed is a prefix of the final content.
+    std::string now = read_file(t.path + "/grow");
+    ASSERT_LE(e->size, now.size());
+    EXPECT_EQ(e->sha256, hex(sha256(now.substr(0, e->size))));
+  } else {
+    EXPECT_EQ(e->error, "changed while being read");
+  }
+  EXPECT_LE(s.bytes_hashed, 3 * (256ull << 20) + (1 << 20));
+}
+
+TEST(FsTreeHostile, MountPointsAreRecordedNotCrossed) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting needs root";
+  TempDir t;
+  mkdir_p(t.path + "/src");
+  write_file(t.path + "/src/f", "s");
+  for (const char* m : {"bind", "tmp", "proc"}) mkdir_p(t.path + "/" + m);
+  int rc = in_child([&]() -> int {
+    if (::unshare(CLONE_NEWNS) != 0) return 20;
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return 21;
+    // A bind mount of the same file system: same st_dev, another mount.
+    if (::mount((t.path + "/src").c_str(), (t.path + "/bind").c_str(), nullptr, MS_BIND, nullptr) != 0)
+      return 22;
+    if (::mount("tmpfs", (t.path + "/tmp").c_str(), "tmpfs", 0, "size=1m") != 0) return 23;
+    write_file(t.path + "/tmp/inside", "z");
+    if (::mount("proc", (t.path + "/proc").c_str(), "proc", 0, nullptr) != 0) return 24;
+    auto s = snap(t.path);
+    const char* want = "not descended: another file system is mounted here";
+    for (const char* m : {"bind", "tmp", "proc"}) {
+      const FsEntry* e = find(s, m);
+      if (!e || e->type != 'd' || e->error != want) return 1;
+    }
+    for (const auto& e : s.entries)
+      if (starts_with(e.path, "bind/") || starts_with(e.path, "tmp/") || starts_with(e.path, "proc/"))
+        return 2;
+    if (!find(s, "src/f") || find(s, "src/f")->sha256 != hex(sha256("s"))) return 3;
+    // one_file_system off: the mounts are walked like any directory.
+    WalkOptions all;
+    all.one_file_system = false;
+    all.exclude = {"proc"};  // never walk a real procfs
+    auto a = snapshot(t.path, all);
+    if (!find(a, "bind/f") || !find(a, "tmp/inside")) return 4;
+    return 0;
+  });
+  EXPECT_EQ(rc, 0);
+}
+
+TEST(FsTreeHostile, HardLinksToOneFileAreReadOnce) {
+  // A container can link one large file a hundred thousand times: each path
+  // is recorded, the content is read once per walk, with or without a cache.
+  TempDir t;
+  const std::size_t size = 4 << 20;
+  write_file(t.path + "/big", std::string(size, 'L'));
+  for (int i = 0; i < 30; ++i)
+    ASSERT_EQ(::link((t.path + "/big").c_str(), (t.path + "/link" + std::to_string(i)).c_str()), 0);
+  WalkOptions o;
+  o.threads = 1;
+  auto s = snapshot(t.path, o);
+  EXPECT_EQ(s.files, 31u);
+  EXPECT_EQ(s.bytes_hashed, size);
+  EXPECT_EQ(s.cache_hits, 30u);
+  for (int i = 0; i < 30; ++i) {
+    const FsEntry* e = find(s, "link" + std::to_string(i));
+    ASSERT_NE(e, nullptr);
+    EXPECT_EQ(e->sha256, hex(sha256(std::string(size, 'L'))));
+    EXPECT_EQ(e->size, size);
+  }
+}
+
+TEST(FsTreeHostile, WithoutProcTheWalkIsTheSameAndStillSafe) {
+  // Files are normally pinned with O_PATH and re-opened through
+  // /proc/self/fd; without /proc the walker opens them directly
+  // (O_NOFOLLOW|O_NONBLOCK) and checks the inode. Same root either way.
+  if (::geteuid() != 0) GTEST_SKIP() << "hiding /proc in a private mount namespace needs root";
+  // Without /proc, xattrs are read only with listxattrat (Linux 6.13).
+  if (::syscall(465 /* listxattrat */, AT_FDCWD, "/", AT_SYMLINK_NOFOLLOW, nullptr, 0) < 0 && errno == ENOSYS)
+    GTEST_SKIP() << "this kernel has no listxattrat: without /proc the walk records xattrs: errors";
+  TempDir t;
+  mkdir_p(t.path + "/d/e");
+  write_file(t.path + "/d/e/f", "deep");
+  write_file(t.path + "/a", std::string(100000, 'a'));
+  ::symlink("/etc/passwd", (t.path + "/l").c_str());
+  ASSERT_EQ(::mkfifo((t.path + "/p").c_str(), 0600), 0);
+  write_file(t.path + "/swap", "s");
+  WalkOptions o;
+  o.before_open = [&](const std::string& rel, char type) {
+    if (type == 'f' && rel == "swap") {
+      ::unlink((t.path + "/swap").c_str());
+      ::mkfifo((t.path + "/swap").c_str(), 0600);
+    }
+  };
+  auto with_proc = snapshot(t.path, o);
+  ASSERT_EQ(find(with_proc, "swap")->error, "replaced while being read");
+  ::unlink((t.path + "/swap").c_str());
+  write_file(t.path + "/swap", "s");
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  int rc = in_child(
+      [&]() -> int {
+        ::close(pipefd[0]);
+        if (::unshare(CLONE_NEWNS) != 0) return 20;
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return 21;
+        if (::mount("tmpfs", "/proc", "tmpfs", 0, "size=1m") != 0) return 22;
+        struct stat st {};
+        if (::stat("/proc/self/fd", &st) == 0) return 23;
+        auto s = snapshot(t.path, o);
+        std::string out = hex(s.root);
+        return ::write(pipefd[1], out.data(), out.size()) == static_cast<ssize_t>(out.size()) ? 0 : 24;
+      },
+      30);
+  ::close(pipefd[1]);
+  char buf[80] = {};
+  ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+  ::close(pipefd[0]);
+  ASSERT_EQ(rc, 0) << "(-14: the walk hung)";
+  EXPECT_EQ(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0), hex(with_proc.root));
 }
