@@ -521,7 +521,9 @@ class Engine {
       const Str where = "linux.namespaces[" + std::to_string(i) + "].path";
       auto nt = oci::namespace_by_name(t);
       if (!nt) continue;
-      if (same_file(path, ctx_.host_ns_dir + "/" + nt->proc)) {
+      bool host = false;
+      for (const auto& dir : ctx_.host_ns_dirs) host = host || same_file(path, dir + "/" + nt->proc);
+      if (host) {
         hard("namespaces", where,
              "caller asked to join " + path + ", the host's " + t +
                  " namespace; refused by policy rule namespaces (host namespaces are never allowed)");

@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace agentshim::policy {
 
@@ -45,9 +46,11 @@ json load(const std::string& path);
 json validate(const json& p, const std::string& where);
 
 // The environment of apply(): where the host's namespaces are (compared by
-// device and inode with the config's namespace paths).
+// device and inode with the config's namespace paths). /proc/1/ns may be
+// unreadable (pid 1 outside our reach); the runtime's own namespaces are the
+// host's too, so /proc/self/ns is checked as well.
 struct ApplyContext {
-  std::string host_ns_dir = "/proc/1/ns";
+  std::vector<std::string> host_ns_dirs = {"/proc/1/ns", "/proc/self/ns"};
   std::string policy_name = "policy";  // for messages: "policy /etc/agentshim/policy.json"
 };
 

@@ -290,7 +290,7 @@ struct FakeNs {
   ~FakeNs() { remove_tree(dir); }
   policy::ApplyContext ctx() const {
     policy::ApplyContext c;
-    c.host_ns_dir = dir + "/host";
+    c.host_ns_dirs = {dir + "/host"};
     c.policy_name = "policy test.json";
     return c;
   }
