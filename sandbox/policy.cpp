@@ -1134,7 +1134,13 @@ json Result::summary() const {
 
 Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx) {
   if (!caller_config.is_object()) throw Error("policy: the config to check is not a JSON object");
-  return Engine(policy, caller_config, ctx).run();
+  try {
+    return Engine(policy, caller_config, ctx).run();
+  } catch (const json::exception& e) {
+    // The config comes from the caller: a field of an unexpected type that
+    // OCI validation let through is an error about the config, not a crash.
+    throw Error(ctx.policy_name + ": cannot evaluate config.json: " + e.what());
+  }
 }
 
 Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx) {

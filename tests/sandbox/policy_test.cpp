@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "common/error.h"
@@ -719,4 +720,42 @@ TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {
   EXPECT_NE(std::find(env.begin(), env.end(), "A=b"), env.end());
   EXPECT_EQ(std::find(env.begin(), env.end(), "HTTP_PROXY=http://elsewhere:1"), env.end());
   EXPECT_TRUE(has_text(d, "CAP_SYS_PTRACE"));
+}
+
+TEST(PolicyApply, HostileFieldTypesAreErrorsNotCrashes) {
+  FakeNs ns;
+  std::vector<std::function<void(json&)>> mutations = {
+      [](json& c) {
+        c["linux"]["devices"] = {{{"path", "/dev/p"}, {"type", "p"}, {"major", "x"}}};
+      },
+      [](json& c) {
+        c["linux"]["resources"]["devices"] = {{{"allow", "yes"}, {"access", 7}}};
+      },
+      [](json& c) { c["process"]["apparmorProfile"] = nullptr; },
+      [](json& c) {
+        c["annotations"] = {{"dev.agentshim.egress.allow", 5}};
+      },
+      [](json& c) {
+        c["linux"]["resources"]["memory"] = {{"limit", "lots"}};
+      },
+      [](json& c) {
+        c["linux"]["resources"]["cpu"] = {{"quota", 1}, {"period", 0}};
+      },
+      [](json& c) {
+        c["mounts"].push_back({{"destination", "/x"}, {"type", "tmpfs"}, {"options", {"size="}}});
+      },
+      [](json& c) {
+        c["linux"]["namespaces"].push_back({{"type", "time"}, {"path", "/nonexistent"}});
+      },
+  };
+  for (std::size_t i = 0; i < mutations.size(); i++) {
+    json cfg = clean_config();
+    mutations[i](cfg);
+    try {
+      auto r = policy::evaluate(policy::builtin(), cfg, ns.ctx());
+      EXPECT_TRUE(r.config.is_object()) << i;
+    } catch (const Error&) {
+      // an error about the config is fine; anything else fails the test
+    }
+  }
 }
