@@ -759,3 +759,31 @@ TEST(PolicyApply, HostileFieldTypesAreErrorsNotCrashes) {
     }
   }
 }
+
+TEST(PolicyApply, DockersDefaultDeviceRulesPassExceptTun) {
+  FakeNs ns;
+  json cfg = clean_config();
+  // What Docker 20.10 writes for an unprivileged container.
+  cfg["linux"]["resources"]["devices"] = json::parse(R"([
+    {"allow": false, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+    {"allow": true, "type": "c", "access": "m"},
+    {"allow": true, "type": "b", "access": "m"},
+    {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}])");
+  json before = cfg["linux"]["resources"]["devices"];
+  auto r = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  ASSERT_EQ(r.violations.size(), 1u) << r.violations.dump(1);
+  EXPECT_EQ(r.violations[0]["path"], "linux.resources.devices[11]");  // /dev/net/tun
+  r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  before.erase(11);
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"], before);
+  // "m" alone on every device is not the privileged shape either.
+  EXPECT_TRUE(by_rule(r, "privileged").empty());
+}
