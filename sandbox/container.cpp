@@ -123,10 +123,7 @@ void create(const Global& g, const CreateOptions& o) {
   const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
   refuse_record_mounts(caller, audit_dir);
   policy::ApplyContext pctx;
-  pctx.policy_name = g.policy_path.empty() ? (path_exists("/etc/agentshim/policy.json")
-                                                  ? "policy /etc/agentshim/policy.json"
-                                                  : "built-in policy")
-                                            : "policy " + g.policy_path;
+  pctx.policy_name = policy::source_name(g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
   json cfg = pres.config;
   std::string rootfs = oci::rootfs_path(cfg, bundle);

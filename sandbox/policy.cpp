@@ -1108,6 +1108,11 @@ json validate(const json& p, const std::string& where) {
   return out;
 }
 
+std::string source_name(const std::string& path) {
+  if (!path.empty()) return "policy " + path;
+  return path_exists("/etc/agentshim/policy.json") ? "policy /etc/agentshim/policy.json" : "built-in policy";
+}
+
 json load(const std::string& path) {
   std::string p = path;
   if (p.empty()) {

@@ -42,6 +42,9 @@ json builtin();
 // A seccomp profile given by path is read and compiled here, and kept in the
 // returned document under "seccomp"."loaded".
 json load(const std::string& path);
+// How messages name the policy load(path) uses: "policy /etc/x.json",
+// "policy /etc/agentshim/policy.json" or "built-in policy".
+std::string source_name(const std::string& path);
 // Validate a policy document (defaults filled in); throws agentshim::Error.
 json validate(const json& p, const std::string& where);
 
