@@ -156,10 +156,7 @@ void create(const Global& g, const CreateOptions& o) {
   const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
   refuse_record_mounts(caller, audit_dir);
   policy::ApplyContext pctx;
-  pctx.policy_name = g.policy_path.empty() ? (path_exists("/etc/agentshim/policy.json")
-                                                  ? "policy /etc/agentshim/policy.json"
-                                                  : "built-in policy")
-                                            : "policy " + g.policy_path;
+  pctx.policy_name = policy::source_name(g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
   json cfg = pres.config;
   std::string rootfs = oci::rootfs_path(cfg, bundle);
@@ -698,10 +695,14 @@ int exec(const Global& g, const ExecOptions& o) {
   if (!proc.contains("rlimits") && cproc.contains("rlimits")) proc["rlimits"] = cproc["rlimits"];
   // The policy's exec-relevant parts (capabilities, no_new_privs, seccomp,
   // proxy environment), as create saved them.
-  json exec_policy;
+  json exec_policy, exec_decisions = json::array();
   if (auto saved = try_read_file(state_dir(g, o.id) + "/policy.json")) {
-    exec_policy = json::parse(*saved);
-    (void)policy::apply_exec(exec_policy, proc);
+    try {
+      exec_policy = json::parse(*saved);
+    } catch (const json::exception& e) {
+      throw Error("container " + o.id + ": saved policy settings are corrupt: " + e.what());
+    }
+    exec_decisions = policy::apply_exec(exec_policy, proc);
   }
 
   auto cg = cgroup_of(st);
@@ -795,7 +796,8 @@ int exec(const Global& g, const ExecOptions& o) {
   json args = proc["args"];
   supervisor::notify(state_dir(g, o.id), {{"type", "exec"}, {"pid", pid}, {"args", args},
                                          {"cwd", proc.value("cwd", "/")}, {"terminal", terminal},
-                                         {"user", proc.value("user", json::object())}});
+                                         {"user", proc.value("user", json::object())},
+                                         {"policy_decisions", exec_decisions}});
   if (o.detach) return 0;
   sigset_t set;
   sigemptyset(&set);

@@ -480,8 +480,10 @@ class Engine {
     if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("devices") &&
         l["resources"]["devices"].is_array())
       for (const auto& d : l["resources"]["devices"])
-        if (d.is_object() && d.value("allow", false) && (!d.contains("type") || d["type"] == "a") &&
-            !d.contains("major") && !d.contains("minor"))
+        if (d.is_object() && d.contains("allow") && d["allow"] == true &&
+            (!d.contains("type") || d["type"] == "a") && !d.contains("major") && !d.contains("minor") &&
+            (!d.contains("access") || !d["access"].is_string() ||
+             d["access"].get<Str>().find_first_of("rw") != Str::npos))
           all_devices = true;
     bool no_seccomp = !l.contains("seccomp") || l["seccomp"].is_null();
     Str aa = c["process"].value("apparmorProfile", "");
@@ -521,7 +523,9 @@ class Engine {
       const Str where = "linux.namespaces[" + std::to_string(i) + "].path";
       auto nt = oci::namespace_by_name(t);
       if (!nt) continue;
-      if (same_file(path, ctx_.host_ns_dir + "/" + nt->proc)) {
+      bool host = false;
+      for (const auto& dir : ctx_.host_ns_dirs) host = host || same_file(path, dir + "/" + nt->proc);
+      if (host) {
         hard("namespaces", where,
              "caller asked to join " + path + ", the host's " + t +
                  " namespace; refused by policy rule namespaces (host namespaces are never allowed)");
@@ -751,12 +755,15 @@ class Engine {
     c["mounts"] = kept;
   }
 
+  // minor < 0: every minor of `major` (a cgroup rule's wildcard); only the
+  // default set has such an entry (the pts devices).
   bool device_allowed(char type, long long major, long long minor) {
     if (type == 'u') type = 'c';
     if (type == 'p') return true;
     if (type != 'c') return false;
     for (const auto& d : default_devices())
       if (d.type == type && d.major == major && (d.minor < 0 || d.minor == minor)) return true;
+    if (minor < 0) return false;
     for (const auto& d : p_["devices"]["allowed"])
       if (d.value("major", -2LL) == major && d.value("minor", -2LL) == minor) return true;
     return false;
@@ -788,18 +795,22 @@ class Engine {
     json kept = json::array();
     for (std::size_t i = 0; i < rules.size(); i++) {
       const json& r = rules[i];
-      if (!r.is_object() || !r.value("allow", false)) {
+      if (!r.is_object() || !(r.contains("allow") && r["allow"] == true)) {
         kept.push_back(r);
         continue;
       }
       Str t = r.value("type", "a");
       long long ma = r.contains("major") && r["major"].is_number_integer() ? r["major"].get<long long>() : -1;
       long long mi = r.contains("minor") && r["minor"].is_number_integer() ? r["minor"].get<long long>() : -1;
-      if (t != "a" && ma >= 0 && mi >= 0 && device_allowed(t[0], ma, mi)) {
+      // "m" alone (mknod) is harmless without CAP_MKNOD; runc and Docker allow
+      // "c *:* m" and "b *:* m" by default.
+      const Str access = r.contains("access") && r["access"].is_string() ? r["access"].get<Str>() : "rwm";
+      const bool mknod_only = !access.empty() && access.find_first_not_of('m') == Str::npos;
+      if (mknod_only || (t != "a" && !t.empty() && ma >= 0 && device_allowed(t[0], ma, mi))) {
         kept.push_back(r);
         continue;
       }
-      Str desc = "access \"" + r.value("access", Str("rwm")) + "\" to " +
+      Str desc = "access \"" + access + "\" to " +
                  (t == "a" ? "every device"
                            : t + " " + (ma < 0 ? Str("*") : std::to_string(ma)) + ":" +
                                  (mi < 0 ? Str("*") : std::to_string(mi)));
@@ -1097,6 +1108,11 @@ json validate(const json& p, const std::string& where) {
   return out;
 }
 
+std::string source_name(const std::string& path) {
+  if (!path.empty()) return "policy " + path;
+  return path_exists("/etc/agentshim/policy.json") ? "policy /etc/agentshim/policy.json" : "built-in policy";
+}
+
 json load(const std::string& path) {
   std::string p = path;
   if (p.empty()) {
@@ -1132,7 +1148,13 @@ json Result::summary() const {
 
 Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx) {
   if (!caller_config.is_object()) throw Error("policy: the config to check is not a JSON object");
-  return Engine(policy, caller_config, ctx).run();
+  try {
+    return Engine(policy, caller_config, ctx).run();
+  } catch (const json::exception& e) {
+    // The config comes from the caller: a field of an unexpected type that
+    // OCI validation let through is an error about the config, not a crash.
+    throw Error(ctx.policy_name + ": cannot evaluate config.json: " + e.what());
+  }
 }
 
 Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx) {

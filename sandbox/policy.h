@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace agentshim::policy {
 
@@ -41,13 +42,18 @@ json builtin();
 // A seccomp profile given by path is read and compiled here, and kept in the
 // returned document under "seccomp"."loaded".
 json load(const std::string& path);
+// How messages name the policy load(path) uses: "policy /etc/x.json",
+// "policy /etc/agentshim/policy.json" or "built-in policy".
+std::string source_name(const std::string& path);
 // Validate a policy document (defaults filled in); throws agentshim::Error.
 json validate(const json& p, const std::string& where);
 
 // The environment of apply(): where the host's namespaces are (compared by
-// device and inode with the config's namespace paths).
+// device and inode with the config's namespace paths). /proc/1/ns may be
+// unreadable (pid 1 outside our reach); the runtime's own namespaces are the
+// host's too, so /proc/self/ns is checked as well.
 struct ApplyContext {
-  std::string host_ns_dir = "/proc/1/ns";
+  std::vector<std::string> host_ns_dirs = {"/proc/1/ns", "/proc/self/ns"};
   std::string policy_name = "policy";  // for messages: "policy /etc/agentshim/policy.json"
 };
 

@@ -36,10 +36,7 @@ int PolicyCommand::run() {
   json caller = oci::load_config(buf);
   json pol = policy::load(g_.policy_path);
   policy::ApplyContext ctx;
-  ctx.policy_name = g_.policy_path.empty()
-                        ? (path_exists("/etc/agentshim/policy.json") ? "policy /etc/agentshim/policy.json"
-                                                                     : "built-in policy")
-                        : "policy " + g_.policy_path;
+  ctx.policy_name = policy::source_name(g_.policy_path);
   policy::Result r = policy::evaluate(pol, caller, ctx);
   const bool refused = !r.violations.empty();
   if (json_) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "common/error.h"
@@ -290,7 +291,7 @@ struct FakeNs {
   ~FakeNs() { remove_tree(dir); }
   policy::ApplyContext ctx() const {
     policy::ApplyContext c;
-    c.host_ns_dir = dir + "/host";
+    c.host_ns_dirs = {dir + "/host"};
     c.policy_name = "policy test.json";
     return c;
   }
@@ -719,4 +720,70 @@ TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {
   EXPECT_NE(std::find(env.begin(), env.end(), "A=b"), env.end());
   EXPECT_EQ(std::find(env.begin(), env.end(), "HTTP_PROXY=http://elsewhere:1"), env.end());
   EXPECT_TRUE(has_text(d, "CAP_SYS_PTRACE"));
+}
+
+TEST(PolicyApply, HostileFieldTypesAreErrorsNotCrashes) {
+  FakeNs ns;
+  std::vector<std::function<void(json&)>> mutations = {
+      [](json& c) {
+        c["linux"]["devices"] = {{{"path", "/dev/p"}, {"type", "p"}, {"major", "x"}}};
+      },
+      [](json& c) {
+        c["linux"]["resources"]["devices"] = {{{"allow", "yes"}, {"access", 7}}};
+      },
+      [](json& c) { c["process"]["apparmorProfile"] = nullptr; },
+      [](json& c) {
+        c["annotations"] = {{"dev.agentshim.egress.allow", 5}};
+      },
+      [](json& c) {
+        c["linux"]["resources"]["memory"] = {{"limit", "lots"}};
+      },
+      [](json& c) {
+        c["linux"]["resources"]["cpu"] = {{"quota", 1}, {"period", 0}};
+      },
+      [](json& c) {
+        c["mounts"].push_back({{"destination", "/x"}, {"type", "tmpfs"}, {"options", {"size="}}});
+      },
+      [](json& c) {
+        c["linux"]["namespaces"].push_back({{"type", "time"}, {"path", "/nonexistent"}});
+      },
+  };
+  for (std::size_t i = 0; i < mutations.size(); i++) {
+    json cfg = clean_config();
+    mutations[i](cfg);
+    try {
+      auto r = policy::evaluate(policy::builtin(), cfg, ns.ctx());
+      EXPECT_TRUE(r.config.is_object()) << i;
+    } catch (const Error&) {
+      // an error about the config is fine; anything else fails the test
+    }
+  }
+}
+
+TEST(PolicyApply, DockersDefaultDeviceRulesPassExceptTun) {
+  FakeNs ns;
+  json cfg = clean_config();
+  // What Docker 20.10 writes for an unprivileged container.
+  cfg["linux"]["resources"]["devices"] = json::parse(R"([
+    {"allow": false, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+    {"allow": true, "type": "c", "access": "m"},
+    {"allow": true, "type": "b", "access": "m"},
+    {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+    {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}])");
+  json before = cfg["linux"]["resources"]["devices"];
+  auto r = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  ASSERT_EQ(r.violations.size(), 1u) << r.violations.dump(1);
+  EXPECT_EQ(r.violations[0]["path"], "linux.resources.devices[11]");  // /dev/net/tun
+  r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  before.erase(11);
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"], before);
+  // "m" alone on every device is not the privileged shape either.
+  EXPECT_TRUE(by_rule(r, "privileged").empty());
 }

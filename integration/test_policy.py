@@ -1,0 +1,220 @@
+"""The policy, end to end: what agentshim's policy does to a caller's config,
+observed from inside the container, in the CLI's errors and in the record."""
+import glob
+import json
+import os
+
+import pytest
+
+from conftest import REPO, run
+
+CAP_SYS_ADMIN = 21
+CAP_AUDIT_WRITE = 29
+
+
+def write_policy(tmp_path, doc, name="policy.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+    return str(p)
+
+
+def caps_of(text):
+    return {l.split(":")[0]: int(l.split(":")[1].strip(), 16) for l in text.splitlines()
+            if l.startswith(("CapEff", "CapBnd", "CapPrm"))}
+
+
+def run_created(audit, cid):
+    for d in glob.glob(os.path.join(audit, "runs", "*")):
+        with open(os.path.join(d, "events.ndjson")) as f:
+            first = json.loads(f.readline())
+        if first["data"]["container_id"] == cid:
+            return first
+    raise AssertionError(f"no run recorded for {cid} under {audit}")
+
+
+def privileged_shape(bundle):
+    """What `docker run --privileged` hands a runtime: every capability, every
+    device, no seccomp, and here also the host's pid namespace and a huge tmpfs."""
+    allcaps = [f"CAP_{n}" for n in (
+        "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
+        "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT "
+        "SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE "
+        "AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ "
+        "PERFMON BPF CHECKPOINT_RESTORE").split()]
+    c = bundle.config
+    for s in ("bounding", "effective", "permitted"):
+        c["process"]["capabilities"][s] = allcaps
+    c["linux"]["resources"]["devices"] = [{"allow": True, "access": "rwm"}]
+    c["linux"].pop("seccomp", None)
+    for n in c["linux"]["namespaces"]:
+        if n["type"] == "pid":
+            n["path"] = "/proc/self/ns/pid"  # the runtime's own: the host's
+    c["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["size=4g"]})
+    bundle.save()
+    return bundle
+
+
+def test_shipped_policies_match_the_schema():
+    import jsonschema  # python3-jsonschema (scripts/deps.sh)
+    schema = json.load(open(os.path.join(REPO, "configs", "policy", "schema.json")))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    v = jsonschema.Draft202012Validator(schema)
+    for name in ("default.json", "strict.json"):
+        v.validate(json.load(open(os.path.join(REPO, "configs", "policy", name))))
+    # The schema is as strict as the loader: a typo or a block device is rejected.
+    errors = list(v.iter_errors({"capabilities": {"alowed": []}}))
+    assert errors and "alowed" in errors[0].message
+    assert list(v.iter_errors({"devices": {"allowed": [{"type": "b", "major": 8, "minor": 0}]}}))
+    assert list(v.iter_errors({"network": {"allow": ["no-port.example.com"]}}))
+
+
+def test_privileged_config_is_refused_in_refuse_mode_with_every_violation(shim, bundle, cid, tmp_path):
+    pol = write_policy(tmp_path, {"mode": "refuse"})
+    privileged_shape(bundle.args("true"))
+    shim.ids.add(cid)
+    r = shim("--policy", pol, "run", "--bundle", bundle.path, cid)
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.decode()
+    assert f"policy {pol} (mode refuse) refuses this config" in err
+    lines = [l for l in err.splitlines() if l.startswith("  ")]
+    for needle in ("policy forbids privileged containers", "the host's pid namespace", "CAP_SYS_ADMIN",
+                   "CAP_NET_RAW", "size=4g", "no cgroup namespace", "every device"):
+        assert any(needle in l for l in lines), (needle, err)
+    # One line per violation, and the count in the header matches.
+    assert f"({len(lines)} violations)" in err, err
+    assert len(lines) >= 7
+    # Nothing was created.
+    assert shim("state", cid).returncode != 0
+
+
+def test_privileged_config_is_refused_in_enforce_mode_too(shim, bundle, cid):
+    privileged_shape(bundle.args("true"))
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 1
+    assert b"policy forbids privileged containers" in r.stderr
+    assert b"the host's pid namespace" in r.stderr
+
+
+def test_enforce_mode_drops_cap_sys_admin(shim, bundle, cid):
+    for s in ("bounding", "effective", "permitted"):
+        bundle.config["process"]["capabilities"][s].append("CAP_SYS_ADMIN")
+    bundle.save()
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.sh("grep -E '^Cap(Eff|Bnd|Prm)' /proc/self/status").path, cid)
+    assert r.returncode == 0, r.stderr
+    caps = caps_of(r.stdout.decode())
+    for k in ("CapEff", "CapBnd", "CapPrm"):
+        assert not caps[k] & (1 << CAP_SYS_ADMIN), (k, hex(caps[k]))
+        assert not caps[k] & (1 << CAP_AUDIT_WRITE), (k, hex(caps[k]))  # runc's spec has it; the policy drops it
+        assert caps[k] & (1 << 5), (k, hex(caps[k]))  # CAP_KILL is allowed and kept
+    ev = run_created(shim.extra[1], cid)
+    d = [x for x in ev["data"]["policy_decisions"] if x["rule"] == "capabilities.allowed"]
+    assert any("caller asked for CAP_SYS_ADMIN" in x["detail"] and x["action"] == "dropped"
+               and x["path"] == "process.capabilities.bounding" for x in d), d
+
+
+def test_readonly_root_enforced_and_in_the_record(shim, bundle, cid):
+    bundle.config["root"]["readonly"] = False
+    bundle.save()
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.sh("touch /written 2>/dev/null && echo WRITABLE || echo read-only").path, cid)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"read-only\n"
+    assert not os.path.exists(os.path.join(bundle.rootfs, "written"))
+    ev = run_created(shim.extra[1], cid)
+    assert ev["type"] == "run.created"
+    rules = {x["rule"]: x for x in ev["data"]["policy_decisions"]}
+    assert rules["filesystem.readonly_root"]["path"] == "root.readonly"
+    assert rules["filesystem.readonly_root"]["action"] == "replaced"
+    # The summary of the sandbox says what was applied.
+    assert ev["data"]["sandbox"]["readonly_root"] is True
+    assert ev["data"]["sandbox"]["seccomp"]["agentshim_profile"] is True
+
+
+def test_default_seccomp_profile_and_proxy_env_inside(shim, bundle, cid):
+    shim.ids.add(cid)
+    script = ("unshare -U true 2>/dev/null && echo UNSHARED || echo unshare-denied; "
+              "echo $HTTPS_PROXY $no_proxy")
+    r = shim("run", "--bundle", bundle.sh(script).path, cid)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["unshare-denied", "http://127.0.0.1:3128", "localhost,127.0.0.1"]
+
+
+def test_exec_gets_the_policy_too(shim, bundle, cid):
+    shim.ids.add(cid)
+    shim("run", "--detach", "--bundle", bundle.args("sleep", "30").path, cid, check=True)
+    # (--cap is followed by another option: shim/commands.cpp makes it swallow the id otherwise)
+    r = shim("exec", "--cap", "CAP_SYS_ADMIN", "--cwd", "/", cid, "sh", "-c",
+             "grep -E '^Cap(Eff|Bnd)' /proc/self/status; grep NoNewPrivs /proc/self/status; "
+             "unshare -U true 2>/dev/null && echo UNSHARED || echo unshare-denied; echo $HTTP_PROXY")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    caps = caps_of(out)
+    assert not caps["CapEff"] & (1 << CAP_SYS_ADMIN) and not caps["CapBnd"] & (1 << CAP_SYS_ADMIN), out
+    assert "NoNewPrivs:\t1" in out
+    assert "unshare-denied" in out and "http://127.0.0.1:3128" in out
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({"capabilities": {"allowed": ["CAP_CHOWN", "CAP_FOO"]}}, 'capabilities.allowed[1]: unknown capability "CAP_FOO"'),
+    ({"filesystem": {"tmpfs_max_size": "huge"}}, "filesystem.tmpfs_max_size"),
+    ({"network": {"allow": ["example.com"]}}, "network.allow[0]"),
+    ({"mode": "sometimes"}, "mode: must be"),
+    ({"seccomp": {"profile": "/no/such/profile.json"}}, "seccomp.profile"),
+    ('{"mode": "enforce",', "not valid JSON"),
+])
+def test_broken_policy_file_is_an_error_naming_the_key(shim, bundle, cid, tmp_path, doc, needle):
+    pol = write_policy(tmp_path, doc)
+    shim.ids.add(cid)
+    for cmd in (["run", "--bundle", bundle.args("true").path, cid], ["policy", "check", "--bundle", bundle.path]):
+        r = shim("--policy", pol, *cmd)
+        assert r.returncode == 1, (cmd, r.stdout, r.stderr)
+        assert needle.encode() in r.stderr and pol.encode() in r.stderr, r.stderr
+    assert shim("state", cid).returncode != 0
+
+
+def test_policy_check_text_and_json(shim, bundle, tmp_path):
+    bundle.config["process"]["capabilities"]["bounding"].append("CAP_SYS_ADMIN")
+    bundle.config["annotations"] = {"dev.agentshim.egress.allow": "api.example.com:443"}
+    bundle.save()
+    r = shim("policy", "check", "--bundle", bundle.path)
+    assert r.returncode == 0, r.stderr
+    text = r.stdout.decode().splitlines()
+    assert text[0].startswith("built-in policy, mode enforce:")
+    assert text[-1] == "ACCEPTED"
+    assert any(l.startswith("dropped\tprocess.capabilities.bounding\tcaller asked for CAP_SYS_ADMIN") for l in text), text
+    r = shim("policy", "check", "--bundle", bundle.path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["accepted"] is True and out["mode"] == "enforce" and out["violations"] == []
+    assert "config" not in out
+    assert out["network"]["allow"] == ["api.example.com:443"]
+    assert out["extra_seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    rules = [(d["rule"], d["action"]) for d in out["decisions"]]
+    assert ("capabilities.allowed", "dropped") in rules
+    assert ("annotations.may_widen", "added") in rules
+    assert ("network.mode", "added") in rules
+    # Refuse mode: exit 1, the violations listed.
+    pol = write_policy(tmp_path, {"mode": "refuse", "annotations": {"may_widen": []}})
+    r = shim("--policy", pol, "policy", "check", "--bundle", bundle.path, "--json")
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert out["accepted"] is False and out["mode"] == "refuse"
+    details = " ".join(v["detail"] for v in out["violations"])
+    assert "CAP_SYS_ADMIN" in details and "dev.agentshim.egress.allow" in details
+    assert all(v["action"] == "refused" for v in out["violations"])
+    r = shim("--policy", pol, "policy", "check", "--bundle", bundle.path)
+    assert r.returncode == 1 and b"REFUSED:" in r.stdout
+
+
+def test_spec_output_is_accepted_by_the_strict_example(shim, tmp_path):
+    d = tmp_path / "b"
+    d.mkdir()
+    shim("spec", "--bundle", str(d), check=True)
+    (d / "rootfs").mkdir()
+    r = shim("--policy", os.path.join(REPO, "configs", "policy", "default.json"), "policy", "check",
+             "--bundle", str(d), "--json")
+    assert r.returncode == 0, r.stdout
+    out = json.loads(r.stdout)
+    assert not [x for x in out["decisions"] if x["action"] in ("dropped", "capped", "refused")], out["decisions"]
