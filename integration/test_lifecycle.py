@@ -226,7 +226,11 @@ def test_events_stats_shape(shim, runc, bundle_factory):
         shapes[name] = ev["data"]
     for key in ("cpu", "memory", "pids"):
         assert key in shapes["ev-shim"], key
-    assert shapes["ev-shim"]["pids"]["current"] == 1
+    # The init, plus agentshim's sentinel: the single-threaded process whose
+    # pid goes to --pid-file and lives in the container's cgroup (so clients
+    # reading stats through that pid find the container's cgroup).
+    assert shapes["ev-shim"]["pids"]["current"] == 2
+    assert shapes["ev-runc"]["pids"]["current"] == 1
     assert shapes["ev-shim"]["cpu"]["usage"]["total"] > 0
     assert shapes["ev-shim"]["memory"]["usage"]["usage"] > 0
 

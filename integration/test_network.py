@@ -212,8 +212,13 @@ class NetRun:
 
 @pytest.fixture
 def netrun(lab, net_rootfs, tmp_path):
+    n = [0]
+
     def make(allow, extra_policy=None):
-        return NetRun(lab, str(tmp_path), net_rootfs, allow, extra_policy)
+        n[0] += 1
+        d = tmp_path / f"run{n[0]}"
+        d.mkdir()
+        return NetRun(lab, str(d), net_rootfs, allow, extra_policy)
     return make
 
 
@@ -310,7 +315,7 @@ def test_host_loopback_unreachable_unless_explicit_rule(netrun):
     assert "viaproxy=403" in text, text
     assert "direct=000" in text, text  # the container's own loopback has nothing there
     n2 = netrun(["127.0.0.1:8081"])
-    r = n2.sh("curl -sS --max-time 5 -x http://127.0.0.1:3128 http://127.0.0.1:8081/hello")
+    r = n2.sh("curl -sS --max-time 5 --noproxy '' -x http://127.0.0.1:3128 http://127.0.0.1:8081/hello")
     assert r.returncode == 0, r.stderr
     assert json.loads(out(r))["where"] == "127.0.0.1"
 
@@ -357,15 +362,48 @@ def test_record_carries_network_totals_and_verifies(netrun):
     assert b"other.test" in show.stdout and b"allowed.test" in show.stdout, show.stdout
 
 
-def test_passthrough_uses_the_callers_namespace(netrun, lab, tmp_path):
-    n = netrun([], extra_policy={"network": {"mode": "passthrough"}})
-    # The caller prepared a namespace (as Docker/CNI do): the lab itself.
-    ns = n.bundle.config["linux"]["namespaces"]
-    for e in ns:
+@pytest.fixture
+def pod_netns():
+    """A namespace a caller prepared, as Docker or a CNI plugin would."""
+    name = "agp" + uuid.uuid4().hex[:10]
+    sh("ip", "netns", "add", name)
+    sh("ip", "netns", "exec", name, "ip", "addr", "add", "198.51.100.7/32", "dev", "lo")
+    yield f"/var/run/netns/{name}"
+    run(["ip", "netns", "delete", name])
+
+
+def set_netns_path(bundle, path):
+    for e in bundle.config["linux"]["namespaces"]:
         if e["type"] == "network":
-            e["path"] = f"/var/run/netns/{lab.name}"
-    n.bundle.save()
+            e["path"] = path
+    bundle.save()
+
+
+def test_passthrough_uses_the_callers_namespace(netrun, pod_netns):
+    n = netrun([], extra_policy={"network": {"mode": "passthrough"}})
+    set_netns_path(n.bundle, pod_netns)
     r = n.sh("ip addr")
-    assert UPSTREAM in out(r), out(r) + r.stderr.decode()
+    assert "198.51.100.7" in out(r), out(r) + r.stderr.decode()
     ev = n.events({"net.namespace"})
     assert ev and ev[-1]["data"]["mode"] == "joined"
+    assert "proxy" not in ev[-1]["data"]
+
+
+def test_internal_mode_replaces_the_callers_namespace(netrun, pod_netns):
+    n = netrun([])
+    set_netns_path(n.bundle, pod_netns)
+    r = n.sh("ip addr; env | grep -c _proxy=")
+    assert "198.51.100.7" not in out(r) and "127.0.0.1" in out(r), out(r) + r.stderr.decode()
+    created = n.events({"run.created"})[-1]["data"]
+    assert any(d["rule"] == "network.mode" and d["action"] == "replaced" for d in created["policy_decisions"]), created
+
+
+def test_host_network_is_refused(netrun):
+    # No network namespace in the config is the host's network (--network host).
+    n = netrun([])
+    n.bundle.config["linux"]["namespaces"] = [e for e in n.bundle.config["linux"]["namespaces"]
+                                             if e["type"] != "network"]
+    n.bundle.save()
+    r = n.sh("true")
+    assert r.returncode != 0
+    assert b"no network namespace" in r.stderr and b"host" in r.stderr, r.stderr

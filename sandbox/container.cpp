@@ -6,12 +6,12 @@
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
-#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -23,17 +23,17 @@
 #include <random>
 #include <thread>
 
+#include "attest/record.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
-#include "attest/record.h"
 #include "sandbox/cgroups/cgroups.h"
-#include "sandbox/policy.h"
-#include "sandbox/seccomp.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
+#include "sandbox/policy.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
+#include "sandbox/seccomp.h"
 #include "sandbox/state.h"
 #include "sandbox/supervisor.h"
 #include "sandbox/sync.h"
@@ -60,7 +60,10 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
   struct stat st {};
   if (::lstat((rootfs + "/etc").c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) return;
   std::string file = state_dir + "/resolv.conf";
-  write_file_atomic(file, "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n", 0644);
+  write_file_atomic(
+      file,
+      "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n",
+      0644);
   json mount = {{"destination", "/etc/resolv.conf"},
                 {"type", "bind"},
                 {"source", file},
@@ -74,10 +77,11 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
     }
   if (!replaced) cfg["mounts"].push_back(mount);
   if (!decisions.is_array()) decisions = json::array();
-  decisions.push_back({{"rule", "network.dns"},
-                              {"path", "mounts[/etc/resolv.conf]"},
-                              {"action", replaced ? "replaced" : "added"},
-                              {"detail", "/etc/resolv.conf points at the DNS stub 127.0.0.53 of the internal-only network"}});
+  decisions.push_back(
+      {{"rule", "network.dns"},
+       {"path", "mounts[/etc/resolv.conf]"},
+       {"action", replaced ? "replaced" : "added"},
+       {"detail", "/etc/resolv.conf points at the DNS stub 127.0.0.53 of the internal-only network"}});
 }
 
 // The record must stay out of the sandbox's reach: a bind mount whose source
@@ -107,7 +111,6 @@ void refuse_record_mounts(const json& cfg, const std::string& audit_dir) {
   }
 }
 
-
 void write_pid_file(const std::string& path, pid_t pid) {
   if (path.empty()) return;
   std::string p = path;
@@ -128,7 +131,9 @@ UniqueFd connect_console(const std::string& path) {
   return fd;
 }
 
-std::string state_dir(const Global& g, const std::string& id) { return state::container_dir(g.root, id); }
+std::string state_dir(const Global& g, const std::string& id) {
+  return state::container_dir(g.root, id);
+}
 
 std::unique_ptr<cgroups::Manager> cgroup_of(const state::ContainerState& st) {
   if (st.cgroup.is_null()) throw Error("container " + st.id + " has no cgroup recorded");
@@ -209,7 +214,8 @@ void create(const Global& g, const CreateOptions& o) {
       return 0;
     };
     if (oci::has_new_namespace(cfg, "user") &&
-        ::chown(fifo.c_str(), static_cast<uid_t>(host_id("uidMappings")), static_cast<gid_t>(host_id("gidMappings"))) < 0)
+        ::chown(fifo.c_str(), static_cast<uid_t>(host_id("uidMappings")),
+                static_cast<gid_t>(host_id("gidMappings"))) < 0)
       throw_errno("chown " + fifo);
   }
 
@@ -230,7 +236,13 @@ void create(const Global& g, const CreateOptions& o) {
               {"network", pres.network},
               {"exec_time_limit_s", pres.exec_time_limit_s}};
   s.extra_seccomp = pres.extra_seccomp;
-  write_file(dir + "/policy.json", policy::exec_settings(pol, pres).dump(), 0600);  // for `exec`
+  {
+    // For `exec` (the process settings) and `update` (the resource limits).
+    json saved = policy::exec_settings(pol, pres);
+    saved["policy"] = pol;
+    saved["policy_name"] = pctx.policy_name;
+    write_file(dir + "/policy.json", saved.dump(), 0600);
+  }
   // Every execve in the sandbox is observed for the record (seccomp user
   // notification) unless the policy turns it off explicitly.
   s.observe_exec = pol["audit"].value("observe_exec", true);
@@ -458,8 +470,10 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
       break;
     }
     if (relay && !relay->pump(50)) relay.reset();
-    struct timespec ts {0, relay ? 0 : 50 * 1000 * 1000};
-    siginfo_t si {};
+    struct timespec ts {
+      0, relay ? 0 : 50 * 1000 * 1000
+    };
+    siginfo_t si{};
     int sig = sigtimedwait(&set, &si, &ts);
     if (sig > 0 && sig != SIGCHLD) ::kill(st.supervisor_pid, sig);
   }
@@ -493,7 +507,9 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   auto st = state::load(g.root, id);
   std::string status = state::status(g.root, st);
   if (status == "stopped" && !all) throw Error("container not running");
-  supervisor::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}});
+  // A paused container's supervisor is frozen with it: queue the note.
+  supervisor::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}},
+                     status != "paused");
   if (all) {
     auto cg = cgroup_of(st);
     for (pid_t p : cg->pids())
@@ -542,7 +558,8 @@ void remove(const Global& g, const std::string& id, bool force) {
       if (status == "paused") cg->thaw();
     }
   }
-  if (!wait_gone(st.init_pid, st.init_start, 10000)) log::warn("container init " + std::to_string(st.init_pid) + " did not exit");
+  if (!wait_gone(st.init_pid, st.init_start, 10000))
+    log::warn("container init " + std::to_string(st.init_pid) + " did not exit");
   // The supervisor finalizes the record, then exits; give it time.
   if (!wait_gone(st.supervisor_pid, st.supervisor_start, 30000)) {
     log::warn("supervisor " + std::to_string(st.supervisor_pid) + " did not exit; killing it");
@@ -572,8 +589,10 @@ void pause(const Global& g, const std::string& id) {
   state::Lock lock(g.root, id);
   std::string status = state::status(g.root, st);
   if (status != "running" && status != "created") throw Error("container not running");
-  cgroup_of(st)->freeze();
+  // The supervisor shares the container's cgroup: tell it first (after the
+  // freeze it could not answer).
   supervisor::notify(state_dir(g, id), {{"type", "paused"}});
+  cgroup_of(st)->freeze();
 }
 
 void resume(const Global& g, const std::string& id) {
@@ -589,12 +608,39 @@ void update(const Global& g, const std::string& id, const json& resources) {
   state::Lock lock(g.root, id);
   if (state::status(g.root, st) == "stopped") throw Error("container not running");
   if (!resources.is_object()) throw Error("update: resources must be a JSON object");
-  cgroup_of(st)->set(resources);
+  // The policy's limits hold for updates too: the config with the update
+  // merged in is evaluated again, and the resources it would enforce are
+  // what is applied (capped in enforce mode; refused in refuse mode).
+  json apply = resources;
+  json decisions = json::array();
+  if (auto saved = try_read_file(state_dir(g, id) + "/policy.json")) {
+    json sp = json::parse(*saved, nullptr, false);
+    if (sp.is_object() && sp.contains("policy")) {
+      json merged = st.config;
+      if (!merged["linux"]["resources"].is_object()) merged["linux"]["resources"] = json::object();
+      merged["linux"]["resources"].merge_patch(resources);
+      policy::ApplyContext ctx;
+      ctx.policy_name = sp.value("policy_name", "policy");
+      policy::Result pr = policy::evaluate(sp["policy"], merged, ctx);
+      std::string refused;
+      for (const auto& d : pr.decisions) {
+        if (!starts_with(d.value("path", ""), "linux.resources")) continue;
+        if (d.value("action", "") == "refused") refused += "\n  " + d.value("detail", "");
+        decisions.push_back(d);
+      }
+      if (!refused.empty()) throw Error("update refused by " + ctx.policy_name + ":" + refused);
+      const json& enforced = pr.config["linux"]["resources"];
+      for (auto& [k, v] : apply.items())
+        if (k != "devices" && enforced.contains(k)) v = enforced[k];
+    }
+  }
+  cgroup_of(st)->set(apply);
   json& r = st.config["linux"]["resources"];
   if (!r.is_object()) r = json::object();
-  r.merge_patch(resources);
+  r.merge_patch(apply);
   state::save(g.root, st);
-  supervisor::notify(state_dir(g, id), {{"type", "updated"}, {"resources", resources}});
+  supervisor::notify(state_dir(g, id),
+                     {{"type", "updated"}, {"resources", apply}, {"policy_decisions", decisions}});
 }
 
 std::vector<pid_t> pids(const Global& g, const std::string& id) {
@@ -641,8 +687,9 @@ void events(const Global& g, const std::string& id, bool stats_once, int interva
 }
 
 json exec_process_from_args(const Global& g, const std::string& id, const std::vector<std::string>& args,
-                            const std::string& cwd, const std::vector<std::string>& env, const std::string& user,
-                            bool tty, const std::vector<std::string>& additional_gids,
+                            const std::string& cwd, const std::vector<std::string>& env,
+                            const std::string& user, bool tty,
+                            const std::vector<std::string>& additional_gids,
                             const std::vector<std::string>& caps, bool no_new_privs) {
   auto st = state::load(g.root, id);
   json p = st.config["process"];
@@ -691,7 +738,8 @@ int exec(const Global& g, const ExecOptions& o) {
   const json& cproc = st.config["process"];
   if (!proc.contains("noNewPrivileges") && cproc.contains("noNewPrivileges"))
     proc["noNewPrivileges"] = cproc["noNewPrivileges"];
-  if (!proc.contains("capabilities") && cproc.contains("capabilities")) proc["capabilities"] = cproc["capabilities"];
+  if (!proc.contains("capabilities") && cproc.contains("capabilities"))
+    proc["capabilities"] = cproc["capabilities"];
   if (!proc.contains("rlimits") && cproc.contains("rlimits")) proc["rlimits"] = cproc["rlimits"];
   // The policy's exec-relevant parts (capabilities, no_new_privs, seccomp,
   // proxy environment), as create saved them.
@@ -714,7 +762,8 @@ int exec(const Global& g, const ExecOptions& o) {
     auto nt = oci::namespace_by_name(t);
     std::string self = "/proc/self/ns/" + std::string(nt->proc);
     std::string theirs = "/proc/" + std::to_string(st.init_pid) + "/ns/" + nt->proc;
-    struct stat a {}, b {};
+    struct stat a {
+    }, b{};
     if (::stat(self.c_str(), &a) < 0 || ::stat(theirs.c_str(), &b) < 0) continue;
     if (a.st_ino == b.st_ino && a.st_dev == b.st_dev) continue;
     UniqueFd fd(::open(theirs.c_str(), O_RDONLY | O_CLOEXEC));
@@ -743,9 +792,11 @@ int exec(const Global& g, const ExecOptions& o) {
       if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_DUMPABLE, 0)");
       cg->join(::getpid());
       for (auto& [flag, fd] : nsfds) {
-        if (::setns(fd.get(), flag) < 0) throw_errno("setns into container (flag " + std::to_string(flag) + ")");
+        if (::setns(fd.get(), flag) < 0)
+          throw_errno("setns into container (flag " + std::to_string(flag) + ")");
         if (flag == CLONE_NEWUSER) {
-          if (::setresgid(0, 0, 0) < 0 || ::setresuid(0, 0, 0) < 0) throw_errno("become root in user namespace");
+          if (::setresgid(0, 0, 0) < 0 || ::setresuid(0, 0, 0) < 0)
+            throw_errno("become root in user namespace");
         }
       }
       pid_t child = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
@@ -794,10 +845,13 @@ int exec(const Global& g, const ExecOptions& o) {
   pid_t pid = static_cast<pid_t>(*child);
   write_pid_file(o.pid_file, pid);
   json args = proc["args"];
-  supervisor::notify(state_dir(g, o.id), {{"type", "exec"}, {"pid", pid}, {"args", args},
-                                         {"cwd", proc.value("cwd", "/")}, {"terminal", terminal},
-                                         {"user", proc.value("user", json::object())},
-                                         {"policy_decisions", exec_decisions}});
+  supervisor::notify(state_dir(g, o.id), {{"type", "exec"},
+                                          {"pid", pid},
+                                          {"args", args},
+                                          {"cwd", proc.value("cwd", "/")},
+                                          {"terminal", terminal},
+                                          {"user", proc.value("user", json::object())},
+                                          {"policy_decisions", exec_decisions}});
   if (o.detach) return 0;
   sigset_t set;
   sigemptyset(&set);
@@ -808,17 +862,18 @@ int exec(const Global& g, const ExecOptions& o) {
     int status = 0;
     pid_t p = ::waitpid(pid, &status, WNOHANG);
     if (p == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    struct timespec ts {0, 50 * 1000 * 1000};
-    siginfo_t si {};
+    struct timespec ts {
+      0, 50 * 1000 * 1000
+    };
+    siginfo_t si{};
     int sig = sigtimedwait(&set, &si, &ts);
     if (sig > 0 && sig != SIGCHLD) ::kill(pid, sig);
   }
 }
 
 json default_spec(bool rootless) {
-  json caps = {"CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FOWNER",           "CAP_FSETID",
-               "CAP_KILL",   "CAP_SETGID",       "CAP_SETUID",           "CAP_SETPCAP",
-               "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"};
+  json caps = {"CAP_CHOWN",  "CAP_DAC_OVERRIDE", "CAP_FOWNER",  "CAP_FSETID",           "CAP_KILL",
+               "CAP_SETGID", "CAP_SETUID",       "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"};
   json spec = {
       {"ociVersion", oci::kOciVersion},
       {"process",
@@ -833,7 +888,10 @@ json default_spec(bool rootless) {
       {"root", {{"path", "rootfs"}, {"readonly", true}}},
       {"hostname", "agentshim"},
       {"mounts",
-       {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}, {"options", {"nosuid", "noexec", "nodev"}}},
+       {{{"destination", "/proc"},
+         {"type", "proc"},
+         {"source", "proc"},
+         {"options", {"nosuid", "noexec", "nodev"}}},
         {{"destination", "/dev"},
          {"type", "tmpfs"},
          {"source", "tmpfs"},
@@ -846,8 +904,14 @@ json default_spec(bool rootless) {
          {"type", "tmpfs"},
          {"source", "shm"},
          {"options", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}}},
-        {{"destination", "/dev/mqueue"}, {"type", "mqueue"}, {"source", "mqueue"}, {"options", {"nosuid", "noexec", "nodev"}}},
-        {{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}, {"options", {"nosuid", "noexec", "nodev", "ro"}}},
+        {{"destination", "/dev/mqueue"},
+         {"type", "mqueue"},
+         {"source", "mqueue"},
+         {"options", {"nosuid", "noexec", "nodev"}}},
+        {{"destination", "/sys"},
+         {"type", "sysfs"},
+         {"source", "sysfs"},
+         {"options", {"nosuid", "noexec", "nodev", "ro"}}},
         {{"destination", "/sys/fs/cgroup"},
          {"type", "cgroup"},
          {"source", "cgroup"},
@@ -863,13 +927,17 @@ json default_spec(bool rootless) {
           {"memory", {{"limit", 1LL << 30}}},
           {"cpu", {{"quota", 200000}, {"period", 100000}}}}},
         {"namespaces",
-         {{{"type", "pid"}}, {{"type", "network"}}, {{"type", "ipc"}}, {{"type", "uts"}}, {{"type", "mount"}},
+         {{{"type", "pid"}},
+          {{"type", "network"}},
+          {{"type", "ipc"}},
+          {{"type", "uts"}},
+          {{"type", "mount"}},
           {{"type", "cgroup"}}}},
         {"maskedPaths",
-         {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-          "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi", "/sys/devices/virtual/powercap"}},
-        {"readonlyPaths",
-         {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}}}}};
+         {"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+          "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+          "/sys/devices/virtual/powercap"}},
+        {"readonlyPaths", {"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}}}}};
   if (rootless) {
     spec["linux"]["namespaces"].push_back({{"type", "user"}});
     spec["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", ::getuid()}, {"size", 1}}};
@@ -889,10 +957,12 @@ json features() {
       {"ociVersionMax", oci::kOciVersionMax},
       {"hooks", {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}},
       {"mountOptions",
-       {"async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec", "lazytime", "loud", "mand",
-        "noatime", "nodev", "nodiratime", "noexec", "nolazytime", "nomand", "norelatime", "nostrictatime", "nosuid",
-        "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared", "rslave", "runbindable", "rw",
-        "shared", "silent", "slave", "strictatime", "suid", "sync", "tmpcopyup", "unbindable"}},
+       {"async",       "atime",      "bind",      "defaults",   "dev",           "diratime",    "dirsync",
+        "exec",        "lazytime",   "loud",      "mand",       "noatime",       "nodev",       "nodiratime",
+        "noexec",      "nolazytime", "nomand",    "norelatime", "nostrictatime", "nosuid",      "private",
+        "rbind",       "relatime",   "remount",   "ro",         "rprivate",      "rshared",     "rslave",
+        "runbindable", "rw",         "shared",    "silent",     "slave",         "strictatime", "suid",
+        "sync",        "tmpcopyup",  "unbindable"}},
       {"linux",
        {{"namespaces", ns},
         {"capabilities", caps},
@@ -900,13 +970,14 @@ json features() {
         {"seccomp",
          {{"enabled", true},
           {"actions",
-           {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD",
-            "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"}},
+           {"SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"}},
           {"operators",
            {"SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ",
             "SCMP_CMP_NE"}},
           {"archs", {"SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"}},
-          {"knownFlags", {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"}},
+          {"knownFlags",
+           {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"}},
           {"supportedFlags",
            {"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_LOG"}}}},
         {"apparmor", {{"enabled", false}}},

@@ -16,6 +16,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "netpolicy/allowlist.h"
 #include "sandbox/oci.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/seccomp_profile.h"
@@ -138,39 +139,17 @@ std::optional<double> parse_cpus(const json& v) {
   return d;
 }
 
-// "api.example.com:443", "*.pypi.org:443", "10.0.0.1:80", "[2001:db8::1]:443".
+// An egress rule exactly as the proxy's allowlist reads it (netpolicy/
+// allowlist.h): "api.example.com", "api.example.com:443", "*.pypi.org:443",
+// "10.0.0.1:80", "[2001:db8::1]:443", "192.0.2.0/24:443".
 bool valid_egress_rule(const Str& r, Str* why) {
-  auto colon = r.rfind(':');
-  if (colon == Str::npos || colon == 0) {
-    *why = "must be host:port";
+  try {
+    (void)net::Allowlist::parse({r}, "rule");
+    return true;
+  } catch (const std::exception& e) {
+    *why = e.what();
     return false;
   }
-  Str host = r.substr(0, colon), port = r.substr(colon + 1);
-  auto p = parse_uint(port);
-  if (!p || *p < 1 || *p > 65535) {
-    *why = "port must be 1..65535";
-    return false;
-  }
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    struct in6_addr a6 {};
-    if (::inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6) == 1) return true;
-    *why = "not a valid IPv6 literal";
-    return false;
-  }
-  Str name = host;
-  if (starts_with(name, "*.")) name = name.substr(2);
-  if (name.empty() || name.size() > 253 || name.front() == '.' || name.back() == '.' ||
-      name.find("..") != Str::npos) {
-    *why = "not a valid host name";
-    return false;
-  }
-  for (char c : name)
-    if (!(std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) ||
-          c == '-' || c == '.')) {
-      *why = "host names are lower-case letters, digits, '-' and '.' (\"*.\" prefix for a wildcard)";
-      return false;
-    }
-  return true;
 }
 
 const std::set<Str>& widening_annotations() {
@@ -548,7 +527,12 @@ class Engine {
     for (const char* t : {"pid", "ipc", "uts", "mount", "network", "cgroup"}) {
       if (oci::has_namespace(r_.config, t)) continue;
       const Str asked = Str("the config has no ") + t + " namespace (the container would share the host's)";
-      if (refuse_) {
+      // A missing pid/ipc/uts/mount/network namespace is an explicit request
+      // for the host's (docker run --pid host, --network host, --ipc host,
+      // --uts host): refused in both modes, naming it. A missing cgroup
+      // namespace is how runc's spec and Docker on cgroup v1 are written
+      // by default, so enforce mode adds one.
+      if (refuse_ || Str(t) != "cgroup") {
         hard("namespaces", "linux.namespaces",
              asked + "; refused by policy rule namespaces (host namespaces are never allowed)");
       } else {
@@ -996,6 +980,29 @@ class Engine {
                   {"proxy_port", port},
                   {"limits", n.value("limits", json::object())}};
     if (mode != "internal") return;
+    // Docker (libnetwork) wires its bridge into the container's namespace
+    // from a prestart/createRuntime hook ("libnetwork-setkey"): with the
+    // internal-only network that hook is removed, so no veth arrives.
+    if (r_.config.contains("hooks") && r_.config["hooks"].is_object()) {
+      for (auto& [kind, list] : r_.config["hooks"].items()) {
+        if (!list.is_array()) continue;
+        json kept = json::array();
+        for (const auto& h : list) {
+          bool setkey = false;
+          if (h.is_object() && h.contains("args") && h["args"].is_array())
+            for (const auto& a : h["args"])
+              if (a.is_string() && a.get<Str>() == "libnetwork-setkey") setkey = true;
+          if (setkey)
+            decide("network.mode", "hooks." + kind, "dropped",
+                   "caller's " + kind +
+                       " hook libnetwork-setkey (Docker's bridge network setup) removed: "
+                       "the container gets the internal-only network by policy rule network.mode");
+          else
+            kept.push_back(h);
+        }
+        list = kept;
+      }
+    }
     json& p = proc();
     json env = p.contains("env") && p["env"].is_array() ? p["env"] : json::array();
     auto [e, d] = proxy_env(env, port);

@@ -40,8 +40,8 @@
 namespace agentshim::supervisor {
 namespace {
 
-const int kForwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM, SIGTSTP,
-                          SIGTTIN, SIGTTOU, SIGPWR, SIGURG, SIGVTALRM, SIGPROF, SIGXCPU, SIGXFSZ};
+const int kForwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2,   SIGWINCH, SIGCONT, SIGALRM,
+                          SIGTSTP, SIGTTIN, SIGTTOU, SIGPWR,  SIGURG,  SIGVTALRM, SIGPROF,  SIGXCPU, SIGXFSZ};
 
 sigset_t handled_signals() {
   sigset_t set;
@@ -63,9 +63,10 @@ void reset_signals() {
 }
 
 json hook_state(const Setup& s, const std::string& status, pid_t pid) {
-  json j = {{"ociVersion", oci::kOciVersion}, {"id", s.id},         {"status", status},
-            {"pid", pid},                     {"bundle", s.bundle}};
-  if (s.config.contains("annotations") && s.config["annotations"].is_object() && !s.config["annotations"].empty())
+  json j = {
+      {"ociVersion", oci::kOciVersion}, {"id", s.id}, {"status", status}, {"pid", pid}, {"bundle", s.bundle}};
+  if (s.config.contains("annotations") && s.config["annotations"].is_object() &&
+      !s.config["annotations"].empty())
     j["annotations"] = s.config["annotations"];
   return j;
 }
@@ -75,8 +76,8 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
   std::string data;
   for (const auto& m : cfg["linux"][key])
     data += std::to_string(m["containerID"].get<unsigned long>()) + " " +
-            std::to_string(m["hostID"].get<unsigned long>()) + " " + std::to_string(m["size"].get<unsigned long>()) +
-            "\n";
+            std::to_string(m["hostID"].get<unsigned long>()) + " " +
+            std::to_string(m["size"].get<unsigned long>()) + "\n";
   std::string path = "/proc/" + std::to_string(pid) + "/" + file;
   try {
     write_file(path, data);
@@ -289,7 +290,7 @@ struct Exit {
 
 class Supervisor {
  public:
-  explicit Supervisor(Setup& s) : s_(s) {}
+  Supervisor(Setup& s, pid_t sentinel) : s_(s), sentinel_(sentinel) {}
 
   [[noreturn]] void run() {
     int code = 1;
@@ -297,7 +298,9 @@ class Supervisor {
       setup();
       code = loop();
     } catch (const std::exception& e) {
-      log::error(e.what());
+      // While `create` waits, it reports the error (once); afterwards only
+      // the log can.
+      if (!s_.cli_sock) log::error(e.what());
       // Clean up first: the CLI exits as soon as it hears of the error, and
       // nothing (process, cgroup) may outlive that.
       cleanup_failed();
@@ -318,13 +321,36 @@ class Supervisor {
     }
   }
 
+  // The sentinel back to the cgroups it came from (see setup()), so the
+  // container's cgroup can be removed after a failed create.
+  void sentinel_leaves_container_cgroup() {
+    if (!in_container_cgroup_) return;
+    in_container_cgroup_ = false;
+    std::string pid = std::to_string(sentinel_);
+    for (const auto& m : home_.mounts) {
+      std::string key = m.fstype == "cgroup2" ? "" : m.options;
+      auto it = home_.self.find(key);
+      if (it == home_.self.end()) continue;
+      std::string rel = it->second;
+      if (m.root != "/" && starts_with(rel, m.root)) rel = rel.substr(m.root.size());
+      std::string procs = m.path + (rel == "/" ? "" : rel) + "/cgroup.procs";
+      try {
+        write_file(procs, pid);
+      } catch (const std::exception& e) {
+        log::debug(std::string("supervisor: sentinel back to its cgroup: ") + e.what());
+      }
+    }
+  }
+
   void cleanup_failed() {
     net_.reset();
+    sentinel_leaves_container_cgroup();
     if (stage1_ > 0) ::kill(stage1_, SIGKILL);
     if (init_pid_ > 0) ::kill(init_pid_, SIGKILL);
     if (cg_) {
       try {
-        for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
+        for (pid_t p : cg_->pids())
+          if (p != sentinel_) ::kill(p, SIGKILL);
         if (cg_->frozen()) cg_->thaw();  // a frozen process dies only once thawed
       } catch (...) {
       }
@@ -364,18 +390,24 @@ class Supervisor {
     if (!record_) s_.observe_exec = false;
     std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
-    // The supervisor itself stays outside the container's cgroup (its memory
-    // is not the container's, and pause must not freeze it); stage1 joins
-    // it before it creates the init, so every container process is counted.
-    json resources = cfg.contains("linux") && cfg["linux"].contains("resources") &&
-                             cfg["linux"]["resources"].is_object()
-                         ? cfg["linux"]["resources"]
-                         : json::object();
+    json resources =
+        cfg.contains("linux") && cfg["linux"].contains("resources") && cfg["linux"]["resources"].is_object()
+            ? cfg["linux"]["resources"]
+            : json::object();
     resources["devices"] = cgroups::effective_device_rules(cfg);
     cg_->set(resources);
+    // The pid --pid-file names is the sentinel (see main()), and the runc
+    // v2 shim (containerd, Docker, Kubernetes) reads stats and OOM events
+    // from that pid's cgroup: the sentinel joins the container's cgroup. We
+    // (threads, proxy buffers, hashing) stay outside it.
+    home_ = cgroups::Host::detect();
+    cg_->apply(sentinel_);
+    in_container_cgroup_ = true;
     json mounts = json::array();
     for (const auto& h : cg_->hierarchies())
-      mounts.push_back({{"name", h.mountpoint_name}, {"fstype", h.fstype}, {"options", h.options},
+      mounts.push_back({{"name", h.mountpoint_name},
+                        {"fstype", h.fstype},
+                        {"options", h.options},
                         {"host_path", h.host_path}});
     s_.policy["cgroup_mounts"] = mounts;
 
@@ -442,10 +474,9 @@ class Supervisor {
     }
     ctl_ = listen_control(s_.state_dir + "/supervisor.sock");
     init_start_ = state::process_start_time(init_pid_);
-    sync::send(s_.cli_sock.get(), {{"type", "created"},
-                                   {"init_pid", init_pid_},
-                                   {"init_start", init_start_},
-                                   {"cgroup", cg_->save()}});
+    sync::send(
+        s_.cli_sock.get(),
+        {{"type", "created"}, {"init_pid", init_pid_}, {"init_start", init_start_}, {"cgroup", cg_->save()}});
     s_.cli_sock.reset();
     s_.console_sock.reset();
     s_.exec_fifo.reset();
@@ -467,7 +498,8 @@ class Supervisor {
       while (struct dirent* e = ::readdir(d)) {
         auto n = parse_int(e->d_name);
         if (!n || *n < 3 || *n == ::dirfd(d)) continue;
-        if (std::find(keep.begin(), keep.end(), static_cast<int>(*n)) == keep.end()) out.push_back(static_cast<int>(*n));
+        if (std::find(keep.begin(), keep.end(), static_cast<int>(*n)) == keep.end())
+          out.push_back(static_cast<int>(*n));
       }
       ::closedir(d);
     }
@@ -494,16 +526,19 @@ class Supervisor {
     // refuses that; nothing here would contain it, so nothing is served.
     if (!oci::has_namespace(cfg, "network")) return;
     auto opts = network::Options::from_policy(s_.policy);
-    net_ = std::make_unique<network::ContainerNetwork>(
-        init_pid_, oci::has_new_namespace(cfg, "network"), opts, [this](const std::string& type, json data) {
-          if (record_) record_->event(type, pct_strings(std::move(data)));
-        });
+    net_ = std::make_unique<network::ContainerNetwork>(init_pid_, oci::has_new_namespace(cfg, "network"),
+                                                       opts, [this](const std::string& type, json data) {
+                                                         if (record_)
+                                                           record_->event(type, pct_strings(std::move(data)));
+                                                       });
   }
 
   // The policy's exec time limit, counted from `start`.
   int poll_timeout_ms() {
     if (deadline_ == std::chrono::steady_clock::time_point{}) return -1;
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now()).count();
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now())
+            .count();
     return left <= 0 ? 0 : static_cast<int>(std::min<long long>(left, 1 << 30));
   }
 
@@ -512,11 +547,14 @@ class Supervisor {
     if (std::chrono::steady_clock::now() < deadline_) return;
     time_limit_hit_ = true;
     long long limit = s_.policy.value("exec_time_limit_s", 0LL);
-    log::warn("container " + s_.id + " reached the policy's exec time limit (" + std::to_string(limit) + " s); killing it");
-    if (record_) record_->event("run.time_limit", {{"limit_s", limit}, {"action", "SIGKILL to every process"}});
+    log::warn("container " + s_.id + " reached the policy's exec time limit (" + std::to_string(limit) +
+              " s); killing it");
+    if (record_)
+      record_->event("run.time_limit", {{"limit_s", limit}, {"action", "SIGKILL to every process"}});
     try {
       if (cg_) {
-        for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
+        for (pid_t p : cg_->pids())
+          if (p != sentinel_) ::kill(p, SIGKILL);
         if (cg_->frozen()) cg_->thaw();  // a frozen process dies only once thawed
       }
     } catch (const std::exception& e) {
@@ -606,7 +644,8 @@ class Supervisor {
                 record_->event(type, std::move(data));
               });
         }
-      } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && cfg["linux"]["seccomp"].is_object()) {
+      } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") &&
+                 cfg["linux"]["seccomp"].is_object()) {
         std::string path = cfg["linux"]["seccomp"].value("listenerPath", "");
         if (!path.empty())
           send_to_listener(path, fds[i].get(), cfg["linux"]["seccomp"].value("listenerMetadata", ""));
@@ -640,7 +679,9 @@ class Supervisor {
     for (;;) {
       UniqueFd c(::accept4(ctl_.get(), nullptr, nullptr, SOCK_CLOEXEC));
       if (!c) return;
-      struct timeval tv {1, 0};
+      struct timeval tv {
+        1, 0
+      };
       ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
       std::string buf;
       char tmp[4096];
@@ -681,18 +722,25 @@ class Supervisor {
       sync_after_reply_ = true;  // `start` need not wait for the fsync
     } else if (type == "exec") {
       json args = json::array();
-      for (const auto& a : msg.value("args", json::array())) args.push_back(attest::pct_encode(a.get<std::string>()));
+      for (const auto& a : msg.value("args", json::array()))
+        args.push_back(attest::pct_encode(a.get<std::string>()));
       record_->event("caller.exec", {{"pid", msg.value("pid", 0)},
                                      {"args", args},
                                      {"cwd", attest::pct_encode(msg.value("cwd", "/"))},
-                                     {"terminal", msg.value("terminal", false)}});
+                                     {"terminal", msg.value("terminal", false)},
+                                     {"user", msg.value("user", json::object())},
+                                     {"policy_decisions", msg.value("policy_decisions", json::array())}});
     } else if (type == "kill") {
-      record_->event("signal", {{"signal", msg.value("signal", "")}, {"all", msg.value("all", false)},
-                                {"source", "caller"}});
+      record_->event(
+          "signal",
+          {{"signal", msg.value("signal", "")}, {"all", msg.value("all", false)}, {"source", "caller"}});
     } else if (type == "paused" || type == "resumed") {
       record_->event("run." + type, json::object());
     } else if (type == "updated") {
-      record_->event("run.updated", {{"resources_sha256", attest::hex(attest::sha256(msg.value("resources", json::object()).dump()))}});
+      record_->event(
+          "run.updated",
+          {{"resources_sha256", attest::hex(attest::sha256(msg.value("resources", json::object()).dump()))},
+           {"policy_decisions", msg.value("policy_decisions", json::array())}});
     } else {
       record_->event("caller." + attest::pct_encode(type), json::object());
     }
@@ -712,20 +760,23 @@ class Supervisor {
     json ns = json::array();
     for (const auto& n : oci::namespaces(cfg)) ns.push_back(n.path.empty() ? n.type : n.type + " (joined)");
     const json& p = cfg["process"];
-    json caps = p.contains("capabilities") ? p["capabilities"].value("bounding", json::array()) : json::array();
+    json caps =
+        p.contains("capabilities") ? p["capabilities"].value("bounding", json::array()) : json::array();
     json res = cfg.contains("linux") ? cfg["linux"].value("resources", json::object()) : json::object();
     res.erase("devices");
-    return {{"namespaces", ns},
-            {"capabilities", caps},
-            {"no_new_privileges", p.value("noNewPrivileges", false)},
-            {"user", p.value("user", json::object())},
-            {"readonly_root", cfg.contains("root") && cfg["root"].value("readonly", false)},
-            {"seccomp",
-             {{"config_profile", cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null()},
-              {"agentshim_profile", !s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()},
-              {"exec_observer", s_.observe_exec}}},
-            {"masked_paths", cfg.contains("linux") ? cfg["linux"].value("maskedPaths", json::array()).size() : 0},
-            {"resources", res}};
+    return {
+        {"namespaces", ns},
+        {"capabilities", caps},
+        {"no_new_privileges", p.value("noNewPrivileges", false)},
+        {"user", p.value("user", json::object())},
+        {"readonly_root", cfg.contains("root") && cfg["root"].value("readonly", false)},
+        {"seccomp",
+         {{"config_profile",
+           cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null()},
+          {"agentshim_profile", !s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()},
+          {"exec_observer", s_.observe_exec}}},
+        {"masked_paths", cfg.contains("linux") ? cfg["linux"].value("maskedPaths", json::array()).size() : 0},
+        {"resources", res}};
   }
 
   void start_record() {
@@ -740,26 +791,27 @@ class Supervisor {
     rc.hash_cache = !audit.value("strict", false);
     bool stop = audit.value("on_log_failure", "stop") == "stop";
     rc.on_log_failure = [this, stop](const std::string& msg) {
-      log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)" : "; continuing, run marked incomplete"));
+      log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"
+                             : "; continuing, run marked incomplete"));
       if (stop && init_pid_ > 0) ::kill(init_pid_, SIGKILL);
     };
     record_ = std::make_unique<attest::RunRecord>(rc);
     json args = json::array();
     for (const auto& a : s_.config["process"].value("args", json::array()))
       args.push_back(attest::pct_encode(a.get<std::string>()));
-    record_->event("run.created",
-                   {{"run_id", s_.run_id},
-                    {"container_id", s_.id},
-                    {"bundle", attest::pct_encode(s_.bundle)},
-                    {"config_given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
-                    {"config_enforced_sha256", digest_of(s_.config)},
-                    {"process",
-                     {{"args", args},
-                      {"cwd", attest::pct_encode(s_.config["process"].value("cwd", "/"))},
-                      {"user", s_.config["process"].value("user", json::object())}}},
-                    {"policy_decisions", s_.policy.value("decisions", json::array())},
-                    {"sandbox", sandbox_summary()},
-                    {"runtime", {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}}}});
+    record_->event("run.created", {{"run_id", s_.run_id},
+                                   {"container_id", s_.id},
+                                   {"bundle", attest::pct_encode(s_.bundle)},
+                                   {"config_given_sha256",
+                                    digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
+                                   {"config_enforced_sha256", digest_of(s_.config)},
+                                   {"process",
+                                    {{"args", args},
+                                     {"cwd", attest::pct_encode(s_.config["process"].value("cwd", "/"))},
+                                     {"user", s_.config["process"].value("user", json::object())}}},
+                                   {"policy_decisions", s_.policy.value("decisions", json::array())},
+                                   {"sandbox", sandbox_summary()},
+                                   {"runtime", {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}}}});
   }
 
   std::vector<attest::TrackedTree> tracked_trees() const {
@@ -769,12 +821,15 @@ class Supervisor {
     if (cfg.contains("mounts") && cfg["mounts"].is_array())
       for (const auto& m : cfg["mounts"]) {
         auto opts = m.value("options", std::vector<std::string>{});
-        bool bind = m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
+        bool bind = m.value("type", "") == "bind" ||
+                    std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
                     std::find(opts.begin(), opts.end(), "rbind") != opts.end();
         bool ro = std::find(opts.begin(), opts.end(), "ro") != opts.end();
         std::string src = m.value("source", "");
         struct stat st {};
-        if (!bind || ro || src.empty() || src[0] != '/' || ::stat(src.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
+        if (!bind || ro || src.empty() || src[0] != '/' || ::stat(src.c_str(), &st) < 0 ||
+            !S_ISDIR(st.st_mode))
+          continue;
         out.push_back({m.value("destination", src), src, {}});
       }
     return out;
@@ -836,8 +891,9 @@ class Supervisor {
       }
       record_->snapshot_after();
       json facts = {{"runtime", runtime_identity()},
-                    {"config", {{"given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
-                                {"enforced_sha256", digest_of(s_.config)}}},
+                    {"config",
+                     {{"given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
+                      {"enforced_sha256", digest_of(s_.config)}}},
                     {"sandbox", sandbox_summary()},
                     {"policy_decisions", s_.policy.value("decisions", json::array())},
                     {"entrypoint", entrypoint_},
@@ -891,22 +947,80 @@ class Supervisor {
   std::unique_ptr<attest::RunRecord> record_;
   std::unique_ptr<observer::ExecObserver> observer_;
   json entrypoint_ = json::object();
-  json network_totals_ = {{"mode", "none"}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};
+  json network_totals_ = {
+      {"mode", "none"}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};
   std::unique_ptr<network::ContainerNetwork> net_;
   std::vector<int> inherited_;
   std::chrono::steady_clock::time_point deadline_{};
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;
+  pid_t sentinel_;
+  cgroups::Host home_;
+  bool in_container_cgroup_ = false;
 };
+
+// The sentinel: the process `create` forked, whose pid goes to --pid-file.
+// It joins the container's cgroup (so a client reading stats and OOM events
+// through that pid finds the container's), stays single-threaded and tiny,
+// forwards every signal it gets to the supervisor, and exits with the
+// supervisor's status — which is the container's. The supervisor is its
+// only child and dies with it (PDEATHSIG), taking the container with it.
+[[noreturn]] void sentinel_main(pid_t worker) {
+  prctl(PR_SET_NAME, "agentshim-run");
+  int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull >= 0) {
+    for (int fd = 0; fd < 3; fd++) ::dup2(devnull, fd);
+    ::close(devnull);
+  }
+  ::syscall(SYS_close_range, 3, ~0U, 0);
+  sigset_t all;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, nullptr);
+  for (;;) {
+    int status = 0;
+    pid_t r = ::waitpid(worker, &status, WNOHANG);
+    if (r < 0 && errno == ECHILD) ::_exit(1);
+    if (r == worker) {
+      if (WIFEXITED(status)) ::_exit(WEXITSTATUS(status));
+      ::_exit(128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0));
+    }
+    siginfo_t si{};
+    struct timespec ts {
+      1, 0
+    };
+    int sig = ::sigtimedwait(&all, &si, &ts);
+    if (sig <= 0 || sig == SIGCHLD) continue;
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    ::kill(worker, sig);
+  }
+}
 
 }  // namespace
 
 void main(Setup s) {
-  Supervisor sup(s);
-  sup.run();
+  process::set_oom_score_adj(0, -1000);
+  ::signal(SIGCHLD, SIG_DFL);  // a caller that ignores SIGCHLD must not make us lose the status
+  pid_t sentinel = ::getpid();
+  pid_t worker = ::fork();
+  if (worker < 0) {
+    log::error(std::string("fork supervisor: ") + std::strerror(errno));
+    ::_exit(1);
+  }
+  if (worker == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != sentinel) ::_exit(1);
+    Supervisor sup(s, sentinel);
+    sup.run();
+  }
+  // The supervisor owns every descriptor of the setup; the sentinel keeps none.
+  s.cli_sock.reset();
+  s.console_sock.reset();
+  s.exec_fifo.reset();
+  s.state_dirfd.reset();
+  sentinel_main(worker);
 }
 
-json notify(const std::string& state_dir, const json& msg) {
+json notify(const std::string& state_dir, const json& msg, bool wait_reply) {
   std::string path = state_dir + "/supervisor.sock";
   UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   struct sockaddr_un addr {};
@@ -917,10 +1031,14 @@ json notify(const std::string& state_dir, const json& msg) {
     log::debug("supervisor not reachable at " + path + ": " + std::strerror(errno));
     return {{"ok", false}, {"error", std::strerror(errno)}};
   }
-  struct timeval tv {5, 0};
+  struct timeval tv {
+    5, 0
+  };
   ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string out = msg.dump() + "\n";
-  if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0) return {{"ok", false}, {"error", "send failed"}};
+  if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0)
+    return {{"ok", false}, {"error", "send failed"}};
+  if (!wait_reply) return {{"ok", true}, {"queued", true}};
   std::string buf;
   char tmp[4096];
   while (buf.find('\n') == std::string::npos) {

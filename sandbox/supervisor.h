@@ -51,6 +51,8 @@ struct Setup {
 
 // Connect to a container's supervisor control socket and send one event
 // (best effort: a missing or dead supervisor is logged, not fatal).
-json notify(const std::string& state_dir, const json& msg);
+// wait_reply=false: send and return without waiting (the supervisor may be
+// frozen together with a paused container; it reads the message on thaw).
+json notify(const std::string& state_dir, const json& msg, bool wait_reply = true);
 
 }  // namespace agentshim::supervisor

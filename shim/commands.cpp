@@ -286,10 +286,10 @@ void Commands::add_runc_commands() {
   exec->add_option("--console-socket", str_b_, "unix socket that receives the pty master");
   exec->add_option("--pid-file", str_c_, "file to write the process pid to");
   exec->add_option("--cwd", str_d_, "working directory in the container");
-  exec->add_option("-e,--env", vec_a_, "set an environment variable (repeatable)");
+  exec->add_option("-e,--env", vec_a_, "set an environment variable (repeatable)")->allow_extra_args(false);
   exec->add_option("-u,--user", user_, "UID[:GID]");
-  exec->add_option("-g,--additional-gids", vec_b_, "additional gids (repeatable)");
-  exec->add_option("-c,--cap", vec_c_, "add a capability (repeatable)");
+  exec->add_option("-g,--additional-gids", vec_b_, "additional gids (repeatable)")->allow_extra_args(false);
+  exec->add_option("-c,--cap", vec_c_, "add a capability (repeatable)")->allow_extra_args(false);
   exec->add_flag("--no-new-privs", nnp_, "set no_new_privs");
   exec->add_option("--preserve-fds", int_a_, "pass N additional fds to the process");
   static std::string label, apparmor, cgroup;

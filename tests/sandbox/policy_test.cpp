@@ -144,8 +144,13 @@ TEST(Policy, ValidationErrorsNameTheKey) {
       std::string::npos);
   EXPECT_NE(err({{"limits", {{"exec_time_seconds", -1}}}}).find("limits.exec_time_seconds"),
             std::string::npos);
-  EXPECT_NE(err({{"network", {{"allow", {"example.com"}}}}}).find("network.allow[0]"), std::string::npos);
-  EXPECT_NE(err({{"network", {{"allow", {"Example.com:443"}}}}}).find("network.allow[0]"), std::string::npos);
+  EXPECT_NE(err({{"network", {{"allow", {"exa mple.com"}}}}}).find("network.allow[0]"), std::string::npos);
+  EXPECT_NE(err({{"network", {{"allow", {"ok.example:443", "example.com:99999"}}}}}).find("network.allow[1]"),
+            std::string::npos);
+  EXPECT_NE(err({{"network", {{"allow", {"10.0.0.1/8"}}}}}).find("network.allow[0]"), std::string::npos);
+  // A port is optional and names compare case-insensitively (docs/NETWORK.md).
+  EXPECT_NO_THROW(
+      policy::validate({{"network", {{"allow", {"example.com", "Example.com:443", "*.pypi.org"}}}}}, "x"));
   EXPECT_NE(err({{"network", {{"proxy_port", 70000}}}}).find("network.proxy_port"), std::string::npos);
   EXPECT_NE(err({{"network", {{"dns", "open"}}}}).find("network.dns"), std::string::npos);
   EXPECT_NE(err({{"network", {{"limits", {{"max_conns", 3}}}}}}).find("unknown key network.limits.max_conns"),
@@ -471,14 +476,30 @@ TEST(PolicyApply, Namespaces) {
   EXPECT_EQ(by_rule(r, "namespaces.allow_join").at(0)["action"], "replaced");
   json joinpid = policy::validate({{"namespaces", {{"allow_join", {"pid"}}}}}, "x");
   EXPECT_FALSE(oci::has_new_namespace(policy::apply(joinpid, cfg, ns.ctx()).config, "pid"));
-  // A missing namespace: added in enforce mode, a violation in refuse mode.
+  // A missing pid/ipc/uts/network namespace is a request for the host's
+  // (--pid host, --network host): refused in both modes, each one named.
   cfg = clean_config();
   cfg["linux"]["namespaces"] = json::array({{{"type", "mount"}}});
-  r = policy::apply(policy::builtin(), cfg, ns.ctx());
-  for (const char* t : {"pid", "ipc", "uts", "network", "cgroup", "mount"})
-    EXPECT_TRUE(oci::has_new_namespace(r.config, t)) << t;
+  try {
+    policy::apply(policy::builtin(), cfg, ns.ctx());
+    FAIL();
+  } catch (const Error& e) {
+    for (const char* t : {"pid", "ipc", "uts", "network"})
+      EXPECT_NE(std::string(e.what()).find(std::string("no ") + t + " namespace"), std::string::npos)
+          << e.what();
+  }
   auto rr = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
   EXPECT_EQ(rr.violations.size(), 5u) << rr.violations.dump(1);
+  // A missing cgroup namespace (runc's spec, Docker on cgroup v1): added in
+  // enforce mode, a violation in refuse mode.
+  cfg = clean_config();
+  json kept = json::array();
+  for (const auto& n : cfg["linux"]["namespaces"])
+    if (n["type"] != "cgroup") kept.push_back(n);
+  cfg["linux"]["namespaces"] = kept;
+  r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_TRUE(oci::has_new_namespace(r.config, "cgroup"));
+  EXPECT_EQ(policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx()).violations.size(), 1u);
 }
 
 TEST(PolicyApply, Sysctls) {
