@@ -337,7 +337,12 @@ struct Job {
   UniqueFd fd;  // open for reading; checked by the worker to be the listed regular file
   FsEntry* entry = nullptr;
   uint64_t dev = 0, ino = 0;
+  uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
 };
+
+std::string too_large(uint64_t limit) {
+  return "not hashed: larger than " + std::to_string(limit) + " bytes";
+}
 
 // A bounded queue between the walker and the hashing threads: every job
 // holds an open file, so its capacity is part of the descriptor budget.
@@ -400,6 +405,11 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       return;
     }
     const uint64_t want = static_cast<uint64_t>(st.st_size);
+    if (j.max_bytes && want > j.max_bytes) {  // grew past the limit after the listing
+      e.size = want;
+      add_error(e, too_large(j.max_bytes));
+      return;
+    }
     const HashCache::Key key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), want,
                              static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
                              static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
@@ -728,11 +738,16 @@ class Walker {
       s_.cache_hits++;
       return;
     }
+    if (o_.max_file_bytes && sx.stx_size > o_.max_file_bytes) {
+      add_error(e, too_large(o_.max_file_bytes));
+      return;
+    }
     if (o_.before_open) o_.before_open(e.path, 'f');
     Job j;
     j.entry = &e;
     j.dev = dev_of(sx);
     j.ino = sx.stx_ino;
+    j.max_bytes = o_.max_file_bytes;
     const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
     if (proc_) {
       // Pin the inode without opening it (O_PATH runs no driver open), check

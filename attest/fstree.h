@@ -55,6 +55,11 @@ struct WalkOptions {
   bool one_file_system = true;
   std::vector<std::string> exclude;  // relative paths skipped with their subtree
   std::size_t max_depth = 4096;
+  // Regular files larger than this are recorded without a content hash
+  // (error "not hashed: larger than N bytes"): a container can make a
+  // petabyte sparse file for free, and hashing it must not keep the
+  // record (and the caller's `docker run`) from ever finishing. 0: no limit.
+  uint64_t max_file_bytes = 0;
   // Called on the walking thread just before a regular file ('f') or a
   // directory ('d') is opened, with its relative path. For tests that need
   // to change the tree between the listing and the open (races a hostile

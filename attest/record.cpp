@@ -43,15 +43,22 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
 
 RunRecord::~RunRecord() = default;
 
-void RunRecord::event(const std::string& type, json data) { log_->submit(type, std::move(data)); }
-bool RunRecord::sync() { return log_->sync(); }
-void RunRecord::incomplete(const std::string& reason) { incomplete_.push_back(reason); }
+void RunRecord::event(const std::string& type, json data) {
+  log_->submit(type, std::move(data));
+}
+bool RunRecord::sync() {
+  return log_->sync();
+}
+void RunRecord::incomplete(const std::string& reason) {
+  incomplete_.push_back(reason);
+}
 
 namespace {
 WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t) {
   WalkOptions o;
   if (c.hash_cache) o.cache_path = c.audit_dir + "/cache/fs-hash-cache";
   o.exclude = t.exclude;
+  o.max_file_bytes = c.max_file_bytes;
   return o;
 }
 
@@ -74,7 +81,7 @@ void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
     before_.push_back(snapshot(t.host_path, walk_options(c_, t)));
     arr.push_back(tree_json(t, before_.back()));
   }
-  event("fs.root", json{{"phase", "before"}, {"trees", arr}});
+  event("fs.root", json{{"phase", "before"}, {"trees", arr}, {"max_file_bytes", c_.max_file_bytes}});
 }
 
 void RunRecord::snapshot_after() {
@@ -96,8 +103,10 @@ void RunRecord::snapshot_after() {
   write_file_atomic(dir_ + "/changes.ndjson", changes, 0600);
   changes_sha256_ = hex(sha256(changes));
   change_counts_ = json{{"added", added}, {"modified", modified}, {"removed", removed}};
-  event("fs.root", json{{"phase", "after"}, {"trees", arr}});
-  event("fs.changes", json{{"added", added}, {"modified", modified}, {"removed", removed},
+  event("fs.root", json{{"phase", "after"}, {"trees", arr}, {"max_file_bytes", c_.max_file_bytes}});
+  event("fs.changes", json{{"added", added},
+                           {"modified", modified},
+                           {"removed", removed},
                            {"changes_sha256", changes_sha256_}});
 }
 
@@ -119,7 +128,8 @@ json RunRecord::finalize(const json& facts) {
   event("run.finalized", json{{"incomplete", incomplete_}});
   EventLog::Summary sum = log_->close();
   if (sum.lost > 0)
-    incomplete_.push_back(std::to_string(sum.lost) + " events could not be written (" + sum.first_error + ")");
+    incomplete_.push_back(std::to_string(sum.lost) + " events could not be written (" + sum.first_error +
+                          ")");
   bool complete = incomplete_.empty();
 
   json session = {{"run_id", c_.run_id},
@@ -143,7 +153,8 @@ json RunRecord::finalize(const json& facts) {
   std::string session_sha = hex(sha256(session_text));
 
   bool created = false;
-  std::string key_path = c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
+  std::string key_path =
+      c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
   if (created) log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
   PrivateKey key = PrivateKey::load(key_path);
 
@@ -163,7 +174,8 @@ json RunRecord::finalize(const json& facts) {
     pred["complete"] = complete;
     pred["incomplete_reasons"] = incomplete_;
     pred["ledger"] = {{"index", index}, {"prev", prev}};
-    pred["signer"] = {{"keyid", key.keyid()}, {"algorithm", key.algorithm()}, {"public_key", key.public_pem()}};
+    pred["signer"] = {
+        {"keyid", key.keyid()}, {"algorithm", key.algorithm()}, {"public_key", key.public_pem()}};
     json subjects = json::array();
     subjects.push_back({{"name", "run:" + c_.run_id}, {"digest", {{"sha256", hex(sum.merkle_root)}}}});
     for (std::size_t i = 0; i < trees_.size() && i < after_.size(); ++i)
@@ -190,7 +202,9 @@ json RunRecord::finalize(const json& facts) {
 // ---------------------------------------------------------------- verify
 
 namespace {
-std::optional<std::string> slurp(const std::string& p) { return try_read_file(p); }
+std::optional<std::string> slurp(const std::string& p) {
+  return try_read_file(p);
+}
 
 std::string parent_dir(const std::string& p) {
   auto s = p.rfind('/');
@@ -202,6 +216,7 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   VerifyResult r;
   auto miss = [&](const std::string& m) { r.mismatches.push_back(m); };
   std::string audit = o.audit_dir.empty() ? parent_dir(parent_dir(rd)) : o.audit_dir;
+  uint64_t fs_max_file_bytes = 0;  // what the run's walks used (fs.root events); 0 in records that predate it
 
   // 1. The event log on its own.
   LogCheck lc = check_log(rd + "/events.ndjson", [](const std::string& type) { return type == "fs.root"; });
@@ -215,12 +230,15 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   json session;
   if (!session_text) {
     if (!lc.finalized) {
-      std::string last = lc.events.empty() ? "no event" : "seq " + std::to_string(lc.events.back().seq) + " (" +
-                                                              lc.events.back().type + ", " + lc.events.back().time + ")";
+      std::string last = lc.events.empty() ? "no event"
+                                           : "seq " + std::to_string(lc.events.back().seq) + " (" +
+                                                 lc.events.back().type + ", " + lc.events.back().time + ")";
       miss("incomplete run: the supervisor stopped before finalizing; the event log verifies up to " + last);
     } else {
-      miss("incomplete run: events.ndjson ends with run.finalized but session.json is missing (finalization did "
-           "not complete: disk full or I/O error while writing the record?)");
+      miss(
+          "incomplete run: events.ndjson ends with run.finalized but session.json is missing (finalization "
+          "did "
+          "not complete: disk full or I/O error while writing the record?)");
     }
     r.report["complete"] = false;
     return r;
@@ -233,8 +251,8 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   if (session.is_object()) {
     if (session.value("event_count", uint64_t(0)) != lc.events.size() || lc.events.size() != lc.lines)
       miss("event count: session.json says " + std::to_string(session.value("event_count", uint64_t(0))) +
-           ", events.ndjson has " + std::to_string(lc.lines) + " lines of which " + std::to_string(lc.events.size()) +
-           " verify (log truncated or extended)");
+           ", events.ndjson has " + std::to_string(lc.lines) + " lines of which " +
+           std::to_string(lc.events.size()) + " verify (log truncated or extended)");
     if (session.value("merkle_root", "") != hex(lc.merkle_root))
       miss("merkle root: session.json does not match the recomputed root of events.ndjson");
     if (session.value("chain_head", "") != hex(lc.chain_head))
@@ -242,7 +260,8 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
     if (!session.value("complete", false)) {
       std::string reasons;
       if (session.contains("incomplete_reasons"))
-        for (const auto& x : session["incomplete_reasons"]) reasons += (reasons.empty() ? "" : "; ") + x.get<std::string>();
+        for (const auto& x : session["incomplete_reasons"])
+          reasons += (reasons.empty() ? "" : "; ") + x.get<std::string>();
       miss("incomplete run: " + reasons);
     }
   }
@@ -256,7 +275,8 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   } else {
     try {
       json env = json::parse(*env_text);
-      if (env.value("payloadType", "") != kPayloadType) throw Error("payloadType is not " + std::string(kPayloadType));
+      if (env.value("payloadType", "") != kPayloadType)
+        throw Error("payloadType is not " + std::string(kPayloadType));
       std::string payload = base64_decode(env.at("payload").get<std::string>());
       statement = json::parse(payload);
       const json& pred = statement.at("predicate");
@@ -272,12 +292,14 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
       } else {
         pem = embedded;
         source = "the key embedded in the record";
-        r.notes.push_back("no --public-key and no host key: the signature was checked against the key embedded in "
-                          "the record; pin it with --public-key to rule out a re-signed record");
+        r.notes.push_back(
+            "no --public-key and no host key: the signature was checked against the key embedded in "
+            "the record; pin it with --public-key to rule out a re-signed record");
       }
       std::string kid = keyid_of(pem);
       if (keyid_of(embedded) != kid) miss("signer: the record's embedded public key is not " + source);
-      if (pred.at("signer").value("keyid", "") != kid) miss("signer: the predicate's keyid is not that of " + source);
+      if (pred.at("signer").value("keyid", "") != kid)
+        miss("signer: the predicate's keyid is not that of " + source);
       bool any = false;
       std::string pae = dsse_pae(env["payloadType"].get<std::string>(), payload);
       for (const auto& sig : env.at("signatures")) {
@@ -296,33 +318,40 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   // 4. The statement against the recomputed record.
   if (statement.is_object()) {
     try {
-      if (statement.value("_type", "") != kStatementType) miss("statement: _type is not " + std::string(kStatementType));
+      if (statement.value("_type", "") != kStatementType)
+        miss("statement: _type is not " + std::string(kStatementType));
       if (statement.value("predicateType", "") != kPredicateType) miss("statement: unexpected predicateType");
       const json& pred = statement.at("predicate");
       std::string run_id = pred.value("run_id", "");
-      if (session.is_object() && session.value("run_id", "") != run_id) miss("run id: session.json and attestation differ");
+      if (session.is_object() && session.value("run_id", "") != run_id)
+        miss("run id: session.json and attestation differ");
       bool run_subject = false;
       for (const auto& s : statement.at("subject")) {
         std::string name = s.value("name", "");
         std::string d = s.at("digest").value("sha256", "");
         if (name == "run:" + run_id) {
           run_subject = true;
-          if (d != hex(lc.merkle_root)) miss("subject " + name + ": digest is not the event log's recomputed Merkle root");
+          if (d != hex(lc.merkle_root))
+            miss("subject " + name + ": digest is not the event log's recomputed Merkle root");
         } else if (starts_with(name, "fs:")) {
           bool found = false;
           for (const auto& t : pred.at("filesystem").at("trees"))
             if ("fs:" + t.value("name", "") == name) {
               found = true;
-              if (t.value("after", "") != d) miss("subject " + name + ": digest differs from the predicate's post-run root");
+              if (t.value("after", "") != d)
+                miss("subject " + name + ": digest differs from the predicate's post-run root");
             }
           if (!found) miss("subject " + name + ": no such tree in the predicate");
         }
       }
       if (!run_subject) miss("statement: no run subject");
       const json& el = pred.at("event_log");
-      if (el.value("merkle_root", "") != hex(lc.merkle_root)) miss("predicate event_log.merkle_root differs from the log");
-      if (el.value("chain_head", "") != hex(lc.chain_head)) miss("predicate event_log.chain_head differs from the log");
-      if (el.value("event_count", uint64_t(0)) != lc.events.size()) miss("predicate event_log.event_count differs from the log");
+      if (el.value("merkle_root", "") != hex(lc.merkle_root))
+        miss("predicate event_log.merkle_root differs from the log");
+      if (el.value("chain_head", "") != hex(lc.chain_head))
+        miss("predicate event_log.chain_head differs from the log");
+      if (el.value("event_count", uint64_t(0)) != lc.events.size())
+        miss("predicate event_log.event_count differs from the log");
       if (session_text && pred.value("session_sha256", "") != hex(sha256(*session_text)))
         miss("session.json: its SHA-256 is not the one the attestation signs (session altered)");
       auto changes = slurp(rd + "/changes.ndjson");
@@ -337,10 +366,13 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
       for (const auto& ev : lc.events) {
         if (ev.type != "fs.root") continue;
         std::string phase = ev.data.value("phase", "");
+        if (ev.data.contains("max_file_bytes") && ev.data["max_file_bytes"].is_number_unsigned())
+          fs_max_file_bytes = ev.data["max_file_bytes"].get<uint64_t>();
         for (const auto& t : ev.data.value("trees", json::array()))
           for (const auto& pt : pred.at("filesystem").at("trees"))
             if (pt.value("name", "") == t.value("name", "") && pt.value(phase, "") != t.value("root", ""))
-              miss("filesystem root of " + t.value("name", "") + " (" + phase + "): the log and the attestation differ");
+              miss("filesystem root of " + t.value("name", "") + " (" + phase +
+                   "): the log and the attestation differ");
       }
       // 5. The host ledger.
       LedgerCheck ledger = check_ledger(audit + "/ledger.ndjson");
@@ -353,9 +385,11 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
       } else {
         if (env_text && row->value("attestation_sha256", "") != hex(sha256(*env_text)))
           miss("ledger: the attestation file is not the one the ledger recorded (replaced or altered)");
-        if (row->value("merkle_root", "") != hex(lc.merkle_root)) miss("ledger: merkle root differs from the log");
+        if (row->value("merkle_root", "") != hex(lc.merkle_root))
+          miss("ledger: merkle root differs from the log");
         const json& lp = pred.at("ledger");
-        if (lp.value("index", uint64_t(~0ULL)) != row->value("index", uint64_t(0)) || lp.value("prev", "") != row->value("prev", ""))
+        if (lp.value("index", uint64_t(~0ULL)) != row->value("index", uint64_t(0)) ||
+            lp.value("prev", "") != row->value("prev", ""))
           miss("ledger: the position the attestation names is not where the run's row is");
         if (r.report.contains("keyid") && row->value("keyid", "") != r.report["keyid"])
           miss("ledger: the run was recorded with a different signing key");
@@ -363,7 +397,9 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
       }
       // 6. A tree as it is now.
       if (!o.check_path.empty()) {
-        FsSnapshot now = snapshot(o.check_path, WalkOptions{});
+        WalkOptions wo;
+        wo.max_file_bytes = fs_max_file_bytes;  // as the run walked it
+        FsSnapshot now = snapshot(o.check_path, wo);
         bool matched = false, named = false;
         std::string want;
         for (const auto& t : pred.at("filesystem").at("trees")) {
@@ -378,8 +414,8 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
           for (const auto& t : pred.at("filesystem").at("trees"))
             if (t.value("after", "") == hex(now.root)) matched = true;
         if (!matched)
-          miss("--check-path " + o.check_path + ": its root now (" + hex(now.root) + ") is not the recorded post-run root" +
-               (named ? " (" + want + ")" : " of any tracked tree"));
+          miss("--check-path " + o.check_path + ": its root now (" + hex(now.root) +
+               ") is not the recorded post-run root" + (named ? " (" + want + ")" : " of any tracked tree"));
         r.report["check_path_root"] = hex(now.root);
       }
     } catch (const std::exception& e) {
@@ -412,8 +448,11 @@ json run_account(const std::string& rd) {
     } else if (ev.type == "run.started") {
       a["started"] = ev.time;
     } else if (ev.type == "process.exec") {
-      a["processes"].push_back(json{{"time", ev.time}, {"pid", d.value("pid", 0)}, {"path", d.value("path", "")},
-                                    {"argv", d.value("argv", json::array())}, {"sha256", d.value("sha256", "")}});
+      a["processes"].push_back(json{{"time", ev.time},
+                                    {"pid", d.value("pid", 0)},
+                                    {"path", d.value("path", "")},
+                                    {"argv", d.value("argv", json::array())},
+                                    {"sha256", d.value("sha256", "")}});
     } else if (ev.type == "caller.exec") {
       a["caller_execs"].push_back(json{{"time", ev.time}, {"args", d.value("args", json::array())}});
     } else if (ev.type == "net.connection") {
@@ -439,7 +478,8 @@ json run_account(const std::string& rd) {
       try {
         json c = json::parse(line);
         std::string kind = c.value("change", "");
-        if (a["files"].contains(kind)) a["files"][kind].push_back(c.value("tree", "") + ":" + c.value("path", ""));
+        if (a["files"].contains(kind))
+          a["files"][kind].push_back(c.value("tree", "") + ":" + c.value("path", ""));
       } catch (const std::exception&) {
         a["log_problems"].push_back("changes.ndjson: a line is not valid JSON");
       }

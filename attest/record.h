@@ -29,13 +29,17 @@ struct TrackedTree {
   std::vector<std::string> exclude;
 };
 
+// Files larger than this are recorded without a content hash (fstree.h).
+inline constexpr uint64_t kDefaultMaxFileBytes = 64ULL << 30;
+
 struct RecordConfig {
   std::string audit_dir;
   std::string run_id;
   std::string container_id;
   std::string key_path;  // "" = the host key under <audit-dir>/keys (created on first use)
   KeyType key_type = KeyType::ed25519;
-  bool hash_cache = true;  // policy "strict" turns it off
+  bool hash_cache = true;                          // policy "strict" turns it off
+  uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)
   std::function<void(const std::string&)> on_log_failure;
 };
 

@@ -220,3 +220,36 @@ def test_spec_output_is_accepted_by_the_strict_example(shim, tmp_path):
     assert r.returncode == 0, r.stdout
     out = json.loads(r.stdout)
     assert not [x for x in out["decisions"] if x["action"] in ("dropped", "capped", "refused")], out["decisions"]
+
+
+def _events(audit_dir):
+    out = []
+    for f in glob.glob(os.path.join(audit_dir, "runs", "*", "events.ndjson")):
+        out += [json.loads(l) for l in open(f)]
+    return out
+
+
+def test_exec_time_limit_kills_the_container_and_is_recorded(shim, bundle, cid, tmp_path):
+    import time
+    pol = write_policy(tmp_path, {"limits": {"exec_time_seconds": 1}})
+    shim.ids.add(cid)
+    # A runaway process (and a child it forked) outlives the limit.
+    t = time.monotonic()
+    r = shim("--policy", pol, "run", "--bundle", bundle.sh("sleep 60 & sleep 60").path, cid, timeout=60)
+    took = time.monotonic() - t
+    assert r.returncode == 137, (r.returncode, r.stderr)  # SIGKILL
+    assert took < 30, took
+    ev = _events(shim.extra[1])
+    limit = [e for e in ev if e["type"] == "run.time_limit"]
+    assert len(limit) == 1 and limit[0]["data"]["limit_s"] == 1, limit
+    ex = [e for e in ev if e["type"] == "run.exit"][-1]["data"]
+    assert ex["reason"] == "exec time limit" and ex["signal"] == "SIGKILL", ex
+    v = shim("verify", cid)
+    assert v.returncode == 0 and b"VERIFIED" in v.stdout, v.stdout
+
+
+def test_no_time_limit_by_default_leaves_the_container_alone(shim, bundle, cid):
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.sh("sleep 2; echo done").path, cid, timeout=60)
+    assert r.returncode == 0 and r.stdout == b"done\n", r.stderr
+    assert not [e for e in _events(shim.extra[1]) if e["type"] == "run.time_limit"]

@@ -2,6 +2,9 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "netpolicy/allowlist.h"
@@ -27,20 +30,23 @@ Options Options::from_policy(const json& policy) {
 
 namespace {
 
+// The policy's network.limits (docs/POLICY.md), seconds in the policy,
+// milliseconds in the proxy.
 net::Limits limits_of(const json& j) {
   net::Limits l;
-  auto num = [&](const char* k, auto& field) {
-    if (j.contains(k) && j[k].is_number_integer())
-      field = static_cast<std::remove_reference_t<decltype(field)>>(j[k].get<int64_t>());
+  auto get = [&](const char* k) -> std::optional<long long> {
+    if (j.contains(k) && j[k].is_number_integer()) return j[k].get<long long>();
+    return std::nullopt;
   };
-  num("max_header_bytes", l.max_header_bytes);
-  num("max_headers", l.max_headers);
-  num("max_connections", l.max_connections);
-  num("max_pending", l.max_pending);
-  num("header_timeout_ms", l.header_timeout_ms);
-  num("connect_timeout_ms", l.connect_timeout_ms);
-  num("idle_timeout_ms", l.idle_timeout_ms);
-  num("total_timeout_ms", l.total_timeout_ms);
+  auto ms = [](long long s) { return static_cast<int>(std::min<long long>(s, 1LL << 20) * 1000); };
+  if (auto v = get("max_header_bytes")) l.max_header_bytes = static_cast<std::size_t>(*v);
+  if (auto v = get("max_headers")) l.max_headers = static_cast<int>(*v);
+  if (auto v = get("max_connections")) l.max_connections = static_cast<int>(*v);
+  if (auto v = get("max_pending")) l.max_pending = static_cast<int>(*v);
+  if (auto v = get("header_timeout_seconds")) l.header_timeout_ms = ms(*v);
+  if (auto v = get("connect_timeout_seconds")) l.connect_timeout_ms = ms(*v);
+  if (auto v = get("idle_timeout_seconds")) l.idle_timeout_ms = ms(*v);
+  if (auto v = get("total_timeout_seconds")) l.total_timeout_ms = ms(*v);
   return l;
 }
 

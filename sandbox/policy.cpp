@@ -77,7 +77,8 @@ constexpr const char* kDefault = R"json(
     "key_type": "ed25519",
     "strict": false,
     "on_log_failure": "stop",
-    "observe_exec": true
+    "observe_exec": true,
+    "max_file_bytes": 68719476736
   }
 }
 )json";
@@ -278,8 +279,11 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       } else if (k == "limits") {
         if (!x.is_object()) fail(where, key, "must be an object");
         for (const auto& [lk, lv] : x.items()) {
-          if (lk != "max_connections" && lk != "max_header_bytes" && lk != "idle_timeout_seconds")
-            throw Error(where + ": unknown key " + key + "." + lk);
+          static const std::set<Str> known = {"max_connections",        "max_pending",
+                                              "max_header_bytes",       "max_headers",
+                                              "header_timeout_seconds", "connect_timeout_seconds",
+                                              "idle_timeout_seconds",   "total_timeout_seconds"};
+          if (!known.count(lk)) throw Error(where + ": unknown key " + key + "." + lk);
           positive_int(lv, where, key + "." + lk, 1, 1LL << 31);
           out[k][lk] = lv;
         }
@@ -308,6 +312,8 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       } else if (k == "on_log_failure") {
         if (!x.is_string() || (x != "stop" && x != "continue"))
           fail(where, key, "must be \"stop\" or \"continue\"");
+      } else if (k == "max_file_bytes") {
+        if (!x.is_number_unsigned()) fail(where, key, "must be a byte count (0 = no limit)");
       } else {
         unknown();
       }

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "attest/canonical.h"
+#include "common/fd.h"
 #include "common/util.h"
 
 using namespace agentshim;
@@ -789,4 +790,32 @@ TEST(FsTreeHostile, WithoutProcTheWalkIsTheSameAndStillSafe) {
   ::close(pipefd[0]);
   ASSERT_EQ(rc, 0) << "(-14: the walk hung)";
   EXPECT_EQ(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0), hex(with_proc.root));
+}
+
+TEST(FsTreeHostile, AHugeSparseFileIsRecordedWithoutBeingHashed) {
+  // A container can make a petabyte file for free; hashing it would keep the
+  // record (and `docker run`) from ever finishing.
+  TempDir t;
+  {
+    agentshim::UniqueFd fd(::open((t.path + "/huge").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::ftruncate(fd.get(), 1LL << 40), 0);  // 1 TiB, no blocks
+  }
+  write_file(t.path + "/small", "small");
+  WalkOptions o;
+  o.max_file_bytes = 1 << 20;
+  auto start = std::chrono::steady_clock::now();
+  auto s = snapshot(t.path, o);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20));
+  const FsEntry* huge = find(s, "huge");
+  ASSERT_NE(huge, nullptr);
+  EXPECT_EQ(huge->error, "not hashed: larger than 1048576 bytes");
+  EXPECT_TRUE(huge->sha256.empty());
+  EXPECT_EQ(huge->size, 1ULL << 40);
+  const FsEntry* small = find(s, "small");
+  ASSERT_NE(small, nullptr);
+  EXPECT_TRUE(small->error.empty());
+  EXPECT_FALSE(small->sha256.empty());
+  // The same walk gives the same root (the error is part of the leaf).
+  EXPECT_EQ(snapshot(t.path, o).root, s.root);
 }
