@@ -141,7 +141,26 @@ std::unique_ptr<cgroups::Manager> cgroup_of(const state::ContainerState& st) {
 }
 
 // Wait until pid (with start time) is gone; false on timeout.
+// With a pidfd (Linux 5.3) the wait ends the moment the process exits;
+// without one, poll its /proc entry.
 bool wait_gone(pid_t pid, unsigned long long start, int timeout_ms) {
+  if (!state::process_alive(pid, start)) return true;
+  UniqueFd pfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  // The pid was checked (with its start time) before the pidfd was opened:
+  // re-check, so a pid reused in between is not waited on.
+  if (pfd && state::process_alive(pid, start)) {
+    struct pollfd p = {pfd.get(), POLLIN, 0};
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      // Wake at least every 50 ms: a zombie counts as gone for
+      // process_alive, and a zombie's pidfd is already readable anyway.
+      int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left.count(), 50)));
+      if (n > 0 || !state::process_alive(pid, start)) return true;
+    }
+    return !state::process_alive(pid, start);
+  }
   for (int waited = 0; waited < timeout_ms; waited += 5) {
     if (!state::process_alive(pid, start)) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
