@@ -368,13 +368,7 @@ void Proxy::loop() {
     ++active_;
     if (!dispatch(own)) {
       --active_;
-      own->reason = "cannot start a worker thread";
-      own->end = "refused";
-      own->error = true;
-      own->status = 503;
-      emit(*own);
-      std::string r = http::error_response(503, "agentshim: service unavailable");
-      ::send(own->fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      refuse(*own, 503, "cannot start a worker thread", "agentshim: service unavailable");
     }
   };
 
@@ -422,13 +416,7 @@ void Proxy::loop() {
           c->client_port = peer_port(cfd);
           c->start = now;
           if (static_cast<int>(conns.size()) >= limits_.max_pending) {
-            c->reason = "too many pending connections";
-            c->end = "refused";
-            c->error = true;
-            c->status = 503;
-            emit(*c);
-            std::string r = http::error_response(503, "agentshim: too many connections");
-            ::send(cfd, r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+            refuse(*c, 503, "too many pending connections", "agentshim: too many connections");
             continue;
           }
           c->deadline = now + std::chrono::milliseconds(limits_.header_timeout_ms);
@@ -726,6 +714,16 @@ std::string http_exchange(Relay& rl, const http::Request& req, std::string lefto
 }
 
 }  // namespace
+
+void Proxy::refuse(Conn& c, int status, std::string reason, const std::string& text) {
+  c.reason = std::move(reason);
+  c.end = "refused";
+  c.error = true;
+  c.status = status;
+  emit(c);  // recorded before the client can see the answer
+  std::string r = http::error_response(status, text);
+  ::send(c.fd.get(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+}
 
 void Proxy::worker(std::unique_ptr<Conn> cp) {
   Conn& c = *cp;

@@ -95,6 +95,9 @@ class Proxy {
   void loop();
   void worker(std::unique_ptr<Conn> c);
   void emit(Conn& c);
+  // Answer a connection the proxy will not serve (recorded first), without
+  // waiting for the client to read it.
+  void refuse(Conn& c, int status, std::string reason, const std::string& text);
   void reap(bool all);
   bool dispatch(std::unique_ptr<Conn>& c);
   void pool_thread();

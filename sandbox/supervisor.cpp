@@ -327,10 +327,18 @@ class Supervisor {
     if (!in_container_cgroup_) return;
     in_container_cgroup_ = false;
     std::string pid = std::to_string(sentinel_);
-    for (const auto& m : home_.mounts) {
+    // Our own cgroups are the ones the sentinel came from: we never moved.
+    cgroups::Host home;
+    try {
+      home = cgroups::Host::detect();
+    } catch (const std::exception& e) {
+      log::debug(std::string("supervisor: cgroup layout: ") + e.what());
+      return;
+    }
+    for (const auto& m : home.mounts) {
       std::string key = m.fstype == "cgroup2" ? "" : m.options;
-      auto it = home_.self.find(key);
-      if (it == home_.self.end()) continue;
+      auto it = home.self.find(key);
+      if (it == home.self.end()) continue;
       std::string rel = it->second;
       if (m.root != "/" && starts_with(rel, m.root)) rel = rel.substr(m.root.size());
       std::string procs = m.path + (rel == "/" ? "" : rel) + "/cgroup.procs";
@@ -400,7 +408,6 @@ class Supervisor {
     // v2 shim (containerd, Docker, Kubernetes) reads stats and OOM events
     // from that pid's cgroup: the sentinel joins the container's cgroup. We
     // (threads, proxy buffers, hashing) stay outside it.
-    home_ = cgroups::Host::detect();
     cg_->apply(sentinel_);
     in_container_cgroup_ = true;
     json mounts = json::array();
@@ -956,7 +963,6 @@ class Supervisor {
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;
   pid_t sentinel_;
-  cgroups::Host home_;
   bool in_container_cgroup_ = false;
 };
 
