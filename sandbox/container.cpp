@@ -37,6 +37,7 @@
 #include "sandbox/state.h"
 #include "sandbox/supervisor.h"
 #include "sandbox/sync.h"
+#include "sandbox/userns.h"
 
 namespace agentshim::container {
 namespace {
@@ -59,11 +60,18 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
   if (!net.is_object() || net.value("mode", "internal") != "internal") return;
   struct stat st {};
   if (::lstat((rootfs + "/etc").c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) return;
-  std::string file = state_dir + "/resolv.conf";
-  write_file_atomic(
-      file,
-      "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n",
-      0644);
+  // One shared, world-readable file (the same for every container): a
+  // container's root in a user namespace must be able to reach the bind's
+  // source, and the state directory may sit under a root-only --root.
+  (void)state_dir;
+  const std::string dir = "/run/agentshim.dns", file = dir + "/resolv.conf";
+  const std::string text =
+      "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n";
+  if (try_read_file(file) != text) {
+    mkdir_p(dir, 0755);
+    if (::chmod(dir.c_str(), 0755) < 0) throw_errno("chmod " + dir);
+    write_file_atomic(file, text, 0644);
+  }
   json mount = {{"destination", "/etc/resolv.conf"},
                 {"type", "bind"},
                 {"source", file},
@@ -218,6 +226,23 @@ void create(const Global& g, const CreateOptions& o) {
   } cleanup{dir};
   state::Lock lock(g.root, o.id);
 
+  // userns "auto": an unprivileged host range for the container's ids. The
+  // slot names this state directory, so a failed create (which removes it)
+  // leaves the slot free for the next container.
+  if (pres.userns_auto) {
+    auto range = userns::allocate(dir, userns::pool());
+    cfg["linux"]["uidMappings"] = json::array({{{"containerID", 0}, {"hostID", range.uid}, {"size", range.size}}});
+    cfg["linux"]["gidMappings"] = json::array({{{"containerID", 0}, {"hostID", range.gid}, {"size", range.size}}});
+    pres.decisions.push_back(
+        {{"rule", "userns"},
+         {"path", "linux.uidMappings"},
+         {"action", "allocated"},
+         {"detail", "container uids/gids 0-" + std::to_string(range.size - 1) + " run as host uids " +
+                        std::to_string(range.uid) + "-" + std::to_string(range.uid + range.size - 1) + ", gids " +
+                        std::to_string(range.gid) + "-" + std::to_string(range.gid + range.size - 1) +
+                        "; the rootfs is mounted idmapped"}});
+  }
+
   std::string fifo = state::exec_fifo_path(g.root, o.id);
   if (::mkfifo(fifo.c_str(), 0622) < 0) throw_errno("mkfifo " + fifo);
   if (::chmod(fifo.c_str(), 0622) < 0) throw_errno("chmod " + fifo);
@@ -238,6 +263,16 @@ void create(const Global& g, const CreateOptions& o) {
       throw_errno("chown " + fifo);
   }
 
+  if (oci::has_new_namespace(cfg, "user"))
+    for (const auto& m : cfg["linux"].value("uidMappings", json::array()))
+      if (m.value("containerID", 1LL) == 0) {
+        long long gid = m.value("hostID", 0LL);
+        for (const auto& g : cfg["linux"].value("gidMappings", json::array()))
+          if (g.value("containerID", 1LL) == 0) gid = g.value("hostID", 0LL);
+        userns::check_reachable(rootfs, m.value("hostID", 0ULL), static_cast<std::uint64_t>(gid),
+                                m.value("size", 1ULL));
+      }
+
   point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
 
   supervisor::Setup s;
@@ -255,6 +290,7 @@ void create(const Global& g, const CreateOptions& o) {
               {"network", pres.network},
               {"exec_time_limit_s", pres.exec_time_limit_s}};
   s.extra_seccomp = pres.extra_seccomp;
+  s.idmap_rootfs = pres.userns_auto;
   {
     // For `exec` (the process settings) and `update` (the resource limits).
     json saved = policy::exec_settings(pol, pres);
@@ -601,6 +637,7 @@ void remove(const Global& g, const std::string& id, bool force) {
     cg->destroy();
   }
   remove_tree(dir);
+  if (oci::has_new_namespace(st.config, "user")) userns::release(dir);
 }
 
 void pause(const Global& g, const std::string& id) {

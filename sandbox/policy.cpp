@@ -398,16 +398,12 @@ class Engine {
   }
 
   Result run() {
-    if (p_.value("userns", "off") == "auto")
-      throw Error(
-          ctx_.policy_name +
-          ": userns: \"auto\" is not supported yet by this agentshim (running the container's root as an "
-          "unprivileged host uid range with idmapped mounts is not implemented); set \"userns\": \"off\"");
     json& c = r_.config;
     if (!c.contains("linux") || !c["linux"].is_object()) c["linux"] = json::object();
     if (!c.contains("process") || !c["process"].is_object()) c["process"] = json::object();
     privileged();
     namespaces();
+    userns();
     capabilities();
     no_new_privs();
     seccomp_profile();
@@ -547,6 +543,54 @@ class Engine {
         ns.push_back({{"type", t}});
       }
     }
+  }
+
+  // userns "auto": the container's root runs as an unprivileged host uid
+  // range. A config without a user namespace gets one (its id maps are
+  // allocated at create, the rootfs is idmapped); a config whose own maps
+  // would make a host root of the container's root is tightened (enforce)
+  // or refused; one whose maps stay clear of host uid/gid 0 is kept.
+  void userns() {
+    if (p_.value("userns", "off") != "auto") return;
+    json& l = linux_();
+    const json* user = nullptr;
+    for (const auto& n : l["namespaces"])
+      if (n.is_object() && n.value("type", "") == "user") user = &n;
+    if (user && user->contains("path") && (*user)["path"].is_string() && !(*user)["path"].get<Str>().empty()) {
+      decide("userns", "linux.namespaces", "kept",
+             "caller joins the user namespace " + (*user)["path"].get<Str>() + " (its id maps are the caller's)");
+      return;
+    }
+    auto maps_host_root = [&](const char* key) {
+      if (!l.contains(key) || !l[key].is_array() || l[key].empty()) return true;
+      for (const auto& m : l[key]) {
+        if (!m.is_object()) return true;
+        long long h = m.value("hostID", 0LL), n = m.value("size", 0LL);
+        if (h <= 0 && 0 < h + n) return true;
+      }
+      return false;
+    };
+    if (user) {
+      bool root = maps_host_root("uidMappings") || maps_host_root("gidMappings");
+      if (!root) {
+        decide("userns", "linux.uidMappings", "kept",
+               "caller's user namespace maps no container id to host uid or gid 0");
+        return;
+      }
+      if (!beyond("userns", "linux.uidMappings", "replaced",
+                  "caller's user namespace maps a container id to host uid/gid 0",
+                  "replaced by an unprivileged host range allocated at create"))
+        return;
+    } else {
+      decide("userns", "linux.namespaces", "added",
+             "the config has no user namespace (the container's root would be the host's root); a new one whose "
+             "root is an unprivileged host uid range allocated at create, with the rootfs idmapped, by policy rule "
+             "userns (auto)");
+      l["namespaces"].push_back({{"type", "user"}});
+    }
+    l.erase("uidMappings");
+    l.erase("gidMappings");
+    r_.userns_auto = true;
   }
 
   void capabilities() {
@@ -1156,7 +1200,8 @@ json Result::summary() const {
           {"violations", violations},
           {"extra_seccomp", extra_seccomp},
           {"network", network},
-          {"exec_time_limit_s", exec_time_limit_s}};
+          {"exec_time_limit_s", exec_time_limit_s},
+          {"userns_auto", userns_auto}};
 }
 
 Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx) {

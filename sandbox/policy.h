@@ -64,6 +64,10 @@ struct Result {
   json extra_seccomp;  // OCI linux.seccomp object stacked on the config's, or null
   json network;        // {"mode","allow","dns","proxy_port","limits"}
   long long exec_time_limit_s = 0;
+  // userns "auto" added (or replaced) the user namespace: `create` allocates
+  // a host uid/gid range for linux.uid/gidMappings (sandbox/userns.h) and
+  // the rootfs is mounted idmapped.
+  bool userns_auto = false;
   std::string mode;  // "enforce" | "refuse"
   // Everything but the config, as `policy check --json` prints it.
   json summary() const;
@@ -71,7 +75,7 @@ struct Result {
 
 // Decide: the enforced config and every decision, never throwing for a
 // violation (they are listed in Result::violations). Throws Error for a
-// config or policy it cannot evaluate (userns "auto" is not supported yet).
+// config or policy it cannot evaluate.
 Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx = {});
 // evaluate(), then throw Error listing every violation (one per line) when
 // there is any.

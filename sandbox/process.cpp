@@ -207,19 +207,27 @@ void load_seccomp(const Finalize& f, std::vector<Listener>& listeners) {
     if (!s.is_null() && !s.empty() && seccomp::uses_notify(s)) any_notify = true;
   bool observe = f.observe_exec && !any_notify;
   bool merged = false;
+  int max_nr = -1;
+  bool by_errno = false;
   for (const auto& s : f.seccomp) {
     if (s.is_null() || s.empty()) continue;
     bool here = observe && !merged;
     auto filter = seccomp::compile(s, here);
     merged = merged || here;
+    max_nr = std::max(max_nr, filter.max_nr());
+    by_errno = by_errno || filter.denies_by_errno();
     int fd = filter.load();
     if (fd >= 0) listeners.push_back({here ? "exec" : "config", fd});
   }
   if (observe && !merged) {
     auto obs = seccomp::exec_observer();
+    max_nr = std::max(max_nr, obs.max_nr());
     int fd = obs.load();
     if (fd >= 0) listeners.push_back({"exec", fd});
   }
+  // Last, so its ENOSYS is the errno a newer syscall gets (see seccomp.h).
+  if (by_errno && !seccomp::load_enosys_stub(max_nr))
+    log::debug("seccomp: a profile denies seccomp(2); newer syscalls keep the profile's errno instead of ENOSYS");
 }
 }  // namespace
 

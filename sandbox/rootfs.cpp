@@ -1,6 +1,7 @@
 #include "sandbox/rootfs.h"
 
 #include <fcntl.h>
+#include <linux/mount.h>
 #include <linux/openat2.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -126,7 +127,7 @@ UniqueFd open_in_root(int rootfd, const std::string& path, bool create, bool las
   return UniqueFd(fd);
 }
 
-void prepare_root(const Context& ctx) {
+void prepare_root(Context& ctx) {
   unsigned long prop = MS_SLAVE | MS_REC;
   std::string rp = ctx.config.contains("linux") ? ctx.config["linux"].value("rootfsPropagation", "") : "";
   if (!rp.empty()) {
@@ -153,6 +154,13 @@ void prepare_root(const Context& ctx) {
     }
     if (::mount(nullptr, best.c_str(), nullptr, MS_PRIVATE, nullptr) < 0)
       throw_errno("make the rootfs's parent mount " + best + " private");
+  }
+  if (ctx.rootfs_tree) {
+    if (::syscall(SYS_move_mount, ctx.rootfs_tree.get(), "", AT_FDCWD, ctx.rootfs.c_str(),
+                  MOVE_MOUNT_F_EMPTY_PATH) < 0)
+      throw_errno("move_mount the idmapped rootfs onto " + ctx.rootfs);
+    ctx.rootfs_tree.reset();
+    return;
   }
   do_mount(ctx.rootfs, ctx.rootfs, "bind", MS_BIND | MS_REC, "", "rootfs " + ctx.rootfs + " onto itself");
 }

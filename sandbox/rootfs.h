@@ -28,10 +28,13 @@ struct Context {
   bool userns = false;              // running in a new user namespace
   bool cgroupns = false;            // running in a new cgroup namespace
   std::vector<CgroupMount> cgroups; // for mounts of type "cgroup"
+  // userns "auto": a detached idmapped copy of the rootfs (open_tree), moved
+  // onto the rootfs path instead of binding the rootfs onto itself.
+  UniqueFd rootfs_tree;
 };
 
 // Before pivot_root.
-void prepare_root(const Context& ctx);
+void prepare_root(Context& ctx);
 void mount_all(const Context& ctx);
 void create_devices(const Context& ctx);
 // Enter the rootfs. `no_pivot` uses MS_MOVE + chroot (runc --no-pivot).

@@ -2,11 +2,15 @@
 #include "sandbox/seccomp.h"
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -163,6 +167,7 @@ Filter compile(const json& s, bool observe_exec) {
   bool notify = action_is_notify(s["defaultAction"]);
   if (notify) throw Error(base + ".defaultAction: SCMP_ACT_NOTIFY cannot be the default action");
   Ctx ctx(def);
+  int max_nr = -1;
 
   if (s.contains("architectures") && !s["architectures"].is_null()) {
     if (!s["architectures"].is_array()) throw Error(base + ".architectures: must be an array");
@@ -229,6 +234,7 @@ Filter compile(const json& s, bool observe_exec) {
         if (!n.is_string()) throw Error(where + ".names: entries must be strings");
         std::string name = n;
         int nr = seccomp_syscall_resolve_name(name.c_str());
+        if (nr != __NR_SCMP_ERROR && nr >= 0) max_nr = std::max(max_nr, nr);
         if (nr == __NR_SCMP_ERROR) {
           // Like runc: a profile may list syscalls this libseccomp or
           // architecture does not know.
@@ -261,19 +267,92 @@ Filter compile(const json& s, bool observe_exec) {
   }
   if (observe_exec && !notify) {
     add_exec_notify(ctx.c, conflicting);
+    for (int nr : exec_nrs) max_nr = std::max(max_nr, nr);
     notify = true;
   } else {
     for (int nr : deferred_allow)
       if (def != SCMP_ACT_ALLOW && !conflicting.count(nr))
         check(seccomp_rule_add(ctx.c, SCMP_ACT_ALLOW, nr, 0), "seccomp_rule_add(exec, ALLOW)");
   }
-  return Filter(ctx.release(), notify);
+  bool by_errno = (def & 0xffff0000U) == SCMP_ACT_ERRNO(0);
+  return Filter(ctx.release(), notify, max_nr, by_errno);
 }
 
 Filter exec_observer() {
   Ctx ctx(SCMP_ACT_ALLOW);
   add_exec_notify(ctx.c, {});
-  return Filter(ctx.release(), true);
+  int max_nr = -1;
+  for (const char* n : {"execve", "execveat"})
+    if (int nr = seccomp_syscall_resolve_name(n); nr != __NR_SCMP_ERROR) max_nr = std::max(max_nr, nr);
+  return Filter(ctx.release(), true, max_nr, false);
+}
+
+namespace {
+
+constexpr uint32_t kX32Bit = 0x40000000U;
+
+std::vector<sock_filter> enosys_program(int max_nr) {
+  const uint32_t arch = seccomp_arch_native();
+  const bool x86_64 = arch == SCMP_ARCH_X86_64;
+  std::vector<sock_filter> p;
+  // 0: A = arch; not native -> allow (the profiles decide)
+  p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)));
+  const __u8 to_allow = x86_64 ? 3 : 2;
+  p.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 0, to_allow));
+  // A = nr
+  p.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)));
+  // x32 numbers (bit 30) -> allow (the profiles decide)
+  if (x86_64) p.push_back(BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, kX32Bit, 0 + 1, 0));
+  // nr > max -> ENOSYS
+  p.push_back(BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, static_cast<uint32_t>(max_nr), 1, 0));
+  p.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  p.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)));
+  return p;
+}
+
+}  // namespace
+
+bool load_enosys_stub(int max_nr) {
+  if (max_nr < 0) return false;
+  auto p = enosys_program(max_nr);
+  struct sock_fprog prog {};
+  prog.len = static_cast<unsigned short>(p.size());
+  prog.filter = p.data();
+  if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) {
+    if (errno == EPERM || errno == EACCES || errno == ENOSYS) return false;
+    throw_errno("seccomp(SECCOMP_SET_MODE_FILTER) of the ENOSYS stub for syscalls above " + std::to_string(max_nr));
+  }
+  return true;
+}
+
+uint32_t run_enosys_stub(int max_nr, uint32_t arch, int nr) {
+  auto p = enosys_program(max_nr);
+  struct seccomp_data d {};
+  d.arch = arch;
+  d.nr = nr;
+  uint32_t a = 0;
+  for (std::size_t pc = 0; pc < p.size(); pc++) {
+    const sock_filter& f = p[pc];
+    switch (f.code) {
+      case BPF_LD | BPF_W | BPF_ABS:
+        std::memcpy(&a, reinterpret_cast<const char*>(&d) + f.k, sizeof a);
+        break;
+      case BPF_JMP | BPF_JEQ | BPF_K:
+        pc += a == f.k ? f.jt : f.jf;
+        break;
+      case BPF_JMP | BPF_JGE | BPF_K:
+        pc += a >= f.k ? f.jt : f.jf;
+        break;
+      case BPF_JMP | BPF_JGT | BPF_K:
+        pc += a > f.k ? f.jt : f.jf;
+        break;
+      case BPF_RET | BPF_K:
+        return f.k;
+      default:
+        throw Error("enosys stub: unexpected BPF opcode");
+    }
+  }
+  throw Error("enosys stub: program ran off its end");
 }
 
 }  // namespace agentshim::seccomp

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace agentshim::seccomp {
 
@@ -25,9 +26,13 @@ using json = nlohmann::json;
 class Filter {
  public:
   Filter() = default;
-  Filter(scmp_filter_ctx ctx, bool notify) : ctx_(ctx), notify_(notify) {}
+  Filter(scmp_filter_ctx ctx, bool notify, int max_nr = -1, bool denies_by_errno = false)
+      : ctx_(ctx), notify_(notify), max_nr_(max_nr), denies_by_errno_(denies_by_errno) {}
   ~Filter();
-  Filter(Filter&& o) noexcept : ctx_(o.ctx_), notify_(o.notify_) { o.ctx_ = nullptr; }
+  Filter(Filter&& o) noexcept
+      : ctx_(o.ctx_), notify_(o.notify_), max_nr_(o.max_nr_), denies_by_errno_(o.denies_by_errno_) {
+    o.ctx_ = nullptr;
+  }
   Filter& operator=(Filter&& o) noexcept;
   Filter(const Filter&) = delete;
   Filter& operator=(const Filter&) = delete;
@@ -39,11 +44,35 @@ class Filter {
   // Human-readable pseudo filter code (for `agentshim policy explain`, tests).
   std::string pfc() const;
   scmp_filter_ctx ctx() const { return ctx_; }
+  // The highest native syscall number any rule names (-1: none).
+  int max_nr() const { return max_nr_; }
+  // The default action is SCMP_ACT_ERRNO (a syscall the profile does not
+  // name fails with an errno rather than being allowed or killing).
+  bool denies_by_errno() const { return denies_by_errno_; }
 
  private:
   scmp_filter_ctx ctx_ = nullptr;
   bool notify_ = false;
+  int max_nr_ = -1;
+  bool denies_by_errno_ = false;
 };
+
+// Syscalls newer than a profile knows must fail with ENOSYS, not the
+// profile's default errno (EPERM): libc and runtimes probe new syscalls and
+// fall back only on ENOSYS (runc and Docker do the same). The stub is a
+// second filter, loaded after the profiles: for the native architecture it
+// returns ERRNO(ENOSYS) for every syscall number above `max_nr` (the highest
+// any loaded filter names) and allows the rest, so the earlier filters
+// decide. For two ERRNO results the kernel returns the most recently loaded
+// filter's errno; KILL and TRAP still win. Other architectures (and x32
+// numbers) are left to the profiles.
+// Load the stub on the calling thread (needs no_new_privs or CAP_SYS_ADMIN).
+// Returns false when an already loaded profile denies seccomp(2) itself
+// (then newer syscalls keep that profile's errno); throws on other errors.
+bool load_enosys_stub(int max_nr);
+// Run the stub's program in user space over (arch, nr): the value the kernel
+// would return. For unit tests.
+uint32_t run_enosys_stub(int max_nr, uint32_t arch, int nr);
 
 // Validate and compile. With observe_exec, execve/execveat get
 // SCMP_ACT_NOTIFY unless the config gives them a rule of its own.

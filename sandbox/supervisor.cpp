@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "attest/canonical.h"
 #include "attest/hash.h"
@@ -36,6 +37,7 @@
 #include "sandbox/rootfs.h"
 #include "sandbox/state.h"
 #include "sandbox/sync.h"
+#include "sandbox/userns.h"
 
 namespace agentshim::supervisor {
 namespace {
@@ -86,6 +88,21 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
   }
 }
 
+// The host uid and gid of the container's root (id 0), when mapped.
+std::optional<std::pair<std::uint64_t, std::uint64_t>> container_root_ids(const json& cfg) {
+  auto host = [&](const char* key) -> std::optional<std::uint64_t> {
+    if (!cfg["linux"].contains(key) || !cfg["linux"][key].is_array()) return std::nullopt;
+    for (const auto& m : cfg["linux"][key]) {
+      auto c = m.value("containerID", 0ULL), h = m.value("hostID", 0ULL), n = m.value("size", 0ULL);
+      if (c == 0 && n > 0) return h;
+    }
+    return std::nullopt;
+  };
+  auto u = host("uidMappings"), g = host("gidMappings");
+  if (!u || !g) return std::nullopt;
+  return std::make_pair(*u, *g);
+}
+
 // ---------------------------------------------------------------- init
 
 [[noreturn]] void init_main(Setup& s, int sock) {
@@ -132,6 +149,13 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
 
     // New or joined: either way the rootfs is set up inside it (as runc does).
     bool new_mnt = oci::has_namespace(cfg, "mount");
+    if (new_mnt && s.idmap_rootfs) {
+      std::vector<UniqueFd> fds;
+      sync::send(sock, {{"type", "idmap"}});
+      sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
+      if (fds.size() != 1) throw Error("supervisor sent no idmapped rootfs");
+      rc.rootfs_tree = std::move(fds[0]);
+    }
     if (new_mnt) {
       rootfs::prepare_root(rc);
       rootfs::mount_all(rc);
@@ -417,6 +441,10 @@ class Supervisor {
                         {"options", h.options},
                         {"host_path", h.host_path}});
     s_.policy["cgroup_mounts"] = mounts;
+    // In a new user namespace the container's root is not host root: hand
+    // it the stdio pipes (as runc does), so /proc/self/fd/N reopens work.
+    if (oci::has_new_namespace(cfg, "user"))
+      if (auto root = container_root_ids(cfg)) userns::chown_stdio(root->first, root->second);
 
     auto pair = make_socketpair(SOCK_SEQPACKET);
     sock_ = std::move(pair.first);
@@ -453,6 +481,14 @@ class Supervisor {
         write_id_map(p, cfg, "uidMappings", "uid_map");
         write_id_map(p, cfg, "gidMappings", "gid_map");
         sync::send(sock_.get(), {{"type", "userns-ok"}});
+      } else if (type == "idmap") {
+        // userns "auto": an idmapped, private copy of the rootfs made here
+        // (mount_setattr needs host privilege), attached by the init.
+        // (The init's own getpid() is 1 in its pid namespace: use the pid
+        // stage1 reported.)
+        if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
+        auto tree = userns::idmapped_tree(s_.rootfs, init_pid_);
+        sync::send(sock_.get(), {{"type", "idmap-ok"}}, {tree.get()});
       } else if (type == "init") {
         init_pid_ = (*m)["pid"];
         int st;

@@ -34,6 +34,7 @@ struct Setup {
   json policy;                   // policy::Result summary (decisions, extra seccomp, egress)
   json extra_seccomp;            // agentshim's profile, stacked on the config's
   bool observe_exec = false;
+  bool idmap_rootfs = false;     // userns "auto": the init mounts an idmapped copy of the rootfs
   bool systemd_cgroup = false;
   bool no_pivot = false;
   bool no_new_keyring = false;

@@ -711,16 +711,44 @@ TEST(PolicyApply, RefuseModeListsEveryViolation) {
   }
 }
 
-TEST(PolicyApply, UsernsAutoIsReportedAsUnsupported) {
+TEST(PolicyApply, UsernsAutoAddsAUserNamespace) {
   FakeNs ns;
   json p = policy::validate({{"userns", "auto"}}, "x");
-  try {
-    policy::apply(p, clean_config(), ns.ctx());
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("userns: \"auto\" is not supported yet"), std::string::npos)
-        << e.what();
-  }
+  auto r = policy::apply(p, clean_config(), ns.ctx());
+  EXPECT_TRUE(r.userns_auto);
+  EXPECT_TRUE(oci::has_new_namespace(r.config, "user"));
+  EXPECT_FALSE(r.config["linux"].contains("uidMappings"));  // allocated at create
+  bool decided = false;
+  for (const auto& d : r.decisions)
+    if (d["rule"] == "userns" && d["action"] == "added") decided = true;
+  EXPECT_TRUE(decided) << r.decisions.dump(1);
+  EXPECT_EQ(r.summary()["userns_auto"], true);
+  // Off (the default): nothing added.
+  auto off = policy::apply(policy::builtin(), clean_config(), ns.ctx());
+  EXPECT_FALSE(off.userns_auto);
+  EXPECT_FALSE(oci::has_new_namespace(off.config, "user"));
+}
+
+TEST(PolicyApply, UsernsAutoReplacesMapsThatMakeHostRoot) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["linux"]["namespaces"].push_back({{"type", "user"}});
+  cfg["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", 0}, {"size", 65536}}};
+  cfg["linux"]["gidMappings"] = {{{"containerID", 0}, {"hostID", 100000}, {"size", 65536}}};
+  json p = policy::validate({{"userns", "auto"}}, "x");
+  auto r = policy::apply(p, cfg, ns.ctx());
+  EXPECT_TRUE(r.userns_auto);
+  EXPECT_FALSE(r.config["linux"].contains("uidMappings"));
+  // refuse mode: a violation naming the rule.
+  json pr = policy::validate({{"userns", "auto"}, {"mode", "refuse"}}, "x");
+  auto rr = policy::evaluate(pr, cfg, ns.ctx());
+  ASSERT_EQ(rr.violations.size(), 1u) << rr.violations.dump(1);
+  EXPECT_EQ(rr.violations[0]["rule"], "userns");
+  // Maps clear of host id 0 are the caller's and kept.
+  cfg["linux"]["uidMappings"] = {{{"containerID", 0}, {"hostID", 100000}, {"size", 65536}}};
+  auto kept = policy::apply(p, cfg, ns.ctx());
+  EXPECT_FALSE(kept.userns_auto);
+  EXPECT_EQ(kept.config["linux"]["uidMappings"][0]["hostID"], 100000);
 }
 
 TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {

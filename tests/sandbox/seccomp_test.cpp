@@ -7,7 +7,9 @@
 #include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/seccomp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -452,3 +454,94 @@ TEST(SeccompBehaviour, KillProcess) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- ENOSYS stub
+
+TEST(SeccompEnosysStub, ProgramDecisions) {
+  const uint32_t native = seccomp_arch_native();
+  // Above the highest number a profile names: ENOSYS.
+  EXPECT_EQ(seccomp::run_enosys_stub(300, native, 301), SECCOMP_RET_ERRNO | ENOSYS);
+  EXPECT_EQ(seccomp::run_enosys_stub(300, native, 460), SECCOMP_RET_ERRNO | ENOSYS);
+  // At or below it: allowed here, so the profiles decide.
+  EXPECT_EQ(seccomp::run_enosys_stub(300, native, 300), SECCOMP_RET_ALLOW);
+  EXPECT_EQ(seccomp::run_enosys_stub(300, native, 0), SECCOMP_RET_ALLOW);
+  // Another architecture (i386 on x86_64): left to the profiles.
+  EXPECT_EQ(seccomp::run_enosys_stub(300, SCMP_ARCH_X86, 400), SECCOMP_RET_ALLOW);
+  if (native == SCMP_ARCH_X86_64) {
+    // x32 numbers (bit 30) are the profiles' business too (the default kills them).
+    EXPECT_EQ(seccomp::run_enosys_stub(300, native, 0x40000000 + 1), SECCOMP_RET_ALLOW);
+  }
+}
+
+TEST(SeccompEnosysStub, NewerSyscallsGetEnosysKnownDeniedOnesKeepTheirErrno) {
+  // A deny-by-default profile (EPERM) that allows a few syscalls; a syscall
+  // above everything it names must fail with ENOSYS, one below with EPERM.
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+    "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid", "mkdirat", "mkdir",
+                            "getppid", "seccomp"], "action": "SCMP_ACT_ALLOW"}]})");
+  auto f = seccomp::compile(c);
+  ASSERT_TRUE(f.denies_by_errno());
+  int max_nr = f.max_nr();
+  ASSERT_GE(max_nr, __NR_getppid);
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    try {
+      f.load();
+      if (!seccomp::load_enosys_stub(max_nr)) return 203;
+    } catch (...) {
+      return 202;
+    }
+    // A syscall number no kernel has yet, far above the profile.
+    long r1 = ::syscall(max_nr + 200);
+    int e1 = errno;
+    // A known syscall the profile denies (below its highest number): EPERM.
+    long r2 = ::syscall(__NR_getuid);
+    int e2 = errno;
+    if (r1 != -1 || e1 != ENOSYS) return 10;
+    if (r2 != -1 || e2 != EPERM) return 11;
+    if (::syscall(__NR_getpid) <= 0) return 12;  // allowed still works
+    return 0;
+  });
+  EXPECT_EQ(code, 0);
+}
+
+TEST(SeccompEnosysStub, KillStillWinsOverTheStub) {
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_KILL_PROCESS",
+    "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid", "seccomp", "prctl"],
+                  "action": "SCMP_ACT_ALLOW"}]})");
+  auto f = seccomp::compile(c);
+  EXPECT_FALSE(f.denies_by_errno());
+  int max_nr = f.max_nr();
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    try {
+      f.load();
+      seccomp::load_enosys_stub(max_nr);
+    } catch (...) {
+      return 202;
+    }
+    ::syscall(max_nr + 200);
+    return 0;
+  });
+  EXPECT_EQ(code, 1000 + SIGSYS);
+}
+
+TEST(SeccompEnosysStub, AProfileThatDeniesSeccompLeavesItsErrno) {
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_ERRNO",
+    "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid"],
+                  "action": "SCMP_ACT_ALLOW"}]})");
+  auto f = seccomp::compile(c);
+  int max_nr = f.max_nr();
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    try {
+      f.load();
+      if (seccomp::load_enosys_stub(max_nr)) return 201;  // seccomp(2) is denied: not loaded
+    } catch (...) {
+      return 202;
+    }
+    long r = ::syscall(max_nr + 200);
+    return r == -1 && errno == EPERM ? 0 : 10;
+  });
+  EXPECT_EQ(code, 0);
+}

@@ -1,0 +1,199 @@
+#include "sandbox/userns.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/mount.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <optional>
+
+#include "common/error.h"
+#include "common/util.h"
+
+namespace agentshim::userns {
+namespace {
+
+struct SubId {
+  std::uint64_t first = 0, count = 0;
+};
+
+std::optional<SubId> subid_entry(const std::string& file, const std::string& user) {
+  auto text = try_read_file(file);
+  if (!text) return std::nullopt;
+  int lineno = 0;
+  for (const auto& line : split(*text, '\n')) {
+    lineno++;
+    if (line.empty() || line[0] == '#') continue;
+    auto f = split(line, ':');
+    if (f.size() != 3) {
+      if (!f.empty() && f[0] == user)
+        throw Error(file + ":" + std::to_string(lineno) + ": expected name:first:count, got \"" + line + "\"");
+      continue;
+    }
+    if (f[0] != user) continue;
+    auto first = parse_uint(f[1]);
+    auto count = parse_uint(f[2]);
+    if (!first || !count)
+      throw Error(file + ":" + std::to_string(lineno) + ": first and count must be numbers in \"" + line + "\"");
+    return SubId{*first, *count};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Pool pool(const std::string& etc) {
+  auto u = subid_entry(etc + "/subuid", "agentshim");
+  auto g = subid_entry(etc + "/subgid", "agentshim");
+  if (!u && !g) return Pool{};
+  if (!u || !g)
+    throw Error(std::string("userns auto: ") + (u ? etc + "/subuid" : etc + "/subgid") +
+                " has a range for agentshim but " + (u ? etc + "/subgid" : etc + "/subuid") +
+                " has none; give both or neither");
+  Pool p;
+  p.uid_first = u->first;
+  p.gid_first = g->first;
+  p.count = std::min(u->count, g->count);
+  p.source = etc + "/subuid and " + etc + "/subgid (agentshim)";
+  if (p.uid_first == 0 || p.gid_first == 0)
+    throw Error("userns auto: the agentshim range in " + p.source + " starts at id 0 (host root)");
+  if (p.count < kSlotSize)
+    throw Error("userns auto: the agentshim range in " + p.source + " holds " + std::to_string(p.count) +
+                " ids; one container needs " + std::to_string(kSlotSize));
+  if (p.uid_first + p.count > 0xFFFFFFFFULL || p.gid_first + p.count > 0xFFFFFFFFULL)
+    throw Error("userns auto: the agentshim range in " + p.source + " goes beyond id 4294967294");
+  return p;
+}
+
+namespace {
+
+struct DirLock {
+  UniqueFd fd;
+  explicit DirLock(const std::string& dir) {
+    mkdir_p(dir, 0700);
+    fd.reset(::open((dir + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!fd) throw_errno("open " + dir + "/.lock");
+    while (::flock(fd.get(), LOCK_EX) < 0)
+      if (errno != EINTR) throw_errno("flock " + dir + "/.lock");
+  }
+};
+
+std::optional<std::string> slot_owner(const std::string& path) {
+  auto t = try_read_file(path);
+  if (!t) return std::nullopt;
+  std::string s = *t;
+  while (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+bool owner_alive(const std::string& owner) {
+  struct stat st {};
+  return !owner.empty() && owner[0] == '/' && ::stat(owner.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
+Range allocate(const std::string& owner, const Pool& p, const std::string& dir) {
+  DirLock lock(dir);
+  const std::uint64_t slots = p.count / kSlotSize;
+  for (std::uint64_t i = 0; i < slots; i++) {
+    std::string path = dir + "/" + std::to_string(i);
+    if (auto o = slot_owner(path)) {
+      if (owner_alive(*o)) continue;  // held
+    }
+    write_file_atomic(path, owner + "\n", 0600);
+    return Range{p.uid_first + i * kSlotSize, p.gid_first + i * kSlotSize, kSlotSize, i};
+  }
+  throw Error("userns auto: every one of the " + std::to_string(slots) + " uid ranges of " + p.source +
+              " is in use (one per container); delete containers or give agentshim a larger range");
+}
+
+void release(const std::string& owner, const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) < 0) return;
+  DirLock lock(dir);
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (struct dirent* e = ::readdir(d)) {
+    if (!parse_uint(e->d_name)) continue;
+    std::string path = dir + "/" + e->d_name;
+    if (auto o = slot_owner(path); o && *o == owner) ::unlink(path.c_str());
+  }
+  ::closedir(d);
+}
+
+UniqueFd idmapped_tree(const std::string& path, pid_t pid) {
+  UniqueFd tree(static_cast<int>(
+      ::syscall(SYS_open_tree, AT_FDCWD, path.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)));
+  if (!tree) throw_errno("open_tree " + path + " (userns auto needs open_tree, Linux 5.2 or later)");
+  std::string ns = "/proc/" + std::to_string(pid) + "/ns/user";
+  UniqueFd userns(::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!userns) throw_errno("open " + ns);
+  struct mount_attr attr {};
+  attr.attr_set = MOUNT_ATTR_IDMAP;
+  attr.userns_fd = static_cast<std::uint64_t>(userns.get());
+  attr.propagation = MS_PRIVATE;
+  if (::syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
+    int err = errno;
+    std::string fs;
+    struct statfs sf {};
+    if (::statfs(path.c_str(), &sf) == 0) {
+      char hex[32];
+      std::snprintf(hex, sizeof hex, "0x%lx", static_cast<unsigned long>(sf.f_type));
+      fs = std::string(" (filesystem magic ") + hex + ")";
+    }
+    if (err == EINVAL || err == EOPNOTSUPP || err == ENOSYS)
+      throw Error("userns auto: cannot mount the rootfs " + path + " idmapped: the kernel or its filesystem" + fs +
+                  " (or a filesystem mounted below it) does not support idmapped mounts (mount_setattr: " +
+                  std::strerror(err) + "); set \"userns\": \"off\" in the policy or put the rootfs on ext4, "
+                  "xfs, btrfs, tmpfs or overlayfs");
+    throw_errno("mount_setattr MOUNT_ATTR_IDMAP on " + path + fs, err);
+  }
+  return tree;
+}
+
+void check_reachable(const std::string& rootfs, std::uint64_t uid, std::uint64_t gid, std::uint64_t size) {
+  if (uid == 0) return;
+  std::string dir = rootfs;
+  while (dir.size() > 1) {
+    auto slash = dir.rfind('/');
+    dir = slash == 0 ? "/" : dir.substr(0, slash);
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) < 0) throw_errno("stat " + dir);
+    bool ok;
+    if (st.st_uid >= uid && st.st_uid < uid + size)
+      ok = st.st_mode & S_IXUSR;
+    else if (st.st_gid >= gid && st.st_gid < gid + size)
+      ok = st.st_mode & S_IXGRP;
+    else
+      ok = st.st_mode & S_IXOTH;
+    if (!ok)
+      throw Error("the rootfs " + rootfs + " is not reachable by the container's root (host uid " +
+                  std::to_string(uid) + ", in its own user namespace): the directory " + dir +
+                  " is not searchable by it (mode " + [&] {
+                    char m[8];
+                    std::snprintf(m, sizeof m, "%04o", st.st_mode & 07777);
+                    return std::string(m);
+                  }() + "); with a user namespace every directory above the rootfs needs o+x, as with runc");
+  }
+}
+
+void chown_stdio(std::uint64_t uid, std::uint64_t gid) {
+  for (int fd = 0; fd < 3; fd++) {
+    struct stat st {};
+    if (::fstat(fd, &st) < 0) continue;
+    if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)) continue;
+    if (st.st_uid != 0 && st.st_uid != ::getuid()) continue;
+    if (::fchown(fd, static_cast<uid_t>(uid), static_cast<gid_t>(gid)) < 0 && errno != EPERM)
+      throw_errno("fchown stdio fd " + std::to_string(fd) + " to the container's root");
+  }
+}
+
+}  // namespace agentshim::userns

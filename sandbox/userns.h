@@ -1,0 +1,69 @@
+// userns "auto" (docs/POLICY.md): the container's root runs as an
+// unprivileged host uid/gid range, and its root filesystem is mounted
+// idmapped so the files owned by host root in the image show (and are
+// written) as the container's root.
+//
+// Ranges come from a pool: the first /etc/subuid and /etc/subgid lines for
+// the user "agentshim" when both exist, else the built-in pool of 2^30 ids
+// starting at host id 2^30 (far above the ranges useradd hands out). The
+// pool is cut into slots of 65536 ids; one slot per container, recorded as a
+// file <slot> under /run/agentshim-userns (shared by every --root, so two
+// roots never hand out the same range) holding the owning container's state
+// directory. A slot whose owner directory is gone (a crashed create, a
+// removed root) is reused.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/fd.h"
+
+namespace agentshim::userns {
+
+constexpr std::uint64_t kSlotSize = 65536;
+
+struct Pool {
+  std::uint64_t uid_first = 1ULL << 30;
+  std::uint64_t gid_first = 1ULL << 30;
+  std::uint64_t count = 1ULL << 30;  // ids in the pool (a multiple of kSlotSize is used)
+  std::string source = "built-in";   // "built-in" | "/etc/subuid and /etc/subgid (agentshim)"
+};
+
+struct Range {
+  std::uint64_t uid = 0;  // host uid of the container's uid 0
+  std::uint64_t gid = 0;  // host gid of the container's gid 0
+  std::uint64_t size = kSlotSize;
+  std::uint64_t slot = 0;
+};
+
+// The pool from <etc>/subuid and <etc>/subgid ("name:first:count" lines).
+// Errors name the file and line (a malformed line, an entry for agentshim in
+// one file but not the other, a range smaller than one slot or one that
+// includes id 0).
+Pool pool(const std::string& etc = "/etc");
+
+// Allocate a free slot for `owner` (a container's state directory) under
+// `dir`. Throws Error when the pool is exhausted.
+Range allocate(const std::string& owner, const Pool& p, const std::string& dir = "/run/agentshim-userns");
+// Free every slot `owner` holds (idempotent).
+void release(const std::string& owner, const std::string& dir = "/run/agentshim-userns");
+
+// A detached copy of the mount tree at `path` (open_tree OPEN_TREE_CLONE,
+// recursive), private, idmapped through the user namespace of `pid`.
+// Errors say when the filesystem or kernel cannot idmap it.
+UniqueFd idmapped_tree(const std::string& path, pid_t pid);
+
+// The container's root (host uid/gid `uid`/`gid`) sets up its rootfs by
+// path from inside its user namespace, so every directory above `rootfs`
+// must be searchable by it (as with runc and user namespaces). Throws an
+// Error naming the first directory that is not.
+void check_reachable(const std::string& rootfs, std::uint64_t uid, std::uint64_t gid, std::uint64_t size);
+
+// Make the caller's stdio pipes and sockets (fds 0-2) owned by the
+// container's root (uid/gid on the host), as runc does, so the container can
+// reopen them through /proc/self/fd. Never touches files or devices.
+void chown_stdio(std::uint64_t uid, std::uint64_t gid);
+
+}  // namespace agentshim::userns
