@@ -487,3 +487,50 @@ def test_record_written_for_docker_runs(docker):
     from conftest import AGENTSHIM, run
     v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", run_dir])
     assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
+
+
+# ----------------------------------------------------------------- userns auto
+
+def test_userns_auto_under_docker(docker):
+    """policy userns "auto" with Docker: the container's root is an
+    unprivileged host uid range. Docker's rootfs is overlayfs, which cannot be
+    idmapped as a whole, so (the root being read-only) it is used as it is and
+    the record says so; Docker's /etc/hosts (under a root-only directory) is
+    reachable because the supervisor opens bind sources for the container;
+    Docker's ping_group_range is narrowed to the mapped gids."""
+    pol = os.path.join(docker.base, "policy.json")
+    orig = open(pol).read()
+    doc = json.loads(orig)
+    doc["userns"] = "auto"
+    with open(pol, "w") as f:
+        json.dump(doc, f)
+    try:
+        r = dr(docker, "agentshim", IMG, "sh", "-c",
+               "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; grep -c localhost /etc/hosts; "
+               "cat /proc/sys/net/ipv4/ping_group_range")
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        out = text(r).split("\n")
+        assert out[0] == "0", out
+        f = out[1].split()
+        assert f[0] == "0" and int(f[1]) >= 65536 and f[2] == "65536", out
+        assert out[2] == "65534", out  # overlayfs: not idmapped, host root's files show as nobody
+        assert int(out[3]) >= 1, out
+        assert out[4].split() == ["0", "65535"], out
+        # A detached one: its processes run as the host range, not as root.
+        cid = start_detached(docker, "agentshim", IMG, "sleep", "30")
+        try:
+            sleepers = []
+            for p in os.listdir("/proc"):
+                try:
+                    if (p.isdigit() and cid in open(f"/proc/{p}/cgroup").read()
+                            and open(f"/proc/{p}/comm").read().strip() == "sleep"):
+                        sleepers.append(next(int(l.split()[1]) for l in open(f"/proc/{p}/status")
+                                             if l.startswith("Uid:")))
+                except OSError:
+                    pass
+            assert len(sleepers) == 1 and sleepers[0] >= 65536, sleepers
+        finally:
+            docker("rm", "-f", cid)
+    finally:
+        with open(pol, "w") as f:
+            f.write(orig)

@@ -134,3 +134,60 @@ def test_policy_check_shows_the_user_namespace(shim, bundle, tmp_path):
     doc = json.loads(r.stdout)
     assert doc["userns_auto"] is True
     assert any(d["rule"] == "userns" and d["action"] == "added" for d in doc["decisions"]), doc["decisions"]
+
+
+def overlay_rootfs(bundle, tmp_path):
+    """Put the bundle's rootfs on overlayfs (which cannot be idmapped as a
+    whole, like Docker's)."""
+    lower = tmp_path / "lower"
+    os.rename(bundle.rootfs, lower)
+    for d in ("upper", "work"):
+        (tmp_path / d).mkdir()
+    os.mkdir(bundle.rootfs)
+    run(["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={lower},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}", bundle.rootfs], check=True)
+
+
+def test_rootfs_that_cannot_be_idmapped(shim, bundle, cid, tmp_path):
+    pol_rw = auto_policy(tmp_path, filesystem={"readonly_root": False})
+    overlay_rootfs(bundle, tmp_path)
+    try:
+        # Writable root: a clear error, nothing left behind.
+        bundle.config["root"]["readonly"] = False
+        bundle.save()
+        r = shim("--policy", pol_rw, "run", "--bundle", bundle.args("true").path, cid)
+        assert r.returncode != 0
+        err = r.stderr.decode()
+        assert "cannot be mounted idmapped" in err and "(overlayfs)" in err and "read-only" in err, err
+        assert not os.path.exists(os.path.join(shim.root, cid))
+        # Read-only root (the default policy): runs, unmapped files show as nobody.
+        pol = auto_policy(tmp_path)
+        shim.ids.add(cid)
+        r = shim("--policy", pol, "run", "--bundle", bundle.sh("id -u; stat -c %u /bin/busybox").path, cid)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode().split() == ["0", "65534"]
+        shim("delete", "--force", cid)
+    finally:
+        run(["umount", "-l", bundle.rootfs])
+
+
+def test_caller_maps_need_a_reachable_rootfs(shim, bundle, cid, tmp_path):
+    """With the caller's own id maps (not userns auto) the container's root
+    sets up its rootfs itself, as with runc: a root-only directory above it is
+    a clear error."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    os.chmod(hidden, 0o700)
+    b = os.path.join(hidden, "b")
+    os.rename(os.path.dirname(bundle.rootfs), b)
+    c = json.load(open(os.path.join(b, "config.json")))
+    c["linux"]["namespaces"].append({"type": "user"})
+    c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 1 << 30, "size": 65536}]
+    c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 1 << 30, "size": 65536}]
+    c["process"]["args"] = ["true"]
+    json.dump(c, open(os.path.join(b, "config.json"), "w"))
+    r = shim("run", "--bundle", b, cid)
+    assert r.returncode != 0
+    err = r.stderr.decode()
+    assert f"the directory {hidden} is not searchable" in err and "o+x" in err, err
+    assert not os.path.exists(os.path.join(shim.root, cid))

@@ -229,7 +229,15 @@ void create(const Global& g, const CreateOptions& o) {
   // userns "auto": an unprivileged host range for the container's ids. The
   // slot names this state directory, so a failed create (which removes it)
   // leaves the slot free for the next container.
+  bool idmap = false;
   if (pres.userns_auto) {
+    std::string why;
+    idmap = userns::can_idmap(rootfs, &why);
+    bool readonly = cfg.contains("root") && cfg["root"].value("readonly", false);
+    if (!idmap && !readonly)
+      throw Error(why + "; with a writable root filesystem the container's root could not write the image's "
+                  "files. Set \"userns\": \"off\", make the root read-only (filesystem.readonly_root), or put "
+                  "the rootfs on a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs)");
     auto range = userns::allocate(dir, userns::pool());
     cfg["linux"]["uidMappings"] = json::array({{{"containerID", 0}, {"hostID", range.uid}, {"size", range.size}}});
     cfg["linux"]["gidMappings"] = json::array({{{"containerID", 0}, {"hostID", range.gid}, {"size", range.size}}});
@@ -240,7 +248,14 @@ void create(const Global& g, const CreateOptions& o) {
          {"detail", "container uids/gids 0-" + std::to_string(range.size - 1) + " run as host uids " +
                         std::to_string(range.uid) + "-" + std::to_string(range.uid + range.size - 1) + ", gids " +
                         std::to_string(range.gid) + "-" + std::to_string(range.gid + range.size - 1) +
-                        "; the rootfs is mounted idmapped"}});
+                        (idmap ? "; the rootfs is mounted idmapped" : "")}});
+    if (!idmap)
+      pres.decisions.push_back(
+          {{"rule", "userns"},
+           {"path", "root.path"},
+           {"action", "not idmapped"},
+           {"detail", why + "; the root filesystem is read-only, so it is used as it is: files the image gives "
+                            "to host root show as nobody (65534) inside, and root-only files cannot be read"}});
   }
 
   std::string fifo = state::exec_fifo_path(g.root, o.id);
@@ -263,7 +278,10 @@ void create(const Global& g, const CreateOptions& o) {
       throw_errno("chown " + fifo);
   }
 
-  if (oci::has_new_namespace(cfg, "user"))
+  // With userns "auto" the supervisor reaches the rootfs and bind sources
+  // for the container (userns::attach_and_open); with a caller's own maps
+  // the container's root must reach them itself, as with runc.
+  if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
     for (const auto& m : cfg["linux"].value("uidMappings", json::array()))
       if (m.value("containerID", 1LL) == 0) {
         long long gid = m.value("hostID", 0LL);
@@ -290,7 +308,8 @@ void create(const Global& g, const CreateOptions& o) {
               {"network", pres.network},
               {"exec_time_limit_s", pres.exec_time_limit_s}};
   s.extra_seccomp = pres.extra_seccomp;
-  s.idmap_rootfs = pres.userns_auto;
+  s.attach_rootfs = pres.userns_auto;
+  s.idmap_rootfs = idmap;
   {
     // For `exec` (the process settings) and `update` (the resource limits).
     json saved = policy::exec_settings(pol, pres);

@@ -591,6 +591,24 @@ class Engine {
     l.erase("uidMappings");
     l.erase("gidMappings");
     r_.userns_auto = true;
+    // Docker asks for ping sockets for every gid ("0 2147483647"); inside
+    // the user namespace only the mapped gids exist and the kernel refuses
+    // the rest: narrow it to them.
+    if (l.contains("sysctl") && l["sysctl"].is_object() && l["sysctl"].contains("net.ipv4.ping_group_range") &&
+        l["sysctl"]["net.ipv4.ping_group_range"].is_string()) {
+      const Str asked = l["sysctl"]["net.ipv4.ping_group_range"];
+      auto f = split(trim(asked), ' ');
+      f.erase(std::remove(f.begin(), f.end(), ""), f.end());
+      auto lo = f.size() == 2 ? parse_uint(f[0]) : std::nullopt, hi = f.size() == 2 ? parse_uint(f[1]) : std::nullopt;
+      const unsigned long long last = 65535;
+      if (lo && hi && *hi > last) {
+        Str now = *lo > last ? "1 0" : std::to_string(*lo) + " " + std::to_string(last);
+        l["sysctl"]["net.ipv4.ping_group_range"] = now;
+        decide("userns", "linux.sysctl.net.ipv4.ping_group_range", "narrowed",
+               "caller asked for ping sockets for gids \"" + asked + "\"; only gids 0-65535 exist in the "
+               "container's user namespace, so \"" + now + "\" by policy rule userns (auto)");
+      }
+    }
   }
 
   void capabilities() {

@@ -1,7 +1,6 @@
 #include "sandbox/rootfs.h"
 
 #include <fcntl.h>
-#include <linux/mount.h>
 #include <linux/openat2.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -127,7 +126,7 @@ UniqueFd open_in_root(int rootfd, const std::string& path, bool create, bool las
   return UniqueFd(fd);
 }
 
-void prepare_root(Context& ctx) {
+void prepare_root(const Context& ctx) {
   unsigned long prop = MS_SLAVE | MS_REC;
   std::string rp = ctx.config.contains("linux") ? ctx.config["linux"].value("rootfsPropagation", "") : "";
   if (!rp.empty()) {
@@ -135,6 +134,8 @@ void prepare_root(Context& ctx) {
     if (!mo.propagation.empty()) prop = mo.propagation[0];
   }
   do_mount("", "/", "", prop, "", "/ (set propagation)");
+  // Attached by the supervisor: already a private mount of its own.
+  if (ctx.rootfs_attached) return;
   // pivot_root refuses a new root whose parent mount is shared: before the
   // rootfs is bound onto itself (the bind inherits its parent's
   // propagation), make the mount that contains it private — the longest
@@ -154,13 +155,6 @@ void prepare_root(Context& ctx) {
     }
     if (::mount(nullptr, best.c_str(), nullptr, MS_PRIVATE, nullptr) < 0)
       throw_errno("make the rootfs's parent mount " + best + " private");
-  }
-  if (ctx.rootfs_tree) {
-    if (::syscall(SYS_move_mount, ctx.rootfs_tree.get(), "", AT_FDCWD, ctx.rootfs.c_str(),
-                  MOVE_MOUNT_F_EMPTY_PATH) < 0)
-      throw_errno("move_mount the idmapped rootfs onto " + ctx.rootfs);
-    ctx.rootfs_tree.reset();
-    return;
   }
   do_mount(ctx.rootfs, ctx.rootfs, "bind", MS_BIND | MS_REC, "", "rootfs " + ctx.rootfs + " onto itself");
 }
@@ -226,9 +220,11 @@ void mount_all(const Context& ctx) {
     if (type == "bind") {
       if (src.empty()) throw Error("mount " + dest + ": bind mount needs a source");
       struct stat st {};
-      if (::stat(src.c_str(), &st) < 0) throw_errno("mount " + what + ": stat source " + src);
+      auto pre = ctx.sources.find(src);
+      const std::string& from = pre == ctx.sources.end() ? src : pre->second;
+      if (::stat(from.c_str(), &st) < 0) throw_errno("mount " + what + ": stat source " + src);
       auto target = open_in_root(rootfd.get(), dest, true, !S_ISDIR(st.st_mode));
-      do_mount(src, fdpath(target.get()), "bind", MS_BIND | (mo.rec ? MS_REC : 0), "", what);
+      do_mount(from, fdpath(target.get()), "bind", MS_BIND | (mo.rec ? MS_REC : 0), "", what);
       unsigned long extra = mo.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);
       auto mounted = open_in_root(rootfd.get(), dest, false, false);
       if (extra) remount_bind(fdpath(mounted.get()), extra, what, ctx.userns);

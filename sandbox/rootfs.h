@@ -6,6 +6,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -28,13 +29,16 @@ struct Context {
   bool userns = false;              // running in a new user namespace
   bool cgroupns = false;            // running in a new cgroup namespace
   std::vector<CgroupMount> cgroups; // for mounts of type "cgroup"
-  // userns "auto": a detached idmapped copy of the rootfs (open_tree), moved
-  // onto the rootfs path instead of binding the rootfs onto itself.
-  UniqueFd rootfs_tree;
+  // userns "auto": the supervisor attached an idmapped copy of the rootfs
+  // already (rootfs is then /proc/self/fd/N of that mount), and opened the
+  // bind sources: source path -> /proc/self/fd/N. `held` keeps those fds.
+  bool rootfs_attached = false;
+  std::map<std::string, std::string> sources;
+  std::vector<UniqueFd> held;
 };
 
 // Before pivot_root.
-void prepare_root(Context& ctx);
+void prepare_root(const Context& ctx);
 void mount_all(const Context& ctx);
 void create_devices(const Context& ctx);
 // Enter the rootfs. `no_pivot` uses MS_MOVE + chroot (runc --no-pivot).

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -149,12 +150,18 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> container_root_ids(const 
 
     // New or joined: either way the rootfs is set up inside it (as runc does).
     bool new_mnt = oci::has_namespace(cfg, "mount");
-    if (new_mnt && s.idmap_rootfs) {
+    if (new_mnt && s.attach_rootfs) {
       std::vector<UniqueFd> fds;
       sync::send(sock, {{"type", "idmap"}});
-      sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
-      if (fds.size() != 1) throw Error("supervisor sent no idmapped rootfs");
-      rc.rootfs_tree = std::move(fds[0]);
+      auto ok = sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
+      auto srcs = ok.value("sources", json::array());
+      if (fds.size() != srcs.size() + 1) throw Error("supervisor sent a wrong number of descriptors for the rootfs");
+      // Reached through /proc/self/fd: no host directory on the way.
+      rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
+      rc.rootfs_attached = true;
+      for (std::size_t i = 0; i < srcs.size(); i++)
+        rc.sources[srcs[i].get<std::string>()] = "/proc/self/fd/" + std::to_string(fds[i + 1].get());
+      rc.held = std::move(fds);
     }
     if (new_mnt) {
       rootfs::prepare_root(rc);
@@ -483,12 +490,28 @@ class Supervisor {
         sync::send(sock_.get(), {{"type", "userns-ok"}});
       } else if (type == "idmap") {
         // userns "auto": an idmapped, private copy of the rootfs made here
-        // (mount_setattr needs host privilege), attached by the init.
-        // (The init's own getpid() is 1 in its pid namespace: use the pid
-        // stage1 reported.)
+        // (mount_setattr needs host privilege), attached inside the init's
+        // mount namespace by a helper running as host root, which also opens
+        // the rootfs and every bind source there: the container's root
+        // never has to reach host paths (Docker's are under root-only
+        // directories). (The init's own getpid() is 1 in its pid namespace:
+        // use the pid stage1 reported.)
         if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
-        auto tree = userns::idmapped_tree(s_.rootfs, init_pid_);
-        sync::send(sock_.get(), {{"type", "idmap-ok"}}, {tree.get()});
+        auto tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
+        std::vector<std::string> sources, opened;
+        for (const auto& mnt : cfg.value("mounts", json::array())) {
+          if (!mnt.is_object() || !mnt.contains("source") || !mnt["source"].is_string()) continue;
+          std::string src = mnt["source"];
+          auto mo = oci::parse_mount_options(oci::mount_options(mnt));
+          bool bind = mnt.value("type", "") == "bind" || (mo.flags & MS_BIND);
+          if (bind && !src.empty() && src[0] == '/' &&
+              std::find(sources.begin(), sources.end(), src) == sources.end())
+            sources.push_back(src);
+        }
+        auto fds = userns::attach_and_open(init_pid_, tree.get(), s_.rootfs, sources, &opened);
+        std::vector<int> raw;
+        for (const auto& f : fds) raw.push_back(f.get());
+        sync::send(sock_.get(), {{"type", "idmap-ok"}, {"sources", opened}}, raw);
       } else if (type == "init") {
         init_pid_ = (*m)["pid"];
         int st;

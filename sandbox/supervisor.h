@@ -34,7 +34,8 @@ struct Setup {
   json policy;                   // policy::Result summary (decisions, extra seccomp, egress)
   json extra_seccomp;            // agentshim's profile, stacked on the config's
   bool observe_exec = false;
-  bool idmap_rootfs = false;     // userns "auto": the init mounts an idmapped copy of the rootfs
+  bool attach_rootfs = false;    // userns "auto": the supervisor attaches a copy of the rootfs for the init
+  bool idmap_rootfs = false;     // ... idmapped (when its filesystem allows)
   bool systemd_cgroup = false;
   bool no_pivot = false;
   bool no_new_keyring = false;

@@ -2,12 +2,16 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <linux/mount.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -129,34 +133,183 @@ void release(const std::string& owner, const std::string& dir) {
   ::closedir(d);
 }
 
-UniqueFd idmapped_tree(const std::string& path, pid_t pid) {
+namespace {
+
+std::string fs_magic(const std::string& path) {
+  struct statfs sf {};
+  if (::statfs(path.c_str(), &sf) < 0) return "";
+  switch (static_cast<unsigned long>(sf.f_type)) {
+    case 0x794c7630UL:
+      return "overlayfs";
+    case 0xEF53UL:
+      return "ext4";
+    case 0x58465342UL:
+      return "xfs";
+    case 0x9123683EUL:
+      return "btrfs";
+    case 0x01021994UL:
+      return "tmpfs";
+    case 0x6969UL:
+      return "nfs";
+    case 0x65735546UL:
+      return "fuse";
+    default: {
+      char hex[32];
+      std::snprintf(hex, sizeof hex, "magic 0x%lx", static_cast<unsigned long>(sf.f_type));
+      return hex;
+    }
+  }
+}
+
+}  // namespace
+
+bool can_idmap(const std::string& path, std::string* why) {
+  auto pipe_in = make_pipe(O_CLOEXEC), pipe_out = make_pipe(O_CLOEXEC);
+  pid_t child = ::fork();
+  if (child < 0) throw_errno("fork (idmap probe)");
+  if (child == 0) {
+    char b = 0;
+    if (::unshare(CLONE_NEWUSER) < 0) ::_exit(1);
+    if (::write(pipe_out.second.get(), "u", 1) != 1) ::_exit(1);
+    ssize_t r = ::read(pipe_in.first.get(), &b, 1);  // until the parent is done
+    ::_exit(r < 0 ? 1 : 0);
+  }
+  pipe_out.second.reset();
+  pipe_in.first.reset();
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
+  char b = 0;
+  if (::read(pipe_out.first.get(), &b, 1) != 1) throw Error("idmap probe: could not create a user namespace");
+  const std::string proc = "/proc/" + std::to_string(child);
+  write_file(proc + "/uid_map", "0 " + std::to_string(1ULL << 30) + " 1\n");
+  write_file(proc + "/gid_map", "0 " + std::to_string(1ULL << 30) + " 1\n");
+  try {
+    (void)idmapped_tree(path, child, true);
+    return true;
+  } catch (const std::exception& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+}
+
+UniqueFd idmapped_tree(const std::string& path, pid_t pid, bool idmap) {
   UniqueFd tree(static_cast<int>(
       ::syscall(SYS_open_tree, AT_FDCWD, path.c_str(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)));
   if (!tree) throw_errno("open_tree " + path + " (userns auto needs open_tree, Linux 5.2 or later)");
-  std::string ns = "/proc/" + std::to_string(pid) + "/ns/user";
-  UniqueFd userns(::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!userns) throw_errno("open " + ns);
+  UniqueFd userns;
   struct mount_attr attr {};
-  attr.attr_set = MOUNT_ATTR_IDMAP;
-  attr.userns_fd = static_cast<std::uint64_t>(userns.get());
   attr.propagation = MS_PRIVATE;
+  if (idmap) {
+    std::string ns = "/proc/" + std::to_string(pid) + "/ns/user";
+    userns.reset(::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!userns) throw_errno("open " + ns);
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    attr.userns_fd = static_cast<std::uint64_t>(userns.get());
+  }
   if (::syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH | AT_RECURSIVE, &attr, sizeof attr) < 0) {
     int err = errno;
-    std::string fs;
-    struct statfs sf {};
-    if (::statfs(path.c_str(), &sf) == 0) {
-      char hex[32];
-      std::snprintf(hex, sizeof hex, "0x%lx", static_cast<unsigned long>(sf.f_type));
-      fs = std::string(" (filesystem magic ") + hex + ")";
-    }
-    if (err == EINVAL || err == EOPNOTSUPP || err == ENOSYS)
-      throw Error("userns auto: cannot mount the rootfs " + path + " idmapped: the kernel or its filesystem" + fs +
-                  " (or a filesystem mounted below it) does not support idmapped mounts (mount_setattr: " +
-                  std::strerror(err) + "); set \"userns\": \"off\" in the policy or put the rootfs on ext4, "
-                  "xfs, btrfs, tmpfs or overlayfs");
+    std::string fs = fs_magic(path);
+    fs = fs.empty() ? "" : " (" + fs + ")";
+    if (idmap && (err == EINVAL || err == EOPNOTSUPP || err == ENOSYS))
+      throw Error("userns auto: the rootfs " + path + " cannot be mounted idmapped: its filesystem" + fs +
+                  " (or one mounted below it) or the kernel does not support idmapped mounts (mount_setattr: " +
+                  std::strerror(err) + ")");
     throw_errno("mount_setattr MOUNT_ATTR_IDMAP on " + path + fs, err);
   }
   return tree;
+}
+
+std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& rootfs,
+                                      const std::vector<std::string>& sources, std::vector<std::string>* opened) {
+  constexpr std::size_t kMax = 200;  // below SCM_MAX_FD (253), with the rootfs
+  if (sources.size() > kMax)
+    throw Error("userns auto: " + std::to_string(sources.size()) + " bind mounts; at most " + std::to_string(kMax));
+  const std::string ns = "/proc/" + std::to_string(pid) + "/ns/mnt";
+  UniqueFd nsfd(::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!nsfd) throw_errno("open " + ns);
+  auto pair = make_socketpair(SOCK_SEQPACKET);
+  // Everything the child touches is prepared here: it only makes syscalls.
+  std::vector<const char*> paths;
+  for (const auto& src : sources) paths.push_back(src.c_str());
+  std::vector<int> fds(sources.size() + 1, -1);
+  std::vector<char> cbuf(CMSG_SPACE(sizeof(int) * fds.size()));
+  char status[8 + kMax + 1] = {};
+  pid_t child = ::fork();
+  if (child < 0) throw_errno("fork (userns rootfs helper)");
+  if (child == 0) {
+    int err = 0;
+    char stage = 'S';
+    if (::setns(nsfd.get(), CLONE_NEWNS) < 0) {
+      err = errno;
+    } else if (stage = 'M', ::syscall(SYS_move_mount, tree, "", AT_FDCWD, rootfs.c_str(), MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+      err = errno;
+    } else if (stage = 'R', (fds[0] = ::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+      err = errno;
+    }
+    std::size_t n = 0;
+    if (!err) {
+      n = 1;
+      for (std::size_t i = 0; i < paths.size(); i++) {
+        int fd = ::open(paths[i], O_PATH | O_CLOEXEC);
+        status[8 + i] = fd >= 0 ? '1' : '0';
+        if (fd >= 0) fds[n++] = fd;
+      }
+    }
+    status[0] = err ? stage : 'O';
+    std::memcpy(status + 4, &err, sizeof err);
+    struct iovec iov {};
+    iov.iov_base = status;
+    iov.iov_len = 8 + paths.size();
+    struct msghdr msg {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (n > 0) {
+      msg.msg_control = cbuf.data();
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
+      struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+      std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * n);
+    }
+    ::_exit(::sendmsg(pair.second.get(), &msg, MSG_NOSIGNAL) < 0 ? 1 : 0);
+  }
+  pair.second.reset();
+  std::vector<UniqueFd> got;
+  std::string payload;
+  try {
+    payload = recv_fds(pair.first.get(), got, 8 + kMax);
+  } catch (...) {
+    ::waitpid(child, nullptr, 0);
+    throw;
+  }
+  ::waitpid(child, nullptr, 0);
+  if (payload.size() < 8) throw Error("userns rootfs helper exited without an answer");
+  int err = 0;
+  std::memcpy(&err, payload.data() + 4, sizeof err);
+  switch (payload[0]) {
+    case 'O':
+      break;
+    case 'S':
+      throw_errno("setns into the container's mount namespace (" + ns + ")", err);
+    case 'M':
+      throw_errno("move_mount the idmapped rootfs onto " + rootfs, err);
+    default:
+      throw_errno("open the idmapped rootfs " + rootfs, err);
+  }
+  if (got.empty()) throw Error("userns rootfs helper sent no rootfs descriptor");
+  if (opened)
+    for (std::size_t i = 0; i < sources.size() && 8 + i < payload.size(); i++)
+      if (payload[8 + i] == '1') opened->push_back(sources[i]);
+  if (got.size() != 1 + (opened ? opened->size() : got.size() - 1))
+    throw Error("userns rootfs helper sent " + std::to_string(got.size()) + " descriptors, expected " +
+                std::to_string(1 + (opened ? opened->size() : 0)));
+  return got;
 }
 
 void check_reachable(const std::string& rootfs, std::uint64_t uid, std::uint64_t gid, std::uint64_t size) {

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/fd.h"
 
@@ -51,9 +52,24 @@ Range allocate(const std::string& owner, const Pool& p, const std::string& dir =
 void release(const std::string& owner, const std::string& dir = "/run/agentshim-userns");
 
 // A detached copy of the mount tree at `path` (open_tree OPEN_TREE_CLONE,
-// recursive), private, idmapped through the user namespace of `pid`.
-// Errors say when the filesystem or kernel cannot idmap it.
-UniqueFd idmapped_tree(const std::string& path, pid_t pid);
+// recursive), private, and with `idmap` idmapped through the user namespace
+// of `pid`. Errors say when the filesystem or kernel cannot idmap it.
+UniqueFd idmapped_tree(const std::string& path, pid_t pid, bool idmap = true);
+
+// Can the mount tree at `path` be idmapped here? Tries it on a detached
+// copy with a throwaway user namespace. When not, `why` says why (overlayfs,
+// for one, cannot be idmapped as a whole: Docker's rootfs).
+bool can_idmap(const std::string& path, std::string* why);
+
+// Attach the idmapped `tree` onto `rootfs` inside the mount namespace of
+// `pid` and open (O_PATH) the attached rootfs and each of `sources` (bind
+// mount sources) there, as host root: a helper process forked for this
+// enters that namespace, so the container's root never needs to reach the
+// host paths itself (Docker's rootfs and its /etc/hosts live under
+// root-only directories). Returns the rootfs fd first, then one fd per
+// source that could be opened; `opened` gets those sources' paths.
+std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& rootfs,
+                                      const std::vector<std::string>& sources, std::vector<std::string>* opened);
 
 // The container's root (host uid/gid `uid`/`gid`) sets up its rootfs by
 // path from inside its user namespace, so every directory above `rootfs`
