@@ -48,6 +48,8 @@ std::string abs_path(const std::string& p) {
   return buf;
 }
 
+}  // namespace
+
 // With the internal-only network the container's resolver is the DNS stub
 // the supervisor serves on 127.0.0.53 (which refuses, and records, every
 // query unless the policy says otherwise): /etc/resolv.conf is a read-only
@@ -84,6 +86,20 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
       replaced = true;
     }
   if (!replaced) cfg["mounts"].push_back(mount);
+  // The mountpoint is made here, by the runtime, when the rootfs has none:
+  // an init in a user namespace whose root is an unprivileged host uid
+  // cannot create a file in a root-owned /etc (EACCES), and this mount is the
+  // policy's, not the caller's. Created beneath the rootfs only (no symlink
+  // is followed out of it); if it cannot be made (a read-only rootfs), the
+  // init tries again and reports the error.
+  UniqueFd rootfd(::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (rootfd) {
+    try {
+      (void)rootfs::open_in_root(rootfd.get(), "/etc/resolv.conf", true, true);
+    } catch (const std::exception& e) {
+      log::debug(std::string("resolv.conf mountpoint not created by the runtime: ") + e.what());
+    }
+  }
   if (!decisions.is_array()) decisions = json::array();
   decisions.push_back(
       {{"rule", "network.dns"},
@@ -91,6 +107,8 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
        {"action", replaced ? "replaced" : "added"},
        {"detail", "/etc/resolv.conf points at the DNS stub 127.0.0.53 of the internal-only network"}});
 }
+
+namespace {
 
 // The record must stay out of the sandbox's reach: a bind mount whose source
 // is the audit directory (records, ledger, signing key), lies inside it, or

@@ -892,19 +892,22 @@ class Engine {
       if (!res.contains("memory") || !res["memory"].is_object()) res["memory"] = json::object();
       json& m = res["memory"];
       long long lim = m.contains("limit") && m["limit"].is_number_integer() ? m["limit"].get<long long>() : 0;
-      std::optional<long long> d = def.contains("memory") ? parse_size(def["memory"]) : std::nullopt;
-      std::optional<long long> x = max.contains("memory") ? parse_size(max["memory"]) : std::nullopt;
+      // Plain integers (-1: not set), not std::optional: GCC 12 at -O3
+      // (CMAKE_BUILD_TYPE=Release) reports a false -Wmaybe-uninitialized on
+      // the optional's payload here, which -Werror turns into a build failure.
+      const long long d = def.contains("memory") ? parse_size(def["memory"]).value_or(-1) : -1;
+      const long long x = max.contains("memory") ? parse_size(max["memory"]).value_or(-1) : -1;
       if (lim <= 0) {
-        long long v = d ? *d : x.value_or(1LL << 30);
-        decide(d ? "resources.defaults.memory" : "resources.maximum.memory", "linux.resources.memory.limit",
-               "added",
+        const long long v = d >= 0 ? d : x >= 0 ? x : 1LL << 30;
+        decide(d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory",
+               "linux.resources.memory.limit", "added",
                "the config sets no memory limit; " + human_size(v) + " by policy rule " +
-                   (d ? "resources.defaults.memory" : "resources.maximum.memory"));
+                   (d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory"));
         m["limit"] = v;
-      } else if (x && lim > *x) {
+      } else if (x >= 0 && lim > x) {
         if (beyond("resources.maximum.memory", "linux.resources.memory.limit", "capped",
-                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(*x)))
-          m["limit"] = *x;
+                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x)))
+          m["limit"] = x;
       }
       if (m.contains("reservation") && m["reservation"].is_number_integer() &&
           m["reservation"].get<long long>() > m["limit"].get<long long>())
