@@ -53,7 +53,7 @@ std::string abs_path(const std::string& p) {
 // With the internal-only network the container's resolver is the DNS stub
 // the supervisor serves on 127.0.0.53 (which refuses, and records, every
 // query unless the policy says otherwise): /etc/resolv.conf is a read-only
-// bind of a file in the state directory, replacing any resolv.conf mount
+// bind of /run/agentshim.dns/resolv.conf, replacing any resolv.conf mount
 // the caller made (Docker's points at its embedded DNS or the host's). Only
 // when the rootfs has a real /etc directory (not a symlink) to mount it on.
 void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,

@@ -29,7 +29,8 @@ constexpr const char* kDefault = R"json(
   "mode": "enforce",
   "capabilities": {
     "allowed": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-                "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"]
+                "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"],
+    "no_new_privileges": true
   },
   "seccomp": {
     "profile": "builtin",
@@ -173,6 +174,11 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
     const Str key = sec + "." + k;
     auto unknown = [&] { throw Error(where + ": unknown key " + key); };
     if (sec == "capabilities") {
+      if (k == "no_new_privileges") {
+        expect_bool(x, where, key);
+        out[k] = x;
+        continue;
+      }
       if (k != "allowed") unknown();
       if (!x.is_array()) fail(where, key, "must be an array of capability names");
       json caps = json::array();
@@ -211,7 +217,8 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       if (k != "allow_join") unknown();
       if (!x.is_array()) fail(where, key, "must be an array of namespace types");
       for (std::size_t i = 0; i < x.size(); i++)
-        expect_one_of(x[i], {"pid", "ipc", "uts", "network"}, where, key + "[" + std::to_string(i) + "]");
+        expect_one_of(x[i], {"pid", "ipc", "uts", "network", "mount", "cgroup"}, where,
+                      key + "[" + std::to_string(i) + "]");
       out[k] = x;
     } else if (sec == "devices") {
       if (k != "allowed") unknown();
@@ -652,10 +659,13 @@ class Engine {
   void no_new_privs() {
     json& p = proc();
     if (p.contains("noNewPrivileges") && p["noNewPrivileges"] == true) return;
+    // A policy may leave the caller's choice alone (a permissive one, e.g.
+    // for conformance runs); the default sets it.
+    if (!p_["capabilities"].value("no_new_privileges", true)) return;
     bool had = p.contains("noNewPrivileges") && !p["noNewPrivileges"].is_null();
     decide("no_new_privs", "process.noNewPrivileges", had ? "replaced" : "added",
            Str(had ? "caller asked for noNewPrivileges=false" : "the config leaves noNewPrivileges unset") +
-               "; set to true by policy rule no_new_privs (always on)");
+               "; set to true by policy rule capabilities.no_new_privileges");
     p["noNewPrivileges"] = true;
   }
 
@@ -1254,6 +1264,7 @@ json exec_settings(const json& policy, const Result& r) {
   if (r.network.value("mode", "") == "internal")
     env = Engine::proxy_env(json::array(), r.network.value("proxy_port", 3128LL)).first;
   return {{"capabilities_allowed", policy["capabilities"]["allowed"]},
+          {"no_new_privileges", policy["capabilities"].value("no_new_privileges", true)},
           {"extra_seccomp", r.extra_seccomp},
           {"env", env}};
 }
@@ -1287,12 +1298,13 @@ json apply_exec(const json& settings, json& process) {
            {"action", "dropped"},
            {"detail", "exec asked for " + d + "; dropped by policy rule capabilities.allowed"}});
   }
-  if (!(process.contains("noNewPrivileges") && process["noNewPrivileges"] == true)) {
+  if (settings.value("no_new_privileges", true) &&
+      !(process.contains("noNewPrivileges") && process["noNewPrivileges"] == true)) {
     process["noNewPrivileges"] = true;
     decisions.push_back({{"rule", "no_new_privs"},
                          {"path", "process.noNewPrivileges"},
                          {"action", "added"},
-                         {"detail", "set to true for the exec by policy rule no_new_privs (always on)"}});
+                         {"detail", "set to true for the exec by policy rule capabilities.no_new_privileges"}});
   }
   const json& want = settings.value("env", json::array());
   if (!want.empty()) {

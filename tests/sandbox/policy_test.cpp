@@ -126,7 +126,7 @@ TEST(Policy, ValidationErrorsNameTheKey) {
   EXPECT_NE(err({{"filesystem", {{"masked_paths", {"/proc/kcore", "proc/keys"}}}}})
                 .find("filesystem.masked_paths[1]"),
             std::string::npos);
-  EXPECT_NE(err({{"namespaces", {{"allow_join", {"mount"}}}}}).find("namespaces.allow_join[0]"),
+  EXPECT_NE(err({{"namespaces", {{"allow_join", {"user"}}}}}).find("namespaces.allow_join[0]"),
             std::string::npos);
   EXPECT_NE(err({{"devices", {{"allowed", {{{"type", "b"}, {"major", 8}, {"minor", 0}}}}}}})
                 .find("devices.allowed[0].type: block devices are never allowed"),
@@ -835,4 +835,32 @@ TEST(PolicyApply, DockersDefaultDeviceRulesPassExceptTun) {
   EXPECT_EQ(r.config["linux"]["resources"]["devices"], before);
   // "m" alone on every device is not the privileged shape either.
   EXPECT_TRUE(by_rule(r, "privileged").empty());
+}
+
+TEST(PolicyApply, NoNewPrivilegesCanBeLeftToTheCaller) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["process"]["noNewPrivileges"] = false;
+  // Default: set, with a decision.
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["process"]["noNewPrivileges"], true);
+  // A permissive policy keeps the caller's value, for create and exec.
+  json p = policy::validate({{"capabilities", {{"no_new_privileges", false}}}}, "x");
+  EXPECT_EQ(p["capabilities"]["allowed"], policy::builtin()["capabilities"]["allowed"]);  // merged, not replaced
+  auto k = policy::apply(p, cfg, ns.ctx());
+  EXPECT_EQ(k.config["process"]["noNewPrivileges"], false);
+  for (const auto& d : k.decisions) EXPECT_NE(d["rule"], "no_new_privs") << d.dump();
+  json proc = {{"args", {"sh"}}, {"noNewPrivileges", false}};
+  policy::apply_exec(policy::exec_settings(p, k), proc);
+  EXPECT_EQ(proc["noNewPrivileges"], false);
+  json proc2 = {{"args", {"sh"}}};
+  policy::apply_exec(policy::exec_settings(policy::builtin(), r), proc2);
+  EXPECT_EQ(proc2["noNewPrivileges"], true);
+  // A wrong type names the key.
+  try {
+    policy::validate({{"capabilities", {{"no_new_privileges", "no"}}}}, "policy x.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("capabilities.no_new_privileges"), std::string::npos) << e.what();
+  }
 }

@@ -57,10 +57,10 @@ TEST(ResolverStub, CreatesTheMountpointAndTheBind) {
   json cfg = config_with_netns(), decisions = json::array();
   container::point_resolver_at_stub(cfg, kInternal, decisions, state.path, root.path);
   EXPECT_TRUE(is_regular(root.path + "/etc/resolv.conf"));
-  EXPECT_TRUE(is_regular(state.path + "/resolv.conf"));
+  EXPECT_TRUE(is_regular("/run/agentshim.dns/resolv.conf"));  // one shared, world-readable file
   ASSERT_EQ(cfg["mounts"].size(), 1u);
   EXPECT_EQ(cfg["mounts"][0]["destination"], "/etc/resolv.conf");
-  EXPECT_EQ(cfg["mounts"][0]["source"], state.path + "/resolv.conf");
+  EXPECT_EQ(cfg["mounts"][0]["source"], "/run/agentshim.dns/resolv.conf");
   ASSERT_EQ(decisions.size(), 1u);
   EXPECT_EQ(decisions[0]["action"], "added");
 }
