@@ -67,6 +67,12 @@ constexpr char kCacheMagic[8] = {'A', 'S', 'H', 'C', 'v', '1', '\n', '\0'};
 constexpr std::size_t kRecord = 5 * 8 + 32;
 }  // namespace
 
+HashCache::Key HashCache::key_of(const struct stat& st) {
+  return Key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
+             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
+             static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
+}
+
 void HashCache::load() {
   std::lock_guard<std::mutex> lk(mu_);
   old_.clear();
@@ -410,9 +416,7 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       add_error(e, too_large(j.max_bytes));
       return;
     }
-    const HashCache::Key key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), want,
-                             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
-                             static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
+    const HashCache::Key key = HashCache::key_of(st);
     if (attempt == 0) {
       // Another path to the same file (a hard link) hashed meanwhile.
       if (auto d = cache->get(key)) {
@@ -807,8 +811,9 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
 
   // Without a cache file (policy "strict") the cache still lives for this
   // walk: a file reached by several paths (hard links) is read once.
-  auto cache = std::make_unique<HashCache>(opts.cache_path);
-  const bool persist = !opts.cache_path.empty();
+  std::shared_ptr<HashCache> cache = opts.cache;
+  const bool persist = !cache && !opts.cache_path.empty();
+  if (!cache) cache = std::make_shared<HashCache>(opts.cache_path);
   if (persist) cache->load();
   std::vector<std::unique_ptr<FsEntry>> entries;
   std::atomic<uint64_t> bytes{0}, hits{0};

@@ -19,6 +19,8 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <memory>
+#include <sys/stat.h>
 #include <string>
 #include <utility>
 #include <vector>
@@ -52,6 +54,10 @@ struct FsSnapshot {
 struct WalkOptions {
   unsigned threads = 0;    // 0: all cores
   std::string cache_path;  // "": no cache (policy "strict")
+  // A cache the caller owns and has loaded (it saves it too): the run's one
+  // cache, shared by the before and after walks and the exec observer, so
+  // the file is read once per run. Overrides cache_path when set.
+  std::shared_ptr<class HashCache> cache;
   bool one_file_system = true;
   std::vector<std::string> exclude;  // relative paths skipped with their subtree
   std::size_t max_depth = 4096;
@@ -88,12 +94,15 @@ class HashCache {
     uint64_t dev, ino, size;
     int64_t mtime_ns, ctime_ns;
     bool operator<(const Key& o) const;
+    bool operator==(const Key& o) const = default;
   };
   explicit HashCache(std::string path);
   void load();
   void save();  // entries used since load, then older ones, bounded
   std::optional<Digest> get(const Key& k);
   void put(const Key& k, const Digest& d);
+  // The key of an open regular file, as the walks compute it.
+  static Key key_of(const struct stat& st);
 
  private:
   std::string path_;

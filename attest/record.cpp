@@ -39,6 +39,7 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   dir_ = run_dir(c_.audit_dir, c_.run_id);
   if (::mkdir(dir_.c_str(), 0700) < 0) throw_errno("create run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
+  if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
 }
 
 RunRecord::~RunRecord() = default;
@@ -54,9 +55,10 @@ void RunRecord::incomplete(const std::string& reason) {
 }
 
 namespace {
-WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t) {
+WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t, std::shared_ptr<HashCache> cache) {
   WalkOptions o;
   if (c.hash_cache) o.cache_path = c.audit_dir + "/cache/fs-hash-cache";
+  o.cache = std::move(cache);
   o.exclude = t.exclude;
   o.max_file_bytes = c.max_file_bytes;
   return o;
@@ -76,11 +78,17 @@ json tree_json(const TrackedTree& t, const FsSnapshot& s) {
 void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
   trees_ = trees;
   if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
+  // One cache for the run (loaded once): both walks and the exec observer.
+  if (cache_ && !cache_loaded_) {
+    cache_->load();
+    cache_loaded_ = true;
+  }
   json arr = json::array();
   for (const auto& t : trees_) {
-    before_.push_back(snapshot(t.host_path, walk_options(c_, t)));
+    before_.push_back(snapshot(t.host_path, walk_options(c_, t, cache_)));
     arr.push_back(tree_json(t, before_.back()));
   }
+  save_cache();
   event("fs.root", json{{"phase", "before"}, {"trees", arr}, {"max_file_bytes", c_.max_file_bytes}});
 }
 
@@ -89,7 +97,7 @@ void RunRecord::snapshot_after() {
   std::string changes;
   uint64_t added = 0, modified = 0, removed = 0;
   for (std::size_t i = 0; i < trees_.size(); ++i) {
-    after_.push_back(snapshot(trees_[i].host_path, walk_options(c_, trees_[i])));
+    after_.push_back(snapshot(trees_[i].host_path, walk_options(c_, trees_[i], cache_)));
     arr.push_back(tree_json(trees_[i], after_.back()));
     for (const auto& ch : diff(before_[i], after_[i])) {
       json j = change_to_json(ch);
@@ -100,6 +108,7 @@ void RunRecord::snapshot_after() {
       if (ch.kind == "removed") ++removed;
     }
   }
+  save_cache();
   write_file_atomic(dir_ + "/changes.ndjson", changes, 0600);
   changes_sha256_ = hex(sha256(changes));
   change_counts_ = json{{"added", added}, {"modified", modified}, {"removed", removed}};
@@ -108,6 +117,15 @@ void RunRecord::snapshot_after() {
                            {"modified", modified},
                            {"removed", removed},
                            {"changes_sha256", changes_sha256_}});
+}
+
+void RunRecord::save_cache() {
+  if (!cache_) return;
+  try {
+    cache_->save();
+  } catch (const std::exception& e) {
+    log::warn(std::string("hash cache: ") + e.what());
+  }
 }
 
 json RunRecord::fs_counts() const {

@@ -64,6 +64,9 @@ class RunRecord {
   // (which also writes changes.ndjson). Each emits an "fs.root" event.
   void snapshot_before(const std::vector<TrackedTree>& trees);
   void snapshot_after();
+  // The run's content-hash cache (null with policy "strict"), for the exec
+  // observer: a binary hashed by a walk (or an earlier run) is not re-read.
+  std::shared_ptr<HashCache> hash_cache() const { return cache_; }
 
   // Close the log with "run.finalized", write session.json, sign the
   // attestation, append the ledger row. `facts` carries what the
@@ -79,6 +82,9 @@ class RunRecord {
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
   json change_counts_ = json::object();
+  std::shared_ptr<HashCache> cache_;  // made by the constructor, loaded by snapshot_before
+  bool cache_loaded_ = false;
+  void save_cache();
   std::string changes_sha256_;
   std::vector<std::string> incomplete_;
   bool finalized_ = false;

@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -47,12 +48,28 @@ struct Hashed {
   std::string error;
 };
 
-Hashed hash_fd(int fd) {
+Hashed hash_fd(int fd, attest::HashCache* cache) {
   Hashed h;
   struct stat st {};
   if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
     h.error = "not a regular file";
     return h;
+  }
+  const auto key = attest::HashCache::key_of(st);
+  if (cache) {
+    if (auto d = cache->get(key)) {
+      // Known content (same identity and times): only the head for #!.
+      char head[256];
+      ssize_t n;
+      do n = ::pread(fd, head, sizeof head, 0);
+      while (n < 0 && errno == EINTR);
+      if (n >= 0) {
+        h.head.assign(head, static_cast<std::size_t>(n));
+        h.sha256 = attest::hex(*d);
+        h.size = static_cast<uint64_t>(st.st_size);
+        return h;
+      }
+    }
   }
   attest::Sha256 sha;
   std::vector<char> buf(1 << 20);
@@ -68,7 +85,18 @@ Hashed hash_fd(int fd) {
     sha.update(buf.data(), static_cast<std::size_t>(n));
     h.size += static_cast<uint64_t>(n);
   }
-  h.sha256 = attest::hex(sha.finish());
+  attest::Digest d = sha.finish();
+  h.sha256 = attest::hex(d);
+  // Cached only when the file did not change while it was read, and not
+  // when it changed in the last two seconds: a rewrite within the same
+  // timestamp tick could keep (size, mtime, ctime) and must not find this
+  // digest (the "racy" case of content caches keyed on stat data).
+  struct stat after {};
+  struct timespec now {};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  if (cache && ::fstat(fd, &after) == 0 && h.size == static_cast<uint64_t>(st.st_size) &&
+      attest::HashCache::key_of(after) == key && now.tv_sec - after.st_ctim.tv_sec >= 2)
+    cache->put(key, d);
   return h;
 }
 
@@ -139,9 +167,10 @@ std::string shebang_interpreter(const std::string& head) {
   return head.substr(i, j - i);
 }
 
-ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink)
+ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
+                           std::shared_ptr<attest::HashCache> cache)
     : listener_(std::move(listener)), stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      rootfs_(std::move(rootfs_host_path)), sink_(std::move(sink)) {
+      rootfs_(std::move(rootfs_host_path)), sink_(std::move(sink)), cache_(std::move(cache)) {
   if (!stop_) throw_errno("eventfd");
   thread_ = std::thread([this] { loop(); });
 }
@@ -239,7 +268,7 @@ void ExecObserver::handle(void* reqp) {
       UniqueFd f(fd);
       std::string host = link("/proc/self/fd/" + std::to_string(fd));
       if (!rootfs_.empty() && starts_with(host, rootfs_ + "/")) ev["resolved"] = attest::pct_encode(host.substr(rootfs_.size()));
-      Hashed h = hash_fd(fd);
+      Hashed h = hash_fd(fd, cache_.get());
       if (h.error.empty()) {
         ev["sha256"] = h.sha256;
         ev["size"] = h.size;
@@ -250,7 +279,7 @@ void ExecObserver::handle(void* reqp) {
           json ij = {{"path", attest::pct_encode(interp)}};
           if (ifd >= 0) {
             UniqueFd i(ifd);
-            Hashed ih = hash_fd(ifd);
+            Hashed ih = hash_fd(ifd, cache_.get());
             if (ih.error.empty()) ij["sha256"] = ih.sha256;
           }
           ev["interpreter"] = ij;

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "attest/fstree.h"
 #include "common/fd.h"
 
 namespace agentshim::observer {
@@ -34,7 +35,10 @@ std::string shebang_interpreter(const std::string& head);
 class ExecObserver {
  public:
   using Sink = std::function<void(const std::string& type, json data)>;
-  ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink);
+  // `cache` (may be null: policy "strict"): the run's content-hash cache; a
+  // binary whose (dev, ino, size, mtime, ctime) it knows is not re-read.
+  ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
+               std::shared_ptr<attest::HashCache> cache = nullptr);
   ~ExecObserver();
   ExecObserver(const ExecObserver&) = delete;
   ExecObserver& operator=(const ExecObserver&) = delete;
@@ -52,6 +56,7 @@ class ExecObserver {
   UniqueFd stop_;  // eventfd
   std::string rootfs_;
   Sink sink_;
+  std::shared_ptr<attest::HashCache> cache_;
   std::thread thread_;
   std::atomic<uint64_t> observed_{0};
 };

@@ -708,7 +708,8 @@ class Supervisor {
               std::move(fds[i]), s_.rootfs, [this](const std::string& type, json data) {
                 if (type == "process.exec" && entrypoint_.empty()) entrypoint_ = data;
                 record_->event(type, std::move(data));
-              });
+              },
+              record_->hash_cache());
         }
       } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") &&
                  cfg["linux"]["seccomp"].is_object()) {
