@@ -81,13 +81,13 @@ void write_file(const std::string& path, std::string_view data, mode_t mode) {
   write_all(fd.get(), data, path);
 }
 
-void write_file_atomic(const std::string& path, std::string_view data, mode_t mode) {
+void write_file_atomic(const std::string& path, std::string_view data, mode_t mode, bool durable) {
   std::string tmp = path + ".tmp";
   {
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
     if (!fd) throw_errno("open " + tmp);
     write_all(fd.get(), data, tmp);
-    if (::fsync(fd.get()) < 0) throw_errno("fsync " + tmp);
+    if (durable && ::fsync(fd.get()) < 0) throw_errno("fsync " + tmp);
   }
   if (::rename(tmp.c_str(), path.c_str()) < 0) throw_errno("rename " + tmp + " -> " + path);
 }

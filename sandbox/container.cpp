@@ -142,7 +142,7 @@ void write_pid_file(const std::string& path, pid_t pid) {
   std::string p = path;
   if (!starts_with(p, "/")) p = abs_path(".") + "/" + p;
   // runc writes to a temporary file and renames it, so readers never see a partial pid.
-  write_file_atomic(p, std::to_string(pid), 0644);
+  write_file_atomic(p, std::to_string(pid), 0644, false);
 }
 
 UniqueFd connect_console(const std::string& path) {

@@ -86,7 +86,7 @@ ContainerState load(const std::string& root, const std::string& id) {
 }
 
 void save(const std::string& root, const ContainerState& st) {
-  write_file_atomic(container_dir(root, st.id) + "/state.json", st.to_json().dump(), 0600);
+  write_file_atomic(container_dir(root, st.id) + "/state.json", st.to_json().dump(), 0600, false);
 }
 
 std::vector<std::string> list_ids(const std::string& root) {

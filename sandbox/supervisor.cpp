@@ -957,7 +957,9 @@ class Supervisor {
         observer_->stop();
         observer_.reset();
       }
+      log::debug("supervisor: run.exit recorded; after-run filesystem walk");
       record_->snapshot_after();
+      log::debug("supervisor: after-run walk done; signing");
       json facts = {{"runtime", runtime_identity()},
                     {"config",
                      {{"given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
@@ -976,6 +978,7 @@ class Supervisor {
   }
 
   int finish() {
+    log::debug("supervisor: container exited; finishing");
     if (net_) {
       net_->stop();
       network_totals_ = net_->totals();
@@ -996,7 +999,7 @@ class Supervisor {
                    {"rusage", ex["rusage"]}});
     ex["run_id"] = s_.run_id;
     try {
-      write_file_atomic(s_.state_dir + "/exit.json", ex.dump(), 0600);
+      write_file_atomic(s_.state_dir + "/exit.json", ex.dump(), 0600, false);
     } catch (const std::exception& e) {
       log::warn(std::string("write exit status: ") + e.what());
     }

@@ -112,7 +112,7 @@ Range allocate(const std::string& owner, const Pool& p, const std::string& dir) 
     if (auto o = slot_owner(path)) {
       if (owner_alive(*o)) continue;  // held
     }
-    write_file_atomic(path, owner + "\n", 0600);
+    write_file_atomic(path, owner + "\n", 0600, false);
     return Range{p.uid_first + i * kSlotSize, p.gid_first + i * kSlotSize, kSlotSize, i};
   }
   throw Error("userns auto: every one of the " + std::to_string(slots) + " uid ranges of " + p.source +
