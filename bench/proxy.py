@@ -128,7 +128,9 @@ def main():
     ap.add_argument("--sockbuf", type=int, default=0, help="SO_SNDBUF/SO_RCVBUF for every socket (0 = autotuning)")
     ap.add_argument("--wsize", type=int, default=1 << 20, help="sender write size")
     ap.add_argument("--no-latency", action="store_true")
-    ap.add_argument("--base", help="another proxy_bench binary (e.g. an older build): its proxy runs as 'agentshim-base'")
+    ap.add_argument("--base", action="append", default=[],
+                    help="another proxy_bench binary (e.g. an older build): its proxy runs as a candidate named "
+                         "after the file")
     args = ap.parse_args()
     exe = os.path.join(args.build, "bench", "proxy_bench")
     if not os.path.exists(exe):
@@ -146,10 +148,10 @@ def main():
             proxy, pport = start([exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
             procs.append(proxy)
             cands.append(("agentshim", pport, proxy.pid))
-        if args.base:
-            bp, bport = start([args.base, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
+        for base in args.base:
+            bp, bport = start([base, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
             procs.append(bp)
-            cands.append(("agentshim-base", bport, bp.pid))
+            cands.append((os.path.basename(base)[:14], bport, bp.pid))
         for mode in args.relay:
             rp, rport = start([exe, "relay", "--port", "0", "--to", str(sport), "--mode", mode,
                                "--wsize", str(args.wsize)] + sb)

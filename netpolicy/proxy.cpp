@@ -27,6 +27,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 constexpr std::size_t kRelayBuf = 256 * 1024;
+constexpr std::size_t kTunnelBuf = 4 << 20;  // per direction of a tunnel: resident only as far as one recv filled it (see docs/NETWORK.md)
 constexpr int kPipeSize = 1 << 20;
 
 uint16_t peer_port(int fd) {
@@ -207,47 +208,75 @@ void Proxy::stop() {
 }
 
 void Proxy::reap(bool all) {
-  std::list<Worker> finished;
-  {
-    std::lock_guard lk(pool_mu_);
-    for (auto it = workers_.begin(); it != workers_.end();) {
-      auto next = std::next(it);
-      if (all || it->done->load()) finished.splice(finished.end(), workers_, it);
-      it = next;
+  for (;;) {
+    std::list<Worker> finished;
+    {
+      std::lock_guard lk(pool_mu_);
+      for (auto it = workers_.begin(); it != workers_.end();) {
+        auto next = std::next(it);
+        if (all || it->done->load()) finished.splice(finished.end(), workers_, it);
+        it = next;
+      }
     }
+    if (finished.empty()) return;
+    for (auto& w : finished)
+      if (w.t.joinable()) w.t.join();
+    if (!all) return;  // all: threads a stopping tunnel started meanwhile are joined too
   }
-  for (auto& w : finished)
-    if (w.t.joinable()) w.t.join();
 }
 
-// Hand a connection to an idle pooled thread, or start one. False (and `c`
+// Hand a job to an idle pooled thread, or start one. False (and the job
 // still owned by the caller) when no thread could be started.
 bool Proxy::dispatch(std::unique_ptr<Conn>& c) {
   std::lock_guard lk(pool_mu_);
-  jobs_.push_back(std::move(c));
+  jobs_.push_back({std::move(c), {}});
   if (idle_ >= static_cast<int>(jobs_.size())) {
     pool_cv_.notify_one();
     return true;
   }
   auto done = std::make_shared<std::atomic<bool>>(false);
   try {
-    // Started from the loop thread, whose signals are all blocked: inherited.
+    // Started from the loop thread or a worker, whose signals are all blocked: inherited.
     workers_.push_back({std::thread([this, done] {
                           pool_thread();
                           done->store(true);
                         }),
                         done});
   } catch (const std::system_error&) {
-    c = std::move(jobs_.back());
+    c = std::move(jobs_.back().conn);
     jobs_.pop_back();
     return false;
   }
   return true;
 }
 
+bool Proxy::run_task(std::function<void()> fn) {
+  std::unique_ptr<Conn> none;
+  {
+    std::lock_guard lk(pool_mu_);
+    jobs_.push_back({nullptr, std::move(fn)});
+    if (idle_ >= static_cast<int>(jobs_.size())) {
+      pool_cv_.notify_one();
+      return true;
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    try {
+      workers_.push_back({std::thread([this, done] {
+                            pool_thread();
+                            done->store(true);
+                          }),
+                          done});
+    } catch (const std::system_error&) {
+      jobs_.pop_back();
+      return false;
+    }
+  }
+  return true;
+}
+
 void Proxy::pool_thread() {
   for (;;) {
-    std::unique_ptr<Conn> job;
+    Job job;
     {
       std::unique_lock lk(pool_mu_);
       ++idle_;
@@ -258,8 +287,12 @@ void Proxy::pool_thread() {
       job = std::move(jobs_.front());
       jobs_.pop_front();
     }
-    worker(std::move(job));
-    --active_;
+    if (job.conn) {
+      worker(std::move(job.conn));
+      --active_;
+    } else {
+      job.fn();
+    }
   }
 }
 
@@ -506,6 +539,7 @@ struct Relay {
   Clock::time_point start;
   Clock::time_point last;
   uint64_t up = 0, down = 0;
+  std::function<bool(std::function<void()>)> spawn = {};  // runs a task on a pooled thread
 
   // Returns 0 when a deadline passed / stop: sets `end`.
   int poll_step(pollfd* p, int n, std::string& end) {
@@ -619,16 +653,22 @@ std::string tunnel_poll(Relay& rl) {
 // shutting both sockets down, which wakes a blocked recv/send at once.
 // Returns "" when the relay threads could not be started (nothing was read).
 std::string tunnel_threads(Relay& rl) {
-  UniqueFd ev(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!ev) return "";
+  if (!rl.spawn) return "";
+  // Shared with the direction tasks, which may outlive this frame by the few
+  // instructions after their last report.
   struct Shared {
     std::atomic<int64_t> last;  // steady_clock ticks of the last byte moved either way
     std::atomic<bool> aborted{false};
     std::mutex mu;
     std::string end;  // first error
     int done = 0;
-  } sh;
-  sh.last = Clock::now().time_since_epoch().count();
+    uint64_t bytes[2] = {0, 0};
+    UniqueFd ev;  // eventfd: a direction finished
+  };
+  auto sh = std::make_shared<Shared>();
+  sh->ev.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!sh->ev) return "";
+  sh->last = Clock::now().time_since_epoch().count();
   // Blocking sockets; a send returns (with what it moved) at least every
   // second, so a slow reader still counts as activity for the idle timeout.
   for (int fd : {rl.client, rl.upstream}) {
@@ -637,12 +677,13 @@ std::string tunnel_threads(Relay& rl) {
     timeval tv{1, 0};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   }
-  auto dir = [&sh, &ev](int src, int dst, uint64_t* bytes, const char* src_name, const char* dst_name) {
+  auto dir = [sh](int src, int dst, int idx, const char* src_name, const char* dst_name) {
     std::string end;
+    uint64_t moved = 0;
     try {
-      std::vector<char> buf(kRelayBuf);
+      std::unique_ptr<char[]> buf(new char[kTunnelBuf]);  // not zero-filled: untouched pages stay unmapped
       for (;;) {
-        ssize_t n = ::recv(src, buf.data(), buf.size(), 0);
+        ssize_t n = ::recv(src, buf.get(), kTunnelBuf, 0);
         if (n == 0) {
           ::shutdown(dst, SHUT_WR);  // half-close travels on
           break;
@@ -652,16 +693,16 @@ std::string tunnel_threads(Relay& rl) {
           end = src_name;
           break;
         }
-        sh.last = Clock::now().time_since_epoch().count();
+        sh->last = Clock::now().time_since_epoch().count();
         std::size_t off = 0, len = static_cast<std::size_t>(n);
         while (off < len) {
-          ssize_t k = ::send(dst, buf.data() + off, len - off, MSG_NOSIGNAL);
+          ssize_t k = ::send(dst, buf.get() + off, len - off, MSG_NOSIGNAL);
           if (k > 0) {
             off += static_cast<std::size_t>(k);
-            *bytes += static_cast<uint64_t>(k);
-            sh.last = Clock::now().time_since_epoch().count();
+            moved += static_cast<uint64_t>(k);
+            sh->last = Clock::now().time_since_epoch().count();
           } else if (k < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (sh.aborted.load()) break;
+            if (sh->aborted.load()) break;
           } else {
             end = dst_name;
             break;
@@ -672,46 +713,42 @@ std::string tunnel_threads(Relay& rl) {
     } catch (const std::exception& e) {
       end = std::string("error: ") + e.what();
     }
-    {
-      std::lock_guard lk(sh.mu);
-      if (!end.empty() && sh.end.empty()) sh.end = end;
-      ++sh.done;
-    }
+    std::lock_guard lk(sh->mu);
+    if (!end.empty() && sh->end.empty()) sh->end = end;
+    sh->bytes[idx] = moved;
+    ++sh->done;
     uint64_t one = 1;
-    if (::write(ev.get(), &one, sizeof one) < 0) {
-      // cannot fail: one write per direction
+    if (::write(sh->ev.get(), &one, sizeof one) < 0) {
+      // cannot fail: at most two writes
     }
   };
-  std::thread t_up, t_down;
-  try {
-    t_up = std::thread(dir, rl.client, rl.upstream, &rl.up, "client-closed", "upstream-closed");
-    t_down = std::thread(dir, rl.upstream, rl.client, &rl.down, "upstream-closed", "client-closed");
-  } catch (const std::system_error&) {
-    if (t_up.joinable()) {
-      // Without the second thread the first cannot be watched alone: stop it.
-      sh.aborted = true;
-      ::shutdown(rl.client, SHUT_RDWR);
-      ::shutdown(rl.upstream, SHUT_RDWR);
-      t_up.join();
-      return "error: cannot start a relay thread";
-    }
-    for (int fd : {rl.client, rl.upstream}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    return "";
-  }
+  int client = rl.client, upstream = rl.upstream;
+  int started = 0;
+  if (rl.spawn([dir, client, upstream] { dir(client, upstream, 0, "client-closed", "upstream-closed"); })) ++started;
+  if (started == 1 &&
+      rl.spawn([dir, client, upstream] { dir(upstream, client, 1, "upstream-closed", "client-closed"); }))
+    ++started;
   std::string end;
-  for (;;) {
+  if (started < 2) {
+    if (started == 0) {
+      for (int fd : {rl.client, rl.upstream}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+      return "";  // nothing moved yet: the caller relays on its own
+    }
+    end = "error: cannot start a relay thread";  // one direction alone cannot be watched: stop it
+  }
+  while (end.empty()) {
     {
-      std::lock_guard lk(sh.mu);
-      if (sh.done == 2) {
-        end = sh.end.empty() ? "closed" : sh.end;
+      std::lock_guard lk(sh->mu);
+      if (sh->done == 2) {
+        end = sh->end.empty() ? "closed" : sh->end;
         break;
       }
-      if (!sh.end.empty()) {
-        end = sh.end;
+      if (!sh->end.empty()) {
+        end = sh->end;
         break;
       }
     }
-    auto last = Clock::time_point(Clock::duration(sh.last.load()));
+    auto last = Clock::time_point(Clock::duration(sh->last.load()));
     Clock::time_point dl = last + std::chrono::milliseconds(rl.limits.idle_timeout_ms);
     bool total_first = false;
     if (rl.limits.total_timeout_ms > 0) {
@@ -725,7 +762,7 @@ std::string tunnel_threads(Relay& rl) {
       end = total_first ? "total-timeout" : "idle-timeout";
       break;
     }
-    pollfd p[2] = {{ev.get(), POLLIN, 0}, {rl.stop_fd, POLLIN, 0}};
+    pollfd p[2] = {{sh->ev.get(), POLLIN, 0}, {rl.stop_fd, POLLIN, 0}};
     int r = ::poll(p, 2, ms_until(dl));
     if (r > 0 && p[1].revents) {
       end = "stopped";
@@ -733,17 +770,30 @@ std::string tunnel_threads(Relay& rl) {
     }
     if (p[0].revents) {
       uint64_t v;
-      if (::read(ev.get(), &v, sizeof v) < 0) {
-        // EAGAIN: another wake-up already consumed it
+      if (::read(sh->ev.get(), &v, sizeof v) < 0) {
+        // EAGAIN: already consumed
       }
     }
   }
-  // Whatever ended the tunnel ends both directions now.
-  sh.aborted = true;
+  // Whatever ended the tunnel ends both directions now; wait for them (they
+  // return at once: their sockets are shut down).
+  sh->aborted = true;
   ::shutdown(rl.client, SHUT_RDWR);
   ::shutdown(rl.upstream, SHUT_RDWR);
-  t_up.join();
-  t_down.join();
+  for (;;) {
+    {
+      std::lock_guard lk(sh->mu);
+      if (sh->done == started) break;
+    }
+    pollfd p{sh->ev.get(), POLLIN, 0};
+    ::poll(&p, 1, 100);
+    uint64_t v;
+    if (::read(sh->ev.get(), &v, sizeof v) < 0) {
+      // EAGAIN: nothing new
+    }
+  }
+  rl.up += sh->bytes[0];
+  rl.down += sh->bytes[1];
   return end;
 }
 
@@ -1093,6 +1143,7 @@ void Proxy::worker(std::unique_ptr<Conn> cp) {
   if (!connect_upstream(c, up)) return;
   set_nodelay(c.fd.get());
   Relay rl{c.fd.get(), up.get(), stop, limits_, c.conn_start, Clock::now()};
+  rl.spawn = [this](std::function<void()> fn) { return run_task(std::move(fn)); };
   try {
     c.status = 200;
     static const std::string ok = "HTTP/1.1 200 Connection established\r\n\r\n";

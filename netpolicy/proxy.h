@@ -122,6 +122,8 @@ class Proxy {
   void refuse(Conn& c, int status, std::string reason, const std::string& text);
   void reap(bool all);
   bool dispatch(std::unique_ptr<Conn>& c);
+  // Run fn on a pooled thread (a tunnel direction); false if none could be started.
+  bool run_task(std::function<void()> fn);
   void pool_thread();
 
   UniqueFd listen_;
@@ -132,10 +134,15 @@ class Proxy {
   EventSink sink_;
   Resolver resolver_;
   std::thread loop_thread_;
-  // Worker pool: threads are reused; one idle for 30 s exits.
+  // Worker pool (connections and tunnel directions): threads are reused; one
+  // idle for 30 s exits.
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
-  std::deque<std::unique_ptr<Conn>> jobs_;
+  struct Job {
+    std::unique_ptr<Conn> conn;  // a connection for worker(), or
+    std::function<void()> fn;    // a task (one direction of a tunnel)
+  };
+  std::deque<Job> jobs_;
   int idle_ = 0;
   bool pool_stop_ = false;
   struct Worker {
