@@ -75,7 +75,7 @@ def run_json(cmd):
     return json.loads(r.stdout)
 
 
-def start_tinyproxy(work):
+def start_tinyproxy(work, prefix=()):
     exe = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
     if not os.path.exists(exe):
         print("note: tinyproxy not installed (scripts/deps.sh installs it); skipping it")
@@ -89,7 +89,7 @@ def start_tinyproxy(work):
                 "DisableViaHeader Yes\n")
         if os.getuid() == 0:
             f.write("User nobody\nGroup nogroup\n")
-    p = subprocess.Popen([exe, "-d", "-c", conf], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(list(prefix) + [exe, "-d", "-c", conf], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     if not wait_port(port):
         p.kill()
@@ -128,6 +128,9 @@ def main():
     ap.add_argument("--sockbuf", type=int, default=0, help="SO_SNDBUF/SO_RCVBUF for every socket (0 = autotuning)")
     ap.add_argument("--wsize", type=int, default=1 << 20, help="sender write size")
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="taskset: sender and upstream server on CPU 0, every proxy/relay on CPU 1 (the proxy's "
+                         "own cost, with the machine's two vCPUs split between the ends and the middle)")
     ap.add_argument("--base", action="append", default=[],
                     help="another proxy_bench binary (e.g. an older build): its proxy runs as a candidate named "
                          "after the file")
@@ -138,28 +141,30 @@ def main():
     work = tempfile.mkdtemp(prefix="asproxybench-")
     procs = []
     try:
+        ends = ["taskset", "-c", "0"] if args.pin else []
+        middle = ["taskset", "-c", "1"] if args.pin else []
         only = set(filter(None, args.only.split(",")))
         want = lambda name: not only or name in only or name == "direct"  # noqa: E731
         sb = ["--sockbuf", str(args.sockbuf)]
-        server, sport = start([exe, "server", "--port", "0"] + sb)
+        server, sport = start(ends + [exe, "server", "--port", "0"] + sb)
         procs.append(server)
         cands = [("direct", 0, None)]
         if want("agentshim"):
-            proxy, pport = start([exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
+            proxy, pport = start(middle + [exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
             procs.append(proxy)
             cands.append(("agentshim", pport, proxy.pid))
         for base in args.base:
-            bp, bport = start([base, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
+            bp, bport = start(middle + [base, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
             procs.append(bp)
-            cands.append((os.path.basename(base)[:14], bport, bp.pid))
+            cands.append((os.path.basename(base).replace("proxy_bench_", "")[:14], bport, bp.pid))
         for mode in args.relay:
-            rp, rport = start([exe, "relay", "--port", "0", "--to", str(sport), "--mode", mode,
+            rp, rport = start(middle + [exe, "relay", "--port", "0", "--to", str(sport), "--mode", mode,
                                "--wsize", str(args.wsize)] + sb)
             procs.append(rp)
             cands.append((f"relay-{mode}", rport, rp.pid))
         tiny = None
         if want("tinyproxy"):
-            tiny, tport = start_tinyproxy(work)
+            tiny, tport = start_tinyproxy(work, middle)
             if tiny:
                 procs.append(tiny)
                 cands.append(("tinyproxy", tport, tiny.pid))
@@ -173,7 +178,7 @@ def main():
         for _ in range(args.rounds):
             for name, via, mid in cands:
                 s0, m0, k0 = proc_cpu(server.pid), proc_cpu(mid) if mid else 0.0, sys_cpu()
-                r = run_json([exe, "send", "--to", str(sport), "--via", str(via), "--bytes", str(nbytes)] + extra)
+                r = run_json(ends + [exe, "send", "--to", str(sport), "--via", str(via), "--bytes", str(nbytes)] + extra)
                 s1, m1, k1 = proc_cpu(server.pid), proc_cpu(mid) if mid else 0.0, sys_cpu()
                 thr[name].append(nbytes / r["seconds"] / (1 << 20))
                 cpu[name].append({"sender": (r["user_s"] + r["sys_s"]) / gib, "server": (s1 - s0) / gib,
@@ -182,12 +187,13 @@ def main():
             if args.no_latency:
                 continue
             for name, via, _ in cands:
-                r = run_json([exe, "latency", "--to", str(sport), "--via", str(via), "-n", str(args.n)])
+                r = run_json(ends + [exe, "latency", "--to", str(sport), "--via", str(via), "-n", str(args.n)])
                 lat[name].append(r["median_us"])
                 p99[name].append(r["p99_us"])
         print(f"{args.gib:g} GiB transfer, {args.n} sequential connections per sample, {args.rounds} rounds "
               f"(interleaved), medians over rounds; sockbuf {args.sockbuf or 'auto'}, write size {args.wsize}"
-              + (f", senders throttled to {args.rate:g} MiB/s" if args.rate else ""))
+              + (f", senders throttled to {args.rate:g} MiB/s" if args.rate else "")
+              + (", pinned: sender+server CPU 0, proxies CPU 1" if args.pin else ""))
         print(f"{'path':<14}{'MiB/s':>8}{'vs direct':>11}{'setup us':>10}{'p99 us':>9}{'added us':>10}")
         d_thr = statistics.median(thr["direct"])
         d_lat = statistics.median(lat["direct"]) if lat["direct"] else 0

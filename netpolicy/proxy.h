@@ -6,10 +6,10 @@
 // clients cost a buffer each). A complete, allowlisted head is handed to a
 // worker thread (pooled, reused) that resolves the name, checks every address,
 // connects to exactly the address it checked and relays. A tunnel's two
-// directions each run on their own thread doing blocking recv/send through a
-// buffer, while the worker watches the idle/total deadlines and stop (and
-// ends both by shutting the sockets down); see docs/NETWORK.md for why this
-// beat splice(2) here. stop() wakes every thread through one eventfd and
+// directions each run on a pooled thread doing blocking recv/send through a
+// 4 MiB buffer, while the worker watches the idle/total deadlines and stop
+// (and ends both by shutting the sockets down); see docs/NETWORK.md for why
+// this beat splice(2) here. stop() wakes every thread through one eventfd and
 // joins them.
 //
 // Plain HTTP keep-alive: requests are served one after another on the same

@@ -29,7 +29,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (rh.state == ResponseHead::State::complete) {
       if (rh.head_len > in.size() || rh.head_len > 4096) __builtin_trap();
       if (rh.status < 100 || rh.status > 999) __builtin_trap();
-      if (rh.forward.size() > rh.head_len || rh.forward.find("\r\n\r\n") != std::string::npos) __builtin_trap();
+      // The forwarded head: the status line as received, CRLF-terminated lines, no empty line.
+      if (rh.forward.compare(0, 12, in.substr(0, 12)) != 0 || rh.forward.size() < 14 ||
+          rh.forward.compare(rh.forward.size() - 2, 2, "\r\n") != 0 ||
+          rh.forward.find("\r\n\r\n") != std::string::npos)
+        __builtin_trap();
       if (head_req && rh.body != ResponseBody::none && rh.status != 101) __builtin_trap();
       if (rh.body == ResponseBody::close && !rh.close) __builtin_trap();
     } else if (rh.state == ResponseHead::State::error && rh.reason.empty()) {
