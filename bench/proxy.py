@@ -11,6 +11,18 @@ agentshim's Proxy outside a container. Candidates are interleaved
   direct), timed until the upstream confirms it received every byte;
 - connection setup latency: -n sequential connects (+ CONNECT handshake)
   each followed by a 1-byte round trip, median and p99.
+- CPU accounting per transfer: the sender's own user+sys time, the upstream
+  server's and the relaying process's CPU time (/proc/PID/stat, all
+  threads), and the whole machine's user / sys / softirq / idle time from
+  /proc/stat (includes any other work running on the machine), all in
+  seconds per GiB.
+
+Same sender, same receiver, same write size (--wsize) and the same socket
+buffer settings (--sockbuf, default kernel autotuning) for every path; only
+the path in between differs. --relay MODE adds bare relays from
+proxy_bench (poll / threads / copy / copypoll) to compare relay strategies, --rate
+throttles every sender to the same MiB/s (to see the cost when the machine
+is not CPU bound), --no-latency skips the latency samples.
 """
 import argparse
 import json
@@ -63,7 +75,7 @@ def run_json(cmd):
     return json.loads(r.stdout)
 
 
-def start_tinyproxy(work):
+def start_tinyproxy(work, prefix=()):
     exe = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
     if not os.path.exists(exe):
         print("note: tinyproxy not installed (scripts/deps.sh installs it); skipping it")
@@ -77,7 +89,7 @@ def start_tinyproxy(work):
                 "DisableViaHeader Yes\n")
         if os.getuid() == 0:
             f.write("User nobody\nGroup nogroup\n")
-    p = subprocess.Popen([exe, "-d", "-c", conf], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    p = subprocess.Popen(list(prefix) + [exe, "-d", "-c", conf], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     if not wait_port(port):
         p.kill()
@@ -86,12 +98,42 @@ def start_tinyproxy(work):
     return p, port
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """utime+stime of a process (all its threads, live and exited), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def sys_cpu():
+    """Whole machine: user(+nice), system, softirq(+irq), idle seconds from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return {"user": (v[0] + v[1]) / TICK, "sys": v[2] / TICK, "softirq": (v[5] + v[6]) / TICK, "idle": (v[3] + v[4]) / TICK}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--gib", type=float, default=1.0, help="GiB per throughput transfer")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=500, help="connections per latency sample")
+    ap.add_argument("--relay", action="append", default=[], choices=["poll", "threads", "copy", "copypoll"],
+                    help="add a bare proxy_bench relay of this strategy as a candidate")
+    ap.add_argument("--only", default="", help="comma-separated candidate names to run (direct always runs)")
+    ap.add_argument("--rate", type=float, default=0, help="throttle every sender to this many MiB/s")
+    ap.add_argument("--sockbuf", type=int, default=0, help="SO_SNDBUF/SO_RCVBUF for every socket (0 = autotuning)")
+    ap.add_argument("--wsize", type=int, default=1 << 20, help="sender write size")
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="taskset: sender and upstream server on CPU 0, every proxy/relay on CPU 1 (the proxy's "
+                         "own cost, with the machine's two vCPUs split between the ends and the middle)")
+    ap.add_argument("--base", action="append", default=[],
+                    help="another proxy_bench binary (e.g. an older build): its proxy runs as a candidate named "
+                         "after the file")
     args = ap.parse_args()
     exe = os.path.join(args.build, "bench", "proxy_bench")
     if not os.path.exists(exe):
@@ -99,37 +141,76 @@ def main():
     work = tempfile.mkdtemp(prefix="asproxybench-")
     procs = []
     try:
-        server, sport = start([exe, "server", "--port", "0"])
+        ends = ["taskset", "-c", "0"] if args.pin else []
+        middle = ["taskset", "-c", "1"] if args.pin else []
+        only = set(filter(None, args.only.split(",")))
+        want = lambda name: not only or name in only or name == "direct"  # noqa: E731
+        sb = ["--sockbuf", str(args.sockbuf)]
+        server, sport = start(ends + [exe, "server", "--port", "0"] + sb)
         procs.append(server)
-        proxy, pport = start([exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
-        procs.append(proxy)
-        tiny, tport = start_tinyproxy(work)
-        if tiny:
-            procs.append(tiny)
-        cands = [("direct", 0), ("agentshim", pport)] + ([("tinyproxy", tport)] if tiny else [])
+        cands = [("direct", 0, None)]
+        if want("agentshim"):
+            proxy, pport = start(middle + [exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
+            procs.append(proxy)
+            cands.append(("agentshim", pport, proxy.pid))
+        for base in args.base:
+            bp, bport = start(middle + [base, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
+            procs.append(bp)
+            cands.append((os.path.basename(base).replace("proxy_bench_", "")[:14], bport, bp.pid))
+        for mode in args.relay:
+            rp, rport = start(middle + [exe, "relay", "--port", "0", "--to", str(sport), "--mode", mode,
+                               "--wsize", str(args.wsize)] + sb)
+            procs.append(rp)
+            cands.append((f"relay-{mode}", rport, rp.pid))
+        tiny = None
+        if want("tinyproxy"):
+            tiny, tport = start_tinyproxy(work, middle)
+            if tiny:
+                procs.append(tiny)
+                cands.append(("tinyproxy", tport, tiny.pid))
         nbytes = int(args.gib * (1 << 30))
-        thr = {c: [] for c, _ in cands}
-        lat = {c: [] for c, _ in cands}
-        p99 = {c: [] for c, _ in cands}
+        gib = nbytes / (1 << 30)
+        thr = {c[0]: [] for c in cands}
+        lat = {c[0]: [] for c in cands}
+        p99 = {c[0]: [] for c in cands}
+        cpu = {c[0]: [] for c in cands}
+        extra = sb + ["--wsize", str(args.wsize)] + (["--rate", str(args.rate)] if args.rate else [])
         for _ in range(args.rounds):
-            for name, via in cands:
-                r = run_json([exe, "send", "--to", str(sport), "--via", str(via), "--bytes", str(nbytes)])
+            for name, via, mid in cands:
+                s0, m0, k0 = proc_cpu(server.pid), proc_cpu(mid) if mid else 0.0, sys_cpu()
+                r = run_json(ends + [exe, "send", "--to", str(sport), "--via", str(via), "--bytes", str(nbytes)] + extra)
+                s1, m1, k1 = proc_cpu(server.pid), proc_cpu(mid) if mid else 0.0, sys_cpu()
                 thr[name].append(nbytes / r["seconds"] / (1 << 20))
-            for name, via in cands:
-                r = run_json([exe, "latency", "--to", str(sport), "--via", str(via), "-n", str(args.n)])
+                cpu[name].append({"sender": (r["user_s"] + r["sys_s"]) / gib, "server": (s1 - s0) / gib,
+                                  "relay": (m1 - m0) / gib,
+                                  **{k: (k1[k] - k0[k]) / gib for k in k0}})
+            if args.no_latency:
+                continue
+            for name, via, _ in cands:
+                r = run_json(ends + [exe, "latency", "--to", str(sport), "--via", str(via), "-n", str(args.n)])
                 lat[name].append(r["median_us"])
                 p99[name].append(r["p99_us"])
         print(f"{args.gib:g} GiB transfer, {args.n} sequential connections per sample, {args.rounds} rounds "
-              "(interleaved), medians over rounds")
-        print(f"{'path':<12}{'MiB/s':>10}{'vs direct':>11}{'setup us':>11}{'p99 us':>9}{'added us':>10}")
+              f"(interleaved), medians over rounds; sockbuf {args.sockbuf or 'auto'}, write size {args.wsize}"
+              + (f", senders throttled to {args.rate:g} MiB/s" if args.rate else "")
+              + (", pinned: sender+server CPU 0, proxies CPU 1" if args.pin else ""))
+        print(f"{'path':<14}{'MiB/s':>8}{'vs direct':>11}{'setup us':>10}{'p99 us':>9}{'added us':>10}")
         d_thr = statistics.median(thr["direct"])
-        d_lat = statistics.median(lat["direct"])
-        for name, _ in cands:
+        d_lat = statistics.median(lat["direct"]) if lat["direct"] else 0
+        for name, _, _ in cands:
             t = statistics.median(thr[name])
-            m = statistics.median(lat[name])
-            print(f"{name:<12}{t:>10.0f}{t / d_thr:>10.1%}{m:>11.1f}{statistics.median(p99[name]):>9.1f}"
-                  f"{m - d_lat:>10.1f}")
-        if tiny:
+            if lat[name]:
+                m = statistics.median(lat[name])
+                print(f"{name:<14}{t:>8.0f}{t / d_thr:>10.1%}{m:>10.1f}{statistics.median(p99[name]):>9.1f}"
+                      f"{m - d_lat:>10.1f}")
+            else:
+                print(f"{name:<14}{t:>8.0f}{t / d_thr:>10.1%}")
+        keys = ["sender", "server", "relay", "user", "sys", "softirq", "idle"]
+        print("CPU seconds per GiB (medians; user/sys/softirq/idle: whole machine, both vCPUs, other work included)")
+        print(f"{'path':<14}" + "".join(f"{k:>9}" for k in keys))
+        for name, _, _ in cands:
+            print(f"{name:<14}" + "".join(f"{statistics.median(c[k] for c in cpu[name]):>9.2f}" for k in keys))
+        if tiny and lat["agentshim"]:
             a, t = statistics.median(thr["agentshim"]), statistics.median(thr["tinyproxy"])
             la, lt = statistics.median(lat["agentshim"]), statistics.median(lat["tinyproxy"])
             print(f"agentshim / tinyproxy: throughput x{a / t:.2f}, setup latency x{la / lt:.2f}")

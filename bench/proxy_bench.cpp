@@ -7,11 +7,23 @@
 //   proxy_bench send    --to P [--via V] --bytes N  push N bytes, print {"seconds":...}
 //   proxy_bench latency --to P [--via V] -n N       N sequential connect(+CONNECT)+1-byte round trips,
 //                                                   print {"median_us":...,"p99_us":...}
+//   proxy_bench relay --port P --to U --mode M      a bare CONNECT relay (no allowlist, no limits) to
+//                                                   127.0.0.1:U, to compare relay strategies
+//                                                   (M: poll = the proxy's loop, threads = a blocking
+//                                                   splice thread per direction, copy = a blocking
+//                                                   read/write thread per direction, copypoll =
+//                                                   one thread, non-blocking recv/send and poll)
+// Options: --rate MiBps (send: throttle to that rate), --pipe BYTES (relay pipe size), --sockbuf BYTES
+// (SO_SNDBUF/SO_RCVBUF on every socket of send, server and relay; 0 = kernel autotuning),
+// --wsize BYTES (send/copy write size). send also prints its own CPU time (user_s, sys_s).
 // With port 0, proxy and server print "port N" once listening. Loopback only.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -33,6 +45,17 @@ using namespace agentshim;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+int g_sockbuf = 0;  // --sockbuf: 0 = autotuning
+
+void tune(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (g_sockbuf > 0) {
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &g_sockbuf, sizeof g_sockbuf);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &g_sockbuf, sizeof g_sockbuf);
+  }
+}
 
 UniqueFd listen_on(uint16_t port) {
   UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -58,9 +81,8 @@ UniqueFd dial(uint16_t port) {
   a.sin_family = AF_INET;
   a.sin_port = htons(port);
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  tune(s.get());
   if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno("connect");
-  int one = 1;
-  setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return s;
 }
 
@@ -128,6 +150,199 @@ void serve_conn(UniqueFd c) {
   if (mode == 'S') ::send(c.get(), &total, sizeof total, MSG_NOSIGNAL);
 }
 
+// ---- relay strategies (bench only) ----
+
+// One direction, blocking splice through a pipe: src -> pipe -> dst.
+void splice_dir(int src, int dst, int pipe_size) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return;
+  if (pipe_size > 0) fcntl(p[1], F_SETPIPE_SZ, pipe_size);
+  std::size_t chunk = static_cast<std::size_t>(fcntl(p[1], F_GETPIPE_SZ));
+  for (;;) {
+    ssize_t n = splice(src, nullptr, p[1], nullptr, chunk, SPLICE_F_MOVE | SPLICE_F_MORE);
+    if (n <= 0) break;
+    while (n > 0) {
+      ssize_t k = splice(p[0], nullptr, dst, nullptr, static_cast<std::size_t>(n), SPLICE_F_MOVE | SPLICE_F_MORE);
+      if (k <= 0) {
+        n = -1;
+        break;
+      }
+      n -= k;
+    }
+    if (n < 0) break;
+  }
+  ::shutdown(dst, SHUT_WR);
+  close(p[0]);
+  close(p[1]);
+}
+
+void copy_dir(int src, int dst, std::size_t wsize) {
+  std::vector<char> buf(wsize);
+  for (;;) {
+    ssize_t n = ::recv(src, buf.data(), buf.size(), 0);
+    if (n <= 0) break;
+    try {
+      send_all(dst, buf.data(), static_cast<std::size_t>(n));
+    } catch (const Error&) {
+      break;
+    }
+  }
+  ::shutdown(dst, SHUT_WR);
+}
+
+// The proxy's strategy (netpolicy/proxy.cpp tunnel()): one thread, both
+// directions, non-blocking splice, poll() when nothing moved.
+void poll_relay(int a, int b, int pipe_size) {
+  struct Dir {
+    int src, dst, r, w;
+    std::size_t q = 0;
+    bool eof = false, shut = false;
+  } d[2] = {{a, b, -1, -1}, {b, a, -1, -1}};
+  for (int fd : {a, b}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);  // as the proxy's sockets
+  for (auto& x : d) {
+    int p[2];
+    pipe2(p, O_CLOEXEC | O_NONBLOCK);
+    if (pipe_size > 0) fcntl(p[1], F_SETPIPE_SZ, pipe_size);
+    x.r = p[0];
+    x.w = p[1];
+  }
+  std::size_t chunk = static_cast<std::size_t>(fcntl(d[0].w, F_GETPIPE_SZ));
+  const unsigned fl = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
+  for (;;) {
+    bool progress = false, dead = false;
+    for (auto& x : d) {
+      if (!x.eof) {
+        ssize_t n = splice(x.src, nullptr, x.w, nullptr, chunk, fl);
+        if (n > 0) {
+          x.q += static_cast<std::size_t>(n);
+          progress = true;
+        } else if (n == 0) {
+          x.eof = true;
+        } else if (errno != EAGAIN && errno != EINTR) {
+          dead = true;
+        }
+      }
+      if (x.q) {
+        ssize_t n = splice(x.r, nullptr, x.dst, nullptr, x.q, fl);
+        if (n > 0) {
+          x.q -= static_cast<std::size_t>(n);
+          progress = true;
+        } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+          dead = true;
+        }
+      }
+      if (x.eof && !x.q && !x.shut) {
+        ::shutdown(x.dst, SHUT_WR);
+        x.shut = true;
+      }
+    }
+    if (dead || (d[0].shut && d[1].shut)) break;
+    if (progress) continue;
+    pollfd p[2];
+    short ae = 0, be = 0;
+    if (!d[0].eof && !d[0].q) ae |= POLLIN;
+    if (d[1].q) ae |= POLLOUT;
+    if (!d[1].eof && !d[1].q) be |= POLLIN;
+    if (d[0].q) be |= POLLOUT;
+    p[0] = {ae ? a : -1, ae, 0};
+    p[1] = {be ? b : -1, be, 0};
+    ::poll(p, 2, -1);
+  }
+  for (auto& x : d) {
+    close(x.r);
+    close(x.w);
+  }
+}
+
+// One thread, both directions, non-blocking recv/send through a buffer per
+// direction, poll() when nothing moved.
+void copy_poll_relay(int a, int b, std::size_t bufsize) {
+  for (int fd : {a, b}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  struct Dir {
+    int src, dst;
+    std::vector<char> buf;
+    std::size_t off = 0, len = 0;
+    bool eof = false, shut = false;
+  } d[2] = {{a, b, std::vector<char>(bufsize)}, {b, a, std::vector<char>(bufsize)}};
+  for (;;) {
+    bool progress = false, dead = false;
+    for (auto& x : d) {
+      if (!x.eof && x.len == 0) {
+        ssize_t n = ::recv(x.src, x.buf.data(), x.buf.size(), 0);
+        if (n > 0) {
+          x.off = 0;
+          x.len = static_cast<std::size_t>(n);
+          progress = true;
+        } else if (n == 0) {
+          x.eof = true;
+        } else if (errno != EAGAIN && errno != EINTR) {
+          dead = true;
+        }
+      }
+      if (x.len) {
+        ssize_t n = ::send(x.dst, x.buf.data() + x.off, x.len, MSG_NOSIGNAL);
+        if (n > 0) {
+          x.off += static_cast<std::size_t>(n);
+          x.len -= static_cast<std::size_t>(n);
+          progress = true;
+        } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+          dead = true;
+        }
+      }
+      if (x.eof && !x.len && !x.shut) {
+        ::shutdown(x.dst, SHUT_WR);
+        x.shut = true;
+      }
+    }
+    if (dead || (d[0].shut && d[1].shut)) break;
+    if (progress) continue;
+    pollfd p[2];
+    short ae = 0, be = 0;
+    if (!d[0].eof && !d[0].len) ae |= POLLIN;
+    if (d[1].len) ae |= POLLOUT;
+    if (!d[1].eof && !d[1].len) be |= POLLIN;
+    if (d[0].len) be |= POLLOUT;
+    p[0] = {ae ? a : -1, ae, 0};
+    p[1] = {be ? b : -1, be, 0};
+    ::poll(p, 2, -1);
+  }
+}
+
+void relay_conn(UniqueFd c, uint16_t to, std::string mode, int pipe_size, std::size_t wsize) {
+  tune(c.get());
+  std::string head;
+  char ch;
+  try {
+    while (head.size() < 4096 && head.find("\r\n\r\n") == std::string::npos) {
+      recv_exact(c.get(), &ch, 1);
+      head += ch;
+    }
+  } catch (const Error&) {
+    return;
+  }
+  UniqueFd u;
+  try {
+    u = dial(to);
+  } catch (const Error&) {
+    return;
+  }
+  static const char ok[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+  send_all(c.get(), ok, sizeof ok - 1);
+  if (mode == "poll") {
+    poll_relay(c.get(), u.get(), pipe_size);
+  } else if (mode == "copypoll") {
+    copy_poll_relay(c.get(), u.get(), wsize);
+  } else if (mode == "threads") {
+    std::thread t(splice_dir, u.get(), c.get(), pipe_size);
+    splice_dir(c.get(), u.get(), pipe_size);
+    t.join();
+  } else {
+    std::thread t(copy_dir, u.get(), c.get(), wsize);
+    copy_dir(c.get(), u.get(), wsize);
+    t.join();
+  }
+}
+
 int usage() {
   std::fprintf(stderr, "usage: proxy_bench proxy|server|send|latency ... (see the source)\n");
   return 2;
@@ -140,7 +355,10 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   uint16_t port = 0, to = 0, via = 0;
   uint64_t bytes = 0;
-  int n = 100;
+  int n = 100, pipe_size = 1 << 20;
+  double rate = 0;
+  std::size_t wsize = 1 << 20;
+  std::string mode = "threads";
   std::vector<std::string> allow;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -156,6 +374,16 @@ int main(int argc, char** argv) {
       n = std::stoi(v);
     else if (k == "--allow")
       allow.push_back(v);
+    else if (k == "--mode")
+      mode = v;
+    else if (k == "--pipe")
+      pipe_size = std::stoi(v);
+    else if (k == "--sockbuf")
+      g_sockbuf = std::stoi(v);
+    else if (k == "--rate")
+      rate = std::stod(v);
+    else if (k == "--wsize")
+      wsize = std::stoull(v);
     else
       return usage();
   }
@@ -182,13 +410,21 @@ int main(int argc, char** argv) {
       for (;;) {
         int c = ::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC);
         if (c < 0) continue;
-        int one = 1;
-        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        tune(c);
         std::thread(serve_conn, UniqueFd(c)).detach();
       }
     }
+    if (cmd == "relay") {
+      if (mode != "poll" && mode != "threads" && mode != "copy" && mode != "copypoll") return usage();
+      UniqueFd l = listen_on(port);
+      for (;;) {
+        int c = ::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        std::thread(relay_conn, UniqueFd(c), to, mode, pipe_size, wsize).detach();
+      }
+    }
     if (cmd == "send") {
-      std::vector<char> buf(1 << 20, 'x');
+      std::vector<char> buf(wsize, 'x');
       auto t0 = Clock::now();
       UniqueFd s = open_path(via, to);
       send_all(s.get(), "S", 1);
@@ -198,12 +434,20 @@ int main(int argc, char** argv) {
         std::size_t k = static_cast<std::size_t>(std::min<uint64_t>(left, buf.size()));
         send_all(s.get(), buf.data(), k);
         left -= k;
+        if (rate > 0) {  // throttle: never ahead of rate MiB/s since t0
+          auto due = t0 + std::chrono::duration<double>(static_cast<double>(bytes - left) / (rate * (1 << 20)));
+          std::this_thread::sleep_until(due);
+        }
       }
       uint64_t got = 0;
       recv_exact(s.get(), reinterpret_cast<char*>(&got), sizeof got);
       double secs = std::chrono::duration<double>(Clock::now() - t0).count();
       if (got != bytes) throw Error("sink received " + std::to_string(got) + " of " + std::to_string(bytes));
-      std::printf("{\"seconds\": %.6f}\n", secs);
+      rusage ru{};
+      getrusage(RUSAGE_SELF, &ru);
+      auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+      std::printf("{\"seconds\": %.6f, \"user_s\": %.4f, \"sys_s\": %.4f}\n", secs, tv(ru.ru_utime),
+                  tv(ru.ru_stime));
       return 0;
     }
     if (cmd == "latency") {

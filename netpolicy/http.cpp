@@ -275,12 +275,19 @@ ParseResult parse_request_head(std::string_view data, std::size_t max_header_byt
         return fail(400, "Host header does not match the request target");
     }
   }
+  if (req.minor_version == 1) {
+    req.keep_alive = true;
+    for (const auto& h : req.headers)
+      if (iequals(h.name, "connection"))
+        for (auto& t : list_tokens(h.value))
+          if (t == "close") req.keep_alive = false;
+  }
   res.state = ParseResult::State::complete;
   res.head_len = end + 4;
   return res;
 }
 
-std::string upstream_head(const Request& req) {
+std::string upstream_head(const Request& req, bool persistent) {
   std::vector<std::string> listed;
   bool have_host = false;
   for (const auto& h : req.headers)
@@ -303,8 +310,126 @@ std::string upstream_head(const Request& req) {
     out += "Host: " + h + "\r\n";
   }
   if (req.body == Body::chunked) out += "Transfer-Encoding: chunked\r\n";
-  out += "Connection: close\r\n\r\n";
+  out += persistent ? "\r\n" : "Connection: close\r\n\r\n";
   return out;
+}
+
+ResponseHead parse_response_head(std::string_view data, bool head_request, std::size_t max_bytes,
+                                 int max_headers) {
+  ResponseHead r;
+  auto bad = [&](std::string why) {
+    r = ResponseHead();
+    r.state = ResponseHead::State::error;
+    r.reason = std::move(why);
+    return r;
+  };
+  std::size_t limit = std::min(data.size(), max_bytes);
+  auto end = data.substr(0, limit).find("\r\n\r\n");
+  if (end == std::string_view::npos) {
+    if (data.size() >= max_bytes) return bad("response head too large");
+    // Fail early on what can never become a response, so no one waits for it.
+    if (data.size() >= 5 && data.substr(0, 5) != "HTTP/") return bad("not an HTTP/1.x response");
+    return r;
+  }
+  std::string_view head = data.substr(0, end + 2);
+  std::vector<std::string_view> lines;
+  for (std::size_t pos = 0; pos < head.size();) {
+    auto crlf = head.find("\r\n", pos);
+    auto line = head.substr(pos, crlf - pos);
+    for (char c : line)
+      if (c == '\r' || c == '\n') return bad("bare CR or LF in response head");
+    lines.push_back(line);
+    pos = crlf + 2;
+  }
+  if (static_cast<long long>(lines.size()) - 1 > max_headers) return bad("too many response header fields");
+  // Status line: HTTP/1.x SP 3DIGIT SP reason (reason may be empty).
+  std::string_view sl = lines[0];
+  if (sl.size() < 12 || (sl.substr(0, 9) != "HTTP/1.1 " && sl.substr(0, 9) != "HTTP/1.0 ") ||
+      (sl.size() > 12 && sl[12] != ' '))
+    return bad("malformed status line");
+  bool http10 = sl[7] == '0';
+  int status = 0;
+  for (int i = 9; i < 12; ++i) {
+    if (sl[i] < '0' || sl[i] > '9') return bad("malformed status line");
+    status = status * 10 + (sl[i] - '0');
+  }
+  if (status < 100) return bad("malformed status line");
+  for (unsigned char c : sl)
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return bad("invalid character in status line");
+  std::vector<Header> headers;
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    auto line = lines[i];
+    if (line.empty()) return bad("malformed response header section");
+    if (line.front() == ' ' || line.front() == '\t') return bad("obsolete line folding in response");
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos) return bad("response header line without ':'");
+    auto name = line.substr(0, colon);
+    if (!is_token(name)) return bad("invalid response header name");
+    auto value = trim_ows(line.substr(colon + 1));
+    for (unsigned char c : value)
+      if ((c < 0x20 && c != '\t') || c == 0x7f) return bad("invalid character in response header value");
+    headers.push_back({std::string(name), std::string(value)});
+  }
+  int cl_count = 0;
+  std::string cl_value;
+  bool have_te = false, close = http10, keep_alive_token = false;
+  std::vector<std::string> codings, listed;
+  for (const auto& h : headers) {
+    if (iequals(h.name, "content-length")) {
+      ++cl_count;
+      cl_value = h.value;
+    } else if (iequals(h.name, "transfer-encoding")) {
+      have_te = true;
+      for (auto& t : list_tokens(h.value)) codings.push_back(std::move(t));
+    } else if (iequals(h.name, "connection")) {
+      for (auto& t : list_tokens(h.value)) {
+        if (t == "close") close = true;
+        if (t == "keep-alive") keep_alive_token = true;
+        listed.push_back(std::move(t));
+      }
+    }
+  }
+  if (http10 && keep_alive_token) close = false;
+  if (cl_count > 1) return bad("duplicate Content-Length in response");
+  if (cl_count && have_te) return bad("Transfer-Encoding together with Content-Length in response");
+  r.status = status;
+  r.interim = status < 200 && status != 101;
+  if (cl_count) {
+    if (cl_value.empty() || cl_value.size() > 18) return bad("invalid Content-Length in response");
+    for (char c : cl_value)
+      if (c < '0' || c > '9') return bad("invalid Content-Length in response");
+    r.content_length = std::stoull(cl_value);
+  }
+  if (head_request || status < 200 || status == 204 || status == 304) {
+    r.body = ResponseBody::none;
+    if (status == 101) {  // the proxy never asks for an upgrade: whatever follows is opaque
+      r.body = ResponseBody::close;
+      r.interim = false;
+    }
+  } else if (have_te) {
+    r.body = !codings.empty() && codings.back() == "chunked" ? ResponseBody::chunked : ResponseBody::close;
+  } else if (cl_count) {
+    r.body = r.content_length ? ResponseBody::length : ResponseBody::none;
+  } else {
+    r.body = ResponseBody::close;
+  }
+  if (r.body == ResponseBody::close) close = true;
+  r.close = close;
+  r.forward = std::string(lines[0]) + "\r\n";
+  for (const auto& h : headers) {
+    std::string n = lower(h.name);
+    if (n == "connection" || n == "keep-alive" || n == "proxy-connection") continue;
+    if (std::find(listed.begin(), listed.end(), n) != listed.end() && n != "content-length" &&
+        n != "transfer-encoding")
+      continue;
+    r.forward += h.name;
+    r.forward += ": ";
+    r.forward += h.value;
+    r.forward += "\r\n";
+  }
+  r.head_len = end + 4;
+  r.state = ResponseHead::State::complete;
+  return r;
 }
 
 const char* status_text(int status) {

@@ -38,6 +38,9 @@ struct Request {
   std::vector<Header> headers;
   Body body = Body::none;
   uint64_t content_length = 0;
+  // The client may send another request on this connection: HTTP/1.1 without
+  // a `close` token in Connection. HTTP/1.0 clients get one request.
+  bool keep_alive = false;
 };
 
 struct ParseResult {
@@ -62,9 +65,36 @@ bool parse_authority(std::string_view auth, uint16_t default_port, std::string& 
 // line, hop-by-hop fields removed (Connection and the fields it names,
 // Proxy-Connection, Keep-Alive, Proxy-Authorization, Proxy-Authenticate, TE,
 // Trailer, Upgrade, Transfer-Encoding — re-added as "chunked" for a chunked
-// body), Host added for HTTP/1.0 clients that sent none, `Connection: close`.
-// No Via, no X-Forwarded-For.
-std::string upstream_head(const Request& req);
+// body), Host added for HTTP/1.0 clients that sent none, `Connection: close`
+// unless `persistent` (then no Connection field: HTTP/1.1 keeps the upstream
+// connection open). No Via, no X-Forwarded-For.
+std::string upstream_head(const Request& req, bool persistent = false);
+
+// How a response's body is delimited (RFC 9112 section 6.3).
+enum class ResponseBody { none, length, chunked, close };
+
+struct ResponseHead {
+  enum class State { incomplete, complete, error } state = State::incomplete;
+  int status = 0;
+  std::size_t head_len = 0;  // bytes of the head including the final CRLFCRLF
+  ResponseBody body = ResponseBody::none;
+  uint64_t content_length = 0;
+  bool interim = false;  // 1xx other than 101: another response head follows
+  bool close = false;    // the upstream will close: `Connection: close`, HTTP/1.0, or a close-delimited body
+  // The head to forward: status line and fields, hop-by-hop fields
+  // (Connection and the fields it names, Keep-Alive, Proxy-Connection)
+  // removed, each line CRLF-terminated, without the final empty line.
+  std::string forward;
+  std::string reason;  // on error: one line, safe to show
+};
+
+// Parse a response head from an upstream. head_request: the request was
+// HEAD (no body whatever the fields say). Ambiguous framing is an error
+// (duplicate or invalid Content-Length, Transfer-Encoding with
+// Content-Length), as are obs-fold, bare CR/LF and oversized heads. A
+// Transfer-Encoding whose final coding is not chunked is close-delimited.
+ResponseHead parse_response_head(std::string_view data, bool head_request, std::size_t max_bytes = 65536,
+                                 int max_headers = 256);
 
 // A complete short response: status line, text/plain one-line body, Connection: close.
 std::string error_response(int status, const std::string& text);

@@ -5,15 +5,26 @@
 // deadline per connection, no thread per pending client: slowloris and idle
 // clients cost a buffer each). A complete, allowlisted head is handed to a
 // worker thread (pooled, reused) that resolves the name, checks every address,
-// connects to exactly the address it checked and relays (splice(2) for
-// tunnels). stop() wakes every thread through one eventfd and joins them.
+// connects to exactly the address it checked and relays. A tunnel's two
+// directions each run on a pooled thread doing blocking recv/send through a
+// 4 MiB buffer, while the worker watches the idle/total deadlines and stop
+// (and ends both by shutting the sockets down); see docs/NETWORK.md for why
+// this beat splice(2) here. stop() wakes every thread through one eventfd and
+// joins them.
 //
-// Plain HTTP: one request per client connection. The request is forwarded in
-// origin-form with `Connection: close`; the response is relayed verbatim
-// until the upstream closes, then the client connection is closed.
+// Plain HTTP keep-alive: requests are served one after another on the same
+// client connection (pipelined ones in order) by the same worker. Each
+// request is checked against the allowlist on its own and gets its own
+// net.connection event. The upstream connection is reused while the next
+// request goes to the same host:port and both sides allow it; the response
+// is framed (Content-Length, chunked, or close-delimited, which ends the
+// client connection too). `Connection: close` from either side, HTTP/1.0,
+// max_requests_per_connection, an error answer, or a request body the
+// upstream did not read end the client connection after that response.
 //
 // net.connection event data (integers and strings only):
-//   client_port, method ("CONNECT" or the HTTP method, "" if unparsable),
+//   client_port, request (1-based index of the request on its client
+//   connection; 1 for CONNECT), method ("CONNECT" or the HTTP method, "" if unparsable),
 //   host (validated, normalized; "" if none), port, resolved (the address
 //   connected to or refused, "" if none), decision ("allowed"/"denied"),
 //   rule, reason (one line), status (the status line the proxy sent: 200 for
@@ -74,6 +85,10 @@ struct Limits {
   int connect_timeout_ms = 10000;
   int idle_timeout_ms = 300000;
   int total_timeout_ms = 0;  // 0 = none
+  // Plain HTTP keep-alive: requests served on one client connection (1 = one
+  // request per connection). The next request head must be complete within
+  // header_timeout_ms of the previous response's end.
+  int max_requests_per_connection = 100;
 };
 
 class Proxy {
@@ -94,12 +109,21 @@ class Proxy {
  private:
   void loop();
   void worker(std::unique_ptr<Conn> c);
+  // Resolve, check every address, connect (one budget). On failure the error
+  // answer was sent and recorded (false).
+  bool connect_upstream(Conn& c, UniqueFd& up);
+  // Plain HTTP on one client connection: request after request (keep-alive).
+  void http_session(Conn& c);
+  // Send an error answer (recorded first) and let the client read it.
+  void respond(Conn& c, int status, const std::string& text);
   void emit(Conn& c);
   // Answer a connection the proxy will not serve (recorded first), without
   // waiting for the client to read it.
   void refuse(Conn& c, int status, std::string reason, const std::string& text);
   void reap(bool all);
   bool dispatch(std::unique_ptr<Conn>& c);
+  // Run fn on a pooled thread (a tunnel direction); false if none could be started.
+  bool run_task(std::function<void()> fn);
   void pool_thread();
 
   UniqueFd listen_;
@@ -110,10 +134,15 @@ class Proxy {
   EventSink sink_;
   Resolver resolver_;
   std::thread loop_thread_;
-  // Worker pool: threads are reused; one idle for 30 s exits.
+  // Worker pool (connections and tunnel directions): threads are reused; one
+  // idle for 30 s exits.
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;
-  std::deque<std::unique_ptr<Conn>> jobs_;
+  struct Job {
+    std::unique_ptr<Conn> conn;  // a connection for worker(), or
+    std::function<void()> fn;    // a task (one direction of a tunnel)
+  };
+  std::deque<Job> jobs_;
   int idle_ = 0;
   bool pool_stop_ = false;
   struct Worker {

@@ -225,3 +225,56 @@ TEST(Chunked, Rejections) {
     EXPECT_FALSE(v.error().empty());
   }
 }
+
+TEST(HttpParse, KeepAliveFlag) {
+  EXPECT_TRUE(P("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n").request.keep_alive);
+  EXPECT_FALSE(P("GET http://a/ HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n").request.keep_alive);
+  EXPECT_FALSE(P("GET http://a/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").request.keep_alive);
+  auto r = P("GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n").request;
+  EXPECT_EQ(upstream_head(r, true), "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+  EXPECT_EQ(upstream_head(r), "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+}
+
+TEST(HttpResponse, Framing) {
+  using RB = ResponseBody;
+  auto R = [](const std::string& s, bool head = false) { return parse_response_head(s, head); };
+  auto r = R("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nKeep-Alive: t=5\r\n"
+             "X-B: 2\r\n\r\nhello");
+  ASSERT_EQ(r.state, ResponseHead::State::complete);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, RB::length);
+  EXPECT_EQ(r.content_length, 5u);
+  EXPECT_FALSE(r.close);
+  EXPECT_EQ(r.head_len, std::string("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n"
+                                    "Keep-Alive: t=5\r\nX-B: 2\r\n\r\n").size());
+  EXPECT_EQ(r.forward, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-B: 2\r\n");
+  EXPECT_EQ(R("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").body, RB::chunked);
+  auto g = R("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+  EXPECT_EQ(g.body, RB::close);
+  EXPECT_TRUE(g.close);
+  EXPECT_EQ(R("HTTP/1.1 200 OK\r\n\r\n").body, RB::close);
+  EXPECT_EQ(R("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).body, RB::none);
+  EXPECT_EQ(R("HTTP/1.1 204 No Content\r\n\r\n").body, RB::none);
+  EXPECT_EQ(R("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").body, RB::none);
+  auto c = R("HTTP/1.1 100 Continue\r\n\r\n");
+  EXPECT_TRUE(c.interim);
+  EXPECT_EQ(c.body, RB::none);
+  EXPECT_TRUE(R("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").close);
+  EXPECT_FALSE(R("HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n").close);
+  EXPECT_TRUE(R("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n").close);
+  EXPECT_EQ(R("HTTP/1.1 200 OK\r\nContent-Le").state, ResponseHead::State::incomplete);
+}
+
+TEST(HttpResponse, AmbiguousOrMalformedIsAnError) {
+  for (const char* s : {"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+                        "HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n", "HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n",
+                        "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2000 OK\r\n\r\n",
+                        "HTTP/1.1 099 X\r\n\r\n", "SSH-2.0-OpenSSH\r\n"}) {
+    auto r = parse_response_head(s, false);
+    EXPECT_EQ(r.state, ResponseHead::State::error) << s;
+    EXPECT_FALSE(r.reason.empty());
+  }
+  EXPECT_EQ(parse_response_head(std::string(70000, 'H'), false).state, ResponseHead::State::error);
+}

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -313,9 +314,9 @@ TEST(Proxy, PlainHttpGetIsForwardedInOriginForm) {
   EXPECT_EQ(hu.received.rfind("GET /p/q?x=1 HTTP/1.1\r\n", 0), 0u) << hu.received;
   EXPECT_NE(hu.received.find("Host: " + auth + "\r\n"), std::string::npos);
   EXPECT_NE(hu.received.find("User-Agent: t\r\n"), std::string::npos);
-  EXPECT_NE(hu.received.find("Connection: close\r\n"), std::string::npos);
-  for (const char* gone :
-       {"Proxy-Connection", "X-Hop", "Proxy-Authorization", "keep-alive", "Via:", "Forwarded"})
+  // The client asked for keep-alive: the upstream request is persistent (no Connection field).
+  for (const char* gone : {"Proxy-Connection", "X-Hop", "Proxy-Authorization", "keep-alive", "Via:", "Forwarded",
+                           "Connection:"})
     EXPECT_EQ(hu.received.find(gone), std::string::npos) << gone;
   auto e = f.ev.wait(1);
   EXPECT_EQ(e["method"], "GET");
@@ -774,4 +775,347 @@ TEST(Proxy, Ipv6LiteralTunnelNeedsAnIpRule) {
   EXPECT_EQ(e["resolved"], "::1");
   EXPECT_EQ(e["rule"], "[::1]:" + p);
   EXPECT_EQ(f.ev.wait(1)["reason"], "address ::1 is loopback; only an IP or CIDR rule can allow it");
+}
+
+// ---- plain HTTP keep-alive ----
+
+namespace {
+// A persistent HTTP upstream: serves requests on each accepted connection
+// until the client closes or sends `Connection: close`. `answer(i, head)`
+// gives the raw response for the i-th request (0-based, across connections);
+// one whose text contains "Connection: close", or a close-delimited one, ends
+// that connection.
+struct KeepAliveUpstream {
+  std::mutex mu;
+  std::vector<std::string> heads;  // request heads as received
+  std::atomic<int> connections{0};
+  std::function<std::string(int, const std::string&)> answer;
+  std::unique_ptr<Upstream> up;
+  explicit KeepAliveUpstream(int conns, std::function<std::string(int, const std::string&)> a)
+      : answer(std::move(a)) {
+    up = std::make_unique<Upstream>(conns, [this](int fd) {
+      ++connections;
+      std::string buf;
+      char c[65536];
+      for (;;) {
+        auto e = buf.find("\r\n\r\n");
+        while (e == std::string::npos) {
+          ssize_t n = ::recv(fd, c, sizeof c, 0);
+          if (n <= 0) return;
+          buf.append(c, static_cast<std::size_t>(n));
+          e = buf.find("\r\n\r\n");
+        }
+        std::string head = buf.substr(0, e + 4);
+        std::size_t body = 0;
+        auto cl = head.find("Content-Length: ");
+        if (cl != std::string::npos) body = std::stoul(head.substr(cl + 16));
+        while (buf.size() < e + 4 + body) {
+          ssize_t n = ::recv(fd, c, sizeof c, 0);
+          if (n <= 0) return;
+          buf.append(c, static_cast<std::size_t>(n));
+        }
+        buf.erase(0, e + 4 + body);
+        int i;
+        {
+          std::lock_guard lk(mu);
+          i = static_cast<int>(heads.size());
+          heads.push_back(head);
+        }
+        std::string r = answer(i, head);
+        send_str(fd, r);
+        bool close_delimited = r.find("Content-Length") == std::string::npos &&
+                               r.find("chunked") == std::string::npos && head.rfind("HEAD ", 0) != 0;
+        if (close_delimited || r.find("Connection: close") != std::string::npos ||
+            head.find("Connection: close") != std::string::npos)
+          return;
+      }
+    });
+  }
+  uint16_t port() const { return up->port; }
+};
+
+std::string ok_response(const std::string& body) {
+  return "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+std::string get(const std::string& auth, const std::string& path, const std::string& extra = "") {
+  return "GET http://" + auth + path + " HTTP/1.1\r\nHost: " + auth + "\r\n" + extra + "\r\n";
+}
+
+// Read one response with a Content-Length body (or chunked, up to "0\r\n\r\n").
+std::string read_response(int fd, std::string& carry) {
+  char c[65536];
+  for (;;) {
+    auto e = carry.find("\r\n\r\n");
+    if (e != std::string::npos) {
+      std::string head = carry.substr(0, e + 4);
+      auto cl = head.find("Content-Length: ");
+      if (cl != std::string::npos) {
+        std::size_t n = std::stoul(head.substr(cl + 16));
+        if (carry.size() >= e + 4 + n) {
+          std::string r = carry.substr(0, e + 4 + n);
+          carry.erase(0, e + 4 + n);
+          return r;
+        }
+      } else if (head.find("chunked") != std::string::npos) {
+        auto z = carry.find("\r\n0\r\n\r\n", e);
+        if (z != std::string::npos) {
+          std::string r = carry.substr(0, z + 7);
+          carry.erase(0, z + 7);
+          return r;
+        }
+      }
+    }
+    ssize_t n = ::recv(fd, c, sizeof c, 0);
+    if (n <= 0) {
+      std::string r = carry;
+      carry.clear();
+      return r;
+    }
+    carry.append(c, static_cast<std::size_t>(n));
+  }
+}
+
+bool peer_closed(int fd, int ms = 3000) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, ms) <= 0) return false;
+  char b;
+  return ::recv(fd, &b, 1, MSG_DONTWAIT) == 0;
+}
+}  // namespace
+
+TEST(ProxyKeepAlive, TwoRequestsOnOneConnectionShareTheUpstream) {
+  KeepAliveUpstream ku(1, [](int i, const std::string&) { return ok_response("body" + std::to_string(i)); });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+  send_str(c.get(), get(auth, "/one"));
+  auto r1 = read_response(c.get(), carry);
+  EXPECT_EQ(r1, ok_response("body0"));
+  send_str(c.get(), get(auth, "/two"));
+  auto r2 = read_response(c.get(), carry);
+  EXPECT_EQ(r2, ok_response("body1"));
+  auto e1 = f.ev.wait(1), e2 = f.ev.wait(2);
+  EXPECT_EQ(e1["request"], 1);
+  EXPECT_EQ(e2["request"], 2);
+  for (auto* e : {&e1, &e2}) {
+    EXPECT_EQ((*e)["decision"], "allowed");
+    EXPECT_EQ((*e)["status"], 200);
+    EXPECT_EQ((*e)["end"], "closed");
+    EXPECT_EQ((*e)["client_port"], port_of(c.get()));
+    EXPECT_EQ((*e)["resolved"], "127.0.0.1");
+    EXPECT_EQ((*e)["rule"], rules_port(ku.port()));
+  }
+  EXPECT_EQ(e1["bytes_down"], r1.size());
+  EXPECT_EQ(e2["bytes_down"], r2.size());
+  c.reset();
+  ku.up.reset();
+  EXPECT_EQ(ku.connections.load(), 1);  // one upstream connection for both
+  ASSERT_EQ(ku.heads.size(), 2u);
+  EXPECT_EQ(ku.heads[1].rfind("GET /two HTTP/1.1\r\n", 0), 0u);
+  EXPECT_EQ(ku.heads[0].find("Connection:"), std::string::npos);
+  auto t = f.proxy->totals();
+  EXPECT_EQ(t["allowed"], 2);
+  EXPECT_EQ(t["connections"], 1);
+}
+
+TEST(ProxyKeepAlive, SecondRequestToDeniedHostGets403) {
+  KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("fine"); });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+  send_str(c.get(), get(auth, "/"));
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("fine"));
+  send_str(c.get(), get("evil.example", "/steal"));
+  std::string r = read_to_eof(c.get());
+  EXPECT_EQ(r.rfind("HTTP/1.1 403 ", 0), 0u) << r;
+  auto e2 = f.ev.wait(2);
+  EXPECT_EQ(e2["decision"], "denied");
+  EXPECT_EQ(e2["request"], 2);
+  EXPECT_EQ(e2["host"], "evil.example");
+  EXPECT_EQ(e2["status"], 403);
+  EXPECT_EQ(f.ev.wait(1)["decision"], "allowed");
+  EXPECT_EQ(f.resolver_calls.load(), 0);  // denied by name: never resolved
+}
+
+TEST(ProxyKeepAlive, ConnectionCloseFromEitherSideEndsTheConnection) {
+  {  // the client's
+    KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("x"); });
+    Fixture f({rules_port(ku.port())});
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(ku.port());
+    send_str(c.get(), get(auth, "/", "Connection: close\r\n"));
+    std::string r = read_to_eof(c.get());  // the proxy closes after the response
+    EXPECT_EQ(r, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx");
+    ku.up.reset();
+    ASSERT_EQ(ku.heads.size(), 1u);
+    EXPECT_NE(ku.heads[0].find("Connection: close\r\n"), std::string::npos);
+    EXPECT_EQ(f.ev.wait(1)["end"], "closed");
+  }
+  {  // the upstream's
+    KeepAliveUpstream ku(1, [](int, const std::string&) {
+      return std::string("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
+    });
+    Fixture f({rules_port(ku.port())});
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+    send_str(c.get(), get(auth, "/"));
+    EXPECT_EQ(read_response(c.get(), carry), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    EXPECT_TRUE(peer_closed(c.get()));
+    EXPECT_EQ(f.ev.wait(1)["status"], 200);
+  }
+}
+
+TEST(ProxyKeepAlive, ChunkedResponseThenASecondRequest) {
+  std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n"
+                        "Trailer-Field: 1\r\n\r\n";
+  KeepAliveUpstream ku(1, [&](int i, const std::string&) { return i == 0 ? chunked : ok_response("second"); });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port());
+  send_str(c.get(), get(auth, "/a"));
+  // The chunked body ends with the trailer section; read exactly that much.
+  std::string got;
+  char b[4096];
+  while (got.size() < chunked.size()) {
+    ssize_t n = ::recv(c.get(), b, sizeof b, 0);
+    ASSERT_GT(n, 0);
+    got.append(b, static_cast<std::size_t>(n));
+  }
+  EXPECT_EQ(got, chunked);
+  send_str(c.get(), get(auth, "/b"));
+  std::string carry;
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("second"));
+  EXPECT_EQ(f.ev.wait(2)["request"], 2);
+  c.reset();
+  ku.up.reset();
+  EXPECT_EQ(ku.connections.load(), 1);
+}
+
+TEST(ProxyKeepAlive, PipelinedRequestsAnsweredInOrder) {
+  KeepAliveUpstream ku(1, [](int i, const std::string& head) {
+    return ok_response(std::to_string(i) + ":" + head.substr(0, head.find(" HTTP/")));
+  });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port());
+  std::string body = random_bytes(70000, 3);
+  // Three requests in one write, the middle one with a body.
+  send_str(c.get(), get(auth, "/1") + "POST http://" + auth + "/2 HTTP/1.1\r\nHost: " + auth +
+                        "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body +
+                        get(auth, "/3", "Connection: close\r\n"));
+  std::string all = read_to_eof(c.get());
+  EXPECT_EQ(all, ok_response("0:GET /1") + ok_response("1:POST /2") +
+                     "HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n2:GET /3");
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(f.ev.wait(static_cast<std::size_t>(i))["request"], i);
+  EXPECT_EQ(f.ev.wait(2)["bytes_up"].get<uint64_t>() > body.size(), true);
+  ku.up.reset();
+  EXPECT_EQ(ku.connections.load(), 1);
+}
+
+TEST(ProxyKeepAlive, DifferentHostOpensANewUpstreamConnection) {
+  KeepAliveUpstream a(1, [](int, const std::string&) { return ok_response("A"); });
+  KeepAliveUpstream b(1, [](int, const std::string&) { return ok_response("B"); });
+  Fixture f({rules_port(a.port()), rules_port(b.port())});
+  auto c = f.client();
+  std::string carry;
+  send_str(c.get(), get("127.0.0.1:" + std::to_string(a.port()), "/"));
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("A"));
+  send_str(c.get(), get("127.0.0.1:" + std::to_string(b.port()), "/"));
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("B"));
+  EXPECT_EQ(f.ev.wait(2)["port"], b.port());
+  c.reset();
+}
+
+TEST(ProxyKeepAlive, LimitsStillHold) {
+  {  // max requests per connection: the last allowed response says close
+    KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("r"); });
+    Limits lim;
+    lim.max_requests_per_connection = 2;
+    Fixture f({rules_port(ku.port())}, lim);
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+    send_str(c.get(), get(auth, "/"));
+    EXPECT_EQ(read_response(c.get(), carry), ok_response("r"));
+    send_str(c.get(), get(auth, "/"));
+    EXPECT_EQ(read_to_eof(c.get()), "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nr");
+    ku.up.reset();
+    EXPECT_NE(ku.heads[1].find("Connection: close"), std::string::npos);
+  }
+  {  // an idle persistent connection ends after header_timeout_ms, quietly
+    KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("r"); });
+    Limits lim;
+    lim.header_timeout_ms = 300;
+    Fixture f({rules_port(ku.port())}, lim);
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+    send_str(c.get(), get(auth, "/"));
+    EXPECT_EQ(read_response(c.get(), carry), ok_response("r"));
+    auto t0 = Clock::now();
+    EXPECT_TRUE(peer_closed(c.get(), 3000));
+    EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(2000));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_EQ(f.ev.size(), 1u);
+  }
+  {  // a smuggling shape as the second request: 400, recorded
+    KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("r"); });
+    Fixture f({rules_port(ku.port())});
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+    send_str(c.get(), get(auth, "/"));
+    EXPECT_EQ(read_response(c.get(), carry), ok_response("r"));
+    send_str(c.get(), "POST http://" + auth + "/ HTTP/1.1\r\nHost: " + auth +
+                          "\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    std::string r = read_to_eof(c.get());
+    EXPECT_EQ(r.rfind("HTTP/1.1 400 ", 0), 0u) << r;
+    auto e = f.ev.wait(2);
+    EXPECT_EQ(e["status"], 400);
+    EXPECT_EQ(e["request"], 2);
+    ku.up.reset();
+    EXPECT_EQ(ku.heads.size(), 1u);
+  }
+  {  // total timeout covers the whole connection, not each request
+    KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("r"); });
+    Limits lim;
+    lim.total_timeout_ms = 500;
+    Fixture f({rules_port(ku.port())}, lim);
+    auto c = f.client();
+    std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+    auto t0 = Clock::now();
+    send_str(c.get(), get(auth, "/"));
+    EXPECT_EQ(read_response(c.get(), carry), ok_response("r"));
+    EXPECT_TRUE(peer_closed(c.get(), 3000));
+    EXPECT_LT(Clock::now() - t0, std::chrono::milliseconds(2000));
+  }
+}
+
+TEST(ProxyKeepAlive, AmbiguousResponseFramingGets502) {
+  KeepAliveUpstream ku(1, [](int, const std::string&) {
+    return std::string("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc");
+  });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  send_str(c.get(), get("127.0.0.1:" + std::to_string(ku.port()), "/"));
+  std::string r = read_to_eof(c.get());
+  EXPECT_EQ(r.rfind("HTTP/1.1 502 ", 0), 0u) << r;
+  EXPECT_EQ(r.find("abc"), std::string::npos);
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["status"], 502);
+  EXPECT_NE(e["end"].get<std::string>().find("bad response"), std::string::npos);
+}
+
+TEST(ProxyKeepAlive, HeadResponseHasNoBodyAndCloseDelimitedEndsTheConnection) {
+  KeepAliveUpstream ku(1, [](int i, const std::string&) {
+    if (i == 0) return std::string("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");  // HEAD: no body
+    return std::string("HTTP/1.1 200 OK\r\n\r\nuntil close");  // close-delimited
+  });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port());
+  send_str(c.get(), "HEAD http://" + auth + "/ HTTP/1.1\r\nHost: " + auth + "\r\n\r\n");
+  std::string head = read_head(c.get());
+  EXPECT_EQ(head, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+  send_str(c.get(), get(auth, "/"));
+  std::string rest = read_to_eof(c.get());  // the upstream closes, so does the proxy
+  EXPECT_EQ(rest, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close");
 }
