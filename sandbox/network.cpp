@@ -43,6 +43,7 @@ net::Limits limits_of(const json& j) {
   if (auto v = get("max_headers")) l.max_headers = static_cast<int>(*v);
   if (auto v = get("max_connections")) l.max_connections = static_cast<int>(*v);
   if (auto v = get("max_pending")) l.max_pending = static_cast<int>(*v);
+  if (auto v = get("max_requests_per_connection")) l.max_requests_per_connection = static_cast<int>(*v);
   if (auto v = get("header_timeout_seconds")) l.header_timeout_ms = ms(*v);
   if (auto v = get("connect_timeout_seconds")) l.connect_timeout_ms = ms(*v);
   if (auto v = get("idle_timeout_seconds")) l.idle_timeout_ms = ms(*v);

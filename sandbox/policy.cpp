@@ -289,7 +289,8 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
           static const std::set<Str> known = {"max_connections",        "max_pending",
                                               "max_header_bytes",       "max_headers",
                                               "header_timeout_seconds", "connect_timeout_seconds",
-                                              "idle_timeout_seconds",   "total_timeout_seconds"};
+                                              "idle_timeout_seconds",   "total_timeout_seconds",
+                                              "max_requests_per_connection"};
           if (!known.count(lk)) throw Error(where + ": unknown key " + key + "." + lk);
           positive_int(lv, where, key + "." + lk, 1, 1LL << 31);
           out[k][lk] = lv;
