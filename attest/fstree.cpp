@@ -130,7 +130,9 @@ void HashCache::save() {
   std::string out(kCacheMagic, 8);
   out += body;
   out.append(reinterpret_cast<const char*>(sum.data()), 32);
-  write_file_atomic(path_, out, 0600);
+  // A hint, checksummed: no fsync (a file lost or torn by a crash is
+  // detected by its checksum and rebuilt).
+  write_file_atomic(path_, out, 0600, false);
 }
 
 std::optional<Digest> HashCache::get(const Key& k) {
