@@ -1,5 +1,7 @@
 #include "attest/record.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -38,6 +40,8 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   ::chmod(c_.audit_dir.c_str(), 0700);
   dir_ = run_dir(c_.audit_dir, c_.run_id);
   if (::mkdir(dir_.c_str(), 0700) < 0) throw_errno("create run directory " + dir_);
+  lock_.reset(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
   if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
 }
@@ -214,7 +218,19 @@ json RunRecord::finalize(const json& facts) {
                 {"event_count", sum.event_count},
                 {"keyid", key.keyid()}};
   });
+  lock_.reset();  // final: readers waiting in wait_finalized() go on
   return row;
+}
+
+bool wait_finalized(const std::string& run_dir, int timeout_ms) {
+  UniqueFd d(::open(run_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!d) return true;  // nothing to wait for; the reader reports what is missing
+  for (int waited = 0;; waited += 10) {
+    if (::flock(d.get(), LOCK_SH | LOCK_NB) == 0) return true;
+    if (errno != EWOULDBLOCK && errno != EINTR) return true;
+    if (waited >= timeout_ms) return false;
+    ::usleep(10000);
+  }
 }
 
 // ---------------------------------------------------------------- verify

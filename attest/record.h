@@ -14,6 +14,7 @@
 #include "attest/eventlog.h"
 #include "attest/fstree.h"
 #include "attest/sign.h"
+#include "common/fd.h"
 
 namespace agentshim::attest {
 
@@ -82,6 +83,7 @@ class RunRecord {
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
   json change_counts_ = json::object();
+  UniqueFd lock_;  // the run directory, flock'ed (exclusive) until finalize is done
   std::shared_ptr<HashCache> cache_;  // made by the constructor, loaded by snapshot_before
   bool cache_loaded_ = false;
   void save_cache();
@@ -106,5 +108,13 @@ VerifyResult verify_run(const std::string& run_dir, const VerifyOptions& o);
 
 // A readable account of a run, from its verified record.
 json run_account(const std::string& run_dir);
+
+// A run's supervisor holds an exclusive flock on the run directory until the
+// record is finalized (signed, in the ledger). Wait (up to timeout_ms) until
+// it is free: true when the record is final (or was never being written),
+// false on timeout. Readers (verify, runs show, `run`) call this; the record
+// is finalized after the container's exit is reported, so `delete` and a
+// client's wait do not pay for it.
+bool wait_finalized(const std::string& run_dir, int timeout_ms);
 
 }  // namespace agentshim::attest

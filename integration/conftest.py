@@ -7,6 +7,7 @@ force-deleted afterwards, and the host's /dev/null is checked to be intact.
 """
 import json
 import os
+import time
 import re
 import shutil
 import subprocess
@@ -35,6 +36,30 @@ def run(cmd, check=False, timeout=60, input=None, **kw):
         raise AssertionError(f"{cmd} exited {r.returncode}\nstdout: {r.stdout.decode(errors='replace')}\n"
                              f"stderr: {r.stderr.decode(errors='replace')}")
     return r
+
+
+def wait_records(audit_dir, timeout=60):
+    """Wait until every run record under audit_dir is finalized. A run's
+    supervisor holds an exclusive flock on its run directory until the record
+    is signed and in the ledger; the container's exit (and `delete`) is
+    reported before that (docs/ARCHITECTURE.md), as `agentshim verify` and
+    `runs show` also wait."""
+    import fcntl
+    runs = os.path.join(audit_dir, "runs")
+    deadline = time.time() + timeout
+    for d in (os.listdir(runs) if os.path.isdir(runs) else []):
+        fd = os.open(os.path.join(runs, d), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.time() > deadline:
+                        raise AssertionError(f"run record {d} not finalized after {timeout}s")
+                    time.sleep(0.01)
+        finally:
+            os.close(fd)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import uuid
 
 import pytest
 
-from conftest import AGENTSHIM, Bundle, run
+from conftest import AGENTSHIM, Bundle, run, wait_records
 
 UPSTREAM = "198.18.0.10"
 PRIVATE = "10.77.0.10"
@@ -197,6 +197,7 @@ class NetRun:
         return r
 
     def events(self, types=None):
+        wait_records(self.audit)
         out = []
         for f in sorted(glob.glob(os.path.join(self.audit, "runs", "*", "events.ndjson"))):
             for line in open(f):
@@ -206,6 +207,7 @@ class NetRun:
         return out
 
     def last_run_dir(self):
+        wait_records(self.audit)
         dirs = sorted(glob.glob(os.path.join(self.audit, "runs", "*")), key=os.path.getmtime)
         return dirs[-1]
 

@@ -573,6 +573,11 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
     while (relay->pump(10)) {
     }
   relay.reset();
+  // The sentinel exits as soon as the status is known; `run` returns once
+  // the record is final too (what a person running it expects to find).
+  if (!st.run_id.empty() && !st.audit_dir.empty() &&
+      !attest::wait_finalized(attest::run_dir(st.audit_dir, st.run_id), 120000))
+    log::warn("run " + st.run_id + ": the record is still being finalized after 120 s");
   if (!keep) remove(g, o.id, true);
   return code;
 }

@@ -104,6 +104,10 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> container_root_ids(const 
   return std::make_pair(*u, *g);
 }
 
+// The supervisor tells the sentinel the container's status with this
+// signal (sigqueue, the status as its value) once the exit is recorded.
+const int kReleaseSignal = SIGRTMAX;
+
 // ---------------------------------------------------------------- init
 
 [[noreturn]] void init_main(Setup& s, int sock) {
@@ -947,12 +951,36 @@ class Supervisor {
     return r;
   }
 
-  void finish_record(const json& ex) {
+  // The exit, durable in the log, before anyone is told the container is
+  // gone.
+  void record_exit(const json& ex) {
     if (!record_) return;
     try {
       if (ex.value("oom_kills", 0) > 0) record_->event("oom", {{"kills", ex["oom_kills"]}});
       record_->event("run.exit", ex);
       record_->sync();
+    } catch (const std::exception& e) {
+      log::error(std::string("recording the exit: ") + e.what());
+    }
+  }
+
+  // The container's status is known and recorded: the sentinel (the pid
+  // clients wait on) exits with it now, so `docker run`, containerd and
+  // `delete` do not wait for the after-run walk and the signing. We stop
+  // dying with the sentinel first, and finish the record on our own; readers
+  // of the record wait for it (attest::wait_finalized).
+  void release_sentinel(int code) {
+    if (sentinel_ <= 0) return;
+    if (prctl(PR_SET_PDEATHSIG, 0) < 0) return;  // keep the old order: the sentinel waits for us
+    union sigval v {};
+    v.sival_int = code & 0xff;
+    if (::sigqueue(sentinel_, kReleaseSignal, v) == 0) sentinel_ = -1;
+  }
+
+  void finish_record(const json& ex) {
+    if (!record_) return;
+    try {
+      (void)ex;
       if (observer_) {
         observer_->stop();
         observer_.reset();
@@ -992,17 +1020,21 @@ class Supervisor {
                  {"stime_us", exit_.ru.ru_stime.tv_sec * 1000000LL + exit_.ru.ru_stime.tv_usec},
                  {"maxrss_kb", exit_.ru.ru_maxrss}}}};
     if (time_limit_hit_) ex["reason"] = "exec time limit";
-    finish_record({{"code", exit_.code},
-                   {"reason", time_limit_hit_ ? "exec time limit" : ""},
-                   {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
-                   {"oom_kills", ex["oom_kills"]},
-                   {"rusage", ex["rusage"]}});
+    json exit_event = {{"code", exit_.code},
+                       {"reason", time_limit_hit_ ? "exec time limit" : ""},
+                       {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
+                       {"oom_kills", ex["oom_kills"]},
+                       {"rusage", ex["rusage"]}};
+    record_exit(exit_event);
     ex["run_id"] = s_.run_id;
     try {
       write_file_atomic(s_.state_dir + "/exit.json", ex.dump(), 0600, false);
     } catch (const std::exception& e) {
       log::warn(std::string("write exit status: ") + e.what());
     }
+    cg_.reset();  // the container's cgroup is delete's from now on
+    release_sentinel(exit_.code);
+    finish_record(exit_event);
     ctl_.reset();
     ::unlink((s_.state_dir + "/supervisor.sock").c_str());
     return exit_.code;
@@ -1061,6 +1093,9 @@ class Supervisor {
     int sig = ::sigtimedwait(&all, &si, &ts);
     if (sig <= 0 || sig == SIGCHLD) continue;
     if (sig == SIGKILL || sig == SIGSTOP) continue;
+    // The supervisor, done with the container: its status, now (the record
+    // is finished afterwards; see Supervisor::release_sentinel).
+    if (sig == kReleaseSignal && si.si_code == SI_QUEUE && si.si_pid == worker) ::_exit(si.si_value.sival_int & 0xff);
     ::kill(worker, sig);
   }
 }

@@ -11,6 +11,7 @@
 #include "attest/fstree.h"
 #include "attest/record.h"
 #include "attest/sign.h"
+#include "common/log.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "sandbox/state.h"
@@ -66,8 +67,19 @@ std::string container_of(const std::string& rd) {
   }
 }
 
-// RUN is a run directory, a run id, or a container id (its latest run).
+std::string resolve_run_dir(const container::Global& g, const std::string& run);
+
+// RUN is a run directory, a run id, or a container id (its latest run). A
+// run whose record is still being finalized (its container just exited) is
+// waited for, up to two minutes.
 std::string resolve_run(const container::Global& g, const std::string& run) {
+  std::string rd = resolve_run_dir(g, run);
+  if (!attest::wait_finalized(rd, 120000))
+    log::warn("the record in " + rd + " is still being finalized after 120 s; reading it as it is");
+  return rd;
+}
+
+std::string resolve_run_dir(const container::Global& g, const std::string& run) {
   if (run.find('/') != std::string::npos) {
     if (!is_dir(run)) throw UsageError("run directory " + run + " does not exist");
     return run;

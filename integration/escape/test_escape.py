@@ -16,6 +16,8 @@ import uuid
 
 import pytest
 
+from conftest import wait_records
+
 from escape_lib import (Verdict, attack_bin, check, esc, escape_rootfs, parse_verdict,  # noqa: F401 (fixtures)
                         run, write_results)
 
@@ -228,6 +230,7 @@ def test_audit_dir_and_signing_key(esc):
 
 
 def newest_run(esc):
+    wait_records(esc.audit_dir)
     runs = os.path.join(esc.audit_dir, "runs")
     assert os.path.isdir(runs) and os.listdir(runs), "no run record written"
     return max((os.path.join(runs, r) for r in os.listdir(runs)), key=os.path.getmtime)
