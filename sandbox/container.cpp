@@ -410,6 +410,12 @@ void start(const Global& g, const std::string& id) {
   if (status == "stopped") throw Error("cannot start a container that has stopped");
   if (status != "created") throw Error("cannot start an already running container");
   std::string fifo = state::exec_fifo_path(g.root, id);
+  // The supervisor answers once the "before" filesystem roots are taken
+  // (it takes them after `create` returned): no container code runs first.
+  auto gate = supervisor::notify(state_dir(g, id), {{"type", "start-gate"}});
+  if (!gate.value("ok", false))
+    throw Error("cannot start container " + id + ": its supervisor is not answering (" +
+                gate.value("error", std::string("no reply")) + ")");
   std::string exe_link = "/proc/" + std::to_string(st.init_pid) + "/exe";
   char before[PATH_MAX] = {};
   ssize_t bl = ::readlink(exe_link.c_str(), before, sizeof before - 1);

@@ -534,9 +534,9 @@ class Supervisor {
       } else if (type == "seccomp") {
         on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
       } else if (type == "ready") {
-        // The rootfs is prepared and the init waits on the exec FIFO: the
-        // "before" filesystem roots are taken now, before any user code.
-        if (record_) record_->snapshot_before(tracked_trees());
+        // The rootfs is prepared and the init waits on the exec FIFO. The
+        // "before" filesystem roots are taken at the end of setup, after
+        // `create` has been answered (see there).
         break;
       } else {
         throw Error("unexpected message from container init: " + type);
@@ -558,6 +558,11 @@ class Supervisor {
       ::close(devnull);
     }
     close_inherited();
+    // The "before" filesystem roots, now: after `create` returned (the walk
+    // overlaps the caller's next step) and before any of the container's
+    // code runs. `start` asks us ("start-gate") before it opens the exec
+    // FIFO, and we answer only from the main loop, after this walk.
+    if (record_) record_->snapshot_before(tracked_trees());
   }
 
   std::vector<int> inherited_fds() const {
@@ -787,6 +792,7 @@ class Supervisor {
       if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
         deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     }
+    if (type == "start-gate") return;  // answered from the loop: the before-walk is done
     if (!record_) return;
     if (type == "started") {
       record_->event("run.started", {{"init_pid", init_pid_}});
