@@ -412,7 +412,9 @@ void start(const Global& g, const std::string& id) {
   std::string fifo = state::exec_fifo_path(g.root, id);
   // The supervisor answers once the "before" filesystem roots are taken
   // (it takes them after `create` returned): no container code runs first.
-  auto gate = supervisor::notify(state_dir(g, id), {{"type", "start-gate"}});
+  // (No timeout: a large rootfs takes as long as it takes to walk; a dead
+  // supervisor closes the socket.)
+  auto gate = supervisor::notify(state_dir(g, id), {{"type", "start-gate"}}, true, 0);
   if (!gate.value("ok", false))
     throw Error("cannot start container " + id + ": its supervisor is not answering (" +
                 gate.value("error", std::string("no reply")) + ")");

@@ -1131,7 +1131,7 @@ void main(Setup s) {
   sentinel_main(worker);
 }
 
-json notify(const std::string& state_dir, const json& msg, bool wait_reply) {
+json notify(const std::string& state_dir, const json& msg, bool wait_reply, int reply_timeout_s) {
   std::string path = state_dir + "/supervisor.sock";
   UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   struct sockaddr_un addr {};
@@ -1143,9 +1143,9 @@ json notify(const std::string& state_dir, const json& msg, bool wait_reply) {
     return {{"ok", false}, {"error", std::strerror(errno)}};
   }
   struct timeval tv {
-    5, 0
+    reply_timeout_s, 0
   };
-  ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (reply_timeout_s > 0) ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string out = msg.dump() + "\n";
   if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0)
     return {{"ok", false}, {"error", "send failed"}};

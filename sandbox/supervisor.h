@@ -55,6 +55,8 @@ struct Setup {
 // (best effort: a missing or dead supervisor is logged, not fatal).
 // wait_reply=false: send and return without waiting (the supervisor may be
 // frozen together with a paused container; it reads the message on thaw).
-json notify(const std::string& state_dir, const json& msg, bool wait_reply = true);
+// reply_timeout_s: how long to wait for the answer (0: as long as the
+// supervisor lives; `start` waits so for the "before" filesystem walk).
+json notify(const std::string& state_dir, const json& msg, bool wait_reply = true, int reply_timeout_s = 5);
 
 }  // namespace agentshim::supervisor
