@@ -478,7 +478,9 @@ TEST(SeccompEnosysStub, NewerSyscallsGetEnosysKnownDeniedOnesKeepTheirErrno) {
   // above everything it names must fail with ENOSYS, one below with EPERM.
   json c = json::parse(R"({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
     "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid", "mkdirat", "mkdir",
-                            "getppid", "seccomp"], "action": "SCMP_ACT_ALLOW"}]})");
+                            "getppid", "seccomp", "mmap", "munmap", "mprotect", "madvise", "brk", "sigaltstack",
+                            "rt_sigaction", "rt_sigprocmask", "gettid", "futex", "prctl", "sched_yield"],
+                  "action": "SCMP_ACT_ALLOW"}]})");
   auto f = seccomp::compile(c);
   ASSERT_TRUE(f.denies_by_errno());
   int max_nr = f.max_nr();
@@ -527,8 +529,11 @@ TEST(SeccompEnosysStub, KillStillWinsOverTheStub) {
 }
 
 TEST(SeccompEnosysStub, AProfileThatDeniesSeccompLeavesItsErrno) {
+  // (The sanitizer runtime needs mmap, sigaltstack and friends in the child.)
   json c = json::parse(R"({"defaultAction": "SCMP_ACT_ERRNO",
-    "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid"],
+    "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid", "mmap", "munmap",
+                            "mprotect", "madvise", "brk", "sigaltstack", "rt_sigaction", "rt_sigprocmask", "gettid",
+                            "futex", "prctl", "sched_yield"],
                   "action": "SCMP_ACT_ALLOW"}]})");
   auto f = seccomp::compile(c);
   int max_nr = f.max_nr();
