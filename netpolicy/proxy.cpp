@@ -225,11 +225,11 @@ void Proxy::reap(bool all) {
   }
 }
 
-// Hand a job to an idle pooled thread, or start one. False (and the job
-// still owned by the caller) when no thread could be started.
-bool Proxy::dispatch(std::unique_ptr<Conn>& c) {
-  std::lock_guard lk(pool_mu_);
-  jobs_.push_back({std::move(c), {}});
+// Queue a job for an idle pooled thread, or start one for it. False (the
+// job taken back out of the queue and returned through `job`) when no
+// thread could be started. Called with pool_mu_ held.
+bool Proxy::enqueue_locked(Job& job) {
+  jobs_.push_back(std::move(job));
   if (idle_ >= static_cast<int>(jobs_.size())) {
     pool_cv_.notify_one();
     return true;
@@ -243,35 +243,27 @@ bool Proxy::dispatch(std::unique_ptr<Conn>& c) {
                         }),
                         done});
   } catch (const std::system_error&) {
-    c = std::move(jobs_.back().conn);
+    job = std::move(jobs_.back());
     jobs_.pop_back();
     return false;
   }
   return true;
 }
 
+// Hand a connection to the pool. False (and the connection still owned by
+// the caller) when no thread could be started.
+bool Proxy::dispatch(std::unique_ptr<Conn>& c) {
+  std::lock_guard lk(pool_mu_);
+  Job job{std::move(c), {}};
+  if (enqueue_locked(job)) return true;
+  c = std::move(job.conn);
+  return false;
+}
+
 bool Proxy::run_task(std::function<void()> fn) {
-  std::unique_ptr<Conn> none;
-  {
-    std::lock_guard lk(pool_mu_);
-    jobs_.push_back({nullptr, std::move(fn)});
-    if (idle_ >= static_cast<int>(jobs_.size())) {
-      pool_cv_.notify_one();
-      return true;
-    }
-    auto done = std::make_shared<std::atomic<bool>>(false);
-    try {
-      workers_.push_back({std::thread([this, done] {
-                            pool_thread();
-                            done->store(true);
-                          }),
-                          done});
-    } catch (const std::system_error&) {
-      jobs_.pop_back();
-      return false;
-    }
-  }
-  return true;
+  std::lock_guard lk(pool_mu_);
+  Job job{nullptr, std::move(fn)};
+  return enqueue_locked(job);
 }
 
 void Proxy::pool_thread() {

@@ -143,6 +143,7 @@ class Proxy {
     std::function<void()> fn;    // a task (one direction of a tunnel)
   };
   std::deque<Job> jobs_;
+  bool enqueue_locked(Job& job);
   int idle_ = 0;
   bool pool_stop_ = false;
   struct Worker {

@@ -282,17 +282,9 @@ void create(const Global& g, const CreateOptions& o) {
   {
     // Owned by the container's root, as runc does, so an init in a user
     // namespace can open it.
-    auto host_id = [&](const char* key) -> long long {
-      if (!cfg.contains("linux") || !cfg["linux"].contains(key) || !cfg["linux"][key].is_array()) return 0;
-      for (const auto& m : cfg["linux"][key]) {
-        long long c = m.value("containerID", 0LL), h = m.value("hostID", 0LL), n = m.value("size", 0LL);
-        if (c <= 0 && 0 < c + n) return h - c;
-      }
-      return 0;
-    };
+    auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings");
     if (oci::has_new_namespace(cfg, "user") &&
-        ::chown(fifo.c_str(), static_cast<uid_t>(host_id("uidMappings")),
-                static_cast<gid_t>(host_id("gidMappings"))) < 0)
+        ::chown(fifo.c_str(), static_cast<uid_t>(u ? u->host : 0), static_cast<gid_t>(gm ? gm->host : 0)) < 0)
       throw_errno("chown " + fifo);
   }
 
@@ -300,14 +292,10 @@ void create(const Global& g, const CreateOptions& o) {
   // for the container (userns::attach_and_open); with a caller's own maps
   // the container's root must reach them itself, as with runc.
   if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
-    for (const auto& m : cfg["linux"].value("uidMappings", json::array()))
-      if (m.value("containerID", 1LL) == 0) {
-        long long gid = m.value("hostID", 0LL);
-        for (const auto& g : cfg["linux"].value("gidMappings", json::array()))
-          if (g.value("containerID", 1LL) == 0) gid = g.value("hostID", 0LL);
-        userns::check_reachable(rootfs, m.value("hostID", 0ULL), static_cast<std::uint64_t>(gid),
-                                m.value("size", 1ULL));
-      }
+    if (auto u = oci::root_ids(cfg, "uidMappings")) {
+      auto gm = oci::root_ids(cfg, "gidMappings");
+      userns::check_reachable(rootfs, u->host, gm ? gm->host : u->host, u->size);
+    }
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
 

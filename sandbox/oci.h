@@ -48,6 +48,13 @@ std::vector<Namespace> namespaces(const json& cfg);
 // A namespace of this type is listed (new or joined by path).
 bool has_namespace(const json& cfg, const std::string& type);
 bool has_new_namespace(const json& cfg, const std::string& type);
+// The host id of container id 0 in linux.uidMappings / gidMappings (`key`),
+// and how many ids from there on are mapped; nullopt when 0 is unmapped.
+struct RootIds {
+  std::uint64_t host = 0;
+  std::uint64_t size = 0;
+};
+std::optional<RootIds> root_ids(const json& cfg, const char* key);
 
 // Mount options -> flags, propagation flags and the data string.
 struct MountOptions {

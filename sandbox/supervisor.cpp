@@ -89,21 +89,6 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
   }
 }
 
-// The host uid and gid of the container's root (id 0), when mapped.
-std::optional<std::pair<std::uint64_t, std::uint64_t>> container_root_ids(const json& cfg) {
-  auto host = [&](const char* key) -> std::optional<std::uint64_t> {
-    if (!cfg["linux"].contains(key) || !cfg["linux"][key].is_array()) return std::nullopt;
-    for (const auto& m : cfg["linux"][key]) {
-      auto c = m.value("containerID", 0ULL), h = m.value("hostID", 0ULL), n = m.value("size", 0ULL);
-      if (c == 0 && n > 0) return h;
-    }
-    return std::nullopt;
-  };
-  auto u = host("uidMappings"), g = host("gidMappings");
-  if (!u || !g) return std::nullopt;
-  return std::make_pair(*u, *g);
-}
-
 // The supervisor tells the sentinel the container's status with this
 // signal (sigqueue, the status as its value) once the exit is recorded.
 const int kReleaseSignal = SIGRTMAX;
@@ -455,7 +440,8 @@ class Supervisor {
     // In a new user namespace the container's root is not host root: hand
     // it the stdio pipes (as runc does), so /proc/self/fd/N reopens work.
     if (oci::has_new_namespace(cfg, "user"))
-      if (auto root = container_root_ids(cfg)) userns::chown_stdio(root->first, root->second);
+      if (auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings"); u && gm)
+        userns::chown_stdio(u->host, gm->host);
 
     auto pair = make_socketpair(SOCK_SEQPACKET);
     sock_ = std::move(pair.first);
@@ -983,10 +969,10 @@ class Supervisor {
     if (::sigqueue(sentinel_, kReleaseSignal, v) == 0) sentinel_ = -1;
   }
 
+  // After release_sentinel(): the after-run walk, then the signed record.
   void finish_record(const json& ex) {
     if (!record_) return;
     try {
-      (void)ex;
       if (observer_) {
         observer_->stop();
         observer_.reset();

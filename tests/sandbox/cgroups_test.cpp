@@ -27,6 +27,7 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 using namespace agentshim::cgroups;
@@ -36,21 +37,8 @@ namespace {
 
 // ---------------------------------------------------------------- helpers
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/agentshim-cgtest-XXXXXX";
-    if (!::mkdtemp(t)) throw_errno("mkdtemp");
-    path = t;
-  }
-  ~TempDir() {
-    try {
-      remove_tree(path);
-    } catch (...) {
-    }
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
+struct TempDir : testutil::TempDir {
+  TempDir() : testutil::TempDir("agentshim-cgtest") {}
 };
 
 bool is_dir(const std::string& p) {

@@ -12,27 +12,15 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "sandbox/container.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/agentshim-resolvtest-XXXXXX";
-    if (!::mkdtemp(t)) throw_errno("mkdtemp");
-    path = t;
-  }
-  ~TempDir() {
-    try {
-      remove_tree(path);
-    } catch (...) {
-    }
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
+struct TempDir : testutil::TempDir {
+  TempDir() : testutil::TempDir("agentshim-resolvtest") {}
 };
 
 bool lexists(const std::string& p) {

@@ -18,24 +18,14 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/agentshim-usernstest-XXXXXX";
-    if (!::mkdtemp(t)) throw_errno("mkdtemp");
-    path = t;
-  }
-  ~TempDir() {
-    try {
-      remove_tree(path);
-    } catch (...) {
-    }
-  }
+struct TempDir : testutil::TempDir {
+  TempDir() : testutil::TempDir("agentshim-usernstest") {}
 };
 
 std::string error_of(const std::function<void()>& f) {
