@@ -253,3 +253,49 @@ def test_no_time_limit_by_default_leaves_the_container_alone(shim, bundle, cid):
     r = shim("run", "--bundle", bundle.sh("sleep 2; echo done").path, cid, timeout=60)
     assert r.returncode == 0 and r.stdout == b"done\n", r.stderr
     assert not [e for e in _events(shim.extra[1]) if e["type"] == "run.time_limit"]
+
+
+# ---- capabilities the host cannot grant ----
+
+def _decisions(shim, cid, rule):
+    ev = run_created(shim.extra[1], cid)
+    return [x for x in ev["data"]["policy_decisions"] if x["rule"] == rule]
+
+
+def test_capability_the_host_cannot_grant_is_an_error(shim, bundle, cid, tmp_path):
+    """OCI: a capability that cannot be mapped MUST be an error (runc refuses
+    too). Only for capabilities the policy keeps: one it drops stays a
+    decision. Needs a capability missing from this host's bounding set."""
+    bnd = caps_of(open("/proc/self/status").read())["CapBnd"]
+    missing = [c for c in range(41) if not bnd & (1 << c)]
+    if not missing:
+        pytest.skip("this host's capability bounding set is full")
+    names = {24: "CAP_SYS_RESOURCE", 25: "CAP_SYS_TIME", 38: "CAP_PERFMON", 39: "CAP_BPF", 40: "CAP_CHECKPOINT_RESTORE"}
+    if missing[0] not in names:
+        pytest.skip(f"capability {missing[0]} missing: no name here")
+    cap = names[missing[0]]
+    for s in ("bounding", "effective", "permitted"):
+        bundle.config["process"]["capabilities"][s].append(cap)
+    bundle.args("true")
+    # The default policy does not allow it: dropped, with its decision.
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 0, r.stderr
+    assert any(cap in d["detail"] and d["action"] == "dropped" for d in _decisions(shim, cid, "capabilities.allowed"))
+    # A policy that allows it: create refuses, naming it; nothing is left behind.
+    allowed = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
+               "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_AUDIT_WRITE", cap]
+    pol = write_policy(tmp_path, {"capabilities": {"allowed": allowed}})
+    r = shim("--policy", pol, "create", "--bundle", bundle.path, cid + "c")
+    assert r.returncode == 1, r.stderr
+    assert f"this host cannot grant {cap} (bounding, effective, permitted)".encode() in r.stderr, r.stderr
+    assert shim("state", cid + "c").returncode != 0
+    # exec --cap the same, in a container that runs.
+    for s in ("bounding", "effective", "permitted"):
+        bundle.config["process"]["capabilities"][s].remove(cap)
+    cid2 = cid + "e"
+    shim.ids.add(cid2)
+    shim("--policy", pol, "run", "--detach", "--bundle", bundle.args("sleep", "30").path, cid2, check=True)
+    r = shim("exec", "--cap", cap, "--cwd", "/", cid2, "true")
+    assert r.returncode != 0 and f"this host cannot grant {cap}".encode() in r.stderr, r.stderr
+    assert shim("exec", "--cap", "CAP_KILL", "--cwd", "/", cid2, "true").returncode == 0

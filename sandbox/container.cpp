@@ -209,6 +209,9 @@ void create(const Global& g, const CreateOptions& o) {
   pctx.policy_name = policy::source_name(g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
   json cfg = pres.config;
+  // A capability the policy keeps but the host cannot grant is an error
+  // (OCI: a value that cannot be mapped MUST be), never silently left out.
+  process::check_capabilities(cfg["process"]);
   std::string rootfs = oci::rootfs_path(cfg, bundle);
   struct stat rst {};
   if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
@@ -846,6 +849,7 @@ int exec(const Global& g, const ExecOptions& o) {
     }
     exec_decisions = policy::apply_exec(exec_policy, proc);
   }
+  process::check_capabilities(proc);
 
   auto cg = cgroup_of(st);
   UniqueFd console;

@@ -134,6 +134,44 @@ std::vector<cap_value_t> cap_list(const json& proc, const char* set) {
 
 bool in_bounding(cap_value_t c) { return prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1; }
 
+}  // namespace
+
+std::vector<std::string> ungrantable_capabilities(const json& proc,
+                                                  const std::function<bool(int)>& grantable) {
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<std::string>> sets_of;
+  if (!proc.is_object() || !proc.contains("capabilities") || !proc["capabilities"].is_object()) return order;
+  const json& c = proc["capabilities"];
+  for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
+    if (!c.contains(set) || !c[set].is_array()) continue;
+    for (const auto& n : c[set]) {
+      if (!n.is_string()) continue;
+      auto v = oci::capability_from_name(n.get<std::string>());
+      if (!v) continue;  // oci::validate refuses unknown names
+      bool ok = *v <= oci::last_capability() && (grantable ? grantable(*v) : in_bounding(*v));
+      if (ok) continue;
+      std::string name = oci::capability_name(*v);
+      if (!sets_of.count(name)) order.push_back(name);
+      sets_of[name].push_back(set);
+    }
+  }
+  std::vector<std::string> out;
+  for (const auto& name : order) out.push_back(name + " (" + join(sets_of[name], ", ") + ")");
+  return out;
+}
+
+void check_capabilities(const json& proc) {
+  auto missing = ungrantable_capabilities(proc);
+  if (missing.empty()) return;
+  throw Error(
+      "process.capabilities: this host cannot grant " + join(missing, ", ") +
+      ": not in the runtime's capability bounding set or not known to the kernel (runc refuses such a "
+      "config too); leave it out of the config, or out of the policy's capabilities.allowed so that the "
+      "policy drops it");
+}
+
+namespace {
+
 void apply_capabilities(const json& proc) {
   if (!proc.contains("capabilities") || proc["capabilities"].is_null()) {
     // No capabilities object: the process gets none (runc semantics).

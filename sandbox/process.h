@@ -4,6 +4,7 @@
 // Shared by the container init and by `exec`.
 #pragma once
 
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -13,6 +14,18 @@ namespace agentshim::process {
 using json = nlohmann::json;
 
 void apply_rlimits(const json& proc);
+
+// The capabilities `proc` asks for (any of the five sets) that this host
+// cannot grant: not in the runtime's own bounding set (`grantable`, by
+// default PR_CAPBSET_READ), or above the kernel's cap_last_cap. Each as
+// "CAP_X (bounding, effective)". The OCI spec: a value that cannot be mapped
+// to the kernel MUST be an error, and runc refuses to create; so create and
+// exec call check_capabilities() (after the policy, so a capability the
+// policy drops stays a decision, not an error).
+std::vector<std::string> ungrantable_capabilities(const json& proc,
+                                                  const std::function<bool(int)>& grantable = {});
+// Throws Error naming every ungrantable capability.
+void check_capabilities(const json& proc);
 // Set oom_score_adj (a lowered value needs CAP_SYS_RESOURCE; best effort
 // when it is missing from the bounding set, with a warning).
 void set_oom_score_adj(pid_t pid, int value);
