@@ -255,11 +255,68 @@ def test_no_time_limit_by_default_leaves_the_container_alone(shim, bundle, cid):
     assert not [e for e in _events(shim.extra[1]) if e["type"] == "run.time_limit"]
 
 
-# ---- capabilities the host cannot grant ----
+# ---- the operator's escape hatches (default stays strict) ----
 
 def _decisions(shim, cid, rule):
     ev = run_created(shim.extra[1], cid)
     return [x for x in ev["data"]["policy_decisions"] if x["rule"] == rule]
+
+
+def test_block_devices_only_with_allow_block_devices(shim, bundle_factory, cid, tmp_path):
+    """runtime-tools' linux_devices: a block device node and its cgroup rule
+    are dropped by default and kept with devices.allow_block_devices."""
+    def block_bundle():
+        b = bundle_factory()
+        b.config["linux"]["devices"] = [{"path": "/dev/test2", "type": "b", "major": 8, "minor": 666,
+                                         "fileMode": 0o660, "uid": 0, "gid": 0}]
+        b.config["linux"]["resources"]["devices"].append(
+            {"allow": True, "type": "b", "major": 8, "minor": 666, "access": "rw"})
+        return b.sh("ls -l /dev/test2 2>&1; grep '^b 8' /sys/fs/cgroup/devices/devices.list 2>/dev/null; true")
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", block_bundle().path, cid)
+    assert r.returncode == 0 and b"No such file" in r.stdout, (r.stdout, r.stderr)
+    dropped = _decisions(shim, cid, "devices.allowed")
+    assert any("block device /dev/test2 (b 8:666)" in d["detail"] and d["action"] == "dropped" for d in dropped), dropped
+
+    pol = write_policy(tmp_path, {"devices": {"allow_block_devices": True}})
+    cid2 = cid + "b"
+    shim.ids.add(cid2)
+    r = shim("--policy", pol, "run", "--bundle", block_bundle().path, cid2)
+    out = r.stdout.decode()
+    assert out.startswith("brw-rw----") and "8, 666" in out, (out, r.stderr)
+    if os.path.exists("/sys/fs/cgroup/devices"):  # cgroup v1: the rule is visible inside
+        assert "b 8:666 rw" in out, out
+    assert r.returncode == 0, (out, r.stderr)
+    ev = run_created(shim.extra[1], cid2)
+    kept = [x for x in ev["data"]["policy_decisions"] if x["rule"] == "devices.allow_block_devices"]
+    assert {d["path"] for d in kept} >= {"linux.devices[0]"} and all(d["action"] == "kept" for d in kept), kept
+    assert len(kept) == 2, kept  # the node and the cgroup rule
+
+
+def test_host_network_only_with_allow_host_and_passthrough(shim, bundle, cid, tmp_path):
+    """Kubernetes hostNetwork, docker --network host, runtime-tools'
+    linux_ns_itype: a config without a network namespace."""
+    bundle.config["linux"]["namespaces"] = [n for n in bundle.config["linux"]["namespaces"] if n["type"] != "network"]
+    bundle.sh("readlink /proc/self/ns/net; readlink /proc/self/ns/pid")
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 1 and b"no network namespace" in r.stderr and b"needs namespaces.allow_host" in r.stderr
+
+    # allow_host "network" needs network.mode passthrough: said when the policy is loaded.
+    bad = write_policy(tmp_path, {"namespaces": {"allow_host": ["network"]}}, "bad.json")
+    r = shim("--policy", bad, "run", "--bundle", bundle.path, cid + "x")
+    assert r.returncode == 1 and b'namespaces.allow_host: "network" needs network.mode "passthrough"' in r.stderr, r.stderr
+
+    pol = write_policy(tmp_path, {"namespaces": {"allow_host": ["network"]}, "network": {"mode": "passthrough"}})
+    cid2 = cid + "h"
+    shim.ids.add(cid2)
+    r = shim("--policy", pol, "run", "--bundle", bundle.path, cid2)
+    assert r.returncode == 0, r.stderr
+    net, pid = r.stdout.decode().split()
+    assert net == os.readlink("/proc/self/ns/net"), net  # the host's
+    assert pid != os.readlink("/proc/self/ns/pid"), pid  # not allowed: a new one
+    kept = _decisions(shim, cid2, "namespaces.allow_host")
+    assert len(kept) == 1 and kept[0]["action"] == "kept" and "egress is not mediated" in kept[0]["detail"], kept
 
 
 def test_capability_the_host_cannot_grant_is_an_error(shim, bundle, cid, tmp_path):

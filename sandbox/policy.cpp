@@ -49,10 +49,12 @@ constexpr const char* kDefault = R"json(
                           "/run/podman", "/run/crio", "/run/agentshim", "/var/lib/agentshim"]
   },
   "namespaces": {
-    "allow_join": ["ipc", "uts", "network"]
+    "allow_join": ["ipc", "uts", "network"],
+    "allow_host": []
   },
   "devices": {
-    "allowed": []
+    "allowed": [],
+    "allow_block_devices": false
   },
   "resources": {
     "defaults": {"memory": "1g", "pids": 1024, "cpus": "2"},
@@ -214,13 +216,22 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       }
       out[k] = x;
     } else if (sec == "namespaces") {
-      if (k != "allow_join") unknown();
+      if (k != "allow_join" && k != "allow_host") unknown();
       if (!x.is_array()) fail(where, key, "must be an array of namespace types");
-      for (std::size_t i = 0; i < x.size(); i++)
-        expect_one_of(x[i], {"pid", "ipc", "uts", "network", "mount", "cgroup"}, where,
-                      key + "[" + std::to_string(i) + "]");
+      for (std::size_t i = 0; i < x.size(); i++) {
+        const Str ik = key + "[" + std::to_string(i) + "]";
+        if (k == "allow_join")
+          expect_one_of(x[i], {"pid", "ipc", "uts", "network", "mount", "cgroup"}, where, ik);
+        else
+          expect_one_of(x[i], {"pid", "ipc", "uts", "network", "mount", "cgroup", "user"}, where, ik);
+      }
       out[k] = x;
     } else if (sec == "devices") {
+      if (k == "allow_block_devices") {
+        expect_bool(x, where, key);
+        out[k] = x;
+        continue;
+      }
       if (k != "allowed") unknown();
       if (!x.is_array()) fail(where, key, "must be an array of {\"type\",\"major\",\"minor\"} objects");
       for (std::size_t i = 0; i < x.size(); i++) {
@@ -230,7 +241,10 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
           fail(where, ik, "must be an object {\"type\": \"c\", \"major\": N, \"minor\": N}");
         for (const auto& [dk, dv] : d.items()) {
           if (dk == "type") {
-            if (dv == "b") fail(where, ik + ".type", "block devices are never allowed");
+            if (dv == "b")
+              fail(
+                  where, ik + ".type",
+                  "block devices are not listed here; devices.allow_block_devices lets the config's through");
             expect_one_of(dv, {"c"}, where, ik + ".type");
           } else if (dk == "major" || dk == "minor") {
             positive_int(dv, where, ik + "." + dk, 0, 0xfffff);
@@ -492,6 +506,13 @@ class Engine {
     return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
   }
 
+  bool host_allowed(const Str& t) const {
+    // value(): a policy saved by an older version (update) lacks the key.
+    for (const auto& a : p_["namespaces"].value("allow_host", json::array()))
+      if (a == t) return true;
+    return false;
+  }
+
   void namespaces() {
     json& l = linux_();
     if (!l.contains("namespaces") || !l["namespaces"].is_array()) l["namespaces"] = json::array();
@@ -536,15 +557,36 @@ class Engine {
     }
     for (const char* t : {"pid", "ipc", "uts", "mount", "network", "cgroup"}) {
       if (oci::has_namespace(r_.config, t)) continue;
+      if (host_allowed(t)) {
+        // Kubernetes' hostNetwork/hostPID/hostIPC, docker run --network host:
+        // the operator's escape hatch, recorded with what it costs.
+        Str cost;
+        if (Str(t) == "network")
+          cost = "; egress is not mediated (no egress proxy, no DNS stub, no network events in the record)";
+        else if (Str(t) == "mount")
+          cost =
+              "; the process is chrooted into the rootfs (as runc does), so the config's mounts and devices, "
+              "the read-only root and the masked and read-only paths are not set up";
+        else if (Str(t) == "pid")
+          cost = "; the container's processes see, and with the capabilities can signal or trace, the host's";
+        decide("namespaces.allow_host", "linux.namespaces", "kept",
+               Str("the config has no ") + t +
+                   " namespace: the container shares the host's, allowed by policy " +
+                   "rule namespaces.allow_host" + cost);
+        continue;
+      }
       const Str asked = Str("the config has no ") + t + " namespace (the container would share the host's)";
       // A missing pid/ipc/uts/mount/network namespace is an explicit request
       // for the host's (docker run --pid host, --network host, --ipc host,
-      // --uts host): refused in both modes, naming it. A missing cgroup
+      // --uts host): refused in both modes, naming it, unless allow_host
+      // lets it through (above). A missing cgroup
       // namespace is how runc's spec and Docker on cgroup v1 are written
       // by default, so enforce mode adds one.
       if (refuse_ || Str(t) != "cgroup") {
-        hard("namespaces", "linux.namespaces",
-             asked + "; refused by policy rule namespaces (host namespaces are never allowed)");
+        hard(
+            "namespaces", "linux.namespaces",
+            asked +
+                "; refused by policy rule namespaces (sharing a host namespace needs namespaces.allow_host)");
       } else {
         decide("namespaces", "linux.namespaces", "added",
                asked + "; a new one is created by policy rule namespaces");
@@ -589,6 +631,12 @@ class Engine {
                   "caller's user namespace maps a container id to host uid/gid 0",
                   "replaced by an unprivileged host range allocated at create"))
         return;
+    } else if (host_allowed("user")) {
+      decide(
+          "namespaces.allow_host", "linux.namespaces", "kept",
+          "the config has no user namespace: the container's root is the host's root, allowed by policy rule "
+          "namespaces.allow_host (userns auto is not applied to it)");
+      return;
     } else {
       decide("userns", "linux.namespaces", "added",
              "the config has no user namespace (the container's root would be the host's root); a new one whose "
@@ -820,6 +868,10 @@ class Engine {
 
   // minor < 0: every minor of `major` (a cgroup rule's wildcard); only the
   // default set has such an entry (the pts devices).
+  bool block_allowed(char type, long long major) const {
+    return type == 'b' && major >= 0 && p_["devices"].value("allow_block_devices", false);
+  }
+
   bool device_allowed(char type, long long major, long long minor) {
     if (type == 'u') type = 'c';
     if (type == 'p') return true;
@@ -840,12 +892,18 @@ class Engine {
         const json& d = l["devices"][i];
         Str t = d.value("type", "c");
         long long ma = d.value("major", -1LL), mi = d.value("minor", -1LL);
+        Str desc = (t == "b" ? "block device " : "device ") + d.value("path", Str("?")) + " (" + t + " " +
+                   std::to_string(ma) + ":" + std::to_string(mi) + ")";
         if (device_allowed(t.empty() ? 'c' : t[0], ma, mi)) {
           kept.push_back(d);
           continue;
         }
-        Str desc = (t == "b" ? "block device " : "device ") + d.value("path", Str("?")) + " (" + t + " " +
-                   std::to_string(ma) + ":" + std::to_string(mi) + ")";
+        if (block_allowed(t.empty() ? 'c' : t[0], ma)) {
+          decide("devices.allow_block_devices", "linux.devices[" + std::to_string(i) + "]", "kept",
+                 "caller asked for " + desc + "; allowed by policy rule devices.allow_block_devices");
+          kept.push_back(d);
+          continue;
+        }
         if (!beyond("devices.allowed", "linux.devices[" + std::to_string(i) + "]", "dropped",
                     "caller asked for " + desc, "dropped"))
           kept.push_back(d);
@@ -877,6 +935,13 @@ class Engine {
                  (t == "a" ? "every device"
                            : t + " " + (ma < 0 ? Str("*") : std::to_string(ma)) + ":" +
                                  (mi < 0 ? Str("*") : std::to_string(mi)));
+      if (!t.empty() && block_allowed(t[0], ma)) {
+        decide("devices.allow_block_devices", "linux.resources.devices[" + std::to_string(i) + "]", "kept",
+               "caller asked for a device cgroup rule allowing " + desc +
+                   "; allowed by policy rule devices.allow_block_devices");
+        kept.push_back(r);
+        continue;
+      }
       if (!beyond("devices.allowed", "linux.resources.devices[" + std::to_string(i) + "]", "dropped",
                   "caller asked for a device cgroup rule allowing " + desc, "dropped"))
         kept.push_back(r);
@@ -1194,6 +1259,15 @@ json validate(const json& p, const std::string& where) {
     fail(where, "resources.defaults.pids", "is above resources.maximum.pids");
   if (d.contains("cpus") && m.contains("cpus") && *parse_cpus(d["cpus"]) > *parse_cpus(m["cpus"]))
     fail(where, "resources.defaults.cpus", "is above resources.maximum.cpus");
+  // The host's network namespace has no loopback of the container's own to
+  // serve the egress proxy and the DNS stub on: egress could not be
+  // mediated, so sharing it needs a policy that says so (passthrough).
+  for (const auto& t : out["namespaces"]["allow_host"])
+    if (t == "network" && out["network"]["mode"] != "passthrough")
+      fail(
+          where, "namespaces.allow_host",
+          "\"network\" needs network.mode \"passthrough\" (the internal network serves the egress proxy in a "
+          "network namespace of the container's own; in the host's, egress is not mediated)");
   return out;
 }
 

@@ -10,8 +10,10 @@
 //   seccomp       {"profile": "builtin" | "/abs/path.json", "stack_on_config": true}
 //   filesystem    {"readonly_root", "masked_paths", "readonly_paths",
 //                  "tmpfs_max_size", "allow_bind_mounts", "forbidden_sources"}
-//   namespaces    {"allow_join": ["ipc", "uts", "network", "pid"]}
-//   devices       {"allowed": [{"type": "c", "major": 10, "minor": 229, "path": "/dev/fuse"}]}
+//   namespaces    {"allow_join": ["ipc", "uts", "network", "pid"],
+//                  "allow_host": ["network", ...]}  (missing namespaces that may stay the host's)
+//   devices       {"allowed": [{"type": "c", "major": 10, "minor": 229, "path": "/dev/fuse"}],
+//                  "allow_block_devices": false}
 //   resources     {"defaults": {"memory", "pids", "cpus"}, "maximum": {...}}
 //   limits        {"exec_time_seconds": 0}
 //   network       {"mode": "internal" | "passthrough", "allow": ["host:port"],

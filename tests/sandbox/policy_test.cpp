@@ -128,9 +128,23 @@ TEST(Policy, ValidationErrorsNameTheKey) {
             std::string::npos);
   EXPECT_NE(err({{"namespaces", {{"allow_join", {"user"}}}}}).find("namespaces.allow_join[0]"),
             std::string::npos);
-  EXPECT_NE(err({{"devices", {{"allowed", {{{"type", "b"}, {"major", 8}, {"minor", 0}}}}}}})
-                .find("devices.allowed[0].type: block devices are never allowed"),
+  EXPECT_NE(
+      err({{"devices", {{"allowed", {{{"type", "b"}, {"major", 8}, {"minor", 0}}}}}}})
+          .find("devices.allowed[0].type: block devices are not listed here; devices.allow_block_devices"),
+      std::string::npos);
+  EXPECT_NE(
+      err({{"devices", {{"allow_block_devices", "yes"}}}}).find("devices.allow_block_devices: must be true"),
+      std::string::npos);
+  EXPECT_NE(err({{"namespaces", {{"allow_host", {"time"}}}}}).find("namespaces.allow_host[0]"),
             std::string::npos);
+  // The host's network namespace cannot hold the internal network's proxy:
+  // allow_host "network" needs network.mode passthrough, said at load.
+  EXPECT_NE(err({{"namespaces", {{"allow_host", {"network"}}}}})
+                .find("namespaces.allow_host: \"network\" needs network.mode \"passthrough\""),
+            std::string::npos);
+  EXPECT_EQ(err({{"namespaces", {{"allow_host", {"network", "pid", "user"}}}},
+                 {"network", {{"mode", "passthrough"}}}}),
+            "");
   EXPECT_NE(err({{"devices", {{"allowed", {{{"type", "c"}, {"major", 10}}}}}}}).find("devices.allowed[0]"),
             std::string::npos);
   EXPECT_NE(err({{"resources", {{"maximum", {{"memory", "huge"}}}}}}).find("resources.maximum.memory"),
@@ -502,6 +516,58 @@ TEST(PolicyApply, Namespaces) {
   EXPECT_EQ(policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx()).violations.size(), 1u);
 }
 
+TEST(PolicyApply, HostNamespacesOnlyWhereAllowHostSaysSo) {
+  FakeNs ns;
+  // runtime-tools' linux_ns_itype, Kubernetes hostNetwork+hostPID+hostIPC:
+  // no pid/ipc/uts/mount/network/cgroup namespace at all.
+  json cfg = clean_config();
+  cfg["linux"]["namespaces"] = json::array();
+  json all =
+      policy::validate({{"namespaces", {{"allow_host", {"pid", "ipc", "uts", "mount", "network", "cgroup"}}}},
+                        {"network", {{"mode", "passthrough"}}}},
+                       "x");
+  for (const char* mode : {"enforce", "refuse"}) {
+    auto r = policy::apply(with_mode(all, mode), cfg, ns.ctx());
+    EXPECT_TRUE(r.config["linux"]["namespaces"].empty()) << r.config["linux"]["namespaces"].dump();
+    auto kept = by_rule(r, "namespaces.allow_host");
+    ASSERT_EQ(kept.size(), 6u) << r.decisions.dump(1);
+    for (const auto& d : kept) EXPECT_EQ(d["action"], "kept");
+    EXPECT_TRUE(has_text(r.decisions, "no network namespace: the container shares the host's"));
+    EXPECT_TRUE(has_text(r.decisions, "egress is not mediated"));
+    EXPECT_TRUE(has_text(r.decisions, "chrooted into the rootfs"));
+  }
+  // Only the named ones: the rest stay refused (and cgroup is added).
+  json net = policy::validate(
+      {{"namespaces", {{"allow_host", {"network"}}}}, {"network", {{"mode", "passthrough"}}}}, "x");
+  cfg = clean_config();
+  json kept = json::array();
+  for (const auto& n : cfg["linux"]["namespaces"])
+    if (n["type"] != "network") kept.push_back(n);
+  cfg["linux"]["namespaces"] = kept;
+  auto r = policy::apply(net, cfg, ns.ctx());
+  EXPECT_FALSE(oci::has_namespace(r.config, "network"));
+  cfg["linux"]["namespaces"] = json::array({{{"type", "mount"}}});
+  auto rr = policy::evaluate(net, cfg, ns.ctx());
+  EXPECT_EQ(rr.violations.size(), 3u) << rr.violations.dump(1);  // pid, ipc, uts
+  // A path to the host's namespace stays refused: allow_host covers a
+  // namespace the config leaves out (the runtime's own), not a join.
+  cfg = clean_config();
+  set_ns_path(cfg, "network", ns.dir + "/host/net");
+  EXPECT_EQ(policy::evaluate(net, cfg, ns.ctx()).violations.size(), 1u);
+  // The default keeps refusing.
+  EXPECT_TRUE(policy::builtin()["namespaces"]["allow_host"].empty());
+  cfg = clean_config();
+  cfg["linux"]["namespaces"] = json::array();
+  EXPECT_EQ(policy::evaluate(policy::builtin(), cfg, ns.ctx()).violations.size(), 5u);
+  // userns auto: allow_host "user" keeps a config without a user namespace
+  // as it is; without it one is added.
+  json autou = policy::validate({{"userns", "auto"}, {"namespaces", {{"allow_host", {"user"}}}}}, "x");
+  r = policy::apply(autou, clean_config(), ns.ctx());
+  EXPECT_FALSE(r.userns_auto);
+  EXPECT_FALSE(oci::has_namespace(r.config, "user"));
+  EXPECT_EQ(by_rule(r, "namespaces.allow_host").at(0)["action"], "kept");
+}
+
 TEST(PolicyApply, Sysctls) {
   FakeNs ns;
   json cfg = clean_config();
@@ -601,6 +667,33 @@ TEST(PolicyApply, Devices) {
   EXPECT_EQ(r.config["linux"]["resources"]["devices"][1]["major"], 10);
   EXPECT_EQ(r.config["linux"]["resources"]["devices"].size(), 3u);
   EXPECT_EQ(policy::evaluate(with_mode(fuse, "refuse"), cfg, ns.ctx()).violations.size(), 2u);
+  // devices.allow_block_devices: the config's block devices and the cgroup
+  // rules for a block major are kept, each a decision; a rule for every
+  // block device ("b *:*") is not a device the config names and stays out.
+  cfg["linux"]["devices"].push_back({{"path", "/dev/test2"}, {"type", "b"}, {"major", 8}, {"minor", 666}});
+  cfg["linux"]["resources"]["devices"].push_back(
+      {{"allow", true}, {"type", "b"}, {"major", 8}, {"minor", 20}, {"access", "rw"}});
+  json block = fuse;
+  block["devices"]["allow_block_devices"] = true;
+  for (const char* mode : {"enforce", "refuse"}) {
+    auto rb = policy::evaluate(with_mode(block, mode), cfg, ns.ctx());
+    std::vector<std::string> paths;
+    for (const auto& d : rb.config["linux"]["devices"]) paths.push_back(d["path"]);
+    if (std::string(mode) == "enforce") {
+      EXPECT_EQ(paths, (std::vector<std::string>{"/dev/fuse", "/dev/sda", "/dev/null", "/dev/test2"}));
+      json rules = rb.config["linux"]["resources"]["devices"];
+      EXPECT_EQ(rules.size(), 4u) << rules.dump();  // deny-all, fuse, deny-all (caller's), b 8:20
+      EXPECT_EQ(rules.back()["minor"], 20);
+      EXPECT_TRUE(rb.violations.empty());
+    } else {
+      EXPECT_EQ(rb.violations.size(), 1u) << rb.violations.dump(1);  // "b *:* rwm"
+    }
+    auto kept = by_rule(rb, "devices.allow_block_devices");
+    ASSERT_EQ(kept.size(), 3u) << rb.decisions.dump(1);
+    for (const auto& d : kept) EXPECT_EQ(d["action"], "kept");
+    EXPECT_TRUE(has_text(rb.decisions, "block device /dev/test2 (b 8:666); allowed by policy rule"));
+    EXPECT_TRUE(has_text(rb.decisions, "allowing access \"rw\" to b 8:20; allowed by policy rule"));
+  }
 }
 
 TEST(PolicyApply, ResourcesDefaultsAndMaximum) {
