@@ -93,6 +93,46 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
 // signal (sigqueue, the status as its value) once the exit is recorded.
 const int kReleaseSignal = SIGRTMAX;
 
+// clone3(2)'s argument (declared here: <linux/sched.h> clashes with glibc's
+// <sched.h>).
+struct CloneArgs {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+      cgroup;
+};
+constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
+
+// How stage1 puts the init into the container's cgroup without a migration
+// (see cgroups::Manager::join_self): stage1 has joined the v1 hierarchies
+// itself; the v2 one the init is born into (clone3 CLONE_INTO_CGROUP).
+struct Stage1Cgroup {
+  UniqueFd v2;         // the container's v2 directory, or -1 (stage1 joined it already)
+  std::string v2_dir;  // for the fallback: join through cgroup.procs
+  bool v2_required = false;
+};
+
+// The init as stage1's sibling (CLONE_PARENT: the supervisor reaps it),
+// born in the container's v2 cgroup when `cg.v2` is set.
+pid_t clone_init(Stage1Cgroup& cg) {
+  if (cg.v2) {
+    CloneArgs a{};
+    a.flags = CLONE_PARENT | kCloneIntoCgroup;
+    a.cgroup = static_cast<uint64_t>(cg.v2.get());
+    long pid = ::syscall(SYS_clone3, &a, sizeof a);
+    if (pid >= 0) return static_cast<pid_t>(pid);
+    // Kernels before 5.7 (ENOSYS, E2BIG) or a cgroup that refuses it: join
+    // through cgroup.procs and clone plainly.
+    int err = errno;
+    try {
+      write_file(cg.v2_dir + "/cgroup.procs", std::to_string(::getpid()));
+    } catch (const std::exception& e) {
+      if (cg.v2_required)
+        throw Error(std::string(e.what()) + " (after clone3 into the cgroup: " + std::strerror(err) + ")");
+      log::warn(e.what());
+    }
+  }
+  return static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+}
+
 // ---------------------------------------------------------------- init
 
 [[noreturn]] void init_main(Setup& s, int sock) {
@@ -100,6 +140,7 @@ const int kReleaseSignal = SIGRTMAX;
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     reset_signals();
     prctl(PR_SET_NAME, "agentshim-init");
+    if (s.init_unshare_cgroupns && ::unshare(CLONE_NEWCGROUP) < 0) throw_errno("unshare cgroup namespace");
     // Wait until the supervisor knows our pid (stage1 reports it after the
     // clone; without this the init could race ahead of that report).
     sync::expect(sock, "init-ok", "supervisor went away before the init started");
@@ -142,9 +183,11 @@ const int kReleaseSignal = SIGRTMAX;
     if (new_mnt && s.attach_rootfs) {
       std::vector<UniqueFd> fds;
       sync::send(sock, {{"type", "idmap"}});
-      auto ok = sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
+      auto ok =
+          sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
       auto srcs = ok.value("sources", json::array());
-      if (fds.size() != srcs.size() + 1) throw Error("supervisor sent a wrong number of descriptors for the rootfs");
+      if (fds.size() != srcs.size() + 1)
+        throw Error("supervisor sent a wrong number of descriptors for the rootfs");
       // Reached through /proc/self/fd: no host directory on the way.
       rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
       rc.rootfs_attached = true;
@@ -229,7 +272,7 @@ const int kReleaseSignal = SIGRTMAX;
 
 // ---------------------------------------------------------------- stage1
 
-[[noreturn]] void stage1_main(Setup& s, int sock) {
+[[noreturn]] void stage1_main(Setup& s, int sock, Stage1Cgroup cg) {
   try {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     // The init runs agentshim's own binary until it execs the user's
@@ -264,6 +307,13 @@ const int kReleaseSignal = SIGRTMAX;
       if (::setresuid(0, 0, 0) < 0) throw_errno("setresuid(0) in user namespace");
     }
     unshare_flags &= ~CLONE_NEWUSER;
+    // A new cgroup namespace is made by the init itself, once it is in the
+    // container's cgroups (it is born into the v2 one): its root must be
+    // the container's cgroup, not ours.
+    if (unshare_flags & CLONE_NEWCGROUP) {
+      unshare_flags &= ~CLONE_NEWCGROUP;
+      s.init_unshare_cgroupns = true;
+    }
     for (const char* t : {"ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
       auto it = join.find(t);
       if (it == join.end()) continue;
@@ -271,7 +321,7 @@ const int kReleaseSignal = SIGRTMAX;
         throw_errno(std::string("setns ") + t + " namespace");
     }
     if (unshare_flags && ::unshare(unshare_flags) < 0) throw_errno("unshare namespaces");
-    pid_t pid = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+    pid_t pid = clone_init(cg);
     if (pid < 0) throw_errno("clone container init");
     if (pid == 0) init_main(s, sock);
     sync::send(sock, {{"type", "init"}, {"pid", pid}});
@@ -310,7 +360,8 @@ struct Exit {
 
 class Supervisor {
  public:
-  Supervisor(Setup& s, pid_t sentinel) : s_(s), sentinel_(sentinel) {}
+  Supervisor(Setup& s, pid_t sentinel, UniqueFd sentinel_sock)
+      : s_(s), sentinel_(sentinel), sentinel_sock_(std::move(sentinel_sock)) {}
 
   [[noreturn]] void run() {
     int code = 1;
@@ -368,6 +419,24 @@ class Supervisor {
         log::debug(std::string("supervisor: sentinel back to its cgroup: ") + e.what());
       }
     }
+  }
+
+  // The sentinel moves itself (see cgroups::Manager::join_self): we send it
+  // the container's cgroup and wait for its answer. On a hybrid host it
+  // stays out of the v2 part (no controllers that clients read stats or OOM
+  // events from through that pid live there, and joining it would cost a
+  // grace period); on a unified host it joins through cgroup.procs.
+  void sentinel_joins_container_cgroup() {
+    if (!sentinel_sock_) throw Error("the sentinel cannot be reached to join the container's cgroup");
+    json saved = cg_->save();
+    bool v2 = saved.value("layout", "") == "unified";
+    sync::send(sentinel_sock_.get(), {{"type", "join"}, {"cgroup", saved}, {"v2", v2}});
+    auto m = sync::recv(sentinel_sock_.get());
+    sentinel_sock_.reset();
+    if (!m) throw Error("the sentinel exited while joining the container's cgroup");
+    in_container_cgroup_ = true;  // (in part, perhaps: undone on failure either way)
+    if (m->value("type", "") != "joined")
+      throw Error("sentinel: joining the container's cgroup: " + m->value("msg", std::string("no answer")));
   }
 
   void cleanup_failed() {
@@ -428,8 +497,7 @@ class Supervisor {
     // v2 shim (containerd, Docker, Kubernetes) reads stats and OOM events
     // from that pid's cgroup: the sentinel joins the container's cgroup. We
     // (threads, proxy buffers, hashing) stay outside it.
-    cg_->apply(sentinel_);
-    in_container_cgroup_ = true;
+    sentinel_joins_container_cgroup();
     json mounts = json::array();
     for (const auto& h : cg_->hierarchies())
       mounts.push_back({{"name", h.mountpoint_name},
@@ -443,6 +511,18 @@ class Supervisor {
       if (auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings"); u && gm)
         userns::chown_stdio(u->host, gm->host);
 
+    // stage1 joins the v1 hierarchies itself (no grace period) and creates
+    // the init in the v2 one (clone3 CLONE_INTO_CGROUP), unless a user
+    // namespace is involved: its root may not write to our cgroup files,
+    // so then it joins everything here, as host root, before unsharing.
+    bool userns = oci::has_namespace(cfg, "user");
+    Stage1Cgroup s1cg;
+    s1cg.v2_dir = cg_->v2_dir();
+    s1cg.v2_required = cg_->save().value("layout", "") == "unified";
+    if (!userns && !s1cg.v2_dir.empty()) {
+      s1cg.v2.reset(::open(s1cg.v2_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!s1cg.v2) throw_errno("open cgroup " + s1cg.v2_dir);
+    }
     auto pair = make_socketpair(SOCK_SEQPACKET);
     sock_ = std::move(pair.first);
     pid_t stage1 = ::fork();
@@ -452,7 +532,7 @@ class Supervisor {
       sock_.reset();
       s_.cli_sock.reset();
       try {
-        cg_->apply(::getpid());
+        cg_->join_self(userns);
       } catch (const std::exception& e) {
         try {
           sync::send(pair.second.get(), {{"type", "error"}, {"msg", e.what()}});
@@ -460,9 +540,10 @@ class Supervisor {
         }
         ::_exit(1);
       }
-      stage1_main(s_, pair.second.get());
+      stage1_main(s_, pair.second.get(), std::move(s1cg));
     }
     pair.second.reset();
+    s1cg.v2.reset();
     const std::string eof = "container init exited during setup (see the log for details)";
     for (;;) {
       std::vector<UniqueFd> fds;
@@ -552,8 +633,8 @@ class Supervisor {
   }
 
   std::vector<int> inherited_fds() const {
-    std::vector<int> keep = {log::fd(), s_.cli_sock.get(), s_.console_sock.get(), s_.exec_fifo.get(),
-                             s_.state_dirfd.get()};
+    std::vector<int> keep = {log::fd(),          s_.cli_sock.get(),    s_.console_sock.get(),
+                             s_.exec_fifo.get(), s_.state_dirfd.get(), sentinel_sock_.get()};
     std::vector<int> out;
     if (DIR* d = ::opendir("/proc/self/fd")) {
       while (struct dirent* e = ::readdir(d)) {
@@ -700,7 +781,8 @@ class Supervisor {
       if (kinds[i] == "exec") {
         if (record_) {
           observer_ = std::make_unique<observer::ExecObserver>(
-              std::move(fds[i]), s_.rootfs, [this](const std::string& type, json data) {
+              std::move(fds[i]), s_.rootfs,
+              [this](const std::string& type, json data) {
                 if (type == "process.exec" && entrypoint_.empty()) entrypoint_ = data;
                 record_->event(type, std::move(data));
               },
@@ -1050,8 +1132,33 @@ class Supervisor {
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;
   pid_t sentinel_;
+  UniqueFd sentinel_sock_;  // until the sentinel has joined the container's cgroup
   bool in_container_cgroup_ = false;
 };
+
+// The sentinel moves itself into the container's cgroup when the supervisor
+// has made it (a process moving itself joins v1 hierarchies without a grace
+// period; see cgroups::Manager::join_self). A supervisor that fails first
+// just closes the socket.
+void sentinel_join_cgroup(int sock) {
+  std::optional<json> m;
+  try {
+    m = sync::recv(sock);
+  } catch (...) {
+    return;
+  }
+  if (!m || m->value("type", "") != "join") return;
+  json reply = {{"type", "joined"}};
+  try {
+    cgroups::Manager::load((*m)["cgroup"])->join_self(m->value("v2", false));
+  } catch (const std::exception& e) {
+    reply = {{"type", "error"}, {"msg", e.what()}};
+  }
+  try {
+    sync::send(sock, reply);
+  } catch (...) {
+  }
+}
 
 // The sentinel: the process `create` forked, whose pid goes to --pid-file.
 // It joins the container's cgroup (so a client reading stats and OOM events
@@ -1087,7 +1194,8 @@ class Supervisor {
     if (sig == SIGKILL || sig == SIGSTOP) continue;
     // The supervisor, done with the container: its status, now (the record
     // is finished afterwards; see Supervisor::release_sentinel).
-    if (sig == kReleaseSignal && si.si_code == SI_QUEUE && si.si_pid == worker) ::_exit(si.si_value.sival_int & 0xff);
+    if (sig == kReleaseSignal && si.si_code == SI_QUEUE && si.si_pid == worker)
+      ::_exit(si.si_value.sival_int & 0xff);
     ::kill(worker, sig);
   }
 }
@@ -1098,6 +1206,7 @@ void main(Setup s) {
   process::set_oom_score_adj(0, -1000);
   ::signal(SIGCHLD, SIG_DFL);  // a caller that ignores SIGCHLD must not make us lose the status
   pid_t sentinel = ::getpid();
+  auto join = make_socketpair(SOCK_SEQPACKET);
   pid_t worker = ::fork();
   if (worker < 0) {
     log::error(std::string("fork supervisor: ") + std::strerror(errno));
@@ -1106,14 +1215,18 @@ void main(Setup s) {
   if (worker == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != sentinel) ::_exit(1);
-    Supervisor sup(s, sentinel);
+    join.second.reset();
+    Supervisor sup(s, sentinel, std::move(join.first));
     sup.run();
   }
+  join.first.reset();
   // The supervisor owns every descriptor of the setup; the sentinel keeps none.
   s.cli_sock.reset();
   s.console_sock.reset();
   s.exec_fifo.reset();
   s.state_dirfd.reset();
+  sentinel_join_cgroup(join.second.get());
+  join.second.reset();
   sentinel_main(worker);
 }
 

@@ -28,23 +28,24 @@ struct Setup {
   std::string state_dir;
   std::string run_id;
   std::string audit_dir;
-  std::string created;           // RFC 3339, as in state
-  json config;                   // enforced config
-  json caller_config;            // as given
-  json policy;                   // policy::Result summary (decisions, extra seccomp, egress)
-  json extra_seccomp;            // agentshim's profile, stacked on the config's
+  std::string created;  // RFC 3339, as in state
+  json config;          // enforced config
+  json caller_config;   // as given
+  json policy;          // policy::Result summary (decisions, extra seccomp, egress)
+  json extra_seccomp;   // agentshim's profile, stacked on the config's
   bool observe_exec = false;
-  bool attach_rootfs = false;    // userns "auto": the supervisor attaches a copy of the rootfs for the init
-  bool idmap_rootfs = false;     // ... idmapped (when its filesystem allows)
+  bool attach_rootfs = false;  // userns "auto": the supervisor attaches a copy of the rootfs for the init
+  bool idmap_rootfs = false;   // ... idmapped (when its filesystem allows)
   bool systemd_cgroup = false;
   bool no_pivot = false;
   bool no_new_keyring = false;
   int preserve_fds = 0;
+  bool init_unshare_cgroupns = false;  // set by stage1 for the init (see stage1_main)
   std::vector<std::string> extra_env;  // LISTEN_FDS etc.
-  UniqueFd cli_sock;             // to the CLI that forked us
-  UniqueFd console_sock;         // -1 unless terminal
-  UniqueFd exec_fifo;            // O_PATH
-  UniqueFd state_dirfd;          // O_PATH of state_dir: the init opens exec.fifo through it
+  UniqueFd cli_sock;                   // to the CLI that forked us
+  UniqueFd console_sock;               // -1 unless terminal
+  UniqueFd exec_fifo;                  // O_PATH
+  UniqueFd state_dirfd;                // O_PATH of state_dir: the init opens exec.fifo through it
 };
 
 // Never returns. Reports {"type":"created","init_pid":N,"init_start":S,

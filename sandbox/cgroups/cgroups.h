@@ -74,7 +74,8 @@ class Manager {
   // Resolve cgroupsPath (absolute: from the hierarchy's root; relative: below
   // the caller's own cgroup; empty: "<id>" below the caller's cgroup; with the
   // systemd driver: "slice:prefix:name") and create the directories.
-  static std::unique_ptr<Manager> create(const std::string& cgroups_path, const std::string& id, bool systemd);
+  static std::unique_ptr<Manager> create(const std::string& cgroups_path, const std::string& id,
+                                         bool systemd);
   static std::unique_ptr<Manager> create(const Host& host, const std::string& cgroups_path,
                                          const std::string& id, bool systemd);
   // From save(); never re-reads the host's layout.
@@ -84,6 +85,19 @@ class Manager {
   // Move a process into the container's cgroup in every hierarchy.
   virtual void apply(pid_t pid) = 0;
   void join(pid_t pid) { apply(pid); }
+  // Move the calling process, which must be single-threaded, into the
+  // container's cgroup. In v1 hierarchies it writes "0" to `tasks`: a task
+  // moving itself needs no global threadgroup lock, so no RCU grace period
+  // (writing a pid to cgroup.procs waits for one, 6-16 ms here). The v2
+  // hierarchy (the only one on a unified host, the extra one on a hybrid
+  // host) has no such path: it is joined through cgroup.procs only when
+  // `include_v2`; otherwise the caller is in it already or creates its
+  // children there (clone3 CLONE_INTO_CGROUP, see v2_dir()).
+  virtual void join_self(bool include_v2) = 0;
+  // The container's cgroup v2 directory ("" when none is used): the target
+  // for clone3(CLONE_INTO_CGROUP), which places a new process without a
+  // migration.
+  virtual std::string v2_dir() const = 0;
   // Apply an OCI linux.resources object. Unset fields are left alone, so
   // `update` can pass a partial object. Errors name the field and the file.
   virtual void set(const json& resources) = 0;

@@ -32,7 +32,9 @@ struct Dir {
   }
 };
 
-std::string i64(const json& v) { return std::to_string(v.get<long long>()); }
+std::string i64(const json& v) {
+  return std::to_string(v.get<long long>());
+}
 
 uint64_t read_u64(const std::string& dir, const std::string& file) {
   auto t = try_read_file(dir + "/" + file);
@@ -44,7 +46,8 @@ uint64_t read_u64(const std::string& dir, const std::string& file) {
 std::string device_rule(const json& r, const std::string& where) {
   if (!r.is_object()) throw Error(where + ": must be an object");
   std::string type = r.value("type", "a");
-  if (type != "a" && type != "c" && type != "b") throw Error(where + ".type: \"" + type + "\" is not a, b or c");
+  if (type != "a" && type != "c" && type != "b")
+    throw Error(where + ".type: \"" + type + "\" is not a, b or c");
   auto num = [&](const char* k) -> std::string {
     if (!r.contains(k) || r[k].is_null()) return "*";
     if (!r[k].is_number_integer()) throw Error(where + "." + k + ": must be an integer");
@@ -54,7 +57,8 @@ std::string device_rule(const json& r, const std::string& where) {
   std::string access = r.value("access", "rwm");
   if (access.empty()) access = "rwm";
   for (char c : access)
-    if (c != 'r' && c != 'w' && c != 'm') throw Error(where + ".access: \"" + access + "\" is not a subset of rwm");
+    if (c != 'r' && c != 'w' && c != 'm')
+      throw Error(where + ".access: \"" + access + "\" is not a subset of rwm");
   return type + " " + num("major") + ":" + num("minor") + " " + access;
 }
 
@@ -103,8 +107,11 @@ class V1Manager final : public Manager {
   json save() const override {
     json mounts = json::array();
     for (const auto& m : host_.mounts)
-      mounts.push_back(
-          {{"path", m.path}, {"root", m.root}, {"fstype", m.fstype}, {"options", m.options}, {"controllers", m.controllers}});
+      mounts.push_back({{"path", m.path},
+                        {"root", m.root},
+                        {"fstype", m.fstype},
+                        {"options", m.options},
+                        {"controllers", m.controllers}});
     return {{"version", 1},
             {"driver", systemd_ ? "systemd" : "cgroupfs"},
             {"layout", layout_name(host_.layout)},
@@ -114,6 +121,29 @@ class V1Manager final : public Manager {
             {"unified_ok", unified_.has_value()},
             {"created", created_}};
   }
+
+  void join_self(bool include_v2) override {
+    for (const auto& d : dirs_) {
+      try {
+        write(d.dir, "tasks", "0");
+      } catch (const SysError& e) {
+        if (starts_with(d.m.options, "name=")) {
+          log::warn(e.what());
+          continue;
+        }
+        throw;
+      }
+    }
+    if (include_v2 && unified_) {
+      try {
+        write(unified_->dir, "cgroup.procs", std::to_string(::getpid()));
+      } catch (const SysError& e) {
+        log::warn(e.what());
+      }
+    }
+  }
+
+  std::string v2_dir() const override { return unified_ ? unified_->dir : ""; }
 
   void apply(pid_t pid) override {
     std::string p = std::to_string(pid);
@@ -338,7 +368,8 @@ class V1Manager final : public Manager {
     bool memsw = exists(d.dir, "memory.memsw.limit_in_bytes");
     if (swap && !memsw) {
       if (*swap != -1 && (!limit || *swap != *limit))
-        log::warn("linux.resources.memory.swap: this kernel has no swap accounting (memory.memsw.*); ignored");
+        log::warn(
+            "linux.resources.memory.swap: this kernel has no swap accounting (memory.memsw.*); ignored");
       swap.reset();
     }
     if (limit && swap) {
@@ -368,7 +399,8 @@ class V1Manager final : public Manager {
       if (v > 100) throw Error("linux.resources.memory.swappiness: " + std::to_string(v) + " is above 100");
       if (v >= 0) write(d.dir, "memory.swappiness", std::to_string(v));
     }
-    if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() && m["disableOOMKiller"].get<bool>())
+    if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() &&
+        m["disableOOMKiller"].get<bool>())
       write(d.dir, "memory.oom_control", "1");
     if (m.contains("useHierarchy") && m["useHierarchy"].is_boolean())
       write(d.dir, "memory.use_hierarchy", m["useHierarchy"].get<bool>() ? "1" : "0");
@@ -387,8 +419,8 @@ class V1Manager final : public Manager {
         write(d.dir, "cpu.shares", std::to_string(*shares));
         auto got = parse_uint(read(d.dir, "cpu.shares"));
         if (got && static_cast<long long>(*got) != *shares)
-          throw Error("linux.resources.cpu.shares: " + std::to_string(*shares) + " is out of the kernel's range (it set " +
-                      std::to_string(*got) + ")");
+          throw Error("linux.resources.cpu.shares: " + std::to_string(*shares) +
+                      " is out of the kernel's range (it set " + std::to_string(*got) + ")");
       }
       if (period && *period != 0) write(d.dir, "cpu.cfs_period_us", std::to_string(*period));
       if (quota && *quota != 0) write(d.dir, "cpu.cfs_quota_us", std::to_string(*quota));
@@ -414,14 +446,16 @@ class V1Manager final : public Manager {
     auto weight_file = [&](const Dir& dd) -> std::string {
       if (exists(dd.dir, "blkio.weight")) return "blkio.weight";
       if (exists(dd.dir, "blkio.bfq.weight")) return "blkio.bfq.weight";
-      throw Error("linux.resources.blockIO.weight: this host's blkio controller has neither blkio.weight nor "
-                  "blkio.bfq.weight (no CFQ/BFQ I/O scheduler)");
+      throw Error(
+          "linux.resources.blockIO.weight: this host's blkio controller has neither blkio.weight nor "
+          "blkio.bfq.weight (no CFQ/BFQ I/O scheduler)");
     };
     if (b.contains("weight") && b["weight"].is_number_integer() && b["weight"].get<long long>() != 0) {
       const Dir& dd = need_b();
       write(dd.dir, weight_file(dd), i64(b["weight"]));
     }
-    if (b.contains("leafWeight") && b["leafWeight"].is_number_integer() && b["leafWeight"].get<long long>() != 0) {
+    if (b.contains("leafWeight") && b["leafWeight"].is_number_integer() &&
+        b["leafWeight"].get<long long>() != 0) {
       const Dir& dd = need_b();
       if (!exists(dd.dir, "blkio.leaf_weight"))
         throw Error("linux.resources.blockIO.leafWeight: this host has no blkio.leaf_weight");
@@ -458,7 +492,8 @@ class V1Manager final : public Manager {
       if (const Dir* d = find("hugetlb")) {
         file = "hugetlb." + size + ".limit_in_bytes";
         if (!exists(d->dir, file))
-          throw Error("linux.resources.hugepageLimits: page size \"" + size + "\" is not supported by this host");
+          throw Error("linux.resources.hugepageLimits: page size \"" + size +
+                      "\" is not supported by this host");
         write(d->dir, file, i64(h.at("limit")));
       } else if (unified_ && exists(unified_->dir, "hugetlb." + size + ".max")) {
         write(unified_->dir, "hugetlb." + size + ".max", i64(h.at("limit")));

@@ -20,7 +20,9 @@ using detail::exists;
 using detail::read;
 using detail::write;
 
-std::string i64(const json& v) { return std::to_string(v.get<long long>()); }
+std::string i64(const json& v) {
+  return std::to_string(v.get<long long>());
+}
 
 uint64_t read_u64(const std::string& dir, const std::string& file) {
   auto t = try_read_file(dir + "/" + file);
@@ -49,8 +51,11 @@ class V2Manager final : public Manager {
   json save() const override {
     json mounts = json::array();
     for (const auto& m : host_.mounts)
-      mounts.push_back(
-          {{"path", m.path}, {"root", m.root}, {"fstype", m.fstype}, {"options", m.options}, {"controllers", m.controllers}});
+      mounts.push_back({{"path", m.path},
+                        {"root", m.root},
+                        {"fstype", m.fstype},
+                        {"options", m.options},
+                        {"controllers", m.controllers}});
     return {{"version", 1},
             {"driver", systemd_ ? "systemd" : "cgroupfs"},
             {"layout", layout_name(host_.layout)},
@@ -61,6 +66,10 @@ class V2Manager final : public Manager {
   }
 
   void apply(pid_t pid) override { write(dir_, "cgroup.procs", std::to_string(pid)); }
+  void join_self(bool include_v2) override {
+    if (include_v2) apply(::getpid());
+  }
+  std::string v2_dir() const override { return dir_; }
 
   void set(const json& r) override {
     if (!r.is_object()) throw Error("linux.resources: must be an object");
@@ -76,7 +85,8 @@ class V2Manager final : public Manager {
         put("hugetlb." + h.at("pageSize").get<std::string>() + ".max", i64(h.at("limit")),
             "linux.resources.hugepageLimits");
     if (r.contains("network") && r["network"].is_object() &&
-        (r["network"].contains("classID") || (r["network"].contains("priorities") && !r["network"]["priorities"].empty())))
+        (r["network"].contains("classID") ||
+         (r["network"].contains("priorities") && !r["network"]["priorities"].empty())))
       throw Error("linux.resources.network: net_cls/net_prio do not exist in cgroup v2");
     if (r.contains("devices") && r["devices"].is_array())
       attach_device_program(dir_, device_program(r["devices"]));
@@ -153,8 +163,10 @@ class V2Manager final : public Manager {
           auto v = parse_uint(f[i].substr(eq + 1));
           if (!v) continue;
           std::string k = f[i].substr(0, eq);
-          if (k == "rbytes") bytes.push_back({{"major", *maj}, {"minor", *min}, {"op", "Read"}, {"value", *v}});
-          if (k == "wbytes") bytes.push_back({{"major", *maj}, {"minor", *min}, {"op", "Write"}, {"value", *v}});
+          if (k == "rbytes")
+            bytes.push_back({{"major", *maj}, {"minor", *min}, {"op", "Read"}, {"value", *v}});
+          if (k == "wbytes")
+            bytes.push_back({{"major", *maj}, {"minor", *min}, {"op", "Write"}, {"value", *v}});
           if (k == "rios") ios.push_back({{"major", *maj}, {"minor", *min}, {"op", "Read"}, {"value", *v}});
           if (k == "wios") ios.push_back({{"major", *maj}, {"minor", *min}, {"op", "Write"}, {"value", *v}});
         }
@@ -164,7 +176,8 @@ class V2Manager final : public Manager {
     for (const auto& size : detail::hugepage_sizes()) {
       if (!exists(dir_, "hugetlb." + size + ".current")) continue;
       auto hev = detail::read_flat_keyed(dir_, "hugetlb." + size + ".events");
-      huge[size] = {{"usage", read_u64(dir_, "hugetlb." + size + ".current")}, {"max", 0}, {"failcnt", hev["max"]}};
+      huge[size] = {
+          {"usage", read_u64(dir_, "hugetlb." + size + ".current")}, {"max", 0}, {"failcnt", hev["max"]}};
     }
     s["hugetlb"] = huge;
     return s;
@@ -236,7 +249,8 @@ class V2Manager final : public Manager {
       if (exists(dir_, "memory.swap.max"))
         write(dir_, "memory.swap.max", v);
       else
-        log::warn("linux.resources.memory.swap: this kernel has no swap accounting (memory.swap.max); ignored");
+        log::warn(
+            "linux.resources.memory.swap: this kernel has no swap accounting (memory.swap.max); ignored");
     }
     if (m.contains("reservation") && m["reservation"].is_number_integer()) {
       long long v = m["reservation"].get<long long>();
@@ -244,9 +258,11 @@ class V2Manager final : public Manager {
     }
     if (m.contains("swappiness") && m["swappiness"].is_number_integer()) {
       long long v = m["swappiness"].get<long long>();
-      if (v >= 0 && v <= 100) log::warn("linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness; ignored");
+      if (v >= 0 && v <= 100)
+        log::warn("linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness; ignored");
     }
-    if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() && m["disableOOMKiller"].get<bool>())
+    if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() &&
+        m["disableOOMKiller"].get<bool>())
       throw Error("linux.resources.memory.disableOOMKiller: cgroup v2 cannot disable the OOM killer");
   }
 
@@ -307,7 +323,8 @@ class V2Manager final : public Manager {
       for (const auto& t : b[key]) {
         long long rate = t.at("rate").get<long long>();
         put("io.max",
-            i64(t.at("major")) + ":" + i64(t.at("minor")) + " " + name + "=" + (rate > 0 ? std::to_string(rate) : "max"),
+            i64(t.at("major")) + ":" + i64(t.at("minor")) + " " + name + "=" +
+                (rate > 0 ? std::to_string(rate) : "max"),
             std::string("linux.resources.blockIO.") + key);
       }
     }
