@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/seccomp.h>
 #include <sys/capability.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -236,43 +237,72 @@ void setup_user(const json& proc) {
   if (::setresuid(uid, uid, uid) < 0) throw_errno("setresuid(" + std::to_string(uid) + ")");
 }
 
-void load_seccomp(const Finalize& f, std::vector<Listener>& listeners) {
+}  // namespace
+
+PreparedSeccomp prepare_seccomp(const Finalize& f) {
   // One user-notification listener per filter tree (a kernel rule): the exec
   // observer's NOTIFY rules are merged into the first OCI filter, or stand
   // alone; a config that uses SCMP_ACT_NOTIFY itself keeps its listener.
+  PreparedSeccomp p;
   bool any_notify = false;
   for (const auto& s : f.seccomp)
     if (!s.is_null() && !s.empty() && seccomp::uses_notify(s)) any_notify = true;
   bool observe = f.observe_exec && !any_notify;
-  bool merged = false;
-  int max_nr = -1;
+  bool merged = false, listener = false;
   bool by_errno = false;
+  auto add = [&](const seccomp::Filter& filter, const char* kind) {
+    PreparedSeccomp::Filter pf{filter.bpf(), ""};
+    if (pf.program.insns.empty()) return;
+    // Only the first filter asks for the tree's listener (libseccomp does
+    // the same: the kernel refuses a second one with EBUSY).
+    if (pf.program.listener()) {
+      if (listener)
+        pf.program.flags &=
+            ~static_cast<unsigned>(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_TSYNC_ESRCH);
+      else
+        pf.kind = kind;
+      listener = true;
+    }
+    p.filters.push_back(std::move(pf));
+  };
   for (const auto& s : f.seccomp) {
     if (s.is_null() || s.empty()) continue;
     bool here = observe && !merged;
     auto filter = seccomp::compile(s, here);
     merged = merged || here;
-    max_nr = std::max(max_nr, filter.max_nr());
+    p.max_nr = std::max(p.max_nr, filter.max_nr());
     by_errno = by_errno || filter.denies_by_errno();
-    int fd = filter.load();
-    if (fd >= 0) listeners.push_back({here ? "exec" : "config", fd});
+    add(filter, here ? "exec" : "config");
   }
   if (observe && !merged) {
     auto obs = seccomp::exec_observer();
-    max_nr = std::max(max_nr, obs.max_nr());
-    int fd = obs.load();
-    if (fd >= 0) listeners.push_back({"exec", fd});
+    p.max_nr = std::max(p.max_nr, obs.max_nr());
+    add(obs, "exec");
+  }
+  p.enosys_stub = by_errno;
+  return p;
+}
+
+void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners) {
+  for (const auto& pf : p.filters) {
+    int fd = seccomp::load_program(pf.program);
+    if (fd >= 0) listeners.push_back({pf.kind, fd});
   }
   // Last, so its ENOSYS is the errno a newer syscall gets (see seccomp.h).
-  if (by_errno && !seccomp::load_enosys_stub(max_nr))
+  if (p.enosys_stub && !seccomp::load_enosys_stub(p.max_nr))
     log::debug("seccomp: a profile denies seccomp(2); newer syscalls keep the profile's errno instead of ENOSYS");
 }
-}  // namespace
 
 std::vector<Listener> finalize(const json& proc, const Finalize& f) {
   std::vector<Listener> listeners;
+  PreparedSeccomp own;
+  const PreparedSeccomp* sec = f.prepared;
+  if (!sec) {
+    own = prepare_seccomp(f);
+    sec = &own;
+  }
   bool nnp = proc.value("noNewPrivileges", false);
-  if (!nnp) load_seccomp(f, listeners);  // needs CAP_SYS_ADMIN when no_new_privs is off
+  if (!nnp) install_seccomp(*sec, listeners);  // needs CAP_SYS_ADMIN when no_new_privs is off
   drop_bounding(proc);
   if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_KEEPCAPS)");
   setup_user(proc);
@@ -287,7 +317,7 @@ std::vector<Listener> finalize(const json& proc, const Finalize& f) {
   if (::chdir(cwd.c_str()) < 0) throw_errno("chdir to cwd (\"" + cwd + "\") set in config.json");
   if (nnp) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_NO_NEW_PRIVS)");
-    load_seccomp(f, listeners);
+    install_seccomp(*sec, listeners);
   }
   return listeners;
 }

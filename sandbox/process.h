@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/seccomp.h"
+
 namespace agentshim::process {
 
 using json = nlohmann::json;
@@ -39,15 +41,41 @@ std::string resolve_executable(const json& proc);
 // capabilities, ambient set, no_new_privs, seccomp filters (stacked in the
 // given order; loaded before dropping caps when no_new_privs is off, as runc
 // does), umask, cwd. Returns the fds of seccomp user-notification listeners.
+//
+// The seccomp filters are compiled by prepare_seccomp() into raw BPF
+// programs (PreparedSeccomp: plain data, no libseccomp state) and loaded by
+// install_seccomp() with seccomp(2) calls only. The container's init gets
+// them prepared by the supervisor before it forks (compiling takes a few
+// milliseconds); finalize() prepares them itself when the Finalize carries
+// none (exec).
+struct PreparedSeccomp {
+  struct Filter {
+    seccomp::Program program;
+    std::string kind;  // its listener (program.listener()): "exec" or "config", as in Listener
+  };
+  std::vector<Filter> filters;  // in load order
+  bool enosys_stub = false;     // then load the ENOSYS stub (seccomp.h) ...
+  int max_nr = -1;              // ... for syscalls above this number
+};
 struct Finalize {
   std::vector<json> seccomp;       // OCI linux.seccomp objects to load, in order
   bool observe_exec = false;       // also load the execve-observing notify filter
+  // Already compiled from `seccomp` and `observe_exec` (then those two are
+  // not looked at); not owned.
+  const PreparedSeccomp* prepared = nullptr;
 };
 struct Listener {
   std::string kind;  // "exec": the exec observer's; "config": the config's own (listenerPath)
   int fd;
 };
 std::vector<Listener> finalize(const json& proc, const Finalize& f);
+
+// Compile f.seccomp (and the exec observer with f.observe_exec). Throws
+// Error naming the profile's field for a bad profile.
+PreparedSeccomp prepare_seccomp(const Finalize& f);
+// Load the prepared filters on the calling thread (needs no_new_privs or
+// CAP_SYS_ADMIN), appending the listeners' fds.
+void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners);
 
 // execve with the process env; never returns.
 [[noreturn]] void exec(const std::string& path, const json& proc);

@@ -4,8 +4,9 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
-#include <sys/syscall.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,8 @@ Filter& Filter::operator=(Filter&& o) noexcept {
     if (ctx_) seccomp_release(ctx_);
     ctx_ = o.ctx_;
     notify_ = o.notify_;
+    max_nr_ = o.max_nr_;
+    denies_by_errno_ = o.denies_by_errno_;
     o.ctx_ = nullptr;
   }
   return *this;
@@ -60,6 +63,79 @@ std::string Filter::pfc() const {
   if (rc < 0) throw SysError("seccomp_export_pfc", -rc);
   if (::lseek(fd.get(), 0, SEEK_SET) < 0) throw_errno("lseek");
   return read_all(fd.get(), "seccomp pfc");
+}
+
+bool Program::listener() const {
+  return (flags & SECCOMP_FILTER_FLAG_NEW_LISTENER) != 0;
+}
+
+Program Filter::bpf() const {
+  Program p;
+  if (!ctx_) return p;
+  // libseccomp 2.5 exports only to a file descriptor (see pfc()).
+  UniqueFd fd(::memfd_create("agentshim-seccomp-bpf", MFD_CLOEXEC));
+  if (!fd) throw_errno("memfd_create");
+  int rc = seccomp_export_bpf(ctx_, fd.get());
+  if (rc < 0) throw SysError("seccomp_export_bpf", -rc);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0) throw_errno("fstat seccomp bpf");
+  auto size = static_cast<std::size_t>(st.st_size);
+  if (size == 0 || size % sizeof(sock_filter) != 0)
+    throw Error("seccomp_export_bpf wrote " + std::to_string(size) + " bytes, not a BPF program");
+  if (size / sizeof(sock_filter) > BPF_MAXINSNS)
+    throw Error("the seccomp filter has " + std::to_string(size / sizeof(sock_filter)) +
+                " BPF instructions; the kernel takes at most " + std::to_string(BPF_MAXINSNS));
+  p.insns.resize(size / sizeof(sock_filter));
+  std::size_t got = 0;
+  while (got < size) {
+    ssize_t n =
+        ::pread(fd.get(), reinterpret_cast<char*>(p.insns.data()) + got, size - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("read seccomp bpf");
+    if (n == 0) throw Error("seccomp bpf: short read");
+    got += static_cast<std::size_t>(n);
+  }
+  // The flags seccomp_load would pass (CTL_NNP is 0: see new_ctx()).
+  auto attr = [&](scmp_filter_attr a) {
+    uint32_t v = 0;
+    int r = seccomp_attr_get(ctx_, a, &v);
+    if (r < 0) throw SysError("seccomp_attr_get", -r);
+    return v != 0;
+  };
+  if (attr(SCMP_FLTATR_CTL_TSYNC)) p.flags |= SECCOMP_FILTER_FLAG_TSYNC;
+  if (attr(SCMP_FLTATR_CTL_LOG)) p.flags |= SECCOMP_FILTER_FLAG_LOG;
+  if (attr(SCMP_FLTATR_CTL_SSB)) p.flags |= SECCOMP_FILTER_FLAG_SPEC_ALLOW;
+  if (notify_) p.flags |= SECCOMP_FILTER_FLAG_NEW_LISTENER;
+  // The kernel refuses TSYNC with NEW_LISTENER unless a failed thread sync
+  // is reported as ESRCH (rather than by a thread id, the listener's place).
+  if ((p.flags & SECCOMP_FILTER_FLAG_TSYNC) && (p.flags & SECCOMP_FILTER_FLAG_NEW_LISTENER))
+    p.flags |= SECCOMP_FILTER_FLAG_TSYNC_ESRCH;
+  return p;
+}
+
+int load_program(const Program& p) {
+  if (p.insns.empty()) return -1;
+  struct sock_fprog prog {};
+  prog.len = static_cast<unsigned short>(p.insns.size());
+  prog.filter = const_cast<sock_filter*>(p.insns.data());
+  long rc = ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p.flags, &prog);
+  if (rc < 0) throw_errno("seccomp(SECCOMP_SET_MODE_FILTER)");
+  if (p.listener()) {
+    // The kernel's listener fd is close-on-exec; keep it off stdio.
+    int fd = static_cast<int>(rc);
+    if (fd < 3) {
+      int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 3);
+      int err = errno;
+      ::close(fd);
+      if (dup < 0) throw_errno("dup seccomp notify fd", err);
+      fd = dup;
+    }
+    return fd;
+  }
+  // TSYNC without TSYNC_ESRCH: a positive result is the thread that could
+  // not be synchronized (libseccomp reports ESRCH too).
+  if (rc > 0) throw SysError("seccomp(SECCOMP_SET_MODE_FILTER, TSYNC): thread " + std::to_string(rc), ESRCH);
+  return -1;
 }
 
 uint32_t parse_action(const std::string& name, const json& errno_ret, uint32_t default_errno,

@@ -10,8 +10,14 @@
 // first OCI filter (or stands alone when there is none); when the caller's
 // own filter already uses SCMP_ACT_NOTIFY (listenerPath), its listener wins
 // and exec observation is reported as unavailable.
+//
+// A Filter can also be exported as the raw BPF program and seccomp(2) flags
+// libseccomp would load (Program), so the expensive part (rule_add, BPF
+// generation) runs ahead of time in another process and the container's
+// init only makes the system call (load_program).
 #pragma once
 
+#include <linux/filter.h>
 #include <seccomp.h>
 
 #include <cstdint>
@@ -22,6 +28,15 @@
 namespace agentshim::seccomp {
 
 using json = nlohmann::json;
+
+// A compiled filter as the kernel takes it: the program and the flags of
+// seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog). Plain data (copied by
+// fork, needs no libseccomp to load).
+struct Program {
+  std::vector<sock_filter> insns;
+  unsigned flags = 0;     // SECCOMP_FILTER_FLAG_*
+  bool listener() const;  // NEW_LISTENER: loading returns a notification fd
+};
 
 class Filter {
  public:
@@ -40,6 +55,12 @@ class Filter {
   // Install on the calling thread (all threads with the TSYNC flag). Returns
   // the user-notification fd when the filter uses SCMP_ACT_NOTIFY, else -1.
   int load();
+  // The BPF program seccomp_load would generate for this filter (via
+  // seccomp_export_bpf) and the flags it would pass: TSYNC, LOG and
+  // SPEC_ALLOW from the profile's attributes, NEW_LISTENER when the filter
+  // has NOTIFY rules (TSYNC_ESRCH with TSYNC and NEW_LISTENER, as libseccomp
+  // does). An empty Program for an empty Filter.
+  Program bpf() const;
   bool uses_notify() const { return notify_; }
   // Human-readable pseudo filter code (for `agentshim policy explain`, tests).
   std::string pfc() const;
@@ -56,6 +77,12 @@ class Filter {
   int max_nr_ = -1;
   bool denies_by_errno_ = false;
 };
+
+// Load a raw program on the calling thread (needs no_new_privs or
+// CAP_SYS_ADMIN): one seccomp(2) call, no libseccomp. Returns the
+// user-notification fd (close-on-exec, >= 3) with NEW_LISTENER, else -1
+// (also for an empty program, which loads nothing). Throws SysError.
+int load_program(const Program& p);
 
 // Syscalls newer than a profile knows must fail with ENOSYS, not the
 // profile's default errno (EPERM): libc and runtimes probe new syscalls and

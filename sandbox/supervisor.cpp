@@ -230,6 +230,7 @@ pid_t clone_init(Stage1Cgroup& cg) {
       fin.seccomp.push_back(cfg["linux"]["seccomp"]);
     if (!s.extra_seccomp.is_null() && !s.extra_seccomp.empty()) fin.seccomp.push_back(s.extra_seccomp);
     fin.observe_exec = s.observe_exec;
+    if (s.prepared_seccomp) fin.prepared = &*s.prepared_seccomp;
     // Descriptors beyond stdio and --preserve-fds do not reach the process.
     int keep = 3 + s.preserve_fds;
     ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
@@ -467,6 +468,20 @@ class Supervisor {
     }
   }
 
+  // Compile the container's seccomp filters to BPF (libseccomp: a few
+  // milliseconds) for the init, which inherits them and only loads them.
+  // Needs s_.config, s_.extra_seccomp and the final s_.observe_exec; must
+  // finish before stage1 is forked. A bad profile throws (naming its field).
+  void prepare_seccomp() {
+    const json& cfg = s_.config;
+    process::Finalize fin;
+    if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
+      fin.seccomp.push_back(cfg["linux"]["seccomp"]);
+    if (!s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()) fin.seccomp.push_back(s_.extra_seccomp);
+    fin.observe_exec = s_.observe_exec;
+    s_.prepared_seccomp = process::prepare_seccomp(fin);
+  }
+
   void setup() {
     prctl(PR_SET_NAME, "agentshim-sup");
     // Every descriptor we inherited and do not need is closed once the
@@ -485,6 +500,7 @@ class Supervisor {
     // Without a record nobody would answer the exec notifications (an
     // unanswered listener makes execve fail), so no observer either.
     if (!record_) s_.observe_exec = false;
+    prepare_seccomp();
     std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
     json resources =

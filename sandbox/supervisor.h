@@ -12,10 +12,12 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/fd.h"
+#include "sandbox/process.h"
 
 namespace agentshim::supervisor {
 
@@ -34,6 +36,9 @@ struct Setup {
   json policy;          // policy::Result summary (decisions, extra seccomp, egress)
   json extra_seccomp;   // agentshim's profile, stacked on the config's
   bool observe_exec = false;
+  // config linux.seccomp + extra_seccomp (+ the exec observer), compiled by
+  // the supervisor before it forks stage1; the init only loads it.
+  std::optional<process::PreparedSeccomp> prepared_seccomp;
   bool attach_rootfs = false;  // userns "auto": the supervisor attaches a copy of the rootfs for the init
   bool idmap_rootfs = false;   // ... idmapped (when its filesystem allows)
   bool systemd_cgroup = false;

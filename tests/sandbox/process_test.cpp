@@ -3,7 +3,12 @@
 #include <gtest/gtest.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <set>
 
 #include "common/error.h"
@@ -76,4 +81,161 @@ TEST(ProcessCapabilities, CheckThrowsNamingThem) {
         << m;
     EXPECT_NE(m.find("bounding set"), std::string::npos) << m;
   }
+}
+
+// ---------------------------------------------------------------- seccomp: prepare, then install
+
+namespace {
+
+json allow_with(const char* rule) {
+  return {{"defaultAction", "SCMP_ACT_ALLOW"}, {"syscalls", json::array({json::parse(rule)})}};
+}
+
+template <typename F>
+int in_child(F body) {
+  pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) ::_exit(body());
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -2;
+  if (WIFSIGNALED(status)) return 1000 + WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+std::vector<std::string> kinds(const process::PreparedSeccomp& p) {
+  std::vector<std::string> k;
+  for (const auto& f : p.filters) k.push_back(f.program.listener() ? f.kind : "-");
+  return k;
+}
+
+}  // namespace
+
+TEST(ProcessSeccomp, PrepareMergesTheExecObserverLikeBefore) {
+  json plain = allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_ERRNO"})");
+  json notify = allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_NOTIFY"})");
+  process::Finalize f;
+  // Nothing to load.
+  auto p = process::prepare_seccomp(f);
+  EXPECT_TRUE(p.filters.empty());
+  EXPECT_FALSE(p.enosys_stub);
+  // The observer alone.
+  f.observe_exec = true;
+  EXPECT_EQ(kinds(process::prepare_seccomp(f)), (std::vector<std::string>{"exec"}));
+  // Merged into the first profile.
+  f.seccomp = {plain, plain};
+  EXPECT_EQ(kinds(process::prepare_seccomp(f)), (std::vector<std::string>{"exec", "-"}));
+  // The config's own listener wins; no observer.
+  f.seccomp = {notify, plain};
+  EXPECT_EQ(kinds(process::prepare_seccomp(f)), (std::vector<std::string>{"config", "-"}));
+  // Only the first NOTIFY filter asks for the (one) listener.
+  f.seccomp = {notify, notify};
+  p = process::prepare_seccomp(f);
+  EXPECT_EQ(kinds(p), (std::vector<std::string>{"config", "-"}));
+  EXPECT_EQ(p.filters[1].program.flags, 0u);
+  // No observer asked for: no listener.
+  f.observe_exec = false;
+  f.seccomp = {plain, {}, nullptr};
+  EXPECT_EQ(kinds(process::prepare_seccomp(f)), (std::vector<std::string>{"-"}));
+}
+
+TEST(ProcessSeccomp, PrepareErrorsNameTheField) {
+  process::Finalize f;
+  f.seccomp = {allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_BOGUS"})")};
+  try {
+    process::prepare_seccomp(f);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linux.seccomp.syscalls[0].action"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ProcessSeccomp, InstalledPreparedFiltersApplyWithTheEnosysStub) {
+  // A deny-by-default profile (EPERM) stacked on one with an ERRNO rule:
+  // known denied syscalls keep EPERM, newer ones get ENOSYS, allowed ones
+  // work. (The sanitizer runtime needs mmap, sigaltstack and friends.)
+  json deny = json::parse(R"({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+    "syscalls": [{"names": ["read", "write", "exit", "exit_group", "rt_sigreturn", "getpid", "getppid", "seccomp",
+                            "mmap", "munmap", "mprotect", "madvise", "brk", "sigaltstack", "rt_sigaction",
+                            "rt_sigprocmask", "gettid", "futex", "prctl", "sched_yield", "close"],
+                  "action": "SCMP_ACT_ALLOW"}]})");
+  json first = allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 11})");
+  process::Finalize f;
+  f.seccomp = {first, deny};
+  auto p = process::prepare_seccomp(f);
+  ASSERT_EQ(p.filters.size(), 2u);
+  ASSERT_TRUE(p.enosys_stub);
+  ASSERT_GE(p.max_nr, __NR_getppid);
+  int max_nr = p.max_nr;
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    std::vector<process::Listener> listeners;
+    try {
+      process::install_seccomp(p, listeners);
+    } catch (...) {
+      return 202;
+    }
+    if (!listeners.empty()) return 203;
+    if (::syscall(max_nr + 200) != -1 || errno != ENOSYS) return 10;
+    if (::syscall(__NR_getuid) != -1 || errno != EPERM) return 11;
+    if (::syscall(__NR_getppid) != -1 || errno != EAGAIN) return 12;
+    if (::syscall(__NR_getpid) <= 0) return 13;
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+}
+
+TEST(ProcessSeccomp, InstallReturnsTheListenersWithTheirKinds) {
+  process::Finalize f;
+  f.seccomp = {allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_ERRNO"})")};
+  f.observe_exec = true;
+  auto p = process::prepare_seccomp(f);
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    std::vector<process::Listener> listeners;
+    try {
+      process::install_seccomp(p, listeners);
+    } catch (...) {
+      return 202;
+    }
+    if (listeners.size() != 1 || listeners[0].kind != "exec" || listeners[0].fd < 3) return 10;
+    if (::syscall(__NR_getppid) != -1 || errno != EPERM) return 11;
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+}
+
+TEST(ProcessSeccomp, FinalizeLoadsThePreparedFilters) {
+  // finalize() drops privileges and changes credentials: root only, in a child.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root";
+  process::Finalize f;
+  f.seccomp = {allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 11})")};
+  auto p = process::prepare_seccomp(f);
+  // With `prepared` the JSON is not looked at (a bad profile is not an error).
+  f.seccomp = {allow_with(R"({"names": ["getppid"], "action": "SCMP_ACT_BOGUS"})")};
+  f.prepared = &p;
+  for (bool nnp : {false, true}) {
+    int code = in_child([&]() -> int {
+      json proc = {{"noNewPrivileges", nnp}, {"cwd", "/"}, {"user", {{"uid", 0}, {"gid", 0}}}};
+      try {
+        if (!process::finalize(proc, f).empty()) return 203;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return 202;
+      }
+      if (::syscall(__NR_getppid) != -1 || errno != EAGAIN) return 10;
+      return 0;
+    });
+    EXPECT_EQ(code, 0) << "noNewPrivileges " << nnp << ": child exit code " << code;
+  }
+  // Without it, finalize prepares in place (and the bad profile is an error).
+  f.prepared = nullptr;
+  int code = in_child([&]() -> int {
+    try {
+      process::finalize({{"cwd", "/"}}, f);
+    } catch (const Error& e) {
+      return std::string(e.what()).find("linux.seccomp.syscalls[0].action") != std::string::npos ? 0 : 10;
+    }
+    return 11;
+  });
+  EXPECT_EQ(code, 0);
 }

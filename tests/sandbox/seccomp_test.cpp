@@ -1,25 +1,29 @@
 // Tests for sandbox/seccomp: validation errors that name the field, the
 // action and architecture mappings, the exec observer's NOTIFY rules, and two
-// behavioural tests that load a compiled filter in a forked child.
+// behavioural tests that load a compiled filter in a forked child, and the
+// exported raw BPF programs (Filter::bpf, load_program) loaded the same way.
+#include "sandbox/seccomp.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/seccomp.h>
+#include <sys/ioctl.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <linux/seccomp.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 #include "common/error.h"
-#include "sandbox/seccomp.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -549,4 +553,174 @@ TEST(SeccompEnosysStub, AProfileThatDeniesSeccompLeavesItsErrno) {
     return r == -1 && errno == EPERM ? 0 : 10;
   });
   EXPECT_EQ(code, 0);
+}
+
+// ---------------------------------------------------------------- raw BPF
+
+namespace {
+
+std::string fd_target(int fd) {
+  char buf[256];
+  ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), buf, sizeof buf - 1);
+  return n < 0 ? "" : std::string(buf, static_cast<std::size_t>(n));
+}
+
+}  // namespace
+
+TEST(SeccompBpf, ExportedProgramBehavesLikeTheLoadedFilter) {
+  char tmpl[] = "/tmp/agentshim-seccomp-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string target = std::string(tmpl) + "/blocked";
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["mkdirat", "mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                 {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 33,
+                  "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": 4294967295}]}]})");
+  seccomp::Program p = seccomp::compile(c).bpf();  // the Filter (and its ctx) is gone before loading
+  ASSERT_FALSE(p.insns.empty());
+  EXPECT_EQ(p.flags, 0u);
+  EXPECT_FALSE(p.listener());
+  const char* path = target.c_str();
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    int before = ::personality(0xffffffff);
+    try {
+      if (seccomp::load_program(p) != -1) return 201;
+    } catch (...) {
+      return 202;
+    }
+    if (::mkdir(path, 0755) == 0) return 10;
+    if (errno != EACCES) return 11;
+    errno = 0;
+    if (::personality(0xffffffff) != -1 || errno != EDOM) return 12;
+    if (::personality(static_cast<unsigned long>(before)) == -1) return 13;  // other argument: allowed
+    if (::getpid() <= 0) return 14;                                          // allowed
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+  EXPECT_EQ(::mkdir(path, 0755), 0) << std::strerror(errno);  // the parent is not filtered
+  ::rmdir(path);
+  ::rmdir(tmpl);
+}
+
+TEST(SeccompBpf, KillProcess) {
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_KILL_PROCESS"}]})");
+  auto p = seccomp::compile(c).bpf();
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    try {
+      seccomp::load_program(p);
+    } catch (...) {
+      return 202;
+    }
+    ::getppid();
+    return 0;
+  });
+  EXPECT_EQ(code, 1000 + SIGSYS);
+}
+
+TEST(SeccompBpf, FlagsFromTheProfile) {
+  auto with_flags = [](const json& flags) {
+    json c = allow_default();
+    c["syscalls"] = json::parse(R"([{"names": ["getppid"], "action": "SCMP_ACT_ERRNO"}])");
+    c["flags"] = flags;
+    return seccomp::compile(c).bpf().flags;
+  };
+  EXPECT_EQ(with_flags(json::array()), 0u);
+  EXPECT_EQ(with_flags({"SECCOMP_FILTER_FLAG_TSYNC"}), unsigned{SECCOMP_FILTER_FLAG_TSYNC});
+  EXPECT_EQ(with_flags({"SECCOMP_FILTER_FLAG_LOG"}), unsigned{SECCOMP_FILTER_FLAG_LOG});
+  EXPECT_EQ(with_flags({"SECCOMP_FILTER_FLAG_SPEC_ALLOW"}), unsigned{SECCOMP_FILTER_FLAG_SPEC_ALLOW});
+  EXPECT_EQ(
+      with_flags({"SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"}),
+      unsigned{SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW});
+
+  // NOTIFY rules ask for a listener; with TSYNC also for ESRCH (the kernel
+  // refuses TSYNC with NEW_LISTENER otherwise).
+  json n = json::parse(R"({"defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_NOTIFY"}]})");
+  EXPECT_EQ(seccomp::compile(n).bpf().flags, unsigned{SECCOMP_FILTER_FLAG_NEW_LISTENER});
+  n["flags"] = {"SECCOMP_FILTER_FLAG_TSYNC"};
+  EXPECT_EQ(seccomp::compile(n).bpf().flags,
+            unsigned{SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_NEW_LISTENER |
+                     SECCOMP_FILTER_FLAG_TSYNC_ESRCH});
+  EXPECT_EQ(seccomp::exec_observer().bpf().flags, unsigned{SECCOMP_FILTER_FLAG_NEW_LISTENER});
+  EXPECT_EQ(seccomp::compile(allow_default(), true).bpf().flags, unsigned{SECCOMP_FILTER_FLAG_NEW_LISTENER});
+  EXPECT_TRUE(seccomp::Filter().bpf().insns.empty());
+  EXPECT_EQ(seccomp::load_program(seccomp::Program{}), -1);  // nothing to load
+}
+
+TEST(SeccompBpf, FlaggedProgramsLoad) {
+  // The flags are ones this kernel takes, alone and together (TSYNC with a
+  // listener needs TSYNC_ESRCH).
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_ALLOW",
+    "flags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+    "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 11},
+                 {"names": ["getpgid"], "action": "SCMP_ACT_NOTIFY"}]})");
+  auto p = seccomp::compile(c).bpf();
+  ASSERT_TRUE(p.listener());
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    int fd;
+    try {
+      fd = seccomp::load_program(p);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 202;
+    }
+    if (fd < 3) return 10;
+    if (fd_target(fd) != "anon_inode:seccomp notify") return 11;
+    if (!(::fcntl(fd, F_GETFD) & FD_CLOEXEC)) return 12;
+    if (::syscall(__NR_getppid) != -1 || errno != EAGAIN) return 13;
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+}
+
+TEST(SeccompBpf, NotifyProgramReturnsAWorkingListener) {
+  // The exec observer loaded raw: execve waits for the listener, which sees
+  // it and lets it continue.
+  auto p = seccomp::compile(allow_default(), true).bpf();
+  int code = in_child([&]() -> int {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+    int fd;
+    try {
+      fd = seccomp::load_program(p);
+    } catch (...) {
+      return 202;
+    }
+    if (fd < 3 || fd_target(fd) != "anon_inode:seccomp notify") return 10;
+    pid_t pid = ::fork();
+    if (pid < 0) return 11;
+    if (pid == 0) {
+      ::close(fd);
+      char* argv[] = {const_cast<char*>("true"), nullptr};
+      ::execve("/bin/true", argv, environ);
+      ::_exit(99);
+    }
+    struct seccomp_notif req {};
+    int rc = 0;
+    if (::ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, &req) != 0) {
+      rc = 13;
+    } else {
+      if (req.pid != static_cast<__u32>(pid) || req.data.nr != __NR_execve) rc = 14;
+      struct seccomp_notif_resp resp {};
+      resp.id = req.id;
+      resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+      if (::ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) != 0 && rc == 0) rc = 15;
+    }
+    int status = 0;
+    if (::waitpid(pid, &status, 0) != pid) return 16;
+    if (rc) return rc;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 17;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+}
+
+TEST(SeccompFilter, MoveAssignmentKeepsWhatItKnows) {
+  json c = json::parse(R"({"defaultAction": "SCMP_ACT_ERRNO",
+    "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_ALLOW"}]})");
+  seccomp::Filter f;
+  f = seccomp::compile(c);
+  EXPECT_EQ(f.max_nr(), __NR_getppid);
+  EXPECT_TRUE(f.denies_by_errno());
 }
