@@ -216,11 +216,12 @@ void create(const Global& g, const CreateOptions& o) {
   struct stat rst {};
   if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
     throw Error("rootfs (" + rootfs + ") does not exist or is not a directory");
-  // Compile the seccomp profile here, so a bad one is an error of `create`
-  // with the field named, not a failure deep inside the container's init.
-  if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
-    (void)seccomp::compile(cfg["linux"]["seccomp"]);
-  if (!pres.extra_seccomp.is_null()) (void)seccomp::compile(pres.extra_seccomp);
+  // Every execve in the sandbox is observed for the record (seccomp user
+  // notification) unless the policy turns it off explicitly or there is no
+  // record. (The seccomp filters are compiled by the supervisor, before any
+  // container process exists: a bad profile is an error of `create` that
+  // names its field.)
+  bool observe_exec = pol["audit"].value("observe_exec", true) && !audit_dir.empty();
   bool terminal = cfg["process"].value("terminal", false);
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
@@ -326,9 +327,7 @@ void create(const Global& g, const CreateOptions& o) {
     saved["policy_name"] = pctx.policy_name;
     write_file(dir + "/policy.json", saved.dump(), 0600);
   }
-  // Every execve in the sandbox is observed for the record (seccomp user
-  // notification) unless the policy turns it off explicitly.
-  s.observe_exec = pol["audit"].value("observe_exec", true);
+  s.observe_exec = observe_exec;
   s.systemd_cgroup = g.systemd_cgroup;
   s.no_pivot = o.no_pivot;
   s.no_new_keyring = o.no_new_keyring;

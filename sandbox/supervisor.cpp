@@ -22,6 +22,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <thread>
 
 #include "attest/canonical.h"
 #include "attest/hash.h"
@@ -496,11 +497,29 @@ class Supervisor {
     process::set_oom_score_adj(0, -1000);
 
     const json& cfg = s_.config;
+    // The seccomp filters compile (libseccomp, a few milliseconds of CPU) on
+    // a second thread while this one starts the record and makes the cgroup;
+    // joined before stage1 is forked (the init inherits the programs, and no
+    // other thread of ours may hold a lock across that fork).
+    std::exception_ptr seccomp_error;
+    std::thread compile;
+    if (!s_.prepared_seccomp)
+      compile = std::thread([this, &seccomp_error] {
+        try {
+          prepare_seccomp();
+        } catch (...) {
+          seccomp_error = std::current_exception();
+        }
+      });
+    struct Joiner {
+      std::thread& t;
+      ~Joiner() {
+        if (t.joinable()) t.join();
+      }
+    } joiner{compile};
     start_record();
     // Without a record nobody would answer the exec notifications (an
     // unanswered listener makes execve fail), so no observer either.
-    if (!record_) s_.observe_exec = false;
-    prepare_seccomp();
     std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
     json resources =
@@ -531,6 +550,8 @@ class Supervisor {
     // the init in the v2 one (clone3 CLONE_INTO_CGROUP), unless a user
     // namespace is involved: its root may not write to our cgroup files,
     // so then it joins everything here, as host root, before unsharing.
+    if (compile.joinable()) compile.join();
+    if (seccomp_error) std::rethrow_exception(seccomp_error);
     bool userns = oci::has_namespace(cfg, "user");
     Stage1Cgroup s1cg;
     s1cg.v2_dir = cg_->v2_dir();
@@ -604,10 +625,11 @@ class Supervisor {
         int st;
         ::waitpid(stage1, &st, 0);
         stage1_ = -1;
-        // The network exists before any of the container's code runs: lo
-        // up, the proxy and DNS stub listening inside its namespace.
-        start_network();
+        // The network exists before any of the container's code runs (and
+        // before the hooks): lo up, the proxy and DNS stub listening inside
+        // its namespace. Made while the init prepares its rootfs.
         sync::send(sock_.get(), {{"type", "init-ok"}});
+        start_network();
       } else if (type == "hooks") {
         // prestart (deprecated) gets "created", as runc and the runtime-tools
         // suite expect; createRuntime runs during create: "creating".
