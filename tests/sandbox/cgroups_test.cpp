@@ -3,6 +3,8 @@
 // cgroup trees in a temporary directory, the default device rules, the
 // device BPF program (through its interpreter), and one real-kernel test of
 // an attached device program (root + cgroup2 only).
+#include "sandbox/cgroups/cgroups.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -26,7 +28,6 @@
 
 #include "common/error.h"
 #include "common/util.h"
-#include "sandbox/cgroups/cgroups.h"
 #include "tests/temp_dir.h"
 
 using namespace agentshim;
@@ -52,11 +53,17 @@ bool exists(const std::string& p) {
 }
 
 // Create (or truncate) a file with the given content.
-void put(const std::string& path, const std::string& content = "") { write_file(path, content); }
+void put(const std::string& path, const std::string& content = "") {
+  write_file(path, content);
+}
 
-std::string contents(const std::string& path) { return read_file(path); }
+std::string contents(const std::string& path) {
+  return read_file(path);
+}
 
-void mkdirs(const std::string& path) { mkdir_p(path); }
+void mkdirs(const std::string& path) {
+  mkdir_p(path);
+}
 
 // Remove every regular file below `dir` (fake cgroup directories only hold
 // regular files, and rmdir refuses a directory that still has them).
@@ -91,8 +98,8 @@ bool has(const std::string& haystack, const std::string& needle) {
   return haystack.find(needle) != std::string::npos;
 }
 
-std::string mountinfo_line(int id, const std::string& root, const std::string& path, const std::string& fstype,
-                           const std::string& super_options) {
+std::string mountinfo_line(int id, const std::string& root, const std::string& path,
+                           const std::string& fstype, const std::string& super_options) {
   return std::to_string(id) + " 25 0:" + std::to_string(id) + " " + root + " " + path +
          " rw,nosuid,nodev,noexec,relatime shared:" + std::to_string(id) + " - " + fstype + " " +
          (fstype == "cgroup2" ? "cgroup2" : "cgroup") + " " + super_options + "\n";
@@ -164,8 +171,7 @@ TEST(CgroupHost, ParsesHybridLayout) {
   std::string unified = t.path + "/unified";
   mkdirs(unified);
   put(unified + "/cgroup.controllers", "hugetlb pids\n");
-  std::string mi = std::string(kRootAndTmpfs) +
-                   mountinfo_line(30, "/", unified, "cgroup2", "rw,nsdelegate") +
+  std::string mi = std::string(kRootAndTmpfs) + mountinfo_line(30, "/", unified, "cgroup2", "rw,nsdelegate") +
                    mountinfo_line(31, "/", "/sys/fs/cgroup/systemd", "cgroup", "rw,xattr,name=systemd") +
                    mountinfo_line(33, "/", "/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct") +
                    mountinfo_line(34, "/", "/sys/fs/cgroup/memory", "cgroup", "rw,memory");
@@ -242,9 +248,9 @@ TEST(CgroupSystemdPath, Expands) {
 }
 
 TEST(CgroupSystemdPath, RejectsMalformed) {
-  for (const char* bad : {"foo", "x:y", "a:b:c:d", "bad/slice.slice:p:n", "a--b.slice:p:n", "-a.slice:p:n",
-                          "a-.slice:p:n", "system:p:n", "system.slice:p:", "system.slice:p:a/b",
-                          "system.slice:a/b:n", ".slice:p:n"}) {
+  for (const char* bad :
+       {"foo", "x:y", "a:b:c:d", "bad/slice.slice:p:n", "a--b.slice:p:n", "-a.slice:p:n", "a-.slice:p:n",
+        "system:p:n", "system.slice:p:", "system.slice:p:a/b", "system.slice:a/b:n", ".slice:p:n"}) {
     std::string err = error_of([&] { expand_systemd_path(bad, "id"); });
     EXPECT_FALSE(err.empty()) << bad;
     EXPECT_TRUE(has(err, "linux.cgroupsPath")) << bad << ": " << err;
@@ -356,9 +362,9 @@ class CgroupV2Fake : public ::testing::Test {
 
   // The files the kernel would show in a leaf with every controller on.
   void populate(const std::string& dir) {
-    for (const char* f : {"memory.max", "memory.swap.max", "memory.low", "cpu.weight", "cpu.max", "pids.max",
-                          "io.weight", "io.max", "cpuset.cpus", "cpuset.mems", "cgroup.freeze", "cgroup.procs",
-                          "cgroup.events"})
+    for (const char* f :
+         {"memory.max", "memory.swap.max", "memory.low", "cpu.weight", "cpu.max", "pids.max", "io.weight",
+          "io.max", "cpuset.cpus", "cpuset.mems", "cgroup.freeze", "cgroup.procs", "cgroup.events"})
       put(dir + "/" + f);
   }
 
@@ -556,8 +562,9 @@ TEST_F(CgroupV2Fake, ApplyPidsStats) {
   put(dir + "/inner/cgroup.procs", "4343\n");
   EXPECT_EQ(m->pids(), (std::vector<pid_t>{4242, 4343}));
 
-  put(dir + "/cpu.stat", "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\n"
-                         "throttled_usec 7\n");
+  put(dir + "/cpu.stat",
+      "usage_usec 100\nuser_usec 60\nsystem_usec 40\nnr_periods 5\nnr_throttled 2\n"
+      "throttled_usec 7\n");
   put(dir + "/memory.events", "low 0\nhigh 0\nmax 4\noom 3\noom_kill 3\n");
   put(dir + "/memory.current", "12345\n");
   put(dir + "/memory.max", "max\n");
@@ -587,6 +594,19 @@ TEST_F(CgroupV2Fake, ApplyPidsStats) {
   EXPECT_EQ(s["blkio"]["ioServicedRecursive"][1]["value"], 4u);
 }
 
+// A single-threaded process joins by itself; v2 has no lock-free path, so
+// only when asked (the init is born there with clone3 instead).
+TEST_F(CgroupV2Fake, JoinSelfOnlyWhenAskedAndNamesTheCloneTarget) {
+  auto m = Manager::create(host, "/ctr", "ctr", false);
+  std::string dir = mnt + "/ctr";
+  populate(dir);
+  EXPECT_EQ(m->v2_dir(), dir);
+  m->join_self(false);
+  EXPECT_EQ(contents(dir + "/cgroup.procs"), "");
+  m->join_self(true);
+  EXPECT_EQ(contents(dir + "/cgroup.procs"), std::to_string(::getpid()));
+}
+
 TEST_F(CgroupV2Fake, SaveLoadRoundTripAndDestroy) {
   mkdirs(mnt + "/shared");  // existed before: not the manager's to remove
   auto m = Manager::create(host, "/shared/agentshim-test/ctr1", "ctr1", false);
@@ -595,8 +615,8 @@ TEST_F(CgroupV2Fake, SaveLoadRoundTripAndDestroy) {
   json saved = m->save();
   EXPECT_EQ(saved["layout"], "unified");
   EXPECT_EQ(saved["path"], "/shared/agentshim-test/ctr1");
-  EXPECT_EQ(saved["created"],
-            json(std::vector<std::string>{mnt + "/shared/agentshim-test", mnt + "/shared/agentshim-test/ctr1"}));
+  EXPECT_EQ(saved["created"], json(std::vector<std::string>{mnt + "/shared/agentshim-test",
+                                                            mnt + "/shared/agentshim-test/ctr1"}));
 
   // Through text, as the state file stores it.
   auto l = Manager::load(json::parse(saved.dump()));
@@ -649,8 +669,8 @@ class CgroupV1Fake : public ::testing::Test {
 
   // The files set() touches, as the kernel would show them.
   void populate() {
-    for (const char* f : {"memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.soft_limit_in_bytes",
-                          "memory.swappiness", "cgroup.procs"})
+    for (const char* f : {"memory.limit_in_bytes", "memory.memsw.limit_in_bytes",
+                          "memory.soft_limit_in_bytes", "memory.swappiness", "cgroup.procs"})
       put(dir("memory") + "/" + f);
     for (const char* f : {"cpu.shares", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cgroup.procs"})
       put(dir("cpu,cpuacct") + "/" + f);
@@ -813,9 +833,10 @@ TEST_F(CgroupV1Fake, SetErrorsNameTheField) {
 TEST_F(CgroupV1Fake, MissingControllerIsNamed) {
   // A host without the pids and freezer hierarchies.
   Host h = host;
-  h.mounts.erase(std::remove_if(h.mounts.begin(), h.mounts.end(),
-                                [](const MountPoint& mp) { return mp.options == "pids" || mp.options == "freezer"; }),
-                 h.mounts.end());
+  h.mounts.erase(
+      std::remove_if(h.mounts.begin(), h.mounts.end(),
+                     [](const MountPoint& mp) { return mp.options == "pids" || mp.options == "freezer"; }),
+      h.mounts.end());
   auto m = Manager::create(h, "/agentshim-test/ctr", "ctr", false);
   std::string err = error_of([&] { m->set({{"pids", {{"limit", 5}}}}); });
   EXPECT_TRUE(has(err, "linux.resources.pids")) << err;
@@ -842,6 +863,31 @@ TEST_F(CgroupV1Fake, FreezerState) {
   m->thaw();
   EXPECT_EQ(trim(contents(state)), "THAWED");
   EXPECT_FALSE(m->frozen());
+}
+
+// "0" to tasks in every hierarchy: a task moving itself takes no global
+// lock (no RCU grace period, unlike a pid written to cgroup.procs).
+TEST_F(CgroupV1Fake, JoinSelfWritesZeroToTasksEverywhere) {
+  auto m = Manager::create(host, path_dir, "ctr", false);
+  for (const char* h : {"systemd", "memory", "cpu,cpuacct", "pids", "freezer", "devices", "cpuset"}) {
+    put(dir(h) + "/tasks");
+    put(dir(h) + "/cgroup.procs");
+  }
+  EXPECT_EQ(m->v2_dir(), "");  // a legacy host has no v2 part
+  m->join_self(true);
+  for (const char* h : {"systemd", "memory", "cpu,cpuacct", "pids", "freezer", "devices", "cpuset"}) {
+    EXPECT_EQ(contents(dir(h) + "/tasks"), "0") << h;
+    EXPECT_EQ(contents(dir(h) + "/cgroup.procs"), "") << h;
+  }
+  // A hierarchy that refuses is an error naming the file, except the named
+  // (bookkeeping) ones.
+  remove_files(dir("systemd"));
+  ::rmdir(dir("systemd").c_str());
+  EXPECT_NO_THROW(m->join_self(false));
+  remove_files(dir("memory"));
+  ::rmdir(dir("memory").c_str());
+  std::string err = error_of([&] { m->join_self(false); });
+  EXPECT_TRUE(has(err, dir("memory") + "/tasks")) << err;
 }
 
 TEST_F(CgroupV1Fake, ApplyAndPids) {
@@ -944,8 +990,19 @@ TEST(CgroupHybridFake, UsesTheUnifiedPartToo) {
   put(udir + "/hugetlb.2MB.max", "");
   put(udir + "/memory.high", "");
   auto l = Manager::load(saved);
-  l->set({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 2097152}}}}, {"unified", {{"memory.high", "max"}}}});
+  l->set({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 2097152}}}},
+          {"unified", {{"memory.high", "max"}}}});
   EXPECT_EQ(contents(udir + "/hugetlb.2MB.max"), "2097152");
+  // The v2 part is the clone3 target; a process joining by itself writes
+  // "0" to the v1 tasks and its pid to the v2 cgroup.procs only if asked.
+  EXPECT_EQ(l->v2_dir(), udir);
+  put(t.path + "/memory/ctr/tasks");
+  put(udir + "/cgroup.procs");
+  l->join_self(false);
+  EXPECT_EQ(contents(t.path + "/memory/ctr/tasks"), "0");
+  EXPECT_EQ(contents(udir + "/cgroup.procs"), "");
+  l->join_self(true);
+  EXPECT_EQ(contents(udir + "/cgroup.procs"), std::to_string(::getpid()));
   EXPECT_EQ(contents(udir + "/memory.high"), "max");
   std::string err = error_of([&] { l->set({{"unified", {{"io.max", "x"}}}}); });
   EXPECT_TRUE(has(err, "linux.resources.unified.io.max")) << err;
@@ -1077,7 +1134,8 @@ TEST(DeviceProgram, MknodOnlyAllow) {
   EXPECT_FALSE(run_device_program(p, 'c', 1, 3, kMknod | kRead));  // asks for more than allowed
   EXPECT_FALSE(run_device_program(p, 'b', 8, 0, kMknod));
   // "rw" without m: read and write, read+write, not mknod.
-  auto rw = device_program(json::parse(R"([{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}])"));
+  auto rw = device_program(
+      json::parse(R"([{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}])"));
   EXPECT_TRUE(run_device_program(rw, 'c', 1, 3, kRead | kWrite));
   EXPECT_FALSE(run_device_program(rw, 'c', 1, 3, kMknod));
 }
@@ -1118,14 +1176,12 @@ TEST(DeviceProgram, HasNoUnreachableInstructions) {
   EXPECT_TRUE(all_reachable(p));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kRead | kWrite));
   EXPECT_FALSE(run_device_program(p, 'c', 1, 1, kRead));
-  for (const char* rules : {
-           R"([])",
-           R"([{"allow": false, "access": "rwm"}])",
-           R"([{"allow": true}])",
-           R"([{"allow": false}, {"allow": true, "type": "a", "access": "rwm"},
+  for (const char* rules :
+       {R"([])", R"([{"allow": false, "access": "rwm"}])", R"([{"allow": true}])",
+        R"([{"allow": false}, {"allow": true, "type": "a", "access": "rwm"},
                {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])",
-           R"([{"allow": true, "type": "c", "major": 1, "minor": 3}, {"allow": true}, {"allow": false}])",
-           R"([{"allow": true, "access": "r"}, {"allow": false, "access": "w"}])"}) {
+        R"([{"allow": true, "type": "c", "major": 1, "minor": 3}, {"allow": true}, {"allow": false}])",
+        R"([{"allow": true, "access": "r"}, {"allow": false, "access": "w"}])"}) {
     EXPECT_TRUE(all_reachable(device_program(json::parse(rules)))) << rules;
   }
   // Everything after an unconditional rule is dead: the last rule decides.
@@ -1188,8 +1244,9 @@ TEST(DeviceProgramKernel, AttachedProgramDeniesDevNull) {
   // deny-all and the defaults): attaching the next one must replace it.
   attach_device_program(dir, device_program(json::array()));
   EXPECT_EQ(attached_device_programs(dir), 1u);
-  attach_device_program(dir, device_program(effective_device_rules(json::parse(
-                                 R"({"linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}})"))));
+  attach_device_program(
+      dir, device_program(effective_device_rules(json::parse(
+               R"({"linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}})"))));
   EXPECT_EQ(attached_device_programs(dir), 1u);
   json rules = json::parse(R"([{"allow": false, "access": "rwm"},
     {"allow": true, "type": "a", "access": "rwm"},
@@ -1226,7 +1283,15 @@ TEST(DeviceProgramKernel, AttachedProgramDeniesDevNull) {
   ASSERT_EQ(::waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "child died with status " << status;
   const char* what[] = {"ok",
-                        "", "", "", "", "", "", "", "", "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
                         "could not open cgroup.procs",
                         "could not join the cgroup",
                         "open(/dev/null) succeeded despite the deny rule",
