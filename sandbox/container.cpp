@@ -887,7 +887,18 @@ int exec(const Global& g, const ExecOptions& o) {
       // /proc/<pid>/exe, /mem or ptrace (the CVE-2019-5736 shape). execve
       // of the user's program makes it dumpable again.
       if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_DUMPABLE, 0)");
-      cg->join(::getpid());
+      // The v1 hierarchies by moving ourselves, the v2 one by creating the
+      // process in it (no grace period either way; see cgroups.h), unless
+      // we enter a user namespace: then everything now, as host root.
+      bool enters_userns = false;
+      for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
+      cg->join_self(enters_userns);
+      UniqueFd v2;
+      std::string v2_dir = cg->v2_dir();
+      if (!enters_userns && !v2_dir.empty()) {
+        v2.reset(::open(v2_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (!v2) throw_errno("open cgroup " + v2_dir);
+      }
       for (auto& [flag, fd] : nsfds) {
         if (::setns(fd.get(), flag) < 0)
           throw_errno("setns into container (flag " + std::to_string(flag) + ")");
@@ -896,7 +907,7 @@ int exec(const Global& g, const ExecOptions& o) {
             throw_errno("become root in user namespace");
         }
       }
-      pid_t child = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+      pid_t child = cgroups::clone_parent_into(v2.get(), v2_dir, cg->save().value("layout", "") == "unified");
       if (child < 0) throw_errno("clone exec process");
       if (child == 0) {
         sigset_t none;

@@ -94,14 +94,6 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
 // signal (sigqueue, the status as its value) once the exit is recorded.
 const int kReleaseSignal = SIGRTMAX;
 
-// clone3(2)'s argument (declared here: <linux/sched.h> clashes with glibc's
-// <sched.h>).
-struct CloneArgs {
-  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
-      cgroup;
-};
-constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
-
 // How stage1 puts the init into the container's cgroup without a migration
 // (see cgroups::Manager::join_self): stage1 has joined the v1 hierarchies
 // itself; the v2 one the init is born into (clone3 CLONE_INTO_CGROUP).
@@ -114,24 +106,7 @@ struct Stage1Cgroup {
 // The init as stage1's sibling (CLONE_PARENT: the supervisor reaps it),
 // born in the container's v2 cgroup when `cg.v2` is set.
 pid_t clone_init(Stage1Cgroup& cg) {
-  if (cg.v2) {
-    CloneArgs a{};
-    a.flags = CLONE_PARENT | kCloneIntoCgroup;
-    a.cgroup = static_cast<uint64_t>(cg.v2.get());
-    long pid = ::syscall(SYS_clone3, &a, sizeof a);
-    if (pid >= 0) return static_cast<pid_t>(pid);
-    // Kernels before 5.7 (ENOSYS, E2BIG) or a cgroup that refuses it: join
-    // through cgroup.procs and clone plainly.
-    int err = errno;
-    try {
-      write_file(cg.v2_dir + "/cgroup.procs", std::to_string(::getpid()));
-    } catch (const std::exception& e) {
-      if (cg.v2_required)
-        throw Error(std::string(e.what()) + " (after clone3 into the cgroup: " + std::strerror(err) + ")");
-      log::warn(e.what());
-    }
-  }
-  return static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+  return cgroups::clone_parent_into(cg.v2 ? cg.v2.get() : -1, cg.v2_dir, cg.v2_required);
 }
 
 // ---------------------------------------------------------------- init

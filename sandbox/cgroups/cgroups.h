@@ -115,6 +115,15 @@ class Manager {
   virtual std::string path() const = 0;
 };
 
+// A child of the calling process's parent (CLONE_PARENT), born in the cgroup
+// v2 directory `v2_dir` (an open directory fd; clone3 CLONE_INTO_CGROUP: no
+// migration, so no grace period). Like fork(): 0 in the child. When the
+// kernel refuses (before 5.7: ENOSYS; a cgroup it may not enter), the
+// calling process joins `v2_dir_path` through cgroup.procs and clones
+// plainly; that failing is an error only when `v2_required`, else a warning.
+// For single-threaded callers (stage1, exec's intermediate).
+pid_t clone_parent_into(int v2_dir, const std::string& v2_dir_path, bool v2_required);
+
 // ---- helpers shared by the v1 and v2 managers (exposed for tests) ----
 namespace detail {
 // Write `value` to `dir/file`; the error names the file and the value.

@@ -2,7 +2,10 @@
 // device rules, and the small file helpers both managers use.
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -193,6 +196,34 @@ json effective_device_rules(const json& config) {
       allow(t == "b" ? "b" : "c", d["major"].get<long long>(), d["minor"].get<long long>(), "rwm");
     }
   return rules;
+}
+
+namespace {
+// clone3(2)'s argument (declared here: <linux/sched.h> clashes with glibc's
+// <sched.h>).
+struct CloneArgs {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
+}  // namespace
+
+pid_t clone_parent_into(int v2_dir, const std::string& v2_dir_path, bool v2_required) {
+  if (v2_dir >= 0) {
+    CloneArgs a{};
+    a.flags = CLONE_PARENT | kCloneIntoCgroup;  // exit_signal 0: CLONE_PARENT inherits ours
+    a.cgroup = static_cast<uint64_t>(v2_dir);
+    long pid = ::syscall(SYS_clone3, &a, sizeof a);
+    if (pid >= 0) return static_cast<pid_t>(pid);
+    int err = errno;
+    try {
+      write_file(v2_dir_path + "/cgroup.procs", std::to_string(::getpid()));
+    } catch (const std::exception& e) {
+      std::string msg = std::string(e.what()) + " (clone3 into the cgroup: " + std::strerror(err) + ")";
+      if (v2_required) throw Error(msg);
+      log::warn(msg);
+    }
+  }
+  return static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
 }
 
 namespace detail {
