@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "tests/child.h"
 #include "sandbox/oci.h"
 
 using namespace agentshim;
@@ -91,15 +92,18 @@ json allow_with(const char* rule) {
   return {{"defaultAction", "SCMP_ACT_ALLOW"}, {"syscalls", json::array({json::parse(rule)})}};
 }
 
-template <typename F>
-int in_child(F body) {
-  pid_t pid = ::fork();
-  if (pid < 0) return -1;
-  if (pid == 0) ::_exit(body());
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) return -2;
-  if (WIFSIGNALED(status)) return 1000 + WTERMSIG(status);
-  return WEXITSTATUS(status);
+using testutil::in_child;
+
+// In the child: no_new_privs, then the prepared filters; 0, or the child's
+// exit code for what failed.
+int install_with_nnp(const process::PreparedSeccomp& p, std::vector<process::Listener>& listeners) {
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
+  try {
+    process::install_seccomp(p, listeners);
+  } catch (...) {
+    return 202;
+  }
+  return 0;
 }
 
 std::vector<std::string> kinds(const process::PreparedSeccomp& p) {
@@ -167,13 +171,8 @@ TEST(ProcessSeccomp, InstalledPreparedFiltersApplyWithTheEnosysStub) {
   ASSERT_GE(p.max_nr, __NR_getppid);
   int max_nr = p.max_nr;
   int code = in_child([&]() -> int {
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
     std::vector<process::Listener> listeners;
-    try {
-      process::install_seccomp(p, listeners);
-    } catch (...) {
-      return 202;
-    }
+    if (int e = install_with_nnp(p, listeners)) return e;
     if (!listeners.empty()) return 203;
     if (::syscall(max_nr + 200) != -1 || errno != ENOSYS) return 10;
     if (::syscall(__NR_getuid) != -1 || errno != EPERM) return 11;
@@ -190,13 +189,8 @@ TEST(ProcessSeccomp, InstallReturnsTheListenersWithTheirKinds) {
   f.observe_exec = true;
   auto p = process::prepare_seccomp(f);
   int code = in_child([&]() -> int {
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 200;
     std::vector<process::Listener> listeners;
-    try {
-      process::install_seccomp(p, listeners);
-    } catch (...) {
-      return 202;
-    }
+    if (int e = install_with_nnp(p, listeners)) return e;
     if (listeners.size() != 1 || listeners[0].kind != "exec" || listeners[0].fd < 3) return 10;
     if (::syscall(__NR_getppid) != -1 || errno != EPERM) return 11;
     return 0;

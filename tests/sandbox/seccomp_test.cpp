@@ -24,6 +24,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "tests/child.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -54,18 +55,7 @@ bool is_notify(const std::string& block) { return has(block, "NOTIFY") || has(bl
 
 json allow_default() { return {{"defaultAction", "SCMP_ACT_ALLOW"}}; }
 
-// Fork; the child runs `body` and _exits with its return value. Returns the
-// exit code, or 1000 + signal when the child was killed.
-template <typename F>
-int in_child(F body) {
-  pid_t pid = ::fork();
-  if (pid < 0) return -1;
-  if (pid == 0) ::_exit(body());
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) return -2;
-  if (WIFSIGNALED(status)) return 1000 + WTERMSIG(status);
-  return WEXITSTATUS(status);
-}
+using testutil::in_child;
 
 // ---------------------------------------------------------------- validation
 
