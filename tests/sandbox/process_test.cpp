@@ -12,8 +12,8 @@
 #include <set>
 
 #include "common/error.h"
-#include "tests/child.h"
 #include "sandbox/oci.h"
+#include "tests/child.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
