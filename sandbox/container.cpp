@@ -178,7 +178,8 @@ bool wait_gone(pid_t pid, unsigned long long start, int timeout_ms) {
     struct pollfd p = {pfd.get(), POLLIN, 0};
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) break;
       // Wake at least every 50 ms: a zombie counts as gone for
       // process_alive, and a zombie's pidfd is already readable anyway.
@@ -257,27 +258,33 @@ void create(const Global& g, const CreateOptions& o) {
     idmap = userns::can_idmap(rootfs, &why);
     bool readonly = cfg.contains("root") && cfg["root"].value("readonly", false);
     if (!idmap && !readonly)
-      throw Error(why + "; with a writable root filesystem the container's root could not write the image's "
-                  "files. Set \"userns\": \"off\", make the root read-only (filesystem.readonly_root), or put "
-                  "the rootfs on a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs)");
+      throw Error(
+          why +
+          "; with a writable root filesystem the container's root could not write the image's "
+          "files. Set \"userns\": \"off\", make the root read-only (filesystem.readonly_root), or put "
+          "the rootfs on a filesystem that supports idmapped mounts (ext4, xfs, btrfs, tmpfs)");
     auto range = userns::allocate(dir, userns::pool());
-    cfg["linux"]["uidMappings"] = json::array({{{"containerID", 0}, {"hostID", range.uid}, {"size", range.size}}});
-    cfg["linux"]["gidMappings"] = json::array({{{"containerID", 0}, {"hostID", range.gid}, {"size", range.size}}});
+    cfg["linux"]["uidMappings"] =
+        json::array({{{"containerID", 0}, {"hostID", range.uid}, {"size", range.size}}});
+    cfg["linux"]["gidMappings"] =
+        json::array({{{"containerID", 0}, {"hostID", range.gid}, {"size", range.size}}});
     pres.decisions.push_back(
         {{"rule", "userns"},
          {"path", "linux.uidMappings"},
          {"action", "allocated"},
          {"detail", "container uids/gids 0-" + std::to_string(range.size - 1) + " run as host uids " +
-                        std::to_string(range.uid) + "-" + std::to_string(range.uid + range.size - 1) + ", gids " +
-                        std::to_string(range.gid) + "-" + std::to_string(range.gid + range.size - 1) +
+                        std::to_string(range.uid) + "-" + std::to_string(range.uid + range.size - 1) +
+                        ", gids " + std::to_string(range.gid) + "-" +
+                        std::to_string(range.gid + range.size - 1) +
                         (idmap ? "; the rootfs is mounted idmapped" : "")}});
     if (!idmap)
       pres.decisions.push_back(
           {{"rule", "userns"},
            {"path", "root.path"},
            {"action", "not idmapped"},
-           {"detail", why + "; the root filesystem is read-only, so it is used as it is: files the image gives "
-                            "to host root show as nobody (65534) inside, and root-only files cannot be read"}});
+           {"detail", why +
+                          "; the root filesystem is read-only, so it is used as it is: files the image gives "
+                          "to host root show as nobody (65534) inside, and root-only files cannot be read"}});
   }
 
   std::string fifo = state::exec_fifo_path(g.root, o.id);
@@ -892,13 +899,7 @@ int exec(const Global& g, const ExecOptions& o) {
       // we enter a user namespace: then everything now, as host root.
       bool enters_userns = false;
       for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
-      cg->join_self(enters_userns);
-      UniqueFd v2;
-      std::string v2_dir = cg->v2_dir();
-      if (!enters_userns && !v2_dir.empty()) {
-        v2.reset(::open(v2_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        if (!v2) throw_errno("open cgroup " + v2_dir);
-      }
+      auto target = cg->join_for_clone(enters_userns);
       for (auto& [flag, fd] : nsfds) {
         if (::setns(fd.get(), flag) < 0)
           throw_errno("setns into container (flag " + std::to_string(flag) + ")");
@@ -907,7 +908,7 @@ int exec(const Global& g, const ExecOptions& o) {
             throw_errno("become root in user namespace");
         }
       }
-      pid_t child = cgroups::clone_parent_into(v2.get(), v2_dir, cg->save().value("layout", "") == "unified");
+      pid_t child = cgroups::clone_parent_into(target);
       if (child < 0) throw_errno("clone exec process");
       if (child == 0) {
         sigset_t none;

@@ -20,9 +20,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <map>
 #include <optional>
-#include <thread>
 
 #include "attest/canonical.h"
 #include "attest/hash.h"
@@ -93,21 +93,6 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
 // The supervisor tells the sentinel the container's status with this
 // signal (sigqueue, the status as its value) once the exit is recorded.
 const int kReleaseSignal = SIGRTMAX;
-
-// How stage1 puts the init into the container's cgroup without a migration
-// (see cgroups::Manager::join_self): stage1 has joined the v1 hierarchies
-// itself; the v2 one the init is born into (clone3 CLONE_INTO_CGROUP).
-struct Stage1Cgroup {
-  UniqueFd v2;         // the container's v2 directory, or -1 (stage1 joined it already)
-  std::string v2_dir;  // for the fallback: join through cgroup.procs
-  bool v2_required = false;
-};
-
-// The init as stage1's sibling (CLONE_PARENT: the supervisor reaps it),
-// born in the container's v2 cgroup when `cg.v2` is set.
-pid_t clone_init(Stage1Cgroup& cg) {
-  return cgroups::clone_parent_into(cg.v2 ? cg.v2.get() : -1, cg.v2_dir, cg.v2_required);
-}
 
 // ---------------------------------------------------------------- init
 
@@ -249,7 +234,7 @@ pid_t clone_init(Stage1Cgroup& cg) {
 
 // ---------------------------------------------------------------- stage1
 
-[[noreturn]] void stage1_main(Setup& s, int sock, Stage1Cgroup cg) {
+[[noreturn]] void stage1_main(Setup& s, int sock, const cgroups::CloneTarget& cg) {
   try {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     // The init runs agentshim's own binary until it execs the user's
@@ -298,7 +283,9 @@ pid_t clone_init(Stage1Cgroup& cg) {
         throw_errno(std::string("setns ") + t + " namespace");
     }
     if (unshare_flags && ::unshare(unshare_flags) < 0) throw_errno("unshare namespaces");
-    pid_t pid = clone_init(cg);
+    // The init as our sibling (CLONE_PARENT: the supervisor reaps it), born
+    // in the container's v2 cgroup.
+    pid_t pid = cgroups::clone_parent_into(cg);
     if (pid < 0) throw_errno("clone container init");
     if (pid == 0) init_main(s, sock);
     sync::send(sock, {{"type", "init"}, {"pid", pid}});
@@ -405,9 +392,7 @@ class Supervisor {
   // grace period); on a unified host it joins through cgroup.procs.
   void sentinel_joins_container_cgroup() {
     if (!sentinel_sock_) throw Error("the sentinel cannot be reached to join the container's cgroup");
-    json saved = cg_->save();
-    bool v2 = saved.value("layout", "") == "unified";
-    sync::send(sentinel_sock_.get(), {{"type", "join"}, {"cgroup", saved}, {"v2", v2}});
+    sync::send(sentinel_sock_.get(), {{"type", "join"}, {"cgroup", cg_->save()}});
     auto m = sync::recv(sentinel_sock_.get());
     sentinel_sock_.reset();
     if (!m) throw Error("the sentinel exited while joining the container's cgroup");
@@ -476,25 +461,10 @@ class Supervisor {
     // a second thread while this one starts the record and makes the cgroup;
     // joined before stage1 is forked (the init inherits the programs, and no
     // other thread of ours may hold a lock across that fork).
-    std::exception_ptr seccomp_error;
-    std::thread compile;
-    if (!s_.prepared_seccomp)
-      compile = std::thread([this, &seccomp_error] {
-        try {
-          prepare_seccomp();
-        } catch (...) {
-          seccomp_error = std::current_exception();
-        }
-      });
-    struct Joiner {
-      std::thread& t;
-      ~Joiner() {
-        if (t.joinable()) t.join();
-      }
-    } joiner{compile};
+    // (An std::async future waits for its thread when destroyed, so an
+    // error here leaves no thread running either.)
+    auto compiled = std::async(std::launch::async, [this] { prepare_seccomp(); });
     start_record();
-    // Without a record nobody would answer the exec notifications (an
-    // unanswered listener makes execve fail), so no observer either.
     std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
     json resources =
@@ -521,20 +491,7 @@ class Supervisor {
       if (auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings"); u && gm)
         userns::chown_stdio(u->host, gm->host);
 
-    // stage1 joins the v1 hierarchies itself (no grace period) and creates
-    // the init in the v2 one (clone3 CLONE_INTO_CGROUP), unless a user
-    // namespace is involved: its root may not write to our cgroup files,
-    // so then it joins everything here, as host root, before unsharing.
-    if (compile.joinable()) compile.join();
-    if (seccomp_error) std::rethrow_exception(seccomp_error);
-    bool userns = oci::has_namespace(cfg, "user");
-    Stage1Cgroup s1cg;
-    s1cg.v2_dir = cg_->v2_dir();
-    s1cg.v2_required = cg_->save().value("layout", "") == "unified";
-    if (!userns && !s1cg.v2_dir.empty()) {
-      s1cg.v2.reset(::open(s1cg.v2_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-      if (!s1cg.v2) throw_errno("open cgroup " + s1cg.v2_dir);
-    }
+    compiled.get();  // rethrows a bad profile's error
     auto pair = make_socketpair(SOCK_SEQPACKET);
     sock_ = std::move(pair.first);
     pid_t stage1 = ::fork();
@@ -543,8 +500,11 @@ class Supervisor {
     if (stage1 == 0) {
       sock_.reset();
       s_.cli_sock.reset();
+      // stage1 joins the v1 hierarchies itself (no grace period) and creates
+      // the init in the v2 one (see cgroups::Manager::join_for_clone).
+      cgroups::CloneTarget target;
       try {
-        cg_->join_self(userns);
+        target = cg_->join_for_clone(oci::has_namespace(cfg, "user"));
       } catch (const std::exception& e) {
         try {
           sync::send(pair.second.get(), {{"type", "error"}, {"msg", e.what()}});
@@ -552,10 +512,9 @@ class Supervisor {
         }
         ::_exit(1);
       }
-      stage1_main(s_, pair.second.get(), std::move(s1cg));
+      stage1_main(s_, pair.second.get(), target);
     }
     pair.second.reset();
-    s1cg.v2.reset();
     const std::string eof = "container init exited during setup (see the log for details)";
     for (;;) {
       std::vector<UniqueFd> fds;
@@ -1163,7 +1122,8 @@ void sentinel_join_cgroup(int sock) {
   if (!m || m->value("type", "") != "join") return;
   json reply = {{"type", "joined"}};
   try {
-    cgroups::Manager::load((*m)["cgroup"])->join_self(m->value("v2", false));
+    auto cg = cgroups::Manager::load((*m)["cgroup"]);
+    cg->join_self(cg->v2_only());
   } catch (const std::exception& e) {
     reply = {{"type", "error"}, {"msg", e.what()}};
   }

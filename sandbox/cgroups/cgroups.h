@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "common/fd.h"
+
 namespace agentshim::cgroups {
 
 using json = nlohmann::json;
@@ -67,6 +69,16 @@ struct Hierarchy {
   std::string host_path;        // the container's cgroup directory on the host
 };
 
+// Where a process created for the container (the init, an exec'd process)
+// enters the v2 hierarchy: its creator clones it there (see
+// clone_parent_into); `v2` is not open when there is no v2 part or the
+// creator joined it already.
+struct CloneTarget {
+  UniqueFd v2;         // the container's v2 directory
+  std::string v2_dir;  // for the fallback: join through cgroup.procs
+  bool v2_required = false;
+};
+
 class Manager {
  public:
   virtual ~Manager() = default;
@@ -98,6 +110,13 @@ class Manager {
   // for clone3(CLONE_INTO_CGROUP), which places a new process without a
   // migration.
   virtual std::string v2_dir() const = 0;
+  // A unified (v2-only) host: the v2 hierarchy is the container's cgroup.
+  virtual bool v2_only() const = 0;
+  // For a single-threaded process about to clone a container process
+  // (stage1, exec's intermediate): join_self() the v1 hierarchies — every
+  // hierarchy when it will enter a user namespace, whose root may not write
+  // the host's cgroup files — and where the v2 part is to be entered.
+  CloneTarget join_for_clone(bool userns);
   // Apply an OCI linux.resources object. Unset fields are left alone, so
   // `update` can pass a partial object. Errors name the field and the file.
   virtual void set(const json& resources) = 0;
@@ -115,14 +134,14 @@ class Manager {
   virtual std::string path() const = 0;
 };
 
-// A child of the calling process's parent (CLONE_PARENT), born in the cgroup
-// v2 directory `v2_dir` (an open directory fd; clone3 CLONE_INTO_CGROUP: no
-// migration, so no grace period). Like fork(): 0 in the child. When the
-// kernel refuses (before 5.7: ENOSYS; a cgroup it may not enter), the
-// calling process joins `v2_dir_path` through cgroup.procs and clones
-// plainly; that failing is an error only when `v2_required`, else a warning.
-// For single-threaded callers (stage1, exec's intermediate).
-pid_t clone_parent_into(int v2_dir, const std::string& v2_dir_path, bool v2_required);
+// A child of the calling process's parent (CLONE_PARENT), born in the v2
+// cgroup `target.v2` when open (clone3 CLONE_INTO_CGROUP: no migration, so
+// no grace period). Like fork(): 0 in the child. When the kernel refuses
+// (before 5.7: ENOSYS; a cgroup it may not enter), the calling process joins
+// `target.v2_dir` through cgroup.procs and clones plainly; that failing is
+// an error only when `target.v2_required`, else a warning. For
+// single-threaded callers (stage1, exec's intermediate).
+pid_t clone_parent_into(const CloneTarget& target);
 
 // ---- helpers shared by the v1 and v2 managers (exposed for tests) ----
 namespace detail {

@@ -40,8 +40,8 @@ namespace {
 std::string unescape_mountinfo(const std::string& s) {
   std::string out;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && std::isdigit(s[i + 1]) &&
-        std::isdigit(s[i + 2]) && std::isdigit(s[i + 3])) {
+    if (s[i] == '\\' && i + 3 < s.size() && std::isdigit(s[i + 1]) && std::isdigit(s[i + 2]) &&
+        std::isdigit(s[i + 3])) {
       out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
       i += 3;
     } else {
@@ -52,9 +52,10 @@ std::string unescape_mountinfo(const std::string& s) {
 }
 
 bool is_v1_controller_option(const std::string& o) {
-  static const std::set<std::string> non_controllers = {"rw", "ro", "relatime", "noatime", "nosuid", "nodev",
-                                                        "noexec", "clone_children", "xattr", "noprefix",
-                                                        "nsdelegate", "memory_recursiveprot"};
+  static const std::set<std::string> non_controllers = {
+      "rw",     "ro",       "relatime",   "noatime",
+      "nosuid", "nodev",    "noexec",     "clone_children",
+      "xattr",  "noprefix", "nsdelegate", "memory_recursiveprot"};
   if (non_controllers.count(o)) return false;
   if (starts_with(o, "release_agent=")) return false;
   return true;
@@ -104,7 +105,8 @@ Host Host::parse(const std::string& mountinfo, const std::string& proc_self_cgro
     h.mounts.push_back(std::move(m));
   }
   bool have_v2 = h.unified_mount() != nullptr;
-  if (!have_v1 && !have_v2) throw Error("cgroups: no cgroup or cgroup2 file system is mounted (read /proc/self/mountinfo)");
+  if (!have_v1 && !have_v2)
+    throw Error("cgroups: no cgroup or cgroup2 file system is mounted (read /proc/self/mountinfo)");
   h.layout = !have_v1 ? Layout::unified : (have_v2 ? Layout::hybrid : Layout::legacy);
 
   std::istringstream cin(proc_self_cgroup);
@@ -179,14 +181,14 @@ json effective_device_rules(const json& config) {
   };
   allow("c", -1, -1, "m");
   allow("b", -1, -1, "m");
-  allow("c", 1, 3, "rwm");    // null
-  allow("c", 1, 8, "rwm");    // random
-  allow("c", 1, 7, "rwm");    // full
-  allow("c", 5, 0, "rwm");    // tty
-  allow("c", 1, 5, "rwm");    // zero
-  allow("c", 1, 9, "rwm");    // urandom
+  allow("c", 1, 3, "rwm");     // null
+  allow("c", 1, 8, "rwm");     // random
+  allow("c", 1, 7, "rwm");     // full
+  allow("c", 5, 0, "rwm");     // tty
+  allow("c", 1, 5, "rwm");     // zero
+  allow("c", 1, 9, "rwm");     // urandom
   allow("c", 136, -1, "rwm");  // pts/*
-  allow("c", 5, 2, "rwm");    // ptmx
+  allow("c", 5, 2, "rwm");     // ptmx
   if (linux && linux->contains("devices") && (*linux)["devices"].is_array())
     for (const auto& d : (*linux)["devices"]) {
       if (!d.is_object() || !d.contains("major") || !d.contains("minor")) continue;
@@ -202,24 +204,37 @@ namespace {
 // clone3(2)'s argument (declared here: <linux/sched.h> clashes with glibc's
 // <sched.h>).
 struct CloneArgs {
-  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size,
+      cgroup;
 };
 constexpr uint64_t kCloneIntoCgroup = 0x200000000ULL;
 }  // namespace
 
-pid_t clone_parent_into(int v2_dir, const std::string& v2_dir_path, bool v2_required) {
-  if (v2_dir >= 0) {
+CloneTarget Manager::join_for_clone(bool userns) {
+  join_self(userns);
+  CloneTarget t;
+  t.v2_dir = v2_dir();
+  t.v2_required = v2_only();
+  if (!userns && !t.v2_dir.empty()) {
+    t.v2.reset(::open(t.v2_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!t.v2) throw_errno("open cgroup " + t.v2_dir);
+  }
+  return t;
+}
+
+pid_t clone_parent_into(const CloneTarget& target) {
+  if (target.v2) {
     CloneArgs a{};
     a.flags = CLONE_PARENT | kCloneIntoCgroup;  // exit_signal 0: CLONE_PARENT inherits ours
-    a.cgroup = static_cast<uint64_t>(v2_dir);
+    a.cgroup = static_cast<uint64_t>(target.v2.get());
     long pid = ::syscall(SYS_clone3, &a, sizeof a);
     if (pid >= 0) return static_cast<pid_t>(pid);
     int err = errno;
     try {
-      write_file(v2_dir_path + "/cgroup.procs", std::to_string(::getpid()));
+      write_file(target.v2_dir + "/cgroup.procs", std::to_string(::getpid()));
     } catch (const std::exception& e) {
       std::string msg = std::string(e.what()) + " (clone3 into the cgroup: " + std::strerror(err) + ")";
-      if (v2_required) throw Error(msg);
+      if (target.v2_required) throw Error(msg);
       log::warn(msg);
     }
   }
@@ -239,9 +254,13 @@ void write(const std::string& dir, const std::string& file, const std::string& v
   if (n < 0) throw_errno("cgroup: write \"" + value + "\" to " + p);
 }
 
-bool exists(const std::string& dir, const std::string& file) { return ::access((dir + "/" + file).c_str(), F_OK) == 0; }
+bool exists(const std::string& dir, const std::string& file) {
+  return ::access((dir + "/" + file).c_str(), F_OK) == 0;
+}
 
-std::string read(const std::string& dir, const std::string& file) { return trim(read_file(dir + "/" + file)); }
+std::string read(const std::string& dir, const std::string& file) {
+  return trim(read_file(dir + "/" + file));
+}
 
 std::map<std::string, uint64_t> read_flat_keyed(const std::string& dir, const std::string& file) {
   std::map<std::string, uint64_t> out;
@@ -296,7 +315,8 @@ void remove_dir(const std::string& dir) {
 std::string host_dir(const MountPoint& m, const std::string& self_path, const std::string& path) {
   std::string full = path;
   if (full.empty() || full.front() != '/') full = (self_path.empty() ? "/" : self_path) + "/" + full;
-  if (m.root != "/" && starts_with(full, m.root) && (full.size() == m.root.size() || full[m.root.size()] == '/'))
+  if (m.root != "/" && starts_with(full, m.root) &&
+      (full.size() == m.root.size() || full[m.root.size()] == '/'))
     full = full.substr(m.root.size());
   std::string out = m.path;
   for (const auto& c : split(full, '/')) {
@@ -353,12 +373,13 @@ std::vector<std::string> hugepage_sizes() {
 
 }  // namespace detail
 
-std::unique_ptr<Manager> Manager::create(const std::string& cgroups_path, const std::string& id, bool systemd) {
+std::unique_ptr<Manager> Manager::create(const std::string& cgroups_path, const std::string& id,
+                                         bool systemd) {
   return create(Host::detect(), cgroups_path, id, systemd);
 }
 
-std::unique_ptr<Manager> Manager::create(const Host& host, const std::string& cgroups_path, const std::string& id,
-                                         bool systemd) {
+std::unique_ptr<Manager> Manager::create(const Host& host, const std::string& cgroups_path,
+                                         const std::string& id, bool systemd) {
   std::string path;
   if (systemd) {
     path = expand_systemd_path(cgroups_path, id);

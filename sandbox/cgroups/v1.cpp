@@ -144,6 +144,7 @@ class V1Manager final : public Manager {
   }
 
   std::string v2_dir() const override { return unified_ ? unified_->dir : ""; }
+  bool v2_only() const override { return false; }
 
   void apply(pid_t pid) override {
     std::string p = std::to_string(pid);

@@ -70,6 +70,7 @@ class V2Manager final : public Manager {
     if (include_v2) apply(::getpid());
   }
   std::string v2_dir() const override { return dir_; }
+  bool v2_only() const override { return true; }
 
   void set(const json& r) override {
     if (!r.is_object()) throw Error("linux.resources: must be an object");
