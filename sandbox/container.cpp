@@ -28,14 +28,15 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/control.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
 #include "sandbox/policy.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
 #include "sandbox/seccomp.h"
+#include "sandbox/sentinel.h"
 #include "sandbox/state.h"
-#include "sandbox/supervisor.h"
 #include "sandbox/sync.h"
 #include "sandbox/userns.h"
 
@@ -310,7 +311,7 @@ void create(const Global& g, const CreateOptions& o) {
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
 
-  supervisor::Setup s;
+  setup::Setup s;
   s.id = o.id;
   s.bundle = bundle;
   s.rootfs = rootfs;
@@ -363,7 +364,7 @@ void create(const Global& g, const CreateOptions& o) {
     pair.first.reset();
     cleanup.armed = false;
     lock.drop_in_child();
-    supervisor::main(std::move(s));
+    sentinel::run(std::move(s));
   }
   s.cli_sock.reset();
   s.console_sock.reset();
@@ -411,7 +412,7 @@ void start(const Global& g, const std::string& id) {
   // (it takes them after `create` returned): no container code runs first.
   // (No timeout: a large rootfs takes as long as it takes to walk; a dead
   // supervisor closes the socket.)
-  auto gate = supervisor::notify(state_dir(g, id), {{"type", "start-gate"}}, true, 0);
+  auto gate = control::notify(state_dir(g, id), {{"type", "start-gate"}}, true, 0);
   if (!gate.value("ok", false))
     throw Error("cannot start container " + id + ": its supervisor is not answering (" +
                 gate.value("error", std::string("no reply")) + ")");
@@ -451,7 +452,7 @@ void start(const Global& g, const std::string& id) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
-  supervisor::notify(state_dir(g, id), {{"type", "started"}});
+  control::notify(state_dir(g, id), {{"type", "started"}});
   json hs = state::oci_state(st, "running");
   try {
     hooks::run(st.config, "poststart", hs);
@@ -610,8 +611,8 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   std::string status = state::status(g.root, st);
   if (status == "stopped" && !all) throw Error("container not running");
   // A paused container's supervisor is frozen with it: queue the note.
-  supervisor::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}},
-                     status != "paused");
+  control::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}},
+                  status != "paused");
   if (all) {
     auto cg = cgroup_of(st);
     for (pid_t p : cg->pids())
@@ -694,7 +695,7 @@ void pause(const Global& g, const std::string& id) {
   if (status != "running" && status != "created") throw Error("container not running");
   // The supervisor shares the container's cgroup: tell it first (after the
   // freeze it could not answer).
-  supervisor::notify(state_dir(g, id), {{"type", "paused"}});
+  control::notify(state_dir(g, id), {{"type", "paused"}});
   cgroup_of(st)->freeze();
 }
 
@@ -703,7 +704,7 @@ void resume(const Global& g, const std::string& id) {
   state::Lock lock(g.root, id);
   if (state::status(g.root, st) != "paused") throw Error("container not paused");
   cgroup_of(st)->thaw();
-  supervisor::notify(state_dir(g, id), {{"type", "resumed"}});
+  control::notify(state_dir(g, id), {{"type", "resumed"}});
 }
 
 void update(const Global& g, const std::string& id, const json& resources) {
@@ -742,8 +743,8 @@ void update(const Global& g, const std::string& id, const json& resources) {
   if (!r.is_object()) r = json::object();
   r.merge_patch(apply);
   state::save(g.root, st);
-  supervisor::notify(state_dir(g, id),
-                     {{"type", "updated"}, {"resources", apply}, {"policy_decisions", decisions}});
+  control::notify(state_dir(g, id),
+                  {{"type", "updated"}, {"resources", apply}, {"policy_decisions", decisions}});
 }
 
 std::vector<pid_t> pids(const Global& g, const std::string& id) {
@@ -954,13 +955,13 @@ int exec(const Global& g, const ExecOptions& o) {
   pid_t pid = static_cast<pid_t>(*child);
   write_pid_file(o.pid_file, pid);
   json args = proc["args"];
-  supervisor::notify(state_dir(g, o.id), {{"type", "exec"},
-                                          {"pid", pid},
-                                          {"args", args},
-                                          {"cwd", proc.value("cwd", "/")},
-                                          {"terminal", terminal},
-                                          {"user", proc.value("user", json::object())},
-                                          {"policy_decisions", exec_decisions}});
+  control::notify(state_dir(g, o.id), {{"type", "exec"},
+                                       {"pid", pid},
+                                       {"args", args},
+                                       {"cwd", proc.value("cwd", "/")},
+                                       {"terminal", terminal},
+                                       {"user", proc.value("user", json::object())},
+                                       {"policy_decisions", exec_decisions}});
   if (o.detach) return 0;
   sigset_t set;
   sigemptyset(&set);
