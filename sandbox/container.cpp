@@ -370,14 +370,17 @@ void create(const Global& g, const CreateOptions& o) {
   s.console_sock.reset();
   s.exec_fifo.reset();
   s.state_dirfd.reset();
-  std::optional<json> msg;
+  std::optional<sync::Message> msg;
   try {
     msg = sync::recv(pair.first.get());
   } catch (const std::exception& e) {
-    msg = json{{"type", "error"}, {"msg", e.what()}};
+    msg = sync::Failure{e.what()};
   }
-  if (!msg || msg->value("type", "") != "created") {
-    std::string err = msg ? msg->value("msg", "container setup failed") : "supervisor exited during setup";
+  const auto* created = msg ? std::get_if<sync::Created>(&*msg) : nullptr;
+  if (!created) {
+    std::string err = !msg                                          ? "supervisor exited during setup"
+                      : std::holds_alternative<sync::Failure>(*msg) ? std::get<sync::Failure>(*msg).msg
+                                                                    : "container setup failed";
     ::kill(sup, SIGKILL);
     ::waitpid(sup, nullptr, 0);
     throw Error(err);
@@ -387,14 +390,14 @@ void create(const Global& g, const CreateOptions& o) {
   st.bundle = bundle;
   st.rootfs = rootfs;
   st.created = s.created;
-  st.init_pid = (*msg)["init_pid"];
-  st.init_start = (*msg)["init_start"];
+  st.init_pid = created->init_pid;
+  st.init_start = created->init_start;
   st.supervisor_pid = sup;
   st.supervisor_start = state::process_start_time(sup);
   st.run_id = s.run_id;
   st.audit_dir = s.audit_dir;
   st.config = cfg;
-  st.cgroup = (*msg)["cgroup"];
+  st.cgroup = created->cgroup;
   if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
   state::save(g.root, st);
   write_pid_file(o.pid_file, sup);
@@ -412,10 +415,10 @@ void start(const Global& g, const std::string& id) {
   // (it takes them after `create` returned): no container code runs first.
   // (No timeout: a large rootfs takes as long as it takes to walk; a dead
   // supervisor closes the socket.)
-  auto gate = control::notify(state_dir(g, id), {{"type", "start-gate"}}, true, 0);
-  if (!gate.value("ok", false))
+  auto gate = control::notify(state_dir(g, id), control::StartGate{}, true, 0);
+  if (!gate.ok)
     throw Error("cannot start container " + id + ": its supervisor is not answering (" +
-                gate.value("error", std::string("no reply")) + ")");
+                (gate.error.empty() ? std::string("no reply") : gate.error) + ")");
   std::string exe_link = "/proc/" + std::to_string(st.init_pid) + "/exe";
   char before[PATH_MAX] = {};
   ssize_t bl = ::readlink(exe_link.c_str(), before, sizeof before - 1);
@@ -452,7 +455,7 @@ void start(const Global& g, const std::string& id) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
-  control::notify(state_dir(g, id), {{"type", "started"}});
+  control::notify(state_dir(g, id), control::Started{});
   json hs = state::oci_state(st, "running");
   try {
     hooks::run(st.config, "poststart", hs);
@@ -611,8 +614,7 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   std::string status = state::status(g.root, st);
   if (status == "stopped" && !all) throw Error("container not running");
   // A paused container's supervisor is frozen with it: queue the note.
-  control::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}},
-                  status != "paused");
+  control::notify(state_dir(g, id), control::Kill{oci::signal_name(sig), all}, status != "paused");
   if (all) {
     auto cg = cgroup_of(st);
     for (pid_t p : cg->pids())
@@ -695,7 +697,7 @@ void pause(const Global& g, const std::string& id) {
   if (status != "running" && status != "created") throw Error("container not running");
   // The supervisor shares the container's cgroup: tell it first (after the
   // freeze it could not answer).
-  control::notify(state_dir(g, id), {{"type", "paused"}});
+  control::notify(state_dir(g, id), control::Paused{});
   cgroup_of(st)->freeze();
 }
 
@@ -704,7 +706,7 @@ void resume(const Global& g, const std::string& id) {
   state::Lock lock(g.root, id);
   if (state::status(g.root, st) != "paused") throw Error("container not paused");
   cgroup_of(st)->thaw();
-  control::notify(state_dir(g, id), {{"type", "resumed"}});
+  control::notify(state_dir(g, id), control::Resumed{});
 }
 
 void update(const Global& g, const std::string& id, const json& resources) {
@@ -743,8 +745,7 @@ void update(const Global& g, const std::string& id, const json& resources) {
   if (!r.is_object()) r = json::object();
   r.merge_patch(apply);
   state::save(g.root, st);
-  control::notify(state_dir(g, id),
-                  {{"type", "updated"}, {"resources", apply}, {"policy_decisions", decisions}});
+  control::notify(state_dir(g, id), control::Updated{apply, decisions});
 }
 
 std::vector<pid_t> pids(const Global& g, const std::string& id) {
@@ -954,14 +955,15 @@ int exec(const Global& g, const ExecOptions& o) {
   if (!child) throw Error("exec: could not start the process in container " + o.id);
   pid_t pid = static_cast<pid_t>(*child);
   write_pid_file(o.pid_file, pid);
-  json args = proc["args"];
-  control::notify(state_dir(g, o.id), {{"type", "exec"},
-                                       {"pid", pid},
-                                       {"args", args},
-                                       {"cwd", proc.value("cwd", "/")},
-                                       {"terminal", terminal},
-                                       {"user", proc.value("user", json::object())},
-                                       {"policy_decisions", exec_decisions}});
+  control::Exec note;
+  note.pid = pid;
+  for (const auto& a : proc.value("args", json::array()))
+    if (a.is_string()) note.args.push_back(a.get<std::string>());
+  note.cwd = proc.value("cwd", "/");
+  note.terminal = terminal;
+  note.user = proc.value("user", json::object());
+  note.policy_decisions = exec_decisions;
+  control::notify(state_dir(g, o.id), note);
   if (o.detach) return 0;
   sigset_t set;
   sigemptyset(&set);

@@ -41,7 +41,7 @@ void run(Setup& s, int sock) {
     if (s.init_unshare_cgroupns && ::unshare(CLONE_NEWCGROUP) < 0) throw_errno("unshare cgroup namespace");
     // Wait until the supervisor knows our pid (stage1 reports it after the
     // clone; without this the init could race ahead of that report).
-    sync::expect(sock, "init-ok", "supervisor went away before the init started");
+    sync::expect<sync::InitOk>(sock, "supervisor went away before the init started");
     const json& cfg = s.config;
     const json& proc = cfg["process"];
     // We inherited the supervisor's oom_score_adj (-1000): reset it.
@@ -80,17 +80,16 @@ void run(Setup& s, int sock) {
     bool new_mnt = oci::has_namespace(cfg, "mount");
     if (new_mnt && s.attach_rootfs) {
       std::vector<UniqueFd> fds;
-      sync::send(sock, {{"type", "idmap"}});
-      auto ok =
-          sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
-      auto srcs = ok.value("sources", json::array());
-      if (fds.size() != srcs.size() + 1)
-        throw Error("supervisor sent a wrong number of descriptors for the rootfs");
+      sync::send(sock, sync::Idmap{});
+      // (sync::recv checks that one descriptor came per source, after the rootfs's.)
+      const auto srcs =
+          sync::expect<sync::IdmapOk>(sock, "supervisor went away while preparing the idmapped rootfs", &fds)
+              .sources;
       // Reached through /proc/self/fd: no host directory on the way.
       rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
       rc.rootfs_attached = true;
       for (std::size_t i = 0; i < srcs.size(); i++)
-        rc.sources[srcs[i].get<std::string>()] = "/proc/self/fd/" + std::to_string(fds[i + 1].get());
+        rc.sources[srcs[i]] = "/proc/self/fd/" + std::to_string(fds[i + 1].get());
       rc.held = std::move(fds);
     }
     if (new_mnt) {
@@ -98,9 +97,9 @@ void run(Setup& s, int sock) {
       rootfs::mount_all(rc);
       rootfs::create_devices(rc);
     }
-    sync::send(sock, {{"type", "hooks"}});
-    auto ok = sync::expect(sock, "hooks-ok", "supervisor went away during createRuntime hooks");
-    hooks::run(cfg, "createContainer", hook_state(s, "creating", ok.value("pid", 0)));
+    sync::send(sock, sync::Hooks{});
+    auto ok = sync::expect<sync::HooksOk>(sock, "supervisor went away during createRuntime hooks");
+    hooks::run(cfg, "createContainer", hook_state(s, "creating", ok.pid));
     if (new_mnt) {
       rootfs::enter(rc, s.no_pivot);
     } else {
@@ -134,17 +133,17 @@ void run(Setup& s, int sock) {
     ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
     auto listeners = process::finalize(p, fin);
     if (!listeners.empty()) {
-      json kinds = json::array();
+      sync::Seccomp msg;
       std::vector<int> fds;
       for (const auto& l : listeners) {
-        kinds.push_back(l.kind);
+        msg.kinds.push_back(l.kind);
         fds.push_back(l.fd);
       }
-      sync::send(sock, {{"type", "seccomp"}, {"kinds", kinds}}, fds);
+      sync::send(sock, msg, fds);
       for (int fd : fds) ::close(fd);
     }
 
-    sync::send(sock, {{"type", "ready"}});
+    sync::send(sock, sync::Ready{});
     // Block until `start` opens the fifo for reading. Through the state
     // directory's descriptor, not /proc/self/fd: without a mount namespace
     // of its own the init has no /proc here.
@@ -159,7 +158,7 @@ void run(Setup& s, int sock) {
     process::exec(path, p);
   } catch (const std::exception& e) {
     try {
-      sync::send(sock, {{"type", "error"}, {"msg", e.what()}});
+      sync::send(sock, sync::Failure{e.what()});
     } catch (...) {
     }
     std::string m = std::string("agentshim: ") + e.what() + "\n";

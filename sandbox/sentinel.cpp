@@ -29,19 +29,20 @@ using json = nlohmann::json;
 // period; see cgroups::Manager::join_self). A supervisor that fails first
 // just closes the socket.
 void sentinel_join_cgroup(int sock) {
-  std::optional<json> m;
+  std::optional<sync::Message> m;
   try {
     m = sync::recv(sock);
   } catch (...) {
     return;
   }
-  if (!m || m->value("type", "") != "join") return;
-  json reply = {{"type", "joined"}};
+  const auto* join = m ? std::get_if<sync::Join>(&*m) : nullptr;
+  if (!join) return;
+  sync::Message reply = sync::Joined{};
   try {
-    auto cg = cgroups::Manager::load((*m)["cgroup"]);
+    auto cg = cgroups::Manager::load(join->cgroup);
     cg->join_self(cg->v2_only());
   } catch (const std::exception& e) {
-    reply = {{"type", "error"}, {"msg", e.what()}};
+    reply = sync::Failure{e.what()};
   }
   try {
     sync::send(sock, reply);

@@ -45,8 +45,8 @@ void run(Setup& s, int sock, const cgroups::CloneTarget& cg) {
       if (::setns(join["user"].get(), CLONE_NEWUSER) < 0) throw_errno("setns user namespace");
     } else if (unshare_flags & CLONE_NEWUSER) {
       if (::unshare(CLONE_NEWUSER) < 0) throw_errno("unshare user namespace");
-      sync::send(sock, {{"type", "userns"}, {"pid", ::getpid()}});
-      sync::expect(sock, "userns-ok", "supervisor went away while writing id maps");
+      sync::send(sock, sync::Userns{::getpid()});
+      sync::expect<sync::UsernsOk>(sock, "supervisor went away while writing id maps");
     }
     if (join.count("user") || (unshare_flags & CLONE_NEWUSER)) {
       if (::setresgid(0, 0, 0) < 0) throw_errno("setresgid(0) in user namespace");
@@ -72,11 +72,11 @@ void run(Setup& s, int sock, const cgroups::CloneTarget& cg) {
     pid_t pid = cgroups::clone_parent_into(cg);
     if (pid < 0) throw_errno("clone container init");
     if (pid == 0) init::run(s, sock);
-    sync::send(sock, {{"type", "init"}, {"pid", pid}});
+    sync::send(sock, sync::Init{pid});
     ::_exit(0);
   } catch (const std::exception& e) {
     try {
-      sync::send(sock, {{"type", "error"}, {"msg", e.what()}});
+      sync::send(sock, sync::Failure{e.what()});
     } catch (...) {
     }
     ::_exit(1);

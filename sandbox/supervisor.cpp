@@ -113,7 +113,7 @@ class Supervisor {
   void report_error(const std::string& msg) {
     if (s_.cli_sock) {
       try {
-        sync::send(s_.cli_sock.get(), {{"type", "error"}, {"msg", msg}});
+        sync::send(s_.cli_sock.get(), sync::Failure{msg});
       } catch (...) {
       }
       s_.cli_sock.reset();
@@ -156,13 +156,16 @@ class Supervisor {
   // grace period); on a unified host it joins through cgroup.procs.
   void sentinel_joins_container_cgroup() {
     if (!sentinel_sock_) throw Error("the sentinel cannot be reached to join the container's cgroup");
-    sync::send(sentinel_sock_.get(), {{"type", "join"}, {"cgroup", cg_->save()}});
+    sync::send(sentinel_sock_.get(), sync::Join{cg_->save()});
     auto m = sync::recv(sentinel_sock_.get());
     sentinel_sock_.reset();
     if (!m) throw Error("the sentinel exited while joining the container's cgroup");
     in_container_cgroup_ = true;  // (in part, perhaps: undone on failure either way)
-    if (m->value("type", "") != "joined")
-      throw Error("sentinel: joining the container's cgroup: " + m->value("msg", std::string("no answer")));
+    if (!std::holds_alternative<sync::Joined>(*m)) {
+      const auto* f = std::get_if<sync::Failure>(&*m);
+      throw Error("sentinel: joining the container's cgroup: " +
+                  (f ? f->msg : std::string("unexpected \"") + sync::name(sync::type_of(*m)) + "\""));
+    }
   }
 
   void cleanup_failed() {
@@ -271,7 +274,7 @@ class Supervisor {
         target = cg_->join_for_clone(oci::has_namespace(cfg, "user"));
       } catch (const std::exception& e) {
         try {
-          sync::send(pair.second.get(), {{"type", "error"}, {"msg", e.what()}});
+          sync::send(pair.second.get(), sync::Failure{e.what()});
         } catch (...) {
         }
         ::_exit(1);
@@ -284,17 +287,16 @@ class Supervisor {
       std::vector<UniqueFd> fds;
       auto m = sync::recv(sock_.get(), &fds);
       if (!m) throw Error(eof);
-      std::string type = m->value("type", "");
-      if (type == "error") throw Error(m->value("msg", "unknown error"));
-      if (type == "userns") {
-        pid_t p = (*m)["pid"];
+      if (const auto* f = std::get_if<sync::Failure>(&*m)) throw Error(f->msg);
+      if (const auto* u = std::get_if<sync::Userns>(&*m)) {
+        pid_t p = u->pid;
         if (cfg["linux"].contains("gidMappings")) {
           // Only an unprivileged mapper must deny setgroups; we are root.
         }
         write_id_map(p, cfg, "uidMappings", "uid_map");
         write_id_map(p, cfg, "gidMappings", "gid_map");
-        sync::send(sock_.get(), {{"type", "userns-ok"}});
-      } else if (type == "idmap") {
+        sync::send(sock_.get(), sync::UsernsOk{});
+      } else if (std::holds_alternative<sync::Idmap>(*m)) {
         // userns "auto": an idmapped, private copy of the rootfs made here
         // (mount_setattr needs host privilege), attached inside the init's
         // mount namespace by a helper running as host root, which also opens
@@ -317,39 +319,37 @@ class Supervisor {
         auto fds = userns::attach_and_open(init_pid_, tree.get(), s_.rootfs, sources, &opened);
         std::vector<int> raw;
         for (const auto& f : fds) raw.push_back(f.get());
-        sync::send(sock_.get(), {{"type", "idmap-ok"}, {"sources", opened}}, raw);
-      } else if (type == "init") {
-        init_pid_ = (*m)["pid"];
+        sync::send(sock_.get(), sync::IdmapOk{opened}, raw);
+      } else if (const auto* i = std::get_if<sync::Init>(&*m)) {
+        init_pid_ = i->pid;
         int st;
         ::waitpid(stage1, &st, 0);
         stage1_ = -1;
         // The network exists before any of the container's code runs (and
         // before the hooks): lo up, the proxy and DNS stub listening inside
         // its namespace. Made while the init prepares its rootfs.
-        sync::send(sock_.get(), {{"type", "init-ok"}});
+        sync::send(sock_.get(), sync::InitOk{});
         start_network();
-      } else if (type == "hooks") {
+      } else if (std::holds_alternative<sync::Hooks>(*m)) {
         // prestart (deprecated) gets "created", as runc and the runtime-tools
         // suite expect; createRuntime runs during create: "creating".
         hooks::run(cfg, "prestart", hook_state(s_, "created", init_pid_));
         hooks::run(cfg, "createRuntime", hook_state(s_, "creating", init_pid_));
-        sync::send(sock_.get(), {{"type", "hooks-ok"}, {"pid", init_pid_}});
-      } else if (type == "seccomp") {
-        on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
-      } else if (type == "ready") {
+        sync::send(sock_.get(), sync::HooksOk{init_pid_});
+      } else if (const auto* sc = std::get_if<sync::Seccomp>(&*m)) {
+        on_seccomp_listeners(sc->kinds, std::move(fds));
+      } else if (std::holds_alternative<sync::Ready>(*m)) {
         // The rootfs is prepared and the init waits on the exec FIFO. The
         // "before" filesystem roots are taken at the end of setup, after
         // `create` has been answered (see there).
         break;
       } else {
-        throw Error("unexpected message from container init: " + type);
+        throw Error(std::string("unexpected message from container init: ") + sync::name(sync::type_of(*m)));
       }
     }
-    ctl_ = control::listen(s_.state_dir + "/supervisor.sock");
+    ctl_ = std::make_unique<control::Server>(s_.state_dir + "/supervisor.sock");
     init_start_ = state::process_start_time(init_pid_);
-    sync::send(
-        s_.cli_sock.get(),
-        {{"type", "created"}, {"init_pid", init_pid_}, {"init_start", init_start_}, {"cgroup", cg_->save()}});
+    sync::send(s_.cli_sock.get(), sync::Created{init_pid_, init_start_, cg_->save()});
     s_.cli_sock.reset();
     s_.console_sock.reset();
     s_.exec_fifo.reset();
@@ -443,7 +443,7 @@ class Supervisor {
 
   int loop() {
     while (!exit_.exited) {
-      struct pollfd fds[3] = {{sigfd_.get(), POLLIN, 0}, {ctl_.get(), POLLIN, 0}, {sock_.get(), POLLIN, 0}};
+      struct pollfd fds[3] = {{sigfd_.get(), POLLIN, 0}, {ctl_->fd(), POLLIN, 0}, {sock_.get(), POLLIN, 0}};
       int n = ::poll(fds, sock_ ? 3 : 2, poll_timeout_ms());
       enforce_time_limit();
       if (n < 0) {
@@ -493,7 +493,7 @@ class Supervisor {
 
   void handle_init_message() {
     std::vector<UniqueFd> fds;
-    std::optional<json> m;
+    std::optional<sync::Message> m;
     try {
       m = sync::recv(sock_.get(), &fds);
     } catch (const std::exception& e) {
@@ -503,15 +503,16 @@ class Supervisor {
       sock_.reset();  // the init exec'd (CLOEXEC) or died
       return;
     }
-    std::string type = m->value("type", "");
-    if (type == "error") {
-      log::error("container init: " + m->value("msg", ""));
-    } else if (type == "seccomp") {
-      on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
+    if (const auto* f = std::get_if<sync::Failure>(&*m)) {
+      log::error("container init: " + f->msg);
+    } else if (const auto* sc = std::get_if<sync::Seccomp>(&*m)) {
+      on_seccomp_listeners(sc->kinds, std::move(fds));
+    } else {
+      log::warn(std::string("container init: unexpected message \"") + sync::name(sync::type_of(*m)) + "\"");
     }
   }
 
-  void on_seccomp_listeners(const json& kinds, std::vector<UniqueFd> fds) {
+  void on_seccomp_listeners(const std::vector<std::string>& kinds, std::vector<UniqueFd> fds) {
     const json& cfg = s_.config;
     for (std::size_t i = 0; i < fds.size() && i < kinds.size(); ++i) {
       if (kinds[i] == "exec") {
@@ -556,74 +557,46 @@ class Supervisor {
   }
 
   void handle_control() {
-    for (;;) {
-      UniqueFd c(::accept4(ctl_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (!c) return;
-      struct timeval tv {
-        1, 0
-      };
-      ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      std::string buf;
-      char tmp[4096];
-      while (buf.size() < 1 << 20 && buf.find('\n') == std::string::npos) {
-        ssize_t r = ::read(c.get(), tmp, sizeof tmp);
-        if (r <= 0) break;
-        buf.append(tmp, static_cast<std::size_t>(r));
-      }
-      json reply = {{"ok", true}};
-      try {
-        json msg = json::parse(buf.substr(0, buf.find('\n')));
-        on_control(msg);
-      } catch (const std::exception& e) {
-        reply = {{"ok", false}, {"error", e.what()}};
-      }
-      std::string out = reply.dump() + "\n";
-      ssize_t w = ::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL);
-      (void)w;
-      c.reset();
-      if (sync_after_reply_ && record_) {
-        sync_after_reply_ = false;
-        record_->sync();
-      }
-    }
+    ctl_->serve([this](const control::Message& m) { on_control(m); },
+                [this] {
+                  if (sync_after_reply_ && record_) {
+                    sync_after_reply_ = false;
+                    record_->sync();
+                  }
+                });
   }
 
-  void on_control(const json& msg) {
-    std::string type = msg.value("type", "");
+  void on_control(const control::Message& msg) {
+    const std::string type = control::name(control::type_of(msg));
     log::debug("supervisor: control message " + type);
-    if (type == "started") {
+    if (std::holds_alternative<control::Started>(msg)) {
       long long limit = s_.policy.value("exec_time_limit_s", 0LL);
       if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
         deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     }
-    if (type == "start-gate") return;  // answered from the loop: the before-walk is done
+    if (std::holds_alternative<control::StartGate>(msg))
+      return;  // answered from the loop: the before-walk is done
     if (!record_) return;
-    if (type == "started") {
+    if (std::holds_alternative<control::Started>(msg)) {
       record_->event("run.started", {{"init_pid", init_pid_}});
       sync_after_reply_ = true;  // `start` need not wait for the fsync
-    } else if (type == "exec") {
+    } else if (const auto* e = std::get_if<control::Exec>(&msg)) {
       json args = json::array();
-      for (const auto& a : msg.value("args", json::array()))
-        args.push_back(attest::pct_encode(a.get<std::string>()));
-      record_->event("caller.exec", {{"pid", msg.value("pid", 0)},
+      for (const auto& a : e->args) args.push_back(attest::pct_encode(a));
+      record_->event("caller.exec", {{"pid", e->pid},
                                      {"args", args},
-                                     {"cwd", attest::pct_encode(msg.value("cwd", "/"))},
-                                     {"terminal", msg.value("terminal", false)},
-                                     {"user", msg.value("user", json::object())},
-                                     {"policy_decisions", msg.value("policy_decisions", json::array())}});
-    } else if (type == "kill") {
-      record_->event(
-          "signal",
-          {{"signal", msg.value("signal", "")}, {"all", msg.value("all", false)}, {"source", "caller"}});
-    } else if (type == "paused" || type == "resumed") {
+                                     {"cwd", attest::pct_encode(e->cwd)},
+                                     {"terminal", e->terminal},
+                                     {"user", e->user},
+                                     {"policy_decisions", e->policy_decisions}});
+    } else if (const auto* k = std::get_if<control::Kill>(&msg)) {
+      record_->event("signal", {{"signal", k->signal}, {"all", k->all}, {"source", "caller"}});
+    } else if (std::holds_alternative<control::Paused>(msg) ||
+               std::holds_alternative<control::Resumed>(msg)) {
       record_->event("run." + type, json::object());
-    } else if (type == "updated") {
-      record_->event(
-          "run.updated",
-          {{"resources_sha256", attest::hex(attest::sha256(msg.value("resources", json::object()).dump()))},
-           {"policy_decisions", msg.value("policy_decisions", json::array())}});
-    } else {
-      record_->event("caller." + attest::pct_encode(type), json::object());
+    } else if (const auto* u = std::get_if<control::Updated>(&msg)) {
+      record_->event("run.updated", {{"resources_sha256", attest::hex(attest::sha256(u->resources.dump()))},
+                                     {"policy_decisions", u->policy_decisions}});
     }
   }
 
@@ -845,13 +818,13 @@ class Supervisor {
     cg_.reset();  // the container's cgroup is delete's from now on
     release_sentinel(exit_.code);
     finish_record(exit_event);
-    ctl_.reset();
-    ::unlink((s_.state_dir + "/supervisor.sock").c_str());
+    ctl_.reset();  // and its socket file
     return exit_.code;
   }
 
   Setup& s_;
-  UniqueFd sigfd_, sock_, ctl_;
+  UniqueFd sigfd_, sock_;
+  std::unique_ptr<control::Server> ctl_;
   std::unique_ptr<cgroups::Manager> cg_;
   pid_t stage1_ = -1;
   pid_t init_pid_ = 0;
