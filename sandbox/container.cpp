@@ -358,9 +358,9 @@ void create(const Global& g, const CreateOptions& o) {
 
   std::cout.flush();
   std::cerr.flush();
-  pid_t sup = ::fork();
-  if (sup < 0) throw_errno("fork supervisor");
-  if (sup == 0) {
+  pid_t sentinel = ::fork();
+  if (sentinel < 0) throw_errno("fork sentinel");
+  if (sentinel == 0) {
     pair.first.reset();
     cleanup.armed = false;
     lock.drop_in_child();
@@ -381,8 +381,8 @@ void create(const Global& g, const CreateOptions& o) {
     std::string err = !msg                                          ? "supervisor exited during setup"
                       : std::holds_alternative<sync::Failure>(*msg) ? std::get<sync::Failure>(*msg).msg
                                                                     : "container setup failed";
-    ::kill(sup, SIGKILL);
-    ::waitpid(sup, nullptr, 0);
+    ::kill(sentinel, SIGKILL);
+    ::waitpid(sentinel, nullptr, 0);
     throw Error(err);
   }
   state::ContainerState st;
@@ -392,15 +392,15 @@ void create(const Global& g, const CreateOptions& o) {
   st.created = s.created;
   st.init_pid = created->init_pid;
   st.init_start = created->init_start;
-  st.supervisor_pid = sup;
-  st.supervisor_start = state::process_start_time(sup);
+  st.sentinel_pid = sentinel;
+  st.sentinel_start = state::process_start_time(sentinel);
   st.run_id = s.run_id;
   st.audit_dir = s.audit_dir;
   st.config = cfg;
   st.cgroup = created->cgroup;
   if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
   state::save(g.root, st);
-  write_pid_file(o.pid_file, sup);
+  write_pid_file(o.pid_file, sentinel);
   cleanup.armed = false;
 }
 
@@ -565,8 +565,8 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
   int code = 0;
   for (;;) {
     int status = 0;
-    pid_t p = ::waitpid(st.supervisor_pid, &status, WNOHANG);
-    if (p == st.supervisor_pid) {
+    pid_t p = ::waitpid(st.sentinel_pid, &status, WNOHANG);
+    if (p == st.sentinel_pid) {
       code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       break;
     }
@@ -576,7 +576,7 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
     };
     siginfo_t si{};
     int sig = sigtimedwait(&set, &si, &ts);
-    if (sig > 0 && sig != SIGCHLD) ::kill(st.supervisor_pid, sig);
+    if (sig > 0 && sig != SIGCHLD) ::kill(st.sentinel_pid, sig);
   }
   if (relay)
     while (relay->pump(10)) {
@@ -613,12 +613,13 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   auto st = state::load(g.root, id);
   std::string status = state::status(g.root, st);
   if (status == "stopped" && !all) throw Error("container not running");
-  // A paused container's supervisor is frozen with it: queue the note.
+  // A paused container's sentinel is frozen with it (the supervisor is
+  // not: it stays outside the container's cgroup); the note need not wait.
   control::notify(state_dir(g, id), control::Kill{oci::signal_name(sig), all}, status != "paused");
   if (all) {
     auto cg = cgroup_of(st);
     for (pid_t p : cg->pids())
-      if (p != st.supervisor_pid) ::kill(p, sig);
+      if (p != st.sentinel_pid) ::kill(p, sig);
     if (status == "paused" && (sig == SIGKILL)) cg->thaw();
     return;
   }
@@ -659,17 +660,17 @@ void remove(const Global& g, const std::string& id, bool force) {
     ::kill(st.init_pid, SIGKILL);
     if (cg) {
       for (pid_t p : cg->pids())
-        if (p != st.supervisor_pid) ::kill(p, SIGKILL);
+        if (p != st.sentinel_pid) ::kill(p, SIGKILL);
       if (status == "paused") cg->thaw();
     }
   }
   if (!wait_gone(st.init_pid, st.init_start, 10000))
     log::warn("container init " + std::to_string(st.init_pid) + " did not exit");
   // The supervisor finalizes the record, then exits; give it time.
-  if (!wait_gone(st.supervisor_pid, st.supervisor_start, 30000)) {
-    log::warn("supervisor " + std::to_string(st.supervisor_pid) + " did not exit; killing it");
-    ::kill(st.supervisor_pid, SIGKILL);
-    wait_gone(st.supervisor_pid, st.supervisor_start, 2000);
+  if (!wait_gone(st.sentinel_pid, st.sentinel_start, 30000)) {
+    log::warn("sentinel " + std::to_string(st.sentinel_pid) + " did not exit; killing it");
+    ::kill(st.sentinel_pid, SIGKILL);
+    wait_gone(st.sentinel_pid, st.sentinel_start, 2000);
   }
   try {
     hooks::run(st.config, "poststop", state::oci_state(st, "stopped"));
@@ -695,8 +696,8 @@ void pause(const Global& g, const std::string& id) {
   state::Lock lock(g.root, id);
   std::string status = state::status(g.root, st);
   if (status != "running" && status != "created") throw Error("container not running");
-  // The supervisor shares the container's cgroup: tell it first (after the
-  // freeze it could not answer).
+  // Tell the supervisor first (it stays outside the container's cgroup and
+  // keeps answering; the sentinel, inside it, is frozen with the container).
   control::notify(state_dir(g, id), control::Paused{});
   cgroup_of(st)->freeze();
 }
@@ -753,7 +754,7 @@ std::vector<pid_t> pids(const Global& g, const std::string& id) {
   std::vector<pid_t> out;
   if (state::status(g.root, st) == "stopped") return out;
   for (pid_t p : cgroup_of(st)->pids())
-    if (p != st.supervisor_pid) out.push_back(p);
+    if (p != st.sentinel_pid) out.push_back(p);
   return out;
 }
 
