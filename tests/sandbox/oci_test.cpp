@@ -134,19 +134,25 @@ TEST(OciConfig, SysctlsNeedTheirNamespace) {
     std::string key, error;
   };
   const std::vector<Case> cases = {
-      {{"mount"}, "fs.mqueue.queues_max", "sysctl \"fs.mqueue.queues_max\" is not allowed in the hosts ipc namespace"},
+      {{"mount"},
+       "fs.mqueue.queues_max",
+       "sysctl \"fs.mqueue.queues_max\" is not allowed in the hosts ipc namespace"},
       {{"mount"}, "kernel.shmmax", "is not allowed in the hosts ipc namespace"},
       {{"mount"}, "kernel.msgmnb", "is not allowed in the hosts ipc namespace"},
       {{"mount"}, "kernel.sem", "is not allowed in the hosts ipc namespace"},
       {{"ipc"}, "kernel.shm_rmid_forced", ""},
       {{"ipc"}, "fs.mqueue.msg_max", ""},
-      {{"ipc"}, "net.ipv4.ip_forward", "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace"},
+      {{"ipc"},
+       "net.ipv4.ip_forward",
+       "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace"},
       {{"network"}, "net.ipv4.ip_forward", ""},
       {{"network"}, "net/ipv4/conf/eth0.100/rp_filter", ""},
       {{"ipc"}, "kernel.domainname", "sysctl \"kernel.domainname\" is not in a separate kernel namespace"},
       {{"uts"}, "kernel.domainname", ""},
       {{"uts"}, "kernel.hostname", "conflicts with the OCI \"hostname\" field"},
-      {{"ipc", "network", "uts"}, "vm.swappiness", "sysctl \"vm.swappiness\" is not in a separate kernel namespace"},
+      {{"ipc", "network", "uts"},
+       "vm.swappiness",
+       "sysctl \"vm.swappiness\" is not in a separate kernel namespace"},
       {{"ipc", "network", "uts"}, "kernel.shm_next_id_x", "is not in a separate kernel namespace"},
       {{"ipc", "network", "uts"}, "kernel.core_pattern", "is not in a separate kernel namespace"},
   };
@@ -172,7 +178,8 @@ TEST(OciConfig, SysctlsNeedTheirNamespace) {
   EXPECT_EQ(list[0].path, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
   EXPECT_EQ(list[0].value, "2");
   for (const char* bad : {"net..x", ".net", "net.", "net/./x", "net/../x", "net.//x"})
-    EXPECT_NE(error_of(with({"network"}, {{bad, "1"}})).find("invalid sysctl name"), std::string::npos) << bad;
+    EXPECT_NE(error_of(with({"network"}, {{bad, "1"}})).find("invalid sysctl name"), std::string::npos)
+        << bad;
 }
 
 TEST(OciConfig, SysctlInAJoinedNamespaceOfTheRuntimeIsTheHosts) {
