@@ -67,7 +67,7 @@ TEST(Util, EscapeForTerminal) {
   EXPECT_EQ(escape_for_terminal("plain /bin/sh -c 'x'"), "plain /bin/sh -c 'x'");
   // C0 controls, DEL and the backslash itself.
   EXPECT_EQ(escape_for_terminal("\x1b[2J\x1b[1A"), "\\x1b[2J\\x1b[1A");
-  EXPECT_EQ(escape_for_terminal(std::string("a\nb\tc\rd\0e\x7f", 11)), "a\\x0ab\\x09c\\x0dd\\x00e\\x7f");
+  EXPECT_EQ(escape_for_terminal(std::string("a\nb\tc\rd\0e\x7f", 10)), "a\\x0ab\\x09c\\x0dd\\x00e\\x7f");
   EXPECT_EQ(escape_for_terminal("C:\\x1b"), "C:\\\\x1b");
   // Valid UTF-8 stays; C1 controls (U+009B: CSI) and bidi overrides do not.
   EXPECT_EQ(escape_for_terminal("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
