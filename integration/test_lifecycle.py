@@ -319,7 +319,8 @@ def test_init_and_exec_have_their_own_session_and_group(request, runtime, bundle
     rt = request.getfixturevalue(runtime)
     rt.ids.add(cid)
     bundle.config["process"]["terminal"] = False
-    b = bundle.args("sh", "-c", "cat /proc/self/stat; exec sleep 100")
+    # `read` is the shell's builtin: the line is pid 1's own stat.
+    b = bundle.args("sh", "-c", "read l < /proc/self/stat; echo \"$l\"; exec sleep 100")
     p = subprocess.Popen([rt.binary, "--root", rt.root, *rt.extra, "run", "--bundle", b.path, cid],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
