@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/oci.h"
+#include "sandbox/process.h"
 
 namespace agentshim::rootfs {
 namespace {
@@ -524,7 +525,7 @@ void setup_console(int console_socket, const json& proc, bool mount_dev_console)
   }
   int fds[1] = {master};
   send_fds(console_socket, "/dev/ptmx", fds, 1);
-  if (::setsid() < 0 && errno != EPERM) throw_errno("setsid");
+  process::new_session();  // then the pty can become its controlling terminal
   if (::ioctl(slave.get(), TIOCSCTTY, 0) < 0) throw_errno("ioctl(TIOCSCTTY)");
   for (int fd = 0; fd < 3; fd++)
     if (::dup2(slave.get(), fd) < 0) throw_errno("dup2 pty slave");
