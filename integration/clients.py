@@ -538,8 +538,11 @@ class CriContainerd(Containerd):
     def command(self):
         hugetlb = v1_hierarchy_unmounted("hugetlb")
         # A fixed script; everything variable is an argument.
-        script = ('set -e; if [ "$1" = 1 ]; then mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb; fi; '
-                  'shift; exec "$@"')
+        # (Propagation changes made in the new namespace stay there: the
+        # hierarchy is mounted for containerd only, also on hosts whose
+        # /sys/fs/cgroup is a shared mount.)
+        script = ('set -e; if [ "$1" = 1 ]; then mount --make-private /sys/fs/cgroup; '
+                  'mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb; fi; shift; exec "$@"')
         return ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script, "sh",
                 "1" if hugetlb else "0", *super().command()]
 

@@ -176,6 +176,7 @@ class Pod:
         self.annotations = annotations or {}
         self.id = None
         self.containers = {}
+        self.held = {}
         os.makedirs(self.log_dir)
         os.makedirs(os.path.join(self.dir, "volumes", "kubernetes.io~empty-dir", "shared"))
 
@@ -213,7 +214,26 @@ class Pod:
         self.id = self.rt.RunPodSandbox(self.pb.RunPodSandboxRequest(config=self.config,
                                                                      runtime_handler=self.handler),
                                         timeout=120).pod_sandbox_id
+        self.hold(self.id, "sandbox")
         return self
+
+    def hold(self, i, kind):
+        """Record what a live sandbox or container holds on the host. Each
+        item must exist now (so that its absence after teardown means
+        something) and be gone after the kubelet's teardown (assert_gone)."""
+        c = self.node.ctrd
+        held = {f"runtime state of {kind} {i}": os.path.join(RUNC_STATE, i),
+                f"shim bundle of {kind} {i}": os.path.join(c.state, "io.containerd.runtime.v2.task", "k8s.io", i)}
+        if kind == "sandbox":
+            held["CRI sandbox root"] = os.path.join(c.root, "io.containerd.grpc.v1.cri", "sandboxes", i)
+            held["CRI sandbox state"] = os.path.join(c.state, "io.containerd.grpc.v1.cri", "sandboxes", i)
+            if not self.host_network:
+                held["network namespace"] = self.netns_path()
+        for what, path in held.items():
+            assert path and os.path.exists(path), f"{what} ({path!r}) missing while the {kind} lives"
+        assert mounts_matching(i), f"no mount of {kind} {i} while it lives"
+        assert self.cgroup_dirs(i), f"no cgroup of {kind} {i} while it lives"
+        self.held.update(held)
 
     def status(self):
         return self.rt.PodSandboxStatus(self.pb.PodSandboxStatusRequest(pod_sandbox_id=self.id, verbose=True),
@@ -222,8 +242,8 @@ class Pod:
     def ip(self):
         return self.status().status.network.ip
 
-    def container(self, name, args, start=True, memory=0, mounts=True, privileged=False):
-        """CreateContainer (+ StartContainer) in the kubelet's shape: the
+    def container(self, name, args, memory=0, mounts=True, privileged=False):
+        """CreateContainer and StartContainer in the kubelet's shape: the
         termination-log and /etc/hosts bind mounts, an emptyDir at /shared,
         the kubelet's labels and annotations, CRI log path <name>/0.log."""
         pb = self.pb
@@ -263,8 +283,8 @@ class Pod:
                                                                 sandbox_config=self.config),
                                       timeout=120).container_id
         self.containers[name] = cid
-        if start:
-            self.rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        self.rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        self.hold(cid, "container")
         return cid
 
     def exec(self, name, cmd, timeout=10):
@@ -288,8 +308,7 @@ class Pod:
     def __exit__(self, exc_type, exc, tb):
         if self.id is None:
             return False
-        netns = self.netns_path()
-        ip = self.ip() if self.ns_options.network == self.pb.NamespaceMode.Value("POD") else ""
+        ip = self.ip() if not self.host_network else ""
         # The kubelet's order: containers (grace period), then the sandbox.
         for cid in self.containers.values():
             self.rt.StopContainer(self.pb.StopContainerRequest(container_id=cid, timeout=2), timeout=60)
@@ -297,46 +316,49 @@ class Pod:
         self.rt.StopPodSandbox(self.pb.StopPodSandboxRequest(pod_sandbox_id=self.id), timeout=60)
         self.rt.RemovePodSandbox(self.pb.RemovePodSandboxRequest(pod_sandbox_id=self.id), timeout=60)
         if exc_type is None:
-            self.assert_gone(netns, ip)
+            self.assert_gone(ip)
         self.remove_pod_cgroup()
         return False
 
     def netns_path(self):
-        info = json.loads(self.status().info.get("info", "{}"))
-        return (info.get("runtimeSpec", {}).get("linux", {}).get("namespaces") and
-                next((n.get("path", "") for n in info["runtimeSpec"]["linux"]["namespaces"]
-                      if n["type"] == "network"), "")) or ""
+        """The sandbox's network namespace file, from the runtime spec in
+        PodSandboxStatus's verbose info."""
+        info = json.loads(self.status().info["info"])
+        return next((n.get("path", "") for n in info["runtimeSpec"]["linux"]["namespaces"] if n["type"] == "network"),
+                    "")
 
-    def assert_gone(self, netns, ip):
-        c = self.node.ctrd
+    def assert_gone(self, ip):
         ids = [self.id, *self.containers.values()]
         for i in ids:
             assert processes_mentioning(i) == [], f"processes left for {i}"
             assert mounts_matching(i) == [], f"mounts left for {i}"
-            assert not os.path.exists(os.path.join(RUNC_STATE, i)), f"runtime state of {i} left"
-            assert not os.path.exists(os.path.join(c.state, "io.containerd.runtime.v2.task", "k8s.io", i)), \
-                f"shim bundle of {i} left"
-        for cid in self.containers.values():
-            wait_for(lambda: cgroups_named(cid) == [], timeout=10, what=f"cgroups of {cid} to go")
-        assert not os.path.exists(os.path.join(c.state, "io.containerd.grpc.v1.cri", "sandboxes", self.id))
-        assert not os.path.exists(os.path.join(c.root, "io.containerd.grpc.v1.cri", "sandboxes", self.id))
-        if netns:
-            assert not os.path.exists(netns), f"network namespace {netns} left"
-            assert mounts_matching(os.path.basename(netns)) == []
+            wait_for(lambda: self.cgroup_dirs(i) == [], timeout=10, what=f"cgroups of {i} to go")
+        for what, path in self.held.items():
+            assert not os.path.exists(path), f"{what} left: {path}"
+            assert mounts_matching(path) == [], f"{what} still mounted: {path}"
         if ip:
-            assert ip not in c.allocated_ips(), f"CNI lease of {ip} left"
+            assert ip not in self.node.ctrd.allocated_ips(), f"CNI lease of {ip} left"
         ls = self.rt.ListPodSandbox(self.pb.ListPodSandboxRequest(), timeout=30).items
         assert self.id not in [s.id for s in ls]
+        assert len(self.rt.ListContainers(self.pb.ListContainersRequest(
+            filter=self.pb.ContainerFilter(pod_sandbox_id=self.id)), timeout=30).containers) == 0
+
+    def cgroup_dirs(self, i=""):
+        """The pod's cgroup (or its container i's) in every hierarchy."""
+        out = []
+        for h in os.listdir("/sys/fs/cgroup"):
+            p = os.path.join("/sys/fs/cgroup/" + h + self.cgroup_parent, i)
+            if not os.path.islink("/sys/fs/cgroup/" + h) and os.path.isdir(p):
+                out.append(p.rstrip("/"))
+        return out
 
     def remove_pod_cgroup(self):
         """The pod-level cgroup is the kubelet's to remove (runc created it as
         the containers' parent); its containers' cgroups must be gone."""
-        for h in os.listdir("/sys/fs/cgroup"):
-            p = "/sys/fs/cgroup/" + h + self.cgroup_parent
-            if os.path.isdir(p) and not os.path.islink("/sys/fs/cgroup/" + h):
-                left = [d for d in os.listdir(p) if os.path.isdir(os.path.join(p, d))]
-                assert left == [], f"container cgroups left under {p}: {left}"
-                os.rmdir(p)
+        for p in self.cgroup_dirs():
+            left = [d for d in os.listdir(p) if os.path.isdir(os.path.join(p, d))]
+            assert left == [], f"container cgroups left under {p}: {left}"
+            os.rmdir(p)
 
 
 def _http_get(url, timeout=5):
