@@ -33,6 +33,7 @@ sidecar pod ~6 s; ExecSync with its 1 s timeout ~4 s; stats and update ~3.5 s;
 StopContainer with its 2 s grace period ~3 s; the others about 1 s each).
 Each further handler in HANDLERS adds about 20 s.
 """
+import importlib.util
 import json
 import os
 import socket
@@ -59,22 +60,23 @@ CNI_BIN = "/usr/lib/cni"
 
 
 def _packages():
-    missing = ensure_packages()
-    for p in ("bridge", "host-local", "loopback"):
-        if not os.access(os.path.join(CNI_BIN, p), os.X_OK):
-            missing.append(os.path.join(CNI_BIN, p))
-    try:
-        import grpc_tools  # noqa: F401
-    except ImportError:
-        missing.append("python3-grpc-tools")
-    return missing
+    """Client binaries, the CNI plugins and grpc_tools, installed through
+    scripts/deps.sh when missing (`make test` runs it first; python3-grpcio,
+    imported above, comes with it)."""
+    def missing():
+        m = [os.path.join(CNI_BIN, p) for p in ("bridge", "host-local", "loopback")
+             if not os.access(os.path.join(CNI_BIN, p), os.X_OK)]
+        return m + ([] if importlib.util.find_spec("grpc_tools") else ["python3-grpc-tools"])
+    if missing():
+        run(["bash", os.path.join(REPO, "scripts", "deps.sh")], timeout=900)
+    return ensure_packages() + missing()
 
 
 def _pause_rootfs(base):
     """A rootfs holding only /pause, built static from integration/cri/pause.c."""
     rootfs = os.path.join(base, "pause-rootfs")
     os.makedirs(rootfs)
-    run(["gcc", "-static", "-O2", "-o", os.path.join(rootfs, "pause"),
+    run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", os.path.join(rootfs, "pause"),
          os.path.join(REPO, "integration", "cri", "pause.c")], check=True)
     return rootfs
 
@@ -107,13 +109,21 @@ def node():
         assert n.netns_files() == [], "pod network namespaces left"
         left = [m for m in mounts_under(c.base) if m != c.base]
         assert left == [], f"mounts left under containerd's root/state: {left}"
+        # A shim exits once its last task is deleted (c.stop() kills any
+        # survivor, so this is checked while containerd still runs).
+        wait_for(lambda: not [p for p, cmd in processes_mentioning(c.address) if "containerd-shim" in cmd],
+                 timeout=10, what="the pods' shims to exit")
     finally:
         if n is not None:
-            n.remove_all()
-            n.cri.close()
-        c.stop()
+            try:
+                n.remove_all()
+            finally:
+                n.cri.close()
+                c.stop()
+        else:
+            c.stop()
     assert not os.path.exists(c.base)
-    assert processes_mentioning(c.base) == [], "containerd or shim processes left"
+    assert processes_mentioning(c.base) == [], "containerd processes left"
     assert not os.path.exists(f"/sys/class/net/{BRIDGE}"), "pod bridge left"
     assert cgroups_named(CriContainerd.CGROUP_TOP) == [], "pod cgroups left"
     assert iptables_rules() == rules, "the host's iptables rules changed"
@@ -134,6 +144,13 @@ class Node:
             return {c.type: c.status for c in st.status.conditions} == {"RuntimeReady": True,
                                                                          "NetworkReady": True}
         wait_for(ready, timeout=30, what="CRI RuntimeReady and NetworkReady")
+        v = self.cri.rt.Version(self.pb.VersionRequest(), timeout=10)
+        assert (v.runtime_name, v.runtime_api_version) == ("containerd", "v1"), v
+        # The kubelet's IfNotPresent check: both local images are known to CRI.
+        for ref in (CriContainerd.IMAGE, CriContainerd.SANDBOX_IMAGE):
+            img = wait_for(lambda: self.cri.img.ImageStatus(self.pb.ImageStatusRequest(
+                image=self.pb.ImageSpec(image=ref)), timeout=10).image.id, timeout=10, what=f"CRI to see {ref}")
+            assert img.startswith("sha256:"), img
 
     def remove_all(self):
         rt, pb = self.cri.rt, self.pb
@@ -148,9 +165,6 @@ class Node:
 
     def pod(self, handler, **kw):
         return Pod(self, handler, **kw)
-
-
-NS = None  # filled lazily: pb.NamespaceMode
 
 
 class Pod:

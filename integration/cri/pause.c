@@ -26,8 +26,6 @@ int main(void) {
   struct sigaction chld = {.sa_handler = on_child, .sa_flags = SA_NOCLDSTOP | SA_RESTART};
   sigemptyset(&term.sa_mask);
   sigemptyset(&chld.sa_mask);
-  if (sigaction(SIGINT, &term, 0) || sigaction(SIGTERM, &term, 0) || sigaction(SIGCHLD, &chld, 0))
-    return 1;
-  for (;;)
-    pause();
+  if (sigaction(SIGINT, &term, 0) || sigaction(SIGTERM, &term, 0) || sigaction(SIGCHLD, &chld, 0)) return 1;
+  for (;;) pause();
 }
