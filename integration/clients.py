@@ -454,17 +454,22 @@ def iptables_rules():
     return out
 
 
-def v1_hierarchy_unmounted(controller):
+def v1_hierarchy_unmounted(controller, proc_cgroups=None, mountinfo=None):
     """True when the kernel has a v1 hierarchy for controller (a nonzero
     hierarchy id in /proc/cgroups) that is mounted nowhere: processes'
     /proc/self/cgroup then name it and containerd's stats fail for every
-    runtime ("cannot find cgroup mount destination"; docs/MACHINE.md)."""
-    with open("/proc/cgroups") as f:
-        rows = [l.split() for l in f if not l.startswith("#")]
+    runtime ("cannot find cgroup mount destination"; MACHINE.md). The texts
+    of /proc/cgroups and /proc/self/mountinfo are read unless given."""
+    if proc_cgroups is None:
+        with open("/proc/cgroups") as f:
+            proc_cgroups = f.read()
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    rows = [l.split() for l in proc_cgroups.splitlines() if l.strip() and not l.startswith("#")]
     if not any(r[0] == controller and r[1] != "0" for r in rows):
         return False
-    with open("/proc/self/mountinfo") as f:
-        return not any(" - cgroup " in l and controller in l.split()[-1].split(",") for l in f)
+    return not any(" - cgroup " in l and controller in l.split()[-1].split(",") for l in mountinfo.splitlines())
 
 
 class CriContainerd(Containerd):
@@ -481,7 +486,10 @@ class CriContainerd(Containerd):
     mount (rootfs overlays, sandbox shm, netns files under the state dir)
     propagates to the host, where the leftover checks see it, while a v1
     hugetlb hierarchy that the host has but mounts nowhere is mounted for
-    containerd only (MACHINE.md: otherwise stats fail for every runtime).
+    containerd only (MACHINE.md: otherwise stats fail for every runtime; the
+    mount point /sys/fs/cgroup/hugetlb is created if missing and removed at
+    stop(), and the pods' cgroups in that hierarchy are looked up and removed
+    through /proc/<containerd>/root, see cgroup_root()).
 
     The agentshim handler is the shipped snippet with BinaryName pointing at a
     two-line wrapper that adds --audit-dir (records stay under base), as
@@ -504,6 +512,9 @@ class CriContainerd(Containerd):
         self.network = "astest-" + os.path.basename(base)[-6:]
         self.bind_mounted = False
         self.bridge_created = False
+        self.hugetlb = False  # a v1 hugetlb hierarchy mounted for containerd only
+        self.made_hugetlb_dir = False
+        self.cgroups_left = []  # pod cgroups that only containerd's namespace saw, left at stop()
 
     def extra_config(self):
         cri = 'plugins."io.containerd.grpc.v1.cri"'
@@ -536,7 +547,6 @@ class CriContainerd(Containerd):
             json.dump(conf, f, indent=1)
 
     def command(self):
-        hugetlb = v1_hierarchy_unmounted("hugetlb")
         # A fixed script; everything variable is an argument.
         # (Propagation changes made in the new namespace stay there: the
         # hierarchy is mounted for containerd only, also on hosts whose
@@ -544,7 +554,12 @@ class CriContainerd(Containerd):
         script = ('set -e; if [ "$1" = 1 ]; then mount --make-private /sys/fs/cgroup; '
                   'mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb; fi; shift; exec "$@"')
         return ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script, "sh",
-                "1" if hugetlb else "0", *super().command()]
+                "1" if self.hugetlb else "0", *super().command()]
+
+    def cgroup_root(self):
+        """/sys/fs/cgroup as containerd and its runtimes see it (with the
+        hugetlb hierarchy when it is mounted for them only)."""
+        return f"/proc/{self.proc.pid}/root/sys/fs/cgroup" if self.proc else "/sys/fs/cgroup"
 
     def start(self):
         with open(self.wrapper, "w") as f:
@@ -559,6 +574,10 @@ class CriContainerd(Containerd):
         prefix = self.subnet.split("/")[1]
         run(["ip", "addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge], check=True)
         run(["ip", "link", "set", self.bridge, "up"], check=True)
+        self.hugetlb = v1_hierarchy_unmounted("hugetlb")
+        if self.hugetlb and not os.path.isdir("/sys/fs/cgroup/hugetlb"):
+            os.mkdir("/sys/fs/cgroup/hugetlb")  # the mount point (bench/lifecycle.py's); removed at stop()
+            self.made_hugetlb_dir = True
         super().start()
         # Pod cgroups go under the kubelet's cgroup_parent, not the namespace.
         self.cgroups = ParentCgroups(self.CGROUP_TOP)
@@ -586,12 +605,33 @@ class CriContainerd(Containerd):
 
     def stop(self):
         if self.proc is not None:
+            if self.hugetlb:
+                # The pods' parents in the hierarchy that only containerd's
+                # namespace mounts: remove them (empty ones, deepest first)
+                # while it can still be reached; ParentCgroups sees the rest.
+                top = os.path.join(self.cgroup_root(), "hugetlb", self.CGROUP_TOP)
+                for root, dirs, _ in os.walk(top, topdown=False):
+                    for d in dirs:
+                        try:
+                            os.rmdir(os.path.join(root, d))
+                        except OSError:
+                            pass
+                if os.path.isdir(top):
+                    try:
+                        os.rmdir(top)
+                    except OSError:
+                        pass
+                if os.path.isdir(top):
+                    self.cgroups_left.append(top)
             stop_pid(self.proc.pid, timeout=30)
             self.proc.wait(timeout=30)
             self.proc = None
         for pid, cmd in processes_mentioning(self.address):
             if "containerd-shim" in cmd:
                 stop_pid(pid, timeout=5)
+        if self.made_hugetlb_dir:
+            os.rmdir("/sys/fs/cgroup/hugetlb")
+            self.made_hugetlb_dir = False
         if self.bridge_created:
             run(["ip", "link", "del", self.bridge])
             self.bridge_created = False
