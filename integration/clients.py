@@ -450,7 +450,9 @@ def iptables_rules():
     for tool in ("iptables-save", "ip6tables-save"):
         if shutil.which(tool):
             r = run([tool])
-            out += [l for l in r.stdout.decode(errors="replace").splitlines() if l and not l.startswith("#")]
+            # Chain lines carry packet counters ("[12:3456]") that traffic changes.
+            out += [re.sub(r"\[\d+:\d+\]", "", l) for l in r.stdout.decode(errors="replace").splitlines()
+                    if l and not l.startswith("#")]
     return out
 
 

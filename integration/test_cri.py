@@ -18,14 +18,16 @@ with labels, annotations, mounts and resources; StartContainer; ...;
 StopContainer with a grace period, RemoveContainer, StopPodSandbox,
 RemovePodSandbox), then checks that the pod left nothing behind: mounts, its
 network namespace, container cgroups, runtime and shim state directories, its
-CNI IP lease and veth. The fixture's teardown checks the same for the whole
-node, and that the bridge, containerd, its shims and the host's iptables rules
-are as before.
+CNI IP lease (each checked to exist while the pod lives). The fixture's
+teardown checks the node: no veth on the bridge, no lease, no netns file, no
+mount, no shim; then that the bridge, containerd, the pod cgroups, the host's
+iptables rules and ip_forward are as before.
 
 Every pod test is parametrized over HANDLERS. agentshim cannot run pod
 containers yet (issue 14: every StartContainer is refused), so HANDLERS holds
 only "runc" today; the pods work adds "agentshim" there and nowhere else.
-test_agentshim_today documents what agentshim does now.
+test_agentshim_today_refuses_host_namespace_pods checks what agentshim does
+now.
 
 Time: 25-30 s for the module on the shared 2-core machine under load
 (measured: containerd start, pause build and image import ~4 s; the app and
