@@ -375,11 +375,11 @@ def mount_case(shim, bundle, tmp_path, mount):
 
 @pytest.mark.parametrize("name,mount,rule,needle", [
     ("typeless rbind of /", {"destination": "/host", "source": "/", "options": ["rbind"]},
-     "filesystem.forbidden_sources", "forbidden source /"),
+     "runtime_owned", "contains agentshim's state root"),
     ("relative ../../ source", {"destination": "/host", "type": "bind", "source": "../" * 32, "options": ["rbind"]},
-     "filesystem.forbidden_sources", "(/)"),
+     "runtime_owned", "(/)"),
     ("relative typeless ro", {"destination": "/host", "source": "../" * 32, "options": ["rbind", "ro"]},
-     "filesystem.forbidden_sources", "forbidden source /"),
+     "runtime_owned", "contains agentshim's state root"),
     ("ro bind of the state root", {"destination": "/s", "type": "bind", "source": "@root", "options": ["rbind", "ro"]},
      "runtime_owned", "state root"),
     ("typeless bind of the audit dir", {"destination": "/a", "source": "@audit", "options": ["bind", "ro"]},
@@ -387,7 +387,7 @@ def mount_case(shim, bundle, tmp_path, mount):
     ("symlink to the audit dir", {"destination": "/a", "source": "@link-audit", "options": ["rbind"]},
      "runtime_owned", "audit directory"),
     ("symlink to /", {"destination": "/a", "source": "@link-root", "options": ["rbind"]},
-     "filesystem.forbidden_sources", "forbidden source /"),
+     "runtime_owned", "contains agentshim's state root"),
 ])
 def test_policy_check_refuses_mounts_by_what_they_are(shim, bundle, tmp_path, name, mount, rule, needle):
     audit = shim.extra[1]

@@ -793,15 +793,16 @@ class Engine {
   };
   std::vector<Place> forbidden_places() const {
     std::vector<Place> out;
-    for (const auto& f : p_["filesystem"]["forbidden_sources"]) {
-      Str fb = f.get<Str>();
-      out.push_back({fb, oci::canonical_path(fb), "the forbidden source " + fb,
-                     "filesystem.forbidden_sources", oci::identity_chain(fb), false});
-    }
+    // The runtime's own first: the rule a policy file cannot remove.
     for (const auto& o : ctx_.owned) {
       if (o.path.empty()) continue;
       out.push_back({o.path, oci::canonical_path(o.path), o.what + " " + o.path, "runtime_owned",
                      oci::identity_chain(o.path), true});
+    }
+    for (const auto& f : p_["filesystem"]["forbidden_sources"]) {
+      Str fb = f.get<Str>();
+      out.push_back({fb, oci::canonical_path(fb), "the forbidden source " + fb,
+                     "filesystem.forbidden_sources", oci::identity_chain(fb), false});
     }
     return out;
   }
@@ -834,19 +835,26 @@ class Engine {
   void check_source(const oci::Mount& m, const std::vector<Place>& places) {
     auto chain = m.source_id == oci::FileId{} ? std::vector<oci::FileId>{} : oci::identity_chain(m.source);
     const Str given = m.source_given == m.source ? m.source_given : m.source_given + " (" + m.source + ")";
+    // Every runtime-owned place it exposes, in one decision; else the first
+    // forbidden source.
+    std::vector<Str> owned;
     for (const auto& f : places) {
       Str how = exposes(m, chain, f);
       if (how.empty()) continue;
-      if (f.runtime)
-        hard("runtime_owned", m.where() + ".source",
-             "caller asked to bind " + given + " at " + m.destination + ", which " + how + " " + f.what +
-                 "; refused by policy rule runtime_owned (the runtime's own files never enter a container)");
-      else
-        hard("filesystem.forbidden_sources", m.where() + ".source",
-             "caller asked to bind " + given + " at " + m.destination + ", which " + how + " " + f.what +
-                 "; refused by policy rule filesystem.forbidden_sources");
+      if (f.runtime) {
+        owned.push_back(how + " " + f.what);
+        continue;
+      }
+      if (!owned.empty()) break;
+      hard("filesystem.forbidden_sources", m.where() + ".source",
+           "caller asked to bind " + given + " at " + m.destination + ", which " + how + " " + f.what +
+               "; refused by policy rule filesystem.forbidden_sources");
       return;
     }
+    if (!owned.empty())
+      hard("runtime_owned", m.where() + ".source",
+           "caller asked to bind " + given + " at " + m.destination + ", which " + join(owned, ", ") +
+               "; refused by policy rule runtime_owned (the runtime's own files never enter a container)");
   }
 
   void mounts() {
