@@ -1,0 +1,205 @@
+"""Records that standard tools verify as shipped (docs/VERIFYING.md): fresh
+records of both key types, signed with the global --signing-key/--key-type
+flags, checked with the documented openssl, sigstore-js (@sigstore/verify,
+pinned in integration/verify-js/package-lock.json) and Python recipes, run
+exactly as the document gives them, and with `agentshim verify`; every
+statement validates against configs/attestation/predicate-v2.schema.json; a
+one-byte change of each record file fails every recipe that reads it."""
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+
+import jsonschema
+import pytest
+
+import formats_verifier
+from conftest import REPO, run
+from test_record import WORKLOAD, run_dir_of, with_workspace
+
+DOC = os.path.join(REPO, "docs", "VERIFYING.md")
+SCHEMA = os.path.join(REPO, "configs", "attestation", "predicate-v2.schema.json")
+VERIFY_JS = os.path.join(REPO, "integration", "verify-js")
+V2 = "https://agentshim.dev/attestation/run/v2"
+RECORD_FILES = ("events.ndjson", "changes.ndjson", "session.json", "attestation.intoto.json",
+                "attestation.sigstore.json")
+# The carrier each recipe reads (the other one is checked by agentshim verify
+# and the ledger, docs/VERIFYING.md).
+READS = {
+    "agentshim": set(RECORD_FILES),
+    "openssl": {"events.ndjson", "changes.ndjson", "session.json", "attestation.intoto.json"},
+    "python": {"events.ndjson", "changes.ndjson", "session.json", "attestation.intoto.json"},
+    "sigstore-js": {"events.ndjson", "changes.ndjson", "session.json", "attestation.sigstore.json"},
+}
+
+
+def recipe(name):
+    """The fenced block after `<!-- recipe: NAME -->` in docs/VERIFYING.md."""
+    text = open(DOC).read()
+    m = re.search(r"<!-- recipe: " + re.escape(name) + r" -->\n```\w+\n(.*?)\n```", text, re.S)
+    assert m, f"no {name} recipe in {DOC}"
+    return m.group(1)
+
+
+@pytest.fixture(scope="session")
+def sigstore_js():
+    """`npm ci` of the pinned @sigstore/verify and @sigstore/bundle, once."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.fail("node and npm are required (scripts/deps.sh installs them)")
+    if not os.path.isdir(os.path.join(VERIFY_JS, "node_modules", "@sigstore", "verify")):
+        # The host's TLS may go through an intercepting proxy whose CA is in
+        # the system bundle: npm is told to trust that bundle.
+        env = dict(os.environ, npm_config_cafile="/etc/ssl/certs/ca-certificates.crt")
+        r = run(["npm", "ci", "--no-audit", "--no-fund"], cwd=VERIFY_JS, timeout=300, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    return VERIFY_JS
+
+
+def run_recipe(name, rd, key):
+    env = dict(os.environ, RUN=rd, KEY=key)
+    if name == "openssl":
+        return run(["bash", "-c", recipe("openssl")], env=env, cwd=REPO)
+    if name == "python":
+        return run(["/usr/bin/python3", "-c", recipe("python")], env=env, cwd=REPO)
+    if name == "sigstore-js":
+        # The documented command (its `npm ci` done once by the fixture).
+        cmd = [l for l in recipe("sigstore-js").splitlines() if l.startswith("node ")]
+        assert cmd == ['node integration/verify-js/verify.js "$RUN" "$KEY"'], cmd
+        return run(["bash", "-c", cmd[0]], env=env, cwd=REPO)
+    raise AssertionError(name)
+
+
+def ok(name, r):
+    if name == "sigstore-js":
+        return r.returncode == 0 and r.stdout == b"VERIFIED\n"
+    if name == "python":
+        return r.returncode == 0 and r.stdout == b"VERIFIED\n"
+    return r.returncode == 0
+
+
+@pytest.fixture(params=["ed25519", "ecdsa-p256"])
+def record(request, shim, bundle, cid, tmp_path):
+    """A fresh run signed with `--signing-key FILE --key-type TYPE`."""
+    kt = request.param
+    keys = tmp_path / "team-keys"
+    shim("keygen", "--type", kt, "--out", str(keys), check=True)
+    shim.extra += ["--signing-key", str(keys / "signing.pem"), "--key-type", kt]
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    (ws / "modify.txt").write_text("modify\n")
+    (ws / "delete.txt").write_text("delete\n")
+    with_workspace(bundle, str(ws), WORKLOAD)
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 0, r.stderr
+    rd = run_dir_of(shim, cid)
+    assert shim("verify", "--public-key", str(keys / "signing.pem.pub"), rd).stdout == b"VERIFIED\n"
+    return kt, rd, str(keys / "signing.pem.pub")
+
+
+def statement_of(rd):
+    env = json.load(open(os.path.join(rd, "attestation.intoto.json")))
+    return json.loads(base64.b64decode(env["payload"]))
+
+
+def test_fresh_record_verifies_with_every_recipe(record, sigstore_js, shim):
+    kt, rd, key = record
+    st = statement_of(rd)
+    # The shipped schema.
+    jsonschema.validate(st, json.load(open(SCHEMA)))
+    assert st["predicateType"] == V2
+    assert st["predicate"]["signer"]["algorithm"] == {"ed25519": "ed25519", "ecdsa-p256": "ecdsa-p256-sha256"}[kt]
+    # The subjects' digests are sha256sum of the named files.
+    sums = run(["sha256sum", "events.ndjson", "changes.ndjson", "session.json"], cwd=rd, check=True).stdout.decode()
+    want = {line.split()[1]: line.split()[0] for line in sums.splitlines()}
+    assert {s["name"]: s["digest"]["sha256"] for s in st["subject"]} == want
+    # The bundle: the envelope, the key hint; both bound by the ledger.
+    b = json.load(open(os.path.join(rd, "attestation.sigstore.json")))
+    env = json.load(open(os.path.join(rd, "attestation.intoto.json")))
+    assert b["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
+    assert b["dsseEnvelope"] == env
+    assert b["verificationMaterial"]["publicKey"]["hint"] == formats_verifier.keyid(open(key, "rb").read())
+    audit = shim.extra[1]
+    problems, _, _ = formats_verifier.verify(rd, open(key, "rb").read(), os.path.join(audit, "ledger.ndjson"))
+    assert problems == []
+    for name in ("openssl", "python", "sigstore-js"):
+        r = run_recipe(name, rd, key)
+        assert ok(name, r), (name, r.stdout, r.stderr)
+    # The openssl recipe really ran the signature check of this key type.
+    r = run_recipe("openssl", rd, key)
+    assert (b"Signature Verified Successfully" if kt == "ed25519" else b"Verified OK") in r.stdout, r.stdout
+    # Another key fails every recipe.
+    other = os.path.join(os.path.dirname(key), "..", "other")
+    shim("keygen", "--type", kt, "--out", other, check=True)
+    for name in ("openssl", "python", "sigstore-js"):
+        assert not ok(name, run_recipe(name, rd, os.path.join(other, "signing.pem.pub"))), name
+    assert shim("verify", "--public-key", os.path.join(other, "signing.pem.pub"), rd).returncode == 1
+
+
+def test_one_byte_change_of_each_file_fails_each_recipe(record, sigstore_js, shim):
+    kt, rd, key = record
+    missed = []
+    for f in RECORD_FILES:
+        path = os.path.join(rd, f)
+        orig = open(path, "rb").read()
+        assert orig, f
+        # Three positions: start, middle (inside the payload or a hash), near the end.
+        for at in (1, len(orig) // 2, len(orig) - 3):
+            b = bytearray(orig)
+            b[at] ^= 0x01
+            open(path, "wb").write(bytes(b))
+            try:
+                for name in ("agentshim", "openssl", "python", "sigstore-js"):
+                    if f not in READS[name]:
+                        continue
+                    if name == "agentshim":
+                        r = shim("verify", "--public-key", key, rd)
+                        good = r.returncode == 0
+                    else:
+                        good = ok(name, run_recipe(name, rd, key))
+                    if good:
+                        missed.append(f"{name}: {f} byte {at}")
+            finally:
+                open(path, "wb").write(orig)
+    assert missed == [], missed
+    for name in ("openssl", "python", "sigstore-js"):
+        assert ok(name, run_recipe(name, rd, key)), name
+
+
+def test_export_formats(record, sigstore_js, shim, tmp_path):
+    kt, rd, key = record
+    env_bytes = open(os.path.join(rd, "attestation.intoto.json"), "rb").read()
+    assert shim("export", rd, "--format", "dsse", check=True).stdout == env_bytes
+    line = shim("export", rd, "--format", "intoto-jsonl", check=True).stdout
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and json.loads(line) == json.loads(env_bytes)
+    assert shim("export", rd, check=True).stdout == open(os.path.join(rd, "attestation.sigstore.json"), "rb").read()
+    # A record made before the bundle existed (removed here): export makes
+    # the same bundle from the envelope, and sigstore-js verifies it.
+    own = open(os.path.join(rd, "attestation.sigstore.json"), "rb").read()
+    os.unlink(os.path.join(rd, "attestation.sigstore.json"))
+    made = shim("export", rd, "--format", "sigstore-bundle", check=True).stdout
+    assert json.loads(made) == json.loads(own)
+    shim("export", rd, "-o", str(tmp_path / "b.json"), check=True)
+    assert json.loads(open(tmp_path / "b.json", "rb").read()) == json.loads(own)
+    open(os.path.join(rd, "attestation.sigstore.json"), "wb").write(made)
+    assert ok("sigstore-js", run_recipe("sigstore-js", rd, key))
+    assert shim("export", rd, "--format", "pdf").returncode != 0
+    assert shim("export", "no-such-run").returncode == 2
+
+
+def test_key_type_mismatch_is_an_error(shim, bundle, cid, tmp_path):
+    keys = tmp_path / "k"
+    shim("keygen", "--type", "ecdsa-p256", "--out", str(keys), check=True)
+    shim.ids.add(cid)
+    r = shim("--signing-key", str(keys / "signing.pem"), "--key-type", "ed25519", "run", "--bundle",
+             bundle.args("/bin/true").path, cid)
+    assert r.returncode != 0
+    assert b"ecdsa-p256" in r.stderr and str(keys / "signing.pem").encode() in r.stderr, r.stderr
+    # The same through the policy: audit.key_type is checked against audit.signing_key.
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"audit": {"signing_key": str(keys / "signing.pem"), "key_type": "ed25519"}}))
+    r = shim("--policy", str(pol), "run", "--bundle", bundle.path, cid + "p")
+    shim.ids.add(cid + "p")
+    assert r.returncode != 0 and b"ecdsa-p256" in r.stderr, r.stderr
+    assert shim("--key-type", "rsa", "run", "--bundle", bundle.path, cid + "q").returncode != 0
