@@ -29,12 +29,16 @@ inline constexpr const char* kEnvelopeFile = "attestation.intoto.json";
 // The bundle for `envelope` (a DSSE envelope with exactly one signature),
 // the public key named by `keyid`. Throws agentshim::Error if the envelope
 // is not one Sigstore can carry.
-json sigstore_bundle(const json& envelope, const std::string& keyid);
+// `rfc3161` are DER TimeStampResp messages over the signature (attest/tsa.h),
+// carried in verificationMaterial.timestampVerificationData.
+json sigstore_bundle(const json& envelope, const std::string& keyid,
+                     const std::vector<std::string>& rfc3161 = {});
 // The bundle's file text (2-space indented JSON and "\n", like the envelope).
 std::string bundle_text(const json& bundle);
 
 // What is wrong with `bundle` as the Sigstore bundle of `envelope` signed by
-// `keyid` (empty: nothing).
+// `keyid` (empty: nothing). Each RFC 3161 time-stamp must be a granted
+// response over the SHA-256 of the envelope's signature.
 std::vector<std::string> check_sigstore_bundle(const json& bundle, const json& envelope,
                                                const std::string& keyid);
 

@@ -14,6 +14,7 @@
 #include "attest/canonical.h"
 #include "attest/hash.h"
 #include "attest/ledger.h"
+#include "attest/tsa.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -232,7 +233,19 @@ json RunRecord::finalize(const json& facts) {
     std::string payload = canonical(statement);
     json env = dsse_sign(kPayloadType, payload, key);
     std::string env_text = env.dump(2) + "\n";
-    std::string bundle = bundle_text(sigstore_bundle(env, key.keyid()));
+    // An RFC 3161 time-stamp over the signature, when a TSA is configured.
+    // Without one the record is still whole: the bundle then has no
+    // time-stamp, which a verifier that requires one reports.
+    std::vector<std::string> stamps;
+    if (!c_.tsa_url.empty()) {
+      try {
+        stamps.push_back(
+            rfc3161_timestamp(c_.tsa_url, base64_decode(env["signatures"][0]["sig"].get<std::string>())));
+      } catch (const std::exception& e) {
+        log::warn("run " + c_.run_id + ": no RFC 3161 time-stamp: " + e.what());
+      }
+    }
+    std::string bundle = bundle_text(sigstore_bundle(env, key.keyid(), stamps));
     write_file_atomic(dir_ + "/" + kEnvelopeFile, env_text, 0600);
     write_file_atomic(dir_ + "/" + kBundleFile, bundle, 0600);
     return json{{"run_id", c_.run_id},

@@ -44,6 +44,7 @@ struct RecordConfig {
   KeyType key_type = KeyType::ed25519;
   bool hash_cache = true;                          // policy "strict" turns it off
   uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)
+  std::string tsa_url;  // policy audit.tsa_url: RFC 3161 time-stamp for the Sigstore bundle ("" = none)
   std::function<void(const std::string&)> on_log_failure;
 };
 

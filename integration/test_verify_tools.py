@@ -203,3 +203,119 @@ def test_key_type_mismatch_is_an_error(shim, bundle, cid, tmp_path):
     shim.ids.add(cid + "p")
     assert r.returncode != 0 and b"ecdsa-p256" in r.stderr, r.stderr
     assert shim("--key-type", "rsa", "run", "--bundle", bundle.path, cid + "q").returncode != 0
+
+
+TSA_CNF = """
+[ tsa ]
+default_tsa = tsa1
+[ tsa1 ]
+dir = {dir}
+serial = $dir/serial
+signer_cert = $dir/tsa.crt
+certs = $dir/tsa.crt
+signer_key = $dir/tsa.key
+signer_digest = sha256
+default_policy = 1.3.6.1.4.1.99999.1
+digests = sha256
+accuracy = secs:1
+ordering = no
+tsa_name = yes
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+"""
+
+
+@pytest.fixture
+def tsa(tmp_path):
+    """A local RFC 3161 time-stamping authority: `openssl ts -reply` behind
+    an HTTP server on loopback; yields (url, CA file, TSA cert, requests)."""
+    import http.server
+    import threading
+    d = tmp_path / "tsa"
+    d.mkdir()
+    sh = lambda *a: run(list(a), cwd=str(d), check=True)  # noqa: E731
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+       "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=agentshim test TSA root", "-days", "2",
+       "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+       "-keyout", "tsa.key", "-out", "tsa.csr", "-subj", "/CN=agentshim test TSA")
+    (d / "ext.cnf").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                               "extendedKeyUsage=critical,timeStamping\n")
+    sh("openssl", "x509", "-req", "-in", "tsa.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+       "-out", "tsa.crt", "-days", "2", "-extfile", "ext.cnf")
+    (d / "serial").write_text("01\n")
+    (d / "tsa.cnf").write_text(TSA_CNF.format(dir=d))
+    requests = []
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                requests.append((self.path, self.headers.get("Content-Type"), body))
+                (d / "q.tsq").write_bytes(body)
+                r = run(["openssl", "ts", "-reply", "-config", str(d / "tsa.cnf"), "-queryfile", str(d / "q.tsq"),
+                         "-out", str(d / "r.tsr")], cwd=str(d))
+                reply = (d / "r.tsr").read_bytes() if r.returncode == 0 else b""
+            self.send_response(200 if reply else 500)
+            self.send_header("Content-Type", "application/timestamp-reply")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/tsa", str(d / "ca.crt"), str(d / "tsa.crt"), requests
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_rfc3161_timestamp_from_the_policy_tsa(shim, bundle_factory, tmp_path, tsa):
+    url, ca, tsa_crt, requests = tsa
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"audit": {"tsa_url": url}}))
+    shim.extra += ["--policy", str(pol)]
+    cid = "tsa1"
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle_factory().args("/bin/true").path, cid)
+    assert r.returncode == 0, r.stderr
+    rd = run_dir_of(shim, cid)
+    assert shim("verify", rd).stdout == b"VERIFIED\n"
+    assert len(requests) == 1 and requests[0][:2] == ("/tsa", "application/timestamp-query")
+    b = json.load(open(os.path.join(rd, "attestation.sigstore.json")))
+    stamps = b["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"]
+    assert len(stamps) == 1
+    resp = tmp_path / "resp.tsr"
+    resp.write_bytes(base64.b64decode(stamps[0]["signedTimestamp"]))
+    sig = tmp_path / "sig.bin"
+    sig.write_bytes(base64.b64decode(b["dsseEnvelope"]["signatures"][0]["sig"]))
+    # The documented check: the TSA signed SHA-256(signature) at that time.
+    v = run(["openssl", "ts", "-verify", "-in", str(resp), "-data", str(sig), "-CAfile", ca, "-untrusted", tsa_crt])
+    assert v.returncode == 0 and b"Verification: OK" in v.stdout, v.stdout + v.stderr
+    # ...and not any other signature.
+    sig.write_bytes(b"another signature")
+    assert run(["openssl", "ts", "-verify", "-in", str(resp), "-data", str(sig), "-CAfile", ca,
+                "-untrusted", tsa_crt]).returncode != 0
+    # A time-stamp over something else in the bundle: besides the ledger's
+    # bundle_sha256, verify names the time-stamp itself.
+    other = run(["openssl", "ts", "-query", "-data", "/etc/hostname", "-sha256", "-cert"], check=True).stdout
+    (tmp_path / "o.tsq").write_bytes(other)
+    run(["openssl", "ts", "-reply", "-config", os.path.join(os.path.dirname(ca), "tsa.cnf"), "-queryfile",
+         str(tmp_path / "o.tsq"), "-out", str(tmp_path / "o.tsr")], check=True)
+    stamps[0]["signedTimestamp"] = base64.b64encode((tmp_path / "o.tsr").read_bytes()).decode()
+    open(os.path.join(rd, "attestation.sigstore.json"), "w").write(json.dumps(b, indent=2) + "\n")
+    r = shim("verify", rd)
+    assert r.returncode == 1 and b"imprint" in r.stdout, r.stdout
+    # A TSA that is down: the run and its record are unaffected, the bundle has no time-stamp.
+    pol.write_text(json.dumps({"audit": {"tsa_url": "http://127.0.0.1:9/tsa"}}))
+    shim.ids.add("tsa2")
+    r = shim("run", "--bundle", bundle_factory().args("/bin/true").path, "tsa2")
+    assert r.returncode == 0, r.stderr
+    rd2 = run_dir_of(shim, "tsa2")
+    assert shim("verify", rd2).stdout == b"VERIFIED\n"
+    b2 = json.load(open(os.path.join(rd2, "attestation.sigstore.json")))
+    assert b2["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"] == []

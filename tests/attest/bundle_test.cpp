@@ -12,6 +12,7 @@
 #include "attest/ledger.h"
 #include "attest/record.h"
 #include "attest/sign.h"
+#include "attest/tsa.h"
 #include "common/error.h"
 #include "common/util.h"
 
@@ -207,4 +208,34 @@ TEST(SigningKey, ATypeThatDoesNotMatchTheKeyIsAnError) {
   TempDir t2;
   std::string rd2 = make_run(t2.path, KeyType::ecdsa_p256, t.path + "/ec.pem");
   EXPECT_EQ(statement_of(rd2)["predicate"]["signer"]["algorithm"], "ecdsa-p256-sha256");
+}
+
+TEST(Tsa, BadUrlsAndUnreachableTsasAreClearErrors) {
+  for (const char* u : {"https://tsa.example/", "ftp://x", "http://", "http://h:port/", "http://h:1/a b"}) {
+    try {
+      (void)rfc3161_timestamp(u, "sig", 1000);
+      ADD_FAILURE() << u;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(u), std::string::npos) << e.what();
+    }
+  }
+  // Nothing listens on port 9 of loopback (discard is not run here).
+  try {
+    (void)rfc3161_timestamp("http://127.0.0.1:9/tsa", "sig", 2000);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("connect"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(rfc3161_check("", "sig"), Error);
+  EXPECT_THROW(rfc3161_check(std::string("\x30\x03\x02\x01\x00", 5), "sig"), Error);
+  // A bundle whose time-stamp is garbage is a mismatch, not a crash.
+  json env = {{"payload", "e30="},
+              {"payloadType", kPayloadType},
+              {"signatures", json::array({json{{"keyid", "k"}, {"sig", "AA=="}}})}};
+  json b = sigstore_bundle(env, "k", {std::string("not DER")});
+  EXPECT_EQ(b["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"][0]["signedTimestamp"],
+            base64_encode("not DER"));
+  auto p = check_sigstore_bundle(b, env, "k");
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_NE(p[0].find("timestampVerificationData"), std::string::npos);
 }
