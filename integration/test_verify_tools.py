@@ -274,7 +274,7 @@ def tsa(tmp_path):
     srv.server_close()
 
 
-def test_rfc3161_timestamp_from_the_policy_tsa(shim, bundle_factory, tmp_path, tsa):
+def test_rfc3161_timestamp_from_the_policy_tsa(shim, bundle_factory, tmp_path, tsa, sigstore_js):
     url, ca, tsa_crt, requests = tsa
     pol = tmp_path / "policy.json"
     pol.write_text(json.dumps({"audit": {"tsa_url": url}}))
@@ -300,6 +300,20 @@ def test_rfc3161_timestamp_from_the_policy_tsa(shim, bundle_factory, tmp_path, t
     sig.write_bytes(b"another signature")
     assert run(["openssl", "ts", "-verify", "-in", str(resp), "-data", str(sig), "-CAfile", ca,
                 "-untrusted", tsa_crt]).returncode != 0
+    # sigstore-js with the TSA as trust material and tsaThreshold 1.
+    chain = tmp_path / "tsa-chain.pem"
+    chain.write_bytes(open(tsa_crt, "rb").read() + open(ca, "rb").read())
+    key = os.path.join(shim.extra[1], "keys", "signing.pem.pub")
+    js = run(["node", os.path.join(VERIFY_JS, "verify.js"), rd, key, str(chain)])
+    assert js.returncode == 0 and js.stdout == b"VERIFIED\n", js.stdout + js.stderr
+    # ...which a bundle without a time-stamp does not pass.
+    saved = open(os.path.join(rd, "attestation.sigstore.json"), "rb").read()
+    nots = json.loads(saved)
+    nots["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"] = []
+    open(os.path.join(rd, "attestation.sigstore.json"), "w").write(json.dumps(nots))
+    js = run(["node", os.path.join(VERIFY_JS, "verify.js"), rd, key, str(chain)])
+    assert js.returncode == 1 and b"tsa timestamps" in js.stdout, js.stdout
+    open(os.path.join(rd, "attestation.sigstore.json"), "wb").write(saved)
     # A time-stamp over something else in the bundle: besides the ledger's
     # bundle_sha256, verify names the time-stamp itself.
     other = run(["openssl", "ts", "-query", "-data", "/etc/hostname", "-sha256", "-cert"], check=True).stdout

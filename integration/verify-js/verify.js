@@ -4,8 +4,11 @@
 // Rekor entry, no timestamp: every threshold 0), then check that the
 // statement's subjects are the run's files (plain SHA-256 of their bytes).
 //
-//   node verify.js RUN_DIR PUBLIC_KEY.pem
+//   node verify.js RUN_DIR PUBLIC_KEY.pem [TSA_CHAIN.pem]
 //
+// With TSA_CHAIN (the time-stamping authority's certificate, then its
+// issuers up to the root, PEM), the bundle must also carry an RFC 3161
+// time-stamp over the signature from that TSA (tsaThreshold 1).
 // Prints VERIFIED and exits 0, or prints the reason and exits 1.
 'use strict';
 const crypto = require('crypto');
@@ -16,18 +19,25 @@ const { Verifier, toSignedEntity, toTrustMaterial } = require('@sigstore/verify'
 
 const PREDICATE_TYPE = 'https://agentshim.dev/attestation/run/v2';
 
-function main([runDir, keyFile]) {
+function tsaAuthorities(chainFile) {
+  const pem = fs.readFileSync(chainFile, 'utf8');
+  const certs = pem.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g) || [];
+  if (certs.length === 0) throw new Error(`${chainFile}: no certificates`);
+  return [{ certChain: { certificates: certs.map((c) => ({ rawBytes: new crypto.X509Certificate(c).raw })) } }];
+}
+
+function main([runDir, keyFile, tsaChain]) {
   const bundle = bundleFromJSON(JSON.parse(fs.readFileSync(path.join(runDir, 'attestation.sigstore.json'), 'utf8')));
   const key = crypto.createPublicKey(fs.readFileSync(keyFile));
   // agentshim's keyid: SHA-256 of the key's DER SubjectPublicKeyInfo.
   const keyid = crypto.createHash('sha256').update(key.export({ type: 'spki', format: 'der' })).digest('hex');
   const trust = toTrustMaterial(
-    { certificateAuthorities: [], timestampAuthorities: [], tlogs: [], ctlogs: [] },
+    { certificateAuthorities: [], timestampAuthorities: tsaChain ? tsaAuthorities(tsaChain) : [], tlogs: [], ctlogs: [] },
     (hint) => {
       if (hint !== keyid) throw new Error(`the bundle names key ${hint}, not ${keyid}`);
       return { publicKey: key, validFor: () => true };
     });
-  const verifier = new Verifier(trust, { tlogThreshold: 0, ctlogThreshold: 0, tsaThreshold: 0 });
+  const verifier = new Verifier(trust, { tlogThreshold: 0, ctlogThreshold: 0, tsaThreshold: tsaChain ? 1 : 0 });
   verifier.verify(toSignedEntity(bundle)); // throws on a bad signature
 
   const env = bundle.content.dsseEnvelope;
