@@ -178,6 +178,10 @@ void create(const Global& g, const CreateOptions& o) {
   // The policy decides the sandbox: cfg is the caller's config tightened by
   // it (every change a decision; a refused config stops here).
   json pol = policy::load(g.policy_path);
+  // --signing-key / --key-type (global flags) take the place of the policy's
+  // audit.signing_key / audit.key_type; the record checks the key's type.
+  if (!g.signing_key.empty()) pol["audit"]["signing_key"] = abs_path(g.signing_key);
+  if (!g.key_type.empty()) pol["audit"]["key_type"] = g.key_type;
   const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
   // The record, the state root and the runtime's own files stay out of the
   // sandbox's reach: the policy refuses a bind that is, contains or lies

@@ -327,6 +327,9 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       if (k == "dir" || k == "signing_key") {
         if (!x.is_string()) fail(where, key, "must be a string");
         if (!x.get<Str>().empty() && x.get<Str>()[0] != '/') fail(where, key, "must be an absolute path");
+      } else if (k == "tsa_url") {
+        if (!x.is_string() || (!x.get<Str>().empty() && x.get<Str>().rfind("http://", 0) != 0))
+          fail(where, key, "must be \"\" or an http:// URL of an RFC 3161 time-stamping authority");
       } else if (k == "key_type") {
         if (!x.is_string() || (x != "ed25519" && x != "ecdsa-p256"))
           fail(where, key, "must be \"ed25519\" or \"ecdsa-p256\"");
