@@ -27,6 +27,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
@@ -1093,7 +1094,7 @@ json features() {
       {"annotations",
        {{"org.opencontainers.runc.checkpoint.enabled", "false"},
         {"dev.agentshim.version", AGENTSHIM_VERSION},
-        {"dev.agentshim.commit", AGENTSHIM_COMMIT}}},
+        {"dev.agentshim.commit", build_commit()}}},
   };
 }
 
