@@ -142,12 +142,12 @@ def test_events_stats_and_oom_from_v2_files(shim, bundle, cid):
 
 
 def test_kill_all_and_delete_leave_no_cgroup(shim, bundle, cid):
-    bundle.config["linux"]["namespaces"] = [n for n in bundle.config["linux"]["namespaces"] if n["type"] != "pid"]
-    bundle.sh("sleep 100 & sleep 100 & wait")
+    bundle.sh("trap '' TERM; sleep 100 & sleep 100 & wait")
     shim.ids.add(cid)
     shim("run", "--detach", "--bundle", bundle.path, cid, check=True)
     d = cgroup_dir(shim.json("state", cid)["pid"])
     time.sleep(0.3)
+    assert len(read(d, "cgroup.procs").split()) >= 4  # sh, two sleeps, the sentinel
     shim("kill", "--all", cid, "KILL", check=True)
     wait_status(shim, cid, "stopped")
     shim("delete", cid, check=True)
