@@ -303,10 +303,7 @@ void create(const Global& g, const CreateOptions& o) {
   // for the container (userns::attach_and_open); with a caller's own maps
   // the container's root must reach them itself, as with runc.
   if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
-    if (auto u = oci::root_ids(cfg, "uidMappings")) {
-      auto gm = oci::root_ids(cfg, "gidMappings");
-      userns::check_reachable(rootfs, u->host, gm ? gm->host : u->host, u->size);
-    }
+    userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
 
@@ -400,8 +397,9 @@ void create(const Global& g, const CreateOptions& o) {
   cleanup.armed = false;
 }
 
-void start(const Global& g, const std::string& id) {
-  auto st = state::load(g.root, id);
+namespace {
+// start up to "started"; returns the state poststart hooks get.
+json start_locked(const Global& g, const std::string& id, state::ContainerState& st) {
   state::Lock lock(g.root, id);
   std::string status = state::status(g.root, st);
   if (status == "stopped") throw Error("cannot start a container that has stopped");
@@ -452,13 +450,26 @@ void start(const Global& g, const std::string& id) {
     }
   }
   supervisor::notify(state_dir(g, id), {{"type", "started"}});
-  json hs = state::oci_state(st, "running");
+  return state::oci_state(st, "running");
+}
+}  // namespace
+
+void start(const Global& g, const std::string& id) {
+  auto st = state::load(g.root, id);
+  json hs = start_locked(g, id, st);
   try {
     hooks::run(st.config, "poststart", hs);
   } catch (const std::exception& e) {
-    // runc kills the container when a poststart hook fails.
-    ::kill(st.init_pid, SIGKILL);
-    throw;
+    // As runc: a failing poststart hook takes the container down and
+    // removes it (its poststop hooks run, as in runc's destroy); the
+    // command fails with the hook's error.
+    const std::string err = e.what();
+    try {
+      remove(g, id, true);
+    } catch (const std::exception& e2) {
+      log::warn("removing container " + id + " after its poststart hook failed: " + e2.what());
+    }
+    throw Error(err);
   }
 }
 
@@ -668,11 +679,8 @@ void remove(const Global& g, const std::string& id, bool force) {
     ::kill(st.supervisor_pid, SIGKILL);
     wait_gone(st.supervisor_pid, st.supervisor_start, 2000);
   }
-  try {
-    hooks::run(st.config, "poststop", state::oci_state(st, "stopped"));
-  } catch (const std::exception& e) {
-    log::warn(std::string("poststop hook failed: ") + e.what());
-  }
+  // Every poststop hook runs; a failure is a warning (runtime spec).
+  hooks::run_all(st.config, "poststop", state::oci_state(st, "stopped"));
   if (cg) {
     // Leftover processes (no pid namespace) would keep the cgroup busy.
     for (int i = 0; i < 50; i++) {

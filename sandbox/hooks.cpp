@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/fd.h"
+#include "common/log.h"
 #include "common/util.h"
 
 namespace agentshim::hooks {
@@ -30,11 +31,15 @@ void run_one(const json& h, const std::string& kind, std::size_t idx, const std:
   if (h.contains("args") && h["args"].is_array())
     for (const auto& a : h["args"]) args.push_back(a);
   if (args.empty()) args.push_back(path);
-  if (h.contains("env") && h["env"].is_array())
+  // As runc: a hook without `env` gets the runtime's own environment; an
+  // `env` (even empty) is the whole environment.
+  if (h.contains("env") && h["env"].is_array()) {
     for (const auto& e : h["env"]) env.push_back(e);
-  long long timeout_ms = h.contains("timeout") && h["timeout"].is_number_integer()
-                             ? h["timeout"].get<long long>() * 1000
-                             : -1;
+  } else {
+    for (char** e = environ; e && *e; e++) env.emplace_back(*e);
+  }
+  long long timeout_ms =
+      h.contains("timeout") && h["timeout"].is_number_integer() ? h["timeout"].get<long long>() * 1000 : -1;
   std::string what = kind + " hook #" + std::to_string(idx) + " (" + path + ")";
 
   auto in = make_pipe(O_CLOEXEC);
@@ -130,6 +135,29 @@ void run(const json& config, const std::string& kind, const json& state) {
   std::string s = state.dump();
   std::size_t i = 0;
   for (const auto& h : hooks[kind]) run_one(h, kind, i++, s);
+}
+
+std::size_t run_all(const json& config, const std::string& kind, const json& state) {
+  if (!config.contains("hooks") || !config["hooks"].is_object()) return 0;
+  const json& hooks = config["hooks"];
+  if (!hooks.contains(kind) || !hooks[kind].is_array()) return 0;
+  std::string s = state.dump();
+  std::size_t i = 0, failed = 0;
+  for (const auto& h : hooks[kind]) {
+    try {
+      run_one(h, kind, i++, s);
+    } catch (const std::exception& e) {
+      // A warning where the operator sees it: stderr, and --log when given.
+      failed++;
+      const std::string msg =
+          std::string(e.what()) + " (continuing: " + kind + " hook failures are warnings)";
+      log::warn(msg);
+      std::string line = "agentshim: warning: " + msg + "\n";
+      ssize_t r = ::write(2, line.data(), line.size());
+      (void)r;
+    }
+  }
+  return failed;
 }
 
 }  // namespace agentshim::hooks

@@ -16,4 +16,9 @@ using json = nlohmann::json;
 // failure or timeout.
 void run(const json& config, const std::string& kind, const json& state);
 
+// Run every hook of `kind`, each even after one failed (the spec's rule for
+// poststop: "log a warning ... the remaining hooks and lifecycle continue");
+// each failure is a warning on stderr and in --log. Returns how many failed.
+std::size_t run_all(const json& config, const std::string& kind, const json& state);
+
 }  // namespace agentshim::hooks

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/capability.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <climits>
@@ -272,13 +273,86 @@ void validate_config(const json& cfg) {
       }
     }
     if (l.contains("sysctl") && l["sysctl"].is_object()) {
-      for (auto it = l["sysctl"].begin(); it != l["sysctl"].end(); ++it) {
+      for (auto it = l["sysctl"].begin(); it != l["sysctl"].end(); ++it)
         expect(it->is_string(), "linux.sysctl." + it.key(), "expected string value");
-        expect(it.key().find("..") == std::string::npos && it.key().find('/') == std::string::npos,
-               "linux.sysctl." + it.key(), "invalid sysctl name");
-      }
+      (void)sysctls(cfg, true);
     }
   }
+}
+
+namespace {
+
+// runc's '/' form ("net/ipv4/conf/eth0.100/rp_filter") -> dots, the '.' of a
+// component becoming '/': the form the namespace rules are written in.
+std::string sysctl_dots(const std::string& k) {
+  auto first = k.find_first_of("./");
+  if (first == std::string::npos || k[first] == '.') return k;
+  std::string r = k;
+  for (char& c : r) c = c == '.' ? '/' : c == '/' ? '.' : c;
+  return r;
+}
+
+// The namespace of `type` is the runtime's own (a path to it, e.g. /proc/1/ns/net).
+bool is_current_namespace(const std::string& type, const std::string& path) {
+  auto t = namespace_by_name(type);
+  struct stat a {
+  }, b{};
+  if (!t || ::stat(("/proc/self/ns/" + std::string(t->proc)).c_str(), &a) < 0) return false;
+  if (::stat(path.c_str(), &b) < 0) throw_errno("linux.namespaces: stat " + type + " namespace path " + path);
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+}  // namespace
+
+std::string sysctl_namespace(const std::string& key) {
+  static const char* ipc[] = {"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                              "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"};
+  const std::string k = sysctl_dots(key);
+  if (starts_with(k, "fs.mqueue.") ||
+      std::find_if(std::begin(ipc), std::end(ipc), [&](const char* s) { return k == s; }) != std::end(ipc))
+    return "ipc";
+  if (starts_with(k, "net.")) return "network";
+  if (k == "kernel.domainname" || k == "kernel.hostname") return "uts";
+  return "";
+}
+
+std::vector<Sysctl> sysctls(const json& cfg, bool check_paths) {
+  std::vector<Sysctl> out;
+  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains("sysctl") ||
+      !cfg["linux"]["sysctl"].is_object())
+    return out;
+  auto isolated = [&](const std::string& type) {
+    for (const auto& n : namespaces(cfg))
+      if (n.type == type) return n.path.empty() || !check_paths || !is_current_namespace(type, n.path);
+    return false;
+  };
+  for (const auto& [key, value] : cfg["linux"]["sysctl"].items()) {
+    const std::string k = sysctl_dots(key);
+    // No empty component, no "..": the path below /proc/sys is exactly the key's.
+    bool name_ok = !k.empty() && k.front() != '.' && k.back() != '.' && k.find("..") == std::string::npos &&
+                   k.find('\0') == std::string::npos && k.find("/.") == std::string::npos &&
+                   k.find("./") == std::string::npos && k.front() != '/' && k.back() != '/';
+    expect(name_ok, "linux.sysctl." + key, "invalid sysctl name");
+    expect(value.is_string(), "linux.sysctl." + key, "expected string value");
+    // runc's rules and wording (libcontainer/configs/validate): a sysctl is
+    // written only into a namespace the container does not share with the
+    // runtime; everything else would change the host.
+    const std::string ns = sysctl_namespace(k);
+    if (ns == "ipc" && !isolated("ipc"))
+      throw Error("sysctl \"" + k + "\" is not allowed in the hosts ipc namespace");
+    if (ns == "network" && !isolated("network"))
+      throw Error("sysctl \"" + k + "\" not allowed in host network namespace");
+    if (ns == "uts" && isolated("uts") && k == "kernel.hostname")
+      throw Error(
+          "sysctl \"kernel.hostname\" is not allowed as it conflicts with the OCI \"hostname\" field");
+    if (ns.empty() || (ns == "uts" && !isolated("uts")))
+      throw Error("sysctl \"" + k + "\" is not in a separate kernel namespace");
+    std::string path = "/proc/sys/" + k;
+    for (std::size_t i = 10; i < path.size(); i++)
+      path[i] = path[i] == '.' ? '/' : path[i] == '/' ? '.' : path[i];
+    out.push_back({k, value.get<std::string>(), path});
+  }
+  return out;
 }
 
 json load_config(const std::string& bundle) {

@@ -48,6 +48,23 @@ std::vector<Namespace> namespaces(const json& cfg);
 // A namespace of this type is listed (new or joined by path).
 bool has_namespace(const json& cfg, const std::string& type);
 bool has_new_namespace(const json& cfg, const std::string& type);
+// linux.sysctl as runc validates it: each key (dots, or runc's '/' form,
+// normalised to dots) must be isolated by a namespace of the container's —
+// ipc for kernel.shm*/msg*/sem and fs.mqueue.*, network for net.*, uts for
+// kernel.domainname (kernel.hostname conflicts with "hostname") — and every
+// other key is refused (not namespaced: it would change the host). Throws
+// Error with runc's wording. With check_paths, a namespace joined by path
+// that is the runtime's own counts as the host's (done at create; the writer
+// inside the container cannot tell). The writer uses exactly this list.
+struct Sysctl {
+  std::string key;  // dots form
+  std::string value;
+  std::string path;  // /proc/sys/...
+};
+std::vector<Sysctl> sysctls(const json& cfg, bool check_paths);
+// "ipc", "network", "uts" for a namespaced sysctl key, "" otherwise.
+std::string sysctl_namespace(const std::string& key);
+
 // The host id of container id 0 in linux.uidMappings / gidMappings (`key`),
 // and how many ids from there on are mapped; nullopt when 0 is unmapped.
 struct RootIds {

@@ -773,23 +773,28 @@ class Engine {
   void sysctls() {
     json& l = linux_();
     if (!l.contains("sysctl") || !l["sysctl"].is_object()) return;
-    bool netns = false;
+    bool netns = false, uts = false;
     for (const auto& n : oci::namespaces(r_.config))
-      if (n.type == "network") netns = true;
+      if (n.type == "network")
+        netns = true;
+      else if (n.type == "uts")
+        uts = true;
     static const std::set<Str> ipc = {"kernel.shmmax",          "kernel.shmall", "kernel.shmmni",
                                       "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb",
                                       "kernel.msgmni",          "kernel.sem"};
     // As runc: a sysctl that is not isolated by the container's namespaces
     // would change the host; it is refused, never silently dropped.
     for (const auto& [k, v] : l["sysctl"].items()) {
-      bool ok = ipc.count(k) || starts_with(k, "fs.mqueue.") || (netns && starts_with(k, "net."));
+      const Str ns = oci::sysctl_namespace(k);
+      bool ok = ipc.count(k) || ns == "ipc" || (netns && ns == "network") ||
+                (uts && ns == "uts" && k == "kernel.domainname");
       if (!ok)
-        hard(
-            "sysctl", "linux.sysctl." + k,
-            "caller asked to set sysctl " + k +
-                ", which is not isolated by the container's namespaces; refused by policy rule sysctl "
-                "(allowed: "
-                "net.* with a private network namespace, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)");
+        hard("sysctl", "linux.sysctl." + k,
+             "caller asked to set sysctl " + k +
+                 ", which is not isolated by the container's namespaces; refused by policy rule sysctl "
+                 "(allowed: "
+                 "net.* with a private network namespace, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, "
+                 "kernel.domainname with a private uts namespace)");
     }
   }
 

@@ -11,7 +11,11 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstdio>
 #include <cstring>
+#include <deque>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -93,35 +97,58 @@ UniqueFd open_in_root(int rootfd, const std::string& path, bool create, bool las
   int fd = openat2_(rootfd, rel, O_PATH | O_CLOEXEC, resolve);
   if (fd >= 0) return UniqueFd(fd);
   if (errno != ENOENT || !create) throw_errno("open " + path + " inside the rootfs");
-  std::vector<std::string> parts;
-  for (auto& c : split(rel, '/'))
-    if (!c.empty() && c != ".") parts.push_back(c);
-  std::string cur;
-  for (std::size_t i = 0; i < parts.size(); i++) {
-    std::string next = cur.empty() ? parts[i] : cur + "/" + parts[i];
-    int f = openat2_(rootfd, next, O_PATH | O_CLOEXEC, resolve);
-    if (f >= 0) {
-      ::close(f);
+  // Walk and create component by component. A symlink on the way (dangling
+  // ones included) is followed inside the rootfs, as runc resolves a mount
+  // destination: "/dangle -> /target/deep" creates and returns /target/deep.
+  std::deque<std::string> todo;
+  auto push_front = [&](const std::string& p) {
+    auto parts = split(p, '/');
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it)
+      if (!it->empty() && *it != ".") todo.push_front(*it);
+  };
+  push_front(rel);
+  std::string cur;  // resolved so far, relative to the root, no symlinks
+  int links = 0;
+  while (!todo.empty()) {
+    const std::string c = todo.front();
+    todo.pop_front();
+    if (c == "..") {
+      auto p = cur.rfind('/');
+      cur = p == std::string::npos ? "" : cur.substr(0, p);
+      continue;
+    }
+    const std::string next = cur.empty() ? c : cur + "/" + c;
+    UniqueFd parent(openat2_(rootfd, cur.empty() ? "." : cur, O_PATH | O_DIRECTORY | O_CLOEXEC, resolve));
+    if (!parent) throw_errno("open directory /" + cur + " inside the rootfs");
+    char buf[PATH_MAX];
+    ssize_t n = ::readlinkat(parent.get(), c.c_str(), buf, sizeof buf - 1);
+    if (n >= 0) {
+      if (++links > 40) throw Error("open " + path + " inside the rootfs: too many levels of symbolic links");
+      const std::string target(buf, static_cast<std::size_t>(n));
+      if (!target.empty() && target[0] == '/') cur.clear();
+      push_front(target);
+      continue;
+    }
+    struct stat st {};
+    if (::fstatat(parent.get(), c.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
       cur = next;
       continue;
     }
-    if (errno != ENOENT) throw_errno("open " + next + " inside the rootfs");
-    UniqueFd parent(openat2_(rootfd, cur.empty() ? "." : cur, O_PATH | O_DIRECTORY | O_CLOEXEC, resolve));
-    if (!parent) throw_errno("open directory " + (cur.empty() ? "/" : cur) + " inside the rootfs");
-    bool last = i + 1 == parts.size();
+    if (errno != ENOENT) throw_errno("stat /" + next + " inside the rootfs");
+    bool last = todo.empty();
     if (last && last_is_file) {
       // O_PATH dirfds cannot create files: go through the magic link of the parent.
       UniqueFd dir(::open(fdpath(parent.get()).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-      if (!dir) throw_errno("open directory " + cur);
-      int nf = ::openat(dir.get(), parts[i].c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0755);
-      if (nf < 0 && errno != EEXIST) throw_errno("create " + next + " inside the rootfs");
+      if (!dir) throw_errno("open directory /" + cur);
+      int nf = ::openat(dir.get(), c.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0755);
+      if (nf < 0 && errno != EEXIST) throw_errno("create /" + next + " inside the rootfs");
       if (nf >= 0) ::close(nf);
-    } else if (::mkdirat(parent.get(), parts[i].c_str(), 0755) < 0 && errno != EEXIST) {
-      throw_errno("mkdir " + next + " inside the rootfs");
+    } else if (::mkdirat(parent.get(), c.c_str(), 0755) < 0 && errno != EEXIST) {
+      throw_errno("mkdir /" + next + " inside the rootfs");
     }
     cur = next;
   }
-  fd = openat2_(rootfd, rel, O_PATH | O_CLOEXEC, resolve);
+  fd = openat2_(rootfd, cur.empty() ? "." : cur, O_PATH | O_CLOEXEC, resolve);
   if (fd < 0) throw_errno("open " + path + " inside the rootfs");
   return UniqueFd(fd);
 }
@@ -133,6 +160,10 @@ void prepare_root(const Context& ctx) {
     auto mo = oci::parse_mount_options({rp});
     if (!mo.propagation.empty()) prop = mo.propagation[0];
   }
+  // An unbindable tree cannot be bound: the rootfs is bound onto itself
+  // below, so the mounts stay slaves here and enter() makes the container's
+  // "/" unbindable after pivot_root (linux.rootfsPropagation applies there).
+  if (prop & MS_UNBINDABLE) prop = MS_SLAVE | MS_REC;
   do_mount("", "/", "", prop, "", "/ (set propagation)");
   // Attached by the supervisor: already a private mount of its own.
   if (ctx.rootfs_attached) return;
@@ -231,11 +262,27 @@ void mount_all(const Context& ctx) {
       for (auto p : mo.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
       continue;
     }
+    // A tmpfs without mode= takes the mode of an existing mount point, as
+    // runc (which stats the destination and chmods the mounted tmpfs).
+    std::string data = mo.data;
+    if (type == "tmpfs" && !starts_with(data, "mode=") && data.find(",mode=") == std::string::npos) {
+      try {
+        auto existing = open_in_root(rootfd.get(), dest, false, false);
+        struct stat dst {};
+        if (::fstat(existing.get(), &dst) == 0 && S_ISDIR(dst.st_mode)) {
+          char m[16];
+          std::snprintf(m, sizeof m, "mode=%o", static_cast<unsigned>(dst.st_mode & 07777));
+          data = data.empty() ? std::string(m) : data + "," + m;
+        }
+      } catch (const SysError&) {
+        // Not there yet: created below, the tmpfs keeps its default mode.
+      }
+    }
     auto target = open_in_root(rootfd.get(), dest, true, false);
     unsigned long flags = mo.flags & ~(MS_BIND | MS_REC);
     std::string source = src.empty() ? type : src;
     try {
-      do_mount(source, fdpath(target.get()), type, flags, mo.data, what);
+      do_mount(source, fdpath(target.get()), type, flags, data, what);
     } catch (const SysError& e) {
       if (type == "sysfs" && (e.code() == EPERM || e.code() == EACCES) && ctx.userns) {
         // sysfs needs a network namespace owned by our user namespace: fall back to /sys (rbind, ro).
@@ -287,33 +334,83 @@ std::vector<Dev> devices(const json& cfg) {
 }
 }  // namespace
 
+namespace {
+
+// "/dev//", "/dev/." -> "/dev": the destination as the kernel resolves it
+// (".." is left as is: such a destination is never equal to a device path).
+std::string clean_path(const std::string& p) {
+  std::string out;
+  for (const auto& c : split(p, '/')) {
+    if (c.empty() || c == ".") continue;
+    out += "/" + c;
+  }
+  return out.empty() ? "/" : out;
+}
+
+// Destinations of the config's bind mounts: what lies below them is a host
+// directory, never the container's own.
+std::vector<std::string> bind_destinations(const json& cfg) {
+  std::vector<std::string> out;
+  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) return out;
+  for (const auto& m : cfg["mounts"]) {
+    auto mo = oci::parse_mount_options(oci::mount_options(m));
+    if (mount_type(m, mo) == "bind") out.push_back(clean_path(m["destination"].get<std::string>()));
+  }
+  return out;
+}
+
+}  // namespace
+
 void create_devices(const Context& ctx) {
+  const auto binds = bind_destinations(ctx.config);
+  // As runc (needsSetupDev): a bind mount onto /dev is the caller's /dev —
+  // no node, symlink or ptmx is created in it, so the bind's source (a host
+  // directory, perhaps the host's /dev) is never written.
+  if (std::find(binds.begin(), binds.end(), "/dev") != binds.end()) return;
   UniqueFd rootfd(::open(ctx.rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!rootfd) throw_errno("open rootfs " + ctx.rootfs);
-  mode_t old = ::umask(0);
+  struct Umask {
+    mode_t old = ::umask(0);
+    ~Umask() { ::umask(old); }
+  } umask_guard;
   for (const auto& d : devices(ctx.config)) {
-    if (!starts_with(d.path, "/dev/")) throw Error("linux.devices: path " + d.path + " is not under /dev");
-    std::string dir = d.path.substr(0, d.path.rfind('/'));
-    std::string name = d.path.substr(d.path.rfind('/') + 1);
-    auto dfd = open_in_root(rootfd.get(), dir, true, false);
+    // Any absolute path inside the rootfs, as runc (resolved in the rootfs:
+    // open_in_root never leaves it).
+    const std::string path = clean_path(d.path);
+    if (!starts_with(d.path, "/") || path == "/")
+      throw Error("linux.devices: path \"" + d.path + "\" is not absolute");
+    // Never a node in a host directory the caller bound into the container
+    // (runc would create it there; agentshim refuses, docs/CONFORMANCE.md).
+    // A bind onto the node's own path provides it (as runc: the existing
+    // entry is kept).
+    if (std::find(binds.begin(), binds.end(), path) != binds.end()) continue;
+    for (const auto& b : binds)
+      if (b == "/" || starts_with(path, b + "/"))
+        throw Error("linux.devices: " + d.path + " lies in the bind mount at " + b +
+                    ": agentshim does not create device nodes in a host directory");
+    std::string dir = path.substr(0, path.rfind('/'));
+    std::string name = path.substr(path.rfind('/') + 1);
+    auto dfd = open_in_root(rootfd.get(), dir.empty() ? "/" : dir, true, false);
     UniqueFd dirfd(::open(fdpath(dfd.get()).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
     if (!dirfd) throw_errno("open " + dir + " in rootfs");
     if (ctx.userns) {
       // No mknod in a user namespace: bind the host's node over an empty file.
       int f = ::openat(dirfd.get(), name.c_str(), O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
-      if (f < 0) throw_errno("create " + d.path + " in rootfs");
+      if (f < 0) throw_errno("create " + path + " in rootfs");
       ::close(f);
-      auto target = open_in_root(rootfd.get(), d.path, false, true);
-      do_mount(d.path, fdpath(target.get()), "bind", MS_BIND, "", "device " + d.path);
+      auto target = open_in_root(rootfd.get(), path, false, true);
+      do_mount(d.path, fdpath(target.get()), "bind", MS_BIND, "", "device " + path);
       continue;
     }
     mode_t type = d.type == 'b' ? S_IFBLK : d.type == 'p' ? S_IFIFO : S_IFCHR;
-    ::unlinkat(dirfd.get(), name.c_str(), 0);
-    if (::mknodat(dirfd.get(), name.c_str(), type | (d.mode & 07777), makedev(d.major, d.minor)) < 0)
-      throw_errno("mknod " + d.path);
-    if (::fchownat(dirfd.get(), name.c_str(), d.uid, d.gid, AT_SYMLINK_NOFOLLOW) < 0) throw_errno("chown " + d.path);
+    // As runc: an existing entry is left as it is (never unlinked).
+    if (::mknodat(dirfd.get(), name.c_str(), type | (d.mode & 07777), makedev(d.major, d.minor)) < 0) {
+      if (errno == EEXIST) continue;
+      throw_errno("mknod " + path);
+    }
+    if (::fchownat(dirfd.get(), name.c_str(), d.uid, d.gid, AT_SYMLINK_NOFOLLOW) < 0)
+      throw_errno("chown " + path);
   }
-  ::umask(old);
   auto devfd = open_in_root(rootfd.get(), "/dev", true, false);
   UniqueFd dev(::open(fdpath(devfd.get()).c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
   if (!dev) throw_errno("open /dev in rootfs");
@@ -358,22 +455,24 @@ void enter(const Context& ctx, bool no_pivot) {
 }
 
 void apply_sysctls(const json& config) {
-  if (!config.contains("linux") || !config["linux"].contains("sysctl") || !config["linux"]["sysctl"].is_object())
-    return;
-  for (auto it = config["linux"]["sysctl"].begin(); it != config["linux"]["sysctl"].end(); ++it) {
-    std::string key = it.key();
-    std::string path = "/proc/sys/" + key;
-    for (std::size_t i = 10; i < path.size(); i++)
-      if (path[i] == '.') path[i] = '/';
+  // Only what oci::sysctls accepts (validated at create against the host's
+  // namespaces, re-checked here against the config the init runs).
+  for (const auto& s : oci::sysctls(config, false)) {
     try {
-      write_file(path, it->get<std::string>());
+      write_file(s.path, s.value);
     } catch (const SysError& e) {
-      throw Error("linux.sysctl." + key + ": " + e.what());
+      throw Error("linux.sysctl." + s.key + ": " + e.what());
     }
   }
 }
 
 void finish(const Context& ctx) {
+  // As runc: process.cwd is created inside the container (after pivot_root,
+  // before the root goes read-only; path resolution stays in the jail).
+  if (ctx.config.contains("process") && ctx.config["process"].is_object()) {
+    const std::string cwd = ctx.config["process"].value("cwd", "");
+    if (starts_with(cwd, "/") && !path_exists(cwd)) mkdir_p(cwd, 0755);
+  }
   const json& l = ctx.config.contains("linux") ? ctx.config["linux"] : json::object();
   if (l.contains("readonlyPaths") && l["readonlyPaths"].is_array()) {
     for (const auto& p : l["readonlyPaths"]) {

@@ -2,14 +2,14 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <sched.h>
 #include <linux/mount.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -312,8 +312,32 @@ std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& ro
   return got;
 }
 
-void check_reachable(const std::string& rootfs, std::uint64_t uid, std::uint64_t gid, std::uint64_t size) {
-  if (uid == 0) return;
+std::vector<IdMap> id_maps(const nlohmann::json& cfg, const char* key) {
+  std::vector<IdMap> out;
+  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains(key) ||
+      !cfg["linux"][key].is_array())
+    return out;
+  for (const auto& m : cfg["linux"][key])
+    if (m.is_object())
+      out.push_back({m.value("containerID", std::uint64_t{0}), m.value("hostID", std::uint64_t{0}),
+                     m.value("size", std::uint64_t{0})});
+  return out;
+}
+
+void check_reachable(const std::string& rootfs, const std::vector<IdMap>& uids,
+                     const std::vector<IdMap>& gids) {
+  auto host_of_root = [](const std::vector<IdMap>& m) -> std::optional<std::uint64_t> {
+    for (const auto& e : m)
+      if (e.container == 0 && e.size > 0) return e.host;
+    return std::nullopt;
+  };
+  auto mapped = [](const std::vector<IdMap>& m, std::uint64_t id) {
+    for (const auto& e : m)
+      if (id >= e.host && id - e.host < e.size) return true;
+    return false;
+  };
+  const auto uid = host_of_root(uids), gid = host_of_root(gids);
+  if (!uid || *uid == 0) return;
   std::string dir = rootfs;
   while (dir.size() > 1) {
     auto slash = dir.rfind('/');
@@ -321,20 +345,30 @@ void check_reachable(const std::string& rootfs, std::uint64_t uid, std::uint64_t
     struct stat st {};
     if (::stat(dir.c_str(), &st) < 0) throw_errno("stat " + dir);
     bool ok;
-    if (st.st_uid >= uid && st.st_uid < uid + size)
+    // The container's root holds CAP_DAC_OVERRIDE in its user namespace,
+    // which covers an inode whose owner and group are both mapped there (a
+    // 0700 directory of a mapped user is reachable, as under runc).
+    if (mapped(uids, st.st_uid) && mapped(gids, st.st_gid))
+      ok = true;
+    else if (st.st_uid == *uid)
       ok = st.st_mode & S_IXUSR;
-    else if (st.st_gid >= gid && st.st_gid < gid + size)
+    else if (gid && st.st_gid == *gid)
       ok = st.st_mode & S_IXGRP;
     else
       ok = st.st_mode & S_IXOTH;
     if (!ok)
-      throw Error("the rootfs " + rootfs + " is not reachable by the container's root (host uid " +
-                  std::to_string(uid) + ", in its own user namespace): the directory " + dir +
-                  " is not searchable by it (mode " + [&] {
-                    char m[8];
-                    std::snprintf(m, sizeof m, "%04o", st.st_mode & 07777);
-                    return std::string(m);
-                  }() + "); with a user namespace every directory above the rootfs needs o+x, as with runc");
+      throw Error(
+          "the rootfs " + rootfs + " is not reachable by the container's root (host uid " +
+          std::to_string(*uid) + ", in its own user namespace): the directory " + dir +
+          " is not searchable by it (mode " +
+          [&] {
+            char m[8];
+            std::snprintf(m, sizeof m, "%04o", st.st_mode & 07777);
+            return std::string(m);
+          }() +
+          ", owner " + std::to_string(st.st_uid) + ":" + std::to_string(st.st_gid) +
+          " not mapped); with a user namespace every directory above the rootfs needs o+x, or an owner "
+          "mapped into the container, as with runc");
   }
 }
 

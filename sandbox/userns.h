@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -71,11 +72,20 @@ bool can_idmap(const std::string& path, std::string* why);
 std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& rootfs,
                                       const std::vector<std::string>& sources, std::vector<std::string>* opened);
 
-// The container's root (host uid/gid `uid`/`gid`) sets up its rootfs by
-// path from inside its user namespace, so every directory above `rootfs`
-// must be searchable by it (as with runc and user namespaces). Throws an
-// Error naming the first directory that is not.
-void check_reachable(const std::string& rootfs, std::uint64_t uid, std::uint64_t gid, std::uint64_t size);
+// One linux.uidMappings / gidMappings entry.
+struct IdMap {
+  std::uint64_t container = 0, host = 0, size = 0;
+};
+std::vector<IdMap> id_maps(const nlohmann::json& cfg, const char* key);
+
+// The container's root sets up its rootfs by path from inside its user
+// namespace, so every directory above `rootfs` must be searchable by it: by
+// its mode bits for the root's host uid/gid, or because the directory's
+// owner and group are both mapped (the root's CAP_DAC_OVERRIDE in its
+// namespace covers those, as with runc). Throws an Error naming the first
+// directory that is not.
+void check_reachable(const std::string& rootfs, const std::vector<IdMap>& uids,
+                     const std::vector<IdMap>& gids);
 
 // Make the caller's stdio pipes and sockets (fds 0-2) owned by the
 // container's root (uid/gid on the host), as runc does, so the container can

@@ -250,7 +250,7 @@ void Commands::add_runc_commands() {
   update->add_option("--memory", mem_, "memory limit in bytes");
   update->add_option("--memory-swap", memswap_, "memory+swap limit in bytes (-1 unlimited)");
   update->add_option("--memory-reservation", memres_, "memory soft limit in bytes");
-  update->add_option("--cpu-shares", cpu_shares_, "CPU shares");
+  update->add_option("--cpu-share,--cpu-shares", cpu_shares_, "CPU shares (runc spells it --cpu-share)");
   update->add_option("--cpu-quota", cpu_quota_, "CFS quota in microseconds");
   update->add_option("--cpu-period", cpu_period_, "CFS period in microseconds");
   update->add_option("--cpuset-cpus", cpus_, "CPUs allowed");

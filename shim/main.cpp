@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -116,6 +117,12 @@ int main(int argc, char** argv) {
   }
   g.log_json = log_format == "json";
   log::configure({g.log_file, g.log_json, g.debug});
+  if (!g.log_file.empty() && log::fd() < 0) {
+    // As runc: a --log that cannot be opened is an error, not silence.
+    const int err = errno;
+    std::cerr << "agentshim: open " << g.log_file << ": " << std::strerror(err) << std::endl;
+    return 1;
+  }
   try {
     if (install.parsed()) {
       code = install.run();

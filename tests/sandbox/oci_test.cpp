@@ -119,3 +119,74 @@ TEST(OciConfig, Capabilities) {
   EXPECT_FALSE(oci::capability_from_name("sys_admin"));
   EXPECT_EQ(oci::capability_name(21), "CAP_SYS_ADMIN");
 }
+
+// linux.sysctl: runc's namespace rules and wording; the writer's list.
+TEST(OciConfig, SysctlsNeedTheirNamespace) {
+  auto with = [](std::vector<std::string> ns, json sysctl) {
+    auto c = minimal();
+    c["linux"]["namespaces"] = json::array();
+    for (const auto& n : ns) c["linux"]["namespaces"].push_back({{"type", n}});
+    c["linux"]["sysctl"] = sysctl;
+    return c;
+  };
+  struct Case {
+    std::vector<std::string> ns;
+    std::string key, error;
+  };
+  const std::vector<Case> cases = {
+      {{"mount"},
+       "fs.mqueue.queues_max",
+       "sysctl \"fs.mqueue.queues_max\" is not allowed in the hosts ipc namespace"},
+      {{"mount"}, "kernel.shmmax", "is not allowed in the hosts ipc namespace"},
+      {{"mount"}, "kernel.msgmnb", "is not allowed in the hosts ipc namespace"},
+      {{"mount"}, "kernel.sem", "is not allowed in the hosts ipc namespace"},
+      {{"ipc"}, "kernel.shm_rmid_forced", ""},
+      {{"ipc"}, "fs.mqueue.msg_max", ""},
+      {{"ipc"},
+       "net.ipv4.ip_forward",
+       "sysctl \"net.ipv4.ip_forward\" not allowed in host network namespace"},
+      {{"network"}, "net.ipv4.ip_forward", ""},
+      {{"network"}, "net/ipv4/conf/eth0.100/rp_filter", ""},
+      {{"ipc"}, "kernel.domainname", "sysctl \"kernel.domainname\" is not in a separate kernel namespace"},
+      {{"uts"}, "kernel.domainname", ""},
+      {{"uts"}, "kernel.hostname", "conflicts with the OCI \"hostname\" field"},
+      {{"ipc", "network", "uts"},
+       "vm.swappiness",
+       "sysctl \"vm.swappiness\" is not in a separate kernel namespace"},
+      {{"ipc", "network", "uts"}, "kernel.shm_next_id_x", "is not in a separate kernel namespace"},
+      {{"ipc", "network", "uts"}, "kernel.core_pattern", "is not in a separate kernel namespace"},
+  };
+  for (const auto& k : cases) {
+    auto c = with(k.ns, {{k.key, "1"}});
+    std::string e = error_of(c);
+    if (k.error.empty())
+      EXPECT_EQ(e, "") << k.key;
+    else
+      EXPECT_NE(e.find(k.error), std::string::npos) << k.key << ": " << e;
+    // The writer refuses exactly what validation refuses.
+    bool threw = false;
+    try {
+      (void)oci::sysctls(c, false);
+    } catch (const Error&) {
+      threw = true;
+    }
+    EXPECT_EQ(threw, !k.error.empty()) << k.key;
+  }
+  auto list = oci::sysctls(with({"network"}, {{"net/ipv4/conf/eth0.100/rp_filter", "2"}}), false);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].key, "net.ipv4.conf.eth0/100.rp_filter");
+  EXPECT_EQ(list[0].path, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
+  EXPECT_EQ(list[0].value, "2");
+  for (const char* bad : {"net..x", ".net", "net.", "net/./x", "net/../x", "net.//x"})
+    EXPECT_NE(error_of(with({"network"}, {{bad, "1"}})).find("invalid sysctl name"), std::string::npos)
+        << bad;
+}
+
+TEST(OciConfig, SysctlInAJoinedNamespaceOfTheRuntimeIsTheHosts) {
+  auto c = minimal();
+  c["linux"]["namespaces"].push_back({{"type", "ipc"}, {"path", "/proc/self/ns/ipc"}});
+  c["linux"]["sysctl"] = {{"kernel.msgmax", "1"}};
+  EXPECT_NE(error_of(c).find("is not allowed in the hosts ipc namespace"), std::string::npos);
+  // Inside the container (the writer) the joined namespace is its own.
+  EXPECT_EQ(oci::sysctls(c, false).size(), 1u);
+}
