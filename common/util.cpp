@@ -6,6 +6,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "common/error.h"
@@ -210,6 +211,65 @@ std::string to_hex(const unsigned char* data, std::size_t len) {
   for (std::size_t i = 0; i < len; i++) {
     out[2 * i] = digits[data[i] >> 4];
     out[2 * i + 1] = digits[data[i] & 15];
+  }
+  return out;
+}
+
+std::string escape_for_terminal(std::string_view s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  out.reserve(s.size());
+  auto byte = [&](unsigned char c) {
+    out += "\\x";
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  };
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c == '\\') {
+      out += "\\\\";
+      i++;
+      continue;
+    }
+    if (c < 0x20 || c == 0x7f) {
+      byte(c);
+      i++;
+      continue;
+    }
+    if (c < 0x80) {
+      out += static_cast<char>(c);
+      i++;
+      continue;
+    }
+    // A UTF-8 sequence: its length, the smallest code point it may encode.
+    std::size_t len = 0;
+    uint32_t cp = 0, min = 0;
+    if (c >= 0xc2 && c <= 0xdf)
+      len = 2, cp = c & 0x1f, min = 0x80;
+    else if (c >= 0xe0 && c <= 0xef)
+      len = 3, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+      len = 4, cp = c & 0x07, min = 0x10000;
+    bool ok = len > 0 && i + len <= s.size();
+    for (std::size_t k = 1; ok && k < len; k++) {
+      auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xc0) != 0x80) ok = false;
+      cp = (cp << 6) | (d & 0x3f);
+    }
+    if (ok && (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))) ok = false;
+    if (!ok) {
+      byte(c);  // only this byte: the next one starts afresh
+      i++;
+      continue;
+    }
+    if ((cp >= 0x80 && cp <= 0x9f) || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069)) {
+      out += "\\u";
+      for (int sh = 12; sh >= 0; sh -= 4) out += hex[(cp >> sh) & 15];
+    } else {
+      out.append(s.substr(i, len));
+    }
+    i += len;
   }
   return out;
 }

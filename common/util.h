@@ -39,6 +39,15 @@ std::optional<unsigned long long> parse_uint(std::string_view s);
 // Lowercase hex of bytes.
 std::string to_hex(const unsigned char* data, std::size_t len);
 
+// Bytes that came from a container, made safe to print on a terminal: every
+// C0 control byte and DEL as \xNN (\n, \t, \r, \e included: no escape
+// sequence, no fake line), a backslash as \\ (so the result is unambiguous),
+// each byte of invalid UTF-8 (overlong, surrogate, > U+10FFFF, truncated) as
+// \xNN, and the C1 controls (U+0080-U+009F) and the bidirectional overrides
+// and isolates (U+202A-U+202E, U+2066-U+2069) as \uNNNN. Everything else
+// (valid printable UTF-8) unchanged.
+std::string escape_for_terminal(std::string_view s);
+
 // Write the whole buffer, retrying on EINTR/short writes; throws SysError.
 void write_all(int fd, std::string_view data, const std::string& what);
 // Read until EOF; throws SysError.

@@ -54,13 +54,19 @@ def busybox_tar(base):
     return tar
 
 
-def oci_image_tar(base, ref):
-    """An OCI image layout tarball (for `ctr images import`) from the busybox
-    rootfs: one layer, a config, a manifest, an index naming `ref`."""
+def oci_image_tar(base, ref, rootfs=None, entrypoint=None, cmd=("sh",), name="busybox"):
+    """An OCI image layout tarball (for `ctr images import`): one layer, a
+    config, a manifest, an index naming `ref`. The layer is the busybox rootfs,
+    or the directory `rootfs` when given (e.g. a pause image of one static
+    binary); `entrypoint`/`cmd` go to the image config."""
     import hashlib
 
-    layer = busybox_tar(base)
-    work = os.path.join(base, "oci")
+    if rootfs is None:
+        layer = busybox_tar(base)
+    else:
+        layer = os.path.join(base, name + "-layer.tar")
+        run(["tar", "-C", rootfs, "-cf", layer, "."], check=True)
+    work = os.path.join(base, "oci-" + name)
     blobs = os.path.join(work, "blobs", "sha256")
     os.makedirs(blobs)
 
@@ -76,7 +82,8 @@ def oci_image_tar(base, ref):
     ldesc = put(layer_bytes)
     config = {"architecture": "amd64", "os": "linux",
               "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                         "Cmd": ["sh"], "WorkingDir": "/"},
+                         "Cmd": list(cmd), "WorkingDir": "/",
+                         **({"Entrypoint": list(entrypoint)} if entrypoint else {})},
               "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
     cdesc = put(json.dumps(config).encode())
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -90,7 +97,7 @@ def oci_image_tar(base, ref):
         json.dump(index, f)
     with open(os.path.join(work, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
-    out = os.path.join(base, "busybox-oci.tar")
+    out = os.path.join(base, name + "-oci.tar")
     run(["tar", "-C", work, "-cf", out, "."], check=True)
     shutil.rmtree(work)
     os.unlink(layer)
@@ -124,6 +131,16 @@ def remove_tree(path):
     run(["rm", "-rf", "--one-file-system", path])
 
 
+def _exited(pid):
+    """Gone, or a zombie (a daemon the fixture started is our child until we
+    wait for it: kill(pid, 0) still succeeds then)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 def stop_pid(pid, timeout=20):
     try:
         os.kill(pid, signal.SIGTERM)
@@ -131,9 +148,7 @@ def stop_pid(pid, timeout=20):
         return
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _exited(pid):
             return
         time.sleep(0.1)
     try:
@@ -341,8 +356,9 @@ class Containerd:
     """containerd with its own config (the shipped snippet appended to a
     minimal config with private root/state/address), driven by ctr."""
 
-    def __init__(self, base):
+    def __init__(self, base, namespace="agentshim-test", agentshim_binary=AGENTSHIM):
         self.base = base
+        self.agentshim_binary = agentshim_binary  # what the snippet's BinaryName becomes
         self.address = os.path.join(base, "c.sock")
         self.root = os.path.join(base, "root")
         self.state = os.path.join(base, "state")
@@ -350,13 +366,20 @@ class Containerd:
         self.logpath = os.path.join(base, "containerd.log")
         self.config = os.path.join(base, "config.toml")
         self.proc = None
-        self.namespace = "agentshim-test"
+        self.namespace = namespace
+
+    def extra_config(self):
+        """TOML placed between the minimal config and the shipped snippet."""
+        return ""
+
+    def command(self):
+        return [CONTAINERD, "--config", self.config]
 
     def write_config(self):
         with open(os.path.join(REPO, "configs", "containerd", "config.toml")) as f:
             snippet = f.read()
         # The snippet names the installed binary; the test uses the build's.
-        snippet = snippet.replace("/usr/local/bin/agentshim", AGENTSHIM)
+        snippet = snippet.replace("/usr/local/bin/agentshim", self.agentshim_binary)
         with open(self.config, "w") as f:
             f.write("version = 2\n"
                     f'root = "{self.root}"\nstate = "{self.state}"\n'
@@ -364,14 +387,14 @@ class Containerd:
                     f'[ttrpc]\n  address = "{self.address}.ttrpc"\n'
                     f'[debug]\n  address = "{self.address}.debug"\n'
                     '[metrics]\n  address = ""\n'
-                    "\n" + snippet)
+                    "\n" + self.extra_config() + "\n" + snippet)
 
     def start(self):
         self.write_config()
         self.cgroups = ParentCgroups(self.namespace)
         log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen([CONTAINERD, "--config", self.config], stdin=subprocess.PIPE, stdout=log,
-                                     stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                     start_new_session=True)
         log.close()
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -415,6 +438,205 @@ class Containerd:
         for pid, cmd in processes_mentioning(self.address):
             if "containerd-shim" in cmd:
                 stop_pid(pid, timeout=5)
+        if getattr(self, "cgroups", None):
+            self.cgroups.cleanup()
+        remove_tree(self.base)
+
+
+def iptables_rules():
+    """The host's iptables/ip6tables rules (legacy or nft backend), for
+    before/after comparisons; [] when the tools are missing."""
+    out = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        if shutil.which(tool):
+            r = run([tool])
+            # Chain lines carry packet counters ("[12:3456]") that traffic changes.
+            out += [re.sub(r"\[\d+:\d+\]", "", l) for l in r.stdout.decode(errors="replace").splitlines()
+                    if l and not l.startswith("#")]
+    return out
+
+
+def v1_hierarchy_unmounted(controller, proc_cgroups=None, mountinfo=None):
+    """True when the kernel has a v1 hierarchy for controller (a nonzero
+    hierarchy id in /proc/cgroups) that is mounted nowhere: processes'
+    /proc/self/cgroup then name it and containerd's stats fail for every
+    runtime ("cannot find cgroup mount destination"; MACHINE.md). The texts
+    of /proc/cgroups and /proc/self/mountinfo are read unless given."""
+    if proc_cgroups is None:
+        with open("/proc/cgroups") as f:
+            proc_cgroups = f.read()
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    rows = [l.split() for l in proc_cgroups.splitlines() if l.strip() and not l.startswith("#")]
+    if not any(r[0] == controller and r[1] != "0" for r in rows):
+        return False
+    return not any(" - cgroup " in l and controller in l.split()[-1].split(",") for l in mountinfo.splitlines())
+
+
+class CriContainerd(Containerd):
+    """containerd as a Kubernetes node runs it: the CRI plugin serving
+    runtime.v1 on its socket, a CNI bridge network, handlers `runc` and the
+    shipped `agentshim` snippet, a local pause image. Everything is private to
+    the test: config, root, state, socket, the bridge (its own name and
+    subnet, created by the fixture with the gateway address so the bridge
+    plugin never enables the host's ip_forward), host-local's IPAM directory,
+    the runc handler's binary.
+
+    containerd runs in a mount namespace of its own whose only shared mount is
+    `base` (a bind mount of itself made shared): everything it and its shims
+    mount (rootfs overlays, sandbox shm, netns files under the state dir)
+    propagates to the host, where the leftover checks see it, while a v1
+    hugetlb hierarchy that the host has but mounts nowhere is mounted for
+    containerd only (MACHINE.md: otherwise stats fail for every runtime; the
+    mount point /sys/fs/cgroup/hugetlb is created if missing and removed at
+    stop(), and the pods' cgroups in that hierarchy are looked up and removed
+    through /proc/<containerd>/root, see cgroup_root()).
+
+    The agentshim handler is the shipped snippet with BinaryName pointing at a
+    two-line wrapper that adds --audit-dir (records stay under base), as
+    test_containerd.py does; runtime_type, pod_annotations and
+    privileged_without_host_devices are as shipped."""
+
+    SANDBOX_IMAGE = "localhost/pause:agentshim-test"
+    IMAGE = "localhost/busybox:agentshim-test"
+    CGROUP_TOP = "kubepods-astest"  # the kubelet's /kubepods, cgroupfs driver
+
+    def __init__(self, base, bridge, subnet, gateway):
+        wrapper = os.path.join(base, "agentshim")
+        super().__init__(base, namespace="k8s.io", agentshim_binary=wrapper)
+        self.wrapper = wrapper
+        self.bridge = bridge
+        self.subnet = subnet
+        self.gateway = gateway
+        self.cni_conf = os.path.join(base, "net.d")
+        self.ipam_dir = os.path.join(base, "ipam")
+        self.network = "astest-" + os.path.basename(base)[-6:]
+        self.bind_mounted = False
+        self.bridge_created = False
+        self.hugetlb = False  # a v1 hugetlb hierarchy mounted for containerd only
+        self.made_hugetlb_dir = False
+        self.cgroups_left = []  # pod cgroups that only containerd's namespace saw, left at stop()
+
+    def extra_config(self):
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        return (f"[{cri}]\n"
+                f'  sandbox_image = "{self.SANDBOX_IMAGE}"\n'
+                "  restrict_oom_score_adj = true\n"
+                "  netns_mounts_under_state_dir = true\n"
+                "  enable_selinux = false\n"
+                "  stats_collect_period = 1\n"
+                '  stream_server_address = "127.0.0.1"\n'
+                f"[{cri}.containerd]\n"
+                '  default_runtime_name = "runc"\n'
+                '  snapshotter = "overlayfs"\n'
+                f"[{cri}.containerd.runtimes.runc]\n"
+                '  runtime_type = "io.containerd.runc.v2"\n'
+                f"[{cri}.containerd.runtimes.runc.options]\n"
+                f'  BinaryName = "{RUNC}"\n'
+                f"[{cri}.cni]\n"
+                '  bin_dir = "/usr/lib/cni"\n'
+                f'  conf_dir = "{self.cni_conf}"\n'
+                "  max_conf_num = 1\n")
+
+    def write_cni(self):
+        os.makedirs(self.cni_conf, exist_ok=True)
+        conf = {"cniVersion": "0.4.0", "name": self.network, "plugins": [
+            {"type": "bridge", "bridge": self.bridge, "isGateway": False, "ipMasq": False, "hairpinMode": True,
+             "ipam": {"type": "host-local", "dataDir": self.ipam_dir,
+                      "ranges": [[{"subnet": self.subnet, "gateway": self.gateway}]]}}]}
+        with open(os.path.join(self.cni_conf, "10-astest.conflist"), "w") as f:
+            json.dump(conf, f, indent=1)
+
+    def command(self):
+        # A fixed script; everything variable is an argument.
+        # (Propagation changes made in the new namespace stay there: the
+        # hierarchy is mounted for containerd only, also on hosts whose
+        # /sys/fs/cgroup is a shared mount.)
+        script = ('set -e; if [ "$1" = 1 ]; then mount --make-private /sys/fs/cgroup; '
+                  'mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb; fi; shift; exec "$@"')
+        return ["unshare", "--mount", "--propagation", "unchanged", "--", "/bin/sh", "-c", script, "sh",
+                "1" if self.hugetlb else "0", *super().command()]
+
+    def cgroup_root(self):
+        """/sys/fs/cgroup as containerd and its runtimes see it (with the
+        hugetlb hierarchy when it is mounted for them only)."""
+        return f"/proc/{self.proc.pid}/root/sys/fs/cgroup" if self.proc else "/sys/fs/cgroup"
+
+    def start(self):
+        with open(self.wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nexec "{AGENTSHIM}" --audit-dir "{self.audit}" "$@"\n')
+        os.chmod(self.wrapper, 0o755)
+        self.write_cni()
+        run(["mount", "--bind", self.base, self.base], check=True)
+        self.bind_mounted = True
+        run(["mount", "--make-shared", self.base], check=True)
+        run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        self.bridge_created = True
+        prefix = self.subnet.split("/")[1]
+        run(["ip", "addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge], check=True)
+        run(["ip", "link", "set", self.bridge, "up"], check=True)
+        self.hugetlb = v1_hierarchy_unmounted("hugetlb")
+        if self.hugetlb and not os.path.isdir("/sys/fs/cgroup/hugetlb"):
+            os.mkdir("/sys/fs/cgroup/hugetlb")  # the mount point (bench/lifecycle.py's); removed at stop()
+            self.made_hugetlb_dir = True
+        super().start()
+        # Pod cgroups go under the kubelet's cgroup_parent, not the namespace.
+        self.cgroups = ParentCgroups(self.CGROUP_TOP)
+        return self
+
+    def import_images(self, pause_rootfs):
+        """The busybox image and a pause image (pause_rootfs holds one static
+        /pause), imported into the k8s.io namespace the CRI plugin serves."""
+        self.out("images", "import", oci_image_tar(self.base, self.IMAGE), timeout=120)
+        pause = oci_image_tar(self.base, self.SANDBOX_IMAGE, rootfs=pause_rootfs, entrypoint=["/pause"], cmd=(),
+                              name="pause")
+        self.out("images", "import", pause, timeout=120)
+
+    def bridge_ports(self):
+        """Interfaces enslaved to the test bridge (one veth per live pod)."""
+        d = f"/sys/class/net/{self.bridge}/brif"
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def allocated_ips(self):
+        """host-local's allocations: one file named after each leased IP."""
+        d = os.path.join(self.ipam_dir, self.network)
+        if not os.path.isdir(d):
+            return []
+        return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
+
+    def stop(self):
+        if self.proc is not None:
+            if self.hugetlb:
+                # The pods' parents in the hierarchy that only containerd's
+                # namespace mounts: remove them (empty ones, deepest first)
+                # while it can still be reached; ParentCgroups sees the rest.
+                top = os.path.join(self.cgroup_root(), "hugetlb", self.CGROUP_TOP)
+                for root, dirs, _ in os.walk(top, topdown=False):
+                    for d in dirs:
+                        try:
+                            os.rmdir(os.path.join(root, d))
+                        except OSError:
+                            pass
+                if os.path.isdir(top):
+                    try:
+                        os.rmdir(top)
+                    except OSError:
+                        pass
+                if os.path.isdir(top):
+                    self.cgroups_left.append(top)
+            stop_pid(self.proc.pid, timeout=30)
+            self.proc.wait(timeout=30)
+            self.proc = None
+        for pid, cmd in processes_mentioning(self.address):
+            if "containerd-shim" in cmd:
+                stop_pid(pid, timeout=5)
+        if self.made_hugetlb_dir:
+            os.rmdir("/sys/fs/cgroup/hugetlb")
+            self.made_hugetlb_dir = False
+        if self.bridge_created:
+            run(["ip", "link", "del", self.bridge])
+            self.bridge_created = False
         if getattr(self, "cgroups", None):
             self.cgroups.cleanup()
         remove_tree(self.base)

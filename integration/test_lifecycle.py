@@ -306,3 +306,37 @@ def test_delete_removes_cgroups_and_state(shim, bundle, cid):
     shim.ids.discard(cid)
     assert not os.path.exists(cg_dir)
     assert not os.path.exists(os.path.join(shim.root, cid))
+
+
+def stat_ids(text):
+    """(pid, pgrp, session) from a /proc/<pid>/stat line (comm may hold spaces)."""
+    f = text[text.rindex(")") + 2:].split()
+    return int(text.split()[0]), int(f[2]), int(f[3])
+
+
+@pytest.mark.parametrize("runtime", ["shim", "runc"])
+def test_init_and_exec_have_their_own_session_and_group(request, runtime, bundle, cid):
+    """runc calls setsid() for the init and every exec'd process, terminal or
+    not: neither shares the caller's session (its controlling terminal) or
+    process group. Read from /proc/self/stat: pgrp and session are the
+    process's own pid (0 would mean a leader outside the pid namespace)."""
+    rt = request.getfixturevalue(runtime)
+    rt.ids.add(cid)
+    bundle.config["process"]["terminal"] = False
+    # `read` is the shell's builtin: the line is pid 1's own stat.
+    b = bundle.args("sh", "-c", "read l < /proc/self/stat; echo \"$l\"; exec sleep 100")
+    p = subprocess.Popen([rt.binary, "--root", rt.root, *rt.extra, "run", "--bundle", b.path, cid],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = p.stdout.readline().decode()
+        pid, pgrp, sid = stat_ids(line)
+        assert (pid, pgrp, sid) == (1, 1, 1), f"{runtime} init: {line!r}"
+        wait_status(rt, cid, "running")
+        r = rt("exec", cid, "cat", "/proc/self/stat", check=True)
+        pid, pgrp, sid = stat_ids(r.stdout.decode())
+        assert pid > 1 and pgrp == pid and sid == pid, f"{runtime} exec: {r.stdout!r}"
+        # The caller's own group is untouched (the runtime did not move it).
+        assert os.getpgrp() == os.getpgid(0)
+    finally:
+        rt("kill", cid, "KILL")
+        p.wait(timeout=30)

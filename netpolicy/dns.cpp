@@ -422,7 +422,10 @@ void DnsStub::loop() {
     for (std::size_t i = 0; i < conns.size() && 3 + i < p.size(); ++i) {
       auto& c = conns[i];
       if (p[3 + i].revents) {
-        ssize_t n = ::recv(c.fd.get(), buf.data(), buf.size(), MSG_DONTWAIT);
+        // At most one framed message (2 + 65535 bytes) is ever buffered:
+        // 32 connections hold at most 2 MiB (docs/NETWORK.md).
+        std::size_t room = 2 + 65535 - std::min<std::size_t>(c.buf.size(), 2 + 65535);
+        ssize_t n = room ? ::recv(c.fd.get(), buf.data(), std::min(room, buf.size()), MSG_DONTWAIT) : 0;
         if (n <= 0 && !(n < 0 && (errno == EAGAIN || errno == EINTR))) {
           c.fd.reset();
           continue;

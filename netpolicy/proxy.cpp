@@ -148,6 +148,7 @@ struct Proxy::Conn {
   Clock::time_point conn_start;   // accept: the total timeout counts from here
   Clock::time_point start, deadline;  // start: of the current request (its duration_ms)
   std::string buf;
+  std::size_t charged = 0;  // buf's capacity, as counted in the head budget
   bool draining = false;
   std::size_t drained = 0;
   http::Request req;
@@ -336,10 +337,25 @@ void Proxy::loop() {
   std::set<std::pair<Clock::time_point, int>> deadlines;
   Clock::time_point listen_paused_until{};
   bool listen_paused = false;
+  // The head budget: capacity of every pending connection's buffer.
+  std::size_t head_bytes = 0;
+  auto charge = [&](Conn& c) {
+    head_bytes = head_bytes - c.charged + c.buf.capacity();
+    c.charged = c.buf.capacity();
+    pending_head_bytes_ = head_bytes;
+  };
+  auto release = [&](Conn& c) {
+    c.buf.clear();
+    c.buf.shrink_to_fit();
+    head_bytes -= c.charged;
+    c.charged = 0;
+    pending_head_bytes_ = head_bytes;
+  };
 
   auto close_conn = [&](int fd) {
     auto it = conns.find(fd);
     if (it == conns.end()) return;
+    release(*it->second);
     deadlines.erase({it->second->deadline, fd});
     epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);
     conns.erase(it);
@@ -348,6 +364,7 @@ void Proxy::loop() {
   // Answer with an error, then keep reading (discarding) for a moment so the
   // client sees the response rather than a reset.
   auto answer = [&](Conn& c, int status, const std::string& text) {
+    release(c);  // the head is not needed while draining
     c.status = status;
     emit(c);  // recorded before the client can see the answer
     std::string r = http::error_response(status, text);
@@ -391,8 +408,7 @@ void Proxy::loop() {
     pending_ = static_cast<int>(conns.size());
     own->req = rq;
     own->leftover = own->buf.substr(pr.head_len);
-    own->buf.clear();
-    own->buf.shrink_to_fit();
+    release(*own);  // the worker's buffers are bounded by max_connections
     ++active_;
     if (!dispatch(own)) {
       --active_;
@@ -467,11 +483,10 @@ void Proxy::loop() {
       }
       std::size_t want = limits_.max_header_bytes + 1 - std::min(c.buf.size(), limits_.max_header_bytes);
       want = std::min<std::size_t>(want, 16384);
-      std::size_t old = c.buf.size();
-      c.buf.resize(old + want);
-      ssize_t r = ::recv(fd, c.buf.data() + old, want, MSG_DONTWAIT);
+      // Read into the loop's own buffer; the connection's grows by what came.
+      char in[16384];
+      ssize_t r = ::recv(fd, in, want, MSG_DONTWAIT);
       int rerr = errno;
-      c.buf.resize(old + static_cast<std::size_t>(std::max<ssize_t>(r, 0)));
       if (r < 0 && (rerr == EAGAIN || rerr == EINTR)) continue;
       if (r <= 0) {
         if (!c.buf.empty()) {
@@ -483,6 +498,20 @@ void Proxy::loop() {
         close_conn(fd);
         continue;
       }
+      std::size_t need = c.buf.size() + static_cast<std::size_t>(r);
+      // What the buffer may grow to (std::string at least doubles).
+      std::size_t grow = need > c.buf.capacity() ? std::max(need, 2 * c.buf.capacity()) : c.buf.capacity();
+      if (head_bytes - c.charged + grow > limits_.max_pending_header_bytes) {
+        ++n_over_budget_;
+        c.reason = "pending request heads over the proxy's memory budget (" +
+                   std::to_string(limits_.max_pending_header_bytes) + " bytes)";
+        c.end = "refused";
+        c.error = true;
+        answer(c, 503, "agentshim: too many pending request bytes");
+        continue;
+      }
+      c.buf.append(in, static_cast<std::size_t>(r));
+      charge(c);
       auto pr = http::parse_request_head(c.buf, limits_.max_header_bytes, limits_.max_headers);
       if (pr.state == http::ParseResult::State::incomplete) continue;
       if (pr.state == http::ParseResult::State::error) {
@@ -521,6 +550,7 @@ void Proxy::loop() {
   // Stopping: connections still in their head phase are closed without an event.
   conns.clear();
   pending_ = 0;
+  pending_head_bytes_ = 0;
 }
 
 namespace {

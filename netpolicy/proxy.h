@@ -82,6 +82,13 @@ struct Limits {
   int max_connections = 256;      // active tunnels/requests at once; beyond: 503 and close
   int max_pending = 4096;         // connections still sending their request head; beyond: 503 and close
   int header_timeout_ms = 10000;  // whole request head must arrive within this (slowloris)
+  // Memory of all request heads still being received, together (the
+  // buffers' capacity): a connection whose next read would take the total
+  // above it is answered 503 and closed (net.connection, reason "pending
+  // request heads over the proxy's memory budget"), so the head phase costs
+  // the supervisor at most this much whatever max_pending and
+  // max_header_bytes say (docs/NETWORK.md).
+  std::size_t max_pending_header_bytes = 8u << 20;
   int connect_timeout_ms = 10000;
   int idle_timeout_ms = 300000;
   int total_timeout_ms = 0;  // 0 = none
@@ -103,6 +110,10 @@ class Proxy {
   json totals() const;
   int active_connections() const { return active_.load(); }
   int pending_connections() const { return pending_.load(); }
+  // Bytes held now by request heads in the head phase (<= max_pending_header_bytes).
+  std::size_t pending_header_bytes() const { return pending_head_bytes_.load(); }
+  // Connections refused because the head budget was used up.
+  uint64_t refused_over_budget() const { return n_over_budget_.load(); }
 
   struct Conn;  // internal
 
@@ -153,6 +164,8 @@ class Proxy {
   std::list<Worker> workers_;
   std::atomic<bool> started_{false}, stopped_{false};
   std::atomic<int> active_{0}, pending_{0};
+  std::atomic<std::size_t> pending_head_bytes_{0};
+  std::atomic<uint64_t> n_over_budget_{0};
   std::atomic<uint64_t> n_allowed_{0}, n_denied_{0}, n_errors_{0}, n_conn_{0}, bytes_up_{0}, bytes_down_{0};
 };
 

@@ -28,14 +28,15 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/control.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
 #include "sandbox/policy.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
 #include "sandbox/seccomp.h"
+#include "sandbox/sentinel.h"
 #include "sandbox/state.h"
-#include "sandbox/supervisor.h"
 #include "sandbox/sync.h"
 #include "sandbox/userns.h"
 
@@ -110,33 +111,6 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
 
 namespace {
 
-// The record must stay out of the sandbox's reach: a bind mount whose source
-// is the audit directory (records, ledger, signing key), lies inside it, or
-// contains it (a bind of "/" or "/var") is refused.
-void refuse_record_mounts(const json& cfg, const std::string& audit_dir) {
-  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) return;
-  char buf[PATH_MAX];
-  std::string audit = ::realpath(audit_dir.c_str(), buf) ? std::string(buf) : audit_dir;
-  std::size_t i = 0;
-  for (const auto& m : cfg["mounts"]) {
-    std::string where = "mounts[" + std::to_string(i++) + "]";
-    if (!m.is_object() || !m.contains("source") || !m["source"].is_string()) continue;
-    std::string src = m["source"];
-    if (src.empty() || src[0] != '/') continue;
-    auto opts = m.value("options", std::vector<std::string>{});
-    bool bind = m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
-                std::find(opts.begin(), opts.end(), "rbind") != opts.end();
-    if (!bind) continue;
-    std::string real = ::realpath(src.c_str(), buf) ? std::string(buf) : src;
-    auto under = [](const std::string& a, const std::string& b) {  // a is b or below it
-      return a == b || (b == "/" ? true : starts_with(a, b + "/"));
-    };
-    if (under(real, audit) || under(audit, real))
-      throw Error(where + ": source " + src + " would expose agentshim's audit directory " + audit +
-                  " (run records, ledger, signing key) to the container; refused");
-  }
-}
-
 void write_pid_file(const std::string& path, pid_t pid) {
   if (path.empty()) return;
   std::string p = path;
@@ -205,9 +179,13 @@ void create(const Global& g, const CreateOptions& o) {
   // it (every change a decision; a refused config stops here).
   json pol = policy::load(g.policy_path);
   const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
-  refuse_record_mounts(caller, audit_dir);
+  // The record, the state root and the runtime's own files stay out of the
+  // sandbox's reach: the policy refuses a bind that is, contains or lies
+  // inside one of them (by identity).
   policy::ApplyContext pctx;
   pctx.policy_name = policy::source_name(g.policy_path);
+  pctx.bundle = bundle;
+  pctx.owned = policy::runtime_owned(pol, g.root, audit_dir, g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
   json cfg = pres.config;
   // A capability the policy keeps but the host cannot grant is an error
@@ -307,7 +285,7 @@ void create(const Global& g, const CreateOptions& o) {
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
 
-  supervisor::Setup s;
+  setup::Setup s;
   s.id = o.id;
   s.bundle = bundle;
   s.rootfs = rootfs;
@@ -316,6 +294,11 @@ void create(const Global& g, const CreateOptions& o) {
   s.audit_dir = audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
+  // The identity of every bind source the policy checked: the init mounts
+  // exactly those files (rootfs::Context::checked).
+  for (const auto& m : pres.mounts)
+    if (m.is_bind()) s.checked_sources[m.source] = m.source_id;
+  s.checked_namespaces = pres.joined_namespaces;
   s.caller_config = caller;
   s.policy = {{"audit", pol["audit"]},
               {"decisions", pres.decisions},
@@ -354,28 +337,31 @@ void create(const Global& g, const CreateOptions& o) {
 
   std::cout.flush();
   std::cerr.flush();
-  pid_t sup = ::fork();
-  if (sup < 0) throw_errno("fork supervisor");
-  if (sup == 0) {
+  pid_t sentinel = ::fork();
+  if (sentinel < 0) throw_errno("fork sentinel");
+  if (sentinel == 0) {
     pair.first.reset();
     cleanup.armed = false;
     lock.drop_in_child();
-    supervisor::main(std::move(s));
+    sentinel::run(std::move(s));
   }
   s.cli_sock.reset();
   s.console_sock.reset();
   s.exec_fifo.reset();
   s.state_dirfd.reset();
-  std::optional<json> msg;
+  std::optional<sync::Message> msg;
   try {
     msg = sync::recv(pair.first.get());
   } catch (const std::exception& e) {
-    msg = json{{"type", "error"}, {"msg", e.what()}};
+    msg = sync::Failure{e.what()};
   }
-  if (!msg || msg->value("type", "") != "created") {
-    std::string err = msg ? msg->value("msg", "container setup failed") : "supervisor exited during setup";
-    ::kill(sup, SIGKILL);
-    ::waitpid(sup, nullptr, 0);
+  const auto* created = msg ? std::get_if<sync::Created>(&*msg) : nullptr;
+  if (!created) {
+    std::string err = !msg                                          ? "supervisor exited during setup"
+                      : std::holds_alternative<sync::Failure>(*msg) ? std::get<sync::Failure>(*msg).msg
+                                                                    : "container setup failed";
+    ::kill(sentinel, SIGKILL);
+    ::waitpid(sentinel, nullptr, 0);
     throw Error(err);
   }
   state::ContainerState st;
@@ -383,17 +369,17 @@ void create(const Global& g, const CreateOptions& o) {
   st.bundle = bundle;
   st.rootfs = rootfs;
   st.created = s.created;
-  st.init_pid = (*msg)["init_pid"];
-  st.init_start = (*msg)["init_start"];
-  st.supervisor_pid = sup;
-  st.supervisor_start = state::process_start_time(sup);
+  st.init_pid = created->init_pid;
+  st.init_start = created->init_start;
+  st.sentinel_pid = sentinel;
+  st.sentinel_start = state::process_start_time(sentinel);
   st.run_id = s.run_id;
   st.audit_dir = s.audit_dir;
   st.config = cfg;
-  st.cgroup = (*msg)["cgroup"];
+  st.cgroup = created->cgroup;
   if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
   state::save(g.root, st);
-  write_pid_file(o.pid_file, sup);
+  write_pid_file(o.pid_file, sentinel);
   cleanup.armed = false;
 }
 
@@ -409,10 +395,10 @@ json start_locked(const Global& g, const std::string& id, state::ContainerState&
   // (it takes them after `create` returned): no container code runs first.
   // (No timeout: a large rootfs takes as long as it takes to walk; a dead
   // supervisor closes the socket.)
-  auto gate = supervisor::notify(state_dir(g, id), {{"type", "start-gate"}}, true, 0);
-  if (!gate.value("ok", false))
+  auto gate = control::notify(state_dir(g, id), control::StartGate{}, true, 0);
+  if (!gate.ok)
     throw Error("cannot start container " + id + ": its supervisor is not answering (" +
-                gate.value("error", std::string("no reply")) + ")");
+                (gate.error.empty() ? std::string("no reply") : gate.error) + ")");
   std::string exe_link = "/proc/" + std::to_string(st.init_pid) + "/exe";
   char before[PATH_MAX] = {};
   ssize_t bl = ::readlink(exe_link.c_str(), before, sizeof before - 1);
@@ -449,7 +435,7 @@ json start_locked(const Global& g, const std::string& id, state::ContainerState&
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
-  supervisor::notify(state_dir(g, id), {{"type", "started"}});
+  control::notify(state_dir(g, id), control::Started{});
   return state::oci_state(st, "running");
 }
 }  // namespace
@@ -572,8 +558,8 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
   int code = 0;
   for (;;) {
     int status = 0;
-    pid_t p = ::waitpid(st.supervisor_pid, &status, WNOHANG);
-    if (p == st.supervisor_pid) {
+    pid_t p = ::waitpid(st.sentinel_pid, &status, WNOHANG);
+    if (p == st.sentinel_pid) {
       code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       break;
     }
@@ -583,7 +569,7 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
     };
     siginfo_t si{};
     int sig = sigtimedwait(&set, &si, &ts);
-    if (sig > 0 && sig != SIGCHLD) ::kill(st.supervisor_pid, sig);
+    if (sig > 0 && sig != SIGCHLD) ::kill(st.sentinel_pid, sig);
   }
   if (relay)
     while (relay->pump(10)) {
@@ -620,13 +606,13 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   auto st = state::load(g.root, id);
   std::string status = state::status(g.root, st);
   if (status == "stopped" && !all) throw Error("container not running");
-  // A paused container's supervisor is frozen with it: queue the note.
-  supervisor::notify(state_dir(g, id), {{"type", "kill"}, {"signal", oci::signal_name(sig)}, {"all", all}},
-                     status != "paused");
+  // A paused container's sentinel is frozen with it (the supervisor is
+  // not: it stays outside the container's cgroup); the note need not wait.
+  control::notify(state_dir(g, id), control::Kill{oci::signal_name(sig), all}, status != "paused");
   if (all) {
     auto cg = cgroup_of(st);
     for (pid_t p : cg->pids())
-      if (p != st.supervisor_pid) ::kill(p, sig);
+      if (p != st.sentinel_pid) ::kill(p, sig);
     if (status == "paused" && (sig == SIGKILL)) cg->thaw();
     return;
   }
@@ -667,17 +653,17 @@ void remove(const Global& g, const std::string& id, bool force) {
     ::kill(st.init_pid, SIGKILL);
     if (cg) {
       for (pid_t p : cg->pids())
-        if (p != st.supervisor_pid) ::kill(p, SIGKILL);
+        if (p != st.sentinel_pid) ::kill(p, SIGKILL);
       if (status == "paused") cg->thaw();
     }
   }
   if (!wait_gone(st.init_pid, st.init_start, 10000))
     log::warn("container init " + std::to_string(st.init_pid) + " did not exit");
   // The supervisor finalizes the record, then exits; give it time.
-  if (!wait_gone(st.supervisor_pid, st.supervisor_start, 30000)) {
-    log::warn("supervisor " + std::to_string(st.supervisor_pid) + " did not exit; killing it");
-    ::kill(st.supervisor_pid, SIGKILL);
-    wait_gone(st.supervisor_pid, st.supervisor_start, 2000);
+  if (!wait_gone(st.sentinel_pid, st.sentinel_start, 30000)) {
+    log::warn("sentinel " + std::to_string(st.sentinel_pid) + " did not exit; killing it");
+    ::kill(st.sentinel_pid, SIGKILL);
+    wait_gone(st.sentinel_pid, st.sentinel_start, 2000);
   }
   // Every poststop hook runs; a failure is a warning (runtime spec).
   hooks::run_all(st.config, "poststop", state::oci_state(st, "stopped"));
@@ -700,9 +686,9 @@ void pause(const Global& g, const std::string& id) {
   state::Lock lock(g.root, id);
   std::string status = state::status(g.root, st);
   if (status != "running" && status != "created") throw Error("container not running");
-  // The supervisor shares the container's cgroup: tell it first (after the
-  // freeze it could not answer).
-  supervisor::notify(state_dir(g, id), {{"type", "paused"}});
+  // Tell the supervisor first (it stays outside the container's cgroup and
+  // keeps answering; the sentinel, inside it, is frozen with the container).
+  control::notify(state_dir(g, id), control::Paused{});
   cgroup_of(st)->freeze();
 }
 
@@ -711,7 +697,7 @@ void resume(const Global& g, const std::string& id) {
   state::Lock lock(g.root, id);
   if (state::status(g.root, st) != "paused") throw Error("container not paused");
   cgroup_of(st)->thaw();
-  supervisor::notify(state_dir(g, id), {{"type", "resumed"}});
+  control::notify(state_dir(g, id), control::Resumed{});
 }
 
 void update(const Global& g, const std::string& id, const json& resources) {
@@ -750,8 +736,7 @@ void update(const Global& g, const std::string& id, const json& resources) {
   if (!r.is_object()) r = json::object();
   r.merge_patch(apply);
   state::save(g.root, st);
-  supervisor::notify(state_dir(g, id),
-                     {{"type", "updated"}, {"resources", apply}, {"policy_decisions", decisions}});
+  control::notify(state_dir(g, id), control::Updated{apply, decisions});
 }
 
 std::vector<pid_t> pids(const Global& g, const std::string& id) {
@@ -759,7 +744,7 @@ std::vector<pid_t> pids(const Global& g, const std::string& id) {
   std::vector<pid_t> out;
   if (state::status(g.root, st) == "stopped") return out;
   for (pid_t p : cgroup_of(st)->pids())
-    if (p != st.supervisor_pid) out.push_back(p);
+    if (p != st.sentinel_pid) out.push_back(p);
   return out;
 }
 
@@ -967,14 +952,15 @@ int exec(const Global& g, const ExecOptions& o) {
   if (!child) throw Error("exec: could not start the process in container " + o.id);
   pid_t pid = static_cast<pid_t>(*child);
   write_pid_file(o.pid_file, pid);
-  json args = proc["args"];
-  supervisor::notify(state_dir(g, o.id), {{"type", "exec"},
-                                          {"pid", pid},
-                                          {"args", args},
-                                          {"cwd", proc.value("cwd", "/")},
-                                          {"terminal", terminal},
-                                          {"user", proc.value("user", json::object())},
-                                          {"policy_decisions", exec_decisions}});
+  control::Exec note;
+  note.pid = pid;
+  for (const auto& a : proc.value("args", json::array()))
+    if (a.is_string()) note.args.push_back(a.get<std::string>());
+  note.cwd = proc.value("cwd", "/");
+  note.terminal = terminal;
+  note.user = proc.value("user", json::object());
+  note.policy_decisions = exec_decisions;
+  control::notify(state_dir(g, o.id), note);
   if (o.detach) return 0;
   sigset_t set;
   sigemptyset(&set);

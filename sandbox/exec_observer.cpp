@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -14,8 +15,8 @@
 #include <cstring>
 #include <vector>
 
-#include "attest/hash.h"
 #include "attest/canonical.h"
+#include "attest/hash.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -101,14 +102,23 @@ Hashed hash_fd(int fd, attest::HashCache* cache) {
 }
 
 // Open `path` as seen by process `pid` (relative to its cwd, or to dirfd for
-// execveat), never leaving its root. Returns -1 with errno on failure.
-int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& container_path) {
+// execveat), never leaving its root, and only a regular file (open_regular).
+// Returns -1 with `error` on failure.
+int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& container_path,
+            std::string& error) {
   std::string proc = "/proc/" + std::to_string(pid);
   UniqueFd root(::open((proc + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!root) return -1;
+  if (!root) {
+    error = std::string("open ") + proc + "/root: " + std::strerror(errno);
+    return -1;
+  }
   std::string abs = path;
   if (path.empty() || path[0] != '/') {
     std::string base = dirfd_num == AT_FDCWD ? link(proc + "/cwd") : link(proc + "/fd/" + std::to_string(dirfd_num));
+    // The link reads as a path from the process's root when that root is
+    // its mount namespace's (after pivot_root); else strip the root's path.
+    std::string r = link(proc + "/root");
+    if (!r.empty() && r != "/" && starts_with(base, r + "/")) base = base.substr(r.size());
     if (base.empty() || base[0] != '/') base = "/";
     abs = path.empty() ? base : (base == "/" ? "/" + path : base + "/" + path);
   }
@@ -118,10 +128,64 @@ int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& cont
   // caller's current executable, which the host's /proc gives directly.
   if (abs == "/proc/self/exe" || abs == "/proc/thread-self/exe") {
     container_path = link(proc + "/exe");
-    return ::open((proc + "/exe").c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    return open_regular_link(proc + "/exe", error);
   }
-  return openat2_(root.get(), abs, O_RDONLY | O_CLOEXEC | O_NONBLOCK,
-                  RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
+  return open_regular(root.get(), abs, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, error);
+}
+
+// fstatfs f_type values of filesystems whose files are kernel interfaces.
+bool kernel_fs(long type, std::string& name) {
+  static const std::pair<long, const char*> k[] = {
+      {0x9fa0, "proc"},        {0x62656572, "sysfs"},      {0x64626720, "debugfs"},
+      {0x74726163, "tracefs"}, {0x73636673, "securityfs"}, {0x27e0eb, "cgroup"},
+      {0x63677270, "cgroup2"}, {0x62656570, "configfs"},   {0xcafe4a11, "bpf"},
+      {0x6165676c, "pstore"},  {0xde5e81e4, "efivarfs"},   {0x1cd1, "devpts"},
+      {0x6e736673, "nsfs"},    {0x19800202, "mqueue"},     {0x42494e4d, "binfmt_misc"},
+      {0x65735543, "fusectl"}, {0x50494446, "pidfs"},      {0x73717368, "selinuxfs"},
+      {0x534f434b, "sockfs"},  {0x50495045, "pipefs"},     {0x09041934, "anon_inode"}};
+  for (const auto& [t, n] : k)
+    if (static_cast<unsigned long>(type) == static_cast<unsigned long>(t)) {
+      name = n;
+      return true;
+    }
+  return false;
+}
+
+const char* kind_of(mode_t m) {
+  if (S_ISDIR(m)) return "directory";
+  if (S_ISFIFO(m)) return "fifo";
+  if (S_ISCHR(m)) return "character device";
+  if (S_ISBLK(m)) return "block device";
+  if (S_ISSOCK(m)) return "socket";
+  if (S_ISLNK(m)) return "symlink";
+  return "not a file";
+}
+
+// Check an O_PATH descriptor and reopen it for reading.
+int reopen_regular(UniqueFd opath, std::string& error) {
+  struct stat st {};
+  if (::fstat(opath.get(), &st) < 0) {
+    error = std::string("fstat: ") + std::strerror(errno);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    error = std::string("not a regular file (") + kind_of(st.st_mode) + "): not opened";
+    return -1;
+  }
+  struct statfs sf {};
+  if (::fstatfs(opath.get(), &sf) < 0) {
+    error = std::string("fstatfs: ") + std::strerror(errno);
+    return -1;
+  }
+  std::string fs;
+  if (kernel_fs(static_cast<long>(sf.f_type), fs)) {
+    error = "on a kernel filesystem (" + fs + "): not opened";
+    return -1;
+  }
+  std::string again = "/proc/self/fd/" + std::to_string(opath.get());
+  int fd = ::open(again.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) error = std::string("reopen for reading: ") + std::strerror(errno);
+  return fd;
 }
 
 }  // namespace
@@ -155,6 +219,24 @@ std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, b
   }
   if (truncated) *truncated = true;
   return out;
+}
+
+int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error) {
+  int fd = openat2_(dirfd, path, O_PATH | O_CLOEXEC, resolve);
+  if (fd < 0) {
+    error = std::string("open: ") + std::strerror(errno);
+    return -1;
+  }
+  return reopen_regular(UniqueFd(fd), error);
+}
+
+int open_regular_link(const std::string& proc_link, std::string& error) {
+  int fd = ::open(proc_link.c_str(), O_PATH | O_CLOEXEC);
+  if (fd < 0) {
+    error = "open " + proc_link + ": " + std::strerror(errno);
+    return -1;
+  }
+  return reopen_regular(UniqueFd(fd), error);
 }
 
 std::string shebang_interpreter(const std::string& head) {
@@ -255,13 +337,13 @@ void ExecObserver::handle(void* reqp) {
       }
     }
     ev["argv"] = argv;
-    std::string cpath;
+    std::string cpath, open_error;
     int fd = -1;
     if ((flags & AT_EMPTY_PATH) && path.empty() && is_at) {
-      fd = ::open((proc + "/fd/" + std::to_string(dirfd)).c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+      fd = open_regular_link(proc + "/fd/" + std::to_string(dirfd), open_error);
       cpath = "fd:" + std::to_string(dirfd);
     } else {
-      fd = open_as(pid, dirfd, path, cpath);
+      fd = open_as(pid, dirfd, path, cpath, open_error);
     }
     ev["resolved"] = attest::pct_encode(cpath);
     if (fd >= 0) {
@@ -274,8 +356,8 @@ void ExecObserver::handle(void* reqp) {
         ev["size"] = h.size;
         std::string interp = shebang_interpreter(h.head);
         if (!interp.empty()) {
-          std::string ipath;
-          int ifd = open_as(pid, AT_FDCWD, interp, ipath);
+          std::string ipath, ierr;
+          int ifd = open_as(pid, AT_FDCWD, interp, ipath, ierr);
           json ij = {{"path", attest::pct_encode(interp)}};
           if (ifd >= 0) {
             UniqueFd i(ifd);
@@ -288,7 +370,7 @@ void ExecObserver::handle(void* reqp) {
         ev["error"] = h.error;
       }
     } else {
-      ev["error"] = std::string("open: ") + std::strerror(errno);
+      ev["error"] = open_error;
     }
   } else {
     ev["error"] = "process went away before it could be inspected";

@@ -32,6 +32,23 @@ std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, b
 // Extracts the interpreter path from the first bytes of a file ("#!/bin/sh -e\n" -> "/bin/sh").
 std::string shebang_interpreter(const std::string& head);
 
+// The only way the observer opens a file the container named: `path`
+// resolved by openat2 from `dirfd` with `resolve` (RESOLVE_IN_ROOT |
+// RESOLVE_NO_MAGICLINKS from the process's root for a container path), as
+// O_PATH first (opening an O_PATH descriptor runs no driver's open, reads
+// nothing, never blocks on a FIFO); then fstat must say a regular file and
+// fstatfs a filesystem that holds files (not proc, sysfs, debugfs, tracefs,
+// securityfs, cgroup, configfs, bpf, pstore, efivarfs, devpts, nsfs: their
+// "regular files" are kernel interfaces, e.g. /proc/kmsg whose read
+// consumes the kernel log); only then it is reopened for reading through
+// /proc/self/fd/N. Returns the read-only fd, or -1 with `error` set ("not a
+// regular file (fifo)", "on a kernel filesystem (proc)", "open: ...").
+int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error);
+// The same for a descriptor the container holds (/proc/<pid>/fd/N, execveat
+// with AT_EMPTY_PATH) or its executable (/proc/<pid>/exe): the magic link is
+// opened O_PATH, then checked and reopened the same way.
+int open_regular_link(const std::string& proc_link, std::string& error);
+
 class ExecObserver {
  public:
   using Sink = std::function<void(const std::string& type, json data)>;

@@ -280,10 +280,15 @@ PreparedSeccomp prepare_seccomp(const Finalize& f) {
     add(obs, "exec");
   }
   p.enosys_stub = by_errno;
+  p.terminal_guard = seccomp::terminal_guard().bpf();
   return p;
 }
 
 void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners) {
+  // First, so a profile that denies seccomp(2) cannot keep it out; the
+  // order does not matter for the answer (its EPERM beats ALLOW, NOTIFY,
+  // TRACE and LOG of any filter loaded later).
+  seccomp::load_program(p.terminal_guard);
   for (const auto& pf : p.filters) {
     int fd = seccomp::load_program(pf.program);
     if (fd >= 0) listeners.push_back({pf.kind, fd});
@@ -293,7 +298,13 @@ void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners)
     log::debug("seccomp: a profile denies seccomp(2); newer syscalls keep the profile's errno instead of ENOSYS");
 }
 
+void new_session() {
+  if (::getsid(0) == ::getpid()) return;
+  if (::setsid() < 0) throw_errno("setsid (a new session for the container process)");
+}
+
 std::vector<Listener> finalize(const json& proc, const Finalize& f) {
+  new_session();
   std::vector<Listener> listeners;
   PreparedSeccomp own;
   const PreparedSeccomp* sec = f.prepared;

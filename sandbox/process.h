@@ -54,6 +54,8 @@ struct PreparedSeccomp {
     std::string kind;  // its listener (program.listener()): "exec" or "config", as in Listener
   };
   std::vector<Filter> filters;  // in load order
+  // Always, loaded before `filters`: seccomp::terminal_guard() (TIOCSTI, TIOCLINUX).
+  seccomp::Program terminal_guard;
   bool enosys_stub = false;     // then load the ENOSYS stub (seccomp.h) ...
   int max_nr = -1;              // ... for syscalls above this number
 };
@@ -76,6 +78,15 @@ PreparedSeccomp prepare_seccomp(const Finalize& f);
 // Load the prepared filters on the calling thread (needs no_new_privs or
 // CAP_SYS_ADMIN), appending the listeners' fds.
 void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners);
+
+// Make the calling process the leader of a new session and process group
+// (setsid), as runc does for the init and every exec'd process, terminal or
+// not: the container must never share the caller's session (its controlling
+// terminal: /dev/tty, TIOCSTI) or process group (kill(0, sig) would reach the
+// caller's other processes). A no-op for a process that already leads its
+// session (setup_console made it one to take the pty as its terminal).
+// finalize() calls it first. Throws SysError.
+void new_session();
 
 // execve with the process env; never returns.
 [[noreturn]] void exec(const std::string& path, const json& proc);

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -352,6 +353,25 @@ Filter compile(const json& s, bool observe_exec) {
   }
   bool by_errno = (def & 0xffff0000U) == SCMP_ACT_ERRNO(0);
   return Filter(ctx.release(), notify, max_nr, by_errno);
+}
+
+Filter terminal_guard() {
+  Ctx ctx(SCMP_ACT_ALLOW);
+  // The other ABIs this kernel runs for the native one (an i386 int $0x80 or
+  // an x32 syscall reaches the same tty_ioctl).
+  if (seccomp_arch_native() == SCMP_ARCH_X86_64)
+    for (uint32_t a : {SCMP_ARCH_X86, SCMP_ARCH_X32}) {
+      int rc = seccomp_arch_add(ctx.c, a);
+      if (rc < 0 && rc != -EEXIST) throw SysError("seccomp_arch_add for the terminal guard", -rc);
+    }
+  int nr = seccomp_syscall_resolve_name("ioctl");
+  if (nr == __NR_SCMP_ERROR) throw Error("seccomp: ioctl has no syscall number on this architecture");
+  for (unsigned long req : {static_cast<unsigned long>(TIOCSTI), static_cast<unsigned long>(TIOCLINUX)}) {
+    scmp_arg_cmp cmp = SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffULL, req);
+    check(seccomp_rule_add_array(ctx.c, SCMP_ACT_ERRNO(EPERM), nr, 1, &cmp),
+          "seccomp_rule_add(ioctl " + std::to_string(req) + ", ERRNO) for the terminal guard");
+  }
+  return Filter(ctx.release(), false, nr, false);
 }
 
 Filter exec_observer() {

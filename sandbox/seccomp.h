@@ -101,6 +101,21 @@ bool load_enosys_stub(int max_nr);
 // would return. For unit tests.
 uint32_t run_enosys_stub(int max_nr, uint32_t arch, int nr);
 
+// The terminal guard: loaded into the init and every exec'd process
+// whatever the config's or the policy's seccomp settings say (none, a
+// relaxed or a replaced profile), before them (a profile that denies
+// seccomp(2) cannot keep it out). It allows everything except
+// ioctl(fd, TIOCSTI) and ioctl(fd, TIOCLINUX), which fail with EPERM:
+// pushing bytes into a terminal's input queue (TIOCSTI) or pasting the
+// console selection (TIOCLINUX subcode 3) runs commands in whatever reads
+// that terminal next, which is the operator's shell when the container
+// got hold of the operator's tty (an inherited stdio fd). Only the low 32
+// bits of the request are compared (the kernel takes `unsigned int cmd`, so
+// high bits must not slip past), on the native, i386 and x32 ABIs. An
+// ERRNO result wins over every action of the other filters except KILL and
+// TRAP, which deny as well.
+Filter terminal_guard();
+
 // Validate and compile. With observe_exec, execve/execveat get
 // SCMP_ACT_NOTIFY unless the config gives them a rule of its own.
 Filter compile(const json& oci_seccomp, bool observe_exec = false);

@@ -23,8 +23,8 @@ json ContainerState::to_json() const {
               {"owner", owner},
               {"init_pid", init_pid},
               {"init_start", init_start},
-              {"supervisor_pid", supervisor_pid},
-              {"supervisor_start", supervisor_start},
+              {"sentinel_pid", sentinel_pid},
+              {"sentinel_start", sentinel_start},
               {"run_id", run_id},
               {"audit_dir", audit_dir},
               {"config", config},
@@ -42,8 +42,8 @@ ContainerState ContainerState::from_json(const json& j) {
   s.owner = j.value("owner", "");
   s.init_pid = j.value("init_pid", 0);
   s.init_start = j.value("init_start", 0ULL);
-  s.supervisor_pid = j.value("supervisor_pid", 0);
-  s.supervisor_start = j.value("supervisor_start", 0ULL);
+  s.sentinel_pid = j.value("sentinel_pid", j.value("supervisor_pid", 0));
+  s.sentinel_start = j.value("sentinel_start", j.value("supervisor_start", 0ULL));
   s.run_id = j.value("run_id", "");
   s.audit_dir = j.value("audit_dir", "");
   s.config = j.value("config", json::object());

@@ -20,16 +20,19 @@ struct ContainerState {
   std::string id;
   std::string bundle;
   std::string rootfs;
-  std::string created;           // RFC 3339
-  std::string owner;             // "" as runc for root
-  pid_t init_pid = 0;            // host pid of the container init
+  std::string created;                // RFC 3339
+  std::string owner;                  // "" as runc for root
+  pid_t init_pid = 0;                 // host pid of the container init
   unsigned long long init_start = 0;  // /proc/<pid>/stat starttime, guards pid reuse
-  pid_t supervisor_pid = 0;
-  unsigned long long supervisor_start = 0;
-  std::string run_id;            // audit record of this run
+  // The sentinel: the pid --pid-file names, parent of the supervisor (see
+  // sentinel.h). Stored as "sentinel_pid"/"sentinel_start"; states written
+  // before the rename said "supervisor_pid"/"supervisor_start".
+  pid_t sentinel_pid = 0;
+  unsigned long long sentinel_start = 0;
+  std::string run_id;  // audit record of this run
   std::string audit_dir;
-  json config;                   // the enforced config
-  json cgroup;                   // cgroups::Manager::save()
+  json config;  // the enforced config
+  json cgroup;  // cgroups::Manager::save()
   json annotations = json::object();
   bool rootless = false;
 

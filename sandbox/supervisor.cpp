@@ -31,18 +31,26 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/control.h"
 #include "sandbox/exec_observer.h"
 #include "sandbox/hooks.h"
 #include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
+#include "sandbox/sentinel.h"
+#include "sandbox/stage1.h"
 #include "sandbox/state.h"
 #include "sandbox/sync.h"
 #include "sandbox/userns.h"
 
 namespace agentshim::supervisor {
 namespace {
+
+using sentinel::kReleaseSignal;
+using setup::hook_state;
+using json = nlohmann::json;
+using setup::Setup;
 
 const int kForwarded[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1, SIGUSR2,   SIGWINCH, SIGCONT, SIGALRM,
                           SIGTSTP, SIGTTIN, SIGTTOU, SIGPWR,  SIGURG,  SIGVTALRM, SIGPROF,  SIGXCPU, SIGXFSZ};
@@ -54,25 +62,6 @@ sigset_t handled_signals() {
   sigaddset(&set, SIGPIPE);
   for (int s : kForwarded) sigaddset(&set, s);
   return set;
-}
-
-void reset_signals() {
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);
-  for (int s = 1; s < NSIG; s++) {
-    if (s == SIGKILL || s == SIGSTOP) continue;
-    ::signal(s, SIG_DFL);
-  }
-}
-
-json hook_state(const Setup& s, const std::string& status, pid_t pid) {
-  json j = {
-      {"ociVersion", oci::kOciVersion}, {"id", s.id}, {"status", status}, {"pid", pid}, {"bundle", s.bundle}};
-  if (s.config.contains("annotations") && s.config["annotations"].is_object() &&
-      !s.config["annotations"].empty())
-    j["annotations"] = s.config["annotations"];
-  return j;
 }
 
 void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file) {
@@ -88,234 +77,6 @@ void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file)
   } catch (const SysError& e) {
     throw Error(std::string("linux.") + key + ": " + e.what());
   }
-}
-
-// The supervisor tells the sentinel the container's status with this
-// signal (sigqueue, the status as its value) once the exit is recorded.
-const int kReleaseSignal = SIGRTMAX;
-
-// ---------------------------------------------------------------- init
-
-[[noreturn]] void init_main(Setup& s, int sock) {
-  try {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    reset_signals();
-    prctl(PR_SET_NAME, "agentshim-init");
-    if (s.init_unshare_cgroupns && ::unshare(CLONE_NEWCGROUP) < 0) throw_errno("unshare cgroup namespace");
-    // Wait until the supervisor knows our pid (stage1 reports it after the
-    // clone; without this the init could race ahead of that report).
-    sync::expect(sock, "init-ok", "supervisor went away before the init started");
-    const json& cfg = s.config;
-    const json& proc = cfg["process"];
-    // We inherited the supervisor's oom_score_adj (-1000): reset it.
-    process::set_oom_score_adj(0, proc.value("oomScoreAdj", 0));
-
-    // A session keyring of its own, so keys never leak between containers
-    // (runc does the same unless --no-new-keyring).
-    if (!s.no_new_keyring) {
-      std::string name = "_ses." + s.id;
-      if (::syscall(SYS_keyctl, 1 /*KEYCTL_JOIN_SESSION_KEYRING*/, name.c_str()) < 0 && errno != ENOSYS &&
-          errno != EPERM && errno != EACCES)
-        throw_errno("join session keyring");
-    }
-    // A joined uts namespace (a path) may be given a hostname too, as runc allows.
-    bool new_uts = oci::has_namespace(cfg, "uts");
-    if (cfg.contains("hostname") && !cfg["hostname"].get<std::string>().empty()) {
-      if (!new_uts) throw Error("config.json: hostname is set but the container has no new uts namespace");
-      std::string h = cfg["hostname"];
-      if (::sethostname(h.data(), h.size()) < 0) throw_errno("sethostname " + h);
-    }
-    if (cfg.contains("domainname") && !cfg["domainname"].get<std::string>().empty()) {
-      std::string d = cfg["domainname"];
-      if (::setdomainname(d.data(), d.size()) < 0) throw_errno("setdomainname " + d);
-    }
-
-    rootfs::Context rc;
-    rc.config = cfg;
-    rc.rootfs = s.rootfs;
-    rc.userns = oci::has_new_namespace(cfg, "user");
-    rc.cgroupns = oci::has_new_namespace(cfg, "cgroup");
-    if (s.policy.contains("cgroup_mounts"))
-      for (const auto& h : s.policy["cgroup_mounts"])
-        rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});
-
-    // New or joined: either way the rootfs is set up inside it (as runc does).
-    bool new_mnt = oci::has_namespace(cfg, "mount");
-    if (new_mnt && s.attach_rootfs) {
-      std::vector<UniqueFd> fds;
-      sync::send(sock, {{"type", "idmap"}});
-      auto ok =
-          sync::expect(sock, "idmap-ok", "supervisor went away while preparing the idmapped rootfs", &fds);
-      auto srcs = ok.value("sources", json::array());
-      if (fds.size() != srcs.size() + 1)
-        throw Error("supervisor sent a wrong number of descriptors for the rootfs");
-      // Reached through /proc/self/fd: no host directory on the way.
-      rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
-      rc.rootfs_attached = true;
-      for (std::size_t i = 0; i < srcs.size(); i++)
-        rc.sources[srcs[i].get<std::string>()] = "/proc/self/fd/" + std::to_string(fds[i + 1].get());
-      rc.held = std::move(fds);
-    }
-    if (new_mnt) {
-      rootfs::prepare_root(rc);
-      rootfs::mount_all(rc);
-      rootfs::create_devices(rc);
-    }
-    sync::send(sock, {{"type", "hooks"}});
-    auto ok = sync::expect(sock, "hooks-ok", "supervisor went away during createRuntime hooks");
-    hooks::run(cfg, "createContainer", hook_state(s, "creating", ok.value("pid", 0)));
-    if (new_mnt) {
-      rootfs::enter(rc, s.no_pivot);
-    } else {
-      if (::chroot(s.rootfs.c_str()) < 0) throw_errno("chroot " + s.rootfs);
-      if (::chdir("/") < 0) throw_errno("chdir /");
-    }
-    if (proc.value("terminal", false)) {
-      if (!s.console_sock) throw Error("process.terminal is true but no --console-socket was given");
-      rootfs::setup_console(s.console_sock.get(), proc, new_mnt);
-      s.console_sock.reset();
-    }
-    rootfs::apply_sysctls(cfg);
-    if (new_mnt) rootfs::finish(rc);
-    process::apply_rlimits(proc);
-    json p = proc;
-    for (const auto& e : s.extra_env) p["env"].push_back(e);
-    std::string path = process::resolve_executable(p);
-
-    // Everything that can fail or take time happens before `start` can
-    // return (as runc does it): privileges dropped, seccomp loaded, its
-    // listener handed to the supervisor. After the FIFO only hooks and
-    // execve remain, so a signal sent right after `start` finds the process.
-    process::Finalize fin;
-    if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
-      fin.seccomp.push_back(cfg["linux"]["seccomp"]);
-    if (!s.extra_seccomp.is_null() && !s.extra_seccomp.empty()) fin.seccomp.push_back(s.extra_seccomp);
-    fin.observe_exec = s.observe_exec;
-    if (s.prepared_seccomp) fin.prepared = &*s.prepared_seccomp;
-    // Descriptors beyond stdio and --preserve-fds do not reach the process.
-    int keep = 3 + s.preserve_fds;
-    ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-    auto listeners = process::finalize(p, fin);
-    if (!listeners.empty()) {
-      json kinds = json::array();
-      std::vector<int> fds;
-      for (const auto& l : listeners) {
-        kinds.push_back(l.kind);
-        fds.push_back(l.fd);
-      }
-      sync::send(sock, {{"type", "seccomp"}, {"kinds", kinds}}, fds);
-      for (int fd : fds) ::close(fd);
-    }
-
-    sync::send(sock, {{"type", "ready"}});
-    // Block until `start` opens the fifo for reading. Through the state
-    // directory's descriptor, not /proc/self/fd: without a mount namespace
-    // of its own the init has no /proc here.
-    int w = ::openat(s.state_dirfd.get(), "exec.fifo", O_WRONLY | O_CLOEXEC);
-    if (w < 0) throw_errno("open exec fifo");
-    if (::write(w, "0", 1) != 1) throw_errno("write exec fifo");
-    ::close(w);
-    s.exec_fifo.reset();
-    s.state_dirfd.reset();
-
-    hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
-    process::exec(path, p);
-  } catch (const std::exception& e) {
-    try {
-      sync::send(sock, {{"type", "error"}, {"msg", e.what()}});
-    } catch (...) {
-    }
-    std::string m = std::string("agentshim: ") + e.what() + "\n";
-    ssize_t r = ::write(2, m.data(), m.size());
-    (void)r;
-    ::_exit(127);
-  }
-}
-
-// ---------------------------------------------------------------- stage1
-
-[[noreturn]] void stage1_main(Setup& s, int sock, cgroups::CloneTarget& cg) {
-  try {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    // The init runs agentshim's own binary until it execs the user's
-    // program: not dumpable, so nothing in the container can open it
-    // through /proc/<pid>/exe or ptrace it (CVE-2019-5736).
-    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_DUMPABLE, 0)");
-    const json& cfg = s.config;
-    auto nss = oci::namespaces(cfg);
-    // Open every namespace path first: joining one may hide the others.
-    std::map<std::string, UniqueFd> join;
-    int unshare_flags = 0;
-    for (const auto& n : nss) {
-      auto t = oci::namespace_by_name(n.type);
-      if (!t) throw Error("unsupported namespace type \"" + n.type + "\"");
-      if (n.path.empty()) {
-        unshare_flags |= t->flag;
-      } else {
-        UniqueFd fd(::open(n.path.c_str(), O_RDONLY | O_CLOEXEC));
-        if (!fd) throw_errno("open " + n.type + " namespace " + n.path);
-        join[n.type] = std::move(fd);
-      }
-    }
-    if (join.count("user")) {
-      if (::setns(join["user"].get(), CLONE_NEWUSER) < 0) throw_errno("setns user namespace");
-    } else if (unshare_flags & CLONE_NEWUSER) {
-      if (::unshare(CLONE_NEWUSER) < 0) throw_errno("unshare user namespace");
-      sync::send(sock, {{"type", "userns"}, {"pid", ::getpid()}});
-      sync::expect(sock, "userns-ok", "supervisor went away while writing id maps");
-    }
-    if (join.count("user") || (unshare_flags & CLONE_NEWUSER)) {
-      if (::setresgid(0, 0, 0) < 0) throw_errno("setresgid(0) in user namespace");
-      if (::setresuid(0, 0, 0) < 0) throw_errno("setresuid(0) in user namespace");
-    }
-    unshare_flags &= ~CLONE_NEWUSER;
-    // A new cgroup namespace is made by the init itself, once it is in the
-    // container's cgroups (it is born into the v2 one): its root must be
-    // the container's cgroup, not ours.
-    if (unshare_flags & CLONE_NEWCGROUP) {
-      unshare_flags &= ~CLONE_NEWCGROUP;
-      s.init_unshare_cgroupns = true;
-    }
-    // An existing cgroup namespace is entered by the init once born in the
-    // container's cgroup (see cgroups::CloneTarget::cgroupns).
-    if (auto it = join.find("cgroup"); it != join.end()) cg.cgroupns = it->second.get();
-    for (const char* t : {"ipc", "uts", "network", "pid", "time", "mount"}) {
-      auto it = join.find(t);
-      if (it == join.end()) continue;
-      if (::setns(it->second.get(), oci::namespace_by_name(t)->flag) < 0)
-        throw_errno(std::string("setns ") + t + " namespace");
-    }
-    if (unshare_flags && ::unshare(unshare_flags) < 0) throw_errno("unshare namespaces");
-    // The init as our sibling (CLONE_PARENT: the supervisor reaps it), born
-    // in the container's v2 cgroup.
-    pid_t pid = cgroups::clone_parent_into(cg);
-    if (pid < 0) throw_errno("clone container init");
-    if (pid == 0) init_main(s, sock);
-    sync::send(sock, {{"type", "init"}, {"pid", pid}});
-    ::_exit(0);
-  } catch (const std::exception& e) {
-    try {
-      sync::send(sock, {{"type", "error"}, {"msg", e.what()}});
-    } catch (...) {
-    }
-    ::_exit(1);
-  }
-}
-
-// ---------------------------------------------------------------- supervisor
-
-UniqueFd listen_control(const std::string& path) {
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) throw_errno("socket (control)");
-  struct sockaddr_un addr {};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) throw Error("control socket path too long: " + path);
-  std::strcpy(addr.sun_path, path.c_str());
-  ::unlink(path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) throw_errno("bind " + path);
-  ::chmod(path.c_str(), 0600);
-  if (::listen(fd.get(), 16) < 0) throw_errno("listen " + path);
-  return fd;
 }
 
 struct Exit {
@@ -352,7 +113,7 @@ class Supervisor {
   void report_error(const std::string& msg) {
     if (s_.cli_sock) {
       try {
-        sync::send(s_.cli_sock.get(), {{"type", "error"}, {"msg", msg}});
+        sync::send(s_.cli_sock.get(), sync::Failure{msg});
       } catch (...) {
       }
       s_.cli_sock.reset();
@@ -395,13 +156,16 @@ class Supervisor {
   // grace period); on a unified host it joins through cgroup.procs.
   void sentinel_joins_container_cgroup() {
     if (!sentinel_sock_) throw Error("the sentinel cannot be reached to join the container's cgroup");
-    sync::send(sentinel_sock_.get(), {{"type", "join"}, {"cgroup", cg_->save()}});
+    sync::send(sentinel_sock_.get(), sync::Join{cg_->save()});
     auto m = sync::recv(sentinel_sock_.get());
     sentinel_sock_.reset();
     if (!m) throw Error("the sentinel exited while joining the container's cgroup");
     in_container_cgroup_ = true;  // (in part, perhaps: undone on failure either way)
-    if (m->value("type", "") != "joined")
-      throw Error("sentinel: joining the container's cgroup: " + m->value("msg", std::string("no answer")));
+    if (!std::holds_alternative<sync::Joined>(*m)) {
+      const auto* f = std::get_if<sync::Failure>(&*m);
+      throw Error("sentinel: joining the container's cgroup: " +
+                  (f ? f->msg : std::string("unexpected \"") + sync::name(sync::type_of(*m)) + "\""));
+    }
   }
 
   void cleanup_failed() {
@@ -510,12 +274,12 @@ class Supervisor {
         target = cg_->join_for_clone(oci::has_namespace(cfg, "user"));
       } catch (const std::exception& e) {
         try {
-          sync::send(pair.second.get(), {{"type", "error"}, {"msg", e.what()}});
+          sync::send(pair.second.get(), sync::Failure{e.what()});
         } catch (...) {
         }
         ::_exit(1);
       }
-      stage1_main(s_, pair.second.get(), target);
+      stage1::run(s_, pair.second.get(), target);
     }
     pair.second.reset();
     const std::string eof = "container init exited during setup (see the log for details)";
@@ -523,17 +287,16 @@ class Supervisor {
       std::vector<UniqueFd> fds;
       auto m = sync::recv(sock_.get(), &fds);
       if (!m) throw Error(eof);
-      std::string type = m->value("type", "");
-      if (type == "error") throw Error(m->value("msg", "unknown error"));
-      if (type == "userns") {
-        pid_t p = (*m)["pid"];
+      if (const auto* f = std::get_if<sync::Failure>(&*m)) throw Error(f->msg);
+      if (const auto* u = std::get_if<sync::Userns>(&*m)) {
+        pid_t p = u->pid;
         if (cfg["linux"].contains("gidMappings")) {
           // Only an unprivileged mapper must deny setgroups; we are root.
         }
         write_id_map(p, cfg, "uidMappings", "uid_map");
         write_id_map(p, cfg, "gidMappings", "gid_map");
-        sync::send(sock_.get(), {{"type", "userns-ok"}});
-      } else if (type == "idmap") {
+        sync::send(sock_.get(), sync::UsernsOk{});
+      } else if (std::holds_alternative<sync::Idmap>(*m)) {
         // userns "auto": an idmapped, private copy of the rootfs made here
         // (mount_setattr needs host privilege), attached inside the init's
         // mount namespace by a helper running as host root, which also opens
@@ -544,51 +307,43 @@ class Supervisor {
         if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
         auto tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
         std::vector<std::string> sources, opened;
-        for (const auto& mnt : cfg.value("mounts", json::array())) {
-          if (!mnt.is_object() || !mnt.contains("source") || !mnt["source"].is_string()) continue;
-          std::string src = mnt["source"];
-          auto mo = oci::parse_mount_options(oci::mount_options(mnt));
-          bool bind = mnt.value("type", "") == "bind" || (mo.flags & MS_BIND);
-          if (bind && !src.empty() && src[0] == '/' &&
-              std::find(sources.begin(), sources.end(), src) == sources.end())
-            sources.push_back(src);
-        }
+        for (const auto& mnt : oci::mounts(cfg))
+          if (mnt.is_bind() && std::find(sources.begin(), sources.end(), mnt.source) == sources.end())
+            sources.push_back(mnt.source);
         auto fds = userns::attach_and_open(init_pid_, tree.get(), s_.rootfs, sources, &opened);
         std::vector<int> raw;
         for (const auto& f : fds) raw.push_back(f.get());
-        sync::send(sock_.get(), {{"type", "idmap-ok"}, {"sources", opened}}, raw);
-      } else if (type == "init") {
-        init_pid_ = (*m)["pid"];
+        sync::send(sock_.get(), sync::IdmapOk{opened}, raw);
+      } else if (const auto* i = std::get_if<sync::Init>(&*m)) {
+        init_pid_ = i->pid;
         int st;
         ::waitpid(stage1, &st, 0);
         stage1_ = -1;
         // The network exists before any of the container's code runs (and
         // before the hooks): lo up, the proxy and DNS stub listening inside
         // its namespace. Made while the init prepares its rootfs.
-        sync::send(sock_.get(), {{"type", "init-ok"}});
+        sync::send(sock_.get(), sync::InitOk{});
         start_network();
-      } else if (type == "hooks") {
+      } else if (std::holds_alternative<sync::Hooks>(*m)) {
         // prestart (deprecated) gets "created", as runc and the runtime-tools
         // suite expect; createRuntime runs during create: "creating".
         hooks::run(cfg, "prestart", hook_state(s_, "created", init_pid_));
         hooks::run(cfg, "createRuntime", hook_state(s_, "creating", init_pid_));
-        sync::send(sock_.get(), {{"type", "hooks-ok"}, {"pid", init_pid_}});
-      } else if (type == "seccomp") {
-        on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
-      } else if (type == "ready") {
+        sync::send(sock_.get(), sync::HooksOk{init_pid_});
+      } else if (const auto* sc = std::get_if<sync::Seccomp>(&*m)) {
+        on_seccomp_listeners(sc->kinds, std::move(fds));
+      } else if (std::holds_alternative<sync::Ready>(*m)) {
         // The rootfs is prepared and the init waits on the exec FIFO. The
         // "before" filesystem roots are taken at the end of setup, after
         // `create` has been answered (see there).
         break;
       } else {
-        throw Error("unexpected message from container init: " + type);
+        throw Error(std::string("unexpected message from container init: ") + sync::name(sync::type_of(*m)));
       }
     }
-    ctl_ = listen_control(s_.state_dir + "/supervisor.sock");
+    ctl_ = std::make_unique<control::Server>(s_.state_dir + "/supervisor.sock");
     init_start_ = state::process_start_time(init_pid_);
-    sync::send(
-        s_.cli_sock.get(),
-        {{"type", "created"}, {"init_pid", init_pid_}, {"init_start", init_start_}, {"cgroup", cg_->save()}});
+    sync::send(s_.cli_sock.get(), sync::Created{init_pid_, init_start_, cg_->save()});
     s_.cli_sock.reset();
     s_.console_sock.reset();
     s_.exec_fifo.reset();
@@ -682,7 +437,7 @@ class Supervisor {
 
   int loop() {
     while (!exit_.exited) {
-      struct pollfd fds[3] = {{sigfd_.get(), POLLIN, 0}, {ctl_.get(), POLLIN, 0}, {sock_.get(), POLLIN, 0}};
+      struct pollfd fds[3] = {{sigfd_.get(), POLLIN, 0}, {ctl_->fd(), POLLIN, 0}, {sock_.get(), POLLIN, 0}};
       int n = ::poll(fds, sock_ ? 3 : 2, poll_timeout_ms());
       enforce_time_limit();
       if (n < 0) {
@@ -732,7 +487,7 @@ class Supervisor {
 
   void handle_init_message() {
     std::vector<UniqueFd> fds;
-    std::optional<json> m;
+    std::optional<sync::Message> m;
     try {
       m = sync::recv(sock_.get(), &fds);
     } catch (const std::exception& e) {
@@ -742,15 +497,16 @@ class Supervisor {
       sock_.reset();  // the init exec'd (CLOEXEC) or died
       return;
     }
-    std::string type = m->value("type", "");
-    if (type == "error") {
-      log::error("container init: " + m->value("msg", ""));
-    } else if (type == "seccomp") {
-      on_seccomp_listeners(m->value("kinds", json::array()), std::move(fds));
+    if (const auto* f = std::get_if<sync::Failure>(&*m)) {
+      log::error("container init: " + f->msg);
+    } else if (const auto* sc = std::get_if<sync::Seccomp>(&*m)) {
+      on_seccomp_listeners(sc->kinds, std::move(fds));
+    } else {
+      log::warn(std::string("container init: unexpected message \"") + sync::name(sync::type_of(*m)) + "\"");
     }
   }
 
-  void on_seccomp_listeners(const json& kinds, std::vector<UniqueFd> fds) {
+  void on_seccomp_listeners(const std::vector<std::string>& kinds, std::vector<UniqueFd> fds) {
     const json& cfg = s_.config;
     for (std::size_t i = 0; i < fds.size() && i < kinds.size(); ++i) {
       if (kinds[i] == "exec") {
@@ -795,74 +551,46 @@ class Supervisor {
   }
 
   void handle_control() {
-    for (;;) {
-      UniqueFd c(::accept4(ctl_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-      if (!c) return;
-      struct timeval tv {
-        1, 0
-      };
-      ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      std::string buf;
-      char tmp[4096];
-      while (buf.size() < 1 << 20 && buf.find('\n') == std::string::npos) {
-        ssize_t r = ::read(c.get(), tmp, sizeof tmp);
-        if (r <= 0) break;
-        buf.append(tmp, static_cast<std::size_t>(r));
-      }
-      json reply = {{"ok", true}};
-      try {
-        json msg = json::parse(buf.substr(0, buf.find('\n')));
-        on_control(msg);
-      } catch (const std::exception& e) {
-        reply = {{"ok", false}, {"error", e.what()}};
-      }
-      std::string out = reply.dump() + "\n";
-      ssize_t w = ::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL);
-      (void)w;
-      c.reset();
-      if (sync_after_reply_ && record_) {
-        sync_after_reply_ = false;
-        record_->sync();
-      }
-    }
+    ctl_->serve([this](const control::Message& m) { on_control(m); },
+                [this] {
+                  if (sync_after_reply_ && record_) {
+                    sync_after_reply_ = false;
+                    record_->sync();
+                  }
+                });
   }
 
-  void on_control(const json& msg) {
-    std::string type = msg.value("type", "");
+  void on_control(const control::Message& msg) {
+    const std::string type = control::name(control::type_of(msg));
     log::debug("supervisor: control message " + type);
-    if (type == "started") {
+    if (std::holds_alternative<control::Started>(msg)) {
       long long limit = s_.policy.value("exec_time_limit_s", 0LL);
       if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
         deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     }
-    if (type == "start-gate") return;  // answered from the loop: the before-walk is done
+    if (std::holds_alternative<control::StartGate>(msg))
+      return;  // answered from the loop: the before-walk is done
     if (!record_) return;
-    if (type == "started") {
+    if (std::holds_alternative<control::Started>(msg)) {
       record_->event("run.started", {{"init_pid", init_pid_}});
       sync_after_reply_ = true;  // `start` need not wait for the fsync
-    } else if (type == "exec") {
+    } else if (const auto* e = std::get_if<control::Exec>(&msg)) {
       json args = json::array();
-      for (const auto& a : msg.value("args", json::array()))
-        args.push_back(attest::pct_encode(a.get<std::string>()));
-      record_->event("caller.exec", {{"pid", msg.value("pid", 0)},
+      for (const auto& a : e->args) args.push_back(attest::pct_encode(a));
+      record_->event("caller.exec", {{"pid", e->pid},
                                      {"args", args},
-                                     {"cwd", attest::pct_encode(msg.value("cwd", "/"))},
-                                     {"terminal", msg.value("terminal", false)},
-                                     {"user", msg.value("user", json::object())},
-                                     {"policy_decisions", msg.value("policy_decisions", json::array())}});
-    } else if (type == "kill") {
-      record_->event(
-          "signal",
-          {{"signal", msg.value("signal", "")}, {"all", msg.value("all", false)}, {"source", "caller"}});
-    } else if (type == "paused" || type == "resumed") {
+                                     {"cwd", attest::pct_encode(e->cwd)},
+                                     {"terminal", e->terminal},
+                                     {"user", e->user},
+                                     {"policy_decisions", e->policy_decisions}});
+    } else if (const auto* k = std::get_if<control::Kill>(&msg)) {
+      record_->event("signal", {{"signal", k->signal}, {"all", k->all}, {"source", "caller"}});
+    } else if (std::holds_alternative<control::Paused>(msg) ||
+               std::holds_alternative<control::Resumed>(msg)) {
       record_->event("run." + type, json::object());
-    } else if (type == "updated") {
-      record_->event(
-          "run.updated",
-          {{"resources_sha256", attest::hex(attest::sha256(msg.value("resources", json::object()).dump()))},
-           {"policy_decisions", msg.value("policy_decisions", json::array())}});
-    } else {
-      record_->event("caller." + attest::pct_encode(type), json::object());
+    } else if (const auto* u = std::get_if<control::Updated>(&msg)) {
+      record_->event("run.updated", {{"resources_sha256", attest::hex(attest::sha256(u->resources.dump()))},
+                                     {"policy_decisions", u->policy_decisions}});
     }
   }
 
@@ -939,20 +667,12 @@ class Supervisor {
     std::vector<attest::TrackedTree> out;
     out.push_back({"rootfs", s_.rootfs, {}});
     const json& cfg = s_.config;
-    if (cfg.contains("mounts") && cfg["mounts"].is_array())
-      for (const auto& m : cfg["mounts"]) {
-        auto opts = m.value("options", std::vector<std::string>{});
-        bool bind = m.value("type", "") == "bind" ||
-                    std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
-                    std::find(opts.begin(), opts.end(), "rbind") != opts.end();
-        bool ro = std::find(opts.begin(), opts.end(), "ro") != opts.end();
-        std::string src = m.value("source", "");
-        struct stat st {};
-        if (!bind || ro || src.empty() || src[0] != '/' || ::stat(src.c_str(), &st) < 0 ||
-            !S_ISDIR(st.st_mode))
-          continue;
-        out.push_back({m.value("destination", src), src, {}});
-      }
+    // Writable bind mounts (effective flags: ["rbind","ro","rw"] is writable).
+    for (const auto& m : oci::mounts(cfg)) {
+      struct stat st {};
+      if (!m.is_bind() || m.readonly() || ::stat(m.source.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
+      out.push_back({m.destination, m.source, {}});
+    }
     return out;
   }
 
@@ -1084,13 +804,13 @@ class Supervisor {
     cg_.reset();  // the container's cgroup is delete's from now on
     release_sentinel(exit_.code);
     finish_record(exit_event);
-    ctl_.reset();
-    ::unlink((s_.state_dir + "/supervisor.sock").c_str());
+    ctl_.reset();  // and its socket file
     return exit_.code;
   }
 
   Setup& s_;
-  UniqueFd sigfd_, sock_, ctl_;
+  UniqueFd sigfd_, sock_;
+  std::unique_ptr<control::Server> ctl_;
   std::unique_ptr<cgroups::Manager> cg_;
   pid_t stage1_ = -1;
   pid_t init_pid_ = 0;
@@ -1111,132 +831,11 @@ class Supervisor {
   bool in_container_cgroup_ = false;
 };
 
-// The sentinel moves itself into the container's cgroup when the supervisor
-// has made it (a process moving itself joins v1 hierarchies without a grace
-// period; see cgroups::Manager::join_self). A supervisor that fails first
-// just closes the socket.
-void sentinel_join_cgroup(int sock) {
-  std::optional<json> m;
-  try {
-    m = sync::recv(sock);
-  } catch (...) {
-    return;
-  }
-  if (!m || m->value("type", "") != "join") return;
-  json reply = {{"type", "joined"}};
-  try {
-    auto cg = cgroups::Manager::load((*m)["cgroup"]);
-    cg->join_self(cg->v2_only());
-  } catch (const std::exception& e) {
-    reply = {{"type", "error"}, {"msg", e.what()}};
-  }
-  try {
-    sync::send(sock, reply);
-  } catch (...) {
-  }
-}
-
-// The sentinel: the process `create` forked, whose pid goes to --pid-file.
-// It joins the container's cgroup (so a client reading stats and OOM events
-// through that pid finds the container's), stays single-threaded and tiny,
-// forwards every signal it gets to the supervisor, and exits with the
-// supervisor's status — which is the container's. The supervisor is its
-// only child and dies with it (PDEATHSIG), taking the container with it.
-[[noreturn]] void sentinel_main(pid_t worker) {
-  prctl(PR_SET_NAME, "agentshim-run");
-  int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (devnull >= 0) {
-    for (int fd = 0; fd < 3; fd++) ::dup2(devnull, fd);
-    ::close(devnull);
-  }
-  ::syscall(SYS_close_range, 3, ~0U, 0);
-  sigset_t all;
-  sigfillset(&all);
-  sigprocmask(SIG_BLOCK, &all, nullptr);
-  for (;;) {
-    int status = 0;
-    pid_t r = ::waitpid(worker, &status, WNOHANG);
-    if (r < 0 && errno == ECHILD) ::_exit(1);
-    if (r == worker) {
-      if (WIFEXITED(status)) ::_exit(WEXITSTATUS(status));
-      ::_exit(128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0));
-    }
-    siginfo_t si{};
-    struct timespec ts {
-      1, 0
-    };
-    int sig = ::sigtimedwait(&all, &si, &ts);
-    if (sig <= 0 || sig == SIGCHLD) continue;
-    if (sig == SIGKILL || sig == SIGSTOP) continue;
-    // The supervisor, done with the container: its status, now (the record
-    // is finished afterwards; see Supervisor::release_sentinel).
-    if (sig == kReleaseSignal && si.si_code == SI_QUEUE && si.si_pid == worker)
-      ::_exit(si.si_value.sival_int & 0xff);
-    ::kill(worker, sig);
-  }
-}
-
 }  // namespace
 
-void main(Setup s) {
-  process::set_oom_score_adj(0, -1000);
-  ::signal(SIGCHLD, SIG_DFL);  // a caller that ignores SIGCHLD must not make us lose the status
-  pid_t sentinel = ::getpid();
-  auto join = make_socketpair(SOCK_SEQPACKET);
-  pid_t worker = ::fork();
-  if (worker < 0) {
-    log::error(std::string("fork supervisor: ") + std::strerror(errno));
-    ::_exit(1);
-  }
-  if (worker == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != sentinel) ::_exit(1);
-    join.second.reset();
-    Supervisor sup(s, sentinel, std::move(join.first));
-    sup.run();
-  }
-  join.first.reset();
-  // The supervisor owns every descriptor of the setup; the sentinel keeps none.
-  s.cli_sock.reset();
-  s.console_sock.reset();
-  s.exec_fifo.reset();
-  s.state_dirfd.reset();
-  sentinel_join_cgroup(join.second.get());
-  join.second.reset();
-  sentinel_main(worker);
-}
-
-json notify(const std::string& state_dir, const json& msg, bool wait_reply, int reply_timeout_s) {
-  std::string path = state_dir + "/supervisor.sock";
-  UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  struct sockaddr_un addr {};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof addr.sun_path) return {{"ok", false}, {"error", "socket path too long"}};
-  std::strcpy(addr.sun_path, path.c_str());
-  if (!c || ::connect(c.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) {
-    log::debug("supervisor not reachable at " + path + ": " + std::strerror(errno));
-    return {{"ok", false}, {"error", std::strerror(errno)}};
-  }
-  struct timeval tv {
-    reply_timeout_s, 0
-  };
-  if (reply_timeout_s > 0) ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::string out = msg.dump() + "\n";
-  if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0)
-    return {{"ok", false}, {"error", "send failed"}};
-  if (!wait_reply) return {{"ok", true}, {"queued", true}};
-  std::string buf;
-  char tmp[4096];
-  while (buf.find('\n') == std::string::npos) {
-    ssize_t r = ::read(c.get(), tmp, sizeof tmp);
-    if (r <= 0) break;
-    buf.append(tmp, static_cast<std::size_t>(r));
-  }
-  try {
-    return json::parse(buf.substr(0, buf.find('\n')));
-  } catch (...) {
-    return {{"ok", false}, {"error", "no reply"}};
-  }
+void run(Setup& s, pid_t sentinel, UniqueFd sentinel_sock) {
+  Supervisor sup(s, sentinel, std::move(sentinel_sock));
+  sup.run();
 }
 
 }  // namespace agentshim::supervisor

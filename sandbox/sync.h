@@ -1,23 +1,151 @@
-// Messages between the CLI, the supervisor and the container init: one JSON
-// object per SOCK_SEQPACKET datagram, with optional fds (SCM_RIGHTS).
+// The setup messages between the processes `create` starts: one JSON object
+// per SOCK_SEQPACKET datagram ({"type": "<name>", payload...}), with
+// descriptors attached (SCM_RIGHTS) where a message says so. Encoded and
+// decoded here only; a process holds a typed Message, never a string.
+//
+//   CLI (create)      sentinel            supervisor               stage1                 init
+//       │  fork ────────▶ │  fork ────────────▶ │                       │                      │
+//       │                 │ ◀──── join{cgroup} ─┤ (cgroup made)         │                      │
+//       │                 ├─ joined ───────────▶│                       │                      │
+//       │                 │                     │  fork ───────────────▶│                      │
+//       │                 │                     │ ◀──────── userns{pid} ┤ (new user namespace) │
+//       │                 │                     ├─ userns-ok ──────────▶│ (id maps written)    │
+//       │                 │                     │                       │  clone(CLONE_PARENT) ▶│
+//       │                 │                     │ ◀────────── init{pid} ┤ exits                │
+//       │                 │                     ├─ init-ok ──────────────────────────────────▶│
+//       │                 │                     │ ◀───────────────────────────────────── idmap ┤ (userns
+//       "auto") │                 │                     ├─ idmap-ok{sources} + fds ──────────────────▶│ │ │
+//       │ ◀───────────────────────────────────── hooks ┤ (rootfs mounted) │                 │ ├─
+//       hooks-ok{pid} ────────────────────────────▶│ (prestart, createRuntime run) │                 │ │
+//       ◀─────────────────────── seccomp{kinds} + fds ┤ (listeners, if any) │                 │ │
+//       ◀───────────────────────────────────── ready ┤ blocks on exec.fifo │ ◀────
+//       created{init_pid,init_start,cgroup} ┤                                         │
+//
+// Any process may send error{msg} instead of its next message; the receiver
+// stops there and reports msg. The init may also send seccomp and error
+// after "ready" (the supervisor reads until the execve closes the socket).
+// After the execve nothing in the container holds the socket (close-on-
+// exec), so no message comes from container-controlled code; decode still
+// checks every field and every descriptor count.
+//
+// The control socket's messages (CLI commands to a running supervisor) are
+// in control.h.
 #pragma once
+
+#include <sys/types.h>
 
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
 #include <vector>
 
+#include "common/error.h"
 #include "common/fd.h"
 
 namespace agentshim::sync {
 
 using json = nlohmann::json;
 
-void send(int sock, const json& msg, const std::vector<int>& fds = {});
-// nullopt on EOF (peer gone). Throws on malformed messages.
-std::optional<json> recv(int sock, std::vector<UniqueFd>* fds = nullptr);
-// recv and require {"type": expected}; an {"type":"error","msg":...} from the
-// peer is rethrown as Error(msg); EOF throws Error(eof_msg).
-json expect(int sock, const std::string& expected, const std::string& eof_msg,
-            std::vector<UniqueFd>* fds = nullptr);
+// In the order of Message's alternatives.
+enum class Type {
+  error,      // any → its peer: {msg}
+  join,       // supervisor → sentinel: {cgroup} (cgroups::Manager::save())
+  joined,     // sentinel → supervisor
+  userns,     // stage1 → supervisor: {pid}, write my uid_map/gid_map
+  userns_ok,  // supervisor → stage1
+  init,       // stage1 → supervisor: {pid}, the init's host pid
+  init_ok,    // supervisor → init: your pid is known, go on
+  idmap,      // init → supervisor: attach the rootfs for me (userns "auto")
+  idmap_ok,   // supervisor → init: {sources} + fds (the rootfs, then one per source)
+  hooks,      // init → supervisor: run prestart and createRuntime
+  hooks_ok,   // supervisor → init: {pid} (the init's host pid, for createContainer's state)
+  seccomp,    // init → supervisor: {kinds} + one listener fd per kind
+  ready,      // init → supervisor: waiting on exec.fifo
+  created,    // supervisor → CLI: {init_pid, init_start, cgroup}
+};
+
+struct Failure {
+  static constexpr Type kType = Type::error;
+  std::string msg;
+};
+struct Join {
+  static constexpr Type kType = Type::join;
+  json cgroup;
+};
+struct Joined {
+  static constexpr Type kType = Type::joined;
+};
+struct Userns {
+  static constexpr Type kType = Type::userns;
+  pid_t pid = 0;
+};
+struct UsernsOk {
+  static constexpr Type kType = Type::userns_ok;
+};
+struct Init {
+  static constexpr Type kType = Type::init;
+  pid_t pid = 0;
+};
+struct InitOk {
+  static constexpr Type kType = Type::init_ok;
+};
+struct Idmap {
+  static constexpr Type kType = Type::idmap;
+};
+struct IdmapOk {
+  static constexpr Type kType = Type::idmap_ok;
+  std::vector<std::string> sources;  // bind sources, in the order of fds[1..]
+};
+struct Hooks {
+  static constexpr Type kType = Type::hooks;
+};
+struct HooksOk {
+  static constexpr Type kType = Type::hooks_ok;
+  pid_t pid = 0;
+};
+struct Seccomp {
+  static constexpr Type kType = Type::seccomp;
+  std::vector<std::string> kinds;  // "exec" (the observer) or "config" (linux.seccomp's listener)
+};
+struct Ready {
+  static constexpr Type kType = Type::ready;
+};
+struct Created {
+  static constexpr Type kType = Type::created;
+  pid_t init_pid = 0;
+  unsigned long long init_start = 0;
+  json cgroup;
+};
+
+using Message = std::variant<Failure, Join, Joined, Userns, UsernsOk, Init, InitOk, Idmap, IdmapOk, Hooks,
+                             HooksOk, Seccomp, Ready, Created>;
+
+inline Type type_of(const Message& m) {
+  return static_cast<Type>(m.index());
+}
+// The wire name ("userns-ok").
+const char* name(Type t);
+// How many descriptors travel with m.
+std::size_t fd_count(const Message& m);
+
+std::string encode(const Message& m);
+// Throws Error naming the message and field for anything but a well-formed
+// message of a known type.
+Message decode(std::string_view payload);
+
+void send(int sock, const Message& m, const std::vector<int>& fds = {});
+// nullopt on EOF (peer gone). Throws on malformed messages and on a
+// descriptor count that does not match the message (the fds are closed).
+std::optional<Message> recv(int sock, std::vector<UniqueFd>* fds = nullptr);
+
+// recv and require a T; a Failure from the peer is rethrown as Error(msg);
+// EOF throws Error(eof_msg).
+Message expect_type(int sock, Type expected, const std::string& eof_msg, std::vector<UniqueFd>* fds);
+template <class T>
+T expect(int sock, const std::string& eof_msg, std::vector<UniqueFd>* fds = nullptr) {
+  return std::get<T>(expect_type(sock, T::kType, eof_msg, fds));
+}
 
 }  // namespace agentshim::sync

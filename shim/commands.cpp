@@ -43,7 +43,7 @@ namespace {
 void add_create_flags(CLI::App* c, container::CreateOptions& o) {
   c->add_option("-b,--bundle", o.bundle, "path to the bundle (default: current directory)");
   c->add_option("--console-socket", o.console_socket, "unix socket that receives the pty master");
-  c->add_option("--pid-file", o.pid_file, "file to write the supervisor's pid to");
+  c->add_option("--pid-file", o.pid_file, "file to write the sentinel's pid to (it exits with the container's status)");
   c->add_flag("--no-pivot", o.no_pivot, "do not use pivot_root (MS_MOVE + chroot)");
   c->add_flag("--no-new-keyring", o.no_new_keyring, "do not create a new session keyring");
   c->add_option("--preserve-fds", o.preserve_fds, "pass N additional fds (3..3+N-1) to the container");

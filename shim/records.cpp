@@ -102,11 +102,21 @@ std::string resolve_run_dir(const container::Global& g, const std::string& run) 
 
 std::string short_hash(const std::string& h) { return h.size() > 16 ? h.substr(0, 16) : h; }
 
+// Human output shows what a container chose (argv, paths, hosts, DNS names,
+// reasons quoting them): every value goes through t() (escape_for_terminal),
+// so no byte of it acts on the operator's terminal. --json stays exact.
+std::string t(const std::string& s) {
+  return escape_for_terminal(s);
+}
+std::string t(const json& j, const char* k) {
+  return t(attest::pct_decode(j.value(k, "")));
+}
+
 std::string show_args(const json& args) {
   std::string out;
   for (const auto& a : args) {
-    std::string s = a.is_string() ? attest::pct_decode(a.get<std::string>()) : a.dump();
-    bool quote = s.empty() || s.find_first_of(" \t\n'\"\\$") != std::string::npos;
+    std::string s = t(a.is_string() ? attest::pct_decode(a.get<std::string>()) : a.dump());
+    bool quote = s.empty() || s.find_first_of(" '\"\\$") != std::string::npos;
     if (!out.empty()) out += ' ';
     if (quote) {
       std::string q = "'";
@@ -120,16 +130,16 @@ std::string show_args(const json& args) {
 }
 
 void print_account(const json& a, const attest::VerifyResult& v) {
-  std::cout << "run        " << a.value("run_id", "?") << "\n";
-  std::cout << "container  " << a.value("container_id", "?") << "\n";
+  std::cout << "run        " << t(a, "run_id") << "\n";
+  std::cout << "container  " << t(a, "container_id") << "\n";
   std::cout << "command    " << show_args(a.value("command", json::array())) << "\n";
-  std::cout << "created    " << a.value("created", "") << "\n";
-  if (a.contains("started")) std::cout << "started    " << a["started"].get<std::string>() << "\n";
-  if (a.contains("finished")) std::cout << "finished   " << a["finished"].get<std::string>() << "\n";
+  std::cout << "created    " << t(a, "created") << "\n";
+  if (a.contains("started")) std::cout << "started    " << t(a, "started") << "\n";
+  if (a.contains("finished")) std::cout << "finished   " << t(a, "finished") << "\n";
   if (a.contains("exit")) {
     const json& e = a["exit"];
     std::cout << "exit       code " << e.value("code", 0);
-    if (!e.value("signal", "").empty()) std::cout << " (killed by " << e.value("signal", "") << ")";
+    if (!e.value("signal", "").empty()) std::cout << " (killed by " << t(e, "signal") << ")";
     if (e.value("oom_kills", 0) > 0) std::cout << " (OOM kills: " << e.value("oom_kills", 0) << ")";
     std::cout << "\n";
   } else {
@@ -147,38 +157,42 @@ void print_account(const json& a, const attest::VerifyResult& v) {
   const json& procs = a["processes"];
   std::cout << "\nprocesses executed (" << procs.size() << ")\n";
   for (const auto& p : procs)
-    std::cout << "  " << p.value("time", "") << "  pid " << p.value("pid", 0) << "  " << attest::pct_decode(p.value("path", ""))
-              << "  sha256:" << short_hash(p.value("sha256", "")) << "\n      argv: " << show_args(p.value("argv", json::array()))
-              << "\n";
+    std::cout << "  " << t(p, "time") << "  pid " << p.value("pid", 0) << "  " << t(p, "path")
+              << "  sha256:" << t(short_hash(p.value("sha256", "")))
+              << "\n      argv: " << show_args(p.value("argv", json::array())) << "\n";
   if (!a["caller_execs"].empty()) {
     std::cout << "\nexec by the caller (" << a["caller_execs"].size() << ")\n";
-    for (const auto& e : a["caller_execs"]) std::cout << "  " << e.value("time", "") << "  " << show_args(e["args"]) << "\n";
+    for (const auto& e : a["caller_execs"])
+      std::cout << "  " << t(e, "time") << "  " << show_args(e["args"]) << "\n";
   }
   const json& net = a["network"];
-  auto dec = [](const json& j, const char* k) { return attest::pct_decode(j.value(k, "")); };
   std::cout << "\nnetwork    allowed " << net["allowed"].size() << ", denied " << net["denied"].size() << ", DNS queries "
             << net.value("dns", json::array()).size();
   if (net.contains("namespace"))
-    std::cout << "  (mode " << dec(net["namespace"], "mode") << ", proxy " << dec(net["namespace"], "proxy") << ")";
+    std::cout << "  (mode " << t(net["namespace"], "mode") << ", proxy " << t(net["namespace"], "proxy")
+              << ")";
   std::cout << "\n";
   for (const auto& n : net["allowed"])
-    std::cout << "  allowed  " << dec(n, "method") << " " << dec(n, "host") << ":" << n.value("port", 0) << " -> "
-              << dec(n, "resolved") << "  rule " << dec(n, "rule") << "  up " << n.value("bytes_up", 0) << " B, down "
-              << n.value("bytes_down", 0) << " B, " << n.value("duration_ms", 0) << " ms, " << dec(n, "end") << "\n";
+    std::cout << "  allowed  " << t(n, "method") << " " << t(n, "host") << ":" << n.value("port", 0) << " -> "
+              << t(n, "resolved") << "  rule " << t(n, "rule") << "  up " << n.value("bytes_up", 0)
+              << " B, down " << n.value("bytes_down", 0) << " B, " << n.value("duration_ms", 0) << " ms, "
+              << t(n, "end") << "\n";
   for (const auto& n : net["denied"])
-    std::cout << "  denied   " << dec(n, "method") << " " << dec(n, "host") << ":" << n.value("port", 0) << "  "
-              << dec(n, "reason") << "\n";
+    std::cout << "  denied   " << t(n, "method") << " " << t(n, "host") << ":" << n.value("port", 0) << "  "
+              << t(n, "reason") << "\n";
   for (const auto& n : net.value("dns", json::array()))
     if (n.contains("name"))
-      std::cout << "  dns      " << dec(n, "qtype") << " " << dec(n, "name") << "  " << dec(n, "rcode") << "\n";
+      std::cout << "  dns      " << t(n, "qtype") << " " << t(n, "name") << "  " << t(n, "rcode") << "\n";
   const json& f = a["files"];
   std::cout << "\nfiles      added " << f["added"].size() << ", modified " << f["modified"].size() << ", removed "
             << f["removed"].size() << "\n";
-  for (const auto& p : f["added"]) std::cout << "  + " << attest::pct_decode(p.get<std::string>()) << "\n";
-  for (const auto& p : f["modified"]) std::cout << "  ~ " << attest::pct_decode(p.get<std::string>()) << "\n";
-  for (const auto& p : f["removed"]) std::cout << "  - " << attest::pct_decode(p.get<std::string>()) << "\n";
+  for (const auto& p : f["added"]) std::cout << "  + " << t(attest::pct_decode(p.get<std::string>())) << "\n";
+  for (const auto& p : f["modified"])
+    std::cout << "  ~ " << t(attest::pct_decode(p.get<std::string>())) << "\n";
+  for (const auto& p : f["removed"])
+    std::cout << "  - " << t(attest::pct_decode(p.get<std::string>())) << "\n";
   std::cout << "\nrecord     " << (v.verified() ? "VERIFIED" : "NOT VERIFIED") << "\n";
-  for (const auto& m : v.mismatches) std::cout << "  MISMATCH: " << m << "\n";
+  for (const auto& m : v.mismatches) std::cout << "  MISMATCH: " << t(m) << "\n";
 }
 
 }  // namespace
@@ -214,7 +228,7 @@ void Commands::add_agentshim_commands() {
                              if (r.verified())
                                std::cout << "VERIFIED\n";
                              else
-                               for (const auto& m : r.mismatches) std::cout << "MISMATCH: " << m << "\n";
+                               for (const auto& m : r.mismatches) std::cout << "MISMATCH: " << t(m) << "\n";
                            }
                            return r.verified() ? 0 : 1;
                          } catch (const std::exception& e) {
@@ -248,9 +262,10 @@ void Commands::add_agentshim_commands() {
                          } else {
                            std::printf("%-38s %-20s %-9s %s\n", "RUN", "CONTAINER", "COMPLETE", "FINISHED");
                            for (const auto& r : out)
-                             std::printf("%-38s %-20s %-9s %s\n", r["run_id"].get<std::string>().c_str(),
-                                         r["container_id"].get<std::string>().c_str(), r["complete"].get<bool>() ? "yes" : "no",
-                                         r.value("finished", "").c_str());
+                             std::printf("%-38s %-20s %-9s %s\n", t(r["run_id"].get<std::string>()).c_str(),
+                                         t(r["container_id"].get<std::string>()).c_str(),
+                                         r["complete"].get<bool>() ? "yes" : "no",
+                                         t(r.value("finished", "")).c_str());
                          }
                          return 0;
                        }});

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/io.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/personality.h>
@@ -61,6 +62,9 @@
 #define UFFD_USER_MODE_ONLY 1
 #endif
 #define X32_BIT 0x40000000
+#ifndef TIOCLINUX
+#define TIOCLINUX 0x541C
+#endif
 
 static int g_argc;
 static char** g_argv;
@@ -1420,6 +1424,125 @@ static void a_pause(void) {
   blocked("paused %d s", secs);
 }
 
+/* ---------------------------------------------------------------- the operator's terminal */
+
+/* The terminals within reach: /dev/tty (the controlling terminal, if the
+ * process still has the caller's session) and any of fds 0-2 that is a tty
+ * (inherited stdio). Returns how many fds it filled. */
+static int terminals(int* fds, const char** names, char* why, size_t whylen) {
+  int n = 0;
+  int t = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (t >= 0) {
+    fds[n] = t;
+    names[n++] = "/dev/tty";
+  } else {
+    snprintf(why, whylen, "open /dev/tty: %s", en(errno));
+  }
+  static const char* std_names[] = {"fd 0", "fd 1", "fd 2"};
+  for (int fd = 0; fd < 3; fd++)
+    if (isatty(fd)) {
+      fds[n] = fd;
+      names[n++] = std_names[fd];
+    }
+  return n;
+}
+
+/* TIOCSTI: push MARKER and a newline into the terminal's input queue: the
+ * operator's shell would read and run it after the runtime returns. The
+ * test reads the queue back from the outside (nothing runs). */
+static void a_tty_inject(void) {
+  const char* marker = arg(0);
+  int fds[4];
+  const char* names[4];
+  char why[200] = "no terminal";
+  int n = terminals(fds, names, why, sizeof why);
+  int dev_tty = n > 0 && !strcmp(names[0], "/dev/tty");
+  char res[600] = "";
+  size_t rl = 0;
+  for (int i = 0; i < n; i++) {
+    int pushed = 0;
+    for (const char* c = marker; *c; c++)
+      if (ioctl(fds[i], TIOCSTI, c) == 0) pushed++;
+    char nl = '\n';
+    int last = ioctl(fds[i], TIOCSTI, &nl);
+    int e = errno;
+    if (pushed || last == 0)
+      escaped("TIOCSTI on %s pushed %d bytes into the operator's terminal", names[i], pushed);
+    rl += (size_t)snprintf(res + rl, sizeof res - rl, "%s%s: TIOCSTI %s", rl ? "; " : "", names[i], en(e));
+  }
+  if (dev_tty) escaped("opened /dev/tty: the caller's controlling terminal (%s)", res);
+  blocked("%s; %s", why, n ? res : "no tty among fds 0-2");
+}
+
+/* TIOCLINUX with a read-only subcode (6: shift state): reaching it at all
+ * means the console ioctls (selection paste, 3) are reachable too. */
+static void a_tty_linux(void) {
+  int fds[4];
+  const char* names[4];
+  char why[200] = "no terminal";
+  int n = terminals(fds, names, why, sizeof why);
+  char res[600] = "";
+  size_t rl = 0;
+  for (int i = 0; i < n; i++) {
+    char sub[2] = {6, 0};
+    if (ioctl(fds[i], TIOCLINUX, sub) == 0) escaped("TIOCLINUX reached the terminal on %s", names[i]);
+    rl += (size_t)snprintf(res + rl, sizeof res - rl, "%s%s: TIOCLINUX %s", rl ? "; " : "", names[i],
+                           en(errno));
+  }
+  if (n && !strcmp(names[0], "/dev/tty"))
+    escaped("opened /dev/tty: the caller's controlling terminal (%s)", res);
+  blocked("%s; %s", why, n ? res : "no tty among fds 0-2");
+}
+
+/* kill(0, SIGWINCH) and kill(-pgrp, SIGWINCH): to the attacker's process
+ * group. If that is still the caller's, a canary process of the caller
+ * receives it (the test checks; SIGWINCH is harmless). */
+static void a_kill_group(void) {
+  pid_t pg = getpgrp(), sid = getsid(0);
+  int r0 = kill(0, SIGWINCH);
+  int e0 = errno;
+  int r1 = pg > 1 ? kill(-pg, SIGWINCH) : -1;
+  blocked("sent: kill(0) %s, pgrp %d session %d (the test's canary decides)", r0 == 0 ? "ok" : en(e0),
+          (int)pg, (int)sid);
+  (void)r1;
+}
+
+/* execve of each path given: each is something the exec observer must not
+ * open (a FIFO canary, a symlink to /proc/kmsg, a device). The exec itself
+ * fails in the kernel (EACCES); what matters is what the supervisor did. */
+static void a_exec_nonregular(void) {
+  char res[700] = "";
+  size_t rl = 0;
+  for (int i = 2; i < g_argc; i++) {
+    char* av[] = {g_argv[i], NULL};
+    pid_t c = fork();
+    if (c == 0) {
+      execv(g_argv[i], av);
+      _exit(100 + (errno & 0x3f));
+    }
+    int st = 0;
+    waitpid(c, &st, 0);
+    rl += (size_t)snprintf(res + rl, sizeof res - rl, "%s%s: exec %s", rl ? "; " : "", g_argv[i],
+                           WIFEXITED(st) && WEXITSTATUS(st) >= 100 ? en(WEXITSTATUS(st) - 100) : "ran?");
+  }
+  blocked("%s (the test's canaries decide)", res);
+}
+
+/* Exec a program with terminal escape codes in its argv: they end up in
+ * the run record, which `runs show` prints. */
+static void a_exec_escape_argv(void) {
+  char* av[] = {(char*)"/bin/attack", (char*)"hello", (char*)"\x1b[2K\x1b[1A\x1b]0;pwned\x07", (char*)"\xc2\x9b" "8m",
+                NULL};
+  pid_t c = fork();
+  if (c == 0) {
+    execv("/bin/attack", av);
+    _exit(3);
+  }
+  int st = 0;
+  waitpid(c, &st, 0);
+  blocked("exec'd with escape codes in argv (the test reads `runs show`)");
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static const struct {
@@ -1491,6 +1614,11 @@ static const struct {
     {"find_paths", a_find_paths, 1},
     {"kill_all", a_kill_all, 1},
     {"sethostname", a_sethostname, 1},
+    {"tty_inject", a_tty_inject, 1},
+    {"tty_linux", a_tty_linux, 1},
+    {"kill_group", a_kill_group, 0},
+    {"exec_nonregular", a_exec_nonregular, 1},
+    {"exec_escape_argv", a_exec_escape_argv, 1},
 };
 
 int main(int argc, char** argv) {

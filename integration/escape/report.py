@@ -74,6 +74,13 @@ NEEDS = {
                              "(non-dumpable before it joins the pid namespace, or exec from a sealed memfd copy as runc does)",
     "audit_dir_and_key": "the audit directory and key never mounted or reachable",
     "kill_supervisor": "the supervisor outside the container's pid namespace",
+    "tiocsti_operator_terminal": "a new session for the init (setsid always) and the terminal guard (TIOCSTI: EPERM)",
+    "tiocsti_operator_terminal_exec": "a new session for every exec'd process and the terminal guard",
+    "tioclinux_operator_terminal": "a new session and the terminal guard (TIOCLINUX: EPERM)",
+    "kill_caller_process_group": "a new session and process group for the init",
+    "kill_caller_process_group_exec": "a new session and process group for every exec'd process",
+    "observer_non_regular_file": "the exec observer opens only regular files (O_PATH, fstat, fstatfs first)",
+    "runs_show_escape_codes": "`runs show` escapes control bytes",
 }
 NEEDS["runtime_exe_overwrite_upgraded"] = NEEDS["runtime_exe_overwrite"]
 for _n in list(KERNEL_DEPENDS):
@@ -84,7 +91,9 @@ for _n in list(KERNEL_DEPENDS):
 SPECIAL = ["host_loopback_service", "host_address_service", "host_network_requested", "sethostname",
            "audit_dir_and_key", "kill_supervisor", "runtime_exe_overwrite", "symlink_mount_target",
            "fork_bomb_pids_limit", "fork_bomb_no_config_limit", "memory_limit_64m", "memory_no_config_limit",
-           "tmpfs_exhaustion_sized", "tmpfs_exhaustion_unsized"]
+           "tmpfs_exhaustion_sized", "tmpfs_exhaustion_unsized", "tiocsti_operator_terminal",
+           "tiocsti_operator_terminal_exec", "tioclinux_operator_terminal", "kill_caller_process_group",
+           "kill_caller_process_group_exec", "observer_non_regular_file", "runs_show_escape_codes"]
 
 
 def attack_order():

@@ -373,3 +373,230 @@ def test_tmpfs_exhaustion_unsized(esc):
                                "options": ["nosuid", "nodev"]})
     v = esc.attack(b, "tmpfs_fill", "/scratch", "96", str(default_tmpfs_mib()))
     check("tmpfs_exhaustion_unsized", "fill a tmpfs mounted without a size (cap 96 MiB)", esc, v)
+
+
+# ---------------------------------------------------------------- the operator's terminal and process group
+
+
+def run_on_pty(esc, argv, timeout=60):
+    """Run a runtime command as an operator's interactive shell would: in a
+    new session whose controlling terminal is a real pty (python pty +
+    setsid + TIOCSCTTY in the child that execs the runtime), with that pty
+    as stdin. A canary process waits in the same process group for a
+    SIGWINCH. Returns (verdict of the attack's stdout, the bytes found in the
+    terminal's input queue afterwards, whether the canary got the signal)."""
+    import fcntl
+    import signal
+    import termios
+    import tty
+    master, slave = os.openpty()
+    tty.setraw(slave)  # the input queue reads back byte by byte, no line editing
+    canary = os.path.join(str(esc.tmp), f"canary-{uuid.uuid4().hex[:8]}")
+    out = os.path.join(str(esc.tmp), "pty-out")
+    err = os.path.join(str(esc.tmp), "pty-err")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        try:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGWINCH])
+            if os.fork() == 0:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                got = signal.sigtimedwait([signal.SIGWINCH], timeout)
+                with open(canary, "w") as f:
+                    f.write("got" if got else "none")
+                os._exit(0)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGWINCH])
+            os.dup2(slave, 0)
+            os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
+            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+            os.closerange(3, 4096)
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    try:
+        end = time.time() + timeout
+        while True:
+            wpid, st = os.waitpid(pid, os.WNOHANG)
+            if wpid:
+                break
+            if time.time() > end:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                st = -1
+                break
+            time.sleep(0.05)
+        os.set_blocking(slave, False)
+        queued = b""
+        try:
+            while True:
+                chunk = os.read(slave, 4096)
+                if not chunk:
+                    break
+                queued += chunk
+        except BlockingIOError:
+            pass
+        # The canary: it reports within its timeout; after the runtime is
+        # gone it only waits for the signal that did not come.
+        for _ in range(200):
+            if os.path.exists(canary) and os.path.getsize(canary):
+                break
+            time.sleep(0.05)
+        got = open(canary).read() == "got" if os.path.exists(canary) else False
+    finally:
+        os.close(master)
+        os.close(slave)
+    with open(out, "rb") as f, open(err, "rb") as e:
+        r = subprocess.CompletedProcess(argv, os.waitstatus_to_exitcode(st) if st != -1 else -1, f.read(), e.read())
+    return parse_verdict(r), queued, got
+
+
+def runtime_argv(esc, *args):
+    return [esc.binary, "--root", esc.rt.root, *esc.rt.extra, *args]
+
+
+def judge_terminal(v, queued, marker):
+    if marker.encode() in queued:
+        return Verdict("ESCAPED", f"{queued!r} is in the operator's terminal input queue (its shell would run it)")
+    return v
+
+
+def test_tiocsti_operator_terminal(esc):
+    """`run` from an interactive shell, terminal false: TIOCSTI into the
+    operator's terminal (through /dev/tty or an inherited stdio tty)."""
+    b = esc.bundle()
+    b.args("/bin/attack", "tty_inject", "echo pwned")
+    cid = esc.cid()
+    v, queued, _ = run_on_pty(esc, runtime_argv(esc, "run", "--bundle", b.path, cid))
+    esc.rt("delete", "--force", cid)
+    check("tiocsti_operator_terminal", "TIOCSTI into the operator's terminal (`run` from a shell, terminal false)", esc,
+          judge_terminal(v, queued, "echo pwned"))
+
+
+def start_paused(esc, secs="30"):
+    b = esc.bundle()
+    cid, p, out, err = esc.start_background(b, "pause", secs)
+    esc.wait_running(cid)
+    return cid, p
+
+
+def test_tiocsti_operator_terminal_exec(esc):
+    cid, p = start_paused(esc)
+    v, queued, _ = run_on_pty(esc, runtime_argv(esc, "exec", cid, "/bin/attack", "tty_inject", "echo pwned"))
+    esc.rt("kill", cid, "KILL")
+    p.wait(timeout=30)
+    check("tiocsti_operator_terminal_exec", "TIOCSTI into the operator's terminal through `exec` (terminal false)", esc,
+          judge_terminal(v, queued, "echo pwned"))
+
+
+def test_tioclinux_operator_terminal(esc):
+    b = esc.bundle()
+    b.args("/bin/attack", "tty_linux")
+    cid = esc.cid()
+    v, _, _ = run_on_pty(esc, runtime_argv(esc, "run", "--bundle", b.path, cid))
+    esc.rt("delete", "--force", cid)
+    check("tioclinux_operator_terminal", "TIOCLINUX on the operator's terminal", esc, v)
+
+
+def judge_group(v, got):
+    if got:
+        return Verdict("ESCAPED", "a process in the caller's process group received the container's SIGWINCH")
+    return v
+
+
+def test_kill_caller_process_group(esc):
+    """kill(0, SIGWINCH) / kill(-pgrp) from the init must not reach a canary
+    in the process group of the caller of `run`."""
+    b = esc.bundle()
+    b.args("/bin/attack", "kill_group")
+    cid = esc.cid()
+    v, _, got = run_on_pty(esc, runtime_argv(esc, "run", "--bundle", b.path, cid), timeout=20)
+    esc.rt("delete", "--force", cid)
+    check("kill_caller_process_group", "kill(0, sig) from the init reaches the caller's process group", esc,
+          judge_group(v, got))
+
+
+def test_kill_caller_process_group_exec(esc):
+    cid, p = start_paused(esc)
+    v, _, got = run_on_pty(esc, runtime_argv(esc, "exec", cid, "/bin/attack", "kill_group"), timeout=20)
+    esc.rt("kill", cid, "KILL")
+    p.wait(timeout=30)
+    check("kill_caller_process_group_exec", "kill(0, sig) from an exec'd process reaches the caller's process group",
+          esc, judge_group(v, got))
+
+
+# ---------------------------------------------------------------- the supervisor's exec observer and records
+
+
+def inotify_opens(path):
+    """An inotify watch for IN_OPEN on path; returns (fd, read_events)."""
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0
+    IN_OPEN, IN_ACCESS = 0x20, 0x01
+    assert libc.inotify_add_watch(fd, path.encode(), IN_OPEN | IN_ACCESS) >= 0
+
+    def events():
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            return b""
+    return fd, events
+
+
+def test_observer_opens_non_regular_file(esc, tmp_path):
+    """execve of a FIFO on a writable volume (directly and through a
+    symlink), of a symlink to /proc/kmsg and of /dev/null: the kernel refuses
+    every one (EACCES), but a supervisor that inspects the path first must
+    not open any of them. The FIFO is a canary: an inotify watch sees any
+    open of it from the host."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    fifo = str(vol / "canary")
+    os.mkfifo(fifo, 0o777)
+    os.symlink("/vol/canary", str(vol / "to-canary"))
+    os.symlink("/proc/kmsg", str(vol / "to-kmsg"))
+    b = esc.bundle()
+    b.config["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind", "rw"]})
+    b.save()
+    ifd, events = inotify_opens(fifo)
+    try:
+        v = esc.attack(b, "exec_nonregular", "/vol/canary", "/vol/to-canary", "/vol/to-kmsg", "/dev/null")
+        ev = events()
+    finally:
+        os.close(ifd)
+    if ev:
+        v = Verdict("ESCAPED", f"the FIFO canary was opened ({len(ev) // 16} inotify events) during the container's exec")
+    elif v.kind == "BLOCKED" and esc.name == "agentshim":
+        execs = [json.loads(l) for l in open(os.path.join(newest_run(esc), "events.ndjson"))]
+        execs = [e.get("data", e) for e in execs if e.get("type") == "process.exec"]
+        kmsg = [e for e in execs if "to-kmsg" in e.get("path", "")]
+        assert kmsg, f"the observer did not report the exec of /vol/to-kmsg: {execs}"
+        if "sha256" in kmsg[0]:
+            v = Verdict("ESCAPED", "the supervisor opened and read /proc/kmsg (a destructive read) to hash it")
+        else:
+            assert "not opened" in kmsg[0].get("error", ""), kmsg[0]
+    check("observer_non_regular_file", "exec of a FIFO / symlink to /proc/kmsg / device: the supervisor must not open it",
+          esc, v)
+
+
+def test_runs_show_escape_codes(esc):
+    """argv with terminal escape codes (erase line, cursor up, set title, the
+    8-bit CSI): `runs show` must print them escaped. runc keeps no record:
+    its column is the plain fact that nothing is shown."""
+    b = esc.bundle()
+    v = esc.attack(b, "exec_escape_argv")
+    if esc.name == "agentshim":
+        r = esc.rt("runs", "show", newest_run(esc))
+        assert r.returncode == 0, r.stderr
+        raw = [c for c in r.stdout if c < 0x20 and c != 0x0a or c == 0x7f]
+        if raw or b"\xc2\x9b" in r.stdout:
+            v = Verdict("ESCAPED", f"`runs show` printed {len(raw)} raw control bytes from the container")
+        else:
+            assert b"\\x1b[2K" in r.stdout, r.stdout
+            assert json.loads(esc.rt("runs", "show", "--json", newest_run(esc)).stdout)  # JSON stays exact
+    elif v.kind == "BLOCKED":
+        v = Verdict("BLOCKED", "runc keeps no run record to show")
+    check("runs_show_escape_codes", "terminal escape codes in argv printed by `runs show`", esc, v)

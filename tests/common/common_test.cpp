@@ -62,3 +62,36 @@ TEST(Fd, PassesDescriptorsOverUnixSocket) {
   ASSERT_EQ(::read(p.first.get(), &c, 1), 1);
   EXPECT_EQ(c, 'x');
 }
+
+TEST(Util, EscapeForTerminal) {
+  EXPECT_EQ(escape_for_terminal("plain /bin/sh -c 'x'"), "plain /bin/sh -c 'x'");
+  // C0 controls, DEL and the backslash itself.
+  EXPECT_EQ(escape_for_terminal("\x1b[2J\x1b[1A"), "\\x1b[2J\\x1b[1A");
+  EXPECT_EQ(escape_for_terminal(std::string("a\nb\tc\rd\0e\x7f", 10)), "a\\x0ab\\x09c\\x0dd\\x00e\\x7f");
+  EXPECT_EQ(escape_for_terminal("C:\\x1b"), "C:\\\\x1b");
+  // Valid UTF-8 stays; C1 controls (U+009B: CSI) and bidi overrides do not.
+  EXPECT_EQ(escape_for_terminal("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
+            "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  EXPECT_EQ(escape_for_terminal("\xc2\x9b"
+                                "31m"),
+            "\\u009b31m");
+  EXPECT_EQ(escape_for_terminal("a\xe2\x80\xae"
+                                "b"),
+            "a\\u202eb");
+  EXPECT_EQ(escape_for_terminal("\xe2\x81\xa6"), "\\u2066");
+  // Invalid UTF-8: each bad byte on its own (lone continuation, overlong,
+  // surrogate, above U+10FFFF, truncated), then the rest resumes.
+  EXPECT_EQ(escape_for_terminal("\x80x"), "\\x80x");
+  EXPECT_EQ(escape_for_terminal("\xc0\xaf"), "\\xc0\\xaf");
+  EXPECT_EQ(escape_for_terminal("\xe0\x80\xaf"), "\\xe0\\x80\\xaf");
+  EXPECT_EQ(escape_for_terminal("\xed\xa0\x80"), "\\xed\\xa0\\x80");
+  EXPECT_EQ(escape_for_terminal("\xf4\x90\x80\x80"), "\\xf4\\x90\\x80\\x80");
+  EXPECT_EQ(escape_for_terminal("\xe2\x82"), "\\xe2\\x82");
+  EXPECT_EQ(escape_for_terminal("\xe2\x82z"), "\\xe2\\x82z");
+  // Whatever the input, no output byte is a control byte or invalid UTF-8
+  // lead: every byte of 0..255 alone.
+  for (int c = 0; c < 256; c++) {
+    std::string out = escape_for_terminal(std::string(1, static_cast<char>(c)));
+    for (unsigned char o : out) EXPECT_TRUE(o >= 0x20 && o < 0x7f) << "byte " << c << " -> " << out;
+  }
+}

@@ -1119,3 +1119,36 @@ TEST(ProxyKeepAlive, HeadResponseHasNoBodyAndCloseDelimitedEndsTheConnection) {
   std::string rest = read_to_eof(c.get());  // the upstream closes, so does the proxy
   EXPECT_EQ(rest, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close");
 }
+
+TEST(Proxy, PendingHeadsShareOneMemoryBudget) {
+  // 40 clients each send 12 KiB of a never-finished head: without a budget
+  // that is 40 buffers of 16-32 KiB. With a 128 KiB budget the total stays
+  // under it, the excess is answered 503 and counted, and the budget comes
+  // back when the clients go.
+  Limits lim;
+  lim.max_header_bytes = 65536;
+  lim.max_pending_header_bytes = 128 * 1024;
+  Fixture f({"*.test"}, lim);
+  std::string part = "CONNECT a.test:443 HTTP/1.1\r\nX-Pad: " + std::string(12 * 1024, 'a');
+  std::vector<UniqueFd> cs;
+  for (int i = 0; i < 40; ++i) {
+    cs.push_back(f.client());
+    send_str(cs.back().get(), part);
+  }
+  for (int i = 0; i < 400 && f.proxy->pending_connections() < 40; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // every head read
+  EXPECT_LE(f.proxy->pending_header_bytes(), lim.max_pending_header_bytes);
+  EXPECT_GE(f.proxy->pending_header_bytes(), 64u * 1024);  // the budget is used, not refused early
+  EXPECT_GT(f.proxy->refused_over_budget(), 10u);
+  EXPECT_LT(f.proxy->refused_over_budget(), 40u);
+  auto e = f.ev.wait(1);
+  EXPECT_EQ(e["status"], 503);
+  EXPECT_EQ(e["reason"].get<std::string>().rfind("pending request heads over the proxy's memory budget", 0),
+            0u);
+  cs.clear();
+  for (int i = 0; i < 400 && f.proxy->pending_connections() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(f.proxy->pending_connections(), 0);
+  EXPECT_EQ(f.proxy->pending_header_bytes(), 0u);
+}

@@ -1,7 +1,9 @@
 #include "sandbox/process.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/capability.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -9,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 
 #include "common/error.h"
@@ -232,4 +235,40 @@ TEST(ProcessSeccomp, FinalizeLoadsThePreparedFilters) {
     return 11;
   });
   EXPECT_EQ(code, 0);
+}
+
+TEST(Process, NewSessionLeavesTheCallersSessionAndGroup) {
+  pid_t sid = ::getsid(0), pgrp = ::getpgrp();
+  int code = in_child([&]() -> int {
+    if (::getsid(0) != sid || ::getpgrp() != pgrp) return 10;  // inherited, as the runtime's child
+    try {
+      process::new_session();
+      process::new_session();  // already the leader: a no-op, not EPERM
+    } catch (...) {
+      return 11;
+    }
+    if (::getsid(0) != ::getpid() || ::getpgrp() != ::getpid()) return 12;
+    // No controlling terminal any more: /dev/tty is not the caller's.
+    int t = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
+    if (t >= 0 || errno != ENXIO) return 13;
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+}
+
+TEST(ProcessSeccomp, PreparedAlwaysCarriesTheTerminalGuard) {
+  process::Finalize f;  // no profile at all
+  auto p = process::prepare_seccomp(f);
+  EXPECT_TRUE(p.filters.empty());
+  EXPECT_FALSE(p.terminal_guard.insns.empty());
+  int code = in_child([&]() -> int {
+    std::vector<process::Listener> listeners;
+    if (int e = install_with_nnp(p, listeners)) return e;
+    int m = ::posix_openpt(O_RDWR | O_NOCTTY);
+    if (m < 0) return 10;
+    char c = 'x';
+    if (::ioctl(m, TIOCSTI, &c) != -1 || errno != EPERM) return 11;
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
 }

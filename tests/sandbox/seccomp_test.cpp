@@ -714,3 +714,52 @@ TEST(SeccompFilter, MoveAssignmentKeepsWhatItKnows) {
   EXPECT_EQ(f.max_nr(), __NR_getppid);
   EXPECT_TRUE(f.denies_by_errno());
 }
+
+// ---------------------------------------------------------------- terminal guard
+
+namespace {
+#if defined(__x86_64__)
+long int80_ioctl(long fd, long req, long arg) {
+  long ret;
+  asm volatile("int $0x80" : "=a"(ret) : "a"(54L /* i386 ioctl */), "b"(fd), "c"(req), "d"(arg) : "memory");
+  return ret;
+}
+#endif
+}  // namespace
+
+TEST(SeccompTerminalGuard, DeniesTiocstiAndTioclinuxOnEveryAbiAllowsTheRest) {
+  auto prog = seccomp::terminal_guard().bpf();
+  ASSERT_FALSE(prog.insns.empty());
+  EXPECT_FALSE(prog.listener());
+  int code = in_child([&]() -> int {
+    int m = ::posix_openpt(O_RDWR | O_NOCTTY);
+    if (m < 0 || ::grantpt(m) < 0 || ::unlockpt(m) < 0) return 200;
+    int s = ::open(::ptsname(m), O_RDWR | O_NOCTTY);
+    if (s < 0) return 201;
+    char c = 'x';
+    // Before: the request reaches the tty (root may push a byte, or the
+    // kernel's legacy_tiocsti=0 refuses with EIO; never EPERM from seccomp).
+    errno = 0;
+    if (::ioctl(s, TIOCSTI, &c) < 0 && errno == EPERM) return 202;
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 203;
+    try {
+      seccomp::load_program(prog);
+    } catch (...) {
+      return 204;
+    }
+    if (::ioctl(s, TIOCSTI, &c) != -1 || errno != EPERM) return 10;
+    char sub = 3;  // TIOCLINUX subcode 3: paste the selection
+    if (::ioctl(s, TIOCLINUX, &sub) != -1 || errno != EPERM) return 11;
+    // High bits of the request do not get it past (the kernel truncates cmd to 32 bits).
+    if (::syscall(SYS_ioctl, s, (1UL << 32) | TIOCSTI, &c) != -1 || errno != EPERM) return 12;
+    struct winsize ws {};
+    if (::ioctl(s, TIOCGWINSZ, &ws) != 0) return 13;
+#if defined(__x86_64__)
+    // The i386 ABI: denied before the kernel looks at the (bad) pointer.
+    if (int80_ioctl(s, TIOCSTI, 0) != -EPERM) return 14;
+    if (int80_ioctl(s, TIOCGWINSZ, 0) != -EFAULT) return 15;
+#endif
+    return 0;
+  });
+  EXPECT_EQ(code, 0) << "child exit code " << code;
+}

@@ -1,0 +1,172 @@
+#include "sandbox/init.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "sandbox/hooks.h"
+#include "sandbox/oci.h"
+#include "sandbox/process.h"
+#include "sandbox/rootfs.h"
+#include "sandbox/sync.h"
+
+namespace agentshim::init {
+namespace {
+
+using setup::hook_state;
+using json = nlohmann::json;
+using setup::Setup;
+
+void reset_signals() {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (int s = 1; s < NSIG; s++) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    ::signal(s, SIG_DFL);
+  }
+}
+
+}  // namespace
+
+void run(Setup& s, int sock) {
+  try {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    reset_signals();
+    prctl(PR_SET_NAME, "agentshim-init");
+    if (s.init_unshare_cgroupns && ::unshare(CLONE_NEWCGROUP) < 0) throw_errno("unshare cgroup namespace");
+    // Wait until the supervisor knows our pid (stage1 reports it after the
+    // clone; without this the init could race ahead of that report).
+    sync::expect<sync::InitOk>(sock, "supervisor went away before the init started");
+    const json& cfg = s.config;
+    const json& proc = cfg["process"];
+    // We inherited the supervisor's oom_score_adj (-1000): reset it.
+    process::set_oom_score_adj(0, proc.value("oomScoreAdj", 0));
+
+    // A session keyring of its own, so keys never leak between containers
+    // (runc does the same unless --no-new-keyring).
+    if (!s.no_new_keyring) {
+      std::string name = "_ses." + s.id;
+      if (::syscall(SYS_keyctl, 1 /*KEYCTL_JOIN_SESSION_KEYRING*/, name.c_str()) < 0 && errno != ENOSYS &&
+          errno != EPERM && errno != EACCES)
+        throw_errno("join session keyring");
+    }
+    // A joined uts namespace (a path) may be given a hostname too, as runc allows.
+    bool new_uts = oci::has_namespace(cfg, "uts");
+    if (cfg.contains("hostname") && !cfg["hostname"].get<std::string>().empty()) {
+      if (!new_uts) throw Error("config.json: hostname is set but the container has no new uts namespace");
+      std::string h = cfg["hostname"];
+      if (::sethostname(h.data(), h.size()) < 0) throw_errno("sethostname " + h);
+    }
+    if (cfg.contains("domainname") && !cfg["domainname"].get<std::string>().empty()) {
+      std::string d = cfg["domainname"];
+      if (::setdomainname(d.data(), d.size()) < 0) throw_errno("setdomainname " + d);
+    }
+
+    rootfs::Context rc;
+    rc.config = cfg;
+    rc.rootfs = s.rootfs;
+    rc.userns = oci::has_new_namespace(cfg, "user");
+    rc.cgroupns = oci::has_new_namespace(cfg, "cgroup");
+    rc.checked = s.checked_sources;
+    if (s.policy.contains("cgroup_mounts"))
+      for (const auto& h : s.policy["cgroup_mounts"])
+        rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});
+
+    // New or joined: either way the rootfs is set up inside it (as runc does).
+    bool new_mnt = oci::has_namespace(cfg, "mount");
+    if (new_mnt && s.attach_rootfs) {
+      std::vector<UniqueFd> fds;
+      sync::send(sock, sync::Idmap{});
+      // (sync::recv checks that one descriptor came per source, after the rootfs's.)
+      const auto srcs =
+          sync::expect<sync::IdmapOk>(sock, "supervisor went away while preparing the idmapped rootfs", &fds)
+              .sources;
+      // Reached through /proc/self/fd: no host directory on the way.
+      rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
+      rc.rootfs_attached = true;
+      for (std::size_t i = 0; i < srcs.size(); i++)
+        rc.sources[srcs[i]] = "/proc/self/fd/" + std::to_string(fds[i + 1].get());
+      rc.held = std::move(fds);
+    }
+    if (new_mnt) {
+      rootfs::prepare_root(rc);
+      rootfs::mount_all(rc);
+      rootfs::create_devices(rc);
+    }
+    sync::send(sock, sync::Hooks{});
+    auto ok = sync::expect<sync::HooksOk>(sock, "supervisor went away during createRuntime hooks");
+    hooks::run(cfg, "createContainer", hook_state(s, "creating", ok.pid));
+    if (new_mnt) {
+      rootfs::enter(rc, s.no_pivot);
+    } else {
+      if (::chroot(s.rootfs.c_str()) < 0) throw_errno("chroot " + s.rootfs);
+      if (::chdir("/") < 0) throw_errno("chdir /");
+    }
+    if (proc.value("terminal", false)) {
+      if (!s.console_sock) throw Error("process.terminal is true but no --console-socket was given");
+      rootfs::setup_console(s.console_sock.get(), proc, new_mnt);
+      s.console_sock.reset();
+    }
+    rootfs::apply_sysctls(cfg);
+    if (new_mnt) rootfs::finish(rc);
+    process::apply_rlimits(proc);
+    json p = proc;
+    for (const auto& e : s.extra_env) p["env"].push_back(e);
+    std::string path = process::resolve_executable(p);
+
+    // Everything that can fail or take time happens before `start` can
+    // return (as runc does it): privileges dropped, seccomp loaded, its
+    // listener handed to the supervisor. After the FIFO only hooks and
+    // execve remain, so a signal sent right after `start` finds the process.
+    process::Finalize fin;
+    if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
+      fin.seccomp.push_back(cfg["linux"]["seccomp"]);
+    if (!s.extra_seccomp.is_null() && !s.extra_seccomp.empty()) fin.seccomp.push_back(s.extra_seccomp);
+    fin.observe_exec = s.observe_exec;
+    if (s.prepared_seccomp) fin.prepared = &*s.prepared_seccomp;
+    // Descriptors beyond stdio and --preserve-fds do not reach the process.
+    int keep = 3 + s.preserve_fds;
+    ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
+    auto listeners = process::finalize(p, fin);
+    if (!listeners.empty()) {
+      sync::Seccomp msg;
+      std::vector<int> fds;
+      for (const auto& l : listeners) {
+        msg.kinds.push_back(l.kind);
+        fds.push_back(l.fd);
+      }
+      sync::send(sock, msg, fds);
+      for (int fd : fds) ::close(fd);
+    }
+
+    sync::send(sock, sync::Ready{});
+    // Block until `start` opens the fifo for reading. Through the state
+    // directory's descriptor, not /proc/self/fd: without a mount namespace
+    // of its own the init has no /proc here.
+    int w = ::openat(s.state_dirfd.get(), "exec.fifo", O_WRONLY | O_CLOEXEC);
+    if (w < 0) throw_errno("open exec fifo");
+    if (::write(w, "0", 1) != 1) throw_errno("write exec fifo");
+    ::close(w);
+    s.exec_fifo.reset();
+    s.state_dirfd.reset();
+
+    hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
+    process::exec(path, p);
+  } catch (const std::exception& e) {
+    try {
+      sync::send(sock, sync::Failure{e.what()});
+    } catch (...) {
+    }
+    std::string m = std::string("agentshim: ") + e.what() + "\n";
+    ssize_t r = ::write(2, m.data(), m.size());
+    (void)r;
+    ::_exit(127);
+  }
+}
+
+}  // namespace agentshim::init
