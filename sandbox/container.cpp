@@ -899,6 +899,12 @@ int exec(const Global& g, const ExecOptions& o) {
       for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
       auto target = cg->join_for_clone(enters_userns);
       for (auto& [flag, fd] : nsfds) {
+        // The cgroup namespace is entered by the child, once it is in the
+        // cgroup (see cgroups::CloneTarget::cgroupns).
+        if (flag == CLONE_NEWCGROUP) {
+          target.cgroupns = fd.get();
+          continue;
+        }
         if (::setns(fd.get(), flag) < 0)
           throw_errno("setns into container (flag " + std::to_string(flag) + ")");
         if (flag == CLONE_NEWUSER) {
