@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,11 @@ class Sha256 {
  private:
   void* ctx_;
 };
+
+// SHA-256 of a regular file's bytes, read in chunks; nullopt when it does
+// not exist; a symlink, a non-regular file or an I/O error throws
+// agentshim::Error naming the path.
+std::optional<Digest> sha256_file(const std::string& path);
 
 // RFC 6962 section 2.1: leaf hash = SHA-256(0x00 || data),
 // node hash = SHA-256(0x01 || left || right), empty tree = SHA-256("").

@@ -38,6 +38,8 @@ void run(Setup& s, int sock, const cgroups::CloneTarget& cg) {
       } else {
         UniqueFd fd(::open(n.path.c_str(), O_RDONLY | O_CLOEXEC));
         if (!fd) throw_errno("open " + n.type + " namespace " + n.path);
+        oci::check_identity(fd.get(), s.checked_namespaces, n.type,
+                            "linux.namespaces " + n.type + " path " + n.path);
         join[n.type] = std::move(fd);
       }
     }
