@@ -94,14 +94,20 @@ FileConfig parse(const std::string& text, const std::string& path) {
       c.audit_dir = abs_path(key);
     else if (key == "root")
       c.root = abs_path(key);
-    else if (key == "systemd_cgroup") {
+    else if (key == "signing_key")
+      c.signing_key = abs_path(key);
+    else if (key == "key_type") {
+      if (v != "ed25519" && v != "ecdsa-p256")
+        throw Error("config file " + path + ": \"key_type\" must be \"ed25519\" or \"ecdsa-p256\"");
+      c.key_type = v.get<std::string>();
+    } else if (key == "systemd_cgroup") {
       if (!v.is_boolean()) throw Error("config file " + path + ": \"systemd_cgroup\" must be true or false");
       c.systemd_cgroup = v.get<bool>();
     } else if (key == "comment" || key == "$schema") {
       // documentation only
     } else {
       throw Error("config file " + path + ": unknown key \"" + key +
-                  "\" (known: policy, audit_dir, root, systemd_cgroup, comment)");
+                  "\" (known: policy, audit_dir, root, systemd_cgroup, signing_key, key_type, comment)");
     }
   }
   return c;

@@ -28,6 +28,8 @@ struct FileConfig {
   std::optional<std::string> audit_dir;
   std::optional<std::string> root;
   std::optional<bool> systemd_cgroup;
+  std::optional<std::string> signing_key;  // --signing-key
+  std::optional<std::string> key_type;     // --key-type: ed25519 or ecdsa-p256
 };
 
 // The config file for the name the binary was invoked as (argv[0]): its path,

@@ -99,6 +99,8 @@ void apply_config_file(const CLI::App& app, const char* argv0, container::Global
   if (c.audit_dir && !given("--audit-dir")) g.audit_dir = *c.audit_dir;
   if (c.root && !given("--root")) g.root = *c.root;
   if (c.systemd_cgroup && !given("--systemd-cgroup")) g.systemd_cgroup = *c.systemd_cgroup;
+  if (c.signing_key && !given("--signing-key")) g.signing_key = *c.signing_key;
+  if (c.key_type && !given("--key-type")) g.key_type = *c.key_type;
   if (!c.path.empty()) log::debug("settings from config file " + c.path);
   if (std::string id = existing_container_id(app); !id.empty())
     g.root = runtime_config::resolve_root(g.root, id);

@@ -26,12 +26,15 @@ TEST(RuntimeConfig, TheNameInvokedChoosesTheFile) {
 TEST(RuntimeConfig, ParsesTheSchema) {
   auto c =
       rc::parse(R"({"policy": "/etc/agentshim/policy.strict.json", "audit_dir": "/var/lib/agentshim/strict",
-                        "root": "/run/agentshim", "systemd_cgroup": true, "comment": "x"})",
+                        "root": "/run/agentshim", "systemd_cgroup": true, "comment": "x",
+                        "signing_key": "/etc/agentshim/k.pem", "key_type": "ecdsa-p256"})",
                 "/x.json");
   EXPECT_EQ(c.policy, "/etc/agentshim/policy.strict.json");
   EXPECT_EQ(c.audit_dir, "/var/lib/agentshim/strict");
   EXPECT_EQ(c.root, "/run/agentshim");
   EXPECT_EQ(c.systemd_cgroup, true);
+  EXPECT_EQ(c.signing_key, "/etc/agentshim/k.pem");
+  EXPECT_EQ(c.key_type, "ecdsa-p256");
   auto e = rc::parse("{}", "/x.json");
   EXPECT_FALSE(e.policy);
   EXPECT_FALSE(e.root);
@@ -39,7 +42,8 @@ TEST(RuntimeConfig, ParsesTheSchema) {
 
 TEST(RuntimeConfig, RejectsWhatItCannotUse) {
   for (const char* bad : {"[]", "{", R"({"polcy": "/p"})", R"({"policy": "relative.json"})",
-                          R"({"policy": 1})", R"({"audit_dir": ""})", R"({"systemd_cgroup": "yes"})"}) {
+                          R"({"policy": 1})", R"({"audit_dir": ""})", R"({"systemd_cgroup": "yes"})",
+                          R"({"key_type": "rsa"})", R"({"signing_key": "k.pem"})"}) {
     try {
       rc::parse(bad, "/etc/agentshim/strict.json");
       ADD_FAILURE() << "accepted " << bad;
