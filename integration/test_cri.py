@@ -589,7 +589,7 @@ def test_host_network_pid_and_privileged_pods(node, handler):
     the host's interfaces and processes are visible, no CNI lease is taken,
     a privileged container holds the host's capability bounding set and a
     writable sysfs. A handler in REFUSES_HOST_NAMESPACES refuses hostNetwork
-    and hostPID pods with its message (privileged pods: issue 14, item 7)."""
+    and hostPID pods with its message (privileged pods: test_agentshim_refuses_privileged_pods)."""
     if handler in REFUSES_HOST_NAMESPACES:
         for mode in ("hostNetwork", "hostPID"):
             assert_host_namespace_pod_refused(node, handler, mode)
