@@ -413,15 +413,12 @@ TEST(PolicyApply, PrivilegedShapeIsRefusedEvenInEnforceMode) {
         << e.what();
   }
   // With a seccomp profile of its own it is not the privileged shape: caps and devices are tightened instead.
-  cfg["linux"]["seccomp"] = {
-    {"defaultAction", "SCMP_ACT_ALLOW"},
-    {"syscalls", {{{"names", {"kexec_load"}}, {"action", "SCMP_ACT_ERRNO"}}}}
-  }
-};
-auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
-EXPECT_EQ(r.config["process"]["capabilities"]["bounding"].size(),
-          policy::builtin()["capabilities"]["allowed"].size());
-EXPECT_EQ(r.config["linux"]["resources"]["devices"], json::array({{{"allow", false}, {"access", "rwm"}}}));
+  cfg["linux"]["seccomp"] = json::parse(
+      R"({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kexec_load"], "action": "SCMP_ACT_ERRNO"}]})");
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["process"]["capabilities"]["bounding"].size(),
+            policy::builtin()["capabilities"]["allowed"].size());
+  EXPECT_EQ(r.config["linux"]["resources"]["devices"], json::array({{{"allow", false}, {"access", "rwm"}}}));
 }
 
 // What containerd 1.6's CRI writes for `privileged: true` under a handler with
@@ -489,31 +486,28 @@ TEST(PolicyPrivileged, ConfinedRequestsAreNotPrivileged) {
   json cfg = cri_privileged_without_host_devices();
   // A seccomp filter with rules: not privileged (docker --cap-add ALL keeps its profile).
   json filtered = cfg;
-  filtered["linux"]["seccomp"] = {
-    {"defaultAction", "SCMP_ACT_ERRNO"},
-    {"syscalls", {{{"names", {"read"}}, {"action", "SCMP_ACT_ALLOW"}}}}
-  }
-};
-EXPECT_FALSE(policy::privileged_request(filtered).has_value());
-// An allow-all filter without rules is no confinement.
-json allow_all = cfg;
-allow_all["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}};
-EXPECT_TRUE(policy::privileged_request(allow_all).has_value());
-// Without every capability or CAP_SYS_ADMIN: not privileged.
-json few = cfg;
-for (const char* set : {"bounding", "effective", "permitted"})
-  few["process"]["capabilities"][set] = {"CAP_KILL", "CAP_NET_ADMIN"};
-EXPECT_FALSE(policy::privileged_request(few).has_value());
-// CAP_SYS_ADMIN alone with the exposures is.
-json admin = few;
-admin["process"]["capabilities"]["bounding"].push_back("CAP_SYS_ADMIN");
-auto why = policy::privileged_request(admin);
-ASSERT_TRUE(why.has_value());
-EXPECT_NE(why->find("CAP_SYS_ADMIN"), std::string::npos) << *why;
-// runc's default spec is not privileged; hostile shapes do not crash it.
-EXPECT_FALSE(policy::privileged_request(clean_config()).has_value());
-for (const char* text : {"null", "[]", R"({"process": 1, "linux": []})", R"({"mounts": [1, {"type": 2}]})"})
-  EXPECT_FALSE(policy::privileged_request(json::parse(text)).has_value()) << text;
+  filtered["linux"]["seccomp"] = json::parse(
+      R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]})");
+  EXPECT_FALSE(policy::privileged_request(filtered).has_value());
+  // An allow-all filter without rules is no confinement.
+  json allow_all = cfg;
+  allow_all["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}};
+  EXPECT_TRUE(policy::privileged_request(allow_all).has_value());
+  // Without every capability or CAP_SYS_ADMIN: not privileged.
+  json few = cfg;
+  for (const char* set : {"bounding", "effective", "permitted"})
+    few["process"]["capabilities"][set] = {"CAP_KILL", "CAP_NET_ADMIN"};
+  EXPECT_FALSE(policy::privileged_request(few).has_value());
+  // CAP_SYS_ADMIN alone with the exposures is.
+  json admin = few;
+  admin["process"]["capabilities"]["bounding"].push_back("CAP_SYS_ADMIN");
+  auto why = policy::privileged_request(admin);
+  ASSERT_TRUE(why.has_value());
+  EXPECT_NE(why->find("CAP_SYS_ADMIN"), std::string::npos) << *why;
+  // runc's default spec is not privileged; hostile shapes do not crash it.
+  EXPECT_FALSE(policy::privileged_request(clean_config()).has_value());
+  for (const char* text : {"null", "[]", R"({"process": 1, "linux": []})", R"({"mounts": [1, {"type": 2}]})"})
+    EXPECT_FALSE(policy::privileged_request(json::parse(text)).has_value()) << text;
 }
 
 TEST(PolicyApply, NoNewPrivsAndReadonlyRootAreForced) {
