@@ -403,6 +403,8 @@ Str fmt_cpus(double c) {
   return o.str();
 }
 
+}  // namespace
+
 // ---- privileged requests (issue 14.7): see policy.h for the definition ----
 std::optional<Str> privileged_request(const json& c) {
   if (!c.is_object()) return std::nullopt;
@@ -463,6 +465,8 @@ std::optional<Str> privileged_request(const json& c) {
   for (const auto& e : exposed) why += ", " + e;
   return why;
 }
+
+namespace {
 
 class Engine {
  public:
