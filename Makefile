@@ -66,6 +66,7 @@ bench: build
 # tree ships one. `agentshim install docker|containerd` then registers it.
 install: build
 	install -D -m 0755 $(BUILD)/shim/agentshim $(DESTDIR)$(PREFIX)/bin/agentshim
+	ln -sfn agentshim $(DESTDIR)$(PREFIX)/bin/agentshim-strict
 	install -d -m 0755 $(DESTDIR)$(PREFIX)/share/doc/agentshim
 	$(BUILD)/shim/agentshim --help > $(DESTDIR)$(PREFIX)/share/doc/agentshim/agentshim.txt
 	install -m 0644 docs/OPERATIONS.md docs/KUBERNETES.md $(DESTDIR)$(PREFIX)/share/doc/agentshim/
@@ -73,6 +74,8 @@ install: build
 	[ -e $(DESTDIR)/etc/agentshim/policy.json ] || install -m 0644 configs/policy/default.json $(DESTDIR)/etc/agentshim/policy.json
 	if [ -e configs/policy/strict.json ]; then \
 	  install -m 0644 configs/policy/strict.json $(DESTDIR)/etc/agentshim/policy.strict.json; fi
+	for f in configs/agentshim/*.json; do \
+	  [ -e $(DESTDIR)/etc/agentshim/$$(basename $$f) ] || install -m 0644 $$f $(DESTDIR)/etc/agentshim/; done
 	if [ -e configs/seccomp/default.json ]; then \
 	  install -D -m 0644 configs/seccomp/default.json $(DESTDIR)/etc/agentshim/seccomp.default.json; fi
 	install -D -m 0644 configs/docker/daemon.json $(DESTDIR)$(PREFIX)/share/agentshim/docker/daemon.json
@@ -81,7 +84,7 @@ install: build
 	install -m 0644 configs/kubernetes/*.yaml $(DESTDIR)$(PREFIX)/share/agentshim/kubernetes/
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/agentshim
+	rm -f $(DESTDIR)$(PREFIX)/bin/agentshim $(DESTDIR)$(PREFIX)/bin/agentshim-strict
 	rm -rf $(DESTDIR)$(PREFIX)/share/doc/agentshim $(DESTDIR)$(PREFIX)/share/agentshim
 	rm -f $(DESTDIR)/etc/agentshim/policy.default.json $(DESTDIR)/etc/agentshim/seccomp.default.json
 

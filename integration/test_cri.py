@@ -589,7 +589,7 @@ def test_host_network_pid_and_privileged_pods(node, handler):
     the host's interfaces and processes are visible, no CNI lease is taken,
     a privileged container holds the host's capability bounding set and a
     writable sysfs. A handler in REFUSES_HOST_NAMESPACES refuses hostNetwork
-    and hostPID pods with its message (privileged pods: issue 14, item 7)."""
+    and hostPID pods with its message (privileged pods: test_agentshim_refuses_privileged_pods)."""
     if handler in REFUSES_HOST_NAMESPACES:
         for mode in ("hostNetwork", "hostPID"):
             assert_host_namespace_pod_refused(node, handler, mode)
@@ -645,6 +645,42 @@ def test_agentshim_today_refuses_host_namespace_pods(node, mode):
     there, test_host_network_pid_and_privileged_pods checks this too and this
     test can go."""
     assert_host_namespace_pod_refused(node, "agentshim", mode)
+
+
+def test_agentshim_refuses_privileged_pods(node):
+    """A `privileged: true` container under the agentshim handler (the shipped
+    snippet's privileged_without_host_devices = true: no allow-all device rule,
+    but every capability, no seccomp, writable /sys and /sys/fs/cgroup, no
+    masked paths) is refused by the policy rule "privileged", never run with
+    its capabilities cut; the refusal reaches the CRI error, and nothing is
+    left behind (issue 14 item 7)."""
+    leases, netns, mounts = node.ctrd.allocated_ips(), node.netns_files(), mounts_under(node.ctrd.base)
+    pod = node.pod("agentshim", name="priv", privileged=True, ports=())
+    try:
+        pod.__enter__()
+    except grpc.RpcError as e:
+        # containerd may give a privileged pod's sandbox the privileged shape too.
+        msg = e.details()
+        sandboxes = node.cri.rt.ListPodSandbox(node.pb.ListPodSandboxRequest(), timeout=30).items
+        assert [s.id for s in sandboxes if s.metadata.uid == pod.uid] == []
+        pod.remove_pod_cgroup()
+    else:
+        ok = False
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                pod.container("app", ["sleep", "3600"], privileged=True)
+            msg = e.value.details()
+            ps = node.cri.rt.ListContainers(node.pb.ListContainersRequest(), timeout=30).containers
+            assert not [c for c in ps if c.pod_sandbox_id == pod.id and
+                        c.state == node.pb.ContainerState.Value("CONTAINER_RUNNING")], ps
+            ok = True
+        finally:
+            # The kubelet's teardown and, when the body passed, the leftover checks.
+            pod.__exit__(None if ok else AssertionError, None, None)
+    assert "OCI runtime create failed" in msg, msg
+    assert "the config asks for a privileged container" in msg and "policy rule privileged" in msg, msg
+    assert node.ctrd.allocated_ips() == leases and node.netns_files() == netns
+    assert mounts_under(node.ctrd.base) == mounts
 
 
 def test_hugetlb_quirk_detection():

@@ -478,6 +478,19 @@ def test_refused_by_policy_surfaces_agentshim_error(docker, flags, what):
     assert "agentshim" in err.lower() or "policy" in err.lower(), err
 
 
+def test_privileged_is_refused_by_the_privileged_rule(docker):
+    """`--privileged` is recognised by what Docker asks for (every capability,
+    no seccomp, every device, writable sysfs, no masked paths) and refused
+    with the rule's message; `--cap-add ALL` keeps Docker's seccomp profile
+    and masked paths, so it is not refused as privileged."""
+    r = dr(docker, "agentshim", "--privileged", IMG, "true")
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 125, err
+    assert "the config asks for a privileged container" in err and "policy rule privileged" in err, err
+    r = dr(docker, "agentshim", "--cap-add", "ALL", IMG, "true")
+    assert "privileged container" not in r.stderr.decode(errors="replace")
+
+
 def test_runtime_error_text_reaches_docker(docker):
     """A plain runtime failure (an entrypoint that does not exist) comes back
     with the runtime's own message, as with runc."""

@@ -124,3 +124,29 @@ def test_record_written(podman):
     for d in runs:
         v = run([AGENTSHIM, "--audit-dir", podman.audit, "verify", os.path.join(podman.audit, "runs", d)])
         assert v.returncode == 0 and b"VERIFIED" in v.stdout, (d, v.stdout, v.stderr)
+
+
+def test_runtime_flag_root_is_cleaned_up(podman, tmp_path):
+    """`--runtime-flag root=DIR` reaches create/start, but podman's cleanup
+    (conmon's exit command) and `rm` call `delete --force` without it, with
+    podman's own --root: agentshim finds DIR through /run/agentshim.ids and
+    leaves no stale state (issue 14 item 6)."""
+    root = str(tmp_path / "flag-root")
+    os.makedirs(root)
+    # --rm: the container exits and podman's cleanup removes it.
+    r = podman(
+        "--runtime-flag", f"root={root}", "run", "--rm", "--network", "none", *podman.ulimits(), IMAGE, "true",
+        runtime="agentshim")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: [d for d in os.listdir(root) if not d.startswith(".")] == [], timeout=20,
+             what=f"state under {root} to go: {os.listdir(root)}")
+    # -d, then rm -f without the flag.
+    cid = podman("--runtime-flag", f"root={root}", "run", "-d", "--network", "none", *podman.ulimits(), IMAGE,
+                 "sleep", "600", runtime="agentshim").stdout.decode().strip()
+    assert cid and os.path.isdir(os.path.join(root, cid)), os.listdir(root)
+    assert os.readlink(f"/run/agentshim.ids/{cid}") == os.path.realpath(root)
+    podman.out("rm", "-f", "-t", "1", cid, runtime="agentshim")
+    wait_for(lambda: not os.path.exists(os.path.join(root, cid)), timeout=20, what=f"{root}/{cid} to go")
+    assert not os.path.lexists(f"/run/agentshim.ids/{cid}")
+    wait_for(lambda: processes_mentioning(cid) == [], timeout=10, what=f"processes of {cid} to go")
+    wait_for(lambda: cgroups_named(cid) == [], timeout=10, what=f"cgroups of {cid} to go")

@@ -35,6 +35,7 @@
 #include "sandbox/policy.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
+#include "sandbox/runtime_config.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/sentinel.h"
 #include "sandbox/state.h"
@@ -384,6 +385,11 @@ void create(const Global& g, const CreateOptions& o) {
   st.cgroup = created->cgroup;
   if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
   state::save(g.root, st);
+  try {
+    runtime_config::index_record(g.root, o.id);  // commands that lose --root still find it
+  } catch (const std::exception& e) {
+    log::warn(e.what());
+  }
   write_pid_file(o.pid_file, sentinel);
   cleanup.armed = false;
 }
@@ -639,6 +645,7 @@ void remove(const Global& g, const std::string& id, bool force) {
     // unknown id is an error unless --force.
     if (path_exists(dir) && !path_exists(dir + "/state.json")) {
       remove_tree(dir);
+      runtime_config::index_forget(g.root, id);
       return;
     }
     if (force) return;
@@ -683,6 +690,7 @@ void remove(const Global& g, const std::string& id, bool force) {
     cg->destroy();
   }
   remove_tree(dir);
+  runtime_config::index_forget(g.root, id);
   if (oci::has_new_namespace(st.config, "user")) userns::release(dir);
 }
 

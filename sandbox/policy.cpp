@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <set>
@@ -301,10 +302,14 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       } else if (k == "limits") {
         if (!x.is_object()) fail(where, key, "must be an object");
         for (const auto& [lk, lv] : x.items()) {
-          static const std::set<Str> known = {"max_connections",        "max_pending",
-                                              "max_header_bytes",       "max_headers",
-                                              "header_timeout_seconds", "connect_timeout_seconds",
-                                              "idle_timeout_seconds",   "total_timeout_seconds",
+          static const std::set<Str> known = {"max_connections",
+                                              "max_pending",
+                                              "max_header_bytes",
+                                              "max_headers",
+                                              "header_timeout_seconds",
+                                              "connect_timeout_seconds",
+                                              "idle_timeout_seconds",
+                                              "total_timeout_seconds",
                                               "max_requests_per_connection"};
           if (!known.count(lk)) throw Error(where + ": unknown key " + key + "." + lk);
           positive_int(lv, where, key + "." + lk, 1, 1LL << 31);
@@ -398,6 +403,71 @@ Str fmt_cpus(double c) {
   return o.str();
 }
 
+}  // namespace
+
+// ---- privileged requests (issue 14.7): see policy.h for the definition ----
+std::optional<Str> privileged_request(const json& c) {
+  if (!c.is_object()) return std::nullopt;
+  const json none = json::object();
+  const json& proc = c.contains("process") && c["process"].is_object() ? c["process"] : none;
+  const json& l = c.contains("linux") && c["linux"].is_object() ? c["linux"] : none;
+  // 1. capabilities
+  std::set<int> caps;
+  if (proc.contains("capabilities") && proc["capabilities"].is_object())
+    for (const char* set : {"bounding", "effective", "permitted"})
+      if (proc["capabilities"].contains(set) && proc["capabilities"][set].is_array())
+        for (const auto& n : proc["capabilities"][set])
+          if (n.is_string())
+            if (auto v = oci::capability_from_name(n.get<Str>())) caps.insert(*v);
+  const bool all_caps = static_cast<int>(caps.size()) > oci::last_capability();
+  if (!all_caps && !caps.count(CAP_SYS_ADMIN)) return std::nullopt;
+  // 2. syscall confinement
+  bool unconfined = !l.contains("seccomp") || l["seccomp"].is_null();
+  if (!unconfined && l["seccomp"].is_object()) {
+    const json& s = l["seccomp"];
+    const bool no_rules = !s.contains("syscalls") || !s["syscalls"].is_array() || s["syscalls"].empty();
+    unconfined = s.value("defaultAction", json()) == "SCMP_ACT_ALLOW" && no_rules;
+  }
+  if (!unconfined) return std::nullopt;
+  // 3. host exposure
+  std::vector<Str> exposed;
+  if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("devices") &&
+      l["resources"]["devices"].is_array())
+    for (const auto& d : l["resources"]["devices"])
+      if (d.is_object() && d.value("allow", json()) == true && (!d.contains("type") || d["type"] == "a") &&
+          !d.contains("major") && !d.contains("minor") &&
+          (!d.contains("access") || !d["access"].is_string() ||
+           d["access"].get<Str>().find_first_of("rw") != Str::npos)) {
+        exposed.push_back("every device allowed");
+        break;
+      }
+  if (c.contains("mounts") && c["mounts"].is_array())
+    for (const auto& m : c["mounts"]) {
+      if (!m.is_object()) continue;
+      const Str type = m.value("type", json("")).is_string() ? m.value("type", "") : "";
+      Str dest = m.contains("destination") && m["destination"].is_string()
+                     ? std::filesystem::path(m["destination"].get<Str>()).lexically_normal().string()
+                     : "";
+      while (dest.size() > 1 && dest.back() == '/') dest.pop_back();
+      const bool sysfs = type == "sysfs" || dest == "/sys";
+      const bool cgroup = type == "cgroup" || type == "cgroup2" || dest == "/sys/fs/cgroup";
+      if (!sysfs && !cgroup) continue;
+      auto opts = oci::mount_options(m);
+      if (std::find(opts.begin(), opts.end(), "ro") != opts.end()) continue;
+      Str what = Str("a writable ") + (sysfs ? "sysfs" : "cgroup") + " mount at " + dest;
+      if (std::find(exposed.begin(), exposed.end(), what) == exposed.end()) exposed.push_back(what);
+    }
+  auto empty = [&](const char* k) { return !l.contains(k) || !l[k].is_array() || l[k].empty(); };
+  if (empty("maskedPaths") && empty("readonlyPaths")) exposed.push_back("no masked or read-only paths");
+  if (exposed.empty()) return std::nullopt;
+  Str why = Str("the config asks for a privileged container: ") +
+            (all_caps ? "every capability" : "CAP_SYS_ADMIN") + ", no seccomp filter";
+  for (const auto& e : exposed) why += ", " + e;
+  return why;
+}
+
+namespace {
+
 class Engine {
  public:
   Engine(const json& pol, const json& caller, const ApplyContext& ctx)
@@ -453,38 +523,9 @@ class Engine {
   json& proc() { return r_.config["process"]; }
 
   void privileged() {
-    const json& c = r_.config;
-    bool admin = false;
-    std::set<int> caps;
-    if (c["process"].contains("capabilities") && c["process"]["capabilities"].is_object())
-      for (const char* set : {"bounding", "effective", "permitted"})
-        if (c["process"]["capabilities"].contains(set) && c["process"]["capabilities"][set].is_array())
-          for (const auto& n : c["process"]["capabilities"][set])
-            if (n.is_string())
-              if (auto v = oci::capability_from_name(n.get<Str>())) {
-                caps.insert(*v);
-                if (*v == CAP_SYS_ADMIN) admin = true;
-              }
-    bool all_caps = static_cast<int>(caps.size()) > oci::last_capability();
-    bool all_devices = false;
-    const json& l = c["linux"];
-    if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("devices") &&
-        l["resources"]["devices"].is_array())
-      for (const auto& d : l["resources"]["devices"])
-        if (d.is_object() && d.contains("allow") && d["allow"] == true &&
-            (!d.contains("type") || d["type"] == "a") && !d.contains("major") && !d.contains("minor") &&
-            (!d.contains("access") || !d["access"].is_string() ||
-             d["access"].get<Str>().find_first_of("rw") != Str::npos))
-          all_devices = true;
-    bool no_seccomp = !l.contains("seccomp") || l["seccomp"].is_null();
-    Str aa = c["process"].value("apparmorProfile", "");
-    bool no_apparmor = aa.empty() || aa == "unconfined";
-    if ((admin || all_caps) && all_devices && no_seccomp && no_apparmor)
+    if (auto why = privileged_request(r_.config))
       hard("privileged", "process.capabilities",
-           Str("the config has the shape of a privileged container (") +
-               (all_caps ? "every capability" : "CAP_SYS_ADMIN") +
-               ", every device allowed, no seccomp or AppArmor confinement); the policy forbids privileged "
-               "containers");
+           *why + "; the policy forbids privileged containers: refused by policy rule privileged");
   }
 
   bool same_file(const Str& a, const Str& b) {
@@ -599,9 +640,11 @@ class Engine {
     const json* user = nullptr;
     for (const auto& n : l["namespaces"])
       if (n.is_object() && n.value("type", "") == "user") user = &n;
-    if (user && user->contains("path") && (*user)["path"].is_string() && !(*user)["path"].get<Str>().empty()) {
+    if (user && user->contains("path") && (*user)["path"].is_string() &&
+        !(*user)["path"].get<Str>().empty()) {
       decide("userns", "linux.namespaces", "kept",
-             "caller joins the user namespace " + (*user)["path"].get<Str>() + " (its id maps are the caller's)");
+             "caller joins the user namespace " + (*user)["path"].get<Str>() +
+                 " (its id maps are the caller's)");
       return;
     }
     auto maps_host_root = [&](const char* key) {
@@ -631,10 +674,12 @@ class Engine {
           "namespaces.allow_host (userns auto is not applied to it)");
       return;
     } else {
-      decide("userns", "linux.namespaces", "added",
-             "the config has no user namespace (the container's root would be the host's root); a new one whose "
-             "root is an unprivileged host uid range allocated at create, with the rootfs idmapped, by policy rule "
-             "userns (auto)");
+      decide(
+          "userns", "linux.namespaces", "added",
+          "the config has no user namespace (the container's root would be the host's root); a new one whose "
+          "root is an unprivileged host uid range allocated at create, with the rootfs idmapped, by policy "
+          "rule "
+          "userns (auto)");
       l["namespaces"].push_back({{"type", "user"}});
     }
     l.erase("uidMappings");
@@ -643,19 +688,23 @@ class Engine {
     // Docker asks for ping sockets for every gid ("0 2147483647"); inside
     // the user namespace only the mapped gids exist and the kernel refuses
     // the rest: narrow it to them.
-    if (l.contains("sysctl") && l["sysctl"].is_object() && l["sysctl"].contains("net.ipv4.ping_group_range") &&
+    if (l.contains("sysctl") && l["sysctl"].is_object() &&
+        l["sysctl"].contains("net.ipv4.ping_group_range") &&
         l["sysctl"]["net.ipv4.ping_group_range"].is_string()) {
       const Str asked = l["sysctl"]["net.ipv4.ping_group_range"];
       auto f = split(trim(asked), ' ');
       f.erase(std::remove(f.begin(), f.end(), ""), f.end());
-      auto lo = f.size() == 2 ? parse_uint(f[0]) : std::nullopt, hi = f.size() == 2 ? parse_uint(f[1]) : std::nullopt;
+      auto lo = f.size() == 2 ? parse_uint(f[0]) : std::nullopt,
+           hi = f.size() == 2 ? parse_uint(f[1]) : std::nullopt;
       const unsigned long long last = 65535;
       if (lo && hi && *hi > last) {
         Str now = *lo > last ? "1 0" : std::to_string(*lo) + " " + std::to_string(last);
         l["sysctl"]["net.ipv4.ping_group_range"] = now;
         decide("userns", "linux.sysctl.net.ipv4.ping_group_range", "narrowed",
-               "caller asked for ping sockets for gids \"" + asked + "\"; only gids 0-65535 exist in the "
-               "container's user namespace, so \"" + now + "\" by policy rule userns (auto)");
+               "caller asked for ping sockets for gids \"" + asked +
+                   "\"; only gids 0-65535 exist in the "
+                   "container's user namespace, so \"" +
+                   now + "\" by policy rule userns (auto)");
       }
     }
   }
@@ -1478,10 +1527,11 @@ json apply_exec(const json& settings, json& process) {
   if (settings.value("no_new_privileges", true) &&
       !(process.contains("noNewPrivileges") && process["noNewPrivileges"] == true)) {
     process["noNewPrivileges"] = true;
-    decisions.push_back({{"rule", "no_new_privs"},
-                         {"path", "process.noNewPrivileges"},
-                         {"action", "added"},
-                         {"detail", "set to true for the exec by policy rule capabilities.no_new_privileges"}});
+    decisions.push_back(
+        {{"rule", "no_new_privs"},
+         {"path", "process.noNewPrivileges"},
+         {"action", "added"},
+         {"detail", "set to true for the exec by policy rule capabilities.no_new_privileges"}});
   }
   const json& want = settings.value("env", json::array());
   if (!want.empty()) {

@@ -126,4 +126,21 @@ json apply_exec(const json& settings, json& process);
 // "64m", "1g", "512k", "1024" (bytes) -> bytes; nullopt when malformed.
 std::optional<long long> parse_size(const json& v);
 
+// Recognises a privileged container request by what it asks for, whatever
+// the client calls it (docker/podman --privileged, a CRI `privileged: true`
+// container even under containerd's privileged_without_host_devices). A
+// config is privileged when all three hold:
+//  1. capabilities: its bounding, effective or permitted set holds every
+//     capability this kernel knows, or CAP_SYS_ADMIN;
+//  2. no syscall confinement: linux.seccomp is absent or null, or its
+//     defaultAction is SCMP_ACT_ALLOW with no syscall rules;
+//  3. at least one host exposure a confined container never asks for: an
+//     allow-all device rule (type "a" or none, no major/minor, r or w
+//     access), a writable sysfs or cgroup mount (type sysfs/cgroup/cgroup2,
+//     or destination /sys or /sys/fs/cgroup, without "ro"), or neither
+//     maskedPaths nor readonlyPaths (both absent or empty).
+// Returns the reason naming what matched, or nullopt. The policy refuses a
+// privileged config in every mode (rule "privileged").
+std::optional<std::string> privileged_request(const json& config);
+
 }  // namespace agentshim::policy

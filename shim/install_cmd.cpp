@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "sandbox/runtime_config.h"
 
 namespace agentshim::cli {
 
@@ -117,7 +119,15 @@ std::string merge_docker_config(const std::string& existing, const std::string& 
   return changed ? cfg.dump(2) + "\n" : existing;
 }
 
+// The two handlers: agentshim, and agentshim-strict (a symlink next to the
+// binary; its name selects /etc/agentshim/strict.json, since BinaryName
+// passes no flags).
+static std::string strict_binary(const std::string& binary) {
+  return binary.substr(0, binary.find_last_of('/') + 1) + "agentshim-strict";
+}
+
 std::string containerd_block(const std::string& binary) {
+  const std::string strict = R"([plugins."io.containerd.grpc.v1.cri".containerd.runtimes.agentshim-strict])";
   return std::string(kBegin) + "\n" + kHandlerTable +
          "\n"
          "  runtime_type = \"io.containerd.runc.v2\"\n"
@@ -126,7 +136,13 @@ std::string containerd_block(const std::string& binary) {
          kOptionsTable +
          "\n"
          "    BinaryName = " +
-         json(binary).dump() + "\n" + kEnd + "\n";
+         json(binary).dump() + "\n" + strict +
+         "\n"
+         "  runtime_type = \"io.containerd.runc.v2\"\n"
+         "  pod_annotations = [\"dev.agentshim.*\"]\n"
+         "  privileged_without_host_devices = true\n" +
+         strict.substr(0, strict.size() - 1) + ".options]\n" +
+         "    BinaryName = " + json(strict_binary(binary)).dump() + "\n" + kEnd + "\n";
 }
 
 std::string merge_containerd_config(const std::string& existing, const std::string& binary) {
@@ -148,6 +164,28 @@ std::string merge_containerd_config(const std::string& existing, const std::stri
   if (out.back() != '\n') out += "\n";
   return out + "\n" + block;
 }
+
+namespace {
+
+// What the agentshim-strict handler needs besides config.toml: the symlink
+// whose name selects its config file, and that file (never overwritten).
+void install_handler_files(const std::string& binary) {
+  const std::string link = strict_binary(binary);
+  if (::symlink(binary.c_str(), link.c_str()) < 0 && errno != EEXIST) throw_errno("symlink " + link);
+  const std::string dir = runtime_config::config_dir();
+  mkdir_p(dir, 0755);
+  const std::pair<const char*, const char*> files[] = {
+      {"agentshim.json", R"({"policy": "/etc/agentshim/policy.json", "audit_dir": "/var/lib/agentshim"})"},
+      {"strict.json",
+       R"({"policy": "/etc/agentshim/policy.strict.json", "audit_dir": "/var/lib/agentshim/strict"})"}};
+  for (const auto& [name, text] : files)
+    if (!path_exists(dir + "/" + name)) {
+      write_file_atomic(dir + "/" + name, std::string(text) + "\n");
+      std::cout << "wrote " << dir << "/" << name << "\n";
+    }
+}
+
+}  // namespace
 
 InstallCommand::InstallCommand(CLI::App& app) {
   auto* inst =
@@ -187,10 +225,12 @@ int InstallCommand::run() {
     return 0;
   }
   backup_and_write(path, before, after, old_text.has_value());
+  if (!docker) install_handler_files(binary);
   std::cout
       << "registered agentshim in " << path << "\n"
       << (docker ? "reload dockerd (kill -HUP $(pidof dockerd)) and use: docker run --runtime=agentshim ...\n"
-                 : "restart containerd and create a RuntimeClass with handler \"agentshim\"\n");
+                 : "restart containerd and create a RuntimeClass with handler \"agentshim\" (or "
+                   "\"agentshim-strict\")\n");
   return 0;
 }
 

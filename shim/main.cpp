@@ -20,6 +20,7 @@
 #include "common/version.h"
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
+#include "sandbox/runtime_config.h"
 #include "shim/commands.h"
 #include "shim/install_cmd.h"
 #include "shim/policy_cmd.h"
@@ -73,6 +74,37 @@ std::string usable_root(const std::string& root) {
     throw Error("state root alias " + alias + " points to " + std::string(buf, static_cast<std::size_t>(n)) +
                 ", not to --root " + real);
   return alias;
+}
+
+// The container id a command on an existing container names (its positional
+// "id"); empty for create/run and commands without one.
+std::string existing_container_id(const CLI::App& app) {
+  for (const CLI::App* sub : app.get_subcommands()) {
+    const std::string name = sub->get_name();
+    if (name == "create" || name == "run") return "";
+    if (const CLI::Option* o = sub->get_option_no_throw("id"); o && o->count() == 1)
+      return o->as<std::string>();
+  }
+  return "";
+}
+
+// Settings that arrive without flags (docs/OPERATIONS.md, "Configuration"):
+// a flag given on the command line > the config file chosen by argv[0] >
+// built-in defaults. Then a command on an existing container that is not under
+// the root it was given (podman's cleanup passes its own default --root, not
+// the run's --runtime-flag root=) finds it through the id -> root index.
+void apply_config_file(const CLI::App& app, const char* argv0, container::Global& g) {
+  auto given = [&](const char* flag) { return app.get_option(flag)->count() > 0; };
+  const auto c = runtime_config::load_for(argv0 ? argv0 : "agentshim");
+  if (c.policy && !given("--policy")) g.policy_path = *c.policy;
+  if (c.audit_dir && !given("--audit-dir")) g.audit_dir = *c.audit_dir;
+  if (c.root && !given("--root")) g.root = *c.root;
+  if (c.systemd_cgroup && !given("--systemd-cgroup")) g.systemd_cgroup = *c.systemd_cgroup;
+  if (c.signing_key && !given("--signing-key")) g.signing_key = *c.signing_key;
+  if (c.key_type && !given("--key-type")) g.key_type = *c.key_type;
+  if (!c.path.empty()) log::debug("settings from config file " + c.path);
+  if (std::string id = existing_container_id(app); !id.empty())
+    g.root = runtime_config::resolve_root(g.root, id);
 }
 
 }  // namespace
@@ -134,6 +166,7 @@ int main(int argc, char** argv) {
     if (install.parsed()) {
       code = install.run();
     } else {
+      apply_config_file(app, argv[0], g);
       g.root = usable_root(g.root);
       code = policy_cmd.parsed() ? policy_cmd.run() : cmds.run();
     }

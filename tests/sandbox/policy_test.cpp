@@ -413,11 +413,101 @@ TEST(PolicyApply, PrivilegedShapeIsRefusedEvenInEnforceMode) {
         << e.what();
   }
   // With a seccomp profile of its own it is not the privileged shape: caps and devices are tightened instead.
-  cfg["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}};
+  cfg["linux"]["seccomp"] = json::parse(
+      R"({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["kexec_load"], "action": "SCMP_ACT_ERRNO"}]})");
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
   EXPECT_EQ(r.config["process"]["capabilities"]["bounding"].size(),
             policy::builtin()["capabilities"]["allowed"].size());
   EXPECT_EQ(r.config["linux"]["resources"]["devices"], json::array({{{"allow", false}, {"access", "rwm"}}}));
+}
+
+// What containerd 1.6's CRI writes for `privileged: true` under a handler with
+// privileged_without_host_devices = true (oci.WithPrivileged: every current
+// capability, no masked/read-only paths, writable sysfs and cgroupfs, no
+// seccomp, no AppArmor) — the device cgroup keeps its default deny rule.
+json cri_privileged_without_host_devices() {
+  json cfg = clean_config();
+  json all = json::array();
+  for (int c = 0; c <= oci::last_capability(); c++) all.push_back(oci::capability_name(c));
+  for (const char* set : {"bounding", "effective", "permitted"}) cfg["process"]["capabilities"][set] = all;
+  cfg["linux"].erase("maskedPaths");
+  cfg["linux"].erase("readonlyPaths");
+  cfg["mounts"].push_back({{"destination", "/sys"},
+                           {"type", "sysfs"},
+                           {"source", "sysfs"},
+                           {"options", {"nosuid", "noexec", "nodev", "rw"}}});
+  for (auto& m : cfg["mounts"])
+    if (m["destination"] == "/sys/fs/cgroup") m["options"] = {"nosuid", "noexec", "nodev", "relatime", "rw"};
+  return cfg;
+}
+
+TEST(PolicyPrivileged, CriPrivilegedWithoutHostDevicesIsRecognisedAndRefused) {
+  FakeNs ns;
+  json cfg = cri_privileged_without_host_devices();
+  auto why = policy::privileged_request(cfg);
+  ASSERT_TRUE(why.has_value());
+  EXPECT_NE(why->find("every capability"), std::string::npos) << *why;
+  EXPECT_NE(why->find("a writable sysfs mount at /sys"), std::string::npos) << *why;
+  EXPECT_NE(why->find("a writable cgroup mount at /sys/fs/cgroup"), std::string::npos) << *why;
+  EXPECT_NE(why->find("no masked or read-only paths"), std::string::npos) << *why;
+  EXPECT_EQ(why->find("every device"), std::string::npos) << *why;
+  // Refused in enforce mode too (never silently run with capabilities cut).
+  try {
+    policy::apply(policy::builtin(), cfg, ns.ctx());
+    FAIL() << "privileged config accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("refused by policy rule privileged"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PolicyPrivileged, EachExposureAloneIsEnough) {
+  json base = cri_privileged_without_host_devices();
+  base["linux"]["maskedPaths"] = {"/proc/kcore"};
+  base["mounts"].erase(base["mounts"].size() - 1);  // the rw sysfs
+  for (auto& m : base["mounts"])
+    if (m["destination"] == "/sys/fs/cgroup") m["options"] = {"ro"};
+  EXPECT_FALSE(policy::privileged_request(base).has_value());
+  json a = base;
+  a["linux"]["resources"]["devices"].push_back({{"allow", true}, {"access", "rwm"}});
+  EXPECT_TRUE(policy::privileged_request(a).has_value());
+  json b = base;
+  b["mounts"].push_back(
+      {{"destination", "/sys/"}, {"type", "bind"}, {"source", "/sys"}, {"options", {"rbind"}}});
+  EXPECT_TRUE(policy::privileged_request(b).has_value());
+  json c = base;
+  c["linux"].erase("maskedPaths");
+  EXPECT_TRUE(policy::privileged_request(c).has_value());
+  json d = base;
+  d["mounts"].push_back({{"destination", "/sys/fs/cgroup"}, {"type", "cgroup2"}, {"source", "cgroup"}});
+  EXPECT_TRUE(policy::privileged_request(d).has_value());
+}
+
+TEST(PolicyPrivileged, ConfinedRequestsAreNotPrivileged) {
+  json cfg = cri_privileged_without_host_devices();
+  // A seccomp filter with rules: not privileged (docker --cap-add ALL keeps its profile).
+  json filtered = cfg;
+  filtered["linux"]["seccomp"] = json::parse(
+      R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]})");
+  EXPECT_FALSE(policy::privileged_request(filtered).has_value());
+  // An allow-all filter without rules is no confinement.
+  json allow_all = cfg;
+  allow_all["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}};
+  EXPECT_TRUE(policy::privileged_request(allow_all).has_value());
+  // Without every capability or CAP_SYS_ADMIN: not privileged.
+  json few = cfg;
+  for (const char* set : {"bounding", "effective", "permitted"})
+    few["process"]["capabilities"][set] = {"CAP_KILL", "CAP_NET_ADMIN"};
+  EXPECT_FALSE(policy::privileged_request(few).has_value());
+  // CAP_SYS_ADMIN alone with the exposures is.
+  json admin = few;
+  admin["process"]["capabilities"]["bounding"].push_back("CAP_SYS_ADMIN");
+  auto why = policy::privileged_request(admin);
+  ASSERT_TRUE(why.has_value());
+  EXPECT_NE(why->find("CAP_SYS_ADMIN"), std::string::npos) << *why;
+  // runc's default spec is not privileged; hostile shapes do not crash it.
+  EXPECT_FALSE(policy::privileged_request(clean_config()).has_value());
+  for (const char* text : {"null", "[]", R"({"process": 1, "linux": []})", R"({"mounts": [1, {"type": 2}]})"})
+    EXPECT_FALSE(policy::privileged_request(json::parse(text)).has_value()) << text;
 }
 
 TEST(PolicyApply, NoNewPrivsAndReadonlyRootAreForced) {
@@ -1059,7 +1149,8 @@ TEST(PolicyApply, NoNewPrivilegesCanBeLeftToTheCaller) {
   EXPECT_EQ(r.config["process"]["noNewPrivileges"], true);
   // A permissive policy keeps the caller's value, for create and exec.
   json p = policy::validate({{"capabilities", {{"no_new_privileges", false}}}}, "x");
-  EXPECT_EQ(p["capabilities"]["allowed"], policy::builtin()["capabilities"]["allowed"]);  // merged, not replaced
+  EXPECT_EQ(p["capabilities"]["allowed"],
+            policy::builtin()["capabilities"]["allowed"]);  // merged, not replaced
   auto k = policy::apply(p, cfg, ns.ctx());
   EXPECT_EQ(k.config["process"]["noNewPrivileges"], false);
   for (const auto& d : k.decisions) EXPECT_NE(d["rule"], "no_new_privs") << d.dump();
