@@ -310,15 +310,9 @@ class Supervisor {
         if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
         auto tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
         std::vector<std::string> sources, opened;
-        for (const auto& mnt : cfg.value("mounts", json::array())) {
-          if (!mnt.is_object() || !mnt.contains("source") || !mnt["source"].is_string()) continue;
-          std::string src = mnt["source"];
-          auto mo = oci::parse_mount_options(oci::mount_options(mnt));
-          bool bind = mnt.value("type", "") == "bind" || (mo.flags & MS_BIND);
-          if (bind && !src.empty() && src[0] == '/' &&
-              std::find(sources.begin(), sources.end(), src) == sources.end())
-            sources.push_back(src);
-        }
+        for (const auto& mnt : oci::mounts(cfg))
+          if (mnt.is_bind() && std::find(sources.begin(), sources.end(), mnt.source) == sources.end())
+            sources.push_back(mnt.source);
         auto fds = userns::attach_and_open(init_pid_, tree.get(), s_.rootfs, sources, &opened);
         std::vector<int> raw;
         for (const auto& f : fds) raw.push_back(f.get());
@@ -649,6 +643,7 @@ class Supervisor {
     rc.key_type = attest::parse_key_type(audit.value("key_type", "ed25519"));
     rc.hash_cache = !audit.value("strict", false);
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
+    rc.tsa_url = audit.value("tsa_url", "");
     bool stop = audit.value("on_log_failure", "stop") == "stop";
     rc.on_log_failure = [this, stop](const std::string& msg) {
       log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"
@@ -718,24 +713,24 @@ class Supervisor {
       if (r.empty()) return true;  // cannot tell: assume it does
       return r == root || starts_with(r, root + "/") || r == "/" || starts_with(root, r + "/");
     };
-    if (cfg.contains("mounts") && cfg["mounts"].is_array())
-      for (const auto& m : cfg["mounts"]) {
-        if (!m.is_object()) return "";
-        auto opts = oci::parse_mount_options(oci::mount_options(m));
-        if (opts.flags & MS_RDONLY) continue;
-        if (m.contains("source") && m["source"].is_string() && aliases_root(m["source"].get<std::string>()))
-          return "";
-        for (const auto& o : oci::mount_options(m)) {
-          auto eq = o.find('=');
-          if (eq == std::string::npos) continue;
+    std::vector<oci::Mount> mounts;
+    try {
+      mounts = oci::mounts(cfg);
+    } catch (const std::exception&) {
+      return "";
+    }
+    for (const auto& m : mounts) {
+      if (m.readonly()) continue;
+      if (m.is_bind() && (m.source.empty() || m.source[0] != '/' || aliases_root(m.source))) return "";
+      // A filesystem's path options (overlay upperdir=, lowerdir=a:b, ...).
+      for (const auto& o : split(m.data, ','))
+        if (auto eq = o.find('='); eq != std::string::npos)
           for (const auto& part : split(o.substr(eq + 1), ':'))
             if (aliases_root(part)) return "";
-        }
-      }
-    return "root.readonly: the container's / is mounted read-only (MS_RDONLY), none of its processes may "
-           "hold "
-           "CAP_SYS_ADMIN (config and policy capabilities.allowed), and no writable mount's source is inside "
-           "it";
+    }
+    return "root.readonly: the container's / is mounted read-only (MS_RDONLY), none of its processes "
+           "may hold CAP_SYS_ADMIN (config and policy capabilities.allowed), and no writable mount's "
+           "source is inside it";
   }
 
   static std::string real_path_or_empty(const std::string& p) {
@@ -750,20 +745,12 @@ class Supervisor {
     std::vector<attest::TrackedTree> out;
     out.push_back({"rootfs", s_.rootfs, {}, readonly_root_reason()});
     const json& cfg = s_.config;
-    if (cfg.contains("mounts") && cfg["mounts"].is_array())
-      for (const auto& m : cfg["mounts"]) {
-        auto opts = m.value("options", std::vector<std::string>{});
-        bool bind = m.value("type", "") == "bind" ||
-                    std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
-                    std::find(opts.begin(), opts.end(), "rbind") != opts.end();
-        bool ro = std::find(opts.begin(), opts.end(), "ro") != opts.end();
-        std::string src = m.value("source", "");
-        struct stat st {};
-        if (!bind || ro || src.empty() || src[0] != '/' || ::stat(src.c_str(), &st) < 0 ||
-            !S_ISDIR(st.st_mode))
-          continue;
-        out.push_back({m.value("destination", src), src, {}, ""});
-      }
+    // Writable bind mounts (effective flags: ["rbind","ro","rw"] is writable).
+    for (const auto& m : oci::mounts(cfg)) {
+      struct stat st {};
+      if (!m.is_bind() || m.readonly() || ::stat(m.source.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
+      out.push_back({m.destination, m.source, {}, ""});
+    }
     return out;
   }
 
