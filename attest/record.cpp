@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -60,7 +61,9 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
 }
 
-RunRecord::~RunRecord() = default;
+RunRecord::~RunRecord() {
+  if (before_thread_.joinable()) before_thread_.join();
+}
 
 void RunRecord::event(const std::string& type, json data) {
   log_->submit(type, std::move(data));
@@ -93,28 +96,102 @@ json tree_json(const TrackedTree& t, const FsSnapshot& s) {
 }
 }  // namespace
 
-void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
-  trees_ = trees;
-  if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
-  // One cache for the run (loaded once): both walks and the exec observer.
-  if (cache_ && !cache_loaded_) {
-    cache_->load();
-    cache_loaded_ = true;
-  }
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+std::string ms_text(double ms) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", ms);
+  return b;
+}
+}  // namespace
+
+void RunRecord::walk_before(std::size_t i) {
+  auto t0 = std::chrono::steady_clock::now();
+  before_[i] = snapshot(trees_[i].host_path, walk_options(c_, trees_[i], cache_));
+  const FsSnapshot& s = before_[i];
+  log::debug("record phase " +
+             std::string(trees_[i].unchanged_reason.empty() ? "before-walk" : "before-walk-concurrent") +
+             " " + ms_text(ms_since(t0)) + " ms (" + trees_[i].name + ": " +
+             std::to_string(s.entries.size()) + " entries, " + std::to_string(s.bytes_hashed) +
+             " bytes hashed, " + std::to_string(s.cache_hits) + " cache hits)");
+}
+
+void RunRecord::before_done() {
   json arr = json::array();
-  for (const auto& t : trees_) {
-    before_.push_back(snapshot(t.host_path, walk_options(c_, t, cache_)));
-    arr.push_back(tree_json(t, before_.back()));
+  for (std::size_t i = 0; i < trees_.size(); ++i) {
+    json t = tree_json(trees_[i], before_[i]);
+    if (!trees_[i].unchanged_reason.empty()) t["walk"] = "concurrent";
+    arr.push_back(t);
   }
   save_cache();
   event("fs.root", json{{"phase", "before"}, {"trees", arr}, {"max_file_bytes", c_.max_file_bytes}});
 }
 
+void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
+  trees_ = trees;
+  before_.assign(trees_.size(), FsSnapshot{});
+  if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
+  // One cache for the run (loaded once): both walks and the exec observer.
+  if (cache_ && !cache_loaded_) {
+    auto t0 = std::chrono::steady_clock::now();
+    cache_->load();
+    cache_loaded_ = true;
+    log::debug("record phase cache-load " + ms_text(ms_since(t0)) + " ms");
+  }
+  // What the container can change is walked now, before it starts.
+  std::vector<std::size_t> later;
+  for (std::size_t i = 0; i < trees_.size(); ++i) {
+    if (trees_[i].unchanged_reason.empty())
+      walk_before(i);
+    else
+      later.push_back(i);
+  }
+  if (later.empty()) {
+    before_done();
+    return;
+  }
+  // What it cannot change, while it runs: the same root whenever it is taken
+  // (before finalization).
+  before_thread_ = std::thread([this, later] {
+    try {
+      for (std::size_t i : later) walk_before(i);
+      before_done();
+    } catch (...) {
+      before_error_ = std::current_exception();
+    }
+  });
+}
+
+void RunRecord::wait_before() {
+  if (before_thread_.joinable()) before_thread_.join();
+  if (before_error_) {
+    auto e = before_error_;
+    before_error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
 void RunRecord::snapshot_after() {
+  wait_before();
+  auto t0 = std::chrono::steady_clock::now();
   json arr = json::array();
   std::string changes;
   uint64_t added = 0, modified = 0, removed = 0;
   for (std::size_t i = 0; i < trees_.size(); ++i) {
+    if (!trees_[i].unchanged_reason.empty()) {
+      // The container could not change it: its after root is its before
+      // root, and its change set is empty.
+      after_.push_back(before_[i]);
+      json t = tree_json(trees_[i], after_.back());
+      t["bytes_hashed"] = 0;
+      t["cache_hits"] = 0;
+      t["walk"] = "skipped";
+      t["reason"] = trees_[i].unchanged_reason;
+      arr.push_back(t);
+      continue;
+    }
     after_.push_back(snapshot(trees_[i].host_path, walk_options(c_, trees_[i], cache_)));
     arr.push_back(tree_json(trees_[i], after_.back()));
     for (const auto& ch : diff(before_[i], after_[i])) {
@@ -126,7 +203,10 @@ void RunRecord::snapshot_after() {
       if (ch.kind == "removed") ++removed;
     }
   }
+  log::debug("record phase after-walk " + ms_text(ms_since(t0)) + " ms");
+  t0 = std::chrono::steady_clock::now();
   save_cache();
+  log::debug("record phase cache-save " + ms_text(ms_since(t0)) + " ms");
   write_file_atomic(dir_ + "/changes.ndjson", changes, 0600);
   changes_sha256_ = hex(sha256(changes));
   change_counts_ = json{{"added", added}, {"modified", modified}, {"removed", removed}};
@@ -161,6 +241,11 @@ json RunRecord::fs_counts() const {
 json RunRecord::finalize(const json& facts) {
   if (finalized_) throw Error("run record " + c_.run_id + " is already finalized");
   finalized_ = true;
+  try {
+    wait_before();  // (snapshot_after waited, unless it was never called)
+  } catch (const std::exception& e) {
+    incomplete_.push_back(std::string("pre-run filesystem roots: ") + e.what());
+  }
   if (!trees_.empty() && after_.empty()) incomplete_.push_back("no post-run filesystem roots");
   event("run.finalized", json{{"incomplete", incomplete_}});
   EventLog::Summary sum = log_->close();
@@ -231,7 +316,9 @@ json RunRecord::finalize(const json& facts) {
                       {"predicateType", kPredicateType},
                       {"predicate", pred}};
     std::string payload = canonical(statement);
+    auto t_sign = std::chrono::steady_clock::now();
     json env = dsse_sign(kPayloadType, payload, key);
+    log::debug("record phase sign " + ms_text(ms_since(t_sign)) + " ms");
     std::string env_text = env.dump(2) + "\n";
     // An RFC 3161 time-stamp over the signature, when a TSA is configured.
     // Without one the record is still whole: the bundle then has no

@@ -5,11 +5,13 @@
 // See docs/FORMATS.md for every format.
 #pragma once
 
+#include <exception>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "attest/eventlog.h"
@@ -31,6 +33,11 @@ struct TrackedTree {
   std::string name;       // "rootfs", or the mount's destination in the container ("/workspace")
   std::string host_path;  // where the supervisor reads it
   std::vector<std::string> exclude;
+  // Non-empty: why the container cannot change this tree (a read-only root;
+  // docs/FORMATS.md "fs.root"). Its before walk runs while the container
+  // does (it need not delay `start`), and its after root is its before root,
+  // without a walk.
+  std::string unchanged_reason;
 };
 
 // Files larger than this are recorded without a content hash (fstree.h).
@@ -67,6 +74,9 @@ class RunRecord {
 
   // Filesystem roots before the user process runs, and after it exits
   // (which also writes changes.ndjson). Each emits an "fs.root" event.
+  // snapshot_before walks the trees the container can change before it
+  // returns, and those it cannot (unchanged_reason) on a thread of its own;
+  // snapshot_after and finalize wait for that thread.
   void snapshot_before(const std::vector<TrackedTree>& trees);
   void snapshot_after();
   // The run's content-hash cache (null with policy "strict"), for the exec
@@ -81,11 +91,16 @@ class RunRecord {
 
  private:
   json fs_counts() const;
+  void walk_before(std::size_t i);
+  void before_done();  // the fs.root "before" event, once every before walk is done
+  void wait_before();  // joins the concurrent before walk; rethrows its error
   RecordConfig c_;
   std::string dir_;
   std::unique_ptr<EventLog> log_;
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
+  std::thread before_thread_;  // the walks of trees the container cannot change
+  std::exception_ptr before_error_;
   json change_counts_ = json::object();
   UniqueFd lock_;                     // the run directory, flock'ed (exclusive) until finalize is done
   std::shared_ptr<HashCache> cache_;  // made by the constructor, loaded by snapshot_before

@@ -330,3 +330,80 @@ def test_log_failure_policy_continue(shim, bundle, cid, tmp_path, small_disk):
     assert r.returncode == 0 and r.stdout == b"finished\n"  # the container was not stopped
     r = shim("verify", cid)
     assert r.returncode == 1 and b"incomplete" in r.stdout
+
+
+def fs_roots(run_dir):
+    """{phase: {tree name: tree}} from the fs.root events."""
+    out = {}
+    for line in open(os.path.join(run_dir, "events.ndjson")):
+        e = json.loads(line)
+        if e["type"] == "fs.root":
+            out.setdefault(e["data"]["phase"], {}).update({t["name"]: t for t in e["data"]["trees"]})
+    return out
+
+
+def test_readonly_root_is_not_walked_after_the_run(shim, bundle, cid, workspace):
+    """A read-only root (the default policy forces one) cannot be changed by
+    the container: its after root is its before root without a walk, the
+    reason is in the record, and a writable volume is still walked. The
+    container really cannot write it (nor remount it writable)."""
+    with_workspace(bundle, workspace, "echo new > /workspace/added.txt\n"
+                   "touch /rootfile 2>/dev/null && echo WROTE-ROOT\n"
+                   "mount -o remount,rw / 2>/dev/null && echo REMOUNTED\n"
+                   "touch /rootfile 2>/dev/null && echo WROTE-ROOT\n"
+                   "true\n")
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 0, r.stderr
+    assert b"WROTE-ROOT" not in r.stdout and b"REMOUNTED" not in r.stdout, r.stdout
+    assert not os.path.exists(os.path.join(bundle.rootfs, "rootfile"))
+    rd = run_dir_of(shim, cid)
+    assert verify(shim, cid).stdout == b"VERIFIED\n"
+    roots = fs_roots(rd)
+    before, after = roots["before"]["rootfs"], roots["after"]["rootfs"]
+    assert after["walk"] == "skipped" and "read-only" in after["reason"], after
+    assert after["root"] == before["root"] and after["bytes_hashed"] == 0
+    assert before["walk"] == "concurrent" and before["entries"] > 10
+    # The root is the one a walk of the tree gives now.
+    assert verify(shim, cid, "--check-path", bundle.rootfs).returncode == 0
+    # The writable volume: walked both times, its change recorded.
+    assert "walk" not in roots["after"]["/workspace"]
+    assert roots["after"]["/workspace"]["root"] != roots["before"]["/workspace"]["root"]
+    changes = [json.loads(l) for l in open(os.path.join(rd, "changes.ndjson"))]
+    assert {(c["tree"], c["path"], c["change"]) for c in changes} == {("/workspace", "added.txt", "added")}
+
+
+def test_writable_root_is_walked_both_times(shim, bundle, cid, tmp_path):
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"filesystem": {"readonly_root": False}}))
+    shim.extra = ["--policy", str(pol)] + shim.extra
+    bundle.config["root"]["readonly"] = False
+    bundle.sh("echo x > /rootfile")
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 0, r.stderr
+    audit = shim.extra[3]
+    rd = run_dir_of_audit(audit, cid)
+    assert shim("verify", cid).stdout == b"VERIFIED\n"
+    roots = fs_roots(rd)
+    assert "walk" not in roots["before"]["rootfs"] and "walk" not in roots["after"]["rootfs"]
+    assert roots["after"]["rootfs"]["root"] != roots["before"]["rootfs"]["root"]
+    changes = [json.loads(l) for l in open(os.path.join(rd, "changes.ndjson"))]
+    assert ("rootfs", "rootfile", "added") in {(c["tree"], c["path"], c["change"]) for c in changes}
+
+
+def test_readonly_root_with_a_writable_mount_into_it_is_walked(shim, bundle, cid):
+    """A writable bind mount whose source is inside the root writes the root:
+    no skip, and the write is in the change set."""
+    src = os.path.join(bundle.rootfs, "var", "scratch")
+    os.makedirs(src, exist_ok=True)
+    bundle.config["mounts"].append({"destination": "/scratch", "type": "bind", "source": src,
+                                    "options": ["rbind", "rw"]})
+    bundle.sh("echo x > /scratch/written")
+    r = shim("run", "--bundle", bundle.path, cid)
+    assert r.returncode == 0, r.stderr
+    rd = run_dir_of(shim, cid)
+    assert verify(shim, cid).stdout == b"VERIFIED\n"
+    roots = fs_roots(rd)
+    assert "walk" not in roots["after"]["rootfs"], roots["after"]["rootfs"]
+    changes = [json.loads(l) for l in open(os.path.join(rd, "changes.ndjson"))]
+    got = {(c["tree"], c["path"], c["change"]) for c in changes}
+    assert ("rootfs", "var/scratch/written", "added") in got, got

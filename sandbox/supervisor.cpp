@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/capability.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -19,6 +20,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <map>
@@ -358,7 +361,9 @@ class Supervisor {
     // The "before" filesystem roots, now: after `create` returned (the walk
     // overlaps the caller's next step) and before any of the container's
     // code runs. `start` asks us ("start-gate") before it opens the exec
-    // FIFO, and we answer only from the main loop, after this walk.
+    // FIFO, and we answer only from the main loop, after this walk. A tree
+    // the container cannot change (a read-only root) is walked on a thread
+    // while it runs (attest::RunRecord::snapshot_before).
     if (record_) record_->snapshot_before(tracked_trees());
   }
 
@@ -664,17 +669,96 @@ class Supervisor {
                                    {"runtime", {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}}}});
   }
 
+  // Why the container cannot change its root filesystem's tree (so its
+  // after root is its before root, and its before walk need not delay
+  // `start`), or "" when it can. Its "/" is remounted MS_RDONLY by the init
+  // (rootfs::finish; root.readonly, which the default policy forces); only
+  // CAP_SYS_ADMIN remounts it writable, so no process of the container may
+  // hold it: not the init (every capability set of the enforced config)
+  // and not a later `exec` (bounded by the policy's capabilities.allowed,
+  // saved for exec in policy.json). A writable mount whose host source is
+  // inside the root (or holds it) would write it anyway; --no-pivot leaves
+  // the host's root under a chroot. Changes made by the host are outside
+  // the threat model (docs/ARCHITECTURE.md).
+  std::string readonly_root_reason() const {
+    const json& cfg = s_.config;
+    if (!cfg.contains("root") || !cfg["root"].is_object() || !cfg["root"].value("readonly", false)) return "";
+    if (s_.no_pivot || !oci::has_new_namespace(cfg, "mount")) return "";
+    auto holds_admin = [](const json& names) {
+      if (!names.is_array()) return false;
+      for (const auto& n : names)
+        if (!n.is_string() || oci::capability_from_name(n.get<std::string>()) == CAP_SYS_ADMIN) return true;
+      return false;
+    };
+    const json& p = cfg["process"];
+    if (p.contains("capabilities") && p["capabilities"].is_object())
+      for (const auto& [set, names] : p["capabilities"].items())
+        if (holds_admin(names)) return "";
+    json saved;
+    try {
+      auto text = try_read_file(s_.state_dir + "/policy.json");
+      if (!text) return "";
+      saved = json::parse(*text);
+    } catch (const std::exception&) {
+      return "";
+    }
+    if (!saved.is_object() || !saved.contains("capabilities_allowed") ||
+        holds_admin(saved["capabilities_allowed"]))
+      return "";
+    std::string root = real_path_or_empty(s_.rootfs);
+    if (root.empty()) return "";
+    auto aliases_root = [&root](const std::string& path) {
+      if (path.empty() || path[0] != '/') return false;
+      std::string r = real_path_or_empty(path);
+      if (r.empty()) return true;  // cannot tell: assume it does
+      return r == root || starts_with(r, root + "/") || r == "/" || starts_with(root, r + "/");
+    };
+    std::vector<oci::Mount> mounts;
+    try {
+      mounts = oci::mounts(cfg);
+    } catch (const std::exception&) {
+      return "";
+    }
+    for (const auto& m : mounts) {
+      if (m.readonly()) continue;
+      if (m.is_bind() && (m.source.empty() || m.source[0] != '/' || aliases_root(m.source))) return "";
+      // A filesystem's path options (overlay upperdir=, lowerdir=a:b, ...).
+      for (const auto& o : split(m.data, ','))
+        if (auto eq = o.find('='); eq != std::string::npos)
+          for (const auto& part : split(o.substr(eq + 1), ':'))
+            if (aliases_root(part)) return "";
+    }
+    return "root.readonly: the container's / is mounted read-only (MS_RDONLY), none of its processes "
+           "may hold CAP_SYS_ADMIN (config and policy capabilities.allowed), and no writable mount's "
+           "source is inside it";
+  }
+
+  static std::string real_path_or_empty(const std::string& p) {
+    char* r = ::realpath(p.c_str(), nullptr);
+    if (!r) return "";
+    std::string out(r);
+    ::free(r);
+    return out;
+  }
+
   std::vector<attest::TrackedTree> tracked_trees() const {
     std::vector<attest::TrackedTree> out;
-    out.push_back({"rootfs", s_.rootfs, {}});
+    out.push_back({"rootfs", s_.rootfs, {}, readonly_root_reason()});
     const json& cfg = s_.config;
     // Writable bind mounts (effective flags: ["rbind","ro","rw"] is writable).
     for (const auto& m : oci::mounts(cfg)) {
       struct stat st {};
       if (!m.is_bind() || m.readonly() || ::stat(m.source.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
-      out.push_back({m.destination, m.source, {}});
+      out.push_back({m.destination, m.source, {}, ""});
     }
     return out;
+  }
+
+  static std::string ms_since(std::chrono::steady_clock::time_point t0) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f",
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    return b;
   }
 
   // The runtime's own binary digest, hashed once per binary: cached under
@@ -728,7 +812,9 @@ class Supervisor {
     try {
       if (ex.value("oom_kills", 0) > 0) record_->event("oom", {{"kills", ex["oom_kills"]}});
       record_->event("run.exit", ex);
+      auto t0 = std::chrono::steady_clock::now();
       record_->sync();
+      log::debug("record phase exit-fsync " + ms_since(t0) + " ms");
     } catch (const std::exception& e) {
       log::error(std::string("recording the exit: ") + e.what());
     }
@@ -768,7 +854,9 @@ class Supervisor {
                     {"exit", ex},
                     {"network", network_totals_},
                     {"timing", {{"created", s_.created}, {"finished", attest::rfc3339_now()}}}};
+      auto t0 = std::chrono::steady_clock::now();
       json row = record_->finalize(facts);
+      log::debug("record phase finalize " + ms_since(t0) + " ms (session, signing, attestation, ledger)");
       log::debug("run " + s_.run_id + " finalized at ledger index " + std::to_string(row.value("index", 0)));
     } catch (const std::exception& e) {
       log::error(std::string("finalizing the run record: ") + e.what());

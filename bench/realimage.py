@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Real-image benchmark: agentshim vs runc vs crun on a Debian root (issue 16).
+
+Builds (once; cached outside the repository) a Debian bookworm root with
+  mmdebstrap --variant=apt --include=python3,git,gcc,nodejs,npm bookworm OUT.tar
+unpacks it into a bundle (read-only root, `true`) and runs, interleaved
+(A B C A B C ...):
+  - lifecycle: create, start, wait, delete (what containerd drives);
+  - run: `RUNTIME run` of `true` (agentshim's waits for the signed record);
+with agentshim's hash cache warm, then agentshim's `run` with the cache
+removed before every iteration (cold). Prints medians, ratios, the image's
+size and entry count, and the record's phases from the supervisor's debug
+log (before-walk, after-walk, exit fsync, finalize: signing and the durable
+writes of session, attestation and ledger).
+
+Between agentshim iterations the benchmark waits (untimed) for the previous
+record to be finalized, so a background walk or signing never runs during
+another runtime's timed iteration.
+
+--smoke: a busybox root and two iterations (a check that the benchmark runs;
+`make test` may use it). Timing assertions do not belong in tests; this
+prints numbers.
+"""
+import argparse
+import fcntl
+import glob
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from lifecycle import crun_usable, lifecycle, sh  # noqa: E402
+
+CACHE_DIR = "/var/cache/agentshim-bench"
+PACKAGES = "python3,git,gcc,nodejs,npm"
+
+
+def ensure_tarball(path):
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # mmdebstrap picks its output format from the name: keep ".tar" last.
+    part = path[:-len(".tar")] + ".part.tar" if path.endswith(".tar") else path + ".part.tar"
+    print(f"building {path} with mmdebstrap (a few minutes, once)...", flush=True)
+    subprocess.run(["mmdebstrap", "--format=tar", "--variant=apt", f"--include={PACKAGES}", "bookworm", part],
+                   check=True)
+    os.rename(part, path)
+    return path
+
+
+def image_stats(root):
+    """Entries (every name under the root, and the root) and bytes of regular files."""
+    entries, size = 1, 0
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            entries += 1
+            st = os.lstat(os.path.join(d, n))
+            if os.path.isfile(os.path.join(d, n)) and not os.path.islink(os.path.join(d, n)):
+                size += st.st_size
+    return entries, size
+
+
+def make_bundle(work, tarball, smoke):
+    bundle = os.path.join(work, "bundle")
+    rootfs = os.path.join(bundle, "rootfs")
+    os.makedirs(rootfs)
+    if smoke:
+        sh(["bash", os.path.join(REPO, "scripts", "mkrootfs.sh"), rootfs], check=True)
+    else:
+        t = time.perf_counter()
+        subprocess.run(["tar", "-xf", tarball, "-C", rootfs, "--numeric-owner"], check=True)
+        print(f"unpacked {tarball} in {time.perf_counter() - t:.1f} s")
+    sh(["runc", "spec", "--bundle", bundle], check=True)
+    cfg = json.load(open(os.path.join(bundle, "config.json")))
+    cfg["process"]["terminal"] = False
+    cfg["process"]["args"] = ["true"]
+    cfg["root"]["readonly"] = True  # agentshim's default policy forces it; the same for every runtime
+    json.dump(cfg, open(os.path.join(bundle, "config.json"), "w"))
+    return bundle
+
+
+def newest_run_dir(audit):
+    runs = glob.glob(os.path.join(audit, "runs", "*"))
+    return max(runs, key=os.path.getmtime) if runs else None
+
+
+def wait_finalized(audit):
+    """The supervisor holds an exclusive flock on the run directory until the
+    record is signed and in the ledger (attest::wait_finalized)."""
+    rd = newest_run_dir(audit)
+    if not rd:
+        return
+    fd = os.open(rd, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
+
+
+def run_once(binary, root, bundle, cid, extra):
+    t = time.perf_counter()
+    r = sh([binary, "--root", root, *extra, "run", "--bundle", bundle, cid])
+    dt = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(f"{binary} run: {r.stdout.decode()}")
+    return dt
+
+
+PHASE_RE = re.compile(r'record phase ([a-z-]+) ([0-9.]+) ms')
+
+
+def phases_from_log(path):
+    """Per-run phase durations from the supervisor's debug log (one dict per run)."""
+    runs, cur = [], {}
+    if not os.path.exists(path):
+        return runs
+    for line in open(path, errors="replace"):
+        m = PHASE_RE.search(line)
+        if not m:
+            continue
+        name, ms = m.group(1), float(m.group(2))
+        cur[name] = cur.get(name, 0.0) + ms
+        if name == "finalize":
+            runs.append(cur)
+            cur = {}
+    return runs
+
+
+def fs_root_facts(audit):
+    """bytes_hashed / cache_hits / walk of the newest run's fs.root events."""
+    rd = newest_run_dir(audit)
+    out = {}
+    for line in open(os.path.join(rd, "events.ndjson")):
+        e = json.loads(line)
+        if e["type"] == "fs.root":
+            for t in e["data"]["trees"]:
+                out[(e["data"]["phase"], t["name"])] = t
+    return out
+
+
+def med(v):
+    return statistics.median(v) * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agentshim", default=os.path.join(REPO, "build", "shim", "agentshim"))
+    ap.add_argument("-n", type=int, default=10)
+    ap.add_argument("--tar", default=os.path.join(CACHE_DIR, "bookworm.tar"))
+    ap.add_argument("--smoke", action="store_true", help="busybox root, 2 iterations")
+    ap.add_argument("--workdir", default="/var/tmp", help="where the bundle is unpacked")
+    args = ap.parse_args()
+    n = 2 if args.smoke else args.n
+    tarball = None if args.smoke else ensure_tarball(args.tar)
+    work = tempfile.mkdtemp(prefix="asreal-", dir=args.workdir)
+    undo = None
+    try:
+        bundle = make_bundle(work, tarball, args.smoke)
+        entries, size = image_stats(os.path.join(bundle, "rootfs"))
+        print(f"image: {'busybox (smoke)' if args.smoke else 'Debian bookworm ' + PACKAGES}, "
+              f"{size / 1e6:.0f} MB in regular files, {entries} entries")
+        audit = os.path.join(work, "audit")
+        log = os.path.join(work, "agentshim.log")
+        runtimes = {"agentshim": (args.agentshim, ["--audit-dir", audit, "--log", log, "--debug"]),
+                    "runc": (shutil.which("runc"), [])}
+        if shutil.which("crun"):
+            undo = crun_usable()
+            if undo:
+                runtimes["crun"] = (shutil.which("crun"), [])
+        roots = {k: os.path.join(work, "state-" + k) for k in runtimes}
+        for name, (b, extra) in runtimes.items():  # warm-up (and agentshim's hash cache)
+            lifecycle(b, roots[name], bundle, f"warm-{name}", extra)
+            if name == "agentshim":
+                wait_finalized(audit)
+        open(log, "w").close()
+        life = {k: [] for k in runtimes}
+        run = {k: [] for k in runtimes}
+        for i in range(n):
+            for name, (b, extra) in runtimes.items():
+                life[name].append(lifecycle(b, roots[name], bundle, f"l{i}-{name}", extra))
+                if name == "agentshim":
+                    wait_finalized(audit)
+            for name, (b, extra) in runtimes.items():
+                run[name].append(run_once(b, roots[name], bundle, f"r{i}-{name}", extra))
+        warm_phases = phases_from_log(log)
+        warm_facts = fs_root_facts(audit)
+        # Cold: no hash cache (the files' data stays in the page cache: this
+        # measures hashing, not the disk).
+        open(log, "w").close()
+        cold = []
+        b, extra = runtimes["agentshim"]
+        for i in range(max(1, n // 2)):
+            shutil.rmtree(os.path.join(audit, "cache"), ignore_errors=True)
+            cold.append(run_once(b, roots["agentshim"], bundle, f"c{i}-agentshim", extra))
+        cold_phases = phases_from_log(log)
+        cold_facts = fs_root_facts(audit)
+
+        result = {"image_bytes": size, "image_entries": entries, "n": n,
+                  "lifecycle_ms": {k: med(v) for k, v in life.items()},
+                  "run_ms": {k: med(v) for k, v in run.items()},
+                  "run_cold_ms": med(cold)}
+        print(f"lifecycle (create, start, wait, delete of `true`), warm, n={n}, median ms:")
+        for k, v in result["lifecycle_ms"].items():
+            print(f"  {k:10s} {v:8.1f}")
+        print(f"run of `true` (agentshim's waits for the signed record), warm, n={n}, median ms:")
+        for k, v in result["run_ms"].items():
+            print(f"  {k:10s} {v:8.1f}")
+        print(f"  agentshim, cold hash cache: {result['run_cold_ms']:.1f} ms (n={len(cold)})")
+        for what, tgt_runc, tgt_crun in (("lifecycle", 1.2, 1.5), ("run", 2.0, None)):
+            d = result[what + "_ms"]
+            for other, tgt in (("runc", tgt_runc), ("crun", tgt_crun)):
+                if other in d and d[other] > 0:
+                    r = d["agentshim"] / d[other]
+                    result[f"{what}_agentshim_vs_{other}"] = r
+                    print(f"  {what}: agentshim / {other} = {r:.2f}" + (f"  (target <= {tgt})" if tgt else ""))
+
+        def summarize(label, ph, facts):
+            if not ph:
+                print(f"{label}: no phases in the debug log")
+                return {}
+            names = sorted({k for p in ph for k in p})
+            s = {k: statistics.median([p.get(k, 0.0) for p in ph]) for k in names}
+            print(f"{label} record phases (median ms over {len(ph)} runs): " +
+                  ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
+            for (phase, tree), t in sorted(facts.items()):
+                print(f"    fs.root {phase:6s} {tree:12s} entries={t.get('entries')} "
+                      f"bytes_hashed={t.get('bytes_hashed')} cache_hits={t.get('cache_hits')}"
+                      + (f" walk={t['walk']}" if "walk" in t else ""))
+            return s
+        result["phases_warm_ms"] = summarize("warm", warm_phases, warm_facts)
+        result["phases_cold_ms"] = summarize("cold", cold_phases, cold_facts)
+        bw = result["phases_cold_ms"].get("before-walk")
+        hashed = sum(t.get("bytes_hashed", 0) for (ph, _), t in cold_facts.items() if ph == "before")
+        if bw:
+            result["cold_hash_gb_s"] = hashed / 1e9 / (bw / 1000)
+            print(f"  cold before-walk: {hashed / 1e6:.0f} MB hashed at {result['cold_hash_gb_s']:.2f} GB/s "
+                  "(target >= 1 GB/s)")
+        cache = os.path.join(audit, "cache", "fs-hash-cache")
+        if os.path.exists(cache):
+            result["hash_cache_bytes"] = os.path.getsize(cache)
+            print(f"  hash cache file: {result['hash_cache_bytes'] / 1e6:.1f} MB")
+        print(json.dumps(result))
+    finally:
+        if undo:
+            undo()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
