@@ -1,4 +1,4 @@
-// Canonical JSON (RFC 8785 style, restricted to what agentshim writes):
+// Canonical JSON (like RFC 8785 but not it: docs/FORMATS.md says where they differ):
 // object keys sorted by their UTF-8 bytes, no insignificant whitespace,
 // integers, strings, booleans, null, arrays and objects only (a float is an
 // error). Strings are escaped minimally: \" \\ \b \f \n \r \t, other control

@@ -1,10 +1,14 @@
 #include "attest/hash.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <stdexcept>
 
 #include "common/error.h"
+#include "common/fd.h"
 #include "common/util.h"
 
 namespace agentshim::attest {
@@ -13,7 +17,9 @@ Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
   if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr) != 1)
     throw Error("EVP_DigestInit_ex(sha256) failed");
 }
-Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+Sha256::~Sha256() {
+  EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+}
 void Sha256::update(const void* data, std::size_t len) {
   EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, len);
 }
@@ -32,7 +38,30 @@ Digest sha256(std::string_view data) {
   return d;
 }
 
-std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
+std::optional<Digest> sha256_file(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd) {
+    if (errno == ENOENT) return std::nullopt;
+    throw_errno("open " + path);
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) < 0) throw_errno("fstat " + path);
+  if (!S_ISREG(st.st_mode)) throw Error(path + ": not a regular file");
+  Sha256 h;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("read " + path);
+    if (n == 0) break;
+    h.update(buf, static_cast<std::size_t>(n));
+  }
+  return h.finish();
+}
+
+std::string hex(const Digest& d) {
+  return to_hex(d.data(), d.size());
+}
 
 Digest from_hex(std::string_view h) {
   if (h.size() != 64) throw Error("bad sha256 hex (length " + std::to_string(h.size()) + ")");
@@ -43,7 +72,8 @@ Digest from_hex(std::string_view h) {
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     throw Error("bad sha256 hex character");
   };
-  for (std::size_t i = 0; i < 32; i++) d[i] = static_cast<unsigned char>(nib(h[2 * i]) << 4 | nib(h[2 * i + 1]));
+  for (std::size_t i = 0; i < 32; i++)
+    d[i] = static_cast<unsigned char>(nib(h[2 * i]) << 4 | nib(h[2 * i + 1]));
   return d;
 }
 
@@ -99,11 +129,34 @@ Digest merkle_root(const std::vector<Digest>& leaf_hashes) {
   while (level.size() > 1) {
     std::vector<Digest> next;
     next.reserve((level.size() + 1) / 2);
-    for (std::size_t i = 0; i + 1 < level.size(); i += 2) next.push_back(merkle_node_hash(level[i], level[i + 1]));
+    for (std::size_t i = 0; i + 1 < level.size(); i += 2)
+      next.push_back(merkle_node_hash(level[i], level[i + 1]));
     if (level.size() % 2) next.push_back(level.back());
     level.swap(next);
   }
   return level[0];
+}
+
+void MerkleFrontier::add(const Digest& leaf_hash) {
+  stack_.emplace_back(1, leaf_hash);
+  // Two perfect subtrees of equal size are siblings: merge them.
+  while (stack_.size() >= 2 && stack_[stack_.size() - 2].first == stack_.back().first) {
+    auto right = stack_.back();
+    stack_.pop_back();
+    auto& left = stack_.back();
+    left.second = merkle_node_hash(left.second, right.second);
+    left.first *= 2;
+  }
+  ++size_;
+}
+
+Digest MerkleFrontier::root() const {
+  if (stack_.empty()) return sha256("");
+  // RFC 6962 splits at the largest power of two below n: the largest
+  // subtree is the left child of the root, the rest folds to the right.
+  Digest acc = stack_.back().second;
+  for (std::size_t i = stack_.size() - 1; i-- > 0;) acc = merkle_node_hash(stack_[i].second, acc);
+  return acc;
 }
 
 std::vector<Digest> merkle_inclusion_proof(const std::vector<Digest>& leaf_hashes, std::size_t index) {

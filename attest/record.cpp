@@ -10,9 +10,11 @@
 #include <ctime>
 #include <fstream>
 
+#include "attest/bundle.h"
 #include "attest/canonical.h"
 #include "attest/hash.h"
 #include "attest/ledger.h"
+#include "attest/tsa.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -35,7 +37,19 @@ std::string run_dir(const std::string& audit_dir, const std::string& run_id) {
   return audit_dir + "/runs/" + run_id;
 }
 
+namespace {
+// The key the record will be signed with, and whether it exists yet (the
+// host key is created at the first finalization).
+std::string signing_key_path(const RecordConfig& c) {
+  return c.key_path.empty() ? c.audit_dir + "/keys/signing.pem" : c.key_path;
+}
+}  // namespace
+
 RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
+  // A signing key that is missing, unreadable or not of the key type asked
+  // for is an error now, before the run, not a lost record at its end.
+  std::string key_path = signing_key_path(c_);
+  if (!c_.key_path.empty() || path_exists(key_path)) (void)load_signing_key(key_path, c_.key_type);
   mkdir_p(c_.audit_dir + "/runs", 0700);
   ::chmod(c_.audit_dir.c_str(), 0700);
   dir_ = run_dir(c_.audit_dir, c_.run_id);
@@ -140,7 +154,8 @@ json RunRecord::fs_counts() const {
     if (i < after_.size()) t["after"] = hex(after_[i].root);
     trees.push_back(t);
   }
-  return json{{"trees", trees}, {"changes", change_counts_}, {"changes_sha256", changes_sha256_}};
+  // (changes.ndjson's SHA-256 is a subject of the statement.)
+  return json{{"trees", trees}, {"changes", change_counts_}};
 }
 
 json RunRecord::finalize(const json& facts) {
@@ -153,6 +168,12 @@ json RunRecord::finalize(const json& facts) {
     incomplete_.push_back(std::to_string(sum.lost) + " events could not be written (" + sum.first_error +
                           ")");
   bool complete = incomplete_.empty();
+  // Every run directory has the same files: a run that never got to its
+  // post-run walk has an empty change set.
+  if (changes_sha256_.empty()) {
+    write_file_atomic(dir_ + "/changes.ndjson", "", 0600);
+    changes_sha256_ = hex(sha256(""));
+  }
 
   json session = {{"run_id", c_.run_id},
                   {"container_id", c_.container_id},
@@ -169,16 +190,24 @@ json RunRecord::finalize(const json& facts) {
                   {"files",
                    {{"events", "events.ndjson"},
                     {"changes", "changes.ndjson"},
-                    {"attestation", "attestation.intoto.json"}}}};
+                    {"attestation", kEnvelopeFile},
+                    {"bundle", kBundleFile}}}};
   std::string session_text = canonical(session) + "\n";
   write_file_atomic(dir_ + "/session.json", session_text, 0600);
-  std::string session_sha = hex(sha256(session_text));
+  // The statement's subjects: the plain SHA-256 of each record file's bytes
+  // (the log is closed: its file is final).
+  auto events_digest = sha256_file(dir_ + "/events.ndjson");
+  if (!events_digest) throw Error("run record " + dir_ + ": events.ndjson is gone");
+  json subjects =
+      json::array({json{{"name", "events.ndjson"}, {"digest", {{"sha256", hex(*events_digest)}}}},
+                   json{{"name", "changes.ndjson"}, {"digest", {{"sha256", changes_sha256_}}}},
+                   json{{"name", "session.json"}, {"digest", {{"sha256", hex(sha256(session_text))}}}}});
 
   bool created = false;
   std::string key_path =
       c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
   if (created) log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
-  PrivateKey key = PrivateKey::load(key_path);
+  PrivateKey key = load_signing_key(key_path, c_.key_type);
 
   json row = ledger_append(c_.audit_dir, [&](uint64_t index, const std::string& prev) {
     json pred = facts.is_object() ? facts : json::object();
@@ -192,16 +221,11 @@ json RunRecord::finalize(const json& facts) {
                          {"submitted", sum.submitted},
                          {"written", sum.written},
                          {"lost", sum.lost}};
-    pred["session_sha256"] = session_sha;
     pred["complete"] = complete;
     pred["incomplete_reasons"] = incomplete_;
     pred["ledger"] = {{"index", index}, {"prev", prev}};
     pred["signer"] = {
         {"keyid", key.keyid()}, {"algorithm", key.algorithm()}, {"public_key", key.public_pem()}};
-    json subjects = json::array();
-    subjects.push_back({{"name", "run:" + c_.run_id}, {"digest", {{"sha256", hex(sum.merkle_root)}}}});
-    for (std::size_t i = 0; i < trees_.size() && i < after_.size(); ++i)
-      subjects.push_back({{"name", "fs:" + trees_[i].name}, {"digest", {{"sha256", hex(after_[i].root)}}}});
     json statement = {{"_type", kStatementType},
                       {"subject", subjects},
                       {"predicateType", kPredicateType},
@@ -209,10 +233,25 @@ json RunRecord::finalize(const json& facts) {
     std::string payload = canonical(statement);
     json env = dsse_sign(kPayloadType, payload, key);
     std::string env_text = env.dump(2) + "\n";
-    write_file_atomic(dir_ + "/attestation.intoto.json", env_text, 0600);
+    // An RFC 3161 time-stamp over the signature, when a TSA is configured.
+    // Without one the record is still whole: the bundle then has no
+    // time-stamp, which a verifier that requires one reports.
+    std::vector<std::string> stamps;
+    if (!c_.tsa_url.empty()) {
+      try {
+        stamps.push_back(
+            rfc3161_timestamp(c_.tsa_url, base64_decode(env["signatures"][0]["sig"].get<std::string>())));
+      } catch (const std::exception& e) {
+        log::warn("run " + c_.run_id + ": no RFC 3161 time-stamp: " + e.what());
+      }
+    }
+    std::string bundle = bundle_text(sigstore_bundle(env, key.keyid(), stamps));
+    write_file_atomic(dir_ + "/" + kEnvelopeFile, env_text, 0600);
+    write_file_atomic(dir_ + "/" + kBundleFile, bundle, 0600);
     return json{{"run_id", c_.run_id},
                 {"container_id", c_.container_id},
                 {"attestation_sha256", hex(sha256(env_text))},
+                {"bundle_sha256", hex(sha256(bundle))},
                 {"merkle_root", hex(sum.merkle_root)},
                 {"chain_head", hex(sum.chain_head)},
                 {"event_count", sum.event_count},
@@ -243,6 +282,37 @@ std::optional<std::string> slurp(const std::string& p) {
 std::string parent_dir(const std::string& p) {
   auto s = p.rfind('/');
   return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
+}
+}  // namespace
+
+namespace {
+// v2: each subject is a file of the run directory, its digest the plain
+// SHA-256 of the file's bytes; events.ndjson, changes.ndjson and
+// session.json must be among them.
+void check_file_subjects(const std::string& rd, const json& subjects,
+                         const std::function<void(const std::string&)>& miss) {
+  std::vector<std::string> need = {"events.ndjson", "changes.ndjson", "session.json"};
+  for (const auto& s : subjects) {
+    std::string name = s.value("name", "");
+    std::string want = s.at("digest").value("sha256", "");
+    std::erase(need, name);
+    if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+      miss("subject \"" + name + "\": not a file of the run directory");
+      continue;
+    }
+    std::optional<Digest> d;
+    try {
+      d = sha256_file(rd + "/" + name);
+    } catch (const std::exception& e) {
+      miss("subject " + name + ": " + e.what());
+      continue;
+    }
+    if (!d)
+      miss(name + " is missing");
+    else if (hex(*d) != want)
+      miss(name + ": its SHA-256 is not the subject digest the attestation signs (file altered)");
+  }
+  for (const auto& n : need) miss("statement: no subject for " + n);
 }
 }  // namespace
 
@@ -302,13 +372,14 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
   if (!lc.finalized && lc.problems.empty()) miss("events.ndjson does not end with run.finalized");
 
   // 3. The attestation: envelope, signature, statement.
-  auto env_text = slurp(rd + "/attestation.intoto.json");
-  json statement;
+  auto env_text = slurp(rd + "/" + kEnvelopeFile);
+  json statement, env;
+  std::string signer_keyid;
   if (!env_text) {
     miss("attestation.intoto.json is missing");
   } else {
     try {
-      json env = json::parse(*env_text);
+      env = json::parse(*env_text);
       if (env.value("payloadType", "") != kPayloadType)
         throw Error("payloadType is not " + std::string(kPayloadType));
       std::string payload = base64_decode(env.at("payload").get<std::string>());
@@ -342,6 +413,7 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
       }
       if (!any) miss("signature: no DSSE signature verifies with " + source);
       r.report["keyid"] = kid;
+      signer_keyid = kid;
       r.report["signature_key"] = source;
     } catch (const std::exception& e) {
       miss(std::string("attestation.intoto.json: ") + e.what());
@@ -354,13 +426,21 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
     try {
       if (statement.value("_type", "") != kStatementType)
         miss("statement: _type is not " + std::string(kStatementType));
-      if (statement.value("predicateType", "") != kPredicateType) miss("statement: unexpected predicateType");
+      std::string ptype = statement.value("predicateType", "");
+      const bool v1 = ptype == kPredicateTypeV1;
+      if (!v1 && ptype != kPredicateType)
+        throw Error("predicateType \"" + ptype + "\" is not one this verifier knows (" + kPredicateTypeV1 +
+                    ", " + kPredicateType + ")");
+      r.report["predicate_type"] = ptype;
       const json& pred = statement.at("predicate");
       std::string run_id = pred.value("run_id", "");
       if (session.is_object() && session.value("run_id", "") != run_id)
         miss("run id: session.json and attestation differ");
-      bool run_subject = false;
-      for (const auto& s : statement.at("subject")) {
+      if (pred.value("complete", false) != (session.is_object() && session.value("complete", false)))
+        miss("complete: session.json and attestation differ");
+      if (!v1) check_file_subjects(rd, statement.at("subject"), miss);
+      bool run_subject = !v1;  // v1: the run subject is the event log's Merkle root
+      for (const auto& s : v1 ? statement.at("subject") : json::array()) {
         std::string name = s.value("name", "");
         std::string d = s.at("digest").value("sha256", "");
         if (name == "run:" + run_id) {
@@ -386,10 +466,10 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
         miss("predicate event_log.chain_head differs from the log");
       if (el.value("event_count", uint64_t(0)) != lc.events.size())
         miss("predicate event_log.event_count differs from the log");
-      if (session_text && pred.value("session_sha256", "") != hex(sha256(*session_text)))
+      if (v1 && session_text && pred.value("session_sha256", "") != hex(sha256(*session_text)))
         miss("session.json: its SHA-256 is not the one the attestation signs (session altered)");
       auto changes = slurp(rd + "/changes.ndjson");
-      std::string want_changes = pred.at("filesystem").value("changes_sha256", "");
+      std::string want_changes = v1 ? pred.at("filesystem").value("changes_sha256", "") : "";
       if (!want_changes.empty()) {
         if (!changes)
           miss("changes.ndjson is missing");
@@ -408,6 +488,16 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
               miss("filesystem root of " + t.value("name", "") + " (" + phase +
                    "): the log and the attestation differ");
       }
+      // The Sigstore bundle (v2 records; a v1 record has one only if exported).
+      auto bundle = slurp(rd + "/" + kBundleFile);
+      if (!bundle && !v1) miss(std::string(kBundleFile) + " is missing");
+      if (bundle) {
+        try {
+          for (const auto& p : check_sigstore_bundle(json::parse(*bundle), env, signer_keyid)) miss(p);
+        } catch (const json::exception&) {
+          miss(std::string(kBundleFile) + " is not valid JSON");
+        }
+      }
       // 5. The host ledger.
       LedgerCheck ledger = check_ledger(audit + "/ledger.ndjson");
       for (const auto& p : ledger.problems) miss(p);
@@ -419,6 +509,12 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
       } else {
         if (env_text && row->value("attestation_sha256", "") != hex(sha256(*env_text)))
           miss("ledger: the attestation file is not the one the ledger recorded (replaced or altered)");
+        if (!v1 || row->contains("bundle_sha256")) {
+          if (!row->contains("bundle_sha256"))
+            miss("ledger: the run's row has no bundle_sha256");
+          else if (bundle && row->value("bundle_sha256", "") != hex(sha256(*bundle)))
+            miss("ledger: the Sigstore bundle is not the one the ledger recorded (replaced or altered)");
+        }
         if (row->value("merkle_root", "") != hex(lc.merkle_root))
           miss("ledger: merkle root differs from the log");
         const json& lp = pred.at("ledger");

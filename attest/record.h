@@ -1,6 +1,7 @@
 // One run's record, as the supervisor builds it: the run directory
 // <audit-dir>/runs/<run-id>/ with events.ndjson, changes.ndjson,
-// session.json and attestation.intoto.json, and the host ledger row.
+// session.json, attestation.intoto.json (DSSE) and attestation.sigstore.json
+// (the same envelope as a Sigstore bundle), and the host ledger row.
 // See docs/FORMATS.md for every format.
 #pragma once
 
@@ -21,7 +22,9 @@ namespace agentshim::attest {
 using json = nlohmann::json;
 
 inline constexpr const char* kStatementType = "https://in-toto.io/Statement/v1";
-inline constexpr const char* kPredicateType = "https://agentshim.dev/attestation/run/v1";
+// The predicate agentshim writes (docs/PREDICATE.md); verify also reads v1.
+inline constexpr const char* kPredicateType = "https://agentshim.dev/attestation/run/v2";
+inline constexpr const char* kPredicateTypeV1 = "https://agentshim.dev/attestation/run/v1";
 inline constexpr const char* kPayloadType = "application/vnd.in-toto+json";
 
 struct TrackedTree {
@@ -41,6 +44,7 @@ struct RecordConfig {
   KeyType key_type = KeyType::ed25519;
   bool hash_cache = true;                          // policy "strict" turns it off
   uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)
+  std::string tsa_url;  // policy audit.tsa_url: RFC 3161 time-stamp for the Sigstore bundle ("" = none)
   std::function<void(const std::string&)> on_log_failure;
 };
 
@@ -83,7 +87,7 @@ class RunRecord {
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
   json change_counts_ = json::object();
-  UniqueFd lock_;  // the run directory, flock'ed (exclusive) until finalize is done
+  UniqueFd lock_;                     // the run directory, flock'ed (exclusive) until finalize is done
   std::shared_ptr<HashCache> cache_;  // made by the constructor, loaded by snapshot_before
   bool cache_loaded_ = false;
   void save_cache();

@@ -28,7 +28,9 @@ std::string ossl_error() {
   return buf;
 }
 
-EVP_PKEY* pk(void* p) { return static_cast<EVP_PKEY*>(p); }
+EVP_PKEY* pk(void* p) {
+  return static_cast<EVP_PKEY*>(p);
+}
 
 struct Bio {
   BIO* b;
@@ -84,6 +86,10 @@ KeyType parse_key_type(const std::string& s) {
   throw Error("key type \"" + s + "\": expected ed25519 or ecdsa-p256");
 }
 
+const char* key_type_name(KeyType t) {
+  return t == KeyType::ed25519 ? "ed25519" : "ecdsa-p256";
+}
+
 std::string dsse_pae(std::string_view type, std::string_view payload) {
   std::string out = "DSSEv1 ";
   out += std::to_string(type.size());
@@ -99,7 +105,9 @@ std::string dsse_pae(std::string_view type, std::string_view payload) {
 PrivateKey::~PrivateKey() {
   if (pkey_) EVP_PKEY_free(pk(pkey_));
 }
-PrivateKey::PrivateKey(PrivateKey&& o) noexcept : pkey_(o.pkey_) { o.pkey_ = nullptr; }
+PrivateKey::PrivateKey(PrivateKey&& o) noexcept : pkey_(o.pkey_) {
+  o.pkey_ = nullptr;
+}
 PrivateKey& PrivateKey::operator=(PrivateKey&& o) noexcept {
   if (this != &o) {
     if (pkey_) EVP_PKEY_free(pk(pkey_));
@@ -152,8 +160,9 @@ std::string PrivateKey::sign(std::string_view msg) const {
   bool ed = EVP_PKEY_get_base_id(pk(pkey_)) == EVP_PKEY_ED25519;
   std::string sig;
   size_t len = 0;
-  bool ok = EVP_DigestSignInit(ctx, nullptr, ed ? nullptr : EVP_sha256(), nullptr, pk(pkey_)) == 1 &&
-            EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1;
+  bool ok =
+      EVP_DigestSignInit(ctx, nullptr, ed ? nullptr : EVP_sha256(), nullptr, pk(pkey_)) == 1 &&
+      EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(msg.data()), msg.size()) == 1;
   if (ok) {
     sig.resize(len);
     ok = EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len,
@@ -171,8 +180,25 @@ std::string PrivateKey::public_pem() const {
   return bio.str();
 }
 
-std::string PrivateKey::keyid() const { return hex(sha256(spki_der(pk(pkey_)))); }
-std::string PrivateKey::algorithm() const { return algo(pk(pkey_)); }
+std::string PrivateKey::keyid() const {
+  return hex(sha256(spki_der(pk(pkey_))));
+}
+std::string PrivateKey::algorithm() const {
+  return algo(pk(pkey_));
+}
+KeyType PrivateKey::type() const {
+  return algo(pk(pkey_)) == "ed25519" ? KeyType::ed25519 : KeyType::ecdsa_p256;
+}
+
+PrivateKey load_signing_key(const std::string& path, KeyType expected) {
+  PrivateKey key = PrivateKey::load(path);
+  if (key.type() != expected)
+    throw Error("signing key " + path + " is an " + key_type_name(key.type()) +
+                " key, but the key type asked for is " + key_type_name(expected) +
+                " (--key-type or the policy's audit.key_type); give a key of that type or " +
+                "set the key type to " + key_type_name(key.type()));
+  return key;
+}
 
 bool verify_signature(const std::string& public_pem, std::string_view msg, std::string_view sig) {
   EVP_PKEY* k = parse_public(public_pem);
@@ -226,7 +252,9 @@ json dsse_sign(const std::string& payload_type, const std::string& payload, cons
               {"signatures", json::array({json{{"keyid", key.keyid()}, {"sig", base64_encode(sig)}}})}};
 }
 
-std::string host_public_key_path(const std::string& audit_dir) { return audit_dir + "/keys/signing.pem.pub"; }
+std::string host_public_key_path(const std::string& audit_dir) {
+  return audit_dir + "/keys/signing.pem.pub";
+}
 
 std::string ensure_host_key(const std::string& audit_dir, KeyType t, bool* created) {
   std::string dir = audit_dir + "/keys";

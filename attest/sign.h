@@ -20,6 +20,7 @@ using json = nlohmann::json;
 
 enum class KeyType { ed25519, ecdsa_p256 };
 KeyType parse_key_type(const std::string& s);  // "ed25519" | "ecdsa-p256"
+const char* key_type_name(KeyType t);          // "ed25519" | "ecdsa-p256"
 
 std::string dsse_pae(std::string_view payload_type, std::string_view payload);
 
@@ -41,6 +42,7 @@ class PrivateKey {
   std::string public_pem() const;
   std::string keyid() const;
   std::string algorithm() const;  // "ed25519" | "ecdsa-p256-sha256"
+  KeyType type() const;
 
  private:
   explicit PrivateKey(void* pkey) : pkey_(pkey) {}
@@ -52,6 +54,10 @@ class PrivateKey {
 bool verify_signature(const std::string& public_pem, std::string_view msg, std::string_view sig);
 std::string keyid_of(const std::string& public_pem);
 std::string algorithm_of(const std::string& public_pem);
+
+// Load the signing key at `path` and check that it is of type `expected`:
+// a key of the other type is an error naming both (never silently used).
+PrivateKey load_signing_key(const std::string& path, KeyType expected);
 
 json dsse_sign(const std::string& payload_type, const std::string& payload, const PrivateKey& key);
 

@@ -1,12 +1,15 @@
 """An independent verifier for agentshim run records, written from
 docs/FORMATS.md alone: it shares no code with agentshim (Python's hashlib,
-json and the `cryptography` package only).
+json, the `cryptography` package and, for v2 statements, `jsonschema` with
+configs/attestation/predicate-v2.schema.json).
 
-verify(run_dir, public_key_pem) returns a list of problems (empty = good).
+verify(run_dir, public_key_pem, ledger_path) returns (problems, events,
+predicate); problems empty = good. Reads v1 and v2 records.
 """
 import base64
 import hashlib
 import json
+import os
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -150,16 +153,33 @@ def pae(payload_type, payload):
     return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
 
 
+PREDICATE_V1 = "https://agentshim.dev/attestation/run/v1"
+PREDICATE_V2 = "https://agentshim.dev/attestation/run/v2"
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+def file_sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
 def verify(run_dir, public_key_pem, ledger_path=None):
+    """Every check FORMATS.md's "What agentshim verify checks" lists, for
+    v1 and v2 records. Returns (problems, events, predicate)."""
     problems, events, root, head = check_events(f"{run_dir}/events.ndjson")
+    if not events or events[-1]["type"] != "run.finalized":
+        problems.append("events: the log does not end with run.finalized")
     session_bytes = open(f"{run_dir}/session.json", "rb").read()
     session = json.loads(session_bytes)
+    if canonical(session).encode() + b"\n" != session_bytes:
+        problems.append("session.json is not canonical JSON plus a newline")
     if session["merkle_root"] != root:
         problems.append("session merkle_root differs from recomputed root")
     if session["chain_head"] != head:
         problems.append("session chain_head differs")
     if session["event_count"] != len(events):
         problems.append("session event_count differs")
+    if session["complete"] is not True:
+        problems.append("session: the run is not complete")
     env_bytes = open(f"{run_dir}/attestation.intoto.json", "rb").read()
     env = json.loads(env_bytes)
     payload = base64.b64decode(env["payload"], validate=True)
@@ -167,21 +187,78 @@ def verify(run_dir, public_key_pem, ledger_path=None):
         problems.append("payloadType")
     kid = keyid(public_key_pem)
     sigs = [s for s in env["signatures"] if s["keyid"] == kid]
+    # PAE over the decoded payload bytes.
     if not any(verify_signature(public_key_pem, pae(env["payloadType"], payload), base64.b64decode(s["sig"]))
                for s in sigs):
         problems.append("DSSE signature does not verify with the given public key")
     st = json.loads(payload)
+    if canonical(st).encode() != payload:
+        problems.append("payload is not canonical JSON")
     if st["_type"] != "https://in-toto.io/Statement/v1":
         problems.append("statement _type")
     pred = st["predicate"]
-    run_subject = [s for s in st["subject"] if s["name"] == "run:" + pred["run_id"]]
-    if not run_subject or run_subject[0]["digest"]["sha256"] != root:
-        problems.append("run subject digest is not the event log's Merkle root")
-    if pred["session_sha256"] != hashlib.sha256(session_bytes).hexdigest():
-        problems.append("session.json hash differs from the signed one")
+    v1 = st["predicateType"] == PREDICATE_V1
+    if not v1 and st["predicateType"] != PREDICATE_V2:
+        problems.append("unknown predicateType " + st["predicateType"])
+    if not v1:
+        # The published schema (docs/PREDICATE.md).
+        import jsonschema
+        schema = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "attestation",
+                              "predicate-v2.schema.json")
+        try:
+            jsonschema.validate(st, json.load(open(schema)))
+        except jsonschema.ValidationError as e:
+            problems.append(f"statement does not validate against {schema}: {e.message}")
+    if pred["signer"]["keyid"] != kid or keyid(pred["signer"]["public_key"].encode()) != kid:
+        problems.append("signer: the predicate names another key")
+    if pred["run_id"] != session["run_id"]:
+        problems.append("run_id: session and predicate differ")
+    if pred["complete"] != session["complete"]:
+        problems.append("complete: session and predicate differ")
+    el = pred["event_log"]
+    if (el["merkle_root"], el["chain_head"], el["event_count"]) != (root, head, len(events)):
+        problems.append("predicate event_log differs from the recomputed log")
+    trees = {t["name"]: t for t in pred["filesystem"]["trees"]}
+    for ev in events:
+        if ev["type"] == "fs.root":
+            for t in ev["data"]["trees"]:
+                if t["name"] in trees and trees[t["name"]].get(ev["data"]["phase"]) != t["root"]:
+                    problems.append(f"fs.root {t['name']} ({ev['data']['phase']}) differs from the predicate")
     changes = open(f"{run_dir}/changes.ndjson", "rb").read()
-    if pred["filesystem"]["changes_sha256"] != hashlib.sha256(changes).hexdigest():
-        problems.append("changes.ndjson hash differs from the signed one")
+    if v1:
+        run_subject = [s for s in st["subject"] if s["name"] == "run:" + pred["run_id"]]
+        if not run_subject or run_subject[0]["digest"]["sha256"] != root:
+            problems.append("run subject digest is not the event log's Merkle root")
+        for s in st["subject"]:
+            if s["name"].startswith("fs:"):
+                t = trees.get(s["name"][3:])
+                if t is None or t.get("after") != s["digest"]["sha256"]:
+                    problems.append(f"subject {s['name']} is not the tree's post-run root")
+        if pred["session_sha256"] != hashlib.sha256(session_bytes).hexdigest():
+            problems.append("session.json hash differs from the signed one")
+        if pred["filesystem"]["changes_sha256"] != hashlib.sha256(changes).hexdigest():
+            problems.append("changes.ndjson hash differs from the signed one")
+    else:
+        names = [s["name"] for s in st["subject"]]
+        for need in ("events.ndjson", "changes.ndjson", "session.json"):
+            if need not in names:
+                problems.append(f"no subject for {need}")
+        for s in st["subject"]:
+            path = f"{run_dir}/{s['name']}"
+            if "/" in s["name"] or not os.path.isfile(path):
+                problems.append(f"subject {s['name']} is not a file of the run")
+            elif file_sha256(path) != s["digest"]["sha256"]:
+                problems.append(f"subject {s['name']}: sha256 differs from the file")
+    bundle_bytes = None
+    if os.path.exists(f"{run_dir}/attestation.sigstore.json") or not v1:
+        bundle_bytes = open(f"{run_dir}/attestation.sigstore.json", "rb").read()
+        b = json.loads(bundle_bytes)
+        if b.get("mediaType") != BUNDLE_MEDIA_TYPE:
+            problems.append("bundle mediaType")
+        if b.get("verificationMaterial", {}).get("publicKey", {}).get("hint") != kid:
+            problems.append("bundle publicKey.hint is not the keyid")
+        if b.get("dsseEnvelope") != env:
+            problems.append("bundle dsseEnvelope is not the envelope")
     if ledger_path:
         prev = "0" * 64
         found = None
@@ -199,6 +276,16 @@ def verify(run_dir, public_key_pem, ledger_path=None):
                 found = row
         if not found:
             problems.append("run not in ledger")
-        elif found["attestation_sha256"] != hashlib.sha256(env_bytes).hexdigest():
-            problems.append("ledger attestation hash differs")
+        else:
+            if found["attestation_sha256"] != hashlib.sha256(env_bytes).hexdigest():
+                problems.append("ledger attestation hash differs")
+            if (found["index"], found["prev"]) != (pred["ledger"]["index"], pred["ledger"]["prev"]):
+                problems.append("ledger: the row is not at the position the predicate names")
+            if found["keyid"] != kid:
+                problems.append("ledger: keyid differs")
+            if found["merkle_root"] != root:
+                problems.append("ledger: merkle_root differs")
+            if not v1 or "bundle_sha256" in found:
+                if bundle_bytes is None or found.get("bundle_sha256") != hashlib.sha256(bundle_bytes).hexdigest():
+                    problems.append("ledger bundle hash differs")
     return problems, events, pred

@@ -356,3 +356,106 @@ def test_capability_the_host_cannot_grant_is_an_error(shim, bundle, cid, tmp_pat
     r = shim("exec", "--cap", cap, "--cwd", "/", cid2, "true")
     assert r.returncode != 0 and f"this host cannot grant {cap}".encode() in r.stderr, r.stderr
     assert shim("exec", "--cap", "CAP_KILL", "--cwd", "/", cid2, "true").returncode == 0
+
+
+# ---------------------------------------------------------------- mounts the policy once misread (issue 12)
+
+
+def check_json(shim, bundle, *pre):
+    r = shim(*pre, "policy", "check", "--bundle", bundle.path, "--json")
+    assert r.returncode in (0, 1), r.stderr
+    return r.returncode, json.loads(r.stdout)
+
+
+def mount_case(shim, bundle, tmp_path, mount):
+    bundle.config["mounts"].append(mount)
+    bundle.save()
+    return check_json(shim, bundle)
+
+
+@pytest.mark.parametrize("name,mount,rule,needle", [
+    ("typeless rbind of /", {"destination": "/host", "source": "/", "options": ["rbind"]},
+     "runtime_owned", "contains agentshim's state root"),
+    ("relative ../../ source", {"destination": "/host", "type": "bind", "source": "../" * 32, "options": ["rbind"]},
+     "runtime_owned", "(/)"),
+    ("relative typeless ro", {"destination": "/host", "source": "../" * 32, "options": ["rbind", "ro"]},
+     "runtime_owned", "contains agentshim's state root"),
+    ("ro bind of the state root", {"destination": "/s", "type": "bind", "source": "@root", "options": ["rbind", "ro"]},
+     "runtime_owned", "state root"),
+    ("typeless bind of the audit dir", {"destination": "/a", "source": "@audit", "options": ["bind", "ro"]},
+     "runtime_owned", "audit directory"),
+    ("symlink to the audit dir", {"destination": "/a", "source": "@link-audit", "options": ["rbind"]},
+     "runtime_owned", "audit directory"),
+    ("symlink to /", {"destination": "/a", "source": "@link-root", "options": ["rbind"]},
+     "runtime_owned", "contains agentshim's state root"),
+])
+def test_policy_check_refuses_mounts_by_what_they_are(shim, bundle, tmp_path, name, mount, rule, needle):
+    audit = shim.extra[1]
+    os.makedirs(os.path.join(audit, "keys"), exist_ok=True)
+    os.makedirs(shim.root, exist_ok=True)
+    os.symlink(audit, str(tmp_path / "link-audit"))
+    os.symlink("/", str(tmp_path / "link-root"))
+    src = {"@root": shim.root, "@audit": audit, "@link-audit": str(tmp_path / "link-audit"),
+           "@link-root": str(tmp_path / "link-root")}.get(mount["source"], mount["source"])
+    rc, out = mount_case(shim, bundle, tmp_path, dict(mount, source=src))
+    assert rc == 1 and out["accepted"] is False, out
+    v = [d for d in out["violations"] if d["rule"] == rule]
+    assert v, out["violations"]
+    assert v[0]["path"].startswith("mounts[") and v[0]["path"].endswith("].source")
+    assert needle in v[0]["detail"], v[0]["detail"]
+    assert v[0]["action"] == "refused"
+
+
+def test_policy_check_typeless_mount_without_bind_is_an_error(shim, bundle):
+    bundle.config["mounts"].append({"destination": "/host", "source": "/"})
+    bundle.save()
+    r = shim("policy", "check", "--bundle", bundle.path)
+    assert r.returncode == 1
+    assert b"mounts[" in r.stderr and b"].type" in r.stderr, r.stderr
+
+
+def test_policy_check_signing_key_outside_audit_dir(shim, bundle, tmp_path):
+    key = tmp_path / "elsewhere" / "host.key"
+    key.parent.mkdir()
+    key.write_text("k")
+    pol = write_policy(tmp_path, {"audit": {"signing_key": str(key)}})
+    bundle.config["mounts"].append({"destination": "/k", "type": "bind", "source": str(key.parent),
+                                    "options": ["rbind", "ro"]})
+    bundle.save()
+    rc, out = check_json(shim, bundle, "--policy", pol)
+    assert rc == 1, out
+    assert any(d["rule"] == "runtime_owned" and "signing key" in d["detail"] for d in out["violations"]), out
+
+
+@pytest.mark.parametrize("fstype", ["sysfs", "cgroup"])
+def test_policy_check_writable_kernel_fs_is_neutralised_or_refused(shim, bundle, tmp_path, fstype):
+    for m in bundle.config["mounts"]:
+        if m["type"] == fstype:
+            m["options"] = list(m.get("options", [])) + ["ro", "rw"]
+            break
+    else:
+        bundle.config["mounts"].append({"destination": "/sys" if fstype == "sysfs" else "/sys/fs/cgroup",
+                                        "type": fstype, "source": fstype, "options": ["ro", "rw"]})
+    bundle.save()
+    rc, out = check_json(shim, bundle)
+    assert rc == 0, out
+    d = [d for d in out["decisions"] if d["rule"] == "filesystem.readonly_paths" and d["path"].startswith("mounts[")]
+    assert d and d[0]["action"] == "neutralised", out["decisions"]
+    text = shim("policy", "check", "--bundle", bundle.path).stdout.decode()
+    assert "neutralised" in text and "filesystem.readonly_paths" in text
+    pol = write_policy(tmp_path, {"mode": "refuse"})
+    rc, out = check_json(shim, bundle, "--policy", pol)
+    assert rc == 1
+    assert any(v["rule"] == "filesystem.readonly_paths" for v in out["violations"]), out["violations"]
+
+
+def test_run_refuses_a_bind_of_the_custom_root(shim, bundle, cid):
+    """The forged caller.exec of issue 12: a read-only bind of a custom --root."""
+    os.makedirs(shim.root, exist_ok=True)
+    bundle.config["mounts"].append({"destination": "/state", "type": "bind", "source": shim.root,
+                                    "options": ["rbind", "ro"]})
+    bundle.save()
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.args("true").path, cid)
+    assert r.returncode == 1
+    assert b"state root" in r.stderr, r.stderr

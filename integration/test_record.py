@@ -125,6 +125,15 @@ def test_independent_verifier_and_signature(shim, finished_run):
     assert pred["signer"]["keyid"] == formats_verifier.keyid(pub)
     assert pred["exit"]["code"] == 0
     assert len(events) == pred["event_log"]["event_count"]
+    # v2: the subjects are the record files, with their plain SHA-256.
+    st = json.loads(base64.b64decode(json.load(open(os.path.join(finished_run, "attestation.intoto.json")))["payload"]))
+    assert st["predicateType"] == "https://agentshim.dev/attestation/run/v2"
+    assert {s["name"]: s["digest"]["sha256"] for s in st["subject"]} == {
+        f: hashlib.sha256(open(os.path.join(finished_run, f), "rb").read()).hexdigest()
+        for f in ("events.ndjson", "changes.ndjson", "session.json")}
+    import jsonschema
+    from conftest import REPO
+    jsonschema.validate(st, json.load(open(os.path.join(REPO, "configs", "attestation", "predicate-v2.schema.json"))))
     # And the same verifier rejects a signature from another key.
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.hazmat.primitives import serialization
@@ -165,7 +174,8 @@ def test_tamper_matrix(shim, finished_run, cid):
     """Every mutation of every file of the record must make verify fail."""
     audit = shim.extra[1]
     files = [os.path.join(finished_run, f) for f in
-             ("events.ndjson", "session.json", "changes.ndjson", "attestation.intoto.json")]
+             ("events.ndjson", "session.json", "changes.ndjson", "attestation.intoto.json",
+              "attestation.sigstore.json")]
     files.append(os.path.join(audit, "ledger.ndjson"))
     assert verify(shim, finished_run).returncode == 0
     tried = detected = 0

@@ -27,6 +27,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
@@ -110,33 +111,6 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
 }
 
 namespace {
-
-// The record must stay out of the sandbox's reach: a bind mount whose source
-// is the audit directory (records, ledger, signing key), lies inside it, or
-// contains it (a bind of "/" or "/var") is refused.
-void refuse_record_mounts(const json& cfg, const std::string& audit_dir) {
-  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) return;
-  char buf[PATH_MAX];
-  std::string audit = ::realpath(audit_dir.c_str(), buf) ? std::string(buf) : audit_dir;
-  std::size_t i = 0;
-  for (const auto& m : cfg["mounts"]) {
-    std::string where = "mounts[" + std::to_string(i++) + "]";
-    if (!m.is_object() || !m.contains("source") || !m["source"].is_string()) continue;
-    std::string src = m["source"];
-    if (src.empty() || src[0] != '/') continue;
-    auto opts = m.value("options", std::vector<std::string>{});
-    bool bind = m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
-                std::find(opts.begin(), opts.end(), "rbind") != opts.end();
-    if (!bind) continue;
-    std::string real = ::realpath(src.c_str(), buf) ? std::string(buf) : src;
-    auto under = [](const std::string& a, const std::string& b) {  // a is b or below it
-      return a == b || (b == "/" ? true : starts_with(a, b + "/"));
-    };
-    if (under(real, audit) || under(audit, real))
-      throw Error(where + ": source " + src + " would expose agentshim's audit directory " + audit +
-                  " (run records, ledger, signing key) to the container; refused");
-  }
-}
 
 void write_pid_file(const std::string& path, pid_t pid) {
   if (path.empty()) return;
@@ -233,10 +207,18 @@ void create(const Global& g, const CreateOptions& o) {
   // The policy decides the sandbox: cfg is the caller's config tightened by
   // it (every change a decision; a refused config stops here).
   json pol = policy::load(g.policy_path);
+  // --signing-key / --key-type (global flags) take the place of the policy's
+  // audit.signing_key / audit.key_type; the record checks the key's type.
+  if (!g.signing_key.empty()) pol["audit"]["signing_key"] = abs_path(g.signing_key);
+  if (!g.key_type.empty()) pol["audit"]["key_type"] = g.key_type;
   const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
-  refuse_record_mounts(caller, audit_dir);
+  // The record, the state root and the runtime's own files stay out of the
+  // sandbox's reach: the policy refuses a bind that is, contains or lies
+  // inside one of them (by identity).
   policy::ApplyContext pctx;
   pctx.policy_name = policy::source_name(g.policy_path);
+  pctx.bundle = bundle;
+  pctx.owned = policy::runtime_owned(pol, g.root, audit_dir, g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
   json cfg = pres.config;
   // A capability the policy keeps but the host cannot grant is an error
@@ -345,6 +327,11 @@ void create(const Global& g, const CreateOptions& o) {
   s.audit_dir = audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
+  // The identity of every bind source the policy checked: the init mounts
+  // exactly those files (rootfs::Context::checked).
+  for (const auto& m : pres.mounts)
+    if (m.is_bind()) s.checked_sources[m.source] = m.source_id;
+  s.checked_namespaces = pres.joined_namespaces;
   s.caller_config = caller;
   s.policy = {{"audit", pol["audit"]},
               {"decisions", pres.decisions},
@@ -950,6 +937,12 @@ int exec(const Global& g, const ExecOptions& o) {
       for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
       auto target = cg->join_for_clone(enters_userns);
       for (auto& [flag, fd] : nsfds) {
+        // The cgroup namespace is entered by the child, once it is in the
+        // cgroup (see cgroups::CloneTarget::cgroupns).
+        if (flag == CLONE_NEWCGROUP) {
+          target.cgroupns = fd.get();
+          continue;
+        }
         if (::setns(fd.get(), flag) < 0)
           throw_errno("setns into container (flag " + std::to_string(flag) + ")");
         if (flag == CLONE_NEWUSER) {
@@ -1162,7 +1155,7 @@ json features() {
       {"annotations",
        {{"org.opencontainers.runc.checkpoint.enabled", "false"},
         {"dev.agentshim.version", AGENTSHIM_VERSION},
-        {"dev.agentshim.commit", AGENTSHIM_COMMIT}}},
+        {"dev.agentshim.commit", build_commit()}}},
   };
 }
 

@@ -18,6 +18,8 @@ struct Global {
   std::string root = "/run/agentshim";
   std::string audit_dir;        // empty: policy's audit.dir or /var/lib/agentshim
   std::string policy_path;      // empty: /etc/agentshim/policy.json or built-in
+  std::string signing_key;      // --signing-key: overrides the policy's audit.signing_key
+  std::string key_type;         // --key-type: overrides the policy's audit.key_type
   bool systemd_cgroup = false;
   bool debug = false;
   std::string log_file;

@@ -72,6 +72,7 @@ void run(Setup& s, int sock) {
     rc.rootfs = s.rootfs;
     rc.userns = oci::has_new_namespace(cfg, "user");
     rc.cgroupns = oci::has_new_namespace(cfg, "cgroup");
+    rc.checked = s.checked_sources;
     if (s.policy.contains("cgroup_mounts"))
       for (const auto& h : s.policy["cgroup_mounts"])
         rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});

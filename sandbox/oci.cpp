@@ -187,6 +187,7 @@ void validate_config(const json& cfg) {
       expect_type(m, "type", vt::string, w);
       expect_type(m, "source", vt::string, w);
       expect_string_array(m, "options", w);
+      (void)parse_mount(m, i - 1);  // classifiable: a bind, or a filesystem with a type
     }
   }
   if (cfg.contains("hooks") && !cfg["hooks"].is_null()) {
@@ -450,6 +451,122 @@ MountOptions parse_mount_options(const std::vector<std::string>& opts) {
   mo.data = join(data, ",");
   if (mo.bind) mo.flags |= MS_BIND | (mo.rec ? MS_REC : 0);
   return mo;
+}
+
+std::string clean_path(const std::string& p) {
+  std::vector<std::string> parts;
+  for (const auto& c : split(p, '/')) {
+    if (c.empty() || c == ".") continue;
+    if (c == "..") {
+      if (!parts.empty()) parts.pop_back();
+      continue;
+    }
+    parts.push_back(c);
+  }
+  return "/" + join(parts, "/");
+}
+
+bool Mount::readonly() const {
+  return (flags & MS_RDONLY) != 0;
+}
+
+Mount parse_mount(const json& m, std::size_t index) {
+  Mount out;
+  out.index = index;
+  const std::string w = out.where();
+  expect(m.is_object(), w, "expected object");
+  expect(m.contains("destination") && m["destination"].is_string(), w + ".destination", "required string");
+  const std::string dest = m["destination"];
+  expect(starts_with(dest, "/"), w + ".destination", "must be an absolute path, got \"" + dest + "\"");
+  out.destination = clean_path(dest);
+  std::string type = m.contains("type") && m["type"].is_string() ? m["type"].get<std::string>() : "";
+  out.source_given = m.contains("source") && m["source"].is_string() ? m["source"].get<std::string>() : "";
+  out.source = out.source_given;
+  out.options = mount_options(m);
+  MountOptions mo = parse_mount_options(out.options);
+  // What the kernel does: MS_BIND makes mount(2) a bind of the source
+  // whatever the type says; runc (and we) also bind for type "bind".
+  if (mo.bind || type == "bind") {
+    out.kind = Mount::Kind::Bind;
+    out.fstype = "bind";
+    expect(!out.source_given.empty(), w + ".source", "a bind mount needs a source");
+  } else {
+    expect(
+        !type.empty(), w + ".type",
+        "required: a mount with no type and no \"bind\"/\"rbind\" option mounts nothing (runc fails it too)");
+    out.fstype = type;
+  }
+  out.flags = mo.flags & ~(MS_BIND | MS_REC);
+  out.recursive = mo.rec;
+  out.propagation = mo.propagation;
+  out.data = mo.data;
+  out.tmpcopyup = mo.tmpcopyup;
+  return out;
+}
+
+std::vector<Mount> mounts(const json& cfg) {
+  std::vector<Mount> out;
+  if (!cfg.is_object() || !cfg.contains("mounts") || cfg["mounts"].is_null()) return out;
+  expect(cfg["mounts"].is_array(), "mounts", "expected array");
+  for (std::size_t i = 0; i < cfg["mounts"].size(); i++) out.push_back(parse_mount(cfg["mounts"][i], i));
+  return out;
+}
+
+std::optional<FileId> file_id(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0) return std::nullopt;
+  return FileId{st.st_dev, st.st_ino};
+}
+
+std::vector<FileId> identity_chain(const std::string& path) {
+  std::vector<FileId> out;
+  char buf[PATH_MAX];
+  if (!::realpath(path.c_str(), buf)) return out;
+  // Canonical: every lexical ancestor is the real directory above it.
+  std::string p = buf;
+  for (;;) {
+    auto id = file_id(p);
+    if (!id) return {};
+    out.push_back(*id);
+    if (p == "/") break;
+    auto slash = p.rfind('/');
+    p = slash == 0 ? "/" : p.substr(0, slash);
+  }
+  return out;
+}
+
+void resolve_source(Mount& m, const std::string& bundle) {
+  if (!m.is_bind()) return;
+  const std::string w = m.where() + ".source";
+  std::string p = m.source_given;
+  if (!starts_with(p, "/")) {
+    expect(!bundle.empty(), w, "relative source \"" + p + "\" and no bundle to resolve it against");
+    p = bundle + "/" + p;
+  }
+  m.source = canonical_path(p);
+  // A source that does not exist (yet) has no identity: mounting it fails
+  // (the mounting code opens exactly m.source, without following symlinks).
+  m.source_id = file_id(m.source).value_or(FileId{});
+}
+
+void check_identity(int fd, const std::map<std::string, FileId>& checked, const std::string& key,
+                    const std::string& what) {
+  auto want = checked.find(key);
+  if (want == checked.end()) return;
+  struct stat st {};
+  if (::fstat(fd, &st) < 0) throw_errno("fstat " + what);
+  if (!(want->second == FileId{st.st_dev, st.st_ino}))
+    throw Error(what + " is no longer the file the policy checked (replaced since); refused");
+}
+
+std::string canonical_path(const std::string& p) {
+  char buf[PATH_MAX];
+  if (::realpath(p.c_str(), buf)) return buf;
+  std::string c = clean_path(p);
+  if (c == "/") return c;
+  auto slash = c.rfind('/');
+  std::string parent = canonical_path(slash == 0 ? "/" : c.substr(0, slash));
+  return (parent == "/" ? "" : parent) + c.substr(slash);
 }
 
 int parse_signal(const std::string& s) {

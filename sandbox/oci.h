@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <compare>
 #include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -86,6 +87,69 @@ struct MountOptions {
 };
 MountOptions parse_mount_options(const std::vector<std::string>& opts);
 std::vector<std::string> mount_options(const json& mount);
+
+// A file's identity: what "is", "contains" and "lies inside" compare, so no
+// spelling (symlinks, "..", bind-mounted aliases of a directory) changes the
+// answer.
+struct FileId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool operator==(const FileId&) const = default;
+  auto operator<=>(const FileId&) const = default;
+};
+
+// One entry of config.mounts, classified by what the kernel will do with it.
+// The ONE reading of a mount: the policy decides on these values and the
+// mounting code acts on them (a mount with no "type" and "bind" among its
+// options is a bind, whatever else is spelled).
+struct Mount {
+  enum class Kind { Bind, Filesystem };
+  std::size_t index = 0;         // position in config.mounts (for messages: "mounts[3]")
+  std::string destination;       // absolute, lexically cleaned ("/a/./b/../c" -> "/a/c")
+  Kind kind = Kind::Filesystem;  // Bind: MS_BIND after every option in order, or type "bind"
+  std::string fstype;            // Filesystem: "proc", "tmpfs", "cgroup", ...; Bind: "bind"
+  std::string source_given;      // config's "source", as written
+  // Bind: absolute (a relative source is relative to the bundle, as the OCI
+  // spec says), symlinks resolved, once resolve_source() ran; otherwise as given.
+  std::string source;
+  FileId source_id;         // Bind, after resolve_source(): the identity checked ({0,0}: missing)
+  unsigned long flags = 0;  // effective MS_* after every option in order (last wins), no MS_BIND/MS_REC
+  bool recursive = false;   // rbind
+  std::vector<unsigned long> propagation;  // in order
+  std::string data;                        // filesystem options
+  bool tmpcopyup = false;
+  std::vector<std::string> options;  // as given
+
+  bool is_bind() const { return kind == Kind::Bind; }
+  bool readonly() const;
+  std::string where() const { return "mounts[" + std::to_string(index) + "]"; }
+};
+
+// Classify config.mounts[index] (no filesystem access). Throws Error naming
+// the field: a mount with no "type" that is not a bind (runc fails the same
+// config at mount time), a relative destination.
+Mount parse_mount(const json& m, std::size_t index);
+// Every config mount, in order.
+std::vector<Mount> mounts(const json& cfg);
+// Bind only: make m.source absolute (relative to `bundle`; "" = no bundle,
+// a relative source is then an error), resolve its symlinks, and record its
+// identity. Throws Error naming the mount, the source as given and errno.
+void resolve_source(Mount& m, const std::string& bundle);
+// The identity of `path` (following symlinks); nullopt when it cannot be stat'ed.
+std::optional<FileId> file_id(const std::string& path);
+// `path`'s identity and those of every directory above it up to "/"
+// (walked with "..", so mount points and symlinks are crossed as the kernel
+// does). Empty when `path` does not exist.
+std::vector<FileId> identity_chain(const std::string& path);
+// `p` with its symlinks resolved; a part that does not exist is appended
+// lexically cleaned to the resolved part above it.
+std::string canonical_path(const std::string& p);
+// When `checked` has an identity for `key`, throw Error unless `fd` is that
+// file ("`what` is no longer the file the policy checked").
+void check_identity(int fd, const std::map<std::string, FileId>& checked, const std::string& key,
+                    const std::string& what);
+// Lexical clean of an absolute path: "//a/./b/../c/" -> "/a/c".
+std::string clean_path(const std::string& p);
 
 // "SIGTERM", "TERM", "15", "sigterm" -> 15. Throws Error("invalid signal ...").
 int parse_signal(const std::string& s);

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <linux/capability.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -326,6 +327,9 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       if (k == "dir" || k == "signing_key") {
         if (!x.is_string()) fail(where, key, "must be a string");
         if (!x.get<Str>().empty() && x.get<Str>()[0] != '/') fail(where, key, "must be an absolute path");
+      } else if (k == "tsa_url") {
+        if (!x.is_string() || (!x.get<Str>().empty() && x.get<Str>().rfind("http://", 0) != 0))
+          fail(where, key, "must be \"\" or an http:// URL of an RFC 3161 time-stamping authority");
       } else if (k == "key_type") {
         if (!x.is_string() || (x != "ed25519" && x != "ecdsa-p256"))
           fail(where, key, "must be \"ed25519\" or \"ecdsa-p256\"");
@@ -376,22 +380,6 @@ const std::vector<DefaultDev>& default_devices() {
   static const std::vector<DefaultDev> d = {{'c', 1, 3}, {'c', 1, 5}, {'c', 1, 7}, {'c', 1, 8},   {'c', 1, 9},
                                             {'c', 5, 0}, {'c', 5, 1}, {'c', 5, 2}, {'c', 136, -1}};
   return d;
-}
-
-bool is_bind(const json& m) {
-  auto opts = oci::mount_options(m);
-  return m.value("type", "") == "bind" || std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
-         std::find(opts.begin(), opts.end(), "rbind") != opts.end();
-}
-
-Str real_or_same(const Str& p) {
-  char buf[PATH_MAX];
-  return ::realpath(p.c_str(), buf) ? Str(buf) : p;
-}
-
-bool under(const Str& a, const Str& b) {  // a is b or below it
-  if (b == "/") return a == "/";
-  return a == b || starts_with(a, b + "/");
 }
 
 Str human_size(long long b) {
@@ -555,6 +543,11 @@ class Engine {
                  "replaced by a new " + t + " namespace"))
         n.erase("path");
     }
+    // The namespaces still joined by path: the identity decided on, which
+    // stage1 compares with what it opens (a path swapped since is refused).
+    for (const auto& n : oci::namespaces(r_.config))
+      if (!n.path.empty())
+        if (auto id = oci::file_id(n.path)) r_.joined_namespaces[n.type] = *id;
     for (const char* t : {"pid", "ipc", "uts", "mount", "network", "cgroup"}) {
       if (oci::has_namespace(r_.config, t)) continue;
       if (host_allowed(t)) {
@@ -798,39 +791,104 @@ class Engine {
     }
   }
 
+  // A place no bind may expose: the policy's filesystem.forbidden_sources
+  // and everything the runtime owns (ctx_.owned). Compared by identity: the
+  // chain of (device, inode) from the place up to "/".
+  struct Place {
+    Str path, canonical, what, rule;
+    std::vector<oci::FileId> chain;  // empty: does not exist
+    bool runtime = false;
+  };
+  std::vector<Place> forbidden_places() const {
+    std::vector<Place> out;
+    // The runtime's own first: the rule a policy file cannot remove.
+    for (const auto& o : ctx_.owned) {
+      if (o.path.empty()) continue;
+      out.push_back({o.path, oci::canonical_path(o.path), o.what + " " + o.path, "runtime_owned",
+                     oci::identity_chain(o.path), true});
+    }
+    for (const auto& f : p_["filesystem"]["forbidden_sources"]) {
+      Str fb = f.get<Str>();
+      out.push_back({fb, oci::canonical_path(fb), "the forbidden source " + fb,
+                     "filesystem.forbidden_sources", oci::identity_chain(fb), false});
+    }
+    return out;
+  }
+
+  // Why binding `m` (source resolved) would expose `f`; "" when it does not.
+  static Str exposes(const oci::Mount& m, const std::vector<oci::FileId>& chain, const Place& f) {
+    const Str& src = m.source;
+    auto has = [](const std::vector<oci::FileId>& c, const oci::FileId& id) {
+      return std::find(c.begin(), c.end(), id) != c.end();
+    };
+    auto under = [](const Str& a, const Str& b) { return a == b || starts_with(a, b == "/" ? b : b + "/"); };
+    // "/" forbids binding the root itself, not everything below it.
+    bool root = f.canonical == "/";
+    if (!chain.empty() && !f.chain.empty()) {
+      if (chain[0] == f.chain[0]) return "is";
+      if (!root && has(chain, f.chain[0])) return "lies inside";
+      if (!root && has(f.chain, chain[0])) return "contains";
+    } else if (!chain.empty() && f.chain.empty() && !root) {
+      // The place does not exist yet: binding what would contain it exposes
+      // it once the runtime creates it.
+      if (under(f.canonical, src)) return "contains";
+    }
+    // By spelling too (a source that does not exist yet).
+    if (src == f.canonical) return "is";
+    if (!root && under(src, f.canonical)) return "lies inside";
+    if (!root && under(f.canonical, src)) return "contains";
+    return "";
+  }
+
+  void check_source(const oci::Mount& m, const std::vector<Place>& places) {
+    auto chain = m.source_id == oci::FileId{} ? std::vector<oci::FileId>{} : oci::identity_chain(m.source);
+    const Str given = m.source_given == m.source ? m.source_given : m.source_given + " (" + m.source + ")";
+    // Every runtime-owned place it exposes, in one decision; else the first
+    // forbidden source.
+    std::vector<Str> owned;
+    for (const auto& f : places) {
+      Str how = exposes(m, chain, f);
+      if (how.empty()) continue;
+      if (f.runtime) {
+        owned.push_back(how + " " + f.what);
+        continue;
+      }
+      if (!owned.empty()) break;
+      hard("filesystem.forbidden_sources", m.where() + ".source",
+           "caller asked to bind " + given + " at " + m.destination + ", which " + how + " " + f.what +
+               "; refused by policy rule filesystem.forbidden_sources");
+      return;
+    }
+    if (!owned.empty())
+      hard("runtime_owned", m.where() + ".source",
+           "caller asked to bind " + given + " at " + m.destination + ", which " + join(owned, ", ") +
+               "; refused by policy rule runtime_owned (the runtime's own files never enter a container)");
+  }
+
   void mounts() {
     json& c = r_.config;
     if (!c.contains("mounts") || !c["mounts"].is_array()) return;
     const json& fs = p_["filesystem"];
     const long long tmax = *parse_size(fs["tmpfs_max_size"]);
+    const auto places = forbidden_places();
     json kept = json::array();
     for (std::size_t i = 0; i < c["mounts"].size(); i++) {
       json m = c["mounts"][i];
-      const Str where = "mounts[" + std::to_string(i) + "]";
-      const Str dest = m.value("destination", "");
-      const Str type = m.value("type", "");
-      if (is_bind(m)) {
-        const Str src = m.value("source", "");
-        if (!fs.value("allow_bind_mounts", true)) {
-          if (beyond("filesystem.allow_bind_mounts", where, "dropped",
-                     "caller asked to bind " + src + " at " + dest, "mount dropped"))
-            continue;
-        } else if (!src.empty() && src[0] == '/') {
-          Str real = real_or_same(src);
-          for (const auto& f : fs["forbidden_sources"]) {
-            Str fb = f.get<Str>(), freal = real_or_same(fb);
-            bool bad = under(src, fb) || under(real, fb) || under(real, freal) || under(fb, src) ||
-                       under(freal, real) || under(fb, real);
-            if (src == "/" || real == "/") bad = true;
-            if (bad) {
-              hard("filesystem.forbidden_sources", where + ".source",
-                   "caller asked to bind " + src + " at " + dest +
-                       ", which is or exposes the forbidden source " + fb +
-                       "; refused by policy rule filesystem.forbidden_sources");
-              break;
-            }
-          }
-        }
+      oci::Mount mt = oci::parse_mount(m, i);
+      const Str where = mt.where();
+      const Str& dest = mt.destination;
+      const Str& type = mt.fstype;
+      if (mt.is_bind()) {
+        if (!fs.value("allow_bind_mounts", true) &&
+            beyond("filesystem.allow_bind_mounts", where, "dropped",
+                   "caller asked to bind " + mt.source_given + " at " + dest, "mount dropped"))
+          continue;
+        oci::resolve_source(mt, ctx_.bundle);
+        check_source(mt, places);
+        // The enforced config says what the kernel will do: an explicit
+        // bind of the resolved source.
+        m["type"] = "bind";
+        m["source"] = mt.source;
       }
       if (type == "tmpfs") {
         json opts = m.contains("options") && m["options"].is_array() ? m["options"] : json::array();
@@ -854,18 +912,34 @@ class Engine {
         }
         m["options"] = opts;
       }
-      if (type == "cgroup" || type == "cgroup2" || type == "sysfs") {
-        auto o = oci::mount_options(m);
-        if (std::find(o.begin(), o.end(), "ro") == o.end()) {
+      // The kernel's own filesystems show (and change) the host: read-only,
+      // decided on the effective flags (options apply in order, the last
+      // of "ro"/"rw" wins).
+      if (!mt.is_bind() && (type == "cgroup" || type == "cgroup2" || type == "sysfs") && !mt.readonly()) {
+        const bool asked_rw = std::find(mt.options.begin(), mt.options.end(), "rw") != mt.options.end();
+        const Str asked =
+            type + " at " + dest + " would be writable (options " + json(mt.options).dump() + ")";
+        if (asked_rw) {
+          if (beyond("filesystem.readonly_paths", where + ".options", "neutralised", asked,
+                     "made read-only")) {
+            std::vector<Str> no;
+            for (const auto& x : mt.options)
+              if (x != "rw" && x != "ro") no.push_back(x);
+            no.push_back("ro");
+            m["options"] = no;
+          }
+        } else {
           decide("filesystem.readonly_paths", where + ".options", "added",
                  type + " at " + dest + " made read-only by policy rule filesystem.readonly_paths");
-          std::vector<Str> no;
-          for (const auto& x : o)
-            if (x != "rw") no.push_back(x);
+          std::vector<Str> no = mt.options;
           no.push_back("ro");
           m["options"] = no;
         }
       }
+      oci::Mount done = oci::parse_mount(m, kept.size());
+      done.source = mt.source;
+      done.source_id = mt.source_id;
+      r_.mounts.push_back(std::move(done));
       kept.push_back(m);
     }
     c["mounts"] = kept;
@@ -1273,6 +1347,29 @@ json validate(const json& p, const std::string& where) {
           where, "namespaces.allow_host",
           "\"network\" needs network.mode \"passthrough\" (the internal network serves the egress proxy in a "
           "network namespace of the container's own; in the host's, egress is not mediated)");
+  return out;
+}
+
+std::vector<Owned> runtime_owned(const json& policy, const std::string& state_root,
+                                 const std::string& audit_dir, const std::string& policy_path) {
+  std::vector<Owned> out;
+  auto add = [&](const std::string& p, const std::string& what) {
+    if (p.empty()) return;
+    char cwd[PATH_MAX];
+    out.push_back({starts_with(p, "/") || !::getcwd(cwd, sizeof cwd) ? p : std::string(cwd) + "/" + p, what});
+  };
+  add(state_root, "agentshim's state root (--root: container state, control sockets)");
+  add(audit_dir, "agentshim's audit directory (run records, ledger, signing key)");
+  if (policy.contains("audit") && policy["audit"].is_object())
+    add(policy["audit"].value("signing_key", ""), "agentshim's signing key");
+  if (!policy_path.empty())
+    add(policy_path, "agentshim's policy file");
+  else if (::access("/etc/agentshim/policy.json", F_OK) == 0)
+    add("/etc/agentshim/policy.json", "agentshim's policy file");
+  char exe[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) add(std::string(exe, static_cast<std::size_t>(n)), "the agentshim binary");
+  add("/run/agentshim-userns", "agentshim's userns allocation directory");
   return out;
 }
 

@@ -28,10 +28,13 @@
 // (a typo must never silently weaken the policy).
 #pragma once
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "sandbox/oci.h"
 
 namespace agentshim::policy {
 
@@ -54,10 +57,32 @@ json validate(const json& p, const std::string& where);
 // device and inode with the config's namespace paths). /proc/1/ns may be
 // unreadable (pid 1 outside our reach); the runtime's own namespaces are the
 // host's too, so /proc/self/ns is checked as well.
+// Something the runtime owns on the host (a forbidden bind source whatever
+// the policy file says): `what` names it in messages ("agentshim's audit
+// directory (run records, ledger, signing key)").
+struct Owned {
+  std::string path;
+  std::string what;
+};
+
 struct ApplyContext {
   std::vector<std::string> host_ns_dirs = {"/proc/1/ns", "/proc/self/ns"};
   std::string policy_name = "policy";  // for messages: "policy /etc/agentshim/policy.json"
+  // The bundle: relative bind sources are relative to it (OCI). Empty: a
+  // relative source is an error.
+  std::string bundle;
+  // What the runtime owns on the host (runtime_owned()); a bind whose
+  // source is one of them, contains one or lies inside one is refused,
+  // compared by identity (device and inode), not by spelling.
+  std::vector<Owned> owned;
 };
+
+// Everything the runtime in use owns on the host: the state root (--root),
+// the audit directory, the signing key (wherever it is), the policy file
+// (`policy_path`, "" = /etc/agentshim/policy.json when it exists), the
+// runtime binary, the userns allocation directory.
+std::vector<Owned> runtime_owned(const json& policy, const std::string& state_root,
+                                 const std::string& audit_dir, const std::string& policy_path);
 
 struct Result {
   json config;         // the enforced config
@@ -65,6 +90,13 @@ struct Result {
   json violations;     // the decisions whose action is "refused" (the config is rejected)
   json extra_seccomp;  // OCI linux.seccomp object stacked on the config's, or null
   json network;        // {"mode","allow","dns","proxy_port","limits"}
+  // The enforced config's mounts, normalised (oci::Mount), bind sources
+  // resolved with the identity the policy checked: the mounting code
+  // verifies it mounts that same file.
+  std::vector<oci::Mount> mounts;
+  // linux.namespaces joined by path -> the identity of the namespace the
+  // policy decided on (it is not the host's); stage1 joins only that one.
+  std::map<std::string, oci::FileId> joined_namespaces;
   long long exec_time_limit_s = 0;
   // userns "auto" added (or replaced) the user namespace: `create` allocates
   // a host uid/gid range for linux.uid/gidMappings (sandbox/userns.h) and

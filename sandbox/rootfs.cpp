@@ -83,11 +83,29 @@ bool is_dir(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-std::string mount_type(const json& m, const oci::MountOptions& mo) {
-  std::string t = m.value("type", "");
-  if (mo.bind && (t.empty() || t == "none")) t = "bind";
-  if (t.empty()) t = "bind";
-  return t;
+// Open a bind source once: exactly the resolved path the policy checked (no
+// symlink followed on the way: a component swapped for a link since the
+// check fails here), or the descriptor the supervisor opened (userns
+// "auto"), then compare its identity with the checked one.
+UniqueFd open_source(const Context& ctx, const oci::Mount& m) {
+  const std::string what = m.where() + ".source " + m.source_given;
+  auto checked = ctx.checked.find(m.source);
+  if (checked != ctx.checked.end() && checked->second == oci::FileId{})
+    throw Error("mount " + m.destination + ": " + what + " (" + m.source +
+                ") did not exist when the policy checked it");
+  UniqueFd fd;
+  if (auto pre = ctx.sources.find(m.source); pre != ctx.sources.end()) {
+    fd.reset(::open(pre->second.c_str(), O_PATH | O_CLOEXEC));
+  } else if (checked != ctx.checked.end()) {
+    fd.reset(openat2_(AT_FDCWD, m.source, O_PATH | O_CLOEXEC, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS));
+  } else {
+    // Added by the runtime after the policy (the DNS stub's resolv.conf).
+    fd.reset(::open(m.source.c_str(), O_PATH | O_CLOEXEC));
+  }
+  if (!fd) throw_errno("mount " + m.destination + ": open " + what + " (" + m.source + ")");
+  oci::check_identity(fd.get(), ctx.checked, m.source,
+                      "mount " + m.destination + ": " + what + " (" + m.source + ")");
+  return fd;
 }
 
 }  // namespace
@@ -193,8 +211,7 @@ void prepare_root(const Context& ctx) {
 
 namespace {
 
-void mount_cgroup(const Context& ctx, int rootfd, const std::string& dest, const oci::MountOptions& mo) {
-  unsigned long flags = mo.flags & ~(MS_BIND | MS_REC);
+void mount_cgroup(const Context& ctx, int rootfd, const std::string& dest, unsigned long flags) {
   auto target_fd = open_in_root(rootfd, dest, true, false);
   bool v2only = ctx.cgroups.size() == 1 && ctx.cgroups[0].fstype == "cgroup2" && ctx.cgroups[0].name.empty();
   if (v2only) {
@@ -236,51 +253,50 @@ void mount_cgroup(const Context& ctx, int rootfd, const std::string& dest, const
 }  // namespace
 
 void mount_all(const Context& ctx) {
-  if (!ctx.config.contains("mounts") || !ctx.config["mounts"].is_array()) return;
+  const auto mounts = oci::mounts(ctx.config);
+  if (mounts.empty()) return;
   UniqueFd rootfd(::open(ctx.rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!rootfd) throw_errno("open rootfs " + ctx.rootfs);
-  for (const auto& m : ctx.config["mounts"]) {
-    std::string dest = m["destination"];
-    auto mo = oci::parse_mount_options(oci::mount_options(m));
-    std::string type = mount_type(m, mo);
-    std::string src = m.value("source", "");
+  for (const auto& m : mounts) {
+    const std::string& dest = m.destination;
+    const std::string& type = m.fstype;
+    const std::string& src = m.source;
     std::string what = dest + " (" + type + (src.empty() ? "" : " from " + src) + ")";
-    if (type == "cgroup") {
-      mount_cgroup(ctx, rootfd.get(), dest, mo);
-      continue;
-    }
-    if (type == "bind") {
-      if (src.empty()) throw Error("mount " + dest + ": bind mount needs a source");
+    if (m.is_bind()) {
+      auto from = open_source(ctx, m);
       struct stat st {};
-      auto pre = ctx.sources.find(src);
-      const std::string& from = pre == ctx.sources.end() ? src : pre->second;
-      if (::stat(from.c_str(), &st) < 0) throw_errno("mount " + what + ": stat source " + src);
+      if (::fstat(from.get(), &st) < 0) throw_errno("mount " + what + ": stat source");
       auto target = open_in_root(rootfd.get(), dest, true, !S_ISDIR(st.st_mode));
-      do_mount(from, fdpath(target.get()), "bind", MS_BIND | (mo.rec ? MS_REC : 0), "", what);
-      unsigned long extra = mo.flags & ~(MS_BIND | MS_REC | MS_REMOUNT);
+      do_mount(fdpath(from.get()), fdpath(target.get()), "bind", MS_BIND | (m.recursive ? MS_REC : 0), "",
+               what);
+      unsigned long extra = m.flags & ~MS_REMOUNT;
       auto mounted = open_in_root(rootfd.get(), dest, false, false);
       if (extra) remount_bind(fdpath(mounted.get()), extra, what, ctx.userns);
-      for (auto p : mo.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
+      for (auto p : m.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
+      continue;
+    }
+    if (type == "cgroup") {
+      mount_cgroup(ctx, rootfd.get(), dest, m.flags);
       continue;
     }
     // A tmpfs without mode= takes the mode of an existing mount point, as
     // runc (which stats the destination and chmods the mounted tmpfs).
-    std::string data = mo.data;
+    std::string data = m.data;
     if (type == "tmpfs" && !starts_with(data, "mode=") && data.find(",mode=") == std::string::npos) {
       try {
         auto existing = open_in_root(rootfd.get(), dest, false, false);
         struct stat dst {};
         if (::fstat(existing.get(), &dst) == 0 && S_ISDIR(dst.st_mode)) {
-          char m[16];
-          std::snprintf(m, sizeof m, "mode=%o", static_cast<unsigned>(dst.st_mode & 07777));
-          data = data.empty() ? std::string(m) : data + "," + m;
+          char mode[16];
+          std::snprintf(mode, sizeof mode, "mode=%o", static_cast<unsigned>(dst.st_mode & 07777));
+          data = data.empty() ? std::string(mode) : data + "," + mode;
         }
       } catch (const SysError&) {
         // Not there yet: created below, the tmpfs keeps its default mode.
       }
     }
     auto target = open_in_root(rootfd.get(), dest, true, false);
-    unsigned long flags = mo.flags & ~(MS_BIND | MS_REC);
+    unsigned long flags = m.flags;
     std::string source = src.empty() ? type : src;
     try {
       do_mount(source, fdpath(target.get()), type, flags, data, what);
@@ -295,9 +311,9 @@ void mount_all(const Context& ctx) {
         throw;
       }
     }
-    if (!mo.propagation.empty()) {
+    if (!m.propagation.empty()) {
       auto mounted = open_in_root(rootfd.get(), dest, false, false);
-      for (auto p : mo.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
+      for (auto p : m.propagation) do_mount("", fdpath(mounted.get()), "", p, "", what + " propagation");
     }
   }
 }
@@ -352,11 +368,8 @@ std::string clean_path(const std::string& p) {
 // directory, never the container's own.
 std::vector<std::string> bind_destinations(const json& cfg) {
   std::vector<std::string> out;
-  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) return out;
-  for (const auto& m : cfg["mounts"]) {
-    auto mo = oci::parse_mount_options(oci::mount_options(m));
-    if (mount_type(m, mo) == "bind") out.push_back(clean_path(m["destination"].get<std::string>()));
-  }
+  for (const auto& m : oci::mounts(cfg))
+    if (m.is_bind()) out.push_back(m.destination);
   return out;
 }
 

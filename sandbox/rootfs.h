@@ -5,12 +5,13 @@
 // --no-pivot), masked and read-only paths, the read-only root.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "common/fd.h"
+#include "sandbox/oci.h"
 
 namespace agentshim::rootfs {
 
@@ -35,6 +36,12 @@ struct Context {
   bool rootfs_attached = false;
   std::map<std::string, std::string> sources;
   std::vector<UniqueFd> held;
+  // Bind source (resolved) -> the identity the policy checked. The source
+  // is opened once, without following symlinks, its identity compared, and
+  // the mount made from that descriptor: the file checked is the file
+  // mounted. A source not listed (added by the runtime) is opened the same
+  // way and not compared.
+  std::map<std::string, oci::FileId> checked;
 };
 
 // Before pivot_root.

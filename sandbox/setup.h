@@ -11,12 +11,14 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "common/fd.h"
+#include "sandbox/oci.h"
 #include "sandbox/process.h"
 
 namespace agentshim::setup {
@@ -33,6 +35,11 @@ struct Setup {
   std::string created;  // RFC 3339, as in state
   json config;          // enforced config
   json caller_config;   // as given
+  // Bind sources of the enforced config (resolved) -> the identity the
+  // policy checked; the init verifies it mounts that same file.
+  std::map<std::string, oci::FileId> checked_sources;
+  // Namespace type -> identity the policy checked for a joined path.
+  std::map<std::string, oci::FileId> checked_namespaces;
   json policy;          // policy::Result summary (decisions, extra seccomp, egress)
   json extra_seccomp;   // agentshim's profile, stacked on the config's
   bool observe_exec = false;

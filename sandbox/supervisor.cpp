@@ -307,15 +307,9 @@ class Supervisor {
         if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
         auto tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
         std::vector<std::string> sources, opened;
-        for (const auto& mnt : cfg.value("mounts", json::array())) {
-          if (!mnt.is_object() || !mnt.contains("source") || !mnt["source"].is_string()) continue;
-          std::string src = mnt["source"];
-          auto mo = oci::parse_mount_options(oci::mount_options(mnt));
-          bool bind = mnt.value("type", "") == "bind" || (mo.flags & MS_BIND);
-          if (bind && !src.empty() && src[0] == '/' &&
-              std::find(sources.begin(), sources.end(), src) == sources.end())
-            sources.push_back(src);
-        }
+        for (const auto& mnt : oci::mounts(cfg))
+          if (mnt.is_bind() && std::find(sources.begin(), sources.end(), mnt.source) == sources.end())
+            sources.push_back(mnt.source);
         auto fds = userns::attach_and_open(init_pid_, tree.get(), s_.rootfs, sources, &opened);
         std::vector<int> raw;
         for (const auto& f : fds) raw.push_back(f.get());
@@ -665,6 +659,7 @@ class Supervisor {
     rc.key_type = attest::parse_key_type(audit.value("key_type", "ed25519"));
     rc.hash_cache = !audit.value("strict", false);
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
+    rc.tsa_url = audit.value("tsa_url", "");
     bool stop = audit.value("on_log_failure", "stop") == "stop";
     rc.on_log_failure = [this, stop](const std::string& msg) {
       log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"
@@ -694,20 +689,12 @@ class Supervisor {
     std::vector<attest::TrackedTree> out;
     out.push_back({"rootfs", s_.rootfs, {}});
     const json& cfg = s_.config;
-    if (cfg.contains("mounts") && cfg["mounts"].is_array())
-      for (const auto& m : cfg["mounts"]) {
-        auto opts = m.value("options", std::vector<std::string>{});
-        bool bind = m.value("type", "") == "bind" ||
-                    std::find(opts.begin(), opts.end(), "bind") != opts.end() ||
-                    std::find(opts.begin(), opts.end(), "rbind") != opts.end();
-        bool ro = std::find(opts.begin(), opts.end(), "ro") != opts.end();
-        std::string src = m.value("source", "");
-        struct stat st {};
-        if (!bind || ro || src.empty() || src[0] != '/' || ::stat(src.c_str(), &st) < 0 ||
-            !S_ISDIR(st.st_mode))
-          continue;
-        out.push_back({m.value("destination", src), src, {}});
-      }
+    // Writable bind mounts (effective flags: ["rbind","ro","rw"] is writable).
+    for (const auto& m : oci::mounts(cfg)) {
+      struct stat st {};
+      if (!m.is_bind() || m.readonly() || ::stat(m.source.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
+      out.push_back({m.destination, m.source, {}});
+    }
     return out;
   }
 

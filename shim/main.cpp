@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "shim/commands.h"
@@ -29,7 +30,7 @@ using json = nlohmann::json;
 namespace {
 
 std::string version_text() {
-  return std::string("agentshim version ") + AGENTSHIM_VERSION + "\ncommit: " + AGENTSHIM_COMMIT +
+  return std::string("agentshim version ") + AGENTSHIM_VERSION + "\ncommit: " + build_commit() +
          "\nspec: " + oci::kOciVersion + "\n";
 }
 
@@ -93,6 +94,12 @@ int main(int argc, char** argv) {
   app.add_option("--policy", g.policy_path,
                  "policy file (default /etc/agentshim/policy.json, else built-in)");
   app.add_option("--audit-dir", g.audit_dir, "where run records are written (default /var/lib/agentshim)");
+  app.add_option("--signing-key", g.signing_key,
+                 "sign run records with this PKCS#8 PEM key (default: the policy's audit.signing_key, else "
+                 "the host key)");
+  app.add_option("--key-type", g.key_type,
+                 "the signing key's type, checked against the key: ed25519 or ecdsa-p256")
+      ->check(CLI::IsMember({"ed25519", "ecdsa-p256"}));
   std::string rootless, criu;
   app.add_option("--rootless", rootless, "accepted for runc compatibility (auto|true|false)");
   app.add_option("--criu", criu, "accepted for runc compatibility (checkpointing is not supported)");

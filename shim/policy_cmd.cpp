@@ -37,6 +37,10 @@ int PolicyCommand::run() {
   json pol = policy::load(g_.policy_path);
   policy::ApplyContext ctx;
   ctx.policy_name = policy::source_name(g_.policy_path);
+  ctx.bundle = buf;
+  ctx.owned = policy::runtime_owned(
+      pol, g_.root, g_.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g_.audit_dir,
+      g_.policy_path);
   policy::Result r = policy::evaluate(pol, caller, ctx);
   const bool refused = !r.violations.empty();
   if (json_) {

@@ -1,4 +1,5 @@
-// agentshim's own commands over run records: verify, runs list/show, keygen.
+// agentshim's own commands over run records: verify, export, runs list/show,
+// keygen.
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -6,6 +7,7 @@
 #include <chrono>
 #include <iostream>
 
+#include "attest/bundle.h"
 #include "attest/canonical.h"
 #include "attest/eventlog.h"
 #include "attest/fstree.h"
@@ -195,6 +197,42 @@ void print_account(const json& a, const attest::VerifyResult& v) {
   for (const auto& m : v.mismatches) std::cout << "  MISMATCH: " << t(m) << "\n";
 }
 
+// `agentshim export`: the bytes of the record's envelope (dsse), one compact
+// line of it (intoto-jsonl: the in-toto attestation bundle format), or the
+// Sigstore bundle (the run's own file, else made from the envelope: the same
+// JSON value, the signature's keyid as the key hint).
+int export_record(const std::string& rd, const std::string& format, const std::string& output) {
+  auto env_text = try_read_file(rd + "/" + attest::kEnvelopeFile);
+  if (!env_text) throw UsageError(rd + ": no " + attest::kEnvelopeFile + " (the run was not finalized)");
+  std::string out;
+  if (format == "dsse") {
+    out = *env_text;
+  } else {
+    json env;
+    try {
+      env = json::parse(*env_text);
+    } catch (const json::exception&) {
+      throw Error(rd + "/" + attest::kEnvelopeFile + ": not valid JSON");
+    }
+    if (format == "intoto-jsonl") {
+      out = env.dump() + "\n";
+    } else if (auto own = try_read_file(rd + "/" + attest::kBundleFile)) {
+      out = *own;
+    } else {
+      const json& sigs = env.value("signatures", json::array());
+      std::string keyid =
+          sigs.is_array() && sigs.size() == 1 && sigs[0].is_object() ? sigs[0].value("keyid", "") : "";
+      out = attest::bundle_text(attest::sigstore_bundle(env, keyid));
+    }
+  }
+  if (output.empty() || output == "-") {
+    std::cout << out << std::flush;
+  } else {
+    write_file_atomic(output, out, 0644);
+  }
+  return 0;
+}
+
 }  // namespace
 
 void Commands::add_agentshim_commands() {
@@ -233,6 +271,25 @@ void Commands::add_agentshim_commands() {
                            return r.verified() ? 0 : 1;
                          } catch (const std::exception& e) {
                            std::cerr << "agentshim verify: " << e.what() << "\n";
+                           return 2;
+                         }
+                       }});
+
+  // export: a run's attestation in a standard format, for records made
+  // before attestation.sigstore.json existed and for tools that want DSSE or
+  // in-toto JSON Lines (docs/VERIFYING.md).
+  auto* exp = app_.add_subcommand(
+      "export", "write a run's attestation as a Sigstore bundle, a DSSE envelope or in-toto JSON Lines");
+  exp->add_option("run", id_, "run id, container id or run directory")->required();
+  exp->add_option("--format", str_c_, "sigstore-bundle (default), dsse or intoto-jsonl")
+      ->check(CLI::IsMember({"sigstore-bundle", "dsse", "intoto-jsonl"}));
+  exp->add_option("-o,--output", str_d_, "write to this file (default: standard output)");
+  handlers_.push_back({exp, [this]() {
+                         try {
+                           return export_record(resolve_run(g_, id_),
+                                                str_c_.empty() ? "sigstore-bundle" : str_c_, str_d_);
+                         } catch (const std::exception& e) {
+                           std::cerr << "agentshim export: " << e.what() << "\n";
                            return 2;
                          }
                        }});

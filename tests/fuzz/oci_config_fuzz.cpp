@@ -16,6 +16,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const std::exception&) {
   }
   try {
+    // The one reading of mounts the policy and the mounting code share;
+    // every mount also on its own (validate_config stops at the first error).
+    (void)agentshim::oci::mounts(j);
+  } catch (const std::exception&) {
+  }
+  if (j.is_object() && j.contains("mounts") && j["mounts"].is_array())
+    for (std::size_t i = 0; i < j["mounts"].size(); i++) {
+      try {
+        auto m = agentshim::oci::parse_mount(j["mounts"][i], i);
+        (void)agentshim::oci::clean_path(m.destination);
+      } catch (const std::exception&) {
+      }
+    }
+  try {
     if (j.is_object() && j.contains("linux") && j["linux"].is_object() && j["linux"].contains("seccomp"))
       (void)agentshim::seccomp::compile(j["linux"]["seccomp"], true);
   } catch (const std::exception&) {

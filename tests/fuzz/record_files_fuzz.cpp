@@ -1,5 +1,5 @@
 // The record's files as a verifier reads them: events.ndjson, ledger.ndjson
-// and a whole run directory (session, attestation, changes) with hostile bytes.
+// and a whole run directory (session, attestation, Sigstore bundle) with hostile bytes.
 #include <unistd.h>
 
 #include <cstddef>
@@ -21,10 +21,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string in(reinterpret_cast<const char*>(data), size);
   std::string rd = dir + "/runs/r";
   // Split the input into the files of a run (0x00 separates them).
-  std::string parts[4];
+  std::string parts[5];
   std::size_t k = 0;
   for (char c : in) {
-    if (c == '\0' && k < 3) {
+    if (c == '\0' && k < 4) {
       ++k;
       continue;
     }
@@ -34,6 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   agentshim::write_file(rd + "/session.json", parts[1]);
   agentshim::write_file(rd + "/attestation.intoto.json", parts[2]);
   agentshim::write_file(dir + "/ledger.ndjson", parts[3]);
+  agentshim::write_file(rd + "/attestation.sigstore.json", parts[4]);
   (void)agentshim::attest::check_log(rd + "/events.ndjson");
   (void)agentshim::attest::check_ledger(dir + "/ledger.ndjson");
   auto r = agentshim::attest::verify_run(rd, {});

@@ -640,6 +640,126 @@ TEST(PolicyApply, KernelFilesystemMountsAreReadOnly) {
   EXPECT_EQ(r.config["mounts"][3]["options"], json::array({"ro"}));
 }
 
+// Issue 12: a typeless bind, a relative source, the runtime's own files
+// and last-wins options, each read the same way by the policy and the
+// mounting code (oci::Mount).
+TEST(PolicyApply, TypelessBindIsSeenAsABind) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["mounts"].push_back({{"destination", "/host"}, {"source", "/"}, {"options", {"rbind"}}});
+  auto r = policy::evaluate(policy::builtin(), cfg, ns.ctx());
+  ASSERT_EQ(r.violations.size(), 1u);
+  EXPECT_EQ(r.violations[0]["rule"], "filesystem.forbidden_sources");
+  EXPECT_EQ(r.violations[0]["path"], "mounts[3].source");
+  // Typeless and no bind option: not classifiable, an error naming the field.
+  json bad = clean_config();
+  bad["mounts"].push_back({{"destination", "/host"}, {"source", "/"}});
+  try {
+    (void)policy::evaluate(policy::builtin(), bad, ns.ctx());
+    ADD_FAILURE() << "typeless non-bind accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mounts[3].type"), std::string::npos) << e.what();
+  }
+}
+
+TEST(PolicyApply, RelativeSourcesResolveAgainstTheBundle) {
+  FakeNs ns;
+  auto ctx = ns.ctx();
+  ctx.bundle = ns.dir + "/host";
+  json cfg = clean_config();
+  cfg["mounts"].push_back({{"destination", "/h"},
+                           {"type", "bind"},
+                           {"source", "../../../../../../../../../../../"},
+                           {"options", {"rbind"}}});
+  auto r = policy::evaluate(policy::builtin(), cfg, ctx);
+  ASSERT_EQ(r.violations.size(), 1u);
+  EXPECT_EQ(r.violations[0]["rule"], "filesystem.forbidden_sources");
+  EXPECT_TRUE(has_text(r.violations, "(/)"));
+  // An allowed relative source: the enforced config holds the resolved path.
+  json ok = clean_config();
+  ok["mounts"].push_back({{"destination", "/p"}, {"source", "../pod"}, {"options", {"bind", "ro"}}});
+  auto a = policy::apply(policy::builtin(), ok, ctx);
+  EXPECT_EQ(a.config["mounts"][3]["source"], ns.dir + "/pod");
+  EXPECT_EQ(a.config["mounts"][3]["type"], "bind");
+  ASSERT_EQ(a.mounts.size(), 4u);
+  EXPECT_EQ(a.mounts[3].source_id, *oci::file_id(ns.dir + "/pod"));
+}
+
+TEST(PolicyApply, RuntimeOwnedPathsAreRefusedByIdentity) {
+  FakeNs ns;
+  mkdir_p(ns.dir + "/state/c1");
+  mkdir_p(ns.dir + "/audit/keys");
+  mkdir_p(ns.dir + "/elsewhere");
+  write_file(ns.dir + "/elsewhere/host.key", "k");
+  ASSERT_EQ(::symlink((ns.dir + "/state").c_str(), (ns.dir + "/alias").c_str()), 0);
+  json pol = policy::validate({{"audit", {{"signing_key", ns.dir + "/elsewhere/host.key"}}}}, "x");
+  auto ctx = ns.ctx();
+  ctx.owned = policy::runtime_owned(pol, ns.dir + "/state", ns.dir + "/audit", "");
+  auto bind = [](const std::string& src, const std::vector<std::string>& opts) {
+    json cfg = clean_config();
+    cfg["mounts"].push_back({{"destination", "/mnt"}, {"source", src}, {"options", opts}});
+    return cfg;
+  };
+  struct Case {
+    std::string src;
+    std::string what;
+  };
+  for (const Case& c : std::vector<Case>{{ns.dir + "/state", "state root"},
+                                         {ns.dir + "/alias/c1", "state root"},
+                                         {ns.dir + "/alias/../audit", "audit directory"},
+                                         {ns.dir + "/audit/keys", "audit directory"},
+                                         {ns.dir, "state root"},  // contains them
+                                         {ns.dir + "/elsewhere/host.key", "signing key"},
+                                         {ns.dir + "/elsewhere", "signing key"},
+                                         {"/proc/self/exe", "agentshim binary"}}) {
+    auto r = policy::evaluate(policy::builtin(), bind(c.src, {"rbind", "ro"}), ctx);
+    ASSERT_EQ(r.violations.size(), 1u) << c.src;
+    EXPECT_EQ(r.violations[0]["path"], "mounts[3].source") << c.src;
+    EXPECT_TRUE(has_text(r.violations, c.what)) << c.src << ": " << r.violations.dump();
+  }
+  // A sibling is fine.
+  EXPECT_TRUE(policy::evaluate(policy::builtin(), bind(ns.dir + "/pod", {"rbind"}), ctx).violations.empty());
+  // The runtime binary, by identity wherever it is.
+  char exe[PATH_MAX] = {};
+  ASSERT_GT(::readlink("/proc/self/exe", exe, sizeof exe - 1), 0);
+  auto r = policy::evaluate(policy::builtin(), bind(exe, {"bind"}), ctx);
+  ASSERT_EQ(r.violations.size(), 1u);
+  EXPECT_EQ(r.violations[0]["rule"], "runtime_owned");
+  EXPECT_TRUE(has_text(r.violations, "agentshim binary"));
+}
+
+TEST(PolicyApply, EffectiveFlagsDecideReadOnly) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["mounts"].push_back(
+      {{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}, {"options", {"nosuid", "ro", "rw"}}});
+  cfg["mounts"].push_back({{"destination", "/sys/fs/cgroup"},
+                           {"type", "cgroup"},
+                           {"source", "cgroup"},
+                           {"options", {"ro", "nosuid", "rw"}}});
+  auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_EQ(r.config["mounts"][3]["options"], json::array({"nosuid", "ro"}));
+  EXPECT_EQ(r.config["mounts"][4]["options"], json::array({"nosuid", "ro"}));
+  EXPECT_TRUE(r.mounts[3].readonly());
+  EXPECT_TRUE(r.mounts[4].readonly());
+  std::vector<json> ro;
+  for (const auto& d : by_rule(r, "filesystem.readonly_paths"))
+    if (starts_with(d["path"].get<std::string>(), "mounts[")) ro.push_back(d);
+  ASSERT_EQ(ro.size(), 2u);
+  EXPECT_EQ(ro[0]["action"], "neutralised");
+  // Refuse mode: a violation naming the rule.
+  auto rr = policy::evaluate(with_mode(policy::builtin(), "refuse"), cfg, ns.ctx());
+  ASSERT_EQ(rr.violations.size(), 2u);
+  EXPECT_EQ(rr.violations[0]["rule"], "filesystem.readonly_paths");
+  EXPECT_EQ(rr.violations[0]["path"], "mounts[3].options");
+  // "rw", "ro": read-only already, nothing to do.
+  json fine = clean_config();
+  fine["mounts"].push_back(
+      {{"destination", "/sys"}, {"type", "sysfs"}, {"source", "sysfs"}, {"options", {"rw", "ro"}}});
+  for (const auto& d : by_rule(policy::apply(policy::builtin(), fine, ns.ctx()), "filesystem.readonly_paths"))
+    EXPECT_FALSE(starts_with(d["path"].get<std::string>(), "mounts[")) << d.dump();
+}
+
 TEST(PolicyApply, Devices) {
   FakeNs ns;
   json cfg = clean_config();
