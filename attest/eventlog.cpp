@@ -66,7 +66,19 @@ void EventLog::submit(const std::string& type, json data) {
     ++unreported_lost_;
     return;
   }
+  // The writer drains the queue every 100 ms, and at once when it grows;
+  // past kMaxQueued events (a flood faster than the disk) events are counted
+  // as lost and reported by a log.gap, so the recorder's memory stays bounded.
+  if (queue_.size() >= kMaxQueued) {
+    ++lost_;
+    ++unreported_lost_;
+    if (first_error_.empty())
+      first_error_ = "event log " + path_ + ": " + std::to_string(kMaxQueued) +
+                     " events waiting for the writer: later events dropped";
+    return;
+  }
   queue_.push_back({type, std::move(data), rfc3339_now()});
+  if (queue_.size() == kWakeWriterAt) cv_.notify_all();
 }
 
 void EventLog::inject_write_failures(int n, int err) {
@@ -91,13 +103,13 @@ void EventLog::flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync) {
   batch.swap(queue_);
   const uint64_t seq0 = next_seq_;
   const Digest chain0 = chain_;
-  const std::size_t leaves0 = leaves_.size();
+  const MerkleFrontier leaves0 = leaves_;
   std::string buf;
   auto append = [&](const std::string& type, const json& data, const std::string& time) {
     std::string body = event_body(next_seq_, time, type, data);
     Digest leaf = event_leaf(body);
     chain_ = chain_next(chain_, leaf);
-    leaves_.push_back(leaf);
+    leaves_.add(leaf);
     buf += event_line(next_seq_, time, type, data, leaf, chain_);
     buf.push_back('\n');
     ++next_seq_;
@@ -139,7 +151,7 @@ void EventLog::flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync) {
     }
     next_seq_ = seq0;
     chain_ = chain0;
-    leaves_.resize(leaves0);
+    leaves_ = leaves0;
     lost_ += batch.size();
     unreported_lost_ += batch.size();
     std::string msg = "event log " + path_ + ": write failed: " + std::strerror(err);
@@ -188,7 +200,7 @@ EventLog::Summary EventLog::summary() {
   s.lost = lost_;
   s.event_count = next_seq_;
   s.chain_head = chain_;
-  s.merkle_root = merkle_root(leaves_);
+  s.merkle_root = leaves_.root();
   s.first_error = first_error_;
   return s;
 }

@@ -71,6 +71,7 @@ class EventLog {
     json data;
     std::string time;
   };
+  static constexpr std::size_t kWakeWriterAt = 1024, kMaxQueued = 65536;
   void writer_loop();
   void flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync);
 
@@ -85,7 +86,7 @@ class EventLog {
   uint64_t next_seq_ = 0, submitted_ = 0, written_ = 0, lost_ = 0, unreported_lost_ = 0;
   off_t good_size_ = 0;
   Digest chain_{};
-  std::vector<Digest> leaves_;
+  MerkleFrontier leaves_;  // O(log n): the recorder does not keep every leaf
   std::string first_error_;
   int inject_n_ = 0, inject_err_ = 0;
   std::thread thread_;

@@ -137,6 +137,28 @@ Digest merkle_root(const std::vector<Digest>& leaf_hashes) {
   return level[0];
 }
 
+void MerkleFrontier::add(const Digest& leaf_hash) {
+  stack_.emplace_back(1, leaf_hash);
+  // Two perfect subtrees of equal size are siblings: merge them.
+  while (stack_.size() >= 2 && stack_[stack_.size() - 2].first == stack_.back().first) {
+    auto right = stack_.back();
+    stack_.pop_back();
+    auto& left = stack_.back();
+    left.second = merkle_node_hash(left.second, right.second);
+    left.first *= 2;
+  }
+  ++size_;
+}
+
+Digest MerkleFrontier::root() const {
+  if (stack_.empty()) return sha256("");
+  // RFC 6962 splits at the largest power of two below n: the largest
+  // subtree is the left child of the root, the rest folds to the right.
+  Digest acc = stack_.back().second;
+  for (std::size_t i = stack_.size() - 1; i-- > 0;) acc = merkle_node_hash(stack_[i].second, acc);
+  return acc;
+}
+
 std::vector<Digest> merkle_inclusion_proof(const std::vector<Digest>& leaf_hashes, std::size_t index) {
   if (index >= leaf_hashes.size()) throw Error("inclusion proof: index out of range");
   std::vector<Digest> out;

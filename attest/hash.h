@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace agentshim::attest {
@@ -44,6 +45,21 @@ Digest merkle_leaf_hash(std::string_view data);
 Digest merkle_node_hash(const Digest& left, const Digest& right);
 // Merkle Tree Hash over already-computed leaf hashes (MTH of RFC 6962).
 Digest merkle_root(const std::vector<Digest>& leaf_hashes);
+// The same root, built one leaf at a time in O(log n) memory: the roots of
+// the perfect subtrees that make up the leaves so far (the binary digits of
+// the count), largest first. The event log keeps one of these instead of
+// every leaf, so a run's recorder memory does not grow with its events.
+class MerkleFrontier {
+ public:
+  void add(const Digest& leaf_hash);
+  std::uint64_t size() const { return size_; }
+  // merkle_root() of every leaf added so far (SHA-256 of "" when none).
+  Digest root() const;
+
+ private:
+  std::vector<std::pair<std::uint64_t, Digest>> stack_;  // (leaf count, subtree root), sizes decreasing
+  std::uint64_t size_ = 0;
+};
 // Audit path (inclusion proof) for leaf `index` in a tree of leaf_hashes.size() leaves.
 std::vector<Digest> merkle_inclusion_proof(const std::vector<Digest>& leaf_hashes, std::size_t index);
 // RFC 9162 section 2.1.3.2 verification of an inclusion proof.

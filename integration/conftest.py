@@ -168,8 +168,21 @@ def host_devnull_intact():
     assert _devnull_ok(), "the host's /dev/null changed owner or mode during this test"
 
 
+# A pure cgroup v2 host (the guests of scripts/guest): one cgroup2 tree at
+# /sys/fs/cgroup.
+UNIFIED = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
 def _cgroup_snapshot():
     out = set()
+    if UNIFIED:
+        # Every cgroup down to a depth that covers "<slice>/<parent>/<id>";
+        # the root's subtree_control is delegation's to change.
+        for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+            if top.count("/") >= 6:
+                dirs[:] = []
+            out.update(os.path.join(top, d) for d in dirs)
+        return out, ""
     for h in os.listdir("/sys/fs/cgroup"):
         p = os.path.join("/sys/fs/cgroup", h)
         if os.path.isdir(p) and not os.path.islink(p):

@@ -13,7 +13,8 @@ def leftovers(shim, cid, bundle):
     found = []
     if os.path.exists(os.path.join(shim.root, cid)):
         found.append("state dir")
-    for d in glob.glob(f"/sys/fs/cgroup/*/{cid}") + glob.glob(f"/sys/fs/cgroup/*/*/{cid}"):
+    for d in (glob.glob(f"/sys/fs/cgroup/{cid}") + glob.glob(f"/sys/fs/cgroup/*/{cid}") +
+              glob.glob(f"/sys/fs/cgroup/*/*/{cid}")):
         found.append(d)
     with open("/proc/self/mountinfo") as f:
         for line in f:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import run
+from conftest import UNIFIED, run
 
 
 def wait_status(rt, cid, want, timeout=10):
@@ -295,8 +295,12 @@ def test_delete_removes_cgroups_and_state(shim, bundle, cid):
     shim.ids.add(cid)
     shim("run", "--detach", "--bundle", bundle.args("sleep", "30").path, cid, check=True)
     st = shim.json("state", cid)
-    cg_line = [l for l in open(f"/proc/{st['pid']}/cgroup").read().splitlines() if ":memory:" in l][0]
-    cg_dir = "/sys/fs/cgroup/memory" + cg_line.split(":", 2)[2]
+    lines = open(f"/proc/{st['pid']}/cgroup").read().splitlines()
+    if UNIFIED:  # one line, "0::/path"
+        cg_dir = "/sys/fs/cgroup" + lines[0].split(":", 2)[2]
+    else:
+        cg_line = [l for l in lines if ":memory:" in l][0]
+        cg_dir = "/sys/fs/cgroup/memory" + cg_line.split(":", 2)[2]
     assert os.path.isdir(cg_dir)
     shim("delete", "--force", cid, check=True)
     shim.ids.discard(cid)

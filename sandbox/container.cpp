@@ -27,6 +27,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
@@ -898,6 +899,12 @@ int exec(const Global& g, const ExecOptions& o) {
       for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
       auto target = cg->join_for_clone(enters_userns);
       for (auto& [flag, fd] : nsfds) {
+        // The cgroup namespace is entered by the child, once it is in the
+        // cgroup (see cgroups::CloneTarget::cgroupns).
+        if (flag == CLONE_NEWCGROUP) {
+          target.cgroupns = fd.get();
+          continue;
+        }
         if (::setns(fd.get(), flag) < 0)
           throw_errno("setns into container (flag " + std::to_string(flag) + ")");
         if (flag == CLONE_NEWUSER) {
@@ -1093,7 +1100,7 @@ json features() {
       {"annotations",
        {{"org.opencontainers.runc.checkpoint.enabled", "false"},
         {"dev.agentshim.version", AGENTSHIM_VERSION},
-        {"dev.agentshim.commit", AGENTSHIM_COMMIT}}},
+        {"dev.agentshim.commit", build_commit()}}},
   };
 }
 

@@ -18,7 +18,7 @@ namespace agentshim::stage1 {
 using json = nlohmann::json;
 using setup::Setup;
 
-void run(Setup& s, int sock, const cgroups::CloneTarget& cg) {
+void run(Setup& s, int sock, cgroups::CloneTarget& cg) {
   try {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     // The init runs agentshim's own binary until it execs the user's
@@ -62,7 +62,10 @@ void run(Setup& s, int sock, const cgroups::CloneTarget& cg) {
       unshare_flags &= ~CLONE_NEWCGROUP;
       s.init_unshare_cgroupns = true;
     }
-    for (const char* t : {"ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
+    // An existing cgroup namespace is entered by the init once born in the
+    // container's cgroup (see cgroups::CloneTarget::cgroupns).
+    if (auto it = join.find("cgroup"); it != join.end()) cg.cgroupns = it->second.get();
+    for (const char* t : {"ipc", "uts", "network", "pid", "time", "mount"}) {
       auto it = join.find(t);
       if (it == join.end()) continue;
       if (::setns(it->second.get(), oci::namespace_by_name(t)->flag) < 0)

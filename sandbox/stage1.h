@@ -12,6 +12,6 @@ namespace agentshim::stage1 {
 
 // Never returns (in stage1: _exit(0) once the init is reported, 1 on error;
 // in the cloned child: init::run).
-[[noreturn]] void run(setup::Setup& s, int sock, const cgroups::CloneTarget& cg);
+[[noreturn]] void run(setup::Setup& s, int sock, cgroups::CloneTarget& cg);
 
 }  // namespace agentshim::stage1

@@ -17,6 +17,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "shim/commands.h"
@@ -29,7 +30,7 @@ using json = nlohmann::json;
 namespace {
 
 std::string version_text() {
-  return std::string("agentshim version ") + AGENTSHIM_VERSION + "\ncommit: " + AGENTSHIM_COMMIT +
+  return std::string("agentshim version ") + AGENTSHIM_VERSION + "\ncommit: " + build_commit() +
          "\nspec: " + oci::kOciVersion + "\n";
 }
 

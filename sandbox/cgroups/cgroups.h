@@ -75,8 +75,16 @@ struct Hierarchy {
 // creator joined it already.
 struct CloneTarget {
   UniqueFd v2;         // the container's v2 directory
-  std::string v2_dir;  // for the fallback: join through cgroup.procs
+  std::string v2_dir;  // for messages (the fallback writes cgroup.procs through `v2`)
   bool v2_required = false;
+  // A cgroup namespace the new process enters once born (not owned). With
+  // cgroup2 mounted nsdelegate (systemd's default) the kernel lets a process
+  // be cloned into, or moved to, a cgroup only when its own and the target
+  // cgroup are both visible from its cgroup namespace: a creator that joined
+  // the container's namespace first gets ENOENT. So the creator stays in
+  // its own and the child enters the container's (exec, a config naming
+  // an existing cgroup namespace).
+  int cgroupns = -1;
 };
 
 class Manager {
@@ -84,8 +92,9 @@ class Manager {
   virtual ~Manager() = default;
 
   // Resolve cgroupsPath (absolute: from the hierarchy's root; relative: below
-  // the caller's own cgroup; empty: "<id>" below the caller's cgroup; with the
-  // systemd driver: "slice:prefix:name") and create the directories.
+  // the caller's own cgroup on v1, below its parent on v2 (see
+  // detail::v2_relative_base); empty: "<id>", relative; with the systemd
+  // driver: "slice:prefix:name") and create the directories.
   static std::unique_ptr<Manager> create(const std::string& cgroups_path, const std::string& id,
                                          bool systemd);
   static std::unique_ptr<Manager> create(const Host& host, const std::string& cgroups_path,
@@ -136,11 +145,14 @@ class Manager {
 
 // A child of the calling process's parent (CLONE_PARENT), born in the v2
 // cgroup `target.v2` when open (clone3 CLONE_INTO_CGROUP: no migration, so
-// no grace period). Like fork(): 0 in the child. When the kernel refuses
-// (before 5.7: ENOSYS; a cgroup it may not enter), the calling process joins
-// `target.v2_dir` through cgroup.procs and clones plainly; that failing is
-// an error only when `target.v2_required`, else a warning. For
-// single-threaded callers (stage1, exec's intermediate).
+// no grace period). Like fork(): 0 in the child, which then enters
+// `target.cgroupns` when set (throwing SysError if it cannot). When the
+// kernel refuses the clone (before 5.7: ENOSYS; a cgroup it may not enter),
+// the calling process joins the cgroup through `target.v2`'s cgroup.procs
+// (the directory fd: the caller may be in another mount namespace by now)
+// and clones plainly; that failing is an error only when
+// `target.v2_required`, else a warning. For single-threaded callers (stage1,
+// exec's intermediate).
 pid_t clone_parent_into(const CloneTarget& target);
 
 // ---- helpers shared by the v1 and v2 managers (exposed for tests) ----
@@ -158,6 +170,12 @@ uint64_t shares_to_weight(uint64_t shares);
 // The host directory of cgroup `path` (absolute, or relative to `self_path`)
 // in hierarchy `m`.
 std::string host_dir(const MountPoint& m, const std::string& self_path, const std::string& path);
+// Where a relative v2 cgroupsPath (and the default, the container's id) is
+// resolved: the parent of the caller's own cgroup, as runc does
+// (libcontainer/cgroups/fs2 defaultDirPath). The caller's cgroup holds
+// processes (the caller), so the kernel would enable no controller below it;
+// its parent, a service manager's slice or the root, can delegate them.
+std::string v2_relative_base(const std::string& self_path);
 // mkdir each missing component of `dir` below `mount`; returns those created.
 std::vector<std::string> make_dirs(const std::string& mount, const std::string& dir);
 // Host's page sizes as the hugetlb controller names them ("2MB", "1GB").

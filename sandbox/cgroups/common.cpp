@@ -223,22 +223,37 @@ CloneTarget Manager::join_for_clone(bool userns) {
 }
 
 pid_t clone_parent_into(const CloneTarget& target) {
+  pid_t pid = -1;
+  bool cloned = false;
   if (target.v2) {
     CloneArgs a{};
     a.flags = CLONE_PARENT | kCloneIntoCgroup;  // exit_signal 0: CLONE_PARENT inherits ours
     a.cgroup = static_cast<uint64_t>(target.v2.get());
-    long pid = ::syscall(SYS_clone3, &a, sizeof a);
-    if (pid >= 0) return static_cast<pid_t>(pid);
-    int err = errno;
-    try {
-      write_file(target.v2_dir + "/cgroup.procs", std::to_string(::getpid()));
-    } catch (const std::exception& e) {
-      std::string msg = std::string(e.what()) + " (clone3 into the cgroup: " + std::strerror(err) + ")";
-      if (target.v2_required) throw Error(msg);
-      log::warn(msg);
+    long r = ::syscall(SYS_clone3, &a, sizeof a);
+    if (r >= 0) {
+      pid = static_cast<pid_t>(r);
+      cloned = true;
+    } else {
+      int err = errno;
+      std::string me = std::to_string(::getpid());
+      UniqueFd procs(::openat(target.v2.get(), "cgroup.procs", O_WRONLY | O_CLOEXEC));
+      int werr = 0;
+      if (!procs)
+        werr = errno;
+      else if (::write(procs.get(), me.data(), me.size()) < 0)
+        werr = errno;
+      if (werr) {
+        std::string msg = "cgroup: join " + target.v2_dir + "/cgroup.procs: " + std::strerror(werr) +
+                          " (clone3 into the cgroup: " + std::strerror(err) + ")";
+        if (target.v2_required) throw Error(msg);
+        log::warn(msg);
+      }
     }
   }
-  return static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+  if (!cloned) pid = static_cast<pid_t>(::syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0));
+  if (pid == 0 && target.cgroupns >= 0 && ::setns(target.cgroupns, CLONE_NEWCGROUP) < 0)
+    throw_errno("setns into the container's cgroup namespace");
+  return pid;
 }
 
 namespace detail {
@@ -324,6 +339,14 @@ std::string host_dir(const MountPoint& m, const std::string& self_path, const st
     out += "/" + c;
   }
   return out;
+}
+
+std::string v2_relative_base(const std::string& self_path) {
+  std::string s = self_path;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  auto slash = s.rfind('/');
+  if (slash == std::string::npos || slash == 0) return "/";
+  return s.substr(0, slash);
 }
 
 std::vector<std::string> make_dirs(const std::string& mount, const std::string& dir) {

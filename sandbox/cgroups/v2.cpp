@@ -39,8 +39,12 @@ class V2Manager final : public Manager {
     if (!m) throw Error("cgroups: no cgroup2 hierarchy is mounted");
     mount_ = *m;
     auto it = host_.self.find("");
-    dir_ = detail::host_dir(mount_, it == host_.self.end() ? "/" : it->second, path_);
+    dir_ =
+        detail::host_dir(mount_, detail::v2_relative_base(it == host_.self.end() ? "/" : it->second), path_);
     if (saved) {
+      // The directory as it was made (a state written by an older version
+      // may have resolved a relative path differently).
+      if (saved->contains("dir") && (*saved)["dir"].is_string()) dir_ = (*saved)["dir"].get<std::string>();
       created_ = saved->value("created", std::vector<std::string>{});
       return;
     }
@@ -62,6 +66,7 @@ class V2Manager final : public Manager {
             {"path", path_},
             {"mounts", mounts},
             {"self", host_.self},
+            {"dir", dir_},
             {"created", created_}};
   }
 
@@ -200,12 +205,21 @@ class V2Manager final : public Manager {
  private:
   // Write a v2 file; a missing file means the controller is not enabled here.
   void put(const std::string& file, const std::string& value, const std::string& field) {
-    if (!exists(dir_, file))
-      throw Error(field + ": " + dir_ + "/" + file +
-                  " does not exist (the controller is not available or not enabled for this cgroup)");
+    if (!exists(dir_, file)) {
+      std::string why = "the controller is not available or not enabled for this cgroup";
+      auto it = not_enabled_.find(file.substr(0, file.find('.')));
+      if (it != not_enabled_.end()) why = it->second;
+      throw Error(field + ": " + dir_ + "/" + file + " does not exist (" + why + ")");
+    }
     write(dir_, file, value);
   }
 
+  // Delegate the controllers the container may use down the path: each
+  // ancestor's cgroup.subtree_control gets the ones its cgroup.controllers
+  // offers and it has not enabled yet (a parent a manager delegated to us
+  // has them already; one we may not write is left alone). A refusal
+  // (EBUSY: the ancestor holds processes, "no internal processes") is kept
+  // for the error of a resource that needs the controller.
   void enable_controllers() {
     static const char* wanted[] = {"cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma", "misc"};
     std::string cur = mount_.path;
@@ -213,17 +227,31 @@ class V2Manager final : public Manager {
     for (const auto& c : split(dir_.substr(mount_.path.size()), '/'))
       if (!c.empty()) levels.push_back(c);
     for (std::size_t i = 0; i < levels.size(); ++i) {
-      auto avail = try_read_file(cur + "/cgroup.controllers");
-      std::vector<std::string> have = avail ? split(trim(*avail), ' ') : std::vector<std::string>{};
+      auto words = [&](const char* file) {
+        std::vector<std::string> out;
+        if (auto t = try_read_file(cur + "/" + file))
+          for (const auto& w : split(trim(*t), ' '))
+            if (!w.empty()) out.push_back(w);
+        return out;
+      };
+      auto have = words("cgroup.controllers");
+      auto on = words("cgroup.subtree_control");
       for (const char* w : wanted) {
-        if (std::find(have.begin(), have.end(), w) == have.end()) continue;
+        if (std::find(have.begin(), have.end(), w) == have.end()) {
+          if (!not_enabled_.count(w))
+            not_enabled_[w] = std::string("the ") + w + " controller is not available in " + cur;
+          continue;
+        }
+        if (std::find(on.begin(), on.end(), w) != on.end()) continue;
         try {
           write(cur, "cgroup.subtree_control", std::string("+") + w);
         } catch (const SysError& e) {
-          // Typically EBUSY: the parent holds processes ("no internal
-          // processes"). Resources that need the controller fail later with
-          // a message naming the missing file.
           log::debug(e.what());
+          if (!not_enabled_.count(w))
+            not_enabled_[w] = std::string("enabling the ") + w + " controller in " + cur +
+                              "/cgroup.subtree_control failed" +
+                              (e.code() == EBUSY ? std::string(" (EBUSY: that cgroup holds processes)")
+                                                 : ": " + std::string(e.what()));
         }
       }
       cur += "/" + levels[i];
@@ -337,6 +365,7 @@ class V2Manager final : public Manager {
   MountPoint mount_;
   std::string dir_;
   std::vector<std::string> created_;
+  std::map<std::string, std::string> not_enabled_;  // controller → why it is not in our cgroup
 };
 
 }  // namespace

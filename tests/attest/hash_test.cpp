@@ -45,3 +45,21 @@ TEST(Merkle, InclusionProofsVerifyAndRejectTampering) {
     }
   }
 }
+
+TEST(Merkle, FrontierEqualsTheWholeTreeAtEverySize) {
+  std::vector<Digest> all;
+  MerkleFrontier f;
+  EXPECT_EQ(f.root(), merkle_root({}));
+  for (std::size_t i = 0; i < 300; i++) {
+    Digest d = merkle_leaf_hash(std::to_string(i));
+    all.push_back(d);
+    f.add(d);
+    ASSERT_EQ(f.size(), all.size());
+    ASSERT_EQ(hex(f.root()), hex(merkle_root(all))) << "after " << all.size() << " leaves";
+  }
+  // A copy taken before more leaves (the event log's rollback) keeps its root.
+  MerkleFrontier before = f;
+  f.add(merkle_leaf_hash("x"));
+  EXPECT_EQ(before.root(), merkle_root(all));
+  EXPECT_NE(f.root(), before.root());
+}

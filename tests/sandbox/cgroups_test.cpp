@@ -396,20 +396,76 @@ TEST_F(CgroupV2Fake, CreateMakesLeafAndEnablesControllers) {
   EXPECT_EQ(contents(mnt + "/cgroup.subtree_control"), "+hugetlb");
 }
 
-TEST_F(CgroupV2Fake, CreateRelativeToOwnCgroupAndWithSystemdDriver) {
+// As runc (fs2 defaultDirPath): a relative path, and the default "<id>",
+// below the PARENT of the caller's cgroup. Found in the guest: under the
+// caller's own cgroup (/init, which holds the caller) the kernel enables no
+// controller, so every limit failed with "memory.max does not exist".
+TEST_F(CgroupV2Fake, CreateRelativeToParentOfOwnCgroupAndWithSystemdDriver) {
   host.self[""] = "/user.slice/session-1.scope";
   auto m = Manager::create(host, "", "myid", false);
-  EXPECT_TRUE(is_dir(mnt + "/user.slice/session-1.scope/myid"));
-  EXPECT_EQ(m->hierarchies().at(0).host_path, mnt + "/user.slice/session-1.scope/myid");
+  EXPECT_TRUE(is_dir(mnt + "/user.slice/myid"));
+  EXPECT_FALSE(exists(mnt + "/user.slice/session-1.scope/myid"));
+  EXPECT_EQ(m->hierarchies().at(0).host_path, mnt + "/user.slice/myid");
   EXPECT_EQ(m->save()["driver"], "cgroupfs");
 
   auto r = Manager::create(host, "sub/ctr", "x", false);
-  EXPECT_EQ(r->hierarchies().at(0).host_path, mnt + "/user.slice/session-1.scope/sub/ctr");
+  EXPECT_EQ(r->hierarchies().at(0).host_path, mnt + "/user.slice/sub/ctr");
+
+  // The runner in a child of the root (/init), and in the root itself.
+  host.self[""] = "/init";
+  EXPECT_EQ(Manager::create(host, "", "c1", false)->v2_dir(), mnt + "/c1");
+  host.self[""] = "/";
+  EXPECT_EQ(Manager::create(host, "", "c2", false)->v2_dir(), mnt + "/c2");
+  EXPECT_EQ(detail::v2_relative_base("/a/b/"), "/a");
+  EXPECT_EQ(detail::v2_relative_base(""), "/");
+  host.self[""] = "/user.slice/session-1.scope";
 
   auto s = Manager::create(host, "machine.slice:agentshim:abc", "abc", true);
   EXPECT_TRUE(is_dir(mnt + "/machine.slice/agentshim-abc.scope"));
   EXPECT_EQ(s->path(), "/machine.slice/agentshim-abc.scope");
   EXPECT_EQ(s->save()["driver"], "systemd");
+}
+
+// Every ancestor delegates the controllers it offers and has not enabled
+// yet; one already enabled (a parent a manager delegated) is not written.
+TEST_F(CgroupV2Fake, ControllersDelegatedAlongThePath) {
+  for (const char* d : {"/a", "/a/b"}) {
+    mkdirs(mnt + d);
+    put(mnt + d + "/cgroup.controllers", "cpu memory pids\n");
+    put(mnt + d + "/cgroup.subtree_control", "");
+  }
+  put(mnt + "/a/cgroup.subtree_control", "cpu memory pids\n");
+  Manager::create(host, "/a/b/c", "c", false);
+  EXPECT_EQ(contents(mnt + "/cgroup.subtree_control"), "+hugetlb");
+  EXPECT_EQ(contents(mnt + "/a/cgroup.subtree_control"), "cpu memory pids\n");  // untouched
+  // (A fake file keeps the tail of a longer earlier write: "+cpu", "+memory",
+  // "+pids" in turn leave "+pidsry".)
+  EXPECT_EQ(contents(mnt + "/a/b/cgroup.subtree_control"), "+pidsry");
+}
+
+// An ancestor that refuses a controller (EBUSY on a real kernel: it holds
+// processes) is named in the error of a limit that needs it.
+TEST_F(CgroupV2Fake, RefusedDelegationNamedInTheLimitError) {
+  mkdirs(mnt + "/busy");
+  put(mnt + "/busy/cgroup.controllers", "memory\n");
+  mkdirs(mnt + "/busy/cgroup.subtree_control");  // not writable as a file
+  auto m = Manager::create(host, "/busy/ctr", "ctr", false);
+  std::string err;
+  try {
+    m->set({{"memory", {{"limit", 1 << 20}}}});
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  EXPECT_NE(err.find("linux.resources.memory.limit"), std::string::npos) << err;
+  EXPECT_NE(err.find("enabling the memory controller in " + mnt + "/busy"), std::string::npos) << err;
+  err.clear();
+  try {
+    m->set({{"pids", {{"limit", 5}}}});
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  EXPECT_NE(err.find("the pids controller is not available in " + mnt + "/busy"), std::string::npos) << err;
+  ::rmdir((mnt + "/busy/cgroup.subtree_control").c_str());
 }
 
 TEST_F(CgroupV2Fake, SetWritesTheV2Files) {
@@ -618,6 +674,13 @@ TEST_F(CgroupV2Fake, SaveLoadRoundTripAndDestroy) {
   EXPECT_EQ(saved["created"], json(std::vector<std::string>{mnt + "/shared/agentshim-test",
                                                             mnt + "/shared/agentshim-test/ctr1"}));
 
+  EXPECT_EQ(saved["dir"], dir);
+  // A state whose "self" no longer resolves to the same place (written by
+  // an older version): the saved directory wins.
+  json moved = saved;
+  moved["self"][""] = "/elsewhere/deep";
+  EXPECT_EQ(Manager::load(moved)->v2_dir(), dir);
+
   // Through text, as the state file stores it.
   auto l = Manager::load(json::parse(saved.dump()));
   EXPECT_EQ(l->path(), m->path());
@@ -635,6 +698,70 @@ TEST_F(CgroupV2Fake, SaveLoadRoundTripAndDestroy) {
   EXPECT_FALSE(exists(mnt + "/shared/agentshim-test"));
   EXPECT_TRUE(is_dir(mnt + "/shared"));
   EXPECT_TRUE(is_dir(mnt));
+}
+
+// The fallback when clone3 cannot place the child joins through the cgroup
+// directory fd, not its path: the exec path calls it from inside the
+// container's mount namespace, where the host path is another file or
+// none (found in the guest: "open /sys/fs/cgroup/test/as-t2/cgroup.procs: No
+// such file or directory"). Here the fake directory is renamed after being
+// opened, and is no cgroup, so clone3 refuses.
+TEST_F(CgroupV2Fake, CloneFallbackJoinsThroughTheDirectoryFd) {
+  std::string dir = mnt + "/ctr";
+  mkdirs(dir);
+  put(dir + "/cgroup.procs", "");
+  pid_t helper = ::fork();
+  ASSERT_GE(helper, 0);
+  if (helper == 0) {
+    CloneTarget t;
+    t.v2.reset(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    t.v2_dir = dir;
+    t.v2_required = true;
+    if (::rename(dir.c_str(), (mnt + "/moved").c_str()) < 0) ::_exit(2);
+    pid_t c = -1;
+    try {
+      c = clone_parent_into(t);
+    } catch (...) {
+      ::_exit(3);
+    }
+    if (c == 0) ::_exit(0);  // the child (a sibling of the helper)
+    ::_exit(c > 0 ? 0 : 4);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(helper, &st, 0), helper);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  ::waitpid(-1, nullptr, 0);  // the sibling
+  EXPECT_EQ(contents(mnt + "/moved/cgroup.procs"), std::to_string(helper));
+}
+
+// The child enters the cgroup namespace it is given once born (exec: the
+// creator stays in its own, see CloneTarget::cgroupns); a bad one is an
+// error in the child, not a silent stay in the wrong namespace.
+TEST(CgroupClone, ChildEntersTheCgroupNamespace) {
+  if (::geteuid() != 0) GTEST_SKIP() << "setns(CLONE_NEWCGROUP) needs CAP_SYS_ADMIN";
+  pid_t helper = ::fork();
+  ASSERT_GE(helper, 0);
+  if (helper == 0) {
+    CloneTarget t;
+    int bad = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);  // not a cgroup namespace
+    t.cgroupns = bad;
+    try {
+      pid_t c = clone_parent_into(t);
+      if (c == 0) ::_exit(5);  // must not get here
+    } catch (const SysError& e) {
+      // Thrown in the child: report through the exit status.
+      if (std::string(e.what()).find("cgroup namespace") != std::string::npos) ::_exit(7);
+      ::_exit(6);
+    }
+    ::_exit(0);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(helper, &st, 0), helper);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  int cst = 0;
+  pid_t c = ::waitpid(-1, &cst, 0);
+  ASSERT_GT(c, 0);
+  EXPECT_TRUE(WIFEXITED(cst) && WEXITSTATUS(cst) == 7) << cst;
 }
 
 // ---------------------------------------------------------------- v1 on a fake tree
