@@ -377,3 +377,57 @@ def test_userns_rootfs_under_0700_directory_of_a_mapped_owner(pshim, runc, bundl
             shutil.rmtree(top, ignore_errors=True)
         assert r.returncode == 0, (name, err(r))
     shutil.rmtree(top, ignore_errors=True)
+
+
+def test_userns_own_maps_bind_sources_under_root_only_directories(pshim, runc, bundle_factory, tmp_path, cid):
+    """With the config's own id maps (not userns "auto") the container's root
+    is host uid 100000, which cannot reach a bind source under a root-only
+    directory; runc opens the sources as host root and so does agentshim (the
+    supervisor's helper, in the init's mount namespace). What the source
+    itself denies stays denied, and the host side is unchanged."""
+    private = tmp_path / "private"  # root 0700: the container's root cannot search it
+    private.mkdir()
+    os.chmod(private, 0o700)
+    (private / "shared").mkdir()
+    (private / "shared" / "f").write_text("seen through the bind\n")
+    os.chmod(private / "shared", 0o755)
+    (private / "hosts").write_text("127.0.0.1 bound-file\n")
+    os.chmod(private / "hosts", 0o644)
+    (private / "secret").mkdir()
+    (private / "secret" / "key").write_text("host root only\n")
+    os.chmod(private / "secret", 0o700)
+    before = snapshot(private)
+    # The bundle not under pytest's tmp_path (0700, root's): the rootfs itself must be reachable.
+    top = tempfile.mkdtemp(prefix="agentshim-userns-", dir="/tmp")
+    os.chmod(top, 0o755)
+    try:
+        for name, rt in both(pshim, runc):
+            b = bundle_factory()
+            dst = pathlib.Path(top) / name
+            os.rename(b.path, dst)
+            b.path, b.rootfs = str(dst), str(dst / "rootfs")
+            b.config["linux"]["namespaces"].append({"type": "user"})
+            b.config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            b.config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            for root, dirs, files in os.walk(b.rootfs):
+                for n in dirs + files:
+                    os.lchown(os.path.join(root, n), 100000, 100000)
+            os.lchown(b.rootfs, 100000, 100000)
+            b.config["mounts"] += [
+                {"destination": "/mnt/shared", "type": "bind", "source": str(private / "shared"),
+                 "options": ["rbind", "ro"]},
+                {"destination": "/mnt/hosts", "type": "bind", "source": str(private / "hosts"),
+                 "options": ["bind", "ro"]},
+                {"destination": "/mnt/secret", "type": "bind", "source": str(private / "secret"),
+                 "options": ["rbind", "ro"]},
+            ]
+            b.config["process"]["terminal"] = False
+            script = ("cat /mnt/shared/f /mnt/hosts; "
+                      "if ls /mnt/secret >/dev/null 2>&1; then echo secret-open; else echo secret-closed; fi")
+            r = rt("run", "--bundle", b.sh(script).path, cid + name[0])
+            assert r.returncode == 0, (name, err(r))
+            assert r.stdout.decode().splitlines() == ["seen through the bind", "127.0.0.1 bound-file",
+                                                      "secret-closed"], (name, r.stdout, err(r))
+            assert snapshot(private) == before, f"{name} changed the bound host directory"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

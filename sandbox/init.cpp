@@ -7,6 +7,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
@@ -79,18 +81,31 @@ void run(Setup& s, int sock) {
 
     // New or joined: either way the rootfs is set up inside it (as runc does).
     bool new_mnt = oci::has_namespace(cfg, "mount");
-    if (new_mnt && s.attach_rootfs) {
+    // In a new user namespace the container's root may not reach the bind
+    // sources (nor, with userns "auto", the rootfs): the supervisor opens
+    // them as host root in this mount namespace and hands the descriptors
+    // over, as runc does. Their identity is still checked against the
+    // policy's (rootfs::Context::checked) when each is mounted.
+    const bool has_binds =
+        std::ranges::any_of(oci::mounts(cfg), [](const oci::Mount& m) { return m.is_bind(); });
+    if (new_mnt && (s.attach_rootfs || (rc.userns && has_binds))) {
       std::vector<UniqueFd> fds;
       sync::send(sock, sync::Idmap{});
       // (sync::recv checks that one descriptor came per source, after the rootfs's.)
-      const auto srcs =
-          sync::expect<sync::IdmapOk>(sock, "supervisor went away while preparing the idmapped rootfs", &fds)
-              .sources;
-      // Reached through /proc/self/fd: no host directory on the way.
-      rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
-      rc.rootfs_attached = true;
-      for (std::size_t i = 0; i < srcs.size(); i++)
-        rc.sources[srcs[i]] = "/proc/self/fd/" + std::to_string(fds[i + 1].get());
+      auto ok = sync::expect<sync::IdmapOk>(
+          sock, "supervisor went away while opening the rootfs and bind sources", &fds);
+      if (ok.rootfs != s.attach_rootfs)
+        throw Error(std::string("the supervisor ") + (ok.rootfs ? "attached" : "did not attach") +
+                    " the rootfs, contrary to the setup");
+      std::size_t first = 0;
+      if (ok.rootfs) {
+        // Reached through /proc/self/fd: no host directory on the way.
+        rc.rootfs = "/proc/self/fd/" + std::to_string(fds[0].get());
+        rc.rootfs_attached = true;
+        first = 1;
+      }
+      for (std::size_t i = 0; i < ok.sources.size(); i++)
+        rc.sources[ok.sources[i]] = "/proc/self/fd/" + std::to_string(fds[i + first].get());
       rc.held = std::move(fds);
     }
     if (new_mnt) {

@@ -307,16 +307,22 @@ class Supervisor {
         // never has to reach host paths (Docker's are under root-only
         // directories). (The init's own getpid() is 1 in its pid namespace:
         // use the pid stage1 reported.)
+        // With the config's own id maps (not "auto") only the bind sources
+        // are opened so, as runc opens them as host root: the rootfs stays
+        // reached by path (userns::check_reachable in create).
         if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
-        auto tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
+        if (!s_.attach_rootfs && !oci::has_new_namespace(cfg, "user"))
+          throw Error("container init asked for its bind sources without a new user namespace");
+        UniqueFd tree;
+        if (s_.attach_rootfs) tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
         std::vector<std::string> sources, opened;
         for (const auto& mnt : oci::mounts(cfg))
           if (mnt.is_bind() && std::find(sources.begin(), sources.end(), mnt.source) == sources.end())
             sources.push_back(mnt.source);
-        auto fds = userns::attach_and_open(init_pid_, tree.get(), s_.rootfs, sources, &opened);
+        auto fds = userns::attach_and_open(init_pid_, tree ? tree.get() : -1, s_.rootfs, sources, &opened);
         std::vector<int> raw;
         for (const auto& f : fds) raw.push_back(f.get());
-        sync::send(sock_.get(), sync::IdmapOk{opened}, raw);
+        sync::send(sock_.get(), sync::IdmapOk{opened, s_.attach_rootfs}, raw);
       } else if (const auto* i = std::get_if<sync::Init>(&*m)) {
         init_pid_ = i->pid;
         int st;

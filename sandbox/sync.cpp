@@ -59,7 +59,7 @@ const char* name(Type t) {
 
 std::size_t fd_count(const Message& m) {
   if (auto* s = std::get_if<Seccomp>(&m)) return s->kinds.size();
-  if (auto* i = std::get_if<IdmapOk>(&m)) return i->sources.size() + 1;
+  if (auto* i = std::get_if<IdmapOk>(&m)) return i->sources.size() + (i->rootfs ? 1 : 0);
   return 0;
 }
 
@@ -77,6 +77,7 @@ std::string encode(const Message& m) {
           j["pid"] = p.pid;
         } else if constexpr (std::is_same_v<T, IdmapOk>) {
           j["sources"] = p.sources;
+          j["rootfs"] = p.rootfs;
         } else if constexpr (std::is_same_v<T, Seccomp>) {
           j["kinds"] = p.kinds;
         } else if constexpr (std::is_same_v<T, Created>) {
@@ -123,8 +124,12 @@ Message decode(std::string_view payload) {
       return InitOk{};
     case Type::idmap:
       return Idmap{};
-    case Type::idmap_ok:
-      return IdmapOk{get_strings(j, type, "sources")};
+    case Type::idmap_ok: {
+      auto sources = get_strings(j, type, "sources");
+      auto r = j.find("rootfs");
+      if (r == j.end() || !r->is_boolean()) bad(type, "rootfs must be a boolean");
+      return IdmapOk{std::move(sources), r->get<bool>()};
+    }
     case Type::hooks:
       return Hooks{};
     case Type::hooks_ok:

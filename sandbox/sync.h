@@ -57,8 +57,8 @@ enum class Type {
   userns_ok,  // supervisor → stage1
   init,       // stage1 → supervisor: {pid}, the init's host pid
   init_ok,    // supervisor → init: your pid is known, go on
-  idmap,      // init → supervisor: attach the rootfs for me (userns "auto")
-  idmap_ok,   // supervisor → init: {sources} + fds (the rootfs, then one per source)
+  idmap,      // init → supervisor: open my bind sources as host root (and attach the rootfs: userns "auto")
+  idmap_ok,   // supervisor → init: {sources, rootfs} + fds (the rootfs if `rootfs`, then one per source)
   hooks,      // init → supervisor: run prestart and createRuntime
   hooks_ok,   // supervisor → init: {pid} (the init's host pid, for createContainer's state)
   seccomp,    // init → supervisor: {kinds} + one listener fd per kind
@@ -94,9 +94,14 @@ struct InitOk {
 struct Idmap {
   static constexpr Type kType = Type::idmap;
 };
+// Sent in a new user namespace: with userns "auto" the supervisor attaches
+// the idmapped rootfs and `rootfs` is true (fds[0] is the attached rootfs);
+// with the config's own id maps only the bind sources travel (as runc opens
+// them as host root), and the rootfs is reached by path.
 struct IdmapOk {
   static constexpr Type kType = Type::idmap_ok;
-  std::vector<std::string> sources;  // bind sources, in the order of fds[1..]
+  std::vector<std::string> sources;  // bind sources, in the order of the fds after the rootfs's
+  bool rootfs = true;                // fds[0] is the attached rootfs
 };
 struct Hooks {
   static constexpr Type kType = Type::hooks;

@@ -38,14 +38,16 @@ std::optional<SubId> subid_entry(const std::string& file, const std::string& use
     auto f = split(line, ':');
     if (f.size() != 3) {
       if (!f.empty() && f[0] == user)
-        throw Error(file + ":" + std::to_string(lineno) + ": expected name:first:count, got \"" + line + "\"");
+        throw Error(file + ":" + std::to_string(lineno) + ": expected name:first:count, got \"" + line +
+                    "\"");
       continue;
     }
     if (f[0] != user) continue;
     auto first = parse_uint(f[1]);
     auto count = parse_uint(f[2]);
     if (!first || !count)
-      throw Error(file + ":" + std::to_string(lineno) + ": first and count must be numbers in \"" + line + "\"");
+      throw Error(file + ":" + std::to_string(lineno) + ": first and count must be numbers in \"" + line +
+                  "\"");
     return SubId{*first, *count};
   }
   return std::nullopt;
@@ -216,19 +218,22 @@ UniqueFd idmapped_tree(const std::string& path, pid_t pid, bool idmap) {
     std::string fs = fs_magic(path);
     fs = fs.empty() ? "" : " (" + fs + ")";
     if (idmap && (err == EINVAL || err == EOPNOTSUPP || err == ENOSYS))
-      throw Error("userns auto: the rootfs " + path + " cannot be mounted idmapped: its filesystem" + fs +
-                  " (or one mounted below it) or the kernel does not support idmapped mounts (mount_setattr: " +
-                  std::strerror(err) + ")");
+      throw Error(
+          "userns auto: the rootfs " + path + " cannot be mounted idmapped: its filesystem" + fs +
+          " (or one mounted below it) or the kernel does not support idmapped mounts (mount_setattr: " +
+          std::strerror(err) + ")");
     throw_errno("mount_setattr MOUNT_ATTR_IDMAP on " + path + fs, err);
   }
   return tree;
 }
 
 std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& rootfs,
-                                      const std::vector<std::string>& sources, std::vector<std::string>* opened) {
+                                      const std::vector<std::string>& sources,
+                                      std::vector<std::string>* opened) {
   constexpr std::size_t kMax = 200;  // below SCM_MAX_FD (253), with the rootfs
   if (sources.size() > kMax)
-    throw Error("userns auto: " + std::to_string(sources.size()) + " bind mounts; at most " + std::to_string(kMax));
+    throw Error("userns auto: " + std::to_string(sources.size()) + " bind mounts; at most " +
+                std::to_string(kMax));
   const std::string ns = "/proc/" + std::to_string(pid) + "/ns/mnt";
   UniqueFd nsfd(::open(ns.c_str(), O_RDONLY | O_CLOEXEC));
   if (!nsfd) throw_errno("open " + ns);
@@ -246,14 +251,17 @@ std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& ro
     char stage = 'S';
     if (::setns(nsfd.get(), CLONE_NEWNS) < 0) {
       err = errno;
-    } else if (stage = 'M', ::syscall(SYS_move_mount, tree, "", AT_FDCWD, rootfs.c_str(), MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+    } else if (tree < 0) {
+      // The config's own id maps: the bind sources only.
+    } else if (stage = 'M',
+               ::syscall(SYS_move_mount, tree, "", AT_FDCWD, rootfs.c_str(), MOVE_MOUNT_F_EMPTY_PATH) < 0) {
       err = errno;
     } else if (stage = 'R', (fds[0] = ::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
       err = errno;
     }
     std::size_t n = 0;
     if (!err) {
-      n = 1;
+      n = tree < 0 ? 0 : 1;
       for (std::size_t i = 0; i < paths.size(); i++) {
         int fd = ::open(paths[i], O_PATH | O_CLOEXEC);
         status[8 + i] = fd >= 0 ? '1' : '0';
@@ -302,13 +310,15 @@ std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& ro
     default:
       throw_errno("open the idmapped rootfs " + rootfs, err);
   }
-  if (got.empty()) throw Error("userns rootfs helper sent no rootfs descriptor");
-  if (opened)
-    for (std::size_t i = 0; i < sources.size() && 8 + i < payload.size(); i++)
-      if (payload[8 + i] == '1') opened->push_back(sources[i]);
-  if (got.size() != 1 + (opened ? opened->size() : got.size() - 1))
+  const std::size_t first = tree < 0 ? 0 : 1;
+  if (got.size() < first) throw Error("userns rootfs helper sent no rootfs descriptor");
+  std::vector<std::string> ok;
+  for (std::size_t i = 0; i < sources.size() && 8 + i < payload.size(); i++)
+    if (payload[8 + i] == '1') ok.push_back(sources[i]);
+  if (got.size() != first + ok.size())
     throw Error("userns rootfs helper sent " + std::to_string(got.size()) + " descriptors, expected " +
-                std::to_string(1 + (opened ? opened->size() : 0)));
+                std::to_string(first + ok.size()));
+  if (opened) *opened = std::move(ok);
   return got;
 }
 

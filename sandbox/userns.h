@@ -69,8 +69,12 @@ bool can_idmap(const std::string& path, std::string* why);
 // host paths itself (Docker's rootfs and its /etc/hosts live under
 // root-only directories). Returns the rootfs fd first, then one fd per
 // source that could be opened; `opened` gets those sources' paths.
+// With `tree` -1 (a user namespace with the config's own id maps, as runc
+// opens bind sources as host root) nothing is attached and only the
+// sources' fds are returned; `rootfs` is unused.
 std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& rootfs,
-                                      const std::vector<std::string>& sources, std::vector<std::string>* opened);
+                                      const std::vector<std::string>& sources,
+                                      std::vector<std::string>* opened);
 
 // One linux.uidMappings / gidMappings entry.
 struct IdMap {
@@ -78,8 +82,10 @@ struct IdMap {
 };
 std::vector<IdMap> id_maps(const nlohmann::json& cfg, const char* key);
 
-// The container's root sets up its rootfs by path from inside its user
-// namespace, so every directory above `rootfs` must be searchable by it: by
+// With the config's own id maps the container's root sets up its rootfs by
+// path from inside its user namespace (only the bind sources are opened for
+// it, attach_and_open without a tree), so every directory above `rootfs`
+// must be searchable by it: by
 // its mode bits for the root's host uid/gid, or because the directory's
 // owner and group are both mapped (the root's CAP_DAC_OVERRIDE in its
 // namespace covers those, as with runc). Throws an Error naming the first

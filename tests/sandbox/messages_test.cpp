@@ -39,7 +39,7 @@ TEST(SyncMessages, EveryTypeRoundTrips) {
                                     sync::Init{4242},
                                     sync::InitOk{},
                                     sync::Idmap{},
-                                    sync::IdmapOk{{"/src/a", "/src/b"}},
+                                    sync::IdmapOk{{"/src/a", "/src/b"}, false},
                                     sync::Hooks{},
                                     sync::HooksOk{7},
                                     sync::Seccomp{{"exec", "config"}},
@@ -55,6 +55,8 @@ TEST(SyncMessages, EveryTypeRoundTrips) {
   EXPECT_EQ(std::get<sync::Created>(sync::decode(sync::encode(all.back()))).init_start, 123456789012ULL);
   EXPECT_EQ(std::get<sync::IdmapOk>(sync::decode(sync::encode(all[8]))).sources,
             (std::vector<std::string>{"/src/a", "/src/b"}));
+  EXPECT_FALSE(std::get<sync::IdmapOk>(sync::decode(sync::encode(all[8]))).rootfs);
+  EXPECT_TRUE(std::get<sync::IdmapOk>(sync::decode(sync::encode(sync::IdmapOk{{}, true}))).rootfs);
 }
 
 TEST(SyncMessages, WireFormatIsTheOldOne) {
@@ -84,6 +86,9 @@ TEST(SyncMessages, UnknownAndMalformedAreErrors) {
   EXPECT_TRUE(has(error_of([] { sync::decode(R"({"type":"init","pid":4294967296})"); }), "not a pid"));
   EXPECT_TRUE(has(error_of([] { sync::decode(R"({"type":"seccomp","kinds":["exec",1]})"); }), "kinds"));
   EXPECT_TRUE(has(error_of([] { sync::decode(R"({"type":"idmap-ok"})"); }), "sources"));
+  EXPECT_TRUE(has(error_of([] { sync::decode(R"({"type":"idmap-ok","sources":[]})"); }), "rootfs"));
+  EXPECT_TRUE(
+      has(error_of([] { sync::decode(R"({"type":"idmap-ok","sources":[],"rootfs":1})"); }), "rootfs"));
   EXPECT_TRUE(has(error_of([] { sync::decode(R"({"type":"error"})"); }), "msg must be a string"));
   EXPECT_TRUE(
       has(error_of([] { sync::decode(R"({"type":"join","cgroup":[]})"); }), "cgroup must be an object"));
@@ -110,8 +115,16 @@ TEST(SyncMessages, DescriptorsTravelAndAreCounted) {
   int one = r.get();
   send_fds(a.get(), R"({"type":"ready"})", &one, 1);
   EXPECT_NE(error_of([&] { sync::recv(b.get(), &fds); }).find("came with 1 descriptors"), std::string::npos);
-  send_fds(a.get(), R"({"type":"idmap-ok","sources":["/a"]})", &one, 1);
+  send_fds(a.get(), R"({"type":"idmap-ok","sources":["/a"],"rootfs":true})", &one, 1);
   EXPECT_NE(error_of([&] { sync::recv(b.get(), &fds); }).find("expected 2"), std::string::npos);
+  // Without the rootfs (the config's own id maps) one descriptor per source only.
+  send_fds(a.get(), R"({"type":"idmap-ok","sources":["/a"],"rootfs":false})", &one, 1);
+  auto only = sync::recv(b.get(), &fds);
+  ASSERT_TRUE(only);
+  EXPECT_EQ(fds.size(), 1u);
+  int two[2] = {one, one};
+  send_fds(a.get(), R"({"type":"idmap-ok","sources":["/a"],"rootfs":false})", two, 2);
+  EXPECT_NE(error_of([&] { sync::recv(b.get(), &fds); }).find("expected 1"), std::string::npos);
 }
 
 TEST(SyncMessages, ExpectRethrowsThePeersErrorAndRefusesOtherTypes) {
