@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <nlohmann/json.hpp>
 
 #include "common/fd.h"
 #include "common/util.h"
@@ -18,6 +19,7 @@
 #include "tests/temp_dir.h"
 
 using namespace agentshim;
+using json = nlohmann::json;
 
 TEST(ExecObserver, Shebang) {
   EXPECT_EQ(observer::shebang_interpreter("#!/bin/sh\necho"), "/bin/sh");

@@ -259,7 +259,6 @@ TEST(ControlMessages, DescriptorsTravelOverTheSocket) {
   EXPECT_EQ(::read(p.first.get(), &c, 1), 1);
   EXPECT_EQ(c, 'x');
 }
-}
 
 }  // namespace
 }  // namespace agentshim
