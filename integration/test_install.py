@@ -14,6 +14,23 @@ from conftest import AGENTSHIM, run
 BIN = "/usr/local/bin/agentshim"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def private_config_dir(tmp_path_factory):
+    """`install containerd` writes the strict handler's config file and a
+    symlink next to --binary: keep both out of the host's /etc/agentshim and
+    /usr/local/bin (a stray /etc/agentshim/*.json changes every later run)."""
+    d = tmp_path_factory.mktemp("etc-agentshim")
+    link = BIN + "-strict"
+    had_link = os.path.lexists(link)
+    os.environ["AGENTSHIM_CONFIG_DIR"] = str(d)
+    try:
+        yield d
+    finally:
+        del os.environ["AGENTSHIM_CONFIG_DIR"]
+        if not had_link and os.path.islink(link):
+            os.unlink(link)
+
+
 def install(*args):
     return run([AGENTSHIM, "install", *args, "--binary", BIN])
 

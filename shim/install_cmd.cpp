@@ -169,13 +169,16 @@ namespace {
 
 // What the agentshim-strict handler needs besides config.toml: the symlink
 // whose name selects its config file, and that file (never overwritten).
+// The plain handler needs no file (without /etc/agentshim/agentshim.json it
+// uses /etc/agentshim/policy.json or the built-in policy), so none is
+// written: a file naming a policy that is not installed would stop every
+// container.
 void install_handler_files(const std::string& binary) {
   const std::string link = strict_binary(binary);
   if (::symlink(binary.c_str(), link.c_str()) < 0 && errno != EEXIST) throw_errno("symlink " + link);
   const std::string dir = runtime_config::config_dir();
   mkdir_p(dir, 0755);
   const std::pair<const char*, const char*> files[] = {
-      {"agentshim.json", R"({"policy": "/etc/agentshim/policy.json", "audit_dir": "/var/lib/agentshim"})"},
       {"strict.json",
        R"({"policy": "/etc/agentshim/policy.strict.json", "audit_dir": "/var/lib/agentshim/strict"})"}};
   for (const auto& [name, text] : files)
