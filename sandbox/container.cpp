@@ -32,6 +32,7 @@
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
+#include "sandbox/peers.h"
 #include "sandbox/policy.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
@@ -61,8 +62,14 @@ std::string abs_path(const std::string& p) {
 // when the rootfs has a real /etc directory (not a symlink) to mount it on.
 void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
                             const std::string& rootfs) {
-  if (!oci::has_new_namespace(cfg, "network")) return;
-  if (!net.is_object() || net.value("mode", "internal") != "internal") return;
+  if (!net.is_object()) return;
+  const std::string mode = net.value("mode", "confined");
+  if (mode != "internal" && mode != "confined") return;
+  // Served by a stub: a namespace of the container's own, the caller's
+  // when confined (a pod's), another agentshim container's (a pod's
+  // sandbox serves its app containers).
+  const std::string ns = net.value("namespace", oci::has_new_namespace(cfg, "network") ? "new" : "caller");
+  if (ns != "new" && ns != "peer" && !(ns == "caller" && mode == "confined")) return;
   struct stat st {};
   if (::lstat((rootfs + "/etc").c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) return;
   // One shared, world-readable file (the same for every container): a
@@ -390,6 +397,9 @@ void create(const Global& g, const CreateOptions& o) {
   } catch (const std::exception& e) {
     log::warn(e.what());
   }
+  // Configs that name this container by its pid-file pid (a pod's other
+  // containers, `--network container:X`) join its namespaces (peers.h).
+  peers::record(sentinel, g.root, o.id);
   write_pid_file(o.pid_file, sentinel);
   cleanup.armed = false;
 }
@@ -691,6 +701,7 @@ void remove(const Global& g, const std::string& id, bool force) {
   }
   remove_tree(dir);
   runtime_config::index_forget(g.root, id);
+  peers::forget(st.sentinel_pid, g.root, id);
   if (oci::has_new_namespace(st.config, "user")) userns::release(dir);
 }
 

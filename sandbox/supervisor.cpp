@@ -161,12 +161,28 @@ class Supervisor {
     if (!sentinel_sock_) throw Error("the sentinel cannot be reached to join the container's cgroup");
     sync::send(sentinel_sock_.get(), sync::Join{cg_->save()});
     auto m = sync::recv(sentinel_sock_.get());
-    sentinel_sock_.reset();
     if (!m) throw Error("the sentinel exited while joining the container's cgroup");
     in_container_cgroup_ = true;  // (in part, perhaps: undone on failure either way)
     if (!std::holds_alternative<sync::Joined>(*m)) {
       const auto* f = std::get_if<sync::Failure>(&*m);
       throw Error("sentinel: joining the container's cgroup: " +
+                  (f ? f->msg : std::string("unexpected \"") + sync::name(sync::type_of(*m)) + "\""));
+    }
+  }
+
+  // The sentinel enters the init's namespaces (sentinel.cpp): after this,
+  // /proc/<--pid-file pid>/ns/{user,mnt,net,ipc,uts,cgroup} are the
+  // container's. Done once the init has made every namespace and waits on
+  // the exec FIFO, before `create` answers.
+  void sentinel_enters_namespaces() {
+    if (!sentinel_sock_) throw Error("the sentinel cannot be reached to enter the container's namespaces");
+    UniqueFd sock = std::move(sentinel_sock_);
+    sync::send(sock.get(), sync::Enter{init_pid_});
+    auto m = sync::recv(sock.get());
+    if (!m) throw Error("the sentinel exited while entering the container's namespaces");
+    if (!std::holds_alternative<sync::Entered>(*m)) {
+      const auto* f = std::get_if<sync::Failure>(&*m);
+      throw Error("sentinel: entering the container's namespaces: " +
                   (f ? f->msg : std::string("unexpected \"") + sync::name(sync::type_of(*m)) + "\""));
     }
   }
@@ -270,6 +286,7 @@ class Supervisor {
     if (stage1 == 0) {
       sock_.reset();
       s_.cli_sock.reset();
+      sentinel_sock_.reset();
       // stage1 joins the v1 hierarchies itself (no grace period) and creates
       // the init in the v2 one (see cgroups::Manager::join_for_clone).
       cgroups::CloneTarget target;
@@ -345,6 +362,7 @@ class Supervisor {
         // The rootfs is prepared and the init waits on the exec FIFO. The
         // "before" filesystem roots are taken at the end of setup, after
         // `create` has been answered (see there).
+        sentinel_enters_namespaces();
         break;
       } else {
         throw Error(std::string("unexpected message from container init: ") + sync::name(sync::type_of(*m)));
@@ -922,7 +940,7 @@ class Supervisor {
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;
   pid_t sentinel_;
-  UniqueFd sentinel_sock_;  // until the sentinel has joined the container's cgroup
+  UniqueFd sentinel_sock_;  // until the sentinel has entered the container's namespaces
   bool in_container_cgroup_ = false;
 };
 

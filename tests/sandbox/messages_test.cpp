@@ -38,7 +38,9 @@ TEST(SyncMessages, EveryTypeRoundTrips) {
                                     sync::HooksOk{7},
                                     sync::Seccomp{{"exec", "config"}},
                                     sync::Ready{},
-                                    sync::Created{99, 123456789012ULL, {{"path", "/c"}}}};
+                                    sync::Created{99, 123456789012ULL, {{"path", "/c"}}},
+                                    sync::Enter{31337},
+                                    sync::Entered{}};
   ASSERT_EQ(all.size(), std::variant_size_v<sync::Message>);
   for (const auto& m : all) {
     std::string wire = sync::encode(m);
@@ -46,7 +48,8 @@ TEST(SyncMessages, EveryTypeRoundTrips) {
     EXPECT_EQ(sync::type_of(back), sync::type_of(m)) << wire;
     EXPECT_EQ(sync::encode(back), wire);
   }
-  EXPECT_EQ(std::get<sync::Created>(sync::decode(sync::encode(all.back()))).init_start, 123456789012ULL);
+  EXPECT_EQ(std::get<sync::Created>(sync::decode(sync::encode(all[13]))).init_start, 123456789012ULL);
+  EXPECT_EQ(std::get<sync::Enter>(sync::decode(sync::encode(all[14]))).pid, 31337);
   EXPECT_EQ(std::get<sync::IdmapOk>(sync::decode(sync::encode(all[8]))).sources,
             (std::vector<std::string>{"/src/a", "/src/b"}));
   EXPECT_FALSE(std::get<sync::IdmapOk>(sync::decode(sync::encode(all[8]))).rootfs);
