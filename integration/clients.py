@@ -331,6 +331,11 @@ class Dockerd:
         """Run a host binary inside dockerd's network namespace (only that one)."""
         return run(["nsenter", f"--net=/run/netns/{self.netns}", *cmd], timeout=timeout, input=input)
 
+    def popen_in_netns(self, *cmd):
+        """Start a host binary inside dockerd's network namespace; the caller kills it."""
+        return subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", *cmd], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
     def runtime_root(self):
         return os.path.join(self.exec_root, "runtime-runc", "moby")
 

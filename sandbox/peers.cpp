@@ -95,9 +95,11 @@ std::optional<Peer> by_sentinel(pid_t pid) {
   p.sentinel = st.sentinel_pid;
   p.init_pid = st.init_pid;
   try {
+    // (create writes the policy in force under "policy"; see container.cpp)
     auto saved = nlohmann::json::parse(read_file(*dir + "/policy.json"));
-    if (saved.contains("network") && saved["network"].is_object())
-      p.network_mode = saved["network"].value("mode", "");
+    const auto& pol = saved.value("policy", nlohmann::json::object());
+    if (pol.is_object() && pol.contains("network") && pol["network"].is_object())
+      p.network_mode = pol["network"].value("mode", "");
   } catch (const std::exception& e) {
     log::debug("peers: " + *dir + "/policy.json: " + e.what());
   }

@@ -35,7 +35,7 @@ struct Fixture {
     st.init_pid = init;
     st.init_start = state::process_start_time(init);
     state::save(root.path, st);
-    write_file(state::container_dir(root.path, id) + "/policy.json", R"({"network":{"mode":"internal"}})");
+    write_file(state::container_dir(root.path, id) + "/policy.json", R"({"policy":{"network":{"mode":"internal"}}})");
     return st;
   }
 };
