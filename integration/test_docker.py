@@ -474,7 +474,7 @@ def test_container_network_ipc_and_pid_modes(docker):
     namespaces (same namespace ids) and sees X's processes; runc and
     agentshim alike."""
     for rt in RUNTIMES:
-        a = start_detached(docker, rt, IMG, "sh", "-c",
+        a = start_detached(docker, rt, "--ipc", "shareable", IMG, "sh", "-c",
                            "while true; do echo from-a | nc -l -p 8088; done")
         try:
             wait_for(lambda: "nc -l" in docker.out("top", a), timeout=10, what=f"{rt}: a listening")

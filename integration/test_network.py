@@ -511,18 +511,6 @@ def test_confined_network_inbound_yes_outbound_only_through_the_proxy(netrun, cn
     assert got == ["from-pod"], (got, r.stderr)
 
 
-def test_naming_a_host_process_pid_is_refused(netrun):
-    """A namespace path naming a pid that is not an agentshim container (the
-    test's own process: the host's namespaces) is the host's and refused,
-    in every mode."""
-    for mode in ("confined", "internal"):
-        n = netrun([], extra_policy={"network": {"mode": mode}})
-        set_netns_path(n.bundle, f"/proc/{os.getpid()}/ns/net")
-        r = n.sh("true")
-        assert r.returncode != 0, mode
-        assert b"the host's network namespace" in r.stderr, (mode, r.stderr)
-
-
 def test_host_network_is_refused(netrun):
     # No network namespace in the config is the host's network (--network host).
     n = netrun([])

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <nftables/libnftables.h>
+#include <sys/stat.h>
 
 #include <mutex>
 
@@ -96,6 +97,16 @@ const std::string& confinement_ruleset() {
 }
 
 void confine(int nsfd) {
+  // Never the runtime's own namespace (the host's): the policy refuses a
+  // config that shares it, and this keeps a misjudged path from cutting
+  // the host off.
+  struct stat ns {
+  }, own{};
+  if (::fstat(nsfd, &ns) < 0) throw_errno("fstat the container's network namespace");
+  if (::stat("/proc/self/ns/net", &own) < 0) throw_errno("stat /proc/self/ns/net");
+  if (ns.st_dev == own.st_dev && ns.st_ino == own.st_ino)
+    throw Error(
+        "refusing to confine the runtime's own network namespace (the container would share the host's)");
   const Nft& lib = nft();
   in_netns(nsfd, [&] {
     Ctx ctx(lib);

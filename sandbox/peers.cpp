@@ -89,8 +89,8 @@ std::optional<Peer> by_sentinel(pid_t pid) {
   // The entry is believed only when the state names this pid as its
   // sentinel and both processes are still the ones recorded.
   if (st.sentinel_pid != pid || st.sentinel_start == 0 || st.init_start == 0 ||
-      !state::process_alive(st.sentinel_pid, st.sentinel_start) ||
-      st.init_pid <= 0 || !state::process_alive(st.init_pid, st.init_start))
+      !state::process_alive(st.sentinel_pid, st.sentinel_start) || st.init_pid <= 0 ||
+      !state::process_alive(st.init_pid, st.init_start))
     return std::nullopt;
   p.sentinel = st.sentinel_pid;
   p.init_pid = st.init_pid;
@@ -113,7 +113,8 @@ std::optional<NamespaceTarget> resolve_namespace_path(const std::string& path, c
   if (!starts_with(path, prefix) || path.size() <= prefix.size() + suffix.size() ||
       path.compare(path.size() - suffix.size(), suffix.size(), suffix) != 0)
     return std::nullopt;
-  auto n = parse_int(std::string_view(path).substr(prefix.size(), path.size() - prefix.size() - suffix.size()));
+  auto n =
+      parse_int(std::string_view(path).substr(prefix.size(), path.size() - prefix.size() - suffix.size()));
   if (!n || *n <= 0 || *n > std::numeric_limits<pid_t>::max()) return std::nullopt;
   auto peer = by_sentinel(static_cast<pid_t>(*n));
   if (!peer) return std::nullopt;

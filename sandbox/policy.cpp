@@ -602,11 +602,12 @@ class Engine {
         continue;
       }
       if (t == "network" && netmode == "confined") {
-        decide("network.mode", where, "kept",
-               "caller asked to join the network namespace " + path +
-                   "; kept (its interfaces and inbound connections stay) and confined by policy rule "
-                   "network.mode (confined): new outbound connections leave only through the egress proxy and "
-                   "the DNS stub on loopback");
+        decide(
+            "network.mode", where, "kept",
+            "caller asked to join the network namespace " + path +
+                "; kept (its interfaces and inbound connections stay) and confined by policy rule "
+                "network.mode (confined): new outbound connections leave only through the egress proxy and "
+                "the DNS stub on loopback");
         continue;
       }
       if (t == "network" && netmode == "internal") {
@@ -1355,12 +1356,11 @@ class Engine {
         if (k == name) {
           ours = true;
           if (s != k + "=" + v)
-            decisions.push_back(
-                {{"rule", "network.mode"},
-                 {"path", "process.env"},
-                 {"action", "replaced"},
-                 {"detail", "caller set " + name + "; replaced by " + k + "=" + v +
-                                " (the egress proxy) by policy rule network.mode"}});
+            decisions.push_back({{"rule", "network.mode"},
+                                 {"path", "process.env"},
+                                 {"action", "replaced"},
+                                 {"detail", "caller set " + name + "; replaced by " + k + "=" + v +
+                                                " (the egress proxy) by policy rule network.mode"}});
         }
       if (!ours) out.push_back(s);
     }
@@ -1443,8 +1443,9 @@ json validate(const json& p, const std::string& where) {
     for (const auto& c : out["capabilities"]["allowed"])
       if (c == "CAP_NET_ADMIN" || c == "CAP_NET_RAW")
         fail(where, "capabilities.allowed",
-             c.get<Str>() + " cannot be allowed with network.mode \"confined\" (the container could change "
-             "or bypass the rules that confine its outbound traffic; use \"internal\" or drop it)");
+             c.get<Str>() +
+                 " cannot be allowed with network.mode \"confined\" (the container could change "
+                 "or bypass the rules that confine its outbound traffic; use \"internal\" or drop it)");
   // The host's network namespace has no loopback of the container's own to
   // serve the egress proxy and the DNS stub on: egress could not be
   // mediated, so sharing it needs a policy that says so (passthrough).

@@ -6,9 +6,9 @@
 namespace agentshim::sync {
 namespace {
 
-constexpr const char* kNames[] = {"error", "join",     "joined", "userns",   "userns-ok", "init",  "init-ok",
-                                  "idmap", "idmap-ok", "hooks",  "hooks-ok", "seccomp",   "ready", "created",
-                                  "enter", "entered"};
+constexpr const char* kNames[] = {"error",   "join",    "joined",   "userns", "userns-ok", "init",
+                                  "init-ok", "idmap",   "idmap-ok", "hooks",  "hooks-ok",  "seccomp",
+                                  "ready",   "created", "enter",    "entered"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
 template <std::size_t I = 0>

@@ -35,7 +35,8 @@ struct Fixture {
     st.init_pid = init;
     st.init_start = state::process_start_time(init);
     state::save(root.path, st);
-    write_file(state::container_dir(root.path, id) + "/policy.json", R"({"policy":{"network":{"mode":"internal"}}})");
+    write_file(state::container_dir(root.path, id) + "/policy.json",
+               R"({"policy":{"network":{"mode":"internal"}}})");
     return st;
   }
 };
@@ -101,9 +102,9 @@ TEST(Peers, NamespacePathsOfASentinelResolveToTheInit) {
     EXPECT_EQ(t->peer.id, "c1");
   }
   // Only the exact /proc/<pid>/ns/<type> spelling, and only of its type.
-  for (const std::string& p : std::vector<std::string>{"/proc/" + me + "/ns/net/", "/proc/" + me + "/../" + me + "/ns/net",
-                               "/proc/+" + me + "/ns/net", "/proc/" + me + "/task/" + me + "/ns/net",
-                               "/proc/self/ns/net", "/run/netns/x", "/proc//ns/net"})
+  for (const std::string& p : std::vector<std::string>{
+           "/proc/" + me + "/ns/net/", "/proc/" + me + "/../" + me + "/ns/net", "/proc/+" + me + "/ns/net",
+           "/proc/" + me + "/task/" + me + "/ns/net", "/proc/self/ns/net", "/run/netns/x", "/proc//ns/net"})
     EXPECT_FALSE(peers::resolve_namespace_path(p, "net")) << p;
   EXPECT_FALSE(peers::resolve_namespace_path("/proc/" + me + "/ns/ipc", "net"));
 }

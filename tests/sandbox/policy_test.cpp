@@ -612,7 +612,8 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
   auto net = on_namespaces(by_rule(r, "network.mode"));
   ASSERT_EQ(net.size(), 1u);
   EXPECT_EQ(net[0]["action"], "replaced");
-  EXPECT_NE(net[0]["detail"].get<std::string>().find("whose network mode is \"passthrough\""), std::string::npos);
+  EXPECT_NE(net[0]["detail"].get<std::string>().find("whose network mode is \"passthrough\""),
+            std::string::npos);
   EXPECT_FALSE(r.peer_namespaces.count("network"));
   EXPECT_EQ(r.network["namespace"], "new");
   EXPECT_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx), Error);
@@ -1050,7 +1051,9 @@ TEST(PolicyApply, ProxyEnvironmentAndNetwork) {
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://127.0.0.1:8888"), 1);
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://evil:1"), 0);
   EXPECT_TRUE(has_text(r.decisions, "caller set HTTPS_PROXY; replaced"));
-  EXPECT_EQ(r.network, json::parse(R"({"mode": "confined", "namespace": "new", "allow": ["api.example.com:443"], "dns": "refuse",
+  EXPECT_EQ(r.network,
+            json::parse(
+                R"({"mode": "confined", "namespace": "new", "allow": ["api.example.com:443"], "dns": "refuse",
     "proxy_port": 8888, "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}})"));
   EXPECT_EQ(r.exec_time_limit_s, 600);
   // passthrough: the environment is left as given
