@@ -80,8 +80,10 @@ const std::string& confinement_ruleset() {
   // policy drop on output; what passes, in order: loopback (the proxy, the
   // DNS stub, the pod's other containers); replies to connections that came
   // in (and their ICMP errors); IPv6 neighbour discovery, without which no
-  // IPv6 reply reaches the peer. Everything else is refused at once (TCP
-  // reset, ICMP administratively prohibited) so clients fail fast.
+  // IPv6 reply reaches the peer. Everything else is refused at once with
+  // ICMP administratively prohibited (the caller sees EHOSTUNREACH, never a
+  // reset that would look like the destination answering), so clients fail
+  // fast.
   static const std::string rules =
       "table inet agentshim {\n"
       "\tchain output {\n"
@@ -89,7 +91,6 @@ const std::string& confinement_ruleset() {
       "\t\toifname \"lo\" accept\n"
       "\t\tct state established,related accept\n"
       "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept\n"
-      "\t\tmeta l4proto tcp reject with tcp reset\n"
       "\t\treject with icmpx admin-prohibited\n"
       "\t}\n"
       "}\n";
