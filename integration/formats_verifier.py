@@ -110,7 +110,22 @@ def check_events(path):
             break
         leaves.append(leaf)
         events.append(ev)
+    problems += check_exec_sessions(events)
     return problems, events, mth(leaves).hex(), chain.hex()
+
+
+def check_exec_sessions(events):
+    """FORMATS.md: `session` (1-64 lowercase hex digits) in caller.exec and in
+    the process.exec events of that exec session (a session whose process
+    failed to start has process.exec events but no caller.exec)."""
+    problems = []
+    for ev in events:
+        if ev["type"] not in ("caller.exec", "process.exec") or "session" not in ev["data"]:
+            continue
+        s = ev["data"]["session"]
+        if not (isinstance(s, str) and 1 <= len(s) <= 64 and all(c in "0123456789abcdef" for c in s)):
+            problems.append(f"event seq {ev['seq']}: session {s!r} is not 1-64 hex digits")
+    return problems
 
 
 def verify_signature(pub_pem, pae, sig):

@@ -171,6 +171,34 @@ bool wait_gone(pid_t pid, unsigned long long start, int timeout_ms) {
   return !state::process_alive(pid, start);
 }
 
+// The exec'd process's seccomp listeners (kinds as a JSON array, fds by
+// SCM_RIGHTS; EOF when it failed before) go to the supervisor. Ours are
+// closed either way: if the supervisor did not take them, nobody holds the
+// listener and the process's execve fails with ENOSYS (nothing runs
+// unrecorded); its error then arrives on the error pipe.
+void forward_exec_listeners(const std::string& dir, int sock, const std::string& session, pid_t pid) {
+  std::vector<UniqueFd> fds;
+  std::string payload;
+  try {
+    payload = recv_fds(sock, fds);
+  } catch (const std::exception& e) {
+    log::warn(std::string("exec: receiving the observer listener: ") + e.what());
+    return;
+  }
+  if (fds.empty()) return;
+  control::ExecObserve m;
+  m.session = session;
+  m.pid = pid;
+  json kinds = json::parse(payload, nullptr, false);
+  if (kinds.is_array())
+    for (const auto& k : kinds)
+      if (k.is_string()) m.kinds.push_back(k.get<std::string>());
+  std::vector<int> raw;
+  for (const auto& f : fds) raw.push_back(f.get());
+  auto r = control::notify(dir, m, true, 5, raw);
+  if (!r.ok) log::error("exec: the supervisor did not take the exec observer (the exec fails): " + r.error);
+}
+
 }  // namespace
 
 void create(const Global& g, const CreateOptions& o) {
@@ -316,6 +344,7 @@ void create(const Global& g, const CreateOptions& o) {
   {
     // For `exec` (the process settings) and `update` (the resource limits).
     json saved = policy::exec_settings(pol, pres);
+    saved["observe_exec"] = observe_exec;  // exec sessions are observed as the init is
     saved["policy"] = pol;
     saved["policy_name"] = pctx.policy_name;
     write_file(dir + "/policy.json", saved.dump(), 0600);
@@ -884,6 +913,14 @@ int exec(const Global& g, const ExecOptions& o) {
   json seccomp_cfg = st.config.contains("linux") && st.config["linux"].contains("seccomp")
                          ? st.config["linux"]["seccomp"]
                          : json();
+  // Exec session recording: the process loads the exec observer's filter
+  // like the init and hands its listener(s) back over `obs` before its
+  // execve; we pass them to the supervisor (control::ExecObserve), whose
+  // ExecObserver records every execve of the session, tagged with its id.
+  bool observe = exec_policy.is_object() && exec_policy.value("observe_exec", false);
+  std::string session = observe ? control::new_session_id() : "";
+  FdPair obs;
+  if (observe) obs = make_socketpair(SOCK_SEQPACKET);
   auto err_pipe = make_pipe(O_CLOEXEC);
   auto pid_pipe = make_pipe(O_CLOEXEC);
   std::cout.flush();
@@ -895,6 +932,7 @@ int exec(const Global& g, const ExecOptions& o) {
     try {
       err_pipe.first.reset();
       pid_pipe.first.reset();
+      obs.first.reset();
       // Not dumpable before entering the container: its root must not get
       // at this process (running the host's agentshim binary) through
       // /proc/<pid>/exe, /mem or ptrace (the CVE-2019-5736 shape). execve
@@ -934,8 +972,21 @@ int exec(const Global& g, const ExecOptions& o) {
         if (!seccomp_cfg.is_null()) fin.seccomp.push_back(seccomp_cfg);
         if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
           fin.seccomp.push_back(exec_policy["extra_seccomp"]);
+        fin.observe_exec = observe;
         ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-        process::finalize(proc, fin);
+        auto listeners = process::finalize(proc, fin);
+        if (obs.second) {
+          // Before execve: that call already waits for the supervisor.
+          json kinds = json::array();
+          std::vector<int> raw;
+          for (const auto& l : listeners) {
+            kinds.push_back(l.kind);
+            raw.push_back(l.fd);
+          }
+          send_fds(obs.second.get(), kinds.dump(), raw.data(), static_cast<int>(raw.size()));
+          for (int fd : raw) ::close(fd);
+          obs.second.reset();
+        }
         process::exec(path, proc);
       }
       std::string pid = std::to_string(child);
@@ -950,11 +1001,14 @@ int exec(const Global& g, const ExecOptions& o) {
   }
   err_pipe.second.reset();
   pid_pipe.second.reset();
+  obs.second.reset();
   console.reset();
   int mst = 0;
   ::waitpid(mid, &mst, 0);
   std::string pidstr = read_all(pid_pipe.first.get(), "exec pid pipe");
   auto child = parse_int(pidstr);
+  if (obs.first && child)
+    forward_exec_listeners(state_dir(g, o.id), obs.first.get(), session, static_cast<pid_t>(*child));
   // Errors before execve arrive on err_pipe (from the intermediate or the
   // process itself); EOF without data means execve succeeded.
   std::string err = read_all(err_pipe.first.get(), "exec error pipe");
@@ -973,6 +1027,7 @@ int exec(const Global& g, const ExecOptions& o) {
   note.terminal = terminal;
   note.user = proc.value("user", json::object());
   note.policy_decisions = exec_decisions;
+  note.session = session;
   control::notify(state_dir(g, o.id), note);
   if (o.detach) return 0;
   sigset_t set;

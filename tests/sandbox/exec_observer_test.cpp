@@ -3,20 +3,30 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/openat2.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <mutex>
+#include <nlohmann/json.hpp>
 
+#include "common/fd.h"
 #include "common/util.h"
+#include "sandbox/seccomp.h"
 #include "tests/temp_dir.h"
 
 using namespace agentshim;
+using json = nlohmann::json;
 
 TEST(ExecObserver, Shebang) {
   EXPECT_EQ(observer::shebang_interpreter("#!/bin/sh\necho"), "/bin/sh");
   EXPECT_EQ(observer::shebang_interpreter("#! /usr/bin/env python3\n"), "/usr/bin/env");
-  EXPECT_EQ(observer::shebang_interpreter("\x7f" "ELF..."), "");
+  EXPECT_EQ(observer::shebang_interpreter("\x7f"
+                                          "ELF..."),
+            "");
   EXPECT_EQ(observer::shebang_interpreter("#"), "");
   EXPECT_EQ(observer::shebang_interpreter(std::string("#!") + std::string(300, 'a')), "");
 }
@@ -97,4 +107,52 @@ TEST(ExecObserver, OpensOnlyRegularFilesInsideTheRoot) {
   int self = observer::open_regular_link("/proc/self/exe", lerr);
   EXPECT_GE(self, 0) << lerr;
   if (self >= 0) ::close(self);
+}
+
+// One observer serves several listeners (the init's and exec sessions'):
+// a process that loads the observer filter and hands its listener over is
+// recorded with the tag it was added with; its listener is dropped when the
+// process is gone; only seccomp listeners are accepted.
+TEST(ExecObserver, ServesAddedListenersWithTheirTags) {
+  auto prog = seccomp::exec_observer().bpf();
+  std::mutex mu;
+  std::vector<json> events;
+  observer::ExecObserver obs(UniqueFd(), "", [&](const std::string& type, json data) {
+    std::lock_guard<std::mutex> l(mu);
+    if (type == "process.exec") events.push_back(std::move(data));
+  });
+  EXPECT_EQ(obs.listeners(), 0u);
+  auto sp = make_socketpair(SOCK_SEQPACKET);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    sp.first.reset();
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ::_exit(2);
+    int fd = seccomp::load_program(prog);
+    if (fd < 0) ::_exit(3);
+    send_fds(sp.second.get(), "exec", &fd, 1);
+    ::close(fd);
+    char* argv[] = {const_cast<char*>("true"), const_cast<char*>("from-session"), nullptr};
+    ::execv("/bin/true", argv);
+    ::_exit(4);
+  }
+  sp.second.reset();
+  std::vector<UniqueFd> fds;
+  EXPECT_EQ(recv_fds(sp.first.get(), fds), "exec");
+  ASSERT_EQ(fds.size(), 1u);
+  EXPECT_TRUE(observer::is_seccomp_listener(fds[0].get()));
+  EXPECT_FALSE(observer::is_seccomp_listener(sp.first.get()));
+  EXPECT_TRUE(obs.add(std::move(fds[0]), {{"session", "s1"}}));
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+  EXPECT_EQ(obs.listeners(), 0u);  // HUP: the process under the filter is gone
+  obs.stop();
+  EXPECT_FALSE(obs.add(UniqueFd(::dup(0)), json::object()));  // stopped
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0]["session"], "s1");
+  EXPECT_EQ(events[0]["path"], "/bin/true");
+  EXPECT_EQ(events[0]["argv"], json::array({"true", "from-session"}));
+  EXPECT_EQ(events[0]["pid"], child);
 }
