@@ -5,6 +5,7 @@ caller.exec event carries."""
 import hashlib
 import json
 import os
+from urllib.parse import unquote
 
 import formats_verifier
 from test_lifecycle import wait_status
@@ -43,7 +44,7 @@ def test_exec_sessions_are_recorded(shim, bundle, cid):
     assert any("session" not in e and e["path"] == "/bin/sh" for e in execs), execs
     by = {s: [e for e in execs if e.get("session") == s] for s in (s1, s2)}
     assert [e["path"] for e in by[s1]] == ["/bin/sh", "/bin/true", "/bin/date"], by[s1]
-    assert [e["argv"] for e in by[s1]][0] == ["sh", "-c", "/bin/true; /bin/date > /dev/null"]
+    assert [unquote(a) for a in by[s1][0]["argv"]] == ["sh", "-c", "/bin/true; /bin/date > /dev/null"]
     assert "/bin/uname" in [e["path"] for e in by[s2]], by[s2]
     assert len([e for e in by[s2] if e["path"] == "/bin/sh"]) == 2, by[s2]
     for e in by[s1] + by[s2]:

@@ -961,6 +961,10 @@ int exec(const Global& g, const ExecOptions& o) {
       pid_t child = cgroups::clone_parent_into(target);
       if (child < 0) throw_errno("clone exec process");
       if (child == 0) {
+        // The CLI reads the pid pipe to EOF before it forwards our
+        // observer listener to the supervisor, and our execve waits for
+        // that listener: holding the write end until execve would deadlock.
+        pid_pipe.second.reset();
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
