@@ -120,7 +120,9 @@ def check_exec_sessions(events):
     failed to start has process.exec events but no caller.exec)."""
     problems = []
     for ev in events:
-        if ev["type"] not in ("caller.exec", "process.exec") or "session" not in ev["data"]:
+        if ev["type"] == "process.exec_failed" and ev["data"].get("errno") not in ("ENOENT", "ENOTDIR"):
+            problems.append(f"event seq {ev['seq']}: process.exec_failed errno {ev['data'].get('errno')!r}")
+        if ev["type"] not in ("caller.exec", "process.exec", "process.exec_failed") or "session" not in ev["data"]:
             continue
         s = ev["data"]["session"]
         if not (isinstance(s, str) and 1 <= len(s) <= 64 and all(c in "0123456789abcdef" for c in s)):

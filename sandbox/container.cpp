@@ -172,20 +172,22 @@ bool wait_gone(pid_t pid, unsigned long long start, int timeout_ms) {
 }
 
 // The exec'd process's seccomp listeners (kinds as a JSON array, fds by
-// SCM_RIGHTS; EOF when it failed before) go to the supervisor. Ours are
-// closed either way: if the supervisor did not take them, nobody holds the
-// listener and the process's execve fails with ENOSYS (nothing runs
-// unrecorded); its error then arrives on the error pipe.
-void forward_exec_listeners(const std::string& dir, int sock, const std::string& session, pid_t pid) {
+// SCM_RIGHTS; EOF when it failed before) go to the supervisor. False when
+// the supervisor did not take them (gone, not answering within 5 s, or
+// refusing): the caller then kills the process, whose execve waits on a
+// listener that may still be in flight to a stopped supervisor (nothing
+// runs unrecorded, nothing waits forever).
+bool forward_exec_listeners(const std::string& dir, int sock, const std::string& session, pid_t pid,
+                            std::string& error) {
   std::vector<UniqueFd> fds;
   std::string payload;
   try {
     payload = recv_fds(sock, fds);
   } catch (const std::exception& e) {
-    log::warn(std::string("exec: receiving the observer listener: ") + e.what());
-    return;
+    error = std::string("receiving the observer listener: ") + e.what();
+    return false;
   }
-  if (fds.empty()) return;
+  if (fds.empty()) return true;  // it failed before: its error is on the error pipe
   control::ExecObserve m;
   m.session = session;
   m.pid = pid;
@@ -196,7 +198,8 @@ void forward_exec_listeners(const std::string& dir, int sock, const std::string&
   std::vector<int> raw;
   for (const auto& f : fds) raw.push_back(f.get());
   auto r = control::notify(dir, m, true, 5, raw);
-  if (!r.ok) log::error("exec: the supervisor did not take the exec observer (the exec fails): " + r.error);
+  if (!r.ok) error = "the supervisor did not take the exec observer: " + r.error;
+  return r.ok;
 }
 
 }  // namespace
@@ -1011,8 +1014,15 @@ int exec(const Global& g, const ExecOptions& o) {
   ::waitpid(mid, &mst, 0);
   std::string pidstr = read_all(pid_pipe.first.get(), "exec pid pipe");
   auto child = parse_int(pidstr);
-  if (obs.first && child)
-    forward_exec_listeners(state_dir(g, o.id), obs.first.get(), session, static_cast<pid_t>(*child));
+  if (obs.first && child) {
+    std::string ferr;
+    if (!forward_exec_listeners(state_dir(g, o.id), obs.first.get(), session, static_cast<pid_t>(*child),
+                                ferr)) {
+      ::kill(static_cast<pid_t>(*child), SIGKILL);
+      ::waitpid(static_cast<pid_t>(*child), nullptr, 0);
+      throw Error("exec: " + ferr + " (the process was killed before it ran)");
+    }
+  }
   // Errors before execve arrive on err_pipe (from the intermediate or the
   // process itself); EOF without data means execve succeeded.
   std::string err = read_all(err_pipe.first.get(), "exec error pipe");

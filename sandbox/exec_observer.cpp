@@ -106,7 +106,7 @@ Hashed hash_fd(int fd, attest::HashCache* cache) {
 // execveat), never leaving its root, and only a regular file (open_regular).
 // Returns -1 with `error` on failure.
 int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& container_path,
-            std::string& error) {
+            std::string& error, int* open_errno = nullptr) {
   std::string proc = "/proc/" + std::to_string(pid);
   UniqueFd root(::open((proc + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!root) {
@@ -132,7 +132,39 @@ int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& cont
     container_path = link(proc + "/exe");
     return open_regular_link(proc + "/exe", error);
   }
-  return open_regular(root.get(), abs, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, error);
+  return open_regular(root.get(), abs, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, error, open_errno);
+}
+
+// The exec cannot succeed whoever asks: an absolute path (so no cwd or
+// dirfd the observer might read wrong) under which the process's root holds
+// nothing (ENOENT) or a non-directory stands where a directory is needed
+// (ENOTDIR). Other failures (EACCES, ENOEXEC, ETXTBSY, ...) depend on the
+// caller's credentials or on the kernel's loaders: those execs continue and
+// are recorded as process.exec.
+bool fails_without_file(const std::string& path, int open_errno) {
+  return !path.empty() && path[0] == '/' && (open_errno == ENOENT || open_errno == ENOTDIR);
+}
+
+std::string errno_name(int e) {
+  switch (e) {
+    case ENOENT:
+      return "ENOENT";
+    case ENOTDIR:
+      return "ENOTDIR";
+    default:
+      return std::to_string(e);
+  }
+}
+
+// error 0: let the kernel run the call; else fail it with -error.
+void answer(int listener, unsigned long long id, int error) {
+  struct seccomp_notif_resp resp {};
+  resp.id = id;
+  if (error == 0)
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+  else
+    resp.error = error;
+  ::ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
 // fstatfs f_type values of filesystems whose files are kernel interfaces.
@@ -223,9 +255,11 @@ std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, b
   return out;
 }
 
-int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error) {
+int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error,
+                 int* open_errno) {
   int fd = openat2_(dirfd, path, O_PATH | O_CLOEXEC, resolve);
   if (fd < 0) {
+    if (open_errno) *open_errno = errno;
     error = std::string("open: ") + std::strerror(errno);
     return -1;
   }
@@ -403,12 +437,23 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
     }
     ev["argv"] = argv;
     std::string cpath, open_error;
-    int fd = -1;
+    int fd = -1, open_errno = 0;
     if ((flags & AT_EMPTY_PATH) && path.empty() && is_at) {
       fd = open_regular_link(proc + "/fd/" + std::to_string(dirfd), open_error);
       cpath = "fd:" + std::to_string(dirfd);
     } else {
-      fd = open_as(pid, dirfd, path, cpath, open_error);
+      fd = open_as(pid, dirfd, path, cpath, open_error, &open_errno);
+    }
+    if (fd < 0 && !trunc && fails_without_file(path, open_errno)) {
+      // Nothing at that path (a PATH lookup's miss): the process gets the
+      // kernel's answer from us, and the record says an attempt failed.
+      ev.erase("argv");
+      ev.erase("argv_truncated");
+      ev["errno"] = errno_name(open_errno);
+      answer(listener, req->id, -open_errno);
+      observed_++;
+      emit("process.exec_failed", std::move(ev));
+      return;
     }
     ev["resolved"] = attest::pct_encode(cpath);
     if (fd >= 0) {
@@ -441,13 +486,14 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
   } else {
     ev["error"] = "process went away before it could be inspected";
   }
-  struct seccomp_notif_resp resp {};
-  resp.id = req->id;
-  resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-  ::ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+  answer(listener, req->id, 0);
   observed_++;
+  emit("process.exec", std::move(ev));
+}
+
+void ExecObserver::emit(const std::string& type, json ev) {
   try {
-    sink_("process.exec", std::move(ev));
+    sink_(type, std::move(ev));
   } catch (const std::exception& e) {
     log::error(std::string("exec observer sink: ") + e.what());
   }

@@ -5,6 +5,11 @@
 // symlinks out of it, hashes the binary (and a "#!" interpreter), emits a
 // "process.exec" event, and lets the call continue
 // (SECCOMP_USER_NOTIF_FLAG_CONTINUE): the log observes, it never decides.
+// One exception, which decides nothing the kernel would not: an absolute
+// path under which the process's root holds nothing (ENOENT, ENOTDIR; the
+// misses of a PATH lookup) is answered with that errno by the observer and
+// recorded as a failed attempt ("process.exec_failed"), apart from the
+// programs that ran.
 //
 // TOCTOU note: a process that rewrites the file between our hash and the
 // kernel's open can make the recorded hash differ from what ran; the root
@@ -44,7 +49,9 @@ std::string shebang_interpreter(const std::string& head);
 // consumes the kernel log); only then it is reopened for reading through
 // /proc/self/fd/N. Returns the read-only fd, or -1 with `error` set ("not a
 // regular file (fifo)", "on a kernel filesystem (proc)", "open: ...").
-int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error);
+// `open_errno` (optional) receives the resolution's errno when it fails.
+int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error,
+                 int* open_errno = nullptr);
 // The same for a descriptor the container holds (/proc/<pid>/fd/N, execveat
 // with AT_EMPTY_PATH) or its executable (/proc/<pid>/exe): the magic link is
 // opened O_PATH, then checked and reopened the same way.
@@ -89,6 +96,7 @@ class ExecObserver {
   };
   void loop();
   void handle(void* req, int listener, const json& tag);
+  void emit(const std::string& type, json ev);
 
   std::mutex mu_;
   std::vector<Source> pending_;  // added, not yet taken by the loop (mu_)

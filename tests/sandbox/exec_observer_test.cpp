@@ -156,3 +156,126 @@ TEST(ExecObserver, ServesAddedListenersWithTheirTags) {
   EXPECT_EQ(events[0]["argv"], json::array({"true", "from-session"}));
   EXPECT_EQ(events[0]["pid"], child);
 }
+
+namespace {
+
+// A child under the observer filter, its listener returned; the child
+// runs `body` once the parent answers on the socket.
+struct Observed {
+  pid_t pid = -1;
+  UniqueFd listener;
+  UniqueFd go;
+};
+
+template <typename F>
+Observed observed_child(F body) {
+  auto prog = seccomp::exec_observer().bpf();
+  auto sp = make_socketpair(SOCK_SEQPACKET);
+  Observed o;
+  o.pid = ::fork();
+  if (o.pid == 0) {
+    sp.first.reset();
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ::_exit(2);
+    int fd = seccomp::load_program(prog);
+    if (fd < 0) ::_exit(3);
+    send_fds(sp.second.get(), "exec", &fd, 1);
+    ::close(fd);
+    char c;
+    if (::read(sp.second.get(), &c, 1) != 1) ::_exit(5);
+    ::_exit(body());
+  }
+  sp.second.reset();
+  std::vector<UniqueFd> fds;
+  recv_fds(sp.first.get(), fds);
+  if (!fds.empty()) o.listener = std::move(fds[0]);
+  o.go = std::move(sp.first);
+  return o;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+// A PATH lookup's misses are failed attempts with the errno the process
+// got, apart from the program that ran.
+TEST(ExecObserver, MissingPathsAreFailedAttemptsWithTheirErrno) {
+  std::mutex mu;
+  std::vector<std::pair<std::string, json>> events;
+  observer::ExecObserver obs(UniqueFd(), "", [&](const std::string& type, json data) {
+    std::lock_guard<std::mutex> l(mu);
+    events.emplace_back(type, std::move(data));
+  });
+  auto o = observed_child([] {
+    char* argv[] = {const_cast<char*>("x"), nullptr};
+    ::execv("/nonexistent-dir/x", argv);
+    if (errno != ENOENT) return 10;
+    ::execv("/etc/passwd/x", argv);
+    if (errno != ENOTDIR) return 11;
+    char* targv[] = {const_cast<char*>("true"), nullptr};
+    ::execv("/bin/true", targv);
+    return 12;
+  });
+  ASSERT_TRUE(o.listener);
+  ASSERT_TRUE(obs.add(std::move(o.listener), {{"session", "s2"}}));
+  ASSERT_EQ(::write(o.go.get(), "g", 1), 1);
+  EXPECT_EQ(wait_exit(o.pid), 0);
+  for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+  obs.stop();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].first, "process.exec_failed");
+  EXPECT_EQ(events[0].second["errno"], "ENOENT");
+  EXPECT_EQ(events[0].second["path"], "/nonexistent-dir/x");
+  EXPECT_EQ(events[0].second["session"], "s2");
+  EXPECT_FALSE(events[0].second.contains("sha256"));
+  EXPECT_EQ(events[1].first, "process.exec_failed");
+  EXPECT_EQ(events[1].second["errno"], "ENOTDIR");
+  EXPECT_EQ(events[2].first, "process.exec");
+  EXPECT_EQ(events[2].second["path"], "/bin/true");
+  EXPECT_TRUE(events[2].second.contains("sha256"));
+}
+
+// Nobody takes the listener (the supervisor is gone, or refused it): the
+// exec fails with ENOSYS, nothing runs unrecorded, nothing waits forever.
+TEST(ExecObserver, ListenerNobodyTakesFailsTheExecClosed) {
+  auto o = observed_child([] {
+    char* argv[] = {const_cast<char*>("true"), nullptr};
+    ::execv("/bin/true", argv);
+    return errno == ENOSYS ? 0 : 20;
+  });
+  ASSERT_TRUE(o.listener);
+  o.listener.reset();
+  ASSERT_EQ(::write(o.go.get(), "g", 1), 1);
+  EXPECT_EQ(wait_exit(o.pid), 0);
+}
+
+// A process killed while its exec waits for the observer, and a listener
+// closed while an exec waits on it: neither the process nor the observer
+// hangs, and the observer drops the listener.
+TEST(ExecObserver, DyingProcessAndStopWhileAnExecWaits) {
+  auto o = observed_child([] {
+    char* argv[] = {const_cast<char*>("true"), nullptr};
+    ::execv("/bin/true", argv);
+    return 30;
+  });
+  ASSERT_TRUE(o.listener);
+  ASSERT_EQ(::write(o.go.get(), "g", 1), 1);
+  // The exec now waits on a listener nobody serves yet.
+  for (int i = 0; i < 100; i++) {
+    std::string st = read_file("/proc/" + std::to_string(o.pid) + "/wchan");
+    if (st.find("seccomp") != std::string::npos) break;
+    ::usleep(10000);
+  }
+  ::kill(o.pid, SIGKILL);
+  EXPECT_EQ(wait_exit(o.pid), 128 + SIGKILL);
+  std::vector<json> events;
+  observer::ExecObserver obs(UniqueFd(), "", [&](const std::string&, json d) { events.push_back(d); });
+  ASSERT_TRUE(obs.add(std::move(o.listener), json::object()));
+  for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+  EXPECT_EQ(obs.listeners(), 0u);
+  obs.stop();
+  EXPECT_TRUE(events.empty());
+}
