@@ -457,6 +457,9 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
     }
   }
   if (!lc.finalized && lc.problems.empty()) miss("events.ndjson does not end with run.finalized");
+  // A complete run has its mandatory events, in order (FORMATS.md).
+  if (lc.problems.empty() && session.is_object() && session.value("complete", false))
+    for (const auto& p : check_run_events(lc.events)) miss("complete run: " + p);
 
   // 3. The attestation: envelope, signature, statement.
   auto env_text = slurp(rd + "/" + kEnvelopeFile);

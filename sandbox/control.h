@@ -5,7 +5,8 @@
 // ({"ok": true} or {"ok": false, "error": "..."}).
 //
 //   start   ── start-gate ──▶ supervisor   answered once the "before" filesystem walk is done
-//   start   ── started ─────▶ supervisor   starts the exec time limit; run.started
+//   start   ── started ─────▶ supervisor   starts the exec time limit (run.started is
+//                                          written at the start gate, before the init runs)
 //   exec    ── exec-observe{session, pid, kinds} + listener fds (SCM_RIGHTS)
 //                           ───▶ supervisor   the exec'd process's seccomp
 //                                          listeners, before it calls execve:

@@ -590,8 +590,17 @@ class Supervisor {
       if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
         deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     }
-    if (std::holds_alternative<control::StartGate>(msg))
-      return;  // answered from the loop: the before-walk is done
+    if (std::holds_alternative<control::StartGate>(msg)) {
+      // Answered from the loop: the before-walk is done. run.started is
+      // written now, before `start` releases the init, so it precedes the
+      // init's first process.exec (after `start`'s later "started" it raced
+      // the init, or was lost when the init was already gone).
+      if (record_ && !run_started_) {
+        run_started_ = true;
+        record_->event("run.started", {{"init_pid", init_pid_}});
+      }
+      return;
+    }
     if (const auto* o = std::get_if<control::ExecObserve>(&msg)) {
       // Only seccomp listeners, one per kind: anything else is refused
       // (the exec'd process's execve then fails: nothing runs unobserved).
@@ -606,8 +615,7 @@ class Supervisor {
     }
     if (!record_) return;
     if (std::holds_alternative<control::Started>(msg)) {
-      record_->event("run.started", {{"init_pid", init_pid_}});
-      sync_after_reply_ = true;  // `start` need not wait for the fsync
+      sync_after_reply_ = true;  // run.started (at the gate) durable; `start` need not wait for the fsync
     } else if (const auto* e = std::get_if<control::Exec>(&msg)) {
       json args = json::array();
       for (const auto& a : e->args) args.push_back(attest::pct_encode(a));
@@ -942,6 +950,7 @@ class Supervisor {
   std::chrono::steady_clock::time_point deadline_{};
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;
+  bool run_started_ = false;  // run.started written (once, at the start gate)
   pid_t sentinel_;
   UniqueFd sentinel_sock_;  // until the sentinel has joined the container's cgroup
   bool in_container_cgroup_ = false;
