@@ -9,11 +9,19 @@ from urllib.parse import unquote
 from conftest import AGENTSHIM, run, wait_records
 
 
+def container_of(rd):
+    """The container id of a run directory ("" when its log has no first
+    event: a create that failed early)."""
+    try:
+        return json.loads(open(os.path.join(rd, "events.ndjson")).readline())["data"]["container_id"]
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
 def run_dir(audit, cid, timeout=60):
     wait_records(audit, timeout=timeout)
     runs = os.path.join(audit, "runs")
-    rd = [os.path.join(runs, d) for d in os.listdir(runs)
-          if json.loads(open(os.path.join(runs, d, "events.ndjson")).readline())["data"]["container_id"] == cid]
+    rd = [os.path.join(runs, d) for d in os.listdir(runs) if container_of(os.path.join(runs, d)) == cid]
     assert len(rd) == 1, (cid, rd)
     return rd[0]
 
