@@ -189,3 +189,52 @@ def test_supervisor_not_answering_fails_the_exec_closed(shim, bundle, cid):
     assert r.returncode == 0, r.stderr
     events = finish(shim, cid)
     assert len([e for e in events if e["type"] == "caller.exec"]) == 1
+
+
+def exec_on_pty(rt, cid, script, rows=33, cols=77, stdin=b""):
+    """`exec -t` (no --console-socket) with a pty of the given size as its
+    stdio, as from an operator's terminal: returns (exit code, output)."""
+    import fcntl
+    import struct
+    import termios
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    p = subprocess.Popen([rt.binary, "--root", rt.root, *rt.extra, "exec", "-t", cid, "sh", "-c", script],
+                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    if stdin:
+        os.write(master, stdin)
+    out = b""
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every holder of the slave is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return p.wait(timeout=20), out.replace(b"\r\n", b"\n")
+
+
+def test_exec_tty_without_console_socket_like_runc(shim, runc, bundle, bundle_factory):
+    """`exec -t` without --console-socket allocates a pty in the container
+    and relays it to the caller's stdio, as runc does (it used to fail with
+    `connect to console socket : Connection refused`): the program sees a
+    terminal of the caller's size, input reaches it, its exit code comes
+    back."""
+    res = {}
+    for name, rt, b in (("runc", runc, bundle_factory()), ("agentshim", shim, bundle)):
+        b.sh("sleep 60")
+        c = f"tty{name[:2]}{os.getpid()}"
+        rt.ids.add(c)
+        rt("run", "--detach", "--bundle", b.path, c, check=True)
+        wait_status(rt, c, "running")
+        res[name] = exec_on_pty(rt, c, "test -t 0 && test -t 1 && echo is-a-tty; stty size; read l; echo got-$l; exit 5",
+                                stdin=b"hello\n")
+        rt("kill", c, "KILL")
+    assert res["agentshim"][0] == res["runc"][0] == 5, res
+    for name in res:
+        out = res[name][1]
+        assert b"is-a-tty\n" in out and b"33 77\n" in out and b"got-hello\n" in out, (name, out)

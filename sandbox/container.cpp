@@ -547,6 +547,27 @@ class TtyRelay {
     }
     return true;
   }
+  // After the process exited: what it left in the pty, until the pty is
+  // closed or quiet for 100 ms (a process still holding it is not waited on).
+  void drain() {
+    char buf[8192];
+    for (;;) {
+      struct pollfd p = {master_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) return;
+      ssize_t n = ::read(master_.get(), buf, sizeof buf);
+      if (n <= 0) return;
+      try {
+        write_all(1, std::string_view(buf, static_cast<std::size_t>(n)), "stdout");
+      } catch (...) {
+        return;
+      }
+    }
+  }
+  // SIGWINCH: our terminal's size to the pty.
+  void resize() {
+    struct winsize ws {};
+    if (::ioctl(0, TIOCGWINSZ, &ws) == 0) ::ioctl(master_.get(), TIOCSWINSZ, &ws);
+  }
 
  private:
   UniqueFd master_;
@@ -896,8 +917,16 @@ int exec(const Global& g, const ExecOptions& o) {
   process::check_capabilities(proc);
 
   auto cg = cgroup_of(st);
-  UniqueFd console;
-  if (terminal) console = connect_console(o.console_socket);
+  UniqueFd console, console_peer;
+  if (terminal && o.console_socket.empty()) {
+    // As runc: no --console-socket (and not detached) means we hold the
+    // pty's master and relay it to our stdio.
+    auto pair = make_socketpair(SOCK_STREAM);
+    console_peer = std::move(pair.first);
+    console = std::move(pair.second);
+  } else if (terminal) {
+    console = connect_console(o.console_socket);
+  }
   // Namespace fds of the init, opened before anything else can race.
   std::vector<std::pair<int, UniqueFd>> nsfds;
   for (const char* t : {"user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
@@ -936,6 +965,7 @@ int exec(const Global& g, const ExecOptions& o) {
       err_pipe.first.reset();
       pid_pipe.first.reset();
       obs.first.reset();
+      console_peer.reset();
       // Not dumpable before entering the container: its root must not get
       // at this process (running the host's agentshim binary) through
       // /proc/<pid>/exe, /mem or ptrace (the CVE-2019-5736 shape). execve
@@ -1032,6 +1062,13 @@ int exec(const Global& g, const ExecOptions& o) {
   }
   if (!child) throw Error("exec: could not start the process in container " + o.id);
   pid_t pid = static_cast<pid_t>(*child);
+  std::unique_ptr<TtyRelay> relay;
+  if (console_peer) {
+    std::vector<UniqueFd> fds;
+    recv_fds(console_peer.get(), fds);
+    if (fds.empty()) throw Error("exec: the process did not send its pty master");
+    relay = std::make_unique<TtyRelay>(std::move(fds[0]));
+  }
   write_pid_file(o.pid_file, pid);
   control::Exec note;
   note.pid = pid;
@@ -1052,13 +1089,20 @@ int exec(const Global& g, const ExecOptions& o) {
   for (;;) {
     int status = 0;
     pid_t p = ::waitpid(pid, &status, WNOHANG);
-    if (p == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (p == pid) {
+      if (relay) relay->drain();
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    if (relay && !relay->pump(50)) relay.reset();
     struct timespec ts {
-      0, 50 * 1000 * 1000
+      0, relay ? 0 : 50 * 1000 * 1000
     };
     siginfo_t si{};
     int sig = sigtimedwait(&set, &si, &ts);
-    if (sig > 0 && sig != SIGCHLD) ::kill(pid, sig);
+    if (sig == SIGWINCH && relay)
+      relay->resize();
+    else if (sig > 0 && sig != SIGCHLD)
+      ::kill(pid, sig);
   }
 }
 
