@@ -530,23 +530,13 @@ def test_docker_exec_is_recorded(docker):
         assert r.returncode == 0, r.stderr
     finally:
         docker("rm", "-f", cid)
-    wait_records(docker.audit, timeout=30)
-    runs = os.path.join(docker.audit, "runs")
-    rd = [os.path.join(runs, d) for d in os.listdir(runs)
-          if json.loads(open(os.path.join(runs, d, "events.ndjson")).readline())["data"]["container_id"] == cid]
-    assert len(rd) == 1, rd
-    events = [json.loads(l) for l in open(os.path.join(rd[0], "events.ndjson"))]
-    callers = [e["data"] for e in events if e["type"] == "caller.exec"]
-    assert len(callers) == 1 and len(callers[0]["session"]) == 16, callers
-    mine = [e["data"] for e in events if e["type"] == "process.exec" and e["data"].get("session") == callers[0]["session"]]
-    assert [e["path"] for e in mine] == ["/bin/sh", "/bin/true", "/bin/sh", "/bin/uname"], mine
+    from exec_sessions import assert_session_ran, sessions
+    got, init, v = sessions(docker.audit, cid)
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    assert len(got) == 1, got
     # Docker's busybox image: every one of them is the busybox binary.
-    merged_hash = {e["sha256"] for e in mine}
-    init = [e["data"] for e in events if e["type"] == "process.exec" and "session" not in e["data"]]
-    assert init and merged_hash == {init[0]["sha256"]}, (mine, init)
-    from conftest import AGENTSHIM, run
-    v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", rd[0]])
-    assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
+    assert_session_ran(got[0], ["sh", "-c", "/bin/true; /bin/sh -c '/bin/uname > /dev/null'"], ["/bin/true"],
+                       ["/bin/sh", "-c", "/bin/uname > /dev/null"], ["/bin/uname"], sha256=init[0]["sha256"])
 
 
 # ----------------------------------------------------------------- userns auto
