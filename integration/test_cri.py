@@ -493,6 +493,15 @@ def test_exec_sync_exit_codes_and_timeout(node, handler):
             (e.value.code(), e.value.details())
         wait_for(lambda: "sleep 137" not in pod.out("app", ["ps", "-o", "args"]), timeout=10,
                  what="the timed-out exec to be killed")
+        app = pod.containers["app"]
+    if handler == "agentshim":
+        # Each ExecSync is an exec session in the app container's record
+        # (issue 15 item 2), tagged and hashed like the init's programs.
+        from exec_sessions import assert_session_ran, sessions
+        got, init, v = sessions(node.ctrd.audit, app)
+        assert v.returncode == 0 and v.stdout == b"VERIFIED\n", v.stdout + v.stderr
+        assert_session_ran(got[0], ["sh", "-c", "echo out; echo err >&2; exit 3"], sha256=init[0]["sha256"])
+        assert_session_ran(got[1], ["true"], sha256=init[0]["sha256"])
 
 
 @pytest.mark.parametrize("handler", HANDLERS)

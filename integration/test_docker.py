@@ -557,6 +557,25 @@ def test_record_written_for_docker_runs(docker):
     assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
 
 
+def test_docker_exec_is_recorded(docker):
+    """`docker exec` is an exec session (issue 15 item 2): the processes it
+    runs are process.exec events with the binary's hash, tagged with the
+    session its caller.exec names; the record verifies."""
+    cid = start_detached(docker, "agentshim", IMG, "sleep", "60")
+    try:
+        r = docker("exec", cid, "sh", "-c", "/bin/true; /bin/sh -c '/bin/uname > /dev/null'")
+        assert r.returncode == 0, r.stderr
+    finally:
+        docker("rm", "-f", cid)
+    from exec_sessions import assert_session_ran, sessions
+    got, init, v = sessions(docker.audit, cid)
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    assert len(got) == 1, got
+    # Docker's busybox image: every one of them is the busybox binary.
+    assert_session_ran(got[0], ["sh", "-c", "/bin/true; /bin/sh -c '/bin/uname > /dev/null'"], ["/bin/true"],
+                       ["/bin/sh", "-c", "/bin/uname > /dev/null"], ["/bin/uname"], sha256=init[0]["sha256"])
+
+
 # ----------------------------------------------------------------- userns auto
 
 def test_userns_auto_under_docker(docker):

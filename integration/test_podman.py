@@ -192,3 +192,19 @@ def test_pod_containers_talk_over_localhost(podman):
         assert processes_mentioning(pod) == [] and processes_mentioning(a) == [], rt
         # (the pod's own parent cgroup is podman's to remove; the containers' must be gone)
         wait_for(lambda: cgroups_named(a) == [], timeout=10, what=f"{rt}: the container's cgroups to go")
+
+
+def test_podman_exec_is_recorded(podman):
+    """`podman exec` is an exec session (issue 15 item 2)."""
+    from exec_sessions import assert_session_ran, sessions
+    cid = prun(podman, "agentshim", "-d", IMAGE, "sleep", "600").stdout.decode().strip()
+    assert cid
+    try:
+        ex = podman("exec", cid, "sh", "-c", "/bin/true; exit 3", runtime="agentshim")
+        assert ex.returncode == 3, ex.stderr
+    finally:
+        podman("rm", "-f", cid, runtime="agentshim")
+    got, init, v = sessions(podman.audit, cid)
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", v.stdout + v.stderr
+    assert len(got) == 1, got
+    assert_session_ran(got[0], ["sh", "-c", "/bin/true; exit 3"], ["/bin/true"], sha256=init[0]["sha256"])

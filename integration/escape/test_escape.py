@@ -624,6 +624,45 @@ def test_observer_opens_non_regular_file(esc, tmp_path):
           esc, v)
 
 
+def test_exec_session_recorded_identity(esc):
+    """Record evasion through `exec` (what an agent platform's tool calls
+    are): a program started by `exec`, and one its shell starts in the
+    background, must be in the record with the session of their caller.exec
+    and the SHA-256 of the real binary (sha256 of the file in the bundle);
+    a PATH lookup's misses must not pass for programs that ran. runc keeps
+    no record: nothing an exec runs is written anywhere."""
+    import hashlib
+    cid, p = start_paused(esc)
+    real = hashlib.sha256(open(os.path.join(esc.bundles[-1], "rootfs", "bin", "attack"), "rb").read()).hexdigest()
+    r1 = esc.rt("exec", cid, "/bin/attack", "pause", "0", timeout=30)
+    r2 = esc.rt("exec", cid, "sh", "-c", "/bin/attack pause 0 & wait; env no-such-tool-xyz; true", timeout=30)
+    esc.rt("kill", cid, "KILL")
+    p.wait(timeout=30)
+    v = parse_verdict(r1)
+    assert v.kind == "BLOCKED" and r2.returncode == 0, (r1, r2)
+    if esc.name != "agentshim":
+        v = Verdict("ESCAPED", "runc keeps no record: what an exec ran is written nowhere")
+    else:
+        rd = newest_run(esc)
+        events = [json.loads(l) for l in open(os.path.join(rd, "events.ndjson"))]
+        sessions = [e["data"]["session"] for e in events if e["type"] == "caller.exec"]
+        execs = [e["data"] for e in events if e["type"] == "process.exec"]
+        ran = [[e for e in execs if e.get("session") == s and e.get("path") == "/bin/attack"] for s in sessions]
+        faked = [e for e in execs if "no-such-tool-xyz" in e.get("path", "")]
+        if len(sessions) != 2 or any(len(r) != 1 for r in ran):
+            v = Verdict("ESCAPED", f"an exec'd /bin/attack is missing from its session's record: {execs}")
+        elif any(r[0].get("sha256") != real for r in ran):
+            v = Verdict("ESCAPED", f"recorded identity {[r[0].get('sha256') for r in ran]} is not the real {real}")
+        elif faked:
+            v = Verdict("ESCAPED", f"a PATH miss is recorded as a program that ran: {faked[0]}")
+        else:
+            r = esc.rt("verify", rd)
+            assert r.returncode == 0 and r.stdout == b"VERIFIED\n", r.stdout + r.stderr
+            v = Verdict("BLOCKED", "both exec'd programs recorded with their session and real SHA-256")
+    check("exec_session_identity", "programs started by `exec` recorded with their session and real SHA-256",
+          esc, v)
+
+
 def test_runs_show_escape_codes(esc):
     """argv with terminal escape codes (erase line, cursor up, set title, the
     8-bit CSI): `runs show` must print them escaped. runc keeps no record:
