@@ -159,7 +159,7 @@ void run(setup::Setup s) {
     ::_exit(1);
   }
   if (worker == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    prctl(PR_SET_PDEATHSIG, kSentinelLostSignal);
     if (::getppid() != sentinel) ::_exit(1);
     join.second.reset();
     supervisor::run(s, sentinel, std::move(join.first));

@@ -63,6 +63,7 @@ sigset_t handled_signals() {
   sigemptyset(&set);
   sigaddset(&set, SIGCHLD);
   sigaddset(&set, SIGPIPE);
+  sigaddset(&set, sentinel::kSentinelLostSignal);
   for (int s : kForwarded) sigaddset(&set, s);
   return set;
 }
@@ -486,6 +487,8 @@ class Supervisor {
       int sig = static_cast<int>(si.ssi_signo);
       if (sig == SIGCHLD) {
         reap();
+      } else if (sig == sentinel::kSentinelLostSignal) {
+        if (sentinel_ > 0 && ::getppid() != sentinel_) sentinel_lost();
       } else if (sig != SIGPIPE && init_pid_ > 0) {
         ::kill(init_pid_, sig);
         if (record_)
@@ -873,6 +876,32 @@ class Supervisor {
     }
   }
 
+  // The sentinel died before we released it (kSentinelLostSignal): a client
+  // killed the --pid-file pid, or the container's OOM killer chose it. The
+  // container goes with it, as it always did; the record is finished and
+  // says why the container ended.
+  void sentinel_lost() {
+    log::warn("container " + s_.id + ": the sentinel (pid " + std::to_string(sentinel_) +
+              ", the --pid-file process) died; killing the container and finishing its record");
+    sentinel_ = -1;
+    sentinel_lost_ = true;
+    if (record_)
+      record_->event("run.sentinel_lost",
+                     {{"detail",
+                       "the --pid-file process (the sentinel) died before the container exited; the container "
+                       "is killed, as its death means"},
+                      {"oom_kills", cg_ ? cg_->oom_kill_count() : 0}});
+    try {
+      if (cg_) {
+        for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
+        if (cg_->frozen()) cg_->thaw();
+      }
+    } catch (const std::exception& e) {
+      log::warn(std::string("sentinel lost: ") + e.what());
+    }
+    if (init_pid_ > 0) ::kill(init_pid_, SIGKILL);
+  }
+
   // The container's status is known and recorded: the sentinel (the pid
   // clients wait on) exits with it now, so `docker run`, containerd and
   // `delete` do not wait for the after-run walk and the signing. We stop
@@ -931,8 +960,11 @@ class Supervisor {
                  {"stime_us", exit_.ru.ru_stime.tv_sec * 1000000LL + exit_.ru.ru_stime.tv_usec},
                  {"maxrss_kb", exit_.ru.ru_maxrss}}}};
     if (time_limit_hit_) ex["reason"] = "exec time limit";
+    if (sentinel_lost_) ex["reason"] = "sentinel lost";
     json exit_event = {{"code", exit_.code},
-                       {"reason", time_limit_hit_ ? "exec time limit" : ""},
+                       {"reason", time_limit_hit_   ? "exec time limit"
+                                  : sentinel_lost_ ? "sentinel lost"
+                                                   : ""},
                        {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
                        {"oom_kills", ex["oom_kills"]},
                        {"rusage", ex["rusage"]}};
@@ -956,6 +988,7 @@ class Supervisor {
   std::unique_ptr<cgroups::Manager> cg_;
   pid_t stage1_ = -1;
   pid_t init_pid_ = 0;
+  bool sentinel_lost_ = false;
   unsigned long long init_start_ = 0;
   Exit exit_;
   std::unique_ptr<attest::RunRecord> record_;
