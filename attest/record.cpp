@@ -15,6 +15,7 @@
 #include "attest/canonical.h"
 #include "attest/hash.h"
 #include "attest/ledger.h"
+#include "attest/runstore.h"
 #include "attest/tsa.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -34,10 +35,6 @@ std::string new_run_id() {
   return std::string(buf) + "-" + to_hex(rnd, sizeof rnd);
 }
 
-std::string run_dir(const std::string& audit_dir, const std::string& run_id) {
-  return audit_dir + "/runs/" + run_id;
-}
-
 namespace {
 // The key the record will be signed with, and whether it exists yet (the
 // host key is created at the first finalization).
@@ -51,9 +48,10 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   // for is an error now, before the run, not a lost record at its end.
   std::string key_path = signing_key_path(c_);
   if (!c_.key_path.empty() || path_exists(key_path)) (void)load_signing_key(key_path, c_.key_type);
-  mkdir_p(c_.audit_dir + "/runs", 0700);
+  const RunStore store(c_.audit_dir);
+  mkdir_p(store.runs_dir(), 0700);
   ::chmod(c_.audit_dir.c_str(), 0700);
-  dir_ = run_dir(c_.audit_dir, c_.run_id);
+  dir_ = store.run_dir(c_.run_id);
   if (::mkdir(dir_.c_str(), 0700) < 0) throw_errno("create run directory " + dir_);
   lock_.reset(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);

@@ -56,7 +56,6 @@ struct RecordConfig {
 };
 
 std::string new_run_id();
-std::string run_dir(const std::string& audit_dir, const std::string& run_id);
 
 class RunRecord {
  public:

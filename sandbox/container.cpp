@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "attest/record.h"
+#include "attest/runstore.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -184,7 +185,7 @@ void create(const Global& g, const CreateOptions& o) {
   // audit.signing_key / audit.key_type; the record checks the key's type.
   if (!g.signing_key.empty()) pol["audit"]["signing_key"] = abs_path(g.signing_key);
   if (!g.key_type.empty()) pol["audit"]["key_type"] = g.key_type;
-  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
+  const std::string audit_dir = policy::audit_dir(pol, g.audit_dir);
   // The record, the state root and the runtime's own files stay out of the
   // sandbox's reach: the policy refuses a bind that is, contains or lies
   // inside one of them (by identity).
@@ -589,7 +590,7 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
   // The sentinel exits as soon as the status is known; `run` returns once
   // the record is final too (what a person running it expects to find).
   if (!st.run_id.empty() && !st.audit_dir.empty() &&
-      !attest::wait_finalized(attest::run_dir(st.audit_dir, st.run_id), 120000))
+      !attest::wait_finalized(attest::RunStore(st.audit_dir).run_dir(st.run_id), 120000))
     log::warn("run " + st.run_id + ": the record is still being finalized after 120 s");
   if (!keep) remove(g, o.id, true);
   return code;

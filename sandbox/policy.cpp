@@ -1422,6 +1422,10 @@ std::vector<Owned> runtime_owned(const json& policy, const std::string& state_ro
   return out;
 }
 
+std::string audit_dir(const json& loaded_policy, const std::string& flag) {
+  return flag.empty() ? loaded_policy.at("audit").at("dir").get<std::string>() : flag;
+}
+
 std::string source_name(const std::string& path) {
   if (!path.empty()) return "policy " + path;
   return path_exists("/etc/agentshim/policy.json") ? "policy /etc/agentshim/policy.json" : "built-in policy";

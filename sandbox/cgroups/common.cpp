@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/mountinfo.h"
 #include "common/fd.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -36,21 +37,6 @@ std::string layout_name(Layout l) {
 }
 
 namespace {
-// mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape_mountinfo(const std::string& s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && std::isdigit(s[i + 1]) && std::isdigit(s[i + 2]) &&
-        std::isdigit(s[i + 3])) {
-      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
-      i += 3;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
 bool is_v1_controller_option(const std::string& o) {
   static const std::set<std::string> non_controllers = {
       "rw",     "ro",       "relatime",   "noatime",
@@ -64,24 +50,18 @@ bool is_v1_controller_option(const std::string& o) {
 
 Host Host::parse(const std::string& mountinfo, const std::string& proc_self_cgroup) {
   Host h;
-  std::istringstream in(mountinfo);
   std::string line;
   bool have_v1 = false;
-  while (std::getline(in, line)) {
-    auto dash = line.find(" - ");
-    if (dash == std::string::npos) continue;
-    auto pre = split(line.substr(0, dash), ' ');
-    auto post = split(line.substr(dash + 3), ' ');
-    if (pre.size() < 5 || post.size() < 3) continue;
-    const std::string& fstype = post[0];
+  for (const auto& mi : parse_mountinfo(mountinfo)) {
+    const std::string& fstype = mi.fstype;
     if (fstype != "cgroup" && fstype != "cgroup2") continue;
     MountPoint m;
-    m.root = unescape_mountinfo(pre[3]);
-    m.path = unescape_mountinfo(pre[4]);
+    m.root = mi.root;
+    m.path = mi.mount_point;
     m.fstype = fstype;
     if (fstype == "cgroup") {
       std::vector<std::string> ctrls;
-      for (const auto& o : split(post[2], ','))
+      for (const auto& o : split(mi.super_options, ','))
         if (is_v1_controller_option(o)) ctrls.push_back(o);
       if (ctrls.empty()) continue;
       // The same hierarchy mounted twice (bind mounts): keep the first.
