@@ -60,8 +60,7 @@ std::string abs_path(const std::string& p) {
 // bind of /run/agentshim.dns/resolv.conf, replacing any resolv.conf mount
 // the caller made (Docker's points at its embedded DNS or the host's). Only
 // when the rootfs has a real /etc directory (not a symlink) to mount it on.
-void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
-                            const std::string& rootfs) {
+void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& rootfs) {
   if (!oci::has_new_namespace(cfg, "network")) return;
   if (!net.is_object() || net.value("mode", "internal") != "internal") return;
   struct stat st {};
@@ -69,7 +68,6 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
   // One shared, world-readable file (the same for every container): a
   // container's root in a user namespace must be able to reach the bind's
   // source, and the state directory may sit under a root-only --root.
-  (void)state_dir;
   const std::string dir = "/run/agentshim.dns", file = dir + "/resolv.conf";
   const std::string text =
       "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n";
@@ -290,7 +288,7 @@ void create(const Global& g, const CreateOptions& o) {
   if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
     userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
 
-  point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
+  point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
 
   setup::Setup s;
   s.id = o.id;
@@ -425,9 +423,7 @@ json start_locked(const Global& g, const std::string& id, state::ContainerState&
       char c;
       ssize_t r = ::read(fd.get(), &c, 1);
       if (r == 1) break;
-      if (r == 0 && !(p.revents & POLLIN)) {
-        // No writer yet: only a HUP after a writer came and went means death.
-      }
+      // r == 0 without POLLIN: no writer yet; only the init's death (below) ends the wait.
     }
     if (!state::process_alive(st.init_pid, st.init_start))
       throw Error("cannot start container " + id + ": its init process exited");

@@ -77,14 +77,14 @@ json exec_process_from_args(const Global& g, const std::string& id, const std::v
 int exec(const Global& g, const ExecOptions& o);
 
 // With the policy's internal-only network (net["mode"] == "internal") and a
-// network namespace of the container's own: writes STATE_DIR/resolv.conf
-// (the DNS stub), adds or replaces the read-only bind of it at
+// network namespace of the container's own: writes the shared
+// /run/agentshim.dns/resolv.conf (the DNS stub), adds or replaces the
+// read-only bind of it at
 // /etc/resolv.conf in cfg's mounts, creates that mountpoint beneath ROOTFS
 // when missing (the init may be unable to: a user namespace's root cannot
 // write a root-owned /etc), and records the decision. No-op otherwise, or
 // when ROOTFS has no real /etc directory. Used by create(); public for tests.
-void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
-                            const std::string& rootfs);
+void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& rootfs);
 
 // `spec`: the hardened default config.json.
 json default_spec(bool rootless);

@@ -33,8 +33,7 @@ json ContainerState::to_json() const {
               {"audit_dir", audit_dir},
               {"config", config},
               {"cgroup", cgroup},
-              {"annotations", annotations},
-              {"rootless", rootless}};
+              {"annotations", annotations}};
 }
 
 ContainerState ContainerState::from_json(const json& j) {
@@ -53,7 +52,6 @@ ContainerState ContainerState::from_json(const json& j) {
   s.config = j.value("config", json::object());
   s.cgroup = j.value("cgroup", json());
   s.annotations = j.value("annotations", json::object());
-  s.rootless = j.value("rootless", false);
   return s;
 }
 
@@ -62,8 +60,9 @@ std::string exec_fifo_path(const std::string& root, const std::string& id) {
   return container_dir(root, id) + "/exec.fifo";
 }
 std::string control_socket_path(const std::string& root, const std::string& id) {
-  return container_dir(root, id) + "/supervisor.sock";
+  return control_socket_in(container_dir(root, id));
 }
+std::string control_socket_in(const std::string& state_dir) { return state_dir + "/supervisor.sock"; }
 
 // A unix socket path holds at most 107 bytes, and the supervisor's control
 // socket is <root>/<id>/supervisor.sock. Clients pass long roots with 64-hex

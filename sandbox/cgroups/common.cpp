@@ -351,6 +351,22 @@ uint64_t shares_to_weight(uint64_t shares) {
   return 1 + ((shares - 2) * 9999) / 262142;
 }
 
+json saved_layout(const Host& host, bool systemd, const std::string& path) {
+  json mounts = json::array();
+  for (const auto& m : host.mounts)
+    mounts.push_back({{"path", m.path},
+                      {"root", m.root},
+                      {"fstype", m.fstype},
+                      {"options", m.options},
+                      {"controllers", m.controllers}});
+  return {{"version", 1},
+          {"driver", systemd ? "systemd" : "cgroupfs"},
+          {"layout", layout_name(host.layout)},
+          {"path", path},
+          {"mounts", mounts},
+          {"self", host.self}};
+}
+
 std::vector<std::string> hugepage_sizes() {
   std::vector<std::string> out;
   DIR* d = ::opendir("/sys/kernel/mm/hugepages");

@@ -12,6 +12,7 @@
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "sandbox/seccomp_profile.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -55,8 +56,8 @@ TEST(Policy, ErrorsNameTheFileAndTheKey) {
 }
 
 TEST(Policy, LoadReportsBadFiles) {
-  char t[] = "/tmp/policy-test-XXXXXX";
-  std::string d = ::mkdtemp(t);
+  testutil::TempDir t("policy-test");
+  const std::string d = t.path;
   write_file(d + "/p.json", "{\"audit\": ");
   try {
     policy::load(d + "/p.json");
@@ -67,7 +68,6 @@ TEST(Policy, LoadReportsBadFiles) {
   EXPECT_THROW(policy::load(d + "/missing.json"), Error);
   write_file(d + "/ok.json", R"({"audit": {"on_log_failure": "continue"}})");
   EXPECT_EQ(policy::load(d + "/ok.json")["audit"]["on_log_failure"], "continue");
-  remove_tree(d);
 }
 
 // ---- the full document ----
@@ -210,8 +210,8 @@ TEST(Policy, Sizes) {
 }
 
 TEST(Policy, SeccompProfileFromAPathIsLoadedAndCompiled) {
-  char t[] = "/tmp/policy-test-XXXXXX";
-  std::string d = ::mkdtemp(t);
+  testutil::TempDir t("policy-test");
+  const std::string d = t.path;
   write_file(
       d + "/prof.json",
       R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]})");
@@ -229,7 +229,6 @@ TEST(Policy, SeccompProfileFromAPathIsLoadedAndCompiled) {
     EXPECT_NE(std::string(e.what()).find("seccomp.profile"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("SCMP_ACT_SOMETIMES"), std::string::npos) << e.what();
   }
-  remove_tree(d);
 }
 
 // ---- enforcement ----
@@ -296,10 +295,9 @@ std::vector<std::string> names(const json& a) {
 
 // A directory standing in for /proc/1/ns: its files are "the host's namespaces".
 struct FakeNs {
-  std::string dir;
+  testutil::TempDir tmp{"policy-ns"};
+  std::string dir = tmp.path;
   FakeNs() {
-    char t[] = "/tmp/policy-ns-XXXXXX";
-    dir = ::mkdtemp(t);
     mkdir_p(dir + "/host");
     mkdir_p(dir + "/pod");
     for (const char* n : {"net", "pid", "ipc", "uts", "mnt", "cgroup", "user"}) {
@@ -307,7 +305,6 @@ struct FakeNs {
       write_file(dir + "/pod/" + n, "");
     }
   }
-  ~FakeNs() { remove_tree(dir); }
   policy::ApplyContext ctx() const {
     policy::ApplyContext c;
     c.host_ns_dirs = {dir + "/host"};
