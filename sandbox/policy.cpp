@@ -19,76 +19,12 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "netpolicy/allowlist.h"
+#include "sandbox/embedded.h"
 #include "sandbox/oci.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/seccomp_profile.h"
 
 namespace agentshim::policy {
-namespace {
-// configs/policy/default.json (a unit test checks they are equal): edit both together.
-constexpr const char* kDefault = R"json(
-{
-  "mode": "enforce",
-  "capabilities": {
-    "allowed": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-                "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"],
-    "no_new_privileges": true
-  },
-  "seccomp": {
-    "profile": "builtin",
-    "stack_on_config": true
-  },
-  "filesystem": {
-    "readonly_root": true,
-    "masked_paths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-                     "/sys/devices/virtual/powercap"],
-    "readonly_paths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-    "tmpfs_max_size": "64m",
-    "allow_bind_mounts": true,
-    "forbidden_sources": ["/", "/proc", "/sys", "/dev", "/boot", "/root", "/etc/shadow", "/etc/sudoers",
-                          "/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/run/containerd",
-                          "/run/podman", "/run/crio", "/run/agentshim", "/var/lib/agentshim"]
-  },
-  "namespaces": {
-    "allow_join": ["ipc", "uts", "network"],
-    "allow_host": []
-  },
-  "devices": {
-    "allowed": [],
-    "allow_block_devices": false
-  },
-  "resources": {
-    "defaults": {"memory": "1g", "pids": 1024, "cpus": "2"},
-    "maximum": {"memory": "8g", "pids": 4096, "cpus": "4"}
-  },
-  "limits": {
-    "exec_time_seconds": 0
-  },
-  "network": {
-    "mode": "internal",
-    "allow": [],
-    "dns": "refuse",
-    "proxy_port": 3128,
-    "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}
-  },
-  "annotations": {
-    "may_widen": ["dev.agentshim.egress.allow"]
-  },
-  "userns": "off",
-  "audit": {
-    "dir": "/var/lib/agentshim",
-    "signing_key": "",
-    "key_type": "ed25519",
-    "strict": false,
-    "on_log_failure": "stop",
-    "observe_exec": true,
-    "max_file_bytes": 68719476736
-  }
-}
-)json";
-}  // namespace
-
 namespace {
 
 using Str = std::string;
@@ -1368,7 +1304,7 @@ std::optional<long long> parse_size(const json& v) {
 }
 
 json builtin() {
-  static const json doc = json::parse(kDefault);
+  static const json doc = json::parse(embedded::default_policy);
   return doc;
 }
 
