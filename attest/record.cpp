@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -33,6 +34,29 @@ std::string new_run_id() {
   unsigned char rnd[6];
   if (::getrandom(rnd, sizeof rnd, 0) != static_cast<ssize_t>(sizeof rnd)) throw_errno("getrandom");
   return std::string(buf) + "-" + to_hex(rnd, sizeof rnd);
+}
+
+json kubernetes_identity(const json& annotations) {
+  static const std::pair<const char*, const char*> kKeys[] = {
+      {"io.kubernetes.cri.sandbox-namespace", "namespace"},
+      {"io.kubernetes.cri.sandbox-name", "pod_name"},
+      {"io.kubernetes.cri.sandbox-uid", "pod_uid"},
+      {"io.kubernetes.cri.sandbox-id", "sandbox_id"},
+      {"io.kubernetes.cri.container-name", "container_name"},
+      {"io.kubernetes.cri.container-type", "container_type"}};
+  if (!annotations.is_object()) return nullptr;
+  json out = json::object();
+  for (const auto& [annotation, member] : kKeys) {
+    auto it = annotations.find(annotation);
+    if (it == annotations.end() || !it->is_string()) continue;
+    const std::string& v = it->get_ref<const std::string&>();
+    if (v.empty() || v.size() > 253 ||
+        !std::all_of(v.begin(), v.end(), [](unsigned char c) { return c >= 0x20 && c < 0x7f; }))
+      continue;
+    out[member] = v;
+  }
+  if (out.empty()) return nullptr;
+  return out;
 }
 
 namespace {
@@ -275,6 +299,7 @@ json RunRecord::finalize(const json& facts) {
                     {"changes", "changes.ndjson"},
                     {"attestation", kEnvelopeFile},
                     {"bundle", kBundleFile}}}};
+  if (c_.kubernetes.is_object()) session["kubernetes"] = c_.kubernetes;
   std::string session_text = canonical(session) + "\n";
   write_file_atomic(dir_ + "/session.json", session_text, 0600);
   // The statement's subjects: the plain SHA-256 of each record file's bytes
@@ -296,6 +321,7 @@ json RunRecord::finalize(const json& facts) {
     json pred = facts.is_object() ? facts : json::object();
     pred["run_id"] = c_.run_id;
     pred["container_id"] = c_.container_id;
+    if (c_.kubernetes.is_object()) pred["kubernetes"] = c_.kubernetes;
     pred["filesystem"] = fs_counts();
     pred["event_log"] = {{"hash_algorithm", "sha256"},
                          {"event_count", sum.event_count},
@@ -685,6 +711,13 @@ json run_account(const std::string& rd) {
     } else if (ev.type == "run.exit") {
       a["exit"] = d;
       a["finished"] = ev.time;
+    }
+  }
+  if (auto s = try_read_file(rd + "/session.json")) {
+    try {
+      json sj = json::parse(*s);
+      if (sj.contains("kubernetes") && sj["kubernetes"].is_object()) a["kubernetes"] = sj["kubernetes"];
+    } catch (const std::exception&) {
     }
   }
   if (auto ch = try_read_file(rd + "/changes.ndjson")) {

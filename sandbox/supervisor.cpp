@@ -648,6 +648,7 @@ class Supervisor {
     rc.hash_cache = !audit.value("strict", false);
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
     rc.tsa_url = audit.value("tsa_url", "");
+    rc.kubernetes = attest::kubernetes_identity(s_.config.value("annotations", json::object()));
     bool stop = audit.value("on_log_failure", "stop") == "stop";
     rc.on_log_failure = [this, stop](const std::string& msg) {
       log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"

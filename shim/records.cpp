@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 
 #include "attest/bundle.h"
 #include "attest/canonical.h"
@@ -106,6 +107,14 @@ std::string show_args(const json& args) {
 void print_account(const json& a, const attest::VerifyResult& v) {
   std::cout << "run        " << t(a, "run_id") << "\n";
   std::cout << "container  " << t(a, "container_id") << "\n";
+  if (a.contains("kubernetes")) {
+    // The CRI client's annotations: claims by the caller, not checked.
+    const json& k = a["kubernetes"];
+    std::cout << "pod        " << t(k, "namespace") << "/" << t(k, "pod_name") << " (uid " << t(k, "pod_uid")
+              << ", sandbox " << t(k, "sandbox_id") << ")";
+    if (k.contains("container_name")) std::cout << ", container " << t(k, "container_name");
+    std::cout << "  [annotations: the caller's claims]\n";
+  }
   std::cout << "command    " << show_args(a.value("command", json::array())) << "\n";
   std::cout << "created    " << t(a, "created") << "\n";
   if (a.contains("started")) std::cout << "started    " << t(a, "started") << "\n";
@@ -285,10 +294,23 @@ void add_export(Commands& c) {
 void add_runs_list(Commands& c, CLI::App* runs) {
   struct Flags {
     bool json = false;
+    // Filters on the Kubernetes identity (session.json's "kubernetes").
+    std::map<std::string, std::string> kubernetes;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = runs->add_subcommand("list", "list the runs recorded on this host");
   cmd->add_flag("--json", f->json, "JSON output");
+  // Each filter keeps the runs whose recorded Kubernetes identity has that
+  // member equal to the value (the caller's claims: docs/PREDICATE.md).
+  static const std::pair<const char*, const char*> kFilters[] = {{"--namespace", "namespace"},
+                                                                 {"--pod", "pod_name"},
+                                                                 {"--pod-uid", "pod_uid"},
+                                                                 {"--sandbox-id", "sandbox_id"},
+                                                                 {"--k8s-container", "container_name"}};
+  for (const auto& [flag, member] : kFilters)
+    cmd->add_option_function<std::string>(
+        flag, [f, m = std::string(member)](const std::string& v) { f->kubernetes[m] = v; },
+        std::string("only runs whose Kubernetes ") + member + " is this");
   c.on(cmd, [f, &g = c.global()]() {
     const attest::RunStore store = run_store(g);
     json out = json::array();
@@ -299,18 +321,34 @@ void add_runs_list(Commands& c, CLI::App* runs) {
           row["complete"] = sj.value("complete", false);
           row["events"] = sj.value("event_count", 0);
           row["finished"] = sj.value("finished", "");
+          if (sj.contains("kubernetes") && sj["kubernetes"].is_object()) row["kubernetes"] = sj["kubernetes"];
         } catch (...) {
         }
-      out.push_back(row);
+      bool keep = true;
+      for (const auto& [member, want] : f->kubernetes) {
+        const json k = row.value("kubernetes", json::object());
+        keep = keep && k.contains(member) && k[member].is_string() && k[member] == want;
+      }
+      if (keep) out.push_back(row);
     }
     if (f->json) {
       std::cout << out.dump(2) << "\n";
     } else {
-      std::printf("%-38s %-20s %-9s %s\n", "RUN", "CONTAINER", "COMPLETE", "FINISHED");
+      // POD (namespace/name, then the container's name) when a run has one.
+      const bool pods =
+          std::any_of(out.begin(), out.end(), [](const json& r) { return r.contains("kubernetes"); });
+      auto pod = [](const json& r) {
+        const json k = r.value("kubernetes", json::object());
+        std::string s = k.value("namespace", "-") + "/" + k.value("pod_name", "-");
+        if (k.contains("container_name")) s += " " + k.value("container_name", "");
+        return r.contains("kubernetes") ? s : std::string("-");
+      };
+      const char* fmt = pods ? "%-38s %-20s %-9s %-32s %s\n" : "%-38s %-20s %-9s %s%s\n";
+      std::printf(fmt, "RUN", "CONTAINER", "COMPLETE", "FINISHED", pods ? "POD" : "");
       for (const auto& r : out)
-        std::printf("%-38s %-20s %-9s %s\n", t(r["run_id"].get<std::string>()).c_str(),
+        std::printf(fmt, t(r["run_id"].get<std::string>()).c_str(),
                     t(r["container_id"].get<std::string>()).c_str(), r["complete"].get<bool>() ? "yes" : "no",
-                    t(r.value("finished", "")).c_str());
+                    t(r.value("finished", "")).c_str(), pods ? t(pod(r)).c_str() : "");
     }
     return 0;
   });

@@ -13,9 +13,9 @@
 
 namespace agentshim::testutil {
 
-// `facts` go to finalize() with the exit added; `annotations` to RecordConfig.
+// `kubernetes` is RecordConfig::kubernetes (null: not a CRI run).
 inline std::string make_run(const std::string& base, attest::KeyType kt, const std::string& key_path = "",
-                            nlohmann::json facts = nlohmann::json::object()) {
+                            const nlohmann::json& kubernetes = nullptr) {
   std::string ws = base + "/ws";
   mkdir_p(ws, 0755);
   write_file(ws + "/keep.txt", "keep\n");
@@ -27,6 +27,7 @@ inline std::string make_run(const std::string& base, attest::KeyType kt, const s
   c.key_type = kt;
   c.key_path = key_path;
   c.hash_cache = false;
+  c.kubernetes = kubernetes;
   attest::RunRecord r(c);
   r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
   r.snapshot_before({attest::TrackedTree{"/workspace", ws, {}, {}}});
@@ -35,8 +36,7 @@ inline std::string make_run(const std::string& base, attest::KeyType kt, const s
   write_file(ws + "/added.txt", "new\n");
   r.event("run.exit", {{"code", 0}, {"signal", ""}});
   r.snapshot_after();
-  facts["exit"] = {{"code", 0}};
-  r.finalize(facts);
+  r.finalize({{"exit", {{"code", 0}}}});
   return r.dir();
 }
 
