@@ -18,8 +18,8 @@
 #include <deque>
 
 #include "common/error.h"
-#include "common/mountinfo.h"
 #include "common/log.h"
+#include "common/mountinfo.h"
 #include "common/util.h"
 #include "sandbox/oci.h"
 #include "sandbox/process.h"

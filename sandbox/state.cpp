@@ -2,12 +2,11 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <limits.h>
-#include <stdlib.h>
 
 #include <algorithm>
 
@@ -62,7 +61,9 @@ std::string exec_fifo_path(const std::string& root, const std::string& id) {
 std::string control_socket_path(const std::string& root, const std::string& id) {
   return control_socket_in(container_dir(root, id));
 }
-std::string control_socket_in(const std::string& state_dir) { return state_dir + "/supervisor.sock"; }
+std::string control_socket_in(const std::string& state_dir) {
+  return state_dir + "/supervisor.sock";
+}
 
 // A unix socket path holds at most 107 bytes, and the supervisor's control
 // socket is <root>/<id>/supervisor.sock. Clients pass long roots with 64-hex

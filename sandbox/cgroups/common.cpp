@@ -16,9 +16,9 @@
 #include <thread>
 
 #include "common/error.h"
-#include "common/mountinfo.h"
 #include "common/fd.h"
 #include "common/log.h"
+#include "common/mountinfo.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
 
