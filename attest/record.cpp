@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -15,6 +16,7 @@
 #include "attest/canonical.h"
 #include "attest/hash.h"
 #include "attest/ledger.h"
+#include "attest/runstore.h"
 #include "attest/tsa.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -34,8 +36,27 @@ std::string new_run_id() {
   return std::string(buf) + "-" + to_hex(rnd, sizeof rnd);
 }
 
-std::string run_dir(const std::string& audit_dir, const std::string& run_id) {
-  return audit_dir + "/runs/" + run_id;
+json kubernetes_identity(const json& annotations) {
+  static const std::pair<const char*, const char*> kKeys[] = {
+      {"io.kubernetes.cri.sandbox-namespace", "namespace"},
+      {"io.kubernetes.cri.sandbox-name", "pod_name"},
+      {"io.kubernetes.cri.sandbox-uid", "pod_uid"},
+      {"io.kubernetes.cri.sandbox-id", "sandbox_id"},
+      {"io.kubernetes.cri.container-name", "container_name"},
+      {"io.kubernetes.cri.container-type", "container_type"}};
+  if (!annotations.is_object()) return nullptr;
+  json out = json::object();
+  for (const auto& [annotation, member] : kKeys) {
+    auto it = annotations.find(annotation);
+    if (it == annotations.end() || !it->is_string()) continue;
+    const std::string& v = it->get_ref<const std::string&>();
+    if (v.empty() || v.size() > 253 ||
+        !std::all_of(v.begin(), v.end(), [](unsigned char c) { return c >= 0x20 && c < 0x7f; }))
+      continue;
+    out[member] = v;
+  }
+  if (out.empty()) return nullptr;
+  return out;
 }
 
 namespace {
@@ -51,9 +72,10 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   // for is an error now, before the run, not a lost record at its end.
   std::string key_path = signing_key_path(c_);
   if (!c_.key_path.empty() || path_exists(key_path)) (void)load_signing_key(key_path, c_.key_type);
-  mkdir_p(c_.audit_dir + "/runs", 0700);
+  const RunStore store(c_.audit_dir);
+  mkdir_p(store.runs_dir(), 0700);
   ::chmod(c_.audit_dir.c_str(), 0700);
-  dir_ = run_dir(c_.audit_dir, c_.run_id);
+  dir_ = store.run_dir(c_.run_id);
   if (::mkdir(dir_.c_str(), 0700) < 0) throw_errno("create run directory " + dir_);
   lock_.reset(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
@@ -277,6 +299,7 @@ json RunRecord::finalize(const json& facts) {
                     {"changes", "changes.ndjson"},
                     {"attestation", kEnvelopeFile},
                     {"bundle", kBundleFile}}}};
+  if (c_.kubernetes.is_object()) session["kubernetes"] = c_.kubernetes;
   std::string session_text = canonical(session) + "\n";
   write_file_atomic(dir_ + "/session.json", session_text, 0600);
   // The statement's subjects: the plain SHA-256 of each record file's bytes
@@ -298,6 +321,7 @@ json RunRecord::finalize(const json& facts) {
     json pred = facts.is_object() ? facts : json::object();
     pred["run_id"] = c_.run_id;
     pred["container_id"] = c_.container_id;
+    if (c_.kubernetes.is_object()) pred["kubernetes"] = c_.kubernetes;
     pred["filesystem"] = fs_counts();
     pred["event_log"] = {{"hash_algorithm", "sha256"},
                          {"event_count", sum.event_count},
@@ -700,6 +724,13 @@ json run_account(const std::string& rd) {
     } else if (ev.type == "run.exit") {
       a["exit"] = d;
       a["finished"] = ev.time;
+    }
+  }
+  if (auto s = try_read_file(rd + "/session.json")) {
+    try {
+      json sj = json::parse(*s);
+      if (sj.contains("kubernetes") && sj["kubernetes"].is_object()) a["kubernetes"] = sj["kubernetes"];
+    } catch (const std::exception&) {
     }
   }
   if (auto ch = try_read_file(rd + "/changes.ndjson")) {

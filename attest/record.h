@@ -52,11 +52,23 @@ struct RecordConfig {
   bool hash_cache = true;                          // policy "strict" turns it off
   uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)
   std::string tsa_url;  // policy audit.tsa_url: RFC 3161 time-stamp for the Sigstore bundle ("" = none)
+  // kubernetes_identity() of the config's annotations: null, or the pod and
+  // container a CRI client named (the predicate's and session.json's
+  // "kubernetes").
+  json kubernetes;
   std::function<void(const std::string&)> on_log_failure;
 };
 
 std::string new_run_id();
-std::string run_dir(const std::string& audit_dir, const std::string& run_id);
+
+// The Kubernetes identity containerd's CRI plugin passes in a container's
+// annotations (io.kubernetes.cri.sandbox-namespace, -name, -uid, -id,
+// container-name, container-type) as {"namespace", "pod_name", "pod_uid",
+// "sandbox_id", "container_name", "container_type"}; null when the config
+// carries none of them. These are the caller's claims, recorded as such: a
+// value that is not a string of printable ASCII of at most 253 bytes is left
+// out.
+json kubernetes_identity(const json& annotations);
 
 class RunRecord {
  public:

@@ -232,19 +232,6 @@ std::string keyid_of(const std::string& public_pem) {
   return id;
 }
 
-std::string algorithm_of(const std::string& public_pem) {
-  EVP_PKEY* k = parse_public(public_pem);
-  std::string a;
-  try {
-    a = algo(k);
-  } catch (...) {
-    EVP_PKEY_free(k);
-    throw;
-  }
-  EVP_PKEY_free(k);
-  return a;
-}
-
 json dsse_sign(const std::string& payload_type, const std::string& payload, const PrivateKey& key) {
   std::string sig = key.sign(dsse_pae(payload_type, payload));
   return json{{"payload", base64_encode(payload)},

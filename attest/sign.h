@@ -53,7 +53,6 @@ class PrivateKey {
 // throws agentshim::Error if the PEM cannot be parsed.
 bool verify_signature(const std::string& public_pem, std::string_view msg, std::string_view sig);
 std::string keyid_of(const std::string& public_pem);
-std::string algorithm_of(const std::string& public_pem);
 
 // Load the signing key at `path` and check that it is of type `expected`:
 // a key of the other type is an error naming both (never silently used).

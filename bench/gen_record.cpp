@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "attest/record.h"
+#include "attest/runstore.h"
 
 int main(int argc, char** argv) {
   if (argc != 3) {
@@ -22,6 +23,6 @@ int main(int argc, char** argv) {
     r.event("process.exec", {{"pid", i}, {"path", "/bin/true"}, {"argv", {"/bin/true", std::to_string(i)}},
                              {"sha256", "3d9f2889d6782537aa5c4d1f1d1f2d0e3f0a0b1c2d3e4f5a6b7c8d9e0f1a2b3c"}});
   r.finalize({{"bench", true}});
-  std::cout << run_dir(c.audit_dir, c.run_id) << "\n";
+  std::cout << RunStore(c.audit_dir).run_dir(c.run_id) << "\n";
   return 0;
 }

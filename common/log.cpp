@@ -17,10 +17,14 @@ int g_fd = -1;
 
 const char* level_name(Level l) {
   switch (l) {
-    case Level::debug: return "debug";
-    case Level::info: return "info";
-    case Level::warning: return "warning";
-    case Level::error: return "error";
+    case Level::debug:
+      return "debug";
+    case Level::info:
+      return "info";
+    case Level::warning:
+      return "warning";
+    case Level::error:
+      return "error";
   }
   return "info";
 }
@@ -44,8 +48,8 @@ std::string now_rfc3339() {
   struct tm tm {};
   gmtime_r(&ts.tv_sec, &tm);
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
   return buf;
 }
 
@@ -83,8 +87,10 @@ void write(Level lvl, const std::string& msg) {
     line = "time=\"" + now_rfc3339() + "\" level=" + level_name(lvl) +
            " msg=" + m.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
-  if (g_fd >= 0) write_all(g_fd, line);
-  else if (g_opts.debug) write_all(2, line);
+  if (g_fd >= 0)
+    write_all(g_fd, line);
+  else if (g_opts.debug)
+    write_all(2, line);
 }
 
 }  // namespace agentshim::log

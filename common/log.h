@@ -12,7 +12,7 @@ namespace agentshim::log {
 enum class Level { debug = 0, info, warning, error };
 
 struct Options {
-  std::string file;          // empty: stderr only for warnings/errors
+  std::string file;  // empty: stderr only for warnings/errors
   bool json = false;
   bool debug = false;
 };
@@ -26,10 +26,18 @@ void write(Level lvl, const std::string& msg);
 // can keep it while closing everything else it inherited.
 int fd();
 
-inline void debug(const std::string& m) { write(Level::debug, m); }
-inline void info(const std::string& m) { write(Level::info, m); }
-inline void warn(const std::string& m) { write(Level::warning, m); }
-inline void error(const std::string& m) { write(Level::error, m); }
+inline void debug(const std::string& m) {
+  write(Level::debug, m);
+}
+inline void info(const std::string& m) {
+  write(Level::info, m);
+}
+inline void warn(const std::string& m) {
+  write(Level::warning, m);
+}
+inline void error(const std::string& m) {
+  write(Level::error, m);
+}
 
 // RFC 3339 UTC timestamp with nanoseconds, e.g. 2026-11-23T03:19:57.123456789Z.
 std::string now_rfc3339();

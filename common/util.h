@@ -21,7 +21,8 @@ void write_file(const std::string& path, std::string_view data, mode_t mode = 06
 // Write to path.tmp, fsync, rename over path: readers see old or new, never half.
 // durable=false: no fsync (runtime state under --root, like runc's
 // state.json: it does not outlive a reboot, and create/delete stay fast).
-void write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644, bool durable = true);
+void write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644,
+                       bool durable = true);
 // mkdir -p; throws on failure other than EEXIST-as-directory.
 void mkdir_p(const std::string& path, mode_t mode = 0755);
 bool path_exists(const std::string& path);

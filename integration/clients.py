@@ -426,15 +426,22 @@ class Containerd:
         assert r.returncode == 0, f"ctr {args} exited {r.returncode}: {r.stderr.decode(errors='replace')}"
         return r.stdout.decode()
 
+    def before_stop(self):
+        """While containerd still runs: remove what the tests left."""
+        r = self("tasks", "ls", "-q", timeout=30)
+        for t in (r.stdout.decode().split() if r.returncode == 0 else []):
+            self("tasks", "kill", "-s", "KILL", t, timeout=30)
+            self("tasks", "delete", "-f", t, timeout=30)
+        r = self("containers", "ls", "-q", timeout=30)
+        for c in (r.stdout.decode().split() if r.returncode == 0 else []):
+            self("containers", "rm", c, timeout=30)
+
+    def after_stop(self):
+        """Once containerd and its shims are gone, before base is removed."""
+
     def stop(self):
         if self.proc is not None:
-            r = self("tasks", "ls", "-q", timeout=30)
-            for t in (r.stdout.decode().split() if r.returncode == 0 else []):
-                self("tasks", "kill", "-s", "KILL", t, timeout=30)
-                self("tasks", "delete", "-f", t, timeout=30)
-            r = self("containers", "ls", "-q", timeout=30)
-            for c in (r.stdout.decode().split() if r.returncode == 0 else []):
-                self("containers", "rm", c, timeout=30)
+            self.before_stop()
             stop_pid(self.proc.pid, timeout=30)
             self.proc.wait(timeout=30)
             self.proc = None
@@ -443,6 +450,7 @@ class Containerd:
         for pid, cmd in processes_mentioning(self.address):
             if "containerd-shim" in cmd:
                 stop_pid(pid, timeout=5)
+        self.after_stop()
         if getattr(self, "cgroups", None):
             self.cgroups.cleanup()
         remove_tree(self.base)
@@ -610,41 +618,35 @@ class CriContainerd(Containerd):
             return []
         return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
 
-    def stop(self):
-        if self.proc is not None:
-            if self.hugetlb:
-                # The pods' parents in the hierarchy that only containerd's
-                # namespace mounts: remove them (empty ones, deepest first)
-                # while it can still be reached; ParentCgroups sees the rest.
-                top = os.path.join(self.cgroup_root(), "hugetlb", self.CGROUP_TOP)
-                for root, dirs, _ in os.walk(top, topdown=False):
-                    for d in dirs:
-                        try:
-                            os.rmdir(os.path.join(root, d))
-                        except OSError:
-                            pass
-                if os.path.isdir(top):
-                    try:
-                        os.rmdir(top)
-                    except OSError:
-                        pass
-                if os.path.isdir(top):
-                    self.cgroups_left.append(top)
-            stop_pid(self.proc.pid, timeout=30)
-            self.proc.wait(timeout=30)
-            self.proc = None
-        for pid, cmd in processes_mentioning(self.address):
-            if "containerd-shim" in cmd:
-                stop_pid(pid, timeout=5)
+    def before_stop(self):
+        # Pods are removed through CRI by the tests. The pods' parents in the
+        # hierarchy that only containerd's namespace mounts: remove them
+        # (empty ones, deepest first) while it can still be reached;
+        # ParentCgroups sees the rest.
+        if not self.hugetlb:
+            return
+        top = os.path.join(self.cgroup_root(), "hugetlb", self.CGROUP_TOP)
+        for root, dirs, _ in os.walk(top, topdown=False):
+            for d in dirs:
+                try:
+                    os.rmdir(os.path.join(root, d))
+                except OSError:
+                    pass
+        if os.path.isdir(top):
+            try:
+                os.rmdir(top)
+            except OSError:
+                pass
+        if os.path.isdir(top):
+            self.cgroups_left.append(top)
+
+    def after_stop(self):
         if self.made_hugetlb_dir:
             os.rmdir("/sys/fs/cgroup/hugetlb")
             self.made_hugetlb_dir = False
         if self.bridge_created:
             run(["ip", "link", "del", self.bridge])
             self.bridge_created = False
-        if getattr(self, "cgroups", None):
-            self.cgroups.cleanup()
-        remove_tree(self.base)
 
 
 class Podman:

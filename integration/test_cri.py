@@ -47,7 +47,7 @@ import pytest
 
 from clients import (CriContainerd, cgroups_named, ensure_packages, iptables_rules, mounts_matching, mounts_under,
                      processes_mentioning, short_tmpdir, v1_hierarchy_unmounted, wait_for)
-from conftest import REPO, run
+from conftest import AGENTSHIM, REPO, run, wait_records
 
 # The runtime handlers every pod test runs under.
 HANDLERS = ["runc", "agentshim"]
@@ -743,6 +743,34 @@ def test_agentshim_refuses_privileged_pods(node):
     assert "the config asks for a privileged container" in msg and "policy rule privileged" in msg, msg
     assert node.ctrd.allocated_ips() == leases and node.netns_files() == netns
     assert mounts_under(node.ctrd.base) == mounts
+
+
+@pytest.mark.skipif("agentshim" not in HANDLERS, reason="the agentshim handler cannot run pod containers in this "
+                    "tree yet (issue 14 items 1-4); this runs once HANDLERS lists it")
+def test_agentshim_records_name_the_pod(node):
+    """Issue 14 item 5: each run's signed record names the pod (namespace,
+    name, uid), the container and the sandbox id from the io.kubernetes.cri.*
+    annotations, and `runs list` shows and filters by them."""
+    with node.pod("agentshim", name="rec", ports=()) as pod:
+        pod.container("app", ["sleep", "3600"])
+        sandbox_id, app_id = pod.id, pod.containers["app"]
+    wait_records(node.ctrd.audit)
+    shim = [AGENTSHIM, "--audit-dir", node.ctrd.audit]
+    rows = json.loads(run(shim + ["runs", "list", "--json", "--pod", pod.name], check=True).stdout)
+    by_container = {r["container_id"]: r["kubernetes"] for r in rows}
+    assert set(by_container) == {sandbox_id, app_id}, rows
+    for k in by_container.values():
+        assert (k["namespace"], k["pod_name"], k["pod_uid"], k["sandbox_id"]) == (
+            pod.namespace, pod.name, pod.uid, sandbox_id), k
+    assert by_container[sandbox_id]["container_type"] == "sandbox"
+    assert (by_container[app_id]["container_type"], by_container[app_id]["container_name"]) == ("container", "app")
+    only_app = json.loads(run(shim + ["runs", "list", "--json", "--pod-uid", pod.uid, "--k8s-container", "app"],
+                              check=True).stdout)
+    assert [r["container_id"] for r in only_app] == [app_id]
+    assert json.loads(run(shim + ["runs", "list", "--json", "--namespace", "no-such-ns"], check=True).stdout) == []
+    # The signed statement carries the same identity, and the record verifies.
+    show = json.loads(run(shim + ["runs", "show", "--json", app_id], check=True).stdout)
+    assert show["verified"] is True and show["kubernetes"] == by_container[app_id]
 
 
 def test_hugetlb_quirk_detection():

@@ -130,11 +130,6 @@ std::string ip_to_string(const IpAddr& ip) {
   return buf;
 }
 
-std::string sockaddr_to_string(const sockaddr_storage& ss) {
-  auto ip = ip_from_sockaddr(ss);
-  return ip ? ip_to_string(*ip) : "";
-}
-
 std::string classify(const IpAddr& ip) {
   if (ip.family == AF_INET) return classify4(ip);
   if (ip.family != AF_INET6) return "unspecified";

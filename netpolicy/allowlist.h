@@ -40,7 +40,6 @@ std::optional<IpAddr> ip_from_sockaddr(const sockaddr_storage& ss);
 sockaddr_storage to_sockaddr(const IpAddr& ip, uint16_t port);
 // "1.2.3.4" / "fd00::1" (no brackets).
 std::string ip_to_string(const IpAddr& ip);
-std::string sockaddr_to_string(const sockaddr_storage& ss);  // address only, "" when not IP
 
 // "public" or the special range's name: "loopback", "private", "cgnat",
 // "link-local", "multicast", "unspecified", "broadcast", "reserved",

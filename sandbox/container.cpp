@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "attest/record.h"
+#include "attest/runstore.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -60,8 +61,7 @@ std::string abs_path(const std::string& p) {
 // bind of /run/agentshim.dns/resolv.conf, replacing any resolv.conf mount
 // the caller made (Docker's points at its embedded DNS or the host's). Only
 // when the rootfs has a real /etc directory (not a symlink) to mount it on.
-void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
-                            const std::string& rootfs) {
+void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& rootfs) {
   if (!net.is_object()) return;
   const std::string mode = net.value("mode", "confined");
   if (mode != "internal" && mode != "confined") return;
@@ -75,7 +75,6 @@ void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const s
   // One shared, world-readable file (the same for every container): a
   // container's root in a user namespace must be able to reach the bind's
   // source, and the state directory may sit under a root-only --root.
-  (void)state_dir;
   const std::string dir = "/run/agentshim.dns", file = dir + "/resolv.conf";
   const std::string text =
       "# agentshim: the DNS stub of the internal-only network (see docs/NETWORK.md)\nnameserver 127.0.0.53\n";
@@ -222,7 +221,7 @@ void create(const Global& g, const CreateOptions& o) {
   // audit.signing_key / audit.key_type; the record checks the key's type.
   if (!g.signing_key.empty()) pol["audit"]["signing_key"] = abs_path(g.signing_key);
   if (!g.key_type.empty()) pol["audit"]["key_type"] = g.key_type;
-  const std::string audit_dir = g.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g.audit_dir;
+  const std::string audit_dir = policy::audit_dir(pol, g.audit_dir);
   // The record, the state root and the runtime's own files stay out of the
   // sandbox's reach: the policy refuses a bind that is, contains or lies
   // inside one of them (by identity).
@@ -327,7 +326,7 @@ void create(const Global& g, const CreateOptions& o) {
   if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
     userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
 
-  point_resolver_at_stub(cfg, pres.network, pres.decisions, dir, rootfs);
+  point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
 
   setup::Setup s;
   s.id = o.id;
@@ -466,9 +465,7 @@ json start_locked(const Global& g, const std::string& id, state::ContainerState&
       char c;
       ssize_t r = ::read(fd.get(), &c, 1);
       if (r == 1) break;
-      if (r == 0 && !(p.revents & POLLIN)) {
-        // No writer yet: only a HUP after a writer came and went means death.
-      }
+      // r == 0 without POLLIN: no writer yet; only the init's death (below) ends the wait.
     }
     if (!state::process_alive(st.init_pid, st.init_start))
       throw Error("cannot start container " + id + ": its init process exited");
@@ -652,7 +649,7 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
   // The sentinel exits as soon as the status is known; `run` returns once
   // the record is final too (what a person running it expects to find).
   if (!st.run_id.empty() && !st.audit_dir.empty() &&
-      !attest::wait_finalized(attest::run_dir(st.audit_dir, st.run_id), 120000))
+      !attest::wait_finalized(attest::RunStore(st.audit_dir).run_dir(st.run_id), 120000))
     log::warn("run " + st.run_id + ": the record is still being finalized after 120 s");
   if (!keep) remove(g, o.id, true);
   return code;

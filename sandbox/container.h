@@ -77,18 +77,17 @@ json exec_process_from_args(const Global& g, const std::string& id, const std::v
                             const std::vector<std::string>& caps, bool no_new_privs);
 int exec(const Global& g, const ExecOptions& o);
 
-// With the policy's mediated network (mode "internal" or "confined") in a
-// network namespace of the container's own: writes STATE_DIR/resolv.conf
-// (the DNS stub), adds or replaces the read-only bind of it at
-// /etc/resolv.conf in cfg's mounts, creates that mountpoint beneath ROOTFS
-// when missing (the init may be unable to: a user namespace's root cannot
-// write a root-owned /etc), and records the decision. No-op otherwise, or
-// when ROOTFS has no real /etc directory. NET is the policy's decided
-// network ({"mode", "namespace"}): the stub serves a namespace of the
-// container's own, a confined caller's (a pod's) and another agentshim
-// container's (a pod's sandbox). Used by create(); public for tests.
-void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
-                            const std::string& rootfs);
+// With the policy's mediated network (mode "internal" or "confined"):
+// writes the shared /run/agentshim.dns/resolv.conf (the DNS stub), adds or
+// replaces the read-only bind of it at /etc/resolv.conf in cfg's mounts,
+// creates that mountpoint beneath ROOTFS when missing (the init may be
+// unable to: a user namespace's root cannot write a root-owned /etc), and
+// records the decision. NET is the policy's decided network ({"mode",
+// "namespace"}): the stub serves a namespace of the container's own, a
+// confined caller's (a pod's) and another agentshim container's (a pod's
+// sandbox). No-op otherwise, or when ROOTFS has no real /etc directory.
+// Used by create(); public for tests.
+void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& rootfs);
 
 // `spec`: the hardened default config.json.
 json default_spec(bool rootless);

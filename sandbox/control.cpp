@@ -12,6 +12,8 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "sandbox/state.h"
+#include "sandbox/sync.h"
 
 namespace agentshim::control {
 namespace {
@@ -20,16 +22,7 @@ constexpr const char* kNames[] = {"start-gate", "started", "exec",    "kill",
                                   "paused",     "resumed", "updated", "exec-observe"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
-template <std::size_t I = 0>
-constexpr bool types_in_order() {
-  if constexpr (I == std::variant_size_v<Message>) {
-    return true;
-  } else {
-    return static_cast<std::size_t>(std::variant_alternative_t<I, Message>::kType) == I &&
-           types_in_order<I + 1>();
-  }
-}
-static_assert(types_in_order(), "Message's alternatives follow Type's order");
+static_assert(sync::wire::types_in_order<Message>(), "Message's alternatives follow Type's order");
 
 [[noreturn]] void bad(const std::string& type, const std::string& what) {
   throw Error("malformed control message \"" + type + "\": " + what);
@@ -108,19 +101,7 @@ std::string encode(const Message& m) {
 }
 
 Message decode(std::string_view line) {
-  json j;
-  try {
-    j = json::parse(line);
-  } catch (const json::exception& e) {
-    throw Error(std::string("malformed control message: ") + e.what());
-  }
-  if (!j.is_object()) throw Error("malformed control message: not a JSON object");
-  auto t = j.find("type");
-  if (t == j.end() || !t->is_string()) throw Error("malformed control message: no \"type\"");
-  const std::string type = t->get<std::string>();
-  std::size_t i = 0;
-  while (i < std::size(kNames) && type != kNames[i]) i++;
-  if (i == std::size(kNames)) throw Error("unknown control message type \"" + type + "\"");
+  auto [j, type, i] = sync::wire::parse(line, "control", kNames, std::size(kNames));
   using vt = json::value_t;
   switch (static_cast<Type>(i)) {
     case Type::start_gate:
@@ -227,7 +208,7 @@ void Server::serve(const std::function<void(const Message&, std::vector<UniqueFd
 
 Reply notify(const std::string& state_dir, const Message& msg, bool wait_reply, int reply_timeout_s,
              const std::vector<int>& fds) {
-  std::string path = state_dir + "/supervisor.sock";
+  std::string path = state::control_socket_in(state_dir);
   UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   struct sockaddr_un addr {};
   addr.sun_family = AF_UNIX;

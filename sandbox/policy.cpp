@@ -10,6 +10,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -19,76 +20,12 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "netpolicy/allowlist.h"
+#include "sandbox/embedded.h"
 #include "sandbox/oci.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/seccomp_profile.h"
 
 namespace agentshim::policy {
-namespace {
-// configs/policy/default.json (a unit test checks they are equal): edit both together.
-constexpr const char* kDefault = R"json(
-{
-  "mode": "enforce",
-  "capabilities": {
-    "allowed": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
-                "CAP_SETUID", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT"],
-    "no_new_privileges": true
-  },
-  "seccomp": {
-    "profile": "builtin",
-    "stack_on_config": true
-  },
-  "filesystem": {
-    "readonly_root": true,
-    "masked_paths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-                     "/sys/devices/virtual/powercap"],
-    "readonly_paths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
-    "tmpfs_max_size": "64m",
-    "allow_bind_mounts": true,
-    "forbidden_sources": ["/", "/proc", "/sys", "/dev", "/boot", "/root", "/etc/shadow", "/etc/sudoers",
-                          "/var/run/docker.sock", "/run/docker.sock", "/run/docker", "/run/containerd",
-                          "/run/podman", "/run/crio", "/run/agentshim", "/var/lib/agentshim"]
-  },
-  "namespaces": {
-    "allow_join": ["ipc", "uts", "network"],
-    "allow_host": []
-  },
-  "devices": {
-    "allowed": [],
-    "allow_block_devices": false
-  },
-  "resources": {
-    "defaults": {"memory": "1g", "pids": 1024, "cpus": "2"},
-    "maximum": {"memory": "8g", "pids": 4096, "cpus": "4"}
-  },
-  "limits": {
-    "exec_time_seconds": 0
-  },
-  "network": {
-    "mode": "confined",
-    "allow": [],
-    "dns": "refuse",
-    "proxy_port": 3128,
-    "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}
-  },
-  "annotations": {
-    "may_widen": ["dev.agentshim.egress.allow"]
-  },
-  "userns": "off",
-  "audit": {
-    "dir": "/var/lib/agentshim",
-    "signing_key": "",
-    "key_type": "ed25519",
-    "strict": false,
-    "on_log_failure": "stop",
-    "observe_exec": true,
-    "max_file_bytes": 68719476736
-  }
-}
-)json";
-}  // namespace
-
 namespace {
 
 using Str = std::string;
@@ -105,7 +42,7 @@ void expect_bool(const json& v, const Str& where, const Str& key) {
   if (!v.is_boolean()) fail(where, key, "must be true or false");
 }
 
-void expect_one_of(const json& v, std::initializer_list<const char*> ok, const Str& where, const Str& key) {
+void expect_one_of(const json& v, const std::vector<const char*>& ok, const Str& where, const Str& key) {
   Str list;
   for (const char* o : ok) {
     if (v.is_string() && v.get<Str>() == o) return;
@@ -163,8 +100,208 @@ const std::set<Str>& widening_annotations() {
   return s;
 }
 
+// One policy key's check: validates `x` (named `key` in messages) and
+// stores what the policy keeps in `slot`, which holds the default.
+using Check = std::function<void(const json& x, json& slot, const Str& where, const Str& key)>;
+
+Check boolean() {
+  return [](const json& x, json& slot, const Str& where, const Str& key) {
+    expect_bool(x, where, key);
+    slot = x;
+  };
+}
+Check one_of(std::vector<const char*> ok) {
+  return [ok](const json& x, json& slot, const Str& where, const Str& key) {
+    expect_one_of(x, ok, where, key);
+    slot = x;
+  };
+}
+Check integer(long long min, long long max = std::numeric_limits<long long>::max()) {
+  return [=](const json& x, json& slot, const Str& where, const Str& key) {
+    positive_int(x, where, key, min, max);
+    slot = x;
+  };
+}
+Check paths() {
+  return [](const json& x, json& slot, const Str& where, const Str& key) { slot = path_list(x, where, key); };
+}
+Check list_of(std::vector<const char*> ok, const char* what) {
+  return [ok, what](const json& x, json& slot, const Str& where, const Str& key) {
+    if (!x.is_array()) fail(where, key, Str("must be an array of ") + what);
+    for (std::size_t i = 0; i < x.size(); i++)
+      expect_one_of(x[i], ok, where, key + "[" + std::to_string(i) + "]");
+    slot = x;
+  };
+}
+// An object whose members are checked one by one and merged into the default.
+Check members(std::map<Str, Check> keys, const char* what) {
+  return [keys = std::move(keys), what](const json& x, json& slot, const Str& where, const Str& key) {
+    if (!x.is_object()) fail(where, key, Str("must be an object") + what);
+    for (const auto& [k, v] : x.items()) {
+      auto c = keys.find(k);
+      if (c == keys.end()) throw Error(where + ": unknown key " + key + "." + k);
+      c->second(v, slot[k], where, key + "." + k);
+    }
+  };
+}
+// Leaves of a members() object that are stored as given.
+Check valid_if(std::function<void(const json&, const Str&, const Str&)> check) {
+  return [check = std::move(check)](const json& x, json& slot, const Str& where, const Str& key) {
+    check(x, where, key);
+    slot = x;
+  };
+}
+
+Check capability_names() {
+  return [](const json& x, json& slot, const Str& where, const Str& key) {
+    if (!x.is_array()) fail(where, key, "must be an array of capability names");
+    json caps = json::array();
+    for (std::size_t i = 0; i < x.size(); i++) {
+      const Str ik = key + "[" + std::to_string(i) + "]";
+      if (!x[i].is_string()) fail(where, ik, "must be a capability name");
+      auto c = oci::capability_from_name(x[i].get<Str>());
+      if (!c) fail(where, ik, "unknown capability \"" + x[i].get<Str>() + "\"");
+      caps.push_back(oci::capability_name(*c));
+    }
+    slot = caps;
+  };
+}
+
+void device_rules(const json& x, const Str& where, const Str& key) {
+  if (!x.is_array()) fail(where, key, "must be an array of {\"type\",\"major\",\"minor\"} objects");
+  for (std::size_t i = 0; i < x.size(); i++) {
+    const Str ik = key + "[" + std::to_string(i) + "]";
+    const json& d = x[i];
+    if (!d.is_object()) fail(where, ik, "must be an object {\"type\": \"c\", \"major\": N, \"minor\": N}");
+    for (const auto& [dk, dv] : d.items()) {
+      if (dk == "type") {
+        if (dv == "b")
+          fail(where, ik + ".type",
+               "block devices are not listed here; devices.allow_block_devices lets the config's through");
+        expect_one_of(dv, {"c"}, where, ik + ".type");
+      } else if (dk == "major" || dk == "minor") {
+        positive_int(dv, where, ik + "." + dk, 0, 0xfffff);
+      } else if (dk == "path") {
+        if (!dv.is_string() || !starts_with(dv.get<Str>(), "/dev/"))
+          fail(where, ik + ".path", "must be a path under /dev/");
+      } else {
+        throw Error(where + ": unknown key " + ik + "." + dk);
+      }
+    }
+    if (!d.contains("type") || !d.contains("major") || !d.contains("minor"))
+      fail(where, ik, "needs \"type\", \"major\" and \"minor\"");
+  }
+}
+
+void egress_rules(const json& x, const Str& where, const Str& key) {
+  if (!x.is_array()) fail(where, key, "must be an array of \"host:port\" rules");
+  for (std::size_t i = 0; i < x.size(); i++) {
+    Str why;
+    const Str ik = key + "[" + std::to_string(i) + "]";
+    if (!x[i].is_string()) fail(where, ik, "must be a \"host:port\" string");
+    if (!valid_egress_rule(x[i].get<Str>(), &why)) fail(where, ik, "\"" + x[i].get<Str>() + "\": " + why);
+  }
+}
+
+// What each section of a policy file may hold (configs/policy/schema.json
+// says the same for editors; the messages here name the key and what was
+// wrong). "mode" and "userns" are plain strings, checked in validate_section.
+const std::map<Str, Check>& sections() {
+  static const std::map<Str, Check> s = [] {
+    std::map<Str, Check> m;
+    const char* kNs[] = {"pid", "ipc", "uts", "network", "mount", "cgroup"};
+    m["capabilities"] = members({{"allowed", capability_names()}, {"no_new_privileges", boolean()}}, "");
+    m["seccomp"] = members(
+        {{"profile", valid_if([](const json& x, const Str& where, const Str& key) {
+            if (!x.is_string() || (x != "builtin" && !is_abs(x)))
+              fail(where, key, "must be \"builtin\" or an absolute path to an OCI linux.seccomp JSON file");
+          })},
+         {"stack_on_config", boolean()}},
+        "");
+    m["filesystem"] =
+        members({{"readonly_root", boolean()},
+                 {"allow_bind_mounts", boolean()},
+                 {"masked_paths", paths()},
+                 {"readonly_paths", paths()},
+                 {"forbidden_sources", paths()},
+                 {"tmpfs_max_size", valid_if([](const json& x, const Str& where, const Str& key) {
+                    auto sz = parse_size(x);
+                    if (!sz || *sz <= 0)
+                      fail(where, key, "must be a size such as \"64m\", \"1g\", \"512k\" or a byte count");
+                  })}},
+                "");
+    m["namespaces"] = members(
+        {{"allow_join", list_of(std::vector<const char*>(std::begin(kNs), std::end(kNs)), "namespace types")},
+         {"allow_host",
+          list_of({"pid", "ipc", "uts", "network", "mount", "cgroup", "user"}, "namespace types")}},
+        "");
+    m["devices"] = members({{"allow_block_devices", boolean()}, {"allowed", valid_if(device_rules)}}, "");
+    Check resource =
+        members({{"memory", valid_if([](const json& x, const Str& where, const Str& key) {
+                    auto sz = parse_size(x);
+                    if (!sz || *sz < (4 << 20))
+                      fail(where, key, "must be a size of at least 4m, such as \"1g\"");
+                  })},
+                 {"pids", integer(1, 1 << 22)},
+                 {"cpus", valid_if([](const json& x, const Str& where, const Str& key) {
+                    if (!parse_cpus(x))
+                      fail(where, key, "must be a positive number of CPUs, such as \"2\" or \"0.5\"");
+                  })}},
+                " {\"memory\", \"pids\", \"cpus\"}");
+    m["resources"] = members({{"defaults", resource}, {"maximum", resource}}, "");
+    m["limits"] = members({{"exec_time_seconds", integer(0)}}, "");
+    std::map<Str, Check> proxy_limits;
+    for (const char* k : {"max_connections", "max_pending", "max_header_bytes", "max_headers",
+                          "header_timeout_seconds", "connect_timeout_seconds", "idle_timeout_seconds",
+                          "total_timeout_seconds", "max_requests_per_connection"})
+      proxy_limits[k] = integer(1, 1LL << 31);
+    m["network"] = members({{"mode", one_of({"confined", "internal", "passthrough"})},
+                            {"dns", one_of({"refuse", "allowlisted"})},
+                            {"proxy_port", integer(1, 65535)},
+                            {"allow", valid_if(egress_rules)},
+                            {"limits", members(std::move(proxy_limits), "")}},
+                           "");
+    m["annotations"] = members({{"may_widen", valid_if([](const json& x, const Str& where, const Str& key) {
+                                   if (!x.is_array())
+                                     fail(where, key, "must be an array of annotation names");
+                                   for (std::size_t i = 0; i < x.size(); i++)
+                                     if (!x[i].is_string() || !widening_annotations().count(x[i].get<Str>()))
+                                       fail(where, key + "[" + std::to_string(i) + "]",
+                                            "not an annotation that can widen the policy (known: "
+                                            "dev.agentshim.egress.allow)");
+                                 })}},
+                               "");
+    auto abs_or_empty = valid_if([](const json& x, const Str& where, const Str& key) {
+      if (!x.is_string()) fail(where, key, "must be a string");
+      if (!x.get<Str>().empty() && x.get<Str>()[0] != '/') fail(where, key, "must be an absolute path");
+    });
+    m["audit"] = members(
+        {{"dir", abs_or_empty},
+         {"signing_key", abs_or_empty},
+         {"tsa_url", valid_if([](const json& x, const Str& where, const Str& key) {
+            if (!x.is_string() || (!x.get<Str>().empty() && x.get<Str>().rfind("http://", 0) != 0))
+              fail(where, key, "must be \"\" or an http:// URL of an RFC 3161 time-stamping authority");
+          })},
+         {"key_type", valid_if([](const json& x, const Str& where, const Str& key) {
+            if (!x.is_string() || (x != "ed25519" && x != "ecdsa-p256"))
+              fail(where, key, "must be \"ed25519\" or \"ecdsa-p256\"");
+          })},
+         {"strict", boolean()},
+         {"observe_exec", boolean()},
+         {"on_log_failure", valid_if([](const json& x, const Str& where, const Str& key) {
+            if (!x.is_string() || (x != "stop" && x != "continue"))
+              fail(where, key, "must be \"stop\" or \"continue\"");
+          })},
+         {"max_file_bytes", valid_if([](const json& x, const Str& where, const Str& key) {
+            if (!x.is_number_unsigned()) fail(where, key, "must be a byte count (0 = no limit)");
+          })}},
+        "");
+    return m;
+  }();
+  return s;
+}
+
 json validate_section(const Str& sec, const json& v, const json& def, const Str& where) {
-  json out = def;
   if (sec == "mode") {
     expect_one_of(v, {"enforce", "refuse"}, where, "mode");
     return v;
@@ -173,184 +310,8 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
     expect_one_of(v, {"off", "auto"}, where, "userns");
     return v;
   }
-  if (!v.is_object()) fail(where, sec, "must be an object");
-  for (const auto& [k, x] : v.items()) {
-    const Str key = sec + "." + k;
-    auto unknown = [&] { throw Error(where + ": unknown key " + key); };
-    if (sec == "capabilities") {
-      if (k == "no_new_privileges") {
-        expect_bool(x, where, key);
-        out[k] = x;
-        continue;
-      }
-      if (k != "allowed") unknown();
-      if (!x.is_array()) fail(where, key, "must be an array of capability names");
-      json caps = json::array();
-      for (std::size_t i = 0; i < x.size(); i++) {
-        const Str ik = key + "[" + std::to_string(i) + "]";
-        if (!x[i].is_string()) fail(where, ik, "must be a capability name");
-        auto c = oci::capability_from_name(x[i].get<Str>());
-        if (!c) fail(where, ik, "unknown capability \"" + x[i].get<Str>() + "\"");
-        caps.push_back(oci::capability_name(*c));
-      }
-      out[k] = caps;
-    } else if (sec == "seccomp") {
-      if (k == "profile") {
-        if (!x.is_string() || (x != "builtin" && !is_abs(x)))
-          fail(where, key, "must be \"builtin\" or an absolute path to an OCI linux.seccomp JSON file");
-      } else if (k == "stack_on_config") {
-        expect_bool(x, where, key);
-      } else {
-        unknown();
-      }
-      out[k] = x;
-    } else if (sec == "filesystem") {
-      if (k == "readonly_root" || k == "allow_bind_mounts") {
-        expect_bool(x, where, key);
-      } else if (k == "masked_paths" || k == "readonly_paths" || k == "forbidden_sources") {
-        path_list(x, where, key);
-      } else if (k == "tmpfs_max_size") {
-        auto s = parse_size(x);
-        if (!s || *s <= 0)
-          fail(where, key, "must be a size such as \"64m\", \"1g\", \"512k\" or a byte count");
-      } else {
-        unknown();
-      }
-      out[k] = x;
-    } else if (sec == "namespaces") {
-      if (k != "allow_join" && k != "allow_host") unknown();
-      if (!x.is_array()) fail(where, key, "must be an array of namespace types");
-      for (std::size_t i = 0; i < x.size(); i++) {
-        const Str ik = key + "[" + std::to_string(i) + "]";
-        if (k == "allow_join")
-          expect_one_of(x[i], {"pid", "ipc", "uts", "network", "mount", "cgroup"}, where, ik);
-        else
-          expect_one_of(x[i], {"pid", "ipc", "uts", "network", "mount", "cgroup", "user"}, where, ik);
-      }
-      out[k] = x;
-    } else if (sec == "devices") {
-      if (k == "allow_block_devices") {
-        expect_bool(x, where, key);
-        out[k] = x;
-        continue;
-      }
-      if (k != "allowed") unknown();
-      if (!x.is_array()) fail(where, key, "must be an array of {\"type\",\"major\",\"minor\"} objects");
-      for (std::size_t i = 0; i < x.size(); i++) {
-        const Str ik = key + "[" + std::to_string(i) + "]";
-        const json& d = x[i];
-        if (!d.is_object())
-          fail(where, ik, "must be an object {\"type\": \"c\", \"major\": N, \"minor\": N}");
-        for (const auto& [dk, dv] : d.items()) {
-          if (dk == "type") {
-            if (dv == "b")
-              fail(
-                  where, ik + ".type",
-                  "block devices are not listed here; devices.allow_block_devices lets the config's through");
-            expect_one_of(dv, {"c"}, where, ik + ".type");
-          } else if (dk == "major" || dk == "minor") {
-            positive_int(dv, where, ik + "." + dk, 0, 0xfffff);
-          } else if (dk == "path") {
-            if (!dv.is_string() || !starts_with(dv.get<Str>(), "/dev/"))
-              fail(where, ik + ".path", "must be a path under /dev/");
-          } else {
-            throw Error(where + ": unknown key " + ik + "." + dk);
-          }
-        }
-        if (!d.contains("type") || !d.contains("major") || !d.contains("minor"))
-          fail(where, ik, "needs \"type\", \"major\" and \"minor\"");
-      }
-      out[k] = x;
-    } else if (sec == "resources") {
-      if (k != "defaults" && k != "maximum") unknown();
-      if (!x.is_object()) fail(where, key, "must be an object {\"memory\", \"pids\", \"cpus\"}");
-      for (const auto& [rk, rv] : x.items()) {
-        const Str rkey = key + "." + rk;
-        if (rk == "memory") {
-          auto s = parse_size(rv);
-          if (!s || *s < (4 << 20)) fail(where, rkey, "must be a size of at least 4m, such as \"1g\"");
-        } else if (rk == "pids") {
-          positive_int(rv, where, rkey, 1, 1 << 22);
-        } else if (rk == "cpus") {
-          if (!parse_cpus(rv))
-            fail(where, rkey, "must be a positive number of CPUs, such as \"2\" or \"0.5\"");
-        } else {
-          throw Error(where + ": unknown key " + rkey);
-        }
-        out[k][rk] = rv;
-      }
-    } else if (sec == "limits") {
-      if (k != "exec_time_seconds") unknown();
-      positive_int(x, where, key, 0);
-      out[k] = x;
-    } else if (sec == "network") {
-      if (k == "mode") {
-        expect_one_of(x, {"confined", "internal", "passthrough"}, where, key);
-      } else if (k == "dns") {
-        expect_one_of(x, {"refuse", "allowlisted"}, where, key);
-      } else if (k == "proxy_port") {
-        positive_int(x, where, key, 1, 65535);
-      } else if (k == "allow") {
-        if (!x.is_array()) fail(where, key, "must be an array of \"host:port\" rules");
-        for (std::size_t i = 0; i < x.size(); i++) {
-          Str why;
-          const Str ik = key + "[" + std::to_string(i) + "]";
-          if (!x[i].is_string()) fail(where, ik, "must be a \"host:port\" string");
-          if (!valid_egress_rule(x[i].get<Str>(), &why))
-            fail(where, ik, "\"" + x[i].get<Str>() + "\": " + why);
-        }
-      } else if (k == "limits") {
-        if (!x.is_object()) fail(where, key, "must be an object");
-        for (const auto& [lk, lv] : x.items()) {
-          static const std::set<Str> known = {"max_connections",
-                                              "max_pending",
-                                              "max_header_bytes",
-                                              "max_headers",
-                                              "header_timeout_seconds",
-                                              "connect_timeout_seconds",
-                                              "idle_timeout_seconds",
-                                              "total_timeout_seconds",
-                                              "max_requests_per_connection"};
-          if (!known.count(lk)) throw Error(where + ": unknown key " + key + "." + lk);
-          positive_int(lv, where, key + "." + lk, 1, 1LL << 31);
-          out[k][lk] = lv;
-        }
-        continue;
-      } else {
-        unknown();
-      }
-      out[k] = x;
-    } else if (sec == "annotations") {
-      if (k != "may_widen") unknown();
-      if (!x.is_array()) fail(where, key, "must be an array of annotation names");
-      for (std::size_t i = 0; i < x.size(); i++)
-        if (!x[i].is_string() || !widening_annotations().count(x[i].get<Str>()))
-          fail(where, key + "[" + std::to_string(i) + "]",
-               "not an annotation that can widen the policy (known: dev.agentshim.egress.allow)");
-      out[k] = x;
-    } else if (sec == "audit") {
-      if (k == "dir" || k == "signing_key") {
-        if (!x.is_string()) fail(where, key, "must be a string");
-        if (!x.get<Str>().empty() && x.get<Str>()[0] != '/') fail(where, key, "must be an absolute path");
-      } else if (k == "tsa_url") {
-        if (!x.is_string() || (!x.get<Str>().empty() && x.get<Str>().rfind("http://", 0) != 0))
-          fail(where, key, "must be \"\" or an http:// URL of an RFC 3161 time-stamping authority");
-      } else if (k == "key_type") {
-        if (!x.is_string() || (x != "ed25519" && x != "ecdsa-p256"))
-          fail(where, key, "must be \"ed25519\" or \"ecdsa-p256\"");
-      } else if (k == "strict" || k == "observe_exec") {
-        expect_bool(x, where, key);
-      } else if (k == "on_log_failure") {
-        if (!x.is_string() || (x != "stop" && x != "continue"))
-          fail(where, key, "must be \"stop\" or \"continue\"");
-      } else if (k == "max_file_bytes") {
-        if (!x.is_number_unsigned()) fail(where, key, "must be a byte count (0 = no limit)");
-      } else {
-        unknown();
-      }
-      out[k] = x;
-    }
-  }
+  json out = def;
+  sections().at(sec)(v, out, where, sec);
   return out;
 }
 
@@ -1418,7 +1379,7 @@ std::optional<long long> parse_size(const json& v) {
 }
 
 json builtin() {
-  static const json doc = json::parse(kDefault);
+  static const json doc = json::parse(embedded::default_policy);
   return doc;
 }
 
@@ -1479,6 +1440,10 @@ std::vector<Owned> runtime_owned(const json& policy, const std::string& state_ro
   if (n > 0) add(std::string(exe, static_cast<std::size_t>(n)), "the agentshim binary");
   add("/run/agentshim-userns", "agentshim's userns allocation directory");
   return out;
+}
+
+std::string audit_dir(const json& loaded_policy, const std::string& flag) {
+  return flag.empty() ? loaded_policy.at("audit").at("dir").get<std::string>() : flag;
 }
 
 std::string source_name(const std::string& path) {

@@ -54,6 +54,10 @@ json load(const std::string& path);
 std::string source_name(const std::string& path);
 // Validate a policy document (defaults filled in); throws agentshim::Error.
 json validate(const json& p, const std::string& where);
+// Where run records go: --audit-dir (`flag`) when given, else the loaded
+// policy's audit.dir. `create` and the record commands (runs, verify,
+// export, keygen) all ask this, so they look in one place.
+std::string audit_dir(const json& loaded_policy, const std::string& flag);
 
 // The environment of apply(): where the host's namespaces are (compared by
 // device and inode with the config's namespace paths). /proc/1/ns may be

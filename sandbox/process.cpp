@@ -174,9 +174,7 @@ void check_capabilities(const json& proc) {
 namespace {
 
 void apply_capabilities(const json& proc) {
-  if (!proc.contains("capabilities") || proc["capabilities"].is_null()) {
-    // No capabilities object: the process gets none (runc semantics).
-  }
+  // No capabilities object: the process gets none (runc semantics; cap_list gives empty sets).
   auto bounding = cap_list(proc, "bounding");
   auto effective = cap_list(proc, "effective");
   auto permitted = cap_list(proc, "permitted");

@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/mountinfo.h"
 #include "common/util.h"
 #include "sandbox/oci.h"
 #include "sandbox/process.h"
@@ -193,16 +194,7 @@ void prepare_root(const Context& ctx) {
   if (prop & MS_SHARED) {
     std::string parent = ctx.rootfs.substr(0, ctx.rootfs.rfind('/'));
     if (parent.empty()) parent = "/";
-    std::string best = "/";
-    if (auto mi = try_read_file("/proc/self/mountinfo")) {
-      for (const auto& line : split(*mi, '\n')) {
-        auto f = split(line, ' ');
-        if (f.size() < 5) continue;
-        const std::string& mp = f[4];
-        bool prefix = mp == "/" || parent == mp || starts_with(parent, mp + "/");
-        if (prefix && mp.size() > best.size()) best = mp;
-      }
-    }
+    const std::string best = mount_point_of(read_mountinfo(), parent);
     if (::mount(nullptr, best.c_str(), nullptr, MS_PRIVATE, nullptr) < 0)
       throw_errno("make the rootfs's parent mount " + best + " private");
   }

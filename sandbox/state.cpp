@@ -2,12 +2,15 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 
+#include "attest/hash.h"
 #include "common/error.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
@@ -29,8 +32,7 @@ json ContainerState::to_json() const {
               {"audit_dir", audit_dir},
               {"config", config},
               {"cgroup", cgroup},
-              {"annotations", annotations},
-              {"rootless", rootless}};
+              {"annotations", annotations}};
 }
 
 ContainerState ContainerState::from_json(const json& j) {
@@ -49,7 +51,6 @@ ContainerState ContainerState::from_json(const json& j) {
   s.config = j.value("config", json::object());
   s.cgroup = j.value("cgroup", json());
   s.annotations = j.value("annotations", json::object());
-  s.rootless = j.value("rootless", false);
   return s;
 }
 
@@ -58,7 +59,50 @@ std::string exec_fifo_path(const std::string& root, const std::string& id) {
   return container_dir(root, id) + "/exec.fifo";
 }
 std::string control_socket_path(const std::string& root, const std::string& id) {
-  return container_dir(root, id) + "/supervisor.sock";
+  return control_socket_in(container_dir(root, id));
+}
+std::string control_socket_in(const std::string& state_dir) {
+  return state_dir + "/supervisor.sock";
+}
+
+// A unix socket path holds at most 107 bytes, and the supervisor's control
+// socket is <root>/<id>/supervisor.sock. Clients pass long roots with 64-hex
+// ids (/run/containerd/runc/k8s.io, /run/docker/runtime-runc/moby: 108 and 110
+// bytes), so for a root that could not hold such an id the state store is
+// reached through a short, stable alias: /run/agentshim.r/<8 hex of
+// sha256(realpath(root))> -> realpath(root). An existing alias that points
+// elsewhere is an error, never silently reused.
+std::string usable_root(const std::string& root) {
+  constexpr std::size_t kSunPath = 108, kLongestId = 64;
+  if (control_socket_path(root, std::string(kLongestId, 'x')).size() < kSunPath) return root;
+  mkdir_p(root, 0711);
+  char buf[PATH_MAX];
+  if (!::realpath(root.c_str(), buf)) throw_errno("resolve --root " + root);
+  std::string real = buf;
+  const std::string dir = "/run/agentshim.r";
+  std::string alias = dir + "/" + attest::hex(attest::sha256(real)).substr(0, 8);
+  mkdir_p(dir, 0711);
+  if (::symlink(real.c_str(), alias.c_str()) == 0) {
+    // A new alias: drop the ones whose root is gone (test and client roots come and go).
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (struct dirent* e = ::readdir(d)) {
+        std::string p = dir + "/" + e->d_name;
+        struct stat st {};
+        if (e->d_name[0] != '.' && ::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode) &&
+            ::stat(p.c_str(), &st) < 0 && errno == ENOENT)
+          ::unlink(p.c_str());
+      }
+      ::closedir(d);
+    }
+  } else if (errno != EEXIST) {
+    throw_errno("symlink " + alias + " -> " + real);
+  }
+  ssize_t n = ::readlink(alias.c_str(), buf, sizeof buf - 1);
+  if (n < 0) throw_errno("readlink " + alias);
+  if (std::string(buf, static_cast<std::size_t>(n)) != real)
+    throw Error("state root alias " + alias + " points to " + std::string(buf, static_cast<std::size_t>(n)) +
+                ", not to --root " + real);
+  return alias;
 }
 
 Lock::Lock(const std::string& root, const std::string& id) {

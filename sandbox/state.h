@@ -34,7 +34,6 @@ struct ContainerState {
   json config;  // the enforced config
   json cgroup;  // cgroups::Manager::save()
   json annotations = json::object();
-  bool rootless = false;
 
   json to_json() const;
   static ContainerState from_json(const json& j);
@@ -44,6 +43,13 @@ struct ContainerState {
 std::string container_dir(const std::string& root, const std::string& id);
 std::string exec_fifo_path(const std::string& root, const std::string& id);
 std::string control_socket_path(const std::string& root, const std::string& id);
+// The same, from the container's directory (container_dir(root, id)).
+std::string control_socket_in(const std::string& state_dir);
+
+// A unix socket path holds at most 107 bytes: a --root too long for
+// control_socket_path(root, <64-hex id>) is reached through a short alias
+// (/run/agentshim.r/<8 hex>, a symlink to its realpath). Returns the root to use.
+std::string usable_root(const std::string& root);
 
 // An exclusive flock on <root>/<id>/lock, serialising CLI invocations that
 // change the same container. Released on destruction.

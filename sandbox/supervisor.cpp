@@ -311,9 +311,7 @@ class Supervisor {
       if (const auto* f = std::get_if<sync::Failure>(&*m)) throw Error(f->msg);
       if (const auto* u = std::get_if<sync::Userns>(&*m)) {
         pid_t p = u->pid;
-        if (cfg["linux"].contains("gidMappings")) {
-          // Only an unprivileged mapper must deny setgroups; we are root.
-        }
+        // setgroups stays allowed: only an unprivileged mapper must deny it; we are root.
         write_id_map(p, cfg, "uidMappings", "uid_map");
         write_id_map(p, cfg, "gidMappings", "gid_map");
         sync::send(sock_.get(), sync::UsernsOk{});
@@ -369,7 +367,7 @@ class Supervisor {
         throw Error(std::string("unexpected message from container init: ") + sync::name(sync::type_of(*m)));
       }
     }
-    ctl_ = std::make_unique<control::Server>(s_.state_dir + "/supervisor.sock");
+    ctl_ = std::make_unique<control::Server>(state::control_socket_in(s_.state_dir));
     init_start_ = state::process_start_time(init_pid_);
     sync::send(s_.cli_sock.get(), sync::Created{init_pid_, init_start_, cg_->save()});
     s_.cli_sock.reset();
@@ -700,6 +698,7 @@ class Supervisor {
     rc.hash_cache = !audit.value("strict", false);
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
     rc.tsa_url = audit.value("tsa_url", "");
+    rc.kubernetes = attest::kubernetes_identity(s_.config.value("annotations", json::object()));
     bool stop = audit.value("on_log_failure", "stop") == "stop";
     rc.on_log_failure = [this, stop](const std::string& msg) {
       log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"

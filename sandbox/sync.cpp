@@ -11,16 +11,7 @@ constexpr const char* kNames[] = {"error",   "join",    "joined",   "userns", "u
                                   "ready",   "created", "enter",    "entered"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
-template <std::size_t I = 0>
-constexpr bool types_in_order() {
-  if constexpr (I == std::variant_size_v<Message>) {
-    return true;
-  } else {
-    return static_cast<std::size_t>(std::variant_alternative_t<I, Message>::kType) == I &&
-           types_in_order<I + 1>();
-  }
-}
-static_assert(types_in_order(), "Message's alternatives follow Type's order");
+static_assert(wire::types_in_order<Message>(), "Message's alternatives follow Type's order");
 
 [[noreturn]] void bad(const std::string& type, const std::string& what) {
   throw Error("malformed sync message \"" + type + "\": " + what);
@@ -91,20 +82,27 @@ std::string encode(const Message& m) {
   return j.dump();
 }
 
-Message decode(std::string_view payload) {
-  json j;
+namespace wire {
+Envelope parse(std::string_view text, const char* protocol, const char* const* names, std::size_t count) {
+  Envelope e;
   try {
-    j = json::parse(payload);
-  } catch (const json::exception& e) {
-    throw Error(std::string("malformed sync message: ") + e.what());
+    e.body = json::parse(text);
+  } catch (const json::exception& ex) {
+    throw Error(std::string("malformed ") + protocol + " message: " + ex.what());
   }
-  if (!j.is_object()) throw Error("malformed sync message: not a JSON object");
-  auto t = j.find("type");
-  if (t == j.end() || !t->is_string()) throw Error("malformed sync message: no \"type\"");
-  const std::string type = t->get<std::string>();
-  std::size_t i = 0;
-  while (i < std::size(kNames) && type != kNames[i]) i++;
-  if (i == std::size(kNames)) throw Error("unknown sync message type \"" + type + "\"");
+  if (!e.body.is_object()) throw Error(std::string("malformed ") + protocol + " message: not a JSON object");
+  auto t = e.body.find("type");
+  if (t == e.body.end() || !t->is_string())
+    throw Error(std::string("malformed ") + protocol + " message: no \"type\"");
+  e.type = t->get<std::string>();
+  while (e.index < count && e.type != names[e.index]) e.index++;
+  if (e.index == count) throw Error(std::string("unknown ") + protocol + " message type \"" + e.type + "\"");
+  return e;
+}
+}  // namespace wire
+
+Message decode(std::string_view payload) {
+  auto [j, type, i] = wire::parse(payload, "sync", kNames, std::size(kNames));
   switch (static_cast<Type>(i)) {
     case Type::error: {
       auto it = j.find("msg");

@@ -171,4 +171,32 @@ T expect(int sock, const std::string& eof_msg, std::vector<UniqueFd>* fds = null
   return std::get<T>(expect_type(sock, T::kType, eof_msg, fds));
 }
 
+// What the setup messages here and the control socket's (control.h) share:
+// a JSON object whose "type" names one of a protocol's messages.
+namespace wire {
+
+// True when the variant's alternatives declare kType in the variant's order
+// (so a Type is the variant's index).
+template <class Variant, std::size_t I = 0>
+constexpr bool types_in_order() {
+  if constexpr (I == std::variant_size_v<Variant>) {
+    return true;
+  } else {
+    return static_cast<std::size_t>(std::variant_alternative_t<I, Variant>::kType) == I &&
+           types_in_order<Variant, I + 1>();
+  }
+}
+
+struct Envelope {
+  nlohmann::json body;
+  std::string type;
+  std::size_t index = 0;  // of type in names
+};
+// Parses `text`; throws Error("malformed <protocol> message: ...") for
+// anything but a JSON object with a string "type", and Error("unknown
+// <protocol> message type \"...\"") for a type not in names[0..count).
+Envelope parse(std::string_view text, const char* protocol, const char* const* names, std::size_t count);
+
+}  // namespace wire
+
 }  // namespace agentshim::sync

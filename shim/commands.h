@@ -1,8 +1,12 @@
-// Subcommand registration and dispatch for the agentshim CLI.
+// Subcommand registration and dispatch for the agentshim CLI. Each command
+// has its own flags struct (owned by the handler that reads it) and its own
+// add_* function; runc's commands are in commands.cpp, agentshim's record
+// commands in records.cpp.
 #pragma once
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -16,30 +20,20 @@ class Commands {
   // Runs the parsed subcommand; returns the process exit status.
   int run();
 
- private:
-  void add_runc_commands();
-  void add_agentshim_commands();
+  // For the add_* functions: the application, the global flags, and
+  // registering what runs when `sub` was parsed.
+  CLI::App& app() { return app_; }
+  container::Global& global() { return g_; }
+  void on(CLI::App* sub, std::function<int()> fn) { handlers_.push_back({sub, std::move(fn)}); }
 
+ private:
   CLI::App& app_;
   container::Global& g_;
   std::vector<std::pair<CLI::App*, std::function<int()>>> handlers_;
-
-  // Option storage shared by subcommands.
-  container::CreateOptions create_;
-  std::string id_;
-  bool flag_a_ = false, flag_b_ = false;
-  std::string format_ = "table";
-  std::string str_a_, str_b_, str_c_, str_d_;
-  std::vector<std::string> vec_a_, vec_b_, vec_c_;
-  int int_a_ = 0;
-  std::vector<std::string> rest_;
-  bool quiet_ = false;
-  bool tty_ = false;
-  bool nnp_ = false;
-  std::string user_;
-  // update flags
-  std::string mem_, memswap_, memres_, cpu_shares_, cpu_quota_, cpu_period_, cpus_, mems_, pids_, blkio_;
 };
+
+void add_runc_commands(Commands& c);    // commands.cpp
+void add_record_commands(Commands& c);  // records.cpp
 
 int parse_duration_ms(const std::string& s);
 

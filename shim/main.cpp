@@ -1,19 +1,12 @@
 // agentshim: the command-line front end. Parses runc-compatible flags,
 // calls the libraries, prints results. Errors go to stderr and, with --log,
 // to the log file in the requested format; exit status 1 as runc.
-#include <dirent.h>
-#include <limits.h>
-#include <stdlib.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "attest/hash.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -21,6 +14,7 @@
 #include "sandbox/container.h"
 #include "sandbox/oci.h"
 #include "sandbox/runtime_config.h"
+#include "sandbox/state.h"
 #include "shim/commands.h"
 #include "shim/install_cmd.h"
 #include "shim/policy_cmd.h"
@@ -33,47 +27,6 @@ namespace {
 std::string version_text() {
   return std::string("agentshim version ") + AGENTSHIM_VERSION + "\ncommit: " + build_commit() +
          "\nspec: " + oci::kOciVersion + "\n";
-}
-
-// A unix socket path holds at most 107 bytes, and the supervisor's control
-// socket is <root>/<id>/supervisor.sock. Clients pass long roots with 64-hex
-// ids (/run/containerd/runc/k8s.io, /run/docker/runtime-runc/moby: 108 and 110
-// bytes), so for a root that could not hold such an id the state store is
-// reached through a short, stable alias: /run/agentshim.r/<8 hex of
-// sha256(realpath(root))> -> realpath(root). An existing alias that points
-// elsewhere is an error, never silently reused.
-std::string usable_root(const std::string& root) {
-  constexpr std::size_t kSunPath = 108, kLongestId = 64;
-  const std::string sock = "/supervisor.sock";
-  if (root.size() + 1 + kLongestId + sock.size() < kSunPath) return root;
-  mkdir_p(root, 0711);
-  char buf[PATH_MAX];
-  if (!::realpath(root.c_str(), buf)) throw_errno("resolve --root " + root);
-  std::string real = buf;
-  const std::string dir = "/run/agentshim.r";
-  std::string alias = dir + "/" + attest::hex(attest::sha256(real)).substr(0, 8);
-  mkdir_p(dir, 0711);
-  if (::symlink(real.c_str(), alias.c_str()) == 0) {
-    // A new alias: drop the ones whose root is gone (test and client roots come and go).
-    if (DIR* d = ::opendir(dir.c_str())) {
-      while (struct dirent* e = ::readdir(d)) {
-        std::string p = dir + "/" + e->d_name;
-        struct stat st {};
-        if (e->d_name[0] != '.' && ::lstat(p.c_str(), &st) == 0 && S_ISLNK(st.st_mode) &&
-            ::stat(p.c_str(), &st) < 0 && errno == ENOENT)
-          ::unlink(p.c_str());
-      }
-      ::closedir(d);
-    }
-  } else if (errno != EEXIST) {
-    throw_errno("symlink " + alias + " -> " + real);
-  }
-  ssize_t n = ::readlink(alias.c_str(), buf, sizeof buf - 1);
-  if (n < 0) throw_errno("readlink " + alias);
-  if (std::string(buf, static_cast<std::size_t>(n)) != real)
-    throw Error("state root alias " + alias + " points to " + std::string(buf, static_cast<std::size_t>(n)) +
-                ", not to --root " + real);
-  return alias;
 }
 
 // The container id a command on an existing container names (its positional
@@ -167,7 +120,7 @@ int main(int argc, char** argv) {
       code = install.run();
     } else {
       apply_config_file(app, argv[0], g);
-      g.root = usable_root(g.root);
+      g.root = state::usable_root(g.root);
       code = policy_cmd.parsed() ? policy_cmd.run() : cmds.run();
     }
   } catch (const std::exception& e) {

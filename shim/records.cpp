@@ -1,21 +1,23 @@
 // agentshim's own commands over run records: verify, export, runs list/show,
 // keygen.
-#include <dirent.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <map>
 
 #include "attest/bundle.h"
 #include "attest/canonical.h"
 #include "attest/eventlog.h"
 #include "attest/fstree.h"
 #include "attest/record.h"
+#include "attest/runstore.h"
 #include "attest/sign.h"
-#include "common/log.h"
 #include "common/error.h"
+#include "common/log.h"
 #include "common/util.h"
+#include "sandbox/policy.h"
 #include "sandbox/state.h"
 #include "shim/commands.h"
 
@@ -29,8 +31,11 @@ struct UsageError : Error {
   using Error::Error;
 };
 
-std::string audit_dir_of(const container::Global& g) {
-  return g.audit_dir.empty() ? std::string("/var/lib/agentshim") : g.audit_dir;
+// Where the records are: --audit-dir, else the policy's audit.dir (the
+// choice `create` made), else the default.
+attest::RunStore run_store(const container::Global& g) {
+  if (!g.audit_dir.empty()) return attest::RunStore(g.audit_dir);
+  return attest::RunStore(policy::audit_dir(policy::load(g.policy_path), ""));
 }
 
 bool is_dir(const std::string& p) {
@@ -38,42 +43,29 @@ bool is_dir(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-std::vector<std::string> run_ids(const std::string& audit) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir((audit + "/runs").c_str());
-  if (!d) return out;
-  while (auto* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n != "." && n != "..") out.push_back(n);
+// RUN is a run directory, a run id, or a container id (its latest run).
+std::string resolve_run_dir(const container::Global& g, const std::string& run) {
+  if (run.find('/') != std::string::npos) {
+    if (!is_dir(run)) throw UsageError("run directory " + run + " does not exist");
+    return run;
   }
-  ::closedir(d);
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-// The container id a run was created for (first line of its log).
-std::string container_of(const std::string& rd) {
-  auto s = try_read_file(rd + "/session.json");
-  if (s) try {
-      return json::parse(*s).value("container_id", "");
-    } catch (...) {
-    }
-  auto text = try_read_file(rd + "/events.ndjson");
-  if (!text) return "";
-  auto nl = text->find('\n');
+  const attest::RunStore store = run_store(g);
+  if (store.has(run)) return store.run_dir(run);
   try {
-    json ev = json::parse(text->substr(0, nl));
-    return ev["data"].value("container_id", "");
-  } catch (...) {
-    return "";
+    auto st = state::load(g.root, run);
+    if (!st.run_id.empty()) {
+      const attest::RunStore its = st.audit_dir.empty() ? store : attest::RunStore(st.audit_dir);
+      if (its.has(st.run_id)) return its.run_dir(st.run_id);
+    }
+  } catch (const std::exception&) {
   }
+  if (auto id = store.latest_run_of(run)) return store.run_dir(*id);
+  throw UsageError("no run record for \"" + run + "\" in " + store.runs_dir() +
+                   " (give a run id, a container id or a run directory)");
 }
 
-std::string resolve_run_dir(const container::Global& g, const std::string& run);
-
-// RUN is a run directory, a run id, or a container id (its latest run). A
-// run whose record is still being finalized (its container just exited) is
-// waited for, up to two minutes.
+// A run whose record is still being finalized (its container just exited)
+// is waited for, up to two minutes.
 std::string resolve_run(const container::Global& g, const std::string& run) {
   std::string rd = resolve_run_dir(g, run);
   if (!attest::wait_finalized(rd, 120000))
@@ -81,28 +73,9 @@ std::string resolve_run(const container::Global& g, const std::string& run) {
   return rd;
 }
 
-std::string resolve_run_dir(const container::Global& g, const std::string& run) {
-  if (run.find('/') != std::string::npos) {
-    if (!is_dir(run)) throw UsageError("run directory " + run + " does not exist");
-    return run;
-  }
-  std::string audit = audit_dir_of(g);
-  if (!run.empty() && run != "." && run != ".." && is_dir(audit + "/runs/" + run)) return audit + "/runs/" + run;
-  try {
-    auto st = state::load(g.root, run);
-    if (!st.run_id.empty()) {
-      std::string a = st.audit_dir.empty() ? audit : st.audit_dir;
-      if (is_dir(a + "/runs/" + st.run_id)) return a + "/runs/" + st.run_id;
-    }
-  } catch (const std::exception&) {
-  }
-  auto ids = run_ids(audit);
-  for (auto it = ids.rbegin(); it != ids.rend(); ++it)
-    if (container_of(audit + "/runs/" + *it) == run) return audit + "/runs/" + *it;
-  throw UsageError("no run record for \"" + run + "\" in " + audit + "/runs (give a run id, a container id or a run directory)");
+std::string short_hash(const std::string& h) {
+  return h.size() > 16 ? h.substr(0, 16) : h;
 }
-
-std::string short_hash(const std::string& h) { return h.size() > 16 ? h.substr(0, 16) : h; }
 
 // Human output shows what a container chose (argv, paths, hosts, DNS names,
 // reasons quoting them): every value goes through t() (escape_for_terminal),
@@ -134,6 +107,14 @@ std::string show_args(const json& args) {
 void print_account(const json& a, const attest::VerifyResult& v) {
   std::cout << "run        " << t(a, "run_id") << "\n";
   std::cout << "container  " << t(a, "container_id") << "\n";
+  if (a.contains("kubernetes")) {
+    // The CRI client's annotations: claims by the caller, not checked.
+    const json& k = a["kubernetes"];
+    std::cout << "pod        " << t(k, "namespace") << "/" << t(k, "pod_name") << " (uid " << t(k, "pod_uid")
+              << ", sandbox " << t(k, "sandbox_id") << ")";
+    if (k.contains("container_name")) std::cout << ", container " << t(k, "container_name");
+    std::cout << "  [annotations: the caller's claims]\n";
+  }
   std::cout << "command    " << show_args(a.value("command", json::array())) << "\n";
   std::cout << "created    " << t(a, "created") << "\n";
   if (a.contains("started")) std::cout << "started    " << t(a, "started") << "\n";
@@ -150,10 +131,16 @@ void print_account(const json& a, const attest::VerifyResult& v) {
   if (a.contains("sandbox")) {
     const json& s = a["sandbox"];
     std::cout << "sandbox    namespaces " << show_args(s.value("namespaces", json::array())) << "\n";
-    std::cout << "           capabilities " << (s.value("capabilities", json::array()).empty() ? std::string("(none)") : show_args(s["capabilities"])) << "\n";
-    std::cout << "           no_new_privs " << (s.value("no_new_privileges", false) ? "yes" : "no") << ", read-only root "
-              << (s.value("readonly_root", false) ? "yes" : "no") << ", seccomp "
-              << (s["seccomp"].value("config_profile", false) || s["seccomp"].value("agentshim_profile", false) ? "yes" : "no")
+    std::cout << "           capabilities "
+              << (s.value("capabilities", json::array()).empty() ? std::string("(none)")
+                                                                 : show_args(s["capabilities"]))
+              << "\n";
+    std::cout << "           no_new_privs " << (s.value("no_new_privileges", false) ? "yes" : "no")
+              << ", read-only root " << (s.value("readonly_root", false) ? "yes" : "no") << ", seccomp "
+              << (s["seccomp"].value("config_profile", false) ||
+                          s["seccomp"].value("agentshim_profile", false)
+                      ? "yes"
+                      : "no")
               << ", exec observer " << (s["seccomp"].value("exec_observer", false) ? "on" : "off") << "\n";
   }
   const json& procs = a["processes"];
@@ -168,8 +155,8 @@ void print_account(const json& a, const attest::VerifyResult& v) {
       std::cout << "  " << t(e, "time") << "  " << show_args(e["args"]) << "\n";
   }
   const json& net = a["network"];
-  std::cout << "\nnetwork    allowed " << net["allowed"].size() << ", denied " << net["denied"].size() << ", DNS queries "
-            << net.value("dns", json::array()).size();
+  std::cout << "\nnetwork    allowed " << net["allowed"].size() << ", denied " << net["denied"].size()
+            << ", DNS queries " << net.value("dns", json::array()).size();
   if (net.contains("namespace"))
     std::cout << "  (mode " << t(net["namespace"], "mode") << ", proxy " << t(net["namespace"], "proxy")
               << ")";
@@ -186,8 +173,8 @@ void print_account(const json& a, const attest::VerifyResult& v) {
     if (n.contains("name"))
       std::cout << "  dns      " << t(n, "qtype") << " " << t(n, "name") << "  " << t(n, "rcode") << "\n";
   const json& f = a["files"];
-  std::cout << "\nfiles      added " << f["added"].size() << ", modified " << f["modified"].size() << ", removed "
-            << f["removed"].size() << "\n";
+  std::cout << "\nfiles      added " << f["added"].size() << ", modified " << f["modified"].size()
+            << ", removed " << f["removed"].size() << "\n";
   for (const auto& p : f["added"]) std::cout << "  + " << t(attest::pct_decode(p.get<std::string>())) << "\n";
   for (const auto& p : f["modified"])
     std::cout << "  ~ " << t(attest::pct_decode(p.get<std::string>())) << "\n";
@@ -233,163 +220,239 @@ int export_record(const std::string& rd, const std::string& format, const std::s
   return 0;
 }
 
+void add_verify(Commands& c) {
+  struct Flags {
+    std::string run, public_key, check_path;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd =
+      c.app().add_subcommand("verify", "verify a run's record offline (event log, ledger, signature, roots)");
+  cmd->add_option("run", f->run, "run id, container id or run directory")->required();
+  cmd->add_option("--public-key", f->public_key, "pin the signer's public key (PEM)");
+  cmd->add_option("--check-path", f->check_path,
+                  "also re-hash this directory and compare it with the post-run root");
+  cmd->add_flag("--json", f->json, "print the result as JSON");
+  c.on(cmd, [f, &g = c.global()]() {
+    try {
+      std::string rd = resolve_run(g, f->run);
+      attest::VerifyOptions o;
+      o.public_key_path = f->public_key;
+      o.check_path = f->check_path;
+      if (!o.public_key_path.empty() && !path_exists(o.public_key_path))
+        throw UsageError("--public-key " + o.public_key_path + ": no such file");
+      if (!o.check_path.empty() && !is_dir(o.check_path))
+        throw UsageError("--check-path " + o.check_path + ": not a directory");
+      auto r = attest::verify_run(rd, o);
+      if (f->json) {
+        std::cout << json{{"run_dir", rd},
+                          {"verified", r.verified()},
+                          {"mismatches", r.mismatches},
+                          {"notes", r.notes},
+                          {"report", r.report}}
+                         .dump(2)
+                  << "\n";
+      } else {
+        for (const auto& n : r.notes) std::cerr << "note: " << n << "\n";
+        if (r.verified())
+          std::cout << "VERIFIED\n";
+        else
+          for (const auto& m : r.mismatches) std::cout << "MISMATCH: " << t(m) << "\n";
+      }
+      return r.verified() ? 0 : 1;
+    } catch (const std::exception& e) {
+      std::cerr << "agentshim verify: " << e.what() << "\n";
+      return 2;
+    }
+  });
+}
+
+// export: a run's attestation in a standard format, for records made before
+// attestation.sigstore.json existed and for tools that want DSSE or in-toto
+// JSON Lines (docs/VERIFYING.md).
+void add_export(Commands& c) {
+  struct Flags {
+    std::string run, format = "sigstore-bundle", output;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = c.app().add_subcommand(
+      "export", "write a run's attestation as a Sigstore bundle, a DSSE envelope or in-toto JSON Lines");
+  cmd->add_option("run", f->run, "run id, container id or run directory")->required();
+  cmd->add_option("--format", f->format, "sigstore-bundle (default), dsse or intoto-jsonl")
+      ->check(CLI::IsMember({"sigstore-bundle", "dsse", "intoto-jsonl"}));
+  cmd->add_option("-o,--output", f->output, "write to this file (default: standard output)");
+  c.on(cmd, [f, &g = c.global()]() {
+    try {
+      return export_record(resolve_run(g, f->run), f->format, f->output);
+    } catch (const std::exception& e) {
+      std::cerr << "agentshim export: " << e.what() << "\n";
+      return 2;
+    }
+  });
+}
+
+void add_runs_list(Commands& c, CLI::App* runs) {
+  struct Flags {
+    bool json = false;
+    // Filters on the Kubernetes identity (session.json's "kubernetes").
+    std::map<std::string, std::string> kubernetes;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = runs->add_subcommand("list", "list the runs recorded on this host");
+  cmd->add_flag("--json", f->json, "JSON output");
+  // Each filter keeps the runs whose recorded Kubernetes identity has that
+  // member equal to the value (the caller's claims: docs/PREDICATE.md).
+  static const std::pair<const char*, const char*> kFilters[] = {{"--namespace", "namespace"},
+                                                                 {"--pod", "pod_name"},
+                                                                 {"--pod-uid", "pod_uid"},
+                                                                 {"--sandbox-id", "sandbox_id"},
+                                                                 {"--k8s-container", "container_name"}};
+  for (const auto& [flag, member] : kFilters)
+    cmd->add_option_function<std::string>(
+        flag, [f, m = std::string(member)](const std::string& v) { f->kubernetes[m] = v; },
+        std::string("only runs whose Kubernetes ") + member + " is this");
+  c.on(cmd, [f, &g = c.global()]() {
+    const attest::RunStore store = run_store(g);
+    json out = json::array();
+    for (const auto& id : store.run_ids()) {
+      json row = {{"run_id", id}, {"container_id", store.container_of(id)}, {"complete", false}};
+      if (auto s = try_read_file(store.run_dir(id) + "/session.json")) try {
+          json sj = json::parse(*s);
+          row["complete"] = sj.value("complete", false);
+          row["events"] = sj.value("event_count", 0);
+          row["finished"] = sj.value("finished", "");
+          if (sj.contains("kubernetes") && sj["kubernetes"].is_object()) row["kubernetes"] = sj["kubernetes"];
+        } catch (...) {
+        }
+      bool keep = true;
+      for (const auto& [member, want] : f->kubernetes) {
+        const json k = row.value("kubernetes", json::object());
+        keep = keep && k.contains(member) && k[member].is_string() && k[member] == want;
+      }
+      if (keep) out.push_back(row);
+    }
+    if (f->json) {
+      std::cout << out.dump(2) << "\n";
+    } else {
+      // POD (namespace/name, then the container's name) when a run has one.
+      const bool pods =
+          std::any_of(out.begin(), out.end(), [](const json& r) { return r.contains("kubernetes"); });
+      auto pod = [](const json& r) {
+        const json k = r.value("kubernetes", json::object());
+        std::string s = k.value("namespace", "-") + "/" + k.value("pod_name", "-");
+        if (k.contains("container_name")) s += " " + k.value("container_name", "");
+        return r.contains("kubernetes") ? s : std::string("-");
+      };
+      const char* fmt = pods ? "%-38s %-20s %-9s %-32s %s\n" : "%-38s %-20s %-9s %s%s\n";
+      std::printf(fmt, "RUN", "CONTAINER", "COMPLETE", "FINISHED", pods ? "POD" : "");
+      for (const auto& r : out)
+        std::printf(fmt, t(r["run_id"].get<std::string>()).c_str(),
+                    t(r["container_id"].get<std::string>()).c_str(), r["complete"].get<bool>() ? "yes" : "no",
+                    t(r.value("finished", "")).c_str(), pods ? t(pod(r)).c_str() : "");
+    }
+    return 0;
+  });
+}
+
+void add_runs_show(Commands& c, CLI::App* runs) {
+  struct Flags {
+    std::string run;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd =
+      runs->add_subcommand("show", "what a run did: command, exit, processes, network, files, sandbox");
+  cmd->add_option("run", f->run, "run id, container id or run directory")->required();
+  cmd->add_flag("--json", f->json, "JSON output");
+  c.on(cmd, [f, &g = c.global()]() {
+    try {
+      std::string rd = resolve_run(g, f->run);
+      json a = attest::run_account(rd);
+      auto v = attest::verify_run(rd, attest::VerifyOptions{});
+      if (f->json) {
+        a["verified"] = v.verified();
+        a["mismatches"] = v.mismatches;
+        std::cout << a.dump(2) << "\n";
+      } else {
+        print_account(a, v);
+      }
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "agentshim runs show: " << e.what() << "\n";
+      return 2;
+    }
+  });
+}
+
+// fs-root: the filesystem root agentshim would record for a directory
+// (operators compare trees with it; the benchmarks time it).
+void add_fs_root(Commands& c) {
+  struct Flags {
+    std::string dir, cache;
+    int threads = 0;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = c.app().add_subcommand("fs-root",
+                                     "print the filesystem Merkle root of a directory (see docs/FORMATS.md)");
+  cmd->add_option("dir", f->dir, "directory")->required();
+  cmd->add_option("--cache", f->cache, "hash cache file (default: none)");
+  cmd->add_option("--threads", f->threads, "hashing threads (default: all cores)");
+  cmd->add_flag("--json", f->json, "JSON output");
+  c.on(cmd, [f]() {
+    attest::WalkOptions o;
+    o.cache_path = f->cache;
+    o.threads = static_cast<unsigned>(std::max(0, f->threads));
+    auto t0 = std::chrono::steady_clock::now();
+    auto s = attest::snapshot(f->dir, o);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    json out = {{"root", attest::hex(s.root)},
+                {"entries", s.entries.size()},
+                {"files", s.files},
+                {"bytes_hashed", s.bytes_hashed},
+                {"cache_hits", s.cache_hits},
+                {"seconds_x1000", static_cast<long long>(secs * 1000)}};
+    if (f->json)
+      std::cout << out.dump() << "\n";
+    else
+      std::cout << attest::hex(s.root) << "  " << f->dir << "\n";
+    return 0;
+  });
+}
+
+void add_keygen(Commands& c) {
+  struct Flags {
+    std::string type = "ed25519", out;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = c.app().add_subcommand("keygen", "create a signing key pair (PKCS#8 PEM)");
+  cmd->add_option("--type", f->type, "ed25519 (default) or ecdsa-p256");
+  cmd->add_option("--out", f->out,
+                  "directory for signing.pem and signing.pem.pub (default <audit-dir>/keys)");
+  c.on(cmd, [f, &g = c.global()]() {
+    auto type = attest::parse_key_type(f->type);
+    std::string dir = f->out.empty() ? run_store(g).keys_dir() : f->out;
+    mkdir_p(dir, 0700);
+    std::string path = dir + "/signing.pem";
+    auto key = attest::PrivateKey::generate(type);
+    key.save(path);
+    std::cout << "private key: " << path << " (0600)\npublic key:  " << path
+              << ".pub\nkey id:      " << key.keyid() << "\nalgorithm:   " << key.algorithm() << "\n";
+    return 0;
+  });
+}
+
 }  // namespace
 
-void Commands::add_agentshim_commands() {
-  // verify
-  auto* verify = app_.add_subcommand("verify", "verify a run's record offline (event log, ledger, signature, roots)");
-  verify->add_option("run", id_, "run id, container id or run directory")->required();
-  verify->add_option("--public-key", str_a_, "pin the signer's public key (PEM)");
-  verify->add_option("--check-path", str_b_, "also re-hash this directory and compare it with the post-run root");
-  verify->add_flag("--json", flag_a_, "print the result as JSON");
-  handlers_.push_back({verify, [this]() {
-                         try {
-                           std::string rd = resolve_run(g_, id_);
-                           attest::VerifyOptions o;
-                           o.public_key_path = str_a_;
-                           o.check_path = str_b_;
-                           if (!o.public_key_path.empty() && !path_exists(o.public_key_path))
-                             throw UsageError("--public-key " + o.public_key_path + ": no such file");
-                           if (!o.check_path.empty() && !is_dir(o.check_path))
-                             throw UsageError("--check-path " + o.check_path + ": not a directory");
-                           auto r = attest::verify_run(rd, o);
-                           if (flag_a_) {
-                             std::cout << json{{"run_dir", rd},
-                                               {"verified", r.verified()},
-                                               {"mismatches", r.mismatches},
-                                               {"notes", r.notes},
-                                               {"report", r.report}}
-                                              .dump(2)
-                                       << "\n";
-                           } else {
-                             for (const auto& n : r.notes) std::cerr << "note: " << n << "\n";
-                             if (r.verified())
-                               std::cout << "VERIFIED\n";
-                             else
-                               for (const auto& m : r.mismatches) std::cout << "MISMATCH: " << t(m) << "\n";
-                           }
-                           return r.verified() ? 0 : 1;
-                         } catch (const std::exception& e) {
-                           std::cerr << "agentshim verify: " << e.what() << "\n";
-                           return 2;
-                         }
-                       }});
-
-  // export: a run's attestation in a standard format, for records made
-  // before attestation.sigstore.json existed and for tools that want DSSE or
-  // in-toto JSON Lines (docs/VERIFYING.md).
-  auto* exp = app_.add_subcommand(
-      "export", "write a run's attestation as a Sigstore bundle, a DSSE envelope or in-toto JSON Lines");
-  exp->add_option("run", id_, "run id, container id or run directory")->required();
-  exp->add_option("--format", str_c_, "sigstore-bundle (default), dsse or intoto-jsonl")
-      ->check(CLI::IsMember({"sigstore-bundle", "dsse", "intoto-jsonl"}));
-  exp->add_option("-o,--output", str_d_, "write to this file (default: standard output)");
-  handlers_.push_back({exp, [this]() {
-                         try {
-                           return export_record(resolve_run(g_, id_),
-                                                str_c_.empty() ? "sigstore-bundle" : str_c_, str_d_);
-                         } catch (const std::exception& e) {
-                           std::cerr << "agentshim export: " << e.what() << "\n";
-                           return 2;
-                         }
-                       }});
-
-  // runs list / runs show
-  auto* runs = app_.add_subcommand("runs", "list and show run records");
+void add_record_commands(Commands& c) {
+  add_verify(c);
+  add_export(c);
+  auto* runs = c.app().add_subcommand("runs", "list and show run records");
   runs->require_subcommand(1);
-  auto* list = runs->add_subcommand("list", "list the runs recorded on this host");
-  list->add_flag("--json", flag_a_, "JSON output");
-  handlers_.push_back({list, [this]() {
-                         std::string audit = audit_dir_of(g_);
-                         json out = json::array();
-                         for (const auto& id : run_ids(audit)) {
-                           std::string rd = audit + "/runs/" + id;
-                           json row = {{"run_id", id}, {"container_id", container_of(rd)}, {"complete", false}};
-                           if (auto s = try_read_file(rd + "/session.json")) try {
-                               json sj = json::parse(*s);
-                               row["complete"] = sj.value("complete", false);
-                               row["events"] = sj.value("event_count", 0);
-                               row["finished"] = sj.value("finished", "");
-                             } catch (...) {
-                             }
-                           out.push_back(row);
-                         }
-                         if (flag_a_) {
-                           std::cout << out.dump(2) << "\n";
-                         } else {
-                           std::printf("%-38s %-20s %-9s %s\n", "RUN", "CONTAINER", "COMPLETE", "FINISHED");
-                           for (const auto& r : out)
-                             std::printf("%-38s %-20s %-9s %s\n", t(r["run_id"].get<std::string>()).c_str(),
-                                         t(r["container_id"].get<std::string>()).c_str(),
-                                         r["complete"].get<bool>() ? "yes" : "no",
-                                         t(r.value("finished", "")).c_str());
-                         }
-                         return 0;
-                       }});
-  auto* show = runs->add_subcommand("show", "what a run did: command, exit, processes, network, files, sandbox");
-  show->add_option("run", id_, "run id, container id or run directory")->required();
-  show->add_flag("--json", flag_b_, "JSON output");
-  handlers_.push_back({show, [this]() {
-                         try {
-                           std::string rd = resolve_run(g_, id_);
-                           json a = attest::run_account(rd);
-                           auto v = attest::verify_run(rd, attest::VerifyOptions{});
-                           if (flag_b_) {
-                             a["verified"] = v.verified();
-                             a["mismatches"] = v.mismatches;
-                             std::cout << a.dump(2) << "\n";
-                           } else {
-                             print_account(a, v);
-                           }
-                           return 0;
-                         } catch (const std::exception& e) {
-                           std::cerr << "agentshim runs show: " << e.what() << "\n";
-                           return 2;
-                         }
-                       }});
-
-  // fs-root: the filesystem root agentshim would record for a directory
-  // (operators compare trees with it; the benchmarks time it).
-  auto fsroot = app_.add_subcommand("fs-root", "print the filesystem Merkle root of a directory (see docs/FORMATS.md)");
-  fsroot->add_option("dir", str_a_, "directory")->required();
-  fsroot->add_option("--cache", str_b_, "hash cache file (default: none)");
-  fsroot->add_option("--threads", int_a_, "hashing threads (default: all cores)");
-  fsroot->add_flag("--json", flag_a_, "JSON output");
-  handlers_.push_back({fsroot, [this]() {
-                         attest::WalkOptions o;
-                         o.cache_path = str_b_;
-                         o.threads = static_cast<unsigned>(std::max(0, int_a_));
-                         auto t0 = std::chrono::steady_clock::now();
-                         auto s = attest::snapshot(str_a_, o);
-                         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-                         json out = {{"root", attest::hex(s.root)},
-                                     {"entries", s.entries.size()},
-                                     {"files", s.files},
-                                     {"bytes_hashed", s.bytes_hashed},
-                                     {"cache_hits", s.cache_hits},
-                                     {"seconds_x1000", static_cast<long long>(secs * 1000)}};
-                         if (flag_a_)
-                           std::cout << out.dump() << "\n";
-                         else
-                           std::cout << attest::hex(s.root) << "  " << str_a_ << "\n";
-                         return 0;
-                       }});
-
-  // keygen
-  auto* keygen = app_.add_subcommand("keygen", "create a signing key pair (PKCS#8 PEM)");
-  keygen->add_option("--type", str_c_, "ed25519 (default) or ecdsa-p256");
-  keygen->add_option("--out", str_d_, "directory for signing.pem and signing.pem.pub (default <audit-dir>/keys)");
-  handlers_.push_back({keygen, [this]() {
-                         auto type = attest::parse_key_type(str_c_.empty() ? "ed25519" : str_c_);
-                         std::string dir = str_d_.empty() ? audit_dir_of(g_) + "/keys" : str_d_;
-                         mkdir_p(dir, 0700);
-                         std::string path = dir + "/signing.pem";
-                         auto key = attest::PrivateKey::generate(type);
-                         key.save(path);
-                         std::cout << "private key: " << path << " (0600)\npublic key:  " << path << ".pub\nkey id:      "
-                                   << key.keyid() << "\nalgorithm:   " << key.algorithm() << "\n";
-                         return 0;
-                       }});
+  add_runs_list(c, runs);
+  add_runs_show(c, runs);
+  add_fs_root(c);
+  add_keygen(c);
 }
 
 }  // namespace agentshim::cli

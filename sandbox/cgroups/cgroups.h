@@ -105,7 +105,6 @@ class Manager {
   virtual json save() const = 0;
   // Move a process into the container's cgroup in every hierarchy.
   virtual void apply(pid_t pid) = 0;
-  void join(pid_t pid) { apply(pid); }
   // Move the calling process, which must be single-threaded, into the
   // container's cgroup. In v1 hierarchies it writes "0" to `tasks`: a task
   // moving itself needs no global threadgroup lock, so no RCU grace period
@@ -178,6 +177,9 @@ std::string host_dir(const MountPoint& m, const std::string& self_path, const st
 std::string v2_relative_base(const std::string& self_path);
 // mkdir each missing component of `dir` below `mount`; returns those created.
 std::vector<std::string> make_dirs(const std::string& mount, const std::string& dir);
+// What save() writes for every version: the host's layout, the driver and
+// the cgroupsPath; each manager adds its own fields.
+json saved_layout(const Host& host, bool systemd, const std::string& path);
 // Host's page sizes as the hugetlb controller names them ("2MB", "1GB").
 std::vector<std::string> hugepage_sizes();
 }  // namespace detail

@@ -18,6 +18,7 @@
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/log.h"
+#include "common/mountinfo.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
 
@@ -36,21 +37,6 @@ std::string layout_name(Layout l) {
 }
 
 namespace {
-// mountinfo escapes space, tab, newline and backslash as \ooo.
-std::string unescape_mountinfo(const std::string& s) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size() && std::isdigit(s[i + 1]) && std::isdigit(s[i + 2]) &&
-        std::isdigit(s[i + 3])) {
-      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
-      i += 3;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
-
 bool is_v1_controller_option(const std::string& o) {
   static const std::set<std::string> non_controllers = {
       "rw",     "ro",       "relatime",   "noatime",
@@ -64,24 +50,18 @@ bool is_v1_controller_option(const std::string& o) {
 
 Host Host::parse(const std::string& mountinfo, const std::string& proc_self_cgroup) {
   Host h;
-  std::istringstream in(mountinfo);
   std::string line;
   bool have_v1 = false;
-  while (std::getline(in, line)) {
-    auto dash = line.find(" - ");
-    if (dash == std::string::npos) continue;
-    auto pre = split(line.substr(0, dash), ' ');
-    auto post = split(line.substr(dash + 3), ' ');
-    if (pre.size() < 5 || post.size() < 3) continue;
-    const std::string& fstype = post[0];
+  for (const auto& mi : parse_mountinfo(mountinfo)) {
+    const std::string& fstype = mi.fstype;
     if (fstype != "cgroup" && fstype != "cgroup2") continue;
     MountPoint m;
-    m.root = unescape_mountinfo(pre[3]);
-    m.path = unescape_mountinfo(pre[4]);
+    m.root = mi.root;
+    m.path = mi.mount_point;
     m.fstype = fstype;
     if (fstype == "cgroup") {
       std::vector<std::string> ctrls;
-      for (const auto& o : split(post[2], ','))
+      for (const auto& o : split(mi.super_options, ','))
         if (is_v1_controller_option(o)) ctrls.push_back(o);
       if (ctrls.empty()) continue;
       // The same hierarchy mounted twice (bind mounts): keep the first.
@@ -369,6 +349,22 @@ uint64_t shares_to_weight(uint64_t shares) {
   if (shares < 2) shares = 2;
   if (shares > 262144) shares = 262144;
   return 1 + ((shares - 2) * 9999) / 262142;
+}
+
+json saved_layout(const Host& host, bool systemd, const std::string& path) {
+  json mounts = json::array();
+  for (const auto& m : host.mounts)
+    mounts.push_back({{"path", m.path},
+                      {"root", m.root},
+                      {"fstype", m.fstype},
+                      {"options", m.options},
+                      {"controllers", m.controllers}});
+  return {{"version", 1},
+          {"driver", systemd ? "systemd" : "cgroupfs"},
+          {"layout", layout_name(host.layout)},
+          {"path", path},
+          {"mounts", mounts},
+          {"self", host.self}};
 }
 
 std::vector<std::string> hugepage_sizes() {

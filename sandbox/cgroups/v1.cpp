@@ -105,21 +105,10 @@ class V1Manager final : public Manager {
   }
 
   json save() const override {
-    json mounts = json::array();
-    for (const auto& m : host_.mounts)
-      mounts.push_back({{"path", m.path},
-                        {"root", m.root},
-                        {"fstype", m.fstype},
-                        {"options", m.options},
-                        {"controllers", m.controllers}});
-    return {{"version", 1},
-            {"driver", systemd_ ? "systemd" : "cgroupfs"},
-            {"layout", layout_name(host_.layout)},
-            {"path", path_},
-            {"mounts", mounts},
-            {"self", host_.self},
-            {"unified_ok", unified_.has_value()},
-            {"created", created_}};
+    json saved = detail::saved_layout(host_, systemd_, path_);
+    saved["unified_ok"] = unified_.has_value();
+    saved["created"] = created_;
+    return saved;
   }
 
   void join_self(bool include_v2) override {

@@ -53,21 +53,10 @@ class V2Manager final : public Manager {
   }
 
   json save() const override {
-    json mounts = json::array();
-    for (const auto& m : host_.mounts)
-      mounts.push_back({{"path", m.path},
-                        {"root", m.root},
-                        {"fstype", m.fstype},
-                        {"options", m.options},
-                        {"controllers", m.controllers}});
-    return {{"version", 1},
-            {"driver", systemd_ ? "systemd" : "cgroupfs"},
-            {"layout", layout_name(host_.layout)},
-            {"path", path_},
-            {"mounts", mounts},
-            {"self", host_.self},
-            {"dir", dir_},
-            {"created", created_}};
+    json saved = detail::saved_layout(host_, systemd_, path_);
+    saved["dir"] = dir_;
+    saved["created"] = created_;
+    return saved;
   }
 
   void apply(pid_t pid) override { write(dir_, "cgroup.procs", std::to_string(pid)); }

@@ -15,51 +15,16 @@
 #include "attest/tsa.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "tests/attest/run_fixture.h"
 
 using namespace agentshim;
 using namespace agentshim::attest;
 using json = nlohmann::json;
 
 namespace {
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/bundle-test-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~TempDir() { remove_tree(path); }
-};
-
-// One small run: a tracked tree changed by "the workload", a few events.
-std::string make_run(const std::string& base, KeyType kt, const std::string& key_path = "") {
-  std::string ws = base + "/ws";
-  mkdir_p(ws, 0755);
-  write_file(ws + "/keep.txt", "keep\n");
-  write_file(ws + "/modify.txt", "modify\n");
-  RecordConfig c;
-  c.audit_dir = base + "/audit";
-  c.run_id = new_run_id();
-  c.container_id = "c1";
-  c.key_type = kt;
-  c.key_path = key_path;
-  c.hash_cache = false;
-  RunRecord r(c);
-  r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
-  r.snapshot_before({TrackedTree{"/workspace", ws, {}, {}}});
-  r.event("run.started", {{"init_pid", 7}});
-  r.event("process.exec", {{"pid", 7}, {"path", "/bin/true"}, {"argv", {"/bin/true"}}});
-  write_file(ws + "/modify.txt", "modified\n");
-  write_file(ws + "/added.txt", "new\n");
-  r.event("run.exit", {{"code", 0}, {"signal", ""}});
-  r.snapshot_after();
-  r.finalize({{"exit", {{"code", 0}}}});
-  return r.dir();
-}
-
-json statement_of(const std::string& rd) {
-  json env = json::parse(read_file(rd + "/attestation.intoto.json"));
-  return json::parse(base64_decode(env["payload"].get<std::string>()));
-}
+using testutil::make_run;
+using testutil::statement_of;
+using testutil::TempDir;
 
 void flip_byte(const std::string& path, std::size_t at) {
   std::string s = read_file(path);

@@ -25,22 +25,16 @@
 #include "attest/canonical.h"
 #include "common/fd.h"
 #include "common/util.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 using namespace agentshim::attest;
 
 namespace {
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/fstree-test-XXXXXX";
-    path = ::mkdtemp(t);
-    ::chmod(path.c_str(), 0755);
-  }
-  ~TempDir() {
-    ::umount2((path + "/mnt").c_str(), MNT_DETACH);
-    remove_tree(path);
-  }
+// World-readable, and whatever a test mounted on <path>/mnt is gone first.
+struct TempDir : testutil::TempDir {
+  TempDir() : testutil::TempDir("fstree-test") { ::chmod(path.c_str(), 0755); }
+  ~TempDir() { ::umount2((path + "/mnt").c_str(), MNT_DETACH); }
 };
 
 const FsEntry* find(const FsSnapshot& s, const std::string& p) {

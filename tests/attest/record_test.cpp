@@ -17,20 +17,14 @@
 #include "attest/sign.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 using namespace agentshim::attest;
 using json = nlohmann::json;
 
 namespace {
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/attest-test-XXXXXX";
-    path = ::mkdtemp(t);
-  }
-  ~TempDir() { remove_tree(path); }
-};
+using testutil::TempDir;
 
 std::vector<std::string> lines_of(const std::string& p) {
   std::vector<std::string> out;

@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/util.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 
@@ -38,9 +39,8 @@ TEST(Util, ReadFileErrorNamesPath) {
 }
 
 TEST(Util, AtomicWriteAndRemoveTree) {
-  char tmpl[] = "/tmp/agentshim-common-XXXXXX";
-  ASSERT_NE(mkdtemp(tmpl), nullptr);
-  std::string dir = tmpl;
+  testutil::TempDir t("agentshim-common");
+  const std::string dir = t.path;
   mkdir_p(dir + "/a/b/c");
   write_file_atomic(dir + "/a/b/c/f", "hello");
   EXPECT_EQ(read_file(dir + "/a/b/c/f"), "hello");

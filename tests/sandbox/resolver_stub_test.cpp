@@ -40,10 +40,10 @@ const json kInternal = {{"mode", "internal"}};
 }  // namespace
 
 TEST(ResolverStub, CreatesTheMountpointAndTheBind) {
-  TempDir root, state;
+  TempDir root;
   ASSERT_EQ(::mkdir((root.path + "/etc").c_str(), 0755), 0);
   json cfg = config_with_netns(), decisions = json::array();
-  container::point_resolver_at_stub(cfg, kInternal, decisions, state.path, root.path);
+  container::point_resolver_at_stub(cfg, kInternal, decisions, root.path);
   EXPECT_TRUE(is_regular(root.path + "/etc/resolv.conf"));
   EXPECT_TRUE(is_regular("/run/agentshim.dns/resolv.conf"));  // one shared, world-readable file
   ASSERT_EQ(cfg["mounts"].size(), 1u);
@@ -54,11 +54,11 @@ TEST(ResolverStub, CreatesTheMountpointAndTheBind) {
 }
 
 TEST(ResolverStub, KeepsAnExistingFile) {
-  TempDir root, state;
+  TempDir root;
   ASSERT_EQ(::mkdir((root.path + "/etc").c_str(), 0755), 0);
   { std::ofstream(root.path + "/etc/resolv.conf") << "nameserver 192.0.2.1\n"; }
   json cfg = config_with_netns(), decisions = json::array();
-  container::point_resolver_at_stub(cfg, kInternal, decisions, state.path, root.path);
+  container::point_resolver_at_stub(cfg, kInternal, decisions, root.path);
   std::ifstream in(root.path + "/etc/resolv.conf");
   std::string line;
   std::getline(in, line);
@@ -67,24 +67,24 @@ TEST(ResolverStub, KeepsAnExistingFile) {
 }
 
 TEST(ResolverStub, NeverCreatesOutsideTheRootfs) {
-  TempDir root, state, outside;
+  TempDir root, outside;
   ASSERT_EQ(::mkdir((root.path + "/etc").c_str(), 0755), 0);
   // A dangling absolute symlink: resolved beneath the rootfs, never on the host.
   const std::string target = outside.path + "/pwned";
   ASSERT_EQ(::symlink(target.c_str(), (root.path + "/etc/resolv.conf").c_str()), 0);
   json cfg = config_with_netns(), decisions = json::array();
-  EXPECT_NO_THROW(container::point_resolver_at_stub(cfg, kInternal, decisions, state.path, root.path));
+  EXPECT_NO_THROW(container::point_resolver_at_stub(cfg, kInternal, decisions, root.path));
   EXPECT_FALSE(lexists(target));
   EXPECT_EQ(cfg["mounts"].size(), 1u);  // the init reports whatever the mount meets
 }
 
 TEST(ResolverStub, NothingWithoutInternalNetworkOrEtc) {
-  TempDir root, state;
+  TempDir root;
   json cfg = config_with_netns(), decisions = json::array();
-  container::point_resolver_at_stub(cfg, kInternal, decisions, state.path, root.path);  // no /etc
+  container::point_resolver_at_stub(cfg, kInternal, decisions, root.path);  // no /etc
   EXPECT_TRUE(cfg["mounts"].empty());
   ASSERT_EQ(::mkdir((root.path + "/etc").c_str(), 0755), 0);
-  container::point_resolver_at_stub(cfg, json{{"mode", "passthrough"}}, decisions, state.path, root.path);
+  container::point_resolver_at_stub(cfg, json{{"mode", "passthrough"}}, decisions, root.path);
   EXPECT_TRUE(cfg["mounts"].empty());
   EXPECT_FALSE(lexists(root.path + "/etc/resolv.conf"));
   EXPECT_TRUE(decisions.empty());

@@ -25,6 +25,7 @@
 
 #include "common/error.h"
 #include "tests/child.h"
+#include "tests/temp_dir.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -377,9 +378,8 @@ TEST(SeccompNotify, UnconditionalExecveAllow) {
 // ---------------------------------------------------------------- behaviour
 
 TEST(SeccompBehaviour, ErrnoOnMkdir) {
-  char tmpl[] = "/tmp/agentshim-seccomp-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  std::string target = std::string(tmpl) + "/blocked";
+  testutil::TempDir tmp("agentshim-seccomp");
+  std::string target = tmp.path + "/blocked";
   json c = json::parse(R"({"defaultAction": "SCMP_ACT_ALLOW",
     "syscalls": [{"names": ["mkdirat", "mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]})");
   auto f = seccomp::compile(c);
@@ -400,7 +400,6 @@ TEST(SeccompBehaviour, ErrnoOnMkdir) {
   // The parent is not filtered.
   EXPECT_EQ(::mkdir(target.c_str(), 0755), 0) << std::strerror(errno);
   ::rmdir(target.c_str());
-  ::rmdir(tmpl);
 }
 
 TEST(SeccompBehaviour, ArgumentFilter) {
@@ -558,9 +557,8 @@ std::string fd_target(int fd) {
 }  // namespace
 
 TEST(SeccompBpf, ExportedProgramBehavesLikeTheLoadedFilter) {
-  char tmpl[] = "/tmp/agentshim-seccomp-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  std::string target = std::string(tmpl) + "/blocked";
+  testutil::TempDir tmp("agentshim-seccomp");
+  std::string target = tmp.path + "/blocked";
   json c = json::parse(R"({"defaultAction": "SCMP_ACT_ALLOW",
     "syscalls": [{"names": ["mkdirat", "mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
                  {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 33,
@@ -589,7 +587,6 @@ TEST(SeccompBpf, ExportedProgramBehavesLikeTheLoadedFilter) {
   EXPECT_EQ(code, 0) << "child exit code " << code;
   EXPECT_EQ(::mkdir(path, 0755), 0) << std::strerror(errno);  // the parent is not filtered
   ::rmdir(path);
-  ::rmdir(tmpl);
 }
 
 TEST(SeccompBpf, KillProcess) {
