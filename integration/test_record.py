@@ -244,7 +244,13 @@ def test_supervisor_sigkill_leaves_a_verifiable_prefix(shim, bundle, cid, worksp
     deadline = time.time() + 10
     while time.time() < deadline and b"/bin/sleep" not in open(os.path.join(rd, "events.ndjson"), "rb").read():
         time.sleep(0.05)
-    os.kill(int(open(pidfile).read()), signal.SIGKILL)
+    # The supervisor itself (the sentinel's only child) dies; killing the
+    # sentinel instead ends the run with a complete record
+    # (test_record_survives.py).
+    sentinel = int(open(pidfile).read())
+    with open(f"/proc/{sentinel}/task/{sentinel}/children") as f:
+        supervisor = int(f.read().split()[0])
+    os.kill(supervisor, signal.SIGKILL)
     wait_status(shim, cid, "stopped")
     r = verify(shim, cid)
     assert r.returncode == 1
