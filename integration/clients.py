@@ -335,6 +335,10 @@ class Dockerd:
         return os.path.join(self.exec_root, "runtime-runc", "moby")
 
     def stop(self):
+        if self.SYSTEMD_CGROUP:
+            # The pods' slices (the kubelet's to remove; their scopes are
+            # gone with the pods): stopping the top slice stops them all.
+            run(["systemctl", "stop", f"{self.SLICE_TOP}.slice"])
         if self.proc is not None:
             # Containers first (they would otherwise be killed by containerd's exit).
             r = self("ps", "-aq", timeout=30)
@@ -422,6 +426,10 @@ class Containerd:
         return r.stdout.decode()
 
     def stop(self):
+        if self.SYSTEMD_CGROUP:
+            # The pods' slices (the kubelet's to remove; their scopes are
+            # gone with the pods): stopping the top slice stops them all.
+            run(["systemctl", "stop", f"{self.SLICE_TOP}.slice"])
         if self.proc is not None:
             r = self("tasks", "ls", "-q", timeout=30)
             for t in (r.stdout.decode().split() if r.returncode == 0 else []):
@@ -501,6 +509,12 @@ class CriContainerd(Containerd):
     SANDBOX_IMAGE = "localhost/pause:agentshim-test"
     IMAGE = "localhost/busybox:agentshim-test"
     CGROUP_TOP = "kubepods-astest"  # the kubelet's /kubepods, cgroupfs driver
+    # The kubelet's systemd cgroup driver (containerd's SystemdCgroup = true
+    # for the handlers): CRI_SYSTEMD_CGROUP=1, set by scripts/guest/test.sh in
+    # the systemd guest. Pods then go below the slice SLICE_TOP.slice (the
+    # kubelet's kubepods.slice), stopped through systemd at stop().
+    SYSTEMD_CGROUP = os.environ.get("CRI_SYSTEMD_CGROUP") == "1"
+    SLICE_TOP = "astest"
 
     def __init__(self, base, bridge, subnet, gateway):
         wrapper = os.path.join(base, "agentshim")
@@ -534,6 +548,7 @@ class CriContainerd(Containerd):
                 '  runtime_type = "io.containerd.runc.v2"\n'
                 f"[{cri}.containerd.runtimes.runc.options]\n"
                 f'  BinaryName = "{RUNC}"\n'
+                + ("  SystemdCgroup = true\n" if self.SYSTEMD_CGROUP else "") +
                 f"[{cri}.cni]\n"
                 '  bin_dir = "/usr/lib/cni"\n'
                 f'  conf_dir = "{self.cni_conf}"\n'
@@ -606,6 +621,10 @@ class CriContainerd(Containerd):
         return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
 
     def stop(self):
+        if self.SYSTEMD_CGROUP:
+            # The pods' slices (the kubelet's to remove; their scopes are
+            # gone with the pods): stopping the top slice stops them all.
+            run(["systemctl", "stop", f"{self.SLICE_TOP}.slice"])
         if self.proc is not None:
             if self.hugetlb:
                 # The pods' parents in the hierarchy that only containerd's

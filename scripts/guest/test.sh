@@ -28,7 +28,11 @@ for cfg in ${GUEST_CONFIGS:-v2-root v2-child systemd}; do
     v2-child) opts=(--placement child)
       suites=(integration/test_lifecycle.py integration/test_bad_input.py integration/test_sandbox.py
         integration/test_cgroups.py) ;;
-    systemd) opts=(--systemd) suites=("${cgroup_tests[@]}") ;;
+    # The CRI suite with containerd's SystemdCgroup = true (the kubelet's
+    # systemd driver) joins the cgroup tests here ("test_cri" in -k).
+    systemd) opts=(--systemd --env CRI_SYSTEMD_CGROUP=1)
+      suites=(integration/test_cgroups.py integration/test_lifecycle.py integration/test_cri.py
+        -k "${cgroup_tests[3]} or test_cri") ;;
     *) echo "guest test: unknown configuration $cfg" >&2; exit 2 ;;
   esac
   [ ${#given[@]} -gt 0 ] && suites=("${given[@]}")
