@@ -227,7 +227,9 @@ struct JobWait {
 
   explicit JobWait(sd_bus* bus) {
     sd_bus_slot* s = nullptr;
-    check(sd_bus_match_signal(bus, &s, kDest, kPath, kIface, "JobRemoved", &JobWait::on_removed, this),
+    // No sender in the match: a direct connection (the private socket) has no
+    // bus names, so its messages carry none (systemctl matches the same way).
+    check(sd_bus_match_signal(bus, &s, nullptr, kPath, kIface, "JobRemoved", &JobWait::on_removed, this),
           "systemd: subscribe to JobRemoved");
     slot.reset(s);
     // Direct connections get signals only once subscribed.

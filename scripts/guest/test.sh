@@ -15,7 +15,9 @@ build=$(realpath "${1:-build}")
 shift || true
 given=("$@")
 case "$build" in "$repo"/*) ;; *) echo "guest test: $build must be inside $repo (shared with the guest)" >&2; exit 2 ;; esac
+start=$(date +%s)
 "$here/build-image.sh" >/dev/null
+echo "=== guest image: ready in $(($(date +%s) - start)) s"
 # What each guest runs unless arguments say otherwise: everything in one
 # placement, the cgroup tests (and lifecycle's cgroup-touching ones) in the
 # others, to fit CI's time (docs/OPERATIONS.md has the figures).
