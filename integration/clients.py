@@ -384,6 +384,8 @@ class Containerd:
             snippet = f.read()
         # The snippet names the installed binary; the test uses the build's.
         snippet = snippet.replace("/usr/local/bin/agentshim", self.agentshim_binary)
+        if getattr(self, "SYSTEMD_CGROUP", False):  # the snippet's line for systemd-driver nodes
+            snippet = snippet.replace("# SystemdCgroup = true", "SystemdCgroup = true")
         with open(self.config, "w") as f:
             f.write("version = 2\n"
                     f'root = "{self.root}"\nstate = "{self.state}"\n'
