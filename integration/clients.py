@@ -335,10 +335,6 @@ class Dockerd:
         return os.path.join(self.exec_root, "runtime-runc", "moby")
 
     def stop(self):
-        if self.SYSTEMD_CGROUP:
-            # The pods' slices (the kubelet's to remove; their scopes are
-            # gone with the pods): stopping the top slice stops them all.
-            run(["systemctl", "stop", f"{self.SLICE_TOP}.slice"])
         if self.proc is not None:
             # Containers first (they would otherwise be killed by containerd's exit).
             r = self("ps", "-aq", timeout=30)
@@ -428,10 +424,6 @@ class Containerd:
         return r.stdout.decode()
 
     def stop(self):
-        if self.SYSTEMD_CGROUP:
-            # The pods' slices (the kubelet's to remove; their scopes are
-            # gone with the pods): stopping the top slice stops them all.
-            run(["systemctl", "stop", f"{self.SLICE_TOP}.slice"])
         if self.proc is not None:
             r = self("tasks", "ls", "-q", timeout=30)
             for t in (r.stdout.decode().split() if r.returncode == 0 else []):
