@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "attest/canonical.h"
 #include "common/error.h"
@@ -413,6 +414,56 @@ LogCheck check_log(const std::string& path, const std::function<bool(const std::
   c.merkle_root = merkle_root(leaves);
   c.finalized = !c.events.empty() && c.events.back().type == "run.finalized";
   return c;
+}
+
+std::vector<std::string> check_run_events(const std::vector<LoggedEvent>& events) {
+  std::vector<std::string> out;
+  auto at = [&](std::size_t i) {
+    return "seq " + std::to_string(events[i].seq) + " (" + events[i].type + ")";
+  };
+  if (events.empty() || events.front().type != "run.created")
+    out.push_back("run.created is not the first event");
+  std::optional<std::size_t> started, exit, finalized, before, after, changes, first_exec;
+  int n_started = 0, n_exit = 0, n_finalized = 0, n_before = 0, n_after = 0;
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    const auto& t = events[i].type;
+    if (t == "run.started") {
+      n_started++;
+      if (!started) started = i;
+    } else if (t == "run.exit") {
+      n_exit++;
+      if (!exit) exit = i;
+    } else if (t == "run.finalized") {
+      n_finalized++;
+      if (!finalized) finalized = i;
+    } else if (t == "process.exec" || t == "process.exec_failed" || t == "caller.exec") {
+      if (!first_exec) first_exec = i;
+    } else if (t == "fs.root") {
+      std::string phase = events[i].data.is_object() ? events[i].data.value("phase", "") : "";
+      if (phase == "before") {
+        n_before++;
+        if (!before) before = i;
+      } else if (phase == "after") {
+        n_after++;
+        if (!after) after = i;
+      }
+    } else if (t == "fs.changes" && !changes) {
+      changes = i;
+    }
+  }
+  if (n_finalized != 1 || events.empty() || events.back().type != "run.finalized")
+    out.push_back("run.finalized is not the last event, once (" + std::to_string(n_finalized) + " of them)");
+  if (n_exit != 1)
+    out.push_back("run.exit appears " + std::to_string(n_exit) + " times (once in a complete run)");
+  if (exit && finalized && *exit > *finalized) out.push_back("run.exit comes after run.finalized");
+  if (n_started > 1) out.push_back("run.started appears " + std::to_string(n_started) + " times");
+  if (first_exec && !started) out.push_back(at(*first_exec) + " in a run without run.started");
+  if (first_exec && started && *first_exec < *started)
+    out.push_back(at(*first_exec) + " comes before run.started (" + at(*started) + ")");
+  if (n_before > 1 || n_after > 1) out.push_back("fs.root: more than one before or after");
+  if (before && after && *after < *before) out.push_back("fs.root after comes before fs.root before");
+  if (changes && (!after || *changes < *after)) out.push_back("fs.changes comes before fs.root after");
+  return out;
 }
 
 }  // namespace agentshim::attest

@@ -100,6 +100,16 @@ struct LoggedEvent {
   Digest leaf, chain;
 };
 
+// The mandatory events of a complete run and their order (FORMATS.md,
+// "Mandatory events"): run.created first; run.finalized last and once;
+// run.exit once, before it; run.started at most once and before every
+// process.exec, process.exec_failed and caller.exec (a run with any of
+// those was started); fs.root "before" and "after" at most once each, in
+// that order, fs.changes after the "after". One problem string per rule
+// broken (empty: the events are in order). `events` need only their types
+// and, for fs.root, their data.
+std::vector<std::string> check_run_events(const std::vector<struct LoggedEvent>& events);
+
 struct LogCheck {
   std::vector<std::string> problems;  // empty = intact
   std::vector<LoggedEvent> events;    // the lines that verified, in order

@@ -457,6 +457,9 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
     }
   }
   if (!lc.finalized && lc.problems.empty()) miss("events.ndjson does not end with run.finalized");
+  // A complete run has its mandatory events, in order (FORMATS.md).
+  if (lc.problems.empty() && session.is_object() && session.value("complete", false))
+    for (const auto& p : check_run_events(lc.events)) miss("complete run: " + p);
 
   // 3. The attestation: envelope, signature, statement.
   auto env_text = slurp(rd + "/" + kEnvelopeFile);
@@ -646,6 +649,7 @@ VerifyResult verify_run(const std::string& rd, const VerifyOptions& o) {
 json run_account(const std::string& rd) {
   LogCheck lc = check_log(rd + "/events.ndjson");
   json a = {{"processes", json::array()},
+            {"exec_attempts_failed", json::array()},
             {"caller_execs", json::array()},
             {"network", {{"allowed", json::array()}, {"denied", json::array()}, {"dns", json::array()}}},
             {"files", {{"added", json::array()}, {"modified", json::array()}, {"removed", json::array()}}},
@@ -665,11 +669,20 @@ json run_account(const std::string& rd) {
     } else if (ev.type == "run.started") {
       a["started"] = ev.time;
     } else if (ev.type == "process.exec") {
-      a["processes"].push_back(json{{"time", ev.time},
-                                    {"pid", d.value("pid", 0)},
-                                    {"path", d.value("path", "")},
-                                    {"argv", d.value("argv", json::array())},
-                                    {"sha256", d.value("sha256", "")}});
+      json p{{"time", ev.time},
+             {"pid", d.value("pid", 0)},
+             {"path", d.value("path", "")},
+             {"argv", d.value("argv", json::array())},
+             {"sha256", d.value("sha256", "")}};
+      if (d.contains("session")) p["session"] = d["session"];
+      a["processes"].push_back(std::move(p));
+    } else if (ev.type == "process.exec_failed") {
+      json p{{"time", ev.time},
+             {"pid", d.value("pid", 0)},
+             {"path", d.value("path", "")},
+             {"errno", d.value("errno", "")}};
+      if (d.contains("session")) p["session"] = d["session"];
+      a["exec_attempts_failed"].push_back(std::move(p));
     } else if (ev.type == "caller.exec") {
       a["caller_execs"].push_back(json{{"time", ev.time}, {"args", d.value("args", json::array())}});
     } else if (ev.type == "net.connection") {

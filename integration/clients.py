@@ -331,6 +331,11 @@ class Dockerd:
         """Run a host binary inside dockerd's network namespace (only that one)."""
         return run(["nsenter", f"--net=/run/netns/{self.netns}", *cmd], timeout=timeout, input=input)
 
+    def popen_in_netns(self, *cmd):
+        """Start a host binary inside dockerd's network namespace; the caller kills it."""
+        return subprocess.Popen(["nsenter", f"--net=/run/netns/{self.netns}", *cmd], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
     def runtime_root(self):
         return os.path.join(self.exec_root, "runtime-runc", "moby")
 
@@ -670,8 +675,13 @@ class Podman:
         self.policy = agentshim_policy(base)
         # podman passes --runtime's path, and runtime_flags from the command line.
         self.conf = os.path.join(base, "containers.conf")
+        # default_ulimits: what ulimits() asks for, for the containers no
+        # --ulimit reaches (a pod's infra container).
+        lim = self.ulimits()
         with open(self.conf, "w") as f:
-            f.write("[engine]\n"
+            f.write("[containers]\n"
+                    f'default_ulimits = ["{lim[1]}", "{lim[3]}"]\n'
+                    "[engine]\n"
                     f'runtime = "runc"\n'
                     'cgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
                     f'events_logfile_path = "{os.path.join(base, "events.log")}"\n'

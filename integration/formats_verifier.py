@@ -110,7 +110,54 @@ def check_events(path):
             break
         leaves.append(leaf)
         events.append(ev)
+    problems += check_exec_sessions(events)
     return problems, events, mth(leaves).hex(), chain.hex()
+
+
+def check_run_events(events):
+    """FORMATS.md "Mandatory events of a complete run", each rule apart."""
+    problems = []
+    types = [e["type"] for e in events]
+    idx = lambda t: [i for i, x in enumerate(types) if x == t]  # noqa: E731
+    phase = lambda p: [i for i, e in enumerate(events) if e["type"] == "fs.root" and e["data"].get("phase") == p]  # noqa: E731
+    if not types or types[0] != "run.created":
+        problems.append("complete run: run.created is not the first event")
+    if len(idx("run.finalized")) != 1 or types[-1] != "run.finalized":
+        problems.append("complete run: run.finalized is not the last event, once")
+    exits, started = idx("run.exit"), idx("run.started")
+    if len(exits) != 1:
+        problems.append(f"complete run: run.exit appears {len(exits)} times")
+    if len(started) > 1:
+        problems.append(f"complete run: run.started appears {len(started)} times")
+    execs = [i for i, t in enumerate(types) if t in ("process.exec", "process.exec_failed", "caller.exec")]
+    if execs and not started:
+        problems.append(f"complete run: seq {execs[0]} ({types[execs[0]]}) in a run without run.started")
+    elif execs and execs[0] < started[0]:
+        problems.append(f"complete run: seq {execs[0]} ({types[execs[0]]}) comes before run.started")
+    before, after, changes = phase("before"), phase("after"), idx("fs.changes")
+    if len(before) > 1 or len(after) > 1:
+        problems.append("complete run: fs.root: more than one before or after")
+    if before and after and after[0] < before[0]:
+        problems.append("complete run: fs.root after comes before fs.root before")
+    if changes and (not after or changes[0] < after[0]):
+        problems.append("complete run: fs.changes comes before fs.root after")
+    return problems
+
+
+def check_exec_sessions(events):
+    """FORMATS.md: `session` (1-64 lowercase hex digits) in caller.exec and in
+    the process.exec events of that exec session (a session whose process
+    failed to start has process.exec events but no caller.exec)."""
+    problems = []
+    for ev in events:
+        if ev["type"] == "process.exec_failed" and ev["data"].get("errno") not in ("ENOENT", "ENOTDIR"):
+            problems.append(f"event seq {ev['seq']}: process.exec_failed errno {ev['data'].get('errno')!r}")
+        if ev["type"] not in ("caller.exec", "process.exec", "process.exec_failed") or "session" not in ev["data"]:
+            continue
+        s = ev["data"]["session"]
+        if not (isinstance(s, str) and 1 <= len(s) <= 64 and all(c in "0123456789abcdef" for c in s)):
+            problems.append(f"event seq {ev['seq']}: session {s!r} is not 1-64 hex digits")
+    return problems
 
 
 def verify_signature(pub_pem, pae, sig):
@@ -165,6 +212,8 @@ def verify(run_dir, public_key_pem, ledger_path=None):
         problems.append("session event_count differs")
     if session["complete"] is not True:
         problems.append("session: the run is not complete")
+    else:
+        problems += check_run_events(events)
     env_bytes = open(f"{run_dir}/attestation.intoto.json", "rb").read()
     env = json.loads(env_bytes)
     payload = base64.b64decode(env["payload"], validate=True)

@@ -262,3 +262,25 @@ def test_long_root_and_64_char_id(tmp_path, bundle):
             p = os.path.join("/run/agentshim.r", a)
             if os.readlink(p) == os.path.realpath(root):
                 os.unlink(p)
+
+
+def test_ctr_task_exec_is_recorded(ctrd):
+    """`ctr task exec` is an exec session (issue 15 item 2): what it ran is in
+    the record, tagged with its session, hashed like the init's programs."""
+    from exec_sessions import assert_session_ran, sessions
+    cid = new_id("agentshim")
+    ctr_run(ctrd, "agentshim", cid, "sleep", "600", rm=False, detach=True, check=True)
+    try:
+        wait_for(lambda: b"RUNNING" in ctrd("tasks", "ls").stdout, what="running")
+        ex = ctrd("tasks", "exec", "--exec-id", "rec1", cid, "sh", "-c", "/bin/true; exit 4")
+        assert ex.returncode == 4, ex.stderr
+        ex = ctrd("tasks", "exec", "--exec-id", "rec2", cid, "/bin/uname")
+        assert ex.returncode == 0, ex.stderr
+    finally:
+        remove(ctrd, cid)
+    got, init, v = sessions(ctrd.audit, cid)
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", v.stdout + v.stderr
+    assert len(got) == 2 and got[0][0]["session"] != got[1][0]["session"], got
+    busybox = init[0]["sha256"]
+    assert_session_ran(got[0], ["sh", "-c", "/bin/true; exit 4"], ["/bin/true"], sha256=busybox)
+    assert_session_ran(got[1], ["/bin/uname"], sha256=busybox)

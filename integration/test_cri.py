@@ -23,11 +23,10 @@ teardown checks the node: no veth on the bridge, no lease, no netns file, no
 mount, no shim; then that the bridge, containerd, the pod cgroups, the host's
 iptables rules and ip_forward are as before.
 
-Every pod test is parametrized over HANDLERS. agentshim cannot run pod
-containers yet (issue 14: every StartContainer is refused), so HANDLERS holds
-only "runc" today; the pods work adds "agentshim" there and nowhere else.
-test_agentshim_today_refuses_host_namespace_pods checks what agentshim does
-now.
+Every pod test is parametrized over HANDLERS (runc and agentshim, side by
+side). Where agentshim differs by design the test says so: a read-only root
+(containers write to the emptyDir), /etc/resolv.conf pointing at the pod's
+DNS stub, egress only through the pod's proxy (test_pod_egress).
 
 Time: 25-30 s for the module on the shared 2-core machine under load
 (measured: containerd start, pause build and image import ~4 s; the app and
@@ -51,9 +50,8 @@ from clients import (CONTAINERD, CTR, CriContainerd, cgroups_named, ensure_packa
                      wait_for)
 from conftest import REPO, UNIFIED, run
 
-# The runtime handlers every pod test runs under. Issue 14 (pods on agentshim)
-# adds "agentshim" here once its StartContainer works; nothing else changes.
-HANDLERS = ["runc"]
+# The runtime handlers every pod test runs under.
+HANDLERS = ["runc", "agentshim"]
 
 BRIDGE = "cni-as0"
 SUBNET = "10.213.14.0/24"  # used by nothing else in the suites
@@ -407,10 +405,16 @@ def _http_get(url, timeout=5):
         return r.status, r.read().decode()
 
 
-SIDECAR = ["sh", "-c", "mkdir -p /www && echo sidecar-says-hi >/www/index.html && echo from-sidecar >/shared/note "
-           "&& exec httpd -f -p 127.0.0.1:8081 -h /www"]
-APP = ["sh", "-c", "mkdir -p /srv && echo app-$POD_NAME >/srv/index.html && echo app-started "
-       "&& exec httpd -f -vv -p 8080 -h /srv"]
+# Pod containers write only to the emptyDir: agentshim's default policy makes
+# the root filesystem read-only (docs/KUBERNETES.md).
+SIDECAR = ["sh", "-c", "mkdir -p /shared/www && echo sidecar-says-hi >/shared/www/index.html "
+           "&& echo from-sidecar >/shared/note && exec httpd -f -p 127.0.0.1:8081 -h /shared/www"]
+APP = ["sh", "-c", "mkdir -p /shared/srv && echo app-$POD_NAME >/shared/srv/index.html && echo app-started "
+       "&& exec httpd -f -vv -p 8080 -h /shared/srv"]
+
+# Handlers whose containers get a writable root (the writable layer), as
+# the pod spec asks; agentshim's default policy makes it read-only.
+WRITABLE_ROOT = {"runc"}
 
 
 @pytest.mark.parametrize("handler", HANDLERS)
@@ -424,10 +428,11 @@ def test_app_and_sidecar_pod(node, handler):
         assert ip.startswith(SUBNET.rsplit(".", 1)[0] + "."), ip
         assert ip in node.ctrd.allocated_ips()
         pod.container("sidecar", SIDECAR)
+        # (-Y off: busybox wget ignores no_proxy, and agentshim sets the proxy environment.)
         pod.container("app", APP)
-        wait_for(lambda: pod.exec("app", ["wget", "-qO-", "http://127.0.0.1:8081/"])[0] == 0, timeout=10,
+        wait_for(lambda: pod.exec("app", ["wget", "-Y", "off", "-qO-", "http://127.0.0.1:8081/"])[0] == 0, timeout=10,
                  what="the sidecar to listen")
-        assert pod.out("app", ["wget", "-qO-", "http://127.0.0.1:8081/"]) == "sidecar-says-hi\n"
+        assert pod.out("app", ["wget", "-Y", "off", "-qO-", "http://127.0.0.1:8081/"]) == "sidecar-says-hi\n"
         # The sidecar listens on loopback only: from the host it is not reachable.
         with pytest.raises(OSError):
             _http_get(f"http://{ip}:8081/", timeout=2)
@@ -436,7 +441,11 @@ def test_app_and_sidecar_pod(node, handler):
         assert pod.out("app", ["cat", "/shared/note"]) == "from-sidecar\n"
         # The kubelet's DNS config and hostname reached the containers.
         resolv = pod.out("app", ["cat", "/etc/resolv.conf"])
-        assert "nameserver 10.96.0.10" in resolv and "ndots:5" in resolv
+        if handler == "agentshim":
+            # Names resolve through the pod's DNS stub (docs/KUBERNETES.md, "Network").
+            assert "nameserver 127.0.0.53" in resolv, resolv
+        else:
+            assert "nameserver 10.96.0.10" in resolv and "ndots:5" in resolv
         assert pod.out("app", ["hostname"]).strip() == pod.name
         assert f"{ip}\t{pod.name}\n" in pod.out("app", ["cat", "/etc/hosts"])  # the kubelet's etc-hosts mount
         # The pod's interface holds the IP; the app's PID namespace is its own.
@@ -498,6 +507,15 @@ def test_exec_sync_exit_codes_and_timeout(node, handler):
             (e.value.code(), e.value.details())
         wait_for(lambda: "sleep 137" not in pod.out("app", ["ps", "-o", "args"]), timeout=10,
                  what="the timed-out exec to be killed")
+        app = pod.containers["app"]
+    if handler == "agentshim":
+        # Each ExecSync is an exec session in the app container's record
+        # (issue 15 item 2), tagged and hashed like the init's programs.
+        from exec_sessions import assert_session_ran, sessions
+        got, init, v = sessions(node.ctrd.audit, app)
+        assert v.returncode == 0 and v.stdout == b"VERIFIED\n", v.stdout + v.stderr
+        assert_session_ran(got[0], ["sh", "-c", "echo out; echo err >&2; exit 3"], sha256=init[0]["sha256"])
+        assert_session_ran(got[1], ["true"], sha256=init[0]["sha256"])
 
 
 @pytest.mark.parametrize("handler", HANDLERS)
@@ -506,15 +524,19 @@ def test_stats_and_update_resources(node, handler):
     UpdateContainerResources reaches the container's cgroup."""
     pb = node.pb
     with node.pod(handler, ports=()) as pod:
-        cid = pod.container("app", ["sh", "-c", "head -c 8000000 /dev/zero >/tmp/blob; "
+        blob = "/tmp/blob" if handler in WRITABLE_ROOT else "/shared/blob"
+        cid = pod.container("app", ["sh", "-c", f"head -c 8000000 /dev/zero >{blob}; "
                                                 "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 3600"],
                             memory=256 << 20)
+        # The writable layer's usage comes from containerd's periodic
+        # snapshot sync (stats_collect_period, 1 s here): the 8 MB blob; a
+        # read-only root's writable layer stays empty.
+        layer = 8000000 if handler in WRITABLE_ROOT else 0
+
         def stats():
             s = node.cri.rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid), timeout=30).stats
-            # The writable layer's usage comes from containerd's periodic
-            # snapshot sync (stats_collect_period, 1 s here): the 8 MB blob.
             return s if (s.cpu.usage_core_nano_seconds.value > 0 and s.memory.working_set_bytes.value > 0 and
-                         s.writable_layer.used_bytes.value >= 8000000) else None
+                         s.writable_layer.used_bytes.value >= layer) else None
         s = wait_for(stats, timeout=20, what="container stats with numbers")
         assert s.attributes.id == cid and s.attributes.metadata.name == "app"
         assert s.cpu.timestamp > 0 and s.memory.timestamp > 0
@@ -593,10 +615,11 @@ def test_stop_container_honours_its_timeout(node, handler):
     handles it stops at once with its own code."""
     pb = node.pb
     with node.pod(handler, ports=()) as pod:
-        pod.container("stubborn", ["sh", "-c", "trap '' TERM; touch /tmp/ready; while :; do sleep 0.2; done"])
-        pod.container("polite", ["sh", "-c", "trap 'exit 42' TERM; touch /tmp/ready; while :; do sleep 0.2; done"])
+        pod.container("stubborn", ["sh", "-c", "trap '' TERM; touch /shared/stubborn; while :; do sleep 0.2; done"])
+        pod.container("polite", ["sh", "-c", "trap 'exit 42' TERM; touch /shared/polite; while :; do sleep 0.2; done"])
         for name in ("stubborn", "polite"):  # the traps are set before the signal comes
-            wait_for(lambda: pod.exec(name, ["test", "-e", "/tmp/ready"])[0] == 0, timeout=10, what=f"{name} ready")
+            wait_for(lambda: pod.exec(name, ["test", "-e", f"/shared/{name}"])[0] == 0, timeout=10,
+                     what=f"{name} ready")
         t0 = time.monotonic()
         pod.stop("polite", timeout=10)
         polite = time.monotonic() - t0
@@ -685,18 +708,57 @@ def assert_host_namespace_pod_refused(node, handler, mode):
     pod.remove_pod_cgroup()
 
 
-@pytest.mark.parametrize("mode", ["hostNetwork", "hostPID"])
-def test_agentshim_today_refuses_host_namespace_pods(node, mode):
-    """What the agentshim handler does today, checked so it stays true: a
-    hostNetwork or hostPID pod is refused at RunPodSandbox with agentshim's
-    policy message in the CRI error, leaving nothing behind.
+EGRESS_SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = b"node-says-hi\n"
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
 
-    Its other pods cannot run yet (issue 14): RunPodSandbox succeeds and every
-    StartContainer is refused ("caller asked to join /proc/<pid>/ns/ipc, the
-    host's ipc namespace"), so HANDLERS lists only "runc". Once "agentshim" is
-    there, test_host_network_pid_and_privileged_pods checks this too and this
-    test can go."""
-    assert_host_namespace_pod_refused(node, "agentshim", mode)
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_pod_egress(node, handler, tmp_path):
+    """Egress from a pod: a server on the node (the bridge's gateway address).
+    Under runc the app connects directly. Under agentshim the pod's network
+    is confined: the direct connection is refused at once, the pod
+    annotation dev.agentshim.egress.allow (passed to the sandbox by the
+    shipped pod_annotations) lets the same destination through the pod's
+    proxy, a destination it does not name is denied (403), and the proxy's
+    decisions are in the sandbox's record."""
+    import subprocess
+    port = 18931
+    srv = tmp_path / "srv.py"
+    srv.write_text(EGRESS_SERVER)
+    p = subprocess.Popen(["/usr/bin/python3", str(srv), GATEWAY, str(port)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _try_get(f"http://{GATEWAY}:{port}/"), timeout=10, what="the node's server")
+        allow = {"dev.agentshim.egress.allow": f"{GATEWAY}:{port}"}
+        with node.pod(handler, ports=(), annotations=allow) as pod:
+            pod.container("app", ["sleep", "3600"])
+            direct = pod.exec("app", ["wget", "-Y", "off", "-qO-", f"http://{GATEWAY}:{port}/"])
+            if handler == "runc":
+                assert direct[:2] == (0, "node-says-hi\n"), direct
+                return
+            assert direct[0] != 0 and "no route to host" in direct[2].lower(), direct
+            proxied = pod.exec("app", ["wget", "-qO-", f"http://{GATEWAY}:{port}/"])
+            assert proxied[:2] == (0, "node-says-hi\n"), proxied
+            denied = pod.exec("app", ["wget", "-qO-", f"http://{GATEWAY}:{port + 1}/"])
+            assert denied[0] != 0 and "403" in denied[2], denied
+    finally:
+        p.kill()
+        p.wait()
+    events = []
+    for root, _, files in os.walk(os.path.join(node.ctrd.base, "audit", "runs")):
+        if "events.ndjson" in files:
+            with open(os.path.join(root, "events.ndjson")) as f:
+                events += [json.loads(l) for l in f]
+    decisions = [(e["type"], e["data"].get("decision")) for e in events if e["type"].startswith("net.")]
+    assert any(d == "allowed" for _, d in decisions) and any(d == "denied" for _, d in decisions), decisions
 
 
 def test_agentshim_refuses_privileged_pods(node):

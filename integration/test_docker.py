@@ -6,9 +6,9 @@ scenario runs under --runtime=runc and --runtime=agentshim in the same run
 and the results are compared.
 
 Where agentshim differs from runc by design (its policy), the test says so:
-- network: agentshim replaces the namespace Docker prepared (bridge: `eth0`
-  on docker0) with its own internal-only one (only `lo`, up), so `-p` does
-  not reach an agentshim container (docs/OPERATIONS.md);
+- network: agentshim keeps the namespace Docker prepared (bridge: `eth0`
+  on docker0, `-p` works) and confines it: new outbound connections leave
+  only through its egress proxy (network mode "confined", docs/NETWORK.md);
 - host namespaces (--network host, --pid host) and --privileged are refused
   by agentshim with a message naming the reason; runc runs them (or, for
   --privileged on this VM, fails on CAP_SYS_RESOURCE);
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import wait_records
+from conftest import run, wait_records
 from clients import (Dockerd, busybox_tar, cgroups_named, ensure_packages, mounts_matching, processes_mentioning,
                      short_tmpdir, wait_for)
 
@@ -424,40 +424,77 @@ def test_network_none(docker):
     assert res["runc"] == res["agentshim"] == [b"lo", b"unknown"], res
 
 
-def test_default_bridge_network_replaced(docker):
-    """runc joins Docker's bridge (eth0 with a 172.17/16 address); agentshim
-    by design gives the container only `lo` (up) and egress through its proxy."""
-    res = {}
-    for rt in RUNTIMES:
-        r = dr(docker, rt, IMG, "sh", "-c", "ls /sys/class/net | tr '\\n' ' '; echo; cat /sys/class/net/lo/operstate")
-        assert r.returncode == 0, (rt, r.stderr)
-        res[rt] = r.stdout.decode().split("\n")
+def test_default_bridge_network_kept_and_confined(docker):
+    """Both runtimes join Docker's bridge (eth0 with a 172.17/16 address:
+    agentshim's default network mode "confined" keeps the caller's network);
+    under agentshim a direct connection out of the container is refused at
+    once, while runc's gets through (a listener on the bridge's gateway, in
+    dockerd's network namespace)."""
+    listener = docker.popen_in_netns("/bin/busybox", "nc", "-l", "-p", "19999")
+    res, direct = {}, {}
+    try:
+        for rt in RUNTIMES:
+            r = dr(docker, rt, IMG, "sh", "-c", "ls /sys/class/net | tr '\\n' ' '; echo; "
+                   "ip -4 addr show eth0 | grep -c 'inet 172.17.'; "
+                   "echo hi | nc -w 3 172.17.0.1 19999; echo rc=$?")
+            assert r.returncode == 0, (rt, r.stderr)
+            res[rt] = r.stdout.decode().split("\n")
+    finally:
+        listener.kill()
+        listener.wait()
     assert res["runc"][0].split() == ["eth0", "lo"], res
-    assert res["agentshim"][0].split() == ["lo"], f"agentshim kept Docker's network namespace: {res}"
-    assert res["agentshim"][1] == "unknown", f"lo is not up under agentshim: {res}"
+    assert res["agentshim"][0].split() == ["eth0", "lo"], f"agentshim replaced Docker's network namespace: {res}"
+    assert res["runc"][1] == res["agentshim"][1] == "1", res
+    assert "rc=0" in res["runc"][2], res
+    assert "rc=0" not in res["agentshim"][2], f"a direct connection left the confined network: {res}"
 
 
 def test_published_port(docker):
-    """-p: Docker's docker-proxy forwards to the container's bridge address.
-    Under runc the server answers; under agentshim nothing can answer there
-    (its sockets are in the internal-only namespace), as documented."""
+    """-p: Docker's docker-proxy forwards to the container's bridge address;
+    the server answers under both runtimes (the confined network lets inbound
+    connections and their replies through)."""
     res = {}
     for i, rt in enumerate(RUNTIMES):
         port = 18080 + i
         cid = start_detached(docker, rt, "-p", f"127.0.0.1:{port}:80", IMG, "sh", "-c",
                              "while true; do echo hello-from-$HOSTNAME | nc -l -p 80; done")
         try:
-            if rt == "runc":
-                got = wait_for(lambda: docker.in_netns("/bin/busybox", "nc", "-w", "2", "127.0.0.1", str(port),
-                                                       timeout=10).stdout, what="runc answers on -p")
-            else:
-                time.sleep(1.5)
-                got = docker.in_netns("/bin/busybox", "nc", "-w", "2", "127.0.0.1", str(port), timeout=10).stdout
-            res[rt] = got
+            res[rt] = wait_for(lambda: docker.in_netns("/bin/busybox", "nc", "-w", "2", "127.0.0.1", str(port),
+                                                       timeout=10).stdout, what=f"{rt} answers on -p")
         finally:
             docker("rm", "-f", cid)
     assert res["runc"].startswith(b"hello-from-"), res
-    assert res["agentshim"] == b"", f"a published port reached the agentshim container: {res}"
+    assert res["agentshim"].startswith(b"hello-from-"), res
+
+
+def test_container_network_ipc_and_pid_modes(docker):
+    """`--network/--ipc/--pid container:X`: Docker derives the namespaces
+    from X's State.Pid (the pid-file pid). The second container shares X's
+    loopback (reaches X's server on 127.0.0.1), its ipc and network
+    namespaces (same namespace ids) and sees X's processes; runc and
+    agentshim alike."""
+    for rt in RUNTIMES:
+        a = start_detached(docker, rt, "--ipc", "shareable", IMG, "sh", "-c",
+                           "while true; do echo from-a | nc -l -p 8088; done")
+        try:
+            wait_for(lambda: "nc -l" in docker.out("top", a), timeout=10, what=f"{rt}: a listening")
+            a_ns = docker.out("exec", a, "sh", "-c", "readlink /proc/self/ns/net; readlink /proc/self/ns/ipc").split()
+            r = dr(docker, rt, "--network", f"container:{a}", "--ipc", f"container:{a}", "--pid", f"container:{a}",
+                   IMG, "sh", "-c", "readlink /proc/self/ns/net; readlink /proc/self/ns/ipc; sleep 1 | nc -w 3 127.0.0.1 8088; "
+                   "ps -o args")
+            assert r.returncode == 0, (rt, r.stderr.decode(errors="replace"))
+            lines = r.stdout.decode().splitlines()
+            assert lines[:2] == a_ns, (rt, lines, a_ns)
+            assert lines[2] == "from-a", (rt, lines)
+            assert any("nc -l -p 8088" in l for l in lines[3:]), (rt, lines)
+            # The pid-file pid is the container, as far as namespaces go.
+            pid = inspect(docker, a)["State"]["Pid"]
+            assert os.readlink(f"/proc/{pid}/ns/net") == a_ns[0], rt
+            got = run(["nsenter", "-t", str(pid), "-n", "cat", "/proc/net/dev"], check=True).stdout.decode()
+            ifaces = sorted(l.split(":")[0].strip() for l in got.splitlines() if ":" in l)
+            assert ifaces == ["eth0", "lo"], (rt, got)
+        finally:
+            docker("rm", "-f", a)
 
 
 # ------------------------------------------------------------ policy errors
@@ -518,6 +555,25 @@ def test_record_written_for_docker_runs(docker):
     from conftest import AGENTSHIM, run
     v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", run_dir])
     assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
+
+
+def test_docker_exec_is_recorded(docker):
+    """`docker exec` is an exec session (issue 15 item 2): the processes it
+    runs are process.exec events with the binary's hash, tagged with the
+    session its caller.exec names; the record verifies."""
+    cid = start_detached(docker, "agentshim", IMG, "sleep", "60")
+    try:
+        r = docker("exec", cid, "sh", "-c", "/bin/true; /bin/sh -c '/bin/uname > /dev/null'")
+        assert r.returncode == 0, r.stderr
+    finally:
+        docker("rm", "-f", cid)
+    from exec_sessions import assert_session_ran, sessions
+    got, init, v = sessions(docker.audit, cid)
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    assert len(got) == 1, got
+    # Docker's busybox image: every one of them is the busybox binary.
+    assert_session_ran(got[0], ["sh", "-c", "/bin/true; /bin/sh -c '/bin/uname > /dev/null'"], ["/bin/true"],
+                       ["/bin/sh", "-c", "/bin/uname > /dev/null"], ["/bin/uname"], sha256=init[0]["sha256"])
 
 
 # ----------------------------------------------------------------- userns auto

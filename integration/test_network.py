@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -392,12 +393,122 @@ def test_passthrough_uses_the_callers_namespace(netrun, pod_netns):
 
 
 def test_internal_mode_replaces_the_callers_namespace(netrun, pod_netns):
-    n = netrun([])
+    n = netrun([], extra_policy={"network": {"mode": "internal"}})
     set_netns_path(n.bundle, pod_netns)
     r = n.sh("ip addr; env | grep -c _proxy=")
     assert "198.51.100.7" not in out(r) and "127.0.0.1" in out(r), out(r) + r.stderr.decode()
     created = n.events({"run.created"})[-1]["data"]
     assert any(d["rule"] == "network.mode" and d["action"] == "replaced" for d in created["policy_decisions"]), created
+
+
+def test_confined_mode_keeps_the_callers_namespace(netrun, pod_netns):
+    """The default mode keeps a namespace the caller prepared (its addresses
+    stay: a pod IP, a Docker bridge), with the proxy environment and the DNS
+    stub, and records the confinement it installed."""
+    n = netrun([], extra_policy={"network": {"mode": "confined"}})
+    set_netns_path(n.bundle, pod_netns)
+    r = n.sh("ip addr; env | grep -c _proxy=; cat /etc/resolv.conf")
+    assert "198.51.100.7" in out(r) and "nameserver 127.0.0.53" in out(r), out(r) + r.stderr.decode()
+    ev = n.events({"net.namespace"})[-1]["data"]
+    assert ev["mode"] == "confined" and ev["namespace"] == "caller" and ev["proxy"] == "127.0.0.1:3128", ev
+    assert "policy drop" in urllib.parse.unquote(ev["confinement"]["nftables"]), ev
+    created = n.events({"run.created"})[-1]["data"]
+    assert any(d["rule"] == "network.mode" and d["action"] == "kept" for d in created["policy_decisions"]), created
+
+
+SERVER6 = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"v6-direct\n")
+    c.close()
+"""
+
+
+@pytest.fixture
+def cni_netns(lab, tmp_path):
+    """A namespace as a CNI bridge plugin leaves it: eth0 with an IPv4 and an
+    IPv6 address, default routes to the lab (the node), where the upstream
+    servers are; a v6 server on the lab's end of the link."""
+    name = "agc" + uuid.uuid4().hex[:10]
+    lab_if = "v" + name[3:12]
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "link", "add", lab_if, "netns", lab.name, "type", "veth", "peer", "name", "eth0", "netns", name)
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "eth0", "up"],
+                    ["ip", "addr", "add", "10.88.0.2/24", "dev", "eth0"],
+                    ["ip", "addr", "add", "fd88::2/64", "dev", "eth0", "nodad"],
+                    ["ip", "route", "add", "default", "via", "10.88.0.1"],
+                    ["ip", "-6", "route", "add", "default", "via", "fd88::1"]):
+            sh("ip", "netns", "exec", name, *cmd)
+        for cmd in (["ip", "link", "set", lab_if, "up"], ["ip", "addr", "add", "10.88.0.1/24", "dev", lab_if],
+                    ["ip", "addr", "add", "fd88::1/64", "dev", lab_if, "nodad"]):
+            sh(*lab.ns(*cmd))
+        srv = tmp_path / "server6.py"
+        srv.write_text(SERVER6)
+        p = subprocess.Popen(lab.ns("/usr/bin/python3", str(srv), "fd88::1", "8082"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            lab.wait_listening("[fd88::1]", 8082)
+            yield f"/var/run/netns/{name}"
+        finally:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    finally:
+        run(["ip", "netns", "delete", name])
+        run(lab.ns("ip", "link", "delete", lab_if))
+
+
+def test_confined_network_inbound_yes_outbound_only_through_the_proxy(netrun, cni_netns, lab):
+    """In a CNI-style namespace: the same direct connections (IPv4 to the
+    upstream, IPv6 to the node) that pass through with mode passthrough are
+    refused at once when confined; the allowlisted destination works through
+    the proxy; an inbound connection from the node to the pod IP is answered;
+    the container cannot change its interfaces (no CAP_NET_ADMIN)."""
+    direct = (f"curl -sS --noproxy '*' --max-time 5 http://{UPSTREAM}/ >/dev/null; echo v4=$?; "
+              "echo | nc -w 3 fd88::1 8082; echo v6=$?")
+    p = netrun(["allowed.test:80"], extra_policy={"network": {"mode": "passthrough"}})
+    set_netns_path(p.bundle, cni_netns)
+    r = p.sh(direct)
+    assert "v4=0" in out(r) and "v6-direct" in out(r), out(r) + r.stderr.decode()
+
+    n = netrun(["allowed.test:80"], extra_policy={"network": {"mode": "confined"}})
+    set_netns_path(n.bundle, cni_netns)
+    t0 = time.monotonic()
+    r = n.sh(direct + "; curl -sS --max-time 10 http://allowed.test/; echo proxied=$?; "
+             "ip link set eth0 down; echo admin=$?; ip addr show eth0 | grep -c 'inet 10.88.0.2/'")
+    text = out(r)
+    assert "v4=7" in text and "v6-direct" not in text, text + r.stderr.decode()
+    assert time.monotonic() - t0 < 8, "a refused direct connection should fail at once, not time out"
+    assert '"where": "198.18.0.10"' in text and "proxied=0" in text, text
+    assert "admin=0" not in text and text.strip().endswith("1"), text
+
+    # Inbound: the node connects to the pod IP; the container answers.
+    n.bundle.sh("echo from-pod | nc -l -p 8090")
+    got = []
+
+    def knock():
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not got:
+            r = run(lab.ns("/bin/busybox", "nc", "-w", "2", "10.88.0.2", "8090"), timeout=10)
+            if r.stdout.strip():
+                got.append(r.stdout.decode().strip())
+            time.sleep(0.2)
+
+    import threading
+    t = threading.Thread(target=knock)
+    t.start()
+    cid = "t" + uuid.uuid4().hex[:12]
+    try:
+        r = n.cli("run", "--bundle", n.bundle.path, cid, timeout=60)
+    finally:
+        n.cli("delete", "--force", cid)
+        t.join()
+    assert got == ["from-pod"], (got, r.stderr)
 
 
 def test_host_network_is_refused(netrun):

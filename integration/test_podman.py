@@ -150,3 +150,61 @@ def test_runtime_flag_root_is_cleaned_up(podman, tmp_path):
     assert not os.path.lexists(f"/run/agentshim.ids/{cid}")
     wait_for(lambda: processes_mentioning(cid) == [], timeout=10, what=f"processes of {cid} to go")
     wait_for(lambda: cgroups_named(cid) == [], timeout=10, what=f"cgroups of {cid} to go")
+
+
+def test_top_lists_the_containers_processes_only(podman):
+    """`podman top` reads the container's processes through the pid conmon
+    got from --pid-file (it enters that pid's mount namespace and reads the
+    /proc there): the container's sleep, nothing of the host's."""
+    for rt in RUNTIMES:
+        cid = prun(podman, rt, "-d", IMAGE, "sh", "-c", "exec sleep 3601").stdout.decode().strip()
+        try:
+            top = wait_for(lambda: podman.out("top", cid, "args", runtime=rt), what=f"{rt}: podman top")
+            lines = [l.strip() for l in top.splitlines()[1:] if l.strip()]
+            assert lines == ["sleep 3601"], (rt, top)
+        finally:
+            podman("rm", "-f", "-t", "0", cid, runtime=rt)
+
+
+def test_pod_containers_talk_over_localhost(podman):
+    """`podman pod create` with an infra container (the local image, so no
+    registry is needed): two containers of the pod share its network (one
+    reaches the other's server on 127.0.0.1) and its ipc namespace; removing
+    the pod leaves nothing."""
+    for rt in RUNTIMES:
+        name = f"pod-{rt}"
+        r = podman("pod", "create", "--name", name, "--network", "none", "--infra-image", IMAGE,
+                   "--infra-command", "sleep 100000", runtime=rt)
+        assert r.returncode == 0, (rt, r.stderr.decode(errors="replace"))
+        pod = r.stdout.decode().strip()
+        try:
+            a = podman.out("run", "-d", "--pod", name, *podman.ulimits(), IMAGE, "sh", "-c",
+                           "while true; do echo from-a | nc -l -p 8088; done", runtime=rt).strip()
+            b = podman("run", "--rm", "--pod", name, *podman.ulimits(), IMAGE, "sh", "-c",
+                       "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 | nc -w 3 127.0.0.1 8088 && break; sleep 0.3; "
+                       "done; readlink /proc/self/ns/net", runtime=rt)
+            assert b.returncode == 0, (rt, b.stderr.decode(errors="replace"))
+            out = b.stdout.decode().split()
+            a_net = podman.out("exec", a, "readlink", "/proc/self/ns/net", runtime=rt).strip()
+            assert out == ["from-a", a_net], (rt, out, a_net)
+        finally:
+            podman("pod", "rm", "-f", "-t", "0", name, runtime=rt)
+        assert processes_mentioning(pod) == [] and processes_mentioning(a) == [], rt
+        # (the pod's own parent cgroup is podman's to remove; the containers' must be gone)
+        wait_for(lambda: cgroups_named(a) == [], timeout=10, what=f"{rt}: the container's cgroups to go")
+
+
+def test_podman_exec_is_recorded(podman):
+    """`podman exec` is an exec session (issue 15 item 2)."""
+    from exec_sessions import assert_session_ran, sessions
+    cid = prun(podman, "agentshim", "-d", IMAGE, "sleep", "600").stdout.decode().strip()
+    assert cid
+    try:
+        ex = podman("exec", cid, "sh", "-c", "/bin/true; exit 3", runtime="agentshim")
+        assert ex.returncode == 3, ex.stderr
+    finally:
+        podman("rm", "-f", cid, runtime="agentshim")
+    got, init, v = sessions(podman.audit, cid)
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", v.stdout + v.stderr
+    assert len(got) == 1, got
+    assert_session_ran(got[0], ["sh", "-c", "/bin/true; exit 3"], ["/bin/true"], sha256=init[0]["sha256"])

@@ -32,6 +32,7 @@
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
 #include "sandbox/oci.h"
+#include "sandbox/peers.h"
 #include "sandbox/policy.h"
 #include "sandbox/process.h"
 #include "sandbox/rootfs.h"
@@ -61,8 +62,14 @@ std::string abs_path(const std::string& p) {
 // when the rootfs has a real /etc directory (not a symlink) to mount it on.
 void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
                             const std::string& rootfs) {
-  if (!oci::has_new_namespace(cfg, "network")) return;
-  if (!net.is_object() || net.value("mode", "internal") != "internal") return;
+  if (!net.is_object()) return;
+  const std::string mode = net.value("mode", "confined");
+  if (mode != "internal" && mode != "confined") return;
+  // Served by a stub: a namespace of the container's own, the caller's
+  // when confined (a pod's), another agentshim container's (a pod's
+  // sandbox serves its app containers).
+  const std::string ns = net.value("namespace", oci::has_new_namespace(cfg, "network") ? "new" : "caller");
+  if (ns != "new" && ns != "peer" && !(ns == "caller" && mode == "confined")) return;
   struct stat st {};
   if (::lstat((rootfs + "/etc").c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) return;
   // One shared, world-readable file (the same for every container): a
@@ -169,6 +176,37 @@ bool wait_gone(pid_t pid, unsigned long long start, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return !state::process_alive(pid, start);
+}
+
+// The exec'd process's seccomp listeners (kinds as a JSON array, fds by
+// SCM_RIGHTS; EOF when it failed before) go to the supervisor. False when
+// the supervisor did not take them (gone, not answering within 5 s, or
+// refusing): the caller then kills the process, whose execve waits on a
+// listener that may still be in flight to a stopped supervisor (nothing
+// runs unrecorded, nothing waits forever).
+bool forward_exec_listeners(const std::string& dir, int sock, const std::string& session, pid_t pid,
+                            std::string& error) {
+  std::vector<UniqueFd> fds;
+  std::string payload;
+  try {
+    payload = recv_fds(sock, fds);
+  } catch (const std::exception& e) {
+    error = std::string("receiving the observer listener: ") + e.what();
+    return false;
+  }
+  if (fds.empty()) return true;  // it failed before: its error is on the error pipe
+  control::ExecObserve m;
+  m.session = session;
+  m.pid = pid;
+  json kinds = json::parse(payload, nullptr, false);
+  if (kinds.is_array())
+    for (const auto& k : kinds)
+      if (k.is_string()) m.kinds.push_back(k.get<std::string>());
+  std::vector<int> raw;
+  for (const auto& f : fds) raw.push_back(f.get());
+  auto r = control::notify(dir, m, true, 5, raw);
+  if (!r.ok) error = "the supervisor did not take the exec observer: " + r.error;
+  return r.ok;
 }
 
 }  // namespace
@@ -316,6 +354,7 @@ void create(const Global& g, const CreateOptions& o) {
   {
     // For `exec` (the process settings) and `update` (the resource limits).
     json saved = policy::exec_settings(pol, pres);
+    saved["observe_exec"] = observe_exec;  // exec sessions are observed as the init is
     saved["policy"] = pol;
     saved["policy_name"] = pctx.policy_name;
     write_file(dir + "/policy.json", saved.dump(), 0600);
@@ -390,6 +429,9 @@ void create(const Global& g, const CreateOptions& o) {
   } catch (const std::exception& e) {
     log::warn(e.what());
   }
+  // Configs that name this container by its pid-file pid (a pod's other
+  // containers, `--network container:X`) join its namespaces (peers.h).
+  peers::record(sentinel, g.root, o.id);
   write_pid_file(o.pid_file, sentinel);
   cleanup.armed = false;
 }
@@ -514,6 +556,27 @@ class TtyRelay {
       }
     }
     return true;
+  }
+  // After the process exited: what it left in the pty, until the pty is
+  // closed or quiet for 100 ms (a process still holding it is not waited on).
+  void drain() {
+    char buf[8192];
+    for (;;) {
+      struct pollfd p = {master_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) return;
+      ssize_t n = ::read(master_.get(), buf, sizeof buf);
+      if (n <= 0) return;
+      try {
+        write_all(1, std::string_view(buf, static_cast<std::size_t>(n)), "stdout");
+      } catch (...) {
+        return;
+      }
+    }
+  }
+  // SIGWINCH: our terminal's size to the pty.
+  void resize() {
+    struct winsize ws {};
+    if (::ioctl(0, TIOCGWINSZ, &ws) == 0) ::ioctl(master_.get(), TIOCSWINSZ, &ws);
   }
 
  private:
@@ -691,6 +754,7 @@ void remove(const Global& g, const std::string& id, bool force) {
   }
   remove_tree(dir);
   runtime_config::index_forget(g.root, id);
+  peers::forget(st.sentinel_pid, g.root, id);
   if (oci::has_new_namespace(st.config, "user")) userns::release(dir);
 }
 
@@ -864,8 +928,16 @@ int exec(const Global& g, const ExecOptions& o) {
   process::check_capabilities(proc);
 
   auto cg = cgroup_of(st);
-  UniqueFd console;
-  if (terminal) console = connect_console(o.console_socket);
+  UniqueFd console, console_peer;
+  if (terminal && o.console_socket.empty()) {
+    // As runc: no --console-socket (and not detached) means we hold the
+    // pty's master and relay it to our stdio.
+    auto pair = make_socketpair(SOCK_STREAM);
+    console_peer = std::move(pair.first);
+    console = std::move(pair.second);
+  } else if (terminal) {
+    console = connect_console(o.console_socket);
+  }
   // Namespace fds of the init, opened before anything else can race.
   std::vector<std::pair<int, UniqueFd>> nsfds;
   for (const char* t : {"user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
@@ -884,6 +956,14 @@ int exec(const Global& g, const ExecOptions& o) {
   json seccomp_cfg = st.config.contains("linux") && st.config["linux"].contains("seccomp")
                          ? st.config["linux"]["seccomp"]
                          : json();
+  // Exec session recording: the process loads the exec observer's filter
+  // like the init and hands its listener(s) back over `obs` before its
+  // execve; we pass them to the supervisor (control::ExecObserve), whose
+  // ExecObserver records every execve of the session, tagged with its id.
+  bool observe = exec_policy.is_object() && exec_policy.value("observe_exec", false);
+  std::string session = observe ? control::new_session_id() : "";
+  FdPair obs;
+  if (observe) obs = make_socketpair(SOCK_SEQPACKET);
   auto err_pipe = make_pipe(O_CLOEXEC);
   auto pid_pipe = make_pipe(O_CLOEXEC);
   std::cout.flush();
@@ -895,6 +975,8 @@ int exec(const Global& g, const ExecOptions& o) {
     try {
       err_pipe.first.reset();
       pid_pipe.first.reset();
+      obs.first.reset();
+      console_peer.reset();
       // Not dumpable before entering the container: its root must not get
       // at this process (running the host's agentshim binary) through
       // /proc/<pid>/exe, /mem or ptrace (the CVE-2019-5736 shape). execve
@@ -923,6 +1005,10 @@ int exec(const Global& g, const ExecOptions& o) {
       pid_t child = cgroups::clone_parent_into(target);
       if (child < 0) throw_errno("clone exec process");
       if (child == 0) {
+        // The CLI reads the pid pipe to EOF before it forwards our
+        // observer listener to the supervisor, and our execve waits for
+        // that listener: holding the write end until execve would deadlock.
+        pid_pipe.second.reset();
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -934,8 +1020,21 @@ int exec(const Global& g, const ExecOptions& o) {
         if (!seccomp_cfg.is_null()) fin.seccomp.push_back(seccomp_cfg);
         if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
           fin.seccomp.push_back(exec_policy["extra_seccomp"]);
+        fin.observe_exec = observe;
         ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-        process::finalize(proc, fin);
+        auto listeners = process::finalize(proc, fin);
+        if (obs.second) {
+          // Before execve: that call already waits for the supervisor.
+          json kinds = json::array();
+          std::vector<int> raw;
+          for (const auto& l : listeners) {
+            kinds.push_back(l.kind);
+            raw.push_back(l.fd);
+          }
+          send_fds(obs.second.get(), kinds.dump(), raw.data(), static_cast<int>(raw.size()));
+          for (int fd : raw) ::close(fd);
+          obs.second.reset();
+        }
         process::exec(path, proc);
       }
       std::string pid = std::to_string(child);
@@ -950,11 +1049,21 @@ int exec(const Global& g, const ExecOptions& o) {
   }
   err_pipe.second.reset();
   pid_pipe.second.reset();
+  obs.second.reset();
   console.reset();
   int mst = 0;
   ::waitpid(mid, &mst, 0);
   std::string pidstr = read_all(pid_pipe.first.get(), "exec pid pipe");
   auto child = parse_int(pidstr);
+  if (obs.first && child) {
+    std::string ferr;
+    if (!forward_exec_listeners(state_dir(g, o.id), obs.first.get(), session, static_cast<pid_t>(*child),
+                                ferr)) {
+      ::kill(static_cast<pid_t>(*child), SIGKILL);
+      ::waitpid(static_cast<pid_t>(*child), nullptr, 0);
+      throw Error("exec: " + ferr + " (the process was killed before it ran)");
+    }
+  }
   // Errors before execve arrive on err_pipe (from the intermediate or the
   // process itself); EOF without data means execve succeeded.
   std::string err = read_all(err_pipe.first.get(), "exec error pipe");
@@ -964,6 +1073,13 @@ int exec(const Global& g, const ExecOptions& o) {
   }
   if (!child) throw Error("exec: could not start the process in container " + o.id);
   pid_t pid = static_cast<pid_t>(*child);
+  std::unique_ptr<TtyRelay> relay;
+  if (console_peer) {
+    std::vector<UniqueFd> fds;
+    recv_fds(console_peer.get(), fds);
+    if (fds.empty()) throw Error("exec: the process did not send its pty master");
+    relay = std::make_unique<TtyRelay>(std::move(fds[0]));
+  }
   write_pid_file(o.pid_file, pid);
   control::Exec note;
   note.pid = pid;
@@ -973,6 +1089,7 @@ int exec(const Global& g, const ExecOptions& o) {
   note.terminal = terminal;
   note.user = proc.value("user", json::object());
   note.policy_decisions = exec_decisions;
+  note.session = session;
   control::notify(state_dir(g, o.id), note);
   if (o.detach) return 0;
   sigset_t set;
@@ -983,13 +1100,20 @@ int exec(const Global& g, const ExecOptions& o) {
   for (;;) {
     int status = 0;
     pid_t p = ::waitpid(pid, &status, WNOHANG);
-    if (p == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (p == pid) {
+      if (relay) relay->drain();
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    if (relay && !relay->pump(50)) relay.reset();
     struct timespec ts {
-      0, 50 * 1000 * 1000
+      0, relay ? 0 : 50 * 1000 * 1000
     };
     siginfo_t si{};
     int sig = sigtimedwait(&set, &si, &ts);
-    if (sig > 0 && sig != SIGCHLD) ::kill(pid, sig);
+    if (sig == SIGWINCH && relay)
+      relay->resize();
+    else if (sig > 0 && sig != SIGCHLD)
+      ::kill(pid, sig);
   }
 }
 

@@ -16,10 +16,10 @@ using json = nlohmann::json;
 
 struct Global {
   std::string root = "/run/agentshim";
-  std::string audit_dir;        // empty: policy's audit.dir or /var/lib/agentshim
-  std::string policy_path;      // empty: /etc/agentshim/policy.json or built-in
-  std::string signing_key;      // --signing-key: overrides the policy's audit.signing_key
-  std::string key_type;         // --key-type: overrides the policy's audit.key_type
+  std::string audit_dir;    // empty: policy's audit.dir or /var/lib/agentshim
+  std::string policy_path;  // empty: /etc/agentshim/policy.json or built-in
+  std::string signing_key;  // --signing-key: overrides the policy's audit.signing_key
+  std::string key_type;     // --key-type: overrides the policy's audit.key_type
   bool systemd_cgroup = false;
   bool debug = false;
   std::string log_file;
@@ -28,7 +28,7 @@ struct Global {
 
 struct CreateOptions {
   std::string id;
-  std::string bundle;           // default: cwd
+  std::string bundle;  // default: cwd
   std::string pid_file;
   std::string console_socket;
   bool no_pivot = false;
@@ -62,7 +62,7 @@ void events(const Global& g, const std::string& id, bool stats_once, int interva
 
 struct ExecOptions {
   std::string id;
-  json process;                 // OCI process object (from --process or built from args)
+  json process;  // OCI process object (from --process or built from args)
   bool detach = false;
   std::string pid_file;
   std::string console_socket;
@@ -71,18 +71,22 @@ struct ExecOptions {
 // Builds an OCI process for `exec ARGS`: the container's process with args,
 // cwd, env, user and tty replaced as given.
 json exec_process_from_args(const Global& g, const std::string& id, const std::vector<std::string>& args,
-                            const std::string& cwd, const std::vector<std::string>& env, const std::string& user,
-                            bool tty, const std::vector<std::string>& additional_gids,
+                            const std::string& cwd, const std::vector<std::string>& env,
+                            const std::string& user, bool tty,
+                            const std::vector<std::string>& additional_gids,
                             const std::vector<std::string>& caps, bool no_new_privs);
 int exec(const Global& g, const ExecOptions& o);
 
-// With the policy's internal-only network (net["mode"] == "internal") and a
+// With the policy's mediated network (mode "internal" or "confined") in a
 // network namespace of the container's own: writes STATE_DIR/resolv.conf
 // (the DNS stub), adds or replaces the read-only bind of it at
 // /etc/resolv.conf in cfg's mounts, creates that mountpoint beneath ROOTFS
 // when missing (the init may be unable to: a user namespace's root cannot
 // write a root-owned /etc), and records the decision. No-op otherwise, or
-// when ROOTFS has no real /etc directory. Used by create(); public for tests.
+// when ROOTFS has no real /etc directory. NET is the policy's decided
+// network ({"mode", "namespace"}): the stub serves a namespace of the
+// container's own, a confined caller's (a pod's) and another agentshim
+// container's (a pod's sandbox). Used by create(); public for tests.
 void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& state_dir,
                             const std::string& rootfs);
 

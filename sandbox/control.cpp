@@ -1,5 +1,6 @@
 #include "sandbox/control.h"
 
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,7 +16,8 @@
 namespace agentshim::control {
 namespace {
 
-constexpr const char* kNames[] = {"start-gate", "started", "exec", "kill", "paused", "resumed", "updated"};
+constexpr const char* kNames[] = {"start-gate", "started", "exec",    "kill",
+                                  "paused",     "resumed", "updated", "exec-observe"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
 template <std::size_t I = 0>
@@ -43,7 +45,33 @@ T field(const json& j, const std::string& type, const char* key, T dflt, json::v
   return it->get<T>();
 }
 
+bool valid_session(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+pid_t pid_field(const json& j, const std::string& type) {
+  long long pid = field<long long>(j, type, "pid", 0, json::value_t::number_integer);
+  if (pid < 0 || pid > std::numeric_limits<pid_t>::max()) bad(type, "pid is not a pid");
+  return static_cast<pid_t>(pid);
+}
+
 }  // namespace
+
+std::string new_session_id() {
+  unsigned char b[8];
+  if (::getrandom(b, sizeof b, 0) != static_cast<ssize_t>(sizeof b))
+    throw_errno("getrandom (exec session id)");
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (unsigned char c : b) {
+    s.push_back(hex[c >> 4]);
+    s.push_back(hex[c & 15]);
+  }
+  return s;
+}
 
 const char* name(Type t) {
   auto i = static_cast<std::size_t>(t);
@@ -62,6 +90,11 @@ std::string encode(const Message& m) {
           j["terminal"] = p.terminal;
           j["user"] = p.user;
           j["policy_decisions"] = p.policy_decisions;
+          if (!p.session.empty()) j["session"] = p.session;
+        } else if constexpr (std::is_same_v<T, ExecObserve>) {
+          j["session"] = p.session;
+          j["pid"] = p.pid;
+          j["kinds"] = p.kinds;
         } else if constexpr (std::is_same_v<T, Kill>) {
           j["signal"] = p.signal;
           j["all"] = p.all;
@@ -96,9 +129,7 @@ Message decode(std::string_view line) {
       return Started{};
     case Type::exec: {
       Exec e;
-      long long pid = field<long long>(j, type, "pid", 0, vt::number_integer);
-      if (pid < 0 || pid > std::numeric_limits<pid_t>::max()) bad(type, "pid is not a pid");
-      e.pid = static_cast<pid_t>(pid);
+      e.pid = pid_field(j, type);
       for (const auto& a : field<json>(j, type, "args", json::array(), vt::array)) {
         if (!a.is_string()) bad(type, "args must be an array of strings");
         e.args.push_back(a.get<std::string>());
@@ -107,7 +138,22 @@ Message decode(std::string_view line) {
       e.terminal = field<bool>(j, type, "terminal", false, vt::boolean);
       e.user = field<json>(j, type, "user", json::object(), vt::object);
       e.policy_decisions = field<json>(j, type, "policy_decisions", json::array(), vt::array);
+      e.session = field<std::string>(j, type, "session", "", vt::string);
+      if (!e.session.empty() && !valid_session(e.session)) bad(type, "session is not 1-64 hex digits");
       return e;
+    }
+    case Type::exec_observe: {
+      ExecObserve o;
+      o.session = field<std::string>(j, type, "session", "", vt::string);
+      if (!valid_session(o.session)) bad(type, "session is not 1-64 hex digits");
+      o.pid = pid_field(j, type);
+      for (const auto& k : field<json>(j, type, "kinds", json::array(), vt::array)) {
+        if (!k.is_string() || (k != "exec" && k != "config"))
+          bad(type, "kinds must be \"exec\" or \"config\"");
+        if (o.kinds.size() >= 16) bad(type, "too many kinds");
+        o.kinds.push_back(k.get<std::string>());
+      }
+      return o;
     }
     case Type::kill:
       return Kill{field<std::string>(j, type, "signal", "", vt::string),
@@ -144,7 +190,7 @@ Server::~Server() {
   ::unlink(path_.c_str());
 }
 
-void Server::serve(const std::function<void(const Message&)>& on_message,
+void Server::serve(const std::function<void(const Message&, std::vector<UniqueFd>& fds)>& on_message,
                    const std::function<void()>& after_reply) {
   for (;;) {
     UniqueFd c(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
@@ -154,15 +200,20 @@ void Server::serve(const std::function<void(const Message&)>& on_message,
     };
     ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     std::string buf;
+    std::vector<UniqueFd> fds;
+    try {
+      buf = recv_fds(c.get(), fds);  // the descriptors come with the first bytes
+    } catch (const std::exception&) {
+    }
     char tmp[4096];
-    while (buf.size() < 1 << 20 && buf.find('\n') == std::string::npos) {
+    while (!buf.empty() && buf.size() < 1 << 20 && buf.find('\n') == std::string::npos) {
       ssize_t r = ::read(c.get(), tmp, sizeof tmp);
       if (r <= 0) break;
       buf.append(tmp, static_cast<std::size_t>(r));
     }
     json reply = {{"ok", true}};
     try {
-      on_message(decode(std::string_view(buf).substr(0, buf.find('\n'))));
+      on_message(decode(std::string_view(buf).substr(0, buf.find('\n'))), fds);
     } catch (const std::exception& e) {
       reply = {{"ok", false}, {"error", e.what()}};
     }
@@ -174,7 +225,8 @@ void Server::serve(const std::function<void(const Message&)>& on_message,
   }
 }
 
-Reply notify(const std::string& state_dir, const Message& msg, bool wait_reply, int reply_timeout_s) {
+Reply notify(const std::string& state_dir, const Message& msg, bool wait_reply, int reply_timeout_s,
+             const std::vector<int>& fds) {
   std::string path = state_dir + "/supervisor.sock";
   UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   struct sockaddr_un addr {};
@@ -190,7 +242,15 @@ Reply notify(const std::string& state_dir, const Message& msg, bool wait_reply, 
   };
   if (reply_timeout_s > 0) ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::string out = encode(msg) + "\n";
-  if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0) return {false, "send failed", false};
+  if (!fds.empty()) {
+    try {
+      send_fds(c.get(), out, fds.data(), static_cast<int>(fds.size()));
+    } catch (const std::exception& e) {
+      return {false, e.what(), false};
+    }
+  } else if (::send(c.get(), out.data(), out.size(), MSG_NOSIGNAL) < 0) {
+    return {false, "send failed", false};
+  }
   if (!wait_reply) return {true, "", true};
   std::string buf;
   char tmp[4096];

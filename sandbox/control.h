@@ -5,8 +5,13 @@
 // ({"ok": true} or {"ok": false, "error": "..."}).
 //
 //   start   ── start-gate ──▶ supervisor   answered once the "before" filesystem walk is done
-//   start   ── started ─────▶ supervisor   starts the exec time limit; run.started
-//   exec    ── exec{...} ───▶ supervisor   caller.exec
+//   start   ── started ─────▶ supervisor   starts the exec time limit (run.started is
+//                                          written at the start gate, before the init runs)
+//   exec    ── exec-observe{session, pid, kinds} + listener fds (SCM_RIGHTS)
+//                           ───▶ supervisor   the exec'd process's seccomp
+//                                          listeners, before it calls execve:
+//                                          its process.exec events carry `session`
+//   exec    ── exec{...} ───▶ supervisor   caller.exec (with `session`)
 //   kill    ── kill{...} ───▶ supervisor   signal (source: caller)
 //   pause   ── paused ──────▶ supervisor   run.paused
 //   resume  ── resumed ─────▶ supervisor   run.resumed
@@ -33,7 +38,7 @@ namespace agentshim::control {
 using json = nlohmann::json;
 
 // In the order of Message's alternatives.
-enum class Type { start_gate, started, exec, kill, paused, resumed, updated };
+enum class Type { start_gate, started, exec, kill, paused, resumed, updated, exec_observe };
 
 struct StartGate {
   static constexpr Type kType = Type::start_gate;
@@ -49,6 +54,7 @@ struct Exec {
   bool terminal = false;
   json user = json::object();             // process.user as given
   json policy_decisions = json::array();  // policy::Result decisions
+  std::string session;                    // the exec session's id ("" when not observed)
 };
 struct Kill {
   static constexpr Type kType = Type::kill;
@@ -67,7 +73,15 @@ struct Updated {
   json policy_decisions = json::array();
 };
 
-using Message = std::variant<StartGate, Started, Exec, Kill, Paused, Resumed, Updated>;
+// Sent with the listener fds (SCM_RIGHTS), one per entry of `kinds`.
+struct ExecObserve {
+  static constexpr Type kType = Type::exec_observe;
+  std::string session;             // 1-64 of [0-9a-f]
+  pid_t pid = 0;                   // host pid of the exec'd process
+  std::vector<std::string> kinds;  // "exec" (the observer's) or "config" (linux.seccomp's listenerPath)
+};
+
+using Message = std::variant<StartGate, Started, Exec, Kill, Paused, Resumed, Updated, ExecObserve>;
 
 inline Type type_of(const Message& m) {
   return static_cast<Type>(m.index());
@@ -94,10 +108,12 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   int fd() const { return fd_.get(); }
-  // Accept every pending connection: read its line (1 s, 1 MiB at most),
-  // decode it, call on_message (an exception becomes the error reply),
-  // reply, and then call after_reply.
-  void serve(const std::function<void(const Message&)>& on_message, const std::function<void()>& after_reply);
+  // Accept every pending connection: read its line (1 s, 1 MiB at most) and
+  // the descriptors sent with its first bytes (at most 16), decode it, call
+  // on_message (an exception becomes the error reply; descriptors it leaves
+  // in `fds` are closed), reply, and then call after_reply.
+  void serve(const std::function<void(const Message&, std::vector<UniqueFd>& fds)>& on_message,
+             const std::function<void()>& after_reply);
 
  private:
   std::string path_;
@@ -109,7 +125,11 @@ class Server {
 // wait_reply=false: send and return without waiting.
 // reply_timeout_s: how long to wait for the answer (0: as long as the
 // supervisor lives; `start` waits so for the "before" filesystem walk).
+// `fds` go with the message (SCM_RIGHTS).
 Reply notify(const std::string& state_dir, const Message& msg, bool wait_reply = true,
-             int reply_timeout_s = 5);
+             int reply_timeout_s = 5, const std::vector<int>& fds = {});
+
+// A new exec session id: 16 random hex digits.
+std::string new_session_id();
 
 }  // namespace agentshim::control

@@ -82,7 +82,8 @@ Hashed hash_fd(int fd, attest::HashCache* cache) {
       return h;
     }
     if (n == 0) break;
-    if (h.head.size() < 256) h.head.append(buf.data(), std::min<std::size_t>(static_cast<std::size_t>(n), 256 - h.head.size()));
+    if (h.head.size() < 256)
+      h.head.append(buf.data(), std::min<std::size_t>(static_cast<std::size_t>(n), 256 - h.head.size()));
     sha.update(buf.data(), static_cast<std::size_t>(n));
     h.size += static_cast<uint64_t>(n);
   }
@@ -105,7 +106,7 @@ Hashed hash_fd(int fd, attest::HashCache* cache) {
 // execveat), never leaving its root, and only a regular file (open_regular).
 // Returns -1 with `error` on failure.
 int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& container_path,
-            std::string& error) {
+            std::string& error, int* open_errno = nullptr) {
   std::string proc = "/proc/" + std::to_string(pid);
   UniqueFd root(::open((proc + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!root) {
@@ -114,7 +115,8 @@ int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& cont
   }
   std::string abs = path;
   if (path.empty() || path[0] != '/') {
-    std::string base = dirfd_num == AT_FDCWD ? link(proc + "/cwd") : link(proc + "/fd/" + std::to_string(dirfd_num));
+    std::string base =
+        dirfd_num == AT_FDCWD ? link(proc + "/cwd") : link(proc + "/fd/" + std::to_string(dirfd_num));
     // The link reads as a path from the process's root when that root is
     // its mount namespace's (after pivot_root); else strip the root's path.
     std::string r = link(proc + "/root");
@@ -130,7 +132,39 @@ int open_as(pid_t pid, int dirfd_num, const std::string& path, std::string& cont
     container_path = link(proc + "/exe");
     return open_regular_link(proc + "/exe", error);
   }
-  return open_regular(root.get(), abs, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, error);
+  return open_regular(root.get(), abs, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, error, open_errno);
+}
+
+// The exec cannot succeed whoever asks: an absolute path (so no cwd or
+// dirfd the observer might read wrong) under which the process's root holds
+// nothing (ENOENT) or a non-directory stands where a directory is needed
+// (ENOTDIR). Other failures (EACCES, ENOEXEC, ETXTBSY, ...) depend on the
+// caller's credentials or on the kernel's loaders: those execs continue and
+// are recorded as process.exec.
+bool fails_without_file(const std::string& path, int open_errno) {
+  return !path.empty() && path[0] == '/' && (open_errno == ENOENT || open_errno == ENOTDIR);
+}
+
+std::string errno_name(int e) {
+  switch (e) {
+    case ENOENT:
+      return "ENOENT";
+    case ENOTDIR:
+      return "ENOTDIR";
+    default:
+      return std::to_string(e);
+  }
+}
+
+// error 0: let the kernel run the call; else fail it with -error.
+void answer(int listener, unsigned long long id, int error) {
+  struct seccomp_notif_resp resp {};
+  resp.id = id;
+  if (error == 0)
+    resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+  else
+    resp.error = error;
+  ::ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
 
 // fstatfs f_type values of filesystems whose files are kernel interfaces.
@@ -221,9 +255,11 @@ std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, b
   return out;
 }
 
-int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error) {
+int open_regular(int dirfd, const std::string& path, unsigned long long resolve, std::string& error,
+                 int* open_errno) {
   int fd = openat2_(dirfd, path, O_PATH | O_CLOEXEC, resolve);
   if (fd < 0) {
+    if (open_errno) *open_errno = errno;
     error = std::string("open: ") + std::strerror(errno);
     return -1;
   }
@@ -244,22 +280,60 @@ std::string shebang_interpreter(const std::string& head) {
   std::size_t i = 2;
   while (i < head.size() && (head[i] == ' ' || head[i] == '\t')) i++;
   std::size_t j = i;
-  while (j < head.size() && head[j] != ' ' && head[j] != '\t' && head[j] != '\n' && head[j] != '\r' && head[j] != 0) j++;
+  while (j < head.size() && head[j] != ' ' && head[j] != '\t' && head[j] != '\n' && head[j] != '\r' &&
+         head[j] != 0)
+    j++;
   if (j == head.size() && head.size() >= 256) return "";  // unterminated, too long
   return head.substr(i, j - i);
 }
 
+bool is_seccomp_listener(int fd) {
+  // The listener's anonymous inode is named "seccomp notify"; a notification
+  // id that was never issued is ENOENT only on a listener.
+  std::string l = link("/proc/self/fd/" + std::to_string(fd));
+  if (l != "anon_inode:seccomp notify") return false;
+  unsigned long long id = 0;
+  return ::ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) < 0 && errno == ENOENT;
+}
+
 ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
                            std::shared_ptr<attest::HashCache> cache)
-    : listener_(std::move(listener)), stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      rootfs_(std::move(rootfs_host_path)), sink_(std::move(sink)), cache_(std::move(cache)) {
-  if (!stop_) throw_errno("eventfd");
+    : wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      rootfs_(std::move(rootfs_host_path)),
+      sink_(std::move(sink)),
+      cache_(std::move(cache)) {
+  if (!stop_ || !wake_) throw_errno("eventfd");
+  if (listener) {
+    pending_.push_back({std::move(listener), json::object()});
+    active_ = 1;
+  }
   thread_ = std::thread([this] { loop(); });
 }
 
-ExecObserver::~ExecObserver() { stop(); }
+ExecObserver::~ExecObserver() {
+  stop();
+}
+
+bool ExecObserver::add(UniqueFd listener, json tag) {
+  if (!listener) return false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (stopped_ || active_ >= kMaxListeners) return false;
+    pending_.push_back({std::move(listener), tag.is_object() ? std::move(tag) : json::object()});
+    active_++;
+  }
+  uint64_t one = 1;
+  ssize_t w = ::write(wake_.get(), &one, sizeof one);
+  (void)w;
+  return true;
+}
 
 void ExecObserver::stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopped_ = true;
+  }
   if (!thread_.joinable()) return;
   uint64_t one = 1;
   ssize_t w = ::write(stop_.get(), &one, sizeof one);
@@ -274,35 +348,58 @@ void ExecObserver::loop() {
     return;
   }
   std::vector<char> reqbuf(std::max<std::size_t>(sizes.seccomp_notif, sizeof(struct seccomp_notif)));
+  std::vector<Source> sources;
+  std::vector<struct pollfd> fds;
   for (;;) {
-    struct pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-    int n = ::poll(fds, 2, -1);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (auto& p : pending_) sources.push_back(std::move(p));
+      pending_.clear();
+    }
+    fds.assign({{stop_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}});
+    for (const auto& s : sources) fds.push_back({s.fd.get(), POLLIN, 0});
+    int n = ::poll(fds.data(), fds.size(), -1);
     if (n < 0) {
       if (errno == EINTR) continue;
+      log::error(std::string("exec observer: poll: ") + std::strerror(errno));
       return;
     }
-    if (fds[0].revents & POLLIN) {
-      std::memset(reqbuf.data(), 0, reqbuf.size());
-      if (::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_RECV, reqbuf.data()) < 0) {
-        if (errno == EINTR) continue;
-        // ENOENT: the caller went away. With HUP too, nobody is left.
-        if (errno == ENOENT && !(fds[0].revents & (POLLHUP | POLLERR))) continue;
-        return;
-      }
-      handle(reqbuf.data());
-      continue;
+    if (fds[0].revents & (POLLIN | POLLNVAL)) return;
+    if (fds[1].revents & POLLIN) {
+      uint64_t v;
+      ssize_t r = ::read(wake_.get(), &v, sizeof v);
+      (void)r;
     }
-    // The listener reports HUP when every filter user is gone.
-    if (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) return;
-    if (fds[1].revents & POLLNVAL) return;
-    if (fds[1].revents & POLLIN) return;
+    std::vector<bool> gone(sources.size(), false);
+    for (std::size_t i = 0; i < sources.size(); i++) {
+      short re = fds[i + 2].revents;
+      if (re & POLLIN) {
+        std::memset(reqbuf.data(), 0, reqbuf.size());
+        if (::ioctl(sources[i].fd.get(), SECCOMP_IOCTL_NOTIF_RECV, reqbuf.data()) == 0) {
+          handle(reqbuf.data(), sources[i].fd.get(), sources[i].tag);
+          continue;
+        }
+        // EINTR, or ENOENT: the caller went away. With HUP too, nobody is left.
+        if (errno == EINTR || (errno == ENOENT && !(re & (POLLHUP | POLLERR)))) continue;
+        gone[i] = true;
+        continue;
+      }
+      // The listener reports HUP when every filter user is gone.
+      if (re & (POLLHUP | POLLERR | POLLNVAL)) gone[i] = true;
+    }
+    for (std::size_t i = sources.size(); i-- > 0;) {
+      if (!gone[i]) continue;
+      sources.erase(sources.begin() + static_cast<std::ptrdiff_t>(i));
+      active_--;
+    }
   }
 }
 
-void ExecObserver::handle(void* reqp) {
+void ExecObserver::handle(void* reqp, int listener, const json& tag) {
   auto* req = static_cast<struct seccomp_notif*>(reqp);
   pid_t pid = static_cast<pid_t>(req->pid);
   json ev = {{"pid", pid}};
+  for (const auto& [k, v] : tag.items()) ev[k] = v;
   bool is_at = false;
 #ifdef __NR_execveat
   is_at = req->data.nr == __NR_execveat;
@@ -316,7 +413,7 @@ void ExecObserver::handle(void* reqp) {
   std::string proc = "/proc/" + std::to_string(pid);
   UniqueFd mem(::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
   // Check the notification is still live before trusting what we read.
-  bool valid = ::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) == 0;
+  bool valid = ::ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) == 0;
   if (mem && valid) {
     bool trunc = false;
     std::string path = read_cstring(mem.get(), path_addr, kMaxPath, &trunc);
@@ -326,7 +423,9 @@ void ExecObserver::handle(void* reqp) {
     std::size_t total = 0;
     for (std::size_t i = 0; i < kMaxArgs && argv_addr; i++) {
       unsigned long long p = 0;
-      if (::pread(mem.get(), &p, sizeof p, static_cast<off_t>(argv_addr + i * sizeof p)) != sizeof p || p == 0) break;
+      if (::pread(mem.get(), &p, sizeof p, static_cast<off_t>(argv_addr + i * sizeof p)) != sizeof p ||
+          p == 0)
+        break;
       bool t = false;
       std::string a = read_cstring(mem.get(), p, std::min<std::size_t>(4096, kMaxArgBytes - total), &t);
       total += a.size();
@@ -338,18 +437,30 @@ void ExecObserver::handle(void* reqp) {
     }
     ev["argv"] = argv;
     std::string cpath, open_error;
-    int fd = -1;
+    int fd = -1, open_errno = 0;
     if ((flags & AT_EMPTY_PATH) && path.empty() && is_at) {
       fd = open_regular_link(proc + "/fd/" + std::to_string(dirfd), open_error);
       cpath = "fd:" + std::to_string(dirfd);
     } else {
-      fd = open_as(pid, dirfd, path, cpath, open_error);
+      fd = open_as(pid, dirfd, path, cpath, open_error, &open_errno);
+    }
+    if (fd < 0 && !trunc && fails_without_file(path, open_errno)) {
+      // Nothing at that path (a PATH lookup's miss): the process gets the
+      // kernel's answer from us, and the record says an attempt failed.
+      ev.erase("argv");
+      ev.erase("argv_truncated");
+      ev["errno"] = errno_name(open_errno);
+      answer(listener, req->id, -open_errno);
+      observed_++;
+      emit("process.exec_failed", std::move(ev));
+      return;
     }
     ev["resolved"] = attest::pct_encode(cpath);
     if (fd >= 0) {
       UniqueFd f(fd);
       std::string host = link("/proc/self/fd/" + std::to_string(fd));
-      if (!rootfs_.empty() && starts_with(host, rootfs_ + "/")) ev["resolved"] = attest::pct_encode(host.substr(rootfs_.size()));
+      if (!rootfs_.empty() && starts_with(host, rootfs_ + "/"))
+        ev["resolved"] = attest::pct_encode(host.substr(rootfs_.size()));
       Hashed h = hash_fd(fd, cache_.get());
       if (h.error.empty()) {
         ev["sha256"] = h.sha256;
@@ -375,13 +486,14 @@ void ExecObserver::handle(void* reqp) {
   } else {
     ev["error"] = "process went away before it could be inspected";
   }
-  struct seccomp_notif_resp resp {};
-  resp.id = req->id;
-  resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-  ::ioctl(listener_.get(), SECCOMP_IOCTL_NOTIF_SEND, &resp);
+  answer(listener, req->id, 0);
   observed_++;
+  emit("process.exec", std::move(ev));
+}
+
+void ExecObserver::emit(const std::string& type, json ev) {
   try {
-    sink_("process.exec", std::move(ev));
+    sink_(type, std::move(ev));
   } catch (const std::exception& e) {
     log::error(std::string("exec observer sink: ") + e.what());
   }

@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "netpolicy/allowlist.h"
 #include "netpolicy/dns.h"
+#include "netpolicy/firewall.h"
 #include "netpolicy/proxy.h"
 
 namespace agentshim::network {
@@ -18,6 +19,8 @@ Options Options::from_policy(const json& policy) {
   if (!policy.is_object() || !policy.contains("network") || !policy["network"].is_object()) return o;
   const json& n = policy["network"];
   o.mode = n.value("mode", o.mode);
+  o.ns = n.value("namespace", o.ns);
+  o.peer = n.value("peer", o.peer);
   if (n.contains("allow") && n["allow"].is_array())
     for (const auto& r : n["allow"])
       if (r.is_string()) o.allow.push_back(r.get<std::string>());
@@ -57,13 +60,22 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
   std::string nspath = "/proc/" + std::to_string(init_pid) + "/ns/net";
   UniqueFd nsfd(::open(nspath.c_str(), O_RDONLY | O_CLOEXEC));
   if (!nsfd) throw_errno("open " + nspath);
-  bool serve = new_netns && o_.mode == "internal";
+  // Served here: the container's own namespace (internal or confined) and
+  // the caller's (confined). Another agentshim container's (a pod's
+  // sandbox) is served by that container's supervisor.
+  const bool mediated = o_.mode == "internal" || o_.mode == "confined";
+  const bool serve = mediated && (new_netns || (o_.mode == "confined" && o_.ns == "caller"));
+  const bool confine = serve && o_.mode == "confined";
   UniqueFd proxy_fd, dns_udp, dns_tcp;
   json view;
+  // Rules first: nothing leaves before the namespace is confined.
+  if (confine) net::confine(nsfd.get());
   net::in_netns(nsfd.get(), [&] {
     // A namespace of our own starts with lo down (runc brings it up too);
-    // a namespace the caller prepared is left exactly as it is.
-    if (new_netns) net::bring_up_loopback();
+    // a namespace the caller prepared is left as it is, but for lo, which
+    // the proxy and DNS stub listen on (CNI's loopback plugin has usually
+    // brought it up already).
+    if (new_netns || confine) net::bring_up_loopback();
     if (serve) {
       proxy_fd = net::listen_tcp("127.0.0.1", o_.proxy_port, 1024);
       dns_udp = net::bind_udp("127.0.0.53", 53);
@@ -71,9 +83,12 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
     }
     view = net::describe_namespace();
   });
-  json ev = {{"mode", new_netns ? o_.mode : std::string("joined")},
+  json ev = {{"mode", new_netns || confine ? o_.mode : std::string("joined")},
+             {"namespace", new_netns ? std::string("new") : o_.ns},
              {"interfaces", view["interfaces"]},
              {"routes", view["routes"]}};
+  if (!o_.peer.empty()) ev["served_by"] = o_.peer;
+  if (confine) ev["confinement"] = {{"nftables", net::confinement_ruleset()}};
   if (serve) {
     auto allow = net::Allowlist::parse(o_.allow, "policy network.allow");
     ev["proxy"] = "127.0.0.1:" + std::to_string(o_.proxy_port);

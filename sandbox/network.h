@@ -6,10 +6,18 @@
 // namespace; every upstream connection is made from the host's.
 //
 // The policy's "network" section decides the mode:
-//   internal     (default) the above; a namespace path the caller prepared
-//                was already replaced by a new namespace by the policy layer
+//   confined     (default) the caller's namespace is kept (a pod's CNI
+//                namespace, Docker's bridge: inbound connections, Services,
+//                probes and -p work) and confined by nftables rules inside
+//                it (netpolicy/firewall.h): new outbound connections leave
+//                only through the proxy and the DNS stub on loopback. A
+//                config without a namespace path gets a new one, as internal.
+//   internal     a namespace with only `lo`: a path the caller prepared was
+//                already replaced by a new namespace by the policy layer
 //   passthrough  the caller's namespace is used as it is; no proxy, no DNS
 //                stub; the record still says what the container could see.
+// A network joined from another agentshim container (a pod's app joining
+// its sandbox's) is served by that container's supervisor: nothing here.
 #pragma once
 
 #include <sys/types.h>
@@ -32,7 +40,9 @@ using Sink = std::function<void(const std::string& type, json data)>;
 
 // The policy's network section with defaults filled in.
 struct Options {
-  std::string mode = "internal";  // "internal" | "passthrough"
+  std::string mode = "confined";  // "confined" | "internal" | "passthrough"
+  std::string ns = "new";         // "new" | "caller" | "peer" | "host" (policy's network.namespace)
+  std::string peer;               // the agentshim container serving a "peer" network
   std::vector<std::string> allow;
   std::string dns = "refuse";  // "refuse" | "allowlisted"
   uint16_t proxy_port = 3128;

@@ -66,7 +66,7 @@ constexpr const char* kDefault = R"json(
     "exec_time_seconds": 0
   },
   "network": {
-    "mode": "internal",
+    "mode": "confined",
     "allow": [],
     "dns": "refuse",
     "proxy_port": 3128,
@@ -285,7 +285,7 @@ json validate_section(const Str& sec, const json& v, const json& def, const Str&
       out[k] = x;
     } else if (sec == "network") {
       if (k == "mode") {
-        expect_one_of(x, {"internal", "passthrough"}, where, key);
+        expect_one_of(x, {"confined", "internal", "passthrough"}, where, key);
       } else if (k == "dns") {
         expect_one_of(x, {"refuse", "allowlisted"}, where, key);
       } else if (k == "proxy_port") {
@@ -558,10 +558,16 @@ class Engine {
       if (!n.is_object() || !n.contains("path") || !n["path"].is_string() || n["path"].get<Str>().empty())
         continue;
       const Str t = n.value("type", "");
-      const Str path = n["path"];
+      const Str asked_path = n["path"];
       const Str where = "linux.namespaces[" + std::to_string(i) + "].path";
       auto nt = oci::namespace_by_name(t);
       if (!nt) continue;
+      // Another agentshim container named by its --pid-file pid (a pod's
+      // sandbox, `--network container:X`): its namespace, through its init.
+      std::optional<peers::NamespaceTarget> peer;
+      if (ctx_.peer_namespace) peer = ctx_.peer_namespace(asked_path, nt->proc);
+      if (peer) n["path"] = peer->path;
+      const Str path = n["path"];
       bool host = false;
       for (const auto& dir : ctx_.host_ns_dirs) host = host || same_file(path, dir + "/" + nt->proc);
       if (host) {
@@ -571,6 +577,39 @@ class Engine {
         continue;
       }
       if (t == "user" || t == "time") continue;
+      if (peer && (t != "network" || peer->peer.network_mode == netmode)) {
+        Str shares;
+        if (t == "network")
+          shares = "; the containers share one network (loopback between them; egress through container " +
+                   peer->peer.id + "'s proxy and DNS stub, with its allowlist)";
+        else if (t == "pid")
+          shares = "; the containers see and can signal each other's processes";
+        decide("namespaces", where, "kept",
+               "caller asked to join " + asked_path + ", the " + t + " namespace of agentshim container " +
+                   peer->peer.id + " (its --pid-file pid); joined through its init, " + path + shares);
+        r_.peer_namespaces[t] = peer->peer.id;
+        continue;
+      }
+      if (peer && t == "network") {
+        // Another container's network under another mode: joining it would
+        // give this one that mediation (or none), or confine the other.
+        if (beyond("network.mode", where, "replaced",
+                   "caller asked to join the network namespace of agentshim container " + peer->peer.id +
+                       ", whose network mode is \"" + peer->peer.network_mode + "\" (this policy's is \"" +
+                       netmode + "\")",
+                   "replaced by a new namespace"))
+          n.erase("path");
+        continue;
+      }
+      if (t == "network" && netmode == "confined") {
+        decide(
+            "network.mode", where, "kept",
+            "caller asked to join the network namespace " + path +
+                "; kept (its interfaces and inbound connections stay) and confined by policy rule "
+                "network.mode (confined): new outbound connections leave only through the egress proxy and "
+                "the DNS stub on loopback");
+        continue;
+      }
       if (t == "network" && netmode == "internal") {
         decide("network.mode", where, "replaced",
                "caller asked to join the network namespace " + path +
@@ -1254,11 +1293,23 @@ class Engine {
                   {"dns", n.value("dns", "refuse")},
                   {"proxy_port", port},
                   {"limits", n.value("limits", json::object())}};
-    if (mode != "internal") return;
+    // The namespace the container's network is in: one of its own ("new"),
+    // the caller's ("caller": a pod's CNI namespace), or another agentshim
+    // container's ("peer": a pod's sandbox, served by that container).
+    if (auto it = r_.peer_namespaces.find("network"); it != r_.peer_namespaces.end()) {
+      r_.network["namespace"] = "peer";
+      r_.network["peer"] = it->second;
+    } else if (oci::has_new_namespace(r_.config, "network")) {
+      r_.network["namespace"] = "new";
+    } else {
+      r_.network["namespace"] = oci::has_namespace(r_.config, "network") ? "caller" : "host";
+    }
+    if (mode != "internal" && mode != "confined") return;
     // Docker (libnetwork) wires its bridge into the container's namespace
     // from a prestart/createRuntime hook ("libnetwork-setkey"): with the
-    // internal-only network that hook is removed, so no veth arrives.
-    if (r_.config.contains("hooks") && r_.config["hooks"].is_object()) {
+    // internal-only network that hook is removed, so no veth arrives; the
+    // confined network keeps it (the bridge stays, outbound is confined).
+    if (mode == "internal" && r_.config.contains("hooks") && r_.config["hooks"].is_object()) {
       for (auto& [kind, list] : r_.config["hooks"].items()) {
         if (!list.is_array()) continue;
         json kept = json::array();
@@ -1305,12 +1356,11 @@ class Engine {
         if (k == name) {
           ours = true;
           if (s != k + "=" + v)
-            decisions.push_back(
-                {{"rule", "network.mode"},
-                 {"path", "process.env"},
-                 {"action", "replaced"},
-                 {"detail", "caller set " + name + "; replaced by " + k + "=" + v +
-                                " (the egress proxy) by policy rule network.mode (internal)"}});
+            decisions.push_back({{"rule", "network.mode"},
+                                 {"path", "process.env"},
+                                 {"action", "replaced"},
+                                 {"detail", "caller set " + name + "; replaced by " + k + "=" + v +
+                                                " (the egress proxy) by policy rule network.mode"}});
         }
       if (!ours) out.push_back(s);
     }
@@ -1327,7 +1377,7 @@ class Engine {
                            {"path", "process.env"},
                            {"action", "added"},
                            {"detail", join(added, ", ") + " set to the egress proxy " + url +
-                                          " by policy rule network.mode (internal)"}});
+                                          " by policy rule network.mode"}});
     return {out, decisions};
   }
 
@@ -1387,6 +1437,15 @@ json validate(const json& p, const std::string& where) {
     fail(where, "resources.defaults.pids", "is above resources.maximum.pids");
   if (d.contains("cpus") && m.contains("cpus") && *parse_cpus(d["cpus"]) > *parse_cpus(m["cpus"]))
     fail(where, "resources.defaults.cpus", "is above resources.maximum.cpus");
+  // The confined network keeps interfaces the container could reconfigure,
+  // or send raw frames through below netfilter, with these.
+  if (out["network"]["mode"] == "confined")
+    for (const auto& c : out["capabilities"]["allowed"])
+      if (c == "CAP_NET_ADMIN" || c == "CAP_NET_RAW")
+        fail(where, "capabilities.allowed",
+             c.get<Str>() +
+                 " cannot be allowed with network.mode \"confined\" (the container could change "
+                 "or bypass the rules that confine its outbound traffic; use \"internal\" or drop it)");
   // The host's network namespace has no loopback of the container's own to
   // serve the egress proxy and the DNS stub on: egress could not be
   // mediated, so sharing it needs a policy that says so (passthrough).
@@ -1487,7 +1546,7 @@ Result apply(const json& policy, const json& caller_config, const ApplyContext& 
 
 json exec_settings(const json& policy, const Result& r) {
   json env = json::array();
-  if (r.network.value("mode", "") == "internal")
+  if (const auto m = r.network.value("mode", ""); m == "internal" || m == "confined")
     env = Engine::proxy_env(json::array(), r.network.value("proxy_port", 3128LL)).first;
   return {{"capabilities_allowed", policy["capabilities"]["allowed"]},
           {"no_new_privileges", policy["capabilities"].value("no_new_privileges", true)},

@@ -28,6 +28,7 @@
 // (a typo must never silently weaken the policy).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -35,6 +36,7 @@
 #include <vector>
 
 #include "sandbox/oci.h"
+#include "sandbox/peers.h"
 
 namespace agentshim::policy {
 
@@ -75,6 +77,11 @@ struct ApplyContext {
   // source is one of them, contains one or lies inside one is refused,
   // compared by identity (device and inode), not by spelling.
   std::vector<Owned> owned;
+  // A namespace path that names another agentshim container by its
+  // --pid-file pid (/proc/<sentinel>/ns/<type>): that container and the
+  // same namespace through its init (peers.h). Replaceable for tests.
+  std::function<std::optional<peers::NamespaceTarget>(const std::string& path, const std::string& proc_name)>
+      peer_namespace = peers::resolve_namespace_path;
 };
 
 // Everything the runtime in use owns on the host: the state root (--root),
@@ -97,6 +104,9 @@ struct Result {
   // linux.namespaces joined by path -> the identity of the namespace the
   // policy decided on (it is not the host's); stage1 joins only that one.
   std::map<std::string, oci::FileId> joined_namespaces;
+  // linux.namespaces joined from another agentshim container (type -> its
+  // id): a network joined so is that container's, served by its proxy.
+  std::map<std::string, std::string> peer_namespaces;
   long long exec_time_limit_s = 0;
   // userns "auto" added (or replaced) the user namespace: `create` allocates
   // a host uid/gid range for linux.uid/gidMappings (sandbox/userns.h) and

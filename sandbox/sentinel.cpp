@@ -1,9 +1,11 @@
 #include "sandbox/sentinel.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,6 +43,60 @@ void sentinel_join_cgroup(int sock) {
   try {
     auto cg = cgroups::Manager::load(join->cgroup);
     cg->join_self(cg->v2_only());
+  } catch (const std::exception& e) {
+    reply = sync::Failure{e.what()};
+  }
+  try {
+    sync::send(sock, reply);
+  } catch (...) {
+  }
+}
+
+// The sentinel enters the init's namespaces when the supervisor says so
+// (after the init has made them all, before `create` returns): clients
+// that reach the container through the --pid-file pid (nsenter, CNI
+// plugins, `podman top`, /proc/PID/net, CRI joining a pod's namespaces)
+// then find the container's, never the host's. Its pid namespace is
+// reached through the init instead (peers.h). Entering uses a pidfd, so
+// the user namespace (if the container has its own) comes first and every
+// other type follows in one call; a type the sentinel already shares is
+// left out (re-entering one's own user namespace is EINVAL).
+void enter_namespaces(pid_t pid) {
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) throw_errno("pidfd_open " + std::to_string(pid) + " (the container init)");
+  struct Kind {
+    const char* name;
+    int flag;
+  };
+  int flags = 0;
+  for (Kind k : {Kind{"user", CLONE_NEWUSER}, Kind{"mnt", CLONE_NEWNS}, Kind{"net", CLONE_NEWNET},
+                 Kind{"ipc", CLONE_NEWIPC}, Kind{"uts", CLONE_NEWUTS}, Kind{"cgroup", CLONE_NEWCGROUP}}) {
+    struct stat mine {
+    }, theirs{};
+    std::string p = "/proc/" + std::to_string(pid) + "/ns/" + k.name;
+    if (::stat((std::string("/proc/self/ns/") + k.name).c_str(), &mine) < 0) {
+      if (errno == ENOENT) continue;  // a kernel without this namespace type
+      throw_errno(std::string("stat /proc/self/ns/") + k.name);
+    }
+    if (::stat(p.c_str(), &theirs) < 0) throw_errno("stat " + p);
+    if (mine.st_dev != theirs.st_dev || mine.st_ino != theirs.st_ino) flags |= k.flag;
+  }
+  if (flags && ::setns(pidfd.get(), flags) < 0)
+    throw_errno("setns into the namespaces of the container init (pid " + std::to_string(pid) + ")");
+}
+
+void sentinel_enter(int sock) {
+  std::optional<sync::Message> m;
+  try {
+    m = sync::recv(sock);
+  } catch (...) {
+    return;
+  }
+  const auto* enter = m ? std::get_if<sync::Enter>(&*m) : nullptr;
+  if (!enter) return;
+  sync::Message reply = sync::Entered{};
+  try {
+    enter_namespaces(enter->pid);
   } catch (const std::exception& e) {
     reply = sync::Failure{e.what()};
   }
@@ -115,6 +171,7 @@ void run(setup::Setup s) {
   s.exec_fifo.reset();
   s.state_dirfd.reset();
   sentinel_join_cgroup(join.second.get());
+  sentinel_enter(join.second.get());
   join.second.reset();
   sentinel_main(worker);
 }

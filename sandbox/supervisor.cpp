@@ -161,12 +161,28 @@ class Supervisor {
     if (!sentinel_sock_) throw Error("the sentinel cannot be reached to join the container's cgroup");
     sync::send(sentinel_sock_.get(), sync::Join{cg_->save()});
     auto m = sync::recv(sentinel_sock_.get());
-    sentinel_sock_.reset();
     if (!m) throw Error("the sentinel exited while joining the container's cgroup");
     in_container_cgroup_ = true;  // (in part, perhaps: undone on failure either way)
     if (!std::holds_alternative<sync::Joined>(*m)) {
       const auto* f = std::get_if<sync::Failure>(&*m);
       throw Error("sentinel: joining the container's cgroup: " +
+                  (f ? f->msg : std::string("unexpected \"") + sync::name(sync::type_of(*m)) + "\""));
+    }
+  }
+
+  // The sentinel enters the init's namespaces (sentinel.cpp): after this,
+  // /proc/<--pid-file pid>/ns/{user,mnt,net,ipc,uts,cgroup} are the
+  // container's. Done once the init has made every namespace and waits on
+  // the exec FIFO, before `create` answers.
+  void sentinel_enters_namespaces() {
+    if (!sentinel_sock_) throw Error("the sentinel cannot be reached to enter the container's namespaces");
+    UniqueFd sock = std::move(sentinel_sock_);
+    sync::send(sock.get(), sync::Enter{init_pid_});
+    auto m = sync::recv(sock.get());
+    if (!m) throw Error("the sentinel exited while entering the container's namespaces");
+    if (!std::holds_alternative<sync::Entered>(*m)) {
+      const auto* f = std::get_if<sync::Failure>(&*m);
+      throw Error("sentinel: entering the container's namespaces: " +
                   (f ? f->msg : std::string("unexpected \"") + sync::name(sync::type_of(*m)) + "\""));
     }
   }
@@ -273,6 +289,7 @@ class Supervisor {
     if (stage1 == 0) {
       sock_.reset();
       s_.cli_sock.reset();
+      sentinel_sock_.reset();
       // stage1 joins the v1 hierarchies itself (no grace period) and creates
       // the init in the v2 one (see cgroups::Manager::join_for_clone).
       cgroups::CloneTarget target;
@@ -348,6 +365,7 @@ class Supervisor {
         // The rootfs is prepared and the init waits on the exec FIFO. The
         // "before" filesystem roots are taken at the end of setup, after
         // `create` has been answered (see there).
+        sentinel_enters_namespaces();
         break;
       } else {
         throw Error(std::string("unexpected message from container init: ") + sync::name(sync::type_of(*m)));
@@ -520,29 +538,40 @@ class Supervisor {
     }
   }
 
-  void on_seccomp_listeners(const std::vector<std::string>& kinds, std::vector<UniqueFd> fds) {
+  // The init's listeners (session "") and each exec session's: kind "exec"
+  // is served by the one ExecObserver (an exec session's events tagged
+  // with its id), kind "config" goes to linux.seccomp.listenerPath.
+  void on_seccomp_listeners(const std::vector<std::string>& kinds, std::vector<UniqueFd> fds,
+                            const std::string& session = "", pid_t pid = 0) {
     const json& cfg = s_.config;
     for (std::size_t i = 0; i < fds.size() && i < kinds.size(); ++i) {
       if (kinds[i] == "exec") {
-        if (record_) {
+        if (!record_) continue;
+        if (!observer_) {
           observer_ = std::make_unique<observer::ExecObserver>(
-              std::move(fds[i]), s_.rootfs,
+              UniqueFd(), s_.rootfs,
               [this](const std::string& type, json data) {
-                if (type == "process.exec" && entrypoint_.empty()) entrypoint_ = data;
+                if (type == "process.exec" && entrypoint_.empty() && !data.contains("session"))
+                  entrypoint_ = data;
                 record_->event(type, std::move(data));
               },
               record_->hash_cache());
         }
+        json tag = session.empty() ? json::object() : json{{"session", session}};
+        if (!observer_->add(std::move(fds[i]), std::move(tag)))
+          throw Error("exec observer: no room for another listener (" +
+                      std::to_string(observer::ExecObserver::kMaxListeners) + " at most)");
       } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") &&
                  cfg["linux"]["seccomp"].is_object()) {
         std::string path = cfg["linux"]["seccomp"].value("listenerPath", "");
         if (!path.empty())
-          send_to_listener(path, fds[i].get(), cfg["linux"]["seccomp"].value("listenerMetadata", ""));
+          send_to_listener(path, fds[i].get(), cfg["linux"]["seccomp"].value("listenerMetadata", ""),
+                           pid > 0 ? pid : init_pid_);
       }
     }
   }
 
-  void send_to_listener(const std::string& path, int fd, const std::string& metadata) {
+  void send_to_listener(const std::string& path, int fd, const std::string& metadata, pid_t pid) {
     UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     struct sockaddr_un addr {};
     addr.sun_family = AF_UNIX;
@@ -553,7 +582,7 @@ class Supervisor {
     }
     json st = {{"ociVersion", oci::kOciVersion},
                {"fds", json::array({"seccompFd"})},
-               {"pid", init_pid_},
+               {"pid", pid},
                {"metadata", metadata},
                {"state", hook_state(s_, "running", init_pid_)}};
     int fds[1] = {fd};
@@ -565,7 +594,7 @@ class Supervisor {
   }
 
   void handle_control() {
-    ctl_->serve([this](const control::Message& m) { on_control(m); },
+    ctl_->serve([this](const control::Message& m, std::vector<UniqueFd>& fds) { on_control(m, fds); },
                 [this] {
                   if (sync_after_reply_ && record_) {
                     sync_after_reply_ = false;
@@ -574,7 +603,7 @@ class Supervisor {
                 });
   }
 
-  void on_control(const control::Message& msg) {
+  void on_control(const control::Message& msg, std::vector<UniqueFd>& fds) {
     const std::string type = control::name(control::type_of(msg));
     log::debug("supervisor: control message " + type);
     if (std::holds_alternative<control::Started>(msg)) {
@@ -582,21 +611,39 @@ class Supervisor {
       if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
         deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     }
-    if (std::holds_alternative<control::StartGate>(msg))
-      return;  // answered from the loop: the before-walk is done
+    if (std::holds_alternative<control::StartGate>(msg)) {
+      // Answered from the loop: the before-walk is done. run.started is
+      // written now, before `start` releases the init, so it precedes the
+      // init's first process.exec (after `start`'s later "started" it raced
+      // the init, or was lost when the init was already gone).
+      if (record_ && !run_started_) {
+        run_started_ = true;
+        record_->event("run.started", {{"init_pid", init_pid_}});
+      }
+      return;
+    }
+    if (const auto* o = std::get_if<control::ExecObserve>(&msg)) {
+      // Only seccomp listeners, one per kind: anything else is refused
+      // (the exec'd process's execve then fails: nothing runs unobserved).
+      if (fds.size() != o->kinds.size())
+        throw Error("exec-observe: " + std::to_string(fds.size()) + " descriptors for " +
+                    std::to_string(o->kinds.size()) + " listeners");
+      for (const auto& f : fds)
+        if (!observer::is_seccomp_listener(f.get())) throw Error("exec-observe: not a seccomp listener");
+      if (!record_) throw Error("exec-observe: this container has no record");
+      on_seccomp_listeners(o->kinds, std::move(fds), o->session, o->pid);
+      return;
+    }
     if (!record_) return;
     if (std::holds_alternative<control::Started>(msg)) {
-      record_->event("run.started", {{"init_pid", init_pid_}});
-      sync_after_reply_ = true;  // `start` need not wait for the fsync
+      sync_after_reply_ = true;  // run.started (at the gate) durable; `start` need not wait for the fsync
     } else if (const auto* e = std::get_if<control::Exec>(&msg)) {
       json args = json::array();
       for (const auto& a : e->args) args.push_back(attest::pct_encode(a));
-      record_->event("caller.exec", {{"pid", e->pid},
-                                     {"args", args},
-                                     {"cwd", attest::pct_encode(e->cwd)},
-                                     {"terminal", e->terminal},
-                                     {"user", e->user},
-                                     {"policy_decisions", e->policy_decisions}});
+      json ev = {{"pid", e->pid},           {"args", args},    {"cwd", attest::pct_encode(e->cwd)},
+                 {"terminal", e->terminal}, {"user", e->user}, {"policy_decisions", e->policy_decisions}};
+      if (!e->session.empty()) ev["session"] = e->session;
+      record_->event("caller.exec", std::move(ev));
     } else if (const auto* k = std::get_if<control::Kill>(&msg)) {
       record_->event("signal", {{"signal", k->signal}, {"all", k->all}, {"source", "caller"}});
     } else if (std::holds_alternative<control::Paused>(msg) ||
@@ -924,8 +971,9 @@ class Supervisor {
   std::chrono::steady_clock::time_point deadline_{};
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;
+  bool run_started_ = false;  // run.started written (once, at the start gate)
   pid_t sentinel_;
-  UniqueFd sentinel_sock_;  // until the sentinel has joined the container's cgroup
+  UniqueFd sentinel_sock_;  // until the sentinel has entered the container's namespaces
   bool in_container_cgroup_ = false;
 };
 

@@ -6,8 +6,9 @@
 namespace agentshim::sync {
 namespace {
 
-constexpr const char* kNames[] = {"error", "join",     "joined", "userns",   "userns-ok", "init",  "init-ok",
-                                  "idmap", "idmap-ok", "hooks",  "hooks-ok", "seccomp",   "ready", "created"};
+constexpr const char* kNames[] = {"error",   "join",    "joined",   "userns", "userns-ok", "init",
+                                  "init-ok", "idmap",   "idmap-ok", "hooks",  "hooks-ok",  "seccomp",
+                                  "ready",   "created", "enter",    "entered"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
 template <std::size_t I = 0>
@@ -73,7 +74,7 @@ std::string encode(const Message& m) {
         } else if constexpr (std::is_same_v<T, Join>) {
           j["cgroup"] = p.cgroup;
         } else if constexpr (std::is_same_v<T, Userns> || std::is_same_v<T, Init> ||
-                             std::is_same_v<T, HooksOk>) {
+                             std::is_same_v<T, HooksOk> || std::is_same_v<T, Enter>) {
           j["pid"] = p.pid;
         } else if constexpr (std::is_same_v<T, IdmapOk>) {
           j["sources"] = p.sources;
@@ -147,6 +148,10 @@ Message decode(std::string_view payload) {
       c.cgroup = get_object(j, type, "cgroup");
       return c;
     }
+    case Type::enter:
+      return Enter{get_pid(j, type, "pid")};
+    case Type::entered:
+      return Entered{};
   }
   throw Error("unknown sync message type \"" + type + "\"");
 }

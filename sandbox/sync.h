@@ -3,6 +3,7 @@
 // descriptors attached (SCM_RIGHTS) where a message says so. Encoded and
 // decoded here only; a process holds a typed Message, never a string.
 //
+// clang-format off
 //   CLI (create)      sentinel            supervisor               stage1                 init
 //       │  fork ────────▶ │  fork ────────────▶ │                       │                      │
 //       │                 │ ◀──── join{cgroup} ─┤ (cgroup made)         │                      │
@@ -12,14 +13,17 @@
 //       │                 │                     ├─ userns-ok ──────────▶│ (id maps written)    │
 //       │                 │                     │                       │  clone(CLONE_PARENT) ▶│
 //       │                 │                     │ ◀────────── init{pid} ┤ exits                │
-//       │                 │                     ├─ init-ok ──────────────────────────────────▶│
-//       │                 │                     │ ◀───────────────────────────────────── idmap ┤ (userns
-//       "auto") │                 │                     ├─ idmap-ok{sources} + fds ──────────────────▶│ │ │
-//       │ ◀───────────────────────────────────── hooks ┤ (rootfs mounted) │                 │ ├─
-//       hooks-ok{pid} ────────────────────────────▶│ (prestart, createRuntime run) │                 │ │
-//       ◀─────────────────────── seccomp{kinds} + fds ┤ (listeners, if any) │                 │ │
-//       ◀───────────────────────────────────── ready ┤ blocks on exec.fifo │ ◀────
-//       created{init_pid,init_start,cgroup} ┤                                         │
+//       │                 │                     ├─ init-ok ─────────────────────────────────▶│
+//       │                 │                     │ ◀──────────────────────────────────── idmap ┤ (userns "auto")
+//       │                 │                     ├─ idmap-ok{sources} + fds ─────────────────▶│
+//       │                 │                     │ ◀──────────────────────────────────── hooks ┤ (rootfs mounted)
+//       │                 │                     ├─ hooks-ok{pid} ───────────────────────────▶│ (prestart, createRuntime run)
+//       │                 │                     │ ◀─────────────────── seccomp{kinds} + fds ┤ (listeners, if any)
+//       │                 │                     │ ◀──────────────────────────────────── ready ┤ blocks on exec.fifo
+//       │                 │ ◀──── enter{pid} ───┤ (the init's pid)                             │
+//       │                 ├─ entered ──────────▶│ (sentinel now in the init's namespaces)     │
+//       │ ◀── created{init_pid,init_start,cgroup} ┤                                             │
+// clang-format on
 //
 // Any process may send error{msg} instead of its next message; the receiver
 // stops there and reports msg. The init may also send seccomp and error
@@ -64,6 +68,8 @@ enum class Type {
   seccomp,    // init → supervisor: {kinds} + one listener fd per kind
   ready,      // init → supervisor: waiting on exec.fifo
   created,    // supervisor → CLI: {init_pid, init_start, cgroup}
+  enter,      // supervisor → sentinel: {pid}, enter that process's namespaces (the init's)
+  entered,    // sentinel → supervisor
 };
 
 struct Failure {
@@ -124,8 +130,20 @@ struct Created {
   json cgroup;
 };
 
+// The sentinel enters the container's user, mount, network, ipc, uts and
+// cgroup namespaces (those that differ from its own), so clients that
+// reach the container through the --pid-file pid (nsenter, CNI, `podman
+// top`, /proc/PID/net) find the container's (peers.h).
+struct Enter {
+  static constexpr Type kType = Type::enter;
+  pid_t pid = 0;
+};
+struct Entered {
+  static constexpr Type kType = Type::entered;
+};
+
 using Message = std::variant<Failure, Join, Joined, Userns, UsernsOk, Init, InitOk, Idmap, IdmapOk, Hooks,
-                             HooksOk, Seccomp, Ready, Created>;
+                             HooksOk, Seccomp, Ready, Created, Enter, Entered>;
 
 inline Type type_of(const Message& m) {
   return static_cast<Type>(m.index());

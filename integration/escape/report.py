@@ -66,6 +66,7 @@ NEEDS = {
     "setuid_nnp": _NNP, "file_capability": _NNP + ", and NET_RAW out of the bounding set",
     "host_network_requested": "host namespaces refused; the internal-only network",
     "host_loopback_service": "the internal-only network", "host_address_service": "the internal-only network",
+    "pod_network_direct_egress": "the confined network's outbound rules (nftables; no CAP_NET_ADMIN/NET_RAW)",
     "metadata_endpoint": "the internal-only network",
     "fork_bomb_no_config_limit": "policy default pids limit when the config sets none",
     "memory_no_config_limit": "policy default memory limit when the config sets none",
@@ -88,7 +89,8 @@ for _n in list(KERNEL_DEPENDS):
         NEEDS[_n] = "the default seccomp profile covering the compat syscall ABIs"
 
 # Tests outside the parametrized table, in the order test_escape.py has them.
-SPECIAL = ["host_loopback_service", "host_address_service", "host_network_requested", "sethostname",
+SPECIAL = ["host_loopback_service", "host_address_service", "host_network_requested", "pod_network_direct_egress",
+           "sethostname",
            "audit_dir_and_key", "kill_supervisor", "runtime_exe_overwrite", "symlink_mount_target",
            "fork_bomb_pids_limit", "fork_bomb_no_config_limit", "memory_limit_64m", "memory_no_config_limit",
            "tmpfs_exhaustion_sized", "tmpfs_exhaustion_unsized", "tiocsti_operator_terminal",

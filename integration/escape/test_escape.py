@@ -125,10 +125,10 @@ def test_attack(esc, a):
 class TokenServer:
     """A TCP listener on the host's 127.0.0.1 that sends a token to anyone who connects."""
 
-    def __init__(self):
+    def __init__(self, addr="127.0.0.1"):
         self.token = uuid.uuid4().hex
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((addr, 0))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -195,6 +195,48 @@ def test_host_network_requested(esc, token_server):
     v = esc.attack(b, "host_tcp", str(token_server.port), token_server.token, "127.0.0.1", *host_addresses())
     check("host_network_requested", "config asks for the host network namespace; reach the host's 127.0.0.1 service",
           esc, v, allow_refusal=True)
+
+
+@pytest.fixture
+def pod_link():
+    """A network namespace as a CNI bridge plugin or Docker leaves it: eth0
+    with an address and a default route to the node (the host end of a veth
+    pair, 10.231.7.1)."""
+    name = "aesc" + uuid.uuid4().hex[:8]
+    host_if = "ve" + name[4:12]
+    run(["ip", "netns", "add", name], check=True)
+    try:
+        run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name], check=True)
+        run(["ip", "addr", "add", "10.231.7.1/30", "dev", host_if], check=True)
+        run(["ip", "link", "set", host_if, "up"], check=True)
+        for cmd in (["ip", "link", "set", "lo", "up"], ["ip", "link", "set", "eth0", "up"],
+                    ["ip", "addr", "add", "10.231.7.2/30", "dev", "eth0"],
+                    ["ip", "route", "add", "default", "via", "10.231.7.1"]):
+            run(["ip", "netns", "exec", name, *cmd], check=True)
+        yield f"/var/run/netns/{name}"
+    finally:
+        run(["ip", "link", "del", host_if])
+        run(["ip", "netns", "delete", name])
+
+
+def test_pod_network_direct_egress(esc, pod_link):
+    """The caller hands the container a prepared network namespace (a pod's,
+    Docker's bridge) with a route to the node. runc joins it and the attack
+    reaches a service on the node's end of the link; agentshim keeps the
+    namespace (network.mode confined) but its outbound rules refuse the
+    direct connection (only the egress proxy and DNS stub on loopback)."""
+    srv = TokenServer("10.231.7.1")
+    try:
+        b = esc.bundle()
+        for n in b.config["linux"]["namespaces"]:
+            if n["type"] == "network":
+                n["path"] = pod_link
+        v = esc.attack(b, "host_tcp", str(srv.port), srv.token, "10.231.7.1")
+    finally:
+        srv.close()
+    check("pod_network_direct_egress",
+          "in a caller-prepared (pod, Docker bridge) network namespace: connect directly to a service on the node",
+          esc, v)
 
 
 # ---------------------------------------------------------------- identity of the host
@@ -579,6 +621,45 @@ def test_observer_opens_non_regular_file(esc, tmp_path):
         else:
             assert "not opened" in kmsg[0].get("error", ""), kmsg[0]
     check("observer_non_regular_file", "exec of a FIFO / symlink to /proc/kmsg / device: the supervisor must not open it",
+          esc, v)
+
+
+def test_exec_session_recorded_identity(esc):
+    """Record evasion through `exec` (what an agent platform's tool calls
+    are): a program started by `exec`, and one its shell starts in the
+    background, must be in the record with the session of their caller.exec
+    and the SHA-256 of the real binary (sha256 of the file in the bundle);
+    a PATH lookup's misses must not pass for programs that ran. runc keeps
+    no record: nothing an exec runs is written anywhere."""
+    import hashlib
+    cid, p = start_paused(esc)
+    real = hashlib.sha256(open(os.path.join(esc.bundles[-1], "rootfs", "bin", "attack"), "rb").read()).hexdigest()
+    r1 = esc.rt("exec", cid, "/bin/attack", "pause", "0", timeout=30)
+    r2 = esc.rt("exec", cid, "sh", "-c", "/bin/attack pause 0 & wait; env no-such-tool-xyz; true", timeout=30)
+    esc.rt("kill", cid, "KILL")
+    p.wait(timeout=30)
+    v = parse_verdict(r1)
+    assert v.kind == "BLOCKED" and r2.returncode == 0, (r1, r2)
+    if esc.name != "agentshim":
+        v = Verdict("ESCAPED", "runc keeps no record: what an exec ran is written nowhere")
+    else:
+        rd = newest_run(esc)
+        events = [json.loads(l) for l in open(os.path.join(rd, "events.ndjson"))]
+        sessions = [e["data"]["session"] for e in events if e["type"] == "caller.exec"]
+        execs = [e["data"] for e in events if e["type"] == "process.exec"]
+        ran = [[e for e in execs if e.get("session") == s and e.get("path") == "/bin/attack"] for s in sessions]
+        faked = [e for e in execs if "no-such-tool-xyz" in e.get("path", "")]
+        if len(sessions) != 2 or any(len(r) != 1 for r in ran):
+            v = Verdict("ESCAPED", f"an exec'd /bin/attack is missing from its session's record: {execs}")
+        elif any(r[0].get("sha256") != real for r in ran):
+            v = Verdict("ESCAPED", f"recorded identity {[r[0].get('sha256') for r in ran]} is not the real {real}")
+        elif faked:
+            v = Verdict("ESCAPED", f"a PATH miss is recorded as a program that ran: {faked[0]}")
+        else:
+            r = esc.rt("verify", rd)
+            assert r.returncode == 0 and r.stdout == b"VERIFIED\n", r.stdout + r.stderr
+            v = Verdict("BLOCKED", "both exec'd programs recorded with their session and real SHA-256")
+    check("exec_session_identity", "programs started by `exec` recorded with their session and real SHA-256",
           esc, v)
 
 

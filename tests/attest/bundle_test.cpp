@@ -46,6 +46,7 @@ std::string make_run(const std::string& base, KeyType kt, const std::string& key
   RunRecord r(c);
   r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
   r.snapshot_before({TrackedTree{"/workspace", ws, {}, {}}});
+  r.event("run.started", {{"init_pid", 7}});
   r.event("process.exec", {{"pid", 7}, {"path", "/bin/true"}, {"argv", {"/bin/true"}}});
   write_file(ws + "/modify.txt", "modified\n");
   write_file(ws + "/added.txt", "new\n");

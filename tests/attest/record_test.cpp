@@ -389,3 +389,48 @@ TEST(Ledger, ConcurrentAppendsNeverFork) {
   EXPECT_TRUE(c.problems.empty()) << c.problems[0];
   EXPECT_EQ(c.rows.size(), 100u);
 }
+
+namespace {
+std::vector<LoggedEvent> evs(std::initializer_list<const char*> types) {
+  std::vector<LoggedEvent> out;
+  uint64_t seq = 0;
+  for (const char* t : types) {
+    LoggedEvent e{};
+    e.seq = seq++;
+    std::string s = t;
+    if (s == "fs.root.before" || s == "fs.root.after") {
+      e.data = {{"phase", s.substr(8)}};
+      s = "fs.root";
+    }
+    e.type = s;
+    out.push_back(e);
+  }
+  return out;
+}
+}  // namespace
+
+// FORMATS.md "Mandatory events": a complete run's order.
+TEST(RunEvents, MandatoryEventsInOrder) {
+  EXPECT_TRUE(check_run_events(
+                  evs({"run.created", "fs.root.before", "run.started", "process.exec", "caller.exec",
+                       "process.exec_failed", "run.exit", "fs.root.after", "fs.changes", "run.finalized"}))
+                  .empty());
+  // Created and deleted without start: no run.started, no exec.
+  EXPECT_TRUE(check_run_events(evs({"run.created", "fs.root.before", "run.exit", "fs.root.after",
+                                    "fs.changes", "run.finalized"}))
+                  .empty());
+  auto one = [](std::initializer_list<const char*> t, const std::string& want) {
+    auto p = check_run_events(evs(t));
+    ASSERT_EQ(p.size(), 1u) << testing::PrintToString(p);
+    EXPECT_NE(p[0].find(want), std::string::npos) << p[0];
+  };
+  one({"run.created", "process.exec", "run.started", "run.exit", "run.finalized"},
+      "comes before run.started");
+  one({"run.created", "process.exec", "run.exit", "run.finalized"}, "without run.started");
+  one({"run.created", "run.started", "caller.exec", "run.finalized"}, "run.exit appears 0 times");
+  one({"run.started", "run.created", "run.exit", "run.finalized"}, "run.created is not the first");
+  one({"run.created", "run.exit", "run.finalized", "run.started"}, "run.finalized is not the last");
+  one({"run.created", "run.started", "run.started", "run.exit", "run.finalized"}, "run.started appears 2");
+  one({"run.created", "fs.root.after", "fs.root.before", "run.exit", "run.finalized"}, "after comes before");
+  one({"run.created", "fs.changes", "fs.root.after", "run.exit", "run.finalized"}, "fs.changes comes before");
+}

@@ -3,20 +3,30 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/openat2.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <mutex>
+#include <nlohmann/json.hpp>
 
+#include "common/fd.h"
 #include "common/util.h"
+#include "sandbox/seccomp.h"
 #include "tests/temp_dir.h"
 
 using namespace agentshim;
+using json = nlohmann::json;
 
 TEST(ExecObserver, Shebang) {
   EXPECT_EQ(observer::shebang_interpreter("#!/bin/sh\necho"), "/bin/sh");
   EXPECT_EQ(observer::shebang_interpreter("#! /usr/bin/env python3\n"), "/usr/bin/env");
-  EXPECT_EQ(observer::shebang_interpreter("\x7f" "ELF..."), "");
+  EXPECT_EQ(observer::shebang_interpreter("\x7f"
+                                          "ELF..."),
+            "");
   EXPECT_EQ(observer::shebang_interpreter("#"), "");
   EXPECT_EQ(observer::shebang_interpreter(std::string("#!") + std::string(300, 'a')), "");
 }
@@ -97,4 +107,175 @@ TEST(ExecObserver, OpensOnlyRegularFilesInsideTheRoot) {
   int self = observer::open_regular_link("/proc/self/exe", lerr);
   EXPECT_GE(self, 0) << lerr;
   if (self >= 0) ::close(self);
+}
+
+// One observer serves several listeners (the init's and exec sessions'):
+// a process that loads the observer filter and hands its listener over is
+// recorded with the tag it was added with; its listener is dropped when the
+// process is gone; only seccomp listeners are accepted.
+TEST(ExecObserver, ServesAddedListenersWithTheirTags) {
+  auto prog = seccomp::exec_observer().bpf();
+  std::mutex mu;
+  std::vector<json> events;
+  observer::ExecObserver obs(UniqueFd(), "", [&](const std::string& type, json data) {
+    std::lock_guard<std::mutex> l(mu);
+    if (type == "process.exec") events.push_back(std::move(data));
+  });
+  EXPECT_EQ(obs.listeners(), 0u);
+  auto sp = make_socketpair(SOCK_SEQPACKET);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    sp.first.reset();
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ::_exit(2);
+    int fd = seccomp::load_program(prog);
+    if (fd < 0) ::_exit(3);
+    send_fds(sp.second.get(), "exec", &fd, 1);
+    ::close(fd);
+    char* argv[] = {const_cast<char*>("true"), const_cast<char*>("from-session"), nullptr};
+    ::execv("/bin/true", argv);
+    ::_exit(4);
+  }
+  sp.second.reset();
+  std::vector<UniqueFd> fds;
+  EXPECT_EQ(recv_fds(sp.first.get(), fds), "exec");
+  ASSERT_EQ(fds.size(), 1u);
+  EXPECT_TRUE(observer::is_seccomp_listener(fds[0].get()));
+  EXPECT_FALSE(observer::is_seccomp_listener(sp.first.get()));
+  EXPECT_TRUE(obs.add(std::move(fds[0]), {{"session", "s1"}}));
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+  EXPECT_EQ(obs.listeners(), 0u);  // HUP: the process under the filter is gone
+  obs.stop();
+  EXPECT_FALSE(obs.add(UniqueFd(::dup(0)), json::object()));  // stopped
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0]["session"], "s1");
+  EXPECT_EQ(events[0]["path"], "/bin/true");
+  EXPECT_EQ(events[0]["argv"], json::array({"true", "from-session"}));
+  EXPECT_EQ(events[0]["pid"], child);
+}
+
+namespace {
+
+// A child under the observer filter, its listener returned; the child
+// runs `body` once the parent answers on the socket.
+struct Observed {
+  pid_t pid = -1;
+  UniqueFd listener;
+  UniqueFd go;
+};
+
+template <typename F>
+Observed observed_child(F body) {
+  auto prog = seccomp::exec_observer().bpf();
+  auto sp = make_socketpair(SOCK_SEQPACKET);
+  Observed o;
+  o.pid = ::fork();
+  if (o.pid == 0) {
+    sp.first.reset();
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ::_exit(2);
+    int fd = seccomp::load_program(prog);
+    if (fd < 0) ::_exit(3);
+    send_fds(sp.second.get(), "exec", &fd, 1);
+    ::close(fd);
+    char c;
+    if (::read(sp.second.get(), &c, 1) != 1) ::_exit(5);
+    ::_exit(body());
+  }
+  sp.second.reset();
+  std::vector<UniqueFd> fds;
+  recv_fds(sp.first.get(), fds);
+  if (!fds.empty()) o.listener = std::move(fds[0]);
+  o.go = std::move(sp.first);
+  return o;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+// A PATH lookup's misses are failed attempts with the errno the process
+// got, apart from the program that ran.
+TEST(ExecObserver, MissingPathsAreFailedAttemptsWithTheirErrno) {
+  std::mutex mu;
+  std::vector<std::pair<std::string, json>> events;
+  observer::ExecObserver obs(UniqueFd(), "", [&](const std::string& type, json data) {
+    std::lock_guard<std::mutex> l(mu);
+    events.emplace_back(type, std::move(data));
+  });
+  auto o = observed_child([] {
+    char* argv[] = {const_cast<char*>("x"), nullptr};
+    ::execv("/nonexistent-dir/x", argv);
+    if (errno != ENOENT) return 10;
+    ::execv("/etc/passwd/x", argv);
+    if (errno != ENOTDIR) return 11;
+    char* targv[] = {const_cast<char*>("true"), nullptr};
+    ::execv("/bin/true", targv);
+    return 12;
+  });
+  ASSERT_TRUE(o.listener);
+  ASSERT_TRUE(obs.add(std::move(o.listener), {{"session", "s2"}}));
+  ASSERT_EQ(::write(o.go.get(), "g", 1), 1);
+  EXPECT_EQ(wait_exit(o.pid), 0);
+  for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+  obs.stop();
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].first, "process.exec_failed");
+  EXPECT_EQ(events[0].second["errno"], "ENOENT");
+  EXPECT_EQ(events[0].second["path"], "/nonexistent-dir/x");
+  EXPECT_EQ(events[0].second["session"], "s2");
+  EXPECT_FALSE(events[0].second.contains("sha256"));
+  EXPECT_EQ(events[1].first, "process.exec_failed");
+  EXPECT_EQ(events[1].second["errno"], "ENOTDIR");
+  EXPECT_EQ(events[2].first, "process.exec");
+  EXPECT_EQ(events[2].second["path"], "/bin/true");
+  EXPECT_TRUE(events[2].second.contains("sha256"));
+}
+
+// Nobody takes the listener (the supervisor is gone, or refused it): the
+// exec fails with ENOSYS, nothing runs unrecorded, nothing waits forever.
+TEST(ExecObserver, ListenerNobodyTakesFailsTheExecClosed) {
+  auto o = observed_child([] {
+    char* argv[] = {const_cast<char*>("true"), nullptr};
+    ::execv("/bin/true", argv);
+    return errno == ENOSYS ? 0 : 20;
+  });
+  ASSERT_TRUE(o.listener);
+  o.listener.reset();
+  ASSERT_EQ(::write(o.go.get(), "g", 1), 1);
+  EXPECT_EQ(wait_exit(o.pid), 0);
+}
+
+// A process killed while its exec waits for the observer, and a listener
+// closed while an exec waits on it: neither the process nor the observer
+// hangs, and the observer drops the listener.
+TEST(ExecObserver, DyingProcessAndStopWhileAnExecWaits) {
+  auto o = observed_child([] {
+    char* argv[] = {const_cast<char*>("true"), nullptr};
+    ::execv("/bin/true", argv);
+    return 30;
+  });
+  ASSERT_TRUE(o.listener);
+  ASSERT_EQ(::write(o.go.get(), "g", 1), 1);
+  // The exec now waits on a listener nobody serves yet.
+  for (int i = 0; i < 100; i++) {
+    std::string st = read_file("/proc/" + std::to_string(o.pid) + "/wchan");
+    if (st.find("seccomp") != std::string::npos) break;
+    ::usleep(10000);
+  }
+  ::kill(o.pid, SIGKILL);
+  EXPECT_EQ(wait_exit(o.pid), 128 + SIGKILL);
+  std::vector<json> events;
+  observer::ExecObserver obs(UniqueFd(), "", [&](const std::string&, json d) { events.push_back(d); });
+  ASSERT_TRUE(obs.add(std::move(o.listener), json::object()));
+  for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+  EXPECT_EQ(obs.listeners(), 0u);
+  obs.stop();
+  EXPECT_TRUE(events.empty());
 }

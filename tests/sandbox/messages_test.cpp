@@ -1,14 +1,20 @@
 // The typed messages between the processes (sync.h) and on the control
 // socket (control.h): every type round-trips, and anything else is a clear
 // error rather than a default value.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include "common/error.h"
 #include "common/fd.h"
 #include "sandbox/control.h"
 #include "sandbox/sync.h"
+#include "tests/temp_dir.h"
 
 namespace agentshim {
 namespace {
@@ -38,7 +44,9 @@ TEST(SyncMessages, EveryTypeRoundTrips) {
                                     sync::HooksOk{7},
                                     sync::Seccomp{{"exec", "config"}},
                                     sync::Ready{},
-                                    sync::Created{99, 123456789012ULL, {{"path", "/c"}}}};
+                                    sync::Created{99, 123456789012ULL, {{"path", "/c"}}},
+                                    sync::Enter{31337},
+                                    sync::Entered{}};
   ASSERT_EQ(all.size(), std::variant_size_v<sync::Message>);
   for (const auto& m : all) {
     std::string wire = sync::encode(m);
@@ -46,7 +54,8 @@ TEST(SyncMessages, EveryTypeRoundTrips) {
     EXPECT_EQ(sync::type_of(back), sync::type_of(m)) << wire;
     EXPECT_EQ(sync::encode(back), wire);
   }
-  EXPECT_EQ(std::get<sync::Created>(sync::decode(sync::encode(all.back()))).init_start, 123456789012ULL);
+  EXPECT_EQ(std::get<sync::Created>(sync::decode(sync::encode(all[13]))).init_start, 123456789012ULL);
+  EXPECT_EQ(std::get<sync::Enter>(sync::decode(sync::encode(all[14]))).pid, 31337);
   EXPECT_EQ(std::get<sync::IdmapOk>(sync::decode(sync::encode(all[8]))).sources,
             (std::vector<std::string>{"/src/a", "/src/b"}));
   EXPECT_FALSE(std::get<sync::IdmapOk>(sync::decode(sync::encode(all[8]))).rootfs);
@@ -142,13 +151,15 @@ TEST(ControlMessages, EveryTypeRoundTrips) {
   e.terminal = true;
   e.user = {{"uid", 1000}};
   e.policy_decisions = json::array({{{"rule", "x"}}});
+  e.session = "0123456789abcdef";
   std::vector<control::Message> all = {control::StartGate{},
                                        control::Started{},
                                        e,
                                        control::Kill{"SIGTERM", true},
                                        control::Paused{},
                                        control::Resumed{},
-                                       control::Updated{{{"pids", {{"limit", 5}}}}, json::array()}};
+                                       control::Updated{{{"pids", {{"limit", 5}}}}, json::array()},
+                                       control::ExecObserve{"00ff", 42, {"exec", "config"}}};
   ASSERT_EQ(all.size(), std::variant_size_v<control::Message>);
   for (const auto& m : all) {
     std::string wire;
@@ -174,6 +185,16 @@ TEST(ControlMessages, EveryTypeRoundTrips) {
   EXPECT_EQ(bare.cwd, "/");
   EXPECT_EQ(bare.pid, 0);
   EXPECT_TRUE(bare.args.empty());
+  EXPECT_TRUE(bare.session.empty());
+  auto o = std::get<control::ExecObserve>(
+      control::decode(R"({"type":"exec-observe","session":"ab12","pid":9,"kinds":["exec"]})"));
+  EXPECT_EQ(o.session, "ab12");
+  EXPECT_EQ(o.pid, 9);
+  EXPECT_EQ(o.kinds, std::vector<std::string>{"exec"});
+  auto id = control::new_session_id();
+  EXPECT_EQ(id.size(), 16u);
+  EXPECT_NE(id, control::new_session_id());
+  EXPECT_NO_THROW(control::decode(R"({"type":"exec","session":")" + id + "\"}"));
 }
 
 TEST(ControlMessages, UnknownAndMalformedAreErrors) {
@@ -192,6 +213,54 @@ TEST(ControlMessages, UnknownAndMalformedAreErrors) {
   EXPECT_TRUE(has(error_of([] { control::decode(R"({"type":"kill","signal":9})"); }), "signal"));
   EXPECT_TRUE(has(error_of([] { control::decode(R"({"type":"kill","all":"yes"})"); }), "all"));
   EXPECT_TRUE(has(error_of([] { control::decode(R"({"type":"updated","resources":[]})"); }), "resources"));
+  // A session id becomes part of the record: only hex digits, bounded.
+  for (const char* bad :
+       {R"({"type":"exec-observe","pid":1,"kinds":[]})", R"({"type":"exec-observe","session":"","kinds":[]})",
+        R"({"type":"exec-observe","session":"AB","kinds":[]})",
+        R"({"type":"exec-observe","session":"a\n","kinds":[]})", R"({"type":"exec","session":"../x"})"})
+    EXPECT_TRUE(has(error_of([&] { control::decode(bad); }), "session")) << bad;
+  EXPECT_TRUE(has(error_of([] {
+                    control::decode(R"({"type":"exec-observe","session":")" + std::string(65, 'a') + R"("})");
+                  }),
+                  "session"));
+  EXPECT_TRUE(has(error_of([] { control::decode(R"({"type":"exec-observe","session":"a","kinds":["x"]})"); }),
+                  "kinds"));
+  EXPECT_TRUE(has(
+      error_of([] { control::decode(R"({"type":"exec-observe","session":"a","kinds":"exec"})"); }), "kinds"));
+}
+
+// Descriptors sent with a control message reach the handler; a message
+// without them gets none.
+TEST(ControlMessages, DescriptorsTravelOverTheSocket) {
+  testutil::TempDir dir("control-fds");
+  control::Server server(dir.path + "/supervisor.sock");
+  auto p = make_pipe(O_CLOEXEC);
+  std::atomic<int> got{-1};
+  std::atomic<bool> served{false};
+  std::thread t([&] {
+    while (!served) {
+      struct pollfd pfd = {server.fd(), POLLIN, 0};
+      ::poll(&pfd, 1, 100);
+      server.serve(
+          [&](const control::Message& m, std::vector<UniqueFd>& fds) {
+            if (std::holds_alternative<control::ExecObserve>(m)) {
+              got = static_cast<int>(fds.size());
+              if (!fds.empty() && ::write(fds[0].get(), "x", 1) != 1) got = -2;
+              served = true;
+            }
+          },
+          [] {});
+    }
+  });
+  int raw[1] = {p.second.get()};
+  auto r = control::notify(dir.path, control::ExecObserve{"ab", 1, {"exec"}}, true, 5, {raw[0]});
+  t.join();
+  EXPECT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(got, 1);
+  p.second.reset();
+  char c = 0;
+  EXPECT_EQ(::read(p.first.get(), &c, 1), 1);
+  EXPECT_EQ(c, 'x');
 }
 
 }  // namespace

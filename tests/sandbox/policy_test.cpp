@@ -80,7 +80,7 @@ TEST(Policy, DefaultJsonFileIsTheBuiltIn) {
   EXPECT_EQ(b["mode"], "enforce");
   EXPECT_EQ(b["seccomp"]["profile"], "builtin");
   EXPECT_EQ(b["filesystem"]["readonly_root"], true);
-  EXPECT_EQ(b["network"]["mode"], "internal");
+  EXPECT_EQ(b["network"]["mode"], "confined");
   EXPECT_EQ(b["userns"], "off");
   // Docker's default set minus NET_RAW, MKNOD, SETFCAP, AUDIT_WRITE.
   std::set<std::string> caps;
@@ -145,6 +145,13 @@ TEST(Policy, ValidationErrorsNameTheKey) {
   EXPECT_EQ(err({{"namespaces", {{"allow_host", {"network", "pid", "user"}}}},
                  {"network", {{"mode", "passthrough"}}}}),
             "");
+  // The confined network's rules must stay out of the container's reach.
+  EXPECT_NE(err({{"capabilities", {{"allowed", {"CAP_NET_ADMIN"}}}}})
+                .find("CAP_NET_ADMIN cannot be allowed with network.mode \"confined\""),
+            std::string::npos);
+  EXPECT_NE(err({{"capabilities", {{"allowed", {"CAP_NET_RAW"}}}}}).find("CAP_NET_RAW cannot be allowed"),
+            std::string::npos);
+  EXPECT_EQ(err({{"capabilities", {{"allowed", {"CAP_NET_RAW"}}}}, {"network", {{"mode", "internal"}}}}), "");
   EXPECT_NE(err({{"devices", {{"allowed", {{{"type", "c"}, {"major", 10}}}}}}}).find("devices.allowed[0]"),
             std::string::npos);
   EXPECT_NE(err({{"resources", {{"maximum", {{"memory", "huge"}}}}}}).find("resources.maximum.memory"),
@@ -184,7 +191,7 @@ TEST(Policy, PartialSectionsKeepTheOtherDefaults) {
   json p = policy::validate({{"network", {{"allow", {"api.example.com:443"}}}}, {"mode", "refuse"}}, "x");
   json b = policy::builtin();
   EXPECT_EQ(p["network"]["allow"], json::array({"api.example.com:443"}));
-  EXPECT_EQ(p["network"]["mode"], "internal");
+  EXPECT_EQ(p["network"]["mode"], "confined");
   EXPECT_EQ(p["network"]["proxy_port"], 3128);
   EXPECT_EQ(p["network"]["limits"], b["network"]["limits"]);
   EXPECT_EQ(p["capabilities"], b["capabilities"]);
@@ -361,7 +368,7 @@ TEST(PolicyApply, RuncSpecUnderTheDefaultPolicy) {
   // /dev tmpfs (64m) is within the limit; the deny-all device rule already first
   EXPECT_TRUE(by_rule(r, "filesystem.tmpfs_max_size").empty());
   EXPECT_TRUE(by_rule(r, "devices.allowed").empty());
-  EXPECT_EQ(r.network["mode"], "internal");
+  EXPECT_EQ(r.network["mode"], "confined");
   EXPECT_EQ(r.exec_time_limit_s, 0);
   // The caller's config object is untouched.
   EXPECT_EQ(before, runc_config());
@@ -543,6 +550,80 @@ TEST(PolicyApply, SeccompStackedOrReplaced) {
   EXPECT_EQ(by_rule(r2, "seccomp.stack_on_config").at(0)["action"], "replaced");
 }
 
+// Another agentshim container named by its --pid-file pid (a pod's sandbox,
+// `docker run --network container:X`): the join goes to the same namespace
+// through that container's init, and is kept — pid included — with a
+// decision naming the container. A peer that is really on the host's
+// namespace stays refused; a network of a different mode is handled as any
+// other joined network.
+TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
+  FakeNs ns;
+  auto ctx = ns.ctx();
+  std::string peer_mode = "confined";
+  std::string target_dir = ns.dir + "/pod";
+  ctx.peer_namespace = [&](const std::string& path,
+                           const std::string& proc) -> std::optional<peers::NamespaceTarget> {
+    if (path != "/proc/4242/ns/" + proc) return std::nullopt;
+    peers::NamespaceTarget t;
+    t.peer.id = "sandbox1";
+    t.peer.sentinel = 4242;
+    t.peer.init_pid = 4343;
+    t.peer.network_mode = peer_mode;
+    t.path = target_dir + "/" + proc;
+    return t;
+  };
+  json cfg = clean_config();
+  for (const char* t : {"network", "ipc", "uts", "pid"})
+    set_ns_path(cfg, t, std::string("/proc/4242/ns/") + oci::namespace_by_name(t)->proc);
+  auto r = policy::apply(policy::builtin(), cfg, ctx);
+  for (const char* t : {"network", "ipc", "uts", "pid"}) {
+    EXPECT_FALSE(oci::has_new_namespace(r.config, t)) << t;
+    EXPECT_EQ(r.peer_namespaces.at(t), "sandbox1");
+    EXPECT_TRUE(r.joined_namespaces.count(t)) << t;
+  }
+  for (const auto& n : oci::namespaces(r.config)) {
+    if (n.type == "pid") {
+      EXPECT_EQ(n.path, ns.dir + "/pod/pid");
+    }
+  }
+  auto kept = by_rule(r, "namespaces");
+  ASSERT_EQ(kept.size(), 4u) << r.decisions.dump(1);
+  for (const auto& d : kept) {
+    EXPECT_EQ(d["action"], "kept");
+    EXPECT_NE(d["detail"].get<std::string>().find("agentshim container sandbox1"), std::string::npos);
+  }
+  auto on_namespaces = [](const json& ds) {
+    json out = json::array();
+    for (const auto& d : ds)
+      if (starts_with(d["path"].get<std::string>(), "linux.namespaces")) out.push_back(d);
+    return out;
+  };
+  EXPECT_TRUE(on_namespaces(by_rule(r, "network.mode")).empty());
+  // The same in refuse mode: nothing here is beyond the policy.
+  EXPECT_NO_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx));
+  EXPECT_EQ(r.network["namespace"], "peer");
+  EXPECT_EQ(r.network["peer"], "sandbox1");
+  // A peer on a network of another mode (passthrough): replaced by a new
+  // namespace (joining would change this one's mediation, or the peer's),
+  // refused in refuse mode.
+  peer_mode = "passthrough";
+  r = policy::apply(policy::builtin(), cfg, ctx);
+  EXPECT_TRUE(oci::has_new_namespace(r.config, "network"));
+  auto net = on_namespaces(by_rule(r, "network.mode"));
+  ASSERT_EQ(net.size(), 1u);
+  EXPECT_EQ(net[0]["action"], "replaced");
+  EXPECT_NE(net[0]["detail"].get<std::string>().find("whose network mode is \"passthrough\""),
+            std::string::npos);
+  EXPECT_FALSE(r.peer_namespaces.count("network"));
+  EXPECT_EQ(r.network["namespace"], "new");
+  EXPECT_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx), Error);
+  // A "peer" whose namespaces are the host's (a container sharing the
+  // host's): the host's, refused.
+  peer_mode = "confined";
+  target_dir = ns.dir + "/host";
+  EXPECT_THROW(policy::apply(policy::builtin(), cfg, ctx), Error);
+}
+
 TEST(PolicyApply, Namespaces) {
   FakeNs ns;
   // Joining the host's namespace: refused in both modes, naming it.
@@ -555,12 +636,21 @@ TEST(PolicyApply, Namespaces) {
     EXPECT_NE(std::string(e.what()).find("the host's pid namespace"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("linux.namespaces[0].path"), std::string::npos) << e.what();
   }
-  // A pod's network namespace: replaced by a new one (network.mode internal).
+  // A pod's network namespace: kept and confined (network.mode confined,
+  // the default) ...
   cfg = clean_config();
   set_ns_path(cfg, "network", ns.dir + "/pod/net");
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
+  EXPECT_FALSE(oci::has_new_namespace(r.config, "network"));
+  EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "kept");
+  EXPECT_EQ(r.network["namespace"], "caller");
+  EXPECT_EQ(r.network["mode"], "confined");
+  // ... replaced by a new one with only loopback (network.mode internal) ...
+  json internal = policy::validate({{"network", {{"mode", "internal"}}}}, "x");
+  r = policy::apply(internal, cfg, ns.ctx());
   EXPECT_TRUE(oci::has_new_namespace(r.config, "network"));
   EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "replaced");
+  EXPECT_EQ(r.network["namespace"], "new");
   // ... kept with passthrough (allow_join lists network by default) ...
   json pass = policy::validate({{"network", {{"mode", "passthrough"}}}}, "x");
   r = policy::apply(pass, cfg, ns.ctx());
@@ -961,7 +1051,9 @@ TEST(PolicyApply, ProxyEnvironmentAndNetwork) {
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://127.0.0.1:8888"), 1);
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://evil:1"), 0);
   EXPECT_TRUE(has_text(r.decisions, "caller set HTTPS_PROXY; replaced"));
-  EXPECT_EQ(r.network, json::parse(R"({"mode": "internal", "allow": ["api.example.com:443"], "dns": "refuse",
+  EXPECT_EQ(r.network,
+            json::parse(
+                R"({"mode": "confined", "namespace": "new", "allow": ["api.example.com:443"], "dns": "refuse",
     "proxy_port": 8888, "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}})"));
   EXPECT_EQ(r.exec_time_limit_s, 600);
   // passthrough: the environment is left as given

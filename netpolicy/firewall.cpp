@@ -1,0 +1,131 @@
+#include "netpolicy/firewall.h"
+
+#include <dlfcn.h>
+#include <nftables/libnftables.h>
+#include <sys/stat.h>
+
+#include <mutex>
+
+#include "common/error.h"
+#include "netpolicy/netns.h"
+
+namespace agentshim::net {
+namespace {
+
+// libnftables, loaded once. Declared through its header's prototypes so a
+// mismatch is a compile error.
+struct Nft {
+  decltype(&nft_ctx_new) ctx_new = nullptr;
+  decltype(&nft_ctx_free) ctx_free = nullptr;
+  decltype(&nft_ctx_buffer_output) buffer_output = nullptr;
+  decltype(&nft_ctx_buffer_error) buffer_error = nullptr;
+  decltype(&nft_ctx_get_output_buffer) output = nullptr;
+  decltype(&nft_ctx_get_error_buffer) error = nullptr;
+  decltype(&nft_run_cmd_from_buffer) run = nullptr;
+};
+
+const Nft& nft() {
+  static Nft n;
+  static std::string failed;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* h = ::dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      const char* e = ::dlerror();
+      failed = std::string("dlopen libnftables.so.1 (Debian package libnftables1): ") + (e ? e : "failed");
+      return;
+    }
+    auto sym = [&](const char* name) {
+      void* p = ::dlsym(h, name);
+      if (!p && failed.empty()) failed = std::string("libnftables.so.1 has no symbol ") + name;
+      return p;
+    };
+    n.ctx_new = reinterpret_cast<decltype(n.ctx_new)>(sym("nft_ctx_new"));
+    n.ctx_free = reinterpret_cast<decltype(n.ctx_free)>(sym("nft_ctx_free"));
+    n.buffer_output = reinterpret_cast<decltype(n.buffer_output)>(sym("nft_ctx_buffer_output"));
+    n.buffer_error = reinterpret_cast<decltype(n.buffer_error)>(sym("nft_ctx_buffer_error"));
+    n.output = reinterpret_cast<decltype(n.output)>(sym("nft_ctx_get_output_buffer"));
+    n.error = reinterpret_cast<decltype(n.error)>(sym("nft_ctx_get_error_buffer"));
+    n.run = reinterpret_cast<decltype(n.run)>(sym("nft_run_cmd_from_buffer"));
+  });
+  if (!failed.empty()) throw Error(failed);
+  return n;
+}
+
+struct Ctx {
+  const Nft& n;
+  nft_ctx* c;
+  explicit Ctx(const Nft& lib) : n(lib), c(lib.ctx_new(NFT_CTX_DEFAULT)) {
+    if (!c) throw Error("nft_ctx_new failed");
+    n.buffer_output(c);
+    n.buffer_error(c);
+  }
+  ~Ctx() { n.ctx_free(c); }
+  Ctx(const Ctx&) = delete;
+  Ctx& operator=(const Ctx&) = delete;
+  // Runs `cmd`; returns the output buffer. Throws with nft's error text.
+  std::string run(const std::string& cmd, const std::string& what) {
+    if (n.run(c, cmd.c_str()) != 0) {
+      const char* e = n.error(c);
+      throw Error("nftables: " + what + ": " + (e && *e ? std::string(e) : std::string("failed")));
+    }
+    const char* o = n.output(c);
+    return o ? o : "";
+  }
+};
+
+}  // namespace
+
+const std::string& confinement_ruleset() {
+  // policy drop on output; what passes, in order: loopback (the proxy, the
+  // DNS stub, the pod's other containers); replies to connections that came
+  // in (and their ICMP errors); IPv6 neighbour discovery, without which no
+  // IPv6 reply reaches the peer. Everything else is refused at once with
+  // ICMP administratively prohibited (the caller sees EHOSTUNREACH, never a
+  // reset that would look like the destination answering), so clients fail
+  // fast.
+  static const std::string rules =
+      "table inet agentshim {\n"
+      "\tchain output {\n"
+      "\t\ttype filter hook output priority filter; policy drop;\n"
+      "\t\toifname \"lo\" accept\n"
+      "\t\tct state established,related accept\n"
+      "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept\n"
+      "\t\treject with icmpx admin-prohibited\n"
+      "\t}\n"
+      "}\n";
+  return rules;
+}
+
+void confine(int nsfd) {
+  // Never the runtime's own namespace (the host's): the policy refuses a
+  // config that shares it, and this keeps a misjudged path from cutting
+  // the host off.
+  struct stat ns {
+  }, own{};
+  if (::fstat(nsfd, &ns) < 0) throw_errno("fstat the container's network namespace");
+  if (::stat("/proc/self/ns/net", &own) < 0) throw_errno("stat /proc/self/ns/net");
+  if (ns.st_dev == own.st_dev && ns.st_ino == own.st_ino)
+    throw Error(
+        "refusing to confine the runtime's own network namespace (the container would share the host's)");
+  const Nft& lib = nft();
+  in_netns(nsfd, [&] {
+    Ctx ctx(lib);
+    // Atomically: an older table of ours goes, the new one comes (one
+    // transaction; a half-installed ruleset is never live).
+    ctx.run("table inet agentshim\ndelete table inet agentshim\n" + confinement_ruleset(),
+            "installing the outbound confinement in the container's network namespace");
+  });
+}
+
+std::string list_ruleset(int nsfd) {
+  const Nft& lib = nft();
+  std::string out;
+  in_netns(nsfd, [&] {
+    Ctx ctx(lib);
+    out = ctx.run("list ruleset", "listing the container's network namespace's ruleset");
+  });
+  return out;
+}
+
+}  // namespace agentshim::net
