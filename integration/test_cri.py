@@ -598,9 +598,9 @@ def test_oom_kill_is_reported(node, handler):
     pb = node.pb
     with node.pod(handler, ports=()) as pod:
         # It waits to be told (container() checks what it holds while it lives).
-        pod.container("hog", ["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; tail /dev/zero"],
+        pod.container("hog", ["sh", "-c", "while [ ! -e /shared/go ]; do sleep 0.1; done; tail /dev/zero"],
                       memory=32 << 20)
-        pod.out("hog", ["touch", "/tmp/go"])
+        pod.out("hog", ["touch", "/shared/go"])  # the emptyDir: agentshim keeps the rootfs read-only
         def exited():
             st = pod.cstatus("hog").status
             return st if st.state == pb.ContainerState.Value("CONTAINER_EXITED") else None
