@@ -385,6 +385,8 @@ class Containerd:
             snippet = f.read()
         # The snippet names the installed binary; the test uses the build's.
         snippet = snippet.replace("/usr/local/bin/agentshim", self.agentshim_binary)
+        if getattr(self, "SYSTEMD_CGROUP", False):  # the snippet's line for systemd-driver nodes
+            snippet = snippet.replace("# SystemdCgroup = true", "SystemdCgroup = true")
         with open(self.config, "w") as f:
             f.write("version = 2\n"
                     f'root = "{self.root}"\nstate = "{self.state}"\n'
@@ -514,6 +516,12 @@ class CriContainerd(Containerd):
     SANDBOX_IMAGE = "localhost/pause:agentshim-test"
     IMAGE = "localhost/busybox:agentshim-test"
     CGROUP_TOP = "kubepods-astest"  # the kubelet's /kubepods, cgroupfs driver
+    # The kubelet's systemd cgroup driver (containerd's SystemdCgroup = true
+    # for the handlers): CRI_SYSTEMD_CGROUP=1, set by scripts/guest/test.sh in
+    # the systemd guest. Pods then go below the slice SLICE_TOP.slice (the
+    # kubelet's kubepods.slice), stopped through systemd at stop().
+    SYSTEMD_CGROUP = os.environ.get("CRI_SYSTEMD_CGROUP") == "1"
+    SLICE_TOP = "astest"
 
     def __init__(self, base, bridge, subnet, gateway):
         wrapper = os.path.join(base, "agentshim")
@@ -547,6 +555,7 @@ class CriContainerd(Containerd):
                 '  runtime_type = "io.containerd.runc.v2"\n'
                 f"[{cri}.containerd.runtimes.runc.options]\n"
                 f'  BinaryName = "{RUNC}"\n'
+                + ("  SystemdCgroup = true\n" if self.SYSTEMD_CGROUP else "") +
                 f"[{cri}.cni]\n"
                 '  bin_dir = "/usr/lib/cni"\n'
                 f'  conf_dir = "{self.cni_conf}"\n'
@@ -619,6 +628,10 @@ class CriContainerd(Containerd):
         return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
 
     def before_stop(self):
+        if self.SYSTEMD_CGROUP:
+            # The pods' slices (the kubelet's to remove; their scopes are
+            # gone with the pods): stopping the top slice stops them all.
+            run(["systemctl", "stop", f"{self.SLICE_TOP}.slice"])
         # Pods are removed through CRI by the tests. The pods' parents in the
         # hierarchy that only containerd's namespace mounts: remove them
         # (empty ones, deepest first) while it can still be reached;

@@ -6,6 +6,7 @@ hybrid host's v1 side is covered by test_lifecycle and the fake-tree unit
 tests."""
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -177,31 +178,64 @@ def test_explicit_cgroups_path_delegates_controllers(shim, runc, bundle_factory)
     assert got["cp-shim"] == got["cp-runc"] == (str(80 * MiB), "9")
 
 
-@pytest.mark.skipif(not os.path.isdir("/run/systemd/system"),
-                    reason="the systemd cgroup driver needs systemd as PID 1 (the systemd guest)")
+SYSTEMD = pytest.mark.skipif(not os.path.isdir("/run/systemd/system"),
+                             reason="the systemd cgroup driver needs systemd as PID 1 (the systemd guest)")
+UNIT_PROPS = ["ActiveState", "LoadState", "Delegate", "Slice", "ControlGroup", "MemoryMax", "TasksMax",
+              "CPUWeight", "CPUQuotaPerSecUSec", "MemoryAccounting", "TasksAccounting"]
+
+
+def unit_show(unit):
+    out = subprocess.run(["systemctl", "show", unit, "-p", ",".join(UNIT_PROPS)],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+
+
+@SYSTEMD
 def test_systemd_driver_path_and_cleanup(shim, runc, bundle_factory):
-    """--systemd-cgroup with "slice:prefix:name": the cgroup systemd would
-    give the scope, the limits in it, nothing left after delete."""
+    """--systemd-cgroup with "slice:prefix:name": a transient scope systemd
+    made (`systemctl show`: active, Delegate=yes, the limits as properties),
+    the container's processes in it, `update` reaching the unit, nothing
+    left after delete (no unit, no directory) — as runc."""
     got = {}
     for rt, name in ((runc, "sd-runc"), (shim, "sd-shim")):
         b = bundle_factory()
         b.config["linux"]["cgroupsPath"] = f"system.slice:life:{name}"
-        b.config["linux"]["resources"] = {"memory": {"limit": 72 * MiB}, "pids": {"limit": 11}}
+        b.config["linux"]["resources"] = {"memory": {"limit": 72 * MiB}, "pids": {"limit": 11},
+                                          "cpu": {"shares": 512, "quota": 25000, "period": 100000}}
         b.args("sleep", "60")
         rt.extra.insert(0, "--systemd-cgroup")
+        unit = f"life-{name}.scope"
         try:
             rt.ids.add(name)
             rt("run", "--detach", "--bundle", b.path, name, check=True)
             d = cgroup_dir(rt.json("state", name)["pid"])
-            assert d == f"/sys/fs/cgroup/system.slice/life-{name}.scope", d
-            got[name] = (read(d, "memory.max"), read(d, "pids.max"))
+            assert d == f"/sys/fs/cgroup/system.slice/{unit}", d
+            props = unit_show(unit)
+            assert props["ActiveState"] == "active", props
+            assert props["ControlGroup"] == f"/system.slice/{unit}"
+            assert props["Slice"] == "system.slice"
+            rt("update", "--pids-limit", "13", name, check=True)
+            after = unit_show(unit)
+            got[name] = (read(d, "memory.max"), read(d, "pids.max"), read(d, "cpu.weight"), read(d, "cpu.max"),
+                         {k: props[k] for k in UNIT_PROPS if k not in ("ActiveState", "LoadState")},
+                         after["TasksMax"])
             rt("delete", "--force", name, check=True)
             rt.ids.discard(name)
             for _ in range(50):
-                if not os.path.exists(d):
+                if not os.path.exists(d) and unit_show(unit)["LoadState"] == "not-found":
                     break
                 time.sleep(0.1)
             assert not os.path.exists(d), d
+            assert unit_show(unit)["LoadState"] == "not-found", unit_show(unit)
         finally:
             rt.extra.remove("--systemd-cgroup")
-    assert got["sd-shim"] == got["sd-runc"] == (str(72 * MiB), "11")
+    shim_got, runc_got = got["sd-shim"], got["sd-runc"]
+    assert shim_got[:4] == runc_got[:4]
+    assert shim_got[:2] == (str(72 * MiB), "13")
+    # The unit's properties as runc's scope has them (its name aside).
+    p = dict(shim_got[4])
+    assert p["ControlGroup"].endswith("sd-shim.scope")
+    p["ControlGroup"] = runc_got[4]["ControlGroup"]
+    assert p == runc_got[4]
+    assert p["Delegate"] == "yes" and p["MemoryMax"] == str(72 * MiB) and p["CPUWeight"] == runc_got[4]["CPUWeight"]
+    assert shim_got[5] == runc_got[5] == "13"

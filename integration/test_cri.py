@@ -45,9 +45,10 @@ import uuid
 import grpc
 import pytest
 
-from clients import (CriContainerd, cgroups_named, ensure_packages, iptables_rules, mounts_matching, mounts_under,
-                     processes_mentioning, short_tmpdir, v1_hierarchy_unmounted, wait_for)
-from conftest import AGENTSHIM, REPO, run, wait_records
+from clients import (CONTAINERD, CTR, CriContainerd, cgroups_named, ensure_packages, have, iptables_rules,
+                     mounts_matching, mounts_under, processes_mentioning, short_tmpdir, v1_hierarchy_unmounted,
+                     wait_for)
+from conftest import AGENTSHIM, REPO, UNIFIED, run, wait_records
 
 # The runtime handlers every pod test runs under.
 HANDLERS = ["runc", "agentshim"]
@@ -67,6 +68,8 @@ def _packages():
         m = [os.path.join(CNI_BIN, p) for p in ("bridge", "host-local", "loopback")
              if not os.access(os.path.join(CNI_BIN, p), os.X_OK)]
         return m + ([] if importlib.util.find_spec("grpc_tools") else ["python3-grpc-tools"])
+    if os.environ.get("GUEST_CONFIG"):  # a test guest (scripts/guest): its image has them, no apt there
+        return have(CONTAINERD, CTR) + missing()
     if missing():
         run(["bash", os.path.join(REPO, "scripts", "deps.sh")], timeout=900)
     return ensure_packages() + missing()
@@ -129,6 +132,7 @@ def node():
     assert processes_mentioning(c.base) == [], "containerd processes left"
     assert not os.path.exists(f"/sys/class/net/{BRIDGE}"), "pod bridge left"
     assert cgroups_named(CriContainerd.CGROUP_TOP) == [] and c.cgroups_left == [], "pod cgroups left"
+    assert cgroups_named(CriContainerd.SLICE_TOP + ".slice") == [], "pod slices left"
     assert iptables_rules() == rules, "the host's iptables rules changed"
     assert _ip_forward() == forward, "the host's ip_forward changed"
 
@@ -185,6 +189,9 @@ class Pod:
         self.dir = os.path.join(node.ctrd.base, "pods", self.uid)  # the kubelet's /var/lib/kubelet/pods/<uid>
         self.log_dir = os.path.join(node.ctrd.base, "log", f"{self.namespace}_{self.name}_{self.uid}")
         self.cgroup_parent = f"/{CriContainerd.CGROUP_TOP}/besteffort/pod{self.uid}"
+        if CriContainerd.SYSTEMD_CGROUP:  # the kubelet's pod slice (systemd driver)
+            t, u = CriContainerd.SLICE_TOP, self.uid.replace("-", "_")
+            self.cgroup_parent = f"/{t}.slice/{t}-besteffort.slice/{t}-besteffort-pod{u}.slice"
         ns = self.pb.NamespaceMode
         self.ns_options = self.pb.NamespaceOption(
             network=ns.Value("NODE") if network == "NODE" else ns.Value("POD"),
@@ -368,6 +375,10 @@ class Pod:
         """The pod's cgroup (or its container i's) in every hierarchy."""
         out = []
         top = self.node.ctrd.cgroup_root()  # containerd's view: hugetlb may be mounted there only
+        if UNIFIED:  # one hierarchy; the systemd driver's scope is cri-containerd-<id>.scope
+            p = top + self.cgroup_parent + (("/cri-containerd-%s.scope" if CriContainerd.SYSTEMD_CGROUP else "/%s") % i
+                                            if i else "")
+            return [p] if os.path.isdir(p) else []
         for h in os.listdir(top):
             p = os.path.join(top + "/" + h + self.cgroup_parent, i)
             if not os.path.islink(top + "/" + h) and os.path.isdir(p):
@@ -380,7 +391,10 @@ class Pod:
         for p in self.cgroup_dirs():
             left = [d for d in os.listdir(p) if os.path.isdir(os.path.join(p, d))]
             assert left == [], f"container cgroups left under {p}: {left}"
-            os.rmdir(p)
+            if CriContainerd.SYSTEMD_CGROUP:
+                run(["systemctl", "stop", os.path.basename(p)], check=True)
+            else:
+                os.rmdir(p)
 
 
 def _http_get(url, timeout=5):
@@ -541,6 +555,9 @@ def test_stats_and_update_resources(node, handler):
         eth0 = ps.linux.network.default_interface
         assert eth0.name == "eth0" and eth0.rx_bytes.value > 0 and eth0.tx_bytes.value > 0, eth0
 
+        if UNIFIED:
+            _update_on_v2(node, pod, cid)
+            return
         memcg = f"/sys/fs/cgroup/memory{pod.cgroup_parent}/{cid}"
         cpucg = f"/sys/fs/cgroup/cpu{pod.cgroup_parent}/{cid}"
         assert _read(os.path.join(memcg, "memory.limit_in_bytes")).strip() == str(256 << 20)
@@ -554,6 +571,41 @@ def test_stats_and_update_resources(node, handler):
         assert _read(os.path.join(cpucg, "cpu.shares")).strip() == "512"
         # The container sees its own cgroup's new limit.
         assert pod.out("app", ["cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]).strip() == str(128 << 20)
+
+
+def _update_on_v2(node, pod, cid):
+    """test_stats_and_update_resources's cgroup side on a pure-v2 node."""
+    pb = node.pb
+    (d,) = pod.cgroup_dirs(cid)
+    assert _read(os.path.join(d, "memory.max")).strip() == str(256 << 20)
+    node.cri.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+        container_id=cid, linux=pb.LinuxContainerResources(
+            cpu_period=100000, cpu_quota=50000, cpu_shares=512, memory_limit_in_bytes=128 << 20,
+            oom_score_adj=1000)), timeout=30)
+    assert _read(os.path.join(d, "memory.max")).strip() == str(128 << 20)
+    assert _read(os.path.join(d, "cpu.max")).strip() == "50000 100000"
+    assert _read(os.path.join(d, "cpu.weight")).strip() == "20"  # shares 512, as runc converts them
+    assert pod.out("app", ["cat", "/sys/fs/cgroup/memory.max"]).strip() == str(128 << 20)
+    if CriContainerd.SYSTEMD_CGROUP:  # systemd's view of the scope follows the update
+        show = run(["systemctl", "show", "-p", "MemoryMax", f"cri-containerd-{cid}.scope"], check=True)
+        assert show.stdout.decode().strip() == f"MemoryMax={128 << 20}"
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_oom_kill_is_reported(node, handler):
+    """A container past its memory limit is OOM-killed; the CRI status says
+    so (reason OOMKilled, 137), as the kubelet reports it."""
+    pb = node.pb
+    with node.pod(handler, ports=()) as pod:
+        # It waits to be told (container() checks what it holds while it lives).
+        pod.container("hog", ["sh", "-c", "while [ ! -e /shared/go ]; do sleep 0.1; done; tail /dev/zero"],
+                      memory=32 << 20)
+        pod.out("hog", ["touch", "/shared/go"])  # the emptyDir: agentshim keeps the rootfs read-only
+        def exited():
+            st = pod.cstatus("hog").status
+            return st if st.state == pb.ContainerState.Value("CONTAINER_EXITED") else None
+        st = wait_for(exited, timeout=60, what="the memory hog to be killed")
+        assert st.reason == "OOMKilled" and st.exit_code == 137, (st.reason, st.exit_code)
 
 
 @pytest.mark.parametrize("handler", HANDLERS)

@@ -253,7 +253,10 @@ class Supervisor {
     auto compiled = std::async(std::launch::async, [this] { prepare_seccomp(); });
     start_record();
     std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
-    cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup);
+    // (The systemd driver starts its scope with the sentinel in it, as runc
+    // names its init: from here on it is to be moved out on failure.)
+    cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup, sentinel_);
+    in_container_cgroup_ = s_.systemd_cgroup;
     json resources =
         cfg.contains("linux") && cfg["linux"].contains("resources") && cfg["linux"]["resources"].is_object()
             ? cfg["linux"]["resources"]

@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       libcap-dev libseccomp-dev libnl-3-dev libnl-route-3-dev libssl-dev
-      nlohmann-json3-dev libcli11-dev libgtest-dev
+      nlohmann-json3-dev libcli11-dev libsystemd-dev libgtest-dev
       busybox-static runc crun python3-pytest python3-cryptography python3-jsonschema iproute2
       curl openssl docker.io containerd podman conmon python3-yaml tinyproxy
       python3-grpcio python3-grpc-tools containernetworking-plugins jq nodejs

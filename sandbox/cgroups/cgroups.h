@@ -17,6 +17,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include "common/fd.h"
@@ -43,6 +44,8 @@ struct Host {
   // The calling process's cgroup per hierarchy, keyed by the v1 option list
   // ("cpu,cpuacct") or "" for the v2 hierarchy (from /proc/self/cgroup).
   std::map<std::string, std::string> self;
+  // systemd is PID 1 (sd_booted): the systemd driver asks it for a scope.
+  bool systemd = false;
 
   static Host detect();
   // From the text of /proc/self/mountinfo and /proc/self/cgroup; cgroup2
@@ -94,11 +97,15 @@ class Manager {
   // Resolve cgroupsPath (absolute: from the hierarchy's root; relative: below
   // the caller's own cgroup on v1, below its parent on v2 (see
   // detail::v2_relative_base); empty: "<id>", relative; with the systemd
-  // driver: "slice:prefix:name") and create the directories.
-  static std::unique_ptr<Manager> create(const std::string& cgroups_path, const std::string& id,
-                                         bool systemd);
+  // driver: "slice:prefix:name") and create the directories. With the
+  // systemd driver on a host whose PID 1 is systemd (Host::systemd) and a
+  // `pid` to place, the cgroup is a transient scope systemd starts with
+  // `pid` in it (see systemd::create_scope); otherwise the path systemd
+  // would use is managed directly.
+  static std::unique_ptr<Manager> create(const std::string& cgroups_path, const std::string& id, bool systemd,
+                                         pid_t pid = 0);
   static std::unique_ptr<Manager> create(const Host& host, const std::string& cgroups_path,
-                                         const std::string& id, bool systemd);
+                                         const std::string& id, bool systemd, pid_t pid = 0);
   // From save(); never re-reads the host's layout.
   static std::unique_ptr<Manager> load(const json& saved);
 
@@ -204,5 +211,40 @@ void attach_device_program(const std::string& cgroup_dir, const std::vector<BpfI
 // `saved` (from Manager::save) restores a manager without creating anything.
 std::unique_ptr<Manager> make_v1(const Host& host, const std::string& path, bool systemd, const json* saved);
 std::unique_ptr<Manager> make_v2(const Host& host, const std::string& path, bool systemd, const json* saved);
+
+// The systemd driver's D-Bus side (sandbox/cgroups/systemd.cpp).
+namespace systemd {
+bool booted();
+// A scope and its slice, from expand_systemd_path()'s result:
+// "/a.slice/a-b.slice/p-n.scope" → {"a-b.slice", "p-n.scope"}; a unit
+// directly below the root is in "-.slice".
+struct Unit {
+  std::string slice;
+  std::string name;
+};
+Unit unit_of(const std::string& expanded);
+// A unit property as StartTransientUnit/SetUnitProperties take it.
+struct Property {
+  std::string name;
+  std::variant<bool, uint64_t, std::string, std::vector<uint32_t>, std::vector<uint8_t>> value;
+  bool operator==(const Property&) const = default;
+};
+// The OCI resources systemd has properties for, as runc's systemd driver
+// maps them (unified: MemoryMax, MemoryLow, MemorySwapMax, CPUWeight,
+// CPUQuotaPerSecUSec + CPUQuotaPeriodUSec, AllowedCPUs/AllowedMemoryNodes,
+// TasksMax; v1: MemoryLimit, CPUShares, the CPU quota, TasksMax). -1 is
+// infinity (UINT64_MAX); unset or 0 fields give no property.
+std::vector<Property> resource_properties(const json& resources, bool unified);
+// "0-3,6" → systemd's CPU/node bitmask (bit i of byte i/8). Throws naming
+// `field` on a malformed list.
+std::vector<uint8_t> cpu_mask(const std::string& list, const std::string& field);
+// StartTransientUnit of the scope for `path` with `pid` in it, then the
+// layout's cgroupfs manager for its directory, wrapped.
+std::unique_ptr<Manager> create_scope(const Host& host, const std::string& path, const std::string& id,
+                                      pid_t pid);
+// A manager whose set() also sets the unit's properties and whose destroy()
+// also stops the unit (Manager::load of a state naming a unit).
+std::unique_ptr<Manager> wrap(std::unique_ptr<Manager> inner, const std::string& unit, bool unified);
+}  // namespace systemd
 
 }  // namespace agentshim::cgroups

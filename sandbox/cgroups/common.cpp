@@ -104,7 +104,9 @@ Host Host::parse(const std::string& mountinfo, const std::string& proc_self_cgro
 }
 
 Host Host::detect() {
-  return parse(read_file("/proc/self/mountinfo"), read_file("/proc/self/cgroup"));
+  Host h = parse(read_file("/proc/self/mountinfo"), read_file("/proc/self/cgroup"));
+  h.systemd = cgroups::systemd::booted();
+  return h;
 }
 
 const MountPoint* Host::unified_mount() const {
@@ -392,13 +394,13 @@ std::vector<std::string> hugepage_sizes() {
 
 }  // namespace detail
 
-std::unique_ptr<Manager> Manager::create(const std::string& cgroups_path, const std::string& id,
-                                         bool systemd) {
-  return create(Host::detect(), cgroups_path, id, systemd);
+std::unique_ptr<Manager> Manager::create(const std::string& cgroups_path, const std::string& id, bool systemd,
+                                         pid_t pid) {
+  return create(Host::detect(), cgroups_path, id, systemd, pid);
 }
 
 std::unique_ptr<Manager> Manager::create(const Host& host, const std::string& cgroups_path,
-                                         const std::string& id, bool systemd) {
+                                         const std::string& id, bool systemd, pid_t pid) {
   std::string path;
   if (systemd) {
     path = expand_systemd_path(cgroups_path, id);
@@ -410,6 +412,8 @@ std::unique_ptr<Manager> Manager::create(const Host& host, const std::string& cg
     for (const auto& c : split(path, '/'))
       if (c == "..") throw Error("linux.cgroupsPath \"" + cgroups_path + "\" must not contain \"..\"");
   }
+  if (systemd && host.systemd && pid > 0) return cgroups::systemd::create_scope(host, path, id, pid);
+  if (systemd) log::debug("cgroups: systemd is not PID 1 here: " + path + " is managed as a cgroupfs path");
   if (host.layout == Layout::unified) return make_v2(host, path, systemd, nullptr);
   return make_v1(host, path, systemd, nullptr);
 }
@@ -434,6 +438,9 @@ std::unique_ptr<Manager> Manager::load(const json& saved) {
   bool systemd = saved.value("driver", "cgroupfs") == "systemd";
   std::unique_ptr<Manager> m =
       h.layout == Layout::unified ? make_v2(h, path, systemd, &saved) : make_v1(h, path, systemd, &saved);
+  if (saved.contains("systemd_unit") && saved["systemd_unit"].is_string())
+    return cgroups::systemd::wrap(std::move(m), saved["systemd_unit"].get<std::string>(),
+                                  h.layout == Layout::unified);
   return m;
 }
 

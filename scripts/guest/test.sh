@@ -15,7 +15,9 @@ build=$(realpath "${1:-build}")
 shift || true
 given=("$@")
 case "$build" in "$repo"/*) ;; *) echo "guest test: $build must be inside $repo (shared with the guest)" >&2; exit 2 ;; esac
+start=$(date +%s)
 "$here/build-image.sh" >/dev/null
+echo "=== guest image: ready in $(($(date +%s) - start)) s"
 # What each guest runs unless arguments say otherwise: everything in one
 # placement, the cgroup tests (and lifecycle's cgroup-touching ones) in the
 # others, to fit CI's time (docs/OPERATIONS.md has the figures).
@@ -28,7 +30,11 @@ for cfg in ${GUEST_CONFIGS:-v2-root v2-child systemd}; do
     v2-child) opts=(--placement child)
       suites=(integration/test_lifecycle.py integration/test_bad_input.py integration/test_sandbox.py
         integration/test_cgroups.py) ;;
-    systemd) opts=(--systemd) suites=("${cgroup_tests[@]}") ;;
+    # The CRI suite with containerd's SystemdCgroup = true (the kubelet's
+    # systemd driver) joins the cgroup tests here ("test_cri" in -k).
+    systemd) opts=(--systemd --env CRI_SYSTEMD_CGROUP=1)
+      suites=(integration/test_cgroups.py integration/test_lifecycle.py integration/test_cri.py
+        -k "${cgroup_tests[3]} or test_cri") ;;
     *) echo "guest test: unknown configuration $cfg" >&2; exit 2 ;;
   esac
   [ ${#given[@]} -gt 0 ] && suites=("${given[@]}")
