@@ -215,6 +215,21 @@ def test_kill_all_reaches_every_process(shim, bundle, cid):
     wait_status(shim, cid, "stopped")
 
 
+def test_kill_all_stops_a_forking_container_and_the_record_verifies(shim, bundle, cid):
+    """A container that forks without pause: kill --all KILL (cgroup.kill
+    where the kernel has it) stops every process at once, and the run's
+    record is finished and verifies."""
+    shim.ids.add(cid)
+    bundle.sh("while true; do sleep 100 & done")
+    shim("run", "--detach", "--bundle", bundle.path, cid, check=True)
+    wait_status(shim, cid, "running")
+    time.sleep(0.5)
+    shim("kill", "--all", cid, "KILL", check=True)
+    wait_status(shim, cid, "stopped")
+    r = shim("verify", cid)
+    assert r.returncode == 0 and b"VERIFIED" in r.stdout, (r.stdout, r.stderr)
+
+
 def test_events_stats_shape(shim, runc, bundle_factory):
     shapes = {}
     for rt, name in ((shim, "ev-shim"), (runc, "ev-runc")):

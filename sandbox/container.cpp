@@ -682,6 +682,7 @@ void kill(const Global& g, const std::string& id, int sig, bool all) {
   control::notify(state_dir(g, id), control::Kill{oci::signal_name(sig), all}, status != "paused");
   if (all) {
     auto cg = cgroup_of(st);
+    if (sig == SIGKILL && cgroups::kill_all_via_cgroup_kill(*cg)) return;
     for (pid_t p : cg->pids())
       if (p != st.sentinel_pid) ::kill(p, sig);
     if (status == "paused" && (sig == SIGKILL)) cg->thaw();

@@ -647,6 +647,8 @@ class Supervisor {
       record_->event("caller.exec", std::move(ev));
     } else if (const auto* k = std::get_if<control::Kill>(&msg)) {
       record_->event("signal", {{"signal", k->signal}, {"all", k->all}, {"source", "caller"}});
+      // cgroup.kill takes the sentinel too on a unified host (see sentinel_lost).
+      if (k->all && k->signal == "SIGKILL") kill_all_noted_ = true;
     } else if (std::holds_alternative<control::Paused>(msg) ||
                std::holds_alternative<control::Resumed>(msg)) {
       record_->event("run." + type, json::object());
@@ -889,9 +891,12 @@ class Supervisor {
     sentinel_lost_ = true;
     if (record_)
       record_->event("run.sentinel_lost",
-                     {{"detail",
-                       "the --pid-file process (the sentinel) died before the container exited; the container "
-                       "is killed, as its death means"},
+                     {{"detail", kill_all_noted_
+                                     ? "the caller's kill --all SIGKILL (cgroup.kill) took the sentinel with the "
+                                       "container"
+                                     : "the --pid-file process (the sentinel) died before the container exited; "
+                                       "the container is killed, as its death means"},
+                      {"kill_all", kill_all_noted_},
                       {"oom_kills", cg_ ? cg_->oom_kill_count() : 0}});
     try {
       if (cg_) {
@@ -962,10 +967,10 @@ class Supervisor {
                  {"stime_us", exit_.ru.ru_stime.tv_sec * 1000000LL + exit_.ru.ru_stime.tv_usec},
                  {"maxrss_kb", exit_.ru.ru_maxrss}}}};
     if (time_limit_hit_) ex["reason"] = "exec time limit";
-    if (sentinel_lost_) ex["reason"] = "sentinel lost";
+    if (sentinel_lost_ && !kill_all_noted_) ex["reason"] = "sentinel lost";
     json exit_event = {{"code", exit_.code},
                        {"reason", time_limit_hit_   ? "exec time limit"
-                                  : sentinel_lost_ ? "sentinel lost"
+                                  : sentinel_lost_ && !kill_all_noted_ ? "sentinel lost"
                                                    : ""},
                        {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
                        {"oom_kills", ex["oom_kills"]},
@@ -991,6 +996,7 @@ class Supervisor {
   pid_t stage1_ = -1;
   pid_t init_pid_ = 0;
   bool sentinel_lost_ = false;
+  bool kill_all_noted_ = false;  // the caller announced kill --all SIGKILL
   unsigned long long init_start_ = 0;
   Exit exit_;
   std::unique_ptr<attest::RunRecord> record_;

@@ -161,6 +161,14 @@ class Manager {
 // exec's intermediate).
 pid_t clone_parent_into(const CloneTarget& target);
 
+// `kill --all` with SIGKILL where the kernel has cgroup.kill (5.14+): every
+// process in the container's v2 cgroup and below is killed by the kernel at
+// once, including ones forking while a pid-by-pid loop would run. False when
+// there is no v2 cgroup or no cgroup.kill (the caller falls back to the
+// loop). On a unified host the sentinel is in that cgroup and dies too; the
+// supervisor, told of the kill first, finishes the record (sentinel.h).
+bool kill_all_via_cgroup_kill(const Manager& m);
+
 // ---- helpers shared by the v1 and v2 managers (exposed for tests) ----
 namespace detail {
 // Write `value` to `dir/file`; the error names the file and the value.

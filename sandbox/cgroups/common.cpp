@@ -24,6 +24,13 @@
 
 namespace agentshim::cgroups {
 
+bool kill_all_via_cgroup_kill(const Manager& m) {
+  const std::string dir = m.v2_dir();
+  if (dir.empty() || !detail::exists(dir, "cgroup.kill")) return false;
+  detail::write(dir, "cgroup.kill", "1");
+  return true;
+}
+
 std::string layout_name(Layout l) {
   switch (l) {
     case Layout::legacy:

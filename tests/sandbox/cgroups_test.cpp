@@ -1433,3 +1433,14 @@ TEST(DeviceProgramKernel, AttachedProgramDeniesDevNull) {
 }
 
 }  // namespace
+
+// kill --all SIGKILL writes "1" to the container's cgroup.kill where the
+// kernel has one; without it (an older kernel) the caller walks the pids.
+TEST_F(CgroupV2Fake, KillAllUsesCgroupKillWhereTheKernelHasIt) {
+  auto m = Manager::create(host, "/kill/ctr", "ctr", false);
+  const std::string dir = m->v2_dir();
+  EXPECT_FALSE(cgroups::kill_all_via_cgroup_kill(*m));  // the fake kernel has no cgroup.kill
+  write_file(dir + "/cgroup.kill", "");
+  EXPECT_TRUE(cgroups::kill_all_via_cgroup_kill(*m));
+  EXPECT_EQ(contents(dir + "/cgroup.kill"), "1");
+}
