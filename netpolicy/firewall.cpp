@@ -1,19 +1,16 @@
 #include "netpolicy/firewall.h"
 
-#include <dlfcn.h>
 #include <nftables/libnftables.h>
 #include <sys/stat.h>
 
-#include <mutex>
-
+#include "common/dynlib.h"
 #include "common/error.h"
 #include "netpolicy/netns.h"
 
 namespace agentshim::net {
 namespace {
 
-// libnftables, loaded once. Declared through its header's prototypes so a
-// mismatch is a compile error.
+// libnftables, loaded at first use (common/dynlib.h).
 struct Nft {
   decltype(&nft_ctx_new) ctx_new = nullptr;
   decltype(&nft_ctx_free) ctx_free = nullptr;
@@ -24,32 +21,18 @@ struct Nft {
   decltype(&nft_run_cmd_from_buffer) run = nullptr;
 };
 
+void fill(dynlib::Library& lib, Nft& n) {
+  lib.get(n.ctx_new, "nft_ctx_new");
+  lib.get(n.ctx_free, "nft_ctx_free");
+  lib.get(n.buffer_output, "nft_ctx_buffer_output");
+  lib.get(n.buffer_error, "nft_ctx_buffer_error");
+  lib.get(n.output, "nft_ctx_get_output_buffer");
+  lib.get(n.error, "nft_ctx_get_error_buffer");
+  lib.get(n.run, "nft_run_cmd_from_buffer");
+}
+
 const Nft& nft() {
-  static Nft n;
-  static std::string failed;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* h = ::dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-      const char* e = ::dlerror();
-      failed = std::string("dlopen libnftables.so.1 (Debian package libnftables1): ") + (e ? e : "failed");
-      return;
-    }
-    auto sym = [&](const char* name) {
-      void* p = ::dlsym(h, name);
-      if (!p && failed.empty()) failed = std::string("libnftables.so.1 has no symbol ") + name;
-      return p;
-    };
-    n.ctx_new = reinterpret_cast<decltype(n.ctx_new)>(sym("nft_ctx_new"));
-    n.ctx_free = reinterpret_cast<decltype(n.ctx_free)>(sym("nft_ctx_free"));
-    n.buffer_output = reinterpret_cast<decltype(n.buffer_output)>(sym("nft_ctx_buffer_output"));
-    n.buffer_error = reinterpret_cast<decltype(n.buffer_error)>(sym("nft_ctx_buffer_error"));
-    n.output = reinterpret_cast<decltype(n.output)>(sym("nft_ctx_get_output_buffer"));
-    n.error = reinterpret_cast<decltype(n.error)>(sym("nft_ctx_get_error_buffer"));
-    n.run = reinterpret_cast<decltype(n.run)>(sym("nft_run_cmd_from_buffer"));
-  });
-  if (!failed.empty()) throw Error(failed);
-  return n;
+  return dynlib::load_once<Nft>("libnftables.so.1", "Debian package libnftables1", fill);
 }
 
 struct Ctx {

@@ -15,7 +15,6 @@
 // D-Bus API to ask: "slice:prefix:name" is mapped to the cgroupfs path
 // systemd would use and the directories are managed directly (see
 // Manager::create).
-#include <dlfcn.h>
 #include <sys/stat.h>
 #include <systemd/sd-bus.h>
 #include <unistd.h>
@@ -28,6 +27,7 @@
 #include <type_traits>
 #include <variant>
 
+#include "common/dynlib.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -138,10 +138,10 @@ std::vector<Property> resource_properties(const json& r, bool unified) {
 
 namespace {
 
-// libsystemd is loaded with dlopen the first time the systemd driver is
-// used: linked, it (and liblzma, libzstd, liblz4, libgcrypt, libcap) would
-// be mapped by every agentshim command, about 1 ms more per exec (measured).
-// The pointers take their types from sd-bus.h, so a mismatch does not compile.
+// libsystemd is loaded the first time the systemd driver is used
+// (common/dynlib.h): linked, it (and liblzma, libzstd, liblz4, libgcrypt,
+// libcap) would be mapped by every agentshim command, about 1 ms more per
+// exec (measured).
 struct SdBus {
   decltype(&::sd_bus_call) sd_bus_call = nullptr;
   decltype(&::sd_bus_call_method) sd_bus_call_method = nullptr;
@@ -165,44 +165,31 @@ struct SdBus {
   decltype(&::sd_bus_wait) sd_bus_wait = nullptr;
 };
 
+void fill(dynlib::Library& lib, SdBus& b) {
+  lib.get(b.sd_bus_call, "sd_bus_call");
+  lib.get(b.sd_bus_call_method, "sd_bus_call_method");
+  lib.get(b.sd_bus_error_free, "sd_bus_error_free");
+  lib.get(b.sd_bus_error_is_set, "sd_bus_error_is_set");
+  lib.get(b.sd_bus_flush_close_unref, "sd_bus_flush_close_unref");
+  lib.get(b.sd_bus_match_signal, "sd_bus_match_signal");
+  lib.get(b.sd_bus_message_append, "sd_bus_message_append");
+  lib.get(b.sd_bus_message_append_array, "sd_bus_message_append_array");
+  lib.get(b.sd_bus_message_close_container, "sd_bus_message_close_container");
+  lib.get(b.sd_bus_message_new_method_call, "sd_bus_message_new_method_call");
+  lib.get(b.sd_bus_message_open_container, "sd_bus_message_open_container");
+  lib.get(b.sd_bus_message_read, "sd_bus_message_read");
+  lib.get(b.sd_bus_message_unref, "sd_bus_message_unref");
+  lib.get(b.sd_bus_new, "sd_bus_new");
+  lib.get(b.sd_bus_open_system, "sd_bus_open_system");
+  lib.get(b.sd_bus_process, "sd_bus_process");
+  lib.get(b.sd_bus_set_address, "sd_bus_set_address");
+  lib.get(b.sd_bus_slot_unref, "sd_bus_slot_unref");
+  lib.get(b.sd_bus_start, "sd_bus_start");
+  lib.get(b.sd_bus_wait, "sd_bus_wait");
+}
+
 const SdBus& sdb() {
-  static SdBus b;
-  static std::string failed;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    void* h = ::dlopen("libsystemd.so.0", RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-      const char* e = ::dlerror();
-      failed = std::string("dlopen libsystemd.so.0 (the systemd cgroup driver): ") + (e ? e : "failed");
-      return;
-    }
-    auto sym = [&](auto& fn, const char* name) {
-      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(::dlsym(h, name));
-      if (!fn && failed.empty()) failed = std::string("libsystemd.so.0 has no symbol ") + name;
-    };
-    sym(b.sd_bus_call, "sd_bus_call");
-    sym(b.sd_bus_call_method, "sd_bus_call_method");
-    sym(b.sd_bus_error_free, "sd_bus_error_free");
-    sym(b.sd_bus_error_is_set, "sd_bus_error_is_set");
-    sym(b.sd_bus_flush_close_unref, "sd_bus_flush_close_unref");
-    sym(b.sd_bus_match_signal, "sd_bus_match_signal");
-    sym(b.sd_bus_message_append, "sd_bus_message_append");
-    sym(b.sd_bus_message_append_array, "sd_bus_message_append_array");
-    sym(b.sd_bus_message_close_container, "sd_bus_message_close_container");
-    sym(b.sd_bus_message_new_method_call, "sd_bus_message_new_method_call");
-    sym(b.sd_bus_message_open_container, "sd_bus_message_open_container");
-    sym(b.sd_bus_message_read, "sd_bus_message_read");
-    sym(b.sd_bus_message_unref, "sd_bus_message_unref");
-    sym(b.sd_bus_new, "sd_bus_new");
-    sym(b.sd_bus_open_system, "sd_bus_open_system");
-    sym(b.sd_bus_process, "sd_bus_process");
-    sym(b.sd_bus_set_address, "sd_bus_set_address");
-    sym(b.sd_bus_slot_unref, "sd_bus_slot_unref");
-    sym(b.sd_bus_start, "sd_bus_start");
-    sym(b.sd_bus_wait, "sd_bus_wait");
-  });
-  if (!failed.empty()) throw Error(failed);
-  return b;
+  return dynlib::load_once<SdBus>("libsystemd.so.0", "the systemd cgroup driver", fill);
 }
 
 // ---- sd-bus plumbing (RAII wrappers, typed appends) ----
