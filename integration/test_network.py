@@ -302,6 +302,18 @@ def test_denied_host_gets_403_with_reason(netrun):
     assert all(d["host"] == "other.test" and d["reason"] for d in denied)
 
 
+def test_denied_connect_names_the_reason_where_clients_show_it(netrun):
+    """Clients print a failed CONNECT's status line, not its body: the reason
+    is in the reason phrase and in a Proxy-Status header (RFC 9209)."""
+    n = netrun(["allowed.test:443"])
+    r = n.sh("curl -sS -v --max-time 10 --cacert /ca.pem https://other.test/ 2>&1 | grep -i -e '^< HTTP' -e "
+             "'^< Proxy-Status'")
+    text = out(r)
+    assert "< HTTP/1.1 403 Forbidden (agentshim: CONNECT to other.test:443 denied: no allowlist rule matches)" \
+        in text, text
+    assert "< Proxy-Status: agentshim; error=http_request_denied;" in text, text
+
+
 def test_wrong_port_denied(netrun):
     n = netrun(["allowed.test:443"])
     r = n.sh("curl -sS --max-time 10 -o /dev/null -w 'status=%{http_code}' http://allowed.test:8080/")

@@ -457,13 +457,49 @@ const char* status_text(int status) {
   }
 }
 
+const char* proxy_status_error(int status) {
+  switch (status) {
+    case 400:
+      return "http_request_error";
+    case 403:
+      return "http_request_denied";
+    case 408:
+      return "http_request_error";
+    case 502:
+      return "destination_unavailable";
+    case 503:
+      return "proxy_internal_error";
+    case 504:
+      return "connection_timeout";
+    default:
+      return "proxy_internal_error";
+  }
+}
+
 std::string error_response(int status, const std::string& text) {
   std::string body = text;
   for (char& c : body)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  // Reason phrase: printable ASCII only (obs-text is allowed by RFC 9112
+  // but some clients choke on it), bounded.
+  std::string why = body.rfind("agentshim: ", 0) == 0 ? body.substr(11) : body;
+  std::string phrase;
+  for (char c : why) {
+    if (phrase.size() >= 200) break;
+    auto u = static_cast<unsigned char>(c);
+    phrase += (u >= 0x20 && u < 0x7f) ? c : '?';
+  }
+  std::string details;
+  for (char c : body) {
+    if (details.size() >= 400) break;
+    if (c == '"' || c == '\\') details += '\\';
+    auto u = static_cast<unsigned char>(c);
+    details += (u >= 0x20 && u < 0x7f) ? c : '?';
+  }
   body += "\n";
-  return "HTTP/1.1 " + std::to_string(status) + " " + status_text(status) +
-         "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
+  return "HTTP/1.1 " + std::to_string(status) + " " + status_text(status) + " (agentshim: " + phrase + ")" +
+         "\r\nProxy-Status: agentshim; error=" + proxy_status_error(status) + "; details=\"" + details +
+         "\"" + "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
          "\r\nConnection: close\r\n\r\n" + body;
 }
 

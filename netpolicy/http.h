@@ -96,8 +96,17 @@ struct ResponseHead {
 ResponseHead parse_response_head(std::string_view data, bool head_request, std::size_t max_bytes = 65536,
                                  int max_headers = 256);
 
-// A complete short response: status line, text/plain one-line body, Connection: close.
+// A complete short response from the proxy itself: status line, text/plain
+// one-line body, Connection: close. The reason is also where clients show it
+// for CONNECT (whose body most never print): in the status line's reason
+// phrase ("403 Forbidden (agentshim: ...)", Python's "Tunnel connection
+// failed: 403 ...") and in a Proxy-Status header (RFC 9209: error type by
+// status, details = the text). The text may carry container-supplied names:
+// control bytes become spaces, the reason phrase keeps printable ASCII only
+// and at most 200 bytes, the details are a quoted string.
 std::string error_response(int status, const std::string& text);
+// RFC 9209 error type for a status the proxy itself sends.
+const char* proxy_status_error(int status);
 const char* status_text(int status);
 
 // Incremental validator of a chunked request body. feed() returns how many

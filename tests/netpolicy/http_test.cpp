@@ -194,8 +194,21 @@ TEST(HttpForward, UpstreamHeadStripsHopByHop) {
 
 TEST(HttpForward, ErrorResponseIsOneLine) {
   auto s = error_response(403, "agentshim: denied\r\nInjected: yes");
-  EXPECT_EQ(s.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u);
+  EXPECT_EQ(s.rfind("HTTP/1.1 403 Forbidden (agentshim: denied  Injected: yes)\r\n", 0), 0u) << s;
   EXPECT_EQ(s.find("\r\nInjected"), std::string::npos);
+  EXPECT_NE(s.find("\r\nProxy-Status: agentshim; error=http_request_denied; details=\"agentshim: denied  "
+                   "Injected: yes\"\r\n"),
+            std::string::npos)
+      << s;
+  // Quotes, backslashes and non-ASCII bytes from a host name cannot break
+  // the header or the status line; both stay bounded.
+  auto q = error_response(502, std::string("agentshim: \"x\\y\"\xc3\xa9") + std::string(1000, 'a'));
+  auto line = q.substr(0, q.find("\r\n"));
+  EXPECT_LE(line.size(), 260u);
+  EXPECT_EQ(line.find('\xc3'), std::string::npos);
+  EXPECT_NE(q.find("error=destination_unavailable; details=\"agentshim: \\\"x\\\\y\\\"??aaa"),
+            std::string::npos)
+      << q;
   EXPECT_NE(s.find("Content-Length: 33\r\n"), std::string::npos) << s;
 }
 
@@ -238,15 +251,18 @@ TEST(HttpParse, KeepAliveFlag) {
 TEST(HttpResponse, Framing) {
   using RB = ResponseBody;
   auto R = [](const std::string& s, bool head = false) { return parse_response_head(s, head); };
-  auto r = R("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nKeep-Alive: t=5\r\n"
-             "X-B: 2\r\n\r\nhello");
+  auto r =
+      R("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nKeep-Alive: t=5\r\n"
+        "X-B: 2\r\n\r\nhello");
   ASSERT_EQ(r.state, ResponseHead::State::complete);
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, RB::length);
   EXPECT_EQ(r.content_length, 5u);
   EXPECT_FALSE(r.close);
-  EXPECT_EQ(r.head_len, std::string("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n"
-                                    "Keep-Alive: t=5\r\nX-B: 2\r\n\r\n").size());
+  EXPECT_EQ(r.head_len,
+            std::string("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\n"
+                        "Keep-Alive: t=5\r\nX-B: 2\r\n\r\n")
+                .size());
   EXPECT_EQ(r.forward, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-B: 2\r\n");
   EXPECT_EQ(R("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").body, RB::chunked);
   auto g = R("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
@@ -266,12 +282,13 @@ TEST(HttpResponse, Framing) {
 }
 
 TEST(HttpResponse, AmbiguousOrMalformedIsAnError) {
-  for (const char* s : {"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-                        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
-                        "HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n", "HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n",
-                        "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2000 OK\r\n\r\n",
-                        "HTTP/1.1 099 X\r\n\r\n", "SSH-2.0-OpenSSH\r\n"}) {
+  for (const char* s :
+       {"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n", "HTTP/1.1 200 OK\r\nX: a\nY: b\r\n\r\n",
+        "HTTP/2 200 OK\r\n\r\n", "HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2000 OK\r\n\r\n",
+        "HTTP/1.1 099 X\r\n\r\n", "SSH-2.0-OpenSSH\r\n"}) {
     auto r = parse_response_head(s, false);
     EXPECT_EQ(r.state, ResponseHead::State::error) << s;
     EXPECT_FALSE(r.reason.empty());

@@ -16,8 +16,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <functional>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -315,8 +315,8 @@ TEST(Proxy, PlainHttpGetIsForwardedInOriginForm) {
   EXPECT_NE(hu.received.find("Host: " + auth + "\r\n"), std::string::npos);
   EXPECT_NE(hu.received.find("User-Agent: t\r\n"), std::string::npos);
   // The client asked for keep-alive: the upstream request is persistent (no Connection field).
-  for (const char* gone : {"Proxy-Connection", "X-Hop", "Proxy-Authorization", "keep-alive", "Via:", "Forwarded",
-                           "Connection:"})
+  for (const char* gone :
+       {"Proxy-Connection", "X-Hop", "Proxy-Authorization", "keep-alive", "Via:", "Forwarded", "Connection:"})
     EXPECT_EQ(hu.received.find(gone), std::string::npos) << gone;
   auto e = f.ev.wait(1);
   EXPECT_EQ(e["method"], "GET");
@@ -361,7 +361,18 @@ TEST(Proxy, DeniedGets403AndAnEvent) {
   auto c = f.client();
   send_str(c.get(), "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
   std::string resp = read_to_eof(c.get());
-  EXPECT_EQ(resp.rfind("HTTP/1.1 403 Forbidden\r\n", 0), 0u) << resp;
+  // Where clients show it for CONNECT: the reason phrase and Proxy-Status.
+  EXPECT_EQ(
+      resp.rfind("HTTP/1.1 403 Forbidden (agentshim: CONNECT to example.com:443 denied: no allowlist rule "
+                 "matches)\r\n",
+                 0),
+      0u)
+      << resp;
+  EXPECT_NE(
+      resp.find("\r\nProxy-Status: agentshim; error=http_request_denied; details=\"agentshim: CONNECT to "
+                "example.com:443 denied: no allowlist rule matches\"\r\n"),
+      std::string::npos)
+      << resp;
   EXPECT_NE(resp.find("\r\n\r\nagentshim: CONNECT to example.com:443 denied: no allowlist rule matches\n"),
             std::string::npos)
       << resp;
@@ -434,7 +445,7 @@ TEST(Proxy, UnreachableAndUnresolvableGive502WithoutResolverDetails) {
   auto c = f.client();
   send_str(c.get(), "CONNECT 127.0.0.1:" + std::to_string(dead) + " HTTP/1.1\r\n\r\n");
   std::string resp = read_to_eof(c.get());
-  EXPECT_EQ(resp.rfind("HTTP/1.1 502 Bad Gateway\r\n", 0), 0u) << resp;
+  EXPECT_EQ(resp.rfind("HTTP/1.1 502 Bad Gateway (agentshim: CONNECT to 127.0.0.1:", 0), 0u) << resp;
   auto e = f.ev.wait(1);
   EXPECT_EQ(e["status"], 502);
   EXPECT_EQ(e["decision"], "allowed");
@@ -960,16 +971,19 @@ TEST(ProxyKeepAlive, ConnectionCloseFromEitherSideEndsTheConnection) {
     auto c = f.client();
     std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
     send_str(c.get(), get(auth, "/"));
-    EXPECT_EQ(read_response(c.get(), carry), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    EXPECT_EQ(read_response(c.get(), carry),
+              "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
     EXPECT_TRUE(peer_closed(c.get()));
     EXPECT_EQ(f.ev.wait(1)["status"], 200);
   }
 }
 
 TEST(ProxyKeepAlive, ChunkedResponseThenASecondRequest) {
-  std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n"
-                        "Trailer-Field: 1\r\n\r\n";
-  KeepAliveUpstream ku(1, [&](int i, const std::string&) { return i == 0 ? chunked : ok_response("second"); });
+  std::string chunked =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n"
+      "Trailer-Field: 1\r\n\r\n";
+  KeepAliveUpstream ku(1,
+                       [&](int i, const std::string&) { return i == 0 ? chunked : ok_response("second"); });
   Fixture f({rules_port(ku.port())});
   auto c = f.client();
   std::string auth = "127.0.0.1:" + std::to_string(ku.port());
@@ -1107,7 +1121,7 @@ TEST(ProxyKeepAlive, AmbiguousResponseFramingGets502) {
 TEST(ProxyKeepAlive, HeadResponseHasNoBodyAndCloseDelimitedEndsTheConnection) {
   KeepAliveUpstream ku(1, [](int i, const std::string&) {
     if (i == 0) return std::string("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");  // HEAD: no body
-    return std::string("HTTP/1.1 200 OK\r\n\r\nuntil close");  // close-delimited
+    return std::string("HTTP/1.1 200 OK\r\n\r\nuntil close");                           // close-delimited
   });
   Fixture f({rules_port(ku.port())});
   auto c = f.client();
