@@ -459,3 +459,17 @@ def test_run_refuses_a_bind_of_the_custom_root(shim, bundle, cid):
     r = shim("run", "--bundle", bundle.args("true").path, cid)
     assert r.returncode == 1
     assert b"state root" in r.stderr, r.stderr
+
+
+def test_misspelt_annotation_or_bad_rule_is_an_error(shim, bundle, cid):
+    """A misspelt dev.agentshim.* annotation or a URL where a host:port rule
+    belongs fails create with a message naming it, never a silent no-op."""
+    for ann, want in (({"dev.agentshim.egress.allowed": "x.example:443"},
+                       b"dev.agentshim.egress.allowed, which is not a known agentshim annotation"),
+                      ({"dev.agentshim.egress.allow": "https://host.example"},
+                       b'"https://host.example" is invalid')):
+        bundle.config["annotations"] = ann
+        bundle.args("true")
+        shim.ids.add(cid)
+        r = shim("run", "--bundle", bundle.path, cid)
+        assert r.returncode != 0 and want in r.stderr, r.stderr

@@ -1211,9 +1211,14 @@ class Engine {
     for (const auto& [k, v] : c["annotations"].items()) {
       if (!starts_with(k, "dev.agentshim.")) continue;
       const Str where = "annotations." + k;
+      // A misspelt or unknown agentshim annotation, or a malformed rule in a
+      // known one, is an error in every mode: ignoring it silently leaves
+      // the user with 403s and no clue (issue 16).
       if (!widening_annotations().count(k)) {
-        beyond("annotations.may_widen", where, "ignored",
-               "caller set " + k + ", which is not a known agentshim annotation", "ignored");
+        Str known;
+        for (const auto& w : widening_annotations()) known += (known.empty() ? "" : ", ") + w;
+        hard("annotations", where,
+             "caller set " + k + ", which is not a known agentshim annotation (known: " + known + ")");
         continue;
       }
       if (!may.count(k)) {
@@ -1232,8 +1237,10 @@ class Engine {
         for (auto& ch : rule) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
         Str why;
         if (!valid_egress_rule(rule, &why)) {
-          beyond("annotations.may_widen", where, "ignored",
-                 "caller's egress rule \"" + rule + "\" is invalid (" + why + ")", "ignored");
+          hard("annotations", where,
+               "caller's egress rule \"" + rule + "\" is invalid (" + why +
+                   "); rules are host:port, such as "
+                   "api.example.com:443");
           continue;
         }
         if (std::find(allow_.begin(), allow_.end(), json(rule)) != allow_.end()) continue;

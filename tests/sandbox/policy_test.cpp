@@ -1061,15 +1061,27 @@ TEST(PolicyApply, ProxyEnvironmentAndNetwork) {
 TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
   FakeNs ns;
   json cfg = clean_config();
-  cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443, *.pypi.org:443,bad rule"},
-                        {"dev.agentshim.caps.add", "CAP_SYS_ADMIN"},
+  cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443, *.pypi.org:443"},
                         {"org.example.other", "x"}};
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
   EXPECT_EQ(r.network["allow"], json::array({"api.example.com:443", "*.pypi.org:443"}));
   EXPECT_TRUE(has_text(r.decisions, "adds the egress rule *.pypi.org:443"));
-  EXPECT_TRUE(has_text(r.decisions, "\"bad rule\" is invalid"));
-  EXPECT_TRUE(has_text(r.decisions, "dev.agentshim.caps.add, which is not a known agentshim annotation"));
   EXPECT_FALSE(has_text(r.decisions, "org.example.other"));
+  // A malformed rule (a URL) and an unknown (misspelt) agentshim annotation
+  // are errors in every mode, naming what was wrong.
+  cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443,https://host.example"},
+                        {"dev.agentshim.egress.allowed", "x.example:443"}};
+  try {
+    policy::apply(policy::builtin(), cfg, ns.ctx());
+    FAIL() << "enforce mode accepted bad annotations";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("\"https://host.example\" is invalid"), std::string::npos) << m;
+    EXPECT_NE(m.find("dev.agentshim.egress.allowed, which is not a known agentshim annotation (known: "
+                     "dev.agentshim.egress.allow)"),
+              std::string::npos)
+        << m;
+  }
   // Not permitted by the policy: ignored (enforce) or a violation (refuse).
   json closed = policy::validate({{"annotations", {{"may_widen", json::array()}}}}, "x");
   cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443"}};
