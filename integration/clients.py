@@ -225,16 +225,22 @@ class ParentCgroups:
                     # runtimes wrote plain files there. Only our parent goes.
                     shutil.rmtree(top, ignore_errors=True)
                     continue
-                for root, dirs, _ in os.walk(top, topdown=False):
-                    for d in dirs:
-                        try:
-                            os.rmdir(os.path.join(root, d))
-                        except OSError:
-                            pass
-                try:
-                    os.rmdir(top)
-                except OSError:
-                    pass
+                remove_empty_tree(top)
+
+
+def remove_empty_tree(top):
+    """rmdir every directory below top, deepest first, then top; busy or
+    non-empty ones stay (cgroup directories cannot be removed otherwise)."""
+    for root, dirs, _ in os.walk(top, topdown=False):
+        for d in dirs:
+            try:
+                os.rmdir(os.path.join(root, d))
+            except OSError:
+                pass
+    try:
+        os.rmdir(top)
+    except OSError:
+        pass
 
 
 def agentshim_policy(base, strict=False):
@@ -639,17 +645,7 @@ class CriContainerd(Containerd):
         if not self.hugetlb:
             return
         top = os.path.join(self.cgroup_root(), "hugetlb", self.CGROUP_TOP)
-        for root, dirs, _ in os.walk(top, topdown=False):
-            for d in dirs:
-                try:
-                    os.rmdir(os.path.join(root, d))
-                except OSError:
-                    pass
-        if os.path.isdir(top):
-            try:
-                os.rmdir(top)
-            except OSError:
-                pass
+        remove_empty_tree(top)
         if os.path.isdir(top):
             self.cgroups_left.append(top)
 

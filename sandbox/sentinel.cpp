@@ -30,19 +30,22 @@ using json = nlohmann::json;
 // has made it (a process moving itself joins v1 hierarchies without a grace
 // period; see cgroups::Manager::join_self). A supervisor that fails first
 // just closes the socket.
-void sentinel_join_cgroup(int sock) {
+// One request from the supervisor, answered: `act` on a message of type
+// Request, then Reply (or Failure with the error). Anything else, or a
+// supervisor that fails first and just closes the socket: no answer.
+template <typename Request, typename Reply, typename Act>
+void answer(int sock, Act act) {
   std::optional<sync::Message> m;
   try {
     m = sync::recv(sock);
   } catch (...) {
     return;
   }
-  const auto* join = m ? std::get_if<sync::Join>(&*m) : nullptr;
-  if (!join) return;
-  sync::Message reply = sync::Joined{};
+  const auto* req = m ? std::get_if<Request>(&*m) : nullptr;
+  if (!req) return;
+  sync::Message reply = Reply{};
   try {
-    auto cg = cgroups::Manager::load(join->cgroup);
-    cg->join_self(cg->v2_only());
+    act(*req);
   } catch (const std::exception& e) {
     reply = sync::Failure{e.what()};
   }
@@ -50,6 +53,13 @@ void sentinel_join_cgroup(int sock) {
     sync::send(sock, reply);
   } catch (...) {
   }
+}
+
+void sentinel_join_cgroup(int sock) {
+  answer<sync::Join, sync::Joined>(sock, [](const sync::Join& join) {
+    auto cg = cgroups::Manager::load(join.cgroup);
+    cg->join_self(cg->v2_only());
+  });
 }
 
 // The sentinel enters the init's namespaces when the supervisor says so
@@ -86,24 +96,7 @@ void enter_namespaces(pid_t pid) {
 }
 
 void sentinel_enter(int sock) {
-  std::optional<sync::Message> m;
-  try {
-    m = sync::recv(sock);
-  } catch (...) {
-    return;
-  }
-  const auto* enter = m ? std::get_if<sync::Enter>(&*m) : nullptr;
-  if (!enter) return;
-  sync::Message reply = sync::Entered{};
-  try {
-    enter_namespaces(enter->pid);
-  } catch (const std::exception& e) {
-    reply = sync::Failure{e.what()};
-  }
-  try {
-    sync::send(sock, reply);
-  } catch (...) {
-  }
+  answer<sync::Enter, sync::Entered>(sock, [](const sync::Enter& e) { enter_namespaces(e.pid); });
 }
 
 // The sentinel: the process `create` forked, whose pid goes to --pid-file.
