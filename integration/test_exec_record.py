@@ -237,4 +237,8 @@ def test_exec_tty_without_console_socket_like_runc(shim, runc, bundle, bundle_fa
     assert res["agentshim"][0] == res["runc"][0] == 5, res
     for name in res:
         out = res[name][1]
-        assert b"is-a-tty\n" in out and b"33 77\n" in out and b"got-hello\n" in out, (name, out)
+        assert b"is-a-tty\n" in out and b"got-hello\n" in out, (name, out)
+    # runc sets the pty's size from a goroutine after the process has started
+    # (its `stty size` sometimes sees 0x0 and fails: observed in CI); agentshim
+    # sizes the pty before the program runs, so its answer is exact every time.
+    assert b"33 77\n" in res["agentshim"][1], res["agentshim"]

@@ -933,6 +933,11 @@ int exec(const Global& g, const ExecOptions& o) {
     auto pair = make_socketpair(SOCK_STREAM);
     console_peer = std::move(pair.first);
     console = std::move(pair.second);
+    // The pty gets our terminal's size before the program runs (runc sizes
+    // it after the start, so a program's first TIOCGWINSZ may see 0x0).
+    struct winsize ws {};
+    if (!proc.contains("consoleSize") && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
+      proc["consoleSize"] = {{"height", ws.ws_row}, {"width", ws.ws_col}};
   } else if (terminal) {
     console = connect_console(o.console_socket);
   }
