@@ -150,8 +150,31 @@ def check_exec_sessions(events):
     failed to start has process.exec events but no caller.exec)."""
     problems = []
     for ev in events:
-        if ev["type"] == "process.exec_failed" and ev["data"].get("errno") not in ("ENOENT", "ENOTDIR"):
+        if ev["type"] == "process.exec_failed" and ev["data"].get("errno") not in ("ENOENT", "ENOTDIR", "ETXTBSY",
+                                                                                   "unknown"):
             problems.append(f"event seq {ev['seq']}: process.exec_failed errno {ev['data'].get('errno')!r}")
+        if ev["type"] == "process.exec":
+            d = ev["data"]
+            if d.get("observed") not in ("kernel", "after", "seccomp"):
+                problems.append(f"event seq {ev['seq']}: process.exec observed {d.get('observed')!r}")
+            if d.get("observed") in ("kernel", "after"):
+                if d.get("argv_source") not in ("image", "caller"):
+                    problems.append(f"event seq {ev['seq']}: process.exec argv_source {d.get('argv_source')!r}")
+                files = d.get("files")
+                if not isinstance(files, list) or not files or not all(
+                        isinstance(f, dict) and isinstance(f.get("path"), str) and
+                        (("sha256" in f and len(f["sha256"]) == 64 and isinstance(f.get("size"), int)) or
+                         isinstance(f.get("error"), str)) for f in files):
+                    problems.append(f"event seq {ev['seq']}: process.exec files {files!r}")
+                elif d.get("resolved") != files[0]["path"] or d.get("sha256") != files[0].get("sha256"):
+                    problems.append(f"event seq {ev['seq']}: process.exec resolved/sha256 are not files[0]'s")
+        if ev["type"] == "exec.watch":
+            d = ev["data"]
+            if d.get("mechanism") == "fanotify":
+                if not isinstance(d.get("mounts"), int) or not isinstance(d.get("unmarked"), list):
+                    problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")
+            elif d.get("mechanism") != "seccomp" or not isinstance(d.get("error"), str):
+                problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")
         if ev["type"] not in ("caller.exec", "process.exec", "process.exec_failed") or "session" not in ev["data"]:
             continue
         s = ev["data"]["session"]
