@@ -98,8 +98,10 @@ def test_record_matches_what_the_workload_did(shim, bundle, finished_run, cid):
             assert e["sha256"] == busybox
     script = [e for e in execs if e["path"] == "/workspace/newdir/tool.sh"][0]
     assert script["sha256"] == hashlib.sha256(b"#!/bin/sh\necho from-script\n").hexdigest()
-    assert script["interpreter"]["path"] == "/bin/sh"
+    # The interpreter is the file the kernel opened for `#!/bin/sh` (a symlink to busybox).
+    assert script["interpreter"]["path"] == "/bin/busybox"
     assert script["interpreter"]["sha256"] == busybox
+    assert [f["sha256"] for f in script["files"]] == [script["sha256"], busybox], script
     types = [e["type"] for e in events]
     assert types[0] == "run.created" and types[-1] == "run.finalized"
     for t in ("fs.root", "run.started", "run.exit", "fs.changes"):

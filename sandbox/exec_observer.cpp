@@ -583,7 +583,8 @@ void ExecObserver::handle_seccomp(void* reqp, int listener, const json& tag) {
     }
   }
   // A PATH lookup's miss: answered with the kernel's errno, recorded apart.
-  if (!trunc && !path.empty() && path[0] == '/' && fd_of_path(path) < 0) {
+  // (Not under /proc: its entries resolve by the caller's pid namespace, not ours.)
+  if (!trunc && !path.empty() && path[0] == '/' && !starts_with(path, "/proc/") && fd_of_path(path) < 0) {
     UniqueFd root(::open((proc + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     struct open_how how {};
     how.flags = O_PATH | O_CLOEXEC;
