@@ -4,6 +4,7 @@
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/fanotify.h>
@@ -323,6 +324,50 @@ int fd_of_path(const std::string& p) {
     if (!std::isdigit(static_cast<unsigned char>(c))) return -1;
   return std::atoi(rest.c_str());
 }
+
+// True when the ELF file at `fd` names an ELF interpreter (PT_INTERP): the
+// kernel opens that one next, for the same exec.
+bool elf_has_interp(int fd) {
+  unsigned char eh[64];
+  if (::pread(fd, eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh) || eh[4] != 2)
+    return false;  // ELFCLASS64
+  uint64_t phoff = 0;
+  uint16_t phentsize = 0, phnum = 0;
+  std::memcpy(&phoff, eh + 32, 8);
+  std::memcpy(&phentsize, eh + 54, 2);
+  std::memcpy(&phnum, eh + 56, 2);
+  if (phentsize < 4 || phnum > 128) return false;
+  for (uint16_t i = 0; i < phnum; i++) {
+    uint32_t type = 0;
+    if (::pread(fd, &type, 4, static_cast<off_t>(phoff + static_cast<uint64_t>(i) * phentsize)) != 4)
+      return false;
+    if (type == 3) return true;  // PT_INTERP
+  }
+  return false;
+}
+
+// (arg_start, arg_end) of the process's memory (/proc/PID/stat fields 48,
+// 49): a new image has new values (its stack is placed at random), so they
+// tell the new image from the old one when both run the same file.
+std::pair<unsigned long long, unsigned long long> arg_range(pid_t pid) {
+  auto s = try_read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (!s) return {0, 0};
+  auto p = s->rfind(')');
+  if (p == std::string::npos) return {0, 0};
+  const char* c = s->c_str() + p + 1;
+  while (*c == ' ') c++;
+  if (*c) c++;  // field 3, the state: a letter
+  char* end = nullptr;
+  unsigned long long v[50] = {};
+  int n = 0;
+  for (; n < 46; n++) {  // fields 4..49
+    v[n] = std::strtoull(c, &end, 10);
+    if (end == c) break;
+    c = end;
+  }
+  if (n < 46) return {0, 0};
+  return {v[44], v[45]};
+}
 }  // namespace
 
 std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, bool* truncated) {
@@ -611,6 +656,7 @@ void ExecObserver::handle_seccomp(void* reqp, int listener, const json& tag) {
     if (o && watch_->mark_inode(o.get())) a.marked.push_back(std::move(o));
   }
   a.have_before = exe_identity(tgid, a.before_dev, a.before_ino);
+  a.before_args = arg_range(tgid);
   attempts_[tgid] = std::move(a);
   answer(listener, req->id, 0);
 }
@@ -722,8 +768,43 @@ void ExecObserver::on_exec_open(pid_t pid, int fd) {
     }
   }
   watch_->respond(fd, 0);
+  const bool last = f.elf && !elf_has_interp(fd);
   f.held = std::move(held);  // the lease lasts until the exec is over
   a.files.push_back(std::move(f));
+  if (!last) return;
+  // The kernel opens nothing more for this exec: it is about to run the
+  // program. Read argv from the new image as soon as it is there (a
+  // program may exit within microseconds); at most 2 ms.
+  const File* prog = nullptr;
+  for (const auto& x : a.files)
+    if (x.elf) {
+      prog = &x;
+      break;
+    }
+  struct timespec t0 {};
+  ::clock_gettime(CLOCK_MONOTONIC, &t0);
+  const bool same_file = a.have_before && prog && prog->dev == a.before_dev && prog->ino == a.before_ino;
+  while (prog) {
+    dev_t d = 0;
+    ino_t i = 0;
+    if (!exe_identity(pid, d, i)) break;
+    // The same file as before the exec: only a new argument area says the
+    // new image is there (and without one it is not read).
+    if (d == prog->dev && i == prog->ino &&
+        (!same_file || (a.before_args.first != 0 && arg_range(pid) != a.before_args))) {
+      json argv;
+      bool trunc = false;
+      if (read_cmdline(pid, argv, trunc)) {
+        a.image_argv = std::move(argv);
+        a.image_argv_truncated = trunc;
+        break;
+      }
+    }
+    struct timespec t {};
+    ::clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > 2000000L) break;
+    ::sched_yield();
+  }
 }
 
 // Ends the attempts whose exec is over: the process runs the new program
@@ -824,7 +905,11 @@ void ExecObserver::finalize(pid_t pid, Attempt a) {
   ev["files"] = chain;
   json argv;
   bool trunc = false;
-  if (alive && read_cmdline(pid, argv, trunc)) {
+  if (!a.image_argv.is_null()) {
+    ev["argv"] = a.image_argv;
+    ev["argv_source"] = "image";
+    if (a.image_argv_truncated) ev["argv_truncated"] = true;
+  } else if (alive && read_cmdline(pid, argv, trunc)) {
     ev["argv"] = argv;
     ev["argv_source"] = "image";
     if (trunc) ev["argv_truncated"] = true;

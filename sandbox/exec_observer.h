@@ -122,12 +122,15 @@ class ExecObserver {
     json ev;  // pid, syscall, path, session
     json caller_argv;
     bool argv_truncated = false;
+    json image_argv;  // read right after the exec, when it could be
+    bool image_argv_truncated = false;
     pid_t tid = 0;
     std::vector<File> files;
     std::vector<UniqueFd> marked;  // inode marks placed for this attempt
     bool have_before = false;
     dev_t before_dev = 0;
     ino_t before_ino = 0;
+    std::pair<unsigned long long, unsigned long long> before_args{0, 0};
     int denied = 0;  // errno the observer answered
     int64_t started_ms = 0, last_ms = 0;
   };
