@@ -876,13 +876,14 @@ std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
   const auto& b = after.entries;
   while (i < a.size() || j < b.size()) {
     if (j >= b.size() || (i < a.size() && a[i].path < b[j].path)) {
-      out.push_back({a[i].path, "removed", a[i].leaf, std::nullopt});
+      out.push_back({a[i].path, "removed", a[i].leaf, std::nullopt, a[i].sha256, ""});
       ++i;
     } else if (i >= a.size() || b[j].path < a[i].path) {
-      out.push_back({b[j].path, "added", std::nullopt, b[j].leaf});
+      out.push_back({b[j].path, "added", std::nullopt, b[j].leaf, "", b[j].sha256});
       ++j;
     } else {
-      if (a[i].leaf != b[j].leaf) out.push_back({a[i].path, "modified", a[i].leaf, b[j].leaf});
+      if (a[i].leaf != b[j].leaf)
+        out.push_back({a[i].path, "modified", a[i].leaf, b[j].leaf, a[i].sha256, b[j].sha256});
       ++i;
       ++j;
     }
@@ -891,10 +892,13 @@ std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
 }
 
 json change_to_json(const FsChange& c) {
-  return json{{"path", pct_encode(c.path)},
-              {"change", c.kind},
-              {"old", c.old_leaf ? json(hex(*c.old_leaf)) : json(nullptr)},
-              {"new", c.new_leaf ? json(hex(*c.new_leaf)) : json(nullptr)}};
+  json j{{"path", pct_encode(c.path)},
+         {"change", c.kind},
+         {"old", c.old_leaf ? json(hex(*c.old_leaf)) : json(nullptr)},
+         {"new", c.new_leaf ? json(hex(*c.new_leaf)) : json(nullptr)}};
+  if (!c.old_sha256.empty()) j["old_sha256"] = c.old_sha256;
+  if (!c.new_sha256.empty()) j["new_sha256"] = c.new_sha256;
+  return j;
 }
 
 }  // namespace agentshim::attest

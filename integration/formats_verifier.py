@@ -282,6 +282,14 @@ def verify(run_dir, public_key_pem, ledger_path=None):
                 if t["name"] in trees and trees[t["name"]].get(ev["data"]["phase"]) != t["root"]:
                     problems.append(f"fs.root {t['name']} ({ev['data']['phase']}) differs from the predicate")
     changes = open(f"{run_dir}/changes.ndjson", "rb").read()
+    for line in changes.splitlines():
+        c = json.loads(line)
+        for side in ("old_sha256", "new_sha256"):
+            if side in c and not (isinstance(c[side], str) and len(c[side]) == 64 and
+                                  all(ch in "0123456789abcdef" for ch in c[side])):
+                problems.append(f"changes.ndjson {c.get('path')}: {side} {c[side]!r}")
+        if (c.get("change") == "added" and "old_sha256" in c) or (c.get("change") == "removed" and "new_sha256" in c):
+            problems.append(f"changes.ndjson {c.get('path')}: a content hash on the side that does not exist")
     if v1:
         run_subject = [s for s in st["subject"] if s["name"] == "run:" + pred["run_id"]]
         if not run_subject or run_subject[0]["digest"]["sha256"] != root:

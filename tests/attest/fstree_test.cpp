@@ -160,6 +160,13 @@ TEST(FsTree, DiffReportsExactlyWhatChanged) {
   auto j = change_to_json(ch[1]);
   EXPECT_EQ(j["old"], hex(*ch[1].old_leaf));
   EXPECT_EQ(j["change"], "modified");
+  // The content SHA-256 before and after (issue 15 item 3).
+  EXPECT_EQ(j["old_sha256"], hex(sha256("m")));
+  EXPECT_EQ(j["new_sha256"], hex(sha256("m2")));
+  EXPECT_EQ(change_to_json(ch[0])["old_sha256"], hex(sha256("d")));
+  EXPECT_FALSE(change_to_json(ch[0]).contains("new_sha256"));
+  EXPECT_EQ(change_to_json(ch[2])["new_sha256"], hex(sha256("n")));
+  EXPECT_FALSE(change_to_json(ch[2]).contains("old_sha256"));
 }
 
 TEST(FsTree, SpecialFilesAreRecordedNeverOpened) {
@@ -214,7 +221,7 @@ TEST(FsTree, OddNamesRoundTrip) {
   EXPECT_NE(leaf_encoding(*find(s, nl)).find("new%0Aline"), std::string::npos);
   EXPECT_NE(leaf_encoding(*find(s, bad)).find("%FF%FE%20bad"), std::string::npos);
   EXPECT_EQ(
-      pct_decode(change_to_json({bad, "added", std::nullopt, find(s, bad)->leaf})["path"].get<std::string>()),
+      pct_decode(change_to_json({bad, "added", std::nullopt, find(s, bad)->leaf, "", ""})["path"].get<std::string>()),
       bad);
 }
 
