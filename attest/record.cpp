@@ -80,6 +80,7 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   lock_.reset(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
+  log_->set_quota(c_.max_event_log_bytes);
   if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
 }
 
