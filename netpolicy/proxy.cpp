@@ -154,8 +154,75 @@ void Proxy::pool_thread() {
 }
 
 json Proxy::totals() const {
-  return {{"allowed", n_allowed_.load()},     {"denied", n_denied_.load()},    {"bytes_up", bytes_up_.load()},
-          {"bytes_down", bytes_down_.load()}, {"connections", n_conn_.load()}, {"errors", n_errors_.load()}};
+  json t = {{"allowed", n_allowed_.load()},  {"denied", n_denied_.load()},
+            {"bytes_up", bytes_up_.load()},  {"bytes_down", bytes_down_.load()},
+            {"connections", n_conn_.load()}, {"errors", n_errors_.load()}};
+  std::lock_guard lk(cred_mu_);
+  if (creds_) {
+    json used = json::object();
+    for (const auto& a : *creds_) {
+      auto it = cred_applied_.find(a.def.name);
+      used[a.def.name] = it == cred_applied_.end() ? 0 : it->second;
+    }
+    t["credentials"] = {{"requests", used}, {"placeholders_caught", cred_caught_}};
+  }
+  return t;
+}
+
+void Proxy::set_credentials(std::vector<cred::Active> creds) {
+  auto p = std::make_shared<const std::vector<cred::Active>>(std::move(creds));
+  std::lock_guard lk(cred_mu_);
+  creds_ = std::move(p);
+}
+
+std::shared_ptr<const std::vector<cred::Active>> Proxy::credentials() const {
+  std::lock_guard lk(cred_mu_);
+  return creds_;
+}
+
+bool Proxy::apply_credentials(Conn& c) {
+  c.credential.clear();
+  c.path.clear();
+  auto creds = credentials();
+  if (!creds || creds->empty()) return true;
+  auto rw = cred::rewrite(c.req, *creds, c.host, c.port);
+  for (const auto& name : rw.stripped) {
+    {
+      std::lock_guard lk(cred_mu_);
+      ++cred_caught_;
+    }
+    ++n_denied_;
+    if (!sink_) continue;
+    try {
+      sink_("net.credential", {{"client_port", c.client_port},
+                               {"request", c.request},
+                               {"method", c.method},
+                               {"host", c.host},
+                               {"port", c.port},
+                               {"credential", name},
+                               {"action", rw.deny ? "denied" : "stripped"},
+                               {"decision", "denied"}});
+    } catch (...) {
+      // as in emit()
+    }
+  }
+  if (rw.deny) {
+    c.decision = "denied";
+    c.status = 403;
+    c.reason = rw.reason;
+    c.end = "refused";
+    respond(c, 403, "agentshim: " + c.method + " to " + authority(c.host, c.port) + " denied: " + rw.reason);
+    return false;
+  }
+  if (!rw.applied.empty()) {
+    std::lock_guard lk(cred_mu_);
+    for (const auto& n : rw.applied) {
+      ++cred_applied_[n];
+      c.credential += (c.credential.empty() ? "" : ",") + n;
+    }
+    c.path = c.req.path.substr(0, c.req.path.find('?')).substr(0, 256);
+  }
+  return true;
 }
 
 void Proxy::emit(Conn& c) {
@@ -182,6 +249,10 @@ void Proxy::emit(Conn& c) {
             {"bytes_down", c.down},
             {"duration_ms", static_cast<int64_t>(dur)},
             {"end", c.end}};
+  if (!c.credential.empty()) {
+    d["credential"] = c.credential;
+    d["path"] = c.path;
+  }
   try {
     sink_("net.connection", std::move(d));
   } catch (...) {

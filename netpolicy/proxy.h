@@ -39,6 +39,15 @@
 //   the request body was sent), "idle-timeout", "total-timeout",
 //   "header-timeout", "stopped", "refused" (error answered before any
 //   upstream traffic), "error: <what>".
+//   With credentials (set_credentials), a request they were applied to also
+//   has credential (the names, comma-separated) and path (the request's
+//   path, at most 256 bytes, query removed).
+// net.credential event, one per request carrying a placeholder where its
+// credential may not go (an exfiltration attempt): client_port, request,
+// method, host, port, credential (name), action ("stripped": the header
+// field was removed and the request forwarded without it; "denied": the
+// placeholder was in the request target, the request was answered 403),
+// decision "denied". Never a secret or a placeholder value.
 // decision is "allowed" when the allowlist admitted the destination (even if
 // connecting then failed: status 502/504 says so), "denied" otherwise,
 // including malformed requests (reason starts with "bad request:").
@@ -54,6 +63,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -64,6 +74,7 @@
 #include "common/fd.h"
 #include "common/stoppable_loop.h"
 #include "netpolicy/allowlist.h"
+#include "netpolicy/credentials.h"
 
 namespace agentshim::net {
 
@@ -106,6 +117,10 @@ class Proxy {
   Proxy& operator=(const Proxy&) = delete;
   void start();
   void stop();
+  // The credentials this container asked for (netpolicy/credentials.h),
+  // applied on the requests the proxy reads (plain HTTP). Thread-safe: a
+  // later call replaces them for the requests that follow (rotation).
+  void set_credentials(std::vector<cred::Active> creds);
   json totals() const;
   int active_connections() const { return active_.load(); }
   int pending_connections() const { return pending_.load(); }
@@ -167,6 +182,17 @@ class Proxy {
   std::atomic<int> active_{0}, pending_{0};
   std::atomic<std::size_t> pending_head_bytes_{0};
   std::atomic<uint64_t> n_over_budget_{0};
+  // Credentials: the set in use (replaced whole by set_credentials) and,
+  // per name, how many requests carried it; placeholders caught elsewhere.
+  mutable std::mutex cred_mu_;
+  std::shared_ptr<const std::vector<cred::Active>> creds_;
+  std::map<std::string, uint64_t> cred_applied_;
+  uint64_t cred_caught_ = 0;
+  std::shared_ptr<const std::vector<cred::Active>> credentials() const;
+  // Apply the credentials to the current request of c (its req, host and
+  // port); records a caught placeholder. False: the request was refused
+  // (answered and recorded).
+  bool apply_credentials(Conn& c);
   std::atomic<uint64_t> n_allowed_{0}, n_denied_{0}, n_errors_{0}, n_conn_{0}, bytes_up_{0}, bytes_down_{0};
 };
 

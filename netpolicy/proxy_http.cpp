@@ -225,6 +225,9 @@ void Proxy::http_session(Conn& c) {
   std::string leftover = std::move(c.leftover);
   const int max_requests = std::max(1, limits_.max_requests_per_connection);
   for (;;) {
+    // Credentials: put in where they may go, placeholders caught elsewhere
+    // (before any upstream connection for this request).
+    if (!apply_credentials(c)) return;
     // Upstream: the kept connection if it goes to the same place and is still
     // healthy (its address is checked again for this request), else a new one.
     bool reuse = up && up_host == c.host && up_port == c.port && upstream_idle_ok(up.get());
@@ -285,6 +288,8 @@ void Proxy::http_session(Conn& c) {
     c.status = 0;
     c.up = c.down = 0;
     c.error = false;
+    c.credential.clear();
+    c.path.clear();
     ++c.request;
     c.start = Clock::now();
     auto deadline = c.start + std::chrono::milliseconds(limits_.header_timeout_ms);

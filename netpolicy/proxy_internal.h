@@ -41,6 +41,7 @@ struct Proxy::Conn {
   int status = 0;
   uint64_t up = 0, down = 0;
   bool error = false;
+  std::string credential, path;  // applied credentials (names) and the path, when any was applied
 };
 
 namespace proxy_io {

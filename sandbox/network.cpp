@@ -28,6 +28,7 @@ Options Options::from_policy(const json& policy) {
   if (n.contains("proxy_port") && n["proxy_port"].is_number_unsigned())
     o.proxy_port = static_cast<uint16_t>(n["proxy_port"].get<unsigned>());
   if (n.contains("limits") && n["limits"].is_object()) o.limits = n["limits"];
+  if (n.contains("credentials") && n["credentials"].is_array()) o.credentials = n["credentials"];
   return o;
 }
 
@@ -95,6 +96,23 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
     ev["dns"] = "127.0.0.53:53 (" + o_.dns + ")";
     ev["allow"] = allow.rules();
     proxy_ = std::make_unique<net::Proxy>(std::move(proxy_fd), allow, limits_of(o_.limits), sink);
+    if (!o_.credentials.empty()) {
+      // The secrets are read here, by the supervisor, and kept only in the
+      // proxy's memory; the record names the credentials, never a value.
+      std::vector<net::cred::Active> creds;
+      json names = json::array();
+      for (const auto& c : o_.credentials) {
+        net::cred::Active a;
+        a.def =
+            net::cred::parse(c["name"].get<std::string>(), c["definition"], "the container's credentials");
+        a.placeholder = c["placeholder"].get<std::string>();
+        a.secret = net::cred::load_secret(a.def.source);
+        names.push_back(a.def.name);
+        creds.push_back(std::move(a));
+      }
+      proxy_->set_credentials(std::move(creds));
+      ev["credentials"] = names;
+    }
     dns_ = std::make_unique<net::DnsStub>(std::move(dns_udp), std::move(dns_tcp), o_.dns, allow, sink);
   }
   sink("net.namespace", ev);
