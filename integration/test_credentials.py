@@ -209,3 +209,27 @@ def test_container_without_the_annotation_gets_nothing(lab, net_rootfs, upstream
     assert len(got) == 1 and dict((k.lower(), v) for k, v in got[0]["headers"])["authorization"] == "Bearer mine"
     assert not n.events({"net.credential"})
     assert not any("credential" in e["data"] for e in n.events({"net.connection"}))
+
+
+def test_request_rules_deny_method_and_path_with_403_and_reason(lab, net_rootfs, upstreams, tmp_path):
+    """network.request_rules: GET-only on one destination, checked per request."""
+    tmp = str(tmp_path)
+    n = NetRun(lab, tmp, net_rootfs, ["api.allowed.test:9001"],
+               {"network": {"request_rules": [
+                   {"host": "api.allowed.test", "port": 9001, "path_prefix": "/v1/admin", "action": "deny"},
+                   {"host": "api.allowed.test", "port": 9001, "methods": ["GET"], "action": "allow"}]}})
+    before = len(received(upstreams))
+    r = n.sh("curl -sS --max-time 10 http://api.allowed.test:9001/v1/ok; echo;"
+             "curl -sS --max-time 10 -w ' status=%{http_code}' -X DELETE http://api.allowed.test:9001/v1/ok; echo;"
+             "curl -sS --max-time 10 -w ' status=%{http_code}' http://api.allowed.test:9001/v1/admin/x; echo;"
+             "wget -q -O - http://api.allowed.test:9001/v1/admin/y 2>&1; echo wget=$?")
+    text = out(r)
+    assert '"GET ok"' in text, text
+    assert "no request rule for this destination allows DELETE" in text and "status=403" in text, text
+    assert "denied by network.request_rules[0]" in text, text
+    assert "wget=0" not in text, text
+    got = [g["line"] for g in received(upstreams)[before:]]
+    assert got == ["GET /v1/ok HTTP/1.1"], got
+    denied = [e["data"] for e in n.events({"net.connection"}) if e["data"]["decision"] == "denied"]
+    assert len(denied) == 3 and all(d["status"] == 403 for d in denied), denied
+    assert {d["rule"] for d in denied} == {"", "network.request_rules[0]"}, denied

@@ -408,6 +408,25 @@ std::string make_placeholder() {
   return out;
 }
 
+bool plain_path(std::string_view path) {
+  std::string_view p = path.substr(0, path.find('?'));
+  if (p.find('\\') != std::string_view::npos) return false;
+  for (std::size_t i = 0; i + 2 < p.size(); ++i)
+    if (p[i] == '%') {
+      char a = p[i + 1], b = lower(p[i + 2]);
+      if ((a == '2' && (b == 'e' || b == 'f')) || (a == '5' && b == 'c')) return false;
+    }
+  std::size_t i = 0;
+  while (i < p.size()) {
+    std::size_t j = p.find('/', i + 1);
+    std::string_view seg = p.substr(i + 1, (j == std::string_view::npos ? p.size() : j) - i - 1);
+    if (seg == "." || seg == "..") return false;
+    if (j == std::string_view::npos) break;
+    i = j;
+  }
+  return true;
+}
+
 bool matches(const Credential& c, const std::string& host, uint16_t port, const std::string& method,
              const std::string& path) {
   for (const auto& d : c.destinations) {
@@ -415,6 +434,7 @@ bool matches(const Credential& c, const std::string& host, uint16_t port, const 
     if (!d.methods.empty() && std::find(d.methods.begin(), d.methods.end(), method) == d.methods.end())
       continue;
     if (path.compare(0, d.path_prefix.size(), d.path_prefix) != 0) continue;
+    if (d.path_prefix != "/" && !plain_path(path)) continue;
     return true;
   }
   return false;

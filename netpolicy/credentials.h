@@ -85,6 +85,11 @@ struct Active {
   std::string secret;
 };
 
+// A path whose prefix may be trusted: no dot segments ("/./", "/../", a
+// final "/." or "/.."), no percent-encoded '.', '/' or '\\', no '\\' (an
+// upstream that normalises "/v1/../admin" would otherwise see a path the
+// prefix never allowed). A path that is not plain matches no prefix but "/".
+bool plain_path(std::string_view path);
 // Does the request (method, path) to host:port go to one of c's destinations?
 bool matches(const Credential& c, const std::string& host, uint16_t port, const std::string& method,
              const std::string& path);

@@ -180,6 +180,19 @@ std::shared_ptr<const std::vector<cred::Active>> Proxy::credentials() const {
   return creds_;
 }
 
+bool Proxy::check_request_rules(Conn& c) {
+  if (rules_.empty()) return true;
+  auto d = rules_.check(c.host, c.port, c.method, c.req.path);
+  if (d.allowed) return true;
+  c.decision = "denied";
+  c.rule = d.rule;
+  c.status = 403;
+  c.reason = d.reason;
+  c.end = "refused";
+  respond(c, 403, "agentshim: " + c.method + " to " + authority(c.host, c.port) + " denied: " + d.reason);
+  return false;
+}
+
 bool Proxy::apply_credentials(Conn& c) {
   c.credential.clear();
   c.path.clear();

@@ -75,6 +75,7 @@
 #include "common/stoppable_loop.h"
 #include "netpolicy/allowlist.h"
 #include "netpolicy/credentials.h"
+#include "netpolicy/request_rules.h"
 
 namespace agentshim::net {
 
@@ -121,6 +122,8 @@ class Proxy {
   // applied on the requests the proxy reads (plain HTTP). Thread-safe: a
   // later call replaces them for the requests that follow (rotation).
   void set_credentials(std::vector<cred::Active> creds);
+  // Before start(): request-level rules (netpolicy/request_rules.h).
+  void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }
   json totals() const;
   int active_connections() const { return active_.load(); }
   int pending_connections() const { return pending_.load(); }
@@ -193,6 +196,10 @@ class Proxy {
   // port); records a caught placeholder. False: the request was refused
   // (answered and recorded).
   bool apply_credentials(Conn& c);
+  RequestRules rules_;
+  // Check the current request of c against the request rules; false: it was
+  // refused (answered 403 and recorded).
+  bool check_request_rules(Conn& c);
   std::atomic<uint64_t> n_allowed_{0}, n_denied_{0}, n_errors_{0}, n_conn_{0}, bytes_up_{0}, bytes_down_{0};
 };
 

@@ -227,7 +227,7 @@ void Proxy::http_session(Conn& c) {
   for (;;) {
     // Credentials: put in where they may go, placeholders caught elsewhere
     // (before any upstream connection for this request).
-    if (!apply_credentials(c)) return;
+    if (!check_request_rules(c) || !apply_credentials(c)) return;
     // Upstream: the kept connection if it goes to the same place and is still
     // healthy (its address is checked again for this request), else a new one.
     bool reuse = up && up_host == c.host && up_port == c.port && upstream_idle_ok(up.get());

@@ -184,6 +184,7 @@ using namespace proxy_io;
 // CONNECT: connect, answer 200, relay both directions until the end; one event.
 void Proxy::tunnel_session(Conn& c) {
   int stop = loop_.stop_fd();
+  if (!check_request_rules(c)) return;
   UniqueFd up;
   if (!connect_upstream(c, up)) return;
   set_nodelay(c.fd.get());

@@ -11,6 +11,7 @@
 #include "netpolicy/dns.h"
 #include "netpolicy/firewall.h"
 #include "netpolicy/proxy.h"
+#include "netpolicy/request_rules.h"
 
 namespace agentshim::network {
 
@@ -29,6 +30,7 @@ Options Options::from_policy(const json& policy) {
     o.proxy_port = static_cast<uint16_t>(n["proxy_port"].get<unsigned>());
   if (n.contains("limits") && n["limits"].is_object()) o.limits = n["limits"];
   if (n.contains("credentials") && n["credentials"].is_array()) o.credentials = n["credentials"];
+  if (n.contains("request_rules") && n["request_rules"].is_array()) o.request_rules = n["request_rules"];
   return o;
 }
 
@@ -96,6 +98,10 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
     ev["dns"] = "127.0.0.53:53 (" + o_.dns + ")";
     ev["allow"] = allow.rules();
     proxy_ = std::make_unique<net::Proxy>(std::move(proxy_fd), allow, limits_of(o_.limits), sink);
+    if (!o_.request_rules.empty()) {
+      proxy_->set_request_rules(net::RequestRules::parse(o_.request_rules, "policy"));
+      ev["request_rules"] = o_.request_rules;
+    }
     if (!o_.credentials.empty()) {
       // The secrets are read here, by the supervisor, and kept only in the
       // proxy's memory; the record names the credentials, never a value.

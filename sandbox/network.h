@@ -51,6 +51,7 @@ struct Options {
   // "credentials": {"name", "placeholder", "definition"}); their secrets are
   // read when the proxy starts (docs/CREDENTIALS.md).
   json credentials = json::array();
+  json request_rules = json::array();              // policy network.request_rules, normalised
   static Options from_policy(const json& policy);  // policy["network"] (absent: defaults)
 };
 

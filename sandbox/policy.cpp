@@ -21,6 +21,7 @@
 #include "common/util.h"
 #include "netpolicy/allowlist.h"
 #include "netpolicy/credentials.h"
+#include "netpolicy/request_rules.h"
 #include "sandbox/embedded.h"
 #include "sandbox/oci.h"
 #include "sandbox/seccomp.h"
@@ -261,12 +262,15 @@ const std::map<Str, Check>& sections() {
                           "header_timeout_seconds", "connect_timeout_seconds", "idle_timeout_seconds",
                           "total_timeout_seconds", "max_requests_per_connection"})
       proxy_limits[k] = integer(1, 1LL << 31);
-    m["network"] = members({{"mode", one_of({"confined", "internal", "passthrough"})},
-                            {"dns", one_of({"refuse", "allowlisted"})},
-                            {"proxy_port", integer(1, 65535)},
-                            {"allow", valid_if(egress_rules)},
-                            {"limits", members(std::move(proxy_limits), "")}},
-                           "");
+    m["network"] =
+        members({{"mode", one_of({"confined", "internal", "passthrough"})},
+                 {"dns", one_of({"refuse", "allowlisted"})},
+                 {"proxy_port", integer(1, 65535)},
+                 {"allow", valid_if(egress_rules)},
+                 {"request_rules", [](const json& x, json& slot, const Str& where,
+                                      const Str&) { slot = net::RequestRules::parse(x, where).to_json(); }},
+                 {"limits", members(std::move(proxy_limits), "")}},
+                "");
     m["annotations"] = members({{"may_widen", valid_if([](const json& x, const Str& where, const Str& key) {
                                    if (!x.is_array())
                                      fail(where, key, "must be an array of annotation names");
@@ -1333,6 +1337,8 @@ class Engine {
                   {"proxy_port", port},
                   {"limits", n.value("limits", json::object())}};
     if (!creds_.empty()) r_.network["credentials"] = creds_;
+    if (n.contains("request_rules") && !n["request_rules"].empty())
+      r_.network["request_rules"] = n["request_rules"];
     // The namespace the container's network is in: one of its own ("new"),
     // the caller's ("caller": a pod's CNI namespace), or another agentshim
     // container's ("peer": a pod's sandbox, served by that container).

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "netpolicy/request_rules.h"
 #include "tests/temp_dir.h"
 
 using namespace agentshim;
@@ -264,4 +265,65 @@ TEST(CredentialBase64, Vectors) {
   EXPECT_EQ(cred::base64("fo"), "Zm8=");
   EXPECT_EQ(cred::base64("foo"), "Zm9v");
   EXPECT_EQ(cred::base64("foobar"), "Zm9vYmFy");
+}
+
+TEST(CredentialRewrite, DotSegmentsNeverMatchAPrefix) {
+  EXPECT_TRUE(cred::plain_path("/v1/models?a=../b"));
+  EXPECT_TRUE(cred::plain_path("/v1/a.b/..c/"));
+  for (const char* p : {"/v1/../admin", "/v1/./x", "/v1/..", "/v1/%2e%2e/admin", "/v1/%2E./a", "/v1%2fadmin",
+                        "/v1/..%5cadmin", "/v1\\..\\admin"})
+    EXPECT_FALSE(cred::plain_path(p)) << p;
+  std::vector<cred::Active> cs = {active("api")};
+  cred::Rewrite rw;
+  auto h = forwarded("GET http://api.example.com/v1/../admin HTTP/1.1\r\nAuthorization: Bearer " +
+                         cs[0].placeholder + "\r\n\r\n",
+                     cs, &rw);
+  EXPECT_EQ(h.find("s3cr3t"), std::string::npos) << h;
+  EXPECT_EQ(rw.stripped, std::vector<std::string>{"api"});
+}
+
+TEST(RequestRules, FirstMatchDecidesUnmatchedIsDenied) {
+  auto rules = RequestRules::parse(
+      json::array(
+          {{{"host", "Registry.example"}, {"port", 80}, {"methods", {"GET", "HEAD"}}, {"action", "allow"}},
+           {{"host", "api.example"}, {"port", 80}, {"path_prefix", "/v1/admin"}, {"action", "deny"}},
+           {{"host", "api.example"},
+            {"port", 80},
+            {"methods", {"POST"}},
+            {"path_prefix", "/v1/"},
+            {"action", "allow"}}}),
+      "p");
+  EXPECT_TRUE(rules.check("registry.example", 80, "GET", "/simple/x").allowed);
+  auto d = rules.check("registry.example", 80, "PUT", "/simple/x");
+  EXPECT_TRUE(d.applies);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_NE(d.reason.find("no request rule"), std::string::npos);
+  d = rules.check("api.example", 80, "POST", "/v1/admin/x");
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.rule, "network.request_rules[1]");
+  EXPECT_TRUE(rules.check("api.example", 80, "POST", "/v1/chat").allowed);
+  EXPECT_FALSE(rules.check("api.example", 80, "POST", "/v1/x/../admin/y").allowed);  // dot segments
+  EXPECT_FALSE(rules.check("api.example", 80, "CONNECT", "").allowed);
+  EXPECT_FALSE(rules.check("other.example", 80, "DELETE", "/").applies);  // no rules there
+  EXPECT_TRUE(rules.check("other.example", 80, "DELETE", "/").allowed);
+  EXPECT_EQ(RequestRules::parse(rules.to_json(), "p").to_json(), rules.to_json());
+}
+
+TEST(RequestRules, ErrorsNameTheKey) {
+  auto err = [](json j) {
+    try {
+      RequestRules::parse(j, "policy p.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(err(json::array({{{"host", "a.example"}, {"action", "maybe"}}})),
+            "policy p.json: network.request_rules[0].action: must be \"allow\" or \"deny\"");
+  EXPECT_EQ(err(json::array({{{"host", "a.example"}, {"action", "allow"}, {"methods", {"get"}}}})),
+            "policy p.json: network.request_rules[0].methods[0]: must be an upper-case HTTP method");
+  EXPECT_NE(err(json::array({{{"host", "*.a"}, {"action", "deny"}}}))
+                .find("network.request_rules[0].host: must be"),
+            std::string::npos);
+  EXPECT_NE(err(json::object()).find("must be an array"), std::string::npos);
 }

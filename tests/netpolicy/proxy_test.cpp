@@ -1262,3 +1262,30 @@ TEST(ProxyCredentials, NoCredentialsNoRewriteAndNoTotals) {
   EXPECT_NE(ku.heads[0].find("Authorization: Bearer agentshim-cred-0000"), std::string::npos);
   EXPECT_FALSE(f.proxy->totals().contains("credentials"));
 }
+
+TEST(ProxyRequestRules, CheckedPerRequestOnOneConnectionAndConnectRefused) {
+  KeepAliveUpstream ku(1, [](int i, const std::string&) { return ok_response("r" + std::to_string(i)); });
+  Fixture f({rules_port(ku.port())});
+  f.proxy->set_request_rules(RequestRules::parse(
+      json::array({{{"host", "127.0.0.1"}, {"port", ku.port()}, {"methods", {"GET"}}, {"action", "allow"}}}),
+      "t"));
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+  send_str(c.get(), get(auth, "/a"));
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("r0"));
+  send_str(c.get(), "DELETE http://" + auth + "/a HTTP/1.1\r\nHost: " + auth + "\r\n\r\n");
+  auto r = read_response(c.get(), carry);
+  EXPECT_EQ(r.rfind("HTTP/1.1 403", 0), 0u) << r;
+  EXPECT_NE(r.find("no request rule for this destination allows DELETE"), std::string::npos) << r;
+  EXPECT_NE(r.find("Proxy-Status: agentshim; error=http_request_denied"), std::string::npos) << r;
+  auto e2 = f.ev.wait(2);
+  EXPECT_EQ(e2["decision"], "denied");
+  EXPECT_EQ(e2["status"], 403);
+  auto t = f.client();
+  send_str(t.get(), "CONNECT " + auth + " HTTP/1.1\r\nHost: " + auth + "\r\n\r\n");
+  auto h = read_head(t.get());
+  EXPECT_EQ(h.rfind("HTTP/1.1 403", 0), 0u) << h;
+  c.reset();
+  ku.up.reset();
+  EXPECT_EQ(ku.heads.size(), 1u);  // neither refused request reached the upstream
+}

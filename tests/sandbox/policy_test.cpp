@@ -1125,6 +1125,16 @@ TEST(Policy, CredentialsSectionIsValidatedAndNormalised) {
             std::string::npos)
       << err(bad);
   EXPECT_NE(err({{"GH", json::object()}}).find("not a credential name"), std::string::npos);
+  // network.request_rules: normalised, and carried to the proxy only when set.
+  json rr = policy::validate(
+      {{"network",
+        {{"request_rules", {{{"host", "Reg.example"}, {"methods", {"GET"}}, {"action", "allow"}}}}}}},
+      "x");
+  EXPECT_EQ(rr["network"]["request_rules"][0]["host"], "reg.example");
+  EXPECT_EQ(rr["network"]["request_rules"][0]["port"], 443);
+  EXPECT_NE(error_of({{"network", {{"request_rules", {{{"host", "a"}, {"action", "no"}}}}}}})
+                .find("policy test.json: network.request_rules[0].action: must be"),
+            std::string::npos);
 }
 
 TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
