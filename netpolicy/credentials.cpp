@@ -72,9 +72,11 @@ const Str& str(const json& x, const Str& where, const Str& key) {
 }
 
 void only_keys(const json& x, std::initializer_list<const char*> keys, const Str& where, const Str& key) {
-  for (const auto& [k, v] : x.items())
-    if (std::none_of(keys.begin(), keys.end(), [&](const char* o) { return k == o; }))
+  for (auto it = x.begin(); it != x.end(); ++it) {
+    const Str& k = it.key();
+    if (std::none_of(keys.begin(), keys.end(), [&k](const char* o) { return k == o; }))
       throw Error(where + ": unknown key " + key + "." + k);
+  }
 }
 
 Source parse_source(const json& x, const Str& where, const Str& key) {
