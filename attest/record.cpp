@@ -80,6 +80,7 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   lock_.reset(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
+  log_->set_quota(c_.max_event_log_bytes);
   if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
 }
 
@@ -705,6 +706,8 @@ json run_account(const std::string& rd) {
             {"network", {{"allowed", json::array()}, {"denied", json::array()}, {"dns", json::array()}}},
             {"files", {{"added", json::array()}, {"modified", json::array()}, {"removed", json::array()}}},
             {"signals", json::array()},
+            {"policy_changes", json::array()},
+            {"lifecycle", json::array()},
             {"policy_decisions", json::array()},
             {"log_problems", lc.problems},
             {"events", lc.events.size()}};
@@ -726,6 +729,8 @@ json run_account(const std::string& rd) {
              {"argv", d.value("argv", json::array())},
              {"sha256", d.value("sha256", "")}};
       if (d.contains("session")) p["session"] = d["session"];
+      for (const char* k : {"interpreter", "interpreters", "resolved", "error"})
+        if (d.contains(k)) p[k] = d[k];
       a["processes"].push_back(std::move(p));
     } else if (ev.type == "process.exec_failed") {
       json p{{"time", ev.time},
@@ -751,7 +756,15 @@ json run_account(const std::string& rd) {
     } else if (ev.type == "net.namespace") {
       a["network"]["namespace"] = d;
     } else if (ev.type == "signal") {
-      a["signals"].push_back(d);
+      json s = d;
+      s["time"] = ev.time;
+      a["signals"].push_back(std::move(s));
+    } else if (ev.type == "run.updated") {
+      json c = d;
+      c["time"] = ev.time;
+      a["policy_changes"].push_back(std::move(c));
+    } else if (ev.type == "run.paused" || ev.type == "run.resumed") {
+      a["lifecycle"].push_back(json{{"time", ev.time}, {"action", ev.type.substr(4)}});
     } else if (ev.type == "run.exit") {
       a["exit"] = d;
       a["finished"] = ev.time;

@@ -58,6 +58,7 @@ struct RecordConfig {
   KeyType key_type = KeyType::ed25519;
   bool hash_cache = true;                          // policy "strict" turns it off
   uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)
+  uint64_t max_event_log_bytes = 0;                // policy audit.max_event_log_bytes (0: no limit)
   std::string tsa_url;  // policy audit.tsa_url: RFC 3161 time-stamp for the Sigstore bundle ("" = none)
   // kubernetes_identity() of the config's annotations: null, or the pod and
   // container a CRI client named (the predicate's and session.json's

@@ -702,6 +702,7 @@ class Supervisor {
     rc.key_type = attest::parse_key_type(audit.value("key_type", "ed25519"));
     rc.hash_cache = !audit.value("strict", false);
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
+    rc.max_event_log_bytes = audit.value("max_event_log_bytes", uint64_t{0});
     rc.tsa_url = audit.value("tsa_url", "");
     rc.kubernetes = attest::kubernetes_identity(s_.config.value("annotations", json::object()));
     bool stop = audit.value("on_log_failure", "stop") == "stop";
