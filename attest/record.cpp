@@ -745,6 +745,10 @@ json run_account(const std::string& rd) {
       json c = d;
       c["time"] = ev.time;
       a["network"][d.value("decision", "") == "allowed" ? "allowed" : "denied"].push_back(c);
+    } else if (ev.type == "net.credential") {
+      json c = d;  // a placeholder where its credential may not go
+      c["time"] = ev.time;
+      a["network"]["credentials_caught"].push_back(c);
     } else if (ev.type == "net.dns") {
       json c = d;
       c["time"] = ev.time;

@@ -445,11 +445,10 @@ bool is_seccomp_listener(int fd) {
 ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
                            std::shared_ptr<attest::HashCache> cache, pid_t init_pid)
     : wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       rootfs_(std::move(rootfs_host_path)),
       sink_(std::move(sink)),
       cache_(std::move(cache)) {
-  if (!stop_ || !wake_) throw_errno("eventfd");
+  if (!wake_) throw_errno("eventfd");
   if (listener) {
     pending_.push_back({std::move(listener), json::object()});
     active_ = 1;
@@ -477,7 +476,7 @@ ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink
     }
     emit("exec.watch", std::move(w));
   }
-  thread_ = std::thread([this] { loop(); });
+  loop_.start([this] { loop(); });
 }
 
 ExecObserver::~ExecObserver() {
@@ -503,11 +502,7 @@ void ExecObserver::stop() {
     std::lock_guard<std::mutex> l(mu_);
     stopped_ = true;
   }
-  if (!thread_.joinable()) return;
-  uint64_t one = 1;
-  ssize_t w = ::write(stop_.get(), &one, sizeof one);
-  (void)w;
-  thread_.join();
+  loop_.stop();
 }
 
 void ExecObserver::loop() {
@@ -526,7 +521,7 @@ void ExecObserver::loop() {
       for (auto& p : pending_) sources.push_back(std::move(p));
       pending_.clear();
     }
-    fds.assign({{stop_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}});
+    fds.assign({{loop_.stop_fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}});
     if (watch_) fds.push_back({watch_->fd(), POLLIN, 0});
     for (const auto& s : sources) fds.push_back({s.fd.get(), POLLIN, 0});
     // While an exec is in progress, look at it every 2 ms (sweep).

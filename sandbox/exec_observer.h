@@ -36,6 +36,7 @@
 
 #include "attest/fstree.h"
 #include "common/fd.h"
+#include "common/stoppable_loop.h"
 #include "sandbox/fanotify_exec.h"
 
 namespace agentshim::observer {
@@ -149,11 +150,10 @@ class ExecObserver {
   std::vector<Source> pending_;  // added, not yet taken by the loop (mu_)
   bool stopped_ = false;         // (mu_)
   UniqueFd wake_;                // eventfd: pending_ changed
-  UniqueFd stop_;                // eventfd
   std::string rootfs_;
   Sink sink_;
   std::shared_ptr<attest::HashCache> cache_;
-  std::thread thread_;
+  StoppableLoop loop_{"exec observer"};  // common/stoppable_loop.h
   std::atomic<uint64_t> observed_{0};
   std::atomic<std::size_t> active_{0};
 };
