@@ -54,11 +54,23 @@ struct Hashed {
   std::string error;
 };
 
-Hashed hash_fd(int fd, attest::HashCache* cache) {
+Hashed hash_fd(int fd, attest::HashCache* cache, uint64_t max_bytes) {
   Hashed h;
   struct stat st {};
   if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
     h.error = "not a regular file";
+    return h;
+  }
+  // A huge (or sparse) program is named, not read: hashing a 1 PiB sparse
+  // file would hold the exec and a supervisor CPU for ever.
+  if (max_bytes && static_cast<uint64_t>(st.st_size) > max_bytes) {
+    char head[256];
+    ssize_t n;
+    do n = ::pread(fd, head, sizeof head, 0);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) h.head.assign(head, static_cast<std::size_t>(n));
+    h.size = static_cast<uint64_t>(st.st_size);
+    h.error = "larger than audit.max_file_bytes (" + std::to_string(max_bytes) + " bytes): not hashed";
     return h;
   }
   const auto key = attest::HashCache::key_of(st);
@@ -734,24 +746,35 @@ void ExecObserver::on_exec_open(pid_t pid, int fd) {
         hit = true;
       }
     }
+    // A huge (or sparse) program is named, not read: hashing a 1 PiB
+    // sparse file would hold the exec and a supervisor CPU for ever.
+    const uint64_t cap = max_hash_bytes_;
+    const bool too_big = !hit && cap && static_cast<uint64_t>(st.st_size) > cap;
     attest::Sha256 sha;
     std::vector<char> buf(1 << 20);
     uint64_t size = 0;
     std::string head;
     for (off_t off = 0;;) {
-      ssize_t n = ::pread(fd, buf.data(), hit ? 4 : buf.size(), off);
+      ssize_t n = ::pread(fd, buf.data(), hit || too_big ? 4 : buf.size(), off);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
         f.info["error"] = std::string("read: ") + std::strerror(errno);
         break;
       }
       if (head.size() < 4) head.append(buf.data(), std::min<std::size_t>(static_cast<std::size_t>(n), 4));
-      if (hit || n == 0) break;
+      if (hit || too_big || n == 0) break;
       sha.update(buf.data(), static_cast<std::size_t>(n));
       size += static_cast<uint64_t>(n);
       off += n;
     }
-    if (!f.info.contains("error")) {
+    if (too_big && !f.info.contains("error")) {
+      f.info["error"] = "larger than audit.max_file_bytes (" + std::to_string(cap) + " bytes): not hashed";
+      f.info["size"] = static_cast<uint64_t>(st.st_size);
+      f.elf = head.size() >= 4 && std::memcmp(head.data(),
+                                              "\x7f"
+                                              "ELF",
+                                              4) == 0;
+    } else if (!f.info.contains("error")) {
       if (!hit) f.digest = sha.finish();
       f.info["sha256"] = attest::hex(f.digest);
       f.info["size"] = hit ? static_cast<uint64_t>(st.st_size) : size;
@@ -859,7 +882,7 @@ void ExecObserver::finalize(pid_t pid, Attempt a) {
     f.info = {{"path", attest::pct_encode(link("/proc/" + std::to_string(pid) + "/exe"))}};
     if (fd >= 0) {
       UniqueFd u(fd);
-      Hashed h = hash_fd(fd, nullptr);
+      Hashed h = hash_fd(fd, nullptr, max_hash_bytes_);
       if (h.error.empty()) {
         f.info["sha256"] = h.sha256;
         f.info["size"] = h.size;
@@ -988,7 +1011,7 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
       std::string host = link("/proc/self/fd/" + std::to_string(fd));
       if (!rootfs_.empty() && starts_with(host, rootfs_ + "/"))
         ev["resolved"] = attest::pct_encode(host.substr(rootfs_.size()));
-      Hashed h = hash_fd(fd, cache_.get());
+      Hashed h = hash_fd(fd, cache_.get(), max_hash_bytes_);
       if (h.error.empty()) {
         ev["sha256"] = h.sha256;
         ev["size"] = h.size;
@@ -999,7 +1022,7 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
           json ij = {{"path", attest::pct_encode(interp)}};
           if (ifd >= 0) {
             UniqueFd i(ifd);
-            Hashed ih = hash_fd(ifd, cache_.get());
+            Hashed ih = hash_fd(ifd, cache_.get(), max_hash_bytes_);
             if (ih.error.empty()) ij["sha256"] = ih.sha256;
           }
           ev["interpreter"] = ij;

@@ -91,6 +91,9 @@ class ExecObserver {
   ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
                std::shared_ptr<attest::HashCache> cache = nullptr, pid_t init_pid = 0);
   ~ExecObserver();
+  // Programs larger than this are recorded with `error` instead of a hash
+  // (policy audit.max_file_bytes; 0 = no limit).
+  void set_max_hash_bytes(uint64_t n) { max_hash_bytes_ = n; }
   ExecObserver(const ExecObserver&) = delete;
   ExecObserver& operator=(const ExecObserver&) = delete;
   // Serve another listener; its events get the members of `tag` (an
@@ -153,6 +156,7 @@ class ExecObserver {
   std::string rootfs_;
   Sink sink_;
   std::shared_ptr<attest::HashCache> cache_;
+  std::atomic<uint64_t> max_hash_bytes_{0};
   StoppableLoop loop_{"exec observer"};  // common/stoppable_loop.h
   std::atomic<uint64_t> observed_{0};
   std::atomic<std::size_t> active_{0};
