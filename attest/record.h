@@ -60,6 +60,8 @@ struct RecordConfig {
 };
 
 std::string new_run_id();
+// The per-host hash cache (attest/hashcache.h) under an audit directory.
+std::string hash_cache_path(const std::string& audit_dir);
 
 // The Kubernetes identity containerd's CRI plugin passes in a container's
 // annotations (io.kubernetes.cri.sandbox-namespace, -name, -uid, -id,
@@ -111,7 +113,8 @@ class RunRecord {
   std::unique_ptr<EventLog> log_;
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
-  std::thread before_thread_;  // the walks of trees the container cannot change
+  std::vector<std::vector<LayerUse>> before_layers_;  // an overlay root assembled from its layers
+  std::thread before_thread_;                         // the walks of trees the container cannot change
   std::exception_ptr before_error_;
   json change_counts_ = json::object();
   UniqueFd lock_;                     // the run directory, flock'ed (exclusive) until finalize is done
