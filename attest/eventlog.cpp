@@ -59,7 +59,18 @@ EventLog::~EventLog() {
   }
 }
 
+void EventLog::set_quota(uint64_t max_bytes) {
+  std::lock_guard<std::mutex> lk(mu_);
+  quota_ = max_bytes;
+}
+
+bool EventLog::essential(const std::string& type) {
+  return starts_with(type, "run.") || starts_with(type, "fs.") || starts_with(type, "log.");
+}
+
 void EventLog::submit(const std::string& type, json data) {
+  // A line's size, near enough: the data, the type, and seq/time/leaf/chain.
+  const uint64_t size = quota_ ? data.dump().size() + type.size() + 200 : 0;
   std::lock_guard<std::mutex> lk(mu_);
   ++submitted_;
   if (closed_) {
@@ -67,19 +78,36 @@ void EventLog::submit(const std::string& type, json data) {
     ++unreported_lost_;
     return;
   }
+  if (quota_ && accepted_bytes_ + size > quota_ && !essential(type)) {
+    drop_locked("event log " + path_ + ": quota of " + std::to_string(quota_) +
+                " bytes (policy audit.max_event_log_bytes) reached: later events dropped");
+    return;
+  }
   // The writer drains the queue every 100 ms, and at once when it grows;
   // past kMaxQueued events (a flood faster than the disk) events are counted
   // as lost and reported by a log.gap, so the recorder's memory stays bounded.
   if (queue_.size() >= kMaxQueued) {
-    ++lost_;
-    ++unreported_lost_;
-    if (first_error_.empty())
-      first_error_ = "event log " + path_ + ": " + std::to_string(kMaxQueued) +
-                     " events waiting for the writer: later events dropped";
+    drop_locked("event log " + path_ + ": " + std::to_string(kMaxQueued) +
+                " events waiting for the writer: later events dropped");
     return;
   }
+  accepted_bytes_ += size;
   queue_.push_back({type, std::move(data), rfc3339_now()});
   if (queue_.size() == kWakeWriterAt) cv_.notify_all();
+}
+
+// A dropped event is counted where it was dropped: consecutive drops share
+// one log.gap marker in the queue, so the gap sits between the events written
+// before and after it (and the queue grows by at most one entry per run of
+// drops).
+void EventLog::drop_locked(const std::string& why) {
+  ++lost_;
+  if (first_error_.empty()) first_error_ = why;
+  if (!queue_.empty() && queue_.back().gap) {
+    queue_.back().data["lost"] = queue_.back().data["lost"].get<uint64_t>() + 1;
+    return;
+  }
+  queue_.push_back({"log.gap", json{{"lost", 1}, {"reason", why}}, rfc3339_now(), true});
 }
 
 void EventLog::inject_write_failures(int n, int err) {
@@ -153,8 +181,14 @@ void EventLog::flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync) {
     next_seq_ = seq0;
     chain_ = chain0;
     leaves_ = leaves0;
-    lost_ += batch.size();
-    unreported_lost_ += batch.size();
+    for (const auto& p : batch) {
+      if (p.gap) {
+        unreported_lost_ += p.data["lost"].get<uint64_t>();  // counted in lost_ when dropped
+      } else {
+        ++lost_;
+        ++unreported_lost_;
+      }
+    }
     std::string msg = "event log " + path_ + ": write failed: " + std::strerror(err);
     if (first_error_.empty()) first_error_ = msg;
     if (!failed_once_) {
@@ -164,7 +198,8 @@ void EventLog::flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync) {
     return;
   }
   good_size_ += static_cast<off_t>(buf.size());
-  written_ += batch.size();
+  for (const auto& p : batch)
+    if (!p.gap) ++written_;
   if (!batch.empty()) unreported_lost_ = 0;
 }
 

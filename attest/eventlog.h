@@ -14,6 +14,7 @@
 // submitted == written + lost always holds and the loss is on the record.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -56,6 +57,12 @@ class EventLog {
   EventLog& operator=(const EventLog&) = delete;
 
   void submit(const std::string& type, json data);
+  // At most about `max_bytes` of events the container can cause in numbers
+  // (everything but run.*, fs.* and log.*, which a complete run needs and
+  // which are few): beyond it they are counted as lost, with the reason,
+  // and reported by a log.gap like any other loss. 0 = no quota.
+  void set_quota(uint64_t max_bytes);
+  static bool essential(const std::string& type);
   // Write everything queued and fsync; returns false if anything was lost.
   bool sync();
   // Final flush; no submit() after this.
@@ -70,7 +77,9 @@ class EventLog {
     std::string type;
     json data;
     std::string time;
+    bool gap = false;  // a log.gap marker for events dropped at this point (data.lost counts them)
   };
+  void drop_locked(const std::string& why);
   static constexpr std::size_t kWakeWriterAt = 1024, kMaxQueued = 65536;
   void writer_loop();
   void flush_locked(std::unique_lock<std::mutex>& lk, bool do_fsync);
@@ -84,6 +93,8 @@ class EventLog {
   std::vector<Pending> queue_;
   bool stop_ = false, closed_ = false, failed_once_ = false;
   uint64_t next_seq_ = 0, submitted_ = 0, written_ = 0, lost_ = 0, unreported_lost_ = 0;
+  std::atomic<uint64_t> quota_{0};
+  uint64_t accepted_bytes_ = 0;
   off_t good_size_ = 0;
   Digest chain_{};
   MerkleFrontier leaves_;  // O(log n): the recorder does not keep every leaf

@@ -132,7 +132,11 @@ struct LayerUse {
 // assembled from per-layer snapshots, image layers reused across runs; else
 // (or when a layer holds overlay features the merge does not implement) a
 // walk of `dir`. The root is the same either way.
-FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::vector<LayerUse>* layers);
+// `mount_path`: where the mount is found in mountinfo when `dir` is a
+// detached copy of it (/proc/self/fd/N/.); it must be the same mount (the
+// same st_dev), else `dir` is walked.
+FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::vector<LayerUse>* layers,
+                         const std::string& mount_path = "");
 
 // The root entry (".") of the tree at `dir`, as a walk records it (its
 // leaf computed).

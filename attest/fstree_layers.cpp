@@ -231,11 +231,19 @@ std::optional<OverlayLayers> overlay_at(const std::string& dir) {
   return l;
 }
 
-FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::vector<LayerUse>* used) {
+FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::vector<LayerUse>* used,
+                         const std::string& mount_path) {
   auto whole = [&] { return snapshot(dir, opts); };
   if (opts.tree_key.empty() || !opts.exclude.empty()) return whole();
-  auto layers = overlay_at(dir);
+  const std::string& where = mount_path.empty() ? dir : mount_path;
+  auto layers = overlay_at(where);
   if (!layers) return whole();
+  if (where != dir) {
+    struct stat a {
+    }, b{};
+    if (::stat(dir.c_str(), &a) < 0 || ::stat(layers->mount_point.c_str(), &b) < 0 || a.st_dev != b.st_dev)
+      return whole();  // not (or no longer) the mount `dir` is a copy of
+  }
   if (!layers->refused.empty()) {
     log::debug("record: " + dir + " walked whole: " + layers->refused);
     return whole();

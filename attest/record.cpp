@@ -84,6 +84,7 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   lock_.reset(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
+  log_->set_quota(c_.max_event_log_bytes);
   if (c_.hash_cache) cache_ = std::make_shared<HashCache>(hash_cache_path(c_.audit_dir));
 }
 
@@ -149,7 +150,8 @@ std::string ms_text(double ms) {
 
 void RunRecord::walk_before(std::size_t i) {
   auto t0 = std::chrono::steady_clock::now();
-  before_[i] = snapshot_root(trees_[i].host_path, walk_options(c_, trees_[i], cache_), &before_layers_[i]);
+  before_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &before_layers_[i],
+                             trees_[i].host_path);
   const FsSnapshot& s = before_[i];
   log::debug("record phase " +
              std::string(trees_[i].unchanged_reason.empty() ? "before-walk" : "before-walk-concurrent") +
@@ -216,9 +218,30 @@ void RunRecord::wait_before() {
   }
 }
 
-void RunRecord::snapshot_after() {
-  wait_before();
+void RunRecord::walk_after() {
+  if (after_walked_) return;
+  after_walked_ = true;
   auto t0 = std::chrono::steady_clock::now();
+  after_.assign(trees_.size(), FsSnapshot{});
+  after_errors_.assign(trees_.size(), "");
+  after_layers_.assign(trees_.size(), {});
+  for (std::size_t i = 0; i < trees_.size(); ++i) {
+    if (!trees_[i].unchanged_reason.empty()) continue;
+    try {
+      after_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &after_layers_[i],
+                                trees_[i].host_path);
+    } catch (const std::exception& e) {
+      after_errors_[i] = e.what();
+      log::error("run " + c_.run_id + ": the post-run root of tree " + trees_[i].name + " (" +
+                 trees_[i].host_path + ") could not be taken: " + e.what());
+    }
+  }
+  log::debug("record phase after-walk " + ms_text(ms_since(t0)) + " ms");
+}
+
+void RunRecord::snapshot_after() {
+  walk_after();
+  wait_before();
   json arr = json::array();
   std::string changes;
   uint64_t added = 0, modified = 0, removed = 0;
@@ -226,8 +249,8 @@ void RunRecord::snapshot_after() {
     if (!trees_[i].unchanged_reason.empty()) {
       // The container could not change it: its after root is its before
       // root, and its change set is empty.
-      after_.push_back(before_[i]);
-      json t = tree_json(trees_[i], after_.back());
+      after_[i] = before_[i];
+      json t = tree_json(trees_[i], after_[i]);
       t["bytes_hashed"] = 0;
       t["cache_hits"] = 0;
       t["reused"] = 0;
@@ -236,9 +259,16 @@ void RunRecord::snapshot_after() {
       arr.push_back(t);
       continue;
     }
-    std::vector<LayerUse> layers;
-    after_.push_back(snapshot_root(trees_[i].host_path, walk_options(c_, trees_[i], cache_), &layers));
-    arr.push_back(tree_json(trees_[i], after_.back(), layers));
+    if (!after_errors_[i].empty()) {
+      // No root, no changes: said in the event and in the run's reasons.
+      arr.push_back(json{{"name", trees_[i].name},
+                         {"path", pct_encode(trees_[i].host_path)},
+                         {"walk", "failed"},
+                         {"error", after_errors_[i]}});
+      incomplete_.push_back("post-run root of tree " + trees_[i].name + ": " + after_errors_[i]);
+      continue;
+    }
+    arr.push_back(tree_json(trees_[i], after_[i], after_layers_[i]));
     for (const auto& ch : diff(before_[i], after_[i])) {
       json j = change_to_json(ch);
       j["tree"] = trees_[i].name;
@@ -248,8 +278,7 @@ void RunRecord::snapshot_after() {
       if (ch.kind == "removed") ++removed;
     }
   }
-  log::debug("record phase after-walk " + ms_text(ms_since(t0)) + " ms");
-  t0 = std::chrono::steady_clock::now();
+  auto t0 = std::chrono::steady_clock::now();
   save_cache();
   log::debug("record phase cache-save " + ms_text(ms_since(t0)) + " ms");
   write_file_atomic(dir_ + "/changes.ndjson", changes, 0600);
@@ -260,6 +289,7 @@ void RunRecord::snapshot_after() {
                            {"modified", modified},
                            {"removed", removed},
                            {"changes_sha256", changes_sha256_}});
+  after_settled_ = true;
 }
 
 void RunRecord::save_cache() {
@@ -276,7 +306,7 @@ json RunRecord::fs_counts() const {
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     json t = {{"name", trees_[i].name}, {"path", pct_encode(trees_[i].host_path)}};
     if (i < before_.size()) t["before"] = hex(before_[i].root);
-    if (i < after_.size()) t["after"] = hex(after_[i].root);
+    if (after_settled_ && after_errors_[i].empty()) t["after"] = hex(after_[i].root);
     trees.push_back(t);
   }
   // (changes.ndjson's SHA-256 is a subject of the statement.)
@@ -291,7 +321,7 @@ json RunRecord::finalize(const json& facts) {
   } catch (const std::exception& e) {
     incomplete_.push_back(std::string("pre-run filesystem roots: ") + e.what());
   }
-  if (!trees_.empty() && after_.empty()) incomplete_.push_back("no post-run filesystem roots");
+  if (!trees_.empty() && !after_settled_) incomplete_.push_back("no post-run filesystem roots");
   event("run.finalized", json{{"incomplete", incomplete_}});
   EventLog::Summary sum = log_->close();
   if (sum.lost > 0)

@@ -38,6 +38,13 @@ struct TrackedTree {
   // does (it need not delay `start`), and its after root is its before root,
   // without a walk.
   std::string unchanged_reason;
+  // Where the walks read it, when not host_path: the supervisor's detached
+  // copy of the mount tree ("/proc/self/fd/N/."), opened while the container
+  // existed, so a client that unmounts or removes the source once the
+  // container has exited (Podman's --rm and its shm) cannot take the tree
+  // away from the after walk.
+  std::string walk_path;
+  const std::string& read_path() const { return walk_path.empty() ? host_path : walk_path; }
 };
 
 // Files larger than this are recorded without a content hash (fstree.h).
@@ -51,6 +58,7 @@ struct RecordConfig {
   KeyType key_type = KeyType::ed25519;
   bool hash_cache = true;                          // policy "strict" turns it off
   uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)
+  uint64_t max_event_log_bytes = 0;                // policy audit.max_event_log_bytes (0: no limit)
   std::string tsa_url;  // policy audit.tsa_url: RFC 3161 time-stamp for the Sigstore bundle ("" = none)
   // kubernetes_identity() of the config's annotations: null, or the pod and
   // container a CRI client named (the predicate's and session.json's
@@ -92,6 +100,13 @@ class RunRecord {
   // returns, and those it cannot (unchanged_reason) on a thread of its own;
   // snapshot_after and finalize wait for that thread.
   void snapshot_before(const std::vector<TrackedTree>& trees);
+  // The after walks of the trees the container can change, now: the
+  // supervisor calls it before the container's exit is reported, so no
+  // client can remove or rewrite a source first. A tree that cannot be
+  // walked is recorded as such (the run is then incomplete, with the
+  // reason), never a reason to lose the record. snapshot_after calls it when
+  // nobody did.
+  void walk_after();
   void snapshot_after();
   // The run's content-hash cache (null with policy "strict"), for the exec
   // observer: a binary hashed by a walk (or an earlier run) is not re-read.
@@ -113,8 +128,11 @@ class RunRecord {
   std::unique_ptr<EventLog> log_;
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
-  std::vector<std::vector<LayerUse>> before_layers_;  // an overlay root assembled from its layers
-  std::thread before_thread_;                         // the walks of trees the container cannot change
+  std::vector<std::vector<LayerUse>> before_layers_, after_layers_;  // overlay roots assembled from layers
+  std::vector<std::string> after_errors_;  // per tree: why its after walk failed ("" when it did not)
+  bool after_walked_ = false;
+  bool after_settled_ = false;  // snapshot_after completed: after_ holds every tree's root
+  std::thread before_thread_;   // the walks of trees the container cannot change
   std::exception_ptr before_error_;
   json change_counts_ = json::object();
   UniqueFd lock_;                     // the run directory, flock'ed (exclusive) until finalize is done

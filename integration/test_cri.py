@@ -823,6 +823,10 @@ def test_agentshim_records_name_the_pod(node):
     # The signed statement carries the same identity, and the record verifies.
     show = json.loads(run(shim + ["runs", "show", "--json", app_id], check=True).stdout)
     assert show["verified"] is True and show["kubernetes"] == by_container[app_id]
+    # The pause container's record too: StopPodSandbox + RemovePodSandbox
+    # remove its rootfs and shm right after the exit (issue 15 item 5).
+    show = json.loads(run(shim + ["runs", "show", "--json", sandbox_id], check=True).stdout)
+    assert show["verified"] is True, show
 
 
 def test_hugetlb_quirk_detection():

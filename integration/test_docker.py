@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import run, wait_records
+from conftest import AGENTSHIM, run, wait_records
 from clients import (Dockerd, busybox_tar, cgroups_named, ensure_packages, mounts_matching, processes_mentioning,
                      short_tmpdir, wait_for)
 
@@ -555,6 +555,40 @@ def test_record_written_for_docker_runs(docker):
     from conftest import AGENTSHIM, run
     v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", run_dir])
     assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
+
+
+def test_records_survive_dockers_cleanup(docker):
+    """`docker run --rm` removes the container's anonymous volume as soon as
+    the exit is reported, and `docker rm -f` removes everything at once:
+    each run still ends with a VERIFIED record that lists what the container
+    wrote to the volume (the after walk of what the container could change
+    precedes the exit; the trees are read through copies opened while the
+    container existed)."""
+    rd = os.path.join(docker.audit, "runs")
+    before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
+    # A named volume with a big new file is walked (hashed) first: were the
+    # exit reported before the after walk, Docker would remove the anonymous
+    # /z volume while /a is still being hashed.
+    vol = f"big{os.getpid()}"
+    try:
+        r = dr(docker, "agentshim", "-v", f"{vol}:/a", "-v", "/z", IMG, "sh", "-c",
+               "dd if=/dev/zero of=/a/big bs=1M count=400 2>/dev/null; echo z > /z/f0")
+        assert r.returncode == 0, r.stderr
+    finally:
+        docker("volume", "rm", "-f", vol)
+    cid = start_detached(docker, "agentshim", "-v", "/z", IMG, "sh", "-c", "echo x > /z/forced; exec sleep 600")
+    wait_for(lambda: docker("exec", cid, "cat", "/z/forced").stdout == b"x\n", what="the write")
+    docker.out("rm", "-f", cid)
+    runs = set(os.listdir(rd)) - before
+    assert len(runs) == 2, runs
+    wait_records(docker.audit, timeout=60)
+    changed = set()
+    for d in runs:
+        v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", os.path.join(rd, d)])
+        assert v.returncode == 0 and b"VERIFIED" in v.stdout, (d, v.stdout, v.stderr)
+        with open(os.path.join(rd, d, "changes.ndjson")) as f:
+            changed |= {(c["tree"], c["path"]) for c in map(json.loads, f)}
+    assert {("/a", "big"), ("/z", "f0"), ("/z", "forced")} <= changed, sorted(changed)[:10]
 
 
 def test_docker_exec_is_recorded(docker):

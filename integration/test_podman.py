@@ -126,6 +126,53 @@ def test_record_written(podman):
         assert v.returncode == 0 and b"VERIFIED" in v.stdout, (d, v.stdout, v.stderr)
 
 
+def new_runs_verified(audit, before, expect):
+    """The runs under audit not in `before`: exactly `expect` of them, each
+    finalized and VERIFIED. Returns {tree: set of changed paths} over them."""
+    import json
+    from conftest import AGENTSHIM, run, wait_records
+    rd = os.path.join(audit, "runs")
+    runs = set(os.listdir(rd)) - before
+    assert len(runs) == expect, runs
+    wait_records(audit)
+    changed = {}
+    for d in runs:
+        v = run([AGENTSHIM, "--audit-dir", audit, "verify", os.path.join(rd, d)])
+        assert v.returncode == 0 and b"VERIFIED" in v.stdout, (d, v.stdout, v.stderr)
+        with open(os.path.join(rd, d, "changes.ndjson")) as f:
+            for line in f:
+                c = json.loads(line)
+                changed.setdefault(c["tree"], set()).add(c["path"])
+    return changed
+
+
+def test_records_survive_podmans_cleanup(podman, tmp_path):
+    """Podman removes what it set up as soon as the container exits (--rm:
+    the shm tmpfs under userdata and the container's storage; `stop` then a
+    quick `rm`). Every run still ends with a VERIFIED record, and what the
+    container wrote to its shm and to its volume is in the changes (the
+    trees are read through copies opened while the container existed, and
+    walked before the exit is reported)."""
+    rd = os.path.join(podman.audit, "runs")
+    before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    for i in range(3):
+        r = prun(podman, "agentshim", "--rm", "-v", f"{vol}:/vol", IMAGE, "sh", "-c",
+                 f"echo {i} > /dev/shm/s{i}; echo {i} > /vol/v{i}")
+        assert r.returncode == 0, r.stderr
+    cid = prun(podman, "agentshim", "-d", IMAGE, "sh", "-c",
+               "echo x > /dev/shm/stopped; exec sleep 600").stdout.decode().strip()
+    assert cid
+    wait_for(lambda: podman("exec", cid, "cat", "/dev/shm/stopped", runtime="agentshim").stdout == b"x\n",
+             timeout=20, what="the detached container's write")
+    podman.out("stop", "-t", "0", cid, runtime="agentshim")
+    podman.out("rm", cid, runtime="agentshim")
+    changed = new_runs_verified(podman.audit, before, 4)
+    assert {"s0", "s1", "s2", "stopped"} <= changed.get("/dev/shm", set()), changed
+    assert {"v0", "v1", "v2"} <= changed.get("/vol", set()), changed
+
+
 def test_runtime_flag_root_is_cleaned_up(podman, tmp_path):
     """`--runtime-flag root=DIR` reaches create/start, but podman's cleanup
     (conmon's exit command) and `rm` call `delete --force` without it, with

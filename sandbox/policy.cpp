@@ -294,6 +294,9 @@ const std::map<Str, Check>& sections() {
           })},
          {"max_file_bytes", valid_if([](const json& x, const Str& where, const Str& key) {
             if (!x.is_number_unsigned()) fail(where, key, "must be a byte count (0 = no limit)");
+          })},
+         {"max_event_log_bytes", valid_if([](const json& x, const Str& where, const Str& key) {
+            if (!x.is_number_unsigned()) fail(where, key, "must be a byte count (0 = no limit)");
           })}},
         "");
     return m;

@@ -702,6 +702,7 @@ class Supervisor {
     rc.key_type = attest::parse_key_type(audit.value("key_type", "ed25519"));
     rc.hash_cache = !audit.value("strict", false);
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
+    rc.max_event_log_bytes = audit.value("max_event_log_bytes", uint64_t{0});
     rc.tsa_url = audit.value("tsa_url", "");
     rc.kubernetes = attest::kubernetes_identity(s_.config.value("annotations", json::object()));
     bool stop = audit.value("on_log_failure", "stop") == "stop";
@@ -801,15 +802,32 @@ class Supervisor {
     return out;
   }
 
-  std::vector<attest::TrackedTree> tracked_trees() const {
+  std::vector<attest::TrackedTree> tracked_trees() {
     std::vector<attest::TrackedTree> out;
-    out.push_back({"rootfs", s_.rootfs, {}, readonly_root_reason()});
+    out.push_back({"rootfs", s_.rootfs, {}, readonly_root_reason(), ""});
     const json& cfg = s_.config;
     // Writable bind mounts (effective flags: ["rbind","ro","rw"] is writable).
     for (const auto& m : oci::mounts(cfg)) {
       struct stat st {};
       if (!m.is_bind() || m.readonly() || ::stat(m.source.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
-      out.push_back({m.destination, m.source, {}, ""});
+      out.push_back({m.destination, m.source, {}, "", ""});
+    }
+    // Each tree is read through a detached copy of its mount tree, taken
+    // now, while the container exists: a client may unmount or remove the
+    // source as soon as the exit is reported (Podman's --rm removes the
+    // shm tmpfs, containerd unmounts the rootfs). The copy is a mount of its
+    // own, so the client's unmount succeeds (no EBUSY) and the filesystem
+    // stays readable until we exit.
+    for (auto& t : out) {
+      UniqueFd tree(static_cast<int>(::syscall(SYS_open_tree, AT_FDCWD, t.host_path.c_str(),
+                                               OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)));
+      if (!tree) {
+        log::debug("supervisor: open_tree " + t.host_path + ": " + std::strerror(errno) +
+                   "; the walks read the path itself");
+        continue;
+      }
+      t.walk_path = "/proc/self/fd/" + std::to_string(tree.get()) + "/.";
+      tree_copies_.push_back(std::move(tree));
     }
     return out;
   }
@@ -890,14 +908,15 @@ class Supervisor {
     sentinel_ = -1;
     sentinel_lost_ = true;
     if (record_)
-      record_->event("run.sentinel_lost",
-                     {{"detail", kill_all_noted_
-                                     ? "the caller's kill --all SIGKILL (cgroup.kill) took the sentinel with the "
-                                       "container"
-                                     : "the --pid-file process (the sentinel) died before the container exited; "
-                                       "the container is killed, as its death means"},
-                      {"kill_all", kill_all_noted_},
-                      {"oom_kills", cg_ ? cg_->oom_kill_count() : 0}});
+      record_->event(
+          "run.sentinel_lost",
+          {{"detail", kill_all_noted_
+                          ? "the caller's kill --all SIGKILL (cgroup.kill) took the sentinel with the "
+                            "container"
+                          : "the --pid-file process (the sentinel) died before the container exited; "
+                            "the container is killed, as its death means"},
+           {"kill_all", kill_all_noted_},
+           {"oom_kills", cg_ ? cg_->oom_kill_count() : 0}});
     try {
       if (cg_) {
         for (pid_t p : cg_->pids()) ::kill(p, SIGKILL);
@@ -922,8 +941,9 @@ class Supervisor {
     if (::sigqueue(sentinel_, kReleaseSignal, v) == 0) sentinel_ = -1;
   }
 
-  // After release_sentinel(): the after-run walk, then the signed record.
-  void finish_record(const json& ex) {
+  // Before release_sentinel(): the exec observer stops and the trees the
+  // container could change are walked.
+  void walk_after() {
     if (!record_) return;
     try {
       if (observer_) {
@@ -931,6 +951,17 @@ class Supervisor {
         observer_.reset();
       }
       log::debug("supervisor: run.exit recorded; after-run filesystem walk");
+      record_->walk_after();
+    } catch (const std::exception& e) {
+      log::error(std::string("the post-run filesystem walk: ") + e.what());
+    }
+  }
+
+  // After release_sentinel(): the after-run roots are settled (waiting for
+  // a read-only root's concurrent before walk), then the signed record.
+  void finish_record(const json& ex) {
+    if (!record_) return;
+    try {
       record_->snapshot_after();
       log::debug("supervisor: after-run walk done; signing");
       json facts = {{"runtime", runtime_identity()},
@@ -969,9 +1000,9 @@ class Supervisor {
     if (time_limit_hit_) ex["reason"] = "exec time limit";
     if (sentinel_lost_ && !kill_all_noted_) ex["reason"] = "sentinel lost";
     json exit_event = {{"code", exit_.code},
-                       {"reason", time_limit_hit_   ? "exec time limit"
+                       {"reason", time_limit_hit_                      ? "exec time limit"
                                   : sentinel_lost_ && !kill_all_noted_ ? "sentinel lost"
-                                                   : ""},
+                                                                       : ""},
                        {"signal", exit_.signal ? oci::signal_name(exit_.signal) : ""},
                        {"oom_kills", ex["oom_kills"]},
                        {"rusage", ex["rusage"]}};
@@ -983,6 +1014,11 @@ class Supervisor {
       log::warn(std::string("write exit status: ") + e.what());
     }
     cg_.reset();  // the container's cgroup is delete's from now on
+    // The after walks of what the container could change come before its
+    // exit is reported: once the sentinel exits, a client may remove the
+    // sources (docker run --rm removes anonymous volumes, podman --rm the
+    // container's storage). A read-only root costs nothing here.
+    walk_after();
     release_sentinel(exit_.code);
     finish_record(exit_event);
     ctl_.reset();  // and its socket file
@@ -1006,6 +1042,7 @@ class Supervisor {
       {"mode", "none"}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};
   std::unique_ptr<network::ContainerNetwork> net_;
   std::vector<int> inherited_;
+  std::vector<UniqueFd> tree_copies_;  // detached copies of the tracked trees (tracked_trees())
   std::chrono::steady_clock::time_point deadline_{};
   bool time_limit_hit_ = false;
   bool sync_after_reply_ = false;

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <functional>
+
 #include "attest/canonical.h"
 #include "attest/hash.h"
 #include "attest/ledger.h"
@@ -204,4 +206,79 @@ TEST(Tsa, BadUrlsAndUnreachableTsasAreClearErrors) {
   auto p = check_sigstore_bundle(b, env, "k");
   ASSERT_EQ(p.size(), 1u);
   EXPECT_NE(p[0].find("timestampVerificationData"), std::string::npos);
+}
+
+namespace {
+// A run of one tracked tree whose walks read `walk_path` (the supervisor's
+// detached copy) while the record names `host_path`; `between` runs while
+// "the container" runs.
+std::string run_with_tree(const std::string& base, const std::string& host_path, const std::string& walk_path,
+                          const std::function<void()>& between) {
+  RecordConfig c;
+  c.audit_dir = base + "/audit";
+  c.run_id = new_run_id();
+  c.container_id = "c1";
+  c.key_type = KeyType::ed25519;
+  c.hash_cache = false;
+  RunRecord r(c);
+  r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
+  r.snapshot_before({TrackedTree{"/workspace", host_path, {}, {}, walk_path}});
+  r.event("run.started", {{"init_pid", 7}});
+  r.event("process.exec", {{"pid", 7}, {"path", "/bin/true"}, {"argv", {"/bin/true"}}});
+  between();
+  r.event("run.exit", {{"code", 0}, {"signal", ""}});
+  r.walk_after();
+  r.snapshot_after();
+  r.finalize({{"exit", {{"code", 0}}}});
+  return r.dir();
+}
+}  // namespace
+
+TEST(TrackedTree, TheWalksReadTheCopyAndTheRecordNamesTheSource) {
+  TempDir t;
+  std::string ws = t.path + "/ws";
+  mkdir_p(ws, 0755);
+  write_file(ws + "/a", "a\n");
+  std::string rd =
+      run_with_tree(t.path, "/the/source/as/configured", ws, [&] { write_file(ws + "/b", "b\n"); });
+  auto v = verify_run(rd, {});
+  EXPECT_TRUE(v.verified()) << (v.mismatches.empty() ? "" : v.mismatches[0]);
+  json st = statement_of(rd);
+  EXPECT_EQ(st["predicate"]["filesystem"]["trees"][0]["path"], "/the/source/as/configured");
+  EXPECT_EQ(st["predicate"]["filesystem"]["trees"][0]["after"], hex(snapshot(ws, WalkOptions{}).root));
+  EXPECT_NE(read_file(rd + "/changes.ndjson").find("\"added\""), std::string::npos);
+}
+
+TEST(TrackedTree, ATreeThatVanishesIsRecordedAndTheRunStillFinalizes) {
+  // A client removed the source before the after walk (what the detached
+  // copy and the walk-before-release prevent): the run is finalized,
+  // signed and in the ledger, incomplete with the reason, and verify says so.
+  TempDir t;
+  std::string ws = t.path + "/ws";
+  mkdir_p(ws, 0755);
+  write_file(ws + "/a", "a\n");
+  std::string rd = run_with_tree(t.path, ws, "", [&] {
+    ::unlink((ws + "/a").c_str());
+    ::rmdir(ws.c_str());
+  });
+  json session = json::parse(read_file(rd + "/session.json"));
+  EXPECT_FALSE(session["complete"].get<bool>());
+  ASSERT_EQ(session["incomplete_reasons"].size(), 1u);
+  EXPECT_NE(session["incomplete_reasons"][0].get<std::string>().find("post-run root of tree /workspace"),
+            std::string::npos);
+  json st = statement_of(rd);
+  EXPECT_FALSE(st["predicate"]["filesystem"]["trees"][0].contains("after"));
+  bool failed_event = false;
+  for (const auto& line : split(read_file(rd + "/events.ndjson"), '\n')) {
+    if (line.empty()) continue;
+    json e = json::parse(line);
+    if (e["type"] == "fs.root" && e["data"]["phase"] == "after")
+      failed_event = e["data"]["trees"][0]["walk"] == "failed" && e["data"]["trees"][0].contains("error");
+  }
+  EXPECT_TRUE(failed_event);
+  auto v = verify_run(rd, {});
+  ASSERT_FALSE(v.verified());
+  EXPECT_NE(v.mismatches[0].find("incomplete run: post-run root of tree /workspace"), std::string::npos)
+      << v.mismatches[0];
+  EXPECT_TRUE(check_ledger(t.path + "/audit/ledger.ndjson").problems.empty());
 }

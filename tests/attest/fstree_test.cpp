@@ -744,6 +744,7 @@ TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
   std::thread writer;
   WalkOptions o;
   o.threads = 1;
+  std::atomic<bool> writing{false};
   o.before_open = [&](const std::string& rel, char) {
     if (rel != "busy") return;
     writer = std::thread([&] {
@@ -752,9 +753,13 @@ TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
       for (off_t off = 0; !stop; off = (off + 4096) % static_cast<off_t>(size)) {
         (void)!::pwrite(fd, &c, 1, off);
         c = c == 'b' ? 'c' : 'b';
+        writing = true;
       }
       ::close(fd);
     });
+    // On a loaded machine the writer might otherwise first run after the
+    // whole file was read (a flaky pass of nothing).
+    while (!writing) std::this_thread::yield();
   };
   auto fut = std::async(std::launch::async, [&] { return snapshot(t.path, o); });
   auto ready = fut.wait_for(std::chrono::seconds(60));

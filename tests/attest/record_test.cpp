@@ -152,6 +152,42 @@ TEST(EventLog, WritesVerifiableLinesAndBalancesCounts) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
+TEST(EventLog, AQuotaDropsWhatTheContainerFloodsButNeverTheRunsOwnEvents) {
+  // An exec storm with 64 KiB argv: beyond the quota process.exec events are
+  // lost and counted, a log.gap says why, run.* events are still written and
+  // the log verifies.
+  TempDir t;
+  std::string p = t.path + "/events.ndjson";
+  EventLog::Summary s;
+  {
+    EventLog log(p, nullptr);
+    log.set_quota(1 << 20);
+    log.submit("run.created", json::object());
+    std::string argv(64 << 10, 'A');
+    for (int i = 0; i < 100; ++i) log.submit("process.exec", json{{"argv", {argv}}, {"i", i}});
+    log.submit("run.exit", json{{"code", 0}});
+    log.submit("run.finalized", json::object());
+    s = log.close();
+  }
+  EXPECT_EQ(s.submitted, 103u);
+  EXPECT_GT(s.lost, 80u);
+  EXPECT_EQ(s.written + s.lost, s.submitted);
+  EXPECT_NE(s.first_error.find("audit.max_event_log_bytes"), std::string::npos) << s.first_error;
+  LogCheck c = check_log(p);
+  ASSERT_TRUE(c.problems.empty()) << c.problems[0];
+  std::vector<std::string> types;
+  for (const auto& e : c.events) types.push_back(e.type);
+  ASSERT_GE(types.size(), 4u);
+  EXPECT_EQ(types.front(), "run.created");
+  EXPECT_EQ(types[types.size() - 3], "log.gap");
+  EXPECT_EQ(types[types.size() - 2], "run.exit");
+  EXPECT_EQ(types.back(), "run.finalized");
+  EXPECT_EQ(c.events[c.events.size() - 3].data["lost"], s.lost);
+  struct stat st {};
+  ASSERT_EQ(::stat(p.c_str(), &st), 0);
+  EXPECT_LT(st.st_size, (1 << 20) + (70 << 10));
+}
+
 TEST(EventLog, RefusesToOverwriteAnExistingLog) {
   TempDir t;
   write_file(t.path + "/events.ndjson", "x\n");

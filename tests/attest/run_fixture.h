@@ -30,7 +30,7 @@ inline std::string make_run(const std::string& base, attest::KeyType kt, const s
   c.kubernetes = kubernetes;
   attest::RunRecord r(c);
   r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
-  r.snapshot_before({attest::TrackedTree{"/workspace", ws, {}, {}}});
+  r.snapshot_before({attest::TrackedTree{"/workspace", ws, {}, {}, {}}});
   r.event("run.started", {{"init_pid", 7}});
   r.event("process.exec", {{"pid", 7}, {"path", "/bin/true"}, {"argv", {"/bin/true"}}});
   write_file(ws + "/modify.txt", "modified\n");
