@@ -112,12 +112,15 @@ def test_podman_reuses_image_layers(image_tar):
         p.out("import", image_tar, IMG, timeout=600)
         strict = agentshim_policy(p.base, strict=True)
         seen, runs = set(), []
-        for pol in (strict, None, None):
+        for pol in (strict, None):
             r = p("run", "--rm", "--network", "none", *p.ulimits(), IMG, "true", runtime="agentshim", policy=pol,
                   timeout=300)
             assert r.returncode == 0, r.stderr.decode(errors="replace")
             runs.append(new_record(p.audit, seen))
-        check_layer_reuse(runs)
+        # containers/storage roots are walked whole for now (attest/fstree_layers.cpp:
+        # an assembled root differed from a walk of the mount by two entries).
+        assert "layers" not in runs[1], runs[1]
+        assert runs[1]["root"] == runs[0]["root"], runs
     finally:
         p("rmi", "-f", IMG, timeout=300)
         p.stop()
