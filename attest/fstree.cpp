@@ -197,7 +197,7 @@ namespace {
 // is reported, never silently cut.
 constexpr std::size_t kXattrListMax = 64 * 1024;
 constexpr std::size_t kXattrValueMax = 64 * 1024;
-constexpr std::size_t kXattrTotalMax = 1024 * 1024;  // all security.* values of one entry
+constexpr std::size_t kXattrTotalMax = 1024 * 1024;  // all recorded values of one entry
 constexpr int kXattrRetries = 5;                     // ERANGE: the list/value grew between calls
 constexpr int kHashAttempts = 3;                     // a file that keeps changing is recorded as such
 
@@ -361,31 +361,36 @@ class XattrSource {
   std::string proc_;
 };
 
-// security.* xattrs only (file capabilities, LSM labels, IMA): what changes
-// what a file may do.
 // overlayfs's xattrs on a layer's entry: opaque directories are merged;
 // origin, impure and nlink change inode numbers and link counts only
 // (nothing a leaf holds); anything else (redirect, metacopy, whiteout
 // xattrs, "x" opaque) is unsupported, and the layer merge is not used.
-void note_overlay_xattr(XattrSource& src, const std::string& key, FsEntry& e) {
+// True for overlayfs's private names, which a walk of the mount never sees.
+bool note_overlay_xattr(XattrSource& src, const std::string& key, FsEntry& e) {
   std::string_view k = key;
   for (std::string_view pre : {"trusted.overlay.", "user.overlay."})
     if (k.substr(0, pre.size()) == pre) {
       std::string_view what = k.substr(pre.size());
-      if (what == "origin" || what == "impure" || what == "nlink") return;
+      if (what == "origin" || what == "impure" || what == "nlink") return true;
       if (what == "opaque") {
         char v[8];
         ssize_t n = src.get(key, v, sizeof v);
         if (n == 1 && v[0] == 'y') {
           if (e.overlay.empty()) e.overlay = "opaque";
-          return;
+          return true;
         }
       }
       e.overlay = "unsupported " + pct_encode(key);
-      return;
+      return true;
     }
+  return false;
 }
 
+// Every namespace a process can write: security.* (file capabilities, LSM
+// labels, IMA), system.* (POSIX ACLs: who may do what), trusted.* and
+// user.* (data a program may act on; a file's owner writes user.*). In a
+// walk of an overlay layer (`overlay`), overlayfs's own names are noted,
+// not recorded: the mount hides them.
 void read_xattrs(int dirfd, const std::string& name, FsEntry& e, bool overlay = false) {
   XattrSource src(dirfd, name);
   std::string list;
@@ -406,8 +411,10 @@ void read_xattrs(int dirfd, const std::string& name, FsEntry& e, bool overlay = 
     std::size_t len = nul ? static_cast<std::size_t>(static_cast<const char*>(nul) - s) : list.size() - off;
     std::string key(s, len);
     off += len + 1;
-    if (overlay) note_overlay_xattr(src, key, e);
-    if (!starts_with(key, "security.")) continue;
+    if (overlay && note_overlay_xattr(src, key, e)) continue;
+    if (!starts_with(key, "security.") && !starts_with(key, "system.") && !starts_with(key, "trusted.") &&
+        !starts_with(key, "user."))
+      continue;
     std::string val;
     if (!read_sized([&](char* b, std::size_t n) { return src.get(key, b, n); }, kXattrValueMax, val, err,
                     too_big)) {
@@ -1047,13 +1054,14 @@ std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
   const auto& b = after.entries;
   while (i < a.size() || j < b.size()) {
     if (j >= b.size() || (i < a.size() && a[i].path < b[j].path)) {
-      out.push_back({a[i].path, "removed", a[i].leaf, std::nullopt});
+      out.push_back({a[i].path, "removed", a[i].leaf, std::nullopt, a[i].sha256, ""});
       ++i;
     } else if (i >= a.size() || b[j].path < a[i].path) {
-      out.push_back({b[j].path, "added", std::nullopt, b[j].leaf});
+      out.push_back({b[j].path, "added", std::nullopt, b[j].leaf, "", b[j].sha256});
       ++j;
     } else {
-      if (a[i].leaf != b[j].leaf) out.push_back({a[i].path, "modified", a[i].leaf, b[j].leaf});
+      if (a[i].leaf != b[j].leaf)
+        out.push_back({a[i].path, "modified", a[i].leaf, b[j].leaf, a[i].sha256, b[j].sha256});
       ++i;
       ++j;
     }
@@ -1062,10 +1070,13 @@ std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
 }
 
 json change_to_json(const FsChange& c) {
-  return json{{"path", pct_encode(c.path)},
-              {"change", c.kind},
-              {"old", c.old_leaf ? json(hex(*c.old_leaf)) : json(nullptr)},
-              {"new", c.new_leaf ? json(hex(*c.new_leaf)) : json(nullptr)}};
+  json j{{"path", pct_encode(c.path)},
+         {"change", c.kind},
+         {"old", c.old_leaf ? json(hex(*c.old_leaf)) : json(nullptr)},
+         {"new", c.new_leaf ? json(hex(*c.new_leaf)) : json(nullptr)}};
+  if (!c.old_sha256.empty()) j["old_sha256"] = c.old_sha256;
+  if (!c.new_sha256.empty()) j["new_sha256"] = c.new_sha256;
+  return j;
 }
 
 }  // namespace agentshim::attest

@@ -151,6 +151,9 @@ struct FsChange {
   std::string path;
   std::string kind;  // added | modified | removed
   std::optional<Digest> old_leaf, new_leaf;
+  // The content SHA-256 (hex) before and after, for regular files whose
+  // content was hashed; empty otherwise.
+  std::string old_sha256 = {}, new_sha256 = {};
 };
 std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after);
 json change_to_json(const FsChange& c);

@@ -731,6 +731,8 @@ json run_account(const std::string& rd) {
             {"network", {{"allowed", json::array()}, {"denied", json::array()}, {"dns", json::array()}}},
             {"files", {{"added", json::array()}, {"modified", json::array()}, {"removed", json::array()}}},
             {"signals", json::array()},
+            {"policy_changes", json::array()},
+            {"lifecycle", json::array()},
             {"policy_decisions", json::array()},
             {"log_problems", lc.problems},
             {"events", lc.events.size()}};
@@ -752,6 +754,8 @@ json run_account(const std::string& rd) {
              {"argv", d.value("argv", json::array())},
              {"sha256", d.value("sha256", "")}};
       if (d.contains("session")) p["session"] = d["session"];
+      for (const char* k : {"interpreter", "interpreters", "resolved", "error"})
+        if (d.contains(k)) p[k] = d[k];
       a["processes"].push_back(std::move(p));
     } else if (ev.type == "process.exec_failed") {
       json p{{"time", ev.time},
@@ -773,7 +777,15 @@ json run_account(const std::string& rd) {
     } else if (ev.type == "net.namespace") {
       a["network"]["namespace"] = d;
     } else if (ev.type == "signal") {
-      a["signals"].push_back(d);
+      json s = d;
+      s["time"] = ev.time;
+      a["signals"].push_back(std::move(s));
+    } else if (ev.type == "run.updated") {
+      json c = d;
+      c["time"] = ev.time;
+      a["policy_changes"].push_back(std::move(c));
+    } else if (ev.type == "run.paused" || ev.type == "run.resumed") {
+      a["lifecycle"].push_back(json{{"time", ev.time}, {"action", ev.type.substr(4)}});
     } else if (ev.type == "run.exit") {
       a["exit"] = d;
       a["finished"] = ev.time;

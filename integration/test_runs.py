@@ -56,3 +56,74 @@ def test_runs_list_shows_and_filters_the_kubernetes_identity(tmp_path, shim, bun
     assert "POD" in table.splitlines()[0] and "team-a/agent-7 app" in table, table
     show = json.loads(shim("runs", "show", "--json", cid, check=True).stdout)
     assert show["verified"] is True and show["kubernetes"] == want
+
+
+def test_runs_show_of_a_running_container_answers_at_once(shim, bundle, cid, tmp_path):
+    """Issue 15 item 7: `runs show` of a running container does not wait for
+    the record: it says the container is running and shows what ran so far;
+    `--follow` streams the events until the run is finalized, then prints
+    the verified account; `--full` prints whole hashes; signals, failed exec
+    attempts and the interpreter of a #! script are in the human output as
+    in --json."""
+    import os
+    import subprocess
+    import time
+    bundle.config["mounts"].append({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                                    "options": ["nosuid", "nodev"]})
+    with open(os.path.join(bundle.rootfs, "s.sh"), "w") as f:
+        f.write("#!/bin/sh\necho from-script\n")
+    os.chmod(os.path.join(bundle.rootfs, "s.sh"), 0o755)
+    bundle.sh("/s.sh; /no/such/program 2>/dev/null; trap 'echo got-usr1' USR1; "
+              "while [ ! -e /tmp/stop ]; do sleep 0.1; done")
+    shim.ids.add(cid)
+    assert shim("run", "--detach", "--bundle", bundle.path, cid).returncode == 0
+    init = shim.json("state", cid)["pid"]
+    deadline = time.time() + 20
+    time.sleep(1)
+    shim("kill", cid, "USR1")
+    time.sleep(0.5)  # the event log's writer drains every 100 ms
+    t0 = time.monotonic()
+    r = shim("runs", "show", cid, timeout=30)
+    assert time.monotonic() - t0 < 10 and r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    assert "status     running" in out and "record     " not in out, out
+    assert "/s.sh" in out and "interpreter: /bin/sh" in out, out
+    assert "exec attempts that failed" in out and "/no/such/program" in out, out
+    assert "SIGUSR1" in out, out
+    j = json.loads(shim("runs", "show", "--json", cid).stdout)
+    assert j["running"] is True and "exit" not in j
+    full = shim("runs", "show", "--full", cid).stdout.decode()
+    sha = next(p["sha256"] for p in j["processes"] if p["path"] == "/s.sh")
+    assert len(sha) == 64 and sha in full and sha not in out
+    # --follow: streams until the run is finalized, then the verified account.
+    p = subprocess.Popen([shim.binary, "--root", shim.root, *shim.extra, "runs", "show", "--follow", cid],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1)
+    with open(f"/proc/{init}/root/tmp/stop", "w"):
+        pass
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    out = out.decode()
+    assert "events (following)" in out and "run.exit" in out and "run.finalized" in out, out
+    assert out.rstrip().endswith("VERIFIED") or "record     VERIFIED" in out, out
+
+
+def test_a_deleted_record_is_reported_as_deleted(shim, bundle, cid, tmp_path):
+    """A run signed into the ledger whose directory was removed since is
+    reported as deleted by `runs list` and `runs show`, never as unknown."""
+    import shutil
+    shim.ids.add(cid)
+    assert shim("run", "--bundle", bundle.args("true").path, cid).returncode == 0
+    audit = str(tmp_path / "audit")
+    wait_records(audit)
+    rows = json.loads(shim("runs", "list", "--json").stdout)
+    run_id = rows[0]["run_id"]
+    shutil.rmtree(f"{audit}/runs/{run_id}")
+    rows = json.loads(shim("runs", "list", "--json").stdout)
+    assert rows == [{"run_id": run_id, "container_id": cid, "complete": False, "deleted": True,
+                     "finished": rows[0]["finished"]}], rows
+    assert "DELETED" in shim("runs", "list").stdout.decode()
+    for key in (run_id, cid):
+        r = shim("runs", "show", key)
+        assert r.returncode == 1 and b"is in the ledger" in r.stderr and b"the record was deleted" in r.stderr, \
+            r.stderr

@@ -6,11 +6,13 @@
 #include <chrono>
 #include <iostream>
 #include <map>
+#include <thread>
 
 #include "attest/bundle.h"
 #include "attest/canonical.h"
 #include "attest/eventlog.h"
 #include "attest/fstree.h"
+#include "attest/ledger.h"
 #include "attest/record.h"
 #include "attest/runstore.h"
 #include "attest/sign.h"
@@ -43,6 +45,18 @@ bool is_dir(const std::string& p) {
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+// Ledger rows whose run directory is missing: records deleted after they
+// were finalized. (A ledger that does not verify lists what verifies.)
+std::vector<json> deleted_runs(const attest::RunStore& store) {
+  std::vector<json> out;
+  if (!try_read_file(store.audit_dir() + "/ledger.ndjson")) return out;
+  for (const auto& row : attest::check_ledger(store.audit_dir() + "/ledger.ndjson").rows) {
+    std::string id = row.value("run_id", "");
+    if (!id.empty() && !is_dir(store.run_dir(id))) out.push_back(row);
+  }
+  return out;
+}
+
 // RUN is a run directory, a run id, or a container id (its latest run).
 std::string resolve_run_dir(const container::Global& g, const std::string& run) {
   if (run.find('/') != std::string::npos) {
@@ -60,8 +74,22 @@ std::string resolve_run_dir(const container::Global& g, const std::string& run) 
   } catch (const std::exception&) {
   }
   if (auto id = store.latest_run_of(run)) return store.run_dir(*id);
+  // Signed into the ledger once, gone from disk since: say so (a deleted
+  // record is a finding, not a typo).
+  for (const auto& row : deleted_runs(store))
+    if (row.value("run_id", "") == run || row.value("container_id", "") == run)
+      throw Error("run " + row.value("run_id", "") + " (container " + row.value("container_id", "") +
+                  ") is in the ledger (index " + std::to_string(row.value("index", 0)) + ", finalized " +
+                  row.value("time", "") + ") but its directory " + store.run_dir(row.value("run_id", "")) +
+                  " is missing: the record was deleted");
   throw UsageError("no run record for \"" + run + "\" in " + store.runs_dir() +
                    " (give a run id, a container id or a run directory)");
+}
+
+// Whether the run's supervisor still holds its record (the container runs,
+// or its record is being finalized).
+bool in_progress(const std::string& rd) {
+  return !attest::wait_finalized(rd, 0);
 }
 
 // A run whose record is still being finalized (its container just exited)
@@ -73,8 +101,9 @@ std::string resolve_run(const container::Global& g, const std::string& run) {
   return rd;
 }
 
+bool g_full_hashes = false;  // runs show --full
 std::string short_hash(const std::string& h) {
-  return h.size() > 16 ? h.substr(0, 16) : h;
+  return h.size() > 16 && !g_full_hashes ? h.substr(0, 16) : h;
 }
 
 // Human output shows what a container chose (argv, paths, hosts, DNS names,
@@ -104,7 +133,7 @@ std::string show_args(const json& args) {
   return out;
 }
 
-void print_account(const json& a, const attest::VerifyResult& v) {
+void print_account(const json& a, const attest::VerifyResult& v, bool running = false) {
   std::cout << "run        " << t(a, "run_id") << "\n";
   std::cout << "container  " << t(a, "container_id") << "\n";
   if (a.contains("kubernetes")) {
@@ -119,7 +148,9 @@ void print_account(const json& a, const attest::VerifyResult& v) {
   std::cout << "created    " << t(a, "created") << "\n";
   if (a.contains("started")) std::cout << "started    " << t(a, "started") << "\n";
   if (a.contains("finished")) std::cout << "finished   " << t(a, "finished") << "\n";
-  if (a.contains("exit")) {
+  if (running) {
+    std::cout << "status     running (the record is still being written: `runs show --follow` streams it)\n";
+  } else if (a.contains("exit")) {
     const json& e = a["exit"];
     std::cout << "exit       code " << e.value("code", 0);
     if (!e.value("signal", "").empty()) std::cout << " (killed by " << t(e, "signal") << ")";
@@ -145,10 +176,47 @@ void print_account(const json& a, const attest::VerifyResult& v) {
   }
   const json& procs = a["processes"];
   std::cout << "\nprocesses executed (" << procs.size() << ")\n";
-  for (const auto& p : procs)
+  for (const auto& p : procs) {
     std::cout << "  " << t(p, "time") << "  pid " << p.value("pid", 0) << "  " << t(p, "path")
-              << "  sha256:" << t(short_hash(p.value("sha256", "")))
-              << "\n      argv: " << show_args(p.value("argv", json::array())) << "\n";
+              << "  sha256:" << t(short_hash(p.value("sha256", "")));
+    if (p.contains("session")) std::cout << "  session " << t(p["session"].dump());
+    std::cout << "\n      argv: " << show_args(p.value("argv", json::array())) << "\n";
+    // The interpreters of a #! script (one, or the chain), as recorded.
+    json interps =
+        p.contains("interpreters") && p["interpreters"].is_array() ? p["interpreters"] : json::array();
+    if (p.contains("interpreter") && p["interpreter"].is_object()) interps.push_back(p["interpreter"]);
+    for (const auto& i : interps)
+      if (i.is_object())
+        std::cout << "      interpreter: " << t(i, "path")
+                  << "  sha256:" << t(short_hash(i.value("sha256", ""))) << "\n";
+  }
+  const json& failed = a["exec_attempts_failed"];
+  if (!failed.empty()) {
+    std::cout << "\nexec attempts that failed (" << failed.size() << ")\n";
+    for (const auto& p : failed)
+      std::cout << "  " << t(p, "time") << "  pid " << p.value("pid", 0) << "  " << t(p, "path") << "  "
+                << t(p.value("errno", "")) << "\n";
+  }
+  if (!a["signals"].empty()) {
+    std::cout << "\nsignals (" << a["signals"].size() << ")\n";
+    for (const auto& s : a["signals"])
+      std::cout << "  " << t(s.value("time", "")) << "  " << t(s.value("signal", "")) << "  from "
+                << t(s.value("source", "caller")) << (s.value("all", false) ? "  (every process)" : "")
+                << "\n";
+  }
+  if (!a["policy_changes"].empty() || !a["lifecycle"].empty()) {
+    std::cout << "\nchanges by the caller\n";
+    for (const auto& c : a["policy_changes"]) {
+      std::cout << "  " << t(c.value("time", ""))
+                << "  update: resources sha256:" << t(short_hash(c.value("resources_sha256", ""))) << "\n";
+      for (const auto& d : c.value("policy_decisions", json::array()))
+        if (d.is_object())
+          std::cout << "      policy " << t(d.value("action", "")) << " " << t(d.value("path", "")) << ": "
+                    << t(d.value("detail", "")) << "\n";
+    }
+    for (const auto& l : a["lifecycle"])
+      std::cout << "  " << t(l.value("time", "")) << "  " << t(l.value("action", "")) << "\n";
+  }
   if (!a["caller_execs"].empty()) {
     std::cout << "\nexec by the caller (" << a["caller_execs"].size() << ")\n";
     for (const auto& e : a["caller_execs"])
@@ -180,6 +248,7 @@ void print_account(const json& a, const attest::VerifyResult& v) {
     std::cout << "  ~ " << t(attest::pct_decode(p.get<std::string>())) << "\n";
   for (const auto& p : f["removed"])
     std::cout << "  - " << t(attest::pct_decode(p.get<std::string>())) << "\n";
+  if (running) return;
   std::cout << "\nrecord     " << (v.verified() ? "VERIFIED" : "NOT VERIFIED") << "\n";
   for (const auto& m : v.mismatches) std::cout << "  MISMATCH: " << t(m) << "\n";
 }
@@ -331,6 +400,13 @@ void add_runs_list(Commands& c, CLI::App* runs) {
       }
       if (keep) out.push_back(row);
     }
+    if (f->kubernetes.empty())
+      for (const auto& row : deleted_runs(store))
+        out.push_back(json{{"run_id", row.value("run_id", "")},
+                           {"container_id", row.value("container_id", "")},
+                           {"complete", false},
+                           {"deleted", true},
+                           {"finished", row.value("time", "")}});
     if (f->json) {
       std::cout << out.dump(2) << "\n";
     } else {
@@ -347,39 +423,113 @@ void add_runs_list(Commands& c, CLI::App* runs) {
       std::printf(fmt, "RUN", "CONTAINER", "COMPLETE", "FINISHED", pods ? "POD" : "");
       for (const auto& r : out)
         std::printf(fmt, t(r["run_id"].get<std::string>()).c_str(),
-                    t(r["container_id"].get<std::string>()).c_str(), r["complete"].get<bool>() ? "yes" : "no",
+                    t(r["container_id"].get<std::string>()).c_str(),
+                    r.value("deleted", false)   ? "DELETED"
+                    : r["complete"].get<bool>() ? "yes"
+                                                : "no",
                     t(r.value("finished", "")).c_str(), pods ? t(pod(r)).c_str() : "");
     }
     return 0;
   });
 }
 
+// One event of a running record, one line (runs show --follow).
+std::string event_summary(const attest::LoggedEvent& ev) {
+  const json& d = ev.data;
+  std::string s = t(ev.time) + "  " + t(ev.type);
+  if (ev.type == "process.exec")
+    s += "  " + t(d, "path") + "  argv: " + show_args(d.value("argv", json::array()));
+  else if (ev.type == "process.exec_failed")
+    s += "  " + t(d, "path") + "  " + t(d.value("errno", ""));
+  else if (ev.type == "net.connection")
+    s += "  " + t(d, "decision") + " " + t(d, "host") + ":" + std::to_string(d.value("port", 0)) + "  " +
+         t(d, "reason");
+  else if (ev.type == "run.exit")
+    s += "  code " + std::to_string(d.value("code", 0)) + " " + t(d, "signal");
+  else {
+    std::string text = d.dump();
+    s += "  " + t(text.size() > 200 ? text.substr(0, 200) + "..." : text);
+  }
+  return s;
+}
+
+// Print the events after the first `seen` as they are appended, until the
+// run is finalized (or its supervisor is gone).
+void follow(const std::string& rd, std::size_t seen) {
+  for (;;) {
+    bool done = !in_progress(rd);
+    auto lc = attest::check_log(rd + "/events.ndjson");
+    for (std::size_t i = seen; i < lc.events.size(); ++i)
+      std::cout << "  " << event_summary(lc.events[i]) << "\n";
+    std::cout.flush();
+    seen = std::max(seen, lc.events.size());
+    if (done || lc.finalized) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
 void add_runs_show(Commands& c, CLI::App* runs) {
   struct Flags {
     std::string run;
     bool json = false;
+    bool full = false;
+    bool follow = false;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd =
       runs->add_subcommand("show", "what a run did: command, exit, processes, network, files, sandbox");
   cmd->add_option("run", f->run, "run id, container id or run directory")->required();
   cmd->add_flag("--json", f->json, "JSON output");
+  cmd->add_flag("--full", f->full, "print whole SHA-256 hashes");
+  cmd->add_flag("--follow", f->follow,
+                "for a running container: stream its events until the run is finalized");
   c.on(cmd, [f, &g = c.global()]() {
     try {
-      std::string rd = resolve_run(g, f->run);
+      g_full_hashes = f->full;
+      std::string rd = resolve_run_dir(g, f->run);
+      // A container that still runs is shown at once, as far as its record
+      // goes; one that has exited is waited for while its record is being
+      // finalized (a moment).
+      bool running = false;
+      if (in_progress(rd)) running = !attest::run_account(rd).contains("exit");
+      if (running && f->follow) {
+        json a = attest::run_account(rd);
+        print_account(a, attest::VerifyResult{}, true);
+        std::cout << "\nevents (following)\n";
+        follow(rd, a.value("events", std::size_t{0}));
+        running = false;
+      }
+      if (!running && !attest::wait_finalized(rd, 120000))
+        log::warn("the record in " + rd + " is still being finalized after 120 s; reading it as it is");
       json a = attest::run_account(rd);
+      if (running) {
+        if (f->json) {
+          a["running"] = true;
+          a["verified"] = false;
+          a["mismatches"] = json::array();
+          std::cout << a.dump(2) << "\n";
+        } else {
+          print_account(a, attest::VerifyResult{}, true);
+        }
+        return 0;
+      }
       auto v = attest::verify_run(rd, attest::VerifyOptions{});
       if (f->json) {
+        a["running"] = false;
         a["verified"] = v.verified();
         a["mismatches"] = v.mismatches;
         std::cout << a.dump(2) << "\n";
       } else {
+        if (f->follow) std::cout << "\n";
         print_account(a, v);
       }
       return 0;
-    } catch (const std::exception& e) {
+    } catch (const UsageError& e) {
       std::cerr << "agentshim runs show: " << e.what() << "\n";
       return 2;
+    } catch (const std::exception& e) {
+      std::cerr << "agentshim runs show: " << e.what() << "\n";
+      return 1;
     }
   });
 }
