@@ -59,6 +59,10 @@ json kubernetes_identity(const json& annotations) {
   return out;
 }
 
+std::string hash_cache_path(const std::string& audit_dir) {
+  return audit_dir + "/cache/fs-hash.lmdb";
+}
+
 namespace {
 // The key the record will be signed with, and whether it exists yet (the
 // host key is created at the first finalization).
@@ -81,7 +85,7 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
   log_->set_quota(c_.max_event_log_bytes);
-  if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
+  if (c_.hash_cache) cache_ = std::make_shared<HashCache>(hash_cache_path(c_.audit_dir));
 }
 
 RunRecord::~RunRecord() {
@@ -101,21 +105,35 @@ void RunRecord::incomplete(const std::string& reason) {
 namespace {
 WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t, std::shared_ptr<HashCache> cache) {
   WalkOptions o;
-  if (c.hash_cache) o.cache_path = c.audit_dir + "/cache/fs-hash-cache";
+  if (c.hash_cache) {
+    o.cache_path = hash_cache_path(c.audit_dir);
+    o.tree_key = "tree:" + t.host_path;  // the stat-only check against this path's last walk
+  }
   o.cache = std::move(cache);
   o.exclude = t.exclude;
   o.max_file_bytes = c.max_file_bytes;
   return o;
 }
 
-json tree_json(const TrackedTree& t, const FsSnapshot& s) {
-  return json{{"name", t.name},
-              {"path", pct_encode(t.host_path)},
-              {"root", hex(s.root)},
-              {"entries", s.entries.size()},
-              {"files", s.files},
-              {"bytes_hashed", s.bytes_hashed},
-              {"cache_hits", s.cache_hits}};
+json tree_json(const TrackedTree& t, const FsSnapshot& s, const std::vector<LayerUse>& layers = {}) {
+  json j{{"name", t.name},
+         {"path", pct_encode(t.host_path)},
+         {"root", hex(s.root)},
+         {"entries", s.entries.size()},
+         {"files", s.files},
+         {"bytes_hashed", s.bytes_hashed},
+         {"cache_hits", s.cache_hits},
+         {"reused", s.reused}};
+  if (!layers.empty()) {
+    json arr = json::array();
+    for (const auto& l : layers) {
+      json x{{"path", pct_encode(l.path)}, {"role", l.role}, {"walk", l.walk}, {"entries", l.entries}};
+      if (!l.identity.empty()) x["identity"] = l.identity;
+      arr.push_back(x);
+    }
+    j["layers"] = arr;
+  }
+  return j;
 }
 }  // namespace
 
@@ -132,19 +150,21 @@ std::string ms_text(double ms) {
 
 void RunRecord::walk_before(std::size_t i) {
   auto t0 = std::chrono::steady_clock::now();
-  before_[i] = snapshot(trees_[i].read_path(), walk_options(c_, trees_[i], cache_));
+  before_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &before_layers_[i],
+                             trees_[i].host_path);
   const FsSnapshot& s = before_[i];
   log::debug("record phase " +
              std::string(trees_[i].unchanged_reason.empty() ? "before-walk" : "before-walk-concurrent") +
              " " + ms_text(ms_since(t0)) + " ms (" + trees_[i].name + ": " +
              std::to_string(s.entries.size()) + " entries, " + std::to_string(s.bytes_hashed) +
-             " bytes hashed, " + std::to_string(s.cache_hits) + " cache hits)");
+             " bytes hashed, " + std::to_string(s.cache_hits) + " cache hits, " + std::to_string(s.reused) +
+             " reused)");
 }
 
 void RunRecord::before_done() {
   json arr = json::array();
   for (std::size_t i = 0; i < trees_.size(); ++i) {
-    json t = tree_json(trees_[i], before_[i]);
+    json t = tree_json(trees_[i], before_[i], before_layers_[i]);
     if (!trees_[i].unchanged_reason.empty()) t["walk"] = "concurrent";
     arr.push_back(t);
   }
@@ -155,12 +175,14 @@ void RunRecord::before_done() {
 void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
   trees_ = trees;
   before_.assign(trees_.size(), FsSnapshot{});
+  before_layers_.assign(trees_.size(), {});
   if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
   // One cache for the run (loaded once): both walks and the exec observer.
   if (cache_ && !cache_loaded_) {
     auto t0 = std::chrono::steady_clock::now();
     cache_->load();
     cache_loaded_ = true;
+    ::unlink((c_.audit_dir + "/cache/fs-hash-cache").c_str());  // the file format before the store
     log::debug("record phase cache-load " + ms_text(ms_since(t0)) + " ms");
   }
   // What the container can change is walked now, before it starts.
@@ -202,10 +224,12 @@ void RunRecord::walk_after() {
   auto t0 = std::chrono::steady_clock::now();
   after_.assign(trees_.size(), FsSnapshot{});
   after_errors_.assign(trees_.size(), "");
+  after_layers_.assign(trees_.size(), {});
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     if (!trees_[i].unchanged_reason.empty()) continue;
     try {
-      after_[i] = snapshot(trees_[i].read_path(), walk_options(c_, trees_[i], cache_));
+      after_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &after_layers_[i],
+                                trees_[i].host_path);
     } catch (const std::exception& e) {
       after_errors_[i] = e.what();
       log::error("run " + c_.run_id + ": the post-run root of tree " + trees_[i].name + " (" +
@@ -229,6 +253,7 @@ void RunRecord::snapshot_after() {
       json t = tree_json(trees_[i], after_[i]);
       t["bytes_hashed"] = 0;
       t["cache_hits"] = 0;
+      t["reused"] = 0;
       t["walk"] = "skipped";
       t["reason"] = trees_[i].unchanged_reason;
       arr.push_back(t);
@@ -243,7 +268,7 @@ void RunRecord::snapshot_after() {
       incomplete_.push_back("post-run root of tree " + trees_[i].name + ": " + after_errors_[i]);
       continue;
     }
-    arr.push_back(tree_json(trees_[i], after_[i]));
+    arr.push_back(tree_json(trees_[i], after_[i], after_layers_[i]));
     for (const auto& ch : diff(before_[i], after_[i])) {
       json j = change_to_json(ch);
       j["tree"] = trees_[i].name;

@@ -68,6 +68,8 @@ struct RecordConfig {
 };
 
 std::string new_run_id();
+// The per-host hash cache (attest/hashcache.h) under an audit directory.
+std::string hash_cache_path(const std::string& audit_dir);
 
 // The Kubernetes identity containerd's CRI plugin passes in a container's
 // annotations (io.kubernetes.cri.sandbox-namespace, -name, -uid, -id,
@@ -126,6 +128,7 @@ class RunRecord {
   std::unique_ptr<EventLog> log_;
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
+  std::vector<std::vector<LayerUse>> before_layers_, after_layers_;  // overlay roots assembled from layers
   std::vector<std::string> after_errors_;  // per tree: why its after walk failed ("" when it did not)
   bool after_walked_ = false;
   bool after_settled_ = false;  // snapshot_after completed: after_ holds every tree's root
