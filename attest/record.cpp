@@ -164,6 +164,13 @@ void RunRecord::walk_before(std::size_t i) {
 void RunRecord::before_done() {
   json arr = json::array();
   for (std::size_t i = 0; i < trees_.size(); ++i) {
+    if (!before_errors_[i].empty()) {
+      arr.push_back(json{{"name", trees_[i].name},
+                         {"path", pct_encode(trees_[i].host_path)},
+                         {"walk", "failed"},
+                         {"error", before_errors_[i]}});
+      continue;
+    }
     json t = tree_json(trees_[i], before_[i], before_layers_[i]);
     if (!trees_[i].unchanged_reason.empty()) t["walk"] = "concurrent";
     arr.push_back(t);
@@ -175,6 +182,7 @@ void RunRecord::before_done() {
 void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
   trees_ = trees;
   before_.assign(trees_.size(), FsSnapshot{});
+  before_errors_.assign(trees_.size(), "");
   before_layers_.assign(trees_.size(), {});
   if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
   // One cache for the run (loaded once): both walks and the exec observer.
@@ -201,7 +209,15 @@ void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
   // (before finalization).
   before_thread_ = std::thread([this, later] {
     try {
-      for (std::size_t i : later) walk_before(i);
+      // One tree that cannot be walked (a client unmounted it, say) is
+      // recorded as such; the others and the record go on.
+      for (std::size_t i : later) try {
+          walk_before(i);
+        } catch (const std::exception& e) {
+          before_errors_[i] = e.what();
+          log::error("run " + c_.run_id + ": the pre-run root of tree " + trees_[i].name + " (" +
+                     trees_[i].host_path + ") could not be taken: " + e.what());
+        }
       before_done();
     } catch (...) {
       before_error_ = std::current_exception();
@@ -246,6 +262,15 @@ void RunRecord::snapshot_after() {
   std::string changes;
   uint64_t added = 0, modified = 0, removed = 0;
   for (std::size_t i = 0; i < trees_.size(); ++i) {
+    if (!before_errors_[i].empty()) {
+      // No pre-run root (its concurrent walk failed): no after root either.
+      arr.push_back(json{{"name", trees_[i].name},
+                         {"path", pct_encode(trees_[i].host_path)},
+                         {"walk", "failed"},
+                         {"error", "no pre-run root: " + before_errors_[i]}});
+      incomplete_.push_back("pre-run root of tree " + trees_[i].name + ": " + before_errors_[i]);
+      continue;
+    }
     if (!trees_[i].unchanged_reason.empty()) {
       // The container could not change it: its after root is its before
       // root, and its change set is empty.
@@ -305,8 +330,9 @@ json RunRecord::fs_counts() const {
   json trees = json::array();
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     json t = {{"name", trees_[i].name}, {"path", pct_encode(trees_[i].host_path)}};
-    if (i < before_.size()) t["before"] = hex(before_[i].root);
-    if (after_settled_ && after_errors_[i].empty()) t["after"] = hex(after_[i].root);
+    const bool before_ok = i < before_.size() && before_errors_[i].empty();
+    if (before_ok) t["before"] = hex(before_[i].root);
+    if (before_ok && after_settled_ && after_errors_[i].empty()) t["after"] = hex(after_[i].root);
     trees.push_back(t);
   }
   // (changes.ndjson's SHA-256 is a subject of the statement.)

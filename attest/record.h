@@ -129,7 +129,8 @@ class RunRecord {
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
   std::vector<std::vector<LayerUse>> before_layers_, after_layers_;  // overlay roots assembled from layers
-  std::vector<std::string> after_errors_;  // per tree: why its after walk failed ("" when it did not)
+  std::vector<std::string> before_errors_;  // per tree: why its concurrent before walk failed
+  std::vector<std::string> after_errors_;   // per tree: why its after walk failed ("" when it did not)
   bool after_walked_ = false;
   bool after_settled_ = false;  // snapshot_after completed: after_ holds every tree's root
   std::thread before_thread_;   // the walks of trees the container cannot change
