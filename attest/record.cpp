@@ -237,6 +237,11 @@ void RunRecord::wait_before() {
 void RunRecord::walk_after() {
   if (after_walked_) return;
   after_walked_ = true;
+  // The concurrent before walk of a tree the container cannot change ends
+  // here too, before the exit is reported: a client removes the container's
+  // storage right after (podman --rm deletes the upper layer's files), and a
+  // walk still running then would record a tree that never existed.
+  if (before_thread_.joinable()) before_thread_.join();
   auto t0 = std::chrono::steady_clock::now();
   after_.assign(trees_.size(), FsSnapshot{});
   after_errors_.assign(trees_.size(), "");

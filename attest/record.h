@@ -100,9 +100,10 @@ class RunRecord {
   // returns, and those it cannot (unchanged_reason) on a thread of its own;
   // snapshot_after and finalize wait for that thread.
   void snapshot_before(const std::vector<TrackedTree>& trees);
-  // The after walks of the trees the container can change, now: the
-  // supervisor calls it before the container's exit is reported, so no
-  // client can remove or rewrite a source first. A tree that cannot be
+  // The after walks of the trees the container can change, now, and the
+  // end of the concurrent before walks: the supervisor calls it before the
+  // container's exit is reported, so no client can remove or rewrite a
+  // source first. A tree that cannot be
   // walked is recorded as such (the run is then incomplete, with the
   // reason), never a reason to lose the record. snapshot_after calls it when
   // nobody did.
