@@ -608,8 +608,18 @@ def test_oom_kill_is_reported(node, handler):
         assert st.exit_code == 137, (st.reason, st.exit_code)
         # containerd learns of the OOM from the cgroup's memory.events, apart
         # from the exit, and sets the reason when that event is handled: on a
-        # loaded machine it may come a moment after the exit (seen in the
-        # systemd guest under TCG, with runc).
+        # loaded machine it may come a moment after the exit.
+        if handler == "runc" and CriContainerd.SYSTEMD_CGROUP:
+            # runc's peer is not held to this under the systemd driver: systemd
+            # removes runc's scope when its last process dies, and the shim's
+            # memory.events watch can go with it before it is read, so the
+            # reason is sometimes "Error" (containerd#12714 skips critest's
+            # OOMKilled case for the systemd driver for this reason; seen in
+            # our systemd guest CI). agentshim keeps its scope until delete, so
+            # it is held to OOMKilled below.
+            wait_for(lambda: pod.cstatus("hog").status.reason in ("OOMKilled", "Error"), timeout=15,
+                     what="a reason for runc's exit")
+            return
         wait_for(lambda: pod.cstatus("hog").status.reason == "OOMKilled", timeout=15,
                  what=f"reason OOMKilled (is {pod.cstatus('hog').status.reason})")
 
