@@ -18,6 +18,7 @@
 #include <deque>
 #include <memory>
 #include <thread>
+#include <unordered_map>
 
 #include "attest/canonical.h"
 #include "common/error.h"
@@ -53,102 +54,139 @@ Digest leaf_hash(const FsEntry& e) {
   return merkle_leaf_hash(std::string("agentshim-fs-v1\n") + leaf_encoding(e));
 }
 
-// ------------------------------------------------------------ hash cache
-
-bool HashCache::Key::operator<(const Key& o) const {
-  return std::tie(dev, ino, size, mtime_ns, ctime_ns) <
-         std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
-}
-
-HashCache::HashCache(std::string path) : path_(std::move(path)) {}
+// ------------------------------------------------------------ tree records
 
 namespace {
-constexpr char kCacheMagic[8] = {'A', 'S', 'H', 'C', 'v', '1', '\n', '\0'};
-constexpr std::size_t kRecord = 5 * 8 + 32;
+// A stored entry (docs/FORMATS.md "Hash cache"): version, identity, the
+// leaf's fields, the leaf. Little-endian fixed-width integers.
+constexpr unsigned char kRecordVersion = 1;
+
+void put_u32(std::string& o, uint32_t v) {
+  o.append(reinterpret_cast<const char*>(&v), 4);
+}
+void put_u64(std::string& o, uint64_t v) {
+  o.append(reinterpret_cast<const char*>(&v), 8);
+}
+void put_str(std::string& o, const std::string& s) {
+  put_u32(o, static_cast<uint32_t>(s.size()));
+  o += s;
+}
+
+struct Reader {
+  std::string_view in;
+  bool ok = true;
+  bool take(void* out, std::size_t n) {
+    if (!ok || in.size() < n) return ok = false;
+    std::memcpy(out, in.data(), n);
+    in.remove_prefix(n);
+    return true;
+  }
+  uint32_t u32() {
+    uint32_t v = 0;
+    take(&v, 4);
+    return v;
+  }
+  uint64_t u64() {
+    uint64_t v = 0;
+    take(&v, 8);
+    return v;
+  }
+  std::string str(std::size_t max) {
+    uint32_t n = u32();
+    if (!ok || n > max || in.size() < n) {
+      ok = false;
+      return {};
+    }
+    std::string s(in.substr(0, n));
+    in.remove_prefix(n);
+    return s;
+  }
+};
 }  // namespace
 
-HashCache::Key HashCache::key_of(const struct stat& st) {
-  return Key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
-             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
-             static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
+std::string encode_record(const FsEntry& e) {
+  std::string o;
+  o.reserve(160);
+  o.push_back(static_cast<char>(kRecordVersion));
+  o.push_back(e.type);
+  put_u64(o, e.id.dev);
+  put_u64(o, e.id.ino);
+  put_u64(o, e.id.size);
+  put_u64(o, static_cast<uint64_t>(e.id.mtime_ns));
+  put_u64(o, static_cast<uint64_t>(e.id.ctime_ns));
+  put_u32(o, e.id.mode);
+  put_u32(o, e.id.uid);
+  put_u32(o, e.id.gid);
+  put_u32(o, e.mode);
+  put_u32(o, e.uid);
+  put_u32(o, e.gid);
+  put_u64(o, e.size);
+  put_u64(o, e.rdev_major);
+  put_u64(o, e.rdev_minor);
+  if (e.sha256.empty()) {
+    o.push_back(0);
+  } else {
+    o.push_back(1);
+    Digest d = from_hex(e.sha256);
+    o.append(reinterpret_cast<const char*>(d.data()), 32);
+  }
+  put_str(o, e.target);
+  put_u32(o, static_cast<uint32_t>(e.xattrs.size()));
+  for (const auto& [k, v] : e.xattrs) {
+    put_str(o, k);
+    put_str(o, v);
+  }
+  put_str(o, e.overlay);
+  o.append(reinterpret_cast<const char*>(e.leaf.data()), 32);
+  return o;
 }
 
-void HashCache::load() {
-  std::lock_guard<std::mutex> lk(mu_);
-  old_.clear();
-  dirty_ = false;
-  auto data = try_read_file(path_);
-  if (!data) return;
-  dirty_ = true;  // until it checks out: a bad file is rebuilt
-  const std::string& d = *data;
-  if (d.size() < 8 + 32 || std::memcmp(d.data(), kCacheMagic, 8) != 0 || (d.size() - 8 - 32) % kRecord != 0) {
-    log::warn("hash cache " + path_ + " is malformed; ignoring it");
-    return;
+bool decode_record(std::string_view in, FsEntry& e) {
+  Reader r{in};
+  unsigned char ver = 0;
+  r.take(&ver, 1);
+  if (!r.ok || ver != kRecordVersion) return false;
+  r.take(&e.type, 1);
+  e.id.dev = r.u64();
+  e.id.ino = r.u64();
+  e.id.size = r.u64();
+  e.id.mtime_ns = static_cast<int64_t>(r.u64());
+  e.id.ctime_ns = static_cast<int64_t>(r.u64());
+  e.id.mode = r.u32();
+  e.id.uid = r.u32();
+  e.id.gid = r.u32();
+  e.mode = r.u32();
+  e.uid = r.u32();
+  e.gid = r.u32();
+  e.size = r.u64();
+  e.rdev_major = r.u64();
+  e.rdev_minor = r.u64();
+  unsigned char has = 0;
+  r.take(&has, 1);
+  e.sha256.clear();
+  if (has == 1) {
+    Digest d;
+    r.take(d.data(), 32);
+    e.sha256 = hex(d);
+  } else if (has != 0) {
+    return false;
   }
-  std::string_view body(d.data() + 8, d.size() - 8 - 32);
-  Digest want;
-  std::memcpy(want.data(), d.data() + d.size() - 32, 32);
-  if (sha256(body) != want) {
-    log::warn("hash cache " + path_ + " failed its checksum; ignoring it");
-    return;
+  e.target = r.str(PATH_MAX);
+  uint32_t nx = r.u32();
+  if (nx > 1024) return false;
+  e.xattrs.clear();
+  for (uint32_t i = 0; r.ok && i < nx; ++i) {
+    std::string k = r.str(4096);
+    std::string v = r.str(64 * 1024);
+    e.xattrs.emplace_back(std::move(k), std::move(v));
   }
-  for (std::size_t off = 0; off < body.size(); off += kRecord) {
-    Key k{};
-    uint64_t f[5];
-    std::memcpy(f, body.data() + off, 40);
-    k = {f[0], f[1], f[2], static_cast<int64_t>(f[3]), static_cast<int64_t>(f[4])};
-    Digest v;
-    std::memcpy(v.data(), body.data() + off + 40, 32);
-    old_[k] = v;
-  }
-  dirty_ = false;
-}
-
-void HashCache::save() {
-  std::lock_guard<std::mutex> lk(mu_);
-  // Entries used by this walk first, then older ones (other trees, other
-  // containers) up to a bound. A stale entry can never hit: its key carries
-  // the file's ctime.
-  constexpr std::size_t kMaxEntries = 2'000'000;
-  // Nothing new since load: the file would be written byte for byte as it
-  // is (same records, same order), so leave it (and skip the fsync).
-  if (!dirty_ && old_.size() <= kMaxEntries) return;
-  std::map<Key, Digest> keep = used_;
-  for (const auto& [k, v] : old_) {
-    if (keep.size() >= kMaxEntries) break;
-    keep.emplace(k, v);
-  }
-  std::string body;
-  body.reserve(keep.size() * kRecord);
-  for (const auto& [k, v] : keep) {
-    uint64_t f[5] = {k.dev, k.ino, k.size, static_cast<uint64_t>(k.mtime_ns),
-                     static_cast<uint64_t>(k.ctime_ns)};
-    body.append(reinterpret_cast<const char*>(f), 40);
-    body.append(reinterpret_cast<const char*>(v.data()), 32);
-  }
-  Digest sum = sha256(body);
-  std::string out(kCacheMagic, 8);
-  out += body;
-  out.append(reinterpret_cast<const char*>(sum.data()), 32);
-  // A hint, checksummed: no fsync (a file lost or torn by a crash is
-  // detected by its checksum and rebuilt).
-  write_file_atomic(path_, out, 0600, false);
-}
-
-std::optional<Digest> HashCache::get(const Key& k) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this walk
-  auto it = old_.find(k);
-  if (it == old_.end()) return std::nullopt;
-  used_[k] = it->second;
-  return it->second;
-}
-
-void HashCache::put(const Key& k, const Digest& d) {
-  std::lock_guard<std::mutex> lk(mu_);
-  used_[k] = d;
-  auto it = old_.find(k);
-  if (it == old_.end() || it->second != d) dirty_ = true;
+  e.overlay = r.str(256);
+  r.take(e.leaf.data(), 32);
+  if (!r.ok || !r.in.empty()) return false;
+  // The stored leaf must be the leaf of the stored fields' type.
+  if (std::string("fdlcbps?").find(e.type) == std::string::npos) return false;
+  e.id_valid = true;
+  return true;
 }
 
 // ------------------------------------------------------------ the walk
@@ -159,7 +197,7 @@ namespace {
 // is reported, never silently cut.
 constexpr std::size_t kXattrListMax = 64 * 1024;
 constexpr std::size_t kXattrValueMax = 64 * 1024;
-constexpr std::size_t kXattrTotalMax = 1024 * 1024;  // all security.* values of one entry
+constexpr std::size_t kXattrTotalMax = 1024 * 1024;  // all recorded values of one entry
 constexpr int kXattrRetries = 5;                     // ERANGE: the list/value grew between calls
 constexpr int kHashAttempts = 3;                     // a file that keeps changing is recorded as such
 
@@ -200,6 +238,31 @@ char type_of(mode_t m) {
   if (S_ISFIFO(m)) return 'p';
   if (S_ISSOCK(m)) return 's';
   return '?';
+}
+
+FsEntry::StatId stat_id_of(const struct statx& sx) {
+  FsEntry::StatId id;
+  id.dev = dev_of(sx);
+  id.ino = sx.stx_ino;
+  id.size = sx.stx_size;
+  id.mtime_ns = ns_of(sx.stx_mtime);
+  id.ctime_ns = ns_of(sx.stx_ctime);
+  id.mode = sx.stx_mode;
+  id.uid = sx.stx_uid;
+  id.gid = sx.stx_gid;
+  return id;
+}
+FsEntry::StatId stat_id_of(const struct stat& st) {
+  FsEntry::StatId id;
+  id.dev = static_cast<uint64_t>(st.st_dev);
+  id.ino = static_cast<uint64_t>(st.st_ino);
+  id.size = static_cast<uint64_t>(st.st_size);
+  id.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec;
+  id.ctime_ns = static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec;
+  id.mode = st.st_mode;
+  id.uid = st.st_uid;
+  id.gid = st.st_gid;
+  return id;
 }
 
 void fill_statx(FsEntry& e, const struct statx& sx) {
@@ -298,9 +361,37 @@ class XattrSource {
   std::string proc_;
 };
 
-// security.* xattrs only (file capabilities, LSM labels, IMA): what changes
-// what a file may do.
-void read_xattrs(int dirfd, const std::string& name, FsEntry& e) {
+// overlayfs's xattrs on a layer's entry: opaque directories are merged;
+// origin, impure and nlink change inode numbers and link counts only
+// (nothing a leaf holds); anything else (redirect, metacopy, whiteout
+// xattrs, "x" opaque) is unsupported, and the layer merge is not used.
+// True for overlayfs's private names, which a walk of the mount never sees.
+bool note_overlay_xattr(XattrSource& src, const std::string& key, FsEntry& e) {
+  std::string_view k = key;
+  for (std::string_view pre : {"trusted.overlay.", "user.overlay."})
+    if (k.substr(0, pre.size()) == pre) {
+      std::string_view what = k.substr(pre.size());
+      if (what == "origin" || what == "impure" || what == "nlink") return true;
+      if (what == "opaque") {
+        char v[8];
+        ssize_t n = src.get(key, v, sizeof v);
+        if (n == 1 && v[0] == 'y') {
+          if (e.overlay.empty()) e.overlay = "opaque";
+          return true;
+        }
+      }
+      e.overlay = "unsupported " + pct_encode(key);
+      return true;
+    }
+  return false;
+}
+
+// Every namespace a process can write: security.* (file capabilities, LSM
+// labels, IMA), system.* (POSIX ACLs: who may do what), trusted.* and
+// user.* (data a program may act on; a file's owner writes user.*). In a
+// walk of an overlay layer (`overlay`), overlayfs's own names are noted,
+// not recorded: the mount hides them.
+void read_xattrs(int dirfd, const std::string& name, FsEntry& e, bool overlay = false) {
   XattrSource src(dirfd, name);
   std::string list;
   int err = 0;
@@ -320,7 +411,10 @@ void read_xattrs(int dirfd, const std::string& name, FsEntry& e) {
     std::size_t len = nul ? static_cast<std::size_t>(static_cast<const char*>(nul) - s) : list.size() - off;
     std::string key(s, len);
     off += len + 1;
-    if (!starts_with(key, "security.")) continue;
+    if (overlay && note_overlay_xattr(src, key, e)) continue;
+    if (!starts_with(key, "security.") && !starts_with(key, "system.") && !starts_with(key, "trusted.") &&
+        !starts_with(key, "user."))
+      continue;
     std::string val;
     if (!read_sized([&](char* b, std::size_t n) { return src.get(key, b, n); }, kXattrValueMax, val, err,
                     too_big)) {
@@ -424,6 +518,7 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       if (auto d = cache->get(key)) {
         e.sha256 = hex(*d);
         e.size = want;
+        if (stat_id_of(st) != e.id) e.id_valid = false;  // moved since the listing
         hits++;
         return;
       }
@@ -472,6 +567,9 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       e.mode = after.st_mode & 07777;
       e.uid = after.st_uid;
       e.gid = after.st_gid;
+      // The stored identity is the listing's: the fields read there
+      // (xattrs) and here (content) belong to it only if nothing moved.
+      if (stat_id_of(after) != e.id) e.id_valid = false;
       cache->put(key, d);
       return;
     }
@@ -533,16 +631,21 @@ const char* const kReplacedDir = "replaced while being walked";
 class Walker {
  public:
   Walker(const WalkOptions& o, FsSnapshot& s, HashCache* cache, JobQueue& q, Budget b,
-         std::vector<std::unique_ptr<FsEntry>>& entries)
-      : o_(o), s_(s), cache_(cache), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()) {}
+         std::vector<std::unique_ptr<FsEntry>>& entries,
+         const std::unordered_map<std::string, std::string>* prior)
+      : o_(o), s_(s), cache_(cache), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()), prior_(prior) {}
 
   void run(UniqueFd rootfd, const struct statx& rsx) {
     root_dev_ = dev_of(rsx);
     root_mnt_ = mnt_id_of(rsx);
     auto root = std::make_unique<FsEntry>();
     root->path = ".";
-    fill_statx(*root, rsx);
-    read_xattrs(rootfd.get(), ".", *root);
+    if (!reuse(*root, rsx)) {
+      fill_statx(*root, rsx);
+      root->id = stat_id_of(rsx);
+      root->id_valid = true;
+      read_xattrs(rootfd.get(), ".", *root, o_.overlay_xattrs);
+    }
     s_.dirs++;
     Frame f;
     f.dev = root_dev_;
@@ -610,6 +713,21 @@ class Walker {
   }
 
  private:
+  // The stat-only check: the stored record of this path, when its identity
+  // is this statx's (docs/FORMATS.md "Hash cache").
+  bool reuse(FsEntry& e, const struct statx& sx) {
+    if (!prior_) return false;
+    auto it = prior_->find(e.path);
+    if (it == prior_->end()) return false;
+    FsEntry r;
+    if (!decode_record(it->second, r) || r.id != stat_id_of(sx)) return false;
+    r.path = std::move(e.path);
+    r.reused = true;
+    e = std::move(r);
+    s_.reused++;
+    return true;
+  }
+
   // Another mount: a different device than the root, a different mount id
   // (a bind mount of the same file system), or the kernel says it is the
   // root of a mount.
@@ -700,14 +818,22 @@ class Walker {
         entries_.push_back(std::move(e));
         continue;
       }
-      fill_statx(*e, sx);
-      read_xattrs(dfd, name, *e);
+      const bool reused = reuse(*e, sx);
+      if (!reused) {
+        fill_statx(*e, sx);
+        e->id = stat_id_of(sx);
+        e->id_valid = true;
+        read_xattrs(dfd, name, *e, o_.overlay_xattrs);
+      }
       switch (e->type) {
         case 'l':
-          read_link(dfd, name, *e);
+          if (!reused) read_link(dfd, name, *e);
           break;
         case 'f':
-          file(dfd, name, sx, *e);
+          if (reused)
+            s_.files++;
+          else
+            file(dfd, name, sx, *e);
           break;
         case 'd':
           s_.dirs++;
@@ -796,6 +922,7 @@ class Walker {
   Budget b_;
   std::vector<std::unique_ptr<FsEntry>>& entries_;
   bool proc_;
+  const std::unordered_map<std::string, std::string>* prior_;
   uint64_t root_dev_ = 0, root_mnt_ = 0;
   std::vector<Frame> stack_;
   std::size_t open_ = 0, lo_ = 1;
@@ -817,6 +944,13 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   const bool persist = !cache && !opts.cache_path.empty();
   if (!cache) cache = std::make_shared<HashCache>(opts.cache_path);
   if (persist) cache->load();
+  // The stat-only check's stored records of this tree.
+  const bool store = !opts.tree_key.empty() && cache->persistent();
+  std::unordered_map<std::string, std::string> prior;
+  if (store) prior = cache->tree_records(opts.tree_key);
+  struct timespec now {};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  const int64_t walk_start = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
   std::vector<std::unique_ptr<FsEntry>> entries;
   std::atomic<uint64_t> bytes{0}, hits{0};
   const Budget budget =
@@ -842,7 +976,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
       }
     });
 
-  Walker(opts, s, cache.get(), queue, budget, entries).run(std::move(rootfd), rsx);
+  Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
 
   queue.close();
   for (auto& t : workers) t.join();
@@ -862,11 +996,55 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   std::vector<Digest> leaves;
   leaves.reserve(s.entries.size());
   for (auto& e : s.entries) {
-    e.leaf = leaf_hash(e);
+    if (!e.reused || !e.error.empty()) e.leaf = leaf_hash(e);
     leaves.push_back(e.leaf);
   }
   s.root = merkle_root(leaves);
+  if (store) {
+    // Update the store in place: what changed, what is new, what is gone.
+    // Entries with an error, that moved while read, or changed within
+    // racy_ns of the walk are not stored (they are read again next time).
+    std::map<std::string, std::string> put;
+    std::vector<std::string> del;
+    bool all = true;
+    for (const auto& e : s.entries) {
+      auto p = prior.find(e.path);
+      const bool have = p != prior.end();
+      const bool storable = e.error.empty() && e.id_valid && e.path.size() <= HashCache::kMaxRecordPath &&
+                            e.id.ctime_ns < walk_start - opts.racy_ns;
+      if (storable) {
+        if (!have || !e.reused) {
+          std::string rec = encode_record(e);
+          if (!have || p->second != rec) put.emplace(e.path, std::move(rec));
+        }
+      } else {
+        all = false;
+        if (have) del.push_back(e.path);
+      }
+      if (have) prior.erase(p);
+    }
+    for (const auto& [path, rec] : prior) del.push_back(path);  // gone
+    try {
+      cache->update_tree(opts.tree_key, put, del);
+      s.stored_all = all;
+    } catch (const std::exception& ex) {
+      log::warn(std::string("hash cache: ") + ex.what());
+    }
+  }
   return s;
+}
+
+FsEntry root_entry(const std::string& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd) throw_errno("filesystem root: open " + dir);
+  struct statx sx {};
+  if (statx_at(fd.get(), "", AT_EMPTY_PATH, sx) < 0) throw_errno("filesystem root: statx " + dir);
+  FsEntry e;
+  e.path = ".";
+  fill_statx(e, sx);
+  read_xattrs(fd.get(), ".", e);
+  e.leaf = leaf_hash(e);
+  return e;
 }
 
 std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
@@ -876,13 +1054,14 @@ std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
   const auto& b = after.entries;
   while (i < a.size() || j < b.size()) {
     if (j >= b.size() || (i < a.size() && a[i].path < b[j].path)) {
-      out.push_back({a[i].path, "removed", a[i].leaf, std::nullopt});
+      out.push_back({a[i].path, "removed", a[i].leaf, std::nullopt, a[i].sha256, ""});
       ++i;
     } else if (i >= a.size() || b[j].path < a[i].path) {
-      out.push_back({b[j].path, "added", std::nullopt, b[j].leaf});
+      out.push_back({b[j].path, "added", std::nullopt, b[j].leaf, "", b[j].sha256});
       ++j;
     } else {
-      if (a[i].leaf != b[j].leaf) out.push_back({a[i].path, "modified", a[i].leaf, b[j].leaf});
+      if (a[i].leaf != b[j].leaf)
+        out.push_back({a[i].path, "modified", a[i].leaf, b[j].leaf, a[i].sha256, b[j].sha256});
       ++i;
       ++j;
     }
@@ -891,10 +1070,13 @@ std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
 }
 
 json change_to_json(const FsChange& c) {
-  return json{{"path", pct_encode(c.path)},
-              {"change", c.kind},
-              {"old", c.old_leaf ? json(hex(*c.old_leaf)) : json(nullptr)},
-              {"new", c.new_leaf ? json(hex(*c.new_leaf)) : json(nullptr)}};
+  json j{{"path", pct_encode(c.path)},
+         {"change", c.kind},
+         {"old", c.old_leaf ? json(hex(*c.old_leaf)) : json(nullptr)},
+         {"new", c.new_leaf ? json(hex(*c.new_leaf)) : json(nullptr)}};
+  if (!c.old_sha256.empty()) j["old_sha256"] = c.old_sha256;
+  if (!c.new_sha256.empty()) j["new_sha256"] = c.new_sha256;
+  return j;
 }
 
 }  // namespace agentshim::attest

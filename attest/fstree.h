@@ -11,21 +11,22 @@
 // See docs/FORMATS.md, "Filesystem trees".
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <memory>
-#include <sys/stat.h>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "attest/hash.h"
+#include "attest/hashcache.h"
 
 namespace agentshim::attest {
 
@@ -42,6 +43,21 @@ struct FsEntry {
   std::vector<std::pair<std::string, std::string>> xattrs;  // security.*, sorted by name
   std::string error;  // what could not be read (docs/FORMATS.md "Errors"); several joined by "; "
   Digest leaf{};
+  // Not part of the leaf: the identity the entry was read under (statx at
+  // the listing), for the stat-only check of a later walk. `id_valid` is
+  // false when the entry moved while it was read.
+  struct StatId {
+    uint64_t dev = 0, ino = 0, size = 0;
+    int64_t mtime_ns = 0, ctime_ns = 0;
+    uint32_t mode = 0, uid = 0, gid = 0;  // mode: st_mode with the type bits
+    bool operator==(const StatId&) const = default;
+  } id;
+  bool id_valid = false;
+  bool reused = false;  // taken from the tree store (its leaf too)
+  // Layer walks only (WalkOptions::overlay_xattrs), not part of the leaf:
+  // "opaque" for an overlay opaque directory, "unsupported NAME" for an
+  // overlay xattr whose meaning the layer merge does not implement.
+  std::string overlay;
 };
 
 struct FsSnapshot {
@@ -49,6 +65,8 @@ struct FsSnapshot {
   std::vector<FsEntry> entries;  // sorted bytewise by path
   Digest root{};
   uint64_t files = 0, dirs = 0, bytes_hashed = 0, cache_hits = 0;
+  uint64_t reused = 0;      // entries whose stored record matched their statx (the stat-only check)
+  bool stored_all = false;  // with a tree_key: every entry is now in the store
 };
 
 struct WalkOptions {
@@ -58,6 +76,18 @@ struct WalkOptions {
   // cache, shared by the before and after walks and the exec observer, so
   // the file is read once per run. Overrides cache_path when set.
   std::shared_ptr<class HashCache> cache;
+  // Non-empty (and a persistent cache): the stat-only check. Entries whose
+  // statx identity (device, inode, size, mtime, ctime, mode, owner) equals
+  // the one stored for their path by an earlier walk of the same tree are
+  // taken from the store, leaf and all, without reading their xattrs, link
+  // target or content; the walk then updates the store in place.
+  std::string tree_key;
+  // Entries changed less than this long before the walk are not stored
+  // (a change within the timestamp granularity could keep its ctime).
+  int64_t racy_ns = 2'000'000'000;
+  // Also note overlayfs's own xattrs (trusted.overlay.*, user.overlay.*)
+  // in FsEntry::overlay: a walk of an overlay layer directory.
+  bool overlay_xattrs = false;
   bool one_file_system = true;
   std::vector<std::string> exclude;  // relative paths skipped with their subtree
   std::size_t max_depth = 4096;
@@ -77,38 +107,55 @@ std::string leaf_encoding(const FsEntry& e);
 Digest leaf_hash(const FsEntry& e);  // merkle_leaf_hash("agentshim-fs-v1\n" + leaf_encoding(e))
 FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts);
 
+// An overlay mount's layers, from /proc/self/mountinfo: `lower` top first,
+// as real paths; `refused` says why the mount cannot be assembled from its
+// layers ("" when it can).
+struct OverlayLayers {
+  std::string mount_point;
+  std::vector<std::string> lower;
+  std::string upper;
+  std::string refused;
+};
+// The overlay mounted exactly at `dir`, if any.
+std::optional<OverlayLayers> overlay_at(const std::string& dir);
+// What a layer-assembled root says about itself (the fs.root event's
+// "layers", docs/FORMATS.md "Overlay roots").
+struct LayerUse {
+  std::string path;
+  std::string role;      // "upper" | "lower"
+  std::string walk;      // "proven" (store, identity) | "checked" (stat-only walk) | "walked"
+  std::string identity;  // proven/checked content-addressed layers: "dev:ino:ctime_ns"
+  uint64_t entries = 0;
+};
+// A root's snapshot. When `dir` is an overlay whose layers can be read
+// (and opts has a persistent cache and a tree_key), the merged tree is
+// assembled from per-layer snapshots, image layers reused across runs; else
+// (or when a layer holds overlay features the merge does not implement) a
+// walk of `dir`. The root is the same either way.
+// `mount_path`: where the mount is found in mountinfo when `dir` is a
+// detached copy of it (/proc/self/fd/N/.); it must be the same mount (the
+// same st_dev), else `dir` is walked.
+FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::vector<LayerUse>* layers,
+                         const std::string& mount_path = "");
+
+// The root entry (".") of the tree at `dir`, as a walk records it (its
+// leaf computed).
+FsEntry root_entry(const std::string& dir);
+
+// The tree store's value for an entry (its identity, fields and leaf), and
+// back: false for anything that is not exactly such a value.
+std::string encode_record(const FsEntry& e);
+bool decode_record(std::string_view in, FsEntry& e);
+
 struct FsChange {
   std::string path;
   std::string kind;  // added | modified | removed
   std::optional<Digest> old_leaf, new_leaf;
+  // The content SHA-256 (hex) before and after, for regular files whose
+  // content was hashed; empty otherwise.
+  std::string old_sha256 = {}, new_sha256 = {};
 };
 std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after);
 json change_to_json(const FsChange& c);
-
-// Content hashes keyed by file identity. The file is a binary table of
-// fixed-size records behind a header and a trailing SHA-256 of the body; a
-// file that does not check out is ignored (and rebuilt), never half-trusted.
-class HashCache {
- public:
-  struct Key {
-    uint64_t dev, ino, size;
-    int64_t mtime_ns, ctime_ns;
-    bool operator<(const Key& o) const;
-    bool operator==(const Key& o) const = default;
-  };
-  explicit HashCache(std::string path);
-  void load();
-  void save();  // entries used since load, then older ones, bounded
-  std::optional<Digest> get(const Key& k);
-  void put(const Key& k, const Digest& d);
-  // The key of an open regular file, as the walks compute it.
-  static Key key_of(const struct stat& st);
-
- private:
-  std::string path_;
-  std::mutex mu_;
-  std::map<Key, Digest> old_, used_;
-  bool dirty_ = false;  // save() has something to write
-};
 
 }  // namespace agentshim::attest

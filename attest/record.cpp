@@ -59,6 +59,10 @@ json kubernetes_identity(const json& annotations) {
   return out;
 }
 
+std::string hash_cache_path(const std::string& audit_dir) {
+  return audit_dir + "/cache/fs-hash.lmdb";
+}
+
 namespace {
 // The key the record will be signed with, and whether it exists yet (the
 // host key is created at the first finalization).
@@ -81,7 +85,7 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   if (!lock_ || ::flock(lock_.get(), LOCK_EX | LOCK_NB) < 0) throw_errno("lock run directory " + dir_);
   log_ = std::make_unique<EventLog>(dir_ + "/events.ndjson", c_.on_log_failure);
   log_->set_quota(c_.max_event_log_bytes);
-  if (c_.hash_cache) cache_ = std::make_shared<HashCache>(c_.audit_dir + "/cache/fs-hash-cache");
+  if (c_.hash_cache) cache_ = std::make_shared<HashCache>(hash_cache_path(c_.audit_dir));
 }
 
 RunRecord::~RunRecord() {
@@ -101,21 +105,35 @@ void RunRecord::incomplete(const std::string& reason) {
 namespace {
 WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t, std::shared_ptr<HashCache> cache) {
   WalkOptions o;
-  if (c.hash_cache) o.cache_path = c.audit_dir + "/cache/fs-hash-cache";
+  if (c.hash_cache) {
+    o.cache_path = hash_cache_path(c.audit_dir);
+    o.tree_key = "tree:" + t.host_path;  // the stat-only check against this path's last walk
+  }
   o.cache = std::move(cache);
   o.exclude = t.exclude;
   o.max_file_bytes = c.max_file_bytes;
   return o;
 }
 
-json tree_json(const TrackedTree& t, const FsSnapshot& s) {
-  return json{{"name", t.name},
-              {"path", pct_encode(t.host_path)},
-              {"root", hex(s.root)},
-              {"entries", s.entries.size()},
-              {"files", s.files},
-              {"bytes_hashed", s.bytes_hashed},
-              {"cache_hits", s.cache_hits}};
+json tree_json(const TrackedTree& t, const FsSnapshot& s, const std::vector<LayerUse>& layers = {}) {
+  json j{{"name", t.name},
+         {"path", pct_encode(t.host_path)},
+         {"root", hex(s.root)},
+         {"entries", s.entries.size()},
+         {"files", s.files},
+         {"bytes_hashed", s.bytes_hashed},
+         {"cache_hits", s.cache_hits},
+         {"reused", s.reused}};
+  if (!layers.empty()) {
+    json arr = json::array();
+    for (const auto& l : layers) {
+      json x{{"path", pct_encode(l.path)}, {"role", l.role}, {"walk", l.walk}, {"entries", l.entries}};
+      if (!l.identity.empty()) x["identity"] = l.identity;
+      arr.push_back(x);
+    }
+    j["layers"] = arr;
+  }
+  return j;
 }
 }  // namespace
 
@@ -132,19 +150,28 @@ std::string ms_text(double ms) {
 
 void RunRecord::walk_before(std::size_t i) {
   auto t0 = std::chrono::steady_clock::now();
-  before_[i] = snapshot(trees_[i].read_path(), walk_options(c_, trees_[i], cache_));
+  before_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &before_layers_[i],
+                             trees_[i].host_path);
   const FsSnapshot& s = before_[i];
   log::debug("record phase " +
              std::string(trees_[i].unchanged_reason.empty() ? "before-walk" : "before-walk-concurrent") +
              " " + ms_text(ms_since(t0)) + " ms (" + trees_[i].name + ": " +
              std::to_string(s.entries.size()) + " entries, " + std::to_string(s.bytes_hashed) +
-             " bytes hashed, " + std::to_string(s.cache_hits) + " cache hits)");
+             " bytes hashed, " + std::to_string(s.cache_hits) + " cache hits, " + std::to_string(s.reused) +
+             " reused)");
 }
 
 void RunRecord::before_done() {
   json arr = json::array();
   for (std::size_t i = 0; i < trees_.size(); ++i) {
-    json t = tree_json(trees_[i], before_[i]);
+    if (!before_errors_[i].empty()) {
+      arr.push_back(json{{"name", trees_[i].name},
+                         {"path", pct_encode(trees_[i].host_path)},
+                         {"walk", "failed"},
+                         {"error", before_errors_[i]}});
+      continue;
+    }
+    json t = tree_json(trees_[i], before_[i], before_layers_[i]);
     if (!trees_[i].unchanged_reason.empty()) t["walk"] = "concurrent";
     arr.push_back(t);
   }
@@ -155,12 +182,15 @@ void RunRecord::before_done() {
 void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
   trees_ = trees;
   before_.assign(trees_.size(), FsSnapshot{});
+  before_errors_.assign(trees_.size(), "");
+  before_layers_.assign(trees_.size(), {});
   if (!trees_.empty()) mkdir_p(c_.audit_dir + "/cache", 0700);
   // One cache for the run (loaded once): both walks and the exec observer.
   if (cache_ && !cache_loaded_) {
     auto t0 = std::chrono::steady_clock::now();
     cache_->load();
     cache_loaded_ = true;
+    ::unlink((c_.audit_dir + "/cache/fs-hash-cache").c_str());  // the file format before the store
     log::debug("record phase cache-load " + ms_text(ms_since(t0)) + " ms");
   }
   // What the container can change is walked now, before it starts.
@@ -179,7 +209,15 @@ void RunRecord::snapshot_before(const std::vector<TrackedTree>& trees) {
   // (before finalization).
   before_thread_ = std::thread([this, later] {
     try {
-      for (std::size_t i : later) walk_before(i);
+      // One tree that cannot be walked (a client unmounted it, say) is
+      // recorded as such; the others and the record go on.
+      for (std::size_t i : later) try {
+          walk_before(i);
+        } catch (const std::exception& e) {
+          before_errors_[i] = e.what();
+          log::error("run " + c_.run_id + ": the pre-run root of tree " + trees_[i].name + " (" +
+                     trees_[i].host_path + ") could not be taken: " + e.what());
+        }
       before_done();
     } catch (...) {
       before_error_ = std::current_exception();
@@ -199,13 +237,20 @@ void RunRecord::wait_before() {
 void RunRecord::walk_after() {
   if (after_walked_) return;
   after_walked_ = true;
+  // The concurrent before walk of a tree the container cannot change ends
+  // here too, before the exit is reported: a client removes the container's
+  // storage right after (podman --rm deletes the upper layer's files), and a
+  // walk still running then would record a tree that never existed.
+  if (before_thread_.joinable()) before_thread_.join();
   auto t0 = std::chrono::steady_clock::now();
   after_.assign(trees_.size(), FsSnapshot{});
   after_errors_.assign(trees_.size(), "");
+  after_layers_.assign(trees_.size(), {});
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     if (!trees_[i].unchanged_reason.empty()) continue;
     try {
-      after_[i] = snapshot(trees_[i].read_path(), walk_options(c_, trees_[i], cache_));
+      after_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &after_layers_[i],
+                                trees_[i].host_path);
     } catch (const std::exception& e) {
       after_errors_[i] = e.what();
       log::error("run " + c_.run_id + ": the post-run root of tree " + trees_[i].name + " (" +
@@ -222,6 +267,15 @@ void RunRecord::snapshot_after() {
   std::string changes;
   uint64_t added = 0, modified = 0, removed = 0;
   for (std::size_t i = 0; i < trees_.size(); ++i) {
+    if (!before_errors_[i].empty()) {
+      // No pre-run root (its concurrent walk failed): no after root either.
+      arr.push_back(json{{"name", trees_[i].name},
+                         {"path", pct_encode(trees_[i].host_path)},
+                         {"walk", "failed"},
+                         {"error", "no pre-run root: " + before_errors_[i]}});
+      incomplete_.push_back("pre-run root of tree " + trees_[i].name + ": " + before_errors_[i]);
+      continue;
+    }
     if (!trees_[i].unchanged_reason.empty()) {
       // The container could not change it: its after root is its before
       // root, and its change set is empty.
@@ -229,6 +283,7 @@ void RunRecord::snapshot_after() {
       json t = tree_json(trees_[i], after_[i]);
       t["bytes_hashed"] = 0;
       t["cache_hits"] = 0;
+      t["reused"] = 0;
       t["walk"] = "skipped";
       t["reason"] = trees_[i].unchanged_reason;
       arr.push_back(t);
@@ -243,7 +298,7 @@ void RunRecord::snapshot_after() {
       incomplete_.push_back("post-run root of tree " + trees_[i].name + ": " + after_errors_[i]);
       continue;
     }
-    arr.push_back(tree_json(trees_[i], after_[i]));
+    arr.push_back(tree_json(trees_[i], after_[i], after_layers_[i]));
     for (const auto& ch : diff(before_[i], after_[i])) {
       json j = change_to_json(ch);
       j["tree"] = trees_[i].name;
@@ -280,8 +335,9 @@ json RunRecord::fs_counts() const {
   json trees = json::array();
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     json t = {{"name", trees_[i].name}, {"path", pct_encode(trees_[i].host_path)}};
-    if (i < before_.size()) t["before"] = hex(before_[i].root);
-    if (after_settled_ && after_errors_[i].empty()) t["after"] = hex(after_[i].root);
+    const bool before_ok = i < before_.size() && before_errors_[i].empty();
+    if (before_ok) t["before"] = hex(before_[i].root);
+    if (before_ok && after_settled_ && after_errors_[i].empty()) t["after"] = hex(after_[i].root);
     trees.push_back(t);
   }
   // (changes.ndjson's SHA-256 is a subject of the statement.)
@@ -745,6 +801,10 @@ json run_account(const std::string& rd) {
       json c = d;
       c["time"] = ev.time;
       a["network"][d.value("decision", "") == "allowed" ? "allowed" : "denied"].push_back(c);
+    } else if (ev.type == "net.credential") {
+      json c = d;  // a placeholder where its credential may not go
+      c["time"] = ev.time;
+      a["network"]["credentials_caught"].push_back(c);
     } else if (ev.type == "net.dns") {
       json c = d;
       c["time"] = ev.time;

@@ -68,6 +68,8 @@ struct RecordConfig {
 };
 
 std::string new_run_id();
+// The per-host hash cache (attest/hashcache.h) under an audit directory.
+std::string hash_cache_path(const std::string& audit_dir);
 
 // The Kubernetes identity containerd's CRI plugin passes in a container's
 // annotations (io.kubernetes.cri.sandbox-namespace, -name, -uid, -id,
@@ -98,9 +100,10 @@ class RunRecord {
   // returns, and those it cannot (unchanged_reason) on a thread of its own;
   // snapshot_after and finalize wait for that thread.
   void snapshot_before(const std::vector<TrackedTree>& trees);
-  // The after walks of the trees the container can change, now: the
-  // supervisor calls it before the container's exit is reported, so no
-  // client can remove or rewrite a source first. A tree that cannot be
+  // The after walks of the trees the container can change, now, and the
+  // end of the concurrent before walks: the supervisor calls it before the
+  // container's exit is reported, so no client can remove or rewrite a
+  // source first. A tree that cannot be
   // walked is recorded as such (the run is then incomplete, with the
   // reason), never a reason to lose the record. snapshot_after calls it when
   // nobody did.
@@ -126,7 +129,9 @@ class RunRecord {
   std::unique_ptr<EventLog> log_;
   std::vector<TrackedTree> trees_;
   std::vector<FsSnapshot> before_, after_;
-  std::vector<std::string> after_errors_;  // per tree: why its after walk failed ("" when it did not)
+  std::vector<std::vector<LayerUse>> before_layers_, after_layers_;  // overlay roots assembled from layers
+  std::vector<std::string> before_errors_;  // per tree: why its concurrent before walk failed
+  std::vector<std::string> after_errors_;   // per tree: why its after walk failed ("" when it did not)
   bool after_walked_ = false;
   bool after_settled_ = false;  // snapshot_after completed: after_ holds every tree's root
   std::thread before_thread_;   // the walks of trees the container cannot change

@@ -17,9 +17,16 @@ Between agentshim iterations the benchmark waits (untimed) for the previous
 record to be finalized, so a background walk or signing never runs during
 another runtime's timed iteration.
 
+Then the clients (unless --no-clients): `docker run --rm IMAGE true` and
+`podman run --rm IMAGE true` (containers/storage's overlay driver), each
+with --runtime=agentshim and --runtime=runc, interleaved, on the same image
+imported into a private dockerd and a private podman store; and the
+`fs.root` facts of the last client record (how the overlay root's layers
+were read: walked, checked, proven; docs/FORMATS.md "Overlay roots").
+
 --smoke: a busybox root and two iterations (a check that the benchmark runs;
-`make test` may use it). Timing assertions do not belong in tests; this
-prints numbers.
+integration/test_realimage.py runs it). Timing assertions do not belong in
+tests; this prints numbers.
 """
 import argparse
 import fcntl
@@ -150,6 +157,93 @@ def med(v):
     return statistics.median(v) * 1000
 
 
+def overlay_podman(clients):
+    """clients.Podman with containers/storage's overlay driver (the default
+    outside the test suites), so a root is an overlay of image layers."""
+
+    class OverlayPodman(clients.Podman):
+        def __call__(self, *args, runtime=None, timeout=120, input=None, check=False, policy=None):
+            cmd = [clients.PODMAN, "--root", self.root, "--runroot", self.runroot, "--storage-driver", "overlay",
+                   "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+            if runtime == "agentshim":
+                cmd += ["--runtime", os.environ["AGENTSHIM_BIN"], "--runtime-flag", "policy=" + (policy or self.policy),
+                        "--runtime-flag", "audit-dir=" + self.audit]
+            elif runtime == "runc":
+                cmd += ["--runtime", clients.RUNC]
+            return clients.run(cmd + list(args), timeout=timeout, input=input, check=check, env=self.env())
+    return OverlayPodman
+
+
+def client_layers(audit):
+    """The rootfs "before" fs.root entry of the newest finalized record."""
+    rd = newest_run_dir(audit)
+    wait_finalized(audit)
+    for line in open(os.path.join(rd, "events.ndjson")):
+        e = json.loads(line)
+        if e["type"] == "fs.root" and e["data"]["phase"] == "before":
+            for t in e["data"]["trees"]:
+                if t["name"] == "rootfs":
+                    return t
+    return {}
+
+
+def bench_clients(agentshim, tar, n, result):
+    """docker/podman run --rm IMAGE true, agentshim vs runc, interleaved."""
+    os.environ["AGENTSHIM_BIN"] = os.path.realpath(agentshim)
+    sys.path.insert(0, os.path.join(REPO, "integration"))
+    import clients  # after AGENTSHIM_BIN is set (conftest reads it)
+    if clients.ensure_packages():
+        print("clients: docker/podman not installed (scripts/deps.sh); skipped")
+        return
+    img = "realimage:bench"
+
+    def timed(call, rt):
+        t = time.perf_counter()
+        r = call(rt)
+        if r.returncode:
+            raise RuntimeError(f"{rt}: {r.stderr.decode(errors='replace')}")
+        return time.perf_counter() - t
+
+    def side_by_side(name, call, audit):
+        times = {"runc": [], "agentshim": []}
+        for rt in times:  # warm-up: the image's layers into agentshim's store
+            timed(call, rt)
+            if rt == "agentshim":
+                wait_finalized(audit)
+        for _ in range(n):
+            for rt in times:
+                times[rt].append(timed(call, rt))
+                if rt == "agentshim":
+                    wait_finalized(audit)  # (untimed) no record work during runc's turn
+        m = {rt: med(v) for rt, v in times.items()}
+        result[f"{name}_ms"] = m
+        result[f"{name}_agentshim_vs_runc"] = m["agentshim"] / m["runc"]
+        t = client_layers(audit)
+        result[f"{name}_rootfs"] = t
+        print(f"{name} run --rm IMAGE true, n={n}, median ms: agentshim {m['agentshim']:.1f}, runc {m['runc']:.1f}"
+              f", ratio {m['agentshim'] / m['runc']:.2f} (target <= 1.2)")
+        print(f"    rootfs before: entries={t.get('entries')} bytes_hashed={t.get('bytes_hashed')} "
+              f"reused={t.get('reused')} layers=" +
+              ", ".join(f"{l['role']}:{l['walk']}:{l['entries']}" for l in t.get("layers", [])))
+
+    d = clients.Dockerd(clients.short_tmpdir("bdk"))
+    try:
+        d.start()
+        with open(tar, "rb") as f:
+            d("import", "-", img, input=f.read(), check=True, timeout=600)
+        side_by_side("docker", lambda rt: d("run", "--rm", "--network", "none", f"--runtime={rt}", img, "true",
+                                            timeout=300), d.audit)
+    finally:
+        d.stop()
+    p = overlay_podman(clients)(clients.short_tmpdir("bpd"))
+    try:
+        p.out("import", tar, img, timeout=600)
+        side_by_side("podman", lambda rt: p("run", "--rm", "--network", "none", *p.ulimits(), img, "true",
+                                            runtime=rt, timeout=300), p.audit)
+    finally:
+        p.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agentshim", default=os.path.join(REPO, "build", "shim", "agentshim"))
@@ -157,6 +251,7 @@ def main():
     ap.add_argument("--tar", default=os.path.join(CACHE_DIR, "bookworm.tar"))
     ap.add_argument("--smoke", action="store_true", help="busybox root, 2 iterations")
     ap.add_argument("--workdir", default="/var/tmp", help="where the bundle is unpacked")
+    ap.add_argument("--no-clients", action="store_true", help="skip docker and podman")
     args = ap.parse_args()
     n = 2 if args.smoke else args.n
     tarball = None if args.smoke else ensure_tarball(args.tar)
@@ -232,21 +327,27 @@ def main():
                   ", ".join(f"{k} {v:.1f}" for k, v in s.items()))
             for (phase, tree), t in sorted(facts.items()):
                 print(f"    fs.root {phase:6s} {tree:12s} entries={t.get('entries')} "
-                      f"bytes_hashed={t.get('bytes_hashed')} cache_hits={t.get('cache_hits')}"
+                      f"bytes_hashed={t.get('bytes_hashed')} cache_hits={t.get('cache_hits')} reused={t.get('reused')}"
                       + (f" walk={t['walk']}" if "walk" in t else ""))
             return s
         result["phases_warm_ms"] = summarize("warm", warm_phases, warm_facts)
         result["phases_cold_ms"] = summarize("cold", cold_phases, cold_facts)
-        bw = result["phases_cold_ms"].get("before-walk")
+        bw = result["phases_cold_ms"].get("before-walk") or result["phases_cold_ms"].get("before-walk-concurrent")
         hashed = sum(t.get("bytes_hashed", 0) for (ph, _), t in cold_facts.items() if ph == "before")
         if bw:
             result["cold_hash_gb_s"] = hashed / 1e9 / (bw / 1000)
             print(f"  cold before-walk: {hashed / 1e6:.0f} MB hashed at {result['cold_hash_gb_s']:.2f} GB/s "
                   "(target >= 1 GB/s)")
-        cache = os.path.join(audit, "cache", "fs-hash-cache")
+        cache = os.path.join(audit, "cache", "fs-hash.lmdb")
         if os.path.exists(cache):
-            result["hash_cache_bytes"] = os.path.getsize(cache)
-            print(f"  hash cache file: {result['hash_cache_bytes'] / 1e6:.1f} MB")
+            result["hash_cache_bytes"] = os.stat(cache).st_blocks * 512
+            print(f"  hash cache store: {result['hash_cache_bytes'] / 1e6:.1f} MB on disk")
+        if not args.no_clients:
+            tar = tarball
+            if args.smoke:
+                tar = os.path.join(work, "busybox.tar")
+                sh(["tar", "-C", os.path.join(bundle, "rootfs"), "-cf", tar, "."], check=True)
+            bench_clients(args.agentshim, tar, n, result)
         print(json.dumps(result))
     finally:
         if undo:

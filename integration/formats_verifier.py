@@ -150,8 +150,31 @@ def check_exec_sessions(events):
     failed to start has process.exec events but no caller.exec)."""
     problems = []
     for ev in events:
-        if ev["type"] == "process.exec_failed" and ev["data"].get("errno") not in ("ENOENT", "ENOTDIR"):
+        if ev["type"] == "process.exec_failed" and ev["data"].get("errno") not in ("ENOENT", "ENOTDIR", "ETXTBSY",
+                                                                                   "unknown"):
             problems.append(f"event seq {ev['seq']}: process.exec_failed errno {ev['data'].get('errno')!r}")
+        if ev["type"] == "process.exec":
+            d = ev["data"]
+            if d.get("observed") not in ("kernel", "after", "seccomp"):
+                problems.append(f"event seq {ev['seq']}: process.exec observed {d.get('observed')!r}")
+            if d.get("observed") in ("kernel", "after"):
+                if d.get("argv_source") not in ("image", "caller"):
+                    problems.append(f"event seq {ev['seq']}: process.exec argv_source {d.get('argv_source')!r}")
+                files = d.get("files")
+                if not isinstance(files, list) or not files or not all(
+                        isinstance(f, dict) and isinstance(f.get("path"), str) and
+                        (("sha256" in f and len(f["sha256"]) == 64 and isinstance(f.get("size"), int)) or
+                         isinstance(f.get("error"), str)) for f in files):
+                    problems.append(f"event seq {ev['seq']}: process.exec files {files!r}")
+                elif d.get("resolved") != files[0]["path"] or d.get("sha256") != files[0].get("sha256"):
+                    problems.append(f"event seq {ev['seq']}: process.exec resolved/sha256 are not files[0]'s")
+        if ev["type"] == "exec.watch":
+            d = ev["data"]
+            if d.get("mechanism") == "fanotify":
+                if not isinstance(d.get("mounts"), int) or not isinstance(d.get("unmarked"), list):
+                    problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")
+            elif d.get("mechanism") != "seccomp" or not isinstance(d.get("error"), str):
+                problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")
         if ev["type"] not in ("caller.exec", "process.exec", "process.exec_failed") or "session" not in ev["data"]:
             continue
         s = ev["data"]["session"]
@@ -259,6 +282,14 @@ def verify(run_dir, public_key_pem, ledger_path=None):
                 if t["name"] in trees and trees[t["name"]].get(ev["data"]["phase"]) != t["root"]:
                     problems.append(f"fs.root {t['name']} ({ev['data']['phase']}) differs from the predicate")
     changes = open(f"{run_dir}/changes.ndjson", "rb").read()
+    for line in changes.splitlines():
+        c = json.loads(line)
+        for side in ("old_sha256", "new_sha256"):
+            if side in c and not (isinstance(c[side], str) and len(c[side]) == 64 and
+                                  all(ch in "0123456789abcdef" for ch in c[side])):
+                problems.append(f"changes.ndjson {c.get('path')}: {side} {c[side]!r}")
+        if (c.get("change") == "added" and "old_sha256" in c) or (c.get("change") == "removed" and "new_sha256" in c):
+            problems.append(f"changes.ndjson {c.get('path')}: a content hash on the side that does not exist")
     if v1:
         run_subject = [s for s in st["subject"] if s["name"] == "run:" + pred["run_id"]]
         if not run_subject or run_subject[0]["digest"]["sha256"] != root:

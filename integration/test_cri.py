@@ -605,7 +605,23 @@ def test_oom_kill_is_reported(node, handler):
             st = pod.cstatus("hog").status
             return st if st.state == pb.ContainerState.Value("CONTAINER_EXITED") else None
         st = wait_for(exited, timeout=60, what="the memory hog to be killed")
-        assert st.reason == "OOMKilled" and st.exit_code == 137, (st.reason, st.exit_code)
+        assert st.exit_code == 137, (st.reason, st.exit_code)
+        # containerd learns of the OOM from the cgroup's memory.events, apart
+        # from the exit, and sets the reason when that event is handled: on a
+        # loaded machine it may come a moment after the exit.
+        if handler == "runc" and CriContainerd.SYSTEMD_CGROUP:
+            # runc's peer is not held to this under the systemd driver: systemd
+            # removes runc's scope when its last process dies, and the shim's
+            # memory.events watch can go with it before it is read, so the
+            # reason is sometimes "Error" (containerd#12714 skips critest's
+            # OOMKilled case for the systemd driver for this reason; seen in
+            # our systemd guest CI). agentshim keeps its scope until delete, so
+            # it is held to OOMKilled below.
+            wait_for(lambda: pod.cstatus("hog").status.reason in ("OOMKilled", "Error"), timeout=15,
+                     what="a reason for runc's exit")
+            return
+        wait_for(lambda: pod.cstatus("hog").status.reason == "OOMKilled", timeout=15,
+                 what=f"reason OOMKilled (is {pod.cstatus('hog').status.reason})")
 
 
 @pytest.mark.parametrize("handler", HANDLERS)
@@ -626,8 +642,11 @@ def test_stop_container_honours_its_timeout(node, handler):
         t0 = time.monotonic()
         pod.stop("stubborn", timeout=2)
         stubborn = time.monotonic() - t0
-        assert polite < 3, polite
-        assert 2 <= stubborn < 8, stubborn
+        # Bounds that tell the two behaviours apart, not speed: the polite
+        # one stops well before its 10 s grace period, the stubborn one only
+        # after its 2 s one (a loaded machine, or a TCG guest, is slow).
+        assert polite < 8, polite
+        assert 2 <= stubborn < 9, stubborn
         for name, code in (("polite", 42), ("stubborn", 137)):
             st = pod.cstatus(name).status
             assert st.state == pb.ContainerState.Value("CONTAINER_EXITED"), name

@@ -220,7 +220,10 @@ def test_kill_all_stops_a_forking_container_and_the_record_verifies(shim, bundle
     where the kernel has it) stops every process at once, and the run's
     record is finished and verifies."""
     shim.ids.add(cid)
-    bundle.sh("while true; do sleep 100 & done")
+    # 900 forks without pause, below the default pids limit (1024): at the
+    # limit busybox sh exits on "can't fork" and the container could stop
+    # before the test sees it running (seen on a loaded machine).
+    bundle.sh("i=0; while [ $i -lt 900 ]; do sleep 100 & i=$((i+1)); done; wait")
     shim("run", "--detach", "--bundle", bundle.path, cid, check=True)
     wait_status(shim, cid, "running")
     time.sleep(0.5)

@@ -68,6 +68,13 @@ def test_shipped_policies_match_the_schema():
     assert list(v.iter_errors({"network": {"allow": [""]}}))
     # A rule without a port is valid (any port); the loader checks the syntax.
     assert not list(v.iter_errors({"network": {"allow": ["no-port.example.com"]}}))
+    # Credentials: one source, "{}" in a header format.
+    cred = {"source": {"file": "/etc/agentshim/secrets/gh"}, "placeholder_env": "GITHUB_TOKEN",
+            "destinations": [{"host": "api.github.com", "methods": ["GET"]}],
+            "apply": {"header": "Authorization", "format": "Bearer {}"}}
+    assert not list(v.iter_errors({"credentials": {"github": cred}}))
+    assert list(v.iter_errors({"credentials": {"github": dict(cred, source={"file": "/x", "env": "Y"})}}))
+    assert list(v.iter_errors({"credentials": {"github": dict(cred, apply={"header": "A", "format": "Bearer"})}}))
 
 
 def test_privileged_config_is_refused_in_refuse_mode_with_every_violation(shim, bundle, cid, tmp_path):

@@ -83,6 +83,14 @@ def test_record_matches_what_the_workload_did(shim, bundle, finished_run, cid):
     # The change set is exactly what the script did to the workspace.
     changes = [json.loads(l) for l in open(os.path.join(rd, "changes.ndjson"))]
     got = {(c["tree"], c["path"], c["change"]) for c in changes}
+    # Content hashes before and after, where a regular file was.
+    by_path = {c["path"]: c for c in changes}
+    sha = lambda b: hashlib.sha256(b).hexdigest()  # noqa: E731
+    assert by_path["modify.txt"]["old_sha256"] == sha(b"modify\n")
+    assert by_path["modify.txt"]["new_sha256"] == sha(b"modify\nmore\n")
+    assert by_path["delete.txt"]["old_sha256"] == sha(b"delete\n") and "new_sha256" not in by_path["delete.txt"]
+    assert by_path["added.txt"]["new_sha256"] == sha(b"new\n") and "old_sha256" not in by_path["added.txt"]
+    assert "new_sha256" not in by_path["newdir"]
     assert got == {("/workspace", "added.txt", "added"), ("/workspace", "modify.txt", "modified"),
                    ("/workspace", "delete.txt", "removed"), ("/workspace", "newdir", "added"),
                    ("/workspace", "newdir/tool.sh", "added")}, got
@@ -98,8 +106,10 @@ def test_record_matches_what_the_workload_did(shim, bundle, finished_run, cid):
             assert e["sha256"] == busybox
     script = [e for e in execs if e["path"] == "/workspace/newdir/tool.sh"][0]
     assert script["sha256"] == hashlib.sha256(b"#!/bin/sh\necho from-script\n").hexdigest()
-    assert script["interpreter"]["path"] == "/bin/sh"
+    # The interpreter is the file the kernel opened for `#!/bin/sh` (a symlink to busybox).
+    assert script["interpreter"]["path"] == "/bin/busybox"
     assert script["interpreter"]["sha256"] == busybox
+    assert [f["sha256"] for f in script["files"]] == [script["sha256"], busybox], script
     types = [e["type"] for e in events]
     assert types[0] == "run.created" and types[-1] == "run.finalized"
     for t in ("fs.root", "run.started", "run.exit", "fs.changes"):

@@ -172,3 +172,32 @@ def test_an_exec_storm_cannot_grow_the_record_without_bound(shim, bundle, cid, t
     assert any("max_event_log_bytes" in r for r in session["incomplete_reasons"]), session
     v = shim("verify", cid)
     assert v.returncode == 1 and b"incomplete run" in v.stdout and b"max_event_log_bytes" in v.stdout, v.stdout
+
+
+def test_a_huge_sparse_program_is_named_not_read(shim, bundle, cid, tmp_path):
+    """The attack: exec a program padded to 1 TiB with a hole (a sparse
+    file costs nothing to make). Its hash would pin a supervisor CPU for
+    hours and hold the exec; past audit.max_file_bytes it is recorded with
+    its size and an `error` saying why it was not hashed, and the run ends
+    at once."""
+    import shutil
+    os.mkdir(os.path.join(bundle.rootfs, "huge"))
+    big = os.path.join(bundle.rootfs, "huge", "echo")  # busybox runs the applet its name says
+    shutil.copy(os.path.join(bundle.rootfs, "bin", "busybox"), big)
+    os.truncate(big, 1 << 40)
+    pol = tmp_path / "policy.json"
+    pol.write_text(json.dumps({"audit": {"max_file_bytes": 64 << 20}}))
+    bundle.sh("/huge/echo ran-big")
+    shim.ids.add(cid)
+    t0 = time.monotonic()
+    r = shim("--policy", str(pol), "run", "--bundle", bundle.path, cid, timeout=120)
+    assert r.returncode == 0 and r.stdout == b"ran-big\n", r.stderr
+    audit = str(tmp_path / "audit")
+    wait_records(audit, timeout=60)
+    assert time.monotonic() - t0 < 60
+    run_id, evs = run_events(audit, cid)
+    execs = [e["data"] for e in evs if e["type"] == "process.exec" and "huge" in e["data"].get("path", "")]
+    assert execs, [e["data"].get("path") for e in evs if e["type"] == "process.exec"]
+    assert "sha256" not in execs[0] and "max_file_bytes" in json.dumps(execs[0]), execs[0]
+    v = shim("verify", cid)
+    assert v.returncode == 0 and b"VERIFIED" in v.stdout, v.stdout

@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -219,8 +218,6 @@ DnsStub::DnsStub(UniqueFd udp_fd, UniqueFd tcp_fd, std::string mode, Allowlist a
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) throw_errno("dns stub: fcntl");
   }
-  stop_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!stop_fd_) throw_errno("dns stub: eventfd");
 }
 
 DnsStub::~DnsStub() {
@@ -228,17 +225,11 @@ DnsStub::~DnsStub() {
 }
 
 void DnsStub::start() {
-  if (started_.exchange(true)) return;
-  thread_ = start_thread_signals_blocked([this] { loop(); });
+  loop_.start([this] { loop(); });
 }
 
 void DnsStub::stop() {
-  if (stopped_.exchange(true)) return;
-  uint64_t one = 1;
-  if (::write(stop_fd_.get(), &one, sizeof one) < 0) {
-    // cannot fail for a single increment
-  }
-  if (thread_.joinable()) thread_.join();
+  if (!loop_.stop()) return;
   flush_suppressed(true);
   udp_.reset();
   tcp_.reset();
@@ -384,7 +375,7 @@ void DnsStub::loop() {
   std::vector<uint8_t> buf(65536);
   for (;;) {
     std::vector<pollfd> p;
-    p.push_back({stop_fd_.get(), POLLIN, 0});
+    p.push_back({loop_.stop_fd(), POLLIN, 0});
     p.push_back({udp_.get(), POLLIN, 0});
     p.push_back({tcp_ ? tcp_.get() : -1, static_cast<short>(conns.size() < kMaxTcp ? POLLIN : 0), 0});
     for (auto& c : conns) p.push_back({c.fd.get(), POLLIN, 0});

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "common/stoppable_loop.h"
 #include "netpolicy/allowlist.h"
 #include "netpolicy/proxy.h"
 
@@ -87,13 +88,12 @@ class DnsStub {
   void event(json data);
   void flush_suppressed(bool force);
 
-  UniqueFd udp_, tcp_, stop_fd_;
+  UniqueFd udp_, tcp_;
   std::string mode_;
   Allowlist allow_;
   EventSink sink_;
   Resolver resolver_;
-  std::thread thread_;
-  std::atomic<bool> started_{false}, stopped_{false};
+  StoppableLoop loop_{"dns stub"};
   int events_per_second_ = 50;
   std::mutex ev_mu_;
   std::chrono::steady_clock::time_point window_start_{};

@@ -1,16 +1,19 @@
 // Egress proxy: HTTP/1.1 CONNECT tunnels and absolute-form plain HTTP,
 // admitted by an Allowlist, one event per connection.
 //
-// Threads: one loop thread accepts and reads request heads (epoll, one
-// deadline per connection, no thread per pending client: slowloris and idle
-// clients cost a buffer each). A complete, allowlisted head is handed to a
-// worker thread (pooled, reused) that resolves the name, checks every address,
-// connects to exactly the address it checked and relays. A tunnel's two
-// directions each run on a pooled thread doing blocking recv/send through a
-// 4 MiB buffer, while the worker watches the idle/total deadlines and stop
-// (and ends both by shutting the sockets down); see docs/NETWORK.md for why
-// this beat splice(2) here. stop() wakes every thread through one eventfd and
-// joins them.
+// Threads and parts (docs/ARCHITECTURE.md, "Network proxy"): the acceptor
+// (proxy_acceptor.cpp, the StoppableLoop's thread) accepts and reads request
+// heads (epoll, one deadline per connection, no thread per pending client:
+// slowloris and idle clients cost a buffer each). A complete, allowlisted
+// head is handed to a worker thread (pooled, reused) that resolves the name,
+// checks every address and connects to exactly the address it checked
+// (proxy.cpp), then runs a tunnel (proxy_tunnel.cpp) or plain HTTP exchanges
+// (proxy_http.cpp). The one relay engine: a tunnel's two directions each run
+// on a pooled thread doing blocking recv/send through a 4 MiB buffer, while
+// the worker watches the idle/total deadlines and stop (and ends both by
+// shutting the sockets down); see docs/NETWORK.md for why this beat
+// splice(2) here. stop() wakes every thread through the loop's one eventfd
+// and joins them.
 //
 // Plain HTTP keep-alive: requests are served one after another on the same
 // client connection (pipelined ones in order) by the same worker. Each
@@ -36,6 +39,15 @@
 //   the request body was sent), "idle-timeout", "total-timeout",
 //   "header-timeout", "stopped", "refused" (error answered before any
 //   upstream traffic), "error: <what>".
+//   With credentials (set_credentials), a request they were applied to also
+//   has credential (the names, comma-separated) and path (the request's
+//   path, at most 256 bytes, query removed).
+// net.credential event, one per request carrying a placeholder where its
+// credential may not go (an exfiltration attempt): client_port, request,
+// method, host, port, credential (name), action ("stripped": the header
+// field was removed and the request forwarded without it; "denied": the
+// placeholder was in the request target, the request was answered 403),
+// decision "denied". Never a secret or a placeholder value.
 // decision is "allowed" when the allowlist admitted the destination (even if
 // connecting then failed: status 502/504 says so), "denied" otherwise,
 // including malformed requests (reason starts with "bad request:").
@@ -51,6 +63,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -59,7 +72,10 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "common/stoppable_loop.h"
 #include "netpolicy/allowlist.h"
+#include "netpolicy/credentials.h"
+#include "netpolicy/request_rules.h"
 
 namespace agentshim::net {
 
@@ -70,11 +86,6 @@ using EventSink = std::function<void(const std::string& type, json data)>;
 // calling (worker) thread's namespace. May throw; empty = unresolvable.
 using Resolver = std::function<std::vector<sockaddr_storage>(const std::string& host)>;
 std::vector<sockaddr_storage> system_resolve(const std::string& host);
-
-// Start a thread with every signal blocked (the proxy's threads never take
-// the supervisor's signals, and a splice(2) into a reset socket cannot kill
-// the process with SIGPIPE). Workers inherit the mask from the loop thread.
-std::thread start_thread_signals_blocked(std::function<void()> fn);
 
 struct Limits {
   std::size_t max_header_bytes = 16384;
@@ -107,6 +118,12 @@ class Proxy {
   Proxy& operator=(const Proxy&) = delete;
   void start();
   void stop();
+  // The credentials this container asked for (netpolicy/credentials.h),
+  // applied on the requests the proxy reads (plain HTTP). Thread-safe: a
+  // later call replaces them for the requests that follow (rotation).
+  void set_credentials(std::vector<cred::Active> creds);
+  // Before start(): request-level rules (netpolicy/request_rules.h).
+  void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }
   json totals() const;
   int active_connections() const { return active_.load(); }
   int pending_connections() const { return pending_.load(); }
@@ -115,15 +132,18 @@ class Proxy {
   // Connections refused because the head budget was used up.
   uint64_t refused_over_budget() const { return n_over_budget_.load(); }
 
-  struct Conn;  // internal
+  struct Conn;  // internal (proxy_internal.h)
 
  private:
+  class Acceptor;  // the head loop (proxy_acceptor.cpp)
   void loop();
   void worker(std::unique_ptr<Conn> c);
+  // CONNECT: connect, answer 200, relay until the end (proxy_tunnel.cpp).
+  void tunnel_session(Conn& c);
   // Resolve, check every address, connect (one budget). On failure the error
   // answer was sent and recorded (false).
   bool connect_upstream(Conn& c, UniqueFd& up);
-  // Plain HTTP on one client connection: request after request (keep-alive).
+  // Plain HTTP on one client connection: request after request (keep-alive) (proxy_http.cpp).
   void http_session(Conn& c);
   // Send an error answer (recorded first) and let the client read it.
   void respond(Conn& c, int status, const std::string& text);
@@ -138,13 +158,13 @@ class Proxy {
   void pool_thread();
 
   UniqueFd listen_;
-  UniqueFd stop_fd_;  // eventfd: readable once stop() was called
-  UniqueFd ep_;       // the head loop's epoll
+  // The head loop's thread; its stop_fd() is what every worker and relay polls too.
+  StoppableLoop loop_{"proxy"};
+  UniqueFd ep_;  // the head loop's epoll
   Allowlist allow_;
   Limits limits_;
   EventSink sink_;
   Resolver resolver_;
-  std::thread loop_thread_;
   // Worker pool (connections and tunnel directions): threads are reused; one
   // idle for 30 s exits.
   std::mutex pool_mu_;
@@ -162,10 +182,24 @@ class Proxy {
     std::shared_ptr<std::atomic<bool>> done;
   };
   std::list<Worker> workers_;
-  std::atomic<bool> started_{false}, stopped_{false};
   std::atomic<int> active_{0}, pending_{0};
   std::atomic<std::size_t> pending_head_bytes_{0};
   std::atomic<uint64_t> n_over_budget_{0};
+  // Credentials: the set in use (replaced whole by set_credentials) and,
+  // per name, how many requests carried it; placeholders caught elsewhere.
+  mutable std::mutex cred_mu_;
+  std::shared_ptr<const std::vector<cred::Active>> creds_;
+  std::map<std::string, uint64_t> cred_applied_;
+  uint64_t cred_caught_ = 0;
+  std::shared_ptr<const std::vector<cred::Active>> credentials() const;
+  // Apply the credentials to the current request of c (its req, host and
+  // port); records a caught placeholder. False: the request was refused
+  // (answered and recorded).
+  bool apply_credentials(Conn& c);
+  RequestRules rules_;
+  // Check the current request of c against the request rules; false: it was
+  // refused (answered 403 and recorded).
+  bool check_request_rules(Conn& c);
   std::atomic<uint64_t> n_allowed_{0}, n_denied_{0}, n_errors_{0}, n_conn_{0}, bytes_up_{0}, bytes_down_{0};
 };
 

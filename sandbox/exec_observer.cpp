@@ -4,7 +4,10 @@
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/fanotify.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -12,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -49,11 +54,23 @@ struct Hashed {
   std::string error;
 };
 
-Hashed hash_fd(int fd, attest::HashCache* cache) {
+Hashed hash_fd(int fd, attest::HashCache* cache, uint64_t max_bytes) {
   Hashed h;
   struct stat st {};
   if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
     h.error = "not a regular file";
+    return h;
+  }
+  // A huge (or sparse) program is named, not read: hashing a 1 PiB sparse
+  // file would hold the exec and a supervisor CPU for ever.
+  if (max_bytes && static_cast<uint64_t>(st.st_size) > max_bytes) {
+    char head[256];
+    ssize_t n;
+    do n = ::pread(fd, head, sizeof head, 0);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) h.head.assign(head, static_cast<std::size_t>(n));
+    h.size = static_cast<uint64_t>(st.st_size);
+    h.error = "larger than audit.max_file_bytes (" + std::to_string(max_bytes) + " bytes): not hashed";
     return h;
   }
   const auto key = attest::HashCache::key_of(st);
@@ -222,6 +239,147 @@ int reopen_regular(UniqueFd opath, std::string& error) {
   return fd;
 }
 
+int64_t now_ms() {
+  struct timespec t {};
+  ::clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<int64_t>(t.tv_sec) * 1000 + t.tv_nsec / 1000000;
+}
+
+// The thread group of thread `tid` (the pid the exec'd program will have).
+pid_t tgid_of(pid_t tid) {
+  std::string s;
+  try {
+    s = read_file("/proc/" + std::to_string(tid) + "/status");
+  } catch (...) {
+    return tid;
+  }
+  auto i = s.find("\nTgid:");
+  if (i == std::string::npos) return tid;
+  return static_cast<pid_t>(std::strtol(s.c_str() + i + 6, nullptr, 10));
+}
+
+bool exe_identity(pid_t pid, dev_t& dev, ino_t& ino) {
+  struct stat st {};
+  if (::stat(("/proc/" + std::to_string(pid) + "/exe").c_str(), &st) < 0) return false;
+  dev = st.st_dev;
+  ino = st.st_ino;
+  return true;
+}
+
+// 1: the thread is inside execve/execveat (or running: undecided), 0: it is
+// in another system call (its exec returned), -1: it is gone.
+int in_exec(pid_t tid) {
+  UniqueFd f(::open(("/proc/" + std::to_string(tid) + "/syscall").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f) return -1;
+  char buf[64] = {};
+  ssize_t n = ::read(f.get(), buf, sizeof buf - 1);
+  if (n <= 0) return -1;
+  if (!std::isdigit(static_cast<unsigned char>(buf[0]))) return 1;  // "running"
+  long nr = std::strtol(buf, nullptr, 10);
+  if (nr == SYS_execve) return 1;
+#ifdef SYS_execveat
+  if (nr == SYS_execveat) return 1;
+#endif
+  return 0;
+}
+
+// argv as the new image received it (bounded like the caller's).
+bool read_cmdline(pid_t pid, json& argv, bool& truncated) {
+  UniqueFd f(::open(("/proc/" + std::to_string(pid) + "/cmdline").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f) return false;
+  std::string all;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(f.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    all.append(buf, static_cast<std::size_t>(n));
+    if (all.size() > kMaxArgBytes + kMaxArgs) break;
+  }
+  if (all.empty()) return false;  // a zombie, or the image's mm is gone
+  argv = json::array();
+  truncated = false;
+  std::size_t total = 0, i = 0;
+  while (i < all.size()) {
+    std::size_t j = all.find('\0', i);
+    if (j == std::string::npos) j = all.size();
+    std::string a = all.substr(i, j - i);
+    if (argv.size() >= kMaxArgs || total >= kMaxArgBytes) {
+      truncated = true;
+      break;
+    }
+    if (a.size() > 4096 || total + a.size() > kMaxArgBytes) {
+      a.resize(std::min<std::size_t>(4096, kMaxArgBytes - total));
+      truncated = true;
+    }
+    total += a.size();
+    argv.push_back(attest::pct_encode(a));
+    if (truncated) break;
+    i = j + 1;
+  }
+  return true;
+}
+
+// "/proc/self/fd/N", "/proc/thread-self/fd/N", "/dev/fd/N",
+// "/proc/<digits>/fd/N": the descriptor number N, or -1.
+int fd_of_path(const std::string& p) {
+  std::string rest;
+  for (const char* pre : {"/proc/self/fd/", "/proc/thread-self/fd/", "/dev/fd/"})
+    if (starts_with(p, pre)) rest = p.substr(std::strlen(pre));
+  if (rest.empty() && starts_with(p, "/proc/")) {
+    std::size_t i = 6;
+    while (i < p.size() && std::isdigit(static_cast<unsigned char>(p[i]))) i++;
+    if (i > 6 && p.compare(i, 4, "/fd/") == 0) rest = p.substr(i + 4);
+  }
+  if (rest.empty() || rest.size() > 9) return -1;
+  for (char c : rest)
+    if (!std::isdigit(static_cast<unsigned char>(c))) return -1;
+  return std::atoi(rest.c_str());
+}
+
+// True when the ELF file at `fd` names an ELF interpreter (PT_INTERP): the
+// kernel opens that one next, for the same exec.
+bool elf_has_interp(int fd) {
+  unsigned char eh[64];
+  if (::pread(fd, eh, sizeof eh, 0) != static_cast<ssize_t>(sizeof eh) || eh[4] != 2)
+    return false;  // ELFCLASS64
+  uint64_t phoff = 0;
+  uint16_t phentsize = 0, phnum = 0;
+  std::memcpy(&phoff, eh + 32, 8);
+  std::memcpy(&phentsize, eh + 54, 2);
+  std::memcpy(&phnum, eh + 56, 2);
+  if (phentsize < 4 || phnum > 128) return false;
+  for (uint16_t i = 0; i < phnum; i++) {
+    uint32_t type = 0;
+    if (::pread(fd, &type, 4, static_cast<off_t>(phoff + static_cast<uint64_t>(i) * phentsize)) != 4)
+      return false;
+    if (type == 3) return true;  // PT_INTERP
+  }
+  return false;
+}
+
+// (arg_start, arg_end) of the process's memory (/proc/PID/stat fields 48,
+// 49): a new image has new values (its stack is placed at random), so they
+// tell the new image from the old one when both run the same file.
+std::pair<unsigned long long, unsigned long long> arg_range(pid_t pid) {
+  auto s = try_read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (!s) return {0, 0};
+  auto p = s->rfind(')');
+  if (p == std::string::npos) return {0, 0};
+  const char* c = s->c_str() + p + 1;
+  while (*c == ' ') c++;
+  if (*c) c++;  // field 3, the state: a letter
+  char* end = nullptr;
+  unsigned long long v[50] = {};
+  int n = 0;
+  for (; n < 46; n++) {  // fields 4..49
+    v[n] = std::strtoull(c, &end, 10);
+    if (end == c) break;
+    c = end;
+  }
+  if (n < 46) return {0, 0};
+  return {v[44], v[45]};
+}
 }  // namespace
 
 std::string read_cstring(int mem_fd, unsigned long long addr, std::size_t max, bool* truncated) {
@@ -297,18 +455,40 @@ bool is_seccomp_listener(int fd) {
 }
 
 ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
-                           std::shared_ptr<attest::HashCache> cache)
+                           std::shared_ptr<attest::HashCache> cache, pid_t init_pid)
     : wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       rootfs_(std::move(rootfs_host_path)),
       sink_(std::move(sink)),
       cache_(std::move(cache)) {
-  if (!stop_ || !wake_) throw_errno("eventfd");
+  if (!wake_) throw_errno("eventfd");
   if (listener) {
     pending_.push_back({std::move(listener), json::object()});
     active_ = 1;
   }
-  thread_ = std::thread([this] { loop(); });
+  if (init_pid > 0) {
+    json w = json::object();
+    try {
+      watch_ = std::make_unique<ExecWatch>(init_pid);
+      // A read lease makes its holder the file's owner for SIGIO, which a
+      // writer's open would send: the supervisor must not die of it.
+      struct sigaction sa {};
+      if (::sigaction(SIGIO, nullptr, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+        sa.sa_handler = SIG_IGN;
+        ::sigaction(SIGIO, &sa, nullptr);
+      }
+      w["mechanism"] = "fanotify";
+      w["mounts"] = watch_->summary().marked;
+      json un = json::array();
+      for (const auto& u : watch_->summary().unmarked) un.push_back(attest::pct_encode(u));
+      w["unmarked"] = un;
+    } catch (const std::exception& e) {
+      watch_.reset();
+      w["mechanism"] = "seccomp";
+      w["error"] = attest::pct_encode(e.what());
+    }
+    emit("exec.watch", std::move(w));
+  }
+  loop_.start([this] { loop(); });
 }
 
 ExecObserver::~ExecObserver() {
@@ -334,11 +514,7 @@ void ExecObserver::stop() {
     std::lock_guard<std::mutex> l(mu_);
     stopped_ = true;
   }
-  if (!thread_.joinable()) return;
-  uint64_t one = 1;
-  ssize_t w = ::write(stop_.get(), &one, sizeof one);
-  (void)w;
-  thread_.join();
+  loop_.stop();
 }
 
 void ExecObserver::loop() {
@@ -350,33 +526,44 @@ void ExecObserver::loop() {
   std::vector<char> reqbuf(std::max<std::size_t>(sizes.seccomp_notif, sizeof(struct seccomp_notif)));
   std::vector<Source> sources;
   std::vector<struct pollfd> fds;
+  const std::size_t first = watch_ ? 3 : 2;
   for (;;) {
     {
       std::lock_guard<std::mutex> l(mu_);
       for (auto& p : pending_) sources.push_back(std::move(p));
       pending_.clear();
     }
-    fds.assign({{stop_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}});
+    fds.assign({{loop_.stop_fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}});
+    if (watch_) fds.push_back({watch_->fd(), POLLIN, 0});
     for (const auto& s : sources) fds.push_back({s.fd.get(), POLLIN, 0});
-    int n = ::poll(fds.data(), fds.size(), -1);
+    // While an exec is in progress, look at it every 2 ms (sweep).
+    int n = ::poll(fds.data(), fds.size(), attempts_.empty() ? -1 : 2);
     if (n < 0) {
       if (errno == EINTR) continue;
       log::error(std::string("exec observer: poll: ") + std::strerror(errno));
       return;
     }
-    if (fds[0].revents & (POLLIN | POLLNVAL)) return;
+    if (fds[0].revents & (POLLIN | POLLNVAL)) {
+      if (watch_) handle_fanotify();
+      sweep(true);
+      return;
+    }
     if (fds[1].revents & POLLIN) {
       uint64_t v;
       ssize_t r = ::read(wake_.get(), &v, sizeof v);
       (void)r;
     }
+    if (watch_ && (fds[2].revents & POLLIN)) handle_fanotify();
     std::vector<bool> gone(sources.size(), false);
     for (std::size_t i = 0; i < sources.size(); i++) {
-      short re = fds[i + 2].revents;
+      short re = fds[i + first].revents;
       if (re & POLLIN) {
         std::memset(reqbuf.data(), 0, reqbuf.size());
         if (::ioctl(sources[i].fd.get(), SECCOMP_IOCTL_NOTIF_RECV, reqbuf.data()) == 0) {
-          handle(reqbuf.data(), sources[i].fd.get(), sources[i].tag);
+          if (watch_)
+            handle_seccomp(reqbuf.data(), sources[i].fd.get(), sources[i].tag);
+          else
+            handle(reqbuf.data(), sources[i].fd.get(), sources[i].tag);
           continue;
         }
         // EINTR, or ENOENT: the caller went away. With HUP too, nobody is left.
@@ -392,7 +579,370 @@ void ExecObserver::loop() {
       sources.erase(sources.begin() + static_cast<std::ptrdiff_t>(i));
       active_--;
     }
+    if (watch_) sweep(false);
   }
+}
+
+void ExecObserver::handle_seccomp(void* reqp, int listener, const json& tag) {
+  auto* req = static_cast<struct seccomp_notif*>(reqp);
+  const pid_t tid = static_cast<pid_t>(req->pid);
+  const pid_t tgid = tgid_of(tid);
+  // A new exec of the same process: the previous one is over.
+  if (auto it = attempts_.find(tgid); it != attempts_.end()) {
+    Attempt prev = std::move(it->second);
+    attempts_.erase(it);
+    finalize(tgid, std::move(prev));
+  }
+  Attempt a;
+  a.tid = tid;
+  a.started_ms = a.last_ms = now_ms();
+  a.ev = {{"pid", tgid}};
+  for (const auto& [k, v] : tag.items()) a.ev[k] = v;
+  bool is_at = false;
+#ifdef __NR_execveat
+  is_at = req->data.nr == __NR_execveat;
+#endif
+  a.ev["syscall"] = is_at ? "execveat" : "execve";
+  unsigned long long path_addr = is_at ? req->data.args[1] : req->data.args[0];
+  unsigned long long argv_addr = is_at ? req->data.args[2] : req->data.args[1];
+  int dirfd = is_at ? static_cast<int>(req->data.args[0]) : AT_FDCWD;
+  int flags = is_at ? static_cast<int>(req->data.args[4]) : 0;
+  const std::string proc = "/proc/" + std::to_string(tid);
+  UniqueFd mem(::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!mem || ::ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &req->id) != 0) {
+    answer(listener, req->id, 0);
+    return;  // gone before it could be looked at; a kernel open still reports it
+  }
+  // The caller's memory: what it asked for (another thread may rewrite it;
+  // the record's identity and argv come from the kernel and the new image).
+  bool trunc = false;
+  std::string path = read_cstring(mem.get(), path_addr, kMaxPath, &trunc);
+  a.ev["path"] = attest::pct_encode(path);
+  if (trunc) a.ev["path_truncated"] = true;
+  a.caller_argv = json::array();
+  std::size_t total = 0;
+  for (std::size_t i = 0; i < kMaxArgs && argv_addr; i++) {
+    unsigned long long p = 0;
+    if (::pread(mem.get(), &p, sizeof p, static_cast<off_t>(argv_addr + i * sizeof p)) != sizeof p || p == 0)
+      break;
+    bool t = false;
+    std::string s = read_cstring(mem.get(), p, std::min<std::size_t>(4096, kMaxArgBytes - total), &t);
+    total += s.size();
+    a.caller_argv.push_back(attest::pct_encode(s));
+    if (t || total >= kMaxArgBytes) {
+      a.argv_truncated = true;
+      break;
+    }
+  }
+  // A PATH lookup's miss: answered with the kernel's errno, recorded apart.
+  // (Not under /proc: its entries resolve by the caller's pid namespace, not ours.)
+  if (!trunc && !path.empty() && path[0] == '/' && !starts_with(path, "/proc/") && fd_of_path(path) < 0) {
+    UniqueFd root(::open((proc + "/root").c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    struct open_how how {};
+    how.flags = O_PATH | O_CLOEXEC;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    errno = 0;
+    UniqueFd f(root ? static_cast<int>(::syscall(SYS_openat2, root.get(), path.c_str(), &how, sizeof how))
+                    : -1);
+    if (root && !f && fails_without_file(path, errno)) {
+      int e = errno;
+      json ev = a.ev;
+      ev["resolved"] = attest::pct_encode(path);
+      ev["errno"] = errno_name(e);
+      answer(listener, req->id, -e);
+      observed_++;
+      emit("process.exec_failed", std::move(ev));
+      return;
+    }
+  }
+  // A file named by descriptor may sit outside every marked mount (a
+  // memfd): mark its inode before the kernel opens it.
+  int nfd = ((flags & AT_EMPTY_PATH) && path.empty() && is_at) ? dirfd : fd_of_path(path);
+  if (nfd >= 0) {
+    UniqueFd o(::open((proc + "/fd/" + std::to_string(nfd)).c_str(), O_PATH | O_CLOEXEC));
+    if (o && watch_->mark_inode(o.get())) a.marked.push_back(std::move(o));
+  }
+  a.have_before = exe_identity(tgid, a.before_dev, a.before_ino);
+  a.before_args = arg_range(tgid);
+  attempts_[tgid] = std::move(a);
+  answer(listener, req->id, 0);
+}
+
+void ExecObserver::handle_fanotify() {
+  alignas(struct fanotify_event_metadata) char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(watch_->fd(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    auto* md = reinterpret_cast<struct fanotify_event_metadata*>(buf);
+    while (FAN_EVENT_OK(md, n)) {
+      if (md->vers == FANOTIFY_METADATA_VERSION && md->fd >= 0) {
+        if (md->mask & FAN_OPEN_EXEC_PERM)
+          on_exec_open(static_cast<pid_t>(md->pid), md->fd);
+        else
+          ::close(md->fd);
+      } else if (md->fd >= 0) {
+        ::close(md->fd);
+      }
+      md = FAN_EVENT_NEXT(md, n);
+    }
+  }
+}
+
+void ExecObserver::on_exec_open(pid_t pid, int fd) {
+  UniqueFd held(fd);
+  if (!watch_->in_container(pid)) {  // a host process reaching a container mount
+    watch_->respond(fd, 0);
+    return;
+  }
+  auto it = attempts_.find(pid);
+  if (it == attempts_.end()) {  // no notification seen (should not happen): still recorded
+    Attempt a;
+    a.tid = pid;
+    a.started_ms = now_ms();
+    a.ev = {{"pid", pid}, {"syscall", "unknown"}};
+    it = attempts_.emplace(pid, std::move(a)).first;
+  }
+  Attempt& a = it->second;
+  a.last_ms = now_ms();
+  File f;
+  std::string host = link("/proc/self/fd/" + std::to_string(fd));
+  if (!rootfs_.empty() && starts_with(host, rootfs_ + "/")) host = host.substr(rootfs_.size());
+  f.info = {{"path", attest::pct_encode(host)}};
+  struct stat st {};
+  struct statfs sf {};
+  std::string fsname;
+  if (::fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    f.info["error"] = "not a regular file";
+  } else if (::fstatfs(fd, &sf) == 0 && kernel_fs(static_cast<long>(sf.f_type), fsname)) {
+    f.info["error"] = "on a kernel filesystem (" + fsname + "): not read";
+  } else if (a.files.size() >= 16) {
+    f.info["error"] = "more than 16 files opened for one exec: not read";
+  } else {
+    f.dev = st.st_dev;
+    f.ino = st.st_ino;
+    // No writer may be open while the exec hashes and runs: a read lease
+    // is refused (EAGAIN) when one is, and while held makes a new writer's
+    // open wait (its write access then fails the exec's deny-write).
+    int lease = ::fcntl(fd, F_SETLEASE, F_RDLCK);
+    int lease_errno = lease < 0 ? errno : 0;
+    if (lease == 0) ::fcntl(fd, F_SETOWN, 0);
+    if (lease_errno == EAGAIN) {
+      // Open for writing (a descriptor or a shared writable mapping): the
+      // kernel's deny-write refuses the exec with ETXTBSY; so do we, now,
+      // before a writer could close between our hash and its check.
+      f.info["error"] = "open for writing: exec refused (ETXTBSY)";
+      a.denied = ETXTBSY;
+      a.files.push_back(std::move(f));
+      watch_->respond(fd, ETXTBSY);
+      return;
+    }
+    f.key = attest::HashCache::key_of(st);
+    f.cacheable = lease == 0 && watch_->read_only_dev(st.st_dev);
+    bool hit = false;
+    if (cache_ && f.cacheable) {
+      if (auto d = cache_->get(f.key)) {
+        f.digest = *d;
+        hit = true;
+      }
+    }
+    // A huge (or sparse) program is named, not read: hashing a 1 PiB
+    // sparse file would hold the exec and a supervisor CPU for ever.
+    const uint64_t cap = max_hash_bytes_;
+    const bool too_big = !hit && cap && static_cast<uint64_t>(st.st_size) > cap;
+    attest::Sha256 sha;
+    std::vector<char> buf(1 << 20);
+    uint64_t size = 0;
+    std::string head;
+    for (off_t off = 0;;) {
+      ssize_t n = ::pread(fd, buf.data(), hit || too_big ? 4 : buf.size(), off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        f.info["error"] = std::string("read: ") + std::strerror(errno);
+        break;
+      }
+      if (head.size() < 4) head.append(buf.data(), std::min<std::size_t>(static_cast<std::size_t>(n), 4));
+      if (hit || too_big || n == 0) break;
+      sha.update(buf.data(), static_cast<std::size_t>(n));
+      size += static_cast<uint64_t>(n);
+      off += n;
+    }
+    if (too_big && !f.info.contains("error")) {
+      f.info["error"] = "larger than audit.max_file_bytes (" + std::to_string(cap) + " bytes): not hashed";
+      f.info["size"] = static_cast<uint64_t>(st.st_size);
+      f.elf = head.size() >= 4 && std::memcmp(head.data(),
+                                              "\x7f"
+                                              "ELF",
+                                              4) == 0;
+    } else if (!f.info.contains("error")) {
+      if (!hit) f.digest = sha.finish();
+      f.info["sha256"] = attest::hex(f.digest);
+      f.info["size"] = hit ? static_cast<uint64_t>(st.st_size) : size;
+      f.elf = head.size() >= 4 && std::memcmp(head.data(),
+                                              "\x7f"
+                                              "ELF",
+                                              4) == 0;
+      if (lease != 0) f.info["writers"] = "unknown";  // no lease here: cannot prove none
+    }
+  }
+  watch_->respond(fd, 0);
+  const bool last = f.elf && !elf_has_interp(fd);
+  f.held = std::move(held);  // the lease lasts until the exec is over
+  a.files.push_back(std::move(f));
+  if (!last) return;
+  // The kernel opens nothing more for this exec: it is about to run the
+  // program. Read argv from the new image as soon as it is there (a
+  // program may exit within microseconds); at most 2 ms.
+  const File* prog = nullptr;
+  for (const auto& x : a.files)
+    if (x.elf) {
+      prog = &x;
+      break;
+    }
+  struct timespec t0 {};
+  ::clock_gettime(CLOCK_MONOTONIC, &t0);
+  const bool same_file = a.have_before && prog && prog->dev == a.before_dev && prog->ino == a.before_ino;
+  while (prog) {
+    dev_t d = 0;
+    ino_t i = 0;
+    if (!exe_identity(pid, d, i)) break;
+    // The same file as before the exec: only a new argument area says the
+    // new image is there (and without one it is not read).
+    if (d == prog->dev && i == prog->ino &&
+        (!same_file || (a.before_args.first != 0 && arg_range(pid) != a.before_args))) {
+      json argv;
+      bool trunc = false;
+      if (read_cmdline(pid, argv, trunc)) {
+        a.image_argv = std::move(argv);
+        a.image_argv_truncated = trunc;
+        break;
+      }
+    }
+    struct timespec t {};
+    ::clock_gettime(CLOCK_MONOTONIC, &t);
+    if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) > 2000000L) break;
+    ::sched_yield();
+  }
+}
+
+// Ends the attempts whose exec is over: the process runs the new program
+// (its /proc/PID/exe is the exec's ELF), its thread left the exec call, it
+// is gone, or 200 ms passed. `all`: every attempt (stopping).
+void ExecObserver::sweep(bool all) {
+  const int64_t now = now_ms();
+  for (auto it = attempts_.begin(); it != attempts_.end();) {
+    Attempt& a = it->second;
+    bool done = all || now - a.last_ms >= 200;
+    if (!done) {
+      dev_t d = 0;
+      ino_t i = 0;
+      bool alive = exe_identity(it->first, d, i);
+      if (!alive) {
+        done = ::kill(it->first, 0) < 0;
+      } else {
+        for (const auto& f : a.files)
+          if (f.elf && f.dev == d && f.ino == i && (!a.have_before || d != a.before_dev || i != a.before_ino))
+            done = true;
+      }
+      if (!done) {
+        int ie = in_exec(a.tid);
+        done = ie == 0 || (ie < 0 && now - a.last_ms >= 10);
+      }
+    }
+    if (!done) {
+      ++it;
+      continue;
+    }
+    pid_t pid = it->first;
+    Attempt taken = std::move(a);
+    it = attempts_.erase(it);
+    finalize(pid, std::move(taken));
+  }
+}
+
+void ExecObserver::finalize(pid_t pid, Attempt a) {
+  for (auto& m : a.marked) watch_->unmark_inode(m.get());
+  json ev = std::move(a.ev);
+  dev_t d = 0;
+  ino_t i = 0;
+  const bool alive = exe_identity(pid, d, i);
+  bool ran = false;
+  for (const auto& f : a.files)
+    if (f.elf && (alive ? (f.dev == d && f.ino == i) : true)) ran = true;
+  if (a.denied) {
+    ev["errno"] = a.denied == ETXTBSY ? "ETXTBSY" : std::to_string(a.denied);
+  } else if (a.files.empty() && alive && a.have_before && (d != a.before_dev || i != a.before_ino)) {
+    // It runs something the watch did not see (a descriptor replaced
+    // between the notification and the kernel's lookup, a file on a mount
+    // made later): identified after the fact from its executable, which
+    // the kernel keeps unwritable while it runs.
+    std::string err;
+    int fd = open_regular_link("/proc/" + std::to_string(pid) + "/exe", err);
+    File f;
+    f.info = {{"path", attest::pct_encode(link("/proc/" + std::to_string(pid) + "/exe"))}};
+    if (fd >= 0) {
+      UniqueFd u(fd);
+      Hashed h = hash_fd(fd, nullptr, max_hash_bytes_);
+      if (h.error.empty()) {
+        f.info["sha256"] = h.sha256;
+        f.info["size"] = h.size;
+      } else {
+        f.info["error"] = h.error;
+      }
+    } else {
+      f.info["error"] = err;
+    }
+    ev["observed"] = "after";
+    a.files.push_back(std::move(f));
+    ran = true;
+  }
+  if (!ran) {
+    // The kernel opened no program for it, or the process kept its old one.
+    if (!ev.contains("errno")) ev["errno"] = "unknown";
+    if (!a.files.empty()) {
+      json chain = json::array();
+      for (const auto& f : a.files) chain.push_back(f.info);
+      ev["files"] = chain;
+    }
+    observed_++;
+    emit("process.exec_failed", std::move(ev));
+    return;
+  }
+  if (!ev.contains("observed")) ev["observed"] = "kernel";
+  const json& first = a.files.front().info;
+  ev["resolved"] = first.value("path", "");
+  for (const char* k : {"sha256", "size", "error", "writers"})
+    if (first.contains(k)) ev[k] = first[k];
+  json chain = json::array();
+  for (const auto& f : a.files) chain.push_back(f.info);
+  if (a.files.size() > 1) {
+    json ij = {{"path", a.files[1].info.value("path", "")}};
+    if (a.files[1].info.contains("sha256")) ij["sha256"] = a.files[1].info["sha256"];
+    ev["interpreter"] = ij;
+  }
+  ev["files"] = chain;
+  json argv;
+  bool trunc = false;
+  if (!a.image_argv.is_null()) {
+    ev["argv"] = a.image_argv;
+    ev["argv_source"] = "image";
+    if (a.image_argv_truncated) ev["argv_truncated"] = true;
+  } else if (alive && read_cmdline(pid, argv, trunc)) {
+    ev["argv"] = argv;
+    ev["argv_source"] = "image";
+    if (trunc) ev["argv_truncated"] = true;
+  } else {
+    ev["argv"] = a.caller_argv;
+    ev["argv_source"] = "caller";
+    if (a.argv_truncated) ev["argv_truncated"] = true;
+  }
+  // Cached only now that the exec succeeded, and only files reached through
+  // read-only mounts alone and read under a lease.
+  if (cache_)
+    for (const auto& f : a.files)
+      if (f.cacheable && f.info.contains("sha256")) cache_->put(f.key, f.digest);
+  observed_++;
+  emit("process.exec", std::move(ev));
 }
 
 void ExecObserver::handle(void* reqp, int listener, const json& tag) {
@@ -461,7 +1011,7 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
       std::string host = link("/proc/self/fd/" + std::to_string(fd));
       if (!rootfs_.empty() && starts_with(host, rootfs_ + "/"))
         ev["resolved"] = attest::pct_encode(host.substr(rootfs_.size()));
-      Hashed h = hash_fd(fd, cache_.get());
+      Hashed h = hash_fd(fd, cache_.get(), max_hash_bytes_);
       if (h.error.empty()) {
         ev["sha256"] = h.sha256;
         ev["size"] = h.size;
@@ -472,7 +1022,7 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
           json ij = {{"path", attest::pct_encode(interp)}};
           if (ifd >= 0) {
             UniqueFd i(ifd);
-            Hashed ih = hash_fd(ifd, cache_.get());
+            Hashed ih = hash_fd(ifd, cache_.get(), max_hash_bytes_);
             if (ih.error.empty()) ij["sha256"] = ih.sha256;
           }
           ev["interpreter"] = ij;
@@ -488,6 +1038,7 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
   }
   answer(listener, req->id, 0);
   observed_++;
+  ev["observed"] = "seccomp";
   emit("process.exec", std::move(ev));
 }
 

@@ -1,24 +1,33 @@
-// Observing every execve/execveat in the sandbox through a seccomp user
-// notification listener held by the supervisor. For each call it reads the
-// requested path and argv from the (hostile) caller's memory with hard
-// limits, resolves the path inside the caller's root without following
-// symlinks out of it, hashes the binary (and a "#!" interpreter), emits a
-// "process.exec" event, and lets the call continue
-// (SECCOMP_USER_NOTIF_FLAG_CONTINUE): the log observes, it never decides.
-// One exception, which decides nothing the kernel would not: an absolute
-// path under which the process's root holds nothing (ENOENT, ENOTDIR; the
-// misses of a PATH lookup) is answered with that errno by the observer and
-// recorded as a failed attempt ("process.exec_failed"), apart from the
-// programs that ran.
+// Observing every execve/execveat in the sandbox.
 //
-// TOCTOU note: a process that rewrites the file between our hash and the
-// kernel's open can make the recorded hash differ from what ran; the root
-// filesystem is read-only by default and writable mounts are in the post-run
-// filesystem root, so such a swap is itself visible in the record.
+// What ran comes from the kernel: a fanotify group (sandbox/fanotify_exec)
+// with FAN_OPEN_EXEC_PERM marks on the container's mounts hands the
+// supervisor a descriptor of each file the kernel opens for an exec (the
+// program, every "#!" interpreter, the ELF interpreter), while the exec
+// waits; the observer hashes that descriptor, holding a read lease on it
+// (no writer can be open: with one, the exec is answered ETXTBSY, what the
+// kernel's deny-write would answer) until the exec is over. argv is read
+// from the new image (/proc/PID/cmdline) once the exec completed.
+//
+// The seccomp user notification on execve/execveat (the listener held by
+// the supervisor) still adds: the exec session's tag, the path as
+// requested, the failed attempts (an absolute path under which the
+// process's root holds nothing, ENOENT/ENOTDIR, the misses of a PATH
+// lookup, is answered with that errno by the observer and recorded as
+// "process.exec_failed"), and an inode mark on a file named by descriptor
+// (a memfd through /proc/self/fd/N or execveat AT_EMPTY_PATH: no mount
+// mark covers it) placed before the call continues.
+//
+// Without fanotify (ExecWatch could not be set up) the observer falls back
+// to the seccomp-only mode: path and argv from the caller's memory, the
+// file resolved again and hashed (racy; the record says "observed":
+// "seccomp").
 #pragma once
 
 #include <atomic>
 #include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -27,6 +36,8 @@
 
 #include "attest/fstree.h"
 #include "common/fd.h"
+#include "common/stoppable_loop.h"
+#include "sandbox/fanotify_exec.h"
 
 namespace agentshim::observer {
 
@@ -75,9 +86,14 @@ class ExecObserver {
   // `listener` may be empty (no init listener, only exec sessions later).
   // `cache` (may be null: policy "strict"): the run's content-hash cache; a
   // binary whose (dev, ino, size, mtime, ctime) it knows is not re-read.
+  // `init_pid` (> 0): the container's init, whose mounts get the fanotify
+  // marks (an "exec.watch" event says how many, and which could not be).
   ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink sink,
-               std::shared_ptr<attest::HashCache> cache = nullptr);
+               std::shared_ptr<attest::HashCache> cache = nullptr, pid_t init_pid = 0);
   ~ExecObserver();
+  // Programs larger than this are recorded with `error` instead of a hash
+  // (policy audit.max_file_bytes; 0 = no limit).
+  void set_max_hash_bytes(uint64_t n) { max_hash_bytes_ = n; }
   ExecObserver(const ExecObserver&) = delete;
   ExecObserver& operator=(const ExecObserver&) = delete;
   // Serve another listener; its events get the members of `tag` (an
@@ -94,19 +110,54 @@ class ExecObserver {
     UniqueFd fd;
     json tag;
   };
+  // One file the kernel opened for an exec.
+  struct File {
+    json info;  // path, sha256, size | error
+    dev_t dev = 0;
+    ino_t ino = 0;
+    bool elf = false;
+    bool cacheable = false;  // on a read-only device, read under a lease
+    attest::HashCache::Key key{};
+    attest::Digest digest{};
+    UniqueFd held;  // the event's descriptor: its read lease, until the exec is over
+  };
+  // An exec in progress, by thread-group id (loop thread only).
+  struct Attempt {
+    json ev;  // pid, syscall, path, session
+    json caller_argv;
+    bool argv_truncated = false;
+    json image_argv;  // read right after the exec, when it could be
+    bool image_argv_truncated = false;
+    pid_t tid = 0;
+    std::vector<File> files;
+    std::vector<UniqueFd> marked;  // inode marks placed for this attempt
+    bool have_before = false;
+    dev_t before_dev = 0;
+    ino_t before_ino = 0;
+    std::pair<unsigned long long, unsigned long long> before_args{0, 0};
+    int denied = 0;  // errno the observer answered
+    int64_t started_ms = 0, last_ms = 0;
+  };
   void loop();
   void handle(void* req, int listener, const json& tag);
+  void handle_seccomp(void* req, int listener, const json& tag);
+  void handle_fanotify();
+  void on_exec_open(pid_t pid, int fd);
+  void sweep(bool all);
+  void finalize(pid_t tgid, Attempt a);
   void emit(const std::string& type, json ev);
 
+  std::unique_ptr<ExecWatch> watch_;
+  std::map<pid_t, Attempt> attempts_;
   std::mutex mu_;
   std::vector<Source> pending_;  // added, not yet taken by the loop (mu_)
   bool stopped_ = false;         // (mu_)
   UniqueFd wake_;                // eventfd: pending_ changed
-  UniqueFd stop_;                // eventfd
   std::string rootfs_;
   Sink sink_;
   std::shared_ptr<attest::HashCache> cache_;
-  std::thread thread_;
+  std::atomic<uint64_t> max_hash_bytes_{0};
+  StoppableLoop loop_{"exec observer"};  // common/stoppable_loop.h
   std::atomic<uint64_t> observed_{0};
   std::atomic<std::size_t> active_{0};
 };

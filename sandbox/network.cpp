@@ -11,6 +11,7 @@
 #include "netpolicy/dns.h"
 #include "netpolicy/firewall.h"
 #include "netpolicy/proxy.h"
+#include "netpolicy/request_rules.h"
 
 namespace agentshim::network {
 
@@ -28,6 +29,8 @@ Options Options::from_policy(const json& policy) {
   if (n.contains("proxy_port") && n["proxy_port"].is_number_unsigned())
     o.proxy_port = static_cast<uint16_t>(n["proxy_port"].get<unsigned>());
   if (n.contains("limits") && n["limits"].is_object()) o.limits = n["limits"];
+  if (n.contains("credentials") && n["credentials"].is_array()) o.credentials = n["credentials"];
+  if (n.contains("request_rules") && n["request_rules"].is_array()) o.request_rules = n["request_rules"];
   return o;
 }
 
@@ -95,6 +98,27 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
     ev["dns"] = "127.0.0.53:53 (" + o_.dns + ")";
     ev["allow"] = allow.rules();
     proxy_ = std::make_unique<net::Proxy>(std::move(proxy_fd), allow, limits_of(o_.limits), sink);
+    if (!o_.request_rules.empty()) {
+      proxy_->set_request_rules(net::RequestRules::parse(o_.request_rules, "policy"));
+      ev["request_rules"] = o_.request_rules;
+    }
+    if (!o_.credentials.empty()) {
+      // The secrets are read here, by the supervisor, and kept only in the
+      // proxy's memory; the record names the credentials, never a value.
+      std::vector<net::cred::Active> creds;
+      json names = json::array();
+      for (const auto& c : o_.credentials) {
+        net::cred::Active a;
+        a.def =
+            net::cred::parse(c["name"].get<std::string>(), c["definition"], "the container's credentials");
+        a.placeholder = c["placeholder"].get<std::string>();
+        a.secret = net::cred::load_secret(a.def.source);
+        names.push_back(a.def.name);
+        creds.push_back(std::move(a));
+      }
+      proxy_->set_credentials(std::move(creds));
+      ev["credentials"] = names;
+    }
     dns_ = std::make_unique<net::DnsStub>(std::move(dns_udp), std::move(dns_tcp), o_.dns, allow, sink);
   }
   sink("net.namespace", ev);

@@ -47,6 +47,11 @@ struct Options {
   std::string dns = "refuse";  // "refuse" | "allowlisted"
   uint16_t proxy_port = 3128;
   json limits = json::object();
+  // The credentials the container asked for (policy Result::network
+  // "credentials": {"name", "placeholder", "definition"}); their secrets are
+  // read when the proxy starts (docs/CREDENTIALS.md).
+  json credentials = json::array();
+  json request_rules = json::array();              // policy network.request_rules, normalised
   static Options from_policy(const json& policy);  // policy["network"] (absent: defaults)
 };
 

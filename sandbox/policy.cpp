@@ -20,6 +20,8 @@
 #include "common/error.h"
 #include "common/util.h"
 #include "netpolicy/allowlist.h"
+#include "netpolicy/credentials.h"
+#include "netpolicy/request_rules.h"
 #include "sandbox/embedded.h"
 #include "sandbox/oci.h"
 #include "sandbox/seccomp.h"
@@ -99,6 +101,11 @@ const std::set<Str>& widening_annotations() {
   static const std::set<Str> s = {"dev.agentshim.egress.allow"};
   return s;
 }
+
+// Annotations that ask for something the policy itself defines (no
+// may_widen): dev.agentshim.credentials names credentials of the policy's
+// "credentials" section.
+constexpr const char* kCredentialsAnnotation = "dev.agentshim.credentials";
 
 // One policy key's check: validates `x` (named `key` in messages) and
 // stores what the policy keeps in `slot`, which holds the default.
@@ -255,12 +262,15 @@ const std::map<Str, Check>& sections() {
                           "header_timeout_seconds", "connect_timeout_seconds", "idle_timeout_seconds",
                           "total_timeout_seconds", "max_requests_per_connection"})
       proxy_limits[k] = integer(1, 1LL << 31);
-    m["network"] = members({{"mode", one_of({"confined", "internal", "passthrough"})},
-                            {"dns", one_of({"refuse", "allowlisted"})},
-                            {"proxy_port", integer(1, 65535)},
-                            {"allow", valid_if(egress_rules)},
-                            {"limits", members(std::move(proxy_limits), "")}},
-                           "");
+    m["network"] =
+        members({{"mode", one_of({"confined", "internal", "passthrough"})},
+                 {"dns", one_of({"refuse", "allowlisted"})},
+                 {"proxy_port", integer(1, 65535)},
+                 {"allow", valid_if(egress_rules)},
+                 {"request_rules", [](const json& x, json& slot, const Str& where,
+                                      const Str&) { slot = net::RequestRules::parse(x, where).to_json(); }},
+                 {"limits", members(std::move(proxy_limits), "")}},
+                "");
     m["annotations"] = members({{"may_widen", valid_if([](const json& x, const Str& where, const Str& key) {
                                    if (!x.is_array())
                                      fail(where, key, "must be an array of annotation names");
@@ -271,6 +281,15 @@ const std::map<Str, Check>& sections() {
                                             "dev.agentshim.egress.allow)");
                                  })}},
                                "");
+    // The credentials section: name -> definition (netpolicy/credentials.h
+    // parses and normalises); a policy file's section replaces the default's.
+    m["credentials"] = [](const json& x, json& slot, const Str& where, const Str& key) {
+      if (!x.is_object()) fail(where, key, "must be an object of named credentials");
+      json out = json::object();
+      for (const auto& [name, def] : x.items())
+        out[name] = net::cred::to_json(net::cred::parse(name, def, where));
+      slot = out;
+    };
     auto abs_or_empty = valid_if([](const json& x, const Str& where, const Str& key) {
       if (!x.is_string()) fail(where, key, "must be a string");
       if (!x.get<Str>().empty() && x.get<Str>()[0] != '/') fail(where, key, "must be an absolute path");
@@ -1217,9 +1236,14 @@ class Engine {
       // A misspelt or unknown agentshim annotation, or a malformed rule in a
       // known one, is an error in every mode: ignoring it silently leaves
       // the user with 403s and no clue (issue 16).
+      if (k == kCredentialsAnnotation) {
+        credentials(v, where);
+        continue;
+      }
       if (!widening_annotations().count(k)) {
         Str known;
         for (const auto& w : widening_annotations()) known += (known.empty() ? "" : ", ") + w;
+        known += Str(", ") + kCredentialsAnnotation;
         hard("annotations", where,
              "caller set " + k + ", which is not a known agentshim annotation (known: " + known + ")");
         continue;
@@ -1255,6 +1279,57 @@ class Engine {
     }
   }
 
+  // dev.agentshim.credentials: "name,name": each a credential of the
+  // policy's section. The container gets its placeholder (a fresh random
+  // token) in the variable the policy names; the proxy gets the definitions
+  // (Result::network["credentials"]) and the supervisor reads the secrets.
+  void credentials(const json& v, const Str& where) {
+    if (!v.is_string()) {
+      hard("annotations", where, Str("caller set ") + kCredentialsAnnotation + " to a non-string value");
+      return;
+    }
+    const json defs = p_.contains("credentials") ? p_["credentials"] : json::object();
+    json& p = proc();
+    json env = p.contains("env") && p["env"].is_array() ? p["env"] : json::array();
+    for (const auto& raw : split(v.get<Str>(), ',')) {
+      const Str name = trim(raw);
+      if (name.empty() ||
+          std::any_of(creds_.begin(), creds_.end(), [&](const json& c) { return c["name"] == name; }))
+        continue;
+      if (!defs.contains(name)) {
+        Str known;
+        for (const auto& [k, d] : defs.items()) known += (known.empty() ? "" : ", ") + k;
+        hard("credentials", where,
+             "caller asked for credential \"" + name + "\", which this policy does not define (defined: " +
+                 (known.empty() ? Str("none") : known) + ")");
+        continue;
+      }
+      const json& d = defs[name];
+      const Str var = d["placeholder_env"].get<Str>();
+      const Str ph = net::cred::make_placeholder();
+      json kept = json::array();
+      for (const auto& e : env) {
+        if (e.is_string() && starts_with(e.get<Str>(), var + "=")) {
+          decide("credentials", "process.env", "replaced",
+                 "caller set " + var + "; replaced by the placeholder of credential " + name);
+          continue;
+        }
+        kept.push_back(e);
+      }
+      kept.push_back(var + "=" + ph);
+      env = std::move(kept);
+      creds_.push_back({{"name", name}, {"placeholder", ph}, {"definition", d}});
+      Str dests;
+      for (const auto& x : d["destinations"])
+        dests +=
+            (dests.empty() ? "" : ", ") + x["host"].get<Str>() + ":" + std::to_string(x["port"].get<int>());
+      decide("credentials", where, "added",
+             "caller asked for credential " + name + ": its placeholder is in " + var +
+                 "; the proxy applies it on requests to " + dests);
+    }
+    p["env"] = env;
+  }
+
   void network() {
     const json& n = p_["network"];
     const Str mode = n.value("mode", "internal");
@@ -1264,6 +1339,9 @@ class Engine {
                   {"dns", n.value("dns", "refuse")},
                   {"proxy_port", port},
                   {"limits", n.value("limits", json::object())}};
+    if (!creds_.empty()) r_.network["credentials"] = creds_;
+    if (n.contains("request_rules") && !n["request_rules"].empty())
+      r_.network["request_rules"] = n["request_rules"];
     // The namespace the container's network is in: one of its own ("new"),
     // the caller's ("caller": a pod's CNI namespace), or another agentshim
     // container's ("peer": a pod's sandbox, served by that container).
@@ -1275,6 +1353,12 @@ class Engine {
     } else {
       r_.network["namespace"] = oci::has_namespace(r_.config, "network") ? "caller" : "host";
     }
+    // Credentials are applied by this container's own proxy.
+    if (!creds_.empty() && (mode == "passthrough" || r_.network["namespace"] == "peer"))
+      hard("credentials", Str("annotations.") + kCredentialsAnnotation,
+           Str("caller asked for credentials, which only this container's egress proxy applies: not with ") +
+               (mode == "passthrough" ? "network.mode passthrough"
+                                      : "a network joined from another container"));
     if (mode != "internal" && mode != "confined") return;
     // Docker (libnetwork) wires its bridge into the container's namespace
     // from a prestart/createRuntime hook ("libnetwork-setkey"): with the
@@ -1354,6 +1438,7 @@ class Engine {
 
  private:
   const json& p_;
+  json creds_ = json::array();  // the credentials the caller asked for: {"name","placeholder","definition"}
   const ApplyContext& ctx_;
   bool refuse_;
   Result r_;
@@ -1523,6 +1608,10 @@ json exec_settings(const json& policy, const Result& r) {
   json env = json::array();
   if (const auto m = r.network.value("mode", ""); m == "internal" || m == "confined")
     env = Engine::proxy_env(json::array(), r.network.value("proxy_port", 3128LL)).first;
+  // An exec'd process sees the same placeholders as the init.
+  for (const auto& c : r.network.value("credentials", json::array()))
+    env.push_back(c["definition"]["placeholder_env"].get<std::string>() + "=" +
+                  c["placeholder"].get<std::string>());
   return {{"capabilities_allowed", policy["capabilities"]["allowed"]},
           {"no_new_privileges", policy["capabilities"].value("no_new_privileges", true)},
           {"extra_seccomp", r.extra_seccomp},

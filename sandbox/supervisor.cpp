@@ -556,7 +556,8 @@ class Supervisor {
                   entrypoint_ = data;
                 record_->event(type, std::move(data));
               },
-              record_->hash_cache());
+              record_->hash_cache(), init_pid_);
+          observer_->set_max_hash_bytes(record_->config().max_file_bytes);
         }
         json tag = session.empty() ? json::object() : json{{"session", session}};
         if (!observer_->add(std::move(fds[i]), std::move(tag)))

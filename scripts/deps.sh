@@ -7,7 +7,7 @@ pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       busybox-static runc crun python3-pytest python3-cryptography python3-jsonschema iproute2
       curl openssl docker.io containerd podman conmon python3-yaml tinyproxy
       python3-grpcio python3-grpc-tools containernetworking-plugins jq nodejs
-      libnftables-dev libnftables1
+      libnftables-dev libnftables1 liblmdb-dev
       qemu-system-x86 mmdebstrap cpio e2fsprogs)  # the last four: scripts/guest (make test-guest)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -546,21 +546,26 @@ void add_fs_root(Commands& c) {
   auto* cmd = c.app().add_subcommand("fs-root",
                                      "print the filesystem Merkle root of a directory (see docs/FORMATS.md)");
   cmd->add_option("dir", f->dir, "directory")->required();
-  cmd->add_option("--cache", f->cache, "hash cache file (default: none)");
+  cmd->add_option(
+      "--cache", f->cache,
+      "hash cache store (LMDB file; default: none); with it, the stat-only check and overlay layers "
+      "as the supervisor uses them");
   cmd->add_option("--threads", f->threads, "hashing threads (default: all cores)");
   cmd->add_flag("--json", f->json, "JSON output");
   c.on(cmd, [f]() {
     attest::WalkOptions o;
     o.cache_path = f->cache;
+    if (!f->cache.empty()) o.tree_key = "tree:" + f->dir;
     o.threads = static_cast<unsigned>(std::max(0, f->threads));
     auto t0 = std::chrono::steady_clock::now();
-    auto s = attest::snapshot(f->dir, o);
+    auto s = attest::snapshot_root(f->dir, o, nullptr);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json out = {{"root", attest::hex(s.root)},
                 {"entries", s.entries.size()},
                 {"files", s.files},
                 {"bytes_hashed", s.bytes_hashed},
                 {"cache_hits", s.cache_hits},
+                {"reused", s.reused},
                 {"seconds_x1000", static_cast<long long>(secs * 1000)}};
     if (f->json)
       std::cout << out.dump() << "\n";

@@ -27,6 +27,7 @@
 #include <linux/userfaultfd.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1543,6 +1544,198 @@ static void a_exec_escape_argv(void) {
   blocked("exec'd with escape codes in argv (the test reads `runs show`)");
 }
 
+
+/* ---------------------------------------------------------------- record evasion (the exec observer)
+ * Each attack below makes the exec observer's job hard and prints BLOCKED;
+ * the test decides by comparing the run record with what really ran, which
+ * each exec'd program writes to /vol/rec.log ("rec_note": its index, the
+ * argument it received, the size of the file it runs from). */
+
+static void append_line(const char* path, const char* line) {
+  int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  ssize_t w = write(fd, line, strlen(line));
+  (void)w;
+  close(fd);
+}
+
+/* rec_note IDX ARG: what this program received and runs from. */
+static void a_rec_note(void) {
+  struct stat st;
+  char line[512];
+  if (stat("/proc/self/exe", &st) < 0) st.st_size = -1;
+  snprintf(line, sizeof line, "%s %s %lld\n", arg(0), arg(1), (long long)st.st_size);
+  append_line("/vol/rec.log", line);
+  _exit(0);
+}
+
+static int run_child(const char* path, char* const* av) {
+  pid_t c = fork();
+  if (c == 0) {
+    execv(path, av);
+    _exit(100 + (errno & 0x3f));
+  }
+  int st = 0;
+  waitpid(c, &st, 0);
+  return st;
+}
+
+/* Copy src to dst (mode 0755), adding `extra` bytes of 'X' (a different file). */
+static int copy_file(const char* src, const char* dst, int extra) {
+  int in = open(src, O_RDONLY | O_CLOEXEC), out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+  if (in < 0 || out < 0) return -1;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(in, buf, sizeof buf)) > 0)
+    if (write(out, buf, (size_t)n) != n) return -1;
+  for (int i = 0; i < extra; i++)
+    if (write(out, "X", 1) != 1) return -1;
+  close(in);
+  close(out);
+  return 0;
+}
+
+static volatile int g_stop;
+static char g_argbuf[16] = "benign";
+static void* flip_arg(void* unused) {
+  (void)unused;
+  while (!g_stop) {
+    memcpy(g_argbuf, "EVIL!!", 7);
+    memcpy(g_argbuf, "benign", 7);
+  }
+  return NULL;
+}
+
+/* Another thread rewrites argv while execve runs. */
+static void a_rec_argv_race(void) {
+  int n = atoi(arg(0));
+  for (int i = 0; i < n; i++) {
+    pid_t c = fork();
+    if (c == 0) {
+      pthread_t t;
+      pthread_create(&t, NULL, flip_arg, NULL);
+      char idx[16];
+      snprintf(idx, sizeof idx, "%d", i);
+      char* av[] = {(char*)"/bin/attack", (char*)"rec_note", idx, g_argbuf, NULL};
+      execv("/bin/attack", av);
+      _exit(3);
+    }
+    waitpid(c, NULL, 0);
+  }
+  blocked("%d execs with argv rewritten by another thread (the record decides)", n);
+}
+
+static void* swap_link(void* unused) {
+  (void)unused;
+  while (!g_stop) {
+    symlink("/vol/b", "/vol/link.tmp");
+    rename("/vol/link.tmp", "/vol/link");
+    symlink("/bin/attack", "/vol/link.tmp");
+    rename("/vol/link.tmp", "/vol/link");
+  }
+  return NULL;
+}
+
+/* A symlink swapped (and restored) while execve runs: /vol/link points at
+ * /bin/attack or at /vol/b, a copy one byte longer. */
+static void a_rec_symlink_swap(void) {
+  int n = atoi(arg(0));
+  if (copy_file("/bin/attack", "/vol/b", 1) < 0) error_out("copy: %s", en(errno));
+  symlink("/bin/attack", "/vol/link");
+  pthread_t t;
+  pthread_create(&t, NULL, swap_link, NULL);
+  for (int i = 0; i < n; i++) {
+    char idx[16];
+    snprintf(idx, sizeof idx, "%d", i);
+    char* av[] = {(char*)"/vol/link", (char*)"rec_note", idx, (char*)"link", NULL};
+    run_child("/vol/link", av);
+  }
+  g_stop = 1;
+  pthread_join(t, NULL);
+  symlink("/bin/attack", "/vol/link.tmp");
+  rename("/vol/link.tmp", "/vol/link");
+  blocked("%d execs through a symlink swapped meanwhile (the record decides)", n);
+}
+
+/* A working directory longer than PATH_MAX, and a relative exec in it of a
+ * copy two bytes longer than /bin/attack. */
+static void a_rec_long_cwd(void) {
+  char name[201];
+  memset(name, 'd', 200);
+  name[200] = 0;
+  if (chdir("/vol") < 0) error_out("chdir /vol: %s", en(errno));
+  for (int i = 0; i < 25; i++) {
+    if (mkdir(name, 0755) < 0 && errno != EEXIST) error_out("mkdir: %s", en(errno));
+    if (chdir(name) < 0) error_out("chdir: %s", en(errno));
+  }
+  if (copy_file("/bin/attack", "prog", 2) < 0) error_out("copy: %s", en(errno));
+  char* av[] = {(char*)"./prog", (char*)"rec_note", (char*)"0", (char*)"longcwd", NULL};
+  int st = run_child("./prog", av);
+  blocked("exec ./prog from a cwd of 5000+ bytes: %s", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ran" : "failed");
+}
+
+/* Nested shebang: /vol/a -> /vol/b2 -> /bin/attack (ELF). */
+static void a_rec_shebang(void) {
+  append_line("/vol/b2", "#!/bin/attack\n");
+  append_line("/vol/a", "#!/vol/b2\n");
+  chmod("/vol/a", 0755);
+  chmod("/vol/b2", 0755);
+  char* av[] = {(char*)"/vol/a", NULL};
+  int st = run_child("/vol/a", av);
+  blocked("exec of a nested shebang chain: %s", WIFEXITED(st) && WEXITSTATUS(st) < 100 ? "ran" : "failed");
+}
+
+/* A memfd copy of /bin/attack three bytes longer, executed through
+ * /proc/self/fd/N and through execveat(fd, "", AT_EMPTY_PATH). */
+static void a_rec_memfd(void) {
+  int m = (int)syscall(SYS_memfd_create, "payload", 0);
+  if (m < 0) error_out("memfd_create: %s", en(errno));
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", m);
+  if (copy_file("/bin/attack", p, 3) < 0) error_out("copy: %s", en(errno));
+  char* av[] = {(char*)"payload", (char*)"rec_note", (char*)"0", (char*)"procfd", NULL};
+  int st1 = run_child(p, av);
+  pid_t c = fork();
+  if (c == 0) {
+    char* av2[] = {(char*)"payload", (char*)"rec_note", (char*)"1", (char*)"execveat", NULL};
+    char* env[] = {NULL};
+    syscall(SYS_execveat, m, "", av2, env, AT_EMPTY_PATH);
+    _exit(100 + (errno & 0x3f));
+  }
+  int st2 = 0;
+  waitpid(c, &st2, 0);
+  blocked("memfd execs: /proc/self/fd %d, execveat %d", st1, st2);
+}
+
+/* Hash-cache poisoning: a shared writable mapping of a tmpfs file, every
+ * page faulted, an exec (ETXTBSY while it is mapped), the content rewritten
+ * through the mapping (no mtime change on tmpfs), unmapped, executed. */
+static void a_rec_cache_poison(void) {
+  const char* f = "/scratch/p";
+  if (copy_file("/bin/attack", f, 0) < 0) error_out("copy to %s: %s", f, en(errno));
+  int fd = open(f, O_RDWR | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0) error_out("open: %s", en(errno));
+  char* map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) error_out("mmap: %s", en(errno));
+  close(fd);
+  for (off_t o = 0; o < st.st_size; o += 4096) map[o] = map[o];
+  sleep(3);
+  char* av[] = {(char*)f, (char*)"rec_note", (char*)"0", (char*)"before", NULL};
+  int st1 = run_child(f, av);
+  /* the payload: one byte of the usage text changes (the program still runs) */
+  const char* needle = "usage: attack NAME";
+  char* hit = memmem(map, (size_t)st.st_size, needle, strlen(needle));
+  if (!hit) error_out("usage text not found in the copy");
+  hit[17] = 'F';
+  munmap(map, (size_t)st.st_size);
+  char* av2[] = {(char*)f, (char*)"rec_note", (char*)"1", (char*)"after", NULL};
+  int st2 = run_child(f, av2);
+  blocked("exec while mapped: %s; exec after rewriting through the mapping: %s",
+          WIFEXITED(st1) && WEXITSTATUS(st1) >= 100 ? en(WEXITSTATUS(st1) - 100) : "ran",
+          WIFEXITED(st2) && WEXITSTATUS(st2) == 0 ? "ran" : "failed");
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static const struct {
@@ -1619,6 +1812,13 @@ static const struct {
     {"kill_group", a_kill_group, 0},
     {"exec_nonregular", a_exec_nonregular, 1},
     {"exec_escape_argv", a_exec_escape_argv, 1},
+    {"rec_note", a_rec_note, 0},
+    {"rec_argv_race", a_rec_argv_race, 1},
+    {"rec_symlink_swap", a_rec_symlink_swap, 1},
+    {"rec_long_cwd", a_rec_long_cwd, 1},
+    {"rec_shebang", a_rec_shebang, 1},
+    {"rec_memfd", a_rec_memfd, 1},
+    {"rec_cache_poison", a_rec_cache_poison, 1},
 };
 
 int main(int argc, char** argv) {

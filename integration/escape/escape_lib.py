@@ -83,7 +83,7 @@ def attack_bin(tmp_path_factory):
     d = tmp_path_factory.mktemp("attack")
     out = str(d / "attack")
     # -no-pie: the i386 attacks pass pointers to static data, which must lie below 4 GiB.
-    run(["gcc", "-static", "-O2", "-no-pie", "-Wall", "-Wextra", "-Wno-format-truncation", "-o", out,
+    run(["gcc", "-static", "-O2", "-no-pie", "-pthread", "-Wall", "-Wextra", "-Wno-format-truncation", "-o", out,
          os.path.join(HERE, "attack.c")], check=True, timeout=120)
     yield out
     shutil.rmtree(str(d), ignore_errors=True)

@@ -82,6 +82,13 @@ NEEDS = {
     "kill_caller_process_group_exec": "a new session and process group for every exec'd process",
     "observer_non_regular_file": "the exec observer opens only regular files (O_PATH, fstat, fstatfs first)",
     "runs_show_escape_codes": "`runs show` escapes control bytes",
+    "rec_argv_race": "argv read from the new image (/proc/PID/cmdline), not the caller's memory",
+    "rec_symlink_swap": "exec identity from the kernel's own open (fanotify FAN_OPEN_EXEC_PERM)",
+    "rec_long_cwd": "exec identity from the kernel's own open: no path re-resolution",
+    "rec_shebang_chain": "every file the kernel opens for an exec hashed (fanotify), in order",
+    "rec_memfd_exec": "an inode mark on a file named by descriptor before the exec continues",
+    "rec_hash_cache_poison": "no writer during an exec (read lease, else ETXTBSY); exec hashes cached only "
+                             "from read-only mounts and successful execs",
 }
 NEEDS["runtime_exe_overwrite_upgraded"] = NEEDS["runtime_exe_overwrite"]
 for _n in list(KERNEL_DEPENDS):
@@ -95,7 +102,9 @@ SPECIAL = ["host_loopback_service", "host_address_service", "host_network_reques
            "fork_bomb_pids_limit", "fork_bomb_no_config_limit", "memory_limit_64m", "memory_no_config_limit",
            "tmpfs_exhaustion_sized", "tmpfs_exhaustion_unsized", "tiocsti_operator_terminal",
            "tiocsti_operator_terminal_exec", "tioclinux_operator_terminal", "kill_caller_process_group",
-           "kill_caller_process_group_exec", "observer_non_regular_file", "runs_show_escape_codes"]
+           "kill_caller_process_group_exec", "observer_non_regular_file", "runs_show_escape_codes",
+           "rec_argv_race", "rec_symlink_swap", "rec_long_cwd", "rec_shebang_chain", "rec_memfd_exec",
+           "rec_hash_cache_poison"]
 
 
 def attack_order():

@@ -613,13 +613,11 @@ def test_observer_opens_non_regular_file(esc, tmp_path):
         v = Verdict("ESCAPED", f"the FIFO canary was opened ({len(ev) // 16} inotify events) during the container's exec")
     elif v.kind == "BLOCKED" and esc.name == "agentshim":
         execs = [json.loads(l) for l in open(os.path.join(newest_run(esc), "events.ndjson"))]
-        execs = [e.get("data", e) for e in execs if e.get("type") == "process.exec"]
+        execs = [e.get("data", e) for e in execs if e.get("type") in ("process.exec", "process.exec_failed")]
         kmsg = [e for e in execs if "to-kmsg" in e.get("path", "")]
         assert kmsg, f"the observer did not report the exec of /vol/to-kmsg: {execs}"
-        if "sha256" in kmsg[0]:
+        if "sha256" in json.dumps(kmsg[0]):
             v = Verdict("ESCAPED", "the supervisor opened and read /proc/kmsg (a destructive read) to hash it")
-        else:
-            assert "not opened" in kmsg[0].get("error", ""), kmsg[0]
     check("observer_non_regular_file", "exec of a FIFO / symlink to /proc/kmsg / device: the supervisor must not open it",
           esc, v)
 
@@ -681,3 +679,172 @@ def test_runs_show_escape_codes(esc):
     elif v.kind == "BLOCKED":
         v = Verdict("BLOCKED", "runc keeps no run record to show")
     check("runs_show_escape_codes", "terminal escape codes in argv printed by `runs show`", esc, v)
+
+
+# ---------------------------------------------------------------- record evasion: what ran is what is recorded
+
+
+def rec_attack(esc, tmp_path, *argv, tmpfs=False):
+    """Run a record-evasion attack with a writable volume at /vol (and a
+    tmpfs at /scratch). Returns (verdict, events or None for runc, rec.log
+    lines as [idx, arg, size], the real /bin/attack bytes)."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    os.chmod(str(vol), 0o777)
+    b = esc.bundle()
+    b.config["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind", "rw"]})
+    if tmpfs:
+        b.config["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                                   "options": ["size=64m", "mode=1777"]})
+    b.save()
+    v = esc.attack(b, *argv)
+    attack = open(os.path.join(b.path, "rootfs", "bin", "attack"), "rb").read()
+    log = []
+    if os.path.exists(str(vol / "rec.log")):
+        log = [line.split(" ") for line in open(str(vol / "rec.log")).read().splitlines()]
+    if esc.name != "agentshim":
+        return v, None, log, attack
+    events = [json.loads(line) for line in open(os.path.join(newest_run(esc), "events.ndjson"))]
+    return v, events, log, attack
+
+
+def sha(b):
+    import hashlib
+    return hashlib.sha256(b).hexdigest()
+
+
+def execs_of(events, kind="process.exec"):
+    return [e["data"] for e in events if e["type"] == kind]
+
+
+def no_record(esc):
+    return Verdict("ESCAPED", "runc keeps no record: what ran is written nowhere")
+
+
+def test_rec_argv_race(esc, tmp_path):
+    """argv rewritten by another thread while execve runs: the recorded argv
+    must be the one the new program received (read from the new image), or
+    say it is the caller's (argv_source "caller": the program, which exits
+    within microseconds here, was gone before its image could be read; the
+    fraction read from the image is in the verdict's detail)."""
+    v, events, log, _ = rec_attack(esc, tmp_path, "rec_argv_race", "40")
+    if events is not None:
+        real = {line[0]: line[1] for line in log}
+        ran = [e for e in execs_of(events) if e.get("argv", [None])[1:2] == ["rec_note"]]
+        image = [e for e in ran if e.get("argv_source") == "image"]
+        wrong = [e for e in image if real.get(e["argv"][2]) != e["argv"][3]]
+        evil = sum(1 for a in real.values() if a != "benign")
+        if len(ran) != len(real) or not real:
+            v = Verdict("ESCAPED", f"{len(real)} programs ran, {len(ran)} recorded")
+        elif wrong:
+            v = Verdict("ESCAPED", f"recorded argv {wrong[0]['argv']} is not what the program got "
+                                   f"({real.get(wrong[0]['argv'][2])})")
+        else:
+            v = Verdict("BLOCKED", f"{len(image)} of {len(ran)} argv read from the new image, all right "
+                                   f"({evil} raced); the rest marked argv_source caller")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_argv_race", "argv rewritten by another thread during execve: the record has what the program got",
+          esc, v)
+
+
+def test_rec_symlink_swap(esc, tmp_path):
+    """A symlink swapped between two different binaries while execve runs:
+    each recorded identity must be the file that ran (its size, which the
+    program reports, and its SHA-256)."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_symlink_swap", "40")
+    if events is not None:
+        by_size = {len(attack): sha(attack), len(attack) + 1: sha(attack + b"X")}
+        real = {line[0]: int(line[2]) for line in log}
+        ran = [e for e in execs_of(events) if e.get("argv", [None])[1:2] == ["rec_note"]]
+        wrong = [e for e in ran if e.get("sha256") != by_size.get(real.get(e["argv"][2]))]
+        if len(ran) != len(real) or not real:
+            v = Verdict("ESCAPED", f"{len(real)} programs ran, {len(ran)} recorded")
+        elif wrong:
+            v = Verdict("ESCAPED", f"recorded {wrong[0].get('sha256')} ({wrong[0].get('resolved')}) for a program "
+                                   f"of {real.get(wrong[0]['argv'][2])} bytes")
+        else:
+            both = len(set(real.values()))
+            v = Verdict("BLOCKED", f"{len(ran)} execs through a swapped symlink ({both} different files ran), "
+                                   "each recorded with the file that ran")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_symlink_swap", "a symlink swapped during execve: the record names the file that ran", esc, v)
+
+
+def test_rec_long_cwd(esc, tmp_path):
+    """A relative exec from a working directory longer than PATH_MAX."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_long_cwd")
+    if events is not None:
+        ran = [e for e in execs_of(events) if e.get("argv", [None])[-1:] == ["longcwd"]]
+        if not log or len(ran) != 1:
+            v = Verdict("ESCAPED", f"program ran: {bool(log)}; recorded: {ran}")
+        elif ran[0].get("sha256") != sha(attack + b"XX"):
+            v = Verdict("ESCAPED", f"recorded {ran[0].get('sha256')} / {ran[0].get('error')}, "
+                                   f"not the real {sha(attack + b'XX')}")
+        else:
+            v = Verdict("BLOCKED", "the program run from a cwd over PATH_MAX recorded with its real SHA-256")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_long_cwd", "exec from a cwd longer than PATH_MAX: the record names the file that ran", esc, v)
+
+
+def test_rec_shebang_chain(esc, tmp_path):
+    """/vol/a (#!/vol/b2) -> /vol/b2 (#!/bin/attack) -> the ELF: every file
+    of the chain named and hashed, in order."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_shebang")
+    if events is not None:
+        ran = [e for e in execs_of(events) if e.get("path") == "/vol/a"]
+        want = [("/vol/a", sha(b"#!/vol/b2\n")), ("/vol/b2", sha(b"#!/bin/attack\n")), ("/bin/attack", sha(attack))]
+        got = [(f.get("path"), f.get("sha256")) for f in (ran[0].get("files", []) if ran else [])]
+        if len(ran) != 1 or got[:3] != want:
+            v = Verdict("ESCAPED", f"recorded chain {got or ran} is not {want}")
+        else:
+            v = Verdict("BLOCKED", "script, interpreter script and ELF recorded with their SHA-256, in order")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_shebang_chain", "nested #! chain a -> b -> ELF: every file named and hashed", esc, v)
+
+
+def test_rec_memfd_exec(esc, tmp_path):
+    """A memfd executed through /proc/self/fd/N and execveat(AT_EMPTY_PATH)."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_memfd")
+    if events is not None:
+        ran = [e for e in execs_of(events) if e.get("argv", [None])[-1:] in (["procfd"], ["execveat"])]
+        real = sha(attack + b"XXX")
+        if len(log) != 2 or len(ran) != 2:
+            v = Verdict("ESCAPED", f"{len(log)} memfd programs ran, recorded: {ran}")
+        elif any(e.get("sha256") != real for e in ran):
+            v = Verdict("ESCAPED", f"recorded {[e.get('sha256') or e.get('error') for e in ran]}, not {real}")
+        else:
+            v = Verdict("BLOCKED", "both memfd execs recorded with the memfd's real SHA-256")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_memfd_exec", "memfd exec (/proc/self/fd/N, execveat AT_EMPTY_PATH): hashed from the file itself",
+          esc, v)
+
+
+def test_rec_hash_cache_poison(esc, tmp_path):
+    """Hash-cache poisoning: exec while a shared writable mapping is held
+    (ETXTBSY), rewrite through the mapping (tmpfs: no mtime change), unmap,
+    exec: the recorded hash must be the new content's."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_cache_poison", tmpfs=True)
+    if events is not None:
+        needle = b"usage: attack NAME"
+        i = attack.index(needle)
+        payload = attack[:i + 17] + b"F" + attack[i + 18:]
+        ran = [e for e in execs_of(events) if e.get("argv", [None])[-1:] == ["after"]]
+        early = [e for e in execs_of(events) if e.get("argv", [None])[-1:] == ["before"]]
+        if len(ran) != 1 or not any(line[1] == "after" for line in log):
+            v = Verdict("ESCAPED", f"the rewritten program ran: {log}; recorded: {ran}")
+        elif ran[0].get("sha256") != sha(payload):
+            v = Verdict("ESCAPED", f"recorded {ran[0].get('sha256')}, the program that ran is {sha(payload)}"
+                                   f"{' (the stale cached hash)' if ran[0].get('sha256') == sha(attack) else ''}")
+        elif early:
+            v = Verdict("ESCAPED", f"the exec refused with ETXTBSY is recorded as a program that ran: {early[0]}")
+        else:
+            v = Verdict("BLOCKED", "the rewritten file recorded with its new SHA-256; the ETXTBSY exec as a failure")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_hash_cache_poison", "hash-cache poisoning through a shared writable mapping of a tmpfs file",
+          esc, v)

@@ -34,7 +34,7 @@ def mount(src, target, fstype, flags=0, data=None):
 
 
 def setup_pid1(spec):
-    MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+    MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_MOVE = 2, 4, 8, 8192
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC,
@@ -42,7 +42,19 @@ def setup_pid1(spec):
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755")
     mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666")
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV)
+    # The repository share is mounted at the host's path by the initramfs; a
+    # clone under /tmp (as CI may make) must stay visible through the guest's
+    # own /tmp: move it aside, mount /tmp, move it back.
+    repo = next((a.split("=", 1)[1] for a in open("/proc/cmdline").read().split()
+                 if a.startswith("guest.repo=")), "")
+    under_tmp = repo.startswith("/tmp/")
+    if under_tmp:
+        os.makedirs("/run/guest-repo", exist_ok=True)
+        mount(repo, "/run/guest-repo", "none", MS_MOVE)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    if under_tmp:
+        os.makedirs(repo, exist_ok=True)
+        mount("/run/guest-repo", repo, "none", MS_MOVE)
     mount("mqueue", "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     mount("securityfs", "/sys/kernel/security", "securityfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     if os.path.exists("/sys/fs/bpf"):

@@ -282,3 +282,37 @@ TEST(TrackedTree, ATreeThatVanishesIsRecordedAndTheRunStillFinalizes) {
       << v.mismatches[0];
   EXPECT_TRUE(check_ledger(t.path + "/audit/ledger.ndjson").problems.empty());
 }
+
+TEST(TrackedTree, AConcurrentBeforeWalkThatFailsIsRecordedAndTheRunStillFinalizes) {
+  // A tree the container cannot change is walked while it runs; if that
+  // walk fails (a client unmounted it), the run is still finalized and
+  // signed, incomplete with the reason.
+  TempDir t;
+  RecordConfig c;
+  c.audit_dir = t.path + "/audit";
+  c.run_id = new_run_id();
+  c.container_id = "c1";
+  c.key_type = KeyType::ed25519;
+  c.hash_cache = false;
+  std::string rd;
+  {
+    RunRecord r(c);
+    r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
+    r.snapshot_before({TrackedTree{"rootfs", t.path + "/gone", {}, "read-only", {}}});
+    r.event("run.started", {{"init_pid", 7}});
+    r.event("run.exit", {{"code", 0}, {"signal", ""}});
+    r.walk_after();
+    r.snapshot_after();
+    r.finalize({{"exit", {{"code", 0}}}});
+    rd = r.dir();
+  }
+  json session = json::parse(read_file(rd + "/session.json"));
+  EXPECT_FALSE(session["complete"].get<bool>());
+  ASSERT_EQ(session["incomplete_reasons"].size(), 1u);
+  EXPECT_NE(session["incomplete_reasons"][0].get<std::string>().find("pre-run root of tree rootfs"),
+            std::string::npos);
+  auto v = verify_run(rd, {});
+  ASSERT_FALSE(v.verified());
+  EXPECT_NE(v.mismatches[0].find("incomplete run: pre-run root of tree rootfs"), std::string::npos)
+      << v.mismatches[0];
+}

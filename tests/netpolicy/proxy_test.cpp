@@ -1166,3 +1166,126 @@ TEST(Proxy, PendingHeadsShareOneMemoryBudget) {
   EXPECT_EQ(f.proxy->pending_connections(), 0);
   EXPECT_EQ(f.proxy->pending_header_bytes(), 0u);
 }
+
+namespace {
+cred::Active test_credential(uint16_t port) {
+  cred::Active a;
+  a.def = cred::parse("api",
+                      {{"source", {{"env", "UNUSED"}}},
+                       {"placeholder_env", "API_TOKEN"},
+                       {"destinations", {{{"host", "127.0.0.1"}, {"port", port}, {"path_prefix", "/api/"}}}},
+                       {"apply", {{"header", "Authorization"}, {"format", "Bearer {}"}}}},
+                      "test");
+  a.placeholder = cred::make_placeholder();
+  a.secret = "sk-the-real-secret";
+  return a;
+}
+
+std::vector<std::pair<std::string, json>> events_of(Events& ev, std::size_t n) {
+  ev.wait(n);
+  std::lock_guard lk(ev.mu);
+  return ev.list;
+}
+}  // namespace
+
+TEST(ProxyCredentials, AppliedOnItsDestinationStrippedOrDeniedElsewhereOnOneConnection) {
+  KeepAliveUpstream ku(1, [](int i, const std::string&) { return ok_response("r" + std::to_string(i)); });
+  Fixture f({rules_port(ku.port())});
+  auto a = test_credential(ku.port());
+  const std::string ph = a.placeholder;
+  f.proxy->set_credentials({a});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+  // 1: its destination and path: the placeholder becomes the secret.
+  send_str(c.get(), get(auth, "/api/models", "Authorization: Bearer " + ph + "\r\n"));
+  auto r1 = read_response(c.get(), carry);
+  EXPECT_EQ(r1, ok_response("r0"));
+  // 2: same host, a path outside the prefix: stripped, forwarded without it.
+  send_str(c.get(), get(auth, "/elsewhere", "Authorization: Bearer " + ph + "\r\nX-Leak: " + ph + "\r\n"));
+  auto r2 = read_response(c.get(), carry);
+  EXPECT_EQ(r2, ok_response("r1"));
+  // 3: the placeholder in the target: 403 naming the credential, nothing sent.
+  send_str(c.get(), get(auth, "/x?token=" + ph));
+  auto r3 = read_response(c.get(), carry);
+  EXPECT_EQ(r3.rfind("HTTP/1.1 403", 0), 0u) << r3;
+  EXPECT_NE(r3.find("credential api"), std::string::npos) << r3;
+  for (const auto* r : {&r1, &r2, &r3}) {
+    EXPECT_EQ(r->find(a.secret), std::string::npos);
+    EXPECT_EQ(r->find(ph), std::string::npos);
+  }
+  c.reset();
+  ku.up.reset();
+  ASSERT_EQ(ku.heads.size(), 2u);
+  EXPECT_NE(ku.heads[0].find("\r\nAuthorization: Bearer sk-the-real-secret\r\n"), std::string::npos)
+      << ku.heads[0];
+  EXPECT_EQ(ku.heads[0].find(ph), std::string::npos);
+  EXPECT_EQ(ku.heads[1].find("Authorization"), std::string::npos) << ku.heads[1];
+  EXPECT_EQ(ku.heads[1].find(ph), std::string::npos) << ku.heads[1];
+  EXPECT_EQ(ku.heads[1].find("sk-the"), std::string::npos) << ku.heads[1];
+  auto evs = events_of(f.ev, 5);
+  ASSERT_EQ(evs.size(), 5u);
+  // Every event: no secret, no placeholder.
+  for (const auto& [t, d] : evs) {
+    EXPECT_EQ(d.dump().find("sk-the"), std::string::npos) << d.dump();
+    EXPECT_EQ(d.dump().find(ph), std::string::npos) << d.dump();
+  }
+  EXPECT_EQ(evs[0].first, "net.connection");
+  EXPECT_EQ(evs[0].second["credential"], "api");
+  EXPECT_EQ(evs[0].second["path"], "/api/models");
+  EXPECT_EQ(evs[1].first, "net.credential");
+  EXPECT_EQ(evs[1].second["action"], "stripped");
+  EXPECT_EQ(evs[1].second["decision"], "denied");
+  EXPECT_EQ(evs[1].second["credential"], "api");
+  EXPECT_EQ(evs[1].second["request"], 2);
+  EXPECT_EQ(evs[2].first, "net.connection");
+  EXPECT_FALSE(evs[2].second.contains("credential"));
+  EXPECT_EQ(evs[3].first, "net.credential");
+  EXPECT_EQ(evs[3].second["action"], "denied");
+  EXPECT_EQ(evs[4].first, "net.connection");
+  EXPECT_EQ(evs[4].second["status"], 403);
+  EXPECT_EQ(evs[4].second["decision"], "denied");
+  auto t = f.proxy->totals();
+  EXPECT_EQ(t["credentials"]["requests"]["api"], 1);
+  EXPECT_EQ(t["credentials"]["placeholders_caught"], 2);
+}
+
+TEST(ProxyCredentials, NoCredentialsNoRewriteAndNoTotals) {
+  KeepAliveUpstream ku(1, [](int, const std::string&) { return ok_response("x"); });
+  Fixture f({rules_port(ku.port())});
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+  send_str(c.get(), get(auth, "/api/", "Authorization: Bearer agentshim-cred-0000\r\n"));
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("x"));
+  c.reset();
+  ku.up.reset();
+  ASSERT_EQ(ku.heads.size(), 1u);
+  EXPECT_NE(ku.heads[0].find("Authorization: Bearer agentshim-cred-0000"), std::string::npos);
+  EXPECT_FALSE(f.proxy->totals().contains("credentials"));
+}
+
+TEST(ProxyRequestRules, CheckedPerRequestOnOneConnectionAndConnectRefused) {
+  KeepAliveUpstream ku(1, [](int i, const std::string&) { return ok_response("r" + std::to_string(i)); });
+  Fixture f({rules_port(ku.port())});
+  f.proxy->set_request_rules(RequestRules::parse(
+      json::array({{{"host", "127.0.0.1"}, {"port", ku.port()}, {"methods", {"GET"}}, {"action", "allow"}}}),
+      "t"));
+  auto c = f.client();
+  std::string auth = "127.0.0.1:" + std::to_string(ku.port()), carry;
+  send_str(c.get(), get(auth, "/a"));
+  EXPECT_EQ(read_response(c.get(), carry), ok_response("r0"));
+  send_str(c.get(), "DELETE http://" + auth + "/a HTTP/1.1\r\nHost: " + auth + "\r\n\r\n");
+  auto r = read_response(c.get(), carry);
+  EXPECT_EQ(r.rfind("HTTP/1.1 403", 0), 0u) << r;
+  EXPECT_NE(r.find("no request rule for this destination allows DELETE"), std::string::npos) << r;
+  EXPECT_NE(r.find("Proxy-Status: agentshim; error=http_request_denied"), std::string::npos) << r;
+  auto e2 = f.ev.wait(2);
+  EXPECT_EQ(e2["decision"], "denied");
+  EXPECT_EQ(e2["status"], 403);
+  auto t = f.client();
+  send_str(t.get(), "CONNECT " + auth + " HTTP/1.1\r\nHost: " + auth + "\r\n\r\n");
+  auto h = read_head(t.get());
+  EXPECT_EQ(h.rfind("HTTP/1.1 403", 0), 0u) << h;
+  c.reset();
+  ku.up.reset();
+  EXPECT_EQ(ku.heads.size(), 1u);  // neither refused request reached the upstream
+}

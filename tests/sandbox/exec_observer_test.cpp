@@ -3,16 +3,21 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/openat2.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "attest/hash.h"
 #include "common/fd.h"
 #include "common/util.h"
 #include "sandbox/seccomp.h"
@@ -278,4 +283,95 @@ TEST(ExecObserver, DyingProcessAndStopWhileAnExecWaits) {
   EXPECT_EQ(obs.listeners(), 0u);
   obs.stop();
   EXPECT_TRUE(events.empty());
+}
+
+// The kernel's account (fanotify): a child in a mount namespace of its own
+// with a tmpfs; the observer marks that namespace's mounts. What is
+// recorded is the file the kernel opened: a copy on the tmpfs, a memfd
+// executed through /proc/self/fd/N (inode mark), and an exec while the file
+// is open for writing is refused with ETXTBSY and recorded as a failure.
+TEST(ExecObserver, KernelOpensAreRecordedWithTheirHashes) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (a mount namespace, fanotify)";
+  testutil::TempDir dir;
+  const std::string mnt = dir.path + "/mnt";
+  ASSERT_EQ(::mkdir(mnt.c_str(), 0755), 0);
+  const std::string body = read_file("/bin/true");
+  const std::string want = attest::hex(attest::sha256(body + "Z"));
+  auto prog = seccomp::exec_observer().bpf();
+  auto sp = make_socketpair(SOCK_SEQPACKET);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    sp.first.reset();
+    if (::unshare(CLONE_NEWNS) < 0 || ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) < 0 ||
+        ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=16m") < 0)
+      ::_exit(2);
+    const std::string copy = mnt + "/prog";
+    int out = ::open(copy.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    int m = static_cast<int>(::syscall(SYS_memfd_create, "payload", 0));
+    std::string data = body + "Z";
+    if (out < 0 || m < 0 || ::write(out, data.data(), data.size()) != static_cast<ssize_t>(data.size()) ||
+        ::write(m, data.data(), data.size()) != static_cast<ssize_t>(data.size()))
+      ::_exit(3);
+    ::close(out);
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ::_exit(4);
+    int fd = seccomp::load_program(prog);
+    if (fd < 0) ::_exit(5);
+    send_fds(sp.second.get(), "exec", &fd, 1);
+    ::close(fd);
+    char c;
+    if (::read(sp.second.get(), &c, 1) != 1) ::_exit(6);
+    auto run = [](const std::string& path, const char* tag) {
+      pid_t c = ::fork();
+      if (c == 0) {
+        char* argv[] = {const_cast<char*>("prog"), const_cast<char*>(tag), nullptr};
+        ::execv(path.c_str(), argv);
+        ::_exit(100 + errno);
+      }
+      int st = 0;
+      ::waitpid(c, &st, 0);
+      return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    };
+    if (run(copy, "copy") != 0) ::_exit(7);
+    if (run("/proc/self/fd/" + std::to_string(m), "memfd") != 0) ::_exit(8);
+    int w = ::open(copy.c_str(), O_WRONLY | O_CLOEXEC);
+    if (run(copy, "busy") != 100 + ETXTBSY) ::_exit(9);
+    ::close(w);
+    ::_exit(0);
+  }
+  sp.second.reset();
+  std::vector<UniqueFd> fds;
+  ASSERT_EQ(recv_fds(sp.first.get(), fds), "exec");
+  std::mutex mu;
+  std::vector<std::pair<std::string, json>> events;
+  {
+    observer::ExecObserver obs(
+        UniqueFd(), "",
+        [&](const std::string& type, json data) {
+          std::lock_guard<std::mutex> l(mu);
+          events.emplace_back(type, std::move(data));
+        },
+        nullptr, pid);
+    ASSERT_TRUE(obs.add(std::move(fds[0]), json::object()));
+    ASSERT_EQ(::write(sp.first.get(), "g", 1), 1);
+    EXPECT_EQ(wait_exit(pid), 0);
+    for (int i = 0; i < 200 && obs.listeners() > 0; i++) ::usleep(10000);
+    obs.stop();
+  }
+  std::lock_guard<std::mutex> l(mu);
+  ASSERT_GE(events.size(), 4u);
+  EXPECT_EQ(events[0].first, "exec.watch");
+  EXPECT_EQ(events[0].second["mechanism"], "fanotify") << events[0].second.dump();
+  std::map<std::string, json> by_tag;
+  for (const auto& [type, d] : events)
+    if (d.contains("argv") && d["argv"].size() == 2) by_tag[type + ":" + d["argv"][1].get<std::string>()] = d;
+  ASSERT_TRUE(by_tag.count("process.exec:copy")) << events.size();
+  EXPECT_EQ(by_tag["process.exec:copy"]["sha256"], want);
+  EXPECT_EQ(by_tag["process.exec:copy"]["observed"], "kernel");
+  ASSERT_TRUE(by_tag.count("process.exec:memfd"));
+  EXPECT_EQ(by_tag["process.exec:memfd"]["sha256"], want);
+  bool busy = false;
+  for (const auto& [type, d] : events)
+    if (type == "process.exec_failed" && d.value("errno", "") == "ETXTBSY") busy = true;
+  EXPECT_TRUE(busy);
 }

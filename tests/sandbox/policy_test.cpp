@@ -1078,7 +1078,7 @@ TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
     std::string m = e.what();
     EXPECT_NE(m.find("\"https://host.example\" is invalid"), std::string::npos) << m;
     EXPECT_NE(m.find("dev.agentshim.egress.allowed, which is not a known agentshim annotation (known: "
-                     "dev.agentshim.egress.allow)"),
+                     "dev.agentshim.egress.allow, dev.agentshim.credentials)"),
               std::string::npos)
         << m;
   }
@@ -1091,6 +1091,106 @@ TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
   ASSERT_EQ(ig.size(), 1u);
   EXPECT_EQ(ig[0]["action"], "ignored");
   EXPECT_EQ(policy::evaluate(with_mode(closed, "refuse"), cfg, ns.ctx()).violations.size(), 1u);
+}
+
+namespace {
+json credential_policy() {
+  return policy::validate(
+      {{"credentials",
+        {{"github",
+          {{"source", {{"file", "/etc/agentshim/secrets/github"}}},
+           {"placeholder_env", "GITHUB_TOKEN"},
+           {"destinations", {{{"host", "api.github.com"}, {"methods", {"GET"}}, {"path_prefix", "/repos/"}}}},
+           {"apply", {{"header", "Authorization"}, {"format", "Bearer {}"}}}}},
+         {"search",
+          {{"source", {{"env", "SEARCH_KEY"}}},
+           {"placeholder_env", "SEARCH_KEY"},
+           {"destinations", {{{"host", "search.example"}}}},
+           {"apply", {{"query", "key"}}}}}}}},
+      "policy test.json");
+}
+}  // namespace
+
+TEST(Policy, CredentialsSectionIsValidatedAndNormalised) {
+  json p = credential_policy();
+  EXPECT_EQ(p["credentials"]["github"]["destinations"][0]["port"], 443);
+  EXPECT_EQ(p["credentials"]["search"]["apply"], json({{"query", "key"}}));
+  EXPECT_EQ(policy::builtin()["credentials"], json::object());
+  auto err = [](json creds) { return error_of({{"credentials", std::move(creds)}}); };
+  EXPECT_NE(err(json::array()).find("credentials: must be an object"), std::string::npos)
+      << err(json::array());
+  json bad = credential_policy()["credentials"];
+  bad["github"]["source"] = {{"file", "x"}};
+  EXPECT_NE(err(bad).find("policy test.json: credentials.github.source.file: must be an absolute path"),
+            std::string::npos)
+      << err(bad);
+  EXPECT_NE(err({{"GH", json::object()}}).find("not a credential name"), std::string::npos);
+  // network.request_rules: normalised, and carried to the proxy only when set.
+  json rr = policy::validate(
+      {{"network",
+        {{"request_rules", {{{"host", "Reg.example"}, {"methods", {"GET"}}, {"action", "allow"}}}}}}},
+      "x");
+  EXPECT_EQ(rr["network"]["request_rules"][0]["host"], "reg.example");
+  EXPECT_EQ(rr["network"]["request_rules"][0]["port"], 443);
+  EXPECT_NE(error_of({{"network", {{"request_rules", {{{"host", "a"}, {"action", "no"}}}}}}})
+                .find("policy test.json: network.request_rules[0].action: must be"),
+            std::string::npos);
+}
+
+TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["process"]["env"] = {"GITHUB_TOKEN=ghp_real_value_the_caller_had", "A=b"};
+  cfg["annotations"] = {{"dev.agentshim.credentials", "github, search"}};
+  auto r = policy::apply(credential_policy(), cfg, ns.ctx());
+  ASSERT_EQ(r.network["credentials"].size(), 2u);
+  json gh = r.network["credentials"][0];
+  EXPECT_EQ(gh["name"], "github");
+  const std::string ph = gh["placeholder"];
+  EXPECT_EQ(ph.rfind("agentshim-cred-", 0), 0u);
+  EXPECT_EQ(gh["definition"]["placeholder_env"], "GITHUB_TOKEN");
+  auto env = names(r.config["process"]["env"]);
+  EXPECT_NE(std::find(env.begin(), env.end(), "GITHUB_TOKEN=" + ph), env.end());
+  EXPECT_EQ(std::find(env.begin(), env.end(), "GITHUB_TOKEN=ghp_real_value_the_caller_had"), env.end());
+  EXPECT_NE(std::find(env.begin(), env.end(), "A=b"), env.end());
+  EXPECT_TRUE(
+      has_text(r.decisions, "caller set GITHUB_TOKEN; replaced by the placeholder of credential github"));
+  EXPECT_TRUE(has_text(r.decisions, "applies it on requests to api.github.com:443"));
+  // A fresh placeholder per run.
+  auto r2 = policy::apply(credential_policy(), cfg, ns.ctx());
+  EXPECT_NE(r2.network["credentials"][0]["placeholder"], ph);
+  // exec'd processes get the same placeholders.
+  json settings = policy::exec_settings(credential_policy(), r);
+  json proc = {{"args", {"sh"}}, {"env", {"GITHUB_TOKEN=other"}}};
+  policy::apply_exec(settings, proc);
+  auto penv = names(proc["env"]);
+  EXPECT_NE(std::find(penv.begin(), penv.end(), "GITHUB_TOKEN=" + ph), penv.end());
+  EXPECT_EQ(std::find(penv.begin(), penv.end(), "GITHUB_TOKEN=other"), penv.end());
+  // No annotation: nothing.
+  cfg.erase("annotations");
+  EXPECT_FALSE(policy::apply(credential_policy(), cfg, ns.ctx()).network.contains("credentials"));
+}
+
+TEST(PolicyApply, UnknownCredentialIsAnErrorNamingIt) {
+  FakeNs ns;
+  json cfg = clean_config();
+  cfg["annotations"] = {{"dev.agentshim.credentials", "github,openai"}};
+  try {
+    policy::apply(credential_policy(), cfg, ns.ctx());
+    FAIL() << "an unknown credential was accepted";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("credential \"openai\", which this policy does not define (defined: github, search)"),
+              std::string::npos)
+        << m;
+  }
+  // Passthrough has no proxy to apply them.
+  json p = credential_policy();
+  p["network"]["mode"] = "passthrough";
+  p["namespaces"]["allow_host"] = {"network"};
+  cfg["annotations"] = {{"dev.agentshim.credentials", "github"}};
+  auto r = policy::evaluate(p, cfg, ns.ctx());
+  EXPECT_TRUE(has_text(r.violations, "only this container's egress proxy applies"));
 }
 
 TEST(PolicyApply, RefuseModeListsEveryViolation) {

@@ -1,0 +1,262 @@
+#include "attest/hashcache.h"
+
+#include <lmdb.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <tuple>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace agentshim::attest {
+
+bool HashCache::Key::operator<(const Key& o) const {
+  return std::tie(dev, ino, size, mtime_ns, ctime_ns) <
+         std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
+}
+
+HashCache::Key HashCache::key_of(const struct stat& st) {
+  return Key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+             static_cast<uint64_t>(st.st_size),
+             static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000LL + st.st_mtim.tv_nsec,
+             static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec};
+}
+
+namespace {
+// The address space the store may grow to (a sparse mapping, not memory).
+// When it is full the store is emptied and refilled: a stale entry can
+// never hit (its key holds the file's ctime), so emptying only costs
+// re-hashing.
+constexpr std::size_t kMapSize = std::size_t{4} << 30;
+constexpr unsigned kMaxReaders = 1024;  // concurrent supervisors, each with at most one read transaction
+constexpr std::size_t kCheck = 16;      // bytes of SHA-256 over key and value bytes, after the value
+
+std::string mdb_err(const std::string& what, int rc) {
+  return what + ": " + mdb_strerror(rc);
+}
+
+std::string file_key(const HashCache::Key& k) {
+  uint64_t f[5] = {k.dev, k.ino, k.size, static_cast<uint64_t>(k.mtime_ns),
+                   static_cast<uint64_t>(k.ctime_ns)};
+  return std::string(reinterpret_cast<const char*>(f), sizeof f);
+}
+
+std::string checked(std::string_view key, std::string_view body) {
+  std::string all(key);
+  all += body;
+  Digest c = sha256(all);
+  std::string out(body);
+  out.append(reinterpret_cast<const char*>(c.data()), kCheck);
+  return out;
+}
+// The value's body when its check holds.
+std::optional<std::string_view> unchecked(std::string_view key, std::string_view val) {
+  if (val.size() < kCheck) return std::nullopt;
+  std::string_view body = val.substr(0, val.size() - kCheck);
+  std::string all(key);
+  all += body;
+  Digest c = sha256(all);
+  if (std::memcmp(c.data(), val.data() + body.size(), kCheck) != 0) return std::nullopt;
+  return body;
+}
+
+// A tree's records share a 16-byte prefix: the start of SHA-256(tree name).
+std::string tree_prefix(const std::string& tree) {
+  Digest d = sha256("agentshim-tree\n" + tree);
+  return std::string(reinterpret_cast<const char*>(d.data()), 16);
+}
+
+MDB_val val_of(std::string_view s) {
+  return MDB_val{s.size(), const_cast<char*>(s.data())};
+}
+std::string_view view_of(const MDB_val& v) {
+  return {static_cast<const char*>(v.mv_data), v.mv_size};
+}
+}  // namespace
+
+// One LMDB environment per data file per process (LMDB's rule: a process
+// must not open the same environment twice).
+struct HashCache::Env {
+  MDB_env* env = nullptr;
+  MDB_dbi files = 0, trees = 0;
+  std::string path;
+  ~Env() {
+    if (env) mdb_env_close(env);
+  }
+
+  static std::shared_ptr<Env> open(const std::string& path) {
+    static std::mutex mu;
+    static std::map<std::string, std::weak_ptr<Env>> open_envs;
+    std::lock_guard<std::mutex> lk(mu);
+    if (auto e = open_envs[path].lock()) return e;
+    auto e = std::make_shared<Env>();
+    e->path = path;
+    int rc = mdb_env_create(&e->env);
+    if (rc) throw Error(mdb_err("hash cache " + path + ": mdb_env_create", rc));
+    mdb_env_set_maxdbs(e->env, 4);
+    mdb_env_set_mapsize(e->env, kMapSize);
+    mdb_env_set_maxreaders(e->env, kMaxReaders);
+    // NOMETASYNC: a crash may lose the last transaction, never the store's
+    // consistency (a cache: losing entries costs re-hashing only).
+    rc = mdb_env_open(e->env, path.c_str(), MDB_NOSUBDIR | MDB_NOTLS | MDB_NORDAHEAD | MDB_NOMETASYNC, 0600);
+    if (rc) {
+      mdb_env_close(e->env);
+      e->env = nullptr;
+      throw Error(mdb_err("hash cache " + path + ": open", rc));
+    }
+    int dead = 0;
+    mdb_reader_check(e->env, &dead);  // slots of supervisors that died mid-read
+    MDB_txn* txn = nullptr;
+    rc = mdb_txn_begin(e->env, nullptr, 0, &txn);
+    if (rc) throw Error(mdb_err("hash cache " + path + ": begin", rc));
+    if ((rc = mdb_dbi_open(txn, "files", MDB_CREATE, &e->files)) ||
+        (rc = mdb_dbi_open(txn, "trees", MDB_CREATE, &e->trees)) || (rc = mdb_txn_commit(txn))) {
+      if (txn) mdb_txn_abort(txn);
+      throw Error(mdb_err("hash cache " + path + ": open databases", rc));
+    }
+    open_envs[path] = e;
+    return e;
+  }
+
+  // Runs `fn` in a write transaction; a full map empties the store and
+  // retries once.
+  template <class Fn>
+  void write(Fn fn) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      MDB_txn* txn = nullptr;
+      int rc = mdb_txn_begin(env, nullptr, 0, &txn);
+      if (rc) throw Error(mdb_err("hash cache " + path + ": begin", rc));
+      rc = fn(txn);
+      if (rc == 0)
+        rc = mdb_txn_commit(txn);
+      else
+        mdb_txn_abort(txn);
+      if (rc == 0) return;
+      if (rc != MDB_MAP_FULL || attempt) throw Error(mdb_err("hash cache " + path + ": write", rc));
+      log::warn("hash cache " + path + " is full; emptying it");
+      rc = mdb_txn_begin(env, nullptr, 0, &txn);
+      if (rc) throw Error(mdb_err("hash cache " + path + ": begin", rc));
+      mdb_drop(txn, files, 0);
+      mdb_drop(txn, trees, 0);
+      if ((rc = mdb_txn_commit(txn))) throw Error(mdb_err("hash cache " + path + ": empty", rc));
+    }
+  }
+};
+
+HashCache::HashCache(std::string path) : path_(std::move(path)) {}
+
+HashCache::~HashCache() {
+  if (rtxn_) mdb_txn_abort(static_cast<MDB_txn*>(rtxn_));
+}
+
+bool HashCache::persistent() const {
+  return env_ != nullptr;
+}
+
+void HashCache::load() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (loaded_ || path_.empty()) return;
+  loaded_ = true;
+  try {
+    env_ = Env::open(path_);
+  } catch (const std::exception& e) {
+    log::warn(std::string(e.what()) + "; hashing without the cache");
+  }
+}
+
+std::optional<Digest> HashCache::get(const Key& k) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this run
+  if (!env_) return std::nullopt;
+  MDB_txn* txn = static_cast<MDB_txn*>(rtxn_);
+  // A read transaction is a snapshot: renewed for each lookup (cheap: the
+  // reader slot is kept), reset after it, so no old snapshot pins pages.
+  int rc = txn ? mdb_txn_renew(txn) : mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn);
+  if (rc) return std::nullopt;
+  rtxn_ = txn;
+  const std::string key = file_key(k);
+  MDB_val kv = val_of(key), v{};
+  std::optional<Digest> out;
+  if (mdb_get(txn, env_->files, &kv, &v) == 0) {
+    auto body = unchecked(key, view_of(v));
+    if (body && body->size() == 32) {
+      Digest d;
+      std::memcpy(d.data(), body->data(), 32);
+      out = d;
+    }
+  }
+  mdb_txn_reset(txn);
+  if (out) used_[k] = *out;
+  return out;
+}
+
+void HashCache::put(const Key& k, const Digest& d) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto [it, fresh] = used_.insert_or_assign(k, d);
+  (void)it;
+  (void)fresh;
+  pending_[k] = d;
+}
+
+void HashCache::save() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!env_ || pending_.empty()) return;
+  env_->write([&](MDB_txn* txn) {
+    for (const auto& [k, d] : pending_) {
+      const std::string key = file_key(k);
+      const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
+      MDB_val kv = val_of(key), vv = val_of(val);
+      if (int rc = mdb_put(txn, env_->files, &kv, &vv, 0)) return rc;
+    }
+    return 0;
+  });
+  pending_.clear();
+}
+
+std::unordered_map<std::string, std::string> HashCache::tree_records(const std::string& tree) {
+  std::unordered_map<std::string, std::string> out;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!env_) return out;
+  const std::string prefix = tree_prefix(tree);
+  MDB_txn* txn = nullptr;
+  if (mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn)) return out;
+  MDB_cursor* cur = nullptr;
+  if (mdb_cursor_open(txn, env_->trees, &cur) == 0) {
+    MDB_val k = val_of(prefix), v{};
+    for (int rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      std::string_view key = view_of(k);
+      if (key.size() < prefix.size() || key.substr(0, prefix.size()) != prefix) break;
+      if (auto body = unchecked(key, view_of(v))) out.emplace(std::string(key.substr(prefix.size())), *body);
+    }
+    mdb_cursor_close(cur);
+  }
+  mdb_txn_abort(txn);
+  return out;
+}
+
+void HashCache::update_tree(const std::string& tree, const std::map<std::string, std::string>& put,
+                            const std::vector<std::string>& del) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!env_ || (put.empty() && del.empty())) return;
+  const std::string prefix = tree_prefix(tree);
+  env_->write([&](MDB_txn* txn) {
+    for (const auto& p : del) {
+      const std::string key = prefix + p;
+      MDB_val kv = val_of(key);
+      int rc = mdb_del(txn, env_->trees, &kv, nullptr);
+      if (rc && rc != MDB_NOTFOUND) return rc;
+    }
+    for (const auto& [p, body] : put) {
+      if (p.empty() || p.size() > kMaxRecordPath) continue;
+      const std::string key = prefix + p;
+      const std::string val = checked(key, body);
+      MDB_val kv = val_of(key), vv = val_of(val);
+      if (int rc = mdb_put(txn, env_->trees, &kv, &vv, 0)) return rc;
+    }
+    return 0;
+  });
+}
+
+}  // namespace agentshim::attest

@@ -1,0 +1,73 @@
+// The per-host filesystem cache: content hashes keyed by file identity, and
+// the stored entries of trees already walked (the stat-only check), in one
+// LMDB store under <audit-dir>/cache. Shared by every supervisor on the host
+// at once (LMDB's own locking), updated in place in one short write
+// transaction per walk that learned something, never rewritten whole.
+// Nothing in a record depends on it: a root is the same with or without it
+// (docs/FORMATS.md "Hash cache").
+#pragma once
+
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "attest/hash.h"
+
+namespace agentshim::attest {
+
+class HashCache {
+ public:
+  struct Key {
+    uint64_t dev, ino, size;
+    int64_t mtime_ns, ctime_ns;
+    bool operator<(const Key& o) const;
+    bool operator==(const Key& o) const = default;
+  };
+  // `path`: the store's data file (LMDB, one file, its lock file beside it
+  // as path + "-lock"); "" keeps everything in memory for this object.
+  explicit HashCache(std::string path);
+  ~HashCache();
+  HashCache(const HashCache&) = delete;
+  HashCache& operator=(const HashCache&) = delete;
+
+  // Opens the store (once). A store that cannot be opened is reported and
+  // the cache works in memory only: a slower walk, never a wrong one.
+  void load();
+  // Writes the content hashes learned since the last save in one
+  // transaction (nothing to write: no transaction, no fsync).
+  void save();
+  std::optional<Digest> get(const Key& k);
+  void put(const Key& k, const Digest& d);
+  // The key of an open regular file, as the walks compute it.
+  static Key key_of(const struct stat& st);
+
+  // Tree records: per tree (any name: a host path, a layer's identity),
+  // opaque values keyed by the entry's relative path. Every value carries a
+  // check over its key and bytes; one that fails is dropped, never used.
+  // Paths longer than kMaxRecordPath are not stored.
+  static constexpr std::size_t kMaxRecordPath = 400;
+  std::unordered_map<std::string, std::string> tree_records(const std::string& tree);
+  // One write transaction: `put` replaces or adds, `del` removes.
+  void update_tree(const std::string& tree, const std::map<std::string, std::string>& put,
+                   const std::vector<std::string>& del);
+  bool persistent() const;  // the store is open (not memory only)
+
+ private:
+  struct Env;
+  std::string path_;
+  std::shared_ptr<Env> env_;
+  std::mutex mu_;
+  std::map<Key, Digest> used_;     // this run's hashes (found or computed)
+  std::map<Key, Digest> pending_;  // computed and not yet in the store
+  void* rtxn_ = nullptr;           // MDB_txn*, reset between gets
+  bool loaded_ = false;
+};
+
+}  // namespace agentshim::attest
