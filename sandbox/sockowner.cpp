@@ -1,5 +1,6 @@
 #include "sandbox/sockowner.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
@@ -10,9 +11,12 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "common/error.h"
+#include "common/util.h"
+#include "sandbox/peers.h"
 
 namespace agentshim::sockowner {
 
@@ -73,50 +77,137 @@ std::optional<Found> lookup_tcp4(int diag, const Tcp4& c) {
 }
 
 namespace {
+
 bool all_digits(const char* s) {
   if (!*s) return false;
   for (; *s; ++s)
     if (*s < '0' || *s > '9') return false;
   return true;
 }
+
+struct DirCloser {
+  void operator()(DIR* d) const { ::closedir(d); }
+};
+using Dir = std::unique_ptr<DIR, DirCloser>;
+
+std::optional<std::string> cgroup_of(pid_t pid) {
+  try {
+    return read_file("/proc/" + std::to_string(pid) + "/cgroup");
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+uint64_t netns_of(pid_t pid) {
+  struct stat st {};
+  std::string ns = "/proc/" + std::to_string(pid) + "/ns/net";
+  return ::stat(ns.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
 }  // namespace
 
-pid_t holder_of(uint64_t inode, const std::vector<pid_t>& candidates) {
+std::vector<pid_t> holders_of(uint64_t inode, const std::vector<pid_t>& candidates, bool* exhausted) {
   const std::string want = "socket:[" + std::to_string(inode) + "]";
+  std::vector<pid_t> out;
+  std::size_t seen = 0;
+  if (exhausted) *exhausted = false;
   char target[64];
   for (pid_t pid : candidates) {
-    std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-    DIR* d = ::opendir(dir.c_str());
+    Dir d(::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str()));
     if (!d) continue;
-    pid_t found = 0;
-    while (dirent* e = ::readdir(d)) {
+    while (dirent* e = ::readdir(d.get())) {
       if (!all_digits(e->d_name)) continue;
-      ssize_t n = ::readlinkat(::dirfd(d), e->d_name, target, sizeof target - 1);
+      if (++seen > kMaxFdEntries) {
+        if (exhausted) *exhausted = true;
+        return out;
+      }
+      ssize_t n = ::readlinkat(::dirfd(d.get()), e->d_name, target, sizeof target - 1);
       if (n <= 0) continue;
       target[n] = 0;
       if (want == target) {
-        found = pid;
+        out.push_back(pid);
+        if (out.size() >= 16) return out;
         break;
       }
     }
-    ::closedir(d);
-    if (found) return found;
   }
-  return 0;
+  return out;
+}
+
+pid_t holder_of(uint64_t inode, const std::vector<pid_t>& candidates) {
+  auto h = holders_of(inode, candidates);
+  return h.empty() ? 0 : h.front();
 }
 
 std::vector<pid_t> pids_in_netns(uint64_t netns_ino) {
   std::vector<pid_t> out;
-  DIR* d = ::opendir("/proc");
+  Dir d(::opendir("/proc"));
   if (!d) return out;
-  while (dirent* e = ::readdir(d)) {
+  while (dirent* e = ::readdir(d.get())) {
     if (!all_digits(e->d_name)) continue;
-    struct stat st {};
-    std::string ns = std::string("/proc/") + e->d_name + "/ns/net";
-    if (::stat(ns.c_str(), &st) == 0 && st.st_ino == netns_ino)
-      out.push_back(static_cast<pid_t>(std::stol(e->d_name)));
+    auto pid = static_cast<pid_t>(std::stol(e->d_name));
+    if (netns_of(pid) == netns_ino) out.push_back(pid);
   }
-  ::closedir(d);
+  return out;
+}
+
+Attributor::Attributor(uint64_t netns_ino) : netns_ino_(netns_ino), diag_(open_diag()) {}
+
+std::vector<pid_t> Attributor::candidates(bool refresh) {
+  // Processes come and go with every command the container runs; a list a
+  // second old is tried first and made anew when it holds no answer.
+  auto now = std::chrono::steady_clock::now();
+  if (refresh || cached_at_ == std::chrono::steady_clock::time_point{} ||
+      now - cached_at_ > std::chrono::seconds(1)) {
+    cached_ = pids_in_netns(netns_ino_);
+    cached_at_ = now;
+  }
+  return cached_;
+}
+
+std::vector<Holder> Attributor::holders(int fd) {
+  sockaddr_in peer{}, local{};
+  socklen_t pl = sizeof peer, ll = sizeof local;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl) < 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) < 0 || peer.sin_family != AF_INET ||
+      local.sin_family != AF_INET)
+    return {};
+  Tcp4 t;
+  t.src = peer.sin_addr;
+  t.sport = ntohs(peer.sin_port);
+  t.dst = local.sin_addr;
+  t.dport = ntohs(local.sin_port);
+  std::vector<pid_t> pids;
+  {
+    std::lock_guard lk(mu_);
+    auto f = lookup_tcp4(diag_.get(), t);
+    if (!f) return {};
+    bool cut = false;
+    pids = holders_of(f->inode, candidates(false), &cut);
+    if (pids.empty() && !cut) pids = holders_of(f->inode, candidates(true));
+  }
+  if (pids.empty()) return {};
+  // Which container each belongs to: the agentshim containers in this
+  // namespace, told apart by their cgroup (a pod's containers share the
+  // network, and may share the pid namespace, but each has its own cgroup).
+  std::vector<std::pair<peers::Peer, std::string>> pod;
+  for (auto& p : peers::all()) {
+    if (netns_of(p.init_pid) != netns_ino_) continue;
+    if (auto cg = cgroup_of(p.init_pid)) pod.emplace_back(std::move(p), std::move(*cg));
+  }
+  std::vector<Holder> out;
+  for (pid_t pid : pids) {
+    Holder h;
+    h.pid = pid;
+    if (auto cg = cgroup_of(pid))
+      for (const auto& [p, pcg] : pod)
+        if (*cg == pcg) {
+          h.id = p.id;
+          h.root = p.root;
+          break;
+        }
+    out.push_back(std::move(h));
+  }
   return out;
 }
 

@@ -96,3 +96,47 @@ TEST(SockOwner, AConnectionNobodyHoldsAnyMoreIsUnknownNotAnError) {
   none.sport = 1;
   EXPECT_FALSE(sockowner::lookup_tcp4(diag.get(), none).has_value());
 }
+
+// Every holder is named: a socket shared with a second process (as one passed
+// over SCM_RIGHTS would be) names both.
+TEST(SockOwner, EveryHolderIsNamed) {
+  Conn c = connect_from_child();
+  ASSERT_TRUE(c.accepted);
+  UniqueFd diag = sockowner::open_diag();
+  auto f = sockowner::lookup_tcp4(diag.get(), c.tuple);
+  ASSERT_TRUE(f.has_value());
+  // The child's socket is not ours: only the child holds it.
+  bool cut = true;
+  auto h = sockowner::holders_of(f->inode, {::getpid(), c.child}, &cut);
+  EXPECT_FALSE(cut);
+  EXPECT_EQ(h, std::vector<pid_t>{c.child});
+  finish(c);
+}
+
+// The proxy's question, through the accepted descriptor: the child is named;
+// it is in no agentshim container, so no container is.
+TEST(SockOwner, AttributorNamesTheProcessBehindAnAcceptedDescriptor) {
+  struct stat st {};
+  ASSERT_EQ(::stat("/proc/self/ns/net", &st), 0);
+  sockowner::Attributor attr(st.st_ino);
+  Conn c = connect_from_child();
+  ASSERT_TRUE(c.accepted);
+  auto hs = attr.holders(c.accepted.get());
+  ASSERT_EQ(hs.size(), 1u);
+  EXPECT_EQ(hs[0].pid, c.child);
+  EXPECT_EQ(hs[0].id, "");
+  finish(c);  // (before the next fork: a child would inherit c's release pipe)
+  // A second connection from a new process: the candidate list of a moment
+  // ago does not hold it and is made anew.
+  Conn d = connect_from_child();
+  auto hs2 = attr.holders(d.accepted.get());
+  ASSERT_EQ(hs2.size(), 1u);
+  EXPECT_EQ(hs2[0].pid, d.child);
+  finish(d);
+  // Not a TCP/IPv4 connection: unknown, not an error.
+  int sp[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+  EXPECT_TRUE(attr.holders(sp[0]).empty());
+  ::close(sp[0]);
+  ::close(sp[1]);
+}
