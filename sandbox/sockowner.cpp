@@ -160,6 +160,8 @@ std::vector<pid_t> Attributor::candidates(bool refresh) {
   if (refresh || cached_at_ == std::chrono::steady_clock::time_point{} ||
       now - cached_at_ > std::chrono::seconds(1)) {
     cached_ = pids_in_netns(netns_ino_);
+    // The serving process holds the accepted end, never the client's.
+    std::erase(cached_, ::getpid());
     cached_at_ = now;
   }
   return cached_;
