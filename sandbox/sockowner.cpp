@@ -53,7 +53,7 @@ std::optional<Found> lookup_tcp4(int diag, const Tcp4& c) {
     ssize_t n = ::recv(diag, buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno("sock_diag: recv");
-    int len = static_cast<int>(n);
+    auto len = static_cast<unsigned>(n);  // NLMSG_OK compares with nlmsg_len (unsigned)
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
       if (h->nlmsg_type == NLMSG_ERROR) {
         // ENOENT: no such socket (closed, or not in this namespace).
