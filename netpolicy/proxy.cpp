@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "netpolicy/proxy_internal.h"
+#include "netpolicy/tls.h"
 
 namespace agentshim::net {
 
@@ -166,6 +167,10 @@ json Proxy::totals() const {
     }
     t["credentials"] = {{"requests", used}, {"placeholders_caught", cred_caught_}};
   }
+  if (tls_)
+    t["tls"] = {{"intercepted_connections", n_intercepted_.load()},
+                {"refused_handshakes", n_tls_refused_.load()},
+                {"certificates_issued", tls_->authority().issued()}};
   return t;
 }
 
@@ -178,6 +183,17 @@ void Proxy::set_credentials(std::vector<cred::Active> creds) {
 std::shared_ptr<const std::vector<cred::Active>> Proxy::credentials() const {
   std::lock_guard lk(cred_mu_);
   return creds_;
+}
+
+bool Proxy::intercepts(const std::string& host, uint16_t port) const {
+  if (!tls_) return false;
+  if (rules_.covers(host, port)) return true;
+  auto creds = credentials();
+  if (!creds) return false;
+  for (const auto& a : *creds)
+    for (const auto& d : a.def.destinations)
+      if (d.host == host && d.port == port) return true;
+  return false;
 }
 
 bool Proxy::check_request_rules(Conn& c) {
@@ -262,10 +278,9 @@ void Proxy::emit(Conn& c) {
             {"bytes_down", c.down},
             {"duration_ms", static_cast<int64_t>(dur)},
             {"end", c.end}};
-  if (!c.credential.empty()) {
-    d["credential"] = c.credential;
-    d["path"] = c.path;
-  }
+  if (!c.credential.empty()) d["credential"] = c.credential;
+  if (!c.credential.empty() || c.intercepted) d["path"] = c.path;
+  if (c.intercepted) d["tls"] = "intercepted";
   try {
     sink_("net.connection", std::move(d));
   } catch (...) {

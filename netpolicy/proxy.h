@@ -79,6 +79,10 @@
 
 namespace agentshim::net {
 
+namespace tls {
+class Interceptor;
+}
+
 using json = nlohmann::json;
 // Called from proxy threads; must be cheap; the sink must be thread-safe.
 using EventSink = std::function<void(const std::string& type, json data)>;
@@ -124,6 +128,15 @@ class Proxy {
   void set_credentials(std::vector<cred::Active> creds);
   // Before start(): request-level rules (netpolicy/request_rules.h).
   void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }
+  // Before start(): TLS interception (netpolicy/tls.h). A CONNECT to a
+  // destination that has a credential or request rules is then terminated
+  // with the run's certificate and its requests are read, checked and
+  // rewritten like plain HTTP; every other CONNECT stays an opaque tunnel.
+  // Without it such a CONNECT is an opaque tunnel (credentials) or denied
+  // (request rules).
+  void set_tls(std::shared_ptr<tls::Interceptor> tls) { tls_ = std::move(tls); }
+  // Would a CONNECT to host:port be intercepted?
+  bool intercepts(const std::string& host, uint16_t port) const;
   json totals() const;
   int active_connections() const { return active_.load(); }
   int pending_connections() const { return pending_.load(); }
@@ -140,6 +153,10 @@ class Proxy {
   void worker(std::unique_ptr<Conn> c);
   // CONNECT: connect, answer 200, relay until the end (proxy_tunnel.cpp).
   void tunnel_session(Conn& c);
+  // An intercepted CONNECT (proxy_tls.cpp): both TLS handshakes, then the
+  // requests on the decrypted stream, each checked and recorded.
+  void intercept_session(Conn& c);
+  void intercepted_requests(Conn& c, int upstream);
   // Resolve, check every address, connect (one budget). On failure the error
   // answer was sent and recorded (false).
   bool connect_upstream(Conn& c, UniqueFd& up);
@@ -197,6 +214,8 @@ class Proxy {
   // (answered and recorded).
   bool apply_credentials(Conn& c);
   RequestRules rules_;
+  std::shared_ptr<tls::Interceptor> tls_;
+  std::atomic<uint64_t> n_intercepted_{0}, n_tls_refused_{0};
   // Check the current request of c against the request rules; false: it was
   // refused (answered 403 and recorded).
   bool check_request_rules(Conn& c);
