@@ -248,7 +248,8 @@ ParseResult parse_request_head(std::string_view data, std::size_t max_header_byt
 
   if (origin) {
     if (method == "CONNECT") return fail(400, "CONNECT inside an intercepted TLS tunnel");
-    if (target.front() != '/') return fail(400, "request target inside a TLS tunnel must be origin-form (/path)");
+    if (target.front() != '/')
+      return fail(400, "request target inside a TLS tunnel must be origin-form (/path)");
     if (target.find('#') != std::string_view::npos) return fail(400, "fragment in request target");
     req.host = origin->host;
     req.port = origin->port;

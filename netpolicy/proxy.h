@@ -57,6 +57,7 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -67,6 +68,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -123,8 +125,12 @@ class Proxy {
   void start();
   void stop();
   // The credentials this container asked for (netpolicy/credentials.h),
-  // applied on the requests the proxy reads (plain HTTP). Thread-safe: a
-  // later call replaces them for the requests that follow (rotation).
+  // applied on the requests the proxy reads (plain HTTP, intercepted TLS).
+  // Thread-safe: a later call replaces them for the requests that follow.
+  // A credential read from a file is also re-read by the proxy itself when
+  // the file changes (rotation, docs/CREDENTIALS.md): net.credential event
+  // with action "rotated" (or "rotation-failed" and the reason, keeping the
+  // old value).
   void set_credentials(std::vector<cred::Active> creds);
   // Before start(): request-level rules (netpolicy/request_rules.h).
   void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }
@@ -209,6 +215,20 @@ class Proxy {
   std::map<std::string, uint64_t> cred_applied_;
   uint64_t cred_caught_ = 0;
   std::shared_ptr<const std::vector<cred::Active>> credentials() const;
+  // Rotation: a credential whose source is a file is re-read when the file
+  // changed (identity, size, mtime, ctime), checked at most once a second.
+  struct FileStamp {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    timespec mtime{}, ctime{};
+    bool operator==(const FileStamp& o) const;
+  };
+  std::mutex rotate_mu_;
+  std::map<std::string, FileStamp> stamps_;  // by credential name (file sources)
+  std::chrono::steady_clock::time_point next_rotate_check_{};
+  static std::optional<FileStamp> stamp_of(const std::string& path);
+  void maybe_rotate();
   // Apply the credentials to the current request of c (its req, host and
   // port); records a caught placeholder. False: the request was refused
   // (answered and recorded).

@@ -43,7 +43,7 @@ struct Proxy::Conn {
   uint64_t up = 0, down = 0;
   bool error = false;
   std::string credential, path;  // applied credentials (names) and the path, when any was applied
-  bool intercepted = false;       // a request read inside an intercepted TLS tunnel
+  bool intercepted = false;      // a request read inside an intercepted TLS tunnel
 };
 
 namespace proxy_io {

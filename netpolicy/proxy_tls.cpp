@@ -249,7 +249,8 @@ void Proxy::intercepted_requests(Conn& c, int upstream) {
     if (x.bad_response && rl.down == 0) {
       c.status = 502;
       c.reason = x.end.substr(7);
-      respond(c, 502, "agentshim: " + c.method + " to " + authority(c.host, c.port) + " failed: bad response");
+      respond(c, 502,
+              "agentshim: " + c.method + " to " + authority(c.host, c.port) + " failed: bad response");
       return;
     }
     emit(c);

@@ -54,7 +54,8 @@ void add_ext(X509* cert, X509* issuer, int nid, const char* value) {
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
   std::unique_ptr<X509_EXTENSION, ExtFree> ext(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
-  if (!ext || !X509_add_ext(cert, ext.get(), -1)) fail(std::string("certificate extension ") + OBJ_nid2sn(nid));
+  if (!ext || !X509_add_ext(cert, ext.get(), -1))
+    fail(std::string("certificate extension ") + OBJ_nid2sn(nid));
 }
 
 void random_serial(X509* cert) {
@@ -70,12 +71,12 @@ void random_serial(X509* cert) {
 }
 
 void set_name(X509_NAME* n, const std::string& cn) {
-  if (!X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("agentshim"), -1,
-                                  -1, 0))
+  if (!X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("agentshim"),
+                                  -1, -1, 0))
     fail("subject");
   if (!cn.empty() &&
-      !X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1,
-                                  -1, 0))
+      !X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()),
+                                  -1, -1, 0))
     fail("subject CN");
 }
 
@@ -106,8 +107,8 @@ int on_server_name(SSL* s, int* alert, void*) {
   return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-int on_alpn(SSL* s, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned int inlen,
-            void*) {
+int on_alpn(SSL* s, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+            unsigned int inlen, void*) {
   for (unsigned i = 0; i < inlen;) {
     unsigned len = in[i];
     if (i + 1 + len > inlen) break;
@@ -235,8 +236,10 @@ std::shared_ptr<X509> Authority::leaf(const std::string& host) {
   return it->second;
 }
 
-Interceptor::Interceptor(std::shared_ptr<Authority> ca, const std::string& upstream_ca_file) : ca_(std::move(ca)) {
-  std::call_once(g_state_once, [] { g_state_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr); });
+Interceptor::Interceptor(std::shared_ptr<Authority> ca, const std::string& upstream_ca_file)
+    : ca_(std::move(ca)) {
+  std::call_once(g_state_once,
+                 [] { g_state_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr); });
   if (g_state_index < 0) fail("SSL_get_ex_new_index");
   server_.reset(SSL_CTX_new(TLS_server_method()));
   if (!server_) fail("SSL_CTX_new (server)");
@@ -264,7 +267,8 @@ Interceptor::Interceptor(std::shared_ptr<Authority> ca, const std::string& upstr
   if (SSL_CTX_set_alpn_protos(c, alpn, sizeof alpn) != 0) fail("ALPN");
 }
 
-Handshake Interceptor::accept(int fd, const std::string& host, int stop_fd, Clock::time_point deadline) const {
+Handshake Interceptor::accept(int fd, const std::string& host, int stop_fd,
+                              Clock::time_point deadline) const {
   Handshake h;
   std::shared_ptr<X509> cert;
   try {
@@ -280,7 +284,8 @@ Handshake Interceptor::accept(int fd, const std::string& host, int stop_fd, Cloc
   }
   AcceptState st{host, {}, false};
   SSL_set_ex_data(ssl.get(), g_state_index, &st);
-  if (SSL_use_certificate(ssl.get(), cert.get()) != 1 || SSL_use_PrivateKey(ssl.get(), ca_->leaf_key()) != 1 ||
+  if (SSL_use_certificate(ssl.get(), cert.get()) != 1 ||
+      SSL_use_PrivateKey(ssl.get(), ca_->leaf_key()) != 1 ||
       SSL_add1_chain_cert(ssl.get(), ca_->ca_cert()) != 1 || SSL_set_fd(ssl.get(), fd) != 1) {
     h.error = openssl_error("preparing the TLS server");
     return h;
@@ -298,7 +303,8 @@ Handshake Interceptor::accept(int fd, const std::string& host, int stop_fd, Cloc
   return h;
 }
 
-Handshake Interceptor::connect(int fd, const std::string& host, int stop_fd, Clock::time_point deadline) const {
+Handshake Interceptor::connect(int fd, const std::string& host, int stop_fd,
+                               Clock::time_point deadline) const {
   Handshake h;
   SslPtr ssl(SSL_new(client_.get()));
   if (!ssl) {

@@ -82,8 +82,8 @@ class Authority {
 };
 
 struct Handshake {
-  SslPtr ssl;          // set on success
-  std::string error;   // one line on failure (never container bytes beyond a bounded, printable name)
+  SslPtr ssl;            // set on success
+  std::string error;     // one line on failure (never container bytes beyond a bounded, printable name)
   bool refused = false;  // the peer asked for something the policy refuses (SNI mismatch, no http/1.1)
 };
 

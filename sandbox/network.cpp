@@ -62,11 +62,11 @@ net::Limits limits_of(const json& j) {
   return l;
 }
 
-const char* const kTrustVars[] = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE",
-                                  "GIT_SSL_CAINFO"};
-const char* const kDistroBundles[] = {"/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
-                                      "/etc/ssl/ca-bundle.pem", "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-                                      "/etc/ssl/cert.pem"};
+const char* const kTrustVars[] = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+                                  "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"};
+const char* const kDistroBundles[] = {
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", "/etc/ssl/cert.pem"};
 
 // The image's CA bundle, read inside the rootfs (symlinks resolved within
 // it); "" when none of the usual paths is a regular PEM file of at most 8 MiB.
@@ -78,7 +78,8 @@ std::string distro_bundle(const std::string& rootfs, std::string& which) {
       UniqueFd p = rootfs::open_in_root(root.get(), path, false, true);
       struct stat st {};
       if (::fstat(p.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (8 << 20)) continue;
-      UniqueFd f(::open(("/proc/self/fd/" + std::to_string(p.get())).c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+      UniqueFd f(
+          ::open(("/proc/self/fd/" + std::to_string(p.get())).c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
       if (!f) continue;
       std::string text;
       char buf[65536];
@@ -101,7 +102,8 @@ std::string distro_bundle(const std::string& rootfs, std::string& which) {
 
 }  // namespace
 
-void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs, const std::string& state_dir) {
+void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
+                  const std::string& state_dir) {
   if (!net.is_object()) return;
   const std::string mode = net.value("mode", "confined");
   if (mode != "internal" && mode != "confined") return;
@@ -156,16 +158,17 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
   net["tls"] = {{"ca_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}};
   if (!decisions.is_array()) decisions = json::array();
   const std::string why = creds ? "credentials" : "network.request_rules";
-  decisions.push_back({{"rule", why},
-                       {"path", std::string("mounts[") + kRunCaPath + "]"},
-                       {"action", "added"},
-                       {"detail", std::string("the egress proxy intercepts TLS to the destinations of ") + why +
-                                      ": the run's certificate authority (with the image's CA bundle) is mounted "
-                                      "read-only at " +
-                                      kRunCaPath +
-                                      " and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, "
-                                      "CURL_CA_BUNDLE, GIT_SSL_CAINFO point at it" +
-                                      (replaced.empty() ? std::string() : " (caller's " + replaced + " replaced)")}});
+  decisions.push_back(
+      {{"rule", why},
+       {"path", std::string("mounts[") + kRunCaPath + "]"},
+       {"action", "added"},
+       {"detail", std::string("the egress proxy intercepts TLS to the destinations of ") + why +
+                      ": the run's certificate authority (with the image's CA bundle) is mounted "
+                      "read-only at " +
+                      kRunCaPath +
+                      " and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, "
+                      "CURL_CA_BUNDLE, GIT_SSL_CAINFO point at it" +
+                      (replaced.empty() ? std::string() : " (caller's " + replaced + " replaced)")}});
 }
 
 std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const std::string& rootfs,
@@ -256,9 +259,10 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
       const char* test_ca = std::getenv(kTestUpstreamCaEnv);
       std::string upstream_ca = test_ca ? test_ca : "";
       proxy_->set_tls(std::make_shared<net::tls::Interceptor>(o_.run_ca, upstream_ca));
-      ev["tls"] = {{"interception", true},
-                   {"ca_path", o_.tls.value("ca_path", "")},
-                   {"upstream_trust", upstream_ca.empty() ? std::string("host") : "test file " + upstream_ca}};
+      ev["tls"] = {
+          {"interception", true},
+          {"ca_path", o_.tls.value("ca_path", "")},
+          {"upstream_trust", upstream_ca.empty() ? std::string("host") : "test file " + upstream_ca}};
     }
     dns_ = std::make_unique<net::DnsStub>(std::move(dns_udp), std::move(dns_tcp), o_.dns, allow, sink);
   }

@@ -54,7 +54,7 @@ struct Options {
   // "credentials": {"name", "placeholder", "definition"}); their secrets are
   // read when the proxy starts (docs/CREDENTIALS.md).
   json credentials = json::array();
-  json request_rules = json::array();              // policy network.request_rules, normalised
+  json request_rules = json::array();  // policy network.request_rules, normalised
   // TLS interception (trust_run_ca): {"ca_file", "ca_path", "env"}, or empty.
   json tls = json::object();
   // The run's certificate authority (prepare_run_ca), set by the supervisor.
@@ -77,7 +77,8 @@ constexpr const char* kTestUpstreamCaEnv = "AGENTSHIM_TEST_UPSTREAM_CA";
 // SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and
 // GIT_SSL_CAINFO point at it (a caller's values are replaced); the decisions
 // say so; net["tls"] tells the supervisor and `exec`. Nothing otherwise.
-void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs, const std::string& state_dir);
+void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
+                  const std::string& state_dir);
 // The supervisor, before the init mounts anything: for a container with
 // net["tls"], make the run's CA (its key only in this process's memory) and
 // write the bundle file: the rootfs's distribution bundle (the first of the
