@@ -425,5 +425,5 @@ def test_rotation_applies_a_new_secret_without_restarting(lab, tls_lab, net_root
     got = {g["line"].split(" ")[1]: headers_of(g) for g in received(tls_lab["log"])[before:]}
     assert got["/v1/before"]["authorization"] == f"Bearer {SECRET}", (got, so, se)
     assert got["/v1/after"]["authorization"] == "Bearer sk-rotated-NEWVALUE", (got, so, se)
-    rot = [e["data"] for e in n.events({"net.credential"}) if e["data"].get("action") == "rotated"]
+    rot = [e["data"] for e in n.events({"net.credential_rotation"}) if e["data"].get("action") == "rotated"]
     assert rot and rot[0]["credential"] == "api" and "NEWVALUE" not in json.dumps(rot), rot

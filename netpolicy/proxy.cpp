@@ -224,14 +224,12 @@ void Proxy::maybe_rotate() {
       next.back().secret = std::move(secret);
       changed = true;
       ev["action"] = "rotated";
-      ev["decision"] = "allowed";
     } catch (const std::exception& e) {
-      ev["action"] = "rotation-failed";
-      ev["decision"] = "denied";
+      ev["action"] = "failed";
       ev["reason"] = std::string(e.what()) + "; the previous value stays in use";
     }
     if (sink_) try {
-        sink_("net.credential", std::move(ev));
+        sink_("net.credential_rotation", std::move(ev));
       } catch (...) {
       }
   }

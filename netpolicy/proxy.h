@@ -128,9 +128,9 @@ class Proxy {
   // applied on the requests the proxy reads (plain HTTP, intercepted TLS).
   // Thread-safe: a later call replaces them for the requests that follow.
   // A credential read from a file is also re-read by the proxy itself when
-  // the file changes (rotation, docs/CREDENTIALS.md): net.credential event
-  // with action "rotated" (or "rotation-failed" and the reason, keeping the
-  // old value).
+  // the file changes (rotation, docs/CREDENTIALS.md): a
+  // net.credential_rotation event {credential, source, action "rotated", or
+  // "failed" and the reason, the old value kept}.
   void set_credentials(std::vector<cred::Active> creds);
   // Before start(): request-level rules (netpolicy/request_rules.h).
   void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }

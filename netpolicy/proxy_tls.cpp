@@ -36,6 +36,7 @@ void Proxy::intercept_session(Conn& c) {
   const std::string target = "CONNECT to " + authority(c.host, c.port);
   c.intercepted = true;
   c.path.clear();
+  set_nodelay(c.fd.get());  // the handshake's several writes must not wait for delayed ACKs
   if (!c.leftover.empty()) {
     // The client sent bytes before the tunnel existed: its TLS handshake
     // cannot be taken over from the middle.

@@ -184,9 +184,9 @@ struct ProxyUnderTest {
   ProxyUnderTest(uint16_t upstream_port, const std::string& upstream_ca_file) {
     auto l = listen_loopback();
     port = port_of(l.get());
-    proxy = std::make_unique<Proxy>(
-        std::move(l), Allowlist::parse({"127.0.0.1:" + std::to_string(upstream_port)}, "test"), Limits{},
-        ev.sink());
+    proxy = std::make_unique<Proxy>(std::move(l),
+                                    Allowlist::parse({"127.0.0.1:" + std::to_string(upstream_port)}, "test"),
+                                    Limits{}, ev.sink());
     proxy->set_tls(std::make_shared<tls::Interceptor>(run_ca, upstream_ca_file));
   }
 };
@@ -233,7 +233,8 @@ TEST(TlsAuthority, LeafVerifiesAgainstTheRunCaAndIsCachedPerName) {
   tls::CtxPtr unused;
   X509_STORE* st = X509_STORE_new();
   X509_STORE_add_cert(st, ca->ca_cert());
-  for (auto [cert, name, is_ip] : {std::tuple{a.get(), "api.example.test", false}, {ip.get(), "127.0.0.1", true}}) {
+  for (auto [cert, name, is_ip] :
+       {std::tuple{a.get(), "api.example.test", false}, {ip.get(), "127.0.0.1", true}}) {
     X509_STORE_CTX* ctx = X509_STORE_CTX_new();
     X509_STORE_CTX_init(ctx, st, cert, nullptr);
     X509_VERIFY_PARAM* vp = X509_STORE_CTX_get0_param(ctx);
@@ -291,8 +292,8 @@ TEST(ProxyTls, CredentialAppliedInsideTheTunnelPerRequestOnKeepAlive) {
                         "\r\nAuthorization: Bearer " + ph + "\r\n\r\n");
     EXPECT_NE(r1.find("200 OK"), std::string::npos) << r1;
     // Outside the path prefix: stripped and recorded.
-    auto r2 = c.request("GET /admin HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(up.port) + "\r\nX-Leak: " + ph +
-                        "\r\n\r\n");
+    auto r2 = c.request("GET /admin HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(up.port) +
+                        "\r\nX-Leak: " + ph + "\r\n\r\n");
     EXPECT_NE(r2.find("200 OK"), std::string::npos) << r2;
     // A Host naming another host: 400, never forwarded.
     auto r3 = c.request("GET /v1/x HTTP/1.1\r\nHost: other.test\r\n\r\n");
@@ -304,7 +305,8 @@ TEST(ProxyTls, CredentialAppliedInsideTheTunnelPerRequestOnKeepAlive) {
   {
     std::lock_guard lk(up.mu);
     ASSERT_EQ(up.heads.size(), 2u);
-    EXPECT_NE(up.heads[0].find("Authorization: Bearer sk-the-real-secret\r\n"), std::string::npos) << up.heads[0];
+    EXPECT_NE(up.heads[0].find("Authorization: Bearer sk-the-real-secret\r\n"), std::string::npos)
+        << up.heads[0];
     EXPECT_EQ(up.heads[1].find(ph), std::string::npos) << up.heads[1];
     EXPECT_EQ(up.heads[1].find("sk-the"), std::string::npos) << up.heads[1];
   }
@@ -373,7 +375,8 @@ TEST(ProxyTls, UntrustedUpstreamIsRefusedWith502AndTheReason) {
   ASSERT_EQ(evs.size(), 1u);
   EXPECT_EQ(evs[0].second["status"], 502);
   EXPECT_EQ(evs[0].second["end"], "refused");
-  EXPECT_NE(evs[0].second["reason"].get<std::string>().find("upstream certificate not trusted"), std::string::npos)
+  EXPECT_NE(evs[0].second["reason"].get<std::string>().find("upstream certificate not trusted"),
+            std::string::npos)
       << evs[0].second.dump();
   std::lock_guard lk(up.mu);
   EXPECT_TRUE(up.heads.empty());
