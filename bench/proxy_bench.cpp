@@ -25,6 +25,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,6 +43,7 @@
 #include "common/fd.h"
 #include "netpolicy/proxy.h"
 #include "netpolicy/tls.h"
+#include "sandbox/sockowner.h"
 
 using namespace agentshim;
 using Clock = std::chrono::steady_clock;
@@ -470,6 +473,7 @@ int main(int argc, char** argv) {
   double rate = 0;
   std::size_t wsize = 1 << 20;
   std::string mode = "threads";
+  bool attribute = false;
   std::vector<std::string> allow;
   std::string upstream_ca, run_ca_out, ca_out, ca;
   int intercept = 0;
@@ -507,6 +511,8 @@ int main(int argc, char** argv) {
       ca_out = v;
     else if (k == "--ca")
       ca = v;
+    else if (k == "--attribute")
+      attribute = v == "1";
     else
       return usage();
   }
@@ -533,6 +539,18 @@ int main(int argc, char** argv) {
           p.set_request_rules(net::RequestRules::parse(
               nlohmann::json::array({{{"host", "127.0.0.1"}, {"port", intercept}, {"action", "allow"}}}),
               "bench"));
+      }
+      if (attribute) {
+        // What a pod's sandbox does for every connection (sandbox/sockowner.h),
+        // here in the host's namespace: every process on the machine is a
+        // candidate, the worst case.
+        struct stat st {};
+        if (::stat("/proc/self/ns/net", &st) < 0) throw std::runtime_error("stat /proc/self/ns/net");
+        auto attr = std::make_shared<sockowner::Attributor>(st.st_ino);
+        p.set_attribution([attr](int fd) -> nlohmann::json {
+          auto hs = attr->holders(fd);
+          return hs.empty() ? nlohmann::json(nullptr) : nlohmann::json(hs.front().pid);
+        });
       }
       p.start();
       int sig = 0;

@@ -44,6 +44,7 @@ struct Proxy::Conn {
   bool error = false;
   std::string credential, path;  // applied credentials (names) and the path, when any was applied
   bool intercepted = false;      // a request read inside an intercepted TLS tunnel
+  json origin;                   // who is behind the connection (Proxy::set_attribution), null: unknown
 };
 
 namespace proxy_io {
