@@ -231,6 +231,13 @@ void create(const Global& g, const CreateOptions& o) {
   pctx.bundle = bundle;
   pctx.owned = policy::runtime_owned(pol, g.root, audit_dir, g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
+  // What the policy changed that the caller may not expect is said where
+  // clients show a runtime's messages, not only in the record (issue 16).
+  for (const auto& d : pres.decisions) {
+    const std::string a = d.value("action", "");
+    if (a == "capped" || a == "ignored" || a == "dropped" || a == "neutralised" || a == "narrowed")
+      log::warn_user("policy " + a + " " + d.value("path", "") + ": " + d.value("detail", ""));
+  }
   json cfg = pres.config;
   // A capability the policy keeps but the host cannot grant is an error
   // (OCI: a value that cannot be mapped MUST be), never silently left out.
