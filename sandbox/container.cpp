@@ -32,6 +32,7 @@
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
+#include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/peers.h"
 #include "sandbox/policy.h"
@@ -338,6 +339,7 @@ void create(const Global& g, const CreateOptions& o) {
     userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
+  network::trust_run_ca(cfg, pres.network, pres.decisions, rootfs, dir);
 
   setup::Setup s;
   s.id = o.id;
