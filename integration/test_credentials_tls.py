@@ -25,17 +25,19 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import tarfile  # noqa: F401  (documentation: the image is a plain rootfs tar)
 import time
 from urllib.parse import unquote
 
 import pytest
 
-from conftest import AGENTSHIM, run  # noqa: F401
+from conftest import AGENTSHIM, REPO, run  # noqa: F401
 from test_network import UPSTREAM, NetRun, copy_with_libs, lab, net_rootfs, out  # noqa: F401  (fixtures)
 
 SECRET = "sk-live-0123456789abcdefSECRETVALUE"
-IMAGE_TAR = "/var/cache/agentshim-bench/bookworm.tar"
+sys.path.insert(0, os.path.join(REPO, "bench"))
+from realimage import TARBALL as IMAGE_TAR, ensure_tarball  # noqa: E402  (built once, cached outside the repo)
 
 TLS_LOGSERVER = r"""
 import http.server, json, socketserver, ssl, sys
@@ -173,8 +175,11 @@ def tls_lab(lab, tmp_path_factory):
 @pytest.fixture(scope="module")
 def debian_root(tmp_path_factory):
     """The Debian image (python3, git, nodejs) unpacked, with the host's
-    curl added; None when the cached image does not exist."""
-    if not os.path.exists(IMAGE_TAR):
+    curl added (built by mmdebstrap once, as test_realimage's); None when
+    it cannot be built."""
+    try:
+        ensure_tarball(IMAGE_TAR)
+    except (OSError, subprocess.CalledProcessError):
         return None
     d = str(tmp_path_factory.mktemp("debian") / "rootfs")
     os.makedirs(d)
