@@ -1736,6 +1736,36 @@ static void a_rec_cache_poison(void) {
           WIFEXITED(st2) && WEXITSTATUS(st2) == 0 ? "ran" : "failed");
 }
 
+/* A payload staged on a tmpfs (/scratch), executed, deleted: no walk ever
+ * sees the file. The copy is four bytes longer than /bin/attack. */
+static void a_rec_tmpfs_stage(void) {
+  const char* f = "/scratch/stage/payload";
+  mkdir("/scratch/stage", 0755);
+  if (copy_file("/bin/attack", f, 4) < 0) error_out("copy to %s: %s", f, en(errno));
+  char* av[] = {(char*)f, (char*)"rec_note", (char*)"0", (char*)"staged", NULL};
+  int st = run_child(f, av);
+  if (unlink(f) < 0) error_out("unlink: %s", en(errno));
+  rmdir("/scratch/stage");
+  blocked("staged payload ran (%s) and was removed", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ok" : "failed");
+}
+
+/* An existing file of a writable volume on a tmpfs (/vol/data) rewritten
+ * through a shared writable mapping: on tmpfs neither mtime nor ctime
+ * moves, and the size stays the same. */
+static void a_rec_mmap_volume(void) {
+  const char* f = "/vol/data";
+  int fd = open(f, O_RDWR | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 16) error_out("open %s: %s", f, en(errno));
+  char* map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) error_out("mmap: %s", en(errno));
+  close(fd);
+  memcpy(map, "PWNED", 5);
+  memcpy(map + st.st_size - 5, "PWNED", 5);
+  munmap(map, (size_t)st.st_size);
+  blocked("rewrote %lld bytes of %s through a shared mapping", (long long)st.st_size, f);
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 static const struct {
@@ -1819,6 +1849,8 @@ static const struct {
     {"rec_shebang", a_rec_shebang, 1},
     {"rec_memfd", a_rec_memfd, 1},
     {"rec_cache_poison", a_rec_cache_poison, 1},
+    {"rec_tmpfs_stage", a_rec_tmpfs_stage, 1},
+    {"rec_mmap_volume", a_rec_mmap_volume, 1},
 };
 
 int main(int argc, char** argv) {
