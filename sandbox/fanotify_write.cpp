@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <optional>
 
 #include "attest/canonical.h"
 #include "common/error.h"
@@ -119,12 +120,13 @@ WriteWatch::WriteWatch(Sink sink, std::size_t max_dirty) : sink_(std::move(sink)
   int g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
   if (g < 0) throw_errno("fanotify_init(FAN_CLASS_NOTIF)");
   write_group_.reset(g);
-  g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME,
+  g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME_TARGET,
                       O_RDONLY | O_LARGEFILE | O_CLOEXEC);
   if (g >= 0)
     entry_group_.reset(g);
   else
-    log::debug(std::string("write watch: fanotify_init(FAN_REPORT_DFID_NAME): ") + std::strerror(errno));
+    log::debug(std::string("write watch: fanotify_init(FAN_REPORT_DFID_NAME_TARGET): ") +
+               std::strerror(errno));
 }
 
 WriteWatch::~WriteWatch() {
@@ -149,8 +151,10 @@ std::string WriteWatch::mark(int fd, const std::string& tree, bool entries) {
     log::debug("write watch: " + tree + ": fanotify_mark(FAN_MARK_FILESYSTEM): " + std::strerror(errno));
     return "";  // the entry events are an addition; the dirty set is what the walk relies on
   }
-  UniqueFd dup(::fcntl(fd, F_DUPFD_CLOEXEC, 3));
-  if (dup) entry_mounts_.emplace_back(std::move(dup), tree);
+  // open_by_handle_at takes no O_PATH descriptor as its mount: a real open
+  // of the mount's root directory.
+  UniqueFd dir(::open(self_fd(fd).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir) entry_mounts_.emplace_back(std::move(dir), tree);
   return "";
 }
 
@@ -242,6 +246,71 @@ void WriteWatch::read_write_group() {
   }
 }
 
+namespace {
+// One file handle record of an event (DFID_NAME: the directory and a name;
+// FID: the object itself), checked to lie within the event.
+struct HandleRecord {
+  std::string key;  // fsid, type and handle bytes: a map key
+  __kernel_fsid_t fsid{};
+  std::string handle;  // struct file_handle, ready for open_by_handle_at
+  std::string name;    // DFID_NAME only
+};
+
+bool parse_handle(const char* p, const char* next, bool with_name, HandleRecord& out) {
+  if (static_cast<std::size_t>(next - p) <
+      sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle))
+    return false;
+  std::memcpy(&out.fsid, p + offsetof(struct fanotify_event_info_fid, fsid), sizeof out.fsid);
+  const char* fhp = p + sizeof(struct fanotify_event_info_fid);
+  struct file_handle fh {};
+  std::memcpy(&fh, fhp, sizeof fh);
+  const char* bytes = fhp + sizeof(struct file_handle);
+  if (fh.handle_bytes > MAX_HANDLE_SZ || fh.handle_bytes > static_cast<std::size_t>(next - bytes))
+    return false;
+  out.handle.assign(fhp, sizeof(struct file_handle) + fh.handle_bytes);
+  out.key = fsid_key(&out.fsid) + out.handle;
+  if (with_name) {
+    const char* name = bytes + fh.handle_bytes;
+    const void* nul = name < next ? std::memchr(name, '\0', static_cast<std::size_t>(next - name)) : nullptr;
+    if (!nul) return false;
+    out.name.assign(name, static_cast<const char*>(nul));
+  }
+  return true;
+}
+
+// At most this many directory handles are remembered with their paths.
+constexpr std::size_t kMaxKnownDirs = 65536;
+}  // namespace
+
+// The path of the directory a handle names: decoded now on the marked
+// mount, or, when it is gone already, the path it had when last decoded or
+// created ("" when never seen).
+std::string WriteWatch::dir_path(const std::string& key, const std::string& handle, const void* fsid,
+                                 std::string* tree) {
+  for (const auto& [mfd, t] : entry_mounts_) {
+    struct statfs sf {};
+    if (::fstatfs(mfd.get(), &sf) < 0 || fsid_key(&sf.f_fsid) != fsid_key(fsid)) continue;
+    *tree = t;
+    alignas(struct file_handle) char hb[sizeof(struct file_handle) + MAX_HANDLE_SZ];
+    std::memcpy(hb, handle.data(), std::min(handle.size(), sizeof hb));
+    UniqueFd d(static_cast<int>(::syscall(SYS_open_by_handle_at, mfd.get(),
+                                          reinterpret_cast<struct file_handle*>(hb), O_PATH | O_CLOEXEC)));
+    std::string p = d ? fd_path(d.get()) : std::string();
+    if (!p.empty()) {
+      remember_dir(key, p);
+      return p;
+    }
+    break;
+  }
+  auto it = known_dirs_.find(key);
+  return it == known_dirs_.end() ? std::string() : it->second;
+}
+
+void WriteWatch::remember_dir(const std::string& key, const std::string& path) {
+  if (known_dirs_.size() >= kMaxKnownDirs && !known_dirs_.count(key)) return;
+  known_dirs_[key] = path;
+}
+
 void WriteWatch::read_entry_group() {
   alignas(struct fanotify_event_metadata) char buf[64 * 1024];
   for (;;) {
@@ -263,60 +332,46 @@ void WriteWatch::read_entry_group() {
         if (first) sink_("fs.watch", json{{"overflow", "the entry event queue overflowed (FAN_Q_OVERFLOW)"}});
         continue;
       }
-      // Info records follow the metadata, within event_len: the one this
-      // group asked for is DFID_NAME (the directory's handle, then the name).
+      // Info records follow the metadata, within event_len: DFID_NAME (the
+      // directory's handle, then the name) and, for a created directory,
+      // FID (its own handle: remembered with its path, so entries below it
+      // are named even once it is gone).
       const char* p = reinterpret_cast<const char*>(m) + m->metadata_len;
       const char* end = reinterpret_cast<const char*>(m) + m->event_len;
+      std::optional<HandleRecord> dir, self;
       while (p + sizeof(struct fanotify_event_info_header) <= end) {
         struct fanotify_event_info_header h {};
         std::memcpy(&h, p, sizeof h);
         if (h.len < sizeof h || h.len > static_cast<std::size_t>(end - p)) break;
         const char* next = p + h.len;
-        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME &&
-            h.len >= sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle)) {
-          __kernel_fsid_t fsid{};
-          std::memcpy(&fsid, p + offsetof(struct fanotify_event_info_fid, fsid), sizeof fsid);
-          const char* fhp = p + sizeof(struct fanotify_event_info_fid);
-          struct file_handle fh {};
-          std::memcpy(&fh, fhp, sizeof fh);
-          const char* handle = fhp + sizeof(struct file_handle);
-          if (fh.handle_bytes > MAX_HANDLE_SZ || handle + fh.handle_bytes >= next) break;
-          const char* name = handle + fh.handle_bytes;
-          const void* nul = std::memchr(name, '\0', static_cast<std::size_t>(next - name));
-          if (!nul) break;
-          std::string leaf(name, static_cast<const char*>(nul));
-          // The directory, from its handle, on the mount that was marked.
-          alignas(struct file_handle) char hb[sizeof(struct file_handle) + MAX_HANDLE_SZ];
-          auto* fhv = reinterpret_cast<struct file_handle*>(hb);
-          fhv->handle_bytes = fh.handle_bytes;
-          fhv->handle_type = fh.handle_type;
-          std::memcpy(fhv->f_handle, handle, fh.handle_bytes);
-          std::string dir, tree;
-          for (const auto& [mfd, t] : entry_mounts_) {
-            struct statfs sf {};
-            if (::fstatfs(mfd.get(), &sf) < 0 || fsid_key(&sf.f_fsid) != fsid_key(&fsid)) continue;
-            UniqueFd d(
-                static_cast<int>(::syscall(SYS_open_by_handle_at, mfd.get(), fhv, O_PATH | O_CLOEXEC)));
-            tree = t;
-            if (d) dir = fd_path(d.get());
-            break;
-          }
-          const char* type = (m->mask & FAN_CREATE)       ? "file.created"
-                             : (m->mask & FAN_DELETE)     ? "file.removed"
-                             : (m->mask & FAN_MOVED_FROM) ? "file.moved"
-                                                          : "file.moved";
-          json ev{{"tree", tree}, {"name", attest::pct_encode(leaf)}, {"pid", m->pid}};
-          if (!dir.empty())
-            ev["path"] = attest::pct_encode(dir == "/" ? "/" + leaf : dir + "/" + leaf);
-          else
-            ev["dir"] = "unknown: the directory is gone";
-          if (m->mask & FAN_ONDIR) ev["dir_entry"] = true;
-          if (m->mask & FAN_MOVED_FROM) ev["side"] = "from";
-          if (m->mask & FAN_MOVED_TO) ev["side"] = "to";
-          sink_(type, std::move(ev));
-        }
+        HandleRecord r;
+        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_handle(p, next, true, r))
+          dir = std::move(r);
+        else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_handle(p, next, false, r))
+          self = std::move(r);
         p = next;
       }
+      if (!dir) continue;
+      std::string tree;
+      std::string where = dir_path(dir->key, dir->handle, &dir->fsid, &tree);
+      const char* type = (m->mask & FAN_CREATE)   ? "file.created"
+                         : (m->mask & FAN_DELETE) ? "file.removed"
+                                                  : "file.moved";
+      json ev{{"tree", tree}, {"name", attest::pct_encode(dir->name)}, {"pid", m->pid}};
+      std::string full;
+      if (!where.empty()) {
+        full = where == "/" ? "/" + dir->name : where + "/" + dir->name;
+        ev["path"] = attest::pct_encode(full);
+      } else {
+        ev["dir"] = "unknown: the directory was gone before its first event was read";
+      }
+      if (m->mask & FAN_ONDIR) {
+        ev["dir_entry"] = true;
+        if (self && !full.empty() && (m->mask & (FAN_CREATE | FAN_MOVED_TO))) remember_dir(self->key, full);
+      }
+      if (m->mask & FAN_MOVED_FROM) ev["side"] = "from";
+      if (m->mask & FAN_MOVED_TO) ev["side"] = "to";
+      sink_(type, std::move(ev));
     }
   }
 }

@@ -97,6 +97,10 @@ class WriteWatch {
   void read_entry_group();
   void note_overflow(const std::string& why);
   std::string tree_of(int fd) const;
+  std::string dir_path(const std::string& key, const std::string& handle, const void* fsid,
+                       std::string* tree);
+  void remember_dir(const std::string& key, const std::string& path);
+  std::map<std::string, std::string> known_dirs_;  // directory handle -> path (loop thread only)
   UniqueFd write_group_, entry_group_;
   Sink sink_;
   std::size_t max_dirty_;

@@ -895,16 +895,40 @@ def test_rec_tmpfs_stage(esc, tmp_path):
 
 
 def test_rec_mmap_volume(esc, tmp_path):
-    """An existing file of a writable volume rewritten through a shared
-    mapping (the volume on a host tmpfs: no mtime, ctime or size change):
-    changes.ndjson must carry the modification with the real new SHA-256."""
+    """An existing file of a writable volume (on a host tmpfs) rewritten
+    through a shared mapping after the hash cache saw it: the pages are
+    faulted writable first (mtime and ctime move then, never again), a
+    second container with the same volume runs meanwhile (its walks cache
+    the file's identity with the old content, as any other run or walk of a
+    shared volume would), then the payload goes through the mapping.
+    changes.ndjson of the attacking run must carry the modification with the
+    real new SHA-256."""
     before = b"A" * 65536
+    vol = tmp_path / "vol"
+    result = {}
+    second = esc.bundle()
+    second.config["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol),
+                                    "options": ["rbind", "rw"]})
+    second.args("/bin/cat", "/vol/ready")
     try:
-        v, events, log, attack = rec_attack(esc, tmp_path, "rec_mmap_volume", vol_tmpfs=True,
-                                            prefill={"data": before})
-        after = (tmp_path / "vol" / "data").read_bytes()
+        t = threading.Thread(target=lambda: result.update(
+            r=rec_attack(esc, tmp_path, "rec_mmap_volume", vol_tmpfs=True, prefill={"data": before})))
+        t.start()
+        end = time.time() + 60
+        while not (vol / "ready").exists() and time.time() < end:
+            time.sleep(0.1)
+        assert (vol / "ready").exists(), "the attack never got ready"
+        cid = esc.cid()
+        r = esc.rt("run", "--bundle", second.path, cid, timeout=60)
+        assert r.returncode == 0, r.stderr
+        esc.rt("delete", "--force", cid)
+        esc.rt.ids.discard(cid)
+        (vol / "go").write_bytes(b"")
+        t.join(120)
+        after = (vol / "data").read_bytes()
     finally:
         unmount_vol(tmp_path)
+    v, events, log, attack = result["r"]
     assert after != before and after[:5] == b"PWNED", after[:16]  # the write happened
     if events is not None:
         ch = [c for c in run_changes(esc) if c.get("tree") == "/vol" and c.get("path") == "data"]
@@ -918,5 +942,5 @@ def test_rec_mmap_volume(esc, tmp_path):
             v = Verdict("BLOCKED", "the mapped write recorded as a modification with the real old and new SHA-256")
     elif v.kind == "BLOCKED":
         v = no_record(esc)
-    check("rec_mmap_volume", "a volume file rewritten through a shared mapping (no mtime/ctime/size change)",
+    check("rec_mmap_volume", "a volume file rewritten through a shared mapping after the hash cache saw it",
           esc, v)
