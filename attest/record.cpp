@@ -111,7 +111,10 @@ WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t, std::share
     o.cache_path = hash_cache_path(c.audit_dir);
     o.tree_key = "tree:" + t.host_path;  // the stat-only check against this path's last walk
   }
-  o.cache = std::move(cache);
+  // A tree read only through the container (a tmpfs, say) lives on an
+  // anonymous device whose number a later run's tmpfs may get again: its
+  // hashes stay in this walk's memory, never in the per-host cache.
+  o.cache = t.host_path.empty() ? std::make_shared<HashCache>("") : std::move(cache);
   o.exclude = t.exclude;
   o.max_file_bytes = c.max_file_bytes;
   return o;
