@@ -117,7 +117,10 @@ std::vector<WritableMount> writable_mounts(pid_t pid) {
 }
 
 WriteWatch::WriteWatch(Sink sink, std::size_t max_dirty) : sink_(std::move(sink)), max_dirty_(max_dirty) {
-  int g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+  // The kernel opens each event's file for us: O_NONBLOCK, so a FIFO the
+  // container wrote never blocks the read (only regular files are used).
+  int g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK,
+                          O_RDONLY | O_LARGEFILE | O_CLOEXEC | O_NONBLOCK);
   if (g < 0) throw_errno("fanotify_init(FAN_CLASS_NOTIF)");
   write_group_.reset(g);
   g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME_TARGET,
@@ -197,6 +200,9 @@ void WriteWatch::note_overflow(const std::string& why) {
     overflow_ = why;
     dirty_.clear();
   }
+  // Every file is read after the run anyway: stop paying for events (each
+  // opens a file in this process) that can no longer change anything.
+  ::fanotify_mark(write_group_.get(), FAN_MARK_FLUSH | FAN_MARK_MOUNT, 0, AT_FDCWD, nullptr);
   sink_("fs.watch", json{{"overflow", why}, {"reread", "all"}});
 }
 
