@@ -454,7 +454,16 @@ std::string too_large(uint64_t limit) {
 class JobQueue {
  public:
   explicit JobQueue(std::size_t cap) : cap_(cap) {}
+  // Called (on the walking thread) before the first job is queued: the
+  // hashing threads start only for a tree that has a file to read, so a
+  // walk of a tree without one (an empty tmpfs, /dev) spawns none.
+  std::function<void()> before_first;
   void push(Job j) {
+    if (before_first) {
+      auto f = std::move(before_first);
+      before_first = nullptr;
+      f();
+    }
     std::unique_lock<std::mutex> lk(mu_);
     not_full_.wait(lk, [&] { return q_.size() < cap_; });
     q_.push_back(std::move(j));
@@ -1036,15 +1045,17 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         if (t.joinable()) t.join();
     }
   } guard{queue, workers};
-  for (std::size_t t = 0; t < budget.workers; ++t)
-    workers.emplace_back([&] {
-      std::vector<char> buf(1 << 20);
-      Job j;
-      while (queue.pop(j)) {
-        hash_file(j, cache.get(), buf, bytes, hits);
-        j = Job{};
-      }
-    });
+  queue.before_first = [&] {
+    for (std::size_t t = 0; t < budget.workers; ++t)
+      workers.emplace_back([&] {
+        std::vector<char> buf(1 << 20);
+        Job j;
+        while (queue.pop(j)) {
+          hash_file(j, cache.get(), buf, bytes, hits);
+          j = Job{};
+        }
+      });
+  };
 
   Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
 
