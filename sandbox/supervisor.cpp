@@ -1054,13 +1054,18 @@ class Supervisor {
   void walk_after() {
     if (!record_) return;
     try {
-      if (observer_) {
-        observer_->stop();
-        observer_.reset();
-      }
+      // (Stopped here, destroyed with the supervisor, after the record is
+      // final: closing a fanotify group whose marks are still on live
+      // mounts — the tree descriptors keep the container's mounts — waits
+      // for an SRCU grace period.)
+      if (observer_) observer_->stop();
       if (write_watch_) {
         // What the container's last processes closed is queued by now.
+        auto t0 = std::chrono::steady_clock::now();
         write_watch_->stop();
+        log::debug("record phase write-watch-stop " + ms_since(t0) + " ms (" +
+                   std::to_string(write_watch_->events()) + " events, " +
+                   std::to_string(write_watch_->dirty_count()) + " files written)");
         observer::WriteWatch* w = write_watch_.get();
         record_->set_writes({[w](uint64_t dev, uint64_t ino) { return w->dirty(dev, ino); },
                              [w](uint64_t dev) { return w->dirty_dev(dev); }, w->overflowed(),
