@@ -32,6 +32,7 @@
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
+#include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/peers.h"
 #include "sandbox/policy.h"
@@ -230,6 +231,17 @@ void create(const Global& g, const CreateOptions& o) {
   pctx.bundle = bundle;
   pctx.owned = policy::runtime_owned(pol, g.root, audit_dir, g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
+  // What the policy changed that the caller may not expect is said where
+  // clients show a runtime's messages, not only in the record (issue 16):
+  // Docker shows `create`'s stderr as the container's. Capabilities the
+  // policy never grants (Docker asks for NET_RAW, MKNOD... on every run) are
+  // documented and in the record, not repeated on every run's stderr.
+  for (const auto& d : pres.decisions) {
+    const std::string a = d.value("action", "");
+    const bool caps = d.value("rule", "") == "capabilities.allowed";
+    if (a == "capped" || a == "ignored" || a == "neutralised" || (a == "dropped" && !caps))
+      log::warn_user("policy " + a + " " + d.value("path", "") + ": " + d.value("detail", ""));
+  }
   json cfg = pres.config;
   // A capability the policy keeps but the host cannot grant is an error
   // (OCI: a value that cannot be mapped MUST be), never silently left out.
@@ -327,6 +339,7 @@ void create(const Global& g, const CreateOptions& o) {
     userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
+  network::trust_run_ca(cfg, pres.network, pres.decisions, rootfs, dir);
 
   setup::Setup s;
   s.id = o.id;
