@@ -325,6 +325,7 @@ class XattrSource {
  public:
   XattrSource(int dirfd, const std::string& name) : dirfd_(dirfd), name_(name) {}
   ssize_t list(char* b, std::size_t n) {
+    if (name_.empty()) return ::flistxattr(dirfd_, b, n);  // an open file itself (a file root)
     if (g_xattrat.load(std::memory_order_relaxed)) {
       long r = ::syscall(__NR_listxattrat, dirfd_, name_.c_str(), AT_SYMLINK_NOFOLLOW, b, n);
       if (r >= 0 || !unavailable()) return r;
@@ -332,6 +333,7 @@ class XattrSource {
     return ::llistxattr(proc().c_str(), b, n);
   }
   ssize_t get(const std::string& key, char* b, std::size_t n) {
+    if (name_.empty()) return ::fgetxattr(dirfd_, key.c_str(), b, n);
     if (g_xattrat.load(std::memory_order_relaxed)) {
       struct {
         uint64_t value;
@@ -440,6 +442,7 @@ struct Job {
   FsEntry* entry = nullptr;
   uint64_t dev = 0, ino = 0;
   uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
+  bool fresh = false;      // WalkOptions::reread: never taken from the cache
 };
 
 std::string too_large(uint64_t limit) {
@@ -451,7 +454,16 @@ std::string too_large(uint64_t limit) {
 class JobQueue {
  public:
   explicit JobQueue(std::size_t cap) : cap_(cap) {}
+  // Called (on the walking thread) before the first job is queued: the
+  // hashing threads start only for a tree that has a file to read, so a
+  // walk of a tree without one (an empty tmpfs, /dev) spawns none.
+  std::function<void()> before_first;
   void push(Job j) {
+    if (before_first) {
+      auto f = std::move(before_first);
+      before_first = nullptr;
+      f();
+    }
     std::unique_lock<std::mutex> lk(mu_);
     not_full_.wait(lk, [&] { return q_.size() < cap_; });
     q_.push_back(std::move(j));
@@ -515,7 +527,7 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
     const HashCache::Key key = HashCache::key_of(st);
     if (attempt == 0) {
       // Another path to the same file (a hard link) hashed meanwhile.
-      if (auto d = cache->get(key)) {
+      if (auto d = j.fresh ? std::nullopt : cache->get(key)) {
         e.sha256 = hex(*d);
         e.size = want;
         if (stat_id_of(st) != e.id) e.id_valid = false;  // moved since the listing
@@ -716,7 +728,7 @@ class Walker {
   // The stat-only check: the stored record of this path, when its identity
   // is this statx's (docs/FORMATS.md "Hash cache").
   bool reuse(FsEntry& e, const struct statx& sx) {
-    if (!prior_) return false;
+    if (!prior_ || must_reread(sx)) return false;
     auto it = prior_->find(e.path);
     if (it == prior_->end()) return false;
     FsEntry r;
@@ -862,10 +874,16 @@ class Walker {
       e.target.assign(buf, static_cast<std::size_t>(ln));
   }
 
+  // WalkOptions::reread: written during the run (its identity may not say so).
+  bool must_reread(const struct statx& sx) const {
+    return (sx.stx_mode & S_IFMT) == S_IFREG && o_.reread && o_.reread(dev_of(sx), sx.stx_ino);
+  }
+
   void file(int dfd, const std::string& name, const struct statx& sx, FsEntry& e) {
     s_.files++;
     HashCache::Key key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
-    if (auto d = cache_->get(key)) {
+    const bool fresh = must_reread(sx);
+    if (auto d = fresh ? std::nullopt : cache_->get(key)) {
       e.sha256 = hex(*d);
       s_.cache_hits++;
       return;
@@ -874,12 +892,14 @@ class Walker {
       add_error(e, too_large(o_.max_file_bytes));
       return;
     }
+    if (fresh) s_.reread++;
     if (o_.before_open) o_.before_open(e.path, 'f');
     Job j;
     j.entry = &e;
     j.dev = dev_of(sx);
     j.ino = sx.stx_ino;
     j.max_bytes = o_.max_file_bytes;
+    j.fresh = fresh;
     const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
     if (proc_) {
       // Pin the inode without opening it (O_PATH runs no driver open), check
@@ -930,7 +950,66 @@ class Walker {
 
 }  // namespace
 
+namespace {
+// A tree whose root is a regular file (a single-file bind mount): one entry,
+// ".", read as a walk reads a file.
+FsSnapshot snapshot_file(const std::string& root, int pathfd, const struct statx& sx,
+                         const WalkOptions& opts) {
+  FsSnapshot s;
+  s.root_dir = root;
+  FsEntry e;
+  e.path = ".";
+  fill_statx(e, sx);
+  e.id = stat_id_of(sx);
+  e.id_valid = true;
+  s.files = 1;
+  std::string pp = "/proc/self/fd/" + std::to_string(pathfd);
+  const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
+  UniqueFd fd(::open(pp.c_str(), rd));
+  if (!fd && errno == EPERM) fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
+  if (!fd) {
+    add_error(e, errtext("open", errno));
+  } else {
+    read_xattrs(fd.get(), "", e);
+    if (opts.max_file_bytes && sx.stx_size > opts.max_file_bytes) {
+      add_error(e, too_large(opts.max_file_bytes));
+    } else {
+      std::shared_ptr<HashCache> cache = opts.cache ? opts.cache : std::make_shared<HashCache>("");
+      const bool fresh = opts.reread && opts.reread(dev_of(sx), sx.stx_ino);
+      if (fresh) s.reread = 1;
+      Job j;
+      j.fd = std::move(fd);
+      j.entry = &e;
+      j.dev = dev_of(sx);
+      j.ino = sx.stx_ino;
+      j.max_bytes = opts.max_file_bytes;
+      j.fresh = fresh;
+      std::vector<char> buf(1 << 20);
+      std::atomic<uint64_t> bytes{0}, hits{0};
+      hash_file(j, cache.get(), buf, bytes, hits);
+      s.bytes_hashed = bytes;
+      s.cache_hits = hits;
+    }
+  }
+  e.leaf = leaf_hash(e);
+  s.root = merkle_root({e.leaf});
+  s.entries.push_back(std::move(e));
+  return s;
+}
+}  // namespace
+
 FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
+  {
+    // A regular file at the root: a single-file bind mount. Never through a
+    // symlink, except the supervisor's own descriptor of the mount
+    // ("/proc/self/fd/N", a magic link to exactly that file).
+    const bool own_fd = starts_with(root_dir, "/proc/self/fd/") &&
+                        root_dir.find('/', std::strlen("/proc/self/fd/")) == std::string::npos;
+    UniqueFd p(::open(root_dir.c_str(), O_PATH | O_CLOEXEC | (own_fd ? 0 : O_NOFOLLOW)));
+    struct statx fsx {};
+    if (p && statx_at(p.get(), "", AT_EMPTY_PATH, fsx) == 0 && (fsx.stx_mode & S_IFMT) == S_IFREG)
+      return snapshot_file(root_dir, p.get(), fsx, opts);
+  }
   FsSnapshot s;
   s.root_dir = root_dir;
   UniqueFd rootfd(::open(root_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
@@ -966,15 +1045,17 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         if (t.joinable()) t.join();
     }
   } guard{queue, workers};
-  for (std::size_t t = 0; t < budget.workers; ++t)
-    workers.emplace_back([&] {
-      std::vector<char> buf(1 << 20);
-      Job j;
-      while (queue.pop(j)) {
-        hash_file(j, cache.get(), buf, bytes, hits);
-        j = Job{};
-      }
-    });
+  queue.before_first = [&] {
+    for (std::size_t t = 0; t < budget.workers; ++t)
+      workers.emplace_back([&] {
+        std::vector<char> buf(1 << 20);
+        Job j;
+        while (queue.pop(j)) {
+          hash_file(j, cache.get(), buf, bytes, hits);
+          j = Job{};
+        }
+      });
+  };
 
   Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
 

@@ -65,6 +65,7 @@ struct FsSnapshot {
   std::vector<FsEntry> entries;  // sorted bytewise by path
   Digest root{};
   uint64_t files = 0, dirs = 0, bytes_hashed = 0, cache_hits = 0;
+  uint64_t reread = 0;      // files read in full because WalkOptions::reread named them
   uint64_t reused = 0;      // entries whose stored record matched their statx (the stat-only check)
   bool stored_all = false;  // with a tree_key: every entry is now in the store
 };
@@ -96,6 +97,14 @@ struct WalkOptions {
   // petabyte sparse file for free, and hashing it must not keep the
   // record (and the caller's `docker run`) from ever finishing. 0: no limit.
   uint64_t max_file_bytes = 0;
+  // Files (device, inode) written during the run: read in full, never
+  // taken from the cache or the tree store, whatever their identity says (a
+  // write through a shared mapping need not move mtime or ctime). Empty:
+  // none.
+  std::function<bool(uint64_t dev, uint64_t ino)> reread;
+  // Any file of device `dev` written during the run: an overlay mount is
+  // then walked whole, not assembled from its layers (snapshot_root).
+  std::function<bool(uint64_t dev)> reread_dev;
   // Called on the walking thread just before a regular file ('f') or a
   // directory ('d') is opened, with its relative path. For tests that need
   // to change the tree between the listing and the open (races a hostile

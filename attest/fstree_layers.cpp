@@ -241,6 +241,13 @@ FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::v
                          const std::string& mount_path) {
   auto whole = [&] { return snapshot(dir, opts); };
   if (opts.tree_key.empty() || !opts.exclude.empty()) return whole();
+  // Files of the mount written during the run: their layer entries carry
+  // the layer's identities, not the mount's, so the mount is walked (and
+  // those files read in full, WalkOptions::reread).
+  if (opts.reread_dev) {
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) == 0 && opts.reread_dev(static_cast<uint64_t>(st.st_dev))) return whole();
+  }
   const std::string& where = mount_path.empty() ? dir : mount_path;
   auto layers = overlay_at(where);
   if (!layers) return whole();

@@ -105,14 +105,26 @@ void RunRecord::incomplete(const std::string& reason) {
 namespace {
 WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t, std::shared_ptr<HashCache> cache) {
   WalkOptions o;
-  if (c.hash_cache) {
+  // The tree store is kept per host path: a mount the container made
+  // (tmpfs) has none, and is new every run.
+  if (c.hash_cache && !t.host_path.empty()) {
     o.cache_path = hash_cache_path(c.audit_dir);
     o.tree_key = "tree:" + t.host_path;  // the stat-only check against this path's last walk
   }
-  o.cache = std::move(cache);
+  // A tree read only through the container (a tmpfs, say) lives on an
+  // anonymous device whose number a later run's tmpfs may get again: its
+  // hashes stay in this walk's memory, never in the per-host cache.
+  o.cache = t.host_path.empty() ? std::make_shared<HashCache>("") : std::move(cache);
   o.exclude = t.exclude;
   o.max_file_bytes = c.max_file_bytes;
   return o;
+}
+
+uint64_t not_hashed(const FsSnapshot& s) {
+  uint64_t n = 0;
+  for (const auto& e : s.entries)
+    if (e.type == 'f' && e.error.find("not hashed: larger than") != std::string::npos) n++;
+  return n;
 }
 
 json tree_json(const TrackedTree& t, const FsSnapshot& s, const std::vector<LayerUse>& layers = {}) {
@@ -123,7 +135,9 @@ json tree_json(const TrackedTree& t, const FsSnapshot& s, const std::vector<Laye
          {"files", s.files},
          {"bytes_hashed", s.bytes_hashed},
          {"cache_hits", s.cache_hits},
-         {"reused", s.reused}};
+         {"reused", s.reused},
+         {"not_hashed", not_hashed(s)}};
+  if (!t.fstype.empty()) j["fstype"] = t.fstype;
   if (!layers.empty()) {
     json arr = json::array();
     for (const auto& l : layers) {
@@ -234,6 +248,12 @@ void RunRecord::wait_before() {
   }
 }
 
+std::string RunRecord::reread_reason(std::size_t i) const {
+  if (!trees_[i].reread_all.empty()) return trees_[i].reread_all;
+  if (!writes_.lost.empty()) return writes_.lost;
+  return "";
+}
+
 void RunRecord::walk_after() {
   if (after_walked_) return;
   after_walked_ = true;
@@ -249,8 +269,15 @@ void RunRecord::walk_after() {
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     if (!trees_[i].unchanged_reason.empty()) continue;
     try {
-      after_[i] = snapshot_root(trees_[i].read_path(), walk_options(c_, trees_[i], cache_), &after_layers_[i],
-                                trees_[i].host_path);
+      WalkOptions o = walk_options(c_, trees_[i], cache_);
+      if (!reread_reason(i).empty()) {
+        o.reread = [](uint64_t, uint64_t) { return true; };
+        o.reread_dev = [](uint64_t) { return true; };
+      } else {
+        o.reread = writes_.dirty;
+        o.reread_dev = writes_.dirty_dev;
+      }
+      after_[i] = snapshot_root(trees_[i].read_path(), o, &after_layers_[i], trees_[i].host_path);
     } catch (const std::exception& e) {
       after_errors_[i] = e.what();
       log::error("run " + c_.run_id + ": the post-run root of tree " + trees_[i].name + " (" +
@@ -265,7 +292,7 @@ void RunRecord::snapshot_after() {
   wait_before();
   json arr = json::array();
   std::string changes;
-  uint64_t added = 0, modified = 0, removed = 0;
+  uint64_t added = 0, modified = 0, removed = 0, unverified = 0;
   for (std::size_t i = 0; i < trees_.size(); ++i) {
     if (!before_errors_[i].empty()) {
       // No pre-run root (its concurrent walk failed): no after root either.
@@ -298,15 +325,51 @@ void RunRecord::snapshot_after() {
       incomplete_.push_back("post-run root of tree " + trees_[i].name + ": " + after_errors_[i]);
       continue;
     }
-    arr.push_back(tree_json(trees_[i], after_[i], after_layers_[i]));
+    json tj = tree_json(trees_[i], after_[i], after_layers_[i]);
+    const std::string all = reread_reason(i);
+    json w{{"watch", trees_[i].watch.empty() ? "none" : trees_[i].watch}, {"reread", after_[i].reread}};
+    if (!all.empty()) w["reread_all"] = all;
+    if (!trees_[i].watch.empty() && !writes_.lost.empty()) w["events_lost"] = writes_.lost;
+    if (trees_[i].watch == "mount+entries" && writes_.entries_lost)
+      w["entries_lost"] = "the entry event queue overflowed";
+    tj["writes"] = w;
+    arr.push_back(tj);
+    std::vector<std::pair<std::string, json>> lines;  // raw path, line
     for (const auto& ch : diff(before_[i], after_[i])) {
       json j = change_to_json(ch);
       j["tree"] = trees_[i].name;
-      changes += canonical(j) + "\n";
+      lines.emplace_back(ch.path, std::move(j));
       if (ch.kind == "added") ++added;
       if (ch.kind == "modified") ++modified;
       if (ch.kind == "removed") ++removed;
     }
+    // A file over max_file_bytes that was written during the run (or may
+    // have been: the write account was lost) but whose leaf did not change:
+    // whether its content changed is not known, and the record says so.
+    std::size_t bi = 0;
+    for (const auto& e : after_[i].entries) {
+      if (e.type != 'f' || e.error.find("not hashed: larger than") == std::string::npos) continue;
+      while (bi < before_[i].entries.size() && before_[i].entries[bi].path < e.path) ++bi;
+      if (bi >= before_[i].entries.size() || before_[i].entries[bi].path != e.path ||
+          before_[i].entries[bi].leaf != e.leaf)
+        continue;  // added or modified: already a line
+      // (With the account lost or no watch, the written set says nothing.)
+      const bool written = all.empty() && writes_.dirty && writes_.dirty(e.id.dev, e.id.ino);
+      if (!written && all.empty()) continue;
+      json j{{"path", pct_encode(e.path)},
+             {"change", "unverified"},
+             {"old", hex(e.leaf)},
+             {"new", hex(e.leaf)},
+             {"tree", trees_[i].name},
+             {"reason",
+              (written ? std::string("written during the run") : "may have been written (" + all + ")") +
+                  "; content not hashed: larger than " + std::to_string(c_.max_file_bytes) + " bytes"}};
+      lines.emplace_back(e.path, std::move(j));
+      ++unverified;
+    }
+    std::stable_sort(lines.begin(), lines.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& [path, j] : lines) changes += canonical(j) + "\n";
   }
   auto t0 = std::chrono::steady_clock::now();
   save_cache();
@@ -318,6 +381,7 @@ void RunRecord::snapshot_after() {
   event("fs.changes", json{{"added", added},
                            {"modified", modified},
                            {"removed", removed},
+                           {"unverified", unverified},
                            {"changes_sha256", changes_sha256_}});
   after_settled_ = true;
 }
@@ -760,7 +824,11 @@ json run_account(const std::string& rd) {
             {"exec_attempts_failed", json::array()},
             {"caller_execs", json::array()},
             {"network", {{"allowed", json::array()}, {"denied", json::array()}, {"dns", json::array()}}},
-            {"files", {{"added", json::array()}, {"modified", json::array()}, {"removed", json::array()}}},
+            {"files",
+             {{"added", json::array()},
+              {"modified", json::array()},
+              {"removed", json::array()},
+              {"unverified", json::array()}}},
             {"signals", json::array()},
             {"policy_changes", json::array()},
             {"lifecycle", json::array()},

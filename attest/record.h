@@ -44,6 +44,14 @@ struct TrackedTree {
   // container has exited (Podman's --rm and its shm) cannot take the tree
   // away from the after walk.
   std::string walk_path;
+  // The filesystem type of the container's mount ("tmpfs", ...; "" when
+  // not known), and what watches it for writes (docs/FORMATS.md "Write
+  // tracking"): "" none, "mount" (FAN_CLOSE_WRITE), "mount+entries" (also
+  // names created and removed). Non-empty `reread_all`: why every file of
+  // the tree is read in full at the after walk (no write watch, say).
+  std::string fstype = {};
+  std::string watch = {};
+  std::string reread_all = {};
   const std::string& read_path() const { return walk_path.empty() ? host_path : walk_path; }
 };
 
@@ -109,6 +117,18 @@ class RunRecord {
   // nobody did.
   void walk_after();
   void snapshot_after();
+  // What the write watch saw, for the after walk (before walk_after):
+  // `dirty` names the files written during the run (read in full, never
+  // from the cache); a non-empty `lost` says why the watch's account is
+  // incomplete (every file of every watched tree is then read in full);
+  // `entries_lost`: created/removed names were lost.
+  struct Writes {
+    std::function<bool(uint64_t dev, uint64_t ino)> dirty;
+    std::function<bool(uint64_t dev)> dirty_dev;
+    std::string lost;
+    bool entries_lost = false;
+  };
+  void set_writes(Writes w) { writes_ = std::move(w); }
   // The run's content-hash cache (null with policy "strict"), for the exec
   // observer: a binary hashed by a walk (or an earlier run) is not re-read.
   std::shared_ptr<HashCache> hash_cache() const { return cache_; }
@@ -137,6 +157,8 @@ class RunRecord {
   std::thread before_thread_;   // the walks of trees the container cannot change
   std::exception_ptr before_error_;
   json change_counts_ = json::object();
+  Writes writes_;
+  std::string reread_reason(std::size_t i) const;  // "" or why every file of tree i is read
   UniqueFd lock_;                     // the run directory, flock'ed (exclusive) until finalize is done
   std::shared_ptr<HashCache> cache_;  // made by the constructor, loaded by snapshot_before
   bool cache_loaded_ = false;

@@ -67,6 +67,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agentshim", default=os.path.join(REPO, "build", "shim", "agentshim"))
     ap.add_argument("-n", type=int, default=30)
+    ap.add_argument("--baseline", help="another agentshim binary (an earlier build), interleaved as agentshim-base")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="asbench-")
     try:
@@ -80,6 +81,8 @@ def main():
         json.dump(cfg, open(os.path.join(bundle, "config.json"), "w"))
         runtimes = {"agentshim": (args.agentshim, ["--audit-dir", os.path.join(work, "audit")]),
                     "runc": (shutil.which("runc"), [])}
+        if args.baseline:
+            runtimes["agentshim-base"] = (args.baseline, ["--audit-dir", os.path.join(work, "audit-base")])
         undo = None
         if shutil.which("crun"):
             undo = crun_usable()
@@ -103,6 +106,9 @@ def main():
         if "runc" in med:
             result["agentshim_vs_runc"] = med["agentshim"] / med["runc"]
             print(f"  agentshim / runc = {result['agentshim_vs_runc']:.2f}  (target < 1.0)")
+        if "agentshim-base" in med:
+            result["agentshim_vs_base"] = med["agentshim"] / med["agentshim-base"]
+            print(f"  agentshim / agentshim-base = {result['agentshim_vs_base']:.2f}")
         if "crun" in med:
             result["agentshim_vs_crun"] = med["agentshim"] / med["crun"]
             print(f"  agentshim / crun = {result['agentshim_vs_crun']:.2f}  (target <= 1.3)")

@@ -183,6 +183,49 @@ def check_exec_sessions(events):
     return problems
 
 
+def check_coverage(events, changes):
+    """What FORMATS.md "What the record does not cover" says a verifier
+    reads: per tree of the after fs.root, `writes` and `not_hashed`; the
+    unverified lines of changes.ndjson; fs.changes counting every kind."""
+    problems = []
+    after = [e["data"] for e in events if e["type"] == "fs.root" and e["data"]["phase"] == "after"]
+    counts = {}
+    for c in changes:
+        kind = c.get("change")
+        if kind not in ("added", "modified", "removed", "unverified"):
+            problems.append(f"changes.ndjson {c.get('path')}: unknown change {kind!r}")
+            continue
+        counts[kind] = counts.get(kind, 0) + 1
+        if kind == "unverified":
+            if (c.get("old") is None or c.get("old") != c.get("new") or "old_sha256" in c or "new_sha256" in c
+                    or "content not hashed: larger than" not in c.get("reason", "")):
+                problems.append(f"changes.ndjson {c.get('path')}: malformed unverified line {c}")
+    fc = [e["data"] for e in events if e["type"] == "fs.changes"]
+    for f in fc:
+        for kind in ("added", "modified", "removed", "unverified"):
+            if kind in f and f[kind] != counts.get(kind, 0):
+                problems.append(f"fs.changes {kind} {f[kind]} but changes.ndjson has {counts.get(kind, 0)}")
+    for a in after:
+        for t in a["trees"]:
+            if t.get("walk") in ("failed", "skipped"):
+                continue
+            un = sum(1 for c in changes if c.get("change") == "unverified" and c.get("tree") == t["name"])
+            if "not_hashed" in t and un > t["not_hashed"]:
+                problems.append(f"tree {t['name']}: {un} unverified lines but not_hashed {t['not_hashed']}")
+            w = t.get("writes")
+            if w is None:
+                if "not_hashed" in t:  # records from before write tracking have neither
+                    problems.append(f"tree {t['name']}: no writes account in the after root")
+                continue
+            if w.get("watch") not in ("mount", "mount+entries", "none") or not isinstance(w.get("reread"), int):
+                problems.append(f"tree {t['name']}: malformed writes {w}")
+            if w.get("watch") == "none" and not w.get("reread_all"):
+                problems.append(f"tree {t['name']}: not watched, yet not read in full")
+            if w.get("events_lost") and not w.get("reread_all"):
+                problems.append(f"tree {t['name']}: write events lost, yet not read in full")
+    return problems
+
+
 def verify_signature(pub_pem, pae, sig):
     key = serialization.load_pem_public_key(pub_pem)
     try:
@@ -282,6 +325,7 @@ def verify(run_dir, public_key_pem, ledger_path=None):
                 if t["name"] in trees and trees[t["name"]].get(ev["data"]["phase"]) != t["root"]:
                     problems.append(f"fs.root {t['name']} ({ev['data']['phase']}) differs from the predicate")
     changes = open(f"{run_dir}/changes.ndjson", "rb").read()
+    problems += check_coverage(events, [json.loads(line) for line in changes.splitlines()])
     for line in changes.splitlines():
         c = json.loads(line)
         for side in ("old_sha256", "new_sha256"):

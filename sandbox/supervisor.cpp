@@ -36,6 +36,7 @@
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/exec_observer.h"
+#include "sandbox/fanotify_write.h"
 #include "sandbox/hooks.h"
 #include "sandbox/network.h"
 #include "sandbox/oci.h"
@@ -874,7 +875,74 @@ class Supervisor {
       t.walk_path = "/proc/self/fd/" + std::to_string(tree.get()) + "/.";
       tree_copies_.push_back(std::move(tree));
     }
+    watch_writes(out);
     return out;
+  }
+
+  // Every other writable mount of the container is a tree too (tmpfs
+  // mounts, single-file binds, mounts below a volume's mount point), read
+  // through the container's own mount (a descriptor opened now, which keeps
+  // it readable after the container is gone); and every writable mount is
+  // watched for writes (observer::WriteWatch, docs/FORMATS.md "Write
+  // tracking"). A tree that cannot be watched is read in full after the run.
+  void watch_writes(std::vector<attest::TrackedTree>& trees) {
+    std::string no_watch;
+    std::vector<observer::WritableMount> mounts;
+    try {
+      mounts = observer::writable_mounts(init_pid_);
+      write_watch_ = std::make_unique<observer::WriteWatch>([this](const std::string& type, json data) {
+        if (record_) record_->event(type, std::move(data));
+      });
+    } catch (const std::exception& e) {
+      no_watch = std::string("no write watch: ") + e.what();
+      log::warn("container " + s_.id + ": " + no_watch + "; every file is read in full after the run");
+    }
+    std::vector<std::pair<uint64_t, uint64_t>> ids(trees.size());
+    for (std::size_t i = 1; i < trees.size(); ++i) {
+      struct stat st {};
+      if (::stat(trees[i].host_path.c_str(), &st) == 0) ids[i] = {st.st_dev, st.st_ino};
+    }
+    std::vector<bool> watched(trees.size(), false);
+    json unmarked = json::array();
+    for (auto& m : mounts) {
+      std::size_t t = trees.size();
+      if (m.mount_point == "/") {
+        t = 0;
+      } else {
+        for (std::size_t i = 1; i < trees.size() && t == trees.size(); ++i)
+          if (!trees[i].host_path.empty() && ids[i] == std::make_pair(m.dev, m.ino)) t = i;
+      }
+      if (t == trees.size()) {
+        attest::TrackedTree nt;
+        nt.name = m.mount_point;
+        nt.walk_path = "/proc/self/fd/" + std::to_string(m.fd.get()) + (m.file ? "" : "/.");
+        nt.fstype = m.fstype;
+        trees.push_back(std::move(nt));
+        watched.push_back(false);
+      }
+      if (!trees[t].unchanged_reason.empty()) continue;
+      if (trees[t].fstype.empty()) trees[t].fstype = m.fstype;
+      const bool entries = m.fstype == "tmpfs" && m.root == "/";
+      std::string why = write_watch_ ? write_watch_->mark(m.fd.get(), trees[t].name, entries) : no_watch;
+      if (why.empty()) {
+        watched[t] = true;
+        if (trees[t].watch != "mount+entries") trees[t].watch = entries ? "mount+entries" : "mount";
+      } else {
+        // One mount of the tree that is not watched: the tree is read in full.
+        trees[t].reread_all = "not watched for writes: " + why;
+        unmarked.push_back(pct_strings(m.mount_point).get<std::string>() + ": " + why);
+      }
+      tree_copies_.push_back(std::move(m.fd));
+    }
+    for (std::size_t i = 0; i < trees.size(); ++i)
+      if (trees[i].unchanged_reason.empty() && !watched[i] && trees[i].reread_all.empty())
+        trees[i].reread_all = no_watch.empty() ? "not watched for writes: no writable mount of the container "
+                                                 "found for it"
+                                               : no_watch;
+    if (record_ && write_watch_)
+      record_->event("fs.watch",
+                     {{"marked", std::count(watched.begin(), watched.end(), true)}, {"unmarked", unmarked}});
+    if (write_watch_) write_watch_->start();
   }
 
   static std::string ms_since(std::chrono::steady_clock::time_point t0) {
@@ -991,9 +1059,22 @@ class Supervisor {
   void walk_after() {
     if (!record_) return;
     try {
-      if (observer_) {
-        observer_->stop();
-        observer_.reset();
+      // (Stopped here, destroyed with the supervisor, after the record is
+      // final: closing a fanotify group whose marks are still on live
+      // mounts — the tree descriptors keep the container's mounts — waits
+      // for an SRCU grace period.)
+      if (observer_) observer_->stop();
+      if (write_watch_) {
+        // What the container's last processes closed is queued by now.
+        auto t0 = std::chrono::steady_clock::now();
+        write_watch_->stop();
+        log::debug("record phase write-watch-stop " + ms_since(t0) + " ms (" +
+                   std::to_string(write_watch_->events()) + " events, " +
+                   std::to_string(write_watch_->dirty_count()) + " files written)");
+        observer::WriteWatch* w = write_watch_.get();
+        record_->set_writes({[w](uint64_t dev, uint64_t ino) { return w->dirty(dev, ino); },
+                             [w](uint64_t dev) { return w->dirty_dev(dev); }, w->overflowed(),
+                             w->entries_lost()});
       }
       log::debug("supervisor: run.exit recorded; after-run filesystem walk");
       record_->walk_after();
@@ -1082,6 +1163,7 @@ class Supervisor {
   Exit exit_;
   std::unique_ptr<attest::RunRecord> record_;
   std::unique_ptr<observer::ExecObserver> observer_;
+  std::unique_ptr<observer::WriteWatch> write_watch_;  // (watch_writes)
   json entrypoint_ = json::object();
   json network_totals_ = {
       {"mode", "none"}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};

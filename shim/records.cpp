@@ -248,6 +248,9 @@ void print_account(const json& a, const attest::VerifyResult& v, bool running = 
     std::cout << "  ~ " << t(attest::pct_decode(p.get<std::string>())) << "\n";
   for (const auto& p : f["removed"])
     std::cout << "  - " << t(attest::pct_decode(p.get<std::string>())) << "\n";
+  for (const auto& p : f.value("unverified", json::array()))
+    std::cout << "  ? " << t(attest::pct_decode(p.get<std::string>()))
+              << "  (written or maybe written; over max_file_bytes: content not compared)\n";
   if (running) return;
   std::cout << "\nrecord     " << (v.verified() ? "VERIFIED" : "NOT VERIFIED") << "\n";
   for (const auto& m : v.mismatches) std::cout << "  MISMATCH: " << t(m) << "\n";

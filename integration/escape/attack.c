@@ -1824,7 +1824,7 @@ static void a_rec_cache_poison(void) {
   char* map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) error_out("mmap: %s", en(errno));
   close(fd);
-  for (off_t o = 0; o < st.st_size; o += 4096) map[o] = map[o];
+  for (off_t o = 0; o < st.st_size; o += 4096) ((volatile char*)map)[o] = map[o]; /* a store the compiler keeps */
   sleep(3);
   char* av[] = {(char*)f, (char*)"rec_note", (char*)"0", (char*)"before", NULL};
   int st1 = run_child(f, av);
@@ -1839,6 +1839,43 @@ static void a_rec_cache_poison(void) {
   blocked("exec while mapped: %s; exec after rewriting through the mapping: %s",
           WIFEXITED(st1) && WEXITSTATUS(st1) >= 100 ? en(WEXITSTATUS(st1) - 100) : "ran",
           WIFEXITED(st2) && WEXITSTATUS(st2) == 0 ? "ran" : "failed");
+}
+
+/* A payload staged on a tmpfs (/scratch), executed, deleted: no walk ever
+ * sees the file. The copy is four bytes longer than /bin/attack. */
+static void a_rec_tmpfs_stage(void) {
+  const char* f = "/scratch/stage/payload";
+  mkdir("/scratch/stage", 0755);
+  if (copy_file("/bin/attack", f, 4) < 0) error_out("copy to %s: %s", f, en(errno));
+  char* av[] = {(char*)f, (char*)"rec_note", (char*)"0", (char*)"staged", NULL};
+  int st = run_child(f, av);
+  if (unlink(f) < 0) error_out("unlink: %s", en(errno));
+  rmdir("/scratch/stage");
+  blocked("staged payload ran (%s) and was removed", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ok" : "failed");
+}
+
+/* An existing file of a writable volume rewritten through a shared
+ * writable mapping after the hash cache saw it: every page faulted writable
+ * first (the only moment mtime/ctime move), /vol/ready written, and once the
+ * test has let something else walk the volume (/vol/go: a second container's
+ * run caches the file's identity with its old content), the payload is
+ * written through the mapping: no fault, so no timestamp moves. */
+static void a_rec_mmap_volume(void) {
+  const char* f = "/vol/data";
+  int fd = open(f, O_RDWR | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0 || st.st_size < 16) error_out("open %s: %s", f, en(errno));
+  char* map = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) error_out("mmap: %s", en(errno));
+  close(fd);
+  for (off_t o = 0; o < st.st_size; o += 4096) ((volatile char*)map)[o] = map[o]; /* a store the compiler keeps */
+  sleep(3); /* past the tree store's 2 s racy window */
+  append_line("/vol/ready", "ready\n");
+  for (int i = 0; i < 600 && access("/vol/go", F_OK) != 0; i++) usleep(100000);
+  memcpy(map, "PWNED", 5);
+  memcpy(map + st.st_size - 5, "PWNED", 5);
+  munmap(map, (size_t)st.st_size);
+  blocked("rewrote %lld bytes of %s through a mapping faulted before the cache saw it", (long long)st.st_size, f);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -1925,6 +1962,8 @@ static const struct {
     {"rec_shebang", a_rec_shebang, 1},
     {"rec_memfd", a_rec_memfd, 1},
     {"rec_cache_poison", a_rec_cache_poison, 1},
+    {"rec_tmpfs_stage", a_rec_tmpfs_stage, 1},
+    {"rec_mmap_volume", a_rec_mmap_volume, 1},
 };
 
 int main(int argc, char** argv) {

@@ -89,6 +89,10 @@ NEEDS = {
     "rec_memfd_exec": "an inode mark on a file named by descriptor before the exec continues",
     "rec_hash_cache_poison": "no writer during an exec (read lease, else ETXTBSY); exec hashes cached only "
                              "from read-only mounts and successful execs",
+    "rec_tmpfs_stage": "every writable mount a tree; fanotify FAN_CREATE/FAN_DELETE (FAN_REPORT_DFID_NAME) on "
+                       "tmpfs and FAN_CLOSE_WRITE on every writable mount, recorded as file.* events",
+    "rec_mmap_volume": "FAN_CLOSE_WRITE marks the file dirty; the after walk re-reads it instead of trusting "
+                       "(size, mtime, ctime)",
 }
 NEEDS["runtime_exe_overwrite_upgraded"] = NEEDS["runtime_exe_overwrite"]
 for _n in list(KERNEL_DEPENDS):
@@ -104,7 +108,7 @@ SPECIAL = ["host_loopback_service", "host_address_service", "host_network_reques
            "tiocsti_operator_terminal_exec", "tioclinux_operator_terminal", "kill_caller_process_group",
            "kill_caller_process_group_exec", "observer_non_regular_file", "runs_show_escape_codes",
            "rec_argv_race", "rec_symlink_swap", "rec_long_cwd", "rec_shebang_chain", "rec_memfd_exec",
-           "rec_hash_cache_poison"]
+           "rec_hash_cache_poison", "rec_tmpfs_stage", "rec_mmap_volume"]
 
 
 def attack_order():

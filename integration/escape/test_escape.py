@@ -718,13 +718,20 @@ def test_runs_show_escape_codes(esc):
 # ---------------------------------------------------------------- record evasion: what ran is what is recorded
 
 
-def rec_attack(esc, tmp_path, *argv, tmpfs=False):
+def rec_attack(esc, tmp_path, *argv, tmpfs=False, vol_tmpfs=False, prefill=None):
     """Run a record-evasion attack with a writable volume at /vol (and a
     tmpfs at /scratch). Returns (verdict, events or None for runc, rec.log
-    lines as [idx, arg, size], the real /bin/attack bytes)."""
+    lines as [idx, arg, size], the real /bin/attack bytes). vol_tmpfs: the
+    volume's host directory is a tmpfs (unmounted by the caller, see
+    unmount_vol); prefill: {name: bytes} written into it first."""
     vol = tmp_path / "vol"
     vol.mkdir()
+    if vol_tmpfs:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(vol)], check=True)
     os.chmod(str(vol), 0o777)
+    for name, data in (prefill or {}).items():
+        (vol / name).write_bytes(data)
+        os.chmod(str(vol / name), 0o666)
     b = esc.bundle()
     b.config["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol), "options": ["rbind", "rw"]})
     if tmpfs:
@@ -740,6 +747,15 @@ def rec_attack(esc, tmp_path, *argv, tmpfs=False):
         return v, None, log, attack
     events = [json.loads(line) for line in open(os.path.join(newest_run(esc), "events.ndjson"))]
     return v, events, log, attack
+
+
+def unmount_vol(tmp_path):
+    subprocess.run(["umount", "-l", str(tmp_path / "vol")], check=False)
+
+
+def run_changes(esc):
+    with open(os.path.join(newest_run(esc), "changes.ndjson")) as f:
+        return [json.loads(line) for line in f]
 
 
 def sha(b):
@@ -881,4 +897,84 @@ def test_rec_hash_cache_poison(esc, tmp_path):
     elif v.kind == "BLOCKED":
         v = no_record(esc)
     check("rec_hash_cache_poison", "hash-cache poisoning through a shared writable mapping of a tmpfs file",
+          esc, v)
+
+
+def test_rec_tmpfs_stage(esc, tmp_path):
+    """Stage a payload on a tmpfs, run it, delete it: the record must name
+    the tmpfs as a tree, the payload's exec with its real SHA-256, and the
+    file's creation, writing and removal (no walk ever sees the file)."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_tmpfs_stage", tmpfs=True)
+    if events is not None:
+        real = sha(attack + b"XXXX")
+        ran = [e for e in execs_of(events) if e.get("argv", [None])[-1:] == ["staged"]]
+        roots = [e["data"] for e in events if e["type"] == "fs.root"]
+        trees = {t["name"] for r in roots for t in r["trees"]}
+        files = [(e["type"], e["data"].get("path")) for e in events if e["type"].startswith("file.")]
+        want = [("file.created", "/scratch/stage/payload"), ("file.written", "/scratch/stage/payload"),
+                ("file.removed", "/scratch/stage/payload")]
+        if not log or len(ran) != 1 or ran[0].get("sha256") != real:
+            v = Verdict("ESCAPED", f"the staged payload ran ({bool(log)}); recorded: {ran}")
+        elif "/scratch" not in trees:
+            v = Verdict("ESCAPED", f"the tmpfs /scratch is not a tree of the record: {sorted(trees)}")
+        elif any(w not in files for w in want):
+            v = Verdict("ESCAPED", f"the payload's creation and removal are not in the record: {files}")
+        else:
+            r = esc.rt("verify", newest_run(esc))
+            assert r.returncode == 0 and r.stdout == b"VERIFIED\n", r.stdout + r.stderr
+            v = Verdict("BLOCKED", "tmpfs tracked; payload exec hashed; created, written and removed recorded")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_tmpfs_stage", "payload staged on a tmpfs, executed and deleted within the run", esc, v)
+
+
+def test_rec_mmap_volume(esc, tmp_path):
+    """An existing file of a writable volume (on a host tmpfs) rewritten
+    through a shared mapping after the hash cache saw it: the pages are
+    faulted writable first (mtime and ctime move then, never again), a
+    second container with the same volume runs meanwhile (its walks cache
+    the file's identity with the old content, as any other run or walk of a
+    shared volume would), then the payload goes through the mapping.
+    changes.ndjson of the attacking run must carry the modification with the
+    real new SHA-256."""
+    before = b"A" * 65536
+    vol = tmp_path / "vol"
+    result = {}
+    second = esc.bundle()
+    second.config["mounts"].append({"destination": "/vol", "type": "bind", "source": str(vol),
+                                    "options": ["rbind", "rw"]})
+    second.args("/bin/cat", "/vol/ready")
+    try:
+        t = threading.Thread(target=lambda: result.update(
+            r=rec_attack(esc, tmp_path, "rec_mmap_volume", vol_tmpfs=True, prefill={"data": before})))
+        t.start()
+        end = time.time() + 60
+        while not (vol / "ready").exists() and time.time() < end:
+            time.sleep(0.1)
+        assert (vol / "ready").exists(), "the attack never got ready"
+        cid = esc.cid()
+        r = esc.rt("run", "--bundle", second.path, cid, timeout=60)
+        assert r.returncode == 0, r.stderr
+        esc.rt("delete", "--force", cid)
+        esc.rt.ids.discard(cid)
+        (vol / "go").write_bytes(b"")
+        t.join(120)
+        after = (vol / "data").read_bytes()
+    finally:
+        unmount_vol(tmp_path)
+    v, events, log, attack = result["r"]
+    assert after != before and after[:5] == b"PWNED", after[:16]  # the write happened
+    if events is not None:
+        ch = [c for c in run_changes(esc) if c.get("tree") == "/vol" and c.get("path") == "data"]
+        if len(ch) != 1 or ch[0].get("new_sha256") != sha(after):
+            v = Verdict("ESCAPED", f"host file now {sha(after)[:16]}..., changes.ndjson says {ch}")
+        elif ch[0].get("old_sha256") != sha(before):
+            v = Verdict("ESCAPED", f"old content recorded as {ch[0].get('old_sha256')}, was {sha(before)}")
+        else:
+            r = esc.rt("verify", newest_run(esc))
+            assert r.returncode == 0 and r.stdout == b"VERIFIED\n", r.stdout + r.stderr
+            v = Verdict("BLOCKED", "the mapped write recorded as a modification with the real old and new SHA-256")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_mmap_volume", "a volume file rewritten through a shared mapping after the hash cache saw it",
           esc, v)

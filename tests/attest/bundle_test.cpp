@@ -5,6 +5,7 @@
 #include "attest/bundle.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <functional>
@@ -315,4 +316,74 @@ TEST(TrackedTree, AConcurrentBeforeWalkThatFailsIsRecordedAndTheRunStillFinalize
   ASSERT_FALSE(v.verified());
   EXPECT_NE(v.mismatches[0].find("incomplete run: pre-run root of tree rootfs"), std::string::npos)
       << v.mismatches[0];
+}
+
+namespace {
+json after_tree(const std::string& rd) {
+  for (const auto& line : split(read_file(rd + "/events.ndjson"), '\n')) {
+    if (line.empty()) continue;
+    json e = json::parse(line);
+    if (e["type"] == "fs.root" && e["data"]["phase"] == "after") return e["data"]["trees"][0];
+  }
+  return nullptr;
+}
+}  // namespace
+
+// What the write watch reports reaches the after walk and the record: a
+// written file over max_file_bytes with an unchanged leaf is an
+// "unverified" line; a lost account reads every file and says so.
+TEST(TrackedTree, WrittenFilesAndALostWriteAccountAreStated) {
+  for (bool lost : {false, true}) {
+    TempDir t;
+    std::string ws = t.path + "/ws";
+    mkdir_p(ws, 0755);
+    write_file(ws + "/big", std::string(100, 'b'));
+    write_file(ws + "/small", "s");
+    struct stat st {};
+    ASSERT_EQ(::stat((ws + "/big").c_str(), &st), 0);
+    RecordConfig c;
+    c.audit_dir = t.path + "/audit";
+    c.run_id = new_run_id();
+    c.container_id = "c1";
+    c.hash_cache = true;
+    c.max_file_bytes = 10;
+    RunRecord r(c);
+    r.event("run.created", {{"run_id", c.run_id}, {"container_id", c.container_id}});
+    TrackedTree tree{"/workspace", ws, {}, {}, {}};
+    tree.watch = "mount";
+    r.snapshot_before({tree});
+    r.event("run.started", {{"init_pid", 7}});
+    // "The container" rewrites big in place, same size (no leaf change: no hash).
+    write_file(ws + "/big", std::string(100, 'B'));
+    r.event("run.exit", {{"code", 0}, {"signal", ""}});
+    RunRecord::Writes w;
+    w.dirty = [&](uint64_t dev, uint64_t ino) { return lost || (dev == st.st_dev && ino == st.st_ino); };
+    w.dirty_dev = [&](uint64_t) { return true; };
+    if (lost) w.lost = "the write event queue overflowed (FAN_Q_OVERFLOW)";
+    r.set_writes(w);
+    r.walk_after();
+    r.snapshot_after();
+    r.finalize({{"exit", {{"code", 0}}}});
+    auto v = verify_run(r.dir(), {});
+    EXPECT_TRUE(v.verified()) << (v.mismatches.empty() ? "" : v.mismatches[0]);
+    std::string changes = read_file(r.dir() + "/changes.ndjson");
+    ASSERT_FALSE(changes.empty());
+    json line = json::parse(split(changes, '\n')[0]);
+    EXPECT_EQ(line["change"], "unverified");
+    EXPECT_EQ(line["path"], "big");
+    EXPECT_EQ(line["old"], line["new"]);
+    EXPECT_NE(
+        line["reason"].get<std::string>().find(lost ? "may have been written" : "written during the run"),
+        std::string::npos);
+    json at = after_tree(r.dir());
+    EXPECT_EQ(at["not_hashed"], 1);
+    EXPECT_EQ(at["writes"]["watch"], "mount");
+    if (lost) {
+      EXPECT_EQ(at["writes"]["reread_all"], w.lost);
+      EXPECT_EQ(at["writes"]["events_lost"], w.lost);
+      EXPECT_EQ(at["writes"]["reread"], 1);  // small (big is over the limit: never read)
+    } else {
+      EXPECT_FALSE(at["writes"].contains("reread_all"));
+    }
+  }
 }

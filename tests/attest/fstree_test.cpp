@@ -1039,3 +1039,75 @@ TEST(FsTreeHostile, AnOverlayRootFromItsLayersEqualsAWalkOfTheMount) {
   });
   EXPECT_EQ(rc, 0);
 }
+
+// A file written during the run (WalkOptions::reread) is read in full even
+// when its identity is in the cache and the tree store with another
+// content: what a write through a shared mapping leaves (no mtime, ctime or
+// size change on tmpfs) is made here by poisoning both.
+TEST(FsTree, RereadFilesAreNeverTakenFromTheCacheOrTheStore) {
+  TempDir t;
+  write_file(t.path + "/a", "aaaa");
+  write_file(t.path + "/b", "bbbb");
+  WalkOptions o;
+  o.cache = std::make_shared<HashCache>(t.path + ".cache");
+  o.cache->load();
+  o.tree_key = "tree:" + t.path;
+  o.racy_ns = 0;
+  auto first = snap(t.path, o);
+  // The stale content hash for a's identity, as the mapping attack leaves it.
+  struct stat st {};
+  ASSERT_EQ(::stat((t.path + "/a").c_str(), &st), 0);
+  o.cache->put(HashCache::key_of(st), sha256(std::string("stale")));
+  auto stale = snap(t.path, o);
+  EXPECT_EQ(stale.root, first.root);  // the store's record was reused
+  o.reread = [&](uint64_t dev, uint64_t ino) { return dev == st.st_dev && ino == st.st_ino; };
+  // The cache now says "stale" for a's identity, and the store has a's old
+  // record: reread skips both.
+  o.tree_key.clear();
+  auto fresh = snap(t.path, o);
+  EXPECT_EQ(find(fresh, "a")->sha256, hex(sha256(std::string("aaaa"))));
+  EXPECT_EQ(fresh.reread, 1u);
+  EXPECT_EQ(fresh.root, first.root);
+  o.reread = nullptr;
+  o.cache->put(HashCache::key_of(st), sha256(std::string("stale")));  // (the fresh read replaced it)
+  auto poisoned = snap(t.path, o);
+  EXPECT_EQ(find(poisoned, "a")->sha256, hex(sha256(std::string("stale"))));  // what reread protects from
+  o.reread = [&](uint64_t dev, uint64_t ino) { return dev == st.st_dev && ino == st.st_ino; };
+  o.tree_key = "tree:" + t.path;
+  auto stored = snap(t.path, o);
+  EXPECT_EQ(find(stored, "a")->sha256, hex(sha256(std::string("aaaa"))));
+  EXPECT_FALSE(find(stored, "a")->reused);
+  EXPECT_TRUE(find(stored, "b")->reused);
+  ::unlink((t.path + ".cache").c_str());
+  ::unlink((t.path + ".cache-lock").c_str());
+}
+
+// A single-file mount's tree: one entry, ".", hashed (and read again when
+// written), its xattrs bound; a symlink at the root is still refused.
+TEST(FsTree, ARegularFileIsATreeOfOneEntry) {
+  TempDir t;
+  write_file(t.path + "/f", "content\n");
+  ASSERT_EQ(::setxattr((t.path + "/f").c_str(), "user.k", "v", 1, 0), 0);
+  auto s = snap(t.path + "/f");
+  ASSERT_EQ(s.entries.size(), 1u);
+  EXPECT_EQ(s.entries[0].path, ".");
+  EXPECT_EQ(s.entries[0].type, 'f');
+  EXPECT_EQ(s.entries[0].sha256, hex(sha256(std::string("content\n"))));
+  ASSERT_EQ(s.entries[0].xattrs.size(), 1u);
+  EXPECT_EQ(s.root, merkle_root({leaf_hash(s.entries[0])}));
+  UniqueFd fd(::open((t.path + "/f").c_str(), O_PATH | O_CLOEXEC));
+  auto via_fd = snap("/proc/self/fd/" + std::to_string(fd.get()));
+  EXPECT_EQ(via_fd.root, s.root);
+  write_file(t.path + "/f", "changed\n");
+  auto s2 = snap(t.path + "/f");
+  auto d = diff(s, s2);
+  ASSERT_EQ(d.size(), 1u);
+  EXPECT_EQ(d[0].path, ".");
+  EXPECT_EQ(d[0].new_sha256, hex(sha256(std::string("changed\n"))));
+  WalkOptions lim;
+  lim.max_file_bytes = 4;
+  EXPECT_NE(snap(t.path + "/f", lim).entries[0].error.find("not hashed: larger than 4 bytes"),
+            std::string::npos);
+  ASSERT_EQ(::symlink((t.path + "/f").c_str(), (t.path + "/l").c_str()), 0);
+  EXPECT_THROW(snap(t.path + "/l"), std::exception);
+}

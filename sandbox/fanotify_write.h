@@ -1,0 +1,118 @@
+// What a container writes, from the kernel: two fanotify notification
+// groups held by the supervisor over the container's writable mounts.
+//
+// - The write group (descriptor mode) has a FAN_CLOSE_WRITE mount mark on
+//   every writable mount the container has (directories, single files,
+//   tmpfs, nested mounts). Every file the container opened for writing
+//   produces an event when its last reference goes (a shared writable
+//   mapping holds one: the event comes at munmap or exit, after the last
+//   write through it), with a descriptor of the file itself. Its identity
+//   (device, inode) goes into the dirty set, which tells the after walk to
+//   read the file in full instead of trusting (size, mtime, ctime), which
+//   writes through a mapping need not move; the first event per file is
+//   recorded ("file.written").
+// - The entry group (FAN_REPORT_DFID_NAME) has filesystem marks on tmpfs
+//   mounts the container has whole (a tmpfs superblock is its own: no host
+//   activity is seen): FAN_CREATE, FAN_DELETE, FAN_MOVED_FROM/TO, so names
+//   created and removed within a run are recorded ("file.created",
+//   "file.removed", "file.moved") although no walk ever sees them.
+//
+// A queue overflow (FAN_Q_OVERFLOW) or a dirty set over its bound makes the
+// dirty set unusable: overflowed() says so, and the after walk then reads
+// every file of every tree (docs/FORMATS.md "Write tracking").
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/fd.h"
+#include "common/stoppable_loop.h"
+
+namespace agentshim::observer {
+
+using json = nlohmann::json;
+
+// A mount of the container that its processes can write through: not
+// mounted read-only, of a filesystem that holds files (not proc, sysfs,
+// cgroup, devpts, mqueue and the like), reachable (not covered by a later
+// mount on the same point), whose root is a directory or a regular file.
+struct WritableMount {
+  std::string mount_point;  // in the container
+  std::string fstype;
+  std::string root;  // the mount's root within its filesystem (mountinfo field 4)
+  UniqueFd fd;       // O_PATH, the mount's root as the container has it
+  uint64_t dev = 0, ino = 0;
+  bool file = false;  // a single-file mount
+};
+// The writable mounts of process `pid`'s mount namespace, in mountinfo
+// order (parents before children). Throws SysError when its mountinfo or
+// root cannot be read.
+std::vector<WritableMount> writable_mounts(pid_t pid);
+
+class WriteWatch {
+ public:
+  using Sink = std::function<void(const std::string& type, json data)>;
+  // At most this many distinct written files are remembered; beyond, the
+  // watch counts as overflowed (every file is re-read).
+  static constexpr std::size_t kMaxDirty = 1 << 20;
+
+  // Throws SysError when fanotify is unavailable.
+  WriteWatch(Sink sink, std::size_t max_dirty = kMaxDirty);
+  ~WriteWatch();
+  WriteWatch(const WriteWatch&) = delete;
+  WriteWatch& operator=(const WriteWatch&) = delete;
+
+  // Mark one mount: `fd` refers to the mount's root (any descriptor, O_PATH
+  // too); `tree` names it in events; `entries` adds the filesystem mark of
+  // the entry group (a tmpfs the container has whole). "" when marked, else
+  // why not.
+  std::string mark(int fd, const std::string& tree, bool entries);
+  // Read events on a thread until stop(); stop() reads what is queued.
+  void start();
+  void stop();
+  // Read every queued event now (the loop's body; tests call it).
+  void drain();
+
+  bool dirty(uint64_t dev, uint64_t ino) const;
+  // Any file of device `dev` written.
+  bool dirty_dev(uint64_t dev) const;
+  // Why the dirty set cannot be trusted ("" when it can).
+  std::string overflowed() const;
+  bool entries_lost() const;
+  std::size_t dirty_count() const;
+  uint64_t events() const;
+
+ private:
+  void read_write_group();
+  void read_entry_group();
+  void note_overflow(const std::string& why);
+  std::string tree_of(int fd) const;
+  std::string dir_path(const std::string& key, const std::string& handle, const void* fsid,
+                       std::string* tree);
+  void remember_dir(const std::string& key, const std::string& path);
+  std::map<std::string, std::string> known_dirs_;  // directory handle -> path (loop thread only)
+  UniqueFd write_group_, entry_group_;
+  Sink sink_;
+  std::size_t max_dirty_;
+  std::map<uint64_t, std::string> trees_;                       // mount id -> tree name
+  std::vector<std::pair<UniqueFd, std::string>> entry_mounts_;  // for open_by_handle_at
+  mutable std::mutex mu_;
+  std::set<std::pair<uint64_t, uint64_t>> dirty_;
+  std::set<uint64_t> dirty_devs_;
+  std::string overflow_;
+  bool entries_lost_ = false;
+  std::atomic<uint64_t> events_{0};
+  StoppableLoop loop_{"write watch"};
+};
+
+}  // namespace agentshim::observer
