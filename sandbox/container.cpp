@@ -231,10 +231,11 @@ void create(const Global& g, const CreateOptions& o) {
   pctx.owned = policy::runtime_owned(pol, g.root, audit_dir, g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
   json cfg = pres.config;
+  oci::Spec spec = oci::parse_spec(cfg);
   // A capability the policy keeps but the host cannot grant is an error
   // (OCI: a value that cannot be mapped MUST be), never silently left out.
-  process::check_capabilities(cfg["process"]);
-  std::string rootfs = oci::rootfs_path(cfg, bundle);
+  process::check_capabilities(spec.process);
+  std::string rootfs = oci::rootfs_path(spec, bundle);
   struct stat rst {};
   if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
     throw Error("rootfs (" + rootfs + ") does not exist or is not a directory");
@@ -244,7 +245,7 @@ void create(const Global& g, const CreateOptions& o) {
   // container process exists: a bad profile is an error of `create` that
   // names its field.)
   bool observe_exec = pol["audit"].value("observe_exec", true) && !audit_dir.empty();
-  bool terminal = cfg["process"].value("terminal", false);
+  bool terminal = spec.process.terminal;
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
   if (!terminal && !o.console_socket.empty())
@@ -277,8 +278,7 @@ void create(const Global& g, const CreateOptions& o) {
   if (pres.userns_auto) {
     std::string why;
     idmap = userns::can_idmap(rootfs, &why);
-    bool readonly = cfg.contains("root") && cfg["root"].value("readonly", false);
-    if (!idmap && !readonly)
+    if (!idmap && !spec.root.readonly)
       throw Error(
           why +
           "; with a writable root filesystem the container's root could not write the image's "
@@ -289,6 +289,8 @@ void create(const Global& g, const CreateOptions& o) {
         json::array({{{"containerID", 0}, {"hostID", range.uid}, {"size", range.size}}});
     cfg["linux"]["gidMappings"] =
         json::array({{{"containerID", 0}, {"hostID", range.gid}, {"size", range.size}}});
+    spec.linux.uid_mappings = {{0, range.uid, range.size}};
+    spec.linux.gid_mappings = {{0, range.gid, range.size}};
     pres.decisions.push_back(
         {{"rule", "userns"},
          {"path", "linux.uidMappings"},
@@ -314,8 +316,8 @@ void create(const Global& g, const CreateOptions& o) {
   {
     // Owned by the container's root, as runc does, so an init in a user
     // namespace can open it.
-    auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings");
-    if (oci::has_new_namespace(cfg, "user") &&
+    auto u = oci::root_ids(spec.linux.uid_mappings), gm = oci::root_ids(spec.linux.gid_mappings);
+    if (spec.has_new_namespace("user") &&
         ::chown(fifo.c_str(), static_cast<uid_t>(u ? u->host : 0), static_cast<gid_t>(gm ? gm->host : 0)) < 0)
       throw_errno("chown " + fifo);
   }
@@ -323,8 +325,8 @@ void create(const Global& g, const CreateOptions& o) {
   // With userns "auto" the supervisor reaches the rootfs and bind sources
   // for the container (userns::attach_and_open); with a caller's own maps
   // the container's root must reach them itself, as with runc.
-  if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
-    userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
+  if (spec.has_new_namespace("user") && !pres.userns_auto)
+    userns::check_reachable(rootfs, spec.linux.uid_mappings, spec.linux.gid_mappings);
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
 
@@ -337,6 +339,9 @@ void create(const Global& g, const CreateOptions& o) {
   s.audit_dir = audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
+  // The enforced config is complete (the resolver mount above was its last
+  // change): parsed once more, the Spec every stage reads.
+  s.spec = oci::parse_spec(cfg);
   // The identity of every bind source the policy checked: the init mounts
   // exactly those files (rootfs::Context::checked).
   for (const auto& m : pres.mounts)
@@ -421,7 +426,7 @@ void create(const Global& g, const CreateOptions& o) {
   st.audit_dir = s.audit_dir;
   st.config = cfg;
   st.cgroup = created->cgroup;
-  if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
+  st.annotations = s.spec.annotations;
   state::save(g.root, st);
   try {
     runtime_config::index_record(g.root, o.id);  // commands that lose --root still find it
@@ -494,7 +499,7 @@ void start(const Global& g, const std::string& id) {
   auto st = state::load(g.root, id);
   json hs = start_locked(g, id, st);
   try {
-    hooks::run(st.config, "poststart", hs);
+    hooks::run(st.spec, "poststart", hs);
   } catch (const std::exception& e) {
     // As runc: a failing poststart hook takes the container down and
     // removes it (its poststop hooks run, as in runc's destroy); the
@@ -589,8 +594,8 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
   UniqueFd console_peer;
   std::unique_ptr<TtyRelay> relay;
   if (!detach && o.console_socket.empty()) {
-    json cfg = oci::load_config(abs_path(o.bundle.empty() ? "." : o.bundle));
-    if (cfg["process"].value("terminal", false)) {
+    const auto spec = oci::parse_spec(oci::load_config(abs_path(o.bundle.empty() ? "." : o.bundle)));
+    if (spec.process.terminal) {
       auto pair = make_socketpair(SOCK_STREAM);
       console_peer = std::move(pair.first);
       o.console_fd = pair.second.release();
@@ -739,7 +744,7 @@ void remove(const Global& g, const std::string& id, bool force) {
     wait_gone(st.sentinel_pid, st.sentinel_start, 2000);
   }
   // Every poststop hook runs; a failure is a warning (runtime spec).
-  hooks::run_all(st.config, "poststop", state::oci_state(st, "stopped"));
+  hooks::run_all(st.spec, "poststop", state::oci_state(st, "stopped"));
   if (cg) {
     // Leftover processes (no pid namespace) would keep the cgroup busy.
     for (int i = 0; i < 50; i++) {
@@ -753,7 +758,7 @@ void remove(const Global& g, const std::string& id, bool force) {
   remove_tree(dir);
   runtime_config::index_forget(g.root, id);
   peers::forget(st.sentinel_pid, g.root, id);
-  if (oci::has_new_namespace(st.config, "user")) userns::release(dir);
+  if (st.spec.has_new_namespace("user")) userns::release(dir);
 }
 
 void pause(const Global& g, const std::string& id) {
@@ -898,9 +903,9 @@ int exec(const Global& g, const ExecOptions& o) {
   std::string status = state::status(g.root, st);
   if (status == "stopped") throw Error("cannot exec in a stopped container");
   if (status == "paused") throw Error("cannot exec in a paused container");
+  if (!st.spec_error.empty()) throw Error("container " + o.id + ": its stored config: " + st.spec_error);
   json proc = o.process;
-  oci::validate_process(proc, "exec process");
-  bool terminal = proc.value("terminal", false);
+  const bool terminal = oci::parse_process(proc, "exec process").terminal;
   if (terminal && o.console_socket.empty() && o.detach)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
   if (!terminal && !o.console_socket.empty())
@@ -923,8 +928,6 @@ int exec(const Global& g, const ExecOptions& o) {
     }
     exec_decisions = policy::apply_exec(exec_policy, proc);
   }
-  process::check_capabilities(proc);
-
   auto cg = cgroup_of(st);
   UniqueFd console, console_peer;
   if (terminal && o.console_socket.empty()) {
@@ -941,6 +944,10 @@ int exec(const Global& g, const ExecOptions& o) {
   } else if (terminal) {
     console = connect_console(o.console_socket);
   }
+  // The exec process as assembled (given, the container's security settings,
+  // the policy's), parsed once: what the process below is made from.
+  const oci::Process p = oci::parse_process(proc, "exec process");
+  process::check_capabilities(p);
   // Namespace fds of the init, opened before anything else can race.
   std::vector<std::pair<int, UniqueFd>> nsfds;
   for (const char* t : {"user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
@@ -956,9 +963,6 @@ int exec(const Global& g, const ExecOptions& o) {
     nsfds.emplace_back(nt->flag, std::move(fd));
   }
   if (!state::process_alive(st.init_pid, st.init_start)) throw Error("cannot exec in a stopped container");
-  json seccomp_cfg = st.config.contains("linux") && st.config["linux"].contains("seccomp")
-                         ? st.config["linux"]["seccomp"]
-                         : json();
   // Exec session recording: the process loads the exec observer's filter
   // like the init and hands its listener(s) back over `obs` before its
   // execve; we pass them to the supervisor (control::ExecObserve), whose
@@ -1015,17 +1019,17 @@ int exec(const Global& g, const ExecOptions& o) {
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
-        if (terminal) rootfs::setup_console(console.get(), proc, false);
+        if (terminal) rootfs::setup_console(console.get(), p, false);
         console.reset();
-        process::apply_rlimits(proc);
-        std::string path = process::resolve_executable(proc);
+        process::apply_rlimits(p);
+        std::string path = process::resolve_executable(p);
         process::Finalize fin;
-        if (!seccomp_cfg.is_null()) fin.seccomp.push_back(seccomp_cfg);
+        if (const json* sc = st.spec.seccomp()) fin.seccomp.push_back(*sc);
         if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
           fin.seccomp.push_back(exec_policy["extra_seccomp"]);
         fin.observe_exec = observe;
         ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-        auto listeners = process::finalize(proc, fin);
+        auto listeners = process::finalize(p, fin);
         if (obs.second) {
           // Before execve: that call already waits for the supervisor.
           json kinds = json::array();
@@ -1038,7 +1042,7 @@ int exec(const Global& g, const ExecOptions& o) {
           for (int fd : raw) ::close(fd);
           obs.second.reset();
         }
-        process::exec(path, proc);
+        process::exec(path, p);
       }
       std::string pid = std::to_string(child);
       write_all(pid_pipe.second.get(), pid, "exec pid pipe");
@@ -1086,11 +1090,10 @@ int exec(const Global& g, const ExecOptions& o) {
   write_pid_file(o.pid_file, pid);
   control::Exec note;
   note.pid = pid;
-  for (const auto& a : proc.value("args", json::array()))
-    if (a.is_string()) note.args.push_back(a.get<std::string>());
-  note.cwd = proc.value("cwd", "/");
+  note.args = p.args;
+  note.cwd = p.cwd_or_root();
   note.terminal = terminal;
-  note.user = proc.value("user", json::object());
+  note.user = oci::user_json(p);
   note.policy_decisions = exec_decisions;
   note.session = session;
   control::notify(state_dir(g, o.id), note);

@@ -25,8 +25,7 @@ void run(Setup& s, int sock, cgroups::CloneTarget& cg) {
     // program: not dumpable, so nothing in the container can open it
     // through /proc/<pid>/exe or ptrace it (CVE-2019-5736).
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_DUMPABLE, 0)");
-    const json& cfg = s.config;
-    auto nss = oci::namespaces(cfg);
+    const auto& nss = s.spec.linux.namespaces;
     // Open every namespace path first: joining one may hide the others.
     std::map<std::string, UniqueFd> join;
     int unshare_flags = 0;
