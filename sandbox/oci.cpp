@@ -299,6 +299,11 @@ void validate(const json& cfg, bool check_paths) {
           expect(d.contains("minor") && d["minor"].is_number_integer(), w + ".minor",
                  "required for type " + t);
         }
+        expect_type(d, "major", vt::number_integer, w);
+        expect_type(d, "minor", vt::number_integer, w);
+        expect_type(d, "fileMode", vt::number_unsigned, w);
+        expect_type(d, "uid", vt::number_unsigned, w);
+        expect_type(d, "gid", vt::number_unsigned, w);
       }
     }
     if (l.contains("sysctl") && l["sysctl"].is_object()) {
@@ -855,7 +860,9 @@ json to_json(const User& u) {
   return j;
 }
 
-json user_json(const Process& p) { return p.user ? to_json(*p.user) : json::object(); }
+json user_json(const Process& p) {
+  return p.user ? to_json(*p.user) : json::object();
+}
 
 Spec parse_spec(const json& cfg) {
   validate(cfg, false);
