@@ -32,6 +32,7 @@
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
+#include "sandbox/init.h"
 #include "sandbox/oci.h"
 #include "sandbox/peers.h"
 #include "sandbox/policy.h"
@@ -40,6 +41,7 @@
 #include "sandbox/runtime_config.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/sentinel.h"
+#include "sandbox/stage1.h"
 #include "sandbox/state.h"
 #include "sandbox/sync.h"
 #include "sandbox/userns.h"
@@ -948,19 +950,19 @@ int exec(const Global& g, const ExecOptions& o) {
   // the policy's), parsed once: what the process below is made from.
   const oci::Process p = oci::parse_process(proc, "exec process");
   process::check_capabilities(p);
-  // Namespace fds of the init, opened before anything else can race.
-  std::vector<std::pair<int, UniqueFd>> nsfds;
-  for (const char* t : {"user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
-    auto nt = oci::namespace_by_name(t);
-    std::string self = "/proc/self/ns/" + std::string(nt->proc);
-    std::string theirs = "/proc/" + std::to_string(st.init_pid) + "/ns/" + nt->proc;
+  // The init's namespaces (those that are not ours), opened before
+  // anything else can race: joined as stage1 joins a config's.
+  stage1::Namespaces ns;
+  for (const auto& nt : oci::namespace_types()) {
+    std::string self = "/proc/self/ns/" + std::string(nt.proc);
+    std::string theirs = "/proc/" + std::to_string(st.init_pid) + "/ns/" + nt.proc;
     struct stat a {
     }, b{};
     if (::stat(self.c_str(), &a) < 0 || ::stat(theirs.c_str(), &b) < 0) continue;
     if (a.st_ino == b.st_ino && a.st_dev == b.st_dev) continue;
     UniqueFd fd(::open(theirs.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) throw_errno("open " + theirs);
-    nsfds.emplace_back(nt->flag, std::move(fd));
+    ns.join[nt.name] = std::move(fd);
   }
   if (!state::process_alive(st.init_pid, st.init_start)) throw Error("cannot exec in a stopped container");
   // Exec session recording: the process loads the exec observer's filter
@@ -992,23 +994,8 @@ int exec(const Global& g, const ExecOptions& o) {
       // The v1 hierarchies by moving ourselves, the v2 one by creating the
       // process in it (no grace period either way; see cgroups.h), unless
       // we enter a user namespace: then everything now, as host root.
-      bool enters_userns = false;
-      for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
-      auto target = cg->join_for_clone(enters_userns);
-      for (auto& [flag, fd] : nsfds) {
-        // The cgroup namespace is entered by the child, once it is in the
-        // cgroup (see cgroups::CloneTarget::cgroupns).
-        if (flag == CLONE_NEWCGROUP) {
-          target.cgroupns = fd.get();
-          continue;
-        }
-        if (::setns(fd.get(), flag) < 0)
-          throw_errno("setns into container (flag " + std::to_string(flag) + ")");
-        if (flag == CLONE_NEWUSER) {
-          if (::setresgid(0, 0, 0) < 0 || ::setresuid(0, 0, 0) < 0)
-            throw_errno("become root in user namespace");
-        }
-      }
+      auto target = cg->join_for_clone(ns.join.count("user") > 0);
+      stage1::enter_namespaces(ns, target, {});
       pid_t child = cgroups::clone_parent_into(target);
       if (child < 0) throw_errno("clone exec process");
       if (child == 0) {
@@ -1021,27 +1008,24 @@ int exec(const Global& g, const ExecOptions& o) {
         sigprocmask(SIG_SETMASK, &none, nullptr);
         if (terminal) rootfs::setup_console(console.get(), p, false);
         console.reset();
-        process::apply_rlimits(p);
-        std::string path = process::resolve_executable(p);
         process::Finalize fin;
         if (const json* sc = st.spec.seccomp()) fin.seccomp.push_back(*sc);
         if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
           fin.seccomp.push_back(exec_policy["extra_seccomp"]);
         fin.observe_exec = observe;
-        ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-        auto listeners = process::finalize(p, fin);
-        if (obs.second) {
-          // Before execve: that call already waits for the supervisor.
-          json kinds = json::array();
-          std::vector<int> raw;
-          for (const auto& l : listeners) {
-            kinds.push_back(l.kind);
-            raw.push_back(l.fd);
-          }
-          send_fds(obs.second.get(), kinds.dump(), raw.data(), static_cast<int>(raw.size()));
-          for (int fd : raw) ::close(fd);
-          obs.second.reset();
-        }
+        const std::string path = init::become_process(
+            p, fin, o.preserve_fds, [&obs](const std::vector<process::Listener>& listeners) {
+              if (!obs.second) return;
+              // Before execve: that call already waits for the supervisor.
+              json kinds = json::array();
+              std::vector<int> raw;
+              for (const auto& l : listeners) {
+                kinds.push_back(l.kind);
+                raw.push_back(l.fd);
+              }
+              send_fds(obs.second.get(), kinds.dump(), raw.data(), static_cast<int>(raw.size()));
+              obs.second.reset();
+            });
         process::exec(path, p);
       }
       std::string pid = std::to_string(child);

@@ -35,6 +35,18 @@ void reset_signals() {
 
 }  // namespace
 
+std::string become_process(const oci::Process& p, const process::Finalize& fin, int preserve_fds,
+                           const std::function<void(const std::vector<process::Listener>&)>& hand_over) {
+  process::apply_rlimits(p);
+  std::string path = process::resolve_executable(p);
+  // Descriptors beyond stdio and --preserve-fds do not reach the process.
+  ::syscall(SYS_close_range, 3 + preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
+  auto listeners = process::finalize(p, fin);
+  hand_over(listeners);
+  for (const auto& l : listeners) ::close(l.fd);
+  return path;
+}
+
 void run(Setup& s, int sock) {
   try {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -126,10 +138,8 @@ void run(Setup& s, int sock) {
     }
     rootfs::apply_sysctls(spec);
     if (new_mnt) rootfs::finish(rc);
-    process::apply_rlimits(proc);
     oci::Process p = proc;
     p.env.insert(p.env.end(), s.extra_env.begin(), s.extra_env.end());
-    std::string path = process::resolve_executable(p);
 
     // Everything that can fail or take time happens before `start` can
     // return (as runc does it): privileges dropped, seccomp loaded, its
@@ -140,20 +150,17 @@ void run(Setup& s, int sock) {
     if (!s.extra_seccomp.is_null() && !s.extra_seccomp.empty()) fin.seccomp.push_back(s.extra_seccomp);
     fin.observe_exec = s.observe_exec;
     if (s.prepared_seccomp) fin.prepared = &*s.prepared_seccomp;
-    // Descriptors beyond stdio and --preserve-fds do not reach the process.
-    int keep = 3 + s.preserve_fds;
-    ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-    auto listeners = process::finalize(p, fin);
-    if (!listeners.empty()) {
-      sync::Seccomp msg;
-      std::vector<int> fds;
-      for (const auto& l : listeners) {
-        msg.kinds.push_back(l.kind);
-        fds.push_back(l.fd);
-      }
-      sync::send(sock, msg, fds);
-      for (int fd : fds) ::close(fd);
-    }
+    const std::string path =
+        become_process(p, fin, s.preserve_fds, [sock](const std::vector<process::Listener>& listeners) {
+          if (listeners.empty()) return;
+          sync::Seccomp msg;
+          std::vector<int> fds;
+          for (const auto& l : listeners) {
+            msg.kinds.push_back(l.kind);
+            fds.push_back(l.fd);
+          }
+          sync::send(sock, msg, fds);
+        });
 
     sync::send(sock, sync::Ready{});
     // Block until `start` opens the fifo for reading. Through the state
