@@ -153,6 +153,14 @@ def main():
             proxy, pport = start(middle + [exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
             procs.append(proxy)
             cands.append(("agentshim", pport, proxy.pid))
+        if want("agentshim+attr"):
+            # The same proxy asking the kernel who is behind each connection,
+            # as a pod's sandbox does (sandbox/sockowner.h), over every
+            # process of the host's namespace.
+            ap_, aport = start(middle + [exe, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}",
+                                         "--attribute", "1"])
+            procs.append(ap_)
+            cands.append(("agentshim+attr", aport, ap_.pid))
         for base in args.base:
             bp, bport = start(middle + [base, "proxy", "--port", "0", "--allow", f"127.0.0.1:{sport}"])
             procs.append(bp)

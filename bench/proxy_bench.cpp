@@ -18,13 +18,14 @@
 // --wsize BYTES (send/copy write size). send also prints its own CPU time (user_s, sys_s).
 // With port 0, proxy and server print "port N" once listening. Loopback only.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +42,7 @@
 #include "common/error.h"
 #include "common/fd.h"
 #include "netpolicy/proxy.h"
+#include "sandbox/sockowner.h"
 
 using namespace agentshim;
 using Clock = std::chrono::steady_clock;
@@ -162,7 +165,8 @@ void splice_dir(int src, int dst, int pipe_size) {
     ssize_t n = splice(src, nullptr, p[1], nullptr, chunk, SPLICE_F_MOVE | SPLICE_F_MORE);
     if (n <= 0) break;
     while (n > 0) {
-      ssize_t k = splice(p[0], nullptr, dst, nullptr, static_cast<std::size_t>(n), SPLICE_F_MOVE | SPLICE_F_MORE);
+      ssize_t k =
+          splice(p[0], nullptr, dst, nullptr, static_cast<std::size_t>(n), SPLICE_F_MOVE | SPLICE_F_MORE);
       if (k <= 0) {
         n = -1;
         break;
@@ -359,6 +363,7 @@ int main(int argc, char** argv) {
   double rate = 0;
   std::size_t wsize = 1 << 20;
   std::string mode = "threads";
+  bool attribute = false;
   std::vector<std::string> allow;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
@@ -384,6 +389,8 @@ int main(int argc, char** argv) {
       rate = std::stod(v);
     else if (k == "--wsize")
       wsize = std::stoull(v);
+    else if (k == "--attribute")
+      attribute = v == "1";
     else
       return usage();
   }
@@ -398,6 +405,18 @@ int main(int argc, char** argv) {
       net::Limits lim;
       lim.max_connections = 1024;
       net::Proxy p(listen_on(port), net::Allowlist::parse(allow, "--allow"), lim, {});
+      if (attribute) {
+        // What a pod's sandbox does for every connection (sandbox/sockowner.h),
+        // here in the host's namespace: every process on the machine is a
+        // candidate, the worst case.
+        struct stat st {};
+        if (::stat("/proc/self/ns/net", &st) < 0) throw std::runtime_error("stat /proc/self/ns/net");
+        auto attr = std::make_shared<sockowner::Attributor>(st.st_ino);
+        p.set_attribution([attr](int fd) -> nlohmann::json {
+          auto hs = attr->holders(fd);
+          return hs.empty() ? nlohmann::json(nullptr) : nlohmann::json(hs.front().pid);
+        });
+      }
       p.start();
       int sig = 0;
       sigwait(&set, &sig);
@@ -435,7 +454,8 @@ int main(int argc, char** argv) {
         send_all(s.get(), buf.data(), k);
         left -= k;
         if (rate > 0) {  // throttle: never ahead of rate MiB/s since t0
-          auto due = t0 + std::chrono::duration<double>(static_cast<double>(bytes - left) / (rate * (1 << 20)));
+          auto due =
+              t0 + std::chrono::duration<double>(static_cast<double>(bytes - left) / (rate * (1 << 20)));
           std::this_thread::sleep_until(due);
         }
       }

@@ -768,16 +768,45 @@ def test_pod_egress(node, handler, tmp_path):
             assert proxied[:2] == (0, "node-says-hi\n"), proxied
             denied = pod.exec("app", ["wget", "-qO-", f"http://{GATEWAY}:{port + 1}/"])
             assert denied[0] != 0 and "403" in denied[2], denied
+            # A sidecar shares the pod's network and its proxy.
+            pod.container("sidecar", ["sleep", "3600"])
+            side = pod.exec("sidecar", ["wget", "-qO-", f"http://{GATEWAY}:{port}/side"])
+            assert side[:2] == (0, "node-says-hi\n"), side
+            sandbox_id, app_id, side_id = pod.id, pod.containers["app"], pod.containers["sidecar"]
     finally:
         p.kill()
         p.wait()
-    events = []
+    wait_records(node.ctrd.audit)
+    by_container = {}  # container id -> its record's events
     for root, _, files in os.walk(os.path.join(node.ctrd.base, "audit", "runs")):
         if "events.ndjson" in files:
             with open(os.path.join(root, "events.ndjson")) as f:
-                events += [json.loads(l) for l in f]
+                evs = [json.loads(l) for l in f]
+            cid = next(e["data"]["container_id"] for e in evs if e["type"] == "run.created")
+            by_container.setdefault(cid, []).extend(evs)
+    events = [e for evs in by_container.values() for e in evs]
     decisions = [(e["type"], e["data"].get("decision")) for e in events if e["type"].startswith("net.")]
     assert any(d == "allowed" for _, d in decisions) and any(d == "denied" for _, d in decisions), decisions
+    # Issue 14 item 2: the pod's proxy is the sandbox's, and each decision is
+    # also in the record of the container whose process made it (the kernel's
+    # socket owner), marked served_by the sandbox; the sandbox's own record
+    # names who it was (origin).
+    def conns(cid):
+        return [e["data"] for e in by_container.get(cid, []) if e["type"] == "net.connection"]
+    def origin_ids(d):
+        return {o["container"] for o in d.get("origin", [])}
+    in_sandbox = conns(sandbox_id)
+    assert {(d["port"], d["decision"]) for d in in_sandbox} >= {(port, "allowed"), (port + 1, "denied")}, in_sandbox
+    assert all(origin_ids(d) in ({app_id}, {side_id}) for d in in_sandbox), (
+        [d.get("origin") for d in in_sandbox], app_id, side_id)
+    assert all("root" not in o for d in in_sandbox for o in d["origin"]), in_sandbox
+    app, sidecar = conns(app_id), conns(side_id)
+    assert sorted((d["port"], d["decision"]) for d in app) == [(port, "allowed"), (port + 1, "denied")], app
+    assert [(d["port"], d["decision"]) for d in sidecar] == [(port, "allowed")], sidecar
+    assert all(d["served_by"] == sandbox_id and origin_ids(d) == {app_id} for d in app), app
+    assert all(d["served_by"] == sandbox_id and origin_ids(d) == {side_id} for d in sidecar), sidecar
+    # The holder is the wget process itself, a process of that container.
+    assert all(o["pid"] > 0 for d in app + sidecar for o in d["origin"]), app + sidecar
 
 
 def test_agentshim_refuses_privileged_pods(node):

@@ -497,6 +497,37 @@ def test_container_network_ipc_and_pid_modes(docker):
             docker("rm", "-f", a)
 
 
+def test_joined_network_decisions_are_recorded_by_who_made_them(docker):
+    """Issue 14 item 2 with Docker: B runs with `--network container:A`, so
+    A's supervisor serves the shared namespace's proxy. B's request (denied:
+    the default allowlist names nothing) is in A's record with origin B (the
+    kernel's socket owner), and in B's own record with served_by A; both
+    records verify."""
+    from exec_sessions import run_dir
+    a = start_detached(docker, "agentshim", IMG, "sleep", "60")
+    b = None
+    try:
+        b = start_detached(docker, "agentshim", "--network", f"container:{a}", IMG, "sh", "-c",
+                           "wget -qO- http://example.invalid:81/from-b; echo rc=$?; sleep 60")
+        wait_for(lambda: "rc=" in docker.out("logs", b), timeout=30, what="b's request")
+        assert "rc=0" not in docker.out("logs", b)
+    finally:
+        docker("rm", "-f", *([b] if b else []), a)
+    recs = {}
+    for cid in (a, b):
+        rd = run_dir(docker.audit, cid)
+        recs[cid] = [json.loads(l) for l in open(os.path.join(rd, "events.ndjson"))]
+        v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", rd])
+        assert v.stdout == b"VERIFIED\n", (cid, v.stdout, v.stderr)
+    def conns(cid):
+        return [e["data"] for e in recs[cid] if e["type"] == "net.connection" and e["data"]["port"] == 81]
+    in_a, in_b = conns(a), conns(b)
+    assert len(in_a) == 1 and in_a[0]["decision"] == "denied", in_a
+    assert [o["container"] for o in in_a[0]["origin"]] == [b], in_a
+    assert len(in_b) == 1 and in_b[0]["served_by"] == a and in_b[0]["decision"] == "denied", in_b
+    assert [o["container"] for o in in_b[0]["origin"]] == [b], in_b
+
+
 # ------------------------------------------------------------ policy errors
 
 

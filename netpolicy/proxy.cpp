@@ -207,14 +207,16 @@ bool Proxy::apply_credentials(Conn& c) {
     ++n_denied_;
     if (!sink_) continue;
     try {
-      sink_("net.credential", {{"client_port", c.client_port},
-                               {"request", c.request},
-                               {"method", c.method},
-                               {"host", c.host},
-                               {"port", c.port},
-                               {"credential", name},
-                               {"action", rw.deny ? "denied" : "stripped"},
-                               {"decision", "denied"}});
+      json d = {{"client_port", c.client_port},
+                {"request", c.request},
+                {"method", c.method},
+                {"host", c.host},
+                {"port", c.port},
+                {"credential", name},
+                {"action", rw.deny ? "denied" : "stripped"},
+                {"decision", "denied"}};
+      if (!c.origin.is_null()) d["origin"] = c.origin;
+      sink_("net.credential", std::move(d));
     } catch (...) {
       // as in emit()
     }
@@ -266,6 +268,7 @@ void Proxy::emit(Conn& c) {
     d["credential"] = c.credential;
     d["path"] = c.path;
   }
+  if (!c.origin.is_null()) d["origin"] = c.origin;
   try {
     sink_("net.connection", std::move(d));
   } catch (...) {
@@ -273,8 +276,18 @@ void Proxy::emit(Conn& c) {
   }
 }
 
+void Proxy::attribute(Conn& c) {
+  if (!attribute_ || !c.origin.is_null()) return;
+  try {
+    c.origin = attribute_(c.fd.get());
+  } catch (...) {
+    c.origin = nullptr;  // unknown: the events stay the serving container's alone
+  }
+}
+
 void Proxy::worker(std::unique_ptr<Conn> cp) {
   Conn& c = *cp;
+  attribute(c);
   if (c.req.is_connect)
     tunnel_session(c);
   else

@@ -124,6 +124,12 @@ class Proxy {
   void set_credentials(std::vector<cred::Active> creds);
   // Before start(): request-level rules (netpolicy/request_rules.h).
   void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }
+  // Before start(): who is behind a client connection (the supervisor's
+  // sandbox/sockowner lookup), asked by the worker that serves it while the
+  // client waits for its answer; a non-null answer is the "origin" of that
+  // connection's events. An exception counts as "unknown".
+  using Attribute = std::function<json(int client_fd)>;
+  void set_attribution(Attribute a) { attribute_ = std::move(a); }
   json totals() const;
   int active_connections() const { return active_.load(); }
   int pending_connections() const { return pending_.load(); }
@@ -138,6 +144,9 @@ class Proxy {
   class Acceptor;  // the head loop (proxy_acceptor.cpp)
   void loop();
   void worker(std::unique_ptr<Conn> c);
+  // c.origin from attribute_, once: for a request the allowlist denies (in
+  // the head loop) and for every admitted connection (in its worker).
+  void attribute(Conn& c);
   // CONNECT: connect, answer 200, relay until the end (proxy_tunnel.cpp).
   void tunnel_session(Conn& c);
   // Resolve, check every address, connect (one budget). On failure the error
@@ -165,6 +174,7 @@ class Proxy {
   Limits limits_;
   EventSink sink_;
   Resolver resolver_;
+  Attribute attribute_;
   // Worker pool (connections and tunnel directions): threads are reused; one
   // idle for 30 s exits.
   std::mutex pool_mu_;

@@ -115,6 +115,7 @@ void Proxy::Acceptor::admit(Conn& c, const http::ParseResult& pr) {
   if (!d.allowed) {
     c.reason = d.reason;
     c.end = "refused";
+    p_.attribute(c);  // a denial is the decision a record most needs to place
     answer(c, 403, "agentshim: " + rq.method + " to " + authority(rq.host, rq.port) + " denied: " + d.reason);
     return;
   }

@@ -42,6 +42,7 @@ struct Proxy::Conn {
   uint64_t up = 0, down = 0;
   bool error = false;
   std::string credential, path;  // applied credentials (names) and the path, when any was applied
+  json origin;                   // who is behind the connection (Proxy::set_attribution), null: unknown
 };
 
 namespace proxy_io {

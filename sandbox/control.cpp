@@ -18,8 +18,8 @@
 namespace agentshim::control {
 namespace {
 
-constexpr const char* kNames[] = {"start-gate", "started", "exec",    "kill",
-                                  "paused",     "resumed", "updated", "exec-observe"};
+constexpr const char* kNames[] = {"start-gate", "started", "exec",         "kill",     "paused",
+                                  "resumed",    "updated", "exec-observe", "net-event"};
 static_assert(std::size(kNames) == std::variant_size_v<Message>);
 
 static_assert(sync::wire::types_in_order<Message>(), "Message's alternatives follow Type's order");
@@ -94,6 +94,10 @@ std::string encode(const Message& m) {
         } else if constexpr (std::is_same_v<T, Updated>) {
           j["resources"] = p.resources;
           j["policy_decisions"] = p.policy_decisions;
+        } else if constexpr (std::is_same_v<T, NetEvent>) {
+          j["event"] = p.event;
+          j["data"] = p.data;
+          j["served_by"] = p.served_by;
         }
       },
       m);
@@ -148,6 +152,16 @@ Message decode(std::string_view line) {
       u.resources = field<json>(j, type, "resources", json::object(), vt::object);
       u.policy_decisions = field<json>(j, type, "policy_decisions", json::array(), vt::array);
       return u;
+    }
+    case Type::net_event: {
+      NetEvent n;
+      n.event = field<std::string>(j, type, "event", "", vt::string);
+      if (n.event != "net.connection" && n.event != "net.credential")
+        bad(type, "event must be net.connection or net.credential");
+      n.data = field<json>(j, type, "data", json::object(), vt::object);
+      n.served_by = field<std::string>(j, type, "served_by", "", vt::string);
+      if (n.served_by.empty() || n.served_by.size() > 1024) bad(type, "served_by must name a container");
+      return n;
     }
   }
   throw Error("unknown control message type \"" + type + "\"");

@@ -16,6 +16,10 @@
 //   pause   ── paused ──────▶ supervisor   run.paused
 //   resume  ── resumed ─────▶ supervisor   run.resumed
 //   update  ── updated{...} ▶ supervisor   run.updated
+//   a pod's sandbox supervisor ── net-event{event, data, served_by}
+//                           ───▶ supervisor   the network decision one of this
+//                                          container's processes made through the
+//                                          proxy the sandbox serves (sockowner.h)
 //
 // Any local process that can reach the socket may connect: decode() checks
 // every field, and an unknown or malformed message is answered with an
@@ -38,7 +42,7 @@ namespace agentshim::control {
 using json = nlohmann::json;
 
 // In the order of Message's alternatives.
-enum class Type { start_gate, started, exec, kill, paused, resumed, updated, exec_observe };
+enum class Type { start_gate, started, exec, kill, paused, resumed, updated, exec_observe, net_event };
 
 struct StartGate {
   static constexpr Type kType = Type::start_gate;
@@ -81,7 +85,17 @@ struct ExecObserve {
   std::vector<std::string> kinds;  // "exec" (the observer's) or "config" (linux.seccomp's listenerPath)
 };
 
-using Message = std::variant<StartGate, Started, Exec, Kill, Paused, Resumed, Updated, ExecObserve>;
+// A network decision made by one of this container's processes through a
+// proxy another container serves (a pod's sandbox): recorded here as it was
+// there, with `served_by`.
+struct NetEvent {
+  static constexpr Type kType = Type::net_event;
+  std::string event;  // "net.connection" | "net.credential"
+  json data = json::object();
+  std::string served_by;  // the serving container's id
+};
+
+using Message = std::variant<StartGate, Started, Exec, Kill, Paused, Resumed, Updated, ExecObserve, NetEvent>;
 
 inline Type type_of(const Message& m) {
   return static_cast<Type>(m.index());

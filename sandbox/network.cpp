@@ -1,8 +1,10 @@
 #include "sandbox/network.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 
 #include "common/error.h"
@@ -12,6 +14,7 @@
 #include "netpolicy/firewall.h"
 #include "netpolicy/proxy.h"
 #include "netpolicy/request_rules.h"
+#include "sandbox/sockowner.h"
 
 namespace agentshim::network {
 
@@ -70,6 +73,7 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
   const bool serve = mediated && (new_netns || (o_.mode == "confined" && o_.ns == "caller"));
   const bool confine = serve && o_.mode == "confined";
   UniqueFd proxy_fd, dns_udp, dns_tcp;
+  std::shared_ptr<sockowner::Attributor> attributor;
   json view;
   // Rules first: nothing leaves before the namespace is confined.
   if (confine) net::confine(nsfd.get());
@@ -83,6 +87,15 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
       proxy_fd = net::listen_tcp("127.0.0.1", o_.proxy_port, 1024);
       dns_udp = net::bind_udp("127.0.0.53", 53);
       dns_tcp = net::listen_tcp("127.0.0.53", 53, 64);
+      // Who is behind each proxy connection: a pod's containers share this
+      // namespace and its proxy (sandbox/sockowner.h). Best effort: without
+      // sock_diag the decisions stay this container's alone.
+      try {
+        struct stat st {};
+        if (::fstat(nsfd.get(), &st) == 0) attributor = std::make_shared<sockowner::Attributor>(st.st_ino);
+      } catch (const std::exception& e) {
+        log::warn(std::string("network: connections will not be attributed to processes: ") + e.what());
+      }
     }
     view = net::describe_namespace();
   });
@@ -98,6 +111,14 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
     ev["dns"] = "127.0.0.53:53 (" + o_.dns + ")";
     ev["allow"] = allow.rules();
     proxy_ = std::make_unique<net::Proxy>(std::move(proxy_fd), allow, limits_of(o_.limits), sink);
+    if (attributor)
+      proxy_->set_attribution([attributor](int fd) -> json {
+        auto hs = attributor->holders(fd);
+        if (hs.empty()) return nullptr;
+        json o = json::array();
+        for (const auto& h : hs) o.push_back({{"pid", h.pid}, {"container", h.id}, {"root", h.root}});
+        return o;
+      });
     if (!o_.request_rules.empty()) {
       proxy_->set_request_rules(net::RequestRules::parse(o_.request_rules, "policy"));
       ev["request_rules"] = o_.request_rules;

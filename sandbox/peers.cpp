@@ -1,5 +1,6 @@
 #include "sandbox/peers.h"
 
+#include <dirent.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -7,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -104,6 +106,18 @@ std::optional<Peer> by_sentinel(pid_t pid) {
     log::debug("peers: " + *dir + "/policy.json: " + e.what());
   }
   return p;
+}
+
+std::vector<Peer> all() {
+  std::vector<Peer> out;
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(index_dir().c_str()), ::closedir);
+  if (!d) return out;
+  while (dirent* e = ::readdir(d.get())) {
+    auto n = parse_int(e->d_name);
+    if (!n || *n <= 0 || *n > std::numeric_limits<pid_t>::max()) continue;  // ".", "..", "*.tmp.*"
+    if (auto p = by_sentinel(static_cast<pid_t>(*n))) out.push_back(std::move(*p));
+  }
+  return out;
 }
 
 std::optional<NamespaceTarget> resolve_namespace_path(const std::string& path, const std::string& proc_name) {

@@ -22,6 +22,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace agentshim::peers {
 
@@ -43,6 +44,10 @@ struct Peer {
 
 // The running agentshim container whose sentinel is `pid`, if any.
 std::optional<Peer> by_sentinel(pid_t pid);
+
+// Every running agentshim container in the index (entries that do not
+// check out, as by_sentinel, are left out).
+std::vector<Peer> all();
 
 // A namespace path as clients write it, resolved.
 struct NamespaceTarget {

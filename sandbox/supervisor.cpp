@@ -421,11 +421,44 @@ class Supervisor {
     // refuses that; nothing here would contain it, so nothing is served.
     if (!s_.spec.has_namespace("network")) return;
     auto opts = network::Options::from_policy(s_.policy);
-    net_ = std::make_unique<network::ContainerNetwork>(init_pid_, s_.spec.has_new_namespace("network"),
-                                                       opts, [this](const std::string& type, json data) {
-                                                         if (record_)
-                                                           record_->event(type, pct_strings(std::move(data)));
-                                                       });
+    net_ = std::make_unique<network::ContainerNetwork>(
+        init_pid_, s_.spec.has_new_namespace("network"), opts,
+        [this](const std::string& type, json data) { route_network_event(type, std::move(data)); });
+  }
+
+  // A decision of the proxy this supervisor serves is recorded here, and,
+  // when the kernel named another agentshim container's process behind the
+  // connection (a pod's app or sidecar sharing this namespace; "origin",
+  // sandbox/sockowner.h), also in that container's record, through its
+  // supervisor's control socket ("net-event"). The state root only routes:
+  // the record names the container by id.
+  void route_network_event(const std::string& type, json data) {
+    std::vector<std::string> others;  // state dirs of the other containers named
+    if (auto it = data.find("origin"); it != data.end() && it->is_array()) {
+      for (auto& h : *it) {
+        std::string id = h.value("container", ""), root = h.value("root", "");
+        h.erase("root");
+        if (id.empty() || root.empty()) continue;
+        std::string dir = state::container_dir(root, id);
+        if (dir != s_.state_dir && std::find(others.begin(), others.end(), dir) == others.end())
+          others.push_back(dir);
+      }
+    }
+    data = pct_strings(std::move(data));
+    if (record_) record_->event(type, data);
+    if (type != "net.connection" && type != "net.credential") return;
+    for (const auto& dir : others)
+      control::notify(dir, control::NetEvent{type, data, s_.id}, /*wait_reply=*/false);
+  }
+
+  // Strings that should be pct strings already (a net-event's), made so
+  // whatever they are: decoding then encoding again leaves a pct string as
+  // it was and encodes anything else.
+  static json repct_strings(json j) {
+    if (j.is_string()) return attest::pct_encode(attest::pct_decode(j.get<std::string>()));
+    if (j.is_array() || j.is_object())
+      for (auto& v : j) v = repct_strings(std::move(v));
+    return j;
   }
 
   // The policy's exec time limit, counted from `start`.
@@ -643,6 +676,12 @@ class Supervisor {
     } else if (std::holds_alternative<control::Paused>(msg) ||
                std::holds_alternative<control::Resumed>(msg)) {
       record_->event("run." + type, json::object());
+    } else if (const auto* n = std::get_if<control::NetEvent>(&msg)) {
+      // As the serving supervisor recorded it (pct strings there; made sure
+      // of here: this side cannot tell who wrote the message).
+      json d = repct_strings(n->data);
+      d["served_by"] = attest::pct_encode(n->served_by);
+      record_->event(n->event, std::move(d));
     } else if (const auto* u = std::get_if<control::Updated>(&msg)) {
       record_->event("run.updated", {{"resources_sha256", attest::hex(attest::sha256(u->resources.dump()))},
                                      {"policy_decisions", u->policy_decisions}});

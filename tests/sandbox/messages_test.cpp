@@ -152,14 +152,19 @@ TEST(ControlMessages, EveryTypeRoundTrips) {
   e.user = {{"uid", 1000}};
   e.policy_decisions = json::array({{{"rule", "x"}}});
   e.session = "0123456789abcdef";
-  std::vector<control::Message> all = {control::StartGate{},
-                                       control::Started{},
-                                       e,
-                                       control::Kill{"SIGTERM", true},
-                                       control::Paused{},
-                                       control::Resumed{},
-                                       control::Updated{{{"pids", {{"limit", 5}}}}, json::array()},
-                                       control::ExecObserve{"00ff", 42, {"exec", "config"}}};
+  std::vector<control::Message> all = {
+      control::StartGate{},
+      control::Started{},
+      e,
+      control::Kill{"SIGTERM", true},
+      control::Paused{},
+      control::Resumed{},
+      control::Updated{{{"pids", {{"limit", 5}}}}, json::array()},
+      control::ExecObserve{"00ff", 42, {"exec", "config"}},
+      control::NetEvent{
+          "net.connection",
+          {{"host", "example.com"}, {"origin", json::array({{{"pid", 5}, {"container", "a"}}})}},
+          "pod-sandbox"}};
   ASSERT_EQ(all.size(), std::variant_size_v<control::Message>);
   for (const auto& m : all) {
     std::string wire;
@@ -227,6 +232,20 @@ TEST(ControlMessages, UnknownAndMalformedAreErrors) {
                   "kinds"));
   EXPECT_TRUE(has(
       error_of([] { control::decode(R"({"type":"exec-observe","session":"a","kinds":"exec"})"); }), "kinds"));
+  // net-event: only the proxy's two decision events, with a data object and
+  // the serving container named; anything else would let a message write
+  // arbitrary event types into a record.
+  for (const char* bad : {R"({"type":"net-event","event":"run.finalized","data":{},"served_by":"s"})",
+                          R"({"type":"net-event","data":{},"served_by":"s"})"})
+    EXPECT_TRUE(has(error_of([&] { control::decode(bad); }), "event must be")) << bad;
+  EXPECT_TRUE(has(error_of([] {
+                    control::decode(
+                        R"({"type":"net-event","event":"net.connection","data":[],"served_by":"s"})");
+                  }),
+                  "data"));
+  EXPECT_TRUE(
+      has(error_of([] { control::decode(R"({"type":"net-event","event":"net.connection","data":{}})"); }),
+          "served_by"));
 }
 
 // Descriptors sent with a control message reach the handler; a message
