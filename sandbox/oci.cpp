@@ -95,19 +95,6 @@ std::optional<RootIds> root_ids(const std::vector<IdMapping>& mappings) {
   return std::nullopt;
 }
 
-std::optional<RootIds> root_ids(const json& cfg, const char* key) {
-  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains(key) ||
-      !cfg["linux"][key].is_array())
-    return std::nullopt;
-  for (const auto& m : cfg["linux"][key]) {
-    if (!m.is_object()) continue;
-    long long c = m.value("containerID", 0LL), h = m.value("hostID", 0LL), n = m.value("size", 0LL);
-    if (c <= 0 && 0 < c + n && h - c >= 0)
-      return RootIds{static_cast<std::uint64_t>(h - c), static_cast<std::uint64_t>(c + n)};
-  }
-  return std::nullopt;
-}
-
 bool has_new_namespace(const json& cfg, const std::string& type) {
   for (const auto& n : namespaces(cfg))
     if (n.type == type && n.path.empty()) return true;
@@ -706,10 +693,6 @@ void validate_container_id(const std::string& id) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '+' || c == '-' || c == '.'))
       throw Error("invalid container id: \"" + id + "\" (allowed: letters, digits, _ + - .)");
   }
-}
-
-std::string rootfs_path(const json& cfg, const std::string& bundle) {
-  return rootfs_path(parse_spec(cfg), bundle);
 }
 
 std::string rootfs_path(const Spec& spec, const std::string& bundle) {

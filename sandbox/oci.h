@@ -70,13 +70,12 @@ std::vector<Sysctl> sysctls(const Spec& spec, bool check_paths);
 // "ipc", "network", "uts" for a namespaced sysctl key, "" otherwise.
 std::string sysctl_namespace(const std::string& key);
 
-// The host id of container id 0 in linux.uidMappings / gidMappings (`key`),
+// The host id of container id 0 in linux.uidMappings or gidMappings,
 // and how many ids from there on are mapped; nullopt when 0 is unmapped.
 struct RootIds {
   std::uint64_t host = 0;
   std::uint64_t size = 0;
 };
-std::optional<RootIds> root_ids(const json& cfg, const char* key);
 struct IdMapping;
 std::optional<RootIds> root_ids(const std::vector<IdMapping>& mappings);
 
@@ -299,7 +298,6 @@ json to_json(const User& u);
 json user_json(const Process& p);
 
 // Resolve the rootfs path (relative to the bundle when not absolute).
-std::string rootfs_path(const json& cfg, const std::string& bundle);
 std::string rootfs_path(const Spec& spec, const std::string& bundle);
 
 }  // namespace agentshim::oci
