@@ -47,7 +47,9 @@ sys.path.insert(0, HERE)
 from lifecycle import crun_usable, lifecycle, sh  # noqa: E402
 
 CACHE_DIR = "/var/cache/agentshim-bench"
-PACKAGES = "python3,git,gcc,nodejs,npm"
+PACKAGES = "python3,git,gcc,make,nodejs,npm,ca-certificates"
+# The cached tarball's name carries the package list: a new list builds a new image.
+TARBALL = os.path.join(CACHE_DIR, "bookworm-" + PACKAGES.replace(",", "-").replace("ca-certificates", "ca") + ".tar")
 
 
 def ensure_tarball(path):
@@ -248,7 +250,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agentshim", default=os.path.join(REPO, "build", "shim", "agentshim"))
     ap.add_argument("-n", type=int, default=10)
-    ap.add_argument("--tar", default=os.path.join(CACHE_DIR, "bookworm.tar"))
+    ap.add_argument("--tar", default=TARBALL)
     ap.add_argument("--smoke", action="store_true", help="busybox root, 2 iterations")
     ap.add_argument("--workdir", default="/var/tmp", help="where the bundle is unpacked")
     ap.add_argument("--no-clients", action="store_true", help="skip docker and podman")

@@ -93,4 +93,14 @@ void write(Level lvl, const std::string& msg) {
     write_all(2, line);
 }
 
+void warn_user(const std::string& m) {
+  write(Level::warning, m);
+  bool on_stderr;
+  {
+    std::lock_guard lk(g_mu);
+    on_stderr = g_fd < 0 && g_opts.debug;  // write() put it there already
+  }
+  if (!on_stderr) write_all(2, "agentshim: warning: " + m + "\n");
+}
+
 }  // namespace agentshim::log

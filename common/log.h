@@ -35,6 +35,11 @@ inline void info(const std::string& m) {
 inline void warn(const std::string& m) {
   write(Level::warning, m);
 }
+// A warning the user of a client should see (a policy decision that changed
+// what they asked for): in the log, where containerd, Docker and Podman read
+// a runtime's messages, and on stderr, which `agentshim run`, Podman and
+// the shims show.
+void warn_user(const std::string& m);
 inline void error(const std::string& m) {
   write(Level::error, m);
 }

@@ -136,6 +136,20 @@ def test_rm_removes_container(docker):
         assert docker("inspect", name).returncode != 0
 
 
+def test_capped_tmpfs_is_said_in_the_containers_stderr(docker):
+    """Issue 16 item 3: `--tmpfs /big:size=256m` is capped by the policy's
+    filesystem.tmpfs_max_size (64m): Docker shows the runtime's warning at
+    the start of the container's stderr, so the user who then sees `No space
+    left on device` knows why; a plain run's stderr is runc's (compared in
+    test_foreground_output_and_exit_code)."""
+    r = dr(docker, "agentshim", "--tmpfs", "/big:size=256m", IMG, "sh", "-c",
+           "grep ' /big ' /proc/mounts; touch /tmp/scratch && echo tmp-writable")
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err
+    assert "size=65536k" in text(r) and "tmp-writable" in text(r), text(r)
+    assert "agentshim: warning: policy capped" in err and "tmpfs of size=256m at /big" in err, err
+
+
 def test_detached_logs_wait(docker):
     res = {}
     for rt in RUNTIMES:

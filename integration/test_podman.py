@@ -113,6 +113,20 @@ def test_runtime_error_surfaces_in_podman_output(podman):
     assert "agentshim" in err and "/no/such/binary" in err, err
 
 
+def test_scratch_space_on_the_read_only_root(podman):
+    """Issue 16 item 3: the read-only root gets writable scratch space at
+    /tmp and /var/tmp (filesystem.scratch), the rest of the root stays
+    read-only, and a --rm run's record verifies."""
+    before = set(os.listdir(os.path.join(podman.audit, "runs"))) if os.path.isdir(
+        os.path.join(podman.audit, "runs")) else set()
+    r = prun(podman, "agentshim", "--rm", IMAGE, "sh", "-c",
+             "touch /tmp/a /var/tmp/b && echo ok; touch /etc/x 2>/dev/null || echo ro; "
+             "grep -c ' /tmp tmpfs\\| /var/tmp tmpfs' /proc/mounts")
+    out, err = r.stdout.decode(), r.stderr.decode(errors="replace")
+    assert r.returncode == 0 and out == "ok\nro\n2\n", (r.returncode, out, err)
+    new_runs_verified(podman.audit, before, 1)
+
+
 def test_record_written(podman):
     rd = os.path.join(podman.audit, "runs")
     before = set(os.listdir(rd)) if os.path.isdir(rd) else set()

@@ -21,16 +21,15 @@ import clients
 from clients import Dockerd, agentshim_policy, ensure_packages, short_tmpdir
 
 sys.path.insert(0, os.path.join(REPO, "bench"))
-from realimage import CACHE_DIR, ensure_tarball, overlay_podman  # noqa: E402
+from realimage import TARBALL, ensure_tarball, overlay_podman  # noqa: E402
 
 IMG = "debian-agent:agentshim"
 
 
 @pytest.fixture(scope="module")
 def image_tar():
-    path = os.path.join(CACHE_DIR, "bookworm.tar")
     try:
-        return ensure_tarball(path)
+        return ensure_tarball(TARBALL)
     except (OSError, subprocess.CalledProcessError) as e:
         pytest.skip(f"mmdebstrap could not build the Debian image ({e})")
 
@@ -124,6 +123,134 @@ def test_podman_reuses_image_layers(image_tar):
     finally:
         p("rmi", "-f", IMG, timeout=300)
         p.stop()
+
+
+# Issue 16 item 4: what an agent does with a real image. Python writes a
+# program and its Makefile, git commits them, make runs gcc, the program
+# runs; with NPM=1 npm installs a package from the public registry through
+# the egress allowlist and node uses it. The last lines are sha256sum of the
+# files that ran, as the container sees them, to check the record against.
+SCENARIO = r"""
+set -e
+cd /work
+python3 - <<'PY'
+import pathlib
+pathlib.Path("hello.c").write_text('#include <stdio.h>\nint main(void){puts("built");return 0;}\n')
+pathlib.Path("Makefile").write_text("hello: hello.c\n\tgcc -O1 -o hello hello.c\n")
+PY
+git init -q . && git add -A
+git -c user.email=agent@example.com -c user.name=agent commit -qm init
+make -s && ./hello
+if [ "$NPM" = 1 ]; then
+  npm install --no-audit --no-fund --silent --cache /tmp/npm-cache left-pad@1.3.0
+  node -e 'console.log(require("left-pad")("x", 3, "-"))'
+fi
+echo ---
+sha256sum $(readlink -f /usr/bin/python3 /usr/bin/git /usr/bin/make /usr/bin/gcc /usr/bin/node) /work/hello
+"""
+
+
+def check_scenario(out, events, changes, npm):
+    """The run's output is what the scenario prints, and the record names
+    each program that ran with the hash sha256sum gave inside the container,
+    and the files it wrote."""
+    head, _, sums = out.partition("---\n")
+    assert "built\n" in head, out
+    if npm:
+        assert "--x\n" in head, out
+    want = {}
+    for line in sums.splitlines():
+        h, path = line.split()
+        want[path] = h
+    ran = {}
+    for e in events:
+        if e["type"] == "process.exec":
+            for f in e["data"].get("files", []):
+                if f.get("sha256"):
+                    ran.setdefault(f["path"], set()).add(f["sha256"])
+    for path, h in want.items():
+        if not npm and (path.endswith("/node") or "nodejs" in path):
+            continue  # node did not run
+        # The kernel names the file it executed: symlinks (python3, gcc) resolved.
+        assert path in ran and ran[path] == {h}, (path, h, ran.get(path), sorted(ran))
+    # gcc's own programs ran too: the compiler proper, the assembler, the linker.
+    for prog in ("/cc1", "/collect2", "-as"):
+        assert any(p.endswith(prog) for p in ran), (prog, sorted(ran))
+    changed = {c["path"] for c in changes}
+    for p in ("hello", "hello.c", "Makefile", ".git/HEAD"):
+        assert any(c == p or c.endswith("/" + p) for c in changed), (p, sorted(changed)[:40])
+    if npm:
+        assert any("node_modules/left-pad" in c for c in changed), sorted(changed)[:40]
+
+
+def run_record(audit, seen):
+    recs = records(audit)
+    fresh = [rd for rd in recs if rd not in seen]
+    assert len(fresh) == 1, fresh
+    seen.add(fresh[0])
+    v = run([os.environ.get("AGENTSHIM_BIN", os.path.join(REPO, "build", "shim", "agentshim")), "--audit-dir",
+             audit, "verify", fresh[0]])
+    assert v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    changes = [json.loads(line) for line in open(os.path.join(fresh[0], "changes.ndjson"))]
+    return recs[fresh[0]], changes
+
+
+def test_agent_scenario_under_podman(image_tar, tmp_path):
+    """Podman (host network namespace, so the registry is reachable through
+    the proxy): the whole scenario including npm, the registry allowed by the
+    policy, the host's CA bundle given to node (this machine's outbound TLS
+    passes an intercepting proxy, MACHINE.md)."""
+    missing = ensure_packages()
+    if missing:
+        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+    p = overlay_podman(clients)(short_tmpdir("pd"))
+    try:
+        p.out("import", image_tar, IMG, timeout=600)
+        pol = os.path.join(p.base, "policy-npm.json")
+        with open(pol, "w") as f:
+            json.dump({"audit": {"dir": p.audit}, "network": {"allow": ["registry.npmjs.org:443"]}}, f)
+        work = tmp_path / "work"
+        work.mkdir()
+        ca = "/etc/ssl/certs/ca-certificates.crt"
+        r = p("run", "--rm", *p.ulimits(), "-v", f"{work}:/work", "-v", f"{ca}:/host-ca.crt:ro",
+              "-e", "NODE_EXTRA_CA_CERTS=/host-ca.crt", "-e", "NPM=1", IMG, "bash", "-c", SCENARIO,
+              runtime="agentshim", policy=pol, timeout=600)
+        out = r.stdout.decode(errors="replace")
+        assert r.returncode == 0, out + r.stderr.decode(errors="replace")
+        events, changes = run_record(p.audit, set())
+        check_scenario(out, events, changes, npm=True)
+        conns = [e["data"] for e in events if e["type"] == "net.connection"]
+        assert any(c["host"] == "registry.npmjs.org" and c["decision"] == "allowed" for c in conns), conns
+    finally:
+        p("rmi", "-f", IMG, timeout=300)
+        p.stop()
+
+
+def test_agent_scenario_under_docker(image_tar, tmp_path):
+    """Docker (its daemon runs in a network namespace of the test's, with no
+    way out: no npm here): python, git, make, gcc and the program they built,
+    each recorded with the hash of the file that ran."""
+    missing = ensure_packages()
+    if missing:
+        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+    d = Dockerd(short_tmpdir("dk"))
+    try:
+        d.start()
+        with open(image_tar, "rb") as f:
+            d("import", "-", IMG, input=f.read(), check=True, timeout=600)
+        work = tmp_path / "work"
+        work.mkdir()
+        r = d("run", "--network", "none", "--runtime=agentshim", "-v", f"{work}:/work", IMG, "bash", "-c",
+              SCENARIO, timeout=600)
+        out = r.stdout.decode(errors="replace")
+        assert r.returncode == 0, out + r.stderr.decode(errors="replace")
+        cid = d.out("ps", "-lq").strip()
+        events, changes = run_record(d.audit, set())
+        d("rm", cid, check=True)
+        check_scenario(out, events, changes, npm=False)
+    finally:
+        d("rmi", "-f", IMG, timeout=300)
+        d.stop()
 
 
 def test_bench_smoke():

@@ -86,6 +86,23 @@ def test_mounts_tmpfs_bind_and_propagation(shim, bundle, cid, tmp_path):
     assert o.strip().endswith("1")
 
 
+def test_policy_changes_are_said_on_stderr(shim, bundle, cid):
+    """Issue 16 item 3: a decision that changes what the caller asked for
+    (a tmpfs size capped by filesystem.tmpfs_max_size) is said on the
+    runtime's stderr and in its log, not only in the record; the read-only
+    root has writable scratch /tmp sized to the memory limit."""
+    shim.ids.add(cid)
+    bundle.config["mounts"].append(
+        {"destination": "/big", "type": "tmpfs", "source": "tmpfs", "options": ["size=256m"]})
+    bundle.config.setdefault("linux", {}).setdefault("resources", {})["memory"] = {"limit": 96 << 20}
+    bundle.save()
+    r = shim("run", "--bundle", bundle.sh("touch /tmp/x && echo tmp-ok; grep ' /tmp ' /proc/mounts").path, cid)
+    out, err = r.stdout.decode(), r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err
+    assert "tmp-ok" in out and "size=98304k" in out, out
+    assert "agentshim: warning: policy capped mounts[" in err and "tmpfs of size=256m at /big" in err, err
+
+
 def test_seccomp_errno_and_kill(shim, bundle, cid):
     shim.ids.add(cid)
     bundle.config["linux"]["seccomp"] = {

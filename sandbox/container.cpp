@@ -232,6 +232,17 @@ void create(const Global& g, const CreateOptions& o) {
   pctx.bundle = bundle;
   pctx.owned = policy::runtime_owned(pol, g.root, audit_dir, g.policy_path);
   policy::Result pres = policy::apply(pol, caller, pctx);
+  // What the policy changed that the caller may not expect is said where
+  // clients show a runtime's messages, not only in the record (issue 16):
+  // Docker shows `create`'s stderr as the container's. Capabilities the
+  // policy never grants (Docker asks for NET_RAW, MKNOD... on every run) are
+  // documented and in the record, not repeated on every run's stderr.
+  for (const auto& d : pres.decisions) {
+    const std::string a = d.value("action", "");
+    const bool caps = d.value("rule", "") == "capabilities.allowed";
+    if (a == "capped" || a == "ignored" || a == "neutralised" || (a == "dropped" && !caps))
+      log::warn_user("policy " + a + " " + d.value("path", "") + ": " + d.value("detail", ""));
+  }
   json cfg = pres.config;
   oci::Spec spec = oci::parse_spec(cfg);
   // A capability the policy keeps but the host cannot grant is an error

@@ -1,23 +1,30 @@
 #include "sandbox/policy.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <vector>
 
 #include "common/error.h"
+#include "common/fd.h"
 #include "common/util.h"
 #include "netpolicy/allowlist.h"
 #include "netpolicy/credentials.h"
@@ -225,18 +232,34 @@ const std::map<Str, Check>& sections() {
           })},
          {"stack_on_config", boolean()}},
         "");
-    m["filesystem"] =
-        members({{"readonly_root", boolean()},
-                 {"allow_bind_mounts", boolean()},
-                 {"masked_paths", paths()},
-                 {"readonly_paths", paths()},
-                 {"forbidden_sources", paths()},
-                 {"tmpfs_max_size", valid_if([](const json& x, const Str& where, const Str& key) {
-                    auto sz = parse_size(x);
-                    if (!sz || *sz <= 0)
-                      fail(where, key, "must be a size such as \"64m\", \"1g\", \"512k\" or a byte count");
-                  })}},
-                "");
+    m["filesystem"] = members(
+        {{"readonly_root", boolean()},
+         {"allow_bind_mounts", boolean()},
+         {"masked_paths", paths()},
+         {"readonly_paths", paths()},
+         {"forbidden_sources", paths()},
+         {"tmpfs_max_size", valid_if([](const json& x, const Str& where, const Str& key) {
+            auto sz = parse_size(x);
+            if (!sz || *sz <= 0)
+              fail(where, key, "must be a size such as \"64m\", \"1g\", \"512k\" or a byte count");
+          })},
+         {"scratch", members({{"paths", valid_if([](const json& x, const Str& where, const Str& key) {
+                                 if (!x.is_array())
+                                   fail(where, key, "must be an array of absolute paths or \"$HOME\"");
+                                 for (std::size_t i = 0; i < x.size(); i++)
+                                   if (!x[i].is_string() || (x[i] != "$HOME" && !is_abs(x[i])))
+                                     fail(where, key + "[" + std::to_string(i) + "]",
+                                          "must be an absolute path or \"$HOME\"");
+                               })},
+                              {"size", valid_if([](const json& x, const Str& where, const Str& key) {
+                                 if (x == "memory") return;
+                                 auto sz = parse_size(x);
+                                 if (!sz || *sz <= 0)
+                                   fail(where, key,
+                                        "must be \"memory\" (the container's memory limit) or a size");
+                               })}},
+                             "")}},
+        "");
     m["namespaces"] = members(
         {{"allow_join", list_of(std::vector<const char*>(std::begin(kNs), std::end(kNs)), "namespace types")},
          {"allow_host",
@@ -475,6 +498,7 @@ class Engine {
     mounts();
     devices();
     resources();
+    scratch();  // sized from the memory limit resources() decided
     process_limits();
     annotations();
     network();
@@ -1014,6 +1038,124 @@ class Engine {
       kept.push_back(m);
     }
     c["mounts"] = kept;
+  }
+
+  // A read-only root gets writable scratch space where agent tools expect
+  // it (filesystem.scratch: /tmp, /var/tmp, $HOME by default), so pip,
+  // npm, apt's lists and compilers work without the user finding out which
+  // flag to add (issue 16). Each is a tmpfs, sized by default to the
+  // container's memory limit: its pages are charged to the container's
+  // memory cgroup, so that limit is what bounds it, whichever is written.
+  // A path where the caller already mounts something, at, above or below
+  // it, is left to the caller's mount. Appended after the caller's mounts
+  // (indexes of theirs unchanged); the record tracks them as any tmpfs.
+  // Whether `dir` inside the container's root filesystem is missing or
+  // empty (resolved inside the root: the image's symlinks cannot point it
+  // at the host). Unknown (no bundle, unreadable): not empty.
+  bool image_dir_empty(const Str& dir) const {
+    if (ctx_.bundle.empty()) return false;
+    try {
+      UniqueFd root(
+          ::open(oci::rootfs_path(r_.config, ctx_.bundle).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (!root) return false;
+      open_how how{};
+      how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+      how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+      const Str rel = dir.substr(1);
+      int fd = static_cast<int>(::syscall(SYS_openat2, root.get(), rel.c_str(), &how, sizeof how));
+      if (fd < 0) return errno == ENOENT;
+      std::unique_ptr<DIR, int (*)(DIR*)> d(::fdopendir(fd), ::closedir);
+      if (!d) {
+        ::close(fd);
+        return false;
+      }
+      while (dirent* e = ::readdir(d.get()))
+        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) return false;
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
+  void scratch() {
+    json& c = r_.config;
+    if (!(c["root"].is_object() && c["root"].value("readonly", false) == true)) return;
+    const json& sc = p_["filesystem"].value("scratch", json::object());
+    const json paths = sc.value("paths", json::array());
+    if (paths.empty()) return;
+    long long size = 0;
+    const json want = sc.value("size", json("memory"));
+    if (want == "memory") {
+      const json& l = c["linux"];
+      if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("memory") &&
+          l["resources"]["memory"].is_object() && l["resources"]["memory"].contains("limit") &&
+          l["resources"]["memory"]["limit"].is_number_integer())
+        size = l["resources"]["memory"]["limit"].get<long long>();
+      if (size <= 0) size = *parse_size(p_["filesystem"]["tmpfs_max_size"]);  // no limit at all
+    } else {
+      size = *parse_size(want);
+    }
+    const json& proc = c["process"];
+    long long uid = 0, gid = 0;
+    if (proc.contains("user") && proc["user"].is_object()) {
+      uid = proc["user"].value("uid", 0LL);
+      gid = proc["user"].value("gid", 0LL);
+    }
+    Str home;
+    if (proc.contains("env") && proc["env"].is_array())
+      for (const auto& e : proc["env"])
+        if (e.is_string() && starts_with(e.get<Str>(), "HOME=")) home = e.get<Str>().substr(5);
+    if (home.empty() && uid == 0) home = "/root";
+    if (!c.contains("mounts") || !c["mounts"].is_array()) c["mounts"] = json::array();
+    auto within = [](const Str& a, const Str& b) {  // a is b or below it
+      return a == b || (b == "/" ? true : starts_with(a, b + "/"));
+    };
+    std::vector<Str> done;
+    for (const auto& p : paths) {
+      const bool is_home = p == "$HOME";
+      Str dest = is_home ? home : p.get<Str>();
+      if (dest.empty() || !is_abs(dest)) continue;  // no $HOME for this user
+      dest = oci::clean_path(dest);
+      if (dest == "/" || within(dest, "/proc") || within(dest, "/sys") || within(dest, "/dev")) continue;
+      if (std::find(done.begin(), done.end(), dest) != done.end()) continue;
+      const oci::Mount* taken = nullptr;
+      for (const auto& m : r_.mounts)
+        if (within(m.destination, dest) || within(dest, m.destination)) {
+          taken = &m;
+          break;
+        }
+      if (taken) {
+        decide("filesystem.scratch", "mounts", "kept",
+               "no scratch tmpfs at " + dest + ": the config mounts " + taken->destination +
+                   " there (policy rule filesystem.scratch)");
+        continue;
+      }
+      // A tmpfs would hide what the image keeps in the home directory
+      // (dotfiles, tools installed per user): only an empty or missing one
+      // gets it; otherwise the decision says what to mount.
+      if (is_home && !image_dir_empty(dest)) {
+        decide("filesystem.scratch", "mounts", "kept",
+               "no scratch tmpfs at $HOME (" + dest +
+                   "): the image has files there that a tmpfs would hide; it stays read-only (mount a "
+                   "volume there for a writable home; policy rule filesystem.scratch)");
+        continue;
+      }
+      json opts = json::array({"nosuid", "nodev", "size=" + std::to_string(size)});
+      if (is_home) {
+        opts.push_back("mode=0700");
+        opts.push_back("uid=" + std::to_string(uid));
+        opts.push_back("gid=" + std::to_string(gid));
+      } else {
+        opts.push_back("mode=1777");
+      }
+      json m = {{"destination", dest}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", opts}};
+      r_.mounts.push_back(oci::parse_mount(m, c["mounts"].size()));
+      c["mounts"].push_back(m);
+      done.push_back(dest);
+      decide("filesystem.scratch", "mounts", "added",
+             "the root is read-only: a writable tmpfs of " + human_size(size) + " at " + dest +
+                 (is_home ? " ($HOME)" : "") + " by policy rule filesystem.scratch");
+    }
   }
 
   // minor < 0: every minor of `major` (a cgroup rule's wildcard); only the

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <set>
 
 #include "common/error.h"
@@ -802,7 +803,7 @@ TEST(PolicyApply, BindSources) {
   // allow_bind_mounts false: dropped in enforce mode, a violation in refuse mode.
   json nobind = policy::validate({{"filesystem", {{"allow_bind_mounts", false}}}}, "x");
   auto r = policy::apply(nobind, bind(ns.dir), ns.ctx());
-  EXPECT_EQ(r.config["mounts"].size(), 3u);
+  EXPECT_EQ(r.config["mounts"].size(), 3u + 2u);  // + the scratch /tmp and /var/tmp (filesystem.scratch)
   EXPECT_EQ(by_rule(r, "filesystem.allow_bind_mounts").at(0)["action"], "dropped");
   EXPECT_EQ(policy::evaluate(with_mode(nobind, "refuse"), bind(ns.dir), ns.ctx()).violations.size(), 1u);
 }
@@ -858,7 +859,7 @@ TEST(PolicyApply, RelativeSourcesResolveAgainstTheBundle) {
   auto a = policy::apply(policy::builtin(), ok, ctx);
   EXPECT_EQ(a.config["mounts"][3]["source"], ns.dir + "/pod");
   EXPECT_EQ(a.config["mounts"][3]["type"], "bind");
-  ASSERT_EQ(a.mounts.size(), 4u);
+  ASSERT_EQ(a.mounts.size(), 4u + 2u);  // + the scratch /tmp and /var/tmp (filesystem.scratch)
   EXPECT_EQ(a.mounts[3].source_id, *oci::file_id(ns.dir + "/pod"));
 }
 
@@ -1442,4 +1443,55 @@ TEST(Policy, EveryKeysErrorNamesTheKeyAndWhatWasWrong) {
   EXPECT_EQ(policy::validate(json::parse(R"({"capabilities": {"allowed": ["cap_kill"]}})"),
                              "x")["capabilities"]["allowed"],
             json::array({"CAP_KILL"}));
+}
+
+// A read-only root gets writable scratch tmpfs at /tmp, /var/tmp and an
+// empty or missing $HOME, sized to the memory limit; a path the config
+// mounts something at, above or below is left to the caller's mount; a home
+// the image keeps files in is left alone, and the decision says what to do.
+TEST(PolicyApply, ScratchSpaceOnAReadOnlyRoot) {
+  testutil::TempDir bundle;
+  mkdir_p(bundle.path + "/rootfs/root", 0700);
+  mkdir_p(bundle.path + "/rootfs/home/dev", 0755);
+  write_file(bundle.path + "/rootfs/home/dev/.profile", "x");
+  policy::ApplyContext ctx;
+  ctx.bundle = bundle.path;
+  json cfg = clean_config();
+  cfg["root"] = {{"path", "rootfs"}};
+  cfg["linux"]["resources"] = {{"memory", {{"limit", 512LL << 20}}}};
+  auto r = policy::apply(policy::builtin(), cfg, ctx);
+  std::map<std::string, json> opts;
+  for (const auto& m : r.config["mounts"])
+    if (m["type"] == "tmpfs") opts[m["destination"].get<std::string>()] = m["options"];
+  ASSERT_TRUE(opts.count("/tmp") && opts.count("/var/tmp") && opts.count("/root")) << r.config["mounts"];
+  EXPECT_EQ(opts["/tmp"], json::array({"nosuid", "nodev", "size=536870912", "mode=1777"}));
+  EXPECT_EQ(opts["/root"], json::array({"nosuid", "nodev", "size=536870912", "mode=0700", "uid=0", "gid=0"}));
+  EXPECT_EQ(by_rule(r, "filesystem.scratch").size(), 3u);
+  EXPECT_EQ(r.mounts.size(), r.config["mounts"].size());  // the normalised list has them too
+  // A writable root: nothing added.
+  json rw = cfg;
+  json pol = policy::validate({{"filesystem", {{"readonly_root", false}}}}, "x");
+  EXPECT_TRUE(by_rule(policy::apply(pol, rw, ctx), "filesystem.scratch").empty());
+  // A home with the image's files stays; a config mount below /tmp keeps /tmp the caller's.
+  json dev = cfg;
+  dev["process"]["user"] = {{"uid", 1000}, {"gid", 1000}};
+  dev["process"]["env"] = {"HOME=/home/dev"};
+  dev["mounts"].push_back({{"destination", "/tmp/x"}, {"type", "tmpfs"}, {"source", "tmpfs"}});
+  auto d = policy::apply(policy::builtin(), dev, ctx);
+  std::set<std::string> dests;
+  for (const auto& m : d.config["mounts"]) dests.insert(m["destination"].get<std::string>());
+  EXPECT_TRUE(dests.count("/var/tmp"));
+  EXPECT_FALSE(dests.count("/tmp"));
+  EXPECT_FALSE(dests.count("/home/dev"));
+  EXPECT_TRUE(has_text(by_rule(d, "filesystem.scratch"), "mount a volume there"));
+  EXPECT_TRUE(has_text(by_rule(d, "filesystem.scratch"), "the config mounts /tmp/x"));
+  // The image's $HOME as a symlink out of the root resolves inside it.
+  testutil::TempDir b2;
+  mkdir_p(b2.path + "/rootfs", 0755);
+  ::symlink("/etc", (b2.path + "/rootfs/root").c_str());  // /etc of the rootfs: missing -> empty
+  ctx.bundle = b2.path;
+  auto s2 = policy::apply(policy::builtin(), cfg, ctx);
+  std::set<std::string> d2;
+  for (const auto& m : s2.config["mounts"]) d2.insert(m["destination"].get<std::string>());
+  EXPECT_TRUE(d2.count("/root"));
 }
