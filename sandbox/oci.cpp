@@ -695,14 +695,23 @@ void validate_container_id(const std::string& id) {
   }
 }
 
-std::string rootfs_path(const Spec& spec, const std::string& bundle) {
-  std::string p = spec.root.path;
+namespace {
+std::string resolve_rootfs(std::string p, const std::string& bundle) {
   if (!starts_with(p, "/")) p = bundle + "/" + p;
   // Canonical form (no ".", "..", symlinks): pivot_root and the parent-mount
   // lookup need the real directory.
   char buf[PATH_MAX];
   if (::realpath(p.c_str(), buf)) return buf;
   return p;
+}
+}  // namespace
+
+std::string rootfs_path(const Spec& spec, const std::string& bundle) {
+  return resolve_rootfs(spec.root.path, bundle);
+}
+
+std::string rootfs_path(const json& cfg, const std::string& bundle) {
+  return resolve_rootfs(cfg["root"]["path"].get<std::string>(), bundle);
 }
 
 // ---- The typed config: read once, after validation -----------------------

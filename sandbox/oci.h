@@ -299,5 +299,8 @@ json user_json(const Process& p);
 
 // Resolve the rootfs path (relative to the bundle when not absolute).
 std::string rootfs_path(const Spec& spec, const std::string& bundle);
+// The same from a (validated) config document: for the policy engine, which
+// works on the document it rewrites.
+std::string rootfs_path(const json& cfg, const std::string& bundle);
 
 }  // namespace agentshim::oci
