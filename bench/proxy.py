@@ -23,6 +23,14 @@ the path in between differs. --relay MODE adds bare relays from
 proxy_bench (poll / threads / copy / copypoll) to compare relay strategies, --rate
 throttles every sender to the same MiB/s (to see the cost when the machine
 is not CPU bound), --no-latency skips the latency samples.
+
+--tls adds the HTTPS case (docs/CREDENTIALS.md, "TLS"): an HTTPS upstream
+(proxy_bench tlsserver, HTTP/1.1 keep-alive), reached directly, through an
+opaque CONNECT tunnel of agentshim's proxy, and through the same proxy
+intercepting it (a request rule on the destination: the proxy terminates
+TLS with the run's CA and opens its own verified TLS upstream). Per path:
+connection setup (CONNECT + TLS handshake(s) + one GET), one request on a
+kept-alive connection, and a --tls-mib MiB POST body's throughput.
 """
 import argparse
 import json
@@ -115,6 +123,34 @@ def sys_cpu():
     return {"user": (v[0] + v[1]) / TICK, "sys": v[2] / TICK, "softirq": (v[5] + v[6]) / TICK, "idle": (v[3] + v[4]) / TICK}
 
 
+def tls_case(exe, work, procs, args, ends, middle):
+    up_ca, run_ca = os.path.join(work, "upstream-ca.pem"), os.path.join(work, "run-ca.pem")
+    srv, sport = start(ends + [exe, "tlsserver", "--port", "0", "--ca-out", up_ca])
+    procs.append(srv)
+    allow = ["--allow", f"127.0.0.1:{sport}", "--tls-upstream-ca", up_ca]
+    opaque, oport = start(middle + [exe, "proxy", "--port", "0"] + allow)
+    procs.append(opaque)
+    inter, iport = start(middle + [exe, "proxy", "--port", "0", "--run-ca-out", run_ca, "--intercept", str(sport)]
+                         + allow)
+    procs.append(inter)
+    cands = [("https direct", 0, up_ca), ("opaque tunnel", oport, up_ca), ("intercepted", iport, run_ca)]
+    res = {c[0]: [] for c in cands}
+    for _ in range(args.rounds):
+        for name, via, ca in cands:
+            res[name].append(run_json(ends + [exe, "tlsclient", "--to", str(sport), "--via", str(via), "--ca", ca,
+                                              "-n", str(min(args.n, 300)), "--bytes", str(args.tls_mib << 20)]))
+    print(f"HTTPS: {min(args.n, 300)} connections / requests per sample, {args.tls_mib} MiB POST, "
+          f"{args.rounds} rounds (interleaved), medians over rounds")
+    print(f"{'path':<15}{'setup us':>10}{'added':>9}{'request us':>12}{'added':>9}{'MiB/s':>8}{'vs opaque':>11}")
+    med = {n: {k: statistics.median(r[k] for r in res[n]) for k in ("setup_us", "request_us", "mib_s")}
+           for n in res}
+    base = med["opaque tunnel"]
+    for name, _, _ in cands:
+        m = med[name]
+        print(f"{name:<15}{m['setup_us']:>10.0f}{m['setup_us'] - base['setup_us']:>9.0f}{m['request_us']:>12.1f}"
+              f"{m['request_us'] - base['request_us']:>9.1f}{m['mib_s']:>8.0f}{m['mib_s'] / base['mib_s']:>10.1%}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
@@ -131,6 +167,8 @@ def main():
     ap.add_argument("--pin", action="store_true",
                     help="taskset: sender and upstream server on CPU 0, every proxy/relay on CPU 1 (the proxy's "
                          "own cost, with the machine's two vCPUs split between the ends and the middle)")
+    ap.add_argument("--tls", action="store_true", help="also the HTTPS case: opaque tunnel vs intercepted")
+    ap.add_argument("--tls-mib", type=int, default=256, help="MiB per HTTPS throughput sample")
     ap.add_argument("--base", action="append", default=[],
                     help="another proxy_bench binary (e.g. an older build): its proxy runs as a candidate named "
                          "after the file")
@@ -176,6 +214,10 @@ def main():
             if tiny:
                 procs.append(tiny)
                 cands.append(("tinyproxy", tport, tiny.pid))
+        if args.tls:
+            tls_case(exe, work, procs, args, ends, middle)
+            if args.only == "tls":
+                return
         nbytes = int(args.gib * (1 << 30))
         gib = nbytes / (1 << 30)
         thr = {c[0]: [] for c in cands}

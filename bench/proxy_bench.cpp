@@ -42,6 +42,7 @@
 #include "common/error.h"
 #include "common/fd.h"
 #include "netpolicy/proxy.h"
+#include "netpolicy/tls.h"
 #include "sandbox/sockowner.h"
 
 using namespace agentshim;
@@ -347,6 +348,115 @@ void relay_conn(UniqueFd c, uint16_t to, std::string mode, int pipe_size, std::s
   }
 }
 
+// ---- TLS (the intercepted case): an HTTPS upstream and an HTTPS client.
+
+void write_text(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) throw_errno("fopen " + path);
+  std::fwrite(text.data(), 1, text.size(), f);
+  std::fclose(f);
+}
+
+// Read one response or request head from TLS; returns the head, leaves the rest in carry.
+std::string ssl_head(SSL* s, std::string& carry) {
+  char b[16384];
+  for (;;) {
+    auto e = carry.find("\r\n\r\n");
+    if (e != std::string::npos) {
+      std::string h = carry.substr(0, e + 4);
+      carry.erase(0, e + 4);
+      return h;
+    }
+    int n = SSL_read(s, b, sizeof b);
+    if (n <= 0) throw Error("TLS read ended");
+    carry.append(b, static_cast<std::size_t>(n));
+  }
+}
+
+uint64_t content_length(const std::string& head) {
+  auto p = head.find("Content-Length: ");
+  return p == std::string::npos ? 0 : std::stoull(head.substr(p + 16));
+}
+
+void ssl_skip(SSL* s, std::string& carry, uint64_t n) {
+  char b[65536];
+  uint64_t from_carry = std::min<uint64_t>(n, carry.size());
+  carry.erase(0, static_cast<std::size_t>(from_carry));
+  n -= from_carry;
+  while (n) {
+    int k = SSL_read(s, b, static_cast<int>(std::min<uint64_t>(n, sizeof b)));
+    if (k <= 0) throw Error("TLS read ended in a body");
+    n -= static_cast<uint64_t>(k);
+  }
+}
+
+void ssl_write_all(SSL* s, const char* p, std::size_t n) {
+  while (n) {
+    int k = SSL_write(s, p, static_cast<int>(std::min<std::size_t>(n, 1 << 20)));
+    if (k <= 0) throw Error("TLS write failed");
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+}
+
+void tls_serve_conn(SSL_CTX* ctx, UniqueFd c) {
+  tune(c.get());
+  net::tls::SslPtr s(SSL_new(ctx));
+  SSL_set_fd(s.get(), c.get());
+  if (SSL_accept(s.get()) != 1) return;
+  std::string carry;
+  static const std::string ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  try {
+    for (;;) {
+      std::string h = ssl_head(s.get(), carry);
+      ssl_skip(s.get(), carry, content_length(h));
+      ssl_write_all(s.get(), ok.data(), ok.size());
+    }
+  } catch (const Error&) {
+  }
+}
+
+struct TlsClient {
+  net::tls::CtxPtr ctx{SSL_CTX_new(TLS_client_method())};
+  explicit TlsClient(const std::string& ca) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), ca.c_str(), nullptr) != 1) throw Error("load " + ca);
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+    static const unsigned char alpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    SSL_CTX_set_alpn_protos(ctx.get(), alpn, sizeof alpn);
+  }
+  struct Conn {
+    UniqueFd fd;
+    net::tls::SslPtr ssl;
+    std::string carry;
+  };
+  Conn open(uint16_t via, uint16_t to) {
+    Conn c{open_path(via, to), net::tls::SslPtr(SSL_new(ctx.get())), {}};
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c.ssl.get()), "127.0.0.1");
+    SSL_set_fd(c.ssl.get(), c.fd.get());
+    if (SSL_connect(c.ssl.get()) != 1) throw Error("TLS handshake failed");
+    return c;
+  }
+  static void exchange(Conn& c, const std::string& head, uint64_t body, const std::vector<char>& buf) {
+    ssl_write_all(c.ssl.get(), head.data(), head.size());
+    while (body) {
+      std::size_t k = static_cast<std::size_t>(std::min<uint64_t>(body, buf.size()));
+      ssl_write_all(c.ssl.get(), buf.data(), k);
+      body -= k;
+    }
+    std::string h = ssl_head(c.ssl.get(), c.carry);
+    ssl_skip(c.ssl.get(), c.carry, content_length(h));
+  }
+};
+
+std::string get_head(uint16_t to) {
+  return "GET /v1/x HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(to) + "\r\n\r\n";
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 int usage() {
   std::fprintf(stderr, "usage: proxy_bench proxy|server|send|latency ... (see the source)\n");
   return 2;
@@ -365,6 +475,8 @@ int main(int argc, char** argv) {
   std::string mode = "threads";
   bool attribute = false;
   std::vector<std::string> allow;
+  std::string upstream_ca, run_ca_out, ca_out, ca;
+  int intercept = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string k = argv[i], v = argv[i + 1];
     if (k == "--port")
@@ -389,6 +501,16 @@ int main(int argc, char** argv) {
       rate = std::stod(v);
     else if (k == "--wsize")
       wsize = std::stoull(v);
+    else if (k == "--tls-upstream-ca")
+      upstream_ca = v;
+    else if (k == "--run-ca-out")
+      run_ca_out = v;
+    else if (k == "--intercept")
+      intercept = std::stoi(v);
+    else if (k == "--ca-out")
+      ca_out = v;
+    else if (k == "--ca")
+      ca = v;
     else if (k == "--attribute")
       attribute = v == "1";
     else
@@ -404,7 +526,20 @@ int main(int argc, char** argv) {
       pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before the proxy's threads exist
       net::Limits lim;
       lim.max_connections = 1024;
+      lim.max_requests_per_connection = 1 << 20;  // the HTTPS case: every request on one connection
       net::Proxy p(listen_on(port), net::Allowlist::parse(allow, "--allow"), lim, {});
+      if (!upstream_ca.empty()) {
+        // TLS: the run's CA (its certificate for the client to trust), and
+        // an allow-everything request rule on --intercept PORT so CONNECTs
+        // to it are intercepted; others stay opaque.
+        auto run_ca = net::tls::Authority::generate("bench");
+        if (!run_ca_out.empty()) write_text(run_ca_out, run_ca->ca_pem());
+        p.set_tls(std::make_shared<net::tls::Interceptor>(run_ca, upstream_ca));
+        if (intercept)
+          p.set_request_rules(net::RequestRules::parse(
+              nlohmann::json::array({{{"host", "127.0.0.1"}, {"port", intercept}, {"action", "allow"}}}),
+              "bench"));
+      }
       if (attribute) {
         // What a pod's sandbox does for every connection (sandbox/sockowner.h),
         // here in the host's namespace: every process on the machine is a
@@ -432,6 +567,47 @@ int main(int argc, char** argv) {
         tune(c);
         std::thread(serve_conn, UniqueFd(c)).detach();
       }
+    }
+    if (cmd == "tlsserver") {
+      auto ca_ = net::tls::Authority::generate("bench upstream");
+      write_text(ca_out, ca_->ca_pem());
+      net::tls::CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+      SSL_CTX_use_certificate(ctx.get(), ca_->leaf("127.0.0.1").get());
+      SSL_CTX_use_PrivateKey(ctx.get(), ca_->leaf_key());
+      UniqueFd l = listen_on(port);
+      for (;;) {
+        int c = ::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        std::thread(tls_serve_conn, ctx.get(), UniqueFd(c)).detach();
+      }
+    }
+    if (cmd == "tlsclient") {
+      // setup: n new connections (CONNECT, TLS, one GET); request: n GETs on
+      // one connection; throughput: one POST of --bytes.
+      TlsClient cl(ca);
+      std::vector<char> buf(wsize, 'x');
+      std::vector<double> setup, req;
+      for (int i = 0; i < n; ++i) {
+        auto t0 = Clock::now();
+        auto c = cl.open(via, to);
+        TlsClient::exchange(c, get_head(to), 0, buf);
+        setup.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      }
+      auto c = cl.open(via, to);
+      for (int i = 0; i < n; ++i) {
+        auto t0 = Clock::now();
+        TlsClient::exchange(c, get_head(to), 0, buf);
+        req.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      }
+      auto t0 = Clock::now();
+      TlsClient::exchange(c,
+                          "POST /v1/upload HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(to) +
+                              "\r\nContent-Length: " + std::to_string(bytes) + "\r\n\r\n",
+                          bytes, buf);
+      double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+      std::printf("{\"setup_us\": %.1f, \"request_us\": %.1f, \"mib_s\": %.1f}\n", median(setup), median(req),
+                  static_cast<double>(bytes) / secs / (1 << 20));
+      return 0;
     }
     if (cmd == "relay") {
       if (mode != "poll" && mode != "threads" && mode != "copy" && mode != "copypoll") return usage();

@@ -47,7 +47,7 @@ sys.path.insert(0, HERE)
 from lifecycle import crun_usable, lifecycle, sh  # noqa: E402
 
 CACHE_DIR = "/var/cache/agentshim-bench"
-PACKAGES = "python3,git,gcc,make,nodejs,npm,ca-certificates"
+PACKAGES = "python3,git,gcc,libc6-dev,make,nodejs,npm,ca-certificates"
 # The cached tarball's name carries the package list: a new list builds a new image.
 TARBALL = os.path.join(CACHE_DIR, "bookworm-" + PACKAGES.replace(",", "-").replace("ca-certificates", "ca") + ".tar")
 

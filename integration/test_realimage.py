@@ -140,7 +140,8 @@ pathlib.Path("Makefile").write_text("hello: hello.c\n\tgcc -O1 -o hello hello.c\
 PY
 git init -q . && git add -A
 git -c user.email=agent@example.com -c user.name=agent commit -qm init
-make -s && ./hello
+make -s
+./hello
 if [ "$NPM" = 1 ]; then
   npm install --no-audit --no-fund --silent --cache /tmp/npm-cache left-pad@1.3.0
   node -e 'console.log(require("left-pad")("x", 3, "-"))'

@@ -138,7 +138,8 @@ bool parse_authority(std::string_view auth, uint16_t default_port, std::string& 
   return true;
 }
 
-ParseResult parse_request_head(std::string_view data, std::size_t max_header_bytes, int max_headers) {
+ParseResult parse_request_head(std::string_view data, std::size_t max_header_bytes, int max_headers,
+                               const Origin* origin) {
   std::size_t limit = std::min(data.size(), max_header_bytes);
   auto end = data.substr(0, limit).find("\r\n\r\n");
   if (end == std::string_view::npos) {
@@ -245,7 +246,22 @@ ParseResult parse_request_head(std::string_view data, std::size_t max_header_byt
   }
   if (host_count > 1) return fail(400, "duplicate Host header");
 
-  if (method == "CONNECT") {
+  if (origin) {
+    if (method == "CONNECT") return fail(400, "CONNECT inside an intercepted TLS tunnel");
+    if (target.front() != '/')
+      return fail(400, "request target inside a TLS tunnel must be origin-form (/path)");
+    if (target.find('#') != std::string_view::npos) return fail(400, "fragment in request target");
+    req.host = origin->host;
+    req.port = origin->port;
+    req.path = std::string(target);
+    if (host_count == 0 && req.minor_version == 1) return fail(400, "missing Host header");
+    if (host_count == 1) {
+      std::string hh;
+      uint16_t hp = 0;
+      if (!parse_authority(host_value, 443, hh, hp) || hh != req.host || hp != req.port)
+        return fail(400, "Host header does not match the TLS tunnel's host");
+    }
+  } else if (method == "CONNECT") {
     req.is_connect = true;
     if (!parse_authority(target, 0, req.host, req.port)) return fail(400, "CONNECT target must be host:port");
     if (req.body != Body::none || have_te) return fail(400, "CONNECT request with a body");

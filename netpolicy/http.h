@@ -51,10 +51,21 @@ struct ParseResult {
   std::string reason;        // one line, safe to show (never echoes raw input)
 };
 
+// Inside an intercepted TLS tunnel (netpolicy/tls.h) requests are
+// origin-form ("GET /path HTTP/1.1") to the tunnel's host and port.
+struct Origin {
+  std::string host;  // normalised, as the CONNECT's
+  uint16_t port = 443;
+};
+
 // Parse the request head at the start of `data`. incomplete: need more bytes
 // (and data is below the size limit). Pure function.
+// With `origin` (a request inside an intercepted tunnel): the target must be
+// origin-form ("/..." without a fragment; CONNECT and absolute-form are
+// 400), the Host header is required (HTTP/1.1) and must name the origin
+// (its port defaulting to 443), and host/port are the origin's.
 ParseResult parse_request_head(std::string_view data, std::size_t max_header_bytes = 16384,
-                               int max_headers = 100);
+                               int max_headers = 100, const Origin* origin = nullptr);
 
 // Parse "host:port" (CONNECT authority, port required when default_port == 0)
 // or "host[:port]" (absolute-form authority). host: name, IPv4, or [IPv6].

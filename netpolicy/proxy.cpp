@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "netpolicy/proxy_internal.h"
+#include "netpolicy/tls.h"
 
 namespace agentshim::net {
 
@@ -166,11 +167,74 @@ json Proxy::totals() const {
     }
     t["credentials"] = {{"requests", used}, {"placeholders_caught", cred_caught_}};
   }
+  if (tls_)
+    t["tls"] = {{"intercepted_connections", n_intercepted_.load()},
+                {"refused_handshakes", n_tls_refused_.load()},
+                {"certificates_issued", tls_->authority().issued()}};
   return t;
 }
 
 void Proxy::set_credentials(std::vector<cred::Active> creds) {
+  std::map<std::string, FileStamp> stamps;
+  for (const auto& a : creds)
+    if (a.def.source.kind == cred::Source::Kind::file)
+      if (auto st = stamp_of(a.def.source.file)) stamps[a.def.name] = *st;
   auto p = std::make_shared<const std::vector<cred::Active>>(std::move(creds));
+  {
+    std::lock_guard lk(rotate_mu_);
+    stamps_ = std::move(stamps);
+  }
+  std::lock_guard lk(cred_mu_);
+  creds_ = std::move(p);
+}
+
+bool Proxy::FileStamp::operator==(const FileStamp& o) const {
+  return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
+         mtime.tv_nsec == o.mtime.tv_nsec && ctime.tv_sec == o.ctime.tv_sec &&
+         ctime.tv_nsec == o.ctime.tv_nsec;
+}
+
+std::optional<Proxy::FileStamp> Proxy::stamp_of(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  return FileStamp{st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+}
+
+void Proxy::maybe_rotate() {
+  std::unique_lock rl(rotate_mu_, std::try_to_lock);
+  if (!rl.owns_lock() || stamps_.empty()) return;  // another request is checking right now
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_rotate_check_) return;
+  next_rotate_check_ = now + std::chrono::seconds(1);
+  auto cur = credentials();
+  if (!cur) return;
+  std::vector<cred::Active> next;
+  bool changed = false;
+  for (const auto& a : *cur) {
+    next.push_back(a);
+    auto it = stamps_.find(a.def.name);
+    if (it == stamps_.end()) continue;
+    auto st = stamp_of(a.def.source.file);
+    if (!st || *st == it->second) continue;
+    it->second = *st;
+    json ev = {{"credential", a.def.name}, {"source", "file " + a.def.source.file}};
+    try {
+      std::string secret = cred::load_secret(a.def.source);
+      if (secret == a.secret) continue;
+      next.back().secret = std::move(secret);
+      changed = true;
+      ev["action"] = "rotated";
+    } catch (const std::exception& e) {
+      ev["action"] = "failed";
+      ev["reason"] = std::string(e.what()) + "; the previous value stays in use";
+    }
+    if (sink_) try {
+        sink_("net.credential_rotation", std::move(ev));
+      } catch (...) {
+      }
+  }
+  if (!changed) return;
+  auto p = std::make_shared<const std::vector<cred::Active>>(std::move(next));
   std::lock_guard lk(cred_mu_);
   creds_ = std::move(p);
 }
@@ -178,6 +242,17 @@ void Proxy::set_credentials(std::vector<cred::Active> creds) {
 std::shared_ptr<const std::vector<cred::Active>> Proxy::credentials() const {
   std::lock_guard lk(cred_mu_);
   return creds_;
+}
+
+bool Proxy::intercepts(const std::string& host, uint16_t port) const {
+  if (!tls_) return false;
+  if (rules_.covers(host, port)) return true;
+  auto creds = credentials();
+  if (!creds) return false;
+  for (const auto& a : *creds)
+    for (const auto& d : a.def.destinations)
+      if (d.host == host && d.port == port) return true;
+  return false;
 }
 
 bool Proxy::check_request_rules(Conn& c) {
@@ -196,6 +271,7 @@ bool Proxy::check_request_rules(Conn& c) {
 bool Proxy::apply_credentials(Conn& c) {
   c.credential.clear();
   c.path.clear();
+  maybe_rotate();
   auto creds = credentials();
   if (!creds || creds->empty()) return true;
   auto rw = cred::rewrite(c.req, *creds, c.host, c.port);
@@ -264,10 +340,9 @@ void Proxy::emit(Conn& c) {
             {"bytes_down", c.down},
             {"duration_ms", static_cast<int64_t>(dur)},
             {"end", c.end}};
-  if (!c.credential.empty()) {
-    d["credential"] = c.credential;
-    d["path"] = c.path;
-  }
+  if (!c.credential.empty()) d["credential"] = c.credential;
+  if (!c.credential.empty() || c.intercepted) d["path"] = c.path;
+  if (c.intercepted) d["tls"] = "intercepted";
   if (!c.origin.is_null()) d["origin"] = c.origin;
   try {
     sink_("net.connection", std::move(d));

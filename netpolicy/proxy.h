@@ -57,6 +57,7 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -67,6 +68,7 @@
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -78,6 +80,10 @@
 #include "netpolicy/request_rules.h"
 
 namespace agentshim::net {
+
+namespace tls {
+class Interceptor;
+}
 
 using json = nlohmann::json;
 // Called from proxy threads; must be cheap; the sink must be thread-safe.
@@ -119,11 +125,24 @@ class Proxy {
   void start();
   void stop();
   // The credentials this container asked for (netpolicy/credentials.h),
-  // applied on the requests the proxy reads (plain HTTP). Thread-safe: a
-  // later call replaces them for the requests that follow (rotation).
+  // applied on the requests the proxy reads (plain HTTP, intercepted TLS).
+  // Thread-safe: a later call replaces them for the requests that follow.
+  // A credential read from a file is also re-read by the proxy itself when
+  // the file changes (rotation, docs/CREDENTIALS.md): a
+  // net.credential_rotation event {credential, source, action "rotated", or
+  // "failed" and the reason, the old value kept}.
   void set_credentials(std::vector<cred::Active> creds);
   // Before start(): request-level rules (netpolicy/request_rules.h).
   void set_request_rules(RequestRules rules) { rules_ = std::move(rules); }
+  // Before start(): TLS interception (netpolicy/tls.h). A CONNECT to a
+  // destination that has a credential or request rules is then terminated
+  // with the run's certificate and its requests are read, checked and
+  // rewritten like plain HTTP; every other CONNECT stays an opaque tunnel.
+  // Without it such a CONNECT is an opaque tunnel (credentials) or denied
+  // (request rules).
+  void set_tls(std::shared_ptr<tls::Interceptor> tls) { tls_ = std::move(tls); }
+  // Would a CONNECT to host:port be intercepted?
+  bool intercepts(const std::string& host, uint16_t port) const;
   // Before start(): who is behind a client connection (the supervisor's
   // sandbox/sockowner lookup), asked by the worker that serves it while the
   // client waits for its answer; a non-null answer is the "origin" of that
@@ -149,6 +168,10 @@ class Proxy {
   void attribute(Conn& c);
   // CONNECT: connect, answer 200, relay until the end (proxy_tunnel.cpp).
   void tunnel_session(Conn& c);
+  // An intercepted CONNECT (proxy_tls.cpp): both TLS handshakes, then the
+  // requests on the decrypted stream, each checked and recorded.
+  void intercept_session(Conn& c);
+  void intercepted_requests(Conn& c, int upstream);
   // Resolve, check every address, connect (one budget). On failure the error
   // answer was sent and recorded (false).
   bool connect_upstream(Conn& c, UniqueFd& up);
@@ -202,11 +225,27 @@ class Proxy {
   std::map<std::string, uint64_t> cred_applied_;
   uint64_t cred_caught_ = 0;
   std::shared_ptr<const std::vector<cred::Active>> credentials() const;
+  // Rotation: a credential whose source is a file is re-read when the file
+  // changed (identity, size, mtime, ctime), checked at most once a second.
+  struct FileStamp {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    timespec mtime{}, ctime{};
+    bool operator==(const FileStamp& o) const;
+  };
+  std::mutex rotate_mu_;
+  std::map<std::string, FileStamp> stamps_;  // by credential name (file sources)
+  std::chrono::steady_clock::time_point next_rotate_check_{};
+  static std::optional<FileStamp> stamp_of(const std::string& path);
+  void maybe_rotate();
   // Apply the credentials to the current request of c (its req, host and
   // port); records a caught placeholder. False: the request was refused
   // (answered and recorded).
   bool apply_credentials(Conn& c);
   RequestRules rules_;
+  std::shared_ptr<tls::Interceptor> tls_;
+  std::atomic<uint64_t> n_intercepted_{0}, n_tls_refused_{0};
   // Check the current request of c against the request rules; false: it was
   // refused (answered 403 and recorded).
   bool check_request_rules(Conn& c);

@@ -3,6 +3,7 @@
 //   proxy_acceptor.cpp  the head loop: accept, read request heads, admit, hand over
 //   proxy_tunnel.cpp    CONNECT: the one relay engine (a thread per direction)
 //   proxy_http.cpp      plain HTTP: one exchange, and a keep-alive session of them
+//   proxy_tls.cpp       an intercepted CONNECT: TLS both ways, requests read like plain HTTP
 //   proxy_io.cpp        waiting with deadlines and stop, sending, lingering
 #pragma once
 
@@ -42,6 +43,7 @@ struct Proxy::Conn {
   uint64_t up = 0, down = 0;
   bool error = false;
   std::string credential, path;  // applied credentials (names) and the path, when any was applied
+  bool intercepted = false;      // a request read inside an intercepted TLS tunnel
   json origin;                   // who is behind the connection (Proxy::set_attribution), null: unknown
 };
 

@@ -183,6 +183,10 @@ using namespace proxy_io;
 
 // CONNECT: connect, answer 200, relay both directions until the end; one event.
 void Proxy::tunnel_session(Conn& c) {
+  if (intercepts(c.host, c.port)) {
+    intercept_session(c);
+    return;
+  }
   int stop = loop_.stop_fd();
   if (!check_request_rules(c)) return;
   UniqueFd up;

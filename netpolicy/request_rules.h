@@ -4,8 +4,9 @@
 // keep-alive connection). A destination with rules admits only what a rule
 // allows: the first rule whose methods and path prefix match decides, and a
 // request no rule matches is denied. A CONNECT to such a destination is
-// denied (the proxy cannot read the requests inside a tunnel; TLS
-// interception is not built yet). Destinations without rules are unaffected.
+// intercepted when the proxy has TLS (netpolicy/tls.h: its requests are
+// checked one by one), denied otherwise (check() says so for "CONNECT").
+// Destinations without rules are unaffected.
 #pragma once
 
 #include <cstdint>

@@ -33,6 +33,7 @@
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
 #include "sandbox/init.h"
+#include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/peers.h"
 #include "sandbox/policy.h"
@@ -342,6 +343,7 @@ void create(const Global& g, const CreateOptions& o) {
     userns::check_reachable(rootfs, spec.linux.uid_mappings, spec.linux.gid_mappings);
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
+  network::trust_run_ca(cfg, pres.network, pres.decisions, rootfs, dir);
 
   setup::Setup s;
   s.id = o.id;

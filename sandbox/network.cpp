@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <memory>
@@ -14,6 +15,8 @@
 #include "netpolicy/firewall.h"
 #include "netpolicy/proxy.h"
 #include "netpolicy/request_rules.h"
+#include "netpolicy/tls.h"
+#include "sandbox/rootfs.h"
 #include "sandbox/sockowner.h"
 
 namespace agentshim::network {
@@ -34,6 +37,7 @@ Options Options::from_policy(const json& policy) {
   if (n.contains("limits") && n["limits"].is_object()) o.limits = n["limits"];
   if (n.contains("credentials") && n["credentials"].is_array()) o.credentials = n["credentials"];
   if (n.contains("request_rules") && n["request_rules"].is_array()) o.request_rules = n["request_rules"];
+  if (n.contains("tls") && n["tls"].is_object()) o.tls = n["tls"];
   return o;
 }
 
@@ -60,7 +64,136 @@ net::Limits limits_of(const json& j) {
   return l;
 }
 
+const char* const kTrustVars[] = {"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS",
+                                  "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"};
+const char* const kDistroBundles[] = {
+    "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", "/etc/ssl/cert.pem"};
+
+// The image's CA bundle, read inside the rootfs (symlinks resolved within
+// it); "" when none of the usual paths is a regular PEM file of at most 8 MiB.
+std::string distro_bundle(const std::string& rootfs, std::string& which) {
+  UniqueFd root(::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root) return "";
+  for (const char* path : kDistroBundles) {
+    try {
+      UniqueFd p = rootfs::open_in_root(root.get(), path, false, true);
+      struct stat st {};
+      if (::fstat(p.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > (8 << 20)) continue;
+      UniqueFd f(
+          ::open(("/proc/self/fd/" + std::to_string(p.get())).c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+      if (!f) continue;
+      std::string text;
+      char buf[65536];
+      for (;;) {
+        ssize_t n = ::read(f.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 || text.size() + static_cast<std::size_t>(n) > (8u << 20)) break;
+        text.append(buf, static_cast<std::size_t>(n));
+      }
+      if (text.find("-----BEGIN CERTIFICATE-----") == std::string::npos) continue;
+      if (text.back() != '\n') text += '\n';
+      which = path;
+      return text;
+    } catch (const std::exception&) {
+      continue;
+    }
+  }
+  return "";
+}
+
 }  // namespace
+
+void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
+                  const std::string& state_dir) {
+  if (!net.is_object()) return;
+  const std::string mode = net.value("mode", "confined");
+  if (mode != "internal" && mode != "confined") return;
+  const std::string ns = net.value("namespace", "new");
+  if (ns != "new" && !(ns == "caller" && mode == "confined")) return;  // another container's proxy serves it
+  const bool creds = net.contains("credentials") && !net["credentials"].empty();
+  const bool rules = net.contains("request_rules") && !net["request_rules"].empty();
+  if (!creds && !rules) return;
+  const std::string file = state_dir + "/run-ca.pem";
+  {
+    UniqueFd f(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+    if (!f) throw_errno("create " + file);
+    if (::fchmod(f.get(), 0644) != 0) throw_errno("chmod " + file);
+  }
+  json mount = {{"destination", kRunCaPath},
+                {"type", "bind"},
+                {"source", file},
+                {"options", json::array({"rbind", "ro", "nosuid", "nodev", "noexec"})}};
+  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) cfg["mounts"] = json::array();
+  json kept = json::array();
+  for (auto& m : cfg["mounts"])
+    if (!(m.is_object() && m.value("destination", "") == kRunCaPath)) kept.push_back(m);
+  kept.push_back(mount);
+  cfg["mounts"] = kept;
+  // The mountpoint, made by the runtime as for /etc/resolv.conf (see there).
+  UniqueFd rootfd(::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (rootfd) {
+    try {
+      (void)rootfs::open_in_root(rootfd.get(), kRunCaPath, true, true);
+    } catch (const std::exception& e) {
+      log::debug(std::string("run CA mountpoint not created by the runtime: ") + e.what());
+    }
+  }
+  json env_add = json::array();
+  for (const char* v : kTrustVars) env_add.push_back(std::string(v) + "=" + kRunCaPath);
+  json& proc = cfg["process"];
+  json env = proc.contains("env") && proc["env"].is_array() ? proc["env"] : json::array();
+  json out = json::array();
+  std::string replaced;
+  for (const auto& e : env) {
+    bool ours = false;
+    if (e.is_string())
+      for (const char* v : kTrustVars)
+        if (e.get<std::string>().rfind(std::string(v) + "=", 0) == 0) {
+          ours = true;
+          replaced += (replaced.empty() ? "" : ", ") + std::string(v);
+        }
+    if (!ours) out.push_back(e);
+  }
+  for (const auto& e : env_add) out.push_back(e);
+  proc["env"] = out;
+  net["tls"] = {{"ca_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}};
+  if (!decisions.is_array()) decisions = json::array();
+  const std::string why = creds ? "credentials" : "network.request_rules";
+  decisions.push_back(
+      {{"rule", why},
+       {"path", std::string("mounts[") + kRunCaPath + "]"},
+       {"action", "added"},
+       {"detail", std::string("the egress proxy intercepts TLS to the destinations of ") + why +
+                      ": the run's certificate authority (with the image's CA bundle) is mounted "
+                      "read-only at " +
+                      kRunCaPath +
+                      " and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, "
+                      "CURL_CA_BUNDLE, GIT_SSL_CAINFO point at it" +
+                      (replaced.empty() ? std::string() : " (caller's " + replaced + " replaced)")}});
+}
+
+std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const std::string& rootfs,
+                                                    const std::string& label) {
+  auto o = Options::from_policy(policy);
+  if (!o.tls.is_object() || !o.tls.contains("ca_file")) return nullptr;
+  auto ca = net::tls::Authority::generate(label);
+  std::string which;
+  std::string bundle = distro_bundle(rootfs, which);
+  bundle += "# agentshim: this run's certificate authority (docs/CREDENTIALS.md)\n" + ca->ca_pem();
+  const std::string file = o.tls["ca_file"].get<std::string>();
+  UniqueFd f(::open(file.c_str(), O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC));
+  if (!f) throw_errno("open " + file);
+  std::string_view rest = bundle;
+  while (!rest.empty()) {
+    ssize_t n = ::write(f.get(), rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw_errno("write " + file);
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+  log::debug("run CA bundle " + file + (which.empty() ? " (the CA alone)" : " (" + which + " + the CA)"));
+  return ca;
+}
 
 ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Sink sink) : o_(std::move(o)) {
   std::string nspath = "/proc/" + std::to_string(init_pid) + "/ns/net";
@@ -139,6 +272,17 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
       }
       proxy_->set_credentials(std::move(creds));
       ev["credentials"] = names;
+    }
+    if (o_.run_ca) {
+      // The upstream trust store: the host's, or (tests only) the file the
+      // runtime's own environment names.
+      const char* test_ca = std::getenv(kTestUpstreamCaEnv);
+      std::string upstream_ca = test_ca ? test_ca : "";
+      proxy_->set_tls(std::make_shared<net::tls::Interceptor>(o_.run_ca, upstream_ca));
+      ev["tls"] = {
+          {"interception", true},
+          {"ca_path", o_.tls.value("ca_path", "")},
+          {"upstream_trust", upstream_ca.empty() ? std::string("host") : "test file " + upstream_ca}};
     }
     dns_ = std::make_unique<net::DnsStub>(std::move(dns_udp), std::move(dns_tcp), o_.dns, allow, sink);
   }

@@ -31,6 +31,9 @@
 namespace agentshim::net {
 class Proxy;
 class DnsStub;
+namespace tls {
+class Authority;
+}
 }  // namespace agentshim::net
 
 namespace agentshim::network {
@@ -51,9 +54,38 @@ struct Options {
   // "credentials": {"name", "placeholder", "definition"}); their secrets are
   // read when the proxy starts (docs/CREDENTIALS.md).
   json credentials = json::array();
-  json request_rules = json::array();              // policy network.request_rules, normalised
+  json request_rules = json::array();  // policy network.request_rules, normalised
+  // TLS interception (trust_run_ca): {"ca_file", "ca_path", "env"}, or empty.
+  json tls = json::object();
+  // The run's certificate authority (prepare_run_ca), set by the supervisor.
+  std::shared_ptr<net::tls::Authority> run_ca;
   static Options from_policy(const json& policy);  // policy["network"] (absent: defaults)
 };
+
+// The in-container path of the trusted bundle (the image's CA bundle plus the run's CA).
+constexpr const char* kRunCaPath = "/etc/agentshim-ca.pem";
+// The runtime's environment variable naming a PEM file that replaces the
+// host's trust store for the proxy's upstream TLS connections. Test-only
+// (docs/CREDENTIALS.md): read by the supervisor from the runtime's own
+// environment, never from the container's config.
+constexpr const char* kTestUpstreamCaEnv = "AGENTSHIM_TEST_UPSTREAM_CA";
+
+// `create`: a container whose proxy (served by its own supervisor)
+// intercepts TLS — it asked for credentials, or the policy has request
+// rules — trusts the run's CA: an empty file `<state_dir>/run-ca.pem` is
+// made (filled by the supervisor), bind-mounted read-only at kRunCaPath, and
+// SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and
+// GIT_SSL_CAINFO point at it (a caller's values are replaced); the decisions
+// say so; net["tls"] tells the supervisor and `exec`. Nothing otherwise.
+void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
+                  const std::string& state_dir);
+// The supervisor, before the init mounts anything: for a container with
+// net["tls"], make the run's CA (its key only in this process's memory) and
+// write the bundle file: the rootfs's distribution bundle (the first of the
+// usual paths that is a regular PEM file, read inside the rootfs, at most
+// 8 MiB) followed by the run's CA, or the CA alone. nullptr otherwise.
+std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const std::string& rootfs,
+                                                    const std::string& label);
 
 class ContainerNetwork {
  public:

@@ -1754,6 +1754,9 @@ json exec_settings(const json& policy, const Result& r) {
   for (const auto& c : r.network.value("credentials", json::array()))
     env.push_back(c["definition"]["placeholder_env"].get<std::string>() + "=" +
                   c["placeholder"].get<std::string>());
+  // ... and trusts the run's CA as it does (sandbox/network.h, trust_run_ca).
+  if (r.network.contains("tls"))
+    for (const auto& e : r.network["tls"].value("env", json::array())) env.push_back(e);
   return {{"capabilities_allowed", policy["capabilities"]["allowed"]},
           {"no_new_privileges", policy["capabilities"].value("no_new_privileges", true)},
           {"extra_seccomp", r.extra_seccomp},

@@ -53,7 +53,9 @@ std::optional<Found> lookup_tcp4(int diag, const Tcp4& c) {
     ssize_t n = ::recv(diag, buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw_errno("sock_diag: recv");
-    int len = static_cast<int>(n);
+    // Unsigned, as NLMSG_OK compares it with nlmsg_len; a multiple of NLMSG_ALIGNTO so
+    // NLMSG_NEXT (which subtracts an aligned length no larger than it) never wraps.
+    auto len = static_cast<unsigned>(n) & ~(NLMSG_ALIGNTO - 1U);
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
       if (h->nlmsg_type == NLMSG_ERROR) {
         // ENOENT: no such socket (closed, or not in this namespace).

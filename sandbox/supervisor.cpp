@@ -340,6 +340,10 @@ class Supervisor {
         int st;
         ::waitpid(stage1, &st, 0);
         stage1_ = -1;
+        // TLS interception: the run's CA is made here (after the init was
+        // forked: its key is only ever in this process) and its bundle
+        // written before the init mounts it.
+        run_ca_ = network::prepare_run_ca(s_.policy, s_.rootfs, s_.id);
         // The network exists before any of the container's code runs (and
         // before the hooks): lo up, the proxy and DNS stub listening inside
         // its namespace. Made while the init prepares its rootfs.
@@ -421,6 +425,7 @@ class Supervisor {
     // refuses that; nothing here would contain it, so nothing is served.
     if (!s_.spec.has_namespace("network")) return;
     auto opts = network::Options::from_policy(s_.policy);
+    opts.run_ca = run_ca_;
     net_ = std::make_unique<network::ContainerNetwork>(
         init_pid_, s_.spec.has_new_namespace("network"), opts,
         [this](const std::string& type, json data) { route_network_event(type, std::move(data)); });
@@ -1061,6 +1066,7 @@ class Supervisor {
   json network_totals_ = {
       {"mode", "none"}, {"allowed", 0}, {"denied", 0}, {"bytes_up", 0}, {"bytes_down", 0}};
   std::unique_ptr<network::ContainerNetwork> net_;
+  std::shared_ptr<net::tls::Authority> run_ca_;
   std::vector<int> inherited_;
   std::vector<UniqueFd> tree_copies_;  // detached copies of the tracked trees (tracked_trees())
   std::chrono::steady_clock::time_point deadline_{};

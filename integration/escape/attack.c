@@ -1359,6 +1359,111 @@ static void a_find_paths(void) {
   blocked("none of %d audit/key paths is visible, directly or via /proc/*/root", g_argc - 2);
 }
 
+/* find_bytes ROOT REVERSED-NEEDLE...: ESCAPED if any needle is in a regular
+ * file under ROOT (not /proc, /sys, /dev; at most 64 MiB read per file, 200000
+ * files), or in the environment or command line of any other visible
+ * process. Each needle is given reversed, so the command line (and this
+ * process) never holds it. Used for the run CA's private key and a
+ * credential's secret (TLS interception). */
+static char* fb_needles[16];
+static int fb_n;
+
+static int fb_match(const char* buf, size_t n, int first, const char** which) {
+  (void)first;
+  for (int i = 0; i < fb_n; i++) {
+    size_t l = strlen(fb_needles[i]);
+    if (l && n >= l && memmem(buf, n, fb_needles[i], l)) {
+      *which = "a needle";
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int fb_file(const char* path, const char** which) {
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return 0;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return 0;
+  }
+  static char buf[1 << 20];
+  size_t keep = 0, total = 0;
+  int hit = 0;
+  for (;;) {
+    ssize_t r = read(fd, buf + keep, sizeof buf - keep);
+    if (r <= 0) break;
+    size_t n = keep + (size_t)r;
+    total += (size_t)r;
+    if (fb_match(buf, n, 3, which)) {
+      hit = 1;
+      break;
+    }
+    keep = n < 256 ? n : 256; /* needles are shorter: keep a tail for matches across reads */
+    memmove(buf, buf + n - keep, keep);
+    if (total > (64u << 20)) break;
+  }
+  close(fd);
+  return hit;
+}
+
+static long fb_files;
+static int fb_walk(const char* dir, char* found, size_t cap) {
+  DIR* d = opendir(dir);
+  if (!d) return 0;
+  struct dirent* de;
+  while ((de = readdir(d))) {
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", strcmp(dir, "/") ? dir : "", de->d_name);
+    if (!strcmp(p, "/proc") || !strcmp(p, "/sys") || !strcmp(p, "/dev")) continue;
+    if (++fb_files > 200000) break;
+    struct stat st;
+    if (lstat(p, &st) != 0) continue;
+    const char* which = NULL;
+    if (S_ISDIR(st.st_mode)) {
+      if (fb_walk(p, found, cap)) {
+        closedir(d);
+        return 1;
+      }
+    } else if (S_ISREG(st.st_mode) && fb_file(p, &which)) {
+      snprintf(found, cap, "%s holds %s", p, which);
+      closedir(d);
+      return 1;
+    }
+  }
+  closedir(d);
+  return 0;
+}
+
+static void a_find_bytes(void) {
+  if (g_argc < 4) error_out("usage: find_bytes ROOT REVERSED-NEEDLE...");
+  for (int i = 3; i < g_argc && fb_n < 16; i++) {
+    size_t l = strlen(g_argv[i]);
+    char* nd = malloc(l + 1);
+    for (size_t k = 0; k < l; k++) nd[k] = g_argv[i][l - 1 - k];
+    nd[l] = 0;
+    fb_needles[fb_n++] = nd;
+  }
+  char found[4600] = "";
+  if (fb_walk(g_argv[2], found, sizeof found)) escaped("%s", found);
+  DIR* d = opendir("/proc");
+  struct dirent* de;
+  while (d && (de = readdir(d))) {
+    if (atoi(de->d_name) <= 0 || atoi(de->d_name) == getpid()) continue;
+    for (int k = 0; k < 2; k++) {
+      char p[300];
+      snprintf(p, sizeof p, "/proc/%s/%s", de->d_name, k ? "cmdline" : "environ");
+      const char* which = NULL;
+      if (fb_file(p, &which)) escaped("%s holds %s", p, which);
+    }
+  }
+  if (d) closedir(d);
+  blocked("none of %d needles in %ld files under %s or any visible process's environment or command line",
+          g_argc - 3, fb_files, g_argv[2]);
+}
+
 /* Spawn two children of our own, then SIGKILL every visible pid except self
  * and 1, then kill(-1). ESCAPED if any victim was not one of ours (a runtime
  * or supervisor process visible in the pid namespace). */
@@ -1805,6 +1910,7 @@ static const struct {
     {"memory_hog", a_memory_hog, 1},
     {"tmpfs_fill", a_tmpfs_fill, 1},
     {"find_paths", a_find_paths, 1},
+    {"find_bytes", a_find_bytes, 1},
     {"kill_all", a_kill_all, 1},
     {"sethostname", a_sethostname, 1},
     {"tty_inject", a_tty_inject, 1},

