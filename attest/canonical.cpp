@@ -7,6 +7,7 @@
 #include <ctime>
 #include <vector>
 
+#include "common/base64.h"
 #include "common/error.h"
 
 namespace agentshim::attest {
@@ -337,32 +338,9 @@ std::string pct_decode(std::string_view s) {
   return out;
 }
 
-std::string base64_encode(std::string_view bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
-  int n =
-      EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                      reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
-  out.resize(static_cast<std::size_t>(n));
-  return out;
-}
+std::string base64_encode(std::string_view bytes) { return base64::encode(bytes); }
 
-std::string base64_decode(std::string_view s) {
-  if (s.size() % 4 != 0) throw Error("base64: length is not a multiple of 4");
-  for (char c : s)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '='))
-      throw Error("base64: invalid character");
-  std::string out(s.size() / 4 * 3 + 1, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
-  if (n < 0) throw Error("base64: invalid input");
-  std::size_t len = static_cast<std::size_t>(n);
-  std::size_t pad = 0;
-  if (!s.empty() && s.back() == '=') ++pad;
-  if (s.size() > 1 && s[s.size() - 2] == '=') ++pad;
-  out.resize(len - pad);
-  if (base64_encode(out) != s) throw Error("base64: non-canonical encoding");
-  return out;
-}
+std::string base64_decode(std::string_view s) { return base64::decode(s); }
 
 std::string rfc3339_now() {
   struct timespec ts {};

@@ -35,7 +35,8 @@ std::string pct_encode(std::string_view bytes);
 // Throws agentshim::Error on a malformed escape.
 std::string pct_decode(std::string_view s);
 
-// Lowercase hex <-> bytes; standard base64 (with padding).
+// Lowercase hex <-> bytes; standard base64 (with padding): common/base64.h
+// (decode is the strict one) under the record's names.
 std::string base64_encode(std::string_view bytes);
 // Throws agentshim::Error on invalid input.
 std::string base64_decode(std::string_view s);

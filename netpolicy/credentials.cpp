@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/base64.h"
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/spawn.h"
@@ -199,40 +200,8 @@ Str header_value(const Active& a) {
   return v;
 }
 
-bool b64_value(unsigned char c, int& v) {
-  if (c >= 'A' && c <= 'Z')
-    v = c - 'A';
-  else if (c >= 'a' && c <= 'z')
-    v = c - 'a' + 26;
-  else if (c >= '0' && c <= '9')
-    v = c - '0' + 52;
-  else if (c == '+')
-    v = 62;
-  else if (c == '/')
-    v = 63;
-  else
-    return false;
-  return true;
-}
-
 // Decoded base64 (padding optional); "" when not base64.
-Str unbase64(std::string_view s) {
-  while (!s.empty() && s.back() == '=') s.remove_suffix(1);
-  Str out;
-  unsigned acc = 0;
-  int bits = 0;
-  for (char c : s) {
-    int v;
-    if (!b64_value(static_cast<unsigned char>(c), v)) return "";
-    acc = (acc << 6) | static_cast<unsigned>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out += static_cast<char>((acc >> bits) & 0xff);
-    }
-  }
-  return out;
-}
+Str unbase64(std::string_view s) { return agentshim::base64::decode_lenient(s).value_or(""); }
 
 // The field's name and value, and for "Basic <b64>" its decoded credentials too.
 bool carries(const http::Header& h, const Str& placeholder) {
@@ -508,31 +477,6 @@ Rewrite rewrite(http::Request& req, const std::vector<Active>& creds, const std:
   return out;
 }
 
-std::string base64(std::string_view in) {
-  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  Str out;
-  std::size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8) |
-                 static_cast<unsigned char>(in[i + 2]);
-    out += t[(v >> 18) & 63];
-    out += t[(v >> 12) & 63];
-    out += t[(v >> 6) & 63];
-    out += t[v & 63];
-  }
-  if (i + 1 == in.size()) {
-    unsigned v = static_cast<unsigned char>(in[i]) << 16;
-    out += t[(v >> 18) & 63];
-    out += t[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == in.size()) {
-    unsigned v = (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
-    out += t[(v >> 18) & 63];
-    out += t[(v >> 12) & 63];
-    out += t[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
-}
+std::string base64(std::string_view in) { return agentshim::base64::encode(in); }
 
 }  // namespace agentshim::net::cred

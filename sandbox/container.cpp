@@ -32,6 +32,7 @@
 #include "sandbox/cgroups/cgroups.h"
 #include "sandbox/control.h"
 #include "sandbox/hooks.h"
+#include "sandbox/init.h"
 #include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/peers.h"
@@ -41,6 +42,7 @@
 #include "sandbox/runtime_config.h"
 #include "sandbox/seccomp.h"
 #include "sandbox/sentinel.h"
+#include "sandbox/stage1.h"
 #include "sandbox/state.h"
 #include "sandbox/sync.h"
 #include "sandbox/userns.h"
@@ -243,10 +245,11 @@ void create(const Global& g, const CreateOptions& o) {
       log::warn_user("policy " + a + " " + d.value("path", "") + ": " + d.value("detail", ""));
   }
   json cfg = pres.config;
+  oci::Spec spec = oci::parse_spec(cfg);
   // A capability the policy keeps but the host cannot grant is an error
   // (OCI: a value that cannot be mapped MUST be), never silently left out.
-  process::check_capabilities(cfg["process"]);
-  std::string rootfs = oci::rootfs_path(cfg, bundle);
+  process::check_capabilities(spec.process);
+  std::string rootfs = oci::rootfs_path(spec, bundle);
   struct stat rst {};
   if (::stat(rootfs.c_str(), &rst) < 0 || !S_ISDIR(rst.st_mode))
     throw Error("rootfs (" + rootfs + ") does not exist or is not a directory");
@@ -256,7 +259,7 @@ void create(const Global& g, const CreateOptions& o) {
   // container process exists: a bad profile is an error of `create` that
   // names its field.)
   bool observe_exec = pol["audit"].value("observe_exec", true) && !audit_dir.empty();
-  bool terminal = cfg["process"].value("terminal", false);
+  bool terminal = spec.process.terminal;
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
   if (!terminal && !o.console_socket.empty())
@@ -289,8 +292,7 @@ void create(const Global& g, const CreateOptions& o) {
   if (pres.userns_auto) {
     std::string why;
     idmap = userns::can_idmap(rootfs, &why);
-    bool readonly = cfg.contains("root") && cfg["root"].value("readonly", false);
-    if (!idmap && !readonly)
+    if (!idmap && !spec.root.readonly)
       throw Error(
           why +
           "; with a writable root filesystem the container's root could not write the image's "
@@ -301,6 +303,8 @@ void create(const Global& g, const CreateOptions& o) {
         json::array({{{"containerID", 0}, {"hostID", range.uid}, {"size", range.size}}});
     cfg["linux"]["gidMappings"] =
         json::array({{{"containerID", 0}, {"hostID", range.gid}, {"size", range.size}}});
+    spec.linux.uid_mappings = {{0, range.uid, range.size}};
+    spec.linux.gid_mappings = {{0, range.gid, range.size}};
     pres.decisions.push_back(
         {{"rule", "userns"},
          {"path", "linux.uidMappings"},
@@ -326,8 +330,8 @@ void create(const Global& g, const CreateOptions& o) {
   {
     // Owned by the container's root, as runc does, so an init in a user
     // namespace can open it.
-    auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings");
-    if (oci::has_new_namespace(cfg, "user") &&
+    auto u = oci::root_ids(spec.linux.uid_mappings), gm = oci::root_ids(spec.linux.gid_mappings);
+    if (spec.has_new_namespace("user") &&
         ::chown(fifo.c_str(), static_cast<uid_t>(u ? u->host : 0), static_cast<gid_t>(gm ? gm->host : 0)) < 0)
       throw_errno("chown " + fifo);
   }
@@ -335,8 +339,8 @@ void create(const Global& g, const CreateOptions& o) {
   // With userns "auto" the supervisor reaches the rootfs and bind sources
   // for the container (userns::attach_and_open); with a caller's own maps
   // the container's root must reach them itself, as with runc.
-  if (oci::has_new_namespace(cfg, "user") && !pres.userns_auto)
-    userns::check_reachable(rootfs, userns::id_maps(cfg, "uidMappings"), userns::id_maps(cfg, "gidMappings"));
+  if (spec.has_new_namespace("user") && !pres.userns_auto)
+    userns::check_reachable(rootfs, spec.linux.uid_mappings, spec.linux.gid_mappings);
 
   point_resolver_at_stub(cfg, pres.network, pres.decisions, rootfs);
   network::trust_run_ca(cfg, pres.network, pres.decisions, rootfs, dir);
@@ -350,6 +354,9 @@ void create(const Global& g, const CreateOptions& o) {
   s.audit_dir = audit_dir;
   s.created = log::now_rfc3339();
   s.config = cfg;
+  // The enforced config is complete (the resolver mount above was its last
+  // change): parsed once more, the Spec every stage reads.
+  s.spec = oci::parse_spec(cfg);
   // The identity of every bind source the policy checked: the init mounts
   // exactly those files (rootfs::Context::checked).
   for (const auto& m : pres.mounts)
@@ -434,7 +441,7 @@ void create(const Global& g, const CreateOptions& o) {
   st.audit_dir = s.audit_dir;
   st.config = cfg;
   st.cgroup = created->cgroup;
-  if (cfg.contains("annotations") && cfg["annotations"].is_object()) st.annotations = cfg["annotations"];
+  st.annotations = s.spec.annotations;
   state::save(g.root, st);
   try {
     runtime_config::index_record(g.root, o.id);  // commands that lose --root still find it
@@ -507,7 +514,7 @@ void start(const Global& g, const std::string& id) {
   auto st = state::load(g.root, id);
   json hs = start_locked(g, id, st);
   try {
-    hooks::run(st.config, "poststart", hs);
+    hooks::run(st.spec, "poststart", hs);
   } catch (const std::exception& e) {
     // As runc: a failing poststart hook takes the container down and
     // removes it (its poststop hooks run, as in runc's destroy); the
@@ -602,8 +609,8 @@ int run(const Global& g, const CreateOptions& opts, bool detach, bool keep) {
   UniqueFd console_peer;
   std::unique_ptr<TtyRelay> relay;
   if (!detach && o.console_socket.empty()) {
-    json cfg = oci::load_config(abs_path(o.bundle.empty() ? "." : o.bundle));
-    if (cfg["process"].value("terminal", false)) {
+    const auto spec = oci::parse_spec(oci::load_config(abs_path(o.bundle.empty() ? "." : o.bundle)));
+    if (spec.process.terminal) {
       auto pair = make_socketpair(SOCK_STREAM);
       console_peer = std::move(pair.first);
       o.console_fd = pair.second.release();
@@ -752,7 +759,7 @@ void remove(const Global& g, const std::string& id, bool force) {
     wait_gone(st.sentinel_pid, st.sentinel_start, 2000);
   }
   // Every poststop hook runs; a failure is a warning (runtime spec).
-  hooks::run_all(st.config, "poststop", state::oci_state(st, "stopped"));
+  hooks::run_all(st.spec, "poststop", state::oci_state(st, "stopped"));
   if (cg) {
     // Leftover processes (no pid namespace) would keep the cgroup busy.
     for (int i = 0; i < 50; i++) {
@@ -766,7 +773,7 @@ void remove(const Global& g, const std::string& id, bool force) {
   remove_tree(dir);
   runtime_config::index_forget(g.root, id);
   peers::forget(st.sentinel_pid, g.root, id);
-  if (oci::has_new_namespace(st.config, "user")) userns::release(dir);
+  if (st.spec.has_new_namespace("user")) userns::release(dir);
 }
 
 void pause(const Global& g, const std::string& id) {
@@ -911,9 +918,9 @@ int exec(const Global& g, const ExecOptions& o) {
   std::string status = state::status(g.root, st);
   if (status == "stopped") throw Error("cannot exec in a stopped container");
   if (status == "paused") throw Error("cannot exec in a paused container");
+  if (!st.spec_error.empty()) throw Error("container " + o.id + ": its stored config: " + st.spec_error);
   json proc = o.process;
-  oci::validate_process(proc, "exec process");
-  bool terminal = proc.value("terminal", false);
+  const bool terminal = oci::parse_process(proc, "exec process").terminal;
   if (terminal && o.console_socket.empty() && o.detach)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
   if (!terminal && !o.console_socket.empty())
@@ -936,8 +943,6 @@ int exec(const Global& g, const ExecOptions& o) {
     }
     exec_decisions = policy::apply_exec(exec_policy, proc);
   }
-  process::check_capabilities(proc);
-
   auto cg = cgroup_of(st);
   UniqueFd console, console_peer;
   if (terminal && o.console_socket.empty()) {
@@ -954,24 +959,25 @@ int exec(const Global& g, const ExecOptions& o) {
   } else if (terminal) {
     console = connect_console(o.console_socket);
   }
-  // Namespace fds of the init, opened before anything else can race.
-  std::vector<std::pair<int, UniqueFd>> nsfds;
-  for (const char* t : {"user", "ipc", "uts", "network", "pid", "cgroup", "time", "mount"}) {
-    auto nt = oci::namespace_by_name(t);
-    std::string self = "/proc/self/ns/" + std::string(nt->proc);
-    std::string theirs = "/proc/" + std::to_string(st.init_pid) + "/ns/" + nt->proc;
+  // The exec process as assembled (given, the container's security settings,
+  // the policy's), parsed once: what the process below is made from.
+  const oci::Process p = oci::parse_process(proc, "exec process");
+  process::check_capabilities(p);
+  // The init's namespaces (those that are not ours), opened before
+  // anything else can race: joined as stage1 joins a config's.
+  stage1::Namespaces ns;
+  for (const auto& nt : oci::namespace_types()) {
+    std::string self = "/proc/self/ns/" + std::string(nt.proc);
+    std::string theirs = "/proc/" + std::to_string(st.init_pid) + "/ns/" + nt.proc;
     struct stat a {
     }, b{};
     if (::stat(self.c_str(), &a) < 0 || ::stat(theirs.c_str(), &b) < 0) continue;
     if (a.st_ino == b.st_ino && a.st_dev == b.st_dev) continue;
     UniqueFd fd(::open(theirs.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) throw_errno("open " + theirs);
-    nsfds.emplace_back(nt->flag, std::move(fd));
+    ns.join[nt.name] = std::move(fd);
   }
   if (!state::process_alive(st.init_pid, st.init_start)) throw Error("cannot exec in a stopped container");
-  json seccomp_cfg = st.config.contains("linux") && st.config["linux"].contains("seccomp")
-                         ? st.config["linux"]["seccomp"]
-                         : json();
   // Exec session recording: the process loads the exec observer's filter
   // like the init and hands its listener(s) back over `obs` before its
   // execve; we pass them to the supervisor (control::ExecObserve), whose
@@ -1001,23 +1007,8 @@ int exec(const Global& g, const ExecOptions& o) {
       // The v1 hierarchies by moving ourselves, the v2 one by creating the
       // process in it (no grace period either way; see cgroups.h), unless
       // we enter a user namespace: then everything now, as host root.
-      bool enters_userns = false;
-      for (auto& [flag, fd] : nsfds) enters_userns = enters_userns || flag == CLONE_NEWUSER;
-      auto target = cg->join_for_clone(enters_userns);
-      for (auto& [flag, fd] : nsfds) {
-        // The cgroup namespace is entered by the child, once it is in the
-        // cgroup (see cgroups::CloneTarget::cgroupns).
-        if (flag == CLONE_NEWCGROUP) {
-          target.cgroupns = fd.get();
-          continue;
-        }
-        if (::setns(fd.get(), flag) < 0)
-          throw_errno("setns into container (flag " + std::to_string(flag) + ")");
-        if (flag == CLONE_NEWUSER) {
-          if (::setresgid(0, 0, 0) < 0 || ::setresuid(0, 0, 0) < 0)
-            throw_errno("become root in user namespace");
-        }
-      }
+      auto target = cg->join_for_clone(ns.join.count("user") > 0);
+      stage1::enter_namespaces(ns, target, {});
       pid_t child = cgroups::clone_parent_into(target);
       if (child < 0) throw_errno("clone exec process");
       if (child == 0) {
@@ -1028,30 +1019,27 @@ int exec(const Global& g, const ExecOptions& o) {
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
-        if (terminal) rootfs::setup_console(console.get(), proc, false);
+        if (terminal) rootfs::setup_console(console.get(), p, false);
         console.reset();
-        process::apply_rlimits(proc);
-        std::string path = process::resolve_executable(proc);
         process::Finalize fin;
-        if (!seccomp_cfg.is_null()) fin.seccomp.push_back(seccomp_cfg);
+        if (const json* sc = st.spec.seccomp()) fin.seccomp.push_back(*sc);
         if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
           fin.seccomp.push_back(exec_policy["extra_seccomp"]);
         fin.observe_exec = observe;
-        ::syscall(SYS_close_range, 3 + o.preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-        auto listeners = process::finalize(proc, fin);
-        if (obs.second) {
-          // Before execve: that call already waits for the supervisor.
-          json kinds = json::array();
-          std::vector<int> raw;
-          for (const auto& l : listeners) {
-            kinds.push_back(l.kind);
-            raw.push_back(l.fd);
-          }
-          send_fds(obs.second.get(), kinds.dump(), raw.data(), static_cast<int>(raw.size()));
-          for (int fd : raw) ::close(fd);
-          obs.second.reset();
-        }
-        process::exec(path, proc);
+        const std::string path = init::become_process(
+            p, fin, o.preserve_fds, [&obs](const std::vector<process::Listener>& listeners) {
+              if (!obs.second) return;
+              // Before execve: that call already waits for the supervisor.
+              json kinds = json::array();
+              std::vector<int> raw;
+              for (const auto& l : listeners) {
+                kinds.push_back(l.kind);
+                raw.push_back(l.fd);
+              }
+              send_fds(obs.second.get(), kinds.dump(), raw.data(), static_cast<int>(raw.size()));
+              obs.second.reset();
+            });
+        process::exec(path, p);
       }
       std::string pid = std::to_string(child);
       write_all(pid_pipe.second.get(), pid, "exec pid pipe");
@@ -1099,11 +1087,10 @@ int exec(const Global& g, const ExecOptions& o) {
   write_pid_file(o.pid_file, pid);
   control::Exec note;
   note.pid = pid;
-  for (const auto& a : proc.value("args", json::array()))
-    if (a.is_string()) note.args.push_back(a.get<std::string>());
-  note.cwd = proc.value("cwd", "/");
+  note.args = p.args;
+  note.cwd = p.cwd_or_root();
   note.terminal = terminal;
-  note.user = proc.value("user", json::object());
+  note.user = oci::user_json(p);
   note.policy_decisions = exec_decisions;
   note.session = session;
   control::notify(state_dir(g, o.id), note);

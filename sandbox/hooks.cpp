@@ -12,17 +12,15 @@
 namespace agentshim::hooks {
 namespace {
 
-void run_one(const json& h, const std::string& kind, std::size_t idx, const std::string& state) {
+void run_one(const oci::Hook& h, const std::string& kind, std::size_t idx, const std::string& state) {
   SpawnSpec s;
-  s.path = h["path"];
-  if (h.contains("args") && h["args"].is_array())
-    for (const auto& a : h["args"]) s.argv.push_back(a);
+  s.path = h.path;
+  s.argv = h.args;
   if (s.argv.empty()) s.argv.push_back(s.path);
   // As runc: a hook without `env` gets the runtime's own environment; an
   // `env` (even empty) is the whole environment.
-  if (h.contains("env") && h["env"].is_array()) s.env = h["env"].get<std::vector<std::string>>();
-  if (h.contains("timeout") && h["timeout"].is_number_integer())
-    s.timeout_ms = h["timeout"].get<long long>() * 1000;
+  if (h.env) s.env = *h.env;
+  if (h.timeout) s.timeout_ms = *h.timeout * 1000;
   s.input = state;
   const std::string what = kind + " hook #" + std::to_string(idx) + " (" + s.path + ")";
   SpawnResult r = spawn_and_wait(s);
@@ -33,22 +31,20 @@ void run_one(const json& h, const std::string& kind, std::size_t idx, const std:
 
 }  // namespace
 
-void run(const json& config, const std::string& kind, const json& state) {
-  if (!config.contains("hooks") || !config["hooks"].is_object()) return;
-  const json& hooks = config["hooks"];
-  if (!hooks.contains(kind) || !hooks[kind].is_array()) return;
+void run(const oci::Spec& spec, const std::string& kind, const json& state) {
+  const auto& hooks = spec.hooks_of(kind);
+  if (hooks.empty()) return;
   std::string s = state.dump();
   std::size_t i = 0;
-  for (const auto& h : hooks[kind]) run_one(h, kind, i++, s);
+  for (const auto& h : hooks) run_one(h, kind, i++, s);
 }
 
-std::size_t run_all(const json& config, const std::string& kind, const json& state) {
-  if (!config.contains("hooks") || !config["hooks"].is_object()) return 0;
-  const json& hooks = config["hooks"];
-  if (!hooks.contains(kind) || !hooks[kind].is_array()) return 0;
+std::size_t run_all(const oci::Spec& spec, const std::string& kind, const json& state) {
+  const auto& hooks = spec.hooks_of(kind);
+  if (hooks.empty()) return 0;
   std::string s = state.dump();
   std::size_t i = 0, failed = 0;
-  for (const auto& h : hooks[kind]) {
+  for (const auto& h : hooks) {
     try {
       run_one(h, kind, i++, s);
     } catch (const std::exception& e) {

@@ -35,6 +35,18 @@ void reset_signals() {
 
 }  // namespace
 
+std::string become_process(const oci::Process& p, const process::Finalize& fin, int preserve_fds,
+                           const std::function<void(const std::vector<process::Listener>&)>& hand_over) {
+  process::apply_rlimits(p);
+  std::string path = process::resolve_executable(p);
+  // Descriptors beyond stdio and --preserve-fds do not reach the process.
+  ::syscall(SYS_close_range, 3 + preserve_fds, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
+  auto listeners = process::finalize(p, fin);
+  hand_over(listeners);
+  for (const auto& l : listeners) ::close(l.fd);
+  return path;
+}
+
 void run(Setup& s, int sock) {
   try {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -44,10 +56,10 @@ void run(Setup& s, int sock) {
     // Wait until the supervisor knows our pid (stage1 reports it after the
     // clone; without this the init could race ahead of that report).
     sync::expect<sync::InitOk>(sock, "supervisor went away before the init started");
-    const json& cfg = s.config;
-    const json& proc = cfg["process"];
+    const oci::Spec& spec = s.spec;
+    const oci::Process& proc = spec.process;
     // We inherited the supervisor's oom_score_adj (-1000): reset it.
-    process::set_oom_score_adj(0, proc.value("oomScoreAdj", 0));
+    process::set_oom_score_adj(0, proc.oom_score_adj.value_or(0));
 
     // A session keyring of its own, so keys never leak between containers
     // (runc does the same unless --no-new-keyring).
@@ -58,36 +70,33 @@ void run(Setup& s, int sock) {
         throw_errno("join session keyring");
     }
     // A joined uts namespace (a path) may be given a hostname too, as runc allows.
-    bool new_uts = oci::has_namespace(cfg, "uts");
-    if (cfg.contains("hostname") && !cfg["hostname"].get<std::string>().empty()) {
+    bool new_uts = spec.has_namespace("uts");
+    if (const std::string& h = spec.hostname; !h.empty()) {
       if (!new_uts) throw Error("config.json: hostname is set but the container has no new uts namespace");
-      std::string h = cfg["hostname"];
       if (::sethostname(h.data(), h.size()) < 0) throw_errno("sethostname " + h);
     }
-    if (cfg.contains("domainname") && !cfg["domainname"].get<std::string>().empty()) {
-      std::string d = cfg["domainname"];
+    if (const std::string& d = spec.domainname; !d.empty()) {
       if (::setdomainname(d.data(), d.size()) < 0) throw_errno("setdomainname " + d);
     }
 
     rootfs::Context rc;
-    rc.config = cfg;
+    rc.spec = spec;
     rc.rootfs = s.rootfs;
-    rc.userns = oci::has_new_namespace(cfg, "user");
-    rc.cgroupns = oci::has_new_namespace(cfg, "cgroup");
+    rc.userns = spec.has_new_namespace("user");
+    rc.cgroupns = spec.has_new_namespace("cgroup");
     rc.checked = s.checked_sources;
     if (s.policy.contains("cgroup_mounts"))
       for (const auto& h : s.policy["cgroup_mounts"])
         rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});
 
     // New or joined: either way the rootfs is set up inside it (as runc does).
-    bool new_mnt = oci::has_namespace(cfg, "mount");
+    bool new_mnt = spec.has_namespace("mount");
     // In a new user namespace the container's root may not reach the bind
     // sources (nor, with userns "auto", the rootfs): the supervisor opens
     // them as host root in this mount namespace and hands the descriptors
     // over, as runc does. Their identity is still checked against the
     // policy's (rootfs::Context::checked) when each is mounted.
-    const bool has_binds =
-        std::ranges::any_of(oci::mounts(cfg), [](const oci::Mount& m) { return m.is_bind(); });
+    const bool has_binds = spec.has_bind_mount();
     if (new_mnt && (s.attach_rootfs || (rc.userns && has_binds))) {
       std::vector<UniqueFd> fds;
       sync::send(sock, sync::Idmap{});
@@ -115,49 +124,43 @@ void run(Setup& s, int sock) {
     }
     sync::send(sock, sync::Hooks{});
     auto ok = sync::expect<sync::HooksOk>(sock, "supervisor went away during createRuntime hooks");
-    hooks::run(cfg, "createContainer", hook_state(s, "creating", ok.pid));
+    hooks::run(spec, "createContainer", hook_state(s, "creating", ok.pid));
     if (new_mnt) {
       rootfs::enter(rc, s.no_pivot);
     } else {
       if (::chroot(s.rootfs.c_str()) < 0) throw_errno("chroot " + s.rootfs);
       if (::chdir("/") < 0) throw_errno("chdir /");
     }
-    if (proc.value("terminal", false)) {
+    if (proc.terminal) {
       if (!s.console_sock) throw Error("process.terminal is true but no --console-socket was given");
       rootfs::setup_console(s.console_sock.get(), proc, new_mnt);
       s.console_sock.reset();
     }
-    rootfs::apply_sysctls(cfg);
+    rootfs::apply_sysctls(spec);
     if (new_mnt) rootfs::finish(rc);
-    process::apply_rlimits(proc);
-    json p = proc;
-    for (const auto& e : s.extra_env) p["env"].push_back(e);
-    std::string path = process::resolve_executable(p);
+    oci::Process p = proc;
+    p.env.insert(p.env.end(), s.extra_env.begin(), s.extra_env.end());
 
     // Everything that can fail or take time happens before `start` can
     // return (as runc does it): privileges dropped, seccomp loaded, its
     // listener handed to the supervisor. After the FIFO only hooks and
     // execve remain, so a signal sent right after `start` finds the process.
     process::Finalize fin;
-    if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
-      fin.seccomp.push_back(cfg["linux"]["seccomp"]);
+    if (const json* sc = spec.seccomp()) fin.seccomp.push_back(*sc);
     if (!s.extra_seccomp.is_null() && !s.extra_seccomp.empty()) fin.seccomp.push_back(s.extra_seccomp);
     fin.observe_exec = s.observe_exec;
     if (s.prepared_seccomp) fin.prepared = &*s.prepared_seccomp;
-    // Descriptors beyond stdio and --preserve-fds do not reach the process.
-    int keep = 3 + s.preserve_fds;
-    ::syscall(SYS_close_range, keep, ~0U, 4 /*CLOSE_RANGE_CLOEXEC*/);
-    auto listeners = process::finalize(p, fin);
-    if (!listeners.empty()) {
-      sync::Seccomp msg;
-      std::vector<int> fds;
-      for (const auto& l : listeners) {
-        msg.kinds.push_back(l.kind);
-        fds.push_back(l.fd);
-      }
-      sync::send(sock, msg, fds);
-      for (int fd : fds) ::close(fd);
-    }
+    const std::string path =
+        become_process(p, fin, s.preserve_fds, [sock](const std::vector<process::Listener>& listeners) {
+          if (listeners.empty()) return;
+          sync::Seccomp msg;
+          std::vector<int> fds;
+          for (const auto& l : listeners) {
+            msg.kinds.push_back(l.kind);
+            fds.push_back(l.fd);
+          }
+          sync::send(sock, msg, fds);
+        });
 
     sync::send(sock, sync::Ready{});
     // Block until `start` opens the fifo for reading. Through the state
@@ -170,7 +173,7 @@ void run(Setup& s, int sock) {
     s.exec_fifo.reset();
     s.state_dirfd.reset();
 
-    hooks::run(cfg, "startContainer", hook_state(s, "running", 1));
+    hooks::run(spec, "startContainer", hook_state(s, "running", 1));
     process::exec(path, p);
   } catch (const std::exception& e) {
     try {

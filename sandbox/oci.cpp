@@ -17,6 +17,12 @@
 namespace agentshim::oci {
 namespace {
 
+// A non-negative integer: parsed JSON holds it as unsigned, JSON built by
+// the runtime (json{{"uid", 0}}) may hold it as a signed integer.
+bool is_uint(const json& v) {
+  return v.is_number_unsigned() || (v.is_number_integer() && v.get<long long>() >= 0);
+}
+
 void expect(bool ok, const std::string& field, const std::string& what) {
   if (!ok) throw Error("config.json: " + field + ": " + what);
 }
@@ -29,7 +35,7 @@ void expect_type(const json& obj, const char* key, json::value_t t, const std::s
   }
   const json& v = obj.at(key);
   bool ok = v.type() == t || (t == json::value_t::number_integer && v.is_number_integer()) ||
-            (t == json::value_t::number_unsigned && v.is_number_unsigned()) || v.is_null();
+            (t == json::value_t::number_unsigned && is_uint(v)) || v.is_null();
   const char* names[] = {"null", "object", "array", "string", "boolean", "integer", "integer", "number"};
   expect(ok, where + "." + key,
          std::string("expected ") + names[static_cast<int>(t) < 8 ? static_cast<int>(t) : 0] + ", got " +
@@ -38,7 +44,8 @@ void expect_type(const json& obj, const char* key, json::value_t t, const std::s
 
 void expect_string_array(const json& obj, const char* key, const std::string& where) {
   if (!obj.contains(key) || obj.at(key).is_null()) return;
-  expect(obj.at(key).is_array(), where + "." + key, std::string("expected array, got ") + obj.at(key).type_name());
+  expect(obj.at(key).is_array(), where + "." + key,
+         std::string("expected array, got ") + obj.at(key).type_name());
   std::size_t i = 0;
   for (const auto& e : obj.at(key)) {
     expect(e.is_string(), where + "." + key + "[" + std::to_string(i) + "]", "expected string");
@@ -50,8 +57,9 @@ void expect_string_array(const json& obj, const char* key, const std::string& wh
 
 const std::vector<NamespaceType>& namespace_types() {
   static const std::vector<NamespaceType> t = {
-      {"user", CLONE_NEWUSER, "user"}, {"ipc", CLONE_NEWIPC, "ipc"},         {"uts", CLONE_NEWUTS, "uts"},
-      {"network", CLONE_NEWNET, "net"}, {"pid", CLONE_NEWPID, "pid"},        {"cgroup", CLONE_NEWCGROUP, "cgroup"},
+      {"user", CLONE_NEWUSER, "user"}, {"ipc", CLONE_NEWIPC, "ipc"},
+      {"uts", CLONE_NEWUTS, "uts"},    {"network", CLONE_NEWNET, "net"},
+      {"pid", CLONE_NEWPID, "pid"},    {"cgroup", CLONE_NEWCGROUP, "cgroup"},
       {"mount", CLONE_NEWNS, "mnt"},   {"time", 0x00000080 /*CLONE_NEWTIME*/, "time"},
   };
   return t;
@@ -79,15 +87,10 @@ bool has_namespace(const json& cfg, const std::string& type) {
   return false;
 }
 
-std::optional<RootIds> root_ids(const json& cfg, const char* key) {
-  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains(key) ||
-      !cfg["linux"][key].is_array())
-    return std::nullopt;
-  for (const auto& m : cfg["linux"][key]) {
-    if (!m.is_object()) continue;
-    long long c = m.value("containerID", 0LL), h = m.value("hostID", 0LL), n = m.value("size", 0LL);
-    if (c <= 0 && 0 < c + n && h - c >= 0)
-      return RootIds{static_cast<std::uint64_t>(h - c), static_cast<std::uint64_t>(c + n)};
+std::optional<RootIds> root_ids(const std::vector<IdMapping>& mappings) {
+  for (const auto& m : mappings) {
+    // Container id 0 is the first of this mapping (validated unsigned: c >= 0).
+    if (m.container_id == 0 && m.size > 0) return RootIds{m.host_id, m.size};
   }
   return std::nullopt;
 }
@@ -118,7 +121,7 @@ void validate_process(const json& p, const std::string& where) {
     if (u.contains("additionalGids") && !u["additionalGids"].is_null()) {
       expect(u["additionalGids"].is_array(), where + ".user.additionalGids", "expected array");
       for (const auto& g : u["additionalGids"])
-        expect(g.is_number_unsigned(), where + ".user.additionalGids", "expected unsigned integers");
+        expect(is_uint(g), where + ".user.additionalGids", "expected unsigned integers");
     }
   }
   if (p.contains("capabilities") && !p["capabilities"].is_null()) {
@@ -138,15 +141,15 @@ void validate_process(const json& p, const std::string& where) {
     for (const auto& r : p["rlimits"]) {
       std::string w = where + ".rlimits[" + std::to_string(i++) + "]";
       expect(r.is_object() && r.contains("type") && r["type"].is_string(), w + ".type", "required string");
-      static const char* known[] = {"RLIMIT_AS",     "RLIMIT_CORE",   "RLIMIT_CPU",      "RLIMIT_DATA",
-                                    "RLIMIT_FSIZE",  "RLIMIT_LOCKS",  "RLIMIT_MEMLOCK",  "RLIMIT_MSGQUEUE",
-                                    "RLIMIT_NICE",   "RLIMIT_NOFILE", "RLIMIT_NPROC",    "RLIMIT_RSS",
+      static const char* known[] = {"RLIMIT_AS",     "RLIMIT_CORE",   "RLIMIT_CPU",        "RLIMIT_DATA",
+                                    "RLIMIT_FSIZE",  "RLIMIT_LOCKS",  "RLIMIT_MEMLOCK",    "RLIMIT_MSGQUEUE",
+                                    "RLIMIT_NICE",   "RLIMIT_NOFILE", "RLIMIT_NPROC",      "RLIMIT_RSS",
                                     "RLIMIT_RTPRIO", "RLIMIT_RTTIME", "RLIMIT_SIGPENDING", "RLIMIT_STACK"};
       std::string t = r["type"];
       expect(std::find(std::begin(known), std::end(known), t) != std::end(known), w + ".type",
              "unknown rlimit type \"" + t + "\"");
-      expect(r.contains("hard") && r["hard"].is_number_unsigned(), w + ".hard", "required unsigned integer");
-      expect(r.contains("soft") && r["soft"].is_number_unsigned(), w + ".soft", "required unsigned integer");
+      expect(r.contains("hard") && is_uint(r["hard"]), w + ".hard", "required unsigned integer");
+      expect(r.contains("soft") && is_uint(r["soft"]), w + ".soft", "required unsigned integer");
     }
   }
   expect_type(p, "noNewPrivileges", vt::boolean, where);
@@ -155,13 +158,22 @@ void validate_process(const json& p, const std::string& where) {
   expect_type(p, "selinuxLabel", vt::string, where);
   if (p.contains("consoleSize") && !p["consoleSize"].is_null()) {
     const json& cs = p["consoleSize"];
-    expect(cs.is_object() && cs.contains("height") && cs.contains("width") && cs["height"].is_number_unsigned() &&
-               cs["width"].is_number_unsigned(),
+    expect(cs.is_object() && cs.contains("height") && cs.contains("width") && is_uint(cs["height"]) &&
+               is_uint(cs["width"]),
            where + ".consoleSize", "expected {height, width} unsigned integers");
   }
 }
 
+namespace {
+void validate(const json& cfg, bool check_paths);
+}
+
 void validate_config(const json& cfg) {
+  validate(cfg, true);
+}
+
+namespace {
+void validate(const json& cfg, bool check_paths) {
   using vt = json::value_t;
   expect(cfg.is_object(), "(top level)", "expected a JSON object");
   expect_type(cfg, "ociVersion", vt::string, "", true);
@@ -193,8 +205,8 @@ void validate_config(const json& cfg) {
   if (cfg.contains("hooks") && !cfg["hooks"].is_null()) {
     expect(cfg["hooks"].is_object(), "hooks", "expected object");
     for (auto it = cfg["hooks"].begin(); it != cfg["hooks"].end(); ++it) {
-      static const char* kinds[] = {"prestart", "createRuntime", "createContainer", "startContainer", "poststart",
-                                    "poststop"};
+      static const char* kinds[] = {"prestart",       "createRuntime", "createContainer",
+                                    "startContainer", "poststart",     "poststop"};
       expect(std::find_if(std::begin(kinds), std::end(kinds), [&](const char* k) { return it.key() == k; }) !=
                  std::end(kinds),
              "hooks." + it.key(), "unknown hook kind");
@@ -238,8 +250,7 @@ void validate_config(const json& cfg) {
       expect(l[k].is_array(), std::string("linux.") + k, "expected array");
       for (const auto& m : l[k]) {
         expect(m.is_object() && m.contains("containerID") && m.contains("hostID") && m.contains("size") &&
-                   m["containerID"].is_number_unsigned() && m["hostID"].is_number_unsigned() &&
-                   m["size"].is_number_unsigned(),
+                   is_uint(m["containerID"]) && is_uint(m["hostID"]) && is_uint(m["size"]),
                std::string("linux.") + k, "each mapping needs unsigned containerID, hostID and size");
       }
     }
@@ -252,10 +263,11 @@ void validate_config(const json& cfg) {
     expect_type(l, "rootfsPropagation", vt::string, "linux");
     if (l.contains("rootfsPropagation") && l["rootfsPropagation"].is_string()) {
       std::string p = l["rootfsPropagation"];
-      static const char* ok[] = {"", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable",
-                                 "runbindable"};
-      expect(std::find_if(std::begin(ok), std::end(ok), [&](const char* o) { return p == o; }) != std::end(ok),
-             "linux.rootfsPropagation", "unknown propagation \"" + p + "\"");
+      static const char* ok[] = {"",       "private", "rprivate",   "slave",      "rslave",
+                                 "shared", "rshared", "unbindable", "runbindable"};
+      expect(
+          std::find_if(std::begin(ok), std::end(ok), [&](const char* o) { return p == o; }) != std::end(ok),
+          "linux.rootfsPropagation", "unknown propagation \"" + p + "\"");
     }
     if (l.contains("devices") && !l["devices"].is_null()) {
       expect(l["devices"].is_array(), "linux.devices", "expected array");
@@ -266,20 +278,29 @@ void validate_config(const json& cfg) {
         expect_type(d, "path", vt::string, w, true);
         expect_type(d, "type", vt::string, w, true);
         std::string t = d["type"];
-        expect(t == "c" || t == "b" || t == "u" || t == "p", w + ".type", "must be c, b, u or p, got \"" + t + "\"");
+        expect(t == "c" || t == "b" || t == "u" || t == "p", w + ".type",
+               "must be c, b, u or p, got \"" + t + "\"");
         if (t != "p") {
-          expect(d.contains("major") && d["major"].is_number_integer(), w + ".major", "required for type " + t);
-          expect(d.contains("minor") && d["minor"].is_number_integer(), w + ".minor", "required for type " + t);
+          expect(d.contains("major") && d["major"].is_number_integer(), w + ".major",
+                 "required for type " + t);
+          expect(d.contains("minor") && d["minor"].is_number_integer(), w + ".minor",
+                 "required for type " + t);
         }
+        expect_type(d, "major", vt::number_integer, w);
+        expect_type(d, "minor", vt::number_integer, w);
+        expect_type(d, "fileMode", vt::number_unsigned, w);
+        expect_type(d, "uid", vt::number_unsigned, w);
+        expect_type(d, "gid", vt::number_unsigned, w);
       }
     }
     if (l.contains("sysctl") && l["sysctl"].is_object()) {
       for (auto it = l["sysctl"].begin(); it != l["sysctl"].end(); ++it)
         expect(it->is_string(), "linux.sysctl." + it.key(), "expected string value");
-      (void)sysctls(cfg, true);
+      (void)sysctls(cfg, check_paths);
     }
   }
 }
+}  // namespace
 
 namespace {
 
@@ -317,24 +338,25 @@ std::string sysctl_namespace(const std::string& key) {
   return "";
 }
 
-std::vector<Sysctl> sysctls(const json& cfg, bool check_paths) {
+namespace {
+
+// The checks and normalisation of linux.sysctl, on the entries (values
+// already strings) and the namespaces of the config.
+std::vector<Sysctl> sysctls_of(const std::map<std::string, std::string>& entries,
+                               const std::vector<Namespace>& nss, bool check_paths) {
   std::vector<Sysctl> out;
-  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains("sysctl") ||
-      !cfg["linux"]["sysctl"].is_object())
-    return out;
   auto isolated = [&](const std::string& type) {
-    for (const auto& n : namespaces(cfg))
+    for (const auto& n : nss)
       if (n.type == type) return n.path.empty() || !check_paths || !is_current_namespace(type, n.path);
     return false;
   };
-  for (const auto& [key, value] : cfg["linux"]["sysctl"].items()) {
+  for (const auto& [key, value] : entries) {
     const std::string k = sysctl_dots(key);
     // No empty component, no "..": the path below /proc/sys is exactly the key's.
     bool name_ok = !k.empty() && k.front() != '.' && k.back() != '.' && k.find("..") == std::string::npos &&
                    k.find('\0') == std::string::npos && k.find("/.") == std::string::npos &&
                    k.find("./") == std::string::npos && k.front() != '/' && k.back() != '/';
     expect(name_ok, "linux.sysctl." + key, "invalid sysctl name");
-    expect(value.is_string(), "linux.sysctl." + key, "expected string value");
     // runc's rules and wording (libcontainer/configs/validate): a sysctl is
     // written only into a namespace the container does not share with the
     // runtime; everything else would change the host.
@@ -351,9 +373,27 @@ std::vector<Sysctl> sysctls(const json& cfg, bool check_paths) {
     std::string path = "/proc/sys/" + k;
     for (std::size_t i = 10; i < path.size(); i++)
       path[i] = path[i] == '.' ? '/' : path[i] == '/' ? '.' : path[i];
-    out.push_back({k, value.get<std::string>(), path});
+    out.push_back({k, value, path});
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<Sysctl> sysctls(const json& cfg, bool check_paths) {
+  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains("sysctl") ||
+      !cfg["linux"]["sysctl"].is_object())
+    return {};
+  std::map<std::string, std::string> entries;
+  for (const auto& [key, value] : cfg["linux"]["sysctl"].items()) {
+    expect(value.is_string(), "linux.sysctl." + key, "expected string value");
+    entries[key] = value.get<std::string>();
+  }
+  return sysctls_of(entries, namespaces(cfg), check_paths);
+}
+
+std::vector<Sysctl> sysctls(const Spec& spec, bool check_paths) {
+  return sysctls_of(spec.linux.sysctl, spec.linux.namespaces, check_paths);
 }
 
 json load_config(const std::string& bundle) {
@@ -389,23 +429,41 @@ MountOptions parse_mount_options(const std::vector<std::string>& opts) {
     unsigned long flag;
   };
   static const Flag flags[] = {
-      {"ro", false, MS_RDONLY},         {"rw", true, MS_RDONLY},           {"nosuid", false, MS_NOSUID},
-      {"suid", true, MS_NOSUID},        {"nodev", false, MS_NODEV},        {"dev", true, MS_NODEV},
-      {"noexec", false, MS_NOEXEC},     {"exec", true, MS_NOEXEC},         {"sync", false, MS_SYNCHRONOUS},
-      {"async", true, MS_SYNCHRONOUS},  {"dirsync", false, MS_DIRSYNC},    {"remount", false, MS_REMOUNT},
-      {"mand", false, MS_MANDLOCK},     {"nomand", true, MS_MANDLOCK},     {"atime", true, MS_NOATIME},
-      {"noatime", false, MS_NOATIME},   {"diratime", true, MS_NODIRATIME}, {"nodiratime", false, MS_NODIRATIME},
-      {"relatime", false, MS_RELATIME}, {"norelatime", true, MS_RELATIME}, {"strictatime", false, MS_STRICTATIME},
-      {"nostrictatime", true, MS_STRICTATIME}, {"lazytime", false, MS_LAZYTIME}, {"nolazytime", true, MS_LAZYTIME},
-      {"silent", false, MS_SILENT},     {"loud", true, MS_SILENT},
+      {"ro", false, MS_RDONLY},
+      {"rw", true, MS_RDONLY},
+      {"nosuid", false, MS_NOSUID},
+      {"suid", true, MS_NOSUID},
+      {"nodev", false, MS_NODEV},
+      {"dev", true, MS_NODEV},
+      {"noexec", false, MS_NOEXEC},
+      {"exec", true, MS_NOEXEC},
+      {"sync", false, MS_SYNCHRONOUS},
+      {"async", true, MS_SYNCHRONOUS},
+      {"dirsync", false, MS_DIRSYNC},
+      {"remount", false, MS_REMOUNT},
+      {"mand", false, MS_MANDLOCK},
+      {"nomand", true, MS_MANDLOCK},
+      {"atime", true, MS_NOATIME},
+      {"noatime", false, MS_NOATIME},
+      {"diratime", true, MS_NODIRATIME},
+      {"nodiratime", false, MS_NODIRATIME},
+      {"relatime", false, MS_RELATIME},
+      {"norelatime", true, MS_RELATIME},
+      {"strictatime", false, MS_STRICTATIME},
+      {"nostrictatime", true, MS_STRICTATIME},
+      {"lazytime", false, MS_LAZYTIME},
+      {"nolazytime", true, MS_LAZYTIME},
+      {"silent", false, MS_SILENT},
+      {"loud", true, MS_SILENT},
   };
   struct Prop {
     const char* name;
     unsigned long flag;
   };
   static const Prop props[] = {
-      {"private", MS_PRIVATE},   {"rprivate", MS_PRIVATE | MS_REC}, {"shared", MS_SHARED},
-      {"rshared", MS_SHARED | MS_REC}, {"slave", MS_SLAVE},        {"rslave", MS_SLAVE | MS_REC},
+      {"private", MS_PRIVATE},       {"rprivate", MS_PRIVATE | MS_REC},
+      {"shared", MS_SHARED},         {"rshared", MS_SHARED | MS_REC},
+      {"slave", MS_SLAVE},           {"rslave", MS_SLAVE | MS_REC},
       {"unbindable", MS_UNBINDABLE}, {"runbindable", MS_UNBINDABLE | MS_REC},
   };
   MountOptions mo;
@@ -637,14 +695,227 @@ void validate_container_id(const std::string& id) {
   }
 }
 
-std::string rootfs_path(const json& cfg, const std::string& bundle) {
-  std::string p = cfg["root"]["path"].get<std::string>();
+namespace {
+std::string resolve_rootfs(std::string p, const std::string& bundle) {
   if (!starts_with(p, "/")) p = bundle + "/" + p;
   // Canonical form (no ".", "..", symlinks): pivot_root and the parent-mount
   // lookup need the real directory.
   char buf[PATH_MAX];
   if (::realpath(p.c_str(), buf)) return buf;
   return p;
+}
+}  // namespace
+
+std::string rootfs_path(const Spec& spec, const std::string& bundle) {
+  return resolve_rootfs(spec.root.path, bundle);
+}
+
+std::string rootfs_path(const json& cfg, const std::string& bundle) {
+  return resolve_rootfs(cfg["root"]["path"].get<std::string>(), bundle);
+}
+
+// ---- The typed config: read once, after validation -----------------------
+//
+// Everything below runs on a validated document (validate / validate_process
+// threw for a wrong type), so each field is read with its checked type; null
+// means "not given", as in the validators.
+
+namespace {
+
+const json* field(const json& obj, const char* key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it == obj.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::string string_of(const json& obj, const char* key, const std::string& dflt = "") {
+  const json* v = field(obj, key);
+  return v ? v->get<std::string>() : dflt;
+}
+
+bool bool_of(const json& obj, const char* key) {
+  const json* v = field(obj, key);
+  return v && v->get<bool>();
+}
+
+std::vector<std::string> strings_of(const json& obj, const char* key) {
+  const json* v = field(obj, key);
+  return v ? v->get<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+std::vector<IdMapping> mappings_of(const json& l, const char* key) {
+  std::vector<IdMapping> out;
+  if (const json* v = field(l, key))
+    for (const auto& m : *v)
+      out.push_back({m["containerID"].get<std::uint64_t>(), m["hostID"].get<std::uint64_t>(),
+                     m["size"].get<std::uint64_t>()});
+  return out;
+}
+
+Linux parse_linux(const json& cfg) {
+  Linux out;
+  const json* l = field(cfg, "linux");
+  if (!l) return out;
+  out.namespaces = namespaces(cfg);
+  out.uid_mappings = mappings_of(*l, "uidMappings");
+  out.gid_mappings = mappings_of(*l, "gidMappings");
+  out.cgroups_path = string_of(*l, "cgroupsPath");
+  if (const json* r = field(*l, "resources")) out.resources = *r;
+  if (const json* sc = field(*l, "seccomp")) out.seccomp = *sc;
+  out.masked_paths = strings_of(*l, "maskedPaths");
+  out.readonly_paths = strings_of(*l, "readonlyPaths");
+  if (const json* sy = field(*l, "sysctl"))
+    for (const auto& [k, v] : sy->items()) out.sysctl[k] = v.get<std::string>();
+  out.rootfs_propagation = string_of(*l, "rootfsPropagation");
+  if (const json* ds = field(*l, "devices"))
+    for (const auto& d : *ds) {
+      Device dev;
+      dev.path = d["path"].get<std::string>();
+      dev.type = d["type"].get<std::string>()[0];
+      if (const json* v = field(d, "major")) dev.major = v->get<std::int64_t>();
+      if (const json* v = field(d, "minor")) dev.minor = v->get<std::int64_t>();
+      if (const json* v = field(d, "fileMode")) dev.file_mode = v->get<std::uint32_t>();
+      if (const json* v = field(d, "uid")) dev.uid = v->get<std::uint32_t>();
+      if (const json* v = field(d, "gid")) dev.gid = v->get<std::uint32_t>();
+      out.devices.push_back(std::move(dev));
+    }
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>* Capabilities::set(const std::string& name) const {
+  if (name == "bounding") return &bounding;
+  if (name == "effective") return &effective;
+  if (name == "inheritable") return &inheritable;
+  if (name == "permitted") return &permitted;
+  if (name == "ambient") return &ambient;
+  return nullptr;
+}
+
+std::string Process::env_value(const std::string& key) const {
+  for (const auto& e : env)
+    if (starts_with(e, key + "=")) return e.substr(key.size() + 1);
+  return "";
+}
+
+std::string Linux::listener_path() const {
+  return seccomp && seccomp->is_object() ? string_of(*seccomp, "listenerPath") : "";
+}
+
+std::string Linux::listener_metadata() const {
+  return seccomp && seccomp->is_object() ? string_of(*seccomp, "listenerMetadata") : "";
+}
+
+Process parse_process(const json& p, const std::string& where) {
+  validate_process(p, where);
+  Process out;
+  out.terminal = bool_of(p, "terminal");
+  if (const json* cs = field(p, "consoleSize"))
+    out.console_size = ConsoleSize{(*cs)["height"].get<unsigned>(), (*cs)["width"].get<unsigned>()};
+  if (const json* u = field(p, "user")) {
+    User user;
+    if (const json* v = field(*u, "uid")) user.uid = v->get<std::uint32_t>();
+    if (const json* v = field(*u, "gid")) user.gid = v->get<std::uint32_t>();
+    if (const json* v = field(*u, "umask")) user.umask = v->get<std::uint32_t>();
+    if (const json* v = field(*u, "additionalGids"))
+      user.additional_gids = v->get<std::vector<std::uint32_t>>();
+    out.user = std::move(user);
+  }
+  out.args = strings_of(p, "args");
+  out.env = strings_of(p, "env");
+  out.cwd = string_of(p, "cwd");
+  if (const json* c = field(p, "capabilities")) {
+    Capabilities caps;
+    caps.bounding = strings_of(*c, "bounding");
+    caps.effective = strings_of(*c, "effective");
+    caps.inheritable = strings_of(*c, "inheritable");
+    caps.permitted = strings_of(*c, "permitted");
+    caps.ambient = strings_of(*c, "ambient");
+    out.capabilities = std::move(caps);
+  }
+  if (const json* rs = field(p, "rlimits"))
+    for (const auto& r : *rs)
+      out.rlimits.push_back(
+          {r["type"].get<std::string>(), r["hard"].get<std::uint64_t>(), r["soft"].get<std::uint64_t>()});
+  out.no_new_privileges = bool_of(p, "noNewPrivileges");
+  if (const json* v = field(p, "oomScoreAdj")) out.oom_score_adj = v->get<int>();
+  out.apparmor_profile = string_of(p, "apparmorProfile");
+  out.selinux_label = string_of(p, "selinuxLabel");
+  return out;
+}
+
+json to_json(const User& u) {
+  json j = {{"uid", u.uid}, {"gid", u.gid}};
+  if (u.umask) j["umask"] = *u.umask;
+  if (u.additional_gids) j["additionalGids"] = *u.additional_gids;
+  return j;
+}
+
+json user_json(const Process& p) {
+  return p.user ? to_json(*p.user) : json::object();
+}
+
+Spec parse_spec(const json& cfg) {
+  validate(cfg, false);
+  Spec s;
+  s.raw = cfg;
+  s.oci_version = cfg["ociVersion"].get<std::string>();
+  s.root.path = cfg["root"]["path"].get<std::string>();
+  s.root.readonly = bool_of(cfg["root"], "readonly");
+  s.process = parse_process(cfg["process"], "process");
+  s.hostname = string_of(cfg, "hostname");
+  s.domainname = string_of(cfg, "domainname");
+  s.mounts = mounts(cfg);
+  s.linux = parse_linux(cfg);
+  if (const json* hs = field(cfg, "hooks"))
+    for (const auto& [kind, list] : hs->items()) {
+      if (list.is_null()) continue;
+      auto& out = s.hooks[kind];
+      for (const auto& h : list) {
+        Hook hook;
+        hook.path = h["path"].get<std::string>();
+        hook.args = strings_of(h, "args");
+        if (field(h, "env")) hook.env = strings_of(h, "env");
+        if (const json* t = field(h, "timeout")) hook.timeout = t->get<long long>();
+        out.push_back(std::move(hook));
+      }
+    }
+  if (const json* a = field(cfg, "annotations"); a && a->is_object()) s.annotations = *a;
+  return s;
+}
+
+std::vector<Namespace> Spec::new_namespaces() const {
+  std::vector<Namespace> out;
+  for (const auto& n : linux.namespaces)
+    if (n.path.empty()) out.push_back(n);
+  return out;
+}
+
+std::vector<Namespace> Spec::joined_namespaces() const {
+  std::vector<Namespace> out;
+  for (const auto& n : linux.namespaces)
+    if (!n.path.empty()) out.push_back(n);
+  return out;
+}
+
+bool Spec::has_namespace(const std::string& type) const {
+  return std::ranges::any_of(linux.namespaces, [&](const Namespace& n) { return n.type == type; });
+}
+
+bool Spec::has_new_namespace(const std::string& type) const {
+  return std::ranges::any_of(linux.namespaces,
+                             [&](const Namespace& n) { return n.type == type && n.path.empty(); });
+}
+
+bool Spec::has_bind_mount() const {
+  return std::ranges::any_of(mounts, [](const Mount& m) { return m.is_bind(); });
+}
+
+const std::vector<Hook>& Spec::hooks_of(const std::string& kind) const {
+  static const std::vector<Hook> none;
+  auto it = hooks.find(kind);
+  return it == hooks.end() ? none : it->second;
 }
 
 }  // namespace agentshim::oci

@@ -1,9 +1,11 @@
 // The OCI runtime-spec config.json: loading, validation, and the small
 // vocabularies (namespaces, mount options, signals) the runtime needs.
 //
-// The config is kept as nlohmann::json (the caller's shape is preserved for
-// digests and `state`), validated once on load so later code can read it
-// without re-checking types; every validation error names the field.
+// The config is validated and parsed ONCE into an oci::Spec of typed structs
+// (parse_spec); the code that acts reads the Spec and never the JSON. The raw
+// JSON is kept (Spec::raw) only for digests, `state` and the policy engine,
+// which rewrites the caller's document into the enforced one. Every
+// validation error names the field.
 #pragma once
 
 #include <sys/types.h>
@@ -34,9 +36,9 @@ void validate_process(const json& p, const std::string& where);
 
 // Namespace types as spelled in config.json and their CLONE_* flag.
 struct NamespaceType {
-  const char* name;   // "pid"
-  int flag;           // CLONE_NEWPID
-  const char* proc;   // "pid" (entry under /proc/<pid>/ns/)
+  const char* name;  // "pid"
+  int flag;          // CLONE_NEWPID
+  const char* proc;  // "pid" (entry under /proc/<pid>/ns/)
 };
 const std::vector<NamespaceType>& namespace_types();
 std::optional<NamespaceType> namespace_by_name(const std::string& name);
@@ -63,23 +65,26 @@ struct Sysctl {
   std::string path;  // /proc/sys/...
 };
 std::vector<Sysctl> sysctls(const json& cfg, bool check_paths);
+struct Spec;
+std::vector<Sysctl> sysctls(const Spec& spec, bool check_paths);
 // "ipc", "network", "uts" for a namespaced sysctl key, "" otherwise.
 std::string sysctl_namespace(const std::string& key);
 
-// The host id of container id 0 in linux.uidMappings / gidMappings (`key`),
+// The host id of container id 0 in linux.uidMappings or gidMappings,
 // and how many ids from there on are mapped; nullopt when 0 is unmapped.
 struct RootIds {
   std::uint64_t host = 0;
   std::uint64_t size = 0;
 };
-std::optional<RootIds> root_ids(const json& cfg, const char* key);
+struct IdMapping;
+std::optional<RootIds> root_ids(const std::vector<IdMapping>& mappings);
 
 // Mount options -> flags, propagation flags and the data string.
 struct MountOptions {
-  unsigned long flags = 0;        // MS_* applied with the mount
-  unsigned long clear = 0;        // flags explicitly cleared (rw, suid, ...)
+  unsigned long flags = 0;                 // MS_* applied with the mount
+  unsigned long clear = 0;                 // flags explicitly cleared (rw, suid, ...)
   std::vector<unsigned long> propagation;  // MS_PRIVATE|MS_REC, ...
-  std::string data;               // comma-joined filesystem options
+  std::string data;                        // comma-joined filesystem options
   bool bind = false;
   bool rec = false;
   bool tmpcopyup = false;
@@ -163,7 +168,139 @@ int last_capability();
 // runc's container id rule: ^[\w+\-\.]+$, not "." or "..", <= 1024 bytes.
 void validate_container_id(const std::string& id);
 
+// ---- The typed config --------------------------------------------------
+
+struct IdMapping {
+  std::uint64_t container_id = 0;
+  std::uint64_t host_id = 0;
+  std::uint64_t size = 0;
+};
+
+struct User {
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::optional<std::uint32_t> umask;  // nullopt: the runtime's default (022)
+  std::optional<std::vector<std::uint32_t>> additional_gids;
+};
+
+struct Capabilities {
+  std::vector<std::string> bounding, effective, inheritable, permitted, ambient;
+  // A set by its config name ("bounding", ...); nullptr for another name.
+  const std::vector<std::string>* set(const std::string& name) const;
+};
+
+struct Rlimit {
+  std::string type;  // "RLIMIT_NOFILE" (validated: one of the kernel's)
+  std::uint64_t hard = 0;
+  std::uint64_t soft = 0;
+};
+
+struct ConsoleSize {
+  unsigned height = 0;
+  unsigned width = 0;
+};
+
+// config.process, or `exec --process` (parse_process).
+struct Process {
+  bool terminal = false;
+  std::optional<ConsoleSize> console_size;
+  std::optional<User> user;       // nullopt: not given (uid/gid 0)
+  std::vector<std::string> args;  // non-empty
+  std::vector<std::string> env;
+  std::string cwd;  // absolute; "" when not given (the runtime uses "/")
+  std::optional<Capabilities> capabilities;
+  std::vector<Rlimit> rlimits;
+  bool no_new_privileges = false;
+  std::optional<int> oom_score_adj;
+  std::string apparmor_profile;
+  std::string selinux_label;
+
+  std::uint32_t uid() const { return user ? user->uid : 0; }
+  // The value of `key` in env ("" when unset).
+  std::string env_value(const std::string& key) const;
+  std::string cwd_or_root() const { return cwd.empty() ? "/" : cwd; }
+};
+
+struct Device {
+  std::string path;
+  char type = 'c';  // c, b, u or p
+  std::int64_t major = 0;
+  std::int64_t minor = 0;
+  std::uint32_t file_mode = 0666;
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+};
+
+struct Hook {
+  std::string path;  // absolute
+  std::vector<std::string> args;
+  std::optional<std::vector<std::string>> env;  // nullopt: the runtime's environment
+  std::optional<long long> timeout;             // seconds, positive
+};
+
+struct Linux {
+  std::vector<Namespace> namespaces;
+  std::vector<IdMapping> uid_mappings;
+  std::vector<IdMapping> gid_mappings;
+  std::string cgroups_path;
+  // linux.resources as given (an object, possibly empty): the cgroup drivers
+  // and `update` read it (sandbox/cgroups parses it).
+  json resources = json::object();
+  // linux.seccomp as given: seccomp::compile parses the profile (the same
+  // format as the policy's built-in profile). nullopt: none.
+  std::optional<json> seccomp;
+  std::vector<std::string> masked_paths;
+  std::vector<std::string> readonly_paths;
+  std::map<std::string, std::string> sysctl;  // as given; sysctls() normalises and checks
+  std::string rootfs_propagation;             // "" or one of rootfs's propagation names
+  std::vector<Device> devices;
+  std::string listener_path() const;      // linux.seccomp.listenerPath ("" when none)
+  std::string listener_metadata() const;  // linux.seccomp.listenerMetadata
+};
+
+struct Root {
+  std::string path;  // as given (rootfs_path() resolves it)
+  bool readonly = false;
+};
+
+struct Spec {
+  json raw;  // the document parsed: for digests and `state` only
+  std::string oci_version;
+  Root root;
+  Process process;
+  std::string hostname;
+  std::string domainname;
+  std::vector<Mount> mounts;
+  Linux linux;
+  std::map<std::string, std::vector<Hook>> hooks;  // kind -> hooks in order
+  json annotations = json::object();               // string -> string, as given
+
+  // Namespaces created (no path) and joined (path).
+  std::vector<Namespace> new_namespaces() const;
+  std::vector<Namespace> joined_namespaces() const;
+  bool has_namespace(const std::string& type) const;
+  bool has_new_namespace(const std::string& type) const;
+  // linux.seccomp, nullptr when the config has none.
+  const json* seccomp() const { return linux.seccomp ? &*linux.seccomp : nullptr; }
+  bool has_bind_mount() const;
+  const std::vector<Hook>& hooks_of(const std::string& kind) const;
+};
+
+// Validate `cfg` (as validate_config, except that namespace paths named by
+// sysctl checks are not stat'ed) and read it into a Spec. Throws Error
+// naming the field.
+Spec parse_spec(const json& cfg);
+// Validate and read a `process` object; `where` prefixes error messages.
+Process parse_process(const json& p, const std::string& where);
+// The user object as the record shows it (only the fields given; {} when
+// the process names no user).
+json to_json(const User& u);
+json user_json(const Process& p);
+
 // Resolve the rootfs path (relative to the bundle when not absolute).
+std::string rootfs_path(const Spec& spec, const std::string& bundle);
+// The same from a (validated) config document: for the policy engine, which
+// works on the document it rewrites.
 std::string rootfs_path(const json& cfg, const std::string& bundle);
 
 }  // namespace agentshim::oci

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
@@ -20,24 +21,32 @@
 
 namespace agentshim::process {
 
-void apply_rlimits(const json& proc) {
-  if (!proc.contains("rlimits") || !proc["rlimits"].is_array()) return;
+void apply_rlimits(const oci::Process& proc) {
   static const std::map<std::string, int> names = {
-      {"RLIMIT_AS", RLIMIT_AS},           {"RLIMIT_CORE", RLIMIT_CORE},     {"RLIMIT_CPU", RLIMIT_CPU},
-      {"RLIMIT_DATA", RLIMIT_DATA},       {"RLIMIT_FSIZE", RLIMIT_FSIZE},   {"RLIMIT_LOCKS", RLIMIT_LOCKS},
-      {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK}, {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE}, {"RLIMIT_NICE", RLIMIT_NICE},
-      {"RLIMIT_NOFILE", RLIMIT_NOFILE},   {"RLIMIT_NPROC", RLIMIT_NPROC},   {"RLIMIT_RSS", RLIMIT_RSS},
-      {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},   {"RLIMIT_RTTIME", RLIMIT_RTTIME}, {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING},
+      {"RLIMIT_AS", RLIMIT_AS},
+      {"RLIMIT_CORE", RLIMIT_CORE},
+      {"RLIMIT_CPU", RLIMIT_CPU},
+      {"RLIMIT_DATA", RLIMIT_DATA},
+      {"RLIMIT_FSIZE", RLIMIT_FSIZE},
+      {"RLIMIT_LOCKS", RLIMIT_LOCKS},
+      {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK},
+      {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE},
+      {"RLIMIT_NICE", RLIMIT_NICE},
+      {"RLIMIT_NOFILE", RLIMIT_NOFILE},
+      {"RLIMIT_NPROC", RLIMIT_NPROC},
+      {"RLIMIT_RSS", RLIMIT_RSS},
+      {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},
+      {"RLIMIT_RTTIME", RLIMIT_RTTIME},
+      {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING},
       {"RLIMIT_STACK", RLIMIT_STACK},
   };
-  for (const auto& r : proc["rlimits"]) {
-    std::string type = r["type"];
-    auto it = names.find(type);
-    if (it == names.end()) throw Error("process.rlimits: unknown rlimit type \"" + type + "\"");
+  for (const auto& r : proc.rlimits) {
+    auto it = names.find(r.type);
+    if (it == names.end()) throw Error("process.rlimits: unknown rlimit type \"" + r.type + "\"");
     struct rlimit rl {};
-    rl.rlim_cur = r["soft"].get<unsigned long long>();
-    rl.rlim_max = r["hard"].get<unsigned long long>();
-    if (::setrlimit(it->second, &rl) < 0) throw_errno("setrlimit " + type);
+    rl.rlim_cur = r.soft;
+    rl.rlim_max = r.hard;
+    if (::setrlimit(it->second, &rl) < 0) throw_errno("setrlimit " + r.type);
   }
 }
 
@@ -55,19 +64,12 @@ void set_oom_score_adj(pid_t pid, int value) {
   }
 }
 
-std::vector<std::string> environment(const json& proc) {
-  std::vector<std::string> env;
-  bool has_home = false;
-  if (proc.contains("env") && proc["env"].is_array())
-    for (const auto& e : proc["env"]) {
-      std::string s = e.get<std::string>();
-      if (starts_with(s, "HOME=")) has_home = true;
-      env.push_back(s);
-    }
+std::vector<std::string> environment(const oci::Process& proc) {
+  std::vector<std::string> env = proc.env;
+  bool has_home = std::ranges::any_of(env, [](const std::string& e) { return starts_with(e, "HOME="); });
   if (!has_home) {
     // runc sets HOME from the container's /etc/passwd for the uid; fall back to "/".
-    unsigned uid = 0;
-    if (proc.contains("user") && proc["user"].contains("uid")) uid = proc["user"]["uid"].get<unsigned>();
+    unsigned uid = proc.uid();
     std::string home = "/";
     if (auto pw = try_read_file("/etc/passwd")) {
       for (const auto& line : split(*pw, '\n')) {
@@ -84,28 +86,20 @@ std::vector<std::string> environment(const json& proc) {
 }
 
 namespace {
-std::string env_value(const json& proc, const std::string& key) {
-  if (proc.contains("env") && proc["env"].is_array())
-    for (const auto& e : proc["env"]) {
-      std::string s = e.get<std::string>();
-      if (starts_with(s, key + "=")) return s.substr(key.size() + 1);
-    }
-  return "";
-}
-
 bool executable(const std::string& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111);
 }
 }  // namespace
 
-std::string resolve_executable(const json& proc) {
-  std::string arg0 = proc["args"][0].get<std::string>();
+std::string resolve_executable(const oci::Process& proc) {
+  std::string arg0 = proc.args.at(0);
   if (arg0.find('/') != std::string::npos) {
-    if (!path_exists(arg0)) throw Error("exec: \"" + arg0 + "\": stat " + arg0 + ": no such file or directory");
+    if (!path_exists(arg0))
+      throw Error("exec: \"" + arg0 + "\": stat " + arg0 + ": no such file or directory");
     return arg0;
   }
-  std::string path = env_value(proc, "PATH");
+  std::string path = proc.env_value("PATH");
   if (path.empty()) path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
   for (const auto& dir : split(path, ':')) {
     std::string cand = (dir.empty() ? "." : dir) + "/" + arg0;
@@ -115,13 +109,10 @@ std::string resolve_executable(const json& proc) {
 }
 
 namespace {
-std::vector<cap_value_t> cap_list(const json& proc, const char* set) {
+std::vector<cap_value_t> cap_list(const oci::Process& proc, const char* set) {
   std::vector<cap_value_t> out;
-  if (!proc.contains("capabilities") || !proc["capabilities"].is_object()) return out;
-  const json& c = proc["capabilities"];
-  if (!c.contains(set) || !c[set].is_array()) return out;
-  for (const auto& n : c[set]) {
-    std::string name = n.get<std::string>();
+  if (!proc.capabilities) return out;
+  for (const auto& name : *proc.capabilities->set(set)) {
     auto v = oci::capability_from_name(name);
     if (!v) {
       log::warn("process.capabilities." + std::string(set) + ": unknown capability " + name + " ignored");
@@ -133,21 +124,20 @@ std::vector<cap_value_t> cap_list(const json& proc, const char* set) {
   return out;
 }
 
-bool in_bounding(cap_value_t c) { return prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1; }
+bool in_bounding(cap_value_t c) {
+  return prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1;
+}
 
 }  // namespace
 
-std::vector<std::string> ungrantable_capabilities(const json& proc,
+std::vector<std::string> ungrantable_capabilities(const oci::Process& proc,
                                                   const std::function<bool(int)>& grantable) {
   std::vector<std::string> order;
   std::map<std::string, std::vector<std::string>> sets_of;
-  if (!proc.is_object() || !proc.contains("capabilities") || !proc["capabilities"].is_object()) return order;
-  const json& c = proc["capabilities"];
+  if (!proc.capabilities) return order;
   for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
-    if (!c.contains(set) || !c[set].is_array()) continue;
-    for (const auto& n : c[set]) {
-      if (!n.is_string()) continue;
-      auto v = oci::capability_from_name(n.get<std::string>());
+    for (const auto& n : *proc.capabilities->set(set)) {
+      auto v = oci::capability_from_name(n);
       if (!v) continue;  // oci::validate refuses unknown names
       bool ok = *v <= oci::last_capability() && (grantable ? grantable(*v) : in_bounding(*v));
       if (ok) continue;
@@ -161,7 +151,7 @@ std::vector<std::string> ungrantable_capabilities(const json& proc,
   return out;
 }
 
-void check_capabilities(const json& proc) {
+void check_capabilities(const oci::Process& proc) {
   auto missing = ungrantable_capabilities(proc);
   if (missing.empty()) return;
   throw Error(
@@ -173,7 +163,7 @@ void check_capabilities(const json& proc) {
 
 namespace {
 
-void apply_capabilities(const json& proc) {
+void apply_capabilities(const oci::Process& proc) {
   // No capabilities object: the process gets none (runc semantics; cap_list gives empty sets).
   auto bounding = cap_list(proc, "bounding");
   auto effective = cap_list(proc, "effective");
@@ -206,7 +196,7 @@ void apply_capabilities(const json& proc) {
   }
 }
 
-void drop_bounding(const json& proc) {
+void drop_bounding(const oci::Process& proc) {
   auto bounding = cap_list(proc, "bounding");
   for (int c = 0; c <= oci::last_capability(); c++) {
     bool keep = false;
@@ -216,15 +206,14 @@ void drop_bounding(const json& proc) {
   }
 }
 
-void setup_user(const json& proc) {
+void setup_user(const oci::Process& proc) {
   unsigned uid = 0, gid = 0;
   std::vector<gid_t> groups;
-  if (proc.contains("user") && proc["user"].is_object()) {
-    const json& u = proc["user"];
-    uid = u.value("uid", 0u);
-    gid = u.value("gid", 0u);
-    if (u.contains("additionalGids") && u["additionalGids"].is_array())
-      for (const auto& g : u["additionalGids"]) groups.push_back(g.get<gid_t>());
+  if (proc.user) {
+    uid = proc.user->uid;
+    gid = proc.user->gid;
+    if (proc.user->additional_gids)
+      groups.assign(proc.user->additional_gids->begin(), proc.user->additional_gids->end());
   }
   // setgroups is refused in a user namespace whose setgroups file says deny.
   if (::setgroups(groups.size(), groups.data()) < 0) {
@@ -293,7 +282,8 @@ void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners)
   }
   // Last, so its ENOSYS is the errno a newer syscall gets (see seccomp.h).
   if (p.enosys_stub && !seccomp::load_enosys_stub(p.max_nr))
-    log::debug("seccomp: a profile denies seccomp(2); newer syscalls keep the profile's errno instead of ENOSYS");
+    log::debug(
+        "seccomp: a profile denies seccomp(2); newer syscalls keep the profile's errno instead of ENOSYS");
 }
 
 void new_session() {
@@ -301,7 +291,7 @@ void new_session() {
   if (::setsid() < 0) throw_errno("setsid (a new session for the container process)");
 }
 
-std::vector<Listener> finalize(const json& proc, const Finalize& f) {
+std::vector<Listener> finalize(const oci::Process& proc, const Finalize& f) {
   new_session();
   std::vector<Listener> listeners;
   PreparedSeccomp own;
@@ -310,19 +300,18 @@ std::vector<Listener> finalize(const json& proc, const Finalize& f) {
     own = prepare_seccomp(f);
     sec = &own;
   }
-  bool nnp = proc.value("noNewPrivileges", false);
+  bool nnp = proc.no_new_privileges;
   if (!nnp) install_seccomp(*sec, listeners);  // needs CAP_SYS_ADMIN when no_new_privs is off
   drop_bounding(proc);
   if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_KEEPCAPS)");
   setup_user(proc);
   if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_KEEPCAPS, 0)");
   apply_capabilities(proc);
-  if (proc.contains("user") && proc["user"].contains("umask") && proc["user"]["umask"].is_number_unsigned())
-    ::umask(proc["user"]["umask"].get<mode_t>());
+  if (proc.user && proc.user->umask)
+    ::umask(static_cast<mode_t>(*proc.user->umask));
   else
     ::umask(022);
-  std::string cwd = proc.value("cwd", "/");
-  if (cwd.empty()) cwd = "/";
+  const std::string cwd = proc.cwd_or_root();
   if (::chdir(cwd.c_str()) < 0) throw_errno("chdir to cwd (\"" + cwd + "\") set in config.json");
   if (nnp) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_NO_NEW_PRIVS)");
@@ -331,9 +320,8 @@ std::vector<Listener> finalize(const json& proc, const Finalize& f) {
   return listeners;
 }
 
-void exec(const std::string& path, const json& proc) {
-  std::vector<std::string> args;
-  for (const auto& a : proc["args"]) args.push_back(a.get<std::string>());
+void exec(const std::string& path, const oci::Process& proc) {
+  std::vector<std::string> args = proc.args;
   auto env = environment(proc);
   std::vector<char*> argv, envp;
   for (auto& a : args) argv.push_back(a.data());

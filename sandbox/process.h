@@ -9,13 +9,14 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/oci.h"
 #include "sandbox/seccomp.h"
 
 namespace agentshim::process {
 
 using json = nlohmann::json;
 
-void apply_rlimits(const json& proc);
+void apply_rlimits(const oci::Process& proc);
 
 // The capabilities `proc` asks for (any of the five sets) that this host
 // cannot grant: not in the runtime's own bounding set (`grantable`, by
@@ -24,17 +25,17 @@ void apply_rlimits(const json& proc);
 // to the kernel MUST be an error, and runc refuses to create; so create and
 // exec call check_capabilities() (after the policy, so a capability the
 // policy drops stays a decision, not an error).
-std::vector<std::string> ungrantable_capabilities(const json& proc,
+std::vector<std::string> ungrantable_capabilities(const oci::Process& proc,
                                                   const std::function<bool(int)>& grantable = {});
 // Throws Error naming every ungrantable capability.
-void check_capabilities(const json& proc);
+void check_capabilities(const oci::Process& proc);
 // Set oom_score_adj (a lowered value needs CAP_SYS_RESOURCE; best effort
 // when it is missing from the bounding set, with a warning).
 void set_oom_score_adj(pid_t pid, int value);
 
 // Look up args[0] in the container's PATH (from the process env), as seen
 // from the current root. Throws Error('exec: "x": executable file not found in $PATH').
-std::string resolve_executable(const json& proc);
+std::string resolve_executable(const oci::Process& proc);
 
 // Everything from "drop privileges" to the point just before execve, in
 // runc's order: bounding set, keepcaps + setgroups/setresgid/setresuid,
@@ -70,7 +71,7 @@ struct Listener {
   std::string kind;  // "exec": the exec observer's; "config": the config's own (listenerPath)
   int fd;
 };
-std::vector<Listener> finalize(const json& proc, const Finalize& f);
+std::vector<Listener> finalize(const oci::Process& proc, const Finalize& f);
 
 // Compile f.seccomp (and the exec observer with f.observe_exec). Throws
 // Error naming the profile's field for a bad profile.
@@ -89,9 +90,9 @@ void install_seccomp(const PreparedSeccomp& p, std::vector<Listener>& listeners)
 void new_session();
 
 // execve with the process env; never returns.
-[[noreturn]] void exec(const std::string& path, const json& proc);
+[[noreturn]] void exec(const std::string& path, const oci::Process& proc);
 
 // Environment vector from process.env, with HOME filled in like runc.
-std::vector<std::string> environment(const json& proc);
+std::vector<std::string> environment(const oci::Process& proc);
 
 }  // namespace agentshim::process

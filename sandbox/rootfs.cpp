@@ -27,7 +27,9 @@
 namespace agentshim::rootfs {
 namespace {
 
-std::string fdpath(int fd) { return "/proc/self/fd/" + std::to_string(fd); }
+std::string fdpath(int fd) {
+  return "/proc/self/fd/" + std::to_string(fd);
+}
 
 int openat2_(int dirfd, const std::string& path, int flags, unsigned long long resolve) {
   struct open_how how {};
@@ -42,13 +44,14 @@ std::string relative(const std::string& p) {
   return r.empty() ? "." : r;
 }
 
-void do_mount(const std::string& src, const std::string& target, const std::string& fstype, unsigned long flags,
-              const std::string& data, const std::string& what) {
-  if (::mount(src.empty() ? nullptr : src.c_str(), target.c_str(), fstype.empty() ? nullptr : fstype.c_str(), flags,
-              data.empty() ? nullptr : data.c_str()) < 0) {
+void do_mount(const std::string& src, const std::string& target, const std::string& fstype,
+              unsigned long flags, const std::string& data, const std::string& what) {
+  if (::mount(src.empty() ? nullptr : src.c_str(), target.c_str(), fstype.empty() ? nullptr : fstype.c_str(),
+              flags, data.empty() ? nullptr : data.c_str()) < 0) {
     int err = errno;
     std::string msg = "mount " + what;
-    if (err == ENODEV) throw Error(msg + ": filesystem type \"" + fstype + "\" is not supported by this kernel");
+    if (err == ENODEV)
+      throw Error(msg + ": filesystem type \"" + fstype + "\" is not supported by this kernel");
     throw_errno(msg, err);
   }
 }
@@ -175,7 +178,7 @@ UniqueFd open_in_root(int rootfd, const std::string& path, bool create, bool las
 
 void prepare_root(const Context& ctx) {
   unsigned long prop = MS_SLAVE | MS_REC;
-  std::string rp = ctx.config.contains("linux") ? ctx.config["linux"].value("rootfsPropagation", "") : "";
+  const std::string& rp = ctx.spec.linux.rootfs_propagation;
   if (!rp.empty()) {
     auto mo = oci::parse_mount_options({rp});
     if (!mo.propagation.empty()) prop = mo.propagation[0];
@@ -211,7 +214,8 @@ void mount_cgroup(const Context& ctx, int rootfd, const std::string& dest, unsig
       do_mount("cgroup", fdpath(target_fd.get()), "cgroup2", flags, "", dest + " (cgroup2)");
     } else {
       do_mount(ctx.cgroups[0].host_path, fdpath(target_fd.get()), "bind", MS_BIND | MS_REC, "", dest);
-      if (flags) remount_bind(fdpath(open_in_root(rootfd, dest, false, false).get()), flags, dest, ctx.userns);
+      if (flags)
+        remount_bind(fdpath(open_in_root(rootfd, dest, false, false).get()), flags, dest, ctx.userns);
     }
     return;
   }
@@ -245,7 +249,7 @@ void mount_cgroup(const Context& ctx, int rootfd, const std::string& dest, unsig
 }  // namespace
 
 void mount_all(const Context& ctx) {
-  const auto mounts = oci::mounts(ctx.config);
+  const auto& mounts = ctx.spec.mounts;
   if (mounts.empty()) return;
   UniqueFd rootfd(::open(ctx.rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!rootfd) throw_errno("open rootfs " + ctx.rootfs);
@@ -296,7 +300,8 @@ void mount_all(const Context& ctx) {
       if (type == "sysfs" && (e.code() == EPERM || e.code() == EACCES) && ctx.userns) {
         // sysfs needs a network namespace owned by our user namespace: fall back to /sys (rbind, ro).
         do_mount("/sys", fdpath(target.get()), "bind", MS_BIND | MS_REC, "", what + " (rbind fallback)");
-        remount_bind(fdpath(open_in_root(rootfd.get(), dest, false, false).get()), flags | MS_RDONLY, what, true);
+        remount_bind(fdpath(open_in_root(rootfd.get(), dest, false, false).get()), flags | MS_RDONLY, what,
+                     true);
       } else if (type == "mqueue" && e.code() == EPERM) {
         do_mount("/dev/mqueue", fdpath(target.get()), "bind", MS_BIND, "", what + " (bind fallback)");
       } else {
@@ -320,24 +325,27 @@ struct Dev {
   gid_t gid;
 };
 
-std::vector<Dev> devices(const json& cfg) {
+std::vector<Dev> devices(const oci::Spec& spec) {
   std::vector<Dev> out = {
       {"/dev/null", 'c', 1, 3, 0666, 0, 0},    {"/dev/zero", 'c', 1, 5, 0666, 0, 0},
       {"/dev/full", 'c', 1, 7, 0666, 0, 0},    {"/dev/random", 'c', 1, 8, 0666, 0, 0},
       {"/dev/urandom", 'c', 1, 9, 0666, 0, 0}, {"/dev/tty", 'c', 5, 0, 0666, 0, 0},
   };
-  if (cfg.contains("linux") && cfg["linux"].contains("devices") && cfg["linux"]["devices"].is_array()) {
-    for (const auto& d : cfg["linux"]["devices"]) {
-      Dev v{d["path"].get<std::string>(), d["type"].get<std::string>()[0], d.value("major", 0u), d.value("minor", 0u),
-            static_cast<mode_t>(d.value("fileMode", 0666u)), d.value("uid", 0u), d.value("gid", 0u)};
-      bool replaced = false;
-      for (auto& o : out)
-        if (o.path == v.path) {
-          o = v;
-          replaced = true;
-        }
-      if (!replaced) out.push_back(v);
-    }
+  for (const auto& d : spec.linux.devices) {
+    Dev v{d.path,
+          d.type,
+          static_cast<unsigned>(d.major),
+          static_cast<unsigned>(d.minor),
+          static_cast<mode_t>(d.file_mode),
+          static_cast<uid_t>(d.uid),
+          static_cast<gid_t>(d.gid)};
+    bool replaced = false;
+    for (auto& o : out)
+      if (o.path == v.path) {
+        o = v;
+        replaced = true;
+      }
+    if (!replaced) out.push_back(v);
   }
   return out;
 }
@@ -358,9 +366,9 @@ std::string clean_path(const std::string& p) {
 
 // Destinations of the config's bind mounts: what lies below them is a host
 // directory, never the container's own.
-std::vector<std::string> bind_destinations(const json& cfg) {
+std::vector<std::string> bind_destinations(const oci::Spec& spec) {
   std::vector<std::string> out;
-  for (const auto& m : oci::mounts(cfg))
+  for (const auto& m : spec.mounts)
     if (m.is_bind()) out.push_back(m.destination);
   return out;
 }
@@ -368,7 +376,7 @@ std::vector<std::string> bind_destinations(const json& cfg) {
 }  // namespace
 
 void create_devices(const Context& ctx) {
-  const auto binds = bind_destinations(ctx.config);
+  const auto binds = bind_destinations(ctx.spec);
   // As runc (needsSetupDev): a bind mount onto /dev is the caller's /dev —
   // no node, symlink or ptmx is created in it, so the bind's source (a host
   // directory, perhaps the host's /dev) is never written.
@@ -379,7 +387,7 @@ void create_devices(const Context& ctx) {
     mode_t old = ::umask(0);
     ~Umask() { ::umask(old); }
   } umask_guard;
-  for (const auto& d : devices(ctx.config)) {
+  for (const auto& d : devices(ctx.spec)) {
     // Any absolute path inside the rootfs, as runc (resolved in the rootfs:
     // open_in_root never leaves it).
     const std::string path = clean_path(d.path);
@@ -423,11 +431,14 @@ void create_devices(const Context& ctx) {
   struct Link {
     const char *target, *name;
   };
-  static const Link links[] = {{"/proc/self/fd", "fd"},     {"/proc/self/fd/0", "stdin"},
-                               {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"},
+  static const Link links[] = {{"/proc/self/fd", "fd"},
+                               {"/proc/self/fd/0", "stdin"},
+                               {"/proc/self/fd/1", "stdout"},
+                               {"/proc/self/fd/2", "stderr"},
                                {"pts/ptmx", "ptmx"}};
   for (const auto& l : links) {
-    if (::symlinkat(l.target, dev.get(), l.name) < 0 && errno != EEXIST) throw_errno(std::string("symlink /dev/") + l.name);
+    if (::symlinkat(l.target, dev.get(), l.name) < 0 && errno != EEXIST)
+      throw_errno(std::string("symlink /dev/") + l.name);
   }
   if (path_exists("/proc/kcore")) ::symlinkat("/proc/kcore", dev.get(), "core");
 }
@@ -453,17 +464,18 @@ void enter(const Context& ctx, bool no_pivot) {
   if (::umount2(".", MNT_DETACH) < 0) throw_errno("umount old root");
   if (::chdir("/") < 0) throw_errno("chdir /");
   // linux.rootfsPropagation applies to the container's "/" as it ends up.
-  std::string rp = ctx.config.contains("linux") ? ctx.config["linux"].value("rootfsPropagation", "") : "";
+  const std::string& rp = ctx.spec.linux.rootfs_propagation;
   if (!rp.empty()) {
     auto mo = oci::parse_mount_options({rp});
-    if (!mo.propagation.empty()) do_mount("", "/", "", mo.propagation[0], "", "/ (rootfsPropagation " + rp + ")");
+    if (!mo.propagation.empty())
+      do_mount("", "/", "", mo.propagation[0], "", "/ (rootfsPropagation " + rp + ")");
   }
 }
 
-void apply_sysctls(const json& config) {
+void apply_sysctls(const oci::Spec& spec) {
   // Only what oci::sysctls accepts (validated at create against the host's
   // namespaces, re-checked here against the config the init runs).
-  for (const auto& s : oci::sysctls(config, false)) {
+  for (const auto& s : oci::sysctls(spec, false)) {
     try {
       write_file(s.path, s.value);
     } catch (const SysError& e) {
@@ -475,33 +487,24 @@ void apply_sysctls(const json& config) {
 void finish(const Context& ctx) {
   // As runc: process.cwd is created inside the container (after pivot_root,
   // before the root goes read-only; path resolution stays in the jail).
-  if (ctx.config.contains("process") && ctx.config["process"].is_object()) {
-    const std::string cwd = ctx.config["process"].value("cwd", "");
-    if (starts_with(cwd, "/") && !path_exists(cwd)) mkdir_p(cwd, 0755);
+  const std::string& cwd = ctx.spec.process.cwd;
+  if (starts_with(cwd, "/") && !path_exists(cwd)) mkdir_p(cwd, 0755);
+  for (const auto& path : ctx.spec.linux.readonly_paths) {
+    if (!path_exists(path)) continue;
+    do_mount(path, path, "bind", MS_BIND | MS_REC, "", "readonly path " + path);
+    remount_bind(path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "readonly path " + path, true);
   }
-  const json& l = ctx.config.contains("linux") ? ctx.config["linux"] : json::object();
-  if (l.contains("readonlyPaths") && l["readonlyPaths"].is_array()) {
-    for (const auto& p : l["readonlyPaths"]) {
-      std::string path = p;
-      if (!path_exists(path)) continue;
-      do_mount(path, path, "bind", MS_BIND | MS_REC, "", "readonly path " + path);
-      remount_bind(path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "readonly path " + path, true);
-    }
+  for (const auto& path : ctx.spec.linux.masked_paths) {
+    if (!path_exists(path)) continue;
+    if (is_dir(path))
+      do_mount("tmpfs", path, "tmpfs", MS_RDONLY, "size=0", "masked path " + path);
+    else
+      do_mount("/dev/null", path, "bind", MS_BIND, "", "masked path " + path);
   }
-  if (l.contains("maskedPaths") && l["maskedPaths"].is_array()) {
-    for (const auto& p : l["maskedPaths"]) {
-      std::string path = p;
-      if (!path_exists(path)) continue;
-      if (is_dir(path))
-        do_mount("tmpfs", path, "tmpfs", MS_RDONLY, "size=0", "masked path " + path);
-      else
-        do_mount("/dev/null", path, "bind", MS_BIND, "", "masked path " + path);
-    }
-  }
-  if (ctx.config["root"].value("readonly", false)) remount_bind("/", MS_RDONLY, "/ read-only", true);
+  if (ctx.spec.root.readonly) remount_bind("/", MS_RDONLY, "/ read-only", true);
 }
 
-void setup_console(int console_socket, const json& proc, bool mount_dev_console) {
+void setup_console(int console_socket, const oci::Process& proc, bool mount_dev_console) {
   int master = ::open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (master < 0) throw_errno("open /dev/ptmx");
   UniqueFd m(master);
@@ -510,16 +513,15 @@ void setup_console(int console_socket, const json& proc, bool mount_dev_console)
   int n = 0;
   if (::ioctl(master, TIOCGPTN, &n) < 0) throw_errno("ioctl(TIOCGPTN)");
   std::string slave_path = "/dev/pts/" + std::to_string(n);
-  if (proc.contains("consoleSize") && proc["consoleSize"].is_object()) {
+  if (proc.console_size) {
     struct winsize ws {};
-    ws.ws_row = proc["consoleSize"].value("height", 0u);
-    ws.ws_col = proc["consoleSize"].value("width", 0u);
+    ws.ws_row = static_cast<unsigned short>(proc.console_size->height);
+    ws.ws_col = static_cast<unsigned short>(proc.console_size->width);
     ::ioctl(master, TIOCSWINSZ, &ws);
   }
   UniqueFd slave(::open(slave_path.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC));
   if (!slave) throw_errno("open " + slave_path);
-  unsigned uid = 0;
-  if (proc.contains("user") && proc["user"].contains("uid")) uid = proc["user"]["uid"].get<unsigned>();
+  unsigned uid = proc.uid();
   ::fchown(slave.get(), uid, static_cast<gid_t>(-1));
   if (mount_dev_console) {
     int f = ::open("/dev/console", O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);

@@ -25,7 +25,7 @@ struct CgroupMount {
 };
 
 struct Context {
-  json config;
+  oci::Spec spec;
   std::string rootfs;               // absolute host path
   bool userns = false;              // running in a new user namespace
   bool cgroupns = false;            // running in a new cgroup namespace
@@ -52,7 +52,7 @@ void create_devices(const Context& ctx);
 void enter(const Context& ctx, bool no_pivot);
 // After entering the rootfs: sysctls, masked and read-only paths, the
 // read-only root (last, so earlier steps can still create mount points).
-void apply_sysctls(const json& config);
+void apply_sysctls(const oci::Spec& spec);
 void finish(const Context& ctx);
 
 // Open `path` inside the tree rooted at `rootfd` (RESOLVE_IN_ROOT: ".." and
@@ -63,6 +63,6 @@ UniqueFd open_in_root(int rootfd, const std::string& path, bool create, bool las
 // The pty: open /dev/ptmx in the current root, return the master; the slave
 // becomes the caller's controlling terminal and fds 0-2. Sizes from
 // process.consoleSize. Sends the master over `console_socket` (SCM_RIGHTS).
-void setup_console(int console_socket, const json& proc, bool mount_dev_console);
+void setup_console(int console_socket, const oci::Process& proc, bool mount_dev_console);
 
 }  // namespace agentshim::rootfs

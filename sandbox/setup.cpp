@@ -7,9 +7,7 @@ namespace agentshim::setup {
 json hook_state(const Setup& s, const std::string& status, pid_t pid) {
   json j = {
       {"ociVersion", oci::kOciVersion}, {"id", s.id}, {"status", status}, {"pid", pid}, {"bundle", s.bundle}};
-  if (s.config.contains("annotations") && s.config["annotations"].is_object() &&
-      !s.config["annotations"].empty())
-    j["annotations"] = s.config["annotations"];
+  if (!s.spec.annotations.empty()) j["annotations"] = s.spec.annotations;
   return j;
 }
 

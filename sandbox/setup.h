@@ -33,7 +33,8 @@ struct Setup {
   std::string run_id;
   std::string audit_dir;
   std::string created;  // RFC 3339, as in state
-  json config;          // enforced config
+  json config;          // enforced config, as a document (digests, state)
+  oci::Spec spec;       // the same, parsed once: what every stage reads
   json caller_config;   // as given
   // Bind sources of the enforced config (resolved) -> the identity the
   // policy checked; the init verifies it mounts that same file.

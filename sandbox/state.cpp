@@ -49,6 +49,11 @@ ContainerState ContainerState::from_json(const json& j) {
   s.run_id = j.value("run_id", "");
   s.audit_dir = j.value("audit_dir", "");
   s.config = j.value("config", json::object());
+  try {
+    s.spec = oci::parse_spec(s.config);
+  } catch (const std::exception& e) {
+    s.spec_error = e.what();
+  }
   s.cgroup = j.value("cgroup", json());
   s.annotations = j.value("annotations", json::object());
   return s;

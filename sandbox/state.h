@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "sandbox/oci.h"
 
 namespace agentshim::state {
 
@@ -31,7 +32,12 @@ struct ContainerState {
   unsigned long long sentinel_start = 0;
   std::string run_id;  // audit record of this run
   std::string audit_dir;
-  json config;  // the enforced config
+  json config;  // the enforced config, as a document (digests, `state`)
+  // The same, parsed once on load (oci::parse_spec): what the commands read.
+  // A stored config that no longer parses leaves `spec` empty and says why
+  // in `spec_error` (`delete` and `state` still work; `exec` refuses).
+  oci::Spec spec;
+  std::string spec_error;
   json cgroup;  // cgroups::Manager::save()
   json annotations = json::object();
 

@@ -69,13 +69,11 @@ sigset_t handled_signals() {
   return set;
 }
 
-void write_id_map(pid_t pid, const json& cfg, const char* key, const char* file) {
-  if (!cfg["linux"].contains(key) || !cfg["linux"][key].is_array()) return;
+void write_id_map(pid_t pid, const std::vector<oci::IdMapping>& maps, const char* key, const char* file) {
+  if (maps.empty()) return;
   std::string data;
-  for (const auto& m : cfg["linux"][key])
-    data += std::to_string(m["containerID"].get<unsigned long>()) + " " +
-            std::to_string(m["hostID"].get<unsigned long>()) + " " +
-            std::to_string(m["size"].get<unsigned long>()) + "\n";
+  for (const auto& m : maps)
+    data += std::to_string(m.container_id) + " " + std::to_string(m.host_id) + " " + std::to_string(m.size) + "\n";
   std::string path = "/proc/" + std::to_string(pid) + "/" + file;
   try {
     write_file(path, data);
@@ -222,10 +220,8 @@ class Supervisor {
   // Needs s_.config, s_.extra_seccomp and the final s_.observe_exec; must
   // finish before stage1 is forked. A bad profile throws (naming its field).
   void prepare_seccomp() {
-    const json& cfg = s_.config;
     process::Finalize fin;
-    if (cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null())
-      fin.seccomp.push_back(cfg["linux"]["seccomp"]);
+    if (const json* sc = s_.spec.seccomp()) fin.seccomp.push_back(*sc);
     if (!s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()) fin.seccomp.push_back(s_.extra_seccomp);
     fin.observe_exec = s_.observe_exec;
     s_.prepared_seccomp = process::prepare_seccomp(fin);
@@ -244,7 +240,7 @@ class Supervisor {
     if (!sigfd_) throw_errno("signalfd");
     process::set_oom_score_adj(0, -1000);
 
-    const json& cfg = s_.config;
+    const oci::Spec& spec = s_.spec;
     // The seccomp filters compile (libseccomp, a few milliseconds of CPU) on
     // a second thread while this one starts the record and makes the cgroup;
     // joined before stage1 is forked (the init inherits the programs, and no
@@ -253,16 +249,13 @@ class Supervisor {
     // error here leaves no thread running either.)
     auto compiled = std::async(std::launch::async, [this] { prepare_seccomp(); });
     start_record();
-    std::string cgpath = cfg.contains("linux") ? cfg["linux"].value("cgroupsPath", "") : "";
+    const std::string& cgpath = spec.linux.cgroups_path;
     // (The systemd driver starts its scope with the sentinel in it, as runc
     // names its init: from here on it is to be moved out on failure.)
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup, sentinel_);
     in_container_cgroup_ = s_.systemd_cgroup;
-    json resources =
-        cfg.contains("linux") && cfg["linux"].contains("resources") && cfg["linux"]["resources"].is_object()
-            ? cfg["linux"]["resources"]
-            : json::object();
-    resources["devices"] = cgroups::effective_device_rules(cfg);
+    json resources = spec.linux.resources.is_object() ? spec.linux.resources : json::object();
+    resources["devices"] = cgroups::effective_device_rules(s_.config);
     cg_->set(resources);
     // The pid --pid-file names is the sentinel (see main()), and the runc
     // v2 shim (containerd, Docker, Kubernetes) reads stats and OOM events
@@ -278,8 +271,8 @@ class Supervisor {
     s_.policy["cgroup_mounts"] = mounts;
     // In a new user namespace the container's root is not host root: hand
     // it the stdio pipes (as runc does), so /proc/self/fd/N reopens work.
-    if (oci::has_new_namespace(cfg, "user"))
-      if (auto u = oci::root_ids(cfg, "uidMappings"), gm = oci::root_ids(cfg, "gidMappings"); u && gm)
+    if (spec.has_new_namespace("user"))
+      if (auto u = oci::root_ids(spec.linux.uid_mappings), gm = oci::root_ids(spec.linux.gid_mappings); u && gm)
         userns::chown_stdio(u->host, gm->host);
 
     compiled.get();  // rethrows a bad profile's error
@@ -296,7 +289,7 @@ class Supervisor {
       // the init in the v2 one (see cgroups::Manager::join_for_clone).
       cgroups::CloneTarget target;
       try {
-        target = cg_->join_for_clone(oci::has_namespace(cfg, "user"));
+        target = cg_->join_for_clone(spec.has_namespace("user"));
       } catch (const std::exception& e) {
         try {
           sync::send(pair.second.get(), sync::Failure{e.what()});
@@ -316,8 +309,8 @@ class Supervisor {
       if (const auto* u = std::get_if<sync::Userns>(&*m)) {
         pid_t p = u->pid;
         // setgroups stays allowed: only an unprivileged mapper must deny it; we are root.
-        write_id_map(p, cfg, "uidMappings", "uid_map");
-        write_id_map(p, cfg, "gidMappings", "gid_map");
+        write_id_map(p, s_.spec.linux.uid_mappings, "uidMappings", "uid_map");
+        write_id_map(p, s_.spec.linux.gid_mappings, "gidMappings", "gid_map");
         sync::send(sock_.get(), sync::UsernsOk{});
       } else if (std::holds_alternative<sync::Idmap>(*m)) {
         // userns "auto": an idmapped, private copy of the rootfs made here
@@ -331,12 +324,12 @@ class Supervisor {
         // are opened so, as runc opens them as host root: the rootfs stays
         // reached by path (userns::check_reachable in create).
         if (init_pid_ <= 0) throw Error("container init asked for its rootfs before it was reported");
-        if (!s_.attach_rootfs && !oci::has_new_namespace(cfg, "user"))
+        if (!s_.attach_rootfs && !s_.spec.has_new_namespace("user"))
           throw Error("container init asked for its bind sources without a new user namespace");
         UniqueFd tree;
         if (s_.attach_rootfs) tree = userns::idmapped_tree(s_.rootfs, init_pid_, s_.idmap_rootfs);
         std::vector<std::string> sources, opened;
-        for (const auto& mnt : oci::mounts(cfg))
+        for (const auto& mnt : s_.spec.mounts)
           if (mnt.is_bind() && std::find(sources.begin(), sources.end(), mnt.source) == sources.end())
             sources.push_back(mnt.source);
         auto fds = userns::attach_and_open(init_pid_, tree ? tree.get() : -1, s_.rootfs, sources, &opened);
@@ -360,8 +353,8 @@ class Supervisor {
       } else if (std::holds_alternative<sync::Hooks>(*m)) {
         // prestart (deprecated) gets "created", as runc and the runtime-tools
         // suite expect; createRuntime runs during create: "creating".
-        hooks::run(cfg, "prestart", hook_state(s_, "created", init_pid_));
-        hooks::run(cfg, "createRuntime", hook_state(s_, "creating", init_pid_));
+        hooks::run(s_.spec, "prestart", hook_state(s_, "created", init_pid_));
+        hooks::run(s_.spec, "createRuntime", hook_state(s_, "creating", init_pid_));
         sync::send(sock_.get(), sync::HooksOk{init_pid_});
       } else if (const auto* sc = std::get_if<sync::Seccomp>(&*m)) {
         on_seccomp_listeners(sc->kinds, std::move(fds));
@@ -429,14 +422,13 @@ class Supervisor {
   }
 
   void start_network() {
-    const json& cfg = s_.config;
     // No network namespace at all is the host's network: the policy layer
     // refuses that; nothing here would contain it, so nothing is served.
-    if (!oci::has_namespace(cfg, "network")) return;
+    if (!s_.spec.has_namespace("network")) return;
     auto opts = network::Options::from_policy(s_.policy);
     opts.run_ca = run_ca_;
     net_ = std::make_unique<network::ContainerNetwork>(
-        init_pid_, oci::has_new_namespace(cfg, "network"), opts,
+        init_pid_, s_.spec.has_new_namespace("network"), opts,
         [this](const std::string& type, json data) { route_network_event(type, std::move(data)); });
   }
 
@@ -583,7 +575,6 @@ class Supervisor {
   // with its id), kind "config" goes to linux.seccomp.listenerPath.
   void on_seccomp_listeners(const std::vector<std::string>& kinds, std::vector<UniqueFd> fds,
                             const std::string& session = "", pid_t pid = 0) {
-    const json& cfg = s_.config;
     for (std::size_t i = 0; i < fds.size() && i < kinds.size(); ++i) {
       if (kinds[i] == "exec") {
         if (!record_) continue;
@@ -602,11 +593,10 @@ class Supervisor {
         if (!observer_->add(std::move(fds[i]), std::move(tag)))
           throw Error("exec observer: no room for another listener (" +
                       std::to_string(observer::ExecObserver::kMaxListeners) + " at most)");
-      } else if (cfg.contains("linux") && cfg["linux"].contains("seccomp") &&
-                 cfg["linux"]["seccomp"].is_object()) {
-        std::string path = cfg["linux"]["seccomp"].value("listenerPath", "");
+      } else if (s_.spec.seccomp()) {
+        std::string path = s_.spec.linux.listener_path();
         if (!path.empty())
-          send_to_listener(path, fds[i].get(), cfg["linux"]["seccomp"].value("listenerMetadata", ""),
+          send_to_listener(path, fds[i].get(), s_.spec.linux.listener_metadata(),
                            pid > 0 ? pid : init_pid_);
       }
     }
@@ -714,26 +704,24 @@ class Supervisor {
   }
 
   json sandbox_summary() const {
-    const json& cfg = s_.config;
+    const oci::Spec& spec = s_.spec;
     json ns = json::array();
-    for (const auto& n : oci::namespaces(cfg)) ns.push_back(n.path.empty() ? n.type : n.type + " (joined)");
-    const json& p = cfg["process"];
-    json caps =
-        p.contains("capabilities") ? p["capabilities"].value("bounding", json::array()) : json::array();
-    json res = cfg.contains("linux") ? cfg["linux"].value("resources", json::object()) : json::object();
+    for (const auto& n : spec.linux.namespaces) ns.push_back(n.path.empty() ? n.type : n.type + " (joined)");
+    const oci::Process& p = spec.process;
+    json caps = p.capabilities ? json(p.capabilities->bounding) : json::array();
+    json res = spec.linux.resources;
     res.erase("devices");
     return {
         {"namespaces", ns},
         {"capabilities", caps},
-        {"no_new_privileges", p.value("noNewPrivileges", false)},
-        {"user", p.value("user", json::object())},
-        {"readonly_root", cfg.contains("root") && cfg["root"].value("readonly", false)},
+        {"no_new_privileges", p.no_new_privileges},
+        {"user", oci::user_json(p)},
+        {"readonly_root", spec.root.readonly},
         {"seccomp",
-         {{"config_profile",
-           cfg.contains("linux") && cfg["linux"].contains("seccomp") && !cfg["linux"]["seccomp"].is_null()},
+         {{"config_profile", spec.seccomp() != nullptr},
           {"agentshim_profile", !s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()},
           {"exec_observer", s_.observe_exec}}},
-        {"masked_paths", cfg.contains("linux") ? cfg["linux"].value("maskedPaths", json::array()).size() : 0},
+        {"masked_paths", spec.linux.masked_paths.size()},
         {"resources", res}};
   }
 
@@ -750,7 +738,7 @@ class Supervisor {
     rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
     rc.max_event_log_bytes = audit.value("max_event_log_bytes", uint64_t{0});
     rc.tsa_url = audit.value("tsa_url", "");
-    rc.kubernetes = attest::kubernetes_identity(s_.config.value("annotations", json::object()));
+    rc.kubernetes = attest::kubernetes_identity(s_.spec.annotations);
     bool stop = audit.value("on_log_failure", "stop") == "stop";
     rc.on_log_failure = [this, stop](const std::string& msg) {
       log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"
@@ -759,8 +747,8 @@ class Supervisor {
     };
     record_ = std::make_unique<attest::RunRecord>(rc);
     json args = json::array();
-    for (const auto& a : s_.config["process"].value("args", json::array()))
-      args.push_back(attest::pct_encode(a.get<std::string>()));
+    for (const auto& a : s_.spec.process.args)
+      args.push_back(attest::pct_encode(a));
     record_->event("run.created", {{"run_id", s_.run_id},
                                    {"container_id", s_.id},
                                    {"bundle", attest::pct_encode(s_.bundle)},
@@ -769,8 +757,8 @@ class Supervisor {
                                    {"config_enforced_sha256", digest_of(s_.config)},
                                    {"process",
                                     {{"args", args},
-                                     {"cwd", attest::pct_encode(s_.config["process"].value("cwd", "/"))},
-                                     {"user", s_.config["process"].value("user", json::object())}}},
+                                     {"cwd", attest::pct_encode(s_.spec.process.cwd_or_root())},
+                                     {"user", oci::user_json(s_.spec.process)}}},
                                    {"policy_decisions", s_.policy.value("decisions", json::array())},
                                    {"sandbox", sandbox_summary()},
                                    {"runtime", {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}}}});
@@ -788,19 +776,18 @@ class Supervisor {
   // the host's root under a chroot. Changes made by the host are outside
   // the threat model (docs/ARCHITECTURE.md).
   std::string readonly_root_reason() const {
-    const json& cfg = s_.config;
-    if (!cfg.contains("root") || !cfg["root"].is_object() || !cfg["root"].value("readonly", false)) return "";
-    if (s_.no_pivot || !oci::has_new_namespace(cfg, "mount")) return "";
+    const oci::Spec& spec = s_.spec;
+    if (!spec.root.readonly) return "";
+    if (s_.no_pivot || !spec.has_new_namespace("mount")) return "";
     auto holds_admin = [](const json& names) {
       if (!names.is_array()) return false;
       for (const auto& n : names)
         if (!n.is_string() || oci::capability_from_name(n.get<std::string>()) == CAP_SYS_ADMIN) return true;
       return false;
     };
-    const json& p = cfg["process"];
-    if (p.contains("capabilities") && p["capabilities"].is_object())
-      for (const auto& [set, names] : p["capabilities"].items())
-        if (holds_admin(names)) return "";
+    if (const auto& c = spec.process.capabilities)
+      for (const char* set : {"bounding", "effective", "inheritable", "permitted", "ambient"})
+        if (holds_admin(json(*c->set(set)))) return "";
     json saved;
     try {
       auto text = try_read_file(s_.state_dir + "/policy.json");
@@ -820,13 +807,7 @@ class Supervisor {
       if (r.empty()) return true;  // cannot tell: assume it does
       return r == root || starts_with(r, root + "/") || r == "/" || starts_with(root, r + "/");
     };
-    std::vector<oci::Mount> mounts;
-    try {
-      mounts = oci::mounts(cfg);
-    } catch (const std::exception&) {
-      return "";
-    }
-    for (const auto& m : mounts) {
+    for (const auto& m : spec.mounts) {
       if (m.readonly()) continue;
       if (m.is_bind() && (m.source.empty() || m.source[0] != '/' || aliases_root(m.source))) return "";
       // A filesystem's path options (overlay upperdir=, lowerdir=a:b, ...).
@@ -851,9 +832,8 @@ class Supervisor {
   std::vector<attest::TrackedTree> tracked_trees() {
     std::vector<attest::TrackedTree> out;
     out.push_back({"rootfs", s_.rootfs, {}, readonly_root_reason(), ""});
-    const json& cfg = s_.config;
     // Writable bind mounts (effective flags: ["rbind","ro","rw"] is writable).
-    for (const auto& m : oci::mounts(cfg)) {
+    for (const auto& m : s_.spec.mounts) {
       struct stat st {};
       if (!m.is_bind() || m.readonly() || ::stat(m.source.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) continue;
       out.push_back({m.destination, m.source, {}, "", ""});

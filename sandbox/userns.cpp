@@ -322,28 +322,15 @@ std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& ro
   return got;
 }
 
-std::vector<IdMap> id_maps(const nlohmann::json& cfg, const char* key) {
-  std::vector<IdMap> out;
-  if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains(key) ||
-      !cfg["linux"][key].is_array())
-    return out;
-  for (const auto& m : cfg["linux"][key])
-    if (m.is_object())
-      out.push_back({m.value("containerID", std::uint64_t{0}), m.value("hostID", std::uint64_t{0}),
-                     m.value("size", std::uint64_t{0})});
-  return out;
-}
-
-void check_reachable(const std::string& rootfs, const std::vector<IdMap>& uids,
-                     const std::vector<IdMap>& gids) {
-  auto host_of_root = [](const std::vector<IdMap>& m) -> std::optional<std::uint64_t> {
-    for (const auto& e : m)
-      if (e.container == 0 && e.size > 0) return e.host;
+void check_reachable(const std::string& rootfs, const std::vector<oci::IdMapping>& uids,
+                     const std::vector<oci::IdMapping>& gids) {
+  auto host_of_root = [](const std::vector<oci::IdMapping>& m) -> std::optional<std::uint64_t> {
+    if (auto r = oci::root_ids(m)) return r->host;
     return std::nullopt;
   };
-  auto mapped = [](const std::vector<IdMap>& m, std::uint64_t id) {
+  auto mapped = [](const std::vector<oci::IdMapping>& m, std::uint64_t id) {
     for (const auto& e : m)
-      if (id >= e.host && id - e.host < e.size) return true;
+      if (id >= e.host_id && id - e.host_id < e.size) return true;
     return false;
   };
   const auto uid = host_of_root(uids), gid = host_of_root(gids);

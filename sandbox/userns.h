@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "sandbox/oci.h"
 
 namespace agentshim::userns {
 
@@ -76,12 +77,6 @@ std::vector<UniqueFd> attach_and_open(pid_t pid, int tree, const std::string& ro
                                       const std::vector<std::string>& sources,
                                       std::vector<std::string>* opened);
 
-// One linux.uidMappings / gidMappings entry.
-struct IdMap {
-  std::uint64_t container = 0, host = 0, size = 0;
-};
-std::vector<IdMap> id_maps(const nlohmann::json& cfg, const char* key);
-
 // With the config's own id maps the container's root sets up its rootfs by
 // path from inside its user namespace (only the bind sources are opened for
 // it, attach_and_open without a tree), so every directory above `rootfs`
@@ -90,8 +85,8 @@ std::vector<IdMap> id_maps(const nlohmann::json& cfg, const char* key);
 // owner and group are both mapped (the root's CAP_DAC_OVERRIDE in its
 // namespace covers those, as with runc). Throws an Error naming the first
 // directory that is not.
-void check_reachable(const std::string& rootfs, const std::vector<IdMap>& uids,
-                     const std::vector<IdMap>& gids);
+void check_reachable(const std::string& rootfs, const std::vector<oci::IdMapping>& uids,
+                     const std::vector<oci::IdMapping>& gids);
 
 // Make the caller's stdio pipes and sockets (fds 0-2) owned by the
 // container's root (uid/gid on the host), as runc does, so the container can

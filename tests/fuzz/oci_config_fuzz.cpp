@@ -15,6 +15,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     agentshim::oci::validate_config(j);
   } catch (const std::exception&) {
   }
+  // The typed reading: anything it cannot read is an Error naming the field
+  // (any other exception escapes and fails the fuzzer).
+  try {
+    (void)agentshim::oci::parse_spec(j);
+  } catch (const agentshim::Error&) {
+  }
   try {
     // The one reading of mounts the policy and the mounting code share;
     // every mount also on its own (validate_config stops at the first error).

@@ -22,6 +22,13 @@ using namespace agentshim;
 using json = nlohmann::json;
 
 namespace {
+// A process object read as the runtime reads it (oci::parse_process); `args`
+// filled in when the test leaves it out.
+oci::Process P(json j) {
+  if (!j.contains("args")) j["args"] = {"true"};
+  return oci::parse_process(j, "process");
+}
+
 json proc_with(const std::vector<std::string>& caps, bool ambient = false) {
   json p = {{"capabilities", {{"bounding", caps}, {"effective", caps}, {"permitted", caps}}}};
   if (ambient) p["capabilities"]["ambient"] = caps;
@@ -36,13 +43,13 @@ TEST(ProcessCapabilities, UngrantableOnesAreNamed) {
   auto host = [](int c) { return c != CAP_SYS_RESOURCE; };
   json p = proc_with({"CAP_CHOWN", "CAP_SYS_RESOURCE", "CAP_KILL"});
   p["capabilities"]["inheritable"] = {"CAP_SYS_RESOURCE"};
-  EXPECT_EQ(process::ungrantable_capabilities(p, host),
+  EXPECT_EQ(process::ungrantable_capabilities(P(p), host),
             (std::vector<std::string>{"CAP_SYS_RESOURCE (bounding, effective, permitted, inheritable)"}));
-  EXPECT_TRUE(process::ungrantable_capabilities(proc_with({"CAP_CHOWN", "CAP_KILL"}), host).empty());
-  EXPECT_TRUE(process::ungrantable_capabilities(json::object(), host).empty());
-  EXPECT_TRUE(process::ungrantable_capabilities({{"capabilities", nullptr}}, host).empty());
+  EXPECT_TRUE(process::ungrantable_capabilities(P(proc_with({"CAP_CHOWN", "CAP_KILL"})), host).empty());
+  EXPECT_TRUE(process::ungrantable_capabilities(P(json::object()), host).empty());
+  EXPECT_TRUE(process::ungrantable_capabilities(P({{"capabilities", nullptr}}), host).empty());
   auto none = [](int) { return false; };
-  EXPECT_EQ(process::ungrantable_capabilities(proc_with({"CAP_KILL", "CAP_CHOWN"}, true), none),
+  EXPECT_EQ(process::ungrantable_capabilities(P(proc_with({"CAP_KILL", "CAP_CHOWN"}, true)), none),
             (std::vector<std::string>{"CAP_KILL (bounding, effective, permitted, ambient)",
                                       "CAP_CHOWN (bounding, effective, permitted, ambient)"}));
 }
@@ -62,8 +69,8 @@ TEST(ProcessCapabilities, DockerAndKubernetesDefaultsPassOnThisHost) {
     ASSERT_TRUE(v) << c;
     if (prctl(PR_CAPBSET_READ, *v, 0, 0, 0) != 1) GTEST_SKIP() << c << " is not in this host's bounding set";
   }
-  EXPECT_TRUE(process::ungrantable_capabilities(proc_with(docker)).empty());
-  EXPECT_NO_THROW(process::check_capabilities(proc_with(docker)));
+  EXPECT_TRUE(process::ungrantable_capabilities(P(proc_with(docker))).empty());
+  EXPECT_NO_THROW(process::check_capabilities(P(proc_with(docker))));
 }
 
 TEST(ProcessCapabilities, CheckThrowsNamingThem) {
@@ -76,7 +83,7 @@ TEST(ProcessCapabilities, CheckThrowsNamingThem) {
   json p = proc_with({"CAP_KILL"});
   p["capabilities"]["effective"].push_back(oci::capability_name(missing));
   try {
-    process::check_capabilities(p);
+    process::check_capabilities(P(p));
     FAIL() << "no error";
   } catch (const Error& e) {
     const std::string m = e.what();
@@ -214,7 +221,7 @@ TEST(ProcessSeccomp, FinalizeLoadsThePreparedFilters) {
     int code = in_child([&]() -> int {
       json proc = {{"noNewPrivileges", nnp}, {"cwd", "/"}, {"user", {{"uid", 0}, {"gid", 0}}}};
       try {
-        if (!process::finalize(proc, f).empty()) return 203;
+        if (!process::finalize(P(proc), f).empty()) return 203;
       } catch (const std::exception& e) {
         std::fprintf(stderr, "%s\n", e.what());
         return 202;
@@ -228,7 +235,7 @@ TEST(ProcessSeccomp, FinalizeLoadsThePreparedFilters) {
   f.prepared = nullptr;
   int code = in_child([&]() -> int {
     try {
-      process::finalize({{"cwd", "/"}}, f);
+      process::finalize(P({{"cwd", "/"}}), f);
     } catch (const Error& e) {
       return std::string(e.what()).find("linux.seccomp.syscalls[0].action") != std::string::npos ? 0 : 10;
     }
