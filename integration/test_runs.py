@@ -63,8 +63,8 @@ def test_runs_show_of_a_running_container_answers_at_once(shim, bundle, cid, tmp
     the record: it says the container is running and shows what ran so far;
     `--follow` streams the events until the run is finalized, then prints
     the verified account; `--full` prints whole hashes; signals, failed exec
-    attempts and the interpreter of a #! script are in the human output as
-    in --json."""
+    attempts, the interpreter of a #! script and the proxy's denials (with
+    their reason) are in the human output as in --json."""
     import os
     import subprocess
     import time
@@ -73,7 +73,8 @@ def test_runs_show_of_a_running_container_answers_at_once(shim, bundle, cid, tmp
     with open(os.path.join(bundle.rootfs, "s.sh"), "w") as f:
         f.write("#!/bin/sh\necho from-script\n")
     os.chmod(os.path.join(bundle.rootfs, "s.sh"), 0o755)
-    bundle.sh("/s.sh; /no/such/program 2>/dev/null; trap 'echo got-usr1' USR1; "
+    bundle.sh("/s.sh; /no/such/program 2>/dev/null; wget -q -O /dev/null http://denied.example/x 2>/dev/null; "
+              "trap 'echo got-usr1' USR1; "
               "while [ ! -e /tmp/stop ]; do sleep 0.1; done")
     shim.ids.add(cid)
     assert shim("run", "--detach", "--bundle", bundle.path, cid).returncode == 0
@@ -91,6 +92,8 @@ def test_runs_show_of_a_running_container_answers_at_once(shim, bundle, cid, tmp
     assert "/s.sh" in out and "interpreter: /bin/busybox" in out, out
     assert "exec attempts that failed" in out and "/no/such/program" in out, out
     assert "SIGUSR1" in out, out
+    # Issue 16 item 3: the proxy's last denials, with the reason, while it runs.
+    assert "denied   GET denied.example:80" in out, out
     j = json.loads(shim("runs", "show", "--json", cid).stdout)
     assert j["running"] is True and "exit" not in j
     full = shim("runs", "show", "--full", cid).stdout.decode()
