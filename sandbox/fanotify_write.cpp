@@ -323,8 +323,16 @@ void WriteWatch::read_entry_group() {
     ssize_t n = ::read(entry_group_.get(), buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;
-    const auto* m = reinterpret_cast<const struct fanotify_event_metadata*>(buf);
-    for (ssize_t len = n; FAN_EVENT_OK(m, len); m = FAN_EVENT_NEXT(m, len)) {
+    // Events with name records are padded to 4 bytes only: each event's
+    // metadata is copied out (it holds 64-bit fields) rather than read in place.
+    const auto total = static_cast<std::size_t>(n);
+    for (std::size_t off = 0; off + sizeof(struct fanotify_event_metadata) <= total;) {
+      struct fanotify_event_metadata md {};
+      std::memcpy(&md, buf + off, sizeof md);
+      if (md.event_len < sizeof md || md.event_len > total - off) break;
+      const char* base = buf + off;
+      off += md.event_len;
+      const auto* m = &md;
       if (m->fd >= 0) ::close(m->fd);
       if (m->vers != FANOTIFY_METADATA_VERSION) continue;
       events_++;
@@ -342,8 +350,8 @@ void WriteWatch::read_entry_group() {
       // directory's handle, then the name) and, for a created directory,
       // FID (its own handle: remembered with its path, so entries below it
       // are named even once it is gone).
-      const char* p = reinterpret_cast<const char*>(m) + m->metadata_len;
-      const char* end = reinterpret_cast<const char*>(m) + m->event_len;
+      const char* p = base + m->metadata_len;
+      const char* end = base + m->event_len;
       std::optional<HandleRecord> dir, self;
       while (p + sizeof(struct fanotify_event_info_header) <= end) {
         struct fanotify_event_info_header h {};
