@@ -68,6 +68,17 @@ std::vector<MountInfo> read_mountinfo(const std::string& path) {
   return parse_mountinfo(read_file(path));
 }
 
+bool has_option(const std::string& opts, const std::string& o) {
+  std::size_t i = 0;
+  while (i <= opts.size()) {
+    std::size_t j = opts.find(',', i);
+    if (j == std::string::npos) j = opts.size();
+    if (opts.compare(i, j - i, o) == 0) return true;
+    i = j + 1;
+  }
+  return false;
+}
+
 std::string mount_point_of(const std::vector<MountInfo>& mounts, const std::string& path) {
   std::string best = "/";
   for (const auto& m : mounts) {

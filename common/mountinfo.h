@@ -27,6 +27,10 @@ std::vector<MountInfo> parse_mountinfo(const std::string& text);
 // Reads and parses a mountinfo file; throws SysError when it cannot be read.
 std::vector<MountInfo> read_mountinfo(const std::string& path = "/proc/self/mountinfo");
 // The longest mount point that is `path` or one of its parents ("/" at worst).
+// Whether a comma-separated option list (mount_options, super_options) holds
+// option `o` exactly ("ro" is not "rootcontext=...").
+bool has_option(const std::string& opts, const std::string& o);
+
 std::string mount_point_of(const std::vector<MountInfo>& mounts, const std::string& path);
 
 }  // namespace agentshim

@@ -22,17 +22,6 @@ namespace {
 // At most this many mounts are marked (a container has tens).
 constexpr std::size_t kMaxMounts = 4096;
 
-bool has_option(const std::string& opts, const std::string& o) {
-  std::size_t i = 0;
-  while (i <= opts.size()) {
-    std::size_t j = opts.find(',', i);
-    if (j == std::string::npos) j = opts.size();
-    if (opts.compare(i, j - i, o) == 0) return true;
-    i = j + 1;
-  }
-  return false;
-}
-
 std::string self_fd(int fd) {
   return "/proc/self/fd/" + std::to_string(fd);
 }

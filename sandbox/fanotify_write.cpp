@@ -54,17 +54,6 @@ std::string fsid_key(const void* fsid) {
   return std::string(static_cast<const char*>(fsid), sizeof(__kernel_fsid_t));
 }
 
-bool has_option(const std::string& opts, const std::string& o) {
-  std::size_t i = 0;
-  while (i <= opts.size()) {
-    std::size_t j = opts.find(',', i);
-    if (j == std::string::npos) j = opts.size();
-    if (opts.compare(i, j - i, o) == 0) return true;
-    i = j + 1;
-  }
-  return false;
-}
-
 // Filesystems that hold no files a container writes as data: the kernel's
 // own views, and the pseudo filesystems runtimes mount.
 bool data_fs(const std::string& t) {

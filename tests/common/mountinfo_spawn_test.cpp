@@ -92,3 +92,13 @@ TEST(Spawn, AProgramThatDoesNotReadStdinAndOutputBeyondTheCap) {
   EXPECT_TRUE(r.succeeded());
   EXPECT_EQ(r.out.size(), 1000u);
 }
+
+// An option matches whole, wherever it stands in the list.
+TEST(MountInfo, HasOptionMatchesWholeOptions) {
+  EXPECT_TRUE(has_option("ro", "ro"));
+  EXPECT_TRUE(has_option("rw,nosuid,ro", "ro"));
+  EXPECT_TRUE(has_option("ro,relatime", "ro"));
+  EXPECT_FALSE(has_option("rw,rootcontext=x", "ro"));
+  EXPECT_FALSE(has_option("", "ro"));
+  EXPECT_FALSE(has_option("rw", "r"));
+}
