@@ -10,6 +10,7 @@
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,6 +29,35 @@ using namespace agentshim;
 using namespace agentshim::net;
 
 namespace {
+
+// OpenSSL writes to its socket with write(2), which raises SIGPIPE when the
+// peer has gone (a TLS 1.3 server's session tickets go out after the client
+// may already have closed). The proxy's own threads block it (StoppableLoop);
+// the test's threads do the same, and a SIGPIPE raised meanwhile is taken
+// before the mask is restored so it cannot kill the test afterwards.
+class NoSigpipe {
+ public:
+  NoSigpipe() {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGPIPE);
+    ::pthread_sigmask(SIG_BLOCK, &s, &old_);
+  }
+  ~NoSigpipe() {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGPIPE);
+    timespec zero{};
+    while (::sigtimedwait(&s, nullptr, &zero) == SIGPIPE) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  NoSigpipe(const NoSigpipe&) = delete;
+  NoSigpipe& operator=(const NoSigpipe&) = delete;
+
+ private:
+  sigset_t old_{};
+};
 
 UniqueFd listen_loopback() {
   UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -122,6 +152,7 @@ struct TlsUpstream {
     SSL_CTX_use_certificate(ctx.get(), from->leaf("127.0.0.1").get());
     SSL_CTX_use_PrivateKey(ctx.get(), from->leaf_key());
     t = std::thread([this] {
+      NoSigpipe quiet;
       for (;;) {
         UniqueFd c(::accept4(lfd.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (!c) return;
@@ -200,6 +231,7 @@ struct Client {
   bool handshake_ok = false;
   Client(uint16_t proxy_port, uint16_t target, X509* trust, const std::string& sni = "",
          const std::vector<unsigned char>& alpn = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'}) {
+    NoSigpipe quiet;
     fd = connect_to(proxy_port);
     std::string req = "CONNECT 127.0.0.1:" + std::to_string(target) + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
     ::send(fd.get(), req.data(), req.size(), MSG_NOSIGNAL);
@@ -216,6 +248,7 @@ struct Client {
     ERR_clear_error();
   }
   std::string request(const std::string& head) {
+    NoSigpipe quiet;
     SSL_write(ssl.get(), head.data(), static_cast<int>(head.size()));
     return ssl_read_response(ssl.get());
   }
