@@ -11,6 +11,69 @@ namespace agentshim::net {
 
 namespace proxy_io {
 
+Exchange exchange_request(Proxy::Conn& c, Relay& rl, std::string leftover, bool keep) {
+  Exchange x;
+  try {
+    x = http_exchange(rl, c.req, std::move(leftover), keep);
+  } catch (const std::exception& e) {
+    x.end = std::string("error: ") + e.what();
+  }
+  c.end = x.end;
+  c.status = x.status;
+  if (c.end.rfind("error", 0) == 0) c.error = true;
+  c.up = rl.up;
+  c.down = rl.down;
+  if (x.bad_response && rl.down == 0) {
+    c.status = 502;
+    c.reason = x.end.substr(7);
+  }
+  return x;
+}
+
+HeadRead read_request_head(Proxy::Conn& c, std::string& buf, const Limits& limits, int stop_fd,
+                           Clock::time_point deadline, const http::Origin* origin, http::ParseResult& pr) {
+  for (;;) {
+    if (!buf.empty()) {
+      pr = http::parse_request_head(buf, limits.max_header_bytes, limits.max_headers, origin);
+      if (pr.state == http::ParseResult::State::complete) return HeadRead::head;
+      if (pr.state == http::ParseResult::State::error) {
+        if (!pr.request.method.empty()) c.method = pr.request.method;
+        c.decision = "denied";
+        c.reason = "bad request: " + pr.reason;
+        c.end = "refused";
+        c.error = true;
+        c.status = pr.status;
+        return HeadRead::bad;
+      }
+    }
+    auto w = wait_fd(c.fd.get(), POLLIN, stop_fd, deadline);
+    if (w == Wait::stopped) return HeadRead::stopped;
+    if (w == Wait::timeout) {
+      if (buf.empty()) return HeadRead::idle;  // an idle (persistent) connection simply ends
+      c.reason = "request head not complete within " + std::to_string(limits.header_timeout_ms) + " ms";
+      c.end = "header-timeout";
+      c.error = true;
+      c.status = 408;
+      return HeadRead::timed_out;
+    }
+    std::size_t want = limits.max_header_bytes + 1 - std::min(buf.size(), limits.max_header_bytes);
+    want = std::min<std::size_t>(want, 16384);
+    std::size_t old = buf.size();
+    buf.resize(old + want);
+    ssize_t r = ::recv(c.fd.get(), buf.data() + old, want, MSG_DONTWAIT);
+    int rerr = errno;
+    buf.resize(old + static_cast<std::size_t>(std::max<ssize_t>(r, 0)));
+    if (r < 0 && (rerr == EAGAIN || rerr == EINTR)) continue;
+    if (r <= 0) {
+      if (buf.empty()) return HeadRead::idle;
+      c.reason = "bad request: connection closed before the request head was complete";
+      c.end = r == 0 ? "client-closed" : "error: " + std::string(strerror(rerr));
+      c.error = true;
+      return HeadRead::closed;
+    }
+  }
+}
+
 Exchange http_exchange(Relay& rl, const http::Request& req, std::string leftover, bool keep) {
   Exchange x;
   std::string to_up = http::upstream_head(req, keep), to_client;
@@ -252,21 +315,9 @@ void Proxy::http_session(Conn& c) {
     }
     bool keep = c.req.keep_alive && c.request < max_requests;
     Relay rl{c.fd.get(), up.get(), stop, limits_, c.conn_start, Clock::now()};
-    Exchange x;
-    try {
-      x = http_exchange(rl, c.req, std::move(leftover), keep);
-    } catch (const std::exception& e) {
-      x.end = std::string("error: ") + e.what();
-    }
-    c.end = x.end;
-    c.status = x.status;
-    if (c.end.rfind("error", 0) == 0) c.error = true;
-    c.up = rl.up;
-    c.down = rl.down;
+    Exchange x = exchange_request(c, rl, std::move(leftover), keep);
     if (x.bad_response && rl.down == 0) {
       // Nothing reached the client yet: it gets a 502 instead of a cut connection.
-      c.status = 502;
-      c.reason = x.end.substr(7);
       respond(c, 502,
               "agentshim: " + c.method + " to " + authority(c.host, c.port) + " failed: bad response");
       return;
@@ -297,49 +348,11 @@ void Proxy::http_session(Conn& c) {
       deadline = std::min(deadline, c.conn_start + std::chrono::milliseconds(limits_.total_timeout_ms));
     std::string buf = std::move(x.pipelined);
     http::ParseResult pr;
-    for (;;) {
-      if (!buf.empty()) {
-        pr = http::parse_request_head(buf, limits_.max_header_bytes, limits_.max_headers);
-        if (pr.state != http::ParseResult::State::incomplete) break;
-      }
-      auto w = wait_fd(c.fd.get(), POLLIN, stop, deadline);
-      if (w == Wait::stopped) return;
-      if (w == Wait::timeout) {
-        if (buf.empty()) return;  // an idle persistent connection simply ends
-        c.reason = "request head not complete within " + std::to_string(limits_.header_timeout_ms) + " ms";
-        c.end = "header-timeout";
-        c.error = true;
-        c.status = 408;
-        respond(c, 408, "agentshim: request head not received in time");
-        return;
-      }
-      std::size_t want = limits_.max_header_bytes + 1 - std::min(buf.size(), limits_.max_header_bytes);
-      want = std::min<std::size_t>(want, 16384);
-      std::size_t old = buf.size();
-      buf.resize(old + want);
-      ssize_t r = ::recv(c.fd.get(), buf.data() + old, want, MSG_DONTWAIT);
-      int rerr = errno;
-      buf.resize(old + static_cast<std::size_t>(std::max<ssize_t>(r, 0)));
-      if (r < 0 && (rerr == EAGAIN || rerr == EINTR)) continue;
-      if (r <= 0) {
-        if (!buf.empty()) {
-          c.reason = "bad request: connection closed before the request head was complete";
-          c.end = r == 0 ? "client-closed" : "error: " + std::string(strerror(rerr));
-          c.error = true;
-          emit(c);
-        }
-        return;
-      }
-    }
-    if (pr.state == http::ParseResult::State::error) {
-      if (!pr.request.method.empty()) c.method = pr.request.method;
-      c.reason = "bad request: " + pr.reason;
-      c.end = "refused";
-      c.error = true;
-      c.status = pr.status;
-      respond(c, pr.status, "agentshim: bad request: " + pr.reason);
-      return;
-    }
+    const auto got = proxy_io::read_request_head(c, buf, limits_, stop, deadline, nullptr, pr);
+    if (got == proxy_io::HeadRead::timed_out) respond(c, 408, "agentshim: request head not received in time");
+    if (got == proxy_io::HeadRead::bad) respond(c, c.status, "agentshim: " + c.reason);
+    if (got == proxy_io::HeadRead::closed) emit(c);
+    if (got != proxy_io::HeadRead::head) return;
     const auto& rq = pr.request;
     c.method = rq.method;
     c.host = rq.host;

@@ -106,5 +106,27 @@ Exchange http_exchange(Relay& rl, const http::Request& req, std::string leftover
 // neither closed nor sent anything unasked.
 bool upstream_idle_ok(int fd);
 
+// http_exchange for the request in c.req, its outcome recorded in c (end,
+// status, error, bytes). When the upstream's response was bad and nothing
+// reached the client yet (x.bad_response && !c.down), c says why and the
+// caller answers 502 instead of cutting the connection.
+Exchange exchange_request(Proxy::Conn& c, Relay& rl, std::string leftover, bool keep);
+
+// Reading the next request head on a client connection (plain HTTP after its
+// first request, and inside an intercepted TLS tunnel).
+enum class HeadRead {
+  head,       // pr holds a complete, valid head
+  bad,        // a malformed head: answer c.status (c says why)
+  stopped,    // the proxy is stopping
+  idle,       // nothing arrived before the deadline, or the client closed: ends quietly
+  timed_out,  // part of a head arrived, not all of it in time: answer 408 (c says why)
+  closed,     // the client closed (or failed) mid-head: record the event (c says why)
+};
+// Receive from c.fd into buf (bytes already in buf are parsed first) until a
+// request head is complete or malformed, within max_header_bytes and the
+// deadline. origin: the CONNECT target an intercepted request must name.
+HeadRead read_request_head(Proxy::Conn& c, std::string& buf, const Limits& limits, int stop_fd,
+                           Clock::time_point deadline, const http::Origin* origin, http::ParseResult& pr);
+
 }  // namespace proxy_io
 }  // namespace agentshim::net

@@ -183,50 +183,11 @@ void Proxy::intercepted_requests(Conn& c, int upstream) {
     if (limits_.total_timeout_ms > 0)
       deadline = std::min(deadline, c.conn_start + std::chrono::milliseconds(limits_.total_timeout_ms));
     http::ParseResult pr;
-    for (;;) {
-      if (!buf.empty()) {
-        pr = http::parse_request_head(buf, limits_.max_header_bytes, limits_.max_headers, &origin);
-        if (pr.state != http::ParseResult::State::incomplete) break;
-      }
-      auto w = wait_fd(c.fd.get(), POLLIN, stop, deadline);
-      if (w == Wait::stopped) return;
-      if (w == Wait::timeout) {
-        if (buf.empty()) return;  // an idle connection simply ends
-        c.reason = "request head not complete within " + std::to_string(limits_.header_timeout_ms) + " ms";
-        c.end = "header-timeout";
-        c.error = true;
-        c.status = 408;
-        respond(c, 408, "agentshim: request head not received in time");
-        return;
-      }
-      std::size_t want = limits_.max_header_bytes + 1 - std::min(buf.size(), limits_.max_header_bytes);
-      want = std::min<std::size_t>(want, 16384);
-      std::size_t old = buf.size();
-      buf.resize(old + want);
-      ssize_t r = ::recv(c.fd.get(), buf.data() + old, want, MSG_DONTWAIT);
-      int rerr = errno;
-      buf.resize(old + static_cast<std::size_t>(std::max<ssize_t>(r, 0)));
-      if (r < 0 && (rerr == EAGAIN || rerr == EINTR)) continue;
-      if (r <= 0) {
-        if (!buf.empty()) {
-          c.reason = "bad request: connection closed before the request head was complete";
-          c.end = "client-closed";
-          c.error = true;
-          emit(c);
-        }
-        return;
-      }
-    }
-    if (pr.state == http::ParseResult::State::error) {
-      if (!pr.request.method.empty()) c.method = pr.request.method;
-      c.decision = "denied";
-      c.reason = "bad request: " + pr.reason;
-      c.end = "refused";
-      c.error = true;
-      c.status = pr.status;
-      respond(c, pr.status, "agentshim: bad request: " + pr.reason);
-      return;
-    }
+    const auto got = proxy_io::read_request_head(c, buf, limits_, stop, deadline, &origin, pr);
+    if (got == proxy_io::HeadRead::timed_out) respond(c, 408, "agentshim: request head not received in time");
+    if (got == proxy_io::HeadRead::bad) respond(c, c.status, "agentshim: " + c.reason);
+    if (got == proxy_io::HeadRead::closed) emit(c);
+    if (got != proxy_io::HeadRead::head) return;
     c.req = pr.request;
     c.method = c.req.method;
     buf.erase(0, pr.head_len);
@@ -235,21 +196,9 @@ void Proxy::intercepted_requests(Conn& c, int upstream) {
     c.reason = "matched rule " + c.rule;
     bool keep = c.req.keep_alive && c.request < max_requests;
     Relay rl{c.fd.get(), upstream, stop, limits_, c.conn_start, Clock::now()};
-    Exchange x;
-    try {
-      x = http_exchange(rl, c.req, std::move(buf), keep);
-    } catch (const std::exception& e) {
-      x.end = std::string("error: ") + e.what();
-    }
+    Exchange x = exchange_request(c, rl, std::move(buf), keep);
     buf.clear();
-    c.end = x.end;
-    c.status = x.status;
-    if (c.end.rfind("error", 0) == 0) c.error = true;
-    c.up = rl.up;
-    c.down = rl.down;
     if (x.bad_response && rl.down == 0) {
-      c.status = 502;
-      c.reason = x.end.substr(7);
       respond(c, 502,
               "agentshim: " + c.method + " to " + authority(c.host, c.port) + " failed: bad response");
       return;
