@@ -919,19 +919,19 @@ int exec(const Global& g, const ExecOptions& o) {
   if (status == "stopped") throw Error("cannot exec in a stopped container");
   if (status == "paused") throw Error("cannot exec in a paused container");
   if (!st.spec_error.empty()) throw Error("container " + o.id + ": its stored config: " + st.spec_error);
-  json proc = o.process;
-  const bool terminal = oci::parse_process(proc, "exec process").terminal;
+  // The exec's process, read as create reads config.process (one parser):
+  // everything below, the policy included, works on this.
+  oci::Process p = oci::parse_process(o.process, "exec process");
+  const bool terminal = p.terminal;
   if (terminal && o.console_socket.empty() && o.detach)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
   if (!terminal && !o.console_socket.empty())
     throw Error("cannot use console socket if agentshim will not allocate tty");
   // Inherit the container's security settings where the exec process is silent.
-  const json& cproc = st.config["process"];
-  if (!proc.contains("noNewPrivileges") && cproc.contains("noNewPrivileges"))
-    proc["noNewPrivileges"] = cproc["noNewPrivileges"];
-  if (!proc.contains("capabilities") && cproc.contains("capabilities"))
-    proc["capabilities"] = cproc["capabilities"];
-  if (!proc.contains("rlimits") && cproc.contains("rlimits")) proc["rlimits"] = cproc["rlimits"];
+  const oci::Process& cproc = st.spec.process;
+  if (!p.no_new_privileges) p.no_new_privileges = cproc.no_new_privileges;
+  if (!p.capabilities) p.capabilities = cproc.capabilities;
+  if (p.rlimits.empty()) p.rlimits = cproc.rlimits;
   // The policy's exec-relevant parts (capabilities, no_new_privs, seccomp,
   // proxy environment), as create saved them.
   json exec_policy, exec_decisions = json::array();
@@ -941,7 +941,7 @@ int exec(const Global& g, const ExecOptions& o) {
     } catch (const json::exception& e) {
       throw Error("container " + o.id + ": saved policy settings are corrupt: " + e.what());
     }
-    exec_decisions = policy::apply_exec(exec_policy, proc);
+    exec_decisions = policy::apply_exec(exec_policy, p);
   }
   auto cg = cgroup_of(st);
   UniqueFd console, console_peer;
@@ -954,14 +954,13 @@ int exec(const Global& g, const ExecOptions& o) {
     // The pty gets our terminal's size before the program runs (runc sizes
     // it after the start, so a program's first TIOCGWINSZ may see 0x0).
     struct winsize ws {};
-    if (!proc.contains("consoleSize") && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
-      proc["consoleSize"] = {{"height", ws.ws_row}, {"width", ws.ws_col}};
+    if (!p.console_size && ::ioctl(0, TIOCGWINSZ, &ws) == 0)
+      p.console_size = oci::ConsoleSize{ws.ws_row, ws.ws_col};
   } else if (terminal) {
     console = connect_console(o.console_socket);
   }
   // The exec process as assembled (given, the container's security settings,
-  // the policy's), parsed once: what the process below is made from.
-  const oci::Process p = oci::parse_process(proc, "exec process");
+  // the policy's): what the process below is made from.
   process::check_capabilities(p);
   // The init's namespaces (those that are not ours), opened before
   // anything else can race: joined as stage1 joins a config's.

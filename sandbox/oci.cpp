@@ -10,6 +10,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "common/error.h"
 #include "common/util.h"
@@ -166,7 +167,47 @@ void validate_process(const json& p, const std::string& where) {
 
 namespace {
 void validate(const json& cfg, bool check_paths);
+
+// The parts of linux.resources read into ResourceLimits: the types the
+// cgroup drivers (and runc's decoder) accept, so a wrong one is an error
+// naming the field here rather than a different reading by each reader.
+void validate_resources(const json& r) {
+  using vt = json::value_t;
+  if (r.contains("devices") && !r["devices"].is_null()) {
+    expect(r["devices"].is_array(), "linux.resources.devices", "expected array");
+    std::size_t i = 0;
+    for (const auto& d : r["devices"]) {
+      const std::string w = "linux.resources.devices[" + std::to_string(i++) + "]";
+      expect(d.is_object(), w, "expected object");
+      expect_type(d, "allow", vt::boolean, w);
+      expect_type(d, "type", vt::string, w);
+      if (d.contains("type") && d["type"].is_string()) {
+        const std::string t = d["type"];
+        expect(t == "a" || t == "c" || t == "b", w + ".type", "must be a, c or b, got \"" + t + "\"");
+      }
+      expect_type(d, "major", vt::number_integer, w);
+      expect_type(d, "minor", vt::number_integer, w);
+      expect_type(d, "access", vt::string, w);
+      if (d.contains("access") && d["access"].is_string()) {
+        const std::string a = d["access"];
+        expect(a.find_first_not_of("rwm") == std::string::npos, w + ".access",
+               "\"" + a + "\" is not a subset of rwm");
+      }
+    }
+  }
+  for (const auto& [obj, keys] :
+       {std::pair<const char*, std::vector<const char*>>{"memory", {"limit", "reservation"}},
+        {"pids", {"limit"}},
+        {"cpu", {"quota"}}}) {
+    expect_type(r, obj, vt::object, "linux.resources");
+    if (!r.contains(obj) || !r[obj].is_object()) continue;
+    for (const char* k : keys)
+      expect_type(r[obj], k, vt::number_integer, std::string("linux.resources.") + obj);
+  }
+  if (r.contains("cpu") && r["cpu"].is_object())
+    expect_type(r["cpu"], "period", vt::number_unsigned, "linux.resources.cpu");
 }
+}  // namespace
 
 void validate_config(const json& cfg) {
   validate(cfg, true);
@@ -256,6 +297,7 @@ void validate(const json& cfg, bool check_paths) {
     }
     expect_type(l, "cgroupsPath", vt::string, "linux");
     expect_type(l, "resources", vt::object, "linux");
+    if (l.contains("resources") && l["resources"].is_object()) validate_resources(l["resources"]);
     expect_type(l, "seccomp", vt::object, "linux");
     expect_type(l, "sysctl", vt::object, "linux");
     expect_string_array(l, "maskedPaths", "linux");
@@ -710,10 +752,6 @@ std::string rootfs_path(const Spec& spec, const std::string& bundle) {
   return resolve_rootfs(spec.root.path, bundle);
 }
 
-std::string rootfs_path(const json& cfg, const std::string& bundle) {
-  return resolve_rootfs(cfg["root"]["path"].get<std::string>(), bundle);
-}
-
 // ---- The typed config: read once, after validation -----------------------
 //
 // Everything below runs on a validated document (validate / validate_process
@@ -752,6 +790,34 @@ std::vector<IdMapping> mappings_of(const json& l, const char* key) {
   return out;
 }
 
+std::optional<std::int64_t> int_at(const json& obj, const char* sub, const char* key) {
+  const json* o = field(obj, sub);
+  const json* v = o ? field(*o, key) : nullptr;
+  return v ? std::optional<std::int64_t>(v->get<std::int64_t>()) : std::nullopt;
+}
+
+ResourceLimits parse_limits(const json& r) {
+  ResourceLimits out;
+  if (const json* ds = field(r, "devices"))
+    for (const auto& d : *ds) {
+      DeviceRule rule;
+      rule.allow = bool_of(d, "allow");
+      if (const json* t = field(d, "type")) rule.type = t->get<std::string>()[0];
+      for (auto [key, slot] :
+           {std::pair<const char*, std::int64_t*>{"major", &rule.major}, {"minor", &rule.minor}})
+        if (const json* v = field(d, key)) *slot = std::max<std::int64_t>(-1, v->get<std::int64_t>());
+      if (const json* a = field(d, "access"); a && !a->get<std::string>().empty()) rule.access = *a;
+      out.devices.push_back(std::move(rule));
+    }
+  out.memory_limit = int_at(r, "memory", "limit");
+  out.memory_reservation = int_at(r, "memory", "reservation");
+  out.pids_limit = int_at(r, "pids", "limit");
+  out.cpu_quota = int_at(r, "cpu", "quota");
+  if (const json* c = field(r, "cpu"))
+    if (const json* p = field(*c, "period")) out.cpu_period = p->get<std::uint64_t>();
+  return out;
+}
+
 Linux parse_linux(const json& cfg) {
   Linux out;
   const json* l = field(cfg, "linux");
@@ -760,7 +826,10 @@ Linux parse_linux(const json& cfg) {
   out.uid_mappings = mappings_of(*l, "uidMappings");
   out.gid_mappings = mappings_of(*l, "gidMappings");
   out.cgroups_path = string_of(*l, "cgroupsPath");
-  if (const json* r = field(*l, "resources")) out.resources = *r;
+  if (const json* r = field(*l, "resources")) {
+    out.resources = *r;
+    out.limits = parse_limits(*r);
+  }
   if (const json* sc = field(*l, "seccomp")) out.seccomp = *sc;
   out.masked_paths = strings_of(*l, "maskedPaths");
   out.readonly_paths = strings_of(*l, "readonlyPaths");
@@ -793,10 +862,31 @@ const std::vector<std::string>* Capabilities::set(const std::string& name) const
   return nullptr;
 }
 
+std::vector<std::string>* Capabilities::set(const std::string& name) {
+  return const_cast<std::vector<std::string>*>(std::as_const(*this).set(name));
+}
+
 std::string Process::env_value(const std::string& key) const {
   for (const auto& e : env)
     if (starts_with(e, key + "=")) return e.substr(key.size() + 1);
   return "";
+}
+
+bool Linux::seccomp_unconfined() const {
+  if (!seccomp) return true;
+  if (!seccomp->is_object()) return false;
+  const json* rules = field(*seccomp, "syscalls");
+  const bool no_rules = !rules || !rules->is_array() || rules->empty();
+  const json* def = field(*seccomp, "defaultAction");
+  return no_rules && def && *def == "SCMP_ACT_ALLOW";
+}
+
+json to_json(const DeviceRule& r) {
+  json j = {{"allow", r.allow}, {"type", std::string(1, r.type)}};
+  if (r.major >= 0) j["major"] = r.major;
+  if (r.minor >= 0) j["minor"] = r.minor;
+  j["access"] = r.access;
+  return j;
 }
 
 std::string Linux::listener_path() const {
@@ -838,7 +928,7 @@ Process parse_process(const json& p, const std::string& where) {
     for (const auto& r : *rs)
       out.rlimits.push_back(
           {r["type"].get<std::string>(), r["hard"].get<std::uint64_t>(), r["soft"].get<std::uint64_t>()});
-  out.no_new_privileges = bool_of(p, "noNewPrivileges");
+  if (const json* v = field(p, "noNewPrivileges")) out.no_new_privileges = v->get<bool>();
   if (const json* v = field(p, "oomScoreAdj")) out.oom_score_adj = v->get<int>();
   out.apparmor_profile = string_of(p, "apparmorProfile");
   out.selinux_label = string_of(p, "selinuxLabel");

@@ -3,8 +3,9 @@
 //
 // The config is validated and parsed ONCE into an oci::Spec of typed structs
 // (parse_spec); the code that acts reads the Spec and never the JSON. The raw
-// JSON is kept (Spec::raw) only for digests, `state` and the policy engine,
-// which rewrites the caller's document into the enforced one. Every
+// JSON is kept (Spec::raw) only for digests and `state`; the policy engine
+// decides on the caller's Spec and writes its changes into a copy of the
+// caller's document (the enforced config, parsed again by `create`). Every
 // validation error names the field.
 #pragma once
 
@@ -187,6 +188,7 @@ struct Capabilities {
   std::vector<std::string> bounding, effective, inheritable, permitted, ambient;
   // A set by its config name ("bounding", ...); nullptr for another name.
   const std::vector<std::string>* set(const std::string& name) const;
+  std::vector<std::string>* set(const std::string& name);
 };
 
 struct Rlimit {
@@ -210,7 +212,7 @@ struct Process {
   std::string cwd;  // absolute; "" when not given (the runtime uses "/")
   std::optional<Capabilities> capabilities;
   std::vector<Rlimit> rlimits;
-  bool no_new_privileges = false;
+  std::optional<bool> no_new_privileges;  // nullopt: not given (off; `exec` inherits the container's)
   std::optional<int> oom_score_adj;
   std::string apparmor_profile;
   std::string selinux_label;
@@ -231,6 +233,34 @@ struct Device {
   std::uint32_t gid = 0;
 };
 
+// One rule of linux.resources.devices, as the cgroup drivers apply it.
+struct DeviceRule {
+  bool allow = false;          // "allow" (false when not given)
+  char type = 'a';             // 'a' (also when not given), 'c' or 'b'
+  std::int64_t major = -1;     // -1: every major (not given, null or negative)
+  std::int64_t minor = -1;     // -1: every minor
+  std::string access = "rwm";  // a subset of "rwm"; "rwm" when not given or empty
+  // Every device: type "a" and no major or minor.
+  bool every_device() const { return type == 'a' && major < 0 && minor < 0; }
+  // Only mknod ("m"): harmless without CAP_MKNOD (runc and Docker allow "c *:* m").
+  bool mknod_only() const { return access.find_first_not_of('m') == std::string::npos; }
+  // Read or write access.
+  bool reads_or_writes() const { return access.find_first_of("rw") != std::string::npos; }
+};
+// The rule as linux.resources.devices spells it (major/minor only when set).
+json to_json(const DeviceRule& r);
+
+// The parts of linux.resources the policy decides on, typed and validated
+// (a wrong type is an error naming the field); nullopt: not given.
+struct ResourceLimits {
+  std::vector<DeviceRule> devices;  // linux.resources.devices, in order
+  std::optional<std::int64_t> memory_limit;
+  std::optional<std::int64_t> memory_reservation;
+  std::optional<std::int64_t> pids_limit;
+  std::optional<std::int64_t> cpu_quota;
+  std::optional<std::uint64_t> cpu_period;
+};
+
 struct Hook {
   std::string path;  // absolute
   std::vector<std::string> args;
@@ -246,6 +276,8 @@ struct Linux {
   // linux.resources as given (an object, possibly empty): the cgroup drivers
   // and `update` read it (sandbox/cgroups parses it).
   json resources = json::object();
+  // What of it the policy decides on (devices, memory, pids, cpu), typed.
+  ResourceLimits limits;
   // linux.seccomp as given: seccomp::compile parses the profile (the same
   // format as the policy's built-in profile). nullopt: none.
   std::optional<json> seccomp;
@@ -254,6 +286,9 @@ struct Linux {
   std::map<std::string, std::string> sysctl;  // as given; sysctls() normalises and checks
   std::string rootfs_propagation;             // "" or one of rootfs's propagation names
   std::vector<Device> devices;
+  // No syscall confinement: no linux.seccomp, or one whose defaultAction is
+  // SCMP_ACT_ALLOW with no syscall rules.
+  bool seccomp_unconfined() const;
   std::string listener_path() const;      // linux.seccomp.listenerPath ("" when none)
   std::string listener_metadata() const;  // linux.seccomp.listenerMetadata
 };
@@ -299,8 +334,5 @@ json user_json(const Process& p);
 
 // Resolve the rootfs path (relative to the bundle when not absolute).
 std::string rootfs_path(const Spec& spec, const std::string& bundle);
-// The same from a (validated) config document: for the policy engine, which
-// works on the document it rewrites.
-std::string rootfs_path(const json& cfg, const std::string& bundle);
 
 }  // namespace agentshim::oci

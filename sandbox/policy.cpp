@@ -412,59 +412,33 @@ Str fmt_cpus(double c) {
 }  // namespace
 
 // ---- privileged requests (issue 14.7): see policy.h for the definition ----
-std::optional<Str> privileged_request(const json& c) {
-  if (!c.is_object()) return std::nullopt;
-  const json none = json::object();
-  const json& proc = c.contains("process") && c["process"].is_object() ? c["process"] : none;
-  const json& l = c.contains("linux") && c["linux"].is_object() ? c["linux"] : none;
+std::optional<Str> privileged_request(const oci::Spec& s) {
   // 1. capabilities
   std::set<int> caps;
-  if (proc.contains("capabilities") && proc["capabilities"].is_object())
+  if (s.process.capabilities)
     for (const char* set : {"bounding", "effective", "permitted"})
-      if (proc["capabilities"].contains(set) && proc["capabilities"][set].is_array())
-        for (const auto& n : proc["capabilities"][set])
-          if (n.is_string())
-            if (auto v = oci::capability_from_name(n.get<Str>())) caps.insert(*v);
+      for (const auto& n : *s.process.capabilities->set(set))
+        if (auto v = oci::capability_from_name(n)) caps.insert(*v);
   const bool all_caps = static_cast<int>(caps.size()) > oci::last_capability();
   if (!all_caps && !caps.count(CAP_SYS_ADMIN)) return std::nullopt;
   // 2. syscall confinement
-  bool unconfined = !l.contains("seccomp") || l["seccomp"].is_null();
-  if (!unconfined && l["seccomp"].is_object()) {
-    const json& s = l["seccomp"];
-    const bool no_rules = !s.contains("syscalls") || !s["syscalls"].is_array() || s["syscalls"].empty();
-    unconfined = s.value("defaultAction", json()) == "SCMP_ACT_ALLOW" && no_rules;
-  }
-  if (!unconfined) return std::nullopt;
+  if (!s.linux.seccomp_unconfined()) return std::nullopt;
   // 3. host exposure
   std::vector<Str> exposed;
-  if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("devices") &&
-      l["resources"]["devices"].is_array())
-    for (const auto& d : l["resources"]["devices"])
-      if (d.is_object() && d.value("allow", json()) == true && (!d.contains("type") || d["type"] == "a") &&
-          !d.contains("major") && !d.contains("minor") &&
-          (!d.contains("access") || !d["access"].is_string() ||
-           d["access"].get<Str>().find_first_of("rw") != Str::npos)) {
-        exposed.push_back("every device allowed");
-        break;
-      }
-  if (c.contains("mounts") && c["mounts"].is_array())
-    for (const auto& m : c["mounts"]) {
-      if (!m.is_object()) continue;
-      const Str type = m.value("type", json("")).is_string() ? m.value("type", "") : "";
-      Str dest = m.contains("destination") && m["destination"].is_string()
-                     ? std::filesystem::path(m["destination"].get<Str>()).lexically_normal().string()
-                     : "";
-      while (dest.size() > 1 && dest.back() == '/') dest.pop_back();
-      const bool sysfs = type == "sysfs" || dest == "/sys";
-      const bool cgroup = type == "cgroup" || type == "cgroup2" || dest == "/sys/fs/cgroup";
-      if (!sysfs && !cgroup) continue;
-      auto opts = oci::mount_options(m);
-      if (std::find(opts.begin(), opts.end(), "ro") != opts.end()) continue;
-      Str what = Str("a writable ") + (sysfs ? "sysfs" : "cgroup") + " mount at " + dest;
-      if (std::find(exposed.begin(), exposed.end(), what) == exposed.end()) exposed.push_back(what);
+  for (const auto& d : s.linux.limits.devices)
+    if (d.allow && d.every_device() && d.reads_or_writes()) {
+      exposed.push_back("every device allowed");
+      break;
     }
-  auto empty = [&](const char* k) { return !l.contains(k) || !l[k].is_array() || l[k].empty(); };
-  if (empty("maskedPaths") && empty("readonlyPaths")) exposed.push_back("no masked or read-only paths");
+  for (const auto& m : s.mounts) {
+    const bool sysfs = m.fstype == "sysfs" || m.destination == "/sys";
+    const bool cgroup = m.fstype == "cgroup" || m.fstype == "cgroup2" || m.destination == "/sys/fs/cgroup";
+    if ((!sysfs && !cgroup) || m.readonly()) continue;
+    Str what = Str("a writable ") + (sysfs ? "sysfs" : "cgroup") + " mount at " + m.destination;
+    if (std::find(exposed.begin(), exposed.end(), what) == exposed.end()) exposed.push_back(what);
+  }
+  if (s.linux.masked_paths.empty() && s.linux.readonly_paths.empty())
+    exposed.push_back("no masked or read-only paths");
   if (exposed.empty()) return std::nullopt;
   Str why = Str("the config asks for a privileged container: ") +
             (all_caps ? "every capability" : "CAP_SYS_ADMIN") + ", no seccomp filter";
@@ -476,17 +450,23 @@ namespace {
 
 class Engine {
  public:
+  // The caller's config is validated and read once (oci::parse_spec: a
+  // config error names the field, as `create` reports it); every decision
+  // reads spec_, and every change is written to both spec_ (what later
+  // decisions read) and r_.config (the enforced document `create` parses
+  // again with the same parser).
   Engine(const json& pol, const json& caller, const ApplyContext& ctx)
-      : p_(pol), ctx_(ctx), refuse_(pol.value("mode", "enforce") == "refuse") {
+      : p_(pol),
+        spec_(oci::parse_spec(caller)),
+        ctx_(ctx),
+        refuse_(pol.value("mode", "enforce") == "refuse") {
     r_.config = caller;
     r_.decisions = json::array();
     r_.mode = refuse_ ? "refuse" : "enforce";
   }
 
   Result run() {
-    json& c = r_.config;
-    if (!c.contains("linux") || !c["linux"].is_object()) c["linux"] = json::object();
-    if (!c.contains("process") || !c["process"].is_object()) c["process"] = json::object();
+    if (!r_.config["linux"].is_object()) r_.config["linux"] = json::object();
     privileged();
     namespaces();
     userns();
@@ -494,7 +474,6 @@ class Engine {
     no_new_privs();
     seccomp_profile();
     filesystem();
-    sysctls();
     mounts();
     devices();
     resources();
@@ -530,7 +509,7 @@ class Engine {
   json& proc() { return r_.config["process"]; }
 
   void privileged() {
-    if (auto why = privileged_request(r_.config))
+    if (auto why = privileged_request(spec_))
       hard("privileged", "process.capabilities",
            *why + "; the policy forbids privileged containers: refused by policy rule privileged");
   }
@@ -549,10 +528,21 @@ class Engine {
     return false;
   }
 
+  // linux.namespaces[i] (the document's entries are the Spec's, in order).
+  void set_namespace_path(std::size_t i, const Str& path) {
+    spec_.linux.namespaces[i].path = path;
+    if (path.empty())
+      linux_()["namespaces"][i].erase("path");
+    else
+      linux_()["namespaces"][i]["path"] = path;
+  }
+  void add_namespace(const Str& type) {
+    spec_.linux.namespaces.push_back({type, ""});
+    linux_()["namespaces"].push_back({{"type", type}});
+  }
+
   void namespaces() {
-    json& l = linux_();
-    if (!l.contains("namespaces") || !l["namespaces"].is_array()) l["namespaces"] = json::array();
-    json& ns = l["namespaces"];
+    if (!linux_()["namespaces"].is_array()) linux_()["namespaces"] = json::array();
     const json& allow_join = p_["namespaces"]["allow_join"];
     auto joinable = [&](const Str& t) {
       for (const auto& a : allow_join)
@@ -560,12 +550,11 @@ class Engine {
       return false;
     };
     const Str netmode = p_["network"].value("mode", "internal");
-    for (std::size_t i = 0; i < ns.size(); i++) {
-      json& n = ns[i];
-      if (!n.is_object() || !n.contains("path") || !n["path"].is_string() || n["path"].get<Str>().empty())
-        continue;
-      const Str t = n.value("type", "");
-      const Str asked_path = n["path"];
+    for (std::size_t i = 0; i < spec_.linux.namespaces.size(); i++) {
+      const oci::Namespace& n = spec_.linux.namespaces[i];
+      if (n.path.empty()) continue;
+      const Str t = n.type;
+      const Str asked_path = n.path;
       const Str where = "linux.namespaces[" + std::to_string(i) + "].path";
       auto nt = oci::namespace_by_name(t);
       if (!nt) continue;
@@ -573,8 +562,8 @@ class Engine {
       // sandbox, `--network container:X`): its namespace, through its init.
       std::optional<peers::NamespaceTarget> peer;
       if (ctx_.peer_namespace) peer = ctx_.peer_namespace(asked_path, nt->proc);
-      if (peer) n["path"] = peer->path;
-      const Str path = n["path"];
+      if (peer) set_namespace_path(i, peer->path);
+      const Str path = n.path;
       bool host = false;
       for (const auto& dir : ctx_.host_ns_dirs) host = host || same_file(path, dir + "/" + nt->proc);
       if (host) {
@@ -605,7 +594,7 @@ class Engine {
                        ", whose network mode is \"" + peer->peer.network_mode + "\" (this policy's is \"" +
                        netmode + "\")",
                    "replaced by a new namespace"))
-          n.erase("path");
+          set_namespace_path(i, "");
         continue;
       }
       if (t == "network" && netmode == "confined") {
@@ -621,22 +610,21 @@ class Engine {
         decide("network.mode", where, "replaced",
                "caller asked to join the network namespace " + path +
                    "; replaced by a new one with only loopback by policy rule network.mode (internal)");
-        n.erase("path");
+        set_namespace_path(i, "");
         continue;
       }
       if (joinable(t)) continue;
       if (beyond("namespaces.allow_join", where, "replaced",
                  "caller asked to join the " + t + " namespace " + path,
                  "replaced by a new " + t + " namespace"))
-        n.erase("path");
+        set_namespace_path(i, "");
     }
     // The namespaces still joined by path: the identity decided on, which
     // stage1 compares with what it opens (a path swapped since is refused).
-    for (const auto& n : oci::namespaces(r_.config))
-      if (!n.path.empty())
-        if (auto id = oci::file_id(n.path)) r_.joined_namespaces[n.type] = *id;
+    for (const auto& n : spec_.joined_namespaces())
+      if (auto id = oci::file_id(n.path)) r_.joined_namespaces[n.type] = *id;
     for (const char* t : {"pid", "ipc", "uts", "mount", "network", "cgroup"}) {
-      if (oci::has_namespace(r_.config, t)) continue;
+      if (spec_.has_namespace(t)) continue;
       if (host_allowed(t)) {
         // Kubernetes' hostNetwork/hostPID/hostIPC, docker run --network host:
         // the operator's escape hatch, recorded with what it costs.
@@ -670,7 +658,7 @@ class Engine {
       } else {
         decide("namespaces", "linux.namespaces", "added",
                asked + "; a new one is created by policy rule namespaces");
-        ns.push_back({{"type", t}});
+        add_namespace(t);
       }
     }
   }
@@ -682,28 +670,20 @@ class Engine {
   // or refused; one whose maps stay clear of host uid/gid 0 is kept.
   void userns() {
     if (p_.value("userns", "off") != "auto") return;
-    json& l = linux_();
-    const json* user = nullptr;
-    for (const auto& n : l["namespaces"])
-      if (n.is_object() && n.value("type", "") == "user") user = &n;
-    if (user && user->contains("path") && (*user)["path"].is_string() &&
-        !(*user)["path"].get<Str>().empty()) {
+    const oci::Namespace* user = nullptr;
+    for (const auto& n : spec_.linux.namespaces)
+      if (n.type == "user") user = &n;
+    if (user && !user->path.empty()) {
       decide("userns", "linux.namespaces", "kept",
-             "caller joins the user namespace " + (*user)["path"].get<Str>() +
-                 " (its id maps are the caller's)");
+             "caller joins the user namespace " + user->path + " (its id maps are the caller's)");
       return;
     }
-    auto maps_host_root = [&](const char* key) {
-      if (!l.contains(key) || !l[key].is_array() || l[key].empty()) return true;
-      for (const auto& m : l[key]) {
-        if (!m.is_object()) return true;
-        long long h = m.value("hostID", 0LL), n = m.value("size", 0LL);
-        if (h <= 0 && 0 < h + n) return true;
-      }
-      return false;
+    auto maps_host_root = [](const std::vector<oci::IdMapping>& maps) {
+      return maps.empty() ||
+             std::ranges::any_of(maps, [](const oci::IdMapping& m) { return m.host_id == 0 && m.size > 0; });
     };
     if (user) {
-      bool root = maps_host_root("uidMappings") || maps_host_root("gidMappings");
+      bool root = maps_host_root(spec_.linux.uid_mappings) || maps_host_root(spec_.linux.gid_mappings);
       if (!root) {
         decide("userns", "linux.uidMappings", "kept",
                "caller's user namespace maps no container id to host uid or gid 0");
@@ -726,18 +706,19 @@ class Engine {
           "root is an unprivileged host uid range allocated at create, with the rootfs idmapped, by policy "
           "rule "
           "userns (auto)");
-      l["namespaces"].push_back({{"type", "user"}});
+      add_namespace("user");
     }
+    json& l = linux_();
     l.erase("uidMappings");
     l.erase("gidMappings");
+    spec_.linux.uid_mappings.clear();
+    spec_.linux.gid_mappings.clear();
     r_.userns_auto = true;
     // Docker asks for ping sockets for every gid ("0 2147483647"); inside
     // the user namespace only the mapped gids exist and the kernel refuses
     // the rest: narrow it to them.
-    if (l.contains("sysctl") && l["sysctl"].is_object() &&
-        l["sysctl"].contains("net.ipv4.ping_group_range") &&
-        l["sysctl"]["net.ipv4.ping_group_range"].is_string()) {
-      const Str asked = l["sysctl"]["net.ipv4.ping_group_range"];
+    if (auto it = spec_.linux.sysctl.find("net.ipv4.ping_group_range"); it != spec_.linux.sysctl.end()) {
+      const Str asked = it->second;
       auto f = split(trim(asked), ' ');
       f.erase(std::remove(f.begin(), f.end(), ""), f.end());
       auto lo = f.size() == 2 ? parse_uint(f[0]) : std::nullopt,
@@ -746,6 +727,7 @@ class Engine {
       if (lo && hi && *hi > last) {
         Str now = *lo > last ? "1 0" : std::to_string(*lo) + " " + std::to_string(last);
         l["sysctl"]["net.ipv4.ping_group_range"] = now;
+        it->second = now;
         decide("userns", "linux.sysctl.net.ipv4.ping_group_range", "narrowed",
                "caller asked for ping sockets for gids \"" + asked +
                    "\"; only gids 0-65535 exist in the "
@@ -755,26 +737,25 @@ class Engine {
     }
   }
 
+  static constexpr const char* kCapSets[] = {"bounding", "effective", "permitted", "inheritable", "ambient"};
+
   void capabilities() {
     std::set<int> allowed;
     for (const auto& a : p_["capabilities"]["allowed"])
       if (auto v = oci::capability_from_name(a.get<Str>())) allowed.insert(*v);
-    json& p = proc();
-    if (!p.contains("capabilities") || !p["capabilities"].is_object()) return;
-    json& caps = p["capabilities"];
+    if (!spec_.process.capabilities) return;
+    oci::Capabilities& caps = *spec_.process.capabilities;
+    // (Names are known capabilities: oci validated them.)
+    auto is_allowed = [&](const Str& n) { return allowed.count(*oci::capability_from_name(n)) > 0; };
     std::vector<Str> order;
     std::map<Str, std::vector<Str>> sets_of;
-    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
-      if (!caps.contains(set) || !caps[set].is_array()) continue;
-      for (const auto& n : caps[set]) {
-        if (!n.is_string()) continue;
-        auto v = oci::capability_from_name(n.get<Str>());
-        if (v && allowed.count(*v)) continue;
-        Str name = v ? oci::capability_name(*v) : n.get<Str>();
+    for (const char* set : kCapSets)
+      for (const auto& n : *caps.set(set)) {
+        if (is_allowed(n)) continue;
+        Str name = oci::capability_name(*oci::capability_from_name(n));
         if (!sets_of.count(name)) order.push_back(name);
         sets_of[name].push_back(set);
       }
-    }
     bool change = false;
     for (const auto& name : order) {
       const auto& sets = sets_of[name];
@@ -782,28 +763,26 @@ class Engine {
                        "caller asked for " + name + " (" + join(sets, ", ") + ")", "dropped");
     }
     if (!change) return;
-    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
-      if (!caps.contains(set) || !caps[set].is_array()) continue;
-      json kept = json::array();
-      for (const auto& n : caps[set]) {
-        auto v = n.is_string() ? oci::capability_from_name(n.get<Str>()) : std::nullopt;
-        if (v && allowed.count(*v)) kept.push_back(n);
-      }
-      caps[set] = kept;
+    for (const char* set : kCapSets) {
+      std::vector<Str>& names = *caps.set(set);
+      if (names.empty()) continue;  // (absent or empty: nothing to drop)
+      std::erase_if(names, [&](const Str& n) { return !is_allowed(n); });
+      proc()["capabilities"][set] = names;
     }
   }
 
   void no_new_privs() {
-    json& p = proc();
-    if (p.contains("noNewPrivileges") && p["noNewPrivileges"] == true) return;
+    std::optional<bool>& nnp = spec_.process.no_new_privileges;
+    if (nnp == true) return;
     // A policy may leave the caller's choice alone (a permissive one, e.g.
     // for conformance runs); the default sets it.
     if (!p_["capabilities"].value("no_new_privileges", true)) return;
-    bool had = p.contains("noNewPrivileges") && !p["noNewPrivileges"].is_null();
+    const bool had = nnp.has_value();
     decide("no_new_privs", "process.noNewPrivileges", had ? "replaced" : "added",
            Str(had ? "caller asked for noNewPrivileges=false" : "the config leaves noNewPrivileges unset") +
                "; set to true by policy rule capabilities.no_new_privileges");
-    p["noNewPrivileges"] = true;
+    proc()["noNewPrivileges"] = true;
+    nnp = true;
   }
 
   void seccomp_profile() {
@@ -812,8 +791,7 @@ class Engine {
     r_.extra_seccomp = prof == "builtin"
                            ? seccomp_profile::builtin()
                            : (s.contains("loaded") ? s["loaded"] : load_profile(prof, ctx_.policy_name));
-    json& l = linux_();
-    bool has = l.contains("seccomp") && !l["seccomp"].is_null();
+    const bool has = spec_.seccomp() != nullptr;
     const Str what =
         prof == "builtin" ? "agentshim's default seccomp profile" : "the seccomp profile " + prof;
     if (s.value("stack_on_config", true) || !has) {
@@ -826,63 +804,35 @@ class Engine {
       decide("seccomp.stack_on_config", "linux.seccomp", "replaced",
              "the config's seccomp filter is replaced by " + what +
                  " by policy rule seccomp.stack_on_config (false)");
-      l.erase("seccomp");
+      linux_().erase("seccomp");
+      spec_.linux.seccomp.reset();
     }
   }
 
   void filesystem() {
     const json& fs = p_["filesystem"];
-    json& c = r_.config;
-    if (fs.value("readonly_root", true) &&
-        !(c["root"].is_object() && c["root"].value("readonly", false) == true)) {
+    if (fs.value("readonly_root", true) && !spec_.root.readonly) {
       decide("filesystem.readonly_root", "root.readonly", "replaced",
              "caller asked for a writable root filesystem; made read-only by policy rule "
              "filesystem.readonly_root");
-      c["root"]["readonly"] = true;
+      r_.config["root"]["readonly"] = true;
+      spec_.root.readonly = true;
     }
     json& l = linux_();
-    for (const auto& [key, rule] : {std::pair<Str, Str>{"maskedPaths", "filesystem.masked_paths"},
-                                    std::pair<Str, Str>{"readonlyPaths", "filesystem.readonly_paths"}}) {
-      if (!l.contains(key) || !l[key].is_array()) l[key] = json::array();
-      std::set<Str> have;
-      for (const auto& x : l[key])
-        if (x.is_string()) have.insert(x.get<Str>());
+    for (auto [key, rule, have] :
+         {std::tuple<Str, Str, std::vector<Str>*>{"maskedPaths", "filesystem.masked_paths",
+                                                  &spec_.linux.masked_paths},
+          {"readonlyPaths", "filesystem.readonly_paths", &spec_.linux.readonly_paths}}) {
+      if (!l[key].is_array()) l[key] = json::array();
       std::vector<Str> added;
       for (const auto& x : fs[rule.substr(11)]) {
-        if (have.count(x.get<Str>())) continue;
+        if (std::find(have->begin(), have->end(), x.get<Str>()) != have->end()) continue;
+        have->push_back(x.get<Str>());
         l[key].push_back(x);
         added.push_back(x.get<Str>());
       }
       if (!added.empty())
         decide(rule, "linux." + key, "added", "added " + join(added, ", ") + " by policy rule " + rule);
-    }
-  }
-
-  void sysctls() {
-    json& l = linux_();
-    if (!l.contains("sysctl") || !l["sysctl"].is_object()) return;
-    bool netns = false, uts = false;
-    for (const auto& n : oci::namespaces(r_.config))
-      if (n.type == "network")
-        netns = true;
-      else if (n.type == "uts")
-        uts = true;
-    static const std::set<Str> ipc = {"kernel.shmmax",          "kernel.shmall", "kernel.shmmni",
-                                      "kernel.shm_rmid_forced", "kernel.msgmax", "kernel.msgmnb",
-                                      "kernel.msgmni",          "kernel.sem"};
-    // As runc: a sysctl that is not isolated by the container's namespaces
-    // would change the host; it is refused, never silently dropped.
-    for (const auto& [k, v] : l["sysctl"].items()) {
-      const Str ns = oci::sysctl_namespace(k);
-      bool ok = ipc.count(k) || ns == "ipc" || (netns && ns == "network") ||
-                (uts && ns == "uts" && k == "kernel.domainname");
-      if (!ok)
-        hard("sysctl", "linux.sysctl." + k,
-             "caller asked to set sysctl " + k +
-                 ", which is not isolated by the container's namespaces; refused by policy rule sysctl "
-                 "(allowed: "
-                 "net.* with a private network namespace, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, "
-                 "kernel.domainname with a private uts namespace)");
     }
   }
 
@@ -961,15 +911,14 @@ class Engine {
   }
 
   void mounts() {
-    json& c = r_.config;
-    if (!c.contains("mounts") || !c["mounts"].is_array()) return;
+    if (spec_.mounts.empty()) return;
     const json& fs = p_["filesystem"];
     const long long tmax = *parse_size(fs["tmpfs_max_size"]);
     const auto places = forbidden_places();
     json kept = json::array();
-    for (std::size_t i = 0; i < c["mounts"].size(); i++) {
-      json m = c["mounts"][i];
-      oci::Mount mt = oci::parse_mount(m, i);
+    for (std::size_t i = 0; i < spec_.mounts.size(); i++) {
+      json m = r_.config["mounts"][i];  // (config.mounts[i], rewritten below)
+      oci::Mount mt = spec_.mounts[i];
       const Str where = mt.where();
       const Str& dest = mt.destination;
       const Str& type = mt.fstype;
@@ -986,10 +935,10 @@ class Engine {
         m["source"] = mt.source;
       }
       if (type == "tmpfs") {
-        json opts = m.contains("options") && m["options"].is_array() ? m["options"] : json::array();
+        std::vector<Str> opts = mt.options;
         std::optional<std::size_t> at;
         for (std::size_t j = 0; j < opts.size(); j++)
-          if (opts[j].is_string() && starts_with(opts[j].get<Str>(), "size=")) at = j;
+          if (starts_with(opts[j], "size=")) at = j;
         const Str cap = "size=" + human_size(tmax);
         if (!at) {
           decide("filesystem.tmpfs_max_size", where + ".options", "added",
@@ -997,7 +946,7 @@ class Engine {
                      " added by policy rule filesystem.tmpfs_max_size");
           opts.push_back(cap);
         } else {
-          Str v = opts[*at].get<Str>().substr(5);
+          Str v = opts[*at].substr(5);
           auto sz = parse_size(json(v));
           if (!sz || *sz <= 0 || *sz > tmax) {
             if (beyond("filesystem.tmpfs_max_size", where + ".options", "capped",
@@ -1037,7 +986,8 @@ class Engine {
       r_.mounts.push_back(std::move(done));
       kept.push_back(m);
     }
-    c["mounts"] = kept;
+    r_.config["mounts"] = kept;
+    spec_.mounts = r_.mounts;
   }
 
   // A read-only root gets writable scratch space where agent tools expect
@@ -1055,8 +1005,7 @@ class Engine {
   bool image_dir_empty(const Str& dir) const {
     if (ctx_.bundle.empty()) return false;
     try {
-      UniqueFd root(
-          ::open(oci::rootfs_path(r_.config, ctx_.bundle).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+      UniqueFd root(::open(oci::rootfs_path(spec_, ctx_.bundle).c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
       if (!root) return false;
       open_how how{};
       how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
@@ -1079,34 +1028,23 @@ class Engine {
 
   void scratch() {
     json& c = r_.config;
-    if (!(c["root"].is_object() && c["root"].value("readonly", false) == true)) return;
+    if (!spec_.root.readonly) return;
     const json& sc = p_["filesystem"].value("scratch", json::object());
     const json paths = sc.value("paths", json::array());
     if (paths.empty()) return;
     long long size = 0;
     const json want = sc.value("size", json("memory"));
     if (want == "memory") {
-      const json& l = c["linux"];
-      if (l.contains("resources") && l["resources"].is_object() && l["resources"].contains("memory") &&
-          l["resources"]["memory"].is_object() && l["resources"]["memory"].contains("limit") &&
-          l["resources"]["memory"]["limit"].is_number_integer())
-        size = l["resources"]["memory"]["limit"].get<long long>();
+      size = spec_.linux.limits.memory_limit.value_or(0);
       if (size <= 0) size = *parse_size(p_["filesystem"]["tmpfs_max_size"]);  // no limit at all
     } else {
       size = *parse_size(want);
     }
-    const json& proc = c["process"];
-    long long uid = 0, gid = 0;
-    if (proc.contains("user") && proc["user"].is_object()) {
-      uid = proc["user"].value("uid", 0LL);
-      gid = proc["user"].value("gid", 0LL);
-    }
-    Str home;
-    if (proc.contains("env") && proc["env"].is_array())
-      for (const auto& e : proc["env"])
-        if (e.is_string() && starts_with(e.get<Str>(), "HOME=")) home = e.get<Str>().substr(5);
+    const oci::Process& proc = spec_.process;
+    const long long uid = proc.uid(), gid = proc.user ? proc.user->gid : 0;
+    Str home = proc.env_value("HOME");
     if (home.empty() && uid == 0) home = "/root";
-    if (!c.contains("mounts") || !c["mounts"].is_array()) c["mounts"] = json::array();
+    if (!c["mounts"].is_array()) c["mounts"] = json::array();
     auto within = [](const Str& a, const Str& b) {  // a is b or below it
       return a == b || (b == "/" ? true : starts_with(a, b + "/"));
     };
@@ -1150,6 +1088,7 @@ class Engine {
       }
       json m = {{"destination", dest}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", opts}};
       r_.mounts.push_back(oci::parse_mount(m, c["mounts"].size()));
+      spec_.mounts.push_back(r_.mounts.back());
       c["mounts"].push_back(m);
       done.push_back(dest);
       decide("filesystem.scratch", "mounts", "added",
@@ -1178,88 +1117,92 @@ class Engine {
 
   void devices() {
     json& l = linux_();
-    if (l.contains("devices") && l["devices"].is_array()) {
+    if (!spec_.linux.devices.empty()) {
       json kept = json::array();
-      for (std::size_t i = 0; i < l["devices"].size(); i++) {
-        const json& d = l["devices"][i];
-        Str t = d.value("type", "c");
-        long long ma = d.value("major", -1LL), mi = d.value("minor", -1LL);
-        Str desc = (t == "b" ? "block device " : "device ") + d.value("path", Str("?")) + " (" + t + " " +
-                   std::to_string(ma) + ":" + std::to_string(mi) + ")";
-        if (device_allowed(t.empty() ? 'c' : t[0], ma, mi)) {
-          kept.push_back(d);
+      std::vector<oci::Device> kept_typed;
+      for (std::size_t i = 0; i < spec_.linux.devices.size(); i++) {
+        const oci::Device& d = spec_.linux.devices[i];
+        auto keep = [&] {
+          kept.push_back(l["devices"][i]);
+          kept_typed.push_back(d);
+        };
+        const Str t(1, d.type);
+        Str desc = (d.type == 'b' ? "block device " : "device ") + d.path + " (" + t + " " +
+                   std::to_string(d.major) + ":" + std::to_string(d.minor) + ")";
+        if (device_allowed(d.type, d.major, d.minor)) {
+          keep();
           continue;
         }
-        if (block_allowed(t.empty() ? 'c' : t[0], ma)) {
+        if (block_allowed(d.type, d.major)) {
           decide("devices.allow_block_devices", "linux.devices[" + std::to_string(i) + "]", "kept",
                  "caller asked for " + desc + "; allowed by policy rule devices.allow_block_devices");
-          kept.push_back(d);
+          keep();
           continue;
         }
         if (!beyond("devices.allowed", "linux.devices[" + std::to_string(i) + "]", "dropped",
                     "caller asked for " + desc, "dropped"))
-          kept.push_back(d);
+          keep();
       }
       l["devices"] = kept;
+      spec_.linux.devices = kept_typed;
     }
-    if (!l.contains("resources") || !l["resources"].is_object()) l["resources"] = json::object();
+    if (!l["resources"].is_object()) l["resources"] = json::object();
     json& res = l["resources"];
-    json rules = res.contains("devices") && res["devices"].is_array() ? res["devices"] : json::array();
+    std::vector<oci::DeviceRule>& rules = spec_.linux.limits.devices;
     json kept = json::array();
+    std::vector<oci::DeviceRule> kept_typed;
     for (std::size_t i = 0; i < rules.size(); i++) {
-      const json& r = rules[i];
-      if (!r.is_object() || !(r.contains("allow") && r["allow"] == true)) {
-        kept.push_back(r);
-        continue;
-      }
-      Str t = r.value("type", "a");
-      long long ma = r.contains("major") && r["major"].is_number_integer() ? r["major"].get<long long>() : -1;
-      long long mi = r.contains("minor") && r["minor"].is_number_integer() ? r["minor"].get<long long>() : -1;
+      const oci::DeviceRule& r = rules[i];
+      auto keep = [&] {
+        kept.push_back(res["devices"][i]);  // (the rule as given)
+        kept_typed.push_back(r);
+      };
+      const Str t(1, r.type);
       // "m" alone (mknod) is harmless without CAP_MKNOD; runc and Docker allow
       // "c *:* m" and "b *:* m" by default.
-      const Str access = r.contains("access") && r["access"].is_string() ? r["access"].get<Str>() : "rwm";
-      const bool mknod_only = !access.empty() && access.find_first_not_of('m') == Str::npos;
-      if (mknod_only || (t != "a" && !t.empty() && ma >= 0 && device_allowed(t[0], ma, mi))) {
-        kept.push_back(r);
+      if (!r.allow || r.mknod_only() ||
+          (r.type != 'a' && r.major >= 0 && device_allowed(r.type, r.major, r.minor))) {
+        keep();
         continue;
       }
-      Str desc = "access \"" + access + "\" to " +
-                 (t == "a" ? "every device"
-                           : t + " " + (ma < 0 ? Str("*") : std::to_string(ma)) + ":" +
-                                 (mi < 0 ? Str("*") : std::to_string(mi)));
-      if (!t.empty() && block_allowed(t[0], ma)) {
+      Str desc = "access \"" + r.access + "\" to " +
+                 (r.type == 'a' ? "every device"
+                                : t + " " + (r.major < 0 ? Str("*") : std::to_string(r.major)) + ":" +
+                                      (r.minor < 0 ? Str("*") : std::to_string(r.minor)));
+      if (block_allowed(r.type, r.major)) {
         decide("devices.allow_block_devices", "linux.resources.devices[" + std::to_string(i) + "]", "kept",
                "caller asked for a device cgroup rule allowing " + desc +
                    "; allowed by policy rule devices.allow_block_devices");
-        kept.push_back(r);
+        keep();
         continue;
       }
       if (!beyond("devices.allowed", "linux.resources.devices[" + std::to_string(i) + "]", "dropped",
                   "caller asked for a device cgroup rule allowing " + desc, "dropped"))
-        kept.push_back(r);
+        keep();
     }
-    bool deny_first = !kept.empty() && kept[0].is_object() && kept[0].value("allow", true) == false &&
-                      (!kept[0].contains("type") || kept[0]["type"] == "a") && !kept[0].contains("major") &&
-                      !kept[0].contains("minor");
+    const bool deny_first = !kept_typed.empty() && !kept_typed[0].allow && kept_typed[0].every_device();
     if (!deny_first) {
       decide("devices.allowed", "linux.resources.devices", "added",
              "a deny-all device cgroup rule is put first by policy rule devices.allowed (only the default "
              "devices and "
              "the policy's allowed ones stay accessible)");
       kept.insert(kept.begin(), json{{"allow", false}, {"access", "rwm"}});
+      kept_typed.insert(kept_typed.begin(), oci::DeviceRule{});
     }
     res["devices"] = kept;
+    rules = kept_typed;
   }
 
   void resources() {
     json& res = linux_()["resources"];
+    oci::ResourceLimits& lim_ = spec_.linux.limits;
     const json& def = p_["resources"]["defaults"];
     const json& max = p_["resources"]["maximum"];
     // memory
     if (def.contains("memory") || max.contains("memory")) {
-      if (!res.contains("memory") || !res["memory"].is_object()) res["memory"] = json::object();
+      if (!res["memory"].is_object()) res["memory"] = json::object();
       json& m = res["memory"];
-      long long lim = m.contains("limit") && m["limit"].is_number_integer() ? m["limit"].get<long long>() : 0;
+      const long long lim = lim_.memory_limit.value_or(0);
       // Plain integers (-1: not set), not std::optional: GCC 12 at -O3
       // (CMAKE_BUILD_TYPE=Release) reports a false -Wmaybe-uninitialized on
       // the optional's payload here, which -Werror turns into a build failure.
@@ -1272,21 +1215,24 @@ class Engine {
                "the config sets no memory limit; " + human_size(v) + " by policy rule " +
                    (d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory"));
         m["limit"] = v;
+        lim_.memory_limit = v;
       } else if (x >= 0 && lim > x) {
         if (beyond("resources.maximum.memory", "linux.resources.memory.limit", "capped",
-                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x)))
+                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x))) {
           m["limit"] = x;
+          lim_.memory_limit = x;
+        }
       }
-      if (m.contains("reservation") && m["reservation"].is_number_integer() &&
-          m["reservation"].get<long long>() > m["limit"].get<long long>())
-        m["reservation"] = m["limit"];
+      if (lim_.memory_reservation && *lim_.memory_reservation > *lim_.memory_limit) {
+        m["reservation"] = *lim_.memory_limit;
+        lim_.memory_reservation = lim_.memory_limit;
+      }
     }
     // pids
     if (def.contains("pids") || max.contains("pids")) {
-      if (!res.contains("pids") || !res["pids"].is_object()) res["pids"] = json::object();
+      if (!res["pids"].is_object()) res["pids"] = json::object();
       json& pd = res["pids"];
-      long long lim =
-          pd.contains("limit") && pd["limit"].is_number_integer() ? pd["limit"].get<long long>() : 0;
+      const long long lim = lim_.pids_limit.value_or(0);
       long long d = def.value("pids", 0LL), x = max.value("pids", 0LL);
       if (lim <= 0) {
         long long v = d > 0 ? d : x;
@@ -1295,23 +1241,30 @@ class Engine {
                "the config sets no pids limit; " + std::to_string(v) + " by policy rule " +
                    (d > 0 ? "resources.defaults.pids" : "resources.maximum.pids"));
         pd["limit"] = v;
+        lim_.pids_limit = v;
       } else if (x > 0 && lim > x) {
         if (beyond("resources.maximum.pids", "linux.resources.pids.limit", "capped",
                    "caller asked for a pids limit of " + std::to_string(lim),
-                   "capped to " + std::to_string(x)))
+                   "capped to " + std::to_string(x))) {
           pd["limit"] = x;
+          lim_.pids_limit = x;
+        }
       }
     }
     // cpus (CFS quota over period)
     if (def.contains("cpus") || max.contains("cpus")) {
-      if (!res.contains("cpu") || !res["cpu"].is_object()) res["cpu"] = json::object();
+      if (!res["cpu"].is_object()) res["cpu"] = json::object();
       json& cpu = res["cpu"];
-      long long period =
-          cpu.contains("period") && cpu["period"].is_number_integer() && cpu["period"].get<long long>() > 0
-              ? cpu["period"].get<long long>()
-              : 100000;
-      long long quota =
-          cpu.contains("quota") && cpu["quota"].is_number_integer() ? cpu["quota"].get<long long>() : 0;
+      const long long period = lim_.cpu_period.value_or(0) > 0 && *lim_.cpu_period <= (1ULL << 62)
+                                   ? static_cast<long long>(*lim_.cpu_period)
+                                   : 100000;
+      const long long quota = lim_.cpu_quota.value_or(0);
+      auto set_cpu = [&](double cpus) {
+        cpu["period"] = period;
+        cpu["quota"] = static_cast<long long>(cpus * static_cast<double>(period));
+        lim_.cpu_period = period;
+        lim_.cpu_quota = cpu["quota"].get<long long>();
+      };
       std::optional<double> d = def.contains("cpus") ? parse_cpus(def["cpus"]) : std::nullopt;
       std::optional<double> x = max.contains("cpus") ? parse_cpus(max["cpus"]) : std::nullopt;
       if (quota <= 0) {
@@ -1319,60 +1272,55 @@ class Engine {
         decide(d ? "resources.defaults.cpus" : "resources.maximum.cpus", "linux.resources.cpu.quota", "added",
                "the config sets no CPU limit; " + fmt_cpus(v) + " CPUs by policy rule " +
                    (d ? "resources.defaults.cpus" : "resources.maximum.cpus"));
-        cpu["period"] = period;
-        cpu["quota"] = static_cast<long long>(v * static_cast<double>(period));
+        set_cpu(v);
       } else if (x && static_cast<double>(quota) / static_cast<double>(period) > *x + 1e-9) {
         if (beyond("resources.maximum.cpus", "linux.resources.cpu.quota", "capped",
                    "caller asked for " + fmt_cpus(static_cast<double>(quota) / static_cast<double>(period)) +
                        " CPUs",
-                   "capped to " + fmt_cpus(*x))) {
-          cpu["period"] = period;
-          cpu["quota"] = static_cast<long long>(*x * static_cast<double>(period));
-        }
+                   "capped to " + fmt_cpus(*x)))
+          set_cpu(*x);
       }
     }
   }
 
   void process_limits() {
-    json& p = proc();
-    if (p.contains("oomScoreAdj") && p["oomScoreAdj"].is_number_integer() &&
-        p["oomScoreAdj"].get<long long>() < 0) {
+    oci::Process& p = spec_.process;
+    if (p.oom_score_adj && *p.oom_score_adj < 0) {
       if (beyond("process.oomScoreAdj", "process.oomScoreAdj", "capped",
-                 "caller asked for oomScoreAdj " + std::to_string(p["oomScoreAdj"].get<long long>()) +
+                 "caller asked for oomScoreAdj " + std::to_string(*p.oom_score_adj) +
                      " (protecting the container from the OOM killer at the host's expense)",
-                 "raised to 0"))
-        p["oomScoreAdj"] = 0;
+                 "raised to 0")) {
+        proc()["oomScoreAdj"] = 0;
+        p.oom_score_adj = 0;
+      }
     }
-    if (!p.contains("rlimits") || !p["rlimits"].is_array()) return;
     // Ceilings that keep one container from hurting the host.
     static const std::map<Str, unsigned long long> ceiling = {
         {"RLIMIT_NOFILE", 1 << 20}, {"RLIMIT_MEMLOCK", 64ULL << 20},
         {"RLIMIT_RTPRIO", 0},       {"RLIMIT_NICE", 20},
         {"RLIMIT_RTTIME", 0},       {"RLIMIT_MSGQUEUE", 8ULL << 20}};
-    for (std::size_t i = 0; i < p["rlimits"].size(); i++) {
-      json& r = p["rlimits"][i];
-      if (!r.is_object() || !r.contains("type") || !r["type"].is_string()) continue;
-      auto it = ceiling.find(r["type"].get<Str>());
+    for (std::size_t i = 0; i < p.rlimits.size(); i++) {
+      oci::Rlimit& r = p.rlimits[i];
+      auto it = ceiling.find(r.type);
       if (it == ceiling.end()) continue;
-      unsigned long long hard = r.value("hard", 0ULL), soft = r.value("soft", 0ULL);
-      if (hard <= it->second && soft <= it->second) continue;
+      if (r.hard <= it->second && r.soft <= it->second) continue;
       if (beyond("process.rlimits", "process.rlimits[" + std::to_string(i) + "]", "capped",
-                 "caller asked for " + it->first + " soft " + std::to_string(soft) + " hard " +
-                     std::to_string(hard),
+                 "caller asked for " + it->first + " soft " + std::to_string(r.soft) + " hard " +
+                     std::to_string(r.hard),
                  "capped to " + std::to_string(it->second))) {
-        r["hard"] = std::min(hard, it->second);
-        r["soft"] = std::min(soft, it->second);
+        r.hard = std::min<std::uint64_t>(r.hard, it->second);
+        r.soft = std::min<std::uint64_t>(r.soft, it->second);
+        proc()["rlimits"][i]["hard"] = r.hard;
+        proc()["rlimits"][i]["soft"] = r.soft;
       }
     }
   }
 
   void annotations() {
     allow_ = p_["network"].value("allow", json::array());
-    const json& c = r_.config;
-    if (!c.contains("annotations") || !c["annotations"].is_object()) return;
     std::set<Str> may;
     for (const auto& a : p_["annotations"]["may_widen"]) may.insert(a.get<Str>());
-    for (const auto& [k, v] : c["annotations"].items()) {
+    for (const auto& [k, v] : spec_.annotations.items()) {
       if (!starts_with(k, "dev.agentshim.")) continue;
       const Str where = "annotations." + k;
       // A misspelt or unknown agentshim annotation, or a malformed rule in a
@@ -1431,8 +1379,7 @@ class Engine {
       return;
     }
     const json defs = p_.contains("credentials") ? p_["credentials"] : json::object();
-    json& p = proc();
-    json env = p.contains("env") && p["env"].is_array() ? p["env"] : json::array();
+    std::vector<Str> env = spec_.process.env;
     for (const auto& raw : split(v.get<Str>(), ',')) {
       const Str name = trim(raw);
       if (name.empty() ||
@@ -1449,9 +1396,9 @@ class Engine {
       const json& d = defs[name];
       const Str var = d["placeholder_env"].get<Str>();
       const Str ph = net::cred::make_placeholder();
-      json kept = json::array();
+      std::vector<Str> kept;
       for (const auto& e : env) {
-        if (e.is_string() && starts_with(e.get<Str>(), var + "=")) {
+        if (starts_with(e, var + "=")) {
           decide("credentials", "process.env", "replaced",
                  "caller set " + var + "; replaced by the placeholder of credential " + name);
           continue;
@@ -1469,7 +1416,8 @@ class Engine {
              "caller asked for credential " + name + ": its placeholder is in " + var +
                  "; the proxy applies it on requests to " + dests);
     }
-    p["env"] = env;
+    proc()["env"] = env;
+    spec_.process.env = env;
   }
 
   void network() {
@@ -1506,35 +1454,32 @@ class Engine {
     // from a prestart/createRuntime hook ("libnetwork-setkey"): with the
     // internal-only network that hook is removed, so no veth arrives; the
     // confined network keeps it (the bridge stays, outbound is confined).
-    if (mode == "internal" && r_.config.contains("hooks") && r_.config["hooks"].is_object()) {
-      for (auto& [kind, list] : r_.config["hooks"].items()) {
-        if (!list.is_array()) continue;
+    if (mode == "internal")
+      for (auto& [kind, hooks] : spec_.hooks) {
         json kept = json::array();
-        for (const auto& h : list) {
-          bool setkey = false;
-          if (h.is_object() && h.contains("args") && h["args"].is_array())
-            for (const auto& a : h["args"])
-              if (a.is_string() && a.get<Str>() == "libnetwork-setkey") setkey = true;
-          if (setkey)
+        std::vector<oci::Hook> kept_typed;
+        for (std::size_t i = 0; i < hooks.size(); i++) {
+          if (std::ranges::find(hooks[i].args, "libnetwork-setkey") != hooks[i].args.end()) {
             decide("network.mode", "hooks." + kind, "dropped",
                    "caller's " + kind +
                        " hook libnetwork-setkey (Docker's bridge network setup) removed: "
                        "the container gets the internal-only network by policy rule network.mode");
-          else
-            kept.push_back(h);
+            continue;
+          }
+          kept.push_back(r_.config["hooks"][kind][i]);
+          kept_typed.push_back(hooks[i]);
         }
-        list = kept;
+        r_.config["hooks"][kind] = kept;
+        hooks = kept_typed;
       }
-    }
-    json& p = proc();
-    json env = p.contains("env") && p["env"].is_array() ? p["env"] : json::array();
-    auto [e, d] = proxy_env(env, port);
+    auto [e, d] = proxy_env(spec_.process.env, port);
     for (auto& x : d) r_.decisions.push_back(std::move(x));
-    p["env"] = e;
+    proc()["env"] = e;
+    spec_.process.env = e;
   }
 
  public:
-  static std::pair<json, json> proxy_env(const json& env, long long port) {
+  static std::pair<std::vector<Str>, json> proxy_env(const std::vector<Str>& env, long long port) {
     const Str url = "http://127.0.0.1:" + std::to_string(port);
     const std::vector<std::pair<Str, Str>> want = {{"HTTP_PROXY", url},
                                                    {"HTTPS_PROXY", url},
@@ -1542,11 +1487,9 @@ class Engine {
                                                    {"https_proxy", url},
                                                    {"NO_PROXY", "localhost,127.0.0.1"},
                                                    {"no_proxy", "localhost,127.0.0.1"}};
-    json out = json::array(), decisions = json::array();
-    std::set<Str> seen;
-    for (const auto& e : env) {
-      if (!e.is_string()) continue;
-      Str s = e.get<Str>();
+    std::vector<Str> out;
+    json decisions = json::array();
+    for (const auto& s : env) {
       Str name = s.substr(0, s.find('='));
       bool ours = false;
       for (const auto& [k, v] : want)
@@ -1565,7 +1508,7 @@ class Engine {
     for (const auto& [k, v] : want) {
       bool had = false;
       for (const auto& e : env)
-        if (e.is_string() && starts_with(e.get<Str>(), k + "=")) had = true;
+        if (starts_with(e, k + "=")) had = true;
       if (!had) added.push_back(k);
       out.push_back(k + "=" + v);
     }
@@ -1580,6 +1523,7 @@ class Engine {
 
  private:
   const json& p_;
+  oci::Spec spec_;  // the caller's config as read once, kept equal to r_.config as it is tightened
   json creds_ = json::array();  // the credentials the caller asked for: {"name","placeholder","definition"}
   const ApplyContext& ctx_;
   bool refuse_;
@@ -1749,7 +1693,7 @@ Result apply(const json& policy, const json& caller_config, const ApplyContext& 
 json exec_settings(const json& policy, const Result& r) {
   json env = json::array();
   if (const auto m = r.network.value("mode", ""); m == "internal" || m == "confined")
-    env = Engine::proxy_env(json::array(), r.network.value("proxy_port", 3128LL)).first;
+    env = Engine::proxy_env({}, r.network.value("proxy_port", 3128LL)).first;
   // An exec'd process sees the same placeholders as the init.
   for (const auto& c : r.network.value("credentials", json::array()))
     env.push_back(c["definition"]["placeholder_env"].get<std::string>() + "=" +
@@ -1763,28 +1707,22 @@ json exec_settings(const json& policy, const Result& r) {
           {"env", env}};
 }
 
-json apply_exec(const json& settings, json& process) {
+json apply_exec(const json& settings, oci::Process& process) {
+  // `settings` is what create saved (exec_settings): the runtime's own file.
   json decisions = json::array();
-  if (!process.is_object()) return decisions;
   std::set<int> allowed;
   for (const auto& a : settings.value("capabilities_allowed", json::array()))
     if (a.is_string())
       if (auto v = oci::capability_from_name(a.get<std::string>())) allowed.insert(*v);
-  if (process.contains("capabilities") && process["capabilities"].is_object()) {
-    json& caps = process["capabilities"];
+  if (process.capabilities) {
     std::set<std::string> dropped;
-    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"}) {
-      if (!caps.contains(set) || !caps[set].is_array()) continue;
-      json kept = json::array();
-      for (const auto& n : caps[set]) {
-        auto v = n.is_string() ? oci::capability_from_name(n.get<std::string>()) : std::nullopt;
-        if (v && allowed.count(*v))
-          kept.push_back(n);
-        else
-          dropped.insert(n.is_string() ? n.get<std::string>() : n.dump());
-      }
-      caps[set] = kept;
-    }
+    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"})
+      std::erase_if(*process.capabilities->set(set), [&](const std::string& n) {
+        auto v = oci::capability_from_name(n);
+        if (v && allowed.count(*v)) return false;
+        dropped.insert(n);
+        return true;
+      });
     for (const auto& d : dropped)
       decisions.push_back(
           {{"rule", "capabilities.allowed"},
@@ -1792,32 +1730,32 @@ json apply_exec(const json& settings, json& process) {
            {"action", "dropped"},
            {"detail", "exec asked for " + d + "; dropped by policy rule capabilities.allowed"}});
   }
-  if (settings.value("no_new_privileges", true) &&
-      !(process.contains("noNewPrivileges") && process["noNewPrivileges"] == true)) {
-    process["noNewPrivileges"] = true;
+  if (settings.value("no_new_privileges", true) && process.no_new_privileges != true) {
+    process.no_new_privileges = true;
     decisions.push_back(
         {{"rule", "no_new_privs"},
          {"path", "process.noNewPrivileges"},
          {"action", "added"},
          {"detail", "set to true for the exec by policy rule capabilities.no_new_privileges"}});
   }
-  const json& want = settings.value("env", json::array());
+  std::vector<std::string> want;
+  for (const auto& w : settings.value("env", json::array()))
+    if (w.is_string()) want.push_back(w.get<std::string>());
   if (!want.empty()) {
-    json env = process.contains("env") && process["env"].is_array() ? process["env"] : json::array();
-    json out = json::array();
+    auto name = [](const std::string& e) { return e.substr(0, e.find('=')); };
     std::set<std::string> names;
-    for (const auto& w : want) names.insert(w.get<std::string>().substr(0, w.get<std::string>().find('=')));
-    for (const auto& e : env)
-      if (e.is_string() && !names.count(e.get<std::string>().substr(0, e.get<std::string>().find('='))))
-        out.push_back(e);
-    for (const auto& w : want) out.push_back(w);
-    if (out != env)
+    for (const auto& w : want) names.insert(name(w));
+    std::vector<std::string> out;
+    for (const auto& e : process.env)
+      if (!names.count(name(e))) out.push_back(e);
+    out.insert(out.end(), want.begin(), want.end());
+    if (out != process.env)
       decisions.push_back(
           {{"rule", "network.mode"},
            {"path", "process.env"},
            {"action", "replaced"},
            {"detail", "proxy variables set to the egress proxy for the exec by policy rule network.mode"}});
-    process["env"] = out;
+    process.env = std::move(out);
   }
   return decisions;
 }

@@ -133,9 +133,10 @@ Result apply(const json& policy, const json& caller_config, const ApplyContext& 
 // so `exec` applies the same capabilities, no_new_privs, seccomp and proxy
 // environment: {"capabilities_allowed", "extra_seccomp", "env"}.
 json exec_settings(const json& policy, const Result& r);
-// Tighten an exec `process` object with saved exec_settings(); returns the
-// decisions made (the same shape as Result::decisions).
-json apply_exec(const json& settings, json& process);
+// Tighten an exec's process (parsed as create parses config.process:
+// oci::parse_process) with saved exec_settings(); returns the decisions made
+// (the same shape as Result::decisions).
+json apply_exec(const json& settings, oci::Process& process);
 
 // "64m", "1g", "512k", "1024" (bytes) -> bytes; nullopt when malformed.
 std::optional<long long> parse_size(const json& v);
@@ -151,10 +152,11 @@ std::optional<long long> parse_size(const json& v);
 //  3. at least one host exposure a confined container never asks for: an
 //     allow-all device rule (type "a" or none, no major/minor, r or w
 //     access), a writable sysfs or cgroup mount (type sysfs/cgroup/cgroup2,
-//     or destination /sys or /sys/fs/cgroup, without "ro"), or neither
+//     or destination /sys or /sys/fs/cgroup, not read-only after its
+//     options: oci::Mount::readonly), or neither
 //     maskedPaths nor readonlyPaths (both absent or empty).
 // Returns the reason naming what matched, or nullopt. The policy refuses a
 // privileged config in every mode (rule "privileged").
-std::optional<std::string> privileged_request(const json& config);
+std::optional<std::string> privileged_request(const oci::Spec& config);
 
 }  // namespace agentshim::policy

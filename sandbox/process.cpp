@@ -300,7 +300,7 @@ std::vector<Listener> finalize(const oci::Process& proc, const Finalize& f) {
     own = prepare_seccomp(f);
     sec = &own;
   }
-  bool nnp = proc.no_new_privileges;
+  bool nnp = proc.no_new_privileges.value_or(false);
   if (!nnp) install_seccomp(*sec, listeners);  // needs CAP_SYS_ADMIN when no_new_privs is off
   drop_bounding(proc);
   if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) throw_errno("prctl(PR_SET_KEEPCAPS)");

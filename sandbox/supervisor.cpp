@@ -255,7 +255,7 @@ class Supervisor {
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup, sentinel_);
     in_container_cgroup_ = s_.systemd_cgroup;
     json resources = spec.linux.resources.is_object() ? spec.linux.resources : json::object();
-    resources["devices"] = cgroups::effective_device_rules(s_.config);
+    resources["devices"] = cgroups::effective_device_rules(spec);
     cg_->set(resources);
     // The pid --pid-file names is the sentinel (see main()), and the runc
     // v2 shim (containerd, Docker, Kubernetes) reads stats and OOM events
@@ -714,7 +714,7 @@ class Supervisor {
     return {
         {"namespaces", ns},
         {"capabilities", caps},
-        {"no_new_privileges", p.no_new_privileges},
+        {"no_new_privileges", p.no_new_privileges.value_or(false)},
         {"user", oci::user_json(p)},
         {"readonly_root", spec.root.readonly},
         {"seccomp",

@@ -22,6 +22,10 @@
 
 #include "common/fd.h"
 
+namespace agentshim::oci {
+struct Spec;
+}
+
 namespace agentshim::cgroups {
 
 using json = nlohmann::json;
@@ -62,7 +66,7 @@ std::string expand_systemd_path(const std::string& cgroups_path, const std::stri
 // The OCI device rules a container's cgroup gets: the config's
 // linux.resources.devices, then the devices every container needs (as runc
 // adds them), then the devices listed in linux.devices.
-json effective_device_rules(const json& config);
+json effective_device_rules(const oci::Spec& spec);
 
 // A v1 hierarchy as the container's rootfs sees it (for mounts of type cgroup).
 struct Hierarchy {

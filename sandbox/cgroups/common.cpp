@@ -21,6 +21,7 @@
 #include "common/mountinfo.h"
 #include "common/util.h"
 #include "sandbox/cgroups/cgroups.h"
+#include "sandbox/oci.h"
 
 namespace agentshim::cgroups {
 
@@ -156,36 +157,27 @@ std::string expand_systemd_path(const std::string& cgroups_path, const std::stri
   return path + "/" + unit;
 }
 
-json effective_device_rules(const json& config) {
+json effective_device_rules(const oci::Spec& spec) {
   json rules = json::array();
-  const json* linux = config.contains("linux") && config["linux"].is_object() ? &config["linux"] : nullptr;
-  if (linux && linux->contains("resources") && (*linux)["resources"].is_object() &&
-      (*linux)["resources"].contains("devices") && (*linux)["resources"]["devices"].is_array())
-    for (const auto& r : (*linux)["resources"]["devices"]) rules.push_back(r);
-  auto allow = [&](const char* type, long long major, long long minor, const char* access) {
-    json r = {{"allow", true}, {"type", type}, {"access", access}};
-    if (major >= 0) r["major"] = major;
-    if (minor >= 0) r["minor"] = minor;
-    rules.push_back(r);
+  for (const auto& r : spec.linux.limits.devices) rules.push_back(oci::to_json(r));
+  auto allow = [&](char type, std::int64_t major, std::int64_t minor, const char* access) {
+    rules.push_back(oci::to_json(oci::DeviceRule{true, type, major, minor, access}));
   };
-  allow("c", -1, -1, "m");
-  allow("b", -1, -1, "m");
-  allow("c", 1, 3, "rwm");     // null
-  allow("c", 1, 8, "rwm");     // random
-  allow("c", 1, 7, "rwm");     // full
-  allow("c", 5, 0, "rwm");     // tty
-  allow("c", 1, 5, "rwm");     // zero
-  allow("c", 1, 9, "rwm");     // urandom
-  allow("c", 136, -1, "rwm");  // pts/*
-  allow("c", 5, 2, "rwm");     // ptmx
-  if (linux && linux->contains("devices") && (*linux)["devices"].is_array())
-    for (const auto& d : (*linux)["devices"]) {
-      if (!d.is_object() || !d.contains("major") || !d.contains("minor")) continue;
-      std::string t = d.value("type", "c");
-      if (t == "u") t = "c";
-      if (t != "c" && t != "b") continue;
-      allow(t == "b" ? "b" : "c", d["major"].get<long long>(), d["minor"].get<long long>(), "rwm");
-    }
+  allow('c', -1, -1, "m");
+  allow('b', -1, -1, "m");
+  allow('c', 1, 3, "rwm");     // null
+  allow('c', 1, 8, "rwm");     // random
+  allow('c', 1, 7, "rwm");     // full
+  allow('c', 5, 0, "rwm");     // tty
+  allow('c', 1, 5, "rwm");     // zero
+  allow('c', 1, 9, "rwm");     // urandom
+  allow('c', 136, -1, "rwm");  // pts/*
+  allow('c', 5, 2, "rwm");     // ptmx
+  // linux.devices: b stays b, u (unbuffered character) is c, p (a FIFO) has
+  // no device number.
+  for (const auto& d : spec.linux.devices)
+    if (d.type == 'c' || d.type == 'u' || d.type == 'b')
+      allow(d.type == 'b' ? 'b' : 'c', d.major, d.minor, "rwm");
   return rules;
 }
 

@@ -28,6 +28,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "sandbox/oci.h"
 #include "tests/temp_dir.h"
 
 using namespace agentshim;
@@ -1143,21 +1144,25 @@ TEST(CgroupHybridFake, UsesTheUnifiedPartToo) {
 
 // ---------------------------------------------------------------- device rules
 
+// A config the device rules are read from (parsed as create parses it).
+oci::Spec spec_with(const json& linux) {
+  json cfg = {{"ociVersion", "1.0.2"}, {"root", {{"path", "rootfs"}}}, {"process", {{"args", {"sh"}}}}};
+  cfg["linux"] = linux;
+  return oci::parse_spec(cfg);
+}
+
 TEST(DeviceRules, ConfigThenDefaultsThenLinuxDevices) {
-  json cfg = json::parse(R"({
-    "linux": {
+  json r = effective_device_rules(spec_with(json::parse(R"({
       "resources": {"devices": [{"allow": false, "access": "rwm"},
                                 {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"}]},
       "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
                   {"path": "/dev/sdb", "type": "b", "major": 8, "minor": 16},
                   {"path": "/dev/uu", "type": "u", "major": 4, "minor": 1},
-                  {"path": "/dev/fifo", "type": "p", "major": 0, "minor": 0},
-                  {"path": "/dev/nomajor", "type": "c"}]
-    }
-  })");
-  json r = effective_device_rules(cfg);
+                  {"path": "/dev/fifo", "type": "p"}]
+  })")));
   ASSERT_EQ(r.size(), 2u + 10u + 3u);
-  EXPECT_EQ(r[0], (json{{"allow", false}, {"access", "rwm"}}));
+  // The config's rules as the drivers read them (type "a" when not given).
+  EXPECT_EQ(r[0], (json{{"allow", false}, {"type", "a"}, {"access", "rwm"}}));
   EXPECT_EQ(r[1]["minor"], 200);
   // The defaults, as runc adds them.
   EXPECT_EQ(r[2], (json{{"allow", true}, {"type", "c"}, {"access", "m"}}));
@@ -1165,14 +1170,14 @@ TEST(DeviceRules, ConfigThenDefaultsThenLinuxDevices) {
   EXPECT_EQ(r[4], (json{{"allow", true}, {"type", "c"}, {"major", 1}, {"minor", 3}, {"access", "rwm"}}));
   EXPECT_EQ(r[10], (json{{"allow", true}, {"type", "c"}, {"major", 136}, {"access", "rwm"}}));
   EXPECT_EQ(r[11], (json{{"allow", true}, {"type", "c"}, {"major", 5}, {"minor", 2}, {"access", "rwm"}}));
-  // Then linux.devices: b stays b, u becomes c, p and entries without numbers are skipped.
+  // Then linux.devices: b stays b, u becomes c, p (no device number) is skipped.
   EXPECT_EQ(r[12], (json{{"allow", true}, {"type", "c"}, {"major", 10}, {"minor", 229}, {"access", "rwm"}}));
   EXPECT_EQ(r[13], (json{{"allow", true}, {"type", "b"}, {"major", 8}, {"minor", 16}, {"access", "rwm"}}));
   EXPECT_EQ(r[14], (json{{"allow", true}, {"type", "c"}, {"major", 4}, {"minor", 1}, {"access", "rwm"}}));
 }
 
 TEST(DeviceRules, DefaultsOnlyForAnEmptyConfig) {
-  json r = effective_device_rules(json::object());
+  json r = effective_device_rules(spec_with(json::object()));
   ASSERT_EQ(r.size(), 10u);
   EXPECT_EQ(r[0]["access"], "m");
   // Everything a container needs, nothing else (default deny).
@@ -1298,7 +1303,7 @@ TEST(DeviceProgram, HasNoUnreachableInstructions) {
   // A leading deny-all (what every container engine sends) matches
   // everything: nothing may be emitted after it.
   json with_deny_all = effective_device_rules(
-      json::parse(R"({"linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}})"));
+      spec_with(json::parse(R"({"resources": {"devices": [{"allow": false, "access": "rwm"}]}})")));
   auto p = device_program(with_deny_all);
   EXPECT_TRUE(all_reachable(p));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kRead | kWrite));
@@ -1371,9 +1376,8 @@ TEST(DeviceProgramKernel, AttachedProgramDeniesDevNull) {
   // deny-all and the defaults): attaching the next one must replace it.
   attach_device_program(dir, device_program(json::array()));
   EXPECT_EQ(attached_device_programs(dir), 1u);
-  attach_device_program(
-      dir, device_program(effective_device_rules(json::parse(
-               R"({"linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}})"))));
+  attach_device_program(dir, device_program(effective_device_rules(spec_with(json::parse(
+                                 R"({"resources": {"devices": [{"allow": false, "access": "rwm"}]}})")))));
   EXPECT_EQ(attached_device_programs(dir), 1u);
   json rules = json::parse(R"([{"allow": false, "access": "rwm"},
     {"allow": true, "type": "a", "access": "rwm"},

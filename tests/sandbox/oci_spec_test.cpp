@@ -68,7 +68,7 @@ TEST(OciSpec, ReadsEveryPart) {
   EXPECT_EQ(p.rlimits[0].type, "RLIMIT_NOFILE");
   EXPECT_EQ(p.rlimits[0].hard, 1024u);
   EXPECT_EQ(p.rlimits[0].soft, 512u);
-  EXPECT_TRUE(p.no_new_privileges);
+  EXPECT_EQ(p.no_new_privileges, true);
   EXPECT_EQ(p.oom_score_adj, 10);
   EXPECT_EQ(p.apparmor_profile, "p");
   EXPECT_EQ(p.selinux_label, "l");
@@ -174,4 +174,116 @@ TEST(OciSpec, ProcessAlone) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("exec process.args"), std::string::npos);
   }
+}
+
+TEST(OciSpec, ResourceLimitsAreTyped) {
+  json c = full();
+  c["linux"]["resources"] = json::parse(R"({
+    "devices": [{"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"},
+                {"allow": true, "type": "b", "major": -1, "access": ""},
+                {"type": "c", "access": "m"}],
+    "memory": {"limit": 1073741824, "reservation": -1, "swappiness": 10},
+    "pids": {"limit": 64},
+    "cpu": {"quota": 50000, "period": 100000, "shares": 1024}})");
+  const auto s = oci::parse_spec(c);
+  const auto& l = s.linux.limits;
+  ASSERT_EQ(l.devices.size(), 4u);
+  // Read as the cgroup drivers apply them: no type is every device, no
+  // major/minor (or a negative one) is any, an empty access is rwm, no
+  // "allow" is a deny.
+  EXPECT_FALSE(l.devices[0].allow);
+  EXPECT_TRUE(l.devices[0].every_device());
+  EXPECT_EQ(l.devices[0].access, "rwm");
+  EXPECT_EQ(l.devices[1].type, 'c');
+  EXPECT_EQ(l.devices[1].major, 10);
+  EXPECT_EQ(l.devices[1].minor, 200);
+  EXPECT_FALSE(l.devices[1].every_device());
+  EXPECT_TRUE(l.devices[1].reads_or_writes());
+  EXPECT_EQ(l.devices[2].major, -1);
+  EXPECT_EQ(l.devices[2].minor, -1);
+  EXPECT_EQ(l.devices[2].access, "rwm");
+  EXPECT_FALSE(l.devices[3].allow);
+  EXPECT_TRUE(l.devices[3].mknod_only());
+  EXPECT_FALSE(l.devices[3].reads_or_writes());
+  EXPECT_EQ(oci::to_json(l.devices[0]), (json{{"allow", false}, {"type", "a"}, {"access", "rwm"}}));
+  EXPECT_EQ(oci::to_json(l.devices[1]),
+            (json{{"allow", true}, {"type", "c"}, {"major", 10}, {"minor", 200}, {"access", "rw"}}));
+  EXPECT_EQ(l.memory_limit, 1073741824);
+  EXPECT_EQ(l.memory_reservation, -1);
+  EXPECT_EQ(l.pids_limit, 64);
+  EXPECT_EQ(l.cpu_quota, 50000);
+  EXPECT_EQ(l.cpu_period, 100000u);
+  // The rest stays JSON for the drivers.
+  EXPECT_EQ(s.linux.resources["memory"]["swappiness"], 10);
+  // Not given: nullopt, no rules.
+  const auto d =
+      oci::parse_spec(json::parse(R"({"ociVersion":"1.0.2","root":{"path":"r"},"process":{"args":["sh"]}})"));
+  EXPECT_TRUE(d.linux.limits.devices.empty());
+  EXPECT_FALSE(d.linux.limits.memory_limit);
+  EXPECT_FALSE(d.linux.limits.cpu_period);
+  EXPECT_FALSE(d.process.no_new_privileges);
+}
+
+TEST(OciSpec, ResourceLimitErrorsNameTheField) {
+  auto error_of = [](const json& resources) {
+    json c = full();
+    c["linux"]["resources"] = resources;
+    try {
+      (void)oci::parse_spec(c);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error_of(json::parse(R"({"devices": {}})")),
+            "config.json: linux.resources.devices: expected array");
+  EXPECT_EQ(error_of(json::parse(R"({"devices": [1]})")),
+            "config.json: linux.resources.devices[0]: expected object");
+  EXPECT_EQ(error_of(json::parse(R"({"devices": [{"allow": "yes"}]})")),
+            "config.json: linux.resources.devices[0].allow: expected boolean, got string");
+  EXPECT_EQ(error_of(json::parse(R"({"devices": [{"allow": true, "type": "x"}]})")),
+            "config.json: linux.resources.devices[0].type: must be a, c or b, got \"x\"");
+  EXPECT_EQ(error_of(json::parse(R"({"devices": [{"allow": true, "major": "1"}]})")),
+            "config.json: linux.resources.devices[0].major: expected integer, got string");
+  EXPECT_EQ(error_of(json::parse(R"({"devices": [{"allow": true, "access": "rwx"}]})")),
+            "config.json: linux.resources.devices[0].access: \"rwx\" is not a subset of rwm");
+  EXPECT_EQ(error_of(json::parse(R"({"memory": {"limit": "lots"}})")),
+            "config.json: linux.resources.memory.limit: expected integer, got string");
+  EXPECT_EQ(error_of(json::parse(R"({"memory": 5})")),
+            "config.json: linux.resources.memory: expected object, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"pids": {"limit": 1.5}})")),
+            "config.json: linux.resources.pids.limit: expected integer, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"cpu": {"period": -1}})")),
+            "config.json: linux.resources.cpu.period: expected integer, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"devices": null, "memory": {"limit": null}})")), "");
+}
+
+TEST(OciSpec, SeccompUnconfined) {
+  auto with = [](const json& sc) {
+    json c = full();
+    if (sc.is_null())
+      c["linux"].erase("seccomp");
+    else
+      c["linux"]["seccomp"] = sc;
+    return oci::parse_spec(c).linux.seccomp_unconfined();
+  };
+  EXPECT_TRUE(with(nullptr));
+  EXPECT_TRUE(with({{"defaultAction", "SCMP_ACT_ALLOW"}}));
+  EXPECT_TRUE(with({{"defaultAction", "SCMP_ACT_ALLOW"}, {"syscalls", json::array()}}));
+  EXPECT_FALSE(with({{"defaultAction", "SCMP_ACT_ERRNO"}}));
+  EXPECT_FALSE(with(json::parse(
+      R"({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["ptrace"], "action": "SCMP_ACT_ERRNO"}]})")));
+  EXPECT_FALSE(with(json::object()));  // no defaultAction: not "allow everything"
+}
+
+TEST(OciSpec, NoNewPrivilegesKeepsWhetherItWasGiven) {
+  EXPECT_EQ(
+      oci::parse_process(json::parse(R"({"args":["sh"],"noNewPrivileges":false})"), "p").no_new_privileges,
+      false);
+  EXPECT_EQ(
+      oci::parse_process(json::parse(R"({"args":["sh"],"noNewPrivileges":true})"), "p").no_new_privileges,
+      true);
+  EXPECT_FALSE(
+      oci::parse_process(json::parse(R"({"args":["sh"],"noNewPrivileges":null})"), "p").no_new_privileges);
 }

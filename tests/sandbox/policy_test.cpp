@@ -276,6 +276,27 @@ json clean_config() {
   return c;
 }
 
+// privileged_request on the config as create reads it.
+std::optional<std::string> privileged(const json& cfg) {
+  return policy::privileged_request(oci::parse_spec(cfg));
+}
+
+// apply_exec on `proc` as exec reads it (oci::parse_process); what it
+// decided is written back to the fields the assertions read.
+json exec_apply(const json& settings, json& proc) {
+  oci::Process p = oci::parse_process(proc, "exec process");
+  json d = policy::apply_exec(settings, p);
+  if (p.capabilities)
+    for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"})
+      proc["capabilities"][set] = *p.capabilities->set(set);
+  if (p.no_new_privileges)
+    proc["noNewPrivileges"] = *p.no_new_privileges;
+  else
+    proc.erase("noNewPrivileges");
+  proc["env"] = p.env;
+  return d;
+}
+
 json with_mode(json p, const std::string& mode) {
   p["mode"] = mode;
   return p;
@@ -449,7 +470,7 @@ json cri_privileged_without_host_devices() {
 TEST(PolicyPrivileged, CriPrivilegedWithoutHostDevicesIsRecognisedAndRefused) {
   FakeNs ns;
   json cfg = cri_privileged_without_host_devices();
-  auto why = policy::privileged_request(cfg);
+  auto why = privileged(cfg);
   ASSERT_TRUE(why.has_value());
   EXPECT_NE(why->find("every capability"), std::string::npos) << *why;
   EXPECT_NE(why->find("a writable sysfs mount at /sys"), std::string::npos) << *why;
@@ -471,20 +492,20 @@ TEST(PolicyPrivileged, EachExposureAloneIsEnough) {
   base["mounts"].erase(base["mounts"].size() - 1);  // the rw sysfs
   for (auto& m : base["mounts"])
     if (m["destination"] == "/sys/fs/cgroup") m["options"] = {"ro"};
-  EXPECT_FALSE(policy::privileged_request(base).has_value());
+  EXPECT_FALSE(privileged(base).has_value());
   json a = base;
   a["linux"]["resources"]["devices"].push_back({{"allow", true}, {"access", "rwm"}});
-  EXPECT_TRUE(policy::privileged_request(a).has_value());
+  EXPECT_TRUE(privileged(a).has_value());
   json b = base;
   b["mounts"].push_back(
       {{"destination", "/sys/"}, {"type", "bind"}, {"source", "/sys"}, {"options", {"rbind"}}});
-  EXPECT_TRUE(policy::privileged_request(b).has_value());
+  EXPECT_TRUE(privileged(b).has_value());
   json c = base;
   c["linux"].erase("maskedPaths");
-  EXPECT_TRUE(policy::privileged_request(c).has_value());
+  EXPECT_TRUE(privileged(c).has_value());
   json d = base;
   d["mounts"].push_back({{"destination", "/sys/fs/cgroup"}, {"type", "cgroup2"}, {"source", "cgroup"}});
-  EXPECT_TRUE(policy::privileged_request(d).has_value());
+  EXPECT_TRUE(privileged(d).has_value());
 }
 
 TEST(PolicyPrivileged, ConfinedRequestsAreNotPrivileged) {
@@ -493,26 +514,36 @@ TEST(PolicyPrivileged, ConfinedRequestsAreNotPrivileged) {
   json filtered = cfg;
   filtered["linux"]["seccomp"] = json::parse(
       R"({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]})");
-  EXPECT_FALSE(policy::privileged_request(filtered).has_value());
+  EXPECT_FALSE(privileged(filtered).has_value());
   // An allow-all filter without rules is no confinement.
   json allow_all = cfg;
   allow_all["linux"]["seccomp"] = {{"defaultAction", "SCMP_ACT_ALLOW"}};
-  EXPECT_TRUE(policy::privileged_request(allow_all).has_value());
+  EXPECT_TRUE(privileged(allow_all).has_value());
   // Without every capability or CAP_SYS_ADMIN: not privileged.
   json few = cfg;
   for (const char* set : {"bounding", "effective", "permitted"})
     few["process"]["capabilities"][set] = {"CAP_KILL", "CAP_NET_ADMIN"};
-  EXPECT_FALSE(policy::privileged_request(few).has_value());
+  EXPECT_FALSE(privileged(few).has_value());
   // CAP_SYS_ADMIN alone with the exposures is.
   json admin = few;
   admin["process"]["capabilities"]["bounding"].push_back("CAP_SYS_ADMIN");
-  auto why = policy::privileged_request(admin);
+  auto why = privileged(admin);
   ASSERT_TRUE(why.has_value());
   EXPECT_NE(why->find("CAP_SYS_ADMIN"), std::string::npos) << *why;
   // runc's default spec is not privileged; hostile shapes do not crash it.
-  EXPECT_FALSE(policy::privileged_request(clean_config()).has_value());
+  EXPECT_FALSE(privileged(clean_config()).has_value());
+  // Hostile shapes never reach it: the parser refuses them, naming the field.
   for (const char* text : {"null", "[]", R"({"process": 1, "linux": []})", R"({"mounts": [1, {"type": 2}]})"})
-    EXPECT_FALSE(policy::privileged_request(json::parse(text)).has_value()) << text;
+    EXPECT_THROW(privileged(json::parse(text)), Error) << text;
+  // Read-only is decided on the effective flags (the last of "ro"/"rw" wins),
+  // as the mounting code applies them.
+  json ro_then_rw = cfg;
+  for (auto& m : ro_then_rw["mounts"])
+    if (m["destination"] == "/sys") m["options"] = {"ro", "rw"};
+  ro_then_rw["linux"]["maskedPaths"] = {"/proc/kcore"};
+  why = privileged(ro_then_rw);
+  ASSERT_TRUE(why.has_value());
+  EXPECT_NE(why->find("a writable sysfs mount at /sys"), std::string::npos) << *why;
 }
 
 TEST(PolicyApply, NoNewPrivsAndReadonlyRootAreForced) {
@@ -754,12 +785,16 @@ TEST(PolicyApply, Sysctls) {
                             {"fs.mqueue.msg_max", "20"}};
   EXPECT_EQ(policy::apply(policy::builtin(), cfg, ns.ctx()).config["linux"]["sysctl"],
             cfg["linux"]["sysctl"]);
+  // A sysctl the container's namespaces do not isolate is refused when the
+  // config is read (runc's rules and wording, oci::sysctls), before any
+  // decision: `create` and `policy check` give the same error.
   cfg["linux"]["sysctl"]["kernel.core_pattern"] = "|/tmp/x";
-  cfg["linux"]["sysctl"]["vm.overcommit_memory"] = "1";
-  auto r = policy::evaluate(policy::builtin(), cfg, ns.ctx());
-  EXPECT_EQ(r.violations.size(), 2u);
-  EXPECT_TRUE(has_text(r.violations, "kernel.core_pattern"));
-  EXPECT_TRUE(has_text(r.violations, "vm.overcommit_memory"));
+  try {
+    policy::evaluate(policy::builtin(), cfg, ns.ctx());
+    FAIL() << "kernel.core_pattern accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "sysctl \"kernel.core_pattern\" is not in a separate kernel namespace");
+  }
 }
 
 TEST(PolicyApply, TmpfsSizes) {
@@ -1163,7 +1198,7 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   // exec'd processes get the same placeholders.
   json settings = policy::exec_settings(credential_policy(), r);
   json proc = {{"args", {"sh"}}, {"env", {"GITHUB_TOKEN=other"}}};
-  policy::apply_exec(settings, proc);
+  exec_apply(settings, proc);
   auto penv = names(proc["env"]);
   EXPECT_NE(std::find(penv.begin(), penv.end(), "GITHUB_TOKEN=" + ph), penv.end());
   EXPECT_EQ(std::find(penv.begin(), penv.end(), "GITHUB_TOKEN=other"), penv.end());
@@ -1265,7 +1300,7 @@ TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {
       {"args", {"sh"}},
       {"env", {"HTTP_PROXY=http://elsewhere:1", "A=b"}},
       {"capabilities", {{"bounding", {"CAP_SYS_PTRACE", "CAP_KILL"}}, {"effective", {"CAP_SYS_PTRACE"}}}}};
-  json d = policy::apply_exec(settings, proc);
+  json d = exec_apply(settings, proc);
   EXPECT_EQ(proc["capabilities"]["bounding"], json::array({"CAP_KILL"}));
   EXPECT_EQ(proc["capabilities"]["effective"], json::array());
   EXPECT_EQ(proc["noNewPrivileges"], true);
@@ -1357,10 +1392,10 @@ TEST(PolicyApply, NoNewPrivilegesCanBeLeftToTheCaller) {
   EXPECT_EQ(k.config["process"]["noNewPrivileges"], false);
   for (const auto& d : k.decisions) EXPECT_NE(d["rule"], "no_new_privs") << d.dump();
   json proc = {{"args", {"sh"}}, {"noNewPrivileges", false}};
-  policy::apply_exec(policy::exec_settings(p, k), proc);
+  exec_apply(policy::exec_settings(p, k), proc);
   EXPECT_EQ(proc["noNewPrivileges"], false);
   json proc2 = {{"args", {"sh"}}};
-  policy::apply_exec(policy::exec_settings(policy::builtin(), r), proc2);
+  exec_apply(policy::exec_settings(policy::builtin(), r), proc2);
   EXPECT_EQ(proc2["noNewPrivileges"], true);
   // A wrong type names the key.
   try {
