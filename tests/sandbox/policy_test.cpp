@@ -1530,3 +1530,68 @@ TEST(PolicyApply, ScratchSpaceOnAReadOnlyRoot) {
   for (const auto& m : s2.config["mounts"]) d2.insert(m["destination"].get<std::string>());
   EXPECT_TRUE(d2.count("/root"));
 }
+
+// The engine decides on the caller's config as oci::parse_spec reads it and
+// writes each change into the document create parses again: that document
+// parses, and reads as the decisions say (the two views never drift).
+TEST(PolicyApply, EnforcedConfigParsesAgainAndSaysWhatWasDecided) {
+  FakeNs ns;
+  const json builtin = policy::builtin();
+  const json userns = policy::validate({{"userns", "auto"}}, "x");
+  const json pinned = policy::validate(
+      {{"filesystem", {{"readonly_root", false}}}, {"network", {{"mode", "internal"}}}}, "x");
+  std::vector<std::function<void(json&)>> configs = {
+      [](json&) {},
+      [](json& c) {  // what Docker asks for, tightened
+        c["process"]["capabilities"]["bounding"].push_back("CAP_NET_RAW");
+        c["process"]["noNewPrivileges"] = false;
+        c["process"]["oomScoreAdj"] = -500;
+        c["process"]["rlimits"] = {{{"type", "RLIMIT_NOFILE"}, {"hard", 1ULL << 30}, {"soft", 1024}}};
+        c["linux"]["resources"]["memory"] = {{"limit", 1LL << 40}, {"reservation", 1LL << 39}};
+        c["linux"]["resources"]["devices"] = {{{"allow", true}, {"access", "rwm"}}};
+        c["linux"]["devices"] = {{{"path", "/dev/kmsg"}, {"type", "c"}, {"major", 1}, {"minor", 11}}};
+        c["linux"]["sysctl"] = {{"net.ipv4.ping_group_range", "0 2147483647"}};
+        c["hooks"]["createRuntime"] = {{{"path", "/usr/bin/docker-proxy"}, {"args", {"libnetwork-setkey"}}}};
+      },
+      [&](json& c) {  // a joined network, a tmpfs without a size
+        set_ns_path(c, "network", ns.dir + "/pod/net");
+        c["mounts"].push_back({{"destination", "/scratch"}, {"type", "tmpfs"}, {"source", "tmpfs"}});
+      },
+  };
+  std::size_t checked = 0;
+  for (std::size_t i = 0; i < configs.size(); i++)
+    for (const json* pol : {&builtin, &userns, &pinned}) {
+      json cfg = clean_config();
+      configs[i](cfg);
+      policy::Result r;
+      ASSERT_NO_THROW(r = policy::evaluate(*pol, cfg, ns.ctx())) << i;
+      EXPECT_TRUE(r.violations.empty()) << i << r.violations.dump();
+      checked++;
+      oci::Spec s;
+      ASSERT_NO_THROW(s = oci::parse_spec(r.config)) << i << " " << r.config.dump();
+      EXPECT_EQ(s.process.no_new_privileges, true) << i;
+      EXPECT_TRUE(s.process.env_value("HTTP_PROXY").rfind("http://127.0.0.1:", 0) == 0) << i;
+      ASSERT_FALSE(s.linux.limits.devices.empty());
+      EXPECT_TRUE(s.linux.limits.devices[0].every_device() && !s.linux.limits.devices[0].allow) << i;
+      EXPECT_LE(*s.linux.limits.memory_limit, 8LL << 30) << i;  // resources.maximum.memory
+      EXPECT_LE(s.linux.limits.memory_reservation.value_or(0), *s.linux.limits.memory_limit) << i;
+      EXPECT_GE(s.process.oom_score_adj.value_or(0), 0) << i;
+      for (const auto& rl : s.process.rlimits) EXPECT_LE(rl.hard, 1ULL << 20) << i;
+      EXPECT_TRUE(s.hooks_of("createRuntime").empty() || *pol != pinned) << i;
+      EXPECT_EQ(s.mounts.size(), r.mounts.size()) << i;
+      for (std::size_t m = 0; m < s.mounts.size(); m++)
+        EXPECT_EQ(s.mounts[m].destination, r.mounts[m].destination);
+      EXPECT_TRUE(s.has_namespace("cgroup")) << i;
+      if (*pol == userns) {
+        EXPECT_TRUE(s.has_new_namespace("user")) << i;
+        EXPECT_TRUE(s.linux.uid_mappings.empty()) << i;
+        if (i == 1) {
+          EXPECT_EQ(s.linux.sysctl["net.ipv4.ping_group_range"], "0 65535");
+        }
+      }
+      if (i == 2 && *pol == pinned) {
+        EXPECT_TRUE(s.has_new_namespace("network"));  // internal: the joined one is replaced
+      }
+    }
+  EXPECT_EQ(checked, 9u);
+}
