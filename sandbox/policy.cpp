@@ -1261,7 +1261,8 @@ class Engine {
       const long long quota = lim_.cpu_quota.value_or(0);
       auto set_cpu = [&](double cpus) {
         cpu["period"] = period;
-        cpu["quota"] = static_cast<long long>(cpus * static_cast<double>(period));
+        // (A period beyond any kernel's 1 s must not overflow the quota.)
+        cpu["quota"] = static_cast<long long>(std::min(cpus * static_cast<double>(period), 0x1p62));
         lim_.cpu_period = period;
         lim_.cpu_quota = cpu["quota"].get<long long>();
       };

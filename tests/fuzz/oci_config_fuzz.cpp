@@ -1,10 +1,13 @@
-// config.json from a caller: validation, mount options, seccomp compilation.
+// config.json from a caller: validation, mount options, seccomp compilation,
+// the policy engine on what validation accepted.
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "common/error.h"
 #include "sandbox/oci.h"
+#include "sandbox/policy.h"
 #include "sandbox/seccomp.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -17,9 +20,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   // The typed reading: anything it cannot read is an Error naming the field
   // (any other exception escapes and fails the fuzzer).
+  bool parsed = false;
   try {
     (void)agentshim::oci::parse_spec(j);
+    parsed = true;
   } catch (const agentshim::Error&) {
+  }
+  // The policy engine decides on what parse_spec accepted: it throws nothing
+  // but Error, and the enforced config it writes parses again (a throw from
+  // that second parse escapes: the engine wrote a config create would refuse).
+  if (parsed) {
+    static const nlohmann::json pol = agentshim::policy::builtin();
+    std::optional<agentshim::policy::Result> r;
+    try {
+      agentshim::policy::ApplyContext ctx;
+      ctx.peer_namespace = nullptr;  // no /proc walk for fuzzed paths
+      r = agentshim::policy::evaluate(pol, j, ctx);
+    } catch (const agentshim::Error&) {
+    }
+    if (r) (void)agentshim::oci::parse_spec(r->config);
   }
   try {
     // The one reading of mounts the policy and the mounting code share;
