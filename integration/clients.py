@@ -591,9 +591,29 @@ class CriContainerd(Containerd):
         hugetlb hierarchy when it is mounted for them only)."""
         return f"/proc/{self.proc.pid}/root/sys/fs/cgroup" if self.proc else "/sys/fs/cgroup"
 
+    CREDENTIAL_PORT = 18933  # test_cri's credential upstream on the gateway
+    SECRET = "sk-pod-SECRETVALUE-0123456789"
+
     def start(self):
+        # The policy the agentshim handler uses: the node's own (or the
+        # built-in one) plus one credential, "api", for test_cri's upstream
+        # on the gateway; it changes nothing for a pod that does not ask.
+        pol = {}
+        if os.path.exists("/etc/agentshim/policy.json"):
+            with open("/etc/agentshim/policy.json") as f:
+                pol = json.load(f)
+        secret = os.path.join(self.base, "api.secret")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(self.SECRET + "\n")
+        pol.setdefault("credentials", {})["api"] = {
+            "source": {"file": secret}, "placeholder_env": "API_TOKEN",
+            "destinations": [{"host": self.gateway, "port": self.CREDENTIAL_PORT, "path_prefix": "/v1/"}],
+            "apply": {"header": "Authorization", "format": "Bearer {}"}}
+        self.policy = os.path.join(self.base, "policy.json")
+        with open(self.policy, "w") as f:
+            json.dump(pol, f)
         with open(self.wrapper, "w") as f:
-            f.write(f'#!/bin/sh\nexec "{AGENTSHIM}" --audit-dir "{self.audit}" "$@"\n')
+            f.write(f'#!/bin/sh\nexec "{AGENTSHIM}" --audit-dir "{self.audit}" --policy "{self.policy}" "$@"\n')
         os.chmod(self.wrapper, 0o755)
         self.write_cni()
         run(["mount", "--bind", self.base, self.base], check=True)

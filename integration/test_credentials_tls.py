@@ -432,3 +432,79 @@ def test_rotation_applies_a_new_secret_without_restarting(lab, tls_lab, net_root
     assert got["/v1/after"]["authorization"] == "Bearer sk-rotated-NEWVALUE", (got, so, se)
     rot = [e["data"] for e in n.events({"net.credential_rotation"}) if e["data"].get("action") == "rotated"]
     assert rot and rot[0]["credential"] == "api" and "NEWVALUE" not in json.dumps(rot), rot
+
+
+def test_container_joining_the_network_uses_its_owners_credentials(lab, tls_lab, net_rootfs, debian_root, tmp_path):
+    """A pod as its clients build one (containerd's CRI, `docker run
+    --network container:A`): container A owns the network and asked for the
+    credential; container B joins A's network through A's --pid-file pid and
+    asks for it too. A's proxy serves both: B gets A's placeholder, trusts
+    A's run CA next to its own image's bundle, and the upstream receives the
+    real secret from B's request; B's record holds the decision with
+    served_by A. A credential A does not hold is refused for B with the
+    reason."""
+    import uuid
+    tmp = str(tmp_path)
+    a = make_run(lab, net_rootfs, tmp)
+    a.bundle.sh("sleep 600")
+    aid = "a" + uuid.uuid4().hex[:12]
+    pidfile = os.path.join(tmp, "a.pid")
+    r = a.cli("create", "--bundle", a.bundle.path, "--pid-file", pidfile, aid)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    try:
+        assert a.cli("start", aid).returncode == 0
+        sentinel = int(open(pidfile).read())
+        b_root = debian_root or net_rootfs
+        from conftest import Bundle
+        b = Bundle(os.path.join(tmp, "b"), net_rootfs)
+        b.config["root"] = {"path": b_root, "readonly": True}
+        for n in b.config["linux"]["namespaces"]:
+            if n["type"] == "network":
+                n["path"] = f"/proc/{sentinel}/ns/net"
+        b.config["annotations"] = {"dev.agentshim.credentials": "api"}
+        b.sh('echo "placeholder=$API_TOKEN cafile=$SSL_CERT_FILE";'
+             'grep -c "BEGIN CERTIFICATE" /etc/agentshim-ca.pem;'
+             'curl -sS --max-time 10 -H "Authorization: Bearer $API_TOKEN" https://api.allowed.test:9443/v1/pod;'
+             'echo " rc=$?"')
+        before = len(received(tls_lab["log"]))
+        bid = "b" + uuid.uuid4().hex[:12]
+        try:
+            r = a.cli("run", "--bundle", b.path, bid, timeout=90)
+        finally:
+            a.cli("delete", "--force", bid)
+        text = out(r) + r.stderr.decode(errors="replace")
+        assert r.returncode == 0, text
+        # A's placeholder (from A's own environment, read through /proc).
+        a_init = json.loads(out(a.cli("state", aid)))["pid"]
+        a_env = open(f"/proc/{a_init}/environ", "rb").read().split(b"\0")
+        a_ph = [e.decode() for e in a_env if e.startswith(b"API_TOKEN=")][0].split("=", 1)[1]
+        assert f"placeholder={a_ph} cafile=/etc/agentshim-ca.pem" in text, text
+        if debian_root:
+            assert int(text.split("cafile=/etc/agentshim-ca.pem")[1].split()[0]) > 50, text  # image CAs too
+        assert '"where": 9443' in text and "rc=0" in text, text
+        got = received(tls_lab["log"])[before:]
+        assert [headers_of(g).get("authorization") for g in got] == [f"Bearer {SECRET}"], got
+
+        # B asks for a credential A does not hold: refused, saying where to ask.
+        with open(a.policy) as f:
+            pol = json.load(f)
+        pol["credentials"]["other"] = dict(pol["credentials"]["api"], placeholder_env="OTHER_TOKEN")
+        with open(a.policy, "w") as f:
+            json.dump(pol, f)
+        b.config["annotations"] = {"dev.agentshim.credentials": "other"}
+        b.save()
+        cid = "c" + uuid.uuid4().hex[:12]
+        r = a.cli("create", "--bundle", b.path, cid)
+        a.cli("delete", "--force", cid)
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode != 0 and f"agentshim container {aid}'s) does not hold (it holds: api)" in err, err
+    finally:
+        a.cli("delete", "--force", aid)
+    # B's record: the request, applied with the credential, served by A.
+    conns = [e["data"] for e in a.events({"net.connection"})]
+    mine = [c for c in conns if c.get("path") == "/v1/pod" and c.get("served_by") == aid]
+    assert mine and mine[0]["credential"] == "api", conns
+    for root in (a.audit, a.root):
+        for p in every_file(root):
+            with open(p, "rb") as f:
+                assert b"SECRETVALUE" not in f.read(), p

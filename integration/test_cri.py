@@ -809,6 +809,70 @@ def test_pod_egress(node, handler, tmp_path):
     assert all(o["pid"] > 0 for d in app + sidecar for o in d["origin"]), app + sidecar
 
 
+CREDENTIAL_SERVER = r"""
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(sys.argv[3], "a") as f:
+            f.write(json.dumps({"path": self.path, "authorization": self.headers.get("Authorization")}) + "\n")
+        b = b"api-says-hi\n"
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a): pass
+http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"""
+
+
+def test_pod_credentials_are_applied_by_the_sandbox_proxy(node, tmp_path):
+    """docs/CREDENTIALS.md "Kubernetes": the node's policy defines credential
+    "api" (a root-only file); the pod asks for it with the annotation
+    dev.agentshim.credentials, which the shipped pod_annotations passes to
+    the sandbox and to every container. The sandbox's proxy holds the secret;
+    the app container gets the sandbox's placeholder and the upstream
+    receives the real secret; nothing the container can read, and no record
+    file, holds the secret's bytes; the app's record names the credential
+    applied to its request, served by the sandbox."""
+    import subprocess
+    port = CriContainerd.CREDENTIAL_PORT
+    srv, log = tmp_path / "api.py", tmp_path / "api.ndjson"
+    srv.write_text(CREDENTIAL_SERVER)
+    p = subprocess.Popen(["/usr/bin/python3", str(srv), GATEWAY, str(port), str(log)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _try_get(f"http://{GATEWAY}:{port}/v1/ready"), timeout=10, what="the node's API server")
+        ann = {"dev.agentshim.egress.allow": f"{GATEWAY}:{port}", "dev.agentshim.credentials": "api"}
+        with node.pod("agentshim", ports=(), annotations=ann) as pod:
+            pod.container("app", ["sleep", "3600"])
+            r = pod.exec("app", ["sh", "-c", 'echo "token=$API_TOKEN";'
+                                 f'wget -qO- --header "Authorization: Bearer $API_TOKEN" http://{GATEWAY}:{port}/v1/pod;'
+                                 'cat /proc/self/environ | tr "\\0" "\\n"'])
+            assert r[0] == 0 and "api-says-hi" in r[1], r
+            placeholder = r[1].split("token=")[1].split()[0]
+            assert placeholder.startswith("agentshim-cred-"), r
+            assert CriContainerd.SECRET not in r[1] + r[2]
+            app_id, sandbox_id = pod.containers["app"], pod.id
+    finally:
+        p.kill()
+        p.wait()
+    got = [json.loads(l) for l in open(log)]
+    pod_reqs = [g for g in got if g["path"] == "/v1/pod"]
+    assert [g["authorization"] for g in pod_reqs] == [f"Bearer {CriContainerd.SECRET}"], got
+    wait_records(node.ctrd.audit)
+    applied = []
+    for root, _, files in os.walk(node.ctrd.audit):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                assert CriContainerd.SECRET.encode() not in f.read(), os.path.join(root, name)
+        if "events.ndjson" in files:
+            with open(os.path.join(root, "events.ndjson")) as f:
+                evs = [json.loads(l) for l in f]
+            cid = next(e["data"]["container_id"] for e in evs if e["type"] == "run.created")
+            applied += [(cid, e["data"].get("served_by")) for e in evs
+                        if e["type"] == "net.connection" and e["data"].get("credential") == "api"
+                        and e["data"].get("path") == "/v1/pod"]
+    assert (app_id, sandbox_id) in applied, applied
+
+
 def test_agentshim_refuses_privileged_pods(node):
     """A `privileged: true` container under the agentshim handler (the shipped
     snippet's privileged_without_host_devices = true: no allow-all device rule,

@@ -376,6 +376,15 @@ void create(const Global& g, const CreateOptions& o) {
     saved["observe_exec"] = observe_exec;  // exec sessions are observed as the init is
     saved["policy"] = pol;
     saved["policy_name"] = pctx.policy_name;
+    // What this container's own proxy serves, for containers that will
+    // join its network (peers::Peer): the placeholders of the credentials
+    // it holds (never a secret) and the file with its run's CA.
+    if (network::serves_own_network(pres.network)) {
+      json served = {{"credentials", pres.network.value("credentials", json::array())}};
+      if (pres.network.contains("tls") && pres.network["tls"].contains("ca_file"))
+        served["run_ca_file"] = pres.network["tls"]["ca_file"];
+      saved["served_network"] = served;
+    }
     write_file(dir + "/policy.json", saved.dump(), 0600);
   }
   s.observe_exec = observe_exec;

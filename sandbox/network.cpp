@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "netpolicy/allowlist.h"
 #include "netpolicy/dns.h"
 #include "netpolicy/firewall.h"
@@ -104,21 +105,72 @@ std::string distro_bundle(const std::string& rootfs, std::string& which) {
 
 }  // namespace
 
+bool serves_own_network(const json& net) {
+  if (!net.is_object()) return false;
+  const std::string mode = net.value("mode", "confined");
+  if (mode != "internal" && mode != "confined") return false;
+  const std::string ns = net.value("namespace", "new");
+  return ns == "new" || (ns == "caller" && mode == "confined");
+}
+
+std::string run_ca_of_bundle(const std::string& bundle) {
+  const auto at = bundle.rfind(kRunCaMarker);
+  if (at == std::string::npos) return "";
+  std::string pem = bundle.substr(at + std::string_view(kRunCaMarker).size());
+  const auto b = pem.find("-----BEGIN CERTIFICATE-----");
+  const auto e = pem.find("-----END CERTIFICATE-----");
+  if (b != 0 || e == std::string::npos || pem.find("-----BEGIN", b + 1) != std::string::npos) return "";
+  return pem.substr(0, e + std::string_view("-----END CERTIFICATE-----").size()) + "\n";
+}
+
+namespace {
+
+void write_all(const std::string& file, std::string_view rest, int flags) {
+  UniqueFd f(::open(file.c_str(), flags | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (!f) throw_errno("open " + file);
+  if (::fchmod(f.get(), 0644) != 0) throw_errno("chmod " + file);
+  while (!rest.empty()) {
+    ssize_t n = ::write(f.get(), rest.data(), rest.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw_errno("write " + file);
+    rest.remove_prefix(static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
 void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
                   const std::string& state_dir) {
   if (!net.is_object()) return;
-  const std::string mode = net.value("mode", "confined");
-  if (mode != "internal" && mode != "confined") return;
-  const std::string ns = net.value("namespace", "new");
-  if (ns != "new" && !(ns == "caller" && mode == "confined")) return;  // another container's proxy serves it
-  const bool creds = net.contains("credentials") && !net["credentials"].empty();
-  const bool rules = net.contains("request_rules") && !net["request_rules"].empty();
-  if (!creds && !rules) return;
   const std::string file = state_dir + "/run-ca.pem";
-  {
-    UniqueFd f(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
-    if (!f) throw_errno("create " + file);
-    if (::fchmod(f.get(), 0644) != 0) throw_errno("chmod " + file);
+  std::string peer;  // the container whose proxy intercepts for this one
+  if (serves_own_network(net)) {
+    const bool creds = net.contains("credentials") && !net["credentials"].empty();
+    const bool rules = net.contains("request_rules") && !net["request_rules"].empty();
+    if (!creds && !rules) return;
+    write_all(file, "", O_CREAT | O_EXCL);  // filled by the supervisor (prepare_run_ca)
+  } else if (net.value("namespace", "") == "peer" && net.contains("peer_run_ca") &&
+             net["peer_run_ca"].is_string()) {
+    // A joined network whose owner intercepts TLS (for its credentials or
+    // request rules): this container must trust that run's CA, next to its
+    // own image's bundle (the owner's image, a pod's pause, has none). The
+    // owner wrote its bundle before its `create` returned.
+    peer = net.value("peer", "");
+    const std::string from = net["peer_run_ca"].get<std::string>();
+    std::string ca;
+    try {
+      ca = run_ca_of_bundle(read_file_limited(from, 16u << 20));
+    } catch (const std::exception& e) {
+      throw Error("the run CA of agentshim container " + peer +
+                  ", whose network this container joins: " + e.what());
+    }
+    if (ca.empty())
+      throw Error("the run CA of agentshim container " + peer +
+                  ", whose network this container joins, is not in " + from);
+    std::string which;
+    write_all(file, distro_bundle(rootfs, which) + kRunCaMarker + ca, O_CREAT | O_EXCL);
+  } else {
+    return;
   }
   json mount = {{"destination", kRunCaPath},
                 {"type", "bind"},
@@ -157,20 +209,32 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
   }
   for (const auto& e : env_add) out.push_back(e);
   proc["env"] = out;
-  net["tls"] = {{"ca_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}};
+  // "ca_file": the supervisor makes the CA and fills the file; a joiner's
+  // bundle is complete already ("bundle_file", "served_by").
+  if (peer.empty())
+    net["tls"] = {{"ca_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}};
+  else
+    net["tls"] = {{"bundle_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}, {"served_by", peer}};
   if (!decisions.is_array()) decisions = json::array();
-  const std::string why = creds ? "credentials" : "network.request_rules";
+  const bool creds = net.contains("credentials") && !net["credentials"].empty();
+  const std::string why = !peer.empty() ? "network.namespace"
+                          : creds       ? "credentials"
+                                        : "network.request_rules";
   decisions.push_back(
       {{"rule", why},
        {"path", std::string("mounts[") + kRunCaPath + "]"},
        {"action", "added"},
-       {"detail", std::string("the egress proxy intercepts TLS to the destinations of ") + why +
-                      ": the run's certificate authority (with the image's CA bundle) is mounted "
-                      "read-only at " +
-                      kRunCaPath +
-                      " and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, "
-                      "CURL_CA_BUNDLE, GIT_SSL_CAINFO point at it" +
-                      (replaced.empty() ? std::string() : " (caller's " + replaced + " replaced)")}});
+       {"detail",
+        (peer.empty() ? std::string("the egress proxy intercepts TLS to the destinations of ") + why
+                      : "agentshim container " + peer +
+                            "'s egress proxy, which serves the network this container joins, "
+                            "intercepts TLS to the destinations of its credentials or request rules") +
+            ": the run's certificate authority (with the image's CA bundle) is mounted "
+            "read-only at " +
+            kRunCaPath +
+            " and SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, "
+            "CURL_CA_BUNDLE, GIT_SSL_CAINFO point at it" +
+            (replaced.empty() ? std::string() : " (caller's " + replaced + " replaced)")}});
 }
 
 std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const std::string& rootfs,
@@ -179,18 +243,9 @@ std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const st
   if (!o.tls.is_object() || !o.tls.contains("ca_file")) return nullptr;
   auto ca = net::tls::Authority::generate(label);
   std::string which;
-  std::string bundle = distro_bundle(rootfs, which);
-  bundle += "# agentshim: this run's certificate authority (docs/CREDENTIALS.md)\n" + ca->ca_pem();
+  std::string bundle = distro_bundle(rootfs, which) + kRunCaMarker + ca->ca_pem();
   const std::string file = o.tls["ca_file"].get<std::string>();
-  UniqueFd f(::open(file.c_str(), O_WRONLY | O_TRUNC | O_NOFOLLOW | O_CLOEXEC));
-  if (!f) throw_errno("open " + file);
-  std::string_view rest = bundle;
-  while (!rest.empty()) {
-    ssize_t n = ::write(f.get(), rest.data(), rest.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw_errno("write " + file);
-    rest.remove_prefix(static_cast<std::size_t>(n));
-  }
+  write_all(file, bundle, O_TRUNC);
   log::debug("run CA bundle " + file + (which.empty() ? " (the CA alone)" : " (" + which + " + the CA)"));
   return ca;
 }

@@ -64,6 +64,15 @@ struct Options {
 
 // The in-container path of the trusted bundle (the image's CA bundle plus the run's CA).
 constexpr const char* kRunCaPath = "/etc/agentshim-ca.pem";
+// The line in that bundle after which the run's CA certificate follows.
+constexpr const char* kRunCaMarker = "# agentshim: this run's certificate authority (docs/CREDENTIALS.md)\n";
+// The run's CA certificate (PEM) from a bundle file's text: the one
+// certificate after the last marker; "" when there is none or more.
+std::string run_ca_of_bundle(const std::string& bundle);
+// Whether a policy Result's network is served by the container's own
+// proxy (internal/confined in a namespace of its own, or confined in the
+// caller's): what it decides is then what `served_network` saves.
+bool serves_own_network(const json& net);
 // The runtime's environment variable naming a PEM file that replaces the
 // host's trust store for the proxy's upstream TLS connections. Test-only
 // (docs/CREDENTIALS.md): read by the supervisor from the runtime's own
@@ -73,7 +82,12 @@ constexpr const char* kTestUpstreamCaEnv = "AGENTSHIM_TEST_UPSTREAM_CA";
 // `create`: a container whose proxy (served by its own supervisor)
 // intercepts TLS — it asked for credentials, or the policy has request
 // rules — trusts the run's CA: an empty file `<state_dir>/run-ca.pem` is
-// made (filled by the supervisor), bind-mounted read-only at kRunCaPath, and
+// made (filled by the supervisor). A container joining another's network
+// whose proxy intercepts (net["peer_run_ca"], set by the policy from
+// peers::Peer::run_ca_file) gets `<state_dir>/run-ca.pem` written here,
+// complete: its own image's bundle and the owner's run CA (net["tls"] then
+// has "bundle_file" and "served_by" instead of "ca_file"). Either file is
+// bind-mounted read-only at kRunCaPath, and
 // SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and
 // GIT_SSL_CAINFO point at it (a caller's values are replaced); the decisions
 // say so; net["tls"] tells the supervisor and `exec`. Nothing otherwise.

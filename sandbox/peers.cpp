@@ -102,6 +102,13 @@ std::optional<Peer> by_sentinel(pid_t pid) {
     const auto& pol = saved.value("policy", nlohmann::json::object());
     if (pol.is_object() && pol.contains("network") && pol["network"].is_object())
       p.network_mode = pol["network"].value("mode", "");
+    const auto& served = saved.value("served_network", nlohmann::json::object());
+    if (served.is_object()) {
+      if (served.contains("credentials") && served["credentials"].is_array())
+        p.credentials = served["credentials"];
+      if (served.contains("run_ca_file") && served["run_ca_file"].is_string())
+        p.run_ca_file = served["run_ca_file"].get<std::string>();
+    }
   } catch (const std::exception& e) {
     log::debug("peers: " + *dir + "/policy.json: " + e.what());
   }

@@ -20,6 +20,7 @@
 
 #include <sys/types.h>
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +41,14 @@ struct Peer {
   pid_t sentinel = 0;
   pid_t init_pid = 0;
   std::string network_mode;  // the network mode its policy decided ("internal", "passthrough", ...)
+  // What its own proxy serves (create saves it as policy.json
+  // "served_network"; empty when its network is not its own): the
+  // credentials it holds ({"name", "placeholder", "definition"}, never a
+  // secret) and the bundle file holding its run's CA ("" without TLS
+  // interception). A container joining its network gets these placeholders
+  // and trusts that CA (docs/CREDENTIALS.md "Pods").
+  nlohmann::json credentials = nlohmann::json::array();
+  std::string run_ca_file;
 };
 
 // The running agentshim container whose sentinel is `pid`, if any.

@@ -584,6 +584,7 @@ class Engine {
                "caller asked to join " + asked_path + ", the " + t + " namespace of agentshim container " +
                    peer->peer.id + " (its --pid-file pid); joined through its init, " + path + shares);
         r_.peer_namespaces[t] = peer->peer.id;
+        if (t == "network") net_peer_ = peer->peer;
         continue;
       }
       if (peer && t == "network") {
@@ -1394,9 +1395,38 @@ class Engine {
                  (known.empty() ? Str("none") : known) + ")");
         continue;
       }
-      const json& d = defs[name];
-      const Str var = d["placeholder_env"].get<Str>();
-      const Str ph = net::cred::make_placeholder();
+      json d = defs[name];
+      Str var = d["placeholder_env"].get<Str>();
+      Str ph = net::cred::make_placeholder();
+      Str served_by;
+      if (net_peer_) {
+        // A network joined from another agentshim container (a pod's
+        // sandbox, `--network container:X`) is served by that container's
+        // proxy: only a credential it holds can be applied, with its
+        // placeholder (docs/CREDENTIALS.md "Pods").
+        const json* held = nullptr;
+        Str holds;
+        for (const auto& c : net_peer_->credentials) {
+          if (!c.is_object() || !c.contains("name") || !c["name"].is_string()) continue;
+          holds += (holds.empty() ? "" : ", ") + c["name"].get<Str>();
+          if (c["name"] == name) held = &c;
+        }
+        if (!held || !held->contains("placeholder") || !(*held)["placeholder"].is_string() ||
+            !held->contains("definition") || !(*held)["definition"].is_object() ||
+            !(*held)["definition"].contains("placeholder_env")) {
+          hard("credentials", where,
+               "caller asked for credential \"" + name +
+                   "\", which the proxy serving this container's network (agentshim container " +
+                   net_peer_->id + "'s) does not hold (it holds: " + (holds.empty() ? Str("none") : holds) +
+                   "); ask for it on the container that owns the network (Kubernetes: as a pod annotation, "
+                   "which containerd's pod_annotations passes to the pod's sandbox)");
+          continue;
+        }
+        d = (*held)["definition"];
+        var = d["placeholder_env"].get<Str>();
+        ph = (*held)["placeholder"].get<Str>();
+        served_by = net_peer_->id;
+      }
       std::vector<Str> kept;
       for (const auto& e : env) {
         if (starts_with(e, var + "=")) {
@@ -1409,13 +1439,15 @@ class Engine {
       kept.push_back(var + "=" + ph);
       env = std::move(kept);
       creds_.push_back({{"name", name}, {"placeholder", ph}, {"definition", d}});
+      if (!served_by.empty()) creds_.back()["served_by"] = served_by;
       Str dests;
       for (const auto& x : d["destinations"])
         dests +=
             (dests.empty() ? "" : ", ") + x["host"].get<Str>() + ":" + std::to_string(x["port"].get<int>());
       decide("credentials", where, "added",
-             "caller asked for credential " + name + ": its placeholder is in " + var +
-                 "; the proxy applies it on requests to " + dests);
+             "caller asked for credential " + name + ": its placeholder is in " + var + "; " +
+                 (served_by.empty() ? Str("the proxy") : "agentshim container " + served_by + "'s proxy") +
+                 " applies it on requests to " + dests);
     }
     proc()["env"] = env;
     spec_.process.env = env;
@@ -1444,12 +1476,16 @@ class Engine {
     } else {
       r_.network["namespace"] = oci::has_namespace(r_.config, "network") ? "caller" : "host";
     }
-    // Credentials are applied by this container's own proxy.
-    if (!creds_.empty() && (mode == "passthrough" || r_.network["namespace"] == "peer"))
+    // Credentials are applied by the egress proxy: this container's own, or
+    // (a joined network) the one of the container that owns the network,
+    // which then also intercepts TLS for it: this container trusts that
+    // run's CA (network::trust_run_ca).
+    if (!creds_.empty() && mode == "passthrough")
       hard("credentials", Str("annotations.") + kCredentialsAnnotation,
-           Str("caller asked for credentials, which only this container's egress proxy applies: not with ") +
-               (mode == "passthrough" ? "network.mode passthrough"
-                                      : "a network joined from another container"));
+           "caller asked for credentials, which only an egress proxy applies: not with network.mode "
+           "passthrough");
+    if (net_peer_ && r_.network["namespace"] == "peer" && !net_peer_->run_ca_file.empty())
+      r_.network["peer_run_ca"] = net_peer_->run_ca_file;
     if (mode != "internal" && mode != "confined") return;
     // Docker (libnetwork) wires its bridge into the container's namespace
     // from a prestart/createRuntime hook ("libnetwork-setkey"): with the
@@ -1526,6 +1562,7 @@ class Engine {
   const json& p_;
   oci::Spec spec_;  // the caller's config as read once, kept equal to r_.config as it is tightened
   json creds_ = json::array();  // the credentials the caller asked for: {"name","placeholder","definition"}
+  std::optional<peers::Peer> net_peer_;  // the agentshim container whose network this one joined
   const ApplyContext& ctx_;
   bool refuse_;
   Result r_;

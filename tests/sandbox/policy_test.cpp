@@ -1226,7 +1226,74 @@ TEST(PolicyApply, UnknownCredentialIsAnErrorNamingIt) {
   p["namespaces"]["allow_host"] = {"network"};
   cfg["annotations"] = {{"dev.agentshim.credentials", "github"}};
   auto r = policy::evaluate(p, cfg, ns.ctx());
-  EXPECT_TRUE(has_text(r.violations, "only this container's egress proxy applies"));
+  EXPECT_TRUE(has_text(r.violations, "only an egress proxy applies: not with network.mode passthrough"));
+}
+
+// A container joining another agentshim container's network (a pod's app
+// joining its sandbox) is served by that container's proxy: it gets the
+// placeholder the owner holds (never a new one the proxy would not know),
+// and trusts the owner's run CA; a credential the owner does not hold is
+// refused with a message that says where to ask for it.
+TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
+  FakeNs ns;
+  auto ctx = ns.ctx();
+  std::string target_dir = ns.dir + "/pod";
+  json held = json::array({{{"name", "github"},
+                            {"placeholder", "agentshim-cred-0123456789abcdef0123456789abcdef"},
+                            {"definition", credential_policy()["credentials"]["github"]}}});
+  std::string ca_file = "/run/agentshim/sandbox1/run-ca.pem";
+  ctx.peer_namespace = [&](const std::string& path,
+                           const std::string& proc) -> std::optional<peers::NamespaceTarget> {
+    if (path != "/proc/4242/ns/" + proc) return std::nullopt;
+    peers::NamespaceTarget t;
+    t.peer.id = "sandbox1";
+    t.peer.sentinel = 4242;
+    t.peer.init_pid = 4343;
+    t.peer.network_mode = "internal";
+    t.peer.credentials = held;
+    t.peer.run_ca_file = ca_file;
+    t.path = target_dir + "/" + proc;
+    return t;
+  };
+  json p = credential_policy();
+  p["network"]["mode"] = "internal";
+  json cfg = clean_config();
+  set_ns_path(cfg, "network", "/proc/4242/ns/net");
+  cfg["process"]["env"].push_back("GITHUB_TOKEN=mine");
+  cfg["annotations"] = {{"dev.agentshim.credentials", "github"}};
+  auto r = policy::apply(p, cfg, ctx);
+  EXPECT_EQ(r.network["namespace"], "peer");
+  ASSERT_EQ(r.network["credentials"].size(), 1u);
+  EXPECT_EQ(r.network["credentials"][0]["placeholder"], held[0]["placeholder"]);
+  EXPECT_EQ(r.network["credentials"][0]["served_by"], "sandbox1");
+  EXPECT_EQ(r.network["peer_run_ca"], ca_file);
+  int tokens = 0;
+  for (const auto& e : r.config["process"]["env"])
+    if (e.get<std::string>().rfind("GITHUB_TOKEN=", 0) == 0) {
+      ++tokens;
+      EXPECT_EQ(e, "GITHUB_TOKEN=" + held[0]["placeholder"].get<std::string>());
+    }
+  EXPECT_EQ(tokens, 1);
+  EXPECT_TRUE(has_text(r.decisions, "agentshim container sandbox1's proxy applies it on requests to"));
+  // exec'd processes see the same placeholder.
+  json ex = policy::exec_settings(p, r);
+  EXPECT_NE(ex["env"].dump().find(held[0]["placeholder"].get<std::string>()), std::string::npos);
+
+  // A credential the owner does not hold.
+  cfg["annotations"] = {{"dev.agentshim.credentials", "search"}};
+  auto bad = policy::evaluate(p, cfg, ctx);
+  EXPECT_TRUE(has_text(bad.violations,
+                       "credential \"search\", which the proxy serving this container's network (agentshim "
+                       "container sandbox1's) does not hold (it holds: github); ask for it on the container "
+                       "that owns the network"))
+      << bad.violations.dump(1);
+  // An owner that holds nothing and does not intercept: nothing to trust.
+  held = json::array();
+  ca_file.clear();
+  cfg.erase("annotations");
+  auto plain = policy::apply(p, cfg, ctx);
+  EXPECT_FALSE(plain.network.contains("peer_run_ca"));
+  EXPECT_FALSE(plain.network.contains("credentials"));
 }
 
 TEST(PolicyApply, RefuseModeListsEveryViolation) {
