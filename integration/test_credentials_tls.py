@@ -22,6 +22,7 @@ credential gets an opaque tunnel and no CA. The secret's bytes are then
 searched for in every record file and the container's view.
 """
 import base64
+import glob
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from conftest import AGENTSHIM, REPO, run  # noqa: F401
+from conftest import AGENTSHIM, REPO, run, wait_records  # noqa: F401
 from test_network import UPSTREAM, NetRun, copy_with_libs, lab, net_rootfs, out  # noqa: F401  (fixtures)
 
 SECRET = "sk-live-0123456789abcdefSECRETVALUE"
@@ -138,7 +139,7 @@ def make_leaf(d, name, ca_key, ca_cert, sans):
     key, csr, cert = (os.path.join(d, name + x) for x in (".key", ".csr", ".pem"))
     ext = os.path.join(d, name + ".ext")
     with open(ext, "w") as f:
-        f.write("subjectAltName=" + ",".join("DNS:" + s for s in sans) + "\nextendedKeyUsage=serverAuth\n")
+        f.write("subjectAltName=" + ",".join(s if s.startswith("IP:") else "DNS:" + s for s in sans) + "\nextendedKeyUsage=serverAuth\n")
     openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr,
             "-subj", f"/CN={sans[0]}")
     openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days",
@@ -508,3 +509,194 @@ def test_container_joining_the_network_uses_its_owners_credentials(lab, tls_lab,
         for p in every_file(root):
             with open(p, "rb") as f:
                 assert b"SECRETVALUE" not in f.read(), p
+
+
+def test_intercepted_run_under_podman(net_rootfs, tmp_path):
+    """The same interception with Podman as the client (`podman run
+    --runtime agentshim --annotation dev.agentshim.credentials=api`): an
+    HTTPS upstream on the host's loopback (127.0.0.2: 127.0.0.1 is in the
+    NO_PROXY the runtime sets) with a test CA's certificate, the
+    container's curl given only the placeholder and the variables the
+    runtime set. The upstream receives the real secret; the container saw
+    the run's CA, never the secret. Then `podman exec` into a running
+    container: the exec'd process gets the same placeholder and trust
+    variables, and its request is applied and recorded too."""
+    import shutil
+    import socket
+    import clients
+    missing = clients.ensure_packages()
+    if missing:
+        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+    d = str(tmp_path)
+    ca_key, ca = make_ca(d, "podca")
+    cert, key = make_leaf(d, "podleaf", ca_key, ca, ["IP:127.0.0.2"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        port = s.getsockname()[1]
+    srv = os.path.join(d, "tlsserver.py")
+    with open(srv, "w") as f:
+        f.write(TLS_LOGSERVER)
+    log = os.path.join(d, "requests.ndjson")
+    server = subprocess.Popen(["/usr/bin/python3", srv, "127.0.0.2", str(port), log, cert, key])
+    p = clients.Podman(clients.short_tmpdir("pdc"))
+    # The proxy's upstream trust store is the test CA: the runtime's own
+    # environment names it (test-only), which conmon does not pass on, so
+    # Podman runs a wrapper that sets it (as an operator's wrapper would).
+    wrapper = os.path.join(d, "agentshim-test-ca")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nAGENTSHIM_TEST_UPSTREAM_CA="{ca}" exec "{AGENTSHIM}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+    rt = ["--runtime", wrapper, "--runtime-flag", "policy=" + p.policy, "--runtime-flag", "audit-dir=" + p.audit]
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.2", port)) == 0:
+                    break
+            time.sleep(0.1)
+        pol = json.load(open(p.policy))
+        pol["network"] = {"allow": [f"127.0.0.2:{port}"]}
+        pol["credentials"] = {"api": {
+            "source": {"file": secret_file(d)}, "placeholder_env": "API_TOKEN",
+            "destinations": [{"host": "127.0.0.2", "port": port, "path_prefix": "/v1/"}],
+            "apply": {"header": "Authorization", "format": "Bearer {}"}}}
+        with open(p.policy, "w") as f:
+            json.dump(pol, f)
+        rootfs = os.path.join(d, "rootfs")
+        shutil.copytree(net_rootfs, rootfs, symlinks=True)
+        url = f"https://127.0.0.2:{port}/v1"
+        script = ('echo "token=$API_TOKEN ca=$SSL_CERT_FILE";'
+                  f'curl -sS --max-time 10 -H "Authorization: Bearer $API_TOKEN" {url}/podman-run; echo " rc=$?"')
+        r = p(*rt, "run", "--rm", *p.ulimits(), "--annotation", "dev.agentshim.credentials=api", "--rootfs", rootfs,
+              "sh", "-c", script, timeout=120)
+        text = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        if "rc=0" not in text:
+            wait_records(p.audit)
+            for f in glob.glob(os.path.join(p.audit, "runs", "*", "events.ndjson")):
+                text += "".join(unquote(l) for l in open(f) if '"net.' in l)
+        assert r.returncode == 0 and "rc=0" in text, text
+        assert "token=agentshim-cred-" in text and "ca=/etc/agentshim-ca.pem" in text, text
+        # podman exec: the exec'd process is tightened by the same settings.
+        r = p(*rt, "run", "-d", "--name", "credexec", *p.ulimits(), "--annotation", "dev.agentshim.credentials=api",
+              "--rootfs", rootfs, "sleep", "600", timeout=120)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        r = p(*rt, "exec", "credexec", "sh", "-c", script.replace("podman-run", "podman-exec"), timeout=60)
+        etext = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        assert r.returncode == 0 and "rc=0" in etext and "ca=/etc/agentshim-ca.pem" in etext, etext
+        init_env = p.out(*rt, "exec", "credexec", "cat", "/proc/1/environ")
+        assert etext.split("token=")[1].split()[0] in init_env, (etext, init_env)  # the same placeholder
+        p(*rt, "rm", "-f", "-t", "0", "credexec", timeout=60)
+        wait_records(p.audit)
+        conns = []
+        for f in glob.glob(os.path.join(p.audit, "runs", "*", "events.ndjson")):
+            conns += [json.loads(l)["data"] for l in open(f) if '"net.connection"' in l]
+        applied = {c["path"] for c in conns if c.get("credential") == "api" and c.get("tls") == "intercepted"}
+        assert applied >= {"/v1/podman-run", "/v1/podman-exec"}, conns
+        for root in (p.audit,):
+            for f in every_file(root):
+                with open(f, "rb") as fh:
+                    assert b"SECRETVALUE" not in fh.read(), f
+    finally:
+        server.kill()
+        server.wait()
+        p.stop()
+    got = {g["line"].split(" ")[1]: headers_of(g) for g in received(log)}
+    for path in ("/v1/podman-run", "/v1/podman-exec"):
+        assert got[path].get("authorization") == f"Bearer {SECRET}", got
+
+
+def test_intercepted_run_under_docker(net_rootfs, tmp_path):
+    """Docker as the client (`docker run --runtime agentshim --annotation
+    dev.agentshim.credentials=api`, an image imported from the busybox+curl
+    rootfs). The test's dockerd lives in a network namespace of its own with
+    no way out, so the HTTPS upstream runs inside that namespace (127.0.0.2);
+    the runtime is registered as a wrapper that names the test CA as the
+    proxy's upstream trust store. The upstream receives the real secret,
+    `docker exec` gets the same placeholder and trust variables, and the
+    record names the credential applied."""
+    import socket
+    import clients
+    missing = clients.ensure_packages()
+    if missing:
+        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+    d = str(tmp_path)
+    ca_key, ca = make_ca(d, "dkca")
+    cert, key = make_leaf(d, "dkleaf", ca_key, ca, ["IP:127.0.0.2"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = os.path.join(d, "tlsserver.py")
+    with open(srv, "w") as f:
+        f.write(TLS_LOGSERVER)
+    log = os.path.join(d, "requests.ndjson")
+    wrapper = os.path.join(d, "agentshim-test-ca")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nAGENTSHIM_TEST_UPSTREAM_CA="{ca}" exec "{AGENTSHIM}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+
+    class CredDockerd(clients.Dockerd):
+        def write_config(self):
+            path = super().write_config()
+            pol = {"audit": {"dir": self.audit}, "network": {"allow": [f"127.0.0.2:{port}"]},
+                   "credentials": {"api": {
+                       "source": {"file": secret_file(d)}, "placeholder_env": "API_TOKEN",
+                       "destinations": [{"host": "127.0.0.2", "port": port, "path_prefix": "/v1/"}],
+                       "apply": {"header": "Authorization", "format": "Bearer {}"}}}}
+            self.cred_policy = os.path.join(self.base, "policy-cred.json")
+            with open(self.cred_policy, "w") as f:
+                json.dump(pol, f)
+            self.config["runtimes"]["agentshim-cred"] = {
+                "path": wrapper, "runtimeArgs": ["--policy", self.cred_policy, "--audit-dir", self.audit]}
+            with open(path, "w") as f:
+                json.dump(self.config, f, indent=1)
+            return path
+
+    dk = CredDockerd(clients.short_tmpdir("dkc"))
+    server = None
+    try:
+        dk.start()
+        api = dk.out("version", "--format", "{{.Server.APIVersion}}").strip()
+        if tuple(int(x) for x in api.split(".")) < (1, 43):
+            pytest.skip(f"docker run --annotation needs Docker Engine 24 or later (API 1.43); this machine's "
+                        f"dockerd speaks API {api} (Debian's docker.io 20.10). The same path is tested under "
+                        f"Podman (test_intercepted_run_under_podman) and the runtime's CLI")
+        server = subprocess.Popen(["ip", "netns", "exec", dk.netns, "/usr/bin/python3", srv, "127.0.0.2", str(port),
+                                   log, cert, key])
+        for _ in range(100):
+            if run(["ip", "netns", "exec", dk.netns, "/usr/bin/python3", "-c",
+                    f"import socket; socket.create_connection(('127.0.0.2', {port}), 1)"]).returncode == 0:
+                break
+            time.sleep(0.1)
+        tar = subprocess.run(["tar", "-C", net_rootfs, "-c", "."], stdout=subprocess.PIPE, check=True).stdout
+        dk("import", "-", "agentshim-test/curl", input=tar, check=True, timeout=300)
+        url = f"https://127.0.0.2:{port}/v1"
+        script = ('echo "token=$API_TOKEN ca=$SSL_CERT_FILE";'
+                  f'curl -sS --max-time 10 -H "Authorization: Bearer $API_TOKEN" {url}/docker-run; echo " rc=$?"')
+        r = dk("run", "--rm", "--runtime", "agentshim-cred", "--network", "none",
+               "--annotation", "dev.agentshim.credentials=api", "agentshim-test/curl", "sh", "-c", script, timeout=120)
+        text = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        assert r.returncode == 0 and "rc=0" in text, text
+        assert "token=agentshim-cred-" in text and "ca=/etc/agentshim-ca.pem" in text, text
+        r = dk("run", "-d", "--name", "credexec", "--runtime", "agentshim-cred", "--network", "none",
+               "--annotation", "dev.agentshim.credentials=api", "agentshim-test/curl", "sleep", "600", timeout=120)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        r = dk("exec", "credexec", "sh", "-c", script.replace("docker-run", "docker-exec"), timeout=60)
+        etext = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        assert r.returncode == 0 and "rc=0" in etext and "ca=/etc/agentshim-ca.pem" in etext, etext
+        dk("rm", "-f", "credexec", timeout=60)
+        wait_records(dk.audit)
+        conns = []
+        for f in glob.glob(os.path.join(dk.audit, "runs", "*", "events.ndjson")):
+            conns += [json.loads(l)["data"] for l in open(f) if '"net.connection"' in l]
+        applied = {c["path"] for c in conns if c.get("credential") == "api" and c.get("tls") == "intercepted"}
+        assert applied >= {"/v1/docker-run", "/v1/docker-exec"}, conns
+        for f in every_file(dk.audit):
+            with open(f, "rb") as fh:
+                assert b"SECRETVALUE" not in fh.read(), f
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        dk.stop()
+    got = {g["line"].split(" ")[1]: headers_of(g) for g in received(log)}
+    for path in ("/v1/docker-run", "/v1/docker-exec"):
+        assert got[path].get("authorization") == f"Bearer {SECRET}", got
