@@ -227,6 +227,44 @@ def test_agent_scenario_under_podman(image_tar, tmp_path):
         p.stop()
 
 
+def test_agent_scenario_under_agentshim_run(image_tar, tmp_path, rootfs_template):
+    """`agentshim run` of the unpacked image (read-only root, a bind-mounted
+    work directory), the whole scenario including npm through the egress
+    allowlist, as under Podman: the record verifies and names every program
+    with the hash sha256sum gave inside the container."""
+    import uuid
+    from conftest import AGENTSHIM, Bundle
+    rootfs = str(tmp_path / "debian")
+    os.makedirs(rootfs)
+    run(["tar", "-xf", image_tar, "-C", rootfs, "--exclude=./dev/*"], check=True, timeout=600)
+    work = tmp_path / "work"
+    work.mkdir()
+    audit, root = str(tmp_path / "audit"), str(tmp_path / "state")
+    pol = str(tmp_path / "policy.json")
+    with open(pol, "w") as f:
+        json.dump({"audit": {"dir": audit}, "network": {"allow": ["registry.npmjs.org:443"]}}, f)
+    b = Bundle(str(tmp_path / "bundle"), rootfs_template)
+    b.config["root"] = {"path": rootfs, "readonly": True}
+    b.config["process"]["env"] += ["NPM=1", "NODE_EXTRA_CA_CERTS=/host-ca.crt", "HOME=/root"]
+    b.config["mounts"] += [
+        {"destination": "/work", "type": "bind", "source": str(work), "options": ["rbind", "rw"]},
+        {"destination": "/host-ca.crt", "type": "bind", "source": "/etc/ssl/certs/ca-certificates.crt",
+         "options": ["rbind", "ro"]}]
+    b.args("bash", "-c", SCENARIO)
+    cid = "real" + uuid.uuid4().hex[:8]
+    cli = [AGENTSHIM, "--root", root, "--policy", pol, "--audit-dir", audit]
+    try:
+        r = run(cli + ["run", "--bundle", b.path, cid], timeout=600)
+    finally:
+        run(cli + ["delete", "--force", cid])
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, out + r.stderr.decode(errors="replace")
+    events, changes = run_record(audit, set())
+    check_scenario(out, events, changes, npm=True)
+    conns = [e["data"] for e in events if e["type"] == "net.connection"]
+    assert any(c["host"] == "registry.npmjs.org" and c["decision"] == "allowed" for c in conns), conns
+
+
 def test_agent_scenario_under_docker(image_tar, tmp_path):
     """Docker (its daemon runs in a network namespace of the test's, with no
     way out: no npm here): python, git, make, gcc and the program they built,
