@@ -511,6 +511,41 @@ def test_container_joining_the_network_uses_its_owners_credentials(lab, tls_lab,
                 assert b"SECRETVALUE" not in f.read(), p
 
 
+class ClientLab:
+    """For the client tests: a test CA and a leaf for 127.0.0.2 (127.0.0.1 is
+    in the NO_PROXY the runtime sets), a free port, the HTTPS logging
+    server's script, and a runtime wrapper that names the test CA as the
+    proxy's upstream trust store (the runtime's own environment, test-only;
+    clients such as conmon do not pass theirs on, so an operator's wrapper
+    is how it reaches the runtime)."""
+
+    def __init__(self, d):
+        import socket
+        ca_key, self.ca = make_ca(d, "clientca")
+        self.cert, self.key = make_leaf(d, "clientleaf", ca_key, self.ca, ["IP:127.0.0.2"])
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            self.port = s.getsockname()[1]
+        self.srv = os.path.join(d, "tlsserver.py")
+        with open(self.srv, "w") as f:
+            f.write(TLS_LOGSERVER)
+        self.log = os.path.join(d, "requests.ndjson")
+        self.wrapper = os.path.join(d, "agentshim-test-ca")
+        with open(self.wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nAGENTSHIM_TEST_UPSTREAM_CA="{self.ca}" exec "{AGENTSHIM}" "$@"\n')
+        os.chmod(self.wrapper, 0o755)
+
+    def server_cmd(self):
+        return ["/usr/bin/python3", self.srv, "127.0.0.2", str(self.port), self.log, self.cert, self.key]
+
+    def policy(self, d, audit):
+        return {"audit": {"dir": audit}, "network": {"allow": [f"127.0.0.2:{self.port}"]},
+                "credentials": {"api": {
+                    "source": {"file": secret_file(d)}, "placeholder_env": "API_TOKEN",
+                    "destinations": [{"host": "127.0.0.2", "port": self.port, "path_prefix": "/v1/"}],
+                    "apply": {"header": "Authorization", "format": "Bearer {}"}}}}
+
+
 def test_intercepted_run_under_podman(net_rootfs, tmp_path):
     """The same interception with Podman as the client (`podman run
     --runtime agentshim --annotation dev.agentshim.credentials=api`): an
@@ -528,39 +563,19 @@ def test_intercepted_run_under_podman(net_rootfs, tmp_path):
     if missing:
         pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
     d = str(tmp_path)
-    ca_key, ca = make_ca(d, "podca")
-    cert, key = make_leaf(d, "podleaf", ca_key, ca, ["IP:127.0.0.2"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.2", 0))
-        port = s.getsockname()[1]
-    srv = os.path.join(d, "tlsserver.py")
-    with open(srv, "w") as f:
-        f.write(TLS_LOGSERVER)
-    log = os.path.join(d, "requests.ndjson")
-    server = subprocess.Popen(["/usr/bin/python3", srv, "127.0.0.2", str(port), log, cert, key])
+    up = ClientLab(d)
+    port, log = up.port, up.log
+    server = subprocess.Popen(up.server_cmd())
     p = clients.Podman(clients.short_tmpdir("pdc"))
-    # The proxy's upstream trust store is the test CA: the runtime's own
-    # environment names it (test-only), which conmon does not pass on, so
-    # Podman runs a wrapper that sets it (as an operator's wrapper would).
-    wrapper = os.path.join(d, "agentshim-test-ca")
-    with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nAGENTSHIM_TEST_UPSTREAM_CA="{ca}" exec "{AGENTSHIM}" "$@"\n')
-    os.chmod(wrapper, 0o755)
-    rt = ["--runtime", wrapper, "--runtime-flag", "policy=" + p.policy, "--runtime-flag", "audit-dir=" + p.audit]
+    rt = ["--runtime", up.wrapper, "--runtime-flag", "policy=" + p.policy, "--runtime-flag", "audit-dir=" + p.audit]
     try:
         for _ in range(100):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.2", port)) == 0:
                     break
             time.sleep(0.1)
-        pol = json.load(open(p.policy))
-        pol["network"] = {"allow": [f"127.0.0.2:{port}"]}
-        pol["credentials"] = {"api": {
-            "source": {"file": secret_file(d)}, "placeholder_env": "API_TOKEN",
-            "destinations": [{"host": "127.0.0.2", "port": port, "path_prefix": "/v1/"}],
-            "apply": {"header": "Authorization", "format": "Bearer {}"}}}
         with open(p.policy, "w") as f:
-            json.dump(pol, f)
+            json.dump(up.policy(d, p.audit), f)
         rootfs = os.path.join(d, "rootfs")
         shutil.copytree(net_rootfs, rootfs, symlinks=True)
         url = f"https://127.0.0.2:{port}/v1"
@@ -613,39 +628,23 @@ def test_intercepted_run_under_docker(net_rootfs, tmp_path):
     proxy's upstream trust store. The upstream receives the real secret,
     `docker exec` gets the same placeholder and trust variables, and the
     record names the credential applied."""
-    import socket
     import clients
     missing = clients.ensure_packages()
     if missing:
         pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
     d = str(tmp_path)
-    ca_key, ca = make_ca(d, "dkca")
-    cert, key = make_leaf(d, "dkleaf", ca_key, ca, ["IP:127.0.0.2"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = os.path.join(d, "tlsserver.py")
-    with open(srv, "w") as f:
-        f.write(TLS_LOGSERVER)
-    log = os.path.join(d, "requests.ndjson")
-    wrapper = os.path.join(d, "agentshim-test-ca")
-    with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\nAGENTSHIM_TEST_UPSTREAM_CA="{ca}" exec "{AGENTSHIM}" "$@"\n')
-    os.chmod(wrapper, 0o755)
+    up = ClientLab(d)
+    port, log = up.port, up.log
 
     class CredDockerd(clients.Dockerd):
         def write_config(self):
             path = super().write_config()
-            pol = {"audit": {"dir": self.audit}, "network": {"allow": [f"127.0.0.2:{port}"]},
-                   "credentials": {"api": {
-                       "source": {"file": secret_file(d)}, "placeholder_env": "API_TOKEN",
-                       "destinations": [{"host": "127.0.0.2", "port": port, "path_prefix": "/v1/"}],
-                       "apply": {"header": "Authorization", "format": "Bearer {}"}}}}
+            pol = up.policy(d, self.audit)
             self.cred_policy = os.path.join(self.base, "policy-cred.json")
             with open(self.cred_policy, "w") as f:
                 json.dump(pol, f)
             self.config["runtimes"]["agentshim-cred"] = {
-                "path": wrapper, "runtimeArgs": ["--policy", self.cred_policy, "--audit-dir", self.audit]}
+                "path": up.wrapper, "runtimeArgs": ["--policy", self.cred_policy, "--audit-dir", self.audit]}
             with open(path, "w") as f:
                 json.dump(self.config, f, indent=1)
             return path
@@ -659,8 +658,7 @@ def test_intercepted_run_under_docker(net_rootfs, tmp_path):
             pytest.skip(f"docker run --annotation needs Docker Engine 24 or later (API 1.43); this machine's "
                         f"dockerd speaks API {api} (Debian's docker.io 20.10). The same path is tested under "
                         f"Podman (test_intercepted_run_under_podman) and the runtime's CLI")
-        server = subprocess.Popen(["ip", "netns", "exec", dk.netns, "/usr/bin/python3", srv, "127.0.0.2", str(port),
-                                   log, cert, key])
+        server = subprocess.Popen(["ip", "netns", "exec", dk.netns, *up.server_cmd()])
         for _ in range(100):
             if run(["ip", "netns", "exec", dk.netns, "/usr/bin/python3", "-c",
                     f"import socket; socket.create_connection(('127.0.0.2', {port}), 1)"]).returncode == 0:

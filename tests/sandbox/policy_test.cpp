@@ -579,6 +579,26 @@ TEST(PolicyApply, SeccompStackedOrReplaced) {
   EXPECT_EQ(by_rule(r2, "seccomp.stack_on_config").at(0)["action"], "replaced");
 }
 
+namespace {
+// ApplyContext::peer_namespace for tests: /proc/4242/ns/<type> names
+// agentshim container "sandbox1" (init 4343), whose namespaces are files
+// under `dir` (read at each call: a test may point it elsewhere); `fill`
+// sets the rest of what peers::by_sentinel would read.
+auto fake_peer(const std::string& dir, std::function<void(peers::Peer&)> fill) {
+  return [&dir, fill = std::move(fill)](const std::string& path,
+                                        const std::string& proc) -> std::optional<peers::NamespaceTarget> {
+    if (path != "/proc/4242/ns/" + proc) return std::nullopt;
+    peers::NamespaceTarget t;
+    t.peer.id = "sandbox1";
+    t.peer.sentinel = 4242;
+    t.peer.init_pid = 4343;
+    fill(t.peer);
+    t.path = dir + "/" + proc;
+    return t;
+  };
+}
+}  // namespace
+
 // Another agentshim container named by its --pid-file pid (a pod's sandbox,
 // `docker run --network container:X`): the join goes to the same namespace
 // through that container's init, and is kept — pid included — with a
@@ -590,17 +610,7 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
   auto ctx = ns.ctx();
   std::string peer_mode = "confined";
   std::string target_dir = ns.dir + "/pod";
-  ctx.peer_namespace = [&](const std::string& path,
-                           const std::string& proc) -> std::optional<peers::NamespaceTarget> {
-    if (path != "/proc/4242/ns/" + proc) return std::nullopt;
-    peers::NamespaceTarget t;
-    t.peer.id = "sandbox1";
-    t.peer.sentinel = 4242;
-    t.peer.init_pid = 4343;
-    t.peer.network_mode = peer_mode;
-    t.path = target_dir + "/" + proc;
-    return t;
-  };
+  ctx.peer_namespace = fake_peer(target_dir, [&](peers::Peer& p) { p.network_mode = peer_mode; });
   json cfg = clean_config();
   for (const char* t : {"network", "ipc", "uts", "pid"})
     set_ns_path(cfg, t, std::string("/proc/4242/ns/") + oci::namespace_by_name(t)->proc);
@@ -1242,19 +1252,11 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
                             {"placeholder", "agentshim-cred-0123456789abcdef0123456789abcdef"},
                             {"definition", credential_policy()["credentials"]["github"]}}});
   std::string ca_file = "/run/agentshim/sandbox1/run-ca.pem";
-  ctx.peer_namespace = [&](const std::string& path,
-                           const std::string& proc) -> std::optional<peers::NamespaceTarget> {
-    if (path != "/proc/4242/ns/" + proc) return std::nullopt;
-    peers::NamespaceTarget t;
-    t.peer.id = "sandbox1";
-    t.peer.sentinel = 4242;
-    t.peer.init_pid = 4343;
-    t.peer.network_mode = "internal";
-    t.peer.credentials = held;
-    t.peer.run_ca_file = ca_file;
-    t.path = target_dir + "/" + proc;
-    return t;
-  };
+  ctx.peer_namespace = fake_peer(target_dir, [&](peers::Peer& p) {
+    p.network_mode = "internal";
+    p.credentials = held;
+    p.run_ca_file = ca_file;
+  });
   json p = credential_policy();
   p["network"]["mode"] = "internal";
   json cfg = clean_config();
