@@ -535,6 +535,32 @@ class ClientLab:
             f.write(f'#!/bin/sh\nAGENTSHIM_TEST_UPSTREAM_CA="{self.ca}" exec "{AGENTSHIM}" "$@"\n')
         os.chmod(self.wrapper, 0o755)
 
+    @classmethod
+    def for_test(cls, tmp_path):
+        import clients
+        missing = clients.ensure_packages()
+        if missing:
+            pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
+        return cls(str(tmp_path))
+
+    def check_record(self, audit, paths):
+        """Every request in `paths` is an intercepted net.connection with the
+        credential applied, and no record file holds the secret's bytes."""
+        wait_records(audit)
+        conns = []
+        for f in glob.glob(os.path.join(audit, "runs", "*", "events.ndjson")):
+            conns += [json.loads(line)["data"] for line in open(f) if '"net.connection"' in line]
+        applied = {c["path"] for c in conns if c.get("credential") == "api" and c.get("tls") == "intercepted"}
+        assert applied >= set(paths), conns
+        for f in every_file(audit):
+            with open(f, "rb") as fh:
+                assert b"SECRETVALUE" not in fh.read(), f
+
+    def check_upstream(self, paths):
+        got = {g["line"].split(" ")[1]: headers_of(g) for g in received(self.log)}
+        for path in paths:
+            assert got[path].get("authorization") == f"Bearer {SECRET}", got
+
     def server_cmd(self):
         return ["/usr/bin/python3", self.srv, "127.0.0.2", str(self.port), self.log, self.cert, self.key]
 
@@ -559,12 +585,8 @@ def test_intercepted_run_under_podman(net_rootfs, tmp_path):
     import shutil
     import socket
     import clients
-    missing = clients.ensure_packages()
-    if missing:
-        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
-    d = str(tmp_path)
-    up = ClientLab(d)
-    port, log = up.port, up.log
+    up = ClientLab.for_test(tmp_path)
+    d, port = str(tmp_path), up.port
     server = subprocess.Popen(up.server_cmd())
     p = clients.Podman(clients.short_tmpdir("pdc"))
     rt = ["--runtime", up.wrapper, "--runtime-flag", "policy=" + p.policy, "--runtime-flag", "audit-dir=" + p.audit]
@@ -600,23 +622,12 @@ def test_intercepted_run_under_podman(net_rootfs, tmp_path):
         init_env = p.out(*rt, "exec", "credexec", "cat", "/proc/1/environ")
         assert etext.split("token=")[1].split()[0] in init_env, (etext, init_env)  # the same placeholder
         p(*rt, "rm", "-f", "-t", "0", "credexec", timeout=60)
-        wait_records(p.audit)
-        conns = []
-        for f in glob.glob(os.path.join(p.audit, "runs", "*", "events.ndjson")):
-            conns += [json.loads(l)["data"] for l in open(f) if '"net.connection"' in l]
-        applied = {c["path"] for c in conns if c.get("credential") == "api" and c.get("tls") == "intercepted"}
-        assert applied >= {"/v1/podman-run", "/v1/podman-exec"}, conns
-        for root in (p.audit,):
-            for f in every_file(root):
-                with open(f, "rb") as fh:
-                    assert b"SECRETVALUE" not in fh.read(), f
+        up.check_record(p.audit, ["/v1/podman-run", "/v1/podman-exec"])
     finally:
         server.kill()
         server.wait()
         p.stop()
-    got = {g["line"].split(" ")[1]: headers_of(g) for g in received(log)}
-    for path in ("/v1/podman-run", "/v1/podman-exec"):
-        assert got[path].get("authorization") == f"Bearer {SECRET}", got
+    up.check_upstream(["/v1/podman-run", "/v1/podman-exec"])
 
 
 def test_intercepted_run_under_docker(net_rootfs, tmp_path):
@@ -629,12 +640,8 @@ def test_intercepted_run_under_docker(net_rootfs, tmp_path):
     `docker exec` gets the same placeholder and trust variables, and the
     record names the credential applied."""
     import clients
-    missing = clients.ensure_packages()
-    if missing:
-        pytest.skip(f"client binaries missing after scripts/deps.sh: {missing}")
-    d = str(tmp_path)
-    up = ClientLab(d)
-    port, log = up.port, up.log
+    up = ClientLab.for_test(tmp_path)
+    d, port = str(tmp_path), up.port
 
     class CredDockerd(clients.Dockerd):
         def write_config(self):
@@ -681,20 +688,10 @@ def test_intercepted_run_under_docker(net_rootfs, tmp_path):
         etext = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
         assert r.returncode == 0 and "rc=0" in etext and "ca=/etc/agentshim-ca.pem" in etext, etext
         dk("rm", "-f", "credexec", timeout=60)
-        wait_records(dk.audit)
-        conns = []
-        for f in glob.glob(os.path.join(dk.audit, "runs", "*", "events.ndjson")):
-            conns += [json.loads(l)["data"] for l in open(f) if '"net.connection"' in l]
-        applied = {c["path"] for c in conns if c.get("credential") == "api" and c.get("tls") == "intercepted"}
-        assert applied >= {"/v1/docker-run", "/v1/docker-exec"}, conns
-        for f in every_file(dk.audit):
-            with open(f, "rb") as fh:
-                assert b"SECRETVALUE" not in fh.read(), f
+        up.check_record(dk.audit, ["/v1/docker-run", "/v1/docker-exec"])
     finally:
         if server is not None:
             server.kill()
             server.wait()
         dk.stop()
-    got = {g["line"].split(" ")[1]: headers_of(g) for g in received(log)}
-    for path in ("/v1/docker-run", "/v1/docker-exec"):
-        assert got[path].get("authorization") == f"Bearer {SECRET}", got
+    up.check_upstream(["/v1/docker-run", "/v1/docker-exec"])
