@@ -125,16 +125,13 @@ std::string run_ca_of_bundle(const std::string& bundle) {
 
 namespace {
 
-void write_all(const std::string& file, std::string_view rest, int flags) {
+// A bundle file in the state directory, world-readable (the container's
+// users read it through the bind mount); never through a symlink.
+void write_bundle(const std::string& file, std::string_view text, int flags) {
   UniqueFd f(::open(file.c_str(), flags | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644));
   if (!f) throw_errno("open " + file);
   if (::fchmod(f.get(), 0644) != 0) throw_errno("chmod " + file);
-  while (!rest.empty()) {
-    ssize_t n = ::write(f.get(), rest.data(), rest.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw_errno("write " + file);
-    rest.remove_prefix(static_cast<std::size_t>(n));
-  }
+  write_all(f.get(), text, file);
 }
 
 }  // namespace
@@ -144,11 +141,11 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
   if (!net.is_object()) return;
   const std::string file = state_dir + "/run-ca.pem";
   std::string peer;  // the container whose proxy intercepts for this one
+  const bool creds = net.contains("credentials") && !net["credentials"].empty();
   if (serves_own_network(net)) {
-    const bool creds = net.contains("credentials") && !net["credentials"].empty();
     const bool rules = net.contains("request_rules") && !net["request_rules"].empty();
     if (!creds && !rules) return;
-    write_all(file, "", O_CREAT | O_EXCL);  // filled by the supervisor (prepare_run_ca)
+    write_bundle(file, "", O_CREAT | O_EXCL);  // filled by the supervisor (prepare_run_ca)
   } else if (net.value("namespace", "") == "peer" && net.contains("peer_run_ca") &&
              net["peer_run_ca"].is_string()) {
     // A joined network whose owner intercepts TLS (for its credentials or
@@ -168,7 +165,7 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
       throw Error("the run CA of agentshim container " + peer +
                   ", whose network this container joins, is not in " + from);
     std::string which;
-    write_all(file, distro_bundle(rootfs, which) + kRunCaMarker + ca, O_CREAT | O_EXCL);
+    write_bundle(file, distro_bundle(rootfs, which) + kRunCaMarker + ca, O_CREAT | O_EXCL);
   } else {
     return;
   }
@@ -216,7 +213,6 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
   else
     net["tls"] = {{"bundle_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}, {"served_by", peer}};
   if (!decisions.is_array()) decisions = json::array();
-  const bool creds = net.contains("credentials") && !net["credentials"].empty();
   const std::string why = !peer.empty() ? "network.namespace"
                           : creds       ? "credentials"
                                         : "network.request_rules";
@@ -245,7 +241,7 @@ std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const st
   std::string which;
   std::string bundle = distro_bundle(rootfs, which) + kRunCaMarker + ca->ca_pem();
   const std::string file = o.tls["ca_file"].get<std::string>();
-  write_all(file, bundle, O_TRUNC);
+  write_bundle(file, bundle, O_TRUNC);
   log::debug("run CA bundle " + file + (which.empty() ? " (the CA alone)" : " (" + which + " + the CA)"));
   return ca;
 }

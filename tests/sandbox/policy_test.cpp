@@ -805,6 +805,14 @@ TEST(PolicyApply, Sysctls) {
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()), "sysctl \"kernel.core_pattern\" is not in a separate kernel namespace");
   }
+  // vm.* is never namespaced either: refused the same way on its own.
+  cfg["linux"]["sysctl"] = {{"vm.overcommit_memory", "1"}};
+  try {
+    policy::evaluate(policy::builtin(), cfg, ns.ctx());
+    FAIL() << "vm.overcommit_memory accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("vm.overcommit_memory"), std::string::npos) << e.what();
+  }
 }
 
 TEST(PolicyApply, TmpfsSizes) {
