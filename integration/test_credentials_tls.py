@@ -499,12 +499,37 @@ def test_container_joining_the_network_uses_its_owners_credentials(lab, tls_lab,
         a.cli("delete", "--force", cid)
         err = r.stderr.decode(errors="replace")
         assert r.returncode != 0 and f"agentshim container {aid}'s) does not hold (it holds: api)" in err, err
+
+        # Record evasion: a container that never asked (no annotation) but
+        # learned the owner's placeholder (here: given in its environment)
+        # uses it. The owner's proxy applies it — containers sharing a
+        # network share its credentials (docs/CREDENTIALS.md "Pods") — and the
+        # record must name that container, not the one that asked.
+        b.config["annotations"] = {}
+        b.config["process"]["env"].append(f"STOLEN={a_ph}")
+        b.sh(f'curl -sS --max-time 10 -H "Authorization: Bearer $STOLEN" https://api.allowed.test:9443/v1/stolen;'
+             f' echo " rc=$?"; echo "asked=${{API_TOKEN:-none}}"')
+        did = "d" + uuid.uuid4().hex[:12]
+        try:
+            r = a.cli("run", "--bundle", b.path, did, timeout=90)
+        finally:
+            a.cli("delete", "--force", did)
+        text = out(r)
+        # No placeholder of its own; it trusts the owner's CA all the same
+        # (every joiner of an intercepting network does).
+        assert "asked=none" in text and "rc=0" in text, text
     finally:
         a.cli("delete", "--force", aid)
     # B's record: the request, applied with the credential, served by A.
     conns = [e["data"] for e in a.events({"net.connection"})]
     mine = [c for c in conns if c.get("path") == "/v1/pod" and c.get("served_by") == aid]
     assert mine and mine[0]["credential"] == "api", conns
+    # The stolen use: in A's record with D as its origin, and in D's own.
+    stolen = [c for c in conns if c.get("path") == "/v1/stolen" and c.get("credential") == "api"]
+    in_owner = [c for c in stolen if "served_by" not in c]
+    in_user = [c for c in stolen if c.get("served_by") == aid]
+    assert in_owner and all({o["container"] for o in c["origin"]} == {did} for c in in_owner), stolen
+    assert in_user, stolen
     for root in (a.audit, a.root):
         for p in every_file(root):
             with open(p, "rb") as f:
