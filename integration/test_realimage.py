@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -24,6 +25,10 @@ sys.path.insert(0, os.path.join(REPO, "bench"))
 from realimage import TARBALL, ensure_tarball, overlay_podman  # noqa: E402
 
 IMG = "debian-agent:agentshim"
+# The tree store keeps no entry changed within 2 s of a walk (WalkOptions::
+# racy_ns): a layer imported just before its first run is stored by the
+# second. Real images are pulled long before they run.
+RACY_S = 2.5
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def check_layer_reuse(runs):
         assert t["layers"][0]["role"] == "upper" and t["layers"][0]["walk"] == "walked"
     image = [l for l in second["layers"] if l.get("identity")]
     assert image, second["layers"]
-    assert all(l["walk"] == "proven" for l in image), second["layers"]
+    assert all(l["walk"] == "proven" for l in image), json.dumps(second["layers"])
     assert sum(l["entries"] for l in image) >= strict["entries"] - 100
     assert second["bytes_hashed"] == 0, second
 
@@ -87,6 +92,7 @@ def test_docker_reuses_image_layers(image_tar):
         d.start()
         with open(image_tar, "rb") as f:
             d("import", "-", IMG, input=f.read(), check=True, timeout=600)
+        time.sleep(RACY_S)
         seen, runs = set(), []
         for rt in ("agentshim-strict", "agentshim", "agentshim"):
             # Not --rm: the container (and its overlay) stays until its
@@ -109,17 +115,15 @@ def test_podman_reuses_image_layers(image_tar):
     p = overlay_podman(clients)(short_tmpdir("pd"))
     try:
         p.out("import", image_tar, IMG, timeout=600)
+        time.sleep(RACY_S)
         strict = agentshim_policy(p.base, strict=True)
         seen, runs = set(), []
-        for pol in (strict, None):
+        for pol in (strict, None, None):
             r = p("run", "--rm", "--network", "none", *p.ulimits(), IMG, "true", runtime="agentshim", policy=pol,
                   timeout=300)
             assert r.returncode == 0, r.stderr.decode(errors="replace")
             runs.append(new_record(p.audit, seen))
-        # containers/storage roots are walked whole for now (attest/fstree_layers.cpp:
-        # an assembled root differed from a walk of the mount by two entries).
-        assert "layers" not in runs[1], runs[1]
-        assert runs[1]["root"] == runs[0]["root"], runs
+        check_layer_reuse(runs)
     finally:
         p("rmi", "-f", IMG, timeout=300)
         p.stop()
@@ -207,6 +211,7 @@ def test_agent_scenario_under_podman(image_tar, tmp_path):
     p = overlay_podman(clients)(short_tmpdir("pd"))
     try:
         p.out("import", image_tar, IMG, timeout=600)
+        time.sleep(RACY_S)
         pol = os.path.join(p.base, "policy-npm.json")
         with open(pol, "w") as f:
             json.dump({"audit": {"dir": p.audit}, "network": {"allow": ["registry.npmjs.org:443"]}}, f)
@@ -277,6 +282,7 @@ def test_agent_scenario_under_docker(image_tar, tmp_path):
         d.start()
         with open(image_tar, "rb") as f:
             d("import", "-", IMG, input=f.read(), check=True, timeout=600)
+        time.sleep(RACY_S)
         work = tmp_path / "work"
         work.mkdir()
         r = d("run", "--network", "none", "--runtime=agentshim", "-v", f"{work}:/work", IMG, "bash", "-c",

@@ -561,7 +561,8 @@ void add_fs_root(Commands& c) {
     if (!f->cache.empty()) o.tree_key = "tree:" + f->dir;
     o.threads = static_cast<unsigned>(std::max(0, f->threads));
     auto t0 = std::chrono::steady_clock::now();
-    auto s = attest::snapshot_root(f->dir, o, nullptr);
+    std::vector<attest::LayerUse> layers;
+    auto s = attest::snapshot_root(f->dir, o, &layers);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json out = {{"root", attest::hex(s.root)},
                 {"entries", s.entries.size()},
@@ -570,6 +571,14 @@ void add_fs_root(Commands& c) {
                 {"cache_hits", s.cache_hits},
                 {"reused", s.reused},
                 {"seconds_x1000", static_cast<long long>(secs * 1000)}};
+    if (!layers.empty()) {
+      out["layers"] = json::array();
+      for (const auto& l : layers) {
+        json lj = {{"role", l.role}, {"path", l.path}, {"walk", l.walk}, {"entries", l.entries}};
+        if (!l.identity.empty()) lj["identity"] = l.identity;
+        out["layers"].push_back(std::move(lj));
+      }
+    }
     if (f->json)
       std::cout << out.dump() << "\n";
     else
