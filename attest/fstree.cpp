@@ -1088,23 +1088,34 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
     std::map<std::string, std::string> put;
     std::vector<std::string> del;
     bool all = true;
+    std::size_t matched = 0;  // entries that have a stored record
     for (const auto& e : s.entries) {
+      // A reused entry is its stored record, unchanged (and was storable
+      // when stored: its ctime has not moved since): nothing to look up.
+      if (e.reused) {
+        ++matched;
+        continue;
+      }
       auto p = prior.find(e.path);
       const bool have = p != prior.end();
       const bool storable = e.error.empty() && e.id_valid && e.path.size() <= HashCache::kMaxRecordPath &&
                             e.id.ctime_ns < walk_start - opts.racy_ns;
       if (storable) {
-        if (!have || !e.reused) {
-          std::string rec = encode_record(e);
-          if (!have || p->second != rec) put.emplace(e.path, std::move(rec));
-        }
+        std::string rec = encode_record(e);
+        if (!have || p->second != rec) put.emplace(e.path, std::move(rec));
       } else {
         all = false;
         if (have) del.push_back(e.path);
       }
-      if (have) prior.erase(p);
+      if (have) ++matched;
     }
-    for (const auto& [path, rec] : prior) del.push_back(path);  // gone
+    if (matched < prior.size()) {  // records of paths the walk no longer has: gone
+      for (const auto& [path, rec] : prior) {
+        auto it = std::lower_bound(s.entries.begin(), s.entries.end(), path,
+                                   [](const FsEntry& a, const std::string& b) { return a.path < b; });
+        if (it == s.entries.end() || it->path != path) del.push_back(path);
+      }
+    }
     try {
       cache->update_tree(opts.tree_key, put, del);
       s.stored_all = all;

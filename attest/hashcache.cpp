@@ -221,6 +221,10 @@ std::unordered_map<std::string, std::string> HashCache::tree_records(const std::
   const std::string prefix = tree_prefix(tree);
   MDB_txn* txn = nullptr;
   if (mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn)) return out;
+  // Room for every stored record (of every tree: an upper bound), so the
+  // table is never rehashed while it fills.
+  MDB_stat st{};
+  if (mdb_stat(txn, env_->trees, &st) == 0) out.reserve(st.ms_entries);
   MDB_cursor* cur = nullptr;
   if (mdb_cursor_open(txn, env_->trees, &cur) == 0) {
     MDB_val k = val_of(prefix), v{};

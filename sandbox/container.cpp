@@ -514,7 +514,10 @@ json start_locked(const Global& g, const std::string& id, state::ContainerState&
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
   }
-  control::notify(state_dir(g, id), control::Started{});
+  // Not waiting for the answer: a program that exits at once has the
+  // supervisor finishing its record (the read-only root's walk, signing)
+  // before it reads this, and `start` must not wait for the record.
+  control::notify(state_dir(g, id), control::Started{}, false);
   return state::oci_state(st, "running");
 }
 }  // namespace

@@ -6,7 +6,8 @@
 //
 //   start   ── start-gate ──▶ supervisor   answered once the "before" filesystem walk is done
 //   start   ── started ─────▶ supervisor   starts the exec time limit (run.started is
-//                                          written at the start gate, before the init runs)
+//                                          written at the start gate, before the init runs);
+//                                          `start` does not wait for the answer
 //   exec    ── exec-observe{session, pid, kinds} + listener fds (SCM_RIGHTS)
 //                           ───▶ supervisor   the exec'd process's seccomp
 //                                          listeners, before it calls execve:

@@ -409,6 +409,17 @@ TEST(FsTree, StatOnlyCheckReusesUnchangedEntriesAndNothingElse) {
   EXPECT_FALSE(find(changed, "d/new")->reused);
   EXPECT_FALSE(find(changed, "d")->reused);  // its ctime moved (entries added, removed)
   EXPECT_TRUE(find(changed, "d/f6")->reused);
+  // The store holds exactly the tree's entries now: the removed one's
+  // record is gone (a layer assembled from the records has no phantoms).
+  {
+    HashCache c(o.cache_path);
+    c.load();
+    auto recs = c.tree_records(o.tree_key);
+    EXPECT_EQ(recs.size(), truth.entries.size());
+    EXPECT_EQ(recs.count("d/f4"), 0u);
+    EXPECT_EQ(recs.count("d/new"), 1u);
+    for (const auto& e : truth.entries) EXPECT_EQ(recs.count(e.path), 1u) << e.path;
+  }
   // And the store was updated in place: the next walk reuses everything.
   auto again = snap(t.path, o);
   EXPECT_EQ(again.reused, again.entries.size());
