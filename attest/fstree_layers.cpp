@@ -71,25 +71,31 @@ bool content_addressed(const std::string& path) {
 
 const char* const kComplete = "/complete";  // no entry's path starts with '/'
 
-FsSnapshot from_records(const std::unordered_map<std::string, std::string>& recs, bool& ok) {
+bool by_path(const FsEntry& a, const FsEntry& b) {
+  return a.path < b.path;
+}
+
+// `recs` in path order (the store's): the entries come out sorted.
+FsSnapshot from_records(std::vector<std::pair<std::string, std::string>> recs, bool& ok) {
   FsSnapshot s;
   ok = false;
-  auto m = recs.find(kComplete);
+  auto m = std::find_if(recs.begin(), recs.end(), [](const auto& r) { return r.first == kComplete; });
   if (m == recs.end() || m->second != std::to_string(recs.size() - 1)) return s;
   s.entries.reserve(recs.size() - 1);
-  for (const auto& [path, body] : recs) {
+  for (auto& [path, body] : recs) {
     if (path == kComplete) continue;
     FsEntry e;
     if (!decode_record(body, e)) return FsSnapshot{};
-    e.path = path;
+    e.path = std::move(path);
     e.reused = true;
     if (e.type == 'f') s.files++;
     if (e.type == 'd') s.dirs++;
     s.entries.push_back(std::move(e));
   }
   s.reused = s.entries.size();
-  std::sort(s.entries.begin(), s.entries.end(),
-            [](const FsEntry& a, const FsEntry& b) { return a.path < b.path; });
+  // (The store's order is byte order, std::string's: a check, not a sort.)
+  if (!std::is_sorted(s.entries.begin(), s.entries.end(), by_path))
+    std::sort(s.entries.begin(), s.entries.end(), by_path);
   ok = true;
   return s;
 }
@@ -108,7 +114,7 @@ FsSnapshot layer_snapshot(const std::string& path, const WalkOptions& opts, Laye
         std::to_string(static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec);
     lo.tree_key = "layer:" + path + "\n" + use.identity;
     bool ok = false;
-    FsSnapshot s = from_records(lo.cache->tree_records(lo.tree_key), ok);
+    FsSnapshot s = from_records(lo.cache->tree_records_sorted(lo.tree_key), ok);
     if (ok) {
       use.walk = "proven";
       use.entries = s.entries.size();
@@ -144,6 +150,9 @@ std::vector<FsEntry> merge(std::vector<FsSnapshot>& layers, bool& supported) {
   std::unordered_map<std::string, char> seen;  // path -> what the layers above leave for those below
   std::vector<FsEntry> out;
   for (auto& layer : layers) {
+    // Each layer's entries are sorted, so what it adds is a sorted run:
+    // merged into the runs before it, `out` stays sorted.
+    const std::size_t run = out.size();
     std::unordered_set<std::string> dead;  // this layer's directories whose contents are hidden
     for (auto& e : layer.entries) {
       if (e.path == ".") continue;
@@ -171,8 +180,10 @@ std::vector<FsEntry> merge(std::vector<FsSnapshot>& layers, bool& supported) {
       // one stops the layers below it), anything else stops them.
       if (!dir || e.overlay == "opaque") it->second = kHide;
     }
+    if (!std::is_sorted(out.begin() + static_cast<std::ptrdiff_t>(run), out.end(), by_path))
+      std::sort(out.begin() + static_cast<std::ptrdiff_t>(run), out.end(), by_path);
+    std::inplace_merge(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(run), out.end(), by_path);
   }
-  std::sort(out.begin(), out.end(), [](const FsEntry& a, const FsEntry& b) { return a.path < b.path; });
   return out;
 }
 
@@ -299,18 +310,16 @@ FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::v
                  " walked whole: a layer uses overlay features the merge does not implement");
       return whole();
     }
-    s.entries.reserve(merged.size() + 1);
-    s.entries.push_back(std::move(root));
     s.dirs = 1;
-    for (auto& e : merged) {
+    for (const auto& e : merged) {
       if (e.type == 'f') s.files++;
       if (e.type == 'd') s.dirs++;
-      s.entries.push_back(std::move(e));
     }
-    // "." sorts before every other path (no name starts below '.' but
-    // '-', '!', ... do): sort once more to be exact.
-    std::sort(s.entries.begin(), s.entries.end(),
-              [](const FsEntry& a, const FsEntry& b) { return a.path < b.path; });
+    // `merged` is sorted; "." goes where it sorts (not always first: names
+    // may start with '-', '!', ... which sort below '.').
+    auto at = std::lower_bound(merged.begin(), merged.end(), root, by_path);
+    merged.insert(at, std::move(root));
+    s.entries = std::move(merged);
     std::vector<Digest> leaves;
     leaves.reserve(s.entries.size());
     for (const auto& e : s.entries) leaves.push_back(e.leaf);

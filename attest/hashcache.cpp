@@ -214,17 +214,16 @@ void HashCache::save() {
   pending_.clear();
 }
 
-std::unordered_map<std::string, std::string> HashCache::tree_records(const std::string& tree) {
-  std::unordered_map<std::string, std::string> out;
+void HashCache::each_tree_record(const std::string& tree, const std::function<void(std::size_t)>& size_hint,
+                                 const std::function<void(std::string_view, std::string)>& take) {
   std::lock_guard<std::mutex> lk(mu_);
-  if (!env_) return out;
+  if (!env_) return;
   const std::string prefix = tree_prefix(tree);
   MDB_txn* txn = nullptr;
-  if (mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn)) return out;
-  // Room for every stored record (of every tree: an upper bound), so the
-  // table is never rehashed while it fills.
+  if (mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn)) return;
+  // Every stored record (of every tree): an upper bound of this tree's.
   MDB_stat st{};
-  if (mdb_stat(txn, env_->trees, &st) == 0) out.reserve(st.ms_entries);
+  if (mdb_stat(txn, env_->trees, &st) == 0) size_hint(st.ms_entries);
   MDB_cursor* cur = nullptr;
   if (mdb_cursor_open(txn, env_->trees, &cur) == 0) {
     MDB_val k = val_of(prefix), v{};
@@ -232,11 +231,26 @@ std::unordered_map<std::string, std::string> HashCache::tree_records(const std::
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
       std::string_view key = view_of(k);
       if (key.size() < prefix.size() || key.substr(0, prefix.size()) != prefix) break;
-      if (auto body = unchecked(key, view_of(v))) out.emplace(std::string(key.substr(prefix.size())), *body);
+      if (auto body = unchecked(key, view_of(v))) take(key.substr(prefix.size()), std::string(*body));
     }
     mdb_cursor_close(cur);
   }
   mdb_txn_abort(txn);
+}
+
+std::unordered_map<std::string, std::string> HashCache::tree_records(const std::string& tree) {
+  std::unordered_map<std::string, std::string> out;
+  each_tree_record(
+      tree, [&](std::size_t n) { out.reserve(n); },  // never rehashed while it fills
+      [&](std::string_view path, std::string body) { out.emplace(std::string(path), std::move(body)); });
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> HashCache::tree_records_sorted(const std::string& tree) {
+  std::vector<std::pair<std::string, std::string>> out;
+  each_tree_record(
+      tree, [](std::size_t) {},
+      [&](std::string_view path, std::string body) { out.emplace_back(std::string(path), std::move(body)); });
   return out;
 }
 

@@ -10,11 +10,13 @@
 #include <sys/stat.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -54,12 +56,18 @@ class HashCache {
   // Paths longer than kMaxRecordPath are not stored.
   static constexpr std::size_t kMaxRecordPath = 400;
   std::unordered_map<std::string, std::string> tree_records(const std::string& tree);
+  // The same records in path order (byte order, as the store keeps them):
+  // for a caller that reads them all, with no lookup.
+  std::vector<std::pair<std::string, std::string>> tree_records_sorted(const std::string& tree);
   // One write transaction: `put` replaces or adds, `del` removes.
   void update_tree(const std::string& tree, const std::map<std::string, std::string>& put,
                    const std::vector<std::string>& del);
   bool persistent() const;  // the store is open (not memory only)
 
  private:
+  // Every record of `tree` in path order, read in one read transaction.
+  void each_tree_record(const std::string& tree, const std::function<void(std::size_t)>& size_hint,
+                        const std::function<void(std::string_view, std::string)>& take);
   struct Env;
   std::string path_;
   std::shared_ptr<Env> env_;
