@@ -283,7 +283,7 @@ std::optional<std::string> privileged(const json& cfg) {
 
 // apply_exec on `proc` as exec reads it (oci::parse_process); what it
 // decided is written back to the fields the assertions read.
-json exec_apply(const json& settings, json& proc) {
+json exec_apply(const policy::ExecSettings& settings, json& proc) {
   oci::Process p = oci::parse_process(proc, "exec process");
   json d = policy::apply_exec(settings, p);
   if (p.capabilities)
@@ -387,7 +387,7 @@ TEST(PolicyApply, RuncSpecUnderTheDefaultPolicy) {
   // /dev tmpfs (64m) is within the limit; the deny-all device rule already first
   EXPECT_TRUE(by_rule(r, "filesystem.tmpfs_max_size").empty());
   EXPECT_TRUE(by_rule(r, "devices.allowed").empty());
-  EXPECT_EQ(r.network["mode"], "confined");
+  EXPECT_EQ(r.network.mode, "confined");
   EXPECT_EQ(r.exec_time_limit_s, 0);
   // The caller's config object is untouched.
   EXPECT_EQ(before, runc_config());
@@ -640,8 +640,8 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
   EXPECT_TRUE(on_namespaces(by_rule(r, "network.mode")).empty());
   // The same in refuse mode: nothing here is beyond the policy.
   EXPECT_NO_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx));
-  EXPECT_EQ(r.network["namespace"], "peer");
-  EXPECT_EQ(r.network["peer"], "sandbox1");
+  EXPECT_EQ(r.network.ns, "peer");
+  EXPECT_EQ(r.network.peer, "sandbox1");
   // A peer on a network of another mode (passthrough): replaced by a new
   // namespace (joining would change this one's mediation, or the peer's),
   // refused in refuse mode.
@@ -654,7 +654,7 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
   EXPECT_NE(net[0]["detail"].get<std::string>().find("whose network mode is \"passthrough\""),
             std::string::npos);
   EXPECT_FALSE(r.peer_namespaces.count("network"));
-  EXPECT_EQ(r.network["namespace"], "new");
+  EXPECT_EQ(r.network.ns, "new");
   EXPECT_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx), Error);
   // A "peer" whose namespaces are the host's (a container sharing the
   // host's): the host's, refused.
@@ -682,14 +682,14 @@ TEST(PolicyApply, Namespaces) {
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
   EXPECT_FALSE(oci::has_new_namespace(r.config, "network"));
   EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "kept");
-  EXPECT_EQ(r.network["namespace"], "caller");
-  EXPECT_EQ(r.network["mode"], "confined");
+  EXPECT_EQ(r.network.ns, "caller");
+  EXPECT_EQ(r.network.mode, "confined");
   // ... replaced by a new one with only loopback (network.mode internal) ...
   json internal = policy::validate({{"network", {{"mode", "internal"}}}}, "x");
   r = policy::apply(internal, cfg, ns.ctx());
   EXPECT_TRUE(oci::has_new_namespace(r.config, "network"));
   EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "replaced");
-  EXPECT_EQ(r.network["namespace"], "new");
+  EXPECT_EQ(r.network.ns, "new");
   // ... kept with passthrough (allow_join lists network by default) ...
   json pass = policy::validate({{"network", {{"mode", "passthrough"}}}}, "x");
   r = policy::apply(pass, cfg, ns.ctx());
@@ -925,7 +925,7 @@ TEST(PolicyApply, RuntimeOwnedPathsAreRefusedByIdentity) {
   ASSERT_EQ(::symlink((ns.dir + "/state").c_str(), (ns.dir + "/alias").c_str()), 0);
   json pol = policy::validate({{"audit", {{"signing_key", ns.dir + "/elsewhere/host.key"}}}}, "x");
   auto ctx = ns.ctx();
-  ctx.owned = policy::runtime_owned(pol, ns.dir + "/state", ns.dir + "/audit", "");
+  ctx.owned = policy::runtime_owned(policy::parse(pol), ns.dir + "/state", ns.dir + "/audit", "");
   auto bind = [](const std::string& src, const std::vector<std::string>& opts) {
     json cfg = clean_config();
     cfg["mounts"].push_back({{"destination", "/mnt"}, {"source", src}, {"options", opts}});
@@ -1102,7 +1102,8 @@ TEST(PolicyApply, ProxyEnvironmentAndNetwork) {
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://127.0.0.1:8888"), 1);
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://evil:1"), 0);
   EXPECT_TRUE(has_text(r.decisions, "caller set HTTPS_PROXY; replaced"));
-  EXPECT_EQ(r.network,
+  // (as `policy check --json` prints it)
+  EXPECT_EQ(json(r.network),
             json::parse(
                 R"({"mode": "confined", "namespace": "new", "allow": ["api.example.com:443"], "dns": "refuse",
     "proxy_port": 8888, "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}})"));
@@ -1118,7 +1119,7 @@ TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
   cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443, *.pypi.org:443"},
                         {"org.example.other", "x"}};
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
-  EXPECT_EQ(r.network["allow"], json::array({"api.example.com:443", "*.pypi.org:443"}));
+  EXPECT_EQ(r.network.allow, (std::vector<std::string>{"api.example.com:443", "*.pypi.org:443"}));
   EXPECT_TRUE(has_text(r.decisions, "adds the egress rule *.pypi.org:443"));
   EXPECT_FALSE(has_text(r.decisions, "org.example.other"));
   // A malformed rule (a URL) and an unknown (misspelt) agentshim annotation
@@ -1140,7 +1141,7 @@ TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
   json closed = policy::validate({{"annotations", {{"may_widen", json::array()}}}}, "x");
   cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443"}};
   r = policy::apply(closed, cfg, ns.ctx());
-  EXPECT_EQ(r.network["allow"], json::array());
+  EXPECT_TRUE(r.network.allow.empty());
   auto ig = by_rule(r, "annotations.may_widen");
   ASSERT_EQ(ig.size(), 1u);
   EXPECT_EQ(ig[0]["action"], "ignored");
@@ -1197,12 +1198,12 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   cfg["process"]["env"] = {"GITHUB_TOKEN=ghp_real_value_the_caller_had", "A=b"};
   cfg["annotations"] = {{"dev.agentshim.credentials", "github, search"}};
   auto r = policy::apply(credential_policy(), cfg, ns.ctx());
-  ASSERT_EQ(r.network["credentials"].size(), 2u);
-  json gh = r.network["credentials"][0];
-  EXPECT_EQ(gh["name"], "github");
-  const std::string ph = gh["placeholder"];
+  ASSERT_EQ(r.network.credentials.size(), 2u);
+  const network::Credential& gh = r.network.credentials[0];
+  EXPECT_EQ(gh.name, "github");
+  const std::string ph = gh.placeholder;
   EXPECT_EQ(ph.rfind("agentshim-cred-", 0), 0u);
-  EXPECT_EQ(gh["definition"]["placeholder_env"], "GITHUB_TOKEN");
+  EXPECT_EQ(gh.definition.placeholder_env, "GITHUB_TOKEN");
   auto env = names(r.config["process"]["env"]);
   EXPECT_NE(std::find(env.begin(), env.end(), "GITHUB_TOKEN=" + ph), env.end());
   EXPECT_EQ(std::find(env.begin(), env.end(), "GITHUB_TOKEN=ghp_real_value_the_caller_had"), env.end());
@@ -1212,9 +1213,9 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   EXPECT_TRUE(has_text(r.decisions, "applies it on requests to api.github.com:443"));
   // A fresh placeholder per run.
   auto r2 = policy::apply(credential_policy(), cfg, ns.ctx());
-  EXPECT_NE(r2.network["credentials"][0]["placeholder"], ph);
+  EXPECT_NE(r2.network.credentials[0].placeholder, ph);
   // exec'd processes get the same placeholders.
-  json settings = policy::exec_settings(credential_policy(), r);
+  const policy::ExecSettings settings = policy::exec_settings(policy::parse(credential_policy()), r);
   json proc = {{"args", {"sh"}}, {"env", {"GITHUB_TOKEN=other"}}};
   exec_apply(settings, proc);
   auto penv = names(proc["env"]);
@@ -1222,7 +1223,7 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   EXPECT_EQ(std::find(penv.begin(), penv.end(), "GITHUB_TOKEN=other"), penv.end());
   // No annotation: nothing.
   cfg.erase("annotations");
-  EXPECT_FALSE(policy::apply(credential_policy(), cfg, ns.ctx()).network.contains("credentials"));
+  EXPECT_TRUE(policy::apply(credential_policy(), cfg, ns.ctx()).network.credentials.empty());
 }
 
 TEST(PolicyApply, UnknownCredentialIsAnErrorNamingIt) {
@@ -1256,9 +1257,9 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
   FakeNs ns;
   auto ctx = ns.ctx();
   std::string target_dir = ns.dir + "/pod";
-  json held = json::array({{{"name", "github"},
-                            {"placeholder", "agentshim-cred-0123456789abcdef0123456789abcdef"},
-                            {"definition", credential_policy()["credentials"]["github"]}}});
+  std::vector<network::Credential> held = {
+      {"github", "agentshim-cred-0123456789abcdef0123456789abcdef",
+       net::cred::parse("github", credential_policy()["credentials"]["github"], "test"), ""}};
   std::string ca_file = "/run/agentshim/sandbox1/run-ca.pem";
   ctx.peer_namespace = fake_peer(target_dir, [&](peers::Peer& p) {
     p.network_mode = "internal";
@@ -1272,22 +1273,22 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
   cfg["process"]["env"].push_back("GITHUB_TOKEN=mine");
   cfg["annotations"] = {{"dev.agentshim.credentials", "github"}};
   auto r = policy::apply(p, cfg, ctx);
-  EXPECT_EQ(r.network["namespace"], "peer");
-  ASSERT_EQ(r.network["credentials"].size(), 1u);
-  EXPECT_EQ(r.network["credentials"][0]["placeholder"], held[0]["placeholder"]);
-  EXPECT_EQ(r.network["credentials"][0]["served_by"], "sandbox1");
-  EXPECT_EQ(r.network["peer_run_ca"], ca_file);
+  EXPECT_EQ(r.network.ns, "peer");
+  ASSERT_EQ(r.network.credentials.size(), 1u);
+  EXPECT_EQ(r.network.credentials[0].placeholder, held[0].placeholder);
+  EXPECT_EQ(r.network.credentials[0].served_by, "sandbox1");
+  EXPECT_EQ(r.network.peer_run_ca, ca_file);
   int tokens = 0;
   for (const auto& e : r.config["process"]["env"])
     if (e.get<std::string>().rfind("GITHUB_TOKEN=", 0) == 0) {
       ++tokens;
-      EXPECT_EQ(e, "GITHUB_TOKEN=" + held[0]["placeholder"].get<std::string>());
+      EXPECT_EQ(e, "GITHUB_TOKEN=" + held[0].placeholder);
     }
   EXPECT_EQ(tokens, 1);
   EXPECT_TRUE(has_text(r.decisions, "agentshim container sandbox1's proxy applies it on requests to"));
   // exec'd processes see the same placeholder.
-  json ex = policy::exec_settings(p, r);
-  EXPECT_NE(ex["env"].dump().find(held[0]["placeholder"].get<std::string>()), std::string::npos);
+  const policy::ExecSettings ex = policy::exec_settings(policy::parse(p), r);
+  EXPECT_NE(std::find(ex.env.begin(), ex.env.end(), "GITHUB_TOKEN=" + held[0].placeholder), ex.env.end());
 
   // A credential the owner does not hold.
   cfg["annotations"] = {{"dev.agentshim.credentials", "search"}};
@@ -1298,12 +1299,12 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
                        "that owns the network"))
       << bad.violations.dump(1);
   // An owner that holds nothing and does not intercept: nothing to trust.
-  held = json::array();
+  held.clear();
   ca_file.clear();
   cfg.erase("annotations");
   auto plain = policy::apply(p, cfg, ctx);
-  EXPECT_FALSE(plain.network.contains("peer_run_ca"));
-  EXPECT_FALSE(plain.network.contains("credentials"));
+  EXPECT_TRUE(plain.network.peer_run_ca.empty());
+  EXPECT_TRUE(plain.network.credentials.empty());
 }
 
 TEST(PolicyApply, RefuseModeListsEveryViolation) {
@@ -1371,8 +1372,8 @@ TEST(PolicyApply, UsernsAutoReplacesMapsThatMakeHostRoot) {
 TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {
   FakeNs ns;
   auto r = policy::apply(policy::builtin(), clean_config(), ns.ctx());
-  json settings = policy::exec_settings(policy::builtin(), r);
-  EXPECT_EQ(settings["extra_seccomp"], seccomp_profile::builtin());
+  const policy::ExecSettings settings = policy::exec_settings(policy::parse(policy::builtin()), r);
+  EXPECT_EQ(settings.extra_seccomp, seccomp_profile::builtin());
   json proc = {
       {"args", {"sh"}},
       {"env", {"HTTP_PROXY=http://elsewhere:1", "A=b"}},
@@ -1469,10 +1470,10 @@ TEST(PolicyApply, NoNewPrivilegesCanBeLeftToTheCaller) {
   EXPECT_EQ(k.config["process"]["noNewPrivileges"], false);
   for (const auto& d : k.decisions) EXPECT_NE(d["rule"], "no_new_privs") << d.dump();
   json proc = {{"args", {"sh"}}, {"noNewPrivileges", false}};
-  exec_apply(policy::exec_settings(p, k), proc);
+  exec_apply(policy::exec_settings(policy::parse(p), k), proc);
   EXPECT_EQ(proc["noNewPrivileges"], false);
   json proc2 = {{"args", {"sh"}}};
-  exec_apply(policy::exec_settings(policy::builtin(), r), proc2);
+  exec_apply(policy::exec_settings(policy::parse(policy::builtin()), r), proc2);
   EXPECT_EQ(proc2["noNewPrivileges"], true);
   // A wrong type names the key.
   try {
