@@ -807,26 +807,26 @@ void update(const Global& g, const std::string& id, const json& resources) {
   // what is applied (capped in enforce mode; refused in refuse mode).
   json apply = resources;
   json decisions = json::array();
-  if (auto saved = try_read_file(state_dir(g, id) + "/policy.json")) {
-    json sp = json::parse(*saved, nullptr, false);
-    if (sp.is_object() && sp.contains("policy")) {
-      json merged = st.config;
-      if (!merged["linux"]["resources"].is_object()) merged["linux"]["resources"] = json::object();
-      merged["linux"]["resources"].merge_patch(resources);
-      policy::ApplyContext ctx;
-      ctx.policy_name = sp.value("policy_name", "policy");
-      policy::Result pr = policy::evaluate(sp["policy"], merged, ctx);
-      std::string refused;
-      for (const auto& d : pr.decisions) {
-        if (!starts_with(d.value("path", ""), "linux.resources")) continue;
-        if (d.value("action", "") == "refused") refused += "\n  " + d.value("detail", "");
-        decisions.push_back(d);
-      }
-      if (!refused.empty()) throw Error("update refused by " + ctx.policy_name + ":" + refused);
-      const json& enforced = pr.config["linux"]["resources"];
-      for (auto& [k, v] : apply.items())
-        if (k != "devices" && enforced.contains(k)) v = enforced[k];
+  const std::optional<policy::Saved> saved = path_exists(state_dir(g, id) + "/policy.json")
+                                                 ? std::optional(policy::Saved::read(state_dir(g, id)))
+                                                 : std::nullopt;
+  if (saved && saved->policy.is_object()) {
+    json merged = st.config;
+    if (!merged["linux"]["resources"].is_object()) merged["linux"]["resources"] = json::object();
+    merged["linux"]["resources"].merge_patch(resources);
+    policy::ApplyContext ctx;
+    ctx.policy_name = saved->policy_name;
+    policy::Result pr = policy::evaluate(saved->policy, merged, ctx);
+    std::string refused;
+    for (const auto& d : pr.decisions) {
+      if (!starts_with(d.value("path", ""), "linux.resources")) continue;
+      if (d.value("action", "") == "refused") refused += "\n  " + d.value("detail", "");
+      decisions.push_back(d);
     }
+    if (!refused.empty()) throw Error("update refused by " + ctx.policy_name + ":" + refused);
+    const json& enforced = pr.config["linux"]["resources"];
+    for (auto& [k, v] : apply.items())
+      if (k != "devices" && enforced.contains(k)) v = enforced[k];
   }
   cgroup_of(st)->set(apply);
   json& r = st.config["linux"]["resources"];

@@ -1820,7 +1820,7 @@ Saved Saved::read(const std::string& state_dir) {
     const json j = json::parse(read_file_limited(file, 64 << 20));
     Saved s;
     s.exec = j.get<ExecSettings>();
-    s.policy = j.value("policy", json::object());
+    if (auto p = j.find("policy"); p != j.end()) s.policy = *p;
     s.policy_name = j.value("policy_name", s.policy_name);
     if (j.contains("served_network")) s.served_network = j["served_network"].get<network::Served>();
     return s;

@@ -231,7 +231,7 @@ json apply_exec(const ExecSettings& settings, oci::Process& process);
 // proxy serves for containers joining its network ("served_network").
 struct Saved {
   ExecSettings exec;
-  json policy;  // the validated document (parse() gives the Policy)
+  json policy;  // the validated document (parse() gives the Policy); null when the file has none
   std::string policy_name = "policy";
   std::optional<network::Served> served_network;
   static Saved read(const std::string& state_dir);  // throws Error naming the file
