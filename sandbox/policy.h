@@ -19,13 +19,17 @@
 //   network       {"mode": "internal" | "passthrough", "allow": ["host:port"],
 //                  "dns": "refuse" | "allowlisted", "proxy_port", "limits": {...}}
 //   annotations   {"may_widen": ["dev.agentshim.egress.allow"]}
+//   credentials   {"<name>": {...}}  (netpolicy/credentials.h)
 //   userns        "off" | "auto"
 //   audit         {"dir", "signing_key", "key_type", "strict", "on_log_failure", "observe_exec"}
 //
 // A policy file may set only some sections, and only some keys of a section:
 // what it leaves out keeps the built-in default; a list it gives replaces the
 // default list. Unknown keys and wrong types are errors that name the key
-// (a typo must never silently weaken the policy).
+// (a typo must never silently weaken the policy). The validated document is
+// parsed once into policy::Policy; what the engine decides for the runtime
+// is typed as well (Result::network, ExecSettings, Enforced, Saved): the code
+// that acts reads those, never the document.
 #pragma once
 
 #include <cstdint>

@@ -44,6 +44,74 @@ TEST(Policy, OverridesAreMergedOverDefaults) {
   EXPECT_EQ(p["audit"]["on_log_failure"], "stop");
 }
 
+// policy::parse: the validated document as typed sections, what it leaves
+// out (a document an older version saved) from the built-in default.
+TEST(Policy, ParseTypesEverySectionWithTheBuiltInDefaults) {
+  const policy::Policy b = policy::parse(policy::builtin());
+  EXPECT_FALSE(b.refuse);
+  EXPECT_FALSE(b.userns_auto);
+  EXPECT_EQ(json(b.capabilities.allowed), policy::builtin()["capabilities"]["allowed"]);
+  EXPECT_TRUE(b.capabilities.no_new_privileges);
+  EXPECT_EQ(b.seccomp.profile, "builtin");
+  EXPECT_TRUE(b.seccomp.loaded.is_null());
+  EXPECT_TRUE(b.filesystem.readonly_root);
+  EXPECT_EQ(b.filesystem.tmpfs_max_size, 64LL << 20);
+  EXPECT_EQ(b.filesystem.scratch_paths, (std::vector<std::string>{"/tmp", "/var/tmp", "$HOME"}));
+  EXPECT_FALSE(b.filesystem.scratch_size);  // "memory"
+  EXPECT_EQ(b.namespaces.allow_join, (std::vector<std::string>{"ipc", "uts", "network"}));
+  EXPECT_EQ(b.network.mode, "confined");
+  EXPECT_EQ(b.network.proxy_port, 3128);
+  EXPECT_EQ(b.network.limits.at("max_connections"), 64);
+  EXPECT_TRUE(b.network.request_rules.empty());
+  EXPECT_EQ(b.may_widen, (std::vector<std::string>{"dev.agentshim.egress.allow"}));
+  EXPECT_TRUE(b.credentials.empty());
+  EXPECT_EQ(b.audit.dir, "/var/lib/agentshim");
+  EXPECT_EQ(b.audit.key_type, "ed25519");
+  EXPECT_TRUE(b.audit.stop_on_log_failure);
+  EXPECT_EQ(b.audit.max_file_bytes, 68719476736ULL);
+  EXPECT_EQ(b.audit.max_event_log_bytes, 268435456ULL);
+
+  const policy::Policy v = policy::parse(policy::validate(
+      {{"mode", "refuse"},
+       {"userns", "auto"},
+       {"filesystem", {{"tmpfs_max_size", "1m"}, {"scratch", {{"size", "2m"}}}}},
+       {"devices", {{"allowed", {{{"type", "c"}, {"major", 10}, {"minor", 229}}}}}},
+       {"limits", {{"exec_time_seconds", 30}}},
+       {"network",
+        {{"limits", {{"max_pending", 7}}}, {"request_rules", {{{"host", "a.example"}, {"action", "deny"}}}}}},
+       {"audit", {{"on_log_failure", "continue"}, {"tsa_url", "http://tsa.example"}}}},
+      "x"));
+  EXPECT_TRUE(v.refuse);
+  EXPECT_TRUE(v.userns_auto);
+  EXPECT_EQ(v.filesystem.tmpfs_max_size, 1LL << 20);
+  EXPECT_EQ(v.filesystem.scratch_size, 2LL << 20);
+  ASSERT_EQ(v.devices.allowed.size(), 1u);
+  EXPECT_EQ(v.devices.allowed[0].major, 10);
+  EXPECT_EQ(v.devices.allowed[0].minor, 229);
+  EXPECT_EQ(v.exec_time_limit_s, 30);
+  EXPECT_EQ(v.network.limits.at("max_pending"), 7);
+  EXPECT_EQ(v.network.limits.at("max_connections"), 64);  // merged, not replaced
+  EXPECT_TRUE(v.network.request_rules.covers("a.example", 443));
+  EXPECT_FALSE(v.audit.stop_on_log_failure);
+  EXPECT_EQ(v.audit.tsa_url, "http://tsa.example");
+
+  // A document saved before a key existed: the key's default.
+  json old = policy::builtin();
+  old["namespaces"].erase("allow_host");
+  old["audit"].erase("max_event_log_bytes");
+  old["network"]["allow"] = {"api.example.com:443"};
+  const policy::Policy o = policy::parse(old);
+  EXPECT_TRUE(o.namespaces.allow_host.empty());
+  EXPECT_EQ(o.audit.max_event_log_bytes, 268435456ULL);
+  EXPECT_EQ(o.network.allow, (std::vector<std::string>{"api.example.com:443"}));
+  EXPECT_EQ(o.doc, old);  // kept as given (saved, evaluated again by `update`)
+
+  // Not a document validate() gives: an error, never a default.
+  EXPECT_THROW(policy::parse(json::array()), Error);
+  EXPECT_THROW(policy::parse({{"capabilities", {{"allowed", "CAP_KILL"}}}}), Error);
+  EXPECT_THROW(policy::parse({{"filesystem", {{"tmpfs_max_size", "lots"}}}}), Error);
+}
+
 TEST(Policy, ErrorsNameTheFileAndTheKey) {
   EXPECT_NE(error_of({{"audti", json::object()}}).find("unknown policy section \"audti\""),
             std::string::npos);
@@ -1672,4 +1740,50 @@ TEST(PolicyApply, EnforcedConfigParsesAgainAndSaysWhatWasDecided) {
       }
     }
   EXPECT_EQ(checked, 9u);
+}
+
+// <state>/policy.json: what create saves is what exec, update and peers read.
+TEST(Policy, SavedSettingsRoundTrip) {
+  testutil::TempDir t("policy-test");
+  policy::Saved s;
+  s.exec.capabilities_allowed = {"CAP_KILL"};
+  s.exec.no_new_privileges = false;
+  s.exec.extra_seccomp = seccomp_profile::builtin();
+  s.exec.env = {"HTTP_PROXY=http://127.0.0.1:3128"};
+  s.exec.observe_exec = true;
+  s.policy = policy::builtin();
+  s.policy_name = "policy /etc/x.json";
+  network::Credential c{"github", "agentshim-cred-00", net::cred::Credential{}, ""};
+  c.definition = policy::parse(credential_policy()).credentials.at("github");
+  s.served_network = network::Served{{c}, "/run/x/run-ca.pem"};
+  s.write(t.path);
+  const policy::Saved r = policy::Saved::read(t.path);
+  EXPECT_EQ(r.exec.capabilities_allowed, s.exec.capabilities_allowed);
+  EXPECT_FALSE(r.exec.no_new_privileges);
+  EXPECT_EQ(r.exec.extra_seccomp, s.exec.extra_seccomp);
+  EXPECT_EQ(r.exec.env, s.exec.env);
+  EXPECT_TRUE(r.exec.observe_exec);
+  EXPECT_EQ(r.policy, s.policy);
+  EXPECT_EQ(r.policy_name, s.policy_name);
+  ASSERT_TRUE(r.served_network);
+  ASSERT_EQ(r.served_network->credentials.size(), 1u);
+  EXPECT_EQ(r.served_network->credentials[0].placeholder, "agentshim-cred-00");
+  EXPECT_EQ(r.served_network->credentials[0].definition.placeholder_env, c.definition.placeholder_env);
+  EXPECT_EQ(r.served_network->run_ca_file, "/run/x/run-ca.pem");
+  // A file without the optional parts; a corrupt one names the file.
+  write_file(t.path + "/policy.json", R"({"capabilities_allowed": []})");
+  const policy::Saved bare = policy::Saved::read(t.path);
+  EXPECT_TRUE(bare.exec.no_new_privileges);
+  EXPECT_FALSE(bare.exec.observe_exec);
+  EXPECT_TRUE(bare.policy.is_null());
+  EXPECT_FALSE(bare.served_network);
+  write_file(t.path + "/policy.json", "{");
+  try {
+    policy::Saved::read(t.path);
+    FAIL() << "a corrupt policy.json was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(t.path + "/policy.json: saved policy settings are corrupt"),
+              std::string::npos)
+        << e.what();
+  }
 }
