@@ -775,16 +775,14 @@ class Supervisor {
     const oci::Spec& spec = s_.spec;
     if (!spec.root.readonly) return "";
     if (s_.no_pivot || !spec.has_new_namespace("mount")) return "";
-    auto holds_admin = [](const json& names) {
-      if (!names.is_array()) return false;
-      for (const auto& n : names)
-        if (!n.is_string() || oci::capability_from_name(n.get<std::string>()) == CAP_SYS_ADMIN) return true;
-      return false;
+    auto holds_admin = [](const std::vector<std::string>& names) {
+      return std::ranges::any_of(
+          names, [](const std::string& n) { return oci::capability_from_name(n) == CAP_SYS_ADMIN; });
     };
     if (const auto& c = spec.process.capabilities)
       for (const char* set : {"bounding", "effective", "inheritable", "permitted", "ambient"})
-        if (holds_admin(json(*c->set(set)))) return "";
-    if (holds_admin(json(s_.policy.exec.capabilities_allowed))) return "";
+        if (holds_admin(*c->set(set))) return "";
+    if (holds_admin(s_.policy.exec.capabilities_allowed)) return "";
     std::string root = real_path_or_empty(s_.rootfs);
     if (root.empty()) return "";
     auto aliases_root = [&root](const std::string& path) {
