@@ -64,15 +64,12 @@ std::string abs_path(const std::string& p) {
 // bind of /run/agentshim.dns/resolv.conf, replacing any resolv.conf mount
 // the caller made (Docker's points at its embedded DNS or the host's). Only
 // when the rootfs has a real /etc directory (not a symlink) to mount it on.
-void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& rootfs) {
-  if (!net.is_object()) return;
-  const std::string mode = net.value("mode", "confined");
-  if (mode != "internal" && mode != "confined") return;
+void point_resolver_at_stub(json& cfg, const network::Options& net, json& decisions,
+                            const std::string& rootfs) {
   // Served by a stub: a namespace of the container's own, the caller's
   // when confined (a pod's), another agentshim container's (a pod's
   // sandbox serves its app containers).
-  const std::string ns = net.value("namespace", oci::has_new_namespace(cfg, "network") ? "new" : "caller");
-  if (ns != "new" && ns != "peer" && !(ns == "caller" && mode == "confined")) return;
+  if (!net.serves_own() && !(net.mediated() && net.ns == "peer")) return;
   struct stat st {};
   if (::lstat((rootfs + "/etc").c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) return;
   // One shared, world-readable file (the same for every container): a
@@ -219,11 +216,12 @@ void create(const Global& g, const CreateOptions& o) {
   json caller = oci::load_config(bundle);
   // The policy decides the sandbox: cfg is the caller's config tightened by
   // it (every change a decision; a refused config stops here).
-  json pol = policy::load(g.policy_path);
+  json pol_doc = policy::load(g.policy_path);
   // --signing-key / --key-type (global flags) take the place of the policy's
   // audit.signing_key / audit.key_type; the record checks the key's type.
-  if (!g.signing_key.empty()) pol["audit"]["signing_key"] = abs_path(g.signing_key);
-  if (!g.key_type.empty()) pol["audit"]["key_type"] = g.key_type;
+  if (!g.signing_key.empty()) pol_doc["audit"]["signing_key"] = abs_path(g.signing_key);
+  if (!g.key_type.empty()) pol_doc["audit"]["key_type"] = g.key_type;
+  const policy::Policy pol = policy::parse(pol_doc);
   const std::string audit_dir = policy::audit_dir(pol, g.audit_dir);
   // The record, the state root and the runtime's own files stay out of the
   // sandbox's reach: the policy refuses a bind that is, contains or lies
@@ -258,7 +256,7 @@ void create(const Global& g, const CreateOptions& o) {
   // record. (The seccomp filters are compiled by the supervisor, before any
   // container process exists: a bad profile is an error of `create` that
   // names its field.)
-  bool observe_exec = pol["audit"].value("observe_exec", true) && !audit_dir.empty();
+  bool observe_exec = pol.audit.observe_exec && !audit_dir.empty();
   bool terminal = spec.process.terminal;
   if (terminal && o.console_socket.empty() && o.console_fd < 0)
     throw Error("cannot allocate tty if agentshim will detach without setting console socket");
@@ -363,29 +361,24 @@ void create(const Global& g, const CreateOptions& o) {
     if (m.is_bind()) s.checked_sources[m.source] = m.source_id;
   s.checked_namespaces = pres.joined_namespaces;
   s.caller_config = caller;
-  s.policy = {{"audit", pol["audit"]},
-              {"decisions", pres.decisions},
-              {"network", pres.network},
-              {"exec_time_limit_s", pres.exec_time_limit_s}};
   s.extra_seccomp = pres.extra_seccomp;
   s.attach_rootfs = pres.userns_auto;
   s.idmap_rootfs = idmap;
   {
-    // For `exec` (the process settings) and `update` (the resource limits).
-    json saved = policy::exec_settings(pol, pres);
-    saved["observe_exec"] = observe_exec;  // exec sessions are observed as the init is
-    saved["policy"] = pol;
-    saved["policy_name"] = pctx.policy_name;
-    // What this container's own proxy serves, for containers that will
-    // join its network (peers::Peer): the placeholders of the credentials
-    // it holds (never a secret) and the file with its run's CA.
-    if (network::serves_own_network(pres.network)) {
-      json served = {{"credentials", pres.network.value("credentials", json::array())}};
-      if (pres.network.contains("tls") && pres.network["tls"].contains("ca_file"))
-        served["run_ca_file"] = pres.network["tls"]["ca_file"];
-      saved["served_network"] = served;
-    }
-    write_file(dir + "/policy.json", saved.dump(), 0600);
+    // For `exec` (the process settings), `update` (the resource limits)
+    // and containers joining this one's network (what its proxy serves:
+    // the placeholders of the credentials it holds, never a secret, and
+    // the file with its run's CA).
+    policy::Saved saved;
+    saved.exec = policy::exec_settings(pol, pres);
+    saved.exec.observe_exec = observe_exec;  // exec sessions are observed as the init is
+    saved.policy = pol.doc;
+    saved.policy_name = pctx.policy_name;
+    if (pres.network.serves_own())
+      saved.served_network = network::Served{pres.network.credentials,
+                                             pres.network.tls ? pres.network.tls->ca_file : std::string()};
+    saved.write(dir);
+    s.policy = {pol.audit, pres.decisions, pres.network, pres.exec_time_limit_s, saved.exec};
   }
   s.observe_exec = observe_exec;
   s.systemd_cgroup = g.systemd_cgroup;
@@ -817,26 +810,26 @@ void update(const Global& g, const std::string& id, const json& resources) {
   // what is applied (capped in enforce mode; refused in refuse mode).
   json apply = resources;
   json decisions = json::array();
-  if (auto saved = try_read_file(state_dir(g, id) + "/policy.json")) {
-    json sp = json::parse(*saved, nullptr, false);
-    if (sp.is_object() && sp.contains("policy")) {
-      json merged = st.config;
-      if (!merged["linux"]["resources"].is_object()) merged["linux"]["resources"] = json::object();
-      merged["linux"]["resources"].merge_patch(resources);
-      policy::ApplyContext ctx;
-      ctx.policy_name = sp.value("policy_name", "policy");
-      policy::Result pr = policy::evaluate(sp["policy"], merged, ctx);
-      std::string refused;
-      for (const auto& d : pr.decisions) {
-        if (!starts_with(d.value("path", ""), "linux.resources")) continue;
-        if (d.value("action", "") == "refused") refused += "\n  " + d.value("detail", "");
-        decisions.push_back(d);
-      }
-      if (!refused.empty()) throw Error("update refused by " + ctx.policy_name + ":" + refused);
-      const json& enforced = pr.config["linux"]["resources"];
-      for (auto& [k, v] : apply.items())
-        if (k != "devices" && enforced.contains(k)) v = enforced[k];
+  const std::optional<policy::Saved> saved = path_exists(state_dir(g, id) + "/policy.json")
+                                                 ? std::optional(policy::Saved::read(state_dir(g, id)))
+                                                 : std::nullopt;
+  if (saved && saved->policy.is_object()) {
+    json merged = st.config;
+    if (!merged["linux"]["resources"].is_object()) merged["linux"]["resources"] = json::object();
+    merged["linux"]["resources"].merge_patch(resources);
+    policy::ApplyContext ctx;
+    ctx.policy_name = saved->policy_name;
+    policy::Result pr = policy::evaluate(saved->policy, merged, ctx);
+    std::string refused;
+    for (const auto& d : pr.decisions) {
+      if (!starts_with(d.value("path", ""), "linux.resources")) continue;
+      if (d.value("action", "") == "refused") refused += "\n  " + d.value("detail", "");
+      decisions.push_back(d);
     }
+    if (!refused.empty()) throw Error("update refused by " + ctx.policy_name + ":" + refused);
+    const json& enforced = pr.config["linux"]["resources"];
+    for (auto& [k, v] : apply.items())
+      if (k != "devices" && enforced.contains(k)) v = enforced[k];
   }
   cgroup_of(st)->set(apply);
   json& r = st.config["linux"]["resources"];
@@ -946,14 +939,15 @@ int exec(const Global& g, const ExecOptions& o) {
   if (p.rlimits.empty()) p.rlimits = cproc.rlimits;
   // The policy's exec-relevant parts (capabilities, no_new_privs, seccomp,
   // proxy environment), as create saved them.
-  json exec_policy, exec_decisions = json::array();
-  if (auto saved = try_read_file(state_dir(g, o.id) + "/policy.json")) {
+  std::optional<policy::ExecSettings> exec_policy;
+  json exec_decisions = json::array();
+  if (path_exists(state_dir(g, o.id) + "/policy.json")) {
     try {
-      exec_policy = json::parse(*saved);
-    } catch (const json::exception& e) {
-      throw Error("container " + o.id + ": saved policy settings are corrupt: " + e.what());
+      exec_policy = policy::Saved::read(state_dir(g, o.id)).exec;
+    } catch (const std::exception& e) {
+      throw Error("container " + o.id + ": " + e.what());
     }
-    exec_decisions = policy::apply_exec(exec_policy, p);
+    exec_decisions = policy::apply_exec(*exec_policy, p);
   }
   auto cg = cgroup_of(st);
   UniqueFd console, console_peer;
@@ -993,7 +987,7 @@ int exec(const Global& g, const ExecOptions& o) {
   // like the init and hands its listener(s) back over `obs` before its
   // execve; we pass them to the supervisor (control::ExecObserve), whose
   // ExecObserver records every execve of the session, tagged with its id.
-  bool observe = exec_policy.is_object() && exec_policy.value("observe_exec", false);
+  bool observe = exec_policy && exec_policy->observe_exec;
   std::string session = observe ? control::new_session_id() : "";
   FdPair obs;
   if (observe) obs = make_socketpair(SOCK_SEQPACKET);
@@ -1034,8 +1028,8 @@ int exec(const Global& g, const ExecOptions& o) {
         console.reset();
         process::Finalize fin;
         if (const json* sc = st.spec.seccomp()) fin.seccomp.push_back(*sc);
-        if (exec_policy.is_object() && exec_policy.value("extra_seccomp", json()).is_object())
-          fin.seccomp.push_back(exec_policy["extra_seccomp"]);
+        if (exec_policy && exec_policy->extra_seccomp.is_object())
+          fin.seccomp.push_back(exec_policy->extra_seccomp);
         fin.observe_exec = observe;
         const std::string path = init::become_process(
             p, fin, o.preserve_fds, [&obs](const std::vector<process::Listener>& listeners) {

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/network.h"
+
 namespace agentshim::container {
 
 using json = nlohmann::json;
@@ -87,7 +89,8 @@ int exec(const Global& g, const ExecOptions& o);
 // confined caller's (a pod's) and another agentshim container's (a pod's
 // sandbox). No-op otherwise, or when ROOTFS has no real /etc directory.
 // Used by create(); public for tests.
-void point_resolver_at_stub(json& cfg, const json& net, json& decisions, const std::string& rootfs);
+void point_resolver_at_stub(json& cfg, const network::Options& net, json& decisions,
+                            const std::string& rootfs);
 
 // `spec`: the hardened default config.json.
 json default_spec(bool rootless);

@@ -85,9 +85,7 @@ void run(Setup& s, int sock) {
     rc.userns = spec.has_new_namespace("user");
     rc.cgroupns = spec.has_new_namespace("cgroup");
     rc.checked = s.checked_sources;
-    if (s.policy.contains("cgroup_mounts"))
-      for (const auto& h : s.policy["cgroup_mounts"])
-        rc.cgroups.push_back({h["name"], h["fstype"], h["options"], h["host_path"]});
+    rc.cgroups = s.cgroup_mounts;
 
     // New or joined: either way the rootfs is set up inside it (as runc does).
     bool new_mnt = spec.has_namespace("mount");

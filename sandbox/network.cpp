@@ -22,35 +22,57 @@
 
 namespace agentshim::network {
 
-Options Options::from_policy(const json& policy) {
-  Options o;
-  if (!policy.is_object() || !policy.contains("network") || !policy["network"].is_object()) return o;
-  const json& n = policy["network"];
-  o.mode = n.value("mode", o.mode);
-  o.ns = n.value("namespace", o.ns);
-  o.peer = n.value("peer", o.peer);
-  if (n.contains("allow") && n["allow"].is_array())
-    for (const auto& r : n["allow"])
-      if (r.is_string()) o.allow.push_back(r.get<std::string>());
-  o.dns = n.value("dns", o.dns);
-  if (n.contains("proxy_port") && n["proxy_port"].is_number_unsigned())
-    o.proxy_port = static_cast<uint16_t>(n["proxy_port"].get<unsigned>());
-  if (n.contains("limits") && n["limits"].is_object()) o.limits = n["limits"];
-  if (n.contains("credentials") && n["credentials"].is_array()) o.credentials = n["credentials"];
-  if (n.contains("request_rules") && n["request_rules"].is_array()) o.request_rules = n["request_rules"];
-  if (n.contains("tls") && n["tls"].is_object()) o.tls = n["tls"];
-  return o;
+void to_json(json& j, const Credential& c) {
+  j = {{"name", c.name}, {"placeholder", c.placeholder}, {"definition", net::cred::to_json(c.definition)}};
+  if (!c.served_by.empty()) j["served_by"] = c.served_by;
+}
+
+void from_json(const json& j, Credential& c) {
+  c.name = j.at("name").get<std::string>();
+  c.placeholder = j.at("placeholder").get<std::string>();
+  c.definition = net::cred::parse(c.name, j.at("definition"), "credential " + c.name);
+  c.served_by = j.value("served_by", "");
+}
+
+void to_json(json& j, const Options& o) {
+  j = {{"mode", o.mode}, {"namespace", o.ns},          {"allow", o.allow},
+       {"dns", o.dns},   {"proxy_port", o.proxy_port}, {"limits", o.limits}};
+  if (!o.peer.empty()) j["peer"] = o.peer;
+  if (!o.credentials.empty()) j["credentials"] = o.credentials;
+  if (!o.request_rules.empty()) j["request_rules"] = o.request_rules.to_json();
+  if (!o.peer_run_ca.empty()) j["peer_run_ca"] = o.peer_run_ca;
+  if (o.tls) {
+    json t = {{"ca_path", o.tls->ca_path}, {"env", o.tls->env}};
+    if (!o.tls->ca_file.empty()) t["ca_file"] = o.tls->ca_file;
+    if (!o.tls->bundle_file.empty()) t["bundle_file"] = o.tls->bundle_file;
+    if (!o.tls->served_by.empty()) t["served_by"] = o.tls->served_by;
+    j["tls"] = t;
+  }
+}
+
+void to_json(json& j, const Served& s) {
+  j = {{"credentials", s.credentials}};
+  if (!s.run_ca_file.empty()) j["run_ca_file"] = s.run_ca_file;
+}
+
+void from_json(const json& j, Served& s) {
+  s.credentials = j.value("credentials", std::vector<Credential>{});
+  s.run_ca_file = j.value("run_ca_file", "");
+}
+
+bool Options::serves_own() const {
+  return mediated() && (ns == "new" || (ns == "caller" && mode == "confined"));
 }
 
 namespace {
 
 // The policy's network.limits (docs/POLICY.md), seconds in the policy,
 // milliseconds in the proxy.
-net::Limits limits_of(const json& j) {
+net::Limits limits_of(const std::map<std::string, long long>& m) {
   net::Limits l;
   auto get = [&](const char* k) -> std::optional<long long> {
-    if (j.contains(k) && j[k].is_number_integer()) return j[k].get<long long>();
-    return std::nullopt;
+    auto it = m.find(k);
+    return it == m.end() ? std::nullopt : std::optional<long long>(it->second);
   };
   auto ms = [](long long s) { return static_cast<int>(std::min<long long>(s, 1LL << 20) * 1000); };
   if (auto v = get("max_header_bytes")) l.max_header_bytes = static_cast<std::size_t>(*v);
@@ -105,14 +127,6 @@ std::string distro_bundle(const std::string& rootfs, std::string& which) {
 
 }  // namespace
 
-bool serves_own_network(const json& net) {
-  if (!net.is_object()) return false;
-  const std::string mode = net.value("mode", "confined");
-  if (mode != "internal" && mode != "confined") return false;
-  const std::string ns = net.value("namespace", "new");
-  return ns == "new" || (ns == "caller" && mode == "confined");
-}
-
 std::string run_ca_of_bundle(const std::string& bundle) {
   const auto at = bundle.rfind(kRunCaMarker);
   if (at == std::string::npos) return "";
@@ -136,24 +150,22 @@ void write_bundle(const std::string& file, std::string_view text, int flags) {
 
 }  // namespace
 
-void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
+void trust_run_ca(json& cfg, Options& net, json& decisions, const std::string& rootfs,
                   const std::string& state_dir) {
-  if (!net.is_object()) return;
   const std::string file = state_dir + "/run-ca.pem";
   std::string peer;  // the container whose proxy intercepts for this one
-  const bool creds = net.contains("credentials") && !net["credentials"].empty();
-  if (serves_own_network(net)) {
-    const bool rules = net.contains("request_rules") && !net["request_rules"].empty();
+  const bool creds = !net.credentials.empty();
+  if (net.serves_own()) {
+    const bool rules = !net.request_rules.empty();
     if (!creds && !rules) return;
     write_bundle(file, "", O_CREAT | O_EXCL);  // filled by the supervisor (prepare_run_ca)
-  } else if (net.value("namespace", "") == "peer" && net.contains("peer_run_ca") &&
-             net["peer_run_ca"].is_string()) {
+  } else if (net.ns == "peer" && !net.peer_run_ca.empty()) {
     // A joined network whose owner intercepts TLS (for its credentials or
     // request rules): this container must trust that run's CA, next to its
     // own image's bundle (the owner's image, a pod's pause, has none). The
     // owner wrote its bundle before its `create` returned.
-    peer = net.value("peer", "");
-    const std::string from = net["peer_run_ca"].get<std::string>();
+    peer = net.peer;
+    const std::string& from = net.peer_run_ca;
     std::string ca;
     try {
       ca = run_ca_of_bundle(read_file_limited(from, 16u << 20));
@@ -188,7 +200,7 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
       log::debug(std::string("run CA mountpoint not created by the runtime: ") + e.what());
     }
   }
-  json env_add = json::array();
+  std::vector<std::string> env_add;
   for (const char* v : kTrustVars) env_add.push_back(std::string(v) + "=" + kRunCaPath);
   json& proc = cfg["process"];
   json env = proc.contains("env") && proc["env"].is_array() ? proc["env"] : json::array();
@@ -208,10 +220,11 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
   proc["env"] = out;
   // "ca_file": the supervisor makes the CA and fills the file; a joiner's
   // bundle is complete already ("bundle_file", "served_by").
-  if (peer.empty())
-    net["tls"] = {{"ca_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}};
-  else
-    net["tls"] = {{"bundle_file", file}, {"ca_path", kRunCaPath}, {"env", env_add}, {"served_by", peer}};
+  net.tls = Tls{};
+  (peer.empty() ? net.tls->ca_file : net.tls->bundle_file) = file;
+  net.tls->served_by = peer;
+  net.tls->ca_path = kRunCaPath;
+  net.tls->env = env_add;
   if (!decisions.is_array()) decisions = json::array();
   const std::string why = !peer.empty() ? "network.namespace"
                           : creds       ? "credentials"
@@ -233,14 +246,13 @@ void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& root
             (replaced.empty() ? std::string() : " (caller's " + replaced + " replaced)")}});
 }
 
-std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const std::string& rootfs,
+std::shared_ptr<net::tls::Authority> prepare_run_ca(const Options& o, const std::string& rootfs,
                                                     const std::string& label) {
-  auto o = Options::from_policy(policy);
-  if (!o.tls.is_object() || !o.tls.contains("ca_file")) return nullptr;
+  if (!o.tls || o.tls->ca_file.empty()) return nullptr;
   auto ca = net::tls::Authority::generate(label);
   std::string which;
   std::string bundle = distro_bundle(rootfs, which) + kRunCaMarker + ca->ca_pem();
-  const std::string file = o.tls["ca_file"].get<std::string>();
+  const std::string& file = o.tls->ca_file;
   write_bundle(file, bundle, O_TRUNC);
   log::debug("run CA bundle " + file + (which.empty() ? " (the CA alone)" : " (" + which + " + the CA)"));
   return ca;
@@ -253,8 +265,7 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
   // Served here: the container's own namespace (internal or confined) and
   // the caller's (confined). Another agentshim container's (a pod's
   // sandbox) is served by that container's supervisor.
-  const bool mediated = o_.mode == "internal" || o_.mode == "confined";
-  const bool serve = mediated && (new_netns || (o_.mode == "confined" && o_.ns == "caller"));
+  const bool serve = o_.mediated() && (new_netns || (o_.mode == "confined" && o_.ns == "caller"));
   const bool confine = serve && o_.mode == "confined";
   UniqueFd proxy_fd, dns_udp, dns_tcp;
   std::shared_ptr<sockowner::Attributor> attributor;
@@ -304,8 +315,8 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
         return o;
       });
     if (!o_.request_rules.empty()) {
-      proxy_->set_request_rules(net::RequestRules::parse(o_.request_rules, "policy"));
-      ev["request_rules"] = o_.request_rules;
+      proxy_->set_request_rules(o_.request_rules);
+      ev["request_rules"] = o_.request_rules.to_json();
     }
     if (!o_.credentials.empty()) {
       // The secrets are read here, by the supervisor, and kept only in the
@@ -314,9 +325,8 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
       json names = json::array();
       for (const auto& c : o_.credentials) {
         net::cred::Active a;
-        a.def =
-            net::cred::parse(c["name"].get<std::string>(), c["definition"], "the container's credentials");
-        a.placeholder = c["placeholder"].get<std::string>();
+        a.def = c.definition;
+        a.placeholder = c.placeholder;
         a.secret = net::cred::load_secret(a.def.source);
         names.push_back(a.def.name);
         creds.push_back(std::move(a));
@@ -332,7 +342,7 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
       proxy_->set_tls(std::make_shared<net::tls::Interceptor>(o_.run_ca, upstream_ca));
       ev["tls"] = {
           {"interception", true},
-          {"ca_path", o_.tls.value("ca_path", "")},
+          {"ca_path", o_.tls ? o_.tls->ca_path : std::string()},
           {"upstream_trust", upstream_ca.empty() ? std::string("host") : "test file " + upstream_ca}};
     }
     dns_ = std::make_unique<net::DnsStub>(std::move(dns_udp), std::move(dns_tcp), o_.dns, allow, sink);

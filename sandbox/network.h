@@ -22,11 +22,16 @@
 
 #include <sys/types.h>
 
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <vector>
 
+#include "netpolicy/credentials.h"
 #include "netpolicy/netns.h"
+#include "netpolicy/request_rules.h"
 
 namespace agentshim::net {
 class Proxy;
@@ -41,26 +46,73 @@ namespace agentshim::network {
 using json = nlohmann::json;
 using Sink = std::function<void(const std::string& type, json data)>;
 
-// The policy's network section with defaults filled in.
+// A credential a container asked for (dev.agentshim.credentials): its name,
+// the placeholder the container sees, and its definition
+// (netpolicy/credentials.h; never a secret). served_by: the agentshim
+// container whose proxy applies it ("" = this one's).
+struct Credential {
+  std::string name;
+  std::string placeholder;
+  net::cred::Credential definition;
+  std::string served_by;
+};
+
+// TLS interception for a container (trust_run_ca): the file its trusted
+// bundle is in (ca_file: made empty by `create`, filled by the supervisor;
+// bundle_file: a joiner's, complete, served_by the owner of the network),
+// the path it is mounted at and the variables pointing at it.
+struct Tls {
+  std::string ca_file;
+  std::string bundle_file;
+  std::string served_by;
+  std::string ca_path;
+  std::vector<std::string> env;
+};
+
+// The network settings, in two places with one shape: the policy's
+// network section (mode, allow, dns, proxy_port, limits, request_rules)
+// and the enforced network policy::Result::network that `create` decides
+// and the supervisor, `exec` and the record read (the rest).
 struct Options {
   std::string mode = "confined";  // "confined" | "internal" | "passthrough"
-  std::string ns = "new";         // "new" | "caller" | "peer" | "host" (policy's network.namespace)
+  std::string ns = "new";         // "new" | "caller" | "peer" | "host" (where the network namespace is)
   std::string peer;               // the agentshim container serving a "peer" network
   std::vector<std::string> allow;
   std::string dns = "refuse";  // "refuse" | "allowlisted"
   uint16_t proxy_port = 3128;
-  json limits = json::object();
-  // The credentials the container asked for (policy Result::network
-  // "credentials": {"name", "placeholder", "definition"}); their secrets are
-  // read when the proxy starts (docs/CREDENTIALS.md).
-  json credentials = json::array();
-  json request_rules = json::array();  // policy network.request_rules, normalised
-  // TLS interception (trust_run_ca): {"ca_file", "ca_path", "env"}, or empty.
-  json tls = json::object();
+  // network.limits (docs/POLICY.md): key -> value, seconds for timeouts.
+  std::map<std::string, long long> limits;
+  // The credentials the container asked for; their secrets are read when
+  // the proxy starts (docs/CREDENTIALS.md).
+  std::vector<Credential> credentials;
+  net::RequestRules request_rules;  // network.request_rules
+  std::optional<Tls> tls;           // trust_run_ca
+  // A joined network's owner's run-CA bundle file (peers::Peer::run_ca_file).
+  std::string peer_run_ca;
   // The run's certificate authority (prepare_run_ca), set by the supervisor.
   std::shared_ptr<net::tls::Authority> run_ca;
-  static Options from_policy(const json& policy);  // policy["network"] (absent: defaults)
+
+  // Served by the container's own proxy: internal/confined in a namespace
+  // of its own, or confined in the caller's.
+  bool serves_own() const;
+  bool mediated() const { return mode == "internal" || mode == "confined"; }
 };
+// The document form (Result::network in `policy check --json`; the
+// policy's section is read by policy::parse).
+void to_json(json& j, const Options& o);
+void to_json(json& j, const Credential& c);
+void from_json(const json& j, Credential& c);
+
+// What a container's own proxy serves, for containers joining its network
+// (peers::Peer; saved by `create` in policy.json "served_network"): the
+// credentials it holds (placeholders, never a secret) and the file with its
+// run's CA ("" without TLS interception).
+struct Served {
+  std::vector<Credential> credentials;
+  std::string run_ca_file;
+};
+void to_json(json& j, const Served& s);
+void from_json(const json& j, Served& s);
 
 // The in-container path of the trusted bundle (the image's CA bundle plus the run's CA).
 constexpr const char* kRunCaPath = "/etc/agentshim-ca.pem";
@@ -69,10 +121,6 @@ constexpr const char* kRunCaMarker = "# agentshim: this run's certificate author
 // The run's CA certificate (PEM) from a bundle file's text: the one
 // certificate after the last marker; "" when there is none or more.
 std::string run_ca_of_bundle(const std::string& bundle);
-// Whether a policy Result's network is served by the container's own
-// proxy (internal/confined in a namespace of its own, or confined in the
-// caller's): what it decides is then what `served_network` saves.
-bool serves_own_network(const json& net);
 // The runtime's environment variable naming a PEM file that replaces the
 // host's trust store for the proxy's upstream TLS connections. Test-only
 // (docs/CREDENTIALS.md): read by the supervisor from the runtime's own
@@ -83,22 +131,22 @@ constexpr const char* kTestUpstreamCaEnv = "AGENTSHIM_TEST_UPSTREAM_CA";
 // intercepts TLS — it asked for credentials, or the policy has request
 // rules — trusts the run's CA: an empty file `<state_dir>/run-ca.pem` is
 // made (filled by the supervisor). A container joining another's network
-// whose proxy intercepts (net["peer_run_ca"], set by the policy from
+// whose proxy intercepts (net.peer_run_ca, set by the policy from
 // peers::Peer::run_ca_file) gets `<state_dir>/run-ca.pem` written here,
 // complete: its own image's bundle and the owner's run CA (net["tls"] then
-// has "bundle_file" and "served_by" instead of "ca_file"). Either file is
+// has bundle_file and served_by instead of ca_file). Either file is
 // bind-mounted read-only at kRunCaPath, and
 // SSL_CERT_FILE, REQUESTS_CA_BUNDLE, NODE_EXTRA_CA_CERTS, CURL_CA_BUNDLE and
 // GIT_SSL_CAINFO point at it (a caller's values are replaced); the decisions
-// say so; net["tls"] tells the supervisor and `exec`. Nothing otherwise.
-void trust_run_ca(json& cfg, json& net, json& decisions, const std::string& rootfs,
+// say so; net.tls tells the supervisor and `exec`. Nothing otherwise.
+void trust_run_ca(json& cfg, Options& net, json& decisions, const std::string& rootfs,
                   const std::string& state_dir);
 // The supervisor, before the init mounts anything: for a container with
-// net["tls"], make the run's CA (its key only in this process's memory) and
+// net.tls (ca_file), make the run's CA (its key only in this process's memory) and
 // write the bundle file: the rootfs's distribution bundle (the first of the
 // usual paths that is a regular PEM file, read inside the rootfs, at most
 // 8 MiB) followed by the run's CA, or the CA alone. nullptr otherwise.
-std::shared_ptr<net::tls::Authority> prepare_run_ca(const json& policy, const std::string& rootfs,
+std::shared_ptr<net::tls::Authority> prepare_run_ca(const Options& net, const std::string& rootfs,
                                                     const std::string& label);
 
 class ContainerNetwork {

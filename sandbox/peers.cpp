@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "sandbox/policy.h"
 #include "sandbox/state.h"
 
 namespace agentshim::peers {
@@ -97,20 +98,15 @@ std::optional<Peer> by_sentinel(pid_t pid) {
   p.sentinel = st.sentinel_pid;
   p.init_pid = st.init_pid;
   try {
-    // (create writes the policy in force under "policy"; see container.cpp)
-    auto saved = nlohmann::json::parse(read_file(*dir + "/policy.json"));
-    const auto& pol = saved.value("policy", nlohmann::json::object());
-    if (pol.is_object() && pol.contains("network") && pol["network"].is_object())
-      p.network_mode = pol["network"].value("mode", "");
-    const auto& served = saved.value("served_network", nlohmann::json::object());
-    if (served.is_object()) {
-      if (served.contains("credentials") && served["credentials"].is_array())
-        p.credentials = served["credentials"];
-      if (served.contains("run_ca_file") && served["run_ca_file"].is_string())
-        p.run_ca_file = served["run_ca_file"].get<std::string>();
+    // (create writes the policy in force and what its proxy serves)
+    const auto saved = policy::Saved::read(*dir);
+    p.network_mode = policy::parse(saved.policy).network.mode;
+    if (saved.served_network) {
+      p.credentials = saved.served_network->credentials;
+      p.run_ca_file = saved.served_network->run_ca_file;
     }
   } catch (const std::exception& e) {
-    log::debug("peers: " + *dir + "/policy.json: " + e.what());
+    log::debug("peers: " + std::string(e.what()));
   }
   return p;
 }

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/network.h"
+
 namespace agentshim::peers {
 
 // /run/agentshim.pids, or $AGENTSHIM_PIDS_DIR (tests).
@@ -43,11 +45,10 @@ struct Peer {
   std::string network_mode;  // the network mode its policy decided ("internal", "passthrough", ...)
   // What its own proxy serves (create saves it as policy.json
   // "served_network"; empty when its network is not its own): the
-  // credentials it holds ({"name", "placeholder", "definition"}, never a
-  // secret) and the bundle file holding its run's CA ("" without TLS
-  // interception). A container joining its network gets these placeholders
-  // and trusts that CA (docs/CREDENTIALS.md "Pods").
-  nlohmann::json credentials = nlohmann::json::array();
+  // credentials it holds (placeholders, never a secret) and the bundle file holding its run's CA ("" without
+  // TLS interception). A container joining its network gets these placeholders and trusts that CA
+  // (docs/CREDENTIALS.md "Pods").
+  std::vector<network::Credential> credentials;
   std::string run_ca_file;
 };
 

@@ -455,11 +455,8 @@ class Engine {
   // reads spec_, and every change is written to both spec_ (what later
   // decisions read) and r_.config (the enforced document `create` parses
   // again with the same parser).
-  Engine(const json& pol, const json& caller, const ApplyContext& ctx)
-      : p_(pol),
-        spec_(oci::parse_spec(caller)),
-        ctx_(ctx),
-        refuse_(pol.value("mode", "enforce") == "refuse") {
+  Engine(const Policy& pol, const json& caller, const ApplyContext& ctx)
+      : pol_(pol), p_(pol.doc), spec_(oci::parse_spec(caller)), ctx_(ctx), refuse_(pol.refuse) {
     r_.config = caller;
     r_.decisions = json::array();
     r_.mode = refuse_ ? "refuse" : "enforce";
@@ -481,7 +478,7 @@ class Engine {
     process_limits();
     annotations();
     network();
-    r_.exec_time_limit_s = p_["limits"].value("exec_time_seconds", 0LL);
+    r_.exec_time_limit_s = pol_.exec_time_limit_s;
     r_.violations = json::array();
     for (const auto& d : r_.decisions)
       if (d["action"] == "refused") r_.violations.push_back(d);
@@ -522,10 +519,7 @@ class Engine {
   }
 
   bool host_allowed(const Str& t) const {
-    // value(): a policy saved by an older version (update) lacks the key.
-    for (const auto& a : p_["namespaces"].value("allow_host", json::array()))
-      if (a == t) return true;
-    return false;
+    return std::ranges::find(pol_.namespaces.allow_host, t) != pol_.namespaces.allow_host.end();
   }
 
   // linux.namespaces[i] (the document's entries are the Spec's, in order).
@@ -543,13 +537,9 @@ class Engine {
 
   void namespaces() {
     if (!linux_()["namespaces"].is_array()) linux_()["namespaces"] = json::array();
-    const json& allow_join = p_["namespaces"]["allow_join"];
-    auto joinable = [&](const Str& t) {
-      for (const auto& a : allow_join)
-        if (a == t) return true;
-      return false;
-    };
-    const Str netmode = p_["network"].value("mode", "internal");
+    const std::vector<Str>& allow_join = pol_.namespaces.allow_join;
+    auto joinable = [&](const Str& t) { return std::ranges::find(allow_join, t) != allow_join.end(); };
+    const Str& netmode = pol_.network.mode;
     for (std::size_t i = 0; i < spec_.linux.namespaces.size(); i++) {
       const oci::Namespace& n = spec_.linux.namespaces[i];
       if (n.path.empty()) continue;
@@ -670,7 +660,7 @@ class Engine {
   // would make a host root of the container's root is tightened (enforce)
   // or refused; one whose maps stay clear of host uid/gid 0 is kept.
   void userns() {
-    if (p_.value("userns", "off") != "auto") return;
+    if (!pol_.userns_auto) return;
     const oci::Namespace* user = nullptr;
     for (const auto& n : spec_.linux.namespaces)
       if (n.type == "user") user = &n;
@@ -742,8 +732,8 @@ class Engine {
 
   void capabilities() {
     std::set<int> allowed;
-    for (const auto& a : p_["capabilities"]["allowed"])
-      if (auto v = oci::capability_from_name(a.get<Str>())) allowed.insert(*v);
+    for (const auto& a : pol_.capabilities.allowed)
+      if (auto v = oci::capability_from_name(a)) allowed.insert(*v);
     if (!spec_.process.capabilities) return;
     oci::Capabilities& caps = *spec_.process.capabilities;
     // (Names are known capabilities: oci validated them.)
@@ -777,7 +767,7 @@ class Engine {
     if (nnp == true) return;
     // A policy may leave the caller's choice alone (a permissive one, e.g.
     // for conformance runs); the default sets it.
-    if (!p_["capabilities"].value("no_new_privileges", true)) return;
+    if (!pol_.capabilities.no_new_privileges) return;
     const bool had = nnp.has_value();
     decide("no_new_privs", "process.noNewPrivileges", had ? "replaced" : "added",
            Str(had ? "caller asked for noNewPrivileges=false" : "the config leaves noNewPrivileges unset") +
@@ -787,15 +777,15 @@ class Engine {
   }
 
   void seccomp_profile() {
-    const json& s = p_["seccomp"];
-    const Str prof = s.value("profile", "builtin");
-    r_.extra_seccomp = prof == "builtin"
-                           ? seccomp_profile::builtin()
-                           : (s.contains("loaded") ? s["loaded"] : load_profile(prof, ctx_.policy_name));
+    const auto& s = pol_.seccomp;
+    const Str& prof = s.profile;
+    r_.extra_seccomp = prof == "builtin"    ? seccomp_profile::builtin()
+                       : s.loaded.is_null() ? load_profile(prof, ctx_.policy_name)
+                                            : s.loaded;
     const bool has = spec_.seccomp() != nullptr;
     const Str what =
         prof == "builtin" ? "agentshim's default seccomp profile" : "the seccomp profile " + prof;
-    if (s.value("stack_on_config", true) || !has) {
+    if (s.stack_on_config || !has) {
       decide("seccomp.profile", "linux.seccomp", "added",
              what +
                  (has ? " is stacked on top of the config's own filter"
@@ -811,8 +801,8 @@ class Engine {
   }
 
   void filesystem() {
-    const json& fs = p_["filesystem"];
-    if (fs.value("readonly_root", true) && !spec_.root.readonly) {
+    const auto& fs = pol_.filesystem;
+    if (fs.readonly_root && !spec_.root.readonly) {
       decide("filesystem.readonly_root", "root.readonly", "replaced",
              "caller asked for a writable root filesystem; made read-only by policy rule "
              "filesystem.readonly_root");
@@ -820,17 +810,17 @@ class Engine {
       spec_.root.readonly = true;
     }
     json& l = linux_();
-    for (auto [key, rule, have] :
-         {std::tuple<Str, Str, std::vector<Str>*>{"maskedPaths", "filesystem.masked_paths",
-                                                  &spec_.linux.masked_paths},
-          {"readonlyPaths", "filesystem.readonly_paths", &spec_.linux.readonly_paths}}) {
+    for (auto [key, rule, have, want] :
+         {std::tuple<Str, Str, std::vector<Str>*, const std::vector<Str>*>{
+              "maskedPaths", "filesystem.masked_paths", &spec_.linux.masked_paths, &fs.masked_paths},
+          {"readonlyPaths", "filesystem.readonly_paths", &spec_.linux.readonly_paths, &fs.readonly_paths}}) {
       if (!l[key].is_array()) l[key] = json::array();
       std::vector<Str> added;
-      for (const auto& x : fs[rule.substr(11)]) {
-        if (std::find(have->begin(), have->end(), x.get<Str>()) != have->end()) continue;
-        have->push_back(x.get<Str>());
+      for (const auto& x : *want) {
+        if (std::find(have->begin(), have->end(), x) != have->end()) continue;
+        have->push_back(x);
         l[key].push_back(x);
-        added.push_back(x.get<Str>());
+        added.push_back(x);
       }
       if (!added.empty())
         decide(rule, "linux." + key, "added", "added " + join(added, ", ") + " by policy rule " + rule);
@@ -853,8 +843,7 @@ class Engine {
       out.push_back({o.path, oci::canonical_path(o.path), o.what + " " + o.path, "runtime_owned",
                      oci::identity_chain(o.path), true});
     }
-    for (const auto& f : p_["filesystem"]["forbidden_sources"]) {
-      Str fb = f.get<Str>();
+    for (const Str& fb : pol_.filesystem.forbidden_sources) {
       out.push_back({fb, oci::canonical_path(fb), "the forbidden source " + fb,
                      "filesystem.forbidden_sources", oci::identity_chain(fb), false});
     }
@@ -913,8 +902,8 @@ class Engine {
 
   void mounts() {
     if (spec_.mounts.empty()) return;
-    const json& fs = p_["filesystem"];
-    const long long tmax = *parse_size(fs["tmpfs_max_size"]);
+    const auto& fs = pol_.filesystem;
+    const long long tmax = fs.tmpfs_max_size;
     const auto places = forbidden_places();
     json kept = json::array();
     for (std::size_t i = 0; i < spec_.mounts.size(); i++) {
@@ -924,7 +913,7 @@ class Engine {
       const Str& dest = mt.destination;
       const Str& type = mt.fstype;
       if (mt.is_bind()) {
-        if (!fs.value("allow_bind_mounts", true) &&
+        if (!fs.allow_bind_mounts &&
             beyond("filesystem.allow_bind_mounts", where, "dropped",
                    "caller asked to bind " + mt.source_given + " at " + dest, "mount dropped"))
           continue;
@@ -1030,16 +1019,14 @@ class Engine {
   void scratch() {
     json& c = r_.config;
     if (!spec_.root.readonly) return;
-    const json& sc = p_["filesystem"].value("scratch", json::object());
-    const json paths = sc.value("paths", json::array());
+    const std::vector<Str>& paths = pol_.filesystem.scratch_paths;
     if (paths.empty()) return;
     long long size = 0;
-    const json want = sc.value("size", json("memory"));
-    if (want == "memory") {
+    if (!pol_.filesystem.scratch_size) {  // "memory"
       size = spec_.linux.limits.memory_limit.value_or(0);
-      if (size <= 0) size = *parse_size(p_["filesystem"]["tmpfs_max_size"]);  // no limit at all
+      if (size <= 0) size = pol_.filesystem.tmpfs_max_size;  // no limit at all
     } else {
-      size = *parse_size(want);
+      size = *pol_.filesystem.scratch_size;
     }
     const oci::Process& proc = spec_.process;
     const long long uid = proc.uid(), gid = proc.user ? proc.user->gid : 0;
@@ -1052,7 +1039,7 @@ class Engine {
     std::vector<Str> done;
     for (const auto& p : paths) {
       const bool is_home = p == "$HOME";
-      Str dest = is_home ? home : p.get<Str>();
+      Str dest = is_home ? home : p;
       if (dest.empty() || !is_abs(dest)) continue;  // no $HOME for this user
       dest = oci::clean_path(dest);
       if (dest == "/" || within(dest, "/proc") || within(dest, "/sys") || within(dest, "/dev")) continue;
@@ -1101,7 +1088,7 @@ class Engine {
   // minor < 0: every minor of `major` (a cgroup rule's wildcard); only the
   // default set has such an entry (the pts devices).
   bool block_allowed(char type, long long major) const {
-    return type == 'b' && major >= 0 && p_["devices"].value("allow_block_devices", false);
+    return type == 'b' && major >= 0 && pol_.devices.allow_block_devices;
   }
 
   bool device_allowed(char type, long long major, long long minor) {
@@ -1111,8 +1098,8 @@ class Engine {
     for (const auto& d : default_devices())
       if (d.type == type && d.major == major && (d.minor < 0 || d.minor == minor)) return true;
     if (minor < 0) return false;
-    for (const auto& d : p_["devices"]["allowed"])
-      if (d.value("major", -2LL) == major && d.value("minor", -2LL) == minor) return true;
+    for (const auto& d : pol_.devices.allowed)
+      if (d.major == major && d.minor == minor) return true;
     return false;
   }
 
@@ -1319,9 +1306,8 @@ class Engine {
   }
 
   void annotations() {
-    allow_ = p_["network"].value("allow", json::array());
-    std::set<Str> may;
-    for (const auto& a : p_["annotations"]["may_widen"]) may.insert(a.get<Str>());
+    allow_ = pol_.network.allow;
+    const std::set<Str> may(pol_.may_widen.begin(), pol_.may_widen.end());
     for (const auto& [k, v] : spec_.annotations.items()) {
       if (!starts_with(k, "dev.agentshim.")) continue;
       const Str where = "annotations." + k;
@@ -1362,7 +1348,7 @@ class Engine {
                    "api.example.com:443");
           continue;
         }
-        if (std::find(allow_.begin(), allow_.end(), json(rule)) != allow_.end()) continue;
+        if (std::find(allow_.begin(), allow_.end(), rule) != allow_.end()) continue;
         allow_.push_back(rule);
         decide("annotations.may_widen", where, "added",
                "caller's annotation " + k + " adds the egress rule " + rule +
@@ -1380,40 +1366,35 @@ class Engine {
       hard("annotations", where, Str("caller set ") + kCredentialsAnnotation + " to a non-string value");
       return;
     }
-    const json defs = p_.contains("credentials") ? p_["credentials"] : json::object();
+    const auto& defs = pol_.credentials;
     std::vector<Str> env = spec_.process.env;
     for (const auto& raw : split(v.get<Str>(), ',')) {
       const Str name = trim(raw);
-      if (name.empty() ||
-          std::any_of(creds_.begin(), creds_.end(), [&](const json& c) { return c["name"] == name; }))
+      if (name.empty() || std::any_of(creds_.begin(), creds_.end(),
+                                      [&](const network::Credential& c) { return c.name == name; }))
         continue;
-      if (!defs.contains(name)) {
+      auto def = defs.find(name);
+      if (def == defs.end()) {
         Str known;
-        for (const auto& [k, d] : defs.items()) known += (known.empty() ? "" : ", ") + k;
+        for (const auto& [k, d] : defs) known += (known.empty() ? "" : ", ") + k;
         hard("credentials", where,
              "caller asked for credential \"" + name + "\", which this policy does not define (defined: " +
                  (known.empty() ? Str("none") : known) + ")");
         continue;
       }
-      json d = defs[name];
-      Str var = d["placeholder_env"].get<Str>();
-      Str ph = net::cred::make_placeholder();
-      Str served_by;
+      network::Credential c{name, net::cred::make_placeholder(), def->second, ""};
       if (net_peer_) {
         // A network joined from another agentshim container (a pod's
         // sandbox, `--network container:X`) is served by that container's
         // proxy: only a credential it holds can be applied, with its
         // placeholder (docs/CREDENTIALS.md "Pods").
-        const json* held = nullptr;
+        const network::Credential* held = nullptr;
         Str holds;
-        for (const auto& c : net_peer_->credentials) {
-          if (!c.is_object() || !c.contains("name") || !c["name"].is_string()) continue;
-          holds += (holds.empty() ? "" : ", ") + c["name"].get<Str>();
-          if (c["name"] == name) held = &c;
+        for (const auto& h : net_peer_->credentials) {
+          holds += (holds.empty() ? "" : ", ") + h.name;
+          if (h.name == name) held = &h;
         }
-        if (!held || !held->contains("placeholder") || !(*held)["placeholder"].is_string() ||
-            !held->contains("definition") || !(*held)["definition"].is_object() ||
-            !(*held)["definition"].contains("placeholder_env")) {
+        if (!held) {
           hard("credentials", where,
                "caller asked for credential \"" + name +
                    "\", which the proxy serving this container's network (agentshim container " +
@@ -1422,11 +1403,11 @@ class Engine {
                    "which containerd's pod_annotations passes to the pod's sandbox)");
           continue;
         }
-        d = (*held)["definition"];
-        var = d["placeholder_env"].get<Str>();
-        ph = (*held)["placeholder"].get<Str>();
-        served_by = net_peer_->id;
+        c.definition = held->definition;
+        c.placeholder = held->placeholder;
+        c.served_by = net_peer_->id;
       }
+      const Str var = c.definition.placeholder_env, ph = c.placeholder, served_by = c.served_by;
       std::vector<Str> kept;
       for (const auto& e : env) {
         if (starts_with(e, var + "=")) {
@@ -1438,12 +1419,10 @@ class Engine {
       }
       kept.push_back(var + "=" + ph);
       env = std::move(kept);
-      creds_.push_back({{"name", name}, {"placeholder", ph}, {"definition", d}});
-      if (!served_by.empty()) creds_.back()["served_by"] = served_by;
       Str dests;
-      for (const auto& x : d["destinations"])
-        dests +=
-            (dests.empty() ? "" : ", ") + x["host"].get<Str>() + ":" + std::to_string(x["port"].get<int>());
+      for (const auto& x : c.definition.destinations)
+        dests += (dests.empty() ? "" : ", ") + x.host + ":" + std::to_string(x.port);
+      creds_.push_back(std::move(c));
       decide("credentials", where, "added",
              "caller asked for credential " + name + ": its placeholder is in " + var + "; " +
                  (served_by.empty() ? Str("the proxy") : "agentshim container " + served_by + "'s proxy") +
@@ -1454,27 +1433,22 @@ class Engine {
   }
 
   void network() {
-    const json& n = p_["network"];
-    const Str mode = n.value("mode", "internal");
-    const long long port = n.value("proxy_port", 3128LL);
-    r_.network = {{"mode", mode},
-                  {"allow", allow_},
-                  {"dns", n.value("dns", "refuse")},
-                  {"proxy_port", port},
-                  {"limits", n.value("limits", json::object())}};
-    if (!creds_.empty()) r_.network["credentials"] = creds_;
-    if (n.contains("request_rules") && !n["request_rules"].empty())
-      r_.network["request_rules"] = n["request_rules"];
+    network::Options& n = r_.network;
+    n = pol_.network;  // mode, dns, proxy_port, limits, request_rules
+    n.allow = allow_;  // with what annotations added
+    n.credentials = creds_;
+    const Str& mode = n.mode;
+    const long long port = n.proxy_port;
     // The namespace the container's network is in: one of its own ("new"),
     // the caller's ("caller": a pod's CNI namespace), or another agentshim
     // container's ("peer": a pod's sandbox, served by that container).
     if (auto it = r_.peer_namespaces.find("network"); it != r_.peer_namespaces.end()) {
-      r_.network["namespace"] = "peer";
-      r_.network["peer"] = it->second;
+      n.ns = "peer";
+      n.peer = it->second;
     } else if (oci::has_new_namespace(r_.config, "network")) {
-      r_.network["namespace"] = "new";
+      n.ns = "new";
     } else {
-      r_.network["namespace"] = oci::has_namespace(r_.config, "network") ? "caller" : "host";
+      n.ns = oci::has_namespace(r_.config, "network") ? "caller" : "host";
     }
     // Credentials are applied by the egress proxy: this container's own, or
     // (a joined network) the one of the container that owns the network,
@@ -1484,8 +1458,8 @@ class Engine {
       hard("credentials", Str("annotations.") + kCredentialsAnnotation,
            "caller asked for credentials, which only an egress proxy applies: not with network.mode "
            "passthrough");
-    if (net_peer_ && r_.network["namespace"] == "peer" && !net_peer_->run_ca_file.empty())
-      r_.network["peer_run_ca"] = net_peer_->run_ca_file;
+    if (net_peer_ && n.ns == "peer" && !net_peer_->run_ca_file.empty())
+      n.peer_run_ca = net_peer_->run_ca_file;
     if (mode != "internal" && mode != "confined") return;
     // Docker (libnetwork) wires its bridge into the container's namespace
     // from a prestart/createRuntime hook ("libnetwork-setkey"): with the
@@ -1559,14 +1533,15 @@ class Engine {
   }
 
  private:
-  const json& p_;
+  const Policy& pol_;
+  const json& p_;   // pol_.doc: the resources stage reads it
   oci::Spec spec_;  // the caller's config as read once, kept equal to r_.config as it is tightened
-  json creds_ = json::array();  // the credentials the caller asked for: {"name","placeholder","definition"}
-  std::optional<peers::Peer> net_peer_;  // the agentshim container whose network this one joined
+  std::vector<network::Credential> creds_;  // the credentials the caller asked for
+  std::optional<peers::Peer> net_peer_;     // the agentshim container whose network this one joined
   const ApplyContext& ctx_;
   bool refuse_;
   Result r_;
-  json allow_ = json::array();
+  std::vector<Str> allow_;
 };
 
 }  // namespace
@@ -1638,7 +1613,7 @@ json validate(const json& p, const std::string& where) {
   return out;
 }
 
-std::vector<Owned> runtime_owned(const json& policy, const std::string& state_root,
+std::vector<Owned> runtime_owned(const Policy& policy, const std::string& state_root,
                                  const std::string& audit_dir, const std::string& policy_path) {
   std::vector<Owned> out;
   auto add = [&](const std::string& p, const std::string& what) {
@@ -1648,8 +1623,7 @@ std::vector<Owned> runtime_owned(const json& policy, const std::string& state_ro
   };
   add(state_root, "agentshim's state root (--root: container state, control sockets)");
   add(audit_dir, "agentshim's audit directory (run records, ledger, signing key)");
-  if (policy.contains("audit") && policy["audit"].is_object())
-    add(policy["audit"].value("signing_key", ""), "agentshim's signing key");
+  add(policy.audit.signing_key, "agentshim's signing key");
   if (!policy_path.empty())
     add(policy_path, "agentshim's policy file");
   else if (::access("/etc/agentshim/policy.json", F_OK) == 0)
@@ -1661,8 +1635,80 @@ std::vector<Owned> runtime_owned(const json& policy, const std::string& state_ro
   return out;
 }
 
-std::string audit_dir(const json& loaded_policy, const std::string& flag) {
-  return flag.empty() ? loaded_policy.at("audit").at("dir").get<std::string>() : flag;
+std::string audit_dir(const Policy& loaded_policy, const std::string& flag) {
+  return flag.empty() ? loaded_policy.audit.dir : flag;
+}
+
+Policy parse(const json& doc) {
+  if (!doc.is_object()) throw Error("policy: a policy must be a JSON object");
+  // What the document leaves out keeps the built-in default: validate()
+  // merged it already; a document saved by an older version (read again by
+  // `update`) may lack a key added since.
+  json d = builtin();
+  d.merge_patch(doc);
+  auto size = [](const json& v, const char* key) {
+    auto s = parse_size(v);
+    if (!s) throw Error(Str("policy: ") + key + ": not a size");
+    return *s;
+  };
+  Policy p;
+  p.doc = doc;
+  try {
+    p.refuse = d.at("mode") == "refuse";
+    p.userns_auto = d.at("userns") == "auto";
+    const json& caps = d.at("capabilities");
+    caps.at("allowed").get_to(p.capabilities.allowed);
+    caps.at("no_new_privileges").get_to(p.capabilities.no_new_privileges);
+    const json& sc = d.at("seccomp");
+    sc.at("profile").get_to(p.seccomp.profile);
+    sc.at("stack_on_config").get_to(p.seccomp.stack_on_config);
+    if (auto l = sc.find("loaded"); l != sc.end()) p.seccomp.loaded = *l;
+    const json& fs = d.at("filesystem");
+    auto& f = p.filesystem;
+    fs.at("readonly_root").get_to(f.readonly_root);
+    fs.at("masked_paths").get_to(f.masked_paths);
+    fs.at("readonly_paths").get_to(f.readonly_paths);
+    f.tmpfs_max_size = size(fs.at("tmpfs_max_size"), "filesystem.tmpfs_max_size");
+    fs.at("scratch").at("paths").get_to(f.scratch_paths);
+    if (const json& sz = fs.at("scratch").at("size"); sz != "memory")
+      f.scratch_size = size(sz, "filesystem.scratch.size");
+    fs.at("allow_bind_mounts").get_to(f.allow_bind_mounts);
+    fs.at("forbidden_sources").get_to(f.forbidden_sources);
+    const json& ns = d.at("namespaces");
+    ns.at("allow_join").get_to(p.namespaces.allow_join);
+    ns.at("allow_host").get_to(p.namespaces.allow_host);
+    const json& dev = d.at("devices");
+    dev.at("allow_block_devices").get_to(p.devices.allow_block_devices);
+    for (const auto& r : dev.at("allowed"))
+      p.devices.allowed.push_back({r.at("major").get<long long>(), r.at("minor").get<long long>()});
+    d.at("limits").at("exec_time_seconds").get_to(p.exec_time_limit_s);
+    const json& n = d.at("network");
+    auto& o = p.network;
+    n.at("mode").get_to(o.mode);
+    n.at("allow").get_to(o.allow);
+    n.at("dns").get_to(o.dns);
+    n.at("proxy_port").get_to(o.proxy_port);
+    n.at("limits").get_to(o.limits);
+    if (auto r = n.find("request_rules"); r != n.end())
+      o.request_rules = net::RequestRules::parse(*r, "policy");
+    d.at("annotations").at("may_widen").get_to(p.may_widen);
+    for (const auto& [name, def] : d.at("credentials").items())
+      p.credentials[name] = net::cred::parse(name, def, "policy");
+    const json& au = d.at("audit");
+    auto& a = p.audit;
+    au.at("dir").get_to(a.dir);
+    au.at("signing_key").get_to(a.signing_key);
+    au.at("key_type").get_to(a.key_type);
+    au.at("strict").get_to(a.strict);
+    a.stop_on_log_failure = au.at("on_log_failure") == "stop";
+    au.at("observe_exec").get_to(a.observe_exec);
+    au.at("max_file_bytes").get_to(a.max_file_bytes);
+    au.at("max_event_log_bytes").get_to(a.max_event_log_bytes);
+    if (auto t = au.find("tsa_url"); t != au.end()) t->get_to(a.tsa_url);  // not in the default
+  } catch (const json::exception& e) {
+    throw Error(Str("policy: not a validated policy document: ") + e.what());
+  }
+  return p;
 }
 
 std::string source_name(const std::string& path) {
@@ -1705,6 +1751,14 @@ json Result::summary() const {
 }
 
 Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx) {
+  return evaluate(parse(policy), caller_config, ctx);
+}
+
+Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx) {
+  return apply(parse(policy), caller_config, ctx);
+}
+
+Result evaluate(const Policy& policy, const json& caller_config, const ApplyContext& ctx) {
   if (!caller_config.is_object()) throw Error("policy: the config to check is not a JSON object");
   try {
     return Engine(policy, caller_config, ctx).run();
@@ -1715,7 +1769,7 @@ Result evaluate(const json& policy, const json& caller_config, const ApplyContex
   }
 }
 
-Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx) {
+Result apply(const Policy& policy, const json& caller_config, const ApplyContext& ctx) {
   Result r = evaluate(policy, caller_config, ctx);
   if (!r.violations.empty()) {
     std::string msg = ctx.policy_name + " (mode " + r.mode + ") refuses this config (" +
@@ -1728,30 +1782,69 @@ Result apply(const json& policy, const json& caller_config, const ApplyContext& 
   return r;
 }
 
-json exec_settings(const json& policy, const Result& r) {
-  json env = json::array();
-  if (const auto m = r.network.value("mode", ""); m == "internal" || m == "confined")
-    env = Engine::proxy_env({}, r.network.value("proxy_port", 3128LL)).first;
+ExecSettings exec_settings(const Policy& policy, const Result& r) {
+  ExecSettings e;
+  if (r.network.mediated()) e.env = Engine::proxy_env({}, r.network.proxy_port).first;
   // An exec'd process sees the same placeholders as the init.
-  for (const auto& c : r.network.value("credentials", json::array()))
-    env.push_back(c["definition"]["placeholder_env"].get<std::string>() + "=" +
-                  c["placeholder"].get<std::string>());
+  for (const auto& c : r.network.credentials)
+    e.env.push_back(c.definition.placeholder_env + "=" + c.placeholder);
   // ... and trusts the run's CA as it does (sandbox/network.h, trust_run_ca).
-  if (r.network.contains("tls"))
-    for (const auto& e : r.network["tls"].value("env", json::array())) env.push_back(e);
-  return {{"capabilities_allowed", policy["capabilities"]["allowed"]},
-          {"no_new_privileges", policy["capabilities"].value("no_new_privileges", true)},
-          {"extra_seccomp", r.extra_seccomp},
-          {"env", env}};
+  if (r.network.tls) e.env.insert(e.env.end(), r.network.tls->env.begin(), r.network.tls->env.end());
+  e.capabilities_allowed = policy.capabilities.allowed;
+  e.no_new_privileges = policy.capabilities.no_new_privileges;
+  e.extra_seccomp = r.extra_seccomp;
+  e.observe_exec = policy.audit.observe_exec;
+  return e;
 }
 
-json apply_exec(const json& settings, oci::Process& process) {
+void to_json(json& j, const ExecSettings& e) {
+  j = {{"capabilities_allowed", e.capabilities_allowed},
+       {"no_new_privileges", e.no_new_privileges},
+       {"extra_seccomp", e.extra_seccomp},
+       {"env", e.env},
+       {"observe_exec", e.observe_exec}};
+}
+
+void from_json(const json& j, ExecSettings& e) {
+  e = ExecSettings{};
+  e.capabilities_allowed = j.value("capabilities_allowed", e.capabilities_allowed);
+  e.no_new_privileges = j.value("no_new_privileges", true);
+  e.extra_seccomp = j.value("extra_seccomp", json());
+  e.env = j.value("env", e.env);
+  e.observe_exec = j.value("observe_exec", false);
+}
+
+Saved Saved::read(const std::string& state_dir) {
+  const std::string file = state_dir + "/policy.json";
+  try {
+    const json j = json::parse(read_file_limited(file, 64 << 20));
+    Saved s;
+    s.exec = j.get<ExecSettings>();
+    if (auto p = j.find("policy"); p != j.end()) s.policy = *p;
+    s.policy_name = j.value("policy_name", s.policy_name);
+    if (j.contains("served_network")) s.served_network = j["served_network"].get<network::Served>();
+    return s;
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(file + ": saved policy settings are corrupt: " + e.what());
+  }
+}
+
+void Saved::write(const std::string& state_dir) const {
+  json j = exec;
+  j["policy"] = policy;
+  j["policy_name"] = policy_name;
+  if (served_network) j["served_network"] = *served_network;
+  write_file(state_dir + "/policy.json", j.dump(), 0600);
+}
+
+json apply_exec(const ExecSettings& settings, oci::Process& process) {
   // `settings` is what create saved (exec_settings): the runtime's own file.
   json decisions = json::array();
   std::set<int> allowed;
-  for (const auto& a : settings.value("capabilities_allowed", json::array()))
-    if (a.is_string())
-      if (auto v = oci::capability_from_name(a.get<std::string>())) allowed.insert(*v);
+  for (const auto& a : settings.capabilities_allowed)
+    if (auto v = oci::capability_from_name(a)) allowed.insert(*v);
   if (process.capabilities) {
     std::set<std::string> dropped;
     for (const char* set : {"bounding", "effective", "permitted", "inheritable", "ambient"})
@@ -1768,7 +1861,7 @@ json apply_exec(const json& settings, oci::Process& process) {
            {"action", "dropped"},
            {"detail", "exec asked for " + d + "; dropped by policy rule capabilities.allowed"}});
   }
-  if (settings.value("no_new_privileges", true) && process.no_new_privileges != true) {
+  if (settings.no_new_privileges && process.no_new_privileges != true) {
     process.no_new_privileges = true;
     decisions.push_back(
         {{"rule", "no_new_privs"},
@@ -1776,9 +1869,7 @@ json apply_exec(const json& settings, oci::Process& process) {
          {"action", "added"},
          {"detail", "set to true for the exec by policy rule capabilities.no_new_privileges"}});
   }
-  std::vector<std::string> want;
-  for (const auto& w : settings.value("env", json::array()))
-    if (w.is_string()) want.push_back(w.get<std::string>());
+  const std::vector<std::string>& want = settings.env;
   if (!want.empty()) {
     auto name = [](const std::string& e) { return e.substr(0, e.find('=')); };
     std::set<std::string> names;

@@ -19,15 +19,20 @@
 //   network       {"mode": "internal" | "passthrough", "allow": ["host:port"],
 //                  "dns": "refuse" | "allowlisted", "proxy_port", "limits": {...}}
 //   annotations   {"may_widen": ["dev.agentshim.egress.allow"]}
+//   credentials   {"<name>": {...}}  (netpolicy/credentials.h)
 //   userns        "off" | "auto"
 //   audit         {"dir", "signing_key", "key_type", "strict", "on_log_failure", "observe_exec"}
 //
 // A policy file may set only some sections, and only some keys of a section:
 // what it leaves out keeps the built-in default; a list it gives replaces the
 // default list. Unknown keys and wrong types are errors that name the key
-// (a typo must never silently weaken the policy).
+// (a typo must never silently weaken the policy). The validated document is
+// parsed once into policy::Policy; what the engine decides for the runtime
+// is typed as well (Result::network, ExecSettings, Enforced, Saved): the code
+// that acts reads those, never the document.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -35,12 +40,79 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/network.h"
 #include "sandbox/oci.h"
 #include "sandbox/peers.h"
 
 namespace agentshim::policy {
 
 using json = nlohmann::json;
+
+// The policy's audit section, with the --signing-key / --key-type
+// overrides of `create`: what the record is made with (the supervisor's
+// attest::RecordConfig comes from it).
+struct AuditSettings {
+  std::string dir;
+  std::string signing_key;  // "" = <dir>/signing.key
+  std::string key_type;     // "ed25519" | "ecdsa-p256"
+  bool strict = false;
+  bool stop_on_log_failure = true;  // on_log_failure "stop" (else "continue")
+  bool observe_exec = true;
+  std::uint64_t max_file_bytes = 0;  // 0: no limit
+  std::uint64_t max_event_log_bytes = 0;
+  std::string tsa_url;
+};
+
+// A character device the policy lets through (devices.allowed).
+struct DeviceRule {
+  long long major = -1;
+  long long minor = -1;
+};
+
+// The policy, parsed once from its validated document (parse()): what every
+// stage of the engine reads, never the document. Every field is set by
+// parse() from the document merged onto the built-in default
+// (configs/policy/default.json), so the defaults live in that one file.
+struct Policy {
+  json doc;             // the document as given to parse(): what `create` saves for `update`
+  bool refuse = false;  // mode "refuse" (else "enforce")
+  struct {
+    std::vector<std::string> allowed;  // canonical names (CAP_...)
+    bool no_new_privileges = true;
+  } capabilities;
+  struct {
+    std::string profile;  // "builtin" or an absolute path
+    bool stack_on_config = true;
+    json loaded;  // the profile given by path, read by load() (OCI linux.seccomp); null otherwise
+  } seccomp;
+  struct {
+    bool readonly_root = true;
+    std::vector<std::string> masked_paths;
+    std::vector<std::string> readonly_paths;
+    long long tmpfs_max_size = 0;            // bytes
+    std::vector<std::string> scratch_paths;  // absolute paths or "$HOME"
+    std::optional<long long> scratch_size;   // bytes; nullopt: "memory" (the memory limit)
+    bool allow_bind_mounts = true;
+    std::vector<std::string> forbidden_sources;
+  } filesystem;
+  struct {
+    std::vector<std::string> allow_join;
+    std::vector<std::string> allow_host;
+  } namespaces;
+  struct {
+    std::vector<DeviceRule> allowed;
+    bool allow_block_devices = false;
+  } devices;
+  long long exec_time_limit_s = 0;  // limits.exec_time_seconds (0: none)
+  // The network section: mode, allow, dns, proxy_port, limits,
+  // request_rules (the rest of network::Options is what the engine decides).
+  network::Options network;
+  std::vector<std::string> may_widen;  // annotations.may_widen
+  // credentials: name -> definition (netpolicy/credentials.h).
+  std::map<std::string, net::cred::Credential> credentials;
+  bool userns_auto = false;  // userns "auto" (else "off")
+  AuditSettings audit;
+};
 
 // The built-in default, as a document (also in configs/policy/default.json).
 json builtin();
@@ -49,6 +121,11 @@ json builtin();
 // A seccomp profile given by path is read and compiled here, and kept in the
 // returned document under "seccomp"."loaded".
 json load(const std::string& path);
+// A validated document (load(), validate(), builtin()) as the typed Policy:
+// the one place its keys are read. A key it lacks (a document saved by an
+// older version, read again by `update`) keeps the built-in default.
+// Throws Error for a document validate() would not have given.
+Policy parse(const json& doc);
 // How messages name the policy load(path) uses: "policy /etc/x.json",
 // "policy /etc/agentshim/policy.json" or "built-in policy".
 std::string source_name(const std::string& path);
@@ -57,7 +134,10 @@ json validate(const json& p, const std::string& where);
 // Where run records go: --audit-dir (`flag`) when given, else the loaded
 // policy's audit.dir. `create` and the record commands (runs, verify,
 // export, keygen) all ask this, so they look in one place.
-std::string audit_dir(const json& loaded_policy, const std::string& flag);
+std::string audit_dir(const Policy& loaded_policy, const std::string& flag);
+inline std::string audit_dir(const json& loaded_policy, const std::string& flag) {
+  return audit_dir(parse(loaded_policy), flag);
+}
 
 // The environment of apply(): where the host's namespaces are (compared by
 // device and inode with the config's namespace paths). /proc/1/ns may be
@@ -92,15 +172,15 @@ struct ApplyContext {
 // the audit directory, the signing key (wherever it is), the policy file
 // (`policy_path`, "" = /etc/agentshim/policy.json when it exists), the
 // runtime binary, the userns allocation directory.
-std::vector<Owned> runtime_owned(const json& policy, const std::string& state_root,
+std::vector<Owned> runtime_owned(const Policy& policy, const std::string& state_root,
                                  const std::string& audit_dir, const std::string& policy_path);
 
 struct Result {
-  json config;         // the enforced config
-  json decisions;      // [{"rule","path","action","detail"}], in order
-  json violations;     // the decisions whose action is "refused" (the config is rejected)
-  json extra_seccomp;  // OCI linux.seccomp object stacked on the config's, or null
-  json network;        // {"mode","allow","dns","proxy_port","limits"}
+  json config;               // the enforced config
+  json decisions;            // [{"rule","path","action","detail"}], in order
+  json violations;           // the decisions whose action is "refused" (the config is rejected)
+  json extra_seccomp;        // OCI linux.seccomp object stacked on the config's, or null
+  network::Options network;  // the network the container gets (network.h)
   // The enforced config's mounts, normalised (oci::Mount), bind sources
   // resolved with the identity the policy checked: the mounting code
   // verifies it mounts that same file.
@@ -123,20 +203,55 @@ struct Result {
 
 // Decide: the enforced config and every decision, never throwing for a
 // violation (they are listed in Result::violations). Throws Error for a
-// config or policy it cannot evaluate.
+// config or policy it cannot evaluate. (The json forms parse() the policy.)
+Result evaluate(const Policy& policy, const json& caller_config, const ApplyContext& ctx = {});
 Result evaluate(const json& policy, const json& caller_config, const ApplyContext& ctx = {});
 // evaluate(), then throw Error listing every violation (one per line) when
 // there is any.
+Result apply(const Policy& policy, const json& caller_config, const ApplyContext& ctx = {});
 Result apply(const json& policy, const json& caller_config, const ApplyContext& ctx = {});
 
-// The exec-relevant parts of a Result, saved next to the container's state
-// so `exec` applies the same capabilities, no_new_privs, seccomp and proxy
-// environment: {"capabilities_allowed", "extra_seccomp", "env"}.
-json exec_settings(const json& policy, const Result& r);
+// What an `exec` in the container is held to, decided by `create` so
+// `exec` applies the same capabilities, no_new_privs, seccomp, proxy
+// environment and exec observation as the init got.
+struct ExecSettings {
+  std::vector<std::string> capabilities_allowed;
+  bool no_new_privileges = true;
+  json extra_seccomp;            // OCI linux.seccomp stacked on the exec's, or null
+  std::vector<std::string> env;  // proxy variables, credential placeholders, the run CA's variables
+  bool observe_exec = false;     // exec sessions are observed as the init is
+};
+void to_json(json& j, const ExecSettings& e);
+void from_json(const json& j, ExecSettings& e);
+ExecSettings exec_settings(const Policy& policy, const Result& r);
 // Tighten an exec's process (parsed as create parses config.process:
-// oci::parse_process) with saved exec_settings(); returns the decisions made
+// oci::parse_process) with the saved settings; returns the decisions made
 // (the same shape as Result::decisions).
-json apply_exec(const json& settings, oci::Process& process);
+json apply_exec(const ExecSettings& settings, oci::Process& process);
+
+// What `create` saves as <state dir>/policy.json, the runtime's own file
+// (docs/FORMATS.md): the exec settings (at the top level), the policy
+// document in force ("policy") and its name, and what this container's own
+// proxy serves for containers joining its network ("served_network").
+struct Saved {
+  ExecSettings exec;
+  json policy;  // the validated document (parse() gives the Policy); null when the file has none
+  std::string policy_name = "policy";
+  std::optional<network::Served> served_network;
+  static Saved read(const std::string& state_dir);  // throws Error naming the file
+  void write(const std::string& state_dir) const;
+};
+
+// What the supervisor is handed by `create` (setup::Setup::policy): the
+// record's settings, the decisions for the record, the network it serves,
+// the time limit and the exec settings (bounding what an exec may hold).
+struct Enforced {
+  AuditSettings audit;
+  json decisions = json::array();
+  network::Options network;
+  long long exec_time_limit_s = 0;
+  ExecSettings exec;
+};
 
 // "64m", "1g", "512k", "1024" (bytes) -> bytes; nullopt when malformed.
 std::optional<long long> parse_size(const json& v);

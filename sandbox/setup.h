@@ -19,7 +19,9 @@
 
 #include "common/fd.h"
 #include "sandbox/oci.h"
+#include "sandbox/policy.h"
 #include "sandbox/process.h"
+#include "sandbox/rootfs.h"
 
 namespace agentshim::setup {
 
@@ -41,8 +43,10 @@ struct Setup {
   std::map<std::string, oci::FileId> checked_sources;
   // Namespace type -> identity the policy checked for a joined path.
   std::map<std::string, oci::FileId> checked_namespaces;
-  json policy;          // policy::Result summary (decisions, extra seccomp, egress)
-  json extra_seccomp;   // agentshim's profile, stacked on the config's
+  policy::Enforced policy;  // what the policy decided for the supervisor (record, network, limits, exec)
+  // The container's cgroup mounts, filled by the supervisor for the init.
+  std::vector<rootfs::CgroupMount> cgroup_mounts;
+  json extra_seccomp;  // agentshim's profile, stacked on the config's
   bool observe_exec = false;
   // config linux.seccomp + extra_seccomp (+ the exec observer), compiled by
   // the supervisor before it forks stage1; the init only loads it.

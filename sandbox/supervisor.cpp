@@ -262,13 +262,9 @@ class Supervisor {
     // from that pid's cgroup: the sentinel joins the container's cgroup. We
     // (threads, proxy buffers, hashing) stay outside it.
     sentinel_joins_container_cgroup();
-    json mounts = json::array();
+    s_.cgroup_mounts.clear();
     for (const auto& h : cg_->hierarchies())
-      mounts.push_back({{"name", h.mountpoint_name},
-                        {"fstype", h.fstype},
-                        {"options", h.options},
-                        {"host_path", h.host_path}});
-    s_.policy["cgroup_mounts"] = mounts;
+      s_.cgroup_mounts.push_back({h.mountpoint_name, h.fstype, h.options, h.host_path});
     // In a new user namespace the container's root is not host root: hand
     // it the stdio pipes (as runc does), so /proc/self/fd/N reopens work.
     if (spec.has_new_namespace("user"))
@@ -344,7 +340,7 @@ class Supervisor {
         // TLS interception: the run's CA is made here (after the init was
         // forked: its key is only ever in this process) and its bundle
         // written before the init mounts it.
-        run_ca_ = network::prepare_run_ca(s_.policy, s_.rootfs, s_.id);
+        run_ca_ = network::prepare_run_ca(s_.policy.network, s_.rootfs, s_.id);
         // The network exists before any of the container's code runs (and
         // before the hooks): lo up, the proxy and DNS stub listening inside
         // its namespace. Made while the init prepares its rootfs.
@@ -425,7 +421,7 @@ class Supervisor {
     // No network namespace at all is the host's network: the policy layer
     // refuses that; nothing here would contain it, so nothing is served.
     if (!s_.spec.has_namespace("network")) return;
-    auto opts = network::Options::from_policy(s_.policy);
+    network::Options opts = s_.policy.network;
     opts.run_ca = run_ca_;
     net_ = std::make_unique<network::ContainerNetwork>(
         init_pid_, s_.spec.has_new_namespace("network"), opts,
@@ -480,7 +476,7 @@ class Supervisor {
     if (deadline_ == std::chrono::steady_clock::time_point{} || time_limit_hit_) return;
     if (std::chrono::steady_clock::now() < deadline_) return;
     time_limit_hit_ = true;
-    long long limit = s_.policy.value("exec_time_limit_s", 0LL);
+    const long long limit = s_.policy.exec_time_limit_s;
     log::warn("container " + s_.id + " reached the policy's exec time limit (" + std::to_string(limit) +
               " s); killing it");
     if (record_)
@@ -638,7 +634,7 @@ class Supervisor {
     const std::string type = control::name(control::type_of(msg));
     log::debug("supervisor: control message " + type);
     if (std::holds_alternative<control::Started>(msg)) {
-      long long limit = s_.policy.value("exec_time_limit_s", 0LL);
+      const long long limit = s_.policy.exec_time_limit_s;
       if (limit > 0 && deadline_ == std::chrono::steady_clock::time_point{})
         deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(limit);
     }
@@ -731,15 +727,15 @@ class Supervisor {
     rc.audit_dir = s_.audit_dir;
     rc.run_id = s_.run_id;
     rc.container_id = s_.id;
-    const json& audit = s_.policy.value("audit", json::object());
-    rc.key_path = audit.value("signing_key", "");
-    rc.key_type = attest::parse_key_type(audit.value("key_type", "ed25519"));
-    rc.hash_cache = !audit.value("strict", false);
-    rc.max_file_bytes = audit.value("max_file_bytes", attest::kDefaultMaxFileBytes);
-    rc.max_event_log_bytes = audit.value("max_event_log_bytes", uint64_t{0});
-    rc.tsa_url = audit.value("tsa_url", "");
+    const policy::AuditSettings& audit = s_.policy.audit;
+    rc.key_path = audit.signing_key;
+    rc.key_type = attest::parse_key_type(audit.key_type);
+    rc.hash_cache = !audit.strict;
+    rc.max_file_bytes = audit.max_file_bytes;
+    rc.max_event_log_bytes = audit.max_event_log_bytes;
+    rc.tsa_url = audit.tsa_url;
     rc.kubernetes = attest::kubernetes_identity(s_.spec.annotations);
-    bool stop = audit.value("on_log_failure", "stop") == "stop";
+    const bool stop = audit.stop_on_log_failure;
     rc.on_log_failure = [this, stop](const std::string& msg) {
       log::error(msg + (stop ? "; stopping the container (policy audit.on_log_failure=stop)"
                              : "; continuing, run marked incomplete"));
@@ -759,7 +755,7 @@ class Supervisor {
                                     {{"args", args},
                                      {"cwd", attest::pct_encode(s_.spec.process.cwd_or_root())},
                                      {"user", oci::user_json(s_.spec.process)}}},
-                                   {"policy_decisions", s_.policy.value("decisions", json::array())},
+                                   {"policy_decisions", s_.policy.decisions},
                                    {"sandbox", sandbox_summary()},
                                    {"runtime", {{"name", "agentshim"}, {"version", AGENTSHIM_VERSION}}}});
   }
@@ -779,26 +775,14 @@ class Supervisor {
     const oci::Spec& spec = s_.spec;
     if (!spec.root.readonly) return "";
     if (s_.no_pivot || !spec.has_new_namespace("mount")) return "";
-    auto holds_admin = [](const json& names) {
-      if (!names.is_array()) return false;
-      for (const auto& n : names)
-        if (!n.is_string() || oci::capability_from_name(n.get<std::string>()) == CAP_SYS_ADMIN) return true;
-      return false;
+    auto holds_admin = [](const std::vector<std::string>& names) {
+      return std::ranges::any_of(
+          names, [](const std::string& n) { return oci::capability_from_name(n) == CAP_SYS_ADMIN; });
     };
     if (const auto& c = spec.process.capabilities)
       for (const char* set : {"bounding", "effective", "inheritable", "permitted", "ambient"})
-        if (holds_admin(json(*c->set(set)))) return "";
-    json saved;
-    try {
-      auto text = try_read_file(s_.state_dir + "/policy.json");
-      if (!text) return "";
-      saved = json::parse(*text);
-    } catch (const std::exception&) {
-      return "";
-    }
-    if (!saved.is_object() || !saved.contains("capabilities_allowed") ||
-        holds_admin(saved["capabilities_allowed"]))
-      return "";
+        if (holds_admin(*c->set(set))) return "";
+    if (holds_admin(s_.policy.exec.capabilities_allowed)) return "";
     std::string root = real_path_or_empty(s_.rootfs);
     if (root.empty()) return "";
     auto aliases_root = [&root](const std::string& path) {
@@ -1075,7 +1059,7 @@ class Supervisor {
                      {{"given_sha256", digest_of(s_.caller_config.is_null() ? s_.config : s_.caller_config)},
                       {"enforced_sha256", digest_of(s_.config)}}},
                     {"sandbox", sandbox_summary()},
-                    {"policy_decisions", s_.policy.value("decisions", json::array())},
+                    {"policy_decisions", s_.policy.decisions},
                     {"entrypoint", entrypoint_},
                     {"exit", ex},
                     {"network", network_totals_},

@@ -34,13 +34,11 @@ int PolicyCommand::run() {
   char buf[PATH_MAX];
   if (!::realpath(dir.c_str(), buf)) throw_errno("resolve bundle " + dir);
   json caller = oci::load_config(buf);
-  json pol = policy::load(g_.policy_path);
+  const policy::Policy pol = policy::parse(policy::load(g_.policy_path));
   policy::ApplyContext ctx;
   ctx.policy_name = policy::source_name(g_.policy_path);
   ctx.bundle = buf;
-  ctx.owned = policy::runtime_owned(
-      pol, g_.root, g_.audit_dir.empty() ? pol["audit"]["dir"].get<std::string>() : g_.audit_dir,
-      g_.policy_path);
+  ctx.owned = policy::runtime_owned(pol, g_.root, policy::audit_dir(pol, g_.audit_dir), g_.policy_path);
   policy::Result r = policy::evaluate(pol, caller, ctx);
   const bool refused = !r.violations.empty();
   if (json_) {

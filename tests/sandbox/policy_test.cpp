@@ -44,6 +44,74 @@ TEST(Policy, OverridesAreMergedOverDefaults) {
   EXPECT_EQ(p["audit"]["on_log_failure"], "stop");
 }
 
+// policy::parse: the validated document as typed sections, what it leaves
+// out (a document an older version saved) from the built-in default.
+TEST(Policy, ParseTypesEverySectionWithTheBuiltInDefaults) {
+  const policy::Policy b = policy::parse(policy::builtin());
+  EXPECT_FALSE(b.refuse);
+  EXPECT_FALSE(b.userns_auto);
+  EXPECT_EQ(json(b.capabilities.allowed), policy::builtin()["capabilities"]["allowed"]);
+  EXPECT_TRUE(b.capabilities.no_new_privileges);
+  EXPECT_EQ(b.seccomp.profile, "builtin");
+  EXPECT_TRUE(b.seccomp.loaded.is_null());
+  EXPECT_TRUE(b.filesystem.readonly_root);
+  EXPECT_EQ(b.filesystem.tmpfs_max_size, 64LL << 20);
+  EXPECT_EQ(b.filesystem.scratch_paths, (std::vector<std::string>{"/tmp", "/var/tmp", "$HOME"}));
+  EXPECT_FALSE(b.filesystem.scratch_size);  // "memory"
+  EXPECT_EQ(b.namespaces.allow_join, (std::vector<std::string>{"ipc", "uts", "network"}));
+  EXPECT_EQ(b.network.mode, "confined");
+  EXPECT_EQ(b.network.proxy_port, 3128);
+  EXPECT_EQ(b.network.limits.at("max_connections"), 64);
+  EXPECT_TRUE(b.network.request_rules.empty());
+  EXPECT_EQ(b.may_widen, (std::vector<std::string>{"dev.agentshim.egress.allow"}));
+  EXPECT_TRUE(b.credentials.empty());
+  EXPECT_EQ(b.audit.dir, "/var/lib/agentshim");
+  EXPECT_EQ(b.audit.key_type, "ed25519");
+  EXPECT_TRUE(b.audit.stop_on_log_failure);
+  EXPECT_EQ(b.audit.max_file_bytes, 68719476736ULL);
+  EXPECT_EQ(b.audit.max_event_log_bytes, 268435456ULL);
+
+  const policy::Policy v = policy::parse(policy::validate(
+      {{"mode", "refuse"},
+       {"userns", "auto"},
+       {"filesystem", {{"tmpfs_max_size", "1m"}, {"scratch", {{"size", "2m"}}}}},
+       {"devices", {{"allowed", {{{"type", "c"}, {"major", 10}, {"minor", 229}}}}}},
+       {"limits", {{"exec_time_seconds", 30}}},
+       {"network",
+        {{"limits", {{"max_pending", 7}}}, {"request_rules", {{{"host", "a.example"}, {"action", "deny"}}}}}},
+       {"audit", {{"on_log_failure", "continue"}, {"tsa_url", "http://tsa.example"}}}},
+      "x"));
+  EXPECT_TRUE(v.refuse);
+  EXPECT_TRUE(v.userns_auto);
+  EXPECT_EQ(v.filesystem.tmpfs_max_size, 1LL << 20);
+  EXPECT_EQ(v.filesystem.scratch_size, 2LL << 20);
+  ASSERT_EQ(v.devices.allowed.size(), 1u);
+  EXPECT_EQ(v.devices.allowed[0].major, 10);
+  EXPECT_EQ(v.devices.allowed[0].minor, 229);
+  EXPECT_EQ(v.exec_time_limit_s, 30);
+  EXPECT_EQ(v.network.limits.at("max_pending"), 7);
+  EXPECT_EQ(v.network.limits.at("max_connections"), 64);  // merged, not replaced
+  EXPECT_TRUE(v.network.request_rules.covers("a.example", 443));
+  EXPECT_FALSE(v.audit.stop_on_log_failure);
+  EXPECT_EQ(v.audit.tsa_url, "http://tsa.example");
+
+  // A document saved before a key existed: the key's default.
+  json old = policy::builtin();
+  old["namespaces"].erase("allow_host");
+  old["audit"].erase("max_event_log_bytes");
+  old["network"]["allow"] = {"api.example.com:443"};
+  const policy::Policy o = policy::parse(old);
+  EXPECT_TRUE(o.namespaces.allow_host.empty());
+  EXPECT_EQ(o.audit.max_event_log_bytes, 268435456ULL);
+  EXPECT_EQ(o.network.allow, (std::vector<std::string>{"api.example.com:443"}));
+  EXPECT_EQ(o.doc, old);  // kept as given (saved, evaluated again by `update`)
+
+  // Not a document validate() gives: an error, never a default.
+  EXPECT_THROW(policy::parse(json::array()), Error);
+  EXPECT_THROW(policy::parse({{"capabilities", {{"allowed", "CAP_KILL"}}}}), Error);
+  EXPECT_THROW(policy::parse({{"filesystem", {{"tmpfs_max_size", "lots"}}}}), Error);
+}
+
 TEST(Policy, ErrorsNameTheFileAndTheKey) {
   EXPECT_NE(error_of({{"audti", json::object()}}).find("unknown policy section \"audti\""),
             std::string::npos);
@@ -283,7 +351,7 @@ std::optional<std::string> privileged(const json& cfg) {
 
 // apply_exec on `proc` as exec reads it (oci::parse_process); what it
 // decided is written back to the fields the assertions read.
-json exec_apply(const json& settings, json& proc) {
+json exec_apply(const policy::ExecSettings& settings, json& proc) {
   oci::Process p = oci::parse_process(proc, "exec process");
   json d = policy::apply_exec(settings, p);
   if (p.capabilities)
@@ -387,7 +455,7 @@ TEST(PolicyApply, RuncSpecUnderTheDefaultPolicy) {
   // /dev tmpfs (64m) is within the limit; the deny-all device rule already first
   EXPECT_TRUE(by_rule(r, "filesystem.tmpfs_max_size").empty());
   EXPECT_TRUE(by_rule(r, "devices.allowed").empty());
-  EXPECT_EQ(r.network["mode"], "confined");
+  EXPECT_EQ(r.network.mode, "confined");
   EXPECT_EQ(r.exec_time_limit_s, 0);
   // The caller's config object is untouched.
   EXPECT_EQ(before, runc_config());
@@ -640,8 +708,8 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
   EXPECT_TRUE(on_namespaces(by_rule(r, "network.mode")).empty());
   // The same in refuse mode: nothing here is beyond the policy.
   EXPECT_NO_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx));
-  EXPECT_EQ(r.network["namespace"], "peer");
-  EXPECT_EQ(r.network["peer"], "sandbox1");
+  EXPECT_EQ(r.network.ns, "peer");
+  EXPECT_EQ(r.network.peer, "sandbox1");
   // A peer on a network of another mode (passthrough): replaced by a new
   // namespace (joining would change this one's mediation, or the peer's),
   // refused in refuse mode.
@@ -654,7 +722,7 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
   EXPECT_NE(net[0]["detail"].get<std::string>().find("whose network mode is \"passthrough\""),
             std::string::npos);
   EXPECT_FALSE(r.peer_namespaces.count("network"));
-  EXPECT_EQ(r.network["namespace"], "new");
+  EXPECT_EQ(r.network.ns, "new");
   EXPECT_THROW(policy::apply(with_mode(policy::builtin(), "refuse"), cfg, ctx), Error);
   // A "peer" whose namespaces are the host's (a container sharing the
   // host's): the host's, refused.
@@ -682,14 +750,14 @@ TEST(PolicyApply, Namespaces) {
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
   EXPECT_FALSE(oci::has_new_namespace(r.config, "network"));
   EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "kept");
-  EXPECT_EQ(r.network["namespace"], "caller");
-  EXPECT_EQ(r.network["mode"], "confined");
+  EXPECT_EQ(r.network.ns, "caller");
+  EXPECT_EQ(r.network.mode, "confined");
   // ... replaced by a new one with only loopback (network.mode internal) ...
   json internal = policy::validate({{"network", {{"mode", "internal"}}}}, "x");
   r = policy::apply(internal, cfg, ns.ctx());
   EXPECT_TRUE(oci::has_new_namespace(r.config, "network"));
   EXPECT_EQ(by_rule(r, "network.mode").at(0)["action"], "replaced");
-  EXPECT_EQ(r.network["namespace"], "new");
+  EXPECT_EQ(r.network.ns, "new");
   // ... kept with passthrough (allow_join lists network by default) ...
   json pass = policy::validate({{"network", {{"mode", "passthrough"}}}}, "x");
   r = policy::apply(pass, cfg, ns.ctx());
@@ -925,7 +993,7 @@ TEST(PolicyApply, RuntimeOwnedPathsAreRefusedByIdentity) {
   ASSERT_EQ(::symlink((ns.dir + "/state").c_str(), (ns.dir + "/alias").c_str()), 0);
   json pol = policy::validate({{"audit", {{"signing_key", ns.dir + "/elsewhere/host.key"}}}}, "x");
   auto ctx = ns.ctx();
-  ctx.owned = policy::runtime_owned(pol, ns.dir + "/state", ns.dir + "/audit", "");
+  ctx.owned = policy::runtime_owned(policy::parse(pol), ns.dir + "/state", ns.dir + "/audit", "");
   auto bind = [](const std::string& src, const std::vector<std::string>& opts) {
     json cfg = clean_config();
     cfg["mounts"].push_back({{"destination", "/mnt"}, {"source", src}, {"options", opts}});
@@ -1102,7 +1170,8 @@ TEST(PolicyApply, ProxyEnvironmentAndNetwork) {
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://127.0.0.1:8888"), 1);
   EXPECT_EQ(std::count(env.begin(), env.end(), "HTTPS_PROXY=http://evil:1"), 0);
   EXPECT_TRUE(has_text(r.decisions, "caller set HTTPS_PROXY; replaced"));
-  EXPECT_EQ(r.network,
+  // (as `policy check --json` prints it)
+  EXPECT_EQ(json(r.network),
             json::parse(
                 R"({"mode": "confined", "namespace": "new", "allow": ["api.example.com:443"], "dns": "refuse",
     "proxy_port": 8888, "limits": {"max_connections": 64, "max_header_bytes": 65536, "idle_timeout_seconds": 300}})"));
@@ -1118,7 +1187,7 @@ TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
   cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443, *.pypi.org:443"},
                         {"org.example.other", "x"}};
   auto r = policy::apply(policy::builtin(), cfg, ns.ctx());
-  EXPECT_EQ(r.network["allow"], json::array({"api.example.com:443", "*.pypi.org:443"}));
+  EXPECT_EQ(r.network.allow, (std::vector<std::string>{"api.example.com:443", "*.pypi.org:443"}));
   EXPECT_TRUE(has_text(r.decisions, "adds the egress rule *.pypi.org:443"));
   EXPECT_FALSE(has_text(r.decisions, "org.example.other"));
   // A malformed rule (a URL) and an unknown (misspelt) agentshim annotation
@@ -1140,7 +1209,7 @@ TEST(PolicyApply, AnnotationsWidenOnlyWhenPermitted) {
   json closed = policy::validate({{"annotations", {{"may_widen", json::array()}}}}, "x");
   cfg["annotations"] = {{"dev.agentshim.egress.allow", "api.example.com:443"}};
   r = policy::apply(closed, cfg, ns.ctx());
-  EXPECT_EQ(r.network["allow"], json::array());
+  EXPECT_TRUE(r.network.allow.empty());
   auto ig = by_rule(r, "annotations.may_widen");
   ASSERT_EQ(ig.size(), 1u);
   EXPECT_EQ(ig[0]["action"], "ignored");
@@ -1197,12 +1266,12 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   cfg["process"]["env"] = {"GITHUB_TOKEN=ghp_real_value_the_caller_had", "A=b"};
   cfg["annotations"] = {{"dev.agentshim.credentials", "github, search"}};
   auto r = policy::apply(credential_policy(), cfg, ns.ctx());
-  ASSERT_EQ(r.network["credentials"].size(), 2u);
-  json gh = r.network["credentials"][0];
-  EXPECT_EQ(gh["name"], "github");
-  const std::string ph = gh["placeholder"];
+  ASSERT_EQ(r.network.credentials.size(), 2u);
+  const network::Credential& gh = r.network.credentials[0];
+  EXPECT_EQ(gh.name, "github");
+  const std::string ph = gh.placeholder;
   EXPECT_EQ(ph.rfind("agentshim-cred-", 0), 0u);
-  EXPECT_EQ(gh["definition"]["placeholder_env"], "GITHUB_TOKEN");
+  EXPECT_EQ(gh.definition.placeholder_env, "GITHUB_TOKEN");
   auto env = names(r.config["process"]["env"]);
   EXPECT_NE(std::find(env.begin(), env.end(), "GITHUB_TOKEN=" + ph), env.end());
   EXPECT_EQ(std::find(env.begin(), env.end(), "GITHUB_TOKEN=ghp_real_value_the_caller_had"), env.end());
@@ -1212,9 +1281,9 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   EXPECT_TRUE(has_text(r.decisions, "applies it on requests to api.github.com:443"));
   // A fresh placeholder per run.
   auto r2 = policy::apply(credential_policy(), cfg, ns.ctx());
-  EXPECT_NE(r2.network["credentials"][0]["placeholder"], ph);
+  EXPECT_NE(r2.network.credentials[0].placeholder, ph);
   // exec'd processes get the same placeholders.
-  json settings = policy::exec_settings(credential_policy(), r);
+  const policy::ExecSettings settings = policy::exec_settings(policy::parse(credential_policy()), r);
   json proc = {{"args", {"sh"}}, {"env", {"GITHUB_TOKEN=other"}}};
   exec_apply(settings, proc);
   auto penv = names(proc["env"]);
@@ -1222,7 +1291,7 @@ TEST(PolicyApply, CredentialsAnnotationGivesPlaceholdersOnly) {
   EXPECT_EQ(std::find(penv.begin(), penv.end(), "GITHUB_TOKEN=other"), penv.end());
   // No annotation: nothing.
   cfg.erase("annotations");
-  EXPECT_FALSE(policy::apply(credential_policy(), cfg, ns.ctx()).network.contains("credentials"));
+  EXPECT_TRUE(policy::apply(credential_policy(), cfg, ns.ctx()).network.credentials.empty());
 }
 
 TEST(PolicyApply, UnknownCredentialIsAnErrorNamingIt) {
@@ -1256,9 +1325,9 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
   FakeNs ns;
   auto ctx = ns.ctx();
   std::string target_dir = ns.dir + "/pod";
-  json held = json::array({{{"name", "github"},
-                            {"placeholder", "agentshim-cred-0123456789abcdef0123456789abcdef"},
-                            {"definition", credential_policy()["credentials"]["github"]}}});
+  std::vector<network::Credential> held = {
+      {"github", "agentshim-cred-0123456789abcdef0123456789abcdef",
+       net::cred::parse("github", credential_policy()["credentials"]["github"], "test"), ""}};
   std::string ca_file = "/run/agentshim/sandbox1/run-ca.pem";
   ctx.peer_namespace = fake_peer(target_dir, [&](peers::Peer& p) {
     p.network_mode = "internal";
@@ -1272,22 +1341,22 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
   cfg["process"]["env"].push_back("GITHUB_TOKEN=mine");
   cfg["annotations"] = {{"dev.agentshim.credentials", "github"}};
   auto r = policy::apply(p, cfg, ctx);
-  EXPECT_EQ(r.network["namespace"], "peer");
-  ASSERT_EQ(r.network["credentials"].size(), 1u);
-  EXPECT_EQ(r.network["credentials"][0]["placeholder"], held[0]["placeholder"]);
-  EXPECT_EQ(r.network["credentials"][0]["served_by"], "sandbox1");
-  EXPECT_EQ(r.network["peer_run_ca"], ca_file);
+  EXPECT_EQ(r.network.ns, "peer");
+  ASSERT_EQ(r.network.credentials.size(), 1u);
+  EXPECT_EQ(r.network.credentials[0].placeholder, held[0].placeholder);
+  EXPECT_EQ(r.network.credentials[0].served_by, "sandbox1");
+  EXPECT_EQ(r.network.peer_run_ca, ca_file);
   int tokens = 0;
   for (const auto& e : r.config["process"]["env"])
     if (e.get<std::string>().rfind("GITHUB_TOKEN=", 0) == 0) {
       ++tokens;
-      EXPECT_EQ(e, "GITHUB_TOKEN=" + held[0]["placeholder"].get<std::string>());
+      EXPECT_EQ(e, "GITHUB_TOKEN=" + held[0].placeholder);
     }
   EXPECT_EQ(tokens, 1);
   EXPECT_TRUE(has_text(r.decisions, "agentshim container sandbox1's proxy applies it on requests to"));
   // exec'd processes see the same placeholder.
-  json ex = policy::exec_settings(p, r);
-  EXPECT_NE(ex["env"].dump().find(held[0]["placeholder"].get<std::string>()), std::string::npos);
+  const policy::ExecSettings ex = policy::exec_settings(policy::parse(p), r);
+  EXPECT_NE(std::find(ex.env.begin(), ex.env.end(), "GITHUB_TOKEN=" + held[0].placeholder), ex.env.end());
 
   // A credential the owner does not hold.
   cfg["annotations"] = {{"dev.agentshim.credentials", "search"}};
@@ -1298,12 +1367,12 @@ TEST(PolicyApply, CredentialsInAJoinedNetworkAreTheOwners) {
                        "that owns the network"))
       << bad.violations.dump(1);
   // An owner that holds nothing and does not intercept: nothing to trust.
-  held = json::array();
+  held.clear();
   ca_file.clear();
   cfg.erase("annotations");
   auto plain = policy::apply(p, cfg, ctx);
-  EXPECT_FALSE(plain.network.contains("peer_run_ca"));
-  EXPECT_FALSE(plain.network.contains("credentials"));
+  EXPECT_TRUE(plain.network.peer_run_ca.empty());
+  EXPECT_TRUE(plain.network.credentials.empty());
 }
 
 TEST(PolicyApply, RefuseModeListsEveryViolation) {
@@ -1371,8 +1440,8 @@ TEST(PolicyApply, UsernsAutoReplacesMapsThatMakeHostRoot) {
 TEST(PolicyApply, ExecGetsTheSameCapsNoNewPrivsSeccompAndProxy) {
   FakeNs ns;
   auto r = policy::apply(policy::builtin(), clean_config(), ns.ctx());
-  json settings = policy::exec_settings(policy::builtin(), r);
-  EXPECT_EQ(settings["extra_seccomp"], seccomp_profile::builtin());
+  const policy::ExecSettings settings = policy::exec_settings(policy::parse(policy::builtin()), r);
+  EXPECT_EQ(settings.extra_seccomp, seccomp_profile::builtin());
   json proc = {
       {"args", {"sh"}},
       {"env", {"HTTP_PROXY=http://elsewhere:1", "A=b"}},
@@ -1469,10 +1538,10 @@ TEST(PolicyApply, NoNewPrivilegesCanBeLeftToTheCaller) {
   EXPECT_EQ(k.config["process"]["noNewPrivileges"], false);
   for (const auto& d : k.decisions) EXPECT_NE(d["rule"], "no_new_privs") << d.dump();
   json proc = {{"args", {"sh"}}, {"noNewPrivileges", false}};
-  exec_apply(policy::exec_settings(p, k), proc);
+  exec_apply(policy::exec_settings(policy::parse(p), k), proc);
   EXPECT_EQ(proc["noNewPrivileges"], false);
   json proc2 = {{"args", {"sh"}}};
-  exec_apply(policy::exec_settings(policy::builtin(), r), proc2);
+  exec_apply(policy::exec_settings(policy::parse(policy::builtin()), r), proc2);
   EXPECT_EQ(proc2["noNewPrivileges"], true);
   // A wrong type names the key.
   try {
@@ -1671,4 +1740,50 @@ TEST(PolicyApply, EnforcedConfigParsesAgainAndSaysWhatWasDecided) {
       }
     }
   EXPECT_EQ(checked, 9u);
+}
+
+// <state>/policy.json: what create saves is what exec, update and peers read.
+TEST(Policy, SavedSettingsRoundTrip) {
+  testutil::TempDir t("policy-test");
+  policy::Saved s;
+  s.exec.capabilities_allowed = {"CAP_KILL"};
+  s.exec.no_new_privileges = false;
+  s.exec.extra_seccomp = seccomp_profile::builtin();
+  s.exec.env = {"HTTP_PROXY=http://127.0.0.1:3128"};
+  s.exec.observe_exec = true;
+  s.policy = policy::builtin();
+  s.policy_name = "policy /etc/x.json";
+  network::Credential c{"github", "agentshim-cred-00", net::cred::Credential{}, ""};
+  c.definition = policy::parse(credential_policy()).credentials.at("github");
+  s.served_network = network::Served{{c}, "/run/x/run-ca.pem"};
+  s.write(t.path);
+  const policy::Saved r = policy::Saved::read(t.path);
+  EXPECT_EQ(r.exec.capabilities_allowed, s.exec.capabilities_allowed);
+  EXPECT_FALSE(r.exec.no_new_privileges);
+  EXPECT_EQ(r.exec.extra_seccomp, s.exec.extra_seccomp);
+  EXPECT_EQ(r.exec.env, s.exec.env);
+  EXPECT_TRUE(r.exec.observe_exec);
+  EXPECT_EQ(r.policy, s.policy);
+  EXPECT_EQ(r.policy_name, s.policy_name);
+  ASSERT_TRUE(r.served_network);
+  ASSERT_EQ(r.served_network->credentials.size(), 1u);
+  EXPECT_EQ(r.served_network->credentials[0].placeholder, "agentshim-cred-00");
+  EXPECT_EQ(r.served_network->credentials[0].definition.placeholder_env, c.definition.placeholder_env);
+  EXPECT_EQ(r.served_network->run_ca_file, "/run/x/run-ca.pem");
+  // A file without the optional parts; a corrupt one names the file.
+  write_file(t.path + "/policy.json", R"({"capabilities_allowed": []})");
+  const policy::Saved bare = policy::Saved::read(t.path);
+  EXPECT_TRUE(bare.exec.no_new_privileges);
+  EXPECT_FALSE(bare.exec.observe_exec);
+  EXPECT_TRUE(bare.policy.is_null());
+  EXPECT_FALSE(bare.served_network);
+  write_file(t.path + "/policy.json", "{");
+  try {
+    policy::Saved::read(t.path);
+    FAIL() << "a corrupt policy.json was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(t.path + "/policy.json: saved policy settings are corrupt"),
+              std::string::npos)
+        << e.what();
+  }
 }

@@ -35,7 +35,14 @@ bool is_regular(const std::string& p) {
 json config_with_netns() {
   return json::parse(R"({"mounts": [], "linux": {"namespaces": [{"type": "network"}, {"type": "mount"}]}})");
 }
-const json kInternal = {{"mode", "internal"}};
+// The network policy::apply decides for an internal network of the container's own.
+network::Options with_mode(const char* mode) {
+  network::Options o;
+  o.mode = mode;
+  o.ns = "new";
+  return o;
+}
+const network::Options kInternal = with_mode("internal");
 
 }  // namespace
 
@@ -84,7 +91,7 @@ TEST(ResolverStub, NothingWithoutInternalNetworkOrEtc) {
   container::point_resolver_at_stub(cfg, kInternal, decisions, root.path);  // no /etc
   EXPECT_TRUE(cfg["mounts"].empty());
   ASSERT_EQ(::mkdir((root.path + "/etc").c_str(), 0755), 0);
-  container::point_resolver_at_stub(cfg, json{{"mode", "passthrough"}}, decisions, root.path);
+  container::point_resolver_at_stub(cfg, with_mode("passthrough"), decisions, root.path);
   EXPECT_TRUE(cfg["mounts"].empty());
   EXPECT_FALSE(lexists(root.path + "/etc/resolv.conf"));
   EXPECT_TRUE(decisions.empty());

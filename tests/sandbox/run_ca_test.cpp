@@ -1,4 +1,4 @@
-// network::run_ca_of_bundle and network::serves_own_network (sandbox/network.h):
+// network::run_ca_of_bundle and network::Options::serves_own (sandbox/network.h):
 // a container joining another's network trusts the owner's run CA, taken
 // from the owner's bundle file after the marker line.
 #include <gtest/gtest.h>
@@ -31,11 +31,18 @@ TEST(RunCa, NothingElseCounts) {
 }
 
 TEST(RunCa, WhoServesItsOwnNetwork) {
-  using json = nlohmann::json;
-  EXPECT_TRUE(network::serves_own_network({{"mode", "internal"}, {"namespace", "new"}}));
-  EXPECT_TRUE(network::serves_own_network({{"mode", "confined"}, {"namespace", "caller"}}));
-  EXPECT_FALSE(network::serves_own_network({{"mode", "internal"}, {"namespace", "caller"}}));
-  EXPECT_FALSE(network::serves_own_network({{"mode", "internal"}, {"namespace", "peer"}}));
-  EXPECT_FALSE(network::serves_own_network({{"mode", "passthrough"}, {"namespace", "new"}}));
-  EXPECT_FALSE(network::serves_own_network(json()));
+  auto serves_own = [](const char* mode, const char* ns) {
+    network::Options o;
+    o.mode = mode;
+    o.ns = ns;
+    return o.serves_own();
+  };
+  EXPECT_TRUE(serves_own("internal", "new"));
+  EXPECT_TRUE(serves_own("confined", "new"));
+  EXPECT_TRUE(serves_own("confined", "caller"));
+  EXPECT_FALSE(serves_own("internal", "caller"));
+  EXPECT_FALSE(serves_own("internal", "peer"));
+  EXPECT_FALSE(serves_own("confined", "peer"));
+  EXPECT_FALSE(serves_own("confined", "host"));
+  EXPECT_FALSE(serves_own("passthrough", "new"));
 }
