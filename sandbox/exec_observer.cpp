@@ -847,8 +847,11 @@ void ExecObserver::sweep(bool all) {
             done = true;
       }
       if (!done) {
+        // A thread whose system call cannot be read (a non-dumpable
+        // process): 10 ms after the last event, unless the BPF program's
+        // record, which a successful exec sends, is awaited.
         int ie = in_exec(a.tid);
-        done = ie == 0 || (ie < 0 && now - a.last_ms >= 10);
+        done = ie == 0 || (ie < 0 && !a.bpf_expected && now - a.last_ms >= 10);
       }
     }
     if (!done) {
