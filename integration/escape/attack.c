@@ -1702,13 +1702,33 @@ static int copy_file(const char* src, const char* dst, int extra) {
 
 static volatile int g_stop;
 static char g_argbuf[16] = "benign";
+/* Each value held about as long as the other (the kernel's copy of argv
+ * sees either, or a mix while one is written); the barriers keep the
+ * compiler from dropping a store the next one overwrites. */
+static volatile int g_flipping;
 static void* flip_arg(void* unused) {
   (void)unused;
+  g_flipping = 1;
   while (!g_stop) {
     memcpy(g_argbuf, "EVIL!!", 7);
+    __asm__ volatile("" ::: "memory");
+    for (volatile int i = 0; i < 2000; i++) {
+    }
     memcpy(g_argbuf, "benign", 7);
+    __asm__ volatile("" ::: "memory");
+    for (volatile int i = 0; i < 2000; i++) {
+    }
   }
   return NULL;
+}
+
+/* The flipping thread, running before this returns (an execve right after
+ * pthread_create would otherwise end it before its first store). */
+static void start_flipper(void) {
+  pthread_t t;
+  pthread_create(&t, NULL, flip_arg, NULL);
+  while (!g_flipping) {
+  }
 }
 
 /* Another thread rewrites argv while execve runs. */
@@ -1717,8 +1737,7 @@ static void a_rec_argv_race(void) {
   for (int i = 0; i < n; i++) {
     pid_t c = fork();
     if (c == 0) {
-      pthread_t t;
-      pthread_create(&t, NULL, flip_arg, NULL);
+      start_flipper();
       char idx[16];
       snprintf(idx, sizeof idx, "%d", i);
       char* av[] = {(char*)"/bin/attack", (char*)"rec_note", idx, g_argbuf, NULL};
@@ -1751,8 +1770,7 @@ static void a_rec_argv_exit_race(void) {
     snprintf(idx, sizeof idx, "%d", i);
     pid_t c = fork();
     if (c == 0) {
-      pthread_t t;
-      pthread_create(&t, NULL, flip_arg, NULL);
+      start_flipper();
       char* av[] = {(char*)"/bin/attack", (char*)"rec_exit", idx, g_argbuf, NULL};
       execv("/bin/attack", av);
       _exit(3);

@@ -788,12 +788,16 @@ def argv_race_verdict(events, tag, real, received):
     if wrong:
         return Verdict("ESCAPED", f"recorded argv {wrong[0]['argv']} is not what the program got "
                                   f"({real.get(wrong[0]['argv'][2])})")
-    if bpf and len(kernel) != len(ran):
-        return Verdict("ESCAPED", f"{len(ran) - len(kernel)} of {len(ran)} argv the caller's although the "
-                                  f"BPF program was loaded")
-    sources = sorted({e.get("argv_source") for e in kernel})
-    return Verdict("BLOCKED", f"{len(kernel)} of {len(ran)} argv as the program received them "
-                              f"({', '.join(sources) or 'none'}), all right; the rest marked argv_source caller")
+    if bpf and any(e.get("argv_source") != "bpf" for e in ran):
+        n = sum(1 for e in ran if e.get("argv_source") != "bpf")
+        return Verdict("ESCAPED", f"{n} of {len(ran)} argv not the kernel's copy although the BPF program "
+                                  f"was loaded")
+    sources = ", ".join(sorted({e.get("argv_source") for e in kernel})) or "none"
+    caller = [e for e in ran if e not in kernel]
+    off = sum(1 for e in caller if not received(unquote(e["argv"][3]), real.get(e["argv"][2])))
+    rest = f"; the rest marked argv_source caller ({off} of them not what the program got)" if caller else ""
+    return Verdict("BLOCKED", f"{len(kernel)} of {len(ran)} argv as the program received them ({sources}), "
+                              f"all right{rest}")
 
 
 def test_rec_argv_race(esc, tmp_path):
