@@ -54,7 +54,8 @@ class ExecArgvBpf {
   // namespace) is copied with `seq`. False when the map is full.
   bool expect(pid_t tgid, uint64_t seq);
   void forget(pid_t tgid);
-  // Readable when records wait (poll it).
+  // Readable when records wait as poll(2) is called; the program does not
+  // wake a poll already waiting (BPF_RB_NO_WAKEUP): drain() on a timer.
   int fd() const;
   // Calls `f` for every waiting record.
   void drain(const std::function<void(const Record&)>& f);

@@ -822,16 +822,21 @@ void ExecObserver::on_exec_open(pid_t pid, int fd) {
   }
 }
 
-// Ends the attempts whose exec is over: the process runs the new program
-// (its /proc/PID/exe is the exec's ELF), its thread left the exec call, it
-// is gone, or 200 ms passed. `all`: every attempt (stopping).
+// Ends the attempts whose exec is over: the BPF program's record came, the
+// process runs the new program (its /proc/PID/exe is the exec's ELF;
+// without the BPF program), its thread left the exec call, it is gone, or
+// 200 ms passed (2 s with the BPF program). `all`: every attempt (stopping).
 void ExecObserver::sweep(bool all) {
   const int64_t now = now_ms();
   drain_argv();
   for (auto it = attempts_.begin(); it != attempts_.end();) {
     Attempt& a = it->second;
-    // The BPF program's record comes once the new image is installed.
-    bool done = all || now - a.last_ms >= 200 || a.bpf_argv;
+    // The BPF program's record comes once the new image is installed. An
+    // exec it was told of ends with it, the thread's leaving the call or the
+    // process's end: one can take longer than 200 ms (the init's, replacing
+    // the runtime's large image on a loaded machine: seen), so only 2 s
+    // without any of them give up.
+    bool done = all || now - a.last_ms >= (a.bpf_expected ? 2000 : 200) || a.bpf_argv;
     if (!done) {
       dev_t d = 0;
       ino_t i = 0;
