@@ -158,8 +158,11 @@ def check_exec_sessions(events):
             if d.get("observed") not in ("kernel", "after", "seccomp"):
                 problems.append(f"event seq {ev['seq']}: process.exec observed {d.get('observed')!r}")
             if d.get("observed") in ("kernel", "after"):
-                if d.get("argv_source") not in ("image", "caller"):
+                if d.get("argv_source") not in ("bpf", "image", "caller"):
                     problems.append(f"event seq {ev['seq']}: process.exec argv_source {d.get('argv_source')!r}")
+                if "argv_fallback" in d and (not isinstance(d["argv_fallback"], str) or
+                                             d.get("argv_source") == "bpf"):
+                    problems.append(f"event seq {ev['seq']}: process.exec argv_fallback {d['argv_fallback']!r}")
                 files = d.get("files")
                 if not isinstance(files, list) or not files or not all(
                         isinstance(f, dict) and isinstance(f.get("path"), str) and
@@ -173,7 +176,12 @@ def check_exec_sessions(events):
             if d.get("mechanism") == "fanotify":
                 if not isinstance(d.get("mounts"), int) or not isinstance(d.get("unmarked"), list):
                     problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")
-            elif d.get("mechanism") != "seccomp" or not isinstance(d.get("error"), str):
+                # argv: the BPF program's copy, or cmdline with why not.
+                if not (d.get("argv") == "bpf" and "argv_error" not in d or
+                        d.get("argv") == "cmdline" and isinstance(d.get("argv_error"), str)):
+                    problems.append(f"event seq {ev['seq']}: exec.watch argv {d!r}")
+            elif (d.get("mechanism") != "seccomp" or not isinstance(d.get("error"), str) or
+                  d.get("argv") != "caller"):
                 problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")
         if ev["type"] not in ("caller.exec", "process.exec", "process.exec_failed") or "session" not in ev["data"]:
             continue

@@ -296,28 +296,7 @@ bool read_cmdline(pid_t pid, json& argv, bool& truncated) {
     all.append(buf, static_cast<std::size_t>(n));
     if (all.size() > kMaxArgBytes + kMaxArgs) break;
   }
-  if (all.empty()) return false;  // a zombie, or the image's mm is gone
-  argv = json::array();
-  truncated = false;
-  std::size_t total = 0, i = 0;
-  while (i < all.size()) {
-    std::size_t j = all.find('\0', i);
-    if (j == std::string::npos) j = all.size();
-    std::string a = all.substr(i, j - i);
-    if (argv.size() >= kMaxArgs || total >= kMaxArgBytes) {
-      truncated = true;
-      break;
-    }
-    if (a.size() > 4096 || total + a.size() > kMaxArgBytes) {
-      a.resize(std::min<std::size_t>(4096, kMaxArgBytes - total));
-      truncated = true;
-    }
-    total += a.size();
-    argv.push_back(attest::pct_encode(a));
-    if (truncated) break;
-    i = j + 1;
-  }
-  return true;
+  return parse_argv_area(all, argv, truncated);  // empty: a zombie, or the image's mm is gone
 }
 
 // "/proc/self/fd/N", "/proc/thread-self/fd/N", "/dev/fd/N",
@@ -481,9 +460,16 @@ ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink
       json un = json::array();
       for (const auto& u : watch_->summary().unmarked) un.push_back(attest::pct_encode(u));
       w["unmarked"] = un;
+      // argv copied in the kernel when the new image is installed; without
+      // it, /proc/PID/cmdline once the exec completed.
+      std::string err;
+      argv_bpf_ = ExecArgvBpf::open(err);
+      w["argv"] = argv_bpf_ ? "bpf" : "cmdline";
+      if (!argv_bpf_) w["argv_error"] = attest::pct_encode(err);
     } catch (const std::exception& e) {
       watch_.reset();
       w["mechanism"] = "seccomp";
+      w["argv"] = "caller";
       w["error"] = attest::pct_encode(e.what());
     }
     emit("exec.watch", std::move(w));
@@ -526,7 +512,8 @@ void ExecObserver::loop() {
   std::vector<char> reqbuf(std::max<std::size_t>(sizes.seccomp_notif, sizeof(struct seccomp_notif)));
   std::vector<Source> sources;
   std::vector<struct pollfd> fds;
-  const std::size_t first = watch_ ? 3 : 2;
+  const std::size_t ring = watch_ ? 3 : 2;  // index of the BPF ring buffer's fd, when there is one
+  const std::size_t first = ring + (argv_bpf_ ? 1 : 0);
   for (;;) {
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -535,6 +522,7 @@ void ExecObserver::loop() {
     }
     fds.assign({{loop_.stop_fd(), POLLIN, 0}, {wake_.get(), POLLIN, 0}});
     if (watch_) fds.push_back({watch_->fd(), POLLIN, 0});
+    if (argv_bpf_) fds.push_back({argv_bpf_->fd(), POLLIN, 0});
     for (const auto& s : sources) fds.push_back({s.fd.get(), POLLIN, 0});
     // While an exec is in progress, look at it every 2 ms (sweep).
     int n = ::poll(fds.data(), fds.size(), attempts_.empty() ? -1 : 2);
@@ -554,6 +542,7 @@ void ExecObserver::loop() {
       (void)r;
     }
     if (watch_ && (fds[2].revents & POLLIN)) handle_fanotify();
+    if (argv_bpf_ && (fds[ring].revents & POLLIN)) drain_argv();
     std::vector<bool> gone(sources.size(), false);
     for (std::size_t i = 0; i < sources.size(); i++) {
       short re = fds[i + first].revents;
@@ -587,6 +576,7 @@ void ExecObserver::handle_seccomp(void* reqp, int listener, const json& tag) {
   auto* req = static_cast<struct seccomp_notif*>(reqp);
   const pid_t tid = static_cast<pid_t>(req->pid);
   const pid_t tgid = tgid_of(tid);
+  drain_argv();
   // A new exec of the same process: the previous one is over.
   if (auto it = attempts_.find(tgid); it != attempts_.end()) {
     Attempt prev = std::move(it->second);
@@ -664,6 +654,13 @@ void ExecObserver::handle_seccomp(void* reqp, int listener, const json& tag) {
   }
   a.have_before = exe_identity(tgid, a.before_dev, a.before_ino);
   a.before_args = arg_range(tgid);
+  // Announced to the BPF program before the exec continues: it copies argv
+  // when the new image is installed.
+  if (argv_bpf_) {
+    a.seq = ++seq_;
+    a.bpf_expected = argv_bpf_->expect(tgid, a.seq);
+    if (!a.bpf_expected) a.argv_fallback = "BPF expect map full";
+  }
   attempts_[tgid] = std::move(a);
   answer(listener, req->id, 0);
 }
@@ -789,7 +786,7 @@ void ExecObserver::on_exec_open(pid_t pid, int fd) {
   const bool last = f.elf && !elf_has_interp(fd);
   f.held = std::move(held);  // the lease lasts until the exec is over
   a.files.push_back(std::move(f));
-  if (!last) return;
+  if (!last || a.bpf_expected) return;  // the BPF program copies argv
   // The kernel opens nothing more for this exec: it is about to run the
   // program. Read argv from the new image as soon as it is there (a
   // program may exit within microseconds); at most 2 ms.
@@ -825,14 +822,21 @@ void ExecObserver::on_exec_open(pid_t pid, int fd) {
   }
 }
 
-// Ends the attempts whose exec is over: the process runs the new program
-// (its /proc/PID/exe is the exec's ELF), its thread left the exec call, it
-// is gone, or 200 ms passed. `all`: every attempt (stopping).
+// Ends the attempts whose exec is over: the BPF program's record came, the
+// process runs the new program (its /proc/PID/exe is the exec's ELF;
+// without the BPF program), its thread left the exec call, it is gone, or
+// 200 ms passed (2 s with the BPF program). `all`: every attempt (stopping).
 void ExecObserver::sweep(bool all) {
   const int64_t now = now_ms();
+  drain_argv();
   for (auto it = attempts_.begin(); it != attempts_.end();) {
     Attempt& a = it->second;
-    bool done = all || now - a.last_ms >= 200;
+    // The BPF program's record comes once the new image is installed. An
+    // exec it was told of ends with it, the thread's leaving the call or the
+    // process's end: one can take longer than 200 ms (the init's, replacing
+    // the runtime's large image on a loaded machine: seen), so only 2 s
+    // without any of them give up.
+    bool done = all || now - a.last_ms >= (a.bpf_expected ? 2000 : 200) || a.bpf_argv;
     if (!done) {
       dev_t d = 0;
       ino_t i = 0;
@@ -840,19 +844,26 @@ void ExecObserver::sweep(bool all) {
       if (!alive) {
         done = ::kill(it->first, 0) < 0;
       } else {
+        // (With the BPF program expected: its record, which follows the
+        // new executable's installation, or the thread's leaving the call.)
         for (const auto& f : a.files)
-          if (f.elf && f.dev == d && f.ino == i && (!a.have_before || d != a.before_dev || i != a.before_ino))
+          if (f.elf && f.dev == d && f.ino == i &&
+              (!a.have_before || d != a.before_dev || i != a.before_ino) && !a.bpf_expected)
             done = true;
       }
       if (!done) {
+        // A thread whose system call cannot be read (a non-dumpable
+        // process): 10 ms after the last event, unless the BPF program's
+        // record, which a successful exec sends, is awaited.
         int ie = in_exec(a.tid);
-        done = ie == 0 || (ie < 0 && now - a.last_ms >= 10);
+        done = ie == 0 || (ie < 0 && !a.bpf_expected && now - a.last_ms >= 10);
       }
     }
     if (!done) {
       ++it;
       continue;
     }
+    drain_argv();  // a record sent since the first drain (it only fills attempts)
     pid_t pid = it->first;
     Attempt taken = std::move(a);
     it = attempts_.erase(it);
@@ -862,6 +873,7 @@ void ExecObserver::sweep(bool all) {
 
 void ExecObserver::finalize(pid_t pid, Attempt a) {
   for (auto& m : a.marked) watch_->unmark_inode(m.get());
+  if (argv_bpf_ && a.seq) argv_bpf_->forget(pid);
   json ev = std::move(a.ev);
   dev_t d = 0;
   ino_t i = 0;
@@ -923,9 +935,21 @@ void ExecObserver::finalize(pid_t pid, Attempt a) {
   ev["files"] = chain;
   json argv;
   bool trunc = false;
+  if (a.bpf_expected && !a.bpf_argv && a.argv_fallback.empty()) {
+    // The exec ran but the kernel's copy is not there: the ring buffer was
+    // full (counted by the program), or it never came.
+    const uint64_t lost = argv_bpf_->lost();
+    if (lost > argv_lost_) {
+      a.argv_fallback = "BPF ring buffer full (" + std::to_string(lost) + " records lost in this run)";
+      argv_lost_ = lost;
+    } else {
+      a.argv_fallback = "no BPF record";
+    }
+  }
+  if (!a.argv_fallback.empty()) ev["argv_fallback"] = a.argv_fallback;
   if (!a.image_argv.is_null()) {
     ev["argv"] = a.image_argv;
-    ev["argv_source"] = "image";
+    ev["argv_source"] = a.bpf_argv ? "bpf" : "image";
     if (a.image_argv_truncated) ev["argv_truncated"] = true;
   } else if (alive && read_cmdline(pid, argv, trunc)) {
     ev["argv"] = argv;
@@ -1040,6 +1064,27 @@ void ExecObserver::handle(void* reqp, int listener, const json& tag) {
   observed_++;
   ev["observed"] = "seccomp";
   emit("process.exec", std::move(ev));
+}
+
+void ExecObserver::drain_argv() {
+  if (!argv_bpf_) return;
+  argv_bpf_->drain([this](const ExecArgvBpf::Record& r) {
+    auto it = attempts_.find(r.tgid);
+    if (it == attempts_.end()) return;
+    Attempt& a = it->second;
+    if (!a.bpf_expected || a.bpf_argv || a.seq != r.seq) return;  // not this attempt's record
+    if (r.fault) {
+      a.argv_fallback = "argument area unreadable in the kernel";
+      a.bpf_expected = false;  // the exec ran: decide as without BPF
+      return;
+    }
+    json argv = json::array();
+    bool trunc = false;
+    parse_argv_area(r.area, argv, trunc);  // an empty area: no arguments
+    a.image_argv = std::move(argv);
+    a.image_argv_truncated = trunc || r.truncated;
+    a.bpf_argv = true;
+  });
 }
 
 void ExecObserver::emit(const std::string& type, json ev) {

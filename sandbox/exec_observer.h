@@ -7,7 +7,10 @@
 // waits; the observer hashes that descriptor, holding a read lease on it
 // (no writer can be open: with one, the exec is answered ETXTBSY, what the
 // kernel's deny-write would answer) until the exec is over. argv is read
-// from the new image (/proc/PID/cmdline) once the exec completed.
+// as the new program received it: copied in the kernel when the new image
+// is installed (sandbox/exec_argv_bpf, a BPF program on sched_process_exec,
+// for the execs the seccomp notification announced), else read from
+// /proc/PID/cmdline once the exec completed.
 //
 // The seccomp user notification on execve/execveat (the listener held by
 // the supervisor) still adds: the exec session's tag, the path as
@@ -37,6 +40,7 @@
 #include "attest/fstree.h"
 #include "common/fd.h"
 #include "common/stoppable_loop.h"
+#include "sandbox/exec_argv_bpf.h"
 #include "sandbox/fanotify_exec.h"
 
 namespace agentshim::observer {
@@ -128,6 +132,10 @@ class ExecObserver {
     bool argv_truncated = false;
     json image_argv;  // read right after the exec, when it could be
     bool image_argv_truncated = false;
+    uint64_t seq = 0;           // its number for the BPF program's record
+    bool bpf_expected = false;  // announced to the BPF program
+    bool bpf_argv = false;      // image_argv is the BPF program's copy
+    std::string argv_fallback;  // why not, when it was expected
     pid_t tid = 0;
     std::vector<File> files;
     std::vector<UniqueFd> marked;  // inode marks placed for this attempt
@@ -146,8 +154,13 @@ class ExecObserver {
   void sweep(bool all);
   void finalize(pid_t tgid, Attempt a);
   void emit(const std::string& type, json ev);
+  // Takes the BPF program's waiting records into their attempts.
+  void drain_argv();
 
   std::unique_ptr<ExecWatch> watch_;
+  std::unique_ptr<ExecArgvBpf> argv_bpf_;  // null: argv from /proc/PID/cmdline
+  uint64_t seq_ = 0;
+  uint64_t argv_lost_ = 0;  // ring buffer losses already accounted
   std::map<pid_t, Attempt> attempts_;
   std::mutex mu_;
   std::vector<Source> pending_;  // added, not yet taken by the loop (mu_)

@@ -8,6 +8,7 @@ pkgs=(build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
       curl openssl docker.io containerd podman conmon python3-yaml tinyproxy
       python3-grpcio python3-grpc-tools containernetworking-plugins jq nodejs
       libnftables-dev libnftables1 liblmdb-dev
+      libbpf-dev libelf-dev zlib1g-dev  # the exec observer's BPF program (sandbox/bpf)
       qemu-system-x86 mmdebstrap cpio e2fsprogs)  # the last four: scripts/guest (make test-guest)
 missing=()
 for p in "${pkgs[@]}"; do

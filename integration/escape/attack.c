@@ -1702,13 +1702,33 @@ static int copy_file(const char* src, const char* dst, int extra) {
 
 static volatile int g_stop;
 static char g_argbuf[16] = "benign";
+/* Each value held about as long as the other (the kernel's copy of argv
+ * sees either, or a mix while one is written); the barriers keep the
+ * compiler from dropping a store the next one overwrites. */
+static volatile int g_flipping;
 static void* flip_arg(void* unused) {
   (void)unused;
+  g_flipping = 1;
   while (!g_stop) {
     memcpy(g_argbuf, "EVIL!!", 7);
+    __asm__ volatile("" ::: "memory");
+    for (volatile int i = 0; i < 2000; i++) {
+    }
     memcpy(g_argbuf, "benign", 7);
+    __asm__ volatile("" ::: "memory");
+    for (volatile int i = 0; i < 2000; i++) {
+    }
   }
   return NULL;
+}
+
+/* The flipping thread, running before this returns (an execve right after
+ * pthread_create would otherwise end it before its first store). */
+static void start_flipper(void) {
+  pthread_t t;
+  pthread_create(&t, NULL, flip_arg, NULL);
+  while (!g_flipping) {
+  }
 }
 
 /* Another thread rewrites argv while execve runs. */
@@ -1717,8 +1737,7 @@ static void a_rec_argv_race(void) {
   for (int i = 0; i < n; i++) {
     pid_t c = fork();
     if (c == 0) {
-      pthread_t t;
-      pthread_create(&t, NULL, flip_arg, NULL);
+      start_flipper();
       char idx[16];
       snprintf(idx, sizeof idx, "%d", i);
       char* av[] = {(char*)"/bin/attack", (char*)"rec_note", idx, g_argbuf, NULL};
@@ -1728,6 +1747,41 @@ static void a_rec_argv_race(void) {
     waitpid(c, NULL, 0);
   }
   blocked("%d execs with argv rewritten by another thread (the record decides)", n);
+}
+
+/* rec_exit IDX ARG: exits at once with a hash of the ARG it received (its
+ * only report: no time to write anything). */
+static int arg_hash(const char* s) {
+  unsigned h = 0;
+  for (; *s; s++) h = h * 31 + (unsigned char)*s;
+  return (int)(h & 0xff);
+}
+
+static void a_rec_exit(void) {
+  _exit(arg_hash(arg(1)));
+}
+
+/* Another thread rewrites argv while execve runs a program that exits at
+ * once; the exit status says which argument it got. */
+static void a_rec_argv_exit_race(void) {
+  int n = atoi(arg(0));
+  for (int i = 0; i < n; i++) {
+    char idx[16];
+    snprintf(idx, sizeof idx, "%d", i);
+    pid_t c = fork();
+    if (c == 0) {
+      start_flipper();
+      char* av[] = {(char*)"/bin/attack", (char*)"rec_exit", idx, g_argbuf, NULL};
+      execv("/bin/attack", av);
+      _exit(3);
+    }
+    int st = 0;
+    waitpid(c, &st, 0);
+    char line[64];
+    snprintf(line, sizeof line, "%s %d\n", idx, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    append_line("/vol/rec.log", line);
+  }
+  blocked("%d execs of a program that exits at once, argv rewritten by another thread (the record decides)", n);
 }
 
 static void* swap_link(void* unused) {
@@ -1957,6 +2011,8 @@ static const struct {
     {"exec_escape_argv", a_exec_escape_argv, 1},
     {"rec_note", a_rec_note, 0},
     {"rec_argv_race", a_rec_argv_race, 1},
+    {"rec_exit", a_rec_exit, 0},
+    {"rec_argv_exit_race", a_rec_argv_exit_race, 1},
     {"rec_symlink_swap", a_rec_symlink_swap, 1},
     {"rec_long_cwd", a_rec_long_cwd, 1},
     {"rec_shebang", a_rec_shebang, 1},

@@ -82,7 +82,10 @@ NEEDS = {
     "kill_caller_process_group_exec": "a new session and process group for every exec'd process",
     "observer_non_regular_file": "the exec observer opens only regular files (O_PATH, fstat, fstatfs first)",
     "runs_show_escape_codes": "`runs show` escapes control bytes",
-    "rec_argv_race": "argv read from the new image (/proc/PID/cmdline), not the caller's memory",
+    "rec_argv_race": "argv copied in the kernel when the new image is installed (a BPF program on "
+                     "sched_process_exec), not read from the caller's memory",
+    "rec_argv_exit_race": "argv copied in the kernel before the new program runs: its exiting at once "
+                          "loses nothing",
     "rec_symlink_swap": "exec identity from the kernel's own open (fanotify FAN_OPEN_EXEC_PERM)",
     "rec_long_cwd": "exec identity from the kernel's own open: no path re-resolution",
     "rec_shebang_chain": "every file the kernel opens for an exec hashed (fanotify), in order",
@@ -107,7 +110,7 @@ SPECIAL = ["host_loopback_service", "host_address_service", "host_network_reques
            "tmpfs_exhaustion_sized", "tmpfs_exhaustion_unsized", "tiocsti_operator_terminal",
            "tiocsti_operator_terminal_exec", "tioclinux_operator_terminal", "kill_caller_process_group",
            "kill_caller_process_group_exec", "observer_non_regular_file", "runs_show_escape_codes",
-           "rec_argv_race", "rec_symlink_swap", "rec_long_cwd", "rec_shebang_chain", "rec_memfd_exec",
+           "rec_argv_race", "rec_argv_exit_race", "rec_symlink_swap", "rec_long_cwd", "rec_shebang_chain", "rec_memfd_exec",
            "rec_hash_cache_poison", "rec_tmpfs_stage", "rec_mmap_volume"]
 
 

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
+from urllib.parse import unquote
 
 import pytest
 
@@ -771,31 +772,75 @@ def no_record(esc):
     return Verdict("ESCAPED", "runc keeps no record: what ran is written nowhere")
 
 
+def argv_race_verdict(events, tag, real, received):
+    """The verdict on execs tagged `tag` (argv [/bin/attack, tag, idx, arg])
+    whose argument another thread rewrote: `real` {idx: what the program
+    reported}, received(arg, report): the recorded arg is what it got. With
+    the exec observer's BPF program (exec.watch argv "bpf") every argv must
+    be its copy; without it an argv may be the caller's only if it says so
+    (argv_source "caller": the program was gone before its image was read)."""
+    bpf = any(e["type"] == "exec.watch" and e["data"].get("argv") == "bpf" for e in events)
+    ran = [e for e in execs_of(events) if e.get("argv", [None])[1:2] == [tag]]
+    kernel = [e for e in ran if e.get("argv_source") in ("bpf", "image")]
+    wrong = [e for e in kernel if not received(unquote(e["argv"][3]), real.get(e["argv"][2]))]
+    if len(ran) != len(real) or not real:
+        return Verdict("ESCAPED", f"{len(real)} programs ran, {len(ran)} recorded")
+    if wrong:
+        return Verdict("ESCAPED", f"recorded argv {wrong[0]['argv']} is not what the program got "
+                                  f"({real.get(wrong[0]['argv'][2])})")
+    if bpf and any(e.get("argv_source") != "bpf" for e in ran):
+        n = sum(1 for e in ran if e.get("argv_source") != "bpf")
+        return Verdict("ESCAPED", f"{n} of {len(ran)} argv not the kernel's copy although the BPF program "
+                                  f"was loaded")
+    sources = ", ".join(sorted({e.get("argv_source") for e in kernel})) or "none"
+    caller = [e for e in ran if e not in kernel]
+    off = sum(1 for e in caller if not received(unquote(e["argv"][3]), real.get(e["argv"][2])))
+    rest = f"; the rest marked argv_source caller ({off} of them not what the program got)" if caller else ""
+    return Verdict("BLOCKED", f"{len(kernel)} of {len(ran)} argv as the program received them ({sources}), "
+                              f"all right{rest}")
+
+
 def test_rec_argv_race(esc, tmp_path):
     """argv rewritten by another thread while execve runs: the recorded argv
-    must be the one the new program received (read from the new image), or
-    say it is the caller's (argv_source "caller": the program, which exits
-    within microseconds here, was gone before its image could be read; the
-    fraction read from the image is in the verdict's detail)."""
+    must be the one the new program received (the kernel's copy, or read
+    from the new image), or say it is the caller's (argv_source "caller",
+    only without the BPF program: the program was gone before its image
+    could be read)."""
     v, events, log, _ = rec_attack(esc, tmp_path, "rec_argv_race", "40")
     if events is not None:
         real = {line[0]: line[1] for line in log}
-        ran = [e for e in execs_of(events) if e.get("argv", [None])[1:2] == ["rec_note"]]
-        image = [e for e in ran if e.get("argv_source") == "image"]
-        wrong = [e for e in image if real.get(e["argv"][2]) != e["argv"][3]]
+        v = argv_race_verdict(events, "rec_note", real, lambda arg, got: arg == got)
         evil = sum(1 for a in real.values() if a != "benign")
-        if len(ran) != len(real) or not real:
-            v = Verdict("ESCAPED", f"{len(real)} programs ran, {len(ran)} recorded")
-        elif wrong:
-            v = Verdict("ESCAPED", f"recorded argv {wrong[0]['argv']} is not what the program got "
-                                   f"({real.get(wrong[0]['argv'][2])})")
-        else:
-            v = Verdict("BLOCKED", f"{len(image)} of {len(ran)} argv read from the new image, all right "
-                                   f"({evil} raced); the rest marked argv_source caller")
+        v = Verdict(v.kind, f"{v.detail} ({evil} raced)")
     elif v.kind == "BLOCKED":
         v = no_record(esc)
     check("rec_argv_race", "argv rewritten by another thread during execve: the record has what the program got",
           esc, v)
+
+
+def arg_hash(s):
+    """attack.c's arg_hash: what `rec_exit` exits with."""
+    h = 0
+    for b in s.encode("latin-1"):
+        h = (h * 31 + b) & 0xffffffff
+    return h & 0xff
+
+
+def test_rec_argv_exit_race(esc, tmp_path):
+    """argv rewritten by another thread while execve runs a program that
+    exits at once (its first act is _exit with a hash of the argument it
+    got, which the parent logs): the recorded argv must be what it
+    received, for every exec."""
+    v, events, log, _ = rec_attack(esc, tmp_path, "rec_argv_exit_race", "200")
+    if events is not None:
+        real = {line[0]: int(line[1]) for line in log}
+        v = argv_race_verdict(events, "rec_exit", real, lambda arg, got: arg_hash(arg) == got)
+        evil = sum(1 for st in real.values() if st != arg_hash("benign"))
+        v = Verdict(v.kind, f"{v.detail} ({evil} raced)")
+    elif v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_argv_exit_race", "argv rewritten by another thread during execve of a program that exits at once: "
+          "the record has what it got", esc, v)
 
 
 def test_rec_symlink_swap(esc, tmp_path):

@@ -290,8 +290,15 @@ TEST(ExecObserver, DyingProcessAndStopWhileAnExecWaits) {
 // recorded is the file the kernel opened: a copy on the tmpfs, a memfd
 // executed through /proc/self/fd/N (inode mark), and an exec while the file
 // is open for writing is refused with ETXTBSY and recorded as a failure.
-TEST(ExecObserver, KernelOpensAreRecordedWithTheirHashes) {
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root (a mount namespace, fanotify)";
+// argv comes from the BPF program (`bpf`: AGENTSHIM_EXEC_ARGV_BPF unset, the
+// kernel here allows it) or, with it off, from the new image's cmdline.
+static void kernel_opens_are_recorded(bool argv_bpf) {
+  struct Env {
+    explicit Env(bool on) {
+      if (!on) ::setenv("AGENTSHIM_EXEC_ARGV_BPF", "off", 1);
+    }
+    ~Env() { ::unsetenv("AGENTSHIM_EXEC_ARGV_BPF"); }
+  } env(argv_bpf);
   testutil::TempDir dir;
   const std::string mnt = dir.path + "/mnt";
   ASSERT_EQ(::mkdir(mnt.c_str(), 0755), 0);
@@ -362,6 +369,13 @@ TEST(ExecObserver, KernelOpensAreRecordedWithTheirHashes) {
   ASSERT_GE(events.size(), 4u);
   EXPECT_EQ(events[0].first, "exec.watch");
   EXPECT_EQ(events[0].second["mechanism"], "fanotify") << events[0].second.dump();
+  if (argv_bpf) {
+    EXPECT_EQ(events[0].second["argv"], "bpf") << events[0].second.dump();
+    EXPECT_FALSE(events[0].second.contains("argv_error"));
+  } else {
+    EXPECT_EQ(events[0].second["argv"], "cmdline");
+    EXPECT_EQ(events[0].second.value("argv_error", ""), "disabled%20(AGENTSHIM_EXEC_ARGV_BPF=off)");
+  }
   std::map<std::string, json> by_tag;
   for (const auto& [type, d] : events)
     if (d.contains("argv") && d["argv"].size() == 2) by_tag[type + ":" + d["argv"][1].get<std::string>()] = d;
@@ -370,8 +384,31 @@ TEST(ExecObserver, KernelOpensAreRecordedWithTheirHashes) {
   EXPECT_EQ(by_tag["process.exec:copy"]["observed"], "kernel");
   ASSERT_TRUE(by_tag.count("process.exec:memfd"));
   EXPECT_EQ(by_tag["process.exec:memfd"]["sha256"], want);
+  for (const char* t : {"process.exec:copy", "process.exec:memfd"}) {
+    const json& d = by_tag[t];
+    EXPECT_EQ(d["argv"][0], "prog");
+    if (argv_bpf) {
+      EXPECT_EQ(d["argv_source"], "bpf") << d.dump();
+      EXPECT_FALSE(d.contains("argv_fallback")) << d.dump();
+    } else {
+      // /bin/true exits at once: read from its image, or the caller's.
+      EXPECT_TRUE(d["argv_source"] == "image" || d["argv_source"] == "caller") << d.dump();
+    }
+  }
   bool busy = false;
   for (const auto& [type, d] : events)
     if (type == "process.exec_failed" && d.value("errno", "") == "ETXTBSY") busy = true;
   EXPECT_TRUE(busy);
+}
+
+TEST(ExecObserver, KernelOpensAreRecordedWithTheirHashes) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (a mount namespace, fanotify)";
+  kernel_opens_are_recorded(true);
+}
+
+// Without the BPF program (what a kernel without BTF or a supervisor
+// without CAP_BPF gets): the run is recorded the same, argv from cmdline.
+TEST(ExecObserver, WithoutTheBpfProgramArgvComesFromCmdline) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (a mount namespace, fanotify)";
+  kernel_opens_are_recorded(false);
 }
