@@ -266,21 +266,27 @@ bool exe_identity(pid_t pid, dev_t& dev, ino_t& ino) {
   return true;
 }
 
-// 1: the thread is inside execve/execveat (or running: undecided), 0: it is
-// in another system call (its exec returned), -1: it is gone.
-int in_exec(pid_t tid) {
+// What /proc/TID/syscall says of a thread that asked to exec.
+enum class InExec {
+  inside,   // blocked inside execve/execveat: the exec is not over
+  running,  // on a CPU right now: undecided
+  left,     // in another system call, or in user mode ("-1 ..."): the call returned
+  unknown,  // gone, or its system call cannot be read (not dumpable)
+};
+InExec in_exec(pid_t tid) {
   UniqueFd f(::open(("/proc/" + std::to_string(tid) + "/syscall").c_str(), O_RDONLY | O_CLOEXEC));
-  if (!f) return -1;
+  if (!f) return InExec::unknown;
   char buf[64] = {};
   ssize_t n = ::read(f.get(), buf, sizeof buf - 1);
-  if (n <= 0) return -1;
-  if (!std::isdigit(static_cast<unsigned char>(buf[0]))) return 1;  // "running"
+  if (n <= 0) return InExec::unknown;
+  if (buf[0] == '-') return InExec::left;  // "-1 SP PC": not in a system call
+  if (!std::isdigit(static_cast<unsigned char>(buf[0]))) return InExec::running;
   long nr = std::strtol(buf, nullptr, 10);
-  if (nr == SYS_execve) return 1;
+  if (nr == SYS_execve) return InExec::inside;
 #ifdef SYS_execveat
-  if (nr == SYS_execveat) return 1;
+  if (nr == SYS_execveat) return InExec::inside;
 #endif
-  return 0;
+  return InExec::left;
 }
 
 // argv as the new image received it (bounded like the caller's).
@@ -836,7 +842,16 @@ void ExecObserver::sweep(bool all) {
     // process's end: one can take longer than 200 ms (the init's, replacing
     // the runtime's large image on a loaded machine: seen), so only 2 s
     // without any of them give up.
-    bool done = all || now - a.last_ms >= (a.bpf_expected ? 2000 : 200) || a.bpf_argv;
+    // A thread still inside the call (blocked in it, or on a CPU: the
+    // kernel loading the new image; a failed exec's thread in user mode
+    // says so once it is off the CPU) is waited for up to 10 s, whatever
+    // the mechanism: ending its attempt after 200 ms recorded a successful
+    // exec as failed ("unknown") and its interpreter as an exec of its own
+    // (the init under load without the BPF program, 2 of 6 runs).
+    const InExec ie = all || a.bpf_argv ? InExec::unknown : in_exec(a.tid);
+    const int64_t idle = now - a.last_ms;
+    const int64_t limit = ie == InExec::inside || ie == InExec::running ? 10000 : a.bpf_expected ? 2000 : 200;
+    bool done = all || a.bpf_argv || idle >= limit;
     if (!done) {
       dev_t d = 0;
       ino_t i = 0;
@@ -855,8 +870,7 @@ void ExecObserver::sweep(bool all) {
         // A thread whose system call cannot be read (a non-dumpable
         // process): 10 ms after the last event, unless the BPF program's
         // record, which a successful exec sends, is awaited.
-        int ie = in_exec(a.tid);
-        done = ie == 0 || (ie < 0 && !a.bpf_expected && now - a.last_ms >= 10);
+        done = ie == InExec::left || (ie == InExec::unknown && !a.bpf_expected && idle >= 10);
       }
     }
     if (!done) {
