@@ -425,7 +425,7 @@ std::optional<Str> privileged_request(const oci::Spec& s) {
   if (!s.linux.seccomp_unconfined()) return std::nullopt;
   // 3. host exposure
   std::vector<Str> exposed;
-  for (const auto& d : s.linux.limits.devices)
+  for (const auto& d : s.linux.resources.devices)
     if (d.allow && d.every_device() && d.reads_or_writes()) {
       exposed.push_back("every device allowed");
       break;
@@ -1036,7 +1036,7 @@ class Engine {
     long long size = 0;
     const json want = sc.value("size", json("memory"));
     if (want == "memory") {
-      size = spec_.linux.limits.memory_limit.value_or(0);
+      size = spec_.linux.resources.memory.limit.value_or(0);
       if (size <= 0) size = *parse_size(p_["filesystem"]["tmpfs_max_size"]);  // no limit at all
     } else {
       size = *parse_size(want);
@@ -1149,7 +1149,7 @@ class Engine {
     }
     if (!l["resources"].is_object()) l["resources"] = json::object();
     json& res = l["resources"];
-    std::vector<oci::DeviceRule>& rules = spec_.linux.limits.devices;
+    std::vector<oci::DeviceRule>& rules = spec_.linux.resources.devices;
     json kept = json::array();
     std::vector<oci::DeviceRule> kept_typed;
     for (std::size_t i = 0; i < rules.size(); i++) {
@@ -1194,46 +1194,40 @@ class Engine {
     rules = kept_typed;
   }
 
+  // Decided on the typed linux.resources (spec_); the groups decided on are
+  // written back into the enforced config as oci::to_json spells them, so
+  // `create` parses back exactly these values.
   void resources() {
-    json& res = linux_()["resources"];
-    oci::ResourceLimits& lim_ = spec_.linux.limits;
+    oci::Resources& r = spec_.linux.resources;
     const json& def = p_["resources"]["defaults"];
     const json& max = p_["resources"]["maximum"];
     // memory
     if (def.contains("memory") || max.contains("memory")) {
-      if (!res["memory"].is_object()) res["memory"] = json::object();
-      json& m = res["memory"];
-      const long long lim = lim_.memory_limit.value_or(0);
+      const long long lim = r.memory.limit.value_or(0);
       // Plain integers (-1: not set), not std::optional: GCC 12 at -O3
       // (CMAKE_BUILD_TYPE=Release) reports a false -Wmaybe-uninitialized on
       // the optional's payload here, which -Werror turns into a build failure.
       const long long d = def.contains("memory") ? parse_size(def["memory"]).value_or(-1) : -1;
       const long long x = max.contains("memory") ? parse_size(max["memory"]).value_or(-1) : -1;
+      long long limit = lim;
       if (lim <= 0) {
         const long long v = d >= 0 ? d : x >= 0 ? x : 1LL << 30;
         decide(d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory",
                "linux.resources.memory.limit", "added",
                "the config sets no memory limit; " + human_size(v) + " by policy rule " +
                    (d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory"));
-        m["limit"] = v;
-        lim_.memory_limit = v;
+        limit = v;
       } else if (x >= 0 && lim > x) {
         if (beyond("resources.maximum.memory", "linux.resources.memory.limit", "capped",
-                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x))) {
-          m["limit"] = x;
-          lim_.memory_limit = x;
-        }
+                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x)))
+          limit = x;
       }
-      if (lim_.memory_reservation && *lim_.memory_reservation > *lim_.memory_limit) {
-        m["reservation"] = *lim_.memory_limit;
-        lim_.memory_reservation = lim_.memory_limit;
-      }
+      r.memory.limit = limit;
+      if (r.memory.reservation.value_or(0) > limit) r.memory.reservation = limit;
     }
     // pids
     if (def.contains("pids") || max.contains("pids")) {
-      if (!res["pids"].is_object()) res["pids"] = json::object();
-      json& pd = res["pids"];
-      const long long lim = lim_.pids_limit.value_or(0);
+      const long long lim = r.pids.limit.value_or(0);
       long long d = def.value("pids", 0LL), x = max.value("pids", 0LL);
       if (lim <= 0) {
         long long v = d > 0 ? d : x;
@@ -1241,31 +1235,24 @@ class Engine {
                "added",
                "the config sets no pids limit; " + std::to_string(v) + " by policy rule " +
                    (d > 0 ? "resources.defaults.pids" : "resources.maximum.pids"));
-        pd["limit"] = v;
-        lim_.pids_limit = v;
+        r.pids.limit = v;
       } else if (x > 0 && lim > x) {
         if (beyond("resources.maximum.pids", "linux.resources.pids.limit", "capped",
                    "caller asked for a pids limit of " + std::to_string(lim),
-                   "capped to " + std::to_string(x))) {
-          pd["limit"] = x;
-          lim_.pids_limit = x;
-        }
+                   "capped to " + std::to_string(x)))
+          r.pids.limit = x;
       }
     }
     // cpus (CFS quota over period)
     if (def.contains("cpus") || max.contains("cpus")) {
-      if (!res["cpu"].is_object()) res["cpu"] = json::object();
-      json& cpu = res["cpu"];
-      const long long period = lim_.cpu_period.value_or(0) > 0 && *lim_.cpu_period <= (1ULL << 62)
-                                   ? static_cast<long long>(*lim_.cpu_period)
+      const long long period = r.cpu.period.value_or(0) > 0 && *r.cpu.period <= (1ULL << 62)
+                                   ? static_cast<long long>(*r.cpu.period)
                                    : 100000;
-      const long long quota = lim_.cpu_quota.value_or(0);
+      const long long quota = r.cpu.quota.value_or(0);
       auto set_cpu = [&](double cpus) {
-        cpu["period"] = period;
+        r.cpu.period = static_cast<std::uint64_t>(period);
         // (A period beyond any kernel's 1 s must not overflow the quota.)
-        cpu["quota"] = static_cast<long long>(std::min(cpus * static_cast<double>(period), 0x1p62));
-        lim_.cpu_period = period;
-        lim_.cpu_quota = cpu["quota"].get<long long>();
+        r.cpu.quota = static_cast<long long>(std::min(cpus * static_cast<double>(period), 0x1p62));
       };
       std::optional<double> d = def.contains("cpus") ? parse_cpus(def["cpus"]) : std::nullopt;
       std::optional<double> x = max.contains("cpus") ? parse_cpus(max["cpus"]) : std::nullopt;
@@ -1283,6 +1270,11 @@ class Engine {
           set_cpu(*x);
       }
     }
+    json& res = linux_()["resources"];
+    const json typed = oci::to_json(r);
+    for (const auto& [group, rule] :
+         {std::pair<const char*, const char*>{"memory", "memory"}, {"pids", "pids"}, {"cpu", "cpus"}})
+      if ((def.contains(rule) || max.contains(rule)) && typed.contains(group)) res[group] = typed[group];
   }
 
   void process_limits() {
@@ -1471,10 +1463,10 @@ class Engine {
     if (auto it = r_.peer_namespaces.find("network"); it != r_.peer_namespaces.end()) {
       r_.network["namespace"] = "peer";
       r_.network["peer"] = it->second;
-    } else if (oci::has_new_namespace(r_.config, "network")) {
+    } else if (spec_.has_new_namespace("network")) {
       r_.network["namespace"] = "new";
     } else {
-      r_.network["namespace"] = oci::has_namespace(r_.config, "network") ? "caller" : "host";
+      r_.network["namespace"] = spec_.has_namespace("network") ? "caller" : "host";
     }
     // Credentials are applied by the egress proxy: this container's own, or
     // (a joined network) the one of the container that owns the network,
