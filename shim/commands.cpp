@@ -278,7 +278,8 @@ void add_update(Commands& c) {
     // rest stays unset (left as the container has it).
     oci::Resources r;
     if (!f->resources.empty())
-      r = oci::parse_resources(read_json_arg(f->resources, "update --resources"), "update --resources");
+      r = oci::parse_resources(read_json_arg(f->resources, "update --resources"),
+                               "update --resources: linux.resources");
     auto num = [](const std::string& flag, const std::string& v) -> long long {
       if (auto n = parse_int(v)) return *n;
       throw Error("update " + flag + ": \"" + v + "\" is not a number");
