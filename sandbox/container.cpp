@@ -809,9 +809,6 @@ void update(const Global& g, const std::string& id, const oci::Resources& resour
   state::Lock lock(g.root, id);
   if (state::status(g.root, st) == "stopped") throw Error("container not running");
   if (!st.spec_error.empty()) throw Error("update: " + st.spec_error);
-  // The container's resources with the update merged in.
-  oci::Resources merged = st.spec.linux.resources;
-  merged.update(resources);
   // The policy's limits hold for updates too: the config with the update
   // merged in is evaluated again, and the resources it would enforce are
   // what is applied (capped in enforce mode; refused in refuse mode).
@@ -820,6 +817,8 @@ void update(const Global& g, const std::string& id, const oci::Resources& resour
   if (auto saved = try_read_file(state_dir(g, id) + "/policy.json")) {
     json sp = json::parse(*saved, nullptr, false);
     if (sp.is_object() && sp.contains("policy")) {
+      oci::Resources merged = st.spec.linux.resources;
+      merged.update(resources);
       json config = st.config;
       config["linux"]["resources"] = oci::to_json(merged);
       policy::ApplyContext ctx;
