@@ -270,6 +270,29 @@ def test_update_pids_limit_and_memory(shim, bundle, cid):
     assert b"fork" in r.stderr.lower() or b"resource" in r.stderr.lower() or r.returncode != 0
 
 
+def test_update_resources_file_is_a_partial_set(shim, bundle, cid):
+    """update --resources: the fields the file gives change, the rest stays; a bad field is named."""
+    shim.ids.add(cid)
+    bundle.config["linux"]["resources"] = {"pids": {"limit": 50}, "memory": {"limit": 64 * 1024 * 1024}}
+    bundle.save()
+    shim("run", "--detach", "--bundle", bundle.args("sleep", "30").path, cid, check=True)
+    shim("update", "--resources", "-", cid, input=b'{"pids": {"limit": 9}}', check=True)
+    ev = json.loads(shim("events", "--stats", cid, check=True).stdout)["data"]
+    assert ev["pids"]["limit"] == 9
+    assert ev["memory"]["usage"]["limit"] == 64 * 1024 * 1024
+    # A flag over the file: the flag wins, the file's other fields apply.
+    shim("update", "--resources", "-", "--pids-limit", "11", cid,
+         input=b'{"pids": {"limit": 10}, "memory": {"limit": 33554432}}', check=True)
+    ev = json.loads(shim("events", "--stats", cid, check=True).stdout)["data"]
+    assert ev["pids"]["limit"] == 11
+    assert ev["memory"]["usage"]["limit"] == 33554432
+    r = shim("update", "--resources", "-", cid, input=b'{"memory": {"limit": "lots"}}')
+    assert r.returncode != 0
+    assert b"update --resources: linux.resources.memory.limit: expected integer, got string" in r.stderr
+    ev = json.loads(shim("events", "--stats", cid, check=True).stdout)["data"]
+    assert ev["memory"]["usage"]["limit"] == 33554432
+
+
 def test_oom_kill_is_reported(shim, bundle, cid):
     shim.ids.add(cid)
     bundle.config["linux"]["resources"] = {"memory": {"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024}}

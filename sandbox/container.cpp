@@ -800,26 +800,27 @@ void resume(const Global& g, const std::string& id) {
   control::notify(state_dir(g, id), control::Resumed{});
 }
 
-void update(const Global& g, const std::string& id, const json& resources) {
+void update(const Global& g, const std::string& id, const oci::Resources& resources) {
   auto st = state::load(g.root, id);
   state::Lock lock(g.root, id);
   if (state::status(g.root, st) == "stopped") throw Error("container not running");
-  if (!resources.is_object()) throw Error("update: resources must be a JSON object");
+  if (!st.spec_error.empty()) throw Error("update: " + st.spec_error);
   // The policy's limits hold for updates too: the config with the update
   // merged in is evaluated again, and the resources it would enforce are
   // what is applied (capped in enforce mode; refused in refuse mode).
-  json apply = resources;
+  oci::Resources apply = resources;
   json decisions = json::array();
   const std::optional<policy::Saved> saved = path_exists(state_dir(g, id) + "/policy.json")
                                                  ? std::optional(policy::Saved::read(state_dir(g, id)))
                                                  : std::nullopt;
   if (saved && saved->policy.is_object()) {
-    json merged = st.config;
-    if (!merged["linux"]["resources"].is_object()) merged["linux"]["resources"] = json::object();
-    merged["linux"]["resources"].merge_patch(resources);
+    oci::Resources merged = st.spec.linux.resources;
+    merged.update(resources);
+    json config = st.config;
+    config["linux"]["resources"] = oci::to_json(merged);
     policy::ApplyContext ctx;
     ctx.policy_name = saved->policy_name;
-    policy::Result pr = policy::evaluate(saved->policy, merged, ctx);
+    policy::Result pr = policy::evaluate(saved->policy, config, ctx);
     std::string refused;
     for (const auto& d : pr.decisions) {
       if (!starts_with(d.value("path", ""), "linux.resources")) continue;
@@ -827,16 +828,28 @@ void update(const Global& g, const std::string& id, const json& resources) {
       decisions.push_back(d);
     }
     if (!refused.empty()) throw Error("update refused by " + ctx.policy_name + ":" + refused);
-    const json& enforced = pr.config["linux"]["resources"];
-    for (auto& [k, v] : apply.items())
-      if (k != "devices" && enforced.contains(k)) v = enforced[k];
+    // Each group the update gives is applied as the policy enforces it
+    // (the devices stay as given).
+    const oci::Resources enforced =
+        oci::parse_resources(pr.config["linux"]["resources"], "enforced linux.resources");
+    auto take = [](auto& to, const auto& from, const auto& given) {
+      if (given != std::remove_cvref_t<decltype(given)>{}) to = from;
+    };
+    take(apply.memory, enforced.memory, resources.memory);
+    take(apply.cpu, enforced.cpu, resources.cpu);
+    take(apply.pids, enforced.pids, resources.pids);
+    take(apply.block_io, enforced.block_io, resources.block_io);
+    take(apply.hugepage_limits, enforced.hugepage_limits, resources.hugepage_limits);
+    take(apply.network, enforced.network, resources.network);
+    take(apply.rdma, enforced.rdma, resources.rdma);
+    take(apply.unified, enforced.unified, resources.unified);
   }
   cgroup_of(st)->set(apply);
-  json& r = st.config["linux"]["resources"];
-  if (!r.is_object()) r = json::object();
-  r.merge_patch(apply);
+  oci::Resources now = st.spec.linux.resources;
+  now.update(apply);
+  st.config["linux"]["resources"] = oci::to_json(now);
   state::save(g.root, st);
-  control::notify(state_dir(g, id), control::Updated{apply, decisions});
+  control::notify(state_dir(g, id), control::Updated{oci::to_json(apply), decisions});
 }
 
 std::vector<pid_t> pids(const Global& g, const std::string& id) {

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "sandbox/network.h"
+namespace agentshim::oci {
+struct Resources;
+}
 
 namespace agentshim::container {
 
@@ -55,7 +58,9 @@ void kill(const Global& g, const std::string& id, int sig, bool all);
 void remove(const Global& g, const std::string& id, bool force);
 void pause(const Global& g, const std::string& id);
 void resume(const Global& g, const std::string& id);
-void update(const Global& g, const std::string& id, const json& resources);
+// runc's update: the fields `resources` gives (the rest unset) are applied
+// to the container's cgroup and merged into its saved config.
+void update(const Global& g, const std::string& id, const oci::Resources& resources);
 std::vector<pid_t> pids(const Global& g, const std::string& id);
 json stats(const Global& g, const std::string& id);
 // events: prints JSON lines to stdout until the container stops (or once

@@ -72,7 +72,10 @@ std::optional<NamespaceType> namespace_by_name(const std::string& name) {
   return std::nullopt;
 }
 
-std::vector<Namespace> namespaces(const json& cfg) {
+namespace {
+// linux.namespaces of a validated config (parse_linux, and the sysctl
+// checks of validate()).
+std::vector<Namespace> namespaces_of(const json& cfg) {
   std::vector<Namespace> out;
   if (!cfg.contains("linux") || !cfg["linux"].contains("namespaces") || cfg["linux"]["namespaces"].is_null())
     return out;
@@ -81,12 +84,7 @@ std::vector<Namespace> namespaces(const json& cfg) {
   }
   return out;
 }
-
-bool has_namespace(const json& cfg, const std::string& type) {
-  for (const auto& n : namespaces(cfg))
-    if (n.type == type) return true;
-  return false;
-}
+}  // namespace
 
 std::optional<RootIds> root_ids(const std::vector<IdMapping>& mappings) {
   for (const auto& m : mappings) {
@@ -97,7 +95,7 @@ std::optional<RootIds> root_ids(const std::vector<IdMapping>& mappings) {
 }
 
 bool has_new_namespace(const json& cfg, const std::string& type) {
-  for (const auto& n : namespaces(cfg))
+  for (const auto& n : namespaces_of(cfg))
     if (n.type == type && n.path.empty()) return true;
   return false;
 }
@@ -167,46 +165,8 @@ void validate_process(const json& p, const std::string& where) {
 
 namespace {
 void validate(const json& cfg, bool check_paths);
+std::vector<Sysctl> sysctls_of_config(const json& cfg, bool check_paths);
 
-// The parts of linux.resources read into ResourceLimits: the types the
-// cgroup drivers (and runc's decoder) accept, so a wrong one is an error
-// naming the field here rather than a different reading by each reader.
-void validate_resources(const json& r) {
-  using vt = json::value_t;
-  if (r.contains("devices") && !r["devices"].is_null()) {
-    expect(r["devices"].is_array(), "linux.resources.devices", "expected array");
-    std::size_t i = 0;
-    for (const auto& d : r["devices"]) {
-      const std::string w = "linux.resources.devices[" + std::to_string(i++) + "]";
-      expect(d.is_object(), w, "expected object");
-      expect_type(d, "allow", vt::boolean, w);
-      expect_type(d, "type", vt::string, w);
-      if (d.contains("type") && d["type"].is_string()) {
-        const std::string t = d["type"];
-        expect(t == "a" || t == "c" || t == "b", w + ".type", "must be a, c or b, got \"" + t + "\"");
-      }
-      expect_type(d, "major", vt::number_integer, w);
-      expect_type(d, "minor", vt::number_integer, w);
-      expect_type(d, "access", vt::string, w);
-      if (d.contains("access") && d["access"].is_string()) {
-        const std::string a = d["access"];
-        expect(a.find_first_not_of("rwm") == std::string::npos, w + ".access",
-               "\"" + a + "\" is not a subset of rwm");
-      }
-    }
-  }
-  for (const auto& [obj, keys] :
-       {std::pair<const char*, std::vector<const char*>>{"memory", {"limit", "reservation"}},
-        {"pids", {"limit"}},
-        {"cpu", {"quota"}}}) {
-    expect_type(r, obj, vt::object, "linux.resources");
-    if (!r.contains(obj) || !r[obj].is_object()) continue;
-    for (const char* k : keys)
-      expect_type(r[obj], k, vt::number_integer, std::string("linux.resources.") + obj);
-  }
-  if (r.contains("cpu") && r["cpu"].is_object())
-    expect_type(r["cpu"], "period", vt::number_unsigned, "linux.resources.cpu");
-}
 }  // namespace
 
 void validate_config(const json& cfg) {
@@ -297,7 +257,8 @@ void validate(const json& cfg, bool check_paths) {
     }
     expect_type(l, "cgroupsPath", vt::string, "linux");
     expect_type(l, "resources", vt::object, "linux");
-    if (l.contains("resources") && l["resources"].is_object()) validate_resources(l["resources"]);
+    if (l.contains("resources") && l["resources"].is_object())
+      (void)parse_resources(l["resources"], "config.json: linux.resources");
     expect_type(l, "seccomp", vt::object, "linux");
     expect_type(l, "sysctl", vt::object, "linux");
     expect_string_array(l, "maskedPaths", "linux");
@@ -338,7 +299,7 @@ void validate(const json& cfg, bool check_paths) {
     if (l.contains("sysctl") && l["sysctl"].is_object()) {
       for (auto it = l["sysctl"].begin(); it != l["sysctl"].end(); ++it)
         expect(it->is_string(), "linux.sysctl." + it.key(), "expected string value");
-      (void)sysctls(cfg, check_paths);
+      (void)sysctls_of_config(cfg, check_paths);
     }
   }
 }
@@ -422,7 +383,8 @@ std::vector<Sysctl> sysctls_of(const std::map<std::string, std::string>& entries
 
 }  // namespace
 
-std::vector<Sysctl> sysctls(const json& cfg, bool check_paths) {
+namespace {
+std::vector<Sysctl> sysctls_of_config(const json& cfg, bool check_paths) {
   if (!cfg.contains("linux") || !cfg["linux"].is_object() || !cfg["linux"].contains("sysctl") ||
       !cfg["linux"]["sysctl"].is_object())
     return {};
@@ -431,8 +393,9 @@ std::vector<Sysctl> sysctls(const json& cfg, bool check_paths) {
     expect(value.is_string(), "linux.sysctl." + key, "expected string value");
     entries[key] = value.get<std::string>();
   }
-  return sysctls_of(entries, namespaces(cfg), check_paths);
+  return sysctls_of(entries, namespaces_of(cfg), check_paths);
 }
+}  // namespace
 
 std::vector<Sysctl> sysctls(const Spec& spec, bool check_paths) {
   return sysctls_of(spec.linux.sysctl, spec.linux.namespaces, check_paths);
@@ -457,12 +420,14 @@ json load_config(const std::string& bundle) {
   return cfg;
 }
 
+namespace {
 std::vector<std::string> mount_options(const json& mount) {
   std::vector<std::string> out;
   if (mount.contains("options") && mount["options"].is_array())
     for (const auto& o : mount["options"]) out.push_back(o.get<std::string>());
   return out;
 }
+}  // namespace
 
 MountOptions parse_mount_options(const std::vector<std::string>& opts) {
   struct Flag {
@@ -604,13 +569,16 @@ Mount parse_mount(const json& m, std::size_t index) {
   return out;
 }
 
-std::vector<Mount> mounts(const json& cfg) {
+namespace {
+// Every config mount, in order.
+std::vector<Mount> mounts_of(const json& cfg) {
   std::vector<Mount> out;
   if (!cfg.is_object() || !cfg.contains("mounts") || cfg["mounts"].is_null()) return out;
   expect(cfg["mounts"].is_array(), "mounts", "expected array");
   for (std::size_t i = 0; i < cfg["mounts"].size(); i++) out.push_back(parse_mount(cfg["mounts"][i], i));
   return out;
 }
+}  // namespace
 
 std::optional<FileId> file_id(const std::string& path) {
   struct stat st {};
@@ -790,46 +758,16 @@ std::vector<IdMapping> mappings_of(const json& l, const char* key) {
   return out;
 }
 
-std::optional<std::int64_t> int_at(const json& obj, const char* sub, const char* key) {
-  const json* o = field(obj, sub);
-  const json* v = o ? field(*o, key) : nullptr;
-  return v ? std::optional<std::int64_t>(v->get<std::int64_t>()) : std::nullopt;
-}
-
-ResourceLimits parse_limits(const json& r) {
-  ResourceLimits out;
-  if (const json* ds = field(r, "devices"))
-    for (const auto& d : *ds) {
-      DeviceRule rule;
-      rule.allow = bool_of(d, "allow");
-      if (const json* t = field(d, "type")) rule.type = t->get<std::string>()[0];
-      for (auto [key, slot] :
-           {std::pair<const char*, std::int64_t*>{"major", &rule.major}, {"minor", &rule.minor}})
-        if (const json* v = field(d, key)) *slot = std::max<std::int64_t>(-1, v->get<std::int64_t>());
-      if (const json* a = field(d, "access"); a && !a->get<std::string>().empty()) rule.access = *a;
-      out.devices.push_back(std::move(rule));
-    }
-  out.memory_limit = int_at(r, "memory", "limit");
-  out.memory_reservation = int_at(r, "memory", "reservation");
-  out.pids_limit = int_at(r, "pids", "limit");
-  out.cpu_quota = int_at(r, "cpu", "quota");
-  if (const json* c = field(r, "cpu"))
-    if (const json* p = field(*c, "period")) out.cpu_period = p->get<std::uint64_t>();
-  return out;
-}
-
 Linux parse_linux(const json& cfg) {
   Linux out;
   const json* l = field(cfg, "linux");
   if (!l) return out;
-  out.namespaces = namespaces(cfg);
+  out.namespaces = namespaces_of(cfg);
   out.uid_mappings = mappings_of(*l, "uidMappings");
   out.gid_mappings = mappings_of(*l, "gidMappings");
   out.cgroups_path = string_of(*l, "cgroupsPath");
-  if (const json* r = field(*l, "resources")) {
-    out.resources = *r;
-    out.limits = parse_limits(*r);
-  }
+  if (const json* r = field(*l, "resources"))
+    out.resources = parse_resources(*r, "config.json: linux.resources");
   if (const json* sc = field(*l, "seccomp")) out.seccomp = *sc;
   out.masked_paths = strings_of(*l, "maskedPaths");
   out.readonly_paths = strings_of(*l, "readonlyPaths");
@@ -956,7 +894,7 @@ Spec parse_spec(const json& cfg) {
   s.process = parse_process(cfg["process"], "process");
   s.hostname = string_of(cfg, "hostname");
   s.domainname = string_of(cfg, "domainname");
-  s.mounts = mounts(cfg);
+  s.mounts = mounts_of(cfg);
   s.linux = parse_linux(cfg);
   if (const json* hs = field(cfg, "hooks"))
     for (const auto& [kind, list] : hs->items()) {
@@ -1006,6 +944,326 @@ const std::vector<Hook>& Spec::hooks_of(const std::string& kind) const {
   static const std::vector<Hook> none;
   auto it = hooks.find(kind);
   return it == hooks.end() ? none : it->second;
+}
+
+// ---- linux.resources ------------------------------------------------------
+//
+// Read and checked in one pass: every accessor checks its field's type (the
+// runtime-spec's: int64, uint64, uint32, uint16, bool, string) and names it
+// when wrong; null is "not given", as everywhere in the config.
+
+namespace {
+
+[[noreturn]] void bad_field(const std::string& where, const std::string& what) {
+  throw Error(where + ": " + what);
+}
+
+// One JSON object of linux.resources, `where` naming it.
+class Fields {
+ public:
+  Fields(const json& obj, std::string where) : obj_(obj), where_(std::move(where)) {
+    if (!obj_.is_object()) bad_field(where_, std::string("expected object, got ") + obj_.type_name());
+  }
+  std::string at(const std::string& key) const { return where_ + "." + key; }
+  const json* get(const char* key) const {
+    auto it = obj_.find(key);
+    return it == obj_.end() || it->is_null() ? nullptr : &*it;
+  }
+  const json& required(const char* key) const {
+    const json* v = get(key);
+    if (!v) bad_field(at(key), "required field missing");
+    return *v;
+  }
+  std::optional<std::int64_t> i64(const char* key) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    return to_i64(*v, at(key));
+  }
+  std::optional<std::uint64_t> u64(const char* key, std::uint64_t max = UINT64_MAX) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    return to_u64(*v, at(key), max);
+  }
+  std::optional<bool> boolean(const char* key) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) bad_field(at(key), std::string("expected boolean, got ") + v->type_name());
+    return v->get<bool>();
+  }
+  std::optional<std::string> str(const char* key) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) bad_field(at(key), std::string("expected string, got ") + v->type_name());
+    return v->get<std::string>();
+  }
+  // An object member (nullopt when not given).
+  std::optional<Fields> object(const char* key) const {
+    const json* v = get(key);
+    if (!v) return std::nullopt;
+    return Fields(*v, at(key));
+  }
+  // Each element of an array member, with its name ("...devices[2]").
+  template <typename F>
+  void each(const char* key, F&& f) const {
+    const json* v = get(key);
+    if (!v) return;
+    if (!v->is_array()) bad_field(at(key), "expected array");
+    for (std::size_t i = 0; i < v->size(); i++) f((*v)[i], at(key) + "[" + std::to_string(i) + "]");
+  }
+
+  static std::int64_t to_i64(const json& v, const std::string& where) {
+    if (!v.is_number_integer()) bad_field(where, std::string("expected integer, got ") + v.type_name());
+    if (v.is_number_unsigned() && v.get<std::uint64_t>() > INT64_MAX)
+      bad_field(where, std::to_string(v.get<std::uint64_t>()) + " is above " + std::to_string(INT64_MAX));
+    return v.get<std::int64_t>();
+  }
+  static std::uint64_t to_u64(const json& v, const std::string& where, std::uint64_t max) {
+    if (!is_uint(v)) bad_field(where, std::string("expected integer, got ") + v.type_name());
+    const std::uint64_t n = v.get<std::uint64_t>();
+    if (n > max) bad_field(where, std::to_string(n) + " is above " + std::to_string(max));
+    return n;
+  }
+
+ private:
+  const json& obj_;
+  std::string where_;
+};
+
+template <typename T>
+std::optional<T> narrow(const std::optional<std::uint64_t>& v) {
+  return v ? std::optional<T>(static_cast<T>(*v)) : std::nullopt;
+}
+
+DeviceRule parse_device_rule(const json& d, const std::string& w) {
+  if (!d.is_object()) bad_field(w, "expected object");
+  Fields f(d, w);
+  DeviceRule rule;
+  rule.allow = f.boolean("allow").value_or(false);
+  if (auto t = f.str("type")) {
+    if (*t != "a" && *t != "c" && *t != "b") bad_field(f.at("type"), "must be a, c or b, got \"" + *t + "\"");
+    rule.type = (*t)[0];
+  }
+  if (auto v = f.i64("major")) rule.major = std::max<std::int64_t>(-1, *v);
+  if (auto v = f.i64("minor")) rule.minor = std::max<std::int64_t>(-1, *v);
+  if (auto a = f.str("access")) {
+    if (a->find_first_not_of("rwm") != std::string::npos)
+      bad_field(f.at("access"), "\"" + *a + "\" is not a subset of rwm");
+    if (!a->empty()) rule.access = *a;
+  }
+  return rule;
+}
+
+std::vector<Resources::ThrottleDevice> throttles(const Fields& b, const char* key) {
+  std::vector<Resources::ThrottleDevice> out;
+  b.each(key, [&](const json& t, const std::string& w) {
+    Fields f(t, w);
+    out.push_back({Fields::to_i64(f.required("major"), f.at("major")),
+                   Fields::to_i64(f.required("minor"), f.at("minor")),
+                   Fields::to_u64(f.required("rate"), f.at("rate"), UINT64_MAX)});
+  });
+  return out;
+}
+
+template <typename K, typename V>
+void put(json& j, const K& key, const std::optional<V>& v) {
+  if (v) j[key] = *v;
+}
+
+}  // namespace
+
+Resources parse_resources(const json& r, const std::string& where) {
+  Fields top(r, where);
+  Resources out;
+  top.each("devices",
+           [&](const json& d, const std::string& w) { out.devices.push_back(parse_device_rule(d, w)); });
+  if (auto m = top.object("memory")) {
+    Resources::Memory& o = out.memory;
+    o.limit = m->i64("limit");
+    o.reservation = m->i64("reservation");
+    o.swap = m->i64("swap");
+    o.kernel = m->i64("kernel");
+    o.kernel_tcp = m->i64("kernelTCP");
+    o.swappiness = m->u64("swappiness");
+    o.disable_oom_killer = m->boolean("disableOOMKiller");
+    o.use_hierarchy = m->boolean("useHierarchy");
+    o.check_before_update = m->boolean("checkBeforeUpdate");
+  }
+  if (auto c = top.object("cpu")) {
+    Resources::Cpu& o = out.cpu;
+    o.shares = c->u64("shares");
+    o.quota = c->i64("quota");
+    o.burst = c->u64("burst");
+    o.period = c->u64("period");
+    o.realtime_runtime = c->i64("realtimeRuntime");
+    o.realtime_period = c->u64("realtimePeriod");
+    o.cpus = c->str("cpus").value_or("");
+    o.mems = c->str("mems").value_or("");
+    o.idle = c->i64("idle");
+  }
+  if (auto p = top.object("pids")) out.pids.limit = p->i64("limit");
+  if (auto b = top.object("blockIO")) {
+    Resources::BlockIO& o = out.block_io;
+    o.weight = narrow<std::uint16_t>(b->u64("weight", UINT16_MAX));
+    o.leaf_weight = narrow<std::uint16_t>(b->u64("leafWeight", UINT16_MAX));
+    b->each("weightDevice", [&](const json& d, const std::string& w) {
+      Fields f(d, w);
+      o.weight_device.push_back({Fields::to_i64(f.required("major"), f.at("major")),
+                                 Fields::to_i64(f.required("minor"), f.at("minor")),
+                                 narrow<std::uint16_t>(f.u64("weight", UINT16_MAX)),
+                                 narrow<std::uint16_t>(f.u64("leafWeight", UINT16_MAX))});
+    });
+    o.throttle_read_bps = throttles(*b, "throttleReadBpsDevice");
+    o.throttle_write_bps = throttles(*b, "throttleWriteBpsDevice");
+    o.throttle_read_iops = throttles(*b, "throttleReadIOPSDevice");
+    o.throttle_write_iops = throttles(*b, "throttleWriteIOPSDevice");
+  }
+  top.each("hugepageLimits", [&](const json& h, const std::string& w) {
+    Fields f(h, w);
+    const json& size = f.required("pageSize");
+    if (!size.is_string())
+      bad_field(f.at("pageSize"), std::string("expected string, got ") + size.type_name());
+    out.hugepage_limits.push_back(
+        {size.get<std::string>(), Fields::to_u64(f.required("limit"), f.at("limit"), UINT64_MAX)});
+  });
+  if (auto n = top.object("network")) {
+    out.network.class_id = narrow<std::uint32_t>(n->u64("classID", UINT32_MAX));
+    n->each("priorities", [&](const json& p, const std::string& w) {
+      Fields f(p, w);
+      const json& name = f.required("name");
+      if (!name.is_string()) bad_field(f.at("name"), std::string("expected string, got ") + name.type_name());
+      out.network.priorities.push_back(
+          {name.get<std::string>(),
+           static_cast<std::uint32_t>(Fields::to_u64(f.required("priority"), f.at("priority"), UINT32_MAX))});
+    });
+  }
+  if (const json* rd = top.get("rdma")) {
+    if (!rd->is_object()) bad_field(top.at("rdma"), std::string("expected object, got ") + rd->type_name());
+    for (const auto& [dev, lim] : rd->items()) {
+      // One line of rdma.max names the device: a word, no separator.
+      if (dev.empty() || dev.find_first_of(" \t\n=") != std::string::npos ||
+          dev.find('\0') != std::string::npos)
+        bad_field(top.at("rdma"), "invalid device name \"" + dev + "\"");
+      Fields f(lim, top.at("rdma") + "." + dev);
+      out.rdma[dev] = {narrow<std::uint32_t>(f.u64("hcaHandles", UINT32_MAX)),
+                       narrow<std::uint32_t>(f.u64("hcaObjects", UINT32_MAX))};
+    }
+  }
+  if (const json* u = top.get("unified")) {
+    if (!u->is_object()) bad_field(top.at("unified"), std::string("expected object, got ") + u->type_name());
+    for (const auto& [file, value] : u->items()) {
+      const std::string w = top.at("unified") + "." + file;
+      // A file of the container's cgroup directory, nothing else.
+      if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos ||
+          file.find('\0') != std::string::npos)
+        bad_field(top.at("unified"), "invalid file name \"" + file + "\"");
+      if (!value.is_string()) bad_field(w, std::string("expected string, got ") + value.type_name());
+      out.unified[file] = value.get<std::string>();
+    }
+  }
+  return out;
+}
+
+json to_json(const Resources& r) {
+  json j = json::object();
+  if (!r.devices.empty()) {
+    j["devices"] = json::array();
+    for (const auto& d : r.devices) j["devices"].push_back(to_json(d));
+  }
+  json m = json::object();
+  put(m, "limit", r.memory.limit);
+  put(m, "reservation", r.memory.reservation);
+  put(m, "swap", r.memory.swap);
+  put(m, "kernel", r.memory.kernel);
+  put(m, "kernelTCP", r.memory.kernel_tcp);
+  put(m, "swappiness", r.memory.swappiness);
+  put(m, "disableOOMKiller", r.memory.disable_oom_killer);
+  put(m, "useHierarchy", r.memory.use_hierarchy);
+  put(m, "checkBeforeUpdate", r.memory.check_before_update);
+  if (!m.empty()) j["memory"] = m;
+  json c = json::object();
+  put(c, "shares", r.cpu.shares);
+  put(c, "quota", r.cpu.quota);
+  put(c, "burst", r.cpu.burst);
+  put(c, "period", r.cpu.period);
+  put(c, "realtimeRuntime", r.cpu.realtime_runtime);
+  put(c, "realtimePeriod", r.cpu.realtime_period);
+  if (!r.cpu.cpus.empty()) c["cpus"] = r.cpu.cpus;
+  if (!r.cpu.mems.empty()) c["mems"] = r.cpu.mems;
+  put(c, "idle", r.cpu.idle);
+  if (!c.empty()) j["cpu"] = c;
+  if (r.pids.limit) j["pids"] = {{"limit", *r.pids.limit}};
+  json b = json::object();
+  put(b, "weight", r.block_io.weight);
+  put(b, "leafWeight", r.block_io.leaf_weight);
+  for (const auto& w : r.block_io.weight_device) {
+    json d = {{"major", w.major}, {"minor", w.minor}};
+    put(d, "weight", w.weight);
+    put(d, "leafWeight", w.leaf_weight);
+    b["weightDevice"].push_back(d);
+  }
+  for (const auto& [key, list] : {std::pair<const char*, const std::vector<Resources::ThrottleDevice>*>{
+                                      "throttleReadBpsDevice", &r.block_io.throttle_read_bps},
+                                  {"throttleWriteBpsDevice", &r.block_io.throttle_write_bps},
+                                  {"throttleReadIOPSDevice", &r.block_io.throttle_read_iops},
+                                  {"throttleWriteIOPSDevice", &r.block_io.throttle_write_iops}})
+    for (const auto& t : *list) b[key].push_back({{"major", t.major}, {"minor", t.minor}, {"rate", t.rate}});
+  if (!b.empty()) j["blockIO"] = b;
+  for (const auto& h : r.hugepage_limits)
+    j["hugepageLimits"].push_back({{"pageSize", h.page_size}, {"limit", h.limit}});
+  json n = json::object();
+  put(n, "classID", r.network.class_id);
+  for (const auto& p : r.network.priorities)
+    n["priorities"].push_back({{"name", p.name}, {"priority", p.priority}});
+  if (!n.empty()) j["network"] = n;
+  for (const auto& [dev, lim] : r.rdma) {
+    json d = json::object();
+    put(d, "hcaHandles", lim.hca_handles);
+    put(d, "hcaObjects", lim.hca_objects);
+    j["rdma"][dev] = d;
+  }
+  for (const auto& [file, value] : r.unified) j["unified"][file] = value;
+  return j;
+}
+
+namespace {
+template <typename T>
+void take(std::optional<T>& to, const std::optional<T>& from) {
+  if (from) to = from;
+}
+template <typename T>
+void take(T& to, const T& from) {
+  if (!from.empty()) to = from;
+}
+}  // namespace
+
+void Resources::update(const Resources& given) {
+  take(devices, given.devices);
+  Memory& m = memory;
+  const Memory& gm = given.memory;
+  for (auto f : {&Memory::limit, &Memory::reservation, &Memory::swap, &Memory::kernel, &Memory::kernel_tcp})
+    take(m.*f, gm.*f);
+  take(m.swappiness, gm.swappiness);
+  for (auto f : {&Memory::disable_oom_killer, &Memory::use_hierarchy, &Memory::check_before_update})
+    take(m.*f, gm.*f);
+  Cpu& c = cpu;
+  const Cpu& gc = given.cpu;
+  for (auto f : {&Cpu::shares, &Cpu::burst, &Cpu::period, &Cpu::realtime_period}) take(c.*f, gc.*f);
+  for (auto f : {&Cpu::quota, &Cpu::realtime_runtime, &Cpu::idle}) take(c.*f, gc.*f);
+  take(c.cpus, gc.cpus);
+  take(c.mems, gc.mems);
+  take(pids.limit, given.pids.limit);
+  take(block_io.weight, given.block_io.weight);
+  take(block_io.leaf_weight, given.block_io.leaf_weight);
+  take(block_io.weight_device, given.block_io.weight_device);
+  take(block_io.throttle_read_bps, given.block_io.throttle_read_bps);
+  take(block_io.throttle_write_bps, given.block_io.throttle_write_bps);
+  take(block_io.throttle_read_iops, given.block_io.throttle_read_iops);
+  take(block_io.throttle_write_iops, given.block_io.throttle_write_iops);
+  take(hugepage_limits, given.hugepage_limits);
+  take(network.class_id, given.network.class_id);
+  take(network.priorities, given.network.priorities);
+  for (const auto& [k, v] : given.rdma) rdma[k] = v;
+  for (const auto& [k, v] : given.unified) unified[k] = v;
 }
 
 }  // namespace agentshim::oci

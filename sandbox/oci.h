@@ -48,9 +48,8 @@ struct Namespace {
   std::string type;
   std::string path;  // empty: create a new one
 };
-std::vector<Namespace> namespaces(const json& cfg);
-// A namespace of this type is listed (new or joined by path).
-bool has_namespace(const json& cfg, const std::string& type);
+// A namespace of this type is created (listed without a path) by a config
+// not parsed into a Spec (the enforced config the policy wrote).
 bool has_new_namespace(const json& cfg, const std::string& type);
 // linux.sysctl as runc validates it: each key (dots, or runc's '/' form,
 // normalised to dots) must be isolated by a namespace of the container's —
@@ -65,7 +64,6 @@ struct Sysctl {
   std::string value;
   std::string path;  // /proc/sys/...
 };
-std::vector<Sysctl> sysctls(const json& cfg, bool check_paths);
 struct Spec;
 std::vector<Sysctl> sysctls(const Spec& spec, bool check_paths);
 // "ipc", "network", "uts" for a namespaced sysctl key, "" otherwise.
@@ -92,7 +90,6 @@ struct MountOptions {
   std::vector<std::string> unknown;  // not understood; passed in data
 };
 MountOptions parse_mount_options(const std::vector<std::string>& opts);
-std::vector<std::string> mount_options(const json& mount);
 
 // A file's identity: what "is", "contains" and "lies inside" compare, so no
 // spelling (symlinks, "..", bind-mounted aliases of a directory) changes the
@@ -135,8 +132,6 @@ struct Mount {
 // the field: a mount with no "type" that is not a bind (runc fails the same
 // config at mount time), a relative destination.
 Mount parse_mount(const json& m, std::size_t index);
-// Every config mount, in order.
-std::vector<Mount> mounts(const json& cfg);
 // Bind only: make m.source absolute (relative to `bundle`; "" = no bundle,
 // a relative source is then an error), resolve its symlinks, and record its
 // identity. Throws Error naming the mount, the source as given and errno.
@@ -240,6 +235,7 @@ struct DeviceRule {
   std::int64_t major = -1;     // -1: every major (not given, null or negative)
   std::int64_t minor = -1;     // -1: every minor
   std::string access = "rwm";  // a subset of "rwm"; "rwm" when not given or empty
+  bool operator==(const DeviceRule&) const = default;
   // Every device: type "a" and no major or minor.
   bool every_device() const { return type == 'a' && major < 0 && minor < 0; }
   // Only mknod ("m"): harmless without CAP_MKNOD (runc and Docker allow "c *:* m").
@@ -250,16 +246,92 @@ struct DeviceRule {
 // The rule as linux.resources.devices spells it (major/minor only when set).
 json to_json(const DeviceRule& r);
 
-// The parts of linux.resources the policy decides on, typed and validated
-// (a wrong type is an error naming the field); nullopt: not given.
-struct ResourceLimits {
-  std::vector<DeviceRule> devices;  // linux.resources.devices, in order
-  std::optional<std::int64_t> memory_limit;
-  std::optional<std::int64_t> memory_reservation;
-  std::optional<std::int64_t> pids_limit;
-  std::optional<std::int64_t> cpu_quota;
-  std::optional<std::uint64_t> cpu_period;
+// linux.resources, typed (the runtime-spec's LinuxResources), validated
+// once by parse_resources: a wrong type is an error naming the field. Each
+// field is "not given" as nullopt, an empty string, list or map; the cgroup
+// drivers (sandbox/cgroups) write only what is given, so `update` passes a
+// partial Resources, and update() merges one into the container's.
+struct Resources {
+  struct Memory {
+    std::optional<std::int64_t> limit, reservation, swap;  // bytes; -1: unlimited
+    std::optional<std::int64_t> kernel, kernel_tcp;        // kernel: deprecated, ignored
+    std::optional<std::uint64_t> swappiness;               // 0..100 (v1 only)
+    std::optional<bool> disable_oom_killer, use_hierarchy, check_before_update;
+    bool operator==(const Memory&) const = default;
+  };
+  struct Cpu {
+    std::optional<std::uint64_t> shares;
+    std::optional<std::int64_t> quota;  // microseconds per period; -1 or 0 given: no limit
+    std::optional<std::uint64_t> burst, period;
+    std::optional<std::int64_t> realtime_runtime;
+    std::optional<std::uint64_t> realtime_period;
+    std::string cpus, mems;  // cpuset lists ("0-3,6"); "" not given
+    std::optional<std::int64_t> idle;
+    bool operator==(const Cpu&) const = default;
+  };
+  struct Pids {
+    std::optional<std::int64_t> limit;  // <= 0: unlimited
+    bool operator==(const Pids&) const = default;
+  };
+  struct WeightDevice {
+    std::int64_t major = 0, minor = 0;
+    std::optional<std::uint16_t> weight, leaf_weight;
+    bool operator==(const WeightDevice&) const = default;
+  };
+  struct ThrottleDevice {
+    std::int64_t major = 0, minor = 0;
+    std::uint64_t rate = 0;  // bytes or operations per second; 0: no limit
+    bool operator==(const ThrottleDevice&) const = default;
+  };
+  struct BlockIO {
+    std::optional<std::uint16_t> weight, leaf_weight;  // 10..1000
+    std::vector<WeightDevice> weight_device;
+    std::vector<ThrottleDevice> throttle_read_bps, throttle_write_bps, throttle_read_iops,
+        throttle_write_iops;
+    bool operator==(const BlockIO&) const = default;
+  };
+  struct HugepageLimit {
+    std::string page_size;  // "2MB"
+    std::uint64_t limit = 0;
+    bool operator==(const HugepageLimit&) const = default;
+  };
+  struct InterfacePriority {
+    std::string name;
+    std::uint32_t priority = 0;
+    bool operator==(const InterfacePriority&) const = default;
+  };
+  struct Network {
+    std::optional<std::uint32_t> class_id;
+    std::vector<InterfacePriority> priorities;
+    bool operator==(const Network&) const = default;
+  };
+  struct Rdma {
+    std::optional<std::uint32_t> hca_handles, hca_objects;
+    bool operator==(const Rdma&) const = default;
+  };
+
+  std::vector<DeviceRule> devices;  // in order
+  Memory memory;
+  Cpu cpu;
+  Pids pids;
+  BlockIO block_io;
+  std::vector<HugepageLimit> hugepage_limits;
+  Network network;
+  std::map<std::string, Rdma> rdma;            // device name -> limits
+  std::map<std::string, std::string> unified;  // v2 file name (no '/', not "." or "..") -> value
+  bool operator==(const Resources&) const = default;
+
+  // runc's `update`: every field `given` has replaces this one's (a list as
+  // a whole, a map key by key); the rest stays.
+  void update(const Resources& given);
 };
+// Read and validate a linux.resources object; `where` names it in errors
+// ("config.json: linux.resources" -> "config.json: linux.resources.memory.limit:
+// expected integer, got string").
+Resources parse_resources(const json& r, const std::string& where);
+// As linux.resources spells it, only the fields given: parse_resources of
+// the result is equal to `r`.
+json to_json(const Resources& r);
 
 struct Hook {
   std::string path;  // absolute
@@ -273,11 +345,8 @@ struct Linux {
   std::vector<IdMapping> uid_mappings;
   std::vector<IdMapping> gid_mappings;
   std::string cgroups_path;
-  // linux.resources as given (an object, possibly empty): the cgroup drivers
-  // and `update` read it (sandbox/cgroups parses it).
-  json resources = json::object();
-  // What of it the policy decides on (devices, memory, pids, cpu), typed.
-  ResourceLimits limits;
+  // linux.resources: what the policy decides on and the cgroup drivers apply.
+  Resources resources;
   // linux.seccomp as given: seccomp::compile parses the profile (the same
   // format as the policy's built-in profile). nullopt: none.
   std::optional<json> seccomp;

@@ -425,7 +425,7 @@ std::optional<Str> privileged_request(const oci::Spec& s) {
   if (!s.linux.seccomp_unconfined()) return std::nullopt;
   // 3. host exposure
   std::vector<Str> exposed;
-  for (const auto& d : s.linux.limits.devices)
+  for (const auto& d : s.linux.resources.devices)
     if (d.allow && d.every_device() && d.reads_or_writes()) {
       exposed.push_back("every device allowed");
       break;
@@ -456,7 +456,7 @@ class Engine {
   // decisions read) and r_.config (the enforced document `create` parses
   // again with the same parser).
   Engine(const Policy& pol, const json& caller, const ApplyContext& ctx)
-      : pol_(pol), p_(pol.doc), spec_(oci::parse_spec(caller)), ctx_(ctx), refuse_(pol.refuse) {
+      : pol_(pol), spec_(oci::parse_spec(caller)), ctx_(ctx), refuse_(pol.refuse) {
     r_.config = caller;
     r_.decisions = json::array();
     r_.mode = refuse_ ? "refuse" : "enforce";
@@ -1023,7 +1023,7 @@ class Engine {
     if (paths.empty()) return;
     long long size = 0;
     if (!pol_.filesystem.scratch_size) {  // "memory"
-      size = spec_.linux.limits.memory_limit.value_or(0);
+      size = spec_.linux.resources.memory.limit.value_or(0);
       if (size <= 0) size = pol_.filesystem.tmpfs_max_size;  // no limit at all
     } else {
       size = *pol_.filesystem.scratch_size;
@@ -1136,7 +1136,7 @@ class Engine {
     }
     if (!l["resources"].is_object()) l["resources"] = json::object();
     json& res = l["resources"];
-    std::vector<oci::DeviceRule>& rules = spec_.linux.limits.devices;
+    std::vector<oci::DeviceRule>& rules = spec_.linux.resources.devices;
     json kept = json::array();
     std::vector<oci::DeviceRule> kept_typed;
     for (std::size_t i = 0; i < rules.size(); i++) {
@@ -1181,81 +1181,67 @@ class Engine {
     rules = kept_typed;
   }
 
+  // Decided on the typed linux.resources (spec_); the groups decided on are
+  // written back into the enforced config as oci::to_json spells them, so
+  // `create` parses back exactly these values.
   void resources() {
-    json& res = linux_()["resources"];
-    oci::ResourceLimits& lim_ = spec_.linux.limits;
-    const json& def = p_["resources"]["defaults"];
-    const json& max = p_["resources"]["maximum"];
+    oci::Resources& r = spec_.linux.resources;
+    const Policy::ResourceRule& def = pol_.resources.defaults;
+    const Policy::ResourceRule& max = pol_.resources.maximum;
     // memory
-    if (def.contains("memory") || max.contains("memory")) {
-      if (!res["memory"].is_object()) res["memory"] = json::object();
-      json& m = res["memory"];
-      const long long lim = lim_.memory_limit.value_or(0);
+    if (def.memory || max.memory) {
+      const long long lim = r.memory.limit.value_or(0);
       // Plain integers (-1: not set), not std::optional: GCC 12 at -O3
       // (CMAKE_BUILD_TYPE=Release) reports a false -Wmaybe-uninitialized on
       // the optional's payload here, which -Werror turns into a build failure.
-      const long long d = def.contains("memory") ? parse_size(def["memory"]).value_or(-1) : -1;
-      const long long x = max.contains("memory") ? parse_size(max["memory"]).value_or(-1) : -1;
+      const long long d = def.memory.value_or(-1);
+      const long long x = max.memory.value_or(-1);
+      long long limit = lim;
       if (lim <= 0) {
         const long long v = d >= 0 ? d : x >= 0 ? x : 1LL << 30;
         decide(d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory",
                "linux.resources.memory.limit", "added",
                "the config sets no memory limit; " + human_size(v) + " by policy rule " +
                    (d >= 0 ? "resources.defaults.memory" : "resources.maximum.memory"));
-        m["limit"] = v;
-        lim_.memory_limit = v;
+        limit = v;
       } else if (x >= 0 && lim > x) {
         if (beyond("resources.maximum.memory", "linux.resources.memory.limit", "capped",
-                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x))) {
-          m["limit"] = x;
-          lim_.memory_limit = x;
-        }
+                   "caller asked for a memory limit of " + human_size(lim), "capped to " + human_size(x)))
+          limit = x;
       }
-      if (lim_.memory_reservation && *lim_.memory_reservation > *lim_.memory_limit) {
-        m["reservation"] = *lim_.memory_limit;
-        lim_.memory_reservation = lim_.memory_limit;
-      }
+      r.memory.limit = limit;
+      if (r.memory.reservation.value_or(0) > limit) r.memory.reservation = limit;
     }
     // pids
-    if (def.contains("pids") || max.contains("pids")) {
-      if (!res["pids"].is_object()) res["pids"] = json::object();
-      json& pd = res["pids"];
-      const long long lim = lim_.pids_limit.value_or(0);
-      long long d = def.value("pids", 0LL), x = max.value("pids", 0LL);
+    if (def.pids || max.pids) {
+      const long long lim = r.pids.limit.value_or(0);
+      long long d = def.pids.value_or(0), x = max.pids.value_or(0);
       if (lim <= 0) {
         long long v = d > 0 ? d : x;
         decide(d > 0 ? "resources.defaults.pids" : "resources.maximum.pids", "linux.resources.pids.limit",
                "added",
                "the config sets no pids limit; " + std::to_string(v) + " by policy rule " +
                    (d > 0 ? "resources.defaults.pids" : "resources.maximum.pids"));
-        pd["limit"] = v;
-        lim_.pids_limit = v;
+        r.pids.limit = v;
       } else if (x > 0 && lim > x) {
         if (beyond("resources.maximum.pids", "linux.resources.pids.limit", "capped",
                    "caller asked for a pids limit of " + std::to_string(lim),
-                   "capped to " + std::to_string(x))) {
-          pd["limit"] = x;
-          lim_.pids_limit = x;
-        }
+                   "capped to " + std::to_string(x)))
+          r.pids.limit = x;
       }
     }
     // cpus (CFS quota over period)
-    if (def.contains("cpus") || max.contains("cpus")) {
-      if (!res["cpu"].is_object()) res["cpu"] = json::object();
-      json& cpu = res["cpu"];
-      const long long period = lim_.cpu_period.value_or(0) > 0 && *lim_.cpu_period <= (1ULL << 62)
-                                   ? static_cast<long long>(*lim_.cpu_period)
+    if (def.cpus || max.cpus) {
+      const long long period = r.cpu.period.value_or(0) > 0 && *r.cpu.period <= (1ULL << 62)
+                                   ? static_cast<long long>(*r.cpu.period)
                                    : 100000;
-      const long long quota = lim_.cpu_quota.value_or(0);
+      const long long quota = r.cpu.quota.value_or(0);
       auto set_cpu = [&](double cpus) {
-        cpu["period"] = period;
+        r.cpu.period = static_cast<std::uint64_t>(period);
         // (A period beyond any kernel's 1 s must not overflow the quota.)
-        cpu["quota"] = static_cast<long long>(std::min(cpus * static_cast<double>(period), 0x1p62));
-        lim_.cpu_period = period;
-        lim_.cpu_quota = cpu["quota"].get<long long>();
+        r.cpu.quota = static_cast<long long>(std::min(cpus * static_cast<double>(period), 0x1p62));
       };
-      std::optional<double> d = def.contains("cpus") ? parse_cpus(def["cpus"]) : std::nullopt;
-      std::optional<double> x = max.contains("cpus") ? parse_cpus(max["cpus"]) : std::nullopt;
+      const std::optional<double> d = def.cpus, x = max.cpus;
       if (quota <= 0) {
         double v = d ? *d : x.value_or(1.0);
         decide(d ? "resources.defaults.cpus" : "resources.maximum.cpus", "linux.resources.cpu.quota", "added",
@@ -1270,6 +1256,12 @@ class Engine {
           set_cpu(*x);
       }
     }
+    json& res = linux_()["resources"];
+    const json typed = oci::to_json(r);
+    for (const auto& [group, ruled] : {std::pair<const char*, bool>{"memory", def.memory || max.memory},
+                                       {"pids", def.pids || max.pids},
+                                       {"cpu", def.cpus || max.cpus}})
+      if (ruled && typed.contains(group)) res[group] = typed[group];
   }
 
   void process_limits() {
@@ -1445,10 +1437,10 @@ class Engine {
     if (auto it = r_.peer_namespaces.find("network"); it != r_.peer_namespaces.end()) {
       n.ns = "peer";
       n.peer = it->second;
-    } else if (oci::has_new_namespace(r_.config, "network")) {
+    } else if (spec_.has_new_namespace("network")) {
       n.ns = "new";
     } else {
-      n.ns = oci::has_namespace(r_.config, "network") ? "caller" : "host";
+      n.ns = spec_.has_namespace("network") ? "caller" : "host";
     }
     // Credentials are applied by the egress proxy: this container's own, or
     // (a joined network) the one of the container that owns the network,
@@ -1534,7 +1526,6 @@ class Engine {
 
  private:
   const Policy& pol_;
-  const json& p_;   // pol_.doc: the resources stage reads it
   oci::Spec spec_;  // the caller's config as read once, kept equal to r_.config as it is tightened
   std::vector<network::Credential> creds_;  // the credentials the caller asked for
   std::optional<peers::Peer> net_peer_;     // the agentshim container whose network this one joined
@@ -1681,6 +1672,17 @@ Policy parse(const json& doc) {
     dev.at("allow_block_devices").get_to(p.devices.allow_block_devices);
     for (const auto& r : dev.at("allowed"))
       p.devices.allowed.push_back({r.at("major").get<long long>(), r.at("minor").get<long long>()});
+    for (auto [key, rule] : {std::pair<const char*, Policy::ResourceRule*>{"defaults", &p.resources.defaults},
+                             {"maximum", &p.resources.maximum}}) {
+      const json& r = d.at("resources").at(key);
+      const std::string where = std::string("resources.") + key;
+      if (auto m = r.find("memory"); m != r.end()) rule->memory = size(*m, (where + ".memory").c_str());
+      if (auto n = r.find("pids"); n != r.end()) rule->pids = n->get<long long>();
+      if (auto c = r.find("cpus"); c != r.end()) {
+        rule->cpus = parse_cpus(*c);
+        if (!rule->cpus) throw Error("policy: " + where + ".cpus: not a number of CPUs");
+      }
+    }
     d.at("limits").at("exec_time_seconds").get_to(p.exec_time_limit_s);
     const json& n = d.at("network");
     auto& o = p.network;

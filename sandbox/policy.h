@@ -103,6 +103,16 @@ struct Policy {
     std::vector<DeviceRule> allowed;
     bool allow_block_devices = false;
   } devices;
+  // resources.defaults (a limit the config does not set) and
+  // resources.maximum (a cap on what it sets); absent: no rule.
+  struct ResourceRule {
+    std::optional<long long> memory;  // bytes
+    std::optional<long long> pids;
+    std::optional<double> cpus;
+  };
+  struct {
+    ResourceRule defaults, maximum;
+  } resources;
   long long exec_time_limit_s = 0;  // limits.exec_time_seconds (0: none)
   // The network section: mode, allow, dns, proxy_port, limits,
   // request_rules (the rest of network::Options is what the engine decides).

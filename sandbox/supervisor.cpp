@@ -254,8 +254,8 @@ class Supervisor {
     // names its init: from here on it is to be moved out on failure.)
     cg_ = cgroups::Manager::create(cgpath, s_.id, s_.systemd_cgroup, sentinel_);
     in_container_cgroup_ = s_.systemd_cgroup;
-    json resources = spec.linux.resources.is_object() ? spec.linux.resources : json::object();
-    resources["devices"] = cgroups::effective_device_rules(spec);
+    oci::Resources resources = spec.linux.resources;
+    resources.devices = cgroups::effective_device_rules(spec);
     cg_->set(resources);
     // The pid --pid-file names is the sentinel (see main()), and the runc
     // v2 shim (containerd, Docker, Kubernetes) reads stats and OOM events
@@ -705,7 +705,7 @@ class Supervisor {
     for (const auto& n : spec.linux.namespaces) ns.push_back(n.path.empty() ? n.type : n.type + " (joined)");
     const oci::Process& p = spec.process;
     json caps = p.capabilities ? json(p.capabilities->bounding) : json::array();
-    json res = spec.linux.resources;
+    json res = oci::to_json(spec.linux.resources);
     res.erase("devices");
     return {
         {"namespaces", ns},

@@ -274,23 +274,37 @@ void add_update(Commands& c) {
   cmd->add_option("--blkio-weight", f->blkio, "block IO weight (10-1000)");
   cmd->add_option("id", f->id, "container id")->required();
   c.on(cmd, [f, &g = c.global()] {
-    json r = json::object();
-    if (!f->resources.empty()) r = read_json_arg(f->resources, "update --resources");
-    auto num = [](const std::string& flag, const std::string& v) -> json {
+    // runc's update: the file's fields, then each flag given over them; the
+    // rest stays unset (left as the container has it).
+    oci::Resources r;
+    if (!f->resources.empty())
+      r = oci::parse_resources(read_json_arg(f->resources, "update --resources"),
+                               "update --resources: linux.resources");
+    auto num = [](const std::string& flag, const std::string& v) -> long long {
       if (auto n = parse_int(v)) return *n;
       throw Error("update " + flag + ": \"" + v + "\" is not a number");
     };
-    if (!f->memory.empty()) r["memory"]["limit"] = num("--memory", f->memory);
-    if (!f->memory_swap.empty()) r["memory"]["swap"] = num("--memory-swap", f->memory_swap);
+    // An unsigned field: runc parses these flags as uint64.
+    auto unum = [&](const std::string& flag, const std::string& v) -> std::uint64_t {
+      const long long n = num(flag, v);
+      if (n < 0) throw Error("update " + flag + ": \"" + v + "\" is negative");
+      return static_cast<std::uint64_t>(n);
+    };
+    if (!f->memory.empty()) r.memory.limit = num("--memory", f->memory);
+    if (!f->memory_swap.empty()) r.memory.swap = num("--memory-swap", f->memory_swap);
     if (!f->memory_reservation.empty())
-      r["memory"]["reservation"] = num("--memory-reservation", f->memory_reservation);
-    if (!f->cpu_shares.empty()) r["cpu"]["shares"] = num("--cpu-shares", f->cpu_shares);
-    if (!f->cpu_quota.empty()) r["cpu"]["quota"] = num("--cpu-quota", f->cpu_quota);
-    if (!f->cpu_period.empty()) r["cpu"]["period"] = num("--cpu-period", f->cpu_period);
-    if (!f->cpus.empty()) r["cpu"]["cpus"] = f->cpus;
-    if (!f->mems.empty()) r["cpu"]["mems"] = f->mems;
-    if (!f->pids.empty()) r["pids"]["limit"] = num("--pids-limit", f->pids);
-    if (!f->blkio.empty()) r["blockIO"]["weight"] = num("--blkio-weight", f->blkio);
+      r.memory.reservation = num("--memory-reservation", f->memory_reservation);
+    if (!f->cpu_shares.empty()) r.cpu.shares = unum("--cpu-shares", f->cpu_shares);
+    if (!f->cpu_quota.empty()) r.cpu.quota = num("--cpu-quota", f->cpu_quota);
+    if (!f->cpu_period.empty()) r.cpu.period = unum("--cpu-period", f->cpu_period);
+    if (!f->cpus.empty()) r.cpu.cpus = f->cpus;
+    if (!f->mems.empty()) r.cpu.mems = f->mems;
+    if (!f->pids.empty()) r.pids.limit = num("--pids-limit", f->pids);
+    if (!f->blkio.empty()) {
+      const std::uint64_t w = unum("--blkio-weight", f->blkio);
+      if (w > UINT16_MAX) throw Error("update --blkio-weight: \"" + f->blkio + "\" is out of range");
+      r.block_io.weight = static_cast<std::uint16_t>(w);
+    }
     container::update(g, f->id, r);
     return 0;
   });

@@ -21,10 +21,7 @@
 #include <vector>
 
 #include "common/fd.h"
-
-namespace agentshim::oci {
-struct Spec;
-}
+#include "sandbox/oci.h"
 
 namespace agentshim::cgroups {
 
@@ -66,7 +63,7 @@ std::string expand_systemd_path(const std::string& cgroups_path, const std::stri
 // The OCI device rules a container's cgroup gets: the config's
 // linux.resources.devices, then the devices every container needs (as runc
 // adds them), then the devices listed in linux.devices.
-json effective_device_rules(const oci::Spec& spec);
+std::vector<oci::DeviceRule> effective_device_rules(const oci::Spec& spec);
 
 // A v1 hierarchy as the container's rootfs sees it (for mounts of type cgroup).
 struct Hierarchy {
@@ -136,9 +133,10 @@ class Manager {
   // hierarchy when it will enter a user namespace, whose root may not write
   // the host's cgroup files — and where the v2 part is to be entered.
   CloneTarget join_for_clone(bool userns);
-  // Apply an OCI linux.resources object. Unset fields are left alone, so
-  // `update` can pass a partial object. Errors name the field and the file.
-  virtual void set(const json& resources) = 0;
+  // Apply OCI linux.resources (parsed and validated by oci::parse_resources).
+  // Fields not given are left alone, so `update` can pass a partial
+  // Resources. Errors name the field and the file.
+  virtual void set(const oci::Resources& resources) = 0;
   virtual void freeze() = 0;
   virtual void thaw() = 0;
   virtual bool frozen() const = 0;
@@ -201,6 +199,9 @@ std::vector<std::string> make_dirs(const std::string& mount, const std::string& 
 json saved_layout(const Host& host, bool systemd, const std::string& path);
 // Host's page sizes as the hugetlb controller names them ("2MB", "1GB").
 std::vector<std::string> hugepage_sizes();
+// One line of rdma.max: "mlx4_0 hca_handle=2 hca_object=2000" (the limits
+// given); "" when the entry gives none.
+std::string rdma_line(const std::string& device, const oci::Resources::Rdma& limits);
 }  // namespace detail
 
 // v2 device control: build the BPF_PROG_TYPE_CGROUP_DEVICE program that
@@ -211,7 +212,7 @@ struct BpfInsn {
   int16_t off;
   int32_t imm;
 };
-std::vector<BpfInsn> device_program(const json& rules);
+std::vector<BpfInsn> device_program(const std::vector<oci::DeviceRule>& rules);
 // Evaluate the program for one access (for tests and for `agentshim` to
 // explain a decision): type 'c' or 'b', access bits 1=mknod 2=read 4=write.
 bool run_device_program(const std::vector<BpfInsn>& prog, char type, uint32_t major, uint32_t minor,
@@ -246,7 +247,7 @@ struct Property {
 // CPUQuotaPerSecUSec + CPUQuotaPeriodUSec, AllowedCPUs/AllowedMemoryNodes,
 // TasksMax; v1: MemoryLimit, CPUShares, the CPU quota, TasksMax). -1 is
 // infinity (UINT64_MAX); unset or 0 fields give no property.
-std::vector<Property> resource_properties(const json& resources, bool unified);
+std::vector<Property> resource_properties(const oci::Resources& resources, bool unified);
 // "0-3,6" → systemd's CPU/node bitmask (bit i of byte i/8). Throws naming
 // `field` on a malformed list.
 std::vector<uint8_t> cpu_mask(const std::string& list, const std::string& field);

@@ -157,11 +157,20 @@ std::string expand_systemd_path(const std::string& cgroups_path, const std::stri
   return path + "/" + unit;
 }
 
-json effective_device_rules(const oci::Spec& spec) {
-  json rules = json::array();
-  for (const auto& r : spec.linux.limits.devices) rules.push_back(oci::to_json(r));
+namespace detail {
+std::string rdma_line(const std::string& device, const oci::Resources::Rdma& limits) {
+  if (!limits.hca_handles && !limits.hca_objects) return "";
+  std::string line = device;
+  if (limits.hca_handles) line += " hca_handle=" + std::to_string(*limits.hca_handles);
+  if (limits.hca_objects) line += " hca_object=" + std::to_string(*limits.hca_objects);
+  return line;
+}
+}  // namespace detail
+
+std::vector<oci::DeviceRule> effective_device_rules(const oci::Spec& spec) {
+  std::vector<oci::DeviceRule> rules = spec.linux.resources.devices;
   auto allow = [&](char type, std::int64_t major, std::int64_t minor, const char* access) {
-    rules.push_back(oci::to_json(oci::DeviceRule{true, type, major, minor, access}));
+    rules.push_back(oci::DeviceRule{true, type, major, minor, access});
   };
   allow('c', -1, -1, "m");
   allow('b', -1, -1, "m");

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <tuple>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -19,15 +20,15 @@
 namespace agentshim::cgroups {
 namespace {
 
-constexpr uint8_t kLdxW = BPF_LDX | BPF_MEM | BPF_W;       // 0x61
-constexpr uint8_t kAndK = BPF_ALU | BPF_AND | BPF_K;       // 0x54
-constexpr uint8_t kRshK = BPF_ALU | BPF_RSH | BPF_K;       // 0x74
-constexpr uint8_t kMovX = BPF_ALU64 | BPF_MOV | BPF_X;     // 0xbf
-constexpr uint8_t kMovK = BPF_ALU64 | BPF_MOV | BPF_K;     // 0xb7
-constexpr uint8_t kJneK = BPF_JMP | BPF_JNE | BPF_K;       // 0x55
-constexpr uint8_t kJeqK = BPF_JMP | BPF_JEQ | BPF_K;       // 0x15
-constexpr uint8_t kJsetK = BPF_JMP | BPF_JSET | BPF_K;     // 0x45
-constexpr uint8_t kExit = BPF_JMP | BPF_EXIT;              // 0x95
+constexpr uint8_t kLdxW = BPF_LDX | BPF_MEM | BPF_W;    // 0x61
+constexpr uint8_t kAndK = BPF_ALU | BPF_AND | BPF_K;    // 0x54
+constexpr uint8_t kRshK = BPF_ALU | BPF_RSH | BPF_K;    // 0x74
+constexpr uint8_t kMovX = BPF_ALU64 | BPF_MOV | BPF_X;  // 0xbf
+constexpr uint8_t kMovK = BPF_ALU64 | BPF_MOV | BPF_K;  // 0xb7
+constexpr uint8_t kJneK = BPF_JMP | BPF_JNE | BPF_K;    // 0x55
+constexpr uint8_t kJeqK = BPF_JMP | BPF_JEQ | BPF_K;    // 0x15
+constexpr uint8_t kJsetK = BPF_JMP | BPF_JSET | BPF_K;  // 0x45
+constexpr uint8_t kExit = BPF_JMP | BPF_EXIT;           // 0x95
 
 BpfInsn ins(uint8_t code, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
   return BpfInsn{code, static_cast<uint8_t>((dst & 0xf) | (src << 4)), off, imm};
@@ -48,37 +49,36 @@ uint32_t access_bits(const std::string& a, const std::string& where) {
   return bits ? bits : 7;
 }
 
-long bpf(int cmd, union bpf_attr* attr) { return ::syscall(SYS_bpf, cmd, attr, sizeof(*attr)); }
+long bpf(int cmd, union bpf_attr* attr) {
+  return ::syscall(SYS_bpf, cmd, attr, sizeof(*attr));
+}
 
 }  // namespace
 
-std::vector<BpfInsn> device_program(const json& rules) {
-  if (!rules.is_array()) throw Error("linux.resources.devices: must be an array");
+std::vector<BpfInsn> device_program(const std::vector<oci::DeviceRule>& rules) {
   std::vector<BpfInsn> p;
-  p.push_back(ins(kLdxW, 2, 1, 0, 0));  // r2 = ctx->access_type
+  p.push_back(ins(kLdxW, 2, 1, 0, 0));       // r2 = ctx->access_type
   p.push_back(ins(kAndK, 2, 0, 0, 0xffff));  // w2 = device type
   p.push_back(ins(kLdxW, 3, 1, 0, 0));
   p.push_back(ins(kRshK, 3, 0, 0, 16));  // w3 = requested access
-  p.push_back(ins(kLdxW, 4, 1, 4, 0));  // r4 = major
-  p.push_back(ins(kLdxW, 5, 1, 8, 0));  // r5 = minor
+  p.push_back(ins(kLdxW, 4, 1, 4, 0));   // r4 = major
+  p.push_back(ins(kLdxW, 5, 1, 8, 0));   // r5 = minor
   // After a rule that matches every access (no jumps), the earlier rules and
   // the default deny can never run, and the verifier rejects unreachable
   // instructions: they are still checked but no longer emitted.
   bool unconditional = false;
   for (std::size_t n = rules.size(); n-- > 0;) {
-    const json& r = rules[n];
+    const oci::DeviceRule& r = rules[n];
     std::string where = "linux.resources.devices[" + std::to_string(n) + "]";
-    if (!r.is_object()) throw Error(where + ": must be an object");
-    bool allow = r.value("allow", false);
-    std::string type = r.value("type", "a");
-    uint32_t acc = access_bits(r.value("access", "rwm"), where);
+    const bool allow = r.allow;
+    uint32_t acc = access_bits(r.access, where);
     std::vector<BpfInsn> block;
     std::vector<std::size_t> jumps;  // indices whose off goes to the block's end
-    if (type == "c" || type == "b") {
+    if (r.type == 'c' || r.type == 'b') {
       jumps.push_back(block.size());
-      block.push_back(ins(kJneK, 2, 0, 0, type == "c" ? BPF_DEVCG_DEV_CHAR : BPF_DEVCG_DEV_BLOCK));
-    } else if (type != "a") {
-      throw Error(where + ".type: \"" + type + "\" is not a, b or c");
+      block.push_back(ins(kJneK, 2, 0, 0, r.type == 'c' ? BPF_DEVCG_DEV_CHAR : BPF_DEVCG_DEV_BLOCK));
+    } else if (r.type != 'a') {
+      throw Error(where + ".type: \"" + std::string(1, r.type) + "\" is not a, b or c");
     }
     if (acc != 7) {
       if (allow) {
@@ -93,10 +93,8 @@ std::vector<BpfInsn> device_program(const json& rules) {
         block.push_back(ins(kJeqK, 6, 0, 0, 0));
       }
     }
-    for (auto [key, reg] : {std::pair<const char*, uint8_t>{"major", 4}, {"minor", 5}}) {
-      if (!r.contains(key) || r[key].is_null()) continue;
-      if (!r[key].is_number_integer()) throw Error(where + "." + key + ": must be an integer");
-      long long v = r[key].get<long long>();
+    for (auto [key, reg, v] :
+         {std::tuple<const char*, uint8_t, std::int64_t>{"major", 4, r.major}, {"minor", 5, r.minor}}) {
       if (v < 0) continue;
       if (v > 0xffffffffLL) throw Error(where + "." + key + ": out of range");
       jumps.push_back(block.size());
@@ -116,7 +114,8 @@ std::vector<BpfInsn> device_program(const json& rules) {
   return p;
 }
 
-bool run_device_program(const std::vector<BpfInsn>& prog, char type, uint32_t major, uint32_t minor, uint32_t access) {
+bool run_device_program(const std::vector<BpfInsn>& prog, char type, uint32_t major, uint32_t minor,
+                        uint32_t access) {
   uint32_t ctx[3] = {(access << 16) | (type == 'b' ? BPF_DEVCG_DEV_BLOCK : BPF_DEVCG_DEV_CHAR), major, minor};
   uint64_t reg[11] = {};
   std::size_t pc = 0;
@@ -176,8 +175,8 @@ void attach_device_program(const std::string& cgroup_dir, const std::vector<BpfI
   UniqueFd pfd(static_cast<int>(bpf(BPF_PROG_LOAD, &attr)));
   if (!pfd) {
     int e = errno;
-    throw SysError("bpf(BPF_PROG_LOAD) of the device program for " + cgroup_dir + " (verifier: " +
-                       std::string(logbuf.data(), strnlen(logbuf.data(), 400)) + ")",
+    throw SysError("bpf(BPF_PROG_LOAD) of the device program for " + cgroup_dir +
+                       " (verifier: " + std::string(logbuf.data(), strnlen(logbuf.data(), 400)) + ")",
                    e);
   }
   // Programs attached before (an earlier `update`, or by someone else).
@@ -195,7 +194,8 @@ void attach_device_program(const std::string& cgroup_dir, const std::vector<BpfI
   attr.attach_bpf_fd = static_cast<uint32_t>(pfd.get());
   attr.attach_type = BPF_CGROUP_DEVICE;
   attr.attach_flags = BPF_F_ALLOW_MULTI;
-  if (bpf(BPF_PROG_ATTACH, &attr) < 0) throw_errno("bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE) on " + cgroup_dir);
+  if (bpf(BPF_PROG_ATTACH, &attr) < 0)
+    throw_errno("bpf(BPF_PROG_ATTACH, BPF_CGROUP_DEVICE) on " + cgroup_dir);
 
   for (uint32_t i = 0; i < old_count && i < 64; ++i) {
     std::memset(&attr, 0, sizeof(attr));
@@ -206,7 +206,8 @@ void attach_device_program(const std::string& cgroup_dir, const std::vector<BpfI
     attr.target_fd = static_cast<uint32_t>(dir.get());
     attr.attach_bpf_fd = static_cast<uint32_t>(old.get());
     attr.attach_type = BPF_CGROUP_DEVICE;
-    if (bpf(BPF_PROG_DETACH, &attr) < 0) throw_errno("bpf(BPF_PROG_DETACH) of an old device program on " + cgroup_dir);
+    if (bpf(BPF_PROG_DETACH, &attr) < 0)
+      throw_errno("bpf(BPF_PROG_DETACH) of an old device program on " + cgroup_dir);
   }
 }
 

@@ -39,11 +39,6 @@ namespace systemd {
 
 namespace {
 constexpr uint64_t kInfinity = std::numeric_limits<uint64_t>::max();
-
-std::optional<long long> int_field(const json& o, const char* k) {
-  if (o.is_object() && o.contains(k) && o[k].is_number_integer()) return o[k].get<long long>();
-  return std::nullopt;
-}
 }  // namespace
 
 bool booted() {
@@ -82,57 +77,46 @@ std::vector<uint8_t> cpu_mask(const std::string& list, const std::string& field)
   return mask;
 }
 
-std::vector<Property> resource_properties(const json& r, bool unified) {
+std::vector<Property> resource_properties(const oci::Resources& r, bool unified) {
   std::vector<Property> out;
-  if (!r.is_object()) return out;
-  if (r.contains("memory") && r["memory"].is_object()) {
-    const json& m = r["memory"];
-    auto limit = int_field(m, "limit");
-    if (limit && *limit != 0)
-      out.push_back({unified ? "MemoryMax" : "MemoryLimit", *limit < 0 ? kInfinity : uint64_t(*limit)});
-    if (auto res = int_field(m, "reservation"); unified && res && *res != 0)
-      out.push_back({"MemoryLow", *res < 0 ? kInfinity : uint64_t(*res)});
-    // OCI's swap is memory+swap; systemd's MemorySwapMax= is swap alone.
-    if (auto swap = int_field(m, "swap"); unified && swap && *swap != 0) {
-      if (*swap < 0)
-        out.push_back({"MemorySwapMax", kInfinity});
-      else if (limit && *limit > 0 && *swap >= *limit)
-        out.push_back({"MemorySwapMax", uint64_t(*swap - *limit)});
-    }
+  const oci::Resources::Memory& m = r.memory;
+  const auto limit = m.limit;
+  if (limit && *limit != 0)
+    out.push_back({unified ? "MemoryMax" : "MemoryLimit", *limit < 0 ? kInfinity : uint64_t(*limit)});
+  if (auto res = m.reservation; unified && res && *res != 0)
+    out.push_back({"MemoryLow", *res < 0 ? kInfinity : uint64_t(*res)});
+  // OCI's swap is memory+swap; systemd's MemorySwapMax= is swap alone.
+  if (auto swap = m.swap; unified && swap && *swap != 0) {
+    if (*swap < 0)
+      out.push_back({"MemorySwapMax", kInfinity});
+    else if (limit && *limit > 0 && *swap >= *limit)
+      out.push_back({"MemorySwapMax", uint64_t(*swap - *limit)});
   }
-  if (r.contains("cpu") && r["cpu"].is_object()) {
-    const json& c = r["cpu"];
-    if (auto sh = int_field(c, "shares"); sh && *sh > 0) {
-      if (unified)
-        out.push_back({"CPUWeight", detail::shares_to_weight(uint64_t(*sh))});
-      else
-        out.push_back({"CPUShares", uint64_t(*sh)});
-    }
-    auto quota = int_field(c, "quota");
-    auto period = int_field(c, "period").value_or(0);
-    if (period > 0) out.push_back({"CPUQuotaPeriodUSec", uint64_t(period)});
-    if (quota && *quota != 0) {
-      uint64_t per_sec = kInfinity;
-      if (*quota > 0) {
-        uint64_t p = period > 0 ? uint64_t(period) : 100000;
-        per_sec = uint64_t(*quota) * 1000000 / p;
-        // systemd keeps CPUQuotaPerSecUSec= in whole 10 ms steps (and
-        // would write cpu.max rounded down): round up, as runc does.
-        if (per_sec % 10000 != 0) per_sec = (per_sec / 10000 + 1) * 10000;
-      }
-      out.push_back({"CPUQuotaPerSecUSec", per_sec});
-    }
-    if (unified) {
-      if (c.contains("cpus") && c["cpus"].is_string() && !c["cpus"].get<std::string>().empty())
-        out.push_back({"AllowedCPUs", cpu_mask(c["cpus"].get<std::string>(), "linux.resources.cpu.cpus")});
-      if (c.contains("mems") && c["mems"].is_string() && !c["mems"].get<std::string>().empty())
-        out.push_back(
-            {"AllowedMemoryNodes", cpu_mask(c["mems"].get<std::string>(), "linux.resources.cpu.mems")});
-    }
+  const oci::Resources::Cpu& c = r.cpu;
+  if (auto sh = c.shares; sh && *sh > 0) {
+    if (unified)
+      out.push_back({"CPUWeight", detail::shares_to_weight(*sh)});
+    else
+      out.push_back({"CPUShares", *sh});
   }
-  if (r.contains("pids") && r["pids"].is_object())
-    if (auto l = int_field(r["pids"], "limit"); l && *l != 0)
-      out.push_back({"TasksMax", *l < 0 ? kInfinity : uint64_t(*l)});
+  const uint64_t period = c.period.value_or(0);
+  if (period > 0) out.push_back({"CPUQuotaPeriodUSec", period});
+  if (auto quota = c.quota; quota && *quota != 0) {
+    uint64_t per_sec = kInfinity;
+    if (*quota > 0) {
+      uint64_t p = period > 0 ? period : 100000;
+      per_sec = uint64_t(*quota) * 1000000 / p;
+      // systemd keeps CPUQuotaPerSecUSec= in whole 10 ms steps (and
+      // would write cpu.max rounded down): round up, as runc does.
+      if (per_sec % 10000 != 0) per_sec = (per_sec / 10000 + 1) * 10000;
+    }
+    out.push_back({"CPUQuotaPerSecUSec", per_sec});
+  }
+  if (unified) {
+    if (!c.cpus.empty()) out.push_back({"AllowedCPUs", cpu_mask(c.cpus, "linux.resources.cpu.cpus")});
+    if (!c.mems.empty()) out.push_back({"AllowedMemoryNodes", cpu_mask(c.mems, "linux.resources.cpu.mems")});
+  }
+  if (auto l = r.pids.limit; l && *l != 0) out.push_back({"TasksMax", *l < 0 ? kInfinity : uint64_t(*l)});
   return out;
 }
 
@@ -431,7 +415,7 @@ class SystemdManager final : public Manager {
   void join_self(bool include_v2) override { inner_->join_self(include_v2); }
   std::string v2_dir() const override { return inner_->v2_dir(); }
   bool v2_only() const override { return inner_->v2_only(); }
-  void set(const json& resources) override {
+  void set(const oci::Resources& resources) override {
     // systemd first (its idea of the unit's limits), then the files: the
     // properties cover only part of the OCI resources, and systemd rounds
     // some (CPUQuotaPerSecUSec) where the file takes the exact value.

@@ -32,10 +32,6 @@ struct Dir {
   }
 };
 
-std::string i64(const json& v) {
-  return std::to_string(v.get<long long>());
-}
-
 uint64_t read_u64(const std::string& dir, const std::string& file) {
   auto t = try_read_file(dir + "/" + file);
   if (!t) return 0;
@@ -43,24 +39,13 @@ uint64_t read_u64(const std::string& dir, const std::string& file) {
   return v ? *v : 0;
 }
 
-std::string device_rule(const json& r, const std::string& where) {
-  if (!r.is_object()) throw Error(where + ": must be an object");
-  std::string type = r.value("type", "a");
-  if (type != "a" && type != "c" && type != "b")
-    throw Error(where + ".type: \"" + type + "\" is not a, b or c");
-  auto num = [&](const char* k) -> std::string {
-    if (!r.contains(k) || r[k].is_null()) return "*";
-    if (!r[k].is_number_integer()) throw Error(where + "." + k + ": must be an integer");
-    long long v = r[k].get<long long>();
-    return v < 0 ? "*" : std::to_string(v);
-  };
-  std::string access = r.value("access", "rwm");
-  if (access.empty()) access = "rwm";
-  for (char c : access)
-    if (c != 'r' && c != 'w' && c != 'm')
-      throw Error(where + ".access: \"" + access + "\" is not a subset of rwm");
-  return type + " " + num("major") + ":" + num("minor") + " " + access;
+// "c 1:3 rwm", "a *:* m": a devices.allow/deny line.
+std::string device_rule(const oci::DeviceRule& r) {
+  auto num = [](std::int64_t v) { return v < 0 ? std::string("*") : std::to_string(v); };
+  return std::string(1, r.type) + " " + num(r.major) + ":" + num(r.minor) + " " + r.access;
 }
+
+using R = oci::Resources;
 
 class V1Manager final : public Manager {
  public:
@@ -158,29 +143,26 @@ class V1Manager final : public Manager {
     }
   }
 
-  void set(const json& r) override {
-    if (!r.is_object()) throw Error("linux.resources: must be an object");
-    if (r.contains("memory") && r["memory"].is_object()) set_memory(r["memory"]);
-    if (r.contains("cpu") && r["cpu"].is_object()) set_cpu(r["cpu"]);
-    if (r.contains("pids") && r["pids"].is_object() && r["pids"].contains("limit")) {
+  void set(const oci::Resources& r) override {
+    if (r.memory != R::Memory{}) set_memory(r.memory);
+    set_cpu(r.cpu);
+    if (r.pids.limit) {
       const Dir& d = need("pids", "linux.resources.pids");
-      long long v = r["pids"]["limit"].get<long long>();
-      write(d.dir, "pids.max", v > 0 ? std::to_string(v) : "max");
+      write(d.dir, "pids.max", *r.pids.limit > 0 ? std::to_string(*r.pids.limit) : "max");
     }
-    if (r.contains("blockIO") && r["blockIO"].is_object()) set_blkio(r["blockIO"]);
-    if (r.contains("hugepageLimits") && r["hugepageLimits"].is_array()) set_hugetlb(r["hugepageLimits"]);
-    if (r.contains("network") && r["network"].is_object()) set_network(r["network"]);
-    if (r.contains("devices") && r["devices"].is_array()) set_devices(r["devices"]);
-    if (r.contains("unified") && r["unified"].is_object() && !r["unified"].empty()) {
+    set_blkio(r.block_io);
+    set_hugetlb(r.hugepage_limits);
+    set_network(r.network);
+    if (!r.devices.empty()) set_devices(r.devices);
+    set_rdma(r.rdma);
+    if (!r.unified.empty()) {
       if (!unified_)
         throw Error("linux.resources.unified: this host has no cgroup v2 hierarchy (cgroup v1 layout)");
-      for (const auto& [k, v] : r["unified"].items()) {
-        if (k.find('/') != std::string::npos || k.find("..") != std::string::npos)
-          throw Error("linux.resources.unified: invalid file name \"" + k + "\"");
+      for (const auto& [k, v] : r.unified) {
         if (!exists(unified_->dir, k))
           throw Error("linux.resources.unified." + k + ": no such file in the v2 part of this hybrid host (" +
                       unified_->dir + ")");
-        write(unified_->dir, k, v.is_string() ? v.get<std::string>() : v.dump());
+        write(unified_->dir, k, v);
       }
     }
   }
@@ -350,65 +332,60 @@ class V1Manager final : public Manager {
     }
   }
 
-  void set_memory(const json& m) {
+  void set_memory(const R::Memory& m) {
     const Dir& d = need("memory", "linux.resources.memory");
-    std::optional<long long> limit, swap;
-    if (m.contains("limit") && m["limit"].is_number_integer()) limit = m["limit"].get<long long>();
-    if (m.contains("swap") && m["swap"].is_number_integer()) swap = m["swap"].get<long long>();
+    // (Plain values and flags, not std::optional: GCC 12 reports a false
+    // -Wmaybe-uninitialized on the optionals' payloads here.)
+    const bool has_limit = m.limit.has_value();
+    const long long limit = m.limit.value_or(0);
+    bool has_swap = m.swap.has_value();
+    const long long swap = m.swap.value_or(0);
     bool memsw = exists(d.dir, "memory.memsw.limit_in_bytes");
-    if (swap && !memsw) {
-      if (*swap != -1 && (!limit || *swap != *limit))
+    if (has_swap && !memsw) {
+      if (swap != -1 && (!has_limit || swap != limit))
         log::warn(
             "linux.resources.memory.swap: this kernel has no swap accounting (memory.memsw.*); ignored");
-      swap.reset();
+      has_swap = false;
     }
-    if (limit && swap) {
+    if (has_limit && has_swap) {
       // memsw must stay >= limit at every step: order the two writes.
       long long cur_sw = static_cast<long long>(read_u64(d.dir, "memory.memsw.limit_in_bytes"));
-      bool raise = *swap == -1 || (*limit != -1 && *swap > cur_sw) || *limit == -1;
+      bool raise = swap == -1 || (limit != -1 && swap > cur_sw) || limit == -1;
       if (raise) {
-        write(d.dir, "memory.memsw.limit_in_bytes", std::to_string(*swap));
-        write(d.dir, "memory.limit_in_bytes", std::to_string(*limit));
+        write(d.dir, "memory.memsw.limit_in_bytes", std::to_string(swap));
+        write(d.dir, "memory.limit_in_bytes", std::to_string(limit));
       } else {
-        write(d.dir, "memory.limit_in_bytes", std::to_string(*limit));
-        write(d.dir, "memory.memsw.limit_in_bytes", std::to_string(*swap));
+        write(d.dir, "memory.limit_in_bytes", std::to_string(limit));
+        write(d.dir, "memory.memsw.limit_in_bytes", std::to_string(swap));
       }
-    } else if (limit) {
-      write(d.dir, "memory.limit_in_bytes", std::to_string(*limit));
-    } else if (swap) {
-      write(d.dir, "memory.memsw.limit_in_bytes", std::to_string(*swap));
+    } else if (has_limit) {
+      write(d.dir, "memory.limit_in_bytes", std::to_string(limit));
+    } else if (has_swap) {
+      write(d.dir, "memory.memsw.limit_in_bytes", std::to_string(swap));
     }
-    if (m.contains("reservation") && m["reservation"].is_number_integer())
-      write(d.dir, "memory.soft_limit_in_bytes", i64(m["reservation"]));
-    if (m.contains("kernel") && m["kernel"].is_number_integer() && m["kernel"].get<long long>() != 0)
+    if (m.reservation) write(d.dir, "memory.soft_limit_in_bytes", std::to_string(*m.reservation));
+    if (m.kernel.value_or(0) != 0)
       log::warn("linux.resources.memory.kernel: kernel memory limits are deprecated by the kernel; ignored");
-    if (m.contains("kernelTCP") && m["kernelTCP"].is_number_integer() && m["kernelTCP"].get<long long>() != 0)
-      write(d.dir, "memory.kmem.tcp.limit_in_bytes", i64(m["kernelTCP"]));
-    if (m.contains("swappiness") && m["swappiness"].is_number_integer()) {
-      long long v = m["swappiness"].get<long long>();
-      if (v > 100) throw Error("linux.resources.memory.swappiness: " + std::to_string(v) + " is above 100");
-      if (v >= 0) write(d.dir, "memory.swappiness", std::to_string(v));
+    if (m.kernel_tcp.value_or(0) != 0)
+      write(d.dir, "memory.kmem.tcp.limit_in_bytes", std::to_string(*m.kernel_tcp));
+    if (m.swappiness) {
+      if (*m.swappiness > 100)
+        throw Error("linux.resources.memory.swappiness: " + std::to_string(*m.swappiness) + " is above 100");
+      write(d.dir, "memory.swappiness", std::to_string(*m.swappiness));
     }
-    if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() &&
-        m["disableOOMKiller"].get<bool>())
-      write(d.dir, "memory.oom_control", "1");
-    if (m.contains("useHierarchy") && m["useHierarchy"].is_boolean())
-      write(d.dir, "memory.use_hierarchy", m["useHierarchy"].get<bool>() ? "1" : "0");
+    if (m.disable_oom_killer.value_or(false)) write(d.dir, "memory.oom_control", "1");
+    if (m.use_hierarchy) write(d.dir, "memory.use_hierarchy", *m.use_hierarchy ? "1" : "0");
   }
 
-  void set_cpu(const json& c) {
-    auto num = [&](const char* k) -> std::optional<long long> {
-      if (c.contains(k) && c[k].is_number_integer()) return c[k].get<long long>();
-      return std::nullopt;
-    };
-    auto shares = num("shares"), quota = num("quota"), period = num("period"), burst = num("burst");
-    auto rt_rt = num("realtimeRuntime"), rt_p = num("realtimePeriod"), idle = num("idle");
+  void set_cpu(const R::Cpu& c) {
+    const auto shares = c.shares, period = c.period, burst = c.burst, rt_p = c.realtime_period;
+    const auto quota = c.quota, rt_rt = c.realtime_runtime, idle = c.idle;
     if (shares || quota || period || burst || rt_rt || rt_p || idle) {
       const Dir& d = need("cpu", "linux.resources.cpu");
       if (shares && *shares != 0) {
         write(d.dir, "cpu.shares", std::to_string(*shares));
         auto got = parse_uint(read(d.dir, "cpu.shares"));
-        if (got && static_cast<long long>(*got) != *shares)
+        if (got && *got != *shares)
           throw Error("linux.resources.cpu.shares: " + std::to_string(*shares) +
                       " is out of the kernel's range (it set " + std::to_string(*got) + ")");
       }
@@ -423,14 +400,15 @@ class V1Manager final : public Manager {
       if (rt_rt && *rt_rt != 0) write(d.dir, "cpu.rt_runtime_us", std::to_string(*rt_rt));
       if (idle && exists(d.dir, "cpu.idle")) write(d.dir, "cpu.idle", std::to_string(*idle));
     }
-    for (const char* k : {"cpus", "mems"}) {
-      if (!c.contains(k) || !c[k].is_string() || c[k].get<std::string>().empty()) continue;
+    for (const auto& [k, v] :
+         {std::pair<const char*, const std::string*>{"cpus", &c.cpus}, {"mems", &c.mems}}) {
+      if (v->empty()) continue;
       const Dir& d = need("cpuset", std::string("linux.resources.cpu.") + k);
-      write(d.dir, std::string("cpuset.") + k, c[k].get<std::string>());
+      write(d.dir, std::string("cpuset.") + k, *v);
     }
   }
 
-  void set_blkio(const json& b) {
+  void set_blkio(const R::BlockIO& b) {
     const Dir* d = find("blkio");
     auto need_b = [&]() -> const Dir& { return need("blkio", "linux.resources.blockIO"); };
     auto weight_file = [&](const Dir& dd) -> std::string {
@@ -440,53 +418,50 @@ class V1Manager final : public Manager {
           "linux.resources.blockIO.weight: this host's blkio controller has neither blkio.weight nor "
           "blkio.bfq.weight (no CFQ/BFQ I/O scheduler)");
     };
-    if (b.contains("weight") && b["weight"].is_number_integer() && b["weight"].get<long long>() != 0) {
+    if (b.weight.value_or(0) != 0) {
       const Dir& dd = need_b();
-      write(dd.dir, weight_file(dd), i64(b["weight"]));
+      write(dd.dir, weight_file(dd), std::to_string(*b.weight));
     }
-    if (b.contains("leafWeight") && b["leafWeight"].is_number_integer() &&
-        b["leafWeight"].get<long long>() != 0) {
+    if (b.leaf_weight.value_or(0) != 0) {
       const Dir& dd = need_b();
       if (!exists(dd.dir, "blkio.leaf_weight"))
         throw Error("linux.resources.blockIO.leafWeight: this host has no blkio.leaf_weight");
-      write(dd.dir, "blkio.leaf_weight", i64(b["leafWeight"]));
+      write(dd.dir, "blkio.leaf_weight", std::to_string(*b.leaf_weight));
     }
-    if (b.contains("weightDevice") && b["weightDevice"].is_array())
-      for (const auto& w : b["weightDevice"]) {
-        const Dir& dd = need_b();
-        std::string dev = i64(w.at("major")) + ":" + i64(w.at("minor"));
-        if (w.contains("weight") && w["weight"].is_number_integer())
-          write(dd.dir, weight_file(dd) == "blkio.weight" ? "blkio.weight_device" : "blkio.bfq.weight_device",
-                dev + " " + i64(w["weight"]));
-        if (w.contains("leafWeight") && w["leafWeight"].is_number_integer())
-          write(dd.dir, "blkio.leaf_weight_device", dev + " " + i64(w["leafWeight"]));
-      }
-    const std::pair<const char*, const char*> throttles[] = {
-        {"throttleReadBpsDevice", "blkio.throttle.read_bps_device"},
-        {"throttleWriteBpsDevice", "blkio.throttle.write_bps_device"},
-        {"throttleReadIOPSDevice", "blkio.throttle.read_iops_device"},
-        {"throttleWriteIOPSDevice", "blkio.throttle.write_iops_device"}};
-    for (const auto& [key, file] : throttles) {
-      if (!b.contains(key) || !b[key].is_array()) continue;
-      for (const auto& t : b[key]) {
+    for (const auto& w : b.weight_device) {
+      const Dir& dd = need_b();
+      std::string dev = std::to_string(w.major) + ":" + std::to_string(w.minor);
+      if (w.weight)
+        write(dd.dir, weight_file(dd) == "blkio.weight" ? "blkio.weight_device" : "blkio.bfq.weight_device",
+              dev + " " + std::to_string(*w.weight));
+      if (w.leaf_weight)
+        write(dd.dir, "blkio.leaf_weight_device", dev + " " + std::to_string(*w.leaf_weight));
+    }
+    const std::pair<const std::vector<R::ThrottleDevice>*, const char*> throttles[] = {
+        {&b.throttle_read_bps, "blkio.throttle.read_bps_device"},
+        {&b.throttle_write_bps, "blkio.throttle.write_bps_device"},
+        {&b.throttle_read_iops, "blkio.throttle.read_iops_device"},
+        {&b.throttle_write_iops, "blkio.throttle.write_iops_device"}};
+    for (const auto& [list, file] : throttles)
+      for (const auto& t : *list) {
         const Dir& dd = d ? *d : need_b();
-        write(dd.dir, file, i64(t.at("major")) + ":" + i64(t.at("minor")) + " " + i64(t.at("rate")));
+        write(dd.dir, file,
+              std::to_string(t.major) + ":" + std::to_string(t.minor) + " " + std::to_string(t.rate));
       }
-    }
   }
 
-  void set_hugetlb(const json& limits) {
+  void set_hugetlb(const std::vector<R::HugepageLimit>& limits) {
     for (const auto& h : limits) {
-      std::string size = h.at("pageSize");
+      const std::string& size = h.page_size;
       std::string file;
       if (const Dir* d = find("hugetlb")) {
         file = "hugetlb." + size + ".limit_in_bytes";
         if (!exists(d->dir, file))
           throw Error("linux.resources.hugepageLimits: page size \"" + size +
                       "\" is not supported by this host");
-        write(d->dir, file, i64(h.at("limit")));
+        write(d->dir, file, std::to_string(h.limit));
       } else if (unified_ && exists(unified_->dir, "hugetlb." + size + ".max")) {
-        write(unified_->dir, "hugetlb." + size + ".max", i64(h.at("limit")));
+        write(unified_->dir, "hugetlb." + size + ".max", std::to_string(h.limit));
       } else {
         throw Error("linux.resources.hugepageLimits: no hugetlb controller for page size \"" + size +
                     "\" on this host");
@@ -494,26 +469,34 @@ class V1Manager final : public Manager {
     }
   }
 
-  void set_network(const json& n) {
-    if (n.contains("classID") && n["classID"].is_number_integer()) {
+  void set_network(const R::Network& n) {
+    if (n.class_id) {
       const Dir& d = need("net_cls", "linux.resources.network.classID");
-      write(d.dir, "net_cls.classid", i64(n["classID"]));
+      write(d.dir, "net_cls.classid", std::to_string(*n.class_id));
     }
-    if (n.contains("priorities") && n["priorities"].is_array() && !n["priorities"].empty()) {
+    if (!n.priorities.empty()) {
       const Dir& d = need("net_prio", "linux.resources.network.priorities");
-      for (const auto& p : n["priorities"])
-        write(d.dir, "net_prio.ifpriomap", p.at("name").get<std::string>() + " " + i64(p.at("priority")));
+      for (const auto& p : n.priorities)
+        write(d.dir, "net_prio.ifpriomap", p.name + " " + std::to_string(p.priority));
     }
   }
 
-  void set_devices(const json& rules) {
+  void set_devices(const std::vector<oci::DeviceRule>& rules) {
     const Dir& d = need("devices", "linux.resources.devices");
-    std::size_t i = 0;
-    for (const auto& r : rules) {
-      std::string where = "linux.resources.devices[" + std::to_string(i++) + "]";
-      std::string line = device_rule(r, where);
-      bool allow = r.value("allow", false);
-      write(d.dir, allow ? "devices.allow" : "devices.deny", line);
+    for (const auto& r : rules) write(d.dir, r.allow ? "devices.allow" : "devices.deny", device_rule(r));
+  }
+
+  // The rdma controller: a v1 hierarchy, or the v2 part of a hybrid host.
+  void set_rdma(const std::map<std::string, R::Rdma>& rdma) {
+    for (const auto& [dev, lim] : rdma) {
+      const std::string line = detail::rdma_line(dev, lim);
+      if (line.empty()) continue;
+      if (const Dir* d = find("rdma"))
+        write(d->dir, "rdma.max", line);
+      else if (unified_ && exists(unified_->dir, "rdma.max"))
+        write(unified_->dir, "rdma.max", line);
+      else
+        throw Error("linux.resources.rdma: the rdma cgroup controller is not available on this host");
     }
   }
 

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <optional>
 #include <thread>
+#include <tuple>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -20,8 +21,11 @@ using detail::exists;
 using detail::read;
 using detail::write;
 
-std::string i64(const json& v) {
-  return std::to_string(v.get<long long>());
+using R = oci::Resources;
+
+// OCI blkio weights are 10..1000; io.weight is 1..10000.
+long long io_weight(long long w) {
+  return 1 + (w - 10) * 9999 / 990;
 }
 
 uint64_t read_u64(const std::string& dir, const std::string& file) {
@@ -66,31 +70,22 @@ class V2Manager final : public Manager {
   std::string v2_dir() const override { return dir_; }
   bool v2_only() const override { return true; }
 
-  void set(const json& r) override {
-    if (!r.is_object()) throw Error("linux.resources: must be an object");
-    if (r.contains("memory") && r["memory"].is_object()) set_memory(r["memory"]);
-    if (r.contains("cpu") && r["cpu"].is_object()) set_cpu(r["cpu"]);
-    if (r.contains("pids") && r["pids"].is_object() && r["pids"].contains("limit")) {
-      long long v = r["pids"]["limit"].get<long long>();
-      put("pids.max", v > 0 ? std::to_string(v) : "max", "linux.resources.pids.limit");
-    }
-    if (r.contains("blockIO") && r["blockIO"].is_object()) set_io(r["blockIO"]);
-    if (r.contains("hugepageLimits") && r["hugepageLimits"].is_array())
-      for (const auto& h : r["hugepageLimits"])
-        put("hugetlb." + h.at("pageSize").get<std::string>() + ".max", i64(h.at("limit")),
-            "linux.resources.hugepageLimits");
-    if (r.contains("network") && r["network"].is_object() &&
-        (r["network"].contains("classID") ||
-         (r["network"].contains("priorities") && !r["network"]["priorities"].empty())))
+  void set(const oci::Resources& r) override {
+    set_memory(r.memory);
+    set_cpu(r.cpu);
+    if (r.pids.limit)
+      put("pids.max", *r.pids.limit > 0 ? std::to_string(*r.pids.limit) : "max",
+          "linux.resources.pids.limit");
+    set_io(r.block_io);
+    for (const auto& h : r.hugepage_limits)
+      put("hugetlb." + h.page_size + ".max", std::to_string(h.limit), "linux.resources.hugepageLimits");
+    if (r.network.class_id || !r.network.priorities.empty())
       throw Error("linux.resources.network: net_cls/net_prio do not exist in cgroup v2");
-    if (r.contains("devices") && r["devices"].is_array())
-      attach_device_program(dir_, device_program(r["devices"]));
-    if (r.contains("unified") && r["unified"].is_object())
-      for (const auto& [k, v] : r["unified"].items()) {
-        if (k.find('/') != std::string::npos || k.find("..") != std::string::npos)
-          throw Error("linux.resources.unified: invalid file name \"" + k + "\"");
-        put(k, v.is_string() ? v.get<std::string>() : v.dump(), "linux.resources.unified." + k);
-      }
+    if (!r.devices.empty()) attach_device_program(dir_, device_program(r.devices));
+    for (const auto& [dev, lim] : r.rdma)
+      if (std::string line = detail::rdma_line(dev, lim); !line.empty())
+        put("rdma.max", line, "linux.resources.rdma." + dev);
+    for (const auto& [k, v] : r.unified) put(k, v, "linux.resources.unified." + k);
   }
 
   void freeze() override {
@@ -247,10 +242,8 @@ class V2Manager final : public Manager {
     }
   }
 
-  void set_memory(const json& m) {
-    std::optional<long long> limit, swap;
-    if (m.contains("limit") && m["limit"].is_number_integer()) limit = m["limit"].get<long long>();
-    if (m.contains("swap") && m["swap"].is_number_integer()) swap = m["swap"].get<long long>();
+  void set_memory(const R::Memory& m) {
+    const std::optional<long long> limit = m.limit, swap = m.swap;
     if (limit) put("memory.max", *limit < 0 ? "max" : std::to_string(*limit), "linux.resources.memory.limit");
     if (swap && *swap != 0) {
       std::string v;
@@ -270,29 +263,20 @@ class V2Manager final : public Manager {
         log::warn(
             "linux.resources.memory.swap: this kernel has no swap accounting (memory.swap.max); ignored");
     }
-    if (m.contains("reservation") && m["reservation"].is_number_integer()) {
-      long long v = m["reservation"].get<long long>();
-      put("memory.low", v < 0 ? "max" : std::to_string(v), "linux.resources.memory.reservation");
-    }
-    if (m.contains("swappiness") && m["swappiness"].is_number_integer()) {
-      long long v = m["swappiness"].get<long long>();
-      if (v >= 0 && v <= 100)
-        log::warn("linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness; ignored");
-    }
-    if (m.contains("disableOOMKiller") && m["disableOOMKiller"].is_boolean() &&
-        m["disableOOMKiller"].get<bool>())
+    if (m.reservation)
+      put("memory.low", *m.reservation < 0 ? "max" : std::to_string(*m.reservation),
+          "linux.resources.memory.reservation");
+    if (m.swappiness && *m.swappiness <= 100)
+      log::warn("linux.resources.memory.swappiness: cgroup v2 has no per-cgroup swappiness; ignored");
+    if (m.disable_oom_killer.value_or(false))
       throw Error("linux.resources.memory.disableOOMKiller: cgroup v2 cannot disable the OOM killer");
   }
 
-  void set_cpu(const json& c) {
-    auto num = [&](const char* k) -> std::optional<long long> {
-      if (c.contains(k) && c[k].is_number_integer()) return c[k].get<long long>();
-      return std::nullopt;
-    };
-    if (auto sh = num("shares"); sh && *sh != 0)
-      put("cpu.weight", std::to_string(detail::shares_to_weight(static_cast<uint64_t>(*sh))),
-          "linux.resources.cpu.shares");
-    auto quota = num("quota"), period = num("period");
+  void set_cpu(const R::Cpu& c) {
+    if (c.shares.value_or(0) != 0)
+      put("cpu.weight", std::to_string(detail::shares_to_weight(*c.shares)), "linux.resources.cpu.shares");
+    const auto quota = c.quota;
+    const auto period = c.period;
     if ((quota && *quota != 0) || (period && *period != 0)) {
       std::string cur = exists(dir_, "cpu.max") ? read(dir_, "cpu.max") : "max 100000";
       auto parts = split(cur, ' ');
@@ -302,50 +286,42 @@ class V2Manager final : public Manager {
       if (period && *period != 0) p = std::to_string(*period);
       put("cpu.max", q + " " + p, "linux.resources.cpu.quota/period");
     }
-    if (auto b = num("burst")) put("cpu.max.burst", std::to_string(*b), "linux.resources.cpu.burst");
-    if (auto i = num("idle")) put("cpu.idle", std::to_string(*i), "linux.resources.cpu.idle");
-    if ((num("realtimeRuntime").value_or(0) != 0) || (num("realtimePeriod").value_or(0) != 0))
+    if (c.burst) put("cpu.max.burst", std::to_string(*c.burst), "linux.resources.cpu.burst");
+    if (c.idle) put("cpu.idle", std::to_string(*c.idle), "linux.resources.cpu.idle");
+    if (c.realtime_runtime.value_or(0) != 0 || c.realtime_period.value_or(0) != 0)
       throw Error("linux.resources.cpu.realtimeRuntime/realtimePeriod: not supported by cgroup v2");
-    for (const char* k : {"cpus", "mems"})
-      if (c.contains(k) && c[k].is_string() && !c[k].get<std::string>().empty())
-        put(std::string("cpuset.") + k, c[k].get<std::string>(), std::string("linux.resources.cpu.") + k);
+    if (!c.cpus.empty()) put("cpuset.cpus", c.cpus, "linux.resources.cpu.cpus");
+    if (!c.mems.empty()) put("cpuset.mems", c.mems, "linux.resources.cpu.mems");
   }
 
-  void set_io(const json& b) {
+  void set_io(const R::BlockIO& b) {
     auto weight_file = [&]() -> std::string {
       if (exists(dir_, "io.bfq.weight")) return "io.bfq.weight";
       if (exists(dir_, "io.weight")) return "io.weight";
       throw Error("linux.resources.blockIO.weight: neither io.weight nor io.bfq.weight exists in " + dir_);
     };
-    if (b.contains("weight") && b["weight"].is_number_integer() && b["weight"].get<long long>() != 0) {
+    if (b.weight.value_or(0) != 0) {
       std::string f = weight_file();
-      long long w = b["weight"].get<long long>();
-      // OCI blkio weights are 10..1000; io.weight is 1..10000.
-      long long v = f == "io.weight" ? 1 + (w - 10) * 9999 / 990 : w;
-      write(dir_, f, f == "io.weight" ? "default " + std::to_string(v) : std::to_string(v));
+      const long long w = *b.weight;
+      write(dir_, f, f == "io.weight" ? "default " + std::to_string(io_weight(w)) : std::to_string(w));
     }
-    if (b.contains("weightDevice") && b["weightDevice"].is_array())
-      for (const auto& w : b["weightDevice"])
-        if (w.contains("weight") && w["weight"].is_number_integer()) {
-          std::string f = weight_file();
-          long long v = w["weight"].get<long long>();
-          if (f == "io.weight") v = 1 + (v - 10) * 9999 / 990;
-          write(dir_, f, i64(w.at("major")) + ":" + i64(w.at("minor")) + " " + std::to_string(v));
-        }
-    const std::pair<const char*, const char*> throttles[] = {{"throttleReadBpsDevice", "rbps"},
-                                                             {"throttleWriteBpsDevice", "wbps"},
-                                                             {"throttleReadIOPSDevice", "riops"},
-                                                             {"throttleWriteIOPSDevice", "wiops"}};
-    for (const auto& [key, name] : throttles) {
-      if (!b.contains(key) || !b[key].is_array()) continue;
-      for (const auto& t : b[key]) {
-        long long rate = t.at("rate").get<long long>();
-        put("io.max",
-            i64(t.at("major")) + ":" + i64(t.at("minor")) + " " + name + "=" +
-                (rate > 0 ? std::to_string(rate) : "max"),
-            std::string("linux.resources.blockIO.") + key);
+    for (const auto& w : b.weight_device)
+      if (w.weight) {
+        std::string f = weight_file();
+        const long long v = f == "io.weight" ? io_weight(*w.weight) : *w.weight;
+        write(dir_, f, std::to_string(w.major) + ":" + std::to_string(w.minor) + " " + std::to_string(v));
       }
-    }
+    const std::tuple<const std::vector<R::ThrottleDevice>*, const char*, const char*> throttles[] = {
+        {&b.throttle_read_bps, "rbps", "throttleReadBpsDevice"},
+        {&b.throttle_write_bps, "wbps", "throttleWriteBpsDevice"},
+        {&b.throttle_read_iops, "riops", "throttleReadIOPSDevice"},
+        {&b.throttle_write_iops, "wiops", "throttleWriteIOPSDevice"}};
+    for (const auto& [list, name, key] : throttles)
+      for (const auto& t : *list)
+        put("io.max",
+            std::to_string(t.major) + ":" + std::to_string(t.minor) + " " + name + "=" +
+                (t.rate > 0 ? std::to_string(t.rate) : "max"),
+            std::string("linux.resources.blockIO.") + key);
   }
 
   Host host_;

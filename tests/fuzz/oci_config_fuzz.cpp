@@ -40,12 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (r) (void)agentshim::oci::parse_spec(r->config);
   }
-  try {
-    // The one reading of mounts the policy and the mounting code share;
-    // every mount also on its own (validate_config stops at the first error).
-    (void)agentshim::oci::mounts(j);
-  } catch (const std::exception&) {
-  }
+  // Every mount also on its own (parse_spec stops at the first error).
   if (j.is_object() && j.contains("mounts") && j["mounts"].is_array())
     for (std::size_t i = 0; i < j["mounts"].size(); i++) {
       try {
@@ -54,6 +49,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       } catch (const std::exception&) {
       }
     }
+  // linux.resources on its own (also an `update --resources` file): what it
+  // accepts is written back unchanged by to_json.
+  if (j.is_object()) {
+    std::optional<agentshim::oci::Resources> res;
+    try {
+      res = agentshim::oci::parse_resources(
+          j.contains("linux") && j["linux"].is_object() && j["linux"].contains("resources")
+              ? j["linux"]["resources"]
+              : j,
+          "linux.resources");
+    } catch (const agentshim::Error&) {
+    }
+    if (res && agentshim::oci::parse_resources(agentshim::oci::to_json(*res), "linux.resources") != *res)
+      __builtin_trap();
+  }
   try {
     if (j.is_object() && j.contains("linux") && j["linux"].is_object() && j["linux"].contains("seccomp"))
       (void)agentshim::seccomp::compile(j["linux"]["seccomp"], true);

@@ -34,6 +34,11 @@ uint64_t u64(const std::vector<systemd::Property>& ps, const std::string& name) 
   return p ? std::get<uint64_t>(p->value) : 0;
 }
 
+// The unit properties of linux.resources as the config gives it.
+std::vector<systemd::Property> properties(const json& resources, bool unified) {
+  return systemd::resource_properties(oci::parse_resources(resources, "linux.resources"), unified);
+}
+
 TEST(CgroupsSystemd, UnitAndSliceFromTheExpandedPath) {
   auto u = systemd::unit_of(expand_systemd_path("system.slice:cri-containerd:abc", "x"));
   EXPECT_EQ(u.slice, "system.slice");
@@ -56,7 +61,7 @@ TEST(CgroupsSystemd, ResourcesAsRuncMapsThemOnV2) {
   json r = {{"memory", {{"limit", 100 << 20}, {"reservation", 10 << 20}, {"swap", 150 << 20}}},
             {"cpu", {{"shares", 1024}, {"quota", 50000}, {"period", 100000}, {"cpus", "0-1,3"}}},
             {"pids", {{"limit", 42}}}};
-  auto ps = systemd::resource_properties(r, true);
+  auto ps = properties(r, true);
   EXPECT_EQ(u64(ps, "MemoryMax"), uint64_t(100 << 20));
   EXPECT_EQ(u64(ps, "MemoryLow"), uint64_t(10 << 20));
   EXPECT_EQ(u64(ps, "MemorySwapMax"), uint64_t(50 << 20));  // OCI swap is memory+swap
@@ -71,36 +76,34 @@ TEST(CgroupsSystemd, ResourcesAsRuncMapsThemOnV2) {
 }
 
 TEST(CgroupsSystemd, UnlimitedIsInfinityAndUnsetGivesNothing) {
-  auto ps = systemd::resource_properties(
+  auto ps = properties(
       {{"memory", {{"limit", -1}, {"swap", -1}}}, {"cpu", {{"quota", -1}}}, {"pids", {{"limit", -1}}}}, true);
   EXPECT_EQ(u64(ps, "MemoryMax"), kInf);
   EXPECT_EQ(u64(ps, "MemorySwapMax"), kInf);
   EXPECT_EQ(u64(ps, "CPUQuotaPerSecUSec"), kInf);
   EXPECT_EQ(u64(ps, "TasksMax"), kInf);
-  EXPECT_TRUE(systemd::resource_properties(json::object(), true).empty());
-  EXPECT_TRUE(
-      systemd::resource_properties({{"pids", {{"limit", 0}}}, {"cpu", {{"shares", 0}}}}, true).empty());
+  EXPECT_TRUE(properties(json::object(), true).empty());
+  EXPECT_TRUE(properties({{"pids", {{"limit", 0}}}, {"cpu", {{"shares", 0}}}}, true).empty());
   // A partial update (runc update --pids-limit) sets only its property.
-  ps = systemd::resource_properties({{"pids", {{"limit", 13}}}}, true);
+  ps = properties({{"pids", {{"limit", 13}}}}, true);
   ASSERT_EQ(ps.size(), 1u);
   EXPECT_EQ(u64(ps, "TasksMax"), 13u);
 }
 
 TEST(CgroupsSystemd, QuotaRoundsUpToSystemdsTenMillisecondSteps) {
   // 33333 / 100000 → 333330 us/s → 340000 (systemd would round down).
-  auto ps = systemd::resource_properties({{"cpu", {{"quota", 33333}, {"period", 100000}}}}, true);
+  auto ps = properties({{"cpu", {{"quota", 33333}, {"period", 100000}}}}, true);
   EXPECT_EQ(u64(ps, "CPUQuotaPerSecUSec"), 340000u);
   // No period: the kernel's default 100 ms.
-  ps = systemd::resource_properties({{"cpu", {{"quota", 20000}}}}, true);
+  ps = properties({{"cpu", {{"quota", 20000}}}}, true);
   EXPECT_EQ(u64(ps, "CPUQuotaPerSecUSec"), 200000u);
   EXPECT_EQ(find(ps, "CPUQuotaPeriodUSec"), nullptr);
 }
 
 TEST(CgroupsSystemd, V1NamesOnALegacyOrHybridHost) {
-  auto ps =
-      systemd::resource_properties({{"memory", {{"limit", 1 << 20}, {"reservation", 1}, {"swap", 3 << 20}}},
-                                    {"cpu", {{"shares", 512}, {"cpus", "0"}}}},
-                                   false);
+  auto ps = properties({{"memory", {{"limit", 1 << 20}, {"reservation", 1}, {"swap", 3 << 20}}},
+                        {"cpu", {{"shares", 512}, {"cpus", "0"}}}},
+                       false);
   EXPECT_EQ(u64(ps, "MemoryLimit"), uint64_t(1 << 20));
   EXPECT_EQ(u64(ps, "CPUShares"), 512u);
   EXPECT_EQ(find(ps, "MemoryMax"), nullptr);

@@ -53,6 +53,11 @@ bool exists(const std::string& p) {
   return ::lstat(p.c_str(), &st) == 0;
 }
 
+// linux.resources as the config gives it (oci::parse_resources).
+oci::Resources parsed(const json& j) {
+  return oci::parse_resources(j, "linux.resources");
+}
+
 // Create (or truncate) a file with the given content.
 void put(const std::string& path, const std::string& content = "") {
   write_file(path, content);
@@ -453,7 +458,7 @@ TEST_F(CgroupV2Fake, RefusedDelegationNamedInTheLimitError) {
   auto m = Manager::create(host, "/busy/ctr", "ctr", false);
   std::string err;
   try {
-    m->set({{"memory", {{"limit", 1 << 20}}}});
+    m->set(parsed({{"memory", {{"limit", 1 << 20}}}}));
   } catch (const Error& e) {
     err = e.what();
   }
@@ -461,7 +466,7 @@ TEST_F(CgroupV2Fake, RefusedDelegationNamedInTheLimitError) {
   EXPECT_NE(err.find("enabling the memory controller in " + mnt + "/busy"), std::string::npos) << err;
   err.clear();
   try {
-    m->set({{"pids", {{"limit", 5}}}});
+    m->set(parsed({{"pids", {{"limit", 5}}}}));
   } catch (const Error& e) {
     err = e.what();
   }
@@ -480,7 +485,7 @@ TEST_F(CgroupV2Fake, SetWritesTheV2Files) {
     "blockIO": {"weight": 500,
                 "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}]}
   })");
-  m->set(res);
+  m->set(parsed(res));
   EXPECT_EQ(contents(dir + "/memory.max"), "104857600");
   EXPECT_EQ(contents(dir + "/memory.swap.max"), "104857600");  // swap - limit
   EXPECT_EQ(contents(dir + "/memory.low"), "52428800");
@@ -502,27 +507,27 @@ TEST_F(CgroupV2Fake, SetPartialAndUnlimitedValues) {
   populate(dir);
   // A partial update keeps the period already in cpu.max.
   put(dir + "/cpu.max", "max 250000\n");
-  m->set({{"cpu", {{"quota", 30000}}}});
+  m->set(parsed({{"cpu", {{"quota", 30000}}}}));
   EXPECT_EQ(contents(dir + "/cpu.max"), "30000 250000");
   put(dir + "/cpu.max", "20000 100000\n");
-  m->set({{"cpu", {{"period", 400000}}}});
+  m->set(parsed({{"cpu", {{"period", 400000}}}}));
   EXPECT_EQ(trim(contents(dir + "/cpu.max")), "20000 400000");
   // Negative means unlimited.
-  m->set({{"memory", {{"limit", -1}, {"swap", -1}}}, {"pids", {{"limit", 123}}}});
+  m->set(parsed({{"memory", {{"limit", -1}, {"swap", -1}}}, {"pids", {{"limit", 123}}}}));
   EXPECT_EQ(contents(dir + "/memory.max"), "max");
   EXPECT_EQ(contents(dir + "/memory.swap.max"), "max");
   EXPECT_EQ(contents(dir + "/pids.max"), "123");
   // Unset fields leave their files alone; zero shares are "unset".
   put(dir + "/cpu.weight", "77");
-  m->set({{"cpu", {{"shares", 0}}}, {"memory", json::object()}});
+  m->set(parsed({{"cpu", {{"shares", 0}}}, {"memory", json::object()}}));
   EXPECT_EQ(contents(dir + "/cpu.weight"), "77");
   // unified: raw file writes.
   put(dir + "/memory.high", "");
-  m->set({{"unified", {{"memory.high", "1073741824"}}}});
+  m->set(parsed({{"unified", {{"memory.high", "1073741824"}}}}));
   EXPECT_EQ(contents(dir + "/memory.high"), "1073741824");
   // hugepage limits.
   put(dir + "/hugetlb.2MB.max", "");
-  m->set({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 4194304}}}}});
+  m->set(parsed({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 4194304}}}}}));
   EXPECT_EQ(contents(dir + "/hugetlb.2MB.max"), "4194304");
 }
 
@@ -531,48 +536,49 @@ TEST_F(CgroupV2Fake, SetErrorsNameTheField) {
   std::string dir = mnt + "/ctr";
   populate(dir);
   ::unlink((dir + "/pids.max").c_str());
-  std::string err = error_of([&] { m->set({{"pids", {{"limit", 10}}}}); });
+  std::string err = error_of([&] { m->set(parsed({{"pids", {{"limit", 10}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.pids")) << err;
   EXPECT_TRUE(has(err, dir + "/pids.max")) << err;
 
   ::unlink((dir + "/cpu.weight").c_str());
-  err = error_of([&] { m->set({{"cpu", {{"shares", 512}}}}); });
+  err = error_of([&] { m->set(parsed({{"cpu", {{"shares", 512}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.cpu.shares")) << err;
 
   ::unlink((dir + "/memory.max").c_str());
-  err = error_of([&] { m->set({{"memory", {{"limit", 1048576}}}}); });
+  err = error_of([&] { m->set(parsed({{"memory", {{"limit", 1048576}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.memory.limit")) << err;
 
-  err = error_of([&] { m->set({{"memory", {{"limit", 2097152}, {"swap", 1048576}}}}); });
+  err = error_of([&] { m->set(parsed({{"memory", {{"limit", 2097152}, {"swap", 1048576}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.memory")) << err;
 
   put(dir + "/memory.max", "");
-  err = error_of([&] { m->set({{"memory", {{"limit", 2097152}, {"swap", 1048576}}}}); });
+  err = error_of([&] { m->set(parsed({{"memory", {{"limit", 2097152}, {"swap", 1048576}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.memory.swap")) << err;
-  err = error_of([&] { m->set({{"memory", {{"swap", 1048576}}}}); });
+  err = error_of([&] { m->set(parsed({{"memory", {{"swap", 1048576}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.memory.swap")) << err;
-  err = error_of([&] { m->set({{"memory", {{"disableOOMKiller", true}}}}); });
+  err = error_of([&] { m->set(parsed({{"memory", {{"disableOOMKiller", true}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.memory.disableOOMKiller")) << err;
 
-  err = error_of([&] { m->set({{"cpu", {{"realtimeRuntime", 1000}}}}); });
+  err = error_of([&] { m->set(parsed({{"cpu", {{"realtimeRuntime", 1000}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.cpu.realtime")) << err;
-  err = error_of([&] { m->set({{"network", {{"classID", 1}}}}); });
+  err = error_of([&] { m->set(parsed({{"network", {{"classID", 1}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.network")) << err;
-  err = error_of([&] { m->set({{"unified", {{"../escape", "1"}}}}); });
+  err = error_of([&] { m->set(parsed({{"unified", {{"../escape", "1"}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.unified")) << err;
-  err = error_of([&] { m->set({{"unified", {{"memory.oom.group", "1"}}}}); });
+  err = error_of([&] { m->set(parsed({{"unified", {{"memory.oom.group", "1"}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.unified.memory.oom.group")) << err;
-  err = error_of([&] { m->set({{"hugepageLimits", {{{"pageSize", "1GB"}, {"limit", 1}}}}}); });
+  err = error_of([&] { m->set(parsed({{"hugepageLimits", {{{"pageSize", "1GB"}, {"limit", 1}}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.hugepageLimits")) << err;
   ::unlink((dir + "/io.weight").c_str());
-  err = error_of([&] { m->set({{"blockIO", {{"weight", 100}}}}); });
+  err = error_of([&] { m->set(parsed({{"blockIO", {{"weight", 100}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.blockIO.weight")) << err;
   ::unlink((dir + "/io.max").c_str());
   err = error_of([&] {
-    m->set({{"blockIO", {{"throttleWriteIOPSDevice", {{{"major", 8}, {"minor", 0}, {"rate", 10}}}}}}});
+    m->set(
+        parsed({{"blockIO", {{"throttleWriteIOPSDevice", {{{"major", 8}, {"minor", 0}, {"rate", 10}}}}}}}));
   });
   EXPECT_TRUE(has(err, "linux.resources.blockIO.throttleWriteIOPSDevice")) << err;
-  err = error_of([&] { m->set(json::array()); });
+  err = error_of([&] { m->set(parsed(json::array())); });
   EXPECT_TRUE(has(err, "linux.resources")) << err;
 }
 
@@ -690,7 +696,7 @@ TEST_F(CgroupV2Fake, SaveLoadRoundTripAndDestroy) {
   EXPECT_EQ(l->save(), saved);
   // The loaded manager drives the same directory.
   populate(dir);
-  l->set({{"pids", {{"limit", 7}}}});
+  l->set(parsed({{"pids", {{"limit", 7}}}}));
   EXPECT_EQ(contents(dir + "/pids.max"), "7");
 
   remove_files(dir);
@@ -876,7 +882,7 @@ TEST_F(CgroupV1Fake, SetWritesTheV1Files) {
     "devices": [{"allow": false, "access": "rwm"},
                 {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}]
   })");
-  m->set(res);
+  m->set(parsed(res));
   EXPECT_EQ(contents(dir("memory") + "/memory.limit_in_bytes"), "104857600");
   EXPECT_EQ(contents(dir("memory") + "/memory.memsw.limit_in_bytes"), "209715200");
   EXPECT_EQ(contents(dir("memory") + "/memory.soft_limit_in_bytes"), "52428800");
@@ -889,7 +895,7 @@ TEST_F(CgroupV1Fake, SetWritesTheV1Files) {
   EXPECT_EQ(contents(dir("devices") + "/devices.allow"), "c 1:3 rwm");
 
   populate();
-  m->set({{"pids", {{"limit", 0}}}, {"devices", {{{"allow", true}, {"type", "b"}, {"major", 8}}}}});
+  m->set(parsed({{"pids", {{"limit", 0}}}, {"devices", {{{"allow", true}, {"type", "b"}, {"major", 8}}}}}));
   EXPECT_EQ(contents(dir("pids") + "/pids.max"), "max");
   EXPECT_EQ(contents(dir("devices") + "/devices.allow"), "b 8:* rwm");
   EXPECT_EQ(contents(dir("devices") + "/devices.deny"), "");
@@ -907,17 +913,17 @@ TEST_F(CgroupV1Fake, MemoryAndSwapWritesAreOrdered) {
   json raise = {{"memory", {{"limit", 104857600}, {"swap", 209715200}}}};
   // Raising memsw above its current value: memsw first, then the limit.
   put(sw, "0\n");
-  std::string err = error_of([&] { m->set(raise); });
+  std::string err = error_of([&] { m->set(parsed(raise)); });
   EXPECT_TRUE(has(err, "memory.limit_in_bytes")) << err;
   EXPECT_EQ(contents(sw), "209715200");
   // Lowering memsw below its current value: the limit first.
   put(sw, "999999999999\n");
-  err = error_of([&] { m->set(raise); });
+  err = error_of([&] { m->set(parsed(raise)); });
   EXPECT_TRUE(has(err, "memory.limit_in_bytes")) << err;
   EXPECT_EQ(contents(sw), "999999999999\n");
   // Unlimited swap (-1) always raises first.
   put(sw, "");
-  err = error_of([&] { m->set({{"memory", {{"limit", 104857600}, {"swap", -1}}}}); });
+  err = error_of([&] { m->set(parsed({{"memory", {{"limit", 104857600}, {"swap", -1}}}})); });
   EXPECT_FALSE(err.empty());
   EXPECT_EQ(contents(sw), "-1");
 }
@@ -926,7 +932,7 @@ TEST_F(CgroupV1Fake, SwapIgnoredWithoutSwapAccounting) {
   auto m = Manager::create(host, "/agentshim-test/ctr", "ctr", false);
   populate();
   ::unlink((dir("memory") + "/memory.memsw.limit_in_bytes").c_str());
-  m->set({{"memory", {{"limit", 104857600}, {"swap", 209715200}}}});
+  m->set(parsed({{"memory", {{"limit", 104857600}, {"swap", 209715200}}}}));
   EXPECT_EQ(contents(dir("memory") + "/memory.limit_in_bytes"), "104857600");
   EXPECT_FALSE(exists(dir("memory") + "/memory.memsw.limit_in_bytes"));
 }
@@ -934,27 +940,29 @@ TEST_F(CgroupV1Fake, SwapIgnoredWithoutSwapAccounting) {
 TEST_F(CgroupV1Fake, SetErrorsNameTheField) {
   auto m = Manager::create(host, "/agentshim-test/ctr", "ctr", false);
   populate();
-  std::string err = error_of([&] { m->set({{"memory", {{"swappiness", 101}}}}); });
+  std::string err = error_of([&] { m->set(parsed({{"memory", {{"swappiness", 101}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.memory.swappiness")) << err;
-  err = error_of([&] { m->set({{"devices", {{{"allow", true}, {"type", "x"}}}}}); });
+  err = error_of([&] { m->set(parsed({{"devices", {{{"allow", true}, {"type", "x"}}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.devices[0].type")) << err;
-  err = error_of([&] { m->set({{"devices", {{{"allow", true}}, {{"allow", true}, {"access", "rwx"}}}}}); });
+  err = error_of([&] {
+    m->set(parsed({{"devices", {{{"allow", true}}, {{"allow", true}, {"access", "rwx"}}}}}));
+  });
   EXPECT_TRUE(has(err, "linux.resources.devices[1].access")) << err;
-  err = error_of([&] { m->set({{"devices", {{{"allow", true}, {"major", "one"}}}}}); });
+  err = error_of([&] { m->set(parsed({{"devices", {{{"allow", true}, {"major", "one"}}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.devices[0].major")) << err;
-  err = error_of([&] { m->set({{"network", {{"classID", 1}}}}); });
+  err = error_of([&] { m->set(parsed({{"network", {{"classID", 1}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.network.classID")) << err;
   EXPECT_TRUE(has(err, "net_cls")) << err;
-  err = error_of([&] { m->set({{"blockIO", {{"weight", 100}}}}); });
+  err = error_of([&] { m->set(parsed({{"blockIO", {{"weight", 100}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.blockIO")) << err;
-  err = error_of([&] { m->set({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 1}}}}}); });
+  err = error_of([&] { m->set(parsed({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 1}}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.hugepageLimits")) << err;
-  err = error_of([&] { m->set({{"unified", {{"memory.high", "1"}}}}); });
+  err = error_of([&] { m->set(parsed({{"unified", {{"memory.high", "1"}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.unified")) << err;
-  err = error_of([&] { m->set({{"cpu", {{"burst", 1000}}}}); });
+  err = error_of([&] { m->set(parsed({{"cpu", {{"burst", 1000}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.cpu.burst")) << err;
   ::unlink((dir("pids") + "/pids.max").c_str());
-  err = error_of([&] { m->set({{"pids", {{"limit", 5}}}}); });
+  err = error_of([&] { m->set(parsed({{"pids", {{"limit", 5}}}})); });
   EXPECT_TRUE(has(err, dir("pids") + "/pids.max")) << err;
 }
 
@@ -966,7 +974,7 @@ TEST_F(CgroupV1Fake, MissingControllerIsNamed) {
                      [](const MountPoint& mp) { return mp.options == "pids" || mp.options == "freezer"; }),
       h.mounts.end());
   auto m = Manager::create(h, "/agentshim-test/ctr", "ctr", false);
-  std::string err = error_of([&] { m->set({{"pids", {{"limit", 5}}}}); });
+  std::string err = error_of([&] { m->set(parsed({{"pids", {{"limit", 5}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.pids")) << err;
   EXPECT_TRUE(has(err, "pids cgroup controller is not mounted")) << err;
   err = error_of([&] { m->freeze(); });
@@ -1074,7 +1082,7 @@ TEST_F(CgroupV1Fake, SaveLoadRoundTripAndDestroy) {
   }
   EXPECT_EQ(l->save(), saved);
   populate();
-  l->set({{"pids", {{"limit", 9}}}});
+  l->set(parsed({{"pids", {{"limit", 9}}}}));
   EXPECT_EQ(contents(dir("pids") + "/pids.max"), "9");
 
   clear_all();
@@ -1118,8 +1126,8 @@ TEST(CgroupHybridFake, UsesTheUnifiedPartToo) {
   put(udir + "/hugetlb.2MB.max", "");
   put(udir + "/memory.high", "");
   auto l = Manager::load(saved);
-  l->set({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 2097152}}}},
-          {"unified", {{"memory.high", "max"}}}});
+  l->set(parsed({{"hugepageLimits", {{{"pageSize", "2MB"}, {"limit", 2097152}}}},
+                 {"unified", {{"memory.high", "max"}}}}));
   EXPECT_EQ(contents(udir + "/hugetlb.2MB.max"), "2097152");
   // The v2 part is the clone3 target; a process joining by itself writes
   // "0" to the v1 tasks and its pid to the v2 cgroup.procs only if asked.
@@ -1132,7 +1140,7 @@ TEST(CgroupHybridFake, UsesTheUnifiedPartToo) {
   l->join_self(true);
   EXPECT_EQ(contents(udir + "/cgroup.procs"), std::to_string(::getpid()));
   EXPECT_EQ(contents(udir + "/memory.high"), "max");
-  std::string err = error_of([&] { l->set({{"unified", {{"io.max", "x"}}}}); });
+  std::string err = error_of([&] { l->set(parsed({{"unified", {{"io.max", "x"}}}})); });
   EXPECT_TRUE(has(err, "linux.resources.unified.io.max")) << err;
 
   remove_files(t.path + "/memory/ctr");
@@ -1151,15 +1159,22 @@ oci::Spec spec_with(const json& linux) {
   return oci::parse_spec(cfg);
 }
 
+// Rules as linux.resources.devices spells them.
+json as_json(const std::vector<oci::DeviceRule>& rules) {
+  json out = json::array();
+  for (const auto& r : rules) out.push_back(oci::to_json(r));
+  return out;
+}
+
 TEST(DeviceRules, ConfigThenDefaultsThenLinuxDevices) {
-  json r = effective_device_rules(spec_with(json::parse(R"({
+  json r = as_json(effective_device_rules(spec_with(json::parse(R"({
       "resources": {"devices": [{"allow": false, "access": "rwm"},
                                 {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rw"}]},
       "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
                   {"path": "/dev/sdb", "type": "b", "major": 8, "minor": 16},
                   {"path": "/dev/uu", "type": "u", "major": 4, "minor": 1},
                   {"path": "/dev/fifo", "type": "p"}]
-  })")));
+  })"))));
   ASSERT_EQ(r.size(), 2u + 10u + 3u);
   // The config's rules as the drivers read them (type "a" when not given).
   EXPECT_EQ(r[0], (json{{"allow", false}, {"type", "a"}, {"access", "rwm"}}));
@@ -1177,9 +1192,9 @@ TEST(DeviceRules, ConfigThenDefaultsThenLinuxDevices) {
 }
 
 TEST(DeviceRules, DefaultsOnlyForAnEmptyConfig) {
-  json r = effective_device_rules(spec_with(json::object()));
+  const auto r = effective_device_rules(spec_with(json::object()));
   ASSERT_EQ(r.size(), 10u);
-  EXPECT_EQ(r[0]["access"], "m");
+  EXPECT_EQ(r[0].access, "m");
   // Everything a container needs, nothing else (default deny).
   auto p = device_program(r);
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, 2 | 4));    // /dev/null
@@ -1196,8 +1211,13 @@ TEST(DeviceRules, DefaultsOnlyForAnEmptyConfig) {
 
 constexpr uint32_t kMknod = 1, kRead = 2, kWrite = 4;
 
+// linux.resources.devices from its JSON text (oci::parse_resources).
+std::vector<oci::DeviceRule> rules(const char* text) {
+  return parsed({{"devices", json::parse(text)}}).devices;
+}
+
 TEST(DeviceProgram, DenyAllThenAllowNull) {
-  auto p = device_program(json::parse(R"([{"allow": false, "access": "rwm"},
+  auto p = device_program(rules(R"([{"allow": false, "access": "rwm"},
     {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])"));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kRead));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kRead | kWrite | kMknod));
@@ -1208,22 +1228,22 @@ TEST(DeviceProgram, DenyAllThenAllowNull) {
 }
 
 TEST(DeviceProgram, EmptyRulesDenyEverything) {
-  auto p = device_program(json::array());
+  auto p = device_program({});
   EXPECT_FALSE(run_device_program(p, 'c', 1, 3, kRead));
   EXPECT_FALSE(run_device_program(p, 'b', 8, 0, kMknod));
 }
 
 TEST(DeviceProgram, LaterRulesOverrideEarlierOnes) {
-  auto allow_then_deny = device_program(json::parse(R"([
+  auto allow_then_deny = device_program(rules(R"([
     {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
     {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])"));
   EXPECT_FALSE(run_device_program(allow_then_deny, 'c', 1, 3, kRead));
-  auto deny_then_allow = device_program(json::parse(R"([
+  auto deny_then_allow = device_program(rules(R"([
     {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
     {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])"));
   EXPECT_TRUE(run_device_program(deny_then_allow, 'c', 1, 3, kRead));
   // Allow a whole major, then deny one minor in it.
-  auto major = device_program(json::parse(R"([
+  auto major = device_program(rules(R"([
     {"allow": true, "type": "c", "major": 1, "access": "rwm"},
     {"allow": false, "type": "c", "major": 1, "minor": 1, "access": "rwm"}])"));
   EXPECT_TRUE(run_device_program(major, 'c', 1, 3, kRead));
@@ -1233,7 +1253,7 @@ TEST(DeviceProgram, LaterRulesOverrideEarlierOnes) {
 }
 
 TEST(DeviceProgram, PartialDenyKeepsTheOtherAccesses) {
-  auto p = device_program(json::parse(R"([{"allow": false, "access": "rwm"},
+  auto p = device_program(rules(R"([{"allow": false, "access": "rwm"},
     {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
     {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "w"}])"));
   EXPECT_FALSE(run_device_program(p, 'c', 1, 3, kWrite));
@@ -1243,22 +1263,22 @@ TEST(DeviceProgram, PartialDenyKeepsTheOtherAccesses) {
 }
 
 TEST(DeviceProgram, TypeAMatchesEverything) {
-  auto p = device_program(json::parse(R"([{"allow": true, "type": "a", "access": "rwm"}])"));
+  auto p = device_program(rules(R"([{"allow": true, "type": "a", "access": "rwm"}])"));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kRead));
   EXPECT_TRUE(run_device_program(p, 'b', 8, 0, kRead | kWrite));
   EXPECT_TRUE(run_device_program(p, 'c', 4294967295u, 0, kMknod));
   // Missing type and access default to "a" and "rwm"; negative numbers are wildcards.
-  auto q = device_program(json::parse(R"([{"allow": true, "major": -1, "minor": -1}])"));
+  auto q = device_program(rules(R"([{"allow": true, "major": -1, "minor": -1}])"));
   EXPECT_TRUE(run_device_program(q, 'b', 259, 1, kRead | kWrite | kMknod));
   // "a" with a major applies to both char and block devices of that major.
-  auto r = device_program(json::parse(R"([{"allow": true, "type": "a", "major": 8, "access": "r"}])"));
+  auto r = device_program(rules(R"([{"allow": true, "type": "a", "major": 8, "access": "r"}])"));
   EXPECT_TRUE(run_device_program(r, 'b', 8, 1, kRead));
   EXPECT_TRUE(run_device_program(r, 'c', 8, 1, kRead));
   EXPECT_FALSE(run_device_program(r, 'b', 9, 1, kRead));
 }
 
 TEST(DeviceProgram, MknodOnlyAllow) {
-  auto p = device_program(json::parse(R"([{"allow": true, "type": "c", "major": null, "minor": null,
+  auto p = device_program(rules(R"([{"allow": true, "type": "c", "major": null, "minor": null,
                                           "access": "m"}])"));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kMknod));
   EXPECT_TRUE(run_device_program(p, 'c', 42, 7, kMknod));
@@ -1266,14 +1286,14 @@ TEST(DeviceProgram, MknodOnlyAllow) {
   EXPECT_FALSE(run_device_program(p, 'c', 1, 3, kMknod | kRead));  // asks for more than allowed
   EXPECT_FALSE(run_device_program(p, 'b', 8, 0, kMknod));
   // "rw" without m: read and write, read+write, not mknod.
-  auto rw = device_program(
-      json::parse(R"([{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}])"));
+  auto rw =
+      device_program(rules(R"([{"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"}])"));
   EXPECT_TRUE(run_device_program(rw, 'c', 1, 3, kRead | kWrite));
   EXPECT_FALSE(run_device_program(rw, 'c', 1, 3, kMknod));
 }
 
 TEST(DeviceProgram, BadRulesNameTheField) {
-  auto err = [](const char* rules) { return error_of([&] { device_program(json::parse(rules)); }); };
+  auto err = [](const char* text) { return error_of([&] { device_program(rules(text)); }); };
   EXPECT_TRUE(has(err(R"({"allow": true})"), "linux.resources.devices"));
   EXPECT_TRUE(has(err(R"([{"allow": true}, 5])"), "linux.resources.devices[1]"));
   EXPECT_TRUE(has(err(R"([{"allow": true, "type": "x"}])"), "linux.resources.devices[0].type"));
@@ -1302,26 +1322,27 @@ bool all_reachable(const std::vector<BpfInsn>& prog) {
 TEST(DeviceProgram, HasNoUnreachableInstructions) {
   // A leading deny-all (what every container engine sends) matches
   // everything: nothing may be emitted after it.
-  json with_deny_all = effective_device_rules(
+  auto with_deny_all = effective_device_rules(
       spec_with(json::parse(R"({"resources": {"devices": [{"allow": false, "access": "rwm"}]}})")));
   auto p = device_program(with_deny_all);
   EXPECT_TRUE(all_reachable(p));
   EXPECT_TRUE(run_device_program(p, 'c', 1, 3, kRead | kWrite));
   EXPECT_FALSE(run_device_program(p, 'c', 1, 1, kRead));
-  for (const char* rules :
+  for (const char* text :
        {R"([])", R"([{"allow": false, "access": "rwm"}])", R"([{"allow": true}])",
         R"([{"allow": false}, {"allow": true, "type": "a", "access": "rwm"},
                {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])",
         R"([{"allow": true, "type": "c", "major": 1, "minor": 3}, {"allow": true}, {"allow": false}])",
         R"([{"allow": true, "access": "r"}, {"allow": false, "access": "w"}])"}) {
-    EXPECT_TRUE(all_reachable(device_program(json::parse(rules)))) << rules;
+    EXPECT_TRUE(all_reachable(device_program(rules(text)))) << text;
   }
   // Everything after an unconditional rule is dead: the last rule decides.
-  auto last = device_program(json::parse(R"([{"allow": true, "type": "c", "major": 1, "minor": 3},
+  auto last = device_program(rules(R"([{"allow": true, "type": "c", "major": 1, "minor": 3},
                                              {"allow": false}])"));
   EXPECT_FALSE(run_device_program(last, 'c', 1, 3, kRead));
-  // Rules hidden behind an unconditional one are still validated.
-  std::string err = error_of([] { device_program(json::parse(R"([{"type": "x"}, {"allow": false}])")); });
+  // Rules hidden behind an unconditional one are still validated (when
+  // parsed, before any program is built).
+  std::string err = error_of([] { device_program(rules(R"([{"type": "x"}, {"allow": false}])")); });
   EXPECT_TRUE(has(err, "linux.resources.devices[0].type")) << err;
 }
 
@@ -1374,15 +1395,14 @@ TEST(DeviceProgramKernel, AttachedProgramDeniesDevNull) {
 
   // A deny-everything program first, then the usual rules (a leading
   // deny-all and the defaults): attaching the next one must replace it.
-  attach_device_program(dir, device_program(json::array()));
+  attach_device_program(dir, device_program({}));
   EXPECT_EQ(attached_device_programs(dir), 1u);
   attach_device_program(dir, device_program(effective_device_rules(spec_with(json::parse(
                                  R"({"resources": {"devices": [{"allow": false, "access": "rwm"}]}})")))));
   EXPECT_EQ(attached_device_programs(dir), 1u);
-  json rules = json::parse(R"([{"allow": false, "access": "rwm"},
+  auto prog = device_program(rules(R"([{"allow": false, "access": "rwm"},
     {"allow": true, "type": "a", "access": "rwm"},
-    {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])");
-  auto prog = device_program(rules);
+    {"allow": false, "type": "c", "major": 1, "minor": 3, "access": "rwm"}])"));
   // The interpreter agrees with what the kernel is expected to do.
   EXPECT_FALSE(run_device_program(prog, 'c', 1, 3, kRead));
   EXPECT_TRUE(run_device_program(prog, 'c', 1, 5, kRead));

@@ -176,15 +176,19 @@ TEST(OciMount, IdentityChain) {
 }
 
 TEST(OciMount, MountsOfAConfig) {
-  json cfg = {{"mounts",
+  json cfg = {{"ociVersion", "1.0.2"},
+              {"root", {{"path", "rootfs"}}},
+              {"process", {{"args", {"sh"}}}},
+              {"mounts",
                {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}},
                 {{"destination", "/h"}, {"source", "/"}, {"options", {"rbind", "ro", "rw"}}}}}};
-  auto ms = oci::mounts(cfg);
+  auto ms = oci::parse_spec(cfg).mounts;
   ASSERT_EQ(ms.size(), 2u);
   EXPECT_FALSE(ms[0].is_bind());
   EXPECT_EQ(ms[1].index, 1u);
   EXPECT_EQ(ms[1].where(), "mounts[1]");
   EXPECT_TRUE(ms[1].is_bind());
   EXPECT_FALSE(ms[1].readonly());
-  EXPECT_TRUE(oci::mounts(json::object()).empty());
+  cfg.erase("mounts");
+  EXPECT_TRUE(oci::parse_spec(cfg).mounts.empty());
 }

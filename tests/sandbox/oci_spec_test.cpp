@@ -106,7 +106,7 @@ TEST(OciSpec, ReadsEveryPart) {
   EXPECT_EQ(ru->size, 65536u);
   EXPECT_FALSE(oci::root_ids(l.gid_mappings));  // container id 0 is not mapped
   EXPECT_EQ(l.cgroups_path, "/x/y");
-  EXPECT_EQ(l.resources["pids"]["limit"], 10);
+  EXPECT_EQ(l.resources.pids.limit, 10);
   ASSERT_NE(s.seccomp(), nullptr);
   EXPECT_EQ(l.listener_path(), "/run/l.sock");
   EXPECT_EQ(l.listener_metadata(), "m");
@@ -136,7 +136,7 @@ TEST(OciSpec, DefaultsWhenAbsent) {
   EXPECT_EQ(s.seccomp(), nullptr);
   EXPECT_EQ(s.linux.listener_path(), "");
   EXPECT_TRUE(s.linux.namespaces.empty());
-  EXPECT_TRUE(s.linux.resources.is_object());
+  EXPECT_EQ(s.linux.resources, oci::Resources{});
   EXPECT_TRUE(s.mounts.empty());
   EXPECT_TRUE(s.hooks_of("prestart").empty());
   EXPECT_TRUE(s.annotations.is_object());
@@ -176,7 +176,7 @@ TEST(OciSpec, ProcessAlone) {
   }
 }
 
-TEST(OciSpec, ResourceLimitsAreTyped) {
+TEST(OciSpec, ResourcesAreTyped) {
   json c = full();
   c["linux"]["resources"] = json::parse(R"({
     "devices": [{"allow": false, "access": "rwm"},
@@ -187,7 +187,7 @@ TEST(OciSpec, ResourceLimitsAreTyped) {
     "pids": {"limit": 64},
     "cpu": {"quota": 50000, "period": 100000, "shares": 1024}})");
   const auto s = oci::parse_spec(c);
-  const auto& l = s.linux.limits;
+  const auto& l = s.linux.resources;
   ASSERT_EQ(l.devices.size(), 4u);
   // Read as the cgroup drivers apply them: no type is every device, no
   // major/minor (or a negative one) is any, an empty access is rwm, no
@@ -209,20 +209,103 @@ TEST(OciSpec, ResourceLimitsAreTyped) {
   EXPECT_EQ(oci::to_json(l.devices[0]), (json{{"allow", false}, {"type", "a"}, {"access", "rwm"}}));
   EXPECT_EQ(oci::to_json(l.devices[1]),
             (json{{"allow", true}, {"type", "c"}, {"major", 10}, {"minor", 200}, {"access", "rw"}}));
-  EXPECT_EQ(l.memory_limit, 1073741824);
-  EXPECT_EQ(l.memory_reservation, -1);
-  EXPECT_EQ(l.pids_limit, 64);
-  EXPECT_EQ(l.cpu_quota, 50000);
-  EXPECT_EQ(l.cpu_period, 100000u);
-  // The rest stays JSON for the drivers.
-  EXPECT_EQ(s.linux.resources["memory"]["swappiness"], 10);
+  EXPECT_EQ(l.memory.limit, 1073741824);
+  EXPECT_EQ(l.memory.reservation, -1);
+  EXPECT_EQ(l.pids.limit, 64);
+  EXPECT_EQ(l.cpu.quota, 50000);
+  EXPECT_EQ(l.cpu.period, 100000u);
+  EXPECT_EQ(l.memory.swappiness, 10u);
+  EXPECT_EQ(l.cpu.shares, 1024u);
+  EXPECT_FALSE(l.memory.swap);
   // Not given: nullopt, no rules.
   const auto d =
       oci::parse_spec(json::parse(R"({"ociVersion":"1.0.2","root":{"path":"r"},"process":{"args":["sh"]}})"));
-  EXPECT_TRUE(d.linux.limits.devices.empty());
-  EXPECT_FALSE(d.linux.limits.memory_limit);
-  EXPECT_FALSE(d.linux.limits.cpu_period);
+  EXPECT_TRUE(d.linux.resources.devices.empty());
+  EXPECT_FALSE(d.linux.resources.memory.limit);
+  EXPECT_FALSE(d.linux.resources.cpu.period);
   EXPECT_FALSE(d.process.no_new_privileges);
+}
+
+// Every group of linux.resources is read, and to_json gives back what was
+// given (the enforced config and `update` are written with it).
+TEST(OciSpec, EveryResourceGroupRoundTrips) {
+  const json given = json::parse(R"({
+    "devices": [{"allow": false, "type": "a", "access": "rwm"}],
+    "memory": {"limit": 1048576, "reservation": 524288, "swap": 2097152, "kernel": 0, "kernelTCP": 4096,
+               "swappiness": 60, "disableOOMKiller": false, "useHierarchy": true, "checkBeforeUpdate": true},
+    "cpu": {"shares": 512, "quota": -1, "burst": 1000, "period": 200000, "realtimeRuntime": 950,
+            "realtimePeriod": 1000, "cpus": "0-1", "mems": "0", "idle": 1},
+    "pids": {"limit": -1},
+    "blockIO": {"weight": 500, "leafWeight": 300,
+                "weightDevice": [{"major": 8, "minor": 0, "weight": 100}],
+                "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1048576}],
+                "throttleWriteBpsDevice": [{"major": 8, "minor": 16, "rate": 2}],
+                "throttleReadIOPSDevice": [{"major": 8, "minor": 0, "rate": 3}],
+                "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 0}]},
+    "hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}],
+    "network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 5}]},
+    "rdma": {"mlx5_0": {"hcaHandles": 3, "hcaObjects": 10000}},
+    "unified": {"memory.high": "1073741824", "io.max": "8:0 rbps=1"}})");
+  const oci::Resources r = oci::parse_resources(given, "linux.resources");
+  EXPECT_EQ(r.memory.kernel_tcp, 4096);
+  EXPECT_EQ(r.memory.check_before_update, true);
+  EXPECT_EQ(r.cpu.quota, -1);
+  EXPECT_EQ(r.cpu.cpus, "0-1");
+  EXPECT_EQ(r.pids.limit, -1);
+  EXPECT_EQ(r.block_io.weight, 500);
+  ASSERT_EQ(r.block_io.weight_device.size(), 1u);
+  EXPECT_EQ(r.block_io.weight_device[0].weight, 100);
+  EXPECT_FALSE(r.block_io.weight_device[0].leaf_weight);
+  ASSERT_EQ(r.block_io.throttle_write_bps.size(), 1u);
+  EXPECT_EQ(r.block_io.throttle_write_bps[0].minor, 16);
+  ASSERT_EQ(r.hugepage_limits.size(), 1u);
+  EXPECT_EQ(r.hugepage_limits[0].page_size, "2MB");
+  EXPECT_EQ(r.network.class_id, 1048577u);
+  ASSERT_EQ(r.network.priorities.size(), 1u);
+  EXPECT_EQ(r.network.priorities[0].name, "eth0");
+  EXPECT_EQ(r.rdma.at("mlx5_0").hca_objects, 10000u);
+  EXPECT_EQ(r.unified.at("io.max"), "8:0 rbps=1");
+  EXPECT_EQ(oci::to_json(r), given);
+  EXPECT_EQ(oci::parse_resources(oci::to_json(r), "x"), r);
+  // Nothing given, nothing written.
+  EXPECT_EQ(oci::to_json(oci::Resources{}), json::object());
+}
+
+// runc's update: what the update gives replaces the container's value (a
+// list as a whole, a map key by key); everything else stays.
+TEST(OciSpec, ResourcesUpdateMergesAPartialSet) {
+  auto parsed = [](const char* text) { return oci::parse_resources(json::parse(text), "linux.resources"); };
+  oci::Resources r = parsed(R"({
+    "devices": [{"allow": false, "access": "rwm"}],
+    "memory": {"limit": 1048576, "reservation": 524288},
+    "cpu": {"quota": 50000, "period": 100000, "cpus": "0"},
+    "pids": {"limit": 64},
+    "blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}]},
+    "unified": {"memory.high": "1", "pids.max": "64"}})");
+  const oci::Resources before = r;
+  r.update(oci::Resources{});
+  EXPECT_EQ(r, before);
+  r.update(parsed(R"({
+    "memory": {"limit": 2097152},
+    "cpu": {"quota": -1, "mems": "0-1"},
+    "blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 16, "rate": 2}]},
+    "unified": {"memory.high": "2"}})"));
+  EXPECT_EQ(r.memory.limit, 2097152);
+  EXPECT_EQ(r.memory.reservation, 524288);  // not given: kept
+  EXPECT_EQ(r.cpu.quota, -1);
+  EXPECT_EQ(r.cpu.period, 100000u);
+  EXPECT_EQ(r.cpu.cpus, "0");
+  EXPECT_EQ(r.cpu.mems, "0-1");
+  EXPECT_EQ(r.pids.limit, 64);
+  EXPECT_EQ(r.devices, before.devices);
+  ASSERT_EQ(r.block_io.throttle_read_bps.size(), 1u);  // the list replaced
+  EXPECT_EQ(r.block_io.throttle_read_bps[0].minor, 16);
+  EXPECT_EQ(r.unified.at("memory.high"), "2");
+  EXPECT_EQ(r.unified.at("pids.max"), "64");  // key by key
+  // An update that gives a field as null leaves it (null is "not given").
+  r.update(parsed(R"({"pids": {"limit": null}, "memory": null})"));
+  EXPECT_EQ(r.pids.limit, 64);
+  EXPECT_EQ(r.memory.limit, 2097152);
 }
 
 TEST(OciSpec, ResourceLimitErrorsNameTheField) {
@@ -257,6 +340,40 @@ TEST(OciSpec, ResourceLimitErrorsNameTheField) {
   EXPECT_EQ(error_of(json::parse(R"({"cpu": {"period": -1}})")),
             "config.json: linux.resources.cpu.period: expected integer, got number");
   EXPECT_EQ(error_of(json::parse(R"({"devices": null, "memory": {"limit": null}})")), "");
+  // Every group, each field by its spec type.
+  EXPECT_EQ(error_of(json::parse(R"({"memory": {"swappiness": -1}})")),
+            "config.json: linux.resources.memory.swappiness: expected integer, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"memory": {"disableOOMKiller": 1}})")),
+            "config.json: linux.resources.memory.disableOOMKiller: expected boolean, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"cpu": {"cpus": 3}})")),
+            "config.json: linux.resources.cpu.cpus: expected string, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"cpu": {"shares": "1024"}})")),
+            "config.json: linux.resources.cpu.shares: expected integer, got string");
+  EXPECT_EQ(error_of(json::parse(R"({"blockIO": {"weight": 70000}})")),
+            "config.json: linux.resources.blockIO.weight: 70000 is above 65535");
+  EXPECT_EQ(error_of(json::parse(R"({"blockIO": {"weightDevice": [{"minor": 0, "weight": 10}]}})")),
+            "config.json: linux.resources.blockIO.weightDevice[0].major: required field missing");
+  EXPECT_EQ(error_of(json::parse(R"({"blockIO": {"throttleReadBpsDevice": [{"major": 8, "minor": 0}]}})")),
+            "config.json: linux.resources.blockIO.throttleReadBpsDevice[0].rate: required field missing");
+  EXPECT_EQ(error_of(json::parse(R"({"blockIO": {"throttleWriteIOPSDevice": {}}})")),
+            "config.json: linux.resources.blockIO.throttleWriteIOPSDevice: expected array");
+  EXPECT_EQ(error_of(json::parse(R"({"hugepageLimits": [{"pageSize": 2, "limit": 1}]})")),
+            "config.json: linux.resources.hugepageLimits[0].pageSize: expected string, got number");
+  EXPECT_EQ(error_of(json::parse(R"({"hugepageLimits": [{"pageSize": "2MB"}]})")),
+            "config.json: linux.resources.hugepageLimits[0].limit: required field missing");
+  EXPECT_EQ(error_of(json::parse(R"({"network": {"classID": 4294967296}})")),
+            "config.json: linux.resources.network.classID: 4294967296 is above 4294967295");
+  EXPECT_EQ(error_of(json::parse(R"({"network": {"priorities": [{"name": "eth0"}]}})")),
+            "config.json: linux.resources.network.priorities[0].priority: required field missing");
+  EXPECT_EQ(error_of(json::parse(R"({"rdma": {"mlx 0": {"hcaHandles": 1}}})")),
+            "config.json: linux.resources.rdma: invalid device name \"mlx 0\"");
+  EXPECT_EQ(error_of(json::parse(R"({"rdma": {"mlx5_0": {"hcaObjects": "many"}}})")),
+            "config.json: linux.resources.rdma.mlx5_0.hcaObjects: expected integer, got string");
+  EXPECT_EQ(error_of(json::parse(R"({"unified": {"../memory.max": "1"}})")),
+            "config.json: linux.resources.unified: invalid file name \"../memory.max\"");
+  EXPECT_EQ(error_of(json::parse(R"({"unified": {"memory.max": 1}})")),
+            "config.json: linux.resources.unified.memory.max: expected string, got number");
+  EXPECT_EQ(error_of(json::parse(R"([])")), "config.json: linux.resources: expected object, got array");
 }
 
 TEST(OciSpec, SeccompUnconfined) {

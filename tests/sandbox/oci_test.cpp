@@ -1,10 +1,11 @@
+#include "sandbox/oci.h"
+
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 
 #include "common/error.h"
-#include "sandbox/oci.h"
 
 using namespace agentshim;
 using json = nlohmann::json;
@@ -26,7 +27,9 @@ std::string error_of(const json& cfg) {
 }
 }  // namespace
 
-TEST(OciConfig, MinimalIsValid) { EXPECT_EQ(error_of(minimal()), ""); }
+TEST(OciConfig, MinimalIsValid) {
+  EXPECT_EQ(error_of(minimal()), "");
+}
 
 TEST(OciConfig, ErrorsNameTheField) {
   auto c = minimal();
@@ -163,16 +166,20 @@ TEST(OciConfig, SysctlsNeedTheirNamespace) {
       EXPECT_EQ(e, "") << k.key;
     else
       EXPECT_NE(e.find(k.error), std::string::npos) << k.key << ": " << e;
-    // The writer refuses exactly what validation refuses.
+    // The writer refuses exactly what validation refuses (given the same
+    // entries in a parsed config).
+    oci::Spec spec = oci::parse_spec(with(k.ns, json::object()));
+    spec.linux.sysctl = {{k.key, "1"}};
     bool threw = false;
     try {
-      (void)oci::sysctls(c, false);
+      (void)oci::sysctls(spec, false);
     } catch (const Error&) {
       threw = true;
     }
     EXPECT_EQ(threw, !k.error.empty()) << k.key;
   }
-  auto list = oci::sysctls(with({"network"}, {{"net/ipv4/conf/eth0.100/rp_filter", "2"}}), false);
+  auto list =
+      oci::sysctls(oci::parse_spec(with({"network"}, {{"net/ipv4/conf/eth0.100/rp_filter", "2"}})), false);
   ASSERT_EQ(list.size(), 1u);
   EXPECT_EQ(list[0].key, "net.ipv4.conf.eth0/100.rp_filter");
   EXPECT_EQ(list[0].path, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
@@ -188,5 +195,5 @@ TEST(OciConfig, SysctlInAJoinedNamespaceOfTheRuntimeIsTheHosts) {
   c["linux"]["sysctl"] = {{"kernel.msgmax", "1"}};
   EXPECT_NE(error_of(c).find("is not allowed in the hosts ipc namespace"), std::string::npos);
   // Inside the container (the writer) the joined namespace is its own.
-  EXPECT_EQ(oci::sysctls(c, false).size(), 1u);
+  EXPECT_EQ(oci::sysctls(oci::parse_spec(c), false).size(), 1u);
 }

@@ -688,7 +688,8 @@ TEST(PolicyApply, NamespacesOfAnotherAgentshimContainer) {
     EXPECT_EQ(r.peer_namespaces.at(t), "sandbox1");
     EXPECT_TRUE(r.joined_namespaces.count(t)) << t;
   }
-  for (const auto& n : oci::namespaces(r.config)) {
+  const oci::Spec enforced = oci::parse_spec(r.config);
+  for (const auto& n : enforced.linux.namespaces) {
     if (n.type == "pid") {
       EXPECT_EQ(n.path, ns.dir + "/pod/pid");
     }
@@ -762,7 +763,7 @@ TEST(PolicyApply, Namespaces) {
   json pass = policy::validate({{"network", {{"mode", "passthrough"}}}}, "x");
   r = policy::apply(pass, cfg, ns.ctx());
   EXPECT_FALSE(oci::has_new_namespace(r.config, "network"));
-  EXPECT_TRUE(oci::has_namespace(r.config, "network"));
+  EXPECT_TRUE(oci::parse_spec(r.config).has_namespace("network"));
   // ... unless allow_join leaves it out.
   json pass2 = policy::validate(
       {{"network", {{"mode", "passthrough"}}}, {"namespaces", {{"allow_join", {"ipc"}}}}}, "x");
@@ -832,7 +833,7 @@ TEST(PolicyApply, HostNamespacesOnlyWhereAllowHostSaysSo) {
     if (n["type"] != "network") kept.push_back(n);
   cfg["linux"]["namespaces"] = kept;
   auto r = policy::apply(net, cfg, ns.ctx());
-  EXPECT_FALSE(oci::has_namespace(r.config, "network"));
+  EXPECT_FALSE(oci::parse_spec(r.config).has_namespace("network"));
   cfg["linux"]["namespaces"] = json::array({{{"type", "mount"}}});
   auto rr = policy::evaluate(net, cfg, ns.ctx());
   EXPECT_EQ(rr.violations.size(), 3u) << rr.violations.dump(1);  // pid, ipc, uts
@@ -851,7 +852,7 @@ TEST(PolicyApply, HostNamespacesOnlyWhereAllowHostSaysSo) {
   json autou = policy::validate({{"userns", "auto"}, {"namespaces", {{"allow_host", {"user"}}}}}, "x");
   r = policy::apply(autou, clean_config(), ns.ctx());
   EXPECT_FALSE(r.userns_auto);
-  EXPECT_FALSE(oci::has_namespace(r.config, "user"));
+  EXPECT_FALSE(oci::parse_spec(r.config).has_namespace("user"));
   EXPECT_EQ(by_rule(r, "namespaces.allow_host").at(0)["action"], "kept");
 }
 
@@ -1717,10 +1718,10 @@ TEST(PolicyApply, EnforcedConfigParsesAgainAndSaysWhatWasDecided) {
       ASSERT_NO_THROW(s = oci::parse_spec(r.config)) << i << " " << r.config.dump();
       EXPECT_EQ(s.process.no_new_privileges, true) << i;
       EXPECT_TRUE(s.process.env_value("HTTP_PROXY").rfind("http://127.0.0.1:", 0) == 0) << i;
-      ASSERT_FALSE(s.linux.limits.devices.empty());
-      EXPECT_TRUE(s.linux.limits.devices[0].every_device() && !s.linux.limits.devices[0].allow) << i;
-      EXPECT_LE(*s.linux.limits.memory_limit, 8LL << 30) << i;  // resources.maximum.memory
-      EXPECT_LE(s.linux.limits.memory_reservation.value_or(0), *s.linux.limits.memory_limit) << i;
+      ASSERT_FALSE(s.linux.resources.devices.empty());
+      EXPECT_TRUE(s.linux.resources.devices[0].every_device() && !s.linux.resources.devices[0].allow) << i;
+      EXPECT_LE(*s.linux.resources.memory.limit, 8LL << 30) << i;  // resources.maximum.memory
+      EXPECT_LE(s.linux.resources.memory.reservation.value_or(0), *s.linux.resources.memory.limit) << i;
       EXPECT_GE(s.process.oom_score_adj.value_or(0), 0) << i;
       for (const auto& rl : s.process.rlimits) EXPECT_LE(rl.hard, 1ULL << 20) << i;
       EXPECT_TRUE(s.hooks_of("createRuntime").empty() || *pol != pinned) << i;
