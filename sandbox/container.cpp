@@ -83,18 +83,8 @@ void point_resolver_at_stub(json& cfg, const network::Options& net, json& decisi
     if (::chmod(dir.c_str(), 0755) < 0) throw_errno("chmod " + dir);
     write_file_atomic(file, text, 0644);
   }
-  json mount = {{"destination", "/etc/resolv.conf"},
-                {"type", "bind"},
-                {"source", file},
-                {"options", json::array({"rbind", "ro", "nosuid", "nodev", "noexec"})}};
-  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) cfg["mounts"] = json::array();
-  bool replaced = false;
-  for (auto& m : cfg["mounts"])
-    if (m.is_object() && m.value("destination", "") == "/etc/resolv.conf") {
-      m = mount;
-      replaced = true;
-    }
-  if (!replaced) cfg["mounts"].push_back(mount);
+  const bool replaced =
+      oci::put_mount(cfg, oci::runtime_bind(file, "/etc/resolv.conf"), oci::MountPlace::kInPlace);
   // The mountpoint is made here, by the runtime, when the rootfs has none:
   // an init in a user namespace whose root is an unprivileged host uid
   // cannot create a file in a root-owned /etc (EACCES), and this mount is the

@@ -181,16 +181,7 @@ void trust_run_ca(json& cfg, Options& net, json& decisions, const std::string& r
   } else {
     return;
   }
-  json mount = {{"destination", kRunCaPath},
-                {"type", "bind"},
-                {"source", file},
-                {"options", json::array({"rbind", "ro", "nosuid", "nodev", "noexec"})}};
-  if (!cfg.contains("mounts") || !cfg["mounts"].is_array()) cfg["mounts"] = json::array();
-  json kept = json::array();
-  for (auto& m : cfg["mounts"])
-    if (!(m.is_object() && m.value("destination", "") == kRunCaPath)) kept.push_back(m);
-  kept.push_back(mount);
-  cfg["mounts"] = kept;
+  oci::put_mount(cfg, oci::runtime_bind(file, kRunCaPath), oci::MountPlace::kLast);
   // The mountpoint, made by the runtime as for /etc/resolv.conf (see there).
   UniqueFd rootfd(::open(rootfs.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (rootfd) {
@@ -200,24 +191,13 @@ void trust_run_ca(json& cfg, Options& net, json& decisions, const std::string& r
       log::debug(std::string("run CA mountpoint not created by the runtime: ") + e.what());
     }
   }
-  std::vector<std::string> env_add;
-  for (const char* v : kTrustVars) env_add.push_back(std::string(v) + "=" + kRunCaPath);
-  json& proc = cfg["process"];
-  json env = proc.contains("env") && proc["env"].is_array() ? proc["env"] : json::array();
-  json out = json::array();
-  std::string replaced;
-  for (const auto& e : env) {
-    bool ours = false;
-    if (e.is_string())
-      for (const char* v : kTrustVars)
-        if (e.get<std::string>().rfind(std::string(v) + "=", 0) == 0) {
-          ours = true;
-          replaced += (replaced.empty() ? "" : ", ") + std::string(v);
-        }
-    if (!ours) out.push_back(e);
+  std::vector<std::string> names, env_add;
+  for (const char* v : kTrustVars) {
+    names.push_back(v);
+    env_add.push_back(std::string(v) + "=" + kRunCaPath);
   }
-  for (const auto& e : env_add) out.push_back(e);
-  proc["env"] = out;
+  std::string replaced;
+  for (const auto& n : oci::put_env(cfg, names, env_add)) replaced += (replaced.empty() ? "" : ", ") + n;
   // "ca_file": the supervisor makes the CA and fills the file; a joiner's
   // bundle is complete already ("bundle_file", "served_by").
   net.tls = Tls{};

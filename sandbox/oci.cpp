@@ -1266,4 +1266,59 @@ void Resources::update(const Resources& given) {
   for (const auto& [k, v] : given.unified) unified[k] = v;
 }
 
+json runtime_bind(const std::string& source, const std::string& destination) {
+  return {{"destination", destination},
+          {"type", "bind"},
+          {"source", source},
+          {"options", json::array({"rbind", "ro", "nosuid", "nodev", "noexec"})}};
+}
+
+bool put_mount(json& config, const json& mount, MountPlace where) {
+  json& mounts = config["mounts"];
+  if (!mounts.is_array()) mounts = json::array();
+  const json& dest = mount.at("destination");
+  auto at_dest = [&](const json& m) {
+    auto d = m.find("destination");
+    return m.is_object() && d != m.end() && *d == dest;
+  };
+  json kept = json::array();
+  bool had = false, placed = false;
+  for (auto& m : mounts) {
+    if (!at_dest(m)) {
+      kept.push_back(std::move(m));
+      continue;
+    }
+    had = true;
+    if (where == MountPlace::kInPlace && !placed) {
+      kept.push_back(mount);
+      placed = true;
+    }
+  }
+  if (!placed) kept.push_back(mount);
+  mounts = std::move(kept);
+  return had;
+}
+
+std::vector<std::string> put_env(json& config, const std::vector<std::string>& names,
+                                 const std::vector<std::string>& entries) {
+  json& proc = config["process"];
+  json& env = proc["env"];
+  if (!env.is_array()) env = json::array();
+  json out = json::array();
+  std::vector<std::string> present;
+  for (auto& e : env) {
+    bool named = false;
+    if (e.is_string())
+      for (const auto& n : names)
+        if (e.get_ref<const std::string&>().rfind(n + "=", 0) == 0) {
+          named = true;
+          present.push_back(n);
+        }
+    if (!named) out.push_back(std::move(e));
+  }
+  for (const auto& e : entries) out.push_back(e);
+  env = std::move(out);
+  return present;
+}
+
 }  // namespace agentshim::oci

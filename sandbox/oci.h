@@ -404,4 +404,20 @@ json user_json(const Process& p);
 // Resolve the rootfs path (relative to the bundle when not absolute).
 std::string rootfs_path(const Spec& spec, const std::string& bundle);
 
+// The runtime's own edits of the enforced config document (its mounts and
+// variables), next to the parser that reads them back. A bind mount of
+// `source` at `destination`, read-only, nosuid, nodev, noexec:
+json runtime_bind(const std::string& source, const std::string& destination);
+// Put `mount` at its destination: kLast removes every mount there and
+// appends it (nothing given later covers it); kInPlace takes the place of
+// the first one there (the others are removed), appended when there is
+// none (the mounts after it keep covering it, as they did the caller's).
+// Returns whether the config had a mount there.
+enum class MountPlace { kLast, kInPlace };
+bool put_mount(json& config, const json& mount, MountPlace where);
+// process.env without the entries named in `names` ("NAME=..."), then
+// `entries` appended. Returns the names that were present.
+std::vector<std::string> put_env(json& config, const std::vector<std::string>& names,
+                                 const std::vector<std::string>& entries);
+
 }  // namespace agentshim::oci

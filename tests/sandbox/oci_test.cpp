@@ -197,3 +197,36 @@ TEST(OciConfig, SysctlInAJoinedNamespaceOfTheRuntimeIsTheHosts) {
   // Inside the container (the writer) the joined namespace is its own.
   EXPECT_EQ(oci::sysctls(oci::parse_spec(c), false).size(), 1u);
 }
+
+TEST(OciEdit, PutMountInPlaceOrLastAndPutEnv) {
+  auto cfg = json::parse(R"({"process":{"env":["A=1","SSL_CERT_FILE=/x","B=2",7]},
+    "mounts":[{"destination":"/etc/resolv.conf","type":"bind","source":"/theirs"},
+              {"destination":"/etc","type":"bind","source":"/etc-dir"},
+              {"destination":"/etc/resolv.conf","type":"bind","source":"/again"}]})");
+  json ours = oci::runtime_bind("/ours", "/etc/resolv.conf");
+  // In place: the first one's place, the duplicate gone, /etc still after it.
+  json a = cfg;
+  EXPECT_TRUE(oci::put_mount(a, ours, oci::MountPlace::kInPlace));
+  ASSERT_EQ(a["mounts"].size(), 2u);
+  EXPECT_EQ(a["mounts"][0]["source"], "/ours");
+  EXPECT_EQ(a["mounts"][1]["destination"], "/etc");
+  // Last: every one there removed, ours after everything.
+  json b = cfg;
+  EXPECT_TRUE(oci::put_mount(b, ours, oci::MountPlace::kLast));
+  ASSERT_EQ(b["mounts"].size(), 2u);
+  EXPECT_EQ(b["mounts"][0]["destination"], "/etc");
+  EXPECT_EQ(b["mounts"][1]["source"], "/ours");
+  // None there (or no mounts at all): appended.
+  json c = json::parse(R"({"process":{}})");
+  EXPECT_FALSE(oci::put_mount(c, ours, oci::MountPlace::kInPlace));
+  EXPECT_EQ(c["mounts"], json::array({ours}));
+  EXPECT_EQ(ours["options"], json::array({"rbind", "ro", "nosuid", "nodev", "noexec"}));
+  // env: the named ones replaced (non-strings kept), ours appended.
+  auto present = oci::put_env(cfg, {"SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"},
+                              {"SSL_CERT_FILE=/ca", "NODE_EXTRA_CA_CERTS=/ca"});
+  EXPECT_EQ(present, std::vector<std::string>{"SSL_CERT_FILE"});
+  EXPECT_EQ(cfg["process"]["env"],
+            json::parse(R"(["A=1","B=2",7,"SSL_CERT_FILE=/ca","NODE_EXTRA_CA_CERTS=/ca"])"));
+  EXPECT_TRUE(oci::put_env(c, {"X"}, {"X=1"}).empty());
+  EXPECT_EQ(c["process"]["env"], json::array({"X=1"}));
+}
