@@ -467,18 +467,18 @@ ExecObserver::ExecObserver(UniqueFd listener, std::string rootfs_host_path, Sink
       for (const auto& u : watch_->summary().unmarked) un.push_back(attest::pct_encode(u));
       w["unmarked"] = un;
       // argv copied in the kernel when the new image is installed; without
-      // it, /proc/PID/cmdline once the exec completed.
-      std::string err;
-      argv_bpf_ = ExecArgvBpf::open(err);
-      w["argv"] = argv_bpf_ ? "bpf" : "cmdline";
-      if (!argv_bpf_) w["argv_error"] = attest::pct_encode(err);
+      // it, /proc/PID/cmdline once the exec completed. Loaded on a thread
+      // (off the create path); the loop waits for it before its first exec
+      // and then emits exec.watch, still before the init's program runs.
+      argv_load_ = std::async(std::launch::async, [this] { return ExecArgvBpf::open(argv_load_error_); });
+      watch_event_ = std::move(w);
     } catch (const std::exception& e) {
       watch_.reset();
       w["mechanism"] = "seccomp";
       w["argv"] = "caller";
       w["error"] = attest::pct_encode(e.what());
+      emit("exec.watch", std::move(w));
     }
-    emit("exec.watch", std::move(w));
   }
   loop_.start([this] { loop(); });
 }
@@ -510,6 +510,12 @@ void ExecObserver::stop() {
 }
 
 void ExecObserver::loop() {
+  if (argv_load_.valid()) {
+    argv_bpf_ = argv_load_.get();
+    watch_event_["argv"] = argv_bpf_ ? "bpf" : "cmdline";
+    if (!argv_bpf_) watch_event_["argv_error"] = attest::pct_encode(argv_load_error_);
+    emit("exec.watch", std::move(watch_event_));
+  }
   struct seccomp_notif_sizes sizes {};
   if (::syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) < 0) {
     log::error(std::string("seccomp notif sizes: ") + std::strerror(errno));

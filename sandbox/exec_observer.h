@@ -29,6 +29,7 @@
 
 #include <atomic>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -159,6 +160,12 @@ class ExecObserver {
 
   std::unique_ptr<ExecWatch> watch_;
   std::unique_ptr<ExecArgvBpf> argv_bpf_;  // null: argv from /proc/PID/cmdline
+  // Loading the program takes 10-15 ms (the kernel's BTF, the verifier):
+  // started by the constructor, taken by the loop before it serves any
+  // exec, which then also emits exec.watch (`watch_event_`).
+  std::string argv_load_error_;  // set by the loading thread, read after get() (outlives argv_load_)
+  std::future<std::unique_ptr<ExecArgvBpf>> argv_load_;
+  nlohmann::json watch_event_;
   uint64_t seq_ = 0;
   uint64_t argv_lost_ = 0;  // ring buffer losses already accounted
   std::map<pid_t, Attempt> attempts_;
