@@ -246,7 +246,12 @@ def bench_clients(agentshim, tar, n, result):
     """docker/podman run --rm IMAGE true, agentshim vs runc, interleaved."""
     os.environ["AGENTSHIM_BIN"] = os.path.realpath(agentshim)
     sys.path.insert(0, os.path.join(REPO, "integration"))
-    import clients  # after AGENTSHIM_BIN is set (conftest reads it)
+    try:
+        import clients  # after AGENTSHIM_BIN is set (conftest reads it)
+    except ModuleNotFoundError as e:  # the integration helpers need pytest
+        print(f"clients: skipped: {e} in {sys.executable}; run with /usr/bin/python3 "
+              "(Debian's python3-pytest, installed by scripts/deps.sh)")
+        return
     if clients.ensure_packages():
         print("clients: docker/podman not installed (scripts/deps.sh); skipped")
         return
