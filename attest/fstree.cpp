@@ -1141,6 +1141,8 @@ FsEntry root_entry(const std::string& dir) {
 
 std::vector<FsChange> diff(const FsSnapshot& before, const FsSnapshot& after) {
   std::vector<FsChange> out;
+  if (before.root == after.root) return out;  // the same leaves, in the same order
+  if (before.deferred || after.deferred) throw Error("diff: a deferred root's entries were not read");
   std::size_t i = 0, j = 0;
   const auto& a = before.entries;
   const auto& b = after.entries;

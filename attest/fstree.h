@@ -68,7 +68,23 @@ struct FsSnapshot {
   uint64_t reread = 0;      // files read in full because WalkOptions::reread named them
   uint64_t reused = 0;      // entries whose stored record matched their statx (the stat-only check)
   bool stored_all = false;  // with a tree_key: every entry is now in the store
+  // A root assembled from a stored layer stack (snapshot_root, "Overlay
+  // roots" in docs/FORMATS.md) has its root and counts but not its entries:
+  // they are read only when someone needs them (materialize()), which a
+  // run whose root did not change never does. Null for every other root.
+  struct Deferred {
+    uint64_t entries = 0, not_hashed = 0;
+    std::function<std::vector<FsEntry>()> fill;  // the entries, sorted, the root entry included
+  };
+  std::shared_ptr<const Deferred> deferred;
 };
+// Entries of `s`, deferred or not.
+std::size_t entry_count(const FsSnapshot& s);
+// Regular files of `s` recorded without a content hash (over max_file_bytes).
+uint64_t not_hashed_count(const FsSnapshot& s);
+// Fills in a deferred snapshot's entries (no-op otherwise). Throws what
+// reading the layers again throws; the snapshot is then left deferred.
+void materialize(FsSnapshot& s);
 
 struct WalkOptions {
   unsigned threads = 0;    // 0: all cores

@@ -100,35 +100,63 @@ FsSnapshot from_records(std::vector<std::pair<std::string, std::string>> recs, b
   return s;
 }
 
-FsSnapshot layer_snapshot(const std::string& path, const WalkOptions& opts, LayerUse& use) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) throw_errno("overlay layer: stat " + path);
+// A lower layer: where it is, what it says about itself in the record,
+// and its entries once read.
+struct Lower {
+  LayerUse use;
+  std::string tree_key;
+  bool content_addressed = false;
+  FsSnapshot snap;
+  bool read = false;
+};
+
+WalkOptions layer_options(const WalkOptions& opts) {
   WalkOptions lo = opts;
   lo.overlay_xattrs = true;
   lo.exclude.clear();
-  use.path = path;
-  use.identity.clear();
-  if (content_addressed(path)) {
-    use.identity =
+  return lo;
+}
+
+// Names a lower layer: a content-addressed one by its identity (its
+// entries are the store's, once stored), any other by its path.
+Lower identify(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) < 0 || !S_ISDIR(st.st_mode)) throw_errno("overlay layer: stat " + path);
+  Lower l;
+  l.use.role = "lower";
+  l.use.path = path;
+  l.content_addressed = content_addressed(path);
+  if (l.content_addressed) {
+    l.use.identity =
         std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" +
         std::to_string(static_cast<int64_t>(st.st_ctim.tv_sec) * 1000000000LL + st.st_ctim.tv_nsec);
-    lo.tree_key = "layer:" + path + "\n" + use.identity;
-    bool ok = false;
-    FsSnapshot s = from_records(lo.cache->tree_records_sorted(lo.tree_key), ok);
-    if (ok) {
-      use.walk = "proven";
-      use.entries = s.entries.size();
-      return s;
-    }
+    l.tree_key = "layer:" + path + "\n" + l.use.identity;
   } else {
-    lo.tree_key = "tree:" + path;
+    l.tree_key = "tree:" + path;
   }
-  FsSnapshot s = snapshot(path, lo);
-  use.walk = s.reused == s.entries.size() ? "checked" : "walked";
-  use.entries = s.entries.size();
-  if (!use.identity.empty() && s.stored_all)
-    lo.cache->update_tree(lo.tree_key, {{kComplete, std::to_string(s.entries.size())}}, {});
-  return s;
+  return l;
+}
+
+// Reads a lower layer: a content-addressed one from the store when its set
+// is complete there, else walked (the stat-only check against its last walk).
+void read_layer(Lower& l, const WalkOptions& opts) {
+  WalkOptions lo = layer_options(opts);
+  lo.tree_key = l.tree_key;
+  l.read = true;
+  if (l.content_addressed) {
+    bool ok = false;
+    l.snap = from_records(lo.cache->tree_records_sorted(lo.tree_key), ok);
+    if (ok) {
+      l.use.walk = "proven";
+      l.use.entries = l.snap.entries.size();
+      return;
+    }
+  }
+  l.snap = snapshot(l.use.path, lo);
+  l.use.walk = l.snap.reused == l.snap.entries.size() ? "checked" : "walked";
+  l.use.entries = l.snap.entries.size();
+  if (l.content_addressed && l.snap.stored_all)
+    lo.cache->update_tree(lo.tree_key, {{kComplete, std::to_string(l.snap.entries.size())}}, {});
 }
 
 bool whiteout(const FsEntry& e) {
@@ -185,6 +213,86 @@ std::vector<FsEntry> merge(std::vector<FsSnapshot>& layers, bool& supported) {
     std::inplace_merge(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(run), out.end(), by_path);
   }
   return out;
+}
+
+bool over_limit(const FsEntry& e) {
+  return e.type == 'f' && e.error.find("not hashed: larger than") != std::string::npos;
+}
+
+// The tree's entries: the layers merged, the mount's root entry where it
+// sorts ("." is not always first: names may start with '-', '!', ...).
+// Empty and `supported` false when a layer uses what the merge does not
+// implement.
+std::vector<FsEntry> assemble(FsEntry root, std::vector<FsSnapshot>& layers, bool& supported) {
+  std::vector<FsEntry> merged = merge(layers, supported);
+  if (!supported) return {};
+  auto at = std::lower_bound(merged.begin(), merged.end(), root, by_path);
+  merged.insert(at, std::move(root));
+  return merged;
+}
+
+// What decides a layer-assembled root: the mount's root entry, the walk's
+// content-hash limit and, top first, each layer: a content-addressed one
+// by its identity (its entries never change), any other by its entries'
+// leaves (a leaf covers its path) and overlay attributes. Equal inputs give
+// the same entries, so the same root.
+std::string stack_key(const FsEntry& root, const WalkOptions& opts, const FsSnapshot* upper,
+                      const std::vector<Lower>& lowers) {
+  Sha256 h;
+  h.update("agentshim-layer-stack-v1\n");
+  h.update(root.leaf.data(), root.leaf.size());
+  h.update(std::to_string(opts.max_file_bytes) + "\n");
+  auto entries = [&h](const char* role, const FsSnapshot& s) {
+    h.update(std::string(role) + " entries " + std::to_string(s.entries.size()) + "\n");
+    for (const auto& e : s.entries) {
+      h.update(e.leaf.data(), e.leaf.size());
+      h.update(std::to_string(e.overlay.size()) + ":" + e.overlay);
+    }
+  };
+  if (upper) entries("upper", *upper);
+  for (const auto& l : lowers) {
+    if (l.content_addressed)
+      h.update("lower identity " + std::to_string(l.tree_key.size()) + ":" + l.tree_key);
+    else
+      entries("lower", l.snap);
+  }
+  return "stack:" + hex(h.finish());
+}
+
+// The store's value for a stack: "v1 ROOT ENTRIES FILES DIRS NOT_HASHED"
+// and each content-addressed layer's entry count, top first.
+struct StackValue {
+  Digest root{};
+  uint64_t entries = 0, files = 0, dirs = 0, not_hashed = 0;
+  std::vector<uint64_t> layer_entries;
+};
+
+std::string encode_stack(const StackValue& v) {
+  std::string out = "v1 " + hex(v.root);
+  for (uint64_t n : {v.entries, v.files, v.dirs, v.not_hashed}) out += " " + std::to_string(n);
+  for (uint64_t n : v.layer_entries) out += " " + std::to_string(n);
+  return out;
+}
+
+std::optional<StackValue> decode_stack(const std::vector<std::pair<std::string, std::string>>& recs,
+                                       std::size_t layers) {
+  if (recs.size() != 1 || recs[0].first != "v") return std::nullopt;
+  auto f = split(recs[0].second, ' ');
+  if (f.size() != 6 + layers || f[0] != "v1" || f[1].size() != 64 || !all_of_class(f[1], std::isxdigit))
+    return std::nullopt;
+  StackValue v;
+  v.root = from_hex(f[1]);
+  std::vector<uint64_t> n;
+  for (std::size_t i = 2; i < f.size(); ++i) {
+    if (!all_of_class(f[i], std::isdigit) || f[i].size() > 19) return std::nullopt;
+    n.push_back(std::stoull(f[i]));
+  }
+  v.entries = n[0];
+  v.files = n[1];
+  v.dirs = n[2];
+  v.not_hashed = n[3];
+  v.layer_entries.assign(n.begin() + 4, n.end());
+  return v;
 }
 
 }  // namespace
@@ -276,60 +384,138 @@ FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::v
     // The mount's own root entry first: a client may unmount it as soon as
     // the container exits (Docker does), while its layers stay.
     FsEntry root = root_entry(dir);
-    std::vector<FsSnapshot> snaps;
-    std::vector<LayerUse> uses;
+    std::optional<FsSnapshot> upper;
+    LayerUse upper_use;
     if (!layers->upper.empty()) {
-      LayerUse u;
-      u.role = "upper";
-      u.path = layers->upper;
-      WalkOptions uo = lo;
-      uo.overlay_xattrs = true;
+      upper_use.role = "upper";
+      upper_use.path = layers->upper;
+      WalkOptions uo = layer_options(lo);
       uo.tree_key.clear();  // the container's own layer: walked
-      snaps.push_back(snapshot(layers->upper, uo));
-      u.walk = "walked";
-      u.entries = snaps.back().entries.size();
-      uses.push_back(u);
+      upper = snapshot(layers->upper, uo);
+      upper_use.walk = "walked";
+      upper_use.entries = upper->entries.size();
     }
+    std::vector<Lower> lowers;
     for (const auto& p : layers->lower) {
-      LayerUse u;
-      u.role = "lower";
-      snaps.push_back(layer_snapshot(p, lo, u));
-      uses.push_back(u);
+      lowers.push_back(identify(p));
+      if (!lowers.back().content_addressed) read_layer(lowers.back(), lo);
     }
-    bool supported = true;
+    std::size_t addressed = 0;
+    for (const auto& l : lowers) addressed += l.content_addressed;
     FsSnapshot s;
     s.root_dir = dir;
-    for (const auto& l : snaps) {
+    auto add_walk_counts = [&s](const FsSnapshot& l) {
       s.bytes_hashed += l.bytes_hashed;
       s.cache_hits += l.cache_hits;
       s.reused += l.reused;
+    };
+    if (upper) add_walk_counts(*upper);
+    std::vector<LayerUse> uses;
+    if (upper) uses.push_back(upper_use);
+
+    // A stack seen before: its root and counts, no entry read.
+    const std::string key = stack_key(root, lo, upper ? &*upper : nullptr, lowers);
+    if (auto v = decode_stack(lo.cache->tree_records_sorted(key), addressed)) {
+      std::size_t k = 0;
+      for (auto& l : lowers) {
+        if (l.content_addressed) {
+          l.use.walk = "proven";
+          l.use.entries = v->layer_entries[k++];
+          s.reused += l.use.entries;
+        } else {
+          add_walk_counts(l.snap);
+        }
+        uses.push_back(l.use);
+      }
+      s.root = v->root;
+      s.files = v->files;
+      s.dirs = v->dirs;
+      auto d = std::make_shared<FsSnapshot::Deferred>();
+      d->entries = v->entries;
+      d->not_hashed = v->not_hashed;
+      // Read later, the layers give the same entries: the image's never
+      // change, the others' and the upper layer's are kept from now.
+      d->fill = [root, upper, lowers, lo, want = v->root, dir]() {
+        std::vector<FsSnapshot> snaps;
+        if (upper) snaps.push_back(*upper);
+        for (const auto& layer : lowers) {
+          Lower l = layer;
+          if (!l.read) read_layer(l, lo);
+          snaps.push_back(std::move(l.snap));
+        }
+        bool supported = true;
+        std::vector<FsEntry> out = assemble(root, snaps, supported);
+        std::vector<Digest> leaves;
+        leaves.reserve(out.size());
+        for (const auto& e : out) leaves.push_back(e.leaf);
+        if (!supported || merkle_root(leaves) != want)
+          throw Error("overlay root " + dir + ": its layers no longer give the root recorded for them");
+        return out;
+      };
+      s.deferred = std::move(d);
+      if (used) *used = std::move(uses);
+      return s;
     }
-    std::vector<FsEntry> merged = merge(snaps, supported);
+
+    std::vector<FsSnapshot> snaps;
+    if (upper) snaps.push_back(*upper);
+    bool storable = true;
+    StackValue v;
+    for (auto& l : lowers) {
+      if (!l.read) read_layer(l, lo);
+      if (l.content_addressed) {
+        v.layer_entries.push_back(l.snap.entries.size());
+        storable = storable && (l.use.walk == "proven" || l.snap.stored_all);
+      }
+      add_walk_counts(l.snap);
+      uses.push_back(l.use);
+      snaps.push_back(std::move(l.snap));
+    }
+    bool supported = true;
+    std::vector<FsEntry> merged = assemble(std::move(root), snaps, supported);
     if (!supported) {
       log::debug("record: " + dir +
                  " walked whole: a layer uses overlay features the merge does not implement");
       return whole();
     }
-    s.dirs = 1;
     for (const auto& e : merged) {
       if (e.type == 'f') s.files++;
       if (e.type == 'd') s.dirs++;
+      if (over_limit(e)) v.not_hashed++;
     }
-    // `merged` is sorted; "." goes where it sorts (not always first: names
-    // may start with '-', '!', ... which sort below '.').
-    auto at = std::lower_bound(merged.begin(), merged.end(), root, by_path);
-    merged.insert(at, std::move(root));
     s.entries = std::move(merged);
     std::vector<Digest> leaves;
     leaves.reserve(s.entries.size());
     for (const auto& e : s.entries) leaves.push_back(e.leaf);
     s.root = merkle_root(leaves);
+    if (storable) {
+      v.root = s.root;
+      v.entries = s.entries.size();
+      v.files = s.files;
+      v.dirs = s.dirs;
+      lo.cache->update_tree(key, {{"v", encode_stack(v)}}, {});
+    }
     if (used) *used = std::move(uses);
     return s;
   } catch (const std::exception& e) {
     log::warn("record: " + dir + " walked whole: its layers could not be read: " + e.what());
     return whole();
   }
+}
+
+std::size_t entry_count(const FsSnapshot& s) {
+  return s.deferred ? s.deferred->entries : s.entries.size();
+}
+
+uint64_t not_hashed_count(const FsSnapshot& s) {
+  if (s.deferred) return s.deferred->not_hashed;
+  return static_cast<uint64_t>(std::count_if(s.entries.begin(), s.entries.end(), over_limit));
+}
+
+void materialize(FsSnapshot& s) {
+  if (!s.deferred) return;
+  s.entries = s.deferred->fill();
+  s.deferred.reset();
 }
 
 }  // namespace agentshim::attest

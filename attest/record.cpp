@@ -120,25 +120,21 @@ WalkOptions walk_options(const RecordConfig& c, const TrackedTree& t, std::share
   return o;
 }
 
-uint64_t not_hashed(const FsSnapshot& s) {
-  uint64_t n = 0;
-  for (const auto& e : s.entries)
-    if (e.type == 'f' && e.error.find("not hashed: larger than") != std::string::npos) n++;
-  return n;
-}
-
 json tree_json(const TrackedTree& t, const FsSnapshot& s, const std::vector<LayerUse>& layers = {}) {
   json j{{"name", t.name},
          {"path", pct_encode(t.host_path)},
          {"root", hex(s.root)},
-         {"entries", s.entries.size()},
+         {"entries", entry_count(s)},
          {"files", s.files},
          {"bytes_hashed", s.bytes_hashed},
          {"cache_hits", s.cache_hits},
          {"reused", s.reused},
-         {"not_hashed", not_hashed(s)}};
+         {"not_hashed", not_hashed_count(s)}};
   if (!t.fstype.empty()) j["fstype"] = t.fstype;
   if (!layers.empty()) {
+    // "stack": the root and counts of a layer stack stored by an earlier
+    // run, no entry read; "merge": the layers' entries merged now.
+    j["assembled"] = s.deferred ? "stack" : "merge";
     json arr = json::array();
     for (const auto& l : layers) {
       json x{{"path", pct_encode(l.path)}, {"role", l.role}, {"walk", l.walk}, {"entries", l.entries}};
@@ -169,10 +165,9 @@ void RunRecord::walk_before(std::size_t i) {
   const FsSnapshot& s = before_[i];
   log::debug("record phase " +
              std::string(trees_[i].unchanged_reason.empty() ? "before-walk" : "before-walk-concurrent") +
-             " " + ms_text(ms_since(t0)) + " ms (" + trees_[i].name + ": " +
-             std::to_string(s.entries.size()) + " entries, " + std::to_string(s.bytes_hashed) +
-             " bytes hashed, " + std::to_string(s.cache_hits) + " cache hits, " + std::to_string(s.reused) +
-             " reused)");
+             " " + ms_text(ms_since(t0)) + " ms (" + trees_[i].name + ": " + std::to_string(entry_count(s)) +
+             " entries, " + std::to_string(s.bytes_hashed) + " bytes hashed, " +
+             std::to_string(s.cache_hits) + " cache hits, " + std::to_string(s.reused) + " reused)");
 }
 
 void RunRecord::before_done() {
@@ -334,6 +329,22 @@ void RunRecord::snapshot_after() {
       w["entries_lost"] = "the entry event queue overflowed";
     tj["writes"] = w;
     arr.push_back(tj);
+    // A root assembled from a known layer stack has no entries read: the
+    // change set and the unverified files need them only when the root
+    // moved or has files without a content hash.
+    if (before_[i].root != after_[i].root || not_hashed_count(after_[i]) > 0) {
+      try {
+        materialize(before_[i]);
+        materialize(after_[i]);
+      } catch (const std::exception& e) {
+        arr.back() = json{{"name", trees_[i].name},
+                          {"path", pct_encode(trees_[i].host_path)},
+                          {"walk", "failed"},
+                          {"error", e.what()}};
+        incomplete_.push_back("change set of tree " + trees_[i].name + ": " + e.what());
+        continue;
+      }
+    }
     std::vector<std::pair<std::string, json>> lines;  // raw path, line
     for (const auto& ch : diff(before_[i], after_[i])) {
       json j = change_to_json(ch);

@@ -213,6 +213,10 @@ def check_coverage(events, changes):
         for kind in ("added", "modified", "removed", "unverified"):
             if kind in f and f[kind] != counts.get(kind, 0):
                 problems.append(f"fs.changes {kind} {f[kind]} but changes.ndjson has {counts.get(kind, 0)}")
+    for r in (e["data"] for e in events if e["type"] == "fs.root"):
+        for t in r["trees"]:
+            if ("layers" in t) != (t.get("assembled") in ("stack", "merge")):
+                problems.append(f"tree {t['name']}: layers {'layers' in t} but assembled {t.get('assembled')}")
     for a in after:
         for t in a["trees"]:
             if t.get("walk") in ("failed", "skipped"):

@@ -81,6 +81,11 @@ def check_layer_reuse(runs):
     assert all(l["walk"] == "proven" for l in image), json.dumps(second["layers"])
     assert sum(l["entries"] for l in image) >= strict["entries"] - 100
     assert second["bytes_hashed"] == 0, second
+    # The first run stored its layer stack (the same image layers, the same
+    # upper and per-container layers' leaves): the second takes the root
+    # and counts from it without reading an entry.
+    assert first["assembled"] == "merge", first
+    assert second["assembled"] == "stack", second
 
 
 def test_docker_reuses_image_layers(image_tar):

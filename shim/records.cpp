@@ -565,7 +565,7 @@ void add_fs_root(Commands& c) {
     auto s = attest::snapshot_root(f->dir, o, &layers);
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     json out = {{"root", attest::hex(s.root)},
-                {"entries", s.entries.size()},
+                {"entries", attest::entry_count(s)},
                 {"files", s.files},
                 {"bytes_hashed", s.bytes_hashed},
                 {"cache_hits", s.cache_hits},
