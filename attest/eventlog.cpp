@@ -210,7 +210,7 @@ bool EventLog::sync() {
   return lost_ == before;
 }
 
-EventLog::Summary EventLog::close() {
+EventLog::Summary EventLog::close(bool durable) {
   {
     std::unique_lock<std::mutex> lk(mu_);
     if (!stop_) {
@@ -221,7 +221,7 @@ EventLog::Summary EventLog::close() {
   if (thread_.joinable()) thread_.join();
   std::unique_lock<std::mutex> lk(mu_);
   if (!closed_) {
-    flush_locked(lk, true);
+    flush_locked(lk, durable);
     closed_ = true;
   }
   lk.unlock();

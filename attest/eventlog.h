@@ -65,8 +65,9 @@ class EventLog {
   static bool essential(const std::string& type);
   // Write everything queued and fsync; returns false if anything was lost.
   bool sync();
-  // Final flush; no submit() after this.
-  Summary close();
+  // Final flush; no submit() after this. durable=false: written, not
+  // synced (the caller syncs the file with others, DurableFiles).
+  Summary close(bool durable = true);
   Summary summary();
   int fd() const { return fd_.get(); }
   // Test hook: make the next `n` writes fail with `err` (ENOSPC, EIO).

@@ -385,7 +385,7 @@ void RunRecord::snapshot_after() {
   auto t0 = std::chrono::steady_clock::now();
   save_cache();
   log::debug("record phase cache-save " + ms_text(ms_since(t0)) + " ms");
-  write_file_atomic(dir_ + "/changes.ndjson", changes, 0600);
+  write_file_atomic(dir_ + "/changes.ndjson", changes, 0600, false);  // made durable at finalize()
   changes_sha256_ = hex(sha256(changes));
   change_counts_ = json{{"added", added}, {"modified", modified}, {"removed", removed}};
   event("fs.root", json{{"phase", "after"}, {"trees", arr}, {"max_file_bytes", c_.max_file_bytes}});
@@ -429,7 +429,11 @@ json RunRecord::finalize(const json& facts) {
   }
   if (!trees_.empty() && !after_settled_) incomplete_.push_back("no post-run filesystem roots");
   event("run.finalized", json{{"incomplete", incomplete_}});
-  EventLog::Summary sum = log_->close();
+  // The record's files are made durable together, before the ledger row
+  // that names them (one or two journal commits, not one per file).
+  DurableFiles files;
+  EventLog::Summary sum = log_->close(false);
+  files.sync(dir_ + "/events.ndjson");
   if (sum.lost > 0)
     incomplete_.push_back(std::to_string(sum.lost) + " events could not be written (" + sum.first_error +
                           ")");
@@ -437,8 +441,10 @@ json RunRecord::finalize(const json& facts) {
   // Every run directory has the same files: a run that never got to its
   // post-run walk has an empty change set.
   if (changes_sha256_.empty()) {
-    write_file_atomic(dir_ + "/changes.ndjson", "", 0600);
+    files.write(dir_ + "/changes.ndjson", "", 0600);
     changes_sha256_ = hex(sha256(""));
+  } else {
+    files.sync(dir_ + "/changes.ndjson");  // written by snapshot_after()
   }
 
   json session = {{"run_id", c_.run_id},
@@ -460,7 +466,7 @@ json RunRecord::finalize(const json& facts) {
                     {"bundle", kBundleFile}}}};
   if (c_.kubernetes.is_object()) session["kubernetes"] = c_.kubernetes;
   std::string session_text = canonical(session) + "\n";
-  write_file_atomic(dir_ + "/session.json", session_text, 0600);
+  files.write(dir_ + "/session.json", session_text, 0600);
   // The statement's subjects: the plain SHA-256 of each record file's bytes
   // (the log is closed: its file is final).
   auto events_digest = sha256_file(dir_ + "/events.ndjson");
@@ -470,63 +476,77 @@ json RunRecord::finalize(const json& facts) {
                    json{{"name", "changes.ndjson"}, {"digest", {{"sha256", changes_sha256_}}}},
                    json{{"name", "session.json"}, {"digest", {{"sha256", hex(sha256(session_text))}}}}});
 
-  bool created = false;
-  std::string key_path =
-      c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
-  if (created) log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
-  PrivateKey key = load_signing_key(key_path, c_.key_type);
+  json row;
+  try {
+    bool created = false;
+    std::string key_path =
+        c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
+    if (created)
+      log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
+    PrivateKey key = load_signing_key(key_path, c_.key_type);
 
-  json row = ledger_append(c_.audit_dir, [&](uint64_t index, const std::string& prev) {
-    json pred = facts.is_object() ? facts : json::object();
-    pred["run_id"] = c_.run_id;
-    pred["container_id"] = c_.container_id;
-    if (c_.kubernetes.is_object()) pred["kubernetes"] = c_.kubernetes;
-    pred["filesystem"] = fs_counts();
-    pred["event_log"] = {{"hash_algorithm", "sha256"},
-                         {"event_count", sum.event_count},
-                         {"merkle_root", hex(sum.merkle_root)},
-                         {"chain_head", hex(sum.chain_head)},
-                         {"submitted", sum.submitted},
-                         {"written", sum.written},
-                         {"lost", sum.lost}};
-    pred["complete"] = complete;
-    pred["incomplete_reasons"] = incomplete_;
-    pred["ledger"] = {{"index", index}, {"prev", prev}};
-    pred["signer"] = {
-        {"keyid", key.keyid()}, {"algorithm", key.algorithm()}, {"public_key", key.public_pem()}};
-    json statement = {{"_type", kStatementType},
-                      {"subject", subjects},
-                      {"predicateType", kPredicateType},
-                      {"predicate", pred}};
-    std::string payload = canonical(statement);
-    auto t_sign = std::chrono::steady_clock::now();
-    json env = dsse_sign(kPayloadType, payload, key);
-    log::debug("record phase sign " + ms_text(ms_since(t_sign)) + " ms");
-    std::string env_text = env.dump(2) + "\n";
-    // An RFC 3161 time-stamp over the signature, when a TSA is configured.
-    // Without one the record is still whole: the bundle then has no
-    // time-stamp, which a verifier that requires one reports.
-    std::vector<std::string> stamps;
-    if (!c_.tsa_url.empty()) {
-      try {
-        stamps.push_back(
-            rfc3161_timestamp(c_.tsa_url, base64_decode(env["signatures"][0]["sig"].get<std::string>())));
-      } catch (const std::exception& e) {
-        log::warn("run " + c_.run_id + ": no RFC 3161 time-stamp: " + e.what());
+    row = ledger_append(c_.audit_dir, [&](uint64_t index, const std::string& prev) {
+      json pred = facts.is_object() ? facts : json::object();
+      pred["run_id"] = c_.run_id;
+      pred["container_id"] = c_.container_id;
+      if (c_.kubernetes.is_object()) pred["kubernetes"] = c_.kubernetes;
+      pred["filesystem"] = fs_counts();
+      pred["event_log"] = {{"hash_algorithm", "sha256"},
+                           {"event_count", sum.event_count},
+                           {"merkle_root", hex(sum.merkle_root)},
+                           {"chain_head", hex(sum.chain_head)},
+                           {"submitted", sum.submitted},
+                           {"written", sum.written},
+                           {"lost", sum.lost}};
+      pred["complete"] = complete;
+      pred["incomplete_reasons"] = incomplete_;
+      pred["ledger"] = {{"index", index}, {"prev", prev}};
+      pred["signer"] = {
+          {"keyid", key.keyid()}, {"algorithm", key.algorithm()}, {"public_key", key.public_pem()}};
+      json statement = {{"_type", kStatementType},
+                        {"subject", subjects},
+                        {"predicateType", kPredicateType},
+                        {"predicate", pred}};
+      std::string payload = canonical(statement);
+      auto t_sign = std::chrono::steady_clock::now();
+      json env = dsse_sign(kPayloadType, payload, key);
+      log::debug("record phase sign " + ms_text(ms_since(t_sign)) + " ms");
+      std::string env_text = env.dump(2) + "\n";
+      // An RFC 3161 time-stamp over the signature, when a TSA is configured.
+      // Without one the record is still whole: the bundle then has no
+      // time-stamp, which a verifier that requires one reports.
+      std::vector<std::string> stamps;
+      if (!c_.tsa_url.empty()) {
+        try {
+          stamps.push_back(
+              rfc3161_timestamp(c_.tsa_url, base64_decode(env["signatures"][0]["sig"].get<std::string>())));
+        } catch (const std::exception& e) {
+          log::warn("run " + c_.run_id + ": no RFC 3161 time-stamp: " + e.what());
+        }
       }
+      std::string bundle = bundle_text(sigstore_bundle(env, key.keyid(), stamps));
+      files.write(dir_ + "/" + kEnvelopeFile, env_text, 0600);
+      files.write(dir_ + "/" + kBundleFile, bundle, 0600);
+      files.commit();
+      return json{{"run_id", c_.run_id},
+                  {"container_id", c_.container_id},
+                  {"attestation_sha256", hex(sha256(env_text))},
+                  {"bundle_sha256", hex(sha256(bundle))},
+                  {"merkle_root", hex(sum.merkle_root)},
+                  {"chain_head", hex(sum.chain_head)},
+                  {"event_count", sum.event_count},
+                  {"keyid", key.keyid()}};
+    });
+  } catch (...) {
+    // No signature or no ledger row (the key, the ledger): the record's
+    // files are still written out, and the run says why it stops here.
+    try {
+      files.commit();
+    } catch (const std::exception& e) {
+      log::warn("run " + c_.run_id + ": writing the record's files: " + e.what());
     }
-    std::string bundle = bundle_text(sigstore_bundle(env, key.keyid(), stamps));
-    write_file_atomic(dir_ + "/" + kEnvelopeFile, env_text, 0600);
-    write_file_atomic(dir_ + "/" + kBundleFile, bundle, 0600);
-    return json{{"run_id", c_.run_id},
-                {"container_id", c_.container_id},
-                {"attestation_sha256", hex(sha256(env_text))},
-                {"bundle_sha256", hex(sha256(bundle))},
-                {"merkle_root", hex(sum.merkle_root)},
-                {"chain_head", hex(sum.chain_head)},
-                {"event_count", sum.event_count},
-                {"keyid", key.keyid()}};
-  });
+    throw;
+  }
   lock_.reset();  // final: readers waiting in wait_finalized() go on
   return row;
 }

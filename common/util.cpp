@@ -6,6 +6,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -91,6 +92,43 @@ void write_file_atomic(const std::string& path, std::string_view data, mode_t mo
     if (durable && ::fsync(fd.get()) < 0) throw_errno("fsync " + tmp);
   }
   if (::rename(tmp.c_str(), path.c_str()) < 0) throw_errno("rename " + tmp + " -> " + path);
+}
+
+void DurableFiles::write(const std::string& path, std::string_view data, mode_t mode) {
+  const std::string tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+  if (!fd) throw_errno("open " + tmp);
+  write_all(fd.get(), data, tmp);
+  // Start the writeback now; commit() waits for it (best effort: where
+  // sync_file_range is not supported, fdatasync does it all).
+  (void)::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
+  files_.push_back(File{path, std::move(fd), true});
+}
+
+void DurableFiles::sync(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw_errno("open " + path);
+  (void)::sync_file_range(fd.get(), 0, 0, SYNC_FILE_RANGE_WRITE);
+  files_.push_back(File{path, std::move(fd), false});
+}
+
+void DurableFiles::commit() {
+  for (auto& f : files_)
+    if (::fdatasync(f.fd.get()) < 0) throw_errno("fdatasync " + f.path + (f.fresh ? ".tmp" : ""));
+  std::vector<std::string> dirs;
+  for (auto& f : files_) {
+    if (f.fresh && ::rename((f.path + ".tmp").c_str(), f.path.c_str()) < 0)
+      throw_errno("rename " + f.path + ".tmp -> " + f.path);
+    auto slash = f.path.rfind('/');
+    std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : f.path.substr(0, slash));
+    if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
+  }
+  for (const auto& d : dirs) {
+    UniqueFd fd(::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) throw_errno("open " + d);
+    if (::fsync(fd.get()) < 0) throw_errno("fsync " + d);
+  }
+  files_.clear();
 }
 
 void mkdir_p(const std::string& path, mode_t mode) {

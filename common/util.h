@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/fd.h"
+
 namespace agentshim {
 
 // Whole-file read; throws SysError naming the path.
@@ -23,6 +25,30 @@ void write_file(const std::string& path, std::string_view data, mode_t mode = 06
 // state.json: it does not outlive a reboot, and create/delete stay fast).
 void write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644,
                        bool durable = true);
+// Several files made durable together, for a caller that needs all of
+// them on disk before it goes on (a run's record before its ledger row):
+// each new file is written to PATH.tmp with its writeback started at once;
+// commit() then waits for every file's data (fdatasync: on a journaling
+// filesystem the first one commits the metadata of all), renames the new
+// files over their paths and fsyncs their directories once each. Readers
+// see old or new files, never half. One or two journal commits instead of
+// one per file.
+class DurableFiles {
+ public:
+  // A new file's content (written now, renamed at commit()).
+  void write(const std::string& path, std::string_view data, mode_t mode = 0644);
+  // A file already written in place (an append-only log): synced at commit().
+  void sync(const std::string& path);
+  void commit();
+
+ private:
+  struct File {
+    std::string path;
+    UniqueFd fd;
+    bool fresh = false;
+  };
+  std::vector<File> files_;
+};
 // mkdir -p; throws on failure other than EEXIST-as-directory.
 void mkdir_p(const std::string& path, mode_t mode = 0755);
 bool path_exists(const std::string& path);

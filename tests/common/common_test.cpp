@@ -49,6 +49,35 @@ TEST(Util, AtomicWriteAndRemoveTree) {
   EXPECT_FALSE(path_exists(dir));
 }
 
+// Files made durable together: nothing is at its path before commit()
+// (readers see the old content), everything is after, no .tmp is left; a
+// file that cannot be written names its path and leaves the others alone.
+TEST(Util, DurableFilesAppearTogetherAtCommit) {
+  testutil::TempDir t("agentshim-common");
+  write_file(t.path + "/log", "appended in place");
+  write_file_atomic(t.path + "/b", "old");
+  DurableFiles f;
+  f.write(t.path + "/a", "new a", 0600);
+  f.write(t.path + "/b", "new b", 0600);
+  f.sync(t.path + "/log");
+  EXPECT_FALSE(path_exists(t.path + "/a"));
+  EXPECT_EQ(read_file(t.path + "/b"), "old");
+  f.commit();
+  EXPECT_EQ(read_file(t.path + "/a"), "new a");
+  EXPECT_EQ(read_file(t.path + "/b"), "new b");
+  EXPECT_EQ(read_file(t.path + "/log"), "appended in place");
+  EXPECT_FALSE(path_exists(t.path + "/a.tmp"));
+  EXPECT_FALSE(path_exists(t.path + "/b.tmp"));
+  f.commit();  // nothing left: a no-op
+  try {
+    f.write(t.path + "/missing/c", "x");
+    FAIL();
+  } catch (const SysError& e) {
+    EXPECT_NE(std::string(e.what()).find(t.path + "/missing/c.tmp"), std::string::npos);
+  }
+  EXPECT_THROW(f.sync(t.path + "/nope"), SysError);
+}
+
 TEST(Fd, PassesDescriptorsOverUnixSocket) {
   auto sp = make_socketpair(SOCK_STREAM);
   auto p = make_pipe(O_CLOEXEC);
