@@ -554,11 +554,15 @@ json RunRecord::finalize(const json& facts) {
 bool wait_finalized(const std::string& run_dir, int timeout_ms) {
   UniqueFd d(::open(run_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!d) return true;  // nothing to wait for; the reader reports what is missing
-  for (int waited = 0;; waited += 10) {
+  // Every millisecond at first (`agentshim run` returns as soon as its
+  // record is final), every 10 ms after half a second.
+  for (int waited_us = 0;;) {
     if (::flock(d.get(), LOCK_SH | LOCK_NB) == 0) return true;
     if (errno != EWOULDBLOCK && errno != EINTR) return true;
-    if (waited >= timeout_ms) return false;
-    ::usleep(10000);
+    if (waited_us >= timeout_ms * 1000) return false;
+    const int step = waited_us < 500000 ? 1000 : 10000;
+    ::usleep(step);
+    waited_us += step;
   }
 }
 
