@@ -24,6 +24,10 @@ imported into a private dockerd and a private podman store; and the
 `fs.root` facts of the last client record (how the overlay root's layers
 were read: walked, checked, proven; docs/FORMATS.md "Overlay roots").
 
+--load N: N background processes that behave like a build (hash a buffer,
+write and fsync a file, over and over) run during every measurement, so the
+phases show what a loaded host pays (durable writes wait behind the others').
+
 --smoke: a busybox root and two iterations (a check that the benchmark runs;
 integration/test_realimage.py runs it). Timing assertions do not belong in
 tests; this prints numbers.
@@ -304,6 +308,28 @@ def bench_clients(agentshim, tar, n, result):
         p.stop()
 
 
+BURNER = r"""
+import hashlib, os, sys
+buf = os.urandom(1 << 20)
+path = sys.argv[1]
+while True:
+    for _ in range(20):
+        buf = hashlib.sha256(buf).digest() * (1 << 15)
+    with open(path, "wb") as f:
+        f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+"""
+
+
+def start_load(n, work):
+    """n build-like background processes (CPU, then a 1 MiB durable write)."""
+    procs = []
+    for i in range(n):
+        procs.append(subprocess.Popen([sys.executable, "-c", BURNER, os.path.join(work, f"load{i}")]))
+    return procs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--agentshim", default=os.path.join(REPO, "build", "shim", "agentshim"))
@@ -312,12 +338,18 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="busybox root, 2 iterations")
     ap.add_argument("--workdir", default="/var/tmp", help="where the bundle is unpacked")
     ap.add_argument("--no-clients", action="store_true", help="skip docker and podman")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="N build-like background processes during the measurements")
     args = ap.parse_args()
     n = 2 if args.smoke else args.n
     tarball = None if args.smoke else ensure_tarball(args.tar)
     work = tempfile.mkdtemp(prefix="asreal-", dir=args.workdir)
     undo = None
+    load = []
     try:
+        if args.load:
+            load = start_load(args.load, work)
+            print(f"under load: {args.load} build-like background processes")
         bundle = make_bundle(work, tarball, args.smoke)
         entries, size = image_stats(os.path.join(bundle, "rootfs"))
         print(f"image: {'busybox (smoke)' if args.smoke else 'Debian bookworm ' + PACKAGES}, "
@@ -352,7 +384,7 @@ def main():
         cold_phases = phases_from_log(log)
         cold_facts = fs_root_facts(audit)
 
-        result = {"image_bytes": size, "image_entries": entries, "n": n,
+        result = {"image_bytes": size, "image_entries": entries, "n": n, "load": args.load,
                   "lifecycle_ms": {k: med(v) for k, v in life.items()},
                   "run_ms": {k: med(v) for k, v in run.items()},
                   "run_cold_ms": med(cold)}
@@ -422,6 +454,9 @@ def main():
             bench_clients(args.agentshim, tar, n, result)
         print(json.dumps(result))
     finally:
+        for p in load:
+            p.kill()
+            p.wait()
         if undo:
             undo()
         shutil.rmtree(work, ignore_errors=True)
