@@ -506,7 +506,8 @@ void ExecObserver::stop() {
     std::lock_guard<std::mutex> l(mu_);
     stopped_ = true;
   }
-  loop_.stop();
+  // The supervisor ends with _exit: the argv program's slot is left here.
+  if (loop_.stop()) argv_bpf_.reset();
 }
 
 void ExecObserver::loop() {
