@@ -74,9 +74,9 @@ std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
   bpfhost::Spec spec;
   spec.name = "exec_argv";
   spec.object = {embedded::exec_argv_bpf_obj, embedded::exec_argv_bpf_obj_size};
-  spec.maps = {"expect", "rings", "stats"};
-  spec.slot_keyed = {"rings", "stats"};
-  spec.slot_valued = {"expect"};
+  spec.maps = {"expect", "rings", "ring_owner", "stats"};
+  spec.slot_keyed = {"stats"};
+  spec.slot_valued = {"expect", "ring_owner"};
   spec.prepare = [](bpf_object* obj, std::string& err) {
     bpf_map* scratch = bpf_object__find_map_by_name(obj, "scratch");
     int cpus = libbpf_num_possible_cpus();
@@ -95,21 +95,43 @@ std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
   if (!b->host_) return nullptr;
   b->expect_fd_ = b->host_->map_fd("expect");
   b->stats_fd_ = b->host_->map_fd("stats");
-  // This supervisor's ring buffer, under its slot.
-  b->ring_fd_.reset(
-      bpf_map_create(BPF_MAP_TYPE_RINGBUF, "agentshim_argv", 0, 0, AGENTSHIM_ARGV_RING_BYTES, nullptr));
-  if (!b->ring_fd_) {
-    error = failed("bpf_map_create ringbuf", errno);
-    return nullptr;
-  }
+  // This supervisor's ring buffer: a free one of the pool (claimed by
+  // putting its slot into `ring_owner`, which only one claimant can), or a
+  // new one when all are taken.
   const agentshim_bpf_slot& slot = b->host_->slot();
-  agentshim_argv_stats zero{};
-  int ring_fd = b->ring_fd_.get();
-  if (bpf_map_update_elem(b->stats_fd_, &slot, &zero, BPF_ANY) < 0 ||
-      bpf_map_update_elem(b->host_->map_fd("rings"), &slot, &ring_fd, BPF_ANY) < 0) {
-    error = failed("bpf_map_update_elem rings/stats", errno);
+  const int owner_fd = b->host_->map_fd("ring_owner"), rings_fd = b->host_->map_fd("rings");
+  bool claimed = false;
+  for (uint32_t i = 0; i < AGENTSHIM_ARGV_RINGS_MAX && !claimed; i++) {
+    if (bpf_map_update_elem(owner_fd, &i, &slot, BPF_NOEXIST) == 0) {
+      b->ring_index_ = i;
+      claimed = true;
+    }
+  }
+  if (!claimed) {
+    error = "no free BPF ring buffer (" + std::to_string(AGENTSHIM_ARGV_RINGS_MAX) + " in use)";
     return nullptr;
   }
+  if (uint32_t id = 0; bpf_map_lookup_elem(rings_fd, &b->ring_index_, &id) == 0) {
+    b->ring_fd_.reset(bpf_map_get_fd_by_id(id));
+    if (!b->ring_fd_) {
+      error = failed("bpf_map_get_fd_by_id ring buffer " + std::to_string(id), errno);
+      return nullptr;
+    }
+  } else {
+    b->ring_fd_.reset(
+        bpf_map_create(BPF_MAP_TYPE_RINGBUF, "agentshim_argv", 0, 0, AGENTSHIM_ARGV_RING_BYTES, nullptr));
+    int fd = b->ring_fd_.get();
+    if (!b->ring_fd_ || bpf_map_update_elem(rings_fd, &b->ring_index_, &fd, BPF_ANY) < 0) {
+      error = failed("BPF ring buffer " + std::to_string(b->ring_index_), errno);
+      return nullptr;
+    }
+  }
+  agentshim_argv_stats zero{};
+  if (bpf_map_update_elem(b->stats_fd_, &slot, &zero, BPF_ANY) < 0) {
+    error = failed("bpf_map_update_elem stats", errno);
+    return nullptr;
+  }
+  int ring_fd = b->ring_fd_.get();
   b->ring_.reset(ring_buffer__new(
       ring_fd,
       [](void* ctx, void* data, size_t size) -> int {
@@ -118,6 +140,9 @@ std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
         if (size < hdr || !self->cb_) return 0;
         struct agentshim_argv_record h {};
         std::memcpy(&h, data, hdr);
+        // A record for the ring buffer's earlier owner (its program run
+        // was under way when that owner left): not ours.
+        if (std::memcmp(&h.slot, &self->host_->slot(), sizeof h.slot) != 0) return 0;
         Record r;
         r.tgid = static_cast<pid_t>(h.tgid);
         r.seq = h.seq;
@@ -133,6 +158,7 @@ std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
     error = failed("ring_buffer__new", errno);
     return nullptr;
   }
+  ring_buffer__consume(b->ring_.get());  // an earlier owner's records: dropped (no callback)
   return b;
 }
 
@@ -153,6 +179,7 @@ bool ExecArgvBpf::expect(pid_t tgid, uint64_t seq) {
   k.tgid = static_cast<uint32_t>(tgid);
   agentshim_argv_expect v{};
   v.slot = host_->slot();
+  v.ring = ring_index_;
   v.seq = seq;
   if (bpf_map_update_elem(expect_fd_, &k, &v, BPF_ANY) < 0) return false;
   expected_.insert(tgid);

@@ -10,8 +10,8 @@
 // else is copied: other execs cost one hash lookup.
 //
 // The program is loaded once per host and shared (sandbox/bpf_host.h); each
-// supervisor has its own ring buffer, in the program's `rings` map under
-// its slot, and its announcements carry that slot.
+// supervisor has its own ring buffer, taken from a pool in the program's
+// `rings` map, and its announcements carry its slot and that ring's index.
 //
 // Load failures (no BTF, no CAP_BPF, a kernel without tp_btf, the test hook
 // AGENTSHIM_EXEC_ARGV_BPF=off) are reported by open(): the observer keeps
@@ -87,6 +87,7 @@ class ExecArgvBpf {
   };
   std::unique_ptr<bpfhost::Host> host_;  // first: outlives the ring buffer
   UniqueFd ring_fd_;                     // this supervisor's ring buffer map
+  uint32_t ring_index_ = 0;              // its index in the program's `rings`
   std::unique_ptr<ring_buffer, RingFree> ring_;
   int expect_fd_ = -1, stats_fd_ = -1;  // owned by host_
   std::unordered_set<pid_t> expected_;

@@ -9,8 +9,8 @@
 // exec observer puts (its pid namespace, the thread group id as that
 // namespace numbers it, which the seccomp notification gives) into `expect`
 // before it lets the execve continue, with its slot and the attempt's
-// sequence number; the record goes to the ring buffer the supervisor put
-// into `rings` under its slot, and carries the sequence number back.
+// sequence number; the record goes to the supervisor's ring buffer (its
+// index in `rings`), and carries the slot and sequence number back.
 // Everything else costs one hash lookup per pid namespace level.
 //
 // Built with clang -target bpf; the structures below are the few kernel
@@ -73,19 +73,29 @@ struct {
   __type(value, struct agentshim_argv_record);
 } scratch SEC(".maps");
 
-// Each supervisor's own ring buffer, under its slot: one container's exec
-// flood fills only its own.
+// Each supervisor's own ring buffer (one container's exec flood fills only
+// its own), from a pool: `ring_owner` says which slot holds index i. A
+// ring buffer stays in `rings` when its owner leaves and is reused: putting
+// a map into a map-of-maps, or taking it out, waits for an RCU grace period
+// (12-14 ms measured), which a supervisor would pay at start and at exit.
 struct ring {
   __uint(type, BPF_MAP_TYPE_RINGBUF);
   __uint(max_entries, AGENTSHIM_ARGV_RING_BYTES);
 };
 
 struct {
-  __uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-  __uint(max_entries, AGENTSHIM_ARGV_SLOTS_MAX);
-  __type(key, struct agentshim_bpf_slot);
+  __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+  __uint(max_entries, AGENTSHIM_ARGV_RINGS_MAX);
+  __type(key, __u32);
   __array(values, struct ring);
 } rings SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, AGENTSHIM_ARGV_RINGS_MAX);
+  __type(key, __u32);
+  __type(value, struct agentshim_bpf_slot);
+} ring_owner SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
@@ -118,13 +128,20 @@ int BPF_PROG(exec_argv, struct task_struct* p, int old_pid, struct linux_binprm*
   // out first: the entry is gone after the delete.
   struct agentshim_argv_expect want = *e;
   bpf_map_delete_elem(&expect, &key);
-  void* ring = bpf_map_lookup_elem(&rings, &want.slot);
+  // The ring buffer is still the announcer's (a supervisor killed and swept
+  // left its announcements; its ring buffer may be another's now).
+  struct agentshim_bpf_slot* owner = bpf_map_lookup_elem(&ring_owner, &want.ring);
+  if (!owner || owner->pidns_inum != want.slot.pidns_inum || owner->pid != want.slot.pid ||
+      owner->start != want.slot.start)
+    return 0;
+  void* ring = bpf_map_lookup_elem(&rings, &want.ring);
   struct agentshim_argv_stats* st = bpf_map_lookup_elem(&stats, &want.slot);
   if (!ring || !st) return 0;  // the supervisor is gone
 
   __u32 cpu = bpf_get_smp_processor_id();
   struct agentshim_argv_record* r = bpf_map_lookup_elem(&scratch, &cpu);
   if (!r) return 0;
+  r->slot = want.slot;
   r->tgid = key.tgid;
   r->seq = want.seq;
   r->flags = 0;

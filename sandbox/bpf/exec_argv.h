@@ -13,7 +13,8 @@
 #define AGENTSHIM_ARGV_COPY_MASK 0x1ffff
 #define AGENTSHIM_ARGV_EXPECT_MAX 65536  // host-wide; a supervisor announces at most 4096 at once
 #define AGENTSHIM_ARGV_SLOTS_MAX 4096    // supervisors at once
-#define AGENTSHIM_ARGV_RING_BYTES (4 * 1024 * 1024)
+#define AGENTSHIM_ARGV_RINGS_MAX 256     // ring buffers in the pool (supervisors with the program at once)
+#define AGENTSHIM_ARGV_RING_BYTES (1024 * 1024)
 #define AGENTSHIM_ARGV_PIDNS_LEVELS 32  // the kernel's MAX_PID_NS_LEVEL
 
 #define AGENTSHIM_ARGV_TRUNCATED 1u  // the area is longer than the copy
@@ -27,8 +28,10 @@ struct agentshim_argv_key {
 };
 
 struct agentshim_argv_expect {
-  struct agentshim_bpf_slot slot;  // whose ring buffer gets the record
-  __u64 seq;                       // the attempt's sequence number
+  struct agentshim_bpf_slot slot;  // the announcing supervisor
+  __u32 ring;                      // its ring buffer's index in `rings`
+  __u32 pad;
+  __u64 seq;  // the attempt's sequence number
 };
 
 // Per slot: records its ring buffer had no room for, and records sent.
@@ -38,6 +41,7 @@ struct agentshim_argv_stats {
 };
 
 struct agentshim_argv_record {
+  struct agentshim_bpf_slot slot;  // the announcing supervisor (a pooled ring's earlier owner's differs)
   __u32 tgid;
   __u32 flags;
   __u64 seq;

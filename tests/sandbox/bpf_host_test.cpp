@@ -27,9 +27,9 @@ bpfhost::Spec test_spec() {
   bpfhost::Spec s;
   s.name = "bpfhost_test";  // its own directory, beside the observer's
   s.object = {embedded::exec_argv_bpf_obj, embedded::exec_argv_bpf_obj_size};
-  s.maps = {"rings", "stats", "expect"};
-  s.slot_keyed = {"rings", "stats"};
-  s.slot_valued = {"expect"};
+  s.maps = {"ring_owner", "stats", "expect"};
+  s.slot_keyed = {"stats"};
+  s.slot_valued = {"expect", "ring_owner"};
   return s;
 }
 
