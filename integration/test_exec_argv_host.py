@@ -236,3 +236,18 @@ def subprocess_dead_slot():
     p.kill()
     p.wait()
     return s
+
+
+def test_without_bpffs_the_supervisor_loads_its_own_copy_and_says_so(shim, bundle, cid, monkeypatch):
+    """Where bpffs cannot be used (AGENTSHIM_EXEC_ARGV_BPF=private takes that
+    path): the program is the supervisor's own, unpinned, and argv is still
+    the kernel's copy."""
+    monkeypatch.setenv("AGENTSHIM_EXEC_ARGV_BPF", "private")
+    before = {d: slots(d) for d in current_dirs()}
+    events = run_record(shim, bundle.args("/bin/true", "own"), cid)
+    w = watch_of(events)
+    assert w["argv_program"] == "private", w
+    assert unquote(w["argv_pin_error"]) == "not pinned (AGENTSHIM_EXEC_ARGV_BPF=private)", w
+    t = [e["data"] for e in events if e["type"] == "process.exec" and e["data"]["path"] == "/bin/true"]
+    assert len(t) == 1 and t[0]["argv_source"] == "bpf" and t[0]["argv"] == ["/bin/true", "own"], t
+    assert {d: slots(d) for d in current_dirs()} == before  # no slot taken in the pins

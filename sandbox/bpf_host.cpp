@@ -361,8 +361,8 @@ std::unique_ptr<Host> Host::open(const Spec& spec, std::string& error) {
   h->spec_ = spec;
   if (!slot_of(::getpid(), h->slot_, error)) return nullptr;
   bool load_failed = false;
-  std::string why;
-  if (h->open_pinned(spec, load_failed, why)) return h;
+  std::string why = spec.no_pin;
+  if (why.empty() && h->open_pinned(spec, load_failed, why)) return h;
   if (load_failed) {
     error = why;
     return nullptr;

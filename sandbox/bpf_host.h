@@ -51,6 +51,9 @@ struct Spec {
   std::vector<std::string> slot_keyed, slot_valued;
   // Before the load (e.g. max_entries that depend on the machine).
   std::function<bool(bpf_object*, std::string& error)> prepare;
+  // Set: the caller's own load, unpinned, with this as pin_error() (a test
+  // hook for the fallback where bpffs cannot be used).
+  std::string no_pin;
 };
 
 class Host {

@@ -67,11 +67,13 @@ void ExecArgvBpf::RingFree::operator()(ring_buffer* r) const {
 }
 
 std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
-  if (const char* e = ::getenv("AGENTSHIM_EXEC_ARGV_BPF"); e && std::strcmp(e, "off") == 0) {
+  const char* env = ::getenv("AGENTSHIM_EXEC_ARGV_BPF");
+  if (env && std::strcmp(env, "off") == 0) {
     error = "disabled (AGENTSHIM_EXEC_ARGV_BPF=off)";
     return nullptr;
   }
   bpfhost::Spec spec;
+  if (env && std::strcmp(env, "private") == 0) spec.no_pin = "not pinned (AGENTSHIM_EXEC_ARGV_BPF=private)";
   spec.name = "exec_argv";
   spec.object = {embedded::exec_argv_bpf_obj, embedded::exec_argv_bpf_obj_size};
   spec.maps = {"expect", "rings", "ring_owner", "stats"};

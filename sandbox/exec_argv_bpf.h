@@ -16,6 +16,8 @@
 // Load failures (no BTF, no CAP_BPF, a kernel without tp_btf, the test hook
 // AGENTSHIM_EXEC_ARGV_BPF=off) are reported by open(): the observer keeps
 // reading /proc/PID/cmdline and says which mechanism it uses.
+// AGENTSHIM_EXEC_ARGV_BPF=private (a test hook) loads a copy of the
+// supervisor's own, as where bpffs cannot be used.
 #pragma once
 
 #include <sys/types.h>
