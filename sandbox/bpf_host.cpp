@@ -226,7 +226,6 @@ int Host::map_fd(const std::string& name) const {
 }
 
 bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) {
-  Host* h = this;
   if (!ensure_bpffs(error) || !private_dir(kTop, error)) return false;
   UniqueFd lock(::open(kLock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!lock || ::flock(lock.get(), LOCK_EX) < 0) {
@@ -234,8 +233,8 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
     return false;
   }
   const std::string prefix = spec.name + "-";
-  h->dir_ = std::string(kTop) + "/" + prefix + short_hash(spec.object);
-  const std::string slots_pin = h->dir_ + "/" + kSlots;
+  dir_ = std::string(kTop) + "/" + prefix + short_hash(spec.object);
+  const std::string slots_pin = dir_ + "/" + kSlots;
 
   // Other builds' directories that no live supervisor uses: their programs
   // would stay attached for nothing. One without `slots` is a load that
@@ -245,9 +244,9 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
     while (auto* e = ::readdir(d)) {
       std::string n = e->d_name;
       std::string path = std::string(kTop) + "/" + n;
-      if (!starts_with(n, prefix) || path == h->dir_) continue;
+      if (!starts_with(n, prefix) || path == dir_) continue;
       UniqueFd s(bpf_obj_get((path + "/" + kSlots).c_str()));
-      if (!s || sweep_slots(s.get(), h->slot_.pidns_inum).empty()) stale.push_back(path);
+      if (!s || sweep_slots(s.get(), slot_.pidns_inum).empty()) stale.push_back(path);
     }
     ::closedir(d);
     for (const auto& p : stale) {
@@ -259,19 +258,19 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
     }
   }
 
-  h->slots_.reset(bpf_obj_get(slots_pin.c_str()));
-  if (h->slots_) {
+  slots_.reset(bpf_obj_get(slots_pin.c_str()));
+  if (slots_) {
     for (const auto& m : spec.maps) {
-      UniqueFd fd(bpf_obj_get((h->dir_ + "/" + m).c_str()));
+      UniqueFd fd(bpf_obj_get((dir_ + "/" + m).c_str()));
       if (!fd) {
-        error = failed("bpf_obj_get " + h->dir_ + "/" + m, errno);
+        error = failed("bpf_obj_get " + dir_ + "/" + m, errno);
         return false;
       }
-      h->maps_[m] = std::move(fd);
+      maps_[m] = std::move(fd);
     }
   } else {
     try {
-      remove_tree(h->dir_);  // cut off before `slots` was pinned
+      remove_tree(dir_);  // cut off before `slots` was pinned
     } catch (const std::exception& e) {
       error = e.what();
       return false;
@@ -282,7 +281,7 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
       load_failed = true;
       return false;
     }
-    if (!private_dir(h->dir_, error)) return false;
+    if (!private_dir(dir_, error)) return false;
     struct Undo {
       std::string dir;
       ~Undo() {
@@ -292,7 +291,7 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
         } catch (const std::exception&) {
         }
       }
-    } undo{h->dir_};
+    } undo{dir_};
     bpf_program* prog = nullptr;
     bpf_object__for_each_program(prog, obj.get()) {
       Link link(bpf_program__attach(prog));
@@ -300,7 +299,7 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
         error = failed(std::string("bpf_program__attach ") + bpf_program__section_name(prog), errno, log);
         return false;
       }
-      std::string pin = h->dir_ + "/link_" + bpf_program__name(prog);
+      std::string pin = dir_ + "/link_" + bpf_program__name(prog);
       if (int r = bpf_link__pin(link.get(), pin.c_str()); r < 0) {
         error = failed("bpf_link__pin " + pin, r, log);
         return false;
@@ -313,7 +312,7 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
         error = "BPF object " + spec.name + ": no map " + m;
         return false;
       }
-      std::string pin = h->dir_ + "/" + m;
+      std::string pin = dir_ + "/" + m;
       if (int r = bpf_map__pin(map, pin.c_str()); r < 0) {
         error = failed("bpf_map__pin " + pin, r, log);
         return false;
@@ -323,33 +322,33 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
         error = failed("dup map fd", errno);
         return false;
       }
-      h->maps_[m] = std::move(fd);
+      maps_[m] = std::move(fd);
     }
     LIBBPF_OPTS(bpf_map_create_opts, mo);
-    h->slots_.reset(bpf_map_create(BPF_MAP_TYPE_HASH, "agentshim_slots", sizeof(agentshim_bpf_slot),
-                                   sizeof(uint64_t), kSlotsMax, &mo));
-    if (!h->slots_) {
+    slots_.reset(bpf_map_create(BPF_MAP_TYPE_HASH, "agentshim_slots", sizeof(agentshim_bpf_slot),
+                                sizeof(uint64_t), kSlotsMax, &mo));
+    if (!slots_) {
       error = failed("bpf_map_create slots", errno);
       return false;
     }
-    if (bpf_obj_pin(h->slots_.get(), slots_pin.c_str()) < 0) {  // last: the directory is complete
+    if (bpf_obj_pin(slots_.get(), slots_pin.c_str()) < 0) {  // last: the directory is complete
       error = failed("bpf_obj_pin " + slots_pin, errno);
       return false;
     }
     undo.dir.clear();
-    h->loaded_ = true;
+    loaded_ = true;
   }
 
   // The dead supervisors' slots and entries; then this one's slot.
-  auto live = sweep_slots(h->slots_.get(), h->slot_.pidns_inum);
+  auto live = sweep_slots(slots_.get(), slot_.pidns_inum);
   auto keep = [&live](const void* s) {
     const auto* b = static_cast<const unsigned char*>(s);
     return live.count(std::vector<unsigned char>(b, b + sizeof(agentshim_bpf_slot))) > 0;
   };
-  for (const auto& m : spec.slot_keyed) delete_entries(h->map_fd(m), true, keep);
-  for (const auto& m : spec.slot_valued) delete_entries(h->map_fd(m), false, keep);
+  for (const auto& m : spec.slot_keyed) delete_entries(map_fd(m), true, keep);
+  for (const auto& m : spec.slot_valued) delete_entries(map_fd(m), false, keep);
   uint64_t since = 0;
-  if (bpf_map_update_elem(h->slots_.get(), &h->slot_, &since, BPF_ANY) < 0) {
+  if (bpf_map_update_elem(slots_.get(), &slot_, &since, BPF_ANY) < 0) {
     error = failed("bpf_map_update_elem " + slots_pin, errno);
     return false;
   }
