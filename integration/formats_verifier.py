@@ -180,6 +180,11 @@ def check_exec_sessions(events):
                 if not (d.get("argv") == "bpf" and "argv_error" not in d or
                         d.get("argv") == "cmdline" and isinstance(d.get("argv_error"), str)):
                     problems.append(f"event seq {ev['seq']}: exec.watch argv {d!r}")
+                # How the program was obtained; a private copy says why.
+                if d.get("argv") == "bpf" and not (
+                        d.get("argv_program") in ("loaded", "pinned") and "argv_pin_error" not in d or
+                        d.get("argv_program") == "private" and isinstance(d.get("argv_pin_error"), str)):
+                    problems.append(f"event seq {ev['seq']}: exec.watch argv_program {d!r}")
             elif (d.get("mechanism") != "seccomp" or not isinstance(d.get("error"), str) or
                   d.get("argv") != "caller"):
                 problems.append(f"event seq {ev['seq']}: exec.watch {d!r}")

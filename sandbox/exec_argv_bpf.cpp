@@ -2,17 +2,12 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <sys/stat.h>
 
 #include <cerrno>
-#include <cstdarg>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 
 #include "attest/canonical.h"
-#include "common/util.h"
 
 extern "C" {
 #include "sandbox/bpf/exec_argv.h"
@@ -31,52 +26,13 @@ constexpr std::size_t kMaxArg = 4096;
 constexpr std::size_t kMaxArgBytes = 64 * 1024;
 static_assert(AGENTSHIM_ARGV_COPY_MAX >= kMaxArgBytes + kMaxArgs);
 
-// libbpf's messages while open() runs (its last warning explains a refusal).
-thread_local std::string* t_libbpf_log = nullptr;
+// An announcement per exec in flight: one supervisor cannot fill the
+// host-wide map.
+constexpr std::size_t kMaxExpected = 4096;
+static_assert(kMaxExpected * 8 <= AGENTSHIM_ARGV_EXPECT_MAX);
 
-int libbpf_print(enum libbpf_print_level level, const char* fmt, va_list ap) {
-  if (!t_libbpf_log || level == LIBBPF_DEBUG) return 0;
-  char buf[512];
-  int n = std::vsnprintf(buf, sizeof buf, fmt, ap);
-  if (n > 0) {
-    std::string line(buf, std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
-    while (!line.empty() && line.back() == '\n') line.pop_back();
-    if (t_libbpf_log->size() < 2048) *t_libbpf_log = line;  // the last one
-  }
-  return 0;
-}
-
-std::string failed(const std::string& what, int err, const std::string& log) {
-  std::string e = what + ": " + std::strerror(err < 0 ? -err : err);
-  if (!log.empty()) e += " (libbpf: " + log + ")";
-  return e;
-}
-
-// This process's pid namespace: its depth below the initial one (the
-// number of NSpid fields minus one) and its inode.
-bool pidns_of_self(uint32_t& level, uint32_t& inum, std::string& error) {
-  struct stat st {};
-  if (::stat("/proc/self/ns/pid", &st) < 0) {
-    error = std::string("stat /proc/self/ns/pid: ") + std::strerror(errno);
-    return false;
-  }
-  inum = static_cast<uint32_t>(st.st_ino);
-  auto s = try_read_file("/proc/self/status");
-  auto i = s ? s->find("\nNSpid:") : std::string::npos;
-  if (i == std::string::npos) {
-    error = "/proc/self/status: no NSpid";
-    return false;
-  }
-  std::istringstream in(s->substr(i + 7, s->find('\n', i + 1) - (i + 7)));
-  long v = 0;
-  uint32_t n = 0;
-  while (in >> v) n++;
-  if (n == 0 || n > 32) {
-    error = "/proc/self/status: bad NSpid";
-    return false;
-  }
-  level = n - 1;
-  return true;
+std::string failed(const std::string& what, int err) {
+  return what + ": " + std::strerror(err < 0 ? -err : err);
 }
 
 }  // namespace
@@ -106,77 +62,89 @@ bool parse_argv_area(std::string_view all, nlohmann::json& argv, bool& truncated
   return true;
 }
 
-void ExecArgvBpf::ObjectClose::operator()(bpf_object* o) const {
-  bpf_object__close(o);
-}
-void ExecArgvBpf::LinkDestroy::operator()(bpf_link* l) const {
-  bpf_link__destroy(l);
-}
 void ExecArgvBpf::RingFree::operator()(ring_buffer* r) const {
   ring_buffer__free(r);
 }
 
 std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
-  if (const char* e = ::getenv("AGENTSHIM_EXEC_ARGV_BPF"); e && std::strcmp(e, "off") == 0) {
+  const char* env = ::getenv("AGENTSHIM_EXEC_ARGV_BPF");
+  if (env && std::strcmp(env, "off") == 0) {
     error = "disabled (AGENTSHIM_EXEC_ARGV_BPF=off)";
     return nullptr;
   }
-  uint32_t level = 0, inum = 0;
-  if (!pidns_of_self(level, inum, error)) return nullptr;
-  std::string log;
-  t_libbpf_log = &log;
-  libbpf_set_print(libbpf_print);
-  struct Reset {
-    ~Reset() { t_libbpf_log = nullptr; }
-  } reset;
+  bpfhost::Spec spec;
+  if (env && std::strcmp(env, "private") == 0) spec.no_pin = "not pinned (AGENTSHIM_EXEC_ARGV_BPF=private)";
+  spec.name = "exec_argv";
+  spec.object = {embedded::exec_argv_bpf_obj, embedded::exec_argv_bpf_obj_size};
+  spec.maps = {"expect", "rings", "ring_owner", "stats"};
+  spec.slot_keyed = {"stats"};
+  spec.slot_valued = {"expect", "ring_owner"};
+  spec.prepare = [](bpf_object* obj, std::string& err) {
+    bpf_map* scratch = bpf_object__find_map_by_name(obj, "scratch");
+    int cpus = libbpf_num_possible_cpus();
+    if (!scratch || cpus <= 0) {
+      err = failed("possible CPUs", cpus < 0 ? cpus : ENOENT);
+      return false;
+    }
+    if (int r = bpf_map__set_max_entries(scratch, static_cast<uint32_t>(cpus)); r < 0) {
+      err = failed("bpf_map__set_max_entries scratch", r);
+      return false;
+    }
+    return true;
+  };
   std::unique_ptr<ExecArgvBpf> b(new ExecArgvBpf);
-  LIBBPF_OPTS(bpf_object_open_opts, oo, .object_name = "agentshim_argv");
-  b->obj_.reset(bpf_object__open_mem(embedded::exec_argv_bpf_obj, embedded::exec_argv_bpf_obj_size, &oo));
-  if (!b->obj_) {
-    error = failed("bpf_object__open_mem", errno, log);
+  b->host_ = bpfhost::Host::open(spec, error);
+  if (!b->host_) return nullptr;
+  b->expect_fd_ = b->host_->map_fd("expect");
+  b->stats_fd_ = b->host_->map_fd("stats");
+  // This supervisor's ring buffer: a free one of the pool (claimed by
+  // putting its slot into `ring_owner`, which only one claimant can), or a
+  // new one when all are taken.
+  const agentshim_bpf_slot& slot = b->host_->slot();
+  const int owner_fd = b->host_->map_fd("ring_owner"), rings_fd = b->host_->map_fd("rings");
+  bool claimed = false;
+  for (uint32_t i = 0; i < AGENTSHIM_ARGV_RINGS_MAX && !claimed; i++) {
+    if (bpf_map_update_elem(owner_fd, &i, &slot, BPF_NOEXIST) == 0) {
+      b->ring_index_ = i;
+      claimed = true;
+    }
+  }
+  if (!claimed) {
+    error = "no free BPF ring buffer (" + std::to_string(AGENTSHIM_ARGV_RINGS_MAX) + " in use)";
     return nullptr;
   }
-  bpf_map* scratch = bpf_object__find_map_by_name(b->obj_.get(), "scratch");
-  int cpus = libbpf_num_possible_cpus();
-  if (!scratch || cpus <= 0) {
-    error = failed("possible CPUs", cpus < 0 ? cpus : ENOENT, log);
+  if (uint32_t id = 0; bpf_map_lookup_elem(rings_fd, &b->ring_index_, &id) == 0) {
+    b->ring_fd_.reset(bpf_map_get_fd_by_id(id));
+    if (!b->ring_fd_) {
+      error = failed("bpf_map_get_fd_by_id ring buffer " + std::to_string(id), errno);
+      return nullptr;
+    }
+  } else {
+    b->ring_fd_.reset(
+        bpf_map_create(BPF_MAP_TYPE_RINGBUF, "agentshim_argv", 0, 0, AGENTSHIM_ARGV_RING_BYTES, nullptr));
+    int fd = b->ring_fd_.get();
+    if (!b->ring_fd_ || bpf_map_update_elem(rings_fd, &b->ring_index_, &fd, BPF_ANY) < 0) {
+      error = failed("BPF ring buffer " + std::to_string(b->ring_index_), errno);
+      return nullptr;
+    }
+  }
+  agentshim_argv_stats zero{};
+  if (bpf_map_update_elem(b->stats_fd_, &slot, &zero, BPF_ANY) < 0) {
+    error = failed("bpf_map_update_elem stats", errno);
     return nullptr;
   }
-  if (int r = bpf_map__set_max_entries(scratch, static_cast<uint32_t>(cpus)); r < 0) {
-    error = failed("bpf_map__set_max_entries scratch", r, log);
-    return nullptr;
-  }
-  if (int r = bpf_object__load(b->obj_.get()); r < 0) {
-    error = failed("bpf_object__load", r, log);
-    return nullptr;
-  }
-  bpf_map* config = bpf_object__find_map_by_name(b->obj_.get(), "config");
-  bpf_map* expect = bpf_object__find_map_by_name(b->obj_.get(), "expect");
-  bpf_map* stats = bpf_object__find_map_by_name(b->obj_.get(), "stats");
-  bpf_map* ring = bpf_object__find_map_by_name(b->obj_.get(), "ring");
-  bpf_program* prog = bpf_object__find_program_by_name(b->obj_.get(), "exec_argv");
-  if (!config || !expect || !stats || !ring || !prog) {
-    error = "BPF object: a map or the program is missing";
-    return nullptr;
-  }
-  struct agentshim_argv_config c {};
-  c.pidns_level = level;
-  c.pidns_inum = inum;
-  uint32_t zero = 0;
-  if (int r = bpf_map__update_elem(config, &zero, sizeof zero, &c, sizeof c, BPF_ANY); r < 0) {
-    error = failed("bpf_map_update_elem config", r, log);
-    return nullptr;
-  }
-  b->expect_fd_ = bpf_map__fd(expect);
-  b->stats_fd_ = bpf_map__fd(stats);
+  int ring_fd = b->ring_fd_.get();
   b->ring_.reset(ring_buffer__new(
-      bpf_map__fd(ring),
+      ring_fd,
       [](void* ctx, void* data, size_t size) -> int {
         auto* self = static_cast<ExecArgvBpf*>(ctx);
         constexpr std::size_t hdr = offsetof(struct agentshim_argv_record, data);
         if (size < hdr || !self->cb_) return 0;
         struct agentshim_argv_record h {};
         std::memcpy(&h, data, hdr);
+        // A record for the ring buffer's earlier owner (its program run
+        // was under way when that owner left): not ours.
+        if (std::memcmp(&h.slot, &self->host_->slot(), sizeof h.slot) != 0) return 0;
         Record r;
         r.tgid = static_cast<pid_t>(h.tgid);
         r.seq = h.seq;
@@ -189,27 +157,50 @@ std::unique_ptr<ExecArgvBpf> ExecArgvBpf::open(std::string& error) {
       },
       b.get(), nullptr));
   if (!b->ring_) {
-    error = failed("ring_buffer__new", errno, log);
+    error = failed("ring_buffer__new", errno);
     return nullptr;
   }
-  b->link_.reset(bpf_program__attach(prog));
-  if (!b->link_) {
-    error = failed("bpf_program__attach tp_btf/sched_process_exec", errno, log);
-    return nullptr;
-  }
+  ring_buffer__consume(b->ring_.get());  // an earlier owner's records: dropped (no callback)
   return b;
 }
 
 ExecArgvBpf::~ExecArgvBpf() = default;
 
+const char* ExecArgvBpf::obtained() const {
+  return host_->obtained();
+}
+
+const std::string& ExecArgvBpf::pin_error() const {
+  return host_->pin_error();
+}
+
 bool ExecArgvBpf::expect(pid_t tgid, uint64_t seq) {
-  uint32_t k = static_cast<uint32_t>(tgid);
-  return bpf_map_update_elem(expect_fd_, &k, &seq, BPF_ANY) == 0;
+  if (!expected_.count(tgid) && expected_.size() >= kMaxExpected) return false;
+  agentshim_argv_key k{};
+  k.pidns_inum = host_->slot().pidns_inum;
+  k.tgid = static_cast<uint32_t>(tgid);
+  agentshim_argv_expect v{};
+  v.slot = host_->slot();
+  v.ring = ring_index_;
+  v.seq = seq;
+  if (bpf_map_update_elem(expect_fd_, &k, &v, BPF_ANY) < 0) return false;
+  expected_.insert(tgid);
+  return true;
 }
 
 void ExecArgvBpf::forget(pid_t tgid) {
-  uint32_t k = static_cast<uint32_t>(tgid);
-  bpf_map_delete_elem(expect_fd_, &k);
+  agentshim_argv_key k{};
+  k.pidns_inum = host_->slot().pidns_inum;
+  k.tgid = static_cast<uint32_t>(tgid);
+  // Only this supervisor's announcement: the program takes it at the exec,
+  // and the pid may have been announced again since by a supervisor of the
+  // same pid namespace (the exec's process gone, its pid reused: the check
+  // and the delete are microseconds apart, a pid comes back after a cycle).
+  agentshim_argv_expect v{};
+  if (bpf_map_lookup_elem(expect_fd_, &k, &v) == 0 &&
+      std::memcmp(&v.slot, &host_->slot(), sizeof v.slot) == 0)
+    bpf_map_delete_elem(expect_fd_, &k);
+  expected_.erase(tgid);
 }
 
 int ExecArgvBpf::fd() const {
@@ -222,18 +213,18 @@ void ExecArgvBpf::drain(const std::function<void(const Record&)>& f) {
   cb_ = nullptr;
 }
 
-uint64_t ExecArgvBpf::stat(uint32_t i) const {
-  uint64_t v = 0;
-  if (bpf_map_lookup_elem(stats_fd_, &i, &v) < 0) return 0;
+agentshim_argv_stats ExecArgvBpf::stats() const {
+  agentshim_argv_stats v{};
+  bpf_map_lookup_elem(stats_fd_, &host_->slot(), &v);
   return v;
 }
 
 uint64_t ExecArgvBpf::lost() const {
-  return stat(0);
+  return stats().lost;
 }
 
 uint64_t ExecArgvBpf::sent() const {
-  return stat(1);
+  return stats().sent;
 }
 
 }  // namespace agentshim::observer

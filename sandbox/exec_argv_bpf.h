@@ -9,9 +9,15 @@
 // that exits within microseconds is recorded with its own argv. Nothing
 // else is copied: other execs cost one hash lookup.
 //
+// The program is loaded once per host and shared (sandbox/bpf_host.h); each
+// supervisor has its own ring buffer, taken from a pool in the program's
+// `rings` map, and its announcements carry its slot and that ring's index.
+//
 // Load failures (no BTF, no CAP_BPF, a kernel without tp_btf, the test hook
 // AGENTSHIM_EXEC_ARGV_BPF=off) are reported by open(): the observer keeps
 // reading /proc/PID/cmdline and says which mechanism it uses.
+// AGENTSHIM_EXEC_ARGV_BPF=private (a test hook) loads a copy of the
+// supervisor's own, as where bpffs cannot be used.
 #pragma once
 
 #include <sys/types.h>
@@ -22,9 +28,14 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 
-struct bpf_object;
-struct bpf_link;
+#include "sandbox/bpf_host.h"
+
+extern "C" {
+#include "sandbox/bpf/exec_argv.h"
+}
+
 struct ring_buffer;
 
 namespace agentshim::observer {
@@ -44,14 +55,20 @@ class ExecArgvBpf {
     bool truncated = false;  // the area is longer than the copy
     bool fault = false;      // the area could not be read
   };
-  // Loads and attaches the program; nullptr with `error` set when it cannot.
+  // Opens the host's program (loads and pins it when it is not there);
+  // nullptr with `error` set when it cannot.
   static std::unique_ptr<ExecArgvBpf> open(std::string& error);
   ~ExecArgvBpf();
   ExecArgvBpf(const ExecArgvBpf&) = delete;
   ExecArgvBpf& operator=(const ExecArgvBpf&) = delete;
 
+  // "loaded", "pinned" or "private" (bpffs unusable: pin_error() says why).
+  const char* obtained() const;
+  const std::string& pin_error() const;
+
   // The next successful exec of thread group `tgid` (in this process's pid
-  // namespace) is copied with `seq`. False when the map is full.
+  // namespace) is copied with `seq`. False when the map is full or this
+  // supervisor has 4096 announcements out.
   bool expect(pid_t tgid, uint64_t seq);
   void forget(pid_t tgid);
   // Readable when records wait as poll(2) is called; the program does not
@@ -66,20 +83,16 @@ class ExecArgvBpf {
 
  private:
   ExecArgvBpf() = default;
-  uint64_t stat(uint32_t i) const;
-  struct ObjectClose {
-    void operator()(bpf_object* o) const;
-  };
-  struct LinkDestroy {
-    void operator()(bpf_link* l) const;
-  };
+  agentshim_argv_stats stats() const;
   struct RingFree {
     void operator()(ring_buffer* r) const;
   };
-  std::unique_ptr<bpf_object, ObjectClose> obj_;
-  std::unique_ptr<bpf_link, LinkDestroy> link_;
+  std::unique_ptr<bpfhost::Host> host_;  // first: outlives the ring buffer
+  UniqueFd ring_fd_;                     // this supervisor's ring buffer map
+  uint32_t ring_index_ = 0;              // its index in the program's `rings`
   std::unique_ptr<ring_buffer, RingFree> ring_;
-  int expect_fd_ = -1, stats_fd_ = -1;  // owned by obj_
+  int expect_fd_ = -1, stats_fd_ = -1;  // owned by host_
+  std::unordered_set<pid_t> expected_;
   const std::function<void(const Record&)>* cb_ = nullptr;
 };
 

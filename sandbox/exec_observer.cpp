@@ -506,7 +506,8 @@ void ExecObserver::stop() {
     std::lock_guard<std::mutex> l(mu_);
     stopped_ = true;
   }
-  loop_.stop();
+  // The supervisor ends with _exit: the argv program's slot is left here.
+  if (loop_.stop()) argv_bpf_.reset();
 }
 
 void ExecObserver::loop() {
@@ -514,6 +515,9 @@ void ExecObserver::loop() {
     argv_bpf_ = argv_load_.get();
     watch_event_["argv"] = argv_bpf_ ? "bpf" : "cmdline";
     if (!argv_bpf_) watch_event_["argv_error"] = attest::pct_encode(argv_load_error_);
+    if (argv_bpf_) watch_event_["argv_program"] = argv_bpf_->obtained();
+    if (argv_bpf_ && !argv_bpf_->pin_error().empty())
+      watch_event_["argv_pin_error"] = attest::pct_encode(argv_bpf_->pin_error());
     emit("exec.watch", std::move(watch_event_));
   }
   struct seccomp_notif_sizes sizes {};

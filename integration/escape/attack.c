@@ -791,6 +791,41 @@ static void a_bpf_map(void) {
   escaped("created an eBPF map");
 }
 
+/* The host's shared BPF state (the exec-argv program's maps, pinned in
+ * /sys/fs/bpf/agentshim/ and holding every container's announcements and
+ * ring buffers): by pin path, and by id (the kernel's ids are host-wide and
+ * small, tried from 1). */
+static void a_bpf_host_maps(void) {
+  const char* pins[] = {"/sys/fs/bpf/agentshim", "/sys/fs/bpf"};
+  char first[160] = "";
+  for (size_t i = 0; i < sizeof pins / sizeof pins[0]; i++) {
+    DIR* d = opendir(pins[i]);
+    struct dirent* e;
+    while (d && (e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char path[512];
+      snprintf(path, sizeof path, "%s/%s/expect", pins[i], e->d_name);
+      union bpf_attr a;
+      memset(&a, 0, sizeof a);
+      a.pathname = (uint64_t)(uintptr_t)path;
+      long fd = syscall(SYS_bpf, BPF_OBJ_GET, &a, sizeof a);
+      if (fd >= 0) escaped("opened the host's pinned map %s", path);
+      if (!first[0]) snprintf(first, sizeof first, "BPF_OBJ_GET %s: %s", path, en(errno));
+    }
+    if (d) closedir(d);
+  }
+  for (uint32_t id = 1; id <= 256; id++) {
+    union bpf_attr a;
+    memset(&a, 0, sizeof a);
+    a.map_id = id;
+    long fd = syscall(SYS_bpf, BPF_MAP_GET_FD_BY_ID, &a, sizeof a);
+    if (fd >= 0) escaped("got a descriptor of the host's BPF map id %u", id);
+    if (id == 1) snprintf(first + strlen(first), sizeof first - strlen(first), "%sBPF_MAP_GET_FD_BY_ID: %s",
+                          first[0] ? "; " : "", en(errno));
+  }
+  blocked("no pin reachable, no map by id (%s)", first);
+}
+
 static void a_perf_event_open(void) {
   struct perf_event_attr pe;
   memset(&pe, 0, sizeof pe);
@@ -1978,6 +2013,7 @@ static const struct {
     {"keyctl", a_keyctl, 1},
     {"bpf_prog", a_bpf_prog, 1},
     {"bpf_map", a_bpf_map, 1},
+    {"bpf_host_maps", a_bpf_host_maps, 1},
     {"perf_event_open", a_perf_event_open, 1},
     {"userfaultfd", a_userfaultfd, 1},
     {"io_uring", a_io_uring, 1},

@@ -62,6 +62,7 @@ NEEDS = {
     "ptrace_traceme_setuid": _SECCOMP + ": no ptrace",
     "keyctl_add_key": _SECCOMP, "perf_event_open": _SECCOMP, "userfaultfd": _SECCOMP, "io_uring_setup": _SECCOMP,
     "bpf_prog_load": _SECCOMP, "bpf_map_create": _SECCOMP,
+    "bpf_host_maps": _SECCOMP + "; the pins are root's 0700 in the host's bpffs, not mounted in the container",
     "personality_read_implies_exec": _SECCOMP + ": personality only with the safe values", "modify_ldt": _SECCOMP,
     "setuid_nnp": _NNP, "file_capability": _NNP + ", and NET_RAW out of the bounding set",
     "host_network_requested": "host namespaces refused; the internal-only network",

@@ -86,6 +86,7 @@ ATTACKS = [
     A("keyctl_add_key", "add_key to the session keyring", ["keyctl"]),
     A("bpf_prog_load", "bpf(BPF_PROG_LOAD) of a trivial socket filter", ["bpf_prog"]),
     A("bpf_map_create", "bpf(BPF_MAP_CREATE)", ["bpf_map"]),
+    A("bpf_host_maps", "the host's BPF maps (exec-argv announcements, ring buffers): pins, ids", ["bpf_host_maps"]),
     A("perf_event_open", "perf_event_open (software counter on self)", ["perf_event_open"]),
     A("userfaultfd", "userfaultfd", ["userfaultfd"]),
     A("io_uring_setup", "io_uring_setup", ["io_uring"]),

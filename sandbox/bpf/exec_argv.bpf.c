@@ -4,11 +4,14 @@
 // strings the kernel copied from the caller) and before the task returns to
 // userspace, so a program that exits within microseconds is still there.
 //
-// Only execs the supervisor announced are copied: the exec observer puts
-// the thread group id (as the supervisor's pid namespace numbers it, which
-// the seccomp notification gives) into `expect` before it lets the execve
-// continue, with the attempt's sequence number; the record carries it back.
-// Everything else costs one hash lookup.
+// One load per host (sandbox/bpf_host.h pins the link and the maps), shared
+// by every supervisor. Only execs a supervisor announced are copied: its
+// exec observer puts (its pid namespace, the thread group id as that
+// namespace numbers it, which the seccomp notification gives) into `expect`
+// before it lets the execve continue, with its slot and the attempt's
+// sequence number; the record goes to the supervisor's ring buffer (its
+// index in `rings`), and carries the slot and sequence number back.
+// Everything else costs one hash lookup per pid namespace level.
 //
 // Built with clang -target bpf; the structures below are the few kernel
 // fields read, with preserve_access_index: libbpf relocates their offsets
@@ -53,20 +56,12 @@ struct task_struct {
 
 struct linux_binprm;
 
-// [0]: the supervisor's pid namespace: its level and inode (written by
-// the supervisor before it attaches the program).
-struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 1);
-  __type(key, __u32);
-  __type(value, struct agentshim_argv_config);
-} config SEC(".maps");
-
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, AGENTSHIM_ARGV_EXPECT_MAX);
-  __type(key, __u32);    // tgid in the supervisor's pid namespace
-  __type(value, __u64);  // the attempt's sequence number
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct agentshim_argv_key);
+  __type(value, struct agentshim_argv_expect);
 } expect SEC(".maps");
 
 // One record being assembled per CPU (a tracing program does not nest on
@@ -78,48 +73,77 @@ struct {
   __type(value, struct agentshim_argv_record);
 } scratch SEC(".maps");
 
-struct {
+// Each supervisor's own ring buffer (one container's exec flood fills only
+// its own), from a pool: `ring_owner` says which slot holds index i. A
+// ring buffer stays in `rings` when its owner leaves and is reused: putting
+// a map into a map-of-maps, or taking it out, waits for an RCU grace period
+// (12-14 ms measured), which a supervisor would pay at start and at exit.
+struct ring {
   __uint(type, BPF_MAP_TYPE_RINGBUF);
   __uint(max_entries, AGENTSHIM_ARGV_RING_BYTES);
-} ring SEC(".maps");
+};
 
-// [0]: records the ring buffer had no room for; [1]: records sent.
 struct {
-  __uint(type, BPF_MAP_TYPE_ARRAY);
-  __uint(max_entries, 2);
+  __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+  __uint(max_entries, AGENTSHIM_ARGV_RINGS_MAX);
   __type(key, __u32);
-  __type(value, __u64);
-} stats SEC(".maps");
+  __array(values, struct ring);
+} rings SEC(".maps");
 
-static __always_inline void count(__u32 i) {
-  __u64* v = bpf_map_lookup_elem(&stats, &i);
-  if (v) __sync_fetch_and_add(v, 1);
-}
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, AGENTSHIM_ARGV_RINGS_MAX);
+  __type(key, __u32);
+  __type(value, struct agentshim_bpf_slot);
+} ring_owner SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, AGENTSHIM_ARGV_SLOTS_MAX);
+  __type(key, struct agentshim_bpf_slot);
+  __type(value, struct agentshim_argv_stats);
+} stats SEC(".maps");
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_argv, struct task_struct* p, int old_pid, struct linux_binprm* bprm) {
-  // The thread group id as the supervisor sees it: the task is its group's
-  // leader now (an exec by another thread took the leader's pid).
-  __u32 zero = 0;
-  struct agentshim_argv_config* c = bpf_map_lookup_elem(&config, &zero);
-  if (!c) return 0;
+  // The thread group id as each pid namespace the task is in numbers it
+  // (the task is its group's leader now: an exec by another thread took
+  // the leader's pid), from the initial one down, until one was announced.
   struct pid* tp = BPF_CORE_READ(p, thread_pid);
   if (!tp) return 0;
-  __u32 level = c->pidns_level;
-  if (level > 31 || BPF_CORE_READ(tp, level) < level) return 0;
-  struct upid up = {};
+  __u32 levels = BPF_CORE_READ(tp, level);
   const char* numbers = (const char*)tp + bpf_core_field_offset(struct pid, numbers);
-  if (bpf_probe_read_kernel(&up, sizeof up, numbers + (__u64)level * sizeof(struct upid))) return 0;
-  if (!up.ns || BPF_CORE_READ(up.ns, ns.inum) != c->pidns_inum) return 0;
-  __u32 tgid = (__u32)up.nr;
-  __u64* seq = bpf_map_lookup_elem(&expect, &tgid);
-  if (!seq) return 0;
+  struct agentshim_argv_key key = {};
+  struct agentshim_argv_expect* e = 0;
+  for (__u32 l = 0; l < AGENTSHIM_ARGV_PIDNS_LEVELS && l <= levels; l++) {
+    struct upid up = {};
+    if (bpf_probe_read_kernel(&up, sizeof up, numbers + (__u64)l * sizeof(struct upid)) || !up.ns) return 0;
+    key.pidns_inum = BPF_CORE_READ(up.ns, ns.inum);
+    key.tgid = (__u32)up.nr;
+    e = bpf_map_lookup_elem(&expect, &key);
+    if (e) break;
+  }
+  if (!e) return 0;
+  // One record per announcement: a later exec is announced again. Copied
+  // out first: the entry is gone after the delete.
+  struct agentshim_argv_expect want = *e;
+  bpf_map_delete_elem(&expect, &key);
+  // The ring buffer is still the announcer's (a supervisor killed and swept
+  // left its announcements; its ring buffer may be another's now).
+  struct agentshim_bpf_slot* owner = bpf_map_lookup_elem(&ring_owner, &want.ring);
+  if (!owner || owner->pidns_inum != want.slot.pidns_inum || owner->pid != want.slot.pid ||
+      owner->start != want.slot.start)
+    return 0;
+  void* ring = bpf_map_lookup_elem(&rings, &want.ring);
+  struct agentshim_argv_stats* st = bpf_map_lookup_elem(&stats, &want.slot);
+  if (!ring || !st) return 0;  // the supervisor is gone
 
   __u32 cpu = bpf_get_smp_processor_id();
   struct agentshim_argv_record* r = bpf_map_lookup_elem(&scratch, &cpu);
   if (!r) return 0;
-  r->tgid = tgid;
-  r->seq = *seq;
+  r->slot = want.slot;
+  r->tgid = key.tgid;
+  r->seq = want.seq;
   r->flags = 0;
   struct mm_struct* mm = BPF_CORE_READ(p, mm);
   unsigned long start = BPF_CORE_READ(mm, arg_start), end = BPF_CORE_READ(mm, arg_end);
@@ -139,12 +163,10 @@ int BPF_PROG(exec_argv, struct task_struct* p, int old_pid, struct linux_binprm*
   // No wakeup: it is an irq_work self-IPI, about 23 us per exec in a VM
   // (measured), paid by the exec. The observer drains the ring buffer at
   // each exec notification and every 2 ms while an exec is in flight.
-  if (bpf_ringbuf_output(&ring, r, size, BPF_RB_NO_WAKEUP))
-    count(0);
+  if (bpf_ringbuf_output(ring, r, size, BPF_RB_NO_WAKEUP))
+    __sync_fetch_and_add(&st->lost, 1);
   else
-    count(1);
-  // One record per announcement: a later exec is announced again.
-  bpf_map_delete_elem(&expect, &tgid);
+    __sync_fetch_and_add(&st->sent, 1);
   return 0;
 }
 

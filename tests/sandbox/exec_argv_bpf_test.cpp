@@ -1,5 +1,6 @@
 #include "sandbox/exec_argv_bpf.h"
 
+#include <bpf/bpf.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
@@ -7,6 +8,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <tuple>
@@ -143,4 +146,59 @@ TEST(ExecArgvBpf, CopiesTheArgvOfProgramsThatExitAtOnce) {
   }
   EXPECT_EQ(b->sent() - sent0, 2u);
   EXPECT_EQ(b->lost(), 0u);
+}
+
+// An announcement left by a supervisor that is gone (killed before the
+// sweep), naming a ring buffer that another supervisor holds now: the
+// program drops it; the holder gets nothing.
+TEST(ExecArgvBpf, AStaleAnnouncementReachesNoOtherSupervisorsRing) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root (CAP_BPF, CAP_PERFMON)";
+  std::string err;
+  auto b = observer::ExecArgvBpf::open(err);
+  ASSERT_NE(b, nullptr) << err;
+  ASSERT_STRNE(b->obtained(), "private");
+  agentshim_bpf_slot self{};
+  ASSERT_TRUE(bpfhost::slot_of(::getpid(), self, err)) << err;
+  // The pins holding this process's slot, and its ring buffer's index.
+  std::string dir;
+  for (const auto& e : std::filesystem::directory_iterator("/sys/fs/bpf/agentshim")) {
+    UniqueFd owners(bpf_obj_get((e.path().string() + "/ring_owner").c_str()));
+    uint32_t k = 0, next = 0;
+    const void* prev = nullptr;
+    agentshim_bpf_slot v{};
+    while (owners && bpf_map_get_next_key(owners.get(), prev, &next) == 0) {
+      if (bpf_map_lookup_elem(owners.get(), &next, &v) == 0 && std::memcmp(&v, &self, sizeof v) == 0)
+        dir = e.path().string() + ":" + std::to_string(next);
+      k = next;
+      prev = &k;
+    }
+  }
+  auto colon = dir.rfind(':');
+  ASSERT_NE(colon, std::string::npos) << "no ring buffer held by this process";
+  const uint32_t ring = static_cast<uint32_t>(std::stoul(dir.substr(colon + 1)));
+  UniqueFd expect(bpf_obj_get((dir.substr(0, colon) + "/expect").c_str()));
+  ASSERT_TRUE(expect);
+  const uint64_t sent0 = b->sent();
+  Exec e{"/bin/busybox", {"true", "stale"}};
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd r(p[0]), w(p[1]);
+  pid_t c = spawn_waiting(r.get(), e, false);
+  ASSERT_GT(c, 0);
+  agentshim_argv_key key{self.pidns_inum, static_cast<uint32_t>(c)};
+  agentshim_argv_expect stale{};
+  stale.slot = self;
+  stale.slot.start++;  // an earlier holder of this pid: not this process
+  stale.ring = ring;
+  stale.seq = 7;
+  ASSERT_EQ(bpf_map_update_elem(expect.get(), &key, &stale, BPF_ANY), 0);
+  ASSERT_EQ(::write(w.get(), "g", 1), 1);
+  EXPECT_EQ(wait_exit(c), 0);
+  int got = 0;
+  b->drain([&](const observer::ExecArgvBpf::Record&) { got++; });
+  EXPECT_EQ(got, 0);
+  EXPECT_EQ(b->sent(), sent0);
+  // Taken by the exec all the same (one record per announcement, none sent).
+  agentshim_argv_expect left{};
+  EXPECT_NE(bpf_map_lookup_elem(expect.get(), &key, &left), 0);
 }
