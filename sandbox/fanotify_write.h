@@ -16,6 +16,13 @@
 //   activity is seen): FAN_CREATE, FAN_DELETE, FAN_MOVED_FROM/TO, so names
 //   created and removed within a run are recorded ("file.created",
 //   "file.removed", "file.moved") although no walk ever sees them.
+// - Everywhere else (volumes, overlay roots, tmpfs mounts the container has
+//   a part of), the same events come from BPF LSM programs when they load
+//   (sandbox/dirent_bpf.h, watch_entries()): the container's own
+//   operations, named by the path the caller used. A filesystem the
+//   fanotify entry group covers is left to it (no duplicates: fanotify
+//   reports operations that succeeded, the LSM hooks ones the kernel was
+//   about to do).
 //
 // A queue overflow (FAN_Q_OVERFLOW) or a dirty set over its bound makes the
 // dirty set unusable: overflowed() says so, and the after walk then reads
@@ -37,6 +44,7 @@
 
 #include "common/fd.h"
 #include "common/stoppable_loop.h"
+#include "sandbox/dirent_bpf.h"
 
 namespace agentshim::observer {
 
@@ -72,11 +80,18 @@ class WriteWatch {
   WriteWatch(const WriteWatch&) = delete;
   WriteWatch& operator=(const WriteWatch&) = delete;
 
+  // Load the BPF LSM entry programs for the tasks of cgroup v2 `cgroup_id`
+  // (before mark()). "" when loaded, else why not: the entries of mounts
+  // other than whole tmpfs ones are then not watched.
+  std::string watch_entries(uint64_t cgroup_id);
   // Mark one mount: `fd` refers to the mount's root (any descriptor, O_PATH
-  // too); `tree` names it in events; `entries` adds the filesystem mark of
-  // the entry group (a tmpfs the container has whole). "" when marked, else
-  // why not.
-  std::string mark(int fd, const std::string& tree, bool entries);
+  // too), `mount_point` is where the container has it; `tree` names it in
+  // events; `entries` adds the filesystem mark of the entry group (a tmpfs
+  // the container has whole). "" when marked, else why not.
+  std::string mark(int fd, const std::string& mount_point, const std::string& tree, bool entries);
+  // Whether created and removed names of the mount last marked are
+  // recorded (by the entry group or the LSM programs).
+  bool entries_watched() const;
   // Read events on a thread until stop(); stop() reads what is queued.
   void start();
   void stop();
@@ -100,6 +115,19 @@ class WriteWatch {
   std::string dir_path(const std::string& key, const std::string& handle, const void* fsid,
                        std::string* tree);
   void remember_dir(const std::string& key, const std::string& path);
+  void read_dirent(bool all);
+  void dirent_event(const DirentBpf::Record& r);
+  // A mount marked, for the LSM records (loop thread after mark()).
+  struct Marked {
+    uint64_t mount_id = 0, dev = 0;
+    std::string mount_point, tree;
+    bool file = false;
+  };
+  std::vector<Marked> marked_;
+  std::set<uint64_t> entry_devs_;  // filesystems the entry group has marked
+  bool last_entries_ = false;
+  std::unique_ptr<DirentBpf> dirent_;
+  uint64_t dirent_lost_ = 0;                       // LSM records lost, as last reported
   std::map<std::string, std::string> known_dirs_;  // directory handle -> path (loop thread only)
   UniqueFd write_group_, entry_group_;
   Sink sink_;

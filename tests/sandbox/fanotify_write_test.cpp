@@ -60,7 +60,7 @@ TEST(WriteWatch, WrittenFilesCreatedAndRemovedNamesAreSeen) {
   Events ev;
   WriteWatch w(ev.sink());
   UniqueFd root(::open(fs.mnt.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  ASSERT_EQ(w.mark(root.get(), "/t", true), "");
+  ASSERT_EQ(w.mark(root.get(), "/t", "/t", true), "");
   write_file(fs.mnt + "/kept", "k");
   write_file(fs.mnt + "/other", "o");
   auto kept = id_of(fs.mnt + "/kept");
@@ -96,7 +96,7 @@ TEST(WriteWatch, ALostAccountMakesEveryFileWritten) {
     Events ev;
     WriteWatch w(ev.sink(), 2);
     UniqueFd root(::open(fs.mnt.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    ASSERT_EQ(w.mark(root.get(), "/t", false), "");
+    ASSERT_EQ(w.mark(root.get(), "/t", "/t", false), "");
     for (int i = 0; i < 3; i++) write_file(fs.mnt + "/b" + std::to_string(i), "x");
     w.drain();
     EXPECT_NE(w.overflowed().find("more than 2 files written"), std::string::npos) << w.overflowed();
@@ -112,7 +112,7 @@ TEST(WriteWatch, ALostAccountMakesEveryFileWritten) {
     Events ev;
     WriteWatch w(ev.sink());
     UniqueFd root(::open(fs.mnt.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    ASSERT_EQ(w.mark(root.get(), "/t", false), "");
+    ASSERT_EQ(w.mark(root.get(), "/t", "/t", false), "");
     for (int i = 0; i < 17000; i++) write_file(fs.mnt + "/q" + std::to_string(i), "");
     w.drain();
     EXPECT_NE(w.overflowed().find("FAN_Q_OVERFLOW"), std::string::npos) << w.overflowed();
