@@ -142,7 +142,7 @@ std::string WriteWatch::mark(int fd, const std::string& mount_point, const std::
   if (::fanotify_mark(write_group_.get(), FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD,
                       self_fd(fd).c_str()) < 0)
     return std::string("fanotify_mark(FAN_MARK_MOUNT, FAN_CLOSE_WRITE): ") + std::strerror(errno);
-  Marked mk;
+  MarkedMount mk;
   mk.mount_id = mount_id(fd);
   mk.mount_point = mount_point;
   mk.tree = tree;
@@ -228,35 +228,30 @@ void WriteWatch::read_dirent(bool all) {
   if (first) sink_("fs.watch", json{{"overflow", "the entry ring buffer (BPF LSM) was full"}});
 }
 
-// One LSM record as the event the entry group would have made: the tree
-// of the mount it went through (or, for a mount the container made since,
-// of the tracked mount of that filesystem whose mount point is the
-// longest prefix of its path). Filesystems no tree is on (the container's
-// own tmpfs, cgroupfs...) and those the entry group covers are left out.
-void WriteWatch::dirent_event(const DirentBpf::Record& r) {
-  if (entry_devs_.count(r.dev)) return;
-  const Marked* at = nullptr;
-  for (const auto& m : marked_)
-    if (!m.file && m.mount_id == r.mount_id) at = &m;
-  if (!at) {
-    std::size_t best = 0;
-    for (const auto& m : marked_) {
-      if (m.file || m.dev != r.dev) continue;
-      const std::string& mp = m.mount_point;
-      const bool under = mp == "/" || (r.path.size() >= mp.size() && r.path.compare(0, mp.size(), mp) == 0 &&
-                                       (r.path.size() == mp.size() || r.path[mp.size()] == '/'));
-      if (!at || (under && mp.size() + 1 > best)) {
-        at = &m;
-        if (under) best = mp.size() + 1;
-      }
+const MarkedMount* mount_of_record(const std::vector<MarkedMount>& mounts, uint64_t mount_id, uint64_t dev,
+                                   std::string_view path) {
+  for (const auto& m : mounts)
+    if (!m.file && m.mount_id == mount_id) return &m;
+  const MarkedMount* at = nullptr;
+  std::size_t best = 0;
+  for (const auto& m : mounts) {
+    if (m.file || m.dev != dev) continue;
+    const std::string& mp = m.mount_point;
+    const bool under = mp == "/" || (path.size() >= mp.size() && path.compare(0, mp.size(), mp) == 0 &&
+                                     (path.size() == mp.size() || path[mp.size()] == '/'));
+    if (!at || (under && mp.size() + 1 > best)) {
+      at = &m;
+      if (under) best = mp.size() + 1;
     }
   }
-  if (!at) return;
-  events_++;
+  return at;
+}
+
+std::pair<std::string, json> lsm_entry_event(const DirentBpf::Record& r, const std::string& tree) {
   const char* type = r.op == DirentBpf::Op::created   ? "file.created"
                      : r.op == DirentBpf::Op::removed ? "file.removed"
                                                       : "file.moved";
-  json ev{{"tree", at->tree}, {"name", attest::pct_encode(r.name)}, {"pid", r.pid}, {"via", "lsm"}};
+  json ev{{"tree", tree}, {"name", attest::pct_encode(r.name)}, {"pid", r.pid}, {"via", "lsm"}};
   if (!r.path.empty()) {
     std::string full(r.path);
     if (full != "/") full += '/';
@@ -269,6 +264,18 @@ void WriteWatch::dirent_event(const DirentBpf::Record& r) {
   if (r.op == DirentBpf::Op::moved_from) ev["side"] = "from";
   if (r.op == DirentBpf::Op::moved_to) ev["side"] = "to";
   if (r.exchange) ev["exchange"] = true;
+  return {type, std::move(ev)};
+}
+
+// One LSM record as the event the entry group would have made. Filesystems
+// no tree is on (the container's own tmpfs, cgroupfs...) and those the
+// entry group covers are left out.
+void WriteWatch::dirent_event(const DirentBpf::Record& r) {
+  if (entry_devs_.count(r.dev)) return;
+  const MarkedMount* at = mount_of_record(marked_, r.mount_id, r.dev, r.path);
+  if (!at) return;
+  events_++;
+  auto [type, ev] = lsm_entry_event(r, at->tree);
   sink_(type, std::move(ev));
 }
 

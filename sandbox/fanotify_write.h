@@ -39,6 +39,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -66,6 +67,24 @@ struct WritableMount {
 // order (parents before children). Throws SysError when its mountinfo or
 // root cannot be read.
 std::vector<WritableMount> writable_mounts(pid_t pid);
+
+// A mount the write watch marked, as the LSM entry records are mapped to
+// trees.
+struct MarkedMount {
+  uint64_t mount_id = 0, dev = 0;
+  std::string mount_point, tree;
+  bool file = false;
+};
+// The marked directory mount an LSM record went through: the one with its
+// mount id, or — a mount the container made since (a bind, a mount
+// namespace of its own) — the mount of the same filesystem whose mount
+// point is the longest prefix of `path` (else that filesystem's first).
+// nullptr when no tree is on that filesystem.
+const MarkedMount* mount_of_record(const std::vector<MarkedMount>& mounts, uint64_t mount_id, uint64_t dev,
+                                   std::string_view path);
+// The file.created / file.removed / file.moved event of an LSM record on
+// `tree`: its type and data.
+std::pair<std::string, json> lsm_entry_event(const DirentBpf::Record& r, const std::string& tree);
 
 class WriteWatch {
  public:
@@ -117,14 +136,8 @@ class WriteWatch {
   void remember_dir(const std::string& key, const std::string& path);
   void read_dirent(bool all);
   void dirent_event(const DirentBpf::Record& r);
-  // A mount marked, for the LSM records (loop thread after mark()).
-  struct Marked {
-    uint64_t mount_id = 0, dev = 0;
-    std::string mount_point, tree;
-    bool file = false;
-  };
-  std::vector<Marked> marked_;
-  std::set<uint64_t> entry_devs_;  // filesystems the entry group has marked
+  std::vector<MarkedMount> marked_;  // for the LSM records (loop thread after mark())
+  std::set<uint64_t> entry_devs_;    // filesystems the entry group has marked
   bool last_entries_ = false;
   std::unique_ptr<DirentBpf> dirent_;
   uint64_t dirent_lost_ = 0;                       // LSM records lost, as last reported

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -118,4 +119,50 @@ TEST(WriteWatch, ALostAccountMakesEveryFileWritten) {
     EXPECT_NE(w.overflowed().find("FAN_Q_OVERFLOW"), std::string::npos) << w.overflowed();
     EXPECT_TRUE(w.dirty(7, 7));
   }
+}
+
+// The LSM entry records (sandbox/dirent_bpf.h) mapped to trees and events
+// without the kernel: by mount id; for a mount the container made since,
+// by the longest mount point of the same filesystem; nothing for a
+// filesystem no tree is on or a single-file mount.
+TEST(WriteWatch, LsmRecordsAreMappedToTheirTrees) {
+  using observer::MarkedMount;
+  std::vector<MarkedMount> m = {{10, 1, "/", "rootfs", false},
+                                {11, 2, "/vol", "/vol", false},
+                                {12, 2, "/vol/sub", "/vol/sub", false},
+                                {13, 3, "/etc/conf", "/etc/conf", true}};
+  EXPECT_EQ(observer::mount_of_record(m, 11, 2, "/vol/a")->tree, "/vol");
+  EXPECT_EQ(observer::mount_of_record(m, 10, 1, "/x")->tree, "rootfs");
+  // A bind the container made of /vol/sub: unknown mount id, same device.
+  EXPECT_EQ(observer::mount_of_record(m, 99, 2, "/vol/sub/d")->tree, "/vol/sub");
+  EXPECT_EQ(observer::mount_of_record(m, 99, 2, "/vol/subx")->tree, "/vol");
+  EXPECT_EQ(observer::mount_of_record(m, 99, 2, "/elsewhere")->tree, "/vol");
+  EXPECT_EQ(observer::mount_of_record(m, 99, 7, "/vol/a"), nullptr);
+  EXPECT_EQ(observer::mount_of_record(m, 13, 3, "/etc"), nullptr);
+
+  observer::DirentBpf::Record r;
+  r.op = observer::DirentBpf::Op::moved_to;
+  r.dir = true;
+  r.pid = 42;
+  r.path = "/vol/a b";
+  r.name = "c";
+  auto [type, ev] = observer::lsm_entry_event(r, "/vol");
+  EXPECT_EQ(type, "file.moved");
+  EXPECT_EQ(ev, json({{"tree", "/vol"},
+                      {"name", "c"},
+                      {"path", "/vol/a%20b/c"},
+                      {"pid", 42},
+                      {"via", "lsm"},
+                      {"dir_entry", true},
+                      {"side", "to"}}));
+  r.op = observer::DirentBpf::Op::created;
+  r.dir = false;
+  r.path = "/";
+  std::tie(type, ev) = observer::lsm_entry_event(r, "rootfs");
+  EXPECT_EQ(type, "file.created");
+  EXPECT_EQ(ev["path"], "/c");
+  r.path = "";
+  std::tie(type, ev) = observer::lsm_entry_event(r, "rootfs");
+  EXPECT_FALSE(ev.contains("path"));
+  EXPECT_EQ(ev["dir"], "unknown: the kernel could not name the directory (bpf_path_d_path)");
 }
