@@ -132,6 +132,7 @@ def test_names_created_and_removed_on_a_volume_and_the_root(shim, bundle, cid, t
     bundle.config["mounts"].append(mount("bind", "/vol", str(vol), "rbind", "rw"))
     rd, evs, changes = run(shim, bundle, cid, tmp_path, ops("/vol") + "; " + ops("/r"), policy=pol)
     assert sorted(os.listdir(vol)) == ["keep"] and (vol / "keep").read_bytes() == b"k\n"
+    assert (after_trees(evs)["rootfs"]["fstype"] == "overlay") == (upper is not None), after_trees(evs)["rootfs"]
     check_account(evs, {"/vol": "/vol", "rootfs": "/r"})
     # Nothing is left: the walks see no change on either tree.
     assert not [c for c in changes if c["tree"] == "/vol" or c["path"].startswith("r/")], changes
