@@ -240,6 +240,16 @@ def check_coverage(events, changes):
                 problems.append(f"tree {t['name']}: not watched, yet not read in full")
             if w.get("events_lost") and not w.get("reread_all"):
                 problems.append(f"tree {t['name']}: write events lost, yet not read in full")
+    # Entry events: fs.watch says where they come from; an LSM one says so.
+    for w in (e["data"] for e in events if e["type"] == "fs.watch" and "marked" in e["data"]):
+        if "entries" in w and not (w["entries"] == "lsm" and "entries_error" not in w or
+                                   w["entries"] == "tmpfs" and isinstance(w.get("entries_error"), str)):
+            problems.append(f"fs.watch: malformed entries {w}")
+    lsm = any(e["type"] == "fs.watch" and e["data"].get("entries") == "lsm" for e in events)
+    for e in events:
+        if e["type"] in ("file.created", "file.removed", "file.moved") and "via" in e["data"]:
+            if e["data"]["via"] != "lsm" or not lsm:
+                problems.append(f"seq {e['seq']}: {e['type']} via {e['data']['via']!r} without fs.watch entries lsm")
     return problems
 
 

@@ -125,24 +125,48 @@ WriteWatch::~WriteWatch() {
   loop_.stop();
 }
 
-std::string WriteWatch::mark(int fd, const std::string& tree, bool entries) {
+std::string WriteWatch::watch_entries(uint64_t cgroup_id) {
+  std::string why;
+  dirent_ = DirentBpf::open(cgroup_id, why);
+  return dirent_ ? "" : why;
+}
+
+bool WriteWatch::entries_watched() const {
+  return last_entries_;
+}
+
+std::string WriteWatch::mark(int fd, const std::string& mount_point, const std::string& tree, bool entries) {
+  last_entries_ = false;
   // fanotify_mark takes no O_PATH descriptor as the object itself: name it
   // through its magic link, which is exact.
   if (::fanotify_mark(write_group_.get(), FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD,
                       self_fd(fd).c_str()) < 0)
     return std::string("fanotify_mark(FAN_MARK_MOUNT, FAN_CLOSE_WRITE): ") + std::strerror(errno);
+  MarkedMount mk;
+  mk.mount_id = mount_id(fd);
+  mk.mount_point = mount_point;
+  mk.tree = tree;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0) {
+    mk.dev = static_cast<uint64_t>(st.st_dev);
+    mk.file = !S_ISDIR(st.st_mode);
+  }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    trees_[mount_id(fd)] = tree;
+    trees_[mk.mount_id] = tree;
   }
-  if (!entries) return "";
-  if (!entry_group_) return "";
+  // A single file has no names to create: the LSM records are for directories.
+  last_entries_ = dirent_ && !mk.file;
+  marked_.push_back(std::move(mk));
+  if (!entries || !entry_group_) return "";
   if (::fanotify_mark(entry_group_.get(), FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
                       FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO | FAN_ONDIR, AT_FDCWD,
                       self_fd(fd).c_str()) < 0) {
     log::debug("write watch: " + tree + ": fanotify_mark(FAN_MARK_FILESYSTEM): " + std::strerror(errno));
     return "";  // the entry events are an addition; the dirty set is what the walk relies on
   }
+  last_entries_ = true;
+  entry_devs_.insert(marked_.back().dev);
   // open_by_handle_at takes no O_PATH descriptor as its mount: a real open
   // of the mount's root directory.
   UniqueFd dir(::open(self_fd(fd).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -152,11 +176,12 @@ std::string WriteWatch::mark(int fd, const std::string& tree, bool entries) {
 
 void WriteWatch::start() {
   loop_.start([this] {
-    struct pollfd p[3] = {{loop_.stop_fd(), POLLIN, 0},
+    struct pollfd p[4] = {{loop_.stop_fd(), POLLIN, 0},
                           {write_group_.get(), POLLIN, 0},
-                          {entry_group_ ? entry_group_.get() : -1, POLLIN, 0}};
+                          {entry_group_ ? entry_group_.get() : -1, POLLIN, 0},
+                          {dirent_ ? dirent_->fd() : -1, POLLIN, 0}};
     for (;;) {
-      int r = ::poll(p, 3, -1);
+      int r = ::poll(p, 4, -1);
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 || (p[0].revents & POLLIN)) return;
       drain();
@@ -168,12 +193,90 @@ void WriteWatch::stop() {
   loop_.stop();
   // What the container's last processes left queued (their final close
   // comes before their exit is seen).
-  drain();
+  read_write_group();
+  if (entry_group_) read_entry_group();
+  if (dirent_) read_dirent(true);
 }
 
 void WriteWatch::drain() {
   read_write_group();
   if (entry_group_) read_entry_group();
+  if (dirent_) read_dirent(false);
+}
+
+namespace {
+// LSM records read per pass of the loop: a flood from the container takes
+// turns with the write group's events instead of holding the loop.
+constexpr std::size_t kDirentBatch = 4096;
+}  // namespace
+
+void WriteWatch::read_dirent(bool all) {
+  const std::function<void(const DirentBpf::Record&)> f = [this](const DirentBpf::Record& r) {
+    dirent_event(r);
+  };
+  while (!dirent_->drain(f, kDirentBatch) && all) {
+  }
+  const uint64_t lost = dirent_->lost();
+  if (lost == dirent_lost_) return;
+  dirent_lost_ = lost;
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    first = !entries_lost_;
+    entries_lost_ = true;
+  }
+  if (first) sink_("fs.watch", json{{"overflow", "the entry ring buffer (BPF LSM) was full"}});
+}
+
+const MarkedMount* mount_of_record(const std::vector<MarkedMount>& mounts, uint64_t mount_id, uint64_t dev,
+                                   std::string_view path) {
+  for (const auto& m : mounts)
+    if (!m.file && m.mount_id == mount_id) return &m;
+  const MarkedMount* at = nullptr;
+  std::size_t best = 0;
+  for (const auto& m : mounts) {
+    if (m.file || m.dev != dev) continue;
+    const std::string& mp = m.mount_point;
+    const bool under = mp == "/" || (path.size() >= mp.size() && path.compare(0, mp.size(), mp) == 0 &&
+                                     (path.size() == mp.size() || path[mp.size()] == '/'));
+    if (!at || (under && mp.size() + 1 > best)) {
+      at = &m;
+      if (under) best = mp.size() + 1;
+    }
+  }
+  return at;
+}
+
+std::pair<std::string, json> lsm_entry_event(const DirentBpf::Record& r, const std::string& tree) {
+  const char* type = r.op == DirentBpf::Op::created   ? "file.created"
+                     : r.op == DirentBpf::Op::removed ? "file.removed"
+                                                      : "file.moved";
+  json ev{{"tree", tree}, {"name", attest::pct_encode(r.name)}, {"pid", r.pid}, {"via", "lsm"}};
+  if (!r.path.empty()) {
+    std::string full(r.path);
+    if (full != "/") full += '/';
+    full += r.name;
+    ev["path"] = attest::pct_encode(full);
+  } else {
+    ev["dir"] = "unknown: the kernel could not name the directory (bpf_path_d_path)";
+  }
+  if (r.dir) ev["dir_entry"] = true;
+  if (r.op == DirentBpf::Op::moved_from) ev["side"] = "from";
+  if (r.op == DirentBpf::Op::moved_to) ev["side"] = "to";
+  if (r.exchange) ev["exchange"] = true;
+  return {type, std::move(ev)};
+}
+
+// One LSM record as the event the entry group would have made. Filesystems
+// no tree is on (the container's own tmpfs, cgroupfs...) and those the
+// entry group covers are left out.
+void WriteWatch::dirent_event(const DirentBpf::Record& r) {
+  if (entry_devs_.count(r.dev)) return;
+  const MarkedMount* at = mount_of_record(marked_, r.mount_id, r.dev, r.path);
+  if (!at) return;
+  events_++;
+  auto [type, ev] = lsm_entry_event(r, at->tree);
+  sink_(type, std::move(ev));
 }
 
 std::string WriteWatch::tree_of(int fd) const {

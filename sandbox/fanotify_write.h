@@ -16,6 +16,13 @@
 //   activity is seen): FAN_CREATE, FAN_DELETE, FAN_MOVED_FROM/TO, so names
 //   created and removed within a run are recorded ("file.created",
 //   "file.removed", "file.moved") although no walk ever sees them.
+// - Everywhere else (volumes, overlay roots, tmpfs mounts the container has
+//   a part of), the same events come from BPF LSM programs when they load
+//   (sandbox/dirent_bpf.h, watch_entries()): the container's own
+//   operations, named by the path the caller used. A filesystem the
+//   fanotify entry group covers is left to it (no duplicates: fanotify
+//   reports operations that succeeded, the LSM hooks ones the kernel was
+//   about to do).
 //
 // A queue overflow (FAN_Q_OVERFLOW) or a dirty set over its bound makes the
 // dirty set unusable: overflowed() says so, and the after walk then reads
@@ -32,11 +39,13 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "common/fd.h"
 #include "common/stoppable_loop.h"
+#include "sandbox/dirent_bpf.h"
 
 namespace agentshim::observer {
 
@@ -59,6 +68,24 @@ struct WritableMount {
 // root cannot be read.
 std::vector<WritableMount> writable_mounts(pid_t pid);
 
+// A mount the write watch marked, as the LSM entry records are mapped to
+// trees.
+struct MarkedMount {
+  uint64_t mount_id = 0, dev = 0;
+  std::string mount_point, tree;
+  bool file = false;
+};
+// The marked directory mount an LSM record went through: the one with its
+// mount id, or — a mount the container made since (a bind, a mount
+// namespace of its own) — the mount of the same filesystem whose mount
+// point is the longest prefix of `path` (else that filesystem's first).
+// nullptr when no tree is on that filesystem.
+const MarkedMount* mount_of_record(const std::vector<MarkedMount>& mounts, uint64_t mount_id, uint64_t dev,
+                                   std::string_view path);
+// The file.created / file.removed / file.moved event of an LSM record on
+// `tree`: its type and data.
+std::pair<std::string, json> lsm_entry_event(const DirentBpf::Record& r, const std::string& tree);
+
 class WriteWatch {
  public:
   using Sink = std::function<void(const std::string& type, json data)>;
@@ -72,11 +99,18 @@ class WriteWatch {
   WriteWatch(const WriteWatch&) = delete;
   WriteWatch& operator=(const WriteWatch&) = delete;
 
+  // Load the BPF LSM entry programs for the tasks of cgroup v2 `cgroup_id`
+  // (before mark()). "" when loaded, else why not: the entries of mounts
+  // other than whole tmpfs ones are then not watched.
+  std::string watch_entries(uint64_t cgroup_id);
   // Mark one mount: `fd` refers to the mount's root (any descriptor, O_PATH
-  // too); `tree` names it in events; `entries` adds the filesystem mark of
-  // the entry group (a tmpfs the container has whole). "" when marked, else
-  // why not.
-  std::string mark(int fd, const std::string& tree, bool entries);
+  // too), `mount_point` is where the container has it; `tree` names it in
+  // events; `entries` adds the filesystem mark of the entry group (a tmpfs
+  // the container has whole). "" when marked, else why not.
+  std::string mark(int fd, const std::string& mount_point, const std::string& tree, bool entries);
+  // Whether created and removed names of the mount last marked are
+  // recorded (by the entry group or the LSM programs).
+  bool entries_watched() const;
   // Read events on a thread until stop(); stop() reads what is queued.
   void start();
   void stop();
@@ -100,6 +134,13 @@ class WriteWatch {
   std::string dir_path(const std::string& key, const std::string& handle, const void* fsid,
                        std::string* tree);
   void remember_dir(const std::string& key, const std::string& path);
+  void read_dirent(bool all);
+  void dirent_event(const DirentBpf::Record& r);
+  std::vector<MarkedMount> marked_;  // for the LSM records (loop thread after mark())
+  std::set<uint64_t> entry_devs_;    // filesystems the entry group has marked
+  bool last_entries_ = false;
+  std::unique_ptr<DirentBpf> dirent_;
+  uint64_t dirent_lost_ = 0;                       // LSM records lost, as last reported
   std::map<std::string, std::string> known_dirs_;  // directory handle -> path (loop thread only)
   UniqueFd write_group_, entry_group_;
   Sink sink_;

@@ -850,13 +850,24 @@ class Supervisor {
   // watched for writes (observer::WriteWatch, docs/FORMATS.md "Write
   // tracking"). A tree that cannot be watched is read in full after the run.
   void watch_writes(std::vector<attest::TrackedTree>& trees) {
-    std::string no_watch;
+    std::string no_watch, entries_error;
     std::vector<observer::WritableMount> mounts;
     try {
       mounts = observer::writable_mounts(init_pid_);
       write_watch_ = std::make_unique<observer::WriteWatch>([this](const std::string& type, json data) {
         if (record_) record_->event(type, std::move(data));
       });
+      // Names created and removed on every other mount: BPF LSM programs
+      // for the container's cgroup (its exec sessions join it).
+      const std::string v2 = cg_ ? cg_->v2_dir() : std::string();
+      try {
+        entries_error = v2.empty() ? "the container has no cgroup v2"
+                                   : write_watch_->watch_entries(observer::cgroup_v2_id(v2));
+      } catch (const std::exception& e) {
+        entries_error = e.what();
+      }
+      if (!entries_error.empty())
+        log::debug("container " + s_.id + ": entries watched on whole tmpfs mounts only: " + entries_error);
     } catch (const std::exception& e) {
       no_watch = std::string("no write watch: ") + e.what();
       log::warn("container " + s_.id + ": " + no_watch + "; every file is read in full after the run");
@@ -887,10 +898,12 @@ class Supervisor {
       if (!trees[t].unchanged_reason.empty()) continue;
       if (trees[t].fstype.empty()) trees[t].fstype = m.fstype;
       const bool entries = m.fstype == "tmpfs" && m.root == "/";
-      std::string why = write_watch_ ? write_watch_->mark(m.fd.get(), trees[t].name, entries) : no_watch;
+      std::string why =
+          write_watch_ ? write_watch_->mark(m.fd.get(), m.mount_point, trees[t].name, entries) : no_watch;
       if (why.empty()) {
         watched[t] = true;
-        if (trees[t].watch != "mount+entries") trees[t].watch = entries ? "mount+entries" : "mount";
+        if (trees[t].watch != "mount+entries")
+          trees[t].watch = write_watch_->entries_watched() ? "mount+entries" : "mount";
       } else {
         // One mount of the tree that is not watched: the tree is read in full.
         trees[t].reread_all = "not watched for writes: " + why;
@@ -904,8 +917,14 @@ class Supervisor {
                                                  "found for it"
                                                : no_watch;
     if (record_ && write_watch_)
-      record_->event("fs.watch",
-                     {{"marked", std::count(watched.begin(), watched.end(), true)}, {"unmarked", unmarked}});
+      record_->event("fs.watch", entries_error.empty()
+                                     ? json{{"marked", std::count(watched.begin(), watched.end(), true)},
+                                            {"unmarked", unmarked},
+                                            {"entries", "lsm"}}
+                                     : json{{"marked", std::count(watched.begin(), watched.end(), true)},
+                                            {"unmarked", unmarked},
+                                            {"entries", "tmpfs"},
+                                            {"entries_error", pct_strings(entries_error)}});
     if (write_watch_) write_watch_->start();
   }
 

@@ -1943,6 +1943,24 @@ static void a_rec_tmpfs_stage(void) {
   blocked("staged payload ran (%s) and was removed", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "ok" : "failed");
 }
 
+/* Names that exist only during the run, on a volume (a host directory):
+ * a directory, a file created O_RDONLY (never written, so no close-write),
+ * a symlink, a hard link, a rename there and back; all removed again. No
+ * walk sees them. */
+static void a_rec_volume_names(void) {
+  if (mkdir("/vol/stage", 0755) < 0) error_out("mkdir /vol/stage: %s", en(errno));
+  int fd = open("/vol/stage/payload", O_CREAT | O_RDONLY | O_CLOEXEC, 0644);
+  if (fd < 0) error_out("open O_CREAT|O_RDONLY: %s", en(errno));
+  close(fd);
+  if (symlink("payload", "/vol/stage/sym") < 0 || link("/vol/stage/payload", "/vol/stage/hard") < 0 ||
+      rename("/vol/stage/payload", "/vol/stage/moved") < 0 || rename("/vol/stage/moved", "/vol/stage/payload") < 0)
+    error_out("symlink/link/rename: %s", en(errno));
+  if (unlink("/vol/stage/sym") < 0 || unlink("/vol/stage/hard") < 0 || unlink("/vol/stage/payload") < 0 ||
+      rmdir("/vol/stage") < 0)
+    error_out("remove: %s", en(errno));
+  blocked("names created, moved and removed on /vol");
+}
+
 /* An existing file of a writable volume rewritten through a shared
  * writable mapping after the hash cache saw it: every page faulted writable
  * first (the only moment mtime/ctime move), /vol/ready written, and once the
@@ -2056,6 +2074,7 @@ static const struct {
     {"rec_cache_poison", a_rec_cache_poison, 1},
     {"rec_tmpfs_stage", a_rec_tmpfs_stage, 1},
     {"rec_mmap_volume", a_rec_mmap_volume, 1},
+    {"rec_volume_names", a_rec_volume_names, 1},
 };
 
 int main(int argc, char** argv) {

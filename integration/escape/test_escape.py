@@ -974,6 +974,37 @@ def test_rec_tmpfs_stage(esc, tmp_path):
     check("rec_tmpfs_stage", "payload staged on a tmpfs, executed and deleted within the run", esc, v)
 
 
+def test_rec_volume_names(esc, tmp_path):
+    """Names created and removed on a volume within the run (a directory, a
+    file created O_RDONLY, a symlink, a hard link, a rename there and back):
+    no walk sees them and no file is written. The record must name each
+    (the BPF LSM entry programs), or — where the kernel refuses those —
+    say that the volume's entries are not watched."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_volume_names")
+    if events is not None and v.kind == "BLOCKED":
+        s = "/vol/stage"
+        want = [("file.created", s), ("file.created", s + "/payload"), ("file.created", s + "/sym"),
+                ("file.created", s + "/hard"), ("file.moved", s + "/payload"), ("file.moved", s + "/moved"),
+                ("file.removed", s + "/sym"), ("file.removed", s + "/hard"), ("file.removed", s + "/payload"),
+                ("file.removed", s)]
+        files = [(e["type"], e["data"].get("path")) for e in events if e["type"].startswith("file.")]
+        watch = next((e["data"] for e in events if e["type"] == "fs.watch" and "marked" in e["data"]), {})
+        vol = {t["name"]: t for e in events if e["type"] == "fs.root" and e["data"]["phase"] == "after"
+               for t in e["data"]["trees"]}.get("/vol", {})
+        missing = [w for w in want if w not in files]
+        if not missing:
+            v = Verdict("BLOCKED", "every name created, moved and removed on the volume is recorded")
+        elif (watch.get("entries") != "lsm" and watch.get("entries_error")
+              and vol.get("writes", {}).get("watch") == "mount"):
+            v = Verdict("BLOCKED", "STATED, not recorded: the record says /vol's entries are not watched "
+                                   f"(fs.watch entries_error: {watch['entries_error']})")
+        else:
+            v = Verdict("ESCAPED", f"not in the record: {missing}")
+    elif events is None and v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_volume_names", "names created and removed on a volume within the run", esc, v)
+
+
 def test_rec_mmap_volume(esc, tmp_path):
     """An existing file of a writable volume (on a host tmpfs) rewritten
     through a shared mapping after the hash cache saw it: the pages are

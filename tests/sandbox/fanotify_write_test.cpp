@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -60,7 +61,7 @@ TEST(WriteWatch, WrittenFilesCreatedAndRemovedNamesAreSeen) {
   Events ev;
   WriteWatch w(ev.sink());
   UniqueFd root(::open(fs.mnt.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  ASSERT_EQ(w.mark(root.get(), "/t", true), "");
+  ASSERT_EQ(w.mark(root.get(), "/t", "/t", true), "");
   write_file(fs.mnt + "/kept", "k");
   write_file(fs.mnt + "/other", "o");
   auto kept = id_of(fs.mnt + "/kept");
@@ -96,7 +97,7 @@ TEST(WriteWatch, ALostAccountMakesEveryFileWritten) {
     Events ev;
     WriteWatch w(ev.sink(), 2);
     UniqueFd root(::open(fs.mnt.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    ASSERT_EQ(w.mark(root.get(), "/t", false), "");
+    ASSERT_EQ(w.mark(root.get(), "/t", "/t", false), "");
     for (int i = 0; i < 3; i++) write_file(fs.mnt + "/b" + std::to_string(i), "x");
     w.drain();
     EXPECT_NE(w.overflowed().find("more than 2 files written"), std::string::npos) << w.overflowed();
@@ -112,10 +113,56 @@ TEST(WriteWatch, ALostAccountMakesEveryFileWritten) {
     Events ev;
     WriteWatch w(ev.sink());
     UniqueFd root(::open(fs.mnt.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    ASSERT_EQ(w.mark(root.get(), "/t", false), "");
+    ASSERT_EQ(w.mark(root.get(), "/t", "/t", false), "");
     for (int i = 0; i < 17000; i++) write_file(fs.mnt + "/q" + std::to_string(i), "");
     w.drain();
     EXPECT_NE(w.overflowed().find("FAN_Q_OVERFLOW"), std::string::npos) << w.overflowed();
     EXPECT_TRUE(w.dirty(7, 7));
   }
+}
+
+// The LSM entry records (sandbox/dirent_bpf.h) mapped to trees and events
+// without the kernel: by mount id; for a mount the container made since,
+// by the longest mount point of the same filesystem; nothing for a
+// filesystem no tree is on or a single-file mount.
+TEST(WriteWatch, LsmRecordsAreMappedToTheirTrees) {
+  using observer::MarkedMount;
+  std::vector<MarkedMount> m = {{10, 1, "/", "rootfs", false},
+                                {11, 2, "/vol", "/vol", false},
+                                {12, 2, "/vol/sub", "/vol/sub", false},
+                                {13, 3, "/etc/conf", "/etc/conf", true}};
+  EXPECT_EQ(observer::mount_of_record(m, 11, 2, "/vol/a")->tree, "/vol");
+  EXPECT_EQ(observer::mount_of_record(m, 10, 1, "/x")->tree, "rootfs");
+  // A bind the container made of /vol/sub: unknown mount id, same device.
+  EXPECT_EQ(observer::mount_of_record(m, 99, 2, "/vol/sub/d")->tree, "/vol/sub");
+  EXPECT_EQ(observer::mount_of_record(m, 99, 2, "/vol/subx")->tree, "/vol");
+  EXPECT_EQ(observer::mount_of_record(m, 99, 2, "/elsewhere")->tree, "/vol");
+  EXPECT_EQ(observer::mount_of_record(m, 99, 7, "/vol/a"), nullptr);
+  EXPECT_EQ(observer::mount_of_record(m, 13, 3, "/etc"), nullptr);
+
+  observer::DirentBpf::Record r;
+  r.op = observer::DirentBpf::Op::moved_to;
+  r.dir = true;
+  r.pid = 42;
+  r.path = "/vol/a b";
+  r.name = "c";
+  auto [type, ev] = observer::lsm_entry_event(r, "/vol");
+  EXPECT_EQ(type, "file.moved");
+  EXPECT_EQ(ev, json({{"tree", "/vol"},
+                      {"name", "c"},
+                      {"path", "/vol/a%20b/c"},
+                      {"pid", 42},
+                      {"via", "lsm"},
+                      {"dir_entry", true},
+                      {"side", "to"}}));
+  r.op = observer::DirentBpf::Op::created;
+  r.dir = false;
+  r.path = "/";
+  std::tie(type, ev) = observer::lsm_entry_event(r, "rootfs");
+  EXPECT_EQ(type, "file.created");
+  EXPECT_EQ(ev["path"], "/c");
+  r.path = "";
+  std::tie(type, ev) = observer::lsm_entry_event(r, "rootfs");
+  EXPECT_FALSE(ev.contains("path"));
+  EXPECT_EQ(ev["dir"], "unknown: the kernel could not name the directory (bpf_path_d_path)");
 }
