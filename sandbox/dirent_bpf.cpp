@@ -4,12 +4,15 @@
 #include <bpf/libbpf.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
+#include "attest/hash.h"
 #include "common/error.h"
+#include "common/util.h"
 
 extern "C" {
 #include "sandbox/bpf/dirent.h"
@@ -30,6 +33,23 @@ std::string failed(const std::string& what, int err) {
 // The programs of sandbox/bpf/dirent.bpf.c, attached in this order.
 constexpr const char* kPrograms[] = {"dirent_mknod",  "dirent_mkdir", "dirent_symlink", "dirent_link",
                                      "dirent_unlink", "dirent_rmdir", "dirent_rename"};
+
+// A kernel that refused the programs once refuses them until it reboots:
+// the refusal is kept in /run (a tmpfs: gone at reboot) under the
+// object's hash, and later supervisors report it without the 15-20 ms a
+// load attempt costs (libbpf's BTF parse before the kernel says no).
+// Errors that may pass (ENOMEM, EAGAIN...) are not kept.
+std::string refusal_path() {
+  auto d = attest::sha256(std::string_view(reinterpret_cast<const char*>(embedded::dirent_bpf_obj),
+                                           embedded::dirent_bpf_obj_size));
+  return "/run/agentshim.dirent-bpf-" + attest::hex(d).substr(0, 16) + ".refused";
+}
+
+bool kernel_refusal(int err) {
+  err = err < 0 ? -err : err;
+  return err == EPERM || err == EACCES || err == EINVAL || err == EOPNOTSUPP || err == 524 /* ENOTSUPP */ ||
+         err == ENOENT || err == ESRCH || err == E2BIG;
+}
 
 }  // namespace
 
@@ -54,6 +74,11 @@ std::unique_ptr<DirentBpf> DirentBpf::open(uint64_t cgroup_id, std::string& erro
     error = "disabled (AGENTSHIM_DIRENT_BPF=off)";
     return nullptr;
   }
+  const std::string refused = refusal_path();
+  if (auto why = try_read_file(refused); why && !why->empty()) {
+    error = "refused by this kernel earlier since boot (" + refused + "): " + why->substr(0, 512);
+    return nullptr;
+  }
   std::unique_ptr<DirentBpf> b(new DirentBpf);
   LIBBPF_OPTS(bpf_object_open_opts, oo, .object_name = "agentshim_dirent");
   b->obj_.reset(bpf_object__open_mem(embedded::dirent_bpf_obj, embedded::dirent_bpf_obj_size, &oo));
@@ -63,6 +88,11 @@ std::unique_ptr<DirentBpf> DirentBpf::open(uint64_t cgroup_id, std::string& erro
   }
   if (int r = bpf_object__load(b->obj_.get()); r < 0) {
     error = failed("bpf_object__load", r);
+    if (kernel_refusal(r) && ::geteuid() == 0) try {
+        write_file_atomic(refused, error, 0600, false);
+      } catch (const std::exception&) {
+        // (Not kept: the next supervisor tries again.)
+      }
     return nullptr;
   }
   bpf_map* config = bpf_object__find_map_by_name(b->obj_.get(), "config");
