@@ -191,6 +191,12 @@ std::optional<Digest> HashCache::get(const Key& k) {
   return out;
 }
 
+std::optional<Digest> HashCache::get_known(const Key& k) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (auto u = used_.find(k); u != used_.end()) return u->second;
+  return std::nullopt;
+}
+
 void HashCache::put(const Key& k, const Digest& d) {
   std::lock_guard<std::mutex> lk(mu_);
   auto [it, fresh] = used_.insert_or_assign(k, d);

@@ -46,6 +46,9 @@ class HashCache {
   // transaction (nothing to write: no transaction, no fsync).
   void save();
   std::optional<Digest> get(const Key& k);
+  // Only what this object has found or computed (no store lookup): for a
+  // second look at a key `get` already missed.
+  std::optional<Digest> get_known(const Key& k);
   void put(const Key& k, const Digest& d);
   // The key of an open regular file, as the walks compute it.
   static Key key_of(const struct stat& st);
