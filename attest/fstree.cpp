@@ -593,6 +593,9 @@ struct Job {
   uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
   bool fresh = false;      // WalkOptions::reread: never taken from the cache
   bool missed = false;     // the store was looked up for this file (a miss): look at this run's hashes only
+  // The walker's fstat of the inode `fd` was opened from (pinned by O_PATH
+  // and checked to be the listed regular file): the first read's "before".
+  std::optional<struct stat> pinned;
 };
 
 std::string too_large(uint64_t limit) {
@@ -601,23 +604,41 @@ std::string too_large(uint64_t limit) {
 
 // A bounded queue between the walker and the hashing threads: every job
 // holds an open file, so its capacity is part of the descriptor budget.
+// Jobs are queued in batches (one lock and one wake-up per batch, not per
+// file: most files are small); the batch being filled counts against the
+// capacity too.
 class JobQueue {
  public:
-  explicit JobQueue(std::size_t cap) : cap_(cap) {}
+  explicit JobQueue(std::size_t cap) : cap_(cap), batch_(cap >= 8 ? std::min<std::size_t>(16, cap / 4) : 1) {}
   // Called (on the walking thread) before the first job is queued: the
   // hashing threads start only for a tree that has a file to read, so a
   // walk of a tree without one (an empty tmpfs, /dev) spawns none.
   std::function<void()> before_first;
   void push(Job j) {
+    batch_jobs_.push_back(std::move(j));
+    if (batch_jobs_.size() >= batch_) flush();
+  }
+  // Queues the batch being filled (the walk calls it when it is done).
+  void flush() {
+    if (batch_jobs_.empty()) return;
     if (before_first) {
       auto f = std::move(before_first);
       before_first = nullptr;
       f();
     }
-    std::unique_lock<std::mutex> lk(mu_);
-    not_full_.wait(lk, [&] { return q_.size() < cap_; });
-    q_.push_back(std::move(j));
-    not_empty_.notify_one();
+    const std::size_t n = batch_jobs_.size();
+    {
+      // Queued + being filled <= cap_: a full queue leaves room for a batch.
+      const std::size_t limit = batch_ > 1 ? cap_ - batch_ : cap_;
+      std::unique_lock<std::mutex> lk(mu_);
+      not_full_.wait(lk, [&] { return q_.size() + n <= std::max(limit, n); });
+      for (auto& j : batch_jobs_) q_.push_back(std::move(j));
+    }
+    batch_jobs_.clear();
+    if (n == 1)
+      not_empty_.notify_one();
+    else
+      not_empty_.notify_all();
   }
   bool pop(Job& out) {
     std::unique_lock<std::mutex> lk(mu_);
@@ -635,7 +656,8 @@ class JobQueue {
   }
 
  private:
-  std::size_t cap_;
+  std::size_t cap_, batch_;
+  std::vector<Job> batch_jobs_;  // the walking thread's only
   std::mutex mu_;
   std::condition_variable not_full_, not_empty_;
   std::deque<Job> q_;
@@ -659,7 +681,9 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
   const int fd = j.fd.get();
   struct stat st {};
   for (int attempt = 0; attempt < kHashAttempts; ++attempt) {
-    if (::fstat(fd, &st) < 0) {
+    if (attempt == 0 && j.pinned) {
+      st = *j.pinned;
+    } else if (::fstat(fd, &st) < 0) {
       add_error(e, errtext("read", errno));
       return;
     }
@@ -1074,6 +1098,7 @@ class Walker {
       std::string pp = "/proc/self/fd/" + std::to_string(p.get());
       j.fd = UniqueFd(::open(pp.c_str(), rd));
       if (!j.fd && errno == EPERM) j.fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
+      j.pinned = st;
     } else {
       j.fd = UniqueFd(::openat(dfd, name.c_str(), rd | O_NOFOLLOW));
       if (!j.fd && errno == EPERM)
@@ -1231,7 +1256,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   };
 
   Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
-
+  queue.flush();
   queue.close();
   for (auto& t : workers) t.join();
   s.bytes_hashed = bytes;

@@ -42,11 +42,17 @@ std::string file_key(const HashCache::Key& k) {
   return std::string(reinterpret_cast<const char*>(f), sizeof f);
 }
 
+Digest check_of(std::string_view key, std::string_view body) {
+  Sha256 h;
+  h.update(key);
+  h.update(body);
+  return h.finish();
+}
 std::string checked(std::string_view key, std::string_view body) {
-  std::string all(key);
-  all += body;
-  Digest c = sha256(all);
-  std::string out(body);
+  Digest c = check_of(key, body);
+  std::string out;
+  out.reserve(body.size() + kCheck);
+  out += body;
   out.append(reinterpret_cast<const char*>(c.data()), kCheck);
   return out;
 }
@@ -54,9 +60,7 @@ std::string checked(std::string_view key, std::string_view body) {
 std::optional<std::string_view> unchecked(std::string_view key, std::string_view val) {
   if (val.size() < kCheck) return std::nullopt;
   std::string_view body = val.substr(0, val.size() - kCheck);
-  std::string all(key);
-  all += body;
-  Digest c = sha256(all);
+  Digest c = check_of(key, body);
   if (std::memcmp(c.data(), val.data() + body.size(), kCheck) != 0) return std::nullopt;
   return body;
 }
