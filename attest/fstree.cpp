@@ -609,7 +609,8 @@ std::string too_large(uint64_t limit) {
 // capacity too.
 class JobQueue {
  public:
-  explicit JobQueue(std::size_t cap) : cap_(cap), batch_(cap >= 8 ? std::min<std::size_t>(16, cap / 4) : 1) {}
+  explicit JobQueue(std::size_t cap)
+      : batch_(cap >= 8 ? std::min<std::size_t>(16, cap / 4) : 1), limit_(batch_ > 1 ? cap - batch_ : cap) {}
   // Called (on the walking thread) before the first job is queued: the
   // hashing threads start only for a tree that has a file to read, so a
   // walk of a tree without one (an empty tmpfs, /dev) spawns none.
@@ -628,10 +629,8 @@ class JobQueue {
     }
     const std::size_t n = batch_jobs_.size();
     {
-      // Queued + being filled <= cap_: a full queue leaves room for a batch.
-      const std::size_t limit = batch_ > 1 ? cap_ - batch_ : cap_;
       std::unique_lock<std::mutex> lk(mu_);
-      not_full_.wait(lk, [&] { return q_.size() + n <= std::max(limit, n); });
+      not_full_.wait(lk, [&] { return q_.size() + n <= limit_; });
       for (auto& j : batch_jobs_) q_.push_back(std::move(j));
     }
     batch_jobs_.clear();
@@ -646,7 +645,9 @@ class JobQueue {
     if (q_.empty()) return false;
     out = std::move(q_.front());
     q_.pop_front();
-    not_full_.notify_one();
+    // The walker waits for room for a batch: woken once, when there is
+    // (the queue drains one job at a time, so it passes this size).
+    if (q_.size() + batch_ == limit_) not_full_.notify_one();
     return true;
   }
   void close() {
@@ -656,7 +657,9 @@ class JobQueue {
   }
 
  private:
-  std::size_t cap_, batch_;
+  // Queued + being filled <= the capacity: the queue holds at most limit_,
+  // leaving room for the batch the walker fills meanwhile.
+  std::size_t batch_, limit_;
   std::vector<Job> batch_jobs_;  // the walking thread's only
   std::mutex mu_;
   std::condition_variable not_full_, not_empty_;

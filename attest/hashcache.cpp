@@ -170,28 +170,40 @@ void HashCache::load() {
 }
 
 std::optional<Digest> HashCache::get(const Key& k) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this run
-  if (!env_) return std::nullopt;
-  MDB_txn* txn = static_cast<MDB_txn*>(rtxn_);
-  // A read transaction is a snapshot: renewed for each lookup (cheap: the
-  // reader slot is kept), reset after it, so no old snapshot pins pages.
-  int rc = txn ? mdb_txn_renew(txn) : mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn);
-  if (rc) return std::nullopt;
-  rtxn_ = txn;
-  const std::string key = file_key(k);
-  MDB_val kv = val_of(key), v{};
-  std::optional<Digest> out;
-  if (mdb_get(txn, env_->files, &kv, &v) == 0) {
-    auto body = unchecked(key, view_of(v));
-    if (body && body->size() == 32) {
-      Digest d;
-      std::memcpy(d.data(), body->data(), 32);
-      out = d;
-    }
+  Env* env = nullptr;  // set once, by load(), and kept while this object lives
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this run
+    if (!env_) return std::nullopt;
+    env = env_.get();
   }
-  mdb_txn_reset(txn);
-  if (out) used_[k] = *out;
+  // The store is read under its own lock: the hashing threads' put and
+  // get_known (the maps) do not wait for a lookup in the store.
+  std::optional<Digest> out;
+  {
+    std::lock_guard<std::mutex> lk(read_mu_);
+    MDB_txn* txn = static_cast<MDB_txn*>(rtxn_);
+    // A read transaction is a snapshot: renewed for each lookup (cheap: the
+    // reader slot is kept), reset after it, so no old snapshot pins pages.
+    int rc = txn ? mdb_txn_renew(txn) : mdb_txn_begin(env->env, nullptr, MDB_RDONLY, &txn);
+    if (rc) return std::nullopt;
+    rtxn_ = txn;
+    const std::string key = file_key(k);
+    MDB_val kv = val_of(key), v{};
+    if (mdb_get(txn, env->files, &kv, &v) == 0) {
+      auto body = unchecked(key, view_of(v));
+      if (body && body->size() == 32) {
+        Digest d;
+        std::memcpy(d.data(), body->data(), 32);
+        out = d;
+      }
+    }
+    mdb_txn_reset(txn);
+  }
+  if (out) {
+    std::lock_guard<std::mutex> lk(mu_);
+    used_[k] = *out;
+  }
   return out;
 }
 
