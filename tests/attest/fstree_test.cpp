@@ -117,7 +117,8 @@ TEST(FsTree, LeafEncodingIsCanonicalJsonOfTheLeafForAnyBytes) {
     std::string s(rng() % (max + 1), '\0');
     // Mostly the bytes that need care: quotes, backslash, '%', controls,
     // space, DEL, non-ASCII (valid UTF-8 or not).
-    static const std::string odd = std::string("\"\\%\x01\x08\x09\x0a\x0c\x0d\x1f \x7f\x80\xc3\xa9\xff", 18);
+    static constexpr char kOdd[] = "\"\\%\x01\x08\x09\x0a\x0c\x0d\x1f \x7f\x80\xc3\xa9\xff";
+    static const std::string odd(kOdd, sizeof kOdd - 1);
     for (auto& c : s) c = (rng() % 3 == 0) ? odd[rng() % odd.size()] : static_cast<char>('a' + rng() % 26);
     if (any && rng() % 4 == 0) s += "\xc3\xa9";  // valid UTF-8 (an error text may hold it)
     return s;
