@@ -1304,7 +1304,19 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         e.id.ctime_ns < walk_start - opts.racy_ns)
       recs[i] = encode_record(e);
   });
-  s.root = merkle_root(leaves);
+  // With a store, the root on a thread of its own while the store is
+  // updated.
+  std::thread rooter;
+  if (store)
+    rooter = std::thread([&s, &leaves] { s.root = merkle_root(leaves); });
+  else
+    s.root = merkle_root(leaves);
+  struct JoinRoot {
+    std::thread& t;
+    ~JoinRoot() {
+      if (t.joinable()) t.join();
+    }
+  } join_root{rooter};
   if (store) {
     // Update the store in place: what changed, what is new, what is gone.
     std::map<std::string, std::string> put;
@@ -1345,6 +1357,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
       log::warn(std::string("hash cache: ") + ex.what());
     }
   }
+  if (rooter.joinable()) rooter.join();
   return s;
 }
 

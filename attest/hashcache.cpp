@@ -3,7 +3,9 @@
 #include <lmdb.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <thread>
 #include <tuple>
 
 #include "common/error.h"
@@ -278,22 +280,43 @@ std::vector<std::pair<std::string, std::string>> HashCache::tree_records_sorted(
 
 void HashCache::update_tree(const std::string& tree, const std::map<std::string, std::string>& put,
                             const std::vector<std::string>& del) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (!env_ || (put.empty() && del.empty())) return;
+  if (put.empty() && del.empty()) return;
   const std::string prefix = tree_prefix(tree);
+  // The stored keys and checked values, computed before the write
+  // transaction and, for a whole tree's records (a first walk), on every
+  // core: the transaction then only inserts.
+  std::vector<const std::pair<const std::string, std::string>*> items;
+  items.reserve(put.size());
+  for (const auto& item : put)
+    if (!item.first.empty() && item.first.size() <= kMaxRecordPath) items.push_back(&item);
+  std::vector<std::pair<std::string, std::string>> kv(items.size());
+  auto fill = [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo; i < hi; ++i) {
+      kv[i].first = prefix + items[i]->first;
+      kv[i].second = checked(kv[i].first, items[i]->second);
+    }
+  };
+  const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
+                                                      std::max<std::size_t>(1, kv.size() / 4096));
+  {
+    std::vector<std::thread> others;
+    for (std::size_t t = 1; t < threads; ++t)
+      others.emplace_back(fill, kv.size() * t / threads, kv.size() * (t + 1) / threads);
+    fill(0, kv.size() / threads);
+    for (auto& t : others) t.join();
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!env_) return;
   env_->write([&](MDB_txn* txn) {
     for (const auto& p : del) {
       const std::string key = prefix + p;
-      MDB_val kv = val_of(key);
-      int rc = mdb_del(txn, env_->trees, &kv, nullptr);
+      MDB_val kv_del = val_of(key);
+      int rc = mdb_del(txn, env_->trees, &kv_del, nullptr);
       if (rc && rc != MDB_NOTFOUND) return rc;
     }
-    for (const auto& [p, body] : put) {
-      if (p.empty() || p.size() > kMaxRecordPath) continue;
-      const std::string key = prefix + p;
-      const std::string val = checked(key, body);
-      MDB_val kv = val_of(key), vv = val_of(val);
-      if (int rc = mdb_put(txn, env_->trees, &kv, &vv, 0)) return rc;
+    for (const auto& [key, val] : kv) {
+      MDB_val k = val_of(key), v = val_of(val);
+      if (int rc = mdb_put(txn, env_->trees, &k, &v, 0)) return rc;
     }
     return 0;
   });
