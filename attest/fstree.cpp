@@ -28,7 +28,10 @@
 
 namespace agentshim::attest {
 
-std::string leaf_encoding(const FsEntry& e) {
+namespace {
+// The leaf as a JSON object, for canonical(): the definition of the
+// encoding, used as is when a string holds a non-ASCII byte.
+json leaf_json(const FsEntry& e) {
   json j = {{"path", pct_encode(e.path)},
             {"type", std::string(1, e.type)},
             {"mode", e.mode},
@@ -47,11 +50,157 @@ std::string leaf_encoding(const FsEntry& e) {
     for (const auto& [k, v] : e.xattrs) x[pct_encode(k)] = base64_encode(v);
     j["xattrs"] = x;
   }
-  return canonical(j);
+  return j;
+}
+
+// canonical()'s string, for ASCII text (false at the first byte that is
+// not: the caller then uses canonical() itself).
+bool put_ascii_string(std::string& o, std::string_view s) {
+  o.push_back('"');
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"':
+        o += "\\\"";
+        break;
+      case '\\':
+        o += "\\\\";
+        break;
+      case '\b':
+        o += "\\b";
+        break;
+      case '\f':
+        o += "\\f";
+        break;
+      case '\n':
+        o += "\\n";
+        break;
+      case '\r':
+        o += "\\r";
+        break;
+      case '\t':
+        o += "\\t";
+        break;
+      default:
+        if (c >= 0x80) return false;
+        if (c < 0x20) {
+          static const char* hexd = "0123456789abcdef";
+          o += "\\u00";
+          o.push_back(hexd[c >> 4]);
+          o.push_back(hexd[c & 15]);
+        } else {
+          o.push_back(ch);
+        }
+    }
+  }
+  o.push_back('"');
+  return true;
+}
+void put_pct_string(std::string& o, std::string_view bytes) {
+  static const char* hexd = "0123456789ABCDEF";
+  o.push_back('"');
+  for (char ch : bytes) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      o.push_back('\\');
+      o.push_back(ch);
+    } else if (c >= 0x21 && c <= 0x7e && c != '%') {
+      o.push_back(ch);
+    } else {
+      o.push_back('%');
+      o.push_back(hexd[c >> 4]);
+      o.push_back(hexd[c & 15]);
+    }
+  }
+  o.push_back('"');
+}
+void put_uint(std::string& o, uint64_t v) {
+  char buf[24];
+  char* p = buf + sizeof buf;
+  do *--p = static_cast<char>('0' + v % 10);
+  while (v /= 10);
+  o.append(p, static_cast<std::size_t>(buf + sizeof buf - p));
+}
+
+// The same bytes as canonical(leaf_json(e)), written directly (a walk
+// encodes every entry): the keys in their sorted order, error gid mode path
+// rdev sha256 size target type uid xattrs. False when a string is not
+// ASCII.
+bool write_leaf(const FsEntry& e, std::string& o) {
+  o.push_back('{');
+  if (!e.error.empty()) {
+    o += "\"error\":";
+    if (!put_ascii_string(o, e.error)) return false;
+    o.push_back(',');
+  }
+  o += "\"gid\":";
+  put_uint(o, e.gid);
+  o += ",\"mode\":";
+  put_uint(o, e.mode);
+  o += ",\"path\":";
+  put_pct_string(o, e.path);
+  if (e.type == 'c' || e.type == 'b') {
+    o += ",\"rdev\":\"";
+    put_uint(o, e.rdev_major);
+    o.push_back(':');
+    put_uint(o, e.rdev_minor);
+    o.push_back('"');
+  }
+  if (e.type == 'f') {
+    if (!e.sha256.empty()) {
+      o += ",\"sha256\":";
+      if (!put_ascii_string(o, e.sha256)) return false;
+    }
+    o += ",\"size\":";
+    put_uint(o, e.size);
+  }
+  if (e.type == 'l') {
+    o += ",\"target\":";
+    put_pct_string(o, e.target);
+  }
+  o += ",\"type\":";
+  if (!put_ascii_string(o, std::string_view(&e.type, 1))) return false;
+  o += ",\"uid\":";
+  put_uint(o, e.uid);
+  if (!e.xattrs.empty()) {
+    // Sorted by the encoded name, as canonical() sorts an object's keys.
+    std::vector<std::pair<std::string, const std::string*>> x;
+    x.reserve(e.xattrs.size());
+    for (const auto& [k, v] : e.xattrs) x.emplace_back(pct_encode(k), &v);
+    std::sort(x.begin(), x.end());
+    o += ",\"xattrs\":{";
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (i) o.push_back(',');
+      put_ascii_string(o, x[i].first);  // already pct (ASCII): only '"' and '\\' are escaped
+      o.push_back(':');
+      o.push_back('"');
+      o += base64_encode(*x[i].second);
+      o.push_back('"');
+    }
+    o.push_back('}');
+  }
+  o.push_back('}');
+  return true;
+}
+}  // namespace
+
+std::string leaf_encoding(const FsEntry& e) {
+  std::string o;
+  o.reserve(192);
+  if (!write_leaf(e, o)) return canonical(leaf_json(e));
+  return o;
 }
 
 Digest leaf_hash(const FsEntry& e) {
-  return merkle_leaf_hash(std::string("agentshim-fs-v1\n") + leaf_encoding(e));
+  static constexpr std::string_view kDomain = "agentshim-fs-v1\n";
+  std::string o;
+  o.reserve(224);
+  o += kDomain;
+  if (!write_leaf(e, o)) {
+    o.resize(kDomain.size());
+    o += canonical(leaf_json(e));
+  }
+  return merkle_leaf_hash(o);
 }
 
 // ------------------------------------------------------------ tree records
@@ -443,6 +592,10 @@ struct Job {
   uint64_t dev = 0, ino = 0;
   uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
   bool fresh = false;      // WalkOptions::reread: never taken from the cache
+  bool missed = false;     // the store was looked up for this file (a miss): look at this run's hashes only
+  // The walker's fstat of the inode `fd` was opened from (pinned by O_PATH
+  // and checked to be the listed regular file): the first read's "before".
+  std::optional<struct stat> pinned;
 };
 
 std::string too_large(uint64_t limit) {
@@ -451,23 +604,40 @@ std::string too_large(uint64_t limit) {
 
 // A bounded queue between the walker and the hashing threads: every job
 // holds an open file, so its capacity is part of the descriptor budget.
+// Jobs are queued in batches (one lock and one wake-up per batch, not per
+// file: most files are small); the batch being filled counts against the
+// capacity too.
 class JobQueue {
  public:
-  explicit JobQueue(std::size_t cap) : cap_(cap) {}
+  explicit JobQueue(std::size_t cap)
+      : batch_(cap >= 8 ? std::min<std::size_t>(16, cap / 4) : 1), limit_(batch_ > 1 ? cap - batch_ : cap) {}
   // Called (on the walking thread) before the first job is queued: the
   // hashing threads start only for a tree that has a file to read, so a
   // walk of a tree without one (an empty tmpfs, /dev) spawns none.
   std::function<void()> before_first;
   void push(Job j) {
+    batch_jobs_.push_back(std::move(j));
+    if (batch_jobs_.size() >= batch_) flush();
+  }
+  // Queues the batch being filled (the walk calls it when it is done).
+  void flush() {
+    if (batch_jobs_.empty()) return;
     if (before_first) {
       auto f = std::move(before_first);
       before_first = nullptr;
       f();
     }
-    std::unique_lock<std::mutex> lk(mu_);
-    not_full_.wait(lk, [&] { return q_.size() < cap_; });
-    q_.push_back(std::move(j));
-    not_empty_.notify_one();
+    const std::size_t n = batch_jobs_.size();
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      not_full_.wait(lk, [&] { return q_.size() + n <= limit_; });
+      for (auto& j : batch_jobs_) q_.push_back(std::move(j));
+    }
+    batch_jobs_.clear();
+    if (n == 1)
+      not_empty_.notify_one();
+    else
+      not_empty_.notify_all();
   }
   bool pop(Job& out) {
     std::unique_lock<std::mutex> lk(mu_);
@@ -475,7 +645,9 @@ class JobQueue {
     if (q_.empty()) return false;
     out = std::move(q_.front());
     q_.pop_front();
-    not_full_.notify_one();
+    // The walker waits for room for a batch: woken once, when there is
+    // (the queue drains one job at a time, so it passes this size).
+    if (q_.size() + batch_ == limit_) not_full_.notify_one();
     return true;
   }
   void close() {
@@ -485,7 +657,10 @@ class JobQueue {
   }
 
  private:
-  std::size_t cap_;
+  // Queued + being filled <= the capacity: the queue holds at most limit_,
+  // leaving room for the batch the walker fills meanwhile.
+  std::size_t batch_, limit_;
+  std::vector<Job> batch_jobs_;  // the walking thread's only
   std::mutex mu_;
   std::condition_variable not_full_, not_empty_;
   std::deque<Job> q_;
@@ -509,7 +684,9 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
   const int fd = j.fd.get();
   struct stat st {};
   for (int attempt = 0; attempt < kHashAttempts; ++attempt) {
-    if (::fstat(fd, &st) < 0) {
+    if (attempt == 0 && j.pinned) {
+      st = *j.pinned;
+    } else if (::fstat(fd, &st) < 0) {
       add_error(e, errtext("read", errno));
       return;
     }
@@ -527,46 +704,46 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
     const HashCache::Key key = HashCache::key_of(st);
     if (attempt == 0) {
       // Another path to the same file (a hard link) hashed meanwhile.
-      if (auto d = j.fresh ? std::nullopt : cache->get(key)) {
+      if (auto d = j.fresh ? std::nullopt : j.missed ? cache->get_known(key) : cache->get(key)) {
         e.sha256 = hex(*d);
         e.size = want;
         if (stat_id_of(st) != e.id) e.id_valid = false;  // moved since the listing
         hits++;
         return;
       }
-      ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+      if (want > buf.size()) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     }
+    // The last read asks for one byte more than the size: a file that grew
+    // since the fstat says so there. A read that returns less than it asked
+    // for ends at the file's end as of that read (a regular file), so a
+    // small file takes one read, and the probe is a read of its own only
+    // when a full read ends exactly at the size.
     Sha256 h;
     uint64_t off = 0;
-    bool early_eof = false;
-    while (off < want) {
-      std::size_t chunk = static_cast<std::size_t>(std::min<uint64_t>(buf.size(), want - off));
+    bool early_eof = false, grew = false;
+    for (;;) {
+      const uint64_t left = want - off;
+      const std::size_t chunk = left < buf.size() ? static_cast<std::size_t>(left) + 1 : buf.size();
       ssize_t r = ::pread(fd, buf.data(), chunk, static_cast<off_t>(off));
       if (r < 0) {
         if (errno == EINTR) continue;
         add_error(e, errtext("read", errno));
         return;
       }
-      if (r == 0) {
-        early_eof = true;
+      auto got = static_cast<std::size_t>(r);
+      if (got == 0) {
+        early_eof = off < want;
         break;
       }
-      h.update(buf.data(), static_cast<std::size_t>(r));
-      off += static_cast<uint64_t>(r);
+      if (got > left) {
+        grew = true;
+        got = static_cast<std::size_t>(left);
+      }
+      h.update(buf.data(), got);
+      off += got;
+      if (grew || (off == want && static_cast<std::size_t>(r) < chunk)) break;
     }
     bytes += off;
-    bool grew = false;
-    if (!early_eof) {
-      char probe;
-      ssize_t r;
-      do r = ::pread(fd, &probe, 1, static_cast<off_t>(off));
-      while (r < 0 && errno == EINTR);
-      if (r < 0) {
-        add_error(e, errtext("read", errno));
-        return;
-      }
-      grew = r > 0;
-    }
     struct stat after {};
     if (::fstat(fd, &after) < 0) {
       add_error(e, errtext("read", errno));
@@ -900,6 +1077,7 @@ class Walker {
     j.ino = sx.stx_ino;
     j.max_bytes = o_.max_file_bytes;
     j.fresh = fresh;
+    j.missed = !fresh;
     const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
     if (proc_) {
       // Pin the inode without opening it (O_PATH runs no driver open), check
@@ -923,6 +1101,7 @@ class Walker {
       std::string pp = "/proc/self/fd/" + std::to_string(p.get());
       j.fd = UniqueFd(::open(pp.c_str(), rd));
       if (!j.fd && errno == EPERM) j.fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
+      j.pinned = st;
     } else {
       j.fd = UniqueFd(::openat(dfd, name.c_str(), rd | O_NOFOLLOW));
       if (!j.fd && errno == EPERM)
@@ -998,6 +1177,28 @@ FsSnapshot snapshot_file(const std::string& root, int pathfd, const struct statx
 }
 }  // namespace
 
+namespace {
+// fn(i) for every i < n, on `threads` threads (this one among them), in
+// contiguous blocks; the first exception is rethrown here.
+void in_parallel(std::size_t n, std::size_t threads, const std::function<void(std::size_t)>& fn) {
+  threads = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 1024));
+  std::vector<std::exception_ptr> errs(threads);
+  auto block = [&](std::size_t t) {
+    try {
+      for (std::size_t i = n * t / threads; i < n * (t + 1) / threads; ++i) fn(i);
+    } catch (...) {
+      errs[t] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> others;
+  for (std::size_t t = 1; t < threads; ++t) others.emplace_back(block, t);
+  block(0);
+  for (auto& t : others) t.join();
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+}
+}  // namespace
+
 FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   {
     // A regular file at the root: a single-file bind mount. Never through a
@@ -1058,38 +1259,72 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   };
 
   Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
-
+  queue.flush();
   queue.close();
   for (auto& t : workers) t.join();
   s.bytes_hashed = bytes;
   s.cache_hits += hits;
-  if (persist) {
-    try {
-      cache->save();
-    } catch (const std::exception& e) {
-      log::warn(std::string("hash cache: ") + e.what());
+  // The content hashes learned go to the store while the leaves are
+  // computed (a write transaction and its sync on one thread, the leaves
+  // and the tree's records on the others).
+  std::thread saver;
+  if (persist)
+    saver = std::thread([&cache] {
+      try {
+        cache->save();
+      } catch (const std::exception& e) {
+        log::warn(std::string("hash cache: ") + e.what());
+      }
+    });
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
     }
-  }
+  } join_saver{saver};
+  // Sorted as pointers (an FsEntry is large to swap), then moved once.
+  std::sort(
+      entries.begin(), entries.end(),
+      [](const std::unique_ptr<FsEntry>& a, const std::unique_ptr<FsEntry>& b) { return a->path < b->path; });
   s.entries.reserve(entries.size());
   for (auto& e : entries) s.entries.push_back(std::move(*e));
-  std::sort(s.entries.begin(), s.entries.end(),
-            [](const FsEntry& a, const FsEntry& b) { return a.path < b.path; });
-  std::vector<Digest> leaves;
-  leaves.reserve(s.entries.size());
-  for (auto& e : s.entries) {
+  entries.clear();
+  // Leaves, and with a store the record of each entry that can be stored
+  // (entries with an error, that moved while read, or changed within
+  // racy_ns of the walk are not: they are read again next time), on every
+  // hashing thread.
+  const std::size_t n = s.entries.size();
+  std::vector<Digest> leaves(n);
+  std::vector<std::string> recs(store ? n : 0);
+  in_parallel(n, budget.workers, [&](std::size_t i) {
+    FsEntry& e = s.entries[i];
     if (!e.reused || !e.error.empty()) e.leaf = leaf_hash(e);
-    leaves.push_back(e.leaf);
-  }
-  s.root = merkle_root(leaves);
+    leaves[i] = e.leaf;
+    if (store && !e.reused && e.error.empty() && e.id_valid && e.path.size() <= HashCache::kMaxRecordPath &&
+        e.id.ctime_ns < walk_start - opts.racy_ns)
+      recs[i] = encode_record(e);
+  });
+  // With a store, the root on a thread of its own while the store is
+  // updated.
+  std::thread rooter;
+  if (store)
+    rooter = std::thread([&s, &leaves] { s.root = merkle_root(leaves); });
+  else
+    s.root = merkle_root(leaves);
+  struct JoinRoot {
+    std::thread& t;
+    ~JoinRoot() {
+      if (t.joinable()) t.join();
+    }
+  } join_root{rooter};
   if (store) {
     // Update the store in place: what changed, what is new, what is gone.
-    // Entries with an error, that moved while read, or changed within
-    // racy_ns of the walk are not stored (they are read again next time).
     std::map<std::string, std::string> put;
     std::vector<std::string> del;
     bool all = true;
     std::size_t matched = 0;  // entries that have a stored record
-    for (const auto& e : s.entries) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const FsEntry& e = s.entries[i];
       // A reused entry is its stored record, unchanged (and was storable
       // when stored: its ctime has not moved since): nothing to look up.
       if (e.reused) {
@@ -1098,11 +1333,9 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
       }
       auto p = prior.find(e.path);
       const bool have = p != prior.end();
-      const bool storable = e.error.empty() && e.id_valid && e.path.size() <= HashCache::kMaxRecordPath &&
-                            e.id.ctime_ns < walk_start - opts.racy_ns;
-      if (storable) {
-        std::string rec = encode_record(e);
-        if (!have || p->second != rec) put.emplace(e.path, std::move(rec));
+      if (!recs[i].empty()) {  // a record is never empty: storable
+        // In path order: each insertion goes at the end.
+        if (!have || p->second != recs[i]) put.emplace_hint(put.end(), e.path, std::move(recs[i]));
       } else {
         all = false;
         if (have) del.push_back(e.path);
@@ -1116,6 +1349,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         if (it == s.entries.end() || it->path != path) del.push_back(path);
       }
     }
+    if (saver.joinable()) saver.join();  // one write transaction at a time
     try {
       cache->update_tree(opts.tree_key, put, del);
       s.stored_all = all;
@@ -1123,6 +1357,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
       log::warn(std::string("hash cache: ") + ex.what());
     }
   }
+  if (rooter.joinable()) rooter.join();
   return s;
 }
 

@@ -13,8 +13,21 @@
 
 namespace agentshim::attest {
 
+namespace {
+// SHA-256 fetched from the provider once: EVP_sha256() makes every digest
+// init look the algorithm up again (a lock and a name search), which a walk
+// pays per file, per leaf and per Merkle node.
+const EVP_MD* sha256_md() {
+  static const EVP_MD* md = [] {
+    const EVP_MD* m = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    return m ? m : EVP_sha256();
+  }();
+  return md;
+}
+}  // namespace
+
 Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr) != 1)
+  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), sha256_md(), nullptr) != 1)
     throw Error("EVP_DigestInit_ex(sha256) failed");
 }
 Sha256::~Sha256() {
@@ -33,7 +46,7 @@ Digest Sha256::finish() {
 Digest sha256(std::string_view data) {
   Digest d{};
   unsigned int n = 0;
-  if (EVP_Digest(data.data(), data.size(), d.data(), &n, EVP_sha256(), nullptr) != 1)
+  if (EVP_Digest(data.data(), data.size(), d.data(), &n, sha256_md(), nullptr) != 1)
     throw Error("EVP_Digest(sha256) failed");
   return d;
 }
@@ -66,14 +79,17 @@ std::string hex(const Digest& d) {
 Digest from_hex(std::string_view h) {
   if (h.size() != 64) throw Error("bad sha256 hex (length " + std::to_string(h.size()) + ")");
   Digest d{};
-  auto nib = [&](char c) -> int {
+  auto nib = [](char c) -> int {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    throw Error("bad sha256 hex character");
+    return -1;
   };
-  for (std::size_t i = 0; i < 32; i++)
-    d[i] = static_cast<unsigned char>(nib(h[2 * i]) << 4 | nib(h[2 * i + 1]));
+  for (std::size_t i = 0; i < 32; i++) {
+    const int hi = nib(h[2 * i]), lo = nib(h[2 * i + 1]);
+    if ((hi | lo) < 0) throw Error("bad sha256 hex character");
+    d[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
   return d;
 }
 

@@ -3,7 +3,9 @@
 #include <lmdb.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <thread>
 #include <tuple>
 
 #include "common/error.h"
@@ -42,11 +44,17 @@ std::string file_key(const HashCache::Key& k) {
   return std::string(reinterpret_cast<const char*>(f), sizeof f);
 }
 
+Digest check_of(std::string_view key, std::string_view body) {
+  Sha256 h;
+  h.update(key);
+  h.update(body);
+  return h.finish();
+}
 std::string checked(std::string_view key, std::string_view body) {
-  std::string all(key);
-  all += body;
-  Digest c = sha256(all);
-  std::string out(body);
+  Digest c = check_of(key, body);
+  std::string out;
+  out.reserve(body.size() + kCheck);
+  out += body;
   out.append(reinterpret_cast<const char*>(c.data()), kCheck);
   return out;
 }
@@ -54,9 +62,7 @@ std::string checked(std::string_view key, std::string_view body) {
 std::optional<std::string_view> unchecked(std::string_view key, std::string_view val) {
   if (val.size() < kCheck) return std::nullopt;
   std::string_view body = val.substr(0, val.size() - kCheck);
-  std::string all(key);
-  all += body;
-  Digest c = sha256(all);
+  Digest c = check_of(key, body);
   if (std::memcmp(c.data(), val.data() + body.size(), kCheck) != 0) return std::nullopt;
   return body;
 }
@@ -166,29 +172,47 @@ void HashCache::load() {
 }
 
 std::optional<Digest> HashCache::get(const Key& k) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this run
-  if (!env_) return std::nullopt;
-  MDB_txn* txn = static_cast<MDB_txn*>(rtxn_);
-  // A read transaction is a snapshot: renewed for each lookup (cheap: the
-  // reader slot is kept), reset after it, so no old snapshot pins pages.
-  int rc = txn ? mdb_txn_renew(txn) : mdb_txn_begin(env_->env, nullptr, MDB_RDONLY, &txn);
-  if (rc) return std::nullopt;
-  rtxn_ = txn;
-  const std::string key = file_key(k);
-  MDB_val kv = val_of(key), v{};
-  std::optional<Digest> out;
-  if (mdb_get(txn, env_->files, &kv, &v) == 0) {
-    auto body = unchecked(key, view_of(v));
-    if (body && body->size() == 32) {
-      Digest d;
-      std::memcpy(d.data(), body->data(), 32);
-      out = d;
-    }
+  Env* env = nullptr;  // set once, by load(), and kept while this object lives
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this run
+    if (!env_) return std::nullopt;
+    env = env_.get();
   }
-  mdb_txn_reset(txn);
-  if (out) used_[k] = *out;
+  // The store is read under its own lock: the hashing threads' put and
+  // get_known (the maps) do not wait for a lookup in the store.
+  std::optional<Digest> out;
+  {
+    std::lock_guard<std::mutex> lk(read_mu_);
+    MDB_txn* txn = static_cast<MDB_txn*>(rtxn_);
+    // A read transaction is a snapshot: renewed for each lookup (cheap: the
+    // reader slot is kept), reset after it, so no old snapshot pins pages.
+    int rc = txn ? mdb_txn_renew(txn) : mdb_txn_begin(env->env, nullptr, MDB_RDONLY, &txn);
+    if (rc) return std::nullopt;
+    rtxn_ = txn;
+    const std::string key = file_key(k);
+    MDB_val kv = val_of(key), v{};
+    if (mdb_get(txn, env->files, &kv, &v) == 0) {
+      auto body = unchecked(key, view_of(v));
+      if (body && body->size() == 32) {
+        Digest d;
+        std::memcpy(d.data(), body->data(), 32);
+        out = d;
+      }
+    }
+    mdb_txn_reset(txn);
+  }
+  if (out) {
+    std::lock_guard<std::mutex> lk(mu_);
+    used_[k] = *out;
+  }
   return out;
+}
+
+std::optional<Digest> HashCache::get_known(const Key& k) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (auto u = used_.find(k); u != used_.end()) return u->second;
+  return std::nullopt;
 }
 
 void HashCache::put(const Key& k, const Digest& d) {
@@ -256,22 +280,43 @@ std::vector<std::pair<std::string, std::string>> HashCache::tree_records_sorted(
 
 void HashCache::update_tree(const std::string& tree, const std::map<std::string, std::string>& put,
                             const std::vector<std::string>& del) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (!env_ || (put.empty() && del.empty())) return;
+  if (put.empty() && del.empty()) return;
   const std::string prefix = tree_prefix(tree);
+  // The stored keys and checked values, computed before the write
+  // transaction and, for a whole tree's records (a first walk), on every
+  // core: the transaction then only inserts.
+  std::vector<const std::pair<const std::string, std::string>*> items;
+  items.reserve(put.size());
+  for (const auto& item : put)
+    if (!item.first.empty() && item.first.size() <= kMaxRecordPath) items.push_back(&item);
+  std::vector<std::pair<std::string, std::string>> kv(items.size());
+  auto fill = [&](std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo; i < hi; ++i) {
+      kv[i].first = prefix + items[i]->first;
+      kv[i].second = checked(kv[i].first, items[i]->second);
+    }
+  };
+  const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
+                                                      std::max<std::size_t>(1, kv.size() / 4096));
+  {
+    std::vector<std::thread> others;
+    for (std::size_t t = 1; t < threads; ++t)
+      others.emplace_back(fill, kv.size() * t / threads, kv.size() * (t + 1) / threads);
+    fill(0, kv.size() / threads);
+    for (auto& t : others) t.join();
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!env_) return;
   env_->write([&](MDB_txn* txn) {
     for (const auto& p : del) {
       const std::string key = prefix + p;
-      MDB_val kv = val_of(key);
-      int rc = mdb_del(txn, env_->trees, &kv, nullptr);
+      MDB_val kv_del = val_of(key);
+      int rc = mdb_del(txn, env_->trees, &kv_del, nullptr);
       if (rc && rc != MDB_NOTFOUND) return rc;
     }
-    for (const auto& [p, body] : put) {
-      if (p.empty() || p.size() > kMaxRecordPath) continue;
-      const std::string key = prefix + p;
-      const std::string val = checked(key, body);
-      MDB_val kv = val_of(key), vv = val_of(val);
-      if (int rc = mdb_put(txn, env_->trees, &kv, &vv, 0)) return rc;
+    for (const auto& [key, val] : kv) {
+      MDB_val k = val_of(key), v = val_of(val);
+      if (int rc = mdb_put(txn, env_->trees, &k, &v, 0)) return rc;
     }
     return 0;
   });

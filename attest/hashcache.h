@@ -46,6 +46,9 @@ class HashCache {
   // transaction (nothing to write: no transaction, no fsync).
   void save();
   std::optional<Digest> get(const Key& k);
+  // Only what this object has found or computed (no store lookup): for a
+  // second look at a key `get` already missed.
+  std::optional<Digest> get_known(const Key& k);
   void put(const Key& k, const Digest& d);
   // The key of an open regular file, as the walks compute it.
   static Key key_of(const struct stat& st);
@@ -71,7 +74,8 @@ class HashCache {
   struct Env;
   std::string path_;
   std::shared_ptr<Env> env_;
-  std::mutex mu_;
+  std::mutex mu_;                  // the maps, env_ and loaded_
+  std::mutex read_mu_;             // rtxn_ (taken without mu_ held)
   std::map<Key, Digest> used_;     // this run's hashes (found or computed)
   std::map<Key, Digest> pending_;  // computed and not yet in the store
   void* rtxn_ = nullptr;           // MDB_txn*, reset between gets

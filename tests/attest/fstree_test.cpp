@@ -21,6 +21,8 @@
 #include <cstdio>
 #include <functional>
 #include <future>
+#include <map>
+#include <random>
 #include <thread>
 
 #include "attest/canonical.h"
@@ -75,6 +77,137 @@ TEST(FsTree, LeafEncodingIsExact) {
   EXPECT_EQ(leaf_encoding(d),
             R"({"gid":0,"mode":493,"path":".","type":"d","uid":0,"xattrs":{"security.capability":"AQI="}})");
   EXPECT_EQ(leaf_hash(d), merkle_leaf_hash("agentshim-fs-v1\n" + leaf_encoding(d)));
+}
+
+namespace {
+// The leaf as its definition builds it (docs/FORMATS.md "Filesystem trees"):
+// a JSON object through canonical(). leaf_encoding writes the same bytes
+// without building the object.
+std::string reference_leaf(const FsEntry& e) {
+  json j = {{"path", pct_encode(e.path)},
+            {"type", std::string(1, e.type)},
+            {"mode", e.mode},
+            {"uid", e.uid},
+            {"gid", e.gid}};
+  if (e.type == 'f') {
+    j["size"] = e.size;
+    if (!e.sha256.empty()) j["sha256"] = e.sha256;
+  }
+  if (!e.error.empty()) j["error"] = e.error;
+  if (e.type == 'l') j["target"] = pct_encode(e.target);
+  if (e.type == 'c' || e.type == 'b')
+    j["rdev"] = std::to_string(e.rdev_major) + ":" + std::to_string(e.rdev_minor);
+  if (!e.xattrs.empty()) {
+    json x = json::object();
+    for (const auto& [k, v] : e.xattrs) x[pct_encode(k)] = base64_encode(v);
+    j["xattrs"] = x;
+  }
+  return canonical(j);
+}
+Digest reference_root(const FsSnapshot& s) {
+  std::vector<Digest> leaves;
+  for (const auto& e : s.entries) leaves.push_back(merkle_leaf_hash("agentshim-fs-v1\n" + reference_leaf(e)));
+  return merkle_root(leaves);
+}
+}  // namespace
+
+TEST(FsTree, LeafEncodingIsCanonicalJsonOfTheLeafForAnyBytes) {
+  std::mt19937_64 rng(16);
+  auto bytes = [&](std::size_t max, bool any) {
+    std::string s(rng() % (max + 1), '\0');
+    // Mostly the bytes that need care: quotes, backslash, '%', controls,
+    // space, DEL, non-ASCII (valid UTF-8 or not).
+    static constexpr char kOdd[] = "\"\\%\x01\x08\x09\x0a\x0c\x0d\x1f \x7f\x80\xc3\xa9\xff";
+    static const std::string odd(kOdd, sizeof kOdd - 1);
+    for (auto& c : s) c = (rng() % 3 == 0) ? odd[rng() % odd.size()] : static_cast<char>('a' + rng() % 26);
+    if (any && rng() % 4 == 0) s += "\xc3\xa9";  // valid UTF-8 (an error text may hold it)
+    return s;
+  };
+  const std::string types = "fdlcbps?";
+  for (int i = 0; i < 3000; ++i) {
+    FsEntry e;
+    e.path = i == 0 ? "." : bytes(40, false);
+    e.type = types[rng() % types.size()];
+    e.mode = static_cast<uint32_t>(rng() % 010000);
+    e.uid = static_cast<uint32_t>(rng());
+    e.gid = rng() % 2 ? 0 : static_cast<uint32_t>(rng());
+    e.size = rng() % 2 ? rng() : rng() % 1000;
+    if (rng() % 4) e.sha256 = hex(sha256(std::to_string(i)));
+    e.target = bytes(30, false);
+    e.rdev_major = rng() % 5000;
+    e.rdev_minor = rng() % 2 ? rng() : 0;
+    if (rng() % 3 == 0) e.error = "open: " + bytes(20, true);
+    std::map<std::string, std::string> x;  // raw-name order, as a walk sorts them
+    for (int k = static_cast<int>(rng() % 4); k > 0; --k)
+      x[(rng() % 2 ? "user." : "security.") + bytes(8, false)] = bytes(12, false);
+    e.xattrs.assign(x.begin(), x.end());
+    std::string want;
+    try {
+      want = reference_leaf(e);
+    } catch (const std::exception&) {
+      // Invalid UTF-8 in the error text: the encoding refuses it the same way.
+      EXPECT_ANY_THROW(leaf_encoding(e)) << i;
+      continue;
+    }
+    ASSERT_EQ(leaf_encoding(e), want) << i;
+    ASSERT_EQ(leaf_hash(e), merkle_leaf_hash("agentshim-fs-v1\n" + want)) << i;
+  }
+  // Names whose order changes under pct encoding (' ' sorts before '!',
+  // "%20" after it): the object's keys are sorted as encoded.
+  FsEntry d;
+  d.path = "d";
+  d.type = 'd';
+  d.xattrs = {{"user.a b", "1"}, {"user.a!", "2"}};
+  EXPECT_EQ(leaf_encoding(d), reference_leaf(d));
+  EXPECT_NE(leaf_encoding(d).find(R"({"user.a!":"Mg==","user.a%20b":"MQ=="})"), std::string::npos);
+}
+
+TEST(FsTree, AWalkHashesEveryFileSizeAndGivesTheReferenceRoot) {
+  // Sizes around the read buffer (1 MiB) and the one-read path of small
+  // files: each content hash is SHA-256 of the bytes, each leaf and the
+  // root are the reference encoding's, with and without a store, cold and
+  // warm, with one hashing thread and several.
+  TempDir t;
+  TempDir store;
+  const std::size_t mib = std::size_t{1} << 20;
+  std::vector<std::size_t> sizes = {0,    1,     2,       916, 4095,    4096,
+                                    4097, 65536, mib - 1, mib, mib + 1, 3 * mib + 5};
+  ::mkdir((t.path + "/d").c_str(), 0755);
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    std::string data(sizes[i], '\0');
+    for (std::size_t k = 0; k < data.size(); ++k) data[k] = static_cast<char>((k * 131 + i) & 0xff);
+    write_file(t.path + "/d/f" + std::to_string(i), data);
+  }
+  ASSERT_EQ(::symlink("d/f0", (t.path + "/ln").c_str()), 0);
+  ASSERT_EQ(::link((t.path + "/d/f3").c_str(), (t.path + "/hard").c_str()), 0);
+  ASSERT_EQ(::setxattr((t.path + "/d/f2").c_str(), "user.agentshim", "v", 1, 0) == 0 || errno == ENOTSUP,
+            true);
+  WalkOptions stored;
+  stored.cache_path = store.path + "/store";
+  stored.tree_key = "tree:" + t.path;
+  stored.racy_ns = 0;
+  WalkOptions one;
+  one.threads = 1;
+  auto plain = snap(t.path, one);
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const FsEntry* f = find(plain, "d/f" + std::to_string(i));
+    ASSERT_NE(f, nullptr);
+    EXPECT_EQ(f->size, sizes[i]);
+    EXPECT_EQ(f->sha256, hex(sha256(read_file(t.path + "/d/f" + std::to_string(i))))) << sizes[i];
+    EXPECT_TRUE(f->error.empty()) << f->error;
+  }
+  EXPECT_EQ(find(plain, "hard")->sha256, find(plain, "d/f3")->sha256);
+  const Digest want = reference_root(plain);
+  EXPECT_EQ(plain.root, want);
+  auto cold = snap(t.path, stored);
+  EXPECT_EQ(cold.root, want);
+  EXPECT_EQ(cold.reused, 0u);
+  auto warm = snap(t.path, stored);
+  EXPECT_EQ(warm.reused, warm.entries.size());
+  EXPECT_EQ(warm.root, want);
+  WalkOptions many;
+  many.threads = 4;
+  EXPECT_EQ(snap(t.path, many).root, want);
 }
 
 TEST(FsTree, EmptyDirectoryIsTheRootEntryAlone) {
