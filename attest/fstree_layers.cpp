@@ -353,22 +353,28 @@ std::optional<OverlayLayers> overlay_at(const std::string& dir) {
 FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::vector<LayerUse>* used,
                          const std::string& mount_path) {
   auto whole = [&] { return snapshot(dir, opts); };
-  if (opts.tree_key.empty() || !opts.exclude.empty()) return whole();
+  auto plain = [&](const char* why) {
+    log::debug("record: " + dir + " walked whole: " + why);
+    return whole();
+  };
+  if (opts.tree_key.empty()) return whole();
+  if (!opts.exclude.empty()) return plain("paths excluded");
   // Files of the mount written during the run: their layer entries carry
   // the layer's identities, not the mount's, so the mount is walked (and
   // those files read in full, WalkOptions::reread).
   if (opts.reread_dev) {
     struct stat st {};
-    if (::stat(dir.c_str(), &st) == 0 && opts.reread_dev(static_cast<uint64_t>(st.st_dev))) return whole();
+    if (::stat(dir.c_str(), &st) == 0 && opts.reread_dev(static_cast<uint64_t>(st.st_dev)))
+      return plain("a file of the mount was written");
   }
   const std::string& where = mount_path.empty() ? dir : mount_path;
   auto layers = overlay_at(where);
-  if (!layers) return whole();
+  if (!layers) return plain("not an overlay mount point");
   if (where != dir) {
     struct stat a {
     }, b{};
     if (::stat(dir.c_str(), &a) < 0 || ::stat(layers->mount_point.c_str(), &b) < 0 || a.st_dev != b.st_dev)
-      return whole();  // not (or no longer) the mount `dir` is a copy of
+      return plain("not (or no longer) the mount it is a copy of");
   }
   if (!layers->refused.empty()) {
     log::debug("record: " + dir + " walked whole: " + layers->refused);
@@ -379,7 +385,7 @@ FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::v
     lo.cache = std::make_shared<HashCache>(opts.cache_path);
     lo.cache->load();
   }
-  if (!lo.cache->persistent()) return whole();
+  if (!lo.cache->persistent()) return plain("the store is not open");
   try {
     // The mount's own root entry first: a client may unmount it as soon as
     // the container exits (Docker does), while its layers stay.

@@ -432,6 +432,11 @@ def main():
             # directory root has nothing better than the stat-only check;
             # an image layer is proven from the store).
             ov, umount = make_overlay_bundle(work, bundle)
+            # The layer directory was just renamed into place: the store
+            # keeps no entry changed within 2 s of a walk (racy_ns), so a
+            # layer is proven only by a run that starts later. Real image
+            # layers are unpacked long before they run.
+            time.sleep(2.5)
             try:
                 olife, orun = measure(runtimes, roots, ov, audit, n, "ov")
                 print("containerd-style overlay root (image snapshot as the lower layer, an empty upper):")
