@@ -13,15 +13,11 @@
 #include "attest/hash.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "sandbox/embedded.h"
 
 extern "C" {
 #include "sandbox/bpf/dirent.h"
 }
-
-namespace agentshim::embedded {
-extern const unsigned char dirent_bpf_obj[];
-extern const std::size_t dirent_bpf_obj_size;
-}  // namespace agentshim::embedded
 
 namespace agentshim::observer {
 namespace {

@@ -8,15 +8,11 @@
 #include <cstring>
 
 #include "attest/canonical.h"
+#include "sandbox/embedded.h"
 
 extern "C" {
 #include "sandbox/bpf/exec_argv.h"
 }
-
-namespace agentshim::embedded {
-extern const unsigned char exec_argv_bpf_obj[];
-extern const std::size_t exec_argv_bpf_obj_size;
-}  // namespace agentshim::embedded
 
 namespace agentshim::observer {
 namespace {
