@@ -8,7 +8,8 @@
 // The programs record only tasks in the container's cgroup v2 or below it
 // (cgroup_id); they never deny. They run before the operation, so an
 // operation the filesystem then refuses (rmdir of a non-empty directory,
-// ENOSPC) is reported too. Loaded per container for now.
+// ENOSPC) is reported too. Loaded per container for now; a kernel's refusal
+// of the load is remembered in /run until reboot.
 //
 // Load failures (no BPF LSM in /sys/kernel/security/lsm, no BTF, a kernel
 // before 6.12 without the bpf_path_d_path kfunc, no CAP_BPF, a host that
