@@ -164,11 +164,6 @@ std::set<std::vector<unsigned char>> sweep_slots(int fd, uint32_t own_ns) {
   return live;
 }
 
-std::string short_hash(std::span<const unsigned char> object) {
-  auto d = attest::sha256(std::string_view(reinterpret_cast<const char*>(object.data()), object.size()));
-  return attest::hex(d).substr(0, 16);
-}
-
 // Opens and loads the object; libbpf's last message goes to `log`.
 Object load(const Spec& spec, std::string& log, std::string& error) {
   t_libbpf_log = &log;
@@ -191,6 +186,11 @@ Object load(const Spec& spec, std::string& log, std::string& error) {
 }
 
 }  // namespace
+
+std::string object_hash(std::span<const unsigned char> object) {
+  auto d = attest::sha256(std::string_view(reinterpret_cast<const char*>(object.data()), object.size()));
+  return attest::hex(d).substr(0, 16);
+}
 
 bool slot_of(pid_t pid, agentshim_bpf_slot& slot, std::string& error) {
   uint32_t ns = 0;
@@ -233,7 +233,7 @@ bool Host::open_pinned(const Spec& spec, bool& load_failed, std::string& error) 
     return false;
   }
   const std::string prefix = spec.name + "-";
-  dir_ = std::string(kTop) + "/" + prefix + short_hash(spec.object);
+  dir_ = std::string(kTop) + "/" + prefix + object_hash(spec.object);
   const std::string slots_pin = dir_ + "/" + kSlots;
 
   // Other builds' directories that no live supervisor uses: their programs

@@ -95,6 +95,10 @@ class Host {
   bool loaded_ = false;
 };
 
+// The first 16 hex digits of the SHA-256 of a compiled object: what names
+// its pin directory (and the dirent loader's refusal file).
+std::string object_hash(std::span<const unsigned char> object);
+
 // The calling process's slot (for tests: of `pid`, in this pid namespace).
 bool slot_of(pid_t pid, agentshim_bpf_slot& slot, std::string& error);
 // Whether the owner of `slot` still runs; a slot of another pid namespace

@@ -10,9 +10,9 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "attest/hash.h"
 #include "common/error.h"
 #include "common/util.h"
+#include "sandbox/bpf_host.h"
 #include "sandbox/embedded.h"
 
 extern "C" {
@@ -36,9 +36,8 @@ constexpr const char* kPrograms[] = {"dirent_mknod",  "dirent_mkdir", "dirent_sy
 // load attempt costs (libbpf's BTF parse before the kernel says no).
 // Errors that may pass (ENOMEM, EAGAIN...) are not kept.
 std::string refusal_path() {
-  auto d = attest::sha256(std::string_view(reinterpret_cast<const char*>(embedded::dirent_bpf_obj),
-                                           embedded::dirent_bpf_obj_size));
-  return "/run/agentshim.dirent-bpf-" + attest::hex(d).substr(0, 16) + ".refused";
+  return "/run/agentshim.dirent-bpf-" +
+         bpfhost::object_hash({embedded::dirent_bpf_obj, embedded::dirent_bpf_obj_size}) + ".refused";
 }
 
 bool kernel_refusal(int err) {
