@@ -341,6 +341,7 @@ void RunRecord::snapshot_after() {
                           {"path", pct_encode(trees_[i].host_path)},
                           {"walk", "failed"},
                           {"error", e.what()}};
+        after_errors_[i] = e.what();  // (no after root in the statement either)
         incomplete_.push_back("change set of tree " + trees_[i].name + ": " + e.what());
         continue;
       }
