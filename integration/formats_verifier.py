@@ -243,7 +243,9 @@ def check_coverage(events, changes):
     # Entry events: fs.watch says where they come from; an LSM one says so.
     for w in (e["data"] for e in events if e["type"] == "fs.watch" and "marked" in e["data"]):
         if "entries" in w and not (w["entries"] == "lsm" and "entries_error" not in w or
-                                   w["entries"] == "tmpfs" and isinstance(w.get("entries_error"), str)):
+                                   w["entries"] == "fanotify" and isinstance(w.get("entries_error"), str) and
+                                   isinstance(w.get("entries_unwatched"), list) and
+                                   all(isinstance(x, str) for x in w["entries_unwatched"])):
             problems.append(f"fs.watch: malformed entries {w}")
     lsm = any(e["type"] == "fs.watch" and e["data"].get("entries") == "lsm" for e in events)
     for e in events:

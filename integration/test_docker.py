@@ -636,6 +636,39 @@ def test_records_survive_dockers_cleanup(docker):
     assert {("/a", "big"), ("/z", "f0"), ("/z", "forced")} <= changed, sorted(changed)[:10]
 
 
+def test_names_made_and_removed_on_volumes_are_recorded(docker, tmp_path):
+    """Names created and removed within the run on a bind-mounted host
+    directory and on a named volume (issue 15 item 3), by the container's
+    program and by a `docker exec` session: no walk sees them; each is a
+    file.created / file.removed event with the container's path."""
+    host = tmp_path / "h"
+    host.mkdir()
+    vol = f"names{os.getpid()}"
+    docker.out("volume", "create", vol)
+    try:
+        cid = start_detached(docker, "agentshim", "-v", f"{host}:/data", "-v", f"{vol}:/vol", IMG, "sh", "-c",
+                             "mkdir /data/d; touch /data/d/f; rm -r /data/d; exec sleep 600")
+        wait_for(lambda: docker("exec", cid, "test", "-e", "/data/d").returncode == 1, what="the first rm")
+        r = docker("exec", cid, "sh", "-c", "mkdir /vol/e; ln -s x /vol/e/s; rm -r /vol/e")
+        assert r.returncode == 0, r.stderr
+        docker.out("rm", "-f", cid)
+    finally:
+        docker("volume", "rm", "-f", vol)
+    from exec_sessions import run_dir
+    rd = run_dir(docker.audit, cid)
+    wait_records(docker.audit, timeout=60)
+    v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", rd])
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    with open(os.path.join(rd, "events.ndjson")) as f:
+        evs = [json.loads(line) for line in f]
+    got = {(e["type"], e["data"].get("tree"), e["data"].get("path")) for e in evs
+           if e["type"] in ("file.created", "file.removed")}
+    for tree, paths in (("/data", ["/data/d", "/data/d/f"]), ("/vol", ["/vol/e", "/vol/e/s"])):
+        for p in paths:
+            for t in ("file.created", "file.removed"):
+                assert (t, tree, p) in got, (t, tree, p, sorted(got))
+
+
 def test_docker_exec_is_recorded(docker):
     """`docker exec` is an exec session (issue 15 item 2): the processes it
     runs are process.exec events with the binary's hash, tagged with the

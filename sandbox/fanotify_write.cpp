@@ -174,14 +174,29 @@ std::string WriteWatch::mark(int fd, const std::string& mount_point, const std::
   return "";
 }
 
+std::string WriteWatch::watch_tree_entries(const std::string& dir, const std::vector<std::string>& lower) {
+  if (marked_.empty() || marked_.back().file) return "not a directory mount";
+  const MarkedMount& mk = marked_.back();
+  if (entry_devs_.count(mk.dev)) return "";  // the entry group has the whole filesystem
+  try {
+    if (!tree_entries_) tree_entries_ = std::make_unique<EntryTrees>(sink_);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  std::string why = tree_entries_->watch(dir, mk.mount_point, mk.tree, lower);
+  if (why.empty()) last_entries_ = true;
+  return why;
+}
+
 void WriteWatch::start() {
   loop_.start([this] {
-    struct pollfd p[4] = {{loop_.stop_fd(), POLLIN, 0},
+    struct pollfd p[5] = {{loop_.stop_fd(), POLLIN, 0},
                           {write_group_.get(), POLLIN, 0},
                           {entry_group_ ? entry_group_.get() : -1, POLLIN, 0},
-                          {dirent_ ? dirent_->fd() : -1, POLLIN, 0}};
+                          {dirent_ ? dirent_->fd() : -1, POLLIN, 0},
+                          {tree_entries_ ? tree_entries_->fd() : -1, POLLIN, 0}};
     for (;;) {
-      int r = ::poll(p, 4, -1);
+      int r = ::poll(p, 5, -1);
       if (r < 0 && errno == EINTR) continue;
       if (r < 0 || (p[0].revents & POLLIN)) return;
       drain();
@@ -196,12 +211,29 @@ void WriteWatch::stop() {
   read_write_group();
   if (entry_group_) read_entry_group();
   if (dirent_) read_dirent(true);
+  if (tree_entries_) read_tree_entries();
 }
 
 void WriteWatch::drain() {
   read_write_group();
   if (entry_group_) read_entry_group();
   if (dirent_) read_dirent(false);
+  if (tree_entries_) read_tree_entries();
+}
+
+void WriteWatch::read_tree_entries() {
+  auto d = tree_entries_->drain();
+  events_ += d.events;
+  if (!d.lost.empty()) note_entries_lost(d.lost);
+}
+
+void WriteWatch::note_entries_lost(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (entries_lost_) return;
+    entries_lost_ = true;
+  }
+  sink_("fs.watch", json{{"overflow", why}});
 }
 
 namespace {
@@ -219,13 +251,7 @@ void WriteWatch::read_dirent(bool all) {
   const uint64_t lost = dirent_->lost();
   if (lost == dirent_lost_) return;
   dirent_lost_ = lost;
-  bool first = false;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    first = !entries_lost_;
-    entries_lost_ = true;
-  }
-  if (first) sink_("fs.watch", json{{"overflow", "the entry ring buffer (BPF LSM) was full"}});
+  note_entries_lost("the entry ring buffer (BPF LSM) was full");
 }
 
 const MarkedMount* mount_of_record(const std::vector<MarkedMount>& mounts, uint64_t mount_id, uint64_t dev,
@@ -429,13 +455,7 @@ void WriteWatch::read_entry_group() {
       if (m->vers != FANOTIFY_METADATA_VERSION) continue;
       events_++;
       if (m->mask & FAN_Q_OVERFLOW) {
-        bool first = false;
-        {
-          std::lock_guard<std::mutex> lk(mu_);
-          first = !entries_lost_;
-          entries_lost_ = true;
-        }
-        if (first) sink_("fs.watch", json{{"overflow", "the entry event queue overflowed (FAN_Q_OVERFLOW)"}});
+        note_entries_lost("the entry event queue overflowed (FAN_Q_OVERFLOW)");
         continue;
       }
       // Info records follow the metadata, within event_len: DFID_NAME (the
@@ -460,9 +480,6 @@ void WriteWatch::read_entry_group() {
       if (!dir) continue;
       std::string tree;
       std::string where = dir_path(dir->key, dir->handle, &dir->fsid, &tree);
-      const char* type = (m->mask & FAN_CREATE)   ? "file.created"
-                         : (m->mask & FAN_DELETE) ? "file.removed"
-                                                  : "file.moved";
       json ev{{"tree", tree}, {"name", attest::pct_encode(dir->name)}, {"pid", m->pid}};
       std::string full;
       if (!where.empty()) {
@@ -475,9 +492,21 @@ void WriteWatch::read_entry_group() {
         ev["dir_entry"] = true;
         if (self && !full.empty() && (m->mask & (FAN_CREATE | FAN_MOVED_TO))) remember_dir(self->key, full);
       }
-      if (m->mask & FAN_MOVED_FROM) ev["side"] = "from";
-      if (m->mask & FAN_MOVED_TO) ev["side"] = "to";
-      sink_(type, std::move(ev));
+      // The kernel merges queued events of one name and object (a file
+      // created and removed before the queue is read): one event per
+      // operation, in the order created, moved to, moved from, removed.
+      if (m->mask & FAN_CREATE) sink_("file.created", ev);
+      if (m->mask & FAN_MOVED_TO) {
+        json e = ev;
+        e["side"] = "to";
+        sink_("file.moved", std::move(e));
+      }
+      if (m->mask & FAN_MOVED_FROM) {
+        json e = ev;
+        e["side"] = "from";
+        sink_("file.moved", std::move(e));
+      }
+      if (m->mask & FAN_DELETE) sink_("file.removed", std::move(ev));
     }
   }
 }

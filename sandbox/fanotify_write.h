@@ -23,6 +23,11 @@
 //   fanotify entry group covers is left to it (no duplicates: fanotify
 //   reports operations that succeeded, the LSM hooks ones the kernel was
 //   about to do).
+// - Where the LSM programs cannot be loaded, directory trees on a
+//   filesystem that can be marked (volumes, an overlay root's upper layer,
+//   a plain root) get the same events from a third group: a filesystem
+//   mark on the host's filesystem, filtered by the tree's directories
+//   (sandbox/fanotify_entries.h, watch_tree_entries()).
 //
 // A queue overflow (FAN_Q_OVERFLOW) or a dirty set over its bound makes the
 // dirty set unusable: overflowed() says so, and the after walk then reads
@@ -46,6 +51,7 @@
 #include "common/fd.h"
 #include "common/stoppable_loop.h"
 #include "sandbox/dirent_bpf.h"
+#include "sandbox/fanotify_entries.h"
 
 namespace agentshim::observer {
 
@@ -109,8 +115,18 @@ class WriteWatch {
   // the container has whole). "" when marked, else why not.
   std::string mark(int fd, const std::string& mount_point, const std::string& tree, bool entries);
   // Whether created and removed names of the mount last marked are
-  // recorded (by the entry group or the LSM programs).
+  // recorded (by the entry group, the LSM programs or
+  // watch_tree_entries()).
   bool entries_watched() const;
+  // Whether the LSM programs are loaded (else watch_tree_entries() is how
+  // a directory tree's entries are watched).
+  bool lsm_entries() const { return dirent_ != nullptr; }
+  // The fanotify fallback for the mount last marked (a directory; not a
+  // tmpfs the entry group covers): `dir` is the tree's directory (the
+  // mount's, or an overlay's upper layer with its `lower` layers, top
+  // first). Call after mark(); "" when watched (entries_watched() is then
+  // true), else why not.
+  std::string watch_tree_entries(const std::string& dir, const std::vector<std::string>& lower = {});
   // Read events on a thread until stop(); stop() reads what is queued.
   void start();
   void stop();
@@ -136,10 +152,13 @@ class WriteWatch {
   void remember_dir(const std::string& key, const std::string& path);
   void read_dirent(bool all);
   void dirent_event(const DirentBpf::Record& r);
+  void read_tree_entries();
+  void note_entries_lost(const std::string& why);
   std::vector<MarkedMount> marked_;  // for the LSM records (loop thread after mark())
   std::set<uint64_t> entry_devs_;    // filesystems the entry group has marked
   bool last_entries_ = false;
   std::unique_ptr<DirentBpf> dirent_;
+  std::unique_ptr<EntryTrees> tree_entries_;       // created by the first watch_tree_entries()
   uint64_t dirent_lost_ = 0;                       // LSM records lost, as last reported
   std::map<std::string, std::string> known_dirs_;  // directory handle -> path (loop thread only)
   UniqueFd write_group_, entry_group_;

@@ -73,7 +73,8 @@ void write_id_map(pid_t pid, const std::vector<oci::IdMapping>& maps, const char
   if (maps.empty()) return;
   std::string data;
   for (const auto& m : maps)
-    data += std::to_string(m.container_id) + " " + std::to_string(m.host_id) + " " + std::to_string(m.size) + "\n";
+    data += std::to_string(m.container_id) + " " + std::to_string(m.host_id) + " " + std::to_string(m.size) +
+            "\n";
   std::string path = "/proc/" + std::to_string(pid) + "/" + file;
   try {
     write_file(path, data);
@@ -268,7 +269,8 @@ class Supervisor {
     // In a new user namespace the container's root is not host root: hand
     // it the stdio pipes (as runc does), so /proc/self/fd/N reopens work.
     if (spec.has_new_namespace("user"))
-      if (auto u = oci::root_ids(spec.linux.uid_mappings), gm = oci::root_ids(spec.linux.gid_mappings); u && gm)
+      if (auto u = oci::root_ids(spec.linux.uid_mappings), gm = oci::root_ids(spec.linux.gid_mappings);
+          u && gm)
         userns::chown_stdio(u->host, gm->host);
 
     compiled.get();  // rethrows a bad profile's error
@@ -592,8 +594,7 @@ class Supervisor {
       } else if (s_.spec.seccomp()) {
         std::string path = s_.spec.linux.listener_path();
         if (!path.empty())
-          send_to_listener(path, fds[i].get(), s_.spec.linux.listener_metadata(),
-                           pid > 0 ? pid : init_pid_);
+          send_to_listener(path, fds[i].get(), s_.spec.linux.listener_metadata(), pid > 0 ? pid : init_pid_);
       }
     }
   }
@@ -707,18 +708,17 @@ class Supervisor {
     json caps = p.capabilities ? json(p.capabilities->bounding) : json::array();
     json res = oci::to_json(spec.linux.resources);
     res.erase("devices");
-    return {
-        {"namespaces", ns},
-        {"capabilities", caps},
-        {"no_new_privileges", p.no_new_privileges.value_or(false)},
-        {"user", oci::user_json(p)},
-        {"readonly_root", spec.root.readonly},
-        {"seccomp",
-         {{"config_profile", spec.seccomp() != nullptr},
-          {"agentshim_profile", !s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()},
-          {"exec_observer", s_.observe_exec}}},
-        {"masked_paths", spec.linux.masked_paths.size()},
-        {"resources", res}};
+    return {{"namespaces", ns},
+            {"capabilities", caps},
+            {"no_new_privileges", p.no_new_privileges.value_or(false)},
+            {"user", oci::user_json(p)},
+            {"readonly_root", spec.root.readonly},
+            {"seccomp",
+             {{"config_profile", spec.seccomp() != nullptr},
+              {"agentshim_profile", !s_.extra_seccomp.is_null() && !s_.extra_seccomp.empty()},
+              {"exec_observer", s_.observe_exec}}},
+            {"masked_paths", spec.linux.masked_paths.size()},
+            {"resources", res}};
   }
 
   void start_record() {
@@ -743,8 +743,7 @@ class Supervisor {
     };
     record_ = std::make_unique<attest::RunRecord>(rc);
     json args = json::array();
-    for (const auto& a : s_.spec.process.args)
-      args.push_back(attest::pct_encode(a));
+    for (const auto& a : s_.spec.process.args) args.push_back(attest::pct_encode(a));
     record_->event("run.created", {{"run_id", s_.run_id},
                                    {"container_id", s_.id},
                                    {"bundle", attest::pct_encode(s_.bundle)},
@@ -878,7 +877,7 @@ class Supervisor {
       if (::stat(trees[i].host_path.c_str(), &st) == 0) ids[i] = {st.st_dev, st.st_ino};
     }
     std::vector<bool> watched(trees.size(), false);
-    json unmarked = json::array();
+    json unmarked = json::array(), entries_unwatched = json::array();
     for (auto& m : mounts) {
       std::size_t t = trees.size();
       if (m.mount_point == "/") {
@@ -900,6 +899,25 @@ class Supervisor {
       const bool entries = m.fstype == "tmpfs" && m.root == "/";
       std::string why =
           write_watch_ ? write_watch_->mark(m.fd.get(), m.mount_point, trees[t].name, entries) : no_watch;
+      if (why.empty() && !entries && !m.file && !write_watch_->lsm_entries()) {
+        // Without the LSM programs: the fanotify fallback on the tree's
+        // host filesystem (an overlay root: its upper layer).
+        std::string dir = "/proc/self/fd/" + std::to_string(m.fd.get());
+        std::vector<std::string> lower;
+        std::string no_entries;
+        if (m.fstype == "overlay") {
+          auto layers = t == 0 ? attest::overlay_at(s_.rootfs) : std::nullopt;
+          if (!layers || layers->upper.empty())
+            no_entries = "an overlay other than the root's, or without an upper layer";
+          else
+            dir = layers->upper, lower = layers->lower;
+        }
+        if (no_entries.empty()) no_entries = write_watch_->watch_tree_entries(dir, lower);
+        if (!no_entries.empty()) {
+          log::debug("container " + s_.id + ": " + m.mount_point + ": entries not watched: " + no_entries);
+          entries_unwatched.push_back(pct_strings(m.mount_point).get<std::string>() + ": " + no_entries);
+        }
+      }
       if (why.empty()) {
         watched[t] = true;
         if (trees[t].watch != "mount+entries")
@@ -916,15 +934,19 @@ class Supervisor {
         trees[i].reread_all = no_watch.empty() ? "not watched for writes: no writable mount of the container "
                                                  "found for it"
                                                : no_watch;
-    if (record_ && write_watch_)
-      record_->event("fs.watch", entries_error.empty()
-                                     ? json{{"marked", std::count(watched.begin(), watched.end(), true)},
-                                            {"unmarked", unmarked},
-                                            {"entries", "lsm"}}
-                                     : json{{"marked", std::count(watched.begin(), watched.end(), true)},
-                                            {"unmarked", unmarked},
-                                            {"entries", "tmpfs"},
-                                            {"entries_error", pct_strings(entries_error)}});
+    if (record_ && write_watch_) {
+      json w{{"marked", std::count(watched.begin(), watched.end(), true)}, {"unmarked", unmarked}};
+      if (entries_error.empty()) {
+        w["entries"] = "lsm";
+      } else {
+        // The LSM programs' error, and the trees the fanotify fallback
+        // could not take either.
+        w["entries"] = "fanotify";
+        w["entries_error"] = pct_strings(entries_error);
+        w["entries_unwatched"] = entries_unwatched;
+      }
+      record_->event("fs.watch", w);
+    }
     if (write_watch_) write_watch_->start();
   }
 

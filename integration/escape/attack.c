@@ -1961,6 +1961,24 @@ static void a_rec_volume_names(void) {
   blocked("names created, moved and removed on /vol");
 }
 
+/* The same, as a burst the recorder cannot keep up with: 500 directories,
+ * each with a file inside, created and removed as fast as the kernel
+ * allows, so events of one name are merged in the queue and a directory is
+ * gone before its first event is read. */
+static void a_rec_volume_names_burst(void) {
+  char d[64], f[80];
+  for (int i = 0; i < 500; i++) {
+    snprintf(d, sizeof d, "/vol/b%d", i);
+    snprintf(f, sizeof f, "%s/p", d);
+    if (mkdir(d, 0755) < 0) error_out("mkdir %s: %s", d, en(errno));
+    int fd = open(f, O_CREAT | O_RDONLY | O_CLOEXEC, 0644);
+    if (fd < 0) error_out("open %s: %s", f, en(errno));
+    close(fd);
+    if (unlink(f) < 0 || rmdir(d) < 0) error_out("remove %s: %s", d, en(errno));
+  }
+  blocked("500 directories with a file each created and removed on /vol");
+}
+
 /* An existing file of a writable volume rewritten through a shared
  * writable mapping after the hash cache saw it: every page faulted writable
  * first (the only moment mtime/ctime move), /vol/ready written, and once the
@@ -2075,6 +2093,7 @@ static const struct {
     {"rec_tmpfs_stage", a_rec_tmpfs_stage, 1},
     {"rec_mmap_volume", a_rec_mmap_volume, 1},
     {"rec_volume_names", a_rec_volume_names, 1},
+    {"rec_volume_names_burst", a_rec_volume_names_burst, 1},
 };
 
 int main(int argc, char** argv) {

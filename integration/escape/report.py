@@ -96,8 +96,10 @@ NEEDS = {
     "rec_tmpfs_stage": "every writable mount a tree; fanotify FAN_CREATE/FAN_DELETE (FAN_REPORT_DFID_NAME) on "
                        "tmpfs and FAN_CLOSE_WRITE on every writable mount, recorded as file.* events",
     "rec_volume_names": "BPF LSM path hooks (mknod, mkdir, unlink, rmdir, rename, link, symlink) for the "
-                        "container's cgroup, recorded as file.* events; without BPF LSM the record says the "
-                        "volume's entries are not watched",
+                        "container's cgroup, recorded as file.* events; without BPF LSM, fanotify filesystem "
+                        "marks on the volume's host filesystem filtered by the volume's directories",
+    "rec_volume_names_burst": "the same; merged queue events are split per operation, a directory's events "
+                              "are kept however soon it is gone (its handle is learned from its creation)",
     "rec_mmap_volume": "FAN_CLOSE_WRITE marks the file dirty; the after walk re-reads it instead of trusting "
                        "(size, mtime, ctime)",
 }
@@ -115,7 +117,8 @@ SPECIAL = ["host_loopback_service", "host_address_service", "host_network_reques
            "tiocsti_operator_terminal_exec", "tioclinux_operator_terminal", "kill_caller_process_group",
            "kill_caller_process_group_exec", "observer_non_regular_file", "runs_show_escape_codes",
            "rec_argv_race", "rec_argv_exit_race", "rec_symlink_swap", "rec_long_cwd", "rec_shebang_chain", "rec_memfd_exec",
-           "rec_hash_cache_poison", "rec_tmpfs_stage", "rec_volume_names", "rec_mmap_volume"]
+           "rec_hash_cache_poison", "rec_tmpfs_stage", "rec_volume_names", "rec_volume_names_burst",
+           "rec_mmap_volume"]
 
 
 def attack_order():

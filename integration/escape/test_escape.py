@@ -978,8 +978,8 @@ def test_rec_volume_names(esc, tmp_path):
     """Names created and removed on a volume within the run (a directory, a
     file created O_RDONLY, a symlink, a hard link, a rename there and back):
     no walk sees them and no file is written. The record must name each
-    (the BPF LSM entry programs), or — where the kernel refuses those —
-    say that the volume's entries are not watched."""
+    (the BPF LSM entry programs, or where the kernel refuses those the
+    fanotify fallback), or say that the volume's entries are not watched."""
     v, events, log, attack = rec_attack(esc, tmp_path, "rec_volume_names")
     if events is not None and v.kind == "BLOCKED":
         s = "/vol/stage"
@@ -1003,6 +1003,30 @@ def test_rec_volume_names(esc, tmp_path):
     elif events is None and v.kind == "BLOCKED":
         v = no_record(esc)
     check("rec_volume_names", "names created and removed on a volume within the run", esc, v)
+
+
+def test_rec_volume_names_burst(esc, tmp_path):
+    """500 directories with a file each, created and removed in a burst:
+    the queue merges each name's creation and removal, and each directory
+    is gone before its first event is read. Every name must be in the
+    record (or the record must say entries were lost)."""
+    v, events, log, attack = rec_attack(esc, tmp_path, "rec_volume_names_burst")
+    if events is not None and v.kind == "BLOCKED":
+        files = {(e["type"], e["data"].get("path")) for e in events if e["type"].startswith("file.")}
+        want = {(t, p) for i in range(500) for p in (f"/vol/b{i}", f"/vol/b{i}/p")
+                for t in ("file.created", "file.removed")}
+        missing = sorted(want - files)
+        vol = {t["name"]: t for e in events if e["type"] == "fs.root" and e["data"]["phase"] == "after"
+               for t in e["data"]["trees"]}.get("/vol", {})
+        if not missing:
+            v = Verdict("BLOCKED", "all 2,000 names created and removed on the volume are recorded")
+        elif vol.get("writes", {}).get("entries_lost"):
+            v = Verdict("BLOCKED", f"STATED: entries_lost ({len(missing)} of 2000 missing)")
+        else:
+            v = Verdict("ESCAPED", f"{len(missing)} of 2000 not in the record and not stated, e.g. {missing[:4]}")
+    elif events is None and v.kind == "BLOCKED":
+        v = no_record(esc)
+    check("rec_volume_names_burst", "a burst of names created and removed on a volume", esc, v)
 
 
 def test_rec_mmap_volume(esc, tmp_path):
