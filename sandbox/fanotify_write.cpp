@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 
@@ -178,6 +179,9 @@ std::string WriteWatch::watch_tree_entries(const std::string& dir, const std::ve
   if (marked_.empty() || marked_.back().file) return "not a directory mount";
   const MarkedMount& mk = marked_.back();
   if (entry_devs_.count(mk.dev)) return "";  // the entry group has the whole filesystem
+  // (For bench/dirent_ops.py's baseline.)
+  if (const char* e = ::getenv("AGENTSHIM_DIRENT_FANOTIFY"); e && std::strcmp(e, "off") == 0)
+    return "disabled (AGENTSHIM_DIRENT_FANOTIFY=off)";
   try {
     if (!tree_entries_) tree_entries_ = std::make_unique<EntryTrees>(sink_);
   } catch (const std::exception& e) {
