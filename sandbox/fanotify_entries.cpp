@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -89,6 +90,7 @@ std::string EntryTrees::watch(const std::string& dir, const std::string& mount_p
     UniqueFd f(::open(l.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!f) return errno_text("open lower layer " + l);
     t.lower.push_back(std::move(f));
+    t.lower_paths.push_back(l);
   }
   // Marked first, walked second: a directory made meanwhile is reported by
   // its own event.
@@ -248,10 +250,17 @@ bool EntryTrees::in_lower(const Tree& t, uint32_t dir, const std::string& name) 
     if (dirs_[d].parent == kRoot) break;
   }
   const std::string rel = rel_of(dir, name);
-  for (const auto& l : t.lower) {
+  for (std::size_t i = 0; i < t.lower.size(); ++i) {
     struct stat st {};
-    if (::fstatat(l.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) continue;
-    return !(S_ISCHR(st.st_mode) && st.st_rdev == 0);
+    if (::fstatat(t.lower[i].get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0)
+      return !(S_ISCHR(st.st_mode) && st.st_rdev == 0);
+    // Not in this layer: an opaque directory on the way hides the layers below.
+    for (std::size_t slash = rel.find('/'); slash != std::string::npos; slash = rel.find('/', slash + 1)) {
+      const std::string a = t.lower_paths[i] + "/" + rel.substr(0, slash);
+      char v[2];
+      for (const char* x : {"trusted.overlay.opaque", "user.overlay.opaque"})
+        if (::lgetxattr(a.c_str(), x, v, sizeof v) == 1 && v[0] == 'y') return false;
+    }
   }
   return false;
 }

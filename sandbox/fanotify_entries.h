@@ -19,10 +19,11 @@
 // directory is outside the tree):
 // - a whiteout arriving (a character device 0:0, created in the work
 //   directory and renamed in) is the removal of that name;
-// - a name appearing whose path a lower layer has is a copy-up (the
-//   container wrote or renamed a file of the image), not a new name —
-//   unless the name was removed earlier in the run (a new file over a
-//   whiteout);
+// - a name appearing whose path a lower layer shows (the topmost layer
+//   that has it, not below an opaque directory of a higher one) is a
+//   copy-up (the container wrote or renamed a file of the image), not a
+//   new name — unless the name was removed earlier in the run (a new file
+//   over a whiteout);
 // - a name leaving for the work directory (to be deleted there) is a
 //   removal, reported once with its whiteout.
 #pragma once
@@ -79,8 +80,9 @@ class EntryTrees {
  private:
   struct Tree {
     std::string name, mount_point;
-    UniqueFd dir;                 // O_RDONLY directory: open_by_handle_at's mount
-    std::vector<UniqueFd> lower;  // O_PATH, top first (overlay only)
+    UniqueFd dir;                          // O_RDONLY directory: open_by_handle_at's mount
+    std::vector<UniqueFd> lower;           // O_PATH, top first (overlay only)
+    std::vector<std::string> lower_paths;  // the same, for their xattrs
     bool overlay = false;
   };
   struct Dir {

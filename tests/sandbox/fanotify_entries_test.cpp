@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <string>
@@ -173,4 +174,35 @@ TEST(EntryTrees, AnOverlayUpperLayerIsReadAsOverlayfsWritesIt) {
       {"file.removed", "/g", ""},    {"file.moved", "/h", "from"},  {"file.moved", "/n/h", "to"}};
   EXPECT_EQ(ev.list(), want);
   for (const auto& [t, j] : ev.got) EXPECT_EQ(j.value("tree", ""), "rootfs");
+}
+
+// A name a lower layer has below an opaque directory of a higher layer was
+// not visible: making it is a new name, not a copy-up.
+TEST(EntryTrees, AnOpaqueDirectoryHidesTheLayersBelow) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting an overlay needs root";
+  Dir d;
+  const std::string l1 = d.path + "/l1", l2 = d.path + "/l2", upper = d.path + "/u", work = d.path + "/w",
+                    m = d.path + "/m";
+  mkdir_p(l2 + "/x", 0755);
+  mkdir_p(l2 + "/y", 0755);
+  write_file(l2 + "/x/foo", "hidden");
+  write_file(l2 + "/y/bar", "visible");
+  mkdir_p(l1 + "/x", 0755);
+  ASSERT_EQ(::setxattr((l1 + "/x").c_str(), "trusted.overlay.opaque", "y", 1, 0), 0) << std::strerror(errno);
+  for (const auto& p : {upper, work, m}) mkdir_p(p, 0755);
+  const std::string opts = "lowerdir=" + l1 + ":" + l2 + ",upperdir=" + upper + ",workdir=" + work;
+  if (::mount("overlay", m.c_str(), "overlay", 0, opts.c_str()) < 0)
+    GTEST_SKIP() << "mount overlay: " << std::strerror(errno);
+  struct Umount {
+    std::string p;
+    ~Umount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } um{m};
+  ASSERT_NE(::access((m + "/x/foo").c_str(), F_OK), 0);  // hidden indeed
+  Events ev;
+  EntryTrees e(ev.sink());
+  ASSERT_EQ(e.watch(upper, "/", "rootfs", {l1, l2}), "");
+  write_file(m + "/x/foo", "new");
+  write_file(m + "/y/bar", "changed");  // a copy-up
+  e.drain();
+  EXPECT_EQ(ev.list(), (std::vector<Ev>{{"file.created", "/x/foo", ""}}));
 }
