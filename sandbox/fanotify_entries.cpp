@@ -104,6 +104,8 @@ std::string EntryTrees::watch(const std::string& dir, const std::string& mount_p
   int mnt = 0;
   auto key = handle_key(t.dir.get(), fsid, &mnt);
   if (!key) return errno_text("name_to_handle_at " + dir);
+  if (auto it = by_handle_.find(*key); it != by_handle_.end())
+    return "its directory is watched already, as part of " + trees_[dirs_[it->second].tree].name;
   trees_.push_back(std::move(t));
   std::string why;
   if (!add_dir(*key, kRoot, index, false, mount_point))
@@ -184,7 +186,8 @@ std::string EntryTrees::walk(int root_fd, uint32_t tree, uint32_t root_dir, cons
       errno = err;
       return errno_text("name_to_handle_at " + path_of(f.dir) + "/" + name);
     }
-    if (mnt != root_mnt) continue;  // another mount: a tree of its own
+    if (mnt != root_mnt) continue;         // another mount: a tree of its own
+    if (by_handle_.count(*key)) continue;  // an earlier tree's (the same directory mounted twice)
     if (!add_dir(*key, f.dir, tree, false, name))
       return "more than " + std::to_string(max_dirs_) + " directories";
     if (stack.size() >= kMaxDepth) return "deeper than " + std::to_string(kMaxDepth) + " directories";

@@ -129,6 +129,11 @@ TEST(EntryTrees, ATreeOverTheDirectoryBoundIsNotWatched) {
   EXPECT_EQ(ev.list(), (std::vector<Ev>{{"file.created", "/u/y", ""}}));
   EXPECT_NE(e.watch("/nonexistent-entries-test", "/x", "/x").find("open /nonexistent-entries-test"),
             std::string::npos);
+  // The same directory mounted twice: its events stay with the first tree.
+  EXPECT_EQ(e.watch(d.path + "/u", "/u2", "/u2"), "its directory is watched already, as part of /u");
+  touch(d.path + "/u/z");
+  e.drain();
+  EXPECT_EQ(ev.list(), (std::vector<Ev>{{"file.created", "/u/y", ""}, {"file.created", "/u/z", ""}}));
 }
 
 TEST(EntryTrees, AnOverlayUpperLayerIsReadAsOverlayfsWritesIt) {
