@@ -866,7 +866,8 @@ class Supervisor {
         entries_error = e.what();
       }
       if (!entries_error.empty())
-        log::debug("container " + s_.id + ": entries watched on whole tmpfs mounts only: " + entries_error);
+        log::debug("container " + s_.id + ": no BPF LSM entry programs (" + entries_error +
+                   "): entries from the fanotify groups");
     } catch (const std::exception& e) {
       no_watch = std::string("no write watch: ") + e.what();
       log::warn("container " + s_.id + ": " + no_watch + "; every file is read in full after the run");
