@@ -39,15 +39,9 @@ std::optional<std::string> handle_key(int fd, const std::string& fsid, int* moun
   return fsid + std::string(buf, sizeof(struct file_handle) + fh->handle_bytes);
 }
 
-// One info record of an event: a file handle (and, for the DFID_NAME
-// kinds, the name after it), checked to lie within the record.
-struct Info {
-  std::string key;     // fsid + struct file_handle (header and bytes)
-  std::string handle;  // struct file_handle, for open_by_handle_at
-  std::string name;
-};
+}  // namespace
 
-bool parse_info(const char* p, const char* next, bool with_name, Info& out) {
+bool parse_fid_record(const char* p, const char* next, bool with_name, FidRecord& out) {
   if (static_cast<std::size_t>(next - p) <
       sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle))
     return false;
@@ -59,6 +53,7 @@ bool parse_info(const char* p, const char* next, bool with_name, Info& out) {
   if (fh.handle_bytes > MAX_HANDLE_SZ || fh.handle_bytes > static_cast<std::size_t>(next - bytes))
     return false;
   out.handle.assign(fhp, sizeof(struct file_handle) + fh.handle_bytes);
+  static_assert(sizeof(__kernel_fsid_t) == sizeof(uint64_t));
   out.key = std::string(fsid, sizeof(__kernel_fsid_t)) + out.handle;
   if (with_name) {
     const char* name = bytes + fh.handle_bytes;
@@ -68,8 +63,6 @@ bool parse_info(const char* p, const char* next, bool with_name, Info& out) {
   }
   return true;
 }
-
-}  // namespace
 
 EntryTrees::EntryTrees(Sink sink, std::size_t max_dirs) : sink_(std::move(sink)), max_dirs_(max_dirs) {
   int g = ::fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME_TARGET,
@@ -333,7 +326,7 @@ EntryTrees::Drained EntryTrees::drain() {
         lost_ = "the entry event queue overflowed (FAN_Q_OVERFLOW)";
         continue;
       }
-      std::optional<Info> dir, from, to, self;
+      std::optional<FidRecord> dir, from, to, self;
       const char* p = base + m.metadata_len;
       const char* end = base + m.event_len;
       while (p + sizeof(struct fanotify_event_info_header) <= end) {
@@ -341,14 +334,14 @@ EntryTrees::Drained EntryTrees::drain() {
         std::memcpy(&h, p, sizeof h);
         if (h.len < sizeof h || h.len > static_cast<std::size_t>(end - p)) break;
         const char* next = p + h.len;
-        Info r;
-        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_info(p, next, true, r))
+        FidRecord r;
+        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_fid_record(p, next, true, r))
           dir = std::move(r);
-        else if (h.info_type == FAN_EVENT_INFO_TYPE_OLD_DFID_NAME && parse_info(p, next, true, r))
+        else if (h.info_type == FAN_EVENT_INFO_TYPE_OLD_DFID_NAME && parse_fid_record(p, next, true, r))
           from = std::move(r);
-        else if (h.info_type == FAN_EVENT_INFO_TYPE_NEW_DFID_NAME && parse_info(p, next, true, r))
+        else if (h.info_type == FAN_EVENT_INFO_TYPE_NEW_DFID_NAME && parse_fid_record(p, next, true, r))
           to = std::move(r);
-        else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_info(p, next, false, r))
+        else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_fid_record(p, next, false, r))
           self = std::move(r);
         p = next;
       }

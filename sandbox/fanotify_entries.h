@@ -42,6 +42,16 @@
 
 namespace agentshim::observer {
 
+// One file-handle info record of a fanotify event (FID, DFID_NAME,
+// OLD_/NEW_DFID_NAME), read from [p, next) and checked to lie within it.
+struct FidRecord {
+  std::string key;     // fsid + struct file_handle (header and bytes): a map key
+  std::string handle;  // struct file_handle, ready for open_by_handle_at
+  std::string name;    // the *DFID_NAME kinds only
+  std::string fsid() const { return key.substr(0, sizeof(uint64_t)); }
+};
+bool parse_fid_record(const char* p, const char* next, bool with_name, FidRecord& out);
+
 class EntryTrees {
  public:
   using json = nlohmann::json;

@@ -375,37 +375,6 @@ void WriteWatch::read_write_group() {
 }
 
 namespace {
-// One file handle record of an event (DFID_NAME: the directory and a name;
-// FID: the object itself), checked to lie within the event.
-struct HandleRecord {
-  std::string key;  // fsid, type and handle bytes: a map key
-  __kernel_fsid_t fsid{};
-  std::string handle;  // struct file_handle, ready for open_by_handle_at
-  std::string name;    // DFID_NAME only
-};
-
-bool parse_handle(const char* p, const char* next, bool with_name, HandleRecord& out) {
-  if (static_cast<std::size_t>(next - p) <
-      sizeof(struct fanotify_event_info_fid) + sizeof(struct file_handle))
-    return false;
-  std::memcpy(&out.fsid, p + offsetof(struct fanotify_event_info_fid, fsid), sizeof out.fsid);
-  const char* fhp = p + sizeof(struct fanotify_event_info_fid);
-  struct file_handle fh {};
-  std::memcpy(&fh, fhp, sizeof fh);
-  const char* bytes = fhp + sizeof(struct file_handle);
-  if (fh.handle_bytes > MAX_HANDLE_SZ || fh.handle_bytes > static_cast<std::size_t>(next - bytes))
-    return false;
-  out.handle.assign(fhp, sizeof(struct file_handle) + fh.handle_bytes);
-  out.key = fsid_key(&out.fsid) + out.handle;
-  if (with_name) {
-    const char* name = bytes + fh.handle_bytes;
-    const void* nul = name < next ? std::memchr(name, '\0', static_cast<std::size_t>(next - name)) : nullptr;
-    if (!nul) return false;
-    out.name.assign(name, static_cast<const char*>(nul));
-  }
-  return true;
-}
-
 // At most this many directory handles are remembered with their paths.
 constexpr std::size_t kMaxKnownDirs = 65536;
 }  // namespace
@@ -413,11 +382,11 @@ constexpr std::size_t kMaxKnownDirs = 65536;
 // The path of the directory a handle names: decoded now on the marked
 // mount, or, when it is gone already, the path it had when last decoded or
 // created ("" when never seen).
-std::string WriteWatch::dir_path(const std::string& key, const std::string& handle, const void* fsid,
+std::string WriteWatch::dir_path(const std::string& key, const std::string& handle, const std::string& fsid,
                                  std::string* tree) {
   for (const auto& [mfd, t] : entry_mounts_) {
     struct statfs sf {};
-    if (::fstatfs(mfd.get(), &sf) < 0 || fsid_key(&sf.f_fsid) != fsid_key(fsid)) continue;
+    if (::fstatfs(mfd.get(), &sf) < 0 || fsid_key(&sf.f_fsid) != fsid) continue;
     *tree = t;
     alignas(struct file_handle) char hb[sizeof(struct file_handle) + MAX_HANDLE_SZ];
     std::memcpy(hb, handle.data(), std::min(handle.size(), sizeof hb));
@@ -468,22 +437,22 @@ void WriteWatch::read_entry_group() {
       // are named even once it is gone).
       const char* p = base + m->metadata_len;
       const char* end = base + m->event_len;
-      std::optional<HandleRecord> dir, self;
+      std::optional<FidRecord> dir, self;
       while (p + sizeof(struct fanotify_event_info_header) <= end) {
         struct fanotify_event_info_header h {};
         std::memcpy(&h, p, sizeof h);
         if (h.len < sizeof h || h.len > static_cast<std::size_t>(end - p)) break;
         const char* next = p + h.len;
-        HandleRecord r;
-        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_handle(p, next, true, r))
+        FidRecord r;
+        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_fid_record(p, next, true, r))
           dir = std::move(r);
-        else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_handle(p, next, false, r))
+        else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_fid_record(p, next, false, r))
           self = std::move(r);
         p = next;
       }
       if (!dir) continue;
       std::string tree;
-      std::string where = dir_path(dir->key, dir->handle, &dir->fsid, &tree);
+      std::string where = dir_path(dir->key, dir->handle, dir->fsid(), &tree);
       json ev{{"tree", tree}, {"name", attest::pct_encode(dir->name)}, {"pid", m->pid}};
       std::string full;
       if (!where.empty()) {

@@ -147,7 +147,7 @@ class WriteWatch {
   void read_entry_group();
   void note_overflow(const std::string& why);
   std::string tree_of(int fd) const;
-  std::string dir_path(const std::string& key, const std::string& handle, const void* fsid,
+  std::string dir_path(const std::string& key, const std::string& handle, const std::string& fsid,
                        std::string* tree);
   void remember_dir(const std::string& key, const std::string& path);
   void read_dirent(bool all);
