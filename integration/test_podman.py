@@ -269,3 +269,30 @@ def test_podman_exec_is_recorded(podman):
     assert v.returncode == 0 and v.stdout == b"VERIFIED\n", v.stdout + v.stderr
     assert len(got) == 1, got
     assert_session_ran(got[0], ["sh", "-c", "/bin/true; exit 3"], ["/bin/true"], sha256=init[0]["sha256"])
+
+
+def test_names_made_and_removed_on_a_volume_are_recorded(podman, tmp_path):
+    """Names created and removed within a `podman run --rm` on a bind-mounted
+    host directory (issue 15 item 3): no walk sees them; each is a
+    file.created / file.removed event with the container's path, and the
+    record verifies although podman removed the container at once."""
+    import json
+    from conftest import AGENTSHIM, run
+    from exec_sessions import run_dir
+    host = tmp_path / "h"
+    host.mkdir()
+    cidfile = tmp_path / "cid"
+    r = prun(podman, "agentshim", "--rm", "--cidfile", str(cidfile), "-v", f"{host}:/data", IMAGE, "sh", "-c",
+             "mkdir /data/d; touch /data/d/f; ln -s f /data/d/s; rm -r /data/d")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(host) == []
+    rd = run_dir(podman.audit, cidfile.read_text().strip())
+    v = run([AGENTSHIM, "--audit-dir", podman.audit, "verify", rd])
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    with open(os.path.join(rd, "events.ndjson")) as f:
+        evs = [json.loads(line) for line in f]
+    got = {(e["type"], e["data"].get("tree"), e["data"].get("path")) for e in evs
+           if e["type"] in ("file.created", "file.removed")}
+    for p in ("/data/d", "/data/d/f", "/data/d/s"):
+        for t in ("file.created", "file.removed"):
+            assert (t, "/data", p) in got, (t, p, sorted(got))
