@@ -54,3 +54,16 @@ def assert_session_ran(session, *argvs, sha256=None):
         assert e.get("sha256"), e
         if sha256:
             assert e["sha256"] == sha256, e
+
+
+def verified_entry_events(audit, cid):
+    """The run of container `cid`: checked to verify, and its
+    file.created / file.removed events as {(type, tree, path)} (the client
+    suites' names-on-volumes tests, issue 15 item 3)."""
+    rd = run_dir(audit, cid)
+    v = run([AGENTSHIM, "--audit-dir", audit, "verify", rd])
+    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
+    with open(os.path.join(rd, "events.ndjson")) as f:
+        evs = [json.loads(line) for line in f]
+    return {(e["type"], e["data"].get("tree"), e["data"].get("path")) for e in evs
+            if e["type"] in ("file.created", "file.removed")}

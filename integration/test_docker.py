@@ -654,15 +654,8 @@ def test_names_made_and_removed_on_volumes_are_recorded(docker, tmp_path):
         docker.out("rm", "-f", cid)
     finally:
         docker("volume", "rm", "-f", vol)
-    from exec_sessions import run_dir
-    rd = run_dir(docker.audit, cid)
-    wait_records(docker.audit, timeout=60)
-    v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", rd])
-    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
-    with open(os.path.join(rd, "events.ndjson")) as f:
-        evs = [json.loads(line) for line in f]
-    got = {(e["type"], e["data"].get("tree"), e["data"].get("path")) for e in evs
-           if e["type"] in ("file.created", "file.removed")}
+    from exec_sessions import verified_entry_events
+    got = verified_entry_events(docker.audit, cid)
     for tree, paths in (("/data", ["/data/d", "/data/d/f"]), ("/vol", ["/vol/e", "/vol/e/s"])):
         for p in paths:
             for t in ("file.created", "file.removed"):

@@ -276,9 +276,7 @@ def test_names_made_and_removed_on_a_volume_are_recorded(podman, tmp_path):
     host directory (issue 15 item 3): no walk sees them; each is a
     file.created / file.removed event with the container's path, and the
     record verifies although podman removed the container at once."""
-    import json
-    from conftest import AGENTSHIM, run
-    from exec_sessions import run_dir
+    from exec_sessions import verified_entry_events
     host = tmp_path / "h"
     host.mkdir()
     cidfile = tmp_path / "cid"
@@ -286,13 +284,7 @@ def test_names_made_and_removed_on_a_volume_are_recorded(podman, tmp_path):
              "mkdir /data/d; touch /data/d/f; ln -s f /data/d/s; rm -r /data/d")
     assert r.returncode == 0, r.stderr
     assert os.listdir(host) == []
-    rd = run_dir(podman.audit, cidfile.read_text().strip())
-    v = run([AGENTSHIM, "--audit-dir", podman.audit, "verify", rd])
-    assert v.returncode == 0 and v.stdout == b"VERIFIED\n", (v.stdout, v.stderr)
-    with open(os.path.join(rd, "events.ndjson")) as f:
-        evs = [json.loads(line) for line in f]
-    got = {(e["type"], e["data"].get("tree"), e["data"].get("path")) for e in evs
-           if e["type"] in ("file.created", "file.removed")}
+    got = verified_entry_events(podman.audit, cidfile.read_text().strip())
     for p in ("/data/d", "/data/d/f", "/data/d/s"):
         for t in ("file.created", "file.removed"):
             assert (t, "/data", p) in got, (t, p, sorted(got))

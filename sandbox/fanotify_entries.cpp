@@ -304,13 +304,13 @@ void EntryTrees::removed(uint32_t dir, const std::string& name, int pid, bool is
   emit("file.removed", dir, name, pid, is_dir, nullptr);
 }
 
-EntryTrees::Drained EntryTrees::drain() {
-  Drained out;
+void read_fid_events(int group,
+                     const std::function<void(const struct fanotify_event_metadata&, FidEvent&)>& f) {
   alignas(struct fanotify_event_metadata) char buf[64 * 1024];
   for (;;) {
-    ssize_t n = ::read(group_.get(), buf, sizeof buf);
+    ssize_t n = ::read(group, buf, sizeof buf);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
+    if (n <= 0) return;  // EAGAIN: nothing queued
     const auto total = static_cast<std::size_t>(n);
     for (std::size_t off = 0; off + sizeof(struct fanotify_event_metadata) <= total;) {
       // Events with name records are padded to 4 bytes only: the metadata
@@ -322,11 +322,7 @@ EntryTrees::Drained EntryTrees::drain() {
       off += m.event_len;
       if (m.fd >= 0) ::close(m.fd);
       if (m.vers != FANOTIFY_METADATA_VERSION) continue;
-      if (m.mask & FAN_Q_OVERFLOW) {
-        lost_ = "the entry event queue overflowed (FAN_Q_OVERFLOW)";
-        continue;
-      }
-      std::optional<FidRecord> dir, from, to, self;
+      FidEvent ev;
       const char* p = base + m.metadata_len;
       const char* end = base + m.event_len;
       while (p + sizeof(struct fanotify_event_info_header) <= end) {
@@ -336,123 +332,138 @@ EntryTrees::Drained EntryTrees::drain() {
         const char* next = p + h.len;
         FidRecord r;
         if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_fid_record(p, next, true, r))
-          dir = std::move(r);
+          ev.dir = std::move(r);
         else if (h.info_type == FAN_EVENT_INFO_TYPE_OLD_DFID_NAME && parse_fid_record(p, next, true, r))
-          from = std::move(r);
+          ev.from = std::move(r);
         else if (h.info_type == FAN_EVENT_INFO_TYPE_NEW_DFID_NAME && parse_fid_record(p, next, true, r))
-          to = std::move(r);
+          ev.to = std::move(r);
         else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_fid_record(p, next, false, r))
-          self = std::move(r);
+          ev.self = std::move(r);
         p = next;
       }
-      const bool is_dir = (m.mask & FAN_ONDIR) != 0;
-      const int pid = m.pid;
-      auto learn = [&](uint32_t parent, const std::string& name, bool fresh) {
-        if (!is_dir || !self) return;
-        if (!add_dir(self->key, parent, dirs_[parent].tree, fresh, name) && lost_.empty())
-          lost_ = "more than " + std::to_string(max_dirs_) + " directories";
-      };
-      auto forget = [&] {
-        if (is_dir && self) by_handle_.erase(self->key);
-      };
-      if (m.mask & FAN_RENAME) {
-        if (!from || !to) continue;
-        const int64_t o = find(from->key), t = find(to->key);
-        if (o < 0 && t < 0) continue;  // the host's
-        out.events++;
-        if (o >= 0 && t >= 0) {
-          const auto od = static_cast<uint32_t>(o), td = static_cast<uint32_t>(t);
-          if (trees_[dirs_[td].tree].overlay) {
-            // The old name may keep a whiteout (RENAME_WHITEOUT): a file
-            // made there later is a new name, not a copy-up.
-            gone_.erase(gone_key(td, to->name));
-            if (gone_.size() < kMaxGone) gone_.insert(gone_key(od, from->name));
-          }
-          emit("file.moved", od, from->name, pid, is_dir, "from");
-          emit("file.moved", td, to->name, pid, is_dir, "to");
-          learn(td, to->name, dirs_[td].fresh);
-          continue;
-        }
-        if (t >= 0) {  // arrived from outside the tree
-          const auto td = static_cast<uint32_t>(t);
-          const Tree& tr = trees_[dirs_[td].tree];
-          if (!tr.overlay) {
-            emit("file.moved", td, to->name, pid, is_dir, "to");
-            learn(td, to->name, true);
-            continue;
-          }
-          // From the overlay's work directory: a whiteout, a copy-up or a
-          // new name over a whiteout.
-          last_in_ = gone_key(td, to->name);
-          last_in_created_ = false;
-          if (self && !is_dir && whiteout(tr, self->handle)) {
-            removed(td, to->name, pid, false);
-            continue;
-          }
-          const bool recreated = gone_.erase(last_in_) > 0;
-          const bool copy_up = !recreated && in_lower(tr, td, to->name);
-          learn(td, to->name, !copy_up);
-          if (!copy_up) emit("file.created", td, to->name, pid, is_dir, nullptr);
-          last_in_created_ = !copy_up;
-          continue;
-        }
-        // Left the tree.
-        const auto od = static_cast<uint32_t>(o);
-        forget();
-        if (!trees_[dirs_[od].tree].overlay) {
-          emit("file.moved", od, from->name, pid, is_dir, "from");
-          continue;
-        }
-        // To the work directory, to be deleted there. The other half of an
-        // exchange that just put a new name in its place is the whiteout
-        // that stood there; anything else is the name's removal.
-        const bool partner = last_in_ == gone_key(od, from->name);
-        const bool was_whiteout = partner && last_in_created_;
-        last_in_.clear();
-        if (!was_whiteout) removed(od, from->name, pid, is_dir);
-        continue;
-      }
-      if (!dir) continue;
-      const int64_t d = find(dir->key);
-      if (d < 0) continue;  // the host's
-      out.events++;
-      const auto dd = static_cast<uint32_t>(d);
-      const Tree& tr = trees_[dirs_[dd].tree];
-      // The kernel merges queued events of one name and object (a mkdir
-      // and its rmdir before the queue is read): each bit is an
-      // operation, the creation first.
-      if (m.mask & FAN_CREATE) {
-        bool created = true;
-        if (tr.overlay) {
-          const std::string g = gone_key(dd, dir->name);
-          const bool recreated = gone_.erase(g) > 0;
-          if (!recreated && in_lower(tr, dd, dir->name)) {
-            // A whiteout made in place, or a copy-up (linked in from a
-            // temporary file).
-            created = false;
-            if (self && !is_dir && whiteout(tr, self->handle))
-              removed(dd, dir->name, pid, false);
-            else
-              learn(dd, dir->name, false);
-          }
-        }
-        if (created) {
-          learn(dd, dir->name, true);
-          emit("file.created", dd, dir->name, pid, is_dir, nullptr);
-        }
-      }
-      if (m.mask & FAN_DELETE) {
-        // A directory removed is forgotten, unless its creation was merged
-        // into this event: then this event stands where the creation was,
-        // before the events of what was made inside it.
-        if (!(m.mask & FAN_CREATE)) forget();
-        if (tr.overlay)
-          removed(dd, dir->name, pid, is_dir);
-        else
-          emit("file.removed", dd, dir->name, pid, is_dir, nullptr);
-      }
+      f(m, ev);
     }
   }
+}
+
+EntryTrees::Drained EntryTrees::drain() {
+  Drained out;
+  read_fid_events(group_.get(), [&](const struct fanotify_event_metadata& m, FidEvent& ev) {
+    if (m.mask & FAN_Q_OVERFLOW) {
+      lost_ = "the entry event queue overflowed (FAN_Q_OVERFLOW)";
+      return;
+    }
+    auto& dir = ev.dir;
+    auto& from = ev.from;
+    auto& to = ev.to;
+    auto& self = ev.self;
+    const bool is_dir = (m.mask & FAN_ONDIR) != 0;
+    const int pid = m.pid;
+    auto learn = [&](uint32_t parent, const std::string& name, bool fresh) {
+      if (!is_dir || !self) return;
+      if (!add_dir(self->key, parent, dirs_[parent].tree, fresh, name) && lost_.empty())
+        lost_ = "more than " + std::to_string(max_dirs_) + " directories";
+    };
+    auto forget = [&] {
+      if (is_dir && self) by_handle_.erase(self->key);
+    };
+    if (m.mask & FAN_RENAME) {
+      if (!from || !to) return;
+      const int64_t o = find(from->key), t = find(to->key);
+      if (o < 0 && t < 0) return;  // the host's
+      out.events++;
+      if (o >= 0 && t >= 0) {
+        const auto od = static_cast<uint32_t>(o), td = static_cast<uint32_t>(t);
+        if (trees_[dirs_[td].tree].overlay) {
+          // The old name may keep a whiteout (RENAME_WHITEOUT): a file
+          // made there later is a new name, not a copy-up.
+          gone_.erase(gone_key(td, to->name));
+          if (gone_.size() < kMaxGone) gone_.insert(gone_key(od, from->name));
+        }
+        emit("file.moved", od, from->name, pid, is_dir, "from");
+        emit("file.moved", td, to->name, pid, is_dir, "to");
+        learn(td, to->name, dirs_[td].fresh);
+        return;
+      }
+      if (t >= 0) {  // arrived from outside the tree
+        const auto td = static_cast<uint32_t>(t);
+        const Tree& tr = trees_[dirs_[td].tree];
+        if (!tr.overlay) {
+          emit("file.moved", td, to->name, pid, is_dir, "to");
+          learn(td, to->name, true);
+          return;
+        }
+        // From the overlay's work directory: a whiteout, a copy-up or a
+        // new name over a whiteout.
+        last_in_ = gone_key(td, to->name);
+        last_in_created_ = false;
+        if (self && !is_dir && whiteout(tr, self->handle)) {
+          removed(td, to->name, pid, false);
+          return;
+        }
+        const bool recreated = gone_.erase(last_in_) > 0;
+        const bool copy_up = !recreated && in_lower(tr, td, to->name);
+        learn(td, to->name, !copy_up);
+        if (!copy_up) emit("file.created", td, to->name, pid, is_dir, nullptr);
+        last_in_created_ = !copy_up;
+        return;
+      }
+      // Left the tree.
+      const auto od = static_cast<uint32_t>(o);
+      forget();
+      if (!trees_[dirs_[od].tree].overlay) {
+        emit("file.moved", od, from->name, pid, is_dir, "from");
+        return;
+      }
+      // To the work directory, to be deleted there. The other half of an
+      // exchange that just put a new name in its place is the whiteout
+      // that stood there; anything else is the name's removal.
+      const bool partner = last_in_ == gone_key(od, from->name);
+      const bool was_whiteout = partner && last_in_created_;
+      last_in_.clear();
+      if (!was_whiteout) removed(od, from->name, pid, is_dir);
+      return;
+    }
+    if (!dir) return;
+    const int64_t d = find(dir->key);
+    if (d < 0) return;  // the host's
+    out.events++;
+    const auto dd = static_cast<uint32_t>(d);
+    const Tree& tr = trees_[dirs_[dd].tree];
+    // The kernel merges queued events of one name and object (a mkdir
+    // and its rmdir before the queue is read): each bit is an
+    // operation, the creation first.
+    if (m.mask & FAN_CREATE) {
+      bool created = true;
+      if (tr.overlay) {
+        const std::string g = gone_key(dd, dir->name);
+        const bool recreated = gone_.erase(g) > 0;
+        if (!recreated && in_lower(tr, dd, dir->name)) {
+          // A whiteout made in place, or a copy-up (linked in from a
+          // temporary file).
+          created = false;
+          if (self && !is_dir && whiteout(tr, self->handle))
+            removed(dd, dir->name, pid, false);
+          else
+            learn(dd, dir->name, false);
+        }
+      }
+      if (created) {
+        learn(dd, dir->name, true);
+        emit("file.created", dd, dir->name, pid, is_dir, nullptr);
+      }
+    }
+    if (m.mask & FAN_DELETE) {
+      // A directory removed is forgotten, unless its creation was merged
+      // into this event: then this event stands where the creation was,
+      // before the events of what was made inside it.
+      if (!(m.mask & FAN_CREATE)) forget();
+      if (tr.overlay)
+        removed(dd, dir->name, pid, is_dir);
+      else
+        emit("file.removed", dd, dir->name, pid, is_dir, nullptr);
+    }
+  });
   out.lost = lost_;
   return out;
 }

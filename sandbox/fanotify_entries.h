@@ -28,11 +28,13 @@
 //   removal, reported once with its whiteout.
 #pragma once
 
+#include <linux/fanotify.h>
 #include <sys/types.h>
 
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -51,6 +53,19 @@ struct FidRecord {
   std::string fsid() const { return key.substr(0, sizeof(uint64_t)); }
 };
 bool parse_fid_record(const char* p, const char* next, bool with_name, FidRecord& out);
+
+// The file-handle records of one event.
+struct FidEvent {
+  std::optional<FidRecord> dir;       // DFID_NAME: the directory and the name
+  std::optional<FidRecord> from, to;  // OLD_/NEW_DFID_NAME (FAN_RENAME)
+  std::optional<FidRecord> self;      // FID: the object itself
+};
+// Read every queued event of a FAN_REPORT_DFID_NAME(_TARGET) group (a
+// non-blocking descriptor): `f` gets each event's metadata (its descriptor,
+// if any, closed) and records; a record that does not fit its event is left
+// out, an event of another metadata version skipped.
+void read_fid_events(int group,
+                     const std::function<void(const struct fanotify_event_metadata&, FidEvent&)>& f);
 
 class EntryTrees {
  public:

@@ -409,79 +409,49 @@ void WriteWatch::remember_dir(const std::string& key, const std::string& path) {
 }
 
 void WriteWatch::read_entry_group() {
-  alignas(struct fanotify_event_metadata) char buf[64 * 1024];
-  for (;;) {
-    ssize_t n = ::read(entry_group_.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    // Events with name records are padded to 4 bytes only: each event's
-    // metadata is copied out (it holds 64-bit fields) rather than read in place.
-    const auto total = static_cast<std::size_t>(n);
-    for (std::size_t off = 0; off + sizeof(struct fanotify_event_metadata) <= total;) {
-      struct fanotify_event_metadata md {};
-      std::memcpy(&md, buf + off, sizeof md);
-      if (md.event_len < sizeof md || md.event_len > total - off) break;
-      const char* base = buf + off;
-      off += md.event_len;
-      const auto* m = &md;
-      if (m->fd >= 0) ::close(m->fd);
-      if (m->vers != FANOTIFY_METADATA_VERSION) continue;
-      events_++;
-      if (m->mask & FAN_Q_OVERFLOW) {
-        note_entries_lost("the entry event queue overflowed (FAN_Q_OVERFLOW)");
-        continue;
-      }
-      // Info records follow the metadata, within event_len: DFID_NAME (the
-      // directory's handle, then the name) and, for a created directory,
-      // FID (its own handle: remembered with its path, so entries below it
-      // are named even once it is gone).
-      const char* p = base + m->metadata_len;
-      const char* end = base + m->event_len;
-      std::optional<FidRecord> dir, self;
-      while (p + sizeof(struct fanotify_event_info_header) <= end) {
-        struct fanotify_event_info_header h {};
-        std::memcpy(&h, p, sizeof h);
-        if (h.len < sizeof h || h.len > static_cast<std::size_t>(end - p)) break;
-        const char* next = p + h.len;
-        FidRecord r;
-        if (h.info_type == FAN_EVENT_INFO_TYPE_DFID_NAME && parse_fid_record(p, next, true, r))
-          dir = std::move(r);
-        else if (h.info_type == FAN_EVENT_INFO_TYPE_FID && parse_fid_record(p, next, false, r))
-          self = std::move(r);
-        p = next;
-      }
-      if (!dir) continue;
-      std::string tree;
-      std::string where = dir_path(dir->key, dir->handle, dir->fsid(), &tree);
-      json ev{{"tree", tree}, {"name", attest::pct_encode(dir->name)}, {"pid", m->pid}};
-      std::string full;
-      if (!where.empty()) {
-        full = where == "/" ? "/" + dir->name : where + "/" + dir->name;
-        ev["path"] = attest::pct_encode(full);
-      } else {
-        ev["dir"] = "unknown: the directory was gone before its first event was read";
-      }
-      if (m->mask & FAN_ONDIR) {
-        ev["dir_entry"] = true;
-        if (self && !full.empty() && (m->mask & (FAN_CREATE | FAN_MOVED_TO))) remember_dir(self->key, full);
-      }
-      // The kernel merges queued events of one name and object (a file
-      // created and removed before the queue is read): one event per
-      // operation, in the order created, moved to, moved from, removed.
-      if (m->mask & FAN_CREATE) sink_("file.created", ev);
-      if (m->mask & FAN_MOVED_TO) {
-        json e = ev;
-        e["side"] = "to";
-        sink_("file.moved", std::move(e));
-      }
-      if (m->mask & FAN_MOVED_FROM) {
-        json e = ev;
-        e["side"] = "from";
-        sink_("file.moved", std::move(e));
-      }
-      if (m->mask & FAN_DELETE) sink_("file.removed", std::move(ev));
+  // Info records follow the metadata: DFID_NAME (the directory's handle,
+  // then the name) and, for a created directory, FID (its own handle:
+  // remembered with its path, so entries below it are named even once it
+  // is gone).
+  read_fid_events(entry_group_.get(), [&](const struct fanotify_event_metadata& m, FidEvent& fe) {
+    events_++;
+    if (m.mask & FAN_Q_OVERFLOW) {
+      note_entries_lost("the entry event queue overflowed (FAN_Q_OVERFLOW)");
+      return;
     }
-  }
+    auto& dir = fe.dir;
+    auto& self = fe.self;
+    if (!dir) return;
+    std::string tree;
+    std::string where = dir_path(dir->key, dir->handle, dir->fsid(), &tree);
+    json ev{{"tree", tree}, {"name", attest::pct_encode(dir->name)}, {"pid", m.pid}};
+    std::string full;
+    if (!where.empty()) {
+      full = where == "/" ? "/" + dir->name : where + "/" + dir->name;
+      ev["path"] = attest::pct_encode(full);
+    } else {
+      ev["dir"] = "unknown: the directory was gone before its first event was read";
+    }
+    if (m.mask & FAN_ONDIR) {
+      ev["dir_entry"] = true;
+      if (self && !full.empty() && (m.mask & (FAN_CREATE | FAN_MOVED_TO))) remember_dir(self->key, full);
+    }
+    // The kernel merges queued events of one name and object (a file
+    // created and removed before the queue is read): one event per
+    // operation, in the order created, moved to, moved from, removed.
+    if (m.mask & FAN_CREATE) sink_("file.created", ev);
+    if (m.mask & FAN_MOVED_TO) {
+      json e = ev;
+      e["side"] = "to";
+      sink_("file.moved", std::move(e));
+    }
+    if (m.mask & FAN_MOVED_FROM) {
+      json e = ev;
+      e["side"] = "from";
+      sink_("file.moved", std::move(e));
+    }
+    if (m.mask & FAN_DELETE) sink_("file.removed", std::move(ev));
+  });
 }
 
 bool WriteWatch::dirty(uint64_t dev, uint64_t ino) const {

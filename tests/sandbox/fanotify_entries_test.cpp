@@ -41,6 +41,24 @@ struct Dir {
   }
 };
 
+// An overlay of `lower` (top first) with its upper and work directories
+// in `d`, mounted on d/m; unmounted at the end.
+struct Overlay {
+  std::string upper, m;
+  bool ok = false;
+  Overlay(const std::string& d, const std::vector<std::string>& lower) : upper(d + "/u"), m(d + "/m") {
+    const std::string work = d + "/w";
+    for (const auto& p : {upper, work, m}) mkdir_p(p, 0755);
+    std::string opts = "lowerdir=";
+    for (std::size_t i = 0; i < lower.size(); ++i) opts += (i ? ":" : "") + lower[i];
+    opts += ",upperdir=" + upper + ",workdir=" + work;
+    ok = ::mount("overlay", m.c_str(), "overlay", 0, opts.c_str()) == 0;
+  }
+  ~Overlay() {
+    if (ok) ::umount2(m.c_str(), MNT_DETACH);
+  }
+};
+
 using Ev = std::tuple<std::string, std::string, std::string>;  // type, path, side
 
 struct Events {
@@ -139,22 +157,17 @@ TEST(EntryTrees, ATreeOverTheDirectoryBoundIsNotWatched) {
 TEST(EntryTrees, AnOverlayUpperLayerIsReadAsOverlayfsWritesIt) {
   if (::geteuid() != 0) GTEST_SKIP() << "mounting an overlay needs root";
   Dir d;
-  const std::string lower = d.path + "/l", upper = d.path + "/u", work = d.path + "/w", m = d.path + "/m";
+  const std::string lower = d.path + "/l";
   mkdir_p(lower + "/a", 0755);
   write_file(lower + "/a/f", "f");
   write_file(lower + "/g", "g");
   write_file(lower + "/h", "h");
-  for (const auto& p : {upper, work, m}) mkdir_p(p, 0755);
-  const std::string opts = "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work;
-  if (::mount("overlay", m.c_str(), "overlay", 0, opts.c_str()) < 0)
-    GTEST_SKIP() << "mount overlay: " << std::strerror(errno);
-  struct Umount {
-    std::string p;
-    ~Umount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } um{m};
+  Overlay ov(d.path, {lower});
+  if (!ov.ok) GTEST_SKIP() << "mount overlay: " << std::strerror(errno);
+  const std::string& m = ov.m;
   Events ev;
   EntryTrees e(ev.sink());
-  ASSERT_EQ(e.watch(upper, "/", "rootfs", {lower}), "");
+  ASSERT_EQ(e.watch(ov.upper, "/", "rootfs", {lower}), "");
   // A write to an image file: a copy-up of a/ and a/f, no new name.
   {
     std::string c = read_file(m + "/a/f");
@@ -186,26 +199,20 @@ TEST(EntryTrees, AnOverlayUpperLayerIsReadAsOverlayfsWritesIt) {
 TEST(EntryTrees, AnOpaqueDirectoryHidesTheLayersBelow) {
   if (::geteuid() != 0) GTEST_SKIP() << "mounting an overlay needs root";
   Dir d;
-  const std::string l1 = d.path + "/l1", l2 = d.path + "/l2", upper = d.path + "/u", work = d.path + "/w",
-                    m = d.path + "/m";
+  const std::string l1 = d.path + "/l1", l2 = d.path + "/l2";
   mkdir_p(l2 + "/x", 0755);
   mkdir_p(l2 + "/y", 0755);
   write_file(l2 + "/x/foo", "hidden");
   write_file(l2 + "/y/bar", "visible");
   mkdir_p(l1 + "/x", 0755);
   ASSERT_EQ(::setxattr((l1 + "/x").c_str(), "trusted.overlay.opaque", "y", 1, 0), 0) << std::strerror(errno);
-  for (const auto& p : {upper, work, m}) mkdir_p(p, 0755);
-  const std::string opts = "lowerdir=" + l1 + ":" + l2 + ",upperdir=" + upper + ",workdir=" + work;
-  if (::mount("overlay", m.c_str(), "overlay", 0, opts.c_str()) < 0)
-    GTEST_SKIP() << "mount overlay: " << std::strerror(errno);
-  struct Umount {
-    std::string p;
-    ~Umount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } um{m};
+  Overlay ov(d.path, {l1, l2});
+  if (!ov.ok) GTEST_SKIP() << "mount overlay: " << std::strerror(errno);
+  const std::string& m = ov.m;
   ASSERT_NE(::access((m + "/x/foo").c_str(), F_OK), 0);  // hidden indeed
   Events ev;
   EntryTrees e(ev.sink());
-  ASSERT_EQ(e.watch(upper, "/", "rootfs", {l1, l2}), "");
+  ASSERT_EQ(e.watch(ov.upper, "/", "rootfs", {l1, l2}), "");
   write_file(m + "/x/foo", "new");
   write_file(m + "/y/bar", "changed");  // a copy-up
   e.drain();
