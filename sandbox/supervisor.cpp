@@ -908,8 +908,12 @@ class Supervisor {
         std::string no_entries;
         if (m.fstype == "overlay") {
           auto layers = t == 0 ? attest::overlay_at(s_.rootfs) : std::nullopt;
-          if (!layers || layers->upper.empty())
-            no_entries = "an overlay other than the root's, or without an upper layer";
+          if (t != 0)
+            no_entries = "an overlay mount other than the root (its upper layer is not known)";
+          else if (!layers)
+            no_entries = "the root's overlay layers are not in this mount namespace's mountinfo";
+          else if (layers->upper.empty())
+            no_entries = "the root's overlay has no upper layer";
           else
             dir = layers->upper, lower = layers->lower;
         }
