@@ -458,6 +458,10 @@ TEST(FsTree, CacheHitsGiveTheSameRootAndNeverGoStale) {
   auto after = snap(t.path, o);
   EXPECT_EQ(find(after, "f0")->sha256, hex(sha256(std::string(1000, 'y'))));
   EXPECT_EQ(after.cache_hits, 19u);
+  // The walk's store write goes on after it returns: wait for it before
+  // reading the store behind the cache's back.
+  ASSERT_TRUE(after.stored.valid());
+  EXPECT_TRUE(after.stored.get());
   // A damaged value is dropped, never trusted: flip a byte of every stored
   // digest (through LMDB, as a bit flip on disk would read).
   {
