@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstring>
 #include <deque>
+#include <latch>
 #include <memory>
 #include <thread>
 #include <unordered_map>
@@ -648,6 +649,7 @@ struct Job {
   uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
   bool fresh = false;      // WalkOptions::reread: never taken from the cache
   bool missed = false;     // the store was looked up for this file (a miss): look at this run's hashes only
+  bool linked = false;     // it has other names (hard links), which may have been hashed meanwhile
   // The fstat of the inode `fd` was opened from (pinned by O_PATH and
   // checked to be the listed regular file): the first read's "before".
   std::optional<struct stat> opened;
@@ -800,7 +802,10 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
     const HashCache::Key key = HashCache::key_of(st);
     if (attempt == 0) {
       // Another path to the same file (a hard link) hashed meanwhile.
-      if (auto d = j.fresh ? std::nullopt : j.missed ? cache->get_known(key) : cache->get(key)) {
+      if (auto d = j.fresh                       ? std::nullopt
+                   : !j.missed                   ? cache->get(key)
+                   : j.linked || st.st_nlink > 1 ? cache->get_known(key)
+                                                 : std::nullopt) {
         e.sha256 = hex(*d);
         e.size = want;
         if (stat_id_of(st) != e.id) e.id_valid = false;  // moved since the listing
@@ -1183,6 +1188,7 @@ class Walker {
     j.max_bytes = o_.max_file_bytes;
     j.fresh = fresh;
     j.missed = !fresh;
+    j.linked = sx.stx_nlink > 1;
     j.xattrs = true;
     j.overlay_xattrs = o_.overlay_xattrs;
     if (proc_) {
@@ -1290,6 +1296,39 @@ void in_parallel(std::size_t n, std::size_t threads, const std::function<void(st
 }
 }  // namespace
 
+namespace {
+// `entries` sorted by path, and `out` resized to as many (default) entries.
+void sort_and_make_room(std::vector<std::unique_ptr<Slot>>& entries, std::vector<FsEntry>& out,
+                        std::size_t threads) {
+  auto by_path = [](const std::unique_ptr<Slot>& a, const std::unique_ptr<Slot>& b) {
+    return a->e.path < b->e.path;
+  };
+  const std::size_t n = entries.size();
+  if (threads < 2 || n < 8192) {
+    std::sort(entries.begin(), entries.end(), by_path);
+    out.resize(n);
+    return;
+  }
+  const auto mid = entries.begin() + static_cast<std::ptrdiff_t>(n / 2);
+  std::latch sorted(1);
+  std::exception_ptr err;
+  std::thread other([&] {
+    std::sort(mid, entries.end(), by_path);
+    sorted.count_down();
+    try {
+      out.resize(n);
+    } catch (...) {
+      err = std::current_exception();
+    }
+  });
+  std::sort(entries.begin(), mid, by_path);
+  sorted.wait();
+  std::inplace_merge(entries.begin(), mid, entries.end(), by_path);
+  other.join();
+  if (err) std::rethrow_exception(err);
+}
+}  // namespace
+
 FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   {
     // A regular file at the root: a single-file bind mount. Never through a
@@ -1359,14 +1398,13 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   for (auto& t : workers) t.join();
   s.bytes_hashed = bytes;
   s.cache_hits += hits;
-  // Sorted as pointers (an entry is large to swap). Then, on every hashing
-  // thread: the leaves and records of the entries not finished yet (all but
-  // the files read), each entry moved into place.
-  std::sort(
-      entries.begin(), entries.end(),
-      [](const std::unique_ptr<Slot>& a, const std::unique_ptr<Slot>& b) { return a->e.path < b->e.path; });
+  // Sorted as pointers (an entry is large to swap), on two threads for a
+  // large tree: each sorts a half, then one merges them while the other
+  // makes room for the entries. Then, on every hashing thread: the leaves
+  // and records of the entries not finished yet (all but the files read),
+  // each entry moved into place.
   const std::size_t n = entries.size();
-  s.entries.resize(n);
+  sort_and_make_room(entries, s.entries, budget.workers);
   std::vector<Digest> leaves(n);
   std::vector<HashCache::TreeItem> put(store ? n : 0);
   in_parallel(n, budget.workers, [&](std::size_t i) {

@@ -19,6 +19,17 @@ bool HashCache::Key::operator<(const Key& o) const {
          std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
 }
 
+std::size_t HashCache::KeyHash::operator()(const Key& k) const {
+  // (Identities are not chosen to collide: a container can make many files
+  // of one size and time, whose inode numbers still differ.)
+  uint64_t h = k.ino * 0x9E3779B97F4A7C15ull;
+  h ^= (k.dev + (h << 6) + (h >> 2));
+  h ^= (k.size + (h << 6) + (h >> 2));
+  h ^= (static_cast<uint64_t>(k.mtime_ns) + (h << 6) + (h >> 2));
+  h ^= (static_cast<uint64_t>(k.ctime_ns) + (h << 6) + (h >> 2));
+  return static_cast<std::size_t>(h);
+}
+
 HashCache::Key HashCache::key_of(const struct stat& st) {
   return Key{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
              static_cast<uint64_t>(st.st_size),
@@ -255,10 +266,8 @@ std::optional<Digest> HashCache::get_known(const Key& k) {
 
 void HashCache::put(const Key& k, const Digest& d) {
   std::lock_guard<std::mutex> lk(mu_);
-  auto [it, fresh] = used_.insert_or_assign(k, d);
-  (void)it;
-  (void)fresh;
-  pending_[k] = d;
+  used_.insert_or_assign(k, d);
+  pending_.emplace_back(k, d);
 }
 
 void HashCache::save() {
@@ -392,7 +401,7 @@ std::shared_future<bool> HashCache::write_later(const std::string& tree, std::ve
                                                 std::vector<std::string> del) {
   std::promise<bool> done;
   std::shared_future<bool> out = done.get_future().share();
-  std::map<Key, Digest> hashes;
+  std::vector<std::pair<Key, Digest>> hashes;
   Env* env = nullptr;  // kept while this object lives: its destructor waits for the write
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -437,7 +446,7 @@ std::shared_future<bool> HashCache::write_later(const std::string& tree, std::ve
     }
     if (!ok) {
       std::lock_guard<std::mutex> lk(mu_);
-      pending_.merge(hashes);  // (a hash learned since stays as it is)
+      pending_.insert(pending_.begin(), hashes.begin(), hashes.end());  // (what was learned since wins)
     }
     done.set_value(ok);
   });

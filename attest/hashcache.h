@@ -101,11 +101,14 @@ class HashCache {
   struct Env;
   std::string path_;
   std::shared_ptr<Env> env_;
-  std::mutex mu_;                  // the maps, env_ and loaded_
-  std::mutex read_mu_;             // rtxn_ (taken without mu_ held)
-  std::map<Key, Digest> used_;     // this run's hashes (found or computed)
-  std::map<Key, Digest> pending_;  // computed and not yet in the store
-  void* rtxn_ = nullptr;           // MDB_txn*, reset between gets
+  std::mutex mu_;       // the maps, env_ and loaded_
+  std::mutex read_mu_;  // rtxn_ (taken without mu_ held)
+  struct KeyHash {
+    std::size_t operator()(const Key& k) const;
+  };
+  std::unordered_map<Key, Digest, KeyHash> used_;  // this run's hashes (found or computed)
+  std::vector<std::pair<Key, Digest>> pending_;    // computed and not yet in the store
+  void* rtxn_ = nullptr;                           // MDB_txn*, reset between gets
   bool loaded_ = false;
 };
 
