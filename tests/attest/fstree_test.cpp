@@ -580,6 +580,55 @@ TEST(FsTree, StatOnlyCheckDoesNotStoreRacyEntries) {
   EXPECT_EQ(snap(t.path, o).reused, 0u);
 }
 
+// The walk's store write (the entries' records and the content hashes, one
+// transaction) goes on after the walk returned: stored_all() waits for it,
+// and a store opened again in the process, or a later walk, sees it.
+TEST(FsTree, TheStoreWriteFollowsTheWalkAndIsSeenOnceCommitted) {
+  TempDir t;
+  TempDir store;
+  for (int i = 0; i < 50; ++i) write_file(t.path + "/f" + std::to_string(i), std::string(100 + i, 'z'));
+  mkdir_p(t.path + "/d");
+  write_file(t.path + "/d/g", "g");
+  WalkOptions o;
+  o.cache = std::make_shared<HashCache>(store.path + "/store");
+  o.cache->load();
+  o.tree_key = "tree:" + t.path;
+  o.racy_ns = 0;  // (every entry was written before the walk: all storable)
+  auto s = snap(t.path, o);
+  ASSERT_TRUE(s.stored.valid());
+  EXPECT_TRUE(stored_all(s));
+  {
+    HashCache other(store.path + "/store");
+    other.load();
+    auto recs = other.tree_records(o.tree_key);
+    EXPECT_EQ(recs.size(), s.entries.size());
+    for (const auto& e : s.entries) EXPECT_EQ(recs.count(e.path), 1u) << e.path;
+  }
+  WalkOptions hashes_only;
+  hashes_only.cache_path = store.path + "/store";
+  auto warm = snap(t.path, hashes_only);
+  EXPECT_EQ(warm.cache_hits, 51u);
+  EXPECT_EQ(warm.bytes_hashed, 0u);
+  EXPECT_EQ(warm.root, s.root);
+  // Nothing changed: nothing to write, and everything is stored.
+  auto again = snap(t.path, o);
+  EXPECT_EQ(again.reused, again.entries.size());
+  EXPECT_TRUE(stored_all(again));
+  // An entry that cannot be stored (changed within racy_ns) says so.
+  write_file(t.path + "/new", "n");
+  WalkOptions racy = o;
+  racy.racy_ns = 3'600'000'000'000;
+  auto r = snap(t.path, racy);
+  EXPECT_TRUE(r.stored.get());  // (what could be stored was)
+  EXPECT_FALSE(stored_all(r));
+  // A store that is not open stores nothing.
+  WalkOptions mem = o;
+  mem.cache = std::make_shared<HashCache>("");
+  auto m = snap(t.path, mem);
+  EXPECT_FALSE(stored_all(m));
+  EXPECT_EQ(m.root, r.root);
+}
+
 TEST(FsTree, TreeRecordsRoundTripAndRejectAnythingElse) {
   FsEntry e;
   e.path = "a";
