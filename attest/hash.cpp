@@ -9,6 +9,7 @@
 #include <exception>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -29,12 +30,28 @@ const EVP_MD* sha256_md() {
 }
 }  // namespace
 
-Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), sha256_md(), nullptr) != 1)
+namespace {
+// One context kept per thread for the next Sha256: a walk makes several
+// digests per file (content, leaf, store check), each a context to allocate
+// and free otherwise.
+struct SpareContext {
+  EVP_MD_CTX* ctx = nullptr;
+  ~SpareContext() { EVP_MD_CTX_free(ctx); }
+};
+thread_local SpareContext spare;
+}  // namespace
+
+Sha256::Sha256() : ctx_(spare.ctx ? std::exchange(spare.ctx, nullptr) : EVP_MD_CTX_new()) {
+  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), sha256_md(), nullptr) != 1) {
+    EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
     throw Error("EVP_DigestInit_ex(sha256) failed");
+  }
 }
 Sha256::~Sha256() {
-  EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+  if (spare.ctx)
+    EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+  else
+    spare.ctx = static_cast<EVP_MD_CTX*>(ctx_);
 }
 void Sha256::update(const void* data, std::size_t len) {
   EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, len);
@@ -47,11 +64,9 @@ Digest Sha256::finish() {
 }
 
 Digest sha256(std::string_view data) {
-  Digest d{};
-  unsigned int n = 0;
-  if (EVP_Digest(data.data(), data.size(), d.data(), &n, sha256_md(), nullptr) != 1)
-    throw Error("EVP_Digest(sha256) failed");
-  return d;
+  Sha256 h;
+  h.update(data);
+  return h.finish();
 }
 
 std::optional<Digest> sha256_file(const std::string& path) {
