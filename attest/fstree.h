@@ -132,8 +132,9 @@ struct WalkOptions {
   // Any file of device `dev` written during the run: an overlay mount is
   // then walked whole, not assembled from its layers (snapshot_root).
   std::function<bool(uint64_t dev)> reread_dev;
-  // Called on the walking thread just before a regular file ('f') or a
-  // directory ('d') is opened, with its relative path. For tests that need
+  // Called on the walking thread just before a regular file ('f') is
+  // pinned (O_PATH; a hashing thread opens it) or a directory ('d') is
+  // opened, with its relative path. For tests that need
   // to change the tree between the listing and the open (races a hostile
   // container could win); leave empty otherwise.
   std::function<void(const std::string& rel, char type)> before_open;
