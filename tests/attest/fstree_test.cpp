@@ -950,7 +950,12 @@ TEST(FsTreeHostile, ADirectorySwappedForASymlinkIsNotFollowed) {
 
 TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
   TempDir t;
-  const std::size_t size = 32 << 20;
+  // Each of the hashing thread's reads (up to 3) must see a write: the
+  // reads are long, and the writer runs at a higher priority where that is
+  // allowed, so that on a loaded machine it is not kept off the CPU for a
+  // whole read (the hashing thread takes the first read's "before" right
+  // as it opens the file).
+  const std::size_t size = 64 << 20;
   write_file(t.path + "/busy", std::string(size, 'a'));
   std::atomic<bool> stop{false};
   std::thread writer;
@@ -960,6 +965,7 @@ TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
   o.before_open = [&](const std::string& rel, char) {
     if (rel != "busy") return;
     writer = std::thread([&] {
+      (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), -10);
       int fd = ::open((t.path + "/busy").c_str(), O_WRONLY);
       char c = 'b';
       for (off_t off = 0; !stop; off = (off + 4096) % static_cast<off_t>(size)) {
