@@ -648,12 +648,35 @@ struct Job {
   uint64_t dev = 0, ino = 0;
   uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
   bool fresh = false;      // WalkOptions::reread: never taken from the cache
-  bool missed = false;     // the store was looked up for this file (a miss): look at this run's hashes only
-  bool linked = false;     // it has other names (hard links), which may have been hashed meanwhile
+  // Not fresh: the identity at the listing is looked up first (look_up);
+  // then, a miss, only this run's hashes are looked at again.
+  bool missed = false;
+  HashCache::Key key{};
+  bool linked = false;  // it has other names (hard links), which may have been hashed meanwhile
   // The fstat of the inode `fd` was opened from (pinned by O_PATH and
   // checked to be the listed regular file): the first read's "before".
   std::optional<struct stat> opened;
 };
+
+// A file whose content this run or the store knows by its identity at the
+// listing is not read: its hash is taken, its xattrs are read through the
+// pinned inode (or the opened file).
+bool look_up(Job& j, HashCache* cache, std::atomic<uint64_t>& hits) {
+  if (!j.missed) return false;
+  auto d = cache->get(j.key);
+  if (!d) return false;
+  FsEntry& e = *j.entry;
+  if (j.xattrs && j.pinned) {
+    const std::string pp = "/proc/self/fd/" + std::to_string(j.fd.get());
+    XattrSource src = XattrSource::following(pp);
+    read_xattrs(src, e, j.overlay_xattrs);
+  } else if (j.xattrs) {
+    read_xattrs(j.fd.get(), "", e, j.overlay_xattrs);
+  }
+  e.sha256 = hex(*d);
+  hits++;
+  return true;
+}
 
 // The worker's part of opening a listed regular file: check the inode (the
 // one pinned, or the one opened) is still the regular file listed; for a
@@ -920,10 +943,10 @@ const char* const kReplacedDir = "replaced while being walked";
 
 class Walker {
  public:
-  Walker(const WalkOptions& o, FsSnapshot& s, HashCache* cache, JobQueue& q, Budget b,
+  Walker(const WalkOptions& o, FsSnapshot& s, JobQueue& q, Budget b,
          std::vector<std::unique_ptr<Slot>>& entries,
          const std::unordered_map<std::string, std::string>* prior)
-      : o_(o), s_(s), cache_(cache), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()), prior_(prior) {}
+      : o_(o), s_(s), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()), prior_(prior) {}
 
   void run(UniqueFd rootfd, const struct statx& rsx) {
     root_dev_ = dev_of(rsx);
@@ -1159,25 +1182,13 @@ class Walker {
     return (sx.stx_mode & S_IFMT) == S_IFREG && o_.reread && o_.reread(dev_of(sx), sx.stx_ino);
   }
 
-  // A regular file's xattrs are read with its content, on a hashing
-  // thread, unless it is not read (known content, too large, cannot be
-  // opened): then here.
+  // A regular file is pinned and queued; a hashing thread looks its
+  // content up (this run's hashes, the store) and reads what it must
+  // (look_up, open_job, hash_file): the walker only lists.
   void file(int dfd, const std::string& name, const struct statx& sx, Slot& slot) {
     FsEntry& e = slot.e;
     s_.files++;
-    HashCache::Key key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
     const bool fresh = must_reread(sx);
-    if (auto d = fresh ? std::nullopt : cache_->get(key)) {
-      read_xattrs(dfd, name, e, o_.overlay_xattrs);
-      e.sha256 = hex(*d);
-      s_.cache_hits++;
-      return;
-    }
-    if (o_.max_file_bytes && sx.stx_size > o_.max_file_bytes) {
-      read_xattrs(dfd, name, e, o_.overlay_xattrs);
-      add_error(e, too_large(o_.max_file_bytes));
-      return;
-    }
     if (fresh) s_.reread++;
     if (o_.before_open) o_.before_open(e.path, 'f');
     Job j;
@@ -1188,6 +1199,7 @@ class Walker {
     j.max_bytes = o_.max_file_bytes;
     j.fresh = fresh;
     j.missed = !fresh;
+    j.key = HashCache::Key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
     j.linked = sx.stx_nlink > 1;
     j.xattrs = true;
     j.overlay_xattrs = o_.overlay_xattrs;
@@ -1213,7 +1225,6 @@ class Walker {
 
   const WalkOptions& o_;
   FsSnapshot& s_;
-  HashCache* cache_;
   JobQueue& q_;
   Budget b_;
   std::vector<std::unique_ptr<Slot>>& entries_;
@@ -1385,14 +1396,14 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         std::vector<char> buf(1 << 20);
         Job j;
         while (queue.pop(j)) {
-          if (open_job(j)) hash_file(j, cache.get(), buf, bytes, hits);
+          if (!look_up(j, cache.get(), hits) && open_job(j)) hash_file(j, cache.get(), buf, bytes, hits);
           finish(*j.slot, st);  // (nothing changes a file's entry once it was read)
           j = Job{};
         }
       });
   };
 
-  Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
+  Walker(opts, s, queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
   queue.flush();
   queue.close();
   for (auto& t : workers) t.join();
