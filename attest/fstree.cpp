@@ -1093,30 +1093,21 @@ class Walker {
   }
 
   void list(Frame& f) {
+    // getdents64 on the directory's own descriptor (opened for this walk,
+    // at offset 0, listed once): no copy of it, no DIR.
     std::vector<std::string> names;
-    {
-      int dup = ::fcntl(f.fd.get(), F_DUPFD_CLOEXEC, 0);
-      if (dup < 0) {
-        add_error(*f.entry, errtext("open", errno));
-        return;
-      }
-      DIR* d = ::fdopendir(dup);
-      if (!d) {
-        add_error(*f.entry, errtext("open", errno));
-        ::close(dup);
-        return;
-      }
-      for (;;) {
-        errno = 0;
-        struct dirent* de = ::readdir(d);
-        if (!de) {
-          if (errno) add_error(*f.entry, errtext("readdir", errno));
-          break;
-        }
+    if (dents_.empty()) dents_.resize(32 * 1024);
+    for (;;) {
+      const ssize_t n = ::getdents64(f.fd.get(), dents_.data(), dents_.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) add_error(*f.entry, errtext("readdir", errno));
+      if (n <= 0) break;
+      for (std::size_t off = 0; off < static_cast<std::size_t>(n);) {
+        const auto* de = reinterpret_cast<const struct dirent64*>(dents_.data() + off);
+        off += de->d_reclen;
         if (std::strcmp(de->d_name, ".") != 0 && std::strcmp(de->d_name, "..") != 0)
           names.emplace_back(de->d_name);
       }
-      ::closedir(d);
     }
     const int dfd = f.fd.get();
     for (auto& name : names) {
@@ -1232,6 +1223,7 @@ class Walker {
   const std::unordered_map<std::string, std::string>* prior_;
   uint64_t root_dev_ = 0, root_mnt_ = 0;
   std::vector<Frame> stack_;
+  std::vector<char> dents_;  // list()'s buffer
   std::size_t open_ = 0, lo_ = 1;
 };
 
