@@ -1180,6 +1180,13 @@ class Walker {
     FsEntry& e = slot.e;
     s_.files++;
     const bool fresh = must_reread(sx);
+    if (fresh && o_.max_file_bytes && sx.stx_size > o_.max_file_bytes) {
+      // Never read, so not counted as read again (the others over the
+      // limit are looked up first: a known hash is recorded).
+      read_xattrs(dfd, name, e, o_.overlay_xattrs);
+      add_error(e, too_large(o_.max_file_bytes));
+      return;
+    }
     if (fresh) s_.reread++;
     if (o_.before_open) o_.before_open(e.path, 'f');
     Job j;
