@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstring>
 #include <deque>
+#include <latch>
 #include <memory>
 #include <thread>
 #include <unordered_map>
@@ -472,9 +473,15 @@ std::atomic<bool> g_xattrat{true};
 
 class XattrSource {
  public:
+  // The entry `name` of directory `dirfd`; with `name` empty, the open file
+  // `dirfd` itself.
   XattrSource(int dirfd, const std::string& name) : dirfd_(dirfd), name_(name) {}
+  // The file `path` leads to (/proc/self/fd/N of an inode pinned by O_PATH:
+  // the magic link is followed, to that inode).
+  static XattrSource following(const std::string& path) { return XattrSource(-1, path); }
   ssize_t list(char* b, std::size_t n) {
-    if (name_.empty()) return ::flistxattr(dirfd_, b, n);  // an open file itself (a file root)
+    if (dirfd_ < 0) return ::listxattr(name_.c_str(), b, n);
+    if (name_.empty()) return ::flistxattr(dirfd_, b, n);  // an open file itself
     if (g_xattrat.load(std::memory_order_relaxed)) {
       long r = ::syscall(__NR_listxattrat, dirfd_, name_.c_str(), AT_SYMLINK_NOFOLLOW, b, n);
       if (r >= 0 || !unavailable()) return r;
@@ -482,6 +489,7 @@ class XattrSource {
     return ::llistxattr(proc().c_str(), b, n);
   }
   ssize_t get(const std::string& key, char* b, std::size_t n) {
+    if (dirfd_ < 0) return ::getxattr(name_.c_str(), key.c_str(), b, n);
     if (name_.empty()) return ::fgetxattr(dirfd_, key.c_str(), b, n);
     if (g_xattrat.load(std::memory_order_relaxed)) {
       struct {
@@ -542,8 +550,7 @@ bool note_overlay_xattr(XattrSource& src, const std::string& key, FsEntry& e) {
 // user.* (data a program may act on; a file's owner writes user.*). In a
 // walk of an overlay layer (`overlay`), overlayfs's own names are noted,
 // not recorded: the mount hides them.
-void read_xattrs(int dirfd, const std::string& name, FsEntry& e, bool overlay = false) {
-  XattrSource src(dirfd, name);
+void read_xattrs(XattrSource& src, FsEntry& e, bool overlay) {
   std::string list;
   int err = 0;
   bool too_big = false;
@@ -585,18 +592,132 @@ void read_xattrs(int dirfd, const std::string& name, FsEntry& e, bool overlay = 
   }
   std::sort(e.xattrs.begin(), e.xattrs.end());
 }
+void read_xattrs(int dirfd, const std::string& name, FsEntry& e, bool overlay = false) {
+  XattrSource src(dirfd, name);
+  read_xattrs(src, e, overlay);
+}
+
+// An entry as a walk holds it, with what the tree store needs of it (made
+// by finish()).
+struct Slot {
+  FsEntry e;
+  bool done = false;         // finish() ran
+  bool had = false;          // the store had a record of this path (before the walk)
+  bool storable = false;     // the entry's record can be stored
+  HashCache::TreeItem item;  // its record, to be put (an empty key: nothing to put)
+};
+
+// What finish() needs of a walk with a tree store.
+struct StoreContext {
+  const std::unordered_map<std::string, std::string>* prior;  // the stored records (read only)
+  std::string prefix;                                         // HashCache::tree_prefix(tree_key)
+  int64_t ctime_before;  // entries changed at or after it are not stored (WalkOptions::racy_ns)
+};
+
+// An entry's leaf and, with a store (`st`), its record when it is storable
+// (no error, did not move while it was read, not changed within racy_ns of
+// the walk: else it is read again next time) and not stored as it is. Made
+// once nothing can change the entry any more: for a regular file, on its
+// hashing thread as soon as it was read; for the others, after the walk.
+void finish(Slot& slot, const StoreContext* st) {
+  FsEntry& e = slot.e;
+  slot.done = true;
+  if (!e.reused || !e.error.empty()) e.leaf = leaf_hash(e);
+  // A reused entry is its stored record, unchanged (and was storable when
+  // stored: its ctime has not moved since).
+  if (!st || e.reused) return;
+  auto p = st->prior->find(e.path);
+  slot.had = p != st->prior->end();
+  slot.storable = e.error.empty() && e.id_valid && e.path.size() <= HashCache::kMaxRecordPath &&
+                  e.id.ctime_ns < st->ctime_before;
+  if (!slot.storable) return;
+  std::string rec = encode_record(e);
+  if (!slot.had || p->second != rec) slot.item = HashCache::tree_item(st->prefix, e.path, rec);
+}
 
 struct Job {
-  UniqueFd fd;  // open for reading; checked by the worker to be the listed regular file
+  // Open for reading, or (pinned) the inode the walker pinned with O_PATH,
+  // which the worker opens (open_job); either way checked by the worker to
+  // be the listed regular file.
+  UniqueFd fd;
+  bool pinned = false;
+  bool xattrs = false;          // the worker reads the file's xattrs (open_job)
+  bool overlay_xattrs = false;  // WalkOptions::overlay_xattrs
   FsEntry* entry = nullptr;
+  Slot* slot = nullptr;  // a walk's entry: finish()ed once read
   uint64_t dev = 0, ino = 0;
   uint64_t max_bytes = 0;  // WalkOptions::max_file_bytes
   bool fresh = false;      // WalkOptions::reread: never taken from the cache
-  bool missed = false;     // the store was looked up for this file (a miss): look at this run's hashes only
-  // The walker's fstat of the inode `fd` was opened from (pinned by O_PATH
-  // and checked to be the listed regular file): the first read's "before".
-  std::optional<struct stat> pinned;
+  // Not fresh: the identity at the listing is looked up first (look_up);
+  // then, a miss, only this run's hashes are looked at again.
+  bool missed = false;
+  HashCache::Key key{};
+  bool linked = false;  // it has other names (hard links), which may have been hashed meanwhile
+  // The fstat of the inode `fd` was opened from (pinned by O_PATH and
+  // checked to be the listed regular file): the first read's "before".
+  std::optional<struct stat> opened;
 };
+
+// A file whose content this run or the store knows by its identity at the
+// listing is not read: its hash is taken, its xattrs are read through the
+// pinned inode (or the opened file).
+bool look_up(Job& j, HashCache* cache, std::atomic<uint64_t>& hits) {
+  if (!j.missed) return false;
+  auto d = cache->get(j.key);
+  if (!d) return false;
+  FsEntry& e = *j.entry;
+  if (j.xattrs && j.pinned) {
+    const std::string pp = "/proc/self/fd/" + std::to_string(j.fd.get());
+    XattrSource src = XattrSource::following(pp);
+    read_xattrs(src, e, j.overlay_xattrs);
+  } else if (j.xattrs) {
+    read_xattrs(j.fd.get(), "", e, j.overlay_xattrs);
+  }
+  e.sha256 = hex(*d);
+  hits++;
+  return true;
+}
+
+// The worker's part of opening a listed regular file: check the inode (the
+// one pinned, or the one opened) is still the regular file listed; for a
+// pinned inode, open it for reading through /proc (a device, FIFO or socket
+// swapped in is never opened); then read the file's xattrs through the
+// opened descriptor (the inode listed, whatever its name leads to now).
+// False when the file cannot be read (its entry says why). A file replaced
+// since the listing has no xattrs: the inode listed is no longer there.
+bool open_job(Job& j) {
+  FsEntry& e = *j.entry;
+  UniqueFd pin;
+  if (j.pinned) pin = std::move(j.fd);
+  struct stat st {};
+  if (::fstat(j.pinned ? pin.get() : j.fd.get(), &st) < 0) {
+    add_error(e, errtext(j.pinned ? "open" : "read", errno));
+    return false;
+  }
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != j.ino ||
+      static_cast<uint64_t>(st.st_dev) != j.dev) {
+    add_error(e, "replaced while being read");
+    return false;
+  }
+  if (j.pinned) {
+    const std::string pp = "/proc/self/fd/" + std::to_string(pin.get());
+    const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
+    j.fd = UniqueFd(::open(pp.c_str(), rd));
+    if (!j.fd && errno == EPERM) j.fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
+    if (!j.fd) {
+      const int err = errno;
+      if (j.xattrs) {  // through the pinned inode, which is the one listed
+        XattrSource src = XattrSource::following(pp);
+        read_xattrs(src, e, j.overlay_xattrs);
+      }
+      add_error(e, err == ELOOP ? std::string("replaced while being read") : errtext("open", err));
+      return false;
+    }
+  }
+  j.opened = st;
+  if (j.xattrs) read_xattrs(j.fd.get(), "", e, j.overlay_xattrs);
+  return true;
+}
 
 std::string too_large(uint64_t limit) {
   return "not hashed: larger than " + std::to_string(limit) + " bytes";
@@ -684,8 +805,8 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
   const int fd = j.fd.get();
   struct stat st {};
   for (int attempt = 0; attempt < kHashAttempts; ++attempt) {
-    if (attempt == 0 && j.pinned) {
-      st = *j.pinned;
+    if (attempt == 0 && j.opened) {
+      st = *j.opened;
     } else if (::fstat(fd, &st) < 0) {
       add_error(e, errtext("read", errno));
       return;
@@ -704,7 +825,10 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
     const HashCache::Key key = HashCache::key_of(st);
     if (attempt == 0) {
       // Another path to the same file (a hard link) hashed meanwhile.
-      if (auto d = j.fresh ? std::nullopt : j.missed ? cache->get_known(key) : cache->get(key)) {
+      if (auto d = j.fresh                       ? std::nullopt
+                   : !j.missed                   ? cache->get(key)
+                   : j.linked || st.st_nlink > 1 ? cache->get_known(key)
+                                                 : std::nullopt) {
         e.sha256 = hex(*d);
         e.size = want;
         if (stat_id_of(st) != e.id) e.id_valid = false;  // moved since the listing
@@ -819,15 +943,16 @@ const char* const kReplacedDir = "replaced while being walked";
 
 class Walker {
  public:
-  Walker(const WalkOptions& o, FsSnapshot& s, HashCache* cache, JobQueue& q, Budget b,
-         std::vector<std::unique_ptr<FsEntry>>& entries,
+  Walker(const WalkOptions& o, FsSnapshot& s, JobQueue& q, Budget b,
+         std::vector<std::unique_ptr<Slot>>& entries,
          const std::unordered_map<std::string, std::string>* prior)
-      : o_(o), s_(s), cache_(cache), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()), prior_(prior) {}
+      : o_(o), s_(s), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()), prior_(prior) {}
 
   void run(UniqueFd rootfd, const struct statx& rsx) {
     root_dev_ = dev_of(rsx);
     root_mnt_ = mnt_id_of(rsx);
-    auto root = std::make_unique<FsEntry>();
+    auto slot = std::make_unique<Slot>();
+    FsEntry* root = &slot->e;
     root->path = ".";
     if (!reuse(*root, rsx)) {
       fill_statx(*root, rsx);
@@ -839,9 +964,9 @@ class Walker {
     Frame f;
     f.dev = root_dev_;
     f.ino = rsx.stx_ino;
-    f.entry = root.get();
+    f.entry = root;
     f.fd = std::move(rootfd);
-    entries_.push_back(std::move(root));
+    entries_.push_back(std::move(slot));
     stack_.push_back(std::move(f));
     open_ = 1;
     list(stack_.back());
@@ -968,43 +1093,35 @@ class Walker {
   }
 
   void list(Frame& f) {
+    // getdents64 on the directory's own descriptor (opened for this walk,
+    // at offset 0, listed once): no copy of it, no DIR.
     std::vector<std::string> names;
-    {
-      int dup = ::fcntl(f.fd.get(), F_DUPFD_CLOEXEC, 0);
-      if (dup < 0) {
-        add_error(*f.entry, errtext("open", errno));
-        return;
-      }
-      DIR* d = ::fdopendir(dup);
-      if (!d) {
-        add_error(*f.entry, errtext("open", errno));
-        ::close(dup);
-        return;
-      }
-      for (;;) {
-        errno = 0;
-        struct dirent* de = ::readdir(d);
-        if (!de) {
-          if (errno) add_error(*f.entry, errtext("readdir", errno));
-          break;
-        }
+    if (dents_.empty()) dents_.resize(32 * 1024);
+    for (;;) {
+      const ssize_t n = ::getdents64(f.fd.get(), dents_.data(), dents_.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) add_error(*f.entry, errtext("readdir", errno));
+      if (n <= 0) break;
+      for (std::size_t off = 0; off < static_cast<std::size_t>(n);) {
+        const auto* de = reinterpret_cast<const struct dirent64*>(dents_.data() + off);
+        off += de->d_reclen;
         if (std::strcmp(de->d_name, ".") != 0 && std::strcmp(de->d_name, "..") != 0)
           names.emplace_back(de->d_name);
       }
-      ::closedir(d);
     }
     const int dfd = f.fd.get();
     for (auto& name : names) {
       std::string rel = f.rel.empty() ? name : f.rel + "/" + name;
       if (excluded(rel)) continue;
       struct statx sx {};
-      auto e = std::make_unique<FsEntry>();
+      auto slot = std::make_unique<Slot>();
+      FsEntry* e = &slot->e;
       e->path = std::move(rel);
       if (statx_at(dfd, name.c_str(), 0, sx) < 0) {
         if (errno == ENOENT) continue;  // vanished since the listing
         e->type = '?';
         add_error(*e, errtext("stat", errno));
-        entries_.push_back(std::move(e));
+        entries_.push_back(std::move(slot));
         continue;
       }
       const bool reused = reuse(*e, sx);
@@ -1012,7 +1129,7 @@ class Walker {
         fill_statx(*e, sx);
         e->id = stat_id_of(sx);
         e->id_valid = true;
-        read_xattrs(dfd, name, *e, o_.overlay_xattrs);
+        if (e->type != 'f') read_xattrs(dfd, name, *e, o_.overlay_xattrs);  // (a file's: file())
       }
       switch (e->type) {
         case 'l':
@@ -1022,7 +1139,7 @@ class Walker {
           if (reused)
             s_.files++;
           else
-            file(dfd, name, sx, *e);
+            file(dfd, name, sx, *slot);
           break;
         case 'd':
           s_.dirs++;
@@ -1031,12 +1148,12 @@ class Walker {
           else if (f.depth + 1 >= o_.max_depth)
             add_error(*e, "not descended: deeper than " + std::to_string(o_.max_depth) + " levels");
           else
-            f.subdirs.push_back({name, dev_of(sx), sx.stx_ino, e.get()});
+            f.subdirs.push_back({name, dev_of(sx), sx.stx_ino, e});
           break;
         default:
           break;  // devices, FIFOs, sockets: metadata only, never opened
       }
-      entries_.push_back(std::move(e));
+      entries_.push_back(std::move(slot));
     }
   }
 
@@ -1056,16 +1173,17 @@ class Walker {
     return (sx.stx_mode & S_IFMT) == S_IFREG && o_.reread && o_.reread(dev_of(sx), sx.stx_ino);
   }
 
-  void file(int dfd, const std::string& name, const struct statx& sx, FsEntry& e) {
+  // A regular file is pinned and queued; a hashing thread looks its
+  // content up (this run's hashes, the store) and reads what it must
+  // (look_up, open_job, hash_file): the walker only lists.
+  void file(int dfd, const std::string& name, const struct statx& sx, Slot& slot) {
+    FsEntry& e = slot.e;
     s_.files++;
-    HashCache::Key key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
     const bool fresh = must_reread(sx);
-    if (auto d = fresh ? std::nullopt : cache_->get(key)) {
-      e.sha256 = hex(*d);
-      s_.cache_hits++;
-      return;
-    }
-    if (o_.max_file_bytes && sx.stx_size > o_.max_file_bytes) {
+    if (fresh && o_.max_file_bytes && sx.stx_size > o_.max_file_bytes) {
+      // Never read, so not counted as read again (the others over the
+      // limit are looked up first: a known hash is recorded).
+      read_xattrs(dfd, name, e, o_.overlay_xattrs);
       add_error(e, too_large(o_.max_file_bytes));
       return;
     }
@@ -1073,42 +1191,31 @@ class Walker {
     if (o_.before_open) o_.before_open(e.path, 'f');
     Job j;
     j.entry = &e;
+    j.slot = &slot;
     j.dev = dev_of(sx);
     j.ino = sx.stx_ino;
     j.max_bytes = o_.max_file_bytes;
     j.fresh = fresh;
     j.missed = !fresh;
-    const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
+    j.key = HashCache::Key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};
+    j.linked = sx.stx_nlink > 1;
+    j.xattrs = true;
+    j.overlay_xattrs = o_.overlay_xattrs;
     if (proc_) {
-      // Pin the inode without opening it (O_PATH runs no driver open), check
-      // it is still the regular file listed, then open that inode for
-      // reading: a device, FIFO or socket swapped in is never opened.
-      UniqueFd p(::openat(dfd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
-      if (!p) {
-        add_error(e, errtext("open", errno));
-        return;
-      }
-      struct stat st {};
-      if (::fstat(p.get(), &st) < 0) {
-        add_error(e, errtext("open", errno));
-        return;
-      }
-      if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != j.ino ||
-          static_cast<uint64_t>(st.st_dev) != j.dev) {
-        add_error(e, "replaced while being read");
-        return;
-      }
-      std::string pp = "/proc/self/fd/" + std::to_string(p.get());
-      j.fd = UniqueFd(::open(pp.c_str(), rd));
-      if (!j.fd && errno == EPERM) j.fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
-      j.pinned = st;
+      // Pin the inode without opening it (O_PATH runs no driver open); the
+      // worker checks it and opens it (open_job).
+      j.fd = UniqueFd(::openat(dfd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      j.pinned = true;
     } else {
-      j.fd = UniqueFd(::openat(dfd, name.c_str(), rd | O_NOFOLLOW));
-      if (!j.fd && errno == EPERM)
-        j.fd = UniqueFd(::openat(dfd, name.c_str(), (rd & ~O_NOATIME) | O_NOFOLLOW));
+      const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME | O_NOFOLLOW;
+      j.fd = UniqueFd(::openat(dfd, name.c_str(), rd));
+      if (!j.fd && errno == EPERM) j.fd = UniqueFd(::openat(dfd, name.c_str(), rd & ~O_NOATIME));
     }
     if (!j.fd) {
-      add_error(e, errno == ELOOP ? std::string("replaced while being read") : errtext("open", errno));
+      const int err = errno;
+      // (Gone, or a symlink now: nothing of the file listed to read.)
+      if (err != ENOENT && err != ELOOP) read_xattrs(dfd, name, e, o_.overlay_xattrs);
+      add_error(e, err == ELOOP && !proc_ ? std::string("replaced while being read") : errtext("open", err));
       return;
     }
     q_.push(std::move(j));
@@ -1116,14 +1223,14 @@ class Walker {
 
   const WalkOptions& o_;
   FsSnapshot& s_;
-  HashCache* cache_;
   JobQueue& q_;
   Budget b_;
-  std::vector<std::unique_ptr<FsEntry>>& entries_;
+  std::vector<std::unique_ptr<Slot>>& entries_;
   bool proc_;
   const std::unordered_map<std::string, std::string>* prior_;
   uint64_t root_dev_ = 0, root_mnt_ = 0;
   std::vector<Frame> stack_;
+  std::vector<char> dents_;  // list()'s buffer
   std::size_t open_ = 0, lo_ = 1;
 };
 
@@ -1199,6 +1306,39 @@ void in_parallel(std::size_t n, std::size_t threads, const std::function<void(st
 }
 }  // namespace
 
+namespace {
+// `entries` sorted by path, and `out` resized to as many (default) entries.
+void sort_and_make_room(std::vector<std::unique_ptr<Slot>>& entries, std::vector<FsEntry>& out,
+                        std::size_t threads) {
+  auto by_path = [](const std::unique_ptr<Slot>& a, const std::unique_ptr<Slot>& b) {
+    return a->e.path < b->e.path;
+  };
+  const std::size_t n = entries.size();
+  if (threads < 2 || n < 8192) {
+    std::sort(entries.begin(), entries.end(), by_path);
+    out.resize(n);
+    return;
+  }
+  const auto mid = entries.begin() + static_cast<std::ptrdiff_t>(n / 2);
+  std::latch sorted(1);
+  std::exception_ptr err;
+  std::thread other([&] {
+    std::sort(mid, entries.end(), by_path);
+    sorted.count_down();
+    try {
+      out.resize(n);
+    } catch (...) {
+      err = std::current_exception();
+    }
+  });
+  std::sort(entries.begin(), mid, by_path);
+  sorted.wait();
+  std::inplace_merge(entries.begin(), mid, entries.end(), by_path);
+  other.join();
+  if (err) std::rethrow_exception(err);
+}
+}  // namespace
+
 FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   {
     // A regular file at the root: a single-file bind mount. Never through a
@@ -1231,7 +1371,10 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   struct timespec now {};
   ::clock_gettime(CLOCK_REALTIME, &now);
   const int64_t walk_start = static_cast<int64_t>(now.tv_sec) * 1000000000LL + now.tv_nsec;
-  std::vector<std::unique_ptr<FsEntry>> entries;
+  StoreContext store_ctx{&prior, store ? HashCache::tree_prefix(opts.tree_key) : std::string(),
+                         walk_start - opts.racy_ns};
+  const StoreContext* st = store ? &store_ctx : nullptr;
+  std::vector<std::unique_ptr<Slot>> entries;
   std::atomic<uint64_t> bytes{0}, hits{0};
   const Budget budget =
       budget_for(opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency()));
@@ -1252,95 +1395,52 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         std::vector<char> buf(1 << 20);
         Job j;
         while (queue.pop(j)) {
-          hash_file(j, cache.get(), buf, bytes, hits);
+          if (!look_up(j, cache.get(), hits) && open_job(j)) hash_file(j, cache.get(), buf, bytes, hits);
+          finish(*j.slot, st);  // (nothing changes a file's entry once it was read)
           j = Job{};
         }
       });
   };
 
-  Walker(opts, s, cache.get(), queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
+  Walker(opts, s, queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
   queue.flush();
   queue.close();
   for (auto& t : workers) t.join();
   s.bytes_hashed = bytes;
   s.cache_hits += hits;
-  // The content hashes learned go to the store while the leaves are
-  // computed (a write transaction and its sync on one thread, the leaves
-  // and the tree's records on the others).
-  std::thread saver;
-  if (persist)
-    saver = std::thread([&cache] {
-      try {
-        cache->save();
-      } catch (const std::exception& e) {
-        log::warn(std::string("hash cache: ") + e.what());
-      }
-    });
-  struct Join {
-    std::thread& t;
-    ~Join() {
-      if (t.joinable()) t.join();
-    }
-  } join_saver{saver};
-  // Sorted as pointers (an FsEntry is large to swap), then moved once.
-  std::sort(
-      entries.begin(), entries.end(),
-      [](const std::unique_ptr<FsEntry>& a, const std::unique_ptr<FsEntry>& b) { return a->path < b->path; });
-  s.entries.reserve(entries.size());
-  for (auto& e : entries) s.entries.push_back(std::move(*e));
-  entries.clear();
-  // Leaves, and with a store the record of each entry that can be stored
-  // (entries with an error, that moved while read, or changed within
-  // racy_ns of the walk are not: they are read again next time), on every
-  // hashing thread.
-  const std::size_t n = s.entries.size();
+  // Sorted as pointers (an entry is large to swap), on two threads for a
+  // large tree: each sorts a half, then one merges them while the other
+  // makes room for the entries. Then, on every hashing thread: the leaves
+  // and records of the entries not finished yet (all but the files read),
+  // each entry moved into place.
+  const std::size_t n = entries.size();
+  sort_and_make_room(entries, s.entries, budget.workers);
   std::vector<Digest> leaves(n);
-  std::vector<std::string> recs(store ? n : 0);
+  std::vector<HashCache::TreeItem> put(store ? n : 0);
   in_parallel(n, budget.workers, [&](std::size_t i) {
-    FsEntry& e = s.entries[i];
-    if (!e.reused || !e.error.empty()) e.leaf = leaf_hash(e);
-    leaves[i] = e.leaf;
-    if (store && !e.reused && e.error.empty() && e.id_valid && e.path.size() <= HashCache::kMaxRecordPath &&
-        e.id.ctime_ns < walk_start - opts.racy_ns)
-      recs[i] = encode_record(e);
+    Slot& slot = *entries[i];
+    if (!slot.done) finish(slot, st);
+    leaves[i] = slot.e.leaf;
+    s.entries[i] = std::move(slot.e);
+    if (store) put[i] = std::move(slot.item);
   });
-  // With a store, the root on a thread of its own while the store is
-  // updated.
-  std::thread rooter;
-  if (store)
-    rooter = std::thread([&s, &leaves] { s.root = merkle_root(leaves); });
-  else
-    s.root = merkle_root(leaves);
-  struct JoinRoot {
-    std::thread& t;
-    ~JoinRoot() {
-      if (t.joinable()) t.join();
-    }
-  } join_root{rooter};
+  s.root = merkle_root(leaves, budget.workers);
+  if (!store && !persist) return s;
+  // The store is updated in place (what changed, what is new, what is gone)
+  // with the content hashes learned, in one write transaction that goes on
+  // after the walk returns (HashCache::write_later): the root does not
+  // need it, only a later walk does.
+  std::vector<std::string> del;
+  bool all = true;
   if (store) {
-    // Update the store in place: what changed, what is new, what is gone.
-    std::map<std::string, std::string> put;
-    std::vector<std::string> del;
-    bool all = true;
     std::size_t matched = 0;  // entries that have a stored record
     for (std::size_t i = 0; i < n; ++i) {
+      const Slot& slot = *entries[i];
       const FsEntry& e = s.entries[i];
-      // A reused entry is its stored record, unchanged (and was storable
-      // when stored: its ctime has not moved since): nothing to look up.
-      if (e.reused) {
-        ++matched;
-        continue;
-      }
-      auto p = prior.find(e.path);
-      const bool have = p != prior.end();
-      if (!recs[i].empty()) {  // a record is never empty: storable
-        // In path order: each insertion goes at the end.
-        if (!have || p->second != recs[i]) put.emplace_hint(put.end(), e.path, std::move(recs[i]));
-      } else {
-        all = false;
-        if (have) del.push_back(e.path);
-      }
-      if (have) ++matched;
+      if (e.reused || slot.had) ++matched;
+      if (e.reused || slot.storable) continue;
+      all = false;
+      if (slot.had) del.push_back(e.path);
     }
     if (matched < prior.size()) {  // records of paths the walk no longer has: gone
       for (const auto& [path, rec] : prior) {
@@ -1349,16 +1449,17 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
         if (it == s.entries.end() || it->path != path) del.push_back(path);
       }
     }
-    if (saver.joinable()) saver.join();  // one write transaction at a time
-    try {
-      cache->update_tree(opts.tree_key, put, del);
-      s.stored_all = all;
-    } catch (const std::exception& ex) {
-      log::warn(std::string("hash cache: ") + ex.what());
-    }
+    // (Items left empty, entries stored as they are, are skipped.)
+    std::erase_if(put, [](const HashCache::TreeItem& t) { return t.key.empty(); });
   }
-  if (rooter.joinable()) rooter.join();
+  s.stored = cache->write_later(store ? opts.tree_key : std::string(), std::move(put), std::move(del));
+  s.storable = store && all;
+  if (persist) s.store_cache = cache;  // the walk's own store: open until its write is done
   return s;
+}
+
+bool stored_all(const FsSnapshot& s) {
+  return s.storable && s.stored.valid() && s.stored.get();
 }
 
 FsEntry root_entry(const std::string& dir) {

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -65,9 +66,16 @@ struct FsSnapshot {
   std::vector<FsEntry> entries;  // sorted bytewise by path
   Digest root{};
   uint64_t files = 0, dirs = 0, bytes_hashed = 0, cache_hits = 0;
-  uint64_t reread = 0;      // files read in full because WalkOptions::reread named them
-  uint64_t reused = 0;      // entries whose stored record matched their statx (the stat-only check)
-  bool stored_all = false;  // with a tree_key: every entry is now in the store
+  uint64_t reread = 0;  // files read in full because WalkOptions::reread named them
+  uint64_t reused = 0;  // entries whose stored record matched their statx (the stat-only check)
+  // With a tree_key (and a store that is open), the walk updates the store:
+  // its entries' records and the content hashes it learned, in one write
+  // transaction that goes on after the walk returned (HashCache::write_later;
+  // the root does not need it). `stored`: whether it committed (a failure is
+  // logged); `storable`: every entry could be stored. stored_all() waits.
+  std::shared_future<bool> stored;
+  bool storable = false;
+  std::shared_ptr<HashCache> store_cache;  // a walk's own store (no WalkOptions::cache), open until then
   // A root assembled from a stored layer stack (snapshot_root, "Overlay
   // roots" in docs/FORMATS.md) has its root and counts but not its entries:
   // they are read only when someone needs them (materialize()), which a
@@ -78,6 +86,9 @@ struct FsSnapshot {
   };
   std::shared_ptr<const Deferred> deferred;
 };
+// Every entry of `s` is in the store now: waits for the walk's store write
+// (false without one).
+bool stored_all(const FsSnapshot& s);
 // Entries of `s`, deferred or not.
 std::size_t entry_count(const FsSnapshot& s);
 // Regular files of `s` recorded without a content hash (over max_file_bytes).
@@ -121,8 +132,9 @@ struct WalkOptions {
   // Any file of device `dev` written during the run: an overlay mount is
   // then walked whole, not assembled from its layers (snapshot_root).
   std::function<bool(uint64_t dev)> reread_dev;
-  // Called on the walking thread just before a regular file ('f') or a
-  // directory ('d') is opened, with its relative path. For tests that need
+  // Called on the walking thread just before a regular file ('f') is
+  // pinned (O_PATH; a hashing thread opens it) or a directory ('d') is
+  // opened, with its relative path. For tests that need
   // to change the tree between the listing and the open (races a hostile
   // container could win); leave empty otherwise.
   std::function<void(const std::string& rel, char type)> before_open;

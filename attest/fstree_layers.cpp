@@ -155,7 +155,7 @@ void read_layer(Lower& l, const WalkOptions& opts) {
   l.snap = snapshot(l.use.path, lo);
   l.use.walk = l.snap.reused == l.snap.entries.size() ? "checked" : "walked";
   l.use.entries = l.snap.entries.size();
-  if (l.content_addressed && l.snap.stored_all)
+  if (l.content_addressed && stored_all(l.snap))
     lo.cache->update_tree(lo.tree_key, {{kComplete, std::to_string(l.snap.entries.size())}}, {});
 }
 
@@ -471,7 +471,7 @@ FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::v
       if (!l.read) read_layer(l, lo);
       if (l.content_addressed) {
         v.layer_entries.push_back(l.snap.entries.size());
-        storable = storable && (l.use.walk == "proven" || l.snap.stored_all);
+        storable = storable && (l.use.walk == "proven" || stored_all(l.snap));
       }
       add_walk_counts(l.snap);
       uses.push_back(l.use);

@@ -5,7 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <exception>
 #include <stdexcept>
+#include <thread>
+#include <utility>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -26,12 +30,28 @@ const EVP_MD* sha256_md() {
 }
 }  // namespace
 
-Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), sha256_md(), nullptr) != 1)
+namespace {
+// One context kept per thread for the next Sha256: a walk makes several
+// digests per file (content, leaf, store check), each a context to allocate
+// and free otherwise.
+struct SpareContext {
+  EVP_MD_CTX* ctx = nullptr;
+  ~SpareContext() { EVP_MD_CTX_free(ctx); }
+};
+thread_local SpareContext spare;
+}  // namespace
+
+Sha256::Sha256() : ctx_(spare.ctx ? std::exchange(spare.ctx, nullptr) : EVP_MD_CTX_new()) {
+  if (!ctx_ || EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), sha256_md(), nullptr) != 1) {
+    EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
     throw Error("EVP_DigestInit_ex(sha256) failed");
+  }
 }
 Sha256::~Sha256() {
-  EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+  if (spare.ctx)
+    EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_));
+  else
+    spare.ctx = static_cast<EVP_MD_CTX*>(ctx_);
 }
 void Sha256::update(const void* data, std::size_t len) {
   EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, len);
@@ -44,11 +64,9 @@ Digest Sha256::finish() {
 }
 
 Digest sha256(std::string_view data) {
-  Digest d{};
-  unsigned int n = 0;
-  if (EVP_Digest(data.data(), data.size(), d.data(), &n, sha256_md(), nullptr) != 1)
-    throw Error("EVP_Digest(sha256) failed");
-  return d;
+  Sha256 h;
+  h.update(data);
+  return h.finish();
 }
 
 std::optional<Digest> sha256_file(const std::string& path) {
@@ -137,20 +155,68 @@ void path(const Digest* leaves, std::size_t n, std::size_t m, std::vector<Digest
 }
 }  // namespace
 
+namespace {
+// MTH of leaves [p, p + n), n >= 1: the iterative bottom-up reduction gives
+// the same result as the recursive definition (an odd node is promoted
+// unchanged), in O(n) and no recursion. One digest context for every node.
+Digest reduce(const Digest* p, std::size_t n) {
+  std::vector<Digest> level(p, p + n);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  if (!ctx) throw Error("EVP_MD_CTX_new failed");
+  const unsigned char prefix = 0x01;
+  while (n > 1) {
+    std::size_t out = 0;
+    for (std::size_t i = 0; i + 1 < n; i += 2) {
+      unsigned int len = 0;
+      if (EVP_DigestInit_ex(ctx, sha256_md(), nullptr) != 1 || EVP_DigestUpdate(ctx, &prefix, 1) != 1 ||
+          EVP_DigestUpdate(ctx, level[i].data(), 32) != 1 ||
+          EVP_DigestUpdate(ctx, level[i + 1].data(), 32) != 1 ||
+          EVP_DigestFinal_ex(ctx, level[out].data(), &len) != 1) {
+        EVP_MD_CTX_free(ctx);
+        throw Error("SHA-256 of a Merkle node failed");
+      }
+      ++out;
+    }
+    if (n % 2) level[out++] = level[n - 1];
+    n = out;
+  }
+  EVP_MD_CTX_free(ctx);
+  return level[0];
+}
+}  // namespace
+
 Digest merkle_root(const std::vector<Digest>& leaf_hashes) {
   if (leaf_hashes.empty()) return sha256("");
-  // Iterative bottom-up reduction gives the same result as the recursive MTH
-  // definition (an odd node is promoted unchanged), in O(n) and no recursion.
-  std::vector<Digest> level = leaf_hashes;
-  while (level.size() > 1) {
-    std::vector<Digest> next;
-    next.reserve((level.size() + 1) / 2);
-    for (std::size_t i = 0; i + 1 < level.size(); i += 2)
-      next.push_back(merkle_node_hash(level[i], level[i + 1]));
-    if (level.size() % 2) next.push_back(level.back());
-    level.swap(next);
-  }
-  return level[0];
+  return reduce(leaf_hashes.data(), leaf_hashes.size());
+}
+
+Digest merkle_root(const std::vector<Digest>& leaf_hashes, std::size_t threads) {
+  // Blocks of 2^12 leaves, aligned: each one a perfect subtree but the last,
+  // which is the MTH of what it holds, and reducing the whole never pairs
+  // nodes of two blocks before their roots. So the root is the MTH of the
+  // blocks' roots.
+  constexpr std::size_t kBlock = std::size_t{1} << 12;
+  const std::size_t n = leaf_hashes.size();
+  if (threads < 2 || n < 2 * kBlock) return merkle_root(leaf_hashes);
+  const std::size_t blocks = (n + kBlock - 1) / kBlock;
+  threads = std::min(threads, blocks);
+  std::vector<Digest> roots(blocks);
+  std::vector<std::exception_ptr> errs(threads);
+  auto part = [&](std::size_t t) {
+    try {
+      for (std::size_t b = blocks * t / threads; b < blocks * (t + 1) / threads; ++b)
+        roots[b] = reduce(leaf_hashes.data() + b * kBlock, std::min(kBlock, n - b * kBlock));
+    } catch (...) {
+      errs[t] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> others;
+  for (std::size_t t = 1; t < threads; ++t) others.emplace_back(part, t);
+  part(0);
+  for (auto& t : others) t.join();
+  for (auto& e : errs)
+    if (e) std::rethrow_exception(e);
+  return merkle_root(roots);
 }
 
 void MerkleFrontier::add(const Digest& leaf_hash) {

@@ -45,6 +45,8 @@ Digest merkle_leaf_hash(std::string_view data);
 Digest merkle_node_hash(const Digest& left, const Digest& right);
 // Merkle Tree Hash over already-computed leaf hashes (MTH of RFC 6962).
 Digest merkle_root(const std::vector<Digest>& leaf_hashes);
+// The same, on `threads` threads (this one among them) for a large tree.
+Digest merkle_root(const std::vector<Digest>& leaf_hashes, std::size_t threads);
 // The same root, built one leaf at a time in O(log n) memory: the roots of
 // the perfect subtrees that make up the leaves so far (the binary digits of
 // the count), largest first. The event log keeps one of these instead of

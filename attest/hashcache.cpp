@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <system_error>
 #include <thread>
 #include <tuple>
 
@@ -16,6 +17,17 @@ namespace agentshim::attest {
 bool HashCache::Key::operator<(const Key& o) const {
   return std::tie(dev, ino, size, mtime_ns, ctime_ns) <
          std::tie(o.dev, o.ino, o.size, o.mtime_ns, o.ctime_ns);
+}
+
+std::size_t HashCache::KeyHash::operator()(const Key& k) const {
+  // (Identities are not chosen to collide: a container can make many files
+  // of one size and time, whose inode numbers still differ.)
+  uint64_t h = k.ino * 0x9E3779B97F4A7C15ull;
+  h ^= (k.dev + (h << 6) + (h >> 2));
+  h ^= (k.size + (h << 6) + (h >> 2));
+  h ^= (static_cast<uint64_t>(k.mtime_ns) + (h << 6) + (h >> 2));
+  h ^= (static_cast<uint64_t>(k.ctime_ns) + (h << 6) + (h >> 2));
+  return static_cast<std::size_t>(h);
 }
 
 HashCache::Key HashCache::key_of(const struct stat& st) {
@@ -67,12 +79,6 @@ std::optional<std::string_view> unchecked(std::string_view key, std::string_view
   return body;
 }
 
-// A tree's records share a 16-byte prefix: the start of SHA-256(tree name).
-std::string tree_prefix(const std::string& tree) {
-  Digest d = sha256("agentshim-tree\n" + tree);
-  return std::string(reinterpret_cast<const char*>(d.data()), 16);
-}
-
 MDB_val val_of(std::string_view s) {
   return MDB_val{s.size(), const_cast<char*>(s.data())};
 }
@@ -82,13 +88,49 @@ std::string_view view_of(const MDB_val& v) {
 }  // namespace
 
 // One LMDB environment per data file per process (LMDB's rule: a process
-// must not open the same environment twice).
+// must not open the same environment twice), with the thread of its
+// deferred writes (HashCache::write_later).
 struct HashCache::Env {
   MDB_env* env = nullptr;
   MDB_dbi files = 0, trees = 0;
   std::string path;
   ~Env() {
+    wait();
     if (env) mdb_env_close(env);
+  }
+
+  // The deferred writes: each on a thread of its own that first joins the
+  // one queued before it, so they run one at a time, in order, and joining
+  // the last one waits for them all.
+  struct Joined {
+    std::thread t;
+    Joined() = default;
+    Joined(Joined&&) = default;
+    Joined& operator=(Joined&&) = default;
+    ~Joined() {
+      if (t.joinable()) t.join();
+    }
+  };
+  std::mutex writer_mu;  // writer (held while joining it: the writes take no lock of the Env)
+  Joined writer;
+  template <class Fn>
+  void later(Fn fn) {
+    auto task = std::make_shared<Fn>(std::move(fn));
+    std::lock_guard<std::mutex> lk(writer_mu);
+    try {
+      writer.t = std::thread([prev = std::move(writer), task]() mutable {
+        if (prev.t.joinable()) prev.t.join();
+        (*task)();
+      });
+    } catch (const std::system_error&) {
+      // No thread to be had (the earlier writes are joined by now): the
+      // write is done here.
+      (*task)();
+    }
+  }
+  void wait() {
+    std::lock_guard<std::mutex> lk(writer_mu);
+    if (writer.t.joinable()) writer.t.join();
   }
 
   static std::shared_ptr<Env> open(const std::string& path) {
@@ -153,6 +195,7 @@ struct HashCache::Env {
 HashCache::HashCache(std::string path) : path_(std::move(path)) {}
 
 HashCache::~HashCache() {
+  wait_writes();  // (a deferred write that fails puts its hashes back in pending_)
   if (rtxn_) mdb_txn_abort(static_cast<MDB_txn*>(rtxn_));
 }
 
@@ -161,14 +204,20 @@ bool HashCache::persistent() const {
 }
 
 void HashCache::load() {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (loaded_ || path_.empty()) return;
-  loaded_ = true;
-  try {
-    env_ = Env::open(path_);
-  } catch (const std::exception& e) {
-    log::warn(std::string(e.what()) + "; hashing without the cache");
+  std::shared_ptr<Env> env;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (loaded_ || path_.empty()) return;
+    loaded_ = true;
+    try {
+      env_ = Env::open(path_);
+    } catch (const std::exception& e) {
+      log::warn(std::string(e.what()) + "; hashing without the cache");
+    }
+    env = env_;
   }
+  // A store opened again in this process sees the writes queued before.
+  if (env) env->wait();
 }
 
 std::optional<Digest> HashCache::get(const Key& k) {
@@ -217,13 +266,12 @@ std::optional<Digest> HashCache::get_known(const Key& k) {
 
 void HashCache::put(const Key& k, const Digest& d) {
   std::lock_guard<std::mutex> lk(mu_);
-  auto [it, fresh] = used_.insert_or_assign(k, d);
-  (void)it;
-  (void)fresh;
-  pending_[k] = d;
+  used_.insert_or_assign(k, d);
+  pending_.emplace_back(k, d);
 }
 
 void HashCache::save() {
+  wait_writes();
   std::lock_guard<std::mutex> lk(mu_);
   if (!env_ || pending_.empty()) return;
   env_->write([&](MDB_txn* txn) {
@@ -240,6 +288,7 @@ void HashCache::save() {
 
 void HashCache::each_tree_record(const std::string& tree, const std::function<void(std::size_t)>& size_hint,
                                  const std::function<void(std::string_view, std::string)>& take) {
+  wait_writes();  // the writes this process queued before
   std::lock_guard<std::mutex> lk(mu_);
   if (!env_) return;
   const std::string prefix = tree_prefix(tree);
@@ -292,8 +341,8 @@ void HashCache::update_tree(const std::string& tree, const std::map<std::string,
   std::vector<std::pair<std::string, std::string>> kv(items.size());
   auto fill = [&](std::size_t lo, std::size_t hi) {
     for (std::size_t i = lo; i < hi; ++i) {
-      kv[i].first = prefix + items[i]->first;
-      kv[i].second = checked(kv[i].first, items[i]->second);
+      auto [key, value] = tree_item(prefix, items[i]->first, items[i]->second);
+      kv[i] = {std::move(key), std::move(value)};
     }
   };
   const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
@@ -305,6 +354,7 @@ void HashCache::update_tree(const std::string& tree, const std::map<std::string,
     fill(0, kv.size() / threads);
     for (auto& t : others) t.join();
   }
+  wait_writes();
   std::lock_guard<std::mutex> lk(mu_);
   if (!env_) return;
   env_->write([&](MDB_txn* txn) {
@@ -320,6 +370,87 @@ void HashCache::update_tree(const std::string& tree, const std::map<std::string,
     }
     return 0;
   });
+}
+
+void HashCache::wait_writes() {
+  std::shared_ptr<Env> env;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    env = env_;
+  }
+  if (env) env->wait();
+}
+
+std::string HashCache::tree_prefix(const std::string& tree) {
+  // A tree's records share a 16-byte prefix: the start of SHA-256(tree name).
+  Digest d = sha256("agentshim-tree\n" + tree);
+  return std::string(reinterpret_cast<const char*>(d.data()), 16);
+}
+
+HashCache::TreeItem HashCache::tree_item(const std::string& prefix, const std::string& path,
+                                         std::string_view record) {
+  TreeItem t;
+  t.key.reserve(prefix.size() + path.size());
+  t.key += prefix;
+  t.key += path;
+  t.value = checked(t.key, record);
+  return t;
+}
+
+std::shared_future<bool> HashCache::write_later(const std::string& tree, std::vector<TreeItem> put,
+                                                std::vector<std::string> del) {
+  std::promise<bool> done;
+  std::shared_future<bool> out = done.get_future().share();
+  std::vector<std::pair<Key, Digest>> hashes;
+  Env* env = nullptr;  // kept while this object lives: its destructor waits for the write
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    env = env_.get();
+    if (env) hashes.swap(pending_);
+  }
+  if (!env || tree.empty()) {
+    put.clear();
+    del.clear();
+  }
+  if (hashes.empty() && put.empty() && del.empty()) {
+    done.set_value(env != nullptr);  // nothing to write: no transaction
+    return out;
+  }
+  const std::string prefix = del.empty() ? std::string() : tree_prefix(tree);
+  env->later([this, env, prefix, hashes = std::move(hashes), put = std::move(put), del = std::move(del),
+              done = std::move(done)]() mutable {
+    bool ok = false;
+    try {
+      env->write([&](MDB_txn* txn) {
+        for (const auto& [k, d] : hashes) {
+          const std::string key = file_key(k);
+          const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
+          MDB_val kv = val_of(key), vv = val_of(val);
+          if (int rc = mdb_put(txn, env->files, &kv, &vv, 0)) return rc;
+        }
+        for (const auto& p : del) {
+          const std::string key = prefix + p;
+          MDB_val kv = val_of(key);
+          int rc = mdb_del(txn, env->trees, &kv, nullptr);
+          if (rc && rc != MDB_NOTFOUND) return rc;
+        }
+        for (const auto& [key, val] : put) {
+          MDB_val k = val_of(key), v = val_of(val);
+          if (int rc = mdb_put(txn, env->trees, &k, &v, 0)) return rc;
+        }
+        return 0;
+      });
+      ok = true;
+    } catch (const std::exception& e) {
+      log::warn(std::string("hash cache: ") + e.what());
+    }
+    if (!ok) {
+      std::lock_guard<std::mutex> lk(mu_);
+      pending_.insert(pending_.begin(), hashes.begin(), hashes.end());  // (what was learned since wins)
+    }
+    done.set_value(ok);
+  });
+  return out;
 }
 
 }  // namespace agentshim::attest

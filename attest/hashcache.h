@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,11 +40,13 @@ class HashCache {
   HashCache(const HashCache&) = delete;
   HashCache& operator=(const HashCache&) = delete;
 
-  // Opens the store (once). A store that cannot be opened is reported and
-  // the cache works in memory only: a slower walk, never a wrong one.
+  // Opens the store (once), after the writes this process queued to it
+  // (write_later). A store that cannot be opened is reported and the cache
+  // works in memory only: a slower walk, never a wrong one.
   void load();
   // Writes the content hashes learned since the last save in one
-  // transaction (nothing to write: no transaction, no fsync).
+  // transaction (nothing to write: no transaction, no fsync), after the
+  // writes queued by write_later.
   void save();
   std::optional<Digest> get(const Key& k);
   // Only what this object has found or computed (no store lookup): for a
@@ -62,23 +65,50 @@ class HashCache {
   // The same records in path order (byte order, as the store keeps them):
   // for a caller that reads them all, with no lookup.
   std::vector<std::pair<std::string, std::string>> tree_records_sorted(const std::string& tree);
-  // One write transaction: `put` replaces or adds, `del` removes.
+  // One write transaction: `put` replaces or adds, `del` removes (after
+  // the writes queued by write_later).
   void update_tree(const std::string& tree, const std::map<std::string, std::string>& put,
                    const std::vector<std::string>& del);
+  // A tree's record as the store keeps it: the key (the tree's prefix, then
+  // the path) and the value (the record, then its check). Made on any
+  // thread (a walk makes them on its hashing threads), written by
+  // write_later.
+  struct TreeItem {
+    std::string key, value;
+  };
+  static std::string tree_prefix(const std::string& tree);
+  static TreeItem tree_item(const std::string& prefix, const std::string& path, std::string_view record);
+  // One write transaction that goes on after the call returns, on a thread
+  // of the store's: the content hashes learned and not yet saved, and, with
+  // a `tree`, its records `put` (in key order, keys of tree_prefix(tree))
+  // and the paths `del`. The store's writes in this process run one at a
+  // time, in the order queued; reading a tree's records, save(),
+  // update_tree() and the destructor wait for the ones queued before them
+  // (another process sees a write once it committed). The future: whether
+  // it committed; a failure is logged ("hash cache: ...") and its content
+  // hashes are pending again (the next save() retries them).
+  std::shared_future<bool> write_later(const std::string& tree, std::vector<TreeItem> put,
+                                       std::vector<std::string> del);
   bool persistent() const;  // the store is open (not memory only)
 
  private:
   // Every record of `tree` in path order, read in one read transaction.
   void each_tree_record(const std::string& tree, const std::function<void(std::size_t)>& size_hint,
                         const std::function<void(std::string_view, std::string)>& take);
+  // Waits for the writes queued by write_later (of any object of the
+  // store's file in this process).
+  void wait_writes();
   struct Env;
   std::string path_;
   std::shared_ptr<Env> env_;
-  std::mutex mu_;                  // the maps, env_ and loaded_
-  std::mutex read_mu_;             // rtxn_ (taken without mu_ held)
-  std::map<Key, Digest> used_;     // this run's hashes (found or computed)
-  std::map<Key, Digest> pending_;  // computed and not yet in the store
-  void* rtxn_ = nullptr;           // MDB_txn*, reset between gets
+  std::mutex mu_;       // the maps, env_ and loaded_
+  std::mutex read_mu_;  // rtxn_ (taken without mu_ held)
+  struct KeyHash {
+    std::size_t operator()(const Key& k) const;
+  };
+  std::unordered_map<Key, Digest, KeyHash> used_;  // this run's hashes (found or computed)
+  std::vector<std::pair<Key, Digest>> pending_;    // computed and not yet in the store
+  void* rtxn_ = nullptr;                           // MDB_txn*, reset between gets
   bool loaded_ = false;
 };
 

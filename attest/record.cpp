@@ -184,7 +184,8 @@ void RunRecord::before_done() {
     if (!trees_[i].unchanged_reason.empty()) t["walk"] = "concurrent";
     arr.push_back(t);
   }
-  save_cache();
+  // (The walks' store writes go on meanwhile; the after walk and
+  // snapshot_after's save wait for them.)
   event("fs.root", json{{"phase", "before"}, {"trees", arr}, {"max_file_bytes", c_.max_file_bytes}});
 }
 

@@ -458,6 +458,10 @@ TEST(FsTree, CacheHitsGiveTheSameRootAndNeverGoStale) {
   auto after = snap(t.path, o);
   EXPECT_EQ(find(after, "f0")->sha256, hex(sha256(std::string(1000, 'y'))));
   EXPECT_EQ(after.cache_hits, 19u);
+  // The walk's store write goes on after it returns: wait for it before
+  // reading the store behind the cache's back.
+  ASSERT_TRUE(after.stored.valid());
+  EXPECT_TRUE(after.stored.get());
   // A damaged value is dropped, never trusted: flip a byte of every stored
   // digest (through LMDB, as a bit flip on disk would read).
   {
@@ -574,6 +578,55 @@ TEST(FsTree, StatOnlyCheckDoesNotStoreRacyEntries) {
   o.tree_key = "tree:" + t.path;  // default racy_ns: 2 s
   snap(t.path, o);
   EXPECT_EQ(snap(t.path, o).reused, 0u);
+}
+
+// The walk's store write (the entries' records and the content hashes, one
+// transaction) goes on after the walk returned: stored_all() waits for it,
+// and a store opened again in the process, or a later walk, sees it.
+TEST(FsTree, TheStoreWriteFollowsTheWalkAndIsSeenOnceCommitted) {
+  TempDir t;
+  TempDir store;
+  for (int i = 0; i < 50; ++i) write_file(t.path + "/f" + std::to_string(i), std::string(100 + i, 'z'));
+  mkdir_p(t.path + "/d");
+  write_file(t.path + "/d/g", "g");
+  WalkOptions o;
+  o.cache = std::make_shared<HashCache>(store.path + "/store");
+  o.cache->load();
+  o.tree_key = "tree:" + t.path;
+  o.racy_ns = 0;  // (every entry was written before the walk: all storable)
+  auto s = snap(t.path, o);
+  ASSERT_TRUE(s.stored.valid());
+  EXPECT_TRUE(stored_all(s));
+  {
+    HashCache other(store.path + "/store");
+    other.load();
+    auto recs = other.tree_records(o.tree_key);
+    EXPECT_EQ(recs.size(), s.entries.size());
+    for (const auto& e : s.entries) EXPECT_EQ(recs.count(e.path), 1u) << e.path;
+  }
+  WalkOptions hashes_only;
+  hashes_only.cache_path = store.path + "/store";
+  auto warm = snap(t.path, hashes_only);
+  EXPECT_EQ(warm.cache_hits, 51u);
+  EXPECT_EQ(warm.bytes_hashed, 0u);
+  EXPECT_EQ(warm.root, s.root);
+  // Nothing changed: nothing to write, and everything is stored.
+  auto again = snap(t.path, o);
+  EXPECT_EQ(again.reused, again.entries.size());
+  EXPECT_TRUE(stored_all(again));
+  // An entry that cannot be stored (changed within racy_ns) says so.
+  write_file(t.path + "/new", "n");
+  WalkOptions racy = o;
+  racy.racy_ns = 3'600'000'000'000;
+  auto r = snap(t.path, racy);
+  EXPECT_TRUE(r.stored.get());  // (what could be stored was)
+  EXPECT_FALSE(stored_all(r));
+  // A store that is not open stores nothing.
+  WalkOptions mem = o;
+  mem.cache = std::make_shared<HashCache>("");
+  auto m = snap(t.path, mem);
+  EXPECT_FALSE(stored_all(m));
+  EXPECT_EQ(m.root, r.root);
 }
 
 TEST(FsTree, TreeRecordsRoundTripAndRejectAnythingElse) {
@@ -897,7 +950,12 @@ TEST(FsTreeHostile, ADirectorySwappedForASymlinkIsNotFollowed) {
 
 TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
   TempDir t;
-  const std::size_t size = 32 << 20;
+  // Each of the hashing thread's reads (up to 3) must see a write: the
+  // reads are long, and the writer runs at a higher priority where that is
+  // allowed, so that on a loaded machine it is not kept off the CPU for a
+  // whole read (the hashing thread takes the first read's "before" right
+  // as it opens the file).
+  const std::size_t size = 64 << 20;
   write_file(t.path + "/busy", std::string(size, 'a'));
   std::atomic<bool> stop{false};
   std::thread writer;
@@ -907,6 +965,7 @@ TEST(FsTreeHostile, AFileRewrittenWhileHashedIsRecordedAsChanged) {
   o.before_open = [&](const std::string& rel, char) {
     if (rel != "busy") return;
     writer = std::thread([&] {
+      (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::syscall(SYS_gettid)), -10);
       int fd = ::open((t.path + "/busy").c_str(), O_WRONLY);
       char c = 'b';
       for (off_t off = 0; !stop; off = (off + 4096) % static_cast<off_t>(size)) {

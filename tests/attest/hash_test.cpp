@@ -1,13 +1,21 @@
+#include "attest/hash.h"
+
 #include <gtest/gtest.h>
 
-#include "attest/hash.h"
+#include <algorithm>
+#include <map>
 
 using namespace agentshim::attest;
 
 namespace {
 std::vector<Digest> leaves(std::size_t n) {
   // RFC 6962 / certificate-transparency test inputs.
-  static const char* inputs[] = {"", "\x00", "\x10", "\x20\x21", "\x30\x31", "\x40\x41\x42\x43",
+  static const char* inputs[] = {"",
+                                 "\x00",
+                                 "\x10",
+                                 "\x20\x21",
+                                 "\x30\x31",
+                                 "\x40\x41\x42\x43",
                                  "\x50\x51\x52\x53\x54\x55\x56\x57",
                                  "\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f"};
   static const std::size_t lens[] = {0, 1, 1, 2, 2, 4, 8, 16};
@@ -62,4 +70,25 @@ TEST(Merkle, FrontierEqualsTheWholeTreeAtEverySize) {
   f.add(merkle_leaf_hash("x"));
   EXPECT_EQ(before.root(), merkle_root(all));
   EXPECT_NE(f.root(), before.root());
+}
+
+TEST(Merkle, TheRootOnSeveralThreadsIsTheSameAtEverySize) {
+  std::vector<Digest> all;
+  MerkleFrontier f;  // (built another way: the reference for sizes beyond the vectors)
+  std::map<std::size_t, Digest> frontier;
+  const std::vector<std::size_t> sizes = {0,    1,    2,     4095,  4096,  4097,  8191,
+                                          8192, 8193, 12288, 12289, 16384, 16385, 20000};
+  for (std::size_t i = 0; i < 20000; i++) {
+    if (std::find(sizes.begin(), sizes.end(), i) != sizes.end()) frontier[i] = f.root();
+    all.push_back(merkle_leaf_hash(std::to_string(i)));
+    f.add(all.back());
+  }
+  frontier[20000] = f.root();
+  for (std::size_t n : sizes) {
+    std::vector<Digest> l(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n));
+    const Digest want = merkle_root(l);
+    EXPECT_EQ(hex(want), hex(frontier[n])) << n;
+    for (std::size_t threads : {1, 2, 3, 8})
+      EXPECT_EQ(hex(merkle_root(l, threads)), hex(want)) << n << " " << threads;
+  }
 }
