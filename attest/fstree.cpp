@@ -656,6 +656,7 @@ struct Job {
   // The fstat of the inode `fd` was opened from (pinned by O_PATH and
   // checked to be the listed regular file): the first read's "before".
   std::optional<struct stat> opened;
+  const std::function<void(const std::string&)>* after_read = nullptr;  // WalkOptions::after_read
 };
 
 // A file whose content this run or the store knows by its identity at the
@@ -868,6 +869,7 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
       if (grew || (off == want && static_cast<std::size_t>(r) < chunk)) break;
     }
     bytes += off;
+    if (j.after_read && *j.after_read) (*j.after_read)(e.path);
     struct stat after {};
     if (::fstat(fd, &after) < 0) {
       add_error(e, errtext("read", errno));
@@ -1195,6 +1197,7 @@ class Walker {
     j.dev = dev_of(sx);
     j.ino = sx.stx_ino;
     j.max_bytes = o_.max_file_bytes;
+    j.after_read = &o_.after_read;
     j.fresh = fresh;
     j.missed = !fresh;
     j.key = HashCache::Key{dev_of(sx), sx.stx_ino, sx.stx_size, ns_of(sx.stx_mtime), ns_of(sx.stx_ctime)};

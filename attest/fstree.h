@@ -138,6 +138,11 @@ struct WalkOptions {
   // to change the tree between the listing and the open (races a hostile
   // container could win); leave empty otherwise.
   std::function<void(const std::string& rel, char type)> before_open;
+  // Called on a hashing thread after each read of a regular file's
+  // content, before the file's second fstat decides whether it changed
+  // meanwhile. For tests (a writer racing the read, made deterministic);
+  // leave empty otherwise.
+  std::function<void(const std::string& rel)> after_read;
 };
 
 std::string leaf_encoding(const FsEntry& e);
