@@ -464,7 +464,7 @@ FsSnapshot snapshot_root(const std::string& dir, const WalkOptions& opts, std::v
     }
 
     std::vector<FsSnapshot> snaps;
-    if (upper) snaps.push_back(std::move(*upper));  // (not needed after: no stack to defer)
+    if (upper) snaps.push_back(std::move(*upper));  // not used after this
     bool storable = true;
     StackValue v;
     for (auto& l : lowers) {

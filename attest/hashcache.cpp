@@ -85,6 +85,24 @@ MDB_val val_of(std::string_view s) {
 std::string_view view_of(const MDB_val& v) {
   return {static_cast<const char*>(v.mv_data), v.mv_size};
 }
+
+// A tree's records removed (`del`: paths under `prefix`) and written
+// (`put`: stored keys and checked values) in transaction `txn`.
+int write_tree_items(MDB_txn* txn, MDB_dbi trees, const std::string& prefix,
+                     const std::vector<std::string>& del, const std::vector<HashCache::TreeItem>& put) {
+  for (const auto& p : del) {
+    const std::string key = prefix + p;
+    MDB_val k = val_of(key);
+    int rc = mdb_del(txn, trees, &k, nullptr);
+    if (rc && rc != MDB_NOTFOUND) return rc;
+  }
+  for (const auto& item : put) {
+    MDB_val k = val_of(item.key), v = val_of(item.value);
+    if (int rc = mdb_put(txn, trees, &k, &v, 0)) return rc;
+  }
+  return 0;
+}
+
 }  // namespace
 
 // One LMDB environment per data file per process (LMDB's rule: a process
@@ -338,12 +356,9 @@ void HashCache::update_tree(const std::string& tree, const std::map<std::string,
   items.reserve(put.size());
   for (const auto& item : put)
     if (!item.first.empty() && item.first.size() <= kMaxRecordPath) items.push_back(&item);
-  std::vector<std::pair<std::string, std::string>> kv(items.size());
+  std::vector<TreeItem> kv(items.size());
   auto fill = [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t i = lo; i < hi; ++i) {
-      auto [key, value] = tree_item(prefix, items[i]->first, items[i]->second);
-      kv[i] = {std::move(key), std::move(value)};
-    }
+    for (std::size_t i = lo; i < hi; ++i) kv[i] = tree_item(prefix, items[i]->first, items[i]->second);
   };
   const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
                                                       std::max<std::size_t>(1, kv.size() / 4096));
@@ -357,19 +372,7 @@ void HashCache::update_tree(const std::string& tree, const std::map<std::string,
   wait_writes();
   std::lock_guard<std::mutex> lk(mu_);
   if (!env_) return;
-  env_->write([&](MDB_txn* txn) {
-    for (const auto& p : del) {
-      const std::string key = prefix + p;
-      MDB_val kv_del = val_of(key);
-      int rc = mdb_del(txn, env_->trees, &kv_del, nullptr);
-      if (rc && rc != MDB_NOTFOUND) return rc;
-    }
-    for (const auto& [key, val] : kv) {
-      MDB_val k = val_of(key), v = val_of(val);
-      if (int rc = mdb_put(txn, env_->trees, &k, &v, 0)) return rc;
-    }
-    return 0;
-  });
+  env_->write([&](MDB_txn* txn) { return write_tree_items(txn, env_->trees, prefix, del, kv); });
 }
 
 void HashCache::wait_writes() {
@@ -428,17 +431,7 @@ std::shared_future<bool> HashCache::write_later(const std::string& tree, std::ve
           MDB_val kv = val_of(key), vv = val_of(val);
           if (int rc = mdb_put(txn, env->files, &kv, &vv, 0)) return rc;
         }
-        for (const auto& p : del) {
-          const std::string key = prefix + p;
-          MDB_val kv = val_of(key);
-          int rc = mdb_del(txn, env->trees, &kv, nullptr);
-          if (rc && rc != MDB_NOTFOUND) return rc;
-        }
-        for (const auto& [key, val] : put) {
-          MDB_val k = val_of(key), v = val_of(val);
-          if (int rc = mdb_put(txn, env->trees, &k, &v, 0)) return rc;
-        }
-        return 0;
+        return write_tree_items(txn, env->trees, prefix, del, put);
       });
       ok = true;
     } catch (const std::exception& e) {
