@@ -2,8 +2,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -11,11 +13,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <climits>
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
-#include <deque>
 #include <latch>
 #include <memory>
 #include <thread>
@@ -657,7 +659,23 @@ struct Job {
   // checked to be the listed regular file): the first read's "before".
   std::optional<struct stat> opened;
   const std::function<void(const std::string&)>* after_read = nullptr;  // WalkOptions::after_read
+  int proc_fds = -1;  // pinned: the walk's descriptor of /proc/self/fd (reopen_pinned)
 };
+
+// Opens the inode pinned by O_PATH as `pin` for reading, through its magic
+// link in /proc/self/fd (relative to the walk's descriptor of that
+// directory: one path component instead of four). A device, FIFO or socket
+// is never opened this way: only a pinned inode checked to be a regular file
+// is.
+UniqueFd reopen_pinned(int proc_fds, int pin) {
+  char name[16];
+  auto [end, ec] = std::to_chars(name, name + sizeof name - 1, pin);
+  *end = '\0';
+  const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
+  UniqueFd fd(::openat(proc_fds, name, rd));
+  if (!fd && errno == EPERM) fd = UniqueFd(::openat(proc_fds, name, rd & ~O_NOATIME));
+  return fd;
+}
 
 // A file whose content this run or the store knows by its identity at the
 // listing is not read: its hash is taken, its xattrs are read through the
@@ -701,13 +719,11 @@ bool open_job(Job& j) {
     return false;
   }
   if (j.pinned) {
-    const std::string pp = "/proc/self/fd/" + std::to_string(pin.get());
-    const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME;
-    j.fd = UniqueFd(::open(pp.c_str(), rd));
-    if (!j.fd && errno == EPERM) j.fd = UniqueFd(::open(pp.c_str(), rd & ~O_NOATIME));
+    j.fd = reopen_pinned(j.proc_fds, pin.get());
     if (!j.fd) {
       const int err = errno;
       if (j.xattrs) {  // through the pinned inode, which is the one listed
+        const std::string pp = "/proc/self/fd/" + std::to_string(pin.get());
         XattrSource src = XattrSource::following(pp);
         read_xattrs(src, e, j.overlay_xattrs);
       }
@@ -732,7 +748,11 @@ std::string too_large(uint64_t limit) {
 class JobQueue {
  public:
   explicit JobQueue(std::size_t cap)
-      : batch_(cap >= 8 ? std::min<std::size_t>(16, cap / 4) : 1), limit_(batch_ > 1 ? cap - batch_ : cap) {}
+      : batch_(cap >= 8 ? std::min<std::size_t>(16, cap / 4) : 1),
+        limit_(batch_ > 1 ? cap - batch_ : cap),
+        ring_(limit_) {
+    batch_jobs_.reserve(batch_);
+  }
   // Called (on the walking thread) before the first job is queued: the
   // hashing threads start only for a tree that has a file to read, so a
   // walk of a tree without one (an empty tmpfs, /dev) spawns none.
@@ -752,8 +772,8 @@ class JobQueue {
     const std::size_t n = batch_jobs_.size();
     {
       std::unique_lock<std::mutex> lk(mu_);
-      not_full_.wait(lk, [&] { return q_.size() + n <= limit_; });
-      for (auto& j : batch_jobs_) q_.push_back(std::move(j));
+      not_full_.wait(lk, [&] { return size_ + n <= limit_; });
+      for (auto& j : batch_jobs_) ring_[(head_ + size_++) % ring_.size()] = std::move(j);
     }
     batch_jobs_.clear();
     if (n == 1)
@@ -763,13 +783,14 @@ class JobQueue {
   }
   bool pop(Job& out) {
     std::unique_lock<std::mutex> lk(mu_);
-    not_empty_.wait(lk, [&] { return !q_.empty() || done_; });
-    if (q_.empty()) return false;
-    out = std::move(q_.front());
-    q_.pop_front();
+    not_empty_.wait(lk, [&] { return size_ != 0 || done_; });
+    if (size_ == 0) return false;
+    out = std::move(ring_[head_]);
+    head_ = (head_ + 1) % ring_.size();
+    size_--;
     // The walker waits for room for a batch: woken once, when there is
     // (the queue drains one job at a time, so it passes this size).
-    if (q_.size() + batch_ == limit_) not_full_.notify_one();
+    if (size_ + batch_ == limit_) not_full_.notify_one();
     return true;
   }
   void close() {
@@ -785,7 +806,11 @@ class JobQueue {
   std::vector<Job> batch_jobs_;  // the walking thread's only
   std::mutex mu_;
   std::condition_variable not_full_, not_empty_;
-  std::deque<Job> q_;
+  // The queued jobs: a ring of limit_ slots, allocated once (a node per
+  // job was an allocation on the walker's arena freed on a hashing
+  // thread's, a lock of the walker's arena per file).
+  std::vector<Job> ring_;
+  std::size_t head_ = 0, size_ = 0;
   bool done_ = false;
 };
 
@@ -897,9 +922,15 @@ void hash_file(Job& j, HashCache* cache, std::vector<char>& buf, std::atomic<uin
   add_error(e, "changed while being read");
 }
 
-bool proc_fd_works() {
-  struct stat st {};
-  return ::stat("/proc/self/fd", &st) == 0 && S_ISDIR(st.st_mode);
+// This process's /proc/self/fd, which pinned files are opened through
+// (reopen_pinned); none when /proc is not mounted (files are then opened by
+// name, after the listing). Opened per walk, in the walking process: a
+// descriptor kept across a fork would name the parent's table.
+UniqueFd open_proc_fds() {
+  UniqueFd d(::open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  struct statfs fs {};
+  if (d && (::fstatfs(d.get(), &fs) < 0 || fs.f_type != PROC_SUPER_MAGIC)) d.reset();
+  return d;
 }
 
 // Descriptor budget: a fraction of RLIMIT_NOFILE's soft limit (which is
@@ -947,8 +978,15 @@ class Walker {
  public:
   Walker(const WalkOptions& o, FsSnapshot& s, JobQueue& q, Budget b,
          std::vector<std::unique_ptr<Slot>>& entries,
-         const std::unordered_map<std::string, std::string>* prior)
-      : o_(o), s_(s), q_(q), b_(b), entries_(entries), proc_(proc_fd_works()), prior_(prior) {}
+         const std::unordered_map<std::string, std::string>* prior, int proc_fds)
+      : o_(o),
+        s_(s),
+        q_(q),
+        b_(b),
+        entries_(entries),
+        proc_(proc_fds >= 0),
+        proc_fds_(proc_fds),
+        prior_(prior) {}
 
   void run(UniqueFd rootfd, const struct statx& rsx) {
     root_dev_ = dev_of(rsx);
@@ -1209,6 +1247,7 @@ class Walker {
       // worker checks it and opens it (open_job).
       j.fd = UniqueFd(::openat(dfd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
       j.pinned = true;
+      j.proc_fds = proc_fds_;
     } else {
       const int rd = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | O_NOATIME | O_NOFOLLOW;
       j.fd = UniqueFd(::openat(dfd, name.c_str(), rd));
@@ -1230,6 +1269,7 @@ class Walker {
   Budget b_;
   std::vector<std::unique_ptr<Slot>>& entries_;
   bool proc_;
+  int proc_fds_;
   const std::unordered_map<std::string, std::string>* prior_;
   uint64_t root_dev_ = 0, root_mnt_ = 0;
   std::vector<Frame> stack_;
@@ -1381,6 +1421,7 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   std::atomic<uint64_t> bytes{0}, hits{0};
   const Budget budget =
       budget_for(opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency()));
+  const UniqueFd proc_fds = open_proc_fds();  // (outlives the hashing threads, which use it)
   JobQueue queue(budget.queue);
   std::vector<std::thread> workers;
   struct Guard {
@@ -1405,7 +1446,8 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
       });
   };
 
-  Walker(opts, s, queue, budget, entries, store ? &prior : nullptr).run(std::move(rootfd), rsx);
+  Walker(opts, s, queue, budget, entries, store ? &prior : nullptr, proc_fds.get())
+      .run(std::move(rootfd), rsx);
   queue.flush();
   queue.close();
   for (auto& t : workers) t.join();

@@ -213,8 +213,25 @@ struct HashCache::Env {
 HashCache::HashCache(std::string path) : path_(std::move(path)) {}
 
 HashCache::~HashCache() {
-  wait_writes();  // (a deferred write that fails puts its hashes back in pending_)
-  if (rtxn_) mdb_txn_abort(static_cast<MDB_txn*>(rtxn_));
+  wait_writes();  // (a deferred write that fails puts its hashes back in pending)
+  for (void* t : rtxns_) mdb_txn_abort(static_cast<MDB_txn*>(t));
+}
+
+HashCache::Shard& HashCache::shard(const Key& k) {
+  return shards_[(KeyHash{}(k)*0x9E3779B97F4A7C15ull) >> 60];  // (kShards == 16)
+}
+
+std::vector<std::pair<HashCache::Key, Digest>> HashCache::take_pending() {
+  std::vector<std::pair<Key, Digest>> out;
+  for (auto& sh : shards_) {
+    std::lock_guard<std::mutex> lk(sh.mu);
+    if (out.empty())
+      out.swap(sh.pending);
+    else
+      out.insert(out.end(), sh.pending.begin(), sh.pending.end());
+    sh.pending.clear();
+  }
+  return out;
 }
 
 bool HashCache::persistent() const {
@@ -229,6 +246,7 @@ void HashCache::load() {
     loaded_ = true;
     try {
       env_ = Env::open(path_);
+      env_ptr_.store(env_.get(), std::memory_order_release);
     } catch (const std::exception& e) {
       log::warn(std::string(e.what()) + "; hashing without the cache");
     }
@@ -239,69 +257,97 @@ void HashCache::load() {
 }
 
 std::optional<Digest> HashCache::get(const Key& k) {
-  Env* env = nullptr;  // set once, by load(), and kept while this object lives
+  Shard& sh = shard(k);
   {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (auto u = used_.find(k); u != used_.end()) return u->second;  // hashed earlier in this run
-    if (!env_) return std::nullopt;
-    env = env_.get();
+    std::lock_guard<std::mutex> lk(sh.mu);
+    if (auto u = sh.used.find(k); u != sh.used.end()) return u->second;  // hashed earlier in this run
   }
-  // The store is read under its own lock: the hashing threads' put and
-  // get_known (the maps) do not wait for a lookup in the store.
-  std::optional<Digest> out;
+  Env* env = env_ptr_.load(std::memory_order_acquire);  // set once, by load(), kept while this lives
+  if (!env) return std::nullopt;
+  // The store is read in a read transaction of this lookup's own (from the
+  // pool): the hashing threads' lookups do not wait for each other.
+  MDB_txn* txn = nullptr;
   {
-    std::lock_guard<std::mutex> lk(read_mu_);
-    MDB_txn* txn = static_cast<MDB_txn*>(rtxn_);
-    // A read transaction is a snapshot: renewed for each lookup (cheap: the
-    // reader slot is kept), reset after it, so no old snapshot pins pages.
-    int rc = txn ? mdb_txn_renew(txn) : mdb_txn_begin(env->env, nullptr, MDB_RDONLY, &txn);
-    if (rc) return std::nullopt;
-    rtxn_ = txn;
-    const std::string key = file_key(k);
-    MDB_val kv = val_of(key), v{};
-    if (mdb_get(txn, env->files, &kv, &v) == 0) {
-      auto body = unchecked(key, view_of(v));
-      if (body && body->size() == 32) {
-        Digest d;
-        std::memcpy(d.data(), body->data(), 32);
-        out = d;
-      }
+    std::lock_guard<std::mutex> lk(rtxn_mu_);
+    if (!rtxns_.empty()) {
+      txn = static_cast<MDB_txn*>(rtxns_.back());
+      rtxns_.pop_back();
     }
-    mdb_txn_reset(txn);
+  }
+  // A read transaction is a snapshot: renewed for each lookup (cheap: the
+  // reader slot is kept), reset after it, so no old snapshot pins pages.
+  if (txn ? mdb_txn_renew(txn) != 0 : mdb_txn_begin(env->env, nullptr, MDB_RDONLY, &txn) != 0) {
+    if (txn) mdb_txn_abort(txn);
+    return std::nullopt;
+  }
+  std::optional<Digest> out;
+  const std::string key = file_key(k);
+  MDB_val kv = val_of(key), v{};
+  if (mdb_get(txn, env->files, &kv, &v) == 0) {
+    auto body = unchecked(key, view_of(v));
+    if (body && body->size() == 32) {
+      Digest d;
+      std::memcpy(d.data(), body->data(), 32);
+      out = d;
+    }
+  }
+  mdb_txn_reset(txn);
+  {
+    std::lock_guard<std::mutex> lk(rtxn_mu_);
+    rtxns_.push_back(txn);
   }
   if (out) {
-    std::lock_guard<std::mutex> lk(mu_);
-    used_[k] = *out;
+    std::lock_guard<std::mutex> lk(sh.mu);
+    sh.used[k] = *out;
   }
   return out;
 }
 
 std::optional<Digest> HashCache::get_known(const Key& k) {
-  std::lock_guard<std::mutex> lk(mu_);
-  if (auto u = used_.find(k); u != used_.end()) return u->second;
+  Shard& sh = shard(k);
+  std::lock_guard<std::mutex> lk(sh.mu);
+  if (auto u = sh.used.find(k); u != sh.used.end()) return u->second;
   return std::nullopt;
 }
 
 void HashCache::put(const Key& k, const Digest& d) {
-  std::lock_guard<std::mutex> lk(mu_);
-  used_.insert_or_assign(k, d);
-  pending_.emplace_back(k, d);
+  Shard& sh = shard(k);
+  std::lock_guard<std::mutex> lk(sh.mu);
+  sh.used.insert_or_assign(k, d);
+  sh.pending.emplace_back(k, d);
 }
 
 void HashCache::save() {
   wait_writes();
   std::lock_guard<std::mutex> lk(mu_);
-  if (!env_ || pending_.empty()) return;
-  env_->write([&](MDB_txn* txn) {
-    for (const auto& [k, d] : pending_) {
-      const std::string key = file_key(k);
-      const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
-      MDB_val kv = val_of(key), vv = val_of(val);
-      if (int rc = mdb_put(txn, env_->files, &kv, &vv, 0)) return rc;
-    }
-    return 0;
-  });
-  pending_.clear();
+  if (!env_) return;
+  std::vector<std::pair<Key, Digest>> pending = take_pending();
+  if (pending.empty()) return;
+  try {
+    env_->write([&](MDB_txn* txn) {
+      for (const auto& [k, d] : pending) {
+        const std::string key = file_key(k);
+        const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
+        MDB_val kv = val_of(key), vv = val_of(val);
+        if (int rc = mdb_put(txn, env_->files, &kv, &vv, 0)) return rc;
+      }
+      return 0;
+    });
+  } catch (...) {
+    give_back(std::move(pending));
+    throw;
+  }
+}
+
+void HashCache::give_back(std::vector<std::pair<Key, Digest>> hashes) {
+  std::array<std::vector<std::pair<Key, Digest>>, kShards> by;
+  for (auto& kd : hashes) by[static_cast<std::size_t>(&shard(kd.first) - shards_.data())].push_back(kd);
+  for (std::size_t i = 0; i < kShards; ++i) {
+    if (by[i].empty()) continue;
+    // Before what was learned since (put() appended it), which wins.
+    std::lock_guard<std::mutex> lk(shards_[i].mu);
+    shards_[i].pending.insert(shards_[i].pending.begin(), by[i].begin(), by[i].end());
+  }
 }
 
 void HashCache::each_tree_record(const std::string& tree, const std::function<void(std::size_t)>& size_hint,
@@ -409,8 +455,8 @@ std::shared_future<bool> HashCache::write_later(const std::string& tree, std::ve
   {
     std::lock_guard<std::mutex> lk(mu_);
     env = env_.get();
-    if (env) hashes.swap(pending_);
   }
+  if (env) hashes = take_pending();
   if (!env || tree.empty()) {
     put.clear();
     del.clear();
@@ -437,10 +483,7 @@ std::shared_future<bool> HashCache::write_later(const std::string& tree, std::ve
     } catch (const std::exception& e) {
       log::warn(std::string("hash cache: ") + e.what());
     }
-    if (!ok) {
-      std::lock_guard<std::mutex> lk(mu_);
-      pending_.insert(pending_.begin(), hashes.begin(), hashes.end());  // (what was learned since wins)
-    }
+    if (!ok) give_back(std::move(hashes));  // (what was learned since wins)
     done.set_value(ok);
   });
   return out;

@@ -9,6 +9,8 @@
 
 #include <sys/stat.h>
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -101,14 +103,32 @@ class HashCache {
   struct Env;
   std::string path_;
   std::shared_ptr<Env> env_;
-  std::mutex mu_;       // the maps, env_ and loaded_
-  std::mutex read_mu_;  // rtxn_ (taken without mu_ held)
+  std::mutex mu_;  // env_ and loaded_
+  // env_.get(), once load() opened the store (it is kept while this object
+  // lives): read by get() without mu_.
+  std::atomic<Env*> env_ptr_{nullptr};
   struct KeyHash {
     std::size_t operator()(const Key& k) const;
   };
-  std::unordered_map<Key, Digest, KeyHash> used_;  // this run's hashes (found or computed)
-  std::vector<std::pair<Key, Digest>> pending_;    // computed and not yet in the store
-  void* rtxn_ = nullptr;                           // MDB_txn*, reset between gets
+  // This run's hashes, in shards by key, each under its own lock: the
+  // hashing threads look up and add a hash per file, and one lock for all
+  // made them wait for each other (futex sleeps) thousands of times a walk.
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<Key, Digest, KeyHash> used;  // found or computed
+    std::vector<std::pair<Key, Digest>> pending;    // computed and not yet in the store
+  };
+  static constexpr std::size_t kShards = 16;
+  std::array<Shard, kShards> shards_;
+  Shard& shard(const Key& k);
+  std::vector<std::pair<Key, Digest>> take_pending();
+  // Hashes a failed write took (take_pending) are pending again.
+  void give_back(std::vector<std::pair<Key, Digest>> hashes);
+  // Read transactions for store lookups (MDB_NOTLS: any thread's), one per
+  // concurrent lookup, reset between uses; taken and given back under
+  // rtxn_mu_, used without it.
+  std::mutex rtxn_mu_;
+  std::vector<void*> rtxns_;  // MDB_txn*
   bool loaded_ = false;
 };
 

@@ -35,7 +35,9 @@ const Nft& nft() {
   return dynlib::load_once<Nft>("libnftables.so.1", "Debian package libnftables1", fill);
 }
 
-struct Ctx {
+}  // namespace
+
+struct Installed::Ctx {
   const Nft& n;
   nft_ctx* c;
   explicit Ctx(const Nft& lib) : n(lib), c(lib.ctx_new(NFT_CTX_DEFAULT)) {
@@ -57,7 +59,18 @@ struct Ctx {
   }
 };
 
-}  // namespace
+Installed::Installed() = default;
+Installed::~Installed() {
+  if (closer_.joinable()) closer_.join();
+}
+Installed::Installed(Installed&&) noexcept = default;
+Installed& Installed::operator=(Installed&& o) noexcept {
+  if (this != &o) {
+    if (closer_.joinable()) closer_.join();
+    closer_ = std::move(o.closer_);
+  }
+  return *this;
+}
 
 const std::string& confinement_ruleset() {
   // policy drop on output; what passes, in order: loopback (the proxy, the
@@ -80,7 +93,7 @@ const std::string& confinement_ruleset() {
   return rules;
 }
 
-void confine(int nsfd) {
+Installed confine(int nsfd) {
   // Never the runtime's own namespace (the host's): the policy refuses a
   // config that shares it, and this keeps a misjudged path from cutting
   // the host off.
@@ -92,20 +105,23 @@ void confine(int nsfd) {
     throw Error(
         "refusing to confine the runtime's own network namespace (the container would share the host's)");
   const Nft& lib = nft();
+  Installed out;
   in_netns(nsfd, [&] {
-    Ctx ctx(lib);
+    auto ctx = std::make_unique<Installed::Ctx>(lib);
     // Atomically: an older table of ours goes, the new one comes (one
     // transaction; a half-installed ruleset is never live).
-    ctx.run("table inet agentshim\ndelete table inet agentshim\n" + confinement_ruleset(),
-            "installing the outbound confinement in the container's network namespace");
+    ctx->run("table inet agentshim\ndelete table inet agentshim\n" + confinement_ruleset(),
+             "installing the outbound confinement in the container's network namespace");
+    out.closer_ = std::thread([c = std::move(ctx)]() mutable { c.reset(); });  // (Installed)
   });
+  return out;
 }
 
 std::string list_ruleset(int nsfd) {
   const Nft& lib = nft();
   std::string out;
   in_netns(nsfd, [&] {
-    Ctx ctx(lib);
+    Installed::Ctx ctx(lib);
     out = ctx.run("list ruleset", "listing the container's network namespace's ruleset");
   });
   return out;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <thread>
 
 namespace agentshim::net {
 
@@ -20,9 +21,28 @@ namespace agentshim::net {
 // event). Fixed text: nothing from the container or the caller goes in.
 const std::string& confinement_ruleset();
 
+// The nftables socket a ruleset was installed through is closed on a thread
+// of its own: closing it right after the commit waits for the kernel to
+// release the transaction (an RCU grace period: ~10 ms here, on create's
+// path). The descriptor leaves the table at once (libnftables does not open
+// it close-on-exec); the thread is joined when this is destroyed. The rules
+// stay (the table has no owner).
+class Installed {
+ public:
+  Installed();
+  ~Installed();
+  Installed(Installed&&) noexcept;
+  Installed& operator=(Installed&&) noexcept;
+  struct Ctx;
+
+ private:
+  friend Installed confine(int nsfd);
+  std::thread closer_;
+};
+
 // Installs the ruleset in the network namespace `nsfd` names (replacing an
 // earlier agentshim table there). Throws Error naming libnftables' message.
-void confine(int nsfd);
+[[nodiscard]] Installed confine(int nsfd);
 
 // The ruleset currently in `nsfd`'s namespace (nft list ruleset), for tests
 // and the record.

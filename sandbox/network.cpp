@@ -251,7 +251,7 @@ ContainerNetwork::ContainerNetwork(pid_t init_pid, bool new_netns, Options o, Si
   std::shared_ptr<sockowner::Attributor> attributor;
   json view;
   // Rules first: nothing leaves before the namespace is confined.
-  if (confine) net::confine(nsfd.get());
+  if (confine) firewall_ = net::confine(nsfd.get());
   net::in_netns(nsfd.get(), [&] {
     // A namespace of our own starts with lo down (runc brings it up too);
     // a namespace the caller prepared is left as it is, but for lo, which

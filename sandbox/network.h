@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "netpolicy/credentials.h"
+#include "netpolicy/firewall.h"
 #include "netpolicy/netns.h"
 #include "netpolicy/request_rules.h"
 
@@ -167,6 +168,9 @@ class ContainerNetwork {
 
  private:
   Options o_;
+  // The thread closing the confinement's nftables socket off create's path
+  // (net::Installed), joined with this object.
+  net::Installed firewall_;
   std::unique_ptr<net::Proxy> proxy_;
   std::unique_ptr<net::DnsStub> dns_;
 };
