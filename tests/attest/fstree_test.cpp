@@ -629,6 +629,56 @@ TEST(FsTree, TheStoreWriteFollowsTheWalkAndIsSeenOnceCommitted) {
   EXPECT_EQ(m.root, r.root);
 }
 
+// The hashing threads look hashes up and add them concurrently (the
+// run's hashes are in shards with a lock each; store lookups take a read
+// transaction from a pool): every thread sees every hash, the store's and
+// the run's, and save() writes every one learned, exactly once.
+TEST(HashCache, ConcurrentLookupsAndPutsFromManyThreadsAllReachTheStore) {
+  TempDir store;
+  const std::string path = store.path + "/store";
+  auto key = [](uint64_t i) { return HashCache::Key{7, i, i * 3, static_cast<int64_t>(i) * 11, 5}; };
+  auto digest = [](uint64_t i) { return sha256("content " + std::to_string(i)); };
+  constexpr uint64_t kStored = 3000, kThreads = 4, kPerThread = 2500;
+  {
+    HashCache c(path);
+    c.load();
+    for (uint64_t i = 0; i < kStored; ++i) c.put(key(i), digest(i));
+    c.save();
+  }
+  HashCache c(path);
+  c.load();
+  std::atomic<uint64_t> wrong{0};
+  std::vector<std::thread> ts;
+  for (uint64_t t = 0; t < kThreads; ++t)
+    ts.emplace_back([&, t] {
+      for (uint64_t n = 0; n < kPerThread; ++n) {
+        // A stored hash (every thread, the same keys at once)...
+        const uint64_t i = (n * 7 + t) % kStored;
+        auto d = c.get(key(i));
+        if (!d || *d != digest(i)) wrong++;
+        // ...and a new one, then another thread's new one (maybe not yet put).
+        const uint64_t mine = kStored + t * kPerThread + n;
+        if (c.get(key(mine))) wrong++;
+        c.put(key(mine), digest(mine));
+        if (c.get_known(key(mine)) != digest(mine)) wrong++;
+        const uint64_t theirs = kStored + ((t + 1) % kThreads) * kPerThread + n / 2;
+        if (auto o = c.get_known(key(theirs)); o && *o != digest(theirs)) wrong++;
+      }
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(wrong, 0u);
+  c.save();
+  c.save();  // (nothing pending: no second write)
+  HashCache again(path);
+  again.load();
+  for (uint64_t i = 0; i < kStored + kThreads * kPerThread; ++i) {
+    auto d = again.get(key(i));
+    ASSERT_TRUE(d.has_value()) << i;
+    EXPECT_EQ(*d, digest(i)) << i;
+  }
+  EXPECT_FALSE(again.get(key(kStored + kThreads * kPerThread)).has_value());
+}
+
 TEST(FsTree, TreeRecordsRoundTripAndRejectAnythingElse) {
   FsEntry e;
   e.path = "a";
