@@ -86,6 +86,18 @@ std::string_view view_of(const MDB_val& v) {
   return {static_cast<const char*>(v.mv_data), v.mv_size};
 }
 
+// Content hashes into the files table (key: the file's identity; value:
+// the digest with its check), in the order given (a later one wins).
+int write_hashes(MDB_txn* txn, MDB_dbi files, const std::vector<std::pair<HashCache::Key, Digest>>& hashes) {
+  for (const auto& [k, d] : hashes) {
+    const std::string key = file_key(k);
+    const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
+    MDB_val kv = val_of(key), vv = val_of(val);
+    if (int rc = mdb_put(txn, files, &kv, &vv, 0)) return rc;
+  }
+  return 0;
+}
+
 // A tree's records removed (`del`: paths under `prefix`) and written
 // (`put`: stored keys and checked values) in transaction `txn`.
 int write_tree_items(MDB_txn* txn, MDB_dbi trees, const std::string& prefix,
@@ -324,15 +336,7 @@ void HashCache::save() {
   std::vector<std::pair<Key, Digest>> pending = take_pending();
   if (pending.empty()) return;
   try {
-    env_->write([&](MDB_txn* txn) {
-      for (const auto& [k, d] : pending) {
-        const std::string key = file_key(k);
-        const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
-        MDB_val kv = val_of(key), vv = val_of(val);
-        if (int rc = mdb_put(txn, env_->files, &kv, &vv, 0)) return rc;
-      }
-      return 0;
-    });
+    env_->write([&](MDB_txn* txn) { return write_hashes(txn, env_->files, pending); });
   } catch (...) {
     give_back(std::move(pending));
     throw;
@@ -471,12 +475,7 @@ std::shared_future<bool> HashCache::write_later(const std::string& tree, std::ve
     bool ok = false;
     try {
       env->write([&](MDB_txn* txn) {
-        for (const auto& [k, d] : hashes) {
-          const std::string key = file_key(k);
-          const std::string val = checked(key, std::string_view(reinterpret_cast<const char*>(d.data()), 32));
-          MDB_val kv = val_of(key), vv = val_of(val);
-          if (int rc = mdb_put(txn, env->files, &kv, &vv, 0)) return rc;
-        }
+        if (int rc = write_hashes(txn, env->files, hashes)) return rc;
         return write_tree_items(txn, env->trees, prefix, del, put);
       });
       ok = true;
