@@ -43,8 +43,11 @@ namespace {
 // never hit (its key holds the file's ctime), so emptying only costs
 // re-hashing.
 constexpr std::size_t kMapSize = std::size_t{4} << 30;
-constexpr unsigned kMaxReaders = 1024;  // concurrent supervisors, each with at most one read transaction
-constexpr std::size_t kCheck = 16;      // bytes of SHA-256 over key and value bytes, after the value
+// Reader slots: concurrent supervisors, each keeping at most kPooledReaders
+// read transactions (HashCache::get) and one for a tree's records.
+constexpr unsigned kMaxReaders = 1024;
+constexpr std::size_t kPooledReaders = 4;
+constexpr std::size_t kCheck = 16;  // bytes of SHA-256 over key and value bytes, after the value
 
 std::string mdb_err(const std::string& what, int rc) {
   return what + ": " + mdb_strerror(rc);
@@ -305,9 +308,15 @@ std::optional<Digest> HashCache::get(const Key& k) {
   }
   mdb_txn_reset(txn);
   {
+    // Kept for the next lookup, up to kPooledReaders (each holds a reader
+    // slot of the host's store); a lookup beyond them used one of its own.
     std::lock_guard<std::mutex> lk(rtxn_mu_);
-    rtxns_.push_back(txn);
+    if (rtxns_.size() < kPooledReaders) {
+      rtxns_.push_back(txn);
+      txn = nullptr;
+    }
   }
+  if (txn) mdb_txn_abort(txn);
   if (out) {
     std::lock_guard<std::mutex> lk(sh.mu);
     sh.used[k] = *out;

@@ -125,8 +125,8 @@ class HashCache {
   // Hashes a failed write took (take_pending) are pending again.
   void give_back(std::vector<std::pair<Key, Digest>> hashes);
   // Read transactions for store lookups (MDB_NOTLS: any thread's), one per
-  // concurrent lookup, reset between uses; taken and given back under
-  // rtxn_mu_, used without it.
+  // concurrent lookup, reset between uses, at most a few kept; taken and
+  // given back under rtxn_mu_, used without it.
   std::mutex rtxn_mu_;
   std::vector<void*> rtxns_;  // MDB_txn*
   bool loaded_ = false;

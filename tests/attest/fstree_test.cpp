@@ -638,7 +638,7 @@ TEST(HashCache, ConcurrentLookupsAndPutsFromManyThreadsAllReachTheStore) {
   const std::string path = store.path + "/store";
   auto key = [](uint64_t i) { return HashCache::Key{7, i, i * 3, static_cast<int64_t>(i) * 11, 5}; };
   auto digest = [](uint64_t i) { return sha256("content " + std::to_string(i)); };
-  constexpr uint64_t kStored = 3000, kThreads = 4, kPerThread = 2500;
+  constexpr uint64_t kStored = 3000, kThreads = 6, kPerThread = 2000;  // (more threads than the pool keeps)
   {
     HashCache c(path);
     c.load();
