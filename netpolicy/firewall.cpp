@@ -3,6 +3,8 @@
 #include <nftables/libnftables.h>
 #include <sys/stat.h>
 
+#include <system_error>
+
 #include "common/dynlib.h"
 #include "common/error.h"
 #include "netpolicy/netns.h"
@@ -112,7 +114,12 @@ Installed confine(int nsfd) {
     // transaction; a half-installed ruleset is never live).
     ctx->run("table inet agentshim\ndelete table inet agentshim\n" + confinement_ruleset(),
              "installing the outbound confinement in the container's network namespace");
-    out.closer_ = std::thread([c = std::move(ctx)]() mutable { c.reset(); });  // (Installed)
+    try {
+      out.closer_ = std::thread([c = std::move(ctx)]() mutable { c.reset(); });  // (Installed)
+    } catch (const std::system_error&) {
+      // No thread to be had: the socket was closed here, with the closure
+      // that held it (the grace period waited for, the rules installed).
+    }
   });
   return out;
 }
