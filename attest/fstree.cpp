@@ -27,6 +27,7 @@
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/log.h"
+#include "common/parallel.h"
 #include "common/util.h"
 
 namespace agentshim::attest {
@@ -1328,28 +1329,6 @@ FsSnapshot snapshot_file(const std::string& root, int pathfd, const struct statx
 }  // namespace
 
 namespace {
-// fn(i) for every i < n, on `threads` threads (this one among them), in
-// contiguous blocks; the first exception is rethrown here.
-void in_parallel(std::size_t n, std::size_t threads, const std::function<void(std::size_t)>& fn) {
-  threads = std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(1, n / 1024));
-  std::vector<std::exception_ptr> errs(threads);
-  auto block = [&](std::size_t t) {
-    try {
-      for (std::size_t i = n * t / threads; i < n * (t + 1) / threads; ++i) fn(i);
-    } catch (...) {
-      errs[t] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> others;
-  for (std::size_t t = 1; t < threads; ++t) others.emplace_back(block, t);
-  block(0);
-  for (auto& t : others) t.join();
-  for (auto& e : errs)
-    if (e) std::rethrow_exception(e);
-}
-}  // namespace
-
-namespace {
 // `entries` sorted by path, and `out` resized to as many (default) entries.
 void sort_and_make_room(std::vector<std::unique_ptr<Slot>>& entries, std::vector<FsEntry>& out,
                         std::size_t threads) {
@@ -1462,7 +1441,9 @@ FsSnapshot snapshot(const std::string& root_dir, const WalkOptions& opts) {
   sort_and_make_room(entries, s.entries, budget.workers);
   std::vector<Digest> leaves(n);
   std::vector<HashCache::TreeItem> put(store ? n : 0);
-  in_parallel(n, budget.workers, [&](std::size_t i) {
+  // (Threads only for a large tree: a block of at least 1,024 entries each.)
+  const std::size_t threads = std::min<std::size_t>(budget.workers, n / 1024);
+  parallel_for(n, threads, [&](std::size_t i) {
     Slot& slot = *entries[i];
     if (!slot.done) finish(slot, st);
     leaves[i] = slot.e.leaf;

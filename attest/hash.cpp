@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/fd.h"
+#include "common/parallel.h"
 #include "common/util.h"
 
 namespace agentshim::attest {
@@ -199,23 +200,10 @@ Digest merkle_root(const std::vector<Digest>& leaf_hashes, std::size_t threads) 
   const std::size_t n = leaf_hashes.size();
   if (threads < 2 || n < 2 * kBlock) return merkle_root(leaf_hashes);
   const std::size_t blocks = (n + kBlock - 1) / kBlock;
-  threads = std::min(threads, blocks);
   std::vector<Digest> roots(blocks);
-  std::vector<std::exception_ptr> errs(threads);
-  auto part = [&](std::size_t t) {
-    try {
-      for (std::size_t b = blocks * t / threads; b < blocks * (t + 1) / threads; ++b)
-        roots[b] = reduce(leaf_hashes.data() + b * kBlock, std::min(kBlock, n - b * kBlock));
-    } catch (...) {
-      errs[t] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> others;
-  for (std::size_t t = 1; t < threads; ++t) others.emplace_back(part, t);
-  part(0);
-  for (auto& t : others) t.join();
-  for (auto& e : errs)
-    if (e) std::rethrow_exception(e);
+  parallel_for(blocks, threads, [&](std::size_t b) {
+    roots[b] = reduce(leaf_hashes.data() + b * kBlock, std::min(kBlock, n - b * kBlock));
+  });
   return merkle_root(roots);
 }
 

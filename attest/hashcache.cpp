@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/parallel.h"
 
 namespace agentshim::attest {
 
@@ -416,18 +417,8 @@ void HashCache::update_tree(const std::string& tree, const std::map<std::string,
   for (const auto& item : put)
     if (!item.first.empty() && item.first.size() <= kMaxRecordPath) items.push_back(&item);
   std::vector<TreeItem> kv(items.size());
-  auto fill = [&](std::size_t lo, std::size_t hi) {
-    for (std::size_t i = lo; i < hi; ++i) kv[i] = tree_item(prefix, items[i]->first, items[i]->second);
-  };
-  const std::size_t threads = std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
-                                                      std::max<std::size_t>(1, kv.size() / 4096));
-  {
-    std::vector<std::thread> others;
-    for (std::size_t t = 1; t < threads; ++t)
-      others.emplace_back(fill, kv.size() * t / threads, kv.size() * (t + 1) / threads);
-    fill(0, kv.size() / threads);
-    for (auto& t : others) t.join();
-  }
+  parallel_for(kv.size(), std::min<std::size_t>(std::thread::hardware_concurrency(), kv.size() / 4096),
+               [&](std::size_t i) { kv[i] = tree_item(prefix, items[i]->first, items[i]->second); });
   wait_writes();
   std::lock_guard<std::mutex> lk(mu_);
   if (!env_) return;
