@@ -7,8 +7,11 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include "attest/canonical.h"
 #include "attest/hash.h"
@@ -138,20 +141,69 @@ PrivateKey PrivateKey::load(const std::string& path) {
   return key;
 }
 
+namespace {
+// A new file at tmp (a stale one of an interrupted save is replaced, never
+// reused: its mode could be wider), written whole and synced.
+void write_whole(const std::string& tmp, std::string& data, mode_t mode, bool secret) {
+  if (::unlink(tmp.c_str()) < 0 && errno != ENOENT) throw_errno("remove stale " + tmp);
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+  if (!fd && secret) OPENSSL_cleanse(data.data(), data.size());
+  if (!fd) throw_errno("create key file " + tmp);
+  try {
+    write_all(fd.get(), data, tmp);
+  } catch (...) {
+    if (secret) OPENSSL_cleanse(data.data(), data.size());
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  if (secret) OPENSSL_cleanse(data.data(), data.size());
+  if (::fsync(fd.get()) < 0) {
+    ::unlink(tmp.c_str());
+    throw_errno("fsync " + tmp);
+  }
+}
+}  // namespace
+
 void PrivateKey::save(const std::string& path) const {
+  // Two supervisors finalizing their first runs at once both create the
+  // host key. Creators of a key are serialised on its directory's lock; the
+  // second one then finds the key and fails with EEXIST (never overwrites).
+  // Processes that only read (without the lock) must never see half a key
+  // or a private key without its public key: each file is written whole
+  // under a temporary name and renamed, the public key first.
+  const auto slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!d) throw_errno("open key directory " + dir);
+  while (::flock(d.get(), LOCK_EX) < 0)
+    if (errno != EINTR) throw_errno("lock key directory " + dir);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) throw_errno("create key file " + path, EEXIST);
+  if (errno != ENOENT) throw_errno("stat " + path);
+
   Bio bio;
   if (PEM_write_bio_PrivateKey(bio.b, pk(pkey_), nullptr, nullptr, 0, nullptr, nullptr) != 1)
     throw Error("key: cannot encode the private key (" + ossl_error() + ")");
   std::string pem = bio.str();
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd) {
+  std::string pub = public_pem();
+  const std::string pub_path = path + ".pub";
+  try {
+    write_whole(pub_path + ".tmp", pub, 0644, false);
+  } catch (...) {
     OPENSSL_cleanse(pem.data(), pem.size());
-    throw_errno("create key file " + path);
+    throw;
   }
-  write_all(fd.get(), pem, path);
-  OPENSSL_cleanse(pem.data(), pem.size());
-  if (::fsync(fd.get()) < 0) throw_errno("fsync " + path);
-  write_file_atomic(path + ".pub", public_pem(), 0644);
+  if (::rename((pub_path + ".tmp").c_str(), pub_path.c_str()) < 0) {
+    OPENSSL_cleanse(pem.data(), pem.size());
+    throw_errno("rename " + pub_path + ".tmp -> " + pub_path);
+  }
+  write_whole(path + ".tmp", pem, 0600, true);
+  if (::rename((path + ".tmp").c_str(), path.c_str()) < 0) {
+    int e = errno;
+    ::unlink((path + ".tmp").c_str());
+    throw_errno("rename " + path + ".tmp -> " + path, e);
+  }
+  if (::fsync(d.get()) < 0) throw_errno("fsync " + dir);
 }
 
 std::string PrivateKey::sign(std::string_view msg) const {

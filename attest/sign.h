@@ -35,7 +35,9 @@ class PrivateKey {
   static PrivateKey generate(KeyType t);
   // Reads a PKCS#8 PEM file; the buffer is wiped after parsing.
   static PrivateKey load(const std::string& path);
-  // Writes the key (0600, O_EXCL) and its public key (path + ".pub", 0644).
+  // Writes the key (0600) and its public key (path + ".pub", 0644), each
+  // whole (temporary name, renamed), the public key first; never overwrites
+  // (SysError EEXIST); concurrent creators are serialised on the directory.
   void save(const std::string& path) const;
 
   std::string sign(std::string_view msg) const;

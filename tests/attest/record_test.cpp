@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include "attest/canonical.h"
@@ -386,6 +389,65 @@ TEST(HostKey, CreatedOnceWithMode0600) {
   ASSERT_EQ(::stat(p.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_TRUE(path_exists(host_public_key_path(t.path)));
+}
+
+// Two supervisors finalizing their first runs at once on a fresh host (CI:
+// one lost its attestation): each must get the same, whole key, and the
+// public key beside it must be that key's. Processes, not threads: the
+// real racers are separate supervisors. Many rounds, many racers: the
+// window being closed was one write() wide.
+TEST(HostKey, FirstRunsRacingAllSignWithTheSameWholeKey) {
+  for (int round = 0; round < 40; ++round) {
+    TempDir t;
+    constexpr int kRacers = 6;
+    int pipes[kRacers][2];
+    std::vector<pid_t> kids;
+    for (int i = 0; i < kRacers; ++i) {
+      ASSERT_EQ(::pipe(pipes[i]), 0);
+      pid_t pid = ::fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        ::close(pipes[i][0]);
+        std::string out;
+        try {
+          std::string p = ensure_host_key(t.path, KeyType::ed25519, nullptr);
+          auto k = load_signing_key(p, KeyType::ed25519);
+          // The host's public key, as a verifier reads it, is this key's.
+          out = k.keyid() + " " + keyid_of(read_file(host_public_key_path(t.path)));
+        } catch (const std::exception& e) {
+          out = std::string("ERROR ") + e.what();
+        }
+        (void)!::write(pipes[i][1], out.data(), out.size());
+        ::_exit(0);
+      }
+      ::close(pipes[i][1]);
+      kids.push_back(pid);
+    }
+    std::set<std::string> ids;
+    for (int i = 0; i < kRacers; ++i) {
+      std::string got;
+      char buf[512];
+      ssize_t n;
+      while ((n = ::read(pipes[i][0], buf, sizeof buf)) > 0) got.append(buf, static_cast<size_t>(n));
+      ::close(pipes[i][0]);
+      int st = 0;
+      ASSERT_EQ(::waitpid(kids[i], &st, 0), kids[i]);
+      ASSERT_EQ(got.rfind("ERROR", 0), std::string::npos) << "round " << round << ": " << got;
+      auto sp = got.find(' ');
+      ASSERT_NE(sp, std::string::npos) << got;
+      EXPECT_EQ(got.substr(0, sp), got.substr(sp + 1)) << "round " << round << ": the .pub is another key's";
+      ids.insert(got.substr(0, sp));
+    }
+    EXPECT_EQ(ids.size(), 1u) << "round " << round << ": racers signed with different keys";
+    struct stat st {};
+    ASSERT_EQ(::stat((t.path + "/keys/signing.pem").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    // Nothing half-made is left beside the key.
+    for (const auto& e : std::filesystem::directory_iterator(t.path + "/keys")) {
+      std::string name = e.path().filename();
+      EXPECT_TRUE(name == "signing.pem" || name == "signing.pem.pub") << name;
+    }
+  }
 }
 
 TEST(Ledger, ChainsRowsAndDetectsRewrites) {
