@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -83,15 +84,34 @@ void write_file(const std::string& path, std::string_view data, mode_t mode) {
   write_all(fd.get(), data, path);
 }
 
+namespace {
+// A temporary name of this process and call: writers of one path at once
+// (supervisors sharing /run/agentshim.dns/resolv.conf, the runtime digest
+// cache) each rename their own whole file, never one another's half.
+std::string unique_tmp(const std::string& path) {
+  static std::atomic<std::uint64_t> seq{0};
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(seq.fetch_add(1));
+}
+}  // namespace
+
 void write_file_atomic(const std::string& path, std::string_view data, mode_t mode, bool durable) {
-  std::string tmp = path + ".tmp";
+  const std::string tmp = unique_tmp(path);
   {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
     if (!fd) throw_errno("open " + tmp);
-    write_all(fd.get(), data, tmp);
-    if (durable && ::fsync(fd.get()) < 0) throw_errno("fsync " + tmp);
+    try {
+      write_all(fd.get(), data, tmp);
+      if (durable && ::fsync(fd.get()) < 0) throw_errno("fsync " + tmp);
+    } catch (...) {
+      ::unlink(tmp.c_str());
+      throw;
+    }
   }
-  if (::rename(tmp.c_str(), path.c_str()) < 0) throw_errno("rename " + tmp + " -> " + path);
+  if (::rename(tmp.c_str(), path.c_str()) < 0) {
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    throw_errno("rename " + tmp + " -> " + path, e);
+  }
 }
 
 void DurableFiles::write(const std::string& path, std::string_view data, mode_t mode) {

@@ -20,7 +20,9 @@ std::string read_file_limited(const std::string& path, std::size_t limit);
 std::optional<std::string> try_read_file(const std::string& path);
 // Write (truncate) a file; throws SysError naming the path.
 void write_file(const std::string& path, std::string_view data, mode_t mode = 0644);
-// Write to path.tmp, fsync, rename over path: readers see old or new, never half.
+// Write to a temporary name of its own (path.tmp.PID.N), fsync, rename over
+// path: readers see old or new, never half; concurrent writers each rename a
+// whole file of their own (the last rename wins).
 // durable=false: no fsync (runtime state under --root, like runc's
 // state.json: it does not outlive a reboot, and create/delete stay fast).
 void write_file_atomic(const std::string& path, std::string_view data, mode_t mode = 0644,

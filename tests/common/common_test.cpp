@@ -1,7 +1,12 @@
 #include <fcntl.h>
-#include <sys/socket.h>
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <set>
+#include <thread>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -47,6 +52,45 @@ TEST(Util, AtomicWriteAndRemoveTree) {
   EXPECT_FALSE(path_exists(dir + "/a/b/c/f.tmp"));
   remove_tree(dir);
   EXPECT_FALSE(path_exists(dir));
+}
+
+// Writers of one path at once (supervisors sharing the DNS stub's
+// resolv.conf, the runtime digest cache): every write succeeds, the file is
+// always one writer's whole content, no temporary file is left.
+TEST(Util, ConcurrentAtomicWritersEachRenameAWholeFile) {
+  testutil::TempDir t("agentshim-common");
+  const std::string p = t.path + "/shared";
+  std::atomic<int> failures{0};
+  std::atomic<bool> done{false};
+  std::set<std::string> contents;
+  for (int k = 0; k < 4; ++k) contents.insert(std::string(100000 + k, static_cast<char>('a' + k)));
+  std::thread reader([&] {
+    while (!done) {
+      auto s = try_read_file(p);
+      if (s && !contents.count(*s)) ++failures;
+    }
+  });
+  std::vector<std::thread> writers;
+  for (int k = 0; k < 4; ++k)
+    writers.emplace_back([&, k] {
+      const std::string mine(100000 + k, static_cast<char>('a' + k));
+      for (int i = 0; i < 200; ++i) try {
+          write_file_atomic(p, mine, 0644, false);
+        } catch (const std::exception&) {
+          ++failures;
+        }
+    });
+  for (auto& w : writers) w.join();
+  done = true;
+  reader.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_TRUE(contents.count(read_file(p)));
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(t.path)) {
+    ++entries;
+    EXPECT_EQ(e.path().filename(), "shared");
+  }
+  EXPECT_EQ(entries, 1);
 }
 
 // Files made durable together: nothing is at its path before commit()
