@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import uuid
@@ -375,6 +376,85 @@ def test_record_carries_network_totals_and_verifies(netrun):
     assert net["bytes_down"] > 0
     show = run(n.lab.runtime(AGENTSHIM, "--audit-dir", n.audit, "runs", "show", rd))
     assert b"other.test" in show.stdout and b"allowed.test" in show.stdout, show.stdout
+
+
+def test_containers_started_at_once_on_a_fresh_host_each_work_and_get_their_own_record(netrun, net_rootfs):
+    """Six containers started at once on a host with no agentshim state yet
+    (no signing key, no DNS stub file, no hash cache, no ledger), as
+    `docker compose up` or a node taking several pods does: the shared files
+    are made once and whole, every container reaches its upstream through
+    the proxy, and every record verifies and holds its own container's
+    traffic only. (CI found two first runs racing on the host key: one
+    record had no attestation.)"""
+    n = netrun(["allowed.test:80"])
+    shutil.rmtree("/run/agentshim.dns", ignore_errors=True)
+    k = 6
+    results = {}
+    # The containers end together (each waits for the test's "go" once all
+    # are up), so their records are finalized, and the host key made, at
+    # the same moment.
+    sync = os.path.join(n.tmp, "sync")
+    os.mkdir(sync)
+
+    def one(i):
+        b = Bundle(os.path.join(n.tmp, f"b{i}"), net_rootfs)
+        b.config["mounts"].append({"destination": "/sync", "type": "bind", "source": sync, "options": ["rbind"]})
+        b.sh(f"cat /etc/resolv.conf; curl -sS --max-time 20 http://allowed.test/only-{i}; "
+             f"touch /sync/up-{i}; n=0; while [ ! -e /sync/go ] && [ $n -lt 3000000 ]; do n=$((n+1)); done")
+        cid = f"at-once-{i}-" + uuid.uuid4().hex[:6]
+        try:
+            results[i] = (cid, n.cli("run", "--bundle", b.path, cid, timeout=180))
+        except BaseException as e:  # reported by the main thread
+            results[i] = (cid, e)
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in ts:
+        t.start()
+    deadline = time.monotonic() + 120
+    while (len([f for f in os.listdir(sync) if f.startswith("up-")]) + sum(not t.is_alive() for t in ts) < k
+           and time.monotonic() < deadline):  # (a container that failed is not waited for)
+        time.sleep(0.01)
+    open(os.path.join(sync, "go"), "w").close()
+    for t in ts:
+        t.join()
+    try:
+        keyids = set()
+        for i in range(k):
+            cid, r = results[i]
+            assert not isinstance(r, BaseException), r
+            text = out(r)
+            assert r.returncode == 0, (i, text, r.stderr)
+            assert "nameserver 127.0.0.53" in text, (i, text)
+            assert json.loads(text[text.index("{"):])["line"] == f"GET /only-{i} HTTP/1.1", (i, text)
+            v = n.cli("verify", "--json", cid)
+            assert v.returncode == 0, (i, v.stdout, v.stderr)
+            rep = json.loads(v.stdout)
+            assert rep["verified"] and rep["mismatches"] == [], rep
+            keyids.add(rep["report"]["keyid"])
+        # Each record holds its own container's programs and traffic only.
+        by_cid = {}
+        for rd in glob.glob(os.path.join(n.audit, "runs", "*")):
+            sess = json.load(open(os.path.join(rd, "session.json")))
+            by_cid[sess["container_id"]] = [json.loads(l) for l in open(os.path.join(rd, "events.ndjson"))]
+        assert sorted(by_cid) == sorted(results[i][0] for i in range(k))
+        for i in range(k):
+            evs = by_cid[results[i][0]]
+            argvs = [" ".join(urllib.parse.unquote(a) for a in e["data"].get("argv", []))
+                     for e in evs if e["type"] == "process.exec"]
+            assert any(f"/only-{i}" in a for a in argvs), (i, argvs)
+            assert not any(f"/only-{j}" in a for a in argvs for j in range(k) if j != i), (i, argvs)
+            conns = [e["data"] for e in evs if e["type"] == "net.connection"]
+            assert [(c["host"], c["decision"]) for c in conns] == [("allowed.test", "allowed")], (i, conns)
+        assert len(keyids) == 1, keyids  # one host key, made once
+        assert open("/run/agentshim.dns/resolv.conf").read().startswith("# agentshim")
+        assert sorted(os.listdir("/run/agentshim.dns")) == ["resolv.conf"]
+        assert sorted(os.listdir(os.path.join(n.audit, "keys"))) == ["signing.pem", "signing.pem.pub"]
+        ledger = [json.loads(l) for l in open(os.path.join(n.audit, "ledger.ndjson"))]
+        assert [r["index"] for r in ledger] == list(range(k)), ledger
+        assert sorted(r["container_id"] for r in ledger) == sorted(results[i][0] for i in range(k))
+    finally:
+        for i in range(k):
+            n.cli("delete", "--force", results[i][0])
 
 
 @pytest.fixture
