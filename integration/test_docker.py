@@ -18,6 +18,7 @@ Where agentshim differs from runc by design (its policy), the test says so:
 """
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -600,6 +601,50 @@ def test_record_written_for_docker_runs(docker):
     from conftest import AGENTSHIM, run
     v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", run_dir])
     assert v.returncode == 0 and b"VERIFIED" in v.stdout, (v.stdout, v.stderr)
+
+
+def test_containers_started_at_once_each_work_and_get_their_own_record(docker):
+    """`docker compose up` starts a project's services at once: five
+    `docker run --rm` side by side under agentshim, each on Docker's bridge
+    (confined), each gets its output and exit code, and each record
+    verifies and holds that container's program and no other's."""
+    rd = os.path.join(docker.audit, "runs")
+    before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
+    k = 5
+    results = {}
+
+    def one(i):
+        try:
+            results[i] = dr(docker, "agentshim", IMG, "sh", "-c", f"echo svc-{i}; exit {10 + i}", timeout=180)
+        except BaseException as e:  # reported by the main thread
+            results[i] = e
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in range(k):
+        r = results[i]
+        assert not isinstance(r, BaseException), r
+        assert r.returncode == 10 + i, (i, r.returncode, r.stderr)
+        assert text(r) == f"svc-{i}\n", (i, text(r), r.stderr)
+    runs = set(os.listdir(rd)) - before
+    assert len(runs) == k, runs
+    wait_records(docker.audit, timeout=60)
+    seen = []
+    for d in runs:
+        v = run([AGENTSHIM, "--audit-dir", docker.audit, "verify", os.path.join(rd, d)])
+        assert v.returncode == 0 and b"VERIFIED" in v.stdout, (d, v.stdout, v.stderr)
+        with open(os.path.join(rd, d, "events.ndjson")) as f:
+            evs = [json.loads(l) for l in f]
+        mine = {i for i in range(k) for e in evs
+                if e["type"] == "process.exec" and any(f"svc-{i}" in a for a in e["data"].get("argv", []))}
+        assert len(mine) == 1, (d, mine)
+        code = [e["data"]["code"] for e in evs if e["type"] == "run.exit"]
+        assert code == [10 + next(iter(mine))], (d, code)
+        seen.append(mine.pop())
+    assert sorted(seen) == list(range(k)), seen
 
 
 def test_records_survive_dockers_cleanup(docker):
