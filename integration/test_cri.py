@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import socket
+import threading
 import time
 import urllib.request
 import uuid
@@ -939,6 +940,47 @@ def test_agentshim_records_name_the_pod(node):
     # remove its rootfs and shm right after the exit (issue 15 item 5).
     show = json.loads(run(shim + ["runs", "show", "--json", sandbox_id], check=True).stdout)
     assert show["verified"] is True, show
+
+
+def test_pods_started_at_once_each_work_and_their_records_name_them(node):
+    """The kubelet's pod workers run side by side: three pods (sandbox, app,
+    sidecar) started at once under agentshim. Each pod's app serves at its
+    own pod IP with its own sidecar's data, each run's record verifies and
+    names its own pod, and the kubelet's teardown leaves nothing (the Pod
+    context's checks)."""
+    k = 3
+    results = {}
+
+    def one(i):
+        try:
+            with node.pod("agentshim", name=f"par{i}") as pod:
+                pod.container("sidecar", SIDECAR)
+                pod.container("app", APP)
+                got = wait_for(lambda: _try_get(f"http://{pod.ip()}:8080/"), timeout=30, what=f"pod {i}'s app")
+                side = pod.out("app", ["cat", "/shared/note"])
+                results[i] = (pod.name, pod.uid, {pod.id, *pod.containers.values()}, got, side)
+        except BaseException as e:  # reported by the main thread
+            results[i] = e
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in range(k):
+        assert not isinstance(results[i], BaseException), (i, results[i])
+    wait_records(node.ctrd.audit)
+    shim = [AGENTSHIM, "--audit-dir", node.ctrd.audit]
+    for i in range(k):
+        name, uid, ids, got, side = results[i]
+        assert got == (200, f"app-{name}\n"), (i, got)
+        assert side == "from-sidecar\n", (i, side)
+        rows = json.loads(run(shim + ["runs", "list", "--json", "--pod-uid", uid], check=True).stdout)
+        assert {r["container_id"] for r in rows} == ids, (i, rows)
+        for r in rows:
+            assert (r["kubernetes"]["pod_name"], r["kubernetes"]["pod_uid"]) == (name, uid), r
+            show = json.loads(run(shim + ["runs", "show", "--json", r["container_id"]], check=True).stdout)
+            assert show["verified"] is True, show
 
 
 def test_hugetlb_quirk_detection():
