@@ -160,6 +160,45 @@ def new_runs_verified(audit, before, expect):
     return changed
 
 
+def test_containers_started_at_once_each_work_and_get_their_own_record(podman):
+    """Four `podman run --rm` at once (a script's `&`, podman-compose): each
+    its output and exit code, four records, each VERIFIED and holding its
+    own container's program only."""
+    import json
+    import threading
+    rd = os.path.join(podman.audit, "runs")
+    before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
+    k = 4
+    results = {}
+
+    def one(i):
+        try:
+            results[i] = prun(podman, "agentshim", "--rm", IMAGE, "sh", "-c", f"echo pm-{i}; exit {20 + i}",
+                              timeout=180)
+        except BaseException as e:  # reported by the main thread
+            results[i] = e
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in range(k):
+        r = results[i]
+        assert not isinstance(r, BaseException), (i, r)
+        assert (r.returncode, r.stdout) == (20 + i, f"pm-{i}\n".encode()), (i, r.returncode, r.stdout, r.stderr)
+    new_runs_verified(podman.audit, before, k)
+    seen = []
+    for d in set(os.listdir(rd)) - before:
+        with open(os.path.join(rd, d, "events.ndjson")) as f:
+            evs = [json.loads(l) for l in f]
+        mine = {i for i in range(k) for e in evs
+                if e["type"] == "process.exec" and any(f"pm-{i}" in a for a in e["data"].get("argv", []))}
+        assert len(mine) == 1, (d, mine)
+        seen.append(mine.pop())
+    assert sorted(seen) == list(range(k)), seen
+
+
 def test_records_survive_podmans_cleanup(podman, tmp_path):
     """Podman removes what it set up as soon as the container exits (--rm:
     the shm tmpfs under userdata and the container's storage; `stop` then a
