@@ -242,3 +242,46 @@ def test_exec_tty_without_console_socket_like_runc(shim, runc, bundle, bundle_fa
     # (its `stty size` sometimes sees 0x0 and fails: observed in CI); agentshim
     # sizes the pty before the program runs, so its answer is exact every time.
     assert b"33 77\n" in res["agentshim"][1], res["agentshim"]
+
+
+def test_exec_sessions_at_once_each_get_their_own_processes(shim, bundle, cid):
+    """An agent platform runs tool calls in parallel: six `exec`s into one
+    container at once, each forking children. Every session's processes
+    carry that session's id and no other's, every session has its
+    caller.exec, none is lost, and the record verifies."""
+    import threading
+    start_running(shim, bundle, cid)
+    k = 6
+    results = {}
+
+    def one(i):
+        try:
+            results[i] = shim("exec", cid, "sh", "-c",
+                              f"j=0; while [ $j -lt 20 ]; do /bin/echo tool-{i}-$j > /dev/null; j=$((j+1)); done; "
+                              f"exit {30 + i}")
+        except BaseException as e:  # reported by the main thread
+            results[i] = e
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in range(k):
+        assert not isinstance(results[i], BaseException), (i, results[i])
+        assert results[i].returncode == 30 + i, (i, results[i].returncode, results[i].stderr)
+    events = finish(shim, cid)
+    callers = [e["data"] for e in events if e["type"] == "caller.exec"]
+    assert len(callers) == k, callers
+    sessions = {c["session"] for c in callers}
+    assert len(sessions) == k, callers
+    execs = [e["data"] for e in events if e["type"] == "process.exec"]
+    for s in sessions:
+        mine = [e for e in execs if e.get("session") == s]
+        shells = [e for e in mine if e["path"] == "/bin/sh"]
+        assert len(shells) == 1, mine
+        i = next(i for i in range(k) if f"exit {30 + i}" in unquote(shells[0]["argv"][2]))
+        echoes = [[unquote(a) for a in e["argv"]] for e in mine if e["path"] == "/bin/echo"]
+        assert echoes == [["/bin/echo", f"tool-{i}-{j}"] for j in range(20)], (i, echoes)
+    # Nothing of a session is recorded without its id.
+    assert not [e for e in execs if "session" not in e and e["path"] == "/bin/echo"]
