@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 
 import pytest
@@ -36,6 +37,34 @@ def run(cmd, check=False, timeout=60, input=None, **kw):
         raise AssertionError(f"{cmd} exited {r.returncode}\nstdout: {r.stdout.decode(errors='replace')}\n"
                              f"stderr: {r.stderr.decode(errors='replace')}")
     return r
+
+
+def at_once(n, fn, while_running=None):
+    """fn(0), ..., fn(n-1) on n threads started together (containers, pods,
+    exec sessions side by side, as clients start them); while_running(threads)
+    runs on the caller's thread before the joins. Returns the results in
+    order; a call that raised fails the test here, naming which call."""
+    results, errors = [None] * n, {}
+
+    def one(i):
+        try:
+            results[i] = fn(i)
+        except BaseException as e:  # reported by the caller's thread
+            errors[i] = e
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    try:
+        if while_running:
+            while_running(ts)
+    finally:
+        for t in ts:
+            t.join()
+    if errors:
+        i = min(errors)
+        raise AssertionError(f"call {i} of {n} at once failed: {errors[i]!r}") from errors[i]
+    return results
 
 
 def wait_records(audit_dir, timeout=60):

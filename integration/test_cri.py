@@ -38,7 +38,6 @@ import importlib.util
 import json
 import os
 import socket
-import threading
 import time
 import urllib.request
 import uuid
@@ -49,7 +48,7 @@ import pytest
 from clients import (CONTAINERD, CTR, CriContainerd, cgroups_named, ensure_packages, have, iptables_rules,
                      mounts_matching, mounts_under, processes_mentioning, short_tmpdir, v1_hierarchy_unmounted,
                      wait_for)
-from conftest import AGENTSHIM, REPO, UNIFIED, run, wait_records
+from conftest import AGENTSHIM, REPO, UNIFIED, at_once, run, wait_records
 
 # The runtime handlers every pod test runs under.
 HANDLERS = ["runc", "agentshim"]
@@ -949,26 +948,16 @@ def test_pods_started_at_once_each_work_and_their_records_name_them(node):
     names its own pod, and the kubelet's teardown leaves nothing (the Pod
     context's checks)."""
     k = 3
-    results = {}
 
     def one(i):
-        try:
-            with node.pod("agentshim", name=f"par{i}") as pod:
-                pod.container("sidecar", SIDECAR)
-                pod.container("app", APP)
-                got = wait_for(lambda: _try_get(f"http://{pod.ip()}:8080/"), timeout=30, what=f"pod {i}'s app")
-                side = pod.out("app", ["cat", "/shared/note"])
-                results[i] = (pod.name, pod.uid, {pod.id, *pod.containers.values()}, got, side)
-        except BaseException as e:  # reported by the main thread
-            results[i] = e
+        with node.pod("agentshim", name=f"par{i}") as pod:
+            pod.container("sidecar", SIDECAR)
+            pod.container("app", APP)
+            got = wait_for(lambda: _try_get(f"http://{pod.ip()}:8080/"), timeout=30, what=f"pod {i}'s app")
+            side = pod.out("app", ["cat", "/shared/note"])
+            return pod.name, pod.uid, {pod.id, *pod.containers.values()}, got, side
 
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for i in range(k):
-        assert not isinstance(results[i], BaseException), (i, results[i])
+    results = at_once(k, one)
     wait_records(node.ctrd.audit)
     shim = [AGENTSHIM, "--audit-dir", node.ctrd.audit]
     for i in range(k):

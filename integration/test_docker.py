@@ -18,12 +18,11 @@ Where agentshim differs from runc by design (its policy), the test says so:
 """
 import json
 import os
-import threading
 import time
 
 import pytest
 
-from conftest import AGENTSHIM, run, wait_records
+from conftest import AGENTSHIM, at_once, run, wait_records
 from clients import (Dockerd, busybox_tar, cgroups_named, ensure_packages, mounts_matching, processes_mentioning,
                      short_tmpdir, wait_for)
 
@@ -611,22 +610,9 @@ def test_containers_started_at_once_each_work_and_get_their_own_record(docker):
     rd = os.path.join(docker.audit, "runs")
     before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
     k = 5
-    results = {}
-
-    def one(i):
-        try:
-            results[i] = dr(docker, "agentshim", IMG, "sh", "-c", f"echo svc-{i}; exit {10 + i}", timeout=180)
-        except BaseException as e:  # reported by the main thread
-            results[i] = e
-
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for i in range(k):
-        r = results[i]
-        assert not isinstance(r, BaseException), r
+    results = at_once(k, lambda i: dr(docker, "agentshim", IMG, "sh", "-c", f"echo svc-{i}; exit {10 + i}",
+                                      timeout=180))
+    for i, r in enumerate(results):
         assert r.returncode == 10 + i, (i, r.returncode, r.stderr)
         assert text(r) == f"svc-{i}\n", (i, text(r), r.stderr)
     runs = set(os.listdir(rd)) - before

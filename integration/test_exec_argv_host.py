@@ -11,13 +11,12 @@ import os
 import signal
 import struct
 import subprocess
-import threading
 import time
 from urllib.parse import unquote
 
 import pytest
 
-from conftest import AGENTSHIM, Runtime, run
+from conftest import AGENTSHIM, Runtime, at_once, run
 from test_exec_argv import run_record
 from test_exec_record import supervisor_of
 
@@ -144,23 +143,12 @@ def test_two_containers_at_once_each_get_only_their_own_records(shim, bundle_fac
     record of each is its own, none is missing."""
     n = 150
     names = ["alpha", "beta"]
-    out = {}
 
-    def one(name):
-        b = bundle_factory().sh(f'i=0; while [ $i -lt {n} ]; do /bin/true {name} "$i"; i=$((i+1)); done')
-        try:
-            out[name] = run_record(shim, b, f"{name}{os.getpid()}")
-        except BaseException as e:  # reported by the main thread
-            out[name] = e
+    def one(k):
+        b = bundle_factory().sh(f'i=0; while [ $i -lt {n} ]; do /bin/true {names[k]} "$i"; i=$((i+1)); done')
+        return run_record(shim, b, f"{names[k]}{os.getpid()}")
 
-    ts = [threading.Thread(target=one, args=(nm,)) for nm in names]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for name in names:
-        events = out[name]
-        assert not isinstance(events, BaseException), events
+    for name, events in zip(names, at_once(len(names), one)):
         watch_of(events)
         true = [e["data"] for e in events if e["type"] == "process.exec" and e["data"]["path"] == "/bin/true"]
         assert len(true) == n, (name, len(true))

@@ -11,6 +11,7 @@ import time
 from urllib.parse import unquote
 
 import formats_verifier
+from conftest import at_once
 from test_lifecycle import wait_status
 from test_record import run_dir_of, verify
 
@@ -249,27 +250,13 @@ def test_exec_sessions_at_once_each_get_their_own_processes(shim, bundle, cid):
     container at once, each forking children. Every session's processes
     carry that session's id and no other's, every session has its
     caller.exec, none is lost, and the record verifies."""
-    import threading
     start_running(shim, bundle, cid)
     k = 6
-    results = {}
-
-    def one(i):
-        try:
-            results[i] = shim("exec", cid, "sh", "-c",
-                              f"j=0; while [ $j -lt 20 ]; do /bin/echo tool-{i}-$j > /dev/null; j=$((j+1)); done; "
-                              f"exit {30 + i}")
-        except BaseException as e:  # reported by the main thread
-            results[i] = e
-
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for i in range(k):
-        assert not isinstance(results[i], BaseException), (i, results[i])
-        assert results[i].returncode == 30 + i, (i, results[i].returncode, results[i].stderr)
+    results = at_once(k, lambda i: shim("exec", cid, "sh", "-c",
+                                        f"j=0; while [ $j -lt 20 ]; do /bin/echo tool-{i}-$j > /dev/null; "
+                                        f"j=$((j+1)); done; exit {30 + i}"))
+    for i, r in enumerate(results):
+        assert r.returncode == 30 + i, (i, r.returncode, r.stderr)
     events = finish(shim, cid)
     callers = [e["data"] for e in events if e["type"] == "caller.exec"]
     assert len(callers) == k, callers

@@ -20,14 +20,13 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import urllib.parse
 import uuid
 
 import pytest
 
-from conftest import AGENTSHIM, Bundle, run, wait_records
+from conftest import AGENTSHIM, Bundle, at_once, run, wait_records
 
 UPSTREAM = "198.18.0.10"
 PRIVATE = "10.77.0.10"
@@ -389,7 +388,7 @@ def test_containers_started_at_once_on_a_fresh_host_each_work_and_get_their_own_
     n = netrun(["allowed.test:80"])
     shutil.rmtree("/run/agentshim.dns", ignore_errors=True)
     k = 6
-    results = {}
+    cids = [f"at-once-{i}-" + uuid.uuid4().hex[:6] for i in range(k)]
     # The containers end together (each waits for the test's "go" once all
     # are up), so their records are finalized, and the host key made, at
     # the same moment.
@@ -401,27 +400,19 @@ def test_containers_started_at_once_on_a_fresh_host_each_work_and_get_their_own_
         b.config["mounts"].append({"destination": "/sync", "type": "bind", "source": sync, "options": ["rbind"]})
         b.sh(f"cat /etc/resolv.conf; curl -sS --max-time 20 http://allowed.test/only-{i}; "
              f"touch /sync/up-{i}; n=0; while [ ! -e /sync/go ] && [ $n -lt 3000000 ]; do n=$((n+1)); done")
-        cid = f"at-once-{i}-" + uuid.uuid4().hex[:6]
-        try:
-            results[i] = (cid, n.cli("run", "--bundle", b.path, cid, timeout=180))
-        except BaseException as e:  # reported by the main thread
-            results[i] = (cid, e)
+        return n.cli("run", "--bundle", b.path, cids[i], timeout=180)
 
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-    for t in ts:
-        t.start()
-    deadline = time.monotonic() + 120
-    while (len([f for f in os.listdir(sync) if f.startswith("up-")]) + sum(not t.is_alive() for t in ts) < k
-           and time.monotonic() < deadline):  # (a container that failed is not waited for)
-        time.sleep(0.01)
-    open(os.path.join(sync, "go"), "w").close()
-    for t in ts:
-        t.join()
+    def release(ts):
+        deadline = time.monotonic() + 120
+        while (len([f for f in os.listdir(sync) if f.startswith("up-")]) + sum(not t.is_alive() for t in ts) < k
+               and time.monotonic() < deadline):  # (a container that failed is not waited for)
+            time.sleep(0.01)
+        open(os.path.join(sync, "go"), "w").close()
+
     try:
+        results = at_once(k, one, release)
         keyids = set()
-        for i in range(k):
-            cid, r = results[i]
-            assert not isinstance(r, BaseException), r
+        for i, (cid, r) in enumerate(zip(cids, results)):
             text = out(r)
             assert r.returncode == 0, (i, text, r.stderr)
             assert "nameserver 127.0.0.53" in text, (i, text)
@@ -436,9 +427,9 @@ def test_containers_started_at_once_on_a_fresh_host_each_work_and_get_their_own_
         for rd in glob.glob(os.path.join(n.audit, "runs", "*")):
             sess = json.load(open(os.path.join(rd, "session.json")))
             by_cid[sess["container_id"]] = [json.loads(l) for l in open(os.path.join(rd, "events.ndjson"))]
-        assert sorted(by_cid) == sorted(results[i][0] for i in range(k))
+        assert sorted(by_cid) == sorted(cids)
         for i in range(k):
-            evs = by_cid[results[i][0]]
+            evs = by_cid[cids[i]]
             argvs = [" ".join(urllib.parse.unquote(a) for a in e["data"].get("argv", []))
                      for e in evs if e["type"] == "process.exec"]
             assert any(f"/only-{i}" in a for a in argvs), (i, argvs)
@@ -451,10 +442,10 @@ def test_containers_started_at_once_on_a_fresh_host_each_work_and_get_their_own_
         assert sorted(os.listdir(os.path.join(n.audit, "keys"))) == ["signing.pem", "signing.pem.pub"]
         ledger = [json.loads(l) for l in open(os.path.join(n.audit, "ledger.ndjson"))]
         assert [r["index"] for r in ledger] == list(range(k)), ledger
-        assert sorted(r["container_id"] for r in ledger) == sorted(results[i][0] for i in range(k))
+        assert sorted(r["container_id"] for r in ledger) == sorted(cids)
     finally:
-        for i in range(k):
-            n.cli("delete", "--force", results[i][0])
+        for cid in cids:
+            n.cli("delete", "--force", cid)
 
 
 @pytest.fixture

@@ -165,27 +165,13 @@ def test_containers_started_at_once_each_work_and_get_their_own_record(podman):
     its output and exit code, four records, each VERIFIED and holding its
     own container's program only."""
     import json
-    import threading
+    from conftest import at_once
     rd = os.path.join(podman.audit, "runs")
     before = set(os.listdir(rd)) if os.path.isdir(rd) else set()
     k = 4
-    results = {}
-
-    def one(i):
-        try:
-            results[i] = prun(podman, "agentshim", "--rm", IMAGE, "sh", "-c", f"echo pm-{i}; exit {20 + i}",
-                              timeout=180)
-        except BaseException as e:  # reported by the main thread
-            results[i] = e
-
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    for i in range(k):
-        r = results[i]
-        assert not isinstance(r, BaseException), (i, r)
+    results = at_once(k, lambda i: prun(podman, "agentshim", "--rm", IMAGE, "sh", "-c", f"echo pm-{i}; exit {20 + i}",
+                                        timeout=180))
+    for i, r in enumerate(results):
         assert (r.returncode, r.stdout) == (20 + i, f"pm-{i}\n".encode()), (i, r.returncode, r.stdout, r.stderr)
     new_runs_verified(podman.audit, before, k)
     seen = []
