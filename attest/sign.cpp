@@ -141,29 +141,6 @@ PrivateKey PrivateKey::load(const std::string& path) {
   return key;
 }
 
-namespace {
-// A new file at tmp (a stale one of an interrupted save is replaced, never
-// reused: its mode could be wider), written whole and synced.
-void write_whole(const std::string& tmp, std::string& data, mode_t mode, bool secret) {
-  if (::unlink(tmp.c_str()) < 0 && errno != ENOENT) throw_errno("remove stale " + tmp);
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
-  if (!fd && secret) OPENSSL_cleanse(data.data(), data.size());
-  if (!fd) throw_errno("create key file " + tmp);
-  try {
-    write_all(fd.get(), data, tmp);
-  } catch (...) {
-    if (secret) OPENSSL_cleanse(data.data(), data.size());
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  if (secret) OPENSSL_cleanse(data.data(), data.size());
-  if (::fsync(fd.get()) < 0) {
-    ::unlink(tmp.c_str());
-    throw_errno("fsync " + tmp);
-  }
-}
-}  // namespace
-
 void PrivateKey::save(const std::string& path) const {
   // Two supervisors finalizing their first runs at once both create the
   // host key. Creators of a key are serialised on its directory's lock; the
@@ -185,24 +162,14 @@ void PrivateKey::save(const std::string& path) const {
   if (PEM_write_bio_PrivateKey(bio.b, pk(pkey_), nullptr, nullptr, 0, nullptr, nullptr) != 1)
     throw Error("key: cannot encode the private key (" + ossl_error() + ")");
   std::string pem = bio.str();
-  std::string pub = public_pem();
-  const std::string pub_path = path + ".pub";
   try {
-    write_whole(pub_path + ".tmp", pub, 0644, false);
+    write_file_atomic(path + ".pub", public_pem(), 0644);
+    write_file_atomic(path, pem, 0600);  // (its temporary file: O_EXCL, 0600)
   } catch (...) {
     OPENSSL_cleanse(pem.data(), pem.size());
     throw;
   }
-  if (::rename((pub_path + ".tmp").c_str(), pub_path.c_str()) < 0) {
-    OPENSSL_cleanse(pem.data(), pem.size());
-    throw_errno("rename " + pub_path + ".tmp -> " + pub_path);
-  }
-  write_whole(path + ".tmp", pem, 0600, true);
-  if (::rename((path + ".tmp").c_str(), path.c_str()) < 0) {
-    int e = errno;
-    ::unlink((path + ".tmp").c_str());
-    throw_errno("rename " + path + ".tmp -> " + path, e);
-  }
+  OPENSSL_cleanse(pem.data(), pem.size());
   if (::fsync(d.get()) < 0) throw_errno("fsync " + dir);
 }
 
