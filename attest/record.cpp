@@ -63,19 +63,20 @@ std::string hash_cache_path(const std::string& audit_dir) {
   return audit_dir + "/cache/fs-hash.lmdb";
 }
 
-namespace {
-// The key the record will be signed with, and whether it exists yet (the
-// host key is created at the first finalization).
-std::string signing_key_path(const RecordConfig& c) {
-  return c.key_path.empty() ? c.audit_dir + "/keys/signing.pem" : c.key_path;
-}
-}  // namespace
-
 RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   // A signing key that is missing, unreadable or not of the key type asked
-  // for is an error now, before the run, not a lost record at its end.
-  std::string key_path = signing_key_path(c_);
-  if (!c_.key_path.empty() || path_exists(key_path)) (void)load_signing_key(key_path, c_.key_type);
+  // for is an error now, before the run, not a lost record at its end; so
+  // is a host key that cannot be made (it is made by the first run's
+  // create, not at its end: concurrent first runs meet at ensure_host_key's
+  // lock, never at finalization).
+  std::string key_path = c_.key_path;
+  if (key_path.empty()) {
+    bool created = false;
+    key_path = ensure_host_key(c_.audit_dir, c_.key_type, &created);
+    if (created)
+      log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
+  }
+  (void)load_signing_key(key_path, c_.key_type);
   const RunStore store(c_.audit_dir);
   mkdir_p(store.runs_dir(), 0700);
   ::chmod(c_.audit_dir.c_str(), 0700);

@@ -142,7 +142,7 @@ PrivateKey PrivateKey::load(const std::string& path) {
 }
 
 void PrivateKey::save(const std::string& path) const {
-  // Two supervisors finalizing their first runs at once both create the
+  // Two supervisors creating their first runs at once both make the
   // host key. Creators of a key are serialised on its directory's lock; the
   // second one then finds the key and fails with EEXIST (never overwrites).
   // Processes that only read (without the lock) must never see half a key

@@ -114,3 +114,25 @@ def test_mounting_the_record_into_the_container_is_refused(shim, bundle, cid, so
     assert r.returncode == 1
     assert b"audit directory" in r.stderr
     assert leftovers(shim, cid, bundle) == []
+
+
+def test_a_host_key_that_cannot_be_made_fails_create_not_the_record(shim, bundle, cid):
+    """The host key is made by the first run's create: where it cannot be
+    (here `keys` is a file), create fails naming the path, before the
+    container runs, instead of a run whose record ends without a signature."""
+    audit = shim.extra[1]
+    os.makedirs(audit, exist_ok=True)
+    with open(os.path.join(audit, "keys"), "w") as f:
+        f.write("not a directory\n")
+    shim.ids.add(cid)
+    r = shim("run", "--bundle", bundle.args("true").path, cid)
+    assert r.returncode == 1, r.stderr
+    assert os.path.join(audit, "keys").encode() in r.stderr, r.stderr
+    assert leftovers(shim, cid, bundle) == []
+    # Once it can be made, the first create makes it, before the container
+    # runs: a detached container has it while it runs.
+    os.unlink(os.path.join(audit, "keys"))
+    shim("run", "--detach", "--bundle", bundle.args("sleep", "30").path, cid, check=True)
+    assert sorted(os.listdir(os.path.join(audit, "keys"))) == ["signing.pem", "signing.pem.pub"]
+    shim("delete", "--force", cid, check=True)
+    assert shim("verify", cid).returncode == 0

@@ -391,7 +391,7 @@ TEST(HostKey, CreatedOnceWithMode0600) {
   EXPECT_TRUE(path_exists(host_public_key_path(t.path)));
 }
 
-// Two supervisors finalizing their first runs at once on a fresh host (CI:
+// Two supervisors creating their first runs at once on a fresh host (CI:
 // one lost its attestation): each must get the same, whole key, and the
 // public key beside it must be that key's. Processes, not threads: the
 // real racers are separate supervisors. Many rounds, many racers: the
