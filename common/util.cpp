@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
@@ -88,16 +89,28 @@ namespace {
 // A temporary name of this process and call: writers of one path at once
 // (supervisors sharing /run/agentshim.dns/resolv.conf, the runtime digest
 // cache) each rename their own whole file, never one another's half.
-std::string unique_tmp(const std::string& path) {
+std::string unique_tmp(const std::string& path, bool random = false) {
   static std::atomic<std::uint64_t> seq{0};
-  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(seq.fetch_add(1));
+  std::uint64_t n = seq.fetch_add(1);
+  if (random) {  // after a collision: a name no counter reaches
+    std::uint64_t r = 0;
+    if (::getrandom(&r, sizeof r, GRND_NONBLOCK) == static_cast<ssize_t>(sizeof r)) n ^= r | (1ULL << 63);
+  }
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(n);
 }
 }  // namespace
 
 void write_file_atomic(const std::string& path, std::string_view data, mode_t mode, bool durable) {
-  const std::string tmp = unique_tmp(path);
+  std::string tmp = unique_tmp(path);
   {
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+    // Taken: left by a killed writer whose pid this process now has, or a
+    // writer of another pid namespace with the same pid. O_EXCL decides;
+    // the next name is tried.
+    for (int tries = 0; !fd && errno == EEXIST && tries < 64; ++tries) {
+      tmp = unique_tmp(path, true);
+      fd.reset(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+    }
     if (!fd) throw_errno("open " + tmp);
     try {
       write_all(fd.get(), data, tmp);

@@ -93,6 +93,17 @@ TEST(Util, ConcurrentAtomicWritersEachRenameAWholeFile) {
   EXPECT_EQ(entries, 1);
 }
 
+// A temporary file left by a killed writer whose pid this process now has
+// (its counter starts where ours does) is not in the way.
+TEST(Util, AtomicWriteIsNotBlockedByAStaleTemporaryFile) {
+  testutil::TempDir t("agentshim-common");
+  const std::string p = t.path + "/f";
+  for (int n = 0; n < 1000; ++n)
+    write_file(p + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(n), "stale");
+  write_file_atomic(p, "fresh");
+  EXPECT_EQ(read_file(p), "fresh");
+}
+
 // Files made durable together: nothing is at its path before commit()
 // (readers see the old content), everything is after, no .tmp is left; a
 // file that cannot be written names its path and leaves the others alone.
