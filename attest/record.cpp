@@ -69,14 +69,14 @@ RunRecord::RunRecord(RecordConfig c) : c_(std::move(c)) {
   // is a host key that cannot be made (it is made by the first run's
   // create, not at its end: concurrent first runs meet at ensure_host_key's
   // lock, never at finalization).
-  std::string key_path = c_.key_path;
-  if (key_path.empty()) {
+  // The path is resolved once: finalize() signs with the key checked here.
+  if (c_.key_path.empty()) {
     bool created = false;
-    key_path = ensure_host_key(c_.audit_dir, c_.key_type, &created);
+    c_.key_path = ensure_host_key(c_.audit_dir, c_.key_type, &created);
     if (created)
-      log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
+      log::info("created the host signing key " + c_.key_path + " (public key: " + c_.key_path + ".pub)");
   }
-  (void)load_signing_key(key_path, c_.key_type);
+  (void)load_signing_key(c_.key_path, c_.key_type);
   const RunStore store(c_.audit_dir);
   mkdir_p(store.runs_dir(), 0700);
   ::chmod(c_.audit_dir.c_str(), 0700);
@@ -481,12 +481,7 @@ json RunRecord::finalize(const json& facts) {
 
   json row;
   try {
-    bool created = false;
-    std::string key_path =
-        c_.key_path.empty() ? ensure_host_key(c_.audit_dir, c_.key_type, &created) : c_.key_path;
-    if (created)
-      log::info("created the host signing key " + key_path + " (public key: " + key_path + ".pub)");
-    PrivateKey key = load_signing_key(key_path, c_.key_type);
+    PrivateKey key = load_signing_key(c_.key_path, c_.key_type);  // (resolved by the constructor)
 
     row = ledger_append(c_.audit_dir, [&](uint64_t index, const std::string& prev) {
       json pred = facts.is_object() ? facts : json::object();
@@ -574,11 +569,6 @@ bool wait_finalized(const std::string& run_dir, int timeout_ms) {
 namespace {
 std::optional<std::string> slurp(const std::string& p) {
   return try_read_file(p);
-}
-
-std::string parent_dir(const std::string& p) {
-  auto s = p.rfind('/');
-  return s == std::string::npos ? "." : (s == 0 ? "/" : p.substr(0, s));
 }
 }  // namespace
 

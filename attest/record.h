@@ -62,7 +62,7 @@ struct RecordConfig {
   std::string audit_dir;
   std::string run_id;
   std::string container_id;
-  std::string key_path;  // "" = the host key under <audit-dir>/keys (created on first use)
+  std::string key_path;  // "" = the host key under <audit-dir>/keys (made by the constructor if absent)
   KeyType key_type = KeyType::ed25519;
   bool hash_cache = true;                          // policy "strict" turns it off
   uint64_t max_file_bytes = kDefaultMaxFileBytes;  // policy audit.max_file_bytes (0: no limit)

@@ -148,8 +148,7 @@ void PrivateKey::save(const std::string& path) const {
   // Processes that only read (without the lock) must never see half a key
   // or a private key without its public key: each file is written whole
   // under a temporary name and renamed, the public key first.
-  const auto slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const std::string dir = parent_dir(path);
   UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!d) throw_errno("open key directory " + dir);
   while (::flock(d.get(), LOCK_EX) < 0)

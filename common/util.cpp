@@ -152,8 +152,7 @@ void DurableFiles::commit() {
   for (auto& f : files_) {
     if (f.fresh && ::rename((f.path + ".tmp").c_str(), f.path.c_str()) < 0)
       throw_errno("rename " + f.path + ".tmp -> " + f.path);
-    auto slash = f.path.rfind('/');
-    std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : f.path.substr(0, slash));
+    std::string dir = parent_dir(f.path);
     if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
   }
   for (const auto& d : dirs) {
@@ -179,6 +178,11 @@ void mkdir_p(const std::string& path, mode_t mode) {
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) throw_errno("stat " + path);
   if (!S_ISDIR(st.st_mode)) throw SysError("mkdir " + path, ENOTDIR);
+}
+
+std::string parent_dir(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
 }
 
 bool path_exists(const std::string& path) {

@@ -54,6 +54,8 @@ class DurableFiles {
 // mkdir -p; throws on failure other than EEXIST-as-directory.
 void mkdir_p(const std::string& path, mode_t mode = 0755);
 bool path_exists(const std::string& path);
+// The directory part of a path: "a/b" -> "a", "/a" -> "/", "a" -> ".".
+std::string parent_dir(const std::string& path);
 // Remove a directory tree without crossing mount points (rm -rf --one-file-system).
 void remove_tree(const std::string& path);
 

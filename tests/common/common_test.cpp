@@ -43,6 +43,13 @@ TEST(Util, ReadFileErrorNamesPath) {
   }
 }
 
+TEST(Util, ParentDir) {
+  EXPECT_EQ(parent_dir("/a/b/c"), "/a/b");
+  EXPECT_EQ(parent_dir("/a"), "/");
+  EXPECT_EQ(parent_dir("a/b"), "a");
+  EXPECT_EQ(parent_dir("a"), ".");
+}
+
 TEST(Util, AtomicWriteAndRemoveTree) {
   testutil::TempDir t("agentshim-common");
   const std::string dir = t.path;
